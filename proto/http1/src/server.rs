@@ -1,0 +1,889 @@
+//! The server side of an HTTP/1.1 connection.
+//!
+//! Requests are parsed from the caller's buffer, reported as [`Event`]s, and answered with
+//! [`ServerConnection::send_response`] / [`send_data`](ServerConnection::send_data) /
+//! [`send_trailers`](ServerConnection::send_trailers). Responses always leave in request order:
+//! an answer to a later pipelined request is held (bounded) until the earlier ones are complete.
+
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use bytes::{BufMut, Bytes, BytesMut};
+use ferry_proto::{Connection, Instant, Lifecycle, Multiplexing, ProtocolInfo, State, TlsRequirement};
+
+use crate::chunked::{encode_chunk_head, ChunkedDecoder, Decoded};
+use crate::date::DateCache;
+use crate::encode::{write_content_length, write_fields, write_status_line, Body, COPY_BODY_MAX};
+use crate::head::{parse_request, BodyKind, Headers, Method, Request, RequestId, Version};
+use crate::{Error, SendError, ServerConfig};
+
+/// HTTP/1.1's protocol metadata.
+pub static HTTP1_INFO: ProtocolInfo = ProtocolInfo {
+    name: "HTTP/1.1",
+    default_port: 80,
+    binary: false,
+    streaming: true,
+    tls: TlsRequirement::Optional,
+    multiplexing: Multiplexing::None,
+};
+
+/// What a [`ServerConnection`] tells the application.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A request head. Its body follows as `Data` events, then `End` (always, even without a
+    /// body).
+    Request(Request),
+    /// A piece of the request body (a zero-copy slice of the input).
+    Data {
+        /// The request this belongs to.
+        id: RequestId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The trailer section of a chunked request body.
+    Trailers {
+        /// The request this belongs to.
+        id: RequestId,
+        /// The fields.
+        trailers: Headers,
+    },
+    /// The request body is complete.
+    End {
+        /// The request that ended.
+        id: RequestId,
+    },
+    /// The connection failed (bad input, timeout, EOF mid-message). The protocol's answer
+    /// (400/408/413/414/431) is queued where possible; a request whose body failed gets no
+    /// application response.
+    Error {
+        /// The request affected, when the failure was inside its body.
+        id: Option<RequestId>,
+        /// What went wrong.
+        error: Error,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    No,
+    /// `100 Continue` owed once the request is at the front (and not yet answered).
+    Pending,
+    Sent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Out {
+    /// No final response head yet.
+    Waiting,
+    /// Head sent, body streaming.
+    Length { remaining: u64 },
+    Chunked,
+    UntilClose,
+    /// The response is complete.
+    Done,
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: u64,
+    /// `Some(status)`: the connection answers this slot itself (protocol error) and closes.
+    error: Option<u16>,
+    head: bool,
+    connect: bool,
+    upgrade: bool,
+    version: Version,
+    keep_alive: bool,
+    expect: Expect,
+    body_done: bool,
+    out: Out,
+    /// The response leaves the connection closed behind it.
+    close: bool,
+    /// Drop body bytes (HEAD response, or a body the peer no longer reads).
+    discard: bool,
+    /// Output held while earlier responses are still in progress.
+    held: BytesMut,
+}
+
+#[derive(Debug)]
+enum Read {
+    Head,
+    Length { id: u64, remaining: u64 },
+    Chunked { id: u64, dec: ChunkedDecoder, seen: u64 },
+    /// An upgrade/CONNECT request was read; waiting for the application's answer.
+    AwaitUpgrade { id: u64 },
+    /// Protocol switched: the rest of the input belongs to the new protocol.
+    Upgraded,
+    /// No more requests will be read.
+    Stopped,
+}
+
+/// The server side of one HTTP/1.1 connection (sans-IO).
+///
+/// Polling order: see [`Connection`]. After `handle_input` returns an error, keep polling
+/// events and transmits: earlier responses and the error response still have to go out, then
+/// [`is_closed`](Connection::is_closed) becomes true.
+#[derive(Debug)]
+pub struct ServerConnection {
+    config: Arc<ServerConfig>,
+    read: Read,
+    slots: VecDeque<Slot>,
+    next_id: u64,
+    events: VecDeque<Event>,
+    out: VecDeque<Bytes>,
+    wbuf: BytesMut,
+    held_bytes: usize,
+    error: Option<Error>,
+    /// Stop after the responses already owed (graceful close, EOF, `Connection: close`).
+    closing: bool,
+    head_started: Option<Instant>,
+    idle_since: Instant,
+    now: Instant,
+    date: Option<DateCache>,
+    lifecycle: Lifecycle,
+    requests: u64,
+}
+
+impl ServerConnection {
+    /// A connection accepted at `now`.
+    pub fn new(config: Arc<ServerConfig>, now: Instant) -> Self {
+        let date = config.date_origin_unix_nanos.map(DateCache::new);
+        ServerConnection {
+            config,
+            read: Read::Head,
+            slots: VecDeque::new(),
+            next_id: 0,
+            events: VecDeque::new(),
+            out: VecDeque::new(),
+            wbuf: BytesMut::new(),
+            held_bytes: 0,
+            error: None,
+            closing: false,
+            head_started: None,
+            idle_since: now,
+            now,
+            date,
+            lifecycle: Lifecycle::new(State::Ready),
+            requests: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<ServerConfig> {
+        &self.config
+    }
+
+    /// The lifecycle, to attach observers or read counters.
+    pub fn lifecycle_mut(&mut self) -> &mut Lifecycle {
+        &mut self.lifecycle
+    }
+
+    /// The stored fatal error, if the connection failed.
+    pub fn error(&self) -> Option<Error> {
+        self.error
+    }
+
+    /// Requests parsed so far.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// Requests parsed and not yet completely answered.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the connection switched protocols (a 101 to an upgrade request, or 2xx to
+    /// CONNECT was sent). Once the transmits are written, the socket and every byte left in
+    /// the input buffer belong to the new protocol.
+    pub fn is_upgraded(&self) -> bool {
+        matches!(self.read, Read::Upgraded)
+    }
+
+    /// Whether the connection is between requests with nothing owed (safe to close now).
+    pub fn is_idle(&self) -> bool {
+        self.slots.is_empty() && self.head_started.is_none() && matches!(self.read, Read::Head)
+    }
+
+    fn slot_index(&self, id: RequestId) -> Result<usize, SendError> {
+        let front = self.slots.front().ok_or(SendError::UnknownId)?.id;
+        let i = id.0.checked_sub(front).ok_or(SendError::UnknownId)? as usize;
+        if i >= self.slots.len() {
+            return Err(SendError::UnknownId);
+        }
+        Ok(i)
+    }
+
+    // ----- input ---------------------------------------------------------------------------
+
+    fn fail(&mut self, error: Error, body_of: Option<u64>) -> Error {
+        self.error = Some(error);
+        self.read = Read::Stopped;
+        self.head_started = None;
+        let _ = self.lifecycle.transition(State::Closing);
+        let status = error.status();
+        // A request whose body broke is answered by the connection if the application has
+        // not started answering it; otherwise its response is cut short by the close.
+        let mut handled = false;
+        if let Some(id) = body_of {
+            if let Some(slot) = self.slots.iter_mut().find(|s| s.id == id) {
+                if slot.out == Out::Waiting {
+                    slot.error = Some(status);
+                    slot.body_done = true;
+                }
+                slot.close = true;
+                handled = true;
+            }
+        }
+        if !handled && error != Error::UnexpectedEof {
+            let version = Version::Http11;
+            self.slots.push_back(Slot::new(self.next_id, version));
+            self.next_id += 1;
+            let s = self.slots.back_mut().expect("just pushed");
+            s.error = Some(status);
+            s.body_done = true;
+        }
+        self.events.push_back(Event::Error { id: body_of.map(RequestId), error });
+        self.closing = true;
+        self.advance_front();
+        error
+    }
+
+    fn begin_request(&mut self, input: &mut BytesMut) -> Result<bool, Error> {
+        let cfg = &*self.config;
+        if input.is_empty() {
+            return Ok(false);
+        }
+        let parsed = match parse_request(input, cfg.max_headers) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                if self.head_started.is_none() {
+                    self.head_started = Some(self.now);
+                }
+                let line_limit = cfg.max_request_line.min(input.len());
+                if input.len() > cfg.max_request_line && memchr::memchr(b'\n', &input[..line_limit]).is_none() {
+                    return Err(Error::UriTooLong);
+                }
+                if input.len() > cfg.max_head_bytes {
+                    return Err(Error::HeadTooLarge);
+                }
+                return Ok(false);
+            }
+            Err(Error::TooManyHeaders) => return Err(Error::TooManyHeaders),
+            Err(e) => {
+                // A head too large for the limits is reported as such, whatever follows.
+                if input.len() > cfg.max_head_bytes {
+                    return Err(Error::HeadTooLarge);
+                }
+                return Err(e);
+            }
+        };
+        if parsed.len > cfg.max_head_bytes {
+            return Err(Error::HeadTooLarge);
+        }
+        let line_end = memchr::memchr(b'\n', &input[..parsed.len]).unwrap_or(0);
+        if line_end > cfg.max_request_line {
+            return Err(Error::UriTooLong);
+        }
+        if cfg.require_host && parsed.version == Version::Http11 && parsed.host_count != 1 {
+            return Err(Error::InvalidHost);
+        }
+        if let BodyKind::Length(n) = parsed.body {
+            if n > cfg.max_body {
+                return Err(Error::BodyTooLarge);
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.requests += 1;
+        self.head_started = None;
+        let head = input.split_to(parsed.len).freeze();
+        let req = Request::build(RequestId(id), head, parsed);
+        let mut slot = Slot::new(id, req.version);
+        slot.head = req.method == Method::Head;
+        slot.connect = req.method == Method::Connect;
+        slot.upgrade = req.upgrade;
+        slot.keep_alive = req.keep_alive;
+        slot.expect = if req.expect_continue && req.body != BodyKind::Empty { Expect::Pending } else { Expect::No };
+        let body = req.body;
+        let (upgrade, keep_alive) = (req.upgrade, req.keep_alive);
+        self.slots.push_back(slot);
+        self.events.push_back(Event::Request(req));
+        self.read = match body {
+            BodyKind::Length(n) => Read::Length { id, remaining: n },
+            BodyKind::Chunked => Read::Chunked {
+                id,
+                dec: ChunkedDecoder::new(self.config.max_head_bytes, self.config.max_headers),
+                seen: 0,
+            },
+            _ => {
+                self.end_body(id, upgrade, keep_alive);
+                return Ok(true);
+            }
+        };
+        if self.slots.len() == 1 {
+            self.maybe_continue();
+        }
+        Ok(true)
+    }
+
+    fn end_body(&mut self, id: u64, upgrade: bool, keep_alive: bool) {
+        self.events.push_back(Event::End { id: RequestId(id) });
+        if let Some(s) = self.slots.iter_mut().find(|s| s.id == id) {
+            s.body_done = true;
+            if s.expect == Expect::Pending {
+                s.expect = Expect::No;
+            }
+        }
+        self.read = if upgrade {
+            Read::AwaitUpgrade { id }
+        } else if !keep_alive || self.closing {
+            self.closing = true;
+            Read::Stopped
+        } else {
+            Read::Head
+        };
+    }
+
+    fn slot_meta(&self, id: u64) -> (bool, bool) {
+        self.slots.iter().find(|s| s.id == id).map_or((false, false), |s| (s.upgrade, s.keep_alive))
+    }
+
+    fn read_input(&mut self, input: &mut BytesMut) -> Result<(), (Error, Option<u64>)> {
+        loop {
+            match &mut self.read {
+                Read::Head => {
+                    if self.slots.len() >= self.config.max_pipelined || self.closing {
+                        return Ok(());
+                    }
+                    if !self.begin_request(input).map_err(|e| (e, None))? {
+                        return Ok(());
+                    }
+                }
+                Read::Length { id, remaining } => {
+                    if input.is_empty() {
+                        return Ok(());
+                    }
+                    let id = *id;
+                    let n = (*remaining).min(input.len() as u64) as usize;
+                    *remaining -= n as u64;
+                    let done = *remaining == 0;
+                    let data = input.split_to(n).freeze();
+                    self.events.push_back(Event::Data { id: RequestId(id), data });
+                    if done {
+                        let (u, k) = self.slot_meta(id);
+                        self.end_body(id, u, k);
+                    }
+                }
+                Read::Chunked { id, dec, seen } => {
+                    let id = *id;
+                    match dec.decode(input).map_err(|e| (e, Some(id)))? {
+                        None => return Ok(()),
+                        Some(Decoded::Data(data)) => {
+                            *seen += data.len() as u64;
+                            if *seen > self.config.max_body {
+                                return Err((Error::BodyTooLarge, Some(id)));
+                            }
+                            self.events.push_back(Event::Data { id: RequestId(id), data });
+                        }
+                        Some(Decoded::Trailers(trailers)) => {
+                            self.events.push_back(Event::Trailers { id: RequestId(id), trailers });
+                        }
+                        Some(Decoded::End) => {
+                            let (u, k) = self.slot_meta(id);
+                            self.end_body(id, u, k);
+                        }
+                    }
+                }
+                Read::AwaitUpgrade { .. } | Read::Upgraded | Read::Stopped => return Ok(()),
+            }
+        }
+    }
+
+    // ----- output --------------------------------------------------------------------------
+
+    /// Send `100 Continue` for the front request if it is owed.
+    fn maybe_continue(&mut self) {
+        if !self.config.auto_continue {
+            return;
+        }
+        if let Some(s) = self.slots.front_mut() {
+            if s.expect == Expect::Pending && s.out == Out::Waiting && s.error.is_none() {
+                s.expect = Expect::Sent;
+                self.wbuf.put_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+        }
+    }
+
+    fn sink(&mut self, i: usize) -> &mut BytesMut {
+        if i == 0 {
+            &mut self.wbuf
+        } else {
+            &mut self.slots[i].held
+        }
+    }
+
+    fn push_bytes(&mut self, i: usize, data: Bytes) {
+        if i == 0 && data.len() > COPY_BODY_MAX {
+            if !self.wbuf.is_empty() {
+                self.out.push_back(self.wbuf.split().freeze());
+            }
+            self.out.push_back(data);
+        } else {
+            if i != 0 {
+                self.held_bytes += data.len();
+            }
+            self.sink(i).extend_from_slice(&data);
+        }
+    }
+
+    /// Pop finished responses off the front, releasing held output of the next ones.
+    fn advance_front(&mut self) {
+        loop {
+            let Some(front) = self.slots.front_mut() else { break };
+            if !front.held.is_empty() {
+                self.held_bytes -= front.held.len();
+                let held = front.held.split();
+                self.wbuf.extend_from_slice(&held);
+            }
+            if let Some(status) = front.error {
+                if front.out == Out::Waiting {
+                    front.out = Out::Done;
+                    front.close = true;
+                    write_error_response(&mut self.wbuf, status, self.date.as_mut().map(|d| d.get(self.now)));
+                }
+            }
+            if front.out != Out::Done {
+                break;
+            }
+            let close = front.close;
+            self.slots.pop_front();
+            self.idle_since = self.now;
+            if close {
+                self.closing = true;
+                self.read = match self.read {
+                    Read::Upgraded => Read::Upgraded,
+                    _ => Read::Stopped,
+                };
+                // Responses queued behind a closing one are never sent.
+                self.slots.clear();
+                self.held_bytes = 0;
+                break;
+            }
+        }
+        self.maybe_continue();
+        if self.closing && self.slots.is_empty() && !matches!(self.read, Read::Upgraded) {
+            self.read = Read::Stopped;
+        }
+    }
+
+    fn check_open(&self, id: RequestId) -> Result<usize, SendError> {
+        let i = self.slot_index(id)?;
+        let s = &self.slots[i];
+        if s.error.is_some() {
+            return Err(SendError::Closed);
+        }
+        if i != 0 && self.held_bytes > self.config.max_buffered_out_of_order {
+            return Err(SendError::InvalidState);
+        }
+        Ok(i)
+    }
+
+    /// Send `100 Continue` for `id` now (only useful with `auto_continue = false`).
+    pub fn send_continue(&mut self, id: RequestId) -> Result<(), SendError> {
+        let i = self.check_open(id)?;
+        let s = &mut self.slots[i];
+        if s.expect != Expect::Pending || s.out != Out::Waiting {
+            return Err(SendError::InvalidState);
+        }
+        s.expect = Expect::Sent;
+        self.sink(i).put_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        Ok(())
+    }
+
+    /// Send the response head for request `id` (any order; output leaves in request order).
+    ///
+    /// `fields` must not contain `Content-Length` or `Transfer-Encoding`: the connection writes
+    /// them from `body`. A 1xx status other than 101 is an interim response; 101 (to an upgrade
+    /// request) or 2xx to CONNECT switches protocols. `Body::Length`/`Body::Chunked` are
+    /// followed by [`send_data`](Self::send_data) calls.
+    pub fn send_response(
+        &mut self,
+        id: RequestId,
+        status: u16,
+        fields: &[(&str, &[u8])],
+        body: Body,
+    ) -> Result<(), SendError> {
+        self.send_response_with_reason(id, status, None, fields, body)
+    }
+
+    /// [`send_response`](Self::send_response) with a custom reason phrase.
+    pub fn send_response_with_reason(
+        &mut self,
+        id: RequestId,
+        status: u16,
+        reason: Option<&str>,
+        fields: &[(&str, &[u8])],
+        body: Body,
+    ) -> Result<(), SendError> {
+        let i = self.check_open(id)?;
+        if !(100..=999).contains(&status) {
+            return Err(SendError::InvalidStatus);
+        }
+        let now = self.now;
+        let last = i + 1 == self.slots.len();
+        let closing = self.closing;
+        let s = &self.slots[i];
+        if s.out != Out::Waiting {
+            return Err(SendError::InvalidState);
+        }
+        let switching = (status == 101 && s.upgrade && !s.connect) || (s.connect && (200..300).contains(&status));
+        if status == 101 && !switching {
+            return Err(SendError::InvalidStatus);
+        }
+        let interim = (100..200).contains(&status) && !switching;
+        let (version, head_req, keep_alive, body_done, expect) = (s.version, s.head, s.keep_alive, s.body_done, s.expect);
+
+        let mut dst = core::mem::take(if i == 0 { &mut self.wbuf } else { &mut self.slots[i].held });
+        let mark = dst.len();
+        write_status_line(&mut dst, status, reason);
+        let facts = match write_fields(&mut dst, fields) {
+            Ok(f) => f,
+            Err(e) => {
+                dst.truncate(mark);
+                *(if i == 0 { &mut self.wbuf } else { &mut self.slots[i].held }) = dst;
+                return Err(e);
+            }
+        };
+        if !facts.has_date && !interim {
+            if let Some(d) = self.date.as_mut() {
+                dst.put_slice(b"date: ");
+                dst.put_slice(d.get(now));
+                dst.put_slice(b"\r\n");
+            }
+        }
+        if interim {
+            dst.put_slice(b"\r\n");
+            if status == 100 {
+                self.slots[i].expect = Expect::Sent;
+            }
+            *(if i == 0 { &mut self.wbuf } else { &mut self.slots[i].held }) = dst;
+            return Ok(());
+        }
+        // Whether the connection can stay open after this response.
+        let body_unread = !body_done && expect == Expect::Pending;
+        let mut close = !keep_alive || facts.close || (closing && last) || body_unread;
+        let no_body = head_req || status == 204 || status == 304 || switching;
+        let mut out = Out::Done;
+        let mut inline_body = None;
+        if switching {
+            // Protocol switch: no framing.
+        } else if status == 204 || (status == 304 && !matches!(body, Body::Length(_) | Body::Full(_))) {
+        } else {
+            match &body {
+                Body::Empty => write_content_length(&mut dst, 0),
+                Body::Full(b) => {
+                    write_content_length(&mut dst, b.len() as u64);
+                    if !no_body {
+                        inline_body = Some(b.clone());
+                    }
+                }
+                Body::Length(n) => {
+                    write_content_length(&mut dst, *n);
+                    out = if *n == 0 { Out::Done } else { Out::Length { remaining: *n } };
+                }
+                Body::Chunked => {
+                    if version == Version::Http11 {
+                        if !no_body {
+                            dst.put_slice(b"transfer-encoding: chunked\r\n");
+                        }
+                        out = Out::Chunked;
+                    } else {
+                        out = Out::UntilClose;
+                        close = true;
+                    }
+                }
+            }
+        }
+        if close && !switching {
+            if !facts.close {
+                dst.put_slice(b"connection: close\r\n");
+            }
+        } else if version == Version::Http10 && !switching {
+            dst.put_slice(b"connection: keep-alive\r\n");
+        }
+        dst.put_slice(b"\r\n");
+        *(if i == 0 { &mut self.wbuf } else { &mut self.slots[i].held }) = dst;
+        if let Some(b) = inline_body {
+            self.push_bytes(i, b);
+        }
+        let s = &mut self.slots[i];
+        s.out = out;
+        s.close |= close;
+        s.discard = no_body;
+        if s.expect == Expect::Pending {
+            // A final answer before the body: the client may never send it.
+            s.expect = Expect::No;
+        }
+        if switching {
+            s.out = Out::Done;
+            s.close = false;
+            self.read = Read::Upgraded;
+            let _ = self.lifecycle.transition(State::Closing);
+        } else if let Read::AwaitUpgrade { id: up } = self.read {
+            if up == id.0 {
+                self.read = if keep_alive && !close { Read::Head } else { Read::Stopped };
+            }
+        }
+        if i == 0 {
+            self.advance_front();
+        }
+        Ok(())
+    }
+
+    /// Send body bytes of the response to `id`; `end` finishes the body.
+    pub fn send_data(&mut self, id: RequestId, data: Bytes, end: bool) -> Result<(), SendError> {
+        let i = self.check_open(id)?;
+        let s = &mut self.slots[i];
+        let discard = s.discard;
+        match s.out {
+            Out::Waiting | Out::Done => return Err(SendError::InvalidState),
+            Out::Length { remaining } => {
+                let n = data.len() as u64;
+                if n > remaining || (end && n != remaining) {
+                    return Err(SendError::LengthMismatch);
+                }
+                s.out = if n == remaining { Out::Done } else { Out::Length { remaining: remaining - n } };
+                if !discard && !data.is_empty() {
+                    self.push_bytes(i, data);
+                }
+            }
+            Out::Chunked => {
+                if end {
+                    s.out = Out::Done;
+                }
+                if !discard {
+                    if !data.is_empty() {
+                        encode_chunk_head(self.sink(i), data.len());
+                        self.push_bytes(i, data);
+                        self.sink(i).put_slice(b"\r\n");
+                    }
+                    if end {
+                        self.sink(i).put_slice(b"0\r\n\r\n");
+                    }
+                }
+            }
+            Out::UntilClose => {
+                if end {
+                    s.out = Out::Done;
+                }
+                if !discard && !data.is_empty() {
+                    self.push_bytes(i, data);
+                }
+            }
+        }
+        if i == 0 {
+            self.advance_front();
+        }
+        Ok(())
+    }
+
+    /// End a chunked response body with a trailer section.
+    pub fn send_trailers(&mut self, id: RequestId, fields: &[(&str, &[u8])]) -> Result<(), SendError> {
+        let i = self.check_open(id)?;
+        let s = &mut self.slots[i];
+        match s.out {
+            Out::Chunked => {}
+            Out::Waiting | Out::Done => return Err(SendError::InvalidState),
+            _ => return Err(SendError::TrailersNotAllowed),
+        }
+        let discard = s.discard;
+        if !discard {
+            let mut dst = core::mem::take(self.sink(i));
+            let mark = dst.len();
+            dst.put_slice(b"0\r\n");
+            let r = write_fields(&mut dst, fields);
+            if r.is_err() {
+                dst.truncate(mark);
+            } else {
+                dst.put_slice(b"\r\n");
+            }
+            *self.sink(i) = dst;
+            r?;
+        }
+        self.slots[i].out = Out::Done;
+        if i == 0 {
+            self.advance_front();
+        }
+        Ok(())
+    }
+
+    /// Graceful close: read no more requests, answer those already received (the last one
+    /// with `Connection: close`), then close.
+    pub fn close(&mut self) {
+        self.closing = true;
+        if matches!(self.read, Read::Head) {
+            self.read = Read::Stopped;
+        }
+        let _ = self.lifecycle.transition(State::Closing);
+        self.advance_front();
+    }
+
+    fn update_lifecycle(&mut self) {
+        if self.is_closed() {
+            let to = if self.error.is_some() && !matches!(self.error, Some(Error::UnexpectedEof)) {
+                State::Error
+            } else {
+                State::Closed
+            };
+            let _ = self.lifecycle.transition(to);
+        }
+    }
+}
+
+impl Slot {
+    fn new(id: u64, version: Version) -> Slot {
+        Slot {
+            id,
+            error: None,
+            head: false,
+            connect: false,
+            upgrade: false,
+            version,
+            keep_alive: true,
+            expect: Expect::No,
+            body_done: false,
+            out: Out::Waiting,
+            close: false,
+            discard: false,
+            held: BytesMut::new(),
+        }
+    }
+}
+
+/// The connection's own answer to a protocol error: a short plain-text body, then close.
+fn write_error_response(dst: &mut BytesMut, status: u16, date: Option<&[u8; 29]>) {
+    write_status_line(dst, status, None);
+    if let Some(d) = date {
+        dst.put_slice(b"date: ");
+        dst.put_slice(d);
+        dst.put_slice(b"\r\n");
+    }
+    let reason = crate::encode::reason_phrase(status);
+    dst.put_slice(b"content-type: text/plain\r\nconnection: close\r\n");
+    write_content_length(dst, reason.len() as u64 + 1);
+    dst.put_slice(b"\r\n");
+    dst.put_slice(reason.as_bytes());
+    dst.put_u8(b'\n');
+}
+
+impl Connection for ServerConnection {
+    type Event = Event;
+    type Error = Error;
+
+    fn info(&self) -> &'static ProtocolInfo {
+        &HTTP1_INFO
+    }
+
+    fn handle_input(&mut self, now: Instant, input: &mut BytesMut) -> Result<(), Error> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if now > self.now {
+            self.now = now;
+        }
+        match self.read_input(input) {
+            Ok(()) => Ok(()),
+            Err((e, body_of)) => Err(self.fail(e, body_of)),
+        }
+    }
+
+    fn handle_eof(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+        match self.read {
+            Read::Length { id, .. } | Read::Chunked { id, .. } => {
+                self.fail(Error::UnexpectedEof, Some(id));
+            }
+            Read::Upgraded => {}
+            _ => {
+                // Half-close between requests: answer what was received, then close.
+                self.closing = true;
+                self.read = Read::Stopped;
+                self.head_started = None;
+                self.advance_front();
+            }
+        }
+        self.update_lifecycle();
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        let b = match self.out.pop_front() {
+            Some(b) => Some(b),
+            None if !self.wbuf.is_empty() => Some(self.wbuf.split().freeze()),
+            None => None,
+        };
+        if b.is_none() {
+            self.update_lifecycle();
+        }
+        b
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_closed() || matches!(self.read, Read::Upgraded) {
+            return None;
+        }
+        if let Some(start) = self.head_started {
+            return self.config.header_read_timeout.map(|t| start + t);
+        }
+        if self.is_idle() {
+            // Before the first request, a silent client gets the header timeout.
+            let t = if self.requests == 0 { self.config.header_read_timeout } else { self.config.keep_alive_timeout };
+            return t.map(|t| self.idle_since + t);
+        }
+        None
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+        let Some(deadline) = self.poll_timeout() else { return };
+        if now < deadline {
+            return;
+        }
+        if self.head_started.is_some() {
+            self.fail(Error::HeaderTimeout, None);
+        } else if self.is_idle() {
+            // Idle keep-alive: close silently.
+            self.closing = true;
+            self.read = Read::Stopped;
+            let _ = self.lifecycle.transition(State::Closing);
+        }
+        self.update_lifecycle();
+    }
+
+    fn wants_read(&self) -> bool {
+        match self.read {
+            Read::Head => !self.closing && self.slots.len() < self.config.max_pipelined,
+            Read::Length { .. } | Read::Chunked { .. } => true,
+            _ => false,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(self.read, Read::Stopped)
+            && self.closing
+            && self.slots.is_empty()
+            && self.out.is_empty()
+            && self.wbuf.is_empty()
+    }
+
+    fn state(&self) -> State {
+        self.lifecycle.state()
+    }
+}
