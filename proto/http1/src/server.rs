@@ -131,7 +131,6 @@ pub struct ServerConnection {
     events: VecDeque<Event>,
     out: VecDeque<Bytes>,
     wbuf: BytesMut,
-    held_bytes: usize,
     error: Option<Error>,
     /// Stop after the responses already owed (graceful close, EOF, `Connection: close`).
     closing: bool,
@@ -155,7 +154,6 @@ impl ServerConnection {
             events: VecDeque::new(),
             out: VecDeque::new(),
             wbuf: BytesMut::new(),
-            held_bytes: 0,
             error: None,
             closing: false,
             head_started: None,
@@ -429,9 +427,6 @@ impl ServerConnection {
             }
             self.out.push_back(data);
         } else {
-            if i != 0 {
-                self.held_bytes += data.len();
-            }
             self.sink(i).extend_from_slice(&data);
         }
     }
@@ -441,7 +436,6 @@ impl ServerConnection {
         loop {
             let Some(front) = self.slots.front_mut() else { break };
             if !front.held.is_empty() {
-                self.held_bytes -= front.held.len();
                 let held = front.held.split();
                 self.wbuf.extend_from_slice(&held);
             }
@@ -466,7 +460,6 @@ impl ServerConnection {
                 };
                 // Responses queued behind a closing one are never sent.
                 self.slots.clear();
-                self.held_bytes = 0;
                 break;
             }
         }
@@ -482,7 +475,7 @@ impl ServerConnection {
         if s.error.is_some() {
             return Err(SendError::Closed);
         }
-        if i != 0 && self.held_bytes > self.config.max_buffered_out_of_order {
+        if i != 0 && self.slots.iter().map(|s| s.held.len()).sum::<usize>() > self.config.max_buffered_out_of_order {
             return Err(SendError::InvalidState);
         }
         Ok(i)
@@ -887,3 +880,7 @@ impl Connection for ServerConnection {
         self.lifecycle.state()
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -1,0 +1,518 @@
+use super::*;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+use ferry_proto::testing::for_each_split;
+
+fn conn() -> ServerConnection {
+    ServerConnection::new(Arc::new(ServerConfig::default()), Instant::ZERO)
+}
+
+fn conn_with(f: impl FnOnce(&mut ServerConfig)) -> ServerConnection {
+    let mut c = ServerConfig::default();
+    f(&mut c);
+    ServerConnection::new(Arc::new(c), Instant::ZERO)
+}
+
+fn feed(c: &mut ServerConnection, bytes: &[u8]) -> Result<BytesMut, Error> {
+    let mut b = BytesMut::from(bytes);
+    c.handle_input(Instant::ZERO, &mut b).map(|_| b)
+}
+
+fn events(c: &mut ServerConnection) -> Vec<Event> {
+    core::iter::from_fn(|| c.poll_event()).collect()
+}
+
+fn output(c: &mut ServerConnection) -> String {
+    let mut v = Vec::new();
+    while let Some(b) = c.poll_transmit() {
+        v.extend_from_slice(&b);
+    }
+    String::from_utf8(v).unwrap()
+}
+
+/// Answer every request whose body ended with a body naming its id and path.
+fn answer_all(c: &mut ServerConnection) -> Vec<Event> {
+    let evs = events(c);
+    let mut paths = Vec::new();
+    for e in &evs {
+        match e {
+            Event::Request(r) => paths.push((r.id(), String::from(r.target()))),
+            Event::End { id } => {
+                let p = &paths.iter().find(|(i, _)| i == id).unwrap().1;
+                let body = alloc::format!("{}:{}", id.get(), p);
+                c.send_response(*id, 200, &[], Body::Full(Bytes::from(body))).unwrap();
+            }
+            _ => {}
+        }
+    }
+    evs
+}
+
+const GET: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn simple_get_keep_alive() {
+    let mut c = conn();
+    let rest = feed(&mut c, GET).unwrap();
+    assert!(rest.is_empty());
+    let evs = answer_all(&mut c);
+    assert!(matches!(&evs[0], Event::Request(r) if r.path() == "/a" && r.method() == Method::Get));
+    assert!(matches!(evs[1], Event::End { .. }));
+    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n0:/a");
+    assert!(!c.is_closed());
+    assert!(c.wants_read());
+    assert!(c.is_idle());
+}
+
+#[test]
+fn pipelined_answers_in_order_even_when_answered_backwards() {
+    let mut c = conn();
+    let mut raw = Vec::new();
+    for p in ["/1", "/2", "/3"] {
+        raw.extend_from_slice(alloc::format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    }
+    feed(&mut c, &raw).unwrap();
+    let ids: Vec<RequestId> =
+        events(&mut c).into_iter().filter_map(|e| if let Event::End { id } = e { Some(id) } else { None }).collect();
+    assert_eq!(ids.len(), 3);
+    c.send_response(ids[2], 200, &[], Body::Full("c".into())).unwrap();
+    c.send_response(ids[1], 200, &[], Body::Full("b".into())).unwrap();
+    assert_eq!(output(&mut c), "");
+    c.send_response(ids[0], 200, &[], Body::Full("a".into())).unwrap();
+    let out = output(&mut c);
+    let a = out.find("\r\n\r\na").unwrap();
+    let b = out.find("\r\n\r\nb").unwrap();
+    let cc = out.find("\r\n\r\nc").unwrap();
+    assert!(a < b && b < cc, "{out}");
+    assert_eq!(c.send_response(ids[0], 200, &[], Body::Empty), Err(SendError::UnknownId));
+}
+
+#[test]
+fn every_split_point_gives_the_same_requests() {
+    let raw = b"POST /u?x=1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: v\r\n\r\nGET /g HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
+    for_each_split(raw, Instant::ZERO, conn, |at, mut c, r| {
+        r.unwrap();
+        let evs = events(&mut c);
+        let mut body = Vec::new();
+        let mut targets = Vec::new();
+        let mut trailers = 0;
+        let mut ends = 0;
+        for e in evs {
+            match e {
+                Event::Request(r) => targets.push(String::from(r.target())),
+                Event::Data { data, .. } => body.extend_from_slice(&data),
+                Event::Trailers { trailers: t, .. } => {
+                    assert_eq!(t.get("t"), Some(&b"v"[..]));
+                    trailers += 1
+                }
+                Event::End { .. } => ends += 1,
+                Event::Error { error, .. } => panic!("{error} at {at}"),
+            }
+        }
+        assert_eq!(targets, ["/u?x=1", "/g"], "split at {at}");
+        assert_eq!(body, b"helloabc", "split at {at}");
+        assert_eq!((trailers, ends), (1, 2), "split at {at}");
+    });
+}
+
+#[test]
+fn one_byte_at_a_time() {
+    let raw = b"PUT /p HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nwxyz";
+    let mut c = conn();
+    let mut buf = BytesMut::new();
+    for &b in raw.iter() {
+        buf.extend_from_slice(&[b]);
+        c.handle_input(Instant::ZERO, &mut buf).unwrap();
+    }
+    let evs = events(&mut c);
+    let body: Vec<u8> = evs
+        .iter()
+        .filter_map(|e| if let Event::Data { data, .. } = e { Some(data.to_vec()) } else { None })
+        .flatten()
+        .collect();
+    assert_eq!(body, b"wxyz");
+    assert!(matches!(evs.last(), Some(Event::End { .. })));
+}
+
+#[test]
+fn streaming_chunked_response_with_trailers() {
+    let mut c = conn();
+    feed(&mut c, GET).unwrap();
+    let _ = events(&mut c);
+    let id = RequestId(0);
+    c.send_response(id, 200, &[("x-a", b"1")], Body::Chunked).unwrap();
+    c.send_data(id, "hello".into(), false).unwrap();
+    c.send_data(id, Bytes::new(), false).unwrap();
+    c.send_trailers(id, &[("checksum", b"abc")]).unwrap();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nchecksum: abc\r\n\r\n"
+    );
+    assert!(c.is_idle());
+}
+
+#[test]
+fn length_body_mismatch_is_refused() {
+    let mut c = conn();
+    feed(&mut c, GET).unwrap();
+    let id = RequestId(0);
+    c.send_response(id, 200, &[], Body::Length(3)).unwrap();
+    assert_eq!(c.send_data(id, "abcd".into(), false), Err(SendError::LengthMismatch));
+    assert_eq!(c.send_data(id, "ab".into(), true), Err(SendError::LengthMismatch));
+    c.send_data(id, "ab".into(), false).unwrap();
+    c.send_data(id, "c".into(), true).unwrap();
+    assert!(output(&mut c).ends_with("\r\n\r\nabc"));
+}
+
+#[test]
+fn head_response_has_length_but_no_body() {
+    let mut c = conn();
+    feed(&mut c, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Full("hello".into())).unwrap();
+    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
+}
+
+#[test]
+fn no_body_statuses() {
+    for (status, expect) in [(204u16, "HTTP/1.1 204 No Content\r\n\r\n"), (304, "HTTP/1.1 304 Not Modified\r\n\r\n")] {
+        let mut c = conn();
+        feed(&mut c, GET).unwrap();
+        c.send_response(RequestId(0), status, &[], Body::Empty).unwrap();
+        assert_eq!(output(&mut c), expect);
+    }
+}
+
+#[test]
+fn http10_close_and_keep_alive() {
+    let mut c = conn();
+    feed(&mut c, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Full("x".into())).unwrap();
+    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx");
+    assert!(c.is_closed());
+
+    let mut c = conn();
+    feed(&mut c, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Full("x".into())).unwrap();
+    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\nx");
+    assert!(!c.is_closed());
+
+    // Chunked to an HTTP/1.0 client becomes close-delimited.
+    let mut c = conn();
+    feed(&mut c, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Chunked).unwrap();
+    c.send_data(RequestId(0), "abc".into(), true).unwrap();
+    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nabc");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn connection_close_stops_reading() {
+    let mut c = conn();
+    let rest = feed(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /next HTTP/1.1\r\n").unwrap();
+    assert_eq!(&rest[..], b"GET /next HTTP/1.1\r\n");
+    assert!(!c.wants_read());
+    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    assert!(output(&mut c).contains("connection: close\r\n"));
+    assert!(c.is_closed());
+    assert_eq!(c.state(), State::Closed);
+}
+
+#[test]
+fn expect_continue_auto() {
+    let mut c = conn();
+    feed(&mut c, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap();
+    assert_eq!(output(&mut c), "HTTP/1.1 100 Continue\r\n\r\n");
+    feed(&mut c, b"abc").unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    assert!(!c.is_closed());
+}
+
+#[test]
+fn expect_continue_rejected_closes() {
+    let mut c = conn_with(|c| c.auto_continue = false);
+    feed(&mut c, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap();
+    assert_eq!(output(&mut c), "");
+    c.send_response(RequestId(0), 417, &[], Body::Empty).unwrap();
+    let out = output(&mut c);
+    assert!(out.starts_with("HTTP/1.1 417 Expectation Failed\r\n"), "{out}");
+    assert!(out.contains("connection: close"));
+    assert!(c.is_closed());
+}
+
+#[test]
+fn expect_continue_manual() {
+    let mut c = conn_with(|c| c.auto_continue = false);
+    feed(&mut c, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap();
+    c.send_continue(RequestId(0)).unwrap();
+    assert_eq!(c.send_continue(RequestId(0)), Err(SendError::InvalidState));
+    assert_eq!(output(&mut c), "HTTP/1.1 100 Continue\r\n\r\n");
+}
+
+#[test]
+fn upgrade_leaves_remaining_bytes() {
+    let mut c = conn();
+    let rest =
+        feed(&mut c, b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello").unwrap();
+    assert_eq!(&rest[..], b"\x81\x05hello");
+    let evs = events(&mut c);
+    assert!(matches!(&evs[0], Event::Request(r) if r.is_upgrade()));
+    assert!(!c.wants_read());
+    c.send_response(RequestId(0), 101, &[("Upgrade", b"websocket"), ("Connection", b"Upgrade")], Body::Empty).unwrap();
+    assert_eq!(output(&mut c), "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+    assert!(c.is_upgraded());
+    assert!(!c.is_closed());
+    assert_eq!(c.poll_timeout(), None);
+}
+
+#[test]
+fn upgrade_declined_continues_http() {
+    let mut c = conn();
+    let mut b = BytesMut::from(
+        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+    );
+    c.handle_input(Instant::ZERO, &mut b).unwrap();
+    assert_eq!(events(&mut c).len(), 2);
+    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    c.handle_input(Instant::ZERO, &mut b).unwrap();
+    assert!(b.is_empty());
+    assert!(matches!(&events(&mut c)[0], Event::Request(r) if r.target() == "/2"));
+}
+
+#[test]
+fn connect_tunnel() {
+    let mut c = conn();
+    feed(&mut c, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").unwrap();
+    let evs = events(&mut c);
+    assert!(matches!(&evs[0], Event::Request(r) if r.target() == "example.com:443"));
+    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\n\r\n");
+    assert!(c.is_upgraded());
+}
+
+#[test]
+fn status_101_without_upgrade_is_refused() {
+    let mut c = conn();
+    feed(&mut c, GET).unwrap();
+    assert_eq!(c.send_response(RequestId(0), 101, &[], Body::Empty), Err(SendError::InvalidStatus));
+    assert_eq!(c.send_response(RequestId(0), 99, &[], Body::Empty), Err(SendError::InvalidStatus));
+    c.send_response(RequestId(0), 103, &[("link", b"</s.css>")], Body::Empty).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    );
+}
+
+#[test]
+fn invalid_response_fields_leave_connection_unchanged() {
+    let mut c = conn();
+    feed(&mut c, GET).unwrap();
+    assert_eq!(c.send_response(RequestId(0), 200, &[("a", b"\r\nx: y")], Body::Empty), Err(SendError::InvalidHeader));
+    assert_eq!(c.send_response(RequestId(0), 200, &[("content-length", b"1")], Body::Empty), Err(SendError::FramingHeader));
+    assert_eq!(output(&mut c), "");
+    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+}
+
+#[test]
+fn date_header_from_now() {
+    let mut c = conn_with(|c| c.date_origin_unix_nanos = Some(784111777_000_000_000));
+    let mut b = BytesMut::from(GET);
+    c.handle_input(Instant::from_nanos(2_000_000_000), &mut b).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    assert!(output(&mut c).contains("date: Sun, 06 Nov 1994 08:49:39 GMT\r\n"));
+}
+
+#[test]
+fn pipelining_limit_is_backpressure() {
+    let mut c = conn_with(|c| c.max_pipelined = 2);
+    let mut raw = Vec::new();
+    for _ in 0..4 {
+        raw.extend_from_slice(GET);
+    }
+    let mut b = BytesMut::from(&raw[..]);
+    c.handle_input(Instant::ZERO, &mut b).unwrap();
+    assert_eq!(b.len(), 2 * GET.len());
+    assert!(!c.wants_read());
+    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    assert!(c.wants_read());
+    c.handle_input(Instant::ZERO, &mut b).unwrap();
+    assert_eq!(b.len(), GET.len());
+    assert_eq!(c.in_flight(), 2);
+}
+
+#[test]
+fn header_timeout_answers_408() {
+    let mut c = conn();
+    feed(&mut c, b"GET / HTTP/1.1\r\nHost").unwrap();
+    let t = c.poll_timeout().unwrap();
+    assert_eq!(t, Instant::ZERO + Duration::from_secs(30));
+    c.handle_timeout(Instant::ZERO + Duration::from_secs(29));
+    assert!(!c.is_closed());
+    c.handle_timeout(t);
+    let out = output(&mut c);
+    assert!(out.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{out}");
+    assert!(c.is_closed());
+    assert!(matches!(events(&mut c)[..], [Event::Error { error: Error::HeaderTimeout, .. }]));
+    assert_eq!(c.handle_input(t, &mut BytesMut::from(&b"x"[..])), Err(Error::HeaderTimeout));
+}
+
+#[test]
+fn idle_keep_alive_closes_silently() {
+    let mut c = conn();
+    feed(&mut c, GET).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    let _ = output(&mut c);
+    let t = c.poll_timeout().unwrap();
+    assert_eq!(t, Instant::ZERO + Duration::from_secs(75));
+    c.handle_timeout(t);
+    assert_eq!(output(&mut c), "");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn no_timeout_while_request_outstanding() {
+    let mut c = conn();
+    feed(&mut c, GET).unwrap();
+    assert_eq!(c.poll_timeout(), None);
+}
+
+#[test]
+fn eof_between_requests_answers_then_closes() {
+    let mut c = conn();
+    feed(&mut c, GET).unwrap();
+    c.handle_eof(Instant::ZERO);
+    assert!(!c.is_closed());
+    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    assert!(output(&mut c).contains("connection: close"));
+    assert!(c.is_closed());
+}
+
+#[test]
+fn eof_mid_body_is_an_error() {
+    let mut c = conn();
+    feed(&mut c, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").unwrap();
+    c.handle_eof(Instant::ZERO);
+    let evs = events(&mut c);
+    assert!(matches!(evs.last(), Some(Event::Error { error: Error::UnexpectedEof, id: Some(_) })));
+    assert!(output(&mut c).starts_with("HTTP/1.1 400"));
+    assert!(c.is_closed());
+}
+
+#[test]
+fn error_waits_for_earlier_responses() {
+    let mut c = conn();
+    let mut raw = Vec::from(GET);
+    raw.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+    let e = feed(&mut c, &raw).unwrap_err();
+    assert_eq!(e, Error::InvalidContentLength);
+    assert_eq!(output(&mut c), "");
+    assert!(!c.is_closed());
+    c.send_response(RequestId(0), 200, &[], Body::Full("first".into())).unwrap();
+    let out = output(&mut c);
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
+    assert!(out.contains("first"));
+    assert!(out.contains("HTTP/1.1 400 Bad Request\r\n"));
+    assert!(c.is_closed());
+    assert_eq!(c.state(), State::Error);
+}
+
+#[test]
+fn limits_map_to_status_codes() {
+    let long_uri = alloc::format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000));
+    let mut c = conn();
+    assert_eq!(feed(&mut c, long_uri.as_bytes()).unwrap_err(), Error::UriTooLong);
+    assert!(output(&mut c).starts_with("HTTP/1.1 414 URI Too Long\r\n"));
+
+    // Incomplete request line beyond the limit.
+    let mut c = conn();
+    assert_eq!(feed(&mut c, &long_uri.as_bytes()[..8500]).unwrap_err(), Error::UriTooLong);
+
+    let big = alloc::format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(40000));
+    let mut c = conn();
+    assert_eq!(feed(&mut c, big.as_bytes()).unwrap_err(), Error::HeadTooLarge);
+    assert!(output(&mut c).starts_with("HTTP/1.1 431 "));
+
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..101 {
+        many.push_str(&alloc::format!("X-{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let mut c = conn();
+    assert_eq!(feed(&mut c, many.as_bytes()).unwrap_err(), Error::TooManyHeaders);
+    assert!(output(&mut c).starts_with("HTTP/1.1 431 "));
+
+    let mut c = conn_with(|c| c.max_body = 10);
+    assert_eq!(feed(&mut c, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n").unwrap_err(), Error::BodyTooLarge);
+    assert!(output(&mut c).starts_with("HTTP/1.1 413 "));
+
+    let mut c = conn_with(|c| c.max_body = 10);
+    assert_eq!(
+        feed(&mut c, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nabcdef\r\n")
+            .unwrap_err(),
+        Error::BodyTooLarge
+    );
+    assert!(output(&mut c).starts_with("HTTP/1.1 413 "));
+}
+
+#[test]
+fn missing_host_is_400() {
+    let mut c = conn();
+    assert_eq!(feed(&mut c, b"GET / HTTP/1.1\r\n\r\n").unwrap_err(), Error::InvalidHost);
+    let mut c = conn();
+    assert_eq!(feed(&mut c, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(), Error::InvalidHost);
+    let mut c = conn();
+    assert!(feed(&mut c, b"GET / HTTP/1.0\r\n\r\n").is_ok());
+}
+
+#[test]
+fn graceful_close_finishes_outstanding() {
+    let mut c = conn();
+    let mut raw = Vec::from(GET);
+    raw.extend_from_slice(GET);
+    feed(&mut c, &raw).unwrap();
+    c.close();
+    assert!(!c.wants_read());
+    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    c.send_response(RequestId(1), 200, &[], Body::Empty).unwrap();
+    let out = output(&mut c);
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 2);
+    assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn large_body_zero_copy_chunks() {
+    let mut c = conn();
+    feed(&mut c, GET).unwrap();
+    let big = Bytes::from(alloc::vec![7u8; 100_000]);
+    c.send_response(RequestId(0), 200, &[], Body::Full(big.clone())).unwrap();
+    let head = c.poll_transmit().unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200 OK"));
+    let body = c.poll_transmit().unwrap();
+    assert_eq!(body.as_ptr(), big.as_ptr(), "body handed over without copying");
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    for _ in 0..2000 {
+        let mut c = conn();
+        let mut buf = BytesMut::new();
+        let len = (seed % 200) as usize;
+        for _ in 0..len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let alphabet = b"GET /HTP1.0\r\n:abcChunkedTransfer-EncodingContent-Length 0123456789;";
+            buf.extend_from_slice(&[alphabet[(seed % alphabet.len() as u64) as usize]]);
+        }
+        let _ = c.handle_input(Instant::ZERO, &mut buf);
+        let _ = events(&mut c);
+        let _ = output(&mut c);
+        c.handle_eof(Instant::ZERO);
+        let _ = output(&mut c);
+    }
+}
