@@ -77,6 +77,7 @@ pub mod head;
 pub mod multipart;
 pub mod server;
 
+pub use client::ClientConnection;
 pub use config::{ClientConfig, ServerConfig};
 pub use encode::{is_token, reason_phrase, Body};
 pub use error::{Error, HeadError, SendError};
