@@ -227,6 +227,10 @@ impl ServerConnection {
                 if slot.out == Out::Waiting {
                     slot.error = Some(status);
                     slot.body_done = true;
+                } else if slot.out != Out::Done {
+                    // A response streamed alongside a broken request body cannot end well:
+                    // cut it short so the peer sees the failure, and close.
+                    slot.out = Out::Done;
                 }
                 slot.close = true;
                 handled = true;

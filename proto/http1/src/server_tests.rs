@@ -516,3 +516,17 @@ fn garbage_never_panics() {
         let _ = output(&mut c);
     }
 }
+
+#[test]
+fn broken_body_cuts_streamed_response_and_closes() {
+    let mut c = conn();
+    feed(&mut c, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n").unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Chunked).unwrap();
+    c.send_data(RequestId(0), "abc".into(), false).unwrap();
+    assert_eq!(feed(&mut c, b"zz\r\n").unwrap_err(), Error::InvalidChunkSize);
+    assert_eq!(c.send_data(RequestId(0), "more".into(), false), Err(SendError::UnknownId));
+    let out = output(&mut c);
+    assert!(out.ends_with("3\r\nabc\r\n"), "{out}");
+    assert!(c.is_closed());
+    assert!(matches!(events(&mut c).last(), Some(Event::Error { id: Some(_), error: Error::InvalidChunkSize })));
+}
