@@ -13,10 +13,11 @@ use alloc::vec::Vec;
 use core::fmt;
 
 /// A connection's lifecycle state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum State {
     /// No connection.
+    #[default]
     Disconnected = 0,
     /// Establishment in progress (TCP connect, TLS handshake).
     Connecting = 1,
@@ -129,12 +130,6 @@ pub struct Lifecycle {
     state: State,
     entered: [u64; 8],
     observers: Vec<Box<dyn LifecycleObserver>>,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State::Disconnected
-    }
 }
 
 impl Default for Lifecycle {

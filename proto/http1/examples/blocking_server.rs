@@ -74,10 +74,8 @@ fn handle(mut stream: TcpStream, config: Arc<ServerConfig>, start: std::time::In
                     }
                     routes.insert(req.id(), route);
                 }
-                Event::Data { id, data } => {
-                    if routes.get(&id) == Some(&Route::Echo) {
-                        let _ = conn.send_data(id, data, false);
-                    }
+                Event::Data { id, data } if routes.get(&id) == Some(&Route::Echo) => {
+                    let _ = conn.send_data(id, data, false);
                 }
                 Event::End { id } => match routes.remove(&id) {
                     Some(Route::Hello) => {

@@ -18,6 +18,8 @@ use crate::Error;
 pub const MAX_CHUNK_LINE: usize = 4096;
 
 /// One step of decoding.
+// Trailers are rare but inline: boxing would allocate; the enum is moved, not stored.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Decoded {
     /// Chunk data (a slice of the caller's buffer).

@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn cached_per_second() {
-        let mut c = DateCache::new(784111777_000_000_000);
+        let mut c = DateCache::new(784_111_777_000_000_000);
         assert_eq!(c.get(Instant::from_nanos(999_999_999)), b"Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(c.get(Instant::from_nanos(1_000_000_000)), b"Sun, 06 Nov 1994 08:49:38 GMT");
     }

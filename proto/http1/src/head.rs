@@ -109,6 +109,9 @@ impl Version {
     }
 }
 
+/// Field positions of one head, inline up to [`INLINE_HEADERS`] fields.
+pub(crate) type HeaderIndex = SmallVec<[HeaderIdx; INLINE_HEADERS]>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HeaderIdx {
     name_start: u32,
@@ -122,7 +125,7 @@ pub(crate) struct HeaderIdx {
 #[derive(Clone, Default)]
 pub struct Headers {
     buf: Bytes,
-    idx: SmallVec<[HeaderIdx; INLINE_HEADERS]>,
+    idx: HeaderIndex,
 }
 
 impl fmt::Debug for Headers {
@@ -139,7 +142,7 @@ impl PartialEq for Headers {
 
 impl Headers {
     /// Build from httparse's parsed headers, all borrowing from `buf`.
-    pub(crate) fn index(base: &[u8], parsed: &[httparse::Header<'_>]) -> SmallVec<[HeaderIdx; INLINE_HEADERS]> {
+    pub(crate) fn index(base: &[u8], parsed: &[httparse::Header<'_>]) -> HeaderIndex {
         let base = base.as_ptr() as usize;
         let mut idx = SmallVec::with_capacity(parsed.len());
         for h in parsed {
@@ -153,7 +156,7 @@ impl Headers {
         idx
     }
 
-    pub(crate) fn from_parts(buf: Bytes, idx: SmallVec<[HeaderIdx; INLINE_HEADERS]>) -> Headers {
+    pub(crate) fn from_parts(buf: Bytes, idx: HeaderIndex) -> Headers {
         Headers { buf, idx }
     }
 
@@ -556,7 +559,7 @@ pub(crate) struct ParsedRequest {
     pub method_len: u16,
     pub target: (u32, u32),
     pub version: Version,
-    pub idx: SmallVec<[HeaderIdx; INLINE_HEADERS]>,
+    pub idx: HeaderIndex,
     pub body: BodyKind,
     pub keep_alive: bool,
     pub expect_continue: bool,
@@ -630,7 +633,7 @@ pub(crate) struct ParsedResponse {
     pub status: u16,
     pub reason: (u32, u32),
     pub version: Version,
-    pub idx: SmallVec<[HeaderIdx; INLINE_HEADERS]>,
+    pub idx: HeaderIndex,
     pub body: BodyKind,
     pub keep_alive: bool,
 }
@@ -721,7 +724,7 @@ impl Response {
 pub(crate) fn parse_trailers(
     buf: &[u8],
     max_headers: usize,
-) -> Result<Option<(usize, SmallVec<[HeaderIdx; INLINE_HEADERS]>)>, Error> {
+) -> Result<Option<(usize, HeaderIndex)>, Error> {
     let mut hdrs = [httparse::EMPTY_HEADER; 64];
     let n = max_headers.clamp(1, 64);
     match httparse::parse_headers(buf, &mut hdrs[..n]) {
@@ -772,7 +775,7 @@ mod tests {
     #[test]
     fn content_length_rules() {
         assert_eq!(parse_content_length(b"0"), Ok(0));
-        assert_eq!(parse_content_length(b"18446744073709551615").is_err(), true);
+        assert!(parse_content_length(b"18446744073709551615").is_err());
         assert_eq!(parse_content_length(b"1234567890123456789"), Ok(1234567890123456789));
         assert!(parse_content_length(b"+1").is_err());
         assert!(parse_content_length(b"1 2").is_err());

@@ -27,6 +27,8 @@ pub static HTTP1_INFO: ProtocolInfo = ProtocolInfo {
 };
 
 /// What a [`ServerConnection`] tells the application.
+// `Request` is large (inline header index) on purpose: boxing would allocate per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event {
@@ -437,8 +439,7 @@ impl ServerConnection {
 
     /// Pop finished responses off the front, releasing held output of the next ones.
     fn advance_front(&mut self) {
-        loop {
-            let Some(front) = self.slots.front_mut() else { break };
+        while let Some(front) = self.slots.front_mut() {
             if !front.held.is_empty() {
                 let held = front.held.split();
                 self.wbuf.extend_from_slice(&held);

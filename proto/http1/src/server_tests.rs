@@ -318,7 +318,7 @@ fn invalid_response_fields_leave_connection_unchanged() {
 
 #[test]
 fn date_header_from_now() {
-    let mut c = conn_with(|c| c.date_origin_unix_nanos = Some(784111777_000_000_000));
+    let mut c = conn_with(|c| c.date_origin_unix_nanos = Some(784_111_777_000_000_000));
     let mut b = BytesMut::from(GET);
     c.handle_input(Instant::from_nanos(2_000_000_000), &mut b).unwrap();
     c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
