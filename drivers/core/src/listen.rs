@@ -1,0 +1,162 @@
+//! Listener sockets: one `SO_REUSEPORT` listener per I/O worker, bound up front so a port in
+//! use is reported before any thread starts, and port 0 resolves to one real port for all.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+
+use bytes::BytesMut;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Socket options for listeners and the connections they accept.
+#[derive(Clone, Debug)]
+pub struct ListenOptions {
+    /// `listen(2)` backlog. Default 4096.
+    pub backlog: i32,
+    /// `TCP_NODELAY` on accepted connections. Default `true`.
+    pub nodelay: bool,
+    /// `SO_RCVBUF` for accepted connections (inherited from the listener), if set.
+    pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` for accepted connections (inherited from the listener), if set.
+    pub send_buffer: Option<usize>,
+    /// `IPV6_V6ONLY` for IPv6 listeners. Default `false` (dual-stack).
+    pub v6_only: bool,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions { backlog: 4096, nodelay: true, recv_buffer: None, send_buffer: None, v6_only: false }
+    }
+}
+
+/// Binding failed: which address, and why.
+#[derive(Debug)]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// The OS error.
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.source.kind() == io::ErrorKind::AddrInUse {
+            write!(f, "address {} is already in use", self.addr)
+        } else {
+            write!(f, "cannot listen on {}: {}", self.addr, self.source)
+        }
+    }
+}
+
+impl std::error::Error for BindError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+fn bind_one(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(opts.v6_only)?;
+    }
+    if let Some(n) = opts.recv_buffer {
+        s.set_recv_buffer_size(n)?;
+    }
+    if let Some(n) = opts.send_buffer {
+        s.set_send_buffer_size(n)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(opts.backlog)?;
+    Ok(s.into())
+}
+
+/// Bind `n` non-blocking listeners on `addr` with `SO_REUSEPORT`: the first picks the port
+/// (port 0 = any free port), the others bind the same one.
+pub fn bind_listeners(addr: SocketAddr, n: usize, opts: &ListenOptions) -> Result<Vec<TcpListener>, BindError> {
+    let err = |source| BindError { addr, source };
+    let first = bind_one(addr, opts).map_err(err)?;
+    let real = first.local_addr().map_err(err)?;
+    let mut v = vec![first];
+    for _ in 1..n.max(1) {
+        v.push(bind_one(real, opts).map_err(|source| BindError { addr: real, source })?);
+    }
+    Ok(v)
+}
+
+/// Apply per-connection options to an accepted socket.
+pub fn configure_accepted(fd: RawFd, opts: &ListenOptions) {
+    if opts.nodelay {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int from a valid pointer with the size we pass.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+}
+
+/// Read once from `fd` into the spare capacity of `buf` (reserving `chunk` bytes first),
+/// without zero-filling. Returns the byte count (0 = EOF).
+pub fn read_into(fd: &impl AsRawFd, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+    buf.reserve(chunk);
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; recv writes at
+    // most that many bytes and reports how many it wrote.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised exactly `n` bytes after the current length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuseport_listeners_share_one_port() {
+        let ls = bind_listeners("127.0.0.1:0".parse().unwrap(), 3, &ListenOptions::default()).unwrap();
+        let port = ls[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for l in &ls {
+            assert_eq!(l.local_addr().unwrap().port(), port);
+        }
+    }
+
+    #[test]
+    fn port_in_use_names_the_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = bind_listeners(addr, 1, &ListenOptions::default()).unwrap_err();
+        assert_eq!(e.to_string(), format!("address {addr} is already in use"));
+    }
+
+    #[test]
+    fn ipv6_listener() {
+        if let Ok(ls) = bind_listeners("[::1]:0".parse().unwrap(), 1, &ListenOptions::default()) {
+            assert!(ls[0].local_addr().unwrap().is_ipv6());
+        }
+    }
+
+    #[test]
+    fn read_into_appends() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        c.write_all(b"abc").unwrap();
+        let mut b = BytesMut::from(&b"x"[..]);
+        assert_eq!(read_into(&s, &mut b, 64).unwrap(), 3);
+        assert_eq!(&b[..], b"xabc");
+    }
+}

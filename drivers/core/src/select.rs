@@ -1,0 +1,180 @@
+//! Driver selection: which event loop to run, and what this host supports (`ferry probe`).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A driver choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DriverKind {
+    /// Probe and pick the best available for a kernel-address listener (io_uring, then epoll).
+    Auto,
+    /// mio/epoll, edge-triggered.
+    Epoll,
+    /// io_uring.
+    Uring,
+}
+
+impl DriverKind {
+    /// The name used on the command line and in the `listening` line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Auto => "auto",
+            DriverKind::Epoll => "epoll",
+            DriverKind::Uring => "uring",
+        }
+    }
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown driver name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownDriver(pub String);
+
+impl fmt::Display for UnknownDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown driver `{}` (expected auto, epoll or uring)", self.0)
+    }
+}
+
+impl std::error::Error for UnknownDriver {}
+
+impl FromStr for DriverKind {
+    type Err = UnknownDriver;
+    fn from_str(s: &str) -> Result<DriverKind, UnknownDriver> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DriverKind::Auto),
+            "epoll" | "mio" => Ok(DriverKind::Epoll),
+            "uring" | "io_uring" | "io-uring" => Ok(DriverKind::Uring),
+            _ => Err(UnknownDriver(s.to_string())),
+        }
+    }
+}
+
+/// One row of the probe table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeRow {
+    /// Transport name.
+    pub name: &'static str,
+    /// Usable by this build on this host.
+    pub available: bool,
+    /// Why (or why not).
+    pub reason: String,
+    /// Detected capabilities.
+    pub capabilities: Vec<&'static str>,
+}
+
+/// Whether io_uring can be set up here (kernel support, `io_uring_disabled` sysctl, seccomp).
+pub fn probe_uring() -> Result<(), String> {
+    if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        if s.trim() == "2" {
+            return Err("disabled by kernel.io_uring_disabled=2".into());
+        }
+    }
+    // struct io_uring_params is 120 bytes; we only need the call to succeed.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup(entries, params) reads and writes exactly one io_uring_params
+    // (120 bytes) at the pointer we pass, which is a valid writable buffer of that size.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("io_uring_setup failed: {e}"));
+    }
+    // SAFETY: `fd` is the ring descriptor the call just returned to us; we close it once.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// Whether epoll works here.
+pub fn probe_epoll() -> Result<(), String> {
+    // SAFETY: epoll_create1 takes no pointers; the result is checked and closed once.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("epoll_create1 failed: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: closing the descriptor we just created.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// The transport table: io_uring, epoll, then the drivers not built yet.
+pub fn probe() -> Vec<ProbeRow> {
+    let mut rows = Vec::new();
+    let u = probe_uring();
+    rows.push(ProbeRow {
+        name: "io_uring",
+        available: u.is_ok(),
+        reason: u.err().unwrap_or_else(|| "io_uring_setup works (multishot accept/recv, buffer rings)".into()),
+        capabilities: vec!["vectored", "zero-copy"],
+    });
+    let e = probe_epoll();
+    rows.push(ProbeRow {
+        name: "epoll",
+        available: e.is_ok(),
+        reason: e.err().unwrap_or_else(|| "epoll_create1 works (mio, edge-triggered)".into()),
+        capabilities: vec!["vectored"],
+    });
+    for (name, why) in [
+        ("AF_XDP", "not built yet (needs --iface to own; issue 4 follow-up)"),
+        ("DPDK", "not built yet (needs --vdev to own; issue 4 follow-up)"),
+        ("RDMA", "not built yet (CONFIG_INFINIBAND is unset on this kernel)"),
+        ("raw", "not built yet (AF_PACKET + smoltcp; needs an interface to own)"),
+        ("std", "not built yet as a serve driver (blocking std sockets; StdTransport exists)"),
+    ] {
+        rows.push(ProbeRow { name, available: false, reason: why.into(), capabilities: Vec::new() });
+    }
+    rows
+}
+
+/// Resolve a requested driver: `FERRY_DRIVER` (passed in as `env`) overrides `Auto`; `Auto`
+/// picks io_uring when it works, else epoll. An explicit choice is kept as is.
+pub fn resolve(requested: DriverKind, env: Option<&str>) -> Result<DriverKind, UnknownDriver> {
+    let mut kind = requested;
+    if kind == DriverKind::Auto {
+        if let Some(e) = env.filter(|e| !e.trim().is_empty()) {
+            kind = e.parse()?;
+        }
+    }
+    if kind == DriverKind::Auto {
+        kind = if probe_uring().is_ok() { DriverKind::Uring } else { DriverKind::Epoll };
+    }
+    Ok(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse() {
+        assert_eq!("epoll".parse(), Ok(DriverKind::Epoll));
+        assert_eq!("URING".parse(), Ok(DriverKind::Uring));
+        assert_eq!("io_uring".parse(), Ok(DriverKind::Uring));
+        assert_eq!("auto".parse(), Ok(DriverKind::Auto));
+        assert!("dpdk".parse::<DriverKind>().is_err());
+    }
+
+    #[test]
+    fn env_overrides_auto_only() {
+        assert_eq!(resolve(DriverKind::Auto, Some("epoll")), Ok(DriverKind::Epoll));
+        assert_eq!(resolve(DriverKind::Uring, Some("epoll")), Ok(DriverKind::Uring));
+        assert_eq!(resolve(DriverKind::Epoll, None), Ok(DriverKind::Epoll));
+        assert!(resolve(DriverKind::Auto, Some("bogus")).is_err());
+        let auto = resolve(DriverKind::Auto, Some("")).unwrap();
+        assert_ne!(auto, DriverKind::Auto);
+        assert_eq!(auto == DriverKind::Uring, probe_uring().is_ok());
+    }
+
+    #[test]
+    fn probe_lists_every_transport() {
+        let rows = probe();
+        let names: Vec<_> = rows.iter().map(|r| r.name).collect();
+        assert_eq!(names, ["io_uring", "epoll", "AF_XDP", "DPDK", "RDMA", "raw", "std"]);
+        assert!(rows[1].available, "{}", rows[1].reason);
+    }
+}
