@@ -19,7 +19,9 @@ const FORBIDDEN: &[&str] = &[
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -64,7 +66,11 @@ fn sans_io_crates_have_no_io_threads_or_clocks() {
             }
         }
     }
-    assert!(violations.is_empty(), "sans-IO rule broken:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "sans-IO rule broken:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]

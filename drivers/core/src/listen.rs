@@ -25,7 +25,13 @@ pub struct ListenOptions {
 
 impl Default for ListenOptions {
     fn default() -> Self {
-        ListenOptions { backlog: 4096, nodelay: true, recv_buffer: None, send_buffer: None, v6_only: false }
+        ListenOptions {
+            backlog: 4096,
+            nodelay: true,
+            recv_buffer: None,
+            send_buffer: None,
+            v6_only: false,
+        }
     }
 }
 
@@ -55,7 +61,11 @@ impl std::error::Error for BindError {
 }
 
 fn bind_one(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -74,7 +84,11 @@ fn bind_one(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListener> {
 
 /// Bind `n` non-blocking listeners on `addr` with `SO_REUSEPORT`: the first picks the port
 /// (port 0 = any free port), the others bind the same one.
-pub fn bind_listeners(addr: SocketAddr, n: usize, opts: &ListenOptions) -> Result<Vec<TcpListener>, BindError> {
+pub fn bind_listeners(
+    addr: SocketAddr,
+    n: usize,
+    opts: &ListenOptions,
+) -> Result<Vec<TcpListener>, BindError> {
     let err = |source| BindError { addr, source };
     let first = bind_one(addr, opts).map_err(err)?;
     let real = first.local_addr().map_err(err)?;
@@ -125,7 +139,8 @@ mod tests {
 
     #[test]
     fn reuseport_listeners_share_one_port() {
-        let ls = bind_listeners("127.0.0.1:0".parse().unwrap(), 3, &ListenOptions::default()).unwrap();
+        let ls =
+            bind_listeners("127.0.0.1:0".parse().unwrap(), 3, &ListenOptions::default()).unwrap();
         let port = ls[0].local_addr().unwrap().port();
         assert_ne!(port, 0);
         for l in &ls {

@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is `+Inf`).
 pub const LATENCY_BOUNDS_US: [u64; 20] = [
-    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
 ];
 
 /// Counters of one I/O worker. Relaxed atomics: each is written by its own worker (or, for
@@ -49,19 +49,27 @@ pub fn add(c: &AtomicU64, n: u64) {
 impl WorkerMetrics {
     /// Record one request's latency.
     pub fn observe_latency_us(&self, us: u64) {
-        let i = LATENCY_BOUNDS_US.iter().position(|&b| us <= b).unwrap_or(LATENCY_BOUNDS_US.len());
+        let i = LATENCY_BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BOUNDS_US.len());
         self.latency[i].fetch_add(1, Relaxed);
         self.latency_sum_us.fetch_add(us, Relaxed);
     }
 
     /// Non-cumulative bucket counts (the last is `+Inf`) and the sum in microseconds.
     pub fn latency(&self) -> (Vec<u64>, u64) {
-        (self.latency.iter().map(|c| c.load(Relaxed)).collect(), self.latency_sum_us.load(Relaxed))
+        (
+            self.latency.iter().map(|c| c.load(Relaxed)).collect(),
+            self.latency_sum_us.load(Relaxed),
+        )
     }
 
     /// Open connections (accepted − closed).
     pub fn active(&self) -> u64 {
-        self.accepted.load(Relaxed).saturating_sub(self.closed.load(Relaxed))
+        self.accepted
+            .load(Relaxed)
+            .saturating_sub(self.closed.load(Relaxed))
     }
 }
 

@@ -38,7 +38,11 @@ pub struct UnknownDriver(pub String);
 
 impl fmt::Display for UnknownDriver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown driver `{}` (expected auto, epoll or uring)", self.0)
+        write!(
+            f,
+            "unknown driver `{}` (expected auto, epoll or uring)",
+            self.0
+        )
     }
 }
 
@@ -95,7 +99,10 @@ pub fn probe_epoll() -> Result<(), String> {
     // SAFETY: epoll_create1 takes no pointers; the result is checked and closed once.
     let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if fd < 0 {
-        return Err(format!("epoll_create1 failed: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "epoll_create1 failed: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: closing the descriptor we just created.
     unsafe { libc::close(fd) };
@@ -109,24 +116,48 @@ pub fn probe() -> Vec<ProbeRow> {
     rows.push(ProbeRow {
         name: "io_uring",
         available: u.is_ok(),
-        reason: u.err().unwrap_or_else(|| "io_uring_setup works (multishot accept/recv, buffer rings)".into()),
+        reason: u
+            .err()
+            .unwrap_or_else(|| "io_uring_setup works (multishot accept/recv, buffer rings)".into()),
         capabilities: vec!["vectored", "zero-copy"],
     });
     let e = probe_epoll();
     rows.push(ProbeRow {
         name: "epoll",
         available: e.is_ok(),
-        reason: e.err().unwrap_or_else(|| "epoll_create1 works (mio, edge-triggered)".into()),
+        reason: e
+            .err()
+            .unwrap_or_else(|| "epoll_create1 works (mio, edge-triggered)".into()),
         capabilities: vec!["vectored"],
     });
     for (name, why) in [
-        ("AF_XDP", "not built yet (needs --iface to own; issue 4 follow-up)"),
-        ("DPDK", "not built yet (needs --vdev to own; issue 4 follow-up)"),
-        ("RDMA", "not built yet (CONFIG_INFINIBAND is unset on this kernel)"),
-        ("raw", "not built yet (AF_PACKET + smoltcp; needs an interface to own)"),
-        ("std", "not built yet as a serve driver (blocking std sockets; StdTransport exists)"),
+        (
+            "AF_XDP",
+            "not built yet (needs --iface to own; issue 4 follow-up)",
+        ),
+        (
+            "DPDK",
+            "not built yet (needs --vdev to own; issue 4 follow-up)",
+        ),
+        (
+            "RDMA",
+            "not built yet (CONFIG_INFINIBAND is unset on this kernel)",
+        ),
+        (
+            "raw",
+            "not built yet (AF_PACKET + smoltcp; needs an interface to own)",
+        ),
+        (
+            "std",
+            "not built yet as a serve driver (blocking std sockets; StdTransport exists)",
+        ),
     ] {
-        rows.push(ProbeRow { name, available: false, reason: why.into(), capabilities: Vec::new() });
+        rows.push(ProbeRow {
+            name,
+            available: false,
+            reason: why.into(),
+            capabilities: Vec::new(),
+        });
     }
     rows
 }
@@ -141,7 +172,11 @@ pub fn resolve(requested: DriverKind, env: Option<&str>) -> Result<DriverKind, U
         }
     }
     if kind == DriverKind::Auto {
-        kind = if probe_uring().is_ok() { DriverKind::Uring } else { DriverKind::Epoll };
+        kind = if probe_uring().is_ok() {
+            DriverKind::Uring
+        } else {
+            DriverKind::Epoll
+        };
     }
     Ok(kind)
 }
@@ -161,8 +196,14 @@ mod tests {
 
     #[test]
     fn env_overrides_auto_only() {
-        assert_eq!(resolve(DriverKind::Auto, Some("epoll")), Ok(DriverKind::Epoll));
-        assert_eq!(resolve(DriverKind::Uring, Some("epoll")), Ok(DriverKind::Uring));
+        assert_eq!(
+            resolve(DriverKind::Auto, Some("epoll")),
+            Ok(DriverKind::Epoll)
+        );
+        assert_eq!(
+            resolve(DriverKind::Uring, Some("epoll")),
+            Ok(DriverKind::Uring)
+        );
         assert_eq!(resolve(DriverKind::Epoll, None), Ok(DriverKind::Epoll));
         assert!(resolve(DriverKind::Auto, Some("bogus")).is_err());
         let auto = resolve(DriverKind::Auto, Some("")).unwrap();
@@ -174,7 +215,10 @@ mod tests {
     fn probe_lists_every_transport() {
         let rows = probe();
         let names: Vec<_> = rows.iter().map(|r| r.name).collect();
-        assert_eq!(names, ["io_uring", "epoll", "AF_XDP", "DPDK", "RDMA", "raw", "std"]);
+        assert_eq!(
+            names,
+            ["io_uring", "epoll", "AF_XDP", "DPDK", "RDMA", "raw", "std"]
+        );
         assert!(rows[1].available, "{}", rows[1].reason);
     }
 }

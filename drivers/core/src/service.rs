@@ -42,7 +42,10 @@ pub struct Request {
 
 impl fmt::Debug for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Request").field("head", &self.head).field("body_len", &self.body.len()).finish()
+        f.debug_struct("Request")
+            .field("head", &self.head)
+            .field("body_len", &self.body.len())
+            .finish()
     }
 }
 
@@ -149,16 +152,26 @@ pub struct Response {
 impl Response {
     /// A response with a status, no fields and no body.
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Body::Empty }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+        }
     }
 
     /// A `text/plain` response.
     pub fn text(status: u16, body: impl Into<Bytes>) -> Response {
-        Response::new(status).header("content-type", Bytes::from_static(b"text/plain")).body(Body::Full(body.into()))
+        Response::new(status)
+            .header("content-type", Bytes::from_static(b"text/plain"))
+            .body(Body::Full(body.into()))
     }
 
     /// Add a header field.
-    pub fn header(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Bytes>) -> Response {
+    pub fn header(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Bytes>,
+    ) -> Response {
         self.headers.push((name.into(), value.into()));
         self
     }
@@ -240,8 +253,15 @@ impl Responder {
             return;
         }
         self.head_sent = true;
-        self.finished = matches!(body, HeadBody::Empty | HeadBody::Full(_) | HeadBody::Stream(_));
-        self.parts.push(Part::Head { status, headers, body });
+        self.finished = matches!(
+            body,
+            HeadBody::Empty | HeadBody::Full(_) | HeadBody::Stream(_)
+        );
+        self.parts.push(Part::Head {
+            status,
+            headers,
+            body,
+        });
     }
 
     /// Send a whole response.
@@ -391,7 +411,12 @@ pub struct StepOutcome {
 
 impl Exchange {
     /// A request head arrived.
-    pub fn start(service: &dyn Service, req: Request, max_body: usize, out: &mut Responder) -> (Exchange, StepOutcome) {
+    pub fn start(
+        service: &dyn Service,
+        req: Request,
+        max_body: usize,
+        out: &mut Responder,
+    ) -> (Exchange, StepOutcome) {
         let r = catch_unwind(AssertUnwindSafe(|| service.stream(&req, out)));
         match r {
             Ok(Some(s)) => (Exchange::Stream(s), StepOutcome::default()),
@@ -400,7 +425,13 @@ impl Exchange {
                     out.respond(Response::text(413, "content too large\n"));
                     return (Exchange::Done, StepOutcome::default());
                 }
-                (Exchange::Buffer { req, body: BytesMut::new() }, StepOutcome::default())
+                (
+                    Exchange::Buffer {
+                        req,
+                        body: BytesMut::new(),
+                    },
+                    StepOutcome::default(),
+                )
             }
             Err(p) => {
                 Self::panicked(&*p, out);
@@ -419,7 +450,13 @@ impl Exchange {
     }
 
     /// A piece of the body arrived.
-    pub fn data(&mut self, service: &dyn Service, chunk: Bytes, max_body: usize, out: &mut Responder) -> StepOutcome {
+    pub fn data(
+        &mut self,
+        service: &dyn Service,
+        chunk: Bytes,
+        max_body: usize,
+        out: &mut Responder,
+    ) -> StepOutcome {
         let _ = service;
         match self {
             Exchange::Buffer { body, .. } => {
@@ -447,7 +484,10 @@ impl Exchange {
     pub fn end(self, service: &dyn Service, out: &mut Responder) -> StepOutcome {
         let r = match self {
             Exchange::Buffer { req, body } => {
-                let req = Request { body: body.freeze(), ..req };
+                let req = Request {
+                    body: body.freeze(),
+                    ..req
+                };
                 catch_unwind(AssertUnwindSafe(|| out.respond(service.call(req))))
             }
             Exchange::Stream(mut s) => catch_unwind(AssertUnwindSafe(|| {
@@ -483,7 +523,7 @@ impl Exchange {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests_support {
     use super::*;
     use bytes::BytesMut;
     use ferry_http1::{server::Event, ServerConfig, ServerConnection};
@@ -500,6 +540,24 @@ mod tests {
         }
     }
 
+    pub(crate) fn head(raw: &[u8]) -> Request {
+        Request::new(
+            parse_head(raw),
+            Bytes::new(),
+            ConnInfo {
+                worker: 0,
+                token: 0,
+                peer: None,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::parse_head;
+    use super::*;
+
     struct Panicky;
     impl Service for Panicky {
         fn call(&self, req: Request) -> Response {
@@ -511,20 +569,33 @@ mod tests {
     }
 
     fn info() -> ConnInfo {
-        ConnInfo { worker: 0, token: 0, peer: None }
+        ConnInfo {
+            worker: 0,
+            token: 0,
+            peer: None,
+        }
     }
 
     #[test]
     fn buffered_call_gets_the_whole_body() {
         let head = parse_head(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n\r\n");
         let mut out = Responder::new();
-        let (mut ex, _) = Exchange::start(&Panicky, Request::new(head, Bytes::new(), info()), 100, &mut out);
+        let (mut ex, _) = Exchange::start(
+            &Panicky,
+            Request::new(head, Bytes::new(), info()),
+            100,
+            &mut out,
+        );
         ex.data(&Panicky, Bytes::from_static(b"ab"), 100, &mut out);
         ex.data(&Panicky, Bytes::from_static(b"cd"), 100, &mut out);
         assert!(out.take().is_empty());
         ex.end(&Panicky, &mut out);
         match &out.take()[..] {
-            [Part::Head { status: 200, body: HeadBody::Full(b), .. }] => assert_eq!(&b[..], b"abcd"),
+            [Part::Head {
+                status: 200,
+                body: HeadBody::Full(b),
+                ..
+            }] => assert_eq!(&b[..], b"abcd"),
             other => panic!("{other:?}"),
         }
     }
@@ -533,7 +604,12 @@ mod tests {
     fn panic_is_caught_and_answered_500() {
         let head = parse_head(b"GET /boom HTTP/1.1\r\nhost: a\r\n\r\n");
         let mut out = Responder::new();
-        let (ex, _) = Exchange::start(&Panicky, Request::new(head, Bytes::new(), info()), 100, &mut out);
+        let (ex, _) = Exchange::start(
+            &Panicky,
+            Request::new(head, Bytes::new(), info()),
+            100,
+            &mut out,
+        );
         let o = ex.end(&Panicky, &mut out);
         assert!(o.panicked);
         assert!(matches!(&out.take()[..], [Part::Head { status: 500, .. }]));
@@ -543,7 +619,12 @@ mod tests {
     fn oversized_buffered_body_gets_413() {
         let head = parse_head(b"POST /x HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n");
         let mut out = Responder::new();
-        let (mut ex, _) = Exchange::start(&Panicky, Request::new(head, Bytes::new(), info()), 3, &mut out);
+        let (mut ex, _) = Exchange::start(
+            &Panicky,
+            Request::new(head, Bytes::new(), info()),
+            3,
+            &mut out,
+        );
         ex.data(&Panicky, Bytes::from_static(b"abcd"), 3, &mut out);
         assert!(matches!(&out.take()[..], [Part::Head { status: 413, .. }]));
         ex.end(&Panicky, &mut out);

@@ -28,7 +28,10 @@ impl EventFd {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
-        Ok(EventFd { fd: unsafe { OwnedFd::from_raw_fd(fd) }, armed: AtomicBool::new(false) })
+        Ok(EventFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            armed: AtomicBool::new(false),
+        })
     }
 
     /// Reset the counter after a wake-up (call before looking at what the wakers posted).
@@ -73,7 +76,9 @@ pub struct Shutdown {
 
 impl std::fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shutdown").field("triggered", &self.is_triggered()).finish()
+        f.debug_struct("Shutdown")
+            .field("triggered", &self.is_triggered())
+            .finish()
     }
 }
 
@@ -85,7 +90,11 @@ impl Shutdown {
 
     /// Register a worker to wake on trigger.
     pub fn register(&self, w: Arc<dyn Wake>) {
-        self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+        self.inner
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(w);
         if self.is_triggered() {
             // Triggered before we registered: make sure this worker sees it.
             self.wake_all();
@@ -99,7 +108,13 @@ impl Shutdown {
     }
 
     fn wake_all(&self) {
-        for w in self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for w in self
+            .inner
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             w.wake();
         }
     }
@@ -115,7 +130,11 @@ mod tests {
     use super::*;
 
     fn readable(fd: RawFd) -> bool {
-        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd, zero timeout.
         unsafe { libc::poll(&mut p, 1, 0) == 1 }
     }

@@ -71,7 +71,10 @@ impl TimerWheel {
             tick_nanos,
             now: 0,
             levels: (0..LEVELS)
-                .map(|_| Level { occupied: 0, slots: (0..SLOTS).map(|_| Vec::new()).collect() })
+                .map(|_| Level {
+                    occupied: 0,
+                    slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+                })
                 .collect(),
             due: Vec::new(),
             armed: Vec::new(),
@@ -89,7 +92,11 @@ impl TimerWheel {
     }
 
     fn tick_to_instant(&self, tick: u64) -> Instant {
-        Instant::from_nanos(self.origin.as_nanos().saturating_add(tick.saturating_mul(self.tick_nanos)))
+        Instant::from_nanos(
+            self.origin
+                .as_nanos()
+                .saturating_add(tick.saturating_mul(self.tick_nanos)),
+        )
     }
 
     /// Number of armed timers.
@@ -104,7 +111,10 @@ impl TimerWheel {
 
     /// The deadline (rounded up to the tick) armed for `token`.
     pub fn deadline(&self, token: usize) -> Option<Instant> {
-        self.armed.get(token).and_then(|a| a.at).map(|t| self.tick_to_instant(t))
+        self.armed
+            .get(token)
+            .and_then(|a| a.at)
+            .map(|t| self.tick_to_instant(t))
     }
 
     /// Arm `token`'s timer for `deadline`, replacing any earlier one.
@@ -200,7 +210,9 @@ impl TimerWheel {
             l.occupied &= !(1u64 << slot);
             let entries = std::mem::take(&mut l.slots[slot]);
             for e in &entries {
-                let Some(a) = self.armed.get(e.token) else { continue };
+                let Some(a) = self.armed.get(e.token) else {
+                    continue;
+                };
                 if a.gen != e.gen {
                     continue; // cancelled or re-armed
                 }
@@ -302,7 +314,19 @@ mod tests {
     #[test]
     fn far_deadlines_cascade_exactly() {
         let mut w = wheel();
-        let deadlines = [63u64, 64, 65, 4095, 4096, 4097, 262_143, 262_144, 300_000, 16_777_300, 1 << 30];
+        let deadlines = [
+            63u64,
+            64,
+            65,
+            4095,
+            4096,
+            4097,
+            262_143,
+            262_144,
+            300_000,
+            16_777_300,
+            1 << 30,
+        ];
         for (i, d) in deadlines.iter().enumerate() {
             w.insert(i, ms(*d));
         }
@@ -355,7 +379,8 @@ mod tests {
             let tok = (x % 64) as usize;
             match (x >> 8) % 4 {
                 0 | 1 => {
-                    let d = now + (x >> 16) % [10, 5_000, 300_000, 20_000_000][((x >> 40) % 4) as usize];
+                    let d = now
+                        + (x >> 16) % [10, 5_000, 300_000, 20_000_000][((x >> 40) % 4) as usize];
                     w.insert(tok, ms(d));
                     model[tok] = Some(d);
                 }

@@ -59,7 +59,10 @@ impl Capabilities {
             (Self::TLS_OFFLOAD, "tls-offload"),
             (Self::CHECKSUM_OFFLOAD, "checksum-offload"),
         ];
-        all.iter().filter(|(c, _)| self.contains(*c) && c.0 != 0).map(|(_, n)| *n).collect()
+        all.iter()
+            .filter(|(c, _)| self.contains(*c) && c.0 != 0)
+            .map(|(_, n)| *n)
+            .collect()
     }
 }
 
@@ -179,7 +182,11 @@ impl Transport for StdTransport {
         if interest.writable {
             events |= libc::POLLOUT;
         }
-        let mut pfd = libc::pollfd { fd: self.stream.as_raw_fd(), events, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events,
+            revents: 0,
+        };
         let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
         // SAFETY: `pfd` is one valid pollfd for a descriptor we own, and we pass count 1.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -209,15 +216,30 @@ mod tests {
         assert_eq!(a.kind(), TransportKind::Stream);
         assert!(a.capabilities().contains(Capabilities::VECTORED));
         assert!(!a.capabilities().contains(Capabilities::ZERO_COPY));
-        let n = a.send_vectored(&[IoSlice::new(b"he"), IoSlice::new(b"llo")]).unwrap();
+        let n = a
+            .send_vectored(&[IoSlice::new(b"he"), IoSlice::new(b"llo")])
+            .unwrap();
         assert_eq!(n, 5);
-        let r = b.poll(Readiness { readable: true, writable: false }, Some(Duration::from_secs(5))).unwrap();
+        let r = b
+            .poll(
+                Readiness {
+                    readable: true,
+                    writable: false,
+                },
+                Some(Duration::from_secs(5)),
+            )
+            .unwrap();
         assert!(r.readable);
         let mut buf = [0u8; 16];
         let n = b.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"hello");
         a.close().unwrap();
         assert_eq!(b.recv(&mut buf).unwrap(), 0);
-        assert_eq!(Capabilities::ZERO_COPY.union(Capabilities::VECTORED).names(), vec!["zero-copy", "vectored"]);
+        assert_eq!(
+            Capabilities::ZERO_COPY
+                .union(Capabilities::VECTORED)
+                .names(),
+            vec!["zero-copy", "vectored"]
+        );
     }
 }

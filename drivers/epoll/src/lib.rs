@@ -1,1 +1,460 @@
-//! x
+//! # ferry-epoll: edge-triggered epoll (mio) event loops on pinned I/O workers
+//!
+//! One thread per I/O worker, pinned to one CPU of the allowed set, each with its own
+//! `SO_REUSEPORT` listener (the kernel spreads connections), its own `mio::Poll`, a slab of
+//! connections and a [`TimerWheel`](ferry_driver::TimerWheel). Per connection the loop:
+//!
+//! 1. reads until `WouldBlock` into the session's `BytesMut` (edge-triggered: a readiness
+//!    event is reported once, so the loop MUST drain it, and it remembers "still readable"
+//!    when it stops early for backpressure, resuming without a new event);
+//! 2. feeds the HTTP/1.1 state machine and hands its events to the `Service` (inline, or over
+//!    the bounded channels to application workers);
+//! 3. writes the queued `Bytes` with one `writev` (an `IoSlice` per chunk), registering
+//!    writable interest only while output is pending after a `WouldBlock`;
+//! 4. arms the connection's timer from `poll_timeout`.
+//!
+//! Edge cases, as mio's `Poll` documents them: wake-ups can be spurious (every handler treats
+//! `WouldBlock` as "nothing to do"); `EINTR` is retried; accepting pauses at the connection
+//! limit and backs off on `EMFILE`/`ENFILE` (a timer, never a busy loop); a closing connection
+//! shuts down its write side and lingers (discarding input) until the peer's FIN or a deadline,
+//! so a final response is not destroyed by a reset.
+//!
+//! ## Embedding
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use ferry_driver::{Launch, Request, Response, ServerOptions, Service};
+//!
+//! struct Hello;
+//! impl Service for Hello {
+//!     fn call(&self, _req: Request) -> Response {
+//!         Response::text(200, "hello world\n")
+//!     }
+//! }
+//!
+//! let opts = ServerOptions { workers: 2, ..ServerOptions::default() };
+//! let launch = Launch::prepare("127.0.0.1:8080".parse().unwrap(), opts, Arc::new(Hello)).unwrap();
+//! let handle = ferry_epoll::start(launch).unwrap();
+//! // ... later, from a signal handler thread:
+//! handle.shutdown.trigger();
+//! handle.wait();
+//! ```
+#![deny(missing_docs)]
+
+use std::io::{self, IoSlice, Write};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use ferry_driver::listen::{configure_accepted, read_into};
+use ferry_driver::metrics::add;
+use ferry_driver::{
+    ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, TimerWheel, WorkerCtx,
+};
+use ferry_proto::Instant;
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const MAX_IOV: usize = 64;
+
+/// Start one event loop thread per prepared worker.
+pub fn start(launch: Launch) -> io::Result<ServerHandle> {
+    let Launch {
+        local_addr,
+        listeners,
+        workers,
+        metrics,
+        shutdown,
+        app,
+    } = launch;
+    let mut threads = Vec::new();
+    for (ctx, l) in workers.into_iter().zip(listeners) {
+        let name = format!("ferry-epoll-{}", ctx.index);
+        threads.push(std::thread::Builder::new().name(name).spawn(move || {
+            ctx.pin();
+            let index = ctx.index;
+            if let Err(e) = run_worker(ctx, l) {
+                eprintln!("ferry: epoll worker {index} failed: {e}");
+            }
+        })?);
+    }
+    Ok(ServerHandle::new(
+        DriverKind::Epoll,
+        local_addr,
+        metrics,
+        shutdown,
+        threads,
+        app,
+    ))
+}
+
+struct Conn {
+    stream: TcpStream,
+    session: HttpSession,
+    readable: bool,
+    write_blocked: bool,
+    write_interest: bool,
+    armed: Option<Instant>,
+    /// Set once our side is done: the write side is shut down and we wait for the peer's FIN.
+    linger_until: Option<Instant>,
+    queued: bool,
+}
+
+/// Run one I/O worker's loop on the calling thread until shutdown completes.
+pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    listener.set_nonblocking(true)?;
+    let mut listener = Some(TcpListener::from_std(listener));
+    if let Some(l) = listener.as_mut() {
+        poll.registry().register(l, LISTENER, Interest::READABLE)?;
+    }
+    let waker_fd = ctx.waker.as_raw_fd();
+    poll.registry()
+        .register(&mut SourceFd(&waker_fd), WAKER, Interest::READABLE)?;
+
+    let mut events = Events::with_capacity(1024);
+    let mut conns: Slab<Conn> = Slab::with_capacity(1024);
+    let mut wheel = TimerWheel::new(ctx.clock.now(), Duration::from_millis(1));
+    let mut expired = Vec::new();
+    let mut touched: Vec<usize> = Vec::new();
+    let mut gen: u32 = 0;
+    let mut accept_ready = false;
+    let mut accept_paused_until: Option<Instant> = None;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut any_pending = false;
+    let mut scratch = vec![0u8; 16 * 1024];
+
+    loop {
+        let now = ctx.clock.now();
+        let mut deadline = wheel.next_expiration();
+        for d in [accept_paused_until, drain_deadline].into_iter().flatten() {
+            deadline = Some(deadline.map_or(d, |x| x.min(d)));
+        }
+        let mut timeout = deadline.map(|d| d.saturating_duration_since(now));
+        if any_pending {
+            // Application channel full: look again soon (bounded retry, not a spin).
+            timeout = Some(timeout.map_or(Duration::from_millis(1), |t| {
+                t.min(Duration::from_millis(1))
+            }));
+        }
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        add(&ctx.metrics.loops, 1);
+        let now = ctx.clock.now();
+
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => accept_ready = true,
+                WAKER => ctx.waker.drain(),
+                Token(t) => {
+                    if let Some(c) = conns.get_mut(t) {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            c.readable = true;
+                        }
+                        if ev.is_writable() || ev.is_error() {
+                            c.write_blocked = false;
+                        }
+                        if !c.queued {
+                            c.queued = true;
+                            touched.push(t);
+                        }
+                    }
+                }
+            }
+        }
+
+        // Replies from application workers.
+        if let Some(rx) = ctx.replies.as_ref() {
+            let rx = rx.clone();
+            while let Ok(r) = rx.try_recv() {
+                let t = r.token;
+                if let Some(c) = conns.get_mut(t) {
+                    c.session.apply_reply(&mut ctx, r, now);
+                    if !c.queued {
+                        c.queued = true;
+                        touched.push(t);
+                    }
+                }
+            }
+        }
+        if any_pending {
+            any_pending = false;
+            for (t, c) in conns.iter_mut() {
+                if c.session.has_pending() {
+                    if !c.session.retry_pending(&mut ctx, now) {
+                        any_pending = true;
+                    }
+                    if !c.queued {
+                        c.queued = true;
+                        touched.push(t);
+                    }
+                }
+            }
+        }
+
+        // Timers.
+        wheel.advance(now, &mut expired);
+        for t in expired.drain(..) {
+            if let Some(c) = conns.get_mut(t) {
+                c.armed = None;
+                if c.linger_until.is_none() {
+                    c.session.on_timeout(&mut ctx, now);
+                }
+                if !c.queued {
+                    c.queued = true;
+                    touched.push(t);
+                }
+            }
+        }
+
+        // Shutdown: stop accepting, close idle connections, drain the rest.
+        if drain_deadline.is_none() && ctx.shutdown.is_triggered() {
+            drain_deadline = Some(now + ctx.options.drain_timeout);
+            if let Some(mut l) = listener.take() {
+                let _ = poll.registry().deregister(&mut l);
+            }
+            for (t, c) in conns.iter_mut() {
+                c.session.begin_shutdown(&mut ctx, now);
+                if !c.queued {
+                    c.queued = true;
+                    touched.push(t);
+                }
+            }
+        }
+
+        for t in touched.drain(..) {
+            let keep = match conns.get_mut(t) {
+                Some(c) => {
+                    c.queued = false;
+                    let keep = drive(c, &mut ctx, now, &mut scratch);
+                    if keep {
+                        any_pending |= c.session.has_pending();
+                        let want_write = c.session.has_output() && c.write_blocked;
+                        if want_write != c.write_interest {
+                            let interest = if want_write {
+                                Interest::READABLE | Interest::WRITABLE
+                            } else {
+                                Interest::READABLE
+                            };
+                            if poll
+                                .registry()
+                                .reregister(&mut c.stream, Token(t), interest)
+                                .is_ok()
+                            {
+                                c.write_interest = want_write;
+                            }
+                        }
+                        let next = c.linger_until.or_else(|| c.session.poll_timeout());
+                        if let Some(d) = next {
+                            if c.armed.is_none_or(|a| d < a) {
+                                wheel.insert(t, d);
+                                c.armed = Some(d);
+                            }
+                        }
+                        c.linger_until.is_none_or(|l| now < l)
+                    } else {
+                        false
+                    }
+                }
+                None => true,
+            };
+            if !keep {
+                let c = conns.remove(t);
+                wheel.cancel(t);
+                c.session.close(&mut ctx);
+                drop(c.stream);
+                if accept_ready {
+                    accept_paused_until = accept_paused_until.filter(|p| *p > now);
+                }
+            }
+        }
+
+        // Accept.
+        if accept_paused_until.is_some_and(|p| now >= p) {
+            accept_paused_until = None;
+        }
+        if accept_ready && accept_paused_until.is_none() {
+            if let Some(l) = listener.as_ref() {
+                loop {
+                    if conns.len() >= ctx.options.max_connections {
+                        break; // resumes when a connection closes
+                    }
+                    match l.accept() {
+                        Ok((mut stream, peer)) => {
+                            configure_accepted(stream.as_raw_fd(), &ctx.options.listen);
+                            let entry = conns.vacant_entry();
+                            let token = entry.key();
+                            gen = gen.wrapping_add(1);
+                            let info = ConnInfo {
+                                worker: ctx.index,
+                                token,
+                                peer: Some(peer),
+                            };
+                            let svc = ctx.service.clone();
+                            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                svc.on_connect(&info)
+                            }))
+                            .unwrap_or(false);
+                            if !ok {
+                                continue;
+                            }
+                            if poll
+                                .registry()
+                                .register(&mut stream, Token(token), Interest::READABLE)
+                                .is_err()
+                            {
+                                continue;
+                            }
+                            let session = HttpSession::new(&ctx, info, gen, now);
+                            let armed = session.poll_timeout();
+                            if let Some(d) = armed {
+                                wheel.insert(token, d);
+                            }
+                            entry.insert(Conn {
+                                stream,
+                                session,
+                                readable: false,
+                                write_blocked: false,
+                                write_interest: false,
+                                armed,
+                                linger_until: None,
+                                queued: false,
+                            });
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            accept_ready = false;
+                            break;
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                            ) => {}
+                        Err(e) => {
+                            // EMFILE/ENFILE/ENOBUFS/ENOMEM: back off instead of spinning.
+                            add(&ctx.metrics.accept_errors, 1);
+                            if ctx
+                                .metrics
+                                .accept_errors
+                                .load(std::sync::atomic::Ordering::Relaxed)
+                                == 1
+                            {
+                                eprintln!(
+                                    "ferry: worker {}: accept failed ({e}); pausing accepts",
+                                    ctx.index
+                                );
+                            }
+                            accept_paused_until = Some(now + ctx.options.accept_backoff);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+
+        if let Some(d) = drain_deadline {
+            if conns.is_empty() || now >= d {
+                for c in conns.drain() {
+                    c.session.close(&mut ctx);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Move bytes for one connection. Returns `false` when it must be closed now.
+fn drive(c: &mut Conn, ctx: &mut WorkerCtx, now: Instant, scratch: &mut [u8]) -> bool {
+    if c.linger_until.is_some() {
+        // Our side is done: discard input until the peer's FIN.
+        while c.readable {
+            // SAFETY: `scratch` is valid writable memory of the length we pass.
+            let n = unsafe {
+                libc::recv(
+                    c.stream.as_raw_fd(),
+                    scratch.as_mut_ptr().cast(),
+                    scratch.len(),
+                    0,
+                )
+            };
+            if n == 0 {
+                return false;
+            }
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => c.readable = false,
+                    io::ErrorKind::Interrupted => {}
+                    _ => return false,
+                }
+            }
+        }
+        return true;
+    }
+    let chunk = ctx.options.read_chunk;
+    for _ in 0..32 {
+        let mut progress = false;
+        // Read until WouldBlock, or until the session applies backpressure.
+        while c.readable && c.session.wants_read(ctx) {
+            match read_into(&c.stream, &mut c.session.input, chunk) {
+                Ok(0) => {
+                    c.readable = false;
+                    c.session.on_eof(ctx, now);
+                    progress = true;
+                }
+                Ok(n) => {
+                    c.session.on_read(ctx, n);
+                    progress = true;
+                    if c.session.input.len() >= chunk {
+                        c.session.process(ctx, now);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        c.session.process(ctx, now);
+        // Write what is queued, vectored.
+        while c.session.has_output() && !c.write_blocked {
+            let r = {
+                let mut iov: Vec<IoSlice<'_>> =
+                    Vec::with_capacity(MAX_IOV.min(c.session.out().len()));
+                c.session.out_slices(&mut iov, MAX_IOV);
+                (&c.stream).write_vectored(&iov)
+            };
+            match r {
+                Ok(0) => return false,
+                Ok(n) => {
+                    c.session.written(ctx, n);
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.write_blocked = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        if c.session.is_finished() {
+            break;
+        }
+        if !progress {
+            break;
+        }
+    }
+    if c.session.is_finished() {
+        let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        if c.session.saw_eof() {
+            return false;
+        }
+        c.linger_until = Some(now + ctx.options.linger);
+        // Discard whatever is already there.
+        return drive(c, ctx, now, scratch);
+    }
+    true
+}

@@ -104,7 +104,11 @@ pub struct InvalidTransition {
 
 impl fmt::Display for InvalidTransition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid lifecycle transition {} -> {}", self.from, self.to)
+        write!(
+            f,
+            "invalid lifecycle transition {} -> {}",
+            self.from, self.to
+        )
     }
 }
 
@@ -153,7 +157,11 @@ impl Lifecycle {
     pub fn new(state: State) -> Self {
         let mut entered = [0; 8];
         entered[state as usize] = 1;
-        Lifecycle { state, entered, observers: Vec::new() }
+        Lifecycle {
+            state,
+            entered,
+            observers: Vec::new(),
+        }
     }
 
     /// The current state.
@@ -204,7 +212,14 @@ mod tests {
         l.observe(Box::new(move |_from: State, _to: State| {
             s2.fetch_add(1, Ordering::Relaxed);
         }));
-        for s in [State::Connecting, State::Connected, State::Authenticating, State::Ready, State::Closing, State::Closed] {
+        for s in [
+            State::Connecting,
+            State::Connected,
+            State::Authenticating,
+            State::Ready,
+            State::Closing,
+            State::Closed,
+        ] {
             assert_eq!(l.transition(s), Ok(true));
         }
         assert_eq!(l.state(), State::Closed);
@@ -218,7 +233,10 @@ mod tests {
         let mut l = Lifecycle::new(State::Ready);
         assert_eq!(
             l.transition(State::Connecting),
-            Err(InvalidTransition { from: State::Ready, to: State::Connecting })
+            Err(InvalidTransition {
+                from: State::Ready,
+                to: State::Connecting
+            })
         );
         assert_eq!(l.state(), State::Ready);
         assert_eq!(l.transition(State::Error), Ok(true));
@@ -229,7 +247,10 @@ mod tests {
     #[test]
     fn every_state_but_closed_and_error_can_fail() {
         for s in State::ALL {
-            assert_eq!(s.can_transition_to(State::Error), !matches!(s, State::Closed | State::Error));
+            assert_eq!(
+                s.can_transition_to(State::Error),
+                !matches!(s, State::Closed | State::Error)
+            );
         }
     }
 }

@@ -97,13 +97,25 @@ impl<C: Connection, S: Connection> Pair<C, S> {
                 self.to_client.extend_from_slice(&b);
                 progress = true;
             }
-            if deliver(&mut self.server, self.now, &mut self.to_server, &mut self.server_pending, self.max_chunk)
-                .map_err(PairError::Server)?
+            if deliver(
+                &mut self.server,
+                self.now,
+                &mut self.to_server,
+                &mut self.server_pending,
+                self.max_chunk,
+            )
+            .map_err(PairError::Server)?
             {
                 progress = true;
             }
-            if deliver(&mut self.client, self.now, &mut self.to_client, &mut self.client_pending, self.max_chunk)
-                .map_err(PairError::Client)?
+            if deliver(
+                &mut self.client,
+                self.now,
+                &mut self.to_client,
+                &mut self.client_pending,
+                self.max_chunk,
+            )
+            .map_err(PairError::Client)?
             {
                 progress = true;
             }
@@ -125,7 +137,9 @@ impl<C: Connection, S: Connection> Pair<C, S> {
 
     /// [`drive_with`](Pair::drive_with), collecting the events instead.
     #[allow(clippy::type_complexity)]
-    pub fn drive(&mut self) -> Result<(Vec<C::Event>, Vec<S::Event>), PairError<C::Error, S::Error>> {
+    pub fn drive(
+        &mut self,
+    ) -> Result<(Vec<C::Event>, Vec<S::Event>), PairError<C::Error, S::Error>> {
         let mut ce = Vec::new();
         let mut se = Vec::new();
         self.drive_with(|_, e| ce.push(e), |_, e| se.push(e))?;

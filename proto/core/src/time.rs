@@ -68,7 +68,10 @@ mod tests {
         assert_eq!(t + Duration::from_nanos(5), Instant::from_nanos(15));
         assert_eq!(Instant::from_nanos(3) - t, Duration::ZERO);
         assert_eq!(t - Instant::from_nanos(3), Duration::from_nanos(7));
-        assert_eq!(Instant::FAR_FUTURE + Duration::from_secs(1), Instant::FAR_FUTURE);
+        assert_eq!(
+            Instant::FAR_FUTURE + Duration::from_secs(1),
+            Instant::FAR_FUTURE
+        );
         assert_eq!(t + Duration::MAX, Instant::FAR_FUTURE);
     }
 }

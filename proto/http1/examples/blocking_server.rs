@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use ferry_http1::{server::Event, Body, BodyKind, Method, RequestId, ServerConfig, ServerConnection};
+use ferry_http1::{
+    server::Event, Body, BodyKind, Method, RequestId, ServerConfig, ServerConnection,
+};
 use ferry_proto::{Connection, Instant};
 
 /// Accept connections forever, one thread each.
@@ -25,8 +27,11 @@ pub fn serve(listener: TcpListener) {
     let start = std::time::Instant::now();
     let mut config = ServerConfig::default();
     // Wall clock at our `Instant::ZERO`, so responses carry a correct `Date`.
-    config.date_origin_unix_nanos =
-        Some(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    config.date_origin_unix_nanos = Some(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
     let config = Arc::new(config);
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -46,7 +51,11 @@ enum Route {
     NotFound,
 }
 
-fn handle(mut stream: TcpStream, config: Arc<ServerConfig>, start: std::time::Instant) -> io::Result<()> {
+fn handle(
+    mut stream: TcpStream,
+    config: Arc<ServerConfig>,
+    start: std::time::Instant,
+) -> io::Result<()> {
     let now = || Instant::from_nanos(start.elapsed().as_nanos() as u64);
     stream.set_nodelay(true)?;
     let mut conn = ServerConnection::new(config, now());
@@ -70,7 +79,12 @@ fn handle(mut stream: TcpStream, config: Arc<ServerConfig>, start: std::time::In
                             BodyKind::Empty => Body::Empty,
                             _ => Body::Chunked,
                         };
-                        let _ = conn.send_response(req.id(), 200, &[("content-type", b"application/octet-stream")], body);
+                        let _ = conn.send_response(
+                            req.id(),
+                            200,
+                            &[("content-type", b"application/octet-stream")],
+                            body,
+                        );
                     }
                     routes.insert(req.id(), route);
                 }
@@ -79,14 +93,24 @@ fn handle(mut stream: TcpStream, config: Arc<ServerConfig>, start: std::time::In
                 }
                 Event::End { id } => match routes.remove(&id) {
                     Some(Route::Hello) => {
-                        let _ = conn.send_response(id, 200, &[("content-type", b"text/plain")], Body::Full(Bytes::from_static(b"hello world\n")));
+                        let _ = conn.send_response(
+                            id,
+                            200,
+                            &[("content-type", b"text/plain")],
+                            Body::Full(Bytes::from_static(b"hello world\n")),
+                        );
                     }
                     // A Length body completes by itself; a chunked one needs its last chunk.
                     Some(Route::Echo) => {
                         let _ = conn.send_data(id, Bytes::new(), true);
                     }
                     _ => {
-                        let _ = conn.send_response(id, 404, &[("content-type", b"text/plain")], Body::Full(Bytes::from_static(b"not found\n")));
+                        let _ = conn.send_response(
+                            id,
+                            404,
+                            &[("content-type", b"text/plain")],
+                            Body::Full(Bytes::from_static(b"not found\n")),
+                        );
                     }
                 },
                 Event::Error { error, .. } => eprintln!("bad request: {error}"),
@@ -101,7 +125,9 @@ fn handle(mut stream: TcpStream, config: Arc<ServerConfig>, start: std::time::In
             return Ok(());
         }
         // 3. Wait for input or the connection's next deadline.
-        let timeout = conn.poll_timeout().map(|t| (t - now()).max(Duration::from_millis(1)));
+        let timeout = conn
+            .poll_timeout()
+            .map(|t| (t - now()).max(Duration::from_millis(1)));
         stream.set_read_timeout(timeout)?;
         if !conn.wants_read() {
             // Only possible here while closing: nothing more to read.
@@ -115,7 +141,9 @@ fn handle(mut stream: TcpStream, config: Arc<ServerConfig>, start: std::time::In
                 // Errors are answered on the wire (400, 413, ...); keep pumping.
                 let _ = conn.handle_input(now(), &mut input);
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => conn.handle_timeout(now()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                conn.handle_timeout(now())
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -124,7 +152,9 @@ fn handle(mut stream: TcpStream, config: Arc<ServerConfig>, start: std::time::In
 
 #[allow(dead_code)]
 fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
     let listener = match TcpListener::bind(&addr) {
         Ok(l) => l,
         Err(e) => {

@@ -65,7 +65,13 @@ pub struct ChunkedDecoder {
 impl ChunkedDecoder {
     /// A decoder accepting trailer sections up to `max_trailer_bytes` and `max_trailers` fields.
     pub fn new(max_trailer_bytes: usize, max_trailers: usize) -> Self {
-        ChunkedDecoder { st: St::Size { digits: 0 }, size: 0, line_len: 0, max_trailer_bytes, max_trailers }
+        ChunkedDecoder {
+            st: St::Size { digits: 0 },
+            size: 0,
+            line_len: 0,
+            max_trailer_bytes,
+            max_trailers,
+        }
     }
 
     /// Whether the whole body (last chunk and trailers) has been decoded.
@@ -120,7 +126,9 @@ impl ChunkedDecoder {
                 _ => {}
             }
             // Byte-at-a-time states (size line and data terminator).
-            let Some(&b) = input.first() else { return Ok(None) };
+            let Some(&b) = input.first() else {
+                return Ok(None);
+            };
             input.advance(1);
             self.line_len += 1;
             if self.line_len > MAX_CHUNK_LINE {
@@ -136,14 +144,32 @@ impl ChunkedDecoder {
                     St::Size { digits: digits + 1 }
                 }
                 (St::Size { digits: 0 }, _) => return Err(Error::InvalidChunkSize),
-                (St::Size { .. }, b' ' | b'\t') => St::Ext { seen_semicolon: false },
-                (St::Size { .. }, b';') => St::Ext { seen_semicolon: true },
+                (St::Size { .. }, b' ' | b'\t') => St::Ext {
+                    seen_semicolon: false,
+                },
+                (St::Size { .. }, b';') => St::Ext {
+                    seen_semicolon: true,
+                },
                 (St::Size { .. }, b'\r') => St::SizeLf,
                 (St::Ext { seen_semicolon }, b' ' | b'\t') => St::Ext { seen_semicolon },
-                (St::Ext { .. }, b';') => St::Ext { seen_semicolon: true },
-                (St::Ext { seen_semicolon: true }, b'\r') => St::SizeLf,
+                (St::Ext { .. }, b';') => St::Ext {
+                    seen_semicolon: true,
+                },
+                (
+                    St::Ext {
+                        seen_semicolon: true,
+                    },
+                    b'\r',
+                ) => St::SizeLf,
                 // Extension names/values: visible ASCII (tokens, `=`, quoted strings) only.
-                (St::Ext { seen_semicolon: true }, 0x21..=0x7e | 0x80..=0xff) => St::Ext { seen_semicolon: true },
+                (
+                    St::Ext {
+                        seen_semicolon: true,
+                    },
+                    0x21..=0x7e | 0x80..=0xff,
+                ) => St::Ext {
+                    seen_semicolon: true,
+                },
                 (St::SizeLf, b'\n') => {
                     self.line_len = 0;
                     if self.size == 0 {
@@ -244,17 +270,31 @@ mod tests {
             b"1;a\x01\r\n",
             b"0x1\r\n",
         ] {
-            assert_eq!(decode_all(bad, 64).unwrap_err(), Error::InvalidChunkSize, "{:?}", bad);
+            assert_eq!(
+                decode_all(bad, 64).unwrap_err(),
+                Error::InvalidChunkSize,
+                "{:?}",
+                bad
+            );
         }
-        assert_eq!(decode_all(b"1\r\nab\r\n", 64).unwrap_err(), Error::InvalidChunkTerminator);
-        assert_eq!(decode_all(b"1\r\na\n0\r\n\r\n", 64).unwrap_err(), Error::InvalidChunkTerminator);
+        assert_eq!(
+            decode_all(b"1\r\nab\r\n", 64).unwrap_err(),
+            Error::InvalidChunkTerminator
+        );
+        assert_eq!(
+            decode_all(b"1\r\na\n0\r\n\r\n", 64).unwrap_err(),
+            Error::InvalidChunkTerminator
+        );
     }
 
     #[test]
     fn max_size_accepted() {
         let mut d = ChunkedDecoder::new(8192, 32);
         let mut b = BytesMut::from(&b"ffffffffffffffff\r\nab"[..]);
-        assert_eq!(d.decode(&mut b).unwrap(), Some(Decoded::Data(Bytes::from_static(b"ab"))));
+        assert_eq!(
+            d.decode(&mut b).unwrap(),
+            Some(Decoded::Data(Bytes::from_static(b"ab")))
+        );
     }
 
     #[test]

@@ -220,7 +220,12 @@ fn valid_target(t: &[u8]) -> bool {
 fn empty_body_needs_no_length(m: Method) -> bool {
     matches!(
         m,
-        Method::Get | Method::Head | Method::Delete | Method::Options | Method::Trace | Method::Connect
+        Method::Get
+            | Method::Head
+            | Method::Delete
+            | Method::Options
+            | Method::Trace
+            | Method::Connect
     )
 }
 
@@ -290,7 +295,10 @@ impl ClientConnection {
     }
 
     fn check_can_send(&self) -> Result<(), SendError> {
-        if self.error.is_some() || self.closing || matches!(self.read, Read::Upgraded | Read::Stopped) {
+        if self.error.is_some()
+            || self.closing
+            || matches!(self.read, Read::Upgraded | Read::Stopped)
+        {
             return Err(SendError::Closed);
         }
         if self.sending.is_some()
@@ -397,7 +405,9 @@ impl ClientConnection {
             id,
             head: m == Method::Head,
             connect: m == Method::Connect,
-            upgrade: fields.iter().any(|(n, _)| n.eq_ignore_ascii_case("upgrade")),
+            upgrade: fields
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("upgrade")),
             sent_at: streaming.is_none().then_some(self.now),
         });
         self.sending = streaming.map(|body| Sending { id, body });
@@ -439,7 +449,9 @@ impl ClientConnection {
                 if n == remaining {
                     self.finish_sending();
                 } else if let Some(s) = self.sending.as_mut() {
-                    s.body = SendBody::Length { remaining: remaining - n };
+                    s.body = SendBody::Length {
+                        remaining: remaining - n,
+                    };
                 }
             }
             SendBody::Chunked => {
@@ -458,7 +470,11 @@ impl ClientConnection {
     }
 
     /// End the chunked body of request `id` with a trailer section (RFC 9112 §7.1.2).
-    pub fn send_trailers(&mut self, id: RequestId, fields: &[(&str, &[u8])]) -> Result<(), SendError> {
+    pub fn send_trailers(
+        &mut self,
+        id: RequestId,
+        fields: &[(&str, &[u8])],
+    ) -> Result<(), SendError> {
         if self.sending_for(id)? != SendBody::Chunked {
             return Err(SendError::TrailersNotAllowed);
         }
@@ -533,7 +549,10 @@ impl ClientConnection {
         self.sending = None;
         self.pending.clear();
         let _ = self.lifecycle.transition(State::Closing);
-        self.events.push_back(Event::Error { id: id.map(RequestId), error });
+        self.events.push_back(Event::Error {
+            id: id.map(RequestId),
+            error,
+        });
         self.update_lifecycle();
         error
     }
@@ -543,9 +562,16 @@ impl ClientConnection {
         let Some(&front) = self.pending.front() else {
             // Nothing outstanding. Tolerate stray empty lines (some servers add CRLF after a
             // body); anything else is a response nobody asked for.
-            let skip = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+            let skip = input
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
             input.advance(skip);
-            return if input.is_empty() { Ok(false) } else { Err((Error::UnsolicitedResponse, None)) };
+            return if input.is_empty() {
+                Ok(false)
+            } else {
+                Err((Error::UnsolicitedResponse, None))
+            };
         };
         if input.is_empty() {
             return Ok(false);
@@ -563,7 +589,11 @@ impl ClientConnection {
             Err(Error::TooManyHeaders) => return Err((Error::TooManyHeaders, Some(id))),
             Err(e) => {
                 // A head too large for the limits is reported as such, whatever follows.
-                let e = if input.len() > cfg.max_head_bytes { Error::HeadTooLarge } else { e };
+                let e = if input.len() > cfg.max_head_bytes {
+                    Error::HeadTooLarge
+                } else {
+                    e
+                };
                 return Err((e, Some(id)));
             }
         };
@@ -655,7 +685,10 @@ impl ClientConnection {
                     *remaining -= n as u64;
                     let done = *remaining == 0;
                     let data = input.split_to(n).freeze();
-                    self.events.push_back(Event::Data { id: RequestId(id), data });
+                    self.events.push_back(Event::Data {
+                        id: RequestId(id),
+                        data,
+                    });
                     if done {
                         self.end_response(id)?;
                     }
@@ -669,10 +702,16 @@ impl ClientConnection {
                             if *seen > self.config.max_body {
                                 return Err((Error::BodyTooLarge, Some(id)));
                             }
-                            self.events.push_back(Event::Data { id: RequestId(id), data });
+                            self.events.push_back(Event::Data {
+                                id: RequestId(id),
+                                data,
+                            });
                         }
                         Some(Decoded::Trailers(trailers)) => {
-                            self.events.push_back(Event::Trailers { id: RequestId(id), trailers });
+                            self.events.push_back(Event::Trailers {
+                                id: RequestId(id),
+                                trailers,
+                            });
                         }
                         Some(Decoded::End) => self.end_response(id)?,
                     }
@@ -687,7 +726,10 @@ impl ClientConnection {
                         return Err((Error::BodyTooLarge, Some(id)));
                     }
                     let data = input.split().freeze();
-                    self.events.push_back(Event::Data { id: RequestId(id), data });
+                    self.events.push_back(Event::Data {
+                        id: RequestId(id),
+                        data,
+                    });
                 }
                 Read::Upgraded | Read::Stopped => return Ok(()),
             }
@@ -785,7 +827,9 @@ impl Connection for ClientConnection {
         if now > self.now {
             self.now = now;
         }
-        let Some(deadline) = self.poll_timeout() else { return };
+        let Some(deadline) = self.poll_timeout() else {
+            return;
+        };
         if self.now < deadline {
             return;
         }
@@ -807,5 +851,1718 @@ impl Connection for ClientConnection {
 
     fn state(&self) -> State {
         self.lifecycle.state()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{self, ServerConnection};
+    use crate::ServerConfig;
+    use alloc::string::{String, ToString};
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use core::time::Duration;
+    use ferry_proto::testing::{for_each_split, Pair};
+    use proptest::prelude::*;
+
+    const HOST: (&str, &[u8]) = ("Host", b"example.com");
+
+    fn client() -> ClientConnection {
+        ClientConnection::new(Arc::new(ClientConfig::default()), Instant::ZERO)
+    }
+
+    fn client_with(f: impl FnOnce(&mut ClientConfig)) -> ClientConnection {
+        let mut c = ClientConfig::default();
+        f(&mut c);
+        ClientConnection::new(Arc::new(c), Instant::ZERO)
+    }
+
+    fn server() -> ServerConnection {
+        ServerConnection::new(Arc::new(ServerConfig::default()), Instant::ZERO)
+    }
+
+    fn wire(c: &mut ClientConnection) -> Vec<u8> {
+        let mut v = Vec::new();
+        while let Some(b) = c.poll_transmit() {
+            v.extend_from_slice(&b);
+        }
+        v
+    }
+
+    fn wire_str(c: &mut ClientConnection) -> String {
+        String::from_utf8(wire(c)).unwrap()
+    }
+
+    /// `n` GET requests in flight, their bytes already written.
+    fn with_gets(n: usize) -> ClientConnection {
+        let mut c = client();
+        for i in 0..n {
+            let t = alloc::format!("/{i}");
+            c.send_request(Method::Get, &t, &[HOST], Body::Empty)
+                .unwrap();
+        }
+        let _ = wire(&mut c);
+        c
+    }
+
+    /// Feed `bytes` in one call; returns what was left in the buffer.
+    fn feed(c: &mut ClientConnection, bytes: &[u8]) -> Result<BytesMut, Error> {
+        let mut b = BytesMut::from(bytes);
+        c.handle_input(Instant::ZERO, &mut b).map(|()| b)
+    }
+
+    type Fields = Vec<(String, Vec<u8>)>;
+
+    fn fields(h: &Headers) -> Fields {
+        h.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect()
+    }
+
+    fn f(list: &[(&str, &str)]) -> Fields {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// An owned, comparable view of an [`Event`].
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Ev {
+        Info {
+            id: u64,
+            status: u16,
+            headers: Fields,
+        },
+        Resp {
+            id: u64,
+            status: u16,
+            headers: Fields,
+        },
+        Data {
+            id: u64,
+            data: Vec<u8>,
+        },
+        Trailers {
+            id: u64,
+            fields: Fields,
+        },
+        End {
+            id: u64,
+        },
+        Upgraded {
+            id: u64,
+        },
+        Error {
+            id: Option<u64>,
+            error: Error,
+        },
+    }
+
+    fn to_ev(e: Event) -> Ev {
+        match e {
+            Event::Informational(r) => Ev::Info {
+                id: r.id().get(),
+                status: r.status(),
+                headers: fields(r.headers()),
+            },
+            Event::Response(r) => Ev::Resp {
+                id: r.id().get(),
+                status: r.status(),
+                headers: fields(r.headers()),
+            },
+            Event::Data { id, data } => Ev::Data {
+                id: id.get(),
+                data: data.to_vec(),
+            },
+            Event::Trailers { id, trailers } => Ev::Trailers {
+                id: id.get(),
+                fields: fields(&trailers),
+            },
+            Event::End { id } => Ev::End { id: id.get() },
+            Event::Upgraded { id } => Ev::Upgraded { id: id.get() },
+            Event::Error { id, error } => Ev::Error {
+                id: id.map(RequestId::get),
+                error,
+            },
+        }
+    }
+
+    /// Merge adjacent `Data` of one response (their split depends on how input arrived).
+    fn normalize(evs: impl IntoIterator<Item = Ev>) -> Vec<Ev> {
+        let mut out: Vec<Ev> = Vec::new();
+        for e in evs {
+            if let (
+                Some(Ev::Data {
+                    id: last,
+                    data: acc,
+                }),
+                Ev::Data { id, data },
+            ) = (out.last_mut(), &e)
+            {
+                if last == id {
+                    acc.extend_from_slice(data);
+                    continue;
+                }
+            }
+            out.push(e);
+        }
+        out
+    }
+
+    fn evs(c: &mut ClientConnection) -> Vec<Ev> {
+        normalize(core::iter::from_fn(|| c.poll_event()).map(to_ev))
+    }
+
+    fn resp(id: u64, status: u16, headers: &[(&str, &str)]) -> Ev {
+        Ev::Resp {
+            id,
+            status,
+            headers: f(headers),
+        }
+    }
+
+    fn data(id: u64, d: &[u8]) -> Ev {
+        Ev::Data {
+            id,
+            data: d.to_vec(),
+        }
+    }
+
+    // ----- serialization -------------------------------------------------------------------
+
+    #[test]
+    fn serialize_get_byte_exact() {
+        let mut c = client();
+        let id = c
+            .send_request(
+                Method::Get,
+                "/index.html?q=1",
+                &[HOST, ("Accept", b"*/*")],
+                Body::Empty,
+            )
+            .unwrap();
+        assert_eq!(id.get(), 0);
+        assert_eq!(
+            wire_str(&mut c),
+            "GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
+        );
+        assert_eq!((c.in_flight(), c.requests()), (1, 1));
+        assert!(c.can_send_request());
+        assert!(!c.is_reusable());
+    }
+
+    #[test]
+    fn serialize_post_full_body() {
+        let mut c = client();
+        c.send_request(
+            Method::Post,
+            "/submit",
+            &[HOST, ("Content-Type", b"text/plain")],
+            Body::Full("hello".into()),
+        )
+        .unwrap();
+        // Small body: one write, head and body together.
+        assert_eq!(
+            &c.poll_transmit().unwrap()[..],
+            b"POST /submit HTTP/1.1\r\nHost: example.com\r\nContent-Type: text/plain\r\ncontent-length: 5\r\n\r\nhello"
+        );
+        assert!(c.poll_transmit().is_none());
+
+        // Large body: handed over as is, after the head.
+        let big = Bytes::from(vec![b'x'; COPY_BODY_MAX + 1]);
+        c.send_request(Method::Put, "/big", &[HOST], Body::Full(big.clone()))
+            .unwrap();
+        let head = c.poll_transmit().unwrap();
+        assert_eq!(
+            &head[..],
+            b"PUT /big HTTP/1.1\r\nHost: example.com\r\ncontent-length: 4097\r\n\r\n"
+        );
+        let body = c.poll_transmit().unwrap();
+        assert_eq!(body.as_ptr(), big.as_ptr(), "zero-copy");
+        assert_eq!(body.len(), big.len());
+        assert!(c.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn serialize_chunked_streamed_body_with_trailers() {
+        let mut c = client();
+        let id = c
+            .send_request(Method::Post, "/up", &[HOST], Body::Chunked)
+            .unwrap();
+        assert!(!c.can_send_request(), "body still streaming");
+        assert_eq!(
+            c.send_request(Method::Get, "/", &[HOST], Body::Empty),
+            Err(SendError::InvalidState)
+        );
+        c.send_data(id, Bytes::from_static(b"Wiki"), false).unwrap();
+        c.send_data(id, Bytes::new(), false).unwrap();
+        c.send_data(id, Bytes::from_static(b"pedia"), false)
+            .unwrap();
+        c.send_trailers(id, &[("Expires", b"never")]).unwrap();
+        assert_eq!(
+            wire_str(&mut c),
+            "POST /up HTTP/1.1\r\nHost: example.com\r\ntransfer-encoding: chunked\r\n\r\n\
+             4\r\nWiki\r\n5\r\npedia\r\n0\r\nExpires: never\r\n\r\n"
+        );
+        assert!(c.can_send_request());
+        assert_eq!(
+            c.send_data(id, Bytes::from_static(b"x"), true),
+            Err(SendError::InvalidState)
+        );
+
+        let id = c
+            .send_request(Method::Post, "/up2", &[HOST], Body::Chunked)
+            .unwrap();
+        c.send_data(id, Bytes::from_static(b"x"), true).unwrap();
+        assert!(wire_str(&mut c).ends_with("\r\n\r\n1\r\nx\r\n0\r\n\r\n"));
+    }
+
+    #[test]
+    fn serialize_head_and_empty_bodies() {
+        let mut c = client();
+        c.send_request(Method::Head, "/", &[HOST], Body::Empty)
+            .unwrap();
+        c.send_request(Method::Delete, "/r/1", &[HOST], Body::Empty)
+            .unwrap();
+        c.send_request(Method::Options, "*", &[HOST], Body::Empty)
+            .unwrap();
+        c.send_request(Method::Post, "/p", &[HOST], Body::Empty)
+            .unwrap();
+        c.send_request(Method::Put, "/p", &[HOST], Body::Length(0))
+            .unwrap();
+        c.send_request_with_method_str("PURGE", "/cache", &[HOST], Body::Empty)
+            .unwrap();
+        c.send_request(
+            Method::Connect,
+            "example.com:443",
+            &[("Host", b"example.com:443")],
+            Body::Empty,
+        )
+        .unwrap();
+        assert_eq!(
+            wire_str(&mut c),
+            "HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n\
+             DELETE /r/1 HTTP/1.1\r\nHost: example.com\r\n\r\n\
+             OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\n\
+             POST /p HTTP/1.1\r\nHost: example.com\r\ncontent-length: 0\r\n\r\n\
+             PUT /p HTTP/1.1\r\nHost: example.com\r\ncontent-length: 0\r\n\r\n\
+             PURGE /cache HTTP/1.1\r\nHost: example.com\r\ncontent-length: 0\r\n\r\n\
+             CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+        );
+        assert_eq!(c.in_flight(), 7);
+        assert!(!c.can_send_request(), "CONNECT must be answered first");
+    }
+
+    #[test]
+    fn invalid_requests_leave_connection_unchanged() {
+        let mut c = client();
+        let bad = |c: &mut ClientConnection, m: &str, t: &str, fl: &[(&str, &[u8])]| {
+            c.send_request_with_method_str(m, t, fl, Body::Full("x".into()))
+                .unwrap_err()
+        };
+        assert_eq!(
+            c.send_request(Method::Other, "/", &[HOST], Body::Empty),
+            Err(SendError::InvalidHeader)
+        );
+        for m in ["", "GE T", "GET\r\n", "G(T"] {
+            assert_eq!(
+                bad(&mut c, m, "/", &[HOST]),
+                SendError::InvalidHeader,
+                "{m:?}"
+            );
+        }
+        for t in ["", "/a b", "/a\r\nX: y", "/\0", "/\t", "/a\x7f"] {
+            assert_eq!(
+                bad(&mut c, "GET", t, &[HOST]),
+                SendError::InvalidHeader,
+                "{t:?}"
+            );
+        }
+        assert_eq!(
+            bad(&mut c, "POST", "/", &[HOST, ("Content-Length", b"5")]),
+            SendError::FramingHeader
+        );
+        assert_eq!(
+            bad(
+                &mut c,
+                "POST",
+                "/",
+                &[HOST, ("transfer-encoding", b"chunked")]
+            ),
+            SendError::FramingHeader
+        );
+        assert_eq!(
+            bad(&mut c, "POST", "/", &[HOST, ("X", b"a\r\nInjected: 1")]),
+            SendError::InvalidHeader
+        );
+        assert_eq!(
+            bad(&mut c, "POST", "/", &[HOST, ("bad name", b"")]),
+            SendError::InvalidHeader
+        );
+        assert!(wire(&mut c).is_empty());
+        assert_eq!((c.in_flight(), c.requests()), (0, 0));
+        assert!(c.is_reusable());
+        let id = c
+            .send_request(Method::Get, "/", &[HOST], Body::Empty)
+            .unwrap();
+        assert_eq!(id.get(), 0);
+        assert_eq!(
+            wire_str(&mut c),
+            "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn body_command_misuse() {
+        let mut c = client();
+        let get = c
+            .send_request(Method::Get, "/", &[HOST], Body::Empty)
+            .unwrap();
+        assert_eq!(
+            c.send_data(get, Bytes::from_static(b"x"), true),
+            Err(SendError::InvalidState)
+        );
+        assert_eq!(
+            c.send_data(RequestId(9), Bytes::new(), true),
+            Err(SendError::UnknownId)
+        );
+        let put = c
+            .send_request(Method::Put, "/", &[HOST], Body::Length(5))
+            .unwrap();
+        assert!(!c.can_send_request());
+        assert_eq!(
+            c.send_data(put, Bytes::from_static(b"toolong"), false),
+            Err(SendError::LengthMismatch)
+        );
+        assert_eq!(
+            c.send_data(put, Bytes::from_static(b"ab"), true),
+            Err(SendError::LengthMismatch)
+        );
+        assert_eq!(
+            c.send_trailers(put, &[]),
+            Err(SendError::TrailersNotAllowed)
+        );
+        c.send_data(put, Bytes::from_static(b"abc"), false).unwrap();
+        c.send_data(put, Bytes::from_static(b"de"), false).unwrap();
+        assert!(
+            c.can_send_request(),
+            "a Length body ends with its last byte"
+        );
+        assert_eq!(
+            c.send_data(put, Bytes::from_static(b"f"), false),
+            Err(SendError::InvalidState)
+        );
+        assert!(wire_str(&mut c).ends_with("content-length: 5\r\n\r\nabcde"));
+
+        let post = c
+            .send_request(Method::Post, "/", &[HOST], Body::Chunked)
+            .unwrap();
+        let _ = wire(&mut c);
+        assert_eq!(
+            c.send_trailers(post, &[("a", b"\r\n")]),
+            Err(SendError::InvalidHeader)
+        );
+        assert!(
+            wire(&mut c).is_empty(),
+            "a refused trailer section writes nothing"
+        );
+        c.send_trailers(post, &[]).unwrap();
+        assert_eq!(wire_str(&mut c), "0\r\n\r\n");
+    }
+
+    // ----- response parsing (RFC 9112 vectors) --------------------------------------------
+
+    #[test]
+    fn content_length_response() {
+        let mut c = with_gets(1);
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nHello World!";
+        assert!(feed(&mut c, raw).unwrap().is_empty());
+        let Some(Event::Response(r)) = c.poll_event() else {
+            panic!()
+        };
+        assert_eq!(
+            (r.id().get(), r.status(), r.reason(), r.version()),
+            (0, 200, "OK", crate::Version::Http11)
+        );
+        assert_eq!(r.body_kind(), BodyKind::Length(12));
+        assert!(r.keep_alive());
+        assert_eq!(r.headers().get("content-type"), Some(&b"text/plain"[..]));
+        assert_eq!(evs(&mut c), [data(0, b"Hello World!"), Ev::End { id: 0 }]);
+        assert!(c.is_reusable());
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[test]
+    fn chunked_response_with_trailers() {
+        let mut c = with_gets(1);
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Expires\r\n\r\n\
+                    4\r\nWiki\r\n5;name=val\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: never\r\n\r\n";
+        feed(&mut c, raw).unwrap();
+        assert_eq!(
+            evs(&mut c),
+            [
+                resp(
+                    0,
+                    200,
+                    &[("Transfer-Encoding", "chunked"), ("Trailer", "Expires")]
+                ),
+                data(0, b"Wikipedia in\r\n\r\nchunks."),
+                Ev::Trailers {
+                    id: 0,
+                    fields: f(&[("Expires", "never")])
+                },
+                Ev::End { id: 0 },
+            ]
+        );
+        assert!(c.is_reusable());
+    }
+
+    #[test]
+    fn http10_close_delimited_response() {
+        let mut c = with_gets(1);
+        feed(
+            &mut c,
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nsome data",
+        )
+        .unwrap();
+        feed(&mut c, b", more").unwrap();
+        assert!(!c.can_send_request());
+        assert!(c.wants_read());
+        assert!(!c.is_closed());
+        c.handle_eof(Instant::ZERO);
+        assert_eq!(
+            evs(&mut c),
+            [
+                resp(0, 200, &[("Content-Type", "text/plain")]),
+                data(0, b"some data, more"),
+                Ev::End { id: 0 }
+            ]
+        );
+        assert!(c.is_closed());
+        assert_eq!(c.error(), None);
+        assert_eq!(c.state(), State::Closed);
+    }
+
+    #[test]
+    fn status_204_and_304_have_no_body() {
+        let mut c = with_gets(3);
+        let raw = b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n\
+                    HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 100\r\n\r\n\
+                    HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        feed(&mut c, raw).unwrap();
+        assert_eq!(
+            evs(&mut c),
+            [
+                resp(0, 204, &[("Content-Length", "7")]),
+                Ev::End { id: 0 },
+                resp(1, 304, &[("ETag", "\"x\""), ("Content-Length", "100")]),
+                Ev::End { id: 1 },
+                resp(2, 200, &[("Content-Length", "2")]),
+                data(2, b"ok"),
+                Ev::End { id: 2 },
+            ]
+        );
+        assert!(c.is_reusable());
+    }
+
+    #[test]
+    fn head_response_has_no_body() {
+        let mut c = client();
+        c.send_request(Method::Head, "/", &[HOST], Body::Empty)
+            .unwrap();
+        c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+            .unwrap();
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n\
+                    HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+        feed(&mut c, raw).unwrap();
+        assert_eq!(
+            evs(&mut c),
+            [
+                resp(0, 200, &[("Content-Length", "1000")]),
+                Ev::End { id: 0 },
+                resp(1, 200, &[("Transfer-Encoding", "chunked")]),
+                data(1, b"hi"),
+                Ev::End { id: 1 },
+            ]
+        );
+    }
+
+    #[test]
+    fn continue_then_final_response() {
+        let mut c = client_with(|c| c.response_timeout = Some(Duration::from_secs(5)));
+        let id = c
+            .send_request(
+                Method::Post,
+                "/upload",
+                &[HOST, ("Expect", b"100-continue")],
+                Body::Length(4),
+            )
+            .unwrap();
+        let _ = wire(&mut c);
+        assert_eq!(
+            c.poll_timeout(),
+            None,
+            "no response deadline before the request is sent"
+        );
+        feed(&mut c, b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+        assert_eq!(
+            evs(&mut c),
+            [Ev::Info {
+                id: 0,
+                status: 100,
+                headers: vec![]
+            }]
+        );
+        assert_eq!(c.in_flight(), 1);
+        c.send_data(id, Bytes::from_static(b"data"), true).unwrap();
+        assert_eq!(wire(&mut c), b"data");
+        assert_eq!(
+            c.poll_timeout(),
+            Some(Instant::ZERO + Duration::from_secs(5))
+        );
+        feed(&mut c, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(
+            evs(&mut c),
+            [resp(0, 201, &[("Content-Length", "0")]), Ev::End { id: 0 }]
+        );
+        assert!(c.is_reusable());
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn final_response_before_request_body_is_sent() {
+        let mut c = client();
+        let id = c
+            .send_request(
+                Method::Post,
+                "/upload",
+                &[HOST, ("Expect", b"100-continue")],
+                Body::Length(4),
+            )
+            .unwrap();
+        feed(
+            &mut c,
+            b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            evs(&mut c),
+            [resp(0, 417, &[("Content-Length", "0")]), Ev::End { id: 0 }]
+        );
+        assert!(!c.can_send_request(), "the body must still be finished");
+        c.send_data(id, Bytes::from_static(b"data"), true).unwrap();
+        assert!(c.is_reusable());
+    }
+
+    #[test]
+    fn early_hints_103() {
+        let mut c = with_gets(1);
+        feed(
+            &mut c,
+            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n\
+              HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )
+        .unwrap();
+        assert_eq!(
+            evs(&mut c),
+            [
+                Ev::Info {
+                    id: 0,
+                    status: 103,
+                    headers: f(&[("Link", "</style.css>; rel=preload; as=style")])
+                },
+                resp(0, 200, &[("Content-Length", "2")]),
+                data(0, b"ok"),
+                Ev::End { id: 0 },
+            ]
+        );
+    }
+
+    #[test]
+    fn upgrade_101_leaves_trailing_bytes() {
+        let mut c = client();
+        c.send_request(
+            Method::Get,
+            "/chat",
+            &[HOST, ("Upgrade", b"websocket"), ("Connection", b"Upgrade")],
+            Body::Empty,
+        )
+        .unwrap();
+        assert!(
+            !c.can_send_request(),
+            "an upgrade request must be answered first"
+        );
+        let rest = feed(
+            &mut c,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello",
+        )
+        .unwrap();
+        assert_eq!(&rest[..], b"\x81\x05hello");
+        assert_eq!(
+            evs(&mut c),
+            [
+                resp(
+                    0,
+                    101,
+                    &[("Upgrade", "websocket"), ("Connection", "Upgrade")]
+                ),
+                Ev::Upgraded { id: 0 }
+            ]
+        );
+        assert!(c.is_upgraded());
+        assert!(!c.wants_read());
+        assert!(!c.can_send_request());
+        assert!(!c.is_closed());
+        assert_eq!(c.poll_timeout(), None);
+        let mut rest = rest;
+        c.handle_input(Instant::ZERO, &mut rest).unwrap();
+        assert_eq!(
+            &rest[..],
+            b"\x81\x05hello",
+            "nothing consumed after the switch"
+        );
+        c.handle_eof(Instant::ZERO);
+        assert!(c.is_upgraded());
+        assert!(evs(&mut c).is_empty());
+    }
+
+    #[test]
+    fn connect_tunnel_and_refusal() {
+        let mut c = client();
+        let host: (&str, &[u8]) = ("Host", b"example.com:443");
+        c.send_request(Method::Connect, "example.com:443", &[host], Body::Empty)
+            .unwrap();
+        let rest = feed(
+            &mut c,
+            b"HTTP/1.1 200 Connection Established\r\n\r\n\x16\x03\x01",
+        )
+        .unwrap();
+        assert_eq!(&rest[..], b"\x16\x03\x01");
+        assert_eq!(evs(&mut c), [resp(0, 200, &[]), Ev::Upgraded { id: 0 }]);
+        assert!(c.is_upgraded());
+
+        let mut c = client();
+        c.send_request(Method::Connect, "example.com:443", &[host], Body::Empty)
+            .unwrap();
+        feed(
+            &mut c,
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 3\r\n\r\nno!",
+        )
+        .unwrap();
+        assert_eq!(
+            evs(&mut c),
+            [
+                resp(0, 407, &[("Content-Length", "3")]),
+                data(0, b"no!"),
+                Ev::End { id: 0 }
+            ]
+        );
+        assert!(!c.is_upgraded());
+        assert!(c.is_reusable());
+    }
+
+    #[test]
+    fn unrequested_101_is_an_error() {
+        let mut c = with_gets(1);
+        let e = Error::InvalidHead(HeadError::Status);
+        assert_eq!(
+            feed(&mut c, b"HTTP/1.1 101 Switching Protocols\r\n\r\n").unwrap_err(),
+            e
+        );
+        assert_eq!(
+            evs(&mut c),
+            [Ev::Error {
+                id: Some(0),
+                error: e
+            }]
+        );
+        let mut c = with_gets(1);
+        assert_eq!(feed(&mut c, b"HTTP/1.1 099 Odd\r\n\r\n").unwrap_err(), e);
+    }
+
+    #[test]
+    fn stray_empty_lines_between_responses() {
+        let mut c = with_gets(2);
+        feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n\r\n")
+            .unwrap();
+        assert_eq!(evs(&mut c).len(), 4);
+        assert!(c.is_reusable());
+    }
+
+    // ----- split points --------------------------------------------------------------------
+
+    const PIPELINED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
+HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nworld\r\n3;ext=1\r\n!!!\r\n0\r\nX-Checksum: 42\r\n\r\n\
+HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
+
+    fn pipelined_expected() -> Vec<Ev> {
+        vec![
+            resp(0, 200, &[("Content-Length", "5")]),
+            data(0, b"hello"),
+            Ev::End { id: 0 },
+            resp(1, 200, &[("Transfer-Encoding", "chunked")]),
+            data(1, b"world!!!"),
+            Ev::Trailers {
+                id: 1,
+                fields: f(&[("X-Checksum", "42")]),
+            },
+            Ev::End { id: 1 },
+            resp(2, 404, &[("Content-Length", "3")]),
+            data(2, b"bye"),
+            Ev::End { id: 2 },
+        ]
+    }
+
+    #[test]
+    fn pipelined_responses_every_split() {
+        let mut whole = with_gets(3);
+        assert!(feed(&mut whole, PIPELINED).unwrap().is_empty());
+        let expected = pipelined_expected();
+        assert_eq!(evs(&mut whole), expected);
+        let mut runs = 0;
+        for_each_split(
+            PIPELINED,
+            Instant::ZERO,
+            || with_gets(3),
+            |at, mut c, r| {
+                r.unwrap_or_else(|e| panic!("split at {at}: {e}"));
+                assert_eq!(evs(&mut c), expected, "split at {at}");
+                assert!(c.is_reusable(), "split at {at}");
+                runs += 1;
+            },
+        );
+        assert_eq!(runs, PIPELINED.len() - 1);
+    }
+
+    #[test]
+    fn pipelined_responses_one_byte_pieces() {
+        let mut c = with_gets(3);
+        let mut buf = BytesMut::new();
+        for &b in PIPELINED {
+            buf.extend_from_slice(&[b]);
+            c.handle_input(Instant::ZERO, &mut buf).unwrap();
+        }
+        assert!(buf.is_empty());
+        assert_eq!(evs(&mut c), pipelined_expected());
+        assert!(c.is_reusable());
+    }
+
+    // ----- client <-> server ---------------------------------------------------------------
+
+    #[derive(Clone, Debug, Default)]
+    struct Seen {
+        method: String,
+        target: String,
+        fields: Fields,
+        body: Vec<u8>,
+        trailers: Fields,
+        ended: bool,
+    }
+
+    /// Record what a server sees, per request id.
+    fn record(seen: &mut Vec<Seen>, e: &server::Event) {
+        match e {
+            server::Event::Request(r) => {
+                assert_eq!(r.id().get() as usize, seen.len());
+                seen.push(Seen {
+                    method: r.method_str().to_string(),
+                    target: r.target().to_string(),
+                    fields: fields(r.headers()),
+                    ..Seen::default()
+                });
+            }
+            server::Event::Data { id, data } => {
+                seen[id.get() as usize].body.extend_from_slice(data)
+            }
+            server::Event::Trailers { id, trailers } => {
+                seen[id.get() as usize].trailers = fields(trailers)
+            }
+            server::Event::End { id } => seen[id.get() as usize].ended = true,
+            server::Event::Error { id, error } => panic!("server error {error} for {id:?}"),
+        }
+    }
+
+    fn pair_mixed(max_chunk: usize) {
+        let mut pair = Pair::new(client(), server()).with_max_chunk(max_chunk);
+        let c = &mut pair.client;
+        c.send_request(Method::Get, "/a", &[HOST], Body::Empty)
+            .unwrap();
+        c.send_request(
+            Method::Post,
+            "/b",
+            &[HOST, ("Content-Type", b"text/plain")],
+            Body::Full("full body".into()),
+        )
+        .unwrap();
+        let id = c
+            .send_request(Method::Post, "/c", &[HOST], Body::Chunked)
+            .unwrap();
+        c.send_data(id, Bytes::from_static(b"chunk one, "), false)
+            .unwrap();
+        c.send_data(id, Bytes::from_static(b"chunk two"), false)
+            .unwrap();
+        c.send_trailers(id, &[("X-Sum", b"2")]).unwrap();
+        c.send_request(Method::Head, "/d", &[HOST], Body::Empty)
+            .unwrap();
+        let id = c
+            .send_request(Method::Put, "/e", &[HOST], Body::Length(6))
+            .unwrap();
+        c.send_data(id, Bytes::from_static(b"put"), false).unwrap();
+        c.send_data(id, Bytes::from_static(b"PUT"), true).unwrap();
+        assert_eq!(c.in_flight(), 5);
+        assert!(c.can_send_request() && !c.is_reusable());
+
+        let mut seen = Vec::new();
+        let mut got = Vec::new();
+        pair.drive_with(
+            |_, e| got.push(to_ev(e)),
+            |s, e| {
+                record(&mut seen, &e);
+                let server::Event::End { id } = e else { return };
+                let r = seen[id.get() as usize].clone();
+                match r.target.as_str() {
+                    "/a" => s.send_response(
+                        id,
+                        200,
+                        &[("Content-Type", b"text/plain")],
+                        Body::Full("alpha".into()),
+                    ),
+                    "/b" => s.send_response(
+                        id,
+                        201,
+                        &[("X-Method", r.method.as_bytes())],
+                        Body::Full(r.body.into()),
+                    ),
+                    "/c" => {
+                        s.send_response(id, 200, &[], Body::Chunked).unwrap();
+                        s.send_data(id, r.body.into(), false).unwrap();
+                        let sum = r.trailers[0].1.clone();
+                        s.send_trailers(id, &[("X-Echo", &sum)])
+                    }
+                    "/d" => s.send_response(id, 200, &[], Body::Full("invisible".into())),
+                    "/e" => {
+                        s.send_response(id, 200, &[], Body::Length(r.body.len() as u64))
+                            .unwrap();
+                        let (a, b) = r.body.split_at(2);
+                        s.send_data(id, Bytes::copy_from_slice(a), false).unwrap();
+                        s.send_data(id, Bytes::copy_from_slice(b), true)
+                    }
+                    t => panic!("unexpected target {t}"),
+                }
+                .unwrap();
+            },
+        )
+        .unwrap();
+
+        let expect_req = [
+            ("GET", "/a", "", f(&[("Host", "example.com")])),
+            (
+                "POST",
+                "/b",
+                "full body",
+                f(&[
+                    ("Host", "example.com"),
+                    ("Content-Type", "text/plain"),
+                    ("content-length", "9"),
+                ]),
+            ),
+            (
+                "POST",
+                "/c",
+                "chunk one, chunk two",
+                f(&[("Host", "example.com"), ("transfer-encoding", "chunked")]),
+            ),
+            ("HEAD", "/d", "", f(&[("Host", "example.com")])),
+            (
+                "PUT",
+                "/e",
+                "putPUT",
+                f(&[("Host", "example.com"), ("content-length", "6")]),
+            ),
+        ];
+        assert_eq!(seen.len(), 5, "max_chunk {max_chunk}");
+        for (s, (m, t, b, fl)) in seen.iter().zip(expect_req) {
+            assert_eq!(
+                (
+                    s.method.as_str(),
+                    s.target.as_str(),
+                    s.body.as_slice(),
+                    &s.fields
+                ),
+                (m, t, b.as_bytes(), &fl)
+            );
+            assert!(s.ended);
+        }
+        assert_eq!(seen[2].trailers, f(&[("X-Sum", "2")]));
+
+        assert_eq!(
+            normalize(got),
+            [
+                resp(
+                    0,
+                    200,
+                    &[("Content-Type", "text/plain"), ("content-length", "5")]
+                ),
+                data(0, b"alpha"),
+                Ev::End { id: 0 },
+                resp(1, 201, &[("X-Method", "POST"), ("content-length", "9")]),
+                data(1, b"full body"),
+                Ev::End { id: 1 },
+                resp(2, 200, &[("transfer-encoding", "chunked")]),
+                data(2, b"chunk one, chunk two"),
+                Ev::Trailers {
+                    id: 2,
+                    fields: f(&[("X-Echo", "2")])
+                },
+                Ev::End { id: 2 },
+                resp(3, 200, &[("content-length", "9")]),
+                Ev::End { id: 3 },
+                resp(4, 200, &[("content-length", "6")]),
+                data(4, b"putPUT"),
+                Ev::End { id: 4 },
+            ],
+            "max_chunk {max_chunk}"
+        );
+        assert!(pair.client.is_reusable());
+        assert_eq!(pair.client.in_flight(), 0);
+        assert_eq!(pair.server.in_flight(), 0);
+    }
+
+    #[test]
+    fn pair_pipelined_mixed_requests() {
+        for max_chunk in [1, 2, 7, usize::MAX] {
+            pair_mixed(max_chunk);
+        }
+    }
+
+    #[test]
+    fn pair_expect_continue() {
+        for max_chunk in [1, usize::MAX] {
+            let mut pair = Pair::new(client(), server()).with_max_chunk(max_chunk);
+            let id = pair
+                .client
+                .send_request(
+                    Method::Put,
+                    "/f",
+                    &[HOST, ("Expect", b"100-continue")],
+                    Body::Length(5),
+                )
+                .unwrap();
+            let mut seen = Vec::new();
+            let mut got = Vec::new();
+            pair.drive_with(
+                |c, e| {
+                    if let Event::Informational(r) = &e {
+                        assert_eq!(r.status(), 100);
+                        c.send_data(id, Bytes::from_static(b"hello"), true).unwrap();
+                    }
+                    got.push(to_ev(e));
+                },
+                |s, e| {
+                    record(&mut seen, &e);
+                    if let server::Event::End { id } = e {
+                        s.send_response(id, 204, &[], Body::Empty).unwrap();
+                    }
+                },
+            )
+            .unwrap();
+            assert_eq!(seen[0].body, b"hello");
+            assert_eq!(
+                normalize(got),
+                [
+                    Ev::Info {
+                        id: 0,
+                        status: 100,
+                        headers: vec![]
+                    },
+                    resp(0, 204, &[]),
+                    Ev::End { id: 0 }
+                ]
+            );
+            assert!(pair.client.is_reusable());
+        }
+    }
+
+    #[test]
+    fn pair_upgrade_and_close() {
+        let mut pair = Pair::new(client(), server());
+        pair.client
+            .send_request(
+                Method::Get,
+                "/ws",
+                &[HOST, ("Upgrade", b"websocket"), ("Connection", b"upgrade")],
+                Body::Empty,
+            )
+            .unwrap();
+        let mut got = Vec::new();
+        pair.drive_with(
+            |_, e| got.push(to_ev(e)),
+            |s, e| {
+                if let server::Event::End { id } = e {
+                    s.send_response(
+                        id,
+                        101,
+                        &[("Upgrade", b"websocket"), ("Connection", b"upgrade")],
+                        Body::Empty,
+                    )
+                    .unwrap();
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(got.last(), Some(&Ev::Upgraded { id: 0 }));
+        assert!(pair.client.is_upgraded() && pair.server.is_upgraded());
+
+        // `Connection: close` from the client: both sides end closed.
+        let mut pair = Pair::new(client(), server());
+        pair.client
+            .send_request(
+                Method::Get,
+                "/",
+                &[HOST, ("Connection", b"close")],
+                Body::Empty,
+            )
+            .unwrap();
+        let mut got = Vec::new();
+        pair.drive_with(
+            |_, e| got.push(to_ev(e)),
+            |s, e| {
+                if let server::Event::End { id } = e {
+                    s.send_response(id, 200, &[], Body::Full("bye".into()))
+                        .unwrap();
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            normalize(got),
+            [
+                resp(0, 200, &[("content-length", "3"), ("connection", "close")]),
+                data(0, b"bye"),
+                Ev::End { id: 0 }
+            ]
+        );
+        assert!(pair.client.is_closed() && pair.server.is_closed());
+        assert_eq!(
+            (pair.client.state(), pair.server.state()),
+            (State::Closed, State::Closed)
+        );
+    }
+
+    // ----- connection reuse ----------------------------------------------------------------
+
+    #[test]
+    fn keep_alive_response_is_reusable() {
+        let mut c = with_gets(1);
+        feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+        assert!(c.is_reusable() && c.can_send_request() && c.wants_read() && !c.is_closed());
+        assert_eq!(c.state(), State::Ready);
+        let mut c = with_gets(1);
+        feed(
+            &mut c,
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+        )
+        .unwrap();
+        assert!(c.is_reusable());
+    }
+
+    #[test]
+    fn server_connection_close_ends_reuse() {
+        let mut c = with_gets(1);
+        feed(
+            &mut c,
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
+        )
+        .unwrap();
+        assert!(!c.can_send_request(), "known as soon as the head arrives");
+        assert_eq!(
+            c.send_request(Method::Get, "/", &[HOST], Body::Empty),
+            Err(SendError::Closed)
+        );
+        assert!(c.wants_read() && !c.is_closed());
+        feed(&mut c, b"ok").unwrap();
+        assert_eq!(evs(&mut c).last(), Some(&Ev::End { id: 0 }));
+        assert!(!c.is_reusable() && !c.wants_read());
+        assert!(c.is_closed());
+        assert_eq!(c.state(), State::Closed);
+        assert_eq!(c.error(), None);
+    }
+
+    #[test]
+    fn closing_response_fails_requests_pipelined_behind_it() {
+        let mut c = with_gets(3);
+        let e = feed(
+            &mut c,
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap_err();
+        assert_eq!(e, Error::UnexpectedEof);
+        assert_eq!(
+            evs(&mut c),
+            [
+                resp(0, 200, &[("Connection", "close"), ("Content-Length", "0")]),
+                Ev::End { id: 0 },
+                Ev::Error {
+                    id: Some(1),
+                    error: Error::UnexpectedEof
+                },
+            ]
+        );
+        assert_eq!(c.in_flight(), 0);
+        assert!(c.is_closed());
+    }
+
+    #[test]
+    fn http10_response_ends_reuse() {
+        let mut c = with_gets(1);
+        feed(&mut c, b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+        assert!(!c.is_reusable() && !c.can_send_request());
+        assert!(c.is_closed());
+    }
+
+    #[test]
+    fn close_delimited_body_ends_reuse() {
+        let mut c = with_gets(1);
+        feed(&mut c, b"HTTP/1.1 200 OK\r\n\r\nstream").unwrap();
+        assert!(!c.can_send_request());
+        assert!(c.wants_read() && !c.is_closed());
+        c.handle_eof(Instant::ZERO);
+        assert_eq!(
+            evs(&mut c),
+            [resp(0, 200, &[]), data(0, b"stream"), Ev::End { id: 0 }]
+        );
+        assert!(c.is_closed() && !c.is_reusable());
+        assert_eq!(c.state(), State::Closed);
+    }
+
+    #[test]
+    fn own_connection_close_ends_reuse() {
+        let mut c = client();
+        c.send_request(
+            Method::Get,
+            "/",
+            &[HOST, ("Connection", b"close")],
+            Body::Empty,
+        )
+        .unwrap();
+        assert!(!c.can_send_request());
+        assert_eq!(
+            c.send_request(Method::Get, "/", &[HOST], Body::Empty),
+            Err(SendError::Closed)
+        );
+        assert_eq!(c.state(), State::Closing);
+        assert!(c.wants_read());
+        assert_eq!(
+            wire_str(&mut c),
+            "GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+        );
+        assert!(!c.is_closed(), "the response is still owed");
+        feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(evs(&mut c).len(), 2);
+        assert!(c.is_closed());
+        assert_eq!(c.state(), State::Closed);
+    }
+
+    #[test]
+    fn graceful_close_waits_for_in_flight() {
+        let mut c = with_gets(2);
+        c.close();
+        assert!(!c.can_send_request() && c.wants_read() && !c.is_closed());
+        feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(!c.is_closed());
+        feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(c.is_closed());
+        assert_eq!(c.state(), State::Closed);
+
+        // Idle: closed at once.
+        let mut c = client();
+        c.close();
+        assert!(c.is_closed() && !c.wants_read());
+        assert_eq!(c.state(), State::Closed);
+
+        // Unsent requests are still written out before the connection counts as closed.
+        let mut c = client();
+        c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+            .unwrap();
+        c.close();
+        feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(!c.is_closed());
+        let _ = wire(&mut c);
+        assert!(c.is_closed());
+    }
+
+    #[test]
+    fn eof_on_idle_connection_is_a_clean_close() {
+        let mut c = with_gets(1);
+        feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let _ = evs(&mut c);
+        c.handle_eof(Instant::ZERO);
+        assert!(evs(&mut c).is_empty());
+        assert!(c.is_closed() && !c.can_send_request());
+        assert_eq!(c.state(), State::Closed);
+    }
+
+    #[test]
+    fn error_ends_reuse_and_is_sticky() {
+        let mut c = with_gets(2);
+        let e = feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").unwrap_err();
+        assert_eq!(e, Error::InvalidContentLength);
+        assert_eq!(
+            evs(&mut c),
+            [Ev::Error {
+                id: Some(0),
+                error: e
+            }]
+        );
+        assert!(!c.can_send_request() && !c.is_reusable() && !c.wants_read());
+        assert!(c.is_closed());
+        assert_eq!(c.state(), State::Error);
+        assert_eq!(c.error(), Some(e));
+        assert_eq!(c.in_flight(), 0);
+        assert_eq!(feed(&mut c, b"HTTP/1.1 200 OK\r\n\r\n"), Err(e));
+        c.handle_eof(Instant::ZERO);
+        c.handle_timeout(Instant::FAR_FUTURE);
+        assert!(evs(&mut c).is_empty(), "reported once");
+        assert_eq!(
+            c.send_request(Method::Get, "/", &[HOST], Body::Empty),
+            Err(SendError::Closed)
+        );
+        assert_eq!(
+            c.send_data(RequestId(1), Bytes::new(), true),
+            Err(SendError::Closed)
+        );
+    }
+
+    #[test]
+    fn pipelining_depth_is_limited() {
+        let mut c = client_with(|c| c.max_pipelined = 2);
+        c.send_request(Method::Get, "/1", &[HOST], Body::Empty)
+            .unwrap();
+        c.send_request(Method::Get, "/2", &[HOST], Body::Empty)
+            .unwrap();
+        assert!(!c.can_send_request());
+        assert_eq!(
+            c.send_request(Method::Get, "/3", &[HOST], Body::Empty),
+            Err(SendError::InvalidState)
+        );
+        feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(c.can_send_request() && !c.is_reusable());
+        assert_eq!(
+            c.send_request(Method::Get, "/3", &[HOST], Body::Empty)
+                .unwrap()
+                .get(),
+            2
+        );
+    }
+
+    // ----- errors --------------------------------------------------------------------------
+
+    #[test]
+    fn unsolicited_response() {
+        let mut c = client();
+        feed(&mut c, b"\r\n").unwrap();
+        assert!(c.is_reusable(), "a stray empty line is tolerated");
+        let e = feed(
+            &mut c,
+            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap_err();
+        assert_eq!(e, Error::UnsolicitedResponse);
+        assert_eq!(evs(&mut c), [Ev::Error { id: None, error: e }]);
+        assert!(c.is_closed());
+
+        let mut c = with_gets(1);
+        feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx").unwrap();
+        assert_eq!(
+            feed(&mut c, b"HTTP/1.1 200 OK\r\n"),
+            Err(Error::UnsolicitedResponse)
+        );
+    }
+
+    #[test]
+    fn head_too_large_and_too_many_headers() {
+        let mut c = client_with(|c| c.max_head_bytes = 64);
+        c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+            .unwrap();
+        let mut partial = Vec::from(&b"HTTP/1.1 200 OK\r\nX-Long: "[..]);
+        partial.resize(65, b'a');
+        assert_eq!(feed(&mut c, &partial), Err(Error::HeadTooLarge));
+        assert_eq!(
+            evs(&mut c),
+            [Ev::Error {
+                id: Some(0),
+                error: Error::HeadTooLarge
+            }]
+        );
+
+        let mut c = client_with(|c| c.max_head_bytes = 64);
+        c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+            .unwrap();
+        let mut complete = partial.clone();
+        complete.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(feed(&mut c, &complete), Err(Error::HeadTooLarge));
+
+        let mut c = client_with(|c| c.max_headers = 2);
+        c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+            .unwrap();
+        assert_eq!(
+            feed(&mut c, b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"),
+            Err(Error::TooManyHeaders)
+        );
+    }
+
+    #[test]
+    fn body_too_large() {
+        let limited = || {
+            let mut c = client_with(|c| c.max_body = 10);
+            c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+                .unwrap();
+            c
+        };
+        let mut c = limited();
+        assert_eq!(
+            feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n"),
+            Err(Error::BodyTooLarge)
+        );
+        let mut c = limited();
+        feed(
+            &mut c,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789",
+        )
+        .unwrap();
+        assert!(c.is_reusable());
+        let mut c = limited();
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n01234567\r\n8\r\n01234567\r\n";
+        assert_eq!(feed(&mut c, raw), Err(Error::BodyTooLarge));
+        assert_eq!(
+            evs(&mut c).last(),
+            Some(&Ev::Error {
+                id: Some(0),
+                error: Error::BodyTooLarge
+            })
+        );
+        let mut c = limited();
+        feed(&mut c, b"HTTP/1.1 200 OK\r\n\r\n0123456789").unwrap();
+        assert_eq!(feed(&mut c, b"x"), Err(Error::BodyTooLarge));
+    }
+
+    #[test]
+    fn eof_mid_response() {
+        let eof = Ev::Error {
+            id: Some(0),
+            error: Error::UnexpectedEof,
+        };
+        let mut c = with_gets(1);
+        feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").unwrap();
+        c.handle_eof(Instant::ZERO);
+        assert_eq!(
+            evs(&mut c),
+            [
+                resp(0, 200, &[("Content-Length", "10")]),
+                data(0, b"abc"),
+                eof.clone()
+            ]
+        );
+        assert!(c.is_closed());
+        assert_eq!(c.state(), State::Closed);
+        assert_eq!(feed(&mut c, b"x"), Err(Error::UnexpectedEof));
+
+        let mut c = with_gets(1);
+        feed(
+            &mut c,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        )
+        .unwrap();
+        c.handle_eof(Instant::ZERO);
+        assert_eq!(evs(&mut c).last(), Some(&eof));
+
+        let mut c = with_gets(1);
+        feed(&mut c, b"HTTP/1.1 200 O").unwrap();
+        c.handle_eof(Instant::ZERO);
+        assert_eq!(evs(&mut c), core::slice::from_ref(&eof));
+
+        // The server closed without answering (keep-alive race): the request failed.
+        let mut c = with_gets(1);
+        c.handle_eof(Instant::ZERO);
+        assert_eq!(evs(&mut c), [eof]);
+        assert!(c.is_closed());
+    }
+
+    #[test]
+    fn malformed_bodies_and_framing() {
+        let cases: [(&[u8], Error); 6] = [
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                Error::InvalidChunkSize,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd",
+                Error::InvalidChunkTerminator,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Error::ContentLengthWithTransferEncoding,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                Error::InvalidContentLength,
+            ),
+            (
+                b"HTTP/1.1 200 OK\nContent-Length: 1\r\n\r\n",
+                Error::BareLineFeed,
+            ),
+            (
+                b"HTTP/2.0 200 OK\r\n\r\n",
+                Error::InvalidHead(HeadError::Version),
+            ),
+        ];
+        for (raw, want) in cases {
+            let mut c = with_gets(1);
+            assert_eq!(
+                feed(&mut c, raw),
+                Err(want),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+            assert_eq!(
+                evs(&mut c).last(),
+                Some(&Ev::Error {
+                    id: Some(0),
+                    error: want
+                })
+            );
+            assert!(c.is_closed());
+        }
+    }
+
+    #[test]
+    fn response_timeout() {
+        let secs = |s| Instant::ZERO + Duration::from_secs(s);
+        let mut c = client_with(|c| c.response_timeout = Some(Duration::from_secs(5)));
+        assert_eq!(c.poll_timeout(), None, "idle");
+        c.send_request(Method::Get, "/1", &[HOST], Body::Empty)
+            .unwrap();
+        c.send_request(Method::Get, "/2", &[HOST], Body::Empty)
+            .unwrap();
+        assert_eq!(c.poll_timeout(), Some(secs(5)));
+        c.handle_timeout(secs(4));
+        assert!(c.error().is_none(), "early timeouts are no-ops");
+        let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab"[..]);
+        c.handle_input(secs(3), &mut b).unwrap();
+        assert_eq!(c.poll_timeout(), None, "no deadline while a body is read");
+        let mut b = BytesMut::from(&b"cd"[..]);
+        c.handle_input(secs(4), &mut b).unwrap();
+        assert_eq!(
+            c.poll_timeout(),
+            Some(secs(9)),
+            "the second request waits from the first's end"
+        );
+        let _ = evs(&mut c);
+        c.handle_timeout(secs(9));
+        assert_eq!(
+            evs(&mut c),
+            [Ev::Error {
+                id: Some(1),
+                error: Error::HeaderTimeout
+            }]
+        );
+        assert_eq!(
+            c.state(),
+            State::Closing,
+            "until the queued requests are handed over"
+        );
+        let _ = wire(&mut c);
+        assert!(c.is_closed());
+        assert_eq!(c.state(), State::Error);
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(
+            feed(&mut c, b"HTTP/1.1 200 OK\r\n\r\n"),
+            Err(Error::HeaderTimeout)
+        );
+
+        // Through the harness: a server that never answers.
+        let mut pair = Pair::new(
+            client_with(|c| c.response_timeout = Some(Duration::from_secs(5))),
+            server(),
+        );
+        pair.client
+            .send_request(Method::Get, "/", &[HOST], Body::Empty)
+            .unwrap();
+        let (ce, se) = pair.drive().unwrap();
+        assert!(ce.is_empty());
+        assert_eq!(se.len(), 2);
+        pair.advance(Duration::from_secs(6));
+        assert_eq!(pair.client.error(), Some(Error::HeaderTimeout));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        const PREFIXES: [&[u8]; 5] = [
+            b"",
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ];
+        const ALPHABET: &[u8] = b"HTP/1.0 2345\r\n:;-abcdefxX\t\x00\xff";
+        for round in 0..2000 {
+            let mut c = client_with(|c| {
+                c.max_body = 64;
+                c.max_head_bytes = 128;
+            });
+            let up: &[(&str, &[u8])] = &[HOST, ("Upgrade", b"x")];
+            c.send_request(Method::Head, "/", &[HOST], Body::Empty)
+                .unwrap();
+            c.send_request(
+                Method::Get,
+                "/",
+                if round % 7 == 0 { up } else { &[HOST] },
+                Body::Empty,
+            )
+            .unwrap();
+            let mut raw = Vec::from(PREFIXES[(next() % 5) as usize]);
+            for _ in 0..next() % 300 {
+                let r = next();
+                raw.push(if r % 3 == 0 {
+                    r as u8
+                } else {
+                    ALPHABET[(r >> 8) as usize % ALPHABET.len()]
+                });
+            }
+            let mut buf = BytesMut::new();
+            let mut pos = 0;
+            while pos < raw.len() {
+                let n = (1 + next() % 40) as usize;
+                let end = (pos + n).min(raw.len());
+                buf.extend_from_slice(&raw[pos..end]);
+                pos = end;
+                if c.handle_input(Instant::ZERO, &mut buf).is_err() {
+                    break;
+                }
+            }
+            c.handle_eof(Instant::ZERO);
+            c.handle_timeout(Instant::FAR_FUTURE);
+            let all = evs(&mut c);
+            let errors = all.iter().filter(|e| matches!(e, Ev::Error { .. })).count();
+            assert!(errors <= 1, "round {round}: {all:?}");
+            assert_eq!(errors == 1, c.error().is_some());
+            let _ = wire(&mut c);
+            assert!(c.is_closed() || c.is_upgraded(), "round {round}: {all:?}");
+        }
+    }
+
+    // ----- property tests ------------------------------------------------------------------
+
+    const FIELD_NAME: &str = "x-[a-z0-9!#$%&'*+.^_`|~-]{1,16}";
+    const FIELD_VALUE: &str = "([!-~]([ -~]{0,30}[!-~])?)?";
+
+    fn pieces_of<'a>(body: &'a [u8], sizes: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut rest = body;
+        sizes.iter().cycle().map_while(move |&n| {
+            if rest.is_empty() {
+                return None;
+            }
+            let (a, b) = rest.split_at(n.min(rest.len()));
+            rest = b;
+            Some(a)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn request_round_trip(
+            method in prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PURGE"]),
+            target in "/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,40}(\\?[A-Za-z0-9=&%]{0,20})?",
+            user_fields in prop::collection::vec((FIELD_NAME, FIELD_VALUE), 0..10),
+            body in prop::collection::vec(any::<u8>(), 0..600),
+            chunked in any::<bool>(),
+            sizes in prop::collection::vec(1usize..200, 1..8),
+            max_chunk in prop::sample::select(vec![1usize, 3, 64, usize::MAX]),
+        ) {
+            let mut fl: Vec<(&str, &[u8])> = vec![HOST];
+            fl.extend(user_fields.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+            let mut pair = Pair::new(client(), server()).with_max_chunk(max_chunk);
+            let c = &mut pair.client;
+            if chunked {
+                let id = c.send_request_with_method_str(method, &target, &fl, Body::Chunked).unwrap();
+                for p in pieces_of(&body, &sizes) {
+                    c.send_data(id, Bytes::copy_from_slice(p), false).unwrap();
+                }
+                c.send_data(id, Bytes::new(), true).unwrap();
+            } else {
+                c.send_request_with_method_str(method, &target, &fl, Body::Full(body.clone().into())).unwrap();
+            }
+            let mut seen = Vec::new();
+            pair.drive_with(|_, _| {}, |_, e| record(&mut seen, &e)).unwrap();
+            prop_assert_eq!(seen.len(), 1);
+            let s = &seen[0];
+            prop_assert!(s.ended);
+            prop_assert_eq!(s.method.as_str(), method);
+            prop_assert_eq!(&s.target, &target);
+            let got: Fields = s
+                .fields
+                .iter()
+                .filter(|(n, _)| !n.eq_ignore_ascii_case("content-length") && !n.eq_ignore_ascii_case("transfer-encoding"))
+                .cloned()
+                .collect();
+            let want: Fields = fl.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(&s.body, &body);
+        }
+
+        #[test]
+        fn response_round_trip(
+            status in (200u16..600).prop_filter("bodiless statuses", |s| *s != 204 && *s != 304),
+            user_fields in prop::collection::vec((FIELD_NAME, FIELD_VALUE), 0..10),
+            body in prop::collection::vec(any::<u8>(), 0..600),
+            chunked in any::<bool>(),
+            sizes in prop::collection::vec(1usize..200, 1..8),
+            max_chunk in prop::sample::select(vec![1usize, 3, 64, usize::MAX]),
+        ) {
+            let fl: Vec<(&str, &[u8])> = user_fields.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+            let mut pair = Pair::new(client(), server()).with_max_chunk(max_chunk);
+            pair.client.send_request(Method::Get, "/", &[HOST], Body::Empty).unwrap();
+            let mut got = Vec::new();
+            pair.drive_with(
+                |_, e| got.push(to_ev(e)),
+                |s, e| {
+                    let server::Event::End { id } = e else { return };
+                    if chunked {
+                        s.send_response(id, status, &fl, Body::Chunked).unwrap();
+                        for p in pieces_of(&body, &sizes) {
+                            s.send_data(id, Bytes::copy_from_slice(p), false).unwrap();
+                        }
+                        s.send_data(id, Bytes::new(), true).unwrap();
+                    } else {
+                        s.send_response(id, status, &fl, Body::Full(body.clone().into())).unwrap();
+                    }
+                },
+            )
+            .unwrap();
+            let got = normalize(got);
+            let framing = |n: &str| n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding");
+            let Some(Ev::Resp { id: 0, status: st, headers }) = got.first() else {
+                return Err(TestCaseError::fail(alloc::format!("no response: {got:?}")));
+            };
+            prop_assert_eq!(*st, status);
+            let user: Fields = headers.iter().filter(|(n, _)| !framing(n)).cloned().collect();
+            let want: Fields = fl.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+            prop_assert_eq!(user, want);
+            let mut expect_tail = Vec::new();
+            if !body.is_empty() {
+                expect_tail.push(data(0, &body));
+            }
+            expect_tail.push(Ev::End { id: 0 });
+            prop_assert_eq!(&got[1..], &expect_tail[..]);
+            prop_assert!(pair.client.is_reusable());
+        }
     }
 }

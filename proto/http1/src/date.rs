@@ -13,7 +13,11 @@ pub struct DateCache {
 impl DateCache {
     /// A cache for a clock whose `Instant::ZERO` is `origin_unix_nanos` after the Unix epoch.
     pub fn new(origin_unix_nanos: u64) -> Self {
-        let mut d = DateCache { origin_unix_nanos, sec: u64::MAX, buf: [b' '; 29] };
+        let mut d = DateCache {
+            origin_unix_nanos,
+            sec: u64::MAX,
+            buf: [b' '; 29],
+        };
         d.update(Instant::ZERO);
         d
     }
@@ -36,8 +40,10 @@ impl DateCache {
 /// Format Unix seconds as IMF-fixdate.
 pub fn format_imf_fixdate(secs: u64) -> [u8; 29] {
     const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] =
-        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
     let days = secs / 86400;
     let rem = secs % 86400;
     let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
@@ -74,16 +80,31 @@ mod tests {
 
     #[test]
     fn rfc9110_example() {
-        assert_eq!(&format_imf_fixdate(784111777), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            &format_imf_fixdate(784111777),
+            b"Sun, 06 Nov 1994 08:49:37 GMT"
+        );
         assert_eq!(&format_imf_fixdate(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(&format_imf_fixdate(951782400), b"Tue, 29 Feb 2000 00:00:00 GMT");
-        assert_eq!(&format_imf_fixdate(1798761599), b"Thu, 31 Dec 2026 23:59:59 GMT");
+        assert_eq!(
+            &format_imf_fixdate(951782400),
+            b"Tue, 29 Feb 2000 00:00:00 GMT"
+        );
+        assert_eq!(
+            &format_imf_fixdate(1798761599),
+            b"Thu, 31 Dec 2026 23:59:59 GMT"
+        );
     }
 
     #[test]
     fn cached_per_second() {
         let mut c = DateCache::new(784_111_777_000_000_000);
-        assert_eq!(c.get(Instant::from_nanos(999_999_999)), b"Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(c.get(Instant::from_nanos(1_000_000_000)), b"Sun, 06 Nov 1994 08:49:38 GMT");
+        assert_eq!(
+            c.get(Instant::from_nanos(999_999_999)),
+            b"Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        assert_eq!(
+            c.get(Instant::from_nanos(1_000_000_000)),
+            b"Sun, 06 Nov 1994 08:49:38 GMT"
+        );
     }
 }

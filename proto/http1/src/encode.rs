@@ -40,7 +40,23 @@ const fn tchar_table() -> [bool; 256] {
     while i < 256 {
         let c = i as u8;
         t[i] = c.is_ascii_alphanumeric()
-            || matches!(c, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
         i += 1;
     }
     t
@@ -63,7 +79,10 @@ pub(crate) struct AppHeaders {
 /// Write `name: value\r\n` for each field after validating it (no framing fields, no CR/LF/NUL
 /// in values, token names). On error nothing is guaranteed about `dst`'s tail; callers
 /// truncate back.
-pub(crate) fn write_fields(dst: &mut BytesMut, fields: &[(&str, &[u8])]) -> Result<AppHeaders, SendError> {
+pub(crate) fn write_fields(
+    dst: &mut BytesMut,
+    fields: &[(&str, &[u8])],
+) -> Result<AppHeaders, SendError> {
     let mut facts = AppHeaders::default();
     for &(name, value) in fields {
         let n = name.as_bytes();
@@ -79,8 +98,12 @@ pub(crate) fn write_fields(dst: &mut BytesMut, fields: &[(&str, &[u8])]) -> Resu
             10 if n.eq_ignore_ascii_case(b"connection") => {
                 facts.close |= crate::head::list_has_token(value, "close");
             }
-            14 if n.eq_ignore_ascii_case(b"content-length") => return Err(SendError::FramingHeader),
-            17 if n.eq_ignore_ascii_case(b"transfer-encoding") => return Err(SendError::FramingHeader),
+            14 if n.eq_ignore_ascii_case(b"content-length") => {
+                return Err(SendError::FramingHeader)
+            }
+            17 if n.eq_ignore_ascii_case(b"transfer-encoding") => {
+                return Err(SendError::FramingHeader)
+            }
             _ => {}
         }
         dst.reserve(n.len() + value.len() + 4);
@@ -175,9 +198,18 @@ mod tests {
     #[test]
     fn fields_are_validated() {
         let mut b = BytesMut::new();
-        assert_eq!(write_fields(&mut b, &[("x y", b"1")]).unwrap_err(), SendError::InvalidHeader);
-        assert_eq!(write_fields(&mut b, &[("x", b"1\r\nInjected: yes")]).unwrap_err(), SendError::InvalidHeader);
-        assert_eq!(write_fields(&mut b, &[("Content-Length", b"1")]).unwrap_err(), SendError::FramingHeader);
+        assert_eq!(
+            write_fields(&mut b, &[("x y", b"1")]).unwrap_err(),
+            SendError::InvalidHeader
+        );
+        assert_eq!(
+            write_fields(&mut b, &[("x", b"1\r\nInjected: yes")]).unwrap_err(),
+            SendError::InvalidHeader
+        );
+        assert_eq!(
+            write_fields(&mut b, &[("Content-Length", b"1")]).unwrap_err(),
+            SendError::FramingHeader
+        );
         let mut b = BytesMut::new();
         let f = write_fields(&mut b, &[("Connection", b"close"), ("X-A", b"v")]).unwrap();
         assert!(f.close);

@@ -120,9 +120,10 @@ impl core::error::Error for Error {}
 impl ProtoError for Error {
     fn kind(&self) -> ErrorKind {
         match self {
-            Error::UriTooLong | Error::HeadTooLarge | Error::TooManyHeaders | Error::BodyTooLarge => {
-                ErrorKind::LimitExceeded
-            }
+            Error::UriTooLong
+            | Error::HeadTooLarge
+            | Error::TooManyHeaders
+            | Error::BodyTooLarge => ErrorKind::LimitExceeded,
             Error::HeaderTimeout => ErrorKind::Timeout,
             Error::UnexpectedEof => ErrorKind::Closed,
             Error::UnsupportedVersion => ErrorKind::Unsupported,

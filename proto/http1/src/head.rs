@@ -85,7 +85,12 @@ impl Method {
     pub fn is_idempotent(self) -> bool {
         matches!(
             self,
-            Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace
+            Method::Get
+                | Method::Head
+                | Method::Put
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
         )
     }
 }
@@ -130,7 +135,9 @@ pub struct Headers {
 
 impl fmt::Debug for Headers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter().map(|(n, v)| (n, Bytes::copy_from_slice(v)))).finish()
+        f.debug_list()
+            .entries(self.iter().map(|(n, v)| (n, Bytes::copy_from_slice(v))))
+            .finish()
     }
 }
 
@@ -184,19 +191,30 @@ impl Headers {
 
     /// Fields in the order received, names as sent (not lower-cased).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.idx.iter().map(move |i| (self.name_at(i), self.value_at(i)))
+        self.idx
+            .iter()
+            .map(move |i| (self.name_at(i), self.value_at(i)))
     }
 
     /// First value of `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        let i = self.idx.iter().find(|i| self.name_at(i).eq_ignore_ascii_case(name))?;
+        let i = self
+            .idx
+            .iter()
+            .find(|i| self.name_at(i).eq_ignore_ascii_case(name))?;
         Some(self.value_at(i))
     }
 
     /// First value of `name` as a zero-copy `Bytes` slice of the head.
     pub fn get_bytes(&self, name: &str) -> Option<Bytes> {
-        let i = self.idx.iter().find(|i| self.name_at(i).eq_ignore_ascii_case(name))?;
-        Some(self.buf.slice(i.value_start as usize..(i.value_start + i.value_len) as usize))
+        let i = self
+            .idx
+            .iter()
+            .find(|i| self.name_at(i).eq_ignore_ascii_case(name))?;
+        Some(
+            self.buf
+                .slice(i.value_start as usize..(i.value_start + i.value_len) as usize),
+        )
     }
 
     /// Every value of `name` (case-insensitive), in order.
@@ -226,7 +244,9 @@ impl Headers {
 
 /// Whether the comma-separated list `value` contains `token` (case-insensitive, OWS trimmed).
 pub(crate) fn list_has_token(value: &[u8], token: &str) -> bool {
-    value.split(|&b| b == b',').any(|t| trim_ows(t).eq_ignore_ascii_case(token.as_bytes()))
+    value
+        .split(|&b| b == b',')
+        .any(|t| trim_ows(t).eq_ignore_ascii_case(token.as_bytes()))
 }
 
 pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -274,7 +294,9 @@ impl Framing {
         for h in headers {
             let n = h.name.as_bytes();
             match n.len() {
-                4 if n.eq_ignore_ascii_case(b"host") => f.host_count = f.host_count.saturating_add(1),
+                4 if n.eq_ignore_ascii_case(b"host") => {
+                    f.host_count = f.host_count.saturating_add(1)
+                }
                 6 if n.eq_ignore_ascii_case(b"expect") => {
                     f.expect_continue |= trim_ows(h.value).eq_ignore_ascii_case(b"100-continue")
                 }
@@ -570,7 +592,10 @@ pub(crate) struct ParsedRequest {
 /// Parse a request head at the start of `buf`, with at most `max_headers` fields.
 /// `Ok(None)` means more bytes are needed. Applies the framing rules of RFC 9112 §6.
 #[inline]
-pub(crate) fn parse_request(buf: &[u8], max_headers: usize) -> Result<Option<ParsedRequest>, Error> {
+pub(crate) fn parse_request(
+    buf: &[u8],
+    max_headers: usize,
+) -> Result<Option<ParsedRequest>, Error> {
     let mut hdrs = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
     let n = max_headers.min(MAX_HEADERS_CAP);
     let mut req = httparse::Request::new(&mut []);
@@ -668,7 +693,11 @@ pub(crate) fn parse_response(
     };
     let base = buf.as_ptr() as usize;
     let reason = res.reason.unwrap_or("");
-    let reason_start = if reason.is_empty() { 0 } else { (reason.as_ptr() as usize - base) as u32 };
+    let reason_start = if reason.is_empty() {
+        0
+    } else {
+        (reason.as_ptr() as usize - base) as u32
+    };
     let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         BodyKind::Empty
     } else if connect_request && (200..300).contains(&status) {
@@ -761,7 +790,9 @@ mod tests {
         let hb = r.headers().get_bytes("user-agent").unwrap();
         // zero-copy: the value points into the head buffer
         let base = r.head_bytes().as_ptr() as usize;
-        assert!(hb.as_ptr() as usize >= base && (hb.as_ptr() as usize) < base + r.head_bytes().len());
+        assert!(
+            hb.as_ptr() as usize >= base && (hb.as_ptr() as usize) < base + r.head_bytes().len()
+        );
     }
 
     #[test]
@@ -776,13 +807,25 @@ mod tests {
     fn content_length_rules() {
         assert_eq!(parse_content_length(b"0"), Ok(0));
         assert!(parse_content_length(b"18446744073709551615").is_err());
-        assert_eq!(parse_content_length(b"1234567890123456789"), Ok(1234567890123456789));
+        assert_eq!(
+            parse_content_length(b"1234567890123456789"),
+            Ok(1234567890123456789)
+        );
         assert!(parse_content_length(b"+1").is_err());
         assert!(parse_content_length(b"1 2").is_err());
         assert!(parse_content_length(b"").is_err());
-        let ok = parse_request(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", 100).unwrap().unwrap();
+        let ok = parse_request(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
+            100,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(ok.body, BodyKind::Length(5));
-        assert!(parse_request(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n", 100).is_err());
+        assert!(parse_request(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
+            100
+        )
+        .is_err());
     }
 
     #[test]
@@ -793,18 +836,41 @@ mod tests {
 
     #[test]
     fn response_framing() {
-        let p = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", 100, false, false).unwrap().unwrap();
+        let p = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            100,
+            false,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(p.body, BodyKind::Length(3));
-        let p = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", 100, true, false).unwrap().unwrap();
+        let p = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            100,
+            true,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(p.body, BodyKind::Empty);
-        let p = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 100, false, false).unwrap().unwrap();
-        assert_eq!(p.body, BodyKind::Empty);
-        let p = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", 100, false, false).unwrap().unwrap();
-        assert_eq!(p.body, BodyKind::UntilClose);
-        assert!(!p.keep_alive);
-        let p = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 100, false, false)
+        let p = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 100, false, false)
             .unwrap()
             .unwrap();
+        assert_eq!(p.body, BodyKind::Empty);
+        let p = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", 100, false, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.body, BodyKind::UntilClose);
+        assert!(!p.keep_alive);
+        let p = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            100,
+            false,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(p.body, BodyKind::Chunked);
     }
 }

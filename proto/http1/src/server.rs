@@ -8,7 +8,9 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
-use ferry_proto::{Connection, Instant, Lifecycle, Multiplexing, ProtocolInfo, State, TlsRequirement};
+use ferry_proto::{
+    Connection, Instant, Lifecycle, Multiplexing, ProtocolInfo, State, TlsRequirement,
+};
 
 use crate::chunked::{encode_chunk_head, ChunkedDecoder, Decoded};
 use crate::date::DateCache;
@@ -78,7 +80,9 @@ enum Out {
     /// No final response head yet.
     Waiting,
     /// Head sent, body streaming.
-    Length { remaining: u64 },
+    Length {
+        remaining: u64,
+    },
     Chunked,
     UntilClose,
     /// The response is complete.
@@ -109,10 +113,19 @@ struct Slot {
 #[derive(Debug)]
 enum Read {
     Head,
-    Length { id: u64, remaining: u64 },
-    Chunked { id: u64, dec: ChunkedDecoder, seen: u64 },
+    Length {
+        id: u64,
+        remaining: u64,
+    },
+    Chunked {
+        id: u64,
+        dec: ChunkedDecoder,
+        seen: u64,
+    },
     /// An upgrade/CONNECT request was read; waiting for the application's answer.
-    AwaitUpgrade { id: u64 },
+    AwaitUpgrade {
+        id: u64,
+    },
     /// Protocol switched: the rest of the input belongs to the new protocol.
     Upgraded,
     /// No more requests will be read.
@@ -246,7 +259,10 @@ impl ServerConnection {
             s.error = Some(status);
             s.body_done = true;
         }
-        self.events.push_back(Event::Error { id: body_of.map(RequestId), error });
+        self.events.push_back(Event::Error {
+            id: body_of.map(RequestId),
+            error,
+        });
         self.closing = true;
         self.advance_front();
         error
@@ -264,7 +280,9 @@ impl ServerConnection {
                     self.head_started = Some(self.now);
                 }
                 let line_limit = cfg.max_request_line.min(input.len());
-                if input.len() > cfg.max_request_line && memchr::memchr(b'\n', &input[..line_limit]).is_none() {
+                if input.len() > cfg.max_request_line
+                    && memchr::memchr(b'\n', &input[..line_limit]).is_none()
+                {
                     return Err(Error::UriTooLong);
                 }
                 if input.len() > cfg.max_head_bytes {
@@ -307,7 +325,11 @@ impl ServerConnection {
         slot.connect = req.method == Method::Connect;
         slot.upgrade = req.upgrade;
         slot.keep_alive = req.keep_alive;
-        slot.expect = if req.expect_continue && req.body != BodyKind::Empty { Expect::Pending } else { Expect::No };
+        slot.expect = if req.expect_continue && req.body != BodyKind::Empty {
+            Expect::Pending
+        } else {
+            Expect::No
+        };
         let body = req.body;
         let (upgrade, keep_alive) = (req.upgrade, req.keep_alive);
         self.slots.push_back(slot);
@@ -349,7 +371,10 @@ impl ServerConnection {
     }
 
     fn slot_meta(&self, id: u64) -> (bool, bool) {
-        self.slots.iter().find(|s| s.id == id).map_or((false, false), |s| (s.upgrade, s.keep_alive))
+        self.slots
+            .iter()
+            .find(|s| s.id == id)
+            .map_or((false, false), |s| (s.upgrade, s.keep_alive))
     }
 
     fn read_input(&mut self, input: &mut BytesMut) -> Result<(), (Error, Option<u64>)> {
@@ -372,7 +397,10 @@ impl ServerConnection {
                     *remaining -= n as u64;
                     let done = *remaining == 0;
                     let data = input.split_to(n).freeze();
-                    self.events.push_back(Event::Data { id: RequestId(id), data });
+                    self.events.push_back(Event::Data {
+                        id: RequestId(id),
+                        data,
+                    });
                     if done {
                         let (u, k) = self.slot_meta(id);
                         self.end_body(id, u, k);
@@ -387,10 +415,16 @@ impl ServerConnection {
                             if *seen > self.config.max_body {
                                 return Err((Error::BodyTooLarge, Some(id)));
                             }
-                            self.events.push_back(Event::Data { id: RequestId(id), data });
+                            self.events.push_back(Event::Data {
+                                id: RequestId(id),
+                                data,
+                            });
                         }
                         Some(Decoded::Trailers(trailers)) => {
-                            self.events.push_back(Event::Trailers { id: RequestId(id), trailers });
+                            self.events.push_back(Event::Trailers {
+                                id: RequestId(id),
+                                trailers,
+                            });
                         }
                         Some(Decoded::End) => {
                             let (u, k) = self.slot_meta(id);
@@ -448,7 +482,11 @@ impl ServerConnection {
                 if front.out == Out::Waiting {
                     front.out = Out::Done;
                     front.close = true;
-                    write_error_response(&mut self.wbuf, status, self.date.as_mut().map(|d| d.get(self.now)));
+                    write_error_response(
+                        &mut self.wbuf,
+                        status,
+                        self.date.as_mut().map(|d| d.get(self.now)),
+                    );
                 }
             }
             if front.out != Out::Done {
@@ -480,7 +518,10 @@ impl ServerConnection {
         if s.error.is_some() {
             return Err(SendError::Closed);
         }
-        if i != 0 && self.slots.iter().map(|s| s.held.len()).sum::<usize>() > self.config.max_buffered_out_of_order {
+        if i != 0
+            && self.slots.iter().map(|s| s.held.len()).sum::<usize>()
+                > self.config.max_buffered_out_of_order
+        {
             return Err(SendError::InvalidState);
         }
         Ok(i)
@@ -534,21 +575,31 @@ impl ServerConnection {
         if s.out != Out::Waiting {
             return Err(SendError::InvalidState);
         }
-        let switching = (status == 101 && s.upgrade && !s.connect) || (s.connect && (200..300).contains(&status));
+        let switching = (status == 101 && s.upgrade && !s.connect)
+            || (s.connect && (200..300).contains(&status));
         if status == 101 && !switching {
             return Err(SendError::InvalidStatus);
         }
         let interim = (100..200).contains(&status) && !switching;
-        let (version, head_req, keep_alive, body_done, expect) = (s.version, s.head, s.keep_alive, s.body_done, s.expect);
+        let (version, head_req, keep_alive, body_done, expect) =
+            (s.version, s.head, s.keep_alive, s.body_done, s.expect);
 
-        let mut dst = core::mem::take(if i == 0 { &mut self.wbuf } else { &mut self.slots[i].held });
+        let mut dst = core::mem::take(if i == 0 {
+            &mut self.wbuf
+        } else {
+            &mut self.slots[i].held
+        });
         let mark = dst.len();
         write_status_line(&mut dst, status, reason);
         let facts = match write_fields(&mut dst, fields) {
             Ok(f) => f,
             Err(e) => {
                 dst.truncate(mark);
-                *(if i == 0 { &mut self.wbuf } else { &mut self.slots[i].held }) = dst;
+                *(if i == 0 {
+                    &mut self.wbuf
+                } else {
+                    &mut self.slots[i].held
+                }) = dst;
                 return Err(e);
             }
         };
@@ -564,7 +615,11 @@ impl ServerConnection {
             if status == 100 {
                 self.slots[i].expect = Expect::Sent;
             }
-            *(if i == 0 { &mut self.wbuf } else { &mut self.slots[i].held }) = dst;
+            *(if i == 0 {
+                &mut self.wbuf
+            } else {
+                &mut self.slots[i].held
+            }) = dst;
             return Ok(());
         }
         // Whether the connection can stay open after this response.
@@ -575,7 +630,9 @@ impl ServerConnection {
         let mut inline_body = None;
         if switching {
             // Protocol switch: no framing.
-        } else if status == 204 || (status == 304 && !matches!(body, Body::Length(_) | Body::Full(_))) {
+        } else if status == 204
+            || (status == 304 && !matches!(body, Body::Length(_) | Body::Full(_)))
+        {
         } else {
             match &body {
                 Body::Empty => write_content_length(&mut dst, 0),
@@ -587,7 +644,11 @@ impl ServerConnection {
                 }
                 Body::Length(n) => {
                     write_content_length(&mut dst, *n);
-                    out = if *n == 0 { Out::Done } else { Out::Length { remaining: *n } };
+                    out = if *n == 0 {
+                        Out::Done
+                    } else {
+                        Out::Length { remaining: *n }
+                    };
                 }
                 Body::Chunked => {
                     if version == Version::Http11 {
@@ -610,7 +671,11 @@ impl ServerConnection {
             dst.put_slice(b"connection: keep-alive\r\n");
         }
         dst.put_slice(b"\r\n");
-        *(if i == 0 { &mut self.wbuf } else { &mut self.slots[i].held }) = dst;
+        *(if i == 0 {
+            &mut self.wbuf
+        } else {
+            &mut self.slots[i].held
+        }) = dst;
         if let Some(b) = inline_body {
             self.push_bytes(i, b);
         }
@@ -629,7 +694,11 @@ impl ServerConnection {
             let _ = self.lifecycle.transition(State::Closing);
         } else if let Read::AwaitUpgrade { id: up } = self.read {
             if up == id.0 {
-                self.read = if keep_alive && !close { Read::Head } else { Read::Stopped };
+                self.read = if keep_alive && !close {
+                    Read::Head
+                } else {
+                    Read::Stopped
+                };
             }
         }
         if i == 0 {
@@ -650,7 +719,13 @@ impl ServerConnection {
                 if n > remaining || (end && n != remaining) {
                     return Err(SendError::LengthMismatch);
                 }
-                s.out = if n == remaining { Out::Done } else { Out::Length { remaining: remaining - n } };
+                s.out = if n == remaining {
+                    Out::Done
+                } else {
+                    Out::Length {
+                        remaining: remaining - n,
+                    }
+                };
                 if !discard && !data.is_empty() {
                     self.push_bytes(i, data);
                 }
@@ -686,7 +761,11 @@ impl ServerConnection {
     }
 
     /// End a chunked response body with a trailer section.
-    pub fn send_trailers(&mut self, id: RequestId, fields: &[(&str, &[u8])]) -> Result<(), SendError> {
+    pub fn send_trailers(
+        &mut self,
+        id: RequestId,
+        fields: &[(&str, &[u8])],
+    ) -> Result<(), SendError> {
         let i = self.check_open(id)?;
         let s = &mut self.slots[i];
         match s.out {
@@ -840,7 +919,11 @@ impl Connection for ServerConnection {
         }
         if self.is_idle() {
             // Before the first request, a silent client gets the header timeout.
-            let t = if self.requests == 0 { self.config.header_read_timeout } else { self.config.keep_alive_timeout };
+            let t = if self.requests == 0 {
+                self.config.header_read_timeout
+            } else {
+                self.config.keep_alive_timeout
+            };
             return t.map(|t| self.idle_since + t);
         }
         None
@@ -850,7 +933,9 @@ impl Connection for ServerConnection {
         if now > self.now {
             self.now = now;
         }
-        let Some(deadline) = self.poll_timeout() else { return };
+        let Some(deadline) = self.poll_timeout() else {
+            return;
+        };
         if now < deadline {
             return;
         }

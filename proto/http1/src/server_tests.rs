@@ -41,7 +41,8 @@ fn answer_all(c: &mut ServerConnection) -> Vec<Event> {
             Event::End { id } => {
                 let p = &paths.iter().find(|(i, _)| i == id).unwrap().1;
                 let body = alloc::format!("{}:{}", id.get(), p);
-                c.send_response(*id, 200, &[], Body::Full(Bytes::from(body))).unwrap();
+                c.send_response(*id, 200, &[], Body::Full(Bytes::from(body)))
+                    .unwrap();
             }
             _ => {}
         }
@@ -59,7 +60,10 @@ fn simple_get_keep_alive() {
     let evs = answer_all(&mut c);
     assert!(matches!(&evs[0], Event::Request(r) if r.path() == "/a" && r.method() == Method::Get));
     assert!(matches!(evs[1], Event::End { .. }));
-    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n0:/a");
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n0:/a"
+    );
     assert!(!c.is_closed());
     assert!(c.wants_read());
     assert!(c.is_idle());
@@ -73,19 +77,33 @@ fn pipelined_answers_in_order_even_when_answered_backwards() {
         raw.extend_from_slice(alloc::format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
     }
     feed(&mut c, &raw).unwrap();
-    let ids: Vec<RequestId> =
-        events(&mut c).into_iter().filter_map(|e| if let Event::End { id } = e { Some(id) } else { None }).collect();
+    let ids: Vec<RequestId> = events(&mut c)
+        .into_iter()
+        .filter_map(|e| {
+            if let Event::End { id } = e {
+                Some(id)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(ids.len(), 3);
-    c.send_response(ids[2], 200, &[], Body::Full("c".into())).unwrap();
-    c.send_response(ids[1], 200, &[], Body::Full("b".into())).unwrap();
+    c.send_response(ids[2], 200, &[], Body::Full("c".into()))
+        .unwrap();
+    c.send_response(ids[1], 200, &[], Body::Full("b".into()))
+        .unwrap();
     assert_eq!(output(&mut c), "");
-    c.send_response(ids[0], 200, &[], Body::Full("a".into())).unwrap();
+    c.send_response(ids[0], 200, &[], Body::Full("a".into()))
+        .unwrap();
     let out = output(&mut c);
     let a = out.find("\r\n\r\na").unwrap();
     let b = out.find("\r\n\r\nb").unwrap();
     let cc = out.find("\r\n\r\nc").unwrap();
     assert!(a < b && b < cc, "{out}");
-    assert_eq!(c.send_response(ids[0], 200, &[], Body::Empty), Err(SendError::UnknownId));
+    assert_eq!(
+        c.send_response(ids[0], 200, &[], Body::Empty),
+        Err(SendError::UnknownId)
+    );
 }
 
 #[test]
@@ -128,7 +146,13 @@ fn one_byte_at_a_time() {
     let evs = events(&mut c);
     let body: Vec<u8> = evs
         .iter()
-        .filter_map(|e| if let Event::Data { data, .. } = e { Some(data.to_vec()) } else { None })
+        .filter_map(|e| {
+            if let Event::Data { data, .. } = e {
+                Some(data.to_vec())
+            } else {
+                None
+            }
+        })
         .flatten()
         .collect();
     assert_eq!(body, b"wxyz");
@@ -141,7 +165,8 @@ fn streaming_chunked_response_with_trailers() {
     feed(&mut c, GET).unwrap();
     let _ = events(&mut c);
     let id = RequestId(0);
-    c.send_response(id, 200, &[("x-a", b"1")], Body::Chunked).unwrap();
+    c.send_response(id, 200, &[("x-a", b"1")], Body::Chunked)
+        .unwrap();
     c.send_data(id, "hello".into(), false).unwrap();
     c.send_data(id, Bytes::new(), false).unwrap();
     c.send_trailers(id, &[("checksum", b"abc")]).unwrap();
@@ -158,8 +183,14 @@ fn length_body_mismatch_is_refused() {
     feed(&mut c, GET).unwrap();
     let id = RequestId(0);
     c.send_response(id, 200, &[], Body::Length(3)).unwrap();
-    assert_eq!(c.send_data(id, "abcd".into(), false), Err(SendError::LengthMismatch));
-    assert_eq!(c.send_data(id, "ab".into(), true), Err(SendError::LengthMismatch));
+    assert_eq!(
+        c.send_data(id, "abcd".into(), false),
+        Err(SendError::LengthMismatch)
+    );
+    assert_eq!(
+        c.send_data(id, "ab".into(), true),
+        Err(SendError::LengthMismatch)
+    );
     c.send_data(id, "ab".into(), false).unwrap();
     c.send_data(id, "c".into(), true).unwrap();
     assert!(output(&mut c).ends_with("\r\n\r\nabc"));
@@ -169,16 +200,24 @@ fn length_body_mismatch_is_refused() {
 fn head_response_has_length_but_no_body() {
     let mut c = conn();
     feed(&mut c, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    c.send_response(RequestId(0), 200, &[], Body::Full("hello".into())).unwrap();
-    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
+    c.send_response(RequestId(0), 200, &[], Body::Full("hello".into()))
+        .unwrap();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
+    );
 }
 
 #[test]
 fn no_body_statuses() {
-    for (status, expect) in [(204u16, "HTTP/1.1 204 No Content\r\n\r\n"), (304, "HTTP/1.1 304 Not Modified\r\n\r\n")] {
+    for (status, expect) in [
+        (204u16, "HTTP/1.1 204 No Content\r\n\r\n"),
+        (304, "HTTP/1.1 304 Not Modified\r\n\r\n"),
+    ] {
         let mut c = conn();
         feed(&mut c, GET).unwrap();
-        c.send_response(RequestId(0), status, &[], Body::Empty).unwrap();
+        c.send_response(RequestId(0), status, &[], Body::Empty)
+            .unwrap();
         assert_eq!(output(&mut c), expect);
     }
 }
@@ -187,32 +226,49 @@ fn no_body_statuses() {
 fn http10_close_and_keep_alive() {
     let mut c = conn();
     feed(&mut c, b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    c.send_response(RequestId(0), 200, &[], Body::Full("x".into())).unwrap();
-    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx");
+    c.send_response(RequestId(0), 200, &[], Body::Full("x".into()))
+        .unwrap();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx"
+    );
     assert!(c.is_closed());
 
     let mut c = conn();
     feed(&mut c, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
-    c.send_response(RequestId(0), 200, &[], Body::Full("x".into())).unwrap();
-    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\nx");
+    c.send_response(RequestId(0), 200, &[], Body::Full("x".into()))
+        .unwrap();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\nx"
+    );
     assert!(!c.is_closed());
 
     // Chunked to an HTTP/1.0 client becomes close-delimited.
     let mut c = conn();
     feed(&mut c, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
-    c.send_response(RequestId(0), 200, &[], Body::Chunked).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Chunked)
+        .unwrap();
     c.send_data(RequestId(0), "abc".into(), true).unwrap();
-    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nabc");
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nabc"
+    );
     assert!(c.is_closed());
 }
 
 #[test]
 fn connection_close_stops_reading() {
     let mut c = conn();
-    let rest = feed(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /next HTTP/1.1\r\n").unwrap();
+    let rest = feed(
+        &mut c,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /next HTTP/1.1\r\n",
+    )
+    .unwrap();
     assert_eq!(&rest[..], b"GET /next HTTP/1.1\r\n");
     assert!(!c.wants_read());
-    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty)
+        .unwrap();
     assert!(output(&mut c).contains("connection: close\r\n"));
     assert!(c.is_closed());
     assert_eq!(c.state(), State::Closed);
@@ -221,22 +277,38 @@ fn connection_close_stops_reading() {
 #[test]
 fn expect_continue_auto() {
     let mut c = conn();
-    feed(&mut c, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap();
+    feed(
+        &mut c,
+        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(output(&mut c), "HTTP/1.1 100 Continue\r\n\r\n");
     feed(&mut c, b"abc").unwrap();
-    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
-    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    c.send_response(RequestId(0), 200, &[], Body::Empty)
+        .unwrap();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    );
     assert!(!c.is_closed());
 }
 
 #[test]
 fn expect_continue_rejected_closes() {
     let mut c = conn_with(|c| c.auto_continue = false);
-    feed(&mut c, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap();
+    feed(
+        &mut c,
+        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(output(&mut c), "");
-    c.send_response(RequestId(0), 417, &[], Body::Empty).unwrap();
+    c.send_response(RequestId(0), 417, &[], Body::Empty)
+        .unwrap();
     let out = output(&mut c);
-    assert!(out.starts_with("HTTP/1.1 417 Expectation Failed\r\n"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 417 Expectation Failed\r\n"),
+        "{out}"
+    );
     assert!(out.contains("connection: close"));
     assert!(c.is_closed());
 }
@@ -244,7 +316,11 @@ fn expect_continue_rejected_closes() {
 #[test]
 fn expect_continue_manual() {
     let mut c = conn_with(|c| c.auto_continue = false);
-    feed(&mut c, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap();
+    feed(
+        &mut c,
+        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+    )
+    .unwrap();
     c.send_continue(RequestId(0)).unwrap();
     assert_eq!(c.send_continue(RequestId(0)), Err(SendError::InvalidState));
     assert_eq!(output(&mut c), "HTTP/1.1 100 Continue\r\n\r\n");
@@ -259,8 +335,17 @@ fn upgrade_leaves_remaining_bytes() {
     let evs = events(&mut c);
     assert!(matches!(&evs[0], Event::Request(r) if r.is_upgrade()));
     assert!(!c.wants_read());
-    c.send_response(RequestId(0), 101, &[("Upgrade", b"websocket"), ("Connection", b"Upgrade")], Body::Empty).unwrap();
-    assert_eq!(output(&mut c), "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+    c.send_response(
+        RequestId(0),
+        101,
+        &[("Upgrade", b"websocket"), ("Connection", b"Upgrade")],
+        Body::Empty,
+    )
+    .unwrap();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    );
     assert!(c.is_upgraded());
     assert!(!c.is_closed());
     assert_eq!(c.poll_timeout(), None);
@@ -274,7 +359,8 @@ fn upgrade_declined_continues_http() {
     );
     c.handle_input(Instant::ZERO, &mut b).unwrap();
     assert_eq!(events(&mut c).len(), 2);
-    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty)
+        .unwrap();
     c.handle_input(Instant::ZERO, &mut b).unwrap();
     assert!(b.is_empty());
     assert!(matches!(&events(&mut c)[0], Event::Request(r) if r.target() == "/2"));
@@ -283,10 +369,15 @@ fn upgrade_declined_continues_http() {
 #[test]
 fn connect_tunnel() {
     let mut c = conn();
-    feed(&mut c, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").unwrap();
+    feed(
+        &mut c,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .unwrap();
     let evs = events(&mut c);
     assert!(matches!(&evs[0], Event::Request(r) if r.target() == "example.com:443"));
-    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty)
+        .unwrap();
     assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\n\r\n");
     assert!(c.is_upgraded());
 }
@@ -295,10 +386,18 @@ fn connect_tunnel() {
 fn status_101_without_upgrade_is_refused() {
     let mut c = conn();
     feed(&mut c, GET).unwrap();
-    assert_eq!(c.send_response(RequestId(0), 101, &[], Body::Empty), Err(SendError::InvalidStatus));
-    assert_eq!(c.send_response(RequestId(0), 99, &[], Body::Empty), Err(SendError::InvalidStatus));
-    c.send_response(RequestId(0), 103, &[("link", b"</s.css>")], Body::Empty).unwrap();
-    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    assert_eq!(
+        c.send_response(RequestId(0), 101, &[], Body::Empty),
+        Err(SendError::InvalidStatus)
+    );
+    assert_eq!(
+        c.send_response(RequestId(0), 99, &[], Body::Empty),
+        Err(SendError::InvalidStatus)
+    );
+    c.send_response(RequestId(0), 103, &[("link", b"</s.css>")], Body::Empty)
+        .unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty)
+        .unwrap();
     assert_eq!(
         output(&mut c),
         "HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
@@ -309,19 +408,31 @@ fn status_101_without_upgrade_is_refused() {
 fn invalid_response_fields_leave_connection_unchanged() {
     let mut c = conn();
     feed(&mut c, GET).unwrap();
-    assert_eq!(c.send_response(RequestId(0), 200, &[("a", b"\r\nx: y")], Body::Empty), Err(SendError::InvalidHeader));
-    assert_eq!(c.send_response(RequestId(0), 200, &[("content-length", b"1")], Body::Empty), Err(SendError::FramingHeader));
+    assert_eq!(
+        c.send_response(RequestId(0), 200, &[("a", b"\r\nx: y")], Body::Empty),
+        Err(SendError::InvalidHeader)
+    );
+    assert_eq!(
+        c.send_response(RequestId(0), 200, &[("content-length", b"1")], Body::Empty),
+        Err(SendError::FramingHeader)
+    );
     assert_eq!(output(&mut c), "");
-    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
-    assert_eq!(output(&mut c), "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    c.send_response(RequestId(0), 200, &[], Body::Empty)
+        .unwrap();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    );
 }
 
 #[test]
 fn date_header_from_now() {
     let mut c = conn_with(|c| c.date_origin_unix_nanos = Some(784_111_777_000_000_000));
     let mut b = BytesMut::from(GET);
-    c.handle_input(Instant::from_nanos(2_000_000_000), &mut b).unwrap();
-    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    c.handle_input(Instant::from_nanos(2_000_000_000), &mut b)
+        .unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty)
+        .unwrap();
     assert!(output(&mut c).contains("date: Sun, 06 Nov 1994 08:49:39 GMT\r\n"));
 }
 
@@ -336,7 +447,8 @@ fn pipelining_limit_is_backpressure() {
     c.handle_input(Instant::ZERO, &mut b).unwrap();
     assert_eq!(b.len(), 2 * GET.len());
     assert!(!c.wants_read());
-    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty)
+        .unwrap();
     assert!(c.wants_read());
     c.handle_input(Instant::ZERO, &mut b).unwrap();
     assert_eq!(b.len(), GET.len());
@@ -355,15 +467,25 @@ fn header_timeout_answers_408() {
     let out = output(&mut c);
     assert!(out.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{out}");
     assert!(c.is_closed());
-    assert!(matches!(events(&mut c)[..], [Event::Error { error: Error::HeaderTimeout, .. }]));
-    assert_eq!(c.handle_input(t, &mut BytesMut::from(&b"x"[..])), Err(Error::HeaderTimeout));
+    assert!(matches!(
+        events(&mut c)[..],
+        [Event::Error {
+            error: Error::HeaderTimeout,
+            ..
+        }]
+    ));
+    assert_eq!(
+        c.handle_input(t, &mut BytesMut::from(&b"x"[..])),
+        Err(Error::HeaderTimeout)
+    );
 }
 
 #[test]
 fn idle_keep_alive_closes_silently() {
     let mut c = conn();
     feed(&mut c, GET).unwrap();
-    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty)
+        .unwrap();
     let _ = output(&mut c);
     let t = c.poll_timeout().unwrap();
     assert_eq!(t, Instant::ZERO + Duration::from_secs(75));
@@ -385,7 +507,8 @@ fn eof_between_requests_answers_then_closes() {
     feed(&mut c, GET).unwrap();
     c.handle_eof(Instant::ZERO);
     assert!(!c.is_closed());
-    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty)
+        .unwrap();
     assert!(output(&mut c).contains("connection: close"));
     assert!(c.is_closed());
 }
@@ -393,10 +516,20 @@ fn eof_between_requests_answers_then_closes() {
 #[test]
 fn eof_mid_body_is_an_error() {
     let mut c = conn();
-    feed(&mut c, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").unwrap();
+    feed(
+        &mut c,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .unwrap();
     c.handle_eof(Instant::ZERO);
     let evs = events(&mut c);
-    assert!(matches!(evs.last(), Some(Event::Error { error: Error::UnexpectedEof, id: Some(_) })));
+    assert!(matches!(
+        evs.last(),
+        Some(Event::Error {
+            error: Error::UnexpectedEof,
+            id: Some(_)
+        })
+    ));
     assert!(output(&mut c).starts_with("HTTP/1.1 400"));
     assert!(c.is_closed());
 }
@@ -405,12 +538,15 @@ fn eof_mid_body_is_an_error() {
 fn error_waits_for_earlier_responses() {
     let mut c = conn();
     let mut raw = Vec::from(GET);
-    raw.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+    raw.extend_from_slice(
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    );
     let e = feed(&mut c, &raw).unwrap_err();
     assert_eq!(e, Error::InvalidContentLength);
     assert_eq!(output(&mut c), "");
     assert!(!c.is_closed());
-    c.send_response(RequestId(0), 200, &[], Body::Full("first".into())).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Full("first".into()))
+        .unwrap();
     let out = output(&mut c);
     assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
     assert!(out.contains("first"));
@@ -423,16 +559,28 @@ fn error_waits_for_earlier_responses() {
 fn limits_map_to_status_codes() {
     let long_uri = alloc::format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000));
     let mut c = conn();
-    assert_eq!(feed(&mut c, long_uri.as_bytes()).unwrap_err(), Error::UriTooLong);
+    assert_eq!(
+        feed(&mut c, long_uri.as_bytes()).unwrap_err(),
+        Error::UriTooLong
+    );
     assert!(output(&mut c).starts_with("HTTP/1.1 414 URI Too Long\r\n"));
 
     // Incomplete request line beyond the limit.
     let mut c = conn();
-    assert_eq!(feed(&mut c, &long_uri.as_bytes()[..8500]).unwrap_err(), Error::UriTooLong);
+    assert_eq!(
+        feed(&mut c, &long_uri.as_bytes()[..8500]).unwrap_err(),
+        Error::UriTooLong
+    );
 
-    let big = alloc::format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(40000));
+    let big = alloc::format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+        "a".repeat(40000)
+    );
     let mut c = conn();
-    assert_eq!(feed(&mut c, big.as_bytes()).unwrap_err(), Error::HeadTooLarge);
+    assert_eq!(
+        feed(&mut c, big.as_bytes()).unwrap_err(),
+        Error::HeadTooLarge
+    );
     assert!(output(&mut c).starts_with("HTTP/1.1 431 "));
 
     let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
@@ -441,11 +589,21 @@ fn limits_map_to_status_codes() {
     }
     many.push_str("\r\n");
     let mut c = conn();
-    assert_eq!(feed(&mut c, many.as_bytes()).unwrap_err(), Error::TooManyHeaders);
+    assert_eq!(
+        feed(&mut c, many.as_bytes()).unwrap_err(),
+        Error::TooManyHeaders
+    );
     assert!(output(&mut c).starts_with("HTTP/1.1 431 "));
 
     let mut c = conn_with(|c| c.max_body = 10);
-    assert_eq!(feed(&mut c, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n").unwrap_err(), Error::BodyTooLarge);
+    assert_eq!(
+        feed(
+            &mut c,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n"
+        )
+        .unwrap_err(),
+        Error::BodyTooLarge
+    );
     assert!(output(&mut c).starts_with("HTTP/1.1 413 "));
 
     let mut c = conn_with(|c| c.max_body = 10);
@@ -460,9 +618,15 @@ fn limits_map_to_status_codes() {
 #[test]
 fn missing_host_is_400() {
     let mut c = conn();
-    assert_eq!(feed(&mut c, b"GET / HTTP/1.1\r\n\r\n").unwrap_err(), Error::InvalidHost);
+    assert_eq!(
+        feed(&mut c, b"GET / HTTP/1.1\r\n\r\n").unwrap_err(),
+        Error::InvalidHost
+    );
     let mut c = conn();
-    assert_eq!(feed(&mut c, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(), Error::InvalidHost);
+    assert_eq!(
+        feed(&mut c, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(),
+        Error::InvalidHost
+    );
     let mut c = conn();
     assert!(feed(&mut c, b"GET / HTTP/1.0\r\n\r\n").is_ok());
 }
@@ -475,8 +639,10 @@ fn graceful_close_finishes_outstanding() {
     feed(&mut c, &raw).unwrap();
     c.close();
     assert!(!c.wants_read());
-    c.send_response(RequestId(0), 200, &[], Body::Empty).unwrap();
-    c.send_response(RequestId(1), 200, &[], Body::Empty).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Empty)
+        .unwrap();
+    c.send_response(RequestId(1), 200, &[], Body::Empty)
+        .unwrap();
     let out = output(&mut c);
     assert_eq!(out.matches("HTTP/1.1 200").count(), 2);
     assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
@@ -488,11 +654,16 @@ fn large_body_zero_copy_chunks() {
     let mut c = conn();
     feed(&mut c, GET).unwrap();
     let big = Bytes::from(alloc::vec![7u8; 100_000]);
-    c.send_response(RequestId(0), 200, &[], Body::Full(big.clone())).unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Full(big.clone()))
+        .unwrap();
     let head = c.poll_transmit().unwrap();
     assert!(head.starts_with(b"HTTP/1.1 200 OK"));
     let body = c.poll_transmit().unwrap();
-    assert_eq!(body.as_ptr(), big.as_ptr(), "body handed over without copying");
+    assert_eq!(
+        body.as_ptr(),
+        big.as_ptr(),
+        "body handed over without copying"
+    );
 }
 
 #[test]
@@ -520,13 +691,30 @@ fn garbage_never_panics() {
 #[test]
 fn broken_body_cuts_streamed_response_and_closes() {
     let mut c = conn();
-    feed(&mut c, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n").unwrap();
-    c.send_response(RequestId(0), 200, &[], Body::Chunked).unwrap();
+    feed(
+        &mut c,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    )
+    .unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Chunked)
+        .unwrap();
     c.send_data(RequestId(0), "abc".into(), false).unwrap();
-    assert_eq!(feed(&mut c, b"zz\r\n").unwrap_err(), Error::InvalidChunkSize);
-    assert_eq!(c.send_data(RequestId(0), "more".into(), false), Err(SendError::UnknownId));
+    assert_eq!(
+        feed(&mut c, b"zz\r\n").unwrap_err(),
+        Error::InvalidChunkSize
+    );
+    assert_eq!(
+        c.send_data(RequestId(0), "more".into(), false),
+        Err(SendError::UnknownId)
+    );
     let out = output(&mut c);
     assert!(out.ends_with("3\r\nabc\r\n"), "{out}");
     assert!(c.is_closed());
-    assert!(matches!(events(&mut c).last(), Some(Event::Error { id: Some(_), error: Error::InvalidChunkSize })));
+    assert!(matches!(
+        events(&mut c).last(),
+        Some(Event::Error {
+            id: Some(_),
+            error: Error::InvalidChunkSize
+        })
+    ));
 }

@@ -36,13 +36,20 @@ fn nginx_bin() -> &'static str {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_nginx() -> Nginx {
     for attempt in 0..10 {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("ferry-nginx-{}-{attempt}-{port}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-nginx-{}-{attempt}-{port}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(dir.join("html")).unwrap();
         std::fs::create_dir_all(dir.join("logs")).unwrap();
         let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -76,7 +83,14 @@ http {{
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let child = Command::new(nginx_bin())
-            .args(["-p", &dir.display().to_string(), "-c", &dir.join("nginx.conf").display().to_string(), "-g", "daemon off;"])
+            .args([
+                "-p",
+                &dir.display().to_string(),
+                "-c",
+                &dir.join("nginx.conf").display().to_string(),
+                "-g",
+                "daemon off;",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -113,7 +127,8 @@ fn run(conn: &mut ClientConnection, sock: &mut TcpStream, want: usize) -> Vec<Go
     let mut buf = vec![0u8; 65536];
     let mut got: Vec<Got> = Vec::new();
     let mut ended = 0;
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     loop {
         while let Some(b) = conn.poll_transmit() {
             sock.write_all(&b).unwrap();
@@ -125,7 +140,12 @@ fn run(conn: &mut ClientConnection, sock: &mut TcpStream, want: usize) -> Vec<Go
                     headers: r
                         .headers()
                         .iter()
-                        .map(|(n, v)| (n.to_ascii_lowercase(), String::from_utf8_lossy(v).into_owned()))
+                        .map(|(n, v)| {
+                            (
+                                n.to_ascii_lowercase(),
+                                String::from_utf8_lossy(v).into_owned(),
+                            )
+                        })
                         .collect(),
                     body: Vec::new(),
                     keep_alive: r.keep_alive(),
@@ -154,7 +174,10 @@ fn client() -> ClientConnection {
 }
 
 fn header<'a>(g: &'a Got, name: &str) -> Option<&'a str> {
-    g.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    g.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -165,23 +188,29 @@ fn keep_alive_and_pipelining_against_nginx() {
     let host: &[u8] = b"127.0.0.1";
     // Three pipelined requests in one write.
     for path in ["/hello", "/missing", "/hello"] {
-        c.send_request(Method::Get, path, &[("Host", host)], Body::Empty).unwrap();
+        c.send_request(Method::Get, path, &[("Host", host)], Body::Empty)
+            .unwrap();
     }
     let got = run(&mut c, &mut sock, 3);
-    assert_eq!(got.iter().map(|g| g.status).collect::<Vec<_>>(), [200, 404, 200]);
+    assert_eq!(
+        got.iter().map(|g| g.status).collect::<Vec<_>>(),
+        [200, 404, 200]
+    );
     assert_eq!(got[0].body, b"hello from nginx\n");
     assert_eq!(got[2].body, b"hello from nginx\n");
     assert!(got.iter().all(|g| g.keep_alive));
     assert!(c.is_reusable());
 
     // HEAD has a Content-Length but no body.
-    c.send_request(Method::Head, "/big.bin", &[("Host", host)], Body::Empty).unwrap();
+    c.send_request(Method::Head, "/big.bin", &[("Host", host)], Body::Empty)
+        .unwrap();
     let got = run(&mut c, &mut sock, 1);
     assert_eq!(header(&got[0], "content-length"), Some("1000000"));
     assert!(got[0].body.is_empty());
 
     // The fifth request reaches nginx's keepalive_requests: it answers with Connection: close.
-    c.send_request(Method::Get, "/big.bin", &[("Host", host)], Body::Empty).unwrap();
+    c.send_request(Method::Get, "/big.bin", &[("Host", host)], Body::Empty)
+        .unwrap();
     let got = run(&mut c, &mut sock, 1);
     let expect: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(got[0].body.len(), expect.len());
@@ -196,8 +225,14 @@ fn chunked_gzip_response_from_nginx() {
     let nginx = start_nginx();
     let mut sock = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
     let mut c = client();
-    let id: RequestId =
-        c.send_request(Method::Get, "/text.txt", &[("Host", b"127.0.0.1"), ("Accept-Encoding", b"gzip")], Body::Empty).unwrap();
+    let id: RequestId = c
+        .send_request(
+            Method::Get,
+            "/text.txt",
+            &[("Host", b"127.0.0.1"), ("Accept-Encoding", b"gzip")],
+            Body::Empty,
+        )
+        .unwrap();
     let _ = id;
     let got = run(&mut c, &mut sock, 1);
     assert_eq!(got[0].status, 200);
@@ -206,7 +241,13 @@ fn chunked_gzip_response_from_nginx() {
     assert!(!got[0].body.is_empty() && got[0].body.len() < 26_000);
     assert_eq!(&got[0].body[..2], &[0x1f, 0x8b], "gzip magic");
     // The connection is reusable after a chunked response.
-    c.send_request(Method::Get, "/hello", &[("Host", b"127.0.0.1")], Body::Empty).unwrap();
+    c.send_request(
+        Method::Get,
+        "/hello",
+        &[("Host", b"127.0.0.1")],
+        Body::Empty,
+    )
+    .unwrap();
     let got = run(&mut c, &mut sock, 1);
     assert_eq!(got[0].body, b"hello from nginx\n");
 }
@@ -218,11 +259,32 @@ fn post_with_body_to_nginx() {
     let mut c = client();
     // nginx answers POST to a static file with 405 after reading the body; the connection
     // stays usable only if our framing was right.
-    c.send_request(Method::Post, "/text.txt", &[("Host", b"127.0.0.1")], Body::Full(Bytes::from_static(b"x=1"))).unwrap();
-    let id = c.send_request(Method::Put, "/text.txt", &[("Host", b"127.0.0.1")], Body::Chunked).unwrap();
-    c.send_data(id, Bytes::from_static(b"hello"), false).unwrap();
-    c.send_data(id, Bytes::from_static(b" world"), true).unwrap();
-    c.send_request(Method::Get, "/hello", &[("Host", b"127.0.0.1")], Body::Empty).unwrap();
+    c.send_request(
+        Method::Post,
+        "/text.txt",
+        &[("Host", b"127.0.0.1")],
+        Body::Full(Bytes::from_static(b"x=1")),
+    )
+    .unwrap();
+    let id = c
+        .send_request(
+            Method::Put,
+            "/text.txt",
+            &[("Host", b"127.0.0.1")],
+            Body::Chunked,
+        )
+        .unwrap();
+    c.send_data(id, Bytes::from_static(b"hello"), false)
+        .unwrap();
+    c.send_data(id, Bytes::from_static(b" world"), true)
+        .unwrap();
+    c.send_request(
+        Method::Get,
+        "/hello",
+        &[("Host", b"127.0.0.1")],
+        Body::Empty,
+    )
+    .unwrap();
     let got = run(&mut c, &mut sock, 3);
     assert_eq!(got[0].status, 405);
     assert_eq!(got[1].status, 405);

@@ -17,15 +17,29 @@ fn start() -> SocketAddr {
 }
 
 fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl").args(["-sS", "--max-time", "30"]).args(args).output().expect("curl is installed by scripts/test");
-    assert!(out.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .output()
+        .expect("curl is installed by scripts/test");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn temp_file(name: &str, len: usize) -> (std::path::PathBuf, Vec<u8>) {
     let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
     let path = std::env::temp_dir().join(format!("ferry-{}-{name}", std::process::id()));
-    std::fs::File::create(&path).unwrap().write_all(&data).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(&data)
+        .unwrap();
     (path, data)
 }
 
@@ -35,18 +49,30 @@ fn curl_keep_alive_reuses_the_connection() {
     let url = format!("http://{addr}/");
     let (out, err) = curl(&["-v", &url, &url, &url]);
     assert_eq!(out, "hello world\n".repeat(3));
-    assert!(err.contains("Re-using existing connection") || err.contains("Reusing existing connection"), "{err}");
+    assert!(
+        err.contains("Re-using existing connection") || err.contains("Reusing existing connection"),
+        "{err}"
+    );
     assert_eq!(err.matches("Connected to").count(), 1, "{err}");
 }
 
 #[test]
 fn curl_not_found_and_head() {
     let addr = start();
-    let (out, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://{addr}/nope")]);
+    let (out, _) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{addr}/nope"),
+    ]);
     assert_eq!(out, "404");
     let (out, _) = curl(&["-I", &format!("http://{addr}/")]);
     assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-    assert!(out.to_ascii_lowercase().contains("content-length: 12"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("content-length: 12"),
+        "{out}"
+    );
     assert!(out.to_ascii_lowercase().contains("date: "), "{out}");
 }
 
@@ -55,7 +81,14 @@ fn curl_chunked_upload_is_echoed() {
     let addr = start();
     let (path, data) = temp_file("chunked", 300_000);
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "-H", "Transfer-Encoding: chunked", "--data-binary"])
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+        ])
         .arg(format!("@{}", path.display()))
         .arg(format!("http://{addr}/echo"))
         .output()
@@ -71,7 +104,17 @@ fn curl_expect_100_continue() {
     let addr = start();
     let (path, data) = temp_file("expect", 2_000_000);
     let out = Command::new("curl")
-        .args(["-sS", "-v", "--max-time", "30", "-H", "Expect: 100-continue", "-X", "PUT", "--data-binary"])
+        .args([
+            "-sS",
+            "-v",
+            "--max-time",
+            "30",
+            "-H",
+            "Expect: 100-continue",
+            "-X",
+            "PUT",
+            "--data-binary",
+        ])
         .arg(format!("@{}", path.display()))
         .arg(format!("http://{addr}/echo"))
         .output()
@@ -117,8 +160,18 @@ r.read()
 assert c.sock is sock, "connection was not kept alive"
 print("OK")
 "#;
-    let out = Command::new(py).arg("-c").arg(script).arg(addr.ip().to_string()).arg(addr.port().to_string()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
 }
 

@@ -33,11 +33,17 @@ fn request(evs: &[Event]) -> &ferry_http1::Request {
 /// RFC 9112 §3.2.1 origin-form.
 #[test]
 fn origin_form() {
-    both(b"GET /where?q=now HTTP/1.1\r\nHost: www.example.org\r\n\r\n", |evs| {
-        let r = request(evs);
-        assert_eq!((r.method(), r.path(), r.query()), (Method::Get, "/where", Some("q=now")));
-        assert_eq!(r.headers().get("host"), Some(&b"www.example.org"[..]));
-    });
+    both(
+        b"GET /where?q=now HTTP/1.1\r\nHost: www.example.org\r\n\r\n",
+        |evs| {
+            let r = request(evs);
+            assert_eq!(
+                (r.method(), r.path(), r.query()),
+                (Method::Get, "/where", Some("q=now"))
+            );
+            assert_eq!(r.headers().get("host"), Some(&b"www.example.org"[..]));
+        },
+    );
 }
 
 /// RFC 9112 §3.2.2 absolute-form.
@@ -51,25 +57,39 @@ fn absolute_form() {
 /// RFC 9112 §3.2.3 authority-form.
 #[test]
 fn authority_form() {
-    both(b"CONNECT www.example.com:80 HTTP/1.1\r\nHost: www.example.com\r\n\r\n", |evs| {
-        let r = request(evs);
-        assert_eq!((r.method(), r.target()), (Method::Connect, "www.example.com:80"));
-        assert!(r.is_upgrade());
-    });
+    both(
+        b"CONNECT www.example.com:80 HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+        |evs| {
+            let r = request(evs);
+            assert_eq!(
+                (r.method(), r.target()),
+                (Method::Connect, "www.example.com:80")
+            );
+            assert!(r.is_upgrade());
+        },
+    );
 }
 
 /// RFC 9112 §3.2.4 asterisk-form.
 #[test]
 fn asterisk_form() {
-    both(b"OPTIONS * HTTP/1.1\r\nHost: www.example.org:8001\r\n\r\n", |evs| {
-        assert_eq!((request(evs).method(), request(evs).target()), (Method::Options, "*"));
-    });
+    both(
+        b"OPTIONS * HTTP/1.1\r\nHost: www.example.org:8001\r\n\r\n",
+        |evs| {
+            assert_eq!(
+                (request(evs).method(), request(evs).target()),
+                (Method::Options, "*")
+            );
+        },
+    );
 }
 
 /// RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line.
 #[test]
 fn leading_empty_lines_are_ignored() {
-    both(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", |evs| assert_eq!(request(evs).target(), "/"));
+    both(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", |evs| {
+        assert_eq!(request(evs).target(), "/")
+    });
 }
 
 /// RFC 9110 §15 / RFC 9112 §9.3: HTTP/1.0 defaults to close, 1.1 to persistent.
@@ -79,9 +99,12 @@ fn persistence_defaults() {
         assert_eq!(request(evs).version(), Version::Http10);
         assert!(!request(evs).keep_alive());
     });
-    both(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n", |evs| {
-        assert!(!request(evs).keep_alive());
-    });
+    both(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n",
+        |evs| {
+            assert!(!request(evs).keep_alive());
+        },
+    );
 }
 
 /// RFC 9112 §7.1 chunked body with an extension and a trailer field (§7.1.2).
@@ -91,11 +114,32 @@ fn chunked_with_extension_and_trailer() {
 1a; ieof=0\r\nabcdefghijklmnopqrstuvwxyz\r\n10\r\n1234567890abcdef\r\n0\r\nExpires: Sat, 27 Mar 2004 21:12:00 GMT\r\n\r\n";
     both(raw, |evs| {
         assert_eq!(request(evs).body_kind(), BodyKind::Chunked);
-        let body: Vec<u8> =
-            evs.iter().filter_map(|e| if let Event::Data { data, .. } = e { Some(data.to_vec()) } else { None }).flatten().collect();
+        let body: Vec<u8> = evs
+            .iter()
+            .filter_map(|e| {
+                if let Event::Data { data, .. } = e {
+                    Some(data.to_vec())
+                } else {
+                    None
+                }
+            })
+            .flatten()
+            .collect();
         assert_eq!(body, b"abcdefghijklmnopqrstuvwxyz1234567890abcdef");
-        let t = evs.iter().find_map(|e| if let Event::Trailers { trailers, .. } = e { Some(trailers) } else { None }).unwrap();
-        assert_eq!(t.get("expires"), Some(&b"Sat, 27 Mar 2004 21:12:00 GMT"[..]));
+        let t = evs
+            .iter()
+            .find_map(|e| {
+                if let Event::Trailers { trailers, .. } = e {
+                    Some(trailers)
+                } else {
+                    None
+                }
+            })
+            .unwrap();
+        assert_eq!(
+            t.get("expires"),
+            Some(&b"Sat, 27 Mar 2004 21:12:00 GMT"[..])
+        );
         assert!(matches!(evs.last(), Some(Event::End { .. })));
     });
 }

@@ -27,10 +27,19 @@ fn rejects(raw: &[u8], want: Error) {
         saw_request |= matches!(e, Event::Request(_));
     }
     // Body errors come after the (valid) head was reported; head errors report no request.
-    let body_error = matches!(want, Error::InvalidChunkSize | Error::InvalidChunkTerminator);
+    let body_error = matches!(
+        want,
+        Error::InvalidChunkSize | Error::InvalidChunkTerminator
+    );
     assert_eq!(saw_request, body_error, "request events for {want:?}");
     // A second call returns the stored error; nothing else is parsed.
-    assert_eq!(c.handle_input(Instant::ZERO, &mut BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..])), Err(want));
+    assert_eq!(
+        c.handle_input(
+            Instant::ZERO,
+            &mut BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..])
+        ),
+        Err(want)
+    );
 }
 
 #[test]
@@ -47,36 +56,60 @@ fn content_length_with_transfer_encoding() {
 
 #[test]
 fn differing_duplicate_content_length() {
-    rejects(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n", Error::InvalidContentLength);
+    rejects(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
+        Error::InvalidContentLength,
+    );
 }
 
 #[test]
 fn differing_content_length_list() {
-    rejects(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4, 5\r\n\r\n", Error::InvalidContentLength);
+    rejects(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4, 5\r\n\r\n",
+        Error::InvalidContentLength,
+    );
 }
 
 #[test]
 fn non_numeric_content_length() {
     for v in ["+4", "-1", "4a", "0x4", "4 4", "", "99999999999999999999"] {
-        rejects(format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {v}\r\n\r\n").as_bytes(), Error::InvalidContentLength);
+        rejects(
+            format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {v}\r\n\r\n").as_bytes(),
+            Error::InvalidContentLength,
+        );
     }
 }
 
 #[test]
 fn unknown_transfer_coding() {
-    rejects(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", Error::InvalidTransferEncoding);
-    rejects(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n", Error::InvalidTransferEncoding);
-    rejects(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Error::InvalidTransferEncoding);
+    rejects(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        Error::InvalidTransferEncoding,
+    );
+    rejects(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        Error::InvalidTransferEncoding,
+    );
+    rejects(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        Error::InvalidTransferEncoding,
+    );
 }
 
 #[test]
 fn chunked_not_final() {
-    rejects(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Error::InvalidTransferEncoding);
+    rejects(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        Error::InvalidTransferEncoding,
+    );
 }
 
 #[test]
 fn chunked_duplicated() {
-    rejects(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", Error::InvalidTransferEncoding);
+    rejects(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+        Error::InvalidTransferEncoding,
+    );
     rejects(
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
         Error::InvalidTransferEncoding,
@@ -85,12 +118,18 @@ fn chunked_duplicated() {
 
 #[test]
 fn empty_transfer_encoding() {
-    rejects(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \r\n\r\n", Error::InvalidTransferEncoding);
+    rejects(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \r\n\r\n",
+        Error::InvalidTransferEncoding,
+    );
 }
 
 #[test]
 fn transfer_encoding_in_http10() {
-    rejects(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Error::TransferEncodingInHttp10);
+    rejects(
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        Error::TransferEncodingInHttp10,
+    );
 }
 
 #[test]
@@ -111,36 +150,60 @@ fn whitespace_before_colon() {
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
         Error::InvalidHead(HeadError::HeaderName),
     );
-    rejects(b"GET / HTTP/1.1\r\nHost\t: x\r\n\r\n", Error::InvalidHead(HeadError::HeaderName));
+    rejects(
+        b"GET / HTTP/1.1\r\nHost\t: x\r\n\r\n",
+        Error::InvalidHead(HeadError::HeaderName),
+    );
 }
 
 #[test]
 fn bare_lf_line_endings() {
     rejects(b"GET / HTTP/1.1\nHost: x\n\n", Error::BareLineFeed);
-    rejects(b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", Error::BareLineFeed);
+    rejects(
+        b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",
+        Error::BareLineFeed,
+    );
 }
 
 #[test]
 fn bare_cr_in_field_value() {
-    rejects(b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n", Error::InvalidHead(HeadError::HeaderValue));
+    rejects(
+        b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n",
+        Error::InvalidHead(HeadError::HeaderValue),
+    );
 }
 
 #[test]
 fn nul_in_field_value() {
-    rejects(b"GET / HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n", Error::InvalidHead(HeadError::HeaderValue));
+    rejects(
+        b"GET / HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n",
+        Error::InvalidHead(HeadError::HeaderValue),
+    );
 }
 
 #[test]
 fn invalid_request_line() {
-    rejects(b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", Error::InvalidHead(HeadError::Token));
-    rejects(b"GET / HTTP/1.1 \r\nHost: x\r\n\r\n", Error::InvalidHead(HeadError::NewLine));
-    rejects(b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", Error::InvalidHead(HeadError::Version));
+    rejects(
+        b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Error::InvalidHead(HeadError::Token),
+    );
+    rejects(
+        b"GET / HTTP/1.1 \r\nHost: x\r\n\r\n",
+        Error::InvalidHead(HeadError::NewLine),
+    );
+    rejects(
+        b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+        Error::InvalidHead(HeadError::Version),
+    );
 }
 
 #[test]
 fn missing_or_repeated_host() {
     rejects(b"GET / HTTP/1.1\r\n\r\n", Error::InvalidHost);
-    rejects(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Error::InvalidHost);
+    rejects(
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        Error::InvalidHost,
+    );
 }
 
 fn chunked(body: &str) -> Vec<u8> {
@@ -158,24 +221,39 @@ fn invalid_chunk_size() {
 #[test]
 fn chunk_size_overflow() {
     rejects(&chunked("1ffffffffffffffff\r\n"), Error::InvalidChunkSize);
-    rejects(&chunked("00000000000000000001\r\n"), Error::InvalidChunkSize);
+    rejects(
+        &chunked("00000000000000000001\r\n"),
+        Error::InvalidChunkSize,
+    );
 }
 
 #[test]
 fn chunk_size_whitespace_without_extension() {
-    rejects(&chunked("5 \r\nhello\r\n0\r\n\r\n"), Error::InvalidChunkSize);
+    rejects(
+        &chunked("5 \r\nhello\r\n0\r\n\r\n"),
+        Error::InvalidChunkSize,
+    );
 }
 
 #[test]
 fn chunk_size_bare_lf() {
     rejects(&chunked("5\nhello\r\n0\r\n\r\n"), Error::InvalidChunkSize);
-    rejects(&chunked("5;ext\nhello\r\n0\r\n\r\n"), Error::InvalidChunkSize);
+    rejects(
+        &chunked("5;ext\nhello\r\n0\r\n\r\n"),
+        Error::InvalidChunkSize,
+    );
 }
 
 #[test]
 fn chunk_data_overrun() {
-    rejects(&chunked("3\r\nhello\r\n0\r\n\r\n"), Error::InvalidChunkTerminator);
-    rejects(&chunked("5\r\nhello\n0\r\n\r\n"), Error::InvalidChunkTerminator);
+    rejects(
+        &chunked("3\r\nhello\r\n0\r\n\r\n"),
+        Error::InvalidChunkTerminator,
+    );
+    rejects(
+        &chunked("5\r\nhello\n0\r\n\r\n"),
+        Error::InvalidChunkTerminator,
+    );
 }
 
 #[test]
@@ -183,7 +261,10 @@ fn smuggled_request_after_valid_one_is_not_parsed() {
     let raw = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut c = ServerConnection::new(Arc::new(ServerConfig::default()), Instant::ZERO);
     let mut buf = BytesMut::from(&raw[..]);
-    assert_eq!(c.handle_input(Instant::ZERO, &mut buf), Err(Error::ContentLengthWithTransferEncoding));
+    assert_eq!(
+        c.handle_input(Instant::ZERO, &mut buf),
+        Err(Error::ContentLengthWithTransferEncoding)
+    );
     let mut targets = Vec::new();
     let mut ids = Vec::new();
     while let Some(e) = c.poll_event() {
@@ -193,7 +274,8 @@ fn smuggled_request_after_valid_one_is_not_parsed() {
         }
     }
     assert_eq!(targets, ["/ok"]);
-    c.send_response(ids[0], 200, &[], ferry_http1::Body::Full("ok".into())).unwrap();
+    c.send_response(ids[0], 200, &[], ferry_http1::Body::Full("ok".into()))
+        .unwrap();
     let mut out = Vec::new();
     while let Some(b) = c.poll_transmit() {
         out.extend_from_slice(&b);
