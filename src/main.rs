@@ -1,5 +1,6 @@
 //! The `ferry` command: `serve`, `probe`, `bench` (see CONTRACT.md).
 
+mod bench;
 mod demo;
 
 use std::net::SocketAddr;
@@ -30,11 +31,41 @@ enum Command {
     Serve(ServeArgs),
     /// Show which transports this host supports and which one `auto` picks.
     Probe,
-    /// Load generator (not available yet).
-    Bench {
-        /// Target URL.
-        url: String,
-    },
+    /// HTTP/1.1 load generator on Ferry's own client state machine.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Target URL (http://HOST:PORT/PATH).
+    url: String,
+    /// Concurrent connections.
+    #[arg(short = 'c', long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    connections: u32,
+    /// How long to run (e.g. 10s, 500ms); ignored with --requests.
+    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop after this many completed requests instead of after --duration.
+    #[arg(short = 'n', long, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: Option<u64>,
+    /// Requests in flight per connection (HTTP/1.1 pipelining).
+    #[arg(short = 'P', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pipeline: u32,
+    /// Load threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: u32,
+    /// HTTP/2 (not available yet).
+    #[arg(long)]
+    h2: bool,
+    /// Streams per connection with --h2 (not available yet).
+    #[arg(short = 'm', long)]
+    streams: Option<u32>,
+    /// Redis tests, e.g. set,get (not available yet).
+    #[arg(short = 't', long)]
+    tests: Option<String>,
+    /// Print one JSON object: requests, errors, duration_s, rps, latency_us{p50,p90,p99,p999,max}.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -144,13 +175,35 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Probe => probe(),
-        Command::Bench { url } => {
-            eprintln!(
-                "ferry: bench {url}: not available yet (waits for the HTTP/1.1 client connection)"
-            );
+        Command::Bench(args) => bench(args),
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    if args.h2 || args.streams.is_some() {
+        return usage_error("--h2: HTTP/2 load is not available yet");
+    }
+    if args.tests.is_some() {
+        return usage_error("--tests: Redis load is not available yet");
+    }
+    let cfg = bench::BenchConfig {
+        url: args.url,
+        connections: args.connections as usize,
+        threads: args.threads as usize,
+        duration: args.duration,
+        requests: args.requests,
+        pipeline: args.pipeline as usize,
+    };
+    match bench::run(cfg.clone()) {
+        Ok(r) => {
+            bench::report(&cfg, &r, args.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry: bench: {e}");
             ExitCode::from(1)
         }
-        Command::Serve(args) => serve(args),
     }
 }
 

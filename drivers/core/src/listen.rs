@@ -119,18 +119,47 @@ pub fn configure_accepted(fd: RawFd, opts: &ListenOptions) {
 /// Read once from `fd` into the spare capacity of `buf` (reserving `chunk` bytes first),
 /// without zero-filling. Returns the byte count (0 = EOF).
 pub fn read_into(fd: &impl AsRawFd, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+    recv_into(fd, buf, chunk).map(|(n, _)| n)
+}
+
+/// [`read_into`], also returning how many bytes were asked for: a read shorter than that
+/// drained the socket at that instant, which lets an edge-triggered loop skip the extra
+/// `recv` that would only say `EAGAIN` (as nginx does) — unless the peer's FIN is pending.
+pub fn recv_into(
+    fd: &impl AsRawFd,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> io::Result<(usize, usize)> {
     buf.reserve(chunk);
     let spare = buf.spare_capacity_mut();
+    let asked = spare.len();
     // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; recv writes at
     // most that many bytes and reports how many it wrote.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), 0) };
+    let n = unsafe { libc::recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), asked, 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
     let n = n as usize;
     // SAFETY: the kernel initialised exactly `n` bytes after the current length.
     unsafe { buf.set_len(buf.len() + n) };
-    Ok(n)
+    Ok((n, asked))
+}
+
+/// Whether the peer has sent bytes we have not read (a `MSG_PEEK` of one byte). Used before a
+/// close: with nothing unread, closing cannot turn into a reset that destroys our last
+/// response, so no lingering is needed.
+pub fn has_unread_input(fd: RawFd) -> bool {
+    let mut b = 0u8;
+    // SAFETY: peeks at most one byte into a valid local; MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut b as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
 }
 
 #[cfg(test)]

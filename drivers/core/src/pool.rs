@@ -50,8 +50,8 @@ pub struct Job {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum JobKind {
-    /// A request head (body to follow).
-    Head(Request),
+    /// A request head (body to follow); boxed so channel slots stay small.
+    Head(Box<Request>),
     /// A body piece.
     Data(Bytes),
     /// The body is complete.
@@ -179,7 +179,7 @@ fn handle(
     let parts = match job.kind {
         JobKind::Head(req) => {
             let mut out = Responder::new();
-            let (ex, o) = Exchange::start(service, req, max_body, &mut out);
+            let (ex, o) = Exchange::start(service, *req, max_body, &mut out);
             panicked = o.panicked;
             let parts = out.take();
             open.insert(key, (ex, out));
@@ -277,7 +277,7 @@ mod tests {
                 })
                 .unwrap()
         };
-        send(JobKind::Head(req));
+        send(JobKind::Head(Box::new(req)));
         send(JobKind::Data(Bytes::from_static(b"hi")));
         send(JobKind::End);
         let r = rrx

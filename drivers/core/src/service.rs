@@ -378,6 +378,8 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
 
 /// The state of one request between its head and the end of its body: what both inline
 /// dispatch and application workers run.
+// The head is kept inline (no allocation per request on the inline path).
+#[allow(clippy::large_enum_variant)]
 pub enum Exchange {
     /// Buffering the body for [`Service::call`].
     Buffer {

@@ -137,12 +137,14 @@ impl HttpSession {
         self.out_bytes > 0
     }
 
-    /// Fill `iov` with up to `iov.capacity()` slices of queued output.
-    pub fn out_slices<'a>(&'a self, iov: &mut Vec<IoSlice<'a>>, max: usize) {
-        iov.clear();
-        for b in self.out.iter().take(max) {
-            iov.push(IoSlice::new(b));
+    /// Fill `iov` with slices of queued output, oldest first; returns how many were filled.
+    pub fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, b) in iov.iter_mut().zip(self.out.iter()) {
+            *slot = IoSlice::new(b);
+            n += 1;
         }
+        n
     }
 
     /// `n` bytes of the queued output were written (epoll style: output stays queued until
@@ -234,10 +236,12 @@ impl HttpSession {
     pub fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         loop {
             let before = self.input.len();
-            if !self.errored && self.pending.is_empty() && !self.input.is_empty() {
-                if self.conn.handle_input(now, &mut self.input).is_err() {
-                    self.errored = true;
-                }
+            if !self.errored
+                && self.pending.is_empty()
+                && !self.input.is_empty()
+                && self.conn.handle_input(now, &mut self.input).is_err()
+            {
+                self.errored = true;
             }
             let mut progressed = self.input.len() != before;
             while let Some(ev) = self.conn.poll_event() {
@@ -274,7 +278,7 @@ impl HttpSession {
                 let req = Request::new(head, Bytes::new(), self.info);
                 if remote {
                     self.remote_open.push(id);
-                    self.send_job(ctx, id, JobKind::Head(req));
+                    self.send_job(ctx, id, JobKind::Head(Box::new(req)));
                 } else {
                     let mut out = Responder::new();
                     let (ex, o) = Exchange::start(
@@ -504,5 +508,211 @@ impl HttpSession {
         let svc: Arc<dyn crate::Service> = ctx.service.clone();
         let info = self.info;
         let _ = catch_unwind(AssertUnwindSafe(|| svc.on_disconnect(&info)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::WorkerMetrics;
+    use crate::runtime::{Clock, ServerOptions};
+    use crate::service::{Response, Service};
+    use crate::shutdown::{EventFd, Shutdown};
+    use crossbeam_channel::Receiver;
+
+    struct Hello;
+    impl Service for Hello {
+        fn call(&self, req: Request) -> Response {
+            Response::text(200, format!("{}:{}", req.path(), req.body().len()))
+        }
+    }
+
+    fn ctx(jobs: Vec<crossbeam_channel::Sender<Job>>) -> WorkerCtx {
+        let options = ServerOptions {
+            workers: 1,
+            ..ServerOptions::default()
+        };
+        WorkerCtx {
+            index: 0,
+            cpu: None,
+            service: Arc::new(Hello),
+            http: Arc::new(options.http.clone()),
+            options: Arc::new(options),
+            metrics: Arc::new(WorkerMetrics::default()),
+            jobs,
+            replies: None,
+            waker: Arc::new(EventFd::new().unwrap()),
+            shutdown: Shutdown::new(),
+            clock: Clock::new(),
+        }
+    }
+
+    fn info() -> ConnInfo {
+        ConnInfo {
+            worker: 0,
+            token: 3,
+            peer: None,
+        }
+    }
+
+    fn output(s: &mut HttpSession, ctx: &WorkerCtx) -> String {
+        let mut v = Vec::new();
+        for b in s.out() {
+            v.extend_from_slice(b);
+        }
+        let n = v.len();
+        s.written(ctx, n);
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn inline_service_answers_pipelined_requests_in_order() {
+        let mut c = ctx(Vec::new());
+        let mut s = HttpSession::new(&c, info(), 1, Instant::ZERO);
+        s.input.extend_from_slice(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nxyzGET /c HTTP/1.1\r\nhost: x\r\n\r\n");
+        s.process(&mut c, Instant::ZERO);
+        let out = output(&mut s, &c);
+        let a = out.find("/a:0").unwrap();
+        let b = out.find("/b:3").unwrap();
+        let cc = out.find("/c:0").unwrap();
+        assert!(a < b && b < cc, "{out}");
+        assert!(!s.has_output());
+        assert_eq!(
+            c.metrics
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        assert_eq!(
+            c.metrics
+                .responses
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+    }
+
+    fn drain(rx: &Receiver<Job>) -> Vec<(u64, &'static str)> {
+        rx.try_iter()
+            .map(|j| {
+                let k = match j.kind {
+                    JobKind::Head(_) => "head",
+                    JobKind::Data(_) => "data",
+                    JobKind::End => "end",
+                    JobKind::Abort => "abort",
+                };
+                (j.id.get(), k)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn full_channel_pauses_reading_and_drops_nothing() {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(2);
+        let mut c = ctx(vec![tx]);
+        let mut s = HttpSession::new(&c, info(), 1, Instant::ZERO);
+        let mut raw = Vec::new();
+        for i in 0..5 {
+            raw.extend_from_slice(format!("GET /{i} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes());
+        }
+        s.input.extend_from_slice(&raw);
+        assert!(s.wants_read(&c));
+        s.process(&mut c, Instant::ZERO);
+        // Two jobs fit; the rest wait on the connection, and reading pauses.
+        assert!(s.has_pending());
+        assert!(!s.wants_read(&c));
+        assert!(
+            c.metrics
+                .backpressure
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 1
+        );
+        let mut seen = drain(&rx);
+        assert_eq!(seen.len(), 2);
+        // The application catches up: retry until everything went through, in order.
+        for _ in 0..20 {
+            if s.retry_pending(&mut c, Instant::ZERO) && rx.is_empty() && s.input.is_empty() {
+                break;
+            }
+            seen.extend(drain(&rx));
+        }
+        seen.extend(drain(&rx));
+        let want: Vec<(u64, &str)> = (0..5u64).flat_map(|i| [(i, "head"), (i, "end")]).collect();
+        assert_eq!(seen, want);
+        assert!(s.wants_read(&c));
+    }
+
+    #[test]
+    fn replies_from_app_workers_are_applied_and_stale_ones_dropped() {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(16);
+        let mut c = ctx(vec![tx]);
+        let mut s = HttpSession::new(&c, info(), 7, Instant::ZERO);
+        s.input
+            .extend_from_slice(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        s.process(&mut c, Instant::ZERO);
+        let id = rx.try_iter().next().unwrap().id;
+        let stale = Reply {
+            token: 3,
+            gen: 6,
+            id,
+            parts: vec![Part::Abort],
+        };
+        s.apply_reply(&mut c, stale, Instant::ZERO);
+        assert!(!s.is_finished());
+        let mut out = Responder::new();
+        out.respond(Response::text(200, "ok"));
+        s.apply_reply(
+            &mut c,
+            Reply {
+                token: 3,
+                gen: 7,
+                id,
+                parts: out.take(),
+            },
+            Instant::ZERO,
+        );
+        let text = output(&mut s, &c);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\nok"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn write_high_water_pauses_reading() {
+        let mut c = ctx(Vec::new());
+        let mut s = HttpSession::new(&c, info(), 1, Instant::ZERO);
+        s.input
+            .extend_from_slice(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        s.process(&mut c, Instant::ZERO);
+        assert!(s.wants_read(&c));
+        let hw = c.options.write_high_water;
+        s.out.push_back(Bytes::from(vec![0u8; hw]));
+        s.out_bytes += hw;
+        assert!(!s.wants_read(&c));
+        let mut taken = Vec::new();
+        s.take_out(usize::MAX, &mut taken);
+        // A short write: the unwritten tail goes back to the front of the queue.
+        s.sent(&c, 10, &mut taken);
+        assert_eq!(
+            s.out().front().unwrap().len(),
+            s.out_bytes.min(s.out().front().unwrap().len())
+        );
+        let rest = s.out_bytes;
+        s.written(&c, rest);
+        assert!(!s.has_output());
+        assert!(s.wants_read(&c));
+    }
+
+    #[test]
+    fn graceful_shutdown_closes_an_idle_session() {
+        let mut c = ctx(Vec::new());
+        let mut s = HttpSession::new(&c, info(), 1, Instant::ZERO);
+        s.input
+            .extend_from_slice(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        s.process(&mut c, Instant::ZERO);
+        output(&mut s, &c);
+        assert!(!s.is_finished());
+        s.begin_shutdown(&mut c, Instant::ZERO);
+        assert!(s.is_finished());
     }
 }

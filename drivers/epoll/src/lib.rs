@@ -45,7 +45,7 @@ use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use ferry_driver::listen::{configure_accepted, read_into};
+use ferry_driver::listen::{configure_accepted, has_unread_input, recv_into};
 use ferry_driver::metrics::add;
 use ferry_driver::{
     ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, TimerWheel, WorkerCtx,
@@ -101,6 +101,8 @@ struct Conn {
     /// Set once our side is done: the write side is shut down and we wait for the peer's FIN.
     linger_until: Option<Instant>,
     queued: bool,
+    /// The peer's FIN (or an error) was reported: read until 0 even after short reads.
+    read_closed: bool,
 }
 
 /// Run one I/O worker's loop on the calling thread until shutdown completes.
@@ -154,6 +156,9 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Re
                 WAKER => ctx.waker.drain(),
                 Token(t) => {
                     if let Some(c) = conns.get_mut(t) {
+                        if ev.is_read_closed() || ev.is_error() {
+                            c.read_closed = true;
+                        }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             c.readable = true;
                         }
@@ -325,6 +330,7 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Re
                                 armed,
                                 linger_until: None,
                                 queued: false,
+                                read_closed: false,
                             });
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -402,15 +408,19 @@ fn drive(c: &mut Conn, ctx: &mut WorkerCtx, now: Instant, scratch: &mut [u8]) ->
         let mut progress = false;
         // Read until WouldBlock, or until the session applies backpressure.
         while c.readable && c.session.wants_read(ctx) {
-            match read_into(&c.stream, &mut c.session.input, chunk) {
-                Ok(0) => {
+            match recv_into(&c.stream, &mut c.session.input, chunk) {
+                Ok((0, _)) => {
                     c.readable = false;
                     c.session.on_eof(ctx, now);
                     progress = true;
                 }
-                Ok(n) => {
+                Ok((n, asked)) => {
                     c.session.on_read(ctx, n);
                     progress = true;
+                    if n < asked && !c.read_closed {
+                        // A short read drained the socket; new data raises a new edge.
+                        c.readable = false;
+                    }
                     if c.session.input.len() >= chunk {
                         c.session.process(ctx, now);
                     }
@@ -424,10 +434,9 @@ fn drive(c: &mut Conn, ctx: &mut WorkerCtx, now: Instant, scratch: &mut [u8]) ->
         // Write what is queued, vectored.
         while c.session.has_output() && !c.write_blocked {
             let r = {
-                let mut iov: Vec<IoSlice<'_>> =
-                    Vec::with_capacity(MAX_IOV.min(c.session.out().len()));
-                c.session.out_slices(&mut iov, MAX_IOV);
-                (&c.stream).write_vectored(&iov)
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let n = c.session.fill_iov(&mut iov);
+                (&c.stream).write_vectored(&iov[..n])
             };
             match r {
                 Ok(0) => return false,
@@ -449,7 +458,9 @@ fn drive(c: &mut Conn, ctx: &mut WorkerCtx, now: Instant, scratch: &mut [u8]) ->
     }
     if c.session.is_finished() {
         let _ = c.stream.shutdown(std::net::Shutdown::Write);
-        if c.session.saw_eof() {
+        if c.session.saw_eof()
+            || (c.session.input.is_empty() && !has_unread_input(c.stream.as_raw_fd()))
+        {
             return false;
         }
         c.linger_until = Some(now + ctx.options.linger);

@@ -1,0 +1,220 @@
+use super::*;
+use crate::StoreConfig;
+use std::time::Duration;
+
+fn args(s: &str) -> Vec<Bytes> {
+    s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
+}
+
+struct T {
+    store: Store,
+    client: ClientState,
+    now: Instant,
+}
+
+impl T {
+    fn new() -> T {
+        let mut store = Store::new(StoreConfig::default(), Instant::ZERO);
+        let client = store.new_client();
+        T { store, client, now: Instant::ZERO }
+    }
+    fn run(&mut self, s: &str) -> Value {
+        self.store.execute(self.now, &mut self.client, &args(s))
+    }
+}
+
+fn int(i: i64) -> Value {
+    Value::Integer(i)
+}
+
+#[test]
+fn strings_and_counters() {
+    let mut t = T::new();
+    assert_eq!(t.run("SET k v"), Value::ok());
+    assert_eq!(t.run("GET k"), Value::bulk("v"));
+    assert_eq!(t.run("SET k w NX"), Value::NullBulkString);
+    assert_eq!(t.run("SET k w XX GET"), Value::bulk("v"));
+    assert_eq!(t.run("APPEND k xyz"), int(4));
+    assert_eq!(t.run("STRLEN k"), int(4));
+    assert_eq!(t.run("GETSET k 10"), Value::bulk("wxyz"));
+    assert_eq!(t.run("INCR k"), int(11));
+    assert_eq!(t.run("DECRBY k 20"), int(-9));
+    assert_eq!(t.run("INCR k k"), wrong_args("incr"));
+    assert_eq!(t.run("SET big 9223372036854775807"), Value::ok());
+    assert_eq!(t.run("INCR big"), err(OVERFLOW));
+    assert_eq!(t.run("SET s abc"), Value::ok());
+    assert_eq!(t.run("INCR s"), err(NOT_INT));
+    assert_eq!(t.run("MSET a 1 b 2"), Value::ok());
+    assert_eq!(t.run("MGET a b nope"), Value::Array(vec![Value::bulk("1"), Value::bulk("2"), Value::NullBulkString]));
+    assert_eq!(t.run("MSET a"), wrong_args("mset"));
+    assert_eq!(t.run("DEL a b nope"), int(2));
+    assert_eq!(t.run("EXISTS k k nope"), int(2));
+    assert_eq!(t.run("LPUSH k x"), err(WRONGTYPE));
+    assert_eq!(t.run("TYPE k"), Value::simple("string"));
+    assert_eq!(
+        t.run("FOO a b"),
+        Value::error_fmt(format_args!("ERR unknown command 'FOO', with args beginning with: 'a' 'b' "))
+    );
+}
+
+#[test]
+fn expiry_lazy_and_active() {
+    let mut t = T::new();
+    t.run("SET a 1 EX 10");
+    t.run("SET b 1 PX 500");
+    t.run("SET c 1");
+    assert_eq!(t.run("TTL a"), int(10));
+    assert_eq!(t.run("PTTL b"), int(500));
+    assert_eq!(t.run("TTL c"), int(-1));
+    assert_eq!(t.run("TTL nope"), int(-2));
+    assert_eq!(t.run("SET x 1 EX 0"), err("ERR invalid expire time in 'set' command"));
+    t.now += Duration::from_millis(600);
+    assert_eq!(t.run("GET b"), Value::NullBulkString);
+    assert_eq!(t.run("EXPIRE c 5"), int(1));
+    assert_eq!(t.run("PERSIST c"), int(1));
+    assert_eq!(t.run("PERSIST c"), int(0));
+    assert_eq!(t.run("EXPIRE c 5 XX"), int(0));
+    t.now += Duration::from_secs(20);
+    assert_eq!(t.store.active_expire(t.now, 100), 1);
+    assert_eq!(t.run("DBSIZE"), int(1));
+    assert_eq!(t.run("PEXPIRE c -1"), int(1));
+    assert_eq!(t.run("EXISTS c"), int(0));
+}
+
+#[test]
+fn lists_sets_hashes() {
+    let mut t = T::new();
+    assert_eq!(t.run("RPUSH l a b c"), int(3));
+    assert_eq!(t.run("LPUSH l z"), int(4));
+    assert_eq!(t.run("LRANGE l 0 -1").as_slice().unwrap().len(), 4);
+    assert_eq!(t.run("LRANGE l -2 100"), Value::Array(vec![Value::bulk("b"), Value::bulk("c")]));
+    assert_eq!(t.run("LPOP l"), Value::bulk("z"));
+    assert_eq!(t.run("RPOP l 2"), Value::Array(vec![Value::bulk("c"), Value::bulk("b")]));
+    assert_eq!(t.run("LPOP l -1"), err(POSITIVE));
+    assert_eq!(t.run("LPOP l"), Value::bulk("a"));
+    assert_eq!(t.run("EXISTS l"), int(0));
+    assert_eq!(t.run("LPOP l 2"), Value::NullArray);
+    assert_eq!(t.run("SADD s a b a"), int(2));
+    assert_eq!(t.run("SREM s a x"), int(1));
+    assert_eq!(t.run("SCARD s"), int(1));
+    assert_eq!(t.run("SPOP s"), Value::bulk("b"));
+    assert_eq!(t.run("SPOP s 3"), Value::Set(vec![]));
+    assert_eq!(t.run("HSET h f 1 g 2"), int(2));
+    assert_eq!(t.run("HGET h f"), Value::bulk("1"));
+    assert_eq!(t.run("HINCRBY h f 5"), int(6));
+    assert_eq!(t.run("HSET h t x"), int(1));
+    assert_eq!(t.run("HINCRBY h t 1"), err("ERR hash value is not an integer"));
+    assert_eq!(t.run("HDEL h f g t"), int(3));
+    assert_eq!(t.run("HGETALL h"), Value::Map(vec![]));
+}
+
+#[test]
+fn sorted_sets_and_streams() {
+    let mut t = T::new();
+    assert_eq!(t.run("ZADD z 1 a 2 b 1.5 c"), int(3));
+    assert_eq!(t.run("ZADD z NX XX 1 a"), err("ERR XX and NX options at the same time are not compatible"));
+    assert_eq!(t.run("ZADD z x a"), err(NOT_FLOAT));
+    assert_eq!(
+        t.run("ZRANGE z 0 -1 WITHSCORES"),
+        Value::Array(vec![
+            Value::bulk("a"),
+            Value::Double(1.0),
+            Value::bulk("c"),
+            Value::Double(1.5),
+            Value::bulk("b"),
+            Value::Double(2.0)
+        ])
+    );
+    assert_eq!(t.run("ZRANGE z 0 0 REV"), Value::Array(vec![Value::bulk("b")]));
+    assert_eq!(t.run("ZRANGE z (1 2 BYSCORE"), Value::Array(vec![Value::bulk("c"), Value::bulk("b")]));
+    assert_eq!(t.run("ZADD z INCR 3 a"), Value::Double(4.0));
+    assert_eq!(t.run("ZPOPMIN z"), Value::Array(vec![Value::bulk("c"), Value::Double(1.5)]));
+    assert_eq!(t.run("ZCARD z"), int(2));
+    assert_eq!(t.run("XADD st 1-1 f v"), Value::bulk("1-1"));
+    assert_eq!(
+        t.run("XADD st 1-1 f v"),
+        err("ERR The ID specified in XADD is equal or smaller than the target stream top item")
+    );
+    assert_eq!(t.run("XADD st 0-0 f v"), err("ERR The ID specified in XADD must be greater than 0-0"));
+    assert_eq!(t.run("XADD st MAXLEN 1 1-* f v"), Value::bulk("1-2"));
+    assert_eq!(t.run("XLEN st"), int(1));
+    assert_eq!(t.run("TYPE st"), Value::simple("stream"));
+}
+
+#[test]
+fn scan_visits_everything() {
+    let mut t = T::new();
+    for i in 0..100 {
+        t.run(&format!("SET key:{i} v"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let v = t.run(&format!("SCAN {cursor} COUNT 7 MATCH key:*"));
+        let items = v.as_slice().unwrap();
+        cursor = String::from_utf8(items[0].as_bytes().unwrap().to_vec()).unwrap();
+        for k in items[1].as_slice().unwrap() {
+            seen.insert(k.as_bytes().unwrap().clone());
+        }
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 100);
+    assert_eq!(t.run("SCAN x"), err("ERR invalid cursor"));
+    assert_eq!(t.run("KEYS key:1?").as_slice().unwrap().len(), 10);
+}
+
+#[test]
+fn multi_exec_and_client() {
+    let mut t = T::new();
+    assert_eq!(t.run("MULTI"), Value::ok());
+    assert_eq!(t.run("SET a 1"), Value::simple("QUEUED"));
+    assert_eq!(t.run("INCR a"), Value::simple("QUEUED"));
+    assert_eq!(t.run("EXEC"), Value::Array(vec![Value::ok(), int(2)]));
+    t.run("MULTI");
+    t.run("NOPE");
+    assert_eq!(t.run("EXEC"), err("EXECABORT Transaction discarded because of previous errors."));
+    assert_eq!(t.run("EXEC"), err("ERR EXEC without MULTI"));
+    assert_eq!(t.run("CLIENT SETNAME bob"), Value::ok());
+    assert_eq!(t.run("CLIENT GETNAME"), Value::bulk("bob"));
+    assert_eq!(t.run("CLIENT ID"), int(1));
+    assert_eq!(t.run("SELECT 0"), Value::ok());
+    assert_eq!(t.run("SELECT 1"), err("ERR DB index is out of range"));
+    assert!(matches!(t.run("HELLO 3"), Value::Map(_)));
+    assert_eq!(t.client.proto, Protocol::Resp3);
+    assert_eq!(t.run("COMMAND COUNT"), int(TABLE.len() as i64));
+    assert!(matches!(t.run("CONFIG GET save"), Value::Map(m) if m.len() == 1));
+}
+
+#[test]
+fn publish_fans_out() {
+    let mut t = T::new();
+    t.store.subscribe(7, ferry_resp::SubKind::Channel, &[Bytes::from_static(b"news")]);
+    t.store.subscribe(8, ferry_resp::SubKind::Pattern, &[Bytes::from_static(b"n*")]);
+    assert_eq!(t.run("PUBLISH news hi"), int(2));
+    let d = t.store.take_deliveries();
+    assert_eq!(d.len(), 2);
+    assert!(d.iter().any(|d| d.client == 8 && d.pattern.as_deref() == Some(&b"n*"[..])));
+    t.store.unsubscribe(7, ferry_resp::SubKind::Channel, &[Bytes::from_static(b"news")]);
+    assert_eq!(t.run("PUBLISH news hi"), int(1));
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn random_commands_never_panic(cmds in proptest::collection::vec(
+            (prop::sample::select(TABLE.iter().map(|t| t.0).collect::<Vec<_>>()),
+             proptest::collection::vec("[a-c0-9*:\\-]{0,4}", 0..5)), 0..40)) {
+            let mut t = T::new();
+            for (name, rest) in cmds {
+                let mut a = vec![Bytes::from(name.to_string())];
+                a.extend(rest.into_iter().map(Bytes::from));
+                let _ = t.store.execute(t.now, &mut t.client, &a);
+            }
+        }
+    }
+}

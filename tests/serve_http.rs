@@ -1,0 +1,745 @@
+//! End-to-end tests of `ferry serve` under each driver, driven by curl, wrk and raw sockets.
+//!
+//! Nothing here asserts timing; every loop is bounded in count and time; loopback only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    driver: String,
+}
+
+impl Server {
+    fn start(driver: &str, extra: &[&str]) -> Server {
+        Server::start_env(driver, extra, &[])
+    }
+
+    fn start_env(driver: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut args = vec![
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--driver",
+            driver,
+        ];
+        args.extend_from_slice(extra);
+        Server::spawn(&args, env)
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn_limited(args, env, None)
+    }
+
+    /// Spawn with `RLIMIT_NOFILE` lowered to `nofile`, to provoke EMFILE.
+    fn spawn_limited(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Server {
+        let mut cmd = Command::new(BIN);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setrlimit, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.args(args)
+            .env_remove("FERRY_DRIVER")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ferry");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
+        // ferry: listening http 127.0.0.1:PORT driver=NAME
+        let rest = line
+            .trim()
+            .strip_prefix("ferry: listening http ")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        let (addr, drv) = rest.split_once(' ').expect("driver field");
+        let driver = drv.strip_prefix("driver=").expect("driver=").to_string();
+        Server {
+            child,
+            addr: addr.parse().expect("address"),
+            driver,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process by its pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "server did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> Output {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-e2e-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Deterministic pseudo-random bytes.
+fn write_data(path: &Path, len: usize) {
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ len as u64;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    std::fs::write(path, v).unwrap();
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Read one HTTP/1.1 response (content-length or chunked body) from `r`.
+fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("status line {line:?}"))
+        .parse()
+        .unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap();
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(n) = get("content-length") {
+        body.resize(n.parse().unwrap(), 0);
+        r.read_exact(&mut body).unwrap();
+    } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut sz = String::new();
+            r.read_line(&mut sz).unwrap();
+            let n = usize::from_str_radix(sz.trim(), 16).unwrap();
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    (status, headers, body)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+// ---- the suite, run once per driver ---------------------------------------------------------
+
+fn routes(driver: &str) {
+    let s = Server::start(driver, &[]);
+    assert_eq!(s.driver, driver);
+    let out = curl(&["-i", &s.url("/")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello world\n"), "{text}");
+    let health = curl(&[&s.url("/health")]);
+    assert!(String::from_utf8_lossy(&health.stdout).starts_with("{\"status\":\"ok\""));
+    let nf = curl(&["-o", "/dev/null", "-w", "%{http_code}", &s.url("/nope")]);
+    assert_eq!(String::from_utf8_lossy(&nf.stdout), "404");
+}
+
+fn keep_alive(driver: &str) {
+    let s = Server::start(driver, &[]);
+    let out = curl(&[
+        "-w",
+        "[%{http_code} %{num_connects}]",
+        &s.url("/"),
+        &s.url("/health"),
+        &s.url("/"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[200 1]"), "{text}");
+    assert_eq!(
+        text.matches("[200 0]").count(),
+        2,
+        "the later requests must reuse the connection: {text}"
+    );
+}
+
+fn chunked_upload(driver: &str) {
+    let s = Server::start(driver, &[]);
+    let d = tmp_dir(&format!("chunked-{driver}"));
+    let (src, dst) = (d.join("in"), d.join("out"));
+    write_data(&src, 3 * 1024 * 1024 + 17);
+    let body = format!("@{}", src.display());
+    let out = curl(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &body,
+        "-o",
+        dst.to_str().unwrap(),
+        "-w",
+        "%{http_code}",
+        &s.url("/echo"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(sha256(&src), sha256(&dst));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+fn expect_continue(driver: &str) {
+    let s = Server::start(driver, &[]);
+    let d = tmp_dir(&format!("continue-{driver}"));
+    let (src, dst) = (d.join("in"), d.join("out"));
+    write_data(&src, 100_000);
+    let body = format!("@{}", src.display());
+    let out = curl(&[
+        "-v",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &body,
+        "-X",
+        "PUT",
+        "-o",
+        dst.to_str().unwrap(),
+        &s.url("/echo"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HTTP/1.1 100 Continue"), "{err}");
+    assert!(err.contains("HTTP/1.1 200"), "{err}");
+    assert_eq!(sha256(&src), sha256(&dst));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+fn echo_20mb(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    let d = tmp_dir(&format!("echo20-{driver}-{}", extra.len()));
+    let (src, dst) = (d.join("in"), d.join("out"));
+    write_data(&src, 20 * 1024 * 1024);
+    let body = format!("@{}", src.display());
+    let out = curl(&[
+        "--data-binary",
+        &body,
+        "-o",
+        dst.to_str().unwrap(),
+        "-w",
+        "%{http_code}",
+        &s.url("/echo"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(sha256(&src), sha256(&dst));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+fn pipelining(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    let mut c = connect(s.addr);
+    let paths = ["/", "/health", "/nope"];
+    let mut req = Vec::new();
+    for i in 0..16 {
+        req.extend_from_slice(
+            format!("GET {} HTTP/1.1\r\nhost: x\r\n\r\n", paths[i % 3]).as_bytes(),
+        );
+    }
+    req.extend_from_slice(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello");
+    c.write_all(&req).unwrap();
+    let mut r = BufReader::new(c);
+    for i in 0..16 {
+        let (status, _, body) = read_response(&mut r);
+        match paths[i % 3] {
+            "/" => assert_eq!(
+                (status, &body[..]),
+                (200, &b"hello world\n"[..]),
+                "response {i}"
+            ),
+            "/health" => assert!(
+                status == 200 && body.starts_with(b"{\"status\":\"ok\""),
+                "response {i}"
+            ),
+            _ => assert_eq!(status, 404, "response {i}"),
+        }
+    }
+    let (status, _, body) = read_response(&mut r);
+    assert_eq!((status, &body[..]), (200, &b"hello"[..]));
+}
+
+fn metrics_count(driver: &str) {
+    let s = Server::start(driver, &[]);
+    for _ in 0..5 {
+        curl(&["-o", "/dev/null", &s.url("/")]);
+    }
+    let text = String::from_utf8(curl(&[&s.url("/metrics")]).stdout).unwrap();
+    assert!(metric(&text, "ferry_requests_total{") >= 6, "{text}");
+    assert!(metric(&text, "ferry_responses_total{") >= 5, "{text}");
+    assert!(
+        metric(&text, "ferry_connections_accepted_total{") >= 6,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "ferry_request_duration_seconds_count{") >= 5,
+        "{text}"
+    );
+    assert!(text.contains(&format!("driver=\"{driver}\"")), "{text}");
+    assert!(
+        text.contains("ferry_request_duration_seconds_bucket{"),
+        "{text}"
+    );
+    assert!(text.contains("quantile=\"0.99\""), "{text}");
+}
+
+fn sigterm_drains(driver: &str) {
+    let mut s = Server::start(driver, &["--drain-timeout", "20s"]);
+    // An idle keep-alive connection: closed at shutdown.
+    let mut idle = connect(s.addr);
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut idle_r = BufReader::new(idle.try_clone().unwrap());
+    assert_eq!(read_response(&mut idle_r).0, 200);
+    // An upload in flight.
+    let mut busy = connect(s.addr);
+    busy.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n01234")
+        .unwrap();
+    let mut busy_r = BufReader::new(busy.try_clone().unwrap());
+    // The echo head and the first half come back before the signal: the request is in flight.
+    let mut line = String::new();
+    busy_r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    s.signal(libc::SIGTERM);
+    // The idle connection is closed by the server.
+    let mut buf = [0u8; 64];
+    assert_eq!(idle_r.read(&mut buf).unwrap(), 0);
+    // The upload still completes.
+    busy.write_all(b"56789").unwrap();
+    let mut rest = Vec::new();
+    busy_r.read_to_end(&mut rest).unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.ends_with("\r\n\r\n0123456789"), "{rest:?}");
+    // (read_to_end returned: the server closed the connection after the last response.)
+    let status = s.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+}
+
+fn panic_is_contained(driver: &str, extra: &[&str]) {
+    let s = Server::start_env(driver, extra, &[("FERRY_DEMO_PANIC", "1")]);
+    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", &s.url("/__panic")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "500");
+    let out = curl(&["-w", "%{http_code}", &s.url("/")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n200");
+    let text = String::from_utf8(curl(&[&s.url("/metrics")]).stdout).unwrap();
+    assert_eq!(metric(&text, "ferry_panics_total{"), 1, "{text}");
+}
+
+fn wrk_smoke(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    let out = Command::new("wrk")
+        .args(["-t1", "-c16", "-d2s", "--timeout", "5s", &s.url("/")])
+        .output()
+        .expect("run wrk");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Socket errors"), "{text}");
+    assert!(!text.contains("Non-2xx"), "{text}");
+    let n: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(n > 0, "{text}");
+}
+
+macro_rules! per_driver {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name("epoll"); } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { super::$name("uring"); } )*
+        }
+    };
+}
+
+fn drain_deadline_ends_a_stuck_upload(driver: &str) {
+    let mut s = Server::start(driver, &["--drain-timeout", "1s"]);
+    let mut stuck = connect(s.addr);
+    stuck
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nab")
+        .unwrap();
+    let mut r = BufReader::new(stuck.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    s.signal(libc::SIGINT);
+    // The client never finishes: the server gives up at the drain deadline and exits 0.
+    let status = s.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+}
+
+fn bench_json(driver: &str) {
+    let s = Server::start(driver, &[]);
+    let url = s.url("/");
+    let out = Command::new(BIN)
+        .args(["bench", &url, "-c", "4", "-n", "2000", "-P", "4", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.trim();
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains("\"requests\":2000,"), "{line}");
+    assert!(line.contains("\"errors\":0,"), "{line}");
+    for k in [
+        "\"duration_s\":",
+        "\"rps\":",
+        "\"latency_us\":{\"p50\":",
+        "\"p90\":",
+        "\"p99\":",
+        "\"p999\":",
+        "\"max\":",
+    ] {
+        assert!(line.contains(k), "{k} in {line}");
+    }
+    // A short duration run completes some requests and reports no errors.
+    let out = Command::new(BIN)
+        .args(["bench", &url, "-c", "8", "-d", "1s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("errors 0"), "{text}");
+}
+
+fn get_ok(c: &mut TcpStream) -> u16 {
+    c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    read_response(&mut r).0
+}
+
+fn accept_backoff_on_emfile(driver: &str) {
+    let args = [
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--driver",
+        driver,
+    ];
+    let s = Server::spawn_limited(&args, &[], Some(24));
+    // More connections than descriptors: the kernel queues them, the server hits EMFILE.
+    let mut conns: Vec<TcpStream> = (0..40).map(|_| connect(s.addr)).collect();
+    assert_eq!(get_ok(&mut conns[0]), 200);
+    std::thread::sleep(Duration::from_millis(500));
+    // Free descriptors: the server accepts again once its back-off ends.
+    conns.truncate(2);
+    let mut extra = connect(s.addr);
+    assert_eq!(get_ok(&mut extra), 200);
+    let text = String::from_utf8(curl(&[&s.url("/metrics")]).stdout).unwrap();
+    assert!(metric(&text, "ferry_accept_errors_total{") >= 1, "{text}");
+    // Not a busy loop: a spinning accept would wake the loop millions of times.
+    let loops = metric(&text, "ferry_event_loop_iterations_total{");
+    assert!(loops < 100_000, "{loops} loop iterations");
+}
+
+fn max_connections_limit(driver: &str) {
+    let d = tmp_dir(&format!("maxconn-{driver}"));
+    let f = d.join("ferry.toml");
+    std::fs::write(&f, "max_connections = 3\n").unwrap();
+    let s = Server::start(driver, &["--config", f.to_str().unwrap()]);
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect(s.addr)).collect();
+    for c in held.iter_mut() {
+        assert_eq!(get_ok(c), 200);
+    }
+    // The fourth waits in the backlog until one of the first three closes.
+    let mut fourth = connect(s.addr);
+    fourth
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let r = fourth.read(&mut b);
+    assert!(r.is_err(), "served beyond the limit: {r:?}");
+    held.pop();
+    fourth.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut r = BufReader::new(fourth);
+    assert_eq!(read_response(&mut r).0, 200);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+per_driver!(
+    routes,
+    keep_alive,
+    chunked_upload,
+    expect_continue,
+    metrics_count,
+    sigterm_drains,
+    drain_deadline_ends_a_stuck_upload,
+    bench_json,
+    accept_backoff_on_emfile,
+    max_connections_limit,
+);
+
+#[test]
+fn epoll_echo_20mb_sha256() {
+    echo_20mb("epoll", &[]);
+}
+#[test]
+fn uring_echo_20mb_sha256() {
+    echo_20mb("uring", &[]);
+}
+#[test]
+fn epoll_echo_20mb_app_workers() {
+    echo_20mb("epoll", &["--app-workers", "2"]);
+}
+#[test]
+fn uring_echo_20mb_app_workers() {
+    echo_20mb("uring", &["--app-workers", "2"]);
+}
+#[test]
+fn epoll_pipelining_16() {
+    pipelining("epoll", &[]);
+}
+#[test]
+fn uring_pipelining_16() {
+    pipelining("uring", &[]);
+}
+#[test]
+fn epoll_pipelining_16_app_workers() {
+    pipelining("epoll", &["--app-workers", "2"]);
+}
+#[test]
+fn uring_pipelining_16_app_workers() {
+    pipelining("uring", &["--app-workers", "2"]);
+}
+#[test]
+fn epoll_panic_is_contained() {
+    panic_is_contained("epoll", &[]);
+}
+#[test]
+fn uring_panic_is_contained_on_app_workers() {
+    panic_is_contained("uring", &["--app-workers", "1"]);
+}
+#[test]
+fn epoll_wrk_smoke() {
+    wrk_smoke("epoll", &[]);
+}
+#[test]
+fn uring_wrk_smoke() {
+    wrk_smoke("uring", &[]);
+}
+#[test]
+fn uring_wrk_smoke_app_workers() {
+    wrk_smoke("uring", &["--app-workers", "1"]);
+}
+
+// ---- CLI contract -------------------------------------------------------------------------
+
+#[test]
+fn bad_flag_exits_2_with_one_line() {
+    for (args, flag) in [
+        (&["serve", "--bogus"][..], "--bogus"),
+        (&["serve", "--workers", "0"][..], "--workers"),
+        (&["serve", "--driver", "nope"][..], "--driver"),
+        (&["serve", "--http", "not-an-address"][..], "--http"),
+        (
+            &["serve", "--drain-timeout", "forever"][..],
+            "--drain-timeout",
+        ),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn port_in_use_exits_1_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--http", &addr, "--workers", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(&addr), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn config_file_is_read() {
+    let d = tmp_dir("config");
+    let f = d.join("ferry.toml");
+    std::fs::write(
+        &f,
+        "driver = \"epoll\"\nworkers = 1\ndrain_timeout = \"2s\"\nmax_connections = 100\n",
+    )
+    .unwrap();
+    let mut s = Server::spawn(
+        &[
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--config",
+            f.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(s.driver, "epoll");
+    s.signal(libc::SIGINT);
+    assert_eq!(s.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    let bad = d.join("bad.toml");
+    std::fs::write(&bad, "wrokers = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrokers"));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn ferry_driver_env_overrides_auto() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--http", "127.0.0.1:0", "--workers", "1"])
+        .env("FERRY_DRIVER", "epoll")
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.trim_end().ends_with("driver=epoll"), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn bench_refuses_what_is_not_built() {
+    for (args, flag) in [
+        (&["bench", "http://127.0.0.1:1/", "--h2"][..], "--h2"),
+        (&["bench", "redis://127.0.0.1:1/"][..], "redis://"),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(flag), "{err}");
+    }
+}
+
+#[test]
+fn probe_lists_transports_and_auto() {
+    let out = Command::new(BIN).arg("probe").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for t in ["io_uring", "epoll", "AF_XDP", "DPDK", "RDMA", "raw", "std"] {
+        assert!(text.lines().any(|l| l.starts_with(t)), "{t}: {text}");
+    }
+    let last = text.trim_end().lines().last().unwrap();
+    assert!(last == "auto: uring" || last == "auto: epoll", "{last}");
+}
