@@ -209,12 +209,12 @@ fn bench(args: BenchArgs) -> ExitCode {
 
 fn probe() -> ExitCode {
     println!(
-        "{:<10} {:<10} {:<24} reason",
+        "{:<10} {:<10} {:<28} reason",
         "transport", "available", "capabilities"
     );
     for row in ferry_driver::probe() {
         println!(
-            "{:<10} {:<10} {:<24} {}",
+            "{:<10} {:<10} {:<28} {}",
             row.name,
             if row.available { "yes" } else { "no" },
             if row.capabilities.is_empty() {

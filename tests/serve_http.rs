@@ -506,6 +506,174 @@ fn bench_json(driver: &str) {
     assert!(text.contains("errors 0"), "{text}");
 }
 
+fn slowloris_gets_408_while_others_are_served(driver: &str) {
+    let d = tmp_dir(&format!("slow-{driver}"));
+    let f = d.join("ferry.toml");
+    std::fs::write(&f, "header_read_timeout = \"1s\"\n").unwrap();
+    let s = Server::start(driver, &["--config", f.to_str().unwrap()]);
+    let mut slow = connect(s.addr);
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .unwrap();
+    // Others are served meanwhile.
+    for _ in 0..3 {
+        let mut c = connect(s.addr);
+        assert_eq!(get_ok(&mut c), 200);
+    }
+    // Keep trickling (bounded) until the server answers.
+    let mut r = BufReader::new(slow.try_clone().unwrap());
+    slow.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        if slow.write_all(b"a").is_err() {
+            break;
+        }
+        let mut b = [0u8; 256];
+        match r.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(_) => {}
+        }
+        if got.ends_with(b"\n") && got.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+fn garbage_gets_400_and_close(driver: &str) {
+    let s = Server::start(driver, &[]);
+    for _ in 0..20 {
+        let mut c = connect(s.addr);
+        c.write_all(b"\x00\x01garbage garbage\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).unwrap();
+        assert!(
+            out.starts_with(b"HTTP/1.1 400"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    let text = String::from_utf8(curl(&[&s.url("/metrics")]).stdout).unwrap();
+    assert!(
+        metric(&text, "ferry_protocol_errors_total{") >= 20,
+        "{text}"
+    );
+    // No leak: every garbage connection was closed (only the metrics one is open).
+    assert!(metric(&text, "ferry_connections_active{") <= 1, "{text}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+fn idle_connections_are_cheap(driver: &str) {
+    let s = Server::start(driver, &[]);
+    let mut warm = connect(s.addr);
+    assert_eq!(get_ok(&mut warm), 200);
+    let before = rss_kib(s.child.id());
+    let n = 2000;
+    let conns: Vec<TcpStream> = (0..n).map(|_| connect(s.addr)).collect();
+    // Wait (bounded) until the server accepted them all.
+    let mut active = 0;
+    for _ in 0..200 {
+        let text = String::from_utf8(curl(&[&s.url("/metrics")]).stdout).unwrap();
+        active = metric(&text, "ferry_connections_active{");
+        if active > n as u64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(active > n as u64, "{active}");
+    let after = rss_kib(s.child.id());
+    let per_conn = (after.saturating_sub(before)) * 1024 / n as u64;
+    eprintln!("{driver}: {per_conn} bytes of RSS per idle connection ({n} connections)");
+    assert!(per_conn < 64 * 1024, "{per_conn} bytes per idle connection");
+    assert_eq!(get_ok(&mut warm), 200);
+    drop(conns);
+}
+
+fn ipv6_listener(driver: &str) {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; skipped");
+        return;
+    }
+    let s = Server::spawn(
+        &[
+            "serve",
+            "--http",
+            "[::1]:0",
+            "--workers",
+            "1",
+            "--driver",
+            driver,
+        ],
+        &[],
+    );
+    assert!(s.addr.is_ipv6());
+    let out = curl(&["-g", &s.url("/")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
+}
+
+fn two_workers_share_the_port(driver: &str) {
+    let s = Server::spawn(
+        &[
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--driver",
+            driver,
+        ],
+        &[],
+    );
+    for _ in 0..20 {
+        let mut c = connect(s.addr);
+        assert_eq!(get_ok(&mut c), 200);
+    }
+    let text = String::from_utf8(curl(&[&s.url("/metrics")]).stdout).unwrap();
+    assert!(
+        text.contains("ferry_requests_total{protocol=\"http\",driver=\"")
+            && text.contains("worker=\"1\"}"),
+        "{text}"
+    );
+    assert!(metric(&text, "ferry_requests_total{") >= 21, "{text}");
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+fn streamed_upload_memory_is_bounded(driver: &str) {
+    let s = Server::start(driver, &[]);
+    // 128 MiB streamed chunked through /echo; the server must not buffer it.
+    let script = format!(
+        "head -c 134217728 /dev/zero | curl -sS --max-time 120 -T - -H 'Transfer-Encoding: chunked' -o /dev/null -w '%{{http_code}} %{{size_download}}' {}",
+        s.url("/echo")
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 134217728");
+    let peak = vm_hwm_kib(s.child.id());
+    eprintln!("{driver}: peak RSS {peak} KiB after a 128 MiB streamed echo");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+}
+
 fn get_ok(c: &mut TcpStream) -> u16 {
     c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
     let mut r = BufReader::new(c.try_clone().unwrap());
@@ -573,6 +741,12 @@ per_driver!(
     metrics_count,
     sigterm_drains,
     drain_deadline_ends_a_stuck_upload,
+    slowloris_gets_408_while_others_are_served,
+    garbage_gets_400_and_close,
+    idle_connections_are_cheap,
+    ipv6_listener,
+    two_workers_share_the_port,
+    streamed_upload_memory_is_bounded,
     bench_json,
     accept_backoff_on_emfile,
     max_connections_limit,
@@ -730,6 +904,98 @@ fn bench_refuses_what_is_not_built() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.contains(flag), "{err}");
     }
+}
+
+/// A seccomp filter that makes `io_uring_setup` fail with ENOSYS, as some container runtimes do.
+fn deny_io_uring() -> std::io::Result<()> {
+    // Classic BPF: load the syscall number, return ERRNO(ENOSYS) for io_uring_setup (425 on
+    // every architecture since Linux 5.1), allow everything else.
+    let filter = [
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }, // ld [nr]
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: 425,
+        }, // jeq io_uring_setup
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x0005_0000 | libc::ENOSYS as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000,
+        }, // allow
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut _,
+    };
+    // SAFETY: prctl with plain integer arguments; then PR_SET_SECCOMP reads `prog`, which
+    // points at `filter`, both alive for the duration of the call.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_SECCOMP, 2, &prog as *const libc::sock_fprog) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn uring_falls_back_to_epoll_when_blocked() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--driver",
+        "uring",
+    ])
+    .env_remove("FERRY_DRIVER")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: runs in the forked child before exec; only prctl calls.
+    unsafe {
+        cmd.pre_exec(deny_io_uring);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let rest = line
+        .trim()
+        .strip_prefix("ferry: listening http ")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let (addr, drv) = rest.split_once(' ').unwrap();
+    assert_eq!(drv, "driver=epoll");
+    let out = curl(&[&format!("http://{addr}/")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("io_uring unavailable") && err.contains("epoll"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -19,7 +19,9 @@ const MAX_TRAILERS: usize = 8;
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     /// `End` with this many input bytes after the body.
-    End { rest: usize },
+    End {
+        rest: usize,
+    },
     /// Ran out of input.
     NeedMore,
     Failed(Error),
@@ -35,7 +37,11 @@ struct Run {
 fn run(input: &[u8], pieces: &[&[u8]]) -> Run {
     let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES, MAX_TRAILERS);
     let mut buf = BytesMut::new();
-    let mut r = Run { data: Vec::new(), trailers: None, outcome: Outcome::NeedMore };
+    let mut r = Run {
+        data: Vec::new(),
+        trailers: None,
+        outcome: Outcome::NeedMore,
+    };
     let mut fed = 0;
     for piece in pieces {
         buf.extend_from_slice(piece);
@@ -63,7 +69,11 @@ fn run(input: &[u8], pieces: &[&[u8]]) -> Run {
                     return r;
                 }
                 Ok(None) => {
-                    assert!(buf.len() <= MAX_TRAILER_BYTES, "{} bytes buffered", buf.len());
+                    assert!(
+                        buf.len() <= MAX_TRAILER_BYTES,
+                        "{} bytes buffered",
+                        buf.len()
+                    );
                     break;
                 }
                 Err(e) => {
@@ -81,7 +91,10 @@ fn run(input: &[u8], pieces: &[&[u8]]) -> Run {
 fn assert_same(a: &Run, b: &Run, how: &str) {
     if let (Outcome::Failed(x), Outcome::Failed(y)) = (&a.outcome, &b.outcome) {
         if x != y {
-            assert!(ferry_fuzz::same_error(Some(*x), Some(*y)), "{how}: {a:?} vs {b:?}");
+            assert!(
+                ferry_fuzz::same_error(Some(*x), Some(*y)),
+                "{how}: {a:?} vs {b:?}"
+            );
             assert_eq!((&a.data, &a.trailers), (&b.data, &b.trailers), "{how}");
             return;
         }

@@ -43,7 +43,12 @@ enum ReqBody {
 #[derive(Arbitrary, Debug)]
 enum Action {
     /// The application sends a request.
-    Send { method: M, body: ReqBody, close: bool, upgrade: bool },
+    Send {
+        method: M,
+        body: ReqBody,
+        close: bool,
+        upgrade: bool,
+    },
     /// The application streams body bytes of the request being sent.
     SendData { len: u8, end: bool, exact: bool },
     /// The application ends a chunked request body with trailers.
@@ -107,7 +112,11 @@ impl Harness {
         match self.conn.handle_input(self.now, &mut self.input) {
             Ok(()) => assert_eq!(self.error, None, "Ok after an error"),
             Err(e) => {
-                assert!(self.error.is_none_or(|p| p == e), "error changed from {:?} to {e:?}", self.error);
+                assert!(
+                    self.error.is_none_or(|p| p == e),
+                    "error changed from {:?} to {e:?}",
+                    self.error
+                );
                 assert_eq!(self.conn.error(), Some(e));
                 self.error = Some(e);
             }
@@ -119,15 +128,28 @@ impl Harness {
         self.drain();
         if self.conn.wants_read() && self.error.is_none() {
             let max = self.conn.config().max_head_bytes;
-            assert!(self.input.len() <= max, "{} bytes left in the input while reading", self.input.len());
+            assert!(
+                self.input.len() <= max,
+                "{} bytes left in the input while reading",
+                self.input.len()
+            );
         }
         let cap = self.conn.config().max_pipelined;
-        assert!(self.conn.in_flight() <= cap, "{} requests in flight", self.conn.in_flight());
+        assert!(
+            self.conn.in_flight() <= cap,
+            "{} requests in flight",
+            self.conn.in_flight()
+        );
     }
 
     fn step(&mut self, a: Action) {
         match a {
-            Action::Send { method, body, close, upgrade } => {
+            Action::Send {
+                method,
+                body,
+                close,
+                upgrade,
+            } => {
                 let id = self.sent.len() as u64;
                 let tag = id.to_string();
                 let (method, target) = match method {
@@ -138,7 +160,8 @@ impl Harness {
                     M::Connect => (Method::Connect, "example.com:443"),
                     M::Options => (Method::Options, "*"),
                 };
-                let mut fields: Vec<(&str, &[u8])> = vec![("Host", b"example.com"), (TAG, tag.as_bytes())];
+                let mut fields: Vec<(&str, &[u8])> =
+                    vec![("Host", b"example.com"), (TAG, tag.as_bytes())];
                 if close {
                     fields.push(("Connection", b"close"));
                 } else if upgrade {
@@ -151,12 +174,19 @@ impl Harness {
                 let (body, streaming) = match body {
                     ReqBody::Empty => (Body::Empty, None),
                     ReqBody::Full(n) => (Body::Full(Bytes::from(vec![b; n as usize])), None),
-                    ReqBody::Length(n) => (Body::Length(n as u64), (n > 0).then_some(Some(n as u64))),
+                    ReqBody::Length(n) => {
+                        (Body::Length(n as u64), (n > 0).then_some(Some(n as u64)))
+                    }
                     ReqBody::Chunked => (Body::Chunked, Some(None)),
                 };
                 if let Ok(rid) = self.conn.send_request(method, target, &fields, body) {
                     assert_eq!(rid.get(), id, "request ids must count from 0");
-                    let s = Sent { id, head: method == Method::Head, connect: method == Method::Connect, upgrade };
+                    let s = Sent {
+                        id,
+                        head: method == Method::Head,
+                        connect: method == Method::Connect,
+                        upgrade,
+                    };
                     self.sent.push(s);
                     self.ids.push(rid);
                     self.checker.sent(s);
@@ -164,7 +194,9 @@ impl Harness {
                 }
             }
             Action::SendData { len, end, exact } => {
-                let Some((id, remaining)) = self.sending else { return };
+                let Some((id, remaining)) = self.sending else {
+                    return;
+                };
                 let (len, end) = match remaining {
                     Some(r) if exact => {
                         let n = (len as u64).min(r);
@@ -173,7 +205,10 @@ impl Harness {
                     _ => (len as usize, end),
                 };
                 let rid = self.conn_id(id);
-                match self.conn.send_data(rid, Bytes::from(vec![body_byte(id); len]), end) {
+                match self
+                    .conn
+                    .send_data(rid, Bytes::from(vec![body_byte(id); len]), end)
+                {
                     Ok(()) => {
                         self.sending = match remaining {
                             Some(r) if r == len as u64 => None,
@@ -187,7 +222,9 @@ impl Harness {
                 }
             }
             Action::Trailers => {
-                let Some((id, None)) = self.sending else { return };
+                let Some((id, None)) = self.sending else {
+                    return;
+                };
                 let rid = self.conn_id(id);
                 match self.conn.send_trailers(rid, &[("x-trailer", b"1")]) {
                     Ok(()) => self.sending = None,
@@ -208,7 +245,12 @@ impl Harness {
                 // client will read it.
                 let close_delimited = matches!(spec.body, BodyChoice::None) && !no_body;
                 let wrong = matches!(spec.body, BodyChoice::WrongLength { declared, sent } if declared != sent);
-                if req.is_none() || spec.raw_field.is_some() || close_delimited || wrong || code < 100 {
+                if req.is_none()
+                    || spec.raw_field.is_some()
+                    || close_delimited
+                    || wrong
+                    || code < 100
+                {
                     self.checker.tags = false;
                 }
             }
@@ -220,7 +262,11 @@ impl Harness {
                 if self.eof || !self.conn.wants_read() || self.wire.is_empty() {
                     return;
                 }
-                let n = if n == 0 { self.wire.len() } else { (n as usize).min(self.wire.len()) };
+                let n = if n == 0 {
+                    self.wire.len()
+                } else {
+                    (n as usize).min(self.wire.len())
+                };
                 self.input.extend_from_slice(&self.wire[..n]);
                 self.wire.drain(..n);
                 self.feed();
@@ -237,13 +283,25 @@ impl Harness {
                 let early = deadline.is_none_or(|d| self.now < d);
                 self.conn.handle_timeout(self.now);
                 if early {
-                    assert!(self.conn.poll_event().is_none(), "early handle_timeout made an event");
-                    assert!(self.conn.poll_transmit().is_none(), "early handle_timeout made output");
+                    assert!(
+                        self.conn.poll_event().is_none(),
+                        "early handle_timeout made an event"
+                    );
+                    assert!(
+                        self.conn.poll_transmit().is_none(),
+                        "early handle_timeout made output"
+                    );
                 } else {
                     self.drain();
                     self.conn.handle_timeout(self.now);
-                    assert!(self.conn.poll_event().is_none(), "repeated handle_timeout made an event");
-                    assert!(self.conn.poll_transmit().is_none(), "repeated handle_timeout made output");
+                    assert!(
+                        self.conn.poll_event().is_none(),
+                        "repeated handle_timeout made an event"
+                    );
+                    assert!(
+                        self.conn.poll_transmit().is_none(),
+                        "repeated handle_timeout made output"
+                    );
                 }
             }
             Action::Close => self.conn.close(),

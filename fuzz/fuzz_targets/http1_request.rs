@@ -10,7 +10,9 @@
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use ferry_fuzz::{body_byte, check_server_output, max_buffered_input, normalize, small_server_config};
+use ferry_fuzz::{
+    body_byte, check_server_output, max_buffered_input, normalize, small_server_config,
+};
 use ferry_fuzz::{same_error, Norm, Resp, ServerEventChecker, TAG};
 use ferry_http1::server::Event;
 use ferry_http1::{Body, Error, ServerConnection};
@@ -31,7 +33,12 @@ fn run(pieces: &[&[u8]]) -> Run {
     let mut conn = ServerConnection::new(config.clone(), now);
     let mut checker = ServerEventChecker::default();
     let mut input = BytesMut::new();
-    let mut out = Run { events: Vec::new(), output: Vec::new(), responses: Vec::new(), error: None };
+    let mut out = Run {
+        events: Vec::new(),
+        output: Vec::new(),
+        responses: Vec::new(),
+        error: None,
+    };
     for piece in pieces {
         input.extend_from_slice(piece);
         loop {
@@ -48,7 +55,11 @@ fn run(pieces: &[&[u8]]) -> Run {
                     }
                 }
                 Err(e) => {
-                    assert!(out.error.is_none_or(|p| p == e), "error changed from {:?} to {e:?}", out.error);
+                    assert!(
+                        out.error.is_none_or(|p| p == e),
+                        "error changed from {:?} to {e:?}",
+                        out.error
+                    );
                     assert_eq!(conn.error(), Some(e));
                     out.error = Some(e);
                 }
@@ -93,7 +104,12 @@ fn drain(conn: &mut ServerConnection, checker: &mut ServerEventChecker, out: &mu
 /// When they fail with different errors (allowed only between a limit and another error),
 /// everything before the error must agree.
 fn assert_same(a: &Run, b: &Run, how: &str) {
-    assert!(same_error(a.error, b.error), "{how}: error {:?} vs {:?}", a.error, b.error);
+    assert!(
+        same_error(a.error, b.error),
+        "{how}: error {:?} vs {:?}",
+        a.error,
+        b.error
+    );
     if a.error == b.error {
         assert_eq!(a.events, b.events, "{how}: events differ");
         assert_eq!(a.responses, b.responses, "{how}: responses differ");
@@ -113,8 +129,16 @@ fn assert_same(a: &Run, b: &Run, how: &str) {
         }
         v
     };
-    assert_eq!(events(a), events(b), "{how}: events before the error differ");
-    assert_eq!(responses(a), responses(b), "{how}: responses before the error differ");
+    assert_eq!(
+        events(a),
+        events(b),
+        "{how}: events before the error differ"
+    );
+    assert_eq!(
+        responses(a),
+        responses(b),
+        "{how}: responses before the error differ"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -43,9 +43,18 @@ fn run(n: u8, kinds: u16, pieces: &[&[u8]]) -> Run {
             fields.push(("Connection", b"upgrade"));
             fields.push(("Upgrade", b"websocket"));
         }
-        let target = if method == Method::Connect { "example.com:443" } else { "/" };
+        let target = if method == Method::Connect {
+            "example.com:443"
+        } else {
+            "/"
+        };
         match conn.send_request(method, target, &fields, Body::Empty) {
-            Ok(id) => checker.sent(Sent { id: id.get(), head: method == Method::Head, connect: method == Method::Connect, upgrade }),
+            Ok(id) => checker.sent(Sent {
+                id: id.get(),
+                head: method == Method::Head,
+                connect: method == Method::Connect,
+                upgrade,
+            }),
             Err(_) => break,
         }
     }
@@ -54,14 +63,20 @@ fn run(n: u8, kinds: u16, pieces: &[&[u8]]) -> Run {
     }
     check_client_output(&wire);
 
-    let mut r = Run { events: Vec::new(), error: None };
+    let mut r = Run {
+        events: Vec::new(),
+        error: None,
+    };
     let mut input = BytesMut::new();
     let mut drain = |conn: &mut ClientConnection, r: &mut Run| {
         while let Some(ev) = conn.poll_event() {
             checker.check(&ev);
             normalize_client(&mut r.events, ev);
         }
-        assert!(conn.poll_transmit().is_none(), "the client wrote without being asked");
+        assert!(
+            conn.poll_transmit().is_none(),
+            "the client wrote without being asked"
+        );
     };
     for piece in pieces {
         input.extend_from_slice(piece);
@@ -69,11 +84,19 @@ fn run(n: u8, kinds: u16, pieces: &[&[u8]]) -> Run {
             Ok(()) => {
                 assert_eq!(r.error, None, "Ok after an error");
                 if conn.wants_read() {
-                    assert!(input.len() <= config.max_head_bytes, "{} bytes left in the input", input.len());
+                    assert!(
+                        input.len() <= config.max_head_bytes,
+                        "{} bytes left in the input",
+                        input.len()
+                    );
                 }
             }
             Err(e) => {
-                assert!(r.error.is_none_or(|p| p == e), "error changed from {:?} to {e:?}", r.error);
+                assert!(
+                    r.error.is_none_or(|p| p == e),
+                    "error changed from {:?} to {e:?}",
+                    r.error
+                );
                 assert_eq!(conn.error(), Some(e));
                 r.error = Some(e);
             }
@@ -89,7 +112,12 @@ fn run(n: u8, kinds: u16, pieces: &[&[u8]]) -> Run {
 }
 
 fn assert_same(a: &Run, b: &Run, how: &str) {
-    assert!(same_error(a.error, b.error), "{how}: error {:?} vs {:?}", a.error, b.error);
+    assert!(
+        same_error(a.error, b.error),
+        "{how}: error {:?} vs {:?}",
+        a.error,
+        b.error
+    );
     if a.error == b.error {
         assert_eq!(a.events, b.events, "{how}: events differ");
         return;
@@ -114,7 +142,11 @@ fuzz_target!(|data: &[u8]| {
     let split = u16::from_le_bytes([ctl[3], ctl[4]]) as usize % (bytes.len() + 1);
     let whole = run(n, kinds, &[bytes]);
     let (a, b) = bytes.split_at(split);
-    assert_same(&whole, &run(n, kinds, &[a, b]), &format!("split at {split}"));
+    assert_same(
+        &whole,
+        &run(n, kinds, &[a, b]),
+        &format!("split at {split}"),
+    );
     if bytes.len() <= 700 {
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_same(&whole, &run(n, kinds, &singles), "byte by byte");

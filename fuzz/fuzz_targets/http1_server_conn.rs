@@ -61,9 +61,19 @@ enum Action {
     /// Time passes (in units of 10 ms), then the driver calls `handle_timeout`.
     Advance(u16),
     /// The application answers an outstanding request.
-    Respond { pick: Pick, status: Status, body: RespBody, close: bool },
+    Respond {
+        pick: Pick,
+        status: Status,
+        body: RespBody,
+        close: bool,
+    },
     /// The application sends body bytes; `exact` keeps within a declared length.
-    SendData { pick: Pick, len: u8, end: bool, exact: bool },
+    SendData {
+        pick: Pick,
+        len: u8,
+        end: bool,
+        exact: bool,
+    },
     /// The application ends a chunked body with trailers.
     Trailers { pick: Pick },
     /// Graceful close by the application.
@@ -94,7 +104,9 @@ struct Harness {
 
 impl Harness {
     fn pick(&self, pick: &Pick, want: impl Fn(Model) -> bool) -> Option<usize> {
-        let open: Vec<usize> = (0..self.model.len()).filter(|&i| want(self.model[i])).collect();
+        let open: Vec<usize> = (0..self.model.len())
+            .filter(|&i| want(self.model[i]))
+            .collect();
         match pick {
             Pick::Oldest => open.first().copied(),
             Pick::Newest => open.last().copied(),
@@ -131,7 +143,11 @@ impl Harness {
         match self.conn.handle_input(self.now, &mut self.input) {
             Ok(()) => assert_eq!(self.error, None, "Ok after an error"),
             Err(e) => {
-                assert!(self.error.is_none_or(|p| p == e), "error changed from {:?} to {e:?}", self.error);
+                assert!(
+                    self.error.is_none_or(|p| p == e),
+                    "error changed from {:?} to {e:?}",
+                    self.error
+                );
                 assert_eq!(self.conn.error(), Some(e));
                 self.error = Some(e);
             }
@@ -158,10 +174,18 @@ impl Harness {
         }
         if self.conn.wants_read() && self.error.is_none() {
             let max = max_buffered_input(self.conn.config());
-            assert!(self.input.len() <= max, "{} bytes left in the input while reading", self.input.len());
+            assert!(
+                self.input.len() <= max,
+                "{} bytes left in the input while reading",
+                self.input.len()
+            );
         }
         let cap = self.conn.config().max_pipelined + 1;
-        assert!(self.conn.in_flight() <= cap, "{} requests in flight", self.conn.in_flight());
+        assert!(
+            self.conn.in_flight() <= cap,
+            "{} requests in flight",
+            self.conn.in_flight()
+        );
     }
 
     fn step(&mut self, a: Action) {
@@ -172,7 +196,11 @@ impl Harness {
                 if self.eof || !self.conn.wants_read() || self.wire.is_empty() {
                     return;
                 }
-                let n = if n == 0 { self.wire.len() } else { (n as usize).min(self.wire.len()) };
+                let n = if n == 0 {
+                    self.wire.len()
+                } else {
+                    (n as usize).min(self.wire.len())
+                };
                 self.input.extend_from_slice(&self.wire[..n]);
                 self.wire.drain(..n);
                 self.feed();
@@ -189,17 +217,36 @@ impl Harness {
                 let early = deadline.is_none_or(|d| self.now < d);
                 self.conn.handle_timeout(self.now);
                 if early {
-                    assert!(self.conn.poll_event().is_none(), "early handle_timeout made an event");
-                    assert!(self.conn.poll_transmit().is_none(), "early handle_timeout made output");
+                    assert!(
+                        self.conn.poll_event().is_none(),
+                        "early handle_timeout made an event"
+                    );
+                    assert!(
+                        self.conn.poll_transmit().is_none(),
+                        "early handle_timeout made output"
+                    );
                 } else {
                     self.drain();
                     self.conn.handle_timeout(self.now);
-                    assert!(self.conn.poll_event().is_none(), "repeated handle_timeout made an event");
-                    assert!(self.conn.poll_transmit().is_none(), "repeated handle_timeout made output");
+                    assert!(
+                        self.conn.poll_event().is_none(),
+                        "repeated handle_timeout made an event"
+                    );
+                    assert!(
+                        self.conn.poll_transmit().is_none(),
+                        "repeated handle_timeout made output"
+                    );
                 }
             }
-            Action::Respond { pick, status, body, close } => {
-                let Some(i) = self.pick(&pick, |m| m == Model::Waiting) else { return };
+            Action::Respond {
+                pick,
+                status,
+                body,
+                close,
+            } => {
+                let Some(i) = self.pick(&pick, |m| m == Model::Waiting) else {
+                    return;
+                };
                 let status = match status {
                     Status::Ok => 200,
                     Status::NoContent => 204,
@@ -218,17 +265,24 @@ impl Harness {
                 let b = body_byte(i as u64);
                 let (body, next) = match body {
                     RespBody::Empty => (Body::Empty, Model::Done),
-                    RespBody::Full(n) => (Body::Full(Bytes::from(vec![b; n as usize])), Model::Done),
-                    RespBody::Length(n) => {
-                        (Body::Length(n as u64), if n == 0 { Model::Done } else { Model::Streaming(Some(n as u64)) })
+                    RespBody::Full(n) => {
+                        (Body::Full(Bytes::from(vec![b; n as usize])), Model::Done)
                     }
+                    RespBody::Length(n) => (
+                        Body::Length(n as u64),
+                        if n == 0 {
+                            Model::Done
+                        } else {
+                            Model::Streaming(Some(n as u64))
+                        },
+                    ),
                     RespBody::Chunked => (Body::Chunked, Model::Streaming(None)),
                 };
                 match self.conn.send_response(self.ids[i], status, &fields, body) {
                     Ok(()) => {
                         let facts = self.checker.requests[i];
-                        let switching =
-                            (status == 101 && facts.upgrade) || (facts.connect && (200..300).contains(&status));
+                        let switching = (status == 101 && facts.upgrade)
+                            || (facts.connect && (200..300).contains(&status));
                         self.model[i] = if switching {
                             Model::Done
                         } else if (100..200).contains(&status) {
@@ -241,9 +295,18 @@ impl Harness {
                     Err(_) => {}
                 }
             }
-            Action::SendData { pick, len, end, exact } => {
-                let Some(i) = self.pick(&pick, |m| matches!(m, Model::Streaming(_))) else { return };
-                let Model::Streaming(remaining) = self.model[i] else { unreachable!() };
+            Action::SendData {
+                pick,
+                len,
+                end,
+                exact,
+            } => {
+                let Some(i) = self.pick(&pick, |m| matches!(m, Model::Streaming(_))) else {
+                    return;
+                };
+                let Model::Streaming(remaining) = self.model[i] else {
+                    unreachable!()
+                };
                 let (len, end) = match remaining {
                     Some(r) if exact => {
                         let n = (len as u64).min(r);
@@ -266,7 +329,9 @@ impl Harness {
                 }
             }
             Action::Trailers { pick } => {
-                let Some(i) = self.pick(&pick, |m| m == Model::Streaming(None)) else { return };
+                let Some(i) = self.pick(&pick, |m| m == Model::Streaming(None)) else {
+                    return;
+                };
                 match self.conn.send_trailers(self.ids[i], &[("x-trailer", b"1")]) {
                     Ok(()) => self.model[i] = Model::Done,
                     Err(SendError::TrailersNotAllowed) => {}

@@ -16,7 +16,12 @@ const BOUNDARY: &[u8] = b"XyZ-b0undary";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Ev {
-    Start { raw: Bytes, name: Option<String>, filename: Option<String>, content_type: Option<Vec<u8>> },
+    Start {
+        raw: Bytes,
+        name: Option<String>,
+        filename: Option<String>,
+        content_type: Option<Vec<u8>>,
+    },
     Data(Vec<u8>),
     PartEnd,
     End,
@@ -42,7 +47,10 @@ fn run(flags: u8, input: &[u8], pieces: &[&[u8]]) -> Run {
     let config = config(flags);
     let mut p = MultipartParser::new(Bytes::from_static(BOUNDARY), config);
     let mut buf = BytesMut::new();
-    let mut r = Run { events: Vec::new(), result: Ok(()) };
+    let mut r = Run {
+        events: Vec::new(),
+        result: Ok(()),
+    };
     let mut data_len = 0;
     let mut in_part = false;
     let mut ended = false;
@@ -93,7 +101,11 @@ fn run(flags: u8, input: &[u8], pieces: &[&[u8]]) -> Run {
         let res = p.feed(&mut buf);
         drain(&mut p, &mut r);
         if let Err(e) = res {
-            assert_eq!(p.feed(&mut buf), Err(e), "a failed parser must keep failing");
+            assert_eq!(
+                p.feed(&mut buf),
+                Err(e),
+                "a failed parser must keep failing"
+            );
             assert_eq!(p.finish(), Err(e));
             r.result = Err(e);
             return r;
@@ -116,7 +128,15 @@ fuzz_target!(|data: &[u8]| {
     let flags = ctl[2];
     let whole = run(flags, input, &[input]);
     let (a, b) = input.split_at(split);
-    assert_eq!(whole, run(flags, input, &[a, b]), "split at {split} changed the result");
+    assert_eq!(
+        whole,
+        run(flags, input, &[a, b]),
+        "split at {split} changed the result"
+    );
     let singles: Vec<&[u8]> = input.chunks(1).collect();
-    assert_eq!(whole, run(flags, input, &singles), "byte-by-byte parsing changed the result");
+    assert_eq!(
+        whole,
+        run(flags, input, &singles),
+        "byte-by-byte parsing changed the result"
+    );
 });

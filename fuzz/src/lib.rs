@@ -66,15 +66,36 @@ impl ServerEventChecker {
         match ev {
             Event::Request(r) => {
                 // Exercise every accessor: none may panic on any accepted head.
-                let _ = (r.method(), r.method_str(), r.target(), r.path(), r.query(), r.version());
-                let _ = (r.keep_alive(), r.expects_continue(), r.is_upgrade(), r.head_bytes().len());
+                let _ = (
+                    r.method(),
+                    r.method_str(),
+                    r.target(),
+                    r.path(),
+                    r.query(),
+                    r.version(),
+                );
+                let _ = (
+                    r.keep_alive(),
+                    r.expects_continue(),
+                    r.is_upgrade(),
+                    r.head_bytes().len(),
+                );
                 for (n, v) in r.headers().iter() {
                     assert!(!n.is_empty(), "empty header name");
                     let _ = v.len();
                 }
                 let _ = r.headers().get("content-length");
-                assert!(self.current.is_none(), "Request {:?} before End of {:?}", r.id(), self.current);
-                assert_eq!(r.id().get(), self.next_id, "request ids must increase by one");
+                assert!(
+                    self.current.is_none(),
+                    "Request {:?} before End of {:?}",
+                    r.id(),
+                    self.current
+                );
+                assert_eq!(
+                    r.id().get(),
+                    self.next_id,
+                    "request ids must increase by one"
+                );
                 self.next_id += 1;
                 self.current = Some((r.id().get(), r.body_kind(), 0));
                 self.trailers_seen = false;
@@ -97,7 +118,10 @@ impl ServerEventChecker {
                 }
             }
             Event::Trailers { id, trailers } => {
-                let cur = self.current.as_ref().expect("Trailers outside a request body");
+                let cur = self
+                    .current
+                    .as_ref()
+                    .expect("Trailers outside a request body");
                 assert_eq!(cur.0, id.get());
                 assert_eq!(cur.1, BodyKind::Chunked, "Trailers on a non-chunked body");
                 assert!(!self.trailers_seen, "two trailer sections");
@@ -156,7 +180,10 @@ pub fn normalize(out: &mut Vec<Norm>, ev: Event) {
             out.push(Norm::Data(id.get(), data.to_vec()));
         }
         Event::Trailers { id, trailers } => {
-            let t = trailers.iter().map(|(n, v)| (n.to_owned(), v.to_vec())).collect();
+            let t = trailers
+                .iter()
+                .map(|(n, v)| (n.to_owned(), v.to_vec()))
+                .collect();
             out.push(Norm::Trailers(id.get(), t));
         }
         Event::End { id } => out.push(Norm::End(id.get())),
@@ -201,13 +228,22 @@ pub fn check_server_output(out: &[u8], requests: &[RequestFacts]) -> Vec<Resp> {
     let mut next_final: u64 = 0;
     let mut closed = false;
     while pos < out.len() {
-        assert!(!closed, "bytes after a `connection: close` response at {pos}: {:?}", show(&out[pos..]));
+        assert!(
+            !closed,
+            "bytes after a `connection: close` response at {pos}: {:?}",
+            show(&out[pos..])
+        );
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut res = httparse::Response::new(&mut headers);
         let head_len = match res.parse(&out[pos..]) {
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => panic!("incomplete response head at {pos}: {:?}", show(&out[pos..])),
-            Err(e) => panic!("unparsable response at {pos} ({e}): {:?}", show(&out[pos..])),
+            Ok(httparse::Status::Partial) => {
+                panic!("incomplete response head at {pos}: {:?}", show(&out[pos..]))
+            }
+            Err(e) => panic!(
+                "unparsable response at {pos} ({e}): {:?}",
+                show(&out[pos..])
+            ),
         };
         let status = res.code.expect("status");
         let mut tag = None;
@@ -229,14 +265,22 @@ pub fn check_server_output(out: &[u8], requests: &[RequestFacts]) -> Vec<Resp> {
                 close |= v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
             }
         }
-        assert!(!(chunked && length.is_some()), "both content-length and chunked");
+        assert!(
+            !(chunked && length.is_some()),
+            "both content-length and chunked"
+        );
         pos += head_len;
         if (100..200).contains(&status) && status != 101 {
             // Interim: the application's (tagged, for the request at the front) or the
             // connection's own `100 Continue`.
             if let Some(t) = tag {
                 assert_eq!(t, next_final, "interim response out of order");
-                resps.push(Resp { status, tag, body: Vec::new(), complete: true });
+                resps.push(Resp {
+                    status,
+                    tag,
+                    body: Vec::new(),
+                    complete: true,
+                });
             } else {
                 assert_eq!(status, 100, "untagged interim response");
             }
@@ -244,16 +288,30 @@ pub fn check_server_output(out: &[u8], requests: &[RequestFacts]) -> Vec<Resp> {
         }
         let id = next_final;
         if let Some(t) = tag {
-            assert_eq!(t, id, "response for request {t} where request {id}'s was due");
+            assert_eq!(
+                t, id,
+                "response for request {t} where request {id}'s was due"
+            );
         } else {
-            assert!(close, "the connection's own error response without `connection: close`");
-            assert!((400..600).contains(&status), "untagged response with status {status}");
+            assert!(
+                close,
+                "the connection's own error response without `connection: close`"
+            );
+            assert!(
+                (400..600).contains(&status),
+                "untagged response with status {status}"
+            );
         }
         next_final += 1;
         let facts = requests.get(id as usize).copied();
         let connect = facts.is_some_and(|f| f.connect);
         if (status == 101 && tag.is_some()) || (connect && (200..300).contains(&status)) {
-            resps.push(Resp { status, tag, body: Vec::new(), complete: true });
+            resps.push(Resp {
+                status,
+                tag,
+                body: Vec::new(),
+                complete: true,
+            });
             return resps; // protocol switch: the rest is the tunnel's
         }
         // Known bug (fuzz/regressions/README.md): the connection's own error answer to a HEAD
@@ -274,9 +332,18 @@ pub fn check_server_output(out: &[u8], requests: &[RequestFacts]) -> Vec<Resp> {
         };
         check_body(&body, expect);
         pos += used;
-        resps.push(Resp { status, tag, body, complete });
+        resps.push(Resp {
+            status,
+            tag,
+            body,
+            complete,
+        });
         if !complete {
-            assert_eq!(pos, out.len(), "a body cut short in the middle of the stream");
+            assert_eq!(
+                pos,
+                out.len(),
+                "a body cut short in the middle of the stream"
+            );
             return resps;
         }
         if close {
@@ -310,7 +377,10 @@ pub fn same_error(a: Option<Error>, b: Option<Error>) -> bool {
 fn check_body(body: &[u8], expect: Option<u8>) {
     if let Some(b) = expect {
         if let Some(p) = body.iter().position(|&x| x != b) {
-            panic!("body byte {:?} at {p} in a body of {:?}s", body[p] as char, b as char);
+            panic!(
+                "body byte {:?} at {p} in a body of {:?}s",
+                body[p] as char, b as char
+            );
         }
     }
 }
@@ -320,10 +390,15 @@ pub fn dechunk(mut s: &[u8]) -> (Vec<u8>, usize, bool) {
     let start = s.len();
     let mut data = Vec::new();
     loop {
-        let Some(nl) = s.iter().position(|&b| b == b'\n') else { return (data, start - s.len(), false) };
+        let Some(nl) = s.iter().position(|&b| b == b'\n') else {
+            return (data, start - s.len(), false);
+        };
         let line = &s[..nl];
-        let line = line.strip_suffix(b"\r").expect("chunk size line without CR");
-        let size = usize::from_str_radix(std::str::from_utf8(line).expect("ascii"), 16).expect("hex size");
+        let line = line
+            .strip_suffix(b"\r")
+            .expect("chunk size line without CR");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(line).expect("ascii"), 16).expect("hex size");
         let after = &s[nl + 1..];
         if size == 0 {
             // Trailers: field lines until the empty line.
@@ -344,7 +419,11 @@ pub fn dechunk(mut s: &[u8]) -> (Vec<u8>, usize, bool) {
             return (data, start, false);
         }
         data.extend_from_slice(&after[..size]);
-        assert_eq!(&after[size..size + 2], b"\r\n", "chunk data not followed by CRLF");
+        assert_eq!(
+            &after[size..size + 2],
+            b"\r\n",
+            "chunk data not followed by CRLF"
+        );
         s = &after[size + 2..];
     }
 }
@@ -532,7 +611,10 @@ pub struct ClientEventChecker {
 impl ClientEventChecker {
     /// A checker that also checks `x-req` tags (until `tags` is cleared).
     pub fn with_tags() -> Self {
-        ClientEventChecker { tags: true, ..Default::default() }
+        ClientEventChecker {
+            tags: true,
+            ..Default::default()
+        }
     }
 
     /// Record a request the application sent.
@@ -541,31 +623,65 @@ impl ClientEventChecker {
     }
 
     fn tag_of(r: &ferry_http1::Response) -> Option<u64> {
-        r.headers().get(TAG).and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse().ok())
+        r.headers()
+            .get(TAG)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
     }
 
     /// Check one event.
     pub fn check(&mut self, ev: &ferry_http1::client::Event) {
         use ferry_http1::client::Event as E;
-        assert!(!self.failed && !self.upgraded, "event after Error/Upgraded: {ev:?}");
+        assert!(
+            !self.failed && !self.upgraded,
+            "event after Error/Upgraded: {ev:?}"
+        );
         match ev {
             E::Informational(r) | E::Response(r) => {
-                let _ = (r.reason(), r.version(), r.keep_alive(), r.head_bytes().len(), r.headers().len());
-                assert!(self.current.is_none(), "response head while a body is being read: {ev:?}");
-                let front = *self.outstanding.front().expect("response with no request outstanding");
+                let _ = (
+                    r.reason(),
+                    r.version(),
+                    r.keep_alive(),
+                    r.head_bytes().len(),
+                    r.headers().len(),
+                );
+                assert!(
+                    self.current.is_none(),
+                    "response head while a body is being read: {ev:?}"
+                );
+                let front = *self
+                    .outstanding
+                    .front()
+                    .expect("response with no request outstanding");
                 assert_eq!(r.id().get(), front.id, "response for the wrong request");
                 let tag = Self::tag_of(r);
                 if self.tags {
                     if let Some(t) = tag {
-                        assert_eq!(t, front.id, "response tagged {t} reported for request {}", front.id);
+                        assert_eq!(
+                            t, front.id,
+                            "response tagged {t} reported for request {}",
+                            front.id
+                        );
                     }
                 }
                 if let E::Informational(_) = ev {
-                    assert!((100..200).contains(&r.status()) && r.status() != 101, "Informational {}", r.status());
+                    assert!(
+                        (100..200).contains(&r.status()) && r.status() != 101,
+                        "Informational {}",
+                        r.status()
+                    );
                 } else {
-                    assert!(!(100..200).contains(&r.status()) || r.status() == 101, "final response {}", r.status());
+                    assert!(
+                        !(100..200).contains(&r.status()) || r.status() == 101,
+                        "final response {}",
+                        r.status()
+                    );
                     if front.head || r.status() == 204 || r.status() == 304 {
-                        assert_eq!(r.body_kind(), BodyKind::Empty, "body on a response that has none");
+                        assert_eq!(
+                            r.body_kind(),
+                            BodyKind::Empty,
+                            "body on a response that has none"
+                        );
                     }
                     self.current = Some((front.id, r.body_kind(), 0, false, r.status(), tag));
                 }
@@ -583,7 +699,10 @@ impl ClientEventChecker {
                 }
                 if self.tags {
                     if let Some(t) = cur.5 {
-                        assert!(data.iter().all(|&b| b == body_byte(t)), "foreign bytes in body of {t}");
+                        assert!(
+                            data.iter().all(|&b| b == body_byte(t)),
+                            "foreign bytes in body of {t}"
+                        );
                     }
                 }
             }
@@ -616,7 +735,11 @@ impl ClientEventChecker {
             E::Error { id, error } => {
                 let _ = error.status();
                 let front = self.outstanding.front().map(|s| s.id);
-                assert_eq!(id.map(|i| i.get()), front, "Error must name the oldest waiting request");
+                assert_eq!(
+                    id.map(|i| i.get()),
+                    front,
+                    "Error must name the oldest waiting request"
+                );
                 self.failed = true;
             }
             _ => {}
@@ -647,7 +770,10 @@ pub enum ClientNorm {
 pub fn normalize_client(out: &mut Vec<ClientNorm>, ev: ferry_http1::client::Event) {
     use ferry_http1::client::Event as E;
     match ev {
-        E::Informational(r) => out.push(ClientNorm::Informational(r.id().get(), r.head_bytes().clone())),
+        E::Informational(r) => out.push(ClientNorm::Informational(
+            r.id().get(),
+            r.head_bytes().clone(),
+        )),
         E::Response(r) => out.push(ClientNorm::Response(r.id().get(), r.head_bytes().clone())),
         E::Data { id, data } => {
             if let Some(ClientNorm::Data(last, buf)) = out.last_mut() {
@@ -659,7 +785,10 @@ pub fn normalize_client(out: &mut Vec<ClientNorm>, ev: ferry_http1::client::Even
             out.push(ClientNorm::Data(id.get(), data.to_vec()));
         }
         E::Trailers { id, trailers } => {
-            let t = trailers.iter().map(|(n, v)| (n.to_owned(), v.to_vec())).collect();
+            let t = trailers
+                .iter()
+                .map(|(n, v)| (n.to_owned(), v.to_vec()))
+                .collect();
             out.push(ClientNorm::Trailers(id.get(), t));
         }
         E::End { id } => out.push(ClientNorm::End(id.get())),
@@ -677,12 +806,18 @@ pub fn check_client_output(out: &[u8]) {
     let mut next: u64 = 0;
     let mut closed = false;
     while pos < out.len() {
-        assert!(!closed, "bytes after a `connection: close` request: {:?}", show(&out[pos..]));
+        assert!(
+            !closed,
+            "bytes after a `connection: close` request: {:?}",
+            show(&out[pos..])
+        );
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         let head_len = match req.parse(&out[pos..]) {
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => panic!("incomplete request head at {pos}: {:?}", show(&out[pos..])),
+            Ok(httparse::Status::Partial) => {
+                panic!("incomplete request head at {pos}: {:?}", show(&out[pos..]))
+            }
             Err(e) => panic!("unparsable request at {pos} ({e}): {:?}", show(&out[pos..])),
         };
         let (mut tag, mut length, mut chunked) = (None, None, false);
@@ -700,7 +835,10 @@ pub fn check_client_output(out: &[u8]) {
                 closed |= v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
             }
         }
-        assert!(!(chunked && length.is_some()), "both content-length and chunked");
+        assert!(
+            !(chunked && length.is_some()),
+            "both content-length and chunked"
+        );
         assert_eq!(tag, Some(next), "request out of order");
         next += 1;
         pos += head_len;
@@ -715,7 +853,11 @@ pub fn check_client_output(out: &[u8]) {
         check_body(&body, tag.map(body_byte));
         pos += used;
         if !complete {
-            assert_eq!(pos, out.len(), "a request body cut short in the middle of the stream");
+            assert_eq!(
+                pos,
+                out.len(),
+                "a request body cut short in the middle of the stream"
+            );
             return;
         }
     }
@@ -779,7 +921,9 @@ impl RespSpec {
             ConnChoice::None => {}
             ConnChoice::Close => out.extend_from_slice(b"Connection: close\r\n"),
             ConnChoice::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-            ConnChoice::Upgrade => out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: websocket\r\n"),
+            ConnChoice::Upgrade => {
+                out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: websocket\r\n")
+            }
         }
         if let Some(f) = &self.raw_field {
             out.extend_from_slice(&f[..f.len().min(64)]);
@@ -805,7 +949,11 @@ impl RespSpec {
                         out.extend(n(s as usize));
                         out.extend_from_slice(b"\r\n");
                     }
-                    out.extend_from_slice(if *trailer { b"0\r\nX-T: 1\r\n\r\n" } else { b"0\r\n\r\n" });
+                    out.extend_from_slice(if *trailer {
+                        b"0\r\nX-T: 1\r\n\r\n"
+                    } else {
+                        b"0\r\n\r\n"
+                    });
                 }
             }
         }

@@ -18,84 +18,362 @@ const POSITIVE: &str = "ERR value is out of range, must be positive";
 
 /// (name, arity, group, summary): Redis's arity convention (negative: at least).
 pub(crate) const TABLE: &[(&str, i32, &str, &str)] = &[
-    ("ping", -1, "connection", "Returns the server's liveliness response."),
+    (
+        "ping",
+        -1,
+        "connection",
+        "Returns the server's liveliness response.",
+    ),
     ("echo", 2, "connection", "Returns the given string."),
-    ("hello", -1, "connection", "Handshakes with the Redis server."),
+    (
+        "hello",
+        -1,
+        "connection",
+        "Handshakes with the Redis server.",
+    ),
     ("select", 2, "connection", "Changes the selected database."),
-    ("client", -2, "connection", "A container for client connection commands."),
+    (
+        "client",
+        -2,
+        "connection",
+        "A container for client connection commands.",
+    ),
     ("auth", -2, "connection", "Authenticates the connection."),
     ("quit", -1, "connection", "Closes the connection."),
     ("reset", 1, "connection", "Resets the connection."),
     ("set", -3, "string", "Sets the string value of a key."),
     ("get", 2, "string", "Returns the string value of a key."),
-    ("getset", 3, "string", "Returns the previous string value of a key after setting it to a new value."),
-    ("setnx", 3, "string", "Set the string value of a key only when the key doesn't exist."),
-    ("incr", 2, "string", "Increments the integer value of a key by one."),
-    ("incrby", 3, "string", "Increments the integer value of a key by a number."),
-    ("decr", 2, "string", "Decrements the integer value of a key by one."),
-    ("decrby", 3, "string", "Decrements a number from the integer value of a key."),
-    ("mget", -2, "string", "Atomically returns the string values of one or more keys."),
-    ("mset", -3, "string", "Atomically creates or modifies the string values of one or more keys."),
-    ("append", 3, "string", "Appends a string to the value of a key."),
-    ("strlen", 2, "string", "Returns the length of a string value."),
+    (
+        "getset",
+        3,
+        "string",
+        "Returns the previous string value of a key after setting it to a new value.",
+    ),
+    (
+        "setnx",
+        3,
+        "string",
+        "Set the string value of a key only when the key doesn't exist.",
+    ),
+    (
+        "incr",
+        2,
+        "string",
+        "Increments the integer value of a key by one.",
+    ),
+    (
+        "incrby",
+        3,
+        "string",
+        "Increments the integer value of a key by a number.",
+    ),
+    (
+        "decr",
+        2,
+        "string",
+        "Decrements the integer value of a key by one.",
+    ),
+    (
+        "decrby",
+        3,
+        "string",
+        "Decrements a number from the integer value of a key.",
+    ),
+    (
+        "mget",
+        -2,
+        "string",
+        "Atomically returns the string values of one or more keys.",
+    ),
+    (
+        "mset",
+        -3,
+        "string",
+        "Atomically creates or modifies the string values of one or more keys.",
+    ),
+    (
+        "append",
+        3,
+        "string",
+        "Appends a string to the value of a key.",
+    ),
+    (
+        "strlen",
+        2,
+        "string",
+        "Returns the length of a string value.",
+    ),
     ("del", -2, "generic", "Deletes one or more keys."),
-    ("exists", -2, "generic", "Determines whether one or more keys exist."),
-    ("expire", -3, "generic", "Sets the expiration time of a key in seconds."),
-    ("pexpire", -3, "generic", "Sets the expiration time of a key in milliseconds."),
-    ("expireat", -3, "generic", "Sets the expiration time of a key to a Unix timestamp."),
-    ("pexpireat", -3, "generic", "Sets the expiration time of a key to a Unix milliseconds timestamp."),
-    ("ttl", 2, "generic", "Returns the expiration time in seconds of a key."),
-    ("pttl", 2, "generic", "Returns the expiration time in milliseconds of a key."),
-    ("persist", 2, "generic", "Removes the expiration time of a key."),
-    ("keys", 2, "generic", "Returns all key names that match a pattern."),
-    ("scan", -2, "generic", "Iterates over the key names in the database."),
-    ("type", 2, "generic", "Determines the type of value stored at a key."),
-    ("dbsize", 1, "server", "Returns the number of keys in the database."),
-    ("flushdb", -1, "server", "Remove all keys from the current database."),
-    ("flushall", -1, "server", "Removes all keys from all databases."),
-    ("info", -1, "server", "Returns information and statistics about the server."),
-    ("config", -2, "server", "A container for server configuration commands."),
-    ("command", -1, "server", "Returns detailed information about all commands."),
+    (
+        "exists",
+        -2,
+        "generic",
+        "Determines whether one or more keys exist.",
+    ),
+    (
+        "expire",
+        -3,
+        "generic",
+        "Sets the expiration time of a key in seconds.",
+    ),
+    (
+        "pexpire",
+        -3,
+        "generic",
+        "Sets the expiration time of a key in milliseconds.",
+    ),
+    (
+        "expireat",
+        -3,
+        "generic",
+        "Sets the expiration time of a key to a Unix timestamp.",
+    ),
+    (
+        "pexpireat",
+        -3,
+        "generic",
+        "Sets the expiration time of a key to a Unix milliseconds timestamp.",
+    ),
+    (
+        "ttl",
+        2,
+        "generic",
+        "Returns the expiration time in seconds of a key.",
+    ),
+    (
+        "pttl",
+        2,
+        "generic",
+        "Returns the expiration time in milliseconds of a key.",
+    ),
+    (
+        "persist",
+        2,
+        "generic",
+        "Removes the expiration time of a key.",
+    ),
+    (
+        "keys",
+        2,
+        "generic",
+        "Returns all key names that match a pattern.",
+    ),
+    (
+        "scan",
+        -2,
+        "generic",
+        "Iterates over the key names in the database.",
+    ),
+    (
+        "type",
+        2,
+        "generic",
+        "Determines the type of value stored at a key.",
+    ),
+    (
+        "dbsize",
+        1,
+        "server",
+        "Returns the number of keys in the database.",
+    ),
+    (
+        "flushdb",
+        -1,
+        "server",
+        "Remove all keys from the current database.",
+    ),
+    (
+        "flushall",
+        -1,
+        "server",
+        "Removes all keys from all databases.",
+    ),
+    (
+        "info",
+        -1,
+        "server",
+        "Returns information and statistics about the server.",
+    ),
+    (
+        "config",
+        -2,
+        "server",
+        "A container for server configuration commands.",
+    ),
+    (
+        "command",
+        -1,
+        "server",
+        "Returns detailed information about all commands.",
+    ),
     ("time", 1, "server", "Returns the server time."),
-    ("lpush", -3, "list", "Prepends one or more elements to a list."),
-    ("rpush", -3, "list", "Appends one or more elements to a list."),
-    ("lpop", -2, "list", "Returns the first elements in a list after removing it."),
-    ("rpop", -2, "list", "Returns and removes the last elements of a list."),
+    (
+        "lpush",
+        -3,
+        "list",
+        "Prepends one or more elements to a list.",
+    ),
+    (
+        "rpush",
+        -3,
+        "list",
+        "Appends one or more elements to a list.",
+    ),
+    (
+        "lpop",
+        -2,
+        "list",
+        "Returns the first elements in a list after removing it.",
+    ),
+    (
+        "rpop",
+        -2,
+        "list",
+        "Returns and removes the last elements of a list.",
+    ),
     ("llen", 2, "list", "Returns the length of a list."),
-    ("lrange", 4, "list", "Returns a range of elements from a list."),
+    (
+        "lrange",
+        4,
+        "list",
+        "Returns a range of elements from a list.",
+    ),
     ("sadd", -3, "set", "Adds one or more members to a set."),
     ("srem", -3, "set", "Removes one or more members from a set."),
     ("smembers", 2, "set", "Returns all members of a set."),
     ("scard", 2, "set", "Returns the number of members in a set."),
-    ("sismember", 3, "set", "Determines whether a member belongs to a set."),
-    ("spop", -2, "set", "Returns one or more random members from a set after removing them."),
-    ("hset", -4, "hash", "Creates or modifies the value of a field in a hash."),
+    (
+        "sismember",
+        3,
+        "set",
+        "Determines whether a member belongs to a set.",
+    ),
+    (
+        "spop",
+        -2,
+        "set",
+        "Returns one or more random members from a set after removing them.",
+    ),
+    (
+        "hset",
+        -4,
+        "hash",
+        "Creates or modifies the value of a field in a hash.",
+    ),
     ("hget", 3, "hash", "Returns the value of a field in a hash."),
-    ("hdel", -3, "hash", "Deletes one or more fields and their values from a hash."),
-    ("hgetall", 2, "hash", "Returns all fields and values in a hash."),
+    (
+        "hdel",
+        -3,
+        "hash",
+        "Deletes one or more fields and their values from a hash.",
+    ),
+    (
+        "hgetall",
+        2,
+        "hash",
+        "Returns all fields and values in a hash.",
+    ),
     ("hlen", 2, "hash", "Returns the number of fields in a hash."),
-    ("hincrby", 4, "hash", "Increments the integer value of a field in a hash by a number."),
-    ("zadd", -4, "sorted-set", "Adds one or more members to a sorted set, or updates their scores."),
-    ("zrange", -4, "sorted-set", "Returns members in a sorted set within a range of indexes."),
-    ("zpopmin", -2, "sorted-set", "Returns the lowest-scoring members from a sorted set after removing them."),
-    ("zcard", 2, "sorted-set", "Returns the number of members in a sorted set."),
-    ("zscore", 3, "sorted-set", "Returns the score of a member in a sorted set."),
+    (
+        "hincrby",
+        4,
+        "hash",
+        "Increments the integer value of a field in a hash by a number.",
+    ),
+    (
+        "zadd",
+        -4,
+        "sorted-set",
+        "Adds one or more members to a sorted set, or updates their scores.",
+    ),
+    (
+        "zrange",
+        -4,
+        "sorted-set",
+        "Returns members in a sorted set within a range of indexes.",
+    ),
+    (
+        "zpopmin",
+        -2,
+        "sorted-set",
+        "Returns the lowest-scoring members from a sorted set after removing them.",
+    ),
+    (
+        "zcard",
+        2,
+        "sorted-set",
+        "Returns the number of members in a sorted set.",
+    ),
+    (
+        "zscore",
+        3,
+        "sorted-set",
+        "Returns the score of a member in a sorted set.",
+    ),
     ("xadd", -5, "stream", "Appends a new message to a stream."),
-    ("xlen", 2, "stream", "Return the number of messages in a stream."),
+    (
+        "xlen",
+        2,
+        "stream",
+        "Return the number of messages in a stream.",
+    ),
     ("publish", 3, "pubsub", "Posts a message to a channel."),
-    ("subscribe", -2, "pubsub", "Listens for messages published to channels."),
-    ("unsubscribe", -1, "pubsub", "Stops listening to messages posted to channels."),
-    ("psubscribe", -2, "pubsub", "Listens for messages published to channels that match one or more patterns."),
-    ("punsubscribe", -1, "pubsub", "Stops listening to messages published to channels that match one or more patterns."),
-    ("ssubscribe", -2, "pubsub", "Listens for messages published to shard channels."),
-    ("sunsubscribe", -1, "pubsub", "Stops listening to messages posted to shard channels."),
+    (
+        "spublish",
+        3,
+        "pubsub",
+        "Post a message to a shard channel.",
+    ),
+    (
+        "subscribe",
+        -2,
+        "pubsub",
+        "Listens for messages published to channels.",
+    ),
+    (
+        "unsubscribe",
+        -1,
+        "pubsub",
+        "Stops listening to messages posted to channels.",
+    ),
+    (
+        "psubscribe",
+        -2,
+        "pubsub",
+        "Listens for messages published to channels that match one or more patterns.",
+    ),
+    (
+        "punsubscribe",
+        -1,
+        "pubsub",
+        "Stops listening to messages published to channels that match one or more patterns.",
+    ),
+    (
+        "ssubscribe",
+        -2,
+        "pubsub",
+        "Listens for messages published to shard channels.",
+    ),
+    (
+        "sunsubscribe",
+        -1,
+        "pubsub",
+        "Stops listening to messages posted to shard channels.",
+    ),
     ("multi", 1, "transactions", "Starts a transaction."),
-    ("exec", 1, "transactions", "Executes all commands in a transaction."),
+    (
+        "exec",
+        1,
+        "transactions",
+        "Executes all commands in a transaction.",
+    ),
     ("discard", 1, "transactions", "Discards a transaction."),
 ];
 
 fn lower(name: &[u8]) -> String {
-    name.iter().map(|c| c.to_ascii_lowercase() as char).collect()
+    name.iter()
+        .map(|c| c.to_ascii_lowercase() as char)
+        .collect()
 }
 
 fn err(s: &'static str) -> Value {
@@ -103,13 +381,19 @@ fn err(s: &'static str) -> Value {
 }
 
 fn wrong_args(name: &str) -> Value {
-    Value::error_fmt(format_args!("ERR wrong number of arguments for '{name}' command"))
+    Value::error_fmt(format_args!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
 }
 
 /// Redis's `string2ll`: optional `-`, no `+`, no leading zeros, no overflow.
 pub(crate) fn parse_int(s: &[u8]) -> Option<i64> {
     let digits = s.strip_prefix(b"-").unwrap_or(s);
-    if digits.is_empty() || digits.len() > 19 || (digits[0] == b'0' && s.len() > 1) {
+    if digits.is_empty()
+        || digits.len() > 19
+        || (digits[0] == b'0' && s.len() > 1)
+        || !digits.iter().all(u8::is_ascii_digit)
+    {
         return None;
     }
     std::str::from_utf8(s).ok()?.parse().ok()
@@ -118,7 +402,10 @@ pub(crate) fn parse_int(s: &[u8]) -> Option<i64> {
 /// Redis's `getDoubleFromObject`: strtod semantics, no leading space, no NaN.
 pub(crate) fn parse_float(s: &[u8]) -> Option<f64> {
     let t = std::str::from_utf8(s).ok()?;
-    if t.is_empty() || t.starts_with(|c: char| c.is_whitespace()) || t.ends_with(|c: char| c.is_whitespace()) {
+    if t.is_empty()
+        || t.starts_with(|c: char| c.is_whitespace())
+        || t.ends_with(|c: char| c.is_whitespace())
+    {
         return None;
     }
     let lower = t.to_ascii_lowercase();
@@ -134,7 +421,12 @@ pub(crate) fn parse_float(s: &[u8]) -> Option<f64> {
             if lower.contains("inf") || lower.contains("nan") {
                 return None;
             }
-            lower.parse().ok()?
+            let v: f64 = lower.parse().ok()?;
+            // strtod reports ERANGE for overflow; Redis rejects it.
+            if v.is_infinite() {
+                return None;
+            }
+            v
         }
     };
     (!v.is_nan()).then_some(v)
@@ -144,12 +436,12 @@ fn int_arg(s: &[u8]) -> Result<i64, Value> {
     parse_int(s).ok_or_else(|| err(NOT_INT))
 }
 
+/// Redis's `getPositiveLongFromObjectOrReply`: one message for "not a number" and "< 0".
 fn positive_arg(s: &[u8]) -> Result<i64, Value> {
-    let n = int_arg(s)?;
-    if n < 0 {
-        return Err(err(POSITIVE));
+    match parse_int(s) {
+        Some(n) if n >= 0 => Ok(n),
+        _ => Err(err(POSITIVE)),
     }
-    Ok(n)
 }
 
 fn fmt_int(i: i64) -> Bytes {
@@ -173,7 +465,11 @@ fn get_or_create<'a>(
     if !exists {
         store.store(key, make(), false);
     }
-    store.db.get_mut(key).map(|e| &mut e.data).ok_or_else(|| err("ERR internal"))
+    store
+        .db
+        .get_mut(key)
+        .map(|e| &mut e.data)
+        .ok_or_else(|| err("ERR internal"))
 }
 
 fn bulk(b: &Bytes) -> Value {
@@ -186,9 +482,18 @@ fn null_bulk() -> Value {
 
 type R = Result<Value, Value>;
 
-pub(crate) fn execute(store: &mut Store, now: Instant, client: &mut ClientState, args: &[Bytes]) -> Value {
-    let name = lower(&args[0]);
-    let Some(&(_, arity, _, _)) = TABLE.iter().find(|(n, ..)| *n == name) else {
+pub(crate) fn execute(
+    store: &mut Store,
+    now: Instant,
+    client: &mut ClientState,
+    args: &[Bytes],
+) -> Value {
+    // No allocation: the table's own lower-case name is used from here on.
+    let raw = &args[0];
+    let Some(&(name, arity, _, _)) = TABLE
+        .iter()
+        .find(|(n, ..)| n.len() == raw.len() && raw.eq_ignore_ascii_case(n.as_bytes()))
+    else {
         let mut rest = String::new();
         for a in &args[1..] {
             if rest.len() >= 128 {
@@ -199,26 +504,36 @@ pub(crate) fn execute(store: &mut Store, now: Instant, client: &mut ClientState,
             let s: String = s.chars().take(room).collect();
             rest.push_str(&format!("'{s}' "));
         }
-        let shown: String = String::from_utf8_lossy(&args[0]).chars().take(128).collect();
+        let shown: String = String::from_utf8_lossy(&args[0])
+            .chars()
+            .take(128)
+            .collect();
         if client.multi.is_some() {
             client.multi_dirty = true;
         }
-        return Value::error_fmt(format_args!("ERR unknown command '{shown}', with args beginning with: {rest}"));
+        return Value::error_fmt(format_args!(
+            "ERR unknown command '{shown}', with args beginning with: {rest}"
+        ));
     };
     let argc = args.len() as i32;
     if (arity > 0 && argc != arity) || argc < -arity {
         if client.multi.is_some() {
             client.multi_dirty = true;
         }
-        return wrong_args(&name);
+        return wrong_args(name);
     }
-    if client.multi.is_some() && !matches!(name.as_str(), "exec" | "discard" | "multi" | "watch" | "quit" | "reset") {
+    if client.multi.is_some()
+        && !matches!(
+            name,
+            "exec" | "discard" | "multi" | "watch" | "quit" | "reset"
+        )
+    {
         if let Some(q) = client.multi.as_mut() {
             q.push(args.to_vec());
         }
         return Value::simple("QUEUED");
     }
-    match run(store, now, client, &name, args) {
+    match run(store, now, client, name, args) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -226,6 +541,7 @@ pub(crate) fn execute(store: &mut Store, now: Instant, client: &mut ClientState,
 fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a: &[Bytes]) -> R {
     let r3 = client.proto == Protocol::Resp3;
     Ok(match name {
+        "ping" if a.len() > 2 => return Err(wrong_args("ping")),
         "ping" => match a.get(1) {
             Some(m) => bulk(m),
             None => Value::simple("PONG"),
@@ -447,7 +763,7 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
                 Some(Data::List(l)) => match count {
                     None => {
                         let v = if left { l.pop_front() } else { l.pop_back() };
-                        (v.map_or(null_bulk(), |v| Value::BulkString(v)), l.is_empty())
+                        (v.map_or(null_bulk(), Value::BulkString), l.is_empty())
                     }
                     Some(0) => return Ok(Value::Array(vec![])),
                     Some(n) => {
@@ -661,6 +977,7 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
             Some(_) => return Err(err(WRONGTYPE)),
         },
         "publish" => Value::Integer(store.publish(&a[1], &a[2])),
+        "spublish" => Value::Integer(store.spublish(&a[1], &a[2])),
         "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" => {
             return Err(err("ERR pub/sub commands are handled by the connection"))
         }
@@ -737,6 +1054,11 @@ fn set(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
                 let now_ms = store.unix_ms(now) as i64;
                 Some(now + std::time::Duration::from_millis((ms - now_ms).max(0) as u64))
             } else {
+                // Redis adds the current Unix time and refuses an overflow.
+                let now_ms = store.unix_ms(now) as i64;
+                if ms.checked_add(now_ms).is_none() {
+                    return Err(err("ERR invalid expire time in 'set' command"));
+                }
                 Some(now + std::time::Duration::from_millis(ms as u64))
             }
         }
@@ -750,7 +1072,8 @@ fn set(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
     } else {
         None
     };
-    let found = store.lookup(now, &a[1]).is_some();
+    // The lookup also drops an expired key, so KEEPTTL never keeps a passed deadline.
+    let found = (nx || xx || keepttl) && store.lookup(now, &a[1]).is_some();
     if (nx && found) || (xx && !found) {
         return Ok(old.unwrap_or(null_bulk()));
     }
@@ -774,22 +1097,41 @@ fn expire(store: &mut Store, now: Instant, name: &str, a: &[Bytes]) -> R {
             "xx" => xx = true,
             "gt" => gt = true,
             "lt" => lt = true,
-            other => return Err(Value::error_fmt(format_args!("ERR Unsupported option {other}"))),
+            _ => {
+                return Err(Value::error_fmt(format_args!(
+                    "ERR Unsupported option {}",
+                    String::from_utf8_lossy(o)
+                )))
+            }
         }
     }
     if nx && (xx || gt || lt) {
-        return Err(err("ERR NX and XX, GT or LT options at the same time are not compatible"));
+        return Err(err(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
     }
     if gt && lt {
-        return Err(err("ERR GT and LT options at the same time are not compatible"));
+        return Err(err(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
     }
-    let unit: i64 = if name == "expire" || name == "expireat" { 1000 } else { 1 };
+    let unit: i64 = if name == "expire" || name == "expireat" {
+        1000
+    } else {
+        1
+    };
     let invalid = || Value::error_fmt(format_args!("ERR invalid expire time in '{name}' command"));
     let ms = v.checked_mul(unit).ok_or_else(invalid)?;
     let abs = name.ends_with("at");
     let now_ms = store.unix_ms(now) as i64;
-    let when_ms = if abs { ms } else { ms.checked_add(now_ms).ok_or_else(invalid)? };
-    let Some(cur) = store.lookup(now, &a[1]).map(|e| e.expire) else { return Ok(Value::Integer(0)) };
+    let when_ms = if abs {
+        ms
+    } else {
+        ms.checked_add(now_ms).ok_or_else(invalid)?
+    };
+    let Some(cur) = store.lookup(now, &a[1]).map(|e| e.expire) else {
+        return Ok(Value::Integer(0));
+    };
     let cur_ms = cur.map(|t| now_ms + (t - now).as_millis() as i64);
     if (nx && cur.is_some()) || (xx && cur.is_none()) {
         return Ok(Value::Integer(0));
@@ -810,7 +1152,10 @@ fn expire(store: &mut Store, now: Instant, name: &str, a: &[Bytes]) -> R {
 }
 
 fn scan(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
-    let cursor: u64 = std::str::from_utf8(&a[1]).ok().and_then(|s| s.parse().ok()).ok_or_else(|| err("ERR invalid cursor"))?;
+    let cursor: u64 = std::str::from_utf8(&a[1])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| err("ERR invalid cursor"))?;
     let mut count = 10i64;
     let mut pattern: Option<&Bytes> = None;
     let mut typ: Option<String> = None;
@@ -846,17 +1191,23 @@ fn scan(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
         if pattern.is_some_and(|p| !glob::matches(p, &k)) {
             continue;
         }
-        let Some(e) = store.lookup(now, &k) else { continue };
+        let Some(e) = store.lookup(now, &k) else {
+            continue;
+        };
         if typ.as_deref().is_some_and(|t| t != e.data.type_name()) {
             continue;
         }
         out.push(Value::BulkString(k));
     }
-    Ok(Value::Array(vec![Value::BulkString(Bytes::from(cur.to_string())), Value::Array(out)]))
+    Ok(Value::Array(vec![
+        Value::BulkString(Bytes::from(cur.to_string())),
+        Value::Array(out),
+    ]))
 }
 
 fn zadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
-    let (mut nx, mut xx, mut gt, mut lt, mut ch, mut incr) = (false, false, false, false, false, false);
+    let (mut nx, mut xx, mut gt, mut lt, mut ch, mut incr) =
+        (false, false, false, false, false, false);
     let mut j = 2;
     while j < a.len() {
         match lower(&a[j]).as_str() {
@@ -875,24 +1226,39 @@ fn zadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
         return Err(err(SYNTAX));
     }
     if nx && xx {
-        return Err(err("ERR XX and NX options at the same time are not compatible"));
+        return Err(err(
+            "ERR XX and NX options at the same time are not compatible",
+        ));
     }
-    if (gt && nx) || (lt && nx) || (gt && lt) {
-        return Err(err("ERR GT, LT, and/or NX options at the same time are not compatible"));
+    if (nx && (gt || lt)) || (gt && lt) {
+        return Err(err(
+            "ERR GT, LT, and/or NX options at the same time are not compatible",
+        ));
     }
     if incr && rest.len() > 2 {
-        return Err(err("ERR INCR option supports a single increment-element pair"));
+        return Err(err(
+            "ERR INCR option supports a single increment-element pair",
+        ));
     }
     let mut pairs = Vec::with_capacity(rest.len() / 2);
     for p in rest.chunks(2) {
-        pairs.push((parse_float(&p[0]).ok_or_else(|| err(NOT_FLOAT))?, p[1].clone()));
+        pairs.push((
+            parse_float(&p[0]).ok_or_else(|| err(NOT_FLOAT))?,
+            p[1].clone(),
+        ));
     }
     match store.lookup(now, &a[1]).map(|e| &e.data) {
         None if xx => return Ok(if incr { null_bulk() } else { Value::Integer(0) }),
         Some(d) if !matches!(d, Data::ZSet(_)) => return Err(err(WRONGTYPE)),
         _ => {}
     }
-    let Data::ZSet(z) = get_or_create(store, now, &a[1], |d| matches!(d, Data::ZSet(_)), || Data::ZSet(ZSet::default()))?
+    let Data::ZSet(z) = get_or_create(
+        store,
+        now,
+        &a[1],
+        |d| matches!(d, Data::ZSet(_)),
+        || Data::ZSet(ZSet::default()),
+    )?
     else {
         return Err(err(WRONGTYPE));
     };
@@ -959,7 +1325,9 @@ fn zrange(store: &mut Store, now: Instant, r3: bool, a: &[Bytes]) -> R {
         return Err(err("ERR BYLEX is not supported by this server"));
     }
     if limit.is_some() && !byscore {
-        return Err(err("ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX"));
+        return Err(err(
+            "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX",
+        ));
     }
     let items: Vec<(Bytes, f64)> = match store.lookup(now, &a[1]).map(|e| &e.data) {
         None => vec![],
@@ -979,15 +1347,26 @@ fn zrange(store: &mut Store, now: Instant, r3: bool, a: &[Bytes]) -> R {
                 };
                 let (lo, hi) = if rev { (&a[3], &a[2]) } else { (&a[2], &a[3]) };
                 let ((min, minex), (max, maxex)) = (parse_bound(lo)?, parse_bound(hi)?);
-                let inr = |s: f64| (if minex { s > min } else { s >= min }) && (if maxex { s < max } else { s <= max });
-                let mut v: Vec<(Bytes, f64)> = z.iter().filter(|(_, s)| inr(*s)).map(|(m, s)| (m.clone(), s)).collect();
+                let inr = |s: f64| {
+                    (if minex { s > min } else { s >= min })
+                        && (if maxex { s < max } else { s <= max })
+                };
+                let mut v: Vec<(Bytes, f64)> = z
+                    .iter()
+                    .filter(|(_, s)| inr(*s))
+                    .map(|(m, s)| (m.clone(), s))
+                    .collect();
                 if rev {
                     v.reverse();
                 }
                 if let Some((off, cnt)) = limit {
                     let off = off.max(0) as usize;
                     let it = v.into_iter().skip(off);
-                    v = if cnt < 0 { it.collect() } else { it.take(cnt as usize).collect() };
+                    v = if cnt < 0 {
+                        it.collect()
+                    } else {
+                        it.take(cnt as usize).collect()
+                    };
                 }
                 v
             } else {
@@ -996,9 +1375,18 @@ fn zrange(store: &mut Store, now: Instant, r3: bool, a: &[Bytes]) -> R {
                     None => vec![],
                     Some((s, e)) => {
                         if rev {
-                            z.iter().rev().skip(s).take(e - s + 1).map(|(m, sc)| (m.clone(), sc)).collect()
+                            z.iter()
+                                .rev()
+                                .skip(s)
+                                .take(e - s + 1)
+                                .map(|(m, sc)| (m.clone(), sc))
+                                .collect()
                         } else {
-                            z.iter().skip(s).take(e - s + 1).map(|(m, sc)| (m.clone(), sc)).collect()
+                            z.iter()
+                                .skip(s)
+                                .take(e - s + 1)
+                                .map(|(m, sc)| (m.clone(), sc))
+                                .collect()
                         }
                     }
                 }
@@ -1023,18 +1411,39 @@ fn zrange(store: &mut Store, now: Instant, r3: bool, a: &[Bytes]) -> R {
 fn parse_stream_id(s: &[u8], seq_default: Option<u64>) -> Option<(StreamId, bool)> {
     let t = std::str::from_utf8(s).ok()?;
     match t.split_once('-') {
-        None => Some((StreamId { ms: t.parse().ok()?, seq: seq_default? }, false)),
-        Some((ms, "*")) => Some((StreamId { ms: ms.parse().ok()?, seq: 0 }, true)),
-        Some((ms, seq)) => Some((StreamId { ms: ms.parse().ok()?, seq: seq.parse().ok()? }, false)),
+        None => Some((
+            StreamId {
+                ms: t.parse().ok()?,
+                seq: seq_default?,
+            },
+            false,
+        )),
+        Some((ms, "*")) => Some((
+            StreamId {
+                ms: ms.parse().ok()?,
+                seq: 0,
+            },
+            true,
+        )),
+        Some((ms, seq)) => Some((
+            StreamId {
+                ms: ms.parse().ok()?,
+                seq: seq.parse().ok()?,
+            },
+            false,
+        )),
     }
 }
 
 fn xadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
     let mut j = 2;
     let mut nomkstream = false;
+    let (mut approx, mut limit) = (false, false);
     let mut trim: Option<(bool, Bytes)> = None; // (maxlen?, threshold)
     loop {
-        let Some(o) = a.get(j) else { return Err(wrong_args("xadd")) };
+        let Some(o) = a.get(j) else {
+            return Err(wrong_args("xadd"));
+        };
         match lower(o).as_str() {
             "nomkstream" => {
                 nomkstream = true;
@@ -1043,18 +1452,33 @@ fn xadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
             "maxlen" | "minid" => {
                 let maxlen = o.eq_ignore_ascii_case(b"maxlen");
                 j += 1;
-                if a.get(j).is_some_and(|x| &x[..] == b"=" || &x[..] == b"~") {
+                if a.get(j).is_some_and(|x| &x[..] == b"~") {
+                    approx = true;
+                    j += 1;
+                } else if a.get(j).is_some_and(|x| &x[..] == b"=") {
                     j += 1;
                 }
                 let t = a.get(j).ok_or_else(|| err(SYNTAX))?.clone();
                 trim = Some((maxlen, t));
                 j += 1;
-                if a.get(j).is_some_and(|x| x.eq_ignore_ascii_case(b"limit")) {
-                    j += 2;
-                }
+            }
+            "limit" if j + 1 < a.len() => {
+                int_arg(&a[j + 1])?;
+                limit = true;
+                j += 2;
             }
             _ => break,
         }
+    }
+    if limit && trim.is_none() {
+        return Err(err(
+            "ERR syntax error, LIMIT cannot be used without specifying a trimming strategy",
+        ));
+    }
+    if limit && !approx {
+        return Err(err(
+            "ERR syntax error, LIMIT cannot be used without the special ~ option",
+        ));
     }
     let id_arg = a.get(j).ok_or_else(|| err(SYNTAX))?;
     let fields = &a[j + 1..];
@@ -1064,7 +1488,10 @@ fn xadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
     let explicit = if &id_arg[..] == b"*" {
         None
     } else {
-        Some(parse_stream_id(id_arg, Some(0)).ok_or_else(|| err("ERR Invalid stream ID specified as stream command argument"))?)
+        Some(
+            parse_stream_id(id_arg, Some(0))
+                .ok_or_else(|| err("ERR Invalid stream ID specified as stream command argument"))?,
+        )
     };
     if let Some((id, false)) = explicit {
         if id == (StreamId { ms: 0, seq: 0 }) {
@@ -1072,11 +1499,21 @@ fn xadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
         }
     }
     let maxlen = match &trim {
-        Some((true, t)) => Some(int_arg(t).and_then(|n| if n < 0 { Err(err("ERR The MAXLEN argument must be >= 0.")) } else { Ok(n) })?),
+        Some((true, t)) => Some(int_arg(t).and_then(|n| {
+            if n < 0 {
+                Err(err("ERR The MAXLEN argument must be >= 0."))
+            } else {
+                Ok(n)
+            }
+        })?),
         _ => None,
     };
     let minid = match &trim {
-        Some((false, t)) => Some(parse_stream_id(t, Some(0)).ok_or_else(|| err("ERR Invalid stream ID specified as stream command argument"))?.0),
+        Some((false, t)) => Some(
+            parse_stream_id(t, Some(0))
+                .ok_or_else(|| err("ERR Invalid stream ID specified as stream command argument"))?
+                .0,
+        ),
         _ => None,
     };
     let now_ms = store.unix_ms(now);
@@ -1085,8 +1522,13 @@ fn xadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
         Some(d) if !matches!(d, Data::Stream(_)) => return Err(err(WRONGTYPE)),
         _ => {}
     }
-    let Data::Stream(s) =
-        get_or_create(store, now, &a[1], |d| matches!(d, Data::Stream(_)), || Data::Stream(Stream::default()))?
+    let Data::Stream(s) = get_or_create(
+        store,
+        now,
+        &a[1],
+        |d| matches!(d, Data::Stream(_)),
+        || Data::Stream(Stream::default()),
+    )?
     else {
         return Err(err(WRONGTYPE));
     };
@@ -1101,9 +1543,15 @@ fn xadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
         }
         Some((id, true)) => {
             if id.ms == last.ms && (last.ms, last.seq) != (0, 0) {
-                StreamId { ms: id.ms, seq: last.seq + 1 }
+                StreamId {
+                    ms: id.ms,
+                    seq: last.seq + 1,
+                }
             } else if id.ms > last.ms || (last.ms, last.seq) == (0, 0) {
-                StreamId { ms: id.ms, seq: if id.ms == 0 { 1 } else { 0 } }
+                StreamId {
+                    ms: id.ms,
+                    seq: if id.ms == 0 { 1 } else { 0 },
+                }
             } else {
                 return Err(err("ERR The ID specified in XADD is equal or smaller than the target stream top item"));
             }
@@ -1116,7 +1564,10 @@ fn xadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
         }
     };
     s.last_id = id;
-    s.entries.push_back((id, fields.iter().map(|f| Bytes::copy_from_slice(f)).collect()));
+    s.entries.push_back((
+        id,
+        fields.iter().map(|f| Bytes::copy_from_slice(f)).collect(),
+    ));
     if let Some(n) = maxlen {
         while s.entries.len() as i64 > n {
             s.entries.pop_front();
@@ -1127,15 +1578,21 @@ fn xadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
             s.entries.pop_front();
         }
     }
-    Ok(Value::BulkString(Bytes::from(format!("{}-{}", id.ms, id.seq))))
+    Ok(Value::BulkString(Bytes::from(format!(
+        "{}-{}",
+        id.ms, id.seq
+    ))))
 }
 
 fn hello(store: &mut Store, client: &mut ClientState, a: &[Bytes]) -> R {
     let mut proto = None;
     let mut j = 1;
     if a.len() >= 2 {
-        let v = parse_int(&a[1]).ok_or_else(|| err("ERR Protocol version is not an integer or out of range"))?;
-        proto = Some(Protocol::from_version(v).ok_or_else(|| err("NOPROTO unsupported protocol version"))?);
+        let v = parse_int(&a[1])
+            .ok_or_else(|| err("ERR Protocol version is not an integer or out of range"))?;
+        proto = Some(
+            Protocol::from_version(v).ok_or_else(|| err("NOPROTO unsupported protocol version"))?,
+        );
         j = 2;
     }
     let mut name = None;
@@ -1143,14 +1600,19 @@ fn hello(store: &mut Store, client: &mut ClientState, a: &[Bytes]) -> R {
         let more = a.len() - 1 - j;
         if a[j].eq_ignore_ascii_case(b"auth") && more >= 2 {
             if &a[j + 1][..] != b"default" {
-                return Err(err("WRONGPASS invalid username-password pair or user is disabled."));
+                return Err(err(
+                    "WRONGPASS invalid username-password pair or user is disabled.",
+                ));
             }
             j += 3;
         } else if a[j].eq_ignore_ascii_case(b"setname") && more >= 1 {
             name = Some(validate_name(&a[j + 1])?);
             j += 2;
         } else {
-            return Err(Value::error_fmt(format_args!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(&a[j]))));
+            return Err(Value::error_fmt(format_args!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(&a[j])
+            )));
         }
     }
     if let Some(n) = name {
@@ -1176,14 +1638,22 @@ fn validate_name(n: &Bytes) -> Result<Option<Bytes>, Value> {
         return Ok(None);
     }
     if n.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
-        return Err(err("ERR Client names cannot contain spaces, newlines or special characters."));
+        return Err(err(
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+        ));
     }
     Ok(Some(Bytes::copy_from_slice(n)))
 }
 
 fn client_cmd(client: &mut ClientState, a: &[Bytes]) -> R {
     let sub = lower(&a[1]);
-    let check = |n: usize| if a.len() == n { Ok(()) } else { Err(wrong_args(&format!("client|{sub}"))) };
+    let check = |n: usize| {
+        if a.len() == n {
+            Ok(())
+        } else {
+            Err(wrong_args(&format!("client|{sub}")))
+        }
+    };
     Ok(match sub.as_str() {
         "setname" => {
             check(3)?;
@@ -1205,13 +1675,20 @@ fn client_cmd(client: &mut ClientState, a: &[Bytes]) -> R {
         "info" => Value::BulkString(Bytes::from(format!(
             "id={} addr=? laddr=? fd=0 name={} db=0 resp={}\n",
             client.id,
-            client.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default(),
+            client
+                .name
+                .as_ref()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_default(),
             client.proto.version()
         ))),
         _ => {
             return Err(Value::error_fmt(format_args!(
                 "ERR unknown subcommand '{}'. Try CLIENT HELP.",
-                String::from_utf8_lossy(&a[1]).chars().take(128).collect::<String>()
+                String::from_utf8_lossy(&a[1])
+                    .chars()
+                    .take(128)
+                    .collect::<String>()
             )))
         }
     })
@@ -1219,7 +1696,15 @@ fn client_cmd(client: &mut ClientState, a: &[Bytes]) -> R {
 
 fn info(store: &mut Store, now: Instant, a: &[Bytes]) -> Value {
     let uptime = (now - store.start).as_secs();
-    let want = |s: &str| a.len() < 2 || a[1..].iter().any(|x| x.eq_ignore_ascii_case(s.as_bytes()) || x.eq_ignore_ascii_case(b"all") || x.eq_ignore_ascii_case(b"everything") || x.eq_ignore_ascii_case(b"default"));
+    let want = |s: &str| {
+        a.len() < 2
+            || a[1..].iter().any(|x| {
+                x.eq_ignore_ascii_case(s.as_bytes())
+                    || x.eq_ignore_ascii_case(b"all")
+                    || x.eq_ignore_ascii_case(b"everything")
+                    || x.eq_ignore_ascii_case(b"default")
+            })
+    };
     let mut s = String::new();
     if want("server") {
         s.push_str(&format!(
@@ -1232,13 +1717,20 @@ fn info(store: &mut Store, now: Instant, a: &[Bytes]) -> Value {
         ));
     }
     if want("clients") {
-        s.push_str(&format!("# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\n\r\n", store.clients));
+        s.push_str(&format!(
+            "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\n\r\n",
+            store.clients
+        ));
     }
     if want("memory") {
-        s.push_str("# Memory\r\nused_memory:0\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\r\n");
+        s.push_str(
+            "# Memory\r\nused_memory:0\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\r\n",
+        );
     }
     if want("persistence") {
-        s.push_str("# Persistence\r\nloading:0\r\nrdb_changes_since_last_save:0\r\naof_enabled:0\r\n\r\n");
+        s.push_str(
+            "# Persistence\r\nloading:0\r\nrdb_changes_since_last_save:0\r\naof_enabled:0\r\n\r\n",
+        );
     }
     if want("stats") {
         s.push_str(&format!(
@@ -1255,11 +1747,18 @@ fn info(store: &mut Store, now: Instant, a: &[Bytes]) -> Value {
     if want("keyspace") {
         s.push_str("# Keyspace\r\n");
         if !store.db.is_empty() {
-            s.push_str(&format!("db0:keys={},expires={},avg_ttl=0\r\n", store.db.len(), store.expires.len()));
+            s.push_str(&format!(
+                "db0:keys={},expires={},avg_ttl=0\r\n",
+                store.db.len(),
+                store.expires.len()
+            ));
         }
     }
     let s = s.trim_end_matches("\r\n").to_string() + "\r\n";
-    Value::VerbatimString { format: *b"txt", text: Bytes::from(s) }
+    Value::VerbatimString {
+        format: *b"txt",
+        text: Bytes::from(s),
+    }
 }
 
 fn config(store: &mut Store, _r3: bool, a: &[Bytes]) -> R {
@@ -1281,7 +1780,10 @@ fn config(store: &mut Store, _r3: bool, a: &[Bytes]) -> R {
                 ("timeout", "0".into()),
                 ("tcp-keepalive", "300".into()),
                 ("hz", "10".into()),
-                ("proto-max-bulk-len", store.config.proto_max_bulk_len.to_string()),
+                (
+                    "proto-max-bulk-len",
+                    store.config.proto_max_bulk_len.to_string(),
+                ),
                 ("client-query-buffer-limit", "1073741824".into()),
                 ("cluster-enabled", "no".into()),
                 ("protected-mode", "no".into()),
@@ -1289,7 +1791,10 @@ fn config(store: &mut Store, _r3: bool, a: &[Bytes]) -> R {
             ];
             let mut out = Vec::new();
             for (k, v) in &params {
-                if a[2..].iter().any(|p| glob::matches(&p.to_ascii_lowercase(), k.as_bytes())) {
+                if a[2..]
+                    .iter()
+                    .any(|p| glob::matches(&p.to_ascii_lowercase(), k.as_bytes()))
+                {
                     out.push((Value::bulk(k), Value::bulk(v)));
                 }
             }
@@ -1307,7 +1812,10 @@ fn config(store: &mut Store, _r3: bool, a: &[Bytes]) -> R {
         }
         _ => Err(Value::error_fmt(format_args!(
             "ERR unknown subcommand '{}'. Try CONFIG HELP.",
-            String::from_utf8_lossy(&a[1]).chars().take(128).collect::<String>()
+            String::from_utf8_lossy(&a[1])
+                .chars()
+                .take(128)
+                .collect::<String>()
         ))),
     }
 }
@@ -1315,13 +1823,35 @@ fn config(store: &mut Store, _r3: bool, a: &[Bytes]) -> R {
 fn command_info(name: &str, arity: i32) -> Value {
     let keyed = !matches!(
         name,
-        "ping" | "echo" | "hello" | "select" | "client" | "auth" | "quit" | "reset" | "dbsize" | "flushdb" | "flushall"
-            | "info" | "config" | "command" | "time" | "keys" | "scan" | "publish" | "subscribe" | "unsubscribe"
-            | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" | "multi" | "exec" | "discard"
+        "ping"
+            | "echo"
+            | "hello"
+            | "select"
+            | "client"
+            | "auth"
+            | "quit"
+            | "reset"
+            | "dbsize"
+            | "flushdb"
+            | "flushall"
+            | "info"
+            | "config"
+            | "command"
+            | "time"
+            | "keys"
+            | "scan"
+            | "publish"
+            | "subscribe"
+            | "unsubscribe"
+            | "psubscribe"
+            | "punsubscribe"
+            | "ssubscribe"
+            | "sunsubscribe"
+            | "multi"
+            | "exec"
+            | "discard"
     );
-    let last = if matches!(name, "del" | "exists" | "mget") {
-        -1
-    } else if name == "mset" {
+    let last = if matches!(name, "del" | "exists" | "mget" | "mset") {
         -1
     } else {
         1
@@ -1343,7 +1873,12 @@ fn command_info(name: &str, arity: i32) -> Value {
 
 fn command(a: &[Bytes]) -> R {
     if a.len() == 1 {
-        return Ok(Value::Array(TABLE.iter().map(|(n, ar, ..)| command_info(n, *ar)).collect()));
+        return Ok(Value::Array(
+            TABLE
+                .iter()
+                .map(|(n, ar, ..)| command_info(n, *ar))
+                .collect(),
+        ));
     }
     let sub = lower(&a[1]);
     Ok(match sub.as_str() {
@@ -1352,12 +1887,22 @@ fn command(a: &[Bytes]) -> R {
         "info" => {
             let names: Vec<String> = a[2..].iter().map(|n| lower(n)).collect();
             if names.is_empty() {
-                Value::Array(TABLE.iter().map(|(n, ar, ..)| command_info(n, *ar)).collect())
+                Value::Array(
+                    TABLE
+                        .iter()
+                        .map(|(n, ar, ..)| command_info(n, *ar))
+                        .collect(),
+                )
             } else {
                 Value::Array(
                     names
                         .iter()
-                        .map(|n| TABLE.iter().find(|(t, ..)| t == n).map_or(Value::NullArray, |(t, ar, ..)| command_info(t, *ar)))
+                        .map(|n| {
+                            TABLE
+                                .iter()
+                                .find(|(t, ..)| t == n)
+                                .map_or(Value::NullArray, |(t, ar, ..)| command_info(t, *ar))
+                        })
                         .collect(),
                 )
             }
@@ -1383,7 +1928,10 @@ fn command(a: &[Bytes]) -> R {
         _ => {
             return Err(Value::error_fmt(format_args!(
                 "ERR unknown subcommand '{}'. Try COMMAND HELP.",
-                String::from_utf8_lossy(&a[1]).chars().take(128).collect::<String>()
+                String::from_utf8_lossy(&a[1])
+                    .chars()
+                    .take(128)
+                    .collect::<String>()
             )))
         }
     })

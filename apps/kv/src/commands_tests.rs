@@ -3,7 +3,9 @@ use crate::StoreConfig;
 use std::time::Duration;
 
 fn args(s: &str) -> Vec<Bytes> {
-    s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
+    s.split(' ')
+        .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+        .collect()
 }
 
 struct T {
@@ -16,7 +18,11 @@ impl T {
     fn new() -> T {
         let mut store = Store::new(StoreConfig::default(), Instant::ZERO);
         let client = store.new_client();
-        T { store, client, now: Instant::ZERO }
+        T {
+            store,
+            client,
+            now: Instant::ZERO,
+        }
     }
     fn run(&mut self, s: &str) -> Value {
         self.store.execute(self.now, &mut self.client, &args(s))
@@ -45,7 +51,14 @@ fn strings_and_counters() {
     assert_eq!(t.run("SET s abc"), Value::ok());
     assert_eq!(t.run("INCR s"), err(NOT_INT));
     assert_eq!(t.run("MSET a 1 b 2"), Value::ok());
-    assert_eq!(t.run("MGET a b nope"), Value::Array(vec![Value::bulk("1"), Value::bulk("2"), Value::NullBulkString]));
+    assert_eq!(
+        t.run("MGET a b nope"),
+        Value::Array(vec![
+            Value::bulk("1"),
+            Value::bulk("2"),
+            Value::NullBulkString
+        ])
+    );
     assert_eq!(t.run("MSET a"), wrong_args("mset"));
     assert_eq!(t.run("DEL a b nope"), int(2));
     assert_eq!(t.run("EXISTS k k nope"), int(2));
@@ -53,7 +66,9 @@ fn strings_and_counters() {
     assert_eq!(t.run("TYPE k"), Value::simple("string"));
     assert_eq!(
         t.run("FOO a b"),
-        Value::error_fmt(format_args!("ERR unknown command 'FOO', with args beginning with: 'a' 'b' "))
+        Value::error_fmt(format_args!(
+            "ERR unknown command 'FOO', with args beginning with: 'a' 'b' "
+        ))
     );
 }
 
@@ -67,7 +82,10 @@ fn expiry_lazy_and_active() {
     assert_eq!(t.run("PTTL b"), int(500));
     assert_eq!(t.run("TTL c"), int(-1));
     assert_eq!(t.run("TTL nope"), int(-2));
-    assert_eq!(t.run("SET x 1 EX 0"), err("ERR invalid expire time in 'set' command"));
+    assert_eq!(
+        t.run("SET x 1 EX 0"),
+        err("ERR invalid expire time in 'set' command")
+    );
     t.now += Duration::from_millis(600);
     assert_eq!(t.run("GET b"), Value::NullBulkString);
     assert_eq!(t.run("EXPIRE c 5"), int(1));
@@ -87,9 +105,15 @@ fn lists_sets_hashes() {
     assert_eq!(t.run("RPUSH l a b c"), int(3));
     assert_eq!(t.run("LPUSH l z"), int(4));
     assert_eq!(t.run("LRANGE l 0 -1").as_slice().unwrap().len(), 4);
-    assert_eq!(t.run("LRANGE l -2 100"), Value::Array(vec![Value::bulk("b"), Value::bulk("c")]));
+    assert_eq!(
+        t.run("LRANGE l -2 100"),
+        Value::Array(vec![Value::bulk("b"), Value::bulk("c")])
+    );
     assert_eq!(t.run("LPOP l"), Value::bulk("z"));
-    assert_eq!(t.run("RPOP l 2"), Value::Array(vec![Value::bulk("c"), Value::bulk("b")]));
+    assert_eq!(
+        t.run("RPOP l 2"),
+        Value::Array(vec![Value::bulk("c"), Value::bulk("b")])
+    );
     assert_eq!(t.run("LPOP l -1"), err(POSITIVE));
     assert_eq!(t.run("LPOP l"), Value::bulk("a"));
     assert_eq!(t.run("EXISTS l"), int(0));
@@ -103,7 +127,10 @@ fn lists_sets_hashes() {
     assert_eq!(t.run("HGET h f"), Value::bulk("1"));
     assert_eq!(t.run("HINCRBY h f 5"), int(6));
     assert_eq!(t.run("HSET h t x"), int(1));
-    assert_eq!(t.run("HINCRBY h t 1"), err("ERR hash value is not an integer"));
+    assert_eq!(
+        t.run("HINCRBY h t 1"),
+        err("ERR hash value is not an integer")
+    );
     assert_eq!(t.run("HDEL h f g t"), int(3));
     assert_eq!(t.run("HGETALL h"), Value::Map(vec![]));
 }
@@ -112,7 +139,10 @@ fn lists_sets_hashes() {
 fn sorted_sets_and_streams() {
     let mut t = T::new();
     assert_eq!(t.run("ZADD z 1 a 2 b 1.5 c"), int(3));
-    assert_eq!(t.run("ZADD z NX XX 1 a"), err("ERR XX and NX options at the same time are not compatible"));
+    assert_eq!(
+        t.run("ZADD z NX XX 1 a"),
+        err("ERR XX and NX options at the same time are not compatible")
+    );
     assert_eq!(t.run("ZADD z x a"), err(NOT_FLOAT));
     assert_eq!(
         t.run("ZRANGE z 0 -1 WITHSCORES"),
@@ -125,17 +155,29 @@ fn sorted_sets_and_streams() {
             Value::Double(2.0)
         ])
     );
-    assert_eq!(t.run("ZRANGE z 0 0 REV"), Value::Array(vec![Value::bulk("b")]));
-    assert_eq!(t.run("ZRANGE z (1 2 BYSCORE"), Value::Array(vec![Value::bulk("c"), Value::bulk("b")]));
+    assert_eq!(
+        t.run("ZRANGE z 0 0 REV"),
+        Value::Array(vec![Value::bulk("b")])
+    );
+    assert_eq!(
+        t.run("ZRANGE z (1 2 BYSCORE"),
+        Value::Array(vec![Value::bulk("c"), Value::bulk("b")])
+    );
     assert_eq!(t.run("ZADD z INCR 3 a"), Value::Double(4.0));
-    assert_eq!(t.run("ZPOPMIN z"), Value::Array(vec![Value::bulk("c"), Value::Double(1.5)]));
+    assert_eq!(
+        t.run("ZPOPMIN z"),
+        Value::Array(vec![Value::bulk("c"), Value::Double(1.5)])
+    );
     assert_eq!(t.run("ZCARD z"), int(2));
     assert_eq!(t.run("XADD st 1-1 f v"), Value::bulk("1-1"));
     assert_eq!(
         t.run("XADD st 1-1 f v"),
         err("ERR The ID specified in XADD is equal or smaller than the target stream top item")
     );
-    assert_eq!(t.run("XADD st 0-0 f v"), err("ERR The ID specified in XADD must be greater than 0-0"));
+    assert_eq!(
+        t.run("XADD st 0-0 f v"),
+        err("ERR The ID specified in XADD must be greater than 0-0")
+    );
     assert_eq!(t.run("XADD st MAXLEN 1 1-* f v"), Value::bulk("1-2"));
     assert_eq!(t.run("XLEN st"), int(1));
     assert_eq!(t.run("TYPE st"), Value::simple("stream"));
@@ -174,7 +216,10 @@ fn multi_exec_and_client() {
     assert_eq!(t.run("EXEC"), Value::Array(vec![Value::ok(), int(2)]));
     t.run("MULTI");
     t.run("NOPE");
-    assert_eq!(t.run("EXEC"), err("EXECABORT Transaction discarded because of previous errors."));
+    assert_eq!(
+        t.run("EXEC"),
+        err("EXECABORT Transaction discarded because of previous errors.")
+    );
     assert_eq!(t.run("EXEC"), err("ERR EXEC without MULTI"));
     assert_eq!(t.run("CLIENT SETNAME bob"), Value::ok());
     assert_eq!(t.run("CLIENT GETNAME"), Value::bulk("bob"));
@@ -190,13 +235,27 @@ fn multi_exec_and_client() {
 #[test]
 fn publish_fans_out() {
     let mut t = T::new();
-    t.store.subscribe(7, ferry_resp::SubKind::Channel, &[Bytes::from_static(b"news")]);
-    t.store.subscribe(8, ferry_resp::SubKind::Pattern, &[Bytes::from_static(b"n*")]);
+    t.store.subscribe(
+        7,
+        ferry_resp::SubKind::Channel,
+        &[Bytes::from_static(b"news")],
+    );
+    t.store.subscribe(
+        8,
+        ferry_resp::SubKind::Pattern,
+        &[Bytes::from_static(b"n*")],
+    );
     assert_eq!(t.run("PUBLISH news hi"), int(2));
     let d = t.store.take_deliveries();
     assert_eq!(d.len(), 2);
-    assert!(d.iter().any(|d| d.client == 8 && d.pattern.as_deref() == Some(&b"n*"[..])));
-    t.store.unsubscribe(7, ferry_resp::SubKind::Channel, &[Bytes::from_static(b"news")]);
+    assert!(d
+        .iter()
+        .any(|d| d.client == 8 && d.pattern.as_deref() == Some(&b"n*"[..])));
+    t.store.unsubscribe(
+        7,
+        ferry_resp::SubKind::Channel,
+        &[Bytes::from_static(b"news")],
+    );
     assert_eq!(t.run("PUBLISH news hi"), int(1));
 }
 
@@ -217,4 +276,11 @@ mod props {
             }
         }
     }
+}
+
+#[test]
+fn store_and_client_state_are_send() {
+    fn send<T: Send>() {}
+    send::<Store>();
+    send::<ClientState>();
 }

@@ -24,7 +24,13 @@ pub struct Dict<V> {
 
 impl<V> Default for Dict<V> {
     fn default() -> Self {
-        Dict { nodes: Vec::new(), free: Vec::new(), buckets: vec![NIL; 4], len: 0, hasher: RandomState::new() }
+        Dict {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            buckets: vec![NIL; 4],
+            len: 0,
+            hasher: RandomState::new(),
+        }
     }
 }
 
@@ -55,9 +61,24 @@ impl<V> Dict<V> {
         None
     }
 
+    /// The slot of `key`, for [`at_mut`](Self::at_mut) (one hash for check-then-modify).
+    pub fn slot(&self, key: &[u8]) -> Option<u32> {
+        self.find(key)
+    }
+
+    /// The value in `slot` (valid until the next insert or remove).
+    pub fn at_mut(&mut self, slot: u32) -> Option<&mut V> {
+        self.nodes
+            .get_mut(slot as usize)?
+            .as_mut()
+            .map(|n| &mut n.val)
+    }
+
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<&V> {
-        self.find(key).and_then(|i| self.nodes[i as usize].as_ref()).map(|n| &n.val)
+        self.find(key)
+            .and_then(|i| self.nodes[i as usize].as_ref())
+            .map(|n| &n.val)
     }
 
     /// The value of `key`, mutably.
@@ -73,7 +94,11 @@ impl<V> Dict<V> {
             return Some(std::mem::replace(&mut n.val, val));
         }
         let b = self.bucket(&key);
-        let node = Node { key, val, next: self.buckets[b] };
+        let node = Node {
+            key,
+            val,
+            next: self.buckets[b],
+        };
         let idx = match self.free.pop() {
             Some(i) => {
                 self.nodes[i as usize] = Some(node);
@@ -126,7 +151,9 @@ impl<V> Dict<V> {
         self.buckets = vec![NIL; size];
         let mask = size - 1;
         for idx in 0..self.nodes.len() {
-            let Some(n) = self.nodes[idx].as_ref() else { continue };
+            let Some(n) = self.nodes[idx].as_ref() else {
+                continue;
+            };
             let b = (self.hasher.hash_one(&n.key[..]) as usize) & mask;
             let head = self.buckets[b];
             if let Some(n) = self.nodes[idx].as_mut() {
@@ -142,7 +169,10 @@ impl<V> Dict<V> {
 
     /// Remove everything.
     pub fn clear(&mut self) {
-        *self = Dict { hasher: std::mem::take(&mut self.hasher), ..Dict::default() };
+        *self = Dict {
+            hasher: std::mem::take(&mut self.hasher),
+            ..Dict::default()
+        };
     }
 
     /// Every key and value (in no particular order).
@@ -156,7 +186,9 @@ impl<V> Dict<V> {
         let mask = (self.buckets.len() - 1) as u64;
         let mut i = self.buckets[(cursor & mask) as usize];
         while i != NIL {
-            let Some(n) = self.nodes[i as usize].as_ref() else { break };
+            let Some(n) = self.nodes[i as usize].as_ref() else {
+                break;
+            };
             f(&n.key, &n.val);
             i = n.next;
         }
@@ -173,7 +205,9 @@ impl<V> Dict<V> {
         }
         let n = self.nodes.len();
         let start = (r % n as u64) as usize;
-        (0..n).map(|k| (start + k) % n).find_map(|i| self.nodes[i].as_ref().map(|n| &n.key))
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find_map(|i| self.nodes[i].as_ref().map(|n| &n.key))
     }
 }
 
@@ -218,7 +252,11 @@ mod tests {
                     d.insert(Bytes::from(format!("tmp{step}-{j}")), ());
                 }
             } else if step % 3 == 1 {
-                let tmp: Vec<Bytes> = d.iter().map(|(k, _)| k.clone()).filter(|k| k.starts_with(b"tmp")).collect();
+                let tmp: Vec<Bytes> = d
+                    .iter()
+                    .map(|(k, _)| k.clone())
+                    .filter(|k| k.starts_with(b"tmp"))
+                    .collect();
                 for k in tmp {
                     d.remove(&k);
                 }
@@ -228,7 +266,10 @@ mod tests {
             }
         }
         for i in 0..200 {
-            assert!(seen.contains(format!("stable{i}").as_bytes()), "missed stable{i}");
+            assert!(
+                seen.contains(format!("stable{i}").as_bytes()),
+                "missed stable{i}"
+            );
         }
     }
 }

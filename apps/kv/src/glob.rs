@@ -1,102 +1,79 @@
 //! Redis's glob-style pattern matching (`stringmatchlen`): `*`, `?`, `[abc]`, `[^a]`, `[a-z]`,
 //! and `\` escapes. Used by KEYS, SCAN MATCH, PSUBSCRIBE and CONFIG GET.
+//!
+//! Unlike a naive recursive matcher, this one backtracks only to the last `*`, so it runs in
+//! O(pattern × subject) even for patterns like `*a*a*a*a*b` (no exponential blow-up on peer
+//! input).
+
+/// The length of the single-character token at `pat[p]` and whether it matches `c`.
+fn token(pat: &[u8], p: usize, c: u8) -> (usize, bool) {
+    match pat[p] {
+        b'?' => (1, true),
+        b'\\' if p + 1 < pat.len() => (2, pat[p + 1] == c),
+        b'[' => {
+            let mut i = p + 1;
+            let not = pat.get(i) == Some(&b'^');
+            if not {
+                i += 1;
+            }
+            let mut matched = false;
+            while i < pat.len() && pat[i] != b']' {
+                if pat[i] == b'\\' && i + 1 < pat.len() {
+                    i += 1;
+                    matched |= pat[i] == c;
+                } else if i + 2 < pat.len() && pat[i + 1] == b'-' {
+                    let (lo, hi) = (pat[i].min(pat[i + 2]), pat[i].max(pat[i + 2]));
+                    matched |= (lo..=hi).contains(&c);
+                    i += 2;
+                } else {
+                    matched |= pat[i] == c;
+                }
+                i += 1;
+            }
+            // Include the closing bracket (an unterminated class runs to the end).
+            let len = (i + 1).min(pat.len()) - p;
+            (len, matched != not)
+        }
+        other => (1, other == c),
+    }
+}
 
 /// Whether `s` matches `pattern`.
 pub fn matches(pattern: &[u8], s: &[u8]) -> bool {
-    match_at(pattern, s, 0)
-}
-
-fn match_at(mut p: &[u8], mut s: &[u8], depth: usize) -> bool {
-    if depth > 1000 {
-        return false;
-    }
-    while let Some(&c) = p.first() {
-        match c {
-            b'*' => {
-                while p.len() > 1 && p[1] == b'*' {
-                    p = &p[1..];
+    let (mut p, mut i) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pattern.len() {
+            if pattern[p] == b'*' {
+                while p < pattern.len() && pattern[p] == b'*' {
+                    p += 1;
                 }
-                if p.len() == 1 {
+                if p == pattern.len() {
                     return true;
                 }
-                for i in 0..=s.len() {
-                    if match_at(&p[1..], &s[i..], depth + 1) {
-                        return true;
-                    }
-                }
-                return false;
+                star = Some((p, i));
+                continue;
             }
-            b'?' => {
-                if s.is_empty() {
-                    return false;
-                }
-                s = &s[1..];
-            }
-            b'[' => {
-                let Some(&sc) = s.first() else { return false };
-                p = &p[1..];
-                let not = p.first() == Some(&b'^');
-                if not {
-                    p = &p[1..];
-                }
-                let mut matched = false;
-                loop {
-                    match p.first() {
-                        None => break,
-                        Some(b'\\') if p.len() >= 2 => {
-                            p = &p[1..];
-                            if p[0] == sc {
-                                matched = true;
-                            }
-                        }
-                        Some(b']') => break,
-                        Some(&a) if p.len() >= 3 && p[1] == b'-' => {
-                            let (mut lo, mut hi) = (a, p[2]);
-                            if lo > hi {
-                                std::mem::swap(&mut lo, &mut hi);
-                            }
-                            p = &p[2..];
-                            if sc >= lo && sc <= hi {
-                                matched = true;
-                            }
-                        }
-                        Some(&a) => {
-                            if a == sc {
-                                matched = true;
-                            }
-                        }
-                    }
-                    p = &p[1..];
-                }
-                if not {
-                    matched = !matched;
-                }
-                if !matched {
-                    return false;
-                }
-                s = &s[1..];
-                if p.is_empty() {
-                    // Unterminated class: the pattern ends here.
-                    return s.is_empty();
-                }
-            }
-            b'\\' if p.len() >= 2 => {
-                p = &p[1..];
-                if s.first() != Some(&p[0]) {
-                    return false;
-                }
-                s = &s[1..];
-            }
-            _ => {
-                if s.first() != Some(&c) {
-                    return false;
-                }
-                s = &s[1..];
+            let (len, ok) = token(pattern, p, s[i]);
+            if ok {
+                p += len;
+                i += 1;
+                continue;
             }
         }
-        p = &p[1..];
+        match star {
+            Some((sp, si)) => {
+                p = sp;
+                i = si + 1;
+                star = Some((sp, si + 1));
+            }
+            None => return false,
+        }
     }
-    s.is_empty()
+    while p < pattern.len() && pattern[p] == b'*' {
+        p += 1;
+    }
+    p == pattern.len()
 }
 
 #[cfg(test)]
@@ -106,6 +83,7 @@ mod tests {
     #[test]
     fn globs() {
         assert!(matches(b"*", b"anything"));
+        assert!(matches(b"*", b""));
         assert!(matches(b"h?llo", b"hello"));
         assert!(matches(b"h*llo", b"heeeello"));
         assert!(matches(b"h[ae]llo", b"hallo"));
@@ -115,5 +93,16 @@ mod tests {
         assert!(!matches(b"key:\\*", b"key:a"));
         assert!(!matches(b"a*b", b"acd"));
         assert!(matches(b"user:*:name", b"user:42:name"));
+        assert!(matches(b"*a*b", b"xxaxxb"));
+        assert!(!matches(b"?", b""));
+        assert!(matches(b"[hx]*", b"hash"));
+    }
+
+    #[test]
+    fn pathological_pattern_is_fast() {
+        let s = vec![b'a'; 20_000];
+        let start = std::time::Instant::now();
+        assert!(!matches(b"*a*a*a*a*a*a*a*a*a*a*b", &s));
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 }

@@ -61,7 +61,12 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { unix_ms_at_zero: 0, port: 6379, seed: 0x9e37_79b9_7f4a_7c15, proto_max_bulk_len: 512 << 20 }
+        StoreConfig {
+            unix_ms_at_zero: 0,
+            port: 6379,
+            seed: 0x9e37_79b9_7f4a_7c15,
+            proto_max_bulk_len: 512 << 20,
+        }
     }
 }
 
@@ -159,7 +164,13 @@ impl Store {
         self.next_client += 1;
         self.clients += 1;
         self.stats.connections += 1;
-        ClientState { id, name: None, proto: Protocol::Resp2, multi: None, multi_dirty: false }
+        ClientState {
+            id,
+            name: None,
+            proto: Protocol::Resp2,
+            multi: None,
+            multi_dirty: false,
+        }
     }
 
     /// Forget a closed connection: its subscriptions are dropped.
@@ -247,6 +258,24 @@ impl Store {
         n
     }
 
+    /// Publish on a shard channel (SPUBLISH): only SSUBSCRIBE subscribers receive it.
+    pub fn spublish(&mut self, channel: &Bytes, payload: &Bytes) -> i64 {
+        let mut n = 0;
+        if let Some(ids) = self.broker.shard.get(channel) {
+            for &id in ids {
+                self.broker.deliveries.push(Delivery {
+                    client: id,
+                    kind: SubKind::Shard,
+                    pattern: None,
+                    channel: channel.clone(),
+                    payload: payload.clone(),
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Number of keys (expired ones not yet removed included).
     pub fn len(&self) -> usize {
         self.db.len()
@@ -261,11 +290,15 @@ impl Store {
     pub fn active_expire(&mut self, now: Instant, budget: usize) -> usize {
         let mut n = 0;
         while n < budget {
-            let Some((t, _)) = self.expires.first() else { break };
+            let Some((t, _)) = self.expires.first() else {
+                break;
+            };
             if *t > now {
                 break;
             }
-            let Some((_, key)) = self.expires.pop_first() else { break };
+            let Some((_, key)) = self.expires.pop_first() else {
+                break;
+            };
             self.db.remove(&key);
             self.stats.expired += 1;
             n += 1;
@@ -307,16 +340,14 @@ impl Store {
 
     /// The entry at `key`, removing it first if its deadline passed.
     fn lookup(&mut self, now: Instant, key: &[u8]) -> Option<&mut Entry> {
-        let expired = match self.db.get(key) {
-            None => return None,
-            Some(e) => e.expire.is_some_and(|t| t <= now),
-        };
+        let slot = self.db.slot(key)?;
+        let expired = self.db.at_mut(slot)?.expire.is_some_and(|t| t <= now);
         if expired {
             self.delete(key);
             self.stats.expired += 1;
             return None;
         }
-        self.db.get_mut(key)
+        self.db.at_mut(slot)
     }
 
     fn delete(&mut self, key: &[u8]) -> bool {
@@ -345,16 +376,17 @@ impl Store {
 
     /// Store `data` at `key`, dropping any TTL unless `keep_ttl`.
     fn store(&mut self, key: &Bytes, data: Data, keep_ttl: bool) {
-        let key = Bytes::copy_from_slice(key);
-        if let Some(e) = self.db.get_mut(&key) {
+        if let Some(e) = self.db.get_mut(key) {
             e.data = data;
             if !keep_ttl {
                 if let Some(t) = e.expire.take() {
-                    self.expires.remove(&(t, key));
+                    self.expires.remove(&(t, key.clone()));
                 }
             }
         } else {
-            self.db.insert(key, Entry { data, expire: None });
+            // A copy: a slice of the connection's read buffer would pin the whole buffer.
+            self.db
+                .insert(Bytes::copy_from_slice(key), Entry { data, expire: None });
         }
     }
 }

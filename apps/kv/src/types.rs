@@ -67,7 +67,9 @@ impl IndexedSet {
 
     /// Remove; returns whether it was there.
     pub fn remove(&mut self, b: &[u8]) -> bool {
-        let Some(i) = self.index.remove(b) else { return false };
+        let Some(i) = self.index.remove(b) else {
+            return false;
+        };
         self.items.swap_remove(i);
         if i < self.items.len() {
             self.index.insert(self.items[i].clone(), i);

@@ -14,9 +14,10 @@
 //! - [`pool`]: bounded lock-free channels (crossbeam-channel; see the module docs for why)
 //!   between I/O workers and application workers, where backpressure comes from;
 //! - [`HttpSession`]: the per-connection glue every driver uses, so drivers only move bytes;
-//! - [`select`]: `auto|epoll|uring` with `FERRY_DRIVER`, and [`probe`](select::probe);
+//! - [`select`]: `auto|epoll|uring` with `FERRY_DRIVER`, and [`probe`];
 //! - [`Shutdown`] and [`EventFd`]: graceful stop (stop accepting, close idle keep-alives,
 //!   drain in-flight requests up to a deadline);
+//! - [`compat`]: conversions to and from the `http` crate's types;
 //! - [`Launch`]: binds the `SO_REUSEPORT` listeners and builds each worker's context.
 //!
 //! ## Embedding
@@ -47,6 +48,7 @@
 #![deny(missing_docs)]
 
 pub mod affinity;
+pub mod compat;
 pub mod listen;
 pub mod metrics;
 pub mod pool;

@@ -28,7 +28,7 @@ use crossbeam_channel::{Receiver, Sender};
 use ferry_http1::RequestId;
 
 use crate::metrics::{add, WorkerMetrics};
-use crate::service::{Exchange, Part, Request, Responder, Service};
+use crate::service::{Exchange, Parts, Request, Responder, Service};
 use crate::shutdown::{EventFd, Wake};
 
 /// What an I/O worker sends to an application worker.
@@ -70,7 +70,7 @@ pub struct Reply {
     /// The request answered.
     pub id: RequestId,
     /// The parts, in order.
-    pub parts: Vec<Part>,
+    pub parts: Parts,
 }
 
 /// The running application workers.
@@ -190,20 +190,20 @@ fn handle(
                 panicked = ex.data(service, data, max_body, out).panicked;
                 out.take()
             }
-            None => Vec::new(),
+            None => Parts::new(),
         },
         JobKind::End => match open.remove(&key) {
             Some((ex, mut out)) => {
                 panicked = ex.end(service, &mut out).panicked;
                 out.take()
             }
-            None => Vec::new(),
+            None => Parts::new(),
         },
         JobKind::Abort => {
             if let Some((ex, _)) = open.remove(&key) {
                 ex.abort();
             }
-            Vec::new()
+            Parts::new()
         }
     };
     if panicked {
@@ -232,7 +232,7 @@ fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::{tests_support::head, Response};
+    use crate::service::{tests_support::head, Part, Response};
     use crossbeam_channel::TrySendError;
 
     struct Echo;

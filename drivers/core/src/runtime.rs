@@ -37,7 +37,7 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// Capacity of each bounded channel to an application worker. Default 1024.
     pub channel_capacity: usize,
-    /// Largest request body buffered for [`Service::call`](crate::Service::call) before 413.
+    /// Largest request body buffered for [`Service::call`] before 413.
     /// Default 8 MiB (streaming services are not limited by this).
     pub max_buffered_body: usize,
     /// Bytes reserved per socket read. Default 16 KiB.

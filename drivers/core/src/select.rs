@@ -109,6 +109,17 @@ pub fn probe_epoll() -> Result<(), String> {
     Ok(())
 }
 
+fn rdma_reason() -> String {
+    let devices = std::fs::read_dir("/sys/class/infiniband")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    if devices == 0 {
+        "not built yet; no RDMA device here (/sys/class/infiniband is empty or absent)".into()
+    } else {
+        format!("not built yet ({devices} RDMA device(s) present)")
+    }
+}
+
 /// The transport table: io_uring, epoll, then the drivers not built yet.
 pub fn probe() -> Vec<ProbeRow> {
     let mut rows = Vec::new();
@@ -119,7 +130,7 @@ pub fn probe() -> Vec<ProbeRow> {
         reason: u
             .err()
             .unwrap_or_else(|| "io_uring_setup works (multishot accept/recv, buffer rings)".into()),
-        capabilities: vec!["vectored", "zero-copy"],
+        capabilities: vec!["vectored", "multishot", "buffer-ring"],
     });
     let e = probe_epoll();
     rows.push(ProbeRow {
@@ -130,6 +141,7 @@ pub fn probe() -> Vec<ProbeRow> {
             .unwrap_or_else(|| "epoll_create1 works (mio, edge-triggered)".into()),
         capabilities: vec!["vectored"],
     });
+    let rdma = rdma_reason();
     for (name, why) in [
         (
             "AF_XDP",
@@ -139,10 +151,7 @@ pub fn probe() -> Vec<ProbeRow> {
             "DPDK",
             "not built yet (needs --vdev to own; issue 4 follow-up)",
         ),
-        (
-            "RDMA",
-            "not built yet (CONFIG_INFINIBAND is unset on this kernel)",
-        ),
+        ("RDMA", rdma.as_str()),
         (
             "raw",
             "not built yet (AF_PACKET + smoltcp; needs an interface to own)",

@@ -233,10 +233,13 @@ pub enum Part {
     Abort,
 }
 
+/// Response parts in order; two fit without allocating (head + body, the common case).
+pub type Parts = smallvec::SmallVec<[Part; 2]>;
+
 /// Collects response parts for one request (see [`BodyStream`]).
 #[derive(Debug, Default)]
 pub struct Responder {
-    parts: Vec<Part>,
+    parts: Parts,
     head_sent: bool,
     finished: bool,
 }
@@ -294,7 +297,7 @@ impl Responder {
     }
 
     /// Take the parts collected so far.
-    pub fn take(&mut self) -> Vec<Part> {
+    pub fn take(&mut self) -> Parts {
         std::mem::take(&mut self.parts)
     }
 
@@ -482,21 +485,17 @@ impl Exchange {
         }
     }
 
-    /// The body is complete: answer.
-    pub fn end(self, service: &dyn Service, out: &mut Responder) -> StepOutcome {
-        let r = match self {
-            Exchange::Buffer { req, body } => {
-                let req = Request {
-                    body: body.freeze(),
-                    ..req
-                };
-                catch_unwind(AssertUnwindSafe(|| out.respond(service.call(req))))
-            }
-            Exchange::Stream(mut s) => catch_unwind(AssertUnwindSafe(|| {
-                s.on_end(out);
-            })),
-            Exchange::Done => return StepOutcome::default(),
-        };
+    /// A request without a body: head and end at once, with as few moves of the head as
+    /// possible (the inline fast path for GET and friends).
+    pub fn run_bodyless(service: &dyn Service, req: Request, out: &mut Responder) -> StepOutcome {
+        let r = catch_unwind(AssertUnwindSafe(|| match service.stream(&req, out) {
+            Some(mut s) => s.on_end(out),
+            None => out.respond(service.call(req)),
+        }));
+        Self::finish(r, out)
+    }
+
+    fn finish(r: std::thread::Result<()>, out: &mut Responder) -> StepOutcome {
         match r {
             Ok(()) => {
                 if !out.is_finished() {
@@ -514,6 +513,24 @@ impl Exchange {
                 StepOutcome { panicked: true }
             }
         }
+    }
+
+    /// The body is complete: answer.
+    pub fn end(self, service: &dyn Service, out: &mut Responder) -> StepOutcome {
+        let r = match self {
+            Exchange::Buffer { req, body } => {
+                let req = Request {
+                    body: body.freeze(),
+                    ..req
+                };
+                catch_unwind(AssertUnwindSafe(|| out.respond(service.call(req))))
+            }
+            Exchange::Stream(mut s) => catch_unwind(AssertUnwindSafe(|| {
+                s.on_end(out);
+            })),
+            Exchange::Done => return StepOutcome::default(),
+        };
+        Self::finish(r, out)
     }
 
     /// The request failed before its end.

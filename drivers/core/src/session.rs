@@ -21,7 +21,7 @@ use smallvec::SmallVec;
 use crate::metrics::add;
 use crate::pool::{shard, Job, JobKind, Reply};
 use crate::runtime::WorkerCtx;
-use crate::service::{ConnInfo, Exchange, HeadBody, Part, Request, Responder};
+use crate::service::{ConnInfo, Exchange, HeadBody, Part, Parts, Request, Responder};
 
 type PullStream = Box<dyn Iterator<Item = Bytes> + Send>;
 
@@ -45,6 +45,8 @@ pub struct HttpSession {
     eof: bool,
     abort: bool,
     errored: bool,
+    /// A bodyless request answered at its head: its `End` event is skipped.
+    skip_end: Option<RequestId>,
 }
 
 impl std::fmt::Debug for HttpSession {
@@ -77,6 +79,7 @@ impl HttpSession {
             eof: false,
             abort: false,
             errored: false,
+            skip_end: None,
         }
     }
 
@@ -275,10 +278,22 @@ impl HttpSession {
                 add(&ctx.metrics.requests, 1);
                 let id = head.id();
                 self.started.push_back((id.get(), now));
+                let bodyless = head.body_kind() == ferry_http1::BodyKind::Empty;
                 let req = Request::new(head, Bytes::new(), self.info);
                 if remote {
                     self.remote_open.push(id);
                     self.send_job(ctx, id, JobKind::Head(Box::new(req)));
+                } else if bodyless {
+                    // No body will come: answer now (no exchange parked) and skip the
+                    // `End` event that follows.
+                    let mut out = Responder::new();
+                    let o = Exchange::run_bodyless(&*ctx.service, req, &mut out);
+                    if o.panicked {
+                        add(&ctx.metrics.panics, 1);
+                    }
+                    self.skip_end = Some(id);
+                    let parts = out.take();
+                    self.apply_parts(ctx, id, parts, now);
                 } else {
                     let mut out = Responder::new();
                     let (ex, o) = Exchange::start(
@@ -308,6 +323,7 @@ impl HttpSession {
                     self.apply_parts(ctx, id, parts, now);
                 }
             }
+            Event::End { id } if self.skip_end == Some(id) => self.skip_end = None,
             Event::End { id } => {
                 if remote {
                     self.remote_open.retain(|x| *x != id);
@@ -411,7 +427,7 @@ impl HttpSession {
         }
     }
 
-    fn apply_parts(&mut self, ctx: &mut WorkerCtx, id: RequestId, parts: Vec<Part>, now: Instant) {
+    fn apply_parts(&mut self, ctx: &mut WorkerCtx, id: RequestId, parts: Parts, now: Instant) {
         for p in parts {
             match p {
                 Part::Head {
@@ -654,7 +670,7 @@ mod tests {
             token: 3,
             gen: 6,
             id,
-            parts: vec![Part::Abort],
+            parts: smallvec::smallvec![Part::Abort],
         };
         s.apply_reply(&mut c, stale, Instant::ZERO);
         assert!(!s.is_finished());

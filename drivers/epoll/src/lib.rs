@@ -2,7 +2,7 @@
 //!
 //! One thread per I/O worker, pinned to one CPU of the allowed set, each with its own
 //! `SO_REUSEPORT` listener (the kernel spreads connections), its own `mio::Poll`, a slab of
-//! connections and a [`TimerWheel`](ferry_driver::TimerWheel). Per connection the loop:
+//! connections and a [`TimerWheel`]. Per connection the loop:
 //!
 //! 1. reads until `WouldBlock` into the session's `BytesMut` (edge-triggered: a readiness
 //!    event is reported once, so the loop MUST drain it, and it remembers "still readable"

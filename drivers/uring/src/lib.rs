@@ -289,10 +289,24 @@ impl Loop {
 }
 
 /// Run one I/O worker's io_uring loop on the calling thread until shutdown completes.
+///
+/// If this thread cannot set up its ring (the probe in [`start`] passed, but e.g. a limit was
+/// reached since), the worker says so on stderr and runs the epoll loop instead.
 pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Result<()> {
-    let ring = build_ring(1024)?;
-    let bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE, BUF_GROUP)?;
-    let mut lp = Loop { ring, bufs };
+    let setup = build_ring(1024).and_then(|ring| {
+        let bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE, BUF_GROUP)?;
+        Ok(Loop { ring, bufs })
+    });
+    let mut lp = match setup {
+        Ok(lp) => lp,
+        Err(e) => {
+            eprintln!(
+                "ferry: worker {}: io_uring setup failed ({e}); running epoll instead",
+                ctx.index
+            );
+            return ferry_epoll::run_worker(ctx, listener);
+        }
+    };
     let mut listener: Option<OwnedFd> = Some(listener.into());
     let mut accept_armed = false;
     let mut accept_cancelling = false;

@@ -35,7 +35,15 @@ pub struct RequestHead<'a> {
 impl<'a> RequestHead<'a> {
     /// `method scheme://authority path` with no fields.
     pub fn new(method: &'a str, scheme: &'a str, authority: &'a str, path: &'a str) -> Self {
-        RequestHead { method, scheme, authority, path, protocol: None, fields: &[], priority: Priority::default() }
+        RequestHead {
+            method,
+            scheme,
+            authority,
+            path,
+            protocol: None,
+            fields: &[],
+            priority: Priority::default(),
+        }
     }
 
     /// With these regular fields.
@@ -68,14 +76,19 @@ pub struct ClientConnection {
 
 impl core::fmt::Debug for ClientConnection {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ClientConnection").field("streams", &self.conn.stream_count()).field("error", &self.conn.error).finish()
+        f.debug_struct("ClientConnection")
+            .field("streams", &self.conn.stream_count())
+            .field("error", &self.conn.error)
+            .finish()
     }
 }
 
 impl ClientConnection {
     /// A connection established at `now` (h2c prior knowledge, or TLS with ALPN `h2`).
     pub fn new(config: Arc<Config>, now: Instant) -> Self {
-        ClientConnection { conn: Conn::new(Role::Client, config, now) }
+        ClientConnection {
+            conn: Conn::new(Role::Client, config, now),
+        }
     }
 
     /// The configuration.
@@ -123,7 +136,11 @@ impl ClientConnection {
 
     /// Open a stream and send the request head; with [`Body::Full`] / [`Body::Empty`] the body
     /// too, with [`Body::Streaming`] follow with [`send_data`](Self::send_data).
-    pub fn send_request(&mut self, head: &RequestHead<'_>, body: Body) -> Result<StreamId, SendError> {
+    pub fn send_request(
+        &mut self,
+        head: &RequestHead<'_>,
+        body: Body,
+    ) -> Result<StreamId, SendError> {
         if !self.conn.can_open() {
             return Err(SendError::Closed);
         }
@@ -181,7 +198,7 @@ impl ClientConnection {
         self.conn.sent_headers(n, end);
         self.conn.set_priority(id, head.priority);
         if let Some(b) = data {
-            self.conn.queue_data(id, b, true).or_else(|e| if e == SendError::BufferFull { Ok(()) } else { Err(e) })?;
+            self.conn.queue_data_unbounded(id, b, true)?;
         }
         Ok(id)
     }
@@ -193,7 +210,11 @@ impl ClientConnection {
     }
 
     /// Queue request trailers (they end the request).
-    pub fn send_trailers(&mut self, id: StreamId, fields: &[(&str, &[u8])]) -> Result<(), SendError> {
+    pub fn send_trailers(
+        &mut self,
+        id: StreamId,
+        fields: &[(&str, &[u8])],
+    ) -> Result<(), SendError> {
         let owned = own_fields(fields)?;
         self.conn.queue_trailers(id, owned)
     }
@@ -208,7 +229,10 @@ impl ClientConnection {
         if self.conn.stream(id).is_none() {
             return Err(SendError::UnknownStream);
         }
-        let frame = PriorityUpdate { prioritized_id: id, field_value: priority.to_field_value() };
+        let frame = PriorityUpdate {
+            prioritized_id: id,
+            field_value: priority.to_field_value(),
+        };
         let mut b = BytesMut::new();
         frame.emit(&mut b);
         self.conn.push_raw(b);
@@ -219,7 +243,7 @@ impl ClientConnection {
     /// Return `n` consumed octets of `id` to the server's windows (only needed with
     /// `Config::auto_release = false`).
     pub fn release_capacity(&mut self, id: StreamId, n: usize) {
-        self.conn.release(id.get(), n);
+        self.conn.release_app(id.get(), n);
     }
 
     /// Send a PING; the ACK is absorbed.
@@ -277,5 +301,43 @@ impl Connection for ClientConnection {
 
     fn state(&self) -> Life {
         self.conn.lifecycle.state()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_run_out() {
+        let mut c = ClientConnection::new(Arc::new(Config::default()), Instant::ZERO);
+        c.conn.next_local_stream = StreamId::MAX.get();
+        let head = RequestHead::new("GET", "http", "x", "/");
+        assert_eq!(c.send_request(&head, Body::Empty), Ok(StreamId::MAX));
+        assert!(!c.can_send_request());
+        assert_eq!(
+            c.send_request(&head, Body::Empty),
+            Err(SendError::StreamIdsExhausted)
+        );
+    }
+
+    #[test]
+    fn extended_connect_needs_the_server_setting() {
+        let mut c = ClientConnection::new(Arc::new(Config::default()), Instant::ZERO);
+        let head = RequestHead::new("GET", "https", "x", "/chat").protocol("websocket");
+        assert_eq!(
+            c.send_request(&head, Body::Streaming),
+            Err(SendError::ConnectProtocolDisabled)
+        );
+        let bad = RequestHead::new("GET", "http", "x", "/").fields(&[("Upper", b"x")]);
+        assert_eq!(
+            c.send_request(&bad, Body::Empty),
+            Err(SendError::InvalidHeader)
+        );
+        let bad = RequestHead::new("GET", "http", "x", "/").fields(&[("connection", b"close")]);
+        assert_eq!(
+            c.send_request(&bad, Body::Empty),
+            Err(SendError::InvalidHeader)
+        );
     }
 }

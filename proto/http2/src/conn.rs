@@ -10,8 +10,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ferry_proto::{Instant, Lifecycle, State as Life};
 
 use crate::frame::{
-    self, flags, Continuation, Data, Frame, FrameHeader, GoAway, Headers, Kind, Ping, PriorityUpdate, PushPromise,
-    RstStream, Settings, Status, StreamId, WindowUpdate, DEFAULT_MAX_FRAME_SIZE, MAX_WINDOW,
+    self, flags, Continuation, Data, Frame, FrameHeader, GoAway, Headers, Kind, Ping,
+    PriorityUpdate, PushPromise, RstStream, Settings, Status, StreamId, WindowUpdate,
+    DEFAULT_MAX_FRAME_SIZE, MAX_WINDOW,
 };
 use crate::hpack::{Decoder, Encoder, Field};
 use crate::message::{self, Priority, Request};
@@ -100,6 +101,10 @@ pub(crate) struct Stream {
     peer_initiated: bool,
     /// The response to a HEAD request carries no body (client side: ignore content-length).
     head_request: bool,
+    /// Server: the request was HEAD, so the response carries no body.
+    pub(crate) head_response: bool,
+    /// Received octets the application has not released yet (`auto_release = false`).
+    unreleased: usize,
 }
 
 impl Stream {
@@ -121,6 +126,8 @@ impl Stream {
             want_ready: false,
             peer_initiated,
             head_request: false,
+            head_response: false,
+            unreleased: 0,
         }
     }
 
@@ -152,9 +159,15 @@ pub(crate) struct Conn {
     peer_active: u32,
     pub(crate) local_active: u32,
     recently_reset: VecDeque<u32>,
+    /// Peer streams recently closed, to tell "closed" (STREAM_CLOSED) from "skipped"
+    /// (PROTOCOL_ERROR) identifiers below the last one.
+    recently_closed: VecDeque<u32>,
     partial: Option<PartialBlock>,
     conn_send: Window,
     conn_recv: RecvFlow,
+    /// The initial stream receive window in force: 65 535 until the peer acknowledges our
+    /// SETTINGS_INITIAL_WINDOW_SIZE (it may send against the default until then).
+    recv_initial: u32,
     queued_total: usize,
     ready: BTreeSet<Key>,
     rr: u64,
@@ -183,7 +196,11 @@ impl Conn {
         let mut c = Conn {
             role,
             now,
-            handshake: if role == Role::Server { Handshake::Preface } else { Handshake::Settings },
+            handshake: if role == Role::Server {
+                Handshake::Preface
+            } else {
+                Handshake::Settings
+            },
             created: now,
             unacked_settings: VecDeque::new(),
             peer: PeerSettings {
@@ -202,9 +219,11 @@ impl Conn {
             peer_active: 0,
             local_active: 0,
             recently_reset: VecDeque::new(),
+            recently_closed: VecDeque::new(),
             partial: None,
             conn_send: Window::new(65_535),
             conn_recv: RecvFlow::new(65_535, cfg.initial_connection_window.max(65_535)),
+            recv_initial: 65_535,
             queued_total: 0,
             ready: BTreeSet::new(),
             rr: 0,
@@ -229,9 +248,17 @@ impl Conn {
             c.wbuf.put_slice(PREFACE);
         }
         c.send_settings();
-        let extra = c.config.initial_connection_window.saturating_sub(65_535).min(MAX_WINDOW - 65_535);
+        let extra = c
+            .config
+            .initial_connection_window
+            .saturating_sub(65_535)
+            .min(MAX_WINDOW - 65_535);
         if extra > 0 {
-            WindowUpdate { stream_id: StreamId::ZERO, increment: extra }.emit(&mut c.wbuf);
+            WindowUpdate {
+                stream_id: StreamId::ZERO,
+                increment: extra,
+            }
+            .emit(&mut c.wbuf);
             c.conn_recv.window = Window::new(65_535 + extra);
         }
         c
@@ -247,10 +274,15 @@ impl Conn {
             },
             max_concurrent_streams: Some(cfg.max_concurrent_streams),
             initial_window_size: Some(cfg.initial_stream_window.min(MAX_WINDOW)),
-            max_frame_size: (cfg.max_frame_size != DEFAULT_MAX_FRAME_SIZE)
-                .then_some(cfg.max_frame_size.clamp(DEFAULT_MAX_FRAME_SIZE, frame::MAX_MAX_FRAME_SIZE)),
+            max_frame_size: (cfg.max_frame_size != DEFAULT_MAX_FRAME_SIZE).then_some(
+                cfg.max_frame_size
+                    .clamp(DEFAULT_MAX_FRAME_SIZE, frame::MAX_MAX_FRAME_SIZE),
+            ),
             max_header_list_size: Some(cfg.max_header_list_size),
-            enable_connect_protocol: (self.role == Role::Server && cfg.enable_connect_protocol).then_some(true),
+            enable_connect_protocol: (self.role == Role::Server && cfg.enable_connect_protocol)
+                .then_some(true),
+            // RFC 9218 §2.1: we schedule by RFC 9218 signals, not RFC 7540 priorities.
+            no_rfc7540_priorities: Some(true),
             ..Settings::default()
         }
     }
@@ -264,7 +296,9 @@ impl Conn {
     // ----- accessors --------------------------------------------------------------------------
 
     pub(crate) fn local_max_frame_size(&self) -> u32 {
-        self.config.max_frame_size.clamp(DEFAULT_MAX_FRAME_SIZE, frame::MAX_MAX_FRAME_SIZE)
+        self.config
+            .max_frame_size
+            .clamp(DEFAULT_MAX_FRAME_SIZE, frame::MAX_MAX_FRAME_SIZE)
     }
 
     pub(crate) fn peer_enable_push(&self) -> bool {
@@ -280,7 +314,10 @@ impl Conn {
     }
 
     pub(crate) fn is_closing(&self) -> bool {
-        self.goaway_sent.is_some() || self.goaway_received.is_some() || self.graceful != Graceful::None || self.error.is_some()
+        self.goaway_sent.is_some()
+            || self.goaway_received.is_some()
+            || self.graceful != Graceful::None
+            || self.error.is_some()
     }
 
     pub(crate) fn stream_count(&self) -> usize {
@@ -333,8 +370,12 @@ impl Conn {
         }
         self.error = Some(e);
         if !matches!(e, Error::Remote(_) | Error::UnexpectedEof) {
-            GoAway { last_stream_id: StreamId::new(self.last_peer_stream), error: e.reason(), debug: Bytes::new() }
-                .emit(&mut self.wbuf);
+            GoAway {
+                last_stream_id: StreamId::new(self.last_peer_stream),
+                error: e.reason(),
+                debug: Bytes::new(),
+            }
+            .emit(&mut self.wbuf);
             self.goaway_sent = Some(self.last_peer_stream);
         }
         self.streams.clear();
@@ -434,10 +475,19 @@ impl Conn {
         }
         let frame = match Frame::parse(&head, payload) {
             Ok(f) => f,
-            Err(FrameError::PriorityLength | FrameError::SelfDependency) => {
+            Err(e @ (FrameError::PriorityLength | FrameError::SelfDependency)) => {
+                let n = head.stream_id.get();
+                if !self.streams.contains_key(&n) && self.is_idle(n) {
+                    // RST_STREAM may not be sent on an idle stream: make it a connection error.
+                    return Err(Error::Frame(e));
+                }
                 return self.stream_error(head.stream_id, Reason::from_frame_error(head));
             }
             Err(FrameError::ZeroIncrement) if !head.stream_id.is_zero() => {
+                let n = head.stream_id.get();
+                if !self.streams.contains_key(&n) && self.is_idle(n) {
+                    return Err(Error::IdleStream);
+                }
                 return self.stream_error(head.stream_id, Reason::PROTOCOL_ERROR);
             }
             Err(e) => return Err(Error::Frame(e)),
@@ -473,10 +523,18 @@ impl Conn {
 
     /// Queue RST_STREAM for `id` and drop the stream (reporting it if it was open).
     pub(crate) fn send_reset(&mut self, id: StreamId, reason: Reason) {
-        RstStream { stream_id: id, error: reason }.emit(&mut self.wbuf);
+        RstStream {
+            stream_id: id,
+            error: reason,
+        }
+        .emit(&mut self.wbuf);
         if let Some(s) = self.remove_stream(id.get()) {
             let _ = s;
-            self.events.push_back(Event::Reset { id, reason, remote: false });
+            self.events.push_back(Event::Reset {
+                id,
+                reason,
+                remote: false,
+            });
         }
         self.recently_reset.push_back(id.get());
         if self.recently_reset.len() > RECENTLY_RESET {
@@ -490,8 +548,16 @@ impl Conn {
             self.ready.remove(&k);
         }
         self.queued_total -= s.queued;
+        if s.unreleased > 0 {
+            // Credit the application never returned would be lost for the connection.
+            self.release_conn(s.unreleased);
+        }
         if s.peer_initiated {
             self.peer_active -= 1;
+            self.recently_closed.push_back(id);
+            if self.recently_closed.len() > RECENTLY_RESET {
+                self.recently_closed.pop_front();
+            }
         } else {
             self.local_active -= 1;
         }
@@ -511,7 +577,14 @@ impl Conn {
     }
 
     pub(crate) fn new_stream(&self, state: State, peer_initiated: bool) -> Stream {
-        Stream::new(state, self.peer.initial_window, self.config.initial_stream_window.min(MAX_WINDOW), peer_initiated)
+        let mut s = Stream::new(
+            state,
+            self.peer.initial_window,
+            self.recv_initial,
+            peer_initiated,
+        );
+        s.recv.target = self.config.initial_stream_window.min(MAX_WINDOW);
+        s
     }
 
     /// Drop the stream if both sides are done.
@@ -523,7 +596,11 @@ impl Conn {
 
     fn release_conn(&mut self, n: usize) {
         if let Some(inc) = self.conn_recv.release(n as u32) {
-            WindowUpdate { stream_id: StreamId::ZERO, increment: inc }.emit(&mut self.wbuf);
+            WindowUpdate {
+                stream_id: StreamId::ZERO,
+                increment: inc,
+            }
+            .emit(&mut self.wbuf);
         }
     }
 
@@ -533,9 +610,25 @@ impl Conn {
         if let Some(s) = self.streams.get_mut(&id) {
             if s.state.can_recv() {
                 if let Some(inc) = s.recv.release(n as u32) {
-                    WindowUpdate { stream_id: StreamId::new(id), increment: inc }.emit(&mut self.wbuf);
+                    WindowUpdate {
+                        stream_id: StreamId::new(id),
+                        increment: inc,
+                    }
+                    .emit(&mut self.wbuf);
                 }
             }
+        }
+    }
+
+    /// The application consumed `n` octets of `id` (`auto_release = false`).
+    pub(crate) fn release_app(&mut self, id: u32, n: usize) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let n = n.min(s.unreleased);
+        s.unreleased -= n;
+        if n > 0 {
+            self.release(id, n);
         }
     }
 
@@ -579,10 +672,16 @@ impl Conn {
         }
         s.state = next;
         let n = d.data.len();
+        if !self.config.auto_release {
+            s.unreleased += n;
+        }
         // Padding is consumed right away; the data when the application has it.
         let pad = flow - n;
         if !d.data.is_empty() {
-            self.events.push_back(Event::Data { id: d.stream_id, data: d.data });
+            self.events.push_back(Event::Data {
+                id: d.stream_id,
+                data: d.data,
+            });
         }
         if d.end_stream {
             self.events.push_back(Event::End { id: d.stream_id });
@@ -617,17 +716,29 @@ impl Conn {
     }
 
     fn on_continuation(&mut self, c: Continuation) -> Result<(), Error> {
-        let Some(p) = self.partial.as_mut() else { return Err(Error::Continuation) };
+        let Some(p) = self.partial.as_mut() else {
+            return Err(Error::Continuation);
+        };
         p.frames += 1;
-        if p.frames > self.config.max_continuation_frames + 1 || p.block.len() + c.block.len() > self.config.max_header_block {
+        if p.frames > self.config.max_continuation_frames + 1
+            || p.block.len() + c.block.len() > self.config.max_header_block
+        {
             return Err(Error::HeaderBlockTooLarge);
         }
         p.block.extend_from_slice(&c.block);
         if !c.end_headers {
             return Ok(());
         }
-        let p = self.partial.take().expect("checked above");
-        self.on_block(p.stream_id, p.block.freeze(), p.end_stream, p.self_dependent, p.promised)
+        let Some(p) = self.partial.take() else {
+            return Err(Error::Continuation);
+        };
+        self.on_block(
+            p.stream_id,
+            p.block.freeze(),
+            p.end_stream,
+            p.self_dependent,
+            p.promised,
+        )
     }
 
     fn on_push_promise(&mut self, p: PushPromise) -> Result<(), Error> {
@@ -663,16 +774,23 @@ impl Conn {
         promised: Option<StreamId>,
     ) -> Result<(), Error> {
         let mut fields = Vec::new();
-        let too_large = match self.dec.decode(&block, self.config.max_header_list_size as usize, |f| fields.push(f)) {
-            Ok(()) => false,
-            Err(HpackError::HeaderListTooLarge) => true,
-            Err(e) => return Err(Error::Compression(e)),
-        };
+        let too_large =
+            match self
+                .dec
+                .decode(&block, self.config.max_header_list_size as usize, |f| {
+                    fields.push(f)
+                }) {
+                Ok(()) => false,
+                Err(HpackError::HeaderListTooLarge) => true,
+                Err(e) => return Err(Error::Compression(e)),
+            };
         if let Some(promised) = promised {
             return self.on_promise_block(id, promised, fields, too_large);
         }
         match self.role {
-            Role::Server => self.on_request_block(id, fields, end_stream, self_dependent, too_large),
+            Role::Server => {
+                self.on_request_block(id, fields, end_stream, self_dependent, too_large)
+            }
             Role::Client => self.on_response_block(id, fields, end_stream, too_large),
         }
     }
@@ -715,7 +833,12 @@ impl Conn {
             if self.recently_reset.contains(&n) {
                 return Ok(());
             }
-            return Err(Error::StreamClosed);
+            if self.recently_closed.contains(&n) {
+                return Err(Error::StreamClosed);
+            }
+            // Lower than the last stream and not one we remember: a new stream with a
+            // decreasing identifier (RFC 9113 §5.1.1).
+            return Err(Error::BadStreamId);
         }
         self.last_peer_stream = n;
         if matches!(self.goaway_sent, Some(last) if n > last) {
@@ -732,23 +855,38 @@ impl Conn {
             // 431, straight from the connection (RFC 6585), then the stream is done.
             self.count_reset()?;
             let mut s = self.new_stream(State::Idle, true);
-            s.state = State::Idle.recv(Recv::Headers(end_stream)).unwrap_or(State::Open);
+            s.state = State::Idle
+                .recv(Recv::Headers(end_stream))
+                .unwrap_or(State::Open);
             self.insert_stream(n, s);
             self.write_headers(id, &[(b":status", b"431")], &[], true);
             if let Some(s) = self.streams.get_mut(&n) {
                 s.state = s.state.send(Send::Headers(true)).unwrap_or(State::Closed);
             }
-            if self.streams.get(&n).is_some_and(|s| s.state != State::Closed) {
+            if self
+                .streams
+                .get(&n)
+                .is_some_and(|s| s.state != State::Closed)
+            {
                 self.send_reset(id, Reason::NO_ERROR);
             } else {
                 self.remove_stream(n);
             }
             return Ok(());
         }
-        let Ok(request) = message::parse_request(fields, self.config.enable_connect_protocol) else {
+        let Ok(request) = message::parse_request(fields, self.config.enable_connect_protocol)
+        else {
             return self.stream_error(id, Reason::PROTOCOL_ERROR);
         };
-        let mut s = self.new_stream(if end_stream { State::HalfClosedRemote } else { State::Open }, true);
+        let mut s = self.new_stream(
+            if end_stream {
+                State::HalfClosedRemote
+            } else {
+                State::Open
+            },
+            true,
+        );
+        s.head_response = request.method() == "HEAD";
         s.expect_len = request.content_length;
         s.priority = request.priority;
         if end_stream && matches!(s.expect_len, Some(l) if l != 0) {
@@ -762,7 +900,13 @@ impl Conn {
         Ok(())
     }
 
-    fn on_response_block(&mut self, id: StreamId, fields: Vec<Field>, end_stream: bool, too_large: bool) -> Result<(), Error> {
+    fn on_response_block(
+        &mut self,
+        id: StreamId,
+        fields: Vec<Field>,
+        end_stream: bool,
+        too_large: bool,
+    ) -> Result<(), Error> {
         let n = id.get();
         let Some(s) = self.streams.get_mut(&n) else {
             if self.is_idle(n) {
@@ -821,7 +965,13 @@ impl Conn {
         Ok(())
     }
 
-    fn on_promise_block(&mut self, id: StreamId, promised: StreamId, fields: Vec<Field>, too_large: bool) -> Result<(), Error> {
+    fn on_promise_block(
+        &mut self,
+        id: StreamId,
+        promised: StreamId,
+        fields: Vec<Field>,
+        too_large: bool,
+    ) -> Result<(), Error> {
         let p = promised.get();
         if !promised.is_server_initiated() || p <= self.last_peer_stream {
             return Err(Error::Protocol);
@@ -844,7 +994,11 @@ impl Conn {
         s.head_sent = true;
         s.head_request = request.method() == "HEAD";
         self.insert_stream(p, s);
-        self.events.push_back(Event::PushPromise { id, promised, request });
+        self.events.push_back(Event::PushPromise {
+            id,
+            promised,
+            request,
+        });
         Ok(())
     }
 
@@ -861,7 +1015,11 @@ impl Conn {
         }
         let peer_initiated = s.peer_initiated;
         self.remove_stream(n);
-        self.events.push_back(Event::Reset { id: r.stream_id, reason: r.error, remote: true });
+        self.events.push_back(Event::Reset {
+            id: r.stream_id,
+            reason: r.error,
+            remote: true,
+        });
         if peer_initiated || self.role == Role::Server {
             self.count_reset()?;
         }
@@ -873,6 +1031,14 @@ impl Conn {
             if let Some((acked, _)) = self.unacked_settings.pop_front() {
                 if let Some(t) = acked.header_table_size {
                     self.dec.set_max_allowed(t as usize);
+                }
+                if let Some(w) = acked.initial_window_size {
+                    // RFC 9113 §6.9.2: the new initial window applies to every open stream.
+                    let delta = w as i64 - self.recv_initial as i64;
+                    self.recv_initial = w;
+                    for st in self.streams.values_mut() {
+                        let _ = st.recv.window.adjust(delta);
+                    }
                 }
             }
             return Ok(());
@@ -927,7 +1093,11 @@ impl Conn {
         }
         self.count_control()?;
         self.check_output_room()?;
-        Ping { ack: true, payload: p.payload }.emit(&mut self.wbuf);
+        Ping {
+            ack: true,
+            payload: p.payload,
+        }
+        .emit(&mut self.wbuf);
         Ok(())
     }
 
@@ -937,14 +1107,26 @@ impl Conn {
         self.goaway_received = Some(self.goaway_received.map_or(last, |l| l.min(last)));
         let _ = self.lifecycle.transition(Life::Closing);
         // Streams we opened above `last` were not processed: report them refused (retryable).
-        let refused: Vec<u32> =
-            self.streams.iter().filter(|(id, s)| !s.peer_initiated && **id > last).map(|(id, _)| *id).collect();
+        let refused: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(id, s)| !s.peer_initiated && **id > last)
+            .map(|(id, _)| *id)
+            .collect();
         for id in refused {
             self.remove_stream(id);
-            self.events.push_back(Event::Reset { id: StreamId::new(id), reason: Reason::REFUSED_STREAM, remote: true });
+            self.events.push_back(Event::Reset {
+                id: StreamId::new(id),
+                reason: Reason::REFUSED_STREAM,
+                remote: true,
+            });
         }
         if first || g.error != Reason::NO_ERROR {
-            self.events.push_back(Event::GoAway { last_stream_id: g.last_stream_id, reason: g.error, debug: g.debug });
+            self.events.push_back(Event::GoAway {
+                last_stream_id: g.last_stream_id,
+                reason: g.error,
+                debug: g.debug,
+            });
         }
         Ok(())
     }
@@ -1084,8 +1266,17 @@ impl Conn {
         }
         let _ = self.lifecycle.transition(Life::Closing);
         if self.role == Role::Server && self.handshake == Handshake::Done {
-            GoAway { last_stream_id: StreamId::MAX, error: Reason::NO_ERROR, debug: Bytes::new() }.emit(&mut self.wbuf);
-            Ping { ack: false, payload: GRACEFUL_PING }.emit(&mut self.wbuf);
+            GoAway {
+                last_stream_id: StreamId::MAX,
+                error: Reason::NO_ERROR,
+                debug: Bytes::new(),
+            }
+            .emit(&mut self.wbuf);
+            Ping {
+                ack: false,
+                payload: GRACEFUL_PING,
+            }
+            .emit(&mut self.wbuf);
             self.graceful = Graceful::AwaitPing(self.now + self.config.goaway_timeout);
         } else {
             self.graceful = Graceful::Done;
@@ -1100,15 +1291,22 @@ impl Conn {
         }
         if self.goaway_sent.is_none() {
             let _ = self.lifecycle.transition(Life::Closing);
-            GoAway { last_stream_id: StreamId::new(self.last_peer_stream), error: Reason::NO_ERROR, debug: Bytes::new() }
-                .emit(&mut self.wbuf);
+            GoAway {
+                last_stream_id: StreamId::new(self.last_peer_stream),
+                error: Reason::NO_ERROR,
+                debug: Bytes::new(),
+            }
+            .emit(&mut self.wbuf);
             self.goaway_sent = Some(self.last_peer_stream);
         }
     }
 
     /// Whether new streams may be opened by us.
     pub(crate) fn can_open(&self) -> bool {
-        self.error.is_none() && self.goaway_received.is_none() && self.goaway_sent.is_none() && self.graceful == Graceful::None
+        self.error.is_none()
+            && self.goaway_received.is_none()
+            && self.goaway_sent.is_none()
+            && self.graceful == Graceful::None
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -1116,7 +1314,8 @@ impl Conn {
         // client may still use the connection); a client told GOAWAY is done once its streams
         // are.
         let peer_gone = self.goaway_received.is_some() && self.role == Role::Client;
-        let done = self.error.is_some() || ((self.goaway_sent.is_some() || peer_gone || self.eof) && self.streams.is_empty());
+        let done = self.error.is_some()
+            || ((self.goaway_sent.is_some() || peer_gone || self.eof) && self.streams.is_empty());
         done && self.out.is_empty() && self.wbuf.is_empty()
     }
 
@@ -1133,29 +1332,64 @@ impl Conn {
     // ----- output ------------------------------------------------------------------------------
 
     /// Encode a field block and write HEADERS (+ CONTINUATION) frames now.
-    pub(crate) fn write_headers(&mut self, id: StreamId, pseudo: &[(&[u8], &[u8])], fields: &[(&[u8], &[u8])], end_stream: bool) {
+    pub(crate) fn write_headers(
+        &mut self,
+        id: StreamId,
+        pseudo: &[(&[u8], &[u8])],
+        fields: &[(&[u8], &[u8])],
+        end_stream: bool,
+    ) {
         let mut block = core::mem::take(&mut self.hbuf);
         block.clear();
         self.enc.encode(
-            pseudo.iter().map(|&(n, v)| (n, v, false)).chain(fields.iter().map(|&(n, v)| (n, v, message::is_sensitive(n)))),
+            pseudo.iter().map(|&(n, v)| (n, v, false)).chain(
+                fields
+                    .iter()
+                    .map(|&(n, v)| (n, v, message::is_sensitive(n))),
+            ),
             &mut block,
         );
         let max = self.peer.max_frame_size as usize;
         frame::emit_block(&mut self.wbuf, id, &block, max, 0, |d, n, end| {
-            Headers { stream_id: id, priority: None, block: Bytes::new(), end_stream, end_headers: end, pad_len: None }
-                .emit_header_only(d, n)
+            Headers {
+                stream_id: id,
+                priority: None,
+                block: Bytes::new(),
+                end_stream,
+                end_headers: end,
+                pad_len: None,
+            }
+            .emit_header_only(d, n)
         });
         self.hbuf = block;
     }
 
     /// Encode a request block and write PUSH_PROMISE (+ CONTINUATION) frames now.
-    pub(crate) fn write_push_promise(&mut self, id: StreamId, promised: StreamId, pseudo: &[(&[u8], &[u8])], fields: &[(&[u8], &[u8])]) {
+    pub(crate) fn write_push_promise(
+        &mut self,
+        id: StreamId,
+        promised: StreamId,
+        pseudo: &[(&[u8], &[u8])],
+        fields: &[(&[u8], &[u8])],
+    ) {
         let mut block = core::mem::take(&mut self.hbuf);
         block.clear();
-        self.enc.encode(pseudo.iter().map(|&(n, v)| (n, v, false)).chain(fields.iter().map(|&(n, v)| (n, v, false))), &mut block);
+        self.enc.encode(
+            pseudo
+                .iter()
+                .map(|&(n, v)| (n, v, false))
+                .chain(fields.iter().map(|&(n, v)| (n, v, false))),
+            &mut block,
+        );
         let max = self.peer.max_frame_size as usize;
         frame::emit_block(&mut self.wbuf, id, &block, max, 4, |d, n, end| {
-            FrameHeader::new(Kind::PushPromise, if end { flags::END_HEADERS } else { 0 }, id, n as u32 + 4).emit(d);
+            FrameHeader::new(
+                Kind::PushPromise,
+                if end { flags::END_HEADERS } else { 0 },
+                id,
+                n as u32 + 4,
+            )
+            .emit(d);
             d.put_u32(promised.get());
         });
         self.hbuf = block;
@@ -1165,7 +1399,10 @@ impl Conn {
     pub(crate) fn sent_headers(&mut self, id: u32, end_stream: bool) {
         if let Some(s) = self.streams.get_mut(&id) {
             s.head_sent = true;
-            s.state = s.state.send(Send::Headers(end_stream)).unwrap_or(State::Closed);
+            s.state = s
+                .state
+                .send(Send::Headers(end_stream))
+                .unwrap_or(State::Closed);
         }
         self.maybe_close(id);
     }
@@ -1185,18 +1422,46 @@ impl Conn {
     }
 
     /// Queue body data (and the end) for a stream whose head was sent.
-    pub(crate) fn queue_data(&mut self, id: StreamId, data: Bytes, end: bool) -> Result<(), SendError> {
+    pub(crate) fn queue_data(
+        &mut self,
+        id: StreamId,
+        data: Bytes,
+        end: bool,
+    ) -> Result<(), SendError> {
+        self.queue(id, data, end, false)
+    }
+
+    /// [`queue_data`](Self::queue_data) without the queue limit (a whole body given at once).
+    pub(crate) fn queue_data_unbounded(
+        &mut self,
+        id: StreamId,
+        data: Bytes,
+        end: bool,
+    ) -> Result<(), SendError> {
+        self.queue(id, data, end, true)
+    }
+
+    fn queue(
+        &mut self,
+        id: StreamId,
+        data: Bytes,
+        end: bool,
+        unbounded: bool,
+    ) -> Result<(), SendError> {
         if self.error.is_some() {
             return Err(SendError::Closed);
         }
         let max_stream = self.config.max_send_buffer;
         let max_conn = self.config.max_send_buffer_connection;
         let total = self.queued_total;
-        let s = self.streams.get_mut(&id.get()).ok_or(SendError::UnknownStream)?;
+        let s = self
+            .streams
+            .get_mut(&id.get())
+            .ok_or(SendError::UnknownStream)?;
         if !s.head_sent || s.end_queued || s.trailers.is_some() || !s.state.can_send() {
             return Err(SendError::InvalidState);
         }
-        if !data.is_empty() && (s.queued >= max_stream || total >= max_conn) {
+        if !unbounded && !data.is_empty() && (s.queued >= max_stream || total >= max_conn) {
             s.want_ready = true;
             return Err(SendError::BufferFull);
         }
@@ -1210,11 +1475,18 @@ impl Conn {
         Ok(())
     }
 
-    pub(crate) fn queue_trailers(&mut self, id: StreamId, fields: Vec<(Bytes, Bytes)>) -> Result<(), SendError> {
+    pub(crate) fn queue_trailers(
+        &mut self,
+        id: StreamId,
+        fields: Vec<(Bytes, Bytes)>,
+    ) -> Result<(), SendError> {
         if self.error.is_some() {
             return Err(SendError::Closed);
         }
-        let s = self.streams.get_mut(&id.get()).ok_or(SendError::UnknownStream)?;
+        let s = self
+            .streams
+            .get_mut(&id.get())
+            .ok_or(SendError::UnknownStream)?;
         if !s.head_sent || s.end_queued || s.trailers.is_some() || !s.state.can_send() {
             return Err(SendError::InvalidState);
         }
@@ -1236,7 +1508,9 @@ impl Conn {
 
     /// Put a stream in the ready set if it has something it may send.
     fn schedule(&mut self, id: u32) {
-        let Some(s) = self.streams.get(&id) else { return };
+        let Some(s) = self.streams.get(&id) else {
+            return;
+        };
         if s.key.is_some() || !s.sendable() {
             return;
         }
@@ -1272,7 +1546,9 @@ impl Conn {
     fn flush(&mut self) {
         let mut budget = FLUSH_BUDGET;
         while budget > 0 {
-            let Some(&key) = self.ready.first() else { break };
+            let Some(&key) = self.ready.first() else {
+                break;
+            };
             let id = key.3;
             let max_frame = self.peer.max_frame_size as usize;
             let conn_avail = self.conn_send.available();
@@ -1290,11 +1566,19 @@ impl Conn {
                     self.ready.insert(key);
                     break;
                 }
-                let n = front.len().min(max_frame).min(s.send.available()).min(conn_avail);
+                let n = front
+                    .len()
+                    .min(max_frame)
+                    .min(s.send.available())
+                    .min(conn_avail);
                 if n == 0 {
                     continue;
                 }
-                let chunk = if n == front.len() { s.queue.pop_front().unwrap_or_default() } else { front.split_to(n) };
+                let chunk = if n == front.len() {
+                    s.queue.pop_front().unwrap_or_default()
+                } else {
+                    front.split_to(n)
+                };
                 s.queued -= n;
                 self.queued_total -= n;
                 let _ = s.send.consume(n);
@@ -1310,7 +1594,12 @@ impl Conn {
                     s.want_ready = false;
                     self.events.push_back(Event::SendReady { id: sid });
                 }
-                let head = FrameHeader::new(Kind::Data, if end { flags::END_STREAM } else { 0 }, sid, n as u32);
+                let head = FrameHeader::new(
+                    Kind::Data,
+                    if end { flags::END_STREAM } else { 0 },
+                    sid,
+                    n as u32,
+                );
                 head.emit(&mut self.wbuf);
                 if n >= ZERO_COPY_MIN {
                     self.push_chunk(chunk);
@@ -1354,7 +1643,11 @@ impl Conn {
         if !self.streams.contains_key(&id.get()) {
             return Err(SendError::UnknownStream);
         }
-        RstStream { stream_id: id, error: reason }.emit(&mut self.wbuf);
+        RstStream {
+            stream_id: id,
+            error: reason,
+        }
+        .emit(&mut self.wbuf);
         self.remove_stream(id.get());
         self.recently_reset.push_back(id.get());
         if self.recently_reset.len() > RECENTLY_RESET {
@@ -1370,7 +1663,11 @@ impl Conn {
 
     /// Send a PING (its ACK is absorbed).
     pub(crate) fn ping(&mut self, payload: [u8; 8]) {
-        Ping { ack: false, payload }.emit(&mut self.wbuf);
+        Ping {
+            ack: false,
+            payload,
+        }
+        .emit(&mut self.wbuf);
     }
 
     /// Apply settings received out of band (`HTTP2-Settings` of an h2c upgrade).
@@ -1408,7 +1705,6 @@ impl Conn {
             s.head_request = head;
         }
     }
-
 }
 
 impl Reason {
@@ -1426,10 +1722,20 @@ pub(crate) fn own_fields(fields: &[(&str, &[u8])]) -> Result<Vec<(Bytes, Bytes)>
     if !message::check_app_fields(fields) {
         return Err(SendError::InvalidHeader);
     }
-    Ok(fields.iter().map(|(n, v)| (Bytes::copy_from_slice(n.as_bytes()), Bytes::copy_from_slice(v))).collect())
+    Ok(fields
+        .iter()
+        .map(|(n, v)| {
+            (
+                Bytes::copy_from_slice(n.as_bytes()),
+                Bytes::copy_from_slice(v),
+            )
+        })
+        .collect())
 }
 
 /// View application fields as byte pairs.
-pub(crate) fn as_pairs<'a>(fields: &'a [(&'a str, &'a [u8])]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+pub(crate) fn as_pairs<'a>(
+    fields: &'a [(&'a str, &'a [u8])],
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
     fields.iter().map(|(n, v)| (n.as_bytes(), *v))
 }

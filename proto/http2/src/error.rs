@@ -109,7 +109,9 @@ impl FrameError {
     /// The error code this error is answered with.
     pub fn reason(self) -> Reason {
         match self {
-            FrameError::BadLength | FrameError::PriorityLength | FrameError::TooLarge => Reason::FRAME_SIZE_ERROR,
+            FrameError::BadLength | FrameError::PriorityLength | FrameError::TooLarge => {
+                Reason::FRAME_SIZE_ERROR
+            }
             FrameError::BadWindowSetting => Reason::FLOW_CONTROL_ERROR,
             _ => Reason::PROTOCOL_ERROR,
         }
@@ -236,7 +238,9 @@ impl Error {
             Error::StreamClosed => Reason::STREAM_CLOSED,
             Error::FlowControl => Reason::FLOW_CONTROL_ERROR,
             Error::SettingsTimeout => Reason::SETTINGS_TIMEOUT,
-            Error::HeaderBlockTooLarge | Error::RapidReset | Error::Flood => Reason::ENHANCE_YOUR_CALM,
+            Error::HeaderBlockTooLarge | Error::RapidReset | Error::Flood => {
+                Reason::ENHANCE_YOUR_CALM
+            }
             Error::Remote(r) => r,
             Error::Timeout | Error::UnexpectedEof => Reason::NO_ERROR,
             _ => Reason::PROTOCOL_ERROR,
@@ -251,7 +255,9 @@ impl fmt::Display for Error {
             Error::ExpectedSettings => f.write_str("first frame is not SETTINGS"),
             Error::Frame(e) => write!(f, "frame error: {e}"),
             Error::Compression(e) => write!(f, "HPACK error: {e}"),
-            Error::Continuation => f.write_str("field block interrupted or CONTINUATION out of place"),
+            Error::Continuation => {
+                f.write_str("field block interrupted or CONTINUATION out of place")
+            }
             Error::BadStreamId => f.write_str("invalid stream identifier"),
             Error::IdleStream => f.write_str("frame on an idle stream"),
             Error::StreamClosed => f.write_str("frame on a closed stream"),
@@ -274,7 +280,9 @@ impl core::error::Error for Error {}
 impl ProtoError for Error {
     fn kind(&self) -> ErrorKind {
         match self {
-            Error::HeaderBlockTooLarge | Error::RapidReset | Error::Flood => ErrorKind::LimitExceeded,
+            Error::HeaderBlockTooLarge | Error::RapidReset | Error::Flood => {
+                ErrorKind::LimitExceeded
+            }
             Error::Timeout | Error::SettingsTimeout => ErrorKind::Timeout,
             Error::Remote(_) | Error::UnexpectedEof => ErrorKind::Closed,
             _ => ErrorKind::Malformed,

@@ -95,6 +95,10 @@ pub use server::{ServerConnection, HTTP2_INFO};
 
 use bytes::Bytes;
 
+/// The ALPN protocol identifier for HTTP/2 over TLS (RFC 9113 §3.2): offer it in the TLS
+/// handshake and start a [`ServerConnection`] / [`ClientConnection`] when it is selected.
+pub const ALPN_H2: &[u8] = b"h2";
+
 /// What the application sends as a message body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

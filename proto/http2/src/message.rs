@@ -23,7 +23,9 @@ impl Fields {
 
     /// `(name, value)` pairs in order. Names are validated lowercase ASCII.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.0.iter().map(|f| (core::str::from_utf8(&f.name).unwrap_or(""), &f.value[..]))
+        self.0
+            .iter()
+            .map(|f| (core::str::from_utf8(&f.name).unwrap_or(""), &f.value[..]))
     }
 
     /// The fields themselves (names and values as `Bytes`).
@@ -33,12 +35,18 @@ impl Fields {
 
     /// The first value of `name` (lowercase).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.0.iter().find(|f| f.name == name.as_bytes()).map(|f| &f.value[..])
+        self.0
+            .iter()
+            .find(|f| f.name == name.as_bytes())
+            .map(|f| &f.value[..])
     }
 
     /// Every value of `name`.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.0.iter().filter(move |f| f.name == name.as_bytes()).map(|f| &f.value[..])
+        self.0
+            .iter()
+            .filter(move |f| f.name == name.as_bytes())
+            .map(|f| &f.value[..])
     }
 }
 
@@ -54,7 +62,10 @@ pub struct Priority {
 
 impl Default for Priority {
     fn default() -> Self {
-        Priority { urgency: 3, incremental: false }
+        Priority {
+            urgency: 3,
+            incremental: false,
+        }
     }
 }
 
@@ -192,7 +203,9 @@ pub(crate) struct Malformed;
 /// RFC 9113 §8.2.1: a name MUST NOT contain 0x00-0x20, 0x41-0x5a (uppercase) or 0x7f-0xff;
 /// a colon only as the first character of a pseudo-header.
 pub(crate) fn valid_name(n: &[u8]) -> bool {
-    !n.is_empty() && n.iter().all(|&b| b > 0x20 && b < 0x7f && !b.is_ascii_uppercase() && b != b':')
+    !n.is_empty()
+        && n.iter()
+            .all(|&b| b > 0x20 && b < 0x7f && !b.is_ascii_uppercase() && b != b':')
 }
 
 /// RFC 9113 §8.2.1: a value MUST NOT contain NUL, LF or CR, nor start or end with SP/HTAB.
@@ -205,7 +218,9 @@ pub(crate) fn valid_value(v: &[u8]) -> bool {
 /// RFC 9113 §8.2.2: connection-specific fields are malformed (TE only as `trailers`).
 pub(crate) fn connection_specific(name: &[u8], value: &[u8]) -> bool {
     match name {
-        b"connection" | b"proxy-connection" | b"keep-alive" | b"transfer-encoding" | b"upgrade" => true,
+        b"connection" | b"proxy-connection" | b"keep-alive" | b"transfer-encoding" | b"upgrade" => {
+            true
+        }
         b"te" => value != b"trailers",
         _ => false,
     }
@@ -234,7 +249,10 @@ fn regular(f: &Field, cl: &mut Option<u64>) -> Result<(), Malformed> {
 }
 
 /// Build a request from a decoded field section (RFC 9113 §8.3.1, RFC 8441 §4).
-pub(crate) fn parse_request(fields: Vec<Field>, connect_protocol: bool) -> Result<Request, Malformed> {
+pub(crate) fn parse_request(
+    fields: Vec<Field>,
+    connect_protocol: bool,
+) -> Result<Request, Malformed> {
     let mut method = None;
     let mut scheme = None;
     let mut authority = None;
@@ -288,7 +306,16 @@ pub(crate) fn parse_request(fields: Vec<Field>, connect_protocol: bool) -> Resul
             _ => return Err(Malformed),
         }
     }
-    Ok(Request { method, scheme, authority, path, protocol, fields: Fields(out), content_length: cl, priority })
+    Ok(Request {
+        method,
+        scheme,
+        authority,
+        path,
+        protocol,
+        fields: Fields(out),
+        content_length: cl,
+        priority,
+    })
 }
 
 /// Build a response from a decoded field section (RFC 9113 §8.3.2).
@@ -314,7 +341,11 @@ pub(crate) fn parse_response(fields: Vec<Field>) -> Result<Response, Malformed> 
         out.push(f);
     }
     let status = status.filter(|s| *s >= 100).ok_or(Malformed)?;
-    Ok(Response { status, fields: Fields(out), content_length: cl })
+    Ok(Response {
+        status,
+        fields: Fields(out),
+        content_length: cl,
+    })
 }
 
 /// Check a trailer section: no pseudo-header fields (RFC 9113 §8.1).
@@ -331,7 +362,9 @@ pub(crate) fn parse_trailers(fields: Vec<Field>) -> Result<Fields, Malformed> {
 
 /// Validate fields given by the application for sending.
 pub(crate) fn check_app_fields(fields: &[(&str, &[u8])]) -> bool {
-    fields.iter().all(|(n, v)| valid_name(n.as_bytes()) && valid_value(v) && !connection_specific(n.as_bytes(), v))
+    fields.iter().all(|(n, v)| {
+        valid_name(n.as_bytes()) && valid_value(v) && !connection_specific(n.as_bytes(), v)
+    })
 }
 
 /// Fields that are sent as never-indexed literals.
@@ -350,34 +383,97 @@ mod tests {
 
     #[test]
     fn priority_parameters() {
-        assert_eq!(Priority::parse(b"u=1, i"), Priority { urgency: 1, incremental: true });
-        assert_eq!(Priority::parse(b"u=9, i=?0, x=3"), Priority { urgency: 3, incremental: false });
+        assert_eq!(
+            Priority::parse(b"u=1, i"),
+            Priority {
+                urgency: 1,
+                incremental: true
+            }
+        );
+        assert_eq!(
+            Priority::parse(b"u=9, i=?0, x=3"),
+            Priority {
+                urgency: 3,
+                incremental: false
+            }
+        );
         assert_eq!(Priority::parse(b""), Priority::default());
-        assert_eq!(&Priority { urgency: 0, incremental: true }.to_field_value()[..], b"u=0, i");
+        assert_eq!(
+            &Priority {
+                urgency: 0,
+                incremental: true
+            }
+            .to_field_value()[..],
+            b"u=0, i"
+        );
     }
 
     #[test]
     fn request_rules() {
-        let ok = vec![f(":method", "GET"), f(":scheme", "http"), f(":path", "/"), f(":authority", "a"), f("x", "y")];
+        let ok = vec![
+            f(":method", "GET"),
+            f(":scheme", "http"),
+            f(":path", "/"),
+            f(":authority", "a"),
+            f("x", "y"),
+        ];
         let r = parse_request(ok, false).unwrap();
-        assert_eq!((r.method(), r.path(), r.authority()), ("GET", "/", Some("a")));
+        assert_eq!(
+            (r.method(), r.path(), r.authority()),
+            ("GET", "/", Some("a"))
+        );
         let bad: [&[Field]; 9] = [
             &[f(":method", "GET"), f(":scheme", "http")],
             &[f(":method", "GET"), f(":scheme", "http"), f(":path", "")],
             &[f(":method", "GET"), f(":path", "/")],
             &[f(":scheme", "http"), f(":path", "/")],
-            &[f(":method", "GET"), f(":method", "GET"), f(":scheme", "http"), f(":path", "/")],
-            &[f(":method", "GET"), f(":scheme", "http"), f("x", "y"), f(":path", "/")],
-            &[f(":method", "GET"), f(":scheme", "http"), f(":path", "/"), f(":status", "200")],
-            &[f(":method", "GET"), f(":scheme", "http"), f(":path", "/"), f("connection", "close")],
-            &[f(":method", "GET"), f(":scheme", "http"), f(":path", "/"), f("te", "gzip")],
+            &[
+                f(":method", "GET"),
+                f(":method", "GET"),
+                f(":scheme", "http"),
+                f(":path", "/"),
+            ],
+            &[
+                f(":method", "GET"),
+                f(":scheme", "http"),
+                f("x", "y"),
+                f(":path", "/"),
+            ],
+            &[
+                f(":method", "GET"),
+                f(":scheme", "http"),
+                f(":path", "/"),
+                f(":status", "200"),
+            ],
+            &[
+                f(":method", "GET"),
+                f(":scheme", "http"),
+                f(":path", "/"),
+                f("connection", "close"),
+            ],
+            &[
+                f(":method", "GET"),
+                f(":scheme", "http"),
+                f(":path", "/"),
+                f("te", "gzip"),
+            ],
         ];
         for b in bad {
             assert_eq!(parse_request(b.to_vec(), false), Err(Malformed), "{b:?}");
         }
-        let te = vec![f(":method", "GET"), f(":scheme", "http"), f(":path", "/"), f("te", "trailers")];
+        let te = vec![
+            f(":method", "GET"),
+            f(":scheme", "http"),
+            f(":path", "/"),
+            f("te", "trailers"),
+        ];
         assert!(parse_request(te, false).is_ok());
-        let upper = vec![f(":method", "GET"), f(":scheme", "http"), f(":path", "/"), f("X-Up", "1")];
+        let upper = vec![
+            f(":method", "GET"),
+            f(":scheme", "http"),
+            f(":path", "/"),
+            f("X-Up", "1"),
+        ];
         assert_eq!(parse_request(upper, false), Err(Malformed));
     }
 
@@ -385,12 +481,30 @@ mod tests {
     fn connect_and_extended_connect() {
         let c = vec![f(":method", "CONNECT"), f(":authority", "h:443")];
         assert!(parse_request(c, false).is_ok());
-        let c = vec![f(":method", "CONNECT"), f(":authority", "h:443"), f(":path", "/")];
+        let c = vec![
+            f(":method", "CONNECT"),
+            f(":authority", "h:443"),
+            f(":path", "/"),
+        ];
         assert_eq!(parse_request(c, false), Err(Malformed));
-        let ws = vec![f(":method", "CONNECT"), f(":protocol", "websocket"), f(":scheme", "https"), f(":path", "/chat"), f(":authority", "h")];
+        let ws = vec![
+            f(":method", "CONNECT"),
+            f(":protocol", "websocket"),
+            f(":scheme", "https"),
+            f(":path", "/chat"),
+            f(":authority", "h"),
+        ];
         assert_eq!(parse_request(ws.clone(), false), Err(Malformed));
-        assert_eq!(parse_request(ws, true).unwrap().protocol(), Some("websocket"));
-        let get_proto = vec![f(":method", "GET"), f(":protocol", "websocket"), f(":scheme", "https"), f(":path", "/")];
+        assert_eq!(
+            parse_request(ws, true).unwrap().protocol(),
+            Some("websocket")
+        );
+        let get_proto = vec![
+            f(":method", "GET"),
+            f(":protocol", "websocket"),
+            f(":scheme", "https"),
+            f(":path", "/"),
+        ];
         assert_eq!(parse_request(get_proto, true), Err(Malformed));
     }
 
@@ -400,7 +514,14 @@ mod tests {
         assert_eq!((r.status(), r.content_length()), (200, Some(5)));
         assert_eq!(parse_response(vec![f(":status", "20")]), Err(Malformed));
         assert_eq!(parse_response(vec![f("x", "1")]), Err(Malformed));
-        assert_eq!(parse_response(vec![f(":status", "200"), f("content-length", "5"), f("content-length", "6")]), Err(Malformed));
+        assert_eq!(
+            parse_response(vec![
+                f(":status", "200"),
+                f("content-length", "5"),
+                f("content-length", "6")
+            ]),
+            Err(Malformed)
+        );
         assert_eq!(parse_trailers(vec![f(":status", "200")]), Err(Malformed));
         assert!(parse_trailers(vec![f("grpc-status", "0")]).is_ok());
     }

@@ -3,7 +3,9 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
-use ferry_proto::{Connection, Instant, Lifecycle, Multiplexing, ProtocolInfo, State as Life, TlsRequirement};
+use ferry_proto::{
+    Connection, Instant, Lifecycle, Multiplexing, ProtocolInfo, State as Life, TlsRequirement,
+};
 
 use crate::conn::{as_pairs, own_fields, Conn, Role};
 use crate::frame::{Settings, StreamId};
@@ -37,7 +39,10 @@ pub struct ServerConnection {
 
 impl core::fmt::Debug for ServerConnection {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ServerConnection").field("streams", &self.conn.stream_count()).field("error", &self.conn.error).finish()
+        f.debug_struct("ServerConnection")
+            .field("streams", &self.conn.stream_count())
+            .field("error", &self.conn.error)
+            .finish()
     }
 }
 
@@ -69,7 +74,9 @@ pub(crate) fn base64url_decode(s: &[u8]) -> Option<Vec<u8>> {
 impl ServerConnection {
     /// A connection accepted at `now` (the client preface is expected first).
     pub fn new(config: Arc<Config>, now: Instant) -> Self {
-        ServerConnection { conn: Conn::new(Role::Server, config, now) }
+        ServerConnection {
+            conn: Conn::new(Role::Server, config, now),
+        }
     }
 
     /// A connection taking over from HTTP/1.1 after `101 Switching Protocols` (RFC 7540 §3.2):
@@ -99,20 +106,41 @@ impl ServerConnection {
             let lower = n.to_ascii_lowercase();
             match lower.as_str() {
                 "host" => authority = Some(Bytes::copy_from_slice(v)),
-                "connection" | "upgrade" | "http2-settings" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "te" => {}
+                "connection" | "upgrade" | "http2-settings" | "keep-alive" | "proxy-connection"
+                | "transfer-encoding" | "te" => {}
                 _ => {
                     if message::valid_name(lower.as_bytes()) && message::valid_value(v) {
-                        list.push(Field { name: Bytes::from(lower.into_bytes()), value: Bytes::copy_from_slice(v), sensitive: false });
+                        list.push(Field {
+                            name: Bytes::from(lower.into_bytes()),
+                            value: Bytes::copy_from_slice(v),
+                            sensitive: false,
+                        });
                     }
                 }
             }
         }
         let mut all = Vec::with_capacity(list.len() + 4);
-        all.push(Field { name: Bytes::from_static(b":method"), value: Bytes::copy_from_slice(method.as_bytes()), sensitive: false });
-        all.push(Field { name: Bytes::from_static(b":scheme"), value: Bytes::from_static(b"http"), sensitive: false });
-        all.push(Field { name: Bytes::from_static(b":path"), value: Bytes::copy_from_slice(path.as_bytes()), sensitive: false });
+        all.push(Field {
+            name: Bytes::from_static(b":method"),
+            value: Bytes::copy_from_slice(method.as_bytes()),
+            sensitive: false,
+        });
+        all.push(Field {
+            name: Bytes::from_static(b":scheme"),
+            value: Bytes::from_static(b"http"),
+            sensitive: false,
+        });
+        all.push(Field {
+            name: Bytes::from_static(b":path"),
+            value: Bytes::copy_from_slice(path.as_bytes()),
+            sensitive: false,
+        });
         if let Some(a) = authority {
-            all.push(Field { name: Bytes::from_static(b":authority"), value: a, sensitive: false });
+            all.push(Field {
+                name: Bytes::from_static(b":authority"),
+                value: a,
+                sensitive: false,
+            });
         }
         all.extend(list);
         let request = message::parse_request(all, false).map_err(|_| Error::Protocol)?;
@@ -186,7 +214,13 @@ impl ServerConnection {
     /// `fields` are lowercase names without pseudo-headers or connection-specific fields; a
     /// `content-length` is added for `Full` bodies. `status` must be 200..=999 (use
     /// [`send_informational`](Self::send_informational) for 1xx).
-    pub fn send_response(&mut self, id: StreamId, status: u16, fields: &[(&str, &[u8])], body: Body) -> Result<(), SendError> {
+    pub fn send_response(
+        &mut self,
+        id: StreamId,
+        status: u16,
+        fields: &[(&str, &[u8])],
+        body: Body,
+    ) -> Result<(), SendError> {
         if !(200..=999).contains(&status) {
             return Err(SendError::InvalidStatus);
         }
@@ -194,7 +228,7 @@ impl ServerConnection {
         let st = status_bytes(status);
         let mut cl = itoa_buf(0);
         let mut pairs: Vec<(&[u8], &[u8])> = as_pairs(fields).collect();
-        let (end, data) = match body {
+        let (mut end, mut data) = match body {
             Body::Empty => (true, None),
             Body::Full(b) if b.is_empty() => (true, None),
             Body::Full(b) => {
@@ -206,23 +240,35 @@ impl ServerConnection {
         if data.is_some() && !fields.iter().any(|(n, _)| *n == "content-length") {
             pairs.push((b"content-length", cl.as_slice()));
         }
-        self.conn.write_headers(id, &[(b":status", &st)], &pairs, end);
+        if self.conn.stream(id).is_some_and(|s| s.head_response) {
+            // A response to HEAD has no content (RFC 9110 §9.3.2); content-length stays.
+            end = true;
+            data = None;
+        }
+        self.conn
+            .write_headers(id, &[(b":status", &st)], &pairs, end);
         self.conn.sent_headers(id.get(), end);
         if let Some(b) = data {
-            self.conn.queue_data(id, b, true).or_else(|e| if e == SendError::BufferFull { Ok(()) } else { Err(e) })?;
+            self.conn.queue_data_unbounded(id, b, true)?;
         }
         Ok(())
     }
 
     /// Send an interim (1xx, not 101) response head, e.g. 103 Early Hints.
-    pub fn send_informational(&mut self, id: StreamId, status: u16, fields: &[(&str, &[u8])]) -> Result<(), SendError> {
+    pub fn send_informational(
+        &mut self,
+        id: StreamId,
+        status: u16,
+        fields: &[(&str, &[u8])],
+    ) -> Result<(), SendError> {
         if !(100..200).contains(&status) || status == 101 {
             return Err(SendError::InvalidStatus);
         }
         self.check_head(id, fields)?;
         let st = status_bytes(status);
         let pairs: Vec<(&[u8], &[u8])> = as_pairs(fields).collect();
-        self.conn.write_headers(id, &[(b":status", &st)], &pairs, false);
+        self.conn
+            .write_headers(id, &[(b":status", &st)], &pairs, false);
         Ok(())
     }
 
@@ -234,7 +280,11 @@ impl ServerConnection {
     }
 
     /// Queue the trailer section for `id`; it ends the stream (after the queued data).
-    pub fn send_trailers(&mut self, id: StreamId, fields: &[(&str, &[u8])]) -> Result<(), SendError> {
+    pub fn send_trailers(
+        &mut self,
+        id: StreamId,
+        fields: &[(&str, &[u8])],
+    ) -> Result<(), SendError> {
         let owned = own_fields(fields)?;
         self.conn.queue_trailers(id, owned)
     }
@@ -298,7 +348,7 @@ impl ServerConnection {
     /// Return `n` consumed octets of `id` to the peer's windows (only needed with
     /// `Config::auto_release = false`).
     pub fn release_capacity(&mut self, id: StreamId, n: usize) {
-        self.conn.release(id.get(), n);
+        self.conn.release_app(id.get(), n);
     }
 
     /// Send a PING; the ACK is absorbed.
@@ -319,7 +369,11 @@ impl ServerConnection {
 }
 
 pub(crate) fn status_bytes(status: u16) -> [u8; 3] {
-    [b'0' + (status / 100 % 10) as u8, b'0' + (status / 10 % 10) as u8, b'0' + (status % 10) as u8]
+    [
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]
 }
 
 /// A decimal number in a small inline buffer.
@@ -401,11 +455,81 @@ mod tests {
 
     #[test]
     fn base64url() {
-        assert_eq!(base64url_decode(b"AAMAAABkAARAAAAAAAIAAAAA").unwrap(), [0, 3, 0, 0, 0, 100, 0, 4, 0x40, 0, 0, 0, 0, 2, 0, 0, 0, 0]);
+        assert_eq!(
+            base64url_decode(b"AAMAAABkAARAAAAAAAIAAAAA").unwrap(),
+            [0, 3, 0, 0, 0, 100, 0, 4, 0x40, 0, 0, 0, 0, 2, 0, 0, 0, 0]
+        );
         assert_eq!(base64url_decode(b"").unwrap(), [] as [u8; 0]);
         assert!(base64url_decode(b"a b").is_none());
         assert_eq!(itoa_buf(0).as_slice(), b"0");
         assert_eq!(itoa_buf(1234567).as_slice(), b"1234567");
         assert_eq!(&status_bytes(404), b"404");
+    }
+
+    #[test]
+    fn upgrade_from_http1_makes_stream_1() {
+        use crate::frame::{self, Frame, Status};
+        // HTTP2-Settings: MAX_CONCURRENT_STREAMS=100, INITIAL_WINDOW_SIZE=1 GiB, ENABLE_PUSH=0.
+        let fields: [(&str, &[u8]); 4] = [
+            ("Host", b"example.com"),
+            ("Connection", b"Upgrade, HTTP2-Settings"),
+            ("Upgrade", b"h2c"),
+            ("X-Extra", b"yes"),
+        ];
+        let mut s = ServerConnection::from_upgrade(
+            Arc::new(Config::default()),
+            Instant::ZERO,
+            b"AAMAAABkAARAAAAAAAIAAAAA",
+            "GET",
+            "/index",
+            &fields,
+        )
+        .unwrap();
+        let Some(Event::Request { id, request }) = s.poll_event() else {
+            panic!()
+        };
+        assert_eq!(id.get(), 1);
+        assert_eq!(
+            (request.method(), request.path(), request.authority()),
+            ("GET", "/index", Some("example.com"))
+        );
+        assert_eq!(request.fields().get("x-extra"), Some(&b"yes"[..]));
+        assert!(request.fields().get("connection").is_none());
+        assert!(matches!(s.poll_event(), Some(Event::End { .. })));
+        // The peer's settings from the header apply: push is off.
+        assert_eq!(
+            s.push_promise(id, "http", "example.com", "/x", &[]),
+            Err(SendError::PushDisabled)
+        );
+        s.send_response(id, 200, &[], Body::Full(Bytes::from_static(b"hi")))
+            .unwrap();
+        // The client preface still arrives first.
+        let mut input = BytesMut::from(&crate::PREFACE[..]);
+        input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        s.handle_input(Instant::ZERO, &mut input).unwrap();
+        let mut out = BytesMut::new();
+        while let Some(b) = s.poll_transmit() {
+            out.extend_from_slice(&b);
+        }
+        let mut kinds = alloc::vec::Vec::new();
+        while let Ok(Status::Complete((h, p))) = frame::decode(&mut out, 1 << 20) {
+            kinds.push(Frame::parse(&h, p).unwrap());
+        }
+        assert!(
+            matches!(kinds[0], Frame::Settings(ref st) if !st.ack),
+            "server preface first"
+        );
+        assert!(kinds
+            .iter()
+            .any(|f| matches!(f, Frame::Data(d) if d.stream_id.get() == 1 && d.end_stream)));
+        assert!(ServerConnection::from_upgrade(
+            Arc::new(Config::default()),
+            Instant::ZERO,
+            b"!!",
+            "GET",
+            "/",
+            &[]
+        )
+        .is_err());
     }
 }

@@ -108,7 +108,9 @@ impl State {
             (ReservedLocal, _) => Err(PROTOCOL),
             (ReservedRemote, Recv::Headers(es)) => Ok(if es { Closed } else { HalfClosedLocal }),
             (ReservedRemote, _) => Err(PROTOCOL),
-            (Open, Recv::Headers(es)) | (Open, Recv::Data(es)) => Ok(if es { HalfClosedRemote } else { Open }),
+            (Open, Recv::Headers(es)) | (Open, Recv::Data(es)) => {
+                Ok(if es { HalfClosedRemote } else { Open })
+            }
             (HalfClosedLocal, Recv::Headers(es)) | (HalfClosedLocal, Recv::Data(es)) => {
                 Ok(if es { Closed } else { HalfClosedLocal })
             }
@@ -161,7 +163,10 @@ impl State {
 
     /// Whether we may still send on this stream.
     pub fn can_send(self) -> bool {
-        matches!(self, State::Open | State::HalfClosedRemote | State::ReservedLocal)
+        matches!(
+            self,
+            State::Open | State::HalfClosedRemote | State::ReservedLocal
+        )
     }
 
     /// Whether the peer may still send DATA on this stream.
@@ -169,6 +174,11 @@ impl State {
         matches!(self, State::Open | State::HalfClosedLocal)
     }
 }
+
+/// A flow-control violation: a window would pass 2^31-1, or the peer sent more than its
+/// credit (FLOW_CONTROL_ERROR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowControlError;
 
 /// A flow-control window: signed, because SETTINGS_INITIAL_WINDOW_SIZE changes may make it
 /// negative (RFC 9113 §6.9.2), and never above 2^31-1.
@@ -193,10 +203,10 @@ impl Window {
 
     /// Grow by a WINDOW_UPDATE increment or a settings delta; `Err` if it would pass 2^31-1
     /// (FLOW_CONTROL_ERROR).
-    pub fn adjust(&mut self, delta: i64) -> Result<(), ()> {
+    pub fn adjust(&mut self, delta: i64) -> Result<(), FlowControlError> {
         let n = self.0 + delta;
         if n > MAX_WINDOW as i64 {
-            return Err(());
+            return Err(FlowControlError);
         }
         self.0 = n;
         Ok(())
@@ -204,9 +214,9 @@ impl Window {
 
     /// Consume `n` octets we sent or received; `Err` if the window is smaller (receiving more
     /// than allowed is FLOW_CONTROL_ERROR).
-    pub fn consume(&mut self, n: usize) -> Result<(), ()> {
+    pub fn consume(&mut self, n: usize) -> Result<(), FlowControlError> {
         if (n as i64) > self.0 {
-            return Err(());
+            return Err(FlowControlError);
         }
         self.0 -= n as i64;
         Ok(())
@@ -229,11 +239,15 @@ pub struct RecvFlow {
 impl RecvFlow {
     /// A window that starts at `initial` and is kept at `target`.
     pub fn new(initial: u32, target: u32) -> RecvFlow {
-        RecvFlow { window: Window::new(initial), unacked: 0, target }
+        RecvFlow {
+            window: Window::new(initial),
+            unacked: 0,
+            target,
+        }
     }
 
     /// The peer sent `n` octets: `Err` if it exceeded its credit.
-    pub fn recv(&mut self, n: usize) -> Result<(), ()> {
+    pub fn recv(&mut self, n: usize) -> Result<(), FlowControlError> {
         self.window.consume(n)
     }
 
@@ -242,8 +256,12 @@ impl RecvFlow {
         self.unacked = self.unacked.saturating_add(n);
         // Return credit once half the target is consumed (or the window ran low).
         let low = self.window.get() < (self.target / 2) as i64;
-        if self.unacked > 0 && (self.unacked >= self.target / 2 || (low && self.unacked >= self.target / 4)) {
-            let inc = self.unacked.min(MAX_WINDOW - self.window.get().clamp(0, MAX_WINDOW as i64) as u32);
+        if self.unacked > 0
+            && (self.unacked >= self.target / 2 || (low && self.unacked >= self.target / 4))
+        {
+            let inc = self
+                .unacked
+                .min(MAX_WINDOW - self.window.get().clamp(0, MAX_WINDOW as i64) as u32);
             if inc == 0 {
                 return None;
             }
@@ -265,8 +283,14 @@ mod tests {
         assert_eq!(s, State::Open);
         let s = s.recv(Recv::Data(true)).unwrap();
         assert_eq!(s, State::HalfClosedRemote);
-        assert_eq!(s.recv(Recv::Data(false)), Err(Violation::Stream(Reason::STREAM_CLOSED)));
-        assert_eq!(s.recv(Recv::Headers(true)), Err(Violation::Stream(Reason::STREAM_CLOSED)));
+        assert_eq!(
+            s.recv(Recv::Data(false)),
+            Err(Violation::Stream(Reason::STREAM_CLOSED))
+        );
+        assert_eq!(
+            s.recv(Recv::Headers(true)),
+            Err(Violation::Stream(Reason::STREAM_CLOSED))
+        );
         assert_eq!(s.recv(Recv::WindowUpdate), Ok(s));
         let s = s.send(Send::Headers(false)).unwrap();
         assert_eq!(s.send(Send::Data(true)), Some(State::Closed));
@@ -280,14 +304,26 @@ mod tests {
         assert_eq!(State::Idle.recv(Recv::WindowUpdate), Err(p));
         assert_eq!(State::Idle.recv(Recv::Priority), Ok(State::Idle));
         assert_eq!(State::ReservedRemote.recv(Recv::Data(false)), Err(p));
-        assert_eq!(State::ReservedRemote.recv(Recv::Headers(false)), Ok(State::HalfClosedLocal));
+        assert_eq!(
+            State::ReservedRemote.recv(Recv::Headers(false)),
+            Ok(State::HalfClosedLocal)
+        );
         assert_eq!(State::ReservedLocal.recv(Recv::Headers(false)), Err(p));
-        assert_eq!(State::Idle.send(Send::PushPromise), Some(State::ReservedLocal));
-        assert_eq!(State::ReservedLocal.send(Send::Headers(false)), Some(State::HalfClosedRemote));
+        assert_eq!(
+            State::Idle.send(Send::PushPromise),
+            Some(State::ReservedLocal)
+        );
+        assert_eq!(
+            State::ReservedLocal.send(Send::Headers(false)),
+            Some(State::HalfClosedRemote)
+        );
         assert_eq!(State::ReservedLocal.send(Send::Data(false)), None);
         assert_eq!(State::HalfClosedLocal.send(Send::Data(false)), None);
         assert_eq!(State::Open.send(Send::Reset), Some(State::Closed));
-        assert_eq!(State::Closed.recv(Recv::Data(false)), Err(Violation::Stream(Reason::STREAM_CLOSED)));
+        assert_eq!(
+            State::Closed.recv(Recv::Data(false)),
+            Err(Violation::Stream(Reason::STREAM_CLOSED))
+        );
     }
 
     #[test]

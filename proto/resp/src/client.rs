@@ -42,7 +42,11 @@ pub struct ClientConfig {
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        ClientConfig { limits: Limits::default(), max_pipelined: 1 << 20, response_timeout: None }
+        ClientConfig {
+            limits: Limits::default(),
+            max_pipelined: 1 << 20,
+            response_timeout: None,
+        }
     }
 }
 
@@ -80,7 +84,12 @@ enum Kind {
     Hello(Option<Protocol>),
     Reset,
     Quit,
-    Sub { kind: SubKind, name: &'static [u8], remaining: usize, frames: Vec<Value> },
+    Sub {
+        kind: SubKind,
+        name: &'static [u8],
+        remaining: usize,
+        frames: Vec<Value>,
+    },
     /// `MULTI` and queued commands of a transaction: their replies are consumed.
     Swallow,
 }
@@ -190,7 +199,11 @@ impl ClientConnection {
     fn push_pending(&mut self, kind: Kind) -> RequestId {
         let id = self.next_id;
         self.next_id += 1;
-        self.pending.push_back(Pending { id, kind, sent: self.now });
+        self.pending.push_back(Pending {
+            id,
+            kind,
+            sent: self.now,
+        });
         RequestId(id)
     }
 
@@ -232,10 +245,17 @@ impl ClientConnection {
                 "punsubscribe" => b"punsubscribe",
                 _ => b"sunsubscribe",
             };
-            return Kind::Sub { kind, name, remaining: remaining.max(1), frames: Vec::new() };
+            return Kind::Sub {
+                kind,
+                name,
+                remaining: remaining.max(1),
+                frames: Vec::new(),
+            };
         }
         if is("hello") {
-            let v = args.get(1).and_then(|a| core::str::from_utf8(a.as_ref()).ok()?.parse::<i64>().ok());
+            let v = args
+                .get(1)
+                .and_then(|a| core::str::from_utf8(a.as_ref()).ok()?.parse::<i64>().ok());
             let _ = self.lifecycle.transition(State::Authenticating);
             return Kind::Hello(v.and_then(Protocol::from_version));
         }
@@ -293,7 +313,10 @@ impl ClientConnection {
     }
 
     /// Send `MULTI`, `commands` and `EXEC`; only `EXEC`'s reply is reported (see module docs).
-    pub fn send_transaction<A: AsRef<[u8]>>(&mut self, commands: &[&[A]]) -> Result<RequestId, SendError> {
+    pub fn send_transaction<A: AsRef<[u8]>>(
+        &mut self,
+        commands: &[&[A]],
+    ) -> Result<RequestId, SendError> {
         if commands.iter().any(|c| c.is_empty()) {
             return Err(SendError::InvalidState);
         }
@@ -334,10 +357,25 @@ impl ClientConnection {
 
     fn on_frame(&mut self, v: Value) -> Result<(), Error> {
         let name = frame_name(&v).map(|n| n.to_ascii_lowercase());
-        // A confirmation for the subscription command at the front?
-        if let Some(Pending { kind: Kind::Sub { name: want, .. }, .. }) = self.pending.front() {
-            if name.as_deref() == Some(*want) {
-                let Some(Pending { kind: Kind::Sub { kind, remaining, frames, .. }, .. }) = self.pending.front_mut()
+        // A confirmation for the subscription command at the front? (Pushes in RESP3,
+        // arrays in RESP2.)
+        let frame_ok = matches!(v, Value::Push(_)) || self.proto == Protocol::Resp2;
+        if let Some(Pending {
+            kind: Kind::Sub { name: want, .. },
+            ..
+        }) = self.pending.front()
+        {
+            if frame_ok && name.as_deref() == Some(*want) {
+                let Some(Pending {
+                    kind:
+                        Kind::Sub {
+                            kind,
+                            remaining,
+                            frames,
+                            ..
+                        },
+                    ..
+                }) = self.pending.front_mut()
                 else {
                     return Ok(());
                 };
@@ -347,8 +385,16 @@ impl ClientConnection {
                 let finished = *remaining == 0;
                 self.note_count(kind, &v);
                 if finished {
-                    if let Some(Pending { id, kind: Kind::Sub { frames, .. }, .. }) = self.pending.pop_front() {
-                        self.events.push_back(Event::Reply { id: RequestId(id), value: Value::Array(frames) });
+                    if let Some(Pending {
+                        id,
+                        kind: Kind::Sub { frames, .. },
+                        ..
+                    }) = self.pending.pop_front()
+                    {
+                        self.events.push_back(Event::Reply {
+                            id: RequestId(id),
+                            value: Value::Array(frames),
+                        });
                     }
                 }
                 return Ok(());
@@ -358,11 +404,19 @@ impl ClientConnection {
             self.events.push_back(Event::Push(v));
             return Ok(());
         }
-        if self.is_subscribed() && matches!(name.as_deref(), Some(b"message" | b"pmessage" | b"smessage")) {
+        if self.proto == Protocol::Resp2
+            && self.is_subscribed()
+            && matches!(
+                name.as_deref(),
+                Some(b"message" | b"pmessage" | b"smessage")
+            )
+        {
             self.events.push_back(Event::Push(v));
             return Ok(());
         }
-        let Some(p) = self.pending.pop_front() else { return Err(Error::UnexpectedReply) };
+        let Some(p) = self.pending.pop_front() else {
+            return Err(Error::UnexpectedReply);
+        };
         match p.kind {
             Kind::Swallow => return Ok(()),
             Kind::Hello(proto) => {
@@ -380,7 +434,10 @@ impl ClientConnection {
             Kind::Quit => self.closing = true,
             Kind::Sub { .. } | Kind::Normal => {}
         }
-        self.events.push_back(Event::Reply { id: RequestId(p.id), value: v });
+        self.events.push_back(Event::Reply {
+            id: RequestId(p.id),
+            value: v,
+        });
         Ok(())
     }
 }
@@ -465,7 +522,8 @@ impl Connection for ClientConnection {
     }
 
     fn is_closed(&self) -> bool {
-        self.error.is_some() || (self.wbuf.is_empty() && (self.eof || (self.closing && self.pending.is_empty())))
+        self.error.is_some()
+            || (self.wbuf.is_empty() && (self.eof || (self.closing && self.pending.is_empty())))
     }
 
     fn state(&self) -> State {

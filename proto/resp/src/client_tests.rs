@@ -9,19 +9,33 @@ fn client() -> ClientConnection {
 }
 
 fn pair(chunk: usize) -> Pair<ClientConnection, ServerConnection> {
-    Pair::new(client(), ServerConnection::new(Arc::new(ServerConfig::default()), Instant::ZERO)).with_max_chunk(chunk)
+    Pair::new(
+        client(),
+        ServerConnection::new(Arc::new(ServerConfig::default()), Instant::ZERO),
+    )
+    .with_max_chunk(chunk)
 }
 
 /// A tiny application: a few commands over a map, enough to exercise the client.
-fn app(s: &mut ServerConnection, ev: server::Event, store: &mut Vec<(Bytes, Bytes)>, multi: &mut Option<Vec<Value>>) {
-    let server::Event::Command(cmd) = ev else { return };
+fn app(
+    s: &mut ServerConnection,
+    ev: server::Event,
+    store: &mut Vec<(Bytes, Bytes)>,
+    multi: &mut Option<Vec<Value>>,
+) {
+    let server::Event::Command(cmd) = ev else {
+        return;
+    };
     let reply = |cmd: &crate::Command, store: &mut Vec<(Bytes, Bytes)>| -> Value {
         if cmd.is("set") {
             store.retain(|(k, _)| k != &cmd.args[1]);
             store.push((cmd.args[1].clone(), cmd.args[2].clone()));
             Value::ok()
         } else if cmd.is("get") {
-            store.iter().find(|(k, _)| k == &cmd.args[1]).map_or(Value::NullBulkString, |(_, v)| Value::BulkString(v.clone()))
+            store
+                .iter()
+                .find(|(k, _)| k == &cmd.args[1])
+                .map_or(Value::NullBulkString, |(_, v)| Value::BulkString(v.clone()))
         } else if cmd.is("ping") {
             Value::simple("PONG")
         } else if let Some(h) = cmd.hello() {
@@ -31,7 +45,10 @@ fn app(s: &mut ServerConnection, ev: server::Event, store: &mut Vec<(Bytes, Byte
                 }
                 _ => Value::Map(vec![
                     (Value::bulk("server"), Value::bulk("ferry")),
-                    (Value::bulk("proto"), Value::Integer(h.protover.map_or(2, |p| p.version()))),
+                    (
+                        Value::bulk("proto"),
+                        Value::Integer(h.protover.map_or(2, |p| p.version())),
+                    ),
                 ]),
             }
         } else if cmd.is("hgetall") {
@@ -58,7 +75,8 @@ fn run(p: &mut Pair<ClientConnection, ServerConnection>) -> Vec<Event> {
     let mut store = Vec::new();
     let mut multi = None;
     let mut out = Vec::new();
-    p.drive_with(|_, e| out.push(e), |s, e| app(s, e, &mut store, &mut multi)).unwrap();
+    p.drive_with(|_, e| out.push(e), |s, e| app(s, e, &mut store, &mut multi))
+        .unwrap();
     out
 }
 
@@ -74,10 +92,22 @@ fn pipelining_correlates_replies_at_every_chunk_size() {
         assert_eq!(
             evs,
             vec![
-                Event::Reply { id: a, value: Value::ok() },
-                Event::Reply { id: b, value: Value::bulk("v") },
-                Event::Reply { id: c, value: Value::NullBulkString },
-                Event::Reply { id: d, value: Value::simple("PONG") },
+                Event::Reply {
+                    id: a,
+                    value: Value::ok()
+                },
+                Event::Reply {
+                    id: b,
+                    value: Value::bulk("v")
+                },
+                Event::Reply {
+                    id: c,
+                    value: Value::NullBulkString
+                },
+                Event::Reply {
+                    id: d,
+                    value: Value::simple("PONG")
+                },
             ],
             "chunk {chunk}"
         );
@@ -86,17 +116,73 @@ fn pipelining_correlates_replies_at_every_chunk_size() {
 }
 
 #[test]
+fn replies_produced_backwards_by_workers_still_correlate() {
+    for chunk in [1, 3, usize::MAX] {
+        let mut p = pair(chunk);
+        let ids: Vec<RequestId> = (0..20)
+            .map(|i| {
+                p.client
+                    .send_command(&[alloc::string::String::from("ECHO"), alloc::format!("m{i}")])
+                    .unwrap()
+            })
+            .collect();
+        // The "workers" collect every command first, then answer them in reverse order.
+        let mut pending = Vec::new();
+        let mut out = Vec::new();
+        p.drive_with(
+            |_, e| out.push(e),
+            |_, e| {
+                if let server::Event::Command(c) = e {
+                    pending.push(c);
+                }
+            },
+        )
+        .unwrap();
+        for c in pending.into_iter().rev() {
+            let v = Value::BulkString(c.args[1].clone());
+            p.server.send_reply(c.id, &v).unwrap();
+        }
+        p.drive_with(|_, e| out.push(e), |_, _| {}).unwrap();
+        let want: Vec<Event> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Event::Reply {
+                id: *id,
+                value: Value::bulk(alloc::format!("m{i}")),
+            })
+            .collect();
+        assert_eq!(out, want, "chunk {chunk}");
+    }
+}
+
+#[test]
 fn hello_negotiates_resp3_with_auth() {
     let mut p = pair(1);
-    let bad = p.client.hello(Some(Protocol::Resp3), Some((b"default", b"wrong")), None).unwrap();
+    let bad = p
+        .client
+        .hello(Some(Protocol::Resp3), Some((b"default", b"wrong")), None)
+        .unwrap();
     let evs = run(&mut p);
     assert!(matches!(&evs[0], Event::Reply { id, value: Value::Error(_) } if *id == bad));
     assert_eq!(p.client.protocol(), Protocol::Resp2);
-    let good = p.client.hello(Some(Protocol::Resp3), Some((b"default", b"secret")), Some(b"me")).unwrap();
+    let good = p
+        .client
+        .hello(
+            Some(Protocol::Resp3),
+            Some((b"default", b"secret")),
+            Some(b"me"),
+        )
+        .unwrap();
     let h = p.client.send_command(&["HGETALL", "h"]).unwrap();
     let evs = run(&mut p);
     assert!(matches!(&evs[0], Event::Reply { id, value: Value::Map(_) } if *id == good));
-    assert_eq!(evs[1], Event::Reply { id: h, value: Value::Map(vec![(Value::bulk("f"), Value::bulk("v"))]) });
+    assert_eq!(
+        evs[1],
+        Event::Reply {
+            id: h,
+            value: Value::Map(vec![(Value::bulk("f"), Value::bulk("v"))])
+        }
+    );
     assert_eq!(p.client.protocol(), Protocol::Resp3);
     assert_eq!(p.server.protocol(), Protocol::Resp3);
     assert_eq!(p.client.state(), State::Ready);
@@ -104,27 +190,48 @@ fn hello_negotiates_resp3_with_auth() {
 
 #[test]
 fn pubsub_resp2_and_resp3_separate_pushes() {
-    for resp3 in [false, true] {
-        let mut p = pair(5);
+    for (resp3, chunk) in [
+        (false, 1),
+        (true, 1),
+        (false, 5),
+        (true, 7),
+        (true, usize::MAX),
+    ] {
+        let mut p = pair(chunk);
         if resp3 {
             p.client.hello(Some(Protocol::Resp3), None, None).unwrap();
             run(&mut p);
         }
         let sub = p.client.send_command(&["SUBSCRIBE", "a", "b"]).unwrap();
         let evs = run(&mut p);
-        let Event::Reply { id, value: Value::Array(frames) } = &evs[0] else { panic!("{evs:?}") };
+        let Event::Reply {
+            id,
+            value: Value::Array(frames),
+        } = &evs[0]
+        else {
+            panic!("{evs:?}")
+        };
         assert_eq!(*id, sub);
         assert_eq!(frames.len(), 2);
         assert!(p.client.is_subscribed());
-        p.server.send_message(&Bytes::from_static(b"a"), &Bytes::from_static(b"hello"));
+        p.server
+            .send_message(&Bytes::from_static(b"a"), &Bytes::from_static(b"hello"));
         let ping = p.client.send_command(&["PING"]).unwrap();
         let evs = run(&mut p);
-        let Event::Push(msg) = &evs[0] else { panic!("{evs:?}") };
+        let Event::Push(msg) = &evs[0] else {
+            panic!("{evs:?}")
+        };
         assert_eq!(msg.as_slice().unwrap()[2], Value::bulk("hello"));
         assert!(matches!(&evs[1], Event::Reply { id, .. } if *id == ping));
         let unsub = p.client.send_command(&["UNSUBSCRIBE"]).unwrap();
         let evs = run(&mut p);
-        let Event::Reply { id, value: Value::Array(frames) } = &evs[0] else { panic!("{evs:?}") };
+        let Event::Reply {
+            id,
+            value: Value::Array(frames),
+        } = &evs[0]
+        else {
+            panic!("{evs:?}")
+        };
         assert_eq!((*id, frames.len()), (unsub, 2));
         assert!(!p.client.is_subscribed());
     }
@@ -133,9 +240,18 @@ fn pubsub_resp2_and_resp3_separate_pushes() {
 #[test]
 fn transaction_reports_only_exec() {
     let mut p = pair(4);
-    let id = p.client.send_transaction(&[&["SET", "a", "1"][..], &["GET", "a"][..]]).unwrap();
+    let id = p
+        .client
+        .send_transaction(&[&["SET", "a", "1"][..], &["GET", "a"][..]])
+        .unwrap();
     let evs = run(&mut p);
-    assert_eq!(evs, vec![Event::Reply { id, value: Value::Array(vec![Value::ok(), Value::bulk("1")]) }]);
+    assert_eq!(
+        evs,
+        vec![Event::Reply {
+            id,
+            value: Value::Array(vec![Value::ok(), Value::bulk("1")])
+        }]
+    );
 }
 
 #[test]
@@ -143,7 +259,13 @@ fn quit_closes_both_sides() {
     let mut p = pair(usize::MAX);
     let q = p.client.send_command(&["QUIT"]).unwrap();
     let evs = run(&mut p);
-    assert_eq!(evs, vec![Event::Reply { id: q, value: Value::ok() }]);
+    assert_eq!(
+        evs,
+        vec![Event::Reply {
+            id: q,
+            value: Value::ok()
+        }]
+    );
     assert!(p.server.is_closed());
     assert!(p.client.is_closed());
     assert_eq!(p.client.send_command(&["PING"]), Err(SendError::Closed));
@@ -156,7 +278,13 @@ fn reset_returns_to_resp2() {
     p.client.send_command(&["SUBSCRIBE", "x"]).unwrap();
     let r = p.client.send_command(&["RESET"]).unwrap();
     let evs = run(&mut p);
-    assert_eq!(evs.last(), Some(&Event::Reply { id: r, value: Value::simple("RESET") }));
+    assert_eq!(
+        evs.last(),
+        Some(&Event::Reply {
+            id: r,
+            value: Value::simple("RESET")
+        })
+    );
     assert_eq!(p.client.protocol(), Protocol::Resp2);
     assert!(!p.client.is_subscribed());
 }
@@ -165,13 +293,64 @@ fn reset_returns_to_resp2() {
 fn unexpected_reply_and_garbage_are_fatal() {
     let mut c = client();
     let mut b = BytesMut::from(&b"+OK\r\n"[..]);
-    assert_eq!(c.handle_input(Instant::ZERO, &mut b), Err(Error::UnexpectedReply));
-    assert_eq!(c.handle_input(Instant::ZERO, &mut BytesMut::new()), Err(Error::UnexpectedReply));
+    assert_eq!(
+        c.handle_input(Instant::ZERO, &mut b),
+        Err(Error::UnexpectedReply)
+    );
+    assert_eq!(
+        c.handle_input(Instant::ZERO, &mut BytesMut::new()),
+        Err(Error::UnexpectedReply)
+    );
     let mut c = client();
     c.send_command(&["PING"]).unwrap();
     let mut b = BytesMut::from(&b"?\r\n"[..]);
-    assert_eq!(c.handle_input(Instant::ZERO, &mut b), Err(Error::Protocol(ParseError::InvalidType(b'?'))));
+    assert_eq!(
+        c.handle_input(Instant::ZERO, &mut b),
+        Err(Error::Protocol(ParseError::InvalidType(b'?')))
+    );
     assert!(c.is_closed());
+}
+
+#[test]
+fn limit_reply_nesting_depth() {
+    let limits = Limits {
+        max_depth: 3,
+        ..Limits::default()
+    };
+    let cfg = ClientConfig {
+        limits,
+        ..ClientConfig::default()
+    };
+    let mut c = ClientConnection::new(Arc::new(cfg), Instant::ZERO);
+    c.send_command(&["GET", "x"]).unwrap();
+    let mut b = BytesMut::from(&b"*1\r\n*1\r\n*1\r\n:1\r\n"[..]);
+    c.handle_input(Instant::ZERO, &mut b).unwrap();
+    assert!(matches!(c.poll_event(), Some(Event::Reply { .. })));
+    c.send_command(&["GET", "x"]).unwrap();
+    let mut b = BytesMut::from(&b"*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n"[..]);
+    assert_eq!(
+        c.handle_input(Instant::ZERO, &mut b),
+        Err(Error::Protocol(ParseError::TooDeep))
+    );
+}
+
+#[test]
+fn limit_reply_bulk_len() {
+    let limits = Limits {
+        max_bulk_len: 4,
+        ..Limits::default()
+    };
+    let cfg = ClientConfig {
+        limits,
+        ..ClientConfig::default()
+    };
+    let mut c = ClientConnection::new(Arc::new(cfg), Instant::ZERO);
+    c.send_command(&["GET", "x"]).unwrap();
+    let mut b = BytesMut::from(&b"$5\r\n"[..]);
+    assert_eq!(
+        c.handle_input(Instant::ZERO, &mut b),
+        Err(Error::Protocol(ParseError::BulkTooLong))
+    );
 }
 
 #[test]
@@ -184,7 +363,10 @@ fn eof_with_replies_owed_is_an_error() {
 
 #[test]
 fn response_timeout() {
-    let cfg = ClientConfig { response_timeout: Some(Duration::from_secs(1)), ..ClientConfig::default() };
+    let cfg = ClientConfig {
+        response_timeout: Some(Duration::from_secs(1)),
+        ..ClientConfig::default()
+    };
     let mut c = ClientConnection::new(Arc::new(cfg), Instant::ZERO);
     assert_eq!(c.poll_timeout(), None);
     c.send_command(&["PING"]).unwrap();
@@ -197,7 +379,10 @@ fn response_timeout() {
 
 #[test]
 fn pipeline_limit() {
-    let cfg = ClientConfig { max_pipelined: 1, ..ClientConfig::default() };
+    let cfg = ClientConfig {
+        max_pipelined: 1,
+        ..ClientConfig::default()
+    };
     let mut c = ClientConnection::new(Arc::new(cfg), Instant::ZERO);
     c.send_command(&["PING"]).unwrap();
     assert_eq!(c.send_command(&["PING"]), Err(SendError::PipelineFull));
@@ -210,7 +395,13 @@ fn resp3_push_interleaved_with_replies() {
     let mut b = BytesMut::from(&b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n$1\r\nv\r\n"[..]);
     c.handle_input(Instant::ZERO, &mut b).unwrap();
     assert!(matches!(c.poll_event(), Some(Event::Push(_))));
-    assert_eq!(c.poll_event(), Some(Event::Reply { id, value: Value::bulk("v") }));
+    assert_eq!(
+        c.poll_event(),
+        Some(Event::Reply {
+            id,
+            value: Value::bulk("v")
+        })
+    );
 }
 
 #[test]

@@ -129,7 +129,9 @@ fn string2ll(s: &[u8]) -> Option<i64> {
     match s {
         [] => None,
         [b'0'] => Some(0),
-        [b'-', rest @ ..] if rest.first().is_some_and(|c| (b'1'..=b'9').contains(c)) => parse_i64(s),
+        [b'-', rest @ ..] if rest.first().is_some_and(|c| (b'1'..=b'9').contains(c)) => {
+            parse_i64(s)
+        }
         [c, ..] if (b'1'..=b'9').contains(c) => parse_i64(s),
         _ => None,
     }
@@ -145,7 +147,9 @@ impl CommandReader {
     ) -> Result<Option<SmallVec<[Bytes; INLINE_ARGS]>>, ParseError> {
         loop {
             if self.remaining == 0 {
-                let Some(&first) = input.first() else { return Ok(None) };
+                let Some(&first) = input.first() else {
+                    return Ok(None);
+                };
                 if first != b'*' {
                     match self.inline(input, l)? {
                         None => return Ok(None),
@@ -196,7 +200,9 @@ impl CommandReader {
                         };
                         // Query buffer limit: what this command would hold once complete.
                         let overhead = (self.args.len() + 1) * core::mem::size_of::<Bytes>();
-                        if (self.arg_bytes as u64).saturating_add(len).saturating_add(overhead as u64)
+                        if (self.arg_bytes as u64)
+                            .saturating_add(len)
+                            .saturating_add(overhead as u64)
                             > l.max_query as u64
                         {
                             return Err(ParseError::QueryBufferLimit);
@@ -232,7 +238,11 @@ impl CommandReader {
             }
             return Ok(None);
         };
-        let end = if nl > 0 && input[nl - 1] == b'\r' { nl - 1 } else { nl };
+        let end = if nl > 0 && input[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
         let line = input.split_to(nl + 1).freeze();
         let args = split_args(&line.slice(..end)).ok_or(ParseError::UnbalancedQuotes)?;
         Ok(Some(args))
@@ -277,7 +287,11 @@ pub fn split_args(line: &Bytes) -> Option<SmallVec<[Bytes; INLINE_ARGS]>> {
             if inq {
                 match c {
                     None => return None,
-                    Some(b'\\') if s.get(p + 1) == Some(&b'x') && s.get(p + 2).and_then(|&c| hex(c)).is_some() && s.get(p + 3).and_then(|&c| hex(c)).is_some() => {
+                    Some(b'\\')
+                        if s.get(p + 1) == Some(&b'x')
+                            && s.get(p + 2).and_then(|&c| hex(c)).is_some()
+                            && s.get(p + 3).and_then(|&c| hex(c)).is_some() =>
+                    {
                         let h = hex(s[p + 2]).unwrap_or(0) * 16 + hex(s[p + 3]).unwrap_or(0);
                         cur.push(h);
                         p += 3;
@@ -348,7 +362,12 @@ mod tests {
     use alloc::vec::Vec;
 
     fn limits() -> ReadLimits {
-        ReadLimits { max_bulk_len: 512 << 20, max_multibulk_len: i32::MAX as u64, max_inline: 64 * 1024, max_query: 1 << 30 }
+        ReadLimits {
+            max_bulk_len: 512 << 20,
+            max_multibulk_len: i32::MAX as u64,
+            max_inline: 64 * 1024,
+            max_query: 1 << 30,
+        }
     }
 
     fn read_all(data: &[u8]) -> Result<Vec<Vec<Bytes>>, ParseError> {
@@ -363,11 +382,19 @@ mod tests {
 
     #[test]
     fn multibulk_and_inline() {
-        let v = read_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n  set a \"b c\"\n*0\r\n\r\n").unwrap();
+        let v =
+            read_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n  set a \"b c\"\n*0\r\n\r\n").unwrap();
         assert_eq!(v.len(), 3);
         assert_eq!(v[0], [Bytes::from_static(b"GET"), Bytes::from_static(b"k")]);
         assert_eq!(v[1], [Bytes::from_static(b"PING")]);
-        assert_eq!(v[2], [Bytes::from_static(b"set"), Bytes::from_static(b"a"), Bytes::from_static(b"b c")]);
+        assert_eq!(
+            v[2],
+            [
+                Bytes::from_static(b"set"),
+                Bytes::from_static(b"a"),
+                Bytes::from_static(b"b c")
+            ]
+        );
     }
 
     #[test]
@@ -381,7 +408,8 @@ mod tests {
 
     #[test]
     fn every_split_point_gives_the_same_commands() {
-        let data = b"*3\r\n$3\r\nSET\r\n$5\r\nhello\r\n$5\r\nworld\r\nECHO 'x y'\r\n*1\r\n$4\r\nPING\r\n";
+        let data =
+            b"*3\r\n$3\r\nSET\r\n$5\r\nhello\r\n$5\r\nworld\r\nECHO 'x y'\r\n*1\r\n$4\r\nPING\r\n";
         let whole = read_all(data).unwrap();
         for at in 0..data.len() {
             let mut r = CommandReader::default();
@@ -401,12 +429,27 @@ mod tests {
     #[test]
     fn redis_errors() {
         assert_eq!(read_all(b"*x\r\n"), Err(ParseError::InvalidMultibulkLength));
-        assert_eq!(read_all(b"*3000000000\r\n"), Err(ParseError::InvalidMultibulkLength));
-        assert_eq!(read_all(b"*1\r\n$-1\r\n"), Err(ParseError::InvalidBulkLength));
-        assert_eq!(read_all(b"*1\r\n$600000000\r\n"), Err(ParseError::InvalidBulkLength));
-        assert_eq!(read_all(b"*1\r\n:1\r\n"), Err(ParseError::ExpectedBulk(b':')));
+        assert_eq!(
+            read_all(b"*3000000000\r\n"),
+            Err(ParseError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            read_all(b"*1\r\n$-1\r\n"),
+            Err(ParseError::InvalidBulkLength)
+        );
+        assert_eq!(
+            read_all(b"*1\r\n$600000000\r\n"),
+            Err(ParseError::InvalidBulkLength)
+        );
+        assert_eq!(
+            read_all(b"*1\r\n:1\r\n"),
+            Err(ParseError::ExpectedBulk(b':'))
+        );
         assert_eq!(read_all(b"set \"a\r\n"), Err(ParseError::UnbalancedQuotes));
-        assert_eq!(read_all(&[b'a'; 70_000]), Err(ParseError::TooBigInlineRequest));
+        assert_eq!(
+            read_all(&[b'a'; 70_000]),
+            Err(ParseError::TooBigInlineRequest)
+        );
         let mut big = alloc::vec![b'*'];
         big.extend_from_slice(&[b'1'; 70_000]);
         assert_eq!(read_all(&big), Err(ParseError::TooBigMultibulkCountString));

@@ -150,11 +150,102 @@ pub fn encode_command<A: AsRef<[u8]>>(args: &[A], dst: &mut BytesMut) {
     }
 }
 
-/// Bytes [`encode`] would write (the `buffer_len` of the `Repr`).
+fn digits(mut n: usize) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
+/// `<t><n>\r\n`
+fn header_len(n: usize) -> usize {
+    1 + digits(n) + 2
+}
+
+fn blob_len(n: usize) -> usize {
+    header_len(n) + n + 2
+}
+
+struct Count(usize);
+impl core::fmt::Write for Count {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
+}
+
+fn double_len(d: f64) -> usize {
+    let mut c = Count(0);
+    let _ = write_double(&mut c, d);
+    c.0
+}
+
+/// Bytes [`encode`] would write for `value` (the `buffer_len` of the `Repr`), computed
+/// without writing anything.
 pub fn encoded_len(value: &Value, proto: Protocol) -> usize {
-    let mut tmp = BytesMut::new();
-    encode(value, proto, &mut tmp);
-    tmp.len()
+    let r3 = proto == Protocol::Resp3;
+    let items = |v: &[Value]| v.iter().map(|x| encoded_len(x, proto)).sum::<usize>();
+    let pairs = |v: &[(Value, Value)]| {
+        v.iter()
+            .map(|(k, x)| encoded_len(k, proto) + encoded_len(x, proto))
+            .sum::<usize>()
+    };
+    match value {
+        Value::SimpleString(s) | Value::Error(s) => 1 + s.len() + 2,
+        Value::Integer(i) => {
+            let mut b = itoa::Buffer::new();
+            1 + b.format(*i).len() + 2
+        }
+        Value::BulkString(s) => blob_len(s.len()),
+        Value::NullBulkString | Value::NullArray | Value::Null => {
+            if r3 {
+                3
+            } else {
+                5
+            }
+        }
+        Value::Boolean(_) => 4,
+        Value::Double(d) => {
+            let n = double_len(*d);
+            if r3 {
+                1 + n + 2
+            } else {
+                blob_len(n)
+            }
+        }
+        Value::BigNumber(s) => {
+            if r3 {
+                1 + s.len() + 2
+            } else {
+                blob_len(s.len())
+            }
+        }
+        Value::BulkError(s) => {
+            if r3 {
+                blob_len(s.len())
+            } else {
+                1 + s.len() + 2
+            }
+        }
+        Value::VerbatimString { text, .. } => {
+            if r3 {
+                blob_len(text.len() + 4)
+            } else {
+                blob_len(text.len())
+            }
+        }
+        Value::Array(v) | Value::Set(v) | Value::Push(v) => header_len(v.len()) + items(v),
+        Value::Map(v) => header_len(if r3 { v.len() } else { v.len() * 2 }) + pairs(v),
+        Value::Attribute { attrs, value } => {
+            (if r3 {
+                header_len(attrs.len()) + pairs(attrs)
+            } else {
+                0
+            }) + encoded_len(value, proto)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -181,8 +272,14 @@ mod tests {
         assert_eq!(enc(&Value::Null, Protocol::Resp2), b"$-1\r\n");
         assert_eq!(enc(&Value::NullArray, Protocol::Resp3), b"_\r\n");
         assert_eq!(enc(&Value::Boolean(true), Protocol::Resp2), b":1\r\n");
-        assert_eq!(enc(&Value::Push(vec![Value::bulk("x")]), Protocol::Resp2), b"*1\r\n$1\r\nx\r\n");
-        assert_eq!(enc(&Value::error("ERR a\r\nb"), Protocol::Resp2), b"-ERR a  b\r\n");
+        assert_eq!(
+            enc(&Value::Push(vec![Value::bulk("x")]), Protocol::Resp2),
+            b"*1\r\n$1\r\nx\r\n"
+        );
+        assert_eq!(
+            enc(&Value::error("ERR a\r\nb"), Protocol::Resp2),
+            b"-ERR a  b\r\n"
+        );
         assert_eq!(encoded_len(&Value::ok(), Protocol::Resp2), 5);
     }
 
@@ -211,11 +308,15 @@ mod tests {
             Just(Value::NullArray),
             Just(Value::Null),
             any::<bool>().prop_map(Value::Boolean),
-            any::<f64>().prop_filter("nan", |d| !d.is_nan()).prop_map(Value::Double),
+            any::<f64>()
+                .prop_filter("nan", |d| !d.is_nan())
+                .prop_map(Value::Double),
             "-?[1-9][0-9]{0,40}".prop_map(|s| Value::BigNumber(Bytes::from(s.into_bytes()))),
             bytes_strategy().prop_map(Value::BulkError),
-            ("[a-z]{3}", bytes_strategy())
-                .prop_map(|(f, t)| Value::VerbatimString { format: f.as_bytes().try_into().unwrap(), text: t }),
+            ("[a-z]{3}", bytes_strategy()).prop_map(|(f, t)| Value::VerbatimString {
+                format: f.as_bytes().try_into().unwrap(),
+                text: t
+            }),
         ]
     }
 
@@ -225,9 +326,16 @@ mod tests {
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Set),
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Push),
-                proptest::collection::vec((inner.clone(), inner.clone()), 0..4).prop_map(Value::Map),
-                (proptest::collection::vec((inner.clone(), inner.clone()), 0..3), inner)
-                    .prop_map(|(attrs, v)| Value::Attribute { attrs, value: Box::new(v) }),
+                proptest::collection::vec((inner.clone(), inner.clone()), 0..4)
+                    .prop_map(Value::Map),
+                (
+                    proptest::collection::vec((inner.clone(), inner.clone()), 0..3),
+                    inner
+                )
+                    .prop_map(|(attrs, v)| Value::Attribute {
+                        attrs,
+                        value: Box::new(v)
+                    }),
             ]
         })
     }
@@ -239,9 +347,16 @@ mod tests {
             Value::Array(x) => Value::Array(x.into_iter().map(resp3_view).collect()),
             Value::Set(x) => Value::Set(x.into_iter().map(resp3_view).collect()),
             Value::Push(x) => Value::Push(x.into_iter().map(resp3_view).collect()),
-            Value::Map(x) => Value::Map(x.into_iter().map(|(k, v)| (resp3_view(k), resp3_view(v))).collect()),
+            Value::Map(x) => Value::Map(
+                x.into_iter()
+                    .map(|(k, v)| (resp3_view(k), resp3_view(v)))
+                    .collect(),
+            ),
             Value::Attribute { attrs, value } => Value::Attribute {
-                attrs: attrs.into_iter().map(|(k, v)| (resp3_view(k), resp3_view(v))).collect(),
+                attrs: attrs
+                    .into_iter()
+                    .map(|(k, v)| (resp3_view(k), resp3_view(v)))
+                    .collect(),
                 value: Box::new(resp3_view(*value)),
             },
             v => v,
@@ -258,6 +373,13 @@ mod tests {
             // Every strict prefix is Partial, never an error.
             for i in 0..wire.len() {
                 prop_assert_eq!(parse(&wire.slice(..i)).unwrap(), None);
+            }
+        }
+
+        #[test]
+        fn encoded_len_is_exact(v in value_strategy()) {
+            for p in [Protocol::Resp2, Protocol::Resp3] {
+                prop_assert_eq!(encoded_len(&v, p), enc(&v, p).len());
             }
         }
 

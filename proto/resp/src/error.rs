@@ -63,7 +63,9 @@ impl ParseError {
         Some(match self {
             ParseError::TooBigInlineRequest => "ERR Protocol error: too big inline request",
             ParseError::UnbalancedQuotes => "ERR Protocol error: unbalanced quotes in request",
-            ParseError::TooBigMultibulkCountString => "ERR Protocol error: too big mbulk count string",
+            ParseError::TooBigMultibulkCountString => {
+                "ERR Protocol error: too big mbulk count string"
+            }
             ParseError::InvalidMultibulkLength => "ERR Protocol error: invalid multibulk length",
             ParseError::TooBigBulkCountString => "ERR Protocol error: too big bulk count string",
             ParseError::InvalidBulkLength => "ERR Protocol error: invalid bulk length",
@@ -78,7 +80,9 @@ impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ParseError::InvalidType(b) => write!(f, "invalid RESP type byte 0x{b:02x}"),
-            ParseError::ExpectedBulk(b) => write!(f, "Protocol error: expected '$', got '{}'", *b as char),
+            ParseError::ExpectedBulk(b) => {
+                write!(f, "Protocol error: expected '$', got '{}'", *b as char)
+            }
             ParseError::InvalidLength => f.write_str("invalid length"),
             ParseError::InvalidInteger => f.write_str("invalid integer"),
             ParseError::InvalidDouble => f.write_str("invalid double"),
@@ -93,8 +97,15 @@ impl fmt::Display for ParseError {
             ParseError::AggregateTooLong => f.write_str("aggregate longer than the limit"),
             ParseError::TooDeep => f.write_str("aggregates nested too deep"),
             ParseError::Incomplete => f.write_str("incomplete frame"),
-            ParseError::QueryBufferLimit => f.write_str("command larger than the query buffer limit"),
-            other => f.write_str(other.redis_message().unwrap_or("protocol error").trim_start_matches("ERR ")),
+            ParseError::QueryBufferLimit => {
+                f.write_str("command larger than the query buffer limit")
+            }
+            other => f.write_str(
+                other
+                    .redis_message()
+                    .unwrap_or("protocol error")
+                    .trim_start_matches("ERR "),
+            ),
         }
     }
 }

@@ -44,7 +44,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bulk_len: 512 * 1024 * 1024, max_aggregate_len: i32::MAX as u64, max_depth: 128, max_line: 64 * 1024 }
+        Limits {
+            max_bulk_len: 512 * 1024 * 1024,
+            max_aggregate_len: i32::MAX as u64,
+            max_depth: 128,
+            max_line: 64 * 1024,
+        }
     }
 }
 
@@ -58,8 +63,15 @@ pub fn parse(input: &Bytes) -> Result<Option<(Value, usize)>, ParseError> {
 
 /// [`parse`] with explicit limits.
 pub fn parse_with(input: &Bytes, limits: &Limits) -> Result<Option<(Value, usize)>, ParseError> {
-    let Some(len) = frame_len(input, limits)? else { return Ok(None) };
-    let mut p = Parser { buf: &input[..len], src: Some(input), pos: 0, limits };
+    let Some(len) = frame_len(input, limits)? else {
+        return Ok(None);
+    };
+    let mut p = Parser {
+        buf: &input[..len],
+        src: Some(input),
+        pos: 0,
+        limits,
+    };
     match p.value(0)? {
         Some(v) => Ok(Some((v, len))),
         None => Err(ParseError::Incomplete),
@@ -69,16 +81,28 @@ pub fn parse_with(input: &Bytes, limits: &Limits) -> Result<Option<(Value, usize
 /// Length of the complete frame at the start of `input`, or `None` if it is incomplete.
 /// Validates the whole frame; allocates nothing.
 pub fn frame_len(input: &[u8], limits: &Limits) -> Result<Option<usize>, ParseError> {
-    let mut p = Parser { buf: input, src: None, pos: 0, limits };
+    let mut p = Parser {
+        buf: input,
+        src: None,
+        pos: 0,
+        limits,
+    };
     Ok(p.value(0)?.map(|_| p.pos))
 }
 
 /// Split one complete value off the front of `input` (zero-copy), or leave `input` untouched
 /// and return `Ok(None)` when it is incomplete.
 pub fn parse_buf(input: &mut BytesMut, limits: &Limits) -> Result<Option<Value>, ParseError> {
-    let Some(len) = frame_len(input, limits)? else { return Ok(None) };
+    let Some(len) = frame_len(input, limits)? else {
+        return Ok(None);
+    };
     let frame = input.split_to(len).freeze();
-    let mut p = Parser { buf: &frame, src: Some(&frame), pos: 0, limits };
+    let mut p = Parser {
+        buf: &frame,
+        src: Some(&frame),
+        pos: 0,
+        limits,
+    };
     p.value(0)?.map(Some).ok_or(ParseError::Incomplete)
 }
 
@@ -106,7 +130,11 @@ pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
             return None;
         }
         let d = (c - b'0') as i64;
-        v = if neg { v.checked_mul(10)?.checked_sub(d)? } else { v.checked_mul(10)?.checked_add(d)? };
+        v = if neg {
+            v.checked_mul(10)?.checked_sub(d)?
+        } else {
+            v.checked_mul(10)?.checked_add(d)?
+        };
     }
     Some(v)
 }
@@ -120,7 +148,11 @@ pub(crate) fn parse_f64(s: &[u8]) -> Option<f64> {
         "nan" | "-nan" => return Some(f64::NAN),
         _ => {}
     }
-    if t.is_empty() || !t.bytes().all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')) {
+    if t.is_empty()
+        || !t
+            .bytes()
+            .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E'))
+    {
         return None;
     }
     t.parse().ok()
@@ -167,7 +199,9 @@ impl<'a> Parser<'a> {
     }
 
     fn length(&mut self, max: u64, err: ParseError) -> Result<Option<Len>, ParseError> {
-        let Some((a, b)) = self.line()? else { return Ok(None) };
+        let Some((a, b)) = self.line()? else {
+            return Ok(None);
+        };
         let s = &self.buf[a..b];
         if s == b"?" {
             return Ok(Some(Len::Streamed));
@@ -203,7 +237,9 @@ impl<'a> Parser<'a> {
     }
 
     fn value(&mut self, depth: usize) -> Result<Option<Value>, ParseError> {
-        let Some(&t) = self.buf.get(self.pos) else { return Ok(None) };
+        let Some(&t) = self.buf.get(self.pos) else {
+            return Ok(None);
+        };
         self.pos += 1;
         macro_rules! tri {
             ($e:expr) => {
@@ -276,7 +312,10 @@ impl<'a> Parser<'a> {
                                     return Err(ParseError::InvalidVerbatim);
                                 }
                                 let f = &self.buf[a..a + 3];
-                                Value::VerbatimString { format: [f[0], f[1], f[2]], text: self.slice(a + 4, b) }
+                                Value::VerbatimString {
+                                    format: [f[0], f[1], f[2]],
+                                    text: self.slice(a + 4, b),
+                                }
                             }
                         }
                     }
@@ -298,8 +337,16 @@ impl<'a> Parser<'a> {
                 };
                 let build = self.building();
                 let cap = n.unwrap_or(0).min(1024) as usize;
-                let mut items: Vec<Value> = if build { Vec::with_capacity(cap) } else { Vec::new() };
-                let mut pairs_v: Vec<(Value, Value)> = if build && pairs { Vec::with_capacity(cap) } else { Vec::new() };
+                let mut items: Vec<Value> = if build {
+                    Vec::with_capacity(cap)
+                } else {
+                    Vec::new()
+                };
+                let mut pairs_v: Vec<(Value, Value)> = if build && pairs {
+                    Vec::with_capacity(cap)
+                } else {
+                    Vec::new()
+                };
                 let mut count: u64 = 0;
                 loop {
                     match n {
@@ -344,7 +391,10 @@ impl<'a> Parser<'a> {
                     b'%' => Value::Map(pairs_v),
                     _ => {
                         let inner = tri!(self.value(depth + 1));
-                        Value::Attribute { attrs: pairs_v, value: Box::new(inner) }
+                        Value::Attribute {
+                            attrs: pairs_v,
+                            value: Box::new(inner),
+                        }
                     }
                 }
             }
@@ -377,7 +427,9 @@ impl<'a> Parser<'a> {
             if total > self.limits.max_bulk_len {
                 return Err(ParseError::BulkTooLong);
             }
-            let Some((a, b)) = self.payload(n)? else { return Ok(None) };
+            let Some((a, b)) = self.payload(n)? else {
+                return Ok(None);
+            };
             if self.building() {
                 chunks += 1;
                 if chunks == 1 {
@@ -423,30 +475,60 @@ mod tests {
         assert_eq!(p(b"_\r\n").unwrap().unwrap().0, Value::Null);
         assert_eq!(p(b"#t\r\n").unwrap().unwrap().0, Value::Boolean(true));
         assert_eq!(p(b",1.5\r\n").unwrap().unwrap().0, Value::Double(1.5));
-        assert_eq!(p(b",-inf\r\n").unwrap().unwrap().0, Value::Double(f64::NEG_INFINITY));
-        assert_eq!(p(b"(-123\r\n").unwrap().unwrap().0, Value::BigNumber(Bytes::from_static(b"-123")));
-        assert_eq!(p(b"!3\r\nbad\r\n").unwrap().unwrap().0, Value::BulkError(Bytes::from_static(b"bad")));
+        assert_eq!(
+            p(b",-inf\r\n").unwrap().unwrap().0,
+            Value::Double(f64::NEG_INFINITY)
+        );
+        assert_eq!(
+            p(b"(-123\r\n").unwrap().unwrap().0,
+            Value::BigNumber(Bytes::from_static(b"-123"))
+        );
+        assert_eq!(
+            p(b"!3\r\nbad\r\n").unwrap().unwrap().0,
+            Value::BulkError(Bytes::from_static(b"bad"))
+        );
         assert_eq!(
             p(b"=7\r\ntxt:abc\r\n").unwrap().unwrap().0,
-            Value::VerbatimString { format: *b"txt", text: Bytes::from_static(b"abc") }
+            Value::VerbatimString {
+                format: *b"txt",
+                text: Bytes::from_static(b"abc")
+            }
         );
     }
 
     #[test]
     fn aggregates_and_streams() {
-        let v = p(b"%1\r\n+a\r\n*2\r\n:1\r\n~1\r\n#f\r\n").unwrap().unwrap().0;
+        let v = p(b"%1\r\n+a\r\n*2\r\n:1\r\n~1\r\n#f\r\n")
+            .unwrap()
+            .unwrap()
+            .0;
         assert_eq!(
             v,
             Value::Map(vec![(
                 Value::simple("a"),
-                Value::Array(vec![Value::Integer(1), Value::Set(vec![Value::Boolean(false)])])
+                Value::Array(vec![
+                    Value::Integer(1),
+                    Value::Set(vec![Value::Boolean(false)])
+                ])
             )])
         );
         let v = p(b"|1\r\n+k\r\n:2\r\n>1\r\n+x\r\n").unwrap().unwrap().0;
         assert!(matches!(v, Value::Attribute { .. }));
-        assert_eq!(p(b"$?\r\n;2\r\nab\r\n;1\r\nc\r\n;0\r\n").unwrap().unwrap().0, Value::bulk("abc"));
-        assert_eq!(p(b"*?\r\n:1\r\n:2\r\n.\r\n").unwrap().unwrap().0, Value::Array(vec![Value::Integer(1), Value::Integer(2)]));
-        assert_eq!(p(b"%?\r\n+a\r\n:1\r\n.\r\n").unwrap().unwrap().0, Value::Map(vec![(Value::simple("a"), Value::Integer(1))]));
+        assert_eq!(
+            p(b"$?\r\n;2\r\nab\r\n;1\r\nc\r\n;0\r\n")
+                .unwrap()
+                .unwrap()
+                .0,
+            Value::bulk("abc")
+        );
+        assert_eq!(
+            p(b"*?\r\n:1\r\n:2\r\n.\r\n").unwrap().unwrap().0,
+            Value::Array(vec![Value::Integer(1), Value::Integer(2)])
+        );
+        assert_eq!(
+            p(b"%?\r\n+a\r\n:1\r\n.\r\n").unwrap().unwrap().0,
+            Value::Map(vec![(Value::simple("a"), Value::Integer(1))])
+        );
     }
 
     #[test]
@@ -478,25 +560,56 @@ mod tests {
         }
         deep.extend_from_slice(b":1\r\n");
         assert_eq!(p(&deep), Err(ParseError::TooDeep));
-        let l = Limits { max_depth: 300, ..Limits::default() };
+        let l = Limits {
+            max_depth: 300,
+            ..Limits::default()
+        };
         assert!(parse_with(&Bytes::from(deep), &l).unwrap().is_some());
     }
 
     #[test]
     fn limit_bulk_len_and_aggregate_len() {
-        let l = Limits { max_bulk_len: 10, max_aggregate_len: 3, ..Limits::default() };
-        assert_eq!(parse_with(&Bytes::from_static(b"$11\r\n"), &l), Err(ParseError::BulkTooLong));
-        assert_eq!(parse_with(&Bytes::from_static(b"$?\r\n;6\r\nabcdef\r\n;6\r\n"), &l), Err(ParseError::BulkTooLong));
-        assert_eq!(parse_with(&Bytes::from_static(b"*4\r\n"), &l), Err(ParseError::AggregateTooLong));
-        assert_eq!(parse_with(&Bytes::from_static(b"*?\r\n:1\r\n:1\r\n:1\r\n:1\r\n"), &l), Err(ParseError::AggregateTooLong));
-        assert!(parse_with(&Bytes::from_static(b"$10\r\n0123456789\r\n"), &l).unwrap().is_some());
+        let l = Limits {
+            max_bulk_len: 10,
+            max_aggregate_len: 3,
+            ..Limits::default()
+        };
+        assert_eq!(
+            parse_with(&Bytes::from_static(b"$11\r\n"), &l),
+            Err(ParseError::BulkTooLong)
+        );
+        assert_eq!(
+            parse_with(&Bytes::from_static(b"$?\r\n;6\r\nabcdef\r\n;6\r\n"), &l),
+            Err(ParseError::BulkTooLong)
+        );
+        assert_eq!(
+            parse_with(&Bytes::from_static(b"*4\r\n"), &l),
+            Err(ParseError::AggregateTooLong)
+        );
+        assert_eq!(
+            parse_with(&Bytes::from_static(b"*?\r\n:1\r\n:1\r\n:1\r\n:1\r\n"), &l),
+            Err(ParseError::AggregateTooLong)
+        );
+        assert!(
+            parse_with(&Bytes::from_static(b"$10\r\n0123456789\r\n"), &l)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
     fn limit_line() {
-        let l = Limits { max_line: 8, ..Limits::default() };
-        assert_eq!(parse_with(&Bytes::from_static(b"+0123456789"), &l), Err(ParseError::LineTooLong));
-        assert!(parse_with(&Bytes::from_static(b"+01234567\r\n"), &l).unwrap().is_some());
+        let l = Limits {
+            max_line: 8,
+            ..Limits::default()
+        };
+        assert_eq!(
+            parse_with(&Bytes::from_static(b"+0123456789"), &l),
+            Err(ParseError::LineTooLong)
+        );
+        assert!(parse_with(&Bytes::from_static(b"+01234567\r\n"), &l)
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -34,7 +34,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bytes::{BufMut, Bytes, BytesMut};
 use core::time::Duration;
-use ferry_proto::{Connection, Instant, Lifecycle, Multiplexing, ProtocolInfo, State, TlsRequirement};
+use ferry_proto::{
+    Connection, Instant, Lifecycle, Multiplexing, ProtocolInfo, State, TlsRequirement,
+};
 use smallvec::SmallVec;
 
 use crate::command::{parse_hello, CommandReader, HelloError, ReadLimits, INLINE_ARGS};
@@ -194,12 +196,17 @@ pub struct ServerConnection {
 const COPY_MAX: usize = 16 * 1024;
 
 fn lower_name(name: &[u8]) -> alloc::string::String {
-    name.iter().map(|c| c.to_ascii_lowercase() as char).collect()
+    name.iter()
+        .map(|c| c.to_ascii_lowercase() as char)
+        .collect()
 }
 
 /// `ERR wrong number of arguments for '<cmd>' command`.
 pub fn wrong_args(name: &[u8]) -> Value {
-    Value::error_fmt(format_args!("ERR wrong number of arguments for '{}' command", lower_name(name)))
+    Value::error_fmt(format_args!(
+        "ERR wrong number of arguments for '{}' command",
+        lower_name(name)
+    ))
 }
 
 impl ServerConnection {
@@ -322,7 +329,14 @@ impl ServerConnection {
             let mut held = BytesMut::new();
             f(&mut held, proto);
             self.held_total += held.len();
-            self.slots.push_back(Slot { id, proto, done: true, held, hello: None, close });
+            self.slots.push_back(Slot {
+                id,
+                proto,
+                done: true,
+                held,
+                hello: None,
+                close,
+            });
             if close {
                 // Read nothing more; close once the replies owed are written.
                 self.closing = true;
@@ -365,8 +379,14 @@ impl ServerConnection {
     }
 
     fn read_input(&mut self, input: &mut BytesMut) -> Result<(), ParseError> {
-        while self.read == Read::Reading && !self.closing && self.slots.len() < self.config.max_pipelined {
-            let Some(args) = self.reader.next(input, &self.limits)? else { return Ok(()) };
+        while self.read == Read::Reading
+            && !self.closing
+            && self.slots.len() < self.config.max_pipelined
+            && self.events.len() < self.config.max_pipelined
+        {
+            let Some(args) = self.reader.next(input, &self.limits)? else {
+                return Ok(());
+            };
             self.dispatch(args);
         }
         Ok(())
@@ -392,7 +412,13 @@ impl ServerConnection {
             None
         };
         let (ping, quit, reset, hello) = (is("ping"), is("quit"), is("reset"), is("hello"));
-        if self.proto == Protocol::Resp2 && self.is_subscribed() && sub.is_none() && !ping && !quit && !reset {
+        if self.proto == Protocol::Resp2
+            && self.is_subscribed()
+            && sub.is_none()
+            && !ping
+            && !quit
+            && !reset
+        {
             let e = Value::error_fmt(format_args!(
                 "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
                 lower_name(name)
@@ -421,7 +447,10 @@ impl ServerConnection {
                 return self.own_reply(&wrong_args(name), false);
             }
             let arg = args.get(1).cloned().unwrap_or_default();
-            return self.own_reply(&Value::Array(alloc::vec![Value::bulk("pong"), Value::BulkString(arg)]), false);
+            return self.own_reply(
+                &Value::Array(alloc::vec![Value::bulk("pong"), Value::BulkString(arg)]),
+                false,
+            );
         }
         let mut hello_slot = None;
         if hello {
@@ -429,7 +458,9 @@ impl ServerConnection {
                 Ok(h) => hello_slot = Some(h.protover),
                 Err(e) => {
                     let v = match e {
-                        HelloError::NotInteger => Value::error("ERR Protocol version is not an integer or out of range"),
+                        HelloError::NotInteger => {
+                            Value::error("ERR Protocol version is not an integer or out of range")
+                        }
                         HelloError::NoProto => Value::error("NOPROTO unsupported protocol version"),
                         HelloError::Syntax(i) => Value::error_fmt(format_args!(
                             "ERR Syntax error in HELLO option '{}'",
@@ -443,12 +474,22 @@ impl ServerConnection {
         let id = self.next_id;
         self.next_id += 1;
         self.commands += 1;
-        self.slots.push_back(Slot { id, proto: self.proto, done: false, held: BytesMut::new(), hello: hello_slot, close: false });
+        self.slots.push_back(Slot {
+            id,
+            proto: self.proto,
+            done: false,
+            held: BytesMut::new(),
+            hello: hello_slot,
+            close: false,
+        });
         if hello_slot.is_some() {
             self.read = Read::AwaitHello;
             let _ = self.lifecycle.transition(State::Authenticating);
         }
-        self.events.push_back(Event::Command(Command { id: CommandId(id), args }));
+        self.events.push_back(Event::Command(Command {
+            id: CommandId(id),
+            args,
+        }));
     }
 
     fn pubsub(&mut self, kind: SubKind, subscribe: bool, args: &[Bytes]) {
@@ -459,14 +500,15 @@ impl ServerConnection {
         let mut frames = BytesMut::new();
         let mut changed = Vec::new();
         let proto = self.proto;
-        let frame = |frames: &mut BytesMut, kind_name: &'static [u8], ch: Option<&Bytes>, count: i64| {
-            let v = Value::Push(alloc::vec![
-                Value::BulkString(Bytes::from_static(kind_name)),
-                ch.map_or(Value::NullBulkString, |c| Value::BulkString(c.clone())),
-                Value::Integer(count),
-            ]);
-            encode(&v, proto, frames);
-        };
+        let frame =
+            |frames: &mut BytesMut, kind_name: &'static [u8], ch: Option<&Bytes>, count: i64| {
+                let v = Value::Push(alloc::vec![
+                    Value::BulkString(Bytes::from_static(kind_name)),
+                    ch.map_or(Value::NullBulkString, |c| Value::BulkString(c.clone())),
+                    Value::Integer(count),
+                ]);
+                encode(&v, proto, frames);
+            };
         if subscribe {
             for ch in &args[1..] {
                 let total = self.channels.len() + self.patterns.len() + self.shard.len();
@@ -498,9 +540,15 @@ impl ServerConnection {
         }
         if !changed.is_empty() {
             self.events.push_back(if subscribe {
-                Event::Subscribe { kind, channels: changed }
+                Event::Subscribe {
+                    kind,
+                    channels: changed,
+                }
             } else {
-                Event::Unsubscribe { kind, channels: changed }
+                Event::Unsubscribe {
+                    kind,
+                    channels: changed,
+                }
             });
         }
         self.own_reply_with(|dst, _| dst.extend_from_slice(&frames), false);
@@ -681,7 +729,11 @@ impl ServerConnection {
 
     fn update_lifecycle(&mut self) {
         if self.is_closed() {
-            let to = if self.error.is_some() { State::Error } else { State::Closed };
+            let to = if self.error.is_some() {
+                State::Error
+            } else {
+                State::Closed
+            };
             if self.lifecycle.state() != State::Closing && to == State::Closed {
                 let _ = self.lifecycle.transition(State::Closing);
             }
@@ -751,7 +803,9 @@ impl Connection for ServerConnection {
         if now > self.now {
             self.now = now;
         }
-        let Some(deadline) = self.poll_timeout() else { return };
+        let Some(deadline) = self.poll_timeout() else {
+            return;
+        };
         if now >= deadline {
             self.close();
             self.update_lifecycle();
@@ -759,11 +813,18 @@ impl Connection for ServerConnection {
     }
 
     fn wants_read(&self) -> bool {
-        self.read == Read::Reading && !self.closing && self.slots.len() < self.config.max_pipelined
+        self.read == Read::Reading
+            && !self.closing
+            && self.slots.len() < self.config.max_pipelined
+            && self.events.len() < self.config.max_pipelined
     }
 
     fn is_closed(&self) -> bool {
-        self.closing && self.read == Read::Stopped && self.slots.is_empty() && self.wbuf.is_empty() && self.out.is_empty()
+        self.closing
+            && self.read == Read::Stopped
+            && self.slots.is_empty()
+            && self.wbuf.is_empty()
+            && self.out.is_empty()
     }
 
     fn state(&self) -> State {

@@ -58,7 +58,11 @@ fn answer_all(c: &mut ServerConnection) -> Vec<Event> {
 #[test]
 fn pipelined_commands_answered_in_order() {
     let mut c = conn();
-    feed(&mut c, b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\nPING\r\n").unwrap();
+    feed(
+        &mut c,
+        b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\nPING\r\n",
+    )
+    .unwrap();
     answer_all(&mut c);
     assert_eq!(output(&mut c), "+PONG\r\n$2\r\nhi\r\n+PONG\r\n");
     assert!(c.wants_read());
@@ -69,36 +73,66 @@ fn pipelined_commands_answered_in_order() {
 fn out_of_order_replies_are_buffered() {
     let mut c = conn();
     feed(&mut c, b"PING\r\nPING\r\nPING\r\n").unwrap();
-    let ids: Vec<CommandId> =
-        events(&mut c).into_iter().filter_map(|e| if let Event::Command(c) = e { Some(c.id) } else { None }).collect();
+    let ids: Vec<CommandId> = events(&mut c)
+        .into_iter()
+        .filter_map(|e| {
+            if let Event::Command(c) = e {
+                Some(c.id)
+            } else {
+                None
+            }
+        })
+        .collect();
     c.send_reply(ids[2], &Value::Integer(3)).unwrap();
     c.send_reply(ids[1], &Value::Integer(2)).unwrap();
     assert_eq!(output(&mut c), "");
-    assert_eq!(c.send_reply(ids[1], &Value::Integer(2)), Err(SendError::UnknownId));
+    assert_eq!(
+        c.send_reply(ids[1], &Value::Integer(2)),
+        Err(SendError::UnknownId)
+    );
     c.send_reply(ids[0], &Value::Integer(1)).unwrap();
     assert_eq!(output(&mut c), ":1\r\n:2\r\n:3\r\n");
-    assert_eq!(c.send_reply(ids[0], &Value::Integer(1)), Err(SendError::UnknownId));
+    assert_eq!(
+        c.send_reply(ids[0], &Value::Integer(1)),
+        Err(SendError::UnknownId)
+    );
 }
 
 #[test]
 fn out_of_order_buffer_is_bounded() {
     let mut c = conn_with(|c| c.max_buffered_out_of_order = 10);
     feed(&mut c, b"PING\r\nPING\r\nPING\r\n").unwrap();
-    let ids: Vec<CommandId> =
-        events(&mut c).into_iter().filter_map(|e| if let Event::Command(c) = e { Some(c.id) } else { None }).collect();
+    let ids: Vec<CommandId> = events(&mut c)
+        .into_iter()
+        .filter_map(|e| {
+            if let Event::Command(c) = e {
+                Some(c.id)
+            } else {
+                None
+            }
+        })
+        .collect();
     c.send_reply(ids[1], &Value::bulk([b'x'; 20])).unwrap();
-    assert_eq!(c.send_reply(ids[2], &Value::ok()), Err(SendError::BufferFull));
+    assert_eq!(
+        c.send_reply(ids[2], &Value::ok()),
+        Err(SendError::BufferFull)
+    );
     c.send_reply(ids[0], &Value::ok()).unwrap();
     c.send_reply(ids[2], &Value::ok()).unwrap();
 }
 
 #[test]
 fn every_split_point() {
-    let data = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$3\r\nabc\r\n";
+    let data =
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$3\r\nabc\r\n";
     for_each_split(data, Instant::ZERO, conn, |at, mut c, r| {
         r.unwrap();
         answer_all(&mut c);
-        assert_eq!(output(&mut c), "+OK\r\n+PONG\r\n$3\r\nabc\r\n", "split at {at}");
+        assert_eq!(
+            output(&mut c),
+            "+OK\r\n+PONG\r\n$3\r\nabc\r\n",
+            "split at {at}"
+        );
     });
 }
 
@@ -108,7 +142,9 @@ fn arguments_are_zero_copy() {
     let mut b = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$5\r\nhello\r\n"[..]);
     let base = b.as_ptr() as usize;
     c.handle_input(Instant::ZERO, &mut b).unwrap();
-    let Some(Event::Command(cmd)) = c.poll_event() else { panic!() };
+    let Some(Event::Command(cmd)) = c.poll_event() else {
+        panic!()
+    };
     assert_eq!(cmd.args[1], "hello");
     assert_eq!(cmd.args[1].as_ptr() as usize, base + 17);
 }
@@ -118,16 +154,29 @@ fn assert_limit(c: &mut ServerConnection, input: &[u8], text: &str, err: ParseEr
     assert_eq!(r.err(), Some(Error::Protocol(err)));
     assert_eq!(output(c), alloc::format!("-{text}\r\n"));
     assert!(c.is_closed());
-    assert_eq!(c.handle_input(Instant::ZERO, &mut BytesMut::from(&b"PING\r\n"[..])), Err(Error::Protocol(err)));
+    assert_eq!(
+        c.handle_input(Instant::ZERO, &mut BytesMut::from(&b"PING\r\n"[..])),
+        Err(Error::Protocol(err))
+    );
     assert_eq!(c.state(), State::Error);
 }
 
 #[test]
 fn limit_proto_max_bulk_len() {
     let mut c = conn_with(|c| c.proto_max_bulk_len = 100);
-    assert_limit(&mut c, b"*1\r\n$101\r\n", "ERR Protocol error: invalid bulk length", ParseError::InvalidBulkLength);
+    assert_limit(
+        &mut c,
+        b"*1\r\n$101\r\n",
+        "ERR Protocol error: invalid bulk length",
+        ParseError::InvalidBulkLength,
+    );
     let mut c = conn();
-    assert_limit(&mut c, b"*1\r\n$536870913\r\n", "ERR Protocol error: invalid bulk length", ParseError::InvalidBulkLength);
+    assert_limit(
+        &mut c,
+        b"*1\r\n$536870913\r\n",
+        "ERR Protocol error: invalid bulk length",
+        ParseError::InvalidBulkLength,
+    );
     let mut c = conn_with(|c| c.proto_max_bulk_len = 100);
     feed(&mut c, b"*1\r\n$100\r\n").unwrap();
 }
@@ -135,23 +184,48 @@ fn limit_proto_max_bulk_len() {
 #[test]
 fn limit_max_multibulk_len() {
     let mut c = conn();
-    assert_limit(&mut c, b"*2147483648\r\n", "ERR Protocol error: invalid multibulk length", ParseError::InvalidMultibulkLength);
+    assert_limit(
+        &mut c,
+        b"*2147483648\r\n",
+        "ERR Protocol error: invalid multibulk length",
+        ParseError::InvalidMultibulkLength,
+    );
     let mut c = conn_with(|c| c.max_multibulk_len = 3);
-    assert_limit(&mut c, b"*4\r\n", "ERR Protocol error: invalid multibulk length", ParseError::InvalidMultibulkLength);
+    assert_limit(
+        &mut c,
+        b"*4\r\n",
+        "ERR Protocol error: invalid multibulk length",
+        ParseError::InvalidMultibulkLength,
+    );
 }
 
 #[test]
 fn limit_inline_size() {
     let mut c = conn();
-    assert_limit(&mut c, &[b'x'; 65 * 1024], "ERR Protocol error: too big inline request", ParseError::TooBigInlineRequest);
+    assert_limit(
+        &mut c,
+        &[b'x'; 65 * 1024],
+        "ERR Protocol error: too big inline request",
+        ParseError::TooBigInlineRequest,
+    );
     let mut c = conn();
     let mut big = vec![b'*'];
     big.extend_from_slice(&[b'1'; 65 * 1024]);
-    assert_limit(&mut c, &big, "ERR Protocol error: too big mbulk count string", ParseError::TooBigMultibulkCountString);
+    assert_limit(
+        &mut c,
+        &big,
+        "ERR Protocol error: too big mbulk count string",
+        ParseError::TooBigMultibulkCountString,
+    );
     let mut c = conn();
     let mut big = b"*1\r\n$".to_vec();
     big.extend_from_slice(&[b'1'; 65 * 1024]);
-    assert_limit(&mut c, &big, "ERR Protocol error: too big bulk count string", ParseError::TooBigBulkCountString);
+    assert_limit(
+        &mut c,
+        &big,
+        "ERR Protocol error: too big bulk count string",
+        ParseError::TooBigBulkCountString,
+    );
     let mut c = conn();
     feed(&mut c, &[b'x'; 64 * 1024]).unwrap();
 }
@@ -176,11 +250,31 @@ fn limit_max_pipelined_applies_backpressure() {
 }
 
 #[test]
+fn unpolled_events_apply_backpressure_too() {
+    let mut c = conn_with(|c| c.max_pipelined = 2);
+    let rest = feed(&mut c, b"SUBSCRIBE a\r\nSUBSCRIBE b\r\nSUBSCRIBE c\r\n").unwrap();
+    assert_eq!(&rest[..], b"SUBSCRIBE c\r\n");
+    assert!(!c.wants_read());
+    assert_eq!(events(&mut c).len(), 2);
+    assert!(c.wants_read());
+}
+
+#[test]
 fn expected_dollar_and_unbalanced_quotes() {
     let mut c = conn();
-    assert_limit(&mut c, b"*1\r\n:5\r\n", "ERR Protocol error: expected '$', got ':'", ParseError::ExpectedBulk(b':'));
+    assert_limit(
+        &mut c,
+        b"*1\r\n:5\r\n",
+        "ERR Protocol error: expected '$', got ':'",
+        ParseError::ExpectedBulk(b':'),
+    );
     let mut c = conn();
-    assert_limit(&mut c, b"SET \"a\r\n", "ERR Protocol error: unbalanced quotes in request", ParseError::UnbalancedQuotes);
+    assert_limit(
+        &mut c,
+        b"SET \"a\r\n",
+        "ERR Protocol error: unbalanced quotes in request",
+        ParseError::UnbalancedQuotes,
+    );
 }
 
 #[test]
@@ -189,7 +283,10 @@ fn protocol_error_comes_after_earlier_replies() {
     let _ = feed(&mut c, b"PING\r\n*x\r\n");
     assert_eq!(output(&mut c), "");
     answer_all(&mut c);
-    assert_eq!(output(&mut c), "+PONG\r\n-ERR Protocol error: invalid multibulk length\r\n");
+    assert_eq!(
+        output(&mut c),
+        "+PONG\r\n-ERR Protocol error: invalid multibulk length\r\n"
+    );
     assert!(c.is_closed());
 }
 
@@ -220,7 +317,11 @@ fn hello_switches_protocol_when_answered() {
 #[test]
 fn hello_errors() {
     let mut c = conn();
-    feed(&mut c, b"HELLO 4\r\nHELLO x\r\nHELLO 3 FOO\r\nHELLO 3 AUTH bob pw\r\n").unwrap();
+    feed(
+        &mut c,
+        b"HELLO 4\r\nHELLO x\r\nHELLO 3 FOO\r\nHELLO 3 AUTH bob pw\r\n",
+    )
+    .unwrap();
     answer_all(&mut c);
     assert_eq!(
         output(&mut c),
@@ -233,9 +334,15 @@ fn hello_errors() {
 #[test]
 fn pubsub_mode_resp2() {
     let mut c = conn();
-    feed(&mut c, b"SUBSCRIBE a b\r\nGET x\r\nPING\r\nPSUBSCRIBE p*\r\n").unwrap();
+    feed(
+        &mut c,
+        b"SUBSCRIBE a b\r\nGET x\r\nPING\r\nPSUBSCRIBE p*\r\n",
+    )
+    .unwrap();
     let evs = answer_all(&mut c);
-    assert!(matches!(&evs[0], Event::Subscribe { kind: SubKind::Channel, channels } if channels.len() == 2));
+    assert!(
+        matches!(&evs[0], Event::Subscribe { kind: SubKind::Channel, channels } if channels.len() == 2)
+    );
     assert_eq!(
         output(&mut c),
         "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n\
@@ -244,14 +351,20 @@ fn pubsub_mode_resp2() {
     );
     assert!(c.send_message(&Bytes::from_static(b"a"), &Bytes::from_static(b"hi")));
     assert!(!c.send_message(&Bytes::from_static(b"zz"), &Bytes::from_static(b"hi")));
-    assert!(c.send_pmessage(&Bytes::from_static(b"p*"), &Bytes::from_static(b"px"), &Bytes::from_static(b"m")));
+    assert!(c.send_pmessage(
+        &Bytes::from_static(b"p*"),
+        &Bytes::from_static(b"px"),
+        &Bytes::from_static(b"m")
+    ));
     assert_eq!(
         output(&mut c),
         "*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n*4\r\n$8\r\npmessage\r\n$2\r\np*\r\n$2\r\npx\r\n$1\r\nm\r\n"
     );
     feed(&mut c, b"UNSUBSCRIBE\r\nPUNSUBSCRIBE\r\nUNSUBSCRIBE\r\n").unwrap();
     let evs = answer_all(&mut c);
-    assert!(matches!(&evs[0], Event::Unsubscribe { kind: SubKind::Channel, channels } if channels.len() == 2));
+    assert!(
+        matches!(&evs[0], Event::Unsubscribe { kind: SubKind::Channel, channels } if channels.len() == 2)
+    );
     assert_eq!(
         output(&mut c),
         "*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:2\r\n*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:1\r\n\
@@ -269,10 +382,17 @@ fn pubsub_resp3_uses_push_and_allows_commands() {
     output(&mut c);
     feed(&mut c, b"SUBSCRIBE a\r\nGET x\r\n").unwrap();
     answer_all(&mut c);
-    assert_eq!(output(&mut c), ">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n+OK\r\n");
+    assert_eq!(
+        output(&mut c),
+        ">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n+OK\r\n"
+    );
     c.send_message(&Bytes::from_static(b"a"), &Bytes::from_static(b"x"));
-    assert_eq!(output(&mut c), ">3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n");
-    c.send_push(&Value::Push(vec![Value::bulk("invalidate")])).unwrap();
+    assert_eq!(
+        output(&mut c),
+        ">3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n"
+    );
+    c.send_push(&Value::Push(vec![Value::bulk("invalidate")]))
+        .unwrap();
     assert_eq!(output(&mut c), ">1\r\n$10\r\ninvalidate\r\n");
 }
 
@@ -281,7 +401,9 @@ fn message_never_precedes_its_subscription_confirmation() {
     let mut c = conn();
     feed(&mut c, b"GET x\r\nSUBSCRIBE a\r\n").unwrap();
     let evs = events(&mut c);
-    let Event::Command(get) = &evs[0] else { panic!() };
+    let Event::Command(get) = &evs[0] else {
+        panic!()
+    };
     // The broker learned about the subscription before GET was answered.
     assert!(c.send_message(&Bytes::from_static(b"a"), &Bytes::from_static(b"m")));
     c.send_reply(get.id, &Value::NullBulkString).unwrap();
@@ -308,9 +430,12 @@ fn reset_returns_to_resp2() {
 fn big_bulk_reply_is_not_copied() {
     let mut c = conn();
     feed(&mut c, b"GET k\r\n").unwrap();
-    let Some(Event::Command(cmd)) = c.poll_event() else { panic!() };
+    let Some(Event::Command(cmd)) = c.poll_event() else {
+        panic!()
+    };
     let big = Bytes::from(vec![7u8; 100_000]);
-    c.send_reply(cmd.id, &Value::BulkString(big.clone())).unwrap();
+    c.send_reply(cmd.id, &Value::BulkString(big.clone()))
+        .unwrap();
     let chunks: Vec<Bytes> = core::iter::from_fn(|| c.poll_transmit()).collect();
     assert!(chunks.iter().any(|ch| ch.as_ptr() == big.as_ptr()));
 }
@@ -318,7 +443,10 @@ fn big_bulk_reply_is_not_copied() {
 #[test]
 fn idle_timeout() {
     let mut c = conn_with(|c| c.idle_timeout = Some(Duration::from_secs(5)));
-    assert_eq!(c.poll_timeout(), Some(Instant::ZERO + Duration::from_secs(5)));
+    assert_eq!(
+        c.poll_timeout(),
+        Some(Instant::ZERO + Duration::from_secs(5))
+    );
     c.handle_timeout(Instant::from_nanos(1));
     assert!(!c.is_closed());
     c.handle_timeout(Instant::ZERO + Duration::from_secs(5));
@@ -340,6 +468,38 @@ fn eof_answers_what_was_read_then_closes() {
 mod props {
     use super::*;
     use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Action {
+        Raw(Vec<u8>),
+        Cmd(Vec<Vec<u8>>),
+        Answer(u8),
+        Eof,
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        let name = prop::sample::select(vec![
+            &b"GET"[..],
+            b"SUBSCRIBE",
+            b"UNSUBSCRIBE",
+            b"PSUBSCRIBE",
+            b"PING",
+            b"QUIT",
+            b"RESET",
+            b"HELLO",
+            b"ECHO",
+        ]);
+        prop_oneof![
+            3 => proptest::collection::vec(any::<u8>(), 0..24).prop_map(Action::Raw),
+            2 => "[*$:+?0-9\r\n a-z\"]{0,24}".prop_map(|s| Action::Raw(s.into_bytes())),
+            6 => (name, proptest::collection::vec(proptest::collection::vec(b'0'..b'4', 0..3), 0..3)).prop_map(|(n, mut a)| {
+                a.insert(0, n.to_vec());
+                Action::Cmd(a)
+            }),
+            5 => any::<u8>().prop_map(Action::Answer),
+            1 => Just(Action::Eof),
+        ]
+    }
 
     proptest! {
         #[test]
@@ -366,6 +526,102 @@ mod props {
         }
 
         #[test]
+        fn arbitrary_actions_keep_invariants(actions in proptest::collection::vec(action(), 0..40)) {
+            let mut c = conn_with(|c| {
+                c.max_pipelined = 4;
+                c.proto_max_bulk_len = 64;
+                c.max_inline_size = 64;
+            });
+            let mut buf = BytesMut::new();
+            let mut open: Vec<CommandId> = Vec::new();
+            let mut wire = Vec::new();
+            let mut failed: Option<Error> = None;
+            for a in actions {
+                match a {
+                    Action::Raw(b) => buf.extend_from_slice(&b),
+                    Action::Cmd(args) => crate::encode_command(&args, &mut buf),
+                    Action::Answer(i) => {
+                        if !open.is_empty() {
+                            let id = open.remove(i as usize % open.len());
+                            let _ = c.send_reply(id, &Value::Integer(id.get() as i64));
+                        }
+                    }
+                    Action::Eof => c.handle_eof(Instant::ZERO),
+                }
+                match c.handle_input(Instant::ZERO, &mut buf) {
+                    Ok(()) => prop_assert!(failed.is_none()),
+                    Err(e) => {
+                        if let Some(f) = failed {
+                            prop_assert_eq!(f, e);
+                        }
+                        failed = Some(e);
+                    }
+                }
+                for e in events(&mut c) {
+                    if let Event::Command(cmd) = e {
+                        open.push(cmd.id);
+                    }
+                }
+                prop_assert!(c.in_flight() <= 4 + 1);
+                while let Some(b) = c.poll_transmit() {
+                    wire.extend_from_slice(&b);
+                }
+            }
+            // Answer everything left; the output is a sequence of complete RESP frames.
+            for id in open.drain(..) {
+                let _ = c.send_reply(id, &Value::ok());
+            }
+            while let Some(b) = c.poll_transmit() {
+                wire.extend_from_slice(&b);
+            }
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                let n = crate::parse::frame_len(rest, &crate::Limits::default()).unwrap().expect("complete frame");
+                rest = &rest[n..];
+            }
+            if c.is_closed() {
+                prop_assert!(c.poll_transmit().is_none());
+            }
+        }
+
+        #[test]
+        fn pipelines_parse_the_same_at_any_chunking(
+            cmds in proptest::collection::vec(proptest::collection::vec("[a-z0-9 ]{0,6}", 1..4), 1..8),
+            chunks in proptest::collection::vec(1usize..9, 1..50),
+        ) {
+            let mut wire = BytesMut::new();
+            for c in &cmds {
+                let mut args = c.clone();
+                args.insert(0, alloc::string::String::from("ECHO"));
+                crate::encode_command(&args, &mut wire);
+            }
+            let run = |sizes: &[usize]| -> (Vec<Vec<Bytes>>, String) {
+                let mut c = conn();
+                let mut buf = BytesMut::new();
+                let mut rest = &wire[..];
+                let mut k = 0;
+                let mut got = Vec::new();
+                while !rest.is_empty() {
+                    let n = sizes.get(k % sizes.len().max(1)).copied().unwrap_or(usize::MAX).min(rest.len());
+                    k += 1;
+                    buf.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                    c.handle_input(Instant::ZERO, &mut buf).unwrap();
+                    for e in events(&mut c) {
+                        if let Event::Command(cmd) = e {
+                            c.send_reply(cmd.id, &Value::Integer(cmd.args.len() as i64)).unwrap();
+                            got.push(cmd.args.to_vec());
+                        }
+                    }
+                }
+                (got, output(&mut c))
+            };
+            let whole = run(&[usize::MAX]);
+            prop_assert_eq!(whole.0.len(), cmds.len());
+            prop_assert_eq!(run(&chunks), whole);
+        }
+
+        #[test]
         fn any_command_round_trips(args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 1..6)) {
             let mut wire = BytesMut::new();
             crate::encode_command(&args, &mut wire);
@@ -380,4 +636,13 @@ mod props {
             }
         }
     }
+}
+
+#[test]
+fn connections_are_send_for_worker_threads() {
+    fn send<T: Send>() {}
+    send::<ServerConnection>();
+    send::<crate::ClientConnection>();
+    send::<Value>();
+    send::<Event>();
 }

@@ -118,7 +118,10 @@ impl Value {
     pub fn error_fmt(args: fmt::Arguments<'_>) -> Value {
         let mut s = alloc::string::String::new();
         let _ = s.write_fmt(args);
-        let v: Vec<u8> = s.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }).collect();
+        let v: Vec<u8> = s
+            .bytes()
+            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b })
+            .collect();
         Value::Error(Bytes::from(v))
     }
 
@@ -222,7 +225,12 @@ pub fn write_double(out: &mut impl fmt::Write, d: f64) -> fmt::Result {
             out.write_char('.')?;
             out.write_str(rest)?;
         }
-        write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.unsigned_abs())?;
+        write!(
+            out,
+            "e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.unsigned_abs()
+        )?;
     }
     Ok(())
 }
@@ -238,7 +246,10 @@ mod heapless_str {
 
     impl<const N: usize> Buf<N> {
         pub fn new() -> Self {
-            Buf { buf: [0; N], len: 0 }
+            Buf {
+                buf: [0; N],
+                len: 0,
+            }
         }
         pub fn as_str(&self) -> &str {
             core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")

@@ -35,7 +35,11 @@ impl Continuation {
         if head.stream_id.is_zero() {
             return Err(FrameError::BadStreamId);
         }
-        Ok(Continuation { stream_id: head.stream_id, block: payload, end_headers: head.has(flags::END_HEADERS) })
+        Ok(Continuation {
+            stream_id: head.stream_id,
+            block: payload,
+            end_headers: head.has(flags::END_HEADERS),
+        })
     }
 
     /// Total encoded length.
@@ -45,8 +49,18 @@ impl Continuation {
 
     /// Write the frame.
     pub fn emit(&self, dst: &mut BytesMut) {
-        let f = if self.end_headers { flags::END_HEADERS } else { 0 };
-        FrameHeader::new(Kind::Continuation, f, self.stream_id, self.block.len() as u32).emit(dst);
+        let f = if self.end_headers {
+            flags::END_HEADERS
+        } else {
+            0
+        };
+        FrameHeader::new(
+            Kind::Continuation,
+            f,
+            self.stream_id,
+            self.block.len() as u32,
+        )
+        .emit(dst);
         dst.put_slice(&self.block);
     }
 }

@@ -42,7 +42,12 @@ impl Data {
             return Err(FrameError::BadStreamId);
         }
         let pad_len = strip_padding(head, &mut payload, 0)?;
-        Ok(Data { stream_id: head.stream_id, data: payload, end_stream: head.has(flags::END_STREAM), pad_len })
+        Ok(Data {
+            stream_id: head.stream_id,
+            data: payload,
+            end_stream: head.has(flags::END_STREAM),
+            pad_len,
+        })
     }
 
     /// Octets counted by flow control (the whole payload, padding included).
@@ -97,6 +102,9 @@ mod tests {
     #[test]
     fn stream_zero_is_rejected() {
         let h = FrameHeader::new(Kind::Data, 0, StreamId::ZERO, 1);
-        assert_eq!(Data::parse(&h, Bytes::from_static(b"x")), Err(FrameError::BadStreamId));
+        assert_eq!(
+            Data::parse(&h, Bytes::from_static(b"x")),
+            Err(FrameError::BadStreamId)
+        );
     }
 }

@@ -41,7 +41,11 @@ impl GoAway {
         }
         let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
         let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
-        Ok(GoAway { last_stream_id: StreamId::new(last), error: Reason(code), debug: payload.slice(8..) })
+        Ok(GoAway {
+            last_stream_id: StreamId::new(last),
+            error: Reason(code),
+            debug: payload.slice(8..),
+        })
     }
 
     /// Total encoded length.
@@ -75,8 +79,14 @@ mod tests {
     #[test]
     fn rules() {
         let h = FrameHeader::new(Kind::GoAway, 0, StreamId::new(1), 8);
-        assert_eq!(GoAway::parse(&h, Bytes::from_static(&[0; 8])), Err(FrameError::BadStreamId));
+        assert_eq!(
+            GoAway::parse(&h, Bytes::from_static(&[0; 8])),
+            Err(FrameError::BadStreamId)
+        );
         let h = FrameHeader::new(Kind::GoAway, 0, StreamId::ZERO, 7);
-        assert_eq!(GoAway::parse(&h, Bytes::from_static(&[0; 7])), Err(FrameError::BadLength));
+        assert_eq!(
+            GoAway::parse(&h, Bytes::from_static(&[0; 7])),
+            Err(FrameError::BadLength)
+        );
     }
 }

@@ -41,7 +41,11 @@ pub struct PrioritySpec {
 impl PrioritySpec {
     pub(crate) fn parse(b: &[u8]) -> PrioritySpec {
         let dep = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-        PrioritySpec { exclusive: dep & 0x8000_0000 != 0, dependency: StreamId::new(dep), weight: b[4] }
+        PrioritySpec {
+            exclusive: dep & 0x8000_0000 != 0,
+            dependency: StreamId::new(dep),
+            weight: b[4],
+        }
     }
 
     pub(crate) fn emit(&self, dst: &mut BytesMut) {
@@ -102,7 +106,9 @@ impl Headers {
     }
 
     fn payload_len(&self) -> usize {
-        self.block.len() + self.pad_len.map_or(0, |p| p as usize + 1) + if self.priority.is_some() { 5 } else { 0 }
+        self.block.len()
+            + self.pad_len.map_or(0, |p| p as usize + 1)
+            + if self.priority.is_some() { 5 } else { 0 }
     }
 
     /// Total encoded length.
@@ -158,58 +164,15 @@ pub(crate) fn emit_block(
     while !rest.is_empty() {
         let n = rest.len().min(max_frame_size);
         let end = n == rest.len();
-        FrameHeader::new(Kind::Continuation, if end { flags::END_HEADERS } else { 0 }, stream_id, n as u32).emit(dst);
+        FrameHeader::new(
+            Kind::Continuation,
+            if end { flags::END_HEADERS } else { 0 },
+            stream_id,
+            n as u32,
+        )
+        .emit(dst);
         dst.put_slice(&rest[..n]);
         rest = &rest[n..];
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::{test_util::reparse, Frame};
-    use super::*;
-    use proptest::prelude::*;
-
-    fn prio() -> impl Strategy<Value = Option<PrioritySpec>> {
-        proptest::option::of((any::<bool>(), 0u32..0x7fff_ffff, any::<u8>()).prop_map(|(e, d, w)| PrioritySpec {
-            exclusive: e,
-            dependency: StreamId::new(d),
-            weight: w,
-        }))
-    }
-
-    proptest! {
-        #[test]
-        fn round_trip(id in 1u32..=0x7fff_ffff, block in proptest::collection::vec(any::<u8>(), 0..300),
-                      end_stream: bool, end_headers: bool, pad_len: Option<u8>, priority in prio()) {
-            let f = Headers { stream_id: StreamId::new(id), priority, block: block.into(), end_stream, end_headers, pad_len };
-            prop_assert_eq!(reparse(|b| f.emit(b), f.buffer_len()), Frame::Headers(f));
-        }
-    }
-
-    #[test]
-    fn self_dependency_and_bad_padding() {
-        let h = FrameHeader::new(Kind::Headers, flags::PRIORITY, StreamId::new(3), 5);
-        assert!(Headers::parse(&h, Bytes::from_static(&[0, 0, 0, 3, 16])).unwrap().is_self_dependent());
-        let h = FrameHeader::new(Kind::Headers, flags::PADDED | flags::PRIORITY, StreamId::new(3), 7);
-        assert_eq!(Headers::parse(&h, Bytes::from_static(&[2, 0, 0, 0, 1, 16, 0])), Err(FrameError::BadPadding));
-        let h = FrameHeader::new(Kind::Headers, flags::PRIORITY, StreamId::new(3), 3);
-        assert_eq!(Headers::parse(&h, Bytes::from_static(&[0, 0, 0])), Err(FrameError::BadLength));
-    }
-
-    #[test]
-    fn emit_block_splits_into_continuations() {
-        let block: alloc::vec::Vec<u8> = (0..40u8).collect();
-        let mut dst = BytesMut::new();
-        emit_block(&mut dst, StreamId::new(1), &block, 16, 0, |d, n, end| {
-            Headers { stream_id: StreamId::new(1), priority: None, block: Bytes::new(), end_stream: true, end_headers: end, pad_len: None }
-                .emit_header_only(d, n)
-        });
-        // 16 + 16 + 8 octets: HEADERS, CONTINUATION, CONTINUATION(END_HEADERS).
-        assert_eq!(dst.len(), 3 * 9 + 40);
-        assert_eq!(dst[4], flags::END_STREAM);
-        assert_eq!(dst[9 + 16 + 3], 9);
-        assert_eq!(dst[9 + 16 + 9 + 16 + 4], flags::END_HEADERS);
     }
 }
 
@@ -225,5 +188,76 @@ impl Headers {
             f |= flags::END_HEADERS;
         }
         FrameHeader::new(Kind::Headers, f, self.stream_id, len as u32).emit(dst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{test_util::reparse, Frame};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn prio() -> impl Strategy<Value = Option<PrioritySpec>> {
+        proptest::option::of((any::<bool>(), 0u32..0x7fff_ffff, any::<u8>()).prop_map(
+            |(e, d, w)| PrioritySpec {
+                exclusive: e,
+                dependency: StreamId::new(d),
+                weight: w,
+            },
+        ))
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(id in 1u32..=0x7fff_ffff, block in proptest::collection::vec(any::<u8>(), 0..300),
+                      end_stream: bool, end_headers: bool, pad_len: Option<u8>, priority in prio()) {
+            let f = Headers { stream_id: StreamId::new(id), priority, block: block.into(), end_stream, end_headers, pad_len };
+            prop_assert_eq!(reparse(|b| f.emit(b), f.buffer_len()), Frame::Headers(f));
+        }
+    }
+
+    #[test]
+    fn self_dependency_and_bad_padding() {
+        let h = FrameHeader::new(Kind::Headers, flags::PRIORITY, StreamId::new(3), 5);
+        assert!(Headers::parse(&h, Bytes::from_static(&[0, 0, 0, 3, 16]))
+            .unwrap()
+            .is_self_dependent());
+        let h = FrameHeader::new(
+            Kind::Headers,
+            flags::PADDED | flags::PRIORITY,
+            StreamId::new(3),
+            7,
+        );
+        assert_eq!(
+            Headers::parse(&h, Bytes::from_static(&[2, 0, 0, 0, 1, 16, 0])),
+            Err(FrameError::BadPadding)
+        );
+        let h = FrameHeader::new(Kind::Headers, flags::PRIORITY, StreamId::new(3), 3);
+        assert_eq!(
+            Headers::parse(&h, Bytes::from_static(&[0, 0, 0])),
+            Err(FrameError::BadLength)
+        );
+    }
+
+    #[test]
+    fn emit_block_splits_into_continuations() {
+        let block: alloc::vec::Vec<u8> = (0..40u8).collect();
+        let mut dst = BytesMut::new();
+        emit_block(&mut dst, StreamId::new(1), &block, 16, 0, |d, n, end| {
+            Headers {
+                stream_id: StreamId::new(1),
+                priority: None,
+                block: Bytes::new(),
+                end_stream: true,
+                end_headers: end,
+                pad_len: None,
+            }
+            .emit_header_only(d, n)
+        });
+        // 16 + 16 + 8 octets: HEADERS, CONTINUATION, CONTINUATION(END_HEADERS).
+        assert_eq!(dst.len(), 3 * 9 + 40);
+        assert_eq!(dst[4], flags::END_STREAM);
+        assert_eq!(dst[9 + 16 + 3], 9);
+        assert_eq!(dst[9 + 16 + 9 + 16 + 4], flags::END_HEADERS);
     }
 }

@@ -35,8 +35,8 @@ mod window_update;
 pub use continuation::Continuation;
 pub use data::Data;
 pub use goaway::GoAway;
-pub use headers::{Headers, PrioritySpec};
 pub(crate) use headers::emit_block;
+pub use headers::{Headers, PrioritySpec};
 pub use ping::Ping;
 pub use priority::Priority;
 pub use priority_update::PriorityUpdate;
@@ -194,7 +194,12 @@ pub struct FrameHeader {
 impl FrameHeader {
     /// A header for a payload of `length` octets.
     pub const fn new(kind: Kind, flags: u8, stream_id: StreamId, length: u32) -> FrameHeader {
-        FrameHeader { length, kind, flags, stream_id }
+        FrameHeader {
+            length,
+            kind,
+            flags,
+            stream_id,
+        }
     }
 
     /// Parse the first 9 octets of `buf` (`None` if shorter).
@@ -233,8 +238,13 @@ pub enum Status<T> {
 /// Split one complete frame (header and payload) off the front of `input`. The payload is a
 /// zero-copy `Bytes`. A frame longer than `max_frame_size` is an error as soon as its header
 /// is complete, before the payload is buffered.
-pub fn decode(input: &mut BytesMut, max_frame_size: u32) -> Result<Status<(FrameHeader, Bytes)>, FrameError> {
-    let Some(head) = FrameHeader::parse(input) else { return Ok(Status::Partial) };
+pub fn decode(
+    input: &mut BytesMut,
+    max_frame_size: u32,
+) -> Result<Status<(FrameHeader, Bytes)>, FrameError> {
+    let Some(head) = FrameHeader::parse(input) else {
+        return Ok(Status::Partial);
+    };
     if head.length > max_frame_size {
         return Err(FrameError::TooLarge);
     }
@@ -297,7 +307,10 @@ impl Frame {
             Kind::WindowUpdate => Frame::WindowUpdate(WindowUpdate::parse(head, &payload)?),
             Kind::Continuation => Frame::Continuation(Continuation::parse(head, payload)?),
             Kind::PriorityUpdate => Frame::PriorityUpdate(PriorityUpdate::parse(head, payload)?),
-            Kind::Unknown(kind) => Frame::Unknown { kind, stream_id: head.stream_id },
+            Kind::Unknown(kind) => Frame::Unknown {
+                kind,
+                stream_id: head.stream_id,
+            },
         })
     }
 
@@ -322,7 +335,11 @@ impl Frame {
 
 /// Remove the Pad Length octet and the padding from a PADDED payload, leaving `reserved`
 /// octets of fixed fields (priority, promised id) that the padding may not cover.
-pub(crate) fn strip_padding(head: &FrameHeader, payload: &mut Bytes, reserved: usize) -> Result<Option<u8>, FrameError> {
+pub(crate) fn strip_padding(
+    head: &FrameHeader,
+    payload: &mut Bytes,
+    reserved: usize,
+) -> Result<Option<u8>, FrameError> {
     if !head.has(flags::PADDED) {
         if payload.len() < reserved {
             return Err(FrameError::BadLength);
@@ -383,7 +400,10 @@ mod tests {
         assert_eq!(FrameHeader::parse(&b), Some(h));
         // Reserved bit set: ignored.
         let raw = [0, 0, 0, 8, 0, 0x80, 0, 0, 1];
-        assert_eq!(FrameHeader::parse(&raw).unwrap().stream_id, StreamId::new(1));
+        assert_eq!(
+            FrameHeader::parse(&raw).unwrap().stream_id,
+            StreamId::new(1)
+        );
         assert_eq!(FrameHeader::parse(&raw[..8]), None);
     }
 
@@ -394,7 +414,9 @@ mod tests {
         b.extend_from_slice(&[1, b'a', b'b']);
         assert_eq!(decode(&mut b, 16384), Ok(Status::Partial));
         b.extend_from_slice(b"c");
-        let Status::Complete((h, p)) = decode(&mut b, 16384).unwrap() else { panic!() };
+        let Status::Complete((h, p)) = decode(&mut b, 16384).unwrap() else {
+            panic!()
+        };
         assert_eq!((h.length, &p[..]), (3, &b"abc"[..]));
         let mut big = BytesMut::from(&[0u8, 0x40, 0x01, 0, 0, 0, 0, 0, 1][..]);
         assert_eq!(decode(&mut big, 16384), Err(FrameError::TooLarge));
@@ -404,7 +426,13 @@ mod tests {
     fn unknown_type_is_kept_for_ignoring() {
         let h = FrameHeader::new(Kind::from_u8(0xfa), 0xff, StreamId::new(3), 2);
         let f = Frame::parse(&h, Bytes::from_static(b"xx")).unwrap();
-        assert_eq!(f, Frame::Unknown { kind: 0xfa, stream_id: StreamId::new(3) });
+        assert_eq!(
+            f,
+            Frame::Unknown {
+                kind: 0xfa,
+                stream_id: StreamId::new(3)
+            }
+        );
     }
 
     #[test]

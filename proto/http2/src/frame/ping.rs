@@ -33,7 +33,10 @@ impl Ping {
             return Err(FrameError::BadStreamId);
         }
         let payload = payload.try_into().map_err(|_| FrameError::BadLength)?;
-        Ok(Ping { ack: head.has(flags::ACK), payload })
+        Ok(Ping {
+            ack: head.has(flags::ACK),
+            payload,
+        })
     }
 
     /// Total encoded length.
@@ -43,7 +46,13 @@ impl Ping {
 
     /// Write the frame.
     pub fn emit(&self, dst: &mut BytesMut) {
-        FrameHeader::new(Kind::Ping, if self.ack { flags::ACK } else { 0 }, StreamId::ZERO, 8).emit(dst);
+        FrameHeader::new(
+            Kind::Ping,
+            if self.ack { flags::ACK } else { 0 },
+            StreamId::ZERO,
+            8,
+        )
+        .emit(dst);
         dst.put_slice(&self.payload);
     }
 }

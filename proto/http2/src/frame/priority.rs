@@ -42,7 +42,10 @@ impl Priority {
         if spec.dependency == head.stream_id {
             return Err(FrameError::SelfDependency);
         }
-        Ok(Priority { stream_id: head.stream_id, spec })
+        Ok(Priority {
+            stream_id: head.stream_id,
+            spec,
+        })
     }
 
     /// Total encoded length.
@@ -75,10 +78,19 @@ mod tests {
     #[test]
     fn length_and_self_dependency() {
         let h = FrameHeader::new(Kind::Priority, 0, StreamId::new(1), 4);
-        assert_eq!(Priority::parse(&h, &[0; 4]), Err(FrameError::PriorityLength));
+        assert_eq!(
+            Priority::parse(&h, &[0; 4]),
+            Err(FrameError::PriorityLength)
+        );
         let h = FrameHeader::new(Kind::Priority, 0, StreamId::new(1), 5);
-        assert_eq!(Priority::parse(&h, &[0, 0, 0, 1, 0]), Err(FrameError::SelfDependency));
+        assert_eq!(
+            Priority::parse(&h, &[0, 0, 0, 1, 0]),
+            Err(FrameError::SelfDependency)
+        );
         let h = FrameHeader::new(Kind::Priority, 0, StreamId::ZERO, 5);
-        assert_eq!(Priority::parse(&h, &[0, 0, 0, 1, 0]), Err(FrameError::BadStreamId));
+        assert_eq!(
+            Priority::parse(&h, &[0, 0, 0, 1, 0]),
+            Err(FrameError::BadStreamId)
+        );
     }
 }

@@ -37,7 +37,10 @@ impl PriorityUpdate {
             return Err(FrameError::BadLength);
         }
         let id = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-        Ok(PriorityUpdate { prioritized_id: StreamId::new(id), field_value: payload.slice(4..) })
+        Ok(PriorityUpdate {
+            prioritized_id: StreamId::new(id),
+            field_value: payload.slice(4..),
+        })
     }
 
     /// Total encoded length.
@@ -47,7 +50,13 @@ impl PriorityUpdate {
 
     /// Write the frame.
     pub fn emit(&self, dst: &mut BytesMut) {
-        FrameHeader::new(Kind::PriorityUpdate, 0, StreamId::ZERO, 4 + self.field_value.len() as u32).emit(dst);
+        FrameHeader::new(
+            Kind::PriorityUpdate,
+            0,
+            StreamId::ZERO,
+            4 + self.field_value.len() as u32,
+        )
+        .emit(dst);
         dst.put_u32(self.prioritized_id.get());
         dst.put_slice(&self.field_value);
     }

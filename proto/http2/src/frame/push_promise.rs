@@ -46,7 +46,13 @@ impl PushPromise {
         }
         let pad_len = strip_padding(head, &mut payload, 4)?;
         let promised_id = StreamId::new(payload.get_u32());
-        Ok(PushPromise { stream_id: head.stream_id, promised_id, block: payload, end_headers: head.has(flags::END_HEADERS), pad_len })
+        Ok(PushPromise {
+            stream_id: head.stream_id,
+            promised_id,
+            block: payload,
+            end_headers: head.has(flags::END_HEADERS),
+            pad_len,
+        })
     }
 
     fn payload_len(&self) -> usize {
@@ -60,11 +66,21 @@ impl PushPromise {
 
     /// Write the frame.
     pub fn emit(&self, dst: &mut BytesMut) {
-        let mut f = if self.end_headers { flags::END_HEADERS } else { 0 };
+        let mut f = if self.end_headers {
+            flags::END_HEADERS
+        } else {
+            0
+        };
         if self.pad_len.is_some() {
             f |= flags::PADDED;
         }
-        FrameHeader::new(Kind::PushPromise, f, self.stream_id, self.payload_len() as u32).emit(dst);
+        FrameHeader::new(
+            Kind::PushPromise,
+            f,
+            self.stream_id,
+            self.payload_len() as u32,
+        )
+        .emit(dst);
         if let Some(p) = self.pad_len {
             dst.put_u8(p);
         }
@@ -92,6 +108,9 @@ mod tests {
     #[test]
     fn too_short() {
         let h = FrameHeader::new(Kind::PushPromise, 0, StreamId::new(1), 3);
-        assert_eq!(PushPromise::parse(&h, Bytes::from_static(&[0; 3])), Err(FrameError::BadLength));
+        assert_eq!(
+            PushPromise::parse(&h, Bytes::from_static(&[0; 3])),
+            Err(FrameError::BadLength)
+        );
     }
 }

@@ -32,7 +32,10 @@ impl RstStream {
             return Err(FrameError::BadStreamId);
         }
         let b: [u8; 4] = payload.try_into().map_err(|_| FrameError::BadLength)?;
-        Ok(RstStream { stream_id: head.stream_id, error: Reason(u32::from_be_bytes(b)) })
+        Ok(RstStream {
+            stream_id: head.stream_id,
+            error: Reason(u32::from_be_bytes(b)),
+        })
     }
 
     /// Total encoded length.

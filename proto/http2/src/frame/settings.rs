@@ -21,7 +21,10 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::{flags, FrameHeader, Kind, StreamId, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAX_MAX_FRAME_SIZE, MAX_WINDOW};
+use super::{
+    flags, FrameHeader, Kind, StreamId, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAX_MAX_FRAME_SIZE,
+    MAX_WINDOW,
+};
 use crate::FrameError;
 
 /// SETTINGS_HEADER_TABLE_SIZE
@@ -103,7 +106,13 @@ impl Settings {
         for p in payload.chunks_exact(6) {
             let id = u16::from_be_bytes([p[0], p[1]]);
             let v = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
-            let flag = |v: u32| if v <= 1 { Ok(v == 1) } else { Err(FrameError::BadSetting) };
+            let flag = |v: u32| {
+                if v <= 1 {
+                    Ok(v == 1)
+                } else {
+                    Err(FrameError::BadSetting)
+                }
+            };
             match id {
                 HEADER_TABLE_SIZE => s.header_table_size = Some(v),
                 ENABLE_PUSH => s.enable_push = Some(flag(v)?),
@@ -137,8 +146,14 @@ impl Settings {
             (INITIAL_WINDOW_SIZE, self.initial_window_size),
             (MAX_FRAME_SIZE, self.max_frame_size),
             (MAX_HEADER_LIST_SIZE, self.max_header_list_size),
-            (ENABLE_CONNECT_PROTOCOL, self.enable_connect_protocol.map(u32::from)),
-            (NO_RFC7540_PRIORITIES, self.no_rfc7540_priorities.map(u32::from)),
+            (
+                ENABLE_CONNECT_PROTOCOL,
+                self.enable_connect_protocol.map(u32::from),
+            ),
+            (
+                NO_RFC7540_PRIORITIES,
+                self.no_rfc7540_priorities.map(u32::from),
+            ),
         ]
     }
 
@@ -188,7 +203,10 @@ mod tests {
     }
 
     fn parse(flags: u8, sid: u32, p: &[u8]) -> Result<Settings, FrameError> {
-        Settings::parse(&FrameHeader::new(Kind::Settings, flags, StreamId::new(sid), p.len() as u32), p)
+        Settings::parse(
+            &FrameHeader::new(Kind::Settings, flags, StreamId::new(sid), p.len() as u32),
+            p,
+        )
     }
 
     #[test]
@@ -196,12 +214,29 @@ mod tests {
         assert_eq!(parse(flags::ACK, 0, &[0; 6]), Err(FrameError::BadLength));
         assert_eq!(parse(0, 1, &[]), Err(FrameError::BadStreamId));
         assert_eq!(parse(0, 0, &[0; 5]), Err(FrameError::BadLength));
-        assert_eq!(parse(0, 0, &[0, 2, 0, 0, 0, 2]), Err(FrameError::BadSetting));
-        assert_eq!(parse(0, 0, &[0, 4, 0x80, 0, 0, 0]), Err(FrameError::BadWindowSetting));
-        assert_eq!(parse(0, 0, &[0, 5, 0, 0, 0x3f, 0xff]), Err(FrameError::BadSetting));
-        assert_eq!(parse(0, 0, &[0, 5, 1, 0, 0, 0]), Err(FrameError::BadSetting));
+        assert_eq!(
+            parse(0, 0, &[0, 2, 0, 0, 0, 2]),
+            Err(FrameError::BadSetting)
+        );
+        assert_eq!(
+            parse(0, 0, &[0, 4, 0x80, 0, 0, 0]),
+            Err(FrameError::BadWindowSetting)
+        );
+        assert_eq!(
+            parse(0, 0, &[0, 5, 0, 0, 0x3f, 0xff]),
+            Err(FrameError::BadSetting)
+        );
+        assert_eq!(
+            parse(0, 0, &[0, 5, 1, 0, 0, 0]),
+            Err(FrameError::BadSetting)
+        );
         // Unknown ignored; repeated: last wins.
-        let s = parse(0, 0, &[0xff, 0xff, 0, 0, 0, 1, 0, 4, 0, 0, 0, 1, 0, 4, 0, 0, 0, 2]).unwrap();
+        let s = parse(
+            0,
+            0,
+            &[0xff, 0xff, 0, 0, 0, 1, 0, 4, 0, 0, 0, 1, 0, 4, 0, 0, 0, 2],
+        )
+        .unwrap();
         assert_eq!(s.initial_window_size, Some(2));
     }
 }

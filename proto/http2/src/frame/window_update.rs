@@ -35,7 +35,10 @@ impl WindowUpdate {
         if increment == 0 {
             return Err(FrameError::ZeroIncrement);
         }
-        Ok(WindowUpdate { stream_id: head.stream_id, increment })
+        Ok(WindowUpdate {
+            stream_id: head.stream_id,
+            increment,
+        })
     }
 
     /// Total encoded length.
@@ -67,7 +70,10 @@ mod tests {
     #[test]
     fn rules() {
         let h = FrameHeader::new(Kind::WindowUpdate, 0, StreamId::new(1), 4);
-        assert_eq!(WindowUpdate::parse(&h, &[0x80, 0, 0, 0]), Err(FrameError::ZeroIncrement));
+        assert_eq!(
+            WindowUpdate::parse(&h, &[0x80, 0, 0, 0]),
+            Err(FrameError::ZeroIncrement)
+        );
         assert_eq!(WindowUpdate::parse(&h, &[0; 3]), Err(FrameError::BadLength));
     }
 }

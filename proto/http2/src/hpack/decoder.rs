@@ -30,7 +30,11 @@ impl Decoder {
     /// A decoder whose table may grow to `max_allowed` octets (SETTINGS_HEADER_TABLE_SIZE we
     /// advertise; 4096 by default).
     pub fn new(max_allowed: usize) -> Decoder {
-        Decoder { table: DynamicTable::new(max_allowed), max_allowed, scratch: BytesMut::new() }
+        Decoder {
+            table: DynamicTable::new(max_allowed),
+            max_allowed,
+            scratch: BytesMut::new(),
+        }
     }
 
     /// The dynamic table (for tests and metrics).
@@ -53,12 +57,20 @@ impl Decoder {
     /// `max_list_size`; the rest of the block is still decoded (so the dynamic table stays in
     /// sync) and the call returns [`HpackError::HeaderListTooLarge`]. Any other error is a
     /// connection error COMPRESSION_ERROR.
-    pub fn decode(&mut self, block: &Bytes, max_list_size: usize, mut emit: impl FnMut(Field)) -> Result<(), HpackError> {
+    pub fn decode(
+        &mut self,
+        block: &Bytes,
+        max_list_size: usize,
+        mut emit: impl FnMut(Field),
+    ) -> Result<(), HpackError> {
         let src = &block[..];
         let mut pos = 0;
         let mut list = 0usize;
         let mut over = false;
         let mut fields_seen = false;
+        // One allocation per block for every Huffman-coded string in it (they expand by at
+        // most 8/5); each decoded string is then split off this buffer.
+        self.scratch.reserve(src.len() * 2);
         while pos < src.len() {
             let b = src[pos];
             let field = if b & 0x80 != 0 {
@@ -66,7 +78,10 @@ impl Decoder {
                 self.get(idx)?
             } else if b & 0x40 != 0 {
                 let f = self.literal(block, &mut pos, 6, false)?;
-                self.table.insert(Entry { name: f.name.clone(), value: f.value.clone() });
+                self.table.insert(Entry {
+                    name: f.name.clone(),
+                    value: f.value.clone(),
+                });
                 f
             } else if b & 0x20 != 0 {
                 if fields_seen {
@@ -106,23 +121,47 @@ impl Decoder {
                 Ok(Field::from_static(n, v))
             }
             _ => {
-                let e = self.table.get(idx - STATIC_LEN - 1).ok_or(HpackError::InvalidIndex)?;
-                Ok(Field { name: e.name.clone(), value: e.value.clone(), sensitive: false })
+                let e = self
+                    .table
+                    .get(idx - STATIC_LEN - 1)
+                    .ok_or(HpackError::InvalidIndex)?;
+                Ok(Field {
+                    name: e.name.clone(),
+                    value: e.value.clone(),
+                    sensitive: false,
+                })
             }
         }
     }
 
-    fn literal(&mut self, block: &Bytes, pos: &mut usize, prefix: u8, sensitive: bool) -> Result<Field, HpackError> {
+    fn literal(
+        &mut self,
+        block: &Bytes,
+        pos: &mut usize,
+        prefix: u8,
+        sensitive: bool,
+    ) -> Result<Field, HpackError> {
         let idx = decode_int(block, pos, prefix)?;
-        let name = if idx == 0 { self.string(block, pos)? } else { self.get(idx)?.name };
+        let name = if idx == 0 {
+            self.string(block, pos)?
+        } else {
+            self.get(idx)?.name
+        };
         let value = self.string(block, pos)?;
-        Ok(Field { name, value, sensitive })
+        Ok(Field {
+            name,
+            value,
+            sensitive,
+        })
     }
 
     fn string(&mut self, block: &Bytes, pos: &mut usize) -> Result<Bytes, HpackError> {
         let huff = *block.get(*pos).ok_or(HpackError::Truncated)? & 0x80 != 0;
         let len = decode_int(block, pos, 7)?;
-        let end = pos.checked_add(len).filter(|&e| e <= block.len()).ok_or(HpackError::Truncated)?;
+        let end = pos
+            .checked_add(len)
+            .filter(|&e| e <= block.len())
+            .ok_or(HpackError::Truncated)?;
         let raw = &block[*pos..end];
         let out = if huff {
             huffman::decode(raw, &mut self.scratch)?;

@@ -9,8 +9,16 @@ use super::{encode_int, encode_string};
 fn never_worth_indexing(name: &[u8]) -> bool {
     matches!(
         name,
-        b":path" | b"content-length" | b"etag" | b"if-modified-since" | b"if-none-match" | b"last-modified" | b"age"
-            | b"content-range" | b"authorization" | b"proxy-authorization"
+        b":path"
+            | b"content-length"
+            | b"etag"
+            | b"if-modified-since"
+            | b"if-none-match"
+            | b"last-modified"
+            | b"age"
+            | b"content-range"
+            | b"authorization"
+            | b"proxy-authorization"
     )
 }
 
@@ -36,7 +44,12 @@ impl Encoder {
     pub fn new(cap: usize) -> Encoder {
         let size = cap.min(4096);
         let pending = (size != 4096).then_some((size, size));
-        Encoder { table: DynamicTable::new(size), cap, pending, huffman: true }
+        Encoder {
+            table: DynamicTable::new(size),
+            cap,
+            pending,
+            huffman: true,
+        }
     }
 
     /// Use Huffman coding when it is shorter (default), or never.
@@ -64,7 +77,11 @@ impl Encoder {
     }
 
     /// Encode a field block. `sensitive` fields are sent as never-indexed literals.
-    pub fn encode<'a>(&mut self, fields: impl IntoIterator<Item = (&'a [u8], &'a [u8], bool)>, dst: &mut BytesMut) {
+    pub fn encode<'a>(
+        &mut self,
+        fields: impl IntoIterator<Item = (&'a [u8], &'a [u8], bool)>,
+        dst: &mut BytesMut,
+    ) {
         if let Some((lo, size)) = self.pending.take() {
             if lo < size {
                 encode_int(lo, 5, 0x20, dst);
@@ -97,7 +114,11 @@ impl Encoder {
                 return;
             }
         }
-        let (d_exact, d_name) = if self.table.is_empty() { (None, None) } else { self.find_dynamic(name, value) };
+        let (d_exact, d_name) = if self.table.is_empty() {
+            (None, None)
+        } else {
+            self.find_dynamic(name, value)
+        };
         if !sensitive {
             if let Some(i) = d_exact {
                 encode_int(i, 7, 0x80, dst);
@@ -106,7 +127,8 @@ impl Encoder {
         }
         let name_idx = s_name.or(d_name);
         let size = name.len() + value.len() + super::ENTRY_OVERHEAD;
-        let index = !sensitive && !never_worth_indexing(name) && size <= self.table.max_size() * 3 / 4;
+        let index =
+            !sensitive && !never_worth_indexing(name) && size <= self.table.max_size() * 3 / 4;
         let (prefix, first) = if index {
             (6, 0x40)
         } else if sensitive {
@@ -123,7 +145,10 @@ impl Encoder {
         }
         encode_string(value, self.huffman, dst);
         if index {
-            self.table.insert(Entry { name: Bytes::copy_from_slice(name), value: Bytes::copy_from_slice(value) });
+            self.table.insert(Entry {
+                name: Bytes::copy_from_slice(name),
+                value: Bytes::copy_from_slice(value),
+            });
         }
     }
 }

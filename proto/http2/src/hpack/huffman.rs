@@ -100,7 +100,11 @@ const fn build_tree() -> Tree {
 
 const fn build_table() -> [[Entry; 16]; 256] {
     let tree = build_tree();
-    let mut table = [[Entry { next: 0, flags: 0, sym: 0 }; 16]; 256];
+    let mut table = [[Entry {
+        next: 0,
+        flags: 0,
+        sym: 0,
+    }; 16]; 256];
     let mut state = 0;
     while state < 256 {
         let mut nib = 0;
@@ -128,7 +132,11 @@ const fn build_table() -> [[Entry; 16]; 256] {
             if tree.accept[cur] {
                 flags |= ACCEPT;
             }
-            table[state][nib] = Entry { next: cur as u8, flags, sym };
+            table[state][nib] = Entry {
+                next: cur as u8,
+                flags,
+                sym,
+            };
             nib += 1;
         }
         state += 1;
@@ -179,14 +187,19 @@ mod tests {
     #[test]
     fn rfc_examples() {
         // C.4.1: "www.example.com"
-        let enc = [0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff];
+        let enc = [
+            0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff,
+        ];
         assert_eq!(dec(&enc).unwrap(), b"www.example.com");
         let mut out = BytesMut::new();
         encode(b"www.example.com", &mut out);
         assert_eq!(&out[..], &enc);
         assert_eq!(encoded_len(b"www.example.com"), 12);
         // C.4.2: "no-cache"
-        assert_eq!(dec(&[0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf]).unwrap(), b"no-cache");
+        assert_eq!(
+            dec(&[0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf]).unwrap(),
+            b"no-cache"
+        );
     }
 
     #[test]
@@ -197,7 +210,10 @@ mod tests {
         // A whole octet of ones: padding of 8 bits.
         assert_eq!(dec(&[0x07, 0xff]), Err(HpackError::InvalidHuffman));
         // EOS itself: 30 ones.
-        assert_eq!(dec(&[0xff, 0xff, 0xff, 0xff]), Err(HpackError::InvalidHuffman));
+        assert_eq!(
+            dec(&[0xff, 0xff, 0xff, 0xff]),
+            Err(HpackError::InvalidHuffman)
+        );
         assert_eq!(dec(&[]).unwrap(), b"");
     }
 

@@ -45,7 +45,11 @@ pub struct Field {
 impl Field {
     /// A field from static strings.
     pub const fn from_static(name: &'static str, value: &'static str) -> Field {
-        Field { name: Bytes::from_static(name.as_bytes()), value: Bytes::from_static(value.as_bytes()), sensitive: false }
+        Field {
+            name: Bytes::from_static(name.as_bytes()),
+            value: Bytes::from_static(value.as_bytes()),
+            sensitive: false,
+        }
     }
 
     /// Size counted against SETTINGS_MAX_HEADER_LIST_SIZE (name + value + 32).
@@ -111,7 +115,11 @@ pub fn decode_int(src: &[u8], pos: &mut usize, n: u8) -> Result<usize, HpackErro
 
 /// Encode a string literal (RFC 7541 §5.2), Huffman-coded when that is shorter.
 pub fn encode_string(s: &[u8], allow_huffman: bool, dst: &mut BytesMut) {
-    let h = if allow_huffman { huffman::encoded_len(s) } else { usize::MAX };
+    let h = if allow_huffman {
+        huffman::encoded_len(s)
+    } else {
+        usize::MAX
+    };
     if h <= s.len() {
         encode_int(h, 7, 0x80, dst);
         huffman::encode(s, dst);

@@ -167,7 +167,11 @@ pub struct DynamicTable {
 impl DynamicTable {
     /// An empty table of capacity `max_size`.
     pub fn new(max_size: usize) -> DynamicTable {
-        DynamicTable { entries: VecDeque::new(), size: 0, max_size }
+        DynamicTable {
+            entries: VecDeque::new(),
+            size: 0,
+            max_size,
+        }
     }
 
     /// Sum of entry sizes.
@@ -251,7 +255,10 @@ mod tests {
 
     #[test]
     fn eviction_rules() {
-        let e = |n: &'static str, v: &'static str| Entry { name: Bytes::from_static(n.as_bytes()), value: Bytes::from_static(v.as_bytes()) };
+        let e = |n: &'static str, v: &'static str| Entry {
+            name: Bytes::from_static(n.as_bytes()),
+            value: Bytes::from_static(v.as_bytes()),
+        };
         let mut t = DynamicTable::new(100);
         t.insert(e("aaaa", "bbbb")); // 40
         t.insert(e("cccc", "dddd")); // 80

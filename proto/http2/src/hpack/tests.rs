@@ -8,26 +8,40 @@ use super::*;
 
 fn hex(s: &str) -> Vec<u8> {
     let s: Vec<u8> = s.bytes().filter(|b| b.is_ascii_hexdigit()).collect();
-    s.chunks(2).map(|c| u8::from_str_radix(core::str::from_utf8(c).unwrap(), 16).unwrap()).collect()
+    s.chunks(2)
+        .map(|c| u8::from_str_radix(core::str::from_utf8(c).unwrap(), 16).unwrap())
+        .collect()
 }
 
 fn decode_all(d: &mut Decoder, block: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
-    d.decode(&Bytes::copy_from_slice(block), usize::MAX, |f| out.push((f.name.to_vec(), f.value.to_vec()))).unwrap();
+    d.decode(&Bytes::copy_from_slice(block), usize::MAX, |f| {
+        out.push((f.name.to_vec(), f.value.to_vec()))
+    })
+    .unwrap();
     out
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    v.iter().map(|(n, val)| (n.as_bytes().to_vec(), val.as_bytes().to_vec())).collect()
+    v.iter()
+        .map(|(n, val)| (n.as_bytes().to_vec(), val.as_bytes().to_vec()))
+        .collect()
 }
 
 fn table_of(t: &DynamicTable) -> Vec<(Vec<u8>, Vec<u8>)> {
-    t.iter().map(|e| (e.name.to_vec(), e.value.to_vec())).collect()
+    t.iter()
+        .map(|e| (e.name.to_vec(), e.value.to_vec()))
+        .collect()
 }
 
 fn encode(e: &mut Encoder, fields: &[(&str, &str)]) -> Vec<u8> {
     let mut dst = BytesMut::new();
-    e.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes(), false)), &mut dst);
+    e.encode(
+        fields
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes(), false)),
+        &mut dst,
+    );
     dst.to_vec()
 }
 
@@ -65,8 +79,14 @@ fn c1_3_42_at_octet_boundary() {
 fn c2_1_literal_with_indexing() {
     let block = hex("400a 6375 7374 6f6d 2d6b 6579 0d63 7573 746f 6d2d 6865 6164 6572");
     let mut d = Decoder::new(4096);
-    assert_eq!(decode_all(&mut d, &block), pairs(&[("custom-key", "custom-header")]));
-    assert_eq!(table_of(d.table()), pairs(&[("custom-key", "custom-header")]));
+    assert_eq!(
+        decode_all(&mut d, &block),
+        pairs(&[("custom-key", "custom-header")])
+    );
+    assert_eq!(
+        table_of(d.table()),
+        pairs(&[("custom-key", "custom-header")])
+    );
     assert_eq!(d.table().size(), 55);
     let mut e = Encoder::default();
     e.set_huffman(false);
@@ -77,7 +97,10 @@ fn c2_1_literal_with_indexing() {
 fn c2_2_literal_without_indexing() {
     let block = hex("040c 2f73 616d 706c 652f 7061 7468");
     let mut d = Decoder::new(4096);
-    assert_eq!(decode_all(&mut d, &block), pairs(&[(":path", "/sample/path")]));
+    assert_eq!(
+        decode_all(&mut d, &block),
+        pairs(&[(":path", "/sample/path")])
+    );
     assert!(d.table().is_empty());
     let mut e = Encoder::default();
     e.set_huffman(false);
@@ -89,9 +112,13 @@ fn c2_3_literal_never_indexed() {
     let block = hex("1008 7061 7373 776f 7264 0673 6563 7265 74");
     let mut d = Decoder::new(4096);
     let mut got = Vec::new();
-    d.decode(&Bytes::from(block.clone()), usize::MAX, |f| got.push(f)).unwrap();
+    d.decode(&Bytes::from(block.clone()), usize::MAX, |f| got.push(f))
+        .unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!((&got[0].name[..], &got[0].value[..], got[0].sensitive), (&b"password"[..], &b"secret"[..], true));
+    assert_eq!(
+        (&got[0].name[..], &got[0].value[..], got[0].sensitive),
+        (&b"password"[..], &b"secret"[..], true)
+    );
     assert!(d.table().is_empty());
     let mut e = Encoder::default();
     e.set_huffman(false);
@@ -105,14 +132,27 @@ fn c2_4_indexed_field() {
     let mut d = Decoder::new(4096);
     assert_eq!(decode_all(&mut d, &[0x82]), pairs(&[(":method", "GET")]));
     assert!(d.table().is_empty());
-    assert_eq!(encode(&mut Encoder::default(), &[(":method", "GET")]), [0x82]);
+    assert_eq!(
+        encode(&mut Encoder::default(), &[(":method", "GET")]),
+        [0x82]
+    );
 }
 
 // ---- C.3 / C.4 requests --------------------------------------------------------------------
 
-const REQ1: &[(&str, &str)] = &[(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com")];
-const REQ2: &[(&str, &str)] =
-    &[(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com"), ("cache-control", "no-cache")];
+const REQ1: &[(&str, &str)] = &[
+    (":method", "GET"),
+    (":scheme", "http"),
+    (":path", "/"),
+    (":authority", "www.example.com"),
+];
+const REQ2: &[(&str, &str)] = &[
+    (":method", "GET"),
+    (":scheme", "http"),
+    (":path", "/"),
+    (":authority", "www.example.com"),
+    ("cache-control", "no-cache"),
+];
 const REQ3: &[(&str, &str)] = &[
     (":method", "GET"),
     (":scheme", "https"),
@@ -127,8 +167,15 @@ fn run_requests(blocks: [&str; 3], huffman: bool) {
     e.set_huffman(huffman);
     let tables: [&[(&str, &str)]; 3] = [
         &[(":authority", "www.example.com")],
-        &[("cache-control", "no-cache"), (":authority", "www.example.com")],
-        &[("custom-key", "custom-value"), ("cache-control", "no-cache"), (":authority", "www.example.com")],
+        &[
+            ("cache-control", "no-cache"),
+            (":authority", "www.example.com"),
+        ],
+        &[
+            ("custom-key", "custom-value"),
+            ("cache-control", "no-cache"),
+            (":authority", "www.example.com"),
+        ],
     ];
     let sizes = [57, 110, 164];
     for (i, (block, req)) in blocks.iter().zip([REQ1, REQ2, REQ3]).enumerate() {
@@ -172,10 +219,18 @@ const DATE2: &str = "Mon, 21 Oct 2013 20:13:22 GMT";
 const COOKIE: &str = "foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1";
 
 fn run_responses(blocks: [&str; 3], huffman: bool) {
-    let resp1: &[(&str, &str)] =
-        &[(":status", "302"), ("cache-control", "private"), ("date", DATE1), ("location", "https://www.example.com")];
-    let resp2: &[(&str, &str)] =
-        &[(":status", "307"), ("cache-control", "private"), ("date", DATE1), ("location", "https://www.example.com")];
+    let resp1: &[(&str, &str)] = &[
+        (":status", "302"),
+        ("cache-control", "private"),
+        ("date", DATE1),
+        ("location", "https://www.example.com"),
+    ];
+    let resp2: &[(&str, &str)] = &[
+        (":status", "307"),
+        ("cache-control", "private"),
+        ("date", DATE1),
+        ("location", "https://www.example.com"),
+    ];
     let resp3: &[(&str, &str)] = &[
         (":status", "200"),
         ("cache-control", "private"),
@@ -185,9 +240,23 @@ fn run_responses(blocks: [&str; 3], huffman: bool) {
         ("set-cookie", COOKIE),
     ];
     let tables: [&[(&str, &str)]; 3] = [
-        &[("location", "https://www.example.com"), ("date", DATE1), ("cache-control", "private"), (":status", "302")],
-        &[(":status", "307"), ("location", "https://www.example.com"), ("date", DATE1), ("cache-control", "private")],
-        &[("set-cookie", COOKIE), ("content-encoding", "gzip"), ("date", DATE2)],
+        &[
+            ("location", "https://www.example.com"),
+            ("date", DATE1),
+            ("cache-control", "private"),
+            (":status", "302"),
+        ],
+        &[
+            (":status", "307"),
+            ("location", "https://www.example.com"),
+            ("date", DATE1),
+            ("cache-control", "private"),
+        ],
+        &[
+            ("set-cookie", COOKIE),
+            ("content-encoding", "gzip"),
+            ("date", DATE2),
+        ],
     ];
     let sizes = [222, 222, 215];
     let mut d = Decoder::new(256);
@@ -195,7 +264,12 @@ fn run_responses(blocks: [&str; 3], huffman: bool) {
     e.set_huffman(huffman);
     for (i, (block, resp)) in blocks.iter().zip([resp1, resp2, resp3]).enumerate() {
         let block = hex(block);
-        assert_eq!(decode_all(&mut d, &block), pairs(resp), "response {}", i + 1);
+        assert_eq!(
+            decode_all(&mut d, &block),
+            pairs(resp),
+            "response {}",
+            i + 1
+        );
         assert_eq!(table_of(d.table()), pairs(tables[i]));
         assert_eq!(d.table().size(), sizes[i]);
         let mut expected = Vec::new();
@@ -204,7 +278,12 @@ fn run_responses(blocks: [&str; 3], huffman: bool) {
             expected.extend_from_slice(&[0x3f, 0xe1, 0x01]);
         }
         expected.extend_from_slice(&block);
-        assert_eq!(encode(&mut e, resp), expected, "encoding response {}", i + 1);
+        assert_eq!(
+            encode(&mut e, resp),
+            expected,
+            "encoding response {}",
+            i + 1
+        );
         assert_eq!(table_of(e.table()), pairs(tables[i]));
     }
 }
@@ -236,7 +315,9 @@ fn c6_responses_with_huffman() {
 // ---- decoding errors (h2spec's HPACK section) -------------------------------------------------
 
 fn err(block: &[u8]) -> HpackError {
-    Decoder::new(4096).decode(&Bytes::copy_from_slice(block), usize::MAX, |_| {}).unwrap_err()
+    Decoder::new(4096)
+        .decode(&Bytes::copy_from_slice(block), usize::MAX, |_| {})
+        .unwrap_err()
 }
 
 #[test]
@@ -250,11 +331,16 @@ fn invalid_indexes() {
 fn size_update_rules() {
     // Above the limit.
     assert_eq!(err(&[0x3f, 0xe2, 0x1f]), HpackError::InvalidSizeUpdate); // 4097
-    // After a field.
+                                                                         // After a field.
     assert_eq!(err(&[0x82, 0x20]), HpackError::LateSizeUpdate);
     // Several at the start are fine.
     let mut d = Decoder::new(4096);
-    d.decode(&Bytes::from_static(&[0x20, 0x3f, 0xe1, 0x1f, 0x82]), usize::MAX, |_| {}).unwrap();
+    d.decode(
+        &Bytes::from_static(&[0x20, 0x3f, 0xe1, 0x1f, 0x82]),
+        usize::MAX,
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(d.table().max_size(), 4096);
 }
 
@@ -262,7 +348,10 @@ fn size_update_rules() {
 fn truncated_and_overflowing() {
     assert_eq!(err(&[0x40]), HpackError::Truncated);
     assert_eq!(err(&[0x40, 0x05, b'a']), HpackError::Truncated);
-    assert_eq!(err(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]), HpackError::IntegerOverflow);
+    assert_eq!(
+        err(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+        HpackError::IntegerOverflow
+    );
 }
 
 #[test]
@@ -277,7 +366,10 @@ fn hpack_bomb_is_bounded_by_the_list_limit() {
     d.decode(&first.freeze(), usize::MAX, |_| {}).unwrap();
     let bomb = Bytes::from(alloc::vec![0xbe; 10_000]);
     let mut kept = 0usize;
-    assert_eq!(d.decode(&bomb, 16 * 1024, |f| kept += f.list_size()), Err(HpackError::HeaderListTooLarge));
+    assert_eq!(
+        d.decode(&bomb, 16 * 1024, |f| kept += f.list_size()),
+        Err(HpackError::HeaderListTooLarge)
+    );
     assert!(kept <= 16 * 1024);
     // The table is still in sync: the next block decodes.
     assert_eq!(decode_all(&mut d, &[0xbe]).len(), 1);

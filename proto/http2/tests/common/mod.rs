@@ -56,11 +56,14 @@ impl Raw {
     }
 
     pub fn handshake(&mut self) {
-        self.send_bytes(PREFACE);
-        self.send_frame(|b| Settings::default().emit(b));
+        self.send_bytes(PREFACE).unwrap();
+        self.send_frame(|b| Settings::default().emit(b)).unwrap();
         let f = self.frames();
-        assert!(matches!(f.first(), Some(Frame::Settings(s)) if !s.ack), "server preface must be SETTINGS: {f:?}");
-        self.send_frame(|b| Settings::ACK.emit(b));
+        assert!(
+            matches!(f.first(), Some(Frame::Settings(s)) if !s.ack),
+            "server preface must be SETTINGS: {f:?}"
+        );
+        self.send_frame(|b| Settings::ACK.emit(b)).unwrap();
         let _ = self.frames();
     }
 
@@ -88,7 +91,13 @@ impl Raw {
     /// Send a raw frame from its parts.
     pub fn raw(&mut self, kind: u8, fl: u8, stream: u32, payload: &[u8]) -> Result<(), Error> {
         let mut b = BytesMut::new();
-        FrameHeader::new(Kind::from_u8(kind), fl, StreamId::new(stream), payload.len() as u32).emit(&mut b);
+        FrameHeader::new(
+            Kind::from_u8(kind),
+            fl,
+            StreamId::new(stream),
+            payload.len() as u32,
+        )
+        .emit(&mut b);
         b.extend_from_slice(payload);
         self.send_bytes(&b)
     }
@@ -98,7 +107,12 @@ impl Raw {
         while let Some(ev) = self.server.poll_event() {
             if self.auto_respond {
                 if let Event::End { id } = &ev {
-                    let _ = self.server.send_response(*id, 200, &[("content-type", b"text/plain")], Body::Full(Bytes::from_static(b"hello world\n")));
+                    let _ = self.server.send_response(
+                        *id,
+                        200,
+                        &[("content-type", b"text/plain")],
+                        Body::Full(Bytes::from_static(b"hello world\n")),
+                    );
                 }
             }
             self.events.push(ev);
@@ -107,21 +121,41 @@ impl Raw {
 
     pub fn block(&mut self, fields: &[(&str, &str)]) -> Bytes {
         let mut b = BytesMut::new();
-        self.enc.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes(), false)), &mut b);
+        self.enc.encode(
+            fields
+                .iter()
+                .map(|(n, v)| (n.as_bytes(), v.as_bytes(), false)),
+            &mut b,
+        );
         b.freeze()
     }
 
     pub fn get_fields() -> Vec<(&'static str, &'static str)> {
-        vec![(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "localhost")]
+        vec![
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            (":authority", "localhost"),
+        ]
     }
 
     pub fn post_fields() -> Vec<(&'static str, &'static str)> {
-        vec![(":method", "POST"), (":scheme", "http"), (":path", "/"), (":authority", "localhost")]
+        vec![
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/"),
+            (":authority", "localhost"),
+        ]
     }
 
     /// HEADERS with the given fields and flags (END_HEADERS added unless `fl` has it cleared
     /// by `no_end_headers`).
-    pub fn headers(&mut self, stream: u32, fields: &[(&str, &str)], end_stream: bool) -> Result<(), Error> {
+    pub fn headers(
+        &mut self,
+        stream: u32,
+        fields: &[(&str, &str)],
+        end_stream: bool,
+    ) -> Result<(), Error> {
         let block = self.block(fields);
         let fl = flags::END_HEADERS | if end_stream { flags::END_STREAM } else { 0 };
         self.raw(1, fl, stream, &block)
@@ -136,7 +170,12 @@ impl Raw {
     }
 
     pub fn data(&mut self, stream: u32, data: &[u8], end_stream: bool) -> Result<(), Error> {
-        self.raw(0, if end_stream { flags::END_STREAM } else { 0 }, stream, data)
+        self.raw(
+            0,
+            if end_stream { flags::END_STREAM } else { 0 },
+            stream,
+            data,
+        )
     }
 
     pub fn rst(&mut self, stream: u32, code: u32) -> Result<(), Error> {
@@ -188,20 +227,50 @@ impl Raw {
                 Frame::Headers(h) => {
                     let mut fields = Vec::new();
                     self.dec
-                        .decode(&h.block, usize::MAX, |f| fields.push((String::from_utf8_lossy(&f.name).into_owned(), String::from_utf8_lossy(&f.value).into_owned())))
+                        .decode(&h.block, usize::MAX, |f| {
+                            fields.push((
+                                String::from_utf8_lossy(&f.name).into_owned(),
+                                String::from_utf8_lossy(&f.value).into_owned(),
+                            ))
+                        })
                         .expect("server HPACK");
-                    out.push(Answer::Headers { stream: h.stream_id.get(), fields, end_stream: h.end_stream });
+                    out.push(Answer::Headers {
+                        stream: h.stream_id.get(),
+                        fields,
+                        end_stream: h.end_stream,
+                    });
                 }
-                Frame::Data(d) => out.push(Answer::Data { stream: d.stream_id.get(), len: d.data.len(), end_stream: d.end_stream }),
-                Frame::RstStream(r) => out.push(Answer::Rst { stream: r.stream_id.get(), reason: r.error }),
-                Frame::GoAway(g) => out.push(Answer::GoAway { last: g.last_stream_id.get(), reason: g.error }),
+                Frame::Data(d) => out.push(Answer::Data {
+                    stream: d.stream_id.get(),
+                    len: d.data.len(),
+                    end_stream: d.end_stream,
+                }),
+                Frame::RstStream(r) => out.push(Answer::Rst {
+                    stream: r.stream_id.get(),
+                    reason: r.error,
+                }),
+                Frame::GoAway(g) => out.push(Answer::GoAway {
+                    last: g.last_stream_id.get(),
+                    reason: g.error,
+                }),
                 Frame::Settings(s) => out.push(Answer::Settings { ack: s.ack }),
-                Frame::Ping(p) => out.push(Answer::Ping { ack: p.ack, payload: p.payload }),
-                Frame::WindowUpdate(w) => out.push(Answer::WindowUpdate { stream: w.stream_id.get(), inc: w.increment }),
+                Frame::Ping(p) => out.push(Answer::Ping {
+                    ack: p.ack,
+                    payload: p.payload,
+                }),
+                Frame::WindowUpdate(w) => out.push(Answer::WindowUpdate {
+                    stream: w.stream_id.get(),
+                    inc: w.increment,
+                }),
                 Frame::PushPromise(p) => {
                     let mut n = 0;
-                    self.dec.decode(&p.block, usize::MAX, |_| n += 1).expect("server HPACK");
-                    out.push(Answer::PushPromise { stream: p.stream_id.get(), promised: p.promised_id.get() })
+                    self.dec
+                        .decode(&p.block, usize::MAX, |_| n += 1)
+                        .expect("server HPACK");
+                    out.push(Answer::PushPromise {
+                        stream: p.stream_id.get(),
+                        promised: p.promised_id.get(),
+                    })
                 }
                 other => out.push(Answer::Other(format!("{other:?}"))),
             }
@@ -220,7 +289,12 @@ impl Raw {
     /// Assert a connection error with `reason`: GOAWAY sent, stored error, closed.
     pub fn expect_connection_error(&mut self, reason: Reason) {
         let got = self.goaway();
-        assert_eq!(got, Some(reason), "expected GOAWAY {reason:?}; events {:?}", self.events);
+        assert_eq!(
+            got,
+            Some(reason),
+            "expected GOAWAY {reason:?}; events {:?}",
+            self.events
+        );
         assert_eq!(self.server.error().map(|e| e.reason()), Some(reason));
         assert!(self.server.is_closed());
     }
@@ -230,11 +304,17 @@ impl Raw {
     pub fn expect_stream_error(&mut self, stream: u32, reason: Reason) {
         let answers = self.answers();
         let ok = answers.iter().any(|a| match a {
-            Answer::Rst { stream: s, reason: r } => *s == stream && *r == reason,
+            Answer::Rst {
+                stream: s,
+                reason: r,
+            } => *s == stream && *r == reason,
             Answer::GoAway { reason: r, .. } => *r == reason,
             _ => false,
         });
-        assert!(ok, "expected RST_STREAM({stream}, {reason:?}) or GOAWAY({reason:?}), got {answers:?}");
+        assert!(
+            ok,
+            "expected RST_STREAM({stream}, {reason:?}) or GOAWAY({reason:?}), got {answers:?}"
+        );
     }
 
     /// Assert that `stream` got a 200 response and the connection is healthy.
@@ -249,20 +329,50 @@ impl Raw {
     pub fn expect_alive(&mut self) {
         self.ping(*b"alive?!!").unwrap();
         let answers = self.answers();
-        assert!(answers.iter().any(|a| matches!(a, Answer::Ping { ack: true, payload } if payload == b"alive?!!")), "{answers:?}");
+        assert!(
+            answers.iter().any(
+                |a| matches!(a, Answer::Ping { ack: true, payload } if payload == b"alive?!!")
+            ),
+            "{answers:?}"
+        );
         assert!(self.server.error().is_none());
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    Headers { stream: u32, fields: Vec<(String, String)>, end_stream: bool },
-    Data { stream: u32, len: usize, end_stream: bool },
-    Rst { stream: u32, reason: Reason },
-    GoAway { last: u32, reason: Reason },
-    Settings { ack: bool },
-    Ping { ack: bool, payload: [u8; 8] },
-    WindowUpdate { stream: u32, inc: u32 },
-    PushPromise { stream: u32, promised: u32 },
+    Headers {
+        stream: u32,
+        fields: Vec<(String, String)>,
+        end_stream: bool,
+    },
+    Data {
+        stream: u32,
+        len: usize,
+        end_stream: bool,
+    },
+    Rst {
+        stream: u32,
+        reason: Reason,
+    },
+    GoAway {
+        last: u32,
+        reason: Reason,
+    },
+    Settings {
+        ack: bool,
+    },
+    Ping {
+        ack: bool,
+        payload: [u8; 8],
+    },
+    WindowUpdate {
+        stream: u32,
+        inc: u32,
+    },
+    PushPromise {
+        stream: u32,
+        promised: u32,
+    },
     Other(String),
 }

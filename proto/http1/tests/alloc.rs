@@ -1,0 +1,188 @@
+//! Zero allocations per request on a warmed-up, kept-alive `ServerConnection` (issue 3, item 5):
+//! a counting global allocator counts every allocation made by this test's thread while 10 000
+//! requests go through one connection (bytes fed into a reused `BytesMut`, `Request` and `End`
+//! events polled and dropped, a `Body::Full` static response sent, transmits drained and
+//! dropped).
+//!
+//! `cargo test -p ferry-http1 --test alloc -- --nocapture` prints the exact count.
+//! With `FERRY_ALLOC_TRACE=1` it also prints a backtrace for each of the first 20 allocations
+//! of the measured phase, to find where they come from.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ferry_http1::server::Event;
+use ferry_http1::{Body, ServerConfig, ServerConnection};
+use ferry_proto::{Connection, Instant};
+
+/// Counts allocations (`alloc`, `alloc_zeroed`, `realloc`) made on threads that turned counting
+/// on, and forwards everything to the system allocator.
+struct CountingAlloc;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static TRACED: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Count allocations of this thread (only the measuring thread sets it, so the test
+    /// harness's own threads do not disturb the figure).
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    /// Set while a backtrace is being captured, whose own allocations must not recurse.
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+impl CountingAlloc {
+    fn record() {
+        // `try_with`: thread-locals may be gone while a thread exits; then nothing is counted.
+        if !COUNTING.try_with(Cell::get).unwrap_or(false) {
+            return;
+        }
+        if IN_TRACE.try_with(Cell::get).unwrap_or(true) {
+            return;
+        }
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        if std::env::var_os("FERRY_ALLOC_TRACE").is_some()
+            && TRACED.fetch_add(1, Ordering::Relaxed) < 20
+        {
+            IN_TRACE.with(|t| t.set(true));
+            eprintln!(
+                "allocation:\n{}",
+                std::backtrace::Backtrace::force_capture()
+            );
+            IN_TRACE.with(|t| t.set(false));
+        }
+    }
+}
+
+// SAFETY: every method forwards to `System` with the arguments it was given, so the
+// `GlobalAlloc` contract (valid layouts, pointers from this allocator, matching layouts on
+// dealloc/realloc) carries over unchanged; the bookkeeping around it touches only atomics and
+// `const`-initialised thread-locals without destructors, which never allocate themselves.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::record();
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract for `layout`.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Self::record();
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` (through this allocator) with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::record();
+        // SAFETY: `ptr` was allocated by `System` with `layout`; the caller upholds the
+        // `new_size` requirements of `GlobalAlloc::realloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// A typical browser navigation request (~450 bytes, 13 header fields); the same bytes as
+/// `benches/src/lib.rs`.
+const REQUEST: &[u8] = b"GET /articles/sans-io-protocols?page=2 HTTP/1.1\r\n\
+Host: www.example.com\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+Accept: text/html,application/xhtml+xml,*/*;q=0.8\r\n\
+Accept-Language: en-US,en;q=0.5\r\n\
+Accept-Encoding: gzip, deflate, br\r\n\
+Connection: keep-alive\r\n\
+Cookie: session=3f9a1c2e; theme=dark\r\n\
+Referer: https://www.example.com/articles\r\n\
+Upgrade-Insecure-Requests: 1\r\n\
+Sec-Fetch-Dest: document\r\n\
+Sec-Fetch-Mode: navigate\r\n\
+Sec-Fetch-Site: same-origin\r\n\r\n";
+
+const WARMUP: usize = 100;
+const MEASURED: usize = 10_000;
+
+/// One keep-alive exchange, as a driver and an application would run it; returns the bytes
+/// transmitted.
+fn exchange(conn: &mut ServerConnection, input: &mut BytesMut, now: Instant) -> usize {
+    input.extend_from_slice(REQUEST);
+    conn.handle_input(now, input).expect("valid request");
+    assert!(input.is_empty(), "the whole request is consumed");
+    let mut ended = 0;
+    while let Some(ev) = conn.poll_event() {
+        match ev {
+            Event::Request(req) => drop(req),
+            Event::End { id } => {
+                ended += 1;
+                conn.send_response(
+                    id,
+                    200,
+                    &[("content-type", b"text/plain")],
+                    Body::Full(Bytes::from_static(b"hello world\n")),
+                )
+                .expect("response accepted");
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(ended, 1);
+    let mut sent = 0;
+    while let Some(chunk) = conn.poll_transmit() {
+        sent += chunk.len();
+        drop(chunk);
+    }
+    sent
+}
+
+#[test]
+fn no_allocation_per_request_once_warm() {
+    let mut config = ServerConfig::default();
+    // As a driver configures it: responses carry the cached `Date` field.
+    config.date_origin_unix_nanos = Some(1_790_000_000_000_000_000);
+    let mut now = Instant::from_nanos(1_000_000_000);
+    let mut conn = ServerConnection::new(Arc::new(config), now);
+    let mut input = BytesMut::with_capacity(4096);
+
+    for _ in 0..WARMUP {
+        now += std::time::Duration::from_millis(1);
+        assert!(exchange(&mut conn, &mut input, now) > 0);
+    }
+
+    COUNTING.with(|c| c.set(true));
+    // The counter works: one box, one allocation.
+    let probe = ALLOCATIONS.load(Ordering::Relaxed);
+    drop(std::hint::black_box(Box::new(7u64)));
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::Relaxed) - probe,
+        1,
+        "the counting allocator counts"
+    );
+
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let mut sent = 0;
+    for _ in 0..MEASURED {
+        // 1 ms per request: the `Date` field changes every 1000 requests.
+        now += std::time::Duration::from_millis(1);
+        sent += exchange(&mut conn, &mut input, now);
+    }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    COUNTING.with(|c| c.set(false));
+
+    assert!(sent > MEASURED * 100, "responses were sent");
+    assert_eq!(conn.requests(), (WARMUP + MEASURED) as u64);
+    eprintln!(
+        "{allocations} allocations over {MEASURED} kept-alive requests ({:.4} per request)",
+        allocations as f64 / MEASURED as f64
+    );
+    // Zero per request; a handful in total is tolerated for amortized buffer growth.
+    assert!(
+        allocations <= 10,
+        "{allocations} allocations over {MEASURED} requests (at most 10 allowed)"
+    );
+}
