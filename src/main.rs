@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ferry_driver::select::{resolve, DriverKind};
-use ferry_driver::{Launch, ServerHandle, ServerOptions};
+use ferry_driver::{Launch, ListenAddr, ServerHandle, ServerOptions};
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -33,6 +33,45 @@ enum Command {
     Probe,
     /// HTTP/1.1 load generator on Ferry's own client state machine.
     Bench(BenchArgs),
+}
+
+/// How `ferry serve` writes its logs (stderr).
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        // One log line per panic (the application's panics are caught and answered 500).
+        std::panic::set_hook(Box::new(|info| {
+            let p = info.payload();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let thread = std::thread::current().name().unwrap_or("?").to_string();
+            tracing::error!("thread {thread} panicked at {at}: {msg}");
+        }));
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -70,9 +109,12 @@ struct BenchArgs {
 
 #[derive(clap::Args, Debug, Default)]
 struct ServeArgs {
-    /// HTTP listener address [default: 127.0.0.1:8080].
+    /// Log format on stderr: text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// HTTP listener: IP:PORT, [IPv6]:PORT or unix:PATH [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
-    http: Option<SocketAddr>,
+    http: Option<ListenAddr>,
     /// RESP listener address (not available yet).
     #[arg(long, value_name = "ADDR")]
     redis: Option<SocketAddr>,
@@ -97,7 +139,7 @@ struct ServeArgs {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    http: Option<SocketAddr>,
+    http: Option<String>,
     driver: Option<String>,
     workers: Option<u32>,
     app_workers: Option<u32>,
@@ -116,6 +158,7 @@ struct FileConfig {
     recv_buffer: Option<usize>,
     send_buffer: Option<usize>,
     pin: Option<bool>,
+    log_format: Option<LogFormat>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -265,13 +308,18 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
         None => FileConfig::default(),
     };
+    init_logs(args.log_format.or(file.log_format).unwrap_or_default());
     if args.redis.is_some() {
         return usage_error("--redis: the RESP listener is not available yet");
     }
-    let addr = args
-        .http
-        .or(file.http)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let addr = match (args.http, &file.http) {
+        (Some(a), _) => a,
+        (None, Some(s)) => match s.parse::<ListenAddr>() {
+            Ok(a) => a,
+            Err(e) => return usage_error(format_args!("--config: http: {e}")),
+        },
+        (None, None) => ListenAddr::Inet(SocketAddr::from(([127, 0, 0, 1], 8080))),
+    };
     let requested = match (args.driver, &file.driver) {
         (Some(d), _) => d,
         (None, Some(s)) => match s.parse() {

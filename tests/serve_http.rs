@@ -380,7 +380,17 @@ fn metrics_count(driver: &str) {
 }
 
 fn sigterm_drains(driver: &str) {
-    let mut s = Server::start(driver, &["--drain-timeout", "20s"]);
+    sigterm_drains_with(driver, &[]);
+}
+
+fn sigterm_drains_app_workers(driver: &str) {
+    sigterm_drains_with(driver, &["--app-workers", "2"]);
+}
+
+fn sigterm_drains_with(driver: &str, extra: &[&str]) {
+    let mut args = vec!["--drain-timeout", "20s"];
+    args.extend_from_slice(extra);
+    let mut s = Server::start(driver, &args);
     // An idle keep-alive connection: closed at shutdown.
     let mut idle = connect(s.addr);
     idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -674,6 +684,64 @@ fn streamed_upload_memory_is_bounded(driver: &str) {
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
 }
 
+fn unix_socket_listener(driver: &str) {
+    let d = tmp_dir(&format!("unix-{driver}"));
+    let path = d.join("ferry.sock");
+    let http = format!("unix:{}", path.display());
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--http",
+        &http,
+        "--workers",
+        "2",
+        "--driver",
+        driver,
+    ])
+    .env_remove("FERRY_DRIVER")
+    .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim_end(),
+        format!("ferry: listening http {http} driver={driver}")
+    );
+    let sock = path.to_str().unwrap();
+    let out = curl(&[
+        "--unix-socket",
+        sock,
+        "http://localhost/",
+        "http://localhost/health",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("hello world\n{\"status\":\"ok\""),
+        "{text}"
+    );
+    let src = d.join("in");
+    write_data(&src, 1 << 20);
+    let dst = d.join("out");
+    let body = format!("@{}", src.display());
+    curl(&[
+        "--unix-socket",
+        sock,
+        "--data-binary",
+        &body,
+        "-o",
+        dst.to_str().unwrap(),
+        "http://localhost/echo",
+    ]);
+    assert_eq!(sha256(&src), sha256(&dst));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!path.exists(), "the socket file is removed at exit");
+    let _ = std::fs::remove_dir_all(d);
+}
+
 fn get_ok(c: &mut TcpStream) -> u16 {
     c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
     let mut r = BufReader::new(c.try_clone().unwrap());
@@ -740,12 +808,14 @@ per_driver!(
     expect_continue,
     metrics_count,
     sigterm_drains,
+    sigterm_drains_app_workers,
     drain_deadline_ends_a_stuck_upload,
     slowloris_gets_408_while_others_are_served,
     garbage_gets_400_and_close,
     idle_connections_are_cheap,
     ipv6_listener,
     two_workers_share_the_port,
+    unix_socket_listener,
     streamed_upload_memory_is_bounded,
     bench_json,
     accept_backoff_on_emfile,
@@ -965,6 +1035,8 @@ fn uring_falls_back_to_epoll_when_blocked() {
         "1",
         "--driver",
         "uring",
+        "--log-format",
+        "json",
     ])
     .env_remove("FERRY_DRIVER")
     .stdout(Stdio::piped())
@@ -994,6 +1066,10 @@ fn uring_falls_back_to_epoll_when_blocked() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.contains("io_uring unavailable") && err.contains("epoll"),
+        "{err}"
+    );
+    assert!(
+        err.starts_with('{') && err.contains("\"level\":\"WARN\""),
         "{err}"
     );
 }

@@ -1,24 +1,29 @@
 //! Workloads shared by Ferry's criterion benches (`benches/http1.rs`) and the `ratio` binary,
 //! so both measure exactly the same thing.
 //!
-//! HTTP/1.1 server side, for one typical browser request and for a pipelined batch of 16:
+//! HTTP/1.1 server side, on a typical ~450-byte browser request, in two shapes:
+//! [`Shape::Single`] (one request per buffer/call, as a client without pipelining sends them) and
+//! [`Shape::Pipelined`] (16 requests in one buffer). Three workloads per shape:
 //!
-//! - [`HttparseParse`]: raw `httparse::Request::parse` of the bytes (the baseline);
-//! - [`ServerEvent`]: the bytes fed to one kept-alive [`ServerConnection`], the `Request` and
-//!   `End` events polled and dropped;
-//! - [`ServerRespond`]: the same plus `send_response(200, content-type, 12-byte static body)`
-//!   and the transmit drained and dropped.
+//! - [`Kind::Httparse`]: raw `httparse::Request::parse` of the bytes (the baseline);
+//! - [`Kind::Event`]: the bytes appended to the input buffer of one kept-alive
+//!   [`ServerConnection`], `handle_input`, the `Request` and `End` events polled and dropped;
+//! - [`Kind::EventResponse`]: the same plus, per request, `send_response(200,
+//!   [content-type], Body::Full(12-byte static))` and the transmit drained and dropped.
 //!
-//! Each workload keeps its state across iterations (one connection, one input buffer refilled
-//! every iteration), as a kept-alive connection in a server does.
+//! Every [`Workload::run`] handles a batch of 16 requests and returns the time its measured part
+//! took (two clock reads per 16 requests, the same for every workload). `Event` has to answer
+//! its requests too, or they would pile up in the connection; it does so after the measured
+//! part, untimed, so its figure is the cost of bytes → events alone.
 #![deny(missing_docs)]
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
 use ferry_http1::server::Event;
-use ferry_http1::{Body, ServerConfig, ServerConnection};
+use ferry_http1::{Body, RequestId, ServerConfig, ServerConnection};
 use ferry_proto::{Connection, Instant};
 
 /// A typical browser navigation request (~450 bytes, 13 header fields).
@@ -36,162 +41,178 @@ Sec-Fetch-Dest: document\r\n\
 Sec-Fetch-Mode: navigate\r\n\
 Sec-Fetch-Site: same-origin\r\n\r\n";
 
-/// Requests per pipelined batch.
-pub const PIPELINE_DEPTH: usize = 16;
+/// Requests per batch, and the pipelining depth.
+pub const BATCH: usize = 16;
 
 /// The response body: 12 bytes, static (no copy, no allocation to build it).
 pub const BODY: &[u8] = b"hello world\n";
 
-/// `n` copies of [`BROWSER_REQUEST`] in one buffer.
-pub fn batch(n: usize) -> Vec<u8> {
-    BROWSER_REQUEST.repeat(n)
+/// How requests arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// One request per read (per `parse` / `handle_input` call).
+    Single,
+    /// [`BATCH`] requests in one buffer, handled by one call.
+    Pipelined,
 }
 
-/// A measured workload: one call handles `requests()` requests.
-pub trait Workload {
-    /// Requests handled by one [`run`](Workload::run).
-    fn requests(&self) -> usize;
-    /// Handle one batch.
-    fn run(&mut self);
-}
-
-/// Raw `httparse::Request::parse` over the buffer, request after request, with a
-/// 32-entry header array (what a typical httparse user allocates on the stack).
-pub struct HttparseParse {
-    bytes: Vec<u8>,
-    n: usize,
-}
-
-impl HttparseParse {
-    /// Over `n` pipelined copies of the browser request.
-    pub fn new(n: usize) -> Self {
-        HttparseParse { bytes: batch(n), n }
-    }
-}
-
-impl Workload for HttparseParse {
-    fn requests(&self) -> usize {
-        self.n
-    }
-
-    fn run(&mut self) {
-        let mut buf: &[u8] = black_box(&self.bytes);
-        while !buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    black_box(&req);
-                    buf = &buf[len..];
-                }
-                other => panic!("benchmark request does not parse: {other:?}"),
-            }
+impl Shape {
+    /// `"single"` / `"pipelined16"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Single => "single",
+            Shape::Pipelined => "pipelined16",
         }
     }
 }
 
-fn config() -> Arc<ServerConfig> {
-    let mut c = ServerConfig::default();
-    // As a driver sets it: responses carry a cached `Date` field.
-    c.date_origin_unix_nanos = Some(1_790_000_000_000_000_000);
-    Arc::new(c)
+/// What is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Raw `httparse::Request::parse`.
+    Httparse,
+    /// Bytes → `Request` + `End` events on a `ServerConnection`.
+    Event,
+    /// Events plus a queued response, transmit drained.
+    EventResponse,
+}
+
+impl Kind {
+    /// All three, baseline first.
+    pub const ALL: [Kind; 3] = [Kind::Httparse, Kind::Event, Kind::EventResponse];
+
+    /// `"httparse"` / `"event"` / `"event+response"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Httparse => "httparse",
+            Kind::Event => "event",
+            Kind::EventResponse => "event+response",
+        }
+    }
+
+    /// The inverse of [`name`](Self::name).
+    pub fn from_name(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// One workload with its state (connection, buffers), kept across runs as a kept-alive
+/// connection keeps it in a server.
+pub struct Workload {
+    kind: Kind,
+    shape: Shape,
+    /// What one call consumes: one request (single) or the whole batch (pipelined).
+    bytes: Vec<u8>,
+    conn: ServerConnection,
+    input: BytesMut,
+    ids: Vec<RequestId>,
 }
 
 const NOW: Instant = Instant::from_nanos(5_000_000_000);
 
-/// Bytes → `Request` (and `End`) events on a kept-alive `ServerConnection`, events dropped, no
-/// responses.
-///
-/// Unanswered requests pile up in the connection (at most `max_pipelined`, then it stops
-/// reading), so the connection is replaced by a fresh one when 48 are outstanding: one
-/// construction per 48 requests, a negligible share.
-pub struct ServerEvent {
-    bytes: Vec<u8>,
-    n: usize,
-    config: Arc<ServerConfig>,
-    conn: ServerConnection,
-    input: BytesMut,
-}
-
-impl ServerEvent {
-    /// Over `n` pipelined copies of the browser request.
-    pub fn new(n: usize) -> Self {
-        let config = config();
-        let conn = ServerConnection::new(config.clone(), NOW);
-        ServerEvent {
-            bytes: batch(n),
-            n,
-            config,
-            conn,
+impl Workload {
+    /// A fresh workload.
+    pub fn new(kind: Kind, shape: Shape) -> Self {
+        let mut config = ServerConfig::default();
+        // As a driver sets it: responses carry the cached `Date` field.
+        config.date_origin_unix_nanos = Some(1_790_000_000_000_000_000);
+        let bytes = match shape {
+            Shape::Single => BROWSER_REQUEST.to_vec(),
+            Shape::Pipelined => BROWSER_REQUEST.repeat(BATCH),
+        };
+        Workload {
+            kind,
+            shape,
+            bytes,
+            conn: ServerConnection::new(Arc::new(config), NOW),
             input: BytesMut::with_capacity(16 * 1024),
+            ids: Vec::with_capacity(BATCH),
         }
     }
-}
 
-impl Workload for ServerEvent {
-    fn requests(&self) -> usize {
-        self.n
+    /// Requests per [`run`](Self::run).
+    pub fn requests(&self) -> usize {
+        BATCH
     }
 
-    fn run(&mut self) {
-        if self.conn.in_flight() + self.n > 48 {
-            self.conn = ServerConnection::new(self.config.clone(), NOW);
+    /// Handle one batch of [`BATCH`] requests; returns the time of the measured part.
+    pub fn run(&mut self) -> Duration {
+        let start = StdInstant::now();
+        self.measured();
+        let elapsed = start.elapsed();
+        if self.kind == Kind::Event {
+            self.answer();
         }
-        self.input.extend_from_slice(black_box(&self.bytes));
-        let r = self.conn.handle_input(NOW, &mut self.input);
-        debug_assert!(r.is_ok() && self.input.is_empty());
-        while let Some(ev) = self.conn.poll_event() {
-            black_box(&ev);
-        }
-    }
-}
-
-/// Bytes → events → `send_response(200, [content-type], Body::Full(12-byte static))` for each
-/// request → transmit drained; one kept-alive connection for the whole run.
-pub struct ServerRespond {
-    bytes: Vec<u8>,
-    n: usize,
-    conn: ServerConnection,
-    input: BytesMut,
-}
-
-impl ServerRespond {
-    /// Over `n` pipelined copies of the browser request.
-    pub fn new(n: usize) -> Self {
-        let conn = ServerConnection::new(config(), NOW);
-        ServerRespond {
-            bytes: batch(n),
-            n,
-            conn,
-            input: BytesMut::with_capacity(16 * 1024),
-        }
-    }
-}
-
-impl Workload for ServerRespond {
-    fn requests(&self) -> usize {
-        self.n
+        elapsed
     }
 
-    fn run(&mut self) {
-        self.input.extend_from_slice(black_box(&self.bytes));
-        let r = self.conn.handle_input(NOW, &mut self.input);
-        debug_assert!(r.is_ok() && self.input.is_empty());
-        while let Some(ev) = self.conn.poll_event() {
-            if let Event::End { id } = ev {
-                let r = self.conn.send_response(
-                    id,
-                    200,
-                    &[("content-type", b"text/plain")],
-                    Body::Full(Bytes::from_static(BODY)),
-                );
-                debug_assert!(r.is_ok());
-            } else {
-                black_box(&ev);
+    /// The measured part (not inlined, so `callgrind --toggle-collect` can count it alone).
+    #[inline(never)]
+    pub fn measured(&mut self) {
+        let calls = match self.shape {
+            Shape::Single => BATCH,
+            Shape::Pipelined => 1,
+        };
+        for _ in 0..calls {
+            match self.kind {
+                Kind::Httparse => parse_all(black_box(&self.bytes)),
+                Kind::Event => self.feed(false),
+                Kind::EventResponse => self.feed(true),
             }
         }
+    }
+
+    fn feed(&mut self, respond: bool) {
+        self.input.extend_from_slice(black_box(&self.bytes));
+        let r = self.conn.handle_input(NOW, &mut self.input);
+        debug_assert!(r.is_ok() && self.input.is_empty(), "{r:?}");
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::End { id } if respond => {
+                    let r = self.conn.send_response(
+                        id,
+                        200,
+                        &[("content-type", b"text/plain")],
+                        Body::Full(Bytes::from_static(BODY)),
+                    );
+                    debug_assert!(r.is_ok());
+                }
+                Event::End { id } => self.ids.push(id),
+                ev => drop(black_box(ev)),
+            }
+        }
+        if respond {
+            while let Some(chunk) = self.conn.poll_transmit() {
+                drop(black_box(chunk));
+            }
+        }
+    }
+
+    /// `Event` only: answer the batch's requests (untimed) so the connection stays in its
+    /// steady state.
+    fn answer(&mut self) {
+        for id in self.ids.drain(..) {
+            let r = self.conn.send_response(id, 200, &[], Body::Empty);
+            debug_assert!(r.is_ok());
+        }
         while let Some(chunk) = self.conn.poll_transmit() {
-            black_box(&chunk);
+            drop(chunk);
+        }
+    }
+}
+
+/// Raw httparse over `buf`, request after request, with a 32-entry header array on the stack
+/// (what a typical httparse user does).
+fn parse_all(mut buf: &[u8]) {
+    while !buf.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                black_box(&req);
+                buf = &buf[len..];
+            }
+            other => panic!("benchmark request does not parse: {other:?}"),
         }
     }
 }

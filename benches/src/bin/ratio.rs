@@ -1,79 +1,67 @@
 //! Prints the cost of turning HTTP/1.1 request bytes into `ServerConnection` events (and of
-//! also queueing a response) relative to raw `httparse` parsing of the same bytes, for one
-//! browser request and for a pipelined batch of 16; the targets of issue 3 are ≤ 1.2× and ≤ 2×.
+//! also queueing a response) relative to raw `httparse` parsing of the same bytes, for single
+//! requests and for pipelined batches of 16; the targets of issue 3 are ≤ 1.2× and ≤ 2×.
 //!
-//! Run it pinned, in release mode: `taskset -c 1 cargo run --release -p ferry-benches --bin
-//! ratio [-- ROUNDS]`. Each workload runs in ROUNDS (default 15) rounds of ~50 ms, interleaved
-//! so that frequency and neighbour noise hit all of them alike; the figure per workload is its
-//! fastest round (the least disturbed), ns per request.
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+//! Run it pinned, in release mode:
+//! `taskset -c 1 cargo run --release -p ferry-benches --bin ratio [-- ROUNDS]`.
+//! Each workload runs ROUNDS (default 15) rounds of ~50 ms, interleaved so that frequency and
+//! neighbour noise hit all of them alike; its figure is its fastest round (the least
+//! disturbed), in ns per request.
+//!
+//! `ratio run WORKLOAD SHAPE BATCHES` runs one workload and nothing else, for
+//! `valgrind --tool=callgrind --toggle-collect='*Workload::measured*'`, which counts the
+//! instructions of the measured part alone (`scripts/bench http1-parse --instructions`).
+use std::time::Duration;
 
-use ferry_benches::{HttparseParse, ServerEvent, ServerRespond, Workload, PIPELINE_DEPTH};
+use ferry_benches::{Kind, Shape, Workload};
 
-/// Nanoseconds per request of one round of about `target` long.
-fn round(w: &mut dyn Workload, iters: u64) -> f64 {
-    let start = Instant::now();
-    for _ in 0..iters {
-        w.run();
-    }
-    let el = black_box(start.elapsed());
-    el.as_nanos() as f64 / (iters as f64 * w.requests() as f64)
+/// ns per request over `batches` batches.
+fn round(w: &mut Workload, batches: u64) -> f64 {
+    let t: Duration = (0..batches).map(|_| w.run()).sum();
+    t.as_nanos() as f64 / (batches as f64 * w.requests() as f64)
 }
 
-/// Iterations that take about `target`.
-fn calibrate(w: &mut dyn Workload, target: Duration) -> u64 {
-    let mut iters = 1u64;
+/// Batches whose measured part takes about `target`.
+fn calibrate(w: &mut Workload, target: Duration) -> u64 {
+    let mut batches = 1u64;
     loop {
-        let start = Instant::now();
-        for _ in 0..iters {
-            w.run();
+        let t: Duration = (0..batches).map(|_| w.run()).sum();
+        if t >= target / 4 {
+            return (batches as f64 * target.as_secs_f64() / t.as_secs_f64()).ceil() as u64;
         }
-        let el = start.elapsed();
-        if el >= target / 4 {
-            return (iters as f64 * target.as_secs_f64() / el.as_secs_f64()).ceil() as u64;
-        }
-        iters *= 2;
+        batches *= 2;
     }
 }
 
-fn measure(n: usize, rounds: usize) -> [f64; 3] {
-    let mut ws: [Box<dyn Workload>; 3] = [
-        Box::new(HttparseParse::new(n)),
-        Box::new(ServerEvent::new(n)),
-        Box::new(ServerRespond::new(n)),
-    ];
+fn measure(shape: Shape, rounds: usize) -> [f64; 3] {
+    let mut ws = Kind::ALL.map(|k| Workload::new(k, shape));
     let target = Duration::from_millis(50);
-    let iters: Vec<u64> = ws
-        .iter_mut()
-        .map(|w| calibrate(w.as_mut(), target))
-        .collect();
+    let batches: Vec<u64> = ws.iter_mut().map(|w| calibrate(w, target)).collect();
     let mut best = [f64::INFINITY; 3];
     for _ in 0..rounds {
         for (i, w) in ws.iter_mut().enumerate() {
-            best[i] = best[i].min(round(w.as_mut(), iters[i]));
+            best[i] = best[i].min(round(w, batches[i]));
         }
     }
     best
 }
 
-/// `ratio run WORKLOAD DEPTH ITERS`: run one workload ITERS times and nothing else, for an
-/// instruction count under `valgrind --tool=callgrind` (two runs with different ITERS give the
-/// cost per iteration without the setup; `scripts/bench http1-parse --instructions` does that).
+fn shape_from(s: &str) -> Shape {
+    match s {
+        "single" => Shape::Single,
+        "pipelined16" => Shape::Pipelined,
+        other => panic!("unknown shape {other} (single, pipelined16)"),
+    }
+}
+
 fn run_only(args: &[String]) {
-    let [workload, depth, iters] = args else {
-        eprintln!("usage: ratio run httparse|event|event+response DEPTH ITERS");
+    let [kind, shape, batches] = args else {
+        eprintln!("usage: ratio run httparse|event|event+response single|pipelined16 BATCHES");
         std::process::exit(2);
     };
-    let n: usize = depth.parse().expect("DEPTH");
-    let iters: u64 = iters.parse().expect("ITERS");
-    let mut w: Box<dyn Workload> = match workload.as_str() {
-        "httparse" => Box::new(HttparseParse::new(n)),
-        "event" => Box::new(ServerEvent::new(n)),
-        "event+response" => Box::new(ServerRespond::new(n)),
-        other => panic!("unknown workload {other}"),
-    };
-    for _ in 0..iters {
+    let kind = Kind::from_name(kind).expect("workload: httparse, event or event+response");
+    let mut w = Workload::new(kind, shape_from(shape));
+    for _ in 0..batches.parse::<u64>().expect("BATCHES") {
         w.run();
     }
 }
@@ -88,14 +76,14 @@ fn main() {
         eprintln!("warning: debug build; run with --release for meaningful figures");
     }
     println!(
-        "{:<14} {:>10} {:>10} {:>16} {:>16} {:>24}",
+        "{:<12} {:>10} {:>10} {:>15} {:>15} {:>24}",
         "case", "httparse", "event", "event+response", "event/httparse", "event+response/httparse"
     );
-    for (name, n) in [("single", 1), ("pipelined16", PIPELINE_DEPTH)] {
-        let [h, e, r] = measure(n, rounds);
+    for shape in [Shape::Single, Shape::Pipelined] {
+        let [h, e, r] = measure(shape, rounds);
         println!(
-            "{:<14} {:>8.1}ns {:>8.1}ns {:>14.1}ns {:>15.2}x {:>23.2}x",
-            name,
+            "{:<12} {:>8.1}ns {:>8.1}ns {:>13.1}ns {:>14.2}x {:>23.2}x",
+            shape.name(),
             h,
             e,
             r,
@@ -103,5 +91,8 @@ fn main() {
             r / h
         );
     }
-    println!("(ns per request, best of {rounds} rounds; targets: event/httparse <= 1.2x, event+response/httparse <= 2x)");
+    println!(
+        "(ns per request, best of {rounds} rounds; targets: event/httparse <= 1.2x, \
+         event+response/httparse <= 2x)"
+    );
 }

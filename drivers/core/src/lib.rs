@@ -27,7 +27,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use ferry_driver::{Launch, Request, Response, ServerOptions, Service};
+//! use ferry_driver::{Launch, ListenAddr, Request, Response, ServerOptions, Service};
 //!
 //! struct Hello;
 //! impl Service for Hello {
@@ -40,7 +40,7 @@
 //! }
 //!
 //! let opts = ServerOptions { workers: 1, ..ServerOptions::default() };
-//! let launch = Launch::prepare("127.0.0.1:0".parse().unwrap(), opts, Arc::new(Hello)).unwrap();
+//! let launch = Launch::prepare("127.0.0.1:0".parse::<ListenAddr>().unwrap(), opts, Arc::new(Hello)).unwrap();
 //! println!("listening on {}", launch.local_addr);
 //! // let handle = ferry_epoll::start(launch).unwrap();
 //! // handle.shutdown.trigger(); handle.wait();
@@ -61,7 +61,7 @@ pub mod timer;
 pub mod transport;
 
 pub use ferry_http1::{Method, ServerConfig};
-pub use listen::{BindError, ListenOptions};
+pub use listen::{BindError, ListenAddr, ListenOptions, Listener};
 pub use metrics::WorkerMetrics;
 pub use runtime::{Clock, Launch, ServerHandle, ServerOptions, WorkerCtx};
 pub use select::{probe, DriverKind, ProbeRow};

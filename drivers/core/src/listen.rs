@@ -1,9 +1,81 @@
 //! Listener sockets: one `SO_REUSEPORT` listener per I/O worker, bound up front so a port in
 //! use is reported before any thread starts, and port 0 resolves to one real port for all.
+//! Unix-domain listeners (`unix:/path`) have no `SO_REUSEPORT`: the workers share one socket
+//! (each gets a duplicate descriptor) and the kernel hands each connection to one of them.
 
+use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Where to listen: an IP address and port, or a Unix-domain socket path (`unix:/path`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// TCP over IPv4 or IPv6.
+    Inet(SocketAddr),
+    /// A Unix-domain stream socket at this path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Inet(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ListenAddr, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("empty unix socket path".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse::<SocketAddr>().map(ListenAddr::Inet).map_err(|_| {
+            format!("invalid address `{s}` (expected IP:PORT, [IPv6]:PORT or unix:PATH)")
+        })
+    }
+}
+
+impl From<SocketAddr> for ListenAddr {
+    fn from(a: SocketAddr) -> ListenAddr {
+        ListenAddr::Inet(a)
+    }
+}
+
+/// A bound, listening, non-blocking socket.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// Unix-domain stream.
+    Unix(UnixListener),
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+impl From<Listener> for OwnedFd {
+    fn from(l: Listener) -> OwnedFd {
+        match l {
+            Listener::Tcp(l) => l.into(),
+            Listener::Unix(l) => l.into(),
+        }
+    }
+}
 
 use bytes::BytesMut;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -39,7 +111,7 @@ impl Default for ListenOptions {
 #[derive(Debug)]
 pub struct BindError {
     /// The address.
-    pub addr: SocketAddr,
+    pub addr: ListenAddr,
     /// The OS error.
     pub source: io::Error,
 }
@@ -89,14 +161,66 @@ pub fn bind_listeners(
     n: usize,
     opts: &ListenOptions,
 ) -> Result<Vec<TcpListener>, BindError> {
-    let err = |source| BindError { addr, source };
+    let err = |source| BindError {
+        addr: addr.into(),
+        source,
+    };
     let first = bind_one(addr, opts).map_err(err)?;
     let real = first.local_addr().map_err(err)?;
     let mut v = vec![first];
     for _ in 1..n.max(1) {
-        v.push(bind_one(real, opts).map_err(|source| BindError { addr: real, source })?);
+        v.push(bind_one(real, opts).map_err(|source| BindError {
+            addr: real.into(),
+            source,
+        })?);
     }
     Ok(v)
+}
+
+/// Bind `n` listeners on `addr` (see [`bind_listeners`]; a Unix socket is bound once and
+/// duplicated). A stale Unix socket file (nobody accepting) is replaced; a live one is
+/// "already in use". Returns the listeners and the real address (port 0 resolved).
+pub fn bind(
+    addr: &ListenAddr,
+    n: usize,
+    opts: &ListenOptions,
+) -> Result<(Vec<Listener>, ListenAddr), BindError> {
+    match addr {
+        ListenAddr::Inet(a) => {
+            let ls = bind_listeners(*a, n, opts)?;
+            let real = ls[0].local_addr().map_err(|source| BindError {
+                addr: addr.clone(),
+                source,
+            })?;
+            Ok((
+                ls.into_iter().map(Listener::Tcp).collect(),
+                ListenAddr::Inet(real),
+            ))
+        }
+        ListenAddr::Unix(path) => {
+            let err = |source| BindError {
+                addr: addr.clone(),
+                source,
+            };
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(err(io::Error::from(io::ErrorKind::AddrInUse)));
+            }
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                use std::os::unix::fs::FileTypeExt;
+                if meta.file_type().is_socket() {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            let l = UnixListener::bind(path).map_err(err)?;
+            l.set_nonblocking(true).map_err(err)?;
+            let mut v = Vec::with_capacity(n.max(1));
+            for _ in 1..n.max(1) {
+                v.push(Listener::Unix(l.try_clone().map_err(err)?));
+            }
+            v.insert(0, Listener::Unix(l));
+            Ok((v, addr.clone()))
+        }
+    }
 }
 
 /// Apply per-connection options to an accepted socket.
@@ -183,6 +307,35 @@ mod tests {
         let addr = taken.local_addr().unwrap();
         let e = bind_listeners(addr, 1, &ListenOptions::default()).unwrap_err();
         assert_eq!(e.to_string(), format!("address {addr} is already in use"));
+    }
+
+    #[test]
+    fn listen_addrs_parse_and_print() {
+        let a: ListenAddr = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(a, ListenAddr::Inet("127.0.0.1:80".parse().unwrap()));
+        let u: ListenAddr = "unix:/tmp/x.sock".parse().unwrap();
+        assert_eq!(u.to_string(), "unix:/tmp/x.sock");
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("nope".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn unix_listeners_are_shared_and_stale_files_replaced() {
+        let path = std::env::temp_dir().join(format!("ferry-listen-{}.sock", std::process::id()));
+        let addr = ListenAddr::Unix(path.clone());
+        let (ls, real) = bind(&addr, 2, &ListenOptions::default()).unwrap();
+        assert_eq!((ls.len(), &real), (2, &addr));
+        // A live socket is in use.
+        let e = bind(&addr, 1, &ListenOptions::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("address unix:{} is already in use", path.display())
+        );
+        drop(ls);
+        // The file left behind is stale now: it is replaced.
+        let (ls, _) = bind(&addr, 1, &ListenOptions::default()).unwrap();
+        drop(ls);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! What every driver's I/O workers share: options, the clock, the per-worker context and the
 //! launch plan (listeners bound, app workers started, metrics allocated).
 
-use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 use ferry_http1::ServerConfig;
 use ferry_proto::Instant;
 
-use crate::listen::{bind_listeners, BindError, ListenOptions};
+use crate::listen::{bind, BindError, ListenAddr, ListenOptions, Listener};
 use crate::metrics::WorkerMetrics;
 use crate::pool::{start_app_workers, AppPool, Job, Reply};
 use crate::service::Service;
@@ -157,7 +156,7 @@ impl WorkerCtx {
     pub fn pin(&self) {
         if let Some(cpu) = self.cpu {
             if let Err(e) = affinity::pin_current_thread(cpu) {
-                eprintln!("ferry: worker {}: cannot pin to cpu {cpu}: {e}", self.index);
+                tracing::warn!("worker {}: cannot pin to cpu {cpu}: {e}", self.index);
             }
         }
     }
@@ -166,9 +165,9 @@ impl WorkerCtx {
 /// A server ready to run: listeners bound, contexts built, application workers running.
 pub struct Launch {
     /// The bound address (real port).
-    pub local_addr: SocketAddr,
+    pub local_addr: ListenAddr,
     /// One listener per I/O worker.
-    pub listeners: Vec<TcpListener>,
+    pub listeners: Vec<Listener>,
     /// One context per I/O worker.
     pub workers: Vec<WorkerCtx>,
     /// Every worker's counters, for reporting.
@@ -189,17 +188,16 @@ impl std::fmt::Debug for Launch {
 }
 
 impl Launch {
-    /// Bind listeners on `addr` and prepare `options.workers` I/O worker contexts.
+    /// Bind listeners on `addr` (an IP socket address or a `unix:` path) and prepare
+    /// `options.workers` I/O worker contexts.
     pub fn prepare(
-        addr: SocketAddr,
+        addr: impl Into<ListenAddr>,
         options: ServerOptions,
         service: Arc<dyn Service>,
     ) -> Result<Launch, BindError> {
+        let addr: ListenAddr = addr.into();
         let n = options.workers.max(1);
-        let listeners = bind_listeners(addr, n, &options.listen)?;
-        let local_addr = listeners[0]
-            .local_addr()
-            .map_err(|source| BindError { addr, source })?;
+        let (listeners, local_addr) = bind(&addr, n, &options.listen)?;
         let clock = Clock::new();
         let mut http = options.http.clone();
         http.date_origin_unix_nanos = Some(clock.unix_origin_nanos());
@@ -214,7 +212,10 @@ impl Launch {
         let wakers: Vec<_> = (0..n)
             .map(|_| EventFd::new().map(Arc::new))
             .collect::<Result<_, _>>()
-            .map_err(|source| BindError { addr, source })?;
+            .map_err(|source| BindError {
+                addr: addr.clone(),
+                source,
+            })?;
         for w in &wakers {
             shutdown.register(w.clone());
         }
@@ -274,7 +275,7 @@ pub struct ServerHandle {
     /// The driver actually running.
     pub driver: DriverKind,
     /// The bound address.
-    pub local_addr: SocketAddr,
+    pub local_addr: ListenAddr,
     /// Every worker's counters.
     pub metrics: Vec<Arc<WorkerMetrics>>,
     /// The stop flag: [`Shutdown::trigger`] starts a graceful shutdown.
@@ -296,7 +297,7 @@ impl ServerHandle {
     /// Assemble a handle (drivers call this after spawning their threads).
     pub fn new(
         driver: DriverKind,
-        local_addr: SocketAddr,
+        local_addr: ListenAddr,
         metrics: Vec<Arc<WorkerMetrics>>,
         shutdown: Shutdown,
         threads: Vec<JoinHandle<()>>,
@@ -313,7 +314,7 @@ impl ServerHandle {
     }
 
     /// Wait for every I/O worker to finish (after a shutdown), then for the application
-    /// workers. Returns how many threads panicked.
+    /// workers; a Unix socket file is removed. Returns how many threads panicked.
     pub fn wait(self) -> usize {
         let mut bad = 0;
         for t in self.threads {
@@ -321,6 +322,9 @@ impl ServerHandle {
         }
         if let Some(app) = self.app {
             bad += app.join();
+        }
+        if let ListenAddr::Unix(path) = &self.local_addr {
+            let _ = std::fs::remove_file(path);
         }
         bad
     }

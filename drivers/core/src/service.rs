@@ -446,7 +446,7 @@ impl Exchange {
     }
 
     fn panicked(p: &(dyn std::any::Any + Send), out: &mut Responder) {
-        eprintln!("ferry: service panicked: {}", panic_message(p));
+        tracing::error!("service panicked: {}", panic_message(p));
         if out.head_sent() {
             out.abort();
         } else {

@@ -491,7 +491,7 @@ impl HttpSession {
                     }
                 }
                 Err(_) => {
-                    eprintln!("ferry: response stream panicked; closing the connection");
+                    tracing::error!("response stream panicked; closing the connection");
                     add(&ctx.metrics.panics, 1);
                     self.streams.pop_front();
                     self.abort = true;

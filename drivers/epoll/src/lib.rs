@@ -23,7 +23,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use ferry_driver::{Launch, Request, Response, ServerOptions, Service};
+//! use ferry_driver::{Launch, ListenAddr, Request, Response, ServerOptions, Service};
 //!
 //! struct Hello;
 //! impl Service for Hello {
@@ -33,7 +33,7 @@
 //! }
 //!
 //! let opts = ServerOptions { workers: 2, ..ServerOptions::default() };
-//! let launch = Launch::prepare("127.0.0.1:8080".parse().unwrap(), opts, Arc::new(Hello)).unwrap();
+//! let launch = Launch::prepare("127.0.0.1:8080".parse::<ListenAddr>().unwrap(), opts, Arc::new(Hello)).unwrap();
 //! let handle = ferry_epoll::start(launch).unwrap();
 //! // ... later, from a signal handler thread:
 //! handle.shutdown.trigger();
@@ -47,11 +47,13 @@ use std::time::Duration;
 
 use ferry_driver::listen::{configure_accepted, has_unread_input, recv_into};
 use ferry_driver::metrics::add;
+use ferry_driver::Listener;
 use ferry_driver::{
     ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, TimerWheel, WorkerCtx,
 };
 use ferry_proto::Instant;
-use mio::net::{TcpListener, TcpStream};
+use mio::event::Source;
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -77,7 +79,7 @@ pub fn start(launch: Launch) -> io::Result<ServerHandle> {
             ctx.pin();
             let index = ctx.index;
             if let Err(e) = run_worker(ctx, l) {
-                eprintln!("ferry: epoll worker {index} failed: {e}");
+                tracing::error!("epoll worker {index} failed: {e}");
             }
         })?);
     }
@@ -91,8 +93,68 @@ pub fn start(launch: Launch) -> io::Result<ServerHandle> {
     ))
 }
 
+/// An accepted connection: TCP or Unix-domain.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn source(&mut self) -> &mut dyn Source {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Unix(s) => s,
+        }
+    }
+
+    fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write_vectored(iov),
+            Stream::Unix(s) => (&*s).write_vectored(iov),
+        }
+    }
+
+    fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        };
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// A listening socket: TCP or Unix-domain.
+enum Acceptor {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Acceptor {
+    fn source(&mut self) -> &mut dyn Source {
+        match self {
+            Acceptor::Tcp(l) => l,
+            Acceptor::Unix(l) => l,
+        }
+    }
+
+    fn accept(&self) -> io::Result<(Stream, Option<std::net::SocketAddr>)> {
+        match self {
+            Acceptor::Tcp(l) => l.accept().map(|(s, a)| (Stream::Tcp(s), Some(a))),
+            Acceptor::Unix(l) => l.accept().map(|(s, _)| (Stream::Unix(s), None)),
+        }
+    }
+}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     session: HttpSession,
     readable: bool,
     write_blocked: bool,
@@ -106,12 +168,21 @@ struct Conn {
 }
 
 /// Run one I/O worker's loop on the calling thread until shutdown completes.
-pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Result<()> {
+pub fn run_worker(mut ctx: WorkerCtx, listener: Listener) -> io::Result<()> {
     let mut poll = Poll::new()?;
-    listener.set_nonblocking(true)?;
-    let mut listener = Some(TcpListener::from_std(listener));
+    let mut listener = Some(match listener {
+        Listener::Tcp(l) => {
+            l.set_nonblocking(true)?;
+            Acceptor::Tcp(TcpListener::from_std(l))
+        }
+        Listener::Unix(l) => {
+            l.set_nonblocking(true)?;
+            Acceptor::Unix(UnixListener::from_std(l))
+        }
+    });
     if let Some(l) = listener.as_mut() {
-        poll.registry().register(l, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(l.source(), LISTENER, Interest::READABLE)?;
     }
     let waker_fd = ctx.waker.as_raw_fd();
     poll.registry()
@@ -222,7 +293,7 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Re
         if drain_deadline.is_none() && ctx.shutdown.is_triggered() {
             drain_deadline = Some(now + ctx.options.drain_timeout);
             if let Some(mut l) = listener.take() {
-                let _ = poll.registry().deregister(&mut l);
+                let _ = poll.registry().deregister(l.source());
             }
             for (t, c) in conns.iter_mut() {
                 c.session.begin_shutdown(&mut ctx, now);
@@ -249,7 +320,7 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Re
                             };
                             if poll
                                 .registry()
-                                .reregister(&mut c.stream, Token(t), interest)
+                                .reregister(c.stream.source(), Token(t), interest)
                                 .is_ok()
                             {
                                 c.write_interest = want_write;
@@ -299,7 +370,7 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Re
                             let info = ConnInfo {
                                 worker: ctx.index,
                                 token,
-                                peer: Some(peer),
+                                peer,
                             };
                             let svc = ctx.service.clone();
                             let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -311,7 +382,7 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Re
                             }
                             if poll
                                 .registry()
-                                .register(&mut stream, Token(token), Interest::READABLE)
+                                .register(stream.source(), Token(token), Interest::READABLE)
                                 .is_err()
                             {
                                 continue;
@@ -351,8 +422,8 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Re
                                 .load(std::sync::atomic::Ordering::Relaxed)
                                 == 1
                             {
-                                eprintln!(
-                                    "ferry: worker {}: accept failed ({e}); pausing accepts",
+                                tracing::warn!(
+                                    "worker {}: accept failed ({e}); pausing accepts",
                                     ctx.index
                                 );
                             }
@@ -436,7 +507,7 @@ fn drive(c: &mut Conn, ctx: &mut WorkerCtx, now: Instant, scratch: &mut [u8]) ->
             let r = {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
                 let n = c.session.fill_iov(&mut iov);
-                (&c.stream).write_vectored(&iov[..n])
+                c.stream.write_vectored(&iov[..n])
             };
             match r {
                 Ok(0) => return false,
@@ -457,7 +528,7 @@ fn drive(c: &mut Conn, ctx: &mut WorkerCtx, now: Instant, scratch: &mut [u8]) ->
         }
     }
     if c.session.is_finished() {
-        let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        c.stream.shutdown_write();
         if c.session.saw_eof()
             || (c.session.input.is_empty() && !has_unread_input(c.stream.as_raw_fd()))
         {

@@ -29,7 +29,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use ferry_driver::{Launch, Request, Response, ServerOptions, Service};
+//! use ferry_driver::{Launch, ListenAddr, Request, Response, ServerOptions, Service};
 //!
 //! struct Hello;
 //! impl Service for Hello {
@@ -39,7 +39,7 @@
 //! }
 //!
 //! let opts = ServerOptions { workers: 1, ..ServerOptions::default() };
-//! let launch = Launch::prepare("127.0.0.1:0".parse().unwrap(), opts, Arc::new(Hello)).unwrap();
+//! let launch = Launch::prepare("127.0.0.1:0".parse::<ListenAddr>().unwrap(), opts, Arc::new(Hello)).unwrap();
 //! let handle = ferry_uring::start(launch).unwrap(); // or epoll, if io_uring is unavailable
 //! println!("driver={}", handle.driver);
 //! handle.shutdown.trigger();
@@ -112,7 +112,7 @@ pub fn probe() -> io::Result<()> {
 /// when io_uring is unavailable.
 pub fn start(launch: Launch) -> io::Result<ServerHandle> {
     if let Err(e) = probe() {
-        eprintln!("ferry: io_uring unavailable ({e}); falling back to epoll");
+        tracing::warn!("io_uring unavailable ({e}); falling back to epoll");
         return ferry_epoll::start(launch);
     }
     let Launch {
@@ -130,7 +130,7 @@ pub fn start(launch: Launch) -> io::Result<ServerHandle> {
             ctx.pin();
             let index = ctx.index;
             if let Err(e) = run_worker(ctx, l) {
-                eprintln!("ferry: io_uring worker {index} failed: {e}");
+                tracing::error!("io_uring worker {index} failed: {e}");
             }
         })?);
     }
@@ -292,7 +292,7 @@ impl Loop {
 ///
 /// If this thread cannot set up its ring (the probe in [`start`] passed, but e.g. a limit was
 /// reached since), the worker says so on stderr and runs the epoll loop instead.
-pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Result<()> {
+pub fn run_worker(mut ctx: WorkerCtx, listener: ferry_driver::Listener) -> io::Result<()> {
     let setup = build_ring(1024).and_then(|ring| {
         let bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE, BUF_GROUP)?;
         Ok(Loop { ring, bufs })
@@ -300,8 +300,8 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Re
     let mut lp = match setup {
         Ok(lp) => lp,
         Err(e) => {
-            eprintln!(
-                "ferry: worker {}: io_uring setup failed ({e}); running epoll instead",
+            tracing::warn!(
+                "worker {}: io_uring setup failed ({e}); running epoll instead",
                 ctx.index
             );
             return ferry_epoll::run_worker(ctx, listener);
@@ -462,8 +462,8 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: std::net::TcpListener) -> io::Re
                         // EMFILE/ENFILE/ENOBUFS/ENOMEM: back off instead of spinning.
                         add(&ctx.metrics.accept_errors, 1);
                         if ctx.metrics.accept_errors.load(Ordering::Relaxed) == 1 {
-                            eprintln!(
-                                "ferry: worker {}: accept failed ({}); pausing accepts",
+                            tracing::warn!(
+                                "worker {}: accept failed ({}); pausing accepts",
                                 ctx.index,
                                 io::Error::from_raw_os_error(-res)
                             );

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ferry_http2::{Body, Config, Event, ServerConnection, StreamId, PREFACE};
+use ferry_http2::{sniff, Body, Config, Event, ServerConnection, Sniff, StreamId};
 use ferry_proto::{Connection, Instant};
 
 /// Accept connections forever, one thread each.
@@ -97,14 +97,14 @@ fn handle(mut stream: TcpStream, config: Arc<Config>, start: std::time::Instant)
     let mut chunk = vec![0u8; 64 * 1024];
 
     // Prior knowledge, or an HTTP/1.1 request asking to upgrade?
-    while input.len() < PREFACE.len() && PREFACE.starts_with(&input) {
+    while sniff(&input) == Sniff::NeedMore {
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
         }
         input.extend_from_slice(&chunk[..n]);
     }
-    let mut conn = if input.starts_with(PREFACE) {
+    let mut conn = if sniff(&input) == Sniff::Http2 {
         ServerConnection::new(config, now())
     } else {
         let Some((method, path, fields)) = read_http1_head(&mut stream, &mut input)? else {

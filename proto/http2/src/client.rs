@@ -1,11 +1,10 @@
 //! The client side of an HTTP/2 connection.
 
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
 use ferry_proto::{Connection, Instant, Lifecycle, ProtocolInfo, State as Life};
 
-use crate::conn::{as_pairs, own_fields, Conn, Role};
+use crate::conn::{as_pairs, own_fields, Conn, Pairs, Role};
 use crate::frame::{PriorityUpdate, StreamId};
 use crate::message::{self, Priority};
 use crate::server::{itoa_buf, HTTP2_INFO};
@@ -163,7 +162,7 @@ impl ClientConnection {
         }
         self.conn.next_local_stream += 2;
         let id = StreamId::new(n);
-        let mut pseudo: Vec<(&[u8], &[u8])> = Vec::with_capacity(5);
+        let mut pseudo: Pairs<'_> = Pairs::new();
         pseudo.push((b":method", head.method.as_bytes()));
         if !connect || head.protocol.is_some() {
             pseudo.push((b":scheme", head.scheme.as_bytes()));
@@ -175,18 +174,18 @@ impl ClientConnection {
         if let Some(p) = head.protocol {
             pseudo.push((b":protocol", p.as_bytes()));
         }
-        let mut pairs: Vec<(&[u8], &[u8])> = as_pairs(head.fields).collect();
-        let prio = head.priority.to_field_value();
-        if head.priority != Priority::default() {
-            pairs.push((b"priority", &prio));
-        }
         let (end, data) = match body {
             Body::Empty => (true, None),
             Body::Full(b) if b.is_empty() => (true, None),
             Body::Full(b) => (false, Some(b)),
             Body::Streaming => (false, None),
         };
+        let prio = head.priority.to_field_value();
         let cl = itoa_buf(data.as_ref().map_or(0, |d| d.len() as u64));
+        let mut pairs: Pairs<'_> = as_pairs(head.fields).collect();
+        if head.priority != Priority::default() {
+            pairs.push((b"priority", &prio));
+        }
         if data.is_some() && !head.fields.iter().any(|(n, _)| *n == "content-length") {
             pairs.push((b"content-length", cl.as_slice()));
         }

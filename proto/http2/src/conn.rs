@@ -369,7 +369,7 @@ impl Conn {
             return prev;
         }
         self.error = Some(e);
-        if !matches!(e, Error::Remote(_) | Error::UnexpectedEof) {
+        if e != Error::UnexpectedEof {
             GoAway {
                 last_stream_id: StreamId::new(self.last_peer_stream),
                 error: e.reason(),
@@ -1732,6 +1732,9 @@ pub(crate) fn own_fields(fields: &[(&str, &[u8])]) -> Result<Vec<(Bytes, Bytes)>
         })
         .collect())
 }
+
+/// Fields as byte pairs, inline for typical heads.
+pub(crate) type Pairs<'a> = smallvec::SmallVec<[(&'a [u8], &'a [u8]); 12]>;
 
 /// View application fields as byte pairs.
 pub(crate) fn as_pairs<'a>(

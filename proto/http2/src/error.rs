@@ -218,11 +218,10 @@ pub enum Error {
     /// Too many control frames (SETTINGS, PING, empty DATA, tiny WINDOW_UPDATE, PRIORITY) in
     /// too little time, or too many queued answers: ENHANCE_YOUR_CALM.
     Flood,
-    /// Any other violation the RFC answers with PROTOCOL_ERROR (e.g. a SETTINGS ACK we never
-    /// asked for is not one; a response on a stream we never opened is).
+    /// Any other violation the RFC answers with PROTOCOL_ERROR (a frame a stream's state
+    /// forbids, a PUSH_PROMISE on a stream we did not open, SETTINGS_ENABLE_PUSH = 1 from a
+    /// server, a malformed `HTTP2-Settings` upgrade header, ...).
     Protocol,
-    /// The peer closed the connection with GOAWAY carrying this (non-NO_ERROR) code.
-    Remote(Reason),
     /// No preface or SETTINGS within the handshake timeout, or the connection stayed idle.
     Timeout,
     /// The transport closed (EOF) while streams were open or before the handshake finished.
@@ -230,7 +229,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The GOAWAY code this error is answered with (or the peer's, for [`Error::Remote`]).
+    /// The GOAWAY code this error is answered with.
     pub fn reason(self) -> Reason {
         match self {
             Error::Frame(e) => e.reason(),
@@ -241,7 +240,6 @@ impl Error {
             Error::HeaderBlockTooLarge | Error::RapidReset | Error::Flood => {
                 Reason::ENHANCE_YOUR_CALM
             }
-            Error::Remote(r) => r,
             Error::Timeout | Error::UnexpectedEof => Reason::NO_ERROR,
             _ => Reason::PROTOCOL_ERROR,
         }
@@ -268,7 +266,6 @@ impl fmt::Display for Error {
             Error::RapidReset => f.write_str("too many stream resets (rapid reset)"),
             Error::Flood => f.write_str("control frame flood"),
             Error::Protocol => f.write_str("protocol violation"),
-            Error::Remote(r) => write!(f, "peer sent GOAWAY {r}"),
             Error::Timeout => f.write_str("handshake or idle timeout"),
             Error::UnexpectedEof => f.write_str("connection closed with streams open"),
         }
@@ -284,7 +281,7 @@ impl ProtoError for Error {
                 ErrorKind::LimitExceeded
             }
             Error::Timeout | Error::SettingsTimeout => ErrorKind::Timeout,
-            Error::Remote(_) | Error::UnexpectedEof => ErrorKind::Closed,
+            Error::UnexpectedEof => ErrorKind::Closed,
             _ => ErrorKind::Malformed,
         }
     }

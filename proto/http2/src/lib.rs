@@ -13,6 +13,8 @@
 //! - Connections: preface, SETTINGS with ACK and timeout, PING, two-phase graceful GOAWAY,
 //!   max concurrent streams, trailers, server push, RFC 9218 priorities for scheduling,
 //!   extended CONNECT (RFC 8441), h2c upgrade from HTTP/1.1, and header validation (§8.2).
+//! - Serving both protocols on one port: [`sniff`] tells the preface from HTTP/1.x;
+//!   [`ALPN_H2`] for TLS.
 //! - Hardening, with limits in [`Config`]: rapid reset (CVE-2023-44487), CONTINUATION flood,
 //!   HPACK bomb, SETTINGS/PING/empty-DATA/WINDOW_UPDATE floods, bounded send queues against
 //!   zero-window readers, oversized frames.
@@ -99,6 +101,32 @@ use bytes::Bytes;
 /// handshake and start a [`ServerConnection`] / [`ClientConnection`] when it is selected.
 pub const ALPN_H2: &[u8] = b"h2";
 
+/// What the first bytes of a cleartext connection say (for a listener that serves HTTP/1.1
+/// and h2c with prior knowledge on the same port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sniff {
+    /// The HTTP/2 client preface: hand the connection (and these bytes) to
+    /// [`ServerConnection::new`].
+    Http2,
+    /// Not HTTP/2 prior knowledge: HTTP/1.x (which may still ask for `Upgrade: h2c`, see
+    /// [`ServerConnection::from_upgrade`]).
+    NotHttp2,
+    /// Too few bytes to tell (a prefix of the preface).
+    NeedMore,
+}
+
+/// Classify the first bytes a client sent.
+pub fn sniff(first_bytes: &[u8]) -> Sniff {
+    let n = first_bytes.len().min(PREFACE.len());
+    if first_bytes[..n] != PREFACE[..n] {
+        Sniff::NotHttp2
+    } else if n < PREFACE.len() {
+        Sniff::NeedMore
+    } else {
+        Sniff::Http2
+    }
+}
+
 /// What the application sends as a message body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -109,4 +137,18 @@ pub enum Body {
     Full(Bytes),
     /// Streamed later with `send_data` / `send_trailers`.
     Streaming,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffing_the_preface() {
+        assert_eq!(sniff(b""), Sniff::NeedMore);
+        assert_eq!(sniff(b"PRI * HT"), Sniff::NeedMore);
+        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniff::NotHttp2);
+        assert_eq!(sniff(b"PRI * HTTP/1.1"), Sniff::NotHttp2);
+        assert_eq!(sniff(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"), Sniff::Http2);
+    }
 }

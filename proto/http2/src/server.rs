@@ -7,7 +7,7 @@ use ferry_proto::{
     Connection, Instant, Lifecycle, Multiplexing, ProtocolInfo, State as Life, TlsRequirement,
 };
 
-use crate::conn::{as_pairs, own_fields, Conn, Role};
+use crate::conn::{as_pairs, own_fields, Conn, Pairs, Role};
 use crate::frame::{Settings, StreamId};
 use crate::hpack::Field;
 use crate::message::{self, Priority};
@@ -227,7 +227,7 @@ impl ServerConnection {
         self.check_head(id, fields)?;
         let st = status_bytes(status);
         let mut cl = itoa_buf(0);
-        let mut pairs: Vec<(&[u8], &[u8])> = as_pairs(fields).collect();
+        let mut pairs: Pairs<'_> = as_pairs(fields).collect();
         let (mut end, mut data) = match body {
             Body::Empty => (true, None),
             Body::Full(b) if b.is_empty() => (true, None),
@@ -266,7 +266,7 @@ impl ServerConnection {
         }
         self.check_head(id, fields)?;
         let st = status_bytes(status);
-        let pairs: Vec<(&[u8], &[u8])> = as_pairs(fields).collect();
+        let pairs: Pairs<'_> = as_pairs(fields).collect();
         self.conn
             .write_headers(id, &[(b":status", &st)], &pairs, false);
         Ok(())
@@ -327,7 +327,7 @@ impl ServerConnection {
         }
         self.conn.next_local_stream += 2;
         let promised = StreamId::new(n);
-        let pairs: Vec<(&[u8], &[u8])> = as_pairs(fields).collect();
+        let pairs: Pairs<'_> = as_pairs(fields).collect();
         let pseudo: [(&[u8], &[u8]); 4] = [
             (b":method", b"GET"),
             (b":scheme", scheme.as_bytes()),

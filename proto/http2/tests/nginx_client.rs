@@ -52,6 +52,8 @@ fn start_nginx() -> Nginx {
         std::fs::write(dir.join("html/big.bin"), &big).unwrap();
         let conf = format!(
             r#"
+# One process: killing it on drop leaves no orphaned worker behind.
+master_process off;
 worker_processes 1;
 error_log {d}/logs/error.log;
 pid {d}/nginx.pid;

@@ -152,8 +152,11 @@ static DECODE: [[Entry; 16]; 256] = build_table();
 /// the most significant bits of EOS (all ones).
 pub fn decode(src: &[u8], dst: &mut BytesMut) -> Result<(), HpackError> {
     dst.reserve(src.len() * 8 / 5 + 1);
+    // Symbols are collected in a small stack buffer and appended in bulk.
+    let mut buf = [0u8; 64];
+    let mut n = 0;
     let mut state = 0usize;
-    let mut accept = true;
+    let mut flags = ACCEPT;
     for &b in src {
         for nib in [b >> 4, b & 0xf] {
             let e = DECODE[state][nib as usize];
@@ -161,13 +164,19 @@ pub fn decode(src: &[u8], dst: &mut BytesMut) -> Result<(), HpackError> {
                 return Err(HpackError::InvalidHuffman);
             }
             if e.flags & EMIT != 0 {
-                dst.put_u8(e.sym);
+                buf[n] = e.sym;
+                n += 1;
             }
             state = e.next as usize;
-            accept = e.flags & ACCEPT != 0;
+            flags = e.flags;
+        }
+        if n >= buf.len() - 2 {
+            dst.extend_from_slice(&buf[..n]);
+            n = 0;
         }
     }
-    if accept {
+    dst.extend_from_slice(&buf[..n]);
+    if flags & ACCEPT != 0 {
         Ok(())
     } else {
         Err(HpackError::InvalidHuffman)
