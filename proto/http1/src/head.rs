@@ -17,7 +17,7 @@ use smallvec::SmallVec;
 use crate::Error;
 
 /// Header fields kept inline per message before spilling to the heap.
-pub(crate) const INLINE_HEADERS: usize = 24;
+pub(crate) const INLINE_HEADERS: usize = 16;
 /// Hard upper bound on `max_headers` (the parser's stack array).
 pub const MAX_HEADERS_CAP: usize = 256;
 
@@ -117,12 +117,22 @@ impl Version {
 /// Field positions of one head, inline up to [`INLINE_HEADERS`] fields.
 pub(crate) type HeaderIndex = SmallVec<[HeaderIdx; INLINE_HEADERS]>;
 
+/// One field's position in its head: 12 bytes, so a typical request's index stays inline and
+/// the `Request` event stays small enough to move cheaply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HeaderIdx {
     name_start: u32,
-    name_len: u32,
-    value_start: u32,
     value_len: u32,
+    name_len: u16,
+    /// Bytes from the end of the name to the start of the value (`:` and OWS).
+    value_gap: u16,
+}
+
+impl HeaderIdx {
+    #[inline]
+    fn value_start(&self) -> usize {
+        self.name_start as usize + self.name_len as usize + self.value_gap as usize
+    }
 }
 
 /// Header fields of one message: name/value slices of a single shared `Bytes` (the head), so
@@ -148,19 +158,44 @@ impl PartialEq for Headers {
 }
 
 impl Headers {
-    /// Build from httparse's parsed headers, all borrowing from `buf`.
-    pub(crate) fn index(base: &[u8], parsed: &[httparse::Header<'_>]) -> HeaderIndex {
-        let base = base.as_ptr() as usize;
+    /// Build from httparse's parsed headers, all borrowing from `head`, checking on the way
+    /// that every field line ends in CRLF (httparse also accepts a bare LF, a smuggling vector
+    /// behind lenient proxies).
+    pub(crate) fn index(
+        head: &[u8],
+        parsed: &[httparse::Header<'_>],
+    ) -> Result<HeaderIndex, Error> {
+        let base = head.as_ptr() as usize;
         let mut idx = SmallVec::with_capacity(parsed.len());
         for h in parsed {
+            let name_start = h.name.as_ptr() as usize - base;
+            let name_end = name_start + h.name.len();
+            let value_start = if h.value.is_empty() {
+                name_end + 1
+            } else {
+                h.value.as_ptr() as usize - base
+            };
+            let mut line_end = value_start + h.value.len();
+            while let Some(b' ' | b'\t') = head.get(line_end) {
+                line_end += 1;
+            }
+            if head.get(line_end) != Some(&b'\r') {
+                return Err(Error::BareLineFeed);
+            }
+            let (Ok(name_len), Ok(value_gap)) = (
+                u16::try_from(h.name.len()),
+                u16::try_from(value_start - name_end),
+            ) else {
+                return Err(Error::HeadTooLarge);
+            };
             idx.push(HeaderIdx {
-                name_start: (h.name.as_ptr() as usize - base) as u32,
-                name_len: h.name.len() as u32,
-                value_start: (h.value.as_ptr() as usize - base) as u32,
+                name_start: name_start as u32,
                 value_len: h.value.len() as u32,
+                name_len,
+                value_gap,
             });
         }
-        idx
+        Ok(idx)
     }
 
     pub(crate) fn from_parts(buf: Bytes, idx: HeaderIndex) -> Headers {
@@ -179,14 +214,16 @@ impl Headers {
 
     #[inline]
     fn name_at(&self, i: &HeaderIdx) -> &str {
-        let b = &self.buf[i.name_start as usize..(i.name_start + i.name_len) as usize];
+        let start = i.name_start as usize;
+        let b = &self.buf[start..start + i.name_len as usize];
         // httparse only accepts token bytes in names, all ASCII.
         core::str::from_utf8(b).unwrap_or("")
     }
 
     #[inline]
     fn value_at(&self, i: &HeaderIdx) -> &[u8] {
-        &self.buf[i.value_start as usize..(i.value_start + i.value_len) as usize]
+        let start = i.value_start();
+        &self.buf[start..start + i.value_len as usize]
     }
 
     /// Fields in the order received, names as sent (not lower-cased).
@@ -211,10 +248,8 @@ impl Headers {
             .idx
             .iter()
             .find(|i| self.name_at(i).eq_ignore_ascii_case(name))?;
-        Some(
-            self.buf
-                .slice(i.value_start as usize..(i.value_start + i.value_len) as usize),
-        )
+        let start = i.value_start();
+        Some(self.buf.slice(start..start + i.value_len as usize))
     }
 
     /// Every value of `name` (case-insensitive), in order.
@@ -294,14 +329,12 @@ impl Framing {
         for h in headers {
             let n = h.name.as_bytes();
             match n.len() {
-                4 if n.eq_ignore_ascii_case(b"host") => {
-                    f.host_count = f.host_count.saturating_add(1)
-                }
-                6 if n.eq_ignore_ascii_case(b"expect") => {
+                4 if token_eq(n, b"host") => f.host_count = f.host_count.saturating_add(1),
+                6 if token_eq(n, b"expect") => {
                     f.expect_continue |= trim_ows(h.value).eq_ignore_ascii_case(b"100-continue")
                 }
-                7 if n.eq_ignore_ascii_case(b"upgrade") => f.upgrade = true,
-                10 if n.eq_ignore_ascii_case(b"connection") => {
+                7 if token_eq(n, b"upgrade") => f.upgrade = true,
+                10 if token_eq(n, b"connection") => {
                     for t in h.value.split(|&b| b == b',') {
                         let t = trim_ows(t);
                         if t.eq_ignore_ascii_case(b"close") {
@@ -313,7 +346,7 @@ impl Framing {
                         }
                     }
                 }
-                14 if n.eq_ignore_ascii_case(b"content-length") => {
+                14 if token_eq(n, b"content-length") => {
                     // RFC 9110 §8.6: a list of identical values MAY be accepted; anything else
                     // is unrecoverable.
                     for v in h.value.split(|&b| b == b',') {
@@ -324,7 +357,7 @@ impl Framing {
                         }
                     }
                 }
-                17 if n.eq_ignore_ascii_case(b"transfer-encoding") => {
+                17 if token_eq(n, b"transfer-encoding") => {
                     for coding in h.value.split(|&b| b == b',') {
                         let coding = trim_ows(coding);
                         if coding.is_empty() {
@@ -352,6 +385,46 @@ impl Framing {
             return Err(Error::ContentLengthWithTransferEncoding);
         }
         Ok(f)
+    }
+}
+
+/// Case-insensitive comparison of a field name (a token: no CR, LF or other controls) with a
+/// lower-case ASCII constant, eight bytes at a time. OR-ing 0x20 folds letters to lower case
+/// and leaves `-` and digits alone; no token byte folds onto a different letter.
+#[inline]
+pub(crate) fn token_eq(name: &[u8], lower: &[u8]) -> bool {
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    #[inline(always)]
+    fn word8(b: &[u8], i: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        u64::from_le_bytes(w)
+    }
+    #[inline(always)]
+    fn word4(b: &[u8], i: usize) -> u32 {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&b[i..i + 4]);
+        u32::from_le_bytes(w)
+    }
+    if n >= 8 {
+        let mut i = 0;
+        while i + 8 <= n {
+            if word8(name, i) | 0x2020_2020_2020_2020 != word8(lower, i) | 0x2020_2020_2020_2020 {
+                return false;
+            }
+            i += 8;
+        }
+        i == n
+            || word8(name, n - 8) | 0x2020_2020_2020_2020
+                == word8(lower, n - 8) | 0x2020_2020_2020_2020
+    } else if n >= 4 {
+        word4(name, 0) | 0x2020_2020 == word4(lower, 0) | 0x2020_2020
+            && word4(name, n - 4) | 0x2020_2020 == word4(lower, n - 4) | 0x2020_2020
+    } else {
+        name.eq_ignore_ascii_case(lower)
     }
 }
 
@@ -604,11 +677,21 @@ pub(crate) fn parse_request(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(Error::from_httparse(e)),
     };
-    check_line_endings(&buf[..len])?;
     let framing = Framing::scan(req.headers)?;
     let base = buf.as_ptr() as usize;
     let method_s = req.method.unwrap_or("");
     let path = req.path.unwrap_or("");
+    if method_s.as_ptr() as usize != base {
+        // httparse skipped empty lines before the request line; the caller strips them first.
+        return Err(Error::InvalidHead(crate::HeadError::NewLine));
+    }
+    // CRLF after the request line (" HTTP/1.x" follows the target) and at the very end; field
+    // lines are checked while indexing.
+    let target_start = path.as_ptr() as usize - base;
+    if buf.get(target_start + path.len() + 9) != Some(&b'\r') || !buf[..len].ends_with(b"\r\n\r\n")
+    {
+        return Err(Error::BareLineFeed);
+    }
     let version = match req.version {
         Some(0) => Version::Http10,
         Some(1) => Version::Http11,
@@ -641,9 +724,9 @@ pub(crate) fn parse_request(
         len,
         method,
         method_len: method_s.len() as u16,
-        target: ((path.as_ptr() as usize - base) as u32, path.len() as u32),
+        target: (target_start as u32, path.len() as u32),
         version,
-        idx: Headers::index(buf, req.headers),
+        idx: Headers::index(buf, req.headers)?,
         body,
         keep_alive,
         expect_continue: framing.expect_continue && version == Version::Http11,
@@ -728,7 +811,7 @@ pub(crate) fn parse_response(
         status,
         reason: (reason_start, reason.len() as u32),
         version,
-        idx: Headers::index(buf, res.headers),
+        idx: Headers::index(buf, res.headers)?,
         body,
         keep_alive,
     }))
@@ -759,7 +842,8 @@ pub(crate) fn parse_trailers(
     match httparse::parse_headers(buf, &mut hdrs[..n]) {
         Ok(httparse::Status::Complete((len, parsed))) => {
             check_line_endings(&buf[..len]).map_err(|_| Error::InvalidTrailers)?;
-            Ok(Some((len, Headers::index(buf, parsed))))
+            let idx = Headers::index(buf, parsed).map_err(|_| Error::InvalidTrailers)?;
+            Ok(Some((len, idx)))
         }
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(Error::TooManyHeaders),
@@ -826,6 +910,29 @@ mod tests {
             100
         )
         .is_err());
+    }
+
+    #[test]
+    fn token_eq_folds_case_only() {
+        for (a, b, eq) in [
+            (&b"Host"[..], &b"host"[..], true),
+            (b"HOST", b"host", true),
+            (b"hosT", b"host", true),
+            (b"hosu", b"host", false),
+            (b"Content-Length", b"content-length", true),
+            (b"Content-Lengti", b"content-length", false),
+            (b"Content_Length", b"content-length", false),
+            (b"TRANSFER-ENCODING", b"transfer-encoding", true),
+            (b"Transfer-Encodinh", b"transfer-encoding", false),
+            (b"Connection", b"connection", true),
+            (b"Connectio", b"connection", false),
+            (b"ab", b"AB", true),
+            (b"Expect", b"expect", true),
+            (b"Upgrade", b"upgrade", true),
+            (b"Upgradf", b"upgrade", false),
+        ] {
+            assert_eq!(token_eq(a, b), eq, "{:?} {:?}", a, b);
+        }
     }
 
     #[test]

@@ -270,6 +270,11 @@ impl ServerConnection {
 
     fn begin_request(&mut self, input: &mut BytesMut) -> Result<bool, Error> {
         let cfg = &*self.config;
+        // RFC 9112 §2.2: ignore empty lines before a request line.
+        while let [b'\r', b'\n', ..] | [b'\n', ..] = input[..] {
+            let n = if input[0] == b'\n' { 1 } else { 2 };
+            let _ = input.split_to(n);
+        }
         if input.is_empty() {
             return Ok(false);
         }
@@ -302,7 +307,7 @@ impl ServerConnection {
         if parsed.len > cfg.max_head_bytes {
             return Err(Error::HeadTooLarge);
         }
-        let line_end = memchr::memchr(b'\n', &input[..parsed.len]).unwrap_or(0);
+        let line_end = (parsed.target.0 + parsed.target.1) as usize + 9;
         if line_end > cfg.max_request_line {
             return Err(Error::UriTooLong);
         }
