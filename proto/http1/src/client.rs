@@ -70,7 +70,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ferry_proto::{Connection, Instant, Lifecycle, ProtocolInfo, State};
 
 use crate::chunked::{encode_chunk_head, ChunkedDecoder, Decoded};
-use crate::encode::{is_token, write_content_length, write_fields, Body, COPY_BODY_MAX};
+use crate::encode::{
+    is_token, write_content_length, write_fields, Body, COPY_BODY_MAX, OUT_BUF_CAPACITY,
+};
 use crate::head::{parse_response, BodyKind, Headers, Method, RequestId, Response};
 use crate::server::HTTP1_INFO;
 use crate::{ClientConfig, Error, HeadError, SendError};
@@ -241,7 +243,9 @@ impl ClientConnection {
             next_id: 0,
             events: VecDeque::new(),
             out: VecDeque::new(),
-            wbuf: BytesMut::new(),
+            // Sized once: later buffers inherit this as their original capacity, so a response
+            // never regrows from a few bytes while earlier output is still being written.
+            wbuf: BytesMut::with_capacity(OUT_BUF_CAPACITY),
             error: None,
             closing: false,
             resp_close: false,

@@ -30,6 +30,9 @@ impl Body {
     }
 }
 
+/// Initial capacity of a connection's output buffer (heads and small bodies are written here).
+pub(crate) const OUT_BUF_CAPACITY: usize = 4096;
+
 /// Bodies up to this size are copied next to the head, so a small response is one write.
 pub(crate) const COPY_BODY_MAX: usize = 4096;
 

@@ -14,7 +14,9 @@ use ferry_proto::{
 
 use crate::chunked::{encode_chunk_head, ChunkedDecoder, Decoded};
 use crate::date::DateCache;
-use crate::encode::{write_content_length, write_fields, write_status_line, Body, COPY_BODY_MAX};
+use crate::encode::{
+    write_content_length, write_fields, write_status_line, Body, COPY_BODY_MAX, OUT_BUF_CAPACITY,
+};
 use crate::head::{parse_request, BodyKind, Headers, Method, Request, RequestId, Version};
 use crate::{Error, SendError, ServerConfig};
 
@@ -168,7 +170,9 @@ impl ServerConnection {
             next_id: 0,
             events: VecDeque::new(),
             out: VecDeque::new(),
-            wbuf: BytesMut::new(),
+            // Sized once: later buffers inherit this as their original capacity, so a response
+            // never regrows from a few bytes while earlier output is still being written.
+            wbuf: BytesMut::with_capacity(OUT_BUF_CAPACITY),
             error: None,
             closing: false,
             head_started: None,
