@@ -104,7 +104,25 @@ impl ChunkedDecoder {
                     if input.len() == 1 && input[0] == b'\r' {
                         return Ok(None);
                     }
-                    return match parse_trailers(input, self.max_trailers)? {
+                    let parsed = match parse_trailers(input, self.max_trailers) {
+                        Ok(p) => p,
+                        // A reader fed byte by byte would have hit the size limit first if the
+                        // section was still incomplete at `max_trailer_bytes + 1` bytes.
+                        Err(_)
+                            if input.len() > self.max_trailer_bytes
+                                && matches!(
+                                    parse_trailers(
+                                        &input[..self.max_trailer_bytes + 1],
+                                        self.max_trailers
+                                    ),
+                                    Ok(None)
+                                ) =>
+                        {
+                            return Err(Error::HeadTooLarge)
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    return match parsed {
                         None if input.len() > self.max_trailer_bytes => Err(Error::HeadTooLarge),
                         None => Ok(None),
                         Some((len, _)) if len > self.max_trailer_bytes => Err(Error::HeadTooLarge),
@@ -302,6 +320,34 @@ mod tests {
         let mut raw = Vec::from(&b"1"[..]);
         raw.extend(core::iter::repeat_n(b';', MAX_CHUNK_LINE + 10));
         assert_eq!(decode_all(&raw, 100).unwrap_err(), Error::InvalidChunkSize);
+    }
+
+    /// Fuzz finding: an over-long, malformed trailer section gets the same verdict however it
+    /// is split.
+    #[test]
+    fn trailer_limit_verdict_does_not_depend_on_segmentation() {
+        let mut raw = Vec::from(&b"1\r\nx\r\n0\r\nX-A: "[..]);
+        raw.extend(core::iter::repeat_n(b'b', 300));
+        raw.extend_from_slice(b"\r\nBad Name: 1\r\n\r\n");
+        let run = |piece: usize| {
+            let mut d = ChunkedDecoder::new(256, 32);
+            let mut buf = BytesMut::new();
+            for part in raw.chunks(piece) {
+                buf.extend_from_slice(part);
+                loop {
+                    match d.decode(&mut buf) {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break,
+                        Err(e) => return Some(e),
+                    }
+                }
+            }
+            None
+        };
+        assert_eq!(run(raw.len()), Some(Error::HeadTooLarge));
+        for piece in [1, 7, 100] {
+            assert_eq!(run(piece), Some(Error::HeadTooLarge), "piece {piece}");
+        }
     }
 
     #[test]

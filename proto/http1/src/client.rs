@@ -590,10 +590,15 @@ impl ClientConnection {
                 }
                 return Ok(false);
             }
-            Err(Error::TooManyHeaders) => return Err((Error::TooManyHeaders, Some(id))),
             Err(e) => {
-                // A head too large for the limits is reported as such, whatever follows.
-                let e = if input.len() > cfg.max_head_bytes {
+                // Report what a reader fed byte by byte would have hit first (the size limit
+                // while the head was still incomplete), whatever the segmentation.
+                let h = cfg.max_head_bytes;
+                let e = if input.len() > h
+                    && matches!(
+                        parse_response(&input[..h + 1], cfg.max_headers, front.head, front.connect),
+                        Ok(None)
+                    ) {
                     Error::HeadTooLarge
                 } else {
                     e

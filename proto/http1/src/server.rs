@@ -299,21 +299,35 @@ impl ServerConnection {
                 }
                 return Ok(false);
             }
-            Err(Error::TooManyHeaders) => return Err(Error::TooManyHeaders),
             Err(e) => {
-                // A head too large for the limits is reported as such, whatever follows.
-                if input.len() > cfg.max_head_bytes {
+                // Report what a reader fed one byte at a time would have hit first, so the
+                // answer does not depend on how TCP segmented the bytes: a limit reached while
+                // a prefix was still incomplete wins over a syntax error further on.
+                let partial =
+                    |k: usize| matches!(parse_request(&input[..k], cfg.max_headers), Ok(None));
+                let l = cfg.max_request_line;
+                let h = cfg.max_head_bytes;
+                if input.len() > l && memchr::memchr(b'\n', &input[..l]).is_none() && partial(l + 1)
+                {
+                    return Err(Error::UriTooLong);
+                }
+                if input.len() > h && partial(h + 1) {
                     return Err(Error::HeadTooLarge);
                 }
                 return Err(e);
             }
         };
-        if parsed.len > cfg.max_head_bytes {
-            return Err(Error::HeadTooLarge);
-        }
+        // The same limits, in the same order, as the incomplete-head checks above would have
+        // applied to every prefix of this head, then to the complete head.
+        let (end, l, h) = (parsed.len, cfg.max_request_line, cfg.max_head_bytes);
         let line_end = (parsed.target.0 + parsed.target.1) as usize + 9;
-        if line_end > cfg.max_request_line {
+        if (end > l + 1 && memchr::memchr(b'\n', &input[..l]).is_none())
+            || (end <= h + 1 && line_end > l)
+        {
             return Err(Error::UriTooLong);
+        }
+        if end > h {
+            return Err(Error::HeadTooLarge);
         }
         if cfg.require_host && parsed.version == Version::Http11 && parsed.host_count != 1 {
             return Err(Error::InvalidHost);
@@ -491,9 +505,11 @@ impl ServerConnection {
                 if front.out == Out::Waiting {
                     front.out = Out::Done;
                     front.close = true;
+                    let head = front.head;
                     write_error_response(
                         &mut self.wbuf,
                         status,
+                        head,
                         self.date.as_mut().map(|d| d.get(self.now)),
                     );
                 }
@@ -847,7 +863,8 @@ impl Slot {
 }
 
 /// The connection's own answer to a protocol error: a short plain-text body, then close.
-fn write_error_response(dst: &mut BytesMut, status: u16, date: Option<&[u8; 29]>) {
+/// A response to HEAD keeps its `content-length` but carries no body (RFC 9110 §9.3.2).
+fn write_error_response(dst: &mut BytesMut, status: u16, head: bool, date: Option<&[u8; 29]>) {
     write_status_line(dst, status, None);
     if let Some(d) = date {
         dst.put_slice(b"date: ");
@@ -858,8 +875,10 @@ fn write_error_response(dst: &mut BytesMut, status: u16, date: Option<&[u8; 29]>
     dst.put_slice(b"content-type: text/plain\r\nconnection: close\r\n");
     write_content_length(dst, reason.len() as u64 + 1);
     dst.put_slice(b"\r\n");
-    dst.put_slice(reason.as_bytes());
-    dst.put_u8(b'\n');
+    if !head {
+        dst.put_slice(reason.as_bytes());
+        dst.put_u8(b'\n');
+    }
 }
 
 impl Connection for ServerConnection {

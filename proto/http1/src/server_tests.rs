@@ -718,3 +718,50 @@ fn broken_body_cuts_streamed_response_and_closes() {
         })
     ));
 }
+
+/// Fuzz finding: the verdict on an over-long, malformed head must not depend on segmentation.
+#[test]
+fn limit_verdicts_do_not_depend_on_segmentation() {
+    let cases: [(&[u8], usize, usize); 4] = [
+        (b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1 x\r\nHost: a\r\n\r\n", 20, 1000),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\nBad Name: 1\r\n\r\n", 100, 40),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\nX: aaaaaaaaaaaaaaaaaaaa\r\n\r\n", 100, 50),
+        (b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\nHost: a\r\n\r\n", 20, 1000),
+    ];
+    for (raw, line, head) in cases {
+        let make = || {
+            conn_with(|c| {
+                c.max_request_line = line;
+                c.max_head_bytes = head;
+            })
+        };
+        let mut whole = make();
+        let want = feed(&mut whole, raw).unwrap_err();
+        let mut c = make();
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        for &b in raw {
+            buf.extend_from_slice(&[b]);
+            if let Err(e) = c.handle_input(Instant::ZERO, &mut buf) {
+                got = Some(e);
+                break;
+            }
+        }
+        assert_eq!(got, Some(want), "{}", String::from_utf8_lossy(raw));
+    }
+}
+
+/// Fuzz finding: the connection's own error answer to HEAD has no body.
+#[test]
+fn error_answer_to_head_has_no_body() {
+    let mut c = conn();
+    feed(
+        &mut c,
+        b"HEAD /p HTTP/1.0\r\nContent-Length: 168\r\n\r\nabc",
+    )
+    .unwrap();
+    c.handle_eof(Instant::ZERO);
+    let out = output(&mut c);
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(out.ends_with("content-length: 12\r\n\r\n"), "{out}");
+}
