@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_fuzz::{
     body_byte, check_server_output, max_buffered_input, normalize, small_server_config,
 };
-use ferry_fuzz::{same_error, Norm, Resp, ServerEventChecker, TAG};
+use ferry_fuzz::{Norm, Resp, ServerEventChecker, TAG};
 use ferry_http1::server::Event;
 use ferry_http1::{Body, Error, ServerConnection};
 use ferry_proto::{Connection, Instant};
@@ -99,46 +99,13 @@ fn drain(conn: &mut ServerConnection, checker: &mut ServerEventChecker, out: &mu
     progress
 }
 
-/// Two runs over the same bytes must agree on events and responses (the raw output may
-/// differ in the connection's own `100 Continue`s, which depend on whether a body had arrived).
-/// When they fail with different errors (allowed only between a limit and another error),
-/// everything before the error must agree.
+/// Two runs over the same bytes must agree on events, responses and error (the raw output
+/// may differ in the connection's own `100 Continue`s, which depend on whether a body had
+/// arrived).
 fn assert_same(a: &Run, b: &Run, how: &str) {
-    assert!(
-        same_error(a.error, b.error),
-        "{how}: error {:?} vs {:?}",
-        a.error,
-        b.error
-    );
-    if a.error == b.error {
-        assert_eq!(a.events, b.events, "{how}: events differ");
-        assert_eq!(a.responses, b.responses, "{how}: responses differ");
-        return;
-    }
-    let events = |r: &Run| {
-        let mut e = r.events.clone();
-        if matches!(e.last(), Some(Norm::Error(..))) {
-            e.pop();
-        }
-        e
-    };
-    let responses = |r: &Run| {
-        let mut v = r.responses.clone();
-        if v.last().is_some_and(|x| x.tag.is_none()) {
-            v.pop();
-        }
-        v
-    };
-    assert_eq!(
-        events(a),
-        events(b),
-        "{how}: events before the error differ"
-    );
-    assert_eq!(
-        responses(a),
-        responses(b),
-        "{how}: responses before the error differ"
-    );
+    assert_eq!(a.error, b.error, "{how}: errors differ");
+    assert_eq!(a.events, b.events, "{how}: events differ");
+    assert_eq!(a.responses, b.responses, "{how}: responses differ");
 }
 
 fuzz_target!(|data: &[u8]| {

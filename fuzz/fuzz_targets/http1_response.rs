@@ -12,7 +12,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use ferry_fuzz::{check_client_output, normalize_client, same_error, small_client_config};
+use ferry_fuzz::{check_client_output, normalize_client, small_client_config};
 use ferry_fuzz::{ClientEventChecker, ClientNorm, Sent, TAG};
 use ferry_http1::{Body, ClientConnection, Error, Method};
 use ferry_proto::{Connection, Instant};
@@ -112,24 +112,8 @@ fn run(n: u8, kinds: u16, pieces: &[&[u8]]) -> Run {
 }
 
 fn assert_same(a: &Run, b: &Run, how: &str) {
-    assert!(
-        same_error(a.error, b.error),
-        "{how}: error {:?} vs {:?}",
-        a.error,
-        b.error
-    );
-    if a.error == b.error {
-        assert_eq!(a.events, b.events, "{how}: events differ");
-        return;
-    }
-    let strip = |r: &Run| {
-        let mut e = r.events.clone();
-        if matches!(e.last(), Some(ClientNorm::Error(..))) {
-            e.pop();
-        }
-        e
-    };
-    assert_eq!(strip(a), strip(b), "{how}: events before the error differ");
+    assert_eq!(a.error, b.error, "{how}: errors differ");
+    assert_eq!(a.events, b.events, "{how}: events differ");
 }
 
 fuzz_target!(|data: &[u8]| {

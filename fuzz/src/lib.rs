@@ -314,9 +314,7 @@ pub fn check_server_output(out: &[u8], requests: &[RequestFacts]) -> Vec<Resp> {
             });
             return resps; // protocol switch: the rest is the tunnel's
         }
-        // Known bug (fuzz/regressions/README.md): the connection's own error answer to a HEAD
-        // request carries its body. Tolerated unless FERRY_FUZZ_STRICT is set.
-        let head = facts.is_some_and(|f| f.head) && (tag.is_some() || strict());
+        let head = facts.is_some_and(|f| f.head);
         let expect = tag.map(body_byte);
         // (body bytes, bytes of the stream used, whether the body is complete)
         let (body, used, complete) = if head || status == 204 || status == 304 {
@@ -351,27 +349,6 @@ pub fn check_server_output(out: &[u8], requests: &[RequestFacts]) -> Vec<Resp> {
         }
     }
     resps
-}
-
-/// A limit error: which limit or syntax error a connection sees first can depend on how the
-/// input was split (see `fuzz/regressions/README.md`), so split-invariance checks treat these
-/// as equal to any other error unless `FERRY_FUZZ_STRICT` is set.
-pub fn is_limit_error(e: Error) -> bool {
-    matches!(e, Error::UriTooLong | Error::HeadTooLarge)
-}
-
-/// `FERRY_FUZZ_STRICT` set: demand identical errors whatever the split.
-pub fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("FERRY_FUZZ_STRICT").is_some())
-}
-
-/// Whether two outcomes of the same input, split differently, agree on the error.
-pub fn same_error(a: Option<Error>, b: Option<Error>) -> bool {
-    match (a, b) {
-        (Some(x), Some(y)) if x != y => !strict() && (is_limit_error(x) || is_limit_error(y)),
-        _ => a == b,
-    }
 }
 
 fn check_body(body: &[u8], expect: Option<u8>) {
