@@ -29,6 +29,8 @@ pub struct BenchConfig {
     pub duration: Duration,
     pub requests: Option<u64>,
     pub pipeline: usize,
+    /// HTTP/2 (h2c, prior knowledge) with `pipeline` concurrent streams per connection.
+    pub h2: bool,
 }
 
 /// What a run measured.
@@ -48,7 +50,7 @@ struct Target {
 
 fn parse_url(url: &str) -> Result<Target, String> {
     let rest = url.strip_prefix("http://").ok_or_else(|| {
-        if url.starts_with("redis://") || url.starts_with("https://") {
+        if url.starts_with("https://") {
             format!("{url}: only http:// is available yet")
         } else {
             format!("{url}: expected an http:// URL")
@@ -90,15 +92,128 @@ struct Shared {
     stop: AtomicBool,
 }
 
+/// The client state machine of one connection: HTTP/1.1 or HTTP/2 (one per connection, so
+/// the size difference does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Proto {
+    H1(ClientConnection),
+    H2(ferry_http2::ClientConnection),
+}
+
+/// What a response did, as far as the load loop cares.
+enum Outcome {
+    /// A response ended (key: stream id for HTTP/2, 0 for HTTP/1.1 which is FIFO).
+    Done(u64),
+    /// A response status of 400 or more.
+    BadStatus,
+    /// The connection failed.
+    Failed,
+    /// The server is closing the connection gracefully (HTTP/2 GOAWAY NO_ERROR, e.g. nginx's
+    /// `http2_max_requests`): send nothing more on it, reconnect once it closed.
+    Draining,
+    /// The server refused a stream before processing it (REFUSED_STREAM): retry it.
+    Refused(u64),
+}
+
+impl Proto {
+    fn can_send(&self) -> bool {
+        match self {
+            Proto::H1(c) => c.can_send_request(),
+            Proto::H2(c) => c.can_send_request(),
+        }
+    }
+
+    /// Send a GET; returns its key.
+    fn send(&mut self, host: &str, path: &str) -> Option<u64> {
+        match self {
+            Proto::H1(c) => {
+                let fields: [(&str, &[u8]); 1] = [("host", host.as_bytes())];
+                c.send_request(Method::Get, path, &fields, Body::Empty)
+                    .ok()
+                    .map(|_| 0)
+            }
+            Proto::H2(c) => {
+                let head = ferry_http2::RequestHead::new("GET", "http", host, path);
+                c.send_request(&head, ferry_http2::Body::Empty)
+                    .ok()
+                    .map(|id| u64::from(id.get()))
+            }
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        match self {
+            Proto::H1(c) => c.poll_transmit(),
+            Proto::H2(c) => c.poll_transmit(),
+        }
+    }
+
+    fn handle_input(&mut self, now: ferry_proto::Instant, input: &mut BytesMut) {
+        let _ = match self {
+            Proto::H1(c) => c.handle_input(now, input).map_err(|_| ()),
+            Proto::H2(c) => c.handle_input(now, input).map_err(|_| ()),
+        };
+    }
+
+    fn handle_eof(&mut self, now: ferry_proto::Instant) {
+        match self {
+            Proto::H1(c) => c.handle_eof(now),
+            Proto::H2(c) => c.handle_eof(now),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Proto::H1(c) => c.is_closed(),
+            Proto::H2(c) => c.is_closed(),
+        }
+    }
+
+    fn poll_outcome(&mut self) -> Option<Option<Outcome>> {
+        match self {
+            Proto::H1(c) => c.poll_event().map(|ev| match ev {
+                Event::Response(r) if r.status() >= 400 => Some(Outcome::BadStatus),
+                Event::End { .. } => Some(Outcome::Done(0)),
+                Event::Error { .. } => Some(Outcome::Failed),
+                _ => None,
+            }),
+            Proto::H2(c) => c.poll_event().map(|ev| {
+                use ferry_http2::Event as E;
+                match ev {
+                    E::Response { response, .. } if response.status() >= 400 => {
+                        Some(Outcome::BadStatus)
+                    }
+                    E::Data { id, data } => {
+                        c.release_capacity(id, data.len());
+                        None
+                    }
+                    E::End { id } => Some(Outcome::Done(u64::from(id.get()))),
+                    E::GoAway { reason, .. } if reason == ferry_http2::Reason::NO_ERROR => {
+                        Some(Outcome::Draining)
+                    }
+                    E::Reset { id, reason, .. }
+                        if reason == ferry_http2::Reason::REFUSED_STREAM =>
+                    {
+                        Some(Outcome::Refused(u64::from(id.get())))
+                    }
+                    E::Reset { .. } | E::Error { .. } | E::GoAway { .. } => Some(Outcome::Failed),
+                    _ => None,
+                }
+            }),
+        }
+    }
+}
+
 struct Client {
     stream: TcpStream,
-    conn: ClientConnection,
+    conn: Proto,
     input: BytesMut,
     out: VecDeque<Bytes>,
-    started: VecDeque<Instant>,
+    started: VecDeque<(u64, Instant)>,
     readable: bool,
     writable: bool,
     dead: bool,
+    draining: bool,
 }
 
 /// Run the benchmark; `progress` prints a line per second on stderr when it is a terminal.
@@ -182,6 +297,7 @@ fn connect(
     poll: &Poll,
     token: usize,
     config: &Arc<ClientConfig>,
+    h2config: &Arc<ferry_http2::Config>,
     clock: Instant,
 ) -> io::Result<Client> {
     let std = std::net::TcpStream::connect_timeout(&s.target.addr, Duration::from_secs(5))?;
@@ -195,13 +311,21 @@ fn connect(
     )?;
     Ok(Client {
         stream,
-        conn: ClientConnection::new(config.clone(), now(clock)),
+        conn: if s.cfg.h2 {
+            Proto::H2(ferry_http2::ClientConnection::new(
+                h2config.clone(),
+                now(clock),
+            ))
+        } else {
+            Proto::H1(ClientConnection::new(config.clone(), now(clock)))
+        },
         input: BytesMut::with_capacity(16 * 1024),
         out: VecDeque::new(),
         started: VecDeque::new(),
         readable: true,
         writable: true,
         dead: false,
+        draining: false,
     })
 }
 
@@ -214,16 +338,16 @@ fn worker(s: &Shared, n: usize, start: Instant) -> Result<BenchResult, String> {
     let mut config = ClientConfig::default();
     config.max_pipelined = s.cfg.pipeline.max(1);
     let config = Arc::new(config);
+    let h2config = Arc::new(ferry_http2::Config::default());
     let mut hist = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let (mut requests, mut errors, mut bytes) = (0u64, 0u64, 0u64);
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
-        match connect(s, &poll, i, &config, start) {
+        match connect(s, &poll, i, &config, &h2config, start) {
             Ok(c) => clients.push(c),
             Err(e) => return Err(format!("cannot connect to {}: {e}", s.target.addr)),
         }
     }
-    let fields: [(&str, &[u8]); 1] = [("host", s.target.host.as_bytes())];
     let mut events = Events::with_capacity(1024);
     let mut first = true;
     loop {
@@ -246,7 +370,7 @@ fn worker(s: &Shared, n: usize, start: Instant) -> Result<BenchResult, String> {
                 if stopping || (s.cfg.requests.is_some() && s.budget.load(Ordering::Relaxed) == 0) {
                     continue;
                 }
-                match connect(s, &poll, i, &config, start) {
+                match connect(s, &poll, i, &config, &h2config, start) {
                     Ok(nc) => *c = nc,
                     Err(_) => {
                         errors += 1;
@@ -255,16 +379,14 @@ fn worker(s: &Shared, n: usize, start: Instant) -> Result<BenchResult, String> {
                 }
             }
             // Fill the pipeline.
-            while c.conn.can_send_request()
+            while !c.draining
+                && c.conn.can_send()
                 && c.started.len() < s.cfg.pipeline.max(1)
                 && take_budget(s)
             {
-                match c
-                    .conn
-                    .send_request(Method::Get, &s.target.path, &fields, Body::Empty)
-                {
-                    Ok(_) => c.started.push_back(Instant::now()),
-                    Err(_) => {
+                match c.conn.send(&s.target.host, &s.target.path) {
+                    Some(key) => c.started.push_back((key, Instant::now())),
+                    None => {
                         s.budget
                             .fetch_add(u64::from(s.cfg.requests.is_some()), Ordering::Relaxed);
                         break;
@@ -313,28 +435,39 @@ fn worker(s: &Shared, n: usize, start: Instant) -> Result<BenchResult, String> {
                     Ok(k) => {
                         bytes += k as u64;
                         c.input.extend_from_slice(&buf[..k]);
-                        let _ = c.conn.handle_input(now(start), &mut c.input);
+                        c.conn.handle_input(now(start), &mut c.input);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => c.dead = true,
                 }
-                while let Some(ev) = c.conn.poll_event() {
+                while let Some(ev) = c.conn.poll_outcome() {
                     match ev {
-                        Event::Response(r) if r.status() >= 400 => errors += 1,
-                        Event::End { .. } => {
-                            if let Some(t) = c.started.pop_front() {
+                        Some(Outcome::BadStatus) => errors += 1,
+                        Some(Outcome::Done(key)) => {
+                            let i = c.started.iter().position(|(k, _)| *k == key).unwrap_or(0);
+                            if let Some((_, t)) = c.started.remove(i) {
                                 let us = t.elapsed().as_micros() as u64;
                                 let _ = hist.record(us.max(1));
                                 requests += 1;
                                 s.done.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        Event::Error { .. } => {
-                            errors += 1;
+                        Some(Outcome::Failed) => {
+                            // Streams a draining server refused are retried elsewhere.
+                            errors += u64::from(!c.draining);
                             c.dead = true;
                         }
-                        _ => {}
+                        Some(Outcome::Draining) => c.draining = true,
+                        Some(Outcome::Refused(key)) => {
+                            if let Some(i) = c.started.iter().position(|(k, _)| *k == key) {
+                                c.started.remove(i);
+                                if s.cfg.requests.is_some() {
+                                    s.budget.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        None => {}
                     }
                 }
             }
@@ -347,7 +480,7 @@ fn worker(s: &Shared, n: usize, start: Instant) -> Result<BenchResult, String> {
                     s.budget
                         .fetch_add(c.started.len() as u64, Ordering::Relaxed);
                 }
-                if !c.started.is_empty() {
+                if !c.started.is_empty() && !c.draining {
                     errors += 1;
                 }
                 c.started.clear();
@@ -400,8 +533,11 @@ pub fn report(cfg: &BenchConfig, r: &BenchResult, json: bool) {
     } else {
         println!("ferry bench {}", cfg.url);
         println!(
-            "  {} connections, {} thread(s), pipeline {}",
-            cfg.connections, cfg.threads, cfg.pipeline
+            "  {} connections, {} thread(s), {} {}",
+            cfg.connections,
+            cfg.threads,
+            if cfg.h2 { "h2 streams" } else { "pipeline" },
+            cfg.pipeline
         );
         println!(
             "  requests    {} in {:.2}s, errors {}",

@@ -1,7 +1,9 @@
 //! The `ferry` command: `serve`, `probe`, `bench` (see CONTRACT.md).
 
 mod bench;
+mod bench_redis;
 mod demo;
+mod redis;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use ferry_driver::h2::HttpAuto;
+use ferry_driver::resp::{RespSession, RespShared};
 use ferry_driver::select::{resolve, DriverKind};
 use ferry_driver::{Launch, ListenAddr, ServerHandle, ServerOptions};
 use serde::Deserialize;
@@ -31,7 +35,7 @@ enum Command {
     Serve(ServeArgs),
     /// Show which transports this host supports and which one `auto` picks.
     Probe,
-    /// HTTP/1.1 load generator on Ferry's own client state machine.
+    /// Load generator on Ferry's own client state machines (http://, redis://).
     Bench(BenchArgs),
 }
 
@@ -93,15 +97,19 @@ struct BenchArgs {
     /// Load threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: u32,
-    /// HTTP/2 (not available yet).
+    /// HTTP/2 over cleartext (h2c, prior knowledge) for http:// URLs.
     #[arg(long)]
     h2: bool,
-    /// Streams per connection with --h2 (not available yet).
+    /// Concurrent streams per connection with --h2 [default: 1].
     #[arg(short = 'm', long)]
     streams: Option<u32>,
-    /// Redis tests, e.g. set,get (not available yet).
+    /// Redis tests (redis:// URLs), comma-separated: ping,set,get,incr,lpush,rpush,lpop,rpop,
+    /// sadd,hset,spop,mset [default: all of them].
     #[arg(short = 't', long)]
     tests: Option<String>,
+    /// Value size in bytes for Redis SET/LPUSH/RPUSH/HSET/MSET.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
+    data_size: u32,
     /// Print one JSON object: requests, errors, duration_s, rps, latency_us{p50,p90,p99,p999,max}.
     #[arg(long)]
     json: bool,
@@ -115,7 +123,7 @@ struct ServeArgs {
     /// HTTP listener: IP:PORT, [IPv6]:PORT or unix:PATH [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     http: Option<ListenAddr>,
-    /// RESP listener address (not available yet).
+    /// RESP (Redis) listener: IP:PORT. Without --http (flag or config) only this listener runs.
     #[arg(long, value_name = "ADDR")]
     redis: Option<SocketAddr>,
     /// Event loop: auto, epoll or uring (FERRY_DRIVER overrides auto) [default: auto].
@@ -140,6 +148,7 @@ struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     http: Option<String>,
+    redis: Option<String>,
     driver: Option<String>,
     workers: Option<u32>,
     app_workers: Option<u32>,
@@ -224,11 +233,36 @@ fn main() -> ExitCode {
 }
 
 fn bench(args: BenchArgs) -> ExitCode {
-    if args.h2 || args.streams.is_some() {
-        return usage_error("--h2: HTTP/2 load is not available yet");
+    if args.streams.is_some() && !args.h2 {
+        return usage_error("-m/--streams: only with --h2");
+    }
+    if args.url.starts_with("redis://") {
+        let tests = match bench_redis::parse_tests(
+            args.tests.as_deref().unwrap_or(bench_redis::DEFAULT_TESTS),
+        ) {
+            Ok(t) => t,
+            Err(e) => return usage_error(e),
+        };
+        let cfg = bench_redis::RedisBenchConfig {
+            url: args.url,
+            connections: args.connections as usize,
+            threads: args.threads as usize,
+            duration: args.duration,
+            requests: args.requests,
+            pipeline: args.pipeline as usize,
+            tests,
+            data_size: args.data_size as usize,
+        };
+        return match bench_redis::run(&cfg).and_then(|r| bench_redis::report(&cfg, &r, args.json)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferry: bench: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     if args.tests.is_some() {
-        return usage_error("--tests: Redis load is not available yet");
+        return usage_error("--tests: only for redis:// URLs");
     }
     let cfg = bench::BenchConfig {
         url: args.url,
@@ -236,7 +270,12 @@ fn bench(args: BenchArgs) -> ExitCode {
         threads: args.threads as usize,
         duration: args.duration,
         requests: args.requests,
-        pipeline: args.pipeline as usize,
+        pipeline: if args.h2 {
+            args.streams.unwrap_or(1).max(1) as usize
+        } else {
+            args.pipeline as usize
+        },
+        h2: args.h2,
     };
     match bench::run(cfg.clone()) {
         Ok(r) => {
@@ -309,16 +348,22 @@ fn serve(args: ServeArgs) -> ExitCode {
         None => FileConfig::default(),
     };
     init_logs(args.log_format.or(file.log_format).unwrap_or_default());
-    if args.redis.is_some() {
-        return usage_error("--redis: the RESP listener is not available yet");
-    }
-    let addr = match (args.http, &file.http) {
-        (Some(a), _) => a,
+    let redis_addr = match (args.redis, &file.redis) {
+        (Some(a), _) => Some(a),
+        (None, Some(s)) => match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => return usage_error(format_args!("--config: redis: {e}")),
+        },
+        (None, None) => None,
+    };
+    let http_addr = match (args.http, &file.http) {
+        (Some(a), _) => Some(a),
         (None, Some(s)) => match s.parse::<ListenAddr>() {
-            Ok(a) => a,
+            Ok(a) => Some(a),
             Err(e) => return usage_error(format_args!("--config: http: {e}")),
         },
-        (None, None) => ListenAddr::Inet(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        (None, None) if redis_addr.is_some() => None,
+        (None, None) => Some(ListenAddr::Inet(SocketAddr::from(([127, 0, 0, 1], 8080)))),
     };
     let requested = match (args.driver, &file.driver) {
         (Some(d), _) => d,
@@ -414,35 +459,92 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
 
     let app = Arc::new(demo::Demo::new());
-    let launch = match Launch::prepare(addr, opts, app.clone()) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("ferry: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let started: std::io::Result<ServerHandle> = match driver {
-        DriverKind::Uring => ferry_uring::start(launch),
-        _ => ferry_epoll::start(launch),
-    };
-    let handle = match started {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("ferry: cannot start the {driver} driver: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let _ = app.stats.set(demo::Stats {
-        driver: handle.driver.name(),
-        metrics: handle.metrics.clone(),
-    });
-    println!(
-        "ferry: listening http {} driver={}",
-        handle.local_addr,
-        handle.driver.name()
-    );
+    let mut handles: Vec<ServerHandle> = Vec::new();
+    if let Some(addr) = http_addr {
+        let launch = match Launch::prepare(addr, opts.clone(), app.clone()) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("ferry: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let started: std::io::Result<ServerHandle> = match driver {
+            DriverKind::Uring => ferry_uring::start_with::<HttpAuto>(launch, Arc::new(())),
+            _ => ferry_epoll::start_with::<HttpAuto>(launch, Arc::new(())),
+        };
+        let handle = match started {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("ferry: cannot start the {driver} driver: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let _ = app.stats.set(demo::Stats {
+            driver: handle.driver.name(),
+            metrics: handle.metrics.clone(),
+        });
+        println!(
+            "ferry: listening http {} driver={}",
+            handle.local_addr,
+            handle.driver.name()
+        );
+        handles.push(handle);
+    }
+    if let Some(addr) = redis_addr {
+        let mut ropts = opts.clone();
+        // The RESP application workers belong to the RESP server state, not the HTTP pool.
+        ropts.app_workers = 0;
+        let launch = match Launch::prepare(addr, ropts, app.clone()) {
+            Ok(l) => l,
+            Err(e) => {
+                for h in handles {
+                    h.shutdown.trigger();
+                    h.wait();
+                }
+                eprintln!("ferry: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let unix_ms = launch
+            .workers
+            .first()
+            .map_or(0, |w| w.clock.unix_origin_nanos() / 1_000_000);
+        let port = match &launch.local_addr {
+            ListenAddr::Inet(a) => a.port(),
+            _ => 6379,
+        };
+        let kv = redis::Kv::new(unix_ms, port);
+        let shared = RespShared::new(
+            kv,
+            ferry_resp::ServerConfig::default(),
+            &launch,
+            opts.app_workers,
+        );
+        type Resp = RespSession<redis::Kv>;
+        let started: std::io::Result<ServerHandle> = match driver {
+            DriverKind::Uring => ferry_uring::start_with::<Resp>(launch, shared),
+            _ => ferry_epoll::start_with::<Resp>(launch, shared),
+        };
+        let handle = match started {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("ferry: cannot start the {driver} driver: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        println!(
+            "ferry: listening redis {} driver={}",
+            handle.local_addr,
+            handle.driver.name()
+        );
+        handles.push(handle);
+    }
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
 
-    let shutdown = handle.shutdown.clone();
+    let stops: Vec<_> = handles.iter().map(|h| h.shutdown.clone()).collect();
     let mut signals = signals;
     let sig_handle = signals.handle();
     std::thread::Builder::new()
@@ -452,7 +554,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             for _ in signals.forever() {
                 seen += 1;
                 if seen == 1 {
-                    shutdown.trigger();
+                    for s in &stops {
+                        s.trigger();
+                    }
                 } else {
                     eprintln!("ferry: second signal, exiting without draining");
                     std::process::exit(1);
@@ -460,7 +564,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         })
         .ok();
-    let bad = handle.wait();
+    let bad: usize = handles.into_iter().map(|h| h.wait()).sum();
     sig_handle.close();
     if bad > 0 {
         eprintln!("ferry: {bad} worker thread(s) failed");

@@ -963,10 +963,15 @@ fn ferry_driver_env_overrides_auto() {
 }
 
 #[test]
-fn bench_refuses_what_is_not_built() {
+fn bench_reports_an_unreachable_target_in_one_line() {
     for (args, flag) in [
-        (&["bench", "http://127.0.0.1:1/", "--h2"][..], "--h2"),
-        (&["bench", "redis://127.0.0.1:1/"][..], "redis://"),
+        (&["bench", "http://127.0.0.1:1/", "--h2"][..], "127.0.0.1:1"),
+        (&["bench", "redis://127.0.0.1:1/"][..], "127.0.0.1:1"),
+        (&["bench", "http://127.0.0.1:1/", "-m", "4"][..], "--h2"),
+        (
+            &["bench", "redis://127.0.0.1:1/", "-t", "nope"][..],
+            "--tests",
+        ),
     ] {
         let out = Command::new(BIN).args(args).output().unwrap();
         assert!(!out.status.success());

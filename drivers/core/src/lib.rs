@@ -14,6 +14,11 @@
 //! - [`pool`]: bounded lock-free channels (crossbeam-channel; see the module docs for why)
 //!   between I/O workers and application workers, where backpressure comes from;
 //! - [`HttpSession`]: the per-connection glue every driver uses, so drivers only move bytes;
+//! - [`Session`]: the protocol-generic face of a connection that drivers are generic over
+//!   (monomorphised, no dynamic dispatch on the hot path); implemented by [`HttpSession`],
+//!   [`h2::HttpAuto`] (HTTP/1.1 plus h2c by prior knowledge or `Upgrade: h2c`) and
+//!   [`resp::RespSession`] (RESP2/RESP3 over a [`resp::RespService`], with pub/sub routing
+//!   across workers through per-worker mailboxes and the workers' doorbells);
 //! - [`select`]: `auto|epoll|uring` with `FERRY_DRIVER`, and [`probe`];
 //! - [`Shutdown`] and [`EventFd`]: graceful stop (stop accepting, close idle keep-alives,
 //!   drain in-flight requests up to a deadline);
@@ -49,9 +54,12 @@
 
 pub mod affinity;
 pub mod compat;
+pub mod driven;
+pub mod h2;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
+pub mod resp;
 pub mod runtime;
 pub mod select;
 pub mod service;
@@ -60,6 +68,7 @@ pub mod shutdown;
 pub mod timer;
 pub mod transport;
 
+pub use driven::{OutQueue, Session};
 pub use ferry_http1::{Method, ServerConfig};
 pub use listen::{BindError, ListenAddr, ListenOptions, Listener};
 pub use metrics::WorkerMetrics;

@@ -47,6 +47,18 @@ pub struct HttpSession {
     errored: bool,
     /// A bodyless request answered at its head: its `End` event is skipped.
     skip_end: Option<RequestId>,
+    /// Answer `Upgrade: h2c` requests with 101 (the HTTP listener's [`HttpAuto`](crate::h2::HttpAuto)).
+    pub(crate) allow_h2c: bool,
+    h2c: Option<H2cUpgrade>,
+}
+
+/// An `Upgrade: h2c` request answered with 101: what HTTP/2's stream 1 is made of.
+#[derive(Debug)]
+pub(crate) struct H2cUpgrade {
+    pub(crate) settings: Vec<u8>,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) fields: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for HttpSession {
@@ -80,7 +92,30 @@ impl HttpSession {
             abort: false,
             errored: false,
             skip_end: None,
+            allow_h2c: false,
+            h2c: None,
         }
+    }
+
+    /// Whether an `Upgrade: h2c` request was answered with 101.
+    pub(crate) fn has_h2c_upgrade(&self) -> bool {
+        self.h2c.is_some()
+    }
+
+    /// Hand over an answered h2c upgrade: the request, the unread input, the queued output and
+    /// the output byte count (including bytes in flight).
+    pub(crate) fn take_h2c_upgrade(
+        &mut self,
+    ) -> Option<(H2cUpgrade, BytesMut, VecDeque<Bytes>, usize)> {
+        let up = self.h2c.take()?;
+        self.collect();
+        let n = std::mem::take(&mut self.out_bytes);
+        Some((
+            up,
+            std::mem::take(&mut self.input),
+            std::mem::take(&mut self.out),
+            n,
+        ))
     }
 
     /// The connection's identity.
@@ -277,6 +312,44 @@ impl HttpSession {
             Event::Request(head) => {
                 add(&ctx.metrics.requests, 1);
                 let id = head.id();
+                // Only with nothing else in flight: the switch hands over the output queue.
+                if self.allow_h2c
+                    && self.h2c.is_none()
+                    && self.inline.is_empty()
+                    && self.remote_open.is_empty()
+                    && self.streams.is_empty()
+                    && self.pending.is_empty()
+                    && head.is_upgrade()
+                    && head.body_kind() == ferry_http1::BodyKind::Empty
+                {
+                    let hs = head.headers();
+                    let h2c = hs
+                        .get("upgrade")
+                        .is_some_and(|v| v.eq_ignore_ascii_case(b"h2c"));
+                    if let (true, Some(settings)) = (h2c, hs.get("http2-settings")) {
+                        let up = H2cUpgrade {
+                            settings: settings.to_vec(),
+                            method: head.method_str().to_string(),
+                            path: head.target().to_string(),
+                            fields: hs
+                                .iter()
+                                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                                .collect(),
+                        };
+                        let fields: [(&str, &[u8]); 2] =
+                            [("connection", b"Upgrade"), ("upgrade", b"h2c")];
+                        if self
+                            .conn
+                            .send_response(id, 101, &fields, WireBody::Empty)
+                            .is_ok()
+                        {
+                            self.h2c = Some(up);
+                            self.skip_end = Some(id);
+                            self.collect();
+                            return;
+                        }
+                    }
+                }
                 self.started.push_back((id.get(), now));
                 let bodyless = head.body_kind() == ferry_http1::BodyKind::Empty;
                 let req = Request::new(head, Bytes::new(), self.info);

@@ -7,8 +7,9 @@
 //! 1. reads until `WouldBlock` into the session's `BytesMut` (edge-triggered: a readiness
 //!    event is reported once, so the loop MUST drain it, and it remembers "still readable"
 //!    when it stops early for backpressure, resuming without a new event);
-//! 2. feeds the HTTP/1.1 state machine and hands its events to the `Service` (inline, or over
-//!    the bounded channels to application workers);
+//! 2. feeds the session's protocol state machine (any [`Session`]: HTTP/1.1, h2c, RESP; the
+//!    loop is generic over it and knows no protocol), which hands its events to the
+//!    application (inline, or over the bounded channels to application workers);
 //! 3. writes the queued `Bytes` with one `writev` (an `IoSlice` per chunk), registering
 //!    writable interest only while output is pending after a `WouldBlock`;
 //! 4. arms the connection's timer from `poll_timeout`.
@@ -49,7 +50,7 @@ use ferry_driver::listen::{configure_accepted, has_unread_input, recv_into};
 use ferry_driver::metrics::add;
 use ferry_driver::Listener;
 use ferry_driver::{
-    ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, TimerWheel, WorkerCtx,
+    ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, Session, TimerWheel, WorkerCtx,
 };
 use ferry_proto::Instant;
 use mio::event::Source;
@@ -57,13 +58,19 @@ use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use std::sync::Arc;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const MAX_IOV: usize = 64;
 
-/// Start one event loop thread per prepared worker.
+/// Start one event loop thread per prepared worker, serving HTTP.
 pub fn start(launch: Launch) -> io::Result<ServerHandle> {
+    start_with::<HttpSession>(launch, Arc::new(()))
+}
+
+/// Start one event loop thread per prepared worker, serving protocol `S`.
+pub fn start_with<S: Session>(launch: Launch, shared: Arc<S::Shared>) -> io::Result<ServerHandle> {
     let Launch {
         local_addr,
         listeners,
@@ -75,10 +82,11 @@ pub fn start(launch: Launch) -> io::Result<ServerHandle> {
     let mut threads = Vec::new();
     for (ctx, l) in workers.into_iter().zip(listeners) {
         let name = format!("ferry-epoll-{}", ctx.index);
+        let shared = shared.clone();
         threads.push(std::thread::Builder::new().name(name).spawn(move || {
             ctx.pin();
             let index = ctx.index;
-            if let Err(e) = run_worker(ctx, l) {
+            if let Err(e) = run_worker_with::<S>(ctx, l, shared) {
                 tracing::error!("epoll worker {index} failed: {e}");
             }
         })?);
@@ -153,9 +161,9 @@ impl Acceptor {
     }
 }
 
-struct Conn {
+struct Conn<S> {
     stream: Stream,
-    session: HttpSession,
+    session: S,
     readable: bool,
     write_blocked: bool,
     write_interest: bool,
@@ -167,8 +175,17 @@ struct Conn {
     read_closed: bool,
 }
 
-/// Run one I/O worker's loop on the calling thread until shutdown completes.
-pub fn run_worker(mut ctx: WorkerCtx, listener: Listener) -> io::Result<()> {
+/// Run one I/O worker's HTTP loop on the calling thread until shutdown completes.
+pub fn run_worker(ctx: WorkerCtx, listener: Listener) -> io::Result<()> {
+    run_worker_with::<HttpSession>(ctx, listener, Arc::new(()))
+}
+
+/// Run one I/O worker's loop for protocol `S` on the calling thread until shutdown completes.
+pub fn run_worker_with<S: Session>(
+    mut ctx: WorkerCtx,
+    listener: Listener,
+    shared: Arc<S::Shared>,
+) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut listener = Some(match listener {
         Listener::Tcp(l) => {
@@ -189,7 +206,10 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: Listener) -> io::Result<()> {
         .register(&mut SourceFd(&waker_fd), WAKER, Interest::READABLE)?;
 
     let mut events = Events::with_capacity(1024);
-    let mut conns: Slab<Conn> = Slab::with_capacity(1024);
+    let mut conns: Slab<Conn<S>> = Slab::with_capacity(1024);
+    let mut mail: Vec<(usize, S::Mail)> = Vec::new();
+    let now0 = ctx.clock.now();
+    let mut tick_at: Option<Instant> = S::tick(&mut ctx, &shared, now0);
     let mut wheel = TimerWheel::new(ctx.clock.now(), Duration::from_millis(1));
     let mut expired = Vec::new();
     let mut touched: Vec<usize> = Vec::new();
@@ -203,7 +223,10 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: Listener) -> io::Result<()> {
     loop {
         let now = ctx.clock.now();
         let mut deadline = wheel.next_expiration();
-        for d in [accept_paused_until, drain_deadline].into_iter().flatten() {
+        for d in [accept_paused_until, drain_deadline, tick_at]
+            .into_iter()
+            .flatten()
+        {
             deadline = Some(deadline.map_or(d, |x| x.min(d)));
         }
         let mut timeout = deadline.map(|d| d.saturating_duration_since(now));
@@ -245,19 +268,21 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: Listener) -> io::Result<()> {
             }
         }
 
-        // Replies from application workers.
-        if let Some(rx) = ctx.replies.as_ref() {
-            let rx = rx.clone();
-            while let Ok(r) = rx.try_recv() {
-                let t = r.token;
-                if let Some(c) = conns.get_mut(t) {
-                    c.session.apply_reply(&mut ctx, r, now);
-                    if !c.queued {
-                        c.queued = true;
-                        touched.push(t);
-                    }
+        // Mail: application workers' replies, messages from other connections.
+        S::take_mail(&mut ctx, &shared, &mut mail);
+        for (t, m) in mail.drain(..) {
+            if let Some(c) = conns.get_mut(t) {
+                c.session.apply_mail(&mut ctx, m, now);
+                if !c.queued {
+                    c.queued = true;
+                    touched.push(t);
                 }
+            } else {
+                S::drop_mail(&mut ctx, &shared, m);
             }
+        }
+        if tick_at.is_some_and(|t| now >= t) {
+            tick_at = S::tick(&mut ctx, &shared, now);
         }
         if any_pending {
             any_pending = false;
@@ -372,22 +397,17 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: Listener) -> io::Result<()> {
                                 token,
                                 peer,
                             };
-                            let svc = ctx.service.clone();
-                            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                svc.on_connect(&info)
-                            }))
-                            .unwrap_or(false);
-                            if !ok {
+                            let Some(session) = S::open(&mut ctx, &shared, info, gen, now) else {
                                 continue;
-                            }
+                            };
                             if poll
                                 .registry()
                                 .register(stream.source(), Token(token), Interest::READABLE)
                                 .is_err()
                             {
+                                session.close(&mut ctx);
                                 continue;
                             }
-                            let session = HttpSession::new(&ctx, info, gen, now);
                             let armed = session.poll_timeout();
                             if let Some(d) = armed {
                                 wheel.insert(token, d);
@@ -447,7 +467,12 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: Listener) -> io::Result<()> {
 }
 
 /// Move bytes for one connection. Returns `false` when it must be closed now.
-fn drive(c: &mut Conn, ctx: &mut WorkerCtx, now: Instant, scratch: &mut [u8]) -> bool {
+fn drive<S: Session>(
+    c: &mut Conn<S>,
+    ctx: &mut WorkerCtx,
+    now: Instant,
+    scratch: &mut [u8],
+) -> bool {
     if c.linger_until.is_some() {
         // Our side is done: discard input until the peer's FIN.
         while c.readable {
@@ -479,7 +504,7 @@ fn drive(c: &mut Conn, ctx: &mut WorkerCtx, now: Instant, scratch: &mut [u8]) ->
         let mut progress = false;
         // Read until WouldBlock, or until the session applies backpressure.
         while c.readable && c.session.wants_read(ctx) {
-            match recv_into(&c.stream, &mut c.session.input, chunk) {
+            match recv_into(&c.stream, c.session.input(), chunk) {
                 Ok((0, _)) => {
                     c.readable = false;
                     c.session.on_eof(ctx, now);
@@ -492,7 +517,7 @@ fn drive(c: &mut Conn, ctx: &mut WorkerCtx, now: Instant, scratch: &mut [u8]) ->
                         // A short read drained the socket; new data raises a new edge.
                         c.readable = false;
                     }
-                    if c.session.input.len() >= chunk {
+                    if c.session.input().len() >= chunk {
                         c.session.process(ctx, now);
                     }
                 }
@@ -530,7 +555,7 @@ fn drive(c: &mut Conn, ctx: &mut WorkerCtx, now: Instant, scratch: &mut [u8]) ->
     if c.session.is_finished() {
         c.stream.shutdown_write();
         if c.session.saw_eof()
-            || (c.session.input.is_empty() && !has_unread_input(c.stream.as_raw_fd()))
+            || (c.session.input().is_empty() && !has_unread_input(c.stream.as_raw_fd()))
         {
             return false;
         }

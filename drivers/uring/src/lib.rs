@@ -1,8 +1,8 @@
 //! # ferry-uring: io_uring event loops on pinned I/O workers
 //!
 //! The same runtime shape as `ferry-epoll` (one pinned thread per I/O worker, one
-//! `SO_REUSEPORT` listener each, a timer wheel, the shared [`HttpSession`] glue), with the
-//! kernel doing the waiting and the copying through io_uring:
+//! `SO_REUSEPORT` listener each, a timer wheel, the same generic [`Session`] glue for
+//! HTTP/1.1, h2c or RESP), with the kernel doing the waiting and the copying through io_uring:
 //!
 //! - one **multishot accept** per listener: one submission, a completion per connection;
 //! - one **multishot recv** per connection drawing from a **provided buffer ring** (256 × 16 KiB
@@ -56,12 +56,13 @@ use bytes::Bytes;
 use ferry_driver::listen::{configure_accepted, has_unread_input};
 use ferry_driver::metrics::add;
 use ferry_driver::{
-    ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, TimerWheel, WorkerCtx,
+    ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, Session, TimerWheel, WorkerCtx,
 };
 use ferry_proto::Instant;
 use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use slab::Slab;
+use std::sync::Arc;
 
 const OP_ACCEPT: u64 = 1;
 const OP_RECV: u64 = 2;
@@ -108,12 +109,17 @@ pub fn probe() -> io::Result<()> {
     Ok(())
 }
 
-/// Start one io_uring loop per prepared worker, or fall back to epoll (one line on stderr)
-/// when io_uring is unavailable.
+/// Start one io_uring loop per prepared worker serving HTTP, or fall back to epoll (one line
+/// on stderr) when io_uring is unavailable.
 pub fn start(launch: Launch) -> io::Result<ServerHandle> {
+    start_with::<HttpSession>(launch, Arc::new(()))
+}
+
+/// Start one io_uring loop per prepared worker serving protocol `S`, or fall back to epoll.
+pub fn start_with<S: Session>(launch: Launch, shared: Arc<S::Shared>) -> io::Result<ServerHandle> {
     if let Err(e) = probe() {
         tracing::warn!("io_uring unavailable ({e}); falling back to epoll");
-        return ferry_epoll::start(launch);
+        return ferry_epoll::start_with::<S>(launch, shared);
     }
     let Launch {
         local_addr,
@@ -126,10 +132,11 @@ pub fn start(launch: Launch) -> io::Result<ServerHandle> {
     let mut threads = Vec::new();
     for (ctx, l) in workers.into_iter().zip(listeners) {
         let name = format!("ferry-uring-{}", ctx.index);
+        let shared = shared.clone();
         threads.push(std::thread::Builder::new().name(name).spawn(move || {
             ctx.pin();
             let index = ctx.index;
-            if let Err(e) = run_worker(ctx, l) {
+            if let Err(e) = run_worker_with::<S>(ctx, l, shared) {
                 tracing::error!("io_uring worker {index} failed: {e}");
             }
         })?);
@@ -252,10 +259,10 @@ impl Sending {
     }
 }
 
-struct Conn {
+struct Conn<S> {
     fd: OwnedFd,
     gen: u32,
-    session: HttpSession,
+    session: S,
     recv_armed: bool,
     recv_cancelling: bool,
     sending: Sending,
@@ -292,7 +299,16 @@ impl Loop {
 ///
 /// If this thread cannot set up its ring (the probe in [`start`] passed, but e.g. a limit was
 /// reached since), the worker says so on stderr and runs the epoll loop instead.
-pub fn run_worker(mut ctx: WorkerCtx, listener: ferry_driver::Listener) -> io::Result<()> {
+pub fn run_worker(ctx: WorkerCtx, listener: ferry_driver::Listener) -> io::Result<()> {
+    run_worker_with::<HttpSession>(ctx, listener, Arc::new(()))
+}
+
+/// Run one I/O worker's io_uring loop for protocol `S` (see [`run_worker`]).
+pub fn run_worker_with<S: Session>(
+    mut ctx: WorkerCtx,
+    listener: ferry_driver::Listener,
+    shared: Arc<S::Shared>,
+) -> io::Result<()> {
     let setup = build_ring(1024).and_then(|ring| {
         let bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE, BUF_GROUP)?;
         Ok(Loop { ring, bufs })
@@ -304,7 +320,7 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: ferry_driver::Listener) -> io::R
                 "worker {}: io_uring setup failed ({e}); running epoll instead",
                 ctx.index
             );
-            return ferry_epoll::run_worker(ctx, listener);
+            return ferry_epoll::run_worker_with::<S>(ctx, listener, shared);
         }
     };
     let mut listener: Option<OwnedFd> = Some(listener.into());
@@ -319,7 +335,10 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: ferry_driver::Listener) -> io::R
             .user_data(ud(OP_WAKE, 0, 0)),
     );
 
-    let mut conns: Slab<Conn> = Slab::with_capacity(1024);
+    let mut conns: Slab<Conn<S>> = Slab::with_capacity(1024);
+    let mut mail: Vec<(usize, S::Mail)> = Vec::new();
+    let now0 = ctx.clock.now();
+    let mut tick_at: Option<Instant> = S::tick(&mut ctx, &shared, now0);
     let mut wheel = TimerWheel::new(ctx.clock.now(), Duration::from_millis(1));
     let mut expired = Vec::new();
     let mut touched: Vec<usize> = Vec::new();
@@ -354,7 +373,10 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: ferry_driver::Listener) -> io::R
         }
 
         let mut deadline = wheel.next_expiration();
-        for d in [accept_paused_until, drain_deadline].into_iter().flatten() {
+        for d in [accept_paused_until, drain_deadline, tick_at]
+            .into_iter()
+            .flatten()
+        {
             deadline = Some(deadline.map_or(d, |x| x.min(d)));
         }
         let mut timeout = deadline.map(|d| d.saturating_duration_since(now));
@@ -427,15 +449,9 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: ferry_driver::Listener) -> io::R
                             token,
                             peer,
                         };
-                        let svc = ctx.service.clone();
-                        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            svc.on_connect(&info)
-                        }))
-                        .unwrap_or(false);
-                        if !ok {
+                        let Some(session) = S::open(&mut ctx, &shared, info, gen, now) else {
                             continue;
-                        }
-                        let session = HttpSession::new(&ctx, info, gen, now);
+                        };
                         let armed = session.poll_timeout();
                         if let Some(d) = armed {
                             wheel.insert(token, d);
@@ -487,7 +503,7 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: ferry_driver::Listener) -> io::R
                             if let Some(bid) = bid {
                                 if c.linger_until.is_none() {
                                     c.session
-                                        .input
+                                        .input()
                                         .extend_from_slice(lp.bufs.get(bid, res as usize));
                                     c.session.on_read(&ctx, res as usize);
                                 }
@@ -532,19 +548,21 @@ pub fn run_worker(mut ctx: WorkerCtx, listener: ferry_driver::Listener) -> io::R
             }
         }
 
-        // Replies from application workers.
-        if let Some(rx) = ctx.replies.as_ref() {
-            let rx = rx.clone();
-            while let Ok(r) = rx.try_recv() {
-                let t = r.token;
-                if let Some(c) = conns.get_mut(t) {
-                    c.session.apply_reply(&mut ctx, r, now);
-                    if !c.queued {
-                        c.queued = true;
-                        touched.push(t);
-                    }
+        // Mail: application workers' replies, messages from other connections.
+        S::take_mail(&mut ctx, &shared, &mut mail);
+        for (t, m) in mail.drain(..) {
+            if let Some(c) = conns.get_mut(t) {
+                c.session.apply_mail(&mut ctx, m, now);
+                if !c.queued {
+                    c.queued = true;
+                    touched.push(t);
                 }
+            } else {
+                S::drop_mail(&mut ctx, &shared, m);
             }
+        }
+        if tick_at.is_some_and(|t| now >= t) {
+            tick_at = S::tick(&mut ctx, &shared, now);
         }
         if any_pending {
             any_pending = false;
@@ -672,7 +690,7 @@ fn peer_addr(fd: RawFd) -> Option<std::net::SocketAddr> {
     a
 }
 
-fn drive(c: &mut Conn, t: usize, ctx: &mut WorkerCtx, now: Instant, lp: &mut Loop) {
+fn drive<S: Session>(c: &mut Conn<S>, t: usize, ctx: &mut WorkerCtx, now: Instant, lp: &mut Loop) {
     if c.closing {
         if c.recv_armed && !c.recv_cancelling {
             lp.push(
@@ -690,7 +708,7 @@ fn drive(c: &mut Conn, t: usize, ctx: &mut WorkerCtx, now: Instant, lp: &mut Loo
             drive(c, t, ctx, now, lp);
             return;
         }
-        c.session.input.clear();
+        c.session.input().clear();
         if !c.recv_armed {
             arm_recv(c, t, lp);
         }
@@ -736,12 +754,12 @@ fn drive(c: &mut Conn, t: usize, ctx: &mut WorkerCtx, now: Instant, lp: &mut Loo
     if c.session.is_finished() && !c.sending.busy {
         // SAFETY: half-closing a socket we own.
         unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_WR) };
-        if c.eof || (c.session.input.is_empty() && !has_unread_input(c.fd.as_raw_fd())) {
+        if c.eof || (c.session.input().is_empty() && !has_unread_input(c.fd.as_raw_fd())) {
             c.closing = true;
             drive(c, t, ctx, now, lp);
         } else {
             c.linger_until = Some(now + ctx.options.linger);
-            c.session.input.clear();
+            c.session.input().clear();
             if !c.recv_armed {
                 arm_recv(c, t, lp);
             }
@@ -749,7 +767,7 @@ fn drive(c: &mut Conn, t: usize, ctx: &mut WorkerCtx, now: Instant, lp: &mut Loo
     }
 }
 
-fn arm_recv(c: &mut Conn, t: usize, lp: &mut Loop) {
+fn arm_recv<S>(c: &mut Conn<S>, t: usize, lp: &mut Loop) {
     lp.push(
         opcode::RecvMulti::new(Fd(c.fd.as_raw_fd()), BUF_GROUP)
             .build()

@@ -1,0 +1,246 @@
+//! The protocol-generic face of a connection, as an I/O worker drives it.
+//!
+//! Drivers (`ferry-epoll`, `ferry-uring`) are generic over [`Session`] and monomorphised per
+//! protocol, so the hot path has no dynamic dispatch and the driver code knows nothing about
+//! HTTP or RESP: it appends what it read to [`Session::input`], calls [`Session::process`],
+//! writes [`Session::fill_iov`] (or hands [`Session::take_out`] chunks to the kernel) and
+//! reports how much went out. Messages from outside the worker (application workers' replies,
+//! pub/sub deliveries from other connections) arrive as [`Session::Mail`], collected once per
+//! loop turn with [`Session::take_mail`] after the worker's doorbell rang.
+
+use std::io::IoSlice;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ferry_proto::Instant;
+
+use crate::pool::Reply;
+use crate::runtime::WorkerCtx;
+use crate::service::ConnInfo;
+use crate::session::HttpSession;
+
+/// One connection's protocol state, buffers and application glue.
+pub trait Session: Sized + Send + 'static {
+    /// Server-wide state shared by every worker (the application, routing tables).
+    type Shared: Send + Sync + 'static;
+    /// A message for one connection from outside its worker's loop.
+    type Mail: Send + 'static;
+
+    /// A connection was accepted; `None` refuses it (the driver closes the socket).
+    fn open(
+        ctx: &mut WorkerCtx,
+        shared: &Arc<Self::Shared>,
+        info: ConnInfo,
+        gen: u32,
+        now: Instant,
+    ) -> Option<Self>;
+    /// Bytes read and not yet consumed by the protocol. Drivers append here.
+    fn input(&mut self) -> &mut BytesMut;
+    /// Whether the driver should read from the socket now.
+    fn wants_read(&self, ctx: &WorkerCtx) -> bool;
+    /// Whether the socket can be closed (the protocol is done and every byte went out).
+    fn is_finished(&self) -> bool;
+    /// Whether the peer closed its side.
+    fn saw_eof(&self) -> bool;
+    /// Whether work waits for room in an application channel (retry soon).
+    fn has_pending(&self) -> bool;
+    /// The protocol's next deadline.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Whether output is waiting to be written (or confirmed).
+    fn has_output(&self) -> bool;
+    /// Fill `iov` with slices of queued output, oldest first; returns how many were filled.
+    fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize;
+    /// `n` bytes of the queued output were written (epoll style).
+    fn written(&mut self, ctx: &WorkerCtx, n: usize);
+    /// Take up to `max` queued chunks to hand to the kernel (io_uring style).
+    fn take_out(&mut self, max: usize, into: &mut Vec<Bytes>);
+    /// A completion wrote `n` bytes of the chunks taken; the rest goes back to the queue.
+    fn sent(&mut self, ctx: &WorkerCtx, n: usize, chunks: &mut Vec<Bytes>);
+    /// `n` bytes were appended to the input.
+    fn on_read(&mut self, ctx: &WorkerCtx, n: usize);
+    /// The peer closed its side.
+    fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant);
+    /// The connection's timer fired.
+    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant);
+    /// Graceful shutdown: finish what was received, read nothing new, then close.
+    fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, now: Instant);
+    /// Feed the input to the protocol, run the application, queue output.
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant);
+    /// Retry work an application channel refused. Returns whether all of it went through.
+    fn retry_pending(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool;
+    /// Collect this worker's mail as `(connection token, mail)` pairs.
+    fn take_mail(ctx: &mut WorkerCtx, shared: &Self::Shared, into: &mut Vec<(usize, Self::Mail)>);
+    /// Apply mail addressed to this connection.
+    fn apply_mail(&mut self, ctx: &mut WorkerCtx, mail: Self::Mail, now: Instant);
+    /// Mail for a connection that no longer exists.
+    fn drop_mail(_ctx: &mut WorkerCtx, _shared: &Self::Shared, _mail: Self::Mail) {}
+    /// Worker-level periodic work (called every loop turn); returns when to be called next.
+    fn tick(_ctx: &mut WorkerCtx, _shared: &Self::Shared, _now: Instant) -> Option<Instant> {
+        None
+    }
+    /// The socket is being closed.
+    fn close(self, ctx: &mut WorkerCtx);
+}
+
+impl Session for HttpSession {
+    type Shared = ();
+    type Mail = Reply;
+
+    fn open(
+        ctx: &mut WorkerCtx,
+        _shared: &Arc<()>,
+        info: ConnInfo,
+        gen: u32,
+        now: Instant,
+    ) -> Option<Self> {
+        let svc = ctx.service.clone();
+        let ok = catch_unwind(AssertUnwindSafe(|| svc.on_connect(&info))).unwrap_or(false);
+        ok.then(|| HttpSession::new(ctx, info, gen, now))
+    }
+    fn input(&mut self) -> &mut BytesMut {
+        &mut self.input
+    }
+    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
+        HttpSession::wants_read(self, ctx)
+    }
+    fn is_finished(&self) -> bool {
+        HttpSession::is_finished(self)
+    }
+    fn saw_eof(&self) -> bool {
+        HttpSession::saw_eof(self)
+    }
+    fn has_pending(&self) -> bool {
+        HttpSession::has_pending(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        HttpSession::poll_timeout(self)
+    }
+    fn has_output(&self) -> bool {
+        HttpSession::has_output(self)
+    }
+    fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        HttpSession::fill_iov(self, iov)
+    }
+    fn written(&mut self, ctx: &WorkerCtx, n: usize) {
+        HttpSession::written(self, ctx, n)
+    }
+    fn take_out(&mut self, max: usize, into: &mut Vec<Bytes>) {
+        HttpSession::take_out(self, max, into)
+    }
+    fn sent(&mut self, ctx: &WorkerCtx, n: usize, chunks: &mut Vec<Bytes>) {
+        HttpSession::sent(self, ctx, n, chunks)
+    }
+    fn on_read(&mut self, ctx: &WorkerCtx, n: usize) {
+        HttpSession::on_read(self, ctx, n)
+    }
+    fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        HttpSession::on_eof(self, ctx, now)
+    }
+    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        HttpSession::on_timeout(self, ctx, now)
+    }
+    fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        HttpSession::begin_shutdown(self, ctx, now)
+    }
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        HttpSession::process(self, ctx, now)
+    }
+    fn retry_pending(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
+        HttpSession::retry_pending(self, ctx, now)
+    }
+    fn take_mail(ctx: &mut WorkerCtx, _shared: &(), into: &mut Vec<(usize, Reply)>) {
+        if let Some(rx) = ctx.replies.as_ref() {
+            into.extend(rx.try_iter().map(|r| (r.token, r)));
+        }
+    }
+    fn apply_mail(&mut self, ctx: &mut WorkerCtx, mail: Reply, now: Instant) {
+        self.apply_reply(ctx, mail, now)
+    }
+    fn close(self, ctx: &mut WorkerCtx) {
+        HttpSession::close(self, ctx)
+    }
+}
+
+/// An output queue of owned chunks, shared by sessions that do not need anything fancier.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    out: std::collections::VecDeque<Bytes>,
+    /// Bytes queued plus bytes handed to the kernel and not yet confirmed.
+    bytes: usize,
+}
+
+impl OutQueue {
+    /// A queue holding `out`, with `bytes` queued or in flight.
+    pub fn from_parts(out: std::collections::VecDeque<Bytes>, bytes: usize) -> OutQueue {
+        OutQueue { out, bytes }
+    }
+
+    /// Queue a chunk.
+    pub fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.bytes += b.len();
+            self.out.push_back(b);
+        }
+    }
+    /// Bytes queued or in flight.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+    /// Whether nothing is queued or in flight.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+    /// See [`Session::fill_iov`].
+    pub fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, b) in iov.iter_mut().zip(self.out.iter()) {
+            *slot = IoSlice::new(b);
+            n += 1;
+        }
+        n
+    }
+    /// See [`Session::written`].
+    pub fn written(&mut self, mut n: usize) {
+        self.bytes -= n;
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else {
+                break;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.out.pop_front();
+            } else {
+                let _ = front.split_to(n);
+                n = 0;
+            }
+        }
+    }
+    /// See [`Session::take_out`].
+    pub fn take_out(&mut self, max: usize, into: &mut Vec<Bytes>) {
+        for _ in 0..max {
+            match self.out.pop_front() {
+                Some(b) => into.push(b),
+                None => break,
+            }
+        }
+    }
+    /// See [`Session::sent`].
+    pub fn sent(&mut self, n: usize, chunks: &mut Vec<Bytes>) {
+        self.bytes -= n;
+        let mut skip = n;
+        let mut rest = Vec::new();
+        for mut b in chunks.drain(..) {
+            if skip >= b.len() {
+                skip -= b.len();
+            } else {
+                let _ = b.split_to(skip);
+                skip = 0;
+                rest.push(b);
+            }
+        }
+        for b in rest.into_iter().rev() {
+            self.out.push_front(b);
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! End-to-end tests of h2c on `ferry serve`'s HTTP listener under each driver: prior knowledge
+//! and `Upgrade: h2c`, driven by curl, nghttp, h2load and `ferry bench --h2` (also against
+//! nginx's h2c).
+//!
+//! Nothing here asserts timing; every wait is bounded; loopback only.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(driver: &str, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--driver",
+            driver,
+        ];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env_remove("FERRY_DRIVER")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ferry");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read listening line");
+        let rest = line
+            .trim()
+            .strip_prefix("ferry: listening http ")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        let (addr, _) = rest.split_once(' ').expect("driver field");
+        Server {
+            child,
+            addr: addr.parse().expect("address"),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = run(Command::new("curl")
+        .args(["-sS", "--max-time", "60"])
+        .args(args));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-h2-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn sha256(path: &Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn prior_knowledge_routes(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "-w",
+        " %{http_version} %{response_code}",
+        &s.url("/"),
+    ]);
+    assert_eq!(out, "hello world\n 2 200");
+    let health = curl(&["--http2-prior-knowledge", &s.url("/health")]);
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    let metrics = curl(&["--http2-prior-knowledge", &s.url("/metrics")]);
+    assert!(metrics.contains("ferry_requests_total"), "{metrics}");
+    let nf = curl(&[
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{response_code}",
+        &s.url("/nope"),
+    ]);
+    assert_eq!(nf, "404");
+    // HTTP/1.1 still works on the same listener.
+    assert_eq!(curl(&["--http1.1", &s.url("/")]), "hello world\n");
+}
+
+fn echo_5mb_sha256(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    let d = tmp_dir(&format!("echo-{driver}-{}", extra.len()));
+    let input = d.join("in");
+    let output = d.join("out");
+    let data: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&input, &data).unwrap();
+    let code = curl(&[
+        "--http2-prior-knowledge",
+        "--data-binary",
+        &format!("@{}", input.display()),
+        "-o",
+        output.to_str().unwrap(),
+        "-w",
+        "%{http_version} %{response_code}",
+        &s.url("/echo"),
+    ]);
+    assert_eq!(code, "2 200");
+    assert_eq!(sha256(&input), sha256(&output));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+fn upgrade(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    let out = curl(&[
+        "--http2",
+        "-w",
+        " %{http_version} %{response_code}",
+        &s.url("/"),
+    ]);
+    assert_eq!(out, "hello world\n 2 200");
+    let out = curl(&["--http2", &s.url("/health"), &s.url("/")]);
+    assert!(
+        out.contains("\"status\":\"ok\"") && out.ends_with("hello world\n"),
+        "{out}"
+    );
+    // A request with a body is not upgraded (curl does not offer it): plain HTTP/1.1 echo.
+    let out = curl(&["--http2", "--data-binary", "abc", &s.url("/echo")]);
+    assert_eq!(out, "abc");
+}
+
+fn nghttp(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    for upgrade in [false, true] {
+        let mut cmd = Command::new("nghttp");
+        cmd.args(["-v", "-t", "30"]);
+        if upgrade {
+            cmd.arg("-u");
+        }
+        let out = run(cmd.arg(s.url("/")));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(":status: 200"), "{text}");
+        assert!(text.contains("hello world"), "{text}");
+        assert!(
+            text.contains("GOAWAY") || text.contains("send GOAWAY"),
+            "{text}"
+        );
+    }
+}
+
+fn h2load(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    let out = run(Command::new("timeout").args([
+        "120",
+        "h2load",
+        "-c4",
+        "-m32",
+        "-n",
+        "20000",
+        &s.url("/"),
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "20000 total, 20000 started, 20000 done, 20000 succeeded, 0 failed, 0 errored"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 20000 2xx"), "{text}");
+}
+
+fn bench_h2_json(url: &str) {
+    let out = run(Command::new(BIN).args([
+        "bench", "--h2", "-m", "8", url, "-c", "4", "-n", "4000", "--json",
+    ]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.trim();
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains("\"errors\":0,"), "{line}");
+    let requests: u64 = line
+        .strip_prefix("{\"requests\":")
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(requests > 0, "{line}");
+    for k in [
+        "\"duration_s\":",
+        "\"rps\":",
+        "\"latency_us\":{\"p50\":",
+        "\"p999\":",
+    ] {
+        assert!(line.contains(k), "{k} in {line}");
+    }
+}
+
+fn ferry_bench_h2(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    bench_h2_json(&s.url("/"));
+}
+
+macro_rules! per_driver {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name("epoll", &[]); } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { super::$name("uring", &[]); } )*
+        }
+        mod app_workers {
+            $( #[test] fn $name() { super::$name("uring", &["--app-workers", "2"]); } )*
+        }
+    };
+}
+
+per_driver!(
+    prior_knowledge_routes,
+    echo_5mb_sha256,
+    upgrade,
+    nghttp,
+    h2load,
+    ferry_bench_h2,
+);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `ferry bench --h2` against nginx's h2c (`listen … http2` without TLS: prior knowledge).
+#[test]
+fn ferry_bench_h2_against_nginx() {
+    let d = tmp_dir("nginx");
+    std::fs::write(d.join("index.html"), "hello world\n").unwrap();
+    for _attempt in 0..5 {
+        let port = free_port();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\n\
+             error_log {dir}/error.log;\nevents {{ worker_connections 256; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {dir}/body;\n\
+             proxy_temp_path {dir}/proxy;\n fastcgi_temp_path {dir}/fastcgi;\n\
+             uwsgi_temp_path {dir}/uwsgi;\n scgi_temp_path {dir}/scgi;\n\
+             server {{\n  listen 127.0.0.1:{port} http2;\n  http2_max_requests 1000000;\n  root {dir};\n }}\n}}\n",
+            dir = d.display()
+        );
+        let conf_path = d.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut child = Command::new("nginx")
+            .args(["-p", d.to_str().unwrap(), "-c", conf_path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let start = Instant::now();
+        let mut up = false;
+        while start.elapsed() < Duration::from_secs(10) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !up {
+            let _ = child.kill();
+            let _ = child.wait();
+            continue;
+        }
+        bench_h2_json(&format!("http://127.0.0.1:{port}/index.html"));
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&d);
+        return;
+    }
+    panic!("nginx did not start");
+}

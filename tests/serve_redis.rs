@@ -1,0 +1,436 @@
+//! End-to-end tests of `ferry serve --redis` under each driver (inline and with application
+//! workers), driven by redis-cli, redis-py, redis-benchmark and `ferry bench redis://`, plus
+//! `ferry bench` against a real redis-server.
+//!
+//! Nothing here asserts timing; every wait is bounded; loopback only.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(driver: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["serve", "--redis", "127.0.0.1:0", "--driver", driver];
+        if !extra.contains(&"--workers") {
+            args.extend_from_slice(&["--workers", "1"]);
+        }
+        args.extend_from_slice(extra);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env_remove("FERRY_DRIVER")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ferry");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read listening line");
+        // ferry: listening redis 127.0.0.1:PORT driver=NAME
+        let rest = line
+            .trim()
+            .strip_prefix("ferry: listening redis ")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        let (addr, drv) = rest.split_once(' ').expect("driver field");
+        assert_eq!(drv, format!("driver={driver}"));
+        Server {
+            child,
+            addr: addr.parse().expect("address"),
+        }
+    }
+
+    fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = run(Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port()])
+            .args(args));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(start.elapsed() < limit, "server did not exit in {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+fn python() -> String {
+    std::env::var("FERRY_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-redis-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn redis_cli_commands(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    assert_eq!(s.cli(&["PING"]).trim(), "PONG");
+    assert_eq!(s.cli(&["SET", "k", "v"]).trim(), "OK");
+    assert_eq!(s.cli(&["GET", "k"]).trim(), "v");
+    assert_eq!(s.cli(&["INCRBY", "n", "5"]).trim(), "5");
+    assert_eq!(s.cli(&["RPUSH", "l", "a", "b", "c"]).trim(), "3");
+    assert_eq!(s.cli(&["LRANGE", "l", "0", "-1"]), "a\nb\nc\n");
+    assert_eq!(s.cli(&["HSET", "h", "f", "1"]).trim(), "1");
+    assert_eq!(s.cli(&["HGET", "h", "f"]).trim(), "1");
+    assert_eq!(s.cli(&["MSET", "a", "1", "b", "2"]).trim(), "OK");
+    assert_eq!(s.cli(&["MGET", "a", "b", "zz"]), "1\n2\n\n");
+    assert_eq!(s.cli(&["TYPE", "l"]).trim(), "list");
+    assert!(s.cli(&["GET", "l"]).contains("WRONGTYPE"));
+    assert!(s.cli(&["NOSUCH"]).contains("ERR unknown command"));
+    // Active expiry (driven by the server's timer) removes a key nobody reads.
+    assert_eq!(s.cli(&["SET", "gone", "x", "PX", "50"]).trim(), "OK");
+    let before: u64 = s.cli(&["DBSIZE"]).trim().parse().unwrap();
+    let mut after = before;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        after = s.cli(&["DBSIZE"]).trim().parse().unwrap();
+        if after < before {
+            break;
+        }
+    }
+    assert_eq!(after, before - 1);
+    // RESP3.
+    let hello = s.cli(&["-3", "HELLO", "3"]);
+    assert!(hello.contains("proto") && hello.contains('3'), "{hello}");
+    let map = s.cli(&["-3", "--no-raw", "HGETALL", "h"]);
+    assert!(map.contains("\"f\" => \"1\""), "{map}");
+    assert_eq!(s.cli(&["-3", "--no-raw", "GET", "k"]).trim(), "\"v\"");
+    let d = s.cli(&["-3", "--no-raw", "HELLO", "3"]);
+    assert!(d.contains("\"proto\" => (integer) 3"), "{d}");
+}
+
+fn pipe_mass_insert(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    let n = 100_000;
+    let mut data = Vec::with_capacity(n * 48);
+    for i in 0..n {
+        let k = format!("key:{i}");
+        let v = format!("value:{i}");
+        write!(
+            data,
+            "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n",
+            k.len(),
+            v.len()
+        )
+        .unwrap();
+    }
+    let mut child = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &s.port(), "--pipe"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("errors: 0, replies: {n}")), "{text}");
+    assert_eq!(s.cli(&["DBSIZE"]).trim(), n.to_string());
+    assert_eq!(s.cli(&["GET", "key:99999"]).trim(), "value:99999");
+}
+
+const PY: &str = r#"
+import sys, time, redis
+port = int(sys.argv[1])
+for proto in (2, 3):
+    r = redis.Redis(host="127.0.0.1", port=port, protocol=proto, decode_responses=True)
+    assert r.ping()
+    assert r.set(f"p{proto}", "v")
+    assert r.get(f"p{proto}") == "v"
+    r.delete("hh")
+    r.hset("hh", mapping={"a": "1", "b": "2"})
+    assert r.hgetall("hh") == {"a": "1", "b": "2"}, r.hgetall("hh")
+    p = r.pipeline(transaction=False)
+    for i in range(200):
+        p.set(f"k{proto}:{i}", i)
+    for i in range(200):
+        p.incr(f"k{proto}:{i}")
+    res = p.execute()
+    assert res[:200] == [True] * 200 and res[200:] == list(range(1, 201)), res[:5]
+    t = r.pipeline(transaction=True)
+    t.set("tx", "1").incr("tx").get("tx")
+    assert t.execute() == [True, 2, "2"]
+    sub = redis.Redis(host="127.0.0.1", port=port, protocol=proto, decode_responses=True)
+    ps = sub.pubsub()
+    ps.subscribe(f"chan{proto}")
+    ps.psubscribe("pat.*")
+    got = []
+    deadline = time.time() + 10
+    while len(got) < 2 and time.time() < deadline:
+        m = ps.get_message(timeout=0.2)
+        if m:
+            got.append(m["type"])
+    assert got == ["subscribe", "psubscribe"], got
+    assert r.publish(f"chan{proto}", "hello") == 1
+    assert r.publish("pat.x", "world") == 1
+    msgs = []
+    deadline = time.time() + 10
+    while len(msgs) < 2 and time.time() < deadline:
+        m = ps.get_message(timeout=0.2)
+        if m and m["type"] in ("message", "pmessage"):
+            msgs.append((m["type"], m["channel"], m["data"]))
+    assert msgs == [("message", f"chan{proto}", "hello"), ("pmessage", "pat.x", "world")], msgs
+    ps.close()
+    sub.close()
+    r.close()
+print("ok")
+"#;
+
+fn redis_py(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    let out = run(Command::new(python()).args(["-c", PY, &s.port()]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+fn pubsub_across_workers(driver: &str, extra: &[&str]) {
+    // Two I/O workers: subscriber and publisher connections likely land on different ones;
+    // either way, many connections make sure routing through the mailboxes is exercised.
+    let mut args = vec!["--workers", "2"];
+    args.extend_from_slice(extra);
+    let s = Server::start(driver, &args);
+    let code = r#"
+import sys, time, redis
+port = int(sys.argv[1])
+subs = []
+for i in range(8):
+    c = redis.Redis(host="127.0.0.1", port=port)
+    ps = c.pubsub()
+    ps.subscribe("news")
+    assert ps.get_message(timeout=5)["type"] == "subscribe"
+    subs.append((c, ps))
+pub = redis.Redis(host="127.0.0.1", port=port)
+assert pub.publish("news", "x") == 8
+for _, ps in subs:
+    m = None
+    deadline = time.time() + 10
+    while m is None and time.time() < deadline:
+        m = ps.get_message(timeout=0.2)
+    assert m and m["data"] == b"x", m
+print("ok")
+"#;
+    let out = run(Command::new(python()).args(["-c", code, &s.port()]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+fn check_benchmark(text: &str) {
+    assert!(!text.contains("rror"), "{text}");
+    let lines: Vec<_> = text
+        .split(['\n', '\r'])
+        .filter(|l| l.contains("requests per second"))
+        .collect();
+    assert!(lines.len() >= 5, "{text}");
+}
+
+fn redis_benchmark(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    for p in ["1", "16"] {
+        let out = run(Command::new("redis-benchmark").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &s.port(),
+            "-q",
+            "-n",
+            "20000",
+            "-P",
+            p,
+        ]));
+        let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        check_benchmark(&text);
+    }
+}
+
+fn bench_json_ok(url: &str) {
+    let out =
+        run(Command::new(BIN).args(["bench", url, "-c", "4", "-n", "2000", "-P", "4", "--json"]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.trim();
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains("\"errors\":0,"), "{line}");
+    let requests: u64 = line
+        .strip_prefix("{\"requests\":")
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(requests > 0, "{line}");
+    for k in [
+        "\"duration_s\":",
+        "\"rps\":",
+        "\"latency_us\":{\"p50\":",
+        "\"p999\":",
+        "\"tests\":{\"ping\":",
+        "\"mset\":{\"requests\":",
+    ] {
+        assert!(line.contains(k), "{k} in {line}");
+    }
+    // Each per-test object reports no error either.
+    assert_eq!(line.matches("\"errors\":0,").count(), 13, "{line}");
+}
+
+fn ferry_bench_against_ferry(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    bench_json_ok(&format!("redis://{}", s.addr));
+}
+
+fn sigterm_exits_0(driver: &str) {
+    let mut s = Server::start(driver, &[]);
+    assert_eq!(s.cli(&["SET", "a", "b"]).trim(), "OK");
+    // SAFETY: sending a signal to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(s.wait_exit(Duration::from_secs(20)).code(), Some(0));
+}
+
+macro_rules! per_driver {
+    ($($name:ident: $extra:expr),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name("epoll", $extra); } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { super::$name("uring", $extra); } )*
+        }
+        mod app_workers {
+            $( #[test] fn $name() { super::$name("uring", &["--app-workers", "2"]); } )*
+        }
+    };
+}
+
+per_driver!(
+    redis_cli_commands: &[],
+    pipe_mass_insert: &[],
+    redis_py: &[],
+    redis_benchmark: &[],
+    ferry_bench_against_ferry: &[],
+);
+
+#[test]
+fn epoll_app_workers_redis_py() {
+    redis_py("epoll", &["--app-workers", "2"]);
+}
+
+#[test]
+fn epoll_pubsub_across_workers() {
+    pubsub_across_workers("epoll", &[]);
+}
+
+#[test]
+fn uring_pubsub_across_workers() {
+    pubsub_across_workers("uring", &[]);
+}
+
+#[test]
+fn uring_pubsub_across_workers_app_workers() {
+    pubsub_across_workers("uring", &["--app-workers", "2"]);
+}
+
+#[test]
+fn epoll_sigterm_exits_0() {
+    sigterm_exits_0("epoll");
+}
+
+#[test]
+fn uring_sigterm_exits_0() {
+    sigterm_exits_0("uring");
+}
+
+/// `ferry bench redis://` against a real redis-server on a free loopback port.
+#[test]
+fn ferry_bench_against_redis_server() {
+    let dir = tmp_dir("server");
+    for _attempt in 0..5 {
+        let port = free_port();
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let start = Instant::now();
+        let mut up = false;
+        while start.elapsed() < Duration::from_secs(10) {
+            if child.try_wait().unwrap().is_some() {
+                break; // could not bind: try another port
+            }
+            let ping = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "PING"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&ping.stdout).trim() == "PONG" {
+                up = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !up {
+            let _ = child.kill();
+            let _ = child.wait();
+            continue;
+        }
+        bench_json_ok(&format!("redis://127.0.0.1:{port}"));
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    }
+    panic!("redis-server did not start");
+}
