@@ -66,9 +66,17 @@ pub struct Harness<C> {
     pub events: Vec<Event>,
     /// Output length once the error's answer was drained: nothing may follow.
     after_error: Option<usize>,
+    /// The output starts with the client preface.
+    client: bool,
 }
 
 impl<C: Connection<Event = Event, Error = Error>> Harness<C> {
+    /// The output starts with the client preface (a client connection).
+    pub fn client(mut self) -> Self {
+        self.client = true;
+        self
+    }
+
     /// A harness for `conn` with bounds derived from `config`.
     pub fn new(conn: C, error_of: fn(&C) -> Option<Error>, config: &Config, now: Instant) -> Self {
         Harness {
@@ -89,6 +97,7 @@ impl<C: Connection<Event = Event, Error = Error>> Harness<C> {
                 + 4096,
             events: Vec::new(),
             after_error: None,
+            client: false,
         }
     }
 
@@ -157,11 +166,15 @@ impl<C: Connection<Event = Event, Error = Error>> Harness<C> {
             );
         }
         if let Some(len) = self.after_error {
-            assert_eq!(
-                self.output.len(),
-                len,
-                "bytes sent after the connection error's GOAWAY"
-            );
+            if self.output.len() != len {
+                let before = check_frames(&self.output[..len], self.client);
+                let extra = check_frames(&self.output[len..], false);
+                panic!(
+                    "sent after the connection error {:?} (last frame then: {:?}): {extra:?}",
+                    self.error,
+                    before.last()
+                );
+            }
         } else if (self.error_of)(&self.conn).is_some() {
             self.after_error = Some(self.output.len());
         }
@@ -192,8 +205,15 @@ impl<C: Connection<Event = Event, Error = Error>> Harness<C> {
         self.stall = 0;
         self.pump();
         self.drain();
-        let frames = check_frames(&self.output, client_preface);
-        if self.error.is_some() {
+        let frames = check_frames(&self.output, self.client || client_preface);
+        if std::env::var_os("FERRY_FUZZ_DEBUG").is_some() {
+            eprintln!("error: {:?}", self.error);
+            for f in &frames {
+                eprintln!("sent {f:?}");
+            }
+        }
+        // EOF is the one error answered with nothing: the peer is gone.
+        if self.error.is_some_and(|e| e != Error::UnexpectedEof) {
             let last = frames
                 .last()
                 .expect("nothing sent after a connection error");
