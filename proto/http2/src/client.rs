@@ -245,7 +245,7 @@ impl ClientConnection {
         self.conn.release_app(id.get(), n);
     }
 
-    /// Send a PING; the ACK is absorbed.
+    /// Send a PING; the ACK is absorbed. A no-op once the connection has failed.
     pub fn ping(&mut self, payload: [u8; 8]) {
         self.conn.ping(payload);
     }

@@ -1663,6 +1663,10 @@ impl Conn {
 
     /// Send a PING (its ACK is absorbed).
     pub(crate) fn ping(&mut self, payload: [u8; 8]) {
+        // After a connection error the final GOAWAY is the last frame (RFC 9113 §5.4.1).
+        if self.error.is_some() {
+            return;
+        }
         Ping {
             ack: false,
             payload,
