@@ -4,18 +4,13 @@
 //!
 //! Nothing here asserts timing; every wait is bounded; loopback only.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ferry");
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
+mod common;
+use common::{free_port, run, sha256, Server, BIN};
 
 impl Server {
     fn start(driver: &str, extra: &[&str]) -> Server {
@@ -29,49 +24,8 @@ impl Server {
             driver,
         ];
         args.extend_from_slice(extra);
-        let mut child = Command::new(BIN)
-            .args(&args)
-            .env_remove("FERRY_DRIVER")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ferry");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read listening line");
-        let rest = line
-            .trim()
-            .strip_prefix("ferry: listening http ")
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-        let (addr, _) = rest.split_once(' ').expect("driver field");
-        Server {
-            child,
-            addr: addr.parse().expect("address"),
-        }
+        Server::launch("http", &args, &[], None)
     }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
 }
 
 fn curl(args: &[&str]) -> String {
@@ -82,19 +36,7 @@ fn curl(args: &[&str]) -> String {
 }
 
 fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferry-h2-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn sha256(path: &Path) -> String {
-    let out = run(Command::new("sha256sum").arg(path));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    common::tmp_dir("h2", name)
 }
 
 fn prior_knowledge_routes(driver: &str, extra: &[&str]) {
@@ -257,14 +199,6 @@ per_driver!(
     h2load,
     ferry_bench_h2,
 );
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `ferry bench --h2` against nginx's h2c (`listen … http2` without TLS: prior knowledge).
 #[test]

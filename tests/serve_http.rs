@@ -5,17 +5,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+mod common;
+use common::{sha256, Server, BIN};
+
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    driver: String,
-}
 
 impl Server {
     fn start(driver: &str, extra: &[&str]) -> Server {
@@ -37,85 +33,11 @@ impl Server {
     }
 
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::spawn_limited(args, env, None)
+        Server::launch("http", args, env, None)
     }
 
-    /// Spawn with `RLIMIT_NOFILE` lowered to `nofile`, to provoke EMFILE.
     fn spawn_limited(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Server {
-        let mut cmd = Command::new(BIN);
-        if let Some(n) = nofile {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: the closure runs in the forked child before exec and only calls
-            // setrlimit, which is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        cmd.args(args)
-            .env_remove("FERRY_DRIVER")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn ferry");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
-        // ferry: listening http 127.0.0.1:PORT driver=NAME
-        let rest = line
-            .trim()
-            .strip_prefix("ferry: listening http ")
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-        let (addr, drv) = rest.split_once(' ').expect("driver field");
-        let driver = drv.strip_prefix("driver=").expect("driver=").to_string();
-        Server {
-            child,
-            addr: addr.parse().expect("address"),
-            driver,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: sending a signal to our own child process by its pid.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0);
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "server did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Server::launch("http", args, env, nofile)
     }
 }
 
@@ -134,9 +56,7 @@ fn curl(args: &[&str]) -> Output {
 }
 
 fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferry-e2e-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("e2e", name)
 }
 
 /// Deterministic pseudo-random bytes.
@@ -151,19 +71,6 @@ fn write_data(path: &Path, len: usize) {
     }
     v.truncate(len);
     std::fs::write(path, v).unwrap();
-}
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// Read one HTTP/1.1 response (content-length or chunked body) from `r`.

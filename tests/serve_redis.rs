@@ -4,18 +4,13 @@
 //!
 //! Nothing here asserts timing; every wait is bounded; loopback only.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ferry");
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
+mod common;
+use common::{free_port, python, run, Server, BIN};
 
 impl Server {
     fn start(driver: &str, extra: &[&str]) -> Server {
@@ -24,32 +19,9 @@ impl Server {
             args.extend_from_slice(&["--workers", "1"]);
         }
         args.extend_from_slice(extra);
-        let mut child = Command::new(BIN)
-            .args(&args)
-            .env_remove("FERRY_DRIVER")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ferry");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read listening line");
-        // ferry: listening redis 127.0.0.1:PORT driver=NAME
-        let rest = line
-            .trim()
-            .strip_prefix("ferry: listening redis ")
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-        let (addr, drv) = rest.split_once(' ').expect("driver field");
-        assert_eq!(drv, format!("driver={driver}"));
-        Server {
-            child,
-            addr: addr.parse().expect("address"),
-        }
-    }
-
-    fn port(&self) -> String {
-        self.addr.port().to_string()
+        let s = Server::launch("redis", &args, &[], None);
+        assert_eq!(s.driver, driver);
+        s
     }
 
     fn cli(&self, args: &[&str]) -> String {
@@ -58,55 +30,10 @@ impl Server {
             .args(args));
         String::from_utf8(out.stdout).unwrap()
     }
-
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(start.elapsed() < limit, "server did not exit in {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
-}
-
-fn python() -> String {
-    std::env::var("FERRY_PYTHON")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferry-redis-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("redis", name)
 }
 
 fn redis_cli_commands(driver: &str, extra: &[&str]) {
