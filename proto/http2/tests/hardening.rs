@@ -278,6 +278,20 @@ fn oversized_frames_are_rejected_before_buffering() {
     r.expect_connection_error(Reason::FRAME_SIZE_ERROR);
 }
 
+/// Fuzz finding (fuzz/regressions/h2_server_conn/ping-after-connection-error): after the
+/// GOAWAY for a connection error, an application `ping` sends nothing (RFC 9113 §5.4.1).
+#[test]
+fn ping_after_connection_error_sends_nothing() {
+    let mut r = Raw::default();
+    let mut b = BytesMut::new();
+    FrameHeader::new(Kind::Headers, 0x4, StreamId::new(1), (1 << 24) - 1).emit(&mut b);
+    assert!(r.send_bytes(&b).is_err());
+    r.expect_connection_error(Reason::FRAME_SIZE_ERROR);
+    r.server.ping(*b"afterend");
+    assert_eq!(ferry_proto::Connection::poll_transmit(&mut r.server), None);
+    assert!(r.server.is_closed());
+}
+
 /// xorshift64*: a fixed-seed RNG (no unseeded randomness anywhere).
 struct Rng(u64);
 impl Rng {
