@@ -281,13 +281,19 @@ pub fn run(cfg: BenchConfig) -> Result<BenchResult, String> {
 }
 
 fn take_budget(s: &Shared) -> bool {
-    if s.stop.load(Ordering::Relaxed) {
+    take_budget_from(&s.stop, &s.budget, s.cfg.requests.is_some())
+}
+
+/// Take one request from a shared budget: always granted without a request limit (`limited`
+/// false), never once `stop` is set. Shared by the HTTP and Redis load loops.
+pub(crate) fn take_budget_from(stop: &AtomicBool, budget: &AtomicU64, limited: bool) -> bool {
+    if stop.load(Ordering::Relaxed) {
         return false;
     }
-    if s.cfg.requests.is_none() {
+    if !limited {
         return true;
     }
-    s.budget
+    budget
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
         .is_ok()
 }
@@ -329,7 +335,8 @@ fn connect(
     })
 }
 
-fn now(clock: Instant) -> ferry_proto::Instant {
+/// Our clock for the client state machines: time since the bench started.
+pub(crate) fn now(clock: Instant) -> ferry_proto::Instant {
     ferry_proto::Instant::from_nanos(clock.elapsed().as_nanos() as u64)
 }
 
@@ -504,6 +511,40 @@ fn worker(s: &Shared, n: usize, start: Instant) -> Result<BenchResult, String> {
     })
 }
 
+fn latency_json(h: &Histogram<u64>) -> String {
+    let q = |p: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(p)
+        }
+    };
+    let max = if h.is_empty() { 0 } else { h.max() };
+    format!(
+        "{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        max
+    )
+}
+
+/// The stable JSON object of CONTRACT.md (`requests`, `errors`, `duration_s`, `rps`,
+/// `latency_us`), plus `bytes` and any `extra` members (starting with a comma).
+pub(crate) fn result_json(r: &BenchResult, extra: &str) -> String {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    format!(
+        "{{\"requests\":{},\"errors\":{},\"duration_s\":{:.3},\"rps\":{:.1},\"bytes\":{},\"latency_us\":{}{extra}}}",
+        r.requests,
+        r.errors,
+        secs,
+        r.requests as f64 / secs,
+        r.bytes,
+        latency_json(&r.hist)
+    )
+}
+
 /// Print the result, human-readable or as the stable JSON object.
 pub fn report(cfg: &BenchConfig, r: &BenchResult, json: bool) {
     let secs = r.elapsed.as_secs_f64().max(1e-9);
@@ -517,19 +558,7 @@ pub fn report(cfg: &BenchConfig, r: &BenchResult, json: bool) {
     };
     let max = if r.hist.is_empty() { 0 } else { r.hist.max() };
     if json {
-        println!(
-            "{{\"requests\":{},\"errors\":{},\"duration_s\":{:.3},\"rps\":{:.1},\"bytes\":{},\"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}",
-            r.requests,
-            r.errors,
-            secs,
-            rps,
-            r.bytes,
-            q(0.5),
-            q(0.9),
-            q(0.99),
-            q(0.999),
-            max
-        );
+        println!("{}", result_json(r, ""));
     } else {
         println!("ferry bench {}", cfg.url);
         println!(

@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::bench::BenchResult;
+use crate::bench::{self, now, result_json, BenchResult};
 
 /// The tests `-t` accepts (redis-benchmark's names).
 pub const TESTS: &[&str] = &[
@@ -140,19 +140,7 @@ struct Client {
 }
 
 fn take_budget(s: &Shared) -> bool {
-    if s.stop.load(Ordering::Relaxed) {
-        return false;
-    }
-    if s.cfg.requests.is_none() {
-        return true;
-    }
-    s.budget
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
-        .is_ok()
-}
-
-fn now(clock: Instant) -> ferry_proto::Instant {
-    ferry_proto::Instant::from_nanos(clock.elapsed().as_nanos() as u64)
+    bench::take_budget_from(&s.stop, &s.budget, s.cfg.requests.is_some())
 }
 
 fn connect(
@@ -386,38 +374,6 @@ fn worker(s: &Shared, n: usize, start: Instant) -> Result<BenchResult, String> {
         elapsed: start.elapsed(),
         hist,
     })
-}
-
-fn latency_json(h: &Histogram<u64>) -> String {
-    let q = |p: f64| {
-        if h.is_empty() {
-            0
-        } else {
-            h.value_at_quantile(p)
-        }
-    };
-    let max = if h.is_empty() { 0 } else { h.max() };
-    format!(
-        "{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}",
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        q(0.999),
-        max
-    )
-}
-
-fn result_json(r: &BenchResult, extra: &str) -> String {
-    let secs = r.elapsed.as_secs_f64().max(1e-9);
-    format!(
-        "{{\"requests\":{},\"errors\":{},\"duration_s\":{:.3},\"rps\":{:.1},\"bytes\":{},\"latency_us\":{}{extra}}}",
-        r.requests,
-        r.errors,
-        secs,
-        r.requests as f64 / secs,
-        r.bytes,
-        latency_json(&r.hist)
-    )
 }
 
 /// Print the results: per test a line (or, with `json`, one object whose top-level stable
