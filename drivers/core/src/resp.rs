@@ -376,7 +376,7 @@ impl<A: RespService> Session for RespSession<A> {
         Some(RespSession {
             shared: shared.clone(),
             conn: ServerConnection::new(shared.config.clone(), now),
-            input: BytesMut::with_capacity(ctx.options.read_chunk),
+            input: BytesMut::new(),
             out: OutQueue::default(),
             client: Some(client),
             client_id,

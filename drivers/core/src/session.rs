@@ -78,7 +78,7 @@ impl HttpSession {
         add(&ctx.metrics.accepted, 1);
         HttpSession {
             conn: ServerConnection::new(ctx.http.clone(), now),
-            input: BytesMut::with_capacity(ctx.options.read_chunk),
+            input: BytesMut::new(),
             out: VecDeque::new(),
             out_bytes: 0,
             info,
