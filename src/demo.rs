@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use ferry_driver::metrics::{quantile_us, LATENCY_BOUNDS_US};
@@ -10,15 +10,18 @@ use ferry_driver::{
     BodyStream, HeadBody, Method, Request, Responder, Response, Service, WorkerMetrics,
 };
 
-/// What `/metrics` and `/health` report, set once the server runs.
+/// One listener's workers, as `/metrics` and `/health` report them.
 pub struct Stats {
+    /// `http` or `redis`: the `protocol` label.
+    pub protocol: &'static str,
     pub driver: &'static str,
     pub metrics: Vec<Arc<WorkerMetrics>>,
 }
 
 /// The demo routes.
 pub struct Demo {
-    pub stats: OnceLock<Stats>,
+    /// Every listener of this process, added as each one starts.
+    stats: RwLock<Vec<Stats>>,
     /// `GET /__panic` panics (only when `FERRY_DEMO_PANIC=1`), to show panics are contained.
     pub panic_route: bool,
 }
@@ -26,17 +29,27 @@ pub struct Demo {
 impl Demo {
     pub fn new() -> Demo {
         Demo {
-            stats: OnceLock::new(),
+            stats: RwLock::new(Vec::new()),
             panic_route: std::env::var("FERRY_DEMO_PANIC").is_ok_and(|v| v == "1"),
         }
     }
 
+    /// A listener started: report its workers too.
+    pub fn add_stats(&self, stats: Stats) {
+        self.stats.write().unwrap_or_else(|e| e.into_inner()).push(stats);
+    }
+
     fn health(&self) -> Response {
-        let (driver, workers, active) = match self.stats.get() {
+        let groups = self.stats.read().unwrap_or_else(|e| e.into_inner());
+        let (driver, workers, active) = match groups.first() {
             Some(s) => (
                 s.driver,
                 s.metrics.len(),
-                s.metrics.iter().map(|m| m.active()).sum::<u64>(),
+                groups
+                    .iter()
+                    .flat_map(|g| &g.metrics)
+                    .map(|m| m.active())
+                    .sum::<u64>(),
             ),
             None => ("unknown", 0, 0),
         };
@@ -48,9 +61,8 @@ impl Demo {
 
     fn metrics(&self) -> Response {
         let mut out = String::with_capacity(4096);
-        if let Some(s) = self.stats.get() {
-            render_metrics(&mut out, s);
-        }
+        let groups = self.stats.read().unwrap_or_else(|e| e.into_inner());
+        render_metrics(&mut out, &groups);
         Response::new(200)
             .header(
                 "content-type",
@@ -60,8 +72,7 @@ impl Demo {
     }
 }
 
-fn render_metrics(out: &mut String, s: &Stats) {
-    let d = s.driver;
+fn render_metrics(out: &mut String, groups: &[Stats]) {
     type Get = fn(&WorkerMetrics) -> u64;
     let counters: [(&str, &str, &str, Get); 12] = [
         (
@@ -139,22 +150,36 @@ fn render_metrics(out: &mut String, s: &Stats) {
     ];
     for (name, kind, help, get) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (i, m) in s.metrics.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}{{protocol=\"http\",driver=\"{d}\",worker=\"{i}\"}} {}",
-                get(m)
-            );
+        for s in groups {
+            let (p, d) = (s.protocol, s.driver);
+            for (i, m) in s.metrics.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{protocol=\"{p}\",driver=\"{d}\",worker=\"{i}\"}} {}",
+                    get(m)
+                );
+            }
         }
     }
     let _ = writeln!(out, "# HELP ferry_event_loop_iterations_total Event loop wake-ups.\n# TYPE ferry_event_loop_iterations_total counter");
-    for (i, m) in s.metrics.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ferry_event_loop_iterations_total{{driver=\"{d}\",worker=\"{i}\"}} {}",
-            m.loops.load(Relaxed)
-        );
+    for s in groups {
+        let (p, d) = (s.protocol, s.driver);
+        for (i, m) in s.metrics.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ferry_event_loop_iterations_total{{protocol=\"{p}\",driver=\"{d}\",worker=\"{i}\"}} {}",
+                m.loops.load(Relaxed)
+            );
+        }
     }
+    for s in groups.iter().filter(|s| s.protocol == "http") {
+        render_latency(out, s);
+    }
+}
+
+/// The request latency histogram (over all of one listener's workers) and its quantiles.
+fn render_latency(out: &mut String, s: &Stats) {
+    let d = s.driver;
     // Latency: one histogram over all workers.
     let mut buckets = vec![0u64; LATENCY_BOUNDS_US.len() + 1];
     let mut sum_us = 0;

@@ -197,6 +197,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `println!` that ignores a closed stdout (a supervisor that stopped reading must not make
+/// the server panic).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -479,11 +488,12 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let _ = app.stats.set(demo::Stats {
+        app.add_stats(demo::Stats {
+            protocol: "http",
             driver: handle.driver.name(),
             metrics: handle.metrics.clone(),
         });
-        println!(
+        say!(
             "ferry: listening http {} driver={}",
             handle.local_addr,
             handle.driver.name()
@@ -532,7 +542,12 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        println!(
+        app.add_stats(demo::Stats {
+            protocol: "redis",
+            driver: handle.driver.name(),
+            metrics: handle.metrics.clone(),
+        });
+        say!(
             "ferry: listening redis {} driver={}",
             handle.local_addr,
             handle.driver.name()

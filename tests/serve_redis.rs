@@ -75,8 +75,9 @@ fn redis_cli_commands(driver: &str, extra: &[&str]) {
 
 fn pipe_mass_insert(driver: &str, extra: &[&str]) {
     let s = Server::start(driver, extra);
-    let n = 100_000;
-    let mut data = Vec::with_capacity(n * 48);
+    // The issue's mass insertion: one million keys through `redis-cli --pipe`.
+    let n = 1_000_000;
+    let mut data = Vec::with_capacity(n * 56);
     for i in 0..n {
         let k = format!("key:{i}");
         let v = format!("value:{i}");
@@ -103,7 +104,76 @@ fn pipe_mass_insert(driver: &str, extra: &[&str]) {
     assert!(out.status.success(), "{text}");
     assert!(text.contains(&format!("errors: 0, replies: {n}")), "{text}");
     assert_eq!(s.cli(&["DBSIZE"]).trim(), n.to_string());
-    assert_eq!(s.cli(&["GET", "key:99999"]).trim(), "value:99999");
+    assert_eq!(s.cli(&["GET", "key:999999"]).trim(), "value:999999");
+}
+
+/// `/metrics` on the HTTP listener counts the RESP listener's commands too.
+fn metrics_count_resp(driver: &str, extra: &[&str]) {
+    let mut args = vec![
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--redis",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--driver",
+        driver,
+    ];
+    args.extend_from_slice(extra);
+    // Both listening lines are printed; the HTTP one comes first.
+    let s = Server::launch("http", &args, &[], None);
+    let redis_port = {
+        let out = run(Command::new("curl").args(["-sS", &s.url("/health")]));
+        assert!(out.status.success());
+        // The RESP port is not printed on the HTTP line: find it through the process's sockets.
+        listening_ports(s.child.id())
+            .into_iter()
+            .find(|p| *p != s.addr.port())
+            .expect("a second listener")
+    };
+    for i in 0..25 {
+        let out = run(Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &redis_port.to_string()])
+            .args(["SET", &format!("k{i}"), "v"]));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    }
+    let out = run(Command::new("curl").args(["-sS", &s.url("/metrics")]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let count: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("ferry_requests_total{protocol=\"redis\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(count >= 25, "{text}");
+    assert!(
+        text.contains("ferry_connections_accepted_total{protocol=\"redis\""),
+        "{text}"
+    );
+}
+
+/// TCP ports `pid` listens on (from /proc/net/tcp and the process's socket inodes).
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // state 0A = LISTEN; field 9 = inode.
+            (f.get(3) == Some(&"0A") && inodes.iter().any(|i| Some(&i.as_str()) == f.get(9)))
+                .then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())
+                .flatten()
+        })
+        .collect()
 }
 
 const PY: &str = r#"
@@ -275,6 +345,7 @@ macro_rules! per_driver {
 per_driver!(
     redis_cli_commands: &[],
     pipe_mass_insert: &[],
+    metrics_count_resp: &[],
     redis_py: &[],
     redis_benchmark: &[],
     ferry_bench_against_ferry: &[],
