@@ -5,22 +5,17 @@
 //! in flight per connection. An error reply (`-ERR …`) or a broken connection counts as an
 //! error.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_proto::Connection;
 use ferry_resp::client::Event;
 use ferry_resp::{ClientConfig, ClientConnection};
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
 
-use crate::bench::{self, now, result_json, BenchResult};
+use crate::load::{self, result_json, BenchResult, LoadPlan, LoadProto, Outcome};
 
 /// The tests `-t` accepts (redis-benchmark's names).
 pub const TESTS: &[&str] = &[
@@ -120,260 +115,74 @@ fn command(test: &str, value: &Bytes) -> Vec<Bytes> {
     }
 }
 
-struct Shared {
-    addr: SocketAddr,
-    cfg: RedisBenchConfig,
-    cmd: Vec<Bytes>,
-    budget: AtomicU64,
-    stop: AtomicBool,
-}
-
-struct Client {
-    stream: TcpStream,
+/// One connection of a Redis run: the state machine and the command it repeats.
+struct RespLoad {
     conn: ClientConnection,
-    input: BytesMut,
-    out: VecDeque<Bytes>,
-    started: VecDeque<Instant>,
-    readable: bool,
-    writable: bool,
-    dead: bool,
+    cmd: Arc<Vec<Bytes>>,
 }
 
-fn take_budget(s: &Shared) -> bool {
-    bench::take_budget_from(&s.stop, &s.budget, s.cfg.requests.is_some())
-}
+impl LoadProto for RespLoad {
+    fn can_send(&self) -> bool {
+        !self.conn.is_closed()
+    }
 
-fn connect(
-    s: &Shared,
-    poll: &Poll,
-    token: usize,
-    config: &Arc<ClientConfig>,
-    clock: Instant,
-) -> io::Result<Client> {
-    let std = std::net::TcpStream::connect_timeout(&s.addr, Duration::from_secs(5))?;
-    std.set_nodelay(true)?;
-    std.set_nonblocking(true)?;
-    let mut stream = TcpStream::from_std(std);
-    poll.registry().register(
-        &mut stream,
-        Token(token),
-        Interest::READABLE | Interest::WRITABLE,
-    )?;
-    Ok(Client {
-        stream,
-        conn: ClientConnection::new(config.clone(), now(clock)),
-        input: BytesMut::with_capacity(16 * 1024),
-        out: VecDeque::new(),
-        started: VecDeque::new(),
-        readable: true,
-        writable: true,
-        dead: false,
-    })
+    fn send(&mut self) -> Option<u64> {
+        self.conn.send_command(&self.cmd).ok().map(|_| 0)
+    }
+
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.conn.poll_transmit()
+    }
+
+    fn handle_input(&mut self, now: ferry_proto::Instant, input: &mut BytesMut) -> bool {
+        self.conn.handle_input(now, input).is_ok()
+    }
+
+    fn handle_eof(&mut self, now: ferry_proto::Instant) {
+        self.conn.handle_eof(now);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    fn poll_outcome(&mut self) -> Option<Option<Outcome>> {
+        self.conn.poll_event().map(|ev| match ev {
+            Event::Reply { value, .. } => Some(Outcome::Done {
+                key: 0,
+                failed: value.is_error(),
+            }),
+            Event::Error(_) => Some(Outcome::Failed),
+            _ => None,
+        })
+    }
 }
 
 /// Run every test of `cfg`; returns one result per test, in order.
 pub fn run(cfg: &RedisBenchConfig) -> Result<Vec<(String, BenchResult)>, String> {
     let addr = parse_url(&cfg.url)?;
     let value = Bytes::from(vec![b'x'; cfg.data_size]);
+    let config = Arc::new(ClientConfig::default());
     let mut out = Vec::new();
     for test in &cfg.tests {
-        let shared = Arc::new(Shared {
+        let plan = LoadPlan {
             addr,
-            cfg: cfg.clone(),
-            cmd: command(test, &value),
-            budget: AtomicU64::new(cfg.requests.unwrap_or(u64::MAX)),
-            stop: AtomicBool::new(false),
-        });
-        out.push((test.clone(), run_one(&shared)?));
+            connections: cfg.connections,
+            threads: cfg.threads,
+            duration: cfg.duration,
+            requests: cfg.requests,
+            pipeline: cfg.pipeline,
+            progress: false,
+        };
+        let cmd = Arc::new(command(test, &value));
+        let config = config.clone();
+        let r = load::run(plan, move |now| RespLoad {
+            conn: ClientConnection::new(config.clone(), now),
+            cmd: cmd.clone(),
+        })?;
+        out.push((test.clone(), r));
     }
     Ok(out)
-}
-
-fn run_one(shared: &Arc<Shared>) -> Result<BenchResult, String> {
-    let cfg = &shared.cfg;
-    let threads = cfg.threads.clamp(1, cfg.connections.max(1));
-    let start = Instant::now();
-    let mut handles = Vec::new();
-    for t in 0..threads {
-        let n = cfg.connections / threads + usize::from(t < cfg.connections % threads);
-        let s = shared.clone();
-        handles.push(std::thread::spawn(move || worker(&s, n, start)));
-    }
-    if cfg.requests.is_none() {
-        let deadline = start + cfg.duration;
-        while !handles.iter().all(|h| h.is_finished()) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                shared.stop.store(true, Ordering::Relaxed);
-                break;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(5)));
-        }
-    }
-    let mut hist = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-    let (mut requests, mut errors, mut bytes) = (0, 0, 0);
-    for h in handles {
-        let r = h
-            .join()
-            .map_err(|_| "a bench thread panicked".to_string())??;
-        requests += r.requests;
-        errors += r.errors;
-        bytes += r.bytes;
-        hist.add(&r.hist).map_err(|e| e.to_string())?;
-    }
-    Ok(BenchResult {
-        requests,
-        errors,
-        bytes,
-        elapsed: start.elapsed(),
-        hist,
-    })
-}
-
-fn worker(s: &Shared, n: usize, start: Instant) -> Result<BenchResult, String> {
-    let mut poll = Poll::new().map_err(|e| e.to_string())?;
-    let config = Arc::new(ClientConfig::default());
-    let mut hist = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-    let (mut requests, mut errors, mut bytes) = (0u64, 0u64, 0u64);
-    let mut clients = Vec::with_capacity(n);
-    for i in 0..n {
-        match connect(s, &poll, i, &config, start) {
-            Ok(c) => clients.push(c),
-            Err(e) => return Err(format!("cannot connect to {}: {e}", s.addr)),
-        }
-    }
-    let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut first = true;
-    loop {
-        if !first {
-            poll.poll(&mut events, Some(Duration::from_millis(20)))
-                .map_err(|e| e.to_string())?;
-            for ev in events.iter() {
-                if let Some(c) = clients.get_mut(ev.token().0) {
-                    c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                    c.writable |= ev.is_writable();
-                }
-            }
-        }
-        first = false;
-        let stopping = s.stop.load(Ordering::Relaxed);
-        let mut active = 0;
-        for (i, c) in clients.iter_mut().enumerate() {
-            if c.dead {
-                if stopping || (s.cfg.requests.is_some() && s.budget.load(Ordering::Relaxed) == 0) {
-                    continue;
-                }
-                match connect(s, &poll, i, &config, start) {
-                    Ok(nc) => *c = nc,
-                    Err(_) => {
-                        errors += 1;
-                        continue;
-                    }
-                }
-            }
-            while c.started.len() < s.cfg.pipeline.max(1) && take_budget(s) {
-                match c.conn.send_command(&s.cmd) {
-                    Ok(_) => c.started.push_back(Instant::now()),
-                    Err(_) => {
-                        s.budget
-                            .fetch_add(u64::from(s.cfg.requests.is_some()), Ordering::Relaxed);
-                        break;
-                    }
-                }
-            }
-            while let Some(b) = c.conn.poll_transmit() {
-                c.out.push_back(b);
-            }
-            while c.writable && !c.out.is_empty() {
-                let mut iov = [IoSlice::new(&[]); 32];
-                let k = c.out.len().min(32);
-                for (slot, b) in iov.iter_mut().zip(c.out.iter()) {
-                    *slot = IoSlice::new(b);
-                }
-                match c.stream.write_vectored(&iov[..k]) {
-                    Ok(mut w) => {
-                        while w > 0 {
-                            let Some(f) = c.out.front_mut() else { break };
-                            if f.len() <= w {
-                                w -= f.len();
-                                c.out.pop_front();
-                            } else {
-                                let _ = f.split_to(w);
-                                w = 0;
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        c.dead = true;
-                        break;
-                    }
-                }
-            }
-            while c.readable && !c.dead {
-                match c.stream.read(&mut buf) {
-                    Ok(0) => {
-                        c.conn.handle_eof(now(start));
-                        c.dead = true;
-                    }
-                    Ok(k) => {
-                        bytes += k as u64;
-                        c.input.extend_from_slice(&buf[..k]);
-                        if c.conn.handle_input(now(start), &mut c.input).is_err() {
-                            c.dead = true;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => c.dead = true,
-                }
-                while let Some(ev) = c.conn.poll_event() {
-                    match ev {
-                        Event::Reply { value, .. } => {
-                            if value.is_error() {
-                                errors += 1;
-                            }
-                            if let Some(t) = c.started.pop_front() {
-                                let us = t.elapsed().as_micros() as u64;
-                                let _ = hist.record(us.max(1));
-                                requests += 1;
-                            }
-                        }
-                        Event::Error(_) => {
-                            errors += 1;
-                            c.dead = true;
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            if c.dead {
-                if s.cfg.requests.is_some() {
-                    s.budget
-                        .fetch_add(c.started.len() as u64, Ordering::Relaxed);
-                }
-                if !c.started.is_empty() {
-                    errors += 1;
-                }
-                c.started.clear();
-                let _ = poll.registry().deregister(&mut c.stream);
-            }
-            active += usize::from(!c.started.is_empty());
-        }
-        let all_sent = s.cfg.requests.is_some() && s.budget.load(Ordering::Relaxed) == 0;
-        if stopping || (all_sent && active == 0) {
-            break;
-        }
-    }
-    Ok(BenchResult {
-        requests,
-        errors,
-        bytes,
-        elapsed: start.elapsed(),
-        hist,
-    })
 }
 
 /// Print the results: per test a line (or, with `json`, one object whose top-level stable

@@ -3,7 +3,10 @@
 mod bench;
 mod bench_redis;
 mod demo;
+mod proxy_cmd;
+mod load;
 mod redis;
+mod serve_xdp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +40,8 @@ enum Command {
     Probe,
     /// Load generator on Ferry's own client state machines (http://, redis://).
     Bench(BenchArgs),
+    /// Reverse proxy / load balancer (HTTP) or pooling proxy (Redis) in front of upstreams.
+    Proxy(proxy_cmd::ProxyArgs),
 }
 
 /// How `ferry serve` writes its logs (stderr).
@@ -120,6 +125,19 @@ struct ServeArgs {
     /// Log format on stderr: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
+    /// Interface a kernel-bypass driver owns (--driver xdp; implies it under auto). It must
+    /// carry no kernel IP address: the userspace stack answers ARP and TCP itself.
+    #[arg(long, value_name = "IFACE")]
+    iface: Option<String>,
+    /// The userspace stack's IPv4 address and subnet on --iface, e.g. 10.0.0.1/24.
+    #[arg(long, value_name = "CIDR")]
+    ip: Option<ferry_netstack::Cidr>,
+    /// The userspace stack's default gateway.
+    #[arg(long, value_name = "IP")]
+    gateway: Option<std::net::Ipv4Addr>,
+    /// The userspace stack's MAC address [default: the interface's].
+    #[arg(long, value_name = "MAC", value_parser = parse_mac_arg)]
+    mac: Option<[u8; 6]>,
     /// HTTP listener: IP:PORT, [IPv6]:PORT or unix:PATH [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     http: Option<ListenAddr>,
@@ -168,6 +186,10 @@ struct FileConfig {
     send_buffer: Option<usize>,
     pin: Option<bool>,
     log_format: Option<LogFormat>,
+}
+
+fn parse_mac_arg(s: &str) -> Result<[u8; 6], String> {
+    ferry_netstack::parse_mac(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -237,6 +259,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Probe => probe(),
         Command::Bench(args) => bench(args),
+        Command::Proxy(args) => proxy_cmd::proxy(args),
         Command::Serve(args) => serve(args),
     }
 }
@@ -372,7 +395,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             Err(e) => return usage_error(format_args!("--config: http: {e}")),
         },
         (None, None) if redis_addr.is_some() => None,
-        (None, None) => Some(ListenAddr::Inet(SocketAddr::from(([127, 0, 0, 1], 8080)))),
+        (None, None) => Some(ListenAddr::Inet(SocketAddr::new(
+            args.ip.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.addr.into()),
+            8080,
+        ))),
     };
     let requested = match (args.driver, &file.driver) {
         (Some(d), _) => d,
@@ -382,11 +408,19 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         (None, None) => DriverKind::Auto,
     };
+    // An interface to own picks the kernel-bypass driver; a kernel address never does.
+    let requested = match (requested, &args.iface) {
+        (DriverKind::Auto, Some(_)) => DriverKind::Xdp,
+        (r, _) => r,
+    };
     let env = std::env::var("FERRY_DRIVER").ok();
     let driver = match resolve(requested, env.as_deref()) {
         Ok(d) => d,
         Err(e) => return usage_error(format_args!("FERRY_DRIVER: {e}")),
     };
+    if driver != DriverKind::Xdp && (args.iface.is_some() || args.ip.is_some()) {
+        return usage_error("--iface/--ip: only with --driver xdp");
+    }
 
     let mut opts = ServerOptions::default();
     if let Some(n) = args.workers.or(file.workers) {
@@ -469,6 +503,27 @@ fn serve(args: ServeArgs) -> ExitCode {
 
     let app = Arc::new(demo::Demo::new());
     let mut handles: Vec<ServerHandle> = Vec::new();
+    let (http_addr, redis_addr) = if driver == DriverKind::Xdp {
+        let (Some(iface), Some(ip)) = (args.iface.clone(), args.ip) else {
+            return usage_error("--driver xdp: needs --iface IFACE and --ip CIDR");
+        };
+        let x = serve_xdp::XdpArgs {
+            iface,
+            ip,
+            gateway: args.gateway,
+            mac: args.mac,
+        };
+        match serve_xdp::start(&x, http_addr, redis_addr, &opts, &app) {
+            Ok(hs) => handles.extend(hs),
+            Err(e) => {
+                eprintln!("ferry: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        (None, None)
+    } else {
+        (http_addr, redis_addr)
+    };
     if let Some(addr) = http_addr {
         let launch = match Launch::prepare(addr, opts.clone(), app.clone()) {
             Ok(l) => l,
