@@ -73,7 +73,7 @@ use crate::chunked::{encode_chunk_head, ChunkedDecoder, Decoded};
 use crate::encode::{
     is_token, write_content_length, write_fields, Body, COPY_BODY_MAX, OUT_BUF_CAPACITY,
 };
-use crate::head::{parse_response, BodyKind, Headers, Method, RequestId, Response};
+use crate::head::{parse_response, BodyKind, Headers, IndexBuf, Method, RequestId, Response};
 use crate::server::HTTP1_INFO;
 use crate::{ClientConfig, Error, HeadError, SendError};
 
@@ -196,6 +196,8 @@ pub struct ClientConnection {
     sending: Option<Sending>,
     next_id: u64,
     events: VecDeque<Event>,
+    /// Where response field indexes are built (reused, like the input buffer).
+    index: IndexBuf,
     out: VecDeque<Bytes>,
     wbuf: BytesMut,
     error: Option<Error>,
@@ -242,6 +244,7 @@ impl ClientConnection {
             sending: None,
             next_id: 0,
             events: VecDeque::new(),
+            index: IndexBuf::new(),
             out: VecDeque::new(),
             // Sized once: later buffers inherit this as their original capacity, so a response
             // never regrows from a few bytes while earlier output is still being written.
@@ -582,7 +585,13 @@ impl ClientConnection {
         }
         let cfg = &*self.config;
         let id = front.id;
-        let parsed = match parse_response(input, cfg.max_headers, front.head, front.connect) {
+        let parsed = match parse_response(
+            input,
+            cfg.max_headers,
+            front.head,
+            front.connect,
+            &mut self.index,
+        ) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 if input.len() > cfg.max_head_bytes {
@@ -596,7 +605,13 @@ impl ClientConnection {
                 let h = cfg.max_head_bytes;
                 let e = if input.len() > h
                     && matches!(
-                        parse_response(&input[..h + 1], cfg.max_headers, front.head, front.connect),
+                        parse_response(
+                            &input[..h + 1],
+                            cfg.max_headers,
+                            front.head,
+                            front.connect,
+                            &mut IndexBuf::new()
+                        ),
                         Ok(None)
                     ) {
                     Error::HeadTooLarge
@@ -763,6 +778,7 @@ impl Connection for ClientConnection {
         if now > self.now {
             self.now = now;
         }
+        self.index.recycle();
         match self.read_input(input) {
             Ok(()) => {
                 self.update_lifecycle();

@@ -9,15 +9,15 @@
 //! field-line     = field-name ":" OWS field-value OWS
 //! ```
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use core::fmt;
 use core::mem::MaybeUninit;
 use smallvec::SmallVec;
 
 use crate::Error;
 
-/// Header fields kept inline per message before spilling to the heap.
-pub(crate) const INLINE_HEADERS: usize = 16;
+/// Fields collected on the stack by [`Request::from_parts`] before spilling to the heap.
+const INLINE_HEADERS: usize = 16;
 /// Hard upper bound on `max_headers` (the parser's stack array).
 pub const MAX_HEADERS_CAP: usize = 256;
 
@@ -50,6 +50,7 @@ pub enum Method {
 
 impl Method {
     /// Classify a method token (case-sensitive, as RFC 9110 §9.1 says).
+    #[inline]
     pub fn from_token(s: &str) -> Method {
         match s {
             "GET" => Method::Get,
@@ -114,33 +115,170 @@ impl Version {
     }
 }
 
-/// Field positions of one head, inline up to [`INLINE_HEADERS`] fields.
-pub(crate) type HeaderIndex = SmallVec<[HeaderIdx; INLINE_HEADERS]>;
+/// Bytes of one index entry: the offset of a field line in its head (`u32`, little-endian).
+/// A field's line ends where the next one starts (the last one's where the empty line that
+/// ends the head starts). The line structure is the parser's: `name ":" OWS value OWS CRLF`,
+/// names are tokens (no `:`), values carry no CR or LF, so the name ends at the first `:`
+/// and the value's bounds follow from the line's.
+const ENTRY: usize = 4;
 
-/// One field's position in its head: 12 bytes, so a typical request's index stays inline and
-/// the `Request` event stays small enough to move cheaply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct HeaderIdx {
-    name_start: u32,
-    value_len: u32,
-    name_len: u16,
-    /// Bytes from the end of the name to the start of the value (`:` and OWS).
-    value_gap: u16,
+/// Fields whose line offsets a [`Headers`] holds itself, as `u16`s (when the head is at most
+/// 64 KiB): a typical request needs neither an index buffer nor a second reference count.
+const INLINE_FIELDS: usize = 24;
+
+/// Where a head's field line offsets are.
+#[derive(Clone)]
+pub(crate) enum Index {
+    /// In place (`len` fields, offsets below 64 KiB).
+    Inline { len: u8, at: [u16; INLINE_FIELDS] },
+    /// [`ENTRY`] bytes each, cut from an [`IndexBuf`] (more fields, or a bigger head).
+    Spilled(Bytes),
 }
 
-impl HeaderIdx {
+impl Default for Index {
+    fn default() -> Index {
+        Index::Inline {
+            len: 0,
+            at: [0; INLINE_FIELDS],
+        }
+    }
+}
+
+impl Index {
+    /// Whether `fields` fields of a head of `len` bytes fit in place.
     #[inline]
-    fn value_start(&self) -> usize {
-        self.name_start as usize + self.name_len as usize + self.value_gap as usize
+    fn fits(fields: usize, len: usize) -> bool {
+        fields <= INLINE_FIELDS && len <= u16::MAX as usize
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        match self {
+            Index::Inline { len, .. } => *len as usize,
+            Index::Spilled(b) => b.len() / ENTRY,
+        }
+    }
+
+    #[inline]
+    fn at(&self, i: usize) -> Option<usize> {
+        match self {
+            Index::Inline { len, at } => at.get(..*len as usize)?.get(i).map(|&o| o as usize),
+            Index::Spilled(b) => {
+                let e = b.get(i.checked_mul(ENTRY)?..)?.first_chunk::<ENTRY>()?;
+                Some(u32::from_le_bytes(*e) as usize)
+            }
+        }
+    }
+
+    /// The offsets in `offsets` (as many as `n`) of a head of `len` bytes: in place if they
+    /// [fit](Self::fits), else in `out` (a buffer of their own without one: one allocation).
+    fn build(
+        n: usize,
+        len: usize,
+        offsets: impl Iterator<Item = usize>,
+        out: Option<&mut IndexBuf>,
+    ) -> Index {
+        if Index::fits(n, len) {
+            let mut at = [0u16; INLINE_FIELDS];
+            for (slot, o) in at.iter_mut().zip(offsets) {
+                *slot = o as u16;
+            }
+            Index::Inline { len: n as u8, at }
+        } else if let Some(out) = out {
+            out.reserve(n);
+            for o in offsets {
+                out.push(o as u32);
+            }
+            Index::Spilled(out.take())
+        } else {
+            let mut v = alloc::vec::Vec::with_capacity(n * ENTRY);
+            for o in offsets {
+                v.extend_from_slice(&(o as u32).to_le_bytes());
+            }
+            Index::Spilled(Bytes::from(v))
+        }
+    }
+}
+
+/// Capacity of an [`IndexBuf`]: the indexes of ~75 typical browser requests, so a pipelined
+/// batch fits and the buffer is reused once the batch's requests are dropped.
+const INDEX_BUF_CAPACITY: usize = 4096;
+
+/// Where a connection builds header indexes: each index is cut off as a frozen `Bytes`
+/// (a reference count, no allocation), and the buffer is reclaimed in place once every
+/// index cut from it has been dropped, as the input buffer is.
+#[derive(Debug, Default)]
+pub(crate) struct IndexBuf {
+    buf: BytesMut,
+}
+
+impl IndexBuf {
+    /// An empty buffer; it allocates on first use.
+    pub(crate) fn new() -> IndexBuf {
+        IndexBuf {
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Between reads: take the whole buffer back if the indexes cut from it are all gone
+    /// (cheap, and never allocates), so a batch of requests does not run out of room
+    /// half-way while earlier requests of the batch are still alive.
+    #[inline]
+    pub(crate) fn recycle(&mut self) {
+        // Zero: never used (typical heads are indexed in place), or full; `grow` reclaims.
+        let room = self.buf.capacity();
+        if room != 0 && room < INDEX_BUF_CAPACITY / 2 {
+            let _ = self.buf.try_reclaim(INDEX_BUF_CAPACITY);
+        }
+    }
+
+    /// Room for `n` more entries.
+    #[inline]
+    fn reserve(&mut self, n: usize) {
+        let need = n * ENTRY;
+        if self.buf.capacity() - self.buf.len() < need {
+            self.grow(need);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, need: usize) {
+        if !self.buf.try_reclaim(need) {
+            self.buf.reserve(need.max(INDEX_BUF_CAPACITY));
+        }
+    }
+
+    /// Append the entry for the line starting at `offset`.
+    #[inline(always)]
+    fn push(&mut self, offset: u32) {
+        self.buf.extend_from_slice(&offset.to_le_bytes());
+    }
+
+    /// Cut off the entries pushed since the last `take`.
+    #[inline]
+    fn take(&mut self) -> Bytes {
+        if self.buf.is_empty() {
+            return Bytes::new();
+        }
+        self.buf.split().freeze()
+    }
+
+    /// Drop entries pushed since the last `take` (a head that failed half-way).
+    #[inline]
+    fn discard(&mut self) {
+        self.buf.clear();
     }
 }
 
 /// Header fields of one message: name/value slices of a single shared `Bytes` (the head), so
-/// holding a `Headers` costs one reference count however many fields it has.
+/// holding a `Headers` costs one reference count however many fields it has (two past 24
+/// fields or 64 KiB of head, whose field index is shared too).
 #[derive(Clone, Default)]
 pub struct Headers {
-    buf: Bytes,
-    idx: HeaderIndex,
+    pub(crate) buf: Bytes,
+    /// Field line offsets.
+    idx: Index,
 }
 
 impl fmt::Debug for Headers {
@@ -158,48 +296,36 @@ impl PartialEq for Headers {
 }
 
 impl Headers {
-    /// Build from httparse's parsed headers, all borrowing from `head`, checking on the way
-    /// that every field line ends in CRLF (httparse also accepts a bare LF, a smuggling vector
-    /// behind lenient proxies).
+    /// Index httparse's parsed headers, all borrowing from `head`, whose section ends at
+    /// `len` (spilling to `out` if they do not fit in place). The caller has checked the line
+    /// endings of `head` (`check_line_endings`).
     pub(crate) fn index(
         head: &[u8],
+        len: usize,
         parsed: &[httparse::Header<'_>],
-    ) -> Result<HeaderIndex, Error> {
-        let base = head.as_ptr() as usize;
-        let mut idx = SmallVec::with_capacity(parsed.len());
-        for h in parsed {
-            let name_start = h.name.as_ptr() as usize - base;
-            let name_end = name_start + h.name.len();
-            let value_start = if h.value.is_empty() {
-                name_end + 1
-            } else {
-                h.value.as_ptr() as usize - base
-            };
-            let mut line_end = value_start + h.value.len();
-            while let Some(b' ' | b'\t') = head.get(line_end) {
-                line_end += 1;
-            }
-            if head.get(line_end) != Some(&b'\r') {
-                return Err(Error::BareLineFeed);
-            }
-            let (Ok(name_len), Ok(value_gap)) = (
-                u16::try_from(h.name.len()),
-                u16::try_from(value_start - name_end),
-            ) else {
-                return Err(Error::HeadTooLarge);
-            };
-            idx.push(HeaderIdx {
-                name_start: name_start as u32,
-                value_len: h.value.len() as u32,
-                name_len,
-                value_gap,
-            });
+        out: Option<&mut IndexBuf>,
+    ) -> Result<Index, Error> {
+        if len > u32::MAX as usize {
+            return Err(Error::HeadTooLarge);
         }
-        Ok(idx)
+        let base = head.as_ptr() as usize;
+        let offsets = parsed.iter().map(|h| h.name.as_ptr() as usize - base);
+        Ok(Index::build(parsed.len(), len, offsets, out))
     }
 
-    pub(crate) fn from_parts(buf: Bytes, idx: HeaderIndex) -> Headers {
+    pub(crate) fn from_parts(buf: Bytes, idx: Index) -> Headers {
         Headers { buf, idx }
+    }
+
+    /// Each field's line: its offset and the offset of the next line (for the last field,
+    /// the empty line that ends the head, 2 bytes before its end).
+    #[inline]
+    fn lines(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let end = self.buf.len().saturating_sub(2);
+        (0..self.idx.len()).map(move |i| {
+            let start = self.idx.at(i).unwrap_or(end);
+            (start, self.idx.at(i + 1).unwrap_or(end))
+        })
     }
 
     /// Number of fields (repeated names count each time).
@@ -209,55 +335,59 @@ impl Headers {
 
     /// No fields at all.
     pub fn is_empty(&self) -> bool {
-        self.idx.is_empty()
+        self.idx.len() == 0
     }
 
+    /// The field line `start..next` (`next` is the offset of the line after it) split into
+    /// its name and its value.
     #[inline]
-    fn name_at(&self, i: &HeaderIdx) -> &str {
-        let start = i.name_start as usize;
-        let b = &self.buf[start..start + i.name_len as usize];
-        // httparse only accepts token bytes in names, all ASCII.
-        core::str::from_utf8(b).unwrap_or("")
+    fn field(&self, (start, next): (usize, usize)) -> (&str, &[u8]) {
+        let line = self.buf.get(start..next.saturating_sub(2)).unwrap_or(&[]);
+        let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+        // The parsers only accept token bytes in names, all ASCII.
+        let name = core::str::from_utf8(&line[..colon]).unwrap_or("");
+        (name, trim_ows(line.get(colon + 1..).unwrap_or(&[])))
     }
 
+    /// The value of the field line `start..next` if its name is `name` (case-insensitive).
     #[inline]
-    fn value_at(&self, i: &HeaderIdx) -> &[u8] {
-        let start = i.value_start();
-        &self.buf[start..start + i.value_len as usize]
+    fn value_if(&self, (start, next): (usize, usize), name: &[u8]) -> Option<&[u8]> {
+        // The name ends at the line's first `:`; `name` has none (see `matcher`).
+        let line = self.buf.get(start..next.saturating_sub(2))?;
+        if line.get(name.len()) != Some(&b':') || !line[..name.len()].eq_ignore_ascii_case(name) {
+            return None;
+        }
+        Some(trim_ows(&line[name.len() + 1..]))
+    }
+
+    /// `name` as bytes, or `None` if no field can have it (a `:` in it).
+    #[inline]
+    fn matcher(name: &str) -> Option<&[u8]> {
+        let name = name.as_bytes();
+        (!name.contains(&b':')).then_some(name)
     }
 
     /// Fields in the order received, names as sent (not lower-cased).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.idx
-            .iter()
-            .map(move |i| (self.name_at(i), self.value_at(i)))
+        self.lines().map(move |l| self.field(l))
     }
 
     /// First value of `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        let i = self
-            .idx
-            .iter()
-            .find(|i| self.name_at(i).eq_ignore_ascii_case(name))?;
-        Some(self.value_at(i))
+        let name = Self::matcher(name)?;
+        self.lines().find_map(|l| self.value_if(l, name))
     }
 
     /// First value of `name` as a zero-copy `Bytes` slice of the head.
     pub fn get_bytes(&self, name: &str) -> Option<Bytes> {
-        let i = self
-            .idx
-            .iter()
-            .find(|i| self.name_at(i).eq_ignore_ascii_case(name))?;
-        let start = i.value_start();
-        Some(self.buf.slice(start..start + i.value_len as usize))
+        let v = self.get(name)?;
+        Some(self.buf.slice_ref(v))
     }
 
     /// Every value of `name` (case-insensitive), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.idx
-            .iter()
-            .filter(move |i| self.name_at(i).eq_ignore_ascii_case(name))
-            .map(move |i| self.value_at(i))
+        let name = Self::matcher(name);
+        self.lines().filter_map(move |l| self.value_if(l, name?))
     }
 
     /// Whether a field `name` is present.
@@ -327,65 +457,149 @@ impl Framing {
     pub(crate) fn scan(headers: &[httparse::Header<'_>]) -> Result<Framing, Error> {
         let mut f = Framing::default();
         for h in headers {
-            let n = h.name.as_bytes();
-            match n.len() {
-                4 if token_eq(n, b"host") => f.host_count = f.host_count.saturating_add(1),
-                6 if token_eq(n, b"expect") => {
-                    f.expect_continue |= trim_ows(h.value).eq_ignore_ascii_case(b"100-continue")
+            f.field(h.name.as_bytes(), h.value)?;
+        }
+        f.finish()
+    }
+
+    /// Take one field into account. Names are classified by length first, so most fields
+    /// cost one compare.
+    #[inline(always)]
+    pub(crate) fn field(&mut self, n: &[u8], value: &[u8]) -> Result<(), Error> {
+        match n.len() {
+            4 if token_eq(n, b"host") => self.host_count = self.host_count.saturating_add(1),
+            6 if token_eq(n, b"expect") => {
+                self.expect_continue |= trim_ows(value).eq_ignore_ascii_case(b"100-continue")
+            }
+            7 if token_eq(n, b"upgrade") => self.upgrade = true,
+            10 if token_eq(n, b"connection") => {
+                // `token_eq` is exact for field values too: no letter or `-` folds onto
+                // another byte a value may hold (only CR folds onto `-`).
+                if token_eq(value, b"keep-alive") {
+                    self.conn_keep_alive = true;
+                } else if token_eq(value, b"close") {
+                    self.conn_close = true;
+                } else {
+                    self.connection(value)
                 }
-                7 if token_eq(n, b"upgrade") => f.upgrade = true,
-                10 if token_eq(n, b"connection") => {
-                    for t in h.value.split(|&b| b == b',') {
-                        let t = trim_ows(t);
-                        if t.eq_ignore_ascii_case(b"close") {
-                            f.conn_close = true;
-                        } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                            f.conn_keep_alive = true;
-                        } else if t.eq_ignore_ascii_case(b"upgrade") {
-                            f.conn_upgrade = true;
-                        }
-                    }
-                }
-                14 if token_eq(n, b"content-length") => {
-                    // RFC 9110 §8.6: a list of identical values MAY be accepted; anything else
-                    // is unrecoverable.
-                    for v in h.value.split(|&b| b == b',') {
-                        let len = parse_content_length(trim_ows(v))?;
-                        match f.content_length {
-                            Some(prev) if prev != len => return Err(Error::InvalidContentLength),
-                            _ => f.content_length = Some(len),
-                        }
-                    }
-                }
-                17 if token_eq(n, b"transfer-encoding") => {
-                    for coding in h.value.split(|&b| b == b',') {
-                        let coding = trim_ows(coding);
-                        if coding.is_empty() {
-                            continue;
-                        }
-                        if f.chunked_final {
-                            // `chunked` was not the final coding, or it was repeated.
-                            return Err(Error::InvalidTransferEncoding);
-                        }
-                        f.transfer_encoding = true;
-                        if coding.eq_ignore_ascii_case(b"chunked") {
-                            f.chunked_final = true;
-                        } else {
-                            f.te_other = true;
-                        }
-                    }
-                    if !f.transfer_encoding {
-                        return Err(Error::InvalidTransferEncoding);
-                    }
-                }
-                _ => {}
+            }
+            14 if token_eq(n, b"content-length") => self.content_length(value)?,
+            17 if token_eq(n, b"transfer-encoding") => self.transfer_encoding(value)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn connection(&mut self, value: &[u8]) {
+        for t in value.split(|&b| b == b',') {
+            let t = trim_ows(t);
+            if t.eq_ignore_ascii_case(b"close") {
+                self.conn_close = true;
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                self.conn_keep_alive = true;
+            } else if t.eq_ignore_ascii_case(b"upgrade") {
+                self.conn_upgrade = true;
             }
         }
-        if f.transfer_encoding && f.content_length.is_some() {
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn content_length(&mut self, value: &[u8]) -> Result<(), Error> {
+        // RFC 9110 §8.6: a list of identical values MAY be accepted; anything else is
+        // unrecoverable.
+        for v in value.split(|&b| b == b',') {
+            let len = parse_content_length(trim_ows(v))?;
+            match self.content_length {
+                Some(prev) if prev != len => return Err(Error::InvalidContentLength),
+                _ => self.content_length = Some(len),
+            }
+        }
+        Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn transfer_encoding(&mut self, value: &[u8]) -> Result<(), Error> {
+        for coding in value.split(|&b| b == b',') {
+            let coding = trim_ows(coding);
+            if coding.is_empty() {
+                continue;
+            }
+            if self.chunked_final {
+                // `chunked` was not the final coding, or it was repeated.
+                return Err(Error::InvalidTransferEncoding);
+            }
+            self.transfer_encoding = true;
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                self.chunked_final = true;
+            } else {
+                self.te_other = true;
+            }
+        }
+        if !self.transfer_encoding {
+            return Err(Error::InvalidTransferEncoding);
+        }
+        Ok(())
+    }
+
+    /// The checks that need all fields.
+    #[inline]
+    pub(crate) fn finish(self) -> Result<Framing, Error> {
+        if self.transfer_encoding && self.content_length.is_some() {
             return Err(Error::ContentLengthWithTransferEncoding);
         }
-        Ok(f)
+        Ok(self)
     }
+
+    /// What a request with these fields means (RFC 9112 §6, §9.3; RFC 9110 §10.1.1):
+    /// body framing, keep-alive, `Expect: 100-continue`, upgrade.
+    #[inline(always)]
+    pub(crate) fn request_facts(
+        &self,
+        method: Method,
+        version: Version,
+    ) -> Result<RequestFacts, Error> {
+        if self.transfer_encoding {
+            if version == Version::Http10 {
+                return Err(Error::TransferEncodingInHttp10);
+            }
+            if !self.chunked_final || self.te_other {
+                // RFC 9112 §6.3: a request whose final coding is not chunked has no
+                // determinable length.
+                return Err(Error::InvalidTransferEncoding);
+            }
+        }
+        let keep_alive = match version {
+            Version::Http11 => !self.conn_close,
+            Version::Http10 => self.conn_keep_alive && !self.conn_close,
+        };
+        let body = if self.chunked_final {
+            BodyKind::Chunked
+        } else {
+            match self.content_length {
+                Some(0) | None => BodyKind::Empty,
+                Some(n) => BodyKind::Length(n),
+            }
+        };
+        Ok(RequestFacts {
+            body,
+            keep_alive,
+            expect_continue: self.expect_continue && version == Version::Http11,
+            upgrade: (self.upgrade && self.conn_upgrade) || method == Method::Connect,
+        })
+    }
+}
+
+/// What the framing fields of a request mean.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestFacts {
+    pub body: BodyKind,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub upgrade: bool,
 }
 
 /// Case-insensitive comparison of a field name (a token: no CR, LF or other controls) with a
@@ -459,6 +673,12 @@ pub(crate) fn check_line_endings(head: &[u8]) -> Result<(), Error> {
 pub struct RequestId(pub(crate) u64);
 
 impl RequestId {
+    /// An id with sequence number `n` (for requests built with [`Request::from_parts`], e.g.
+    /// an HTTP/2 or HTTP/3 stream id).
+    pub const fn new(n: u64) -> RequestId {
+        RequestId(n)
+    }
+
     /// The sequence number (0 for the first request on the connection).
     pub fn get(self) -> u64 {
         self.0
@@ -494,19 +714,144 @@ impl fmt::Debug for Request {
 }
 
 impl Request {
-    pub(crate) fn build(id: RequestId, buf: Bytes, p: ParsedRequest) -> Request {
-        Request {
-            id,
-            method: p.method,
-            method_len: p.method_len,
-            target: p.target,
-            version: p.version,
-            headers: Headers::from_parts(buf, p.idx),
-            body: p.body,
-            keep_alive: p.keep_alive,
-            expect_continue: p.expect_continue,
-            upgrade: p.upgrade,
+    /// Builds a request head from already-decoded parts (an HTTP/2 or HTTP/3 HEADERS block),
+    /// so one application API serves every HTTP version without re-parsing text.
+    ///
+    /// `headers` are the regular fields (no pseudo-fields: their names are not tokens), in
+    /// order; pass the authority as a `host` field if the application should see one.
+    /// `body` says how the body arrives: [`BodyKind::Empty`] (the HEADERS ended the stream),
+    /// [`BodyKind::Length`] when the length is known, [`BodyKind::Chunked`] (or
+    /// [`BodyKind::UntilClose`]) when it is not.
+    ///
+    /// The fields are validated as the HTTP/1.1 parser validates them: the method and names
+    /// must be tokens, the target visible ASCII or UTF-8 without spaces, values free of CR, LF,
+    /// NUL and other controls but HTAB, with no leading or trailing whitespace. `keep_alive`,
+    /// `expects_continue` and `is_upgrade` are derived from the fields and `version` as for a
+    /// parsed request, and `Content-Length` / `Transfer-Encoding` must agree with `body`
+    /// (RFC 9113 §8.1.1). The head is laid out as HTTP/1.1 text in one buffer (one allocation,
+    /// plus one for the field index beyond 16 fields), which
+    /// [`head_bytes`](Self::head_bytes) returns.
+    ///
+    /// ```
+    /// use ferry_http1::{BodyKind, Method, Request, RequestId, Version};
+    ///
+    /// let fields: [(&[u8], &[u8]); 2] = [(b"host", b"example.com"), (b"accept", b"*/*")];
+    /// let req = Request::from_parts(RequestId::new(1), b"GET", b"/index.html?q=1",
+    ///     Version::Http11, fields, BodyKind::Empty).unwrap();
+    /// assert_eq!(req.method(), Method::Get);
+    /// assert_eq!(req.path(), "/index.html");
+    /// assert_eq!(req.headers().get("Host"), Some(&b"example.com"[..]));
+    /// assert!(req.keep_alive());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidHead`] with [`HeadError::Token`](crate::HeadError::Token) (method or
+    /// target), [`HeaderName`](crate::HeadError::HeaderName) or
+    /// [`HeaderValue`](crate::HeadError::HeaderValue); the framing errors of the parser
+    /// ([`Error::InvalidContentLength`], also for a length that contradicts `body`;
+    /// [`Error::InvalidTransferEncoding`], [`Error::ContentLengthWithTransferEncoding`],
+    /// [`Error::TransferEncodingInHttp10`]); [`Error::HeadTooLarge`] past 4 GiB.
+    pub fn from_parts<'a, I>(
+        id: RequestId,
+        method: &[u8],
+        target: &[u8],
+        version: Version,
+        headers: I,
+        body: BodyKind,
+    ) -> Result<Request, Error>
+    where
+        I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    {
+        use crate::HeadError;
+        if !crate::is_token(method) {
+            return Err(Error::InvalidHead(HeadError::Token));
         }
+        // httparse's request-target bytes (visible ASCII and obs-text), valid UTF-8 as
+        // `target()` returns a `str`.
+        if target.is_empty()
+            || !target.iter().all(|&b| b > b' ' && b != 0x7f)
+            || core::str::from_utf8(target).is_err()
+        {
+            return Err(Error::InvalidHead(HeadError::Token));
+        }
+        if method.len() > u16::MAX as usize {
+            return Err(Error::HeadTooLarge);
+        }
+        let fields: SmallVec<[(&[u8], &[u8]); INLINE_HEADERS]> = headers.into_iter().collect();
+        let mut framing = Framing::default();
+        // "METHOD SP target SP HTTP/1.1 CRLF" + "name: value CRLF"... + CRLF
+        let mut len = method.len() + target.len() + 12;
+        for &(name, value) in &fields {
+            if !crate::is_token(name) {
+                return Err(Error::InvalidHead(HeadError::HeaderName));
+            }
+            let bad = |b: &u8| !(*b == b'\t' || (b' '..=0x7e).contains(b) || *b >= 0x80);
+            if value.iter().any(bad)
+                || matches!(value.first(), Some(b' ' | b'\t'))
+                || matches!(value.last(), Some(b' ' | b'\t'))
+            {
+                return Err(Error::InvalidHead(HeadError::HeaderValue));
+            }
+            if name.len() > u16::MAX as usize {
+                return Err(Error::HeadTooLarge);
+            }
+            framing.field(name, value)?;
+            len += name.len() + value.len() + 4;
+        }
+        len += 2;
+        if len > u32::MAX as usize {
+            return Err(Error::HeadTooLarge);
+        }
+        let framing = framing.finish()?;
+        // `method` is a token, so ASCII.
+        let m = Method::from_token(core::str::from_utf8(method).unwrap_or(""));
+        let facts = framing.request_facts(m, version)?;
+        // The fields may announce a length; it must agree with how the body arrives.
+        match (facts.body, body) {
+            (BodyKind::Chunked, BodyKind::Chunked | BodyKind::UntilClose) => {}
+            (BodyKind::Chunked, _) => return Err(Error::InvalidTransferEncoding),
+            (BodyKind::Length(n), BodyKind::Length(m)) if n != m => {
+                return Err(Error::InvalidContentLength)
+            }
+            (BodyKind::Length(_), BodyKind::Empty) => return Err(Error::InvalidContentLength),
+            (BodyKind::Empty, BodyKind::Length(_)) if framing.content_length.is_some() => {
+                return Err(Error::InvalidContentLength)
+            }
+            _ => {}
+        }
+        let mut buf = alloc::vec::Vec::with_capacity(len);
+        buf.extend_from_slice(method);
+        buf.push(b' ');
+        buf.extend_from_slice(target);
+        buf.push(b' ');
+        buf.extend_from_slice(version.as_str().as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        let mut starts: SmallVec<[usize; INLINE_HEADERS]> = SmallVec::new();
+        for &(name, value) in &fields {
+            starts.push(buf.len());
+            buf.extend_from_slice(name);
+            buf.extend_from_slice(b": ");
+            buf.extend_from_slice(value);
+            buf.extend_from_slice(b"\r\n");
+        }
+        buf.extend_from_slice(b"\r\n");
+        debug_assert_eq!(buf.len(), len);
+        Ok(Request {
+            id,
+            method: m,
+            method_len: method.len() as u16,
+            target: (method.len() as u32 + 1, target.len() as u32),
+            version,
+            headers: Headers::from_parts(
+                Bytes::from(buf),
+                Index::build(starts.len(), len, starts.into_iter(), None),
+            ),
+            body,
+            keep_alive: facts.keep_alive,
+            expect_continue: facts.expect_continue,
+            upgrade: facts.upgrade,
+        })
     }
 
     /// This exchange's id on its connection.
@@ -647,27 +992,22 @@ impl Response {
 }
 
 /// A request head parsed in place: offsets into the input, so the caller can split the head
-/// off its buffer afterwards without copying.
+/// off its buffer afterwards without copying and put it in `req` (whose head is empty until
+/// then).
 pub(crate) struct ParsedRequest {
     pub len: usize,
-    pub method: Method,
-    pub method_len: u16,
-    pub target: (u32, u32),
-    pub version: Version,
-    pub idx: HeaderIndex,
-    pub body: BodyKind,
-    pub keep_alive: bool,
-    pub expect_continue: bool,
-    pub upgrade: bool,
     pub host_count: u8,
+    pub req: Request,
 }
 
-/// Parse a request head at the start of `buf`, with at most `max_headers` fields.
-/// `Ok(None)` means more bytes are needed. Applies the framing rules of RFC 9112 §6.
+/// Parse a request head at the start of `buf`, with at most `max_headers` fields, its field
+/// index going to `out`. `Ok(None)` means more bytes are needed. Applies the framing rules of
+/// RFC 9112 §6.
 #[inline]
 pub(crate) fn parse_request(
     buf: &[u8],
     max_headers: usize,
+    out: &mut IndexBuf,
 ) -> Result<Option<ParsedRequest>, Error> {
     let mut hdrs = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
     let n = max_headers.min(MAX_HEADERS_CAP);
@@ -677,16 +1017,54 @@ pub(crate) fn parse_request(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(Error::from_httparse(e)),
     };
-    let framing = Framing::scan(req.headers)?;
+    let r = request_head(buf, len, &req, out);
+    if r.is_err() {
+        out.discard();
+    }
+    r.map(Some)
+}
+
+/// Everything after httparse's verdict, in one pass over its fields: the index and the
+/// framing facts together, names classified by length. Errors are reported in this order:
+/// framing fields, request line, version, transfer coding, then field line endings.
+#[inline(always)]
+fn request_head(
+    buf: &[u8],
+    len: usize,
+    req: &httparse::Request<'_, '_>,
+    out: &mut IndexBuf,
+) -> Result<ParsedRequest, Error> {
     let base = buf.as_ptr() as usize;
+    let fields: &[httparse::Header<'_>] = req.headers;
+    let mut framing = Framing::default();
+    // Every line before a field line ends in CRLF (the last field line is covered by the
+    // `\r\n\r\n` check below): httparse also accepts a bare LF, a smuggling vector behind
+    // lenient proxies. A CR can only sit right before the LF: httparse rejects it elsewhere.
+    let mut crlf = true;
+    // The index: in place for a typical head, else in `out`. One loop per case, so neither
+    // branches on it per field.
+    let mut at = [0u16; INLINE_FIELDS];
+    let inline = Index::fits(fields.len(), len);
+    if inline {
+        scan_fields(fields, buf, &mut framing, &mut crlf, |i, o| {
+            if let Some(slot) = at.get_mut(i) {
+                *slot = o as u16;
+            }
+        })?;
+    } else {
+        out.reserve(fields.len());
+        scan_fields(fields, buf, &mut framing, &mut crlf, |_, o| {
+            out.push(o as u32)
+        })?;
+    }
+    let framing = framing.finish()?;
     let method_s = req.method.unwrap_or("");
     let path = req.path.unwrap_or("");
     if method_s.as_ptr() as usize != base {
         // httparse skipped empty lines before the request line; the caller strips them first.
         return Err(Error::InvalidHead(crate::HeadError::NewLine));
     }
-    // CRLF after the request line (" HTTP/1.x" follows the target) and at the very end; field
-    // lines are checked while indexing.
+    // CRLF after the request line (" HTTP/1.x" follows the target) and at the very end.
     let target_start = path.as_ptr() as usize - base;
     if buf.get(target_start + path.len() + 9) != Some(&b'\r') || !buf[..len].ends_with(b"\r\n\r\n")
     {
@@ -697,43 +1075,84 @@ pub(crate) fn parse_request(
         Some(1) => Version::Http11,
         _ => return Err(Error::UnsupportedVersion),
     };
-    if framing.transfer_encoding {
-        if version == Version::Http10 {
-            return Err(Error::TransferEncodingInHttp10);
+    let method = Method::from_token(method_s);
+    let facts = framing.request_facts(method, version)?;
+    if !crlf {
+        return Err(Error::BareLineFeed);
+    }
+    if len > u32::MAX as usize {
+        return Err(Error::HeadTooLarge);
+    }
+    let idx = if inline {
+        Index::Inline {
+            len: fields.len() as u8,
+            at,
         }
-        if !framing.chunked_final || framing.te_other {
-            // RFC 9112 §6.3: a request whose final coding is not chunked has no determinable
-            // length.
-            return Err(Error::InvalidTransferEncoding);
+    } else {
+        Index::Spilled(out.take())
+    };
+    Ok(ParsedRequest {
+        len,
+        host_count: framing.host_count,
+        req: Request {
+            id: RequestId(0),
+            method,
+            method_len: method_s.len() as u16,
+            target: (target_start as u32, path.len() as u32),
+            version,
+            headers: Headers {
+                buf: Bytes::new(),
+                idx,
+            },
+            body: facts.body,
+            keep_alive: facts.keep_alive,
+            expect_continue: facts.expect_continue,
+            upgrade: facts.upgrade,
+        },
+    })
+}
+
+/// [`request_head`]'s pass over the fields: `store(i, offset)` each field line's offset,
+/// check the line before it ends in CRLF, and feed the framing fields to `framing`.
+#[inline(always)]
+fn scan_fields(
+    fields: &[httparse::Header<'_>],
+    buf: &[u8],
+    framing: &mut Framing,
+    crlf: &mut bool,
+    mut store: impl FnMut(usize, usize),
+) -> Result<(), Error> {
+    let base = buf.as_ptr() as usize;
+    let mut ok = true;
+    for (i, h) in fields.iter().enumerate() {
+        let name = h.name.as_bytes();
+        let name_start = name.as_ptr() as usize - base;
+        ok &= buf.get(name_start.wrapping_sub(2)) == Some(&b'\r');
+        store(i, name_start);
+        // Most names are none of the framing fields: one table look-up by length and first
+        // letter rules them out.
+        if let (Some(&first), Some(&want)) = (name.first(), FRAMING_FIRST.get(name.len())) {
+            if first | 0x20 == want {
+                framing.field(name, h.value)?;
+            }
         }
     }
-    let keep_alive = match version {
-        Version::Http11 => !framing.conn_close,
-        Version::Http10 => framing.conn_keep_alive && !framing.conn_close,
-    };
-    let body = if framing.chunked_final {
-        BodyKind::Chunked
-    } else {
-        match framing.content_length {
-            Some(0) | None => BodyKind::Empty,
-            Some(n) => BodyKind::Length(n),
-        }
-    };
-    let method = Method::from_token(method_s);
-    Ok(Some(ParsedRequest {
-        len,
-        method,
-        method_len: method_s.len() as u16,
-        target: (target_start as u32, path.len() as u32),
-        version,
-        idx: Headers::index(buf, req.headers)?,
-        body,
-        keep_alive,
-        expect_continue: framing.expect_continue && version == Version::Http11,
-        upgrade: (framing.upgrade && framing.conn_upgrade) || method == Method::Connect,
-        host_count: framing.host_count,
-    }))
+    *crlf = ok;
+    Ok(())
 }
+
+/// For each name length, the first letter (lower case) of the framing field with that length
+/// ([`Framing::field`]), or 0.
+const FRAMING_FIRST: [u8; 18] = {
+    let mut t = [0u8; 18];
+    t[4] = b'h'; // host
+    t[6] = b'e'; // expect
+    t[7] = b'u'; // upgrade
+    t[10] = b'c'; // connection
+    t[14] = b'c'; // content-length
+    t[17] = b't'; // transfer-encoding
+    t
+};
 
 /// A response head parsed in place (offsets into the input).
 pub(crate) struct ParsedResponse {
@@ -741,7 +1160,7 @@ pub(crate) struct ParsedResponse {
     pub status: u16,
     pub reason: (u32, u32),
     pub version: Version,
-    pub idx: HeaderIndex,
+    pub idx: Index,
     pub body: BodyKind,
     pub keep_alive: bool,
 }
@@ -753,6 +1172,7 @@ pub(crate) fn parse_response(
     max_headers: usize,
     head_request: bool,
     connect_request: bool,
+    out: &mut IndexBuf,
 ) -> Result<Option<ParsedResponse>, Error> {
     let mut hdrs = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
     let n = max_headers.min(MAX_HEADERS_CAP);
@@ -811,7 +1231,7 @@ pub(crate) fn parse_response(
         status,
         reason: (reason_start, reason.len() as u32),
         version,
-        idx: Headers::index(buf, res.headers)?,
+        idx: Headers::index(buf, len, res.headers, Some(out))?,
         body,
         keep_alive,
     }))
@@ -836,13 +1256,14 @@ impl Response {
 pub(crate) fn parse_trailers(
     buf: &[u8],
     max_headers: usize,
-) -> Result<Option<(usize, HeaderIndex)>, Error> {
+) -> Result<Option<(usize, Index)>, Error> {
     let mut hdrs = [httparse::EMPTY_HEADER; 64];
     let n = max_headers.clamp(1, 64);
     match httparse::parse_headers(buf, &mut hdrs[..n]) {
         Ok(httparse::Status::Complete((len, parsed))) => {
             check_line_endings(&buf[..len]).map_err(|_| Error::InvalidTrailers)?;
-            let idx = Headers::index(buf, parsed).map_err(|_| Error::InvalidTrailers)?;
+            // Trailers are rare: a big index gets a buffer of its own.
+            let idx = Headers::index(buf, len, parsed, None).map_err(|_| Error::InvalidTrailers)?;
             Ok(Some((len, idx)))
         }
         Ok(httparse::Status::Partial) => Ok(None),
@@ -858,10 +1279,12 @@ mod tests {
     #[test]
     fn parses_browser_request_zero_copy() {
         let raw = b"GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\nAccept: */*\r\n\r\nrest";
-        let p = parse_request(raw, 100).unwrap().unwrap();
+        let p = parse_request(raw, 100, &mut IndexBuf::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(p.len, raw.len() - 4);
-        let buf = Bytes::copy_from_slice(&raw[..p.len]);
-        let r = Request::build(RequestId(0), buf, p);
+        let mut r = p.req;
+        r.headers.buf = Bytes::copy_from_slice(&raw[..p.len]);
         assert_eq!(r.method(), Method::Get);
         assert_eq!(r.method_str(), "GET");
         assert_eq!(r.target(), "/index.html?q=1");
@@ -879,11 +1302,427 @@ mod tests {
         );
     }
 
+    /// Parse `raw` (a complete head) into a `Request` as the server does.
+    fn parsed(raw: &[u8]) -> Request {
+        let p = parse_request(raw, 100, &mut IndexBuf::new())
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.len, raw.len());
+        let mut r = p.req;
+        r.id = RequestId(7);
+        r.headers.buf = Bytes::copy_from_slice(raw);
+        r
+    }
+
+    fn assert_same(a: &Request, b: &Request) {
+        assert_eq!(a.id(), b.id());
+        assert_eq!(a.method(), b.method());
+        assert_eq!(a.method_str(), b.method_str());
+        assert_eq!(a.target(), b.target());
+        assert_eq!(a.path(), b.path());
+        assert_eq!(a.query(), b.query());
+        assert_eq!(a.version(), b.version());
+        assert_eq!(a.headers(), b.headers());
+        assert_eq!(a.body_kind(), b.body_kind());
+        assert_eq!(a.keep_alive(), b.keep_alive());
+        assert_eq!(a.expects_continue(), b.expects_continue());
+        assert_eq!(a.is_upgrade(), b.is_upgrade());
+        assert_eq!(a.head_bytes(), b.head_bytes());
+    }
+
+    #[test]
+    fn from_parts_matches_parsed_text() {
+        type Fields<'a> = &'a [(&'a [u8], &'a [u8])];
+        type Case<'a> = (&'a [u8], &'a [u8], Version, Fields<'a>, BodyKind);
+        let cases: [Case<'_>; 7] = [
+            (
+                b"GET",
+                b"/a?b=c",
+                Version::Http11,
+                &[(b"Host", b"x"), (b"Accept", b"*/*")],
+                BodyKind::Empty,
+            ),
+            (
+                b"POST",
+                b"/up",
+                Version::Http11,
+                &[
+                    (b"host", b"x"),
+                    (b"content-length", b"5"),
+                    (b"expect", b"100-continue"),
+                ],
+                BodyKind::Length(5),
+            ),
+            (
+                b"PUT",
+                b"/c",
+                Version::Http11,
+                &[
+                    (b"host", b"x"),
+                    (b"Transfer-Encoding", b"chunked"),
+                    (b"x-e", b""),
+                ],
+                BodyKind::Chunked,
+            ),
+            (
+                b"GET",
+                b"/",
+                Version::Http10,
+                &[(b"connection", b"keep-alive")],
+                BodyKind::Empty,
+            ),
+            (
+                b"GET",
+                b"/",
+                Version::Http11,
+                &[(b"connection", b"close"), (b"v", b"a \t b\x80")],
+                BodyKind::Empty,
+            ),
+            (
+                b"GET",
+                b"/ws",
+                Version::Http11,
+                &[
+                    (b"host", b"x"),
+                    (b"Connection", b"Upgrade"),
+                    (b"upgrade", b"websocket"),
+                ],
+                BodyKind::Empty,
+            ),
+            (
+                b"CONNECT",
+                b"example.com:443",
+                Version::Http11,
+                &[(b"host", b"example.com:443")],
+                BodyKind::Empty,
+            ),
+        ];
+        for (method, target, version, fields, body) in cases {
+            let mut text = alloc::vec::Vec::new();
+            text.extend_from_slice(method);
+            text.push(b' ');
+            text.extend_from_slice(target);
+            text.push(b' ');
+            text.extend_from_slice(version.as_str().as_bytes());
+            text.extend_from_slice(b"\r\n");
+            for (n, v) in fields {
+                text.extend_from_slice(n);
+                text.extend_from_slice(b": ");
+                text.extend_from_slice(v);
+                text.extend_from_slice(b"\r\n");
+            }
+            text.extend_from_slice(b"\r\n");
+            let want = parsed(&text);
+            let got = Request::from_parts(
+                RequestId::new(7),
+                method,
+                target,
+                version,
+                fields.iter().copied(),
+                body,
+            )
+            .unwrap();
+            assert_same(&got, &want);
+            assert_eq!(got.head_bytes().as_ref(), &text[..]);
+        }
+        // Many fields (past the inline index) still round-trip.
+        let names: alloc::vec::Vec<alloc::string::String> =
+            (0..40).map(|i| alloc::format!("x-f{i}")).collect();
+        let fields: alloc::vec::Vec<(&[u8], &[u8])> =
+            names.iter().map(|n| (n.as_bytes(), &b"v"[..])).collect();
+        let r = Request::from_parts(
+            RequestId::new(0),
+            b"GET",
+            b"/",
+            Version::Http11,
+            fields,
+            BodyKind::Empty,
+        )
+        .unwrap();
+        assert_eq!(r.headers().len(), 40);
+        assert_eq!(r.headers().get("X-F39"), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn from_parts_rejects_what_the_parser_rejects() {
+        use crate::HeadError;
+        let ok: (&[u8], &[u8]) = (b"host", b"x");
+        let build = |method: &[u8], target: &[u8], f: (&[u8], &[u8]), body| {
+            Request::from_parts(
+                RequestId::new(0),
+                method,
+                target,
+                Version::Http11,
+                [ok, f],
+                body,
+            )
+            .map(|_| ())
+        };
+        let e = |h| Err(Error::InvalidHead(h));
+        assert_eq!(
+            build(b"G T", b"/", ok, BodyKind::Empty),
+            e(HeadError::Token)
+        );
+        assert_eq!(build(b"", b"/", ok, BodyKind::Empty), e(HeadError::Token));
+        assert_eq!(build(b"GET", b"", ok, BodyKind::Empty), e(HeadError::Token));
+        assert_eq!(
+            build(b"GET", b"/a b", ok, BodyKind::Empty),
+            e(HeadError::Token)
+        );
+        assert_eq!(
+            build(b"GET", b"/a\r\n", ok, BodyKind::Empty),
+            e(HeadError::Token)
+        );
+        assert_eq!(
+            build(b"GET", b"/\xff", ok, BodyKind::Empty),
+            e(HeadError::Token)
+        );
+        assert_eq!(
+            build(b"GET", b"/", (b":path", b"/"), BodyKind::Empty),
+            e(HeadError::HeaderName)
+        );
+        assert_eq!(
+            build(b"GET", b"/", (b"a b", b"/"), BodyKind::Empty),
+            e(HeadError::HeaderName)
+        );
+        assert_eq!(
+            build(b"GET", b"/", (b"", b"/"), BodyKind::Empty),
+            e(HeadError::HeaderName)
+        );
+        for v in [
+            &b"a\rb"[..],
+            b"a\nb",
+            b"a\0b",
+            b"a\x7fb",
+            b"a\x01",
+            b" a",
+            b"a\t",
+        ] {
+            assert_eq!(
+                build(b"GET", b"/", (b"x", v), BodyKind::Empty),
+                e(HeadError::HeaderValue),
+                "{v:?}"
+            );
+        }
+        let cl: (&[u8], &[u8]) = (b"content-length", b"5");
+        assert_eq!(
+            build(b"POST", b"/", cl, BodyKind::Length(6)),
+            Err(Error::InvalidContentLength)
+        );
+        assert_eq!(
+            build(b"POST", b"/", cl, BodyKind::Empty),
+            Err(Error::InvalidContentLength)
+        );
+        assert_eq!(build(b"POST", b"/", cl, BodyKind::Chunked), Ok(()));
+        assert_eq!(
+            build(b"POST", b"/", (b"content-length", b"x"), BodyKind::Chunked),
+            Err(Error::InvalidContentLength)
+        );
+        let te: (&[u8], &[u8]) = (b"transfer-encoding", b"gzip");
+        assert_eq!(
+            build(b"POST", b"/", te, BodyKind::Chunked),
+            Err(Error::InvalidTransferEncoding)
+        );
+        let te: (&[u8], &[u8]) = (b"transfer-encoding", b"chunked");
+        assert_eq!(
+            build(b"POST", b"/", te, BodyKind::Length(3)),
+            Err(Error::InvalidTransferEncoding)
+        );
+        let r = Request::from_parts(
+            RequestId::new(0),
+            b"POST",
+            b"/",
+            Version::Http11,
+            [te, (b"content-length", b"1")],
+            BodyKind::Chunked,
+        );
+        assert_eq!(r.map(|_| ()), Err(Error::ContentLengthWithTransferEncoding));
+        let r = Request::from_parts(
+            RequestId::new(0),
+            b"POST",
+            b"/",
+            Version::Http10,
+            [te],
+            BodyKind::Chunked,
+        );
+        assert_eq!(r.map(|_| ()), Err(Error::TransferEncodingInHttp10));
+    }
+
+    /// A request head with `fields`, each written `name ":" ows value ows CRLF`.
+    fn head_with(
+        fields: &[(alloc::string::String, alloc::vec::Vec<u8>, &str, &str)],
+    ) -> alloc::vec::Vec<u8> {
+        let mut text = b"GET / HTTP/1.1\r\n".to_vec();
+        for (n, v, ows1, ows2) in fields {
+            text.extend_from_slice(n.as_bytes());
+            text.push(b':');
+            text.extend_from_slice(ows1.as_bytes());
+            text.extend_from_slice(v);
+            text.extend_from_slice(ows2.as_bytes());
+            text.extend_from_slice(b"\r\n");
+        }
+        text.extend_from_slice(b"\r\n");
+        text
+    }
+
+    /// Our accessors against httparse's own view of the same head.
+    fn check_against_httparse(text: &[u8], out: &mut IndexBuf) {
+        let mut hdrs = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut hdrs);
+        assert!(req.parse(text).unwrap().is_complete());
+        let p = parse_request(text, 64, out).unwrap().unwrap();
+        let mut r = p.req;
+        r.headers.buf = Bytes::copy_from_slice(text);
+        let h = r.headers();
+        assert_eq!(h.len(), req.headers.len());
+        assert_eq!(h.is_empty(), req.headers.is_empty());
+        for ((n, v), want) in h.iter().zip(req.headers.iter()) {
+            assert_eq!((n, v), (want.name, want.value));
+            let first = req
+                .headers
+                .iter()
+                .find(|x| x.name.eq_ignore_ascii_case(n))
+                .unwrap();
+            assert_eq!(h.get(&n.to_ascii_uppercase()), Some(first.value));
+            assert_eq!(h.get_bytes(n).as_deref(), Some(first.value));
+            let all: alloc::vec::Vec<&[u8]> = h.get_all(n).collect();
+            let want_all: alloc::vec::Vec<&[u8]> = req
+                .headers
+                .iter()
+                .filter(|x| x.name.eq_ignore_ascii_case(n))
+                .map(|x| x.value)
+                .collect();
+            assert_eq!(all, want_all);
+        }
+        assert_eq!(h.get("x-absent"), None);
+    }
+
+    #[test]
+    fn accessors_follow_the_line_structure() {
+        let s = |x: &str| alloc::string::String::from(x);
+        let fields = [
+            (s("Host"), b"example.com".to_vec(), " ", ""),
+            (s("X-Empty"), b"".to_vec(), "", ""),
+            (s("X-Blank"), b"".to_vec(), " \t ", ""),
+            (s("X-Ows"), b"a \t b".to_vec(), "\t", " \t"),
+            (s("X-Colon"), b"a:b: c".to_vec(), "", ""),
+            (s("X-Obs"), b"caf\xc3\xa9 \x80".to_vec(), " ", " "),
+            (s("host"), b"second".to_vec(), " ", ""),
+        ];
+        let text = head_with(&fields);
+        check_against_httparse(&text, &mut IndexBuf::new());
+        let p = parse_request(&text, 64, &mut IndexBuf::new())
+            .unwrap()
+            .unwrap();
+        let mut r = p.req;
+        r.headers.buf = Bytes::copy_from_slice(&text);
+        let h = r.headers();
+        assert_eq!(h.get("x-ows"), Some(&b"a \t b"[..]));
+        assert_eq!(h.get("x-blank"), Some(&b""[..]));
+        assert_eq!(h.get("x-colon"), Some(&b"a:b: c"[..]));
+        // Names that no field can have never match, even where the text would.
+        assert_eq!(h.get("x-colon:a"), None);
+        assert_eq!(h.get("X-Colon: a"), None);
+        assert_eq!(h.get("Host: example.com\r\nX-Empty"), None);
+        assert_eq!(h.get(""), None);
+        assert_eq!(h.get_all("host").count(), 2);
+        // Zero-copy.
+        let v = h.get_bytes("x-obs").unwrap();
+        let base = h.buffer().as_ptr() as usize;
+        assert!((v.as_ptr() as usize) > base && (v.as_ptr() as usize) < base + text.len());
+    }
+
+    #[test]
+    fn big_heads_spill_the_index() {
+        let s = |i: usize| alloc::format!("x-f{i}");
+        // More fields than fit in place.
+        let many: alloc::vec::Vec<_> = (0..40).map(|i| (s(i), b"v".to_vec(), " ", "")).collect();
+        let mut out = IndexBuf::new();
+        check_against_httparse(&head_with(&many), &mut out);
+        check_against_httparse(&head_with(&many[..INLINE_FIELDS]), &mut out);
+        check_against_httparse(&head_with(&many[..INLINE_FIELDS + 1]), &mut out);
+        // A head past 64 KiB.
+        let big = alloc::vec![b'a'; 70_000];
+        let fields = [
+            (s(0), b"x".to_vec(), "", ""),
+            (s(1), big, " ", ""),
+            (s(2), b"y".to_vec(), "", ""),
+        ];
+        check_against_httparse(&head_with(&fields), &mut out);
+        // Responses and from_parts too.
+        let names: alloc::vec::Vec<_> = (0..30).map(s).collect();
+        let r = Request::from_parts(
+            RequestId::new(0),
+            b"GET",
+            b"/",
+            Version::Http11,
+            names.iter().map(|n| (n.as_bytes(), &b"v"[..])),
+            BodyKind::Empty,
+        )
+        .unwrap();
+        assert_eq!(r.headers().len(), 30);
+        assert_eq!(r.headers().get("x-f29"), Some(&b"v"[..]));
+        let mut text = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for n in &names {
+            text.extend_from_slice(alloc::format!("{n}: w\r\n").as_bytes());
+        }
+        text.extend_from_slice(b"\r\n");
+        let p = parse_response(&text, 64, false, false, &mut out)
+            .unwrap()
+            .unwrap();
+        let resp = Response::build(RequestId(0), Bytes::copy_from_slice(&text), p);
+        assert_eq!(resp.headers().len(), 30);
+        assert_eq!(resp.headers().iter().last(), Some(("x-f29", &b"w"[..])));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn field() -> impl Strategy<
+            Value = (
+                alloc::string::String,
+                alloc::vec::Vec<u8>,
+                &'static str,
+                &'static str,
+            ),
+        > {
+            let name = "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}";
+            let value = proptest::collection::vec(
+                prop_oneof![
+                    Just(b' '),
+                    Just(b'\t'),
+                    Just(b':'),
+                    0x21u8..0x7f,
+                    0x80u8..=0xff
+                ],
+                0..16,
+            );
+            let ows = prop_oneof![Just(""), Just(" "), Just("\t "), Just("  ")];
+            (name, value, ows.clone(), ows)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn headers_match_httparse(fields in proptest::collection::vec(field(), 0..40)) {
+                let text = head_with(&fields);
+                check_against_httparse(&text, &mut IndexBuf::new());
+            }
+        }
+    }
+
     #[test]
     fn partial_is_not_an_error() {
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\n";
         for i in 0..raw.len() {
-            assert!(parse_request(&raw[..i], 100).unwrap().is_none(), "at {i}");
+            assert!(
+                parse_request(&raw[..i], 100, &mut IndexBuf::new())
+                    .unwrap()
+                    .is_none(),
+                "at {i}"
+            );
         }
     }
 
@@ -901,13 +1740,15 @@ mod tests {
         let ok = parse_request(
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
             100,
+            &mut IndexBuf::new(),
         )
         .unwrap()
         .unwrap();
-        assert_eq!(ok.body, BodyKind::Length(5));
+        assert_eq!(ok.req.body, BodyKind::Length(5));
         assert!(parse_request(
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
-            100
+            100,
+            &mut IndexBuf::new(),
         )
         .is_err());
     }
@@ -948,6 +1789,7 @@ mod tests {
             100,
             false,
             false,
+            &mut IndexBuf::new(),
         )
         .unwrap()
         .unwrap();
@@ -957,17 +1799,30 @@ mod tests {
             100,
             true,
             false,
+            &mut IndexBuf::new(),
         )
         .unwrap()
         .unwrap();
         assert_eq!(p.body, BodyKind::Empty);
-        let p = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 100, false, false)
-            .unwrap()
-            .unwrap();
+        let p = parse_response(
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            100,
+            false,
+            false,
+            &mut IndexBuf::new(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(p.body, BodyKind::Empty);
-        let p = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", 100, false, false)
-            .unwrap()
-            .unwrap();
+        let p = parse_response(
+            b"HTTP/1.0 200 OK\r\n\r\n",
+            100,
+            false,
+            false,
+            &mut IndexBuf::new(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(p.body, BodyKind::UntilClose);
         assert!(!p.keep_alive);
         let p = parse_response(
@@ -975,6 +1830,7 @@ mod tests {
             100,
             false,
             false,
+            &mut IndexBuf::new(),
         )
         .unwrap()
         .unwrap();

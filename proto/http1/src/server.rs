@@ -17,7 +17,9 @@ use crate::date::DateCache;
 use crate::encode::{
     write_content_length, write_fields, write_status_line, Body, COPY_BODY_MAX, OUT_BUF_CAPACITY,
 };
-use crate::head::{parse_request, BodyKind, Headers, Method, Request, RequestId, Version};
+use crate::head::{
+    parse_request, BodyKind, Headers, IndexBuf, Method, Request, RequestId, Version,
+};
 use crate::{Error, SendError, ServerConfig};
 
 /// HTTP/1.1's protocol metadata.
@@ -146,6 +148,11 @@ pub struct ServerConnection {
     slots: VecDeque<Slot>,
     next_id: u64,
     events: VecDeque<Event>,
+    /// The `End` of the bodyless request `poll_event` just handed out: such requests have
+    /// no `End` in `events` (saves queueing one per request).
+    end_next: Option<RequestId>,
+    /// Where request field indexes are built (reused, like the input buffer).
+    index: IndexBuf,
     out: VecDeque<Bytes>,
     wbuf: BytesMut,
     error: Option<Error>,
@@ -169,6 +176,8 @@ impl ServerConnection {
             slots: VecDeque::new(),
             next_id: 0,
             events: VecDeque::new(),
+            end_next: None,
+            index: IndexBuf::new(),
             out: VecDeque::new(),
             // Sized once: later buffers inherit this as their original capacity, so a response
             // never regrows from a few bytes while earlier output is still being written.
@@ -282,7 +291,7 @@ impl ServerConnection {
         if input.is_empty() {
             return Ok(false);
         }
-        let parsed = match parse_request(input, cfg.max_headers) {
+        let parsed = match parse_request(input, cfg.max_headers, &mut self.index) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 if self.head_started.is_none() {
@@ -303,8 +312,12 @@ impl ServerConnection {
                 // Report what a reader fed one byte at a time would have hit first, so the
                 // answer does not depend on how TCP segmented the bytes: a limit reached while
                 // a prefix was still incomplete wins over a syntax error further on.
-                let partial =
-                    |k: usize| matches!(parse_request(&input[..k], cfg.max_headers), Ok(None));
+                let partial = |k: usize| {
+                    matches!(
+                        parse_request(&input[..k], cfg.max_headers, &mut IndexBuf::new()),
+                        Ok(None)
+                    )
+                };
                 let l = cfg.max_request_line;
                 let h = cfg.max_head_bytes;
                 if input.len() > l && memchr::memchr(b'\n', &input[..l]).is_none() && partial(l + 1)
@@ -320,7 +333,8 @@ impl ServerConnection {
         // The same limits, in the same order, as the incomplete-head checks above would have
         // applied to every prefix of this head, then to the complete head.
         let (end, l, h) = (parsed.len, cfg.max_request_line, cfg.max_head_bytes);
-        let line_end = (parsed.target.0 + parsed.target.1) as usize + 9;
+        let mut req = parsed.req;
+        let line_end = (req.target.0 + req.target.1) as usize + 9;
         if (end > l + 1 && memchr::memchr(b'\n', &input[..l]).is_none())
             || (end <= h + 1 && line_end > l)
         {
@@ -329,10 +343,10 @@ impl ServerConnection {
         if end > h {
             return Err(Error::HeadTooLarge);
         }
-        if cfg.require_host && parsed.version == Version::Http11 && parsed.host_count != 1 {
+        if cfg.require_host && req.version == Version::Http11 && parsed.host_count != 1 {
             return Err(Error::InvalidHost);
         }
-        if let BodyKind::Length(n) = parsed.body {
+        if let BodyKind::Length(n) = req.body {
             if n > cfg.max_body {
                 return Err(Error::BodyTooLarge);
             }
@@ -341,21 +355,26 @@ impl ServerConnection {
         self.next_id += 1;
         self.requests += 1;
         self.head_started = None;
-        let head = input.split_to(parsed.len).freeze();
-        let req = Request::build(RequestId(id), head, parsed);
-        let mut slot = Slot::new(id, req.version);
-        slot.head = req.method == Method::Head;
-        slot.connect = req.method == Method::Connect;
-        slot.upgrade = req.upgrade;
-        slot.keep_alive = req.keep_alive;
-        slot.expect = if req.expect_continue && req.body != BodyKind::Empty {
-            Expect::Pending
-        } else {
-            Expect::No
-        };
+        req.id = RequestId(id);
+        let empty = core::mem::replace(&mut req.headers.buf, input.split_to(end).freeze());
+        // `Bytes::new()`: static, nothing to release (skips a call through its vtable).
+        core::mem::forget(empty);
         let body = req.body;
         let (upgrade, keep_alive) = (req.upgrade, req.keep_alive);
-        self.slots.push_back(slot);
+        let bodyless = !matches!(body, BodyKind::Length(_) | BodyKind::Chunked);
+        self.slots.push_back(Slot {
+            head: req.method == Method::Head,
+            connect: req.method == Method::Connect,
+            upgrade,
+            keep_alive,
+            expect: if req.expect_continue && !bodyless {
+                Expect::Pending
+            } else {
+                Expect::No
+            },
+            body_done: bodyless,
+            ..Slot::new(id, req.version)
+        });
         self.events.push_back(Event::Request(req));
         self.read = match body {
             BodyKind::Length(n) => Read::Length { id, remaining: n },
@@ -365,7 +384,10 @@ impl ServerConnection {
                 seen: 0,
             },
             _ => {
-                self.end_body(id, upgrade, keep_alive);
+                // The common case (GET and friends): the request is complete, and its slot
+                // (the one just pushed) already says so. Its `End` is not queued:
+                // `poll_event` hands it out right after the request.
+                self.after_request(id, upgrade, keep_alive);
                 return Ok(true);
             }
         };
@@ -383,6 +405,12 @@ impl ServerConnection {
                 s.expect = Expect::No;
             }
         }
+        self.after_request(id, upgrade, keep_alive);
+    }
+
+    /// What to read after request `id` was read completely.
+    #[inline]
+    fn after_request(&mut self, id: u64, upgrade: bool, keep_alive: bool) {
         self.read = if upgrade {
             Read::AwaitUpgrade { id }
         } else if !keep_alive || self.closing {
@@ -896,6 +924,7 @@ impl Connection for ServerConnection {
         if now > self.now {
             self.now = now;
         }
+        self.index.recycle();
         match self.read_input(input) {
             Ok(()) => Ok(()),
             Err((e, body_of)) => Err(self.fail(e, body_of)),
@@ -923,7 +952,17 @@ impl Connection for ServerConnection {
     }
 
     fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        if let Some(id) = self.end_next.take() {
+            return Some(Event::End { id });
+        }
+        let ev = self.events.pop_front()?;
+        if let Event::Request(r) = &ev {
+            if !matches!(r.body, BodyKind::Length(_) | BodyKind::Chunked) {
+                // A request without a body is complete: its `End` follows it (never queued).
+                self.end_next = Some(r.id);
+            }
+        }
+        Some(ev)
     }
 
     fn poll_transmit(&mut self) -> Option<Bytes> {

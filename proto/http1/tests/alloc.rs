@@ -186,3 +186,93 @@ fn no_allocation_per_request_once_warm() {
         "{allocations} allocations over {MEASURED} requests (at most 10 allowed)"
     );
 }
+
+/// `batch` requests (each `request`) pipelined in one buffer, answered, transmits drained;
+/// returns the bytes transmitted.
+fn pipelined(
+    conn: &mut ServerConnection,
+    input: &mut BytesMut,
+    now: Instant,
+    request: &[u8],
+    batch: usize,
+) -> usize {
+    for _ in 0..batch {
+        input.extend_from_slice(request);
+    }
+    conn.handle_input(now, input).expect("valid requests");
+    assert!(input.is_empty(), "the whole batch is consumed");
+    let mut ended = 0;
+    while let Some(ev) = conn.poll_event() {
+        match ev {
+            Event::Request(req) => drop(req),
+            Event::End { id } => {
+                ended += 1;
+                conn.send_response(
+                    id,
+                    200,
+                    &[("content-type", b"text/plain")],
+                    Body::Full(Bytes::from_static(b"hello world\n")),
+                )
+                .expect("response accepted");
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(ended, batch);
+    let mut sent = 0;
+    while let Some(chunk) = conn.poll_transmit() {
+        sent += chunk.len();
+    }
+    sent
+}
+
+/// Allocations made by `run` on this thread (the counter is per thread, so tests running in
+/// parallel do not disturb each other).
+fn count_allocations(run: impl FnOnce()) -> usize {
+    COUNTING.with(|c| c.set(true));
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    run();
+    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(false));
+    after - before
+}
+
+/// The same for pipelined batches of 16, with the browser request and with one whose 30
+/// fields do not fit in a `Request`'s own field index (it goes to the connection's reused
+/// index buffer instead).
+#[test]
+fn no_allocation_per_pipelined_request_once_warm() {
+    let mut many = b"GET /many HTTP/1.1\r\nHost: example.com\r\n".to_vec();
+    for i in 0..29 {
+        many.extend_from_slice(format!("X-Field-{i}: value {i}\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    for request in [REQUEST, &many[..]] {
+        let mut config = ServerConfig::default();
+        config.date_origin_unix_nanos = Some(1_790_000_000_000_000_000);
+        let mut now = Instant::from_nanos(1_000_000_000);
+        let mut conn = ServerConnection::new(Arc::new(config), now);
+        let mut input = BytesMut::with_capacity(64 * 1024);
+        for _ in 0..20 {
+            now += std::time::Duration::from_millis(1);
+            pipelined(&mut conn, &mut input, now, request, 16);
+        }
+        let batches = 500;
+        let allocations = count_allocations(|| {
+            for _ in 0..batches {
+                now += std::time::Duration::from_millis(1);
+                assert!(pipelined(&mut conn, &mut input, now, request, 16) > 0);
+            }
+        });
+        eprintln!(
+            "{allocations} allocations over {} pipelined requests ({} bytes each)",
+            batches * 16,
+            request.len()
+        );
+        assert!(
+            allocations <= 10,
+            "{allocations} allocations over {} pipelined requests",
+            batches * 16
+        );
+    }
+}
