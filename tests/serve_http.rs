@@ -565,7 +565,7 @@ fn idle_connections_are_cheap(driver: &str) {
     let after = rss_kib(s.child.id());
     let per_conn = (after.saturating_sub(before)) * 1024 / n as u64;
     eprintln!("{driver}: {per_conn} bytes of RSS per idle connection ({n} connections)");
-    assert!(per_conn < 16 * 1024, "{per_conn} bytes per idle connection");
+    assert!(per_conn < 8 * 1024, "{per_conn} bytes per idle connection");
     let fds = std::fs::read_dir(format!("/proc/{}/fd", s.child.id()))
         .unwrap()
         .count();

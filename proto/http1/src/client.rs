@@ -248,7 +248,8 @@ impl ClientConnection {
             out: VecDeque::new(),
             // Sized once: later buffers inherit this as their original capacity, so a response
             // never regrows from a few bytes while earlier output is still being written.
-            wbuf: BytesMut::with_capacity(OUT_BUF_CAPACITY),
+            // Allocated on the first request, so an idle connection costs no output buffer.
+            wbuf: BytesMut::new(),
             error: None,
             closing: false,
             resp_close: false,
@@ -364,6 +365,9 @@ impl ClientConnection {
             return Err(SendError::InvalidHeader);
         }
         let m = Method::from_token(method);
+        if self.wbuf.capacity() == 0 {
+            self.wbuf.reserve(OUT_BUF_CAPACITY);
+        }
         let mark = self.wbuf.len();
         let dst = &mut self.wbuf;
         // request-line = method SP request-target SP HTTP-version

@@ -181,7 +181,8 @@ impl ServerConnection {
             out: VecDeque::new(),
             // Sized once: later buffers inherit this as their original capacity, so a response
             // never regrows from a few bytes while earlier output is still being written.
-            wbuf: BytesMut::with_capacity(OUT_BUF_CAPACITY),
+            // Allocated on the first response, so an idle connection costs no output buffer.
+            wbuf: BytesMut::new(),
             error: None,
             closing: false,
             head_started: None,
@@ -642,6 +643,9 @@ impl ServerConnection {
         } else {
             &mut self.slots[i].held
         });
+        if dst.capacity() == 0 {
+            dst.reserve(OUT_BUF_CAPACITY);
+        }
         let mark = dst.len();
         write_status_line(&mut dst, status, reason);
         let facts = match write_fields(&mut dst, fields) {
