@@ -1,4 +1,277 @@
-//! # ferry-proxy
+//! # ferry-proxy: an HTTP reverse proxy / L7 load balancer and a Redis pooling proxy
 //!
-//! The ferry proxy: HTTP reverse proxy / L7 load balancer and Redis pooling proxy on Ferry drivers
+//! Both run inline on Ferry's I/O workers (`ferry-epoll` or `ferry-uring`): every client
+//! connection and every upstream connection is a session of the same worker, and the two
+//! halves of an exchange talk through worker-local mail (`WorkerCtx::post`), with upstream
+//! connections opened by the worker itself (`WorkerCtx::connect`). No threads and no shared
+//! state on the data path: pools, balancers, breakers and retry budgets are per worker
+//! (behind a mutex only that worker's thread takes); counters are relaxed atomics.
+//!
+//! - [`http`]: HTTP/1.1 with streaming bodies both ways, per-worker keep-alive pools
+//!   (`ferry-pool`: connection limit per upstream, wait queue, idle timeout), round
+//!   robin / least requests / consistent hashing ([`Balance`]), retries of idempotent
+//!   requests within a retry budget, per-upstream circuit breakers (`ferry-reliability`'s
+//!   `CircuitBreaker`, `RetryBudget` and `TraceParent`), `X-Forwarded-For`, `Via`, W3C
+//!   `traceparent`, hop-by-hop fields removed (RFC 9110 §7.6.1), 502/503/504 with clear bodies.
+//! - [`redis`]: many client connections pipelined over a few upstream connections per
+//!   worker, replies matched in order; a subscribing client gets a dedicated upstream.
+//! - [`health`]: active health checks and host-name resolution, off the I/O workers;
+//!   [`metrics`]: Prometheus text on the admin listener (`/metrics`).
+//!
+//! ## Embedding
+//!
+//! ```no_run
+//! use ferry_proxy::{start, ProxyConfig, ProxyOptions, Protocol};
+//!
+//! let upstreams: Vec<ferry_proxy::Upstream> =
+//!     vec!["127.0.0.1:8081".parse().unwrap(), "backend.internal:8082".parse().unwrap()];
+//! let mut opts = ProxyOptions::new("127.0.0.1:8080".parse().unwrap(), Protocol::Http, ProxyConfig::new(upstreams));
+//! opts.admin = Some("127.0.0.1:9901".parse().unwrap()); // GET /metrics
+//! let proxy = start(opts).unwrap();
+//! println!("proxy on {} ({})", proxy.handle.local_addr, proxy.handle.driver);
+//! // later: proxy.handle.shutdown.trigger(); proxy.wait();
+//! ```
 #![deny(missing_docs)]
+
+pub mod balance;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod redis;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use balance::Balance;
+pub use config::{HealthConfig, Protocol, ProxyConfig, Upstream};
+use ferry_driver::{
+    DriverKind, Launch, ListenAddr, Request, Response, ServerHandle, ServerOptions, Service,
+};
+pub use ferry_reliability::{BreakerConfig, BreakerState};
+pub use metrics::ProxyStats;
+
+/// Everything [`start`] needs.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Where clients connect.
+    pub listen: ListenAddr,
+    /// Admin listener (`/metrics`, `/health`), if any.
+    pub admin: Option<SocketAddr>,
+    /// HTTP or Redis.
+    pub protocol: Protocol,
+    /// Event loop (`Auto` picks io_uring when it works, else epoll).
+    pub driver: DriverKind,
+    /// I/O workers, listener and HTTP server settings.
+    pub server: ServerOptions,
+    /// Upstreams and policies.
+    pub config: ProxyConfig,
+}
+
+impl ProxyOptions {
+    /// Defaults around the essentials.
+    pub fn new(listen: ListenAddr, protocol: Protocol, config: ProxyConfig) -> ProxyOptions {
+        ProxyOptions {
+            listen,
+            admin: None,
+            protocol,
+            driver: DriverKind::Auto,
+            server: ServerOptions::default(),
+            config,
+        }
+    }
+}
+
+/// Why a proxy did not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Bad configuration (no upstreams, too many).
+    Config(String),
+    /// A listener could not be bound.
+    Bind(ferry_driver::BindError),
+    /// The driver or a thread could not start.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(s) => f.write_str(s),
+            StartError::Bind(e) => write!(f, "{e}"),
+            StartError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    /// The proxy's I/O workers (trigger `handle.shutdown` to stop).
+    pub handle: ServerHandle,
+    /// The admin listener's server.
+    pub admin: Option<ServerHandle>,
+    /// The counters `/metrics` shows.
+    pub stats: Arc<ProxyStats>,
+    health: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> Option<&ListenAddr> {
+        self.admin.as_ref().map(|a| &a.local_addr)
+    }
+
+    /// Wait for the workers to finish (after `handle.shutdown.trigger()`), then stop the
+    /// admin listener and the health checks. Returns how many threads panicked.
+    pub fn wait(self) -> usize {
+        let mut bad = self.handle.wait();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(a) = self.admin {
+            a.shutdown.trigger();
+            bad += a.wait();
+        }
+        if let Some(h) = self.health {
+            bad += usize::from(h.join().is_err());
+        }
+        bad
+    }
+}
+
+struct Admin {
+    stats: Arc<ProxyStats>,
+}
+
+impl Service for Admin {
+    fn call(&self, req: Request) -> Response {
+        match req.path() {
+            "/metrics" => Response::new(200)
+                .header(
+                    "content-type",
+                    bytes::Bytes::from_static(b"text/plain; version=0.0.4"),
+                )
+                .body(ferry_driver::Body::Full(self.stats.render().into())),
+            "/health" => Response::text(200, "ok\n"),
+            _ => Response::text(404, "not found (try /metrics)\n"),
+        }
+    }
+}
+
+struct NoHttp;
+impl Service for NoHttp {
+    fn call(&self, _req: Request) -> Response {
+        Response::text(500, "unused\n")
+    }
+}
+
+fn run<S: ferry_driver::Session>(
+    driver: DriverKind,
+    launch: Launch,
+    shared: Arc<S::Shared>,
+) -> std::io::Result<ServerHandle> {
+    match driver {
+        DriverKind::Epoll => ferry_epoll::start_with::<S>(launch, shared),
+        _ => ferry_uring::start_with::<S>(launch, shared),
+    }
+}
+
+/// Bind, start the I/O workers, the admin listener and the health checks.
+pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
+    let cfg = opts.config;
+    if cfg.upstreams.is_empty() {
+        return Err(StartError::Config(
+            "--upstream: at least one address".into(),
+        ));
+    }
+    if cfg.upstreams.len() > 255 {
+        return Err(StartError::Config(
+            "--upstream: at most 255 addresses".into(),
+        ));
+    }
+    let driver = match opts.driver {
+        DriverKind::Auto | DriverKind::Uring if ferry_uring::probe().is_ok() => DriverKind::Uring,
+        _ => DriverKind::Epoll,
+    };
+    let mut server = opts.server;
+    server.app_workers = 0;
+    let workers = server.workers.max(1);
+    let proto_name = match opts.protocol {
+        Protocol::Redis => "redis",
+        _ => "http",
+    };
+    let stats = Arc::new(ProxyStats::new(proto_name, &cfg.upstreams, workers));
+    let launch =
+        Launch::prepare(opts.listen, server, Arc::new(NoHttp)).map_err(StartError::Bind)?;
+    let admin = match opts.admin {
+        Some(a) => {
+            let aopts = ServerOptions {
+                workers: 1,
+                pin: false,
+                ..ServerOptions::default()
+            };
+            let l = Launch::prepare(
+                a,
+                aopts,
+                Arc::new(Admin {
+                    stats: stats.clone(),
+                }),
+            )
+            .map_err(StartError::Bind)?;
+            Some(ferry_epoll::start(l).map_err(StartError::Io)?)
+        }
+        None => None,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    // Names resolve once now (so the first requests can go), then on the health thread.
+    for (u, up) in stats.upstreams.iter().zip(&cfg.upstreams) {
+        if let Upstream::Name { .. } = up {
+            let a = up.resolve();
+            if a.is_none() {
+                tracing::warn!("upstream {up} does not resolve (yet); it gets no requests");
+            }
+            u.set_resolved(a);
+        }
+    }
+    let checks = cfg.health.clone().filter(|h| !h.interval.is_zero());
+    let names = cfg
+        .upstreams
+        .iter()
+        .any(|u| matches!(u, Upstream::Name { .. }));
+    let health = if checks.is_some() || names {
+        Some(
+            health::spawn(
+                cfg.upstreams.clone(),
+                opts.protocol,
+                checks,
+                stats.clone(),
+                stop.clone(),
+            )
+            .map_err(StartError::Io)?,
+        )
+    } else {
+        None
+    };
+    let handle = match opts.protocol {
+        Protocol::Redis => {
+            let shared = redis::RedisShared::new(cfg, workers, stats.clone());
+            run::<redis::RedisProxy>(driver, launch, shared)
+        }
+        _ => {
+            let shared = http::HttpShared::new(cfg, workers, stats.clone());
+            run::<http::HttpProxy>(driver, launch, shared)
+        }
+    }
+    .map_err(StartError::Io)?;
+    Ok(Proxy {
+        handle,
+        admin,
+        stats,
+        health,
+        stop,
+    })
+}

@@ -6,7 +6,9 @@
 //! writes [`Session::fill_iov`] (or hands [`Session::take_out`] chunks to the kernel) and
 //! reports how much went out. Messages from outside the worker (application workers' replies,
 //! pub/sub deliveries from other connections) arrive as [`Session::Mail`], collected once per
-//! loop turn with [`Session::take_mail`] after the worker's doorbell rang.
+//! loop turn with [`Session::take_mail`] after the worker's doorbell rang. Messages between
+//! connections of the same worker go through [`WorkerCtx::post`] and outbound connections
+//! start with [`WorkerCtx::connect`] (see [`crate::outbound`]).
 
 use std::io::IoSlice;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -81,6 +83,28 @@ pub trait Session: Sized + Send + 'static {
     }
     /// The socket is being closed.
     fn close(self, ctx: &mut WorkerCtx);
+
+    /// An outbound connection queued with [`WorkerCtx::connect`] has a socket (the connect is
+    /// in progress): build its session. `info.token` is its token (for mail), `info.peer` the
+    /// address, `tag` the caller's. `None` closes the socket. Until
+    /// [`on_connected`](Session::on_connected) the driver reads and writes nothing (output
+    /// may be queued meanwhile); a connect timeout is the session's own deadline. Default:
+    /// refuse (sessions that never call `connect`).
+    fn open_outbound(
+        _ctx: &mut WorkerCtx,
+        _shared: &Arc<Self::Shared>,
+        _info: ConnInfo,
+        _tag: u64,
+        _gen: u32,
+        _now: Instant,
+    ) -> Option<Self> {
+        None
+    }
+    /// The outbound connect completed; reading and writing start.
+    fn on_connected(&mut self, _ctx: &mut WorkerCtx, _now: Instant) {}
+    /// The outbound connect failed (refused, unreachable, reset); the driver closes the
+    /// connection right after (then [`close`](Session::close) runs).
+    fn connect_failed(&mut self, _ctx: &mut WorkerCtx, _error: std::io::Error, _now: Instant) {}
 }
 
 impl Session for HttpSession {

@@ -23,6 +23,8 @@
 //! - [`Shutdown`] and [`EventFd`]: graceful stop (stop accepting, close idle keep-alives,
 //!   drain in-flight requests up to a deadline);
 //! - [`compat`]: conversions to and from the `http` crate's types;
+//! - [`outbound`]: outbound TCP connections opened by a session on its own worker
+//!   ([`WorkerCtx::connect`]) and worker-local mail between connections ([`WorkerCtx::post`]);
 //! - [`Launch`]: binds the `SO_REUSEPORT` listeners and builds each worker's context.
 //!
 //! ## Embedding
@@ -58,6 +60,7 @@ pub mod driven;
 pub mod h2;
 pub mod listen;
 pub mod metrics;
+pub mod outbound;
 pub mod pool;
 pub mod resp;
 pub mod runtime;
@@ -69,6 +72,7 @@ pub mod timer;
 pub mod transport;
 
 pub use driven::{OutQueue, Session};
+pub use outbound::ConnectRequest;
 pub use ferry_http1::{Method, ServerConfig};
 pub use listen::{BindError, ListenAddr, ListenOptions, Listener};
 pub use metrics::WorkerMetrics;

@@ -20,6 +20,14 @@
 //! shuts down its write side and lingers (discarding input) until the peer's FIN or a deadline,
 //! so a final response is not destroyed by a reset.
 //!
+//! Outbound connections ([`WorkerCtx::connect`]) are non-blocking `connect(2)`s registered
+//! for readable and writable readiness; the first writable (or error) event settles them
+//! (`take_error`, then `peer_addr`, as mio documents for Linux) and the session hears
+//! `on_connected` or `connect_failed`. Mail between connections of the worker
+//! ([`WorkerCtx::post`]) is delivered in the same loop turn: the loop alternates "drive the
+//! touched connections, open queued connects, deliver local mail" until nothing is left (at
+//! most a few rounds, then it polls without blocking).
+//!
 //! ## Embedding
 //!
 //! ```no_run
@@ -48,6 +56,7 @@ use std::time::Duration;
 
 use ferry_driver::listen::{configure_accepted, has_unread_input, recv_into};
 use ferry_driver::metrics::add;
+use ferry_driver::outbound::{self, ConnectRequest};
 use ferry_driver::Listener;
 use ferry_driver::{
     ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, Session, TimerWheel, WorkerCtx,
@@ -63,6 +72,11 @@ use std::sync::Arc;
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const MAX_IOV: usize = 64;
+/// Rounds of "drive touched connections, open queued connects, deliver local mail" per loop
+/// turn before polling again (the rest carries over, with a zero poll timeout).
+const MAX_ROUNDS: usize = 16;
+/// Local mails delivered per round.
+const MAIL_BATCH: usize = 1024;
 
 /// Start one event loop thread per prepared worker, serving HTTP.
 pub fn start(launch: Launch) -> io::Result<ServerHandle> {
@@ -173,6 +187,8 @@ struct Conn<S> {
     queued: bool,
     /// The peer's FIN (or an error) was reported: read until 0 even after short reads.
     read_closed: bool,
+    /// An outbound connect is in progress: no I/O until it completes.
+    connecting: bool,
 }
 
 /// Run one I/O worker's HTTP loop on the calling thread until shutdown completes.
@@ -219,6 +235,8 @@ pub fn run_worker_with<S: Session>(
     let mut drain_deadline: Option<Instant> = None;
     let mut any_pending = false;
     let mut scratch = vec![0u8; 16 * 1024];
+    let mut connects: Vec<ConnectRequest> = Vec::new();
+    outbound::install::<S::Mail>();
 
     loop {
         let now = ctx.clock.now();
@@ -235,6 +253,9 @@ pub fn run_worker_with<S: Session>(
             timeout = Some(timeout.map_or(Duration::from_millis(1), |t| {
                 t.min(Duration::from_millis(1))
             }));
+        }
+        if !touched.is_empty() || outbound::has_work() {
+            timeout = Some(Duration::ZERO);
         }
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -329,50 +350,84 @@ pub fn run_worker_with<S: Session>(
             }
         }
 
-        for t in touched.drain(..) {
-            let keep = match conns.get_mut(t) {
-                Some(c) => {
-                    c.queued = false;
-                    let keep = drive(c, &mut ctx, now, &mut scratch);
-                    if keep {
-                        any_pending |= c.session.has_pending();
-                        let want_write = c.session.has_output() && c.write_blocked;
-                        if want_write != c.write_interest {
-                            let interest = if want_write {
-                                Interest::READABLE | Interest::WRITABLE
-                            } else {
-                                Interest::READABLE
-                            };
-                            if poll
-                                .registry()
-                                .reregister(c.stream.source(), Token(t), interest)
-                                .is_ok()
-                            {
-                                c.write_interest = want_write;
+        let mut rounds = 0;
+        loop {
+            for t in touched.drain(..) {
+                let keep = match conns.get_mut(t) {
+                    Some(c) => {
+                        c.queued = false;
+                        let keep = drive(c, &mut ctx, now, &mut scratch);
+                        if keep {
+                            any_pending |= c.session.has_pending();
+                            let want_write =
+                                c.connecting || (c.session.has_output() && c.write_blocked);
+                            if want_write != c.write_interest {
+                                let interest = if want_write {
+                                    Interest::READABLE | Interest::WRITABLE
+                                } else {
+                                    Interest::READABLE
+                                };
+                                if poll
+                                    .registry()
+                                    .reregister(c.stream.source(), Token(t), interest)
+                                    .is_ok()
+                                {
+                                    c.write_interest = want_write;
+                                }
                             }
-                        }
-                        let next = c.linger_until.or_else(|| c.session.poll_timeout());
-                        if let Some(d) = next {
-                            if c.armed.is_none_or(|a| d < a) {
-                                wheel.insert(t, d);
-                                c.armed = Some(d);
+                            let next = c.linger_until.or_else(|| c.session.poll_timeout());
+                            if let Some(d) = next {
+                                if c.armed.is_none_or(|a| d < a) {
+                                    wheel.insert(t, d);
+                                    c.armed = Some(d);
+                                }
                             }
+                            c.linger_until.is_none_or(|l| now < l)
+                        } else {
+                            false
                         }
-                        c.linger_until.is_none_or(|l| now < l)
-                    } else {
-                        false
+                    }
+                    None => true,
+                };
+                if !keep {
+                    let c = conns.remove(t);
+                    wheel.cancel(t);
+                    c.session.close(&mut ctx);
+                    drop(c.stream);
+                    if accept_ready {
+                        accept_paused_until = accept_paused_until.filter(|p| *p > now);
                     }
                 }
-                None => true,
-            };
-            if !keep {
-                let c = conns.remove(t);
-                wheel.cancel(t);
-                c.session.close(&mut ctx);
-                drop(c.stream);
-                if accept_ready {
-                    accept_paused_until = accept_paused_until.filter(|p| *p > now);
+            }
+            // Outbound connects queued by sessions: opened now, driven in the next round.
+            outbound::take_connects(&mut connects);
+            for req in connects.drain(..) {
+                gen = gen.wrapping_add(1);
+                if let Some(t) = open_outbound(&mut conns, &poll, &mut ctx, &shared, req, gen, now)
+                {
+                    if let Some(d) = conns[t].armed {
+                        wheel.insert(t, d);
+                    }
+                    touched.push(t);
+                    conns[t].queued = true;
                 }
+            }
+            // Mail between connections of this worker, delivered in this loop turn.
+            outbound::take_mail::<S::Mail>(&mut mail, MAIL_BATCH);
+            for (t, m) in mail.drain(..) {
+                if let Some(c) = conns.get_mut(t) {
+                    c.session.apply_mail(&mut ctx, m, now);
+                    if !c.queued {
+                        c.queued = true;
+                        touched.push(t);
+                    }
+                } else {
+                    S::drop_mail(&mut ctx, &shared, m);
+                }
+            }
+            rounds += 1;
+            if touched.is_empty() || rounds >= MAX_ROUNDS {
+                break;
             }
         }
 
@@ -422,6 +477,7 @@ pub fn run_worker_with<S: Session>(
                                 linger_until: None,
                                 queued: false,
                                 read_closed: false,
+                                connecting: false,
                             });
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -473,6 +529,21 @@ fn drive<S: Session>(
     now: Instant,
     scratch: &mut [u8],
 ) -> bool {
+    if c.connecting {
+        match connect_status(&c.stream) {
+            Ok(false) => return !c.session.is_finished(),
+            Ok(true) => {
+                c.connecting = false;
+                c.readable = true;
+                c.write_blocked = false;
+                c.session.on_connected(ctx, now);
+            }
+            Err(e) => {
+                c.session.connect_failed(ctx, e, now);
+                return false;
+            }
+        }
+    }
     if c.linger_until.is_some() {
         // Our side is done: discard input until the peer's FIN.
         while c.readable {
@@ -564,4 +635,75 @@ fn drive<S: Session>(
         return drive(c, ctx, now, scratch);
     }
     true
+}
+
+/// Whether a non-blocking connect finished: `Ok(true)` connected, `Ok(false)` still in
+/// progress, `Err` failed (as mio documents for Linux: `take_error`, then `peer_addr`).
+fn connect_status(s: &Stream) -> io::Result<bool> {
+    let Stream::Tcp(s) = s else { return Ok(true) };
+    if let Some(e) = s.take_error()? {
+        return Err(e);
+    }
+    match s.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Open a queued outbound connection: socket, non-blocking connect, session. Returns its
+/// token, or `None` when the session refused it or the connect failed at once (the session
+/// was told and closed).
+#[allow(clippy::too_many_arguments)]
+fn open_outbound<S: Session>(
+    conns: &mut Slab<Conn<S>>,
+    poll: &Poll,
+    ctx: &mut WorkerCtx,
+    shared: &Arc<S::Shared>,
+    req: ConnectRequest,
+    gen: u32,
+    now: Instant,
+) -> Option<usize> {
+    let entry = conns.vacant_entry();
+    let token = entry.key();
+    let info = ConnInfo {
+        worker: ctx.index,
+        token,
+        peer: Some(req.addr),
+    };
+    let started = TcpStream::connect(req.addr);
+    let mut session = S::open_outbound(ctx, shared, info, req.tag, gen, now)?;
+    let mut stream = match started {
+        Ok(s) => s,
+        Err(e) => {
+            session.connect_failed(ctx, e, now);
+            session.close(ctx);
+            return None;
+        }
+    };
+    configure_accepted(stream.as_raw_fd(), &ctx.options.listen);
+    if let Err(e) = poll.registry().register(
+        &mut stream,
+        Token(token),
+        Interest::READABLE | Interest::WRITABLE,
+    ) {
+        session.connect_failed(ctx, e, now);
+        session.close(ctx);
+        return None;
+    }
+    let armed = session.poll_timeout();
+    entry.insert(Conn {
+        stream: Stream::Tcp(stream),
+        session,
+        readable: false,
+        write_blocked: true,
+        write_interest: true,
+        armed,
+        linger_until: None,
+        queued: false,
+        read_closed: false,
+        connecting: true,
+    });
+    Some(token)
 }

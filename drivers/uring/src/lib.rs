@@ -25,6 +25,12 @@
 //! Connections are closed only once no operation of theirs is in flight, so no buffer or fd
 //! is reused under the kernel's feet.
 //!
+//! Outbound connections ([`WorkerCtx::connect`]): a non-blocking socket and `connect(2)`,
+//! then a one-shot `POLLOUT` poll in the ring whose completion (with `SO_ERROR`) settles the
+//! handshake; a session that gives up first (its connect deadline) has the poll cancelled.
+//! Mail between connections of the worker ([`WorkerCtx::post`]) is delivered in the same
+//! loop turn, as in `ferry-epoll`.
+//!
 //! ## Embedding
 //!
 //! ```no_run
@@ -55,6 +61,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_driver::listen::{configure_accepted, has_unread_input};
 use ferry_driver::metrics::add;
+use ferry_driver::outbound::{self, ConnectRequest};
 use ferry_driver::{
     ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, Session, TimerWheel, WorkerCtx,
 };
@@ -69,11 +76,17 @@ const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_WAKE: u64 = 4;
 const OP_CANCEL: u64 = 5;
+const OP_CONNECT: u64 = 6;
 
 const BUF_GROUP: u16 = 0;
 const BUF_COUNT: u16 = 256;
 const BUF_SIZE: usize = 16 * 1024;
 const MAX_IOV: usize = 64;
+/// Rounds of "drive touched connections, open queued connects, deliver local mail" per loop
+/// turn before waiting again (the rest carries over, with a zero wait).
+const MAX_ROUNDS: usize = 16;
+/// Local mails delivered per round.
+const MAIL_BATCH: usize = 1024;
 
 fn ud(op: u64, gen: u32, token: usize) -> u64 {
     (op << 56) | (u64::from(gen & 0xFF_FFFF) << 32) | (token as u64 & 0xFFFF_FFFF)
@@ -273,6 +286,10 @@ struct Conn<S> {
     armed: Option<Instant>,
     linger_until: Option<Instant>,
     queued: bool,
+    /// An outbound connect is in progress (a POLLOUT poll is armed while `connect_armed`).
+    connecting: bool,
+    connect_armed: bool,
+    connect_cancelling: bool,
 }
 
 struct Loop {
@@ -346,6 +363,8 @@ pub fn run_worker_with<S: Session>(
     let mut gen: u32 = 0;
     let mut drain_deadline: Option<Instant> = None;
     let mut any_pending = false;
+    let mut connects: Vec<ConnectRequest> = Vec::new();
+    outbound::install::<S::Mail>();
 
     loop {
         let now = ctx.clock.now();
@@ -384,6 +403,9 @@ pub fn run_worker_with<S: Session>(
             timeout = Some(timeout.map_or(Duration::from_millis(1), |t| {
                 t.min(Duration::from_millis(1))
             }));
+        }
+        if !touched.is_empty() || outbound::has_work() {
+            timeout = Some(Duration::ZERO);
         }
         lp.bufs.publish();
         let r = if lp.ring.completion().is_empty() {
@@ -469,6 +491,9 @@ pub fn run_worker_with<S: Session>(
                             armed,
                             linger_until: None,
                             queued: true,
+                            connecting: false,
+                            connect_armed: false,
+                            connect_cancelling: false,
                         });
                         touched.push(token);
                     } else if res != -libc::ECANCELED
@@ -526,6 +551,37 @@ pub fn run_worker_with<S: Session>(
                     }
                     if let Some(bid) = bid {
                         lp.bufs.push(bid);
+                    }
+                }
+                OP_CONNECT => {
+                    if let Some(c) = conns.get_mut(token).filter(|c| c.gen == g) {
+                        c.ops -= 1;
+                        c.connect_armed = false;
+                        c.connect_cancelling = false;
+                        if !c.closing && c.connecting {
+                            match so_error(c.fd.as_raw_fd()) {
+                                Ok(()) if res >= 0 => {
+                                    c.connecting = false;
+                                    c.session.on_connected(&mut ctx, now);
+                                }
+                                Ok(()) => {
+                                    c.session.connect_failed(
+                                        &mut ctx,
+                                        io::Error::from_raw_os_error(-res),
+                                        now,
+                                    );
+                                    c.closing = true;
+                                }
+                                Err(e) => {
+                                    c.session.connect_failed(&mut ctx, e, now);
+                                    c.closing = true;
+                                }
+                            }
+                        }
+                        if !c.queued {
+                            c.queued = true;
+                            touched.push(token);
+                        }
                     }
                 }
                 OP_SEND => {
@@ -616,30 +672,63 @@ pub fn run_worker_with<S: Session>(
             }
         }
 
-        for t in touched.drain(..) {
-            let done = match conns.get_mut(t) {
-                Some(c) => {
-                    c.queued = false;
-                    drive(c, t, &mut ctx, now, &mut lp);
-                    if !c.closing {
-                        any_pending |= c.session.has_pending();
-                        let next = c.linger_until.or_else(|| c.session.poll_timeout());
-                        if let Some(d) = next {
-                            if c.armed.is_none_or(|a| d < a) {
-                                wheel.insert(t, d);
-                                c.armed = Some(d);
+        let mut rounds = 0;
+        loop {
+            for t in touched.drain(..) {
+                let done = match conns.get_mut(t) {
+                    Some(c) => {
+                        c.queued = false;
+                        drive(c, t, &mut ctx, now, &mut lp);
+                        if !c.closing {
+                            any_pending |= c.session.has_pending();
+                            let next = c.linger_until.or_else(|| c.session.poll_timeout());
+                            if let Some(d) = next {
+                                if c.armed.is_none_or(|a| d < a) {
+                                    wheel.insert(t, d);
+                                    c.armed = Some(d);
+                                }
                             }
                         }
+                        c.closing && c.ops == 0
                     }
-                    c.closing && c.ops == 0
+                    None => false,
+                };
+                if done {
+                    let c = conns.remove(t);
+                    wheel.cancel(t);
+                    c.session.close(&mut ctx);
+                    drop(c.fd);
                 }
-                None => false,
-            };
-            if done {
-                let c = conns.remove(t);
-                wheel.cancel(t);
-                c.session.close(&mut ctx);
-                drop(c.fd);
+            }
+            // Outbound connects queued by sessions: opened now, driven in the next round.
+            outbound::take_connects(&mut connects);
+            for req in connects.drain(..) {
+                gen = gen.wrapping_add(1) & 0xFF_FFFF;
+                if let Some(t) =
+                    open_outbound(&mut conns, &mut lp, &mut ctx, &shared, req, gen, now)
+                {
+                    if let Some(d) = conns[t].armed {
+                        wheel.insert(t, d);
+                    }
+                    touched.push(t);
+                }
+            }
+            // Mail between connections of this worker, delivered in this loop turn.
+            outbound::take_mail::<S::Mail>(&mut mail, MAIL_BATCH);
+            for (t, m) in mail.drain(..) {
+                if let Some(c) = conns.get_mut(t) {
+                    c.session.apply_mail(&mut ctx, m, now);
+                    if !c.queued {
+                        c.queued = true;
+                        touched.push(t);
+                    }
+                } else {
+                    S::drop_mail(&mut ctx, &shared, m);
+                }
+            }
+            rounds += 1;
+            if touched.is_empty() || rounds >= MAX_ROUNDS {
+                break;
             }
         }
 
@@ -691,7 +780,19 @@ fn peer_addr(fd: RawFd) -> Option<std::net::SocketAddr> {
 }
 
 fn drive<S: Session>(c: &mut Conn<S>, t: usize, ctx: &mut WorkerCtx, now: Instant, lp: &mut Loop) {
+    if c.connecting && !c.closing && c.session.is_finished() {
+        // The session gave up (its connect timeout): cancel the connect.
+        c.closing = true;
+    }
     if c.closing {
+        if c.connect_armed && !c.connect_cancelling {
+            lp.push(
+                opcode::AsyncCancel::new(ud(OP_CONNECT, c.gen, t))
+                    .build()
+                    .user_data(ud(OP_CANCEL, 0, 0)),
+            );
+            c.connect_cancelling = true;
+        }
         if c.recv_armed && !c.recv_cancelling {
             lp.push(
                 opcode::AsyncCancel::new(ud(OP_RECV, c.gen, t))
@@ -712,6 +813,9 @@ fn drive<S: Session>(c: &mut Conn<S>, t: usize, ctx: &mut WorkerCtx, now: Instan
         if !c.recv_armed {
             arm_recv(c, t, lp);
         }
+        return;
+    }
+    if c.connecting {
         return;
     }
     c.session.process(ctx, now);
@@ -764,6 +868,113 @@ fn drive<S: Session>(c: &mut Conn<S>, t: usize, ctx: &mut WorkerCtx, now: Instan
                 arm_recv(c, t, lp);
             }
         }
+    }
+}
+
+/// The pending error of a socket (`SO_ERROR`): `Ok` when none.
+fn so_error(fd: RawFd) -> io::Result<()> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `err`, a valid c_int.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    Ok(())
+}
+
+/// Open a queued outbound connection: a non-blocking socket and `connect(2)`, then a
+/// one-shot `POLLOUT` poll in the ring that completes when the handshake does (the socket
+/// needs no `sockaddr` kept alive for the kernel, unlike `IORING_OP_CONNECT`). Returns its
+/// token, or `None` when the session refused it or the connect failed at once (the session
+/// was told and closed).
+fn open_outbound<S: Session>(
+    conns: &mut Slab<Conn<S>>,
+    lp: &mut Loop,
+    ctx: &mut WorkerCtx,
+    shared: &Arc<S::Shared>,
+    req: ConnectRequest,
+    gen: u32,
+    now: Instant,
+) -> Option<usize> {
+    let entry = conns.vacant_entry();
+    let token = entry.key();
+    let info = ConnInfo {
+        worker: ctx.index,
+        token,
+        peer: Some(req.addr),
+    };
+    let started = start_connect(req.addr);
+    let mut session = S::open_outbound(ctx, shared, info, req.tag, gen, now)?;
+    let (fd, done) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            session.connect_failed(ctx, e, now);
+            session.close(ctx);
+            return None;
+        }
+    };
+    configure_accepted(fd.as_raw_fd(), &ctx.options.listen);
+    let armed = session.poll_timeout();
+    let mut c = Conn {
+        fd,
+        gen,
+        session,
+        recv_armed: false,
+        recv_cancelling: false,
+        sending: Sending::new(),
+        ops: 0,
+        eof: false,
+        closing: false,
+        armed,
+        linger_until: None,
+        queued: true,
+        connecting: !done,
+        connect_armed: false,
+        connect_cancelling: false,
+    };
+    if done {
+        c.session.on_connected(ctx, now);
+    } else {
+        lp.push(
+            opcode::PollAdd::new(Fd(c.fd.as_raw_fd()), libc::POLLOUT as u32)
+                .build()
+                .user_data(ud(OP_CONNECT, gen, token)),
+        );
+        c.connect_armed = true;
+        c.ops += 1;
+    }
+    entry.insert(c);
+    Some(token)
+}
+
+/// A non-blocking TCP socket with its connect started: `(fd, true)` if it completed at once.
+fn start_connect(addr: std::net::SocketAddr) -> io::Result<(OwnedFd, bool)> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(
+        domain,
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => Ok((sock.into(), true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((sock.into(), false)),
+        Err(e) => Err(e),
     }
 }
 

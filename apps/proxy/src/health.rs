@@ -1,0 +1,102 @@
+//! Active health checks and name resolution: one thread per proxy re-resolves host-name
+//! upstreams and checks each upstream every interval with a
+//! bounded blocking probe (HTTP `GET path` expecting 2xx/3xx, or Redis `PING` expecting
+//! `+PONG`) and flips its `healthy` flag after `fall` failures or `rise` successes in a row.
+//! Workers read the flag when they pick an upstream; a probe never runs on an I/O worker.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{HealthConfig, Protocol, Upstream};
+use crate::metrics::ProxyStats;
+
+/// One probe: whether `addr` answers well within `cfg.timeout`.
+pub fn probe(addr: SocketAddr, protocol: Protocol, cfg: &HealthConfig) -> bool {
+    let deadline = Instant::now() + cfg.timeout;
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, cfg.timeout) else {
+        return false;
+    };
+    let _ = s.set_nodelay(true);
+    let req = match protocol {
+        Protocol::Redis => b"*1\r\n$4\r\nPING\r\n".to_vec(),
+        _ => format!(
+            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ferry-proxy-health\r\nConnection: close\r\n\r\n",
+            cfg.path
+        )
+        .into_bytes(),
+    };
+    if s.set_write_timeout(Some(cfg.timeout)).is_err() || s.write_all(&req).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < 12 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match s.read(&mut buf[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    let head = &buf[..got];
+    match protocol {
+        Protocol::Redis => head.starts_with(b"+PONG"),
+        _ => head.len() >= 12 && head.starts_with(b"HTTP/1.") && matches!(head[9], b'2' | b'3'),
+    }
+}
+
+/// Start the checker: every round it re-resolves host-name upstreams and, when `cfg` is
+/// given, probes each upstream; it runs until `stop` is set.
+pub fn spawn(
+    upstreams: Vec<Upstream>,
+    protocol: Protocol,
+    cfg: Option<HealthConfig>,
+    stats: Arc<ProxyStats>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ferry-proxy-health".into())
+        .spawn(move || {
+            let n = upstreams.len();
+            let mut streak = vec![0i64; n]; // >0: good in a row, <0: bad in a row
+            let step = Duration::from_millis(20);
+            let interval = cfg.as_ref().map_or(Duration::from_secs(5), |c| c.interval);
+            while !stop.load(Relaxed) {
+                for (i, up) in upstreams.iter().enumerate() {
+                    if stop.load(Relaxed) {
+                        return;
+                    }
+                    let u = &stats.upstreams[i];
+                    if let Upstream::Name { .. } = up {
+                        u.set_resolved(up.resolve());
+                    }
+                    let Some(cfg) = cfg.as_ref() else { continue };
+                    let ok = u.current().is_some_and(|a| probe(a, protocol, cfg));
+                    streak[i] = match (ok, streak[i]) {
+                        (true, s) if s > 0 => s + 1,
+                        (true, _) => 1,
+                        (false, s) if s < 0 => s - 1,
+                        (false, _) => -1,
+                    };
+                    let was = u.healthy.load(Relaxed);
+                    if was && streak[i] <= -(cfg.fall.max(1) as i64) {
+                        u.healthy.store(false, Relaxed);
+                        tracing::warn!("upstream {} is down (health check)", u.addr);
+                    } else if !was && streak[i] >= cfg.rise.max(1) as i64 {
+                        u.healthy.store(true, Relaxed);
+                        tracing::info!("upstream {} is up again (health check)", u.addr);
+                    }
+                }
+                let until = Instant::now() + interval;
+                while Instant::now() < until && !stop.load(Relaxed) {
+                    std::thread::sleep(step.min(until.saturating_duration_since(Instant::now())));
+                }
+            }
+        })
+}

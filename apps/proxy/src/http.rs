@@ -1,0 +1,1757 @@
+//! The HTTP/1.1 reverse proxy as one [`Session`] type run inline on the I/O workers:
+//! [`HttpProxy::Down`] is a client's connection (a `ferry_http1::ServerConnection`),
+//! [`HttpProxy::Up`] an upstream connection (a `ferry_http1::ClientConnection`) opened with
+//! `WorkerCtx::connect` on the same worker. The two halves of an exchange talk through
+//! worker-local mail ([`Mail`]); bodies stream chunk by chunk both ways, with credit-based
+//! flow control (the receiver acknowledges bytes as its socket takes them, the sender stops
+//! reading from its peer above [`WINDOW`] unacknowledged bytes), so no body is ever buffered
+//! whole.
+//!
+//! Per worker ([`WorkerState`]): a `ferry-pool` keep-alive pool keyed by upstream (LIFO reuse,
+//! a connection limit per upstream with a bounded, timed wait queue, idle timeout, a
+//! validator that skips connections the upstream closed), a balancer, a `ferry-reliability`
+//! circuit breaker per upstream and a retry budget. The pool's timers run from the session
+//! type's `tick` (every 100 ms).
+//!
+//! Failures: an idempotent request (RFC 9110 §9.2.2) whose upstream failed before sending
+//! any response byte (connect refused/timed out, reset, EOF on a stale keep-alive connection)
+//! is retried on another upstream, with its body replayed if it was small enough to keep;
+//! anything else is answered `502 Bad Gateway` (`504 Gateway Timeout` when the upstream timed
+//! out, `503 Service Unavailable` when no upstream is usable), or the client connection is
+//! cut if the response had already started.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ferry_driver::metrics::add;
+use ferry_driver::{ConnInfo, OutQueue, Session, WorkerCtx};
+use ferry_http1::client::Event as CEvent;
+use ferry_http1::server::Event as SEvent;
+use ferry_http1::{
+    Body, BodyKind, ClientConfig, ClientConnection, Headers, Method, RequestId, ServerConnection,
+};
+use ferry_proto::{Connection, Instant};
+
+use crate::balance::Balancer;
+use crate::config::ProxyConfig;
+use crate::metrics::ProxyStats;
+use ferry_pool::{Checkout, Event as PoolEvent, Pool, WaiterId};
+use ferry_reliability::{
+    BreakerEvent, BreakerState, CircuitBreaker, Permit, RetryBudget, RetryGate, Rng, TraceParent,
+};
+
+/// Unacknowledged body bytes one half may hand the other before it stops reading.
+pub const WINDOW: usize = 1 << 20;
+
+/// State shared by every worker of an HTTP proxy.
+pub struct HttpShared {
+    cfg: ProxyConfig,
+    client: Arc<ClientConfig>,
+    stats: Arc<ProxyStats>,
+    workers: Vec<Mutex<WorkerState>>,
+}
+
+impl std::fmt::Debug for HttpShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpShared")
+            .field("upstreams", &self.cfg.upstreams)
+            .finish()
+    }
+}
+
+impl HttpShared {
+    /// Shared state for `workers` I/O workers.
+    pub fn new(cfg: ProxyConfig, workers: usize, stats: Arc<ProxyStats>) -> Arc<HttpShared> {
+        let names: Vec<String> = cfg.upstreams.iter().map(|a| a.to_string()).collect();
+        let mut client = ClientConfig::default();
+        client.response_timeout = Some(cfg.response_timeout);
+        client.max_pipelined = 1;
+        let client = Arc::new(client);
+        let workers = (0..workers.max(1))
+            .map(|w| {
+                Mutex::new(WorkerState {
+                    balancer: Balancer::new(cfg.balance, &names, w),
+                    breakers: names
+                        .iter()
+                        .map(|_| CircuitBreaker::new(cfg.breaker.clone()))
+                        .collect(),
+                    pool: Pool::new(pool_config(&cfg))
+                        .with_validator(|h: &UpHandle| h.alive.load(Relaxed)),
+                    active: vec![0; names.len()],
+                    tickets: Vec::new(),
+                    free_tickets: Vec::new(),
+                    waiters: Vec::new(),
+                    budget: RetryBudget::new(
+                        std::time::Duration::from_secs(10),
+                        cfg.retry_budget_min_per_sec,
+                        cfg.retry_budget_ratio,
+                    ),
+                    rng: Rng::new(seed(w)),
+                })
+            })
+            .collect();
+        Arc::new(HttpShared {
+            cfg,
+            client,
+            stats,
+            workers,
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<ProxyStats> {
+        &self.stats
+    }
+
+    fn worker(&self, i: usize) -> MutexGuard<'_, WorkerState> {
+        let m = &self.workers[i % self.workers.len()];
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One worker's pools, balancer and breakers (locked only by that worker's thread).
+#[derive(Debug)]
+pub struct WorkerState {
+    balancer: Balancer,
+    breakers: Vec<CircuitBreaker>,
+    /// Keep-alive connections per upstream index (`ferry-pool`: limits, wait queue, idle
+    /// timeout, LIFO reuse).
+    pool: Pool<usize, UpHandle>,
+    /// Requests in flight per upstream from this worker (least-requests).
+    active: Vec<usize>,
+    /// Connects in flight: the pool's ticket and the client waiting for it (if any).
+    tickets: Vec<Option<TicketSlot>>,
+    free_tickets: Vec<usize>,
+    /// Queued checkouts and the clients they belong to.
+    waiters: Vec<(WaiterId, (usize, u32))>,
+    /// Retries per window, as a share of requests (Finagle/Envoy-style budget).
+    budget: RetryBudget,
+    rng: Rng,
+}
+
+/// A per-process, per-worker seed (jitter and ids must differ between processes).
+fn seed(worker: usize) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32) ^ (worker as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// How an attempt ended, for its upstream's breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    Failure,
+    /// The client went away first: no verdict on the upstream.
+    Ignored,
+}
+
+fn gauge(s: BreakerState) -> u8 {
+    match s {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        _ => 2,
+    }
+}
+
+impl WorkerState {
+    /// Report an attempt's outcome to upstream `i`'s breaker and publish what changed.
+    fn report(
+        &mut self,
+        i: usize,
+        permit: Option<Permit>,
+        outcome: Outcome,
+        now: Instant,
+        stats: &ProxyStats,
+        worker: usize,
+    ) {
+        let b = &mut self.breakers[i];
+        if let Some(p) = permit {
+            match outcome {
+                Outcome::Success => b.on_success(now, p),
+                Outcome::Failure => b.on_failure(now, p),
+                Outcome::Ignored => b.on_ignored(p),
+            }
+        }
+        let u = &stats.upstreams[i];
+        while let Some(ev) = b.poll_event() {
+            match ev {
+                BreakerEvent::Opened { reason, .. } => {
+                    u.breaker_opened.fetch_add(1, Relaxed);
+                    tracing::warn!("upstream {}: circuit opened ({reason:?})", u.addr);
+                }
+                BreakerEvent::Closed => tracing::info!("upstream {}: circuit closed", u.addr),
+                _ => {}
+            }
+        }
+        u.breaker[worker % u.breaker.len()].store(gauge(b.state(now)), Relaxed);
+    }
+}
+
+/// The pool's handle on an upstream connection: its token and generation, and whether it
+/// is still usable (cleared on EOF or close, checked before an idle one is handed out).
+#[derive(Debug, Clone)]
+pub struct UpHandle {
+    token: usize,
+    gen: u32,
+    alive: Arc<AtomicBool>,
+}
+
+type Lease = ferry_pool::Lease<usize, UpHandle>;
+type Ticket = ferry_pool::Ticket<usize>;
+/// A connect in flight: the pool's ticket and the client waiting for it (none when the pool
+/// asked for the connection itself).
+type TicketSlot = (Ticket, Option<(usize, u32)>);
+
+fn pool_config(cfg: &ProxyConfig) -> ferry_pool::Config {
+    let mut c = ferry_pool::Config::dynamic(0, cfg.max_connections_per_upstream.max(1));
+    c.max_waiters_per_key = cfg.max_waiters.max(1);
+    c.wait_timeout = cfg.pool_wait_timeout;
+    c.idle_timeout = Some(cfg.idle_timeout);
+    c.reconnect_backoff = std::time::Duration::ZERO;
+    c
+}
+
+impl WorkerState {
+    fn put_ticket(&mut self, t: Ticket, owner: Option<(usize, u32)>) -> usize {
+        match self.free_tickets.pop() {
+            Some(i) => {
+                self.tickets[i] = Some((t, owner));
+                i
+            }
+            None => {
+                self.tickets.push(Some((t, owner)));
+                self.tickets.len() - 1
+            }
+        }
+    }
+
+    fn take_ticket(&mut self, i: usize) -> Option<TicketSlot> {
+        let t = self.tickets.get_mut(i)?.take();
+        if t.is_some() {
+            self.free_tickets.push(i);
+        }
+        t
+    }
+
+    /// Act on what the pool asks for: connects, answers to queued checkouts, closes.
+    fn pump(&mut self, ctx: &WorkerCtx, stats: &ProxyStats) {
+        while let Some(ev) = self.pool.poll_event() {
+            match ev {
+                PoolEvent::Connect(ticket) => {
+                    let i = *ticket.key();
+                    let slot = self.put_ticket(ticket, None);
+                    stats.upstreams[i].connects.fetch_add(1, Relaxed);
+                    let addr = stats.upstreams[i].current();
+                    if !addr.is_some_and(|a| ctx.connect(a, ((slot as u64) << 8) | i as u64)) {
+                        if let Some((t, _)) = self.take_ticket(slot) {
+                            let _ = self.pool.connect_failed(t, ctx.clock.now());
+                        }
+                    }
+                }
+                PoolEvent::Ready { waiter, lease } => match self.take_waiter(waiter) {
+                    Some((t, g)) => {
+                        let _ = ctx.post(
+                            t,
+                            Mail {
+                                gen: g,
+                                kind: Kind::Leased(lease),
+                            },
+                        );
+                    }
+                    None => {
+                        let _ = self.pool.checkin(lease, true, ctx.clock.now());
+                    }
+                },
+                PoolEvent::TimedOut { waiter } => {
+                    if let Some((t, g)) = self.take_waiter(waiter) {
+                        let _ = ctx.post(
+                            t,
+                            Mail {
+                                gen: g,
+                                kind: Kind::PoolFailed(true),
+                            },
+                        );
+                    }
+                }
+                PoolEvent::Failed { waiter } => {
+                    if let Some((t, g)) = self.take_waiter(waiter) {
+                        let _ = ctx.post(
+                            t,
+                            Mail {
+                                gen: g,
+                                kind: Kind::PoolFailed(false),
+                            },
+                        );
+                    }
+                }
+                PoolEvent::HealthCheck(lease) => {
+                    let ok = lease.conn().alive.load(Relaxed);
+                    let _ = self.pool.checkin(lease, ok, ctx.clock.now());
+                }
+                PoolEvent::Close(h) => {
+                    h.alive.store(false, Relaxed);
+                    let _ = ctx.post(
+                        h.token,
+                        Mail {
+                            gen: h.gen,
+                            kind: Kind::Close,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn take_waiter(&mut self, w: WaiterId) -> Option<(usize, u32)> {
+        let p = self.waiters.iter().position(|(id, _)| *id == w)?;
+        Some(self.waiters.swap_remove(p).1)
+    }
+
+    /// Give a lease back (`reusable`: the exchange ended cleanly on it).
+    fn checkin(&mut self, ctx: &WorkerCtx, stats: &ProxyStats, lease: Lease, reusable: bool) {
+        let ok = reusable && lease.conn().alive.load(Relaxed) && !ctx.shutdown.is_triggered();
+        let _ = self.pool.checkin(lease, ok, ctx.clock.now());
+        self.pump(ctx, stats);
+    }
+}
+
+/// Why an upstream attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpFailure {
+    /// The TCP connect failed.
+    Connect,
+    /// The TCP connect timed out.
+    ConnectTimeout,
+    /// The connection broke (reset, EOF, bad response).
+    Broken,
+    /// No response head in time.
+    Timeout,
+    /// The pool's limit is reached and its wait queue is full.
+    PoolFull,
+    /// Waited for a pooled connection too long.
+    PoolTimeout,
+}
+
+impl UpFailure {
+    /// The status the proxy answers with when it gives up after this failure.
+    fn status(self) -> u16 {
+        match self {
+            UpFailure::Timeout => 504,
+            UpFailure::PoolFull | UpFailure::PoolTimeout => 503,
+            _ => 502,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            UpFailure::Connect => "connection refused or unreachable",
+            UpFailure::ConnectTimeout => "connect timed out",
+            UpFailure::Broken => "connection broken before a complete response",
+            UpFailure::Timeout => "no response in time",
+            UpFailure::PoolFull => "connection limit reached and too many requests waiting",
+            UpFailure::PoolTimeout => "no connection free in time (connection limit reached)",
+        }
+    }
+}
+
+/// Mail between the halves of an exchange (same worker).
+#[derive(Debug)]
+pub struct Mail {
+    /// The receiver's generation (stale mail for a reused token is dropped).
+    gen: u32,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    // Downstream → upstream.
+    Send {
+        owner: (usize, u32),
+        head: ferry_http1::Request,
+        extra: Extra,
+    },
+    ReqData(Bytes, bool),
+    /// The pool is done with this connection: close it.
+    Close,
+    // Either way.
+    Ack(usize),
+    // Upstream → downstream.
+    /// A connection for the exchange (from the pool, or just opened for it).
+    Leased(Lease),
+    /// The pool could not provide one (`true`: waited too long).
+    PoolFailed(bool),
+    Failed(UpFailure, bool),
+    Head(ferry_http1::Response),
+    Data(Bytes),
+    /// The response is complete; whether the connection can carry another request.
+    End(bool),
+}
+
+/// Fields the proxy adds to a forwarded request.
+#[derive(Debug)]
+struct Extra {
+    xff: Bytes,
+    traceparent: Bytes,
+    host: Option<Bytes>,
+}
+
+/// A connection of the HTTP proxy.
+#[allow(clippy::large_enum_variant)]
+pub enum HttpProxy {
+    /// A client's connection.
+    Down(Down),
+    /// A connection to an upstream.
+    Up(Up),
+}
+
+impl std::fmt::Debug for HttpProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HttpProxy::Down(_) => "Down",
+            HttpProxy::Up(_) => "Up",
+        })
+    }
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and the framing fields the connections write
+/// themselves, never forwarded.
+fn hop_by_hop(name: &str) -> bool {
+    const H: [&str; 10] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "proxy-authorization",
+        "expect",
+    ];
+    H.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Whether `name` is listed in a `Connection` field (those are hop-by-hop too).
+fn named_by_connection(h: &Headers, name: &str) -> bool {
+    h.get_all("connection").any(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    })
+}
+
+fn forwardable<'a>(h: &'a Headers) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+    let has_conn = h.contains("connection");
+    h.iter()
+        .filter(move |(n, _)| !(hop_by_hop(n) || (has_conn && named_by_connection(h, n))))
+}
+
+// ----------------------------------------------------------------------------------------
+// Downstream
+// ----------------------------------------------------------------------------------------
+
+/// One exchange in progress on a downstream connection.
+#[derive(Debug)]
+struct Exchange {
+    id: RequestId,
+    head: ferry_http1::Request,
+    idempotent: bool,
+    upstream: usize,
+    up: Option<(usize, u32)>,
+    lease: Option<Lease>,
+    waiter: Option<WaiterId>,
+    /// Set when the upstream said whether its connection may be reused.
+    reusable: bool,
+    /// The upstream and failure of the last failed attempt.
+    last_failure: Option<(usize, UpFailure)>,
+    attempts: u32,
+    tried: u64,
+    /// Body chunks not yet handed to the current upstream.
+    held: VecDeque<(Bytes, bool)>,
+    /// Every body chunk so far, kept while the body may be replayed.
+    replay: Vec<Bytes>,
+    replay_len: usize,
+    replayable: bool,
+    req_done: bool,
+    resp_started: bool,
+    resp_done: bool,
+    /// The breaker's permit for this attempt (it must hear the outcome).
+    permit: Option<Permit>,
+    extra_xff: Bytes,
+    traceparent: Bytes,
+}
+
+/// A client's connection.
+pub struct Down {
+    token: usize,
+    gen: u32,
+    peer: Option<SocketAddr>,
+    shared: Arc<HttpShared>,
+    conn: ServerConnection,
+    input: BytesMut,
+    out: OutQueue,
+    eof: bool,
+    errored: bool,
+    abort: bool,
+    /// Events of requests behind the current one (pipelining), in order.
+    backlog: VecDeque<SEvent>,
+    ex: Option<Exchange>,
+    /// The last request whose exchange ended (later body events for it are dropped).
+    last_done: Option<RequestId>,
+    /// Body bytes handed to the upstream and not yet acknowledged.
+    unacked: usize,
+    /// Response body bytes received and not yet acknowledged to the upstream.
+    owed: usize,
+}
+
+impl Down {
+    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
+        !self.eof
+            && !self.errored
+            && !self.abort
+            && self.backlog.len() < 64
+            && self.unacked < WINDOW
+            && self.out.len() < ctx.options.write_high_water
+            && self.input.len() < ctx.options.input_high_water
+            && self.conn.wants_read()
+    }
+
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        loop {
+            let before = self.input.len();
+            if !self.errored
+                && self.backlog.is_empty()
+                && !self.input.is_empty()
+                && self.conn.handle_input(now, &mut self.input).is_err()
+            {
+                self.errored = true;
+            }
+            let mut progressed = self.input.len() != before;
+            while let Some(ev) = self.conn.poll_event() {
+                progressed = true;
+                self.event(ctx, ev, now);
+            }
+            if self.errored {
+                self.input.clear();
+            }
+            if !progressed || !self.backlog.is_empty() {
+                break;
+            }
+        }
+        self.collect();
+    }
+
+    fn collect(&mut self) {
+        while let Some(b) = self.conn.poll_transmit() {
+            self.out.push(b);
+        }
+    }
+
+    fn event(&mut self, ctx: &mut WorkerCtx, ev: SEvent, now: Instant) {
+        let id = match &ev {
+            SEvent::Request(r) => Some(r.id()),
+            SEvent::Data { id, .. } | SEvent::Trailers { id, .. } | SEvent::End { id } => Some(*id),
+            SEvent::Error { id, .. } => *id,
+            _ => None,
+        };
+        if let (Some(id), Some(done)) = (id, self.last_done) {
+            if id <= done && !matches!(ev, SEvent::Request(_)) {
+                return; // the rest of a body whose exchange already ended
+            }
+        }
+        let later = match (&self.ex, id) {
+            (Some(ex), Some(id)) => id != ex.id,
+            (Some(_), None) => false,
+            (None, _) => !self.backlog.is_empty(),
+        };
+        if later {
+            self.backlog.push_back(ev);
+            return;
+        }
+        self.handle(ctx, ev, now);
+    }
+
+    fn handle(&mut self, ctx: &mut WorkerCtx, ev: SEvent, now: Instant) {
+        match ev {
+            SEvent::Request(head) => self.start(ctx, head, now),
+            SEvent::Data { data, .. } => self.body(ctx, data, false),
+            SEvent::End { .. } => self.body(ctx, Bytes::new(), true),
+            SEvent::Trailers { .. } => {}
+            SEvent::Error { .. } => {
+                // The protocol answered (400/408/413/…) or the body broke: drop the exchange.
+                self.errored = true;
+                if let Some(mut ex) = self.ex.take() {
+                    self.last_done = Some(ex.id);
+                    self.release(ctx, &mut ex, false, now);
+                    self.abort = ex.resp_started;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn start(&mut self, ctx: &mut WorkerCtx, head: ferry_http1::Request, now: Instant) {
+        let sh = self.shared.clone();
+        add(&sh.stats.requests, 1);
+        let hs = head.headers();
+        let mut xff = BytesMut::new();
+        let prior: Vec<&[u8]> = hs.get_all("x-forwarded-for").collect();
+        for (i, v) in prior.iter().enumerate() {
+            if i > 0 {
+                xff.put_slice(b", ");
+            }
+            xff.put_slice(v);
+        }
+        if let Some(p) = self.peer {
+            if !xff.is_empty() {
+                xff.put_slice(b", ");
+            }
+            xff.put_slice(p.ip().to_string().as_bytes());
+        }
+        let tp = {
+            let mut ws = sh.worker(ctx.index);
+            let rng = &mut ws.rng;
+            let t = match hs.get("traceparent").map(TraceParent::parse) {
+                Some(Ok(t)) => t.child(rng),
+                _ => TraceParent::new_root(rng, false),
+            };
+            ws.budget.deposit(now);
+            t.to_bytes()
+        };
+        let ex = Exchange {
+            id: head.id(),
+            idempotent: head.method().is_idempotent(),
+            head,
+            upstream: usize::MAX,
+            up: None,
+            lease: None,
+            waiter: None,
+            reusable: false,
+            last_failure: None,
+            attempts: 0,
+            tried: 0,
+            held: VecDeque::new(),
+            replay: Vec::new(),
+            replay_len: 0,
+            replayable: true,
+            req_done: false,
+            resp_started: false,
+            resp_done: false,
+            permit: None,
+            extra_xff: xff.freeze(),
+            traceparent: Bytes::copy_from_slice(&tp),
+        };
+        self.ex = Some(ex);
+        self.dispatch(ctx, now);
+    }
+
+    /// Send the current exchange to an upstream (first attempt or retry).
+    fn dispatch(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        let sh = self.shared.clone();
+        let Some(ex) = self.ex.as_mut() else { return };
+        let hash = sh.cfg.balance == crate::balance::Balance::Hash;
+        let key = if hash {
+            ex.head.target().as_bytes()
+        } else {
+            &[][..]
+        };
+        let mut tried = ex.tried;
+        let retry = ex.attempts > 0;
+        let pick = {
+            let mut ws = sh.worker(ctx.index);
+            let WorkerState {
+                balancer,
+                breakers,
+                active,
+                budget,
+                rng,
+                ..
+            } = &mut *ws;
+            let stats = &sh.stats;
+            if retry && !budget.try_withdraw(now, rng) {
+                Err("retry budget exhausted")
+            } else {
+                let mut got = Err("no upstream available (all down or circuit open)");
+                for _ in 0..stats.upstreams.len() {
+                    let choice = balancer.pick(
+                        key,
+                        |i| {
+                            tried & (1u64 << (i % 64)) == 0
+                                && stats.upstreams[i].usable()
+                                && breakers[i].state(now) != BreakerState::Open
+                        },
+                        |i| active[i],
+                    );
+                    let Some(i) = choice else { break };
+                    breakers[i].handle_timeout(now);
+                    match breakers[i].try_acquire(now) {
+                        Ok(permit) => {
+                            active[i] += 1;
+                            got = Ok((i, permit));
+                            break;
+                        }
+                        Err(_) => tried |= 1u64 << (i % 64), // out of half-open probes
+                    }
+                }
+                got
+            }
+        };
+        let (i, permit) = match pick {
+            Ok(x) => x,
+            Err(why) => {
+                let ex = self.ex.take().expect("exchange");
+                self.last_done = Some(ex.id);
+                match ex.last_failure {
+                    // A retry found nowhere else to go: answer for the failure it retried.
+                    Some((u, f)) if retry => {
+                        let text = format!("upstream {}: {}", sh.stats.upstreams[u].addr, f.text());
+                        self.local_answer(&ex, f.status(), &text);
+                    }
+                    _ => self.local_answer(&ex, 503, why),
+                }
+                self.resume(ctx, now);
+                return;
+            }
+        };
+        let ex = self.ex.as_mut().expect("exchange");
+        ex.permit = Some(permit);
+        let u = &sh.stats.upstreams[i];
+        u.requests.fetch_add(1, Relaxed);
+        u.active.fetch_add(1, Relaxed);
+        if ex.attempts > 0 {
+            u.retries.fetch_add(1, Relaxed);
+        }
+        ex.upstream = i;
+        ex.attempts += 1;
+        ex.tried |= 1u64 << (i % 64);
+        // The body so far goes again, from the replay copy.
+        ex.held.clear();
+        if ex.attempts > 1 {
+            let n = ex.replay.len();
+            for (k, b) in ex.replay.iter().enumerate() {
+                ex.held.push_back((b.clone(), ex.req_done && k + 1 == n));
+            }
+            if ex.req_done && n == 0 {
+                ex.held.push_back((Bytes::new(), true));
+            }
+        }
+        self.unacked = ex.held.iter().map(|(b, _)| b.len()).sum();
+        // A connection: warm from the pool, a new one, or a place in the pool's queue.
+        let got = {
+            let mut ws = sh.worker(ctx.index);
+            let r = match ws.pool.checkout(i, now) {
+                Ok(Checkout::Ready(lease)) => Ok(Some(lease)),
+                Ok(Checkout::Connect(ticket)) => {
+                    let slot = ws.put_ticket(ticket, Some((self.token, self.gen)));
+                    u.connects.fetch_add(1, Relaxed);
+                    let tag = ((slot as u64) << 8) | i as u64;
+                    if u.current().is_some_and(|a| ctx.connect(a, tag)) {
+                        Ok(None)
+                    } else {
+                        if let Some((t, _)) = ws.take_ticket(slot) {
+                            let _ = ws.pool.connect_failed(t, now);
+                        }
+                        Err(UpFailure::Connect)
+                    }
+                }
+                Ok(Checkout::Queued(w)) => {
+                    ws.waiters.push((w, (self.token, self.gen)));
+                    ex.waiter = Some(w);
+                    Ok(None)
+                }
+                Ok(_) | Err(_) => Err(UpFailure::PoolFull),
+            };
+            ws.pump(ctx, &sh.stats);
+            r
+        };
+        match got {
+            Ok(Some(lease)) => self.attach(ctx, lease),
+            Ok(None) => {} // a `Leased` or `Failed` mail follows
+            Err(why) => self.failed(ctx, why, true, now),
+        }
+    }
+
+    /// The current attempt has its upstream connection: send the request and any held body.
+    fn attach(&mut self, ctx: &mut WorkerCtx, lease: Lease) {
+        let sh = self.shared.clone();
+        let wanted = self
+            .ex
+            .as_ref()
+            .is_some_and(|ex| ex.lease.is_none() && ex.up.is_none() && ex.upstream == *lease.key());
+        if !wanted {
+            sh.worker(ctx.index).checkin(ctx, &sh.stats, lease, true);
+            return;
+        }
+        let ex = self.ex.as_mut().expect("exchange");
+        let up = (lease.conn().token, lease.conn().gen);
+        ex.waiter = None;
+        ex.up = Some(up);
+        ex.lease = Some(lease);
+        let host = (!ex.head.headers().contains("host"))
+            .then(|| Bytes::from(self.shared.cfg.upstreams[ex.upstream].to_string()));
+        let _ = ctx.post(
+            up.0,
+            Mail {
+                gen: up.1,
+                kind: Kind::Send {
+                    owner: (self.token, self.gen),
+                    head: ex.head.clone(),
+                    extra: Extra {
+                        xff: ex.extra_xff.clone(),
+                        traceparent: ex.traceparent.clone(),
+                        host,
+                    },
+                },
+            },
+        );
+        for (b, end) in ex.held.drain(..) {
+            let _ = ctx.post(
+                up.0,
+                Mail {
+                    gen: up.1,
+                    kind: Kind::ReqData(b, end),
+                },
+            );
+        }
+    }
+
+    fn body(&mut self, ctx: &mut WorkerCtx, data: Bytes, end: bool) {
+        let max_replay = self.shared.cfg.max_replay_body;
+        let Some(ex) = self.ex.as_mut() else { return };
+        if end {
+            ex.req_done = true;
+        }
+        if ex.resp_done {
+            // Answered early: the rest of the body is read and dropped.
+            if end {
+                self.finish(ctx);
+                self.resume(ctx, ctx.clock.now());
+            }
+            return;
+        }
+        if ex.idempotent && ex.replayable && !ex.resp_started {
+            if ex.replay_len + data.len() <= max_replay {
+                ex.replay_len += data.len();
+                if !data.is_empty() {
+                    ex.replay.push(data.clone());
+                }
+            } else {
+                ex.replayable = false;
+                ex.replay.clear();
+            }
+        }
+        self.unacked += data.len();
+        match ex.up {
+            Some(up) => {
+                let _ = ctx.post(
+                    up.0,
+                    Mail {
+                        gen: up.1,
+                        kind: Kind::ReqData(data, end),
+                    },
+                );
+            }
+            None => ex.held.push_back((data, end)),
+        }
+    }
+
+    /// An answer of the proxy's own.
+    fn local_answer(&mut self, ex: &Exchange, status: u16, why: &str) {
+        let st = &self.shared.stats;
+        match status {
+            502 => add(&st.answered_502, 1),
+            503 => add(&st.answered_503, 1),
+            _ => add(&st.answered_504, 1),
+        };
+        let text = format!(
+            "{} {}: {} {}\n",
+            status,
+            match status {
+                502 => "Bad Gateway",
+                503 => "Service Unavailable",
+                _ => "Gateway Timeout",
+            },
+            ex.head.method_str(),
+            why
+        );
+        let fields: [(&str, &[u8]); 2] = [
+            ("content-type", b"text/plain; charset=utf-8"),
+            ("via", b"1.1 ferry"),
+        ];
+        let _ = self
+            .conn
+            .send_response(ex.id, status, &fields, Body::Full(Bytes::from(text)));
+        self.collect();
+    }
+
+    /// The upstream attempt failed.
+    fn failed(&mut self, ctx: &mut WorkerCtx, why: UpFailure, before_response: bool, now: Instant) {
+        let sh = self.shared.clone();
+        let Some(ex) = self.ex.as_mut() else { return };
+        ex.up = None;
+        let i = ex.upstream;
+        let ours = matches!(why, UpFailure::PoolFull | UpFailure::PoolTimeout);
+        ex.last_failure = Some((i, why));
+        if !ours {
+            sh.stats.upstreams[i].failures.fetch_add(1, Relaxed);
+        }
+        {
+            let mut ws = sh.worker(ctx.index);
+            let permit = ex.permit.take();
+            let outcome = if ours {
+                Outcome::Ignored
+            } else {
+                Outcome::Failure
+            };
+            ws.report(i, permit, outcome, now, &sh.stats, ctx.index);
+            ws.active[i] = ws.active[i].saturating_sub(1);
+            if let Some(w) = ex.waiter.take() {
+                ws.pool.cancel(w);
+                ws.take_waiter(w);
+            }
+            if let Some(lease) = ex.lease.take() {
+                ws.checkin(ctx, &sh.stats, lease, false);
+            }
+        }
+        sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
+        let retry = before_response
+            && !ex.resp_started
+            && ex.idempotent
+            && ex.replayable
+            && ex.attempts <= sh.cfg.retries;
+        if retry {
+            tracing::debug!(
+                "upstream {} failed ({}); retrying",
+                sh.stats.upstreams[i].addr,
+                why.text()
+            );
+            self.dispatch(ctx, now);
+            return;
+        }
+        let ex = self.ex.take().expect("exchange");
+        self.last_done = Some(ex.id);
+        if ex.resp_started {
+            self.abort = true;
+        } else {
+            let status = why.status();
+            let why = format!("upstream {}: {}", sh.stats.upstreams[i].addr, why.text());
+            self.local_answer(&ex, status, &why);
+        }
+        self.resume(ctx, now);
+    }
+
+    /// The exchange ended: tell the upstream, account, go on with pipelined requests.
+    fn finish(&mut self, ctx: &mut WorkerCtx) {
+        if let Some(mut ex) = self.ex.take() {
+            self.last_done = Some(ex.id);
+            self.release(ctx, &mut ex, true, ctx.clock.now());
+        }
+    }
+
+    /// The exchange is over for this side: the lease goes back (reused only after a clean
+    /// end), a queued checkout is withdrawn, the breaker hears the outcome if nobody told it.
+    fn release(&mut self, ctx: &mut WorkerCtx, ex: &mut Exchange, ok: bool, now: Instant) {
+        self.unacked = 0;
+        self.owed = 0;
+        if ex.upstream == usize::MAX {
+            return;
+        }
+        let sh = self.shared.clone();
+        let mut ws = sh.worker(ctx.index);
+        let i = ex.upstream;
+        let outcome = if ok {
+            Outcome::Success
+        } else {
+            Outcome::Ignored
+        };
+        ws.report(i, ex.permit.take(), outcome, now, &sh.stats, ctx.index);
+        ws.active[i] = ws.active[i].saturating_sub(1);
+        sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
+        if let Some(w) = ex.waiter.take() {
+            ws.pool.cancel(w);
+            ws.take_waiter(w);
+        }
+        if let Some(lease) = ex.lease.take() {
+            let reusable = ok && ex.reusable && ex.resp_done;
+            ws.checkin(ctx, &sh.stats, lease, reusable);
+        }
+    }
+
+    /// Handle pipelined requests that waited behind the finished exchange.
+    fn resume(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        while let Some(front) = self.backlog.front() {
+            let id = match front {
+                SEvent::Request(r) => Some(r.id()),
+                SEvent::Data { id, .. } | SEvent::Trailers { id, .. } | SEvent::End { id } => {
+                    Some(*id)
+                }
+                SEvent::Error { id, .. } => *id,
+                _ => None,
+            };
+            let mine = match (&self.ex, id) {
+                (None, _) => true,
+                (Some(ex), Some(id)) => id == ex.id,
+                (Some(_), None) => true,
+            };
+            if !mine {
+                break;
+            }
+            let ev = self.backlog.pop_front().expect("front");
+            let stale = matches!((id, self.last_done), (Some(i), Some(d)) if i <= d)
+                && !matches!(ev, SEvent::Request(_));
+            if !stale {
+                self.handle(ctx, ev, now);
+            }
+        }
+    }
+
+    fn apply(&mut self, ctx: &mut WorkerCtx, kind: Kind, now: Instant) {
+        match kind {
+            Kind::Leased(lease) => self.attach(ctx, lease),
+            Kind::PoolFailed(timed_out) => {
+                let waiting = self.ex.as_ref().is_some_and(|ex| ex.up.is_none());
+                if waiting {
+                    if let Some(ex) = self.ex.as_mut() {
+                        ex.waiter = None;
+                    }
+                    let why = if timed_out {
+                        UpFailure::PoolTimeout
+                    } else {
+                        UpFailure::Connect
+                    };
+                    self.failed(ctx, why, true, now);
+                }
+            }
+            Kind::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
+            Kind::Failed(why, before) => self.failed(ctx, why, before, now),
+            Kind::Head(resp) => self.head(ctx, resp, now),
+            Kind::Data(b) => {
+                if let Some(ex) = self.ex.as_ref() {
+                    self.owed += b.len();
+                    let _ = self.conn.send_data(ex.id, b, false);
+                    self.collect();
+                }
+            }
+            Kind::End(reusable) => {
+                let Some(ex) = self.ex.as_mut() else { return };
+                let _ = self.conn.send_data(ex.id, Bytes::new(), true);
+                ex.resp_done = true;
+                ex.reusable = reusable;
+                self.collect();
+                // Done even if the request body is still arriving (an early answer): the rest
+                // of it is read and dropped, and that upstream connection is not reused.
+                self.finish(ctx);
+                self.resume(ctx, now);
+            }
+            Kind::Send { .. } | Kind::ReqData(..) | Kind::Close => {}
+        }
+    }
+
+    fn head(&mut self, ctx: &mut WorkerCtx, resp: ferry_http1::Response, now: Instant) {
+        let sh = self.shared.clone();
+        let Some(ex) = self.ex.as_mut() else { return };
+        ex.resp_started = true;
+        ex.replay.clear();
+        let status = resp.status();
+        let i = ex.upstream;
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        sh.stats.upstreams[i].responses[class].fetch_add(1, Relaxed);
+        if let Some(permit) = ex.permit.take() {
+            let outcome = if matches!(status, 502..=504) {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            let mut ws = sh.worker(ctx.index);
+            ws.report(i, Some(permit), outcome, now, &sh.stats, ctx.index);
+        }
+        // A HEAD response's body kind says "none"; its Content-Length is the GET's length.
+        let head_len = (ex.head.method() == Method::Head)
+            .then(|| resp.headers().get("content-length"))
+            .flatten()
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        let body = if let Some(n) = head_len {
+            Body::Length(n) // the length a GET would have; no body follows a HEAD
+        } else if ex.head.method() == Method::Head {
+            Body::Chunked // no body either way
+        } else if status == 204 || status == 304 {
+            Body::Empty
+        } else {
+            match resp.body_kind() {
+                BodyKind::Empty => Body::Empty,
+                BodyKind::Length(n) => Body::Length(n),
+                _ => Body::Chunked,
+            }
+        };
+        let hs = resp.headers();
+        let mut fields: Vec<(&str, &[u8])> = forwardable(hs).collect();
+        fields.push(("via", b"1.1 ferry"));
+        if !ex.req_done {
+            // Answered before the request body is in (an early 413, a `return`): say that
+            // this connection ends after the response rather than close it silently later.
+            fields.push(("connection", b"close"));
+        }
+        let reason = resp.reason().to_string();
+        if self
+            .conn
+            .send_response_with_reason(ex.id, status, Some(&reason), &fields, body)
+            .is_err()
+        {
+            // A head our client side would not accept: answer 502 instead.
+            let mut ex = self.ex.take().expect("exchange");
+            self.last_done = Some(ex.id);
+            self.release(ctx, &mut ex, false, now);
+            self.local_answer(&ex, 502, "invalid response head from upstream");
+            return;
+        }
+        if let Some(mut n) = head_len {
+            // The connection counts a HEAD response's declared length down as "sent" bytes
+            // that it discards: hand it that many (static, never written).
+            static NOTHING: [u8; 64 * 1024] = [0; 64 * 1024];
+            while n > 0 {
+                let k = n.min(NOTHING.len() as u64) as usize;
+                if self
+                    .conn
+                    .send_data(ex.id, Bytes::from_static(&NOTHING[..k]), false)
+                    .is_err()
+                {
+                    break;
+                }
+                n -= k as u64;
+            }
+        }
+        self.collect();
+    }
+
+    fn written(&mut self, ctx: &WorkerCtx, n: usize) {
+        self.out.written(n);
+        self.ack(ctx, n);
+    }
+
+    fn ack(&mut self, ctx: &WorkerCtx, n: usize) {
+        let a = n.min(self.owed);
+        if a > 0 {
+            self.owed -= a;
+            if let Some((t, g)) = self.ex.as_ref().and_then(|e| e.up) {
+                let _ = ctx.post(
+                    t,
+                    Mail {
+                        gen: g,
+                        kind: Kind::Ack(a),
+                    },
+                );
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Upstream
+// ----------------------------------------------------------------------------------------
+
+/// A connection to an upstream.
+pub struct Up {
+    token: usize,
+    gen: u32,
+    idx: usize,
+    shared: Arc<HttpShared>,
+    conn: ClientConnection,
+    input: BytesMut,
+    out: OutQueue,
+    connected: bool,
+    connect_deadline: Option<Instant>,
+    /// The pool's ticket slot until the connect is reported.
+    ticket: Option<usize>,
+    /// Shared with the pool's handle: cleared when this connection is no longer usable.
+    alive: Arc<AtomicBool>,
+    /// The client whose request this connection carries (or that waits for the connect).
+    owner: Option<(usize, u32)>,
+    req: Option<RequestId>,
+    resp_started: bool,
+    done: bool,
+    eof: bool,
+    unacked: usize,
+    owed: usize,
+    /// The owner was told how the exchange ended.
+    reported: bool,
+}
+
+impl Up {
+    fn to_owner(&self, ctx: &WorkerCtx, kind: Kind) {
+        if let Some((t, g)) = self.owner {
+            let _ = ctx.post(t, Mail { gen: g, kind });
+        }
+    }
+
+    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
+        self.connected
+            && !self.done
+            && !self.eof
+            && self.unacked < WINDOW
+            && self.input.len() < ctx.options.input_high_water
+            && self.conn.wants_read()
+    }
+
+    /// This connection is finished: tell the owner (once) and the pool.
+    fn fail(&mut self, ctx: &WorkerCtx, why: UpFailure) {
+        if !self.reported && self.owner.is_some() {
+            self.reported = true;
+            self.to_owner(ctx, Kind::Failed(why, !self.resp_started));
+        }
+        self.owner = None;
+        self.done = true;
+        self.alive.store(false, Relaxed);
+        self.ticket_failed(ctx);
+    }
+
+    /// A connect the pool is waiting for did not happen.
+    fn ticket_failed(&mut self, ctx: &WorkerCtx) {
+        if let Some(slot) = self.ticket.take() {
+            let sh = self.shared.clone();
+            let mut ws = sh.worker(ctx.index);
+            if let Some((t, _)) = ws.take_ticket(slot) {
+                let _ = ws.pool.connect_failed(t, ctx.clock.now());
+            }
+            ws.pump(ctx, &sh.stats);
+        }
+    }
+
+    /// The connect completed: hand the connection to the pool (and to the client that asked
+    /// for it, if any).
+    fn connected(&mut self, ctx: &WorkerCtx, now: Instant) {
+        self.connected = true;
+        self.connect_deadline = None;
+        let Some(slot) = self.ticket.take() else {
+            return;
+        };
+        let sh = self.shared.clone();
+        let mut ws = sh.worker(ctx.index);
+        let Some((ticket, owner)) = ws.take_ticket(slot) else {
+            return;
+        };
+        let handle = UpHandle {
+            token: self.token,
+            gen: self.gen,
+            alive: self.alive.clone(),
+        };
+        if let Ok(Some(lease)) = ws.pool.connected(ticket, handle, now) {
+            match owner {
+                Some((t, g)) => {
+                    let _ = ctx.post(
+                        t,
+                        Mail {
+                            gen: g,
+                            kind: Kind::Leased(lease),
+                        },
+                    );
+                }
+                None => {
+                    let _ = ws.pool.checkin(lease, true, now);
+                }
+            }
+        }
+        // The client comes back with `Send` once it has the lease.
+        self.owner = None;
+        ws.pump(ctx, &sh.stats);
+    }
+
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.connected && !self.done {
+            if !self.input.is_empty() {
+                let _ = self.conn.handle_input(now, &mut self.input);
+            }
+            while let Some(ev) = self.conn.poll_event() {
+                match ev {
+                    CEvent::Response(r) => {
+                        self.resp_started = true;
+                        self.to_owner(ctx, Kind::Head(r));
+                    }
+                    CEvent::Data { data, .. } => {
+                        self.unacked += data.len();
+                        self.to_owner(ctx, Kind::Data(data));
+                    }
+                    CEvent::End { .. } => {
+                        // The client gives the lease back; this connection is idle from now.
+                        let reusable = self.conn.is_reusable() && !self.eof;
+                        self.to_owner(ctx, Kind::End(reusable));
+                        self.owner = None;
+                        self.req = None;
+                        self.resp_started = false;
+                        self.reported = false;
+                        self.unacked = 0;
+                        self.owed = 0;
+                    }
+                    CEvent::Error { error, .. } => {
+                        let why = if matches!(error, ferry_http1::Error::HeaderTimeout) {
+                            UpFailure::Timeout
+                        } else {
+                            UpFailure::Broken
+                        };
+                        self.fail(ctx, why);
+                    }
+                    CEvent::Upgraded { .. } => self.fail(ctx, UpFailure::Broken),
+                    _ => {}
+                }
+            }
+        }
+        while let Some(b) = self.conn.poll_transmit() {
+            self.out.push(b);
+        }
+        if self.conn.is_closed() && self.req.is_none() && self.owner.is_none() {
+            self.done = true;
+            self.alive.store(false, Relaxed);
+        }
+    }
+
+    fn apply(&mut self, ctx: &mut WorkerCtx, kind: Kind, now: Instant) {
+        if matches!(kind, Kind::Send { .. } | Kind::ReqData(..)) {
+            // The connection stamps requests with the time it last saw: bring it up to now,
+            // or a request sent after an idle spell would start with its timeout half gone.
+            self.conn.handle_timeout(now);
+        }
+        match kind {
+            Kind::Send { owner, head, extra } => {
+                self.owner = Some(owner);
+                self.reported = false;
+                if self.done || self.eof || !self.alive.load(Relaxed) {
+                    // Went away while idle: the client retries elsewhere (nothing was sent).
+                    self.fail(ctx, UpFailure::Broken);
+                    return;
+                }
+                let mut fields: Vec<(&str, &[u8])> = forwardable(head.headers())
+                    .filter(|(n, _)| {
+                        !n.eq_ignore_ascii_case("x-forwarded-for")
+                            && !n.eq_ignore_ascii_case("traceparent")
+                    })
+                    .collect();
+                if let Some(h) = extra.host.as_ref() {
+                    fields.push(("host", h));
+                }
+                if !extra.xff.is_empty() {
+                    fields.push(("x-forwarded-for", &extra.xff));
+                }
+                fields.push(("x-forwarded-proto", b"http"));
+                fields.push(("traceparent", &extra.traceparent));
+                fields.push(("via", b"1.1 ferry"));
+                let body = match head.body_kind() {
+                    BodyKind::Empty => Body::Empty,
+                    BodyKind::Length(n) => Body::Length(n),
+                    _ => Body::Chunked,
+                };
+                match self.conn.send_request_with_method_str(
+                    head.method_str(),
+                    head.target(),
+                    &fields,
+                    body,
+                ) {
+                    Ok(id) => self.req = Some(id),
+                    Err(_) => self.fail(ctx, UpFailure::Broken),
+                }
+            }
+            Kind::ReqData(b, end) => {
+                let n = b.len();
+                if let Some(id) = self.req {
+                    // A `Length` body ends by itself; its final empty `end` is refused: fine.
+                    let _ = self.conn.send_data(id, b, end);
+                }
+                self.owed += n;
+            }
+            Kind::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
+            Kind::Close => {
+                self.alive.store(false, Relaxed);
+                if self.owner.is_some() && !self.reported {
+                    self.fail(ctx, UpFailure::Broken);
+                }
+                self.owner = None;
+                self.done = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn written(&mut self, ctx: &WorkerCtx, n: usize) {
+        self.out.written(n);
+        self.ack(ctx, n);
+    }
+
+    fn ack(&mut self, ctx: &WorkerCtx, n: usize) {
+        let a = n.min(self.owed);
+        if a > 0 {
+            self.owed -= a;
+            self.to_owner(ctx, Kind::Ack(a));
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// The Session
+// ----------------------------------------------------------------------------------------
+
+impl Session for HttpProxy {
+    type Shared = HttpShared;
+    type Mail = Mail;
+
+    fn open(
+        ctx: &mut WorkerCtx,
+        shared: &Arc<HttpShared>,
+        info: ConnInfo,
+        gen: u32,
+        now: Instant,
+    ) -> Option<Self> {
+        shared.stats.downstream_open.fetch_add(1, Relaxed);
+        add(&ctx.metrics.accepted, 1);
+        Some(HttpProxy::Down(Down {
+            token: info.token,
+            gen: gen & 0xFF_FFFF,
+            peer: info.peer,
+            shared: shared.clone(),
+            conn: ServerConnection::new(ctx.http.clone(), now),
+            input: BytesMut::with_capacity(ctx.options.read_chunk),
+            out: OutQueue::default(),
+            eof: false,
+            errored: false,
+            abort: false,
+            backlog: VecDeque::new(),
+            ex: None,
+            last_done: None,
+            unacked: 0,
+            owed: 0,
+        }))
+    }
+
+    fn open_outbound(
+        ctx: &mut WorkerCtx,
+        shared: &Arc<HttpShared>,
+        info: ConnInfo,
+        tag: u64,
+        gen: u32,
+        now: Instant,
+    ) -> Option<Self> {
+        let slot = (tag >> 8) as usize;
+        let idx = (tag & 0xFF) as usize;
+        let gen = gen & 0xFF_FFFF;
+        let u = shared.stats.upstreams.get(idx)?;
+        u.open.fetch_add(1, Relaxed);
+        // Who waits for this connect (to be told if it fails).
+        let owner = shared
+            .worker(ctx.index)
+            .tickets
+            .get(slot)
+            .and_then(|t| t.as_ref().and_then(|(_, o)| *o));
+        Some(HttpProxy::Up(Up {
+            token: info.token,
+            gen,
+            idx,
+            shared: shared.clone(),
+            conn: ClientConnection::new(shared.client.clone(), now),
+            input: BytesMut::with_capacity(ctx.options.read_chunk),
+            out: OutQueue::default(),
+            connected: false,
+            connect_deadline: Some(now + shared.cfg.connect_timeout),
+            ticket: Some(slot),
+            alive: Arc::new(AtomicBool::new(true)),
+            owner,
+            req: None,
+            resp_started: false,
+            done: false,
+            eof: false,
+            unacked: 0,
+            owed: 0,
+            reported: false,
+        }))
+    }
+
+    fn on_connected(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if let HttpProxy::Up(u) = self {
+            u.connected(ctx, now);
+        }
+    }
+
+    fn connect_failed(&mut self, ctx: &mut WorkerCtx, error: std::io::Error, _now: Instant) {
+        if let HttpProxy::Up(u) = self {
+            tracing::debug!(
+                "upstream {} connect failed: {error}",
+                u.shared.stats.upstreams[u.idx].addr
+            );
+            u.fail(ctx, UpFailure::Connect);
+        }
+    }
+
+    fn tick(ctx: &mut WorkerCtx, shared: &HttpShared, now: Instant) -> Option<Instant> {
+        let mut ws = shared.worker(ctx.index);
+        ws.pool.handle_timeout(now);
+        ws.pump(ctx, &shared.stats);
+        shared.stats.publish_pool(ctx.index, &ws.pool.metrics());
+        Some(now + std::time::Duration::from_millis(100))
+    }
+
+    fn input(&mut self) -> &mut BytesMut {
+        match self {
+            HttpProxy::Down(d) => &mut d.input,
+            HttpProxy::Up(u) => &mut u.input,
+        }
+    }
+
+    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
+        match self {
+            HttpProxy::Down(d) => d.wants_read(ctx),
+            HttpProxy::Up(u) => u.wants_read(ctx),
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        match self {
+            HttpProxy::Down(d) => {
+                d.abort || (d.conn.is_closed() && d.out.is_empty() && d.ex.is_none())
+            }
+            HttpProxy::Up(u) => u.done && u.out.is_empty(),
+        }
+    }
+
+    fn saw_eof(&self) -> bool {
+        match self {
+            HttpProxy::Down(d) => d.eof,
+            HttpProxy::Up(u) => u.eof,
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        false
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            HttpProxy::Down(d) => {
+                if d.ex.is_some() {
+                    None // the upstream's timeouts govern an exchange in progress
+                } else {
+                    d.conn.poll_timeout()
+                }
+            }
+            HttpProxy::Up(u) => match (u.connect_deadline, u.conn.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+
+    fn has_output(&self) -> bool {
+        match self {
+            HttpProxy::Down(d) => !d.out.is_empty(),
+            HttpProxy::Up(u) => u.connected && !u.out.is_empty(),
+        }
+    }
+
+    fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        match self {
+            HttpProxy::Down(d) => d.out.fill_iov(iov),
+            HttpProxy::Up(u) => u.out.fill_iov(iov),
+        }
+    }
+
+    fn written(&mut self, ctx: &WorkerCtx, n: usize) {
+        add(&ctx.metrics.bytes_out, n as u64);
+        match self {
+            HttpProxy::Down(d) => d.written(ctx, n),
+            HttpProxy::Up(u) => u.written(ctx, n),
+        }
+    }
+
+    fn take_out(&mut self, max: usize, into: &mut Vec<Bytes>) {
+        match self {
+            HttpProxy::Down(d) => d.out.take_out(max, into),
+            HttpProxy::Up(u) => u.out.take_out(max, into),
+        }
+    }
+
+    fn sent(&mut self, ctx: &WorkerCtx, n: usize, chunks: &mut Vec<Bytes>) {
+        add(&ctx.metrics.bytes_out, n as u64);
+        match self {
+            HttpProxy::Down(d) => {
+                d.out.sent(n, chunks);
+                d.ack(ctx, n);
+            }
+            HttpProxy::Up(u) => {
+                u.out.sent(n, chunks);
+                u.ack(ctx, n);
+            }
+        }
+    }
+
+    fn on_read(&mut self, ctx: &WorkerCtx, n: usize) {
+        add(&ctx.metrics.bytes_in, n as u64);
+    }
+
+    fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        match self {
+            HttpProxy::Down(d) => {
+                if !d.eof {
+                    d.eof = true;
+                    d.process(ctx, now);
+                    d.conn.handle_eof(now);
+                    d.process(ctx, now);
+                }
+            }
+            HttpProxy::Up(u) => {
+                if !u.eof {
+                    u.eof = true;
+                    u.process(ctx, now);
+                    u.conn.handle_eof(now);
+                    u.process(ctx, now);
+                    u.alive.store(false, Relaxed);
+                    if u.owner.is_some() && u.req.is_some() {
+                        u.fail(ctx, UpFailure::Broken);
+                    }
+                    if u.owner.is_none() {
+                        u.done = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        match self {
+            HttpProxy::Down(d) => {
+                d.conn.handle_timeout(now);
+                d.process(ctx, now);
+            }
+            HttpProxy::Up(u) => {
+                if u.connect_deadline.is_some_and(|d| now >= d) {
+                    u.connect_deadline = None;
+                    u.fail(ctx, UpFailure::ConnectTimeout);
+                    return;
+                }
+                u.conn.handle_timeout(now);
+                u.process(ctx, now);
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        match self {
+            HttpProxy::Down(d) => {
+                d.conn.close();
+                d.process(ctx, now);
+            }
+            HttpProxy::Up(u) => {
+                if u.owner.is_none() {
+                    // Idle (in the pool): gone; the pool's validator skips it from now.
+                    u.alive.store(false, Relaxed);
+                    u.done = true;
+                }
+            }
+        }
+    }
+
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        match self {
+            HttpProxy::Down(d) => d.process(ctx, now),
+            HttpProxy::Up(u) => u.process(ctx, now),
+        }
+    }
+
+    fn retry_pending(&mut self, _ctx: &mut WorkerCtx, _now: Instant) -> bool {
+        true
+    }
+
+    fn take_mail(_ctx: &mut WorkerCtx, _shared: &HttpShared, _into: &mut Vec<(usize, Mail)>) {}
+
+    fn apply_mail(&mut self, ctx: &mut WorkerCtx, mail: Mail, now: Instant) {
+        match self {
+            HttpProxy::Down(d) => {
+                if mail.gen != d.gen {
+                    return drop_stale(ctx, &d.shared.clone(), mail);
+                }
+                d.apply(ctx, mail.kind, now);
+                d.collect();
+            }
+            HttpProxy::Up(u) => {
+                if mail.gen != u.gen {
+                    return drop_stale(ctx, &u.shared.clone(), mail);
+                }
+                u.apply(ctx, mail.kind, now);
+                while let Some(b) = u.conn.poll_transmit() {
+                    u.out.push(b);
+                }
+            }
+        }
+    }
+
+    fn drop_mail(ctx: &mut WorkerCtx, shared: &HttpShared, mail: Mail) {
+        drop_stale(ctx, shared, mail)
+    }
+
+    fn close(self, ctx: &mut WorkerCtx) {
+        match self {
+            HttpProxy::Down(mut d) => {
+                d.shared.stats.downstream_open.fetch_sub(1, Relaxed);
+                add(&ctx.metrics.closed, 1);
+                if let Some(mut ex) = d.ex.take() {
+                    let now = ctx.clock.now();
+                    d.release(ctx, &mut ex, false, now);
+                }
+            }
+            HttpProxy::Up(mut u) => {
+                u.alive.store(false, Relaxed);
+                if u.owner.is_some() && !u.reported {
+                    u.fail(ctx, UpFailure::Broken);
+                }
+                u.ticket_failed(ctx);
+                u.shared.stats.upstreams[u.idx].open.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Mail for a connection that is gone (or a reused token): a lease for a vanished client
+/// goes back to the pool; a request for a vanished upstream connection fails (nothing was
+/// sent, so the client may retry it).
+fn drop_stale(ctx: &mut WorkerCtx, shared: &HttpShared, mail: Mail) {
+    match mail.kind {
+        Kind::Leased(lease) => {
+            shared
+                .worker(ctx.index)
+                .checkin(ctx, &shared.stats, lease, true);
+        }
+        Kind::Send { owner, .. } => {
+            let _ = ctx.post(
+                owner.0,
+                Mail {
+                    gen: owner.1,
+                    kind: Kind::Failed(UpFailure::Broken, true),
+                },
+            );
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_are_dropped() {
+        let raw = Bytes::from_static(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Ok: 2\r\n\r\n",
+        );
+        let mut conn = ServerConnection::new(
+            Arc::new(ferry_http1::ServerConfig::default()),
+            Instant::ZERO,
+        );
+        let mut input = BytesMut::from(&raw[..]);
+        conn.handle_input(Instant::ZERO, &mut input).unwrap();
+        let Some(SEvent::Request(r)) = conn.poll_event() else {
+            panic!()
+        };
+        let names: Vec<&str> = forwardable(r.headers()).map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["Host", "X-Ok"]);
+    }
+}

@@ -1,0 +1,284 @@
+//! Counters every worker updates (relaxed atomics) and their Prometheus text form.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use crate::config::Upstream;
+
+/// One upstream's counters.
+#[derive(Debug)]
+pub struct UpstreamStats {
+    /// `IP:PORT` or `HOST:PORT`, as configured.
+    pub addr: String,
+    /// The address connections go to (`None`: a name that does not resolve).
+    resolved: Mutex<Option<SocketAddr>>,
+    /// Whether `resolved` holds an address (read on every pick without the lock).
+    pub has_addr: AtomicBool,
+    /// Requests (HTTP) or commands (Redis) sent.
+    pub requests: AtomicU64,
+    /// Responses by class: 1xx..5xx (HTTP).
+    pub responses: [AtomicU64; 5],
+    /// Connect failures, resets, timeouts.
+    pub failures: AtomicU64,
+    /// Retries sent to this upstream.
+    pub retries: AtomicU64,
+    /// TCP connects started.
+    pub connects: AtomicU64,
+    /// Open connections (all workers).
+    pub open: AtomicI64,
+    /// Requests in flight (all workers).
+    pub active: AtomicI64,
+    /// Breaker state per worker: 0 closed, 1 open, 2 half-open.
+    pub breaker: Vec<AtomicU8>,
+    /// Times a breaker opened (all workers).
+    pub breaker_opened: AtomicU64,
+    /// Active health check verdict.
+    pub healthy: AtomicBool,
+}
+
+/// The whole proxy's counters.
+#[derive(Debug)]
+pub struct ProxyStats {
+    /// Protocol label.
+    pub protocol: &'static str,
+    /// Per upstream.
+    pub upstreams: Vec<UpstreamStats>,
+    /// Downstream requests (HTTP) or commands (Redis) received.
+    pub requests: AtomicU64,
+    /// Answers the proxy made itself: 502, 503, 504.
+    pub answered_502: AtomicU64,
+    /// See `answered_502`.
+    pub answered_503: AtomicU64,
+    /// See `answered_502`.
+    pub answered_504: AtomicU64,
+    /// Downstream connections open.
+    pub downstream_open: AtomicI64,
+    /// Per worker, the keep-alive pool's figures (`ferry-pool`'s metrics): active, idle,
+    /// connecting, waiting, created, closed, failed, timed out.
+    pub pool: Vec<[AtomicU64; 8]>,
+}
+
+const POOL_NAMES: [(&str, &str); 8] = [
+    ("ferry_proxy_pool_active_connections", "gauge"),
+    ("ferry_proxy_pool_idle_connections", "gauge"),
+    ("ferry_proxy_pool_connecting", "gauge"),
+    ("ferry_proxy_pool_waiting_requests", "gauge"),
+    ("ferry_proxy_pool_created_total", "counter"),
+    ("ferry_proxy_pool_closed_total", "counter"),
+    ("ferry_proxy_pool_failed_total", "counter"),
+    ("ferry_proxy_pool_wait_timeouts_total", "counter"),
+];
+
+impl UpstreamStats {
+    /// Where to connect now.
+    pub fn current(&self) -> Option<SocketAddr> {
+        *self.resolved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A (re-)resolution result.
+    pub fn set_resolved(&self, a: Option<SocketAddr>) {
+        let mut r = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        if *r != a {
+            match a {
+                Some(x) => tracing::info!("upstream {} resolves to {x}", self.addr),
+                None => tracing::warn!("upstream {} does not resolve", self.addr),
+            }
+        }
+        *r = a;
+        self.has_addr.store(a.is_some(), Relaxed);
+    }
+
+    /// Whether requests may go here: it resolves and its health checks pass.
+    pub fn usable(&self) -> bool {
+        self.has_addr.load(Relaxed) && self.healthy.load(Relaxed)
+    }
+}
+
+impl ProxyStats {
+    /// Counters for these upstreams and `workers` I/O workers.
+    pub fn new(protocol: &'static str, upstreams: &[Upstream], workers: usize) -> ProxyStats {
+        ProxyStats {
+            protocol,
+            upstreams: upstreams
+                .iter()
+                .map(|a| UpstreamStats {
+                    addr: a.to_string(),
+                    resolved: Mutex::new(match a {
+                        Upstream::Addr(x) => Some(*x),
+                        _ => None,
+                    }),
+                    has_addr: AtomicBool::new(matches!(a, Upstream::Addr(_))),
+                    requests: AtomicU64::new(0),
+                    responses: Default::default(),
+                    failures: AtomicU64::new(0),
+                    retries: AtomicU64::new(0),
+                    connects: AtomicU64::new(0),
+                    open: AtomicI64::new(0),
+                    active: AtomicI64::new(0),
+                    breaker: (0..workers).map(|_| AtomicU8::new(0)).collect(),
+                    breaker_opened: AtomicU64::new(0),
+                    healthy: AtomicBool::new(true),
+                })
+                .collect(),
+            requests: AtomicU64::new(0),
+            answered_502: AtomicU64::new(0),
+            answered_503: AtomicU64::new(0),
+            answered_504: AtomicU64::new(0),
+            downstream_open: AtomicI64::new(0),
+            pool: (0..workers).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Publish worker `w`'s pool figures.
+    pub fn publish_pool(&self, w: usize, m: &ferry_pool::Metrics) {
+        if let Some(p) = self.pool.get(w) {
+            let v = [
+                m.active as u64,
+                m.idle as u64,
+                m.connecting as u64,
+                m.waiting as u64,
+                m.created,
+                m.closed,
+                m.failed,
+                m.timed_out,
+            ];
+            for (a, x) in p.iter().zip(v) {
+                a.store(x, Relaxed);
+            }
+        }
+    }
+
+    /// Prometheus text exposition (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(4096);
+        let p = self.protocol;
+        let _ = writeln!(s, "# TYPE ferry_proxy_requests_total counter");
+        let _ = writeln!(
+            s,
+            "ferry_proxy_requests_total{{protocol=\"{p}\"}} {}",
+            self.requests.load(Relaxed)
+        );
+        let _ = writeln!(s, "# TYPE ferry_proxy_local_responses_total counter");
+        for (code, c) in [
+            (502, &self.answered_502),
+            (503, &self.answered_503),
+            (504, &self.answered_504),
+        ] {
+            let _ = writeln!(
+                s,
+                "ferry_proxy_local_responses_total{{protocol=\"{p}\",code=\"{code}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(s, "# TYPE ferry_proxy_downstream_connections gauge");
+        let _ = writeln!(
+            s,
+            "ferry_proxy_downstream_connections{{protocol=\"{p}\"}} {}",
+            self.downstream_open.load(Relaxed)
+        );
+        type Get = fn(&UpstreamStats) -> i64;
+        let simple: [(&str, &str, Get); 9] = [
+            ("ferry_proxy_upstream_requests_total", "counter", |u| {
+                u.requests.load(Relaxed) as i64
+            }),
+            ("ferry_proxy_upstream_failures_total", "counter", |u| {
+                u.failures.load(Relaxed) as i64
+            }),
+            ("ferry_proxy_upstream_retries_total", "counter", |u| {
+                u.retries.load(Relaxed) as i64
+            }),
+            ("ferry_proxy_upstream_connects_total", "counter", |u| {
+                u.connects.load(Relaxed) as i64
+            }),
+            ("ferry_proxy_upstream_connections", "gauge", |u| {
+                u.open.load(Relaxed)
+            }),
+            ("ferry_proxy_upstream_active_requests", "gauge", |u| {
+                u.active.load(Relaxed)
+            }),
+            ("ferry_proxy_upstream_healthy", "gauge", |u| {
+                i64::from(u.healthy.load(Relaxed))
+            }),
+            ("ferry_proxy_upstream_resolved", "gauge", |u| {
+                i64::from(u.has_addr.load(Relaxed))
+            }),
+            ("ferry_proxy_breaker_opened_total", "counter", |u| {
+                u.breaker_opened.load(Relaxed) as i64
+            }),
+        ];
+        for (name, kind, get) in simple {
+            let _ = writeln!(s, "# TYPE {name} {kind}");
+            for u in &self.upstreams {
+                let _ = writeln!(
+                    s,
+                    "{name}{{protocol=\"{p}\",upstream=\"{}\"}} {}",
+                    u.addr,
+                    get(u)
+                );
+            }
+        }
+        let _ = writeln!(s, "# TYPE ferry_proxy_upstream_responses_total counter");
+        for u in &self.upstreams {
+            for (i, c) in u.responses.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "ferry_proxy_upstream_responses_total{{protocol=\"{p}\",upstream=\"{}\",class=\"{}xx\"}} {}",
+                    u.addr,
+                    i + 1,
+                    c.load(Relaxed)
+                );
+            }
+        }
+        if self.protocol == "http" {
+            for (k, (name, kind)) in POOL_NAMES.iter().enumerate() {
+                let _ = writeln!(s, "# TYPE {name} {kind}");
+                for (w, pw) in self.pool.iter().enumerate() {
+                    let _ = writeln!(
+                        s,
+                        "{name}{{protocol=\"{p}\",worker=\"{w}\"}} {}",
+                        pw[k].load(Relaxed)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP ferry_proxy_breaker_state 0 closed, 1 open, 2 half-open"
+        );
+        let _ = writeln!(s, "# TYPE ferry_proxy_breaker_state gauge");
+        for u in &self.upstreams {
+            for (w, b) in u.breaker.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "ferry_proxy_breaker_state{{protocol=\"{p}\",upstream=\"{}\",worker=\"{w}\"}} {}",
+                    u.addr,
+                    b.load(Relaxed)
+                );
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let st = ProxyStats::new("http", &[Upstream::Addr(a)], 2);
+        st.upstreams[0].breaker[1].store(1, Relaxed);
+        st.upstreams[0].responses[1].fetch_add(3, Relaxed);
+        let text = st.render();
+        assert!(text.contains(
+            "ferry_proxy_breaker_state{protocol=\"http\",upstream=\"127.0.0.1:1\",worker=\"1\"} 1"
+        ));
+        assert!(text.contains("class=\"2xx\"} 3"));
+        assert!(text.contains(
+            "ferry_proxy_upstream_healthy{protocol=\"http\",upstream=\"127.0.0.1:1\"} 1"
+        ));
+    }
+}

@@ -1,0 +1,190 @@
+//! Outbound connections and worker-local mail: what a [`Session`](crate::Session) uses to
+//! open client connections on its own I/O worker and to talk to other connections of the
+//! same worker (a proxy's downstream and upstream halves, a load generator, a relay).
+//!
+//! - [`WorkerCtx::connect`] queues a non-blocking TCP connect. Within the same loop turn the
+//!   driver creates the socket, registers it and calls
+//!   [`Session::open_outbound`](crate::Session::open_outbound) with the new connection's
+//!   token and the caller's `tag`; then [`Session::on_connected`](crate::Session::on_connected)
+//!   or [`Session::connect_failed`](crate::Session::connect_failed) (after which the driver
+//!   closes it). A connect timeout is the session's own deadline: it reports it from
+//!   `poll_timeout` and finishes itself in `on_timeout`, like any other timeout.
+//! - [`WorkerCtx::post`] queues mail for another connection of the same worker. The driver
+//!   delivers it through [`Session::apply_mail`](crate::Session::apply_mail) in the same loop
+//!   turn (no doorbell, no lock, no allocation per message: one reused queue per worker).
+//!
+//! The queues live in thread-local storage of the I/O worker's thread (each worker is one
+//! thread), installed by the driver when the worker starts; this keeps `WorkerCtx`'s fields
+//! unchanged. Calls from a thread that runs no worker fail softly (`post` hands the mail back,
+//! `connect` returns `false`).
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use crate::runtime::WorkerCtx;
+
+/// A queued outbound connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectRequest {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The caller's tag, handed to `open_outbound` (e.g. which upstream, which owner).
+    pub tag: u64,
+}
+
+#[derive(Default)]
+struct Local {
+    installed: bool,
+    connects: Vec<ConnectRequest>,
+    /// `VecDeque<(usize, M)>` for the worker's session mail type `M`.
+    mail: Option<Box<dyn Any>>,
+    mail_len: usize,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+}
+
+/// Install this thread's queues for a worker whose sessions use mail type `M` (drivers call
+/// this once when a worker thread starts; calling it again resets the queues).
+pub fn install<M: 'static>() {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        l.installed = true;
+        l.connects.clear();
+        l.mail = Some(Box::new(VecDeque::<(usize, M)>::with_capacity(64)));
+        l.mail_len = 0;
+    });
+}
+
+/// Whether connects or mail wait to be handled (drivers then poll without blocking).
+pub fn has_work() -> bool {
+    LOCAL.with(|l| {
+        let l = l.borrow();
+        !l.connects.is_empty() || l.mail_len > 0
+    })
+}
+
+/// Move the queued connects into `into` (drivers).
+pub fn take_connects(into: &mut Vec<ConnectRequest>) {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        if !l.connects.is_empty() {
+            into.append(&mut l.connects);
+        }
+    });
+}
+
+/// Move up to `max` queued mails into `into`, oldest first (drivers).
+pub fn take_mail<M: 'static>(into: &mut Vec<(usize, M)>, max: usize) {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        if l.mail_len == 0 {
+            return;
+        }
+        let Some(q) = l
+            .mail
+            .as_mut()
+            .and_then(|b| b.downcast_mut::<VecDeque<(usize, M)>>())
+        else {
+            return;
+        };
+        let n = q.len().min(max);
+        into.extend(q.drain(..n));
+        let left = q.len();
+        l.mail_len = left;
+    });
+}
+
+/// Queue a connect on this thread's worker (see [`WorkerCtx::connect`]).
+pub fn connect(addr: SocketAddr, tag: u64) -> bool {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        if !l.installed {
+            return false;
+        }
+        l.connects.push(ConnectRequest { addr, tag });
+        true
+    })
+}
+
+/// Queue mail on this thread's worker (see [`WorkerCtx::post`]).
+pub fn post<M: 'static>(token: usize, mail: M) -> Result<(), M> {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        let Some(q) = l
+            .mail
+            .as_mut()
+            .and_then(|b| b.downcast_mut::<VecDeque<(usize, M)>>())
+        else {
+            return Err(mail);
+        };
+        q.push_back((token, mail));
+        l.mail_len += 1;
+        Ok(())
+    })
+}
+
+impl WorkerCtx {
+    /// Queue a non-blocking TCP connect to `addr` from this worker; see the [module
+    /// docs](crate::outbound). Returns `false` when the calling thread runs no driver worker
+    /// with outbound support.
+    pub fn connect(&self, addr: SocketAddr, tag: u64) -> bool {
+        connect(addr, tag)
+    }
+
+    /// Queue `mail` for connection `token` of this worker, delivered in this loop turn. The
+    /// mail comes back when `M` is not this worker's session mail type or no worker runs
+    /// here. Tokens are reused after close: carry a generation in `M` if that matters (mail
+    /// for a token with no connection goes to `Session::drop_mail`).
+    pub fn post<M: 'static>(&self, token: usize, mail: M) -> Result<(), M> {
+        post(token, mail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mail_round_trips_in_order_and_type_checked() {
+        std::thread::spawn(|| {
+            assert_eq!(post(1, 7u32), Err(7), "no worker here yet");
+            install::<u32>();
+            assert!(!has_work());
+            for i in 0..5u32 {
+                post(i as usize, i).unwrap();
+            }
+            assert_eq!(post(9, 1u8), Err(1u8), "wrong mail type handed back");
+            assert!(has_work());
+            let mut out = Vec::new();
+            take_mail::<u32>(&mut out, 3);
+            assert_eq!(out, vec![(0, 0), (1, 1), (2, 2)]);
+            out.clear();
+            take_mail::<u32>(&mut out, 100);
+            assert_eq!(out, vec![(3, 3), (4, 4)]);
+            assert!(!has_work());
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn connects_queue_only_when_installed() {
+        std::thread::spawn(|| {
+            let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+            assert!(!connect(a, 1));
+            install::<()>();
+            assert!(connect(a, 2));
+            assert!(has_work());
+            let mut v = Vec::new();
+            take_connects(&mut v);
+            assert_eq!(v, vec![ConnectRequest { addr: a, tag: 2 }]);
+            assert!(!has_work());
+        })
+        .join()
+        .unwrap();
+    }
+}

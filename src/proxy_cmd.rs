@@ -1,0 +1,193 @@
+//! `ferry proxy`: the HTTP reverse proxy / Redis pooling proxy (see CONTRACT.md).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ferry_driver::select::{resolve, DriverKind};
+use ferry_driver::{ListenAddr, ServerOptions};
+use ferry_proxy::{Balance, HealthConfig, Protocol, ProxyConfig, ProxyOptions, Upstream};
+
+use crate::{init_logs, parse_duration, usage_error, LogFormat};
+
+fn parse_upstreams(s: &str) -> Result<Vec<Upstream>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.parse::<Upstream>())
+        .collect()
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ProxyArgs {
+    /// Where clients connect: IP:PORT, [IPv6]:PORT or unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    listen: ListenAddr,
+    /// Upstream servers, comma-separated IP:PORT or HOST:PORT (repeatable). Names are
+    /// resolved off the I/O workers, at start and at every health-check round.
+    #[arg(long, value_name = "ADDR[,ADDR…]", value_parser = parse_upstreams, required = true)]
+    upstream: Vec<Vec<Upstream>>,
+    /// http (reverse proxy / L7 load balancer) or redis (pooling proxy).
+    #[arg(long, value_name = "PROTO", default_value = "http")]
+    protocol: Protocol,
+    /// Admin listener serving /metrics (Prometheus text) and /health.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// round-robin, least-requests or hash (consistent hashing of the request target).
+    #[arg(long, value_name = "POLICY", default_value = "round-robin")]
+    balance: Balance,
+    /// Event loop: auto, epoll or uring (FERRY_DRIVER overrides auto) [default: auto].
+    #[arg(long, value_name = "DRIVER")]
+    driver: Option<DriverKind>,
+    /// I/O workers, pinned one per allowed CPU [default: allowed CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    workers: Option<u32>,
+    /// Upstream connect timeout.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Time allowed for an upstream's response head.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    response_timeout: Duration,
+    /// How long an idle upstream connection stays pooled.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Most connections per upstream per I/O worker; further requests wait for one.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_upstream_connections: u32,
+    /// How long a request waits for a connection at that limit before a 503.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pool_wait_timeout: Duration,
+    /// Extra attempts for idempotent requests whose upstream failed before answering.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    retries: u32,
+    /// Consecutive failures that open an upstream's circuit breaker (0: never). It also opens
+    /// at 50% failures over the last 100 requests (at least 20).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    breaker_failures: u32,
+    /// How long an open breaker refuses requests before admitting probes (doubling on each
+    /// re-open, up to 60 s or this).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    breaker_open: Duration,
+    /// Active health check period (0 disables active checks).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    health_interval: Duration,
+    /// Path of the HTTP health check (GET, 2xx/3xx is healthy).
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    health_path: String,
+    /// Redis: shared upstream connections per upstream per worker.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    redis_connections: u32,
+    /// How long in-flight requests may finish after SIGINT/SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Log format on stderr: text or json.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
+    init_logs(args.log_format);
+    let env = std::env::var("FERRY_DRIVER").ok();
+    let driver = match resolve(args.driver.unwrap_or(DriverKind::Auto), env.as_deref()) {
+        Ok(d @ (DriverKind::Epoll | DriverKind::Uring | DriverKind::Auto)) => d,
+        Ok(d) => return usage_error(format_args!("--driver {d}: not supported by ferry proxy")),
+        Err(e) => return usage_error(format_args!("FERRY_DRIVER: {e}")),
+    };
+    let upstreams: Vec<Upstream> = args.upstream.into_iter().flatten().collect();
+    if upstreams.is_empty() {
+        return usage_error("--upstream: at least one address");
+    }
+    let mut cfg = ProxyConfig::new(upstreams);
+    cfg.balance = args.balance;
+    cfg.connect_timeout = args.connect_timeout;
+    cfg.response_timeout = args.response_timeout;
+    cfg.idle_timeout = args.idle_timeout;
+    cfg.retries = args.retries;
+    cfg.max_connections_per_upstream = args.max_upstream_connections as usize;
+    cfg.pool_wait_timeout = args.pool_wait_timeout;
+    if args.breaker_failures == 0 {
+        cfg.breaker.consecutive_failures = None;
+        cfg.breaker.failure_rate = None;
+    } else {
+        cfg.breaker.consecutive_failures = Some(args.breaker_failures);
+    }
+    cfg.breaker.open_duration = args.breaker_open;
+    cfg.breaker.max_open_duration = Some(args.breaker_open.max(Duration::from_secs(60)));
+    cfg.redis_connections = args.redis_connections as usize;
+    cfg.health = (!args.health_interval.is_zero()).then(|| HealthConfig {
+        interval: args.health_interval,
+        timeout: args.health_interval.min(Duration::from_secs(1)),
+        path: args.health_path.clone(),
+        ..HealthConfig::default()
+    });
+    let mut server = ServerOptions::default();
+    if let Some(n) = args.workers {
+        server.workers = n as usize;
+    }
+    server.drain_timeout = args.drain_timeout;
+    let mut opts = ProxyOptions::new(args.listen, args.protocol, cfg);
+    opts.admin = args.admin;
+    opts.driver = driver;
+    opts.server = server;
+
+    let signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ferry: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let proxy = match ferry_proxy::start(opts) {
+        Ok(p) => p,
+        Err(ferry_proxy::StartError::Config(e)) => return usage_error(e),
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let proto = match args.protocol {
+            Protocol::Redis => "redis",
+            _ => "http",
+        };
+        let _ = writeln!(
+            out,
+            "ferry: listening {proto} {} driver={}",
+            proxy.handle.local_addr,
+            proxy.handle.driver.name()
+        );
+        if let Some(a) = proxy.admin_addr() {
+            let _ = writeln!(out, "ferry: admin http {a}");
+        }
+        let _ = out.flush();
+    }
+    let stop = proxy.handle.shutdown.clone();
+    let mut signals = signals;
+    let sig_handle = signals.handle();
+    std::thread::Builder::new()
+        .name("ferry-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for _ in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    stop.trigger();
+                } else {
+                    eprintln!("ferry: second signal, exiting without draining");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .ok();
+    let bad = proxy.wait();
+    sig_handle.close();
+    if bad > 0 {
+        eprintln!("ferry: {bad} thread(s) failed");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,550 @@
+//! End-to-end tests of `ferry proxy --protocol http` under each driver: real nginx (and
+//! `ferry serve` for streamed bodies) as upstreams, curl and Python as clients.
+//!
+//! Nothing here asserts timing; every loop is bounded in count and time; loopback only.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, python, run, sha256, tmp_dir, Server};
+
+/// A throwaway nginx on loopback answering every request with what it saw.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(name: &str) -> Nginx {
+        // Unique per call: the epoll and uring variants of a test run side by side.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = tmp_dir("proxy-nginx", &format!("{name}-{n}"));
+        for _attempt in 0..5 {
+            let port = free_port();
+            let conf = format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\n\
+                 error_log {dir}/error.log;\nevents {{ worker_connections 256; }}\n\
+                 http {{\n access_log off;\n client_body_temp_path {dir}/body;\n\
+                 proxy_temp_path {dir}/proxy;\n fastcgi_temp_path {dir}/fastcgi;\n\
+                 uwsgi_temp_path {dir}/uwsgi;\n scgi_temp_path {dir}/scgi;\n\
+                 keepalive_requests 100000;\n client_max_body_size 0;\n\
+                 server {{\n  listen 127.0.0.1:{port};\n\
+                  location / {{ return 200 \"port=$server_port xff=$http_x_forwarded_for \
+                 tp=$http_traceparent secret=$http_x_secret via=$http_via\\n\"; }}\n }}\n}}\n",
+                dir = dir.display()
+            );
+            let conf_path = dir.join("nginx.conf");
+            std::fs::write(&conf_path, conf).unwrap();
+            let mut child = Command::new("nginx")
+                .args([
+                    "-p",
+                    dir.to_str().unwrap(),
+                    "-c",
+                    conf_path.to_str().unwrap(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nginx");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Nginx { child, dir, port };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nginx did not start");
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Proxy {
+    server: Server,
+    admin: SocketAddr,
+}
+
+impl Proxy {
+    fn start(driver: &str, upstreams: &[String], extra: &[&str]) -> Proxy {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let ups = upstreams.join(",");
+        let admin_s = admin.to_string();
+        let mut args = vec![
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &ups,
+            "--admin",
+            &admin_s,
+            "--workers",
+            "1",
+            "--driver",
+            driver,
+        ];
+        args.extend_from_slice(extra);
+        let server = Server::launch("http", &args, &[], None);
+        if driver == "uring" && ferry_uring_works() {
+            assert_eq!(server.driver, "uring");
+        }
+        Proxy { server, admin }
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.server.url(path)
+    }
+
+    fn metrics(&self) -> String {
+        let out = run(Command::new("curl").args([
+            "-s",
+            "--max-time",
+            "10",
+            &format!("http://{}/metrics", self.admin),
+        ]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn ferry_uring_works() -> bool {
+    let out = Command::new(common::BIN).arg("probe").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("auto: uring")
+}
+
+/// `curl -s` with a bound, returning (status, body) per URL (keep-alive across URLs).
+fn curl(args: &[&str]) -> String {
+    let mut all = vec!["-s", "--max-time", "20"];
+    all.extend_from_slice(args);
+    let out = Command::new("curl").args(&all).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status(url: &str, extra: &[&str]) -> String {
+    let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    curl(&args)
+}
+
+fn metric(text: &str, prefix: &str) -> Option<i64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn get_keepalive_headers_round_robin(driver: &str) {
+    let (a, b) = (Nginx::start("a"), Nginx::start("b"));
+    let p = Proxy::start(driver, &[a.addr(), b.addr()], &[]);
+    // Six requests on one kept-alive client connection.
+    let url = p.url("/x");
+    let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 6).collect();
+    let mut args = vec![
+        "-H",
+        "Connection: keep-alive, X-Secret",
+        "-H",
+        "X-Secret: hidden",
+        "-H",
+        "X-Forwarded-For: 10.1.2.3",
+        "-H",
+        "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ];
+    args.extend(urls.iter().copied());
+    let body = curl(&args);
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 6, "{body}");
+    let on_a = lines
+        .iter()
+        .filter(|l| l.starts_with(&format!("port={} ", a.port)))
+        .count();
+    assert_eq!(on_a, 3, "round robin across two upstreams: {body}");
+    for l in &lines {
+        assert!(l.contains("xff=10.1.2.3, 127.0.0.1 "), "{l}");
+        assert!(l.contains("secret= "), "hop-by-hop field forwarded: {l}");
+        assert!(
+            l.contains("tp=00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "trace id kept: {l}"
+        );
+        assert!(!l.contains("00f067aa0ba902b7"), "new parent id: {l}");
+        assert!(l.contains("via=1.1 ferry"), "{l}");
+    }
+    // No traceparent: the proxy starts one.
+    let l = curl(&[&url]);
+    let tp = l.split("tp=").nth(1).unwrap().split(' ').next().unwrap();
+    assert_eq!(tp.len(), 55, "{l}");
+    // Upstream keep-alive: a handful of connections, not one per request.
+    let m = p.metrics();
+    let ua = format!(
+        "ferry_proxy_upstream_connects_total{{protocol=\"http\",upstream=\"{}\"}}",
+        a.addr()
+    );
+    assert!(metric(&m, &ua).unwrap() <= 2, "{m}");
+    assert!(
+        m.contains("class=\"2xx\"} 4") || m.contains("class=\"2xx\"} 3"),
+        "{m}"
+    );
+}
+
+fn post_large_streamed_body(driver: &str) {
+    let up = Server::launch(
+        "http",
+        &[
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--driver",
+            driver,
+        ],
+        &[],
+        None,
+    );
+    let p = Proxy::start(driver, &[up.addr.to_string()], &[]);
+    let d = tmp_dir("proxy-post", driver);
+    let f = d.join("big.bin");
+    {
+        let mut w = std::fs::File::create(&f).unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..48 {
+            for c in buf.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+            }
+            w.write_all(&buf).unwrap();
+        }
+    }
+    let want = sha256(&f);
+    for framing in [
+        &[
+            "-T",
+            f.to_str().unwrap(),
+            "-H",
+            "Transfer-Encoding: chunked",
+        ][..],
+        &["--data-binary", &format!("@{}", f.display())],
+    ] {
+        let got = d.join("got.bin");
+        let mut args = vec!["-s", "--max-time", "60", "-o", got.to_str().unwrap()];
+        args.extend_from_slice(framing);
+        let url = p.url("/echo");
+        args.push(&url);
+        run(Command::new("curl").args(&args));
+        assert_eq!(sha256(&got), want, "{framing:?}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+fn killed_upstream_get_retried_post_not(driver: &str) {
+    let (a, mut b) = (Nginx::start("ka"), Nginx::start("kb"));
+    let p = Proxy::start(
+        driver,
+        &[a.addr(), b.addr()],
+        &["--health-interval", "0", "--breaker-failures", "0"],
+    );
+    assert_eq!(status(&p.url("/warm"), &[]), "200");
+    b.kill();
+    for i in 0..6 {
+        assert_eq!(status(&p.url(&format!("/get{i}")), &[]), "200", "GET {i}");
+    }
+    let m = p.metrics();
+    let retries = format!(
+        "ferry_proxy_upstream_retries_total{{protocol=\"http\",upstream=\"{}\"}}",
+        a.addr()
+    );
+    assert!(metric(&m, &retries).unwrap() >= 1, "{m}");
+    // Round robin sends every other POST to the dead upstream: never retried, 502.
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let out = curl(&[
+            "-X",
+            "POST",
+            "-d",
+            "k=v",
+            "-w",
+            " %{http_code}",
+            &p.url("/post"),
+        ]);
+        codes.push(out);
+    }
+    let bad: Vec<_> = codes.iter().filter(|c| c.ends_with(" 502")).collect();
+    assert_eq!(bad.len(), 2, "{codes:?}");
+    assert!(bad[0].contains("Bad Gateway"), "{codes:?}");
+    assert!(bad[0].contains(&b.addr()), "names the upstream: {codes:?}");
+    assert_eq!(
+        codes.iter().filter(|c| c.ends_with(" 200")).count(),
+        2,
+        "{codes:?}"
+    );
+}
+
+fn breaker_opens_and_metrics_show_it(driver: &str) {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let p = Proxy::start(
+        driver,
+        std::slice::from_ref(&dead),
+        &[
+            "--health-interval",
+            "0",
+            "--breaker-failures",
+            "3",
+            "--breaker-open",
+            "60s",
+            "--retries",
+            "0",
+        ],
+    );
+    for _ in 0..3 {
+        assert_eq!(status(&p.url("/"), &[]), "502");
+    }
+    let body = curl(&["-w", " %{http_code}", &p.url("/")]);
+    assert!(body.ends_with(" 503"), "{body}");
+    assert!(body.contains("circuit open"), "{body}");
+    let m = p.metrics();
+    let st =
+        format!("ferry_proxy_breaker_state{{protocol=\"http\",upstream=\"{dead}\",worker=\"0\"}}");
+    assert_eq!(metric(&m, &st), Some(1), "{m}");
+    let opened =
+        format!("ferry_proxy_breaker_opened_total{{protocol=\"http\",upstream=\"{dead}\"}}");
+    assert_eq!(metric(&m, &opened), Some(1), "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "ferry_proxy_local_responses_total{protocol=\"http\",code=\"503\"}"
+        ),
+        Some(1),
+        "{m}"
+    );
+}
+
+fn health_checks_take_a_dead_upstream_out(driver: &str) {
+    let (a, mut b) = (Nginx::start("ha"), Nginx::start("hb"));
+    let p = Proxy::start(
+        driver,
+        &[a.addr(), b.addr()],
+        &["--health-interval", "100ms"],
+    );
+    b.kill();
+    let key = format!(
+        "ferry_proxy_upstream_healthy{{protocol=\"http\",upstream=\"{}\"}}",
+        b.addr()
+    );
+    let start = Instant::now();
+    loop {
+        if metric(&p.metrics(), &key) == Some(0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never marked down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Everything goes to the live one now, without retries.
+    for _ in 0..4 {
+        let body = curl(&[&p.url("/")]);
+        assert!(body.starts_with(&format!("port={} ", a.port)), "{body}");
+    }
+}
+
+fn hash_balance_is_sticky(driver: &str) {
+    let (a, b) = (Nginx::start("sa"), Nginx::start("sb"));
+    let p = Proxy::start(driver, &[a.addr(), b.addr()], &["--balance", "hash"]);
+    let mut seen = std::collections::HashSet::new();
+    for k in 0..12 {
+        let url = p.url(&format!("/item/{k}"));
+        let first = curl(&[&url]);
+        let port = first.split(' ').next().unwrap().to_string();
+        for _ in 0..2 {
+            assert!(curl(&[&url]).starts_with(&port), "key {k} moved");
+        }
+        seen.insert(port);
+    }
+    assert_eq!(seen.len(), 2, "keys spread over both upstreams");
+}
+
+fn python_client_keepalive(driver: &str) {
+    let a = Nginx::start("py");
+    let p = Proxy::start(driver, &[a.addr()], &[]);
+    let script = format!(
+        "import http.client\n\
+         c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=20)\n\
+         for i in range(20):\n\
+         \x20   if i % 3 == 0:\n\
+         \x20       c.request('POST', '/p', body=b'x' * (i * 1000))\n\
+         \x20   else:\n\
+         \x20       c.request('GET', '/g')\n\
+         \x20   r = c.getresponse(); b = r.read()\n\
+         \x20   assert r.status == 200, r.status\n\
+         \x20   assert b.startswith(b'port='), b\n\
+         r = c.sock is not None\n\
+         print('ok', r)\n",
+        port = p.server.addr.port()
+    );
+    let out = run(Command::new(python()).args(["-c", &script]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok True");
+}
+
+fn bad_upstream_config_is_a_usage_error(_driver: &str) {
+    let out = Command::new(common::BIN)
+        .args(["proxy", "--listen", "127.0.0.1:0", "--upstream", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid upstream address"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+fn raw_pipelined_requests(driver: &str) {
+    let a = Nginx::start("pipe");
+    let p = Proxy::start(driver, &[a.addr()], &[]);
+    let mut s = TcpStream::connect(p.server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = Vec::new();
+    for i in 0..20 {
+        req.extend_from_slice(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(&req).unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 21, "{all}");
+}
+
+macro_rules! per_driver {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name("epoll"); } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { super::$name("uring"); } )*
+        }
+    };
+}
+
+per_driver!(
+    get_keepalive_headers_round_robin,
+    post_large_streamed_body,
+    killed_upstream_get_retried_post_not,
+    breaker_opens_and_metrics_show_it,
+    health_checks_take_a_dead_upstream_out,
+    hash_balance_is_sticky,
+    python_client_keepalive,
+    bad_upstream_config_is_a_usage_error,
+    raw_pipelined_requests,
+    hostname_upstreams,
+    head_keeps_content_length,
+);
+
+/// SIGTERM with pooled upstream connections and an exchange in flight: the exchange
+/// finishes, then the proxy exits 0 without waiting for the drain deadline.
+#[test]
+fn sigterm_drains_and_exits() {
+    let up = Server::launch(
+        "http",
+        &["serve", "--http", "127.0.0.1:0", "--workers", "1"],
+        &[],
+        None,
+    );
+    let mut p = Proxy::start("epoll", &[up.addr.to_string()], &["--drain-timeout", "20s"]);
+    assert_eq!(status(&p.url("/"), &[]), "200");
+    let mut slow = TcpStream::connect(p.server.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    slow.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    p.server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    slow.write_all(b"world").unwrap();
+    let mut got = String::new();
+    let _ = slow.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("helloworld"), "{got}");
+    let status = p.server.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+    assert!(t0.elapsed() < Duration::from_secs(15));
+}
+
+/// Host-name upstreams: `localhost` resolves and serves; a name that does not resolve is
+/// taken out of rotation (and shown in `/metrics`) while the other keeps serving.
+fn hostname_upstreams(driver: &str) {
+    let a = Nginx::start("name");
+    let p = Proxy::start(
+        driver,
+        &[
+            format!("localhost:{}", a.port),
+            "nonexistent.invalid:80".into(),
+        ],
+        &["--health-interval", "200ms"],
+    );
+    for _ in 0..6 {
+        let body = curl(&[&p.url("/")]);
+        assert!(body.starts_with(&format!("port={} ", a.port)), "{body}");
+    }
+    let m = p.metrics();
+    let bad =
+        "ferry_proxy_upstream_resolved{protocol=\"http\",upstream=\"nonexistent.invalid:80\"}";
+    assert_eq!(metric(&m, bad), Some(0), "{m}");
+    let good = format!(
+        "ferry_proxy_upstream_resolved{{protocol=\"http\",upstream=\"localhost:{}\"}}",
+        a.port
+    );
+    assert_eq!(metric(&m, &good), Some(1), "{m}");
+}
+
+/// HEAD keeps the upstream's Content-Length and carries no body; the connection stays usable.
+fn head_keeps_content_length(driver: &str) {
+    let a = Nginx::start("head");
+    let p = Proxy::start(driver, &[a.addr()], &[]);
+    let mut s = TcpStream::connect(p.server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /g HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (head, rest) = all.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{all}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("content-length on HEAD");
+    assert!(len > 20, "{all}");
+    // Straight after the HEAD's head: the GET's response.
+    assert!(rest.starts_with("HTTP/1.1 200"), "{all}");
+    assert!(rest.contains("port="), "{all}");
+}

@@ -1,0 +1,378 @@
+//! End-to-end tests of `ferry proxy --protocol redis` under each driver: a real
+//! redis-server upstream, redis-cli, redis-py and redis-benchmark as clients.
+//!
+//! Nothing here asserts timing; every loop is bounded in count and time; loopback only.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, python, run, Server};
+
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        for _attempt in 0..5 {
+            let port = free_port();
+            if let Some(r) = Redis::start_on(port) {
+                return r;
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn start_on(port: u16) -> Option<Redis> {
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Redis { child, port });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Proxy {
+    server: Server,
+    admin: SocketAddr,
+}
+
+impl Proxy {
+    fn start(driver: &str, upstream: &str, extra: &[&str]) -> Proxy {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin_s = admin.to_string();
+        let mut args = vec![
+            "proxy",
+            "--protocol",
+            "redis",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--admin",
+            &admin_s,
+            "--workers",
+            "1",
+            "--driver",
+            driver,
+        ];
+        args.extend_from_slice(extra);
+        Proxy {
+            server: Server::launch("redis", &args, &[], None),
+            admin,
+        }
+    }
+
+    fn port(&self) -> String {
+        self.server.port()
+    }
+
+    fn metrics(&self) -> String {
+        let out = run(Command::new("curl").args([
+            "-s",
+            "--max-time",
+            "10",
+            &format!("http://{}/metrics", self.admin),
+        ]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn cli(port: &str, args: &[&str]) -> String {
+    let mut all = vec!["-p", port];
+    all.extend_from_slice(args);
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg("redis-cli")
+        .args(&all)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn py(script: &str) -> String {
+    let out = run(Command::new("timeout").args(["60", &python(), "-c", script]));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn metric(text: &str, prefix: &str) -> Option<i64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn commands_pipelines_transactions(driver: &str) {
+    let r = Redis::start();
+    let p = Proxy::start(driver, &r.addr(), &[]);
+    assert_eq!(cli(&p.port(), &["set", "k", "v"]), "OK");
+    assert_eq!(cli(&p.port(), &["get", "k"]), "v");
+    assert_eq!(cli(&p.port(), &["incr", "n"]), "1");
+    // Seen directly on the upstream.
+    assert_eq!(cli(&r.port.to_string(), &["get", "k"]), "v");
+    let script = format!(
+        "import redis\n\
+         r = redis.Redis(host='127.0.0.1', port={port}, socket_timeout=20)\n\
+         p = r.pipeline(transaction=False)\n\
+         for i in range(500):\n\
+         \x20   p.set(f'key{{i}}', i)\n\
+         \x20   p.get(f'key{{i}}')\n\
+         out = p.execute()\n\
+         assert all(out[2*i] is True and out[2*i+1] == str(i).encode() for i in range(500)), out[:6]\n\
+         t = r.pipeline(transaction=True)\n\
+         t.incr('tx'); t.incr('tx'); t.get('tx')\n\
+         assert t.execute() == [1, 2, b'2']\n\
+         assert r.get('n') == b'1'\n\
+         r3 = redis.Redis(host='127.0.0.1', port={port}, protocol=3, socket_timeout=20)\n\
+         r3.hset('h', mapping={{'a': '1'}})\n\
+         assert r3.hgetall('h') in ({{b'a': b'1'}},), r3.hgetall('h')\n\
+         print('ok')\n",
+        port = p.port()
+    );
+    assert_eq!(py(&script), "ok");
+}
+
+fn many_clients_few_upstream_connections(driver: &str) {
+    let r = Redis::start();
+    let p = Proxy::start(driver, &r.addr(), &["--redis-connections", "2"]);
+    let script = format!(
+        "import redis, threading\n\
+         errs = []\n\
+         def work(i):\n\
+         \x20   try:\n\
+         \x20       c = redis.Redis(host='127.0.0.1', port={port}, socket_timeout=20)\n\
+         \x20       for j in range(50):\n\
+         \x20           c.incr('total')\n\
+         \x20           assert c.set(f'c{{i}}', j) and c.get(f'c{{i}}') == str(j).encode()\n\
+         \x20   except Exception as e:\n\
+         \x20       errs.append(repr(e))\n\
+         ts = [threading.Thread(target=work, args=(i,)) for i in range(40)]\n\
+         [t.start() for t in ts]; [t.join() for t in ts]\n\
+         assert not errs, errs[:3]\n\
+         print(redis.Redis(host='127.0.0.1', port={port}).get('total').decode())\n",
+        port = p.port()
+    );
+    assert_eq!(py(&script), "2000");
+    let m = p.metrics();
+    let key = format!(
+        "ferry_proxy_upstream_connections{{protocol=\"redis\",upstream=\"{}\"}}",
+        r.addr()
+    );
+    let open = metric(&m, &key).unwrap();
+    assert!((1..=2).contains(&open), "{m}");
+}
+
+fn pubsub_passthrough(driver: &str) {
+    let r = Redis::start();
+    let p = Proxy::start(driver, &r.addr(), &[]);
+    let script = format!(
+        "import redis, time\n\
+         r = redis.Redis(host='127.0.0.1', port={port}, socket_timeout=20)\n\
+         ps = r.pubsub()\n\
+         ps.subscribe('news'); ps.psubscribe('n*')\n\
+         got = []\n\
+         deadline = time.time() + 20\n\
+         while len(got) < 2 and time.time() < deadline:\n\
+         \x20   m = ps.get_message(timeout=0.2)\n\
+         \x20   if m and m['type'] in ('subscribe', 'psubscribe'): got.append(m['type'])\n\
+         assert sorted(got) == ['psubscribe', 'subscribe'], got\n\
+         n = r.publish('news', 'hello')\n\
+         assert n == 2, n\n\
+         msgs = []\n\
+         while len(msgs) < 2 and time.time() < deadline:\n\
+         \x20   m = ps.get_message(timeout=0.2)\n\
+         \x20   if m: msgs.append((m['type'], m['data']))\n\
+         assert sorted(msgs) == [('message', b'hello'), ('pmessage', b'hello')], msgs\n\
+         ps.unsubscribe('news')\n\
+         assert r.set('after', 1) and r.get('after') == b'1'\n\
+         print('ok')\n",
+        port = p.port()
+    );
+    assert_eq!(py(&script), "ok");
+}
+
+fn redis_benchmark_pipelined(driver: &str) {
+    let r = Redis::start();
+    let p = Proxy::start(driver, &r.addr(), &[]);
+    let out = run(Command::new("timeout").args([
+        "120",
+        "redis-benchmark",
+        "-p",
+        &p.port(),
+        "-P",
+        "16",
+        "-n",
+        "20000",
+        "-q",
+        "-t",
+        "set,get,incr,lpush,lpop,mset",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last: Vec<&str> = text
+        .split(['\r', '\n'])
+        .filter(|l| l.contains("requests per second"))
+        .collect();
+    assert_eq!(last.len(), 6, "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !text.contains("ERR") && !err.contains("rror"),
+        "{text}\n{err}"
+    );
+    // Every command went through.
+    let m = p.metrics();
+    let key = format!(
+        "ferry_proxy_upstream_requests_total{{protocol=\"redis\",upstream=\"{}\"}}",
+        r.addr()
+    );
+    assert!(metric(&m, &key).unwrap() >= 120_000, "{m}");
+}
+
+fn upstream_restart_is_survived(driver: &str) {
+    let mut r = Redis::start();
+    let port = r.port;
+    let p = Proxy::start(driver, &r.addr(), &["--health-interval", "0"]);
+    let script = format!(
+        "import redis, time, sys\n\
+         r = redis.Redis(host='127.0.0.1', port={port}, socket_timeout=20)\n\
+         assert r.set('a', 1)\n\
+         print('ready', flush=True)\n\
+         sys.stdin.readline()\n\
+         errors = 0\n\
+         deadline = time.time() + 20\n\
+         while time.time() < deadline:\n\
+         \x20   try:\n\
+         \x20       if r.set('b', 2) and r.get('b') == b'2': break\n\
+         \x20   except redis.exceptions.ResponseError as e:\n\
+         \x20       assert 'ferry proxy' in str(e), e\n\
+         \x20       errors += 1\n\
+         \x20   time.sleep(0.05)\n\
+         else:\n\
+         \x20   raise SystemExit('never recovered')\n\
+         print('ok')\n",
+        port = p.port()
+    );
+    let mut child = Command::new("timeout")
+        .args(["60", &python(), "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // Restart the upstream on the same port.
+    let _ = r.child.kill();
+    let _ = r.child.wait();
+    let mut again = None;
+    for _ in 0..50 {
+        again = Redis::start_on(port);
+        if again.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = again.expect("redis-server restarted");
+    let _again = again;
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "{rest}");
+    assert_eq!(rest.trim(), "ok");
+}
+
+macro_rules! per_driver {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name("epoll"); } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { super::$name("uring"); } )*
+        }
+    };
+}
+
+per_driver!(
+    commands_pipelines_transactions,
+    many_clients_few_upstream_connections,
+    pubsub_passthrough,
+    redis_benchmark_pipelined,
+    upstream_restart_is_survived,
+    hung_upstream_times_out,
+);
+
+/// A hung (SIGSTOPped) upstream: commands on the shared connection fail after
+/// `--response-timeout` with the proxy's error instead of hanging; after SIGCONT the proxy
+/// reconnects and serves again.
+fn hung_upstream_times_out(driver: &str) {
+    let r = Redis::start();
+    let p = Proxy::start(
+        driver,
+        &r.addr(),
+        &["--health-interval", "0", "--response-timeout", "1s"],
+    );
+    assert_eq!(cli(&p.port(), &["set", "k", "v"]), "OK");
+    // SAFETY: signalling our own child process by its pid.
+    unsafe { libc::kill(r.child.id() as i32, libc::SIGSTOP) };
+    let script = format!(
+        "import redis\n\
+         r = redis.Redis(host='127.0.0.1', port={port}, socket_timeout=15)\n\
+         try:\n\
+         \x20   r.get('k'); print('answered')\n\
+         except redis.exceptions.ResponseError as e:\n\
+         \x20   print('error', 'ferry proxy' in str(e))\n",
+        port = p.port()
+    );
+    let out = py(&script);
+    // SAFETY: as above.
+    unsafe { libc::kill(r.child.id() as i32, libc::SIGCONT) };
+    assert_eq!(out, "error True");
+    let start = Instant::now();
+    loop {
+        if cli(&p.port(), &["get", "k"]) == "v" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
