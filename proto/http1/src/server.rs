@@ -426,7 +426,10 @@ impl ServerConnection {
         self.slots
             .iter()
             .find(|s| s.id == id)
-            .map_or((false, false), |s| (s.upgrade, s.keep_alive))
+            // No slot: its response already went out (an early answer) without closing the
+            // connection, so the rest of the body is read and the connection stays usable;
+            // `after_request` still honours `closing`.
+            .map_or((false, true), |s| (s.upgrade, s.keep_alive))
     }
 
     fn read_input(&mut self, input: &mut BytesMut) -> Result<(), (Error, Option<u64>)> {

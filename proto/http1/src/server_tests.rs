@@ -765,3 +765,29 @@ fn error_answer_to_head_has_no_body() {
     assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
     assert!(out.ends_with("content-length: 12\r\n\r\n"), "{out}");
 }
+
+#[test]
+fn early_answer_before_the_body_keeps_the_connection() {
+    let mut c = conn();
+    feed(&mut c, b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n").unwrap();
+    let evs = events(&mut c);
+    let Some(Event::Request(r)) = evs.first() else {
+        panic!("{evs:?}")
+    };
+    // The application answers before the body arrived (e.g. a proxy relaying an upstream's
+    // early response); the body is then read and discarded by the app.
+    c.send_response(r.id(), 200, &[], Body::Full(Bytes::from_static(b"early")))
+        .unwrap();
+    let out = output(&mut c);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(!out.contains("connection: close"), "{out}");
+    feed(&mut c, b"0123456789").unwrap();
+    let evs = events(&mut c);
+    assert!(matches!(evs.last(), Some(Event::End { .. })), "{evs:?}");
+    // The connection is still usable for the next request.
+    feed(&mut c, GET).unwrap();
+    let evs = answer_all(&mut c);
+    assert!(matches!(evs.first(), Some(Event::Request(_))), "{evs:?}");
+    assert!(output(&mut c).starts_with("HTTP/1.1 200"));
+    assert!(!c.is_closed());
+}
