@@ -6,6 +6,7 @@ mod demo;
 mod proxy_cmd;
 mod load;
 mod redis;
+mod serve_dpdk;
 mod serve_xdp;
 
 use std::net::SocketAddr;
@@ -37,7 +38,7 @@ enum Command {
     /// Run the demo server.
     Serve(ServeArgs),
     /// Show which transports this host supports and which one `auto` picks.
-    Probe,
+    Probe(ProbeArgs),
     /// Load generator on Ferry's own client state machines (http://, redis://).
     Bench(BenchArgs),
     /// Reverse proxy / load balancer (HTTP) or pooling proxy (Redis) in front of upstreams.
@@ -138,6 +139,10 @@ struct ServeArgs {
     /// The userspace stack's MAC address [default: the interface's].
     #[arg(long, value_name = "MAC", value_parser = parse_mac_arg)]
     mac: Option<[u8; 6]>,
+    /// DPDK device --driver dpdk owns (implies it under auto), e.g. net_af_packet0,iface=veth0
+    /// or net_tap0,iface=dtap0; the stack's address is --ip. Needs a build with --features dpdk.
+    #[arg(long, value_name = "DEVARGS")]
+    vdev: Option<String>,
     /// HTTP listener: IP:PORT, [IPv6]:PORT or unix:PATH [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     http: Option<ListenAddr>,
@@ -257,7 +262,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Probe => probe(),
+        Command::Probe(args) => probe(args),
         Command::Bench(args) => bench(args),
         Command::Proxy(args) => proxy_cmd::proxy(args),
         Command::Serve(args) => serve(args),
@@ -321,12 +326,46 @@ fn bench(args: BenchArgs) -> ExitCode {
     }
 }
 
-fn probe() -> ExitCode {
+#[derive(clap::Args, Debug, Default)]
+struct ProbeArgs {
+    /// Really set up AF_XDP on this interface (attach the XDP program, bind a socket to queue
+    /// 0, then detach): needs root; frames on that queue go to the probe for a moment.
+    #[arg(long, value_name = "IFACE")]
+    iface: Option<String>,
+}
+
+fn probe(args: ProbeArgs) -> ExitCode {
     println!(
         "{:<10} {:<10} {:<28} reason",
         "transport", "available", "capabilities"
     );
-    for row in ferry_driver::probe() {
+    let mut xdp_ok = false;
+    for mut row in ferry_driver::probe() {
+        if row.name == "AF_XDP" {
+            if let Some(iface) = &args.iface {
+                match ferry_xdp::probe(Some(iface)) {
+                    Ok(why) => (row.available, row.reason) = (true, why),
+                    Err(why) => (row.available, row.reason) = (false, why),
+                }
+                xdp_ok = row.available;
+            }
+        }
+        if row.name == "DPDK" {
+            // Really starts and stops an EAL (--no-huge, no devices) when built with `dpdk`.
+            match ferry_dpdk::probe() {
+                Ok(why) => {
+                    (row.available, row.reason) = (true, why);
+                    row.capabilities = vec!["userspace-tcp", "poll-mode"];
+                }
+                Err(why) => (row.available, row.reason) = (false, why),
+            }
+        }
+        if row.name == "raw" {
+            (row.available, row.reason, row.capabilities) = probe_raw();
+        }
+        if row.name == "RDMA" {
+            (row.available, row.reason) = probe_rdma();
+        }
         println!(
             "{:<10} {:<10} {:<28} {}",
             row.name,
@@ -342,13 +381,77 @@ fn probe() -> ExitCode {
     let env = std::env::var("FERRY_DRIVER").ok();
     match resolve(DriverKind::Auto, env.as_deref()) {
         Ok(k) => {
-            println!("auto: {k}");
+            match (&args.iface, xdp_ok) {
+                (Some(iface), true) => {
+                    println!("auto: xdp (--iface {iface}); {k} for kernel addresses")
+                }
+                _ => println!("auto: {k}"),
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("ferry: FERRY_DRIVER: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The raw AF_PACKET row: really opens a packet socket and selects TPACKET_V3 on it.
+fn probe_raw() -> (bool, String, Vec<&'static str>) {
+    match ferry_raw::socket::probe() {
+        Ok(()) => (
+            true,
+            "AF_PACKET socket with a TPACKET_V3 ring works: ferry-raw carries framed messages \
+             on an interface (library and raw_bench; not a `serve` driver)"
+                .into(),
+            vec!["tpacket-v3", "tpacket-v2", "framed"],
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => (
+            false,
+            format!("socket(AF_PACKET) failed: {e} (needs CAP_NET_RAW: run as root)"),
+            Vec::new(),
+        ),
+        Err(e) => (
+            false,
+            format!("AF_PACKET/TPACKET_V3 unavailable: {e} (kernel without CONFIG_PACKET?)"),
+            Vec::new(),
+        ),
+    }
+}
+
+/// The RDMA row: the devices libibverbs sees (feature `rdma`), else what sysfs says.
+fn probe_rdma() -> (bool, String) {
+    use ferry_rdma::RdmaError;
+    match ferry_rdma::device::device_names() {
+        Ok(names) => (
+            true,
+            format!(
+                "RDMA device(s) {} (ferry-rdma RC queue pairs; untested on hardware)",
+                names.join(", ")
+            ),
+        ),
+        Err(RdmaError::FeatureDisabled) => {
+            let present: Vec<String> = std::fs::read_dir("/sys/class/infiniband")
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if present.is_empty() {
+                (false, ferry_rdma::device::no_devices_reason())
+            } else {
+                (
+                    false,
+                    format!(
+                        "RDMA device(s) {} present, but this build lacks the `rdma` feature \
+                         (cargo build --features rdma)",
+                        present.join(", ")
+                    ),
+                )
+            }
+        }
+        Err(e) => (false, e.to_string()),
     }
 }
 
@@ -411,6 +514,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     // An interface to own picks the kernel-bypass driver; a kernel address never does.
     let requested = match (requested, &args.iface) {
         (DriverKind::Auto, Some(_)) => DriverKind::Xdp,
+        (DriverKind::Auto, None) if args.vdev.is_some() => DriverKind::Dpdk,
         (r, _) => r,
     };
     let env = std::env::var("FERRY_DRIVER").ok();
@@ -418,7 +522,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return usage_error(format_args!("FERRY_DRIVER: {e}")),
     };
-    if driver != DriverKind::Xdp && (args.iface.is_some() || args.ip.is_some()) {
+    if driver == DriverKind::Dpdk {
+        if args.iface.is_some() {
+            return usage_error("--iface: only with --driver xdp (dpdk takes --vdev)");
+        }
+    } else if args.vdev.is_some() {
+        return usage_error("--vdev: only with --driver dpdk");
+    } else if driver != DriverKind::Xdp && (args.iface.is_some() || args.ip.is_some()) {
         return usage_error("--iface/--ip: only with --driver xdp");
     }
 
@@ -514,6 +624,24 @@ fn serve(args: ServeArgs) -> ExitCode {
             mac: args.mac,
         };
         match serve_xdp::start(&x, http_addr, redis_addr, &opts, &app) {
+            Ok(hs) => handles.extend(hs),
+            Err(e) => {
+                eprintln!("ferry: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        (None, None)
+    } else if driver == DriverKind::Dpdk {
+        let (Some(vdev), Some(ip)) = (args.vdev.clone(), args.ip) else {
+            return usage_error("--driver dpdk: needs --vdev DEVARGS and --ip CIDR");
+        };
+        let d = serve_dpdk::DpdkArgs {
+            vdev,
+            ip,
+            gateway: args.gateway,
+            mac: args.mac,
+        };
+        match serve_dpdk::start(&d, http_addr, redis_addr, &opts, &app) {
             Ok(hs) => handles.extend(hs),
             Err(e) => {
                 eprintln!("ferry: {e}");

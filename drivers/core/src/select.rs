@@ -13,6 +13,11 @@ pub enum DriverKind {
     Epoll,
     /// io_uring.
     Uring,
+    /// AF_XDP with a userspace TCP/IP stack (smoltcp) on an interface it owns (`--iface`).
+    Xdp,
+    /// DPDK (feature `dpdk` of ferry-dpdk) with a userspace TCP/IP stack on a vdev it owns
+    /// (`--vdev`, e.g. `net_af_packet0,iface=IF`).
+    Dpdk,
 }
 
 impl DriverKind {
@@ -22,6 +27,8 @@ impl DriverKind {
             DriverKind::Auto => "auto",
             DriverKind::Epoll => "epoll",
             DriverKind::Uring => "uring",
+            DriverKind::Xdp => "xdp",
+            DriverKind::Dpdk => "dpdk",
         }
     }
 }
@@ -40,7 +47,7 @@ impl fmt::Display for UnknownDriver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown driver `{}` (expected auto, epoll or uring)",
+            "unknown driver `{}` (expected auto, epoll, uring, xdp or dpdk)",
             self.0
         )
     }
@@ -55,6 +62,8 @@ impl FromStr for DriverKind {
             "auto" => Ok(DriverKind::Auto),
             "epoll" | "mio" => Ok(DriverKind::Epoll),
             "uring" | "io_uring" | "io-uring" => Ok(DriverKind::Uring),
+            "xdp" | "af_xdp" | "af-xdp" => Ok(DriverKind::Xdp),
+            "dpdk" => Ok(DriverKind::Dpdk),
             _ => Err(UnknownDriver(s.to_string())),
         }
     }
@@ -94,6 +103,21 @@ pub fn probe_uring() -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the kernel creates AF_XDP sockets (`CONFIG_XDP_SOCKETS`, privileges).
+pub fn probe_af_xdp() -> Result<(), String> {
+    // SAFETY: socket(2) takes no pointers; the result is checked and closed once.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "socket(AF_XDP) failed: {} (no CONFIG_XDP_SOCKETS, or not permitted: needs CAP_NET_RAW)",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: closing the descriptor we just created.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
 /// Whether epoll works here.
 pub fn probe_epoll() -> Result<(), String> {
     // SAFETY: epoll_create1 takes no pointers; the result is checked and closed once.
@@ -114,9 +138,10 @@ fn rdma_reason() -> String {
         .map(|d| d.count())
         .unwrap_or(0);
     if devices == 0 {
-        "not built yet; no RDMA device here (/sys/class/infiniband is empty or absent)".into()
+        "no RDMA devices: /sys/class/infiniband is empty or absent (ferry-rdma probes libibverbs)"
+            .into()
     } else {
-        format!("not built yet ({devices} RDMA device(s) present)")
+        format!("{devices} RDMA device(s) in /sys/class/infiniband (ferry-rdma, feature `rdma`)")
     }
 }
 
@@ -141,12 +166,17 @@ pub fn probe() -> Vec<ProbeRow> {
             .unwrap_or_else(|| "epoll_create1 works (mio, edge-triggered)".into()),
         capabilities: vec!["vectored"],
     });
+    let x = probe_af_xdp();
+    rows.push(ProbeRow {
+        name: "AF_XDP",
+        available: x.is_ok(),
+        reason: x.err().unwrap_or_else(|| {
+            "socket(AF_XDP) works; --driver xdp --iface IF --ip CIDR owns IF (smoltcp TCP; copy mode on veth)".into()
+        }),
+        capabilities: vec!["userspace-tcp", "copy-mode"],
+    });
     let rdma = rdma_reason();
     for (name, why) in [
-        (
-            "AF_XDP",
-            "not built yet (needs --iface to own; issue 4 follow-up)",
-        ),
         (
             "DPDK",
             "not built yet (needs --vdev to own; issue 4 follow-up)",
@@ -154,7 +184,7 @@ pub fn probe() -> Vec<ProbeRow> {
         ("RDMA", rdma.as_str()),
         (
             "raw",
-            "not built yet (AF_PACKET + smoltcp; needs an interface to own)",
+            "AF_PACKET framed messages (ferry-raw); `ferry probe` opens a TPACKET_V3 socket",
         ),
         (
             "std",
@@ -200,7 +230,10 @@ mod tests {
         assert_eq!("URING".parse(), Ok(DriverKind::Uring));
         assert_eq!("io_uring".parse(), Ok(DriverKind::Uring));
         assert_eq!("auto".parse(), Ok(DriverKind::Auto));
-        assert!("dpdk".parse::<DriverKind>().is_err());
+        assert_eq!("af_xdp".parse(), Ok(DriverKind::Xdp));
+        assert_eq!(DriverKind::Xdp.name(), "xdp");
+        assert_eq!("dpdk".parse(), Ok(DriverKind::Dpdk));
+        assert!("bogus".parse::<DriverKind>().is_err());
     }
 
     #[test]
