@@ -36,7 +36,10 @@ impl Demo {
 
     /// A listener started: report its workers too.
     pub fn add_stats(&self, stats: Stats) {
-        self.stats.write().unwrap_or_else(|e| e.into_inner()).push(stats);
+        self.stats
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stats);
     }
 
     fn health(&self) -> Response {

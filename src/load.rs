@@ -157,7 +157,11 @@ where
             last = (t, done);
         }
         let left = deadline.saturating_duration_since(t);
-        let nap = if shared.limited() || left.is_zero() { Duration::from_millis(20) } else { left };
+        let nap = if shared.limited() || left.is_zero() {
+            Duration::from_millis(20)
+        } else {
+            left
+        };
         std::thread::sleep(nap.min(Duration::from_millis(20)));
     }
     if tty {
@@ -197,12 +201,7 @@ struct Client<P> {
     draining: bool,
 }
 
-fn connect<P>(
-    addr: SocketAddr,
-    poll: &Poll,
-    token: usize,
-    conn: P,
-) -> io::Result<Client<P>> {
+fn connect<P>(addr: SocketAddr, poll: &Poll, token: usize, conn: P) -> io::Result<Client<P>> {
     let std = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     std.set_nodelay(true)?;
     std.set_nonblocking(true)?;
@@ -322,7 +321,13 @@ fn worker<P: LoadProto>(
 }
 
 /// Read until a short read, feed the state machine, count what completed.
-fn read<P: LoadProto>(s: &Shared, c: &mut Client<P>, buf: &mut [u8], start: Instant, t: &mut Tally) {
+fn read<P: LoadProto>(
+    s: &Shared,
+    c: &mut Client<P>,
+    buf: &mut [u8],
+    start: Instant,
+    t: &mut Tally,
+) {
     while c.readable && !c.dead {
         match c.stream.read(buf) {
             Ok(0) => {
@@ -432,7 +437,13 @@ fn write<P: LoadProto>(c: &mut Client<P>) {
 
 /// The stable latency object of `--json`: `p50`, `p90`, `p99`, `p999`, `max` in µs.
 fn latency_json(h: &Histogram<u64>) -> String {
-    let q = |p: f64| if h.is_empty() { 0 } else { h.value_at_quantile(p) };
+    let q = |p: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(p)
+        }
+    };
     format!(
         "{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}",
         q(0.5),

@@ -3,8 +3,8 @@
 mod bench;
 mod bench_redis;
 mod demo;
-mod proxy_cmd;
 mod load;
+mod proxy_cmd;
 mod redis;
 mod serve_dpdk;
 mod serve_xdp;
@@ -499,7 +499,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         (None, None) if redis_addr.is_some() => None,
         (None, None) => Some(ListenAddr::Inet(SocketAddr::new(
-            args.ip.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.addr.into()),
+            args.ip
+                .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |c| c.addr.into()),
             8080,
         ))),
     };

@@ -1094,6 +1094,23 @@ fn probe_lists_transports_and_auto() {
     for t in ["io_uring", "epoll", "AF_XDP", "DPDK", "RDMA", "raw", "std"] {
         assert!(text.lines().any(|l| l.starts_with(t)), "{t}: {text}");
     }
+    // The raw and RDMA rows are really probed and explain their verdict.
+    let line = |t: &str| text.lines().find(|l| l.starts_with(t)).unwrap().to_string();
+    let raw = line("raw ");
+    assert!(raw.contains("AF_PACKET"), "{raw}");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(raw.split_whitespace().nth(1) == Some("yes"), "{raw}");
+    }
+    let rdma = line("RDMA ");
+    assert!(rdma.contains("RDMA") && rdma.len() > 40, "{rdma}");
+    if !std::path::Path::new("/sys/class/infiniband").exists() {
+        assert!(
+            rdma.contains("no RDMA devices: the kernel has no InfiniBand support"),
+            "{rdma}"
+        );
+        assert!(rdma.split_whitespace().nth(1) == Some("no"), "{rdma}");
+    }
     let last = text.trim_end().lines().last().unwrap();
     assert!(last == "auto: uring" || last == "auto: epoll", "{last}");
 }

@@ -4,25 +4,34 @@
 //! (prior knowledge, `ferry_http2::sniff`) or when the first request asks for `Upgrade: h2c`
 //! (answered `101`, then stream 1 is that request).
 //!
-//! HTTP/2 requests run inline on the I/O worker (also with application workers configured).
-//! The service sees each request as an HTTP/1.1-shaped [`Request`]: its head
-//! is rebuilt as HTTP/1.1 text and parsed by `ferry_http1` (the crate has no public
-//! constructor for a request head), with `content-length` or `transfer-encoding: chunked`
-//! telling whether a body follows.
+//! The service sees each request as an HTTP/1.1-shaped [`Request`], built with
+//! `ferry_http1::Request::from_parts` from the decoded fields (the authority becomes `host`,
+//! hop-by-hop fields are dropped, split `cookie` fields are joined with `"; "` as RFC 9113
+//! §8.2.3 asks), whose [`RequestId`] is the stream id. Whether a body follows is known at the
+//! first DATA or the end of the stream: its length is the `content-length`, else unknown.
+//!
+//! Without application workers requests run inline on the I/O worker; with them
+//! (`ServerOptions::app_workers`), every stream goes through the same bounded channels as
+//! HTTP/1.1 ([`pool`](crate::pool)): head, body pieces and end as [`Job`]s (each stream to one
+//! application worker, so its events stay in order, different streams of a connection spread
+//! over the workers), replies back as the I/O worker's mail. A full channel keeps the job on
+//! the connection and stops reading (no byte or request dropped) until the retry gets through.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::TrySendError;
+use ferry_http1::{BodyKind, RequestId, Version};
 use ferry_http2::{sniff, Body, Reason, ServerConnection, Sniff, StreamId};
 use ferry_proto::{Connection, Instant};
 use smallvec::SmallVec;
 
 use crate::driven::{OutQueue, Session};
 use crate::metrics::add;
-use crate::pool::Reply;
+use crate::pool::{shard, Job, JobKind, Reply};
 use crate::runtime::WorkerCtx;
 use crate::service::{ConnInfo, Exchange, HeadBody, Part, Parts, Request, Responder};
 use crate::session::HttpSession;
@@ -44,6 +53,8 @@ struct H2Stream {
     /// credit goes back only once the application's output for them is queued, so a client
     /// that sends without reading stalls instead of growing our memory.
     unreleased: usize,
+    /// The request went to an application worker (its events follow as jobs).
+    remote: bool,
 }
 
 /// One HTTP/2 connection (h2c) as an I/O worker drives it.
@@ -52,7 +63,11 @@ pub struct H2Session {
     input: BytesMut,
     out: OutQueue,
     info: ConnInfo,
+    /// Connection generation (replies from application workers carry it).
+    gen: u32,
     streams: HashMap<StreamId, H2Stream>,
+    /// Jobs an application channel refused (full): reading pauses until they are taken.
+    pending: VecDeque<Job>,
     eof: bool,
 }
 
@@ -87,22 +102,31 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 impl H2Session {
-    fn with_conn(conn: ServerConnection, info: ConnInfo, input: BytesMut, out: OutQueue) -> Self {
+    fn with_conn(
+        conn: ServerConnection,
+        info: ConnInfo,
+        gen: u32,
+        input: BytesMut,
+        out: OutQueue,
+    ) -> Self {
         H2Session {
             conn,
             input,
             out,
             info,
+            gen,
             streams: HashMap::new(),
+            pending: VecDeque::new(),
             eof: false,
         }
     }
 
-    /// A prior-knowledge connection whose first bytes are in `input`.
-    pub fn new(info: ConnInfo, input: BytesMut, now: Instant) -> H2Session {
+    /// A prior-knowledge connection of generation `gen` whose first bytes are in `input`.
+    pub fn new(info: ConnInfo, gen: u32, input: BytesMut, now: Instant) -> H2Session {
         H2Session::with_conn(
             ServerConnection::new(h2_config(), now),
             info,
+            gen,
             input,
             OutQueue::default(),
         )
@@ -114,56 +138,65 @@ impl H2Session {
         }
     }
 
-    /// Rebuild `head` as an HTTP/1.1 request the service understands.
+    /// `head` as the HTTP/1.1-shaped request the service understands, or `None` if it cannot
+    /// be one (answered 400).
     fn to_request(
         &self,
-        ctx: &WorkerCtx,
+        id: StreamId,
         head: &ferry_http2::Request,
         has_body: bool,
-        now: Instant,
     ) -> Option<Request> {
-        let mut text = BytesMut::with_capacity(256);
-        text.put_slice(head.method().as_bytes());
-        text.put_u8(b' ');
-        text.put_slice(head.path().as_bytes());
-        text.put_slice(b" HTTP/1.1\r\nhost: ");
-        text.put_slice(head.authority().unwrap_or("localhost").as_bytes());
-        text.put_slice(b"\r\n");
-        let mut has_length = false;
+        // RFC 9113 §8.2.3: split `cookie` fields are joined for HTTP/1.1 consumers.
+        let mut joined: Vec<u8> = Vec::new();
+        if head.fields().get_all("cookie").nth(1).is_some() {
+            for v in head.fields().get_all("cookie") {
+                if !joined.is_empty() {
+                    joined.extend_from_slice(b"; ");
+                }
+                joined.extend_from_slice(v);
+            }
+        }
+        let mut fields: SmallVec<[(&[u8], &[u8]); 16]> = SmallVec::new();
+        fields.push((b"host", head.authority().unwrap_or("localhost").as_bytes()));
+        let mut cookie_done = false;
         for (n, v) in head.fields().iter() {
             if n == "host" || HOP_BY_HOP.contains(&n) || n.starts_with(':') {
                 continue;
             }
-            if n == "content-length" {
-                if !has_body {
-                    continue;
+            if n == "content-length" && !has_body {
+                continue;
+            }
+            if n == "cookie" && !joined.is_empty() {
+                if !cookie_done {
+                    fields.push((b"cookie", &joined));
+                    cookie_done = true;
                 }
-                has_length = true;
+                continue;
             }
-            text.put_slice(n.as_bytes());
-            text.put_slice(b": ");
-            text.put_slice(v);
-            text.put_slice(b"\r\n");
+            fields.push((n.as_bytes(), v));
         }
-        if has_body && !has_length {
-            text.put_slice(b"transfer-encoding: chunked\r\n");
-        }
-        text.put_slice(b"\r\n");
-        let mut h1 = ferry_http1::ServerConnection::new(ctx.http.clone(), now);
-        h1.handle_input(now, &mut text).ok()?;
-        match h1.poll_event()? {
-            ferry_http1::server::Event::Request(h) => {
-                Some(Request::new(h, Bytes::new(), self.info))
-            }
-            _ => None,
-        }
+        let body = match (has_body, head.content_length()) {
+            (false, _) => BodyKind::Empty,
+            (true, Some(n)) => BodyKind::Length(n),
+            (true, None) => BodyKind::Chunked,
+        };
+        let h1 = ferry_http1::Request::from_parts(
+            RequestId::new(u64::from(id.get())),
+            head.method().as_bytes(),
+            head.path().as_bytes(),
+            Version::Http11,
+            fields,
+            body,
+        )
+        .ok()?;
+        Some(Request::new(h1, Bytes::new(), self.info))
     }
 
-    fn start(&mut self, ctx: &mut WorkerCtx, id: StreamId, has_body: bool, now: Instant) {
+    fn start(&mut self, ctx: &mut WorkerCtx, id: StreamId, has_body: bool) {
         let Some(head) = self.streams.get_mut(&id).and_then(|s| s.head.take()) else {
             return;
         };
-        let Some(req) = self.to_request(ctx, &head, has_body, now) else {
+        let Some(req) = self.to_request(id, &head, has_body) else {
             let _ = self.conn.send_response(
                 id,
                 400,
@@ -175,6 +208,16 @@ impl H2Session {
             }
             return;
         };
+        if !ctx.jobs.is_empty() {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.remote = true;
+            }
+            self.send_job(ctx, id, JobKind::Head(Box::new(req)));
+            if !has_body {
+                self.send_job(ctx, id, JobKind::End);
+            }
+            return;
+        }
         let mut out = Responder::new();
         if has_body {
             let (ex, o) =
@@ -197,6 +240,82 @@ impl H2Session {
         }
     }
 
+    /// The application channel of stream `id`: one per stream, so a stream's jobs stay in
+    /// order while a connection's streams spread over the application workers.
+    fn channel(&self, ctx: &WorkerCtx, id: u64) -> usize {
+        let key = self
+            .info
+            .token
+            .wrapping_add((id as usize).wrapping_mul(0x9e37_79b9));
+        shard(ctx.index, key, ctx.jobs.len())
+    }
+
+    fn send_job(&mut self, ctx: &mut WorkerCtx, id: StreamId, kind: JobKind) {
+        let job = Job {
+            io: ctx.index,
+            token: self.info.token,
+            gen: self.gen,
+            id: RequestId::new(u64::from(id.get())),
+            kind,
+        };
+        if !self.pending.is_empty() {
+            self.pending.push_back(job);
+            return;
+        }
+        let tx = &ctx.jobs[self.channel(ctx, job.id.get())];
+        match tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                add(&ctx.metrics.backpressure, 1);
+                self.pending.push_back(job);
+            }
+            Err(TrySendError::Disconnected(_)) => self.app_gone(id),
+        }
+    }
+
+    /// The application workers are gone (shutting down): the stream cannot be answered.
+    fn app_gone(&mut self, id: StreamId) {
+        let _ = self.conn.reset(id, Reason::INTERNAL_ERROR);
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.remote = false;
+            s.response_done = true;
+        }
+    }
+
+    /// Retry jobs the application channels refused. Returns whether all went through.
+    fn retry_pending(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        while let Some(job) = self.pending.pop_front() {
+            let id = StreamId::new(job.id.get() as u32);
+            match ctx.jobs[self.channel(ctx, job.id.get())].try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job)) => {
+                    self.pending.push_front(job);
+                    return false;
+                }
+                Err(TrySendError::Disconnected(_)) => self.app_gone(id),
+            }
+        }
+        // Room again: read what waited in the input buffer.
+        self.process(ctx, now);
+        self.pending.is_empty()
+    }
+
+    /// Apply an application worker's reply.
+    fn apply_reply(&mut self, ctx: &mut WorkerCtx, reply: Reply, now: Instant) {
+        if reply.gen != self.gen {
+            return;
+        }
+        let id = StreamId::new(reply.id.get() as u32);
+        if self.streams.contains_key(&id) {
+            self.apply_parts(ctx, id, reply.parts);
+            self.flush(ctx, id, now);
+        }
+        self.process(ctx, now);
+    }
+
     fn on_event(&mut self, ctx: &mut WorkerCtx, ev: ferry_http2::Event, now: Instant) {
         use ferry_http2::Event;
         match ev {
@@ -217,7 +336,12 @@ impl H2Session {
                     None => self.conn.release_capacity(id, data.len()),
                 }
                 if self.streams.get(&id).is_some_and(|s| s.head.is_some()) {
-                    self.start(ctx, id, true, now);
+                    self.start(ctx, id, true);
+                }
+                if self.streams.get(&id).is_some_and(|s| s.remote) {
+                    self.send_job(ctx, id, JobKind::Data(data));
+                    self.release(id);
+                    return;
                 }
                 let parts = match self.streams.get_mut(&id).and_then(|s| s.exchange.as_mut()) {
                     Some((ex, out)) => {
@@ -234,7 +358,9 @@ impl H2Session {
             }
             Event::End { id } => {
                 if self.streams.get(&id).is_some_and(|s| s.head.is_some()) {
-                    self.start(ctx, id, false, now);
+                    self.start(ctx, id, false);
+                } else if self.streams.get(&id).is_some_and(|s| s.remote) {
+                    self.send_job(ctx, id, JobKind::End);
                 } else if let Some((ex, mut out)) =
                     self.streams.get_mut(&id).and_then(|s| s.exchange.take())
                 {
@@ -258,6 +384,9 @@ impl H2Session {
                     }
                     if let Some((ex, _)) = s.exchange.take() {
                         ex.abort();
+                    }
+                    if s.remote && !s.request_done {
+                        self.send_job(ctx, id, JobKind::Abort);
                     }
                 }
             }
@@ -415,6 +544,7 @@ impl H2Session {
 impl H2Session {
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
         !self.eof
+            && self.pending.is_empty()
             && self.out.len() < ctx.options.write_high_water
             && self.input.len() < ctx.options.input_high_water
             && self.conn.wants_read()
@@ -441,7 +571,7 @@ impl H2Session {
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         for _ in 0..64 {
             let before = self.input.len();
-            if !self.input.is_empty() && self.conn.wants_read() {
+            if !self.input.is_empty() && self.pending.is_empty() && self.conn.wants_read() {
                 // Errors are answered on the wire (GOAWAY); keep pumping until closed.
                 if self.conn.handle_input(now, &mut self.input).is_err() {
                     self.input.clear();
@@ -467,10 +597,21 @@ impl H2Session {
         }
         self.collect();
     }
-    fn close(mut self) {
-        for (_, mut s) in self.streams.drain() {
+    fn close(mut self, ctx: &mut WorkerCtx) {
+        for (id, mut s) in std::mem::take(&mut self.streams) {
             if let Some((ex, _)) = s.exchange.take() {
                 ex.abort();
+            }
+            if s.remote && !s.request_done && !ctx.jobs.is_empty() {
+                // Best effort: with a full channel the app worker keeps the state until exit.
+                let job = Job {
+                    io: ctx.index,
+                    token: self.info.token,
+                    gen: self.gen,
+                    id: RequestId::new(u64::from(id.get())),
+                    kind: JobKind::Abort,
+                };
+                let _ = ctx.jobs[self.channel(ctx, job.id.get())].try_send(job);
             }
         }
     }
@@ -523,7 +664,7 @@ impl HttpAuto {
             Mode::Undecided(mut h) if h2 => {
                 let input = std::mem::take(&mut h.input);
                 let info = *h.info();
-                let mut s = H2Session::new(info, input, now);
+                let mut s = H2Session::new(info, h.gen(), input, now);
                 s.process(ctx, now);
                 Mode::H2(Box::new(s))
             }
@@ -556,6 +697,7 @@ impl HttpAuto {
                             let mut s = H2Session::with_conn(
                                 conn,
                                 info,
+                                h.gen(),
                                 input,
                                 OutQueue::from_parts(out, out_bytes),
                             );
@@ -564,7 +706,7 @@ impl HttpAuto {
                         }
                         Err(_) => {
                             // The 101 went out already: nothing sensible to continue with.
-                            let mut s = H2Session::new(info, BytesMut::new(), now);
+                            let mut s = H2Session::new(info, h.gen(), BytesMut::new(), now);
                             s.out = OutQueue::from_parts(out, out_bytes);
                             s.conn.close();
                             s.eof = true;
@@ -635,7 +777,8 @@ impl Session for HttpAuto {
     fn has_pending(&self) -> bool {
         match &self.mode {
             Mode::Undecided(h) | Mode::H1(h) => h.has_pending(),
-            _ => false,
+            Mode::H2(s) => !s.pending.is_empty(),
+            Mode::Switching => false,
         }
     }
     fn poll_timeout(&self) -> Option<Instant> {
@@ -735,15 +878,18 @@ impl Session for HttpAuto {
     fn retry_pending(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
         match &mut self.mode {
             Mode::Undecided(h) | Mode::H1(h) => h.retry_pending(ctx, now),
-            _ => true,
+            Mode::H2(s) => s.retry_pending(ctx, now),
+            Mode::Switching => true,
         }
     }
     fn take_mail(ctx: &mut WorkerCtx, shared: &(), into: &mut Vec<(usize, Reply)>) {
         <HttpSession as Session>::take_mail(ctx, shared, into)
     }
     fn apply_mail(&mut self, ctx: &mut WorkerCtx, mail: Reply, now: Instant) {
-        if let Mode::Undecided(h) | Mode::H1(h) = &mut self.mode {
-            h.apply_reply(ctx, mail, now);
+        match &mut self.mode {
+            Mode::Undecided(h) | Mode::H1(h) => h.apply_reply(ctx, mail, now),
+            Mode::H2(s) => s.apply_reply(ctx, mail, now),
+            Mode::Switching => {}
         }
     }
     fn close(self, ctx: &mut WorkerCtx) {
@@ -751,7 +897,7 @@ impl Session for HttpAuto {
             Mode::Undecided(h) | Mode::H1(h) => h.close(ctx),
             Mode::H2(s) => {
                 let info = s.info;
-                s.close();
+                s.close(ctx);
                 add(&ctx.metrics.closed, 1);
                 let svc = ctx.service.clone();
                 let _ = catch_unwind(AssertUnwindSafe(|| svc.on_disconnect(&info)));
@@ -853,5 +999,202 @@ mod tests {
         assert!(matches!(s.mode, Mode::H2(_)));
         let out = drain(&mut s, &c);
         assert!(out.starts_with(b"HTTP/1.1 101"), "{out:?}");
+    }
+
+    /// Answers with the name of the thread that ran it and the body length.
+    struct ThreadName;
+    impl Service for ThreadName {
+        fn call(&self, req: Request) -> Response {
+            let name = std::thread::current().name().unwrap_or("?").to_string();
+            Response::text(200, format!("{name} {} {}", req.path(), req.body().len()))
+        }
+    }
+
+    /// A client connection and the bytes it wants to send.
+    fn client() -> ferry_http2::ClientConnection {
+        ferry_http2::ClientConnection::new(Arc::new(ferry_http2::Config::default()), Instant::ZERO)
+    }
+
+    fn client_out(c: &mut ferry_http2::ClientConnection) -> Vec<u8> {
+        let mut v = Vec::new();
+        while let Some(b) = c.poll_transmit() {
+            v.extend_from_slice(&b);
+        }
+        v
+    }
+
+    /// Feed the server's output to the client; the complete responses `(stream, status, body)`.
+    fn responses(
+        c: &mut ferry_http2::ClientConnection,
+        bytes: &[u8],
+        done: &mut Vec<(u32, u16, String)>,
+    ) {
+        let mut input = BytesMut::from(bytes);
+        c.handle_input(Instant::ZERO, &mut input).unwrap();
+        let mut partial: HashMap<u32, (u16, Vec<u8>)> = HashMap::new();
+        while let Some(ev) = c.poll_event() {
+            match ev {
+                ferry_http2::Event::Response { id, response } => {
+                    partial.insert(id.get(), (response.status(), Vec::new()));
+                }
+                ferry_http2::Event::Data { id, data } => {
+                    c.release_capacity(id, data.len());
+                    if let Some(p) = partial.get_mut(&id.get()) {
+                        p.1.extend_from_slice(&data);
+                    }
+                }
+                ferry_http2::Event::End { id } => {
+                    if let Some((st, b)) = partial.remove(&id.get()) {
+                        done.push((id.get(), st, String::from_utf8(b).unwrap()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn h2_streams_run_on_application_workers() {
+        let bell = Arc::new(EventFd::new().unwrap());
+        let (rtx, rrx) = crossbeam_channel::bounded(16);
+        let (jobs, pool) = crate::pool::start_app_workers(
+            2,
+            4,
+            Arc::new(ThreadName),
+            1 << 20,
+            vec![(rtx, bell)],
+            vec![Arc::new(WorkerMetrics::default())],
+        );
+        let mut c = ctx();
+        c.service = Arc::new(ThreadName);
+        c.jobs = jobs;
+        let mut s = HttpAuto::open(&mut c, &Arc::new(()), info(), 1, Instant::ZERO).unwrap();
+        let mut cl = client();
+        let head = ferry_http2::RequestHead::new("GET", "http", "x", "/get");
+        cl.send_request(&head, Body::Empty).unwrap();
+        let head = ferry_http2::RequestHead::new("POST", "http", "x", "/post");
+        cl.send_request(&head, Body::Full(Bytes::from_static(b"hello")))
+            .unwrap();
+        s.input().extend_from_slice(&client_out(&mut cl));
+        s.process(&mut c, Instant::ZERO);
+        assert!(matches!(s.mode, Mode::H2(_)));
+        let mut done = Vec::new();
+        responses(&mut cl, &drain(&mut s, &c), &mut done);
+        // Nothing was answered on this (the I/O) thread.
+        assert!(done.is_empty(), "{done:?}");
+        let mut replies = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while replies < 2 && std::time::Instant::now() < deadline {
+            // As the driver does: retry what a full channel refused, then read the mail.
+            s.retry_pending(&mut c, Instant::ZERO);
+            if let Ok(reply) = rrx.recv_timeout(std::time::Duration::from_millis(50)) {
+                assert_eq!((reply.token, reply.gen), (1, 1));
+                s.apply_mail(&mut c, reply, Instant::ZERO);
+                replies += 1;
+            }
+        }
+        responses(&mut cl, &drain(&mut s, &c), &mut done);
+        done.sort();
+        assert_eq!(done.len(), 2, "{done:?}");
+        assert_eq!(done[0].0, 1);
+        assert!(
+            done[0].2.starts_with("ferry-app-") && done[0].2.ends_with(" /get 0"),
+            "{done:?}"
+        );
+        assert_eq!(done[1].0, 3);
+        assert!(
+            done[1].2.starts_with("ferry-app-") && done[1].2.ends_with(" /post 5"),
+            "{done:?}"
+        );
+        assert!(done.iter().all(|d| d.1 == 200));
+        s.close(&mut c);
+        c.jobs.clear();
+        assert_eq!(pool.join(), 0);
+    }
+
+    #[test]
+    fn h2_full_channel_pauses_reading_and_drops_no_stream() {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(2);
+        let mut c = ctx();
+        c.jobs = vec![tx];
+        let mut s = HttpAuto::open(&mut c, &Arc::new(()), info(), 7, Instant::ZERO).unwrap();
+        let mut cl = client();
+        for i in 0..5 {
+            let path = format!("/{i}");
+            let head = ferry_http2::RequestHead::new("GET", "http", "x", &path);
+            cl.send_request(&head, Body::Empty).unwrap();
+        }
+        s.input().extend_from_slice(&client_out(&mut cl));
+        assert!(s.wants_read(&c));
+        s.process(&mut c, Instant::ZERO);
+        // Two jobs fit; the rest wait on the connection, and reading pauses.
+        assert!(s.has_pending());
+        assert!(!s.wants_read(&c));
+        assert!(
+            c.metrics
+                .backpressure
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 1
+        );
+        let kind = |j: &Job| match j.kind {
+            JobKind::Head(ref r) => format!("head {}", r.path()),
+            JobKind::Data(_) => "data".into(),
+            JobKind::End => "end".into(),
+            JobKind::Abort => "abort".into(),
+        };
+        let mut seen: Vec<(u64, String)> = Vec::new();
+        let mut jobs = Vec::new();
+        for _ in 0..50 {
+            for j in rx.try_iter() {
+                seen.push((j.id.get(), kind(&j)));
+                jobs.push(j);
+            }
+            if s.retry_pending(&mut c, Instant::ZERO) && rx.is_empty() {
+                break;
+            }
+        }
+        seen.extend(rx.try_iter().map(|j| {
+            let k = (j.id.get(), kind(&j));
+            jobs.push(j);
+            k
+        }));
+        let want: Vec<(u64, String)> = (0..5u64)
+            .flat_map(|i| [(2 * i + 1, format!("head /{i}")), (2 * i + 1, "end".into())])
+            .collect();
+        assert_eq!(seen, want);
+        assert!(!s.has_pending());
+        assert!(s.wants_read(&c));
+        // Answer them all, as an application worker would: every stream gets its response.
+        for j in jobs.iter().filter(|j| matches!(j.kind, JobKind::End)) {
+            let mut out = Responder::new();
+            out.respond(Response::text(200, format!("ok {}", j.id.get())));
+            let reply = Reply {
+                token: j.token,
+                gen: j.gen,
+                id: j.id,
+                parts: out.take(),
+            };
+            s.apply_mail(&mut c, reply, Instant::ZERO);
+        }
+        // A stale reply (older connection generation) is ignored.
+        let mut out = Responder::new();
+        out.respond(Response::text(500, "stale"));
+        s.apply_mail(
+            &mut c,
+            Reply {
+                token: 1,
+                gen: 6,
+                id: RequestId::new(1),
+                parts: out.take(),
+            },
+            Instant::ZERO,
+        );
+        let mut done = Vec::new();
+        responses(&mut cl, &drain(&mut s, &c), &mut done);
+        done.sort();
+        let want: Vec<(u32, u16, String)> = (0..5u32)
+            .map(|i| (2 * i + 1, 200, format!("ok {}", 2 * i + 1)))
+            .collect();
+        assert_eq!(done, want);
     }
 }

@@ -72,10 +72,10 @@ pub mod timer;
 pub mod transport;
 
 pub use driven::{OutQueue, Session};
-pub use outbound::ConnectRequest;
 pub use ferry_http1::{Method, ServerConfig};
 pub use listen::{BindError, ListenAddr, ListenOptions, Listener};
 pub use metrics::WorkerMetrics;
+pub use outbound::ConnectRequest;
 pub use runtime::{Clock, Launch, ServerHandle, ServerOptions, WorkerCtx};
 pub use select::{probe, DriverKind, ProbeRow};
 pub use service::{

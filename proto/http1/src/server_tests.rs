@@ -769,7 +769,11 @@ fn error_answer_to_head_has_no_body() {
 #[test]
 fn early_answer_before_the_body_keeps_the_connection() {
     let mut c = conn();
-    feed(&mut c, b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n").unwrap();
+    feed(
+        &mut c,
+        b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+    )
+    .unwrap();
     let evs = events(&mut c);
     let Some(Event::Request(r)) = evs.first() else {
         panic!("{evs:?}")

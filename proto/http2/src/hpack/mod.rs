@@ -70,19 +70,47 @@ impl Field {
 ///          I = I / 128
 ///     encode I on 8 bits
 /// ```
-pub fn encode_int(mut value: usize, n: u8, first: u8, dst: &mut BytesMut) {
+#[inline]
+pub fn encode_int(value: usize, n: u8, first: u8, dst: &mut BytesMut) {
     let max = (1usize << n) - 1;
     if value < max {
         dst.put_u8(first | value as u8);
         return;
     }
-    dst.put_u8(first | max as u8);
-    value -= max;
+    encode_int_long(value - max, first | max as u8, dst);
+}
+
+/// The multi-octet form of [`encode_int`], built on the stack and appended in one copy.
+fn encode_int_long(value: usize, first: u8, dst: &mut BytesMut) {
+    let (buf, n) = int_tail(value, first);
+    dst.put_slice(&buf[..n]);
+}
+
+/// `first` (the prefix, all ones) followed by `value` in 7-bit groups: `(octets, length)`.
+#[inline]
+fn int_tail(mut value: usize, first: u8) -> ([u8; 12], usize) {
+    let mut buf = [0u8; 12];
+    buf[0] = first;
+    let mut n = 1;
     while value >= 128 {
-        dst.put_u8((value % 128 + 128) as u8);
+        buf[n] = (value % 128 + 128) as u8;
         value /= 128;
+        n += 1;
     }
-    dst.put_u8(value as u8);
+    buf[n] = value as u8;
+    (buf, n + 1)
+}
+
+/// [`encode_int`] into a stack buffer: `(octets, length)`.
+#[inline]
+fn int_bytes(value: usize, n: u8, first: u8) -> ([u8; 12], usize) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        let mut buf = [0u8; 12];
+        buf[0] = first | value as u8;
+        return (buf, 1);
+    }
+    int_tail(value - max, first | max as u8)
 }
 
 /// Decode an `n`-bit-prefix integer from `src` at `*pos`, advancing it.
@@ -113,20 +141,45 @@ pub fn decode_int(src: &[u8], pos: &mut usize, n: u8) -> Result<usize, HpackErro
     Ok(value)
 }
 
-/// Encode a string literal (RFC 7541 §5.2), Huffman-coded when that is shorter.
-pub fn encode_string(s: &[u8], allow_huffman: bool, dst: &mut BytesMut) {
-    let h = if allow_huffman {
-        huffman::encoded_len(s)
-    } else {
-        usize::MAX
-    };
-    if h <= s.len() {
-        encode_int(h, 7, 0x80, dst);
-        huffman::encode(s, dst);
-    } else {
-        encode_int(s.len(), 7, 0, dst);
-        dst.put_slice(s);
+/// Octets [`encode_int`] writes for `value` with an `n`-bit prefix.
+#[inline]
+fn int_len(mut value: usize, n: u8) -> usize {
+    let max = (1usize << n) - 1;
+    if value < max {
+        return 1;
     }
+    value -= max;
+    let mut len = 2;
+    while value >= 128 {
+        value /= 128;
+        len += 1;
+    }
+    len
+}
+
+/// Encode a string literal (RFC 7541 §5.2), Huffman-coded when that is shorter.
+///
+/// One pass: the Huffman code is written straight after room for the longest length prefix
+/// it may need, and abandoned for the raw string as soon as it grows past the raw length; a
+/// shorter prefix than reserved (only for strings of 127 octets or more) moves the code down.
+pub fn encode_string(s: &[u8], allow_huffman: bool, dst: &mut BytesMut) {
+    if allow_huffman && !s.is_empty() {
+        let room = int_len(s.len(), 7);
+        let start = dst.len();
+        dst.resize(start + room + s.len() + 4, 0);
+        if let Some(h) = huffman::encode_bounded(s, &mut dst[start + room..]) {
+            let (prefix, used) = int_bytes(h, 7, 0x80);
+            if used < room {
+                dst.copy_within(start + room..start + room + h, start + used);
+            }
+            dst[start..start + used].copy_from_slice(&prefix[..used]);
+            dst.truncate(start + used + h);
+            return;
+        }
+        dst.truncate(start);
+    }
+    encode_int(s.len(), 7, 0, dst);
+    dst.put_slice(s);
 }
 
 #[cfg(test)]

@@ -284,7 +284,7 @@ fn run_responses(blocks: [&str; 3], huffman: bool) {
             "encoding response {}",
             i + 1
         );
-        assert_eq!(table_of(e.table()), pairs(tables[i]));
+        assert_eq!(table_of(&e.table()), pairs(tables[i]));
     }
 }
 
@@ -395,7 +395,7 @@ proptest! {
                     prop_assert!(g.sensitive);
                 }
             }
-            prop_assert_eq!(table_of(e.table()), table_of(d.table()));
+            prop_assert_eq!(table_of(&e.table()), table_of(d.table()));
         }
     }
 
