@@ -360,6 +360,13 @@ fn probe(args: ProbeArgs) -> ExitCode {
                 Err(why) => (row.available, row.reason) = (false, why),
             }
         }
+        if row.name == "io_uring" {
+            // Really sets up a ring with a buffer ring and asks the kernel for its opcodes.
+            match ferry_uring::probe_report() {
+                Ok(why) => (row.available, row.reason) = (true, why),
+                Err(why) => (row.available, row.reason) = (false, why),
+            }
+        }
         if row.name == "raw" {
             (row.available, row.reason, row.capabilities) = probe_raw();
         }

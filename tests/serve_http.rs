@@ -1102,6 +1102,11 @@ fn probe_lists_transports_and_auto() {
     if unsafe { libc::geteuid() } == 0 {
         assert!(raw.split_whitespace().nth(1) == Some("yes"), "{raw}");
     }
+    // io_uring: the kernel's opcode table was asked, not just a ring set up.
+    let uring = line("io_uring ");
+    if uring.split_whitespace().nth(1) == Some("yes") {
+        assert!(uring.contains("opcodes probed"), "{uring}");
+    }
     let rdma = line("RDMA ");
     assert!(rdma.contains("RDMA") && rdma.len() > 40, "{rdma}");
     if !std::path::Path::new("/sys/class/infiniband").exists() {

@@ -122,6 +122,51 @@ pub fn probe() -> io::Result<()> {
     Ok(())
 }
 
+/// The opcodes this driver uses (or would use where it pays), by name, with whether the
+/// kernel's `IORING_REGISTER_PROBE` reports them supported.
+pub fn probe_opcodes() -> io::Result<Vec<(&'static str, bool)>> {
+    use io_uring::opcode;
+    let ring = build_ring(8)?;
+    let mut p = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut p)?;
+    Ok([
+        ("accept", opcode::Accept::CODE),
+        ("recv", opcode::Recv::CODE),
+        ("send", opcode::Send::CODE),
+        ("sendmsg", opcode::SendMsg::CODE),
+        ("send_zc", opcode::SendZc::CODE),
+        ("connect", opcode::Connect::CODE),
+        ("poll_add", opcode::PollAdd::CODE),
+        ("async_cancel", opcode::AsyncCancel::CODE),
+        ("close", opcode::Close::CODE),
+        ("socket", opcode::Socket::CODE),
+        ("timeout", opcode::Timeout::CODE),
+    ]
+    .into_iter()
+    .map(|(name, code)| (name, p.is_supported(code)))
+    .collect())
+}
+
+/// The `ferry probe` verdict: the ring with a provided buffer ring, and the opcode table.
+pub fn probe_report() -> Result<String, String> {
+    probe().map_err(|e| format!("io_uring unavailable: {e}"))?;
+    let ops = probe_opcodes().map_err(|e| format!("IORING_REGISTER_PROBE failed: {e}"))?;
+    let missing: Vec<&str> = ops.iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
+    let needed = ["accept", "recv", "send", "poll_add", "async_cancel"];
+    if let Some(n) = missing.iter().find(|n| needed.contains(n)) {
+        return Err(format!("io_uring lacks the {n} opcode the driver needs"));
+    }
+    Ok(format!(
+        "ring + provided buffer ring work; opcodes probed: {} supported{}",
+        ops.len() - missing.len(),
+        if missing.is_empty() {
+            " (all, incl. send_zc, connect, socket)".to_string()
+        } else {
+            format!(", missing {}", missing.join(" "))
+        }
+    ))
+}
+
 /// Start one io_uring loop per prepared worker serving HTTP, or fall back to epoll (one line
 /// on stderr) when io_uring is unavailable.
 pub fn start(launch: Launch) -> io::Result<ServerHandle> {
@@ -996,6 +1041,16 @@ mod tests {
     fn user_data_round_trips() {
         let u = ud(OP_SEND, 0x12_3456, 0xABCD_EF01);
         assert_eq!(ud_parts(u), (OP_SEND, 0x12_3456, 0xABCD_EF01));
+    }
+
+    #[test]
+    fn opcode_probe_names_every_opcode() {
+        if let Ok(ops) = probe_opcodes() {
+            assert!(ops.iter().any(|(n, _)| *n == "send_zc"));
+            // Whatever the kernel, the driver's core opcodes exist wherever a ring does.
+            assert!(ops.iter().any(|(n, ok)| *n == "recv" && *ok), "{ops:?}");
+            assert!(probe_report().is_ok());
+        }
     }
 
     #[test]
