@@ -45,11 +45,29 @@ pub struct UnknownDriver(pub String);
 
 impl fmt::Display for UnknownDriver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown driver `{}` (expected auto, epoll, uring, xdp or dpdk)",
-            self.0
-        )
+        let name = self.0.trim().to_ascii_lowercase();
+        match name.as_str() {
+            // Transports that exist as libraries but cannot carry `ferry serve`'s TCP protocols.
+            "raw" | "af_packet" => write!(
+                f,
+                "driver `{}`: raw AF_PACKET carries framed messages, not TCP, so it serves no \
+                 HTTP/RESP; use the ferry-raw library (see drivers/raw/examples/raw_bench.rs). \
+                 Expected auto, epoll, uring, xdp or dpdk",
+                self.0
+            ),
+            "rdma" | "ibverbs" => write!(
+                f,
+                "driver `{}`: ferry-rdma is a byte-stream library over RC queue pairs (feature \
+                 `rdma`) with no listener for `ferry serve` yet, and `ferry probe` says whether \
+                 this host has RDMA devices at all. Expected auto, epoll, uring, xdp or dpdk",
+                self.0
+            ),
+            _ => write!(
+                f,
+                "unknown driver `{}` (expected auto, epoll, uring, xdp or dpdk)",
+                self.0
+            ),
+        }
     }
 }
 
@@ -234,6 +252,11 @@ mod tests {
         assert_eq!(DriverKind::Xdp.name(), "xdp");
         assert_eq!("dpdk".parse(), Ok(DriverKind::Dpdk));
         assert!("bogus".parse::<DriverKind>().is_err());
+        // The library-only transports explain themselves instead of "unknown".
+        let raw = "raw".parse::<DriverKind>().unwrap_err().to_string();
+        assert!(raw.contains("framed messages, not TCP"), "{raw}");
+        let rdma = "rdma".parse::<DriverKind>().unwrap_err().to_string();
+        assert!(rdma.contains("ferry-rdma"), "{rdma}");
     }
 
     #[test]
