@@ -428,16 +428,30 @@ fn assert_gets_correct(out: &[Outcome], healthy: &[&str]) -> HashMap<String, usi
 /// No POST was sent upstream twice; every POST the client saw answered 200 reached exactly
 /// one upstream. Returns (posts, answered 200).
 fn assert_posts_never_retried(out: &[Outcome], upstreams: &[&Nginx]) -> (usize, usize) {
+    let posts: Vec<&Outcome> = out.iter().filter(|o| o.method == "POST").collect();
+    // nginx writes its access log line after the response went out, so the last requests may
+    // reach the log a moment after the client saw them: re-read (bounded) until every POST
+    // answered 200 is there.
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for u in upstreams {
-        for l in u.access() {
-            let mut w = l.split_whitespace();
-            if let (Some("POST"), Some(uri)) = (w.next(), w.next()) {
-                *seen.entry(uri.to_string()).or_insert(0) += 1;
+    for _ in 0..100 {
+        seen.clear();
+        for u in upstreams {
+            for l in u.access() {
+                let mut w = l.split_whitespace();
+                if let (Some("POST"), Some(uri)) = (w.next(), w.next()) {
+                    *seen.entry(uri.to_string()).or_insert(0) += 1;
+                }
             }
         }
+        let all_logged = posts
+            .iter()
+            .filter(|p| matches!(p.result, Ok((200, _))))
+            .all(|p| seen.contains_key(&p.uri));
+        if all_logged {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let posts: Vec<&Outcome> = out.iter().filter(|o| o.method == "POST").collect();
     let mut ok = 0;
     for p in &posts {
         let n = seen.get(&p.uri).copied().unwrap_or(0);
@@ -768,11 +782,25 @@ fn chaos_post_reaching_a_resetting_upstream_is_never_retried() {
         .iter()
         .filter(|o| !matches!(o.result, Ok((200, _))))
         .collect();
-    let at_u1: Vec<String> = ups[0]
-        .access()
-        .into_iter()
-        .filter(|l| l.starts_with("POST "))
-        .collect();
+    // u1 logs each request after its (reset) response, possibly a moment after the proxy's
+    // 502: re-read (bounded) until every failed POST is there.
+    let mut at_u1: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        at_u1 = ups[0]
+            .access()
+            .into_iter()
+            .filter(|l| l.starts_with("POST "))
+            .collect();
+        let logged = |uri: &str| {
+            at_u1
+                .iter()
+                .any(|l| l.split_whitespace().nth(1) == Some(uri))
+        };
+        if failed.iter().all(|f| logged(&f.uri)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     eprintln!(
         "posts: {ok}/{posts} ok, {} reached the resetting upstream",
         at_u1.len()
