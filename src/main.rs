@@ -403,13 +403,46 @@ fn probe(args: ProbeArgs) -> ExitCode {
     }
 }
 
+/// `ferry serve --driver raw --iface IF`: ferry-raw's framed echo service on IF until SIGINT or
+/// SIGTERM (exit 0).
+fn serve_raw(iface: &str) -> ExitCode {
+    use std::sync::atomic::AtomicBool;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("ferry: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let mut server = match ferry_raw::echo::EchoServer::open(iface, ferry_raw::RawConfig::default())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ferry: --driver raw: cannot open {iface}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mac: Vec<String> = server.mac().iter().map(|b| format!("{b:02x}")).collect();
+    say!(
+        "ferry: listening raw {iface} driver=raw mac={} ethertype=0x88b5",
+        mac.join(":")
+    );
+    match server.run(&stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: --driver raw: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// The raw AF_PACKET row: really opens a packet socket and selects TPACKET_V3 on it.
 fn probe_raw() -> (bool, String, Vec<&'static str>) {
     match ferry_raw::socket::probe() {
         Ok(()) => (
             true,
             "AF_PACKET socket with a TPACKET_V3 ring works: ferry-raw carries framed messages \
-             on an interface (library and raw_bench; not a `serve` driver)"
+             on an interface (`serve --driver raw --iface IF`: framed echo, not TCP)"
                 .into(),
             vec!["tpacket-v3", "tpacket-v2", "framed"],
         ),
@@ -490,6 +523,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         None => FileConfig::default(),
     };
     init_logs(args.log_format.or(file.log_format).unwrap_or_default());
+    let listeners_given = args.http.is_some() || args.redis.is_some();
     let redis_addr = match (args.redis, &file.redis) {
         (Some(a), _) => Some(a),
         (None, Some(s)) => match s.parse::<SocketAddr>() {
@@ -530,6 +564,17 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return usage_error(format_args!("FERRY_DRIVER: {e}")),
     };
+    if driver == DriverKind::Raw {
+        let Some(iface) = args.iface.as_deref() else {
+            return usage_error("--driver raw: needs --iface IFACE");
+        };
+        if args.ip.is_some() || args.vdev.is_some() || listeners_given {
+            return usage_error(
+                "--driver raw: serves the framed echo protocol on --iface only (no --ip, --vdev, --http or --redis)",
+            );
+        }
+        return serve_raw(iface);
+    }
     if driver == DriverKind::Dpdk {
         if args.iface.is_some() {
             return usage_error("--iface: only with --driver xdp (dpdk takes --vdev)");

@@ -15,6 +15,9 @@ pub enum DriverKind {
     Uring,
     /// AF_XDP with a userspace TCP/IP stack (smoltcp) on an interface it owns (`--iface`).
     Xdp,
+    /// Raw AF_PACKET on an interface it owns (`--iface`): the framed-message echo service of
+    /// ferry-raw, not TCP (no HTTP/RESP).
+    Raw,
     /// DPDK (feature `dpdk` of ferry-dpdk) with a userspace TCP/IP stack on a vdev it owns
     /// (`--vdev`, e.g. `net_af_packet0,iface=IF`).
     Dpdk,
@@ -29,6 +32,7 @@ impl DriverKind {
             DriverKind::Uring => "uring",
             DriverKind::Xdp => "xdp",
             DriverKind::Dpdk => "dpdk",
+            DriverKind::Raw => "raw",
         }
     }
 }
@@ -47,24 +51,17 @@ impl fmt::Display for UnknownDriver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = self.0.trim().to_ascii_lowercase();
         match name.as_str() {
-            // Transports that exist as libraries but cannot carry `ferry serve`'s TCP protocols.
-            "raw" | "af_packet" => write!(
-                f,
-                "driver `{}`: raw AF_PACKET carries framed messages, not TCP, so it serves no \
-                 HTTP/RESP; use the ferry-raw library (see drivers/raw/examples/raw_bench.rs). \
-                 Expected auto, epoll, uring, xdp or dpdk",
-                self.0
-            ),
+            // A transport that exists as a library but has no listener for `ferry serve`.
             "rdma" | "ibverbs" => write!(
                 f,
                 "driver `{}`: ferry-rdma is a byte-stream library over RC queue pairs (feature \
                  `rdma`) with no listener for `ferry serve` yet, and `ferry probe` says whether \
-                 this host has RDMA devices at all. Expected auto, epoll, uring, xdp or dpdk",
+                 this host has RDMA devices at all. Expected auto, epoll, uring, xdp, dpdk or raw",
                 self.0
             ),
             _ => write!(
                 f,
-                "unknown driver `{}` (expected auto, epoll, uring, xdp or dpdk)",
+                "unknown driver `{}` (expected auto, epoll, uring, xdp, dpdk or raw)",
                 self.0
             ),
         }
@@ -82,6 +79,7 @@ impl FromStr for DriverKind {
             "uring" | "io_uring" | "io-uring" => Ok(DriverKind::Uring),
             "xdp" | "af_xdp" | "af-xdp" => Ok(DriverKind::Xdp),
             "dpdk" => Ok(DriverKind::Dpdk),
+            "raw" | "af_packet" => Ok(DriverKind::Raw),
             _ => Err(UnknownDriver(s.to_string())),
         }
     }
@@ -252,9 +250,8 @@ mod tests {
         assert_eq!(DriverKind::Xdp.name(), "xdp");
         assert_eq!("dpdk".parse(), Ok(DriverKind::Dpdk));
         assert!("bogus".parse::<DriverKind>().is_err());
-        // The library-only transports explain themselves instead of "unknown".
-        let raw = "raw".parse::<DriverKind>().unwrap_err().to_string();
-        assert!(raw.contains("framed messages, not TCP"), "{raw}");
+        assert_eq!("raw".parse(), Ok(DriverKind::Raw));
+        // The library-only transport explains itself instead of "unknown".
         let rdma = "rdma".parse::<DriverKind>().unwrap_err().to_string();
         assert!(rdma.contains("ferry-rdma"), "{rdma}");
     }

@@ -63,6 +63,7 @@
 //! TX choices.
 #![deny(missing_docs)]
 
+pub mod echo;
 pub mod frame;
 pub mod socket;
 pub mod transport;
