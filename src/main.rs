@@ -7,6 +7,7 @@ mod load;
 mod proxy_cmd;
 mod redis;
 mod serve_dpdk;
+mod serve_stack;
 mod serve_xdp;
 
 use std::net::SocketAddr;
