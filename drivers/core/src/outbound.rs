@@ -23,6 +23,9 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
+use ferry_proto::Instant;
+
+use crate::driven::Session;
 use crate::runtime::WorkerCtx;
 
 /// A queued outbound connect.
@@ -75,6 +78,36 @@ pub fn take_connects(into: &mut Vec<ConnectRequest>) {
             into.append(&mut l.connects);
         }
     });
+}
+
+/// Deliver up to `max` queued mails of this worker to their connections in `conns` (drivers),
+/// through `scratch`: each connection's `apply_mail` runs, and a connection not yet in
+/// `touched` is marked (`parts` gives its session and its queued flag) and pushed there. Mail
+/// for a connection that is gone goes to [`Session::drop_mail`].
+#[allow(clippy::too_many_arguments)]
+pub fn deliver_mail<S: Session, C>(
+    scratch: &mut Vec<(usize, S::Mail)>,
+    max: usize,
+    conns: &mut slab::Slab<C>,
+    parts: fn(&mut C) -> (&mut S, &mut bool),
+    ctx: &mut WorkerCtx,
+    shared: &S::Shared,
+    now: Instant,
+    touched: &mut Vec<usize>,
+) {
+    take_mail::<S::Mail>(scratch, max);
+    for (t, m) in scratch.drain(..) {
+        if let Some(c) = conns.get_mut(t) {
+            let (session, queued) = parts(c);
+            session.apply_mail(ctx, m, now);
+            if !*queued {
+                *queued = true;
+                touched.push(t);
+            }
+        } else {
+            S::drop_mail(ctx, shared, m);
+        }
+    }
 }
 
 /// Move up to `max` queued mails into `into`, oldest first (drivers).

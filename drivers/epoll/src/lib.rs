@@ -413,18 +413,16 @@ pub fn run_worker_with<S: Session>(
                 }
             }
             // Mail between connections of this worker, delivered in this loop turn.
-            outbound::take_mail::<S::Mail>(&mut mail, MAIL_BATCH);
-            for (t, m) in mail.drain(..) {
-                if let Some(c) = conns.get_mut(t) {
-                    c.session.apply_mail(&mut ctx, m, now);
-                    if !c.queued {
-                        c.queued = true;
-                        touched.push(t);
-                    }
-                } else {
-                    S::drop_mail(&mut ctx, &shared, m);
-                }
-            }
+            outbound::deliver_mail::<S, Conn<S>>(
+                &mut mail,
+                MAIL_BATCH,
+                &mut conns,
+                |c| (&mut c.session, &mut c.queued),
+                &mut ctx,
+                &shared,
+                now,
+                &mut touched,
+            );
             rounds += 1;
             if touched.is_empty() || rounds >= MAX_ROUNDS {
                 break;
