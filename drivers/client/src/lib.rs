@@ -1,0 +1,2 @@
+//! Ferry's public client API (work in progress).
+#![deny(missing_docs)]
