@@ -12,16 +12,14 @@
 #[path = "../drivers/dpdk/tests/netns/mod.rs"]
 mod netns;
 
-use netns::{ChildGuard, NetPair};
-use std::io::{BufRead, BufReader, Read};
+use netns::{ChildGuard, NetnsPair};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
-fn in_b(n: &NetPair, args: &[&str]) -> Output {
-    let out = n
-        .in_b(args[0])
+fn in_b(n: &NetnsPair, args: &[&str]) -> Output {
+    let out = NetnsPair::command(&n.b, args[0])
         .args(&args[1..])
         .output()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", args[0]));
@@ -37,62 +35,38 @@ fn in_b(n: &NetPair, args: &[&str]) -> Output {
 
 /// `ferry serve --driver dpdk --vdev VDEV` at `ip`/24 in `ns_a`; returns the child and its two
 /// `listening` lines.
-fn start_server(n: &NetPair, vdev: &str, ip: &str) -> (ChildGuard, Vec<String>) {
-    let mut child = ChildGuard(
-        Command::new("ip")
-            .args(["netns", "exec", &n.ns_a, BIN, "serve", "--driver", "dpdk"])
-            .args(["--vdev", vdev])
-            .args(["--ip", &format!("{ip}/{}", NetPair::PREFIX)])
-            .args([
-                "--http",
-                &format!("{ip}:8080"),
-                "--redis",
-                &format!("{ip}:6379"),
-            ])
-            .args(["--drain-timeout", "2s"])
-            .env_remove("FERRY_DRIVER")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ferry"),
-    );
-    let mut out = BufReader::new(child.0.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    for _ in 0..2 {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            let mut err = String::new();
-            if let Some(mut e) = child.0.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("ferry serve --driver dpdk did not start: {}", err.trim());
-        }
-        lines.push(line.trim().to_string());
-    }
-    // Keep draining both pipes so the server never blocks on a full one.
-    if let Some(mut e) = child.0.stderr.take() {
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut e, &mut std::io::stderr());
-        });
-    }
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut out, &mut std::io::sink());
-    });
-    (child, lines)
+fn start_server(n: &NetnsPair, vdev: &str, ip: &str) -> (ChildGuard, Vec<String>) {
+    let cidr = format!("{ip}/{}", netns::PREFIX);
+    let (http, redis) = (format!("{ip}:8080"), format!("{ip}:6379"));
+    let args = [
+        "serve",
+        "--driver",
+        "dpdk",
+        "--vdev",
+        vdev,
+        "--ip",
+        &cidr,
+        "--http",
+        &http,
+        "--redis",
+        &redis,
+        "--drain-timeout",
+        "2s",
+    ];
+    netns::spawn_ferry(&n.a, BIN, &args, 2).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 fn dpdk_serves_http_and_redis_across_namespaces() {
-    let n = match NetPair::create("c") {
+    let n = match netns::create("c") {
         Ok(n) => n,
         Err(why) => {
             eprintln!("netns_dpdk: skipped: {why}");
             return;
         }
     };
-    let ip = NetPair::OUR_IP;
-    let vdev = format!("net_af_packet0,iface={}", n.veth_a);
+    let ip = netns::OUR_IP;
+    let vdev = format!("net_af_packet0,iface={}", n.ifaces.0);
     let (mut server, lines) = start_server(&n, &vdev, ip);
     assert_eq!(
         lines,
@@ -130,8 +104,7 @@ fn dpdk_serves_http_and_redis_across_namespaces() {
     let file = std::env::temp_dir().join(format!("ferry-netns-dpdk-{}", std::process::id()));
     std::fs::write(&file, &body).unwrap();
     let at = format!("@{}", file.display());
-    let out = n
-        .in_b("curl")
+    let out = NetnsPair::command(&n.b, "curl")
         .args(["-sS", "--max-time", "30", "--data-binary", &at])
         .args([
             "-H",
@@ -178,7 +151,7 @@ fn dpdk_serves_http_and_redis_across_namespaces() {
 
 #[test]
 fn dpdk_serves_over_net_tap() {
-    let n = match NetPair::create("t") {
+    let n = match netns::create("t") {
         Ok(n) => n,
         Err(why) => {
             eprintln!("netns_dpdk: skipped: {why}");
@@ -194,12 +167,12 @@ fn dpdk_serves_over_net_tap() {
     );
     // The tap interface exists once the server printed its listening lines.
     let st = Command::new("ip")
-        .args(["-n", &n.ns_a, "addr", "add", "10.78.0.1/24", "dev", &tap])
+        .args(["-n", &n.a, "addr", "add", "10.78.0.1/24", "dev", &tap])
         .status()
         .expect("ip addr add");
-    assert!(st.success(), "no tap interface {tap} in {}", n.ns_a);
+    assert!(st.success(), "no tap interface {tap} in {}", n.a);
     let out = Command::new("ip")
-        .args(["netns", "exec", &n.ns_a, "curl", "-sS", "--max-time", "20"])
+        .args(["netns", "exec", &n.a, "curl", "-sS", "--max-time", "20"])
         .args(["--retry", "3", "--retry-connrefused", "--retry-delay", "1"])
         .arg(format!("http://{ip}:8080/"))
         .stdin(Stdio::null())

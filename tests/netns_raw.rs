@@ -5,116 +5,36 @@
 //! Needs root (netns, AF_PACKET). Skips with a printed reason only where the kernel lacks
 //! network namespaces/veth or AF_PACKET.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
+#[path = "common/netns.rs"]
+mod netns;
+
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ferry_driver::transport::{Readiness, Transport, TransportKind};
 use ferry_raw::frame::Limits;
 use ferry_raw::{RawConfig, RawTransport, RingVersion, TxMode};
+use netns::{mac_string as mac_str, NetnsPair, Options};
 
 const MAC_A: [u8; 6] = [0x02, 0xfe, 0x77, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0xfe, 0x77, 0, 0, 0x0b];
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Two namespaces and a veth pair between them; deleted on drop (also on panic).
-struct Pair {
-    ns: [String; 2],
-    ifs: [String; 2],
-}
-
-impl Pair {
-    fn create() -> Result<Pair, String> {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        // Interface names are at most 15 bytes.
-        let short = |s: String| s.chars().take(15).collect::<String>();
-        let pair = Pair {
-            ns: [format!("fraw-{pid}-{n}-a"), format!("fraw-{pid}-{n}-b")],
-            ifs: [short(format!("fr{pid}{n}a")), short(format!("fr{pid}{n}b"))],
-        };
-        ip(&["netns", "add", &pair.ns[0]])?;
-        ip(&["netns", "add", &pair.ns[1]])?;
-        ip(&[
-            "link",
-            "add",
-            &pair.ifs[0],
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &pair.ifs[1],
-        ])?;
-        for (i, mac) in [(0, MAC_A), (1, MAC_B)] {
-            ip(&["link", "set", &pair.ifs[i], "netns", &pair.ns[i]])?;
-            ip(&[
-                "-n",
-                &pair.ns[i],
-                "link",
-                "set",
-                &pair.ifs[i],
-                "address",
-                &mac_str(mac),
-            ])?;
-            ip(&["-n", &pair.ns[i], "link", "set", &pair.ifs[i], "up"])?;
-        }
-        Ok(pair)
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for ns in &self.ns {
-            let _ = ip(&["netns", "del", ns]); // takes its veth end along
-        }
-    }
-}
 
 /// Run `f` on a thread inside network namespace `ns`.
 fn in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> T + Send + 'static,
-) -> thread::JoinHandle<std::io::Result<T>> {
-    let path = format!("/var/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = File::open(&path)?;
-        // SAFETY: setns on this thread only, with a namespace fd we hold open.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(f())
-    })
+) -> thread::JoinHandle<Result<T, String>> {
+    NetnsPair::spawn_in(ns, f)
 }
 
-fn setup(test: &str) -> Option<Pair> {
-    match Pair::create() {
+fn setup(test: &str) -> Option<NetnsPair> {
+    match NetnsPair::create_with(Options {
+        tag: "r",
+        kernel_addr: (false, false),
+        macs: Some((MAC_A, MAC_B)),
+        ..Options::default()
+    }) {
         Ok(p) => {
             // AF_PACKET available?
             // SAFETY: plain syscall; the descriptor is closed right away.
@@ -162,8 +82,8 @@ fn echo_both_ways(tx: TxMode, version: RingVersion) {
     let name = format!("echo_both_ways({tx:?}, {version:?})");
     let Some(pair) = setup(&name) else { return };
     const N: usize = 33;
-    let if_b = pair.ifs[1].clone();
-    let server = in_netns(&pair.ns[1], move || -> Result<usize, String> {
+    let if_b = pair.ifaces.1.clone();
+    let server = in_netns(&pair.b, move || -> Result<usize, String> {
         let mut t = RawTransport::open(&if_b, MAC_A, 2, cfg_v(tx, version), Limits::default())
             .map_err(|e| format!("open B: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -181,8 +101,8 @@ fn echo_both_ways(tx: TxMode, version: RingVersion) {
         }
         Ok(echoed)
     });
-    let if_a = pair.ifs[0].clone();
-    let client = in_netns(&pair.ns[0], move || -> Result<(), String> {
+    let if_a = pair.ifaces.0.clone();
+    let client = in_netns(&pair.a, move || -> Result<(), String> {
         let mut t = RawTransport::open(&if_a, MAC_B, 1, cfg_v(tx, version), Limits::default())
             .map_err(|e| format!("open A: {e}"))?;
         assert_eq!(t.kind(), TransportKind::Datagram);
@@ -282,8 +202,8 @@ fn tx_methods_burst() {
             let per_msg = msg_len.div_ceil(1480);
             let msgs = FRAMES / per_msg;
             let stream = 100 + run;
-            let if_b = pair.ifs[1].clone();
-            let rx = in_netns(&pair.ns[1], move || -> Result<(usize, String), String> {
+            let if_b = pair.ifaces.1.clone();
+            let rx = in_netns(&pair.b, move || -> Result<(usize, String), String> {
                 let big = RawConfig {
                     block_count: 64,
                     ..RawConfig::default()
@@ -310,8 +230,8 @@ fn tx_methods_burst() {
                 let k = t.socket_mut().stats().map_err(|e| e.to_string())?;
                 Ok((got, format!("{:?}; kernel {k:?}", t.stats())))
             });
-            let if_a = pair.ifs[0].clone();
-            let txh = in_netns(&pair.ns[0], move || -> Result<f64, String> {
+            let if_a = pair.ifaces.0.clone();
+            let txh = in_netns(&pair.a, move || -> Result<f64, String> {
                 let mut t = RawTransport::open(&if_a, MAC_B, stream, cfg(tx), Limits::default())
                     .map_err(|e| e.to_string())?;
                 thread::sleep(Duration::from_millis(300)); // let the receiver open its ring
@@ -347,10 +267,10 @@ fn loss_is_detected_never_corrupts() {
     let rules = format!(
         "table netdev ferryloss {{\n chain c {{\n  type filter hook ingress device \"{}\" \
          priority 0;\n  ether type 0x88b5 numgen random mod 10 == 0 drop\n }}\n}}\n",
-        pair.ifs[1]
+        pair.ifaces.1
     );
     let mut child = match Command::new("ip")
-        .args(["netns", "exec", &pair.ns[1], "nft", "-f", "-"])
+        .args(["netns", "exec", &pair.b, "nft", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -378,8 +298,8 @@ fn loss_is_detected_never_corrupts() {
     }
     const MSGS: usize = 300;
     const LEN: usize = 4000; // 3 frames each
-    let if_b = pair.ifs[1].clone();
-    let rx = in_netns(&pair.ns[1], move || -> Result<_, String> {
+    let if_b = pair.ifaces.1.clone();
+    let rx = in_netns(&pair.b, move || -> Result<_, String> {
         let mut t = RawTransport::open(&if_b, MAC_A, 9, RawConfig::default(), Limits::default())
             .map_err(|e| e.to_string())?;
         let mut got = Vec::new();
@@ -398,8 +318,8 @@ fn loss_is_detected_never_corrupts() {
         }
         Ok((got, t.stats()))
     });
-    let if_a = pair.ifs[0].clone();
-    let tx = in_netns(&pair.ns[0], move || -> Result<(), String> {
+    let if_a = pair.ifaces.0.clone();
+    let tx = in_netns(&pair.a, move || -> Result<(), String> {
         let mut t = RawTransport::open(&if_a, MAC_B, 5, RawConfig::default(), Limits::default())
             .map_err(|e| e.to_string())?;
         thread::sleep(Duration::from_millis(300));
@@ -454,8 +374,8 @@ fn ping_pong_latency(version: RingVersion) {
     };
     let conf = cfg_v(TxMode::Sendmmsg, version);
     const ROUNDS: usize = 200;
-    let if_b = pair.ifs[1].clone();
-    let echo = in_netns(&pair.ns[1], move || -> Result<(), String> {
+    let if_b = pair.ifaces.1.clone();
+    let echo = in_netns(&pair.b, move || -> Result<(), String> {
         let mut t = RawTransport::open(&if_b, MAC_A, 2, conf, Limits::default())
             .map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -472,8 +392,8 @@ fn ping_pong_latency(version: RingVersion) {
         }
         Ok(())
     });
-    let if_a = pair.ifs[0].clone();
-    let ping = in_netns(&pair.ns[0], move || -> Result<Vec<Duration>, String> {
+    let if_a = pair.ifaces.0.clone();
+    let ping = in_netns(&pair.a, move || -> Result<Vec<Duration>, String> {
         let mut t = RawTransport::open(&if_a, MAC_B, 1, conf, Limits::default())
             .map_err(|e| e.to_string())?;
         let msg = [0x42u8; 64];
@@ -534,8 +454,8 @@ fn ferry_serve_driver_raw_echoes_framed_messages() {
         return;
     };
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &pair.ns[1], env!("CARGO_BIN_EXE_ferry")])
-        .args(["serve", "--driver", "raw", "--iface", &pair.ifs[1]])
+        .args(["netns", "exec", &pair.b, env!("CARGO_BIN_EXE_ferry")])
+        .args(["serve", "--driver", "raw", "--iface", &pair.ifaces.1])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn ferry");
@@ -546,13 +466,13 @@ fn ferry_serve_driver_raw_echoes_framed_messages() {
     assert!(
         line.starts_with(&format!(
             "ferry: listening raw {} driver=raw mac={}",
-            pair.ifs[1],
+            pair.ifaces.1,
             mac_str(MAC_B)
         )),
         "{line:?}"
     );
-    let if_a = pair.ifs[0].clone();
-    let client = in_netns(&pair.ns[0], move || -> Result<usize, String> {
+    let if_a = pair.ifaces.0.clone();
+    let client = in_netns(&pair.a, move || -> Result<usize, String> {
         let mut t = RawTransport::open(&if_a, MAC_B, 1, cfg(TxMode::Sendmmsg), Limits::default())
             .map_err(|e| format!("open A: {e}"))?;
         let mut ok = 0;

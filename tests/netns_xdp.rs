@@ -5,212 +5,74 @@
 //!
 //! Needs root, network namespaces and AF_XDP; without them the test prints why and returns.
 
-use std::io::{BufRead, BufReader};
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use netns::{exec, ChildGuard, NetnsPair, Options};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 const SERVER_IP: &str = "10.77.0.1";
 const CLIENT_IP: &str = "10.77.0.2";
 
-/// Two namespaces and a veth pair; deleted on drop (which also removes the veth).
-struct Netns {
-    server_ns: String,
-    client_ns: String,
-    server_if: String,
-    client_if: String,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in [&self.server_ns, &self.client_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// Delete namespaces an earlier, killed run of this test left behind (its pid is gone).
-fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        for prefix in ["fxdp-s-", "fxdp-c-"] {
-            let Some(pid) = name.strip_prefix(prefix) else {
-                continue;
-            };
-            if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            {
-                let _ = Command::new("ip").args(["netns", "del", name]).status();
-            }
-        }
-    }
-}
-
-fn sh(args: &[&str]) -> Result<Output, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`{}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(out)
-}
-
-impl Netns {
-    fn exec(&self, ns: &str, args: &[&str]) -> Result<Output, String> {
-        let mut v = vec!["ip", "netns", "exec", ns];
-        v.extend_from_slice(args);
-        sh(&v)
-    }
-
-    /// Build the namespaces; `Err` = the machine cannot (a reason to skip).
-    fn create() -> Result<Netns, String> {
-        remove_stale_namespaces();
-        let pid = std::process::id();
-        let n = Netns {
-            server_ns: format!("fxdp-s-{pid}"),
-            client_ns: format!("fxdp-c-{pid}"),
-            server_if: format!("fxs{pid}"),
-            client_if: format!("fxc{pid}"),
-        };
-        sh(&["ip", "netns", "add", &n.server_ns])?;
-        sh(&["ip", "netns", "add", &n.client_ns])?;
-        sh(&[
+/// The server's namespace `a` (veth end up, no kernel address) and the client's `b` (a kernel
+/// address, and a permanent neighbour entry for the server: smoltcp answers ARP, but the
+/// first SYN need not wait for it). Checksum offload is off on both ends (smoltcp checks).
+fn create_namespaces() -> Result<NetnsPair, String> {
+    let n = NetnsPair::create_with(Options {
+        tag: "x",
+        ips: (
+            SERVER_IP.parse::<Ipv4Addr>().unwrap(),
+            CLIENT_IP.parse::<Ipv4Addr>().unwrap(),
+        ),
+        kernel_addr: (false, true),
+        macs: None,
+        tx_checksum_off: true,
+    })?;
+    let mac = netns::mac_string(n.mac(false)?);
+    exec(
+        &n.b,
+        &[
             "ip",
-            "link",
-            "add",
-            &n.server_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &n.client_if,
-        ])?;
-        sh(&["ip", "link", "set", &n.server_if, "netns", &n.server_ns])?;
-        sh(&["ip", "link", "set", &n.client_if, "netns", &n.client_ns])?;
-        let (s, c) = (n.server_ns.clone(), n.client_ns.clone());
-        n.exec(&s, &["ip", "link", "set", "lo", "up"])?;
-        n.exec(&c, &["ip", "link", "set", "lo", "up"])?;
-        // The server's end: up, no address, no IPv6 chatter, checksums computed in software.
-        let _ = n.exec(
-            &s,
-            &[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{}.disable_ipv6=1", n.server_if),
-            ],
-        );
-        n.exec(&s, &["ip", "link", "set", &n.server_if, "up"])?;
-        n.exec(&s, &["ethtool", "-K", &n.server_if, "tx", "off"])?;
-        // The client's end: a kernel address, no checksum offload (smoltcp checks them).
-        n.exec(
-            &c,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{CLIENT_IP}/24"),
-                "dev",
-                &n.client_if,
-            ],
-        )?;
-        n.exec(&c, &["ip", "link", "set", &n.client_if, "up"])?;
-        n.exec(&c, &["ethtool", "-K", &n.client_if, "tx", "off"])?;
-        let mac = n.exec(
-            &s,
-            &["cat", &format!("/sys/class/net/{}/address", n.server_if)],
-        )?;
-        let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
-        n.exec(
-            &c,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                SERVER_IP,
-                "lladdr",
-                &mac,
-                "dev",
-                &n.client_if,
-                "nud",
-                "permanent",
-            ],
-        )?;
-        Ok(n)
-    }
+            "neigh",
+            "replace",
+            SERVER_IP,
+            "lladdr",
+            &mac,
+            "dev",
+            &n.ifaces.1,
+            "nud",
+            "permanent",
+        ],
+    )?;
+    Ok(n)
 }
 
-struct Server {
-    child: Child,
-    lines: Vec<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(n: &Netns) -> Result<Server, String> {
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &n.server_ns,
-            BIN,
-            "serve",
-            "--driver",
-            "xdp",
-        ])
-        .args(["--iface", &n.server_if, "--ip", &format!("{SERVER_IP}/24")])
-        .args(["--http", &format!("{SERVER_IP}:8080")])
-        .args(["--redis", &format!("{SERVER_IP}:6379")])
-        .args(["--drain-timeout", "2s"])
-        .env_remove("FERRY_DRIVER")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn ferry: {e}"))?;
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    for _ in 0..2 {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            let _ = child.wait();
-            return Err(format!(
-                "ferry serve --driver xdp did not start: {}",
-                err.trim()
-            ));
-        }
-        lines.push(line.trim().to_string());
-    }
-    // Keep draining stderr so the server never blocks on a full pipe.
-    if let Some(mut e) = child.stderr.take() {
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut e, &mut std::io::stderr());
-        });
-    }
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut out, &mut std::io::sink());
-    });
-    Ok(Server { child, lines })
+/// `ferry serve --driver xdp` on the server's veth end; the child and its `listening` lines.
+fn start_server(n: &NetnsPair) -> Result<(ChildGuard, Vec<String>), String> {
+    let ip = format!("{SERVER_IP}/24");
+    let http = format!("{SERVER_IP}:8080");
+    let redis = format!("{SERVER_IP}:6379");
+    let args = [
+        "serve",
+        "--driver",
+        "xdp",
+        "--iface",
+        &n.ifaces.0,
+        "--ip",
+        &ip,
+        "--http",
+        &http,
+        "--redis",
+        &redis,
+        "--drain-timeout",
+        "2s",
+    ];
+    netns::spawn_ferry(&n.a, BIN, &args, 2)
 }
 
 fn tmp_file(name: &str, data: &[u8]) -> PathBuf {
@@ -239,14 +101,12 @@ fn xdp_serves_http_and_redis_across_namespaces() {
     }
     // SAFETY: closing the descriptor we created.
     unsafe { libc::close(fd) };
-    let n = match Netns::create() {
+    let n = match create_namespaces() {
         Ok(n) => n,
         Err(e) => return skip(&format!("cannot build the namespaces: {e}")),
     };
     // `ferry probe --iface` really attaches and detaches (the server attaches after it).
-    let probe = n
-        .exec(&n.server_ns, &[BIN, "probe", "--iface", &n.server_if])
-        .expect("ferry probe --iface");
+    let probe = exec(&n.a, &[BIN, "probe", "--iface", &n.ifaces.0]).expect("ferry probe --iface");
     let probe = String::from_utf8_lossy(&probe.stdout).to_string();
     let row = probe
         .lines()
@@ -258,7 +118,7 @@ fn xdp_serves_http_and_redis_across_namespaces() {
     assert!(row.contains("attached"), "{probe}");
     assert!(probe.contains("auto: xdp"), "{probe}");
 
-    let server = match start_server(&n) {
+    let (mut server, lines) = match start_server(&n) {
         Ok(s) => s,
         Err(e) if e.contains("attaching") || e.contains("EOPNOTSUPP") => {
             return skip(&format!("XDP attach not supported here: {e}"))
@@ -266,36 +126,35 @@ fn xdp_serves_http_and_redis_across_namespaces() {
         Err(e) => panic!("{e}"),
     };
     assert_eq!(
-        server.lines,
+        lines,
         [
             format!("ferry: listening http {SERVER_IP}:8080 driver=xdp"),
             format!("ferry: listening redis {SERVER_IP}:6379 driver=xdp"),
         ]
     );
-    let c = n.client_ns.clone();
+    let c = n.b.clone();
     let url = |p: &str| format!("http://{SERVER_IP}:8080{p}");
 
     // ICMP echo, answered by smoltcp.
     // (the first request may be lost while the stack resolves our MAC: ping succeeds on any reply)
-    n.exec(&c, &["ping", "-c", "3", "-i", "0.2", "-W", "5", SERVER_IP])
+    exec(&c, &["ping", "-c", "3", "-i", "0.2", "-W", "5", SERVER_IP])
         .expect("ping the userspace stack");
 
     // GET /, twice on one connection (keep-alive: the second transfer opens no connection).
-    let out = n
-        .exec(
-            &c,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "20",
-                "-w",
-                "|%{http_code}|%{num_connects}\n",
-                &url("/"),
-                &url("/"),
-            ],
-        )
-        .expect("curl GET /");
+    let out = exec(
+        &c,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "|%{http_code}|%{num_connects}\n",
+            &url("/"),
+            &url("/"),
+        ],
+    )
+    .expect("curl GET /");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         text, "hello world\n|200|1\nhello world\n|200|0\n",
@@ -305,22 +164,21 @@ fn xdp_serves_http_and_redis_across_namespaces() {
     // POST /echo with a few hundred KB, streamed back byte for byte.
     let body: Vec<u8> = (0..400_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let file = tmp_file("body", &body);
-    let out = n
-        .exec(
-            &c,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "30",
-                "--data-binary",
-                &format!("@{}", file.display()),
-                "-H",
-                "Content-Type: application/octet-stream",
-                &url("/echo"),
-            ],
-        )
-        .expect("curl POST /echo");
+    let out = exec(
+        &c,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "30",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            "-H",
+            "Content-Type: application/octet-stream",
+            &url("/echo"),
+        ],
+    )
+    .expect("curl POST /echo");
     let _ = std::fs::remove_file(&file);
     assert_eq!(out.stdout.len(), body.len(), "echoed length");
     assert!(out.stdout == body, "echoed bytes differ");
@@ -328,32 +186,31 @@ fn xdp_serves_http_and_redis_across_namespaces() {
     // Several echoes in a row on one connection.
     let small = tmp_file("small", &body[..50_000]);
     let at = format!("@{}", small.display());
-    let out = n
-        .exec(
-            &c,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "30",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{size_download}\n",
-                "--data-binary",
-                &at,
-                &url("/echo"),
-                "--next",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{size_download}\n",
-                "--data-binary",
-                &at,
-                &url("/echo"),
-            ],
-        )
-        .expect("curl POST /echo twice");
+    let out = exec(
+        &c,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}\n",
+            "--data-binary",
+            &at,
+            &url("/echo"),
+            "--next",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}\n",
+            "--data-binary",
+            &at,
+            &url("/echo"),
+        ],
+    )
+    .expect("curl POST /echo twice");
     let _ = std::fs::remove_file(&small);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -361,9 +218,8 @@ fn xdp_serves_http_and_redis_across_namespaces() {
     );
 
     // A 404 and /health report the driver.
-    let out = n
-        .exec(&c, &["curl", "-sS", "--max-time", "20", &url("/health")])
-        .expect("curl /health");
+    let out =
+        exec(&c, &["curl", "-sS", "--max-time", "20", &url("/health")]).expect("curl /health");
     let health = String::from_utf8_lossy(&out.stdout);
     assert!(health.contains("\"driver\":\"xdp\""), "{health}");
 
@@ -371,7 +227,7 @@ fn xdp_serves_http_and_redis_across_namespaces() {
     let cli = |args: &[&str]| -> String {
         let mut v = vec!["redis-cli", "-h", SERVER_IP, "-p", "6379"];
         v.extend_from_slice(args);
-        let out = n.exec(&c, &v).expect("redis-cli");
+        let out = exec(&c, &v).expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert_eq!(cli(&["PING"]), "PONG");
@@ -406,30 +262,28 @@ fn xdp_serves_http_and_redis_across_namespaces() {
     );
 
     // HTTP/2 over cleartext (prior knowledge) on the same port.
-    let out = n
-        .exec(
-            &c,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "20",
-                "--http2-prior-knowledge",
-                "-w",
-                "|%{http_version}",
-                &url("/"),
-            ],
-        )
-        .expect("curl --http2-prior-knowledge");
+    let out = exec(
+        &c,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--http2-prior-knowledge",
+            "-w",
+            "|%{http_version}",
+            &url("/"),
+        ],
+    )
+    .expect("curl --http2-prior-knowledge");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n|2");
 
     // Graceful stop on SIGTERM.
-    let mut server = server;
     // SAFETY: signalling our own child (`ip netns exec` execs ferry in place).
-    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
+        if let Some(s) = server.0.try_wait().unwrap() {
             break s;
         }
         assert!(

@@ -8,7 +8,7 @@
 mod netns;
 
 use ferry_dpdk::{DpdkDevice, Eal, EalConfig, Mempool, PoolConfig, Port, PortConfig};
-use netns::{mac_string, ChildGuard, NetPair};
+use netns::{mac_string, ChildGuard, NetnsPair};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
@@ -18,16 +18,16 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn answers_arp_and_ping_over_af_packet_and_tap() {
-    let pair = match NetPair::create("i") {
+    let pair = match netns::create("i") {
         Ok(p) => p,
         Err(why) => {
             eprintln!("skipping: {why}");
             return;
         }
     };
-    pair.enter_a();
+    netns::enter(&pair.a).unwrap();
 
-    let vdev = format!("net_af_packet0,iface={}", pair.veth_a);
+    let vdev = format!("net_af_packet0,iface={}", pair.ifaces.0);
     let eal = Eal::init(&EalConfig::with_vdev(vdev.as_str())).expect("rte_eal_init");
     let pool = Mempool::new(
         &eal,
@@ -40,29 +40,33 @@ fn answers_arp_and_ping_over_af_packet_and_tap() {
     let id = eal.port_by_name("net_af_packet0").expect("af_packet port");
     let port = Port::start(id, &pool, &PortConfig::default()).expect("port start");
     let mac = port.mac().expect("mac");
-    assert_eq!(mac, pair.mac_a(), "af_packet reports the veth's MAC");
+    assert_eq!(
+        mac,
+        pair.mac(false).unwrap(),
+        "af_packet reports the veth's MAC"
+    );
     assert!(port.link().expect("link").up);
 
     let mut dev = DpdkDevice::new(port);
     let origin = Instant::now();
     let now = || SmolInstant::from_micros(origin.elapsed().as_micros() as i64);
     let mut iface = Interface::new(Config::new(EthernetAddress(mac).into()), &mut dev, now());
-    let ours: std::net::Ipv4Addr = NetPair::OUR_IP.parse().unwrap();
+    let ours: std::net::Ipv4Addr = netns::OUR_IP.parse().unwrap();
     iface.update_ip_addrs(|a| {
-        a.push(IpCidr::new(IpAddress::Ipv4(ours), NetPair::PREFIX))
+        a.push(IpCidr::new(IpAddress::Ipv4(ours), netns::PREFIX))
             .unwrap();
     });
 
     // ping runs in the other namespace; we poll smoltcp until it is done (bounded: -w 20).
     let _out = ping_while_polling(
-        pair.in_b("ping"),
-        NetPair::OUR_IP,
+        NetnsPair::command(&pair.b, "ping"),
+        netns::OUR_IP,
         &mut iface,
         &mut dev,
         &now,
     );
     assert_eq!(
-        pair.neighbour_in_b(NetPair::OUR_IP).as_deref(),
+        NetnsPair::neighbour(&pair.b, netns::OUR_IP).as_deref(),
         Some(mac_string(mac).as_str()),
         "the peer learned our MAC through ARP"
     );
@@ -90,7 +94,7 @@ fn answers_arp_and_ping_over_af_packet_and_tap() {
     let port = Port::start(tap_id, &pool, &PortConfig::default()).expect("tap start");
     let tap_mac = port.mac().expect("tap mac");
     let kernel = std::process::Command::new("ip")
-        .args(["-n", &pair.ns_a, "addr", "add", "10.78.0.1/24", "dev", &tap])
+        .args(["-n", &pair.a, "addr", "add", "10.78.0.1/24", "dev", &tap])
         .status()
         .expect("ip addr add");
     assert!(kernel.success());
@@ -108,7 +112,7 @@ fn answers_arp_and_ping_over_af_packet_and_tap() {
         .unwrap();
     });
     let mut ping = std::process::Command::new("ip");
-    ping.args(["netns", "exec", &pair.ns_a, "ping"]);
+    ping.args(["netns", "exec", &pair.a, "ping"]);
     let _out = ping_while_polling(ping, "10.78.0.2", &mut iface, &mut dev, &now);
     drop(iface);
     drop(dev);
@@ -120,10 +124,10 @@ fn answers_arp_and_ping_over_af_packet_and_tap() {
         eprintln!("skipping the net_af_xdp part: {why}");
         return;
     }
-    let xdp_pair = NetPair::create("x").expect("second namespace pair");
-    xdp_pair.enter_a();
+    let xdp_pair = netns::create("x").expect("second namespace pair");
+    netns::enter(&xdp_pair.a).unwrap();
     let xdp_id = eal
-        .probe(&format!("net_af_xdp0,iface={}", xdp_pair.veth_a))
+        .probe(&format!("net_af_xdp0,iface={}", xdp_pair.ifaces.0))
         .expect("probe net_af_xdp0");
     // Its own pool: the af_xdp PMD registers the pool's memory as the socket's UMEM.
     let xdp_pool = Mempool::new(
@@ -137,7 +141,7 @@ fn answers_arp_and_ping_over_af_packet_and_tap() {
     .expect("af_xdp mempool");
     let port = Port::start(xdp_id, &xdp_pool, &PortConfig::default()).expect("af_xdp start");
     let xdp_mac = port.mac().expect("af_xdp mac");
-    assert_eq!(xdp_mac, xdp_pair.mac_a());
+    assert_eq!(xdp_mac, xdp_pair.mac(false).unwrap());
     let mut dev = DpdkDevice::new(port);
     let mut iface = Interface::new(
         Config::new(EthernetAddress(xdp_mac).into()),
@@ -145,12 +149,12 @@ fn answers_arp_and_ping_over_af_packet_and_tap() {
         now(),
     );
     iface.update_ip_addrs(|a| {
-        a.push(IpCidr::new(IpAddress::Ipv4(ours), NetPair::PREFIX))
+        a.push(IpCidr::new(IpAddress::Ipv4(ours), netns::PREFIX))
             .unwrap();
     });
     let _out = ping_while_polling(
-        xdp_pair.in_b("ping"),
-        NetPair::OUR_IP,
+        NetnsPair::command(&xdp_pair.b, "ping"),
+        netns::OUR_IP,
         &mut iface,
         &mut dev,
         &now,

@@ -7,7 +7,7 @@ mod netns;
 use ferry_dpdk::{Cidr, Error, ServeConfig};
 use ferry_driver::{HttpSession, Request, Response, ServerOptions, Service};
 use ferry_netstack::SessionPort;
-use netns::NetPair;
+use netns::NetnsPair;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +23,8 @@ impl Service for App {
     }
 }
 
-fn curl(pair: &NetPair, args: &[&str]) -> (bool, String) {
-    let out = pair
-        .in_b("curl")
+fn curl(pair: &NetnsPair, args: &[&str]) -> (bool, String) {
+    let out = NetnsPair::command(&pair.b, "curl")
         .args(["-sS", "--max-time", "20", "--connect-timeout", "10"])
         .args(args)
         .output()
@@ -38,19 +37,19 @@ fn curl(pair: &NetPair, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn curl_from_the_other_namespace() {
-    let pair = match NetPair::create("s") {
+    let pair = match netns::create("s") {
         Ok(p) => p,
         Err(why) => {
             eprintln!("skipping: {why}");
             return;
         }
     };
-    pair.enter_a();
+    netns::enter(&pair.a).unwrap();
 
-    let ip: Cidr = format!("{}/{}", NetPair::OUR_IP, NetPair::PREFIX)
+    let ip: Cidr = format!("{}/{}", netns::OUR_IP, netns::PREFIX)
         .parse()
         .unwrap();
-    let mut cfg = ServeConfig::new(format!("net_af_packet0,iface={}", pair.veth_a), ip);
+    let mut cfg = ServeConfig::new(format!("net_af_packet0,iface={}", pair.ifaces.0), ip);
     cfg.pool.size = 4095;
     // Sleep a little when idle: this machine's cores are shared.
     cfg.busy_poll = Duration::from_micros(200);
@@ -68,9 +67,9 @@ fn curl_from_the_other_namespace() {
     let port = SessionPort::<HttpSession>::boxed(80, ctx, Arc::new(()));
     let server = ferry_dpdk::start(cfg.clone(), vec![port]).expect("start");
     assert_eq!(server.info().port_name, "net_af_packet0");
-    assert_eq!(server.info().mac, pair.mac_a());
+    assert_eq!(server.info().mac, pair.mac(false).unwrap());
 
-    let url = format!("http://{}/", NetPair::OUR_IP);
+    let url = format!("http://{}/", netns::OUR_IP);
     let (ok, out) = curl(&pair, &[&url]);
     assert!(ok, "curl failed: {out}");
     assert_eq!(out, "hello over dpdk\n");
@@ -81,7 +80,7 @@ fn curl_from_the_other_namespace() {
     assert_eq!(out, "hello over dpdk\n".repeat(3));
 
     // A 1 MiB response (many segments, windows, ACKs) arrives whole.
-    let big = format!("http://{}/big", NetPair::OUR_IP);
+    let big = format!("http://{}/big", netns::OUR_IP);
     let (ok, out) = curl(
         &pair,
         &[
@@ -96,7 +95,7 @@ fn curl_from_the_other_namespace() {
     assert_eq!(out, format!("{} 200", 1 << 20));
 
     // A request body goes up.
-    let echo = format!("http://{}/echo", NetPair::OUR_IP);
+    let echo = format!("http://{}/echo", netns::OUR_IP);
     let body = "y".repeat(200_000);
     let file = std::env::temp_dir().join(format!("ferry-dpdk-body-{}", std::process::id()));
     std::fs::write(&file, &body).expect("write body");
@@ -107,7 +106,7 @@ fn curl_from_the_other_namespace() {
     assert!(out == body, "echoed {} bytes", out.len());
 
     // Nothing listens on 81: the stack resets the SYN.
-    let (ok, out) = curl(&pair, &[&format!("http://{}:81/", NetPair::OUR_IP)]);
+    let (ok, out) = curl(&pair, &[&format!("http://{}:81/", netns::OUR_IP)]);
     assert!(!ok);
     assert!(out.contains("(7)"), "expected a refused connection: {out}");
 
