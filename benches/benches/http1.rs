@@ -1,7 +1,7 @@
 //! HTTP/1.1 server-side parse and respond throughput, next to raw httparse on the same bytes.
 //!
 //! `cargo bench -p ferry-benches --bench http1` (or `scripts/bench http1-parse`). Groups
-//! `http1/single` (one ~450-byte browser request per call) and `http1/pipelined16` (16 of them
+//! `http1/single` (one ~490-byte browser request per call) and `http1/pipelined16` (16 of them
 //! in one buffer), each with `httparse` (raw parse), `event` (bytes → `Request` + `End` events
 //! on a kept-alive `ServerConnection`) and `event+response` (plus a queued 200 response with a
 //! 12-byte body, transmit drained); see `ferry_benches` for what exactly is timed. Throughput

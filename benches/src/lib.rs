@@ -1,7 +1,7 @@
 //! Workloads shared by Ferry's criterion benches (`benches/http1.rs`) and the `ratio` binary,
 //! so both measure exactly the same thing.
 //!
-//! HTTP/1.1 server side, on a typical ~450-byte browser request, in two shapes:
+//! HTTP/1.1 server side, on a typical ~490-byte browser request, in two shapes:
 //! [`Shape::Single`] (one request per buffer/call, as a client without pipelining sends them) and
 //! [`Shape::Pipelined`] (16 requests in one buffer). Three workloads per shape:
 //!
@@ -26,7 +26,7 @@ use ferry_http1::server::Event;
 use ferry_http1::{Body, RequestId, ServerConfig, ServerConnection};
 use ferry_proto::{Connection, Instant};
 
-/// A typical browser navigation request (~450 bytes, 13 header fields).
+/// A typical browser navigation request (494 bytes, 12 header fields).
 pub const BROWSER_REQUEST: &[u8] = b"GET /articles/sans-io-protocols?page=2 HTTP/1.1\r\n\
 Host: www.example.com\r\n\
 User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\

@@ -52,16 +52,22 @@ impl Method {
     /// Classify a method token (case-sensitive, as RFC 9110 §9.1 says).
     #[inline]
     pub fn from_token(s: &str) -> Method {
+        Method::from_bytes(s.as_bytes())
+    }
+
+    /// [`from_token`](Self::from_token) on bytes.
+    #[inline]
+    pub(crate) fn from_bytes(s: &[u8]) -> Method {
         match s {
-            "GET" => Method::Get,
-            "HEAD" => Method::Head,
-            "POST" => Method::Post,
-            "PUT" => Method::Put,
-            "DELETE" => Method::Delete,
-            "CONNECT" => Method::Connect,
-            "OPTIONS" => Method::Options,
-            "TRACE" => Method::Trace,
-            "PATCH" => Method::Patch,
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            b"POST" => Method::Post,
+            b"PUT" => Method::Put,
+            b"DELETE" => Method::Delete,
+            b"CONNECT" => Method::Connect,
+            b"OPTIONS" => Method::Options,
+            b"TRACE" => Method::Trace,
+            b"PATCH" => Method::Patch,
             _ => Method::Other,
         }
     }
@@ -786,8 +792,11 @@ impl Request {
             if !crate::is_token(name) {
                 return Err(Error::InvalidHead(HeadError::HeaderName));
             }
-            let bad = |b: &u8| !(*b == b'\t' || (b' '..=0x7e).contains(b) || *b >= 0x80);
-            if value.iter().any(bad)
+            // Controls other than HTAB, and DEL; branch-free so the loop vectorizes.
+            let bad = value.iter().fold(false, |acc, &b| {
+                acc | ((b < b' ') & (b != b'\t')) | (b == 0x7f)
+            });
+            if bad
                 || matches!(value.first(), Some(b' ' | b'\t'))
                 || matches!(value.last(), Some(b' ' | b'\t'))
             {
@@ -1003,102 +1012,162 @@ pub(crate) struct ParsedRequest {
 /// Parse a request head at the start of `buf`, with at most `max_headers` fields, its field
 /// index going to `out`. `Ok(None)` means more bytes are needed. Applies the framing rules of
 /// RFC 9112 §6.
+///
+/// One pass over the bytes ([`crate::parse`]): each field line's offset goes to the index and
+/// the framing fields to [`Framing`] as the parser finds them. Errors are reported in this
+/// order: the parser's (httparse's verdicts), framing fields, empty lines before the request
+/// line, bare LF ending the request line, the last field line or the head, transfer coding,
+/// then bare LF ending other field lines.
 #[inline]
 pub(crate) fn parse_request(
     buf: &[u8],
     max_headers: usize,
     out: &mut IndexBuf,
 ) -> Result<Option<ParsedRequest>, Error> {
-    let mut hdrs = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
-    let n = max_headers.min(MAX_HEADERS_CAP);
-    let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, &mut hdrs[..n]) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(Error::from_httparse(e)),
-    };
-    let r = request_head(buf, len, &req, out);
-    if r.is_err() {
+    let r = request_head(buf, max_headers.min(MAX_HEADERS_CAP), out);
+    if !matches!(r, Ok(Some(_))) {
         out.discard();
     }
-    r.map(Some)
+    r
 }
 
-/// Everything after httparse's verdict, in one pass over its fields: the index and the
-/// framing facts together, names classified by length. Errors are reported in this order:
-/// framing fields, request line, version, transfer coding, then field line endings.
+/// Where [`request_head`] puts field line offsets while parsing: in place while they fit
+/// ([`Index::fits`]), then in the connection's [`IndexBuf`].
+struct IndexWriter<'a> {
+    at: [u16; INLINE_FIELDS],
+    spilled: bool,
+    out: &'a mut IndexBuf,
+}
+
+impl IndexWriter<'_> {
+    /// Offsets grow with `i`: once one does not fit in place, no later one does.
+    #[inline(always)]
+    fn push(&mut self, i: usize, offset: usize) {
+        match self.at.get_mut(i) {
+            Some(slot) if offset <= u16::MAX as usize => *slot = offset as u16,
+            _ => self.push_slow(i, offset),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn push_slow(&mut self, i: usize, offset: usize) {
+        self.spill(i);
+        self.out.reserve(1);
+        self.out.push(offset as u32);
+    }
+
+    /// Move the first `n` offsets out of place.
+    fn spill(&mut self, n: usize) {
+        if !self.spilled {
+            self.spilled = true;
+            self.out.reserve(n + 1);
+            for &o in &self.at[..n] {
+                self.out.push(u32::from(o));
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn finish(mut self, n: usize, len: usize) -> Index {
+        if !self.spilled && Index::fits(n, len) {
+            return Index::Inline {
+                len: n as u8,
+                at: self.at,
+            };
+        }
+        self.spill(n);
+        Index::Spilled(self.out.take())
+    }
+}
+
+/// What [`request_head`] builds from the fields as the parser finds them.
+struct RequestFields<'a> {
+    index: IndexWriter<'a>,
+    framing: Framing,
+    /// The first framing error: reported once the parser has accepted the whole head (its
+    /// errors come first).
+    framing_err: Option<Error>,
+}
+
+impl crate::parse::FieldSink for RequestFields<'_> {
+    #[inline(always)]
+    fn field(&mut self, i: usize, offset: usize, name: &[u8], value: &[u8]) {
+        self.index.push(i, offset);
+        // Most names are none of the framing fields: one table look-up by length and first
+        // letter rules them out.
+        if let (Some(&first), Some(&want)) = (name.first(), FRAMING_FIRST.get(name.len())) {
+            if first | 0x20 == want && self.framing_err.is_none() {
+                if let Err(e) = self.framing.field(name, value) {
+                    self.framing_err = Some(e);
+                }
+            }
+        }
+    }
+}
+
+/// [`parse_request`]'s work: the parser, the index and the framing facts in one pass.
 #[inline(always)]
 fn request_head(
     buf: &[u8],
-    len: usize,
-    req: &httparse::Request<'_, '_>,
+    max_headers: usize,
     out: &mut IndexBuf,
-) -> Result<ParsedRequest, Error> {
-    let base = buf.as_ptr() as usize;
-    let fields: &[httparse::Header<'_>] = req.headers;
-    let mut framing = Framing::default();
-    // Every line before a field line ends in CRLF (the last field line is covered by the
-    // `\r\n\r\n` check below): httparse also accepts a bare LF, a smuggling vector behind
-    // lenient proxies. A CR can only sit right before the LF: httparse rejects it elsewhere.
-    let mut crlf = true;
-    // The index: in place for a typical head, else in `out`. One loop per case, so neither
-    // branches on it per field.
-    let mut at = [0u16; INLINE_FIELDS];
-    let inline = Index::fits(fields.len(), len);
-    if inline {
-        scan_fields(fields, buf, &mut framing, &mut crlf, |i, o| {
-            if let Some(slot) = at.get_mut(i) {
-                *slot = o as u16;
-            }
-        })?;
-    } else {
-        out.reserve(fields.len());
-        scan_fields(fields, buf, &mut framing, &mut crlf, |_, o| {
-            out.push(o as u32)
-        })?;
+) -> Result<Option<ParsedRequest>, Error> {
+    let mut fields = RequestFields {
+        index: IndexWriter {
+            at: [0; INLINE_FIELDS],
+            spilled: false,
+            out,
+        },
+        framing: Framing::default(),
+        framing_err: None,
+    };
+    let raw = crate::parse::parse_request_head(buf, max_headers, &mut fields);
+    let raw = match raw {
+        Ok(httparse::Status::Complete(r)) => r,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Error::from_httparse(e)),
+    };
+    let RequestFields {
+        index,
+        framing,
+        framing_err,
+    } = fields;
+    if let Some(e) = framing_err {
+        return Err(e);
     }
     let framing = framing.finish()?;
-    let method_s = req.method.unwrap_or("");
-    let path = req.path.unwrap_or("");
-    if method_s.as_ptr() as usize != base {
-        // httparse skipped empty lines before the request line; the caller strips them first.
+    let len = raw.len;
+    if raw.method.0 != 0 {
+        // Empty lines before the request line; the caller strips them first.
         return Err(Error::InvalidHead(crate::HeadError::NewLine));
     }
-    // CRLF after the request line (" HTTP/1.x" follows the target) and at the very end.
-    let target_start = path.as_ptr() as usize - base;
-    if buf.get(target_start + path.len() + 9) != Some(&b'\r') || !buf[..len].ends_with(b"\r\n\r\n")
-    {
+    if raw.line_ends.outer_bare {
         return Err(Error::BareLineFeed);
     }
-    let version = match req.version {
-        Some(0) => Version::Http10,
-        Some(1) => Version::Http11,
-        _ => return Err(Error::UnsupportedVersion),
+    let version = if raw.version == 0 {
+        Version::Http10
+    } else {
+        Version::Http11
     };
-    let method = Method::from_token(method_s);
+    let method = Method::from_bytes(&buf[..raw.method.1]);
     let facts = framing.request_facts(method, version)?;
-    if !crlf {
+    if raw.line_ends.field_bare {
         return Err(Error::BareLineFeed);
     }
     if len > u32::MAX as usize {
         return Err(Error::HeadTooLarge);
     }
-    let idx = if inline {
-        Index::Inline {
-            len: fields.len() as u8,
-            at,
-        }
-    } else {
-        Index::Spilled(out.take())
-    };
-    Ok(ParsedRequest {
+    let idx = index.finish(raw.fields, len);
+    let (target_start, target_end) = raw.target;
+    Ok(Some(ParsedRequest {
         len,
         host_count: framing.host_count,
         req: Request {
             id: RequestId(0),
             method,
-            method_len: method_s.len() as u16,
-            target: (target_start as u32, path.len() as u32),
+            method_len: raw.method.1 as u16,
+            target: (target_start as u32, (target_end - target_start) as u32),
             version,
             headers: Headers {
                 buf: Bytes::new(),
@@ -1109,36 +1178,7 @@ fn request_head(
             expect_continue: facts.expect_continue,
             upgrade: facts.upgrade,
         },
-    })
-}
-
-/// [`request_head`]'s pass over the fields: `store(i, offset)` each field line's offset,
-/// check the line before it ends in CRLF, and feed the framing fields to `framing`.
-#[inline(always)]
-fn scan_fields(
-    fields: &[httparse::Header<'_>],
-    buf: &[u8],
-    framing: &mut Framing,
-    crlf: &mut bool,
-    mut store: impl FnMut(usize, usize),
-) -> Result<(), Error> {
-    let base = buf.as_ptr() as usize;
-    let mut ok = true;
-    for (i, h) in fields.iter().enumerate() {
-        let name = h.name.as_bytes();
-        let name_start = name.as_ptr() as usize - base;
-        ok &= buf.get(name_start.wrapping_sub(2)) == Some(&b'\r');
-        store(i, name_start);
-        // Most names are none of the framing fields: one table look-up by length and first
-        // letter rules them out.
-        if let (Some(&first), Some(&want)) = (name.first(), FRAMING_FIRST.get(name.len())) {
-            if first | 0x20 == want {
-                framing.field(name, h.value)?;
-            }
-        }
-    }
-    *crlf = ok;
-    Ok(())
+    }))
 }
 
 /// For each name length, the first letter (lower case) of the framing field with that length
@@ -1649,6 +1689,8 @@ mod tests {
             (s(2), b"y".to_vec(), "", ""),
         ];
         check_against_httparse(&head_with(&fields), &mut out);
+        // Every field line starts below 64 KiB, the head ends past it.
+        check_against_httparse(&head_with(&fields[..2]), &mut out);
         // Responses and from_parts too.
         let names: alloc::vec::Vec<_> = (0..30).map(s).collect();
         let r = Request::from_parts(
@@ -1673,6 +1715,29 @@ mod tests {
         let resp = Response::build(RequestId(0), Bytes::copy_from_slice(&text), p);
         assert_eq!(resp.headers().len(), 30);
         assert_eq!(resp.headers().iter().last(), Some(("x-f29", &b"w"[..])));
+    }
+
+    #[test]
+    fn spilled_index_survives_failed_and_partial_heads() {
+        let s = |i: usize| alloc::format!("x-f{i}");
+        let many: alloc::vec::Vec<_> = (0..30).map(|i| (s(i), b"v".to_vec(), " ", "")).collect();
+        let good = head_with(&many);
+        let mut out = IndexBuf::new();
+        // Fields past the in-place ones were indexed into `out` before the parse failed or ran
+        // out of bytes: none of it may leak into the next head's index.
+        let mut bad = good[..good.len() - 2].to_vec();
+        bad.extend_from_slice(b"x-bad\x01: v\r\n\r\n");
+        assert!(parse_request(&bad, 64, &mut out).is_err());
+        assert!(parse_request(&good[..good.len() - 1], 64, &mut out)
+            .unwrap()
+            .is_none());
+        let mut framing = good[..good.len() - 2].to_vec();
+        framing.extend_from_slice(b"content-length: 1\r\ncontent-length: 2\r\n\r\n");
+        assert_eq!(
+            parse_request(&framing, 64, &mut out).err(),
+            Some(Error::InvalidContentLength)
+        );
+        check_against_httparse(&good, &mut out);
     }
 
     mod props {

@@ -1,0 +1,662 @@
+//! Our own request-head parser: request line and field lines in one pass over the bytes.
+//!
+//! Why not httparse here (it still parses responses and trailers): with httparse, turning a
+//! typical browser request into a `Request` event cost 1.33× httparse's own parse of the same
+//! bytes (4319 vs 3256 instructions per request under callgrind; issue 3's budget is 1.2×):
+//! after httparse's pass over the bytes we walked its field array again to build the index and
+//! find the framing fields, and httparse's field loop costs ~160 instructions per field line
+//! (a byte-at-a-time name scan, a runtime-dispatched vector call per value). Here names
+//! (letters and `-`) and values are read eight bytes at a time (SWAR, safe code; the token
+//! table only for rarer name bytes), and each field goes to a [`FieldSink`] as it is found, so
+//! the index and the framing facts are built on the way: 3651 instructions per request, 1.12×.
+//!
+//! Its verdicts are httparse 1.10's, byte for byte: the same `Complete`/`Partial`/error (same
+//! [`httparse::Error`] variant) for every input, the same method, target, version, field names
+//! and values, and the same head length (`tests` below check it against httparse on
+//! generated and mutated heads, and so does the fuzz target `http1_head_diff`). Like
+//! httparse it accepts a bare LF as a line ending; it reports where it saw one
+//! ([`LineEnds`]), and [`crate::head`] rejects those heads (RFC 9112 §2.2), as before.
+
+use httparse::{Error as ParseError, Status};
+
+/// `tchar` (RFC 9110 §5.6.2): field name and method bytes.
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+};
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` that is below `n` (`n` ≤ 0x80) or equal to DEL. Only the
+/// lowest flagged byte is exact (a borrow can flag bytes above it), which is all we use.
+#[inline(always)]
+fn below_or_del(x: u64, n: u8) -> u64 {
+    let lt = x.wrapping_sub(ONES * n as u64) & !x;
+    let d = x ^ (ONES * 0x7f);
+    let del = d.wrapping_sub(ONES) & !d;
+    (lt | del) & HIGH
+}
+
+/// The length of the run of bytes at the start of `rest` that are neither below `n` nor DEL
+/// (`n = 0x21`: request-target bytes; `n = 0x20`: field-value bytes but HTAB), and whether
+/// any byte read (some may lie past the run) has its high bit set.
+#[inline(always)]
+fn run_len(rest: &[u8], n: u8) -> (usize, bool) {
+    let mut len = 0;
+    let mut high = 0;
+    let mut words = rest.chunks_exact(8);
+    for w in &mut words {
+        let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        high |= w;
+        let m = below_or_del(w, n);
+        if m != 0 {
+            return (len + (m.trailing_zeros() / 8) as usize, high & HIGH != 0);
+        }
+        len += 8;
+    }
+    for &b in words.remainder() {
+        if b < n || b == 0x7f {
+            break;
+        }
+        high |= u64::from(b);
+        len += 1;
+    }
+    (len, high & HIGH != 0)
+}
+
+/// The high bit of each byte of `x` that is not an ASCII letter or `-`. Only the lowest
+/// flagged byte is exact (a carry out of a byte at or above 0x80 can flag bytes above it), which
+/// is all we use.
+#[inline(always)]
+fn not_alpha_dash(x: u64) -> u64 {
+    let l = x | (ONES * 0x20);
+    let alpha = l.wrapping_add(ONES * 0x1f) & !l.wrapping_add(ONES * 0x05);
+    let y = x ^ (ONES * b'-' as u64);
+    let not_dash = y.wrapping_add(ONES * 0x7f) | y;
+    let good = (alpha | !not_dash) & !x & HIGH;
+    good ^ HIGH
+}
+
+/// The length of the token at the start of `rest` (field-name bytes): eight bytes at a time
+/// while they are letters and `-` (nearly every name), then through the table.
+#[inline(always)]
+fn token_len(rest: &[u8]) -> usize {
+    let mut len = 0;
+    let mut words = rest.chunks_exact(8);
+    for w in &mut words {
+        let m = not_alpha_dash(u64::from_le_bytes([
+            w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7],
+        ]));
+        if m != 0 {
+            len += (m.trailing_zeros() / 8) as usize;
+            if rest.get(len) == Some(&b':') {
+                return len;
+            }
+            break;
+        }
+        len += 8;
+    }
+    while let Some(&b) = rest.get(len) {
+        if !TOKEN[b as usize] {
+            break;
+        }
+        len += 1;
+    }
+    len
+}
+
+/// The length of the field name at the start of `rest` when it is letters and `-` followed by
+/// `:` (nearly every name), read eight bytes at a time; `None` for anything else.
+#[inline(always)]
+fn fast_name(rest: &[u8]) -> Option<usize> {
+    let mut n = 0;
+    while let Some(w) = rest.get(n..n + 8) {
+        let m = not_alpha_dash(u64::from_le_bytes([
+            w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7],
+        ]));
+        if m != 0 {
+            n += (m.trailing_zeros() / 8) as usize;
+            return (n != 0 && rest.get(n) == Some(&b':')).then_some(n);
+        }
+        n += 8;
+    }
+    None
+}
+
+/// [`fast_name`]'s other cases: the length of the name (followed by `:`), or `Err(None)` if
+/// more bytes are needed, or the error.
+#[cold]
+#[inline(never)]
+fn slow_name(rest: &[u8]) -> Result<usize, Option<ParseError>> {
+    let n = token_len(rest);
+    match rest.get(n) {
+        _ if n == 0 => Err(Some(ParseError::HeaderName)),
+        Some(b':') => Ok(n),
+        Some(_) => Err(Some(ParseError::HeaderName)),
+        None => Err(None),
+    }
+}
+
+/// The length of the field value at the start of `rest` when it has no HTAB and ends in CRLF
+/// (nearly every value), read eight bytes at a time; `None` for anything else (including a
+/// value that is not complete yet).
+#[inline(always)]
+fn fast_value(rest: &[u8]) -> Option<usize> {
+    let mut n = 0;
+    while let Some(w) = rest.get(n..n + 8) {
+        let m = below_or_del(
+            u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]),
+            0x20,
+        );
+        if m != 0 {
+            n += (m.trailing_zeros() / 8) as usize;
+            return (rest.get(n..n + 2) == Some(b"\r\n")).then_some(n);
+        }
+        n += 8;
+    }
+    // The last few bytes of the buffer (a value at the end of a head read alone).
+    let tail = rest.get(n..)?;
+    let k = tail.iter().position(|&b| b < 0x20 || b == 0x7f)?;
+    (tail.get(k..k + 2) == Some(b"\r\n")).then_some(n + k)
+}
+
+/// [`fast_value`]'s other cases: the value's length (with trailing whitespace) and its line
+/// ending's (2, or 1 for a bare LF), or `Err(None)` if more bytes are needed, or the error.
+#[cold]
+#[inline(never)]
+fn slow_value(rest: &[u8]) -> Result<(usize, usize), Option<ParseError>> {
+    let mut n = 0;
+    loop {
+        n += run_len(&rest[n..], 0x20).0;
+        match &rest[n..] {
+            [b'\t', ..] => n += 1,
+            [b'\r', b'\n', ..] => return Ok((n, 2)),
+            [b'\n', ..] => return Ok((n, 1)),
+            [] | [b'\r'] => return Err(None),
+            _ => return Err(Some(ParseError::HeaderValue)),
+        }
+    }
+}
+
+/// Where a head used a bare LF (not CRLF) as a line ending.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LineEnds {
+    /// The request line, the last field line or the empty line ending the head.
+    pub outer_bare: bool,
+    /// Any field line.
+    pub field_bare: bool,
+}
+
+/// A request head: offsets into the parsed buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RawRequest {
+    /// The head's length (up to and including the empty line).
+    pub len: usize,
+    /// Where the method starts (after empty lines before the request line) and ends.
+    pub method: (usize, usize),
+    /// The request target's start and end.
+    pub target: (usize, usize),
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    /// Field lines.
+    pub fields: usize,
+    /// Bare LF line endings.
+    pub line_ends: LineEnds,
+}
+
+/// Takes the fields of a head as [`parse_request_head`] finds them.
+pub(crate) trait FieldSink {
+    /// Field line `i` starts at `offset` of the buffer; `name` and `value` are its parts
+    /// (the value without leading and trailing whitespace).
+    fn field(&mut self, i: usize, offset: usize, name: &[u8], value: &[u8]);
+}
+
+impl<F: FnMut(usize, usize, &[u8], &[u8])> FieldSink for F {
+    #[inline(always)]
+    fn field(&mut self, i: usize, offset: usize, name: &[u8], value: &[u8]) {
+        self(i, offset, name, value)
+    }
+}
+
+/// A parse step: `Ok(Complete(v))`, `Ok(Partial)` (more bytes needed) or the error.
+type Step<T> = Result<Status<T>, ParseError>;
+
+/// Parse the request head at the start of `buf` as httparse's `Request::parse` does, with at
+/// most `max_headers` fields. `sink` gets each field line as soon as it is complete (so also
+/// for heads that turn out incomplete or invalid further on: the caller must only keep what it
+/// learned on `Complete`).
+#[inline(always)]
+pub(crate) fn parse_request_head(
+    buf: &[u8],
+    max_headers: usize,
+    sink: &mut impl FieldSink,
+) -> Step<RawRequest> {
+    let at = |rest: &[u8]| buf.len() - rest.len();
+    let mut rest = buf;
+    // Empty lines before the request line.
+    loop {
+        match rest {
+            [b'\r', b'\n', r @ ..] | [b'\n', r @ ..] => rest = r,
+            [b'\r', _, ..] => return Err(ParseError::NewLine),
+            [] | [b'\r'] => return Ok(Status::Partial),
+            _ => break,
+        }
+    }
+    // method SP
+    let method_start = at(rest);
+    let n = token_len(rest);
+    let method_end = method_start + n;
+    match rest.get(n) {
+        _ if n == 0 && !rest.is_empty() => return Err(ParseError::Token),
+        None => return Ok(Status::Partial),
+        Some(b' ') => rest = &rest[n + 1..],
+        Some(_) => return Err(ParseError::Token),
+    }
+    // request-target SP
+    let target_start = at(rest);
+    let (n, non_ascii) = run_len(rest, 0x21);
+    let target = &rest[..n];
+    match rest.get(n) {
+        None => return Ok(Status::Partial),
+        Some(b' ') if n != 0 => rest = &rest[n + 1..],
+        Some(_) => return Err(ParseError::Token),
+    }
+    if non_ascii && core::str::from_utf8(target).is_err() {
+        return Err(ParseError::Token);
+    }
+    // HTTP-version
+    let version = match rest.first_chunk::<8>() {
+        Some(b"HTTP/1.0") => 0,
+        Some(b"HTTP/1.1") => 1,
+        Some(_) => return Err(ParseError::Version),
+        None => {
+            let n = rest.len().min(7);
+            return if rest[..n] == b"HTTP/1."[..n] {
+                Ok(Status::Partial)
+            } else {
+                Err(ParseError::Version)
+            };
+        }
+    };
+    let mut line_ends = LineEnds::default();
+    rest = match &rest[8..] {
+        [b'\r', b'\n', r @ ..] => r,
+        [b'\n', r @ ..] => {
+            line_ends.outer_bare = true;
+            r
+        }
+        [] | [b'\r'] => return Ok(Status::Partial),
+        _ => return Err(ParseError::NewLine),
+    };
+    let mut fields = 0;
+    let mut last_bare_field = usize::MAX;
+    let mut end = 2;
+    loop {
+        // The empty line that ends the head, or field-name ":"
+        let line = rest;
+        let n = match rest {
+            [b'\r', b'\n', ..] => break,
+            [b'\n', ..] => {
+                line_ends.outer_bare = true;
+                end = 1;
+                break;
+            }
+            [b'\r', _, ..] => return Err(ParseError::NewLine),
+            [] | [b'\r'] => return Ok(Status::Partial),
+            _ => match fast_name(rest) {
+                Some(n) => n,
+                None => match slow_name(rest) {
+                    Ok(n) => n,
+                    Err(None) => return Ok(Status::Partial),
+                    Err(Some(e)) => return Err(e),
+                },
+            },
+        };
+        let name = &rest[..n];
+        rest = &rest[n + 1..];
+        // OWS field-value OWS CRLF
+        if let [b' ', r @ ..] = rest {
+            rest = r;
+        }
+        while let [b' ' | b'\t', r @ ..] = rest {
+            rest = r;
+        }
+        let (n, eol) = match fast_value(rest) {
+            Some(n) => (n, 2),
+            None => match slow_value(rest) {
+                Ok(v) => v,
+                Err(None) => return Ok(Status::Partial),
+                Err(Some(e)) => return Err(e),
+            },
+        };
+        if eol == 1 {
+            last_bare_field = fields;
+        }
+        let mut value = &rest[..n];
+        rest = &rest[n + eol..];
+        if fields == max_headers {
+            return Err(ParseError::TooManyHeaders);
+        }
+        // Trailing OWS is not part of the value (which starts with a visible byte).
+        while let [v @ .., b' ' | b'\t'] = value {
+            value = v;
+        }
+        sink.field(fields, at(line), name, value);
+        fields += 1;
+    }
+    // `rest` starts with the empty line.
+    let len = at(rest) + end;
+    if last_bare_field != usize::MAX {
+        line_ends.field_bare = true;
+        line_ends.outer_bare |= last_bare_field + 1 == fields;
+    }
+    Ok(Status::Complete(RawRequest {
+        len,
+        method: (method_start, method_end),
+        target: (target_start, target_start + target.len()),
+        version,
+        fields,
+        line_ends,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::MaybeUninit;
+    use proptest::prelude::*;
+    use std::string::String;
+    use std::vec::Vec;
+
+    /// What a parse says, in terms both parsers can be compared in.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Verdict {
+        len: usize,
+        method: (usize, usize),
+        target: (usize, usize),
+        version: u8,
+        /// (line offset, name, value)
+        fields: Vec<(usize, Vec<u8>, Vec<u8>)>,
+    }
+
+    fn ours(buf: &[u8], max: usize) -> (Result<Status<Verdict>, ParseError>, Option<LineEnds>) {
+        let mut fields = Vec::new();
+        let mut sink = |_i: usize, at: usize, name: &[u8], value: &[u8]| {
+            fields.push((at, name.to_vec(), value.to_vec()))
+        };
+        match parse_request_head(buf, max, &mut sink) {
+            Ok(Status::Complete(r)) => {
+                assert_eq!(r.fields, fields.len());
+                let v = Verdict {
+                    len: r.len,
+                    method: r.method,
+                    target: r.target,
+                    version: r.version,
+                    fields,
+                };
+                (Ok(Status::Complete(v)), Some(r.line_ends))
+            }
+            Ok(Status::Partial) => (Ok(Status::Partial), None),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    fn httparse(buf: &[u8], max: usize) -> Result<Status<Verdict>, ParseError> {
+        let mut hdrs = std::vec![MaybeUninit::<httparse::Header<'_>>::uninit(); max];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut hdrs) {
+            Ok(Status::Complete(n)) => n,
+            Ok(Status::Partial) => return Ok(Status::Partial),
+            Err(e) => return Err(e),
+        };
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| s.as_ptr() as usize - base;
+        let (m, p) = (req.method.unwrap(), req.path.unwrap());
+        Ok(Status::Complete(Verdict {
+            len,
+            method: (at(m.as_bytes()), at(m.as_bytes()) + m.len()),
+            target: (at(p.as_bytes()), at(p.as_bytes()) + p.len()),
+            version: req.version.unwrap(),
+            fields: req
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        at(h.name.as_bytes()),
+                        h.name.as_bytes().to_vec(),
+                        h.value.to_vec(),
+                    )
+                })
+                .collect(),
+        }))
+    }
+
+    /// The bare-LF checks `head` made on httparse's output before this parser existed.
+    fn line_ends_of(buf: &[u8], v: &Verdict) -> LineEnds {
+        let rl_bare = buf[v.target.1 + 9] != b'\r';
+        let outer_bare = rl_bare || !buf[..v.len].ends_with(b"\r\n\r\n");
+        let field_bare = v.fields.iter().any(|(at, _, _)| buf[at - 2] != b'\r');
+        LineEnds {
+            outer_bare,
+            field_bare,
+        }
+    }
+
+    fn check(buf: &[u8], max: usize) {
+        let (a, ends) = ours(buf, max);
+        let b = httparse(buf, max);
+        assert_eq!(a, b, "{:?} (max {max})", String::from_utf8_lossy(buf));
+        if let (Ok(Status::Complete(v)), Some(ends)) = (&a, ends) {
+            let old = line_ends_of(buf, v);
+            assert_eq!(
+                ends.outer_bare,
+                old.outer_bare,
+                "{:?}",
+                String::from_utf8_lossy(buf)
+            );
+            if !old.outer_bare {
+                assert_eq!(
+                    ends.field_bare,
+                    old.field_bare,
+                    "{:?}",
+                    String::from_utf8_lossy(buf)
+                );
+            }
+        }
+    }
+
+    /// Every prefix, and the whole thing, with a few limits on the number of fields.
+    fn check_all(buf: &[u8]) {
+        for max in [0, 1, 3, 100] {
+            for k in 0..=buf.len() {
+                check(&buf[..k], max);
+            }
+        }
+    }
+
+    const BROWSER: &[u8] = b"GET /articles/sans-io-protocols?page=2 HTTP/1.1\r\n\
+Host: www.example.com\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+Accept: text/html,application/xhtml+xml,*/*;q=0.8\r\n\
+Accept-Language: en-US,en;q=0.5\r\n\
+Connection: keep-alive\r\n\
+Cookie: session=3f9a1c2e; theme=dark\r\n\
+Upgrade-Insecure-Requests: 1\r\n\
+Sec-Fetch-Dest: document\r\n\r\n";
+
+    const ODD: &[u8] = b"\r\n\t :\0\x01\x7f\x80\xff\xc3\xa9\"(),/;<=>?@[\\]{}_.!~|^`'HTP/1.09aZ-";
+
+    #[test]
+    fn vectors() {
+        let cases: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\n\n",
+            b"\r\n\nGET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"POST /x?y=%20 HTTP/1.1\r\nContent-Length: 5\r\nX-1_2.3: \t v a l \t \r\n\r\n",
+            b"GET / HTTP/1.1\r\nA:\r\nB: \r\nC:\t\r\n\r\n",
+            b"GET / HTTP/1.1\r\nA: b\nC: d\r\n\n",
+            b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n",
+            b"GET /\xc3 HTTP/1.1\r\n\r\n",
+            b"GET  / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.2\r\n\r\n",
+            b"GET / HTTP/1.1\r\n Host: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\x7fb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHo\x80st: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) \xff\r\n\r\n",
+            b"GET / HTTP/1.1\r\n:a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\rX",
+            b"\rGET / HTTP/1.1\r\n\r\n",
+            b"G\x01T / HTTP/1.1\r\n\r\n",
+            b" GET / HTTP/1.1\r\n\r\n",
+            b"GET\t/ HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1 \r\n\r\n",
+            b"GET / HTTP/1.1\r\r\n\r\n",
+            b"GET / HTTP/1.1\r\nA-Very-Long-Header-Name-That-Spans-Words: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nSec-CH-UA-Platform-Version9: x\r\nX-B3-TraceId: 1\r\n\r\n",
+        ];
+        for c in cases {
+            check_all(c);
+        }
+        check_all(BROWSER);
+    }
+
+    fn field_line() -> impl Strategy<Value = Vec<u8>> {
+        let name = prop_oneof![
+            prop::sample::select(
+                &[
+                    "Host",
+                    "host",
+                    "Content-Length",
+                    "Transfer-Encoding",
+                    "Connection",
+                    "X_y.z",
+                    "Sec-Fetch-Dest",
+                    "a",
+                    "Accept-Encoding",
+                    "X-Forwarded-For9",
+                ][..]
+            )
+            .prop_map(|s| s.as_bytes().to_vec()),
+            prop::collection::vec(prop::sample::select(ODD), 0..20),
+        ];
+        let ows = prop::sample::select(&["", " ", "\t", "  \t ", " \t"][..]);
+        let value = prop_oneof![
+            prop::collection::vec(0x20u8..0x7f, 0..40),
+            prop::collection::vec(prop::sample::select(ODD), 0..40),
+            prop::collection::vec(any::<u8>(), 0..12),
+        ];
+        let eol = prop::sample::select(&["\r\n", "\r\n", "\r\n", "\n", "\r", ""][..]);
+        (name, ows.clone(), value, ows, eol).prop_map(|(n, a, v, b, e)| {
+            let mut l = n;
+            l.push(b':');
+            l.extend_from_slice(a.as_bytes());
+            l.extend_from_slice(&v);
+            l.extend_from_slice(b.as_bytes());
+            l.extend_from_slice(e.as_bytes());
+            l
+        })
+    }
+
+    fn head() -> impl Strategy<Value = Vec<u8>> {
+        let lead = prop::sample::select(&["", "", "\r\n", "\n", "\r\n\n"][..]);
+        let method =
+            prop::sample::select(&["GET", "POST", "PUT", "M-SEARCH", "G\x01T", "", "get"][..]);
+        let target = prop_oneof![
+            prop::sample::select(&["/", "*", "/a?b=c", "http://x/y", "/\u{e9}"][..])
+                .prop_map(|s| s.as_bytes().to_vec()),
+            prop::collection::vec(0x21u8..0x7f, 0..30),
+            prop::collection::vec(any::<u8>(), 0..10),
+        ];
+        let version =
+            prop::sample::select(&["HTTP/1.1", "HTTP/1.0", "HTTP/1.2", "HTTP/2.0", "HTTP/1."][..]);
+        let eol = prop::sample::select(&["\r\n", "\r\n", "\n", "\r", " \r\n"][..]);
+        let fields = prop::collection::vec(field_line(), 0..8);
+        (lead, method, target, version, eol.clone(), fields, eol).prop_map(
+            |(lead, m, t, v, e, fields, end)| {
+                let mut h = lead.as_bytes().to_vec();
+                h.extend_from_slice(m.as_bytes());
+                h.push(b' ');
+                h.extend_from_slice(&t);
+                h.push(b' ');
+                h.extend_from_slice(v.as_bytes());
+                h.extend_from_slice(e.as_bytes());
+                for f in fields {
+                    h.extend_from_slice(&f);
+                }
+                h.extend_from_slice(end.as_bytes());
+                h.extend_from_slice(b"body");
+                h
+            },
+        )
+    }
+
+    /// Up to four edits (overwrite, insert, delete) at chosen places.
+    fn mutated() -> impl Strategy<Value = Vec<u8>> {
+        let edit = (
+            any::<prop::sample::Index>(),
+            0u8..3,
+            prop_oneof![prop::sample::select(ODD), any::<u8>()],
+        );
+        (head(), prop::collection::vec(edit, 0..4)).prop_map(|(mut h, edits)| {
+            for (at, kind, b) in edits {
+                let i = at.index(h.len() + 1);
+                match kind {
+                    0 if i < h.len() => h[i] = b,
+                    1 => h.insert(i, b),
+                    _ if i < h.len() => {
+                        h.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            h
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn same_verdicts_as_httparse(h in mutated(), cut in any::<prop::sample::Index>(), max in 0usize..10) {
+            check(&h, max);
+            check(&h, 100);
+            check(&h[..cut.index(h.len() + 1)], max);
+        }
+
+        #[test]
+        fn same_verdicts_on_bytes(h in prop::collection::vec(prop_oneof![prop::sample::select(ODD), any::<u8>()], 0..64)) {
+            check(&h, 4);
+            let mut g = b"GET / HTTP/1.1\r\n".to_vec();
+            g.extend_from_slice(&h);
+            check(&g, 4);
+        }
+    }
+}
