@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ferry_driver::h2::HttpAuto;
 use ferry_driver::resp::{RespSession, RespShared};
-use ferry_driver::select::{resolve, DriverKind};
+use ferry_driver::select::{resolve, resolve_override, DriverKind};
 use ferry_driver::{Launch, ListenAddr, ServerHandle, ServerOptions};
 use serde::Deserialize;
 
@@ -153,6 +153,12 @@ struct ServeArgs {
     /// Event loop: auto, epoll or uring (FERRY_DRIVER overrides auto) [default: auto].
     #[arg(long, value_name = "DRIVER")]
     driver: Option<DriverKind>,
+    /// Event loop of the HTTP listener only: auto, epoll or uring [default: --driver's].
+    #[arg(long, value_name = "DRIVER")]
+    http_driver: Option<DriverKind>,
+    /// Event loop of the RESP listener only: auto, epoll or uring [default: --driver's].
+    #[arg(long, value_name = "DRIVER")]
+    redis_driver: Option<DriverKind>,
     /// I/O workers, pinned one per allowed CPU [default: allowed CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     workers: Option<u32>,
@@ -174,6 +180,10 @@ struct FileConfig {
     http: Option<String>,
     redis: Option<String>,
     driver: Option<String>,
+    http_driver: Option<String>,
+    redis_driver: Option<String>,
+    uring_registered_files: Option<bool>,
+    uring_send_zc: Option<bool>,
     workers: Option<u32>,
     app_workers: Option<u32>,
     drain_timeout: Option<String>,
@@ -565,6 +575,29 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return usage_error(format_args!("FERRY_DRIVER: {e}")),
     };
+    // Per-listener overrides (flag, then config file) of the server's driver.
+    let mut per_listener = [None, None];
+    for (i, (name, flag, key)) in [
+        ("http", args.http_driver, &file.http_driver),
+        ("redis", args.redis_driver, &file.redis_driver),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let own = match (flag, key) {
+            (Some(d), _) => Some(d),
+            (None, Some(s)) => match s.parse() {
+                Ok(d) => Some(d),
+                Err(e) => return usage_error(format_args!("--config: {name}_driver: {e}")),
+            },
+            (None, None) => None,
+        };
+        per_listener[i] = match resolve_override(own, driver, env.as_deref()) {
+            Ok(d) => Some(d),
+            Err(e) => return usage_error(format_args!("--{name}-driver: {e}")),
+        };
+    }
+    let [http_driver, redis_driver] = per_listener.map(|d| d.unwrap_or(driver));
     if driver == DriverKind::Raw {
         let Some(iface) = args.iface.as_deref() else {
             return usage_error("--driver raw: needs --iface IFACE");
@@ -652,6 +685,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(v) = file.pin {
         opts.pin = v;
     }
+    opts.uring.registered_files = file.uring_registered_files.unwrap_or(false);
+    opts.uring.send_zc = file.uring_send_zc.unwrap_or(false);
 
     // Signals first, so a SIGTERM right after the listening line is a graceful stop.
     let signals = match signal_hook::iterator::Signals::new([
@@ -714,6 +749,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let driver = http_driver;
         let started: std::io::Result<ServerHandle> = match driver {
             DriverKind::Uring => ferry_uring::start_with::<HttpAuto>(launch, Arc::new(())),
             _ => ferry_epoll::start_with::<HttpAuto>(launch, Arc::new(())),
@@ -768,6 +804,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             opts.app_workers,
         );
         type Resp = RespSession<redis::Kv>;
+        let driver = redis_driver;
         let started: std::io::Result<ServerHandle> = match driver {
             DriverKind::Uring => ferry_uring::start_with::<Resp>(launch, shared),
             _ => ferry_epoll::start_with::<Resp>(launch, shared),

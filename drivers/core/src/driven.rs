@@ -43,6 +43,22 @@ pub trait Session: Sized + Send + 'static {
     fn wants_read(&self, ctx: &WorkerCtx) -> bool;
     /// Whether the socket can be closed (the protocol is done and every byte went out).
     fn is_finished(&self) -> bool;
+    /// Whether the connection must be aborted now: the driver then closes the socket at once
+    /// with an RST instead of a FIN (`SO_LINGER {1, 0}` then `close`, see [`linger_zero`];
+    /// smoltcp's `abort()` on userspace stacks), discarding unsent output and unread input,
+    /// and calls [`close`](Session::close). Drivers check it wherever they check
+    /// [`is_finished`](Session::is_finished) (after every callback that may change it), and it
+    /// wins over a graceful finish. Default: never (relays and fault injectors use it).
+    fn wants_abort(&self) -> bool {
+        false
+    }
+    /// Whether to shut down the write side now (a FIN after the output, TCP half-close)
+    /// while still reading: drivers ask when no output is queued or in flight, and do it once
+    /// when this returns `true`, which it does once (the session clears its request). For
+    /// tunnels relaying a half-close. Default: never.
+    fn poll_shutdown_write(&mut self) -> bool {
+        false
+    }
     /// Whether the peer closed its side.
     fn saw_eof(&self) -> bool;
     /// Whether work waits for room in an application channel (retry soon).
@@ -183,6 +199,31 @@ impl Session for HttpSession {
     }
     fn close(self, ctx: &mut WorkerCtx) {
         HttpSession::close(self, ctx)
+    }
+}
+
+/// Make the next `close` of socket `fd` abort the connection with an RST (`SO_LINGER` with
+/// `l_onoff = 1, l_linger = 0`), as [`Session::wants_abort`] asks; errors (not a TCP socket)
+/// are returned and leave a plain close.
+pub fn linger_zero(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a valid `linger` value.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

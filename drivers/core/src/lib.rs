@@ -25,6 +25,8 @@
 //! - [`compat`]: conversions to and from the `http` crate's types;
 //! - [`outbound`]: outbound TCP connections opened by a session on its own worker
 //!   ([`WorkerCtx::connect`]) and worker-local mail between connections ([`WorkerCtx::post`]);
+//! - [`relay`]: [`relay::Relay`], a proxy or relay written as its downstream and upstream
+//!   halves ([`relay::Downstream`], [`relay::Upstream`]) run as one [`Session`];
 //! - [`Launch`]: binds the `SO_REUSEPORT` listeners and builds each worker's context.
 //!
 //! ## Embedding
@@ -62,6 +64,7 @@ pub mod listen;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;
+pub mod relay;
 pub mod resp;
 pub mod runtime;
 pub mod select;
@@ -70,13 +73,14 @@ pub mod session;
 pub mod shutdown;
 pub mod timer;
 pub mod transport;
+pub mod turn;
 
 pub use driven::{OutQueue, Session};
 pub use ferry_http1::{Method, ServerConfig};
 pub use listen::{BindError, ListenAddr, ListenOptions, Listener};
 pub use metrics::WorkerMetrics;
 pub use outbound::ConnectRequest;
-pub use runtime::{Clock, Launch, ServerHandle, ServerOptions, WorkerCtx};
+pub use runtime::{Clock, Launch, ServerHandle, ServerOptions, UringOptions, WorkerCtx};
 pub use select::{probe, DriverKind, ProbeRow};
 pub use service::{
     Body, BodyStream, ConnInfo, HeadBody, Health, Part, Request, Responder, Response, Service,

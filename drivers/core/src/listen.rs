@@ -240,8 +240,8 @@ pub fn configure_accepted(fd: RawFd, opts: &ListenOptions) {
     }
 }
 
-/// Read once from `fd` into the spare capacity of `buf` (reserving `chunk` bytes first),
-/// without zero-filling. Returns the byte count (0 = EOF).
+/// Read once from `fd` into the spare capacity of `buf` (reserving `chunk` bytes first when
+/// less than a quarter of that is spare), without zero-filling. Returns the byte count (0 = EOF).
 pub fn read_into(fd: &impl AsRawFd, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
     recv_into(fd, buf, chunk).map(|(n, _)| n)
 }
@@ -254,12 +254,28 @@ pub fn recv_into(
     buf: &mut BytesMut,
     chunk: usize,
 ) -> io::Result<(usize, usize)> {
-    buf.reserve(chunk);
+    // Reserve only when little room is left: small requests then share one allocation
+    // instead of a `reserve` call (and often a fresh buffer) per read.
+    if buf.capacity() - buf.len() < (chunk / 4).max(1) {
+        buf.reserve(chunk);
+    }
     let spare = buf.spare_capacity_mut();
     let asked = spare.len();
-    // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; recv writes at
-    // most that many bytes and reports how many it wrote.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), asked, 0) };
+    // The raw system call, not libc's `recv`: that one is a cancellation point and brackets
+    // every call with pthread asynchronous-cancel bookkeeping we never use.
+    // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; recvfrom writes
+    // at most that many bytes and reports how many it wrote; no address is asked for.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            fd.as_raw_fd(),
+            spare.as_mut_ptr(),
+            asked,
+            0,
+            std::ptr::null_mut::<libc::sockaddr>(),
+            std::ptr::null_mut::<libc::socklen_t>(),
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

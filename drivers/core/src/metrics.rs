@@ -40,10 +40,19 @@ pub struct WorkerMetrics {
     latency_sum_us: AtomicU64,
 }
 
-/// Add `n` to a counter.
+/// Add `n` to a counter (an atomic read-modify-write: safe from any thread).
 #[inline]
 pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Relaxed);
+}
+
+/// Add `n` to a counter that only the calling I/O worker writes: a plain load and store, no
+/// locked instruction (readers still see whole values). For the per-request hot counters
+/// (requests, responses, bytes, loop turns, latency); [`add`] for anything another thread
+/// may also write.
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
 impl WorkerMetrics {
@@ -53,8 +62,9 @@ impl WorkerMetrics {
             .iter()
             .position(|&b| us <= b)
             .unwrap_or(LATENCY_BOUNDS_US.len());
-        self.latency[i].fetch_add(1, Relaxed);
-        self.latency_sum_us.fetch_add(us, Relaxed);
+        // Written by the owning I/O worker only.
+        bump(&self.latency[i], 1);
+        bump(&self.latency_sum_us, us);
     }
 
     /// Non-cumulative bucket counts (the last is `+Inf`) and the sum in microseconds.

@@ -110,6 +110,38 @@ pub fn deliver_mail<S: Session, C>(
     }
 }
 
+/// Start a queued outbound connection for a driver: `connect` starts the non-blocking
+/// connect (its socket type is the driver's), then the session is built with
+/// [`Session::open_outbound`] for connection `token`. `None` when the session refused it
+/// (the socket is dropped) or the connect failed at once (the session heard `connect_failed`
+/// and was closed).
+#[allow(clippy::too_many_arguments)]
+pub fn open_session<S: Session, T>(
+    ctx: &mut WorkerCtx,
+    shared: &std::sync::Arc<S::Shared>,
+    req: &ConnectRequest,
+    token: usize,
+    gen: u32,
+    now: Instant,
+    connect: impl FnOnce(SocketAddr) -> std::io::Result<T>,
+) -> Option<(S, T)> {
+    let info = crate::ConnInfo {
+        worker: ctx.index,
+        token,
+        peer: Some(req.addr),
+    };
+    let started = connect(req.addr);
+    let mut session = S::open_outbound(ctx, shared, info, req.tag, gen, now)?;
+    match started {
+        Ok(sock) => Some((session, sock)),
+        Err(e) => {
+            session.connect_failed(ctx, e, now);
+            session.close(ctx);
+            None
+        }
+    }
+}
+
 /// Move up to `max` queued mails into `into`, oldest first (drivers).
 pub fn take_mail<M: 'static>(into: &mut Vec<(usize, M)>, max: usize) {
     LOCAL.with(|l| {

@@ -49,6 +49,21 @@ pub struct ServerOptions {
     pub accept_backoff: Duration,
     /// Lingering close: how long to wait for the peer's FIN after our last byte. Default 2 s.
     pub linger: Duration,
+    /// io_uring driver options (ignored by the other drivers).
+    pub uring: UringOptions,
+}
+
+/// io_uring features that are measured not to pay on every host, off by default (see
+/// `ferry-uring`'s crate docs for the figures).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UringOptions {
+    /// Register each accepted socket in the ring's sparse file table
+    /// (`IORING_REGISTER_FILES`) and address it by index in recv/send, saving the per-op file
+    /// lookup at the cost of two `io_uring_register` calls per connection.
+    pub registered_files: bool,
+    /// Send single-chunk responses with `IORING_OP_SEND_ZC` (the buffer is held until the
+    /// kernel's notification). Loopback copies anyway.
+    pub send_zc: bool,
 }
 
 impl Default for ServerOptions {
@@ -71,6 +86,7 @@ impl Default for ServerOptions {
             input_high_water: 256 * 1024,
             accept_backoff: Duration::from_millis(100),
             linger: Duration::from_secs(2),
+            uring: UringOptions::default(),
         }
     }
 }

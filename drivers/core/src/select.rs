@@ -236,9 +236,105 @@ pub fn resolve(requested: DriverKind, env: Option<&str>) -> Result<DriverKind, U
     Ok(kind)
 }
 
+/// A per-listener (or per-connection) driver override that cannot apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverrideError {
+    /// The override names a driver that owns a whole interface (xdp, dpdk, raw): it is chosen
+    /// for the server with `--driver`, never for one listener or connection.
+    NotPerListener(DriverKind),
+    /// The server runs a kernel-bypass driver, whose stack carries every listener: a
+    /// per-listener kernel driver cannot apply.
+    ServerOwnsInterface(DriverKind),
+    /// `FERRY_DRIVER` (consulted for an `auto` override) names no driver.
+    Unknown(UnknownDriver),
+}
+
+impl fmt::Display for OverrideError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OverrideError::NotPerListener(d) => write!(
+                f,
+                "`{d}` owns an interface and applies to the whole server (--driver); per \
+                 listener choose auto, epoll or uring"
+            ),
+            OverrideError::ServerOwnsInterface(d) => write!(
+                f,
+                "the server runs --driver {d}, whose userspace stack carries every listener"
+            ),
+            OverrideError::Unknown(e) => write!(f, "FERRY_DRIVER: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OverrideError {}
+
+/// The driver for one kernel-socket listener or outbound connection pool: its own override
+/// when given (`auto` resolves as [`resolve`] does: `FERRY_DRIVER`, then the probe), else the
+/// server's driver, already resolved. Precedence, highest first: the override (flag, then
+/// config file, then API), the server's `--driver`/config/`FERRY_DRIVER`/probe choice.
+/// Overrides are kernel drivers only (epoll, uring, auto); a server on a kernel-bypass driver
+/// takes none.
+pub fn resolve_override(
+    own: Option<DriverKind>,
+    server: DriverKind,
+    env: Option<&str>,
+) -> Result<DriverKind, OverrideError> {
+    let bypass = |d: DriverKind| matches!(d, DriverKind::Xdp | DriverKind::Dpdk | DriverKind::Raw);
+    match own {
+        None => Ok(server),
+        Some(_) if bypass(server) => Err(OverrideError::ServerOwnsInterface(server)),
+        Some(d) if bypass(d) => Err(OverrideError::NotPerListener(d)),
+        Some(DriverKind::Auto) => match resolve(DriverKind::Auto, env) {
+            Ok(d) if bypass(d) => Err(OverrideError::NotPerListener(d)),
+            Ok(d) => Ok(d),
+            Err(e) => Err(OverrideError::Unknown(e)),
+        },
+        Some(d) => Ok(d),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_win_and_stay_kernel_drivers() {
+        use DriverKind::*;
+        assert_eq!(resolve_override(None, Uring, None), Ok(Uring));
+        assert_eq!(resolve_override(Some(Epoll), Uring, None), Ok(Epoll));
+        assert_eq!(
+            resolve_override(Some(Uring), Epoll, Some("epoll")),
+            Ok(Uring)
+        );
+        // `auto` per listener: FERRY_DRIVER, then the probe; never the server's choice.
+        assert_eq!(
+            resolve_override(Some(Auto), Uring, Some("epoll")),
+            Ok(Epoll)
+        );
+        let auto = resolve_override(Some(Auto), Epoll, None).unwrap();
+        assert_eq!(auto == Uring, probe_uring().is_ok());
+        assert_eq!(
+            resolve_override(Some(Xdp), Epoll, None),
+            Err(OverrideError::NotPerListener(Xdp))
+        );
+        assert_eq!(
+            resolve_override(Some(Auto), Epoll, Some("dpdk")),
+            Err(OverrideError::NotPerListener(Dpdk))
+        );
+        assert_eq!(
+            resolve_override(Some(Epoll), Xdp, None),
+            Err(OverrideError::ServerOwnsInterface(Xdp))
+        );
+        assert!(matches!(
+            resolve_override(Some(Auto), Epoll, Some("bogus")),
+            Err(OverrideError::Unknown(_))
+        ));
+        let msg = resolve_override(Some(Raw), Epoll, None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("auto, epoll or uring"), "{msg}");
+    }
 
     #[test]
     fn names_parse() {

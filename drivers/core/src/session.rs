@@ -18,7 +18,7 @@ use ferry_http1::{server::Event, Body as WireBody, RequestId, ServerConnection};
 use ferry_proto::{Connection, Instant};
 use smallvec::SmallVec;
 
-use crate::metrics::add;
+use crate::metrics::{add, bump};
 use crate::pool::{shard, Job, JobKind, Reply};
 use crate::runtime::WorkerCtx;
 use crate::service::{ConnInfo, Exchange, HeadBody, Part, Parts, Request, Responder};
@@ -188,7 +188,7 @@ impl HttpSession {
     /// `n` bytes of the queued output were written (epoll style: output stays queued until
     /// written).
     pub fn written(&mut self, ctx: &WorkerCtx, mut n: usize) {
-        add(&ctx.metrics.bytes_out, n as u64);
+        bump(&ctx.metrics.bytes_out, n as u64);
         self.out_bytes -= n;
         while n > 0 {
             let Some(front) = self.out.front_mut() else {
@@ -218,7 +218,7 @@ impl HttpSession {
     /// A completion wrote `n` of the chunks taken with [`take_out`](Self::take_out); the
     /// unwritten rest goes back to the front of the queue.
     pub fn sent(&mut self, ctx: &WorkerCtx, n: usize, chunks: &mut Vec<Bytes>) {
-        add(&ctx.metrics.bytes_out, n as u64);
+        bump(&ctx.metrics.bytes_out, n as u64);
         self.out_bytes -= n;
         let mut skip = n;
         let mut rest = Vec::new();
@@ -238,7 +238,7 @@ impl HttpSession {
 
     /// The bytes read were appended to `input`: count them.
     pub fn on_read(&mut self, ctx: &WorkerCtx, n: usize) {
-        add(&ctx.metrics.bytes_in, n as u64);
+        bump(&ctx.metrics.bytes_in, n as u64);
     }
 
     /// The peer closed its side.
@@ -310,7 +310,7 @@ impl HttpSession {
         let remote = !ctx.jobs.is_empty();
         match ev {
             Event::Request(head) => {
-                add(&ctx.metrics.requests, 1);
+                bump(&ctx.metrics.requests, 1);
                 let id = head.id();
                 // Only with nothing else in flight: the switch hands over the output queue.
                 if self.allow_h2c
@@ -492,7 +492,7 @@ impl HttpSession {
     }
 
     fn finish(&mut self, ctx: &WorkerCtx, id: RequestId, now: Instant) {
-        add(&ctx.metrics.responses, 1);
+        bump(&ctx.metrics.responses, 1);
         if let Some(i) = self.started.iter().position(|s| s.0 == id.get()) {
             let (_, t) = self.started.remove(i).unwrap_or((0, now));
             ctx.metrics

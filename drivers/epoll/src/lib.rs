@@ -2,11 +2,14 @@
 //!
 //! One thread per I/O worker, pinned to one CPU of the allowed set, each with its own
 //! `SO_REUSEPORT` listener (the kernel spreads connections), its own `mio::Poll`, a slab of
-//! connections and a [`TimerWheel`]. Per connection the loop:
+//! connections and a [`TimerWheel`](ferry_driver::TimerWheel). Per connection the loop:
 //!
-//! 1. reads until `WouldBlock` into the session's `BytesMut` (edge-triggered: a readiness
-//!    event is reported once, so the loop MUST drain it, and it remembers "still readable"
-//!    when it stops early for backpressure, resuming without a new event);
+//! 1. reads into the session's `BytesMut` until a short read or `WouldBlock` (edge-triggered:
+//!    a readiness event is reported once, so the loop MUST drain it; a read shorter than asked
+//!    drained the socket, so the `recv` that would only say `EAGAIN` is skipped, as nginx
+//!    does; it remembers "still readable" when it stops early for backpressure, resuming
+//!    without a new event). `recv`/`writev` are raw system calls, not libc's cancellation-point
+//!    wrappers;
 //! 2. feeds the session's protocol state machine (any [`Session`]: HTTP/1.1, h2c, RESP; the
 //!    loop is generic over it and knows no protocol), which hands its events to the
 //!    application (inline, or over the bounded channels to application workers);
@@ -50,17 +53,15 @@
 //! ```
 #![deny(missing_docs)]
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 use ferry_driver::listen::{configure_accepted, has_unread_input, recv_into};
-use ferry_driver::metrics::add;
-use ferry_driver::outbound::{self, ConnectRequest};
+use ferry_driver::metrics::bump;
+use ferry_driver::outbound::{open_session, ConnectRequest};
+use ferry_driver::turn::{self, Turn};
 use ferry_driver::Listener;
-use ferry_driver::{
-    ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, Session, TimerWheel, WorkerCtx,
-};
+use ferry_driver::{ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, Session, WorkerCtx};
 use ferry_proto::Instant;
 use mio::event::Source;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -75,8 +76,6 @@ const MAX_IOV: usize = 64;
 /// Rounds of "drive touched connections, open queued connects, deliver local mail" per loop
 /// turn before polling again (the rest carries over, with a zero poll timeout).
 const MAX_ROUNDS: usize = 16;
-/// Local mails delivered per round.
-const MAIL_BATCH: usize = 1024;
 
 /// Start one event loop thread per prepared worker, serving HTTP.
 pub fn start(launch: Launch) -> io::Result<ServerHandle> {
@@ -85,34 +84,13 @@ pub fn start(launch: Launch) -> io::Result<ServerHandle> {
 
 /// Start one event loop thread per prepared worker, serving protocol `S`.
 pub fn start_with<S: Session>(launch: Launch, shared: Arc<S::Shared>) -> io::Result<ServerHandle> {
-    let Launch {
-        local_addr,
-        listeners,
-        workers,
-        metrics,
-        shutdown,
-        app,
-    } = launch;
-    let mut threads = Vec::new();
-    for (ctx, l) in workers.into_iter().zip(listeners) {
-        let name = format!("ferry-epoll-{}", ctx.index);
-        let shared = shared.clone();
-        threads.push(std::thread::Builder::new().name(name).spawn(move || {
-            ctx.pin();
-            let index = ctx.index;
-            if let Err(e) = run_worker_with::<S>(ctx, l, shared) {
-                tracing::error!("epoll worker {index} failed: {e}");
-            }
-        })?);
-    }
-    Ok(ServerHandle::new(
+    turn::spawn_workers(
+        launch,
         DriverKind::Epoll,
-        local_addr,
-        metrics,
-        shutdown,
-        threads,
-        app,
-    ))
+        "ferry-epoll",
+        shared,
+        run_worker_with::<S>,
+    )
 }
 
 /// An accepted connection: TCP or Unix-domain.
@@ -130,9 +108,22 @@ impl Stream {
     }
 
     fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => (&*s).write_vectored(iov),
-            Stream::Unix(s) => (&*s).write_vectored(iov),
+        // The raw system call, not libc's `writev` (a cancellation point with pthread
+        // bookkeeping around every call).
+        // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix; the kernel reads
+        // `iov.len()` entries and the bytes they point at, all borrowed for this call.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_writev,
+                self.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
         }
     }
 
@@ -223,46 +214,20 @@ pub fn run_worker_with<S: Session>(
 
     let mut events = Events::with_capacity(1024);
     let mut conns: Slab<Conn<S>> = Slab::with_capacity(1024);
-    let mut mail: Vec<(usize, S::Mail)> = Vec::new();
-    let now0 = ctx.clock.now();
-    let mut tick_at: Option<Instant> = S::tick(&mut ctx, &shared, now0);
-    let mut wheel = TimerWheel::new(ctx.clock.now(), Duration::from_millis(1));
-    let mut expired = Vec::new();
-    let mut touched: Vec<usize> = Vec::new();
-    let mut gen: u32 = 0;
+    let mut turn: Turn<S> = Turn::new(&mut ctx, &*shared);
     let mut accept_ready = false;
     let mut accept_paused_until: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
-    let mut any_pending = false;
     let mut scratch = vec![0u8; 16 * 1024];
-    let mut connects: Vec<ConnectRequest> = Vec::new();
-    outbound::install::<S::Mail>();
 
     loop {
-        let now = ctx.clock.now();
-        let mut deadline = wheel.next_expiration();
-        for d in [accept_paused_until, drain_deadline, tick_at]
-            .into_iter()
-            .flatten()
-        {
-            deadline = Some(deadline.map_or(d, |x| x.min(d)));
-        }
-        let mut timeout = deadline.map(|d| d.saturating_duration_since(now));
-        if any_pending {
-            // Application channel full: look again soon (bounded retry, not a spin).
-            timeout = Some(timeout.map_or(Duration::from_millis(1), |t| {
-                t.min(Duration::from_millis(1))
-            }));
-        }
-        if !touched.is_empty() || outbound::has_work() {
-            timeout = Some(Duration::ZERO);
-        }
+        let timeout = turn.wait_timeout(ctx.clock.now(), &[accept_paused_until, drain_deadline]);
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
             }
         }
-        add(&ctx.metrics.loops, 1);
+        bump(&ctx.metrics.loops, 1);
         let now = ctx.clock.now();
 
         for ev in events.iter() {
@@ -282,58 +247,23 @@ pub fn run_worker_with<S: Session>(
                         }
                         if !c.queued {
                             c.queued = true;
-                            touched.push(t);
+                            turn.touched.push(t);
                         }
                     }
                 }
             }
         }
 
-        // Mail: application workers' replies, messages from other connections.
-        S::take_mail(&mut ctx, &shared, &mut mail);
-        for (t, m) in mail.drain(..) {
-            if let Some(c) = conns.get_mut(t) {
-                c.session.apply_mail(&mut ctx, m, now);
-                if !c.queued {
-                    c.queued = true;
-                    touched.push(t);
-                }
-            } else {
-                S::drop_mail(&mut ctx, &shared, m);
-            }
-        }
-        if tick_at.is_some_and(|t| now >= t) {
-            tick_at = S::tick(&mut ctx, &shared, now);
-        }
-        if any_pending {
-            any_pending = false;
-            for (t, c) in conns.iter_mut() {
-                if c.session.has_pending() {
-                    if !c.session.retry_pending(&mut ctx, now) {
-                        any_pending = true;
-                    }
-                    if !c.queued {
-                        c.queued = true;
-                        touched.push(t);
-                    }
-                }
-            }
-        }
+        // Mail (application workers' replies, messages from other connections), tick, retries.
+        turn.between_events(&mut conns, parts::<S>, &mut ctx, &shared, now);
 
         // Timers.
-        wheel.advance(now, &mut expired);
-        for t in expired.drain(..) {
-            if let Some(c) = conns.get_mut(t) {
-                c.armed = None;
-                if c.linger_until.is_none() {
-                    c.session.on_timeout(&mut ctx, now);
-                }
-                if !c.queued {
-                    c.queued = true;
-                    touched.push(t);
-                }
+        turn.expire(&mut conns, parts::<S>, &mut ctx, now, |c, ctx| {
+            c.armed = None;
+            if c.linger_until.is_none() {
+                c.session.on_timeout(ctx, now);
             }
-        }
+        });
 
         // Shutdown: stop accepting, close idle connections, drain the rest.
         if drain_deadline.is_none() && ctx.shutdown.is_triggered() {
@@ -341,24 +271,18 @@ pub fn run_worker_with<S: Session>(
             if let Some(mut l) = listener.take() {
                 let _ = poll.registry().deregister(l.source());
             }
-            for (t, c) in conns.iter_mut() {
-                c.session.begin_shutdown(&mut ctx, now);
-                if !c.queued {
-                    c.queued = true;
-                    touched.push(t);
-                }
-            }
+            turn.begin_shutdown(&mut conns, parts::<S>, &mut ctx, now);
         }
 
         let mut rounds = 0;
         loop {
-            for t in touched.drain(..) {
+            for t in turn.touched.drain(..) {
                 let keep = match conns.get_mut(t) {
                     Some(c) => {
                         c.queued = false;
                         let keep = drive(c, &mut ctx, now, &mut scratch);
                         if keep {
-                            any_pending |= c.session.has_pending();
+                            turn.any_pending |= c.session.has_pending();
                             let want_write =
                                 c.connecting || (c.session.has_output() && c.write_blocked);
                             if want_write != c.write_interest {
@@ -376,12 +300,7 @@ pub fn run_worker_with<S: Session>(
                                 }
                             }
                             let next = c.linger_until.or_else(|| c.session.poll_timeout());
-                            if let Some(d) = next {
-                                if c.armed.is_none_or(|a| d < a) {
-                                    wheel.insert(t, d);
-                                    c.armed = Some(d);
-                                }
-                            }
+                            turn::arm(&mut turn.wheel, t, &mut c.armed, next);
                             c.linger_until.is_none_or(|l| now < l)
                         } else {
                             false
@@ -391,7 +310,7 @@ pub fn run_worker_with<S: Session>(
                 };
                 if !keep {
                     let c = conns.remove(t);
-                    wheel.cancel(t);
+                    turn.wheel.cancel(t);
                     c.session.close(&mut ctx);
                     drop(c.stream);
                     if accept_ready {
@@ -400,31 +319,18 @@ pub fn run_worker_with<S: Session>(
                 }
             }
             // Outbound connects queued by sessions: opened now, driven in the next round.
-            outbound::take_connects(&mut connects);
-            for req in connects.drain(..) {
-                gen = gen.wrapping_add(1);
-                if let Some(t) = open_outbound(&mut conns, &poll, &mut ctx, &shared, req, gen, now)
-                {
-                    if let Some(d) = conns[t].armed {
-                        wheel.insert(t, d);
-                    }
-                    touched.push(t);
-                    conns[t].queued = true;
-                }
-            }
-            // Mail between connections of this worker, delivered in this loop turn.
-            outbound::deliver_mail::<S, Conn<S>>(
-                &mut mail,
-                MAIL_BATCH,
+            let more = turn.end_round(
                 &mut conns,
-                |c| (&mut c.session, &mut c.queued),
+                parts::<S>,
                 &mut ctx,
                 &shared,
                 now,
-                &mut touched,
+                u32::MAX,
+                |c| c.armed,
+                |conns, ctx, req, gen| open_outbound(conns, &poll, ctx, &shared, req, gen, now),
             );
             rounds += 1;
-            if touched.is_empty() || rounds >= MAX_ROUNDS {
+            if !more || rounds >= MAX_ROUNDS {
                 break;
             }
         }
@@ -444,7 +350,7 @@ pub fn run_worker_with<S: Session>(
                             configure_accepted(stream.as_raw_fd(), &ctx.options.listen);
                             let entry = conns.vacant_entry();
                             let token = entry.key();
-                            gen = gen.wrapping_add(1);
+                            let gen = turn::next_gen(&mut turn.gen, u32::MAX);
                             let info = ConnInfo {
                                 worker: ctx.index,
                                 token,
@@ -463,7 +369,7 @@ pub fn run_worker_with<S: Session>(
                             }
                             let armed = session.poll_timeout();
                             if let Some(d) = armed {
-                                wheel.insert(token, d);
+                                turn.wheel.insert(token, d);
                             }
                             entry.insert(Conn {
                                 stream,
@@ -489,19 +395,7 @@ pub fn run_worker_with<S: Session>(
                             ) => {}
                         Err(e) => {
                             // EMFILE/ENFILE/ENOBUFS/ENOMEM: back off instead of spinning.
-                            add(&ctx.metrics.accept_errors, 1);
-                            if ctx
-                                .metrics
-                                .accept_errors
-                                .load(std::sync::atomic::Ordering::Relaxed)
-                                == 1
-                            {
-                                tracing::warn!(
-                                    "worker {}: accept failed ({e}); pausing accepts",
-                                    ctx.index
-                                );
-                            }
-                            accept_paused_until = Some(now + ctx.options.accept_backoff);
+                            accept_paused_until = Some(turn::accept_failed(&ctx, &e, now));
                             break;
                         }
                     }
@@ -520,6 +414,11 @@ pub fn run_worker_with<S: Session>(
     }
 }
 
+/// A connection's session and queued flag, for the shared loop-turn helpers.
+fn parts<S>(c: &mut Conn<S>) -> (&mut S, &mut bool) {
+    (&mut c.session, &mut c.queued)
+}
+
 /// Move bytes for one connection. Returns `false` when it must be closed now.
 fn drive<S: Session>(
     c: &mut Conn<S>,
@@ -527,6 +426,9 @@ fn drive<S: Session>(
     now: Instant,
     scratch: &mut [u8],
 ) -> bool {
+    if c.session.wants_abort() {
+        return abort(c);
+    }
     if c.connecting {
         match connect_status(&c.stream) {
             Ok(false) => return !c.session.is_finished(),
@@ -614,12 +516,18 @@ fn drive<S: Session>(
                 Err(_) => return false,
             }
         }
-        if c.session.is_finished() {
+        if c.session.is_finished() || c.session.wants_abort() {
             break;
+        }
+        if !c.session.has_output() && c.session.poll_shutdown_write() {
+            c.stream.shutdown_write();
         }
         if !progress {
             break;
         }
+    }
+    if c.session.wants_abort() {
+        return abort(c);
     }
     if c.session.is_finished() {
         c.stream.shutdown_write();
@@ -633,6 +541,15 @@ fn drive<S: Session>(
         return drive(c, ctx, now, scratch);
     }
     true
+}
+
+/// [`Session::wants_abort`]: make the close that follows send an RST (`SO_LINGER {1, 0}`).
+/// Returns `false` (close now).
+fn abort<S>(c: &mut Conn<S>) -> bool {
+    if let Stream::Tcp(_) = c.stream {
+        let _ = ferry_driver::driven::linger_zero(c.stream.as_raw_fd());
+    }
+    false
 }
 
 /// Whether a non-blocking connect finished: `Ok(true)` connected, `Ok(false)` still in
@@ -665,21 +582,8 @@ fn open_outbound<S: Session>(
 ) -> Option<usize> {
     let entry = conns.vacant_entry();
     let token = entry.key();
-    let info = ConnInfo {
-        worker: ctx.index,
-        token,
-        peer: Some(req.addr),
-    };
-    let started = TcpStream::connect(req.addr);
-    let mut session = S::open_outbound(ctx, shared, info, req.tag, gen, now)?;
-    let mut stream = match started {
-        Ok(s) => s,
-        Err(e) => {
-            session.connect_failed(ctx, e, now);
-            session.close(ctx);
-            return None;
-        }
-    };
+    let (mut session, mut stream) =
+        open_session::<S, _>(ctx, shared, &req, token, gen, now, TcpStream::connect)?;
     configure_accepted(stream.as_raw_fd(), &ctx.options.listen);
     if let Err(e) = poll.registry().register(
         &mut stream,

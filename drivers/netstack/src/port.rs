@@ -259,6 +259,8 @@ struct Drive {
     keep: bool,
     /// Bytes went into the socket's send buffer.
     wrote: bool,
+    /// The session asked for an abort ([`Session::wants_abort`]): RST instead of FIN.
+    abort: bool,
     /// The round budget ran out with work left: drive it again next turn.
     more: bool,
 }
@@ -275,6 +277,7 @@ fn drive<S: Session>(
     let mut out = Drive {
         keep: true,
         wrote: false,
+        abort: false,
         more: false,
     };
     match s.state() {
@@ -339,13 +342,19 @@ fn drive<S: Session>(
             progress = true;
             out.wrote = true;
         }
-        if c.session.is_finished() || !progress {
+        if !c.session.has_output() && c.session.poll_shutdown_write() {
+            s.close(); // FIN; receiving goes on
+        }
+        if c.session.is_finished() || c.session.wants_abort() || !progress {
             break;
         }
         // Still moving after the last round: continue next turn (no event will say so).
         out.more = round + 1 == DRIVE_ROUNDS;
     }
-    if c.session.is_finished() {
+    if c.session.wants_abort() {
+        out.abort = true;
+        out.keep = false;
+    } else if c.session.is_finished() {
         out.keep = false;
     }
     out
@@ -443,7 +452,7 @@ impl<S: Session> Port for SessionPort<S> {
             let d = drive(c, s, &mut self.ctx, now);
             wrote |= d.wrote;
             if !d.keep {
-                gone.push(t);
+                gone.push((t, d.abort));
                 continue;
             }
             if d.more {
@@ -460,11 +469,18 @@ impl<S: Session> Port for SessionPort<S> {
                 }
             }
         }
-        for t in gone {
+        let mut aborted = Vec::new();
+        for (t, abort) in gone {
             let c = self.conns.remove(t);
             self.wheel.cancel(t);
             c.session.close(&mut self.ctx);
             let s = sockets.get_mut::<tcp::Socket>(c.handle);
+            if abort {
+                // RST now (the session asked); freed on a later turn, after the RST went out.
+                s.abort();
+                aborted.push(c.handle);
+                continue;
+            }
             // FIN after the queued bytes; lingering reads are discarded below.
             s.close();
             self.closing.push(Closing {
@@ -508,6 +524,12 @@ impl<S: Session> Port for SessionPort<S> {
                 i += 1;
             }
         }
+        self.closing
+            .extend(aborted.into_iter().map(|handle| Closing {
+                handle,
+                deadline: now,
+                unsent: usize::MAX,
+            }));
 
         if let Some(d) = self.drain_deadline {
             if self.conns.is_empty() || now >= d {

@@ -296,6 +296,62 @@ fn connection_close_and_peer_fin_free_the_socket() {
     assert!(done, "the stack did not drain after shutdown");
 }
 
+/// The session of `drivers/epoll/tests/common/abort.rs`: FIN then reading on (`half`), and
+/// an RST on request (`rst`), over smoltcp.
+#[path = "../../epoll/tests/common/abort.rs"]
+mod abort_session;
+
+#[test]
+fn session_half_close_then_abort() {
+    use std::sync::atomic::Ordering;
+    let (a, b) = mem::pair(1514);
+    let cfg = StackConfig::new(SERVER_MAC, "10.9.0.1/24".parse().unwrap());
+    let mut stack = NetStack::new(a, cfg);
+    let opts = ServerOptions {
+        pin: false,
+        ..ServerOptions::default()
+    };
+    let launch = prepare("10.9.0.1:80".parse().unwrap(), opts, Arc::new(Echo)).unwrap();
+    let ctx = launch.workers.into_iter().next().unwrap();
+    let seen = Arc::new(abort_session::Seen::default());
+    stack.add_port(SessionPort::<abort_session::Conn>::boxed(
+        80,
+        ctx,
+        seen.clone(),
+    ));
+    let mut client = Client::new(b);
+    let h = client.connect(42001);
+    let got = exchange(&mut stack, &mut client, h, b"echo\nhalf\n", |g| {
+        g == b"echo\nhalf\n"
+    });
+    assert_eq!(got, b"echo\nhalf\n");
+    // The FIN comes; the session still reads.
+    let mut step = 0;
+    for _ in 0..20_000 {
+        client.poll();
+        stack.poll();
+        let s = client.sockets.get_mut::<tcp::Socket>(h);
+        match step {
+            0 if !s.may_recv() => {
+                s.send_slice(b"more\n").unwrap();
+                step = 1;
+            }
+            1 if seen.after_half.load(Ordering::Relaxed) >= 5 => {
+                s.send_slice(b"rst\n").unwrap();
+                step = 2;
+            }
+            // We never closed: only the server's RST takes the socket to `Closed`.
+            2 if s.state() == tcp::State::Closed => {
+                step = 3;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(step, 3, "stuck at step {step}");
+    assert_eq!(seen.after_half.load(Ordering::Relaxed), 9);
+}
+
 #[test]
 fn arp_requests_are_answered() {
     use smoltcp::wire::{
