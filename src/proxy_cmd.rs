@@ -32,7 +32,8 @@ pub(crate) struct ProxyArgs {
     /// Admin listener serving /metrics (Prometheus text) and /health.
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
-    /// round-robin, least-requests or hash (consistent hashing of the request target).
+    /// round-robin, least-requests or hash (consistent hashing of the request target; for
+    /// redis, of each command's first argument, its key).
     #[arg(long, value_name = "POLICY", default_value = "round-robin")]
     balance: Balance,
     /// Event loop: auto, epoll or uring (FERRY_DRIVER overrides auto) [default: auto].

@@ -45,7 +45,7 @@ fn ms(n: u64) -> Duration {
 /// The world of one test, or the reason it cannot run here.
 fn world() -> Option<NetnsPair> {
     if let Err(why) = netns::available() {
-        eprintln!("skipped: {why}");
+        netns::skip_or_fail(&why);
         return None;
     }
     if std::process::Command::new("nginx")
@@ -53,7 +53,7 @@ fn world() -> Option<NetnsPair> {
         .output()
         .is_err()
     {
-        eprintln!("skipped: needs nginx");
+        netns::skip_or_fail("needs nginx");
         return None;
     }
     match NetnsPair::create() {
@@ -1082,7 +1082,7 @@ fn chaos_redis_proxy_resets_never_misanswer() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: needs redis-server");
+        netns::skip_or_fail("needs redis-server");
         return;
     }
     let raddr = SocketAddr::from((w.b_ip, 6379));

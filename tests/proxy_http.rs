@@ -1,5 +1,7 @@
 //! End-to-end tests of `ferry proxy --protocol http` under each driver: real nginx (and
-//! `ferry serve` for streamed bodies) as upstreams, curl and Python as clients.
+//! `ferry serve` for streamed bodies) as upstreams, curl and Python as clients; Python
+//! upstreams for protocol switches (a raw `Upgrade`/CONNECT echo, and `websockets` on both
+//! sides).
 //!
 //! Nothing here asserts timing; every loop is bounded in count and time; loopback only.
 
@@ -440,6 +442,250 @@ fn raw_pipelined_requests(driver: &str) {
     assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 21, "{all}");
 }
 
+/// A Python upstream (a script that prints its port on the first line), killed on drop.
+struct PyUpstream {
+    child: Child,
+    port: u16,
+}
+
+impl PyUpstream {
+    fn start(script: &str) -> PyUpstream {
+        use std::io::BufRead;
+        let mut child = Command::new(python())
+            .args(["-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python");
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("python upstream did not start: {line:?}"));
+        PyUpstream { child, port }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PyUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw upstream: `Upgrade: echo` gets a 101 and CONNECT a 200, each with a greeting in
+/// the same write, then an echo until EOF; `Upgrade: refuse` gets a 400 and anything else
+/// a 200 naming the request line (keep-alive). Each connection lives at most 30 s.
+const RAW_UPSTREAM: &str = r#"
+import socket, threading
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(16)
+print(l.getsockname()[1], flush=True)
+def serve(c):
+    c.settimeout(30)
+    buf = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            line = head.split(b"\r\n")[0]
+            low = head.lower()
+            if line.startswith(b"CONNECT "):
+                c.sendall(b"HTTP/1.1 200 Connection Established\r\n\r\nhello-from-upstream\n" + buf)
+                break
+            if b"\r\nupgrade: echo" in low:
+                c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nhello-from-upstream\n" + buf)
+                break
+            if b"\r\nupgrade: refuse" in low:
+                body = b"refused\n"
+                c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                continue
+            body = b"plain:" + line + b"\n"
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+    except OSError:
+        pass
+    finally:
+        c.close()
+while True:
+    c, _ = l.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Read one response head (through the blank line); the rest read so far is returned too.
+fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return (String::from_utf8_lossy(&buf).into_owned(), rest);
+        }
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "EOF before a response head: {buf:?}");
+        buf.extend_from_slice(&b[..n]);
+    }
+}
+
+/// Read until `want` bytes are in `have`.
+fn read_to(s: &mut TcpStream, have: &mut Vec<u8>, want: usize) {
+    let mut b = vec![0u8; 64 * 1024];
+    while have.len() < want {
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "EOF after {} of {want} bytes", have.len());
+        have.extend_from_slice(&b[..n]);
+    }
+}
+
+/// `Upgrade` passthrough: the 101 comes back with its `Upgrade`/`Connection` fields, then
+/// both sides are a raw byte relay (bytes the client sent right behind its request and the
+/// upstream right behind its 101 included; 2 MiB each way under flow control); the
+/// client's EOF closes the tunnel.
+fn upgrade_tunnel(driver: &str) {
+    let up = PyUpstream::start(RAW_UPSTREAM);
+    let p = Proxy::start(driver, &[up.addr()], &[]);
+    let mut s = TcpStream::connect(p.server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(
+        b"GET /t HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nearly\n",
+    )
+    .unwrap();
+    let (head, mut got) = read_head(&mut s);
+    let low = head.to_ascii_lowercase();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(low.contains("\r\nupgrade: echo"), "{head}");
+    assert!(low.contains("\r\nconnection: upgrade"), "{head}");
+    assert!(!low.contains("content-length"), "{head}");
+    let greeting = b"hello-from-upstream\nearly\n";
+    read_to(&mut s, &mut got, greeting.len());
+    assert_eq!(&got[..], &greeting[..]);
+    let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut w = s.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        for c in sent.chunks(100_000) {
+            w.write_all(c).unwrap();
+        }
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    read_to(&mut s, &mut back, data.len());
+    writer.join().unwrap();
+    assert!(back == data, "tunnel bytes differ");
+    let mut tail = Vec::new();
+    s.read_to_end(&mut tail).unwrap();
+    assert!(tail.is_empty(), "{} bytes after the echo", tail.len());
+    let m = p.metrics();
+    assert_eq!(
+        metric(&m, "ferry_proxy_upgrades_total{protocol=\"http\"}"),
+        Some(1),
+        "{m}"
+    );
+}
+
+/// CONNECT through the proxy: a 2xx switches to a tunnel like a 101 does.
+fn connect_tunnel(driver: &str) {
+    let up = PyUpstream::start(RAW_UPSTREAM);
+    let p = Proxy::start(driver, &[up.addr()], &[]);
+    let mut s = TcpStream::connect(p.server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .unwrap();
+    let (head, mut got) = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let greeting = b"hello-from-upstream\n";
+    read_to(&mut s, &mut got, greeting.len());
+    assert_eq!(&got[..], &greeting[..]);
+    s.write_all(b"ping\n").unwrap();
+    let mut back = Vec::new();
+    read_to(&mut s, &mut back, 5);
+    assert_eq!(&back[..], b"ping\n");
+}
+
+/// An upgrade the upstream refuses (400) or ignores (200) is an ordinary response: the
+/// client connection carries on with HTTP.
+fn upgrade_refused_is_a_normal_response(driver: &str) {
+    let up = PyUpstream::start(RAW_UPSTREAM);
+    let p = Proxy::start(driver, &[up.addr()], &[]);
+    let mut s = TcpStream::connect(p.server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    for (upgrade, status, body) in [
+        ("refuse", "400", "refused\n"),
+        ("ignore", "200", "plain:GET /u HTTP/1.1\n"),
+    ] {
+        let req = format!(
+            "GET /u HTTP/1.1\r\nHost: x\r\nUpgrade: {upgrade}\r\nConnection: Upgrade\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let (head, mut got) = read_head(&mut s);
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        assert!(!head.to_ascii_lowercase().contains("upgrade:"), "{head}");
+        read_to(&mut s, &mut got, body.len());
+        assert_eq!(String::from_utf8_lossy(&got), body);
+    }
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.1 200 "), "{all}");
+    assert!(all.ends_with("plain:GET /after HTTP/1.1\n"), "{all}");
+    let m = p.metrics();
+    assert_eq!(
+        metric(&m, "ferry_proxy_upgrades_total{protocol=\"http\"}"),
+        Some(0),
+        "{m}"
+    );
+}
+
+/// A real WebSocket peer on each side (Python `websockets`): server greeting, echoes of
+/// growing messages and of a 1 MiB one, and a clean close handshake, through the proxy.
+fn websocket_echo(driver: &str) {
+    let up = PyUpstream::start(
+        "import asyncio, websockets\n\
+         async def echo(ws):\n\
+         \x20   await ws.send('hello')\n\
+         \x20   async for m in ws:\n\
+         \x20       await ws.send(m)\n\
+         async def main():\n\
+         \x20   async with websockets.serve(echo, '127.0.0.1', 0, max_size=None) as srv:\n\
+         \x20       print(srv.sockets[0].getsockname()[1], flush=True)\n\
+         \x20       await asyncio.sleep(60)\n\
+         asyncio.run(main())\n",
+    );
+    let p = Proxy::start(driver, &[up.addr()], &[]);
+    let script = format!(
+        "import asyncio, websockets\n\
+         async def main():\n\
+         \x20   async with websockets.connect('ws://127.0.0.1:{port}/chat', max_size=None, open_timeout=10, close_timeout=10) as ws:\n\
+         \x20       assert await asyncio.wait_for(ws.recv(), 10) == 'hello'\n\
+         \x20       for i in range(30):\n\
+         \x20           m = ('m%d-' % i) * (i * 50 + 1)\n\
+         \x20           await ws.send(m)\n\
+         \x20           assert await asyncio.wait_for(ws.recv(), 10) == m\n\
+         \x20       big = bytes(range(256)) * 4096\n\
+         \x20       await ws.send(big)\n\
+         \x20       assert await asyncio.wait_for(ws.recv(), 20) == big\n\
+         \x20   print('ok', ws.close_code)\n\
+         asyncio.run(asyncio.wait_for(main(), 60))\n",
+        port = p.server.addr.port()
+    );
+    let out = run(Command::new(python()).args(["-c", &script]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 1000");
+}
+
 macro_rules! per_driver {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -463,6 +709,10 @@ per_driver!(
     raw_pipelined_requests,
     hostname_upstreams,
     head_keeps_content_length,
+    upgrade_tunnel,
+    connect_tunnel,
+    upgrade_refused_is_a_normal_response,
+    websocket_echo,
 );
 
 /// SIGTERM with pooled upstream connections and an exchange in flight: the exchange

@@ -339,6 +339,11 @@ per_driver!(
     redis_benchmark_pipelined,
     upstream_restart_is_survived,
     hung_upstream_times_out,
+    hash_balance_keeps_each_key_on_one_upstream,
+    round_robin_uses_every_upstream,
+    dead_upstream_opens_its_breaker,
+    stopped_upstream_opens_its_breaker,
+    big_values_pass_both_ways,
 );
 
 /// A hung (SIGSTOPped) upstream: commands on the shared connection fail after
@@ -375,4 +380,215 @@ fn hung_upstream_times_out(driver: &str) {
         assert!(start.elapsed() < Duration::from_secs(20), "never recovered");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn dbsize(r: &Redis) -> i64 {
+    cli(&r.port.to_string(), &["dbsize"]).parse().unwrap()
+}
+
+/// `--balance hash`: every key lives on exactly one of two upstreams (both get some), and
+/// reads through the proxy (pipelined and one by one) find every key.
+fn hash_balance_keeps_each_key_on_one_upstream(driver: &str) {
+    let (a, b) = (Redis::start(), Redis::start());
+    let ups = format!("{},{}", a.addr(), b.addr());
+    let p = Proxy::start(
+        driver,
+        &ups,
+        &["--balance", "hash", "--health-interval", "0"],
+    );
+    let script = format!(
+        "import redis\n\
+         r = redis.Redis(host='127.0.0.1', port={port}, socket_timeout=20)\n\
+         p = r.pipeline(transaction=False)\n\
+         for i in range(300): p.set(f'key:{{i}}', i)\n\
+         assert all(p.execute())\n\
+         for i in range(300): assert r.get(f'key:{{i}}') == str(i).encode(), i\n\
+         p = r.pipeline(transaction=False)\n\
+         for i in range(300): p.incr(f'key:{{i}}')\n\
+         assert p.execute() == [i + 1 for i in range(300)]\n\
+         print('ok')\n",
+        port = p.port()
+    );
+    assert_eq!(py(&script), "ok");
+    let (na, nb) = (dbsize(&a), dbsize(&b));
+    assert_eq!(na + nb, 300, "each key on exactly one upstream");
+    assert!(na > 30 && nb > 30, "{na} {nb}");
+    // Seen directly: the value is where the proxy put it, nowhere else.
+    for i in [0, 7, 150, 299] {
+        let k = format!("key:{i}");
+        let va = cli(&a.port.to_string(), &["get", &k]);
+        let vb = cli(&b.port.to_string(), &["get", &k]);
+        assert!(
+            (va == (i + 1).to_string() && vb.is_empty())
+                || (vb == (i + 1).to_string() && va.is_empty()),
+            "{k}: {va:?} {vb:?}"
+        );
+    }
+}
+
+/// `--balance round-robin` and `least-requests`: commands from one client spread over both
+/// upstreams.
+fn round_robin_uses_every_upstream(driver: &str) {
+    for policy in ["round-robin", "least-requests"] {
+        let (a, b) = (Redis::start(), Redis::start());
+        let ups = format!("{},{}", a.addr(), b.addr());
+        let p = Proxy::start(
+            driver,
+            &ups,
+            &["--balance", policy, "--health-interval", "0"],
+        );
+        let script = format!(
+            "import redis\n\
+             r = redis.Redis(host='127.0.0.1', port={port}, socket_timeout=20)\n\
+             for i in range(100): assert r.set(f'rr:{{i}}', i)\n\
+             print('ok')\n",
+            port = p.port()
+        );
+        assert_eq!(py(&script), "ok");
+        let (na, nb) = (dbsize(&a), dbsize(&b));
+        assert_eq!(na + nb, 100, "{policy}");
+        assert!(na > 10 && nb > 10, "{policy}: {na} {nb}");
+    }
+}
+
+/// A client loop for the breaker tests: SETs one by one for up to `secs`, printing
+/// `errors,ok_after_last_error` and stopping after 100 successes in a row.
+fn breaker_loop(port: &str, secs: u32) -> String {
+    format!(
+        "import redis, time\n\
+         r = redis.Redis(host='127.0.0.1', port={port}, socket_timeout=20)\n\
+         errors, run, deadline = 0, 0, time.time() + {secs}\n\
+         i = 0\n\
+         while run < 100 and time.time() < deadline:\n\
+         \x20   i += 1\n\
+         \x20   try:\n\
+         \x20       assert r.set(f'b:{{i}}', i)\n\
+         \x20       run += 1\n\
+         \x20   except redis.exceptions.ResponseError as e:\n\
+         \x20       assert 'ferry proxy' in str(e), e\n\
+         \x20       errors += 1; run = 0\n\
+         print(f'{{errors}},{{run}}')\n"
+    )
+}
+
+/// One of two upstreams dies: a few commands fail, its breaker opens and traffic goes to
+/// the other; with both dead clients get the proxy's error at once; a restarted upstream
+/// gets traffic again once its breaker lets probes through.
+fn dead_upstream_opens_its_breaker(driver: &str) {
+    let a = Redis::start();
+    let mut b = Redis::start();
+    let b_port = b.port;
+    let ups = format!("{},{}", a.addr(), b.addr());
+    let p = Proxy::start(
+        driver,
+        &ups,
+        &[
+            "--health-interval",
+            "0",
+            "--breaker-failures",
+            "3",
+            "--breaker-open",
+            "1s",
+        ],
+    );
+    assert_eq!(cli(&p.port(), &["set", "x", "1"]), "OK");
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let out = py(&breaker_loop(&p.port(), 30));
+    let (errors, run) = out.split_once(',').expect("errors,run");
+    let errors: u32 = errors.parse().unwrap();
+    assert_eq!(run, "100", "{out}");
+    assert!((1..=20).contains(&errors), "{out}");
+    let m = p.metrics();
+    let key = format!(
+        "ferry_proxy_breaker_opened_total{{protocol=\"redis\",upstream=\"{}\"}}",
+        b.addr()
+    );
+    assert!(metric(&m, &key).unwrap_or(0) >= 1, "{m}");
+    // B comes back on its port: after the open period, probes succeed and it gets keys.
+    let b2 = (0..50)
+        .find_map(|_| {
+            let r = Redis::start_on(b_port);
+            if r.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r
+        })
+        .expect("redis-server restarted");
+    let start = Instant::now();
+    let mut i = 0;
+    while dbsize(&b2) == 0 {
+        i += 1;
+        let _ = cli(&p.port(), &["set", &format!("again:{i}"), "1"]);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never used again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Now both die: every command gets the proxy's error.
+    drop(b2);
+    drop(a);
+    let mut refused = 0;
+    for k in 0..40 {
+        let got = cli(&p.port(), &["set", &format!("dead:{k}"), "1"]);
+        assert!(got.contains("ferry proxy"), "{got}");
+        refused += usize::from(got.contains("no upstream available"));
+    }
+    // A few fail on the wire until both breakers open; then the proxy refuses at once
+    // (bar an occasional half-open probe).
+    assert!(refused >= 20, "{refused}");
+}
+
+/// One of two upstreams hangs (SIGSTOP): its commands time out, its breaker opens and the
+/// other one serves everything.
+fn stopped_upstream_opens_its_breaker(driver: &str) {
+    let a = Redis::start();
+    let b = Redis::start();
+    let ups = format!("{},{}", a.addr(), b.addr());
+    let p = Proxy::start(
+        driver,
+        &ups,
+        &[
+            "--health-interval",
+            "0",
+            "--breaker-failures",
+            "3",
+            "--breaker-open",
+            "30s",
+            "--response-timeout",
+            "500ms",
+        ],
+    );
+    assert_eq!(cli(&p.port(), &["set", "x", "1"]), "OK");
+    let before = dbsize(&a);
+    // SAFETY: signalling our own child process by its pid.
+    unsafe { libc::kill(b.child.id() as i32, libc::SIGSTOP) };
+    let out = py(&breaker_loop(&p.port(), 40));
+    // SAFETY: as above.
+    unsafe { libc::kill(b.child.id() as i32, libc::SIGCONT) };
+    let (errors, run) = out.split_once(',').expect("errors,run");
+    let errors: u32 = errors.parse().unwrap();
+    assert_eq!(run, "100", "{out}");
+    assert!((1..=20).contains(&errors), "{out}");
+    assert!(dbsize(&a) >= before + 100);
+}
+
+/// Values far over the read high-water mark (256 KiB) go up and come back whole, alone and
+/// in a pipeline with small commands.
+fn big_values_pass_both_ways(driver: &str) {
+    let r = Redis::start();
+    let p = Proxy::start(driver, &r.addr(), &["--health-interval", "0"]);
+    let script = format!(
+        "import redis\n\
+         r = redis.Redis(host='127.0.0.1', port={port}, socket_timeout=30)\n\
+         big = bytes(range(256)) * (3 * 4096)\n\
+         assert r.set('big', big) and r.get('big') == big\n\
+         p = r.pipeline(transaction=False)\n\
+         p.set('a', 1); p.get('big'); p.get('a'); p.set('big2', big[::-1]); p.get('big2')\n\
+         assert p.execute() == [True, big, b'1', True, big[::-1]]\n\
+         print('ok')\n",
+        port = p.port()
+    );
+    assert_eq!(py(&script), "ok");
 }

@@ -1,8 +1,9 @@
-//! The HTTP/1.1 reverse proxy as one [`Session`] type run inline on the I/O workers:
-//! [`HttpProxy::Down`] is a client's connection (a `ferry_http1::ServerConnection`),
-//! [`HttpProxy::Up`] an upstream connection (a `ferry_http1::ClientConnection`) opened with
-//! `WorkerCtx::connect` on the same worker. The two halves of an exchange talk through
-//! worker-local mail ([`Mail`]); bodies stream chunk by chunk both ways, with credit-based
+//! The HTTP/1.1 reverse proxy as one session type run inline on the I/O workers
+//! ([`HttpProxy`], a `ferry_driver::relay::Relay`): [`Down`] is a client's connection (a
+//! `ferry_http1::ServerConnection`), [`Up`] an upstream connection (a
+//! `ferry_http1::ClientConnection`) opened with `WorkerCtx::connect` on the same worker. The
+//! two halves of an exchange talk through worker-local mail ([`Mail`]); bodies stream chunk
+//! by chunk both ways, with credit-based
 //! flow control (the receiver acknowledges bytes as its socket takes them, the sender stops
 //! reading from its peer above [`WINDOW`] unacknowledged bytes), so no body is ever buffered
 //! whole.
@@ -19,22 +20,31 @@
 //! anything else is answered `502 Bad Gateway` (`504 Gateway Timeout` when the upstream timed
 //! out, `503 Service Unavailable` when no upstream is usable), or the client connection is
 //! cut if the response had already started.
+//!
+//! Protocol switches: a request with `Upgrade` (and `Connection: upgrade`) goes out with both
+//! fields, a CONNECT as it is. When the upstream switches (`101`, or `2xx` to CONNECT), its
+//! response goes back with its `Upgrade`/`Connection` fields and both connections become a
+//! raw byte relay under the same credit-based flow control: bytes each side sent right
+//! behind the heads come first, a half-close is relayed (FIN after the bytes before it) and
+//! the tunnel ends when both sides closed (or either connection is gone); the upstream
+//! connection is never reused. Tunnels have no idle timeout of their own. Any other answer
+//! to an upgrade request is an ordinary response.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_driver::metrics::add;
-use ferry_driver::{ConnInfo, OutQueue, Session, WorkerCtx};
+use ferry_driver::relay::{Downstream, Half, Io, Peer, Relay, Upstream};
+use ferry_driver::WorkerCtx;
 use ferry_http1::client::Event as CEvent;
 use ferry_http1::server::Event as SEvent;
 use ferry_http1::{
     Body, BodyKind, ClientConfig, ClientConnection, Headers, Method, RequestId, ServerConnection,
 };
 use ferry_proto::{Connection, Instant};
+use smallvec::SmallVec;
 
 use crate::balance::Balancer;
 use crate::config::ProxyConfig;
@@ -127,7 +137,7 @@ pub struct WorkerState {
     tickets: Vec<Option<TicketSlot>>,
     free_tickets: Vec<usize>,
     /// Queued checkouts and the clients they belong to.
-    waiters: Vec<(WaiterId, (usize, u32))>,
+    waiters: Vec<(WaiterId, Peer)>,
     /// Retries per window, as a share of requests (Finagle/Envoy-style budget).
     budget: RetryBudget,
     rng: Rng,
@@ -196,8 +206,7 @@ impl WorkerState {
 /// is still usable (cleared on EOF or close, checked before an idle one is handed out).
 #[derive(Debug, Clone)]
 pub struct UpHandle {
-    token: usize,
-    gen: u32,
+    peer: Peer,
     alive: Arc<AtomicBool>,
 }
 
@@ -205,7 +214,7 @@ type Lease = ferry_pool::Lease<usize, UpHandle>;
 type Ticket = ferry_pool::Ticket<usize>;
 /// A connect in flight: the pool's ticket and the client waiting for it (none when the pool
 /// asked for the connection itself).
-type TicketSlot = (Ticket, Option<(usize, u32)>);
+type TicketSlot = (Ticket, Option<Peer>);
 
 fn pool_config(cfg: &ProxyConfig) -> ferry_pool::Config {
     let mut c = ferry_pool::Config::dynamic(0, cfg.max_connections_per_upstream.max(1));
@@ -217,7 +226,7 @@ fn pool_config(cfg: &ProxyConfig) -> ferry_pool::Config {
 }
 
 impl WorkerState {
-    fn put_ticket(&mut self, t: Ticket, owner: Option<(usize, u32)>) -> usize {
+    fn put_ticket(&mut self, t: Ticket, owner: Option<Peer>) -> usize {
         match self.free_tickets.pop() {
             Some(i) => {
                 self.tickets[i] = Some((t, owner));
@@ -254,39 +263,19 @@ impl WorkerState {
                     }
                 }
                 PoolEvent::Ready { waiter, lease } => match self.take_waiter(waiter) {
-                    Some((t, g)) => {
-                        let _ = ctx.post(
-                            t,
-                            Mail {
-                                gen: g,
-                                kind: Kind::Leased(lease),
-                            },
-                        );
-                    }
+                    Some(owner) => send(ctx, owner, Kind::Leased(lease)),
                     None => {
                         let _ = self.pool.checkin(lease, true, ctx.clock.now());
                     }
                 },
                 PoolEvent::TimedOut { waiter } => {
-                    if let Some((t, g)) = self.take_waiter(waiter) {
-                        let _ = ctx.post(
-                            t,
-                            Mail {
-                                gen: g,
-                                kind: Kind::PoolFailed(true),
-                            },
-                        );
+                    if let Some(owner) = self.take_waiter(waiter) {
+                        send(ctx, owner, Kind::PoolFailed(true));
                     }
                 }
                 PoolEvent::Failed { waiter } => {
-                    if let Some((t, g)) = self.take_waiter(waiter) {
-                        let _ = ctx.post(
-                            t,
-                            Mail {
-                                gen: g,
-                                kind: Kind::PoolFailed(false),
-                            },
-                        );
+                    if let Some(owner) = self.take_waiter(waiter) {
+                        send(ctx, owner, Kind::PoolFailed(false));
                     }
                 }
                 PoolEvent::HealthCheck(lease) => {
@@ -295,20 +284,14 @@ impl WorkerState {
                 }
                 PoolEvent::Close(h) => {
                     h.alive.store(false, Relaxed);
-                    let _ = ctx.post(
-                        h.token,
-                        Mail {
-                            gen: h.gen,
-                            kind: Kind::Close,
-                        },
-                    );
+                    send(ctx, h.peer, Kind::Close);
                 }
                 _ => {}
             }
         }
     }
 
-    fn take_waiter(&mut self, w: WaiterId) -> Option<(usize, u32)> {
+    fn take_waiter(&mut self, w: WaiterId) -> Option<Peer> {
         let p = self.waiters.iter().position(|(id, _)| *id == w)?;
         Some(self.waiters.swap_remove(p).1)
     }
@@ -361,24 +344,25 @@ impl UpFailure {
     }
 }
 
-/// Mail between the halves of an exchange (same worker).
+/// Mail between the halves of an exchange (same worker; opaque).
 #[derive(Debug)]
-pub struct Mail {
-    /// The receiver's generation (stale mail for a reused token is dropped).
-    gen: u32,
-    kind: Kind,
+pub struct Mail(Kind);
+
+/// Queue `kind` for connection `to` of this worker.
+fn send(ctx: &WorkerCtx, to: Peer, kind: Kind) {
+    let _ = to.post(ctx, Mail(kind));
 }
 
 #[derive(Debug)]
 enum Kind {
     // Downstream → upstream.
-    Send {
-        owner: (usize, u32),
-        head: ferry_http1::Request,
-        extra: Extra,
-    },
+    /// A request to send (boxed: mails stay small, and they are moved a few times each).
+    Send(Box<SendReq>),
     ReqData(Bytes, bool),
-    /// The pool is done with this connection: close it.
+    /// Tunnel bytes from the client (after a protocol switch).
+    Raw(Bytes),
+    /// The pool is done with this connection (or the tunnel's client left): close it once
+    /// what is queued went out.
     Close,
     // Either way.
     Ack(usize),
@@ -388,10 +372,24 @@ enum Kind {
     /// The pool could not provide one (`true`: waited too long).
     PoolFailed(bool),
     Failed(UpFailure, bool),
-    Head(ferry_http1::Response),
+    Head(Box<ferry_http1::Response>),
     Data(Bytes),
     /// The response is complete; whether the connection can carry another request.
     End(bool),
+    /// The upstream switched protocols (101, or 2xx to CONNECT): from now on `Data` carries
+    /// tunnel bytes.
+    Upgraded,
+    /// Either way: this side's peer closed its sending side of the tunnel (after the
+    /// bytes before it): relay the half-close.
+    TunnelEof,
+}
+
+/// A request for an upstream connection.
+#[derive(Debug)]
+struct SendReq {
+    owner: Peer,
+    head: ferry_http1::Request,
+    extra: Extra,
 }
 
 /// Fields the proxy adds to a forwarded request.
@@ -400,57 +398,60 @@ struct Extra {
     xff: Bytes,
     traceparent: Bytes,
     host: Option<Bytes>,
+    /// The client's `Upgrade` field, forwarded with `Connection: upgrade`.
+    upgrade: Option<Bytes>,
 }
 
-/// A connection of the HTTP proxy.
-#[allow(clippy::large_enum_variant)]
-pub enum HttpProxy {
-    /// A client's connection.
-    Down(Down),
-    /// A connection to an upstream.
-    Up(Up),
-}
-
-impl std::fmt::Debug for HttpProxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            HttpProxy::Down(_) => "Down",
-            HttpProxy::Up(_) => "Up",
-        })
-    }
-}
+/// A connection of the HTTP proxy: [`Relay::Down`] for a client's connection,
+/// [`Relay::Up`] for a connection to an upstream.
+pub type HttpProxy = Relay<Down, Up>;
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) and the framing fields the connections write
 /// themselves, never forwarded.
 fn hop_by_hop(name: &str) -> bool {
-    const H: [&str; 10] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "proxy-authorization",
-        "expect",
-    ];
-    H.iter().any(|h| h.eq_ignore_ascii_case(name))
+    // By length first: one comparison at most for the fields that are forwarded.
+    let is = |h: &str| name.eq_ignore_ascii_case(h);
+    match name.len() {
+        2 => is("te"),
+        6 => is("expect"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        14 => is("content-length"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
 }
 
-/// Whether `name` is listed in a `Connection` field (those are hop-by-hop too).
-fn named_by_connection(h: &Headers, name: &str) -> bool {
-    h.get_all("connection").any(|v| {
-        v.split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+/// The fields a message's `Connection` fields name beyond the standard hop-by-hop ones (those
+/// are hop-by-hop too); empty for the usual `keep-alive`, `close` or `upgrade`.
+fn connection_names(h: &Headers) -> SmallVec<[&[u8]; 4]> {
+    let mut names = SmallVec::new();
+    for v in h.get_all("connection") {
+        for t in v.split(|&b| b == b',') {
+            let t = t.trim_ascii();
+            let standard = std::str::from_utf8(t).is_ok_and(hop_by_hop)
+                || t.eq_ignore_ascii_case(b"close")
+                || t.is_empty();
+            if !standard {
+                names.push(t);
+            }
+        }
+    }
+    names
+}
+
+/// The fields to forward: all but the hop-by-hop ones.
+fn forwardable<'a>(h: &'a Headers) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+    let named = connection_names(h);
+    h.iter().filter(move |(n, _)| {
+        !(hop_by_hop(n) || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes())))
     })
 }
 
-fn forwardable<'a>(h: &'a Headers) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
-    let has_conn = h.contains("connection");
-    h.iter()
-        .filter(move |(n, _)| !(hop_by_hop(n) || (has_conn && named_by_connection(h, n))))
-}
+/// Fields of a forwarded head, on the stack for the usual count.
+type Fields<'a> = SmallVec<[(&'a str, &'a [u8]); 24]>;
 
 // ----------------------------------------------------------------------------------------
 // Downstream
@@ -463,7 +464,7 @@ struct Exchange {
     head: ferry_http1::Request,
     idempotent: bool,
     upstream: usize,
-    up: Option<(usize, u32)>,
+    up: Option<Peer>,
     lease: Option<Lease>,
     waiter: Option<WaiterId>,
     /// Set when the upstream said whether its connection may be reused.
@@ -489,14 +490,9 @@ struct Exchange {
 
 /// A client's connection.
 pub struct Down {
-    token: usize,
-    gen: u32,
-    peer: Option<SocketAddr>,
+    io: Io,
     shared: Arc<HttpShared>,
     conn: ServerConnection,
-    input: BytesMut,
-    out: OutQueue,
-    eof: bool,
     errored: bool,
     abort: bool,
     /// Events of requests behind the current one (pipelining), in order.
@@ -508,37 +504,51 @@ pub struct Down {
     unacked: usize,
     /// Response body bytes received and not yet acknowledged to the upstream.
     owed: usize,
+    /// After a protocol switch: the raw byte relay that replaced HTTP on this connection.
+    tunnel: Option<Tunnel>,
+    /// The client's address as text (for `X-Forwarded-For`), made at the first request.
+    peer_ip: Option<Bytes>,
+}
+
+/// A downstream connection's tunnel to its upstream connection (WebSocket, CONNECT).
+#[derive(Debug)]
+struct Tunnel {
+    up: Peer,
+    /// The upstream connection, held (not reusable) until the tunnel closes.
+    lease: Option<Lease>,
+    /// The upstream closed its sending side.
+    up_eof: bool,
+    /// The tunnel is over (both sides' EOF, or one side gone; the upstream connection was
+    /// told): finish once the output went out.
+    closed: bool,
 }
 
 impl Down {
-    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
-        !self.eof
-            && !self.errored
-            && !self.abort
-            && self.backlog.len() < 64
-            && self.unacked < WINDOW
-            && self.out.len() < ctx.options.write_high_water
-            && self.input.len() < ctx.options.input_high_water
-            && self.conn.wants_read()
-    }
-
-    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+    fn process_input(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if let Some(t) = self.tunnel.as_ref() {
+            if !self.io.input.is_empty() && !t.closed {
+                let b = self.io.input.split().freeze();
+                self.unacked += b.len();
+                send(ctx, t.up, Kind::Raw(b));
+            }
+            return;
+        }
         loop {
-            let before = self.input.len();
+            let before = self.io.input.len();
             if !self.errored
                 && self.backlog.is_empty()
-                && !self.input.is_empty()
-                && self.conn.handle_input(now, &mut self.input).is_err()
+                && !self.io.input.is_empty()
+                && self.conn.handle_input(now, &mut self.io.input).is_err()
             {
                 self.errored = true;
             }
-            let mut progressed = self.input.len() != before;
+            let mut progressed = self.io.input.len() != before;
             while let Some(ev) = self.conn.poll_event() {
                 progressed = true;
                 self.event(ctx, ev, now);
             }
             if self.errored {
-                self.input.clear();
+                self.io.input.clear();
             }
             if !progressed || !self.backlog.is_empty() {
                 break;
@@ -549,7 +559,7 @@ impl Down {
 
     fn collect(&mut self) {
         while let Some(b) = self.conn.poll_transmit() {
-            self.out.push(b);
+            self.io.out.push(b);
         }
     }
 
@@ -600,20 +610,28 @@ impl Down {
         let sh = self.shared.clone();
         add(&sh.stats.requests, 1);
         let hs = head.headers();
-        let mut xff = BytesMut::new();
-        let prior: Vec<&[u8]> = hs.get_all("x-forwarded-for").collect();
-        for (i, v) in prior.iter().enumerate() {
-            if i > 0 {
-                xff.put_slice(b", ");
-            }
-            xff.put_slice(v);
+        if self.peer_ip.is_none() {
+            // Once per connection, not per request.
+            let ip = self.io.peer_addr().map(|p| p.ip().to_string());
+            self.peer_ip = Some(ip.map(Bytes::from).unwrap_or_default());
         }
-        if let Some(p) = self.peer {
-            if !xff.is_empty() {
-                xff.put_slice(b", ");
+        let ip = self.peer_ip.clone().unwrap_or_default();
+        let xff = if hs.contains("x-forwarded-for") {
+            let mut xff = BytesMut::new();
+            for (i, v) in hs.get_all("x-forwarded-for").enumerate() {
+                if i > 0 {
+                    xff.put_slice(b", ");
+                }
+                xff.put_slice(v);
             }
-            xff.put_slice(p.ip().to_string().as_bytes());
-        }
+            if !ip.is_empty() {
+                xff.put_slice(b", ");
+                xff.put_slice(&ip);
+            }
+            xff.freeze()
+        } else {
+            ip // the usual case: a shared slice, no copy
+        };
         let tp = {
             let mut ws = sh.worker(ctx.index);
             let rng = &mut ws.rng;
@@ -644,7 +662,7 @@ impl Down {
             resp_started: false,
             resp_done: false,
             permit: None,
-            extra_xff: xff.freeze(),
+            extra_xff: xff,
             traceparent: Bytes::copy_from_slice(&tp),
         };
         self.ex = Some(ex);
@@ -748,7 +766,7 @@ impl Down {
             let r = match ws.pool.checkout(i, now) {
                 Ok(Checkout::Ready(lease)) => Ok(Some(lease)),
                 Ok(Checkout::Connect(ticket)) => {
-                    let slot = ws.put_ticket(ticket, Some((self.token, self.gen)));
+                    let slot = ws.put_ticket(ticket, Some(self.io.me()));
                     u.connects.fetch_add(1, Relaxed);
                     let tag = ((slot as u64) << 8) | i as u64;
                     if u.current().is_some_and(|a| ctx.connect(a, tag)) {
@@ -761,7 +779,7 @@ impl Down {
                     }
                 }
                 Ok(Checkout::Queued(w)) => {
-                    ws.waiters.push((w, (self.token, self.gen)));
+                    ws.waiters.push((w, self.io.me()));
                     ex.waiter = Some(w);
                     Ok(None)
                 }
@@ -789,35 +807,31 @@ impl Down {
             return;
         }
         let ex = self.ex.as_mut().expect("exchange");
-        let up = (lease.conn().token, lease.conn().gen);
+        let up = lease.conn().peer;
         ex.waiter = None;
         ex.up = Some(up);
         ex.lease = Some(lease);
         let host = (!ex.head.headers().contains("host"))
             .then(|| Bytes::from(self.shared.cfg.upstreams[ex.upstream].to_string()));
-        let _ = ctx.post(
-            up.0,
-            Mail {
-                gen: up.1,
-                kind: Kind::Send {
-                    owner: (self.token, self.gen),
-                    head: ex.head.clone(),
-                    extra: Extra {
-                        xff: ex.extra_xff.clone(),
-                        traceparent: ex.traceparent.clone(),
-                        host,
-                    },
+        let upgrade = (ex.head.is_upgrade() && ex.head.method() != Method::Connect)
+            .then(|| ex.head.headers().get("upgrade").map(Bytes::copy_from_slice))
+            .flatten();
+        send(
+            ctx,
+            up,
+            Kind::Send(Box::new(SendReq {
+                owner: self.io.me(),
+                head: ex.head.clone(),
+                extra: Extra {
+                    xff: ex.extra_xff.clone(),
+                    traceparent: ex.traceparent.clone(),
+                    host,
+                    upgrade,
                 },
-            },
+            })),
         );
         for (b, end) in ex.held.drain(..) {
-            let _ = ctx.post(
-                up.0,
-                Mail {
-                    gen: up.1,
-                    kind: Kind::ReqData(b, end),
-                },
-            );
+            send(ctx, up, Kind::ReqData(b, end));
         }
     }
 
@@ -848,15 +862,7 @@ impl Down {
         }
         self.unacked += data.len();
         match ex.up {
-            Some(up) => {
-                let _ = ctx.post(
-                    up.0,
-                    Mail {
-                        gen: up.1,
-                        kind: Kind::ReqData(data, end),
-                    },
-                );
-            }
+            Some(up) => send(ctx, up, Kind::ReqData(data, end)),
             None => ex.held.push_back((data, end)),
         }
     }
@@ -1030,7 +1036,23 @@ impl Down {
             }
             Kind::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
             Kind::Failed(why, before) => self.failed(ctx, why, before, now),
-            Kind::Head(resp) => self.head(ctx, resp, now),
+            Kind::Head(resp) => self.head(ctx, &resp, now),
+            Kind::Data(b) if self.tunnel.is_some() => {
+                self.owed += b.len();
+                self.io.out.push(b);
+            }
+            Kind::Upgraded => self.upgraded(ctx, now),
+            Kind::TunnelEof => {
+                // The upstream is done sending: so are we (FIN after what is queued); the
+                // client may still send.
+                self.io.shutdown_write();
+                if let Some(t) = self.tunnel.as_mut() {
+                    t.up_eof = true;
+                }
+                if self.io.saw_eof() {
+                    self.end_tunnel(ctx);
+                }
+            }
             Kind::Data(b) => {
                 if let Some(ex) = self.ex.as_ref() {
                     self.owed += b.len();
@@ -1049,11 +1071,54 @@ impl Down {
                 self.finish(ctx);
                 self.resume(ctx, now);
             }
-            Kind::Send { .. } | Kind::ReqData(..) | Kind::Close => {}
+            Kind::Send(_) | Kind::ReqData(..) | Kind::Raw(_) | Kind::Close => {}
         }
     }
 
-    fn head(&mut self, ctx: &mut WorkerCtx, resp: ferry_http1::Response, now: Instant) {
+    /// The upstream switched protocols (its 101 went out already): the exchange is over
+    /// and both connections become a raw byte relay. Bytes the client sent after its
+    /// request (still in the input) go first.
+    fn upgraded(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        let Some(mut ex) = self.ex.take() else { return };
+        if !self.conn.is_upgraded() {
+            // Our side did not switch (the 101 could not be forwarded): nothing to relay.
+            self.last_done = Some(ex.id);
+            self.release(ctx, &mut ex, false, now);
+            return;
+        }
+        let Some(up) = ex.up else { return };
+        let lease = ex.lease.take();
+        ex.resp_done = true;
+        self.last_done = Some(ex.id);
+        self.release(ctx, &mut ex, true, now);
+        add(&self.shared.stats.upgrades, 1);
+        self.backlog.clear();
+        self.tunnel = Some(Tunnel {
+            up,
+            lease,
+            up_eof: false,
+            closed: false,
+        });
+        self.process_input(ctx, now);
+    }
+
+    /// The tunnel ends (either side): the upstream connection closes after its output and
+    /// goes back to the pool as not reusable.
+    fn end_tunnel(&mut self, ctx: &mut WorkerCtx) {
+        let Some(t) = self.tunnel.as_mut() else {
+            return;
+        };
+        if !t.closed {
+            t.closed = true;
+            send(ctx, t.up, Kind::Close);
+        }
+        if let Some(lease) = t.lease.take() {
+            let sh = self.shared.clone();
+            sh.worker(ctx.index).checkin(ctx, &sh.stats, lease, false);
+        }
+    }
+
+    fn head(&mut self, ctx: &mut WorkerCtx, resp: &ferry_http1::Response, now: Instant) {
         let sh = self.shared.clone();
         let Some(ex) = self.ex.as_mut() else { return };
         ex.resp_started = true;
@@ -1076,7 +1141,11 @@ impl Down {
             .then(|| resp.headers().get("content-length"))
             .flatten()
             .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
-        let body = if let Some(n) = head_len {
+        let switching = (status == 101 && ex.head.is_upgrade())
+            || (ex.head.method() == Method::Connect && (200..300).contains(&status));
+        let body = if switching {
+            Body::Empty // the tunnel follows
+        } else if let Some(n) = head_len {
             Body::Length(n) // the length a GET would have; no body follows a HEAD
         } else if ex.head.method() == Method::Head {
             Body::Chunked // no body either way
@@ -1090,9 +1159,14 @@ impl Down {
             }
         };
         let hs = resp.headers();
-        let mut fields: Vec<(&str, &[u8])> = forwardable(hs).collect();
+        let mut fields: Fields = forwardable(hs).collect();
         fields.push(("via", b"1.1 ferry"));
-        if !ex.req_done {
+        if status == 101 {
+            fields.push(("connection", b"upgrade"));
+            if let Some(u) = hs.get("upgrade") {
+                fields.push(("upgrade", u));
+            }
+        } else if !ex.req_done {
             // Answered before the request body is in (an early 413, a `return`): say that
             // this connection ends after the response rather than close it silently later.
             fields.push(("connection", b"close"));
@@ -1129,23 +1203,16 @@ impl Down {
         self.collect();
     }
 
-    fn written(&mut self, ctx: &WorkerCtx, n: usize) {
-        self.out.written(n);
-        self.ack(ctx, n);
-    }
-
     fn ack(&mut self, ctx: &WorkerCtx, n: usize) {
         let a = n.min(self.owed);
         if a > 0 {
             self.owed -= a;
-            if let Some((t, g)) = self.ex.as_ref().and_then(|e| e.up) {
-                let _ = ctx.post(
-                    t,
-                    Mail {
-                        gen: g,
-                        kind: Kind::Ack(a),
-                    },
-                );
+            let up = match self.tunnel.as_ref() {
+                Some(t) => (!t.closed).then_some(t.up),
+                None => self.ex.as_ref().and_then(|e| e.up),
+            };
+            if let Some(up) = up {
+                send(ctx, up, Kind::Ack(a));
             }
         }
     }
@@ -1157,45 +1224,32 @@ impl Down {
 
 /// A connection to an upstream.
 pub struct Up {
-    token: usize,
-    gen: u32,
+    io: Io,
     idx: usize,
     shared: Arc<HttpShared>,
     conn: ClientConnection,
-    input: BytesMut,
-    out: OutQueue,
-    connected: bool,
-    connect_deadline: Option<Instant>,
     /// The pool's ticket slot until the connect is reported.
     ticket: Option<usize>,
     /// Shared with the pool's handle: cleared when this connection is no longer usable.
     alive: Arc<AtomicBool>,
     /// The client whose request this connection carries (or that waits for the connect).
-    owner: Option<(usize, u32)>,
+    owner: Option<Peer>,
     req: Option<RequestId>,
     resp_started: bool,
     done: bool,
-    eof: bool,
     unacked: usize,
     owed: usize,
     /// The owner was told how the exchange ended.
     reported: bool,
+    /// After a protocol switch: a raw byte relay to the owner.
+    tunnel: bool,
 }
 
 impl Up {
     fn to_owner(&self, ctx: &WorkerCtx, kind: Kind) {
-        if let Some((t, g)) = self.owner {
-            let _ = ctx.post(t, Mail { gen: g, kind });
+        if let Some(owner) = self.owner {
+            send(ctx, owner, kind);
         }
-    }
-
-    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
-        self.connected
-            && !self.done
-            && !self.eof
-            && self.unacked < WINDOW
-            && self.input.len() < ctx.options.input_high_water
-            && self.conn.wants_read()
     }
 
     /// This connection is finished: tell the owner (once) and the pool.
@@ -1225,8 +1279,6 @@ impl Up {
     /// The connect completed: hand the connection to the pool (and to the client that asked
     /// for it, if any).
     fn connected(&mut self, ctx: &WorkerCtx, now: Instant) {
-        self.connected = true;
-        self.connect_deadline = None;
         let Some(slot) = self.ticket.take() else {
             return;
         };
@@ -1236,21 +1288,12 @@ impl Up {
             return;
         };
         let handle = UpHandle {
-            token: self.token,
-            gen: self.gen,
+            peer: self.io.me(),
             alive: self.alive.clone(),
         };
         if let Ok(Some(lease)) = ws.pool.connected(ticket, handle, now) {
             match owner {
-                Some((t, g)) => {
-                    let _ = ctx.post(
-                        t,
-                        Mail {
-                            gen: g,
-                            kind: Kind::Leased(lease),
-                        },
-                    );
-                }
+                Some(owner) => send(ctx, owner, Kind::Leased(lease)),
                 None => {
                     let _ = ws.pool.checkin(lease, true, now);
                 }
@@ -1261,16 +1304,20 @@ impl Up {
         ws.pump(ctx, &sh.stats);
     }
 
-    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        if self.connected && !self.done {
-            if !self.input.is_empty() {
-                let _ = self.conn.handle_input(now, &mut self.input);
+    fn process_input(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.tunnel {
+            self.tunnel_input(ctx);
+            return;
+        }
+        if self.io.is_connected() && !self.done {
+            if !self.io.input.is_empty() {
+                let _ = self.conn.handle_input(now, &mut self.io.input);
             }
             while let Some(ev) = self.conn.poll_event() {
                 match ev {
                     CEvent::Response(r) => {
                         self.resp_started = true;
-                        self.to_owner(ctx, Kind::Head(r));
+                        self.to_owner(ctx, Kind::Head(Box::new(r)));
                     }
                     CEvent::Data { data, .. } => {
                         self.unacked += data.len();
@@ -1278,7 +1325,7 @@ impl Up {
                     }
                     CEvent::End { .. } => {
                         // The client gives the lease back; this connection is idle from now.
-                        let reusable = self.conn.is_reusable() && !self.eof;
+                        let reusable = self.conn.is_reusable() && !self.io.saw_eof();
                         self.to_owner(ctx, Kind::End(reusable));
                         self.owner = None;
                         self.req = None;
@@ -1295,13 +1342,26 @@ impl Up {
                         };
                         self.fail(ctx, why);
                     }
-                    CEvent::Upgraded { .. } => self.fail(ctx, UpFailure::Broken),
+                    CEvent::Upgraded { .. } => {
+                        // A raw byte relay from now on, dedicated to this client; what
+                        // follows the 101 in the input is the new protocol's.
+                        self.tunnel = true;
+                        self.reported = true;
+                        self.alive.store(false, Relaxed);
+                        self.unacked = 0;
+                        self.owed = 0;
+                        self.to_owner(ctx, Kind::Upgraded);
+                    }
                     _ => {}
                 }
             }
         }
         while let Some(b) = self.conn.poll_transmit() {
-            self.out.push(b);
+            self.io.out.push(b);
+        }
+        if self.tunnel {
+            self.tunnel_input(ctx);
+            return;
         }
         if self.conn.is_closed() && self.req.is_none() && self.owner.is_none() {
             self.done = true;
@@ -1309,22 +1369,32 @@ impl Up {
         }
     }
 
+    /// Tunnel: what the upstream sent goes to the client as it is.
+    fn tunnel_input(&mut self, ctx: &WorkerCtx) {
+        if !self.io.input.is_empty() && !self.done {
+            let b = self.io.input.split().freeze();
+            self.unacked += b.len();
+            self.to_owner(ctx, Kind::Data(b));
+        }
+    }
+
     fn apply(&mut self, ctx: &mut WorkerCtx, kind: Kind, now: Instant) {
-        if matches!(kind, Kind::Send { .. } | Kind::ReqData(..)) {
+        if matches!(kind, Kind::Send(_) | Kind::ReqData(..)) {
             // The connection stamps requests with the time it last saw: bring it up to now,
             // or a request sent after an idle spell would start with its timeout half gone.
             self.conn.handle_timeout(now);
         }
         match kind {
-            Kind::Send { owner, head, extra } => {
+            Kind::Send(req) => {
+                let SendReq { owner, head, extra } = *req;
                 self.owner = Some(owner);
                 self.reported = false;
-                if self.done || self.eof || !self.alive.load(Relaxed) {
+                if self.done || self.io.saw_eof() || !self.alive.load(Relaxed) {
                     // Went away while idle: the client retries elsewhere (nothing was sent).
                     self.fail(ctx, UpFailure::Broken);
                     return;
                 }
-                let mut fields: Vec<(&str, &[u8])> = forwardable(head.headers())
+                let mut fields: Fields = forwardable(head.headers())
                     .filter(|(n, _)| {
                         !n.eq_ignore_ascii_case("x-forwarded-for")
                             && !n.eq_ignore_ascii_case("traceparent")
@@ -1339,12 +1409,17 @@ impl Up {
                 fields.push(("x-forwarded-proto", b"http"));
                 fields.push(("traceparent", &extra.traceparent));
                 fields.push(("via", b"1.1 ferry"));
+                if let Some(u) = extra.upgrade.as_ref() {
+                    fields.push(("connection", b"upgrade"));
+                    fields.push(("upgrade", u));
+                }
                 let body = match head.body_kind() {
                     BodyKind::Empty => Body::Empty,
                     BodyKind::Length(n) => Body::Length(n),
                     _ => Body::Chunked,
                 };
                 match self.conn.send_request_with_method_str(
+                    now,
                     head.method_str(),
                     head.target(),
                     &fields,
@@ -1358,10 +1433,15 @@ impl Up {
                 let n = b.len();
                 if let Some(id) = self.req {
                     // A `Length` body ends by itself; its final empty `end` is refused: fine.
-                    let _ = self.conn.send_data(id, b, end);
+                    let _ = self.conn.send_data(now, id, b, end);
                 }
                 self.owed += n;
             }
+            Kind::Raw(b) if self.tunnel && !self.done => {
+                self.owed += b.len();
+                self.io.out.push(b);
+            }
+            Kind::TunnelEof => self.io.shutdown_write(),
             Kind::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
             Kind::Close => {
                 self.alive.store(false, Relaxed);
@@ -1373,11 +1453,6 @@ impl Up {
             }
             _ => {}
         }
-    }
-
-    fn written(&mut self, ctx: &WorkerCtx, n: usize) {
-        self.out.written(n);
-        self.ack(ctx, n);
     }
 
     fn ack(&mut self, ctx: &WorkerCtx, n: usize) {
@@ -1393,28 +1468,110 @@ impl Up {
 // The Session
 // ----------------------------------------------------------------------------------------
 
-impl Session for HttpProxy {
+impl Half for Down {
     type Shared = HttpShared;
     type Mail = Mail;
 
-    fn open(
-        ctx: &mut WorkerCtx,
-        shared: &Arc<HttpShared>,
-        info: ConnInfo,
-        gen: u32,
-        now: Instant,
-    ) -> Option<Self> {
+    fn io(&self) -> &Io {
+        &self.io
+    }
+
+    fn io_mut(&mut self) -> &mut Io {
+        &mut self.io
+    }
+
+    fn shared(&self) -> &Arc<HttpShared> {
+        &self.shared
+    }
+
+    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
+        if let Some(t) = self.tunnel.as_ref() {
+            return !t.closed
+                && self.unacked < WINDOW
+                && self.io.out.len() < ctx.options.write_high_water;
+        }
+        !self.errored
+            && !self.abort
+            && self.backlog.len() < 64
+            && self.unacked < WINDOW
+            && self.io.out.len() < ctx.options.write_high_water
+            && self.io.input.len() < ctx.options.input_high_water
+            && self.conn.wants_read()
+    }
+
+    fn is_finished(&self) -> bool {
+        match self.tunnel.as_ref() {
+            Some(t) => t.closed && self.io.out.is_empty(),
+            None => {
+                self.abort || (self.conn.is_closed() && self.io.out.is_empty() && self.ex.is_none())
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.ex.is_some() || self.tunnel.is_some() {
+            None // the upstream's timeouts govern an exchange in progress
+        } else {
+            self.conn.poll_timeout()
+        }
+    }
+
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.process_input(ctx, now);
+    }
+
+    fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
+        self.ack(ctx, n);
+    }
+
+    fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.process_input(ctx, now);
+        if let Some(t) = self.tunnel.as_ref() {
+            // The client is done sending: the upstream gets a FIN after what it has queued,
+            // and the tunnel ends once the upstream is done too.
+            if t.up_eof {
+                self.end_tunnel(ctx);
+            } else if !t.closed {
+                send(ctx, t.up, Kind::TunnelEof);
+            }
+            return;
+        }
+        self.conn.handle_eof(now);
+        self.process_input(ctx, now);
+    }
+
+    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.conn.handle_timeout(now);
+        self.process_input(ctx, now);
+    }
+
+    fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.conn.close();
+        self.process_input(ctx, now);
+    }
+
+    fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: Mail, now: Instant) {
+        self.apply(ctx, mail.0, now);
+        self.collect();
+    }
+
+    fn close(mut self, ctx: &mut WorkerCtx) {
+        self.shared.stats.downstream_open.fetch_sub(1, Relaxed);
+        self.end_tunnel(ctx);
+        if let Some(mut ex) = self.ex.take() {
+            let now = ctx.clock.now();
+            self.release(ctx, &mut ex, false, now);
+        }
+    }
+}
+
+impl Downstream for Down {
+    fn open(ctx: &mut WorkerCtx, shared: &Arc<HttpShared>, io: Io, now: Instant) -> Option<Self> {
         shared.stats.downstream_open.fetch_add(1, Relaxed);
-        add(&ctx.metrics.accepted, 1);
-        Some(HttpProxy::Down(Down {
-            token: info.token,
-            gen: gen & 0xFF_FFFF,
-            peer: info.peer,
+        Some(Down {
+            io,
             shared: shared.clone(),
             conn: ServerConnection::new(ctx.http.clone(), now),
-            input: BytesMut::with_capacity(ctx.options.read_chunk),
-            out: OutQueue::default(),
-            eof: false,
             errored: false,
             abort: false,
             backlog: VecDeque::new(),
@@ -1422,65 +1579,13 @@ impl Session for HttpProxy {
             last_done: None,
             unacked: 0,
             owed: 0,
-        }))
+            tunnel: None,
+            peer_ip: None,
+        })
     }
 
-    fn open_outbound(
-        ctx: &mut WorkerCtx,
-        shared: &Arc<HttpShared>,
-        info: ConnInfo,
-        tag: u64,
-        gen: u32,
-        now: Instant,
-    ) -> Option<Self> {
-        let slot = (tag >> 8) as usize;
-        let idx = (tag & 0xFF) as usize;
-        let gen = gen & 0xFF_FFFF;
-        let u = shared.stats.upstreams.get(idx)?;
-        u.open.fetch_add(1, Relaxed);
-        // Who waits for this connect (to be told if it fails).
-        let owner = shared
-            .worker(ctx.index)
-            .tickets
-            .get(slot)
-            .and_then(|t| t.as_ref().and_then(|(_, o)| *o));
-        Some(HttpProxy::Up(Up {
-            token: info.token,
-            gen,
-            idx,
-            shared: shared.clone(),
-            conn: ClientConnection::new(shared.client.clone(), now),
-            input: BytesMut::with_capacity(ctx.options.read_chunk),
-            out: OutQueue::default(),
-            connected: false,
-            connect_deadline: Some(now + shared.cfg.connect_timeout),
-            ticket: Some(slot),
-            alive: Arc::new(AtomicBool::new(true)),
-            owner,
-            req: None,
-            resp_started: false,
-            done: false,
-            eof: false,
-            unacked: 0,
-            owed: 0,
-            reported: false,
-        }))
-    }
-
-    fn on_connected(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        if let HttpProxy::Up(u) = self {
-            u.connected(ctx, now);
-        }
-    }
-
-    fn connect_failed(&mut self, ctx: &mut WorkerCtx, error: std::io::Error, _now: Instant) {
-        if let HttpProxy::Up(u) = self {
-            tracing::debug!(
-                "upstream {} connect failed: {error}",
-                u.shared.stats.upstreams[u.idx].addr
-            );
-            u.fail(ctx, UpFailure::Connect);
-        }
+    fn drop_mail(ctx: &mut WorkerCtx, shared: &HttpShared, mail: Mail) {
+        drop_stale(ctx, shared, mail.0)
     }
 
     fn tick(ctx: &mut WorkerCtx, shared: &HttpShared, now: Instant) -> Option<Instant> {
@@ -1490,245 +1595,168 @@ impl Session for HttpProxy {
         shared.stats.publish_pool(ctx.index, &ws.pool.metrics());
         Some(now + std::time::Duration::from_millis(100))
     }
+}
 
-    fn input(&mut self) -> &mut BytesMut {
-        match self {
-            HttpProxy::Down(d) => &mut d.input,
-            HttpProxy::Up(u) => &mut u.input,
-        }
+impl Half for Up {
+    type Shared = HttpShared;
+    type Mail = Mail;
+
+    fn io(&self) -> &Io {
+        &self.io
+    }
+
+    fn io_mut(&mut self) -> &mut Io {
+        &mut self.io
+    }
+
+    fn shared(&self) -> &Arc<HttpShared> {
+        &self.shared
     }
 
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
-        match self {
-            HttpProxy::Down(d) => d.wants_read(ctx),
-            HttpProxy::Up(u) => u.wants_read(ctx),
-        }
+        !self.done
+            && self.unacked < WINDOW
+            && self.io.input.len() < ctx.options.input_high_water
+            && (self.tunnel || self.conn.wants_read())
     }
 
     fn is_finished(&self) -> bool {
-        match self {
-            HttpProxy::Down(d) => {
-                d.abort || (d.conn.is_closed() && d.out.is_empty() && d.ex.is_none())
-            }
-            HttpProxy::Up(u) => u.done && u.out.is_empty(),
-        }
-    }
-
-    fn saw_eof(&self) -> bool {
-        match self {
-            HttpProxy::Down(d) => d.eof,
-            HttpProxy::Up(u) => u.eof,
-        }
-    }
-
-    fn has_pending(&self) -> bool {
-        false
+        self.done && self.io.out.is_empty()
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match self {
-            HttpProxy::Down(d) => {
-                if d.ex.is_some() {
-                    None // the upstream's timeouts govern an exchange in progress
-                } else {
-                    d.conn.poll_timeout()
-                }
-            }
-            HttpProxy::Up(u) => match (u.connect_deadline, u.conn.poll_timeout()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
-        }
-    }
-
-    fn has_output(&self) -> bool {
-        match self {
-            HttpProxy::Down(d) => !d.out.is_empty(),
-            HttpProxy::Up(u) => u.connected && !u.out.is_empty(),
-        }
-    }
-
-    fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
-        match self {
-            HttpProxy::Down(d) => d.out.fill_iov(iov),
-            HttpProxy::Up(u) => u.out.fill_iov(iov),
-        }
-    }
-
-    fn written(&mut self, ctx: &WorkerCtx, n: usize) {
-        add(&ctx.metrics.bytes_out, n as u64);
-        match self {
-            HttpProxy::Down(d) => d.written(ctx, n),
-            HttpProxy::Up(u) => u.written(ctx, n),
-        }
-    }
-
-    fn take_out(&mut self, max: usize, into: &mut Vec<Bytes>) {
-        match self {
-            HttpProxy::Down(d) => d.out.take_out(max, into),
-            HttpProxy::Up(u) => u.out.take_out(max, into),
-        }
-    }
-
-    fn sent(&mut self, ctx: &WorkerCtx, n: usize, chunks: &mut Vec<Bytes>) {
-        add(&ctx.metrics.bytes_out, n as u64);
-        match self {
-            HttpProxy::Down(d) => {
-                d.out.sent(n, chunks);
-                d.ack(ctx, n);
-            }
-            HttpProxy::Up(u) => {
-                u.out.sent(n, chunks);
-                u.ack(ctx, n);
-            }
-        }
-    }
-
-    fn on_read(&mut self, ctx: &WorkerCtx, n: usize) {
-        add(&ctx.metrics.bytes_in, n as u64);
-    }
-
-    fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        match self {
-            HttpProxy::Down(d) => {
-                if !d.eof {
-                    d.eof = true;
-                    d.process(ctx, now);
-                    d.conn.handle_eof(now);
-                    d.process(ctx, now);
-                }
-            }
-            HttpProxy::Up(u) => {
-                if !u.eof {
-                    u.eof = true;
-                    u.process(ctx, now);
-                    u.conn.handle_eof(now);
-                    u.process(ctx, now);
-                    u.alive.store(false, Relaxed);
-                    if u.owner.is_some() && u.req.is_some() {
-                        u.fail(ctx, UpFailure::Broken);
-                    }
-                    if u.owner.is_none() {
-                        u.done = true;
-                    }
-                }
-            }
-        }
-    }
-
-    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        match self {
-            HttpProxy::Down(d) => {
-                d.conn.handle_timeout(now);
-                d.process(ctx, now);
-            }
-            HttpProxy::Up(u) => {
-                if u.connect_deadline.is_some_and(|d| now >= d) {
-                    u.connect_deadline = None;
-                    u.fail(ctx, UpFailure::ConnectTimeout);
-                    return;
-                }
-                u.conn.handle_timeout(now);
-                u.process(ctx, now);
-            }
-        }
-    }
-
-    fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        match self {
-            HttpProxy::Down(d) => {
-                d.conn.close();
-                d.process(ctx, now);
-            }
-            HttpProxy::Up(u) => {
-                if u.owner.is_none() {
-                    // Idle (in the pool): gone; the pool's validator skips it from now.
-                    u.alive.store(false, Relaxed);
-                    u.done = true;
-                }
-            }
+        if self.tunnel {
+            None
+        } else {
+            self.conn.poll_timeout()
         }
     }
 
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        match self {
-            HttpProxy::Down(d) => d.process(ctx, now),
-            HttpProxy::Up(u) => u.process(ctx, now),
+        self.process_input(ctx, now);
+    }
+
+    fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
+        self.ack(ctx, n);
+    }
+
+    fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.process_input(ctx, now);
+        if self.tunnel {
+            // The upstream is done sending: the client gets what came before, then a FIN;
+            // this connection closes when the client side is done too (`Close`).
+            self.to_owner(ctx, Kind::TunnelEof);
+            return;
+        }
+        self.conn.handle_eof(now);
+        self.process_input(ctx, now);
+        self.alive.store(false, Relaxed);
+        if self.owner.is_some() && self.req.is_some() {
+            self.fail(ctx, UpFailure::Broken);
+        }
+        if self.owner.is_none() {
+            self.done = true;
         }
     }
 
-    fn retry_pending(&mut self, _ctx: &mut WorkerCtx, _now: Instant) -> bool {
-        true
+    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.conn.handle_timeout(now);
+        self.process_input(ctx, now);
     }
 
-    fn take_mail(_ctx: &mut WorkerCtx, _shared: &HttpShared, _into: &mut Vec<(usize, Mail)>) {}
-
-    fn apply_mail(&mut self, ctx: &mut WorkerCtx, mail: Mail, now: Instant) {
-        match self {
-            HttpProxy::Down(d) => {
-                if mail.gen != d.gen {
-                    return drop_stale(ctx, &d.shared.clone(), mail);
-                }
-                d.apply(ctx, mail.kind, now);
-                d.collect();
-            }
-            HttpProxy::Up(u) => {
-                if mail.gen != u.gen {
-                    return drop_stale(ctx, &u.shared.clone(), mail);
-                }
-                u.apply(ctx, mail.kind, now);
-                while let Some(b) = u.conn.poll_transmit() {
-                    u.out.push(b);
-                }
-            }
+    fn begin_shutdown(&mut self, _ctx: &mut WorkerCtx, _now: Instant) {
+        if self.owner.is_none() {
+            // Idle (in the pool): gone; the pool's validator skips it from now.
+            self.alive.store(false, Relaxed);
+            self.done = true;
         }
     }
 
-    fn drop_mail(ctx: &mut WorkerCtx, shared: &HttpShared, mail: Mail) {
-        drop_stale(ctx, shared, mail)
+    fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: Mail, now: Instant) {
+        self.apply(ctx, mail.0, now);
+        while let Some(b) = self.conn.poll_transmit() {
+            self.io.out.push(b);
+        }
     }
 
-    fn close(self, ctx: &mut WorkerCtx) {
-        match self {
-            HttpProxy::Down(mut d) => {
-                d.shared.stats.downstream_open.fetch_sub(1, Relaxed);
-                add(&ctx.metrics.closed, 1);
-                if let Some(mut ex) = d.ex.take() {
-                    let now = ctx.clock.now();
-                    d.release(ctx, &mut ex, false, now);
-                }
-            }
-            HttpProxy::Up(mut u) => {
-                u.alive.store(false, Relaxed);
-                if u.owner.is_some() && !u.reported {
-                    u.fail(ctx, UpFailure::Broken);
-                }
-                u.ticket_failed(ctx);
-                u.shared.stats.upstreams[u.idx].open.fetch_sub(1, Relaxed);
-            }
+    fn close(mut self, ctx: &mut WorkerCtx) {
+        self.alive.store(false, Relaxed);
+        if self.owner.is_some() && !self.reported {
+            self.fail(ctx, UpFailure::Broken);
         }
+        self.ticket_failed(ctx);
+        self.shared.stats.upstreams[self.idx]
+            .open
+            .fetch_sub(1, Relaxed);
+    }
+}
+
+impl Upstream for Up {
+    fn open(
+        ctx: &mut WorkerCtx,
+        shared: &Arc<HttpShared>,
+        mut io: Io,
+        tag: u64,
+        now: Instant,
+    ) -> Option<Self> {
+        let slot = (tag >> 8) as usize;
+        let idx = (tag & 0xFF) as usize;
+        let u = shared.stats.upstreams.get(idx)?;
+        u.open.fetch_add(1, Relaxed);
+        // Who waits for this connect (to be told if it fails).
+        let owner = shared
+            .worker(ctx.index)
+            .tickets
+            .get(slot)
+            .and_then(|t| t.as_ref().and_then(|(_, o)| *o));
+        io.set_connect_deadline(Some(now + shared.cfg.connect_timeout));
+        Some(Up {
+            io,
+            idx,
+            shared: shared.clone(),
+            conn: ClientConnection::new(shared.client.clone(), now),
+            ticket: Some(slot),
+            alive: Arc::new(AtomicBool::new(true)),
+            owner,
+            req: None,
+            resp_started: false,
+            done: false,
+            unacked: 0,
+            owed: 0,
+            reported: false,
+            tunnel: false,
+        })
+    }
+
+    fn on_connected(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.connected(ctx, now);
+    }
+
+    fn connect_failed(&mut self, ctx: &mut WorkerCtx, error: std::io::Error, _now: Instant) {
+        tracing::debug!(
+            "upstream {} connect failed: {error}",
+            self.shared.stats.upstreams[self.idx].addr
+        );
+        let why = if error.kind() == std::io::ErrorKind::TimedOut {
+            UpFailure::ConnectTimeout
+        } else {
+            UpFailure::Connect
+        };
+        self.fail(ctx, why);
     }
 }
 
 /// Mail for a connection that is gone (or a reused token): a lease for a vanished client
 /// goes back to the pool; a request for a vanished upstream connection fails (nothing was
 /// sent, so the client may retry it).
-fn drop_stale(ctx: &mut WorkerCtx, shared: &HttpShared, mail: Mail) {
-    match mail.kind {
+fn drop_stale(ctx: &mut WorkerCtx, shared: &HttpShared, kind: Kind) {
+    match kind {
         Kind::Leased(lease) => {
             shared
                 .worker(ctx.index)
                 .checkin(ctx, &shared.stats, lease, true);
         }
-        Kind::Send { owner, .. } => {
-            let _ = ctx.post(
-                owner.0,
-                Mail {
-                    gen: owner.1,
-                    kind: Kind::Failed(UpFailure::Broken, true),
-                },
-            );
-        }
+        Kind::Send(req) => send(ctx, req.owner, Kind::Failed(UpFailure::Broken, true)),
         _ => {}
     }
 }
@@ -1753,5 +1781,35 @@ mod tests {
         };
         let names: Vec<&str> = forwardable(r.headers()).map(|(n, _)| n).collect();
         assert_eq!(names, vec!["Host", "X-Ok"]);
+        assert!(connection_names(r.headers()).as_slice() == [b"X-Secret".as_slice()]);
+    }
+
+    #[test]
+    fn hop_by_hop_names_any_case_and_nothing_else() {
+        for n in [
+            "Connection",
+            "KEEP-ALIVE",
+            "proxy-connection",
+            "Te",
+            "trailer",
+            "Transfer-Encoding",
+            "upgrade",
+            "content-length",
+            "Proxy-Authorization",
+            "expect",
+        ] {
+            assert!(hop_by_hop(n), "{n}");
+        }
+        for n in [
+            "host",
+            "tee",
+            "trailers",
+            "upgrades",
+            "x-connection",
+            "",
+            "content-type",
+        ] {
+            assert!(!hop_by_hop(n), "{n}");
+        }
     }
 }

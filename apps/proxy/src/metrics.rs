@@ -55,6 +55,8 @@ pub struct ProxyStats {
     pub answered_504: AtomicU64,
     /// Downstream connections open.
     pub downstream_open: AtomicI64,
+    /// Protocol switches relayed (HTTP `101` to an `Upgrade` request, `2xx` to CONNECT).
+    pub upgrades: AtomicU64,
     /// Per worker, the keep-alive pool's figures (`ferry-pool`'s metrics): active, idle,
     /// connecting, waiting, created, closed, failed, timed out.
     pub pool: Vec<[AtomicU64; 8]>,
@@ -127,6 +129,7 @@ impl ProxyStats {
             answered_503: AtomicU64::new(0),
             answered_504: AtomicU64::new(0),
             downstream_open: AtomicI64::new(0),
+            upgrades: AtomicU64::new(0),
             pool: (0..workers).map(|_| Default::default()).collect(),
         }
     }
@@ -172,6 +175,12 @@ impl ProxyStats {
                 c.load(Relaxed)
             );
         }
+        let _ = writeln!(s, "# TYPE ferry_proxy_upgrades_total counter");
+        let _ = writeln!(
+            s,
+            "ferry_proxy_upgrades_total{{protocol=\"{p}\"}} {}",
+            self.upgrades.load(Relaxed)
+        );
         let _ = writeln!(s, "# TYPE ferry_proxy_downstream_connections gauge");
         let _ = writeln!(
             s,

@@ -1,50 +1,88 @@
-//! The Redis pooling proxy as one [`Session`] type run inline on the I/O workers.
+//! The Redis pooling proxy, run inline on the I/O workers as a `ferry_driver::relay::Relay`
+//! ([`RedisProxy`]) of two halves.
 //!
-//! - Each client connection ([`RedisProxy::Down`], a `ferry_resp::ServerConnection`) is bound
-//!   on its first command to one upstream (round robin over healthy upstreams) and to one of
-//!   that worker's few **shared** upstream connections ([`ProxyConfig::redis_connections`]
-//!   per upstream per worker, [`RedisProxy::Up`], a `ferry_resp::ClientConnection`). Commands
-//!   of many clients are pipelined over it; a correlation queue on the upstream connection
-//!   matches each reply (in order) to its client and command id, and the client's
-//!   `ServerConnection` puts replies back in that client's command order.
+//! - Each client connection ([`RDown`]) sends its commands over each I/O worker's few
+//!   **shared** upstream connections ([`ProxyConfig::redis_connections`] per upstream per
+//!   worker, [`RUp`]). Commands of many clients are pipelined over one connection; a
+//!   correlation queue on it matches each reply (in order) to its client.
+//! - **Fast path.** While a client has nothing else pending, every complete plain command
+//!   in its input is forwarded as the client's original bytes: everything parsed in one turn
+//!   goes to an upstream as one chunk (one per upstream under `--balance hash`), and the
+//!   replies come back as slices of the upstream's input, written to the client as they are
+//!   (the shared connection speaks the client's protocol version). A sequence number per
+//!   chunk keeps replies in command order when chunks go to different upstreams.
+//! - **Slow path.** Anything else (the first command of a protocol switch, commands the
+//!   proxy answers itself, `HELLO`, `CLIENT`, pub/sub, inline commands) goes through a
+//!   `ferry_resp::ServerConnection`, one command at a time, with replies re-encoded.
 //! - Commands that carry connection state or block the connection (`SUBSCRIBE` and friends,
-//!   `MULTI`/`WATCH`, `BLPOP`-style blocking commands, `SELECT`, `AUTH`, `CLIENT`, `MONITOR`,
-//!   `HELLO` with options, …) move the client to a **dedicated** upstream connection for the
-//!   rest of its life, after its replies from the shared one are in (so order holds). Pub/sub
-//!   messages come back on it and are delivered with `send_message` and friends.
+//!   `MULTI`/`WATCH`, `BLPOP`-style blocking commands, `SELECT`, `AUTH`, `CLIENT TRACKING`,
+//!   `MONITOR`, `HELLO` with options, …) move the client to a **dedicated** upstream
+//!   connection (a `ferry_resp::ClientConnection`) for the rest of its life, after its
+//!   replies from the shared ones are in (so order holds). Pub/sub messages come back on it.
+//! - **Balancing** (`--balance`): round robin and least requests choose an upstream per
+//!   chunk of pipelined commands; `hash` chooses per command, by consistent hashing of its
+//!   first argument (the key of most commands; a command's other keys are not looked at,
+//!   and a client on a dedicated connection, e.g. in `MULTI`, stays on the upstream of the
+//!   first argument of the command that moved it there).
+//! - **Circuit breakers**: each chunk or command sent to a shared connection holds a permit
+//!   of its upstream's `ferry-reliability` breaker (per worker): answered is a success, a
+//!   connect failure, a reply timeout or a broken connection is a failure. While a breaker
+//!   is open its upstream is skipped; with none left clients get
+//!   `-ERR ferry proxy: no upstream available` at once.
 //! - An upstream connection that breaks answers every command it owed with
-//!   `-ERR ferry proxy: upstream connection lost`; clients are re-bound on their next command.
+//!   `-ERR ferry proxy: upstream connection lost`; clients reconnect on their next command.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use ferry_driver::metrics::add;
-use ferry_driver::{ConnInfo, OutQueue, Session, WorkerCtx};
+use ferry_driver::relay::{Downstream, Half, Io, Peer, Relay, Upstream};
+use ferry_driver::WorkerCtx;
 use ferry_proto::{Connection, Instant};
+use ferry_reliability::{BreakerEvent, BreakerState, CircuitBreaker, Permit};
 use ferry_resp::client::Event as CEvent;
+use ferry_resp::parse::{frame_len, parse_buf};
 use ferry_resp::server::Event as SEvent;
 use ferry_resp::{
-    ClientConfig, ClientConnection, CommandId, Protocol, ServerConfig, ServerConnection, SubKind,
-    Value,
+    encode, encode_command, ClientConfig, ClientConnection, CommandId, Limits, Protocol,
+    ServerConfig, ServerConnection, SubKind, Value,
 };
+use smallvec::SmallVec;
 
+use crate::balance::{Balance, Balancer};
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyStats;
 
 /// Most commands a client may have in flight before the proxy stops reading from it.
 const MAX_IN_FLIGHT: usize = 4096;
+/// An incomplete command this large (or an inline command without its end) sends its
+/// client to the slow path for good (the fast path only forwards complete commands).
+const BIG_COMMAND: usize = 128 * 1024;
+/// Most arguments of a command the fast path forwards.
+const MAX_FAST_ARGS: u64 = 1 << 16;
+/// `held` entries and connect tags use this as "the dedicated connection".
+const DEDICATED: usize = usize::MAX;
+const LOST: &[u8] = b"-ERR ferry proxy: upstream connection lost\r\n";
+
+type Args = SmallVec<[Bytes; ferry_resp::INLINE_ARGS]>;
+type Owner = Peer;
+
+/// The owner of replies nobody waits for (our own `HELLO`).
+const NOBODY: Peer = Peer {
+    token: usize::MAX,
+    gen: 0,
+};
 
 /// State shared by every worker of a Redis proxy.
 pub struct RedisShared {
     cfg: ProxyConfig,
-    /// Shared connections: a reply must come within `response_timeout`.
-    client: Arc<ClientConfig>,
     /// Dedicated connections: no reply timeout (blocking commands, subscriptions).
     dedicated: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
+    /// Limits on replies read from upstreams.
+    limits: Limits,
     stats: Arc<ProxyStats>,
     workers: Vec<Mutex<RWorker>>,
 }
@@ -61,17 +99,131 @@ impl std::fmt::Debug for RedisShared {
 enum Slot {
     Empty,
     /// Connect in flight; these clients wait for it.
-    Connecting(Vec<(usize, u32)>),
-    Ready(usize, u32),
+    Connecting(Vec<Owner>),
+    Ready(Peer),
 }
 
-/// One worker's shared upstream connections.
+/// One worker's shared upstream connections, balancer and breakers (locked only by that
+/// worker's thread).
 #[derive(Debug)]
 struct RWorker {
     /// `[upstream][slot]`.
     slots: Vec<Vec<Slot>>,
-    next_upstream: usize,
     next_slot: usize,
+    balancer: Balancer,
+    breakers: Vec<CircuitBreaker>,
+    /// Commands in flight per upstream from this worker (least-requests).
+    active: Vec<usize>,
+    /// The worker's index (breaker gauges).
+    index: usize,
+}
+
+/// How a unit of work ended, for its upstream's breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    Failure,
+    /// The client went away first: no verdict on the upstream.
+    Ignored,
+}
+
+impl RWorker {
+    /// An upstream for `key` that is usable and whose breaker is not open (skipping those
+    /// in `skip`), without taking a permit.
+    fn candidate(
+        &mut self,
+        key: &[u8],
+        stats: &ProxyStats,
+        now: Instant,
+        skip: u64,
+    ) -> Option<usize> {
+        let RWorker {
+            balancer,
+            breakers,
+            active,
+            ..
+        } = self;
+        balancer.pick(
+            key,
+            |i| {
+                skip & (1u64 << (i % 64)) == 0
+                    && stats.upstreams[i].usable()
+                    && breakers[i].state(now) != BreakerState::Open
+            },
+            |i| active[i],
+        )
+    }
+
+    /// An upstream for `key` and a permit of its breaker; `count` commands are charged to it.
+    fn pick(
+        &mut self,
+        key: &[u8],
+        count: usize,
+        stats: &ProxyStats,
+        now: Instant,
+    ) -> Option<(usize, Permit)> {
+        let mut skip = 0u64;
+        for _ in 0..stats.upstreams.len() {
+            let i = self.candidate(key, stats, now, skip)?;
+            if let Some(p) = self.acquire(i, count, stats, now) {
+                return Some((i, p));
+            }
+            skip |= 1u64 << (i % 64); // out of half-open probes
+        }
+        None
+    }
+
+    /// A permit for upstream `i`, charging `count` commands to it.
+    fn acquire(
+        &mut self,
+        i: usize,
+        count: usize,
+        stats: &ProxyStats,
+        now: Instant,
+    ) -> Option<Permit> {
+        let p = self.breakers[i].try_acquire(now).ok()?;
+        self.active[i] += count;
+        stats.upstreams[i].active.fetch_add(count as i64, Relaxed);
+        Some(p)
+    }
+
+    /// Report the outcome of `count` commands sent with `permit` to upstream `i`.
+    fn report(
+        &mut self,
+        i: usize,
+        permit: Permit,
+        count: usize,
+        outcome: Outcome,
+        now: Instant,
+        stats: &ProxyStats,
+    ) {
+        let worker = self.index;
+        self.active[i] = self.active[i].saturating_sub(count);
+        let u = &stats.upstreams[i];
+        u.active.fetch_sub(count as i64, Relaxed);
+        let b = &mut self.breakers[i];
+        match outcome {
+            Outcome::Success => b.on_success(now, permit),
+            Outcome::Failure => b.on_failure(now, permit),
+            Outcome::Ignored => b.on_ignored(permit),
+        }
+        while let Some(ev) = b.poll_event() {
+            match ev {
+                BreakerEvent::Opened { reason, .. } => {
+                    u.breaker_opened.fetch_add(1, Relaxed);
+                    tracing::warn!("redis upstream {}: circuit opened ({reason:?})", u.addr);
+                }
+                BreakerEvent::Closed => tracing::info!("redis upstream {}: circuit closed", u.addr),
+                _ => {}
+            }
+        }
+        let g = match b.state(now) {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            _ => 2,
+        };
+        u.breaker[worker % u.breaker.len()].store(g, Relaxed);
+    }
 }
 
 impl RedisShared {
@@ -79,26 +231,27 @@ impl RedisShared {
     pub fn new(cfg: ProxyConfig, workers: usize, stats: Arc<ProxyStats>) -> Arc<RedisShared> {
         // Slots 0..n speak RESP2 upstream, n..2n RESP3 (for RESP3 clients).
         let n = cfg.redis_connections.clamp(1, 126);
+        let names: Vec<String> = cfg.upstreams.iter().map(|a| a.to_string()).collect();
         let workers = (0..workers.max(1))
             .map(|w| {
                 Mutex::new(RWorker {
-                    slots: cfg
-                        .upstreams
-                        .iter()
-                        .map(|_| vec![Slot::Empty; 2 * n])
-                        .collect(),
-                    next_upstream: w,
+                    slots: names.iter().map(|_| vec![Slot::Empty; 2 * n]).collect(),
                     next_slot: 0,
+                    balancer: Balancer::new(cfg.balance, &names, w),
+                    breakers: names
+                        .iter()
+                        .map(|_| CircuitBreaker::new(cfg.breaker.clone()))
+                        .collect(),
+                    active: vec![0; names.len()],
+                    index: w,
                 })
             })
             .collect();
-        let mut shared_client = ClientConfig::default();
-        shared_client.response_timeout = Some(cfg.response_timeout);
         Arc::new(RedisShared {
             cfg,
-            client: Arc::new(shared_client),
             dedicated: Arc::new(ClientConfig::default()),
             server: Arc::new(ServerConfig::default()),
+            limits: Limits::default(),
             stats,
             workers,
         })
@@ -109,31 +262,53 @@ impl RedisShared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
+
+    fn slots_per_protocol(&self) -> usize {
+        self.cfg.redis_connections.clamp(1, 126)
+    }
+}
+
+/// Work a client hands to an upstream connection.
+#[derive(Debug)]
+struct Unit {
+    /// Upstream index, or [`DEDICATED`].
+    up: usize,
+    /// The upstream breaker's permit (shared connections only).
+    permit: Option<Permit>,
+    /// Commands in it.
+    count: u32,
+    work: Work,
+}
+
+#[derive(Debug)]
+enum Work {
+    /// Complete commands as the client sent them (fast path); replies come back as bytes.
+    Raw { seq: u64, bytes: Bytes },
+    /// One command (slow path; `id: None`: nobody waits for its reply).
+    Cmd { id: Option<CommandId>, args: Args },
 }
 
 /// Mail between client and upstream connections of one worker.
 #[derive(Debug)]
-pub struct RMail {
-    gen: u32,
-    kind: RKind,
-}
+pub struct RMail(RKind);
 
 #[derive(Debug)]
 enum RKind {
-    /// Client → upstream: a command (`id: None`: fire and forget, e.g. pub/sub bookkeeping).
-    Cmd {
-        owner: (usize, u32),
-        id: Option<CommandId>,
-        args: smallvec::SmallVec<[Bytes; 4]>,
-    },
+    /// Client → upstream.
+    Send { owner: Owner, unit: Unit },
     /// Client → dedicated upstream: the client is gone.
     Release,
-    /// Upstream → client: you may send to me.
-    Attached(usize, u32),
-    /// Upstream → client: I could not connect or I broke.
-    Lost,
-    /// Upstream → client: a reply.
+    /// Upstream → client: you may send to me (`slot`: the shared slot, or 0xFE/0xFF).
+    Attached { up: usize, slot: usize, conn: Owner },
+    /// Upstream → client: the connection to upstream `up` could not be made or broke
+    /// (`conn: None`: whichever the client uses).
+    Lost { up: usize, conn: Option<Owner> },
+    /// Upstream → client: a reply (slow path).
     Reply(CommandId, Value),
+    /// Upstream → client: `n` replies of chunk `seq`, encoded for the client.
+    RawReply { seq: u64, bytes: Bytes, n: u32 },
+    /// Upstream → client: `n` replies of chunk `seq` are lost.
+    RawLost { seq: u64, n: u32 },
     /// Upstream → client: a pub/sub message or other push.
     Push(Value),
 }
@@ -142,93 +317,167 @@ enum RKind {
 enum Route {
     /// Not bound yet.
     None,
-    /// A shared connection (upstream index, slot) and whether it is attached.
-    Shared(usize, usize),
+    /// Shared connections, in this slot (which also says the protocol).
+    Shared(usize),
     /// A dedicated connection to this upstream.
     Dedicated(usize),
 }
 
+/// A client's attachment to one upstream's shared connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Att {
+    Idle,
+    Waiting,
+    Ready(Peer),
+}
+
+/// Replies owed for one fast-path chunk.
+#[derive(Debug, Default)]
+struct RawSlot {
+    left: u32,
+    /// Replies that arrived before those of earlier chunks.
+    parked: Vec<Bytes>,
+}
+
+/// A fast-path chunk being built: (upstream, start, end, commands, permit).
+type Batch = (usize, usize, usize, u32, Option<Permit>);
+
+/// Why the fast path stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Input used up or the rest is an incomplete command.
+    Wait,
+    /// The next command needs the slow path.
+    Slow,
+}
+
 /// A client's connection.
 pub struct RDown {
-    token: usize,
-    gen: u32,
+    io: Io,
     shared: Arc<RedisShared>,
     conn: ServerConnection,
-    input: BytesMut,
-    out: OutQueue,
-    eof: bool,
+    /// Whole commands handed to `conn` and not yet read by it (pipeline full).
+    sin: BytesMut,
+    /// `conn` was told about the EOF.
+    eof_done: bool,
     errored: bool,
+    /// Slow path only, for good (input the fast scanner cannot delimit).
+    sticky: bool,
     route: Route,
-    up: Option<(usize, u32)>,
-    /// Commands waiting for an upstream connection (or for the shared one to drain).
-    held: VecDeque<(Option<CommandId>, smallvec::SmallVec<[Bytes; 4]>)>,
-    /// Commands sent to an upstream and not answered yet.
+    /// Per upstream, the shared connection this client uses.
+    ups: Vec<Att>,
+    /// The dedicated connection.
+    ded: Option<Owner>,
+    /// Work waiting for an upstream connection (or for the shared ones to drain).
+    held: VecDeque<Unit>,
+    /// Slow-path commands sent and not answered yet.
     in_flight: usize,
-    /// Waiting to move to a dedicated connection once `in_flight` is 0.
-    want_dedicated: bool,
+    /// Fast-path chunks not fully answered; the front one has sequence number `raw_base`.
+    raw: VecDeque<RawSlot>,
+    raw_base: u64,
+    /// Fast-path replies owed in all.
+    raw_left: usize,
+    /// Waiting to move to a dedicated connection (to the upstream of this key).
+    want_dedicated: Option<Bytes>,
     /// `CLIENT SETNAME`, answered by the proxy.
     name: Option<Bytes>,
 }
 
 /// A connection to an upstream (shared or dedicated).
 pub struct RUp {
-    token: usize,
-    gen: u32,
+    io: Io,
     idx: usize,
     /// `Some(slot)` for a shared connection.
     slot: Option<usize>,
     /// The client of a dedicated connection.
-    owner: Option<(usize, u32)>,
+    owner: Option<Owner>,
     shared: Arc<RedisShared>,
+    /// Dedicated connections: the protocol state (subscriptions, pushes).
     conn: ClientConnection,
-    input: BytesMut,
-    out: OutQueue,
-    connected: bool,
-    connect_deadline: Option<Instant>,
-    /// Who each outstanding reply goes to, in order (`None` id: nobody waits for it).
-    queue: VecDeque<((usize, u32), Option<CommandId>)>,
+    /// Dedicated connections: who each outstanding reply goes to, in order.
+    queue: VecDeque<(Owner, Option<CommandId>)>,
+    /// Shared connections: what each outstanding reply is, in order.
+    entries: VecDeque<Entry>,
+    /// Shared connections: the protocol the upstream speaks, and the one clients want.
+    proto: Protocol,
+    want: Protocol,
+    /// The input holds the start of a reply and nothing complete.
+    partial: bool,
     done: bool,
-    eof: bool,
 }
 
-/// A connection of the Redis proxy.
-#[allow(clippy::large_enum_variant)]
-pub enum RedisProxy {
-    /// A client's connection.
-    Down(RDown),
-    /// A connection to an upstream.
-    Up(RUp),
+#[derive(Debug)]
+struct Entry {
+    owner: Owner,
+    what: What,
+    permit: Option<Permit>,
+    count: u32,
+    sent: Instant,
+}
+
+#[derive(Debug)]
+enum What {
+    Raw {
+        seq: u64,
+        left: u32,
+    },
+    One(Option<CommandId>),
+    /// Our own `HELLO 3`.
+    Hello,
+}
+
+/// A connection of the Redis proxy: a client's ([`RDown`]) or one to an upstream ([`RUp`]).
+pub type RedisProxy = Relay<RDown, RUp>;
+
+const DEDICATED_NAMES: [&str; 24] = [
+    "multi",
+    "watch",
+    "unwatch",
+    "exec",
+    "discard",
+    "blpop",
+    "brpop",
+    "brpoplpush",
+    "blmove",
+    "blmpop",
+    "bzpopmin",
+    "bzpopmax",
+    "bzmpop",
+    "wait",
+    "waitaof",
+    "monitor",
+    "select",
+    "auth",
+    "readonly",
+    "subscribe",
+    "psubscribe",
+    "ssubscribe",
+    "sync",
+    "psync",
+];
+
+/// Commands the fast path leaves to the slow one (besides [`DEDICATED_NAMES`]): those the
+/// client connection or the proxy answers itself, or that may need a dedicated connection.
+const SLOW_NAMES: [&str; 9] = [
+    "hello",
+    "client",
+    "quit",
+    "reset",
+    "unsubscribe",
+    "punsubscribe",
+    "sunsubscribe",
+    "xread",
+    "xreadgroup",
+];
+
+fn is_slow(name: &[u8]) -> bool {
+    let eq = |n: &&str| n.len() == name.len() && name.eq_ignore_ascii_case(n.as_bytes());
+    DEDICATED_NAMES.iter().any(eq) || SLOW_NAMES.iter().any(eq)
 }
 
 fn needs_dedicated(args: &[Bytes]) -> bool {
     let name = &args[0];
-    const NAMES: [&str; 24] = [
-        "multi",
-        "watch",
-        "unwatch",
-        "exec",
-        "discard",
-        "blpop",
-        "brpop",
-        "brpoplpush",
-        "blmove",
-        "blmpop",
-        "bzpopmin",
-        "bzpopmax",
-        "bzmpop",
-        "wait",
-        "waitaof",
-        "monitor",
-        "select",
-        "auth",
-        "readonly",
-        "subscribe",
-        "psubscribe",
-        "ssubscribe",
-        "sync",
-        "psync",
-    ];
-    if NAMES
+    if DEDICATED_NAMES
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
     {
@@ -253,54 +502,356 @@ fn needs_dedicated(args: &[Bytes]) -> bool {
     false
 }
 
+/// A multibulk command at the start of some input, as the fast path sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// `len` bytes; the name and the first argument (if any) at these spans.
+    Complete {
+        len: usize,
+        name: (usize, usize),
+        key: Option<(usize, usize)>,
+    },
+    Incomplete,
+    /// Not a plain `*N $len…` command (inline, empty, malformed, at a limit).
+    Other,
+}
+
+/// `t digits \r\n` at `pos`: the number and the position after the line (strict: no sign,
+/// no leading zero). `Ok(None)`: incomplete.
+fn header(b: &[u8], pos: usize, t: u8) -> Result<Option<(u64, usize)>, ()> {
+    match b.get(pos) {
+        None => return Ok(None),
+        Some(&c) if c != t => return Err(()),
+        _ => {}
+    }
+    let mut i = pos + 1;
+    let mut v: u64 = 0;
+    loop {
+        let Some(&c) = b.get(i) else { return Ok(None) };
+        if c == b'\r' {
+            break;
+        }
+        if !c.is_ascii_digit() || i - pos > 18 {
+            return Err(());
+        }
+        v = v * 10 + u64::from(c - b'0');
+        i += 1;
+    }
+    if i == pos + 1 || (b[pos + 1] == b'0' && i - pos > 2) {
+        return Err(());
+    }
+    match b.get(i + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some((v, i + 2))),
+        _ => Err(()),
+    }
+}
+
+fn scan_command(b: &[u8], max_bulk: u64) -> Scan {
+    let (n, mut pos) = match header(b, 0, b'*') {
+        Ok(Some(x)) => x,
+        Ok(None) => return Scan::Incomplete,
+        Err(()) => return Scan::Other,
+    };
+    if n == 0 || n > MAX_FAST_ARGS {
+        return Scan::Other;
+    }
+    let mut name = (0, 0);
+    let mut key = None;
+    for k in 0..n {
+        let (len, p) = match header(b, pos, b'$') {
+            Ok(Some(x)) => x,
+            Ok(None) => return Scan::Incomplete,
+            Err(()) => return Scan::Other,
+        };
+        if len > max_bulk {
+            return Scan::Other;
+        }
+        let end = p + len as usize;
+        if end + 2 > b.len() {
+            return Scan::Incomplete;
+        }
+        if &b[end..end + 2] != b"\r\n" {
+            return Scan::Other;
+        }
+        match k {
+            0 => name = (p, end),
+            1 => key = Some((p, end)),
+            _ => {}
+        }
+        pos = end + 2;
+    }
+    Scan::Complete {
+        len: pos,
+        name,
+        key,
+    }
+}
+
 fn lost() -> Value {
     Value::Error(Bytes::from_static(
         b"ERR ferry proxy: upstream connection lost",
     ))
 }
 
+fn lost_lines(n: u32) -> Bytes {
+    if n == 1 {
+        return Bytes::from_static(LOST);
+    }
+    let mut b = BytesMut::with_capacity(LOST.len() * n as usize);
+    for _ in 0..n {
+        b.extend_from_slice(LOST);
+    }
+    b.freeze()
+}
+
+fn no_upstream() -> Value {
+    Value::Error(Bytes::from_static(
+        b"ERR ferry proxy: no upstream available",
+    ))
+}
+
+/// Report breaker outcomes for units' permits (one lock).
+fn report_units<'a>(
+    ctx: &WorkerCtx,
+    shared: &RedisShared,
+    units: impl IntoIterator<Item = &'a Unit>,
+    outcome: Outcome,
+    now: Instant,
+) {
+    let mut w: Option<MutexGuard<'_, RWorker>> = None;
+    for u in units {
+        if let Some(p) = u.permit {
+            let w = w.get_or_insert_with(|| shared.worker(ctx.index));
+            w.report(u.up, p, u.count as usize, outcome, now, &shared.stats);
+        }
+    }
+}
+
 impl RDown {
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
-        !self.eof
-            && !self.errored
-            && self.in_flight + self.held.len() < MAX_IN_FLIGHT
-            && self.out.len() < ctx.options.write_high_water
-            && self.input.len() < ctx.options.input_high_water
+        !self.errored
+            && self.raw_left + self.conn.in_flight() + self.held.len() < MAX_IN_FLIGHT
+            && self.io.out.len() < ctx.options.write_high_water
+            && self.io.input.len() < ctx.options.input_high_water
             && self.conn.wants_read()
+    }
+
+    fn resp3(&self) -> bool {
+        self.conn.protocol() == Protocol::Resp3
     }
 
     fn collect(&mut self) {
         while let Some(b) = self.conn.poll_transmit() {
-            self.out.push(b);
+            self.io.out.push(b);
         }
+    }
+
+    /// Whether plain commands may take the fast path now: nothing of the slow path pending
+    /// and the shared connections in the client's protocol.
+    fn fast_ok(&self) -> bool {
+        !self.sticky
+            && !self.errored
+            && !self.eof_done
+            && self.want_dedicated.is_none()
+            && self.sin.is_empty()
+            && self.in_flight == 0
+            && self.conn.in_flight() == 0
+            && !self.conn.is_subscribed()
+            && self.conn.error().is_none()
+            && match self.route {
+                Route::None => true,
+                Route::Shared(s) => (s >= self.shared.slots_per_protocol()) == self.resp3(),
+                Route::Dedicated(_) => false,
+            }
     }
 
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        loop {
-            let before = self.input.len();
-            if !self.errored
-                && !self.input.is_empty()
-                && self.conn.handle_input(now, &mut self.input).is_err()
-            {
-                self.errored = true;
+        for _ in 0..64 {
+            let mut progressed = false;
+            let mut stop = Stop::Slow;
+            if self.fast_ok() {
+                let (p, s) = self.fast(ctx, now);
+                progressed |= p;
+                stop = s;
             }
-            let mut progressed = self.input.len() != before;
-            while let Some(ev) = self.conn.poll_event() {
-                progressed = true;
-                self.event(ctx, ev);
+            if stop == Stop::Slow && self.raw_left == 0 && !self.errored {
+                progressed |= self.slow(ctx, now);
             }
-            if self.errored {
-                self.input.clear();
-            }
-            if !progressed || !self.wants_read(ctx) {
+            if !progressed {
                 break;
             }
         }
-        self.flush(ctx);
+        if self.io.saw_eof() && !self.eof_done && self.raw_left == 0 && self.sin.is_empty() {
+            // Every complete command was read; what is left is a torn one.
+            self.eof_done = true;
+            self.io.input.clear();
+            self.conn.handle_eof(now);
+            while let Some(ev) = self.conn.poll_event() {
+                self.event(ctx, ev, now);
+            }
+        }
+        self.flush(ctx, now);
         self.collect();
     }
 
-    fn event(&mut self, ctx: &mut WorkerCtx, ev: SEvent) {
+    /// Forward every complete plain command at the front of the input as raw chunks.
+    /// Returns whether any was, and why it stopped.
+    fn fast(&mut self, ctx: &mut WorkerCtx, now: Instant) -> (bool, Stop) {
+        if self.io.input.is_empty() {
+            return (false, Stop::Wait);
+        }
+        let sh = self.shared.clone();
+        let hash = sh.cfg.balance == Balance::Hash;
+        let max_bulk = sh.server.proto_max_bulk_len;
+        let limit = MAX_IN_FLIGHT.saturating_sub(self.raw_left + self.held.len());
+        // (upstream, start, end, commands, permit)
+        let mut batches: SmallVec<[Batch; 4]> = SmallVec::new();
+        let mut pos = 0;
+        let mut total = 0usize;
+        let mut w = sh.worker(ctx.index);
+        let b: &[u8] = &self.io.input;
+        let stop = loop {
+            if total >= limit {
+                break Stop::Wait;
+            }
+            match scan_command(&b[pos..], max_bulk) {
+                Scan::Complete { len, name, key } => {
+                    if is_slow(&b[pos + name.0..pos + name.1]) {
+                        break Stop::Slow;
+                    }
+                    let same = match batches.last() {
+                        Some(&(i, ..)) if !hash => Some(i),
+                        _ => None,
+                    };
+                    let target = same.or_else(|| {
+                        let (a, z) = key.unwrap_or(name);
+                        w.candidate(&b[pos + a..pos + z], &sh.stats, now, 0)
+                    });
+                    let Some(i) = target else {
+                        break Stop::Slow; // the slow path answers "no upstream"
+                    };
+                    match batches.last_mut() {
+                        Some(last) if last.0 == i => {
+                            last.2 = pos + len;
+                            last.3 += 1;
+                        }
+                        _ => batches.push((i, pos, pos + len, 1, None)),
+                    }
+                    pos += len;
+                    total += 1;
+                }
+                Scan::Incomplete => {
+                    if b.len() - pos >= BIG_COMMAND {
+                        self.sticky = true;
+                        break Stop::Slow;
+                    }
+                    break Stop::Wait;
+                }
+                Scan::Other => {
+                    break Stop::Slow;
+                }
+            }
+        };
+        // Permits, in order; a refusal ends the chunk list there (order must hold).
+        let mut stop = stop;
+        let mut keep = batches.len();
+        for (k, batch) in batches.iter_mut().enumerate() {
+            match w.acquire(batch.0, batch.3 as usize, &sh.stats, now) {
+                Some(p) => batch.4 = Some(p),
+                None => {
+                    keep = k;
+                    stop = Stop::Slow;
+                    break;
+                }
+            }
+        }
+        drop(w);
+        batches.truncate(keep);
+        let Some(&(_, _, end, ..)) = batches.last() else {
+            return (false, stop);
+        };
+        let all = self.io.input.split_to(end).freeze();
+        let mut count = 0u64;
+        for (i, a, z, n, permit) in batches {
+            let seq = self.raw_base + self.raw.len() as u64;
+            self.raw.push_back(RawSlot {
+                left: n,
+                parked: Vec::new(),
+            });
+            self.raw_left += n as usize;
+            count += u64::from(n);
+            self.held.push_back(Unit {
+                up: i,
+                permit,
+                count: n,
+                work: Work::Raw {
+                    seq,
+                    bytes: all.slice(a..z),
+                },
+            });
+        }
+        add(&sh.stats.requests, count);
+        self.flush(ctx, now);
+        (true, stop)
+    }
+
+    /// Hand the next command (or, in sticky mode, everything) to the client connection.
+    fn slow(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
+        let (before_in, before_sin) = (self.io.input.len(), self.sin.len());
+        if self.sticky {
+            if !self.io.input.is_empty() {
+                let rest = self.io.input.split();
+                if self.sin.is_empty() {
+                    self.sin = rest;
+                } else {
+                    self.sin.unsplit(rest);
+                }
+            }
+        } else if self.sin.is_empty() && !self.io.input.is_empty() {
+            if let Some(k) = self.first_command_len() {
+                self.sin = self.io.input.split_to(k);
+            }
+        }
+        if !self.sin.is_empty()
+            && !self.errored
+            && self.conn.handle_input(now, &mut self.sin).is_err()
+        {
+            self.errored = true;
+        }
+        let mut progressed = self.io.input.len() != before_in || self.sin.len() != before_sin;
+        while let Some(ev) = self.conn.poll_event() {
+            progressed = true;
+            self.event(ctx, ev, now);
+        }
+        if self.errored {
+            self.io.input.clear();
+            self.sin.clear();
+        }
+        progressed
+    }
+
+    /// Length of the complete command at the front of the input (`None`: incomplete).
+    /// Input the scanner cannot delimit makes the client sticky and is handed over whole.
+    fn first_command_len(&mut self) -> Option<usize> {
+        let b: &[u8] = &self.io.input;
+        let whole = b.len();
+        if b.first() == Some(&b'*') {
+            match scan_command(b, self.shared.server.proto_max_bulk_len) {
+                Scan::Complete { len, .. } => return Some(len),
+                Scan::Incomplete if whole < BIG_COMMAND => return None,
+                _ => {}
+            }
+        } else if let Some(p) = b.iter().position(|&c| c == b'\n') {
+            return Some(p + 1);
+        } else if whole <= self.shared.server.max_inline_size {
+            return None;
+        }
+        self.sticky = true;
+        Some(whole)
+    }
+
+    fn event(&mut self, ctx: &mut WorkerCtx, ev: SEvent, now: Instant) {
         match ev {
             SEvent::Command(cmd) => {
                 add(&self.shared.stats.requests, 1);
@@ -325,7 +876,7 @@ impl RDown {
                             Value::bulk(env!("CARGO_PKG_VERSION")),
                         ),
                         (Value::bulk("proto"), Value::Integer(proto)),
-                        (Value::bulk("id"), Value::Integer(self.token as i64)),
+                        (Value::bulk("id"), Value::Integer(self.io.me().token as i64)),
                         (Value::bulk("mode"), Value::bulk("proxy")),
                         (Value::bulk("role"), Value::bulk("master")),
                         (Value::bulk("modules"), Value::Array(Vec::new())),
@@ -333,11 +884,10 @@ impl RDown {
                     let _ = self.conn.send_reply(cmd.id, &info);
                     if let Route::Dedicated(_) = self.route {
                         // Keep the client's own upstream connection in the same protocol.
-                        let mut args = smallvec::SmallVec::new();
+                        let mut args = Args::new();
                         args.push(Bytes::from_static(b"HELLO"));
                         args.push(Bytes::from(proto.to_string()));
-                        self.held.push_back((None, args));
-                        self.flush(ctx);
+                        self.hold_dedicated(None, args);
                     }
                     return;
                 }
@@ -358,7 +908,7 @@ impl RDown {
                                 .clone()
                                 .map_or(Value::NullBulkString, Value::BulkString),
                         ),
-                        b"id" => Some(Value::Integer(self.token as i64)),
+                        b"id" => Some(Value::Integer(self.io.me().token as i64)),
                         _ => None,
                     };
                     if let Some(v) = local {
@@ -366,20 +916,42 @@ impl RDown {
                         return;
                     }
                 }
-                if !matches!(self.route, Route::Dedicated(_)) && needs_dedicated(&cmd.args) {
-                    self.want_dedicated = true;
+                if !matches!(self.route, Route::Dedicated(_))
+                    && self.want_dedicated.is_none()
+                    && needs_dedicated(&cmd.args)
+                {
+                    self.want_dedicated = Some(cmd.args.get(1).cloned().unwrap_or_default());
                 }
-                self.held.push_back((Some(cmd.id), cmd.args));
-                self.flush(ctx);
+                if matches!(self.route, Route::Dedicated(_)) || self.want_dedicated.is_some() {
+                    self.hold_dedicated(Some(cmd.id), cmd.args);
+                    return;
+                }
+                let sh = self.shared.clone();
+                let key = cmd.args.get(1).unwrap_or(&cmd.args[0]);
+                let pick = sh.worker(ctx.index).pick(key, 1, &sh.stats, now);
+                match pick {
+                    Some((up, permit)) => self.held.push_back(Unit {
+                        up,
+                        permit: Some(permit),
+                        count: 1,
+                        work: Work::Cmd {
+                            id: Some(cmd.id),
+                            args: cmd.args,
+                        },
+                    }),
+                    None => {
+                        add(&sh.stats.answered_503, 1);
+                        let _ = self.conn.send_reply(cmd.id, &no_upstream());
+                    }
+                }
             }
-            SEvent::Subscribe { kind, channels } => self.mirror_sub(ctx, kind, channels, true),
-            SEvent::Unsubscribe { kind, channels } => self.mirror_sub(ctx, kind, channels, false),
+            SEvent::Subscribe { kind, channels } => self.mirror_sub(kind, channels, true),
+            SEvent::Unsubscribe { kind, channels } => self.mirror_sub(kind, channels, false),
             SEvent::Reset => {
                 if matches!(self.route, Route::Dedicated(_)) {
-                    let mut args = smallvec::SmallVec::new();
+                    let mut args = Args::new();
                     args.push(Bytes::from_static(b"RESET"));
-                    self.held.push_back((None, args));
-                    self.flush(ctx);
+                    self.hold_dedicated(None, args);
                 }
             }
             SEvent::Error(_) => self.errored = true,
@@ -387,9 +959,18 @@ impl RDown {
         }
     }
 
+    fn hold_dedicated(&mut self, id: Option<CommandId>, args: Args) {
+        self.held.push_back(Unit {
+            up: DEDICATED,
+            permit: None,
+            count: 1,
+            work: Work::Cmd { id, args },
+        });
+    }
+
     /// The connection answered a (un)subscription itself; mirror it on the dedicated
     /// upstream connection (whose confirmations nobody waits for).
-    fn mirror_sub(&mut self, ctx: &mut WorkerCtx, kind: SubKind, channels: Vec<Bytes>, sub: bool) {
+    fn mirror_sub(&mut self, kind: SubKind, channels: Vec<Bytes>, sub: bool) {
         if channels.is_empty() {
             return;
         }
@@ -401,172 +982,268 @@ impl RDown {
             (SubKind::Pattern, false) => b"PUNSUBSCRIBE",
             (SubKind::Shard, false) => b"SUNSUBSCRIBE",
         };
-        let mut args = smallvec::SmallVec::new();
+        let key = channels.first().cloned().unwrap_or_default();
+        let mut args = Args::new();
         args.push(Bytes::from_static(name));
         args.extend(channels);
-        if !matches!(self.route, Route::Dedicated(_)) {
-            self.want_dedicated = true;
+        if !matches!(self.route, Route::Dedicated(_)) && self.want_dedicated.is_none() {
+            self.want_dedicated = Some(key);
         }
-        self.held.push_back((None, args));
-        self.flush(ctx);
+        self.hold_dedicated(None, args);
     }
 
-    /// Send held commands where they can go now; bind or re-bind as needed.
-    fn flush(&mut self, ctx: &mut WorkerCtx) {
-        if self.held.is_empty() {
-            return;
-        }
-        let resp3 = self.conn.protocol() == Protocol::Resp3;
-        let n = self.shared.cfg.redis_connections.clamp(1, 126);
-        if let Route::Shared(_, s) = self.route {
-            if (s >= n) != resp3 {
-                // The client switched protocol: re-bind once its replies are in.
-                if self.in_flight > 0 {
-                    return;
+    /// Send held work where it can go now (in order); bind, re-bind or connect as needed.
+    fn flush(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        let sh = self.shared.clone();
+        let n = sh.slots_per_protocol();
+        while let Some(front) = self.held.front() {
+            if front.up == DEDICATED {
+                if let Route::Dedicated(_) = self.route {
+                    let Some(to) = self.ded else { return };
+                    let unit = self.held.pop_front().expect("front");
+                    self.send(ctx, to, unit);
+                    continue;
                 }
-                self.route = Route::None;
-                self.up = None;
+                if self.raw_left > 0 || self.in_flight > 0 {
+                    return; // after the shared connections answered this client's commands
+                }
+                let key = self.want_dedicated.take().unwrap_or_default();
+                let Some(i) = sh.worker(ctx.index).candidate(&key, &sh.stats, now, 0) else {
+                    add(&sh.stats.answered_503, 1);
+                    return self.fail_held(|_| true, &no_upstream());
+                };
+                self.route = Route::Dedicated(i);
+                self.ded = None;
+                self.ups.iter_mut().for_each(|a| *a = Att::Idle);
+                let resp3 = self.resp3();
+                self.connect(ctx, i, if resp3 { 0xFE } else { 0xFF }, now);
+                return;
             }
-        }
-        if self.want_dedicated && !matches!(self.route, Route::Dedicated(_)) {
-            if self.in_flight > 0 {
-                return; // after the shared connection answered this client's commands
-            }
-            self.up = None;
-            let Some(i) = self.pick_upstream(ctx) else {
-                return self.fail_held();
-            };
-            self.route = Route::Dedicated(i);
-            self.want_dedicated = false;
-            self.connect(ctx, i, if resp3 { 0xFE } else { 0xFF });
-            return;
-        }
-        if self.route == Route::None {
-            let Some(i) = self.pick_upstream(ctx) else {
-                return self.fail_held();
-            };
-            let sh = self.shared.clone();
-            let mut w = sh.worker(ctx.index);
-            let s = w.next_slot % n + if resp3 { n } else { 0 };
-            w.next_slot = w.next_slot.wrapping_add(1);
-            self.route = Route::Shared(i, s);
-            match &mut w.slots[i][s] {
-                Slot::Ready(t, g) => self.up = Some((*t, *g)),
-                Slot::Connecting(waiters) => waiters.push((self.token, self.gen)),
-                slot @ Slot::Empty => {
-                    *slot = Slot::Connecting(vec![(self.token, self.gen)]);
-                    drop(w);
-                    self.connect(ctx, i, s as u64);
+            let resp3 = self.resp3();
+            match self.route {
+                Route::Dedicated(_) => {
+                    // Work picked for a shared connection before the move: it goes along.
+                    let mut unit = self.held.pop_front().expect("front");
+                    report_units(ctx, &sh, [&unit], Outcome::Ignored, now);
+                    unit.up = DEDICATED;
+                    unit.permit = None;
+                    self.held.push_front(unit);
+                    continue;
+                }
+                Route::Shared(s) if (s >= n) != resp3 => {
+                    // The client switched protocol: re-bind once its replies are in.
+                    if self.raw_left > 0 || self.in_flight > 0 {
+                        return;
+                    }
+                    self.route = Route::None;
+                    self.ups.iter_mut().for_each(|a| *a = Att::Idle);
+                    continue;
+                }
+                Route::None => {
+                    let mut w = sh.worker(ctx.index);
+                    let s = w.next_slot % n + if resp3 { n } else { 0 };
+                    w.next_slot = w.next_slot.wrapping_add(1);
+                    self.route = Route::Shared(s);
+                    continue;
+                }
+                Route::Shared(s) => {
+                    let i = front.up;
+                    match self.ups[i] {
+                        Att::Ready(to) => {
+                            let unit = self.held.pop_front().expect("front");
+                            self.send(ctx, to, unit);
+                        }
+                        Att::Waiting => return,
+                        Att::Idle => {
+                            let mut w = sh.worker(ctx.index);
+                            match &mut w.slots[i][s] {
+                                Slot::Ready(to) => self.ups[i] = Att::Ready(*to),
+                                Slot::Connecting(waiters) => {
+                                    waiters.push(self.io.me());
+                                    self.ups[i] = Att::Waiting;
+                                    return;
+                                }
+                                slot @ Slot::Empty => {
+                                    *slot = Slot::Connecting(vec![self.io.me()]);
+                                    drop(w);
+                                    self.ups[i] = Att::Waiting;
+                                    self.connect(ctx, i, s as u64, now);
+                                    return;
+                                }
+                            }
+                        }
+                    }
                 }
             }
-        }
-        let Some((t, g)) = self.up else { return };
-        for (id, args) in self.held.drain(..) {
-            if id.is_some() {
-                self.in_flight += 1;
-            }
-            let _ = ctx.post(
-                t,
-                RMail {
-                    gen: g,
-                    kind: RKind::Cmd {
-                        owner: (self.token, self.gen),
-                        id,
-                        args,
-                    },
-                },
-            );
         }
     }
 
-    fn connect(&mut self, ctx: &mut WorkerCtx, i: usize, slot: u64) {
-        let sh = &self.shared;
+    fn send(&mut self, ctx: &mut WorkerCtx, to: Owner, unit: Unit) {
+        if let Work::Cmd { id: Some(_), .. } = unit.work {
+            self.in_flight += 1;
+        }
+        let owner = self.io.me();
+        post(ctx, to, RKind::Send { owner, unit });
+    }
+
+    fn connect(&mut self, ctx: &mut WorkerCtx, i: usize, slot: u64, now: Instant) {
+        let sh = self.shared.clone();
         sh.stats.upstreams[i].connects.fetch_add(1, Relaxed);
-        // upstream (8 bits) | owner token (24) | owner generation (24) | slot (8, 0xFF: dedicated)
+        // upstream (8 bits) | owner token (24) | owner generation (24) | slot (8, 0xFE/0xFF: dedicated)
         let tag = ((i as u64) << 56)
-            | (((self.token as u64) & 0xFF_FFFF) << 32)
-            | (u64::from(self.gen & 0xFF_FFFF) << 8)
+            | (((self.io.me().token as u64) & 0xFF_FFFF) << 32)
+            | (u64::from(self.io.me().gen & 0xFF_FFFF) << 8)
             | (slot & 0xFF);
         let addr = sh.stats.upstreams[i].current();
         if !addr.is_some_and(|a| ctx.connect(a, tag)) {
-            self.lost(ctx);
+            if slot < 0xFE {
+                let mut w = sh.worker(ctx.index);
+                if let Slot::Connecting(_) = w.slots[i][slot as usize] {
+                    w.slots[i][slot as usize] = Slot::Empty;
+                }
+            }
+            self.lost(ctx, i, None, now);
         }
     }
 
-    fn pick_upstream(&mut self, ctx: &WorkerCtx) -> Option<usize> {
-        let sh = &self.shared;
-        let n = sh.cfg.upstreams.len();
-        let mut w = sh.worker(ctx.index);
-        for k in 0..n {
-            let i = (w.next_upstream + k) % n;
-            if sh.stats.upstreams[i].usable() {
-                w.next_upstream = i + 1;
-                return Some(i);
+    /// Answer held work matching `which` with `err` (its permits are failures).
+    fn fail_held(&mut self, which: impl Fn(&Unit) -> bool, err: &Value) {
+        let mut keep = VecDeque::new();
+        let mut failed = Vec::new();
+        for u in self.held.drain(..) {
+            if which(&u) {
+                failed.push(u);
+            } else {
+                keep.push_back(u);
             }
         }
-        None
-    }
-
-    fn fail_held(&mut self) {
-        add(&self.shared.stats.answered_503, 1);
-        for (id, _) in self.held.drain(..) {
-            if let Some(id) = id {
-                let _ = self.conn.send_reply(
-                    id,
-                    &Value::Error(Bytes::from_static(
-                        b"ERR ferry proxy: no upstream available",
-                    )),
-                );
+        self.held = keep;
+        for u in failed {
+            match u.work {
+                Work::Cmd { id: Some(id), .. } => {
+                    let _ = self.conn.send_reply(id, err);
+                }
+                Work::Cmd { id: None, .. } => {}
+                Work::Raw { seq, .. } => {
+                    let line = encode_error_line(err);
+                    let mut b = BytesMut::with_capacity(line.len() * u.count as usize);
+                    for _ in 0..u.count {
+                        b.extend_from_slice(&line);
+                    }
+                    self.raw_deliver(seq, b.freeze(), u.count);
+                }
             }
         }
     }
 
-    /// The upstream connection is gone: unbind; held commands get an error.
-    fn lost(&mut self, _ctx: &mut WorkerCtx) {
-        self.up = None;
-        if matches!(self.route, Route::Dedicated(_)) {
+    /// The connection to upstream `up` (`conn`, or whichever) is gone.
+    fn lost(&mut self, ctx: &mut WorkerCtx, up: usize, conn: Option<Owner>, now: Instant) {
+        let sh = self.shared.clone();
+        if let Route::Dedicated(i) = self.route {
+            if (i != up && up != DEDICATED)
+                || (conn.is_some() && self.ded.is_some() && self.ded != conn)
+            {
+                return;
+            }
             // State (transaction, subscriptions) is lost with it: the client must start over.
             self.errored = self.conn.is_subscribed();
-        }
-        self.route = Route::None;
-        self.in_flight = 0;
-        for (id, _) in self.held.drain(..) {
-            if let Some(id) = id {
-                let _ = self.conn.send_reply(id, &lost());
+            self.route = Route::None;
+            self.ded = None;
+            self.in_flight = 0;
+            self.fail_held(|_| true, &lost());
+            if self.errored {
+                self.conn.close();
             }
+            return;
         }
-        if self.errored {
-            self.conn.close();
+        let Some(att) = self.ups.get_mut(up) else {
+            return;
+        };
+        match (*att, conn) {
+            (Att::Ready(to), Some(c)) if to != c => return,
+            (Att::Idle, Some(_)) => return,
+            _ => *att = Att::Idle,
+        }
+        let failed: Vec<&Unit> = self.held.iter().filter(|u| u.up == up).collect();
+        report_units(ctx, &sh, failed, Outcome::Failure, now);
+        for u in self.held.iter_mut().filter(|u| u.up == up) {
+            u.permit = None;
+        }
+        self.fail_held(|u| u.up == up, &lost());
+    }
+
+    /// `n` replies of fast-path chunk `seq`: written now if every earlier chunk is done,
+    /// else parked until it is.
+    fn raw_deliver(&mut self, seq: u64, bytes: Bytes, n: u32) {
+        let Some(idx) = seq.checked_sub(self.raw_base) else {
+            return;
+        };
+        let Some(slot) = self.raw.get_mut(idx as usize) else {
+            return;
+        };
+        let n = n.min(slot.left);
+        slot.left -= n;
+        self.raw_left -= n as usize;
+        if idx == 0 {
+            self.io.out.push(bytes);
+        } else {
+            slot.parked.push(bytes);
+        }
+        while self.raw.front().is_some_and(|s| s.left == 0) {
+            self.raw.pop_front();
+            self.raw_base += 1;
+            if let Some(next) = self.raw.front_mut() {
+                for b in std::mem::take(&mut next.parked) {
+                    self.io.out.push(b);
+                }
+            }
         }
     }
 
-    fn apply(&mut self, ctx: &mut WorkerCtx, kind: RKind) {
+    fn apply(&mut self, ctx: &mut WorkerCtx, kind: RKind, now: Instant) {
         match kind {
-            RKind::Attached(t, g) => {
-                if self.route != Route::None && self.up.is_none() {
-                    self.up = Some((t, g));
-                    self.flush(ctx);
-                } else if matches!(self.route, Route::None) {
-                    // A dedicated connection nobody wants any more.
-                    let _ = ctx.post(
-                        t,
-                        RMail {
-                            gen: g,
-                            kind: RKind::Release,
-                        },
-                    );
+            RKind::Attached { up, slot, conn } => {
+                let dedicated = slot >= 0xFE;
+                match self.route {
+                    Route::Dedicated(i) if dedicated && i == up && self.ded.is_none() => {
+                        self.ded = Some(conn);
+                        self.flush(ctx, now);
+                    }
+                    Route::Shared(s)
+                        if !dedicated && s == slot && self.ups.get(up) == Some(&Att::Waiting) =>
+                    {
+                        self.ups[up] = Att::Ready(conn);
+                        self.flush(ctx, now);
+                    }
+                    _ if dedicated => {
+                        // A dedicated connection nobody wants any more.
+                        post(ctx, conn, RKind::Release);
+                    }
+                    _ => {}
                 }
             }
             RKind::Reply(id, v) => {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 let _ = self.conn.send_reply(id, &v);
-                if self.in_flight == 0 && self.want_dedicated {
-                    self.flush(ctx);
+                if self.in_flight == 0 {
+                    self.flush(ctx, now);
+                }
+            }
+            RKind::RawReply { seq, bytes, n } => {
+                self.raw_deliver(seq, bytes, n);
+                if self.raw_left == 0 {
+                    self.flush(ctx, now);
+                }
+            }
+            RKind::RawLost { seq, n } => {
+                self.raw_deliver(seq, lost_lines(n), n);
+                if self.raw_left == 0 {
+                    self.flush(ctx, now);
                 }
             }
             RKind::Push(v) => self.push(v),
-            RKind::Lost => self.lost(ctx),
-            RKind::Cmd { .. } | RKind::Release => {}
+            RKind::Lost { up, conn } => self.lost(ctx, up, conn, now),
+            RKind::Send { .. } | RKind::Release => {}
         }
         self.collect();
     }
@@ -604,23 +1281,56 @@ impl RDown {
     }
 }
 
+/// `-<text>\r\n` for an error value.
+fn encode_error_line(v: &Value) -> Bytes {
+    let mut b = BytesMut::new();
+    encode(v, Protocol::Resp2, &mut b);
+    b.freeze()
+}
+
+/// The worker's clock, for paths that have no `now` at hand.
+fn ctx_now(ctx: &WorkerCtx) -> Instant {
+    ctx.clock.now()
+}
+
 impl RUp {
-    fn fail_all(&mut self, ctx: &WorkerCtx) {
+    /// The connection is done: everything it owed fails, its clients are told.
+    fn fail_all(&mut self, ctx: &WorkerCtx, now: Instant) {
         let sh = self.shared.clone();
         sh.stats.upstreams[self.idx].failures.fetch_add(1, Relaxed);
-        let mut owners: Vec<(usize, u32)> = Vec::new();
+        let me = Some(self.io.me());
+        let mut owners: Vec<Owner> = Vec::new();
         for (owner, id) in self.queue.drain(..) {
             if let Some(id) = id {
-                let _ = ctx.post(
-                    owner.0,
-                    RMail {
-                        gen: owner.1,
-                        kind: RKind::Reply(id, lost()),
-                    },
-                );
+                post(ctx, owner, RKind::Reply(id, lost()));
             }
             if !owners.contains(&owner) {
                 owners.push(owner);
+            }
+        }
+        if !self.entries.is_empty() {
+            let mut w = sh.worker(ctx.index);
+            for e in self.entries.drain(..) {
+                if let Some(p) = e.permit {
+                    w.report(
+                        self.idx,
+                        p,
+                        e.count as usize,
+                        Outcome::Failure,
+                        now,
+                        &sh.stats,
+                    );
+                }
+                match e.what {
+                    What::Raw { seq, left } => {
+                        post(ctx, e.owner, RKind::RawLost { seq, n: left });
+                    }
+                    What::One(Some(id)) => post(ctx, e.owner, RKind::Reply(id, lost())),
+                    What::One(None) | What::Hello => {}
+                }
+                if e.owner != NOBODY && !owners.contains(&e.owner) {
+                    owners.push(e.owner);
+                }
             }
         }
         if let Some(o) = self.owner {
@@ -632,470 +1342,601 @@ impl RUp {
         if let Some(s) = self.slot {
             let mut w = sh.worker(ctx.index);
             match std::mem::replace(&mut w.slots[self.idx][s], Slot::Empty) {
-                Slot::Ready(t, g) if (t, g) != (self.token, self.gen) => {
-                    w.slots[self.idx][s] = Slot::Ready(t, g);
+                Slot::Ready(to) if to != self.io.me() => {
+                    w.slots[self.idx][s] = Slot::Ready(to);
                 }
                 Slot::Connecting(waiters) => owners.extend(waiters),
                 _ => {}
             }
         }
         for o in owners {
-            let _ = ctx.post(
-                o.0,
-                RMail {
-                    gen: o.1,
-                    kind: RKind::Lost,
+            post(
+                ctx,
+                o,
+                RKind::Lost {
+                    up: self.idx,
+                    conn: me,
                 },
             );
         }
         self.done = true;
     }
 
-    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        if self.connected && !self.done {
-            if !self.input.is_empty() {
-                let _ = self.conn.handle_input(now, &mut self.input);
-            }
-            while let Some(ev) = self.conn.poll_event() {
-                match ev {
-                    CEvent::Reply { value, .. } => {
-                        if let Some((owner, Some(id))) = self.queue.pop_front() {
-                            let _ = ctx.post(
-                                owner.0,
-                                RMail {
-                                    gen: owner.1,
-                                    kind: RKind::Reply(id, value),
-                                },
-                            );
-                        }
+    /// A client's work arrived.
+    fn accept(&mut self, ctx: &WorkerCtx, owner: Owner, unit: Unit, now: Instant) {
+        if self.done || (self.slot.is_none() && matches!(unit.work, Work::Raw { .. })) {
+            return fail_unit(ctx, &self.shared, owner, unit, Some(self.io.me()), now);
+        }
+        self.shared.stats.upstreams[self.idx]
+            .requests
+            .fetch_add(u64::from(unit.count), Relaxed);
+        if self.slot.is_some() {
+            let what = match unit.work {
+                Work::Raw { seq, bytes } => {
+                    self.io.out.push(bytes);
+                    What::Raw {
+                        seq,
+                        left: unit.count,
                     }
-                    CEvent::Push(v) => {
-                        if let Some(o) = self.owner {
-                            let _ = ctx.post(
-                                o.0,
-                                RMail {
-                                    gen: o.1,
-                                    kind: RKind::Push(v),
-                                },
-                            );
-                        }
-                    }
-                    CEvent::Error(_) => {
-                        self.fail_all(ctx);
-                        break;
-                    }
-                    _ => {}
+                }
+                Work::Cmd { id, args } => {
+                    let mut b = BytesMut::new();
+                    encode_command(&args, &mut b);
+                    self.io.out.push(b.freeze());
+                    What::One(id)
+                }
+            };
+            self.entries.push_back(Entry {
+                owner,
+                what,
+                permit: unit.permit,
+                count: unit.count,
+                sent: now,
+            });
+            return;
+        }
+        let Work::Cmd { id, args } = unit.work else {
+            return;
+        };
+        // Replies are timed from the connection's clock: bring it to now.
+        self.conn.handle_timeout(now);
+        match self.conn.send_command(now, &args) {
+            Ok(_) => self.queue.push_back((owner, id)),
+            Err(_) => {
+                if let Some(id) = id {
+                    post(ctx, owner, RKind::Reply(id, lost()));
                 }
             }
         }
         while let Some(b) = self.conn.poll_transmit() {
-            self.out.push(b);
+            self.io.out.push(b);
+        }
+    }
+
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if !self.io.is_connected() || self.done {
+            return;
+        }
+        if self.slot.is_some() {
+            self.process_shared(ctx, now);
+        } else {
+            self.process_dedicated(ctx, now);
+        }
+        // What is left is an incomplete reply (the parsers take every complete one).
+        self.partial = !self.io.input.is_empty();
+    }
+
+    fn process_dedicated(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if !self.io.input.is_empty() {
+            let _ = self.conn.handle_input(now, &mut self.io.input);
+        }
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                CEvent::Reply { value, .. } => {
+                    if let Some((owner, Some(id))) = self.queue.pop_front() {
+                        post(ctx, owner, RKind::Reply(id, value));
+                    }
+                }
+                CEvent::Push(v) => {
+                    if let Some(o) = self.owner {
+                        post(ctx, o, RKind::Push(v));
+                    }
+                }
+                CEvent::Error(_) => {
+                    self.fail_all(ctx, now);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        while let Some(b) = self.conn.poll_transmit() {
+            self.io.out.push(b);
+        }
+    }
+
+    /// Replies on a shared connection: runs of fast-path replies go back as slices of the
+    /// input (re-encoded only if the upstream refused the client's protocol).
+    fn process_shared(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        let sh = self.shared.clone();
+        let mut done: SmallVec<[(Permit, u32); 8]> = SmallVec::new();
+        let mut broken = false;
+        while !self.io.input.is_empty() {
+            let len = match reply_len(&self.io.input, &sh.limits) {
+                Ok(Some(l)) => l,
+                Ok(None) => break,
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            };
+            if self.io.input[0] == b'>' {
+                // An out-of-band push on a shared connection belongs to nobody.
+                let _ = self.io.input.split_to(len);
+                continue;
+            }
+            let Some(front) = self.entries.front_mut() else {
+                broken = true; // a reply nobody asked for
+                break;
+            };
+            let owner = front.owner;
+            let finished = match &mut front.what {
+                What::Raw { seq, left } => {
+                    let mut total = len;
+                    let mut k = 1u32;
+                    while k < *left {
+                        match reply_len(&self.io.input[total..], &sh.limits) {
+                            Ok(Some(l)) if self.io.input[total] != b'>' => {
+                                total += l;
+                                k += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    let bytes = self.io.input.split_to(total).freeze();
+                    let bytes = if self.proto == self.want {
+                        bytes
+                    } else {
+                        reencode(&bytes, self.want)
+                    };
+                    post(
+                        ctx,
+                        owner,
+                        RKind::RawReply {
+                            seq: *seq,
+                            bytes,
+                            n: k,
+                        },
+                    );
+                    *left -= k;
+                    *left == 0
+                }
+                What::One(id) => {
+                    let id = *id;
+                    match parse_buf(&mut self.io.input, &sh.limits) {
+                        Ok(Some(v)) => {
+                            if let Some(id) = id {
+                                post(ctx, owner, RKind::Reply(id, v));
+                            }
+                        }
+                        _ => {
+                            broken = true;
+                            break;
+                        }
+                    }
+                    true
+                }
+                What::Hello => {
+                    match parse_buf(&mut self.io.input, &sh.limits) {
+                        Ok(Some(v)) if !v.is_error() => self.proto = Protocol::Resp3,
+                        Ok(Some(_)) => {}
+                        _ => {
+                            broken = true;
+                            break;
+                        }
+                    }
+                    true
+                }
+            };
+            if finished {
+                if let Some(e) = self.entries.pop_front() {
+                    if let Some(p) = e.permit {
+                        done.push((p, e.count));
+                    }
+                }
+            }
+        }
+        if !done.is_empty() {
+            let mut w = sh.worker(ctx.index);
+            for (p, count) in done {
+                w.report(
+                    self.idx,
+                    p,
+                    count as usize,
+                    Outcome::Success,
+                    now,
+                    &sh.stats,
+                );
+            }
+        }
+        if broken {
+            self.fail_all(ctx, now);
+        }
+    }
+
+    fn reply_deadline(&self) -> Option<Instant> {
+        if self.slot.is_some() {
+            let t = self.shared.cfg.response_timeout;
+            self.entries.front().map(|e| e.sent + t)
+        } else {
+            self.conn.poll_timeout()
         }
     }
 }
 
-impl Session for RedisProxy {
+/// Length of the complete reply at the start of `b` (`None`: incomplete). Simple strings,
+/// errors, integers and bulk strings are measured here; anything else (and anything odd)
+/// by the full frame parser.
+fn reply_len(b: &[u8], limits: &Limits) -> Result<Option<usize>, ferry_resp::ParseError> {
+    match b.first() {
+        Some(b'+' | b'-' | b':') => {
+            let end = b.len().min(limits.max_line + 1);
+            if let Some(i) = b[1..end].iter().position(|&c| c == b'\r') {
+                match b.get(i + 2) {
+                    Some(b'\n') => return Ok(Some(i + 3)),
+                    None => return Ok(None),
+                    _ => {}
+                }
+            }
+        }
+        Some(b'$') => match header(b, 0, b'$') {
+            Ok(Some((len, p))) if len <= limits.max_bulk_len => {
+                let end = p + len as usize;
+                match b.get(end..end + 2) {
+                    None => return Ok(None),
+                    Some(b"\r\n") => return Ok(Some(end + 2)),
+                    _ => {}
+                }
+            }
+            Ok(None) => return Ok(None),
+            _ => {}
+        },
+        _ => {}
+    }
+    frame_len(b, limits)
+}
+
+/// Re-encode `n` complete frames for protocol `to`.
+fn reencode(frames: &Bytes, to: Protocol) -> Bytes {
+    let mut out = BytesMut::with_capacity(frames.len());
+    let mut rest = frames.clone();
+    while !rest.is_empty() {
+        match ferry_resp::parse(&rest) {
+            Ok(Some((v, used))) => {
+                encode(&v, to, &mut out);
+                let _ = rest.split_to(used);
+            }
+            _ => break,
+        }
+    }
+    out.freeze()
+}
+
+fn post(ctx: &WorkerCtx, to: Owner, kind: RKind) {
+    let _ = to.post(ctx, RMail(kind));
+}
+
+/// Work that cannot be sent: its client gets errors, the breaker a failure.
+fn fail_unit(
+    ctx: &WorkerCtx,
+    shared: &RedisShared,
+    owner: Owner,
+    unit: Unit,
+    conn: Option<Owner>,
+    now: Instant,
+) {
+    report_units(ctx, shared, [&unit], Outcome::Failure, now);
+    match unit.work {
+        Work::Raw { seq, .. } => post(ctx, owner, RKind::RawLost { seq, n: unit.count }),
+        Work::Cmd { id: Some(id), .. } => post(ctx, owner, RKind::Reply(id, lost())),
+        Work::Cmd { id: None, .. } => {}
+    }
+    let up = if unit.up == DEDICATED {
+        // Only the client knows which upstream its dedicated connection went to.
+        None
+    } else {
+        Some(unit.up)
+    };
+    match up {
+        Some(up) => post(ctx, owner, RKind::Lost { up, conn }),
+        None => post(
+            ctx,
+            owner,
+            RKind::Lost {
+                up: DEDICATED,
+                conn,
+            },
+        ),
+    }
+}
+
+impl Half for RDown {
     type Shared = RedisShared;
     type Mail = RMail;
 
+    fn io(&self) -> &Io {
+        &self.io
+    }
+    fn io_mut(&mut self) -> &mut Io {
+        &mut self.io
+    }
+    fn shared(&self) -> &Arc<RedisShared> {
+        &self.shared
+    }
+    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
+        RDown::wants_read(self, ctx)
+    }
+    fn is_finished(&self) -> bool {
+        self.conn.is_closed() && self.io.out.is_empty() && self.raw_left == 0
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.conn.poll_timeout()
+    }
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        RDown::process(self, ctx, now)
+    }
+    fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        RDown::process(self, ctx, now)
+    }
+    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.conn.handle_timeout(now);
+        RDown::process(self, ctx, now);
+    }
+    fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.conn.close();
+        RDown::process(self, ctx, now);
+    }
+    fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: RMail, now: Instant) {
+        self.apply(ctx, mail.0, now);
+    }
+    fn close(self, ctx: &mut WorkerCtx) {
+        self.shared.stats.downstream_open.fetch_sub(1, Relaxed);
+        report_units(
+            ctx,
+            &self.shared,
+            &self.held,
+            Outcome::Ignored,
+            ctx_now(ctx),
+        );
+        if let (Route::Dedicated(_), Some(o)) = (self.route, self.ded) {
+            post(ctx, o, RKind::Release);
+        }
+    }
+}
+
+impl Downstream for RDown {
+    fn open(ctx: &mut WorkerCtx, shared: &Arc<RedisShared>, io: Io, now: Instant) -> Option<Self> {
+        shared.stats.downstream_open.fetch_add(1, Relaxed);
+        let _ = ctx;
+        Some(RDown {
+            io,
+            shared: shared.clone(),
+            conn: ServerConnection::new(shared.server.clone(), now),
+            sin: BytesMut::new(),
+            eof_done: false,
+            errored: false,
+            sticky: false,
+            route: Route::None,
+            ups: vec![Att::Idle; shared.cfg.upstreams.len()],
+            ded: None,
+            held: VecDeque::new(),
+            in_flight: 0,
+            raw: VecDeque::new(),
+            raw_base: 0,
+            raw_left: 0,
+            want_dedicated: None,
+            name: None,
+        })
+    }
+
+    /// Mail for a connection that is gone: a dedicated upstream attached to a vanished
+    /// client is released; work for a vanished upstream fails (its client is told).
+    fn drop_mail(ctx: &mut WorkerCtx, shared: &RedisShared, mail: RMail) {
+        let now = ctx_now(ctx);
+        match mail.0 {
+            RKind::Attached { slot, conn, .. } if slot >= 0xFE => post(ctx, conn, RKind::Release),
+            RKind::Send { owner, unit } => fail_unit(ctx, shared, owner, unit, None, now),
+            _ => {}
+        }
+    }
+}
+
+impl Half for RUp {
+    type Shared = RedisShared;
+    type Mail = RMail;
+
+    fn io(&self) -> &Io {
+        &self.io
+    }
+    fn io_mut(&mut self) -> &mut Io {
+        &mut self.io
+    }
+    fn shared(&self) -> &Arc<RedisShared> {
+        &self.shared
+    }
+    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
+        // A reply larger than the high-water mark is read whole (replies are not streamed).
+        !self.done && (self.io.input.len() < ctx.options.input_high_water || self.partial)
+    }
+    fn is_finished(&self) -> bool {
+        self.done && self.io.out.is_empty()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.done {
+            None
+        } else {
+            self.reply_deadline()
+        }
+    }
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        RUp::process(self, ctx, now)
+    }
+    fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        RUp::process(self, ctx, now);
+        if !self.done {
+            self.fail_all(ctx, now);
+        }
+    }
+    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.done {
+            return;
+        }
+        if self.slot.is_some() {
+            if self.reply_deadline().is_some_and(|d| now >= d) {
+                tracing::debug!(
+                    "redis upstream {}: reply timeout",
+                    self.shared.stats.upstreams[self.idx].addr
+                );
+                self.fail_all(ctx, now);
+            }
+            return;
+        }
+        self.conn.handle_timeout(now);
+        RUp::process(self, ctx, now);
+    }
+    fn begin_shutdown(&mut self, _ctx: &mut WorkerCtx, _now: Instant) {
+        if self.queue.is_empty() && self.entries.is_empty() {
+            self.done = true;
+        }
+    }
+    fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: RMail, now: Instant) {
+        match mail.0 {
+            RKind::Send { owner, unit } => self.accept(ctx, owner, unit, now),
+            RKind::Release if self.owner.is_some() => {
+                self.owner = None;
+                self.done = true;
+            }
+            _ => {}
+        }
+    }
+    fn close(mut self, ctx: &mut WorkerCtx) {
+        if !self.done || !self.queue.is_empty() || !self.entries.is_empty() {
+            self.fail_all(ctx, ctx_now(ctx));
+        } else if let Some(s) = self.slot {
+            let sh = self.shared.clone();
+            let mut w = sh.worker(ctx.index);
+            if let Slot::Ready(to) = w.slots[self.idx][s] {
+                if to == self.io.me() {
+                    w.slots[self.idx][s] = Slot::Empty;
+                }
+            }
+        }
+        self.shared.stats.upstreams[self.idx]
+            .open
+            .fetch_sub(1, Relaxed);
+    }
+}
+
+impl Upstream for RUp {
     fn open(
         ctx: &mut WorkerCtx,
         shared: &Arc<RedisShared>,
-        info: ConnInfo,
-        gen: u32,
-        now: Instant,
-    ) -> Option<Self> {
-        shared.stats.downstream_open.fetch_add(1, Relaxed);
-        add(&ctx.metrics.accepted, 1);
-        Some(RedisProxy::Down(RDown {
-            token: info.token,
-            gen: gen & 0xFF_FFFF,
-            shared: shared.clone(),
-            conn: ServerConnection::new(shared.server.clone(), now),
-            input: BytesMut::with_capacity(ctx.options.read_chunk),
-            out: OutQueue::default(),
-            eof: false,
-            errored: false,
-            route: Route::None,
-            up: None,
-            held: VecDeque::new(),
-            in_flight: 0,
-            want_dedicated: false,
-            name: None,
-        }))
-    }
-
-    fn open_outbound(
-        ctx: &mut WorkerCtx,
-        shared: &Arc<RedisShared>,
-        info: ConnInfo,
+        mut io: Io,
         tag: u64,
-        gen: u32,
         now: Instant,
     ) -> Option<Self> {
+        // upstream (8 bits) | owner token (24) | owner generation (24) | slot (8)
         let idx = (tag >> 56) as usize;
-        let owner = (
-            ((tag >> 32) & 0xFF_FFFF) as usize,
-            ((tag >> 8) & 0xFF_FFFF) as u32,
-        );
+        let owner = Peer {
+            token: ((tag >> 32) & 0xFF_FFFF) as usize,
+            gen: ((tag >> 8) & 0xFF_FFFF) as u32,
+        };
         let slot = (tag & 0xFF) as usize;
-        let gen = gen & 0xFF_FFFF;
-        let n = shared.cfg.redis_connections.clamp(1, 126);
+        let n = shared.slots_per_protocol();
         let resp3 = slot == 0xFE || (slot < 0xFE && slot >= n);
         shared.stats.upstreams.get(idx)?.open.fetch_add(1, Relaxed);
-        let me = (info.token, gen);
-        let (slot, owner) = if slot >= 0xFE {
-            let _ = ctx.post(
-                owner.0,
-                RMail {
-                    gen: owner.1,
-                    kind: RKind::Attached(me.0, me.1),
+        let me = io.me();
+        let (slot_of, owner) = if slot >= 0xFE {
+            post(
+                ctx,
+                owner,
+                RKind::Attached {
+                    up: idx,
+                    slot,
+                    conn: me,
                 },
             );
             (None, Some(owner))
         } else {
             let mut w = shared.worker(ctx.index);
-            let waiters = match std::mem::replace(&mut w.slots[idx][slot], Slot::Ready(me.0, me.1))
-            {
+            let waiters = match std::mem::replace(&mut w.slots[idx][slot], Slot::Ready(me)) {
                 Slot::Connecting(v) => v,
                 _ => Vec::new(),
             };
             for o in waiters {
-                let _ = ctx.post(
-                    o.0,
-                    RMail {
-                        gen: o.1,
-                        kind: RKind::Attached(me.0, me.1),
+                post(
+                    ctx,
+                    o,
+                    RKind::Attached {
+                        up: idx,
+                        slot,
+                        conn: me,
                     },
                 );
             }
             (Some(slot), None)
         };
-        let config = if slot.is_some() {
-            shared.client.clone()
-        } else {
-            shared.dedicated.clone()
-        };
-        let mut conn = ClientConnection::new(config, now);
+        let mut conn = ClientConnection::new(shared.dedicated.clone(), now);
         let mut queue = VecDeque::new();
-        if resp3 && conn.hello(Some(Protocol::Resp3), None, None).is_ok() {
-            queue.push_back(((usize::MAX, 0), None));
+        let mut entries = VecDeque::new();
+        let want = if resp3 {
+            Protocol::Resp3
+        } else {
+            Protocol::Resp2
+        };
+        if resp3 {
+            if slot_of.is_some() {
+                let mut b = BytesMut::new();
+                encode_command(&["HELLO", "3"], &mut b);
+                io.out.push(b.freeze());
+                entries.push_back(Entry {
+                    owner: NOBODY,
+                    what: What::Hello,
+                    permit: None,
+                    count: 0,
+                    sent: now,
+                });
+            } else if conn.hello(now, Some(Protocol::Resp3), None, None).is_ok() {
+                queue.push_back((NOBODY, None));
+                while let Some(b) = conn.poll_transmit() {
+                    io.out.push(b);
+                }
+            }
         }
-        Some(RedisProxy::Up(RUp {
-            token: info.token,
-            gen,
+        io.set_connect_deadline(Some(now + shared.cfg.connect_timeout));
+        Some(RUp {
+            io,
             idx,
-            slot,
+            slot: slot_of,
             owner,
             shared: shared.clone(),
             conn,
-            input: BytesMut::with_capacity(ctx.options.read_chunk),
-            out: OutQueue::default(),
-            connected: false,
-            connect_deadline: Some(now + shared.cfg.connect_timeout),
             queue,
+            entries,
+            proto: Protocol::Resp2,
+            want,
+            partial: false,
             done: false,
-            eof: false,
-        }))
+        })
     }
 
-    fn on_connected(&mut self, _ctx: &mut WorkerCtx, _now: Instant) {
-        if let RedisProxy::Up(u) = self {
-            u.connected = true;
-            u.connect_deadline = None;
+    fn connect_failed(&mut self, ctx: &mut WorkerCtx, error: std::io::Error, now: Instant) {
+        tracing::debug!(
+            "redis upstream {} connect failed: {error}",
+            self.shared.stats.upstreams[self.idx].addr
+        );
+        if !self.done {
+            self.fail_all(ctx, now);
         }
-    }
-
-    fn connect_failed(&mut self, ctx: &mut WorkerCtx, error: std::io::Error, _now: Instant) {
-        if let RedisProxy::Up(u) = self {
-            tracing::debug!(
-                "redis upstream {} connect failed: {error}",
-                u.shared.stats.upstreams[u.idx].addr
-            );
-            u.fail_all(ctx);
-        }
-    }
-
-    fn input(&mut self) -> &mut BytesMut {
-        match self {
-            RedisProxy::Down(d) => &mut d.input,
-            RedisProxy::Up(u) => &mut u.input,
-        }
-    }
-
-    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
-        match self {
-            RedisProxy::Down(d) => d.wants_read(ctx),
-            RedisProxy::Up(u) => {
-                u.connected && !u.done && !u.eof && u.input.len() < ctx.options.input_high_water
-            }
-        }
-    }
-
-    fn is_finished(&self) -> bool {
-        match self {
-            RedisProxy::Down(d) => d.conn.is_closed() && d.out.is_empty(),
-            RedisProxy::Up(u) => u.done && u.out.is_empty(),
-        }
-    }
-
-    fn saw_eof(&self) -> bool {
-        match self {
-            RedisProxy::Down(d) => d.eof,
-            RedisProxy::Up(u) => u.eof,
-        }
-    }
-
-    fn has_pending(&self) -> bool {
-        false
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        match self {
-            RedisProxy::Down(d) => d.conn.poll_timeout(),
-            RedisProxy::Up(u) => u
-                .connect_deadline
-                .into_iter()
-                .chain(u.conn.poll_timeout())
-                .min(),
-        }
-    }
-
-    fn has_output(&self) -> bool {
-        match self {
-            RedisProxy::Down(d) => !d.out.is_empty(),
-            RedisProxy::Up(u) => u.connected && !u.out.is_empty(),
-        }
-    }
-
-    fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
-        match self {
-            RedisProxy::Down(d) => d.out.fill_iov(iov),
-            RedisProxy::Up(u) => u.out.fill_iov(iov),
-        }
-    }
-
-    fn written(&mut self, ctx: &WorkerCtx, n: usize) {
-        add(&ctx.metrics.bytes_out, n as u64);
-        match self {
-            RedisProxy::Down(d) => d.out.written(n),
-            RedisProxy::Up(u) => u.out.written(n),
-        }
-    }
-
-    fn take_out(&mut self, max: usize, into: &mut Vec<Bytes>) {
-        match self {
-            RedisProxy::Down(d) => d.out.take_out(max, into),
-            RedisProxy::Up(u) => u.out.take_out(max, into),
-        }
-    }
-
-    fn sent(&mut self, ctx: &WorkerCtx, n: usize, chunks: &mut Vec<Bytes>) {
-        add(&ctx.metrics.bytes_out, n as u64);
-        match self {
-            RedisProxy::Down(d) => d.out.sent(n, chunks),
-            RedisProxy::Up(u) => u.out.sent(n, chunks),
-        }
-    }
-
-    fn on_read(&mut self, ctx: &WorkerCtx, n: usize) {
-        add(&ctx.metrics.bytes_in, n as u64);
-    }
-
-    fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        match self {
-            RedisProxy::Down(d) => {
-                if !d.eof {
-                    d.eof = true;
-                    d.process(ctx, now);
-                    d.conn.handle_eof(now);
-                    d.process(ctx, now);
-                }
-            }
-            RedisProxy::Up(u) => {
-                if !u.eof {
-                    u.eof = true;
-                    u.process(ctx, now);
-                    u.fail_all(ctx);
-                }
-            }
-        }
-    }
-
-    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        match self {
-            RedisProxy::Down(d) => {
-                d.conn.handle_timeout(now);
-                d.process(ctx, now);
-            }
-            RedisProxy::Up(u) => {
-                if u.connect_deadline.is_some_and(|d| now >= d) {
-                    u.connect_deadline = None;
-                    u.fail_all(ctx);
-                    return;
-                }
-                u.conn.handle_timeout(now);
-                u.process(ctx, now);
-            }
-        }
-    }
-
-    fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        match self {
-            RedisProxy::Down(d) => {
-                d.conn.close();
-                d.process(ctx, now);
-            }
-            RedisProxy::Up(u) => {
-                if u.queue.is_empty() {
-                    u.done = true;
-                }
-            }
-        }
-    }
-
-    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        match self {
-            RedisProxy::Down(d) => d.process(ctx, now),
-            RedisProxy::Up(u) => u.process(ctx, now),
-        }
-    }
-
-    fn retry_pending(&mut self, _ctx: &mut WorkerCtx, _now: Instant) -> bool {
-        true
-    }
-
-    fn take_mail(_ctx: &mut WorkerCtx, _shared: &RedisShared, _into: &mut Vec<(usize, RMail)>) {}
-
-    fn apply_mail(&mut self, ctx: &mut WorkerCtx, mail: RMail, now: Instant) {
-        match self {
-            RedisProxy::Down(d) => {
-                if mail.gen != d.gen {
-                    return drop_stale(ctx, mail);
-                }
-                d.apply(ctx, mail.kind);
-            }
-            RedisProxy::Up(u) => {
-                if mail.gen != u.gen {
-                    return drop_stale(ctx, mail);
-                }
-                match mail.kind {
-                    RKind::Cmd { owner, id, args } => {
-                        if u.done {
-                            if let Some(id) = id {
-                                let _ = ctx.post(
-                                    owner.0,
-                                    RMail {
-                                        gen: owner.1,
-                                        kind: RKind::Reply(id, lost()),
-                                    },
-                                );
-                            }
-                            return;
-                        }
-                        u.shared.stats.upstreams[u.idx]
-                            .requests
-                            .fetch_add(1, Relaxed);
-                        // Replies are timed from the connection's clock: bring it to now.
-                        u.conn.handle_timeout(now);
-                        match u.conn.send_command(&args) {
-                            Ok(_) => u.queue.push_back((owner, id)),
-                            Err(_) => {
-                                if let Some(id) = id {
-                                    let _ = ctx.post(
-                                        owner.0,
-                                        RMail {
-                                            gen: owner.1,
-                                            kind: RKind::Reply(id, lost()),
-                                        },
-                                    );
-                                }
-                            }
-                        }
-                        while let Some(b) = u.conn.poll_transmit() {
-                            u.out.push(b);
-                        }
-                    }
-                    RKind::Release if u.owner.is_some() => {
-                        u.owner = None;
-                        u.done = true;
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn drop_mail(ctx: &mut WorkerCtx, _shared: &RedisShared, mail: RMail) {
-        drop_stale(ctx, mail)
-    }
-
-    fn close(self, ctx: &mut WorkerCtx) {
-        match self {
-            RedisProxy::Down(d) => {
-                d.shared.stats.downstream_open.fetch_sub(1, Relaxed);
-                add(&ctx.metrics.closed, 1);
-                if let (Route::Dedicated(_), Some((t, g))) = (d.route, d.up) {
-                    let _ = ctx.post(
-                        t,
-                        RMail {
-                            gen: g,
-                            kind: RKind::Release,
-                        },
-                    );
-                }
-            }
-            RedisProxy::Up(mut u) => {
-                if !u.done || !u.queue.is_empty() {
-                    u.fail_all(ctx);
-                } else if let Some(s) = u.slot {
-                    let sh = u.shared.clone();
-                    let mut w = sh.worker(ctx.index);
-                    if let Slot::Ready(t, g) = w.slots[u.idx][s] {
-                        if (t, g) == (u.token, u.gen) {
-                            w.slots[u.idx][s] = Slot::Empty;
-                        }
-                    }
-                }
-                u.shared.stats.upstreams[u.idx].open.fetch_sub(1, Relaxed);
-            }
-        }
-    }
-}
-
-/// Mail for a connection that is gone: a dedicated upstream attached to a vanished client
-/// is released; commands for a vanished upstream are dropped (their client is told when
-/// that upstream closed).
-fn drop_stale(ctx: &mut WorkerCtx, mail: RMail) {
-    match mail.kind {
-        RKind::Attached(t, g) => {
-            let _ = ctx.post(
-                t,
-                RMail {
-                    gen: g,
-                    kind: RKind::Release,
-                },
-            );
-        }
-        RKind::Cmd { owner, id, .. } => {
-            if let Some(id) = id {
-                let _ = ctx.post(
-                    owner.0,
-                    RMail {
-                        gen: owner.1,
-                        kind: RKind::Reply(id, lost()),
-                    },
-                );
-            }
-            let _ = ctx.post(
-                owner.0,
-                RMail {
-                    gen: owner.1,
-                    kind: RKind::Lost,
-                },
-            );
-        }
-        _ => {}
     }
 }
 
@@ -1119,5 +1960,109 @@ mod tests {
         assert!(!needs_dedicated(&a(&["GET", "k"])));
         assert!(!needs_dedicated(&a(&["hello", "3"])));
         assert!(needs_dedicated(&a(&["hello", "3", "AUTH", "u", "p"])));
+    }
+
+    #[test]
+    fn fast_path_leaves_special_commands_alone() {
+        for n in ["GET", "set", "incr", "PING", "mget", "eval"] {
+            assert!(!is_slow(n.as_bytes()), "{n}");
+        }
+        for n in [
+            "HELLO",
+            "client",
+            "MULTI",
+            "subscribe",
+            "QUIT",
+            "reset",
+            "xread",
+            "Select",
+        ] {
+            assert!(is_slow(n.as_bytes()), "{n}");
+        }
+    }
+
+    #[test]
+    fn scanner_delimits_commands_like_the_encoder() {
+        let mut b = BytesMut::new();
+        encode_command(&["SET", "key", "value"], &mut b);
+        encode_command(&["GET", "key"], &mut b);
+        let first = match scan_command(&b, 1 << 20) {
+            Scan::Complete { len, name, key } => {
+                assert_eq!(&b[name.0..name.1], b"SET");
+                assert_eq!(&b[key.unwrap().0..key.unwrap().1], b"key");
+                len
+            }
+            other => panic!("{other:?}"),
+        };
+        match scan_command(&b[first..], 1 << 20) {
+            Scan::Complete { len, key, .. } => {
+                assert_eq!(first + len, b.len());
+                assert_eq!(&b[first + key.unwrap().0..first + key.unwrap().1], b"key");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Every strict prefix is incomplete.
+        for cut in 0..first {
+            assert_eq!(scan_command(&b[..cut], 1 << 20), Scan::Incomplete, "{cut}");
+        }
+        for bad in [
+            &b"GET k\r\n"[..],
+            b"*0\r\n",
+            b"*-1\r\n",
+            b"*1\r\n+OK\r\n",
+            b"*01\r\n$1\r\na\r\n",
+            b"*1\r\n$1\r\nab\r\n",
+            b"*1\r\n$3\r\nabcXY",
+            b"*1\r\n$1000\r\n",
+        ] {
+            let got = scan_command(bad, 100);
+            assert_eq!(got, Scan::Other, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn reply_lengths_match_the_frame_parser() {
+        let l = Limits::default();
+        for r in [
+            &b"+OK\r\n"[..],
+            b"-ERR no\r\n",
+            b":12\r\n",
+            b"$3\r\nabc\r\n",
+            b"$0\r\n\r\n",
+            b"$-1\r\n",
+            b"*2\r\n$1\r\na\r\n:1\r\n",
+            b"%1\r\n+a\r\n+b\r\n",
+            b"_\r\n",
+        ] {
+            let mut two = r.to_vec();
+            two.extend_from_slice(b"+NEXT\r\n");
+            assert_eq!(reply_len(&two, &l).unwrap(), Some(r.len()), "{r:?}");
+            assert_eq!(frame_len(r, &l).unwrap(), Some(r.len()));
+            for cut in 0..r.len() {
+                assert_eq!(reply_len(&r[..cut], &l).unwrap(), None, "{r:?} {cut}");
+            }
+        }
+        assert!(reply_len(b"$3\r\nabcXY", &l).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scanner_agrees_with_the_frame_parser(
+            args in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 1..6),
+            cut in 0usize..400,
+        ) {
+            let mut b = BytesMut::new();
+            encode_command(&args, &mut b);
+            let whole = frame_len(&b, &Limits::default()).unwrap().unwrap();
+            match scan_command(&b, 1 << 20) {
+                Scan::Complete { len, name, .. } => {
+                    proptest::prop_assert_eq!(len, whole);
+                    proptest::prop_assert_eq!(&b[name.0..name.1], &args[0][..]);
+                }
+                other => proptest::prop_assert!(false, "{:?}", other),
+            }
+            let cut = cut.min(b.len() - 1);
+            proptest::prop_assert_eq!(scan_command(&b[..cut], 1 << 20), Scan::Incomplete);
+        }
     }
 }

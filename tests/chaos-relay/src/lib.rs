@@ -14,8 +14,9 @@
 //! Closing: an upstream's close reaches the client after the bytes before it; a client's
 //! close (or half-close) closes the upstream connection after the bytes before it, and
 //! whatever the upstream sends after that is discarded (half-closed connections are not kept
-//! half-open). Resets abort the client socket with an RST at once (`connect(AF_UNSPEC)` on it,
-//! the same abort as `close` under `SO_LINGER {1, 0}`) and close the upstream connection.
+//! half-open). Resets abort the client socket with an RST at once (the session asks its driver
+//! through `Session::wants_abort`: `close` under `SO_LINGER {1, 0}`) and close the upstream
+//! connection.
 //!
 //! The schedule is a sans-IO core ([`fault::Pipe`]) tested with a virtual clock; the
 //! [`Relay`] runs it on one I/O worker thread. The `ferry-chaos-relay` binary wraps it with a
