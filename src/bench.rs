@@ -98,11 +98,11 @@ impl LoadProto for HttpLoad {
         }
     }
 
-    fn send(&mut self) -> Option<u64> {
+    fn send(&mut self, now: ferry_proto::Instant) -> Option<u64> {
         match &mut self.conn {
             Proto::H1(c) => {
                 let fields: [(&str, &[u8]); 1] = [("host", self.host.as_bytes())];
-                c.send_request(Method::Get, &self.path, &fields, Body::Empty)
+                c.send_request(now, Method::Get, &self.path, &fields, Body::Empty)
                     .ok()
                     .map(|_| 0)
             }

@@ -126,8 +126,8 @@ impl LoadProto for RespLoad {
         !self.conn.is_closed()
     }
 
-    fn send(&mut self) -> Option<u64> {
-        self.conn.send_command(&self.cmd).ok().map(|_| 0)
+    fn send(&mut self, now: ferry_proto::Instant) -> Option<u64> {
+        self.conn.send_command(now, &self.cmd).ok().map(|_| 0)
     }
 
     fn poll_transmit(&mut self) -> Option<Bytes> {

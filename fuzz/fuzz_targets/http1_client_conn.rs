@@ -179,7 +179,10 @@ impl Harness {
                     }
                     ReqBody::Chunked => (Body::Chunked, Some(None)),
                 };
-                if let Ok(rid) = self.conn.send_request(method, target, &fields, body) {
+                if let Ok(rid) = self
+                    .conn
+                    .send_request(self.now, method, target, &fields, body)
+                {
                     assert_eq!(rid.get(), id, "request ids must count from 0");
                     let s = Sent {
                         id,
@@ -207,7 +210,7 @@ impl Harness {
                 let rid = self.conn_id(id);
                 match self
                     .conn
-                    .send_data(rid, Bytes::from(vec![body_byte(id); len]), end)
+                    .send_data(self.now, rid, Bytes::from(vec![body_byte(id); len]), end)
                 {
                     Ok(()) => {
                         self.sending = match remaining {
@@ -226,7 +229,10 @@ impl Harness {
                     return;
                 };
                 let rid = self.conn_id(id);
-                match self.conn.send_trailers(rid, &[("x-trailer", b"1")]) {
+                match self
+                    .conn
+                    .send_trailers(self.now, rid, &[("x-trailer", b"1")])
+                {
                     Ok(()) => self.sending = None,
                     Err(_) => self.sending = None,
                 }

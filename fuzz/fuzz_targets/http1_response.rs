@@ -48,7 +48,7 @@ fn run(n: u8, kinds: u16, pieces: &[&[u8]]) -> Run {
         } else {
             "/"
         };
-        match conn.send_request(method, target, &fields, Body::Empty) {
+        match conn.send_request(now, method, target, &fields, Body::Empty) {
             Ok(id) => checker.sent(Sent {
                 id: id.get(),
                 head: method == Method::Head,

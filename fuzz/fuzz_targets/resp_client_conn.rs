@@ -208,7 +208,7 @@ fuzz_target!(|data: &[u8]| {
             Action::Send { name, args } => {
                 let mut all = vec![NAMES[name as usize % NAMES.len()].as_bytes().to_vec()];
                 all.extend(args.into_iter().take(4));
-                let r = h.conn.send_command(&all);
+                let r = h.conn.send_command(h.now, &all);
                 h.sent(r);
             }
             Action::Hello(p) => {
@@ -219,12 +219,12 @@ fuzz_target!(|data: &[u8]| {
                         Protocol::Resp2
                     }
                 });
-                let r = h.conn.hello(p, None, Some(b"fuzz"));
+                let r = h.conn.hello(h.now, p, None, Some(b"fuzz"));
                 h.sent(r);
             }
             Action::Transaction(k) => {
                 let cmds: Vec<&[&str]> = (0..k % 3).map(|_| &["INCR", "a"][..]).collect();
-                let r = h.conn.send_transaction(&cmds);
+                let r = h.conn.send_transaction(h.now, &cmds);
                 h.sent(r);
             }
             Action::Eof => {
@@ -253,10 +253,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if script_empty {
         // A bare reply stream: send enough GETs (and one HELLO 3) for it to answer.
-        let r = h.conn.hello(Some(Protocol::Resp3), None, None);
+        let r = h.conn.hello(h.now, Some(Protocol::Resp3), None, None);
         h.sent(r);
         for _ in 0..7 {
-            let r = h.conn.send_command(&["GET", "k"]);
+            let r = h.conn.send_command(h.now, &["GET", "k"]);
             h.sent(r);
         }
     }

@@ -126,7 +126,10 @@ fn deep_pipeline_correlates() {
     let ids: Vec<_> = (0..5000)
         .map(|i| {
             c.conn
-                .send_command(&["INCR".to_string(), format!("k{}", i % 10)])
+                .send_command(
+                    ferry_proto::Instant::ZERO,
+                    &["INCR".to_string(), format!("k{}", i % 10)],
+                )
                 .unwrap()
         })
         .collect();
@@ -142,7 +145,12 @@ fn hello_auth_and_resp3_types() {
     let mut c = Client::connect(redis.addr);
     let id = c
         .conn
-        .hello(Some(Protocol::Resp3), Some((b"nobody", b"pw")), None)
+        .hello(
+            ferry_proto::Instant::ZERO,
+            Some(Protocol::Resp3),
+            Some((b"nobody", b"pw")),
+            None,
+        )
         .unwrap();
     c.flush();
     assert!(matches!(c.reply(id), Value::Error(e) if e.starts_with(b"WRONGPASS")));
@@ -151,6 +159,7 @@ fn hello_auth_and_resp3_types() {
     let id = c
         .conn
         .hello(
+            ferry_proto::Instant::ZERO,
             Some(Protocol::Resp3),
             Some((b"default", b"anything")),
             Some(b"ferry"),
@@ -188,11 +197,14 @@ fn multi_exec_transaction() {
     let mut c = Client::connect(redis.addr);
     let id = c
         .conn
-        .send_transaction(&[
-            &["SET", "t", "1"][..],
-            &["INCR", "t"][..],
-            &["GET", "t"][..],
-        ])
+        .send_transaction(
+            ferry_proto::Instant::ZERO,
+            &[
+                &["SET", "t", "1"][..],
+                &["INCR", "t"][..],
+                &["GET", "t"][..],
+            ],
+        )
         .unwrap();
     c.flush();
     assert_eq!(
@@ -201,7 +213,10 @@ fn multi_exec_transaction() {
     );
     let id = c
         .conn
-        .send_transaction(&[&["SET", "t", "1"][..], &["NOSUCH"][..]])
+        .send_transaction(
+            ferry_proto::Instant::ZERO,
+            &[&["SET", "t", "1"][..], &["NOSUCH"][..]],
+        )
         .unwrap();
     c.flush();
     assert!(matches!(c.reply(id), Value::Error(e) if e.starts_with(b"EXECABORT")));
@@ -212,7 +227,15 @@ fn pubsub(resp3: bool) {
     let mut sub = Client::connect(redis.addr);
     let mut publ = Client::connect(redis.addr);
     if resp3 {
-        let id = sub.conn.hello(Some(Protocol::Resp3), None, None).unwrap();
+        let id = sub
+            .conn
+            .hello(
+                ferry_proto::Instant::ZERO,
+                Some(Protocol::Resp3),
+                None,
+                None,
+            )
+            .unwrap();
         sub.flush();
         sub.reply(id);
     }
@@ -282,7 +305,15 @@ fn pubsub_resp3_push() {
 fn client_tracking_push_is_separated() {
     let redis = start_redis();
     let mut c = Client::connect(redis.addr);
-    let id = c.conn.hello(Some(Protocol::Resp3), None, None).unwrap();
+    let id = c
+        .conn
+        .hello(
+            ferry_proto::Instant::ZERO,
+            Some(Protocol::Resp3),
+            None,
+            None,
+        )
+        .unwrap();
     c.flush();
     c.reply(id);
     assert_eq!(c.run("CLIENT TRACKING on"), Value::ok());
@@ -291,7 +322,10 @@ fn client_tracking_push_is_separated() {
     let mut other = Client::connect(redis.addr);
     other.run("SET tracked 2");
     // The invalidation push arrives out of band; the next reply still correlates.
-    let id = c.conn.send_command(&["PING"]).unwrap();
+    let id = c
+        .conn
+        .send_command(ferry_proto::Instant::ZERO, &["PING"])
+        .unwrap();
     c.flush();
     let mut saw_push = false;
     loop {

@@ -4,6 +4,11 @@
 //! Field names and values that `http` rejects (it is stricter than the wire allows in places)
 //! are skipped rather than failing the whole conversion; conversions from `http` into Ferry
 //! types cannot fail.
+//!
+//! Server side: [`Request::to_http`], `Response: From<http::Response<Bytes>>`. Client side
+//! (what `ferry-client` and a proxy use): [`request_fields`] turns an `http::HeaderMap` into
+//! the field list `ferry_http1::ClientConnection::send_request` takes, and [`response_to_http`]
+//! turns a parsed response head plus its body into an `http::Response`.
 
 use bytes::Bytes;
 use ferry_http1::{Headers, Version};
@@ -24,16 +29,50 @@ pub fn to_header_map(headers: &Headers) -> http::HeaderMap {
     map
 }
 
+/// The `http` crate's version for an HTTP/1.x wire version.
+pub fn to_http_version(v: Version) -> http::Version {
+    match v {
+        Version::Http10 => http::Version::HTTP_10,
+        Version::Http11 => http::Version::HTTP_11,
+    }
+}
+
+/// Whether a field is hop-by-hop framing that a sender derives from the body itself
+/// (`Content-Length`, `Transfer-Encoding`): `send_request` refuses them in `fields`.
+pub fn is_framing_field(name: &http::HeaderName) -> bool {
+    name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING
+}
+
+/// The fields of `map` as `send_request` takes them, in map order (repeated names stay
+/// repeated), without the framing fields (see [`is_framing_field`]).
+pub fn request_fields(map: &http::HeaderMap) -> Vec<(&str, &[u8])> {
+    map.iter()
+        .filter(|(n, _)| !is_framing_field(n))
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect()
+}
+
+/// A parsed HTTP/1.x response head and its body as an `http::Response` (status, version and
+/// fields copied; invalid field names/values skipped). `None` only for a status code `http`
+/// rejects (outside 100..=999).
+pub fn response_to_http(
+    head: &ferry_http1::Response,
+    body: Bytes,
+) -> Option<http::Response<Bytes>> {
+    let mut r = http::Response::new(body);
+    *r.status_mut() = http::StatusCode::from_u16(head.status()).ok()?;
+    *r.version_mut() = to_http_version(head.version());
+    *r.headers_mut() = to_header_map(head.headers());
+    Some(r)
+}
+
 impl Request {
     /// This request as an `http::Request` (head fields copied, body shared).
     pub fn to_http(&self) -> Result<http::Request<Bytes>, http::Error> {
         let mut b = http::Request::builder()
             .method(http::Method::from_bytes(self.method_str().as_bytes())?)
             .uri(self.target())
-            .version(match self.version() {
-                Version::Http10 => http::Version::HTTP_10,
-                Version::Http11 => http::Version::HTTP_11,
-            });
+            .version(to_http_version(self.version()));
         if let Some(h) = b.headers_mut() {
             *h = to_header_map(self.headers());
         }
@@ -91,6 +130,43 @@ mod tests {
         assert_eq!(h.version(), http::Version::HTTP_11);
         assert_eq!(h.headers().get_all("x-two").iter().count(), 2);
         assert_eq!(h.headers()["host"], "x");
+    }
+
+    #[test]
+    fn client_side_conversions() {
+        use ferry_http1::{client::Event, Body, ClientConnection, Method};
+        use ferry_proto::{Connection, Instant};
+        let mut map = http::HeaderMap::new();
+        map.insert("host", "example.com".parse().unwrap());
+        map.append("x-two", "1".parse().unwrap());
+        map.append("x-two", "2".parse().unwrap());
+        map.insert("content-length", "9".parse().unwrap());
+        map.insert("transfer-encoding", "chunked".parse().unwrap());
+        let fields = request_fields(&map);
+        assert_eq!(
+            fields,
+            vec![
+                ("host", &b"example.com"[..]),
+                ("x-two", b"1"),
+                ("x-two", b"2")
+            ]
+        );
+        let mut c = ClientConnection::new(Default::default(), Instant::ZERO);
+        c.send_request(Instant::ZERO, Method::Get, "/", &fields, Body::Empty)
+            .unwrap();
+        let mut input = bytes::BytesMut::from(
+            &b"HTTP/1.0 203 Whatever\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nhi"[..],
+        );
+        c.handle_input(Instant::ZERO, &mut input).unwrap();
+        let Some(Event::Response(head)) = c.poll_event() else {
+            panic!("no head")
+        };
+        let r = response_to_http(&head, Bytes::from_static(b"hi")).unwrap();
+        assert_eq!(r.status(), 203);
+        assert_eq!(r.version(), http::Version::HTTP_10);
+        assert_eq!(r.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!(r.headers()["content-length"], "2");
+        assert_eq!(&r.body()[..], b"hi");
     }
 
     #[test]

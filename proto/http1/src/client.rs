@@ -40,7 +40,7 @@
 //!
 //! let mut conn = ClientConnection::new(Arc::new(ClientConfig::default()), Instant::ZERO);
 //! let id = conn
-//!     .send_request(Method::Get, "/hello", &[("Host", b"example.com")], Body::Empty)
+//!     .send_request(Instant::ZERO, Method::Get, "/hello", &[("Host", b"example.com")], Body::Empty)
 //!     .unwrap();
 //! let mut wire = Vec::new();
 //! while let Some(chunk) = conn.poll_transmit() {
@@ -323,6 +323,10 @@ impl ClientConnection {
     /// Send a request: `METHOD target HTTP/1.1`, `fields` in order, then the framing derived
     /// from `body`. Returns the id its response events will carry.
     ///
+    /// `now` is when the request is handed over: a request without a streamed body is
+    /// complete then, and its [`response_timeout`](ClientConfig::response_timeout) counts
+    /// from it (an earlier `now` than one already seen counts as the latest seen).
+    ///
     /// - `fields` MUST include `Host` (HTTP/1.1 requires it; not checked) and MUST NOT include
     ///   `Content-Length` / `Transfer-Encoding` ([`SendError::FramingHeader`]).
     /// - [`Body::Empty`] sends no `Content-Length` for GET, HEAD, DELETE, OPTIONS, TRACE and
@@ -341,13 +345,14 @@ impl ClientConnection {
     /// [`send_request_with_method_str`](Self::send_request_with_method_str)).
     pub fn send_request(
         &mut self,
+        now: Instant,
         method: Method,
         target: &str,
         fields: &[(&str, &[u8])],
         body: Body,
     ) -> Result<RequestId, SendError> {
         let m = method.as_str().ok_or(SendError::InvalidHeader)?;
-        self.send_request_with_method_str(m, target, fields, body)
+        self.send_request_with_method_str(now, m, target, fields, body)
     }
 
     /// [`send_request`](Self::send_request) with the method given as a token (extension
@@ -355,11 +360,13 @@ impl ClientConnection {
     /// contains whitespace or control bytes, is refused with [`SendError::InvalidHeader`].
     pub fn send_request_with_method_str(
         &mut self,
+        now: Instant,
         method: &str,
         target: &str,
         fields: &[(&str, &[u8])],
         body: Body,
     ) -> Result<RequestId, SendError> {
+        self.advance(now);
         self.check_can_send()?;
         if !is_token(method.as_bytes()) || !valid_target(target.as_bytes()) {
             return Err(SendError::InvalidHeader);
@@ -447,7 +454,14 @@ impl ClientConnection {
     ///
     /// The response may arrive before the body is complete (an error, or a final answer to
     /// `Expect: 100-continue`); sending the rest stays allowed.
-    pub fn send_data(&mut self, id: RequestId, data: Bytes, end: bool) -> Result<(), SendError> {
+    pub fn send_data(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        data: Bytes,
+        end: bool,
+    ) -> Result<(), SendError> {
+        self.advance(now);
         match self.sending_for(id)? {
             SendBody::Length { remaining } => {
                 let n = data.len() as u64;
@@ -483,9 +497,11 @@ impl ClientConnection {
     /// End the chunked body of request `id` with a trailer section (RFC 9112 §7.1.2).
     pub fn send_trailers(
         &mut self,
+        now: Instant,
         id: RequestId,
         fields: &[(&str, &[u8])],
     ) -> Result<(), SendError> {
+        self.advance(now);
         if self.sending_for(id)? != SendBody::Chunked {
             return Err(SendError::TrailersNotAllowed);
         }
@@ -509,6 +525,13 @@ impl ClientConnection {
         let _ = self.lifecycle.transition(State::Closing);
         self.maybe_stop();
         self.update_lifecycle();
+    }
+
+    /// Time moves only forward: an earlier `now` than one already seen is ignored.
+    fn advance(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
     }
 
     fn push_bytes(&mut self, data: Bytes) {
@@ -928,7 +951,7 @@ mod tests {
         let mut c = client();
         for i in 0..n {
             let t = alloc::format!("/{i}");
-            c.send_request(Method::Get, &t, &[HOST], Body::Empty)
+            c.send_request(Instant::ZERO, Method::Get, &t, &[HOST], Body::Empty)
                 .unwrap();
         }
         let _ = wire(&mut c);
@@ -1063,6 +1086,7 @@ mod tests {
         let mut c = client();
         let id = c
             .send_request(
+                Instant::ZERO,
                 Method::Get,
                 "/index.html?q=1",
                 &[HOST, ("Accept", b"*/*")],
@@ -1083,6 +1107,7 @@ mod tests {
     fn serialize_post_full_body() {
         let mut c = client();
         c.send_request(
+            Instant::ZERO,
             Method::Post,
             "/submit",
             &[HOST, ("Content-Type", b"text/plain")],
@@ -1098,8 +1123,14 @@ mod tests {
 
         // Large body: handed over as is, after the head.
         let big = Bytes::from(vec![b'x'; COPY_BODY_MAX + 1]);
-        c.send_request(Method::Put, "/big", &[HOST], Body::Full(big.clone()))
-            .unwrap();
+        c.send_request(
+            Instant::ZERO,
+            Method::Put,
+            "/big",
+            &[HOST],
+            Body::Full(big.clone()),
+        )
+        .unwrap();
         let head = c.poll_transmit().unwrap();
         assert_eq!(
             &head[..],
@@ -1115,18 +1146,20 @@ mod tests {
     fn serialize_chunked_streamed_body_with_trailers() {
         let mut c = client();
         let id = c
-            .send_request(Method::Post, "/up", &[HOST], Body::Chunked)
+            .send_request(Instant::ZERO, Method::Post, "/up", &[HOST], Body::Chunked)
             .unwrap();
         assert!(!c.can_send_request(), "body still streaming");
         assert_eq!(
-            c.send_request(Method::Get, "/", &[HOST], Body::Empty),
+            c.send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty),
             Err(SendError::InvalidState)
         );
-        c.send_data(id, Bytes::from_static(b"Wiki"), false).unwrap();
-        c.send_data(id, Bytes::new(), false).unwrap();
-        c.send_data(id, Bytes::from_static(b"pedia"), false)
+        c.send_data(Instant::ZERO, id, Bytes::from_static(b"Wiki"), false)
             .unwrap();
-        c.send_trailers(id, &[("Expires", b"never")]).unwrap();
+        c.send_data(Instant::ZERO, id, Bytes::new(), false).unwrap();
+        c.send_data(Instant::ZERO, id, Bytes::from_static(b"pedia"), false)
+            .unwrap();
+        c.send_trailers(Instant::ZERO, id, &[("Expires", b"never")])
+            .unwrap();
         assert_eq!(
             wire_str(&mut c),
             "POST /up HTTP/1.1\r\nHost: example.com\r\ntransfer-encoding: chunked\r\n\r\n\
@@ -1134,33 +1167,35 @@ mod tests {
         );
         assert!(c.can_send_request());
         assert_eq!(
-            c.send_data(id, Bytes::from_static(b"x"), true),
+            c.send_data(Instant::ZERO, id, Bytes::from_static(b"x"), true),
             Err(SendError::InvalidState)
         );
 
         let id = c
-            .send_request(Method::Post, "/up2", &[HOST], Body::Chunked)
+            .send_request(Instant::ZERO, Method::Post, "/up2", &[HOST], Body::Chunked)
             .unwrap();
-        c.send_data(id, Bytes::from_static(b"x"), true).unwrap();
+        c.send_data(Instant::ZERO, id, Bytes::from_static(b"x"), true)
+            .unwrap();
         assert!(wire_str(&mut c).ends_with("\r\n\r\n1\r\nx\r\n0\r\n\r\n"));
     }
 
     #[test]
     fn serialize_head_and_empty_bodies() {
         let mut c = client();
-        c.send_request(Method::Head, "/", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Head, "/", &[HOST], Body::Empty)
             .unwrap();
-        c.send_request(Method::Delete, "/r/1", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Delete, "/r/1", &[HOST], Body::Empty)
             .unwrap();
-        c.send_request(Method::Options, "*", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Options, "*", &[HOST], Body::Empty)
             .unwrap();
-        c.send_request(Method::Post, "/p", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Post, "/p", &[HOST], Body::Empty)
             .unwrap();
-        c.send_request(Method::Put, "/p", &[HOST], Body::Length(0))
+        c.send_request(Instant::ZERO, Method::Put, "/p", &[HOST], Body::Length(0))
             .unwrap();
-        c.send_request_with_method_str("PURGE", "/cache", &[HOST], Body::Empty)
+        c.send_request_with_method_str(Instant::ZERO, "PURGE", "/cache", &[HOST], Body::Empty)
             .unwrap();
         c.send_request(
+            Instant::ZERO,
             Method::Connect,
             "example.com:443",
             &[("Host", b"example.com:443")],
@@ -1185,11 +1220,11 @@ mod tests {
     fn invalid_requests_leave_connection_unchanged() {
         let mut c = client();
         let bad = |c: &mut ClientConnection, m: &str, t: &str, fl: &[(&str, &[u8])]| {
-            c.send_request_with_method_str(m, t, fl, Body::Full("x".into()))
+            c.send_request_with_method_str(Instant::ZERO, m, t, fl, Body::Full("x".into()))
                 .unwrap_err()
         };
         assert_eq!(
-            c.send_request(Method::Other, "/", &[HOST], Body::Empty),
+            c.send_request(Instant::ZERO, Method::Other, "/", &[HOST], Body::Empty),
             Err(SendError::InvalidHeader)
         );
         for m in ["", "GE T", "GET\r\n", "G(T"] {
@@ -1231,7 +1266,7 @@ mod tests {
         assert_eq!((c.in_flight(), c.requests()), (0, 0));
         assert!(c.is_reusable());
         let id = c
-            .send_request(Method::Get, "/", &[HOST], Body::Empty)
+            .send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty)
             .unwrap();
         assert_eq!(id.get(), 0);
         assert_eq!(
@@ -1244,57 +1279,59 @@ mod tests {
     fn body_command_misuse() {
         let mut c = client();
         let get = c
-            .send_request(Method::Get, "/", &[HOST], Body::Empty)
+            .send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty)
             .unwrap();
         assert_eq!(
-            c.send_data(get, Bytes::from_static(b"x"), true),
+            c.send_data(Instant::ZERO, get, Bytes::from_static(b"x"), true),
             Err(SendError::InvalidState)
         );
         assert_eq!(
-            c.send_data(RequestId(9), Bytes::new(), true),
+            c.send_data(Instant::ZERO, RequestId(9), Bytes::new(), true),
             Err(SendError::UnknownId)
         );
         let put = c
-            .send_request(Method::Put, "/", &[HOST], Body::Length(5))
+            .send_request(Instant::ZERO, Method::Put, "/", &[HOST], Body::Length(5))
             .unwrap();
         assert!(!c.can_send_request());
         assert_eq!(
-            c.send_data(put, Bytes::from_static(b"toolong"), false),
+            c.send_data(Instant::ZERO, put, Bytes::from_static(b"toolong"), false),
             Err(SendError::LengthMismatch)
         );
         assert_eq!(
-            c.send_data(put, Bytes::from_static(b"ab"), true),
+            c.send_data(Instant::ZERO, put, Bytes::from_static(b"ab"), true),
             Err(SendError::LengthMismatch)
         );
         assert_eq!(
-            c.send_trailers(put, &[]),
+            c.send_trailers(Instant::ZERO, put, &[]),
             Err(SendError::TrailersNotAllowed)
         );
-        c.send_data(put, Bytes::from_static(b"abc"), false).unwrap();
-        c.send_data(put, Bytes::from_static(b"de"), false).unwrap();
+        c.send_data(Instant::ZERO, put, Bytes::from_static(b"abc"), false)
+            .unwrap();
+        c.send_data(Instant::ZERO, put, Bytes::from_static(b"de"), false)
+            .unwrap();
         assert!(
             c.can_send_request(),
             "a Length body ends with its last byte"
         );
         assert_eq!(
-            c.send_data(put, Bytes::from_static(b"f"), false),
+            c.send_data(Instant::ZERO, put, Bytes::from_static(b"f"), false),
             Err(SendError::InvalidState)
         );
         assert!(wire_str(&mut c).ends_with("content-length: 5\r\n\r\nabcde"));
 
         let post = c
-            .send_request(Method::Post, "/", &[HOST], Body::Chunked)
+            .send_request(Instant::ZERO, Method::Post, "/", &[HOST], Body::Chunked)
             .unwrap();
         let _ = wire(&mut c);
         assert_eq!(
-            c.send_trailers(post, &[("a", b"\r\n")]),
+            c.send_trailers(Instant::ZERO, post, &[("a", b"\r\n")]),
             Err(SendError::InvalidHeader)
         );
         assert!(
             wire(&mut c).is_empty(),
             "a refused trailer section writes nothing"
         );
-        c.send_trailers(post, &[]).unwrap();
+        c.send_trailers(Instant::ZERO, post, &[]).unwrap();
         assert_eq!(wire_str(&mut c), "0\r\n\r\n");
     }
 
@@ -1396,9 +1433,9 @@ mod tests {
     #[test]
     fn head_response_has_no_body() {
         let mut c = client();
-        c.send_request(Method::Head, "/", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Head, "/", &[HOST], Body::Empty)
             .unwrap();
-        c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty)
             .unwrap();
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n\
                     HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
@@ -1420,6 +1457,7 @@ mod tests {
         let mut c = client_with(|c| c.response_timeout = Some(Duration::from_secs(5)));
         let id = c
             .send_request(
+                Instant::ZERO,
                 Method::Post,
                 "/upload",
                 &[HOST, ("Expect", b"100-continue")],
@@ -1442,7 +1480,8 @@ mod tests {
             }]
         );
         assert_eq!(c.in_flight(), 1);
-        c.send_data(id, Bytes::from_static(b"data"), true).unwrap();
+        c.send_data(Instant::ZERO, id, Bytes::from_static(b"data"), true)
+            .unwrap();
         assert_eq!(wire(&mut c), b"data");
         assert_eq!(
             c.poll_timeout(),
@@ -1462,6 +1501,7 @@ mod tests {
         let mut c = client();
         let id = c
             .send_request(
+                Instant::ZERO,
                 Method::Post,
                 "/upload",
                 &[HOST, ("Expect", b"100-continue")],
@@ -1478,7 +1518,8 @@ mod tests {
             [resp(0, 417, &[("Content-Length", "0")]), Ev::End { id: 0 }]
         );
         assert!(!c.can_send_request(), "the body must still be finished");
-        c.send_data(id, Bytes::from_static(b"data"), true).unwrap();
+        c.send_data(Instant::ZERO, id, Bytes::from_static(b"data"), true)
+            .unwrap();
         assert!(c.is_reusable());
     }
 
@@ -1510,6 +1551,7 @@ mod tests {
     fn upgrade_101_leaves_trailing_bytes() {
         let mut c = client();
         c.send_request(
+            Instant::ZERO,
             Method::Get,
             "/chat",
             &[HOST, ("Upgrade", b"websocket"), ("Connection", b"Upgrade")],
@@ -1558,8 +1600,14 @@ mod tests {
     fn connect_tunnel_and_refusal() {
         let mut c = client();
         let host: (&str, &[u8]) = ("Host", b"example.com:443");
-        c.send_request(Method::Connect, "example.com:443", &[host], Body::Empty)
-            .unwrap();
+        c.send_request(
+            Instant::ZERO,
+            Method::Connect,
+            "example.com:443",
+            &[host],
+            Body::Empty,
+        )
+        .unwrap();
         let rest = feed(
             &mut c,
             b"HTTP/1.1 200 Connection Established\r\n\r\n\x16\x03\x01",
@@ -1570,8 +1618,14 @@ mod tests {
         assert!(c.is_upgraded());
 
         let mut c = client();
-        c.send_request(Method::Connect, "example.com:443", &[host], Body::Empty)
-            .unwrap();
+        c.send_request(
+            Instant::ZERO,
+            Method::Connect,
+            "example.com:443",
+            &[host],
+            Body::Empty,
+        )
+        .unwrap();
         feed(
             &mut c,
             b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 3\r\n\r\nno!",
@@ -1713,9 +1767,10 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
     fn pair_mixed(max_chunk: usize) {
         let mut pair = Pair::new(client(), server()).with_max_chunk(max_chunk);
         let c = &mut pair.client;
-        c.send_request(Method::Get, "/a", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Get, "/a", &[HOST], Body::Empty)
             .unwrap();
         c.send_request(
+            Instant::ZERO,
             Method::Post,
             "/b",
             &[HOST, ("Content-Type", b"text/plain")],
@@ -1723,20 +1778,23 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
         )
         .unwrap();
         let id = c
-            .send_request(Method::Post, "/c", &[HOST], Body::Chunked)
+            .send_request(Instant::ZERO, Method::Post, "/c", &[HOST], Body::Chunked)
             .unwrap();
-        c.send_data(id, Bytes::from_static(b"chunk one, "), false)
+        c.send_data(Instant::ZERO, id, Bytes::from_static(b"chunk one, "), false)
             .unwrap();
-        c.send_data(id, Bytes::from_static(b"chunk two"), false)
+        c.send_data(Instant::ZERO, id, Bytes::from_static(b"chunk two"), false)
             .unwrap();
-        c.send_trailers(id, &[("X-Sum", b"2")]).unwrap();
-        c.send_request(Method::Head, "/d", &[HOST], Body::Empty)
+        c.send_trailers(Instant::ZERO, id, &[("X-Sum", b"2")])
+            .unwrap();
+        c.send_request(Instant::ZERO, Method::Head, "/d", &[HOST], Body::Empty)
             .unwrap();
         let id = c
-            .send_request(Method::Put, "/e", &[HOST], Body::Length(6))
+            .send_request(Instant::ZERO, Method::Put, "/e", &[HOST], Body::Length(6))
             .unwrap();
-        c.send_data(id, Bytes::from_static(b"put"), false).unwrap();
-        c.send_data(id, Bytes::from_static(b"PUT"), true).unwrap();
+        c.send_data(Instant::ZERO, id, Bytes::from_static(b"put"), false)
+            .unwrap();
+        c.send_data(Instant::ZERO, id, Bytes::from_static(b"PUT"), true)
+            .unwrap();
         assert_eq!(c.in_flight(), 5);
         assert!(c.can_send_request() && !c.is_reusable());
 
@@ -1870,6 +1928,7 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
             let id = pair
                 .client
                 .send_request(
+                    Instant::ZERO,
                     Method::Put,
                     "/f",
                     &[HOST, ("Expect", b"100-continue")],
@@ -1882,7 +1941,8 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
                 |c, e| {
                     if let Event::Informational(r) = &e {
                         assert_eq!(r.status(), 100);
-                        c.send_data(id, Bytes::from_static(b"hello"), true).unwrap();
+                        c.send_data(Instant::ZERO, id, Bytes::from_static(b"hello"), true)
+                            .unwrap();
                     }
                     got.push(to_ev(e));
                 },
@@ -1916,6 +1976,7 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
         let mut pair = Pair::new(client(), server());
         pair.client
             .send_request(
+                Instant::ZERO,
                 Method::Get,
                 "/ws",
                 &[HOST, ("Upgrade", b"websocket"), ("Connection", b"upgrade")],
@@ -1945,6 +2006,7 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
         let mut pair = Pair::new(client(), server());
         pair.client
             .send_request(
+                Instant::ZERO,
                 Method::Get,
                 "/",
                 &[HOST, ("Connection", b"close")],
@@ -2004,7 +2066,7 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
         .unwrap();
         assert!(!c.can_send_request(), "known as soon as the head arrives");
         assert_eq!(
-            c.send_request(Method::Get, "/", &[HOST], Body::Empty),
+            c.send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty),
             Err(SendError::Closed)
         );
         assert!(c.wants_read() && !c.is_closed());
@@ -2067,6 +2129,7 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
     fn own_connection_close_ends_reuse() {
         let mut c = client();
         c.send_request(
+            Instant::ZERO,
             Method::Get,
             "/",
             &[HOST, ("Connection", b"close")],
@@ -2075,7 +2138,7 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
         .unwrap();
         assert!(!c.can_send_request());
         assert_eq!(
-            c.send_request(Method::Get, "/", &[HOST], Body::Empty),
+            c.send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty),
             Err(SendError::Closed)
         );
         assert_eq!(c.state(), State::Closing);
@@ -2110,7 +2173,7 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
 
         // Unsent requests are still written out before the connection counts as closed.
         let mut c = client();
-        c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty)
             .unwrap();
         c.close();
         feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
@@ -2152,11 +2215,11 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
         c.handle_timeout(Instant::FAR_FUTURE);
         assert!(evs(&mut c).is_empty(), "reported once");
         assert_eq!(
-            c.send_request(Method::Get, "/", &[HOST], Body::Empty),
+            c.send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty),
             Err(SendError::Closed)
         );
         assert_eq!(
-            c.send_data(RequestId(1), Bytes::new(), true),
+            c.send_data(Instant::ZERO, RequestId(1), Bytes::new(), true),
             Err(SendError::Closed)
         );
     }
@@ -2164,19 +2227,19 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
     #[test]
     fn pipelining_depth_is_limited() {
         let mut c = client_with(|c| c.max_pipelined = 2);
-        c.send_request(Method::Get, "/1", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Get, "/1", &[HOST], Body::Empty)
             .unwrap();
-        c.send_request(Method::Get, "/2", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Get, "/2", &[HOST], Body::Empty)
             .unwrap();
         assert!(!c.can_send_request());
         assert_eq!(
-            c.send_request(Method::Get, "/3", &[HOST], Body::Empty),
+            c.send_request(Instant::ZERO, Method::Get, "/3", &[HOST], Body::Empty),
             Err(SendError::InvalidState)
         );
         feed(&mut c, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
         assert!(c.can_send_request() && !c.is_reusable());
         assert_eq!(
-            c.send_request(Method::Get, "/3", &[HOST], Body::Empty)
+            c.send_request(Instant::ZERO, Method::Get, "/3", &[HOST], Body::Empty)
                 .unwrap()
                 .get(),
             2
@@ -2210,7 +2273,7 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
     #[test]
     fn head_too_large_and_too_many_headers() {
         let mut c = client_with(|c| c.max_head_bytes = 64);
-        c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty)
             .unwrap();
         let mut partial = Vec::from(&b"HTTP/1.1 200 OK\r\nX-Long: "[..]);
         partial.resize(65, b'a');
@@ -2224,14 +2287,14 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
         );
 
         let mut c = client_with(|c| c.max_head_bytes = 64);
-        c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty)
             .unwrap();
         let mut complete = partial.clone();
         complete.extend_from_slice(b"\r\n\r\n");
         assert_eq!(feed(&mut c, &complete), Err(Error::HeadTooLarge));
 
         let mut c = client_with(|c| c.max_headers = 2);
-        c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty)
             .unwrap();
         assert_eq!(
             feed(&mut c, b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"),
@@ -2243,7 +2306,7 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
     fn body_too_large() {
         let limited = || {
             let mut c = client_with(|c| c.max_body = 10);
-            c.send_request(Method::Get, "/", &[HOST], Body::Empty)
+            c.send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty)
                 .unwrap();
             c
         };
@@ -2364,13 +2427,34 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
     }
 
     #[test]
+    fn response_timeout_counts_from_the_send_time() {
+        let secs = |s| Instant::ZERO + Duration::from_secs(s);
+        let mut c = client_with(|c| c.response_timeout = Some(Duration::from_secs(5)));
+        // No input for a while: the request is stamped with the `now` it was sent at, not
+        // with the time of the connection's last input.
+        c.send_request(secs(100), Method::Get, "/", &[HOST], Body::Empty)
+            .unwrap();
+        assert_eq!(c.poll_timeout(), Some(secs(105)));
+        c.handle_timeout(secs(104));
+        assert!(c.error().is_none());
+        // Time never goes back: an older `now` counts as the latest seen.
+        let id = c
+            .send_request(secs(50), Method::Post, "/", &[HOST], Body::Length(1))
+            .unwrap();
+        c.send_data(secs(200), id, Bytes::from_static(b"x"), true)
+            .unwrap();
+        c.handle_timeout(secs(105));
+        assert_eq!(c.error(), Some(Error::HeaderTimeout));
+    }
+
+    #[test]
     fn response_timeout() {
         let secs = |s| Instant::ZERO + Duration::from_secs(s);
         let mut c = client_with(|c| c.response_timeout = Some(Duration::from_secs(5)));
         assert_eq!(c.poll_timeout(), None, "idle");
-        c.send_request(Method::Get, "/1", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Get, "/1", &[HOST], Body::Empty)
             .unwrap();
-        c.send_request(Method::Get, "/2", &[HOST], Body::Empty)
+        c.send_request(Instant::ZERO, Method::Get, "/2", &[HOST], Body::Empty)
             .unwrap();
         assert_eq!(c.poll_timeout(), Some(secs(5)));
         c.handle_timeout(secs(4));
@@ -2414,7 +2498,7 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
             server(),
         );
         pair.client
-            .send_request(Method::Get, "/", &[HOST], Body::Empty)
+            .send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty)
             .unwrap();
         let (ce, se) = pair.drive().unwrap();
         assert!(ce.is_empty());
@@ -2446,9 +2530,10 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
                 c.max_head_bytes = 128;
             });
             let up: &[(&str, &[u8])] = &[HOST, ("Upgrade", b"x")];
-            c.send_request(Method::Head, "/", &[HOST], Body::Empty)
+            c.send_request(Instant::ZERO, Method::Head, "/", &[HOST], Body::Empty)
                 .unwrap();
             c.send_request(
+                Instant::ZERO,
                 Method::Get,
                 "/",
                 if round % 7 == 0 { up } else { &[HOST] },
@@ -2521,13 +2606,13 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
             let mut pair = Pair::new(client(), server()).with_max_chunk(max_chunk);
             let c = &mut pair.client;
             if chunked {
-                let id = c.send_request_with_method_str(method, &target, &fl, Body::Chunked).unwrap();
+                let id = c.send_request_with_method_str(Instant::ZERO, method, &target, &fl, Body::Chunked).unwrap();
                 for p in pieces_of(&body, &sizes) {
-                    c.send_data(id, Bytes::copy_from_slice(p), false).unwrap();
+                    c.send_data(Instant::ZERO, id, Bytes::copy_from_slice(p), false).unwrap();
                 }
-                c.send_data(id, Bytes::new(), true).unwrap();
+                c.send_data(Instant::ZERO, id, Bytes::new(), true).unwrap();
             } else {
-                c.send_request_with_method_str(method, &target, &fl, Body::Full(body.clone().into())).unwrap();
+                c.send_request_with_method_str(Instant::ZERO, method, &target, &fl, Body::Full(body.clone().into())).unwrap();
             }
             let mut seen = Vec::new();
             pair.drive_with(|_, _| {}, |_, e| record(&mut seen, &e)).unwrap();
@@ -2558,7 +2643,7 @@ HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nbye";
         ) {
             let fl: Vec<(&str, &[u8])> = user_fields.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
             let mut pair = Pair::new(client(), server()).with_max_chunk(max_chunk);
-            pair.client.send_request(Method::Get, "/", &[HOST], Body::Empty).unwrap();
+            pair.client.send_request(Instant::ZERO, Method::Get, "/", &[HOST], Body::Empty).unwrap();
             let mut got = Vec::new();
             pair.drive_with(
                 |_, e| got.push(to_ev(e)),

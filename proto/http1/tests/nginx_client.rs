@@ -188,8 +188,14 @@ fn keep_alive_and_pipelining_against_nginx() {
     let host: &[u8] = b"127.0.0.1";
     // Three pipelined requests in one write.
     for path in ["/hello", "/missing", "/hello"] {
-        c.send_request(Method::Get, path, &[("Host", host)], Body::Empty)
-            .unwrap();
+        c.send_request(
+            Instant::ZERO,
+            Method::Get,
+            path,
+            &[("Host", host)],
+            Body::Empty,
+        )
+        .unwrap();
     }
     let got = run(&mut c, &mut sock, 3);
     assert_eq!(
@@ -202,15 +208,27 @@ fn keep_alive_and_pipelining_against_nginx() {
     assert!(c.is_reusable());
 
     // HEAD has a Content-Length but no body.
-    c.send_request(Method::Head, "/big.bin", &[("Host", host)], Body::Empty)
-        .unwrap();
+    c.send_request(
+        Instant::ZERO,
+        Method::Head,
+        "/big.bin",
+        &[("Host", host)],
+        Body::Empty,
+    )
+    .unwrap();
     let got = run(&mut c, &mut sock, 1);
     assert_eq!(header(&got[0], "content-length"), Some("1000000"));
     assert!(got[0].body.is_empty());
 
     // The fifth request reaches nginx's keepalive_requests: it answers with Connection: close.
-    c.send_request(Method::Get, "/big.bin", &[("Host", host)], Body::Empty)
-        .unwrap();
+    c.send_request(
+        Instant::ZERO,
+        Method::Get,
+        "/big.bin",
+        &[("Host", host)],
+        Body::Empty,
+    )
+    .unwrap();
     let got = run(&mut c, &mut sock, 1);
     let expect: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(got[0].body.len(), expect.len());
@@ -227,6 +245,7 @@ fn chunked_gzip_response_from_nginx() {
     let mut c = client();
     let id: RequestId = c
         .send_request(
+            Instant::ZERO,
             Method::Get,
             "/text.txt",
             &[("Host", b"127.0.0.1"), ("Accept-Encoding", b"gzip")],
@@ -242,6 +261,7 @@ fn chunked_gzip_response_from_nginx() {
     assert_eq!(&got[0].body[..2], &[0x1f, 0x8b], "gzip magic");
     // The connection is reusable after a chunked response.
     c.send_request(
+        Instant::ZERO,
         Method::Get,
         "/hello",
         &[("Host", b"127.0.0.1")],
@@ -260,6 +280,7 @@ fn post_with_body_to_nginx() {
     // nginx answers POST to a static file with 405 after reading the body; the connection
     // stays usable only if our framing was right.
     c.send_request(
+        Instant::ZERO,
         Method::Post,
         "/text.txt",
         &[("Host", b"127.0.0.1")],
@@ -268,17 +289,19 @@ fn post_with_body_to_nginx() {
     .unwrap();
     let id = c
         .send_request(
+            Instant::ZERO,
             Method::Put,
             "/text.txt",
             &[("Host", b"127.0.0.1")],
             Body::Chunked,
         )
         .unwrap();
-    c.send_data(id, Bytes::from_static(b"hello"), false)
+    c.send_data(Instant::ZERO, id, Bytes::from_static(b"hello"), false)
         .unwrap();
-    c.send_data(id, Bytes::from_static(b" world"), true)
+    c.send_data(Instant::ZERO, id, Bytes::from_static(b" world"), true)
         .unwrap();
     c.send_request(
+        Instant::ZERO,
         Method::Get,
         "/hello",
         &[("Host", b"127.0.0.1")],

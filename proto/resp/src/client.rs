@@ -269,9 +269,23 @@ impl ClientConnection {
         Kind::Normal
     }
 
-    /// Send one command (`args[0]` is its name). Pipelining: call it as often as you like
-    /// before reading; replies come back in order as [`Event::Reply`] with the returned id.
-    pub fn send_command<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<RequestId, SendError> {
+    /// Time moves only forward: an earlier `now` than one already seen is ignored.
+    fn advance(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    /// Send one command (`args[0]` is its name) at `now` (its
+    /// [`response_timeout`](ClientConfig::response_timeout) counts from then). Pipelining:
+    /// call it as often as you like before reading; replies come back in order as
+    /// [`Event::Reply`] with the returned id.
+    pub fn send_command<A: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        args: &[A],
+    ) -> Result<RequestId, SendError> {
+        self.advance(now);
         if args.is_empty() {
             return Err(SendError::InvalidState);
         }
@@ -289,6 +303,7 @@ impl ClientConnection {
     /// under RESP2) or an error (`NOPROTO`, `WRONGPASS`, …), which leaves the protocol as it was.
     pub fn hello(
         &mut self,
+        now: Instant,
         protover: Option<Protocol>,
         auth: Option<(&[u8], &[u8])>,
         setname: Option<&[u8]>,
@@ -309,14 +324,16 @@ impl ClientConnection {
                 args.extend_from_slice(&[b"SETNAME", n]);
             }
         }
-        self.send_command(&args)
+        self.send_command(now, &args)
     }
 
     /// Send `MULTI`, `commands` and `EXEC`; only `EXEC`'s reply is reported (see module docs).
     pub fn send_transaction<A: AsRef<[u8]>>(
         &mut self,
+        now: Instant,
         commands: &[&[A]],
     ) -> Result<RequestId, SendError> {
+        self.advance(now);
         if commands.iter().any(|c| c.is_empty()) {
             return Err(SendError::InvalidState);
         }

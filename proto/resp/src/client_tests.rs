@@ -84,10 +84,16 @@ fn run(p: &mut Pair<ClientConnection, ServerConnection>) -> Vec<Event> {
 fn pipelining_correlates_replies_at_every_chunk_size() {
     for chunk in [1, 2, 3, 7, 64, usize::MAX] {
         let mut p = pair(chunk);
-        let a = p.client.send_command(&["SET", "k", "v"]).unwrap();
-        let b = p.client.send_command(&["GET", "k"]).unwrap();
-        let c = p.client.send_command(&["GET", "nope"]).unwrap();
-        let d = p.client.send_command(&["PING"]).unwrap();
+        let a = p
+            .client
+            .send_command(Instant::ZERO, &["SET", "k", "v"])
+            .unwrap();
+        let b = p.client.send_command(Instant::ZERO, &["GET", "k"]).unwrap();
+        let c = p
+            .client
+            .send_command(Instant::ZERO, &["GET", "nope"])
+            .unwrap();
+        let d = p.client.send_command(Instant::ZERO, &["PING"]).unwrap();
         let evs = run(&mut p);
         assert_eq!(
             evs,
@@ -122,7 +128,10 @@ fn replies_produced_backwards_by_workers_still_correlate() {
         let ids: Vec<RequestId> = (0..20)
             .map(|i| {
                 p.client
-                    .send_command(&[alloc::string::String::from("ECHO"), alloc::format!("m{i}")])
+                    .send_command(
+                        Instant::ZERO,
+                        &[alloc::string::String::from("ECHO"), alloc::format!("m{i}")],
+                    )
                     .unwrap()
             })
             .collect();
@@ -160,7 +169,12 @@ fn hello_negotiates_resp3_with_auth() {
     let mut p = pair(1);
     let bad = p
         .client
-        .hello(Some(Protocol::Resp3), Some((b"default", b"wrong")), None)
+        .hello(
+            Instant::ZERO,
+            Some(Protocol::Resp3),
+            Some((b"default", b"wrong")),
+            None,
+        )
         .unwrap();
     let evs = run(&mut p);
     assert!(matches!(&evs[0], Event::Reply { id, value: Value::Error(_) } if *id == bad));
@@ -168,12 +182,16 @@ fn hello_negotiates_resp3_with_auth() {
     let good = p
         .client
         .hello(
+            Instant::ZERO,
             Some(Protocol::Resp3),
             Some((b"default", b"secret")),
             Some(b"me"),
         )
         .unwrap();
-    let h = p.client.send_command(&["HGETALL", "h"]).unwrap();
+    let h = p
+        .client
+        .send_command(Instant::ZERO, &["HGETALL", "h"])
+        .unwrap();
     let evs = run(&mut p);
     assert!(matches!(&evs[0], Event::Reply { id, value: Value::Map(_) } if *id == good));
     assert_eq!(
@@ -199,10 +217,15 @@ fn pubsub_resp2_and_resp3_separate_pushes() {
     ] {
         let mut p = pair(chunk);
         if resp3 {
-            p.client.hello(Some(Protocol::Resp3), None, None).unwrap();
+            p.client
+                .hello(Instant::ZERO, Some(Protocol::Resp3), None, None)
+                .unwrap();
             run(&mut p);
         }
-        let sub = p.client.send_command(&["SUBSCRIBE", "a", "b"]).unwrap();
+        let sub = p
+            .client
+            .send_command(Instant::ZERO, &["SUBSCRIBE", "a", "b"])
+            .unwrap();
         let evs = run(&mut p);
         let Event::Reply {
             id,
@@ -216,14 +239,17 @@ fn pubsub_resp2_and_resp3_separate_pushes() {
         assert!(p.client.is_subscribed());
         p.server
             .send_message(&Bytes::from_static(b"a"), &Bytes::from_static(b"hello"));
-        let ping = p.client.send_command(&["PING"]).unwrap();
+        let ping = p.client.send_command(Instant::ZERO, &["PING"]).unwrap();
         let evs = run(&mut p);
         let Event::Push(msg) = &evs[0] else {
             panic!("{evs:?}")
         };
         assert_eq!(msg.as_slice().unwrap()[2], Value::bulk("hello"));
         assert!(matches!(&evs[1], Event::Reply { id, .. } if *id == ping));
-        let unsub = p.client.send_command(&["UNSUBSCRIBE"]).unwrap();
+        let unsub = p
+            .client
+            .send_command(Instant::ZERO, &["UNSUBSCRIBE"])
+            .unwrap();
         let evs = run(&mut p);
         let Event::Reply {
             id,
@@ -242,7 +268,7 @@ fn transaction_reports_only_exec() {
     let mut p = pair(4);
     let id = p
         .client
-        .send_transaction(&[&["SET", "a", "1"][..], &["GET", "a"][..]])
+        .send_transaction(Instant::ZERO, &[&["SET", "a", "1"][..], &["GET", "a"][..]])
         .unwrap();
     let evs = run(&mut p);
     assert_eq!(
@@ -257,7 +283,7 @@ fn transaction_reports_only_exec() {
 #[test]
 fn quit_closes_both_sides() {
     let mut p = pair(usize::MAX);
-    let q = p.client.send_command(&["QUIT"]).unwrap();
+    let q = p.client.send_command(Instant::ZERO, &["QUIT"]).unwrap();
     let evs = run(&mut p);
     assert_eq!(
         evs,
@@ -268,15 +294,22 @@ fn quit_closes_both_sides() {
     );
     assert!(p.server.is_closed());
     assert!(p.client.is_closed());
-    assert_eq!(p.client.send_command(&["PING"]), Err(SendError::Closed));
+    assert_eq!(
+        p.client.send_command(Instant::ZERO, &["PING"]),
+        Err(SendError::Closed)
+    );
 }
 
 #[test]
 fn reset_returns_to_resp2() {
     let mut p = pair(usize::MAX);
-    p.client.hello(Some(Protocol::Resp3), None, None).unwrap();
-    p.client.send_command(&["SUBSCRIBE", "x"]).unwrap();
-    let r = p.client.send_command(&["RESET"]).unwrap();
+    p.client
+        .hello(Instant::ZERO, Some(Protocol::Resp3), None, None)
+        .unwrap();
+    p.client
+        .send_command(Instant::ZERO, &["SUBSCRIBE", "x"])
+        .unwrap();
+    let r = p.client.send_command(Instant::ZERO, &["RESET"]).unwrap();
     let evs = run(&mut p);
     assert_eq!(
         evs.last(),
@@ -302,7 +335,7 @@ fn unexpected_reply_and_garbage_are_fatal() {
         Err(Error::UnexpectedReply)
     );
     let mut c = client();
-    c.send_command(&["PING"]).unwrap();
+    c.send_command(Instant::ZERO, &["PING"]).unwrap();
     let mut b = BytesMut::from(&b"?\r\n"[..]);
     assert_eq!(
         c.handle_input(Instant::ZERO, &mut b),
@@ -322,11 +355,11 @@ fn limit_reply_nesting_depth() {
         ..ClientConfig::default()
     };
     let mut c = ClientConnection::new(Arc::new(cfg), Instant::ZERO);
-    c.send_command(&["GET", "x"]).unwrap();
+    c.send_command(Instant::ZERO, &["GET", "x"]).unwrap();
     let mut b = BytesMut::from(&b"*1\r\n*1\r\n*1\r\n:1\r\n"[..]);
     c.handle_input(Instant::ZERO, &mut b).unwrap();
     assert!(matches!(c.poll_event(), Some(Event::Reply { .. })));
-    c.send_command(&["GET", "x"]).unwrap();
+    c.send_command(Instant::ZERO, &["GET", "x"]).unwrap();
     let mut b = BytesMut::from(&b"*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n"[..]);
     assert_eq!(
         c.handle_input(Instant::ZERO, &mut b),
@@ -345,7 +378,7 @@ fn limit_reply_bulk_len() {
         ..ClientConfig::default()
     };
     let mut c = ClientConnection::new(Arc::new(cfg), Instant::ZERO);
-    c.send_command(&["GET", "x"]).unwrap();
+    c.send_command(Instant::ZERO, &["GET", "x"]).unwrap();
     let mut b = BytesMut::from(&b"$5\r\n"[..]);
     assert_eq!(
         c.handle_input(Instant::ZERO, &mut b),
@@ -356,7 +389,7 @@ fn limit_reply_bulk_len() {
 #[test]
 fn eof_with_replies_owed_is_an_error() {
     let mut c = client();
-    c.send_command(&["PING"]).unwrap();
+    c.send_command(Instant::ZERO, &["PING"]).unwrap();
     c.handle_eof(Instant::ZERO);
     assert_eq!(c.poll_event(), Some(Event::Error(Error::UnexpectedEof)));
 }
@@ -369,11 +402,30 @@ fn response_timeout() {
     };
     let mut c = ClientConnection::new(Arc::new(cfg), Instant::ZERO);
     assert_eq!(c.poll_timeout(), None);
-    c.send_command(&["PING"]).unwrap();
+    c.send_command(Instant::ZERO, &["PING"]).unwrap();
     let t = c.poll_timeout().unwrap();
     c.handle_timeout(Instant::from_nanos(5));
     assert!(c.error().is_none());
     c.handle_timeout(t);
+    assert_eq!(c.error(), Some(Error::Timeout));
+}
+
+#[test]
+fn response_timeout_counts_from_the_send_time() {
+    let cfg = ClientConfig {
+        response_timeout: Some(Duration::from_secs(1)),
+        ..ClientConfig::default()
+    };
+    let secs = |s| Instant::ZERO + Duration::from_secs(s);
+    let mut c = ClientConnection::new(Arc::new(cfg), Instant::ZERO);
+    c.send_command(secs(100), &["PING"]).unwrap();
+    assert_eq!(c.poll_timeout(), Some(secs(101)));
+    c.handle_timeout(secs(100));
+    assert!(
+        c.error().is_none(),
+        "stamped when sent, not at the last input"
+    );
+    c.handle_timeout(secs(101));
     assert_eq!(c.error(), Some(Error::Timeout));
 }
 
@@ -384,14 +436,17 @@ fn pipeline_limit() {
         ..ClientConfig::default()
     };
     let mut c = ClientConnection::new(Arc::new(cfg), Instant::ZERO);
-    c.send_command(&["PING"]).unwrap();
-    assert_eq!(c.send_command(&["PING"]), Err(SendError::PipelineFull));
+    c.send_command(Instant::ZERO, &["PING"]).unwrap();
+    assert_eq!(
+        c.send_command(Instant::ZERO, &["PING"]),
+        Err(SendError::PipelineFull)
+    );
 }
 
 #[test]
 fn resp3_push_interleaved_with_replies() {
     let mut c = client();
-    let id = c.send_command(&["GET", "k"]).unwrap();
+    let id = c.send_command(Instant::ZERO, &["GET", "k"]).unwrap();
     let mut b = BytesMut::from(&b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n$1\r\nv\r\n"[..]);
     c.handle_input(Instant::ZERO, &mut b).unwrap();
     assert!(matches!(c.poll_event(), Some(Event::Push(_))));
@@ -420,7 +475,7 @@ mod props {
         fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..256), n in 0usize..4) {
             let mut c = client();
             for _ in 0..n {
-                let _ = c.send_command(&["PING"]);
+                let _ = c.send_command(Instant::ZERO, &["PING"]);
             }
             let mut b = BytesMut::from(&data[..]);
             let _ = c.handle_input(Instant::ZERO, &mut b);
