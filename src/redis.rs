@@ -61,17 +61,22 @@ impl RespService for Kv {
         messages: &mut Vec<RespMessage>,
     ) {
         let mut st = self.lock();
-        for ev in events.drain(..) {
+        // By reference, then dropped in place: events are not moved one by one.
+        for ev in events.iter() {
             match ev {
                 Event::Command(cmd) => {
                     let v = st.execute(now, client, &cmd.args);
                     replies.push((cmd.id, v));
                 }
-                Event::Subscribe { kind, channels } => st.subscribe(client.id, kind, &channels),
-                Event::Unsubscribe { kind, channels } => st.unsubscribe(client.id, kind, &channels),
+                Event::Subscribe { kind, channels } => st.subscribe(client.id, *kind, channels),
+                Event::Unsubscribe { kind, channels } => st.unsubscribe(client.id, *kind, channels),
                 Event::Reset => st.reset_client(client),
                 _ => {}
             }
+        }
+        events.clear();
+        if !st.has_deliveries() {
+            return;
         }
         messages.extend(st.take_deliveries().into_iter().map(|d| RespMessage {
             client: d.client,

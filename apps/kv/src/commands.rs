@@ -482,6 +482,40 @@ fn null_bulk() -> Value {
 
 type R = Result<Value, Value>;
 
+/// A command name folded to lower case in a `u128` (little-endian, zero-padded): names are
+/// at most 15 bytes. `None` for longer names or a NUL byte (no command has either).
+fn name_key(name: &[u8]) -> Option<u128> {
+    if name.len() > 15 {
+        return None;
+    }
+    let mut b = [0u8; 16];
+    for (d, &c) in b.iter_mut().zip(name) {
+        if c == 0 {
+            return None;
+        }
+        *d = c.to_ascii_lowercase();
+    }
+    Some(u128::from_le_bytes(b))
+}
+
+/// The [`TABLE`] entry for `raw` (any case), by binary search on [`name_key`]s: no
+/// allocation, no scan of the table.
+fn find_command(raw: &[u8]) -> Option<&'static (&'static str, i32, &'static str, &'static str)> {
+    static INDEX: std::sync::OnceLock<Vec<(u128, u16)>> = std::sync::OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        let mut v: Vec<(u128, u16)> = TABLE
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((name_key(t.0.as_bytes())?, i as u16)))
+            .collect();
+        v.sort_unstable();
+        v
+    });
+    let key = name_key(raw)?;
+    let i = index.binary_search_by_key(&key, |e| e.0).ok()?;
+    TABLE.get(usize::from(index[i].1))
+}
+
 pub(crate) fn execute(
     store: &mut Store,
     now: Instant,
@@ -490,10 +524,7 @@ pub(crate) fn execute(
 ) -> Value {
     // No allocation: the table's own lower-case name is used from here on.
     let raw = &args[0];
-    let Some(&(name, arity, _, _)) = TABLE
-        .iter()
-        .find(|(n, ..)| n.len() == raw.len() && raw.eq_ignore_ascii_case(n.as_bytes()))
-    else {
+    let Some(&(name, arity, _, _)) = find_command(raw) else {
         let mut rest = String::new();
         for a in &args[1..] {
             if rest.len() >= 128 {

@@ -284,3 +284,34 @@ fn store_and_client_state_are_send() {
     send::<Store>();
     send::<ClientState>();
 }
+
+#[test]
+fn every_command_name_is_found_in_any_case() {
+    for t in TABLE {
+        let upper = t.0.to_ascii_uppercase();
+        let mixed: String =
+            t.0.chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+        for n in [t.0, upper.as_str(), mixed.as_str()] {
+            assert_eq!(find_command(n.as_bytes()).map(|e| e.0), Some(t.0), "{n}");
+        }
+    }
+    for n in [
+        &b""[..],
+        b"ge",
+        b"gett",
+        b"get\0",
+        b"\0",
+        b"averyverylongcommandname",
+    ] {
+        assert!(find_command(n).is_none(), "{n:?}");
+    }
+}

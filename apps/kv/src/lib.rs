@@ -221,6 +221,11 @@ impl Store {
         }
     }
 
+    /// Whether PUBLISH produced messages not yet taken.
+    pub fn has_deliveries(&self) -> bool {
+        !self.broker.deliveries.is_empty()
+    }
+
     /// Messages produced by PUBLISH since the last call, for the driver to route.
     pub fn take_deliveries(&mut self) -> Vec<Delivery> {
         std::mem::take(&mut self.broker.deliveries)

@@ -544,8 +544,14 @@ fn words(line: &str) -> Vec<String> {
 
 #[test]
 fn same_replies_as_redis_server() {
+    assert_same_replies_as_redis(start_ferry());
+}
+
+/// Run [`SCRIPT`] against the server at `ferry` and a fresh real redis-server and insist on
+/// the same replies. The root package's `tests/serve_redis_diff.rs` includes this file to run
+/// it against `ferry serve --redis`.
+pub fn assert_same_replies_as_redis(ferry: std::net::SocketAddr) {
     let redis = start_redis();
-    let ferry = start_ferry();
     let mut ours = Client::connect(ferry);
     let mut theirs = Client::connect(redis.addr);
     let mut mismatches = Vec::new();

@@ -467,11 +467,9 @@ impl<A: RespService> Session for RespSession<A> {
                 self.errored = true;
                 add(&ctx.metrics.protocol_errors, 1);
             }
-            let mut progressed = self.input.len() != before;
-            while let Some(ev) = self.conn.poll_event() {
-                progressed = true;
-                self.events.push(ev);
-            }
+            let had = self.events.len();
+            self.conn.take_events(&mut self.events);
+            let progressed = self.input.len() != before || self.events.len() != had;
             if self.errored {
                 self.input.clear();
             }

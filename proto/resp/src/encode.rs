@@ -5,14 +5,25 @@ use bytes::{BufMut, BytesMut};
 use crate::value::write_double;
 use crate::{Protocol, Value};
 
+/// `t`, the decimal `n`, CRLF: assembled on the stack and written with one copy.
 fn put_len(dst: &mut BytesMut, t: u8, n: usize) {
-    let mut b = itoa::Buffer::new();
-    dst.put_u8(t);
-    dst.put_slice(b.format(n).as_bytes());
-    dst.put_slice(b"\r\n");
+    let mut line = [0u8; 24];
+    line[0] = t;
+    let len = if n < 10 {
+        line[1] = b'0' + n as u8;
+        2
+    } else {
+        let mut b = itoa::Buffer::new();
+        let d = b.format(n).as_bytes();
+        line[1..1 + d.len()].copy_from_slice(d);
+        1 + d.len()
+    };
+    line[len..len + 2].copy_from_slice(b"\r\n");
+    dst.put_slice(&line[..len + 2]);
 }
 
 fn put_blob(dst: &mut BytesMut, t: u8, data: &[u8]) {
+    dst.reserve(data.len() + 26);
     put_len(dst, t, data.len());
     dst.put_slice(data);
     dst.put_slice(b"\r\n");
@@ -21,6 +32,11 @@ fn put_blob(dst: &mut BytesMut, t: u8, data: &[u8]) {
 /// A line payload with CR/LF replaced by spaces, so a simple string or error can never break
 /// the framing.
 fn put_line(dst: &mut BytesMut, t: u8, data: &[u8]) {
+    if data == b"OK" {
+        // The most common reply.
+        dst.put_slice(if t == b'+' { b"+OK\r\n" } else { b"-OK\r\n" });
+        return;
+    }
     dst.put_u8(t);
     if memchr::memchr2(b'\r', b'\n', data).is_some() {
         for &c in data {

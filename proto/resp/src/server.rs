@@ -279,6 +279,24 @@ impl ServerConnection {
         self.set(kind).contains(name)
     }
 
+    /// Move every pending event to `into` (what [`poll_event`](Connection::poll_event) would
+    /// return, in order). When `into` is empty this swaps buffers instead of moving events
+    /// one by one.
+    pub fn take_events(&mut self, into: &mut Vec<Event>) {
+        if self.events.is_empty() {
+            return;
+        }
+        if into.is_empty() {
+            let spare = VecDeque::from(core::mem::take(into));
+            let events = core::mem::replace(&mut self.events, spare);
+            // O(1) when the ring starts at its buffer's beginning, as it does when it came
+            // from a `Vec` and was only pushed to.
+            *into = Vec::from(events);
+        } else {
+            into.extend(self.events.drain(..));
+        }
+    }
+
     /// The lifecycle, to attach observers or read counters.
     pub fn lifecycle_mut(&mut self) -> &mut Lifecycle {
         &mut self.lifecycle
@@ -395,6 +413,13 @@ impl ServerConnection {
     fn dispatch(&mut self, args: SmallVec<[Bytes; INLINE_ARGS]>) {
         let name = &args[0];
         let n = name.len();
+        // Only names of these lengths are the connection's own business (PING QUIT RESET
+        // HELLO and the (un)subscribe family); anything else, outside RESP2 pub/sub mode, goes
+        // straight to the application.
+        if !matches!(n, 4 | 5 | 9..=12) && (self.proto != Protocol::Resp2 || !self.is_subscribed())
+        {
+            return self.push_command(args, None);
+        }
         let is = |s: &str| n == s.len() && name.eq_ignore_ascii_case(s.as_bytes());
         let sub = if is("subscribe") {
             Some((SubKind::Channel, true))
@@ -471,6 +496,19 @@ impl ServerConnection {
                 }
             }
         }
+        if hello_slot.is_some() {
+            self.read = Read::AwaitHello;
+            let _ = self.lifecycle.transition(State::Authenticating);
+        }
+        self.push_command(args, hello_slot);
+    }
+
+    #[inline]
+    fn push_command(
+        &mut self,
+        args: SmallVec<[Bytes; INLINE_ARGS]>,
+        hello: Option<Option<Protocol>>,
+    ) {
         let id = self.next_id;
         self.next_id += 1;
         self.commands += 1;
@@ -479,13 +517,9 @@ impl ServerConnection {
             proto: self.proto,
             done: false,
             held: BytesMut::new(),
-            hello: hello_slot,
+            hello,
             close: false,
         });
-        if hello_slot.is_some() {
-            self.read = Read::AwaitHello;
-            let _ = self.lifecycle.transition(State::Authenticating);
-        }
         self.events.push_back(Event::Command(Command {
             id: CommandId(id),
             args,

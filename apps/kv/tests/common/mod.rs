@@ -173,7 +173,8 @@ impl Client {
 
     /// Send a command and wait for its reply.
     pub fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Value {
-        let id = self.conn.send_command(args).unwrap();
+        let now = self.now();
+        let id = self.conn.send_command(now, args).unwrap();
         self.flush();
         self.reply(id)
     }
