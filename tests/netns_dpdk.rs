@@ -61,7 +61,7 @@ fn dpdk_serves_http_and_redis_across_namespaces() {
     let n = match netns::create("c") {
         Ok(n) => n,
         Err(why) => {
-            eprintln!("netns_dpdk: skipped: {why}");
+            netns::skip_or_fail(&format!("netns_dpdk: {why}"));
             return;
         }
     };
@@ -154,7 +154,7 @@ fn dpdk_serves_over_net_tap() {
     let n = match netns::create("t") {
         Ok(n) => n,
         Err(why) => {
-            eprintln!("netns_dpdk: skipped: {why}");
+            netns::skip_or_fail(&format!("netns_dpdk: {why}"));
             return;
         }
     };

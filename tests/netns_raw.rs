@@ -40,10 +40,10 @@ fn setup(test: &str) -> Option<NetnsPair> {
             // SAFETY: plain syscall; the descriptor is closed right away.
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
             if fd < 0 {
-                eprintln!(
-                    "SKIP {test}: AF_PACKET unavailable: {}",
+                netns::skip_or_fail(&format!(
+                    "{test}: AF_PACKET unavailable: {}",
                     std::io::Error::last_os_error()
-                );
+                ));
                 return None;
             }
             // SAFETY: we own fd.
@@ -51,7 +51,7 @@ fn setup(test: &str) -> Option<NetnsPair> {
             Some(p)
         }
         Err(e) => {
-            eprintln!("SKIP {test}: cannot create netns/veth: {e}");
+            netns::skip_or_fail(&format!("{test}: cannot create netns/veth: {e}"));
             None
         }
     }
@@ -277,7 +277,9 @@ fn loss_is_detected_never_corrupts() {
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("SKIP loss_is_detected_never_corrupts: cannot run nft: {e}");
+            netns::skip_or_fail(&format!(
+                "loss_is_detected_never_corrupts: cannot run nft: {e}"
+            ));
             return;
         }
     };
@@ -291,7 +293,9 @@ fn loss_is_detected_never_corrupts() {
     if !out.status.success() {
         // Only a kernel without netdev-family nftables is a reason to skip.
         if err.contains("not supported") || err.contains("No such file") {
-            eprintln!("SKIP loss_is_detected_never_corrupts: no nftables netdev ingress: {err}");
+            netns::skip_or_fail(&format!(
+                "loss_is_detected_never_corrupts: no nftables netdev ingress: {err}"
+            ));
             return;
         }
         panic!("nft rejected the loss rule: {err}");

@@ -82,7 +82,7 @@ fn tmp_file(name: &str, data: &[u8]) -> PathBuf {
 }
 
 fn skip(why: &str) {
-    eprintln!("netns_xdp: skipped: {why}");
+    netns::skip_or_fail(&format!("netns_xdp: {why}"));
 }
 
 #[test]

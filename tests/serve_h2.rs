@@ -24,7 +24,10 @@ impl Server {
             driver,
         ];
         args.extend_from_slice(extra);
-        Server::launch("http", &args, &[], None)
+        let s = Server::launch("http", &args, &[], None);
+        // Really on this driver (no silent fallback from io_uring to epoll).
+        assert_eq!(s.driver, driver);
+        s
     }
 }
 
@@ -177,6 +180,165 @@ fn ferry_bench_h2(driver: &str, extra: &[&str]) {
     bench_h2_json(&s.url("/"));
 }
 
+/// Python's `h2` (hyper-h2) as the client, prior knowledge: many concurrent streams over every
+/// route, two large `/echo` bodies at once (sha256 of what went and what came back), and
+/// request trailers (accepted: the body is echoed, the stream ends normally, no reset).
+const PY_H2_CLIENT: &str = r#"
+import hashlib, socket, sys
+import h2.config, h2.connection, h2.events
+
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, port))
+s.settimeout(60)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+c.initiate_connection()
+c.increment_flow_control_window(1 << 24)
+s.sendall(c.data_to_send())
+bodies, ended, trailers, status, heads, pending = {}, set(), {}, {}, {}, {}
+
+def start(method, path, body=None, trailer=None, headers=()):
+    sid = c.get_next_available_stream_id()
+    hdrs = [(':method', method), (':scheme', 'http'), (':authority', '%s:%d' % (host, port)),
+            (':path', path)] + list(headers)
+    c.send_headers(sid, hdrs, end_stream=body is None)
+    if body is not None:
+        pending[sid] = [memoryview(body), trailer]
+    bodies[sid] = bytearray()
+    return sid
+
+def pump_send():
+    for sid in list(pending):
+        buf, tr = pending[sid]
+        while len(buf):
+            w = min(c.local_flow_control_window(sid), c.max_outbound_frame_size, len(buf))
+            if w <= 0:
+                break
+            c.send_data(sid, bytes(buf[:w]))
+            buf = buf[w:]
+        pending[sid][0] = buf
+        if not len(buf):
+            if tr:
+                c.send_headers(sid, tr, end_stream=True)
+            else:
+                c.end_stream(sid)
+            del pending[sid]
+    out = c.data_to_send()
+    if out:
+        s.sendall(out)
+
+def run(ids):
+    for _ in range(1000000):
+        if all(i in ended for i in ids):
+            return
+        pump_send()
+        data = s.recv(1 << 16)
+        if not data:
+            raise SystemExit("server closed the connection")
+        for ev in c.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                heads[ev.stream_id] = dict(ev.headers)
+                status[ev.stream_id] = heads[ev.stream_id][b':status']
+            elif isinstance(ev, h2.events.DataReceived):
+                bodies[ev.stream_id] += ev.data
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                trailers[ev.stream_id] = dict(ev.headers)
+            elif isinstance(ev, h2.events.StreamEnded):
+                ended.add(ev.stream_id)
+            elif isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                raise SystemExit("unexpected %r" % ev)
+        out = c.data_to_send()
+        if out:
+            s.sendall(out)
+    raise SystemExit("streams never ended")
+
+# The server's SETTINGS first (its stream limit).
+first = start('GET', '/')
+run([first])
+assert status[first] == b'200' and bodies[first] == b'hello world\n'
+limit = min(c.remote_settings.max_concurrent_streams, 100)
+assert limit >= 10, limit
+
+# Many concurrent streams over every route, `limit` at a time, 600 in all.
+def expect(i):
+    k = i % 6
+    if k == 0: return ('GET', '/', None, b'200', b'hello world\n')
+    if k == 1: return ('HEAD', '/', None, b'200', b'')
+    if k == 2: return ('GET', '/health', None, b'200', None)
+    if k == 3: return ('GET', '/metrics', None, b'200', None)
+    if k == 4: return ('GET', '/nope/%d' % i, None, b'404', None)
+    body = b'stream %d ' % i + bytes(range(256)) * (i % 9)
+    return ('POST', '/echo', body, b'200', body)
+
+total = 600
+done = 0
+while done < total:
+    batch = list(range(done, min(done + limit, total)))
+    ids = {}
+    for i in batch:
+        m, p, b, _, _ = expect(i)
+        ids[i] = start(m, p, b)
+    run(list(ids.values()))
+    for i, sid in ids.items():
+        _, p, _, st, want = expect(i)
+        assert status[sid] == st, (i, p, status[sid])
+        if want is not None:
+            assert bytes(bodies[sid]) == want, (i, p, len(bodies[sid]))
+        if p == '/health':
+            assert bodies[sid].startswith(b'{"status":"ok"'), bodies[sid]
+        if p == '/metrics':
+            assert b'ferry_requests_total' in bodies[sid]
+    done += len(batch)
+print("streams", done)
+
+# Two large bodies both ways at once, one with a content-length, one without.
+big1 = hashlib.sha256(b'one').digest() * (8 * 1024 * 1024 // 32 + 7)
+big2 = bytes(reversed(range(256))) * (3 * 1024 * 1024 // 256 + 3)
+a = start('POST', '/echo', big1, headers=[('content-length', str(len(big1)))])
+b = start('PUT', '/echo', big2)
+run([a, b])
+for sid, sent in ((a, big1), (b, big2)):
+    assert status[sid] == b'200', status[sid]
+    print("echo", len(sent), hashlib.sha256(sent).hexdigest(), len(bodies[sid]),
+          hashlib.sha256(bytes(bodies[sid])).hexdigest())
+
+# Request trailers: accepted, the body echoed, the stream ends normally.
+t = start('POST', '/echo', b'with trailers', [('x-checksum', 'abc'), ('grpc-status', '0')])
+t2 = start('POST', '/echo', b'x' * 70000, [('x-end', '1')], headers=[('content-length', '70000')])
+run([t, t2])
+assert status[t] == b'200' and bytes(bodies[t]) == b'with trailers', (status[t], bodies[t])
+assert status[t2] == b'200' and bytes(bodies[t2]) == b'x' * 70000, (status[t2], len(bodies[t2]))
+# The connection still serves after them.
+n = start('GET', '/')
+run([n])
+assert status[n] == b'200' and bodies[n] == b'hello world\n'
+c.close_connection()
+s.sendall(c.data_to_send())
+print("OK")
+"#;
+
+fn python_h2_client(driver: &str, extra: &[&str]) {
+    let s = Server::start(driver, extra);
+    let out = run(Command::new(common::python()).args([
+        "-c",
+        PY_H2_CLIENT,
+        &s.addr.ip().to_string(),
+        &s.port(),
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprint!("{text}");
+    assert_eq!(text.lines().last(), Some("OK"), "{text}");
+    assert!(text.contains("streams 600\n"), "{text}");
+    let echoes: Vec<&str> = text.lines().filter(|l| l.starts_with("echo ")).collect();
+    assert_eq!(echoes.len(), 2, "{text}");
+    for l in echoes {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f.len(), 5, "{l}");
+        assert!(f[1].parse::<usize>().unwrap() > 1_000_000, "{l}");
+        assert_eq!((f[1], f[2]), (f[3], f[4]), "the echo differs: {l}");
+    }
+}
+
 macro_rules! per_driver {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -198,6 +360,7 @@ per_driver!(
     nghttp,
     h2load,
     ferry_bench_h2,
+    python_h2_client,
 );
 
 /// `ferry bench --h2` against nginx's h2c (`listen … http2` without TLS: prior knowledge).

@@ -33,11 +33,36 @@ impl Server {
     }
 
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::launch("http", args, env, None)
+        Server::spawn_limited(args, env, None)
     }
 
     fn spawn_limited(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Server {
-        Server::launch("http", args, env, nofile)
+        let s = Server::launch("http", args, env, nofile);
+        s.assert_driver(args);
+        s
+    }
+
+    /// A server started with `--driver D` (not `auto`) really runs on D: its listening line
+    /// and `/health` say so, so a silent fallback (say, from io_uring to epoll) fails the test.
+    fn assert_driver(&self, args: &[&str]) {
+        let Some(want) = args
+            .windows(2)
+            .find(|w| w[0] == "--driver")
+            .map(|w| w[1])
+            .filter(|d| *d != "auto")
+        else {
+            return;
+        };
+        assert_eq!(self.driver, want, "the listening line names another driver");
+        let mut c = connect(self.addr);
+        c.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.contains(&format!("\"driver\":\"{want}\"")),
+            "/health must report driver {want}: {text:?}"
+        );
     }
 }
 
@@ -75,6 +100,14 @@ fn write_data(path: &Path, len: usize) {
 
 /// Read one HTTP/1.1 response (content-length or chunked body) from `r`.
 fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    read_response_to(r, false)
+}
+
+/// Read one HTTP/1.1 response; `head`: the answer to a HEAD request (never a body).
+fn read_response_to(
+    r: &mut BufReader<TcpStream>,
+    head: bool,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
     let status: u16 = line
@@ -96,7 +129,9 @@ fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>, V
     }
     let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let mut body = Vec::new();
-    if let Some(n) = get("content-length") {
+    if head {
+        // The answer to HEAD has headers only.
+    } else if let Some(n) = get("content-length") {
         body.resize(n.parse().unwrap(), 0);
         r.read_exact(&mut body).unwrap();
     } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
@@ -230,36 +265,110 @@ fn echo_20mb(driver: &str, extra: &[&str]) {
     let _ = std::fs::remove_dir_all(d);
 }
 
-fn pipelining(driver: &str, extra: &[&str]) {
-    let s = Server::start(driver, extra);
-    let mut c = connect(s.addr);
-    let paths = ["/", "/health", "/nope"];
-    let mut req = Vec::new();
-    for i in 0..16 {
-        req.extend_from_slice(
-            format!("GET {} HTTP/1.1\r\nhost: x\r\n\r\n", paths[i % 3]).as_bytes(),
-        );
+/// One request of the pipelining test and the response it must get.
+struct Pipelined {
+    request: Vec<u8>,
+    head: bool,
+    status: u16,
+    body: Option<Vec<u8>>,
+    body_prefix: &'static [u8],
+}
+
+/// Request `i` of the pipelining test: GET, HEAD, POST /echo (content-length and chunked
+/// bodies of varying size), 404s, /health, in a fixed rotation.
+fn pipelined(i: usize) -> Pipelined {
+    let payload: Vec<u8> = format!("body {i}:")
+        .into_bytes()
+        .into_iter()
+        .chain((0..i * 37).map(|k| b'a' + ((k + i) % 26) as u8))
+        .collect();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").into_bytes();
+    let (request, head, status, body, body_prefix): (Vec<u8>, bool, u16, Option<Vec<u8>>, &[u8]) =
+        match i % 7 {
+            0 => (get("/"), false, 200, Some(b"hello world\n".to_vec()), b""),
+            1 => (
+                b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+                true,
+                200,
+                Some(Vec::new()),
+                b"",
+            ),
+            2 => {
+                let mut r = format!(
+                    "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+                    payload.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(&payload);
+                (r, false, 200, Some(payload.clone()), b"")
+            }
+            3 => (get(&format!("/nope/{i}")), false, 404, None, b""),
+            4 => (get("/health"), false, 200, None, b"{\"status\":\"ok\""),
+            5 => {
+                // Chunked, in two chunks.
+                let (a, b) = payload.split_at(payload.len() / 2);
+                let mut r = b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+                    .to_vec();
+                for c in [a, b] {
+                    r.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                    r.extend_from_slice(c);
+                    r.extend_from_slice(b"\r\n");
+                }
+                r.extend_from_slice(b"0\r\n\r\n");
+                (r, false, 200, Some(payload.clone()), b"")
+            }
+            _ => (
+                b"HEAD /nope HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+                true,
+                404,
+                Some(Vec::new()),
+                b"",
+            ),
+        };
+    Pipelined {
+        request,
+        head,
+        status,
+        body,
+        body_prefix,
     }
-    req.extend_from_slice(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello");
-    c.write_all(&req).unwrap();
+}
+
+/// 100 mixed requests in one write on one raw socket: every response comes back, in order,
+/// with the right status and body.
+fn pipelining(driver: &str, extra: &[&str]) {
+    const N: usize = 100;
+    let s = Server::start(driver, extra);
+    let c = connect(s.addr);
+    let reqs: Vec<Pipelined> = (0..N).map(pipelined).collect();
+    let all: Vec<u8> = reqs.iter().flat_map(|r| r.request.clone()).collect();
+    // Write from another thread: the server may answer before it has read everything.
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&all));
     let mut r = BufReader::new(c);
-    for i in 0..16 {
-        let (status, _, body) = read_response(&mut r);
-        match paths[i % 3] {
-            "/" => assert_eq!(
-                (status, &body[..]),
-                (200, &b"hello world\n"[..]),
-                "response {i}"
-            ),
-            "/health" => assert!(
-                status == 200 && body.starts_with(b"{\"status\":\"ok\""),
-                "response {i}"
-            ),
-            _ => assert_eq!(status, 404, "response {i}"),
+    for (i, want) in reqs.iter().enumerate() {
+        let (status, headers, body) = read_response_to(&mut r, want.head);
+        assert_eq!(status, want.status, "response {i}: {headers:?}");
+        if let Some(b) = &want.body {
+            assert!(
+                body == *b,
+                "response {i}: body {:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        assert!(body.starts_with(want.body_prefix), "response {i}");
+        if want.head {
+            let len = headers.iter().find(|(k, _)| k == "content-length");
+            assert!(
+                len.is_some(),
+                "HEAD response {i} names its length: {headers:?}"
+            );
         }
     }
-    let (status, _, body) = read_response(&mut r);
-    assert_eq!((status, &body[..]), (200, &b"hello"[..]));
+    writer.join().unwrap().unwrap();
+    // Nothing beyond the 100 responses, and the connection is still usable.
+    let mut c = r.into_inner();
+    assert_eq!(get_ok(&mut c), 200);
 }
 
 fn metrics_count(driver: &str) {
@@ -283,7 +392,21 @@ fn metrics_count(driver: &str) {
         text.contains("ferry_request_duration_seconds_bucket{"),
         "{text}"
     );
-    assert!(text.contains("quantile=\"0.99\""), "{text}");
+    // The latency quantiles p50, p90, p99 and p999 of the http listener, each with a value.
+    for q in ["0.5", "0.9", "0.99", "0.999"] {
+        let prefix = format!(
+            "ferry_request_duration_quantile_seconds{{protocol=\"http\",driver=\"{driver}\",quantile=\"{q}\"}} "
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no p{q} line: {text}"));
+        let v = &line[prefix.len()..];
+        assert!(
+            v == "+Inf" || v.parse::<f64>().is_ok_and(|x| x > 0.0),
+            "{line}"
+        );
+    }
 }
 
 fn sigterm_drains(driver: &str) {
@@ -423,40 +546,85 @@ fn bench_json(driver: &str) {
     assert!(text.contains("errors 0"), "{text}");
 }
 
+/// Whether `c` has nothing to read yet (no byte, no EOF, no error).
+fn nothing_to_read(c: &TcpStream) -> bool {
+    c.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    let r = c.peek(&mut b);
+    c.set_nonblocking(false).unwrap();
+    matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// A client trickling its header one byte at a time gets 408 and a close at the header
+/// deadline; other clients are served while it trickles.
 fn slowloris_gets_408_while_others_are_served(driver: &str) {
     let d = tmp_dir(&format!("slow-{driver}"));
     let f = d.join("ferry.toml");
-    std::fs::write(&f, "header_read_timeout = \"1s\"\n").unwrap();
+    std::fs::write(&f, "header_read_timeout = \"2s\"\n").unwrap();
     let s = Server::start(driver, &["--config", f.to_str().unwrap()]);
     let mut slow = connect(s.addr);
     slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
         .unwrap();
-    // Others are served meanwhile.
-    for _ in 0..3 {
-        let mut c = connect(s.addr);
-        assert_eq!(get_ok(&mut c), 200);
-    }
-    // Keep trickling (bounded) until the server answers.
-    let mut r = BufReader::new(slow.try_clone().unwrap());
     slow.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
+    // Trickle (bounded), serving another client at every step, until the server answers.
     let mut got = Vec::new();
+    let mut served_during = 0;
     for _ in 0..100 {
         if slow.write_all(b"a").is_err() {
             break;
         }
+        let mut c = connect(s.addr);
+        assert_eq!(get_ok(&mut c), 200);
+        // Served while the trickler still waits for its answer: its header is still open.
+        if nothing_to_read(&slow) {
+            served_during += 1;
+        }
         let mut b = [0u8; 256];
-        match r.read(&mut b) {
+        match slow.read(&mut b) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&b[..n]),
             Err(_) => {}
         }
-        if got.ends_with(b"\n") && got.windows(4).any(|w| w == b"\r\n\r\n") {
+        if got.windows(4).any(|w| w == b"\r\n\r\n") {
             break;
         }
     }
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    eprintln!("{driver}: {served_during} clients served while the header trickled");
+    assert!(
+        served_during >= 1,
+        "no other client was served while the header trickled"
+    );
+    // Then the server closes the connection: EOF after the (complete) 408 response. (A reset
+    // instead means a trickled byte crossed the close: closed too.)
+    slow.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut rest = Vec::new();
+    let mut closed = false;
+    for _ in 0..1000 {
+        let mut b = [0u8; 256];
+        match slow.read(&mut b) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => rest.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                closed = true;
+                break;
+            }
+            Err(e) => panic!("the connection stays open after 408: {e}"),
+        }
+    }
+    assert!(closed, "the connection stays open after 408");
+    got.extend_from_slice(&rest);
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(
+        text.matches("HTTP/1.1").count(),
+        1,
+        "one response, then the close: {text:?}"
+    );
     let _ = std::fs::remove_dir_all(d);
 }
 
@@ -617,7 +785,7 @@ print("ok")
 
 fn ipv6_listener(driver: &str) {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("no IPv6 loopback here; skipped");
+        common::skip_or_fail("no IPv6 loopback here");
         return;
     }
     let s = Server::spawn(
@@ -846,19 +1014,19 @@ fn uring_echo_20mb_app_workers() {
     echo_20mb("uring", &["--app-workers", "2"]);
 }
 #[test]
-fn epoll_pipelining_16() {
+fn epoll_pipelining_100() {
     pipelining("epoll", &[]);
 }
 #[test]
-fn uring_pipelining_16() {
+fn uring_pipelining_100() {
     pipelining("uring", &[]);
 }
 #[test]
-fn epoll_pipelining_16_app_workers() {
+fn epoll_pipelining_100_app_workers() {
     pipelining("epoll", &["--app-workers", "2"]);
 }
 #[test]
-fn uring_pipelining_16_app_workers() {
+fn uring_pipelining_100_app_workers() {
     pipelining("uring", &["--app-workers", "2"]);
 }
 #[test]

@@ -259,18 +259,58 @@ print("ok")
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
 
+/// The tests `redis-benchmark` 7.0 runs by default, in its `-q` spelling (7.2 adds XADD).
+const BENCHMARK_TESTS: [&str; 20] = [
+    "PING_INLINE",
+    "PING_MBULK",
+    "SET",
+    "GET",
+    "INCR",
+    "LPUSH",
+    "RPUSH",
+    "LPOP",
+    "RPOP",
+    "SADD",
+    "HSET",
+    "SPOP",
+    "ZADD",
+    "ZPOPMIN",
+    "LPUSH (needed to benchmark LRANGE)",
+    "LRANGE_100 (first 100 elements)",
+    "LRANGE_300 (first 300 elements)",
+    "LRANGE_500 (first 500 elements)",
+    "LRANGE_600 (first 600 elements)",
+    "MSET (10 keys)",
+];
+
+/// Every default test reported its `NAME: N requests per second` line (N > 0), and no error.
 fn check_benchmark(text: &str) {
     assert!(!text.contains("rror"), "{text}");
-    let lines: Vec<_> = text
+    let lines: Vec<&str> = text
         .split(['\n', '\r'])
-        .filter(|l| l.contains("requests per second"))
+        .filter(|l| l.contains(" requests per second"))
         .collect();
-    assert!(lines.len() >= 5, "{text}");
+    for name in BENCHMARK_TESTS {
+        let prefix = format!("{name}: ");
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no result for {name}: {text}"));
+        let rps: f64 = line[prefix.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(rps > 0.0, "{line}");
+    }
+    // One result per test (a newer redis-benchmark may add tests: more is fine).
+    assert!(lines.len() >= BENCHMARK_TESTS.len(), "{lines:#?}");
 }
 
 fn redis_benchmark(driver: &str, extra: &[&str]) {
     let s = Server::start(driver, extra);
-    for p in ["1", "16"] {
+    for (p, n) in [("1", "10000"), ("16", "20000")] {
+        // The default test set (no -t).
         let out = run(Command::new("redis-benchmark").args([
             "-h",
             "127.0.0.1",
@@ -278,7 +318,7 @@ fn redis_benchmark(driver: &str, extra: &[&str]) {
             &s.port(),
             "-q",
             "-n",
-            "20000",
+            n,
             "-P",
             p,
         ]));

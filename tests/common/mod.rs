@@ -8,6 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "skip.rs"]
+#[allow(clippy::duplicate_mod)] // also loaded by common/{mod,netns}.rs in one test binary
+mod skip;
+#[allow(unused_imports)]
+pub use skip::skip_or_fail;
+
 /// The `ferry` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 

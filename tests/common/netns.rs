@@ -17,6 +17,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "skip.rs"]
+#[allow(clippy::duplicate_mod)] // also loaded by common/{mod,netns}.rs in one test binary
+mod skip;
+#[allow(unused_imports)]
+pub use skip::skip_or_fail;
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Prefix of every namespace this module creates (`ferry-<tag>-<pid>-<n>-a|b`).
