@@ -18,6 +18,7 @@
 //! the connection and stops reading (no byte or request dropped) until the retry gets through.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::IoSlice;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -42,7 +43,8 @@ type PullStream = Box<dyn Iterator<Item = Bytes> + Send>;
 struct H2Stream {
     /// The request head until the first body piece or the end shows whether a body follows.
     head: Option<ferry_http2::Request>,
-    exchange: Option<(Exchange, Responder)>,
+    /// Boxed: only requests with a body have one, and it keeps the stream small to move.
+    exchange: Option<Box<(Exchange, Responder)>>,
     /// Response data `send_data` refused (buffer full), with END_STREAM flags.
     pending: VecDeque<(Bytes, bool)>,
     pull: Option<PullStream>,
@@ -57,6 +59,27 @@ struct H2Stream {
     remote: bool,
 }
 
+/// Hashes stream ids with one multiply: they are distinct small integers the peer must
+/// raise with every stream, and at most `max_concurrent_streams` are open, so SipHash's
+/// flood resistance buys nothing here.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b) ^ (self.0 as u32).rotate_left(8));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        let h = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 29);
+    }
+}
+
 /// One HTTP/2 connection (h2c) as an I/O worker drives it.
 pub struct H2Session {
     conn: ServerConnection,
@@ -65,7 +88,7 @@ pub struct H2Session {
     info: ConnInfo,
     /// Connection generation (replies from application workers carry it).
     gen: u32,
-    streams: HashMap<StreamId, H2Stream>,
+    streams: HashMap<StreamId, H2Stream, BuildHasherDefault<IdHasher>>,
     /// Jobs an application channel refused (full): reading pauses until they are taken.
     pending: VecDeque<Job>,
     eof: bool,
@@ -115,7 +138,7 @@ impl H2Session {
             out,
             info,
             gen,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             pending: VecDeque::new(),
             eof: false,
         }
@@ -157,23 +180,27 @@ impl H2Session {
             }
         }
         let mut fields: SmallVec<[(&[u8], &[u8]); 16]> = SmallVec::new();
-        fields.push((b"host", head.authority().unwrap_or("localhost").as_bytes()));
+        fields.push((b"host", head.authority_bytes().unwrap_or(b"localhost")));
         let mut cookie_done = false;
-        for (n, v) in head.fields().iter() {
-            if n == "host" || HOP_BY_HOP.contains(&n) || n.starts_with(':') {
+        for f in head.fields().fields() {
+            let (n, v) = (&f.name[..], &f.value[..]);
+            if n == b"host"
+                || HOP_BY_HOP.iter().any(|h| h.as_bytes() == n)
+                || n.first() == Some(&b':')
+            {
                 continue;
             }
-            if n == "content-length" && !has_body {
+            if n == b"content-length" && !has_body {
                 continue;
             }
-            if n == "cookie" && !joined.is_empty() {
+            if n == b"cookie" && !joined.is_empty() {
                 if !cookie_done {
                     fields.push((b"cookie", &joined));
                     cookie_done = true;
                 }
                 continue;
             }
-            fields.push((n.as_bytes(), v));
+            fields.push((n, v));
         }
         let body = match (has_body, head.content_length()) {
             (false, _) => BodyKind::Empty,
@@ -182,10 +209,10 @@ impl H2Session {
         };
         let h1 = ferry_http1::Request::from_parts(
             RequestId::new(u64::from(id.get())),
-            head.method().as_bytes(),
-            head.path().as_bytes(),
+            head.method_bytes(),
+            head.path_bytes(),
             Version::Http11,
-            fields,
+            fields.iter().copied(),
             body,
         )
         .ok()?;
@@ -227,7 +254,7 @@ impl H2Session {
             }
             let parts = out.take();
             if let Some(s) = self.streams.get_mut(&id) {
-                s.exchange = Some((ex, out));
+                s.exchange = Some(Box::new((ex, out)));
             }
             self.apply_parts(ctx, id, parts);
         } else {
@@ -238,6 +265,56 @@ impl H2Session {
             let parts = out.take();
             self.apply_parts(ctx, id, parts);
         }
+    }
+
+    /// Run the service inline for a request without a body (`Event::End` already taken).
+    fn answer_whole(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        id: StreamId,
+        head: ferry_http2::Request,
+        now: Instant,
+    ) {
+        let Some(req) = self.to_request(id, &head, false) else {
+            let _ = self.conn.send_response(
+                id,
+                400,
+                &[("content-type", b"text/plain")],
+                Body::Full(Bytes::from_static(b"bad request\n")),
+            );
+            ctx.metrics.observe_latency_us(0);
+            return;
+        };
+        drop(head);
+        let mut out = Responder::new();
+        let o = Exchange::run_bodyless(&*ctx.service, req, &mut out);
+        if o.panicked {
+            add(&ctx.metrics.panics, 1);
+        }
+        let parts = out.take();
+        let finished = parts.len() == 1
+            && matches!(
+                &parts[0],
+                Part::Head {
+                    body: HeadBody::Empty | HeadBody::Full(_) | HeadBody::Length(0),
+                    ..
+                }
+            );
+        if finished {
+            self.apply_parts(ctx, id, parts);
+            ctx.metrics.observe_latency_us(0);
+            return;
+        }
+        self.streams.insert(
+            id,
+            H2Stream {
+                request_done: true,
+                started: Some(now),
+                ..H2Stream::default()
+            },
+        );
+        self.apply_parts(ctx, id, parts);
+        self.reap(ctx, id, now);
     }
 
     /// The application channel of stream `id`: one per stream, so a stream's jobs stay in
@@ -321,6 +398,15 @@ impl H2Session {
         match ev {
             Event::Request { id, request } => {
                 add(&ctx.metrics.requests, 1);
+                let whole = ctx.jobs.is_empty()
+                    && matches!(self.conn.peek_event(), Some(Event::End { id: e }) if *e == id);
+                if whole {
+                    // The usual GET: the request ended with its head. Answer it at once; the
+                    // stream gets an entry only if its response goes on after this.
+                    let _ = self.conn.poll_event();
+                    self.answer_whole(ctx, id, request, now);
+                    return;
+                }
                 self.streams.insert(
                     id,
                     H2Stream {
@@ -343,7 +429,11 @@ impl H2Session {
                     self.release(id);
                     return;
                 }
-                let parts = match self.streams.get_mut(&id).and_then(|s| s.exchange.as_mut()) {
+                let parts = match self
+                    .streams
+                    .get_mut(&id)
+                    .and_then(|s| s.exchange.as_deref_mut())
+                {
                     Some((ex, out)) => {
                         let o = ex.data(&*ctx.service, data, ctx.options.max_buffered_body, out);
                         if o.panicked {
@@ -361,8 +451,10 @@ impl H2Session {
                     self.start(ctx, id, false);
                 } else if self.streams.get(&id).is_some_and(|s| s.remote) {
                     self.send_job(ctx, id, JobKind::End);
-                } else if let Some((ex, mut out)) =
-                    self.streams.get_mut(&id).and_then(|s| s.exchange.take())
+                } else if let Some((ex, mut out)) = self
+                    .streams
+                    .get_mut(&id)
+                    .and_then(|s| s.exchange.take().map(|b| *b))
                 {
                     let o = ex.end(&*ctx.service, &mut out);
                     if o.panicked {
@@ -382,7 +474,7 @@ impl H2Session {
                         // The connection window still counts these octets.
                         self.conn.release_capacity(id, s.unreleased);
                     }
-                    if let Some((ex, _)) = s.exchange.take() {
+                    if let Some((ex, _)) = s.exchange.take().map(|b| *b) {
                         ex.abort();
                     }
                     if s.remote && !s.request_done {
@@ -409,15 +501,25 @@ impl H2Session {
                     headers,
                     body,
                 } => {
-                    let lower: SmallVec<[(String, Bytes); 8]> = headers
+                    // Names are usually lowercase already: copy only those that are not.
+                    let upper = |n: &str| n.bytes().any(|b| b.is_ascii_uppercase());
+                    let owned: SmallVec<[String; 2]> = headers
                         .iter()
-                        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
-                        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()))
+                        .filter(|(n, _)| upper(n))
+                        .map(|(n, _)| n.to_ascii_lowercase())
                         .collect();
-                    let fields: SmallVec<[(&str, &[u8]); 8]> = lower
-                        .iter()
-                        .map(|(n, v)| (n.as_str(), v.as_ref()))
-                        .collect();
+                    let mut next_owned = owned.iter();
+                    let mut fields: SmallVec<[(&str, &[u8]); 8]> = SmallVec::new();
+                    for (n, v) in headers.iter() {
+                        let n: &str = if upper(n) {
+                            next_owned.next().map_or("", String::as_str)
+                        } else {
+                            n
+                        };
+                        if !HOP_BY_HOP.contains(&n) {
+                            fields.push((n, v));
+                        }
+                    }
                     let (wire, done, pull) = match body {
                         HeadBody::Empty => (Body::Empty, true, None),
                         HeadBody::Full(b) => (Body::Full(b), true, None),
@@ -599,7 +701,7 @@ impl H2Session {
     }
     fn close(mut self, ctx: &mut WorkerCtx) {
         for (id, mut s) in std::mem::take(&mut self.streams) {
-            if let Some((ex, _)) = s.exchange.take() {
+            if let Some((ex, _)) = s.exchange.take().map(|b| *b) {
                 ex.abort();
             }
             if s.remote && !s.request_done && !ctx.jobs.is_empty() {
@@ -1051,6 +1153,57 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    /// `/full` whole, `/chunks` as a pulled stream of pieces.
+    struct FullOrChunks;
+    impl Service for FullOrChunks {
+        fn call(&self, req: Request) -> Response {
+            if req.path() == "/chunks" {
+                let pieces = vec![
+                    Bytes::from_static(b"one "),
+                    Bytes::from_static(b"two "),
+                    Bytes::from_static(b"three"),
+                ];
+                Response::new(200).body(crate::service::Body::Chunked(Box::new(pieces.into_iter())))
+            } else {
+                Response::text(200, format!("full {}", req.path()))
+            }
+        }
+    }
+
+    #[test]
+    fn h2_bodyless_requests_are_answered_inline_and_leave_no_state() {
+        let mut c = ctx();
+        c.service = Arc::new(FullOrChunks);
+        let mut s = HttpAuto::open(&mut c, &Arc::new(()), info(), 1, Instant::ZERO).unwrap();
+        let mut cl = client();
+        for path in ["/full", "/chunks", "/bad path", "/full"] {
+            let head = ferry_http2::RequestHead::new("GET", "http", "x", path);
+            cl.send_request(&head, Body::Empty).unwrap();
+        }
+        s.input().extend_from_slice(&client_out(&mut cl));
+        s.process(&mut c, Instant::ZERO);
+        let mut done = Vec::new();
+        for _ in 0..10 {
+            responses(&mut cl, &drain(&mut s, &c), &mut done);
+            s.input().extend_from_slice(&client_out(&mut cl));
+            s.process(&mut c, Instant::ZERO);
+        }
+        done.sort();
+        assert_eq!(
+            done,
+            [
+                (1, 200, "full /full".to_string()),
+                (3, 200, "one two three".to_string()),
+                (5, 400, "bad request\n".to_string()),
+                (7, 200, "full /full".to_string()),
+            ]
+        );
+        let Mode::H2(h2) = &s.mode else {
+            panic!("not h2")
+        };
+        assert!(h2.streams.is_empty(), "{:?}", h2.streams.len());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! stream map, flow control, priority scheduling and output. The public types add the
 //! role-specific commands.
 
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeSet, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -17,6 +17,7 @@ use crate::frame::{
 use crate::hpack::{Decoder, Encoder, Field};
 use crate::message::{self, Priority, Request};
 use crate::stream::{Recv, RecvFlow, Send, State, Violation, Window};
+use crate::streams::StreamMap;
 use crate::{Config, Error, Event, FrameError, HpackError, Reason, SendError};
 
 /// The client connection preface (RFC 9113 §3.4).
@@ -151,7 +152,7 @@ pub(crate) struct Conn {
     dec: Decoder,
     enc: Encoder,
     hbuf: BytesMut,
-    pub(crate) streams: BTreeMap<u32, Stream>,
+    pub(crate) streams: StreamMap<Stream>,
     /// Highest stream id the peer opened (or promised, on a client).
     pub(crate) last_peer_stream: u32,
     /// Next id we open (client requests: odd; server pushes: even).
@@ -213,7 +214,7 @@ impl Conn {
             dec: Decoder::new(cfg.header_table_size as usize),
             enc: Encoder::new(cfg.header_table_size as usize),
             hbuf: BytesMut::new(),
-            streams: BTreeMap::new(),
+            streams: StreamMap::new(),
             last_peer_stream: 0,
             next_local_stream: if role == Role::Client { 1 } else { 2 },
             peer_active: 0,
@@ -773,7 +774,8 @@ impl Conn {
         self_dependent: bool,
         promised: Option<StreamId>,
     ) -> Result<(), Error> {
-        let mut fields = Vec::new();
+        // Room for a typical request's fields up front (one allocation, no regrowth).
+        let mut fields = Vec::with_capacity(12);
         let too_large =
             match self
                 .dec
@@ -886,7 +888,7 @@ impl Conn {
             },
             true,
         );
-        s.head_response = request.method() == "HEAD";
+        s.head_response = request.method_bytes() == b"HEAD";
         s.expect_len = request.content_length;
         s.priority = request.priority;
         if end_stream && matches!(s.expect_len, Some(l) if l != 0) {
@@ -992,7 +994,7 @@ impl Conn {
         }
         let mut s = self.new_stream(State::ReservedRemote, true);
         s.head_sent = true;
-        s.head_request = request.method() == "HEAD";
+        s.head_request = request.method_bytes() == b"HEAD";
         self.insert_stream(p, s);
         self.events.push_back(Event::PushPromise {
             id,
@@ -1339,16 +1341,30 @@ impl Conn {
         fields: &[(&[u8], &[u8])],
         end_stream: bool,
     ) {
-        let mut block = core::mem::take(&mut self.hbuf);
-        block.clear();
-        self.enc.encode(
-            pseudo.iter().map(|&(n, v)| (n, v, false)).chain(
+        let all: Block<'_> = pseudo
+            .iter()
+            .map(|&(n, v)| (n, v, false))
+            .chain(
                 fields
                     .iter()
                     .map(|&(n, v)| (n, v, message::is_sensitive(n))),
-            ),
-            &mut block,
-        );
+            )
+            .collect();
+        self.write_block(id, &all, end_stream);
+    }
+
+    /// Encode `fields` (name, value, sensitive; pseudo-fields first) and write HEADERS
+    /// (+ CONTINUATION) frames now.
+    pub(crate) fn write_block(
+        &mut self,
+        id: StreamId,
+        fields: &[(&[u8], &[u8], bool)],
+        end_stream: bool,
+    ) {
+        let mut block = core::mem::take(&mut self.hbuf);
+        block.clear();
+        // Responses repeat their heads: the memo skips re-encoding an identical one.
+        self.enc.encode_memo(fields, &mut block);
         let max = self.peer.max_frame_size as usize;
         frame::emit_block(&mut self.wbuf, id, &block, max, 0, |d, n, end| {
             Headers {
@@ -1460,6 +1476,32 @@ impl Conn {
             .ok_or(SendError::UnknownStream)?;
         if !s.head_sent || s.end_queued || s.trailers.is_some() || !s.state.can_send() {
             return Err(SendError::InvalidState);
+        }
+        // A whole small body (the usual response) whose windows allow it, with no other
+        // stream waiting to send: one DATA frame now, no queueing and scheduling round trip.
+        let n = data.len();
+        if unbounded
+            && end
+            && n > 0
+            && s.queue.is_empty()
+            && s.key.is_none()
+            && self.ready.is_empty()
+            && n <= self.peer.max_frame_size as usize
+            && n <= s.send.available()
+            && n <= self.conn_send.available()
+        {
+            let _ = s.send.consume(n);
+            let _ = self.conn_send.consume(n);
+            s.end_queued = true;
+            s.state = s.state.send(Send::Data(true)).unwrap_or(State::Closed);
+            FrameHeader::new(Kind::Data, flags::END_STREAM, id, n as u32).emit(&mut self.wbuf);
+            if n >= ZERO_COPY_MIN {
+                self.push_chunk(data);
+            } else {
+                self.wbuf.extend_from_slice(&data);
+            }
+            self.maybe_close(id.get());
+            return Ok(());
         }
         if !unbounded && !data.is_empty() && (s.queued >= max_stream || total >= max_conn) {
             s.want_ready = true;
@@ -1736,6 +1778,9 @@ pub(crate) fn own_fields(fields: &[(&str, &[u8])]) -> Result<Vec<(Bytes, Bytes)>
         })
         .collect())
 }
+
+/// A field block to encode: `(name, value, sensitive)`, inline for typical heads.
+pub(crate) type Block<'a> = smallvec::SmallVec<[(&'a [u8], &'a [u8], bool); 12]>;
 
 /// Fields as byte pairs, inline for typical heads.
 pub(crate) type Pairs<'a> = smallvec::SmallVec<[(&'a [u8], &'a [u8]); 12]>;

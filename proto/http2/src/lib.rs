@@ -85,6 +85,7 @@ pub mod hpack;
 mod message;
 mod server;
 pub mod stream;
+mod streams;
 
 pub use client::{ClientConnection, RequestHead};
 pub use config::Config;

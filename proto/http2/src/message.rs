@@ -143,6 +143,18 @@ impl Request {
     pub fn method(&self) -> &str {
         as_str(&self.method)
     }
+    /// `:method` as received (a validated field value; no UTF-8 check).
+    pub fn method_bytes(&self) -> &[u8] {
+        &self.method
+    }
+    /// `:authority` as received.
+    pub fn authority_bytes(&self) -> Option<&[u8]> {
+        self.authority.as_deref()
+    }
+    /// `:path` as received (`b""` when absent).
+    pub fn path_bytes(&self) -> &[u8] {
+        self.path.as_deref().unwrap_or(b"")
+    }
     /// `:scheme` (absent for CONNECT).
     pub fn scheme(&self) -> Option<&str> {
         self.scheme.as_ref().map(as_str)

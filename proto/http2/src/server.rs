@@ -6,8 +6,9 @@ use bytes::{Bytes, BytesMut};
 use ferry_proto::{
     Connection, Instant, Lifecycle, Multiplexing, ProtocolInfo, State as Life, TlsRequirement,
 };
+use smallvec::SmallVec;
 
-use crate::conn::{as_pairs, own_fields, Conn, Pairs, Role};
+use crate::conn::{as_pairs, own_fields, Block, Conn, Pairs, Role};
 use crate::frame::{Settings, StreamId};
 use crate::hpack::Field;
 use crate::message::{self, Priority};
@@ -163,6 +164,12 @@ impl ServerConnection {
         self.conn.error
     }
 
+    /// The event [`poll_event`](Connection::poll_event) returns next, without taking it
+    /// (e.g. to see whether a request's `End` follows its head at once).
+    pub fn peek_event(&self) -> Option<&Event> {
+        self.conn.events.front()
+    }
+
     /// Streams currently open (not closed or reset).
     pub fn open_streams(&self) -> usize {
         self.conn.stream_count()
@@ -226,27 +233,29 @@ impl ServerConnection {
         }
         self.check_head(id, fields)?;
         let st = status_bytes(status);
-        let mut cl = itoa_buf(0);
-        let mut pairs: Pairs<'_> = as_pairs(fields).collect();
         let (mut end, mut data) = match body {
             Body::Empty => (true, None),
             Body::Full(b) if b.is_empty() => (true, None),
-            Body::Full(b) => {
-                cl = itoa_buf(b.len() as u64);
-                (false, Some(b))
-            }
+            Body::Full(b) => (false, Some(b)),
             Body::Streaming => (false, None),
         };
-        if data.is_some() && !fields.iter().any(|(n, _)| *n == "content-length") {
-            pairs.push((b"content-length", cl.as_slice()));
+        let cl = itoa_buf(data.as_ref().map_or(0, |b| b.len() as u64));
+        let mut all: Block<'_> = SmallVec::new();
+        all.push((b":status", &st, false));
+        let mut has_cl = false;
+        for (n, v) in fields {
+            has_cl |= *n == "content-length";
+            all.push((n.as_bytes(), v, message::is_sensitive(n.as_bytes())));
+        }
+        if data.is_some() && !has_cl {
+            all.push((b"content-length", cl.as_slice(), false));
         }
         if self.conn.stream(id).is_some_and(|s| s.head_response) {
             // A response to HEAD has no content (RFC 9110 §9.3.2); content-length stays.
             end = true;
             data = None;
         }
-        self.conn
-            .write_headers(id, &[(b":status", &st)], &pairs, end);
+        self.conn.write_block(id, &all, end);
         self.conn.sent_headers(id.get(), end);
         if let Some(b) = data {
             self.conn.queue_data_unbounded(id, b, true)?;

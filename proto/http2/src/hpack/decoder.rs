@@ -11,6 +11,7 @@
 //! +---+---+---+---+---+---+---+---+
 //! ```
 
+use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
 
 use super::table::{DynamicTable, Entry, STATIC_LEN, STATIC_TABLE};
@@ -24,7 +25,22 @@ pub struct Decoder {
     /// The largest size the peer may set (our SETTINGS_HEADER_TABLE_SIZE).
     max_allowed: usize,
     scratch: BytesMut,
+    memo: Memo,
 }
+
+/// The last block that held indexed fields only, and what it decoded to: while the table is
+/// unchanged the same octets decode to the same fields (clients repeat their request heads, and
+/// after the first request most of them are fully indexed).
+#[derive(Debug, Default)]
+struct Memo {
+    valid: bool,
+    block: Vec<u8>,
+    fields: Vec<Field>,
+    list: usize,
+}
+
+/// Blocks longer than this are not remembered.
+const MEMO_MAX: usize = 64;
 
 impl Decoder {
     /// A decoder whose table may grow to `max_allowed` octets (SETTINGS_HEADER_TABLE_SIZE we
@@ -34,6 +50,7 @@ impl Decoder {
             table: DynamicTable::new(max_allowed),
             max_allowed,
             scratch: BytesMut::new(),
+            memo: Memo::default(),
         }
     }
 
@@ -46,6 +63,7 @@ impl Decoder {
     /// signals a size update).
     pub fn set_max_allowed(&mut self, max: usize) {
         self.max_allowed = max;
+        self.memo.valid = false;
         if self.table.max_size() > max {
             self.table.set_max_size(max);
         }
@@ -64,10 +82,20 @@ impl Decoder {
         mut emit: impl FnMut(Field),
     ) -> Result<(), HpackError> {
         let src = &block[..];
+        if self.memo.valid && self.memo.block[..] == *src && self.memo.list <= max_list_size {
+            for f in &self.memo.fields {
+                emit(f.clone());
+            }
+            return Ok(());
+        }
+        let mut all_indexed = src.len() <= MEMO_MAX;
         let mut pos = 0;
         let mut list = 0usize;
         let mut over = false;
         let mut fields_seen = false;
+        // Whether `memo.fields` was reset for this block (it collects the block's fields while
+        // every representation so far is indexed).
+        let mut stored = false;
         // One allocation per block for every Huffman-coded string in it (they expand by at
         // most 8/5); each decoded string is then split off this buffer.
         self.scratch.reserve(src.len() * 2);
@@ -77,6 +105,8 @@ impl Decoder {
                 let idx = decode_int(src, &mut pos, 7)?;
                 self.get(idx)?
             } else if b & 0x40 != 0 {
+                all_indexed = false;
+                self.memo.valid = false;
                 let f = self.literal(block, &mut pos, 6, false)?;
                 self.table.insert(Entry {
                     name: f.name.clone(),
@@ -91,9 +121,12 @@ impl Decoder {
                 if size > self.max_allowed {
                     return Err(HpackError::InvalidSizeUpdate);
                 }
+                all_indexed = false;
+                self.memo.valid = false;
                 self.table.set_max_size(size);
                 continue;
             } else {
+                all_indexed = false;
                 let never = b & 0x10 != 0;
                 self.literal(block, &mut pos, 4, never)?
             };
@@ -103,12 +136,26 @@ impl Decoder {
                 if list > max_list_size {
                     over = true;
                 } else {
+                    if all_indexed {
+                        if !stored {
+                            self.memo.valid = false;
+                            self.memo.fields.clear();
+                            stored = true;
+                        }
+                        self.memo.fields.push(field.clone());
+                    }
                     emit(field);
                 }
             }
         }
         if over {
             return Err(HpackError::HeaderListTooLarge);
+        }
+        if all_indexed && fields_seen {
+            self.memo.block.clear();
+            self.memo.block.extend_from_slice(src);
+            self.memo.list = list;
+            self.memo.valid = true;
         }
         Ok(())
     }

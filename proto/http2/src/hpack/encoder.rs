@@ -296,7 +296,59 @@ pub struct Encoder {
     /// Smallest size set since the last block, and the final one (§4.2: both are signalled).
     pending: Option<(usize, usize)>,
     huffman: bool,
+    memo: Memo,
 }
+
+/// The last block [`Encoder::encode_memo`] produced without touching the table, and its input.
+#[derive(Debug, Default)]
+struct Memo {
+    /// `table.next` when it was made: any insertion since renumbers or evicts entries.
+    next: u32,
+    valid: bool,
+    /// Name and value lengths and the sensitive flag of each field.
+    lens: Vec<(u32, u32, bool)>,
+    /// The fields' names and values back to back.
+    octets: Vec<u8>,
+    block: Vec<u8>,
+}
+
+impl Memo {
+    fn matches(&self, fields: &[(&[u8], &[u8], bool)], next: u32) -> bool {
+        if !self.valid || self.next != next || self.lens.len() != fields.len() {
+            return false;
+        }
+        let mut at = 0;
+        for (&(nl, vl, sens), &(n, v, s)) in self.lens.iter().zip(fields) {
+            let (nl, vl) = (nl as usize, vl as usize);
+            if nl != n.len() || vl != v.len() || sens != s {
+                return false;
+            }
+            if !same(&self.octets[at..at + nl], n) || !same(&self.octets[at + nl..at + nl + vl], v)
+            {
+                return false;
+            }
+            at += nl + vl;
+        }
+        true
+    }
+
+    fn store(&mut self, fields: &[(&[u8], &[u8], bool)], next: u32, block: &[u8]) {
+        self.lens.clear();
+        self.octets.clear();
+        for &(n, v, s) in fields {
+            self.lens.push((n.len() as u32, v.len() as u32, s));
+            self.octets.extend_from_slice(n);
+            self.octets.extend_from_slice(v);
+        }
+        self.block.clear();
+        self.block.extend_from_slice(block);
+        self.next = next;
+        self.valid = true;
+    }
+}
+
+/// Inputs larger than this are not remembered by [`Encoder::encode_memo`].
+const MEMO_MAX: usize = 512;
 
 impl Default for Encoder {
     fn default() -> Self {
@@ -314,12 +366,36 @@ impl Encoder {
             cap,
             pending,
             huffman: true,
+            memo: Memo::default(),
         }
     }
 
     /// Use Huffman coding when it is shorter (default), or never.
     pub fn set_huffman(&mut self, on: bool) {
         self.huffman = on;
+        self.memo.valid = false;
+    }
+
+    /// [`encode`](Self::encode), remembering the last block whose encoding left the table as
+    /// it was (every field found in it, never indexed, or too large to index): the same
+    /// fields again, with no entry inserted since by any block and no size change, are copied
+    /// from that memo instead of encoded. A server answering with the same head (status,
+    /// content type, length) encodes it once per connection.
+    pub fn encode_memo(&mut self, fields: &[(&[u8], &[u8], bool)], dst: &mut BytesMut) {
+        let next = self.table.next;
+        if self.pending.is_none() && self.memo.matches(fields, next) {
+            dst.extend_from_slice(&self.memo.block);
+            return;
+        }
+        let cacheable = self.pending.is_none();
+        let start = dst.len();
+        self.encode(fields.iter().copied(), dst);
+        let size: usize = fields.iter().map(|(n, v, _)| n.len() + v.len()).sum();
+        if cacheable && self.table.next == next && size <= MEMO_MAX {
+            self.memo.store(fields, next, &dst[start..]);
+        } else {
+            self.memo.valid = false;
+        }
     }
 
     /// A copy of the dynamic table as the peer's decoder will hold it (for tests and metrics;
@@ -343,6 +419,7 @@ impl Encoder {
             return;
         }
         self.table.set_max_size(size);
+        self.memo.valid = false;
         self.pending = Some(match self.pending {
             Some((lo, _)) => (lo.min(size), size),
             None => (size, size),
@@ -478,7 +555,7 @@ mod tests {
                     a.insert(&name, &value);
                     b.insert(Entry { name: Bytes::from(name), value: Bytes::from(value) });
                 }
-                let e = Encoder { table: core::mem::replace(&mut a, EncTable::new(0)), cap: 4096, pending: None, huffman: true };
+                let e = Encoder { table: core::mem::replace(&mut a, EncTable::new(0)), cap: 4096, pending: None, huffman: true, memo: Memo::default() };
                 prop_assert_eq!(snapshot(&e.table()), snapshot(&b));
                 prop_assert_eq!(e.table.size, b.size());
                 a = e.table;

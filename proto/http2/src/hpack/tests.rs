@@ -399,9 +399,79 @@ proptest! {
         }
     }
 
+    /// Blocks that repeat (the memos of `encode_memo` and of the decoder) interleaved with
+    /// blocks that insert, evict and resize: every block still decodes to its fields.
+    #[test]
+    fn memoized_blocks_stay_in_sync(blocks in proptest::collection::vec(
+        (proptest::collection::vec((0usize..6, 0usize..3, any::<bool>()), 0..6), 0usize..8), 1..40)) {
+        const NAMES: [&str; 6] = [":status", "content-type", "x-a", "x-b", "content-length", "authorization"];
+        const VALUES: [&str; 3] = ["200", "text/plain", "a-fairly-long-value-that-fills-the-small-table"];
+        let mut e = Encoder::new(4096);
+        let mut d = Decoder::new(4096);
+        for (fields, resize) in blocks {
+            if resize == 0 {
+                // The peer shrinks (then later grows) the table: a size update leads the block.
+                e.set_max_table_size(100);
+            } else if resize == 1 {
+                e.set_max_table_size(4096);
+            }
+            let list: Vec<(&[u8], &[u8], bool)> = fields
+                .iter()
+                .map(|&(n, v, s)| (NAMES[n].as_bytes(), VALUES[v].as_bytes(), s))
+                .collect();
+            for _ in 0..2 {
+                let mut dst = BytesMut::new();
+                e.encode_memo(&list, &mut dst);
+                let got = decode_all(&mut d, &dst);
+                let want: Vec<(Vec<u8>, Vec<u8>)> =
+                    list.iter().map(|(n, v, _)| (n.to_vec(), v.to_vec())).collect();
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(table_of(&e.table()), table_of(d.table()));
+            }
+        }
+    }
+
     #[test]
     fn garbage_never_panics(block in proptest::collection::vec(any::<u8>(), 0..200)) {
         let mut d = Decoder::new(4096);
         let _ = d.decode(&Bytes::from(block), 1 << 16, |_| {});
     }
+}
+
+#[test]
+fn decoder_memo_follows_the_table() {
+    let mut d = Decoder::new(4096);
+    // x-a: 1 inserted (index 62).
+    let mut first = alloc::vec![0x40, 3];
+    first.extend_from_slice(b"x-a");
+    first.extend_from_slice(&[1, b'1']);
+    decode_all(&mut d, &first);
+    let indexed = [0x82, 0xbe];
+    let a = pairs(&[(":method", "GET"), ("x-a", "1")]);
+    assert_eq!(decode_all(&mut d, &indexed), a);
+    assert_eq!(decode_all(&mut d, &indexed), a, "memo hit");
+    // A block that starts indexed and goes on with a literal must not leave a half memo.
+    let mut mixed = alloc::vec![0x82, 0x00, 1, b'y', 1, b'2'];
+    assert_eq!(
+        decode_all(&mut d, &mixed),
+        pairs(&[(":method", "GET"), ("y", "2")])
+    );
+    assert_eq!(decode_all(&mut d, &indexed), a);
+    // x-b: 2 inserted: index 62 now names it.
+    mixed.clear();
+    mixed.extend_from_slice(&[0x40, 3]);
+    mixed.extend_from_slice(b"x-b");
+    mixed.extend_from_slice(&[1, b'2']);
+    decode_all(&mut d, &mixed);
+    assert_eq!(
+        decode_all(&mut d, &indexed),
+        pairs(&[(":method", "GET"), ("x-b", "2")])
+    );
+    // A size update that empties the table: index 62 is gone.
+    assert!(d
+        .decode(&Bytes::from_static(&[0x20, 0xbe]), usize::MAX, |_| {})
+        .is_err());
+    assert!(d
+        .decode(&Bytes::from_static(&[0x82, 0xbe]), usize::MAX, |_| {})
+        .is_err());
 }
