@@ -857,8 +857,23 @@ fn chaos_upstream_killed_mid_load_breaker_opens_and_closes() {
         ],
     );
     let pid = ups[0].pid();
+    let logs: Vec<PathBuf> = ups.iter().map(|u| u.dir.join("access.log")).collect();
     let out = load(&w.a, "kill", 200, 10, Duration::from_secs(60), move |i| {
         if i == 50 {
+            // nginx logs a request after answering it: let the 55 requests answered so far
+            // (50 GETs, 5 POSTs) reach the logs first (bounded), or a SIGKILL in between
+            // loses a line and the POST check below would see an answered POST unlogged.
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(2) {
+                let lines: usize = logs
+                    .iter()
+                    .map(|l| std::fs::read_to_string(l).map_or(0, |t| t.lines().count()))
+                    .sum();
+                if lines >= 55 {
+                    break;
+                }
+                std::thread::sleep(ms(10));
+            }
             // SAFETY: kill of our own child's pid.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
