@@ -7,84 +7,31 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::{free_port, python, run, sha256, tmp_dir, Server};
 
-/// A throwaway nginx on loopback answering every request with what it saw.
-struct Nginx {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
+#[path = "support/nginx.rs"]
+mod support;
+use support::Nginx;
 
-impl Nginx {
-    fn start(name: &str) -> Nginx {
-        // Unique per call: the epoll and uring variants of a test run side by side.
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = tmp_dir("proxy-nginx", &format!("{name}-{n}"));
-        for _attempt in 0..5 {
-            let port = free_port();
-            let conf = format!(
-                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\n\
-                 error_log {dir}/error.log;\nevents {{ worker_connections 256; }}\n\
-                 http {{\n access_log off;\n client_body_temp_path {dir}/body;\n\
-                 proxy_temp_path {dir}/proxy;\n fastcgi_temp_path {dir}/fastcgi;\n\
-                 uwsgi_temp_path {dir}/uwsgi;\n scgi_temp_path {dir}/scgi;\n\
-                 keepalive_requests 100000;\n client_max_body_size 0;\n\
+/// An nginx upstream answering every request with what it saw (its port and the forwarded
+/// fields).
+fn upstream(name: &str) -> Nginx {
+    Nginx::start(
+        &format!("proxy-{name}"),
+        |port, _| {
+            format!(
+                " keepalive_requests 100000;\n client_max_body_size 0;\n\
                  server {{\n  listen 127.0.0.1:{port};\n\
                   location / {{ return 200 \"port=$server_port xff=$http_x_forwarded_for \
-                 tp=$http_traceparent secret=$http_x_secret via=$http_via\\n\"; }}\n }}\n}}\n",
-                dir = dir.display()
-            );
-            let conf_path = dir.join("nginx.conf");
-            std::fs::write(&conf_path, conf).unwrap();
-            let mut child = Command::new("nginx")
-                .args([
-                    "-p",
-                    dir.to_str().unwrap(),
-                    "-c",
-                    conf_path.to_str().unwrap(),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn nginx");
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Nginx { child, dir, port };
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("nginx did not start");
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+                 tp=$http_traceparent secret=$http_x_secret via=$http_via\\n\"; }}\n }}"
+            )
+        },
+        |_| {},
+    )
 }
 
 struct Proxy {
@@ -161,7 +108,7 @@ fn metric(text: &str, prefix: &str) -> Option<i64> {
 }
 
 fn get_keepalive_headers_round_robin(driver: &str) {
-    let (a, b) = (Nginx::start("a"), Nginx::start("b"));
+    let (a, b) = (upstream("a"), upstream("b"));
     let p = Proxy::start(driver, &[a.addr(), b.addr()], &[]);
     // Six requests on one kept-alive client connection.
     let url = p.url("/x");
@@ -266,7 +213,7 @@ fn post_large_streamed_body(driver: &str) {
 }
 
 fn killed_upstream_get_retried_post_not(driver: &str) {
-    let (a, mut b) = (Nginx::start("ka"), Nginx::start("kb"));
+    let (a, mut b) = (upstream("ka"), upstream("kb"));
     let p = Proxy::start(
         driver,
         &[a.addr(), b.addr()],
@@ -348,7 +295,7 @@ fn breaker_opens_and_metrics_show_it(driver: &str) {
 }
 
 fn health_checks_take_a_dead_upstream_out(driver: &str) {
-    let (a, mut b) = (Nginx::start("ha"), Nginx::start("hb"));
+    let (a, mut b) = (upstream("ha"), upstream("hb"));
     let p = Proxy::start(
         driver,
         &[a.addr(), b.addr()],
@@ -378,7 +325,7 @@ fn health_checks_take_a_dead_upstream_out(driver: &str) {
 }
 
 fn hash_balance_is_sticky(driver: &str) {
-    let (a, b) = (Nginx::start("sa"), Nginx::start("sb"));
+    let (a, b) = (upstream("sa"), upstream("sb"));
     let p = Proxy::start(driver, &[a.addr(), b.addr()], &["--balance", "hash"]);
     let mut seen = std::collections::HashSet::new();
     for k in 0..12 {
@@ -394,7 +341,7 @@ fn hash_balance_is_sticky(driver: &str) {
 }
 
 fn python_client_keepalive(driver: &str) {
-    let a = Nginx::start("py");
+    let a = upstream("py");
     let p = Proxy::start(driver, &[a.addr()], &[]);
     let script = format!(
         "import http.client\n\
@@ -427,7 +374,7 @@ fn bad_upstream_config_is_a_usage_error(_driver: &str) {
 }
 
 fn raw_pipelined_requests(driver: &str) {
-    let a = Nginx::start("pipe");
+    let a = upstream("pipe");
     let p = Proxy::start(driver, &[a.addr()], &[]);
     let mut s = TcpStream::connect(p.server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -749,7 +696,7 @@ fn sigterm_drains_and_exits() {
 /// Host-name upstreams: `localhost` resolves and serves; a name that does not resolve is
 /// taken out of rotation (and shown in `/metrics`) while the other keeps serving.
 fn hostname_upstreams(driver: &str) {
-    let a = Nginx::start("name");
+    let a = upstream("name");
     let p = Proxy::start(
         driver,
         &[
@@ -775,7 +722,7 @@ fn hostname_upstreams(driver: &str) {
 
 /// HEAD keeps the upstream's Content-Length and carries no body; the connection stays usable.
 fn head_keeps_content_length(driver: &str) {
-    let a = Nginx::start("head");
+    let a = upstream("head");
     let p = Proxy::start(driver, &[a.addr()], &[]);
     let mut s = TcpStream::connect(p.server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

@@ -3,9 +3,7 @@
 //! `keepalive_requests` close honoured by the reuse rules.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,101 +11,29 @@ use bytes::{Bytes, BytesMut};
 use ferry_http1::{client::Event, Body, ClientConfig, ClientConnection, Method, RequestId};
 use ferry_proto::{Connection, Instant};
 
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
+#[path = "../../../tests/support/nginx.rs"]
+mod support;
+use support::Nginx;
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn nginx_bin() -> &'static str {
-    if Path::new("/usr/sbin/nginx").exists() {
-        "/usr/sbin/nginx"
-    } else {
-        "nginx"
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// nginx serving a 1 MB binary, a gzip-able text file and `/hello`, closing each connection
+/// after 5 requests (`keepalive_requests 5`).
 fn start_nginx() -> Nginx {
-    for attempt in 0..10 {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "ferry-nginx-{}-{attempt}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(dir.join("html")).unwrap();
-        std::fs::create_dir_all(dir.join("logs")).unwrap();
-        let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(dir.join("html/big.bin"), &big).unwrap();
-        std::fs::write(dir.join("html/text.txt"), "line of text\n".repeat(2000)).unwrap();
-        let conf = format!(
-            r#"
-worker_processes 1;
-error_log {d}/logs/error.log;
-pid {d}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_requests 5;
-    gzip on;
-    gzip_types text/plain;
-    gzip_min_length 0;
-    server {{
-        listen 127.0.0.1:{port};
-        root {d}/html;
-        location = /hello {{ return 200 "hello from nginx\n"; }}
-    }}
-}}
-"#,
-            d = dir.display()
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(nginx_bin())
-            .args([
-                "-p",
-                &dir.display().to_string(),
-                "-c",
-                &dir.join("nginx.conf").display().to_string(),
-                "-g",
-                "daemon off;",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nginx is installed by scripts/test");
-        let mut n = Nginx { child, port, dir };
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return n;
-            }
-            if let Ok(Some(_)) = n.child.try_wait() {
-                break; // failed to bind: try another port
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = n.child.kill();
-    }
-    panic!("could not start nginx");
+    Nginx::start(
+        "h1",
+        |port, d| {
+            format!(
+                "    keepalive_requests 5;\n    gzip on;\n    gzip_types text/plain;\n    \
+                 gzip_min_length 0;\n    server {{\n        listen 127.0.0.1:{port};\n        \
+                 root {d}/html;\n        location = /hello {{ return 200 \"hello from nginx\\n\"; }}\n    }}"
+            )
+        },
+        |dir| {
+            std::fs::create_dir_all(dir.join("html")).unwrap();
+            let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+            std::fs::write(dir.join("html/big.bin"), &big).unwrap();
+            std::fs::write(dir.join("html/text.txt"), "line of text\n".repeat(2000)).unwrap();
+        },
+    )
 }
 
 /// What one response looked like.

@@ -4,9 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,93 +14,28 @@ use ferry_http2::{
 };
 use ferry_proto::{Connection, Instant};
 
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
+#[path = "../../../tests/support/nginx.rs"]
+mod support;
+use support::Nginx;
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
+/// nginx speaking h2c (`listen … http2`): a 1 MB static file, `/hello` and `/upload`.
 fn start_nginx() -> Nginx {
-    let bin = if Path::new("/usr/sbin/nginx").exists() {
-        "/usr/sbin/nginx"
-    } else {
-        "nginx"
-    };
-    for attempt in 0..10 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!(
-            "ferry-h2-nginx-{}-{attempt}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(dir.join("html")).unwrap();
-        std::fs::create_dir_all(dir.join("logs")).unwrap();
-        let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(dir.join("html/big.bin"), &big).unwrap();
-        let conf = format!(
-            r#"
-# One process: killing it on drop leaves no orphaned worker behind.
-master_process off;
-worker_processes 1;
-error_log {d}/logs/error.log;
-pid {d}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    client_max_body_size 10m;
-    server {{
-        listen 127.0.0.1:{port} http2;
-        root {d}/html;
-        location = /hello {{ return 200 "hello from nginx\n"; }}
-        location = /upload {{ client_body_buffer_size 2m; return 200 "uploaded\n"; }}
-    }}
-}}
-"#,
-            d = dir.display()
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(bin)
-            .args([
-                "-p",
-                &dir.display().to_string(),
-                "-c",
-                &dir.join("nginx.conf").display().to_string(),
-                "-g",
-                "daemon off;",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nginx is installed by scripts/install-test-deps");
-        let mut n = Nginx { child, port, dir };
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return n;
-            }
-            if let Ok(Some(_)) = n.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = n.child.kill();
-    }
-    panic!("could not start nginx");
+    Nginx::start(
+        "h2",
+        |port, d| {
+            format!(
+                "    client_max_body_size 10m;\n    server {{\n        \
+                 listen 127.0.0.1:{port} http2;\n        root {d}/html;\n        \
+                 location = /hello {{ return 200 \"hello from nginx\\n\"; }}\n        \
+                 location = /upload {{ client_body_buffer_size 2m; return 200 \"uploaded\\n\"; }}\n    }}"
+            )
+        },
+        |dir| {
+            std::fs::create_dir_all(dir.join("html")).unwrap();
+            let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+            std::fs::write(dir.join("html/big.bin"), &big).unwrap();
+        },
+    )
 }
 
 #[derive(Default, Debug)]
