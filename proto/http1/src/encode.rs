@@ -64,7 +64,8 @@ const fn tchar_table() -> [bool; 256] {
     }
     t
 }
-static TCHAR: [bool; 256] = tchar_table();
+/// RFC 9110 §5.6.2 `tchar` as a table (field names, methods, media types).
+pub(crate) static TCHAR: [bool; 256] = tchar_table();
 
 /// Whether `s` is a valid token (field name, method).
 pub fn is_token(s: &[u8]) -> bool {

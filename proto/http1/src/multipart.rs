@@ -937,7 +937,7 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 
 /// RFC 9110 §5.6.2 `tchar`.
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    crate::encode::TCHAR[b as usize]
 }
 
 #[cfg(test)]
