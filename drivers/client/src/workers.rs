@@ -8,12 +8,11 @@
 //! not yet in the very first `tick`, which runs before the worker's queues exist).
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_driver::{
-    Clock, DriverKind, EventFd, Launch, ListenAddr, Request, Response, ServerHandle, ServerOptions,
+    Clock, DriverKind, EventFd, Launch, Request, Response, ServerHandle, ServerOptions,
     Service, Session, Shutdown, Wake,
 };
 
@@ -46,7 +45,7 @@ impl Default for WorkerOptions {
     }
 }
 
-/// The listener's service (never called: nobody can reach the listener).
+/// The workers' service (never called: nothing is accepted).
 struct NoService;
 
 impl Service for NoService {
@@ -67,8 +66,7 @@ pub struct Workers {
 
 /// Start `opts.workers` I/O workers running sessions of type `S` with `shared`.
 ///
-/// The drivers serve a listener; these workers get a Unix socket whose path is removed at
-/// once, so nothing can connect to it (and [`Session::open`] should refuse anyway).
+/// The workers have no listener ([`Launch::outbound_only`]): [`Session::open`] is never called.
 pub fn start<S: Session>(opts: &WorkerOptions, shared: Arc<S::Shared>) -> io::Result<Workers> {
     let env = std::env::var("FERRY_DRIVER").ok();
     let kind = ferry_driver::select::resolve(opts.driver, env.as_deref())
@@ -88,16 +86,7 @@ pub fn start<S: Session>(opts: &WorkerOptions, shared: Arc<S::Shared>) -> io::Re
         read_chunk: opts.read_chunk.max(1024),
         ..ServerOptions::default()
     };
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "ferry-client-{}-{}.sock",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let launch = Launch::prepare(ListenAddr::Unix(path.clone()), so, Arc::new(NoService))
-        .map_err(|e| io::Error::other(e.to_string()));
-    let _ = std::fs::remove_file(&path);
-    let launch = launch?;
+    let launch = Launch::outbound_only(so, Arc::new(NoService))?;
     let clock = launch.workers[0].clock;
     let wakers = launch.workers.iter().map(|w| w.waker.clone()).collect();
     let shutdown = launch.shutdown.clone();

@@ -1,6 +1,8 @@
 //! What every driver's I/O workers share: options, the clock, the per-worker context and the
 //! launch plan (listeners bound, app workers started, metrics allocated).
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -182,7 +184,7 @@ impl WorkerCtx {
 pub struct Launch {
     /// The bound address (real port).
     pub local_addr: ListenAddr,
-    /// One listener per I/O worker.
+    /// One listener per I/O worker, or none ([`Launch::outbound_only`]).
     pub listeners: Vec<Listener>,
     /// One context per I/O worker.
     pub workers: Vec<WorkerCtx>,
@@ -214,6 +216,31 @@ impl Launch {
         let addr: ListenAddr = addr.into();
         let n = options.workers.max(1);
         let (listeners, local_addr) = bind(&addr, n, &options.listen)?;
+        Launch::with_listeners(local_addr, listeners, options, service).map_err(|source| {
+            BindError {
+                addr: addr.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Prepare `options.workers` I/O worker contexts with no listener: workers for sessions
+    /// that only open outbound connections ([`WorkerCtx::connect`]), such as a client's or a
+    /// load generator's. `local_addr` is the unspecified `0.0.0.0:0`; `service` is never
+    /// called by the drivers (nothing is accepted) but sessions may use it.
+    pub fn outbound_only(options: ServerOptions, service: Arc<dyn Service>) -> io::Result<Launch> {
+        let none = ListenAddr::Inet(SocketAddr::from(([0, 0, 0, 0], 0)));
+        Launch::with_listeners(none, Vec::new(), options, service)
+    }
+
+    /// Everything but binding: contexts, wakers, application workers.
+    fn with_listeners(
+        local_addr: ListenAddr,
+        listeners: Vec<Listener>,
+        options: ServerOptions,
+        service: Arc<dyn Service>,
+    ) -> io::Result<Launch> {
+        let n = options.workers.max(1);
         let clock = Clock::new();
         let mut http = options.http.clone();
         http.date_origin_unix_nanos = Some(clock.unix_origin_nanos());
@@ -227,11 +254,7 @@ impl Launch {
         let metrics: Vec<_> = (0..n).map(|_| Arc::new(WorkerMetrics::default())).collect();
         let wakers: Vec<_> = (0..n)
             .map(|_| EventFd::new().map(Arc::new))
-            .collect::<Result<_, _>>()
-            .map_err(|source| BindError {
-                addr: addr.clone(),
-                source,
-            })?;
+            .collect::<Result<_, _>>()?;
         for w in &wakers {
             shutdown.register(w.clone());
         }

@@ -163,7 +163,7 @@ pub fn spawn_workers<Sh: Send + Sync + 'static>(
     kind: DriverKind,
     prefix: &str,
     shared: Arc<Sh>,
-    run: fn(WorkerCtx, Listener, Arc<Sh>) -> io::Result<()>,
+    run: fn(WorkerCtx, Option<Listener>, Arc<Sh>) -> io::Result<()>,
 ) -> io::Result<ServerHandle> {
     let Launch {
         local_addr,
@@ -174,6 +174,8 @@ pub fn spawn_workers<Sh: Send + Sync + 'static>(
         app,
     } = launch;
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    // Workers with no listener (`Launch::outbound_only`) only open outbound connections.
+    let listeners = listeners.into_iter().map(Some).chain(std::iter::repeat_with(|| None));
     for (ctx, l) in workers.into_iter().zip(listeners) {
         let name = format!("{prefix}-{}", ctx.index);
         let shared = shared.clone();

@@ -184,26 +184,28 @@ struct Conn<S> {
 
 /// Run one I/O worker's HTTP loop on the calling thread until shutdown completes.
 pub fn run_worker(ctx: WorkerCtx, listener: Listener) -> io::Result<()> {
-    run_worker_with::<HttpSession>(ctx, listener, Arc::new(()))
+    run_worker_with::<HttpSession>(ctx, Some(listener), Arc::new(()))
 }
 
-/// Run one I/O worker's loop for protocol `S` on the calling thread until shutdown completes.
+/// Run one I/O worker's loop for protocol `S` on the calling thread until shutdown completes;
+/// with no `listener` the worker only carries outbound connections.
 pub fn run_worker_with<S: Session>(
     mut ctx: WorkerCtx,
-    listener: Listener,
+    listener: Option<Listener>,
     shared: Arc<S::Shared>,
 ) -> io::Result<()> {
     let mut poll = Poll::new()?;
-    let mut listener = Some(match listener {
-        Listener::Tcp(l) => {
+    let mut listener = match listener {
+        Some(Listener::Tcp(l)) => {
             l.set_nonblocking(true)?;
-            Acceptor::Tcp(TcpListener::from_std(l))
+            Some(Acceptor::Tcp(TcpListener::from_std(l)))
         }
-        Listener::Unix(l) => {
+        Some(Listener::Unix(l)) => {
             l.set_nonblocking(true)?;
-            Acceptor::Unix(UnixListener::from_std(l))
+            Some(Acceptor::Unix(UnixListener::from_std(l)))
         }
-    });
+        None => None,
+    };
     if let Some(l) = listener.as_mut() {
         poll.registry()
             .register(l.source(), LISTENER, Interest::READABLE)?;

@@ -453,13 +453,14 @@ impl Loop {
 /// If this thread cannot set up its ring (the probe in [`start`] passed, but e.g. a limit was
 /// reached since), the worker says so on stderr and runs the epoll loop instead.
 pub fn run_worker(ctx: WorkerCtx, listener: ferry_driver::Listener) -> io::Result<()> {
-    run_worker_with::<HttpSession>(ctx, listener, Arc::new(()))
+    run_worker_with::<HttpSession>(ctx, Some(listener), Arc::new(()))
 }
 
-/// Run one I/O worker's io_uring loop for protocol `S` (see [`run_worker`]).
+/// Run one I/O worker's io_uring loop for protocol `S` (see [`run_worker`]); with no
+/// `listener` the worker only carries outbound connections.
 pub fn run_worker_with<S: Session>(
     mut ctx: WorkerCtx,
-    listener: ferry_driver::Listener,
+    listener: Option<ferry_driver::Listener>,
     shared: Arc<S::Shared>,
 ) -> io::Result<()> {
     let setup = build_ring(1024).and_then(|ring| {
@@ -499,7 +500,7 @@ pub fn run_worker_with<S: Session>(
             return ferry_epoll::run_worker_with::<S>(ctx, listener, shared);
         }
     };
-    let mut listener: Option<OwnedFd> = Some(listener.into());
+    let mut listener: Option<OwnedFd> = listener.map(OwnedFd::from);
     let mut accept_armed = false;
     let mut accept_cancelling = false;
     let mut accept_paused_until: Option<Instant> = None;
