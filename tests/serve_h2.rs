@@ -184,73 +184,8 @@ fn ferry_bench_h2(driver: &str, extra: &[&str]) {
 /// route, two large `/echo` bodies at once (sha256 of what went and what came back), and
 /// request trailers (accepted: the body is echoed, the stream ends normally, no reset).
 const PY_H2_CLIENT: &str = r#"
-import hashlib, socket, sys
-import h2.config, h2.connection, h2.events
-
-host, port = sys.argv[1], int(sys.argv[2])
-s = socket.create_connection((host, port))
-s.settimeout(60)
-c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-c.initiate_connection()
-c.increment_flow_control_window(1 << 24)
-s.sendall(c.data_to_send())
-bodies, ended, trailers, status, heads, pending = {}, set(), {}, {}, {}, {}
-
-def start(method, path, body=None, trailer=None, headers=()):
-    sid = c.get_next_available_stream_id()
-    hdrs = [(':method', method), (':scheme', 'http'), (':authority', '%s:%d' % (host, port)),
-            (':path', path)] + list(headers)
-    c.send_headers(sid, hdrs, end_stream=body is None)
-    if body is not None:
-        pending[sid] = [memoryview(body), trailer]
-    bodies[sid] = bytearray()
-    return sid
-
-def pump_send():
-    for sid in list(pending):
-        buf, tr = pending[sid]
-        while len(buf):
-            w = min(c.local_flow_control_window(sid), c.max_outbound_frame_size, len(buf))
-            if w <= 0:
-                break
-            c.send_data(sid, bytes(buf[:w]))
-            buf = buf[w:]
-        pending[sid][0] = buf
-        if not len(buf):
-            if tr:
-                c.send_headers(sid, tr, end_stream=True)
-            else:
-                c.end_stream(sid)
-            del pending[sid]
-    out = c.data_to_send()
-    if out:
-        s.sendall(out)
-
-def run(ids):
-    for _ in range(1000000):
-        if all(i in ended for i in ids):
-            return
-        pump_send()
-        data = s.recv(1 << 16)
-        if not data:
-            raise SystemExit("server closed the connection")
-        for ev in c.receive_data(data):
-            if isinstance(ev, h2.events.ResponseReceived):
-                heads[ev.stream_id] = dict(ev.headers)
-                status[ev.stream_id] = heads[ev.stream_id][b':status']
-            elif isinstance(ev, h2.events.DataReceived):
-                bodies[ev.stream_id] += ev.data
-                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, h2.events.TrailersReceived):
-                trailers[ev.stream_id] = dict(ev.headers)
-            elif isinstance(ev, h2.events.StreamEnded):
-                ended.add(ev.stream_id)
-            elif isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
-                raise SystemExit("unexpected %r" % ev)
-        out = c.data_to_send()
-        if out:
-            s.sendall(out)
-    raise SystemExit("streams never ended")
+import hashlib
+from h2_client import *
 
 # The server's SETTINGS first (its stream limit).
 first = start('GET', '/')
@@ -312,19 +247,18 @@ assert status[t2] == b'200' and bytes(bodies[t2]) == b'x' * 70000, (status[t2], 
 n = start('GET', '/')
 run([n])
 assert status[n] == b'200' and bodies[n] == b'hello world\n'
-c.close_connection()
-s.sendall(c.data_to_send())
+finish()
 print("OK")
 "#;
 
 fn python_h2_client(driver: &str, extra: &[&str]) {
     let s = Server::start(driver, extra);
-    let out = run(Command::new(common::python()).args([
-        "-c",
-        PY_H2_CLIENT,
-        &s.addr.ip().to_string(),
-        &s.port(),
-    ]));
+    let out = run(Command::new(common::python())
+        .env(
+            "PYTHONPATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support"),
+        )
+        .args(["-c", PY_H2_CLIENT, &s.addr.ip().to_string(), &s.port()]));
     let text = String::from_utf8_lossy(&out.stdout);
     eprint!("{text}");
     assert_eq!(text.lines().last(), Some("OK"), "{text}");

@@ -219,68 +219,7 @@ fn h2load_get_and_post() {
 }
 
 const PY_CLIENT: &str = r#"
-import socket, sys
-import h2.connection, h2.events, h2.config
-
-host, port = sys.argv[1], int(sys.argv[2])
-s = socket.create_connection((host, port))
-s.settimeout(60)
-c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-c.initiate_connection()
-c.increment_flow_control_window(1 << 24)
-s.sendall(c.data_to_send())
-bodies, ended, trailers, status, pending = {}, set(), {}, {}, {}
-
-def start(method, path, body=None, trailer=None):
-    sid = c.get_next_available_stream_id()
-    hdrs = [(':method', method), (':scheme', 'http'), (':authority', '%s:%d' % (host, port)), (':path', path)]
-    c.send_headers(sid, hdrs, end_stream=body is None)
-    if body is not None:
-        pending[sid] = [memoryview(body), trailer]
-    bodies[sid] = bytearray()
-    return sid
-
-def pump_send():
-    for sid in list(pending):
-        buf, tr = pending[sid]
-        while len(buf):
-            w = min(c.local_flow_control_window(sid), c.max_outbound_frame_size, len(buf))
-            if w <= 0:
-                break
-            c.send_data(sid, bytes(buf[:w]))
-            buf = buf[w:]
-        pending[sid][0] = buf
-        if not len(buf):
-            if tr:
-                c.send_headers(sid, tr, end_stream=True)
-            else:
-                c.end_stream(sid)
-            del pending[sid]
-    out = c.data_to_send()
-    if out:
-        s.sendall(out)
-
-def run(ids):
-    while not all(i in ended for i in ids):
-        pump_send()
-        data = s.recv(1 << 16)
-        if not data:
-            raise SystemExit("server closed the connection")
-        for ev in c.receive_data(data):
-            if isinstance(ev, h2.events.ResponseReceived):
-                status[ev.stream_id] = dict(ev.headers)[b':status']
-            elif isinstance(ev, h2.events.DataReceived):
-                bodies[ev.stream_id] += ev.data
-                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, h2.events.TrailersReceived):
-                trailers[ev.stream_id] = dict(ev.headers)
-            elif isinstance(ev, h2.events.StreamEnded):
-                ended.add(ev.stream_id)
-            elif isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
-                raise SystemExit("unexpected %r" % ev)
-        out = c.data_to_send()
-        if out:
-            s.sendall(out)
+from h2_client import *
 
 # Many concurrent streams.
 ids = [start('GET', '/') for _ in range(80)]
@@ -301,8 +240,7 @@ assert trailers[t] == {b'x-checksum': b'abc', b'grpc-status': b'0'}, trailers
 n = start('GET', '/missing')
 run([n])
 assert status[n] == b'404'
-c.close_connection()
-s.sendall(c.data_to_send())
+finish()
 print("OK")
 "#;
 
@@ -311,6 +249,10 @@ fn python_h2_client() {
     let addr = start();
     let py = std::env::var("FERRY_PYTHON").unwrap_or_else(|_| "/work/main/.venv/bin/python".into());
     let out = Command::new(py)
+        .env(
+            "PYTHONPATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/support"),
+        )
         .arg("-c")
         .arg(PY_CLIENT)
         .arg(addr.ip().to_string())
