@@ -3,8 +3,6 @@
 //! `ferry_resp::ServerConnection`, run by the store, answered with `send_reply`, transmitted.
 //! GET allocates nothing; SET allocates only the stored copy of the value.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -13,29 +11,11 @@ use ferry_proto::{Connection, Instant};
 use ferry_resp::server::Event;
 use ferry_resp::{ServerConfig, ServerConnection};
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to `System` unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which is System's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+#[path = "../../../tests/support/count_alloc.rs"]
+mod count_alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: count_alloc::CountingAlloc = count_alloc::CountingAlloc;
 
 fn pipeline(cmd: &[u8], n: usize) -> Vec<u8> {
     cmd.repeat(n)
@@ -88,11 +68,12 @@ fn allocs_per_command(batch: &[u8], commands: usize, rounds: usize) -> f64 {
     for _ in 0..100 {
         assert!(run(&mut store) > 0);
     }
-    let a0 = ALLOCS.load(Relaxed);
-    for _ in 0..rounds {
-        run(&mut store);
-    }
-    (ALLOCS.load(Relaxed) - a0) as f64 / (rounds * commands) as f64
+    let ((), n) = count_alloc::counted(|| {
+        for _ in 0..rounds {
+            run(&mut store);
+        }
+    });
+    n as f64 / (rounds * commands) as f64
 }
 
 #[test]

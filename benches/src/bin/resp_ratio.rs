@@ -14,9 +14,7 @@
 //! instructions of the measured part alone; divide by BATCHES × commands per batch.
 //! Workloads: `set16 get16 set1 get1` (the fixed key redis-benchmark sends without `-r`)
 //! and `rset16 rget16` (keys `key:000000000000`…, 100 000 of them, as with `-r 100000`).
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -31,29 +29,11 @@ use ferry_proto::Instant;
 mod redis;
 
 /// Counts heap allocations (and reallocations).
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to `System` unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+#[path = "../../../tests/support/count_alloc.rs"]
+mod count_alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: count_alloc::CountingAlloc = count_alloc::CountingAlloc;
 
 struct Nothing;
 impl Service for Nothing {
@@ -319,10 +299,8 @@ fn calibrate(b: &mut Bench, target: Duration) -> u64 {
 
 fn allocs_per_command(b: &mut Bench) -> f64 {
     let batches = 2000;
-    let a0 = ALLOCS.load(Relaxed);
-    b.measured(batches);
-    let a1 = ALLOCS.load(Relaxed);
-    (a1 - a0) as f64 / (batches * b.commands()) as f64
+    let (_, n) = count_alloc::counted(|| b.measured(batches));
+    n as f64 / (batches * b.commands()) as f64
 }
 
 fn kind_from(name: &str) -> Kind {

@@ -6,11 +6,8 @@
 //!
 //! `cargo test -p ferry-http1 --test alloc -- --nocapture` prints the exact count.
 //! With `FERRY_ALLOC_TRACE=1` it also prints a backtrace for each of the first 20 allocations
-//! of the measured phase, to find where they come from.
+//! of the measured phase, to find where they come from (tests/support/count_alloc.rs).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -18,76 +15,11 @@ use ferry_http1::server::Event;
 use ferry_http1::{Body, ServerConfig, ServerConnection};
 use ferry_proto::{Connection, Instant};
 
-/// Counts allocations (`alloc`, `alloc_zeroed`, `realloc`) made on threads that turned counting
-/// on, and forwards everything to the system allocator.
-struct CountingAlloc;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-static TRACED: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Count allocations of this thread (only the measuring thread sets it, so the test
-    /// harness's own threads do not disturb the figure).
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    /// Set while a backtrace is being captured, whose own allocations must not recurse.
-    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
-}
-
-impl CountingAlloc {
-    fn record() {
-        // `try_with`: thread-locals may be gone while a thread exits; then nothing is counted.
-        if !COUNTING.try_with(Cell::get).unwrap_or(false) {
-            return;
-        }
-        if IN_TRACE.try_with(Cell::get).unwrap_or(true) {
-            return;
-        }
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        if std::env::var_os("FERRY_ALLOC_TRACE").is_some()
-            && TRACED.fetch_add(1, Ordering::Relaxed) < 20
-        {
-            IN_TRACE.with(|t| t.set(true));
-            eprintln!(
-                "allocation:\n{}",
-                std::backtrace::Backtrace::force_capture()
-            );
-            IN_TRACE.with(|t| t.set(false));
-        }
-    }
-}
-
-// SAFETY: every method forwards to `System` with the arguments it was given, so the
-// `GlobalAlloc` contract (valid layouts, pointers from this allocator, matching layouts on
-// dealloc/realloc) carries over unchanged; the bookkeeping around it touches only atomics and
-// `const`-initialised thread-locals without destructors, which never allocate themselves.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        Self::record();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract for `layout`.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        Self::record();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` (through this allocator) with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        Self::record();
-        // SAFETY: `ptr` was allocated by `System` with `layout`; the caller upholds the
-        // `new_size` requirements of `GlobalAlloc::realloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "../../../tests/support/count_alloc.rs"]
+mod count_alloc;
 
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: count_alloc::CountingAlloc = count_alloc::CountingAlloc;
 
 /// A typical browser navigation request (~450 bytes, 13 header fields); the same bytes as
 /// `benches/src/lib.rs`.
@@ -154,25 +86,16 @@ fn no_allocation_per_request_once_warm() {
         assert!(exchange(&mut conn, &mut input, now) > 0);
     }
 
-    COUNTING.with(|c| c.set(true));
-    // The counter works: one box, one allocation.
-    let probe = ALLOCATIONS.load(Ordering::Relaxed);
-    drop(std::hint::black_box(Box::new(7u64)));
-    assert_eq!(
-        ALLOCATIONS.load(Ordering::Relaxed) - probe,
-        1,
-        "the counting allocator counts"
-    );
-
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    let mut sent = 0;
-    for _ in 0..MEASURED {
-        // 1 ms per request: the `Date` field changes every 1000 requests.
-        now += std::time::Duration::from_millis(1);
-        sent += exchange(&mut conn, &mut input, now);
-    }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
-    COUNTING.with(|c| c.set(false));
+    count_alloc::assert_counting();
+    let (sent, allocations) = count_alloc::counted(|| {
+        let mut sent = 0;
+        for _ in 0..MEASURED {
+            // 1 ms per request: the `Date` field changes every 1000 requests.
+            now += std::time::Duration::from_millis(1);
+            sent += exchange(&mut conn, &mut input, now);
+        }
+        sent
+    });
 
     assert!(sent > MEASURED * 100, "responses were sent");
     assert_eq!(conn.requests(), (WARMUP + MEASURED) as u64);
@@ -226,15 +149,9 @@ fn pipelined(
     sent
 }
 
-/// Allocations made by `run` on this thread (the counter is per thread, so tests running in
-/// parallel do not disturb each other).
+/// Allocations made by `run` on this thread.
 fn count_allocations(run: impl FnOnce()) -> usize {
-    COUNTING.with(|c| c.set(true));
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    run();
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(false));
-    after - before
+    count_alloc::counted(run).1
 }
 
 /// The same for pipelined batches of 16, with the browser request and with one whose 30

@@ -5,63 +5,17 @@
 //!
 //! `cargo test -p ferry-http2 --test alloc -- --nocapture` prints the exact count.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_http2::{Body, Config, Event, ServerConnection, PREFACE};
 use ferry_proto::{Connection, Instant};
 
-/// Counts allocations (`alloc`, `alloc_zeroed`, `realloc`) made on threads that turned counting
-/// on, and forwards everything to the system allocator.
-struct CountingAlloc;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Count allocations of this thread only (not the test harness's).
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn record() {
-    // `try_with`: thread-locals may be gone while a thread exits; then nothing is counted.
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the arguments it was given, so the
-// `GlobalAlloc` contract carries over unchanged; the bookkeeping touches only an atomic and a
-// `const`-initialised thread-local without destructor, which never allocate.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        record();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract for `layout`.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        record();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` (through this allocator) with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        record();
-        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "../../../tests/support/count_alloc.rs"]
+mod count_alloc;
 
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: count_alloc::CountingAlloc = count_alloc::CountingAlloc;
 
 fn frame_head(out: &mut BytesMut, len: usize, kind: u8, flags: u8, id: u32) {
     out.put_uint(len as u64, 3);
@@ -128,14 +82,14 @@ fn allocations_per_request_stay_low() {
         );
     }
     const BATCHES: usize = 500;
-    ALLOCATIONS.store(0, Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    let mut answered = 0;
-    for _ in 0..BATCHES {
-        answered += run_batch(&mut conn, &mut input, &mut next);
-    }
-    COUNTING.with(|c| c.set(false));
-    let n = ALLOCATIONS.load(Ordering::Relaxed);
+    count_alloc::assert_counting();
+    let (answered, n) = count_alloc::counted(|| {
+        let mut answered = 0;
+        for _ in 0..BATCHES {
+            answered += run_batch(&mut conn, &mut input, &mut next);
+        }
+        answered
+    });
     assert_eq!(answered, BATCHES * STREAMS as usize);
     let per = n as f64 / answered as f64;
     println!("{n} allocations for {answered} requests ({per:.2} per request)");
