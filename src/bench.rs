@@ -1,5 +1,5 @@
 //! `ferry bench URL`: an HTTP/1.1 load generator on our own client state machine
-//! (`ferry_http1::ClientConnection`) and an edge-triggered mio loop per thread.
+//! (`ferry_http1::ClientConnection`) on Ferry's own I/O workers (see [`crate::load`]).
 //!
 //! Each thread owns a share of the connections; each connection keeps `pipeline` requests in
 //! flight. Latency is measured per request from the moment its bytes are queued to the end of

@@ -1,6 +1,6 @@
 //! `ferry bench redis://HOST:PORT`: a Redis load generator on our own RESP client state
-//! machine (`ferry_resp::ClientConnection`) and the same edge-triggered mio loop shape as the
-//! HTTP bench. Tests run one after the other (like redis-benchmark `-t`); each sends
+//! machine (`ferry_resp::ClientConnection`) on the same load loop as the HTTP bench
+//! ([`crate::load`]). Tests run one after the other (like redis-benchmark `-t`); each sends
 //! `--requests` commands (or runs for `--duration`) over `-c` connections with `-P` commands
 //! in flight per connection. An error reply (`-ERR …`) or a broken connection counts as an
 //! error.

@@ -4,16 +4,14 @@
 //! completed requests (like wrk); a count run (`-n`) hands out requests from a shared budget
 //! and gives back the ones a dead connection lost.
 //!
-//! Two loops carry the connections (see [`run`]): a private edge-triggered mio loop per thread
-//! (the default: reads until a short read, no extra `EAGAIN` round trip, one vectored write
-//! per connection and wake-up), or Ferry's own I/O workers (`ferry_client::workers`: io_uring
-//! or epoll) with one outbound session per connection (`FERRY_BENCH_LOOP=driver`).
+//! The connections run on Ferry's own I/O workers (`ferry_client::workers`: io_uring or epoll,
+//! as `FERRY_DRIVER` or auto-selection picks), one outbound session per connection.
 //!
 //! A protocol plugs in as a [`LoadProto`]: a client state machine plus the one request it
 //! repeats.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, IsTerminal, Read, Write};
+use std::io::{self, IoSlice, IsTerminal};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,8 +21,6 @@ use bytes::{Bytes, BytesMut};
 use ferry_client::workers::WorkerOptions;
 use ferry_driver::{ConnInfo, OutQueue, Session, WorkerCtx};
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
 
 /// What a run measured.
 pub struct BenchResult {
@@ -184,26 +180,10 @@ pub fn now(clock: Instant) -> ferry_proto::Instant {
 }
 
 /// Run `plan` with a connection state machine from `make` (called with the current time for
-/// every new connection, including reconnects).
-///
-/// Two loops carry the load: the private mio loop (the default), and Ferry's own drivers
-/// through `ferry_client::workers` with `FERRY_BENCH_LOOP=driver` (io_uring or epoll as
-/// `FERRY_DRIVER` or auto-selection picks). The driver loop is faster with one request in
-/// flight per connection and slower with deep pipelines and h2 streams on this machine (see
-/// the ferry-client report), so the mio loop stays the default for now.
+/// every new connection, including reconnects) on Ferry's own I/O workers
+/// (`ferry_client::workers`: io_uring or epoll as `FERRY_DRIVER` or auto-selection picks),
+/// `plan.threads` of them, one outbound session per connection.
 pub fn run<P, F>(plan: LoadPlan, make: F) -> Result<BenchResult, String>
-where
-    P: LoadProto + Send + 'static,
-    F: Fn(ferry_proto::Instant) -> P + Send + Sync + 'static,
-{
-    match std::env::var("FERRY_BENCH_LOOP").as_deref() {
-        Ok("driver") => run_driver(plan, make),
-        _ => run_mio(plan, make),
-    }
-}
-
-/// The driver loop: `plan.threads` I/O workers, one outbound session per connection.
-fn run_driver<P, F>(plan: LoadPlan, make: F) -> Result<BenchResult, String>
 where
     P: LoadProto + Send + 'static,
     F: Fn(ferry_proto::Instant) -> P + Send + Sync + 'static,
@@ -529,305 +509,6 @@ impl<P: LoadProto + Send + 'static> Session for LoadConn<P> {
         // Reconnect (the loss was counted as an error) unless the run is over.
         if !over && !s.all_taken() && s.fatal_error().is_none() {
             ctx.connect(s.plan.addr, 0);
-        }
-    }
-}
-
-/// The private mio loop: one thread per `plan.threads`, each an edge-triggered mio loop over
-/// its share of the connections, reading until a short read (no extra `EAGAIN` round trip).
-fn run_mio<P, F>(plan: LoadPlan, make: F) -> Result<BenchResult, String>
-where
-    P: LoadProto + Send + 'static,
-    F: Fn(ferry_proto::Instant) -> P + Send + Sync + 'static,
-{
-    let threads = plan.threads.clamp(1, plan.connections.max(1));
-    let shared = Arc::new(Shared::new(plan, threads, Box::new(make))?);
-    let start = shared.start;
-    let mut handles = Vec::new();
-    for n in shared.per_worker.clone() {
-        let s = shared.clone();
-        handles.push(std::thread::spawn(move || worker(&s, n, start)));
-    }
-    let tty = shared.plan.progress && io::stderr().is_terminal();
-    let deadline = start + shared.plan.duration;
-    let mut last = (start, 0u64);
-    while !handles.iter().all(|h| h.is_finished()) {
-        let t = Instant::now();
-        if !shared.limited() && t >= deadline {
-            shared.stop.store(true, Ordering::Relaxed);
-        }
-        if tty && t.duration_since(last.0) >= Duration::from_secs(1) {
-            let done = shared.done.load(Ordering::Relaxed);
-            let rate = (done - last.1) as f64 / t.duration_since(last.0).as_secs_f64();
-            let secs = t.duration_since(start).as_secs_f64();
-            eprint!("\r{secs:>5.1}s {done:>10} requests {rate:>12.0} req/s ");
-            last = (t, done);
-        }
-        let left = deadline.saturating_duration_since(t);
-        let nap = if shared.limited() || left.is_zero() {
-            Duration::from_millis(20)
-        } else {
-            left
-        };
-        std::thread::sleep(nap.min(Duration::from_millis(20)));
-    }
-    if tty {
-        eprintln!();
-    }
-    let elapsed = start.elapsed();
-    let mut total = BenchResult {
-        requests: 0,
-        errors: 0,
-        bytes: 0,
-        elapsed,
-        hist: Histogram::<u64>::new(3).map_err(|e| e.to_string())?,
-    };
-    for h in handles {
-        let r = h
-            .join()
-            .map_err(|_| "a bench thread panicked".to_string())??;
-        total.requests += r.requests;
-        total.errors += r.errors;
-        total.bytes += r.bytes;
-        total.hist.add(&r.hist).map_err(|e| e.to_string())?;
-    }
-    Ok(total)
-}
-
-struct Client<P> {
-    stream: TcpStream,
-    conn: P,
-    input: BytesMut,
-    out: VecDeque<Bytes>,
-    started: VecDeque<(u64, Instant)>,
-    readable: bool,
-    /// The peer closed or the socket failed: read until 0 or an error, not just a short read.
-    hup: bool,
-    writable: bool,
-    dead: bool,
-    draining: bool,
-}
-
-fn connect<P>(addr: SocketAddr, poll: &Poll, token: usize, conn: P) -> io::Result<Client<P>> {
-    let std = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    std.set_nodelay(true)?;
-    std.set_nonblocking(true)?;
-    let mut stream = TcpStream::from_std(std);
-    poll.registry().register(
-        &mut stream,
-        Token(token),
-        Interest::READABLE | Interest::WRITABLE,
-    )?;
-    Ok(Client {
-        stream,
-        conn,
-        input: BytesMut::with_capacity(16 * 1024),
-        out: VecDeque::new(),
-        started: VecDeque::new(),
-        readable: true,
-        hup: false,
-        writable: true,
-        dead: false,
-        draining: false,
-    })
-}
-
-fn worker<P: LoadProto>(s: &Shared<P>, n: usize, start: Instant) -> Result<BenchResult, String> {
-    let make = &s.make;
-    let addr = s.plan.addr;
-    let mut poll = Poll::new().map_err(|e| e.to_string())?;
-    let mut t = Tally {
-        requests: 0,
-        errors: 0,
-        bytes: 0,
-        hist: Histogram::<u64>::new(3).map_err(|e| e.to_string())?,
-    };
-    let mut clients = Vec::with_capacity(n);
-    for i in 0..n {
-        match connect(addr, &poll, i, make(now(start))) {
-            Ok(c) => clients.push(c),
-            Err(e) => return Err(format!("cannot connect to {addr}: {e}")),
-        }
-    }
-    let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut first = true;
-    loop {
-        if !first {
-            poll.poll(&mut events, Some(Duration::from_millis(20)))
-                .map_err(|e| e.to_string())?;
-            for ev in events.iter() {
-                if let Some(c) = clients.get_mut(ev.token().0) {
-                    c.hup |= ev.is_read_closed() || ev.is_error();
-                    c.readable |= ev.is_readable() || c.hup;
-                    c.writable |= ev.is_writable();
-                }
-            }
-        }
-        first = false;
-        let stopping = s.stop.load(Ordering::Relaxed);
-        let mut active = 0;
-        for (i, c) in clients.iter_mut().enumerate() {
-            if c.dead {
-                // Reconnect (the loss was counted as an error) unless the run is over.
-                if stopping || s.all_taken() {
-                    continue;
-                }
-                match connect(addr, &poll, i, make(now(start))) {
-                    Ok(nc) => *c = nc,
-                    Err(_) => {
-                        t.errors += 1;
-                        continue;
-                    }
-                }
-            }
-            if c.readable {
-                read(s, c, &mut buf, start, &mut t);
-            }
-            if !c.dead {
-                fill(s, c, start);
-                write(c);
-            }
-            if c.conn.is_closed() {
-                c.dead = true;
-            }
-            if c.dead {
-                // Requests in flight on a dead connection are lost: give them back.
-                s.give_back(c.started.len() as u64);
-                if !c.started.is_empty() && !c.draining {
-                    t.errors += 1;
-                }
-                c.started.clear();
-                let _ = poll.registry().deregister(&mut c.stream);
-            }
-            active += usize::from(!c.started.is_empty());
-        }
-        if stopping || (s.all_taken() && active == 0) {
-            break;
-        }
-    }
-    Ok(BenchResult {
-        requests: t.requests,
-        errors: t.errors,
-        bytes: t.bytes,
-        elapsed: start.elapsed(),
-        hist: t.hist,
-    })
-}
-
-/// Read until a short read, feed the state machine, count what completed.
-fn read<P: LoadProto>(
-    s: &Shared<P>,
-    c: &mut Client<P>,
-    buf: &mut [u8],
-    start: Instant,
-    t: &mut Tally,
-) {
-    while c.readable && !c.dead {
-        match c.stream.read(buf) {
-            Ok(0) => {
-                c.conn.handle_eof(now(start));
-                c.dead = true;
-            }
-            Ok(k) => {
-                t.bytes += k as u64;
-                // Edge-triggered: a short read drained the socket, and new bytes bring a new
-                // edge, so there is no need for the extra read that returns EAGAIN.
-                c.readable = k == buf.len() || c.hup;
-                c.input.extend_from_slice(&buf[..k]);
-                if !c.conn.handle_input(now(start), &mut c.input) {
-                    c.dead = true;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => c.dead = true,
-        }
-        let at = Instant::now();
-        while let Some(ev) = c.conn.poll_outcome() {
-            match ev {
-                Some(Outcome::Done { key, failed }) => {
-                    t.errors += u64::from(failed);
-                    let i = if key == 0 {
-                        0
-                    } else {
-                        c.started.iter().position(|(k, _)| *k == key).unwrap_or(0)
-                    };
-                    if let Some((_, sent)) = c.started.remove(i) {
-                        let us = at.saturating_duration_since(sent).as_micros() as u64;
-                        let _ = t.hist.record(us.max(1));
-                        t.requests += 1;
-                        s.done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Some(Outcome::Failed) => {
-                    // Requests a draining server refused are retried elsewhere.
-                    t.errors += u64::from(!c.draining);
-                    c.dead = true;
-                }
-                Some(Outcome::Draining) => c.draining = true,
-                Some(Outcome::Refused(key)) => {
-                    if let Some(i) = c.started.iter().position(|(k, _)| *k == key) {
-                        c.started.remove(i);
-                        s.give_back(1);
-                    }
-                }
-                None => {}
-            }
-        }
-    }
-}
-
-/// Top the pipeline up to `pipeline` requests in flight.
-fn fill<P: LoadProto>(s: &Shared<P>, c: &mut Client<P>, start: Instant) {
-    let depth = s.plan.pipeline.max(1);
-    if c.draining || c.started.len() >= depth {
-        return;
-    }
-    let at = Instant::now();
-    let stamp =
-        ferry_proto::Instant::from_nanos(at.saturating_duration_since(start).as_nanos() as u64);
-    while c.conn.can_send() && c.started.len() < depth && s.take() {
-        match c.conn.send(stamp) {
-            Some(key) => c.started.push_back((key, at)),
-            None => {
-                s.give_back(1);
-                break;
-            }
-        }
-    }
-}
-
-/// Write everything queued, vectored, until done or `EAGAIN`.
-fn write<P: LoadProto>(c: &mut Client<P>) {
-    while let Some(b) = c.conn.poll_transmit() {
-        c.out.push_back(b);
-    }
-    while c.writable && !c.out.is_empty() {
-        let mut iov = [IoSlice::new(&[]); 32];
-        let k = c.out.len().min(32);
-        for (slot, b) in iov.iter_mut().zip(c.out.iter()) {
-            *slot = IoSlice::new(b);
-        }
-        match c.stream.write_vectored(&iov[..k]) {
-            Ok(mut w) => {
-                while w > 0 {
-                    let Some(f) = c.out.front_mut() else { break };
-                    if f.len() <= w {
-                        w -= f.len();
-                        c.out.pop_front();
-                    } else {
-                        let _ = f.split_to(w);
-                        w = 0;
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => {
-                c.dead = true;
-                break;
-            }
         }
     }
 }
