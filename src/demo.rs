@@ -276,14 +276,11 @@ impl Echo {
                 Some(n) => HeadBody::Length(n),
                 None => HeadBody::Chunked,
             };
-            out.head(
-                200,
-                vec![(
-                    "content-type".into(),
-                    Bytes::from_static(b"application/octet-stream"),
-                )],
-                body,
-            );
+            let headers = [(
+                "content-type".into(),
+                Bytes::from_static(b"application/octet-stream"),
+            )];
+            out.head(200, headers.into_iter().collect(), body);
         }
     }
 }

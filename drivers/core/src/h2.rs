@@ -31,7 +31,7 @@ use ferry_proto::{Connection, Instant};
 use smallvec::SmallVec;
 
 use crate::driven::{OutQueue, Session};
-use crate::metrics::add;
+use crate::metrics::{add, bump};
 use crate::pool::{shard, Job, JobKind, Reply};
 use crate::runtime::WorkerCtx;
 use crate::service::{ConnInfo, Exchange, HeadBody, Part, Parts, Request, Responder};
@@ -397,7 +397,7 @@ impl H2Session {
         use ferry_http2::Event;
         match ev {
             Event::Request { id, request } => {
-                add(&ctx.metrics.requests, 1);
+                bump(&ctx.metrics.requests, 1);
                 let whole = ctx.jobs.is_empty()
                     && matches!(self.conn.peek_event(), Some(Event::End { id: e }) if *e == id);
                 if whole {
@@ -535,7 +535,7 @@ impl H2Session {
                         }
                     }
                     if ok && done {
-                        add(&ctx.metrics.responses, 1);
+                        bump(&ctx.metrics.responses, 1);
                     }
                 }
                 Part::Data { data, end } => {
@@ -583,7 +583,7 @@ impl H2Session {
             }
             if end {
                 s.response_done = true;
-                add(&ctx.metrics.responses, 1);
+                bump(&ctx.metrics.responses, 1);
             }
         }
     }
@@ -908,7 +908,7 @@ impl Session for HttpAuto {
         match &mut self.mode {
             Mode::Undecided(h) | Mode::H1(h) => h.written(ctx, n),
             Mode::H2(s) => {
-                add(&ctx.metrics.bytes_out, n as u64);
+                bump(&ctx.metrics.bytes_out, n as u64);
                 s.out.written(n)
             }
             Mode::Switching => {}
@@ -925,14 +925,15 @@ impl Session for HttpAuto {
         match &mut self.mode {
             Mode::Undecided(h) | Mode::H1(h) => h.sent(ctx, n, chunks),
             Mode::H2(s) => {
-                add(&ctx.metrics.bytes_out, n as u64);
+                bump(&ctx.metrics.bytes_out, n as u64);
                 s.out.sent(n, chunks)
             }
             Mode::Switching => {}
         }
     }
     fn on_read(&mut self, ctx: &WorkerCtx, n: usize) {
-        add(&ctx.metrics.bytes_in, n as u64);
+        // Written by this I/O worker only: a plain load and store, not a locked add.
+        bump(&ctx.metrics.bytes_in, n as u64);
     }
     fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         self.settle(ctx, now);
@@ -964,6 +965,16 @@ impl Session for HttpAuto {
         }
     }
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if let Mode::H1(h) = &mut self.mode {
+            if !h.has_h2c_upgrade() {
+                // Settled on HTTP/1.1 (the common case): only an answered upgrade switches.
+                h.process(ctx, now);
+                if h.has_h2c_upgrade() {
+                    self.settle(ctx, now);
+                }
+                return;
+            }
+        }
         self.settle(ctx, now);
         match &mut self.mode {
             Mode::Undecided(_) => {}

@@ -29,7 +29,7 @@ use ferry_resp::server::Event;
 use ferry_resp::{CommandId, ServerConfig, ServerConnection, SubKind, Value};
 
 use crate::driven::{OutQueue, Session};
-use crate::metrics::add;
+use crate::metrics::{add, bump};
 use crate::runtime::{Launch, WorkerCtx};
 use crate::service::ConnInfo;
 use crate::shutdown::{EventFd, Wake};
@@ -284,7 +284,7 @@ impl<A: RespService> RespSession<A> {
     }
 
     fn apply_replies(&mut self, ctx: &WorkerCtx, replies: &mut Vec<(CommandId, Value)>) {
-        add(&ctx.metrics.responses, replies.len() as u64);
+        bump(&ctx.metrics.responses, replies.len() as u64);
         for (id, v) in replies.drain(..) {
             let _ = self.conn.send_reply(id, &v);
         }
@@ -308,7 +308,7 @@ impl<A: RespService> RespSession<A> {
             .iter()
             .filter(|e| matches!(e, Event::Command(_)))
             .count();
-        add(&ctx.metrics.requests, n as u64);
+        bump(&ctx.metrics.requests, n as u64);
         if self.shared.jobs.is_empty() {
             let Some(client) = self.client.as_mut() else {
                 return;
@@ -420,18 +420,18 @@ impl<A: RespService> Session for RespSession<A> {
         self.out.fill_iov(iov)
     }
     fn written(&mut self, ctx: &WorkerCtx, n: usize) {
-        add(&ctx.metrics.bytes_out, n as u64);
+        bump(&ctx.metrics.bytes_out, n as u64);
         self.out.written(n)
     }
     fn take_out(&mut self, max: usize, into: &mut Vec<Bytes>) {
         self.out.take_out(max, into)
     }
     fn sent(&mut self, ctx: &WorkerCtx, n: usize, chunks: &mut Vec<Bytes>) {
-        add(&ctx.metrics.bytes_out, n as u64);
+        bump(&ctx.metrics.bytes_out, n as u64);
         self.out.sent(n, chunks)
     }
     fn on_read(&mut self, ctx: &WorkerCtx, n: usize) {
-        add(&ctx.metrics.bytes_in, n as u64);
+        bump(&ctx.metrics.bytes_in, n as u64);
     }
     fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         if !self.eof {

@@ -113,8 +113,10 @@ impl Request {
     }
 }
 
-/// A header list: static or owned names, `Bytes` values.
-pub type HeaderList = Vec<(Cow<'static, str>, Bytes)>;
+/// A header list: static or owned names, `Bytes` values. One field is kept inline, so a
+/// response with just `content-type` costs no heap allocation (and stays small enough to move
+/// cheaply); build one with [`Response::header`], `push`, or `collect()`.
+pub type HeaderList = smallvec::SmallVec<[(Cow<'static, str>, Bytes); 1]>;
 
 /// A response body.
 pub enum Body {
@@ -151,22 +153,31 @@ pub struct Response {
 
 impl Response {
     /// A response with a status, no fields and no body.
+    #[inline]
     pub fn new(status: u16) -> Response {
         Response {
             status,
-            headers: Vec::new(),
+            headers: HeaderList::new(),
             body: Body::Empty,
         }
     }
 
     /// A `text/plain` response.
+    #[inline]
     pub fn text(status: u16, body: impl Into<Bytes>) -> Response {
-        Response::new(status)
-            .header("content-type", Bytes::from_static(b"text/plain"))
-            .body(Body::Full(body.into()))
+        // Built in place (no builder steps, each a move of the whole response).
+        Response {
+            status,
+            headers: HeaderList::from_buf([(
+                Cow::Borrowed("content-type"),
+                Bytes::from_static(b"text/plain"),
+            )]),
+            body: Body::Full(body.into()),
+        }
     }
 
     /// Add a header field.
+    #[inline]
     pub fn header(
         mut self,
         name: impl Into<Cow<'static, str>>,
@@ -177,6 +188,7 @@ impl Response {
     }
 
     /// Set the body.
+    #[inline]
     pub fn body(mut self, body: Body) -> Response {
         self.body = body;
         self
@@ -195,6 +207,16 @@ pub enum HeadBody {
     Chunked,
     /// Chunked, pulled from an iterator by the I/O worker.
     Stream(Box<dyn Iterator<Item = Bytes> + Send>),
+}
+
+impl From<Body> for HeadBody {
+    fn from(body: Body) -> HeadBody {
+        match body {
+            Body::Empty => HeadBody::Empty,
+            Body::Full(b) => HeadBody::Full(b),
+            Body::Chunked(it) => HeadBody::Stream(it),
+        }
+    }
 }
 
 impl fmt::Debug for HeadBody {
@@ -269,12 +291,7 @@ impl Responder {
 
     /// Send a whole response.
     pub fn respond(&mut self, r: Response) {
-        let body = match r.body {
-            Body::Empty => HeadBody::Empty,
-            Body::Full(b) => HeadBody::Full(b),
-            Body::Chunked(it) => HeadBody::Stream(it),
-        };
-        self.head(r.status, r.headers, body);
+        self.head(r.status, r.headers, r.body.into());
     }
 
     /// Send body bytes (after a `Length`/`Chunked` head); `end` finishes the body.
@@ -495,6 +512,50 @@ impl Exchange {
         Self::finish(r, out)
     }
 
+    /// [`run_bodyless`](Self::run_bodyless), but a whole [`Response`] from
+    /// [`Service::call`] comes back as it is instead of through `out` (the common case, with
+    /// nothing to collect: the caller sends it). `None`: the answer, if any, is in `out`.
+    pub fn answer_bodyless(
+        service: &dyn Service,
+        req: Request,
+        out: &mut Responder,
+    ) -> (Option<Response>, StepOutcome) {
+        Self::answer_bodyless_in(service, &mut Some(req), out)
+    }
+
+    /// [`answer_bodyless`](Self::answer_bodyless) taking the request from `req`, where the
+    /// caller built it (one move of the whole request less).
+    pub(crate) fn answer_bodyless_in(
+        service: &dyn Service,
+        req: &mut Option<Request>,
+        out: &mut Responder,
+    ) -> (Option<Response>, StepOutcome) {
+        // The closure borrows the request and the answer's slot rather than moving them
+        // through `catch_unwind` (each move copies the whole request or response).
+        let mut whole = None;
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let Some(head) = req.as_ref() else { return };
+            match service.stream(head, out) {
+                Some(mut s) => s.on_end(out),
+                None => {
+                    // Taken right into the call's argument (no copy in between).
+                    if let Some(w) = req.take().map(|req| service.call(req)) {
+                        whole = Some(w);
+                    }
+                }
+            }
+        }));
+        match whole {
+            // (A `stream` that answered through `out` yet returned `None` keeps its answer.)
+            Some(w) if out.head_sent() => {
+                out.respond(w);
+                (None, Self::finish(r, out))
+            }
+            Some(w) => (Some(w), StepOutcome::default()),
+            None => (None, Self::finish(r, out)),
+        }
+    }
+
     fn finish(r: std::thread::Result<()>, out: &mut Responder) -> StepOutcome {
         match r {
             Ok(()) => {
@@ -632,6 +693,53 @@ mod tests {
         let o = ex.end(&Panicky, &mut out);
         assert!(o.panicked);
         assert!(matches!(&out.take()[..], [Part::Head { status: 500, .. }]));
+    }
+
+    #[test]
+    fn answer_bodyless_hands_back_whole_responses_and_catches_panics() {
+        let req = |raw: &[u8]| Request::new(parse_head(raw), Bytes::new(), info());
+        let mut out = Responder::new();
+        let (whole, o) = Exchange::answer_bodyless(
+            &Panicky,
+            req(b"GET /a HTTP/1.1\r\nhost: a\r\n\r\n"),
+            &mut out,
+        );
+        assert!(!o.panicked);
+        assert_eq!(whole.map(|r| r.status), Some(200));
+        assert!(out.take().is_empty());
+        let (whole, o) = Exchange::answer_bodyless(
+            &Panicky,
+            req(b"GET /boom HTTP/1.1\r\nhost: a\r\n\r\n"),
+            &mut out,
+        );
+        assert!(o.panicked && whole.is_none());
+        assert!(matches!(&out.take()[..], [Part::Head { status: 500, .. }]));
+
+        // A streaming service answers through the responder.
+        struct Streams;
+        struct Ends;
+        impl BodyStream for Ends {
+            fn on_data(&mut self, _: Bytes, _: &mut Responder) {}
+            fn on_end(&mut self, out: &mut Responder) {
+                out.respond(Response::text(201, "made\n"));
+            }
+        }
+        impl Service for Streams {
+            fn call(&self, _: Request) -> Response {
+                Response::new(500)
+            }
+            fn stream(&self, _: &Request, _: &mut Responder) -> Option<Box<dyn BodyStream>> {
+                Some(Box::new(Ends))
+            }
+        }
+        let mut out = Responder::new();
+        let (whole, _) = Exchange::answer_bodyless(
+            &Streams,
+            req(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"),
+            &mut out,
+        );
+        assert!(whole.is_none());
+        assert!(matches!(&out.take()[..], [Part::Head { status: 201, .. }]));
     }
 
     #[test]

@@ -7,12 +7,13 @@
 //! out with [`HttpSession::written`]. Everything the protocol and the application decide
 //! happens here, identically for every driver.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
 use ferry_http1::{server::Event, Body as WireBody, RequestId, ServerConnection};
 use ferry_proto::{Connection, Instant};
@@ -30,6 +31,8 @@ pub struct HttpSession {
     conn: ServerConnection,
     /// Bytes read and not yet consumed by the protocol. Drivers append here.
     pub input: BytesMut,
+    /// Output taken from the protocol and not yet written (ahead of what the protocol still
+    /// holds, which epoll-style drivers write straight from its buffer).
     out: VecDeque<Bytes>,
     /// Bytes queued in `out` plus bytes handed to the kernel and not yet confirmed.
     out_bytes: usize,
@@ -139,7 +142,7 @@ impl HttpSession {
             && !self.errored
             && !self.abort
             && self.pending.is_empty()
-            && self.out_bytes < ctx.options.write_high_water
+            && self.queued() < ctx.options.write_high_water
             && self.input.len() < ctx.options.input_high_water
             && self.conn.wants_read()
     }
@@ -165,20 +168,40 @@ impl HttpSession {
         self.conn.poll_timeout()
     }
 
-    /// Queued output, oldest first (write these, vectored, then call [`written`](Self::written)).
-    pub fn out(&self) -> &VecDeque<Bytes> {
+    /// All queued output, oldest first (write these, vectored, then call
+    /// [`written`](Self::written)); [`fill_iov`](Self::fill_iov) does the same without taking
+    /// the output out of the protocol's buffer.
+    pub fn out(&mut self) -> &VecDeque<Bytes> {
+        self.collect();
         &self.out
+    }
+
+    /// Output bytes queued here or in the protocol, or in flight.
+    fn queued(&self) -> usize {
+        self.out_bytes + self.conn.pending_transmit_len()
     }
 
     /// Whether output is waiting to be written (or confirmed).
     pub fn has_output(&self) -> bool {
-        self.out_bytes > 0
+        self.queued() > 0
     }
 
     /// Fill `iov` with slices of queued output, oldest first; returns how many were filled.
     pub fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for (slot, b) in iov.iter_mut().zip(self.out.iter()) {
+        if !self.out.is_empty() {
+            for b in self.out.iter().map(|b| &b[..]) {
+                let Some(slot) = iov.get_mut(n) else {
+                    return n;
+                };
+                *slot = IoSlice::new(b);
+                n += 1;
+            }
+        }
+        for b in self.conn.pending_transmit() {
+            let Some(slot) = iov.get_mut(n) else {
+                return n;
+            };
             *slot = IoSlice::new(b);
             n += 1;
         }
@@ -189,18 +212,22 @@ impl HttpSession {
     /// written).
     pub fn written(&mut self, ctx: &WorkerCtx, mut n: usize) {
         bump(&ctx.metrics.bytes_out, n as u64);
-        self.out_bytes -= n;
         while n > 0 {
             let Some(front) = self.out.front_mut() else {
                 break;
             };
-            if front.len() <= n {
-                n -= front.len();
+            let k = front.len().min(n);
+            self.out_bytes -= k;
+            n -= k;
+            if k == front.len() {
                 self.out.pop_front();
             } else {
-                let _ = front.split_to(n);
-                n = 0;
+                front.advance(k);
             }
+        }
+        if n > 0 {
+            // The rest came straight from the protocol's buffer.
+            self.conn.consume_transmit(n);
         }
     }
 
@@ -210,7 +237,15 @@ impl HttpSession {
         for _ in 0..max {
             match self.out.pop_front() {
                 Some(b) => into.push(b),
-                None => break,
+                None => match self.conn.poll_transmit() {
+                    Some(b) => {
+                        if !b.is_empty() {
+                            self.out_bytes += b.len();
+                            into.push(b);
+                        }
+                    }
+                    None => break,
+                },
             }
         }
     }
@@ -289,14 +324,16 @@ impl HttpSession {
             if self.errored {
                 self.input.clear();
             }
-            if !progressed || !self.pending.is_empty() || self.abort {
+            // (With the input used up, another round would find nothing: dispatching queues
+            // no events.)
+            if !progressed || self.input.is_empty() || !self.pending.is_empty() || self.abort {
                 break;
             }
         }
         self.pump_streams(ctx, now);
-        self.collect();
     }
 
+    /// Move the protocol's output into `out` (before handing the queue over).
     fn collect(&mut self) {
         while let Some(b) = self.conn.poll_transmit() {
             if !b.is_empty() {
@@ -313,13 +350,13 @@ impl HttpSession {
                 bump(&ctx.metrics.requests, 1);
                 let id = head.id();
                 // Only with nothing else in flight: the switch hands over the output queue.
-                if self.allow_h2c
+                if head.is_upgrade()
+                    && self.allow_h2c
                     && self.h2c.is_none()
                     && self.inline.is_empty()
                     && self.remote_open.is_empty()
                     && self.streams.is_empty()
                     && self.pending.is_empty()
-                    && head.is_upgrade()
                     && head.body_kind() == ferry_http1::BodyKind::Empty
                 {
                     let hs = head.headers();
@@ -350,23 +387,16 @@ impl HttpSession {
                         }
                     }
                 }
-                self.started.push_back((id.get(), now));
                 let bodyless = head.body_kind() == ferry_http1::BodyKind::Empty;
+                if bodyless && !remote {
+                    self.answer_bodyless(ctx, head, now);
+                    return;
+                }
+                self.started.push_back((id.get(), now));
                 let req = Request::new(head, Bytes::new(), self.info);
                 if remote {
                     self.remote_open.push(id);
                     self.send_job(ctx, id, JobKind::Head(Box::new(req)));
-                } else if bodyless {
-                    // No body will come: answer now (no exchange parked) and skip the
-                    // `End` event that follows.
-                    let mut out = Responder::new();
-                    let o = Exchange::run_bodyless(&*ctx.service, req, &mut out);
-                    if o.panicked {
-                        add(&ctx.metrics.panics, 1);
-                    }
-                    self.skip_end = Some(id);
-                    let parts = out.take();
-                    self.apply_parts(ctx, id, parts, now);
                 } else {
                     let mut out = Responder::new();
                     let (ex, o) = Exchange::start(
@@ -421,6 +451,32 @@ impl HttpSession {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A request without a body, served inline: no body will come, so answer now (no
+    /// exchange parked) and skip the `End` event that follows.
+    fn answer_bodyless(&mut self, ctx: &mut WorkerCtx, head: ferry_http1::Request, now: Instant) {
+        let id = head.id();
+        let mut out = Responder::new();
+        let mut req = Some(Request::new(head, Bytes::new(), self.info));
+        let (whole, o) = Exchange::answer_bodyless_in(&*ctx.service, &mut req, &mut out);
+        if o.panicked {
+            add(&ctx.metrics.panics, 1);
+        }
+        self.skip_end = Some(id);
+        match whole {
+            // The common case: straight to the wire, nothing collected (and nothing in
+            // `started` unless the response outlives this call).
+            Some(r) => {
+                let head = (r.status, &r.headers[..]);
+                self.send_head(ctx, id, head, r.body.into(), now, Some(now))
+            }
+            None => {
+                self.started.push_back((id.get(), now));
+                let parts = out.take();
+                self.apply_parts(ctx, id, parts, now);
+            }
         }
     }
 
@@ -492,11 +548,66 @@ impl HttpSession {
     }
 
     fn finish(&mut self, ctx: &WorkerCtx, id: RequestId, now: Instant) {
+        // Responses complete in request order but for streams: the front, nearly always.
+        let started = match self.started.front() {
+            Some(&(f, t)) if f == id.get() => {
+                self.started.pop_front();
+                Some(t)
+            }
+            _ => self
+                .started
+                .iter()
+                .position(|s| s.0 == id.get())
+                .and_then(|i| self.started.remove(i))
+                .map(|(_, t)| t),
+        };
+        Self::finished(ctx, started, now);
+    }
+
+    /// A response completed; `started`: when its request arrived, if known.
+    fn finished(ctx: &WorkerCtx, started: Option<Instant>, now: Instant) {
         bump(&ctx.metrics.responses, 1);
-        if let Some(i) = self.started.iter().position(|s| s.0 == id.get()) {
-            let (_, t) = self.started.remove(i).unwrap_or((0, now));
+        if let Some(t) = started {
             ctx.metrics
                 .observe_latency_us(now.saturating_duration_since(t).as_micros() as u64);
+        }
+    }
+
+    /// Send a response head (and a whole body) to the protocol. `untracked`: when the request
+    /// arrived if it is not in `started` yet (it goes there if the response outlives this
+    /// call).
+    fn send_head(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        id: RequestId,
+        (status, headers): (u16, &[(Cow<'static, str>, Bytes)]),
+        body: HeadBody,
+        now: Instant,
+        untracked: Option<Instant>,
+    ) {
+        let (wire, done, stream) = match body {
+            HeadBody::Empty => (WireBody::Empty, true, None),
+            HeadBody::Full(b) => (WireBody::Full(b), true, None),
+            HeadBody::Length(n) => (WireBody::Length(n), n == 0, None),
+            HeadBody::Chunked => (WireBody::Chunked, false, None),
+            HeadBody::Stream(it) => (WireBody::Chunked, false, Some(it)),
+        };
+        match self.conn.send_response_fields(id, status, headers, wire) {
+            Ok(()) => {
+                match (done, untracked) {
+                    (true, None) => self.finish(ctx, id, now),
+                    (true, Some(t)) => Self::finished(ctx, Some(t), now),
+                    (false, Some(t)) => self.started.push_back((id.get(), t)),
+                    (false, None) => {}
+                }
+                if let Some(it) = stream {
+                    self.streams.push_back((id, it));
+                }
+            }
+            Err(_) => {
+                // The request is gone (connection failed) or the application misused the
+                // API: nothing sensible to send.
+            }
         }
     }
 
@@ -507,33 +618,7 @@ impl HttpSession {
                     status,
                     headers,
                     body,
-                } => {
-                    let fields: SmallVec<[(&str, &[u8]); 8]> = headers
-                        .iter()
-                        .map(|(n, v)| (n.as_ref(), v.as_ref()))
-                        .collect();
-                    let (wire, done, stream) = match body {
-                        HeadBody::Empty => (WireBody::Empty, true, None),
-                        HeadBody::Full(b) => (WireBody::Full(b), true, None),
-                        HeadBody::Length(n) => (WireBody::Length(n), n == 0, None),
-                        HeadBody::Chunked => (WireBody::Chunked, false, None),
-                        HeadBody::Stream(it) => (WireBody::Chunked, false, Some(it)),
-                    };
-                    match self.conn.send_response(id, status, &fields, wire) {
-                        Ok(()) => {
-                            if done {
-                                self.finish(ctx, id, now);
-                            }
-                            if let Some(it) = stream {
-                                self.streams.push_back((id, it));
-                            }
-                        }
-                        Err(_) => {
-                            // The request is gone (connection failed) or the application
-                            // misused the API: nothing sensible to send.
-                        }
-                    }
-                }
+                } => self.send_head(ctx, id, (status, &headers), body, now, None),
                 Part::Data { data, end } => {
                     if self.conn.send_data(id, data, end).is_ok() && end {
                         self.finish(ctx, id, now);
@@ -541,12 +626,11 @@ impl HttpSession {
                 }
                 Part::Abort => self.abort = true,
             }
-            self.collect();
         }
     }
 
     fn pump_streams(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        while self.out_bytes < ctx.options.write_high_water {
+        while self.queued() < ctx.options.write_high_water {
             let Some((id, it)) = self.streams.front_mut() else {
                 break;
             };
@@ -570,7 +654,6 @@ impl HttpSession {
                     self.abort = true;
                 }
             }
-            self.collect();
         }
     }
 
@@ -782,13 +865,64 @@ mod tests {
         s.take_out(usize::MAX, &mut taken);
         // A short write: the unwritten tail goes back to the front of the queue.
         s.sent(&c, 10, &mut taken);
-        assert_eq!(
-            s.out().front().unwrap().len(),
-            s.out_bytes.min(s.out().front().unwrap().len())
-        );
+        let front = s.out().front().unwrap().len();
+        assert_eq!(front, s.out_bytes.min(front));
         let rest = s.out_bytes;
         s.written(&c, rest);
         assert!(!s.has_output());
+        assert!(s.wants_read(&c));
+    }
+
+    /// Writes the session's output `step` bytes at a time, epoll style.
+    fn trickle(s: &mut HttpSession, ctx: &WorkerCtx, step: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while s.has_output() {
+            let mut iov = [IoSlice::new(&[]); 4];
+            let n = s.fill_iov(&mut iov);
+            assert!(n > 0);
+            let mut left = step;
+            for b in &iov[..n] {
+                let k = b.len().min(left);
+                got.extend_from_slice(&b[..k]);
+                left -= k;
+            }
+            let wrote = step - left;
+            s.written(ctx, wrote);
+        }
+        got
+    }
+
+    #[test]
+    fn short_writes_straight_from_the_protocol_buffer_keep_every_byte_in_order() {
+        let mut c = ctx(Vec::new());
+        let mut s = HttpSession::new(&c, info(), 1, Instant::ZERO);
+        // A large response body (queued as its own piece, past the copy limit) between small
+        // answers: the answer echoes the long path.
+        let long = format!("/{}", "x".repeat(6000));
+        let raw = format!(
+            "GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nxyzGET {long} HTTP/1.1\r\nhost: x\r\n\r\n"
+        );
+        s.input.extend_from_slice(raw.as_bytes());
+        s.process(&mut c, Instant::ZERO);
+        let mut got = trickle(&mut s, &c, 7);
+        // Another round reuses the output buffer from its start.
+        s.input
+            .extend_from_slice(b"GET /d HTTP/1.1\r\nhost: x\r\n\r\n");
+        s.process(&mut c, Instant::ZERO);
+        got.extend(trickle(&mut s, &c, 1000));
+        let text = String::from_utf8(got).unwrap();
+        let bodies: Vec<&str> = text
+            .split("HTTP/1.1 200 OK\r\n")
+            .skip(1)
+            .map(|r| r.split_once("\r\n\r\n").unwrap().1)
+            .collect();
+        assert_eq!(bodies, ["/a:0", "/b:3", &format!("{long}:0"), "/d:0"]);
+        assert_eq!(
+            c.metrics
+                .bytes_out
+                .load(std::sync::atomic::Ordering::Relaxed),
+            text.len() as u64
+        );
         assert!(s.wants_read(&c));
     }
 

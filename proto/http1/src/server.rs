@@ -7,7 +7,7 @@
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ferry_proto::{
     Connection, Instant, Lifecycle, Multiplexing, ProtocolInfo, State, TlsRequirement,
 };
@@ -15,7 +15,8 @@ use ferry_proto::{
 use crate::chunked::{encode_chunk_head, ChunkedDecoder, Decoded};
 use crate::date::DateCache;
 use crate::encode::{
-    write_content_length, write_fields, write_status_line, Body, COPY_BODY_MAX, OUT_BUF_CAPACITY,
+    write_content_length, write_date, write_fields, write_status_line, Body, COPY_BODY_MAX,
+    OUT_BUF_CAPACITY,
 };
 use crate::head::{
     parse_request, BodyKind, Headers, IndexBuf, Method, Request, RequestId, Version,
@@ -229,6 +230,52 @@ impl ServerConnection {
     /// Whether the connection is between requests with nothing owed (safe to close now).
     pub fn is_idle(&self) -> bool {
         self.slots.is_empty() && self.head_started.is_none() && matches!(self.read, Read::Head)
+    }
+
+    /// Output not yet taken, oldest first, borrowed: for callers that write straight from the
+    /// connection's buffers (vectored) and then report what went out with
+    /// [`consume_transmit`](Self::consume_transmit), which saves the hand-over of
+    /// [`poll_transmit`](Connection::poll_transmit) (the output buffer stays the
+    /// connection's own and is reused in place). Both may be mixed: `poll_transmit` hands out
+    /// whatever is still pending.
+    pub fn pending_transmit(&self) -> impl Iterator<Item = &[u8]> {
+        PendingTransmit {
+            queued: (!self.out.is_empty()).then(|| self.out.iter()),
+            tail: (!self.wbuf.is_empty()).then_some(&self.wbuf[..]),
+        }
+    }
+
+    /// How many bytes [`pending_transmit`](Self::pending_transmit) holds.
+    pub fn pending_transmit_len(&self) -> usize {
+        if self.out.is_empty() {
+            return self.wbuf.len();
+        }
+        self.out.iter().map(Bytes::len).sum::<usize>() + self.wbuf.len()
+    }
+
+    /// The first `n` bytes of [`pending_transmit`](Self::pending_transmit) were written.
+    pub fn consume_transmit(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else {
+                break;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.out.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+        if n >= self.wbuf.len() {
+            // All of it: the buffer is reused from its start.
+            self.wbuf.clear();
+        } else {
+            self.wbuf.advance(n);
+        }
+        if self.out.is_empty() && self.wbuf.is_empty() {
+            self.update_lifecycle();
+        }
     }
 
     fn slot_index(&self, id: RequestId) -> Result<usize, SendError> {
@@ -621,6 +668,30 @@ impl ServerConnection {
         fields: &[(&str, &[u8])],
         body: Body,
     ) -> Result<(), SendError> {
+        self.respond(id, status, reason, fields, body)
+    }
+
+    /// [`send_response`](Self::send_response) with fields of any string-like name and
+    /// byte-like value (e.g. `(Cow<'static, str>, Bytes)` pairs an application built), so the
+    /// caller needs no list of borrowed pairs first.
+    pub fn send_response_fields<N: AsRef<str>, V: AsRef<[u8]>>(
+        &mut self,
+        id: RequestId,
+        status: u16,
+        fields: &[(N, V)],
+        body: Body,
+    ) -> Result<(), SendError> {
+        self.respond(id, status, None, fields, body)
+    }
+
+    fn respond<N: AsRef<str>, V: AsRef<[u8]>>(
+        &mut self,
+        id: RequestId,
+        status: u16,
+        reason: Option<&str>,
+        fields: &[(N, V)],
+        body: Body,
+    ) -> Result<(), SendError> {
         let i = self.check_open(id)?;
         if !(100..=999).contains(&status) {
             return Err(SendError::InvalidStatus);
@@ -641,33 +712,27 @@ impl ServerConnection {
         let (version, head_req, keep_alive, body_done, expect) =
             (s.version, s.head, s.keep_alive, s.body_done, s.expect);
 
-        let mut dst = core::mem::take(if i == 0 {
+        // The front response goes straight to the output buffer; later ones wait in their slot.
+        let dst = if i == 0 {
             &mut self.wbuf
         } else {
             &mut self.slots[i].held
-        });
+        };
         if dst.capacity() == 0 {
             dst.reserve(OUT_BUF_CAPACITY);
         }
         let mark = dst.len();
-        write_status_line(&mut dst, status, reason);
-        let facts = match write_fields(&mut dst, fields) {
+        write_status_line(dst, status, reason);
+        let facts = match write_fields(dst, fields) {
             Ok(f) => f,
             Err(e) => {
                 dst.truncate(mark);
-                *(if i == 0 {
-                    &mut self.wbuf
-                } else {
-                    &mut self.slots[i].held
-                }) = dst;
                 return Err(e);
             }
         };
         if !facts.has_date && !interim {
             if let Some(d) = self.date.as_mut() {
-                dst.put_slice(b"date: ");
-                dst.put_slice(d.get(now));
-                dst.put_slice(b"\r\n");
+                write_date(dst, d.get(now));
             }
         }
         if interim {
@@ -675,11 +740,6 @@ impl ServerConnection {
             if status == 100 {
                 self.slots[i].expect = Expect::Sent;
             }
-            *(if i == 0 {
-                &mut self.wbuf
-            } else {
-                &mut self.slots[i].held
-            }) = dst;
             return Ok(());
         }
         // Whether the connection can stay open after this response.
@@ -694,20 +754,20 @@ impl ServerConnection {
             || (status == 304 && !matches!(body, Body::Length(_) | Body::Full(_)))
         {
         } else {
-            match &body {
-                Body::Empty => write_content_length(&mut dst, 0),
+            match body {
+                Body::Empty => write_content_length(dst, 0),
                 Body::Full(b) => {
-                    write_content_length(&mut dst, b.len() as u64);
+                    write_content_length(dst, b.len() as u64);
                     if !no_body {
-                        inline_body = Some(b.clone());
+                        inline_body = Some(b);
                     }
                 }
                 Body::Length(n) => {
-                    write_content_length(&mut dst, *n);
-                    out = if *n == 0 {
+                    write_content_length(dst, n);
+                    out = if n == 0 {
                         Out::Done
                     } else {
-                        Out::Length { remaining: *n }
+                        Out::Length { remaining: n }
                     };
                 }
                 Body::Chunked => {
@@ -731,11 +791,10 @@ impl ServerConnection {
             dst.put_slice(b"connection: keep-alive\r\n");
         }
         dst.put_slice(b"\r\n");
-        *(if i == 0 {
-            &mut self.wbuf
-        } else {
-            &mut self.slots[i].held
-        }) = dst;
+        // A small body goes right after the head (one copy, one write).
+        if let Some(b) = inline_body.take_if(|b| b.len() <= COPY_BODY_MAX) {
+            dst.put_slice(&b);
+        }
         if let Some(b) = inline_body {
             self.push_bytes(i, b);
         }
@@ -877,6 +936,25 @@ impl ServerConnection {
     }
 }
 
+/// [`ServerConnection::pending_transmit`]: the queued pieces (large bodies, rare), then the
+/// output buffer.
+struct PendingTransmit<'a> {
+    queued: Option<alloc::collections::vec_deque::Iter<'a, Bytes>>,
+    tail: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for PendingTransmit<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if let Some(b) = self.queued.as_mut().and_then(Iterator::next) {
+            return Some(b);
+        }
+        self.tail.take()
+    }
+}
+
 impl Slot {
     fn new(id: u64, version: Version) -> Slot {
         Slot {
@@ -902,9 +980,7 @@ impl Slot {
 fn write_error_response(dst: &mut BytesMut, status: u16, head: bool, date: Option<&[u8; 29]>) {
     write_status_line(dst, status, None);
     if let Some(d) = date {
-        dst.put_slice(b"date: ");
-        dst.put_slice(d);
-        dst.put_slice(b"\r\n");
+        write_date(dst, d);
     }
     let reason = crate::encode::reason_phrase(status);
     dst.put_slice(b"content-type: text/plain\r\nconnection: close\r\n");
