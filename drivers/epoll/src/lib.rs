@@ -13,7 +13,8 @@
 //! 2. feeds the session's protocol state machine (any [`Session`]: HTTP/1.1, h2c, RESP; the
 //!    loop is generic over it and knows no protocol), which hands its events to the
 //!    application (inline, or over the bounded channels to application workers);
-//! 3. writes the queued `Bytes` with one `writev` (an `IoSlice` per chunk), registering
+//! 3. writes the queued `Bytes` with one `writev` (an `IoSlice` per chunk; `sendto` when
+//!    there is one, which skips the VFS layer), registering
 //!    writable interest only while output is pending after a `WouldBlock`;
 //! 4. arms the connection's timer from `poll_timeout`.
 //!
@@ -108,17 +109,36 @@ impl Stream {
     }
 
     fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-        // The raw system call, not libc's `writev` (a cancellation point with pthread
-        // bookkeeping around every call).
-        // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix; the kernel reads
-        // `iov.len()` entries and the bytes they point at, all borrowed for this call.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_writev,
-                self.as_raw_fd(),
-                iov.as_ptr(),
-                iov.len() as libc::c_int,
-            )
+        // Raw system calls, not libc's wrappers (cancellation points with pthread bookkeeping
+        // around every call). One slice goes out with `sendto`, which enters the socket layer
+        // directly; `writev` first passes the VFS (descriptor position lock, iovec import,
+        // permission and fsnotify hooks).
+        let n = if let [one] = iov {
+            // SAFETY: `one` is a valid borrowed slice of `one.len()` bytes for this call; no
+            // destination address is given.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_sendto,
+                    self.as_raw_fd(),
+                    one.as_ptr(),
+                    one.len(),
+                    libc::MSG_NOSIGNAL,
+                    std::ptr::null::<libc::sockaddr>(),
+                    0 as libc::socklen_t,
+                )
+            }
+        } else {
+            // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix; the kernel
+            // reads `iov.len()` entries and the bytes they point at, all borrowed for this
+            // call.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_writev,
+                    self.as_raw_fd(),
+                    iov.as_ptr(),
+                    iov.len() as libc::c_int,
+                )
+            }
         };
         if n < 0 {
             Err(io::Error::last_os_error())
