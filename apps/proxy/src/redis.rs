@@ -6,13 +6,16 @@
 //!   worker, [`RUp`]). Commands of many clients are pipelined over one connection; a
 //!   correlation queue on it matches each reply (in order) to its client.
 //! - **Fast path.** While a client has nothing else pending, every complete plain command
-//!   in its input is forwarded as the client's original bytes: everything parsed in one turn
-//!   goes to an upstream as one chunk (one per upstream under `--balance hash`), and the
-//!   replies come back as slices of the upstream's input, written to the client as they are
-//!   (the shared connection speaks the client's protocol version). A sequence number per
-//!   chunk keeps replies in command order when chunks go to different upstreams.
+//!   in its input (multibulk, or inline without quotes; delimited by [`scan`](mod@scan)
+//!   without parsing) is forwarded as the client's original bytes: everything parsed in one
+//!   turn goes to an upstream as one chunk (one per upstream under `--balance hash`), and
+//!   the replies come back as slices of the upstream's input (measured by
+//!   [`scan::reply_len`], resumably for a large array arriving over many reads), written
+//!   to the client as they are (the shared connection speaks the client's protocol
+//!   version). A sequence number per chunk keeps replies in command order when chunks go
+//!   to different upstreams.
 //! - **Slow path.** Anything else (the first command of a protocol switch, commands the
-//!   proxy answers itself, `HELLO`, `CLIENT`, pub/sub, inline commands) goes through a
+//!   proxy answers itself, `HELLO`, `CLIENT`, pub/sub, quoted inline commands) goes through a
 //!   `ferry_resp::ServerConnection`, one command at a time, with replies re-encoded.
 //! - Commands that carry connection state or block the connection (`SUBSCRIBE` and friends,
 //!   `MULTI`/`WATCH`, `BLPOP`-style blocking commands, `SELECT`, `AUTH`, `CLIENT TRACKING`,
@@ -32,6 +35,8 @@
 //! - An upstream connection that breaks answers every command it owed with
 //!   `-ERR ferry proxy: upstream connection lost`; clients reconnect on their next command.
 
+pub mod scan;
+
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,7 +48,7 @@ use ferry_driver::WorkerCtx;
 use ferry_proto::{Connection, Instant};
 use ferry_reliability::{BreakerEvent, BreakerState, CircuitBreaker, Permit};
 use ferry_resp::client::Event as CEvent;
-use ferry_resp::parse::{frame_len, parse_buf};
+use ferry_resp::parse::parse_buf;
 use ferry_resp::server::Event as SEvent;
 use ferry_resp::{
     encode, encode_command, ClientConfig, ClientConnection, CommandId, Limits, Protocol,
@@ -54,14 +59,13 @@ use smallvec::SmallVec;
 use crate::balance::{Balance, Balancer};
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyStats;
+use scan::{reply_len, reply_len_resume, scan, scan_command, Progress, Scan};
 
 /// Most commands a client may have in flight before the proxy stops reading from it.
 const MAX_IN_FLIGHT: usize = 4096;
 /// An incomplete command this large (or an inline command without its end) sends its
 /// client to the slow path for good (the fast path only forwards complete commands).
 const BIG_COMMAND: usize = 128 * 1024;
-/// Most arguments of a command the fast path forwards.
-const MAX_FAST_ARGS: u64 = 1 << 16;
 /// `held` entries and connect tags use this as "the dedicated connection".
 const DEDICATED: usize = usize::MAX;
 const LOST: &[u8] = b"-ERR ferry proxy: upstream connection lost\r\n";
@@ -403,6 +407,8 @@ pub struct RUp {
     want: Protocol,
     /// The input holds the start of a reply and nothing complete.
     partial: bool,
+    /// Shared connections: how far the incomplete reply at the front was measured.
+    progress: Progress,
     done: bool,
 }
 
@@ -458,6 +464,8 @@ const DEDICATED_NAMES: [&str; 24] = [
 
 /// Commands the fast path leaves to the slow one (besides [`DEDICATED_NAMES`]): those the
 /// client connection or the proxy answers itself, or that may need a dedicated connection.
+/// (Spelled out again in [`is_slow`]'s match; this list is its test's reference.)
+#[cfg_attr(not(test), allow(dead_code))]
 const SLOW_NAMES: [&str; 9] = [
     "hello",
     "client",
@@ -470,9 +478,53 @@ const SLOW_NAMES: [&str; 9] = [
     "xreadgroup",
 ];
 
+/// Whether a command with this name leaves the fast path: one of [`DEDICATED_NAMES`] or
+/// [`SLOW_NAMES`] in any case. (One length check for most commands; a unit test keeps
+/// this list and the two arrays in step.)
 fn is_slow(name: &[u8]) -> bool {
-    let eq = |n: &&str| n.len() == name.len() && name.eq_ignore_ascii_case(n.as_bytes());
-    DEDICATED_NAMES.iter().any(eq) || SLOW_NAMES.iter().any(eq)
+    if !(4..=12).contains(&name.len()) {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    let low = &mut buf[..name.len()];
+    low.copy_from_slice(name);
+    low.make_ascii_lowercase();
+    matches!(
+        &*low,
+        b"multi"
+            | b"watch"
+            | b"unwatch"
+            | b"exec"
+            | b"discard"
+            | b"blpop"
+            | b"brpop"
+            | b"brpoplpush"
+            | b"blmove"
+            | b"blmpop"
+            | b"bzpopmin"
+            | b"bzpopmax"
+            | b"bzmpop"
+            | b"wait"
+            | b"waitaof"
+            | b"monitor"
+            | b"select"
+            | b"auth"
+            | b"readonly"
+            | b"subscribe"
+            | b"psubscribe"
+            | b"ssubscribe"
+            | b"sync"
+            | b"psync"
+            | b"hello"
+            | b"client"
+            | b"quit"
+            | b"reset"
+            | b"unsubscribe"
+            | b"punsubscribe"
+            | b"sunsubscribe"
+            | b"xread"
+            | b"xreadgroup"
+    )
 }
 
 fn needs_dedicated(args: &[Bytes]) -> bool {
@@ -500,92 +552,6 @@ fn needs_dedicated(args: &[Bytes]) -> bool {
         return args.len() > 2; // AUTH / SETNAME go to a connection of the client's own
     }
     false
-}
-
-/// A multibulk command at the start of some input, as the fast path sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scan {
-    /// `len` bytes; the name and the first argument (if any) at these spans.
-    Complete {
-        len: usize,
-        name: (usize, usize),
-        key: Option<(usize, usize)>,
-    },
-    Incomplete,
-    /// Not a plain `*N $len…` command (inline, empty, malformed, at a limit).
-    Other,
-}
-
-/// `t digits \r\n` at `pos`: the number and the position after the line (strict: no sign,
-/// no leading zero). `Ok(None)`: incomplete.
-fn header(b: &[u8], pos: usize, t: u8) -> Result<Option<(u64, usize)>, ()> {
-    match b.get(pos) {
-        None => return Ok(None),
-        Some(&c) if c != t => return Err(()),
-        _ => {}
-    }
-    let mut i = pos + 1;
-    let mut v: u64 = 0;
-    loop {
-        let Some(&c) = b.get(i) else { return Ok(None) };
-        if c == b'\r' {
-            break;
-        }
-        if !c.is_ascii_digit() || i - pos > 18 {
-            return Err(());
-        }
-        v = v * 10 + u64::from(c - b'0');
-        i += 1;
-    }
-    if i == pos + 1 || (b[pos + 1] == b'0' && i - pos > 2) {
-        return Err(());
-    }
-    match b.get(i + 1) {
-        None => Ok(None),
-        Some(b'\n') => Ok(Some((v, i + 2))),
-        _ => Err(()),
-    }
-}
-
-fn scan_command(b: &[u8], max_bulk: u64) -> Scan {
-    let (n, mut pos) = match header(b, 0, b'*') {
-        Ok(Some(x)) => x,
-        Ok(None) => return Scan::Incomplete,
-        Err(()) => return Scan::Other,
-    };
-    if n == 0 || n > MAX_FAST_ARGS {
-        return Scan::Other;
-    }
-    let mut name = (0, 0);
-    let mut key = None;
-    for k in 0..n {
-        let (len, p) = match header(b, pos, b'$') {
-            Ok(Some(x)) => x,
-            Ok(None) => return Scan::Incomplete,
-            Err(()) => return Scan::Other,
-        };
-        if len > max_bulk {
-            return Scan::Other;
-        }
-        let end = p + len as usize;
-        if end + 2 > b.len() {
-            return Scan::Incomplete;
-        }
-        if &b[end..end + 2] != b"\r\n" {
-            return Scan::Other;
-        }
-        match k {
-            0 => name = (p, end),
-            1 => key = Some((p, end)),
-            _ => {}
-        }
-        pos = end + 2;
-    }
-    Scan::Complete {
-        len: pos,
-        name,
-        key,
-    }
 }
 
 fn lost() -> Value {
@@ -704,6 +670,7 @@ impl RDown {
         let sh = self.shared.clone();
         let hash = sh.cfg.balance == Balance::Hash;
         let max_bulk = sh.server.proto_max_bulk_len;
+        let max_inline = sh.server.max_inline_size;
         let limit = MAX_IN_FLIGHT.saturating_sub(self.raw_left + self.held.len());
         // (upstream, start, end, commands, permit)
         let mut batches: SmallVec<[Batch; 4]> = SmallVec::new();
@@ -715,7 +682,7 @@ impl RDown {
             if total >= limit {
                 break Stop::Wait;
             }
-            match scan_command(&b[pos..], max_bulk) {
+            match scan(&b[pos..], max_bulk, max_inline) {
                 Scan::Complete { len, name, key } => {
                     if is_slow(&b[pos + name.0..pos + name.1]) {
                         break Stop::Slow;
@@ -1461,7 +1428,9 @@ impl RUp {
         let mut done: SmallVec<[(Permit, u32); 8]> = SmallVec::new();
         let mut broken = false;
         while !self.io.input.is_empty() {
-            let len = match reply_len(&self.io.input, &sh.limits) {
+            // The front reply is measured resumably: a large one arriving over many reads
+            // is scanned once (the front only changes after it was measured whole).
+            let len = match reply_len_resume(&self.io.input, &sh.limits, &mut self.progress) {
                 Ok(Some(l)) => l,
                 Ok(None) => break,
                 Err(_) => {
@@ -1571,38 +1540,6 @@ impl RUp {
             self.conn.poll_timeout()
         }
     }
-}
-
-/// Length of the complete reply at the start of `b` (`None`: incomplete). Simple strings,
-/// errors, integers and bulk strings are measured here; anything else (and anything odd)
-/// by the full frame parser.
-fn reply_len(b: &[u8], limits: &Limits) -> Result<Option<usize>, ferry_resp::ParseError> {
-    match b.first() {
-        Some(b'+' | b'-' | b':') => {
-            let end = b.len().min(limits.max_line + 1);
-            if let Some(i) = b[1..end].iter().position(|&c| c == b'\r') {
-                match b.get(i + 2) {
-                    Some(b'\n') => return Ok(Some(i + 3)),
-                    None => return Ok(None),
-                    _ => {}
-                }
-            }
-        }
-        Some(b'$') => match header(b, 0, b'$') {
-            Ok(Some((len, p))) if len <= limits.max_bulk_len => {
-                let end = p + len as usize;
-                match b.get(end..end + 2) {
-                    None => return Ok(None),
-                    Some(b"\r\n") => return Ok(Some(end + 2)),
-                    _ => {}
-                }
-            }
-            Ok(None) => return Ok(None),
-            _ => {}
-        },
-        _ => {}
-    }
-    frame_len(b, limits)
 }
 
 /// Re-encode `n` complete frames for protocol `to`.
@@ -1925,6 +1862,7 @@ impl Upstream for RUp {
             proto: Protocol::Resp2,
             want,
             partial: false,
+            progress: Progress::default(),
             done: false,
         })
     }
@@ -1979,90 +1917,26 @@ mod tests {
         ] {
             assert!(is_slow(n.as_bytes()), "{n}");
         }
-    }
-
-    #[test]
-    fn scanner_delimits_commands_like_the_encoder() {
-        let mut b = BytesMut::new();
-        encode_command(&["SET", "key", "value"], &mut b);
-        encode_command(&["GET", "key"], &mut b);
-        let first = match scan_command(&b, 1 << 20) {
-            Scan::Complete { len, name, key } => {
-                assert_eq!(&b[name.0..name.1], b"SET");
-                assert_eq!(&b[key.unwrap().0..key.unwrap().1], b"key");
-                len
-            }
-            other => panic!("{other:?}"),
-        };
-        match scan_command(&b[first..], 1 << 20) {
-            Scan::Complete { len, key, .. } => {
-                assert_eq!(first + len, b.len());
-                assert_eq!(&b[first + key.unwrap().0..first + key.unwrap().1], b"key");
-            }
-            other => panic!("{other:?}"),
+        // The match in `is_slow` lists exactly the two arrays' names.
+        for n in DEDICATED_NAMES.iter().chain(&SLOW_NAMES) {
+            assert!(is_slow(n.as_bytes()), "{n}");
+            assert!(is_slow(n.to_ascii_uppercase().as_bytes()), "{n}");
+            let mut longer = n.to_string();
+            longer.push('x');
+            assert!(!is_slow(longer.as_bytes()), "{longer}");
+            let shorter = &n[..n.len() - 1];
+            let listed = DEDICATED_NAMES
+                .iter()
+                .chain(&SLOW_NAMES)
+                .any(|m| *m == shorter);
+            assert_eq!(is_slow(shorter.as_bytes()), listed, "{shorter}");
         }
-        // Every strict prefix is incomplete.
-        for cut in 0..first {
-            assert_eq!(scan_command(&b[..cut], 1 << 20), Scan::Incomplete, "{cut}");
-        }
-        for bad in [
-            &b"GET k\r\n"[..],
-            b"*0\r\n",
-            b"*-1\r\n",
-            b"*1\r\n+OK\r\n",
-            b"*01\r\n$1\r\na\r\n",
-            b"*1\r\n$1\r\nab\r\n",
-            b"*1\r\n$3\r\nabcXY",
-            b"*1\r\n$1000\r\n",
+        // redis-benchmark's default tests all take the fast path.
+        for n in [
+            "PING", "SET", "GET", "INCR", "LPUSH", "RPUSH", "LPOP", "RPOP", "SADD", "HSET", "SPOP",
+            "ZADD", "ZPOPMIN", "LRANGE", "MSET", "XADD",
         ] {
-            let got = scan_command(bad, 100);
-            assert_eq!(got, Scan::Other, "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn reply_lengths_match_the_frame_parser() {
-        let l = Limits::default();
-        for r in [
-            &b"+OK\r\n"[..],
-            b"-ERR no\r\n",
-            b":12\r\n",
-            b"$3\r\nabc\r\n",
-            b"$0\r\n\r\n",
-            b"$-1\r\n",
-            b"*2\r\n$1\r\na\r\n:1\r\n",
-            b"%1\r\n+a\r\n+b\r\n",
-            b"_\r\n",
-        ] {
-            let mut two = r.to_vec();
-            two.extend_from_slice(b"+NEXT\r\n");
-            assert_eq!(reply_len(&two, &l).unwrap(), Some(r.len()), "{r:?}");
-            assert_eq!(frame_len(r, &l).unwrap(), Some(r.len()));
-            for cut in 0..r.len() {
-                assert_eq!(reply_len(&r[..cut], &l).unwrap(), None, "{r:?} {cut}");
-            }
-        }
-        assert!(reply_len(b"$3\r\nabcXY", &l).is_err());
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn scanner_agrees_with_the_frame_parser(
-            args in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 1..6),
-            cut in 0usize..400,
-        ) {
-            let mut b = BytesMut::new();
-            encode_command(&args, &mut b);
-            let whole = frame_len(&b, &Limits::default()).unwrap().unwrap();
-            match scan_command(&b, 1 << 20) {
-                Scan::Complete { len, name, .. } => {
-                    proptest::prop_assert_eq!(len, whole);
-                    proptest::prop_assert_eq!(&b[name.0..name.1], &args[0][..]);
-                }
-                other => proptest::prop_assert!(false, "{:?}", other),
-            }
-            let cut = cut.min(b.len() - 1);
-            proptest::prop_assert_eq!(scan_command(&b[..cut], 1 << 20), Scan::Incomplete);
+            assert!(!is_slow(n.as_bytes()), "{n}");
         }
     }
 }
