@@ -50,6 +50,7 @@ use crate::balance::Balancer;
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyStats;
 use ferry_pool::{Checkout, Event as PoolEvent, Pool, WaiterId};
+use ferry_reliability::trace::TRACEPARENT_LEN;
 use ferry_reliability::{
     BreakerEvent, BreakerState, CircuitBreaker, Permit, RetryBudget, RetryGate, Rng, TraceParent,
 };
@@ -376,6 +377,13 @@ enum Kind {
     Data(Bytes),
     /// The response is complete; whether the connection can carry another request.
     End(bool),
+    /// What one read of the response gave, in one mail rather than up to three: `Head`,
+    /// then `Data`, then `End`, each if present.
+    Resp {
+        head: Option<Box<ferry_http1::Response>>,
+        data: Option<Bytes>,
+        end: Option<bool>,
+    },
     /// The upstream switched protocols (101, or 2xx to CONNECT): from now on `Data` carries
     /// tunnel bytes.
     Upgraded,
@@ -396,7 +404,7 @@ struct SendReq {
 #[derive(Debug)]
 struct Extra {
     xff: Bytes,
-    traceparent: Bytes,
+    traceparent: [u8; TRACEPARENT_LEN],
     host: Option<Bytes>,
     /// The client's `Upgrade` field, forwarded with `Connection: upgrade`.
     upgrade: Option<Bytes>,
@@ -408,9 +416,9 @@ pub type HttpProxy = Relay<Down, Up>;
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) and the framing fields the connections write
 /// themselves, never forwarded.
-fn hop_by_hop(name: &str) -> bool {
+fn hop_by_hop(name: &[u8]) -> bool {
     // By length first: one comparison at most for the fields that are forwarded.
-    let is = |h: &str| name.eq_ignore_ascii_case(h);
+    let is = |h: &str| name.eq_ignore_ascii_case(h.as_bytes());
     match name.len() {
         2 => is("te"),
         6 => is("expect"),
@@ -431,9 +439,7 @@ fn connection_names(h: &Headers) -> SmallVec<[&[u8]; 4]> {
     for v in h.get_all("connection") {
         for t in v.split(|&b| b == b',') {
             let t = t.trim_ascii();
-            let standard = std::str::from_utf8(t).is_ok_and(hop_by_hop)
-                || t.eq_ignore_ascii_case(b"close")
-                || t.is_empty();
+            let standard = hop_by_hop(t) || t.eq_ignore_ascii_case(b"close") || t.is_empty();
             if !standard {
                 names.push(t);
             }
@@ -442,12 +448,52 @@ fn connection_names(h: &Headers) -> SmallVec<[&[u8]; 4]> {
     names
 }
 
-/// The fields to forward: all but the hop-by-hop ones.
-fn forwardable<'a>(h: &'a Headers) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
-    let named = connection_names(h);
-    h.iter().filter(move |(n, _)| {
-        !(hop_by_hop(n) || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes())))
+/// The fields to forward: all but the hop-by-hop ones. One pass over the head in the usual
+/// case (a `Connection` field naming only standard options, or none).
+fn forwardable<'a>(h: &'a Headers, out: &mut Fields<'a>) {
+    let mut named = false;
+    // Names in a parsed head are tokens (ASCII): one UTF-8 check of the whole head (it fails
+    // only for obs-text in a value) rather than one per name.
+    let buf = h.buffer();
+    let whole = std::str::from_utf8(buf).ok();
+    for (n, v) in h.iter_bytes() {
+        if hop_by_hop(n) {
+            named |= n.eq_ignore_ascii_case(b"connection") && !connection_options_standard(v);
+            continue;
+        }
+        let at = n.as_ptr() as usize - buf.as_ptr() as usize;
+        let name = match whole {
+            Some(w) => w.get(at..at + n.len()),
+            None => std::str::from_utf8(n).ok(),
+        };
+        if let Some(n) = name {
+            out.push((n, v));
+        }
+    }
+    if named {
+        let names = connection_names(h);
+        out.retain(|(n, _)| !names.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes())));
+    }
+}
+
+/// Whether a `Connection` value names only standard options (hop-by-hop fields anyway,
+/// `close`, nothing).
+fn connection_options_standard(v: &[u8]) -> bool {
+    v.split(|&b| b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty() || hop_by_hop(t) || t.eq_ignore_ascii_case(b"close")
     })
+}
+
+/// Whether a request field `name` goes upstream: not hop-by-hop (standard or named by
+/// `Connection`), and not one the proxy writes itself (`X-Forwarded-For`, `traceparent`).
+fn forward_request_field(name: &[u8], named: &[&[u8]]) -> bool {
+    let ours = match name.len() {
+        11 => name.eq_ignore_ascii_case(b"traceparent"),
+        15 => name.eq_ignore_ascii_case(b"x-forwarded-for"),
+        _ => false,
+    };
+    !(ours || hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)))
 }
 
 /// Fields of a forwarded head, on the stack for the usual count.
@@ -485,7 +531,7 @@ struct Exchange {
     /// The breaker's permit for this attempt (it must hear the outcome).
     permit: Option<Permit>,
     extra_xff: Bytes,
-    traceparent: Bytes,
+    traceparent: [u8; TRACEPARENT_LEN],
 }
 
 /// A client's connection.
@@ -663,7 +709,7 @@ impl Down {
             resp_done: false,
             permit: None,
             extra_xff: xff,
-            traceparent: Bytes::copy_from_slice(&tp),
+            traceparent: tp,
         };
         self.ex = Some(ex);
         self.dispatch(ctx, now);
@@ -824,7 +870,7 @@ impl Down {
                 head: ex.head.clone(),
                 extra: Extra {
                     xff: ex.extra_xff.clone(),
-                    traceparent: ex.traceparent.clone(),
+                    traceparent: ex.traceparent,
                     host,
                     upgrade,
                 },
@@ -859,6 +905,9 @@ impl Down {
                 ex.replayable = false;
                 ex.replay.clear();
             }
+        }
+        if data.is_empty() && ex.head.body_kind() == BodyKind::Empty {
+            return; // the end of a request without a body: the head said it all
         }
         self.unacked += data.len();
         match ex.up {
@@ -976,7 +1025,10 @@ impl Down {
         } else {
             Outcome::Ignored
         };
-        ws.report(i, ex.permit.take(), outcome, now, &sh.stats, ctx.index);
+        if let Some(permit) = ex.permit.take() {
+            // Usually told at the response head already.
+            ws.report(i, Some(permit), outcome, now, &sh.stats, ctx.index);
+        }
         ws.active[i] = ws.active[i].saturating_sub(1);
         sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
         if let Some(w) = ex.waiter.take() {
@@ -1056,8 +1108,9 @@ impl Down {
             Kind::Data(b) => {
                 if let Some(ex) = self.ex.as_ref() {
                     self.owed += b.len();
+                    // Collected after the whole mail (`on_mail`): a small response's head
+                    // and body leave as one slice.
                     let _ = self.conn.send_data(ex.id, b, false);
-                    self.collect();
                 }
             }
             Kind::End(reusable) => {
@@ -1065,11 +1118,21 @@ impl Down {
                 let _ = self.conn.send_data(ex.id, Bytes::new(), true);
                 ex.resp_done = true;
                 ex.reusable = reusable;
-                self.collect();
                 // Done even if the request body is still arriving (an early answer): the rest
                 // of it is read and dropped, and that upstream connection is not reused.
                 self.finish(ctx);
                 self.resume(ctx, now);
+            }
+            Kind::Resp { head, data, end } => {
+                if let Some(h) = head {
+                    self.apply(ctx, Kind::Head(h), now);
+                }
+                if let Some(d) = data {
+                    self.apply(ctx, Kind::Data(d), now);
+                }
+                if let Some(r) = end {
+                    self.apply(ctx, Kind::End(r), now);
+                }
             }
             Kind::Send(_) | Kind::ReqData(..) | Kind::Raw(_) | Kind::Close => {}
         }
@@ -1159,7 +1222,8 @@ impl Down {
             }
         };
         let hs = resp.headers();
-        let mut fields: Fields = forwardable(hs).collect();
+        let mut fields = Fields::new();
+        forwardable(hs, &mut fields);
         fields.push(("via", b"1.1 ferry"));
         if status == 101 {
             fields.push(("connection", b"upgrade"));
@@ -1171,10 +1235,11 @@ impl Down {
             // this connection ends after the response rather than close it silently later.
             fields.push(("connection", b"close"));
         }
-        let reason = resp.reason().to_string();
+        // `None` writes the usual status line from a table.
+        let reason = Some(resp.reason()).filter(|r| !(status == 200 && *r == "OK"));
         if self
             .conn
-            .send_response_with_reason(ex.id, status, Some(&reason), &fields, body)
+            .send_response_with_reason(ex.id, status, reason, &fields, body)
             .is_err()
         {
             // A head our client side would not accept: answer 502 instead.
@@ -1200,7 +1265,6 @@ impl Down {
                 n -= k as u64;
             }
         }
-        self.collect();
     }
 
     fn ack(&mut self, ctx: &WorkerCtx, n: usize) {
@@ -1313,20 +1377,40 @@ impl Up {
             if !self.io.input.is_empty() {
                 let _ = self.conn.handle_input(now, &mut self.io.input);
             }
+            // A head and the body bytes after it go to the owner in one mail (with the end
+            // when the read had all of it: the usual small response is one mail).
+            let mut head = None;
+            let mut data = None;
             while let Some(ev) = self.conn.poll_event() {
+                let flush = match ev {
+                    CEvent::Data { .. } => data.is_some(),
+                    CEvent::End { .. } => false,
+                    _ => true,
+                };
+                if flush {
+                    self.flush_resp(ctx, &mut head, &mut data);
+                }
                 match ev {
                     CEvent::Response(r) => {
                         self.resp_started = true;
-                        self.to_owner(ctx, Kind::Head(Box::new(r)));
+                        head = Some(Box::new(r));
                     }
-                    CEvent::Data { data, .. } => {
-                        self.unacked += data.len();
-                        self.to_owner(ctx, Kind::Data(data));
+                    CEvent::Data { data: d, .. } => {
+                        self.unacked += d.len();
+                        data = Some(d);
                     }
                     CEvent::End { .. } => {
                         // The client gives the lease back; this connection is idle from now.
                         let reusable = self.conn.is_reusable() && !self.io.saw_eof();
-                        self.to_owner(ctx, Kind::End(reusable));
+                        let (head, data) = (head.take(), data.take());
+                        self.to_owner(
+                            ctx,
+                            Kind::Resp {
+                                head,
+                                data,
+                                end: Some(reusable),
+                            },
+                        );
                         self.owner = None;
                         self.req = None;
                         self.resp_started = false;
@@ -1355,6 +1439,7 @@ impl Up {
                     _ => {}
                 }
             }
+            self.flush_resp(ctx, &mut head, &mut data);
         }
         while let Some(b) = self.conn.poll_transmit() {
             self.io.out.push(b);
@@ -1366,6 +1451,26 @@ impl Up {
         if self.conn.is_closed() && self.req.is_none() && self.owner.is_none() {
             self.done = true;
             self.alive.store(false, Relaxed);
+        }
+    }
+
+    /// Mail the response head and body bytes collected so far (if any) to the owner.
+    fn flush_resp(
+        &self,
+        ctx: &WorkerCtx,
+        head: &mut Option<Box<ferry_http1::Response>>,
+        data: &mut Option<Bytes>,
+    ) {
+        if head.is_some() || data.is_some() {
+            let (head, data) = (head.take(), data.take());
+            self.to_owner(
+                ctx,
+                Kind::Resp {
+                    head,
+                    data,
+                    end: None,
+                },
+            );
         }
     }
 
@@ -1394,12 +1499,7 @@ impl Up {
                     self.fail(ctx, UpFailure::Broken);
                     return;
                 }
-                let mut fields: Fields = forwardable(head.headers())
-                    .filter(|(n, _)| {
-                        !n.eq_ignore_ascii_case("x-forwarded-for")
-                            && !n.eq_ignore_ascii_case("traceparent")
-                    })
-                    .collect();
+                let mut fields: SmallVec<[(&str, &[u8]); 8]> = SmallVec::new();
                 if let Some(h) = extra.host.as_ref() {
                     fields.push(("host", h));
                 }
@@ -1407,7 +1507,7 @@ impl Up {
                     fields.push(("x-forwarded-for", &extra.xff));
                 }
                 fields.push(("x-forwarded-proto", b"http"));
-                fields.push(("traceparent", &extra.traceparent));
+                fields.push(("traceparent", &extra.traceparent[..]));
                 fields.push(("via", b"1.1 ferry"));
                 if let Some(u) = extra.upgrade.as_ref() {
                     fields.push(("connection", b"upgrade"));
@@ -1418,13 +1518,14 @@ impl Up {
                     BodyKind::Length(n) => Body::Length(n),
                     _ => Body::Chunked,
                 };
-                match self.conn.send_request_with_method_str(
-                    now,
-                    head.method_str(),
-                    head.target(),
-                    &fields,
-                    body,
-                ) {
+                // The client's fields go out as parsed (validated once, by our server side),
+                // ours after them.
+                let named = connection_names(head.headers());
+                let keep = |n: &[u8]| forward_request_field(n, &named);
+                match self
+                    .conn
+                    .send_forwarded_request(now, &head, keep, &fields, body)
+                {
                     Ok(id) => self.req = Some(id),
                     Err(_) => self.fail(ctx, UpFailure::Broken),
                 }
@@ -1779,7 +1880,9 @@ mod tests {
         let Some(SEvent::Request(r)) = conn.poll_event() else {
             panic!()
         };
-        let names: Vec<&str> = forwardable(r.headers()).map(|(n, _)| n).collect();
+        let mut fields = Fields::new();
+        forwardable(r.headers(), &mut fields);
+        let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, vec!["Host", "X-Ok"]);
         assert!(connection_names(r.headers()).as_slice() == [b"X-Secret".as_slice()]);
     }
@@ -1798,7 +1901,7 @@ mod tests {
             "Proxy-Authorization",
             "expect",
         ] {
-            assert!(hop_by_hop(n), "{n}");
+            assert!(hop_by_hop(n.as_bytes()), "{n}");
         }
         for n in [
             "host",
@@ -1809,7 +1912,7 @@ mod tests {
             "",
             "content-type",
         ] {
-            assert!(!hop_by_hop(n), "{n}");
+            assert!(!hop_by_hop(n.as_bytes()), "{n}");
         }
     }
 }

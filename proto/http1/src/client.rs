@@ -73,7 +73,9 @@ use crate::chunked::{encode_chunk_head, ChunkedDecoder, Decoded};
 use crate::encode::{
     is_token, write_content_length, write_fields, Body, COPY_BODY_MAX, OUT_BUF_CAPACITY,
 };
-use crate::head::{parse_response, BodyKind, Headers, IndexBuf, Method, RequestId, Response};
+use crate::head::{
+    parse_response, BodyKind, Headers, IndexBuf, Method, Request, RequestId, Response,
+};
 use crate::server::HTTP1_INFO;
 use crate::{ClientConfig, Error, HeadError, SendError};
 
@@ -372,6 +374,84 @@ impl ClientConnection {
             return Err(SendError::InvalidHeader);
         }
         let m = Method::from_token(method);
+        let mark = self.start_head(method.as_bytes(), target.as_bytes());
+        let facts = match write_fields(&mut self.wbuf, fields) {
+            Ok(f) => f,
+            Err(e) => {
+                self.wbuf.truncate(mark);
+                return Err(e);
+            }
+        };
+        let upgrade = fields
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("upgrade"));
+        Ok(self.finish_head(m, facts.close, upgrade, body))
+    }
+
+    /// Forward `req` (a request parsed by a server connection, or built with
+    /// [`Request::from_parts`]) upstream: its method, target and the fields for which
+    /// `keep(name)` holds go out as they were received, followed by `extra`, in one pass and
+    /// without validating the forwarded part again (a [`Request`] only holds fields that
+    /// passed the parser's checks). `extra` is validated like
+    /// [`send_request`](Self::send_request)'s fields.
+    ///
+    /// `keep` MUST refuse `Content-Length` and `Transfer-Encoding` (the connection derives
+    /// framing from `body`; forwarded anyway, they are refused with
+    /// [`SendError::FramingHeader`]) and whatever hop-by-hop fields the caller does not want
+    /// to forward. Everything else is as for [`send_request`](Self::send_request): a forwarded
+    /// or extra `Connection: close` makes this the last request, a field `Upgrade` makes it
+    /// an upgrade request.
+    pub fn send_forwarded_request(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        mut keep: impl FnMut(&[u8]) -> bool,
+        extra: &[(&str, &[u8])],
+        body: Body,
+    ) -> Result<RequestId, SendError> {
+        self.advance(now);
+        self.check_can_send()?;
+        let mark = self.start_head(req.method_str().as_bytes(), req.target().as_bytes());
+        let mut close = false;
+        let mut upgrade = false;
+        for (name, value) in req.headers().iter_bytes() {
+            if !keep(name) {
+                continue;
+            }
+            match name.len() {
+                7 if name.eq_ignore_ascii_case(b"upgrade") => upgrade = true,
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    close |= crate::head::list_has_token(value, "close");
+                }
+                14 | 17
+                    if name.eq_ignore_ascii_case(b"content-length")
+                        || name.eq_ignore_ascii_case(b"transfer-encoding") =>
+                {
+                    self.wbuf.truncate(mark);
+                    return Err(SendError::FramingHeader);
+                }
+                _ => {}
+            }
+            let dst = &mut self.wbuf;
+            dst.reserve(name.len() + value.len() + 4);
+            dst.put_slice(name);
+            dst.put_slice(b": ");
+            dst.put_slice(value);
+            dst.put_slice(b"\r\n");
+        }
+        let facts = match write_fields(&mut self.wbuf, extra) {
+            Ok(f) => f,
+            Err(e) => {
+                self.wbuf.truncate(mark);
+                return Err(e);
+            }
+        };
+        upgrade |= extra.iter().any(|(n, _)| n.eq_ignore_ascii_case("upgrade"));
+        Ok(self.finish_head(req.method(), close | facts.close, upgrade, body))
+    }
+
+    /// Write the request line; returns where it starts (to truncate back to on error).
+    fn start_head(&mut self, method: &[u8], target: &[u8]) -> usize {
         if self.wbuf.capacity() == 0 {
             self.wbuf.reserve(OUT_BUF_CAPACITY);
         }
@@ -379,17 +459,17 @@ impl ClientConnection {
         let dst = &mut self.wbuf;
         // request-line = method SP request-target SP HTTP-version
         dst.reserve(method.len() + target.len() + 11);
-        dst.put_slice(method.as_bytes());
+        dst.put_slice(method);
         dst.put_u8(b' ');
-        dst.put_slice(target.as_bytes());
+        dst.put_slice(target);
         dst.put_slice(b" HTTP/1.1\r\n");
-        let facts = match write_fields(dst, fields) {
-            Ok(f) => f,
-            Err(e) => {
-                dst.truncate(mark);
-                return Err(e);
-            }
-        };
+        mark
+    }
+
+    /// The framing fields, the end of the head and an inline body; the request is pending
+    /// from now on.
+    fn finish_head(&mut self, m: Method, close: bool, upgrade: bool, body: Body) -> RequestId {
+        let dst = &mut self.wbuf;
         let mut inline_body = None;
         let streaming = match body {
             Body::Empty => {
@@ -423,17 +503,15 @@ impl ClientConnection {
             id,
             head: m == Method::Head,
             connect: m == Method::Connect,
-            upgrade: fields
-                .iter()
-                .any(|(n, _)| n.eq_ignore_ascii_case("upgrade")),
+            upgrade,
             sent_at: streaming.is_none().then_some(self.now),
         });
         self.sending = streaming.map(|body| Sending { id, body });
-        if facts.close {
+        if close {
             self.closing = true;
             let _ = self.lifecycle.transition(State::Closing);
         }
-        Ok(RequestId(id))
+        RequestId(id)
     }
 
     fn sending_for(&self, id: RequestId) -> Result<SendBody, SendError> {
@@ -1101,6 +1179,76 @@ mod tests {
         assert_eq!((c.in_flight(), c.requests()), (1, 1));
         assert!(c.can_send_request());
         assert!(!c.is_reusable());
+    }
+
+    #[test]
+    fn forwarded_request_copies_kept_fields_and_checks_extras() {
+        use crate::head::Version;
+        let fields: [(&[u8], &[u8]); 4] = [
+            (b"Host", b"example.com"),
+            (b"X-Drop", b"1"),
+            (b"Accept", b"*/*"),
+            (b"Connection", b"close"),
+        ];
+        let req = Request::from_parts(
+            RequestId(7),
+            b"PURGE",
+            b"/a?b",
+            Version::Http11,
+            fields,
+            BodyKind::Empty,
+        )
+        .unwrap();
+        let mut c = client();
+        // A bad extra field: refused, nothing written, the connection unchanged.
+        let bad: [(&str, &[u8]); 1] = [("x", b"a\r\nInjected: 1")];
+        assert_eq!(
+            c.send_forwarded_request(Instant::ZERO, &req, |_| true, &bad, Body::Empty)
+                .unwrap_err(),
+            SendError::InvalidHeader
+        );
+        assert!(c.poll_transmit().is_none());
+        assert_eq!(c.in_flight(), 0);
+        let keep = |n: &[u8]| !n.eq_ignore_ascii_case(b"x-drop");
+        let extra: [(&str, &[u8]); 1] = [("Via", b"1.1 p")];
+        c.send_forwarded_request(Instant::ZERO, &req, keep, &extra, Body::Length(3))
+            .unwrap();
+        assert_eq!(
+            wire_str(&mut c),
+            "PURGE /a?b HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\nConnection: close\r\n\
+             Via: 1.1 p\r\ncontent-length: 3\r\n\r\n"
+        );
+        // The forwarded `Connection: close` makes it the last request.
+        assert!(!c.can_send_request());
+    }
+
+    #[test]
+    fn forwarded_request_refuses_framing_fields() {
+        use crate::head::Version;
+        let fields: [(&[u8], &[u8]); 2] = [(b"Host", b"h"), (b"Content-Length", b"0")];
+        let req = Request::from_parts(
+            RequestId(0),
+            b"POST",
+            b"/",
+            Version::Http11,
+            fields,
+            BodyKind::Empty,
+        )
+        .unwrap();
+        let mut c = client();
+        assert_eq!(
+            c.send_forwarded_request(Instant::ZERO, &req, |_| true, &[], Body::Empty)
+                .unwrap_err(),
+            SendError::FramingHeader
+        );
+        assert!(c.poll_transmit().is_none());
+        let keep = |n: &[u8]| !n.eq_ignore_ascii_case(b"content-length");
+        c.send_forwarded_request(Instant::ZERO, &req, keep, &[], Body::Empty)
+            .unwrap();
+        assert_eq!(
+            wire_str(&mut c),
+            "POST / HTTP/1.1\r\nHost: h\r\ncontent-length: 0\r\n\r\n"
+        );
     }
 
     #[test]
