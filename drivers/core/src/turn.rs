@@ -175,7 +175,10 @@ pub fn spawn_workers<Sh: Send + Sync + 'static>(
     } = launch;
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     // Workers with no listener (`Launch::outbound_only`) only open outbound connections.
-    let listeners = listeners.into_iter().map(Some).chain(std::iter::repeat_with(|| None));
+    let listeners = listeners
+        .into_iter()
+        .map(Some)
+        .chain(std::iter::repeat_with(|| None));
     for (ctx, l) in workers.into_iter().zip(listeners) {
         let name = format!("{prefix}-{}", ctx.index);
         let shared = shared.clone();
