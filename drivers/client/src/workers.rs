@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_driver::{
-    Clock, DriverKind, EventFd, Launch, Request, Response, ServerHandle, ServerOptions,
-    Service, Session, Shutdown, Wake,
+    Clock, DriverKind, EventFd, Launch, Request, Response, ServerHandle, ServerOptions, Service,
+    Session, Shutdown, Wake,
 };
 
 /// How to start [`Workers`].
