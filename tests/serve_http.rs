@@ -1088,6 +1088,26 @@ fn port_in_use_exits_1_naming_the_address() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// A second `ferry serve` on a port the first one holds is refused too (both set
+/// `SO_REUSEPORT`, which alone would let the second silently take half the connections).
+#[test]
+fn second_ferry_on_the_same_port_exits_1() {
+    let first = Server::start("epoll", &[]);
+    let addr = first.addr.to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--http", &addr, "--workers", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&addr) && err.contains("already in use"),
+        "{err}"
+    );
+    drop(first);
+}
+
 #[test]
 fn config_file_is_read() {
     let d = tmp_dir("config");

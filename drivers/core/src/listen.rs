@@ -154,8 +154,30 @@ fn bind_one(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListener> {
     Ok(s.into())
 }
 
+/// Whether anyone listens on `addr` already, even another process's `SO_REUSEPORT` group
+/// (say a second `ferry serve` on the same port), which `SO_REUSEPORT` alone would let us
+/// join, silently taking half its connections. A probe socket without `SO_REUSEPORT` binds
+/// only where nobody listens (`SO_REUSEADDR` still passes `TIME_WAIT` leftovers); it is closed
+/// at once.
+fn probe_free(addr: SocketAddr, opts: &ListenOptions) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(opts.v6_only)?;
+    }
+    s.bind(&addr.into())
+}
+
 /// Bind `n` non-blocking listeners on `addr` with `SO_REUSEPORT`: the first picks the port
-/// (port 0 = any free port), the others bind the same one.
+/// (port 0 = any free port), the others bind the same one. An address someone already
+/// listens on is refused (`AddrInUse`), also when that someone uses `SO_REUSEPORT`.
 pub fn bind_listeners(
     addr: SocketAddr,
     n: usize,
@@ -165,6 +187,7 @@ pub fn bind_listeners(
         addr: addr.into(),
         source,
     };
+    probe_free(addr, opts).map_err(err)?;
     let first = bind_one(addr, opts).map_err(err)?;
     let real = first.local_addr().map_err(err)?;
     let mut v = vec![first];
@@ -323,6 +346,19 @@ mod tests {
         let addr = taken.local_addr().unwrap();
         let e = bind_listeners(addr, 1, &ListenOptions::default()).unwrap_err();
         assert_eq!(e.to_string(), format!("address {addr} is already in use"));
+    }
+
+    #[test]
+    fn a_second_reuseport_group_on_a_taken_port_is_refused() {
+        let opts = ListenOptions::default();
+        let first = bind_listeners("127.0.0.1:0".parse().unwrap(), 2, &opts).unwrap();
+        let addr = first[0].local_addr().unwrap();
+        let e = bind_listeners(addr, 2, &opts).unwrap_err();
+        assert_eq!(e.source.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(e.to_string(), format!("address {addr} is already in use"));
+        // Once the first group is gone the port is free again.
+        drop(first);
+        assert_eq!(bind_listeners(addr, 2, &opts).unwrap().len(), 2);
     }
 
     #[test]
