@@ -34,16 +34,14 @@
 //!
 //! Allocations per request once warm went from 1 (`driver`) and 1.1 (`driver-p16`) to 0
 //! (pinned by `drivers/core/tests/alloc_h1.rs`).
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Buf, BytesMut};
 use ferry_driver::h2::HttpAuto;
 use ferry_driver::service::ConnInfo;
-use ferry_driver::{Clock, EventFd, ServerOptions, Session, Shutdown, WorkerCtx, WorkerMetrics};
+use ferry_driver::{Clock, Session, WorkerCtx};
 use ferry_http1::{server::Event, Body, ServerConfig, ServerConnection};
 use ferry_proto::{Connection, Instant};
 
@@ -52,29 +50,11 @@ use ferry_proto::{Connection, Instant};
 mod demo;
 
 /// Counts heap allocations (and reallocations).
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to `System` unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+#[path = "../../../tests/support/count_alloc.rs"]
+mod count_alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: count_alloc::CountingAlloc = count_alloc::CountingAlloc;
 
 /// What wrk sends for `wrk http://127.0.0.1:8080/`.
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
@@ -83,26 +63,7 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
 const RESPONSE_PREFIX: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n";
 
 fn ctx() -> WorkerCtx {
-    let options = ServerOptions {
-        workers: 1,
-        ..ServerOptions::default()
-    };
-    let clock = Clock::new();
-    let mut http = options.http.clone();
-    http.date_origin_unix_nanos = Some(clock.unix_origin_nanos());
-    WorkerCtx {
-        index: 0,
-        cpu: None,
-        service: Arc::new(demo::Demo::new()),
-        http: Arc::new(http),
-        options: Arc::new(options),
-        metrics: Arc::new(WorkerMetrics::default()),
-        jobs: Vec::new(),
-        replies: None,
-        waker: Arc::new(EventFd::new().expect("eventfd")),
-        shutdown: Shutdown::new(),
-        clock,
-    }
+    WorkerCtx::detached(Arc::new(demo::Demo::new())).expect("eventfd")
 }
 
 /// The `ferry serve` session on one connection, `depth` requests per read.
@@ -278,11 +239,12 @@ impl Load {
                 String::from_utf8_lossy(s)
             );
         }
-        let before = ALLOCS.load(Relaxed);
-        for _ in 0..ALLOC_BATCHES {
-            self.run();
-        }
-        (ALLOCS.load(Relaxed) - before) as f64 / (ALLOC_BATCHES as usize * self.depth()) as f64
+        let ((), n) = count_alloc::counted(|| {
+            for _ in 0..ALLOC_BATCHES {
+                self.run();
+            }
+        });
+        n as f64 / (ALLOC_BATCHES as usize * self.depth()) as f64
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant as StdInstant};
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_driver::h2::HttpAuto;
 use ferry_driver::service::{ConnInfo, Request, Response, Service};
-use ferry_driver::{Clock, EventFd, ServerOptions, Session, Shutdown, WorkerCtx, WorkerMetrics};
+use ferry_driver::{Session, WorkerCtx};
 use ferry_http2::{Body, Event, ServerConnection};
 use ferry_proto::{Connection, Instant};
 
@@ -118,26 +118,7 @@ impl Client {
 }
 
 fn ctx() -> WorkerCtx {
-    let options = ServerOptions {
-        workers: 1,
-        ..ServerOptions::default()
-    };
-    let clock = Clock::new();
-    let mut http = options.http.clone();
-    http.date_origin_unix_nanos = Some(clock.unix_origin_nanos());
-    WorkerCtx {
-        index: 0,
-        cpu: None,
-        service: Arc::new(Hello),
-        http: Arc::new(http),
-        options: Arc::new(options),
-        metrics: Arc::new(WorkerMetrics::default()),
-        jobs: Vec::new(),
-        replies: None,
-        waker: Arc::new(EventFd::new().expect("eventfd")),
-        shutdown: Shutdown::new(),
-        clock,
-    }
+    WorkerCtx::detached(Arc::new(Hello)).expect("eventfd")
 }
 
 /// Batches per connection before a fresh one (keeps stream ids far below 2^31).

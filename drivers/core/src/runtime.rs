@@ -170,6 +170,32 @@ impl std::fmt::Debug for WorkerCtx {
 }
 
 impl WorkerCtx {
+    /// A context for driving sessions by hand, without a driver or sockets (benches, tests,
+    /// an embedder's own loop): worker 0, not pinned, `service` inline, default options with
+    /// the `Date` origin set, fresh counters, doorbell and stop flag.
+    pub fn detached(service: Arc<dyn Service>) -> io::Result<WorkerCtx> {
+        let options = ServerOptions {
+            workers: 1,
+            ..ServerOptions::default()
+        };
+        let clock = Clock::new();
+        let mut http = options.http.clone();
+        http.date_origin_unix_nanos = Some(clock.unix_origin_nanos());
+        Ok(WorkerCtx {
+            index: 0,
+            cpu: None,
+            service,
+            http: Arc::new(http),
+            options: Arc::new(options),
+            metrics: Arc::new(WorkerMetrics::default()),
+            jobs: Vec::new(),
+            replies: None,
+            waker: Arc::new(EventFd::new()?),
+            shutdown: Shutdown::new(),
+            clock,
+        })
+    }
+
     /// Pin the calling thread as configured; a failure is logged, not fatal.
     pub fn pin(&self) {
         if let Some(cpu) = self.cpu {

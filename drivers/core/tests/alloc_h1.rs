@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_driver::h2::HttpAuto;
 use ferry_driver::service::{ConnInfo, Request, Response, Service};
-use ferry_driver::{Clock, EventFd, ServerOptions, Session, Shutdown, WorkerCtx, WorkerMetrics};
+use ferry_driver::{Session, WorkerCtx};
 use ferry_proto::Instant;
 
 /// Answers like the demo's `/`.
@@ -38,26 +38,7 @@ impl Service for Hello {
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
 
 fn ctx() -> WorkerCtx {
-    let options = ServerOptions {
-        workers: 1,
-        ..ServerOptions::default()
-    };
-    let clock = Clock::new();
-    let mut http = options.http.clone();
-    http.date_origin_unix_nanos = Some(clock.unix_origin_nanos());
-    WorkerCtx {
-        index: 0,
-        cpu: None,
-        service: Arc::new(Hello),
-        http: Arc::new(http),
-        options: Arc::new(options),
-        metrics: Arc::new(WorkerMetrics::default()),
-        jobs: Vec::new(),
-        replies: None,
-        waker: Arc::new(EventFd::new().expect("eventfd")),
-        shutdown: Shutdown::new(),
-        clock,
-    }
+    WorkerCtx::detached(Arc::new(Hello)).expect("eventfd")
 }
 
 fn open(ctx: &mut WorkerCtx) -> HttpAuto {
