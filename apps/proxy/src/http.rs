@@ -448,41 +448,10 @@ fn connection_names(h: &Headers) -> SmallVec<[&[u8]; 4]> {
     names
 }
 
-/// The fields to forward: all but the hop-by-hop ones. One pass over the head in the usual
-/// case (a `Connection` field naming only standard options, or none).
-fn forwardable<'a>(h: &'a Headers, out: &mut Fields<'a>) {
-    let mut named = false;
-    // Names in a parsed head are tokens (ASCII): one UTF-8 check of the whole head (it fails
-    // only for obs-text in a value) rather than one per name.
-    let buf = h.buffer();
-    let whole = std::str::from_utf8(buf).ok();
-    for (n, v) in h.iter_bytes() {
-        if hop_by_hop(n) {
-            named |= n.eq_ignore_ascii_case(b"connection") && !connection_options_standard(v);
-            continue;
-        }
-        let at = n.as_ptr() as usize - buf.as_ptr() as usize;
-        let name = match whole {
-            Some(w) => w.get(at..at + n.len()),
-            None => std::str::from_utf8(n).ok(),
-        };
-        if let Some(n) = name {
-            out.push((n, v));
-        }
-    }
-    if named {
-        let names = connection_names(h);
-        out.retain(|(n, _)| !names.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes())));
-    }
-}
-
-/// Whether a `Connection` value names only standard options (hop-by-hop fields anyway,
-/// `close`, nothing).
-fn connection_options_standard(v: &[u8]) -> bool {
-    v.split(|&b| b == b',').all(|t| {
-        let t = t.trim_ascii();
-        t.is_empty() || hop_by_hop(t) || t.eq_ignore_ascii_case(b"close")
-    })
+/// Whether a response field `name` goes downstream: not hop-by-hop (standard or named by
+/// the response's `Connection`).
+fn forward_response_field(name: &[u8], named: &[&[u8]]) -> bool {
+    !(hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)))
 }
 
 /// Whether a request field `name` goes upstream: not hop-by-hop (standard or named by
@@ -495,9 +464,6 @@ fn forward_request_field(name: &[u8], named: &[&[u8]]) -> bool {
     };
     !(ours || hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)))
 }
-
-/// Fields of a forwarded head, on the stack for the usual count.
-type Fields<'a> = SmallVec<[(&'a str, &'a [u8]); 24]>;
 
 // ----------------------------------------------------------------------------------------
 // Downstream
@@ -1222,24 +1188,26 @@ impl Down {
             }
         };
         let hs = resp.headers();
-        let mut fields = Fields::new();
-        forwardable(hs, &mut fields);
-        fields.push(("via", b"1.1 ferry"));
+        let mut extra: SmallVec<[(&str, &[u8]); 3]> = SmallVec::new();
+        extra.push(("via", b"1.1 ferry"));
         if status == 101 {
-            fields.push(("connection", b"upgrade"));
+            extra.push(("connection", b"upgrade"));
             if let Some(u) = hs.get("upgrade") {
-                fields.push(("upgrade", u));
+                extra.push(("upgrade", u));
             }
         } else if !ex.req_done {
             // Answered before the request body is in (an early 413, a `return`): say that
             // this connection ends after the response rather than close it silently later.
-            fields.push(("connection", b"close"));
+            extra.push(("connection", b"close"));
         }
         // `None` writes the usual status line from a table.
         let reason = Some(resp.reason()).filter(|r| !(status == 200 && *r == "OK"));
+        // The upstream's fields go out as our parser accepted them, minus the hop-by-hop ones.
+        let named = connection_names(hs);
+        let keep = |n: &[u8]| forward_response_field(n, &named);
         if self
             .conn
-            .send_response_with_reason(ex.id, status, reason, &fields, body)
+            .send_forwarded_response(ex.id, resp, reason, keep, &extra, body)
             .is_err()
         {
             // A head our client side would not accept: answer 502 instead.
@@ -1880,11 +1848,15 @@ mod tests {
         let Some(SEvent::Request(r)) = conn.poll_event() else {
             panic!()
         };
-        let mut fields = Fields::new();
-        forwardable(r.headers(), &mut fields);
-        let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, vec!["Host", "X-Ok"]);
-        assert!(connection_names(r.headers()).as_slice() == [b"X-Secret".as_slice()]);
+        let named = connection_names(r.headers());
+        assert!(named.as_slice() == [b"X-Secret".as_slice()]);
+        let names: Vec<&[u8]> = r
+            .headers()
+            .iter_bytes()
+            .map(|(n, _)| n)
+            .filter(|n| forward_response_field(n, &named))
+            .collect();
+        assert_eq!(names, vec![b"Host".as_slice(), b"X-Ok"]);
     }
 
     #[test]

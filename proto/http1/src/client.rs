@@ -71,7 +71,8 @@ use ferry_proto::{Connection, Instant, Lifecycle, ProtocolInfo, State};
 
 use crate::chunked::{encode_chunk_head, ChunkedDecoder, Decoded};
 use crate::encode::{
-    is_token, write_content_length, write_fields, Body, COPY_BODY_MAX, OUT_BUF_CAPACITY,
+    copy_parsed_fields, is_token, write_content_length, write_fields, Body, COPY_BODY_MAX,
+    OUT_BUF_CAPACITY,
 };
 use crate::head::{
     parse_response, BodyKind, Headers, IndexBuf, Method, Request, RequestId, Response,
@@ -405,40 +406,20 @@ impl ClientConnection {
         &mut self,
         now: Instant,
         req: &Request,
-        mut keep: impl FnMut(&[u8]) -> bool,
+        keep: impl FnMut(&[u8]) -> bool,
         extra: &[(&str, &[u8])],
         body: Body,
     ) -> Result<RequestId, SendError> {
         self.advance(now);
         self.check_can_send()?;
         let mark = self.start_head(req.method_str().as_bytes(), req.target().as_bytes());
-        let mut close = false;
-        let mut upgrade = false;
-        for (name, value) in req.headers().iter_bytes() {
-            if !keep(name) {
-                continue;
+        let kept = match copy_parsed_fields(&mut self.wbuf, req.headers(), keep) {
+            Ok(f) => f,
+            Err(e) => {
+                self.wbuf.truncate(mark);
+                return Err(e);
             }
-            match name.len() {
-                7 if name.eq_ignore_ascii_case(b"upgrade") => upgrade = true,
-                10 if name.eq_ignore_ascii_case(b"connection") => {
-                    close |= crate::head::list_has_token(value, "close");
-                }
-                14 | 17
-                    if name.eq_ignore_ascii_case(b"content-length")
-                        || name.eq_ignore_ascii_case(b"transfer-encoding") =>
-                {
-                    self.wbuf.truncate(mark);
-                    return Err(SendError::FramingHeader);
-                }
-                _ => {}
-            }
-            let dst = &mut self.wbuf;
-            dst.reserve(name.len() + value.len() + 4);
-            dst.put_slice(name);
-            dst.put_slice(b": ");
-            dst.put_slice(value);
-            dst.put_slice(b"\r\n");
-        }
+        };
         let facts = match write_fields(&mut self.wbuf, extra) {
             Ok(f) => f,
             Err(e) => {
@@ -446,8 +427,8 @@ impl ClientConnection {
                 return Err(e);
             }
         };
-        upgrade |= extra.iter().any(|(n, _)| n.eq_ignore_ascii_case("upgrade"));
-        Ok(self.finish_head(req.method(), close | facts.close, upgrade, body))
+        let (close, upgrade) = (kept.close | facts.close, kept.upgrade | facts.upgrade);
+        Ok(self.finish_head(req.method(), close, upgrade, body))
     }
 
     /// Write the request line; returns where it starts (to truncate back to on error).

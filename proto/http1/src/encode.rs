@@ -122,6 +122,59 @@ pub(crate) struct AppHeaders {
     pub close: bool,
     pub has_date: bool,
     pub has_host: bool,
+    pub upgrade: bool,
+}
+
+impl AppHeaders {
+    /// Note what field `name: value` means to the connection; framing fields are refused (the
+    /// connection writes them from the body).
+    #[inline]
+    fn note(&mut self, n: &[u8], value: &[u8]) -> Result<(), SendError> {
+        match n.len() {
+            4 if n.eq_ignore_ascii_case(b"date") => self.has_date = true,
+            4 if n.eq_ignore_ascii_case(b"host") => self.has_host = true,
+            7 if n.eq_ignore_ascii_case(b"upgrade") => self.upgrade = true,
+            10 if n.eq_ignore_ascii_case(b"connection") => {
+                self.close |= crate::head::list_has_token(value, "close");
+            }
+            14 if n.eq_ignore_ascii_case(b"content-length") => {
+                return Err(SendError::FramingHeader)
+            }
+            17 if n.eq_ignore_ascii_case(b"transfer-encoding") => {
+                return Err(SendError::FramingHeader)
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Write `name: value\r\n`.
+#[inline]
+fn put_field(dst: &mut BytesMut, n: &[u8], value: &[u8]) {
+    dst.reserve(n.len() + value.len() + 4);
+    dst.put_slice(n);
+    dst.put_slice(b": ");
+    dst.put_slice(value);
+    dst.put_slice(b"\r\n");
+}
+
+/// Copy the fields of a head this crate parsed that `keep` accepts, as they are: the parser
+/// already held them to field syntax (token names; values without CR, LF or NUL), so they
+/// are not validated again. Framing fields are refused like [`write_fields`] refuses them.
+pub(crate) fn copy_parsed_fields(
+    dst: &mut BytesMut,
+    headers: &crate::head::Headers,
+    mut keep: impl FnMut(&[u8]) -> bool,
+) -> Result<AppHeaders, SendError> {
+    let mut facts = AppHeaders::default();
+    for (n, value) in headers.iter_bytes() {
+        if keep(n) {
+            facts.note(n, value)?;
+            put_field(dst, n, value);
+        }
+    }
+    Ok(facts)
 }
 
 /// Whether `value` may go out as a field value: no CR, LF or NUL (RFC 9110 §5.5).
@@ -150,25 +203,8 @@ pub(crate) fn write_fields<N: AsRef<str>, V: AsRef<[u8]>>(
         if !is_token(n) || !is_safe_value(value) {
             return Err(SendError::InvalidHeader);
         }
-        match n.len() {
-            4 if n.eq_ignore_ascii_case(b"date") => facts.has_date = true,
-            4 if n.eq_ignore_ascii_case(b"host") => facts.has_host = true,
-            10 if n.eq_ignore_ascii_case(b"connection") => {
-                facts.close |= crate::head::list_has_token(value, "close");
-            }
-            14 if n.eq_ignore_ascii_case(b"content-length") => {
-                return Err(SendError::FramingHeader)
-            }
-            17 if n.eq_ignore_ascii_case(b"transfer-encoding") => {
-                return Err(SendError::FramingHeader)
-            }
-            _ => {}
-        }
-        dst.reserve(n.len() + value.len() + 4);
-        dst.put_slice(n);
-        dst.put_slice(b": ");
-        dst.put_slice(value);
-        dst.put_slice(b"\r\n");
+        facts.note(n, value)?;
+        put_field(dst, n, value);
     }
     Ok(facts)
 }

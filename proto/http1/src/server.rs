@@ -15,8 +15,8 @@ use ferry_proto::{
 use crate::chunked::{encode_chunk_head, ChunkedDecoder, Decoded};
 use crate::date::DateCache;
 use crate::encode::{
-    write_content_length, write_date, write_fields, write_status_line, Body, COPY_BODY_MAX,
-    OUT_BUF_CAPACITY,
+    copy_parsed_fields, write_content_length, write_date, write_fields, write_status_line,
+    AppHeaders, Body, COPY_BODY_MAX, OUT_BUF_CAPACITY,
 };
 use crate::head::{
     parse_request, BodyKind, Headers, IndexBuf, Method, Request, RequestId, Version,
@@ -684,6 +684,36 @@ impl ServerConnection {
         self.respond(id, status, None, fields, body)
     }
 
+    /// Forward a response head another connection of this crate parsed (a proxy's upstream
+    /// response) for request `id`: its status, and the fields `keep` accepts copied as they
+    /// are, without the checks [`send_response`](Self::send_response) makes (the parser
+    /// already held them to field syntax); then `extra`, validated as usual. `reason` as for
+    /// [`send_response_with_reason`](Self::send_response_with_reason).
+    ///
+    /// `keep` MUST refuse the hop-by-hop fields the caller does not forward; `Content-Length`
+    /// and `Transfer-Encoding` are refused anyway ([`SendError::FramingHeader`]): the
+    /// connection writes the framing from `body`.
+    pub fn send_forwarded_response(
+        &mut self,
+        id: RequestId,
+        head: &crate::Response,
+        reason: Option<&str>,
+        keep: impl FnMut(&[u8]) -> bool,
+        extra: &[(&str, &[u8])],
+        body: Body,
+    ) -> Result<(), SendError> {
+        self.respond_with(id, head.status(), reason, body, |dst| {
+            let kept = copy_parsed_fields(dst, head.headers(), keep)?;
+            let facts = write_fields(dst, extra)?;
+            Ok(AppHeaders {
+                close: kept.close | facts.close,
+                has_date: kept.has_date | facts.has_date,
+                has_host: kept.has_host | facts.has_host,
+                upgrade: kept.upgrade | facts.upgrade,
+            })
+        })
+    }
+
     fn respond<N: AsRef<str>, V: AsRef<[u8]>>(
         &mut self,
         id: RequestId,
@@ -691,6 +721,19 @@ impl ServerConnection {
         reason: Option<&str>,
         fields: &[(N, V)],
         body: Body,
+    ) -> Result<(), SendError> {
+        self.respond_with(id, status, reason, body, |dst| write_fields(dst, fields))
+    }
+
+    /// The response head with its fields written by `put_fields` (which says what they mean
+    /// to the connection); on error the head is taken back.
+    fn respond_with(
+        &mut self,
+        id: RequestId,
+        status: u16,
+        reason: Option<&str>,
+        body: Body,
+        put_fields: impl FnOnce(&mut BytesMut) -> Result<AppHeaders, SendError>,
     ) -> Result<(), SendError> {
         let i = self.check_open(id)?;
         if !(100..=999).contains(&status) {
@@ -723,7 +766,7 @@ impl ServerConnection {
         }
         let mark = dst.len();
         write_status_line(dst, status, reason);
-        let facts = match write_fields(dst, fields) {
+        let facts = match put_fields(dst) {
             Ok(f) => f,
             Err(e) => {
                 dst.truncate(mark);

@@ -795,3 +795,90 @@ fn early_answer_before_the_body_keeps_the_connection() {
     assert!(output(&mut c).starts_with("HTTP/1.1 200"));
     assert!(!c.is_closed());
 }
+
+/// An upstream response head as a proxy gets it: parsed by a `ClientConnection`.
+fn upstream_response(raw: &[u8]) -> crate::Response {
+    use crate::client::{ClientConnection, Event as CEvent};
+    use crate::ClientConfig;
+    let mut c = ClientConnection::new(Arc::new(ClientConfig::default()), Instant::ZERO);
+    c.send_request(
+        Instant::ZERO,
+        Method::Get,
+        "/",
+        &[("host", b"up")],
+        Body::Empty,
+    )
+    .unwrap();
+    while c.poll_transmit().is_some() {}
+    let mut input = BytesMut::from(raw);
+    c.handle_input(Instant::ZERO, &mut input).unwrap();
+    loop {
+        match c.poll_event() {
+            Some(CEvent::Response(r)) => return r,
+            Some(_) => {}
+            None => panic!("no response parsed"),
+        }
+    }
+}
+
+#[test]
+fn forwarded_response_copies_kept_fields_and_checks_extras() {
+    let up = upstream_response(
+        b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\nX-Drop: 1\r\n\
+          Server: up\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    let mut c = conn_with(|c| c.date_origin_unix_nanos = Some(0));
+    feed(&mut c, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let id = match events(&mut c).first() {
+        Some(Event::Request(r)) => r.id(),
+        other => panic!("{other:?}"),
+    };
+    // A bad extra field: refused, nothing written.
+    let bad: [(&str, &[u8]); 1] = [("x", b"a\r\nInjected: 1")];
+    let all = |_: &[u8]| true;
+    assert_eq!(
+        c.send_forwarded_response(id, &up, None, all, &bad, Body::Empty)
+            .unwrap_err(),
+        SendError::FramingHeader,
+        "the upstream's Content-Length is refused before the extras are looked at"
+    );
+    let keep =
+        |n: &[u8]| !n.eq_ignore_ascii_case(b"x-drop") && !n.eq_ignore_ascii_case(b"content-length");
+    assert_eq!(
+        c.send_forwarded_response(id, &up, None, keep, &bad, Body::Empty)
+            .unwrap_err(),
+        SendError::InvalidHeader
+    );
+    assert_eq!(output(&mut c), "");
+    let extra: [(&str, &[u8]); 1] = [("via", b"1.1 p")];
+    c.send_forwarded_response(id, &up, None, keep, &extra, Body::Full("hi".into()))
+        .unwrap();
+    // The upstream's Date is kept (ours is not added), X-Drop and its framing are not.
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\nServer: up\r\n\
+         via: 1.1 p\r\ncontent-length: 2\r\n\r\nhi"
+    );
+}
+
+#[test]
+fn forwarded_response_connection_close_ends_the_connection() {
+    let up = upstream_response(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+    let mut c = conn();
+    feed(&mut c, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let id = match events(&mut c).first() {
+        Some(Event::Request(r)) => r.id(),
+        other => panic!("{other:?}"),
+    };
+    c.send_forwarded_response(id, &up, Some("No Content"), |_| true, &[], Body::Empty)
+        .unwrap();
+    let out = output(&mut c);
+    assert!(
+        out.starts_with("HTTP/1.1 204 No Content\r\nConnection: close\r\n"),
+        "{out}"
+    );
+    assert!(
+        c.is_closed(),
+        "the forwarded Connection: close ends this connection"
+    );
+}
