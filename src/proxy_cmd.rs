@@ -80,6 +80,10 @@ pub(crate) struct ProxyArgs {
     /// How long in-flight requests may finish after SIGINT/SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Busy polling: after activity an I/O worker polls without sleeping for this long before
+    /// it blocks (e.g. 50us; 0: off). Lower latency across cores for CPU time.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    busy_poll: Duration,
     /// Log format on stderr: text or json.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -125,6 +129,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
         server.workers = n as usize;
     }
     server.drain_timeout = args.drain_timeout;
+    server.busy_poll = (!args.busy_poll.is_zero()).then_some(args.busy_poll);
     let mut opts = ProxyOptions::new(args.listen, args.protocol, cfg);
     opts.admin = args.admin;
     opts.driver = driver;

@@ -193,3 +193,60 @@ fn kernel_bypass_drivers_are_refused_per_listener() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// CPU time (user + system) process `pid` has used, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 of the file: the 12th and 13th after the command name.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// `--busy-poll`: after activity an I/O worker polls without sleeping for the window, then
+/// blocks again, so an idle server costs nothing. Bounds are generous (CPU ticks over a
+/// second), not timing.
+#[test]
+fn busy_poll_spins_after_activity_and_sleeps_when_idle() {
+    let mut drivers = vec!["epoll"];
+    if uring_works() {
+        drivers.push("uring");
+    }
+    for driver in drivers {
+        let (s, lines) = start(&[
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--redis",
+            "127.0.0.1:0",
+            "--driver",
+            driver,
+            "--workers",
+            "1",
+            "--busy-poll",
+            "1s",
+        ]);
+        let pid = s.0.id();
+        check_both_serve(&lines);
+        check_both_serve(&lines);
+        // Within the window after that activity the worker spins: it uses CPU while idle.
+        let t0 = cpu_ticks(pid);
+        std::thread::sleep(Duration::from_millis(700));
+        let spun = cpu_ticks(pid) - t0;
+        assert!(
+            spun >= 10,
+            "{driver}: {spun} ticks in 0.7 s of a 1 s window"
+        );
+        // Past the window it blocks: (almost) no CPU while nothing happens.
+        std::thread::sleep(Duration::from_millis(800));
+        let t0 = cpu_ticks(pid);
+        std::thread::sleep(Duration::from_secs(1));
+        let idle = cpu_ticks(pid) - t0;
+        assert!(
+            idle <= 20,
+            "{driver}: {idle} ticks in 1 s idle past the window"
+        );
+        // And it still serves after sleeping.
+        check_both_serve(&lines);
+    }
+}

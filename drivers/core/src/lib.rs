@@ -71,6 +71,7 @@ pub mod select;
 pub mod service;
 pub mod session;
 pub mod shutdown;
+pub mod spin;
 pub mod timer;
 pub mod transport;
 pub mod turn;

@@ -53,6 +53,10 @@ pub struct ServerOptions {
     pub linger: Duration,
     /// io_uring driver options (ignored by the other drivers).
     pub uring: UringOptions,
+    /// Adaptive busy polling ([`crate::spin`]): after activity, a worker polls without
+    /// sleeping for up to this long before it blocks. Trades CPU for latency across cores.
+    /// Default `None` (off).
+    pub busy_poll: Option<Duration>,
 }
 
 /// io_uring features that are measured not to pay on every host, off by default (see
@@ -89,6 +93,7 @@ impl Default for ServerOptions {
             accept_backoff: Duration::from_millis(100),
             linger: Duration::from_secs(2),
             uring: UringOptions::default(),
+            busy_poll: None,
         }
     }
 }

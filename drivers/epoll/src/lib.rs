@@ -56,10 +56,12 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use ferry_driver::listen::{configure_accepted, has_unread_input, recv_into};
 use ferry_driver::metrics::bump;
 use ferry_driver::outbound::{open_session, ConnectRequest};
+use ferry_driver::spin::BusyPoll;
 use ferry_driver::turn::{self, Turn};
 use ferry_driver::Listener;
 use ferry_driver::{ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, Session, WorkerCtx};
@@ -207,6 +209,14 @@ pub fn run_worker(ctx: WorkerCtx, listener: Listener) -> io::Result<()> {
     run_worker_with::<HttpSession>(ctx, Some(listener), Arc::new(()))
 }
 
+/// One `epoll_wait`; an interrupted wait is an empty one.
+fn poll_once(poll: &mut Poll, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+    match poll.poll(events, timeout) {
+        Err(e) if e.kind() != io::ErrorKind::Interrupted => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Run one I/O worker's loop for protocol `S` on the calling thread until shutdown completes;
 /// with no `listener` the worker only carries outbound connections.
 pub fn run_worker_with<S: Session>(
@@ -242,15 +252,34 @@ pub fn run_worker_with<S: Session>(
     let mut drain_deadline: Option<Instant> = None;
     let mut scratch = vec![0u8; 16 * 1024];
 
+    let mut spin = BusyPoll::new(ctx.options.busy_poll);
+
     loop {
-        let timeout = turn.wait_timeout(ctx.clock.now(), &[accept_paused_until, drain_deadline]);
-        if let Err(e) = poll.poll(&mut events, timeout) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+        let start = ctx.clock.now();
+        let mut timeout = turn.wait_timeout(start, &[accept_paused_until, drain_deadline]);
+        let mut polled = false;
+        if let Some(until) = spin.spin_until(start, timeout) {
+            // Busy polling: look without sleeping until something arrives or the window ends.
+            loop {
+                poll_once(&mut poll, &mut events, Some(Duration::ZERO))?;
+                let t = ctx.clock.now();
+                if !events.is_empty() {
+                    polled = true;
+                    break;
+                }
+                if t >= until {
+                    timeout = BusyPoll::remaining(timeout, start, t);
+                    break;
+                }
+                std::hint::spin_loop();
             }
+        }
+        if !polled {
+            poll_once(&mut poll, &mut events, timeout)?;
         }
         bump(&ctx.metrics.loops, 1);
         let now = ctx.clock.now();
+        spin.record(now, !events.is_empty());
 
         for ev in events.iter() {
             match ev.token() {

@@ -81,6 +81,7 @@ use bytes::Bytes;
 use ferry_driver::listen::{configure_accepted, has_unread_input};
 use ferry_driver::metrics::bump;
 use ferry_driver::outbound::{open_session, ConnectRequest};
+use ferry_driver::spin::BusyPoll;
 use ferry_driver::turn::{self, Turn};
 use ferry_driver::{ConnInfo, DriverKind, HttpSession, Launch, ServerHandle, Session, WorkerCtx};
 use ferry_proto::Instant;
@@ -517,6 +518,7 @@ pub fn run_worker_with<S: Session>(
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
     let mut drain_deadline: Option<Instant> = None;
 
+    let mut spin = BusyPoll::new(ctx.options.busy_poll);
     loop {
         let now = ctx.clock.now();
         // (Re-)arm accepting.
@@ -538,8 +540,29 @@ pub fn run_worker_with<S: Session>(
             }
         }
 
-        let timeout = turn.wait_timeout(now, &[accept_paused_until, drain_deadline]);
+        let mut timeout = turn.wait_timeout(now, &[accept_paused_until, drain_deadline]);
         lp.bufs.publish();
+        if let Some(until) = spin.spin_until(now, timeout) {
+            // Busy polling: submit and reap without sleeping (a zero-timeout wait still runs
+            // the deferred task work) until a completion arrives or the window ends.
+            let zero = Timespec::new();
+            let args = SubmitArgs::new().timespec(&zero);
+            while lp.ring.completion().is_empty() {
+                if let Err(e) = lp.ring.submitter().submit_with_args(1, &args) {
+                    match e.raw_os_error() {
+                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                        | Some(libc::EAGAIN) => {}
+                        _ => return Err(e),
+                    }
+                }
+                let t = ctx.clock.now();
+                if t >= until {
+                    timeout = BusyPoll::remaining(timeout, now, t);
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
         let r = if lp.ring.completion().is_empty() {
             match timeout {
                 Some(t) => {
@@ -567,6 +590,7 @@ pub fn run_worker_with<S: Session>(
                 .completion()
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
+        spin.record(now, !cqes.is_empty());
         for &(u, res, flags) in &cqes {
             let (op, g, token) = ud_parts(u);
             match op {
