@@ -146,7 +146,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_proto::Instant;
 
 use crate::driven::{OutQueue, Session};
-use crate::metrics::add;
+use crate::metrics::{add, bump};
 use crate::runtime::WorkerCtx;
 use crate::service::ConnInfo;
 
@@ -511,7 +511,7 @@ where
     }
 
     fn written(&mut self, ctx: &WorkerCtx, n: usize) {
-        add(&ctx.metrics.bytes_out, n as u64);
+        bump(&ctx.metrics.bytes_out, n as u64);
         self.io_mut().out.written(n);
         both!(self, h => h.on_written(ctx, n))
     }
@@ -521,13 +521,13 @@ where
     }
 
     fn sent(&mut self, ctx: &WorkerCtx, n: usize, chunks: &mut Vec<Bytes>) {
-        add(&ctx.metrics.bytes_out, n as u64);
+        bump(&ctx.metrics.bytes_out, n as u64);
         self.io_mut().out.sent(n, chunks);
         both!(self, h => h.on_written(ctx, n))
     }
 
     fn on_read(&mut self, ctx: &WorkerCtx, n: usize) {
-        add(&ctx.metrics.bytes_in, n as u64);
+        bump(&ctx.metrics.bytes_in, n as u64);
         both!(self, h => h.on_read(ctx, n))
     }
 
