@@ -47,6 +47,12 @@ impl WaitHistogram {
         self.max_nanos = self.max_nanos.max(nanos);
     }
 
+    /// Records `n` zero waits at once (the pool counts idle hits and adds them here).
+    pub(crate) fn record_zeros(&mut self, n: u64) {
+        self.buckets[0] += n;
+        self.count += n;
+    }
+
     /// Number of recorded waits.
     pub fn count(&self) -> u64 {
         self.count

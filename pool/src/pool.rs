@@ -17,6 +17,8 @@ pub struct Lease<K, C> {
     conn: C,
     meta: Meta,
     health_check: bool,
+    /// Where the pool keeps `key`'s destination (a hint: checked against the key).
+    slot: usize,
 }
 
 impl<K, C> Lease<K, C> {
@@ -72,6 +74,12 @@ impl<K> Ticket<K> {
         &self.key
     }
 }
+
+/// Where a [`Pool`] keeps one key, remembered by the caller to skip the key look-up in
+/// [`Pool::checkout_hinted`]: keep one per key (e.g. next to each upstream), starting from
+/// `KeyHint::default()`. Only a hint: a wrong or stale one is detected and corrected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyHint(pub(crate) usize);
 
 /// Identifies a queued checkout; it is answered later by [`Event::Ready`], [`Event::TimedOut`]
 /// or [`Event::Failed`] carrying the same id, or withdrawn with [`Pool::cancel`].
@@ -187,7 +195,8 @@ struct Pending<K> {
 }
 
 /// One destination's connections.
-struct Dest<C> {
+struct Dest<K, C> {
+    key: K,
     /// Most recently used last: checkout pops from the back (LIFO, warm first).
     idle: Vec<Idle<C>>,
     active: usize,
@@ -199,9 +208,10 @@ struct Dest<C> {
     backoff_until: Instant,
 }
 
-impl<C> Default for Dest<C> {
-    fn default() -> Self {
+impl<K, C> Dest<K, C> {
+    fn new(key: K) -> Self {
         Dest {
+            key,
             idle: Vec::new(),
             active: 0,
             checking: 0,
@@ -213,12 +223,112 @@ impl<C> Default for Dest<C> {
     }
 }
 
-impl<C> Dest<C> {
+impl<K, C> Dest<K, C> {
     fn open(&self) -> usize {
         self.idle.len() + self.active + self.checking
     }
     fn load(&self) -> usize {
         self.open() + self.connecting_own + self.connecting_pool
+    }
+}
+
+/// The destinations: a slab of [`Dest`]s, which stay put while their key has load or waiters,
+/// and an ordered index from key to slot. A [`Lease`] remembers its slot, so `checkin` finds
+/// its destination without a key look-up (the key is compared to rule out a reused slot), and
+/// `checkout` tries the slot it used last before the index. Walks over all keys go through the
+/// index, in key order, as they did when the map held the destinations.
+struct Dests<K, C> {
+    slots: Vec<Option<Dest<K, C>>>,
+    index: BTreeMap<K, usize>,
+    free: Vec<usize>,
+    /// Slot of the last `checkout`: one key per pool is the common case.
+    last: usize,
+}
+
+impl<K, C> Dests<K, C> {
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
+impl<K: Ord + Clone, C> Dests<K, C> {
+    fn new() -> Self {
+        Dests {
+            slots: Vec::new(),
+            index: BTreeMap::new(),
+            free: Vec::new(),
+            last: 0,
+        }
+    }
+
+    /// The destination in `slot` if it is `key`'s, else `key`'s from the index.
+    #[inline]
+    fn hinted(&mut self, slot: usize, key: &K) -> Option<&mut Dest<K, C>> {
+        let slot = match self.slots.get(slot) {
+            Some(Some(d)) if d.key == *key => slot,
+            _ => *self.index.get(key)?,
+        };
+        self.slots[slot].as_mut()
+    }
+
+    /// `key`'s slot, created empty if missing.
+    fn slot_or_insert(&mut self, key: &K) -> usize {
+        if let Some(&slot) = self.index.get(key) {
+            return slot;
+        }
+        let dest = Some(Dest::new(key.clone()));
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = dest;
+                slot
+            }
+            None => {
+                self.slots.push(dest);
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(key.clone(), slot);
+        slot
+    }
+
+    /// The destination in `slot` (which must be live).
+    fn at(&mut self, slot: usize) -> &mut Dest<K, C> {
+        self.slots[slot].as_mut().expect("live slot")
+    }
+
+    fn get(&self, key: &K) -> Option<&Dest<K, C>> {
+        self.slots[*self.index.get(key)?].as_ref()
+    }
+
+    fn remove(&mut self, key: &K) {
+        if let Some(slot) = self.index.remove(key) {
+            self.slots[slot] = None;
+            self.free.push(slot);
+        }
+    }
+
+    /// In key order.
+    fn iter(&self) -> impl Iterator<Item = (&K, &Dest<K, C>)> {
+        self.index
+            .iter()
+            .filter_map(|(k, &slot)| Some((k, self.slots[slot].as_ref()?)))
+    }
+
+    /// In no particular order.
+    fn values(&self) -> impl Iterator<Item = &Dest<K, C>> {
+        self.slots.iter().flatten()
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Dest<K, C>) -> bool) {
+        let (slots, free) = (&mut self.slots, &mut self.free);
+        self.index.retain(|_, &mut slot| {
+            let kept = slots[slot].as_ref().is_some_and(&mut keep);
+            if !kept {
+                slots[slot] = None;
+                free.push(slot);
+            }
+            kept
+        });
     }
 }
 
@@ -257,8 +367,9 @@ impl<C> Dest<C> {
 /// once and every [`Lease`] checked in once, to the pool that issued it.
 pub struct Pool<K, C> {
     config: Config,
+    timers: Timers,
     validate: Option<fn(&C) -> bool>,
-    dests: BTreeMap<K, Dest<C>>,
+    dests: Dests<K, C>,
     pending: BTreeMap<u64, Pending<K>>,
     events: VecDeque<Event<K, C>>,
     now: Instant,
@@ -272,6 +383,8 @@ pub struct Pool<K, C> {
     failed: u64,
     timed_out: u64,
     wait_time: WaitHistogram,
+    /// Checkouts served from the idle set: zero waits, kept out of `wait_time` until `metrics`.
+    idle_hits: u64,
 }
 
 impl<K: Ord + Clone, C> Pool<K, C> {
@@ -283,9 +396,10 @@ impl<K: Ord + Clone, C> Pool<K, C> {
     /// Ids `first, first + step, ...`: shards of a [`Shared`](crate::Shared) pool never clash.
     pub(crate) fn with_ids(config: Config, first: u64, step: u64) -> Self {
         Pool {
+            timers: Timers::new(&config),
             config,
             validate: None,
-            dests: BTreeMap::new(),
+            dests: Dests::new(),
             pending: BTreeMap::new(),
             events: VecDeque::new(),
             now: Instant::ZERO,
@@ -298,6 +412,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
             failed: 0,
             timed_out: 0,
             wait_time: WaitHistogram::default(),
+            idle_hits: 0,
         }
     }
 
@@ -318,7 +433,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
     /// first use; how a fixed-size pool is filled up front.
     pub fn prewarm(&mut self, key: K, now: Instant) {
         self.tick(now);
-        self.dests.entry(key.clone()).or_default();
+        self.dests.slot_or_insert(&key);
         self.settle(&key);
     }
 
@@ -326,14 +441,78 @@ impl<K: Ord + Clone, C> Pool<K, C> {
     ///
     /// Returns a warm idle connection, a [`Ticket`] to open a new one, or a place in the wait
     /// queue. Fails only when the queue for `key` is full.
+    ///
+    /// Repeated checkouts of the same key skip the key look-up; a caller that alternates
+    /// between keys can keep one [`KeyHint`] per key and use
+    /// [`checkout_hinted`](Self::checkout_hinted) for the same effect.
     pub fn checkout(&mut self, key: K, now: Instant) -> Result<Checkout<K, C>, CheckoutError> {
+        self.checkout_at(key, None, now)
+    }
+
+    /// [`checkout`](Self::checkout), skipping the key look-up when `hint` (one per key, kept
+    /// by the caller, starting from `KeyHint::default()`) still says where this pool keeps
+    /// `key`; it is updated when it did not. Behaves exactly like `checkout` whatever the hint
+    /// holds: a wrong or stale one only costs the look-up.
+    ///
+    /// ```
+    /// use ferry_pool::{Checkout, Config, KeyHint, Pool};
+    /// use ferry_proto::Instant;
+    ///
+    /// // Two upstreams by index, each with its hint (a proxy keeps them per worker).
+    /// let mut pool: Pool<usize, &str> = Pool::new(Config::dynamic(0, 8));
+    /// let mut hints = [KeyHint::default(); 2];
+    /// let now = Instant::ZERO;
+    /// for (upstream, conn) in [(0, "a"), (1, "b")] {
+    ///     let Ok(Checkout::Connect(ticket)) = pool.checkout_hinted(upstream, &mut hints[upstream], now)
+    ///     else { unreachable!() };
+    ///     let lease = pool.connected(ticket, conn, now).unwrap().unwrap();
+    ///     pool.checkin(lease, true, now).unwrap();
+    /// }
+    /// // Alternating between the upstreams: each checkout finds its key from its hint.
+    /// for upstream in [0, 1, 0, 1] {
+    ///     let Ok(Checkout::Ready(lease)) = pool.checkout_hinted(upstream, &mut hints[upstream], now)
+    ///     else { unreachable!() };
+    ///     assert_eq!(*lease.conn(), ["a", "b"][upstream]);
+    ///     pool.checkin(lease, true, now).unwrap();
+    /// }
+    /// ```
+    pub fn checkout_hinted(
+        &mut self,
+        key: K,
+        hint: &mut KeyHint,
+        now: Instant,
+    ) -> Result<Checkout<K, C>, CheckoutError> {
+        self.checkout_at(key, Some(hint), now)
+    }
+
+    /// Both checkouts, inlined into each so that the hint's source folds away: the caller's
+    /// `hint`, or else the slot of this pool's last checkout.
+    #[inline(always)]
+    fn checkout_at(
+        &mut self,
+        key: K,
+        hint: Option<&mut KeyHint>,
+        now: Instant,
+    ) -> Result<Checkout<K, C>, CheckoutError> {
         let now = self.tick(now);
         let min = self.config.min_per_key;
-        let dest = self.dests.entry(key.clone()).or_default();
+        let guess = hint.as_ref().map_or(self.dests.last, |h| h.0);
+        let slot = match self.dests.slots.get(guess) {
+            Some(Some(d)) if d.key == key => guess,
+            _ => {
+                let slot = self.dests.slot_or_insert(&key);
+                match hint {
+                    Some(h) => h.0 = slot,
+                    None => self.dests.last = slot,
+                }
+                slot
+            }
+        };
+        let dest = self.dests.at(slot);
         if dest.waiters.is_empty() {
             while let Some(Idle { conn, mut meta }) = dest.idle.pop() {
-                let stale = expired(&self.config, &meta, now)
-                    || (dest.open() >= min && idle_expired(&self.config, &meta, now));
+                let stale = expired(&self.timers, &meta, now)
+                    || (idle_expired(&self.timers, &meta, now) && dest.open() >= min);
                 if stale || self.validate.is_some_and(|ok| !ok(&conn)) {
                     self.total_load -= 1;
                     self.closed += 1;
@@ -342,14 +521,22 @@ impl<K: Ord + Clone, C> Pool<K, C> {
                 }
                 dest.active += 1;
                 meta.uses += 1;
-                self.wait_time.record(core::time::Duration::ZERO);
+                // A zero wait, folded into the histogram's bucket 0 by `metrics`.
+                self.idle_hits += 1;
+                // Hot path: `settle` would do nothing when the key holds its minimum (no refill
+                // to ask for; no waiters here) and no fill is blocked on `max_total` (it holds a
+                // lease now, so it is not empty either).
+                let settled = (min == 0 || dest.load() >= min) && !self.global_blocked;
                 let lease = Lease {
-                    key: key.clone(),
+                    key,
                     conn,
                     meta,
                     health_check: false,
+                    slot,
                 };
-                self.settle(&key);
+                if !settled {
+                    self.settle(&lease.key);
+                }
                 return Ok(Checkout::Ready(lease));
             }
             if self.has_room(&key, true) {
@@ -423,7 +610,8 @@ impl<K: Ord + Clone, C> Pool<K, C> {
             last_checked: now,
             uses: 0,
         };
-        let dest = self.dest(&p.key);
+        let slot = self.dests.slot_or_insert(&p.key);
+        let dest = self.dests.at(slot);
         if p.own {
             dest.connecting_own -= 1;
             dest.active += 1;
@@ -435,6 +623,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
                 conn,
                 meta,
                 health_check: false,
+                slot,
             }));
         }
         dest.connecting_pool -= 1;
@@ -485,8 +674,9 @@ impl<K: Ord + Clone, C> Pool<K, C> {
             conn,
             mut meta,
             health_check,
+            slot,
         } = lease;
-        let Some(dest) = self.dests.get_mut(&key) else {
+        let Some(dest) = self.dests.hinted(slot, &key) else {
             self.events.push_back(Event::Close(conn));
             return Err(PoolError::UnknownLease);
         };
@@ -501,7 +691,23 @@ impl<K: Ord + Clone, C> Pool<K, C> {
         }
         *count -= 1;
         let used_up = !health_check && self.config.max_uses.is_some_and(|max| meta.uses >= max);
-        if !reusable || used_up || expired(&self.config, &meta, now) {
+        let keep = reusable && !used_up && !expired(&self.timers, &meta, now);
+        if keep && dest.waiters.is_empty() {
+            // Hot path: back on the idle stack. The load is unchanged and nobody waits, so
+            // `settle` would only act if the key is below its minimum or some fill is blocked
+            // on `max_total` (and the key is not empty: it holds this idle connection).
+            if !health_check {
+                meta.last_used = now;
+            }
+            meta.last_checked = now;
+            dest.idle.push(Idle { conn, meta });
+            let min = self.config.min_per_key;
+            if (min != 0 && dest.load() < min) || self.global_blocked {
+                self.settle(&key);
+            }
+            return Ok(());
+        }
+        if !keep {
             self.total_load -= 1;
             self.closed += 1;
             self.events.push_back(Event::Close(conn));
@@ -560,7 +766,12 @@ impl<K: Ord + Clone, C> Pool<K, C> {
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
         let c = &self.config;
-        for (key, dest) in self.dests.iter_mut() {
+        let t = &self.timers;
+        // In key order, through the index (the slots are borrowed one at a time).
+        for &slot in self.dests.index.values() {
+            let Some(dest) = self.dests.slots[slot].as_mut() else {
+                continue;
+            };
             while dest.waiters.front().is_some_and(|w| w.deadline <= now) {
                 if let Some(w) = dest.waiters.pop_front() {
                     self.timed_out += 1;
@@ -571,11 +782,11 @@ impl<K: Ord + Clone, C> Pool<K, C> {
             let mut i = 0;
             while i < dest.idle.len() {
                 let m = &dest.idle[i].meta;
-                let idle_out = closable > 0 && idle_expired(c, m, now);
+                let idle_out = closable > 0 && idle_expired(t, m, now);
                 let check_due = c
                     .health_check_interval
                     .is_some_and(|every| m.last_checked + every <= now);
-                if expired(c, m, now) || idle_out {
+                if expired(t, m, now) || idle_out {
                     let idle = dest.idle.remove(i);
                     closable = closable.saturating_sub(1);
                     self.total_load -= 1;
@@ -585,10 +796,11 @@ impl<K: Ord + Clone, C> Pool<K, C> {
                     let idle = dest.idle.remove(i);
                     dest.checking += 1;
                     self.events.push_back(Event::HealthCheck(Lease {
-                        key: key.clone(),
+                        key: dest.key.clone(),
                         conn: idle.conn,
                         meta: idle.meta,
                         health_check: true,
+                        slot,
                     }));
                 } else {
                     i += 1;
@@ -597,7 +809,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
         }
         self.fill_all();
         let min = self.config.min_per_key;
-        self.dests.retain(|_, d| !is_empty(d, min));
+        self.dests.retain(|d| !is_empty(d, min));
     }
 
     /// A snapshot of the gauges, counters and wait-time histogram.
@@ -610,6 +822,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
             wait_time: self.wait_time.clone(),
             ..Metrics::default()
         };
+        m.wait_time.record_zeros(self.idle_hits);
         for d in self.dests.values() {
             m.active += d.active;
             m.idle += d.idle.len();
@@ -651,13 +864,15 @@ impl<K: Ord + Clone, C> Pool<K, C> {
     }
 
     /// The entry for `key`; callers make sure it exists (it does while it has load or waiters).
-    fn dest(&mut self, key: &K) -> &mut Dest<C> {
-        self.dests.entry(key.clone()).or_default()
+    fn dest(&mut self, key: &K) -> &mut Dest<K, C> {
+        let slot = self.dests.slot_or_insert(key);
+        self.dests.at(slot)
     }
 
     /// A connection became available: to the oldest waiter, else idle.
     fn give(&mut self, key: &K, conn: C, mut meta: Meta, now: Instant) {
-        let dest = self.dest(key);
+        let slot = self.dests.slot_or_insert(key);
+        let dest = self.dests.at(slot);
         if let Some(w) = dest.waiters.pop_front() {
             dest.active += 1;
             meta.uses += 1;
@@ -667,6 +882,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
                 conn,
                 meta,
                 health_check: false,
+                slot,
             };
             self.events.push_back(Event::Ready {
                 waiter: w.id,
@@ -782,18 +998,38 @@ impl<K: Ord + Clone, C> Pool<K, C> {
     }
 }
 
-fn is_empty<C>(d: &Dest<C>, min: usize) -> bool {
+fn is_empty<K, C>(d: &Dest<K, C>, min: usize) -> bool {
     min == 0 && d.load() == 0 && d.waiters.is_empty()
 }
 
 /// Past its lifetime.
-fn expired(c: &Config, m: &Meta, now: Instant) -> bool {
-    c.max_lifetime.is_some_and(|life| m.created + life <= now)
+fn expired(t: &Timers, m: &Meta, now: Instant) -> bool {
+    t.lifetime
+        .is_some_and(|life| m.created.as_nanos().saturating_add(life) <= now.as_nanos())
 }
 
 /// Unused for the idle timeout.
-fn idle_expired(c: &Config, m: &Meta, now: Instant) -> bool {
-    c.idle_timeout.is_some_and(|t| m.last_used + t <= now)
+fn idle_expired(t: &Timers, m: &Meta, now: Instant) -> bool {
+    t.idle
+        .is_some_and(|idle| m.last_used.as_nanos().saturating_add(idle) <= now.as_nanos())
+}
+
+/// `Config`'s lifetime and idle timeout in nanoseconds, converted once: `Instant + Duration`
+/// (a `u128` conversion) on every checkout and checkin was measurable. Same saturation.
+#[derive(Clone, Copy, Debug)]
+struct Timers {
+    lifetime: Option<u64>,
+    idle: Option<u64>,
+}
+
+impl Timers {
+    fn new(c: &Config) -> Self {
+        let nanos = |d: core::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Timers {
+            lifetime: c.max_lifetime.map(nanos),
+            idle: c.idle_timeout.map(nanos),
+        }
+    }
 }
 
 impl<K, C> fmt::Debug for Pool<K, C> {
@@ -1229,6 +1465,67 @@ mod tests {
         assert!(q.cancel(w));
         assert!(!q.cancel(w));
         assert_eq!(q.metrics().waiting, 0);
+    }
+
+    #[test]
+    fn slots_of_removed_keys_are_reused_and_leases_still_find_their_key() {
+        let mut p = Pool::new(cfg(0, 2));
+        let a = open(&mut p, 1, 1, ms(0));
+        let b = open(&mut p, 2, 2, ms(0));
+        assert_eq!((a.slot, b.slot), (0, 1));
+        // Key 1 empties and goes away; key 3 takes its slot.
+        p.checkin(a, false, ms(1)).unwrap();
+        assert_eq!(closed(&drain(&mut p)), [1]);
+        assert!(p.dests.get(&1).is_none());
+        let c = open(&mut p, 3, 3, ms(2));
+        assert_eq!(c.slot, 0);
+        // A lease whose slot hint names another key is found through the index.
+        let mut b = b;
+        b.slot = 0;
+        p.checkin(b, true, ms(3)).unwrap();
+        assert_eq!(
+            p.dests.get(&2).map(|d| (d.idle.len(), d.active)),
+            Some((1, 0))
+        );
+        assert_eq!(
+            p.dests.get(&3).map(|d| (d.idle.len(), d.active)),
+            Some((0, 1))
+        );
+        // An out-of-range hint too.
+        let mut c = c;
+        c.slot = 77;
+        p.checkin(c, true, ms(4)).unwrap();
+        let m = p.metrics();
+        assert_eq!((m.active, m.idle, m.closed), (0, 2, 1));
+        // The checkout cache follows the key, not the slot.
+        let Ok(Checkout::Ready(l)) = p.checkout(3, ms(5)) else {
+            panic!()
+        };
+        assert_eq!((*l.key(), *l.conn()), (3, 3));
+        let Ok(Checkout::Ready(l2)) = p.checkout(2, ms(5)) else {
+            panic!()
+        };
+        assert_eq!(*l2.key(), 2);
+        p.checkin(l, true, ms(6)).unwrap();
+        p.checkin(l2, true, ms(6)).unwrap();
+    }
+
+    #[test]
+    fn huge_timers_saturate_instead_of_expiring() {
+        let mut c = cfg(0, 1);
+        c.idle_timeout = Some(Duration::MAX);
+        c.max_lifetime = Some(Duration::MAX);
+        let mut p = Pool::new(c);
+        let l = open(&mut p, 1, 1, Instant::from_nanos(u64::MAX / 2));
+        let late = Instant::from_nanos(u64::MAX - 1);
+        p.checkin(l, true, late).unwrap();
+        let Ok(Checkout::Ready(l)) = p.checkout(1, late) else {
+            panic!("expired early")
+        };
+        p.checkin(l, true, late).unwrap();
+        p.handle_timeout(late);
+        assert!(drain(&mut p).is_empty());
+        assert_eq!(p.poll_timeout(), Some(Instant::FAR_FUTURE));
     }
 
     // ---- property tests ------------------------------------------------------------------
