@@ -216,3 +216,74 @@ fn parse_all(mut buf: &[u8]) {
         }
     }
 }
+
+/// A typical upstream response (nginx 1.22, 12-byte body), as `ferry proxy --protocol http`
+/// and `ferry bench` read them through a [`ClientConnection`](ferry_http1::ClientConnection).
+pub const NGINX_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
+Server: nginx/1.22.1\r\n\
+Date: Fri, 27 Nov 2026 16:00:00 GMT\r\n\
+Content-Type: text/plain\r\n\
+Content-Length: 12\r\n\
+Connection: keep-alive\r\n\r\n\
+hello world\n";
+
+/// The client side: per exchange, `send_request(GET /)` on one kept-alive
+/// [`ClientConnection`](ferry_http1::ClientConnection), its transmit drained, then
+/// [`NGINX_RESPONSE`] fed to `handle_input` and the `Response`, `Data` and `End` events polled
+/// and dropped (`raw`: a bare `httparse::Response::parse` of the same bytes instead, the
+/// baseline). [`measured`](Self::measured) runs [`BATCH`] exchanges;
+/// `ratio run client-response|httparse-response single BATCHES` runs it under callgrind
+/// (`--toggle-collect='*ClientWorkload::measured*'`).
+pub struct ClientWorkload {
+    raw: bool,
+    conn: ferry_http1::ClientConnection,
+    input: BytesMut,
+}
+
+impl ClientWorkload {
+    /// A fresh workload: `raw` for the httparse baseline.
+    pub fn new(raw: bool) -> Self {
+        let config = Arc::new(ferry_http1::ClientConfig::default());
+        ClientWorkload {
+            raw,
+            conn: ferry_http1::ClientConnection::new(config, NOW),
+            input: BytesMut::with_capacity(16 * 1024),
+        }
+    }
+
+    /// The measured part: [`BATCH`] exchanges (not inlined, for callgrind).
+    #[inline(never)]
+    pub fn measured(&mut self) {
+        use ferry_http1::client::Event as ClientEvent;
+        for _ in 0..BATCH {
+            if self.raw {
+                let mut headers = [httparse::EMPTY_HEADER; 32];
+                let mut res = httparse::Response::new(&mut headers);
+                let r = res.parse(black_box(NGINX_RESPONSE));
+                assert!(matches!(r, Ok(httparse::Status::Complete(_))), "{r:?}");
+                black_box(&res);
+                continue;
+            }
+            let r = self.conn.send_request(
+                NOW,
+                ferry_http1::Method::Get,
+                "/",
+                &[("host", b"upstream")],
+                Body::Empty,
+            );
+            assert!(r.is_ok(), "{r:?}");
+            while let Some(chunk) = self.conn.poll_transmit() {
+                drop(black_box(chunk));
+            }
+            self.input.extend_from_slice(black_box(NGINX_RESPONSE));
+            let r = self.conn.handle_input(NOW, &mut self.input);
+            assert!(r.is_ok() && self.input.is_empty(), "{r:?}");
+            let mut ended = false;
+            while let Some(ev) = self.conn.poll_event() {
+                ended |= matches!(ev, ClientEvent::End { .. });
+                drop(black_box(ev));
+            }
+            assert!(ended);
+        }
+    }
+}

@@ -11,9 +11,12 @@
 //! `ratio run WORKLOAD SHAPE BATCHES` runs one workload and nothing else, for
 //! `valgrind --tool=callgrind --toggle-collect='*Workload::measured*'`, which counts the
 //! instructions of the measured part alone (`scripts/bench http1-parse --instructions`).
+//! `ratio run client-response single BATCHES` (or `httparse-response`, the baseline) does the
+//! same for the client side: a typical nginx response read through `ClientConnection`
+//! (`--toggle-collect='*ClientWorkload::measured*'`; SHAPE is ignored).
 use std::time::Duration;
 
-use ferry_benches::{Kind, Shape, Workload};
+use ferry_benches::{ClientWorkload, Kind, Shape, Workload};
 
 /// ns per request over `batches` batches.
 fn round(w: &mut Workload, batches: u64) -> f64 {
@@ -56,9 +59,20 @@ fn shape_from(s: &str) -> Shape {
 
 fn run_only(args: &[String]) {
     let [kind, shape, batches] = args else {
-        eprintln!("usage: ratio run httparse|event|event+response single|pipelined16 BATCHES");
+        eprintln!(
+            "usage: ratio run httparse|event|event+response|client-response|httparse-response \
+             single|pipelined16 BATCHES"
+        );
         std::process::exit(2);
     };
+    if let raw @ ("client-response" | "httparse-response") = kind.as_str() {
+        // The client side: a response read through `ClientConnection` (or httparse alone).
+        let mut w = ClientWorkload::new(raw == "httparse-response");
+        for _ in 0..batches.parse::<u64>().expect("BATCHES") {
+            w.measured();
+        }
+        return;
+    }
     let kind = Kind::from_name(kind).expect("workload: httparse, event or event+response");
     let mut w = Workload::new(kind, shape_from(shape));
     for _ in 0..batches.parse::<u64>().expect("BATCHES") {

@@ -76,15 +76,16 @@ impl Error {
         }
     }
 
-    pub(crate) fn from_httparse(e: httparse::Error) -> Error {
+    pub(crate) fn from_parse(e: crate::parse::ParseError) -> Error {
+        use crate::parse::ParseError as P;
         Error::InvalidHead(match e {
-            httparse::Error::HeaderName => HeadError::HeaderName,
-            httparse::Error::HeaderValue => HeadError::HeaderValue,
-            httparse::Error::NewLine => HeadError::NewLine,
-            httparse::Error::Status => HeadError::Status,
-            httparse::Error::Token => HeadError::Token,
-            httparse::Error::Version => HeadError::Version,
-            httparse::Error::TooManyHeaders => return Error::TooManyHeaders,
+            P::HeaderName => HeadError::HeaderName,
+            P::HeaderValue => HeadError::HeaderValue,
+            P::NewLine => HeadError::NewLine,
+            P::Status => HeadError::Status,
+            P::Token => HeadError::Token,
+            P::Version => HeadError::Version,
+            P::TooManyHeaders => return Error::TooManyHeaders,
         })
     }
 }

@@ -11,7 +11,6 @@
 
 use bytes::{Bytes, BytesMut};
 use core::fmt;
-use core::mem::MaybeUninit;
 use smallvec::SmallVec;
 
 use crate::Error;
@@ -302,23 +301,6 @@ impl PartialEq for Headers {
 }
 
 impl Headers {
-    /// Index httparse's parsed headers, all borrowing from `head`, whose section ends at
-    /// `len` (spilling to `out` if they do not fit in place). The caller has checked the line
-    /// endings of `head` (`check_line_endings`).
-    pub(crate) fn index(
-        head: &[u8],
-        len: usize,
-        parsed: &[httparse::Header<'_>],
-        out: Option<&mut IndexBuf>,
-    ) -> Result<Index, Error> {
-        if len > u32::MAX as usize {
-            return Err(Error::HeadTooLarge);
-        }
-        let base = head.as_ptr() as usize;
-        let offsets = parsed.iter().map(|h| h.name.as_ptr() as usize - base);
-        Ok(Index::build(parsed.len(), len, offsets, out))
-    }
-
     pub(crate) fn from_parts(buf: Bytes, idx: Index) -> Headers {
         Headers { buf, idx }
     }
@@ -471,15 +453,6 @@ pub(crate) struct Framing {
 }
 
 impl Framing {
-    /// Scan fields once, applying the smuggling rules of RFC 9112 §6.1 and §6.3.
-    pub(crate) fn scan(headers: &[httparse::Header<'_>]) -> Result<Framing, Error> {
-        let mut f = Framing::default();
-        for h in headers {
-            f.field(h.name.as_bytes(), h.value)?;
-        }
-        f.finish()
-    }
-
     /// Take one field into account. Names are classified by length first, so most fields
     /// cost one compare.
     #[inline(always)]
@@ -673,17 +646,6 @@ pub(crate) fn parse_content_length(v: &[u8]) -> Result<u64, Error> {
         n = n * 10 + u64::from(b - b'0');
     }
     Ok(n)
-}
-
-/// Reject a bare LF (not preceded by CR) anywhere in a head. httparse accepts LF line endings,
-/// which RFC 9112 §2.2 permits but which are a request-smuggling vector behind lenient proxies.
-pub(crate) fn check_line_endings(head: &[u8]) -> Result<(), Error> {
-    for i in memchr::memchr_iter(b'\n', head) {
-        if i == 0 || head[i - 1] != b'\r' {
-            return Err(Error::BareLineFeed);
-        }
-    }
-    Ok(())
 }
 
 /// Identifies one request/response exchange on a connection, in order of arrival.
@@ -1106,8 +1068,8 @@ impl IndexWriter<'_> {
     }
 }
 
-/// What [`request_head`] builds from the fields as the parser finds them.
-struct RequestFields<'a> {
+/// What [`request_head`] and [`response_head`] build from the fields as the parser finds them.
+struct HeadFields<'a> {
     index: IndexWriter<'a>,
     framing: Framing,
     /// The first framing error: reported once the parser has accepted the whole head (its
@@ -1115,7 +1077,23 @@ struct RequestFields<'a> {
     framing_err: Option<Error>,
 }
 
-impl crate::parse::FieldSink for RequestFields<'_> {
+impl<'a> HeadFields<'a> {
+    /// Nothing found yet; spilled offsets go to `out`.
+    #[inline(always)]
+    fn new(out: &'a mut IndexBuf) -> HeadFields<'a> {
+        HeadFields {
+            index: IndexWriter {
+                at: [0; INLINE_FIELDS],
+                spilled: false,
+                out,
+            },
+            framing: Framing::default(),
+            framing_err: None,
+        }
+    }
+}
+
+impl crate::parse::FieldSink for HeadFields<'_> {
     #[inline(always)]
     fn field(&mut self, i: usize, offset: usize, name: &[u8], value: &[u8]) {
         self.index.push(i, offset);
@@ -1138,22 +1116,14 @@ fn request_head(
     max_headers: usize,
     out: &mut IndexBuf,
 ) -> Result<Option<ParsedRequest>, Error> {
-    let mut fields = RequestFields {
-        index: IndexWriter {
-            at: [0; INLINE_FIELDS],
-            spilled: false,
-            out,
-        },
-        framing: Framing::default(),
-        framing_err: None,
-    };
+    let mut fields = HeadFields::new(out);
     let raw = crate::parse::parse_request_head(buf, max_headers, &mut fields);
     let raw = match raw {
-        Ok(httparse::Status::Complete(r)) => r,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(Error::from_httparse(e)),
+        Ok(crate::parse::Status::Complete(r)) => r,
+        Ok(crate::parse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Error::from_parse(e)),
     };
-    let RequestFields {
+    let HeadFields {
         index,
         framing,
         framing_err,
@@ -1230,8 +1200,16 @@ pub(crate) struct ParsedResponse {
     pub keep_alive: bool,
 }
 
-/// Parse a response head at the start of `buf`. `head_request` / `connect_request` say what the
-/// matching request was, since they change how the body is delimited (RFC 9112 §6.3).
+/// Parse a response head at the start of `buf`, with at most `max_headers` fields, its field
+/// index going to `out`. `Ok(None)` means more bytes are needed. `head_request` /
+/// `connect_request` say what the matching request was, since they change how the body is
+/// delimited (RFC 9112 §6.3).
+///
+/// One pass over the bytes ([`crate::parse`]), as for requests: each field line's offset goes
+/// to the index and the framing fields to [`Framing`] as the parser finds them. Errors are
+/// reported in this order: the parser's (httparse's verdicts), a bare LF ending any line,
+/// framing fields, `Transfer-Encoding` in HTTP/1.0.
+#[inline]
 pub(crate) fn parse_response(
     buf: &[u8],
     max_headers: usize,
@@ -1239,32 +1217,51 @@ pub(crate) fn parse_response(
     connect_request: bool,
     out: &mut IndexBuf,
 ) -> Result<Option<ParsedResponse>, Error> {
-    let mut hdrs = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
-    let n = max_headers.min(MAX_HEADERS_CAP);
-    let mut res = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut res,
+    let r = response_head(
         buf,
-        &mut hdrs[..n],
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(Error::from_httparse(e)),
+        max_headers.min(MAX_HEADERS_CAP),
+        head_request,
+        connect_request,
+        out,
+    );
+    if !matches!(r, Ok(Some(_))) {
+        out.discard();
+    }
+    r
+}
+
+/// [`parse_response`]'s work.
+#[inline(always)]
+fn response_head(
+    buf: &[u8],
+    max_headers: usize,
+    head_request: bool,
+    connect_request: bool,
+    out: &mut IndexBuf,
+) -> Result<Option<ParsedResponse>, Error> {
+    let mut fields = HeadFields::new(out);
+    let raw = match crate::parse::parse_response_head(buf, max_headers, &mut fields) {
+        Ok(crate::parse::Status::Complete(r)) => r,
+        Ok(crate::parse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Error::from_parse(e)),
     };
-    check_line_endings(&buf[..len])?;
-    let framing = Framing::scan(res.headers)?;
-    let status = res.code.unwrap_or(0);
-    let version = match res.version {
-        Some(0) => Version::Http10,
-        Some(1) => Version::Http11,
-        _ => return Err(Error::UnsupportedVersion),
-    };
-    let base = buf.as_ptr() as usize;
-    let reason = res.reason.unwrap_or("");
-    let reason_start = if reason.is_empty() {
-        0
+    if raw.bare_lf {
+        return Err(Error::BareLineFeed);
+    }
+    let HeadFields {
+        index,
+        framing,
+        framing_err,
+    } = fields;
+    if let Some(e) = framing_err {
+        return Err(e);
+    }
+    let framing = framing.finish()?;
+    let status = raw.status;
+    let version = if raw.version == 0 {
+        Version::Http10
     } else {
-        (reason.as_ptr() as usize - base) as u32
+        Version::Http11
     };
     let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         BodyKind::Empty
@@ -1291,12 +1288,17 @@ pub(crate) fn parse_response(
             Version::Http11 => !framing.conn_close,
             Version::Http10 => framing.conn_keep_alive && !framing.conn_close,
         };
+    let len = raw.len;
+    if len > u32::MAX as usize {
+        return Err(Error::HeadTooLarge);
+    }
+    let (reason_start, reason_end) = raw.reason;
     Ok(Some(ParsedResponse {
         len,
         status,
-        reason: (reason_start, reason.len() as u32),
+        reason: (reason_start as u32, (reason_end - reason_start) as u32),
         version,
-        idx: Headers::index(buf, len, res.headers, Some(out))?,
+        idx: index.finish(raw.fields, len),
         body,
         keep_alive,
     }))
@@ -1316,23 +1318,32 @@ impl Response {
     }
 }
 
-/// Parse a trailer section (`*( field-line CRLF ) CRLF`) at the start of `buf`.
-/// `Ok(None)`: incomplete. Returns the section length and the field index.
+/// Parse a trailer section (`*( field-line CRLF ) CRLF`) at the start of `buf`, with at most
+/// `max_headers` fields (1..=64). `Ok(None)`: incomplete. Returns the section length and the
+/// field index. The same field parser as heads ([`crate::parse`]): httparse's verdicts, then a
+/// bare LF ending any line is rejected.
 pub(crate) fn parse_trailers(
     buf: &[u8],
     max_headers: usize,
 ) -> Result<Option<(usize, Index)>, Error> {
-    let mut hdrs = [httparse::EMPTY_HEADER; 64];
+    // Trailers are rare: a big index gets a buffer of its own.
+    let mut out = IndexBuf::new();
+    let mut index = IndexWriter {
+        at: [0; INLINE_FIELDS],
+        spilled: false,
+        out: &mut out,
+    };
+    let mut sink = |i: usize, offset: usize, _: &[u8], _: &[u8]| index.push(i, offset);
     let n = max_headers.clamp(1, 64);
-    match httparse::parse_headers(buf, &mut hdrs[..n]) {
-        Ok(httparse::Status::Complete((len, parsed))) => {
-            check_line_endings(&buf[..len]).map_err(|_| Error::InvalidTrailers)?;
-            // Trailers are rare: a big index gets a buffer of its own.
-            let idx = Headers::index(buf, len, parsed, None).map_err(|_| Error::InvalidTrailers)?;
-            Ok(Some((len, idx)))
+    match crate::parse::parse_field_section(buf, n, &mut sink) {
+        Ok(crate::parse::Status::Complete((len, fields, bare_lf))) => {
+            if bare_lf || len > u32::MAX as usize {
+                return Err(Error::InvalidTrailers);
+            }
+            Ok(Some((len, index.finish(fields, len))))
         }
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(httparse::Error::TooManyHeaders) => Err(Error::TooManyHeaders),
+        Ok(crate::parse::Status::Partial) => Ok(None),
+        Err(crate::parse::ParseError::TooManyHeaders) => Err(Error::TooManyHeaders),
         Err(_) => Err(Error::InvalidTrailers),
     }
 }

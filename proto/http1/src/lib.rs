@@ -6,8 +6,8 @@
 //! (epoll, io_uring, AF_XDP, DPDK) or yours.
 //!
 //! - Header names and values are slices of one frozen `Bytes` per head (one reference count
-//!   per request, not per field). Response heads and trailers are parsed with `httparse`;
-//!   request heads with our own parser (below).
+//!   per request, not per field). Request heads, response heads, trailer sections and
+//!   `multipart` part headers are parsed by the crate's own one-pass parser (below).
 //! - Bodies stream as `Data` events (zero-copy slices of your input buffer): Content-Length,
 //!   chunked with extensions and trailers, and close-delimited responses.
 //! - Keep-alive, pipelining (responses strictly in request order), `Expect: 100-continue`,
@@ -60,7 +60,7 @@
 //!
 //! `examples/blocking_server.rs` is the complete version (timeouts, echo of request bodies).
 //!
-//! ## Why request heads are not parsed with httparse
+//! ## What parses heads, and why not httparse
 //!
 //! A server's cost per request is dominated by its request-head parse, and issue 3 set the
 //! budget: bytes → `Request` event within 1.2× of a bare `httparse::Request::parse` of the same
@@ -70,10 +70,23 @@
 //! The crate's own parser (`src/parse.rs`) does it in one pass: field names and values eight
 //! bytes at a time (SWAR, safe code), each field indexed and classified as it is found. It
 //! brought the figure to 1.12× (3651 instructions; pipelined ×16: 1.11×), under the httparse
-//! baseline itself for the parse proper. Its verdicts are httparse 1.10's, byte for byte (same
-//! accept / incomplete / error on every input, same fields): a differential proptest and the
-//! fuzz target `http1_head_diff` hold it to that, and the RFC 9112 checks made on top (bare LF,
-//! obs-fold, framing) are unchanged.
+//! baseline itself for the parse proper.
+//!
+//! A client (`ferry proxy --protocol http` reading upstream responses, `ferry bench`,
+//! ferry-client) pays the same on the response side, so response heads (status line, then the
+//! same field loop) and trailer sections (the field loop alone) go through that parser too:
+//! reading a typical nginx response head into a `Response` went from 2323 to 1481
+//! instructions (a bare `httparse::Response::parse` of it: 1480), and a whole exchange on a
+//! `ClientConnection` (send a request, feed the response, take the events) from 4021 to 3063
+//! (`ratio run client-response` in `benches/`).
+//!
+//! Its verdicts are httparse 1.10's, byte for byte, for all three (`Request::parse`,
+//! `Response::parse` with the default `ParserConfig`, `parse_headers`): the same accept /
+//! incomplete / error on every input, the same fields, version, status and reason. Differential
+//! proptests beside the parser and the fuzz target `http1_head_diff` hold it to that, RFC 9112
+//! vectors pin the status-line grammar, and the checks made on top (bare LF, obs-fold,
+//! framing, limits) are unchanged. httparse is now only a dev-dependency: the reference in
+//! those tests (`multipart` part headers use the field-section parser too).
 #![no_std]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -107,6 +120,8 @@ pub use server::ServerConnection;
 pub mod __fuzz {
     use alloc::vec::Vec;
 
+    pub use crate::parse::{ParseError, Status};
+
     /// A request head as the crate's own parser saw it (offsets into the parsed buffer).
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct RequestHead {
@@ -130,16 +145,16 @@ pub mod __fuzz {
     pub fn parse_request_head(
         buf: &[u8],
         max_headers: usize,
-    ) -> Result<httparse::Status<RequestHead>, httparse::Error> {
+    ) -> Result<Status<RequestHead>, ParseError> {
         let mut fields = Vec::new();
         let mut sink = |_: usize, at: usize, name: &[u8], value: &[u8]| {
             fields.push((at, name.to_vec(), value.to_vec()))
         };
         let r = match crate::parse::parse_request_head(buf, max_headers, &mut sink)? {
-            httparse::Status::Complete(r) => r,
-            httparse::Status::Partial => return Ok(httparse::Status::Partial),
+            Status::Complete(r) => r,
+            Status::Partial => return Ok(Status::Partial),
         };
-        Ok(httparse::Status::Complete(RequestHead {
+        Ok(Status::Complete(RequestHead {
             len: r.len,
             method: r.method,
             target: r.target,
@@ -148,5 +163,65 @@ pub mod __fuzz {
             outer_bare_lf: r.line_ends.outer_bare,
             field_bare_lf: r.line_ends.field_bare,
         }))
+    }
+
+    /// A response head as the crate's own parser saw it (offsets into the parsed buffer).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct ResponseHead {
+        /// Head length.
+        pub len: usize,
+        /// 0: HTTP/1.0, 1: HTTP/1.1.
+        pub version: u8,
+        /// Status code.
+        pub status: u16,
+        /// Reason phrase start and end; `(0, 0)` when empty or holding obs-text.
+        pub reason: (usize, usize),
+        /// Each field: line offset, name, value.
+        pub fields: Vec<(usize, Vec<u8>, Vec<u8>)>,
+        /// A line of the head ended in a bare LF.
+        pub bare_lf: bool,
+    }
+
+    /// Parse a response head with the parser `ClientConnection` uses.
+    pub fn parse_response_head(
+        buf: &[u8],
+        max_headers: usize,
+    ) -> Result<Status<ResponseHead>, ParseError> {
+        let mut fields = Vec::new();
+        let mut sink = |_: usize, at: usize, name: &[u8], value: &[u8]| {
+            fields.push((at, name.to_vec(), value.to_vec()))
+        };
+        let r = match crate::parse::parse_response_head(buf, max_headers, &mut sink)? {
+            Status::Complete(r) => r,
+            Status::Partial => return Ok(Status::Partial),
+        };
+        Ok(Status::Complete(ResponseHead {
+            len: r.len,
+            version: r.version,
+            status: r.status,
+            reason: r.reason,
+            fields,
+            bare_lf: r.bare_lf,
+        }))
+    }
+
+    /// A field section (trailers): length, fields (line offset, name, value), bare LF.
+    pub type FieldSection = (usize, Vec<(usize, Vec<u8>, Vec<u8>)>, bool);
+
+    /// Parse a field section with the parser the chunked decoder uses for trailers.
+    pub fn parse_field_section(
+        buf: &[u8],
+        max_headers: usize,
+    ) -> Result<Status<FieldSection>, ParseError> {
+        let mut fields = Vec::new();
+        let mut sink = |_: usize, at: usize, name: &[u8], value: &[u8]| {
+            fields.push((at, name.to_vec(), value.to_vec()))
+        };
+        Ok(
+            match crate::parse::parse_field_section(buf, max_headers, &mut sink)? {
+                Status::Complete((len, _, bare)) => Status::Complete((len, fields, bare)),
+                Status::Partial => Status::Partial,
+            },
+        )
     }
 }

@@ -90,6 +90,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
 use smallvec::SmallVec;
 
+use crate::parse::{ParseError, Status};
+
 /// Errors from parsing a `Content-Type` or a `multipart/form-data` body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -587,21 +589,20 @@ fn partial_delimiter_len(hay: &[u8], delimiter: &[u8]) -> usize {
 fn parse_part_head(raw: Bytes, config: &MultipartConfig) -> Result<PartHead, MultipartError> {
     let mut headers: SmallVec<[HeaderSpan; 8]> = SmallVec::new();
     {
-        // A header line takes at least 3 bytes, so more slots than this are never filled.
-        let slots_len = config.max_part_headers.min(raw.len() / 3 + 1);
-        let mut slots: SmallVec<[httparse::Header<'_>; 32]> =
-            smallvec::smallvec![httparse::EMPTY_HEADER; slots_len];
-        let parsed = match httparse::parse_headers(&raw, &mut slots) {
-            Ok(httparse::Status::Complete((len, parsed))) if len == raw.len() => parsed,
-            Err(httparse::Error::TooManyHeaders) => return Err(MultipartError::TooManyHeaders),
-            _ => return Err(MultipartError::MalformedPartHeaders),
-        };
+        // The crate's head parser (`crate::parse`: httparse's `parse_headers` verdicts).
         let base = raw.as_ptr() as usize;
-        for h in parsed {
-            headers.push(HeaderSpan {
-                name: span_within(base, h.name.as_bytes())?,
-                value: span_within(base, h.value)?,
-            });
+        let mut bad = false;
+        let mut sink = |_: usize, _: usize, name: &[u8], value: &[u8]| match (
+            span_within(base, name),
+            span_within(base, value),
+        ) {
+            (Ok(name), Ok(value)) => headers.push(HeaderSpan { name, value }),
+            _ => bad = true,
+        };
+        match crate::parse::parse_field_section(&raw, config.max_part_headers, &mut sink) {
+            Ok(Status::Complete((len, _, _))) if len == raw.len() && !bad => {}
+            Err(ParseError::TooManyHeaders) => return Err(MultipartError::TooManyHeaders),
+            _ => return Err(MultipartError::MalformedPartHeaders),
         }
     }
     let mut disposition = None;

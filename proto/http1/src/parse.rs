@@ -1,23 +1,54 @@
-//! Our own request-head parser: request line and field lines in one pass over the bytes.
+//! Our own head parser: request heads, response heads and field sections (trailers,
+//! `multipart` part headers), each in one pass over the bytes, sharing one field-line loop
+//! ([`parse_fields`]).
 //!
-//! Why not httparse here (it still parses responses and trailers): with httparse, turning a
-//! typical browser request into a `Request` event cost 1.33× httparse's own parse of the same
-//! bytes (4319 vs 3256 instructions per request under callgrind; issue 3's budget is 1.2×):
-//! after httparse's pass over the bytes we walked its field array again to build the index and
-//! find the framing fields, and httparse's field loop costs ~160 instructions per field line
-//! (a byte-at-a-time name scan, a runtime-dispatched vector call per value). Here names
-//! (letters and `-`) and values are read eight bytes at a time (SWAR, safe code; the token
-//! table only for rarer name bytes), and each field goes to a [`FieldSink`] as it is found, so
-//! the index and the framing facts are built on the way: 3651 instructions per request, 1.12×.
+//! Why not httparse: with httparse, turning a typical browser request into a `Request` event
+//! cost 1.33× httparse's own parse of the same bytes (4319 vs 3256 instructions per request
+//! under callgrind; issue 3's budget is 1.2×): after httparse's pass over the bytes we walked
+//! its field array again to build the index and find the framing fields, and httparse's field
+//! loop costs ~160 instructions per field line (a byte-at-a-time name scan, a
+//! runtime-dispatched vector call per value). Here names (letters and `-`) and values are read
+//! eight bytes at a time (SWAR, safe code; the token table only for rarer name bytes), and each
+//! field goes to a [`FieldSink`] as it is found, so the index and the framing facts are built
+//! on the way: 3651 instructions per request, 1.12×. Response heads went the same way (a
+//! typical nginx response into a `Response`: 2323 → 1481 instructions).
 //!
-//! Its verdicts are httparse 1.10's, byte for byte: the same `Complete`/`Partial`/error (same
-//! [`httparse::Error`] variant) for every input, the same method, target, version, field names
-//! and values, and the same head length (`tests` below check it against httparse on
+//! Its verdicts are httparse 1.10's, byte for byte: the same `Complete`/`Partial`/error (the
+//! same `httparse::Error` variant, as [`ParseError`]) for every input, the same method, target,
+//! version, status, reason, field names and values, and the same head length (`tests` below
+//! check it against httparse's `Request::parse`, `Response::parse` (default config) and `parse_headers` on
 //! generated and mutated heads, and so does the fuzz target `http1_head_diff`). Like
 //! httparse it accepts a bare LF as a line ending; it reports where it saw one
-//! ([`LineEnds`]), and [`crate::head`] rejects those heads (RFC 9112 §2.2), as before.
+//! ([`LineEnds`], [`RawResponse::bare_lf`]), and [`crate::head`] rejects those heads (RFC 9112
+//! §2.2), as before.
 
-use httparse::{Error as ParseError, Status};
+/// A parse that did not fail: done (with what it found), or more bytes are needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status<T> {
+    /// The whole head (or section) was there.
+    Complete(T),
+    /// More bytes are needed.
+    Partial,
+}
+
+/// Why bytes are not a head: httparse's error classes, one for one (its `Error` variants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Invalid byte in a field name (whitespace before the colon, obs-fold).
+    HeaderName,
+    /// Invalid byte in a field value.
+    HeaderValue,
+    /// Invalid line ending (a CR not followed by LF).
+    NewLine,
+    /// Invalid status code or reason phrase.
+    Status,
+    /// Invalid method or request target.
+    Token,
+    /// More fields than allowed.
+    TooManyHeaders,
+    /// Invalid HTTP version.
+    Version,
+}
 
 /// `tchar` (RFC 9110 §5.6.2): field name and method bytes.
 use crate::encode::TCHAR as TOKEN;
@@ -263,18 +294,9 @@ pub(crate) fn parse_request_head(
         return Err(ParseError::Token);
     }
     // HTTP-version
-    let version = match rest.first_chunk::<8>() {
-        Some(b"HTTP/1.0") => 0,
-        Some(b"HTTP/1.1") => 1,
-        Some(_) => return Err(ParseError::Version),
-        None => {
-            let n = rest.len().min(7);
-            return if rest[..n] == b"HTTP/1."[..n] {
-                Ok(Status::Partial)
-            } else {
-                Err(ParseError::Version)
-            };
-        }
+    let version = match http_version(rest)? {
+        Status::Complete(v) => v,
+        Status::Partial => return Ok(Status::Partial),
     };
     let mut line_ends = LineEnds::default();
     rest = match &rest[8..] {
@@ -286,6 +308,55 @@ pub(crate) fn parse_request_head(
         [] | [b'\r'] => return Ok(Status::Partial),
         _ => return Err(ParseError::NewLine),
     };
+    let (len, fields) = match parse_fields(buf, at(rest), max_headers, sink, &mut line_ends)? {
+        Status::Complete(v) => v,
+        Status::Partial => return Ok(Status::Partial),
+    };
+    Ok(Status::Complete(RawRequest {
+        len,
+        method: (method_start, method_end),
+        target: (target_start, target_start + target.len()),
+        version,
+        fields,
+        line_ends,
+    }))
+}
+
+/// `HTTP/1.0` (0) or `HTTP/1.1` (1) at the start of `rest`, as httparse reads it: `Partial` for
+/// a prefix of `HTTP/1.` (whatever comes after), `Version` for anything else. On `Complete`,
+/// `rest` has at least 8 bytes.
+#[inline(always)]
+fn http_version(rest: &[u8]) -> Step<u8> {
+    match rest.first_chunk::<8>() {
+        Some(b"HTTP/1.0") => Ok(Status::Complete(0)),
+        Some(b"HTTP/1.1") => Ok(Status::Complete(1)),
+        Some(_) => Err(ParseError::Version),
+        None => {
+            let n = rest.len().min(7);
+            if rest[..n] == b"HTTP/1."[..n] {
+                Ok(Status::Partial)
+            } else {
+                Err(ParseError::Version)
+            }
+        }
+    }
+}
+
+/// The field lines of a head and the empty line that ends it, from `buf[start..]` (a request
+/// head, a response head, or a trailer section with `start = 0`), at most `max_headers` of
+/// them, each given to `sink` as it is found. Returns the length of `buf` up to and including
+/// the empty line, and the number of fields. Sets `line_ends.field_bare` if a field line ended
+/// in a bare LF, and `line_ends.outer_bare` if the last one or the empty line did.
+#[inline(always)]
+fn parse_fields(
+    buf: &[u8],
+    start: usize,
+    max_headers: usize,
+    sink: &mut impl FieldSink,
+    line_ends: &mut LineEnds,
+) -> Step<(usize, usize)> {
+    let at = |rest: &[u8]| buf.len() - rest.len();
+    let mut rest = &buf[start..];
     let mut fields = 0;
     let mut last_bare_field = usize::MAX;
     let mut end = 2;
@@ -348,14 +419,159 @@ pub(crate) fn parse_request_head(
         line_ends.field_bare = true;
         line_ends.outer_bare |= last_bare_field + 1 == fields;
     }
-    Ok(Status::Complete(RawRequest {
+    Ok(Status::Complete((len, fields)))
+}
+
+/// Parse a field section (`*( field-line CRLF ) CRLF`: a trailer section) at the start of
+/// `buf` as httparse's `parse_headers` does, with at most `max_headers` fields, each given to
+/// `sink` as for [`parse_request_head`]. Returns the section's length, the number of fields,
+/// and whether any line ended in a bare LF.
+#[inline]
+pub(crate) fn parse_field_section(
+    buf: &[u8],
+    max_headers: usize,
+    sink: &mut impl FieldSink,
+) -> Step<(usize, usize, bool)> {
+    let mut line_ends = LineEnds::default();
+    Ok(
+        match parse_fields(buf, 0, max_headers, sink, &mut line_ends)? {
+            Status::Complete((len, fields)) => {
+                Status::Complete((len, fields, line_ends.outer_bare || line_ends.field_bare))
+            }
+            Status::Partial => Status::Partial,
+        },
+    )
+}
+
+/// A response head: offsets into the parsed buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RawResponse {
+    /// The head's length (up to and including the empty line; empty lines before the status
+    /// line included).
+    pub len: usize,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    /// The status code (three digits: 0..=999).
+    pub status: u16,
+    /// The reason phrase's start and end (trailing whitespace included, as httparse has it);
+    /// `(0, 0)` when it is empty or holds obs-text (httparse then reports `""`).
+    pub reason: (usize, usize),
+    /// Field lines.
+    pub fields: usize,
+    /// Whether any line of the head (empty lines before the status line included) ended in a
+    /// bare LF.
+    pub bare_lf: bool,
+}
+
+/// Parse the response head at the start of `buf` as httparse's `Response::parse` does (default
+/// `ParserConfig`: single spaces in the status line, no obs-fold), with at most `max_headers`
+/// fields, each given to `sink` as for [`parse_request_head`]. The status line is
+/// `HTTP-version SP 3DIGIT ( SP reason-phrase )? CRLF`, the reason being `*( HTAB / SP /
+/// VCHAR / obs-text )`; a missing `SP reason-phrase` is accepted, as httparse does.
+#[inline(always)]
+pub(crate) fn parse_response_head(
+    buf: &[u8],
+    max_headers: usize,
+    sink: &mut impl FieldSink,
+) -> Step<RawResponse> {
+    let at = |rest: &[u8]| buf.len() - rest.len();
+    let mut rest = buf;
+    let mut bare = false;
+    // Empty lines before the status line.
+    loop {
+        match rest {
+            [b'\r', b'\n', r @ ..] => rest = r,
+            [b'\n', r @ ..] => {
+                bare = true;
+                rest = r;
+            }
+            [b'\r', _, ..] => return Err(ParseError::NewLine),
+            [] | [b'\r'] => return Ok(Status::Partial),
+            _ => break,
+        }
+    }
+    // HTTP-version SP
+    let version = match http_version(rest)? {
+        Status::Complete(v) => v,
+        Status::Partial => return Ok(Status::Partial),
+    };
+    rest = match &rest[8..] {
+        [b' ', r @ ..] => r,
+        [] => return Ok(Status::Partial),
+        _ => return Err(ParseError::Version),
+    };
+    // status-code: three digits, each checked as it comes.
+    let mut status = 0u16;
+    for i in 0..3 {
+        match rest.get(i) {
+            Some(&d) if d.is_ascii_digit() => status = status * 10 + u16::from(d - b'0'),
+            Some(_) => return Err(ParseError::Status),
+            None => return Ok(Status::Partial),
+        }
+    }
+    rest = &rest[3..];
+    // SP reason-phrase CRLF, or the line ends right after the code.
+    let mut reason = (0, 0);
+    let eol = match rest {
+        [b' ', r @ ..] => {
+            let start = at(r);
+            let (n, eol, obs_text) = match reason_len(r)? {
+                Status::Complete(v) => v,
+                Status::Partial => return Ok(Status::Partial),
+            };
+            if n != 0 && !obs_text {
+                reason = (start, start + n);
+            }
+            rest = &r[n..];
+            eol
+        }
+        [b'\r', b'\n', ..] => 2,
+        [b'\n', ..] => 1,
+        [] | [b'\r'] => return Ok(Status::Partial),
+        _ => return Err(ParseError::Status),
+    };
+    bare |= eol == 1;
+    rest = &rest[eol..];
+    let mut line_ends = LineEnds::default();
+    let (len, fields) = match parse_fields(buf, at(rest), max_headers, sink, &mut line_ends)? {
+        Status::Complete(v) => v,
+        Status::Partial => return Ok(Status::Partial),
+    };
+    Ok(Status::Complete(RawResponse {
         len,
-        method: (method_start, method_end),
-        target: (target_start, target_start + target.len()),
         version,
+        status,
+        reason,
         fields,
-        line_ends,
+        bare_lf: bare || line_ends.outer_bare || line_ends.field_bare,
     }))
+}
+
+/// The reason phrase at the start of `rest` (after the SP that follows the status code): its
+/// length, its line ending's (2, or 1 for a bare LF), and whether it holds obs-text (httparse
+/// reports the phrase as empty then).
+#[inline(always)]
+fn reason_len(rest: &[u8]) -> Step<(usize, usize, bool)> {
+    let mut n = 0;
+    let mut high = false;
+    loop {
+        let (k, h) = run_len(&rest[n..], 0x20);
+        n += k;
+        high |= h;
+        let eol = match &rest[n..] {
+            [b'\t', ..] => {
+                n += 1;
+                continue;
+            }
+            [b'\r', b'\n', ..] => 2,
+            [b'\n', ..] => 1,
+            [] | [b'\r'] => return Ok(Status::Partial),
+            _ => return Err(ParseError::Status),
+        };
+        // `run_len` may have seen high bytes past the phrase: look again.
+        let obs_text = high && !rest[..n].is_ascii();
+        return Ok(Status::Complete((n, eol, obs_text)));
+    }
 }
 
 #[cfg(test)]
@@ -365,6 +581,23 @@ mod tests {
     use proptest::prelude::*;
     use std::string::String;
     use std::vec::Vec;
+
+    /// httparse's verdict in this module's types.
+    fn from_h<T>(r: Result<httparse::Status<T>, httparse::Error>) -> Result<Status<T>, ParseError> {
+        match r {
+            Ok(httparse::Status::Complete(v)) => Ok(Status::Complete(v)),
+            Ok(httparse::Status::Partial) => Ok(Status::Partial),
+            Err(e) => Err(match e {
+                httparse::Error::HeaderName => ParseError::HeaderName,
+                httparse::Error::HeaderValue => ParseError::HeaderValue,
+                httparse::Error::NewLine => ParseError::NewLine,
+                httparse::Error::Status => ParseError::Status,
+                httparse::Error::Token => ParseError::Token,
+                httparse::Error::TooManyHeaders => ParseError::TooManyHeaders,
+                httparse::Error::Version => ParseError::Version,
+            }),
+        }
+    }
 
     /// What a parse says, in terms both parsers can be compared in.
     #[derive(Debug, PartialEq, Eq)]
@@ -402,7 +635,7 @@ mod tests {
     fn httparse(buf: &[u8], max: usize) -> Result<Status<Verdict>, ParseError> {
         let mut hdrs = std::vec![MaybeUninit::<httparse::Header<'_>>::uninit(); max];
         let mut req = httparse::Request::new(&mut []);
-        let len = match req.parse_with_uninit_headers(buf, &mut hdrs) {
+        let len = match from_h(req.parse_with_uninit_headers(buf, &mut hdrs)) {
             Ok(Status::Complete(n)) => n,
             Ok(Status::Partial) => return Ok(Status::Partial),
             Err(e) => return Err(e),
@@ -631,6 +864,383 @@ Sec-Fetch-Dest: document\r\n\r\n";
             let mut g = b"GET / HTTP/1.1\r\n".to_vec();
             g.extend_from_slice(&h);
             check(&g, 4);
+        }
+    }
+
+    // ---- Response heads and trailer sections: the same, against httparse's
+    // `Response::parse` (default `ParserConfig`, as `head.rs` used it) and `parse_headers`.
+
+    /// What a response parse says: length, version, status, reason (offsets; `(0, 0)` when
+    /// httparse reports it empty), fields, and whether a line ended in a bare LF.
+    type ResponseVerdict = (
+        usize,
+        u8,
+        u16,
+        (usize, usize),
+        Vec<(usize, Vec<u8>, Vec<u8>)>,
+        bool,
+    );
+
+    fn ours_response(buf: &[u8], max: usize) -> Result<Status<ResponseVerdict>, ParseError> {
+        let mut fields = Vec::new();
+        let mut sink = |_i: usize, at: usize, name: &[u8], value: &[u8]| {
+            fields.push((at, name.to_vec(), value.to_vec()))
+        };
+        Ok(match parse_response_head(buf, max, &mut sink)? {
+            Status::Complete(r) => {
+                assert_eq!(r.fields, fields.len());
+                Status::Complete((r.len, r.version, r.status, r.reason, fields, r.bare_lf))
+            }
+            Status::Partial => Status::Partial,
+        })
+    }
+
+    /// The bare-LF check `head` made on httparse's output before this parser read responses.
+    fn any_bare_lf(head: &[u8]) -> bool {
+        (0..head.len()).any(|i| head[i] == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    }
+
+    fn httparse_response(buf: &[u8], max: usize) -> Result<Status<ResponseVerdict>, ParseError> {
+        let mut hdrs = std::vec![MaybeUninit::<httparse::Header<'_>>::uninit(); max];
+        let mut res = httparse::Response::new(&mut []);
+        let len = match from_h(
+            httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut res, buf, &mut hdrs),
+        )? {
+            Status::Complete(n) => n,
+            Status::Partial => return Ok(Status::Partial),
+        };
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| s.as_ptr() as usize - base;
+        let reason = res.reason.unwrap().as_bytes();
+        let reason = if reason.is_empty() {
+            (0, 0)
+        } else {
+            (at(reason), at(reason) + reason.len())
+        };
+        let fields = res
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    at(h.name.as_bytes()),
+                    h.name.as_bytes().to_vec(),
+                    h.value.to_vec(),
+                )
+            })
+            .collect();
+        let v = (
+            len,
+            res.version.unwrap(),
+            res.code.unwrap(),
+            reason,
+            fields,
+            any_bare_lf(&buf[..len]),
+        );
+        Ok(Status::Complete(v))
+    }
+
+    fn check_response(buf: &[u8], max: usize) {
+        let a = ours_response(buf, max);
+        let b = httparse_response(buf, max);
+        assert_eq!(a, b, "{:?} (max {max})", String::from_utf8_lossy(buf));
+    }
+
+    /// A trailer section: length, fields, bare LF.
+    type SectionVerdict = (usize, Vec<(usize, Vec<u8>, Vec<u8>)>, bool);
+
+    fn check_section(buf: &[u8], max: usize) {
+        let mut fields = Vec::new();
+        let mut sink = |_i: usize, at: usize, name: &[u8], value: &[u8]| {
+            fields.push((at, name.to_vec(), value.to_vec()))
+        };
+        let a: Result<Status<SectionVerdict>, ParseError> =
+            parse_field_section(buf, max, &mut sink).map(|s| match s {
+                Status::Complete((len, n, bare)) => {
+                    assert_eq!(n, fields.len());
+                    Status::Complete((len, fields, bare))
+                }
+                Status::Partial => Status::Partial,
+            });
+        let mut hdrs = std::vec![httparse::EMPTY_HEADER; max];
+        let base = buf.as_ptr() as usize;
+        let b = from_h(httparse::parse_headers(buf, &mut hdrs)).map(|s| match s {
+            Status::Complete((len, hs)) => Status::Complete((
+                len,
+                hs.iter()
+                    .map(|h| {
+                        let name = h.name.as_bytes();
+                        (
+                            name.as_ptr() as usize - base,
+                            name.to_vec(),
+                            h.value.to_vec(),
+                        )
+                    })
+                    .collect(),
+                any_bare_lf(&buf[..len]),
+            )),
+            Status::Partial => Status::Partial,
+        });
+        assert_eq!(a, b, "{:?} (max {max})", String::from_utf8_lossy(buf));
+    }
+
+    fn check_all_responses(buf: &[u8]) {
+        for max in [0, 1, 3, 100] {
+            for k in 0..=buf.len() {
+                check_response(&buf[..k], max);
+            }
+        }
+    }
+
+    /// What nginx sends for a small static file.
+    const NGINX: &[u8] = b"HTTP/1.1 200 OK\r\n\
+Server: nginx/1.22.1\r\n\
+Date: Fri, 27 Nov 2026 16:00:00 GMT\r\n\
+Content-Type: text/plain\r\n\
+Content-Length: 12\r\n\
+Connection: keep-alive\r\n\r\n\
+hello world\n";
+
+    /// Status lines and response heads, valid and not, with what they mean (RFC 9112 §4:
+    /// `status-line = HTTP-version SP status-code SP [ reason-phrase ]`, `status-code =
+    /// 3DIGIT`, `reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )`; §2.2 on line endings).
+    /// Each is also checked against httparse, on every prefix.
+    #[test]
+    fn rfc9112_status_lines() {
+        use ParseError::{HeaderName, HeaderValue, NewLine, TooManyHeaders, Version};
+        type Want = Result<Option<(u8, u16, &'static [u8], usize)>, ParseError>;
+        let cases: &[(&[u8], Want)] = &[
+            // Valid: version, code, reason, fields.
+            (b"HTTP/1.1 200 OK\r\n\r\n", Ok(Some((1, 200, b"OK", 0)))),
+            (
+                b"HTTP/1.0 404 Not Found\r\n\r\n",
+                Ok(Some((0, 404, b"Not Found", 0))),
+            ),
+            // §4: the reason may be empty (SP kept)...
+            (b"HTTP/1.1 204 \r\n\r\n", Ok(Some((1, 204, b"", 0)))),
+            // ...and a recipient may be lenient about a missing SP before it (httparse is).
+            (b"HTTP/1.1 204\r\n\r\n", Ok(Some((1, 204, b"", 0)))),
+            // HTAB, SP, VCHAR inside the reason; trailing whitespace is part of it.
+            (
+                b"HTTP/1.1 200 A\tB c!~ \r\n\r\n",
+                Ok(Some((1, 200, b"A\tB c!~ ", 0))),
+            ),
+            // obs-text: accepted, reported as an empty reason.
+            (
+                b"HTTP/1.1 200 \xc3\xa9t\xe9\r\n\r\n",
+                Ok(Some((1, 200, b"", 0))),
+            ),
+            // Any three digits (semantics are the caller's: `client` rejects < 100).
+            (b"HTTP/1.1 999 X\r\n\r\n", Ok(Some((1, 999, b"X", 0)))),
+            (b"HTTP/1.1 000 X\r\n\r\n", Ok(Some((1, 0, b"X", 0)))),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                Ok(Some((1, 100, b"Continue", 0))),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX:y\r\n\r\n",
+                Ok(Some((1, 200, b"OK", 2))),
+            ),
+            // Empty lines before the status line are skipped (§2.2 allows it for requests).
+            (
+                b"\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+                Ok(Some((1, 200, b"OK", 0))),
+            ),
+            // Incomplete.
+            (b"HTTP/1.1 200 OK\r\n", Ok(None)),
+            (b"HTTP/1.1 200 OK\r", Ok(None)),
+            (b"HTTP/1.1 2", Ok(None)),
+            (b"HTTP/1.", Ok(None)),
+            // Invalid: version.
+            (b"HTTP/1.2 200 OK\r\n\r\n", Err(Version)),
+            (b"HTTP/2.0 200 OK\r\n\r\n", Err(Version)),
+            (b"http/1.1 200 OK\r\n\r\n", Err(Version)),
+            (b"HTTP/1.1\t200 OK\r\n\r\n", Err(Version)),
+            (b"HTTP/1.1\r\n\r\n", Err(Version)),
+            (b"ICY 200 OK\r\n\r\n", Err(Version)),
+            // Invalid: one SP only (httparse's default), and exactly 3DIGIT.
+            (b"HTTP/1.1  200 OK\r\n\r\n", Err(ParseError::Status)),
+            (b"HTTP/1.1 20 OK\r\n\r\n", Err(ParseError::Status)),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", Err(ParseError::Status)),
+            (b"HTTP/1.1 -20 OK\r\n\r\n", Err(ParseError::Status)),
+            (b"HTTP/1.1 20x OK\r\n\r\n", Err(ParseError::Status)),
+            (b"HTTP/1.1 200\tOK\r\n\r\n", Err(ParseError::Status)),
+            // Invalid: control bytes in the reason, a CR not before LF.
+            (b"HTTP/1.1 200 O\x00K\r\n\r\n", Err(ParseError::Status)),
+            (b"HTTP/1.1 200 O\x7fK\r\n\r\n", Err(ParseError::Status)),
+            (b"HTTP/1.1 200 O\rK\r\n\r\n", Err(ParseError::Status)),
+            (b"HTTP/1.1 200\rX\r\n\r\n", Err(ParseError::Status)),
+            // Invalid: a CR not before LF in the empty lines before the status line.
+            (b"\rHTTP/1.1 200 OK\r\n\r\n", Err(NewLine)),
+            // Invalid fields: whitespace before the colon (§5.1), obs-fold (§5.2, rejected by
+            // httparse's default for responses), too many.
+            (b"HTTP/1.1 200 OK\r\nA : b\r\n\r\n", Err(HeaderName)),
+            (b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n", Err(HeaderName)),
+            (b"HTTP/1.1 200 OK\r\nA: b\x00\r\n\r\n", Err(HeaderValue)),
+        ];
+        for (raw, want) in cases {
+            let mut sink = |_: usize, _: usize, _: &[u8], _: &[u8]| {};
+            let got = parse_response_head(raw, 8, &mut sink).map(|s| match s {
+                Status::Complete(r) => {
+                    assert!(!r.bare_lf);
+                    Some((r.version, r.status, &raw[r.reason.0..r.reason.1], r.fields))
+                }
+                Status::Partial => None,
+            });
+            assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(raw));
+            check_all_responses(raw);
+        }
+        // §2.2: a bare LF as a line terminator is parsed (and reported, for `head` to reject).
+        for raw in [
+            &b"HTTP/1.1 200 OK\n\r\n"[..],
+            b"HTTP/1.1 200\n\r\n",
+            b"\nHTTP/1.1 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\n",
+        ] {
+            let mut sink = |_: usize, _: usize, _: &[u8], _: &[u8]| {};
+            match parse_response_head(raw, 8, &mut sink) {
+                Ok(Status::Complete(r)) => assert!(r.bare_lf, "{raw:?}"),
+                other => panic!("{raw:?}: {other:?}"),
+            }
+            check_all_responses(raw);
+        }
+        let mut sink = |_: usize, _: usize, _: &[u8], _: &[u8]| {};
+        assert_eq!(
+            parse_response_head(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n", 0, &mut sink),
+            Err(TooManyHeaders)
+        );
+    }
+
+    #[test]
+    fn response_vectors() {
+        check_all_responses(NGINX);
+        let cases: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            b"HTTP/1.0 200\n\n",
+            b"\n\r\nHTTP/1.1 301 Moved\r\nLocation: /x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA:\r\nB: \r\nC:\t\r\n\r\n",
+            b"HTTP/1.1 200 \t\t\r\n\r\n",
+            b"HTTP/1.1 200 \xff\r\n\r\n\xff\xff",
+            b"HTTP/1.1 200 OK\r\n\r\n\x80\x80\x80\x80",
+            b"HTTP/1.1 200 ok\xc3\xa9 but long enough for words\r\nX: y\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nHo\x80st: a\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\rX",
+        ];
+        for c in cases {
+            check_all_responses(c);
+        }
+        for c in [
+            &b"\r\n"[..],
+            b"\n",
+            b"A: b\r\n\r\n",
+            b"A: b\nC: d\n\n",
+            b"Expires: 0\r\nX-Checksum: abc\r\n\r\nrest",
+            b" A: b\r\n\r\n",
+            b"A: b\r\n c\r\n\r\n",
+        ] {
+            for max in [0, 1, 64] {
+                for k in 0..=c.len() {
+                    check_section(&c[..k], max);
+                }
+            }
+        }
+    }
+
+    fn response_head() -> impl Strategy<Value = Vec<u8>> {
+        let lead = prop::sample::select(&["", "", "\r\n", "\n", "\r\n\n"][..]);
+        let version = prop::sample::select(
+            &[
+                "HTTP/1.1", "HTTP/1.0", "HTTP/1.1", "HTTP/1.2", "HTTP/2.0", "HTTP/1.",
+            ][..],
+        );
+        let sp = prop::sample::select(&[" ", " ", " ", "", "  ", "\t"][..]);
+        let code = prop_oneof![
+            prop::sample::select(&["200", "204", "304", "101", "100", "404", "999"][..])
+                .prop_map(|s| s.as_bytes().to_vec()),
+            prop::collection::vec(prop::sample::select(ODD), 0..5),
+        ];
+        let reason = prop_oneof![
+            prop::sample::select(&["OK", "", "Not Found", " ", "A\tB", "Moved Permanently"][..])
+                .prop_map(|s| s.as_bytes().to_vec()),
+            prop::collection::vec(0x20u8..0x7f, 0..30),
+            prop::collection::vec(prop::sample::select(ODD), 0..30),
+            prop::collection::vec(any::<u8>(), 0..10),
+        ];
+        let eol = prop::sample::select(&["\r\n", "\r\n", "\n", "\r", " \r\n"][..]);
+        let fields = prop::collection::vec(field_line(), 0..8);
+        (
+            (lead, version, sp.clone(), code),
+            (sp, reason, eol.clone(), fields, eol),
+        )
+            .prop_map(|((lead, v, sp1, code), (sp2, reason, e, fields, end))| {
+                let mut h = lead.as_bytes().to_vec();
+                h.extend_from_slice(v.as_bytes());
+                h.extend_from_slice(sp1.as_bytes());
+                h.extend_from_slice(&code);
+                h.extend_from_slice(sp2.as_bytes());
+                h.extend_from_slice(&reason);
+                h.extend_from_slice(e.as_bytes());
+                for f in fields {
+                    h.extend_from_slice(&f);
+                }
+                h.extend_from_slice(end.as_bytes());
+                h.extend_from_slice(b"body\xff");
+                h
+            })
+    }
+
+    /// Up to four edits, as [`mutated`] does, of a generated response head.
+    fn mutated_response() -> impl Strategy<Value = Vec<u8>> {
+        let edit = (
+            any::<prop::sample::Index>(),
+            0u8..3,
+            prop_oneof![prop::sample::select(ODD), any::<u8>()],
+        );
+        (response_head(), prop::collection::vec(edit, 0..4)).prop_map(|(mut h, edits)| {
+            for (at, kind, b) in edits {
+                let i = at.index(h.len() + 1);
+                match kind {
+                    0 if i < h.len() => h[i] = b,
+                    1 => h.insert(i, b),
+                    _ if i < h.len() => {
+                        h.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            h
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn same_response_verdicts_as_httparse(h in mutated_response(), cut in any::<prop::sample::Index>(), max in 0usize..10) {
+            check_response(&h, max);
+            check_response(&h, 100);
+            check_response(&h[..cut.index(h.len() + 1)], max);
+        }
+
+        #[test]
+        fn same_response_verdicts_on_bytes(h in prop::collection::vec(prop_oneof![prop::sample::select(ODD), any::<u8>()], 0..64)) {
+            check_response(&h, 4);
+            let mut g = b"HTTP/1.1 200 OK\r\n".to_vec();
+            g.extend_from_slice(&h);
+            check_response(&g, 4);
+            let mut g = b"HTTP/1.1 ".to_vec();
+            g.extend_from_slice(&h);
+            check_response(&g, 4);
+        }
+
+        #[test]
+        fn same_trailer_verdicts_as_httparse(fields in prop::collection::vec(field_line(), 0..6), end in prop::sample::select(&["\r\n", "\n", "\r", ""][..]), cut in any::<prop::sample::Index>(), max in 1usize..8) {
+            let mut h: Vec<u8> = fields.concat();
+            h.extend_from_slice(end.as_bytes());
+            h.extend_from_slice(b"next");
+            check_section(&h, max);
+            check_section(&h[..cut.index(h.len() + 1)], max);
         }
     }
 }
