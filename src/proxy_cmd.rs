@@ -77,6 +77,10 @@ pub(crate) struct ProxyArgs {
     /// Redis: shared upstream connections per upstream per worker.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     redis_connections: u32,
+    /// HTTP: most pipelined requests (bodyless GET/HEAD/OPTIONS from one client) sent
+    /// back-to-back on one upstream connection (1: off).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pipeline_depth: u32,
     /// How long in-flight requests may finish after SIGINT/SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -118,6 +122,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
     cfg.breaker.open_duration = args.breaker_open;
     cfg.breaker.max_open_duration = Some(args.breaker_open.max(Duration::from_secs(60)));
     cfg.redis_connections = args.redis_connections as usize;
+    cfg.pipeline_depth = args.pipeline_depth as usize;
     cfg.health = (!args.health_interval.is_zero()).then(|| HealthConfig {
         interval: args.health_interval,
         timeout: args.health_interval.min(Duration::from_secs(1)),

@@ -373,20 +373,34 @@ fn bad_upstream_config_is_a_usage_error(_driver: &str) {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
+/// A client's pipeline through the proxy, sent upstream back-to-back (the default) and one
+/// at a time (`--pipeline-depth 1`); depth 0 is a usage error.
 fn raw_pipelined_requests(driver: &str) {
     let a = upstream("pipe");
-    let p = Proxy::start(driver, &[a.addr()], &[]);
-    let mut s = TcpStream::connect(p.server.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = Vec::new();
-    for i in 0..20 {
-        req.extend_from_slice(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    for extra in [&[][..], &["--pipeline-depth", "1"][..]] {
+        let p = Proxy::start(driver, &[a.addr()], extra);
+        let mut s = TcpStream::connect(p.server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut req = Vec::new();
+        for i in 0..20 {
+            req.extend_from_slice(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(&req).unwrap();
+        let mut all = String::new();
+        s.read_to_string(&mut all).unwrap();
+        assert_eq!(
+            all.matches("HTTP/1.1 200 OK").count(),
+            21,
+            "{extra:?}: {all}"
+        );
     }
-    req.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(&req).unwrap();
-    let mut all = String::new();
-    s.read_to_string(&mut all).unwrap();
-    assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 21, "{all}");
+    let out = Command::new(common::BIN)
+        .args(["proxy", "--listen", "127.0.0.1:0", "--upstream", &a.addr()])
+        .args(["--pipeline-depth", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
 
 /// A Python upstream (a script that prints its port on the first line), killed on drop.

@@ -204,6 +204,11 @@ pub struct ProxyConfig {
     pub health: Option<HealthConfig>,
     /// Redis: shared upstream connections per upstream per worker. Default 2.
     pub redis_connections: usize,
+    /// HTTP: most requests a client pipelined that go down one upstream connection
+    /// back-to-back (only bodyless GET/HEAD/OPTIONS; anything else waits for the
+    /// responses before it and goes alone). `0` or `1`: one request at a time. Not used
+    /// with the `hash` balancer (each request picks its own upstream). Default 16.
+    pub pipeline_depth: usize,
 }
 
 impl ProxyConfig {
@@ -225,6 +230,7 @@ impl ProxyConfig {
             breaker: BreakerConfig::default(),
             health: Some(HealthConfig::default()),
             redis_connections: 2,
+            pipeline_depth: 16,
         }
     }
 }

@@ -21,6 +21,22 @@
 //! out, `503 Service Unavailable` when no upstream is usable), or the client connection is
 //! cut if the response had already started.
 //!
+//! Pipelining: when a client pipelines requests, the safe ones (GET, HEAD, OPTIONS without a
+//! body or `Upgrade`) go down the upstream connection of the request before them,
+//! back-to-back (up to [`ProxyConfig::pipeline_depth`] in flight; the first request's lease
+//! carries the batch, handed from each finished exchange to the next), and the responses
+//! come back in order. Any other request waits until the responses before it are in, then
+//! goes alone. If the connection fails after answering some of them, the answered ones have
+//! been delivered; the rest are sent again (on another upstream, each counting as a retry
+//! under the budget and attempt limit, else answered 502/504 like any failed request), or,
+//! when the upstream had announced `Connection: close` (and so processed none of them), on a
+//! new connection without counting as a retry. The response timeout runs for the oldest
+//! request in flight on a connection. Mails carry the client's attachment `tag`, so that
+//! reports from a connection the client already left are dropped. (nginx, HAProxy, Envoy
+//! and Pingora forward a client's pipeline one request at a time; Tempesta FW pipelines to
+//! its backends with the same rule: non-idempotent requests are never pipelined, unanswered
+//! ones are re-sent.)
+//!
 //! Protocol switches: a request with `Upgrade` (and `Connection: upgrade`) goes out with both
 //! fields, a CONNECT as it is. When the upstream switches (`101`, or `2xx` to CONNECT), its
 //! response goes back with its `Upgrade`/`Connection` fields and both connections become a
@@ -61,6 +77,8 @@ pub const WINDOW: usize = 1 << 20;
 /// State shared by every worker of an HTTP proxy.
 pub struct HttpShared {
     cfg: ProxyConfig,
+    /// Most requests in flight on one upstream connection (1: no pipelining).
+    depth: usize,
     client: Arc<ClientConfig>,
     stats: Arc<ProxyStats>,
     workers: Vec<Mutex<WorkerState>>,
@@ -80,7 +98,13 @@ impl HttpShared {
         let names: Vec<String> = cfg.upstreams.iter().map(|a| a.to_string()).collect();
         let mut client = ClientConfig::default();
         client.response_timeout = Some(cfg.response_timeout);
-        client.max_pipelined = 1;
+        // A request is pipelined only behind requests of the same upstream: not with the
+        // hash balancer, where each request's key picks its upstream.
+        let depth = match cfg.balance {
+            crate::balance::Balance::Hash => 1,
+            _ => cfg.pipeline_depth.clamp(1, 1024),
+        };
+        client.max_pipelined = depth;
         let client = Arc::new(client);
         let workers = (0..workers.max(1))
             .map(|w| {
@@ -107,6 +131,7 @@ impl HttpShared {
             .collect();
         Arc::new(HttpShared {
             cfg,
+            depth,
             client,
             stats,
             workers,
@@ -372,17 +397,29 @@ enum Kind {
     Leased(Lease),
     /// The pool could not provide one (`true`: waited too long).
     PoolFailed(bool),
-    Failed(UpFailure, bool),
+    /// The upstream connection failed. `before`: before any byte of the oldest outstanding
+    /// response; `fresh`: the upstream had announced it would close (`Connection: close`)
+    /// and so processed none of the requests still outstanding; `tag`: the attachment the
+    /// failed requests were sent under (`None`: the connect failed).
+    Failed {
+        why: UpFailure,
+        before: bool,
+        fresh: bool,
+        tag: Option<u32>,
+    },
     Head(Box<ferry_http1::Response>),
     Data(Bytes),
     /// The response is complete; whether the connection can carry another request.
     End(bool),
     /// What one read of the response gave, in one mail rather than up to three: `Head`,
     /// then `Data`, then `End`, each if present.
+    /// `tag`: the attachment the request was sent under (a mail from a connection the
+    /// client already gave up is dropped).
     Resp {
         head: Option<Box<ferry_http1::Response>>,
         data: Option<Bytes>,
         end: Option<bool>,
+        tag: Option<u32>,
     },
     /// The upstream switched protocols (101, or 2xx to CONNECT): from now on `Data` carries
     /// tunnel bytes.
@@ -396,6 +433,8 @@ enum Kind {
 #[derive(Debug)]
 struct SendReq {
     owner: Peer,
+    /// The client's attachment to this connection (echoed in `Failed`).
+    tag: u32,
     head: ferry_http1::Request,
     extra: Extra,
 }
@@ -469,6 +508,25 @@ fn forward_request_field(name: &[u8], named: &[&[u8]]) -> bool {
 // Downstream
 // ----------------------------------------------------------------------------------------
 
+/// The request an event of the client's connection belongs to.
+fn event_id(ev: &SEvent) -> Option<RequestId> {
+    match ev {
+        SEvent::Request(r) => Some(r.id()),
+        SEvent::Data { id, .. } | SEvent::Trailers { id, .. } | SEvent::End { id } => Some(*id),
+        SEvent::Error { id, .. } => *id,
+        _ => None,
+    }
+}
+
+/// Whether a request may be pipelined to an upstream: safe to send behind others and to
+/// send again if the connection fails before answering it. Safe methods only (GET, HEAD,
+/// OPTIONS: RFC 9110 §9.2.1, stricter than idempotent), no body, no protocol switch.
+fn pipelineable(r: &ferry_http1::Request) -> bool {
+    matches!(r.method(), Method::Get | Method::Head | Method::Options)
+        && r.body_kind() == BodyKind::Empty
+        && !r.is_upgrade()
+}
+
 /// One exchange in progress on a downstream connection.
 #[derive(Debug)]
 struct Exchange {
@@ -507,9 +565,16 @@ pub struct Down {
     conn: ServerConnection,
     errored: bool,
     abort: bool,
-    /// Events of requests behind the current one (pipelining), in order.
+    /// Events of requests behind the current one (pipelining) that wait, in order.
     backlog: VecDeque<SEvent>,
+    /// The exchange whose response comes next.
     ex: Option<Exchange>,
+    /// Requests pipelined behind `ex`, in order: first those sent down `ex`'s upstream
+    /// connection behind it (`up` set), then those waiting to be sent (`up` unset: their
+    /// attempt there failed, or they could not join).
+    pipe: VecDeque<Exchange>,
+    /// Counts attachments to upstream connections: a `Failed` for an older one is stale.
+    tag: u32,
     /// The last request whose exchange ended (later body events for it are dropped).
     last_done: Option<RequestId>,
     /// Body bytes handed to the upstream and not yet acknowledged.
@@ -576,27 +641,63 @@ impl Down {
     }
 
     fn event(&mut self, ctx: &mut WorkerCtx, ev: SEvent, now: Instant) {
-        let id = match &ev {
-            SEvent::Request(r) => Some(r.id()),
-            SEvent::Data { id, .. } | SEvent::Trailers { id, .. } | SEvent::End { id } => Some(*id),
-            SEvent::Error { id, .. } => *id,
-            _ => None,
-        };
-        if let (Some(id), Some(done)) = (id, self.last_done) {
-            if id <= done && !matches!(ev, SEvent::Request(_)) {
-                return; // the rest of a body whose exchange already ended
-            }
-        }
-        let later = match (&self.ex, id) {
-            (Some(ex), Some(id)) => id != ex.id,
-            (Some(_), None) => false,
-            (None, _) => !self.backlog.is_empty(),
-        };
-        if later {
+        if !self.backlog.is_empty() {
             self.backlog.push_back(ev);
             return;
         }
-        self.handle(ctx, ev, now);
+        if let Some(ev) = self.route(ctx, ev, now) {
+            self.backlog.push_back(ev);
+        }
+    }
+
+    /// Handle `ev` now if its turn has come (else it is handed back: it waits for the
+    /// exchanges before it).
+    fn route(&mut self, ctx: &mut WorkerCtx, ev: SEvent, now: Instant) -> Option<SEvent> {
+        let id = event_id(&ev);
+        if let (Some(id), Some(done)) = (id, self.last_done) {
+            if id <= done && !matches!(ev, SEvent::Request(_)) {
+                return None; // the rest of a body whose exchange already ended
+            }
+        }
+        let Some(ex) = self.ex.as_ref() else {
+            return match ev {
+                SEvent::Request(head) => {
+                    self.start(ctx, head, now);
+                    None
+                }
+                ev => {
+                    self.handle(ctx, ev, now);
+                    None
+                }
+            };
+        };
+        match (ev, id) {
+            (SEvent::Request(head), _) => self.pipeline(ctx, head, now).map(SEvent::Request),
+            (ev, Some(id)) if id == ex.id => {
+                self.handle(ctx, ev, now);
+                None
+            }
+            (ev @ SEvent::Error { .. }, None) => {
+                self.handle(ctx, ev, now);
+                None
+            }
+            (ev, Some(id)) => match self.pipe.iter_mut().find(|f| f.id == id) {
+                // A pipelined request has no body: only its end (or an error) follows.
+                Some(f) => {
+                    match ev {
+                        SEvent::End { .. } => f.req_done = true,
+                        ev @ SEvent::Error { .. } => self.handle(ctx, ev, now),
+                        _ => {}
+                    }
+                    None
+                }
+                None => Some(ev),
+            },
+            (ev, None) => {
+                self.handle(ctx, ev, now);
+                None
+            }
+        }
     }
 
     fn handle(&mut self, ctx: &mut WorkerCtx, ev: SEvent, now: Instant) {
@@ -613,12 +714,185 @@ impl Down {
                     self.release(ctx, &mut ex, false, now);
                     self.abort = ex.resp_started;
                 }
+                self.drop_pipe(ctx, now);
             }
             _ => {}
         }
     }
 
     fn start(&mut self, ctx: &mut WorkerCtx, head: ferry_http1::Request, now: Instant) {
+        let ex = self.exchange(ctx, head, now);
+        self.ex = Some(ex);
+        self.dispatch(ctx, now);
+    }
+
+    /// A request pipelined behind `ex`: sent down the same upstream connection right away
+    /// when it may be (`pipelineable`, the connection attached, depth left, the breaker
+    /// agrees), else queued behind the others (`pipe`) or, if it must go alone, handed
+    /// back.
+    fn pipeline(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        head: ferry_http1::Request,
+        now: Instant,
+    ) -> Option<ferry_http1::Request> {
+        let Some(ex) = self.ex.as_ref() else {
+            return Some(head);
+        };
+        let tail = self.pipe.back().unwrap_or(ex);
+        let ok = self.shared.depth > 1
+            && !self.errored
+            && !self.abort
+            && pipelineable(&ex.head)
+            && pipelineable(&head)
+            && tail.req_done
+            && 1 + self.pipe.len() < self.shared.depth
+            && !ctx.shutdown.is_triggered();
+        if !ok {
+            return Some(head);
+        }
+        let mut f = self.exchange(ctx, head, now);
+        // No body: complete with its head (its `End` event follows right after).
+        f.req_done = true;
+        self.pipe.push_back(f);
+        self.join_pipe(ctx, now);
+        None
+    }
+
+    /// Send the waiting pipelined requests (in order, while each may go) down `ex`'s
+    /// upstream connection. A request that was sent before counts as a retry.
+    fn join_pipe(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        let Some(ex) = self.ex.as_ref() else { return };
+        let (Some(up), i) = (ex.up, ex.upstream) else {
+            return;
+        };
+        if !pipelineable(&ex.head) || self.abort || self.errored {
+            return;
+        }
+        let sh = self.shared.clone();
+        let u = &sh.stats.upstreams[i];
+        let mut ws = None;
+        // Those already sent are a prefix: start behind the last of them.
+        let first = self
+            .pipe
+            .iter()
+            .rposition(|f| f.up.is_some())
+            .map_or(0, |k| k + 1);
+        for f in self.pipe.range_mut(first..) {
+            let bit = 1u64 << (i % 64);
+            let retry = f.attempts > 0;
+            if !f.req_done
+                || (retry && (f.attempts > sh.cfg.retries || f.tried & bit != 0))
+                || !u.usable()
+            {
+                break;
+            }
+            let ws: &mut WorkerState = ws.get_or_insert_with(|| sh.worker(ctx.index));
+            if retry && !ws.budget.try_withdraw(now, &mut ws.rng) {
+                break;
+            }
+            ws.breakers[i].handle_timeout(now);
+            let Ok(permit) = ws.breakers[i].try_acquire(now) else {
+                break;
+            };
+            ws.active[i] += 1;
+            u.requests.fetch_add(1, Relaxed);
+            u.active.fetch_add(1, Relaxed);
+            if retry {
+                u.retries.fetch_add(1, Relaxed);
+            }
+            f.permit = Some(permit);
+            f.upstream = i;
+            f.attempts += 1;
+            f.tried |= bit;
+            f.up = Some(up);
+            send(
+                ctx,
+                up,
+                Kind::Send(Box::new(SendReq {
+                    owner: self.io.me(),
+                    tag: self.tag,
+                    head: f.head.clone(),
+                    extra: Extra {
+                        xff: f.extra_xff.clone(),
+                        traceparent: f.traceparent,
+                        host: (!f.head.headers().contains("host"))
+                            .then(|| Bytes::from(sh.cfg.upstreams[i].to_string())),
+                        upgrade: None,
+                    },
+                })),
+            );
+        }
+    }
+
+    /// The requests pipelined behind the head lose their upstream connection (it failed
+    /// before answering them): none was answered, so each goes again later (`fresh`: the
+    /// upstream had said it would process none of them, so it is not even a retry).
+    fn detach_pipe(&mut self, ctx: &mut WorkerCtx, why: UpFailure, fresh: bool, now: Instant) {
+        let sh = self.shared.clone();
+        let mut ws = None;
+        for f in self.pipe.iter_mut() {
+            if f.up.take().is_none() {
+                continue;
+            }
+            let i = f.upstream;
+            f.upstream = usize::MAX;
+            if fresh {
+                f.attempts = f.attempts.saturating_sub(1);
+                f.tried &= !(1u64 << (i % 64));
+            } else {
+                f.last_failure = Some((i, why));
+            }
+            let ws = ws.get_or_insert_with(|| sh.worker(ctx.index));
+            let permit = f.permit.take();
+            ws.report(i, permit, Outcome::Ignored, now, &sh.stats, ctx.index);
+            ws.active[i] = ws.active[i].saturating_sub(1);
+            sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// The client connection is going: every pipelined exchange ends unanswered.
+    fn drop_pipe(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        while let Some(mut f) = self.pipe.pop_front() {
+            self.last_done = Some(f.id);
+            self.release(ctx, &mut f, false, now);
+        }
+    }
+
+    /// `ex` is gone: the next pipelined request becomes the head (it keeps the upstream
+    /// connection it was sent on, or goes to one now, or is answered if it may not go again).
+    fn promote(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        while self.ex.is_none() && !self.abort && !self.errored {
+            let Some(f) = self.pipe.pop_front() else {
+                return;
+            };
+            if f.up.is_some() {
+                self.ex = Some(f);
+                return;
+            }
+            if f.attempts > self.shared.cfg.retries {
+                let (u, why) = f.last_failure.unwrap_or((0, UpFailure::Broken));
+                let text = format!(
+                    "upstream {}: {}",
+                    self.shared.stats.upstreams[u].addr,
+                    why.text()
+                );
+                self.last_done = Some(f.id);
+                self.local_answer(&f, why.status(), &text);
+                continue;
+            }
+            self.ex = Some(f);
+            self.dispatch(ctx, now);
+        }
+    }
+
+    /// A new exchange for a request (counted; its trace context and `X-Forwarded-For` made).
+    fn exchange(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        head: ferry_http1::Request,
+        now: Instant,
+    ) -> Exchange {
         let sh = self.shared.clone();
         add(&sh.stats.requests, 1);
         let hs = head.headers();
@@ -654,7 +928,7 @@ impl Down {
             ws.budget.deposit(now);
             t.to_bytes()
         };
-        let ex = Exchange {
+        Exchange {
             id: head.id(),
             idempotent: head.method().is_idempotent(),
             head,
@@ -676,9 +950,7 @@ impl Down {
             permit: None,
             extra_xff: xff,
             traceparent: tp,
-        };
-        self.ex = Some(ex);
-        self.dispatch(ctx, now);
+        }
     }
 
     /// Send the current exchange to an upstream (first attempt or retry).
@@ -693,8 +965,9 @@ impl Down {
         };
         let mut tried = ex.tried;
         let retry = ex.attempts > 0;
+        // One lock for the pick and the checkout.
+        let mut ws = sh.worker(ctx.index);
         let pick = {
-            let mut ws = sh.worker(ctx.index);
             let WorkerState {
                 balancer,
                 breakers,
@@ -735,6 +1008,7 @@ impl Down {
         let (i, permit) = match pick {
             Ok(x) => x,
             Err(why) => {
+                drop(ws);
                 let ex = self.ex.take().expect("exchange");
                 self.last_done = Some(ex.id);
                 match ex.last_failure {
@@ -774,7 +1048,6 @@ impl Down {
         self.unacked = ex.held.iter().map(|(b, _)| b.len()).sum();
         // A connection: warm from the pool, a new one, or a place in the pool's queue.
         let got = {
-            let mut ws = sh.worker(ctx.index);
             let r = match ws.pool.checkout(i, now) {
                 Ok(Checkout::Ready(lease)) => Ok(Some(lease)),
                 Ok(Checkout::Connect(ticket)) => {
@@ -800,10 +1073,11 @@ impl Down {
             ws.pump(ctx, &sh.stats);
             r
         };
+        drop(ws);
         match got {
             Ok(Some(lease)) => self.attach(ctx, lease),
             Ok(None) => {} // a `Leased` or `Failed` mail follows
-            Err(why) => self.failed(ctx, why, true, now),
+            Err(why) => self.failed(ctx, why, true, false, now),
         }
     }
 
@@ -820,6 +1094,7 @@ impl Down {
         }
         let ex = self.ex.as_mut().expect("exchange");
         let up = lease.conn().peer;
+        self.tag = self.tag.wrapping_add(1);
         ex.waiter = None;
         ex.up = Some(up);
         ex.lease = Some(lease);
@@ -833,6 +1108,7 @@ impl Down {
             up,
             Kind::Send(Box::new(SendReq {
                 owner: self.io.me(),
+                tag: self.tag,
                 head: ex.head.clone(),
                 extra: Extra {
                     xff: ex.extra_xff.clone(),
@@ -845,6 +1121,10 @@ impl Down {
         for (b, end) in ex.held.drain(..) {
             send(ctx, up, Kind::ReqData(b, end));
         }
+        // Requests pipelined behind this one go down the same connection.
+        let now = ctx.clock.now();
+        self.join_pipe(ctx, now);
+        self.resume(ctx, now);
     }
 
     fn body(&mut self, ctx: &mut WorkerCtx, data: Bytes, end: bool) {
@@ -912,20 +1192,41 @@ impl Down {
     }
 
     /// The upstream attempt failed.
-    fn failed(&mut self, ctx: &mut WorkerCtx, why: UpFailure, before_response: bool, now: Instant) {
+    ///
+    /// `fresh`: the upstream had announced it would close and so processed none of the
+    /// outstanding requests: they go again without counting as a retry (and may go to the
+    /// same upstream, on another connection).
+    fn failed(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        why: UpFailure,
+        before_response: bool,
+        fresh: bool,
+        now: Instant,
+    ) {
         let sh = self.shared.clone();
+        self.detach_pipe(ctx, why, fresh, now);
         let Some(ex) = self.ex.as_mut() else { return };
+        if ex.upstream == usize::MAX {
+            return; // not sent anywhere: nothing of ours failed
+        }
         ex.up = None;
         let i = ex.upstream;
         let ours = matches!(why, UpFailure::PoolFull | UpFailure::PoolTimeout);
-        ex.last_failure = Some((i, why));
-        if !ours {
+        let fresh = fresh && before_response && !ex.resp_started;
+        if fresh {
+            ex.attempts = ex.attempts.saturating_sub(1);
+            ex.tried &= !(1u64 << (i % 64));
+        } else {
+            ex.last_failure = Some((i, why));
+        }
+        if !ours && !fresh {
             sh.stats.upstreams[i].failures.fetch_add(1, Relaxed);
         }
         {
             let mut ws = sh.worker(ctx.index);
             let permit = ex.permit.take();
-            let outcome = if ours {
+            let outcome = if ours || fresh {
                 Outcome::Ignored
             } else {
                 Outcome::Failure
@@ -941,11 +1242,13 @@ impl Down {
             }
         }
         sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
-        let retry = before_response
-            && !ex.resp_started
-            && ex.idempotent
-            && ex.replayable
-            && ex.attempts <= sh.cfg.retries;
+        ex.upstream = usize::MAX;
+        let retry = (fresh && ex.idempotent && ex.replayable)
+            || before_response
+                && !ex.resp_started
+                && ex.idempotent
+                && ex.replayable
+                && ex.attempts <= sh.cfg.retries;
         if retry {
             tracing::debug!(
                 "upstream {} failed ({}); retrying",
@@ -959,6 +1262,7 @@ impl Down {
         self.last_done = Some(ex.id);
         if ex.resp_started {
             self.abort = true;
+            self.drop_pipe(ctx, now);
         } else {
             let status = why.status();
             let why = format!("upstream {}: {}", sh.stats.upstreams[i].addr, why.text());
@@ -971,6 +1275,12 @@ impl Down {
     fn finish(&mut self, ctx: &mut WorkerCtx) {
         if let Some(mut ex) = self.ex.take() {
             self.last_done = Some(ex.id);
+            // The next request pipelined on that connection takes it over.
+            if let Some(next) = self.pipe.front_mut() {
+                if next.up.is_some() && next.up == ex.up && ex.resp_done {
+                    next.lease = ex.lease.take();
+                }
+            }
             self.release(ctx, &mut ex, true, ctx.clock.now());
         }
     }
@@ -1007,30 +1317,14 @@ impl Down {
         }
     }
 
-    /// Handle pipelined requests that waited behind the finished exchange.
+    /// Go on after an exchange ended: the next pipelined request becomes the head, and the
+    /// events that waited are handled (in order) as far as they may be now.
     fn resume(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        while let Some(front) = self.backlog.front() {
-            let id = match front {
-                SEvent::Request(r) => Some(r.id()),
-                SEvent::Data { id, .. } | SEvent::Trailers { id, .. } | SEvent::End { id } => {
-                    Some(*id)
-                }
-                SEvent::Error { id, .. } => *id,
-                _ => None,
-            };
-            let mine = match (&self.ex, id) {
-                (None, _) => true,
-                (Some(ex), Some(id)) => id == ex.id,
-                (Some(_), None) => true,
-            };
-            if !mine {
+        self.promote(ctx, now);
+        while let Some(ev) = self.backlog.pop_front() {
+            if let Some(ev) = self.route(ctx, ev, now) {
+                self.backlog.push_front(ev);
                 break;
-            }
-            let ev = self.backlog.pop_front().expect("front");
-            let stale = matches!((id, self.last_done), (Some(i), Some(d)) if i <= d)
-                && !matches!(ev, SEvent::Request(_));
-            if !stale {
-                self.handle(ctx, ev, now);
             }
         }
     }
@@ -1049,11 +1343,27 @@ impl Down {
                     } else {
                         UpFailure::Connect
                     };
-                    self.failed(ctx, why, true, now);
+                    self.failed(ctx, why, true, false, now);
                 }
             }
             Kind::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
-            Kind::Failed(why, before) => self.failed(ctx, why, before, now),
+            Kind::Failed {
+                why,
+                before,
+                fresh,
+                tag,
+            } => {
+                // Only for the connection the head is on now (or waits for): a report from
+                // an earlier attachment is stale.
+                let current = match (tag, self.ex.as_ref()) {
+                    (Some(t), Some(ex)) => ex.up.is_some() && t == self.tag,
+                    (None, Some(ex)) => ex.up.is_none(),
+                    _ => false,
+                };
+                if current {
+                    self.failed(ctx, why, before, fresh, now);
+                }
+            }
             Kind::Head(resp) => self.head(ctx, &resp, now),
             Kind::Data(b) if self.tunnel.is_some() => {
                 self.owed += b.len();
@@ -1089,14 +1399,25 @@ impl Down {
                 self.finish(ctx);
                 self.resume(ctx, now);
             }
-            Kind::Resp { head, data, end } => {
-                if let Some(h) = head {
+            Kind::Resp {
+                head,
+                data,
+                end,
+                tag,
+            } => {
+                // Checked before each part: the head may end the exchange (a 502 for a head
+                // we cannot forward) and the next one may already be on another connection.
+                let current = |d: &Down| {
+                    d.ex.as_ref()
+                        .is_some_and(|ex| ex.up.is_some() && tag == Some(d.tag))
+                };
+                if let Some(h) = head.filter(|_| current(self)) {
                     self.apply(ctx, Kind::Head(h), now);
                 }
-                if let Some(d) = data {
+                if let Some(d) = data.filter(|_| current(self)) {
                     self.apply(ctx, Kind::Data(d), now);
                 }
-                if let Some(r) = end {
+                if let Some(r) = end.filter(|_| current(self)) {
                     self.apply(ctx, Kind::End(r), now);
                 }
             }
@@ -1215,6 +1536,9 @@ impl Down {
             self.last_done = Some(ex.id);
             self.release(ctx, &mut ex, false, now);
             self.local_answer(&ex, 502, "invalid response head from upstream");
+            // That connection is dropped: requests pipelined on it go again.
+            self.detach_pipe(ctx, UpFailure::Broken, false, now);
+            self.resume(ctx, now);
             return;
         }
         if let Some(mut n) = head_len {
@@ -1266,7 +1590,17 @@ pub struct Up {
     alive: Arc<AtomicBool>,
     /// The client whose request this connection carries (or that waits for the connect).
     owner: Option<Peer>,
+    /// The last request sent (its body goes out with `ReqData`).
     req: Option<RequestId>,
+    /// Requests sent whose response has not ended (more than one when pipelined).
+    inflight: usize,
+    /// The owner's attachment the requests were sent under (echoed in `Failed`).
+    tag: Option<u32>,
+    /// A response said the upstream closes after it: it processes no request behind it.
+    close_announced: bool,
+    /// A pipelined request arrived that this connection cannot take (it closes after the
+    /// responses in flight): reported, as never sent, once those ended.
+    refused: bool,
     resp_started: bool,
     done: bool,
     unacked: usize,
@@ -1288,9 +1622,19 @@ impl Up {
     fn fail(&mut self, ctx: &WorkerCtx, why: UpFailure) {
         if !self.reported && self.owner.is_some() {
             self.reported = true;
-            self.to_owner(ctx, Kind::Failed(why, !self.resp_started));
+            self.to_owner(
+                ctx,
+                Kind::Failed {
+                    why,
+                    before: !self.resp_started,
+                    fresh: self.close_announced && !self.resp_started,
+                    tag: self.tag,
+                },
+            );
         }
         self.owner = None;
+        self.inflight = 0;
+        self.refused = false;
         self.done = true;
         self.alive.store(false, Relaxed);
         self.ticket_failed(ctx);
@@ -1361,6 +1705,7 @@ impl Up {
                 match ev {
                     CEvent::Response(r) => {
                         self.resp_started = true;
+                        self.close_announced |= !r.keep_alive();
                         head = Some(Box::new(r));
                     }
                     CEvent::Data { data: d, .. } => {
@@ -1377,14 +1722,32 @@ impl Up {
                                 head,
                                 data,
                                 end: Some(reusable),
+                                tag: self.tag,
                             },
                         );
-                        self.owner = None;
-                        self.req = None;
                         self.resp_started = false;
-                        self.reported = false;
                         self.unacked = 0;
                         self.owed = 0;
+                        self.inflight = self.inflight.saturating_sub(1);
+                        if self.inflight == 0 {
+                            if std::mem::take(&mut self.refused) {
+                                // Never sent: they go elsewhere, and this connection ends.
+                                self.to_owner(
+                                    ctx,
+                                    Kind::Failed {
+                                        why: UpFailure::Broken,
+                                        before: true,
+                                        fresh: true,
+                                        tag: self.tag,
+                                    },
+                                );
+                                self.done = true;
+                                self.alive.store(false, Relaxed);
+                            }
+                            self.owner = None;
+                            self.req = None;
+                            self.reported = false;
+                        }
                     }
                     CEvent::Error { error, .. } => {
                         let why = if matches!(error, ferry_http1::Error::HeaderTimeout) {
@@ -1437,6 +1800,7 @@ impl Up {
                     head,
                     data,
                     end: None,
+                    tag: self.tag,
                 },
             );
         }
@@ -1459,8 +1823,22 @@ impl Up {
         }
         match kind {
             Kind::Send(req) => {
-                let SendReq { owner, head, extra } = *req;
+                let SendReq {
+                    owner,
+                    tag,
+                    head,
+                    extra,
+                } = *req;
                 self.owner = Some(owner);
+                self.tag = Some(tag);
+                if self.inflight > 0
+                    && !self.done
+                    && (self.refused || !self.conn.can_send_request())
+                {
+                    // Pipelined behind responses after which this connection closes.
+                    self.refused = true;
+                    return;
+                }
                 self.reported = false;
                 if self.done || self.io.saw_eof() || !self.alive.load(Relaxed) {
                     // Went away while idle: the client retries elsewhere (nothing was sent).
@@ -1494,7 +1872,12 @@ impl Up {
                     .conn
                     .send_forwarded_request(now, &head, keep, &fields, body)
                 {
-                    Ok(id) => self.req = Some(id),
+                    Ok(id) => {
+                        self.req = Some(id);
+                        self.inflight += 1;
+                    }
+                    // Not sent: the responses in flight still come.
+                    Err(_) if self.inflight > 0 => self.refused = true,
                     Err(_) => self.fail(ctx, UpFailure::Broken),
                 }
             }
@@ -1627,10 +2010,11 @@ impl Half for Down {
     fn close(mut self, ctx: &mut WorkerCtx) {
         self.shared.stats.downstream_open.fetch_sub(1, Relaxed);
         self.end_tunnel(ctx);
+        let now = ctx.clock.now();
         if let Some(mut ex) = self.ex.take() {
-            let now = ctx.clock.now();
             self.release(ctx, &mut ex, false, now);
         }
+        self.drop_pipe(ctx, now);
     }
 }
 
@@ -1645,6 +2029,8 @@ impl Downstream for Down {
             abort: false,
             backlog: VecDeque::new(),
             ex: None,
+            pipe: VecDeque::new(),
+            tag: 0,
             last_done: None,
             unacked: 0,
             owed: 0,
@@ -1720,7 +2106,7 @@ impl Half for Up {
         self.conn.handle_eof(now);
         self.process_input(ctx, now);
         self.alive.store(false, Relaxed);
-        if self.owner.is_some() && self.req.is_some() {
+        if self.owner.is_some() && self.inflight > 0 {
             self.fail(ctx, UpFailure::Broken);
         }
         if self.owner.is_none() {
@@ -1788,6 +2174,10 @@ impl Upstream for Up {
             alive: Arc::new(AtomicBool::new(true)),
             owner,
             req: None,
+            inflight: 0,
+            tag: None,
+            close_announced: false,
+            refused: false,
             resp_started: false,
             done: false,
             unacked: 0,
@@ -1825,7 +2215,16 @@ fn drop_stale(ctx: &mut WorkerCtx, shared: &HttpShared, kind: Kind) {
                 .worker(ctx.index)
                 .checkin(ctx, &shared.stats, lease, true);
         }
-        Kind::Send(req) => send(ctx, req.owner, Kind::Failed(UpFailure::Broken, true)),
+        Kind::Send(req) => send(
+            ctx,
+            req.owner,
+            Kind::Failed {
+                why: UpFailure::Broken,
+                before: true,
+                fresh: false,
+                tag: Some(req.tag),
+            },
+        ),
         _ => {}
     }
 }
