@@ -412,7 +412,7 @@ impl ClientConnection {
     ) -> Result<RequestId, SendError> {
         self.advance(now);
         self.check_can_send()?;
-        let mark = self.start_head(req.method_str().as_bytes(), req.target().as_bytes());
+        let mark = self.start_head(req.method_bytes(), req.target_bytes());
         let kept = match copy_parsed_fields(&mut self.wbuf, req.headers(), keep) {
             Ok(f) => f,
             Err(e) => {
@@ -622,6 +622,13 @@ impl ClientConnection {
         }
     }
 
+    /// The output buffer's bytes, as one piece (the buffer keeps its spare room).
+    #[inline(never)]
+    fn take_wbuf(&mut self) -> Bytes {
+        self.wbuf.split().freeze()
+    }
+
+    #[inline]
     fn update_lifecycle(&mut self) {
         if self.is_closed() {
             let to = match self.error {
@@ -910,16 +917,18 @@ impl Connection for ClientConnection {
         self.events.pop_front()
     }
 
+    /// Queued pieces first, then the output buffer. Inlined: drivers poll until `None`, and
+    /// the empty case is a few loads.
+    #[inline]
     fn poll_transmit(&mut self) -> Option<Bytes> {
-        let b = match self.out.pop_front() {
-            Some(b) => Some(b),
-            None if !self.wbuf.is_empty() => Some(self.wbuf.split().freeze()),
-            None => None,
-        };
-        if b.is_none() {
-            self.update_lifecycle();
+        if !self.out.is_empty() {
+            return self.out.pop_front();
         }
-        b
+        if !self.wbuf.is_empty() {
+            return Some(self.take_wbuf());
+        }
+        self.update_lifecycle();
+        None
     }
 
     /// The response deadline of the oldest request, while its head is awaited: from when the

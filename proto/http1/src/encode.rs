@@ -104,6 +104,13 @@ fn has_zero(x: u64) -> u64 {
     x.wrapping_sub(ONES) & !x & HIGH
 }
 
+/// Non-zero when some byte of `x` is below 0x0e (exact as a yes/no answer, as for any bound
+/// up to 0x80).
+#[inline(always)]
+fn has_less_0e(x: u64) -> u64 {
+    x.wrapping_sub(ONES * 0x0e) & !x & HIGH
+}
+
 /// Non-zero when some byte of `x` is not an ASCII letter or `-` (exact as a yes/no answer:
 /// a byte at or above 0x80 is flagged itself, whatever its carry flags above it).
 #[inline(always)]
@@ -128,7 +135,7 @@ pub(crate) struct AppHeaders {
 impl AppHeaders {
     /// Note what field `name: value` means to the connection; framing fields are refused (the
     /// connection writes them from the body).
-    #[inline]
+    #[inline(always)]
     fn note(&mut self, n: &[u8], value: &[u8]) -> Result<(), SendError> {
         match n.len() {
             4 if n.eq_ignore_ascii_case(b"date") => self.has_date = true,
@@ -168,12 +175,33 @@ pub(crate) fn copy_parsed_fields(
     mut keep: impl FnMut(&[u8]) -> bool,
 ) -> Result<AppHeaders, SendError> {
     let mut facts = AppHeaders::default();
-    for (n, value) in headers.iter_bytes() {
-        if keep(n) {
-            facts.note(n, value)?;
-            put_field(dst, n, value);
+    let buf = &headers.buf[..];
+    // Kept lines already in the form `put_field` writes go out as they are, a run of
+    // adjacent ones in one copy.
+    let mut run = 0..0;
+    let flush = |dst: &mut BytesMut, run: core::ops::Range<usize>| {
+        if !run.is_empty() {
+            dst.extend_from_slice(buf.get(run).unwrap_or(&[]));
+        }
+    };
+    for f in headers.raw_fields() {
+        if !keep(f.name) {
+            continue;
+        }
+        facts.note(f.name, f.value)?;
+        if f.verbatim {
+            if run.end != f.start || run.is_empty() {
+                flush(dst, run);
+                run = f.start..f.start;
+            }
+            run.end = f.next;
+        } else {
+            flush(dst, run);
+            run = 0..0;
+            put_field(dst, f.name, f.value);
         }
     }
+    flush(dst, run);
     Ok(facts)
 }
 
@@ -183,9 +211,16 @@ fn is_safe_value(value: &[u8]) -> bool {
     // Typical values are short: eight bytes at a time beats a SIMD search's setup.
     match value.len() {
         0..8 => !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0),
-        8..=64 => all_words(value, |w| {
-            has_zero(w) | has_zero(w ^ (ONES * u64::from(b'\r'))) | has_zero(w ^ (ONES * 0x0a)) == 0
-        }),
+        // Most values have no byte below 0x0e at all (CR, LF and NUL are): that first.
+        8..=64 => {
+            all_words(value, |w| has_less_0e(w) == 0)
+                || all_words(value, |w| {
+                    has_zero(w)
+                        | has_zero(w ^ (ONES * u64::from(b'\r')))
+                        | has_zero(w ^ (ONES * 0x0a))
+                        == 0
+                })
+        }
         _ => memchr::memchr3(b'\r', b'\n', 0, value).is_none(),
     }
 }
@@ -383,5 +418,87 @@ mod tests {
         write_status_line(&mut b, 599, Some("Custom"));
         write_status_line(&mut b, 299, None);
         assert_eq!(&b[..], b"HTTP/1.1 200 OK\r\nHTTP/1.1 404 Not Found\r\nHTTP/1.1 599 Custom\r\nHTTP/1.1 299 \r\n");
+    }
+
+    /// `copy_parsed_fields` before it copied verbatim lines in runs: each kept field
+    /// written with `put_field`.
+    fn copy_by_field(
+        dst: &mut BytesMut,
+        headers: &crate::head::Headers,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), SendError> {
+        for (n, value) in headers.iter_bytes() {
+            if keep(n) {
+                AppHeaders::default().note(n, value)?;
+                put_field(dst, n, value);
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed request head of `raw`, if the server side accepts it.
+    fn parse_request(raw: &[u8]) -> Option<crate::Request> {
+        use ferry_proto::{Connection, Instant};
+        let mut c = crate::ServerConnection::new(
+            alloc::sync::Arc::new(crate::ServerConfig::default()),
+            Instant::ZERO,
+        );
+        let mut input = BytesMut::from(raw);
+        c.handle_input(Instant::ZERO, &mut input).ok()?;
+        match c.poll_event()? {
+            crate::server::Event::Request(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn copied_fields_are_normalized_whatever_their_spacing() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-A:b\r\nX-B:  c  \r\nX-C: d\r\nX-D: e\r\n\
+                    X-Drop: f\r\nX-E: \r\nX-F:\r\nX-G:\tg h\t\r\nX-H: i\r\n\r\n";
+        let req = parse_request(raw).unwrap();
+        let mut b = BytesMut::new();
+        copy_parsed_fields(&mut b, req.headers(), |n| n != b"X-Drop").unwrap();
+        assert_eq!(
+            core::str::from_utf8(&b).unwrap(),
+            "Host: a\r\nX-A: b\r\nX-B: c\r\nX-C: d\r\nX-D: e\r\nX-E: \r\nX-F: \r\n\
+             X-G: g h\r\nX-H: i\r\n"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn copied_fields_match_field_by_field_copy(
+            fields in proptest::collection::vec(
+                ("[A-Za-z][A-Za-z0-9-]{0,10}", "[ \t]{0,2}", "[!-~]([ -~]{0,12}[!-~])?|", "[ \t]{0,2}", proptest::bool::ANY),
+                0..12,
+            ),
+            bare_lf in proptest::bool::ANY,
+        ) {
+            let eol = if bare_lf { "\n" } else { "\r\n" };
+            let mut raw = alloc::string::String::from("GET / HTTP/1.1\r\n");
+            for (n, lead, v, trail, _) in &fields {
+                raw.push_str(&alloc::format!("{n}:{lead}{v}{trail}{eol}"));
+            }
+            raw.push_str("\r\n");
+            let Some(req) = parse_request(raw.as_bytes()) else {
+                return Ok(());
+            };
+            let keeps: alloc::vec::Vec<bool> = fields.iter().map(|f| f.4).collect();
+            let (mut i, mut j) = (0, 0);
+            let mut got = BytesMut::new();
+            let mut want = BytesMut::new();
+            let a = copy_parsed_fields(&mut got, req.headers(), |_| {
+                i += 1;
+                keeps[i - 1]
+            });
+            let b = copy_by_field(&mut want, req.headers(), |_| {
+                j += 1;
+                keeps[j - 1]
+            });
+            proptest::prop_assert_eq!(a.is_ok(), b.is_ok());
+            if a.is_ok() {
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 }

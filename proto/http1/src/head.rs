@@ -164,17 +164,6 @@ impl Index {
         }
     }
 
-    #[inline]
-    fn at(&self, i: usize) -> Option<usize> {
-        match self {
-            Index::Inline { len, at } => at.get(..*len as usize)?.get(i).map(|&o| o as usize),
-            Index::Spilled(b) => {
-                let e = b.get(i.checked_mul(ENTRY)?..)?.first_chunk::<ENTRY>()?;
-                Some(u32::from_le_bytes(*e) as usize)
-            }
-        }
-    }
-
     /// The offsets in `offsets` (as many as `n`) of a head of `len` bytes: in place if they
     /// [fit](Self::fits), else in `out` (a buffer of their own without one: one allocation).
     fn build(
@@ -276,6 +265,74 @@ impl IndexBuf {
     }
 }
 
+/// The offsets of an [`Index`], borrowed.
+#[derive(Clone, Copy)]
+enum Offsets<'a> {
+    Inline(&'a [u16]),
+    Spilled(&'a [u8]),
+}
+
+impl Offsets<'_> {
+    #[inline(always)]
+    fn get(self, i: usize) -> Option<usize> {
+        match self {
+            Offsets::Inline(at) => at.get(i).map(|&o| o as usize),
+            Offsets::Spilled(b) => {
+                let e = b.get(i.checked_mul(ENTRY)?..)?.first_chunk::<ENTRY>()?;
+                Some(u32::from_le_bytes(*e) as usize)
+            }
+        }
+    }
+}
+
+/// The field lines of a [`Headers`]: each line's offset and the next line's.
+struct Lines<'a> {
+    offsets: Offsets<'a>,
+    /// The offset of line `i`.
+    cur: usize,
+    i: usize,
+    len: usize,
+    /// Where the empty line that ends the head starts.
+    end: usize,
+}
+
+impl Iterator for Lines<'_> {
+    type Item = (usize, usize);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        if self.i >= self.len {
+            return None;
+        }
+        self.i += 1;
+        let start = self.cur;
+        let next = if self.i < self.len {
+            self.offsets.get(self.i).unwrap_or(self.end)
+        } else {
+            self.end
+        };
+        self.cur = next;
+        Some((start, next))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.len - self.i.min(self.len);
+        (n, Some(n))
+    }
+}
+
+/// One field of a parsed head, with where its line is (see [`Headers::raw_fields`]).
+pub(crate) struct RawField<'a> {
+    /// The offset of the line in the head.
+    pub start: usize,
+    /// The offset of the line after it.
+    pub next: usize,
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+    /// The line is exactly `name: value\r\n`.
+    pub verbatim: bool,
+}
+
 /// Header fields of one message: name/value slices of a single shared `Bytes` (the head), so
 /// holding a `Headers` costs one reference count however many fields it has (two past 24
 /// fields or 64 KiB of head, whose field index is shared too).
@@ -308,11 +365,45 @@ impl Headers {
     /// Each field's line: its offset and the offset of the next line (for the last field,
     /// the empty line that ends the head, 2 bytes before its end).
     #[inline]
-    fn lines(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+    fn lines(&self) -> Lines<'_> {
         let end = self.buf.len().saturating_sub(2);
-        (0..self.idx.len()).map(move |i| {
-            let start = self.idx.at(i).unwrap_or(end);
-            (start, self.idx.at(i + 1).unwrap_or(end))
+        let offsets = match &self.idx {
+            Index::Inline { len, at } => Offsets::Inline(at.get(..*len as usize).unwrap_or(&[])),
+            Index::Spilled(b) => Offsets::Spilled(b),
+        };
+        Lines {
+            cur: offsets.get(0).unwrap_or(end),
+            offsets,
+            i: 0,
+            len: self.idx.len(),
+            end,
+        }
+    }
+
+    /// Each field as its line's bounds (`start..next`, the line ending included), its name
+    /// and its value, and whether the line is exactly `name: value\r\n` (so copying the line
+    /// as it is writes what [`put_field`](crate::encode) would).
+    #[inline]
+    pub(crate) fn raw_fields(&self) -> impl Iterator<Item = RawField<'_>> + '_ {
+        let buf = &self.buf[..];
+        self.lines().map(move |(start, next)| {
+            let line = buf.get(start..next.saturating_sub(2)).unwrap_or(&[]);
+            let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+            let after = line.get(colon + 1..).unwrap_or(&[]);
+            // Nearly always one space before the value and nothing after it.
+            let (value, verbatim) = match after {
+                [b' ', v @ ..] if !matches!(v, [b' ' | b'\t', ..] | [.., b' ' | b'\t']) => {
+                    (v, buf.get(next.saturating_sub(2)..next) == Some(b"\r\n"))
+                }
+                _ => (trim_ows(after), false),
+            };
+            RawField {
+                start,
+                next,
+                name: &line[..colon],
+                value,
+                verbatim,
+            }
         })
     }
 
@@ -339,20 +430,19 @@ impl Headers {
 
     /// The value of the field line `start..next` if its name is `name` (case-insensitive).
     #[inline]
+    // A plain loop: `contains` calls `memchr`, dearer for a name of a few bytes.
+    #[allow(clippy::manual_contains)]
     fn value_if(&self, (start, next): (usize, usize), name: &[u8]) -> Option<&[u8]> {
-        // The name ends at the line's first `:`; `name` has none (see `matcher`).
+        // The name ends at the line's first `:`: a `name` with a `:` in it matches no line.
+        // Checked last, on a match only (most lines fail the first test).
         let line = self.buf.get(start..next.saturating_sub(2))?;
-        if line.get(name.len()) != Some(&b':') || !line[..name.len()].eq_ignore_ascii_case(name) {
+        if line.get(name.len()) != Some(&b':')
+            || !line[..name.len()].eq_ignore_ascii_case(name)
+            || name.iter().any(|&b| b == b':')
+        {
             return None;
         }
         Some(trim_ows(&line[name.len() + 1..]))
-    }
-
-    /// `name` as bytes, or `None` if no field can have it (a `:` in it).
-    #[inline]
-    fn matcher(name: &str) -> Option<&[u8]> {
-        let name = name.as_bytes();
-        (!name.contains(&b':')).then_some(name)
     }
 
     /// Fields in the order received, names as sent (not lower-cased).
@@ -374,7 +464,7 @@ impl Headers {
 
     /// First value of `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        let name = Self::matcher(name)?;
+        let name = name.as_bytes();
         self.lines().find_map(|l| self.value_if(l, name))
     }
 
@@ -386,8 +476,8 @@ impl Headers {
 
     /// Every value of `name` (case-insensitive), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let name = Self::matcher(name);
-        self.lines().filter_map(move |l| self.value_if(l, name?))
+        let name = name.as_bytes();
+        self.lines().filter_map(move |l| self.value_if(l, name))
     }
 
     /// Whether a field `name` is present.
@@ -500,7 +590,17 @@ impl Framing {
     #[inline(never)]
     fn content_length(&mut self, value: &[u8]) -> Result<(), Error> {
         // RFC 9110 §8.6: a list of identical values MAY be accepted; anything else is
-        // unrecoverable.
+        // unrecoverable. Nearly always one number: no list to split, nothing to trim.
+        if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
+            let len = parse_content_length(value)?;
+            return match self.content_length {
+                Some(prev) if prev != len => Err(Error::InvalidContentLength),
+                _ => {
+                    self.content_length = Some(len);
+                    Ok(())
+                }
+            };
+        }
         for v in value.split(|&b| b == b',') {
             let len = parse_content_length(trim_ows(v))?;
             match self.content_length {
@@ -860,7 +960,31 @@ impl Request {
 
     /// The method token as sent.
     pub fn method_str(&self) -> &str {
-        core::str::from_utf8(&self.headers.buf[..self.method_len as usize]).unwrap_or("")
+        // A known method is exactly its token (`Method::from_bytes`): no UTF-8 check.
+        match self.method.as_str() {
+            Some(m) => m,
+            None => core::str::from_utf8(self.method_bytes()).unwrap_or(""),
+        }
+    }
+
+    /// [`method_str`](Self::method_str) as bytes: a token, so without the UTF-8 check.
+    #[inline]
+    pub(crate) fn method_bytes(&self) -> &[u8] {
+        self.headers
+            .buf
+            .get(..self.method_len as usize)
+            .unwrap_or(&[])
+    }
+
+    /// [`target`](Self::target) as bytes, without the UTF-8 check (the parser and
+    /// [`Request::new`] check it, so both are the same bytes).
+    #[inline]
+    pub(crate) fn target_bytes(&self) -> &[u8] {
+        let (s, l) = self.target;
+        self.headers
+            .buf
+            .get(s as usize..(s + l) as usize)
+            .unwrap_or(&[])
     }
 
     /// The request target as sent (origin-form path and query, absolute-form, authority-form
@@ -958,7 +1082,10 @@ impl Response {
     /// Reason phrase as sent (may be empty).
     pub fn reason(&self) -> &str {
         let (s, l) = self.reason;
-        core::str::from_utf8(&self.headers.buf[s as usize..(s + l) as usize]).unwrap_or("")
+        match &self.headers.buf[s as usize..(s + l) as usize] {
+            b"OK" => "OK", // nearly every response: no UTF-8 check
+            r => core::str::from_utf8(r).unwrap_or(""),
+        }
     }
 
     /// HTTP version.
