@@ -1218,6 +1218,16 @@ impl<'a> HeadFields<'a> {
             framing_err: None,
         }
     }
+
+    /// The index writer and the framing facts, once the parser accepted the head: the first
+    /// framing error, if any, now.
+    #[inline(always)]
+    fn finish(self) -> Result<(IndexWriter<'a>, Framing), Error> {
+        match self.framing_err {
+            Some(e) => Err(e),
+            None => Ok((self.index, self.framing.finish()?)),
+        }
+    }
 }
 
 impl crate::parse::FieldSink for HeadFields<'_> {
@@ -1250,15 +1260,7 @@ fn request_head(
         Ok(crate::parse::Status::Partial) => return Ok(None),
         Err(e) => return Err(Error::from_parse(e)),
     };
-    let HeadFields {
-        index,
-        framing,
-        framing_err,
-    } = fields;
-    if let Some(e) = framing_err {
-        return Err(e);
-    }
-    let framing = framing.finish()?;
+    let (index, framing) = fields.finish()?;
     let len = raw.len;
     if raw.method.0 != 0 {
         // Empty lines before the request line; the caller strips them first.
@@ -1375,15 +1377,7 @@ fn response_head(
     if raw.bare_lf {
         return Err(Error::BareLineFeed);
     }
-    let HeadFields {
-        index,
-        framing,
-        framing_err,
-    } = fields;
-    if let Some(e) = framing_err {
-        return Err(e);
-    }
-    let framing = framing.finish()?;
+    let (index, framing) = fields.finish()?;
     let status = raw.status;
     let version = if raw.version == 0 {
         Version::Http10

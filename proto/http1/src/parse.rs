@@ -825,14 +825,14 @@ Sec-Fetch-Dest: document\r\n\r\n";
         )
     }
 
-    /// Up to four edits (overwrite, insert, delete) at chosen places.
-    fn mutated() -> impl Strategy<Value = Vec<u8>> {
+    /// Heads from `heads` with up to four edits (overwrite, insert, delete) at chosen places.
+    fn edited(heads: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
         let edit = (
             any::<prop::sample::Index>(),
             0u8..3,
             prop_oneof![prop::sample::select(ODD), any::<u8>()],
         );
-        (head(), prop::collection::vec(edit, 0..4)).prop_map(|(mut h, edits)| {
+        (heads, prop::collection::vec(edit, 0..4)).prop_map(|(mut h, edits)| {
             for (at, kind, b) in edits {
                 let i = at.index(h.len() + 1);
                 match kind {
@@ -846,6 +846,11 @@ Sec-Fetch-Dest: document\r\n\r\n";
             }
             h
         })
+    }
+
+    /// Generated request heads, edited.
+    fn mutated() -> impl Strategy<Value = Vec<u8>> {
+        edited(head())
     }
 
     proptest! {
@@ -1190,27 +1195,9 @@ hello world\n";
             })
     }
 
-    /// Up to four edits, as [`mutated`] does, of a generated response head.
+    /// Generated response heads, edited.
     fn mutated_response() -> impl Strategy<Value = Vec<u8>> {
-        let edit = (
-            any::<prop::sample::Index>(),
-            0u8..3,
-            prop_oneof![prop::sample::select(ODD), any::<u8>()],
-        );
-        (response_head(), prop::collection::vec(edit, 0..4)).prop_map(|(mut h, edits)| {
-            for (at, kind, b) in edits {
-                let i = at.index(h.len() + 1);
-                match kind {
-                    0 if i < h.len() => h[i] = b,
-                    1 => h.insert(i, b),
-                    _ if i < h.len() => {
-                        h.remove(i);
-                    }
-                    _ => {}
-                }
-            }
-            h
-        })
+        edited(response_head())
     }
 
     proptest! {
