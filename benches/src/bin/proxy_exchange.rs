@@ -39,7 +39,7 @@ static GLOBAL: count_alloc::CountingAlloc = count_alloc::CountingAlloc;
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n";
 
 /// What the nginx upstream answers.
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 16:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\nhello world\n";
+const RESPONSE: &[u8] = ferry_benches::NGINX_RESPONSE;
 
 /// What goes upstream.
 const FORWARDED: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nvia: 1.1 ferry\r\n\r\n";
