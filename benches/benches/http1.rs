@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ferry_benches::{Kind, Shape, Workload, BATCH};
+use ferry_benches::{Kind, Shape, Timed, Workload, BATCH};
 
 fn http1(c: &mut Criterion) {
     for shape in [Shape::Single, Shape::Pipelined] {

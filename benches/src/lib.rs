@@ -96,6 +96,32 @@ impl Kind {
     }
 }
 
+/// A load the `*ratio` binaries time batch by batch.
+pub trait Timed {
+    /// Run one batch; how long its measured part took.
+    fn run(&mut self) -> Duration;
+    /// Requests per batch.
+    fn per_batch(&self) -> usize;
+}
+
+/// ns per request over `batches` batches.
+pub fn ns_per_request(t: &mut impl Timed, batches: u64) -> f64 {
+    let d: Duration = (0..batches).map(|_| t.run()).sum();
+    d.as_nanos() as f64 / (batches as f64 * t.per_batch() as f64)
+}
+
+/// How many batches' measured parts take about `target`.
+pub fn calibrate(t: &mut impl Timed, target: Duration) -> u64 {
+    let mut batches = 1u64;
+    loop {
+        let d: Duration = (0..batches).map(|_| t.run()).sum();
+        if d >= target / 4 {
+            return (batches as f64 * target.as_secs_f64() / d.as_secs_f64()).ceil() as u64;
+        }
+        batches *= 2;
+    }
+}
+
 /// One workload with its state (connection, buffers), kept across runs as a kept-alive
 /// connection keeps it in a server.
 pub struct Workload {
@@ -109,6 +135,23 @@ pub struct Workload {
 }
 
 const NOW: Instant = Instant::from_nanos(5_000_000_000);
+
+impl Timed for Workload {
+    /// Handle one batch of [`BATCH`] requests; returns the time of the measured part.
+    fn run(&mut self) -> Duration {
+        let start = StdInstant::now();
+        self.measured();
+        let elapsed = start.elapsed();
+        if self.kind == Kind::Event {
+            self.answer();
+        }
+        elapsed
+    }
+
+    fn per_batch(&self) -> usize {
+        BATCH
+    }
+}
 
 impl Workload {
     /// A fresh workload.
@@ -128,22 +171,6 @@ impl Workload {
             input: BytesMut::with_capacity(16 * 1024),
             ids: Vec::with_capacity(BATCH),
         }
-    }
-
-    /// Requests per [`run`](Self::run).
-    pub fn requests(&self) -> usize {
-        BATCH
-    }
-
-    /// Handle one batch of [`BATCH`] requests; returns the time of the measured part.
-    pub fn run(&mut self) -> Duration {
-        let start = StdInstant::now();
-        self.measured();
-        let elapsed = start.elapsed();
-        if self.kind == Kind::Event {
-            self.answer();
-        }
-        elapsed
     }
 
     /// The measured part (not inlined, so `callgrind --toggle-collect` can count it alone).

@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Buf, BytesMut};
+use ferry_benches::{calibrate, ns_per_request, Timed};
 use ferry_driver::h2::HttpAuto;
 use ferry_driver::service::ConnInfo;
 use ferry_driver::{Clock, Session, WorkerCtx};
@@ -206,21 +207,6 @@ impl Load {
         }
     }
 
-    /// Requests per batch.
-    fn depth(&self) -> usize {
-        match self {
-            Load::Driver(d) => d.depth,
-            Load::Proto(_) => 1,
-        }
-    }
-
-    fn run(&mut self) -> Duration {
-        match self {
-            Load::Driver(d) => d.run(),
-            Load::Proto(p) => p.run(),
-        }
-    }
-
     /// Run a few batches, check the response, and return allocations per request once warm.
     fn warm_up(&mut self) -> f64 {
         for _ in 0..WARM_UP {
@@ -244,23 +230,23 @@ impl Load {
                 self.run();
             }
         });
-        n as f64 / (ALLOC_BATCHES as usize * self.depth()) as f64
+        n as f64 / (ALLOC_BATCHES as usize * self.per_batch()) as f64
     }
 }
 
-fn round(l: &mut Load, batches: u64) -> f64 {
-    let t: Duration = (0..batches).map(|_| l.run()).sum();
-    t.as_nanos() as f64 / (batches as f64 * l.depth() as f64)
-}
-
-fn calibrate(l: &mut Load, target: Duration) -> u64 {
-    let mut batches = 1u64;
-    loop {
-        let t: Duration = (0..batches).map(|_| l.run()).sum();
-        if t >= target / 4 {
-            return (batches as f64 * target.as_secs_f64() / t.as_secs_f64()).ceil() as u64;
+impl Timed for Load {
+    fn run(&mut self) -> Duration {
+        match self {
+            Load::Driver(d) => d.run(),
+            Load::Proto(p) => p.run(),
         }
-        batches *= 2;
+    }
+
+    fn per_batch(&self) -> usize {
+        match self {
+            Load::Driver(d) => d.depth,
+            Load::Proto(_) => 1,
+        }
     }
 }
 
@@ -296,8 +282,8 @@ fn main() {
         let total = batches + WARM_UP + ALLOC_BATCHES;
         println!(
             "{name}: {} requests ({total} batches of {}), {allocs:.3} allocations/request",
-            total * l.depth() as u64,
-            l.depth()
+            total * l.per_batch() as u64,
+            l.per_batch()
         );
         return;
     }
@@ -313,7 +299,7 @@ fn main() {
         .collect();
     for _ in 0..rounds {
         for (l, b, best, _) in loads.iter_mut() {
-            *best = best.min(round(l, *b));
+            *best = best.min(ns_per_request(l, *b));
         }
     }
     for (n, (_, _, best, allocs)) in NAMES.iter().zip(&loads) {

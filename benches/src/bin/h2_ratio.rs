@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use ferry_benches::{calibrate, ns_per_request, Timed};
 use ferry_driver::h2::HttpAuto;
 use ferry_driver::service::{ConnInfo, Request, Response, Service};
 use ferry_driver::{Session, WorkerCtx};
@@ -277,28 +278,18 @@ impl Load {
             }
         }
     }
+}
 
+impl Timed for Load {
     fn run(&mut self) -> Duration {
         match self {
             Load::Driver(d) => d.run(),
             Load::Proto(p) => p.run(),
         }
     }
-}
 
-fn round(l: &mut Load, batches: u64) -> f64 {
-    let t: Duration = (0..batches).map(|_| l.run()).sum();
-    t.as_nanos() as f64 / (batches as f64 * f64::from(STREAMS))
-}
-
-fn calibrate(l: &mut Load, target: Duration) -> u64 {
-    let mut batches = 1u64;
-    loop {
-        let t: Duration = (0..batches).map(|_| l.run()).sum();
-        if t >= target / 4 {
-            return (batches as f64 * target.as_secs_f64() / t.as_secs_f64()).ceil() as u64;
-        }
-        batches *= 2;
+    fn per_batch(&self) -> usize {
+        STREAMS as usize
     }
 }
 
@@ -329,7 +320,7 @@ fn main() {
         .collect();
     for _ in 0..rounds {
         for (l, b, best) in loads.iter_mut() {
-            *best = best.min(round(l, *b));
+            *best = best.min(ns_per_request(l, *b));
         }
     }
     for (n, (_, _, best)) in names.iter().zip(&loads) {

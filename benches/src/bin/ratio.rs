@@ -16,25 +16,7 @@
 //! (`--toggle-collect='*ClientWorkload::measured*'`; SHAPE is ignored).
 use std::time::Duration;
 
-use ferry_benches::{ClientWorkload, Kind, Shape, Workload};
-
-/// ns per request over `batches` batches.
-fn round(w: &mut Workload, batches: u64) -> f64 {
-    let t: Duration = (0..batches).map(|_| w.run()).sum();
-    t.as_nanos() as f64 / (batches as f64 * w.requests() as f64)
-}
-
-/// Batches whose measured part takes about `target`.
-fn calibrate(w: &mut Workload, target: Duration) -> u64 {
-    let mut batches = 1u64;
-    loop {
-        let t: Duration = (0..batches).map(|_| w.run()).sum();
-        if t >= target / 4 {
-            return (batches as f64 * target.as_secs_f64() / t.as_secs_f64()).ceil() as u64;
-        }
-        batches *= 2;
-    }
-}
+use ferry_benches::{calibrate, ns_per_request, ClientWorkload, Kind, Shape, Timed, Workload};
 
 fn measure(shape: Shape, rounds: usize) -> [f64; 3] {
     let mut ws = Kind::ALL.map(|k| Workload::new(k, shape));
@@ -43,7 +25,7 @@ fn measure(shape: Shape, rounds: usize) -> [f64; 3] {
     let mut best = [f64::INFINITY; 3];
     for _ in 0..rounds {
         for (i, w) in ws.iter_mut().enumerate() {
-            best[i] = best[i].min(round(w, batches[i]));
+            best[i] = best[i].min(ns_per_request(w, batches[i]));
         }
     }
     best
