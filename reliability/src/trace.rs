@@ -142,11 +142,22 @@ fn decode_hex<const N: usize>(s: &[u8]) -> Result<[u8; N], TraceParentError> {
     Ok(out)
 }
 
-fn encode_hex(bytes: &[u8], out: &mut [u8]) {
+/// Each byte's two lower-case hex digits: one load per byte when encoding.
+static HEX_PAIRS: [[u8; 2]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+fn encode_hex(bytes: &[u8], out: &mut [u8]) {
     for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        o[0] = HEX[usize::from(b >> 4)];
-        o[1] = HEX[usize::from(b & 0xf)];
+        o.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 

@@ -102,12 +102,15 @@ impl Balancer {
         }
         match self.kind {
             Balance::RoundRobin => {
-                for k in 0..self.n {
-                    let i = (self.next + k) % self.n;
+                // `next < n` always: step with a compare, not a division.
+                let mut i = self.next.min(self.n - 1);
+                for _ in 0..self.n {
+                    let after = if i + 1 == self.n { 0 } else { i + 1 };
                     if usable(i) {
-                        self.next = (i + 1) % self.n;
+                        self.next = after;
                         return Some(i);
                     }
+                    i = after;
                 }
                 None
             }

@@ -144,7 +144,8 @@ impl HttpShared {
     }
 
     fn worker(&self, i: usize) -> MutexGuard<'_, WorkerState> {
-        let m = &self.workers[i % self.workers.len()];
+        // `i` is a worker index, below the count (a compare, not a division).
+        let m = self.workers.get(i).unwrap_or(&self.workers[0]);
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -323,9 +324,16 @@ impl WorkerState {
     }
 
     /// Give a lease back (`reusable`: the exchange ended cleanly on it).
-    fn checkin(&mut self, ctx: &WorkerCtx, stats: &ProxyStats, lease: Lease, reusable: bool) {
+    fn checkin(
+        &mut self,
+        ctx: &WorkerCtx,
+        stats: &ProxyStats,
+        lease: Lease,
+        reusable: bool,
+        now: Instant,
+    ) {
         let ok = reusable && lease.conn().alive.load(Relaxed) && !ctx.shutdown.is_triggered();
-        let _ = self.pool.checkin(lease, ok, ctx.clock.now());
+        let _ = self.pool.checkin(lease, ok, now);
         self.pump(ctx, stats);
     }
 }
@@ -370,6 +378,86 @@ impl UpFailure {
     }
 }
 
+/// A box for a big mail payload that goes back to a per-thread stock of spare boxes once its
+/// value was used ([`Recycled::recycle`]): both halves of an exchange run on the same
+/// worker thread, so in the steady state a request's mails allocate nothing. A box dropped
+/// with its value (a mail that was never delivered) is simply freed.
+struct Recycled<T: Spare>(Box<Option<T>>);
+
+/// Most spare boxes of one type kept per thread.
+const SPARE_BOXES: usize = 64;
+
+/// Spare boxes of one type (the boxes are the point: they are the allocations kept for
+/// reuse).
+type Stock<T> = std::cell::RefCell<Vec<Box<Option<T>>>>;
+
+/// The per-thread stock of spare boxes of one type.
+type Spares<T> = std::thread::LocalKey<Stock<T>>;
+
+/// A type with a per-thread stock of spare boxes.
+trait Spare: Sized + 'static {
+    fn spares() -> &'static Spares<Self>;
+}
+
+thread_local! {
+    static SPARE_SENDS: Stock<SendReq> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_HEADS: Stock<ferry_http1::Response> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Spare for SendReq {
+    fn spares() -> &'static Spares<Self> {
+        &SPARE_SENDS
+    }
+}
+
+impl Spare for ferry_http1::Response {
+    fn spares() -> &'static Spares<Self> {
+        &SPARE_HEADS
+    }
+}
+
+impl<T: Spare> Recycled<T> {
+    /// `v` in a spare box of this thread (a new one if there is none).
+    fn new(v: T) -> Recycled<T> {
+        let spare = T::spares()
+            .try_with(|s| s.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten();
+        match spare {
+            Some(mut b) => {
+                *b = Some(v);
+                Recycled(b)
+            }
+            None => Recycled(Box::new(Some(v))),
+        }
+    }
+
+    /// The value, in place (always there: it leaves only with [`recycle`](Self::recycle)).
+    fn get(&self) -> Option<&T> {
+        (*self.0).as_ref()
+    }
+
+    /// Drop the value; the box goes back to this thread's stock.
+    fn recycle(self) {
+        let mut b = self.0;
+        *b = None;
+        let _ = T::spares().try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                if s.len() < SPARE_BOXES {
+                    s.push(b);
+                }
+            }
+        });
+    }
+}
+
+impl<T: Spare + std::fmt::Debug> std::fmt::Debug for Recycled<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Mail between the halves of an exchange (same worker; opaque).
 #[derive(Debug)]
 pub struct Mail(Kind);
@@ -382,8 +470,9 @@ fn send(ctx: &WorkerCtx, to: Peer, kind: Kind) {
 #[derive(Debug)]
 enum Kind {
     // Downstream → upstream.
-    /// A request to send (boxed: mails stay small, and they are moved a few times each).
-    Send(Box<SendReq>),
+    /// A request to send (boxed: mails stay small, and they are moved a few times each;
+    /// the box is reused).
+    Send(Recycled<SendReq>),
     ReqData(Bytes, bool),
     /// Tunnel bytes from the client (after a protocol switch).
     Raw(Bytes),
@@ -407,7 +496,7 @@ enum Kind {
         fresh: bool,
         tag: Option<u32>,
     },
-    Head(Box<ferry_http1::Response>),
+    Head(Recycled<ferry_http1::Response>),
     Data(Bytes),
     /// The response is complete; whether the connection can carry another request.
     End(bool),
@@ -416,7 +505,7 @@ enum Kind {
     /// `tag`: the attachment the request was sent under (a mail from a connection the
     /// client already gave up is dropped).
     Resp {
-        head: Option<Box<ferry_http1::Response>>,
+        head: Option<Recycled<ferry_http1::Response>>,
         data: Option<Bytes>,
         end: Option<bool>,
         tag: Option<u32>,
@@ -445,6 +534,9 @@ struct Extra {
     xff: Bytes,
     traceparent: [u8; TRACEPARENT_LEN],
     host: Option<Bytes>,
+    /// The request's `Connection` names fields to drop beyond the standard hop-by-hop ones
+    /// (else the fields need no second look).
+    conn_named: bool,
     /// The client's `Upgrade` field, forwarded with `Connection: upgrade`.
     upgrade: Option<Bytes>,
 }
@@ -455,20 +547,106 @@ pub type HttpProxy = Relay<Down, Up>;
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) and the framing fields the connections write
 /// themselves, never forwarded.
+#[inline]
 fn hop_by_hop(name: &[u8]) -> bool {
-    // By length first: one comparison at most for the fields that are forwarded.
-    let is = |h: &str| name.eq_ignore_ascii_case(h.as_bytes());
+    // By length first: one comparison (two or three word compares) at most for the fields
+    // that are forwarded.
     match name.len() {
-        2 => is("te"),
-        6 => is("expect"),
-        7 => is("trailer") || is("upgrade"),
-        10 => is("connection") || is("keep-alive"),
-        14 => is("content-length"),
-        16 => is("proxy-connection"),
-        17 => is("transfer-encoding"),
-        19 => is("proxy-authorization"),
+        2 => (name[0] | 0x20) == b't' && (name[1] | 0x20) == b'e',
+        6 => is4(name, &EXPECT),
+        7 => is4(name, &TRAILER) || is4(name, &UPGRADE),
+        10 => is8(name, &CONNECTION) || is8(name, &KEEP_ALIVE),
+        14 => is8(name, &CONTENT_LENGTH),
+        16 => is8(name, &PROXY_CONNECTION),
+        17 => is8(name, &TRANSFER_ENCODING),
+        19 => is8(name, &PROXY_AUTHORIZATION),
         _ => false,
     }
+}
+
+/// A lower-case name as words for a case-insensitive compare: (value, mask of the letters'
+/// case bit) at three offsets (start, middle, end; overlapping) that together cover it.
+/// `x | mask == value` is exactly `eq_ignore_ascii_case` on a word: a letter matches in
+/// either case, any other byte only itself.
+#[derive(Clone, Copy)]
+struct Words<T> {
+    at: [usize; 3],
+    w: [(T, T); 3],
+}
+
+/// [`Words`] of `s` in 8-byte words (`s` has 8 to 24 bytes).
+const fn words8(s: &[u8]) -> Words<u64> {
+    let n = s.len();
+    let mid = if n >= 16 { 8 } else { n - 8 };
+    let at = [0, mid, n - 8];
+    let mut w = [(0u64, 0u64); 3];
+    let mut k = 0;
+    while k < 3 {
+        let mut i = 0;
+        while i < 8 {
+            let b = s[at[k] + i];
+            w[k].0 |= (b as u64) << (8 * i);
+            if b.is_ascii_lowercase() {
+                w[k].1 |= 0x20 << (8 * i);
+            }
+            i += 1;
+        }
+        k += 1;
+    }
+    Words { at, w }
+}
+
+/// [`Words`] of `s` in 4-byte words (`s` has 4 to 8 bytes).
+const fn words4(s: &[u8]) -> Words<u32> {
+    let n = s.len();
+    let at = [0, n - 4, n - 4];
+    let mut w = [(0u32, 0u32); 3];
+    let mut k = 0;
+    while k < 3 {
+        let mut i = 0;
+        while i < 4 {
+            let b = s[at[k] + i];
+            w[k].0 |= (b as u32) << (8 * i);
+            if b.is_ascii_lowercase() {
+                w[k].1 |= 0x20 << (8 * i);
+            }
+            i += 1;
+        }
+        k += 1;
+    }
+    Words { at, w }
+}
+
+const EXPECT: Words<u32> = words4(b"expect");
+const TRAILER: Words<u32> = words4(b"trailer");
+const UPGRADE: Words<u32> = words4(b"upgrade");
+const CONNECTION: Words<u64> = words8(b"connection");
+const KEEP_ALIVE: Words<u64> = words8(b"keep-alive");
+const CONTENT_LENGTH: Words<u64> = words8(b"content-length");
+const PROXY_CONNECTION: Words<u64> = words8(b"proxy-connection");
+const TRANSFER_ENCODING: Words<u64> = words8(b"transfer-encoding");
+const PROXY_AUTHORIZATION: Words<u64> = words8(b"proxy-authorization");
+const TRACEPARENT: Words<u64> = words8(b"traceparent");
+const X_FORWARDED_FOR: Words<u64> = words8(b"x-forwarded-for");
+
+/// Whether `name` (as long as the name `k` was made of) equals it, ASCII case-insensitive.
+#[inline(always)]
+fn is8(name: &[u8], k: &Words<u64>) -> bool {
+    k.at.iter().zip(&k.w).all(|(&at, &(v, m))| {
+        name.get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .is_some_and(|b| u64::from_le_bytes(b) | m == v)
+    })
+}
+
+/// [`is8`] for names of 4 to 8 bytes.
+#[inline(always)]
+fn is4(name: &[u8], k: &Words<u32>) -> bool {
+    k.at.iter().zip(&k.w).all(|(&at, &(v, m))| {
+        name.get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .is_some_and(|b| u32::from_le_bytes(b) | m == v)
+    })
 }
 
 /// The fields a message's `Connection` fields name beyond the standard hop-by-hop ones (those
@@ -476,15 +654,35 @@ fn hop_by_hop(name: &[u8]) -> bool {
 fn connection_names(h: &Headers) -> SmallVec<[&[u8]; 4]> {
     let mut names = SmallVec::new();
     for v in h.get_all("connection") {
-        for t in v.split(|&b| b == b',') {
-            let t = t.trim_ascii();
-            let standard = hop_by_hop(t) || t.eq_ignore_ascii_case(b"close") || t.is_empty();
-            if !standard {
-                names.push(t);
-            }
+        if !names_fields(v) {
+            continue;
         }
+        names.extend(v.split(|&b| b == b',').filter_map(|t| {
+            let t = t.trim_ascii();
+            (!standard_connection_token(t)).then_some(t)
+        }));
     }
     names
+}
+
+/// A `Connection` token that names no field beyond the standard hop-by-hop ones.
+fn standard_connection_token(t: &[u8]) -> bool {
+    hop_by_hop(t) || t.eq_ignore_ascii_case(b"close") || t.is_empty()
+}
+
+/// Whether a `Connection` field value names fields beyond the standard hop-by-hop ones.
+#[inline]
+fn names_fields(v: &[u8]) -> bool {
+    // The usual value is one standard token.
+    let one = match v.len() {
+        5 => v.eq_ignore_ascii_case(b"close"),
+        7 => is4(v, &UPGRADE),
+        10 => is8(v, &KEEP_ALIVE),
+        _ => false,
+    };
+    !one && v
+        .split(|&b| b == b',')
+        .any(|t| !standard_connection_token(t.trim_ascii()))
 }
 
 /// Whether a response field `name` goes downstream: not hop-by-hop (standard or named by
@@ -497,8 +695,8 @@ fn forward_response_field(name: &[u8], named: &[&[u8]]) -> bool {
 /// `Connection`), and not one the proxy writes itself (`X-Forwarded-For`, `traceparent`).
 fn forward_request_field(name: &[u8], named: &[&[u8]]) -> bool {
     let ours = match name.len() {
-        11 => name.eq_ignore_ascii_case(b"traceparent"),
-        15 => name.eq_ignore_ascii_case(b"x-forwarded-for"),
+        11 => is8(name, &TRACEPARENT),
+        15 => is8(name, &X_FORWARDED_FOR),
         _ => false,
     };
     !(ours || hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)))
@@ -555,6 +753,10 @@ struct Exchange {
     /// The breaker's permit for this attempt (it must hear the outcome).
     permit: Option<Permit>,
     extra_xff: Bytes,
+    /// The request has a `Host` field.
+    has_host: bool,
+    /// The request's `Connection` names fields beyond the standard hop-by-hop ones.
+    conn_named: bool,
     traceparent: [u8; TRACEPARENT_LEN],
 }
 
@@ -703,8 +905,8 @@ impl Down {
     fn handle(&mut self, ctx: &mut WorkerCtx, ev: SEvent, now: Instant) {
         match ev {
             SEvent::Request(head) => self.start(ctx, head, now),
-            SEvent::Data { data, .. } => self.body(ctx, data, false),
-            SEvent::End { .. } => self.body(ctx, Bytes::new(), true),
+            SEvent::Data { data, .. } => self.body(ctx, data, false, now),
+            SEvent::End { .. } => self.body(ctx, Bytes::new(), true, now),
             SEvent::Trailers { .. } => {}
             SEvent::Error { .. } => {
                 // The protocol answered (400/408/413/…) or the body broke: drop the exchange.
@@ -809,15 +1011,15 @@ impl Down {
             send(
                 ctx,
                 up,
-                Kind::Send(Box::new(SendReq {
+                Kind::Send(Recycled::new(SendReq {
                     owner: self.io.me(),
                     tag: self.tag,
                     head: f.head.clone(),
                     extra: Extra {
                         xff: f.extra_xff.clone(),
                         traceparent: f.traceparent,
-                        host: (!f.head.headers().contains("host"))
-                            .then(|| Bytes::from(sh.cfg.upstreams[i].to_string())),
+                        conn_named: f.conn_named,
+                        host: (!f.has_host).then(|| Bytes::from(sh.cfg.upstreams[i].to_string())),
                         upgrade: None,
                     },
                 })),
@@ -902,7 +1104,19 @@ impl Down {
             self.peer_ip = Some(ip.map(Bytes::from).unwrap_or_default());
         }
         let ip = self.peer_ip.clone().unwrap_or_default();
-        let xff = if hs.contains("x-forwarded-for") {
+        // One pass over the fields for everything the proxy looks at in a request.
+        let (mut has_xff, mut has_host, mut conn_named) = (false, false, false);
+        let mut traceparent = None;
+        for (n, v) in hs.iter_bytes() {
+            match n.len() {
+                4 => has_host |= n.eq_ignore_ascii_case(b"host"),
+                10 if is8(n, &CONNECTION) => conn_named |= names_fields(v),
+                11 if traceparent.is_none() && is8(n, &TRACEPARENT) => traceparent = Some(v),
+                15 => has_xff |= is8(n, &X_FORWARDED_FOR),
+                _ => {}
+            }
+        }
+        let xff = if has_xff {
             let mut xff = BytesMut::new();
             for (i, v) in hs.get_all("x-forwarded-for").enumerate() {
                 if i > 0 {
@@ -921,7 +1135,7 @@ impl Down {
         let tp = {
             let mut ws = sh.worker(ctx.index);
             let rng = &mut ws.rng;
-            let t = match hs.get("traceparent").map(TraceParent::parse) {
+            let t = match traceparent.map(TraceParent::parse) {
                 Some(Ok(t)) => t.child(rng),
                 _ => TraceParent::new_root(rng, false),
             };
@@ -949,6 +1163,8 @@ impl Down {
             resp_done: false,
             permit: None,
             extra_xff: xff,
+            has_host,
+            conn_named,
             traceparent: tp,
         }
     }
@@ -1075,21 +1291,22 @@ impl Down {
         };
         drop(ws);
         match got {
-            Ok(Some(lease)) => self.attach(ctx, lease),
+            Ok(Some(lease)) => self.attach(ctx, lease, now),
             Ok(None) => {} // a `Leased` or `Failed` mail follows
             Err(why) => self.failed(ctx, why, true, false, now),
         }
     }
 
     /// The current attempt has its upstream connection: send the request and any held body.
-    fn attach(&mut self, ctx: &mut WorkerCtx, lease: Lease) {
+    fn attach(&mut self, ctx: &mut WorkerCtx, lease: Lease, now: Instant) {
         let sh = self.shared.clone();
         let wanted = self
             .ex
             .as_ref()
             .is_some_and(|ex| ex.lease.is_none() && ex.up.is_none() && ex.upstream == *lease.key());
         if !wanted {
-            sh.worker(ctx.index).checkin(ctx, &sh.stats, lease, true);
+            sh.worker(ctx.index)
+                .checkin(ctx, &sh.stats, lease, true, now);
             return;
         }
         let ex = self.ex.as_mut().expect("exchange");
@@ -1098,20 +1315,21 @@ impl Down {
         ex.waiter = None;
         ex.up = Some(up);
         ex.lease = Some(lease);
-        let host = (!ex.head.headers().contains("host"))
-            .then(|| Bytes::from(self.shared.cfg.upstreams[ex.upstream].to_string()));
+        let host =
+            (!ex.has_host).then(|| Bytes::from(self.shared.cfg.upstreams[ex.upstream].to_string()));
         let upgrade = (ex.head.is_upgrade() && ex.head.method() != Method::Connect)
             .then(|| ex.head.headers().get("upgrade").map(Bytes::copy_from_slice))
             .flatten();
         send(
             ctx,
             up,
-            Kind::Send(Box::new(SendReq {
+            Kind::Send(Recycled::new(SendReq {
                 owner: self.io.me(),
                 tag: self.tag,
                 head: ex.head.clone(),
                 extra: Extra {
                     xff: ex.extra_xff.clone(),
+                    conn_named: ex.conn_named,
                     traceparent: ex.traceparent,
                     host,
                     upgrade,
@@ -1122,12 +1340,11 @@ impl Down {
             send(ctx, up, Kind::ReqData(b, end));
         }
         // Requests pipelined behind this one go down the same connection.
-        let now = ctx.clock.now();
         self.join_pipe(ctx, now);
         self.resume(ctx, now);
     }
 
-    fn body(&mut self, ctx: &mut WorkerCtx, data: Bytes, end: bool) {
+    fn body(&mut self, ctx: &mut WorkerCtx, data: Bytes, end: bool, now: Instant) {
         let max_replay = self.shared.cfg.max_replay_body;
         let Some(ex) = self.ex.as_mut() else { return };
         if end {
@@ -1136,8 +1353,8 @@ impl Down {
         if ex.resp_done {
             // Answered early: the rest of the body is read and dropped.
             if end {
-                self.finish(ctx);
-                self.resume(ctx, ctx.clock.now());
+                self.finish(ctx, now);
+                self.resume(ctx, now);
             }
             return;
         }
@@ -1238,7 +1455,7 @@ impl Down {
                 ws.take_waiter(w);
             }
             if let Some(lease) = ex.lease.take() {
-                ws.checkin(ctx, &sh.stats, lease, false);
+                ws.checkin(ctx, &sh.stats, lease, false, now);
             }
         }
         sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
@@ -1272,7 +1489,7 @@ impl Down {
     }
 
     /// The exchange ended: tell the upstream, account, go on with pipelined requests.
-    fn finish(&mut self, ctx: &mut WorkerCtx) {
+    fn finish(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         if let Some(mut ex) = self.ex.take() {
             self.last_done = Some(ex.id);
             // The next request pipelined on that connection takes it over.
@@ -1281,7 +1498,7 @@ impl Down {
                     next.lease = ex.lease.take();
                 }
             }
-            self.release(ctx, &mut ex, true, ctx.clock.now());
+            self.release(ctx, &mut ex, true, now);
         }
     }
 
@@ -1313,7 +1530,7 @@ impl Down {
         }
         if let Some(lease) = ex.lease.take() {
             let reusable = ok && ex.reusable && ex.resp_done;
-            ws.checkin(ctx, &sh.stats, lease, reusable);
+            ws.checkin(ctx, &sh.stats, lease, reusable, now);
         }
     }
 
@@ -1331,7 +1548,7 @@ impl Down {
 
     fn apply(&mut self, ctx: &mut WorkerCtx, kind: Kind, now: Instant) {
         match kind {
-            Kind::Leased(lease) => self.attach(ctx, lease),
+            Kind::Leased(lease) => self.attach(ctx, lease, now),
             Kind::PoolFailed(timed_out) => {
                 let waiting = self.ex.as_ref().is_some_and(|ex| ex.up.is_none());
                 if waiting {
@@ -1364,7 +1581,12 @@ impl Down {
                     self.failed(ctx, why, before, fresh, now);
                 }
             }
-            Kind::Head(resp) => self.head(ctx, &resp, now),
+            Kind::Head(resp) => {
+                if let Some(r) = resp.get() {
+                    self.head(ctx, r, now);
+                }
+                resp.recycle();
+            }
             Kind::Data(b) if self.tunnel.is_some() => {
                 self.owed += b.len();
                 self.io.out.push(b);
@@ -1396,7 +1618,7 @@ impl Down {
                 ex.reusable = reusable;
                 // Done even if the request body is still arriving (an early answer): the rest
                 // of it is read and dropped, and that upstream connection is not reused.
-                self.finish(ctx);
+                self.finish(ctx, now);
                 self.resume(ctx, now);
             }
             Kind::Resp {
@@ -1464,7 +1686,8 @@ impl Down {
         }
         if let Some(lease) = t.lease.take() {
             let sh = self.shared.clone();
-            sh.worker(ctx.index).checkin(ctx, &sh.stats, lease, false);
+            sh.worker(ctx.index)
+                .checkin(ctx, &sh.stats, lease, false, ctx.clock.now());
         }
     }
 
@@ -1706,7 +1929,7 @@ impl Up {
                     CEvent::Response(r) => {
                         self.resp_started = true;
                         self.close_announced |= !r.keep_alive();
-                        head = Some(Box::new(r));
+                        head = Some(Recycled::new(r));
                     }
                     CEvent::Data { data: d, .. } => {
                         self.unacked += d.len();
@@ -1789,7 +2012,7 @@ impl Up {
     fn flush_resp(
         &self,
         ctx: &WorkerCtx,
-        head: &mut Option<Box<ferry_http1::Response>>,
+        head: &mut Option<Recycled<ferry_http1::Response>>,
         data: &mut Option<Bytes>,
     ) {
         if head.is_some() || data.is_some() {
@@ -1823,63 +2046,11 @@ impl Up {
         }
         match kind {
             Kind::Send(req) => {
-                let SendReq {
-                    owner,
-                    tag,
-                    head,
-                    extra,
-                } = *req;
-                self.owner = Some(owner);
-                self.tag = Some(tag);
-                if self.inflight > 0
-                    && !self.done
-                    && (self.refused || !self.conn.can_send_request())
-                {
-                    // Pipelined behind responses after which this connection closes.
-                    self.refused = true;
-                    return;
+                // Used in place (no copy out of the box), then the box is reused.
+                if let Some(r) = req.get() {
+                    self.send_request(ctx, r, now);
                 }
-                self.reported = false;
-                if self.done || self.io.saw_eof() || !self.alive.load(Relaxed) {
-                    // Went away while idle: the client retries elsewhere (nothing was sent).
-                    self.fail(ctx, UpFailure::Broken);
-                    return;
-                }
-                let mut fields: SmallVec<[(&str, &[u8]); 8]> = SmallVec::new();
-                if let Some(h) = extra.host.as_ref() {
-                    fields.push(("host", h));
-                }
-                if !extra.xff.is_empty() {
-                    fields.push(("x-forwarded-for", &extra.xff));
-                }
-                fields.push(("x-forwarded-proto", b"http"));
-                fields.push(("traceparent", &extra.traceparent[..]));
-                fields.push(("via", b"1.1 ferry"));
-                if let Some(u) = extra.upgrade.as_ref() {
-                    fields.push(("connection", b"upgrade"));
-                    fields.push(("upgrade", u));
-                }
-                let body = match head.body_kind() {
-                    BodyKind::Empty => Body::Empty,
-                    BodyKind::Length(n) => Body::Length(n),
-                    _ => Body::Chunked,
-                };
-                // The client's fields go out as parsed (validated once, by our server side),
-                // ours after them.
-                let named = connection_names(head.headers());
-                let keep = |n: &[u8]| forward_request_field(n, &named);
-                match self
-                    .conn
-                    .send_forwarded_request(now, &head, keep, &fields, body)
-                {
-                    Ok(id) => {
-                        self.req = Some(id);
-                        self.inflight += 1;
-                    }
-                    // Not sent: the responses in flight still come.
-                    Err(_) if self.inflight > 0 => self.refused = true,
-                    Err(_) => self.fail(ctx, UpFailure::Broken),
-                }
+                req.recycle();
             }
             Kind::ReqData(b, end) => {
                 let n = b.len();
@@ -1904,6 +2075,63 @@ impl Up {
                 self.done = true;
             }
             _ => {}
+        }
+    }
+
+    /// A request from the owner: send it (or refuse it, or fail).
+    fn send_request(&mut self, ctx: &mut WorkerCtx, req: &SendReq, now: Instant) {
+        let SendReq { head, extra, .. } = req;
+        self.owner = Some(req.owner);
+        self.tag = Some(req.tag);
+        if self.inflight > 0 && !self.done && (self.refused || !self.conn.can_send_request()) {
+            // Pipelined behind responses after which this connection closes.
+            self.refused = true;
+            return;
+        }
+        self.reported = false;
+        if self.done || self.io.saw_eof() || !self.alive.load(Relaxed) {
+            // Went away while idle: the client retries elsewhere (nothing was sent).
+            self.fail(ctx, UpFailure::Broken);
+            return;
+        }
+        let mut fields: SmallVec<[(&str, &[u8]); 8]> = SmallVec::new();
+        if let Some(h) = extra.host.as_ref() {
+            fields.push(("host", h));
+        }
+        if !extra.xff.is_empty() {
+            fields.push(("x-forwarded-for", &extra.xff));
+        }
+        fields.push(("x-forwarded-proto", b"http"));
+        fields.push(("traceparent", &extra.traceparent[..]));
+        fields.push(("via", b"1.1 ferry"));
+        if let Some(u) = extra.upgrade.as_ref() {
+            fields.push(("connection", b"upgrade"));
+            fields.push(("upgrade", u));
+        }
+        let body = match head.body_kind() {
+            BodyKind::Empty => Body::Empty,
+            BodyKind::Length(n) => Body::Length(n),
+            _ => Body::Chunked,
+        };
+        // The client's fields go out as parsed (validated once, by our server side),
+        // ours after them.
+        let named = if extra.conn_named {
+            connection_names(head.headers())
+        } else {
+            SmallVec::new()
+        };
+        let keep = |n: &[u8]| forward_request_field(n, &named);
+        match self
+            .conn
+            .send_forwarded_request(now, head, keep, &fields, body)
+        {
+            Ok(id) => {
+                self.req = Some(id);
+                self.inflight += 1;
+            }
+            // Not sent: the responses in flight still come.
+            Err(_) if self.inflight > 0 => self.refused = true,
+            Err(_) => self.fail(ctx, UpFailure::Broken),
         }
     }
 
@@ -2213,18 +2441,20 @@ fn drop_stale(ctx: &mut WorkerCtx, shared: &HttpShared, kind: Kind) {
         Kind::Leased(lease) => {
             shared
                 .worker(ctx.index)
-                .checkin(ctx, &shared.stats, lease, true);
+                .checkin(ctx, &shared.stats, lease, true, ctx.clock.now());
         }
-        Kind::Send(req) => send(
-            ctx,
-            req.owner,
-            Kind::Failed {
-                why: UpFailure::Broken,
-                before: true,
-                fresh: false,
-                tag: Some(req.tag),
-            },
-        ),
+        Kind::Send(req) => {
+            if let Some(r) = req.get() {
+                let failed = Kind::Failed {
+                    why: UpFailure::Broken,
+                    before: true,
+                    fresh: false,
+                    tag: Some(r.tag),
+                };
+                send(ctx, r.owner, failed);
+            }
+            req.recycle();
+        }
         _ => {}
     }
 }
@@ -2232,6 +2462,89 @@ fn drop_stale(ctx: &mut WorkerCtx, shared: &HttpShared, kind: Kind) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const HOP_BY_HOP: [&str; 10] = [
+        "te",
+        "expect",
+        "trailer",
+        "upgrade",
+        "connection",
+        "keep-alive",
+        "content-length",
+        "proxy-connection",
+        "transfer-encoding",
+        "proxy-authorization",
+    ];
+
+    #[test]
+    fn recycled_boxes_are_reused_and_hold_nothing_while_spare() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let mut conn = ClientConnection::new(Arc::new(ClientConfig::default()), Instant::ZERO);
+        conn.send_request(
+            Instant::ZERO,
+            Method::Get,
+            "/",
+            &[("host", b"a")],
+            Body::Empty,
+        )
+        .unwrap();
+        let mut input = BytesMut::from(&raw[..]);
+        conn.handle_input(Instant::ZERO, &mut input).unwrap();
+        let Some(CEvent::Response(r)) = conn.poll_event() else {
+            panic!()
+        };
+        let first = Recycled::new(r.clone());
+        let at = &*first.0 as *const Option<ferry_http1::Response>;
+        assert_eq!(first.get().map(|r| r.status()), Some(200));
+        first.recycle();
+        // The spare holds no value (so no reference into a connection's input buffer).
+        let spare_empty = SPARE_HEADS.with(|s| s.borrow().last().is_some_and(|b| b.is_none()));
+        assert!(spare_empty);
+        let second = Recycled::new(r);
+        assert_eq!(&*second.0 as *const _, at, "the same box again");
+        second.recycle();
+    }
+
+    /// The plain definition [`hop_by_hop`] must agree with.
+    fn reference_hop_by_hop(name: &[u8]) -> bool {
+        HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+    }
+
+    proptest! {
+        /// Word compares agree with `eq_ignore_ascii_case` on any bytes: hop-by-hop names
+        /// in random case, near misses (any byte swapped for any other), arbitrary names.
+        #[test]
+        fn hop_by_hop_is_the_case_insensitive_list(
+            k in 0..HOP_BY_HOP.len(),
+            flips in proptest::collection::vec(any::<bool>(), 19),
+            change in proptest::option::of((0usize..19, any::<u8>())),
+            other in proptest::collection::vec(any::<u8>(), 0..24),
+        ) {
+            let mut b: Vec<u8> = HOP_BY_HOP[k]
+                .bytes()
+                .zip(&flips)
+                .map(|(c, &f)| if f { c.to_ascii_uppercase() } else { c })
+                .collect();
+            if let Some((i, v)) = change {
+                let i = i % b.len();
+                b[i] = v;
+            }
+            prop_assert_eq!(hop_by_hop(&b), reference_hop_by_hop(&b));
+            prop_assert_eq!(hop_by_hop(&other), reference_hop_by_hop(&other));
+            let ours = |n: &[u8]| {
+                n.eq_ignore_ascii_case(b"traceparent") || n.eq_ignore_ascii_case(b"x-forwarded-for")
+            };
+            for n in [&b[..], &other[..], b"TraceParent", b"X-Forwarded-FOR", b"traceparenT!"] {
+                prop_assert_eq!(
+                    forward_request_field(n, &[]),
+                    !(ours(n) || reference_hop_by_hop(n))
+                );
+            }
+        }
+    }
 
     #[test]
     fn hop_by_hop_fields_are_dropped() {
@@ -2249,6 +2562,19 @@ mod tests {
         };
         let named = connection_names(r.headers());
         assert!(named.as_slice() == [b"X-Secret".as_slice()]);
+        for (v, names) in [
+            (&b"keep-alive, X-Secret"[..], true),
+            (b"x-secret", true),
+            (b"keep-alive", false),
+            (b"Keep-Alive", false),
+            (b"close", false),
+            (b"Upgrade", false),
+            (b"close, upgrade , TE", false),
+            (b"", false),
+            (b"keep-alive2", true),
+        ] {
+            assert_eq!(names_fields(v), names, "{v:?}");
+        }
         let names: Vec<&[u8]> = r
             .headers()
             .iter_bytes()
@@ -2260,6 +2586,16 @@ mod tests {
 
     #[test]
     fn hop_by_hop_names_any_case_and_nothing_else() {
+        // Every hop-by-hop name with one byte's case flipped, or one byte changed.
+        for n in HOP_BY_HOP {
+            for i in 0..n.len() {
+                let mut b = n.as_bytes().to_vec();
+                b[i] ^= 0x20;
+                assert_eq!(hop_by_hop(&b), reference_hop_by_hop(&b), "{b:?}");
+                b[i] ^= 0x20 ^ 0x01;
+                assert!(!hop_by_hop(&b), "{b:?}");
+            }
+        }
         for n in [
             "Connection",
             "KEEP-ALIVE",
