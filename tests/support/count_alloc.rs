@@ -10,20 +10,27 @@
 //! ```
 //!
 //! Only allocations (`alloc`, `alloc_zeroed`, `realloc`) made by the calling thread inside
-//! [`counted`] are counted, so a test harness's own threads do not disturb the figure. With
+//! [`counted`] are counted, so a test harness's own threads do not disturb the figure. For
+//! work on threads the test does not own (a server's I/O workers), [`start_process_wide`] …
+//! [`stop_process_wide`] counts every thread's allocations except those of threads marked
+//! with [`exclude_this_thread`] (the test's own clients and peers). With
 //! `FERRY_ALLOC_TRACE=1` a backtrace is printed for each of the first 20 counted allocations,
 //! to find where they come from.
 #![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Forwards everything to the system allocator, counting allocations of threads inside
 /// [`counted`].
 pub struct CountingAlloc;
 
 static TRACED: AtomicUsize = AtomicUsize::new(0);
+/// Process-wide counting is on.
+static PROCESS_WIDE: AtomicBool = AtomicBool::new(false);
+/// Allocations counted process-wide.
+static PROCESS_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// Count allocations of this thread.
@@ -33,6 +40,34 @@ thread_local! {
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
     /// Set while a backtrace is being captured, whose own allocations must not recurse.
     static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+    /// Left out of process-wide counting.
+    static EXCLUDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Leave the calling thread out of process-wide counting (a test's own client or peer).
+pub fn exclude_this_thread() {
+    EXCLUDED.with(|e| e.set(true));
+}
+
+/// Start counting the allocations of every thread not excluded, from zero.
+pub fn start_process_wide() {
+    PROCESS_COUNT.store(0, Ordering::SeqCst);
+    PROCESS_WIDE.store(true, Ordering::SeqCst);
+}
+
+/// Check that process-wide counting sees another thread's allocation.
+pub fn assert_counting_process_wide() {
+    start_process_wide();
+    std::thread::spawn(|| drop(std::hint::black_box(Box::new(7u64))))
+        .join()
+        .unwrap();
+    assert!(stop_process_wide() >= 1, "process-wide counting counts");
+}
+
+/// Stop process-wide counting; what it counted.
+pub fn stop_process_wide() -> usize {
+    PROCESS_WIDE.store(false, Ordering::SeqCst);
+    PROCESS_COUNT.load(Ordering::SeqCst)
 }
 
 /// Run `f`, returning its result and how many allocations it made on this thread.
@@ -52,6 +87,9 @@ pub fn assert_counting() {
 }
 
 fn record() {
+    if PROCESS_WIDE.load(Ordering::Relaxed) && !EXCLUDED.try_with(Cell::get).unwrap_or(true) {
+        PROCESS_COUNT.fetch_add(1, Ordering::Relaxed);
+    }
     // `try_with`: thread-locals may be gone while a thread exits; then nothing is counted.
     if !COUNTING.try_with(Cell::get).unwrap_or(false)
         || IN_TRACE.try_with(Cell::get).unwrap_or(true)

@@ -11,64 +11,20 @@
 //!
 //! Loopback only; the run is bounded in count and time.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_driver::{DriverKind, ListenAddr, ServerOptions};
-use ferry_proxy::{start, Protocol, ProxyConfig, ProxyOptions};
+use ferry_driver::DriverKind;
 
-struct Counting;
+mod common;
+use common::{config, proxy};
 
-static ON: AtomicBool = AtomicBool::new(false);
-static COUNT: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// The test's own threads (client, upstream): not counted.
-    static EXCLUDED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn record() {
-    if !ON.load(Ordering::Relaxed) || EXCLUDED.try_with(Cell::get).unwrap_or(true) {
-        return;
-    }
-    COUNT.fetch_add(1, Ordering::Relaxed);
-}
-
-// SAFETY: every method forwards to `System` with the arguments it was given, so the
-// `GlobalAlloc` contract carries over unchanged; the bookkeeping touches only atomics and
-// a `const`-initialised thread-local without destructor, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        record();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract for `layout`.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        record();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` (through this allocator) with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        record();
-        // SAFETY: `ptr` was allocated by `System` with `layout`; the caller upholds the
-        // `new_size` requirements of `GlobalAlloc::realloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "../../../tests/support/count_alloc.rs"]
+mod count_alloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: count_alloc::CountingAlloc = count_alloc::CountingAlloc;
 
 /// What the upstream answers (nginx-like, keep-alive).
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 16:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\nhello world\n";
@@ -98,11 +54,11 @@ fn upstream() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
-        EXCLUDED.with(|e| e.set(true));
+        count_alloc::exclude_this_thread();
         for s in l.incoming().take(8) {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || {
-                EXCLUDED.with(|e| e.set(true));
+                count_alloc::exclude_this_thread();
                 let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
                 let mut buf = [0u8; 4096];
                 while read_until(&mut s, &mut buf, b"\r\n\r\n") {
@@ -118,28 +74,10 @@ fn upstream() -> SocketAddr {
 
 /// Allocations per request (counted over `n` requests after `warm` of warm-up).
 fn per_request(driver: DriverKind, warm: usize, n: usize) -> f64 {
-    let up = upstream();
-    let mut cfg = ProxyConfig::new(vec![up]);
-    cfg.health = None;
-    let mut opts = ProxyOptions::new(
-        "127.0.0.1:0".parse::<ListenAddr>().unwrap(),
-        Protocol::Http,
-        cfg,
-    );
-    opts.driver = driver;
-    opts.server = ServerOptions {
-        workers: 1,
-        pin: false,
-        ..ServerOptions::default()
-    };
-    let p = start(opts).unwrap();
-    let addr = match &p.handle.local_addr {
-        ListenAddr::Inet(a) => *a,
-        other => panic!("{other:?}"),
-    };
+    let (p, addr) = proxy(driver, config(vec![upstream()]));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        EXCLUDED.with(|e| e.set(true));
+        count_alloc::exclude_this_thread();
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_nodelay(true).unwrap();
@@ -147,8 +85,7 @@ fn per_request(driver: DriverKind, warm: usize, n: usize) -> f64 {
         let started = Instant::now();
         for k in 0..warm + n {
             if k == warm {
-                COUNT.store(0, Ordering::SeqCst);
-                ON.store(true, Ordering::SeqCst);
+                count_alloc::start_process_wide();
             }
             s.write_all(REQUEST).unwrap();
             assert!(
@@ -157,8 +94,7 @@ fn per_request(driver: DriverKind, warm: usize, n: usize) -> f64 {
             );
             assert!(started.elapsed() < Duration::from_secs(120), "bounded");
         }
-        ON.store(false, Ordering::SeqCst);
-        tx.send(COUNT.load(Ordering::SeqCst)).unwrap();
+        tx.send(count_alloc::stop_process_wide()).unwrap();
     });
     let count = rx
         .recv_timeout(Duration::from_secs(150))
@@ -178,6 +114,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn steady_state(driver: DriverKind) {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    count_alloc::assert_counting_process_wide();
     let per = per_request(driver, 300, 3000);
     eprintln!("{driver:?}: {per:.3} allocations per proxied request");
     assert!(

@@ -8,30 +8,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use ferry_driver::{DriverKind, ListenAddr, ServerOptions};
-use ferry_proxy::{start, Protocol, Proxy, ProxyConfig, ProxyOptions};
+use ferry_driver::DriverKind;
 
-fn proxy(driver: DriverKind, upstream: SocketAddr) -> (Proxy, SocketAddr) {
-    let mut cfg = ProxyConfig::new(vec![upstream]);
-    cfg.health = None;
-    let mut opts = ProxyOptions::new(
-        "127.0.0.1:0".parse::<ListenAddr>().unwrap(),
-        Protocol::Http,
-        cfg,
-    );
-    opts.driver = driver;
-    opts.server = ServerOptions {
-        workers: 1,
-        pin: false,
-        ..ServerOptions::default()
-    };
-    let p = start(opts).unwrap();
-    let addr = match &p.handle.local_addr {
-        ListenAddr::Inet(a) => *a,
-        other => panic!("{other:?}"),
-    };
-    (p, addr)
-}
+mod common;
+use common::{config, proxy};
 
 fn read_head(r: &mut BufReader<TcpStream>) -> String {
     let mut head = String::new();
@@ -78,7 +58,7 @@ fn slow_client_bounded_memory(driver: DriverKind) {
             sent += chunk.len() as u64;
         }
     });
-    let (p, addr) = proxy(driver, up);
+    let (p, addr) = proxy(driver, config(vec![up]));
     let base = rss_kib();
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -133,7 +113,7 @@ fn early_answer_while_body_streams(driver: DriverKind) {
             });
         }
     });
-    let (p, addr) = proxy(driver, up);
+    let (p, addr) = proxy(driver, config(vec![up]));
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     c.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
@@ -214,24 +194,9 @@ fn get(addr: SocketAddr) -> String {
 
 fn connection_limit_queues_requests(driver: DriverKind) {
     let (up, conns) = slow_upstream(Duration::from_millis(50));
-    let mut cfg = ProxyConfig::new(vec![up]);
-    cfg.health = None;
+    let mut cfg = config(vec![up]);
     cfg.max_connections_per_upstream = 1;
-    let mut opts = ProxyOptions::new(
-        "127.0.0.1:0".parse::<ListenAddr>().unwrap(),
-        Protocol::Http,
-        cfg,
-    );
-    opts.driver = driver;
-    opts.server = ServerOptions {
-        workers: 1,
-        pin: false,
-        ..ServerOptions::default()
-    };
-    let p = start(opts).unwrap();
-    let ListenAddr::Inet(addr) = p.handle.local_addr.clone() else {
-        panic!()
-    };
+    let (p, addr) = proxy(driver, cfg);
     let clients: Vec<_> = (0..6)
         .map(|_| std::thread::spawn(move || get(addr)))
         .collect();
@@ -257,26 +222,11 @@ fn connection_limit_queues_requests(driver: DriverKind) {
 
 fn full_wait_queue_is_503(driver: DriverKind) {
     let (up, _) = slow_upstream(Duration::from_millis(300));
-    let mut cfg = ProxyConfig::new(vec![up]);
-    cfg.health = None;
+    let mut cfg = config(vec![up]);
     cfg.max_connections_per_upstream = 1;
     cfg.max_waiters = 1;
     cfg.retries = 0;
-    let mut opts = ProxyOptions::new(
-        "127.0.0.1:0".parse::<ListenAddr>().unwrap(),
-        Protocol::Http,
-        cfg,
-    );
-    opts.driver = driver;
-    opts.server = ServerOptions {
-        workers: 1,
-        pin: false,
-        ..ServerOptions::default()
-    };
-    let p = start(opts).unwrap();
-    let ListenAddr::Inet(addr) = p.handle.local_addr.clone() else {
-        panic!()
-    };
+    let (p, addr) = proxy(driver, cfg);
     let clients: Vec<_> = (0..5)
         .map(|_| std::thread::spawn(move || get(addr)))
         .collect();
@@ -329,24 +279,9 @@ fn silent_upstream_is_504(driver: DriverKind) {
             held.push(s);
         }
     });
-    let mut cfg = ProxyConfig::new(vec![up]);
-    cfg.health = None;
+    let mut cfg = config(vec![up]);
     cfg.response_timeout = Duration::from_millis(300);
-    let mut opts = ProxyOptions::new(
-        "127.0.0.1:0".parse::<ListenAddr>().unwrap(),
-        Protocol::Http,
-        cfg,
-    );
-    opts.driver = driver;
-    opts.server = ServerOptions {
-        workers: 1,
-        pin: false,
-        ..ServerOptions::default()
-    };
-    let p = start(opts).unwrap();
-    let ListenAddr::Inet(addr) = p.handle.local_addr.clone() else {
-        panic!()
-    };
+    let (p, addr) = proxy(driver, cfg);
     let r = get(addr);
     assert!(r.starts_with("HTTP/1.1 504"), "{r}");
     assert!(r.contains("no response in time"), "{r}");
@@ -369,24 +304,9 @@ fn uring_silent_upstream_is_504() {
 /// for its next request (the connection's clock is brought up to date before sending).
 fn idle_pooled_connection_gets_a_full_timeout(driver: DriverKind) {
     let (up, conns) = slow_upstream(Duration::from_millis(100));
-    let mut cfg = ProxyConfig::new(vec![up]);
-    cfg.health = None;
+    let mut cfg = config(vec![up]);
     cfg.response_timeout = Duration::from_millis(400);
-    let mut opts = ProxyOptions::new(
-        "127.0.0.1:0".parse::<ListenAddr>().unwrap(),
-        Protocol::Http,
-        cfg,
-    );
-    opts.driver = driver;
-    opts.server = ServerOptions {
-        workers: 1,
-        pin: false,
-        ..ServerOptions::default()
-    };
-    let p = start(opts).unwrap();
-    let ListenAddr::Inet(addr) = p.handle.local_addr.clone() else {
-        panic!()
-    };
+    let (p, addr) = proxy(driver, cfg);
     assert!(get(addr).starts_with("HTTP/1.1 200"));
     std::thread::sleep(Duration::from_millis(900));
     let r = get(addr);

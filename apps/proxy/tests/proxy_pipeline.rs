@@ -12,34 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_driver::{DriverKind, ListenAddr, ServerOptions};
-use ferry_proxy::{start, Protocol, Proxy, ProxyConfig, ProxyOptions};
+use ferry_driver::DriverKind;
 
-fn proxy(driver: DriverKind, cfg: ProxyConfig) -> (Proxy, SocketAddr) {
-    let mut opts = ProxyOptions::new(
-        "127.0.0.1:0".parse::<ListenAddr>().unwrap(),
-        Protocol::Http,
-        cfg,
-    );
-    opts.driver = driver;
-    opts.server = ServerOptions {
-        workers: 1,
-        pin: false,
-        ..ServerOptions::default()
-    };
-    let p = start(opts).unwrap();
-    let addr = match &p.handle.local_addr {
-        ListenAddr::Inet(a) => *a,
-        other => panic!("{other:?}"),
-    };
-    (p, addr)
-}
-
-fn config(upstreams: Vec<SocketAddr>) -> ProxyConfig {
-    let mut cfg = ProxyConfig::new(upstreams);
-    cfg.health = None;
-    cfg
-}
+mod common;
+use common::{config, proxy};
 
 /// A request as the test upstream saw it.
 #[derive(Clone, Debug)]
