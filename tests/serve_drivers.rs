@@ -249,4 +249,22 @@ fn busy_poll_spins_after_activity_and_sleeps_when_idle() {
         // And it still serves after sleeping.
         check_both_serve(&lines);
     }
+    // The config key: a good value serves, a bad one is a usage error naming the key.
+    let dir = std::env::temp_dir().join(format!("ferry-busy-poll-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("ferry.toml");
+    std::fs::write(&cfg, "busy_poll = \"200us\"\n").unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let args = ["serve", "--http", "127.0.0.1:0", "--redis", "127.0.0.1:0"];
+    let (_s, lines) = start(&[&args[..], &["--workers", "1", "--config", cfg_s]].concat());
+    check_both_serve(&lines);
+    std::fs::write(&cfg, "busy_poll = \"soon\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--config", cfg_s])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("busy_poll"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
