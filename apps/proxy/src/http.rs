@@ -534,7 +534,7 @@ struct Extra {
     xff: Bytes,
     traceparent: [u8; TRACEPARENT_LEN],
     host: Option<Bytes>,
-    /// The request's `Connection` names fields to drop beyond the standard hop-by-hop ones
+    /// The request's `Connection` may name fields to drop beyond the standard hop-by-hop ones
     /// (else the fields need no second look).
     conn_named: bool,
     /// The client's `Upgrade` field, forwarded with `Connection: upgrade`.
@@ -665,6 +665,17 @@ fn connection_names(h: &Headers) -> SmallVec<[&[u8]; 4]> {
     names
 }
 
+/// [`connection_names`] of a response. The parser saw every `Connection` token: usually
+/// only `keep-alive` or `close`, which name no field, and the fields need no second look.
+#[inline]
+fn response_connection_names(resp: &ferry_http1::Response) -> SmallVec<[&[u8]; 4]> {
+    if resp.connection_names_others() {
+        connection_names(resp.headers())
+    } else {
+        SmallVec::new()
+    }
+}
+
 /// A `Connection` token that names no field beyond the standard hop-by-hop ones.
 fn standard_connection_token(t: &[u8]) -> bool {
     hop_by_hop(t) || t.eq_ignore_ascii_case(b"close") || t.is_empty()
@@ -755,7 +766,7 @@ struct Exchange {
     extra_xff: Bytes,
     /// The request has a `Host` field.
     has_host: bool,
-    /// The request's `Connection` names fields beyond the standard hop-by-hop ones.
+    /// The request's `Connection` may name fields beyond the standard hop-by-hop ones.
     conn_named: bool,
     traceparent: [u8; TRACEPARENT_LEN],
 }
@@ -1105,12 +1116,13 @@ impl Down {
         }
         let ip = self.peer_ip.clone().unwrap_or_default();
         // One pass over the fields for everything the proxy looks at in a request.
-        let (mut has_xff, mut has_host, mut conn_named) = (false, false, false);
+        let (mut has_xff, mut has_host) = (false, false);
+        // The parser saw every `Connection` token: false means none names a field.
+        let conn_named = head.connection_names_others();
         let mut traceparent = None;
         for (n, v) in hs.iter_bytes() {
             match n.len() {
                 4 => has_host |= n.eq_ignore_ascii_case(b"host"),
-                10 if is8(n, &CONNECTION) => conn_named |= names_fields(v),
                 11 if traceparent.is_none() && is8(n, &TRACEPARENT) => traceparent = Some(v),
                 15 => has_xff |= is8(n, &X_FORWARDED_FOR),
                 _ => {}
@@ -1747,7 +1759,7 @@ impl Down {
         // `None` writes the usual status line from a table.
         let reason = Some(resp.reason()).filter(|r| !(status == 200 && *r == "OK"));
         // The upstream's fields go out as our parser accepted them, minus the hop-by-hop ones.
-        let named = connection_names(hs);
+        let named = response_connection_names(resp);
         let keep = |n: &[u8]| forward_response_field(n, &named);
         if self
             .conn
@@ -2582,6 +2594,64 @@ mod tests {
             .filter(|n| forward_response_field(n, &named))
             .collect();
         assert_eq!(names, vec![b"Host".as_slice(), b"X-Ok"]);
+    }
+
+    /// A response's `Connection` tokens skip the scan only when they name nothing, and
+    /// named fields are still dropped.
+    #[test]
+    fn response_connection_names_match_the_full_scan() {
+        for (conn, named) in [
+            (None, &[][..]),
+            (Some(&b"keep-alive"[..]), &[][..]),
+            (Some(b"Close"), &[]),
+            (Some(b"Keep-Alive , Upgrade"), &[]),
+            (Some(b", ,"), &[]),
+            (Some(b"TE, trailer"), &[]),
+            (Some(b"x-secret"), &[&b"x-secret"[..]][..]),
+            (Some(b"close, X-Secret"), &[b"X-Secret"]),
+            (
+                Some(b"keep-alive, X-Secret, x-other"),
+                &[b"X-Secret", b"x-other"],
+            ),
+        ] {
+            let mut raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
+            if let Some(c) = conn {
+                raw.extend_from_slice(b"Connection: ");
+                raw.extend_from_slice(c);
+                raw.extend_from_slice(b"\r\n");
+            }
+            raw.extend_from_slice(b"X-Secret: 1\r\nX-Ok: 2\r\n\r\n");
+            let mut conn = ClientConnection::new(Arc::new(ClientConfig::default()), Instant::ZERO);
+            conn.send_request(
+                Instant::ZERO,
+                Method::Get,
+                "/",
+                &[("host", b"a")],
+                Body::Empty,
+            )
+            .unwrap();
+            let mut input = BytesMut::from(&raw[..]);
+            conn.handle_input(Instant::ZERO, &mut input).unwrap();
+            let Some(CEvent::Response(r)) = conn.poll_event() else {
+                panic!()
+            };
+            let got = response_connection_names(&r);
+            assert_eq!(got, connection_names(r.headers()), "{raw:?}");
+            assert_eq!(got.as_slice(), named, "{raw:?}");
+            let kept: Vec<&[u8]> = r
+                .headers()
+                .iter_bytes()
+                .map(|(n, _)| n)
+                .filter(|n| forward_response_field(n, &got))
+                .collect();
+            let secret_named = named.iter().any(|n| n.eq_ignore_ascii_case(b"x-secret"));
+            let want: &[&[u8]] = if secret_named {
+                &[b"X-Ok"]
+            } else {
+                &[b"X-Secret", b"X-Ok"]
+            };
+            assert_eq!(kept, want, "{raw:?}");
+        }
     }
 
     #[test]

@@ -123,7 +123,12 @@ impl Exchange {
             ("traceparent", tp),
             ("via", b"1.1 ferry"),
         ];
-        let named = connection_names(req.headers());
+        // As the proxy: the parser's flag says whether `Connection` may name any field.
+        let named = if req.connection_names_others() {
+            connection_names(req.headers())
+        } else {
+            Vec::new()
+        };
         let keep = |n: &[u8]| {
             let ours = match n.len() {
                 11 => n.eq_ignore_ascii_case(b"traceparent"),
@@ -160,7 +165,11 @@ impl Exchange {
         let resp = resp.expect("response head");
         assert!(ended);
         // Downstream: forward it.
-        let named = connection_names(resp.headers());
+        let named = if resp.connection_names_others() {
+            connection_names(resp.headers())
+        } else {
+            Vec::new()
+        };
         let keep = |n: &[u8]| !(hop_by_hop(n) || named.iter().any(|t| t.eq_ignore_ascii_case(n)));
         let extra: [(&str, &[u8]); 1] = [("via", b"1.1 ferry")];
         let len = match resp.body_kind() {

@@ -537,6 +537,9 @@ pub(crate) struct Framing {
     pub conn_close: bool,
     pub conn_keep_alive: bool,
     pub conn_upgrade: bool,
+    /// A `Connection` token other than `close`, `keep-alive`, `upgrade` (or an empty list
+    /// element) was seen: the field may name fields to drop when forwarding.
+    pub conn_others: bool,
     pub upgrade: bool,
     pub expect_continue: bool,
     pub host_count: u8,
@@ -582,6 +585,8 @@ impl Framing {
                 self.conn_keep_alive = true;
             } else if t.eq_ignore_ascii_case(b"upgrade") {
                 self.conn_upgrade = true;
+            } else if !t.is_empty() {
+                self.conn_others = true;
             }
         }
     }
@@ -778,6 +783,7 @@ pub struct Request {
     pub(crate) keep_alive: bool,
     pub(crate) expect_continue: bool,
     pub(crate) upgrade: bool,
+    pub(crate) conn_others: bool,
 }
 
 impl fmt::Debug for Request {
@@ -945,6 +951,7 @@ impl Request {
             keep_alive: facts.keep_alive,
             expect_continue: facts.expect_continue,
             upgrade: facts.upgrade,
+            conn_others: framing.conn_others,
         })
     }
 
@@ -1027,6 +1034,16 @@ impl Request {
         self.keep_alive
     }
 
+    /// Whether a `Connection` field may name fields beyond the standard tokens: `false`
+    /// means every `Connection` field of this head (if any) holds only `close`,
+    /// `keep-alive`, `upgrade` (any case) and empty list elements, so the list of fields
+    /// it names for removal when forwarding (RFC 9110 §7.6.1) is certainly empty and need
+    /// not be computed. `true` means some other token is present (which may still be a
+    /// standard hop-by-hop name such as `TE`). Recorded by the parser at no extra cost.
+    pub fn connection_names_others(&self) -> bool {
+        self.conn_others
+    }
+
     /// Whether the client sent `Expect: 100-continue` (HTTP/1.1 only).
     pub fn expects_continue(&self) -> bool {
         self.expect_continue
@@ -1054,6 +1071,7 @@ pub struct Response {
     pub(crate) headers: Headers,
     pub(crate) body: BodyKind,
     pub(crate) keep_alive: bool,
+    pub(crate) conn_others: bool,
 }
 
 impl fmt::Debug for Response {
@@ -1106,6 +1124,16 @@ impl Response {
     /// Whether the server lets the connection be reused after this response.
     pub fn keep_alive(&self) -> bool {
         self.keep_alive
+    }
+
+    /// Whether a `Connection` field may name fields beyond the standard tokens: `false`
+    /// means every `Connection` field of this head (if any) holds only `close`,
+    /// `keep-alive`, `upgrade` (any case) and empty list elements, so the list of fields
+    /// it names for removal when forwarding (RFC 9110 §7.6.1) is certainly empty and need
+    /// not be computed. `true` means some other token is present (which may still be a
+    /// standard hop-by-hop name such as `TE`). Recorded by the parser at no extra cost.
+    pub fn connection_names_others(&self) -> bool {
+        self.conn_others
     }
 
     /// The whole response head as received.
@@ -1301,6 +1329,7 @@ fn request_head(
             keep_alive: facts.keep_alive,
             expect_continue: facts.expect_continue,
             upgrade: facts.upgrade,
+            conn_others: framing.conn_others,
         },
     }))
 }
@@ -1327,6 +1356,7 @@ pub(crate) struct ParsedResponse {
     pub idx: Index,
     pub body: BodyKind,
     pub keep_alive: bool,
+    pub conn_others: bool,
 }
 
 /// Parse a response head at the start of `buf`, with at most `max_headers` fields, its field
@@ -1422,6 +1452,7 @@ fn response_head(
         idx: index.finish(raw.fields, len),
         body,
         keep_alive,
+        conn_others: framing.conn_others,
     }))
 }
 
@@ -1435,6 +1466,7 @@ impl Response {
             headers: Headers::from_parts(buf, p.idx),
             body: p.body,
             keep_alive: p.keep_alive,
+            conn_others: p.conn_others,
         }
     }
 }
@@ -1524,6 +1556,7 @@ mod tests {
         assert_eq!(a.keep_alive(), b.keep_alive());
         assert_eq!(a.expects_continue(), b.expects_continue());
         assert_eq!(a.is_upgrade(), b.is_upgrade());
+        assert_eq!(a.connection_names_others(), b.connection_names_others());
         assert_eq!(a.head_bytes(), b.head_bytes());
     }
 
@@ -2057,5 +2090,236 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(p.body, BodyKind::Chunked);
+    }
+}
+
+/// [`Request::connection_names_others`] / [`Response::connection_names_others`] against a
+/// copy of the proxy's `Connection` scan (apps/proxy/src/http.rs: `connection_names`).
+#[cfg(test)]
+mod conn_others_tests {
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
+
+    /// The proxy's standard hop-by-hop names.
+    const HOP_BY_HOP: [&str; 10] = [
+        "te",
+        "expect",
+        "trailer",
+        "upgrade",
+        "connection",
+        "keep-alive",
+        "content-length",
+        "proxy-connection",
+        "transfer-encoding",
+        "proxy-authorization",
+    ];
+
+    /// The proxy's `connection_names`: the tokens of every `Connection` field that are not
+    /// hop-by-hop names, `close` or empty (ASCII whitespace trimmed).
+    fn proxy_names(h: &Headers) -> Vec<Vec<u8>> {
+        let standard = |t: &[u8]| {
+            t.is_empty()
+                || t.eq_ignore_ascii_case(b"close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|n| t.eq_ignore_ascii_case(n.as_bytes()))
+        };
+        h.get_all("connection")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !standard(t))
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    /// Whether any `Connection` token (OWS trimmed) is other than the three the flag knows.
+    fn reference_others(h: &Headers) -> bool {
+        h.get_all("connection")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(trim_ows)
+            .any(|t| {
+                !(t.is_empty()
+                    || t.eq_ignore_ascii_case(b"close")
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+                    || t.eq_ignore_ascii_case(b"upgrade"))
+            })
+    }
+
+    fn head(start: &[u8], fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut t = start.to_vec();
+        for (n, v) in fields {
+            t.extend_from_slice(n);
+            t.extend_from_slice(b": ");
+            t.extend_from_slice(v);
+            t.extend_from_slice(b"\r\n");
+        }
+        t.extend_from_slice(b"\r\n");
+        t
+    }
+
+    /// The request and the response with these fields, if the parser accepts them.
+    fn parse_both(fields: &[(&[u8], &[u8])]) -> Option<(Request, Response)> {
+        let raw = head(b"GET / HTTP/1.1\r\nHost: a\r\n", fields);
+        let p = parse_request(&raw, 64, &mut IndexBuf::new()).ok()??;
+        let mut req = p.req;
+        req.headers.buf = Bytes::copy_from_slice(&raw);
+        let raw = head(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n", fields);
+        let p = parse_response(&raw, 64, false, false, &mut IndexBuf::new()).ok()??;
+        let resp = Response::build(RequestId(0), Bytes::copy_from_slice(&raw), p);
+        Some((req, resp))
+    }
+
+    /// Checks both heads and `from_parts` against the references; returns the flag.
+    fn flag(fields: &[(&[u8], &[u8])]) -> bool {
+        let (req, resp) = parse_both(fields).expect("valid head");
+        let f = req.connection_names_others();
+        assert_eq!(resp.connection_names_others(), f, "{fields:?}");
+        assert_eq!(f, reference_others(req.headers()), "{fields:?}");
+        if !f {
+            assert!(proxy_names(req.headers()).is_empty(), "{fields:?}");
+            assert!(proxy_names(resp.headers()).is_empty(), "{fields:?}");
+        }
+        let built = Request::from_parts(
+            RequestId(0),
+            b"GET",
+            b"/",
+            Version::Http11,
+            fields.iter().copied(),
+            BodyKind::Empty,
+        )
+        .unwrap();
+        assert_eq!(built.connection_names_others(), f, "{fields:?}");
+        f
+    }
+
+    #[test]
+    fn standard_tokens_only_clear_the_flag() {
+        let c: &[u8] = b"Connection";
+        for (fields, others) in [
+            (&[][..], false),
+            (&[(&b"X-Foo"[..], &b"close"[..])][..], false),
+            (&[(c, &b"keep-alive"[..])], false),
+            (&[(c, b"Keep-Alive")], false),
+            (&[(c, b"close")], false),
+            (&[(c, b"CLOSE")], false),
+            (&[(c, b"upgrade")], false),
+            (&[(c, b"Keep-Alive , Upgrade")], false),
+            (&[(c, b"")], false),
+            (&[(c, b",")], false),
+            (&[(c, b", ,\t, close,,")], false),
+            (
+                &[
+                    (c, b"close"),
+                    (b"connection", b"keep-alive"),
+                    (c, b"UPGRADE"),
+                ],
+                false,
+            ),
+            (&[(c, b"x-foo")], true),
+            (&[(c, b"close, x-foo")], true),
+            (&[(c, b"x-foo ,close")], true),
+            (&[(c, b"keep-alive2")], true),
+            (&[(c, b"keep-alive\tclose")], true),
+            (&[(c, b"TE")], true), // hop-by-hop: the proxy names nothing, but true is safe
+            (&[(c, b"close"), (b"CONNECTION", b"X-Secret")], true),
+            (&[(c, b"keep-alive"), (b"X-Connection", b"x-foo")], false),
+        ] {
+            assert_eq!(flag(fields), others, "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn obs_fold_is_rejected() {
+        // No folded `Connection` value to misread: the parser refuses the head.
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close,\r\n x-foo\r\n\r\n";
+        assert!(parse_request(raw, 64, &mut IndexBuf::new()).is_err());
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: close,\r\n x-foo\r\n\r\n";
+        assert!(parse_response(raw, 64, false, false, &mut IndexBuf::new()).is_err());
+    }
+
+    /// A `Connection` list of tokens (in random case) and separators.
+    fn conn_value() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop_oneof![
+            Just("close"),
+            Just("keep-alive"),
+            Just("upgrade"),
+            Just(""),
+            Just("te"),
+            Just("trailer"),
+            Just("proxy-connection"),
+            Just("x-foo"),
+            Just("closed"),
+            Just("keep-alive2"),
+            Just("upgrad"),
+        ];
+        let sep = prop_oneof![Just(","), Just(", "), Just(" ,"), Just("\t,\t"), Just(",,")];
+        let piece = (token, sep, proptest::collection::vec(any::<bool>(), 16));
+        proptest::collection::vec(piece, 0..4).prop_map(|ps| {
+            let mut v = Vec::new();
+            for (i, (t, sep, up)) in ps.into_iter().enumerate() {
+                if i > 0 {
+                    v.extend_from_slice(sep.as_bytes());
+                }
+                v.extend(
+                    t.bytes()
+                        .zip(up)
+                        .map(|(b, u)| if u { b.to_ascii_uppercase() } else { b }),
+                );
+            }
+            v
+        })
+    }
+
+    /// Any value bytes the parser may accept (visible ASCII, SP, HTAB, obs-text).
+    fn any_value() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            4 => Just(b','),
+            2 => Just(b' '),
+            1 => Just(b'\t'),
+            4 => proptest::sample::select(&b"closekeep-aliveupgradeCLOSEKEEP-ALIVEUPGRADE"[..]),
+            1 => 0x21u8..0x7f,
+            1 => 0x80u8..=0xff,
+        ];
+        proptest::collection::vec(byte, 0..24)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The flag is false only when the proxy's scan names nothing, and is exactly
+        /// "some token is not close / keep-alive / upgrade / empty".
+        #[test]
+        fn flag_false_only_when_the_proxy_names_nothing(
+            values in proptest::collection::vec(
+                (prop_oneof![conn_value(), any_value()], any::<bool>(), any::<bool>()),
+                0..4,
+            ),
+        ) {
+            let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
+            for (v, upper, other_first) in &values {
+                if *other_first {
+                    fields.push((b"x-other", b"x-foo"));
+                }
+                let n: &[u8] = if *upper { b"CONNECTION" } else { b"connection" };
+                fields.push((n, v));
+            }
+            let trimmed = values.iter().all(|(v, _, _)| {
+                !matches!(v.first(), Some(b' ' | b'\t')) && !matches!(v.last(), Some(b' ' | b'\t'))
+            });
+            if trimmed {
+                flag(&fields);
+            } else if let Some((req, resp)) = parse_both(&fields) {
+                // `from_parts` refuses values with outer whitespace; the parser trims it.
+                for (f, h) in [
+                    (req.connection_names_others(), req.headers()),
+                    (resp.connection_names_others(), resp.headers()),
+                ] {
+                    prop_assert_eq!(f, reference_others(h));
+                    prop_assert!(f || proxy_names(h).is_empty());
+                }
+            }
+        }
     }
 }
