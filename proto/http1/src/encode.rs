@@ -74,8 +74,8 @@ pub fn is_token(s: &[u8]) -> bool {
         || (!s.is_empty() && s.iter().all(|&b| TCHAR[b as usize]))
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGH: u64 = 0x8080_8080_8080_8080;
+pub(crate) const ONES: u64 = 0x0101_0101_0101_0101;
+pub(crate) const HIGH: u64 = 0x8080_8080_8080_8080;
 
 /// Whether `ok` holds for every eight-byte word of `s` (the last one overlapping the one
 /// before it); `s` has at least eight bytes.
@@ -111,10 +111,11 @@ fn has_less_0e(x: u64) -> u64 {
     x.wrapping_sub(ONES * 0x0e) & !x & HIGH
 }
 
-/// Non-zero when some byte of `x` is not an ASCII letter or `-` (exact as a yes/no answer:
-/// a byte at or above 0x80 is flagged itself, whatever its carry flags above it).
+/// The high bit of each byte of `x` that is not an ASCII letter or `-`: exact as a yes/no
+/// answer and for the lowest flagged byte (a carry out of a byte at or above 0x80 can flag
+/// bytes above it). Shared by the encoder's name check and the parser's name scan.
 #[inline(always)]
-fn not_alpha_dash(x: u64) -> u64 {
+pub(crate) fn not_alpha_dash(x: u64) -> u64 {
     let l = x | (ONES * 0x20);
     let alpha = l.wrapping_add(ONES * 0x1f) & !l.wrapping_add(ONES * 0x05);
     let y = x ^ (ONES * b'-' as u64);

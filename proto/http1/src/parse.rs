@@ -52,9 +52,7 @@ pub enum ParseError {
 
 /// `tchar` (RFC 9110 §5.6.2): field name and method bytes.
 use crate::encode::TCHAR as TOKEN;
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGH: u64 = 0x8080_8080_8080_8080;
+use crate::encode::{not_alpha_dash, HIGH, ONES};
 
 /// The high bit of each byte of `x` that is below `n` (`n` ≤ 0x80) or equal to DEL. Only the
 /// lowest flagged byte is exact (a borrow can flag bytes above it), which is all we use.
@@ -91,19 +89,6 @@ fn run_len(rest: &[u8], n: u8) -> (usize, bool) {
         len += 1;
     }
     (len, high & HIGH != 0)
-}
-
-/// The high bit of each byte of `x` that is not an ASCII letter or `-`. Only the lowest
-/// flagged byte is exact (a carry out of a byte at or above 0x80 can flag bytes above it), which
-/// is all we use.
-#[inline(always)]
-fn not_alpha_dash(x: u64) -> u64 {
-    let l = x | (ONES * 0x20);
-    let alpha = l.wrapping_add(ONES * 0x1f) & !l.wrapping_add(ONES * 0x05);
-    let y = x ^ (ONES * b'-' as u64);
-    let not_dash = y.wrapping_add(ONES * 0x7f) | y;
-    let good = (alpha | !not_dash) & !x & HIGH;
-    good ^ HIGH
 }
 
 /// The length of the token at the start of `rest` (field-name bytes): eight bytes at a time
