@@ -14,7 +14,8 @@
 //! scanner too; "incomplete" never hides a complete frame; a complete command or reply
 //! measures the same without the bytes after it and is incomplete one byte short;
 //! `reply_len` equals `frame_len` on every complete frame and reports nothing `frame_len`
-//! would not; `reply_len_resume` fed growing prefixes answers as a fresh `reply_len`.
+//! would not; `reply_len_resume` fed growing prefixes answers as a fresh `reply_len` (flat
+//! arrays resumed by the flat scan, anything else by the resumable frame scan).
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
@@ -121,9 +122,10 @@ fn check_reply(b: &[u8], limits: &Limits) {
 }
 
 /// `reply_len_resume` fed growing prefixes of `b` (every prefix when short, else 16 of
-/// them) answers as a fresh `reply_len` each time.
+/// them) answers as a fresh `reply_len` each time, through the flat scan and, for replies it
+/// leaves to `ferry_resp`'s resumable frame scan, through that.
 fn check_resume(b: &[u8], limits: &Limits) {
-    let step = (b.len() / 16).max(1);
+    let step = if b.len() <= 256 { 1 } else { b.len() / 16 };
     let mut progress = Progress::default();
     let mut cut = 0;
     loop {

@@ -6,11 +6,15 @@
 //! Invariants: no panic; `Ok(None)` never after a complete frame was there (the three ways give
 //! the same values, consumed lengths and error); a parsed value re-encodes as RESP3 and parses
 //! back to itself (nulls merge into `_`, doubles compare bitwise, NaN as NaN), its RESP2
-//! downgrade parses too, re-encoding is a fixed point, and `encoded_len` is exact.
+//! downgrade parses too, re-encoding is a fixed point, and `encoded_len` is exact. The
+//! resumable measuring pass (`frame_len_resume`), fed the same growing buffer, answers as a
+//! fresh `frame_len` every time (lengths and errors), under default and tight limits, for
+//! cut points chosen by the input.
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use ferry_resp::{encode, encoded_len, parse, ParseError, Protocol, Value};
+use ferry_resp::parse::{frame_len, frame_len_resume, FrameScan};
+use ferry_resp::{encode, encoded_len, parse, Limits, ParseError, Protocol, Value};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, PartialEq)]
@@ -27,9 +31,16 @@ fn run(pieces: &[&[u8]], check: bool) -> Run {
         values: Vec::new(),
         error: None,
     };
+    let limits = Limits::default();
+    let mut scan = FrameScan::new();
     for piece in pieces {
         buf.extend_from_slice(piece);
         loop {
+            let resumed = frame_len_resume(&buf, &limits, &mut scan);
+            assert_eq!(resumed, frame_len(&buf, &limits), "resumed scan of {buf:?}");
+            if resumed.is_ok() {
+                scan.reset();
+            }
             let bytes = buf.clone().freeze();
             match parse(&bytes) {
                 Ok(None) => break,
@@ -103,12 +114,42 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// `frame_len_resume` over growing prefixes of `bytes` (cut every `step` bytes, and at the
+/// end) against a fresh `frame_len` on each, going on after errors and complete frames.
+fn check_resume(bytes: &[u8], limits: &Limits, step: usize) {
+    let mut scan = FrameScan::new();
+    let mut cut = 0;
+    loop {
+        let got = frame_len_resume(&bytes[..cut], limits, &mut scan);
+        assert_eq!(
+            got,
+            frame_len(&bytes[..cut], limits),
+            "cut {cut} of {bytes:?}"
+        );
+        if cut == bytes.len() {
+            break;
+        }
+        cut = (cut + step).min(bytes.len());
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
     let (ctl, bytes) = data.split_at(2);
     let split = u16::from_le_bytes([ctl[0], ctl[1]]) as usize % (bytes.len() + 1);
+    let tight = {
+        let mut l = Limits::default();
+        l.max_bulk_len = 4 + u64::from(ctl[0] & 7);
+        l.max_aggregate_len = 2 + u64::from(ctl[0] >> 5);
+        l.max_depth = 1 + usize::from(ctl[1] & 3);
+        l.max_line = 3 + usize::from(ctl[1] >> 4);
+        l
+    };
+    let step = 1 + split % 13;
+    check_resume(bytes, &Limits::default(), step);
+    check_resume(bytes, &tight, step);
     let whole = run(&[bytes], true);
     let (a, b) = bytes.split_at(split);
     assert_eq!(whole, run(&[a, b], false), "split at {split}");

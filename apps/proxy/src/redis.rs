@@ -10,7 +10,7 @@
 //!   without parsing) is forwarded as the client's original bytes: everything parsed in one
 //!   turn goes to an upstream as one chunk (one per upstream under `--balance hash`), and
 //!   the replies come back as slices of the upstream's input (measured by
-//!   [`scan::reply_len`], resumably for a large array arriving over many reads), written
+//!   [`scan::reply_len`], resumably for a large reply arriving over many reads), written
 //!   to the client as they are (the shared connection speaks the client's protocol
 //!   version). A sequence number per chunk keeps replies in command order when chunks go
 //!   to different upstreams.

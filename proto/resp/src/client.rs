@@ -23,7 +23,7 @@ use core::time::Duration;
 use ferry_proto::{Connection, Instant, Lifecycle, ProtocolInfo, State};
 
 use crate::encode::encode_command;
-use crate::parse::{parse_buf, Limits};
+use crate::parse::{parse_buf_resume, FrameScan, Limits};
 use crate::server::{SubKind, RESP_INFO};
 use crate::{Error, ParseError, Protocol, SendError, Value};
 
@@ -119,6 +119,9 @@ pub struct ClientConnection {
     confirmed: (i64, i64),
     now: Instant,
     lifecycle: Lifecycle,
+    /// How far the measuring of the incomplete reply at the front of the input got, so
+    /// that each read costs only its new bytes.
+    scan: FrameScan,
 }
 
 fn kind_index(k: SubKind) -> usize {
@@ -158,6 +161,7 @@ impl ClientConnection {
             confirmed: (0, 0),
             now,
             lifecycle,
+            scan: FrameScan::new(),
         }
     }
 
@@ -475,7 +479,9 @@ impl Connection for ClientConnection {
             self.now = now;
         }
         loop {
-            match parse_buf(input, &self.config.limits) {
+            // The scan is reset when a frame is split off; a caller that only appends to
+            // `input` between calls (the contract) gets each byte examined about once.
+            match parse_buf_resume(input, &self.config.limits, &mut self.scan) {
                 Ok(Some(v)) => {
                     if let Err(e) = self.on_frame(v) {
                         return Err(self.fail(e));

@@ -482,3 +482,50 @@ mod props {
         }
     }
 }
+
+/// Feeds `wire` to a fresh client that sent `XRANGE` and `PING`, `chunk` bytes per read.
+fn replies_in_reads(wire: &[u8], chunk: usize) -> (Vec<Event>, u64) {
+    let mut c = client();
+    c.send_command(Instant::ZERO, &["XRANGE", "s", "-", "+"])
+        .unwrap();
+    c.send_command(Instant::ZERO, &["PING"]).unwrap();
+    let mut input = BytesMut::new();
+    let mut events = Vec::new();
+    for part in wire.chunks(chunk) {
+        input.extend_from_slice(part);
+        c.handle_input(Instant::ZERO, &mut input).unwrap();
+        while let Some(ev) = c.poll_event() {
+            events.push(ev);
+        }
+    }
+    assert!(input.is_empty());
+    (events, c.scan.examined())
+}
+
+/// A 100k-entry nested reply arriving in 4 KiB reads gives the same events as arriving
+/// whole, and is measured about once (not once per read).
+#[test]
+fn a_large_nested_reply_in_small_reads() {
+    let mut wire = crate::scan::tests::nested_reply(100_000);
+    wire.extend_from_slice(b"+PONG\r\n");
+    let (whole, _) = replies_in_reads(&wire, wire.len());
+    assert_eq!(whole.len(), 2);
+    let Event::Reply {
+        value: Value::Array(entries),
+        ..
+    } = &whole[0]
+    else {
+        panic!("{:?}", whole[0]);
+    };
+    assert_eq!(entries.len(), 100_000);
+    let (chunked, examined) = replies_in_reads(&wire, 4096);
+    assert_eq!(chunked, whole);
+    assert!(
+        examined <= 2 * wire.len() as u64,
+        "examined {examined} bytes of {}",
+        wire.len()
+    );
+    // Odd read sizes too.
+    let (small, _) = replies_in_reads(&wire[..], 1000 + 7);
+    assert_eq!(small, whole);
+}

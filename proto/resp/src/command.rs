@@ -123,6 +123,9 @@ pub(crate) struct CommandReader {
     bulk: Option<u64>,
     args: SmallVec<[Bytes; INLINE_ARGS]>,
     arg_bytes: usize,
+    /// Bytes at the front of the input known to hold no `\n` (an incomplete inline
+    /// command), so that each read searches only its new bytes.
+    inline_scanned: usize,
     /// Tests: read step by step only (the reference for the fast path).
     #[cfg(test)]
     slow: bool,
@@ -352,12 +355,22 @@ impl CommandReader {
         input: &mut BytesMut,
         l: &ReadLimits,
     ) -> Result<Option<SmallVec<[Bytes; INLINE_ARGS]>>, ParseError> {
-        let Some(nl) = memchr::memchr(b'\n', input) else {
+        // `inline_scanned` is only a hint: a shorter input than last time was not appended
+        // to, so it is searched whole.
+        let from = if self.inline_scanned <= input.len() {
+            self.inline_scanned
+        } else {
+            0
+        };
+        let Some(nl) = memchr::memchr(b'\n', &input[from..]).map(|i| from + i) else {
             if input.len() > l.max_inline {
+                self.inline_scanned = 0;
                 return Err(ParseError::TooBigInlineRequest);
             }
+            self.inline_scanned = input.len();
             return Ok(None);
         };
+        self.inline_scanned = 0;
         let end = if nl > 0 && input[nl - 1] == b'\r' {
             nl - 1
         } else {

@@ -265,7 +265,7 @@ pub fn encoded_len(value: &Value, proto: Protocol) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::parse::parse;
     use alloc::boxed::Box;
@@ -314,7 +314,7 @@ mod tests {
         "[a-zA-Z0-9 ]{0,12}".prop_map(|s| Bytes::from(s.into_bytes()))
     }
 
-    fn leaf() -> impl Strategy<Value = Value> {
+    pub(crate) fn leaf() -> impl Strategy<Value = Value> {
         prop_oneof![
             line_strategy().prop_map(Value::SimpleString),
             line_strategy().prop_map(Value::Error),
@@ -336,7 +336,8 @@ mod tests {
         ]
     }
 
-    fn value_strategy() -> impl Strategy<Value = Value> {
+    /// Any value, nested up to 4 deep (used by the parser's tests too).
+    pub(crate) fn value_strategy() -> impl Strategy<Value = Value> {
         leaf().prop_recursive(4, 32, 6, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),

@@ -55,6 +55,9 @@
 //! - [`parse()`] / [`parse::parse_buf`]: the streaming parser (`Ok(None)` = need more bytes,
 //!   never an error), including streamed strings (`$?` + `;` chunks) and streamed aggregates
 //!   (`*?` … `.`), with [`Limits`] on bulk length, aggregate length, nesting depth and lines.
+//!   [`parse::frame_len_resume`] measures a frame arriving over many reads resumably (each
+//!   byte examined about once; [`ClientConnection`] uses it, [`parse::parse_buf_resume`]
+//!   wraps it).
 //! - [`encode()`]: writes a value for a RESP2 or RESP3 peer straight into a `BytesMut`
 //!   (RESP3 types downgraded for RESP2 like Redis does).
 //! - [`server`]: commands (multibulk or inline, Redis's limits and exact error texts), pipelined
@@ -81,6 +84,7 @@ mod command;
 mod encode;
 mod error;
 pub mod parse;
+mod scan;
 pub mod server;
 mod value;
 

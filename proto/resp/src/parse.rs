@@ -19,12 +19,16 @@
 //! [`parse`] looks at a byte slice and returns `Ok(None)` while the frame is incomplete
 //! (`Partial` is never an error), `Ok(Some((value, len)))` once it is complete; bulk payloads
 //! are zero-copy slices of the `Bytes` given. A first pass only validates and measures (no
-//! allocation), so an incomplete frame costs nothing but a scan.
+//! allocation), so an incomplete frame costs nothing but a scan. [`frame_len`] scans from the
+//! first byte on every call; for a frame arriving over many reads, [`frame_len_resume`] (and
+//! [`parse_buf_resume`]) carry a [`FrameScan`] from call to call so that each read costs
+//! only its new bytes, with the same answers.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
 
+pub use crate::scan::{frame_len_resume, FrameScan};
 use crate::{ParseError, Value};
 
 /// Limits applied while parsing values.
@@ -96,6 +100,28 @@ pub fn parse_buf(input: &mut BytesMut, limits: &Limits) -> Result<Option<Value>,
     let Some(len) = frame_len(input, limits)? else {
         return Ok(None);
     };
+    let frame = input.split_to(len).freeze();
+    let mut p = Parser {
+        buf: &frame,
+        src: Some(&frame),
+        pos: 0,
+        limits,
+    };
+    p.value(0)?.map(Some).ok_or(ParseError::Incomplete)
+}
+
+/// [`parse_buf`], resumable: measures with [`frame_len_resume`] so that an incomplete frame
+/// costs only the bytes appended since the last call. `state` is reset when a frame is split
+/// off (or on an error); the caller resets it if it consumes or replaces `input` itself.
+pub fn parse_buf_resume(
+    input: &mut BytesMut,
+    limits: &Limits,
+    state: &mut FrameScan,
+) -> Result<Option<Value>, ParseError> {
+    let Some(len) = frame_len_resume(input, limits, state)? else {
+        return Ok(None);
+    };
+    state.reset();
     let frame = input.split_to(len).freeze();
     let mut p = Parser {
         buf: &frame,
@@ -202,22 +228,7 @@ impl<'a> Parser<'a> {
         let Some((a, b)) = self.line()? else {
             return Ok(None);
         };
-        let s = &self.buf[a..b];
-        if s == b"?" {
-            return Ok(Some(Len::Streamed));
-        }
-        if s == b"-1" {
-            return Ok(Some(Len::Null));
-        }
-        match parse_i64(s) {
-            Some(n) if n >= 0 && s[0] != b'+' => {
-                if n as u64 > max {
-                    return Err(err);
-                }
-                Ok(Some(Len::N(n as u64)))
-            }
-            _ => Err(ParseError::InvalidLength),
-        }
+        length_of(&self.buf[a..b], max, err).map(Some)
     }
 
     /// `n` bytes of payload plus CRLF.
@@ -449,10 +460,50 @@ impl<'a> Parser<'a> {
     }
 }
 
-enum Len {
+/// A length header's value.
+pub(crate) enum Len {
     Null,
     Streamed,
     N(u64),
+}
+
+/// The value of a length line (`?`, `-1` or a count of at most `max`, else `err`).
+#[inline]
+pub(crate) fn length_of(s: &[u8], max: u64, err: ParseError) -> Result<Len, ParseError> {
+    if s == b"?" {
+        return Ok(Len::Streamed);
+    }
+    if s == b"-1" {
+        return Ok(Len::Null);
+    }
+    match parse_i64(s) {
+        Some(n) if n >= 0 && s[0] != b'+' => {
+            if n as u64 > max {
+                return Err(err);
+            }
+            Ok(Len::N(n as u64))
+        }
+        _ => Err(ParseError::InvalidLength),
+    }
+}
+
+/// The checks the value parser makes on the line of a `t`-typed scalar.
+#[inline]
+pub(crate) fn validate_line(t: u8, s: &[u8]) -> Result<(), ParseError> {
+    match t {
+        b':' if parse_i64(s).is_none() => Err(ParseError::InvalidInteger),
+        b'_' if !s.is_empty() => Err(ParseError::InvalidNull),
+        b'#' if s != b"t" && s != b"f" => Err(ParseError::InvalidBoolean),
+        b',' if parse_f64(s).is_none() => Err(ParseError::InvalidDouble),
+        b'(' => {
+            let digits = s.strip_prefix(b"-").unwrap_or(s);
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(ParseError::InvalidBigNumber);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

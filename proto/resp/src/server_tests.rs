@@ -646,3 +646,43 @@ fn connections_are_send_for_worker_threads() {
     send::<Value>();
     send::<Event>();
 }
+
+/// The commands read from `wire` fed `chunk` bytes per read (their arguments).
+fn commands_in_reads(wire: &[u8], chunk: usize) -> Vec<Vec<Bytes>> {
+    let mut c = conn();
+    let mut input = BytesMut::new();
+    let mut out = Vec::new();
+    for part in wire.chunks(chunk) {
+        input.extend_from_slice(part);
+        c.handle_input(Instant::ZERO, &mut input).unwrap();
+        for ev in events(&mut c) {
+            if let Event::Command(cmd) = ev {
+                out.push(cmd.args.to_vec());
+                c.send_reply(cmd.id, &Value::ok()).unwrap();
+            }
+        }
+        output(&mut c);
+    }
+    assert!(input.is_empty());
+    out
+}
+
+/// A 50k-argument command, a 1 MiB argument and a 60 KB inline command read in small
+/// pieces give exactly the commands read whole.
+#[test]
+fn large_commands_in_small_reads() {
+    let mut args: Vec<Vec<u8>> = vec![b"RPUSH".to_vec(), b"list".to_vec()];
+    args.extend((0..50_000).map(|i| alloc::format!("item-{i}").into_bytes()));
+    let mut wire = BytesMut::new();
+    crate::encode_command(&args, &mut wire);
+    crate::encode_command(&[&b"SET"[..], b"k", &vec![b'v'; 1 << 20]], &mut wire);
+    wire.extend_from_slice(b"ECHO ");
+    wire.extend_from_slice(&vec![b'a'; 60_000]);
+    wire.extend_from_slice(b"\r\nPING\r\n");
+    let whole = commands_in_reads(&wire, wire.len());
+    assert_eq!(whole.len(), 4);
+    assert_eq!(whole[0].len(), 50_002);
+    assert_eq!(whole[2][1].len(), 60_000);
+    assert_eq!(commands_in_reads(&wire, 4096), whole);
+    assert_eq!(commands_in_reads(&wire, 1001), whole);
+}

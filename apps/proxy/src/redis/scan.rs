@@ -20,7 +20,7 @@
 //! assert_eq!(len + inline, input.len());
 //! ```
 
-use ferry_resp::parse::frame_len;
+use ferry_resp::parse::{frame_len, frame_len_resume, FrameScan};
 use ferry_resp::{Limits, ParseError};
 
 /// Most arguments of a command the fast path forwards.
@@ -310,64 +310,142 @@ fn simple_len(b: &[u8], limits: &Limits) -> Measured {
 /// measured here; anything else (and anything odd) by the full frame parser, whose answer
 /// this always equals on a complete frame.
 pub fn reply_len(b: &[u8], limits: &Limits) -> Result<Option<usize>, ParseError> {
-    reply_len_resume(b, limits, &mut Progress::default())
+    match flat(b, limits, 0, 0) {
+        Flat::Done(n) => Ok(Some(n)),
+        Flat::Incomplete(..) => Ok(None),
+        Flat::Fallback => frame_len(b, limits),
+    }
 }
 
-/// Where [`reply_len_resume`] stopped in an incomplete array reply.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Where [`reply_len_resume`] stopped in an incomplete reply.
+#[derive(Debug, Default, Clone)]
 pub struct Progress {
-    /// Bytes of the reply measured so far (its header and its complete elements); 0: none.
+    /// Bytes of a flat array reply measured so far (its header and its complete elements);
+    /// 0: none.
     pos: usize,
-    /// Elements still to measure.
+    /// Elements of that array still to measure.
     left: u64,
+    /// The reply is not one the flat scan measures (nested, RESP3, streamed, odd): `frame`
+    /// measures it, resumably.
+    deep: bool,
+    frame: FrameScan,
 }
 
-/// [`reply_len`] for a reply that arrives in pieces: `progress` carries what was measured
-/// of an incomplete top-level array to the next call, so a large array is scanned once
-/// rather than once per read. Between calls the caller may only append to `b`; it resets
-/// `progress` (to its default) when it consumes or drops the front of `b`. Every answer
-/// equals [`reply_len`]'s on the same bytes.
-pub fn reply_len_resume(
-    b: &[u8],
-    limits: &Limits,
-    progress: &mut Progress,
-) -> Result<Option<usize>, ParseError> {
-    let resumed = progress.pos > 0 && progress.pos <= b.len() && b.first() == Some(&b'*');
-    let (mut pos, mut left) = if resumed {
-        (progress.pos, progress.left)
-    } else {
-        *progress = Progress::default();
+impl Progress {
+    /// Forget the reply in progress (the front of the input was consumed or replaced).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.left = 0;
+        if self.deep {
+            self.deep = false;
+            self.frame.reset();
+        }
+    }
+
+    /// Bytes examined by the resumable frame scan of replies the flat scan leaves to it.
+    pub fn deep_examined(&self) -> u64 {
+        self.frame.examined()
+    }
+
+    /// Measures a reply the flat scan does not, from its first byte, and carries on with it
+    /// in the calls to come while it is incomplete.
+    #[cold]
+    #[inline(never)]
+    fn start_deep(&mut self, b: &[u8], limits: &Limits) -> Result<Option<usize>, ParseError> {
+        self.pos = 0;
+        self.left = 0;
+        self.frame.reset();
+        self.deep = true;
+        self.go_deep(b, limits)
+    }
+
+    #[inline(never)]
+    fn go_deep(&mut self, b: &[u8], limits: &Limits) -> Result<Option<usize>, ParseError> {
+        let r = frame_len_resume(b, limits, &mut self.frame);
+        if !matches!(r, Ok(None)) {
+            self.deep = false;
+            self.frame.reset();
+        }
+        r
+    }
+}
+
+/// What [`flat`] made of a reply.
+enum Flat {
+    Done(usize),
+    /// Incomplete: measured up to this offset, with this many array elements still to go.
+    Incomplete(usize, u64),
+    Fallback,
+}
+
+/// The flat scan: a simple reply, or an array of them, from offset `pos` with `left`
+/// elements to go (`left == 0`: from the start of `b`).
+#[inline(always)]
+fn flat(b: &[u8], limits: &Limits, mut pos: usize, mut left: u64) -> Flat {
+    if left == 0 {
         if b.first() != Some(&b'*') {
             return match simple_len(b, limits) {
-                Measured::Done(n) => Ok(Some(n)),
-                Measured::Incomplete => Ok(None),
-                Measured::Fallback => frame_len(b, limits),
+                Measured::Done(n) => Flat::Done(n),
+                Measured::Incomplete => Flat::Incomplete(0, 0),
+                Measured::Fallback => Flat::Fallback,
             };
         }
         match header(b, b'*') {
-            Ok(Some((n, p))) if n <= limits.max_aggregate_len && limits.max_depth > 0 => (p, n),
-            Ok(None) => return Ok(None),
-            _ => return frame_len(b, limits),
+            Ok(Some((n, p))) if n <= limits.max_aggregate_len && limits.max_depth > 0 => {
+                (pos, left) = (p, n);
+            }
+            Ok(None) => return Flat::Incomplete(0, 0),
+            _ => return Flat::Fallback,
         }
-    };
+    }
     while left > 0 {
         match simple_len(&b[pos..], limits) {
             Measured::Done(l) => {
                 pos += l;
                 left -= 1;
             }
-            Measured::Incomplete => {
-                *progress = Progress { pos, left };
-                return Ok(None);
-            }
-            Measured::Fallback => {
-                *progress = Progress::default();
-                return frame_len(b, limits);
-            }
+            Measured::Incomplete => return Flat::Incomplete(pos, left),
+            Measured::Fallback => return Flat::Fallback,
         }
     }
-    *progress = Progress::default();
-    Ok(Some(pos))
+    Flat::Done(pos)
+}
+
+/// [`reply_len`] for a reply that arrives in pieces: `progress` carries what was measured
+/// of an incomplete reply to the next call, so a large reply is scanned about once rather
+/// than once per read: a flat array by the flat scan, anything else (nested arrays, maps,
+/// RESP3 and streamed replies) by `ferry_resp`'s resumable frame scan. Between calls the
+/// caller may only append to `b`; it calls [`Progress::reset`] when it consumes or drops the
+/// front of `b` without a complete answer from here (a complete answer or an error resets
+/// it already). Every answer equals [`reply_len`]'s on the same bytes.
+#[inline]
+pub fn reply_len_resume(
+    b: &[u8],
+    limits: &Limits,
+    progress: &mut Progress,
+) -> Result<Option<usize>, ParseError> {
+    if progress.deep {
+        return progress.go_deep(b, limits);
+    }
+    let resumed = progress.pos > 0 && progress.pos <= b.len() && b.first() == Some(&b'*');
+    let (pos, left) = if resumed {
+        (progress.pos, progress.left)
+    } else {
+        (0, 0)
+    };
+    match flat(b, limits, pos, left) {
+        Flat::Done(n) => {
+            progress.pos = 0;
+            progress.left = 0;
+            Ok(Some(n))
+        }
+        Flat::Incomplete(pos, left) => {
+            progress.pos = pos;
+            progress.left = left;
+            Ok(None)
+        }
+        Flat::Fallback => progress.start_deep(b, limits),
+    }
 }
 
 #[cfg(test)]
@@ -574,6 +652,74 @@ mod tests {
         ] {
             assert!(reply_len(bad, &l).is_err(), "{bad:?}");
         }
+    }
+
+    /// `XRANGE`-like: `n` entries `[id, [field, value]]`.
+    fn nested_reply(n: usize) -> Vec<u8> {
+        let mut b = format!("*{n}\r\n").into_bytes();
+        for i in 0..n {
+            let id = format!("{}-0", 1_700_000_000_000u64 + i as u64);
+            let v = format!("value-{i}");
+            b.extend_from_slice(
+                format!(
+                    "*2\r\n${}\r\n{id}\r\n*2\r\n$5\r\nfield\r\n${}\r\n{v}\r\n",
+                    id.len(),
+                    v.len()
+                )
+                .as_bytes(),
+            );
+        }
+        b
+    }
+
+    /// A nested reply (which the flat scan leaves to the frame scan) arriving in 4 KiB reads
+    /// is measured about once, not once per read; answers are `reply_len`'s all along.
+    #[test]
+    fn nested_reply_in_small_reads_is_scanned_once() {
+        let l = Limits::default();
+        for b in [nested_reply(100_000), {
+            // RESP3: a map of arrays, after a flat start the flat scan gives up on.
+            let mut b = b"*3\r\n:1\r\n:2\r\n".to_vec();
+            b.extend_from_slice(&nested_reply(20_000));
+            b
+        }] {
+            let mut progress = Progress::default();
+            let mut at = 0;
+            let mut reads = 0;
+            while at < b.len() {
+                at = (at + 4096).min(b.len());
+                reads += 1;
+                let got = reply_len_resume(&b[..at], &l, &mut progress);
+                assert_eq!(got, Ok((at == b.len()).then_some(b.len())), "at {at}");
+                if reads % 97 == 0 {
+                    assert_eq!(got, reply_len(&b[..at], &l));
+                }
+            }
+            let examined = progress.deep_examined();
+            assert!(examined > 0, "the frame scan measured it");
+            assert!(
+                examined <= 2 * b.len() as u64,
+                "examined {examined} of {}",
+                b.len()
+            );
+        }
+    }
+
+    /// Flat arrays stay on the flat scan, resumed too.
+    #[test]
+    fn flat_array_stays_flat() {
+        let l = Limits::default();
+        let mut b = b"*50000\r\n".to_vec();
+        for i in 0..50_000 {
+            let v = format!("v{i}");
+            b.extend_from_slice(format!("${}\r\n{v}\r\n", v.len()).as_bytes());
+        }
+        let mut progress = Progress::default();
+        for at in (0..b.len()).step_by(4096).skip(1) {
+            assert_eq!(reply_len_resume(&b[..at], &l, &mut progress), Ok(None));
+        }
+        assert_eq!(reply_len_resume(&b, &l, &mut progress), Ok(Some(b.len())));
+        assert_eq!(progress.deep_examined(), 0);
     }
 
     proptest! {
