@@ -57,7 +57,8 @@ use ferry_driver::WorkerCtx;
 use ferry_http1::client::Event as CEvent;
 use ferry_http1::server::Event as SEvent;
 use ferry_http1::{
-    Body, BodyKind, ClientConfig, ClientConnection, Headers, Method, RequestId, ServerConnection,
+    Body, BodyKind, ClientConfig, ClientConnection, Extra as FieldPiece, FieldLines, Headers,
+    Method, RequestId, ServerConnection,
 };
 use ferry_proto::{Connection, Instant};
 use smallvec::SmallVec;
@@ -82,6 +83,10 @@ pub struct HttpShared {
     client: Arc<ClientConfig>,
     stats: Arc<ProxyStats>,
     workers: Vec<Mutex<WorkerState>>,
+    /// `via: 1.1 ferry`, encoded once (requests and responses).
+    via: FieldLines,
+    /// `x-forwarded-proto: http`, encoded once (requests that came with `X-Forwarded-For`).
+    xfp: FieldLines,
 }
 
 impl std::fmt::Debug for HttpShared {
@@ -135,6 +140,8 @@ impl HttpShared {
             client,
             stats,
             workers,
+            via: FieldLines::new(&[("via", "1.1 ferry")]).unwrap_or_default(),
+            xfp: FieldLines::new(&[("x-forwarded-proto", "http")]).unwrap_or_default(),
         })
     }
 
@@ -531,7 +538,12 @@ struct SendReq {
 /// Fields the proxy adds to a forwarded request.
 #[derive(Debug)]
 struct Extra {
-    xff: Bytes,
+    /// `X-Forwarded-For` when the request came with one (its values and the client's
+    /// address); `x-forwarded-proto` follows from the shared lines.
+    xff: Option<Bytes>,
+    /// Otherwise the connection's `x-forwarded-for` (the client's address) and
+    /// `x-forwarded-proto` lines.
+    fwd: Option<FieldLines>,
     traceparent: [u8; TRACEPARENT_LEN],
     host: Option<Bytes>,
     /// The request's `Connection` may name fields to drop beyond the standard hop-by-hop ones
@@ -763,7 +775,8 @@ struct Exchange {
     resp_done: bool,
     /// The breaker's permit for this attempt (it must hear the outcome).
     permit: Option<Permit>,
-    extra_xff: Bytes,
+    /// `X-Forwarded-For` when the request came with one (else the connection's lines go).
+    extra_xff: Option<Bytes>,
     /// The request has a `Host` field.
     has_host: bool,
     /// The request's `Connection` may name fields beyond the standard hop-by-hop ones.
@@ -798,6 +811,9 @@ pub struct Down {
     tunnel: Option<Tunnel>,
     /// The client's address as text (for `X-Forwarded-For`), made at the first request.
     peer_ip: Option<Bytes>,
+    /// `x-forwarded-for: <client address>` (if known) and `x-forwarded-proto: http`, encoded
+    /// at the first request.
+    fwd: Option<FieldLines>,
 }
 
 /// A downstream connection's tunnel to its upstream connection (WebSocket, CONNECT).
@@ -847,6 +863,9 @@ impl Down {
         self.collect();
     }
 
+    /// Move what the connection has to send to the output queue. Inlined: it runs after
+    /// every read and mail, and there is usually nothing to move.
+    #[inline]
     fn collect(&mut self) {
         while let Some(b) = self.conn.poll_transmit() {
             self.io.out.push(b);
@@ -975,6 +994,9 @@ impl Down {
     /// Send the waiting pipelined requests (in order, while each may go) down `ex`'s
     /// upstream connection. A request that was sent before counts as a retry.
     fn join_pipe(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.pipe.is_empty() {
+            return; // nothing pipelined (the usual case)
+        }
         let Some(ex) = self.ex.as_ref() else { return };
         let (Some(up), i) = (ex.up, ex.upstream) else {
             return;
@@ -1028,6 +1050,11 @@ impl Down {
                     head: f.head.clone(),
                     extra: Extra {
                         xff: f.extra_xff.clone(),
+                        fwd: if f.extra_xff.is_none() {
+                            self.fwd.clone()
+                        } else {
+                            None
+                        },
                         traceparent: f.traceparent,
                         conn_named: f.conn_named,
                         host: (!f.has_host).then(|| Bytes::from(sh.cfg.upstreams[i].to_string())),
@@ -1106,15 +1133,21 @@ impl Down {
         head: ferry_http1::Request,
         now: Instant,
     ) -> Exchange {
-        let sh = self.shared.clone();
+        let sh = &*self.shared;
         add(&sh.stats.requests, 1);
         let hs = head.headers();
         if self.peer_ip.is_none() {
             // Once per connection, not per request.
             let ip = self.io.peer_addr().map(|p| p.ip().to_string());
-            self.peer_ip = Some(ip.map(Bytes::from).unwrap_or_default());
+            let ip = ip.map(Bytes::from).unwrap_or_default();
+            let fwd = if ip.is_empty() {
+                FieldLines::new(&[("x-forwarded-proto", "http")])
+            } else {
+                FieldLines::new(&[("x-forwarded-for", &ip[..]), ("x-forwarded-proto", b"http")])
+            };
+            self.fwd = Some(fwd.unwrap_or_else(|_| sh.xfp.clone()));
+            self.peer_ip = Some(ip);
         }
-        let ip = self.peer_ip.clone().unwrap_or_default();
         // One pass over the fields for everything the proxy looks at in a request.
         let (mut has_xff, mut has_host) = (false, false);
         // The parser saw every `Connection` token: false means none names a field.
@@ -1129,6 +1162,7 @@ impl Down {
             }
         }
         let xff = if has_xff {
+            let ip = self.peer_ip.as_deref().unwrap_or_default();
             let mut xff = BytesMut::new();
             for (i, v) in hs.get_all("x-forwarded-for").enumerate() {
                 if i > 0 {
@@ -1138,11 +1172,11 @@ impl Down {
             }
             if !ip.is_empty() {
                 xff.put_slice(b", ");
-                xff.put_slice(&ip);
+                xff.put_slice(ip);
             }
-            xff.freeze()
+            Some(xff.freeze())
         } else {
-            ip // the usual case: a shared slice, no copy
+            None // the usual case: the connection's lines
         };
         let tp = {
             let mut ws = sh.worker(ctx.index);
@@ -1311,12 +1345,12 @@ impl Down {
 
     /// The current attempt has its upstream connection: send the request and any held body.
     fn attach(&mut self, ctx: &mut WorkerCtx, lease: Lease, now: Instant) {
-        let sh = self.shared.clone();
         let wanted = self
             .ex
             .as_ref()
             .is_some_and(|ex| ex.lease.is_none() && ex.up.is_none() && ex.upstream == *lease.key());
         if !wanted {
+            let sh = &*self.shared;
             sh.worker(ctx.index)
                 .checkin(ctx, &sh.stats, lease, true, now);
             return;
@@ -1341,6 +1375,11 @@ impl Down {
                 head: ex.head.clone(),
                 extra: Extra {
                     xff: ex.extra_xff.clone(),
+                    fwd: if ex.extra_xff.is_none() {
+                        self.fwd.clone()
+                    } else {
+                        None
+                    },
                     conn_named: ex.conn_named,
                     traceparent: ex.traceparent,
                     host,
@@ -1502,16 +1541,19 @@ impl Down {
 
     /// The exchange ended: tell the upstream, account, go on with pipelined requests.
     fn finish(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        if let Some(mut ex) = self.ex.take() {
-            self.last_done = Some(ex.id);
-            // The next request pipelined on that connection takes it over.
-            if let Some(next) = self.pipe.front_mut() {
-                if next.up.is_some() && next.up == ex.up && ex.resp_done {
-                    next.lease = ex.lease.take();
-                }
+        // Released where it is, then dropped there (not moved out: an `Exchange` is big).
+        let Some(ex) = self.ex.as_mut() else { return };
+        self.last_done = Some(ex.id);
+        // The next request pipelined on that connection takes it over.
+        if let Some(next) = self.pipe.front_mut() {
+            if next.up.is_some() && next.up == ex.up && ex.resp_done {
+                next.lease = ex.lease.take();
             }
-            self.release(ctx, &mut ex, true, now);
         }
+        self.unacked = 0;
+        self.owed = 0;
+        release(&self.shared, ctx, ex, true, now);
+        self.ex = None;
     }
 
     /// The exchange is over for this side: the lease goes back (reused only after a clean
@@ -1519,31 +1561,7 @@ impl Down {
     fn release(&mut self, ctx: &mut WorkerCtx, ex: &mut Exchange, ok: bool, now: Instant) {
         self.unacked = 0;
         self.owed = 0;
-        if ex.upstream == usize::MAX {
-            return;
-        }
-        let sh = self.shared.clone();
-        let mut ws = sh.worker(ctx.index);
-        let i = ex.upstream;
-        let outcome = if ok {
-            Outcome::Success
-        } else {
-            Outcome::Ignored
-        };
-        if let Some(permit) = ex.permit.take() {
-            // Usually told at the response head already.
-            ws.report(i, Some(permit), outcome, now, &sh.stats, ctx.index);
-        }
-        ws.active[i] = ws.active[i].saturating_sub(1);
-        sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
-        if let Some(w) = ex.waiter.take() {
-            ws.pool.cancel(w);
-            ws.take_waiter(w);
-        }
-        if let Some(lease) = ex.lease.take() {
-            let reusable = ok && ex.reusable && ex.resp_done;
-            ws.checkin(ctx, &sh.stats, lease, reusable, now);
-        }
+        release(&self.shared, ctx, ex, ok, now);
     }
 
     /// Go on after an exchange ended: the next pipelined request becomes the head, and the
@@ -1744,17 +1762,17 @@ impl Down {
             }
         };
         let hs = resp.headers();
-        let mut extra: SmallVec<[(&str, &[u8]); 3]> = SmallVec::new();
-        extra.push(("via", b"1.1 ferry"));
+        let mut extra: SmallVec<[FieldPiece<'_>; 3]> = SmallVec::new();
+        extra.push(FieldPiece::Lines(&sh.via));
         if status == 101 {
-            extra.push(("connection", b"upgrade"));
+            extra.push(FieldPiece::Field("connection", b"upgrade"));
             if let Some(u) = hs.get("upgrade") {
-                extra.push(("upgrade", u));
+                extra.push(FieldPiece::Field("upgrade", u));
             }
         } else if !ex.req_done {
             // Answered before the request body is in (an early 413, a `return`): say that
             // this connection ends after the response rather than close it silently later.
-            extra.push(("connection", b"close"));
+            extra.push(FieldPiece::Field("connection", b"close"));
         }
         // `None` writes the usual status line from a table.
         let reason = Some(resp.reason()).filter(|r| !(status == 200 && *r == "OK"));
@@ -1763,7 +1781,7 @@ impl Down {
         let keep = |n: &[u8]| forward_response_field(n, &named);
         if self
             .conn
-            .send_forwarded_response(ex.id, resp, reason, keep, &extra, body)
+            .send_forwarded_response_extra(ex.id, resp, reason, keep, &extra, body)
             .is_err()
         {
             // A head our client side would not accept: answer 502 instead.
@@ -1806,6 +1824,35 @@ impl Down {
                 send(ctx, up, Kind::Ack(a));
             }
         }
+    }
+}
+
+/// An exchange is over for its client's side: the lease goes back (reused only after a clean
+/// end), a queued checkout is withdrawn, the breaker hears the outcome if nobody told it.
+fn release(sh: &HttpShared, ctx: &mut WorkerCtx, ex: &mut Exchange, ok: bool, now: Instant) {
+    if ex.upstream == usize::MAX {
+        return;
+    }
+    let mut ws = sh.worker(ctx.index);
+    let i = ex.upstream;
+    let outcome = if ok {
+        Outcome::Success
+    } else {
+        Outcome::Ignored
+    };
+    if let Some(permit) = ex.permit.take() {
+        // Usually told at the response head already.
+        ws.report(i, Some(permit), outcome, now, &sh.stats, ctx.index);
+    }
+    ws.active[i] = ws.active[i].saturating_sub(1);
+    sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
+    if let Some(w) = ex.waiter.take() {
+        ws.pool.cancel(w);
+        ws.take_waiter(w);
+    }
+    if let Some(lease) = ex.lease.take() {
+        let reusable = ok && ex.reusable && ex.resp_done;
+        ws.checkin(ctx, &sh.stats, lease, reusable, now);
     }
 }
 
@@ -2106,19 +2153,27 @@ impl Up {
             self.fail(ctx, UpFailure::Broken);
             return;
         }
-        let mut fields: SmallVec<[(&str, &[u8]); 8]> = SmallVec::new();
+        // Fields in the order: host, x-forwarded-for, x-forwarded-proto, traceparent, via
+        // (the lines made once are copied as they are).
+        let sh = &*self.shared;
+        let mut fields: SmallVec<[FieldPiece<'_>; 8]> = SmallVec::new();
         if let Some(h) = extra.host.as_ref() {
-            fields.push(("host", h));
+            fields.push(FieldPiece::Field("host", h));
         }
-        if !extra.xff.is_empty() {
-            fields.push(("x-forwarded-for", &extra.xff));
+        match (&extra.xff, &extra.fwd) {
+            (None, Some(fwd)) => fields.push(FieldPiece::Lines(fwd)),
+            (xff, _) => {
+                if let Some(x) = xff.as_ref().filter(|x| !x.is_empty()) {
+                    fields.push(FieldPiece::Field("x-forwarded-for", x));
+                }
+                fields.push(FieldPiece::Lines(&sh.xfp));
+            }
         }
-        fields.push(("x-forwarded-proto", b"http"));
-        fields.push(("traceparent", &extra.traceparent[..]));
-        fields.push(("via", b"1.1 ferry"));
+        fields.push(FieldPiece::Field("traceparent", &extra.traceparent[..]));
+        fields.push(FieldPiece::Lines(&sh.via));
         if let Some(u) = extra.upgrade.as_ref() {
-            fields.push(("connection", b"upgrade"));
-            fields.push(("upgrade", u));
+            fields.push(FieldPiece::Field("connection", b"upgrade"));
+            fields.push(FieldPiece::Field("upgrade", u));
         }
         let body = match head.body_kind() {
             BodyKind::Empty => Body::Empty,
@@ -2133,10 +2188,11 @@ impl Up {
             SmallVec::new()
         };
         let keep = |n: &[u8]| forward_request_field(n, &named);
-        match self
+        let sent = self
             .conn
-            .send_forwarded_request(now, head, keep, &fields, body)
-        {
+            .send_forwarded_request_extra(now, head, keep, &fields, body);
+        drop(fields);
+        match sent {
             Ok(id) => {
                 self.req = Some(id);
                 self.inflight += 1;
@@ -2276,6 +2332,7 @@ impl Downstream for Down {
             owed: 0,
             tunnel: None,
             peer_ip: None,
+            fwd: None,
         })
     }
 

@@ -71,8 +71,8 @@ use ferry_proto::{Connection, Instant, Lifecycle, ProtocolInfo, State};
 
 use crate::chunked::{encode_chunk_head, ChunkedDecoder, Decoded};
 use crate::encode::{
-    copy_parsed_fields, is_token, write_content_length, write_fields, Body, COPY_BODY_MAX,
-    OUT_BUF_CAPACITY,
+    copy_parsed_fields, is_token, write_content_length, write_extras, write_fields, AppHeaders,
+    Body, Extra, COPY_BODY_MAX, OUT_BUF_CAPACITY,
 };
 use crate::head::{
     parse_response, BodyKind, Headers, IndexBuf, Method, Request, RequestId, Response,
@@ -410,6 +410,33 @@ impl ClientConnection {
         extra: &[(&str, &[u8])],
         body: Body,
     ) -> Result<RequestId, SendError> {
+        self.forward_request(now, req, keep, |dst| write_fields(dst, extra), body)
+    }
+
+    /// [`send_forwarded_request`](Self::send_forwarded_request) with the extra fields as
+    /// [`Extra`] pieces: [`FieldLines`](crate::FieldLines) made once (a proxy's `Via`) are
+    /// copied without a second check. The bytes sent are those of
+    /// `send_forwarded_request` with the same fields in the same order.
+    pub fn send_forwarded_request_extra(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        keep: impl FnMut(&[u8]) -> bool,
+        extra: &[Extra<'_>],
+        body: Body,
+    ) -> Result<RequestId, SendError> {
+        self.forward_request(now, req, keep, |dst| write_extras(dst, extra), body)
+    }
+
+    #[inline(always)]
+    fn forward_request(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        keep: impl FnMut(&[u8]) -> bool,
+        put_extra: impl FnOnce(&mut BytesMut) -> Result<AppHeaders, SendError>,
+        body: Body,
+    ) -> Result<RequestId, SendError> {
         self.advance(now);
         self.check_can_send()?;
         let mark = self.start_head(req.method_bytes(), req.target_bytes());
@@ -420,7 +447,7 @@ impl ClientConnection {
                 return Err(e);
             }
         };
-        let facts = match write_fields(&mut self.wbuf, extra) {
+        let facts = match put_extra(&mut self.wbuf) {
             Ok(f) => f,
             Err(e) => {
                 self.wbuf.truncate(mark);
@@ -1169,6 +1196,73 @@ mod tests {
         assert_eq!((c.in_flight(), c.requests()), (1, 1));
         assert!(c.can_send_request());
         assert!(!c.is_reusable());
+    }
+
+    #[test]
+    fn forwarded_request_extra_writes_what_the_field_list_writes() {
+        use crate::encode::{Extra, FieldLines};
+        use crate::head::Version;
+        let fields: [(&[u8], &[u8]); 3] = [
+            (b"Host", b"example.com"),
+            (b"Accept", b"*/*"),
+            (b"Connection", b"upgrade"),
+        ];
+        let req = Request::from_parts(
+            RequestId(1),
+            b"GET",
+            b"/",
+            Version::Http11,
+            fields,
+            BodyKind::Empty,
+        )
+        .unwrap();
+        let fwd = FieldLines::new(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "http"),
+        ])
+        .unwrap();
+        let via = FieldLines::new(&[("via", "1.1 ferry")]).unwrap();
+        let up = FieldLines::new(&[("upgrade", "websocket")]).unwrap();
+        let list: [(&str, &[u8]); 5] = [
+            ("x-forwarded-for", b"10.0.0.1"),
+            ("x-forwarded-proto", b"http"),
+            ("traceparent", b"00-01-02-01"),
+            ("via", b"1.1 ferry"),
+            ("upgrade", b"websocket"),
+        ];
+        let pieces = [
+            Extra::Lines(&fwd),
+            Extra::Field("traceparent", b"00-01-02-01"),
+            Extra::Lines(&via),
+            Extra::Lines(&up),
+        ];
+        let (mut a, mut b) = (client(), client());
+        a.send_forwarded_request(Instant::ZERO, &req, |_| true, &list, Body::Empty)
+            .unwrap();
+        b.send_forwarded_request_extra(Instant::ZERO, &req, |_| true, &pieces, Body::Empty)
+            .unwrap();
+        assert_eq!(wire(&mut a), wire(&mut b));
+        // The facts of lines made before count: `Upgrade` makes it an upgrade request.
+        assert_eq!(a.can_send_request(), b.can_send_request());
+        // A bad field among the pieces: refused, nothing written.
+        let bad = [Extra::Lines(&via), Extra::Field("x", b"a\r\nInjected: 1")];
+        let mut c = client();
+        assert_eq!(
+            c.send_forwarded_request_extra(Instant::ZERO, &req, |_| true, &bad, Body::Empty)
+                .unwrap_err(),
+            SendError::InvalidHeader
+        );
+        assert!(c.poll_transmit().is_none());
+        assert_eq!(c.in_flight(), 0);
+        // Lines are checked when made.
+        assert_eq!(
+            FieldLines::new(&[("x", "a\r\nInjected: 1")]).unwrap_err(),
+            SendError::InvalidHeader
+        );
+        assert_eq!(
+            FieldLines::new(&[("Transfer-Encoding", "chunked")]).unwrap_err(),
+            SendError::FramingHeader
+        );
     }
 
     #[test]

@@ -134,6 +134,15 @@ pub(crate) struct AppHeaders {
 }
 
 impl AppHeaders {
+    /// Both sets of facts.
+    #[inline]
+    pub(crate) fn merge(&mut self, o: AppHeaders) {
+        self.close |= o.close;
+        self.has_date |= o.has_date;
+        self.has_host |= o.has_host;
+        self.upgrade |= o.upgrade;
+    }
+
     /// Note what field `name: value` means to the connection; framing fields are refused (the
     /// connection writes them from the body).
     #[inline(always)]
@@ -241,6 +250,77 @@ pub(crate) fn write_fields<N: AsRef<str>, V: AsRef<[u8]>>(
         }
         facts.note(n, value)?;
         put_field(dst, n, value);
+    }
+    Ok(facts)
+}
+
+/// Header field lines checked and encoded once (`name: value\r\n` each), for extra fields
+/// that go out with many messages (a proxy's `Via`, a connection's `X-Forwarded-For`): the
+/// forwarding send methods that take [`Extra`] copy them as they are, with no second check.
+///
+/// ```
+/// use ferry_http1::FieldLines;
+/// let via = FieldLines::new(&[("via", "1.1 ferry")]).unwrap();
+/// assert_eq!(via.as_bytes(), b"via: 1.1 ferry\r\n");
+/// // Framing fields are the connection's: refused, as by every send method.
+/// assert!(FieldLines::new(&[("content-length", "3")]).is_err());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct FieldLines {
+    bytes: Bytes,
+    facts: AppHeaders,
+}
+
+impl FieldLines {
+    /// `fields` checked as the send methods check them (token names, no CR/LF/NUL in values,
+    /// no framing fields) and encoded in order.
+    pub fn new<N: AsRef<str>, V: AsRef<[u8]>>(fields: &[(N, V)]) -> Result<FieldLines, SendError> {
+        let mut b = BytesMut::new();
+        let facts = write_fields(&mut b, fields)?;
+        Ok(FieldLines {
+            bytes: b.freeze(),
+            facts,
+        })
+    }
+
+    /// The encoded lines.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// One piece of the extra fields a forwarding send method writes after the forwarded ones:
+/// a field checked on the way, or [`FieldLines`] checked before.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Extra<'a> {
+    /// `name: value`, checked as [`FieldLines::new`] checks it.
+    Field(&'a str, &'a [u8]),
+    /// Lines checked when they were made: copied as they are.
+    Lines(&'a FieldLines),
+}
+
+/// Write `extras` in order (fields checked as [`write_fields`] checks them, lines copied).
+pub(crate) fn write_extras(
+    dst: &mut BytesMut,
+    extras: &[Extra<'_>],
+) -> Result<AppHeaders, SendError> {
+    let mut facts = AppHeaders::default();
+    for e in extras {
+        match *e {
+            Extra::Field(name, value) => {
+                let n = name.as_bytes();
+                if !is_token(n) || !is_safe_value(value) {
+                    return Err(SendError::InvalidHeader);
+                }
+                facts.note(n, value)?;
+                put_field(dst, n, value);
+            }
+            Extra::Lines(l) => {
+                dst.extend_from_slice(&l.bytes);
+                facts.merge(l.facts);
+            }
+        }
     }
     Ok(facts)
 }

@@ -129,13 +129,24 @@ const ENTRY: usize = 4;
 
 /// Fields whose line offsets a [`Headers`] holds itself, as `u16`s (when the head is at most
 /// 64 KiB): a typical request needs neither an index buffer nor a second reference count.
-const INLINE_FIELDS: usize = 24;
+/// 21 keeps the index at 48 bytes, a `Request`/`Response` at 120 and a client or server
+/// `Event` at 128: moved with inline stores, not a `memcpy` call (24 made the client's
+/// `Event` 136 bytes; one exchange through the proxy moves events and heads a dozen times).
+const INLINE_FIELDS: usize = 21;
+const _: () = assert!(INLINE_FIELDS <= 32, "one bit per inline field in a u32");
 
 /// Where a head's field line offsets are.
 #[derive(Clone)]
 pub(crate) enum Index {
-    /// In place (`len` fields, offsets below 64 KiB).
-    Inline { len: u8, at: [u16; INLINE_FIELDS] },
+    /// In place (`len` fields, offsets below 64 KiB), with a bit set in `verbatim` for each
+    /// line that is exactly `name ": " value CRLF` (bit `i` for line `i`; its value is then
+    /// found without looking at the line's ends again). The size matters: a `Request` or
+    /// `Response` of at most 128 bytes is moved without a `memcpy` call.
+    Inline {
+        len: u8,
+        at: [u16; INLINE_FIELDS],
+        verbatim: u32,
+    },
     /// [`ENTRY`] bytes each, cut from an [`IndexBuf`] (more fields, or a bigger head).
     Spilled(Bytes),
 }
@@ -145,6 +156,7 @@ impl Default for Index {
         Index::Inline {
             len: 0,
             at: [0; INLINE_FIELDS],
+            verbatim: 0,
         }
     }
 }
@@ -177,7 +189,11 @@ impl Index {
             for (slot, o) in at.iter_mut().zip(offsets) {
                 *slot = o as u16;
             }
-            Index::Inline { len: n as u8, at }
+            Index::Inline {
+                len: n as u8,
+                at,
+                verbatim: 0,
+            }
         } else if let Some(out) = out {
             out.reserve(n);
             for o in offsets {
@@ -321,6 +337,72 @@ impl Iterator for Lines<'_> {
     }
 }
 
+/// [`Headers::raw_fields`] for a line the parser did not note as verbatim (or a spilled
+/// index): the line is looked at.
+#[inline(never)]
+fn scan_line(buf: &[u8], start: usize, next: usize) -> RawField<'_> {
+    let line = buf.get(start..next.saturating_sub(2)).unwrap_or(&[]);
+    let colon = colon_at(line);
+    let after = line.get(colon + 1..).unwrap_or(&[]);
+    // Nearly always one space before the value and nothing after it.
+    let (value, verbatim) = match after {
+        [b' ', v @ ..] if !matches!(v, [b' ' | b'\t', ..] | [.., b' ' | b'\t']) => {
+            (v, buf.get(next.saturating_sub(2)..next) == Some(b"\r\n"))
+        }
+        _ => (trim_ows(after), false),
+    };
+    RawField {
+        start,
+        next,
+        name: &line[..colon],
+        value,
+        verbatim,
+    }
+}
+
+/// The name and value of field line `i` (`start..next`) when the parser noted it as verbatim
+/// (bit `i` of `verbatim`): `name ": " value CRLF`, so the value is what follows the name's
+/// colon and a space, with no look at the line's ends.
+#[inline(always)]
+fn verbatim_line(
+    buf: &[u8],
+    verbatim: u32,
+    i: usize,
+    start: usize,
+    next: usize,
+) -> Option<(&[u8], &[u8])> {
+    if i >= 32 || verbatim & (1 << i) == 0 {
+        return None;
+    }
+    let line = buf.get(start..next.checked_sub(2)?)?;
+    let nl = colon_at(line);
+    Some((line.get(..nl)?, line.get(nl + 2..)?))
+}
+
+/// Where the first `:` of a field line is (the end of its name; the line's length if there
+/// is none), eight bytes at a time: names are a dozen bytes or so.
+#[inline(always)]
+fn colon_at(line: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mut words = line.chunks_exact(8);
+    let mut at = 0;
+    for w in &mut words {
+        if let Some(w) = w.first_chunk::<8>() {
+            let x = u64::from_le_bytes(*w) ^ (ONES * u64::from(b':'));
+            // Exact for the lowest zero byte (a borrow only flags bytes above it).
+            let m = x.wrapping_sub(ONES) & !x & (ONES << 7);
+            if m != 0 {
+                return at + (m.trailing_zeros() / 8) as usize;
+            }
+        }
+        at += 8;
+    }
+    match words.remainder().iter().position(|&b| b == b':') {
+        Some(k) => at + k,
+        None => line.len(),
+    }
+}
+
 /// One field of a parsed head, with where its line is (see [`Headers::raw_fields`]).
 pub(crate) struct RawField<'a> {
     /// The offset of the line in the head.
@@ -368,7 +450,9 @@ impl Headers {
     fn lines(&self) -> Lines<'_> {
         let end = self.buf.len().saturating_sub(2);
         let offsets = match &self.idx {
-            Index::Inline { len, at } => Offsets::Inline(at.get(..*len as usize).unwrap_or(&[])),
+            Index::Inline { len, at, .. } => {
+                Offsets::Inline(at.get(..*len as usize).unwrap_or(&[]))
+            }
             Index::Spilled(b) => Offsets::Spilled(b),
         };
         Lines {
@@ -386,25 +470,29 @@ impl Headers {
     #[inline]
     pub(crate) fn raw_fields(&self) -> impl Iterator<Item = RawField<'_>> + '_ {
         let buf = &self.buf[..];
-        self.lines().map(move |(start, next)| {
-            let line = buf.get(start..next.saturating_sub(2)).unwrap_or(&[]);
-            let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
-            let after = line.get(colon + 1..).unwrap_or(&[]);
-            // Nearly always one space before the value and nothing after it.
-            let (value, verbatim) = match after {
-                [b' ', v @ ..] if !matches!(v, [b' ' | b'\t', ..] | [.., b' ' | b'\t']) => {
-                    (v, buf.get(next.saturating_sub(2)..next) == Some(b"\r\n"))
-                }
-                _ => (trim_ows(after), false),
-            };
-            RawField {
-                start,
-                next,
-                name: &line[..colon],
-                value,
-                verbatim,
-            }
-        })
+        let verbatim = self.verbatim_lines();
+        self.lines().zip(0..).map(
+            #[inline(always)]
+            move |((start, next), i)| match verbatim_line(buf, verbatim, i, start, next) {
+                Some((name, value)) => RawField {
+                    start,
+                    next,
+                    name,
+                    value,
+                    verbatim: true,
+                },
+                None => scan_line(buf, start, next),
+            },
+        )
+    }
+
+    /// The lines the parser noted as verbatim (bit `i`: line `i`; none for a spilled index).
+    #[inline(always)]
+    fn verbatim_lines(&self) -> u32 {
+        match &self.idx {
+            Index::Inline { verbatim, .. } => *verbatim,
+            Index::Spilled(_) => 0,
+        }
     }
 
     /// Number of fields (repeated names count each time).
@@ -420,9 +508,13 @@ impl Headers {
     /// The field line `start..next` (`next` is the offset of the line after it) split into
     /// its name and its value.
     #[inline]
-    fn field(&self, (start, next): (usize, usize)) -> (&str, &[u8]) {
+    fn field(&self, (start, next): (usize, usize), i: usize) -> (&str, &[u8]) {
+        if let Some((name, value)) = verbatim_line(&self.buf, self.verbatim_lines(), i, start, next)
+        {
+            return (core::str::from_utf8(name).unwrap_or(""), value);
+        }
         let line = self.buf.get(start..next.saturating_sub(2)).unwrap_or(&[]);
-        let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+        let colon = colon_at(line);
         // The parsers only accept token bytes in names, all ASCII.
         let name = core::str::from_utf8(&line[..colon]).unwrap_or("");
         (name, trim_ows(line.get(colon + 1..).unwrap_or(&[])))
@@ -447,14 +539,18 @@ impl Headers {
 
     /// Fields in the order received, names as sent (not lower-cased).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.lines().map(move |l| self.field(l))
+        self.lines().zip(0..).map(move |(l, i)| self.field(l, i))
     }
 
     /// [`iter`](Self::iter) with names as bytes (no UTF-8 check: cheaper in a hot loop).
     pub fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.lines().map(move |(start, next)| {
+        let verbatim = self.verbatim_lines();
+        self.lines().zip(0..).map(move |((start, next), i)| {
+            if let Some(nv) = verbatim_line(&self.buf, verbatim, i, start, next) {
+                return nv;
+            }
             let line = self.buf.get(start..next.saturating_sub(2)).unwrap_or(&[]);
-            let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+            let colon = colon_at(line);
             (
                 &line[..colon],
                 trim_ows(line.get(colon + 1..).unwrap_or(&[])),
@@ -567,7 +663,14 @@ impl Framing {
                     self.connection(value)
                 }
             }
-            14 if token_eq(n, b"content-length") => self.content_length(value)?,
+            14 if token_eq(n, b"content-length") => {
+                // Nearly always a few digits (every response with a body has one): read here;
+                // anything else (a list, a repeat, bad bytes) in `content_length`.
+                match short_length(value) {
+                    Some(len) if self.content_length.is_none() => self.content_length = Some(len),
+                    _ => self.content_length(value)?,
+                }
+            }
             17 if token_eq(n, b"transfer-encoding") => self.transfer_encoding(value)?,
             _ => {}
         }
@@ -736,6 +839,23 @@ pub(crate) fn token_eq(name: &[u8], lower: &[u8]) -> bool {
     } else {
         name.eq_ignore_ascii_case(lower)
     }
+}
+
+/// A `Content-Length` value of 1 to 19 digits (so no overflow), else `None`.
+#[inline(always)]
+fn short_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n = n * 10 + u64::from(d);
+    }
+    Some(n)
 }
 
 /// `Content-Length = 1*DIGIT`, no sign, no whitespace inside, no overflow.
@@ -1177,6 +1297,8 @@ pub(crate) fn parse_request(
 /// ([`Index::fits`]), then in the connection's [`IndexBuf`].
 struct IndexWriter<'a> {
     at: [u16; INLINE_FIELDS],
+    /// Verbatim lines (see [`Index::Inline`]).
+    verbatim: u32,
     spilled: bool,
     out: &'a mut IndexBuf,
 }
@@ -1187,6 +1309,19 @@ impl IndexWriter<'_> {
     fn push(&mut self, i: usize, offset: usize) {
         match self.at.get_mut(i) {
             Some(slot) if offset <= u16::MAX as usize => *slot = offset as u16,
+            _ => self.push_slow(i, offset),
+        }
+    }
+
+    /// [`push`](Self::push), noting whether the line is verbatim.
+    #[inline(always)]
+    fn push_line(&mut self, i: usize, offset: usize, verbatim: bool) {
+        match self.at.get_mut(i) {
+            Some(slot) if offset <= u16::MAX as usize => {
+                *slot = offset as u16;
+                // `i` < INLINE_FIELDS ≤ 32.
+                self.verbatim |= u32::from(verbatim) << (i & 31);
+            }
             _ => self.push_slow(i, offset),
         }
     }
@@ -1216,6 +1351,7 @@ impl IndexWriter<'_> {
             return Index::Inline {
                 len: n as u8,
                 at: self.at,
+                verbatim: self.verbatim,
             };
         }
         self.spill(n);
@@ -1239,6 +1375,7 @@ impl<'a> HeadFields<'a> {
         HeadFields {
             index: IndexWriter {
                 at: [0; INLINE_FIELDS],
+                verbatim: 0,
                 spilled: false,
                 out,
             },
@@ -1261,7 +1398,13 @@ impl<'a> HeadFields<'a> {
 impl crate::parse::FieldSink for HeadFields<'_> {
     #[inline(always)]
     fn field(&mut self, i: usize, offset: usize, name: &[u8], value: &[u8]) {
-        self.index.push(i, offset);
+        self.field_line(i, offset, name, value, false)
+    }
+
+    #[inline(always)]
+    fn field_line(&mut self, i: usize, offset: usize, name: &[u8], value: &[u8], verbatim: bool) {
+        let _ = name;
+        self.index.push_line(i, offset, verbatim);
         // Most names are none of the framing fields: one table look-up by length and first
         // letter rules them out.
         if let (Some(&first), Some(&want)) = (name.first(), FRAMING_FIRST.get(name.len())) {
@@ -1483,6 +1626,7 @@ pub(crate) fn parse_trailers(
     let mut out = IndexBuf::new();
     let mut index = IndexWriter {
         at: [0; INLINE_FIELDS],
+        verbatim: 0,
         spilled: false,
         out: &mut out,
     };
@@ -2101,6 +2245,90 @@ mod conn_others_tests {
     use alloc::vec;
     use alloc::vec::Vec;
     use proptest::prelude::*;
+
+    /// Heads stay small enough to be moved with inline stores (see [`INLINE_FIELDS`]); the
+    /// client's and server's events carry them.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn heads_stay_small() {
+        assert!(core::mem::size_of::<Request>() <= 120);
+        assert!(core::mem::size_of::<Response>() <= 120);
+        assert!(core::mem::size_of::<crate::client::Event>() <= 128);
+        assert!(core::mem::size_of::<crate::server::Event>() <= 128);
+    }
+
+    /// `h` without the verbatim lines the parser noted (every line scanned again).
+    fn unnoted(h: &Headers) -> Headers {
+        let mut h = h.clone();
+        if let Index::Inline { verbatim, .. } = &mut h.idx {
+            *verbatim = 0;
+        }
+        h
+    }
+
+    type Raw = Vec<(usize, usize, Vec<u8>, Vec<u8>, bool)>;
+
+    fn raw(h: &Headers) -> Raw {
+        h.raw_fields()
+            .map(|f| {
+                (
+                    f.start,
+                    f.next,
+                    f.name.to_vec(),
+                    f.value.to_vec(),
+                    f.verbatim,
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// The name lengths noted while parsing read every field as the scan of its line
+        /// does (names, values, verbatim or not), for any spacing around values.
+        #[test]
+        fn noted_lines_read_as_scanned_lines(lines in proptest::collection::vec((
+            prop_oneof![Just("Host"), Just("x"), Just("Content-Type"), Just("X-Long-Field-Name-Here")],
+            prop_oneof![Just(":"), Just(": "), Just(":  "), Just(":\t"), Just(": \t")],
+            prop_oneof![Just(""), Just("v"), Just("a b"), Just("a\tb"), Just("text/plain; q=1")],
+            prop_oneof![Just(""), Just(" "), Just("\t"), Just(" \t")],
+        ), 0..30)) {
+            let mut head = std::string::String::from("GET / HTTP/1.1\r\n");
+            for (n, sep, v, tail) in &lines {
+                head.push_str(n);
+                head.push_str(sep);
+                head.push_str(v);
+                head.push_str(tail);
+                head.push_str("\r\n");
+            }
+            head.push_str("\r\n");
+            let Ok(Some(p)) = parse_request(head.as_bytes(), 100, &mut IndexBuf::new()) else {
+                return Err(TestCaseError::fail("not parsed"));
+            };
+            let mut h = p.req.headers.clone();
+            h.buf = Bytes::copy_from_slice(&head.as_bytes()[..p.len]);
+            let plain = unnoted(&h);
+            prop_assert_eq!(raw(&h), raw(&plain));
+            prop_assert_eq!(
+                h.iter_bytes().collect::<Vec<_>>(),
+                plain.iter_bytes().collect::<Vec<_>>()
+            );
+            prop_assert_eq!(h.iter().collect::<Vec<_>>(), plain.iter().collect::<Vec<_>>());
+            // A line is noted exactly when it is verbatim (and within the inline index).
+            if let Index::Inline { verbatim, len, .. } = &h.idx {
+                for (i, f) in h.raw_fields().enumerate().take(*len as usize) {
+                    prop_assert_eq!(verbatim & (1 << i) != 0, f.verbatim);
+                }
+            }
+        }
+
+        /// `colon_at` is the first `:` (or the length), for any bytes (high ones too).
+        #[test]
+        fn colon_at_is_the_first_colon(line in proptest::collection::vec(
+            prop_oneof![Just(b':'), Just(0x3bu8), Just(0xbau8), any::<u8>()], 0..40)) {
+            let want = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+            prop_assert_eq!(colon_at(&line), want);
+        }
+    }
 
     /// The proxy's standard hop-by-hop names.
     const HOP_BY_HOP: [&str; 10] = [

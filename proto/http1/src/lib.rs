@@ -109,7 +109,7 @@ pub mod server;
 
 pub use client::ClientConnection;
 pub use config::{ClientConfig, ServerConfig};
-pub use encode::{is_token, reason_phrase, Body};
+pub use encode::{is_token, reason_phrase, Body, Extra, FieldLines};
 pub use error::{Error, HeadError, SendError};
 pub use head::{BodyKind, Headers, Method, Request, RequestId, Response, Version, MAX_HEADERS_CAP};
 pub use server::ServerConnection;

@@ -223,6 +223,14 @@ pub(crate) trait FieldSink {
     /// Field line `i` starts at `offset` of the buffer; `name` and `value` are its parts
     /// (the value without leading and trailing whitespace).
     fn field(&mut self, i: usize, offset: usize, name: &[u8], value: &[u8]);
+
+    /// [`field`](Self::field), also told whether the line is exactly `name ": " value CRLF`
+    /// (one space before the value, none after it, a CRLF line ending).
+    #[inline(always)]
+    fn field_line(&mut self, i: usize, offset: usize, name: &[u8], value: &[u8], verbatim: bool) {
+        let _ = verbatim;
+        self.field(i, offset, name, value)
+    }
 }
 
 impl<F: FnMut(usize, usize, &[u8], &[u8])> FieldSink for F {
@@ -369,11 +377,15 @@ fn parse_fields(
         let name = &rest[..n];
         rest = &rest[n + 1..];
         // OWS field-value OWS CRLF
+        let mut verbatim = true;
         if let [b' ', r @ ..] = rest {
             rest = r;
+        } else {
+            verbatim = false;
         }
         while let [b' ' | b'\t', r @ ..] = rest {
             rest = r;
+            verbatim = false;
         }
         let (n, eol) = match fast_value(rest) {
             Some(n) => (n, 2),
@@ -385,6 +397,7 @@ fn parse_fields(
         };
         if eol == 1 {
             last_bare_field = fields;
+            verbatim = false;
         }
         let mut value = &rest[..n];
         rest = &rest[n + eol..];
@@ -394,8 +407,9 @@ fn parse_fields(
         // Trailing OWS is not part of the value (which starts with a visible byte).
         while let [v @ .., b' ' | b'\t'] = value {
             value = v;
+            verbatim = false;
         }
-        sink.field(fields, at(line), name, value);
+        sink.field_line(fields, at(line), name, value, verbatim);
         fields += 1;
     }
     // `rest` starts with the empty line.

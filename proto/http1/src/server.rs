@@ -15,8 +15,8 @@ use ferry_proto::{
 use crate::chunked::{encode_chunk_head, ChunkedDecoder, Decoded};
 use crate::date::DateCache;
 use crate::encode::{
-    copy_parsed_fields, write_content_length, write_date, write_fields, write_status_line,
-    AppHeaders, Body, COPY_BODY_MAX, OUT_BUF_CAPACITY,
+    copy_parsed_fields, write_content_length, write_date, write_extras, write_fields,
+    write_status_line, AppHeaders, Body, Extra, COPY_BODY_MAX, OUT_BUF_CAPACITY,
 };
 use crate::head::{
     parse_request, BodyKind, Headers, IndexBuf, Method, Request, RequestId, Version,
@@ -703,14 +703,29 @@ impl ServerConnection {
         body: Body,
     ) -> Result<(), SendError> {
         self.respond_with(id, head.status(), reason, body, |dst| {
-            let kept = copy_parsed_fields(dst, head.headers(), keep)?;
-            let facts = write_fields(dst, extra)?;
-            Ok(AppHeaders {
-                close: kept.close | facts.close,
-                has_date: kept.has_date | facts.has_date,
-                has_host: kept.has_host | facts.has_host,
-                upgrade: kept.upgrade | facts.upgrade,
-            })
+            let mut kept = copy_parsed_fields(dst, head.headers(), keep)?;
+            kept.merge(write_fields(dst, extra)?);
+            Ok(kept)
+        })
+    }
+
+    /// [`send_forwarded_response`](Self::send_forwarded_response) with the extra fields as
+    /// [`Extra`] pieces: [`FieldLines`](crate::FieldLines) made once (a proxy's `Via`) are
+    /// copied without a second check. The bytes sent are those of
+    /// `send_forwarded_response` with the same fields in the same order.
+    pub fn send_forwarded_response_extra(
+        &mut self,
+        id: RequestId,
+        head: &crate::Response,
+        reason: Option<&str>,
+        keep: impl FnMut(&[u8]) -> bool,
+        extra: &[Extra<'_>],
+        body: Body,
+    ) -> Result<(), SendError> {
+        self.respond_with(id, head.status(), reason, body, |dst| {
+            let mut kept = copy_parsed_fields(dst, head.headers(), keep)?;
+            kept.merge(write_extras(dst, extra)?);
+            Ok(kept)
         })
     }
 

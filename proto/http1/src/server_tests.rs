@@ -862,6 +862,49 @@ fn forwarded_response_copies_kept_fields_and_checks_extras() {
 }
 
 #[test]
+fn forwarded_response_extra_writes_what_the_field_list_writes() {
+    use crate::{Extra, FieldLines};
+    let up = upstream_response(
+        b"HTTP/1.1 200 OK\r\nServer:  up \r\nX-A: 1\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    let keep = |n: &[u8]| !n.eq_ignore_ascii_case(b"content-length");
+    let via = FieldLines::new(&[("via", "1.1 ferry")]).unwrap();
+    let date = FieldLines::new(&[("date", "Tue, 01 Jan 2030 00:00:00 GMT")]).unwrap();
+    let mut outs = Vec::new();
+    for extra in [false, true] {
+        let mut c = conn_with(|c| c.date_origin_unix_nanos = Some(0));
+        feed(&mut c, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let id = match events(&mut c).first() {
+            Some(Event::Request(r)) => r.id(),
+            other => panic!("{other:?}"),
+        };
+        if extra {
+            let pieces = [
+                Extra::Lines(&via),
+                Extra::Field("connection", b"close"),
+                Extra::Lines(&date),
+            ];
+            c.send_forwarded_response_extra(id, &up, None, keep, &pieces, Body::Length(2))
+        } else {
+            let list: [(&str, &[u8]); 3] = [
+                ("via", b"1.1 ferry"),
+                ("connection", b"close"),
+                ("date", b"Tue, 01 Jan 2030 00:00:00 GMT"),
+            ];
+            c.send_forwarded_response(id, &up, None, keep, &list, Body::Length(2))
+        }
+        .unwrap();
+        c.send_data(id, "hi".into(), true).unwrap();
+        outs.push(output(&mut c));
+        // `Connection: close` among the extras ends the connection either way.
+        assert!(c.is_closed());
+    }
+    assert_eq!(outs[0], outs[1]);
+    // The `date` of the lines counts: the connection adds none of its own.
+    assert_eq!(outs[1].matches("date:").count(), 1, "{}", outs[1]);
+}
+
+#[test]
 fn forwarded_response_connection_close_ends_the_connection() {
     let up = upstream_response(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
     let mut c = conn();
