@@ -23,7 +23,12 @@
 //! connection, `via` once; only `traceparent` is checked per request), verbatim field lines
 //! noted by the parser (no second look at their ends when forwarded), 21 inline index
 //! entries (heads and events of at most 128 bytes: moved without `memcpy` calls) and short
-//! `Content-Length` values read inline. Allocations per exchange once warm: 0.
+//! `Content-Length` values read inline; 5814 with the connections' per-message work trimmed
+//! (head-error paths out of line, read loops that stop on empty input instead of taking
+//! another turn, `advance_front` only once a front response is complete, a parsed
+//! `… HTTP/1.1` request line forwarded in one copy, `200 OK` status lines and the request
+//! framing written inline): the client's `handle_input` 1829 → 1811, the server's 925 → 853,
+//! `respond_with` 1467 → 1391. Allocations per exchange once warm: 0.
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 

@@ -439,7 +439,10 @@ impl ClientConnection {
     ) -> Result<RequestId, SendError> {
         self.advance(now);
         self.check_can_send()?;
-        let mark = self.start_head(req.method_bytes(), req.target_bytes());
+        let mark = match req.http11_request_line() {
+            Some(line) => self.start_head_with_line(line),
+            None => self.start_head(req.method_bytes(), req.target_bytes()),
+        };
         let kept = match copy_parsed_fields(&mut self.wbuf, req.headers(), keep) {
             Ok(f) => f,
             Err(e) => {
@@ -474,8 +477,20 @@ impl ClientConnection {
         mark
     }
 
+    /// Write `line`, a complete request line; returns where it starts.
+    #[inline]
+    fn start_head_with_line(&mut self, line: &[u8]) -> usize {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf.reserve(OUT_BUF_CAPACITY);
+        }
+        let mark = self.wbuf.len();
+        self.wbuf.extend_from_slice(line);
+        mark
+    }
+
     /// The framing fields, the end of the head and an inline body; the request is pending
     /// from now on.
+    #[inline]
     fn finish_head(&mut self, m: Method, close: bool, upgrade: bool, body: Body) -> RequestId {
         let dst = &mut self.wbuf;
         let mut inline_body = None;
@@ -719,27 +734,7 @@ impl ClientConnection {
                 }
                 return Ok(false);
             }
-            Err(e) => {
-                // Report what a reader fed byte by byte would have hit first (the size limit
-                // while the head was still incomplete), whatever the segmentation.
-                let h = cfg.max_head_bytes;
-                let e = if input.len() > h
-                    && matches!(
-                        parse_response(
-                            &input[..h + 1],
-                            cfg.max_headers,
-                            front.head,
-                            front.connect,
-                            &mut IndexBuf::new()
-                        ),
-                        Ok(None)
-                    ) {
-                    Error::HeadTooLarge
-                } else {
-                    e
-                };
-                return Err((e, Some(id)));
-            }
+            Err(e) => return Err((head_error(cfg, input, front, e), Some(id))),
         };
         if parsed.len > cfg.max_head_bytes {
             return Err((Error::HeadTooLarge, Some(id)));
@@ -781,7 +776,8 @@ impl ClientConnection {
             let _ = self.lifecycle.transition(State::Closing);
         }
         self.read = match body {
-            BodyKind::Empty => return self.end_response(id).map(|()| true),
+            // Complete: nothing more to read ends the call here (as the next turn would).
+            BodyKind::Empty => return self.end_response(id).map(|()| !input.is_empty()),
             BodyKind::Length(remaining) => Read::Length { id, remaining },
             BodyKind::Chunked => Read::Chunked {
                 id,
@@ -816,7 +812,8 @@ impl ClientConnection {
         loop {
             match &mut self.read {
                 Read::Head => {
-                    if !self.read_head(input)? {
+                    // Nothing to read (the usual end of a call, after a whole response).
+                    if input.is_empty() || !self.read_head(input)? {
                         return Ok(());
                     }
                 }
@@ -835,6 +832,10 @@ impl ClientConnection {
                     });
                     if done {
                         self.end_response(id)?;
+                        // The usual end of a call: a whole response was read.
+                        if input.is_empty() {
+                            return Ok(());
+                        }
                     }
                 }
                 Read::Chunked { id, dec, seen } => {
@@ -878,6 +879,31 @@ impl ClientConnection {
                 Read::Upgraded | Read::Stopped => return Ok(()),
             }
         }
+    }
+}
+
+/// The error to report for a response head that failed to parse: what a reader fed byte by
+/// byte would have hit first (the size limit while the head was still incomplete), whatever
+/// the segmentation. Out of line: only failing connections come here.
+#[cold]
+#[inline(never)]
+fn head_error(cfg: &ClientConfig, input: &[u8], front: Pending, e: Error) -> Error {
+    let h = cfg.max_head_bytes;
+    if input.len() > h
+        && matches!(
+            parse_response(
+                &input[..h + 1],
+                cfg.max_headers,
+                front.head,
+                front.connect,
+                &mut IndexBuf::new()
+            ),
+            Ok(None)
+        )
+    {
+        Error::HeadTooLarge
+    } else {
+        e
     }
 }
 
@@ -1304,6 +1330,49 @@ mod tests {
         );
         // The forwarded `Connection: close` makes it the last request.
         assert!(!c.can_send_request());
+    }
+
+    #[test]
+    fn forwarded_request_line_is_always_http11() {
+        use crate::head::Version;
+        // Parsed heads: an HTTP/1.1 line goes out as it came, an HTTP/1.0 one is rewritten.
+        for (input, line) in [
+            (
+                &b"GET /x?y HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+                "GET /x?y HTTP/1.1\r\n",
+            ),
+            (b"GET /x HTTP/1.0\r\nHost: a\r\n\r\n", "GET /x HTTP/1.1\r\n"),
+            (
+                b"\r\nOPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+                "OPTIONS * HTTP/1.1\r\n",
+            ),
+        ] {
+            let mut s = server();
+            let mut buf = BytesMut::from(input);
+            s.handle_input(Instant::ZERO, &mut buf).unwrap();
+            let Some(server::Event::Request(req)) = s.poll_event() else {
+                panic!("no request for {input:?}")
+            };
+            let mut c = client();
+            c.send_forwarded_request(Instant::ZERO, &req, |_| true, &[], Body::Empty)
+                .unwrap();
+            assert_eq!(wire_str(&mut c), alloc::format!("{line}Host: a\r\n\r\n"));
+        }
+        // Built heads too.
+        let fields: [(&[u8], &[u8]); 1] = [(b"Host", b"a")];
+        let req = Request::from_parts(
+            RequestId(1),
+            b"GET",
+            b"/",
+            Version::Http10,
+            fields,
+            BodyKind::Empty,
+        )
+        .unwrap();
+        let mut c = client();
+        c.send_forwarded_request(Instant::ZERO, &req, |_| true, &[], Body::Empty)
+            .unwrap();
+        assert_eq!(wire_str(&mut c), "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     }
 
     #[test]

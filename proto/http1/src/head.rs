@@ -1103,6 +1103,22 @@ impl Request {
             .unwrap_or(&[])
     }
 
+    /// The bytes `method SP request-target SP "HTTP/1.1" CRLF` when the head starts with
+    /// exactly those (what [`ClientConnection`](crate::ClientConnection) writes for this
+    /// request): forwarded as they are, in one copy.
+    #[inline]
+    pub(crate) fn http11_request_line(&self) -> Option<&[u8]> {
+        let (s, l) = self.target;
+        let m = self.method_len as usize;
+        let end = (s + l) as usize;
+        let buf = &self.headers.buf[..];
+        if s as usize != m + 1 || buf.get(m) != Some(&b' ') {
+            return None;
+        }
+        let line = buf.get(..end + 11)?;
+        (line[end..] == *b" HTTP/1.1\r\n").then_some(line)
+    }
+
     /// [`target`](Self::target) as bytes, without the UTF-8 check (the parser and
     /// [`Request::new`] check it, so both are the same bytes).
     #[inline]

@@ -339,7 +339,7 @@ impl ServerConnection {
         if input.is_empty() {
             return Ok(false);
         }
-        let parsed = match parse_request(input, cfg.max_headers, &mut self.index) {
+        let mut parsed = match parse_request(input, cfg.max_headers, &mut self.index) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 if self.head_started.is_none() {
@@ -356,32 +356,14 @@ impl ServerConnection {
                 }
                 return Ok(false);
             }
-            Err(e) => {
-                // Report what a reader fed one byte at a time would have hit first, so the
-                // answer does not depend on how TCP segmented the bytes: a limit reached while
-                // a prefix was still incomplete wins over a syntax error further on.
-                let partial = |k: usize| {
-                    matches!(
-                        parse_request(&input[..k], cfg.max_headers, &mut IndexBuf::new()),
-                        Ok(None)
-                    )
-                };
-                let l = cfg.max_request_line;
-                let h = cfg.max_head_bytes;
-                if input.len() > l && memchr::memchr(b'\n', &input[..l]).is_none() && partial(l + 1)
-                {
-                    return Err(Error::UriTooLong);
-                }
-                if input.len() > h && partial(h + 1) {
-                    return Err(Error::HeadTooLarge);
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(request_head_error(cfg, input, e)),
         };
         // The same limits, in the same order, as the incomplete-head checks above would have
         // applied to every prefix of this head, then to the complete head.
         let (end, l, h) = (parsed.len, cfg.max_request_line, cfg.max_head_bytes);
-        let mut req = parsed.req;
+        let host_count = parsed.host_count;
+        // Worked on in place and moved once, into the queue.
+        let req = &mut parsed.req;
         let line_end = (req.target.0 + req.target.1) as usize + 9;
         if (end > l + 1 && memchr::memchr(b'\n', &input[..l]).is_none())
             || (end <= h + 1 && line_end > l)
@@ -391,7 +373,7 @@ impl ServerConnection {
         if end > h {
             return Err(Error::HeadTooLarge);
         }
-        if cfg.require_host && req.version == Version::Http11 && parsed.host_count != 1 {
+        if cfg.require_host && req.version == Version::Http11 && host_count != 1 {
             return Err(Error::InvalidHost);
         }
         if let BodyKind::Length(n) = req.body {
@@ -423,7 +405,7 @@ impl ServerConnection {
             body_done: bodyless,
             ..Slot::new(id, req.version)
         });
-        self.events.push_back(Event::Request(req));
+        self.events.push_back(Event::Request(parsed.req));
         self.read = match body {
             BodyKind::Length(n) => Read::Length { id, remaining: n },
             BodyKind::Chunked => Read::Chunked {
@@ -434,9 +416,10 @@ impl ServerConnection {
             _ => {
                 // The common case (GET and friends): the request is complete, and its slot
                 // (the one just pushed) already says so. Its `End` is not queued:
-                // `poll_event` hands it out right after the request.
+                // `poll_event` hands it out right after the request. Nothing more to read
+                // ends the call here (as the next turn would).
                 self.after_request(id, upgrade, keep_alive);
-                return Ok(true);
+                return Ok(!input.is_empty());
             }
         };
         if self.slots.len() == 1 {
@@ -483,7 +466,12 @@ impl ServerConnection {
         loop {
             match &mut self.read {
                 Read::Head => {
-                    if self.slots.len() >= self.config.max_pipelined || self.closing {
+                    // Nothing to read (the usual end of a call, after a whole request) is the
+                    // first way out.
+                    if input.is_empty()
+                        || self.slots.len() >= self.config.max_pipelined
+                        || self.closing
+                    {
                         return Ok(());
                     }
                     if !self.begin_request(input).map_err(|e| (e, None))? {
@@ -878,7 +866,10 @@ impl ServerConnection {
                 };
             }
         }
-        if i == 0 {
+        // Only a complete front response lets the ones behind it move up; with a body still to
+        // come (its slot neither `Waiting` nor `Done`, no output held for the front, no error
+        // possible here), `advance_front` would find nothing to do.
+        if i == 0 && (out == Out::Done || switching) {
             self.advance_front();
         }
         Ok(())
@@ -889,6 +880,8 @@ impl ServerConnection {
         let i = self.check_open(id)?;
         let s = &mut self.slots[i];
         let discard = s.discard;
+        // Whether the response is complete now.
+        let mut done = end;
         match s.out {
             Out::Waiting | Out::Done => return Err(SendError::InvalidState),
             Out::Length { remaining } => {
@@ -896,7 +889,8 @@ impl ServerConnection {
                 if n > remaining || (end && n != remaining) {
                     return Err(SendError::LengthMismatch);
                 }
-                s.out = if n == remaining {
+                done = n == remaining;
+                s.out = if done {
                     Out::Done
                 } else {
                     Out::Length {
@@ -931,7 +925,8 @@ impl ServerConnection {
                 }
             }
         }
-        if i == 0 {
+        // Body bytes of an unfinished front response change nothing `advance_front` looks at.
+        if i == 0 && done {
             self.advance_front();
         }
         Ok(())
@@ -1055,6 +1050,30 @@ fn write_error_response(dst: &mut BytesMut, status: u16, head: bool, date: Optio
         dst.put_slice(reason.as_bytes());
         dst.put_u8(b'\n');
     }
+}
+
+/// The error to report for a request head that failed to parse: what a reader fed one byte
+/// at a time would have hit first, so the answer does not depend on how TCP segmented the
+/// bytes (a limit reached while a prefix was still incomplete wins over a syntax error further
+/// on). Out of line: only failing connections come here.
+#[cold]
+#[inline(never)]
+fn request_head_error(cfg: &ServerConfig, input: &[u8], e: Error) -> Error {
+    let partial = |k: usize| {
+        matches!(
+            parse_request(&input[..k], cfg.max_headers, &mut IndexBuf::new()),
+            Ok(None)
+        )
+    };
+    let l = cfg.max_request_line;
+    let h = cfg.max_head_bytes;
+    if input.len() > l && memchr::memchr(b'\n', &input[..l]).is_none() && partial(l + 1) {
+        return Error::UriTooLong;
+    }
+    if input.len() > h && partial(h + 1) {
+        return Error::HeadTooLarge;
+    }
+    e
 }
 
 impl Connection for ServerConnection {
