@@ -85,6 +85,14 @@ pub trait Session: Sized + Send + 'static {
     fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, now: Instant);
     /// Feed the input to the protocol, run the application, queue output.
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant);
+    /// Whether [`process`](Session::process) could do anything now. Drivers call `process`
+    /// after every read and event, and again while bytes move; when this returns `false`
+    /// they skip the call (and the pass that would only repeat it). Return `false` only
+    /// when a `process` call now would certainly change nothing (e.g. no unparsed input
+    /// and nothing else waiting inside the session). Default: `true` (always call).
+    fn wants_process(&self) -> bool {
+        true
+    }
     /// Retry work an application channel refused. Returns whether all of it went through.
     fn retry_pending(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool;
     /// Collect this worker's mail as `(connection token, mail)` pairs.

@@ -37,17 +37,32 @@ pub struct ConnectRequest {
     pub tag: u64,
 }
 
-#[derive(Default)]
 struct Local {
     installed: bool,
     connects: Vec<ConnectRequest>,
-    /// `VecDeque<(usize, M)>` for the worker's session mail type `M`.
+    /// `VecDeque<(usize, M)>` for the worker's session mail type `M`, oldest first.
     mail: Option<Box<dyn Any>>,
     mail_len: usize,
 }
 
+impl Local {
+    /// This worker's mail queue, if its mail type is `M`.
+    #[inline]
+    fn queue<M: 'static>(&mut self) -> Option<&mut VecDeque<(usize, M)>> {
+        self.mail.as_mut()?.downcast_mut::<VecDeque<(usize, M)>>()
+    }
+}
+
 thread_local! {
-    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+    // A `const` initializer: no lazy-initialisation check on every access.
+    static LOCAL: RefCell<Local> = const {
+        RefCell::new(Local {
+            installed: false,
+            connects: Vec::new(),
+            mail: None,
+            mail_len: 0,
+        })
+    };
 }
 
 /// Install this thread's queues for a worker whose sessions use mail type `M` (drivers call
@@ -149,15 +164,20 @@ pub fn take_mail<M: 'static>(into: &mut Vec<(usize, M)>, max: usize) {
         if l.mail_len == 0 {
             return;
         }
-        let Some(q) = l
-            .mail
-            .as_mut()
-            .and_then(|b| b.downcast_mut::<VecDeque<(usize, M)>>())
-        else {
+        let Some(q) = l.queue::<M>() else {
             return;
         };
-        let n = q.len().min(max);
-        into.extend(q.drain(..n));
+        if into.is_empty() && q.len() <= max {
+            // The usual case: hand the whole queue over; the buffers trade places. Nothing
+            // is copied while the queue starts at the front of its buffer, as it does when it
+            // was last emptied this way (it is only pushed at the back).
+            let full = std::mem::take(q);
+            let spare = std::mem::replace(into, Vec::from(full));
+            *q = VecDeque::from(spare);
+        } else {
+            let n = q.len().min(max);
+            into.extend(q.drain(..n));
+        }
         let left = q.len();
         l.mail_len = left;
     });
@@ -179,11 +199,7 @@ pub fn connect(addr: SocketAddr, tag: u64) -> bool {
 pub fn post<M: 'static>(token: usize, mail: M) -> Result<(), M> {
     LOCAL.with(|l| {
         let mut l = l.borrow_mut();
-        let Some(q) = l
-            .mail
-            .as_mut()
-            .and_then(|b| b.downcast_mut::<VecDeque<(usize, M)>>())
-        else {
+        let Some(q) = l.queue::<M>() else {
             return Err(mail);
         };
         q.push_back((token, mail));

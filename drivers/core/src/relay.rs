@@ -319,6 +319,14 @@ pub trait Half: Sized + Send + 'static {
     }
     /// Consume [`Io::input`], queue output on [`Io::out`], post to the peer.
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant);
+    /// Whether [`process`](Half::process) could do anything now: when `false`, drivers skip
+    /// the call (see [`Session::wants_process`]); they make several per event, most of them
+    /// with nothing new. Return `false` only when a call now would certainly change nothing
+    /// (e.g. [`Io::input`] holds nothing this half would parse now, and no event or output is
+    /// waiting inside it). Default: `true` (always called).
+    fn wants_process(&self) -> bool {
+        true
+    }
     /// `n` bytes were appended to the input (before `process`).
     fn on_read(&mut self, _ctx: &WorkerCtx, _n: usize) {}
     /// `n` bytes of output left the queue (written, or confirmed sent): e.g. acknowledge them
@@ -557,6 +565,10 @@ where
             return;
         }
         both!(self, h => h.process(ctx, now))
+    }
+
+    fn wants_process(&self) -> bool {
+        !self.io().connect_failed && both!(self, h => h.wants_process())
     }
 
     fn retry_pending(&mut self, _ctx: &mut WorkerCtx, _now: Instant) -> bool {

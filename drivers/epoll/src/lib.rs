@@ -76,6 +76,8 @@ use std::sync::Arc;
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const MAX_IOV: usize = 64;
+/// Slices tried first per write (the full `MAX_IOV` array only when these are all filled).
+const FEW_IOV: usize = 4;
 /// Rounds of "drive touched connections, open queued connects, deliver local mail" per loop
 /// turn before polling again (the rest carries over, with a zero poll timeout).
 const MAX_ROUNDS: usize = 16;
@@ -335,7 +337,7 @@ pub fn run_worker_with<S: Session>(
                         if keep {
                             turn.any_pending |= c.session.has_pending();
                             let want_write =
-                                c.connecting || (c.session.has_output() && c.write_blocked);
+                                c.connecting || (c.write_blocked && c.session.has_output());
                             if want_write != c.write_interest {
                                 let interest = if want_write {
                                     Interest::READABLE | Interest::WRITABLE
@@ -522,6 +524,9 @@ fn drive<S: Session>(
         return true;
     }
     let chunk = ctx.options.read_chunk;
+    // Whether the session may be finished or aborting now; `false` when the last look in the
+    // loop said neither, and nothing changed since.
+    let mut ended = false;
     for _ in 0..32 {
         let mut progress = false;
         // Read until WouldBlock, or until the session applies backpressure.
@@ -548,13 +553,23 @@ fn drive<S: Session>(
                 Err(_) => return false,
             }
         }
-        c.session.process(ctx, now);
+        if c.session.wants_process() {
+            c.session.process(ctx, now);
+        }
         // Write what is queued, vectored.
         while c.session.has_output() && !c.write_blocked {
             let r = {
-                let mut iov = [IoSlice::new(&[]); MAX_IOV];
-                let n = c.session.fill_iov(&mut iov);
-                c.stream.write_vectored(&iov[..n])
+                // Usually one or two chunks are queued: look with a small array first and
+                // build the full one only when it is filled.
+                let mut few = [IoSlice::new(&[]); FEW_IOV];
+                let n = c.session.fill_iov(&mut few);
+                if n < FEW_IOV {
+                    c.stream.write_vectored(&few[..n])
+                } else {
+                    let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                    let n = c.session.fill_iov(&mut iov);
+                    c.stream.write_vectored(&iov[..n])
+                }
             };
             match r {
                 Ok(0) => return false,
@@ -568,14 +583,25 @@ fn drive<S: Session>(
             }
         }
         if c.session.is_finished() || c.session.wants_abort() {
+            ended = true;
             break;
         }
         if !c.session.has_output() && c.session.poll_shutdown_write() {
             c.stream.shutdown_write();
+            // The session changed: look at it again after the loop.
+            ended = true;
         }
         if !progress {
             break;
         }
+        // Another pass could only read more (still readable after backpressure) or process
+        // again: the output went out (or waits for writability) in this one.
+        if !c.readable && !c.session.wants_process() {
+            break;
+        }
+    }
+    if !ended {
+        return true;
     }
     if c.session.wants_abort() {
         return abort(c);

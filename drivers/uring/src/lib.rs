@@ -891,7 +891,9 @@ fn drive<S: Session>(c: &mut Conn<S>, t: usize, ctx: &mut WorkerCtx, now: Instan
     if c.connecting {
         return;
     }
-    c.session.process(ctx, now);
+    if c.session.wants_process() {
+        c.session.process(ctx, now);
+    }
     if c.eof && !c.session.saw_eof() {
         c.session.on_eof(ctx, now);
     }
