@@ -2268,6 +2268,13 @@ impl Half for Down {
         self.process_input(ctx, now);
     }
 
+    fn wants_process(&self) -> bool {
+        // With no input and no event waiting, `process_input` finds nothing: what the
+        // connection has to send is collected after every mail too, and the events waiting
+        // for earlier exchanges (`backlog`) are resumed by the mail that ends those.
+        !self.io.input.is_empty() || self.tunnel.is_some() || self.conn.has_events()
+    }
+
     fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
         self.ack(ctx, n);
     }
@@ -2386,6 +2393,17 @@ impl Half for Up {
 
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         self.process_input(ctx, now);
+    }
+
+    fn wants_process(&self) -> bool {
+        // With no input and no event waiting (`Kind::Send` may raise a timeout error), the
+        // call only moves output (done after every mail too), unless the connection closed:
+        // then it may be done with.
+        !self.io.input.is_empty()
+            || self.tunnel
+            || !self.io.is_connected()
+            || self.conn.has_events()
+            || self.conn.is_closed()
     }
 
     fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {

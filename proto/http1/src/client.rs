@@ -237,6 +237,13 @@ fn empty_body_needs_no_length(m: Method) -> bool {
 }
 
 impl ClientConnection {
+    /// Whether events wait for `poll_event` (embedders that skip polling when nothing was
+    /// read ask this first).
+    #[inline]
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// A connection established at `now` (the transport is connected; TLS, if any, is the
     /// driver's business).
     pub fn new(config: Arc<ClientConfig>, now: Instant) -> Self {

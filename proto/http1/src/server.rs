@@ -195,6 +195,13 @@ impl ServerConnection {
         }
     }
 
+    /// Whether events wait for `poll_event` (embedders that skip polling when nothing was
+    /// read ask this first).
+    #[inline]
+    pub fn has_events(&self) -> bool {
+        self.end_next.is_some() || !self.events.is_empty()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Arc<ServerConfig> {
         &self.config
