@@ -100,14 +100,7 @@ pub fn parse_buf(input: &mut BytesMut, limits: &Limits) -> Result<Option<Value>,
     let Some(len) = frame_len(input, limits)? else {
         return Ok(None);
     };
-    let frame = input.split_to(len).freeze();
-    let mut p = Parser {
-        buf: &frame,
-        src: Some(&frame),
-        pos: 0,
-        limits,
-    };
-    p.value(0)?.map(Some).ok_or(ParseError::Incomplete)
+    split_frame(input, len, limits)
 }
 
 /// [`parse_buf`], resumable: measures with [`frame_len_resume`] so that an incomplete frame
@@ -122,6 +115,15 @@ pub fn parse_buf_resume(
         return Ok(None);
     };
     state.reset();
+    split_frame(input, len, limits)
+}
+
+/// Split the measured frame of `len` bytes off the front of `input` and build its value.
+fn split_frame(
+    input: &mut BytesMut,
+    len: usize,
+    limits: &Limits,
+) -> Result<Option<Value>, ParseError> {
     let frame = input.split_to(len).freeze();
     let mut p = Parser {
         buf: &frame,
