@@ -28,7 +28,13 @@
 //! another turn, `advance_front` only once a front response is complete, a parsed
 //! `… HTTP/1.1` request line forwarded in one copy, `200 OK` status lines and the request
 //! framing written inline): the client's `handle_input` 1829 → 1811, the server's 925 → 853,
-//! `respond_with` 1467 → 1391. Allocations per exchange once warm: 0.
+//! `respond_with` 1467 → 1391; 5291 with field names, values and the colons of forwarded
+//! lines read sixteen bytes at a time (`ferry_http1`'s `scan`: SSE2 on x86-64), the framing
+//! and `Date` checks of forwarded and extra fields as word compares (the connection's facts
+//! about them as bits), the extra `traceparent` value checked sixteen bytes at a time,
+//! `HTTP/1.x` read as one word and the forwarding copy inlined: the client's `handle_input`
+//! 1811 → 1564, the server's 853 → 812, `respond_with` 1391 → 1263. Allocations per exchange
+//! once warm: 0.
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 

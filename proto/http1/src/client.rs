@@ -393,7 +393,7 @@ impl ClientConnection {
         let upgrade = fields
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case("upgrade"));
-        Ok(self.finish_head(m, facts.close, upgrade, body))
+        Ok(self.finish_head(m, facts.close(), upgrade, body))
     }
 
     /// Forward `req` (a request parsed by a server connection, or built with
@@ -464,7 +464,10 @@ impl ClientConnection {
                 return Err(e);
             }
         };
-        let (close, upgrade) = (kept.close | facts.close, kept.upgrade | facts.upgrade);
+        let (close, upgrade) = (
+            kept.close() | facts.close(),
+            kept.upgrade() | facts.upgrade(),
+        );
         Ok(self.finish_head(req.method(), close, upgrade, body))
     }
 

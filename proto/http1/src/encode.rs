@@ -124,42 +124,56 @@ pub(crate) fn not_alpha_dash(x: u64) -> u64 {
     good ^ HIGH
 }
 
-/// Facts about the application's header fields that the connection acts on.
+/// Facts about the application's header fields that the connection acts on: a bit each, so
+/// merging the facts of two sets of fields is one OR.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct AppHeaders {
-    pub close: bool,
-    pub has_date: bool,
-    pub has_host: bool,
-    pub upgrade: bool,
-}
+pub(crate) struct AppHeaders(u8);
 
 impl AppHeaders {
+    const CLOSE: u8 = 1;
+    const DATE: u8 = 2;
+    const HOST: u8 = 4;
+    const UPGRADE: u8 = 8;
+
+    /// A `Connection` field holds `close`.
+    #[inline(always)]
+    pub(crate) fn close(self) -> bool {
+        self.0 & Self::CLOSE != 0
+    }
+
+    /// A `Date` field is there.
+    #[inline(always)]
+    pub(crate) fn has_date(self) -> bool {
+        self.0 & Self::DATE != 0
+    }
+
+    /// An `Upgrade` field is there.
+    #[inline(always)]
+    pub(crate) fn upgrade(self) -> bool {
+        self.0 & Self::UPGRADE != 0
+    }
+
     /// Both sets of facts.
     #[inline]
     pub(crate) fn merge(&mut self, o: AppHeaders) {
-        self.close |= o.close;
-        self.has_date |= o.has_date;
-        self.has_host |= o.has_host;
-        self.upgrade |= o.upgrade;
+        self.0 |= o.0;
     }
 
     /// Note what field `name: value` means to the connection; framing fields are refused (the
-    /// connection writes them from the body).
+    /// connection writes them from the body). `n` is a token (every caller checked it, or
+    /// it comes from a parsed head), so [`token_eq`](crate::head::token_eq) is exact.
     #[inline(always)]
     fn note(&mut self, n: &[u8], value: &[u8]) -> Result<(), SendError> {
+        use crate::head::token_eq;
         match n.len() {
-            4 if n.eq_ignore_ascii_case(b"date") => self.has_date = true,
-            4 if n.eq_ignore_ascii_case(b"host") => self.has_host = true,
-            7 if n.eq_ignore_ascii_case(b"upgrade") => self.upgrade = true,
-            10 if n.eq_ignore_ascii_case(b"connection") => {
-                self.close |= crate::head::list_has_token(value, "close");
+            4 if token_eq(n, b"date") => self.0 |= Self::DATE,
+            4 if token_eq(n, b"host") => self.0 |= Self::HOST,
+            7 if token_eq(n, b"upgrade") => self.0 |= Self::UPGRADE,
+            10 if token_eq(n, b"connection") && crate::head::list_has_token(value, "close") => {
+                self.0 |= Self::CLOSE
             }
-            14 if n.eq_ignore_ascii_case(b"content-length") => {
-                return Err(SendError::FramingHeader)
-            }
-            17 if n.eq_ignore_ascii_case(b"transfer-encoding") => {
-                return Err(SendError::FramingHeader)
-            }
+            14 if token_eq(n, b"content-length") => return Err(SendError::FramingHeader),
+            17 if token_eq(n, b"transfer-encoding") => return Err(SendError::FramingHeader),
             _ => {}
         }
         Ok(())
@@ -179,6 +193,7 @@ fn put_field(dst: &mut BytesMut, n: &[u8], value: &[u8]) {
 /// Copy the fields of a head this crate parsed that `keep` accepts, as they are: the parser
 /// already held them to field syntax (token names; values without CR, LF or NUL), so they
 /// are not validated again. Framing fields are refused like [`write_fields`] refuses them.
+#[inline(always)]
 pub(crate) fn copy_parsed_fields(
     dst: &mut BytesMut,
     headers: &crate::head::Headers,
@@ -218,11 +233,13 @@ pub(crate) fn copy_parsed_fields(
 /// Whether `value` may go out as a field value: no CR, LF or NUL (RFC 9110 §5.5).
 #[inline]
 fn is_safe_value(value: &[u8]) -> bool {
-    // Typical values are short: eight bytes at a time beats a SIMD search's setup.
+    // Typical values are short: a block at a time beats a SIMD search's setup.
     match value.len() {
         0..8 => !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0),
         // Most values have no byte below 0x0e at all (CR, LF and NUL are): that first.
-        8..=64 => {
+        // Sixteen bytes at a time ([`crate::scan`]): a `traceparent` value is 55 bytes.
+        16..=64 => !crate::scan::any_cr_lf_nul(value),
+        8..16 => {
             all_words(value, |w| has_less_0e(w) == 0)
                 || all_words(value, |w| {
                     has_zero(w)
@@ -451,7 +468,7 @@ mod tests {
         let mut b = BytesMut::new();
         let fields: [(&str, &[u8]); 2] = [("Connection", b"close"), ("X-A", b"v")];
         let f = write_fields(&mut b, &fields).unwrap();
-        assert!(f.close);
+        assert!(f.close());
         assert_eq!(&b[..], b"Connection: close\r\nX-A: v\r\n");
     }
 

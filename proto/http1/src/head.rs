@@ -342,7 +342,7 @@ impl Iterator for Lines<'_> {
 #[inline(never)]
 fn scan_line(buf: &[u8], start: usize, next: usize) -> RawField<'_> {
     let line = buf.get(start..next.saturating_sub(2)).unwrap_or(&[]);
-    let colon = colon_at(line);
+    let colon = crate::scan::colon_in(buf, start, start + line.len());
     let after = line.get(colon + 1..).unwrap_or(&[]);
     // Nearly always one space before the value and nothing after it.
     let (value, verbatim) = match after {
@@ -374,33 +374,16 @@ fn verbatim_line(
     if i >= 32 || verbatim & (1 << i) == 0 {
         return None;
     }
-    let line = buf.get(start..next.checked_sub(2)?)?;
-    let nl = colon_at(line);
-    Some((line.get(..nl)?, line.get(nl + 2..)?))
+    let end = next.checked_sub(2)?;
+    let colon = start + crate::scan::colon_in(buf, start, end);
+    Some((buf.get(start..colon)?, buf.get(colon + 2..end)?))
 }
 
 /// Where the first `:` of a field line is (the end of its name; the line's length if there
-/// is none), eight bytes at a time: names are a dozen bytes or so.
-#[inline(always)]
+/// is none).
+#[cfg(test)]
 fn colon_at(line: &[u8]) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    let mut words = line.chunks_exact(8);
-    let mut at = 0;
-    for w in &mut words {
-        if let Some(w) = w.first_chunk::<8>() {
-            let x = u64::from_le_bytes(*w) ^ (ONES * u64::from(b':'));
-            // Exact for the lowest zero byte (a borrow only flags bytes above it).
-            let m = x.wrapping_sub(ONES) & !x & (ONES << 7);
-            if m != 0 {
-                return at + (m.trailing_zeros() / 8) as usize;
-            }
-        }
-        at += 8;
-    }
-    match words.remainder().iter().position(|&b| b == b':') {
-        Some(k) => at + k,
-        None => line.len(),
-    }
+    crate::scan::colon_in(line, 0, line.len())
 }
 
 /// One field of a parsed head, with where its line is (see [`Headers::raw_fields`]).
@@ -514,7 +497,7 @@ impl Headers {
             return (core::str::from_utf8(name).unwrap_or(""), value);
         }
         let line = self.buf.get(start..next.saturating_sub(2)).unwrap_or(&[]);
-        let colon = colon_at(line);
+        let colon = crate::scan::colon_in(&self.buf, start, start + line.len());
         // The parsers only accept token bytes in names, all ASCII.
         let name = core::str::from_utf8(&line[..colon]).unwrap_or("");
         (name, trim_ows(line.get(colon + 1..).unwrap_or(&[])))
@@ -550,7 +533,7 @@ impl Headers {
                 return nv;
             }
             let line = self.buf.get(start..next.saturating_sub(2)).unwrap_or(&[]);
-            let colon = colon_at(line);
+            let colon = crate::scan::colon_in(&self.buf, start, start + line.len());
             (
                 &line[..colon],
                 trim_ows(line.get(colon + 1..).unwrap_or(&[])),

@@ -70,7 +70,9 @@
 //! The crate's own parser (`src/parse.rs`) does it in one pass: field names and values eight
 //! bytes at a time (SWAR, safe code), each field indexed and classified as it is found. It
 //! brought the figure to 1.12× (3651 instructions; pipelined ×16: 1.11×), under the httparse
-//! baseline itself for the parse proper.
+//! baseline itself for the parse proper. Names and values are now read sixteen bytes at a
+//! time (`src/scan.rs`: SSE2 on x86-64, the crate's only `unsafe`, a portable loop
+//! elsewhere), which took ~170 instructions off each request a proxy forwards.
 //!
 //! A client (`ferry proxy --protocol http` reading upstream responses, `ferry bench`,
 //! ferry-client) pays the same on the response side, so response heads (status line, then the
@@ -89,7 +91,8 @@
 //! those tests (`multipart` part headers use the field-section parser too).
 #![no_std]
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+// The one exception: SSE2 intrinsics in `scan` (x86-64), each with its SAFETY note.
+#![deny(unsafe_code)]
 
 extern crate alloc;
 #[cfg(test)]
@@ -105,6 +108,7 @@ pub mod head;
 /// Streaming `multipart/form-data` parser (RFC 7578).
 pub mod multipart;
 mod parse;
+mod scan;
 pub mod server;
 
 pub use client::ClientConnection;

@@ -783,7 +783,7 @@ impl ServerConnection {
                 return Err(e);
             }
         };
-        if !facts.has_date && !interim {
+        if !facts.has_date() && !interim {
             if let Some(d) = self.date.as_mut() {
                 write_date(dst, d.get(now));
             }
@@ -797,7 +797,7 @@ impl ServerConnection {
         }
         // Whether the connection can stay open after this response.
         let body_unread = !body_done && expect == Expect::Pending;
-        let mut close = !keep_alive || facts.close || (closing && last) || body_unread;
+        let mut close = !keep_alive || facts.close() || (closing && last) || body_unread;
         let no_body = head_req || status == 204 || status == 304 || switching;
         let mut out = Out::Done;
         let mut inline_body = None;
@@ -837,7 +837,7 @@ impl ServerConnection {
             }
         }
         if close && !switching {
-            if !facts.close {
+            if !facts.close() {
                 dst.put_slice(b"connection: close\r\n");
             }
         } else if version == Version::Http10 && !switching {
