@@ -728,6 +728,14 @@ impl<K: Ord + Clone, C> Pool<K, C> {
         self.events.pop_front()
     }
 
+    /// Whether [`poll_event`](Self::poll_event) has something (a caller may skip polling
+    /// after each call: usually there is nothing).
+    #[inline]
+    #[must_use]
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Earliest time [`handle_timeout`](Self::handle_timeout) has work to do: a waiter's
     /// deadline, an idle connection's idle timeout, lifetime or health check, the end of a
     /// reconnect backoff. Costs O(connections + keys).
@@ -1439,6 +1447,21 @@ mod tests {
         assert!(matches!(drain(&mut p)[..], [Event::Ready { waiter, .. }] if waiter == w));
         p.checkin(c2, true, ms(6)).unwrap();
         assert!(p.total_load() <= 2);
+    }
+
+    #[test]
+    fn has_events_says_whether_poll_event_has_one() {
+        let mut p = Pool::new(cfg(0, 1));
+        assert!(!p.has_events());
+        let Ok(Checkout::Connect(_)) = p.checkout(1u8, ms(0)) else {
+            panic!()
+        };
+        let foreign = Ticket { key: 1u8, id: 999 };
+        let _ = p.connected(foreign, 5, ms(0));
+        assert!(p.has_events(), "the foreign connection is to be closed");
+        assert_eq!(closed(&drain(&mut p)), [5]);
+        assert!(!p.has_events());
+        assert!(p.poll_event().is_none());
     }
 
     #[test]

@@ -193,9 +193,11 @@ pub struct BreakerMetrics {
 
 #[derive(Clone, Debug)]
 enum Window {
-    /// Ring of `(failed, slow)` outcomes and running totals `[calls, failures, slow]`.
+    /// Ring of outcomes (bit 0: failed, bit 1: slow; grown up to `cap`, then overwritten
+    /// oldest first at `next`) and running totals `[calls, failures, slow]`.
     Count {
-        ring: VecDeque<(bool, bool)>,
+        ring: Vec<u8>,
+        next: usize,
         cap: usize,
         totals: [u64; 3],
     },
@@ -206,7 +208,8 @@ impl Window {
     fn new(kind: SlidingWindow) -> Self {
         match kind {
             SlidingWindow::Count(n) => Window::Count {
-                ring: VecDeque::with_capacity(n.clamp(1, 4096) as usize),
+                ring: Vec::with_capacity(n.clamp(1, 4096) as usize),
+                next: 0,
                 cap: n.max(1) as usize,
                 totals: [0; 3],
             },
@@ -214,17 +217,25 @@ impl Window {
         }
     }
 
+    #[inline]
     fn record(&mut self, now: Instant, failed: bool, slow: bool) {
         match self {
-            Window::Count { ring, cap, totals } => {
-                if ring.len() == *cap {
-                    if let Some((f, s)) = ring.pop_front() {
-                        totals[0] -= 1;
-                        totals[1] -= u64::from(f);
-                        totals[2] -= u64::from(s);
-                    }
+            Window::Count {
+                ring,
+                next,
+                cap,
+                totals,
+            } => {
+                let v = u8::from(failed) | (u8::from(slow) << 1);
+                if ring.len() < *cap {
+                    ring.push(v);
+                } else if let Some(old) = ring.get_mut(*next) {
+                    let o = std::mem::replace(old, v);
+                    totals[0] -= 1;
+                    totals[1] -= u64::from(o & 1);
+                    totals[2] -= u64::from(o >> 1);
+                    *next = if *next + 1 >= *cap { 0 } else { *next + 1 };
                 }
-                ring.push_back((failed, slow));
                 totals[0] += 1;
                 totals[1] += u64::from(failed);
                 totals[2] += u64::from(slow);
@@ -242,8 +253,11 @@ impl Window {
 
     fn clear(&mut self) {
         match self {
-            Window::Count { ring, totals, .. } => {
+            Window::Count {
+                ring, next, totals, ..
+            } => {
                 ring.clear();
+                *next = 0;
                 *totals = [0; 3];
             }
             Window::Time(w) => w.clear(),
@@ -284,6 +298,17 @@ fn rate(part: u64, calls: u64) -> f64 {
         0.0
     } else {
         part as f64 / calls as f64
+    }
+}
+
+/// `rate(part, calls) >= t`, without the division when `part` is zero (the usual case: then
+/// the rate is 0.0, which reaches `t` exactly when `t <= 0.0`).
+#[inline]
+fn reaches(part: u64, calls: u64, t: f64) -> bool {
+    if part == 0 {
+        t <= 0.0
+    } else {
+        rate(part, calls) >= t
     }
 }
 
@@ -363,6 +388,7 @@ impl CircuitBreaker {
         }
     }
 
+    #[inline(always)]
     fn record(&mut self, now: Instant, permit: Permit, failed: bool) {
         let slow = now - permit.started >= self.config.slow_call_duration;
         if failed {
@@ -403,6 +429,7 @@ impl CircuitBreaker {
         }
     }
 
+    #[inline]
     fn should_open(&self, now: Instant, consecutive: u32) -> Option<OpenReason> {
         let c = &self.config;
         if c.consecutive_failures
@@ -414,10 +441,10 @@ impl CircuitBreaker {
         if calls == 0 || calls < u64::from(c.minimum_calls) {
             return None;
         }
-        if c.failure_rate.is_some_and(|t| rate(failures, calls) >= t) {
+        if c.failure_rate.is_some_and(|t| reaches(failures, calls, t)) {
             return Some(OpenReason::FailureRate);
         }
-        if c.slow_call_rate.is_some_and(|t| rate(slow, calls) >= t) {
+        if c.slow_call_rate.is_some_and(|t| reaches(slow, calls, t)) {
             return Some(OpenReason::SlowCallRate);
         }
         None
@@ -434,6 +461,7 @@ impl CircuitBreaker {
         }
     }
 
+    #[cold]
     fn open(&mut self, now: Instant, reason: OpenReason) {
         let until = now + self.open_duration();
         self.reopen_level = self.reopen_level.saturating_add(1);
@@ -467,6 +495,7 @@ impl CircuitBreaker {
 
     /// Moves an expired open breaker to half-open, or a stuck half-open one back to open;
     /// otherwise a no-op.
+    #[inline]
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.inner {
             Inner::Open { until } if now >= until => {
@@ -493,6 +522,13 @@ impl CircuitBreaker {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<BreakerEvent> {
         self.events.pop_front()
+    }
+
+    /// Whether a state change is queued ([`poll_event`](Self::poll_event) has one).
+    #[inline]
+    #[must_use]
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// Opens the breaker now (operator action).
@@ -618,6 +654,66 @@ impl<K: Ord + Clone> Breakers<K> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// The count window's ring keeps the totals of exactly the last `cap` outcomes (a
+        /// plain queue as the model), across clears.
+        #[test]
+        fn count_window_totals_match_a_queue(
+            cap in 1u32..9,
+            ops in proptest::collection::vec((any::<bool>(), any::<bool>(), 0u8..20), 0..80),
+        ) {
+            let mut w = Window::new(SlidingWindow::Count(cap));
+            let mut model: VecDeque<(bool, bool)> = VecDeque::new();
+            for (failed, slow, op) in ops {
+                if op == 0 {
+                    w.clear();
+                    model.clear();
+                    continue;
+                }
+                w.record(Instant::ZERO, failed, slow);
+                if model.len() == cap as usize {
+                    model.pop_front();
+                }
+                model.push_back((failed, slow));
+                let want = [
+                    model.len() as u64,
+                    model.iter().filter(|o| o.0).count() as u64,
+                    model.iter().filter(|o| o.1).count() as u64,
+                ];
+                prop_assert_eq!(w.totals(Instant::ZERO), want);
+            }
+        }
+
+        /// `reaches` is `rate(part, calls) >= t`, also for a zero part and odd thresholds.
+        #[test]
+        fn reaches_is_the_rate_compare(
+            calls in 1u64..1000,
+            part in 0u64..1000,
+            t in prop_oneof![
+                Just(0.0),
+                Just(-0.0),
+                Just(-1.0),
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                -2.0f64..2.0,
+            ],
+        ) {
+            let part = part.min(calls);
+            prop_assert_eq!(reaches(part, calls, t), rate(part, calls) >= t);
+        }
+    }
+
+    #[test]
+    fn has_events_says_whether_poll_event_has_one() {
+        let mut b = CircuitBreaker::new(BreakerConfig::default());
+        assert!(!b.has_events());
+        b.force_open(Instant::ZERO);
+        assert!(b.has_events());
+        assert!(b.poll_event().is_some());
+        assert!(!b.has_events());
+        assert!(b.poll_event().is_none());
+    }
 
     fn ms(n: u64) -> Instant {
         Instant::from_nanos(n * 1_000_000)

@@ -222,17 +222,25 @@ impl WorkerState {
             }
         }
         let u = &stats.upstreams[i];
-        while let Some(ev) = b.poll_event() {
-            match ev {
-                BreakerEvent::Opened { reason, .. } => {
-                    u.breaker_opened.fetch_add(1, Relaxed);
-                    tracing::warn!("upstream {}: circuit opened ({reason:?})", u.addr);
-                }
-                BreakerEvent::Closed => tracing::info!("upstream {}: circuit closed", u.addr),
-                _ => {}
-            }
+        if b.has_events() {
+            breaker_events(b, u);
         }
         u.breaker[worker % u.breaker.len()].store(gauge(b.state(now)), Relaxed);
+    }
+}
+
+/// Count and log what changed in an upstream's breaker.
+#[cold]
+fn breaker_events(b: &mut CircuitBreaker, u: &crate::metrics::UpstreamStats) {
+    while let Some(ev) = b.poll_event() {
+        match ev {
+            BreakerEvent::Opened { reason, .. } => {
+                u.breaker_opened.fetch_add(1, Relaxed);
+                tracing::warn!("upstream {}: circuit opened ({reason:?})", u.addr);
+            }
+            BreakerEvent::Closed => tracing::info!("upstream {}: circuit closed", u.addr),
+            _ => {}
+        }
     }
 }
 
@@ -282,7 +290,14 @@ impl WorkerState {
     }
 
     /// Act on what the pool asks for: connects, answers to queued checkouts, closes.
+    #[inline]
     fn pump(&mut self, ctx: &WorkerCtx, stats: &ProxyStats) {
+        if self.pool.has_events() {
+            self.pump_events(ctx, stats);
+        }
+    }
+
+    fn pump_events(&mut self, ctx: &WorkerCtx, stats: &ProxyStats) {
         while let Some(ev) = self.pool.poll_event() {
             match ev {
                 PoolEvent::Connect(ticket) => {
@@ -297,7 +312,7 @@ impl WorkerState {
                     }
                 }
                 PoolEvent::Ready { waiter, lease } => match self.take_waiter(waiter) {
-                    Some(owner) => send(ctx, owner, Kind::Leased(lease)),
+                    Some(owner) => send(ctx, owner, Kind::Leased(Box::new(lease))),
                     None => {
                         let _ = self.pool.checkin(lease, true, ctx.clock.now());
                     }
@@ -385,81 +400,86 @@ impl UpFailure {
     }
 }
 
-/// A box for a big mail payload that goes back to a per-thread stock of spare boxes once its
-/// value was used ([`Recycled::recycle`]): both halves of an exchange run on the same
-/// worker thread, so in the steady state a request's mails allocate nothing. A box dropped
-/// with its value (a mail that was never delivered) is simply freed.
-struct Recycled<T: Spare>(Box<Option<T>>);
+/// A box for a big mail payload (a request to send, a response head), used in place by
+/// the receiver, which then keeps the empty box as its spare for the next payload it mails
+/// ([`Parcel::send`], [`Parcel::head_of`], [`Parcel::keep`]): a request's box goes to the
+/// upstream connection, which sends the response head back in it, so in the steady state
+/// each side gets back a box for each one it sent and a request's mails allocate nothing
+/// (and no per-thread stock is looked up). Each connection keeps at most one spare. A box
+/// dropped with its value (a mail that was never delivered) is simply freed.
+struct Parcel(Box<Payload>);
 
-/// Most spare boxes of one type kept per thread.
-const SPARE_BOXES: usize = 64;
-
-/// Spare boxes of one type (the boxes are the point: they are the allocations kept for
-/// reuse).
-type Stock<T> = std::cell::RefCell<Vec<Box<Option<T>>>>;
-
-/// The per-thread stock of spare boxes of one type.
-type Spares<T> = std::thread::LocalKey<Stock<T>>;
-
-/// A type with a per-thread stock of spare boxes.
-trait Spare: Sized + 'static {
-    fn spares() -> &'static Spares<Self>;
+/// What a [`Parcel`] carries.
+#[derive(Debug)]
+enum Payload {
+    /// Nothing (a spare box: no reference into a connection's buffers is kept).
+    Empty,
+    Send(SendReq),
+    Head(ferry_http1::Response),
 }
 
-thread_local! {
-    static SPARE_SENDS: Stock<SendReq> = const { std::cell::RefCell::new(Vec::new()) };
-    static SPARE_HEADS: Stock<ferry_http1::Response> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl Spare for SendReq {
-    fn spares() -> &'static Spares<Self> {
-        &SPARE_SENDS
-    }
-}
-
-impl Spare for ferry_http1::Response {
-    fn spares() -> &'static Spares<Self> {
-        &SPARE_HEADS
-    }
-}
-
-impl<T: Spare> Recycled<T> {
-    /// `v` in a spare box of this thread (a new one if there is none).
-    fn new(v: T) -> Recycled<T> {
-        let spare = T::spares()
-            .try_with(|s| s.try_borrow_mut().ok()?.pop())
-            .ok()
-            .flatten();
-        match spare {
+impl Parcel {
+    /// A request in the `spare` box (a new one if there is none).
+    #[inline]
+    fn send(spare: &mut Option<Parcel>, r: SendReq) -> Parcel {
+        match spare.take() {
             Some(mut b) => {
-                *b = Some(v);
-                Recycled(b)
+                b.fill(Payload::Send(r));
+                b
             }
-            None => Recycled(Box::new(Some(v))),
+            None => Parcel(Box::new(Payload::Send(r))),
         }
     }
 
-    /// The value, in place (always there: it leaves only with [`recycle`](Self::recycle)).
-    fn get(&self) -> Option<&T> {
-        (*self.0).as_ref()
+    /// Put `v` in this spare box. A spare is always empty ([`keep`](Self::keep) emptied
+    /// it): nothing to drop, so no drop glue runs for the old value.
+    #[inline(always)]
+    fn fill(&mut self, v: Payload) {
+        let old = std::mem::replace(&mut *self.0, v);
+        debug_assert!(matches!(old, Payload::Empty));
+        std::mem::forget(old);
     }
 
-    /// Drop the value; the box goes back to this thread's stock.
-    fn recycle(self) {
-        let mut b = self.0;
-        *b = None;
-        let _ = T::spares().try_with(|s| {
-            if let Ok(mut s) = s.try_borrow_mut() {
-                if s.len() < SPARE_BOXES {
-                    s.push(b);
-                }
+    /// A response head in the `spare` box (a new one if there is none). Written in place:
+    /// only the head's bytes are copied, not a whole (bigger) `Payload`.
+    #[inline]
+    fn head_of(spare: &mut Option<Parcel>, r: ferry_http1::Response) -> Parcel {
+        match spare.take() {
+            Some(mut b) => {
+                b.fill(Payload::Head(r));
+                b
             }
-        });
+            None => Parcel(Box::new(Payload::Head(r))),
+        }
+    }
+
+    /// Drop the value; the box becomes `spare` (unless there is one already).
+    #[inline]
+    fn keep(mut self, spare: &mut Option<Parcel>) {
+        *self.0 = Payload::Empty;
+        if spare.is_none() {
+            *spare = Some(self);
+        }
+    }
+
+    /// The request, in place.
+    fn send_req(&self) -> Option<&SendReq> {
+        match &*self.0 {
+            Payload::Send(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The response head, in place.
+    fn head(&self) -> Option<&ferry_http1::Response> {
+        match &*self.0 {
+            Payload::Head(r) => Some(r),
+            _ => None,
+        }
     }
 }
 
-impl<T: Spare + std::fmt::Debug> std::fmt::Debug for Recycled<T> {
+impl std::fmt::Debug for Parcel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
     }
@@ -479,7 +499,7 @@ enum Kind {
     // Downstream → upstream.
     /// A request to send (boxed: mails stay small, and they are moved a few times each;
     /// the box is reused).
-    Send(Recycled<SendReq>),
+    Send(Parcel),
     ReqData(Bytes, bool),
     /// Tunnel bytes from the client (after a protocol switch).
     Raw(Bytes),
@@ -490,7 +510,8 @@ enum Kind {
     Ack(usize),
     // Upstream → downstream.
     /// A connection for the exchange (from the pool, or just opened for it).
-    Leased(Lease),
+    /// (Boxed: a rare mail, and the biggest payload; every mail is as big as the biggest.)
+    Leased(Box<Lease>),
     /// The pool could not provide one (`true`: waited too long).
     PoolFailed(bool),
     /// The upstream connection failed. `before`: before any byte of the oldest outstanding
@@ -503,16 +524,15 @@ enum Kind {
         fresh: bool,
         tag: Option<u32>,
     },
-    Head(Recycled<ferry_http1::Response>),
+    /// Tunnel bytes from the upstream (after a protocol switch).
     Data(Bytes),
-    /// The response is complete; whether the connection can carry another request.
-    End(bool),
-    /// What one read of the response gave, in one mail rather than up to three: `Head`,
-    /// then `Data`, then `End`, each if present.
+    /// What one read of the response gave, in one mail: the head, then body bytes, then
+    /// the end (whether the connection can carry another request), each if present.
     /// `tag`: the attachment the request was sent under (a mail from a connection the
     /// client already gave up is dropped).
     Resp {
-        head: Option<Recycled<ferry_http1::Response>>,
+        /// A [`Payload::Head`].
+        head: Option<Parcel>,
         data: Option<Bytes>,
         end: Option<bool>,
         tag: Option<u32>,
@@ -535,22 +555,54 @@ struct SendReq {
     extra: Extra,
 }
 
-/// Fields the proxy adds to a forwarded request.
+/// Fields the proxy adds to a forwarded request (small: a [`SendReq`] is copied into its
+/// box in one go).
 #[derive(Debug)]
 struct Extra {
-    /// `X-Forwarded-For` when the request came with one (its values and the client's
-    /// address); `x-forwarded-proto` follows from the shared lines.
-    xff: Option<Bytes>,
-    /// Otherwise the connection's `x-forwarded-for` (the client's address) and
-    /// `x-forwarded-proto` lines.
-    fwd: Option<FieldLines>,
+    fwd: Fwd,
     traceparent: [u8; TRACEPARENT_LEN],
-    host: Option<Bytes>,
     /// The request's `Connection` may name fields to drop beyond the standard hop-by-hop ones
     /// (else the fields need no second look).
     conn_named: bool,
+    /// Fields few requests need (`None`: neither).
+    rare: Option<Box<Rare>>,
+}
+
+/// Where a forwarded request says it came from.
+#[derive(Debug)]
+enum Fwd {
+    /// The connection's `x-forwarded-for` (the client's address) and `x-forwarded-proto`
+    /// lines (the request had no `X-Forwarded-For`).
+    Lines(FieldLines),
+    /// `X-Forwarded-For` as the request had it plus the client's address (`None`: no lines
+    /// either); `x-forwarded-proto` follows from the shared lines.
+    Xff(Option<Bytes>),
+}
+
+impl Fwd {
+    /// The request's `X-Forwarded-For` (if it had one), else the connection's lines.
+    fn of(xff: &Option<Bytes>, lines: &Option<FieldLines>) -> Fwd {
+        match (xff, lines) {
+            (None, Some(l)) => Fwd::Lines(l.clone()),
+            (x, _) => Fwd::Xff(x.clone()),
+        }
+    }
+}
+
+/// The fields of [`Extra`] that few requests need.
+#[derive(Debug)]
+struct Rare {
+    /// `Host` for a request that had none (HTTP/1.0): the upstream's address.
+    host: Option<Bytes>,
     /// The client's `Upgrade` field, forwarded with `Connection: upgrade`.
     upgrade: Option<Bytes>,
+}
+
+impl Rare {
+    /// `None` when there is neither field.
+    fn of(host: Option<Bytes>, upgrade: Option<Bytes>) -> Option<Box<Rare>> {
+        (host.is_some() || upgrade.is_some()).then(|| Box::new(Rare { host, upgrade }))
+    }
 }
 
 /// A connection of the HTTP proxy: [`Relay::Down`] for a client's connection,
@@ -559,7 +611,7 @@ pub type HttpProxy = Relay<Down, Up>;
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) and the framing fields the connections write
 /// themselves, never forwarded.
-#[inline]
+#[inline(always)]
 fn hop_by_hop(name: &[u8]) -> bool {
     // By length first: one comparison (two or three word compares) at most for the fields
     // that are forwarded.
@@ -775,6 +827,9 @@ struct Exchange {
     resp_done: bool,
     /// The breaker's permit for this attempt (it must hear the outcome).
     permit: Option<Permit>,
+    /// The outcome the response head gave, for the breaker to hear when the exchange is
+    /// released in the same mail (one lock for both).
+    verdict: Option<Outcome>,
     /// `X-Forwarded-For` when the request came with one (else the connection's lines go).
     extra_xff: Option<Bytes>,
     /// The request has a `Host` field.
@@ -814,6 +869,8 @@ pub struct Down {
     /// `x-forwarded-for: <client address>` (if known) and `x-forwarded-proto: http`, encoded
     /// at the first request.
     fwd: Option<FieldLines>,
+    /// A box for the next request's mail (the last response head's).
+    spare: Option<Parcel>,
 }
 
 /// A downstream connection's tunnel to its upstream connection (WebSocket, CONNECT).
@@ -827,6 +884,85 @@ struct Tunnel {
     /// The tunnel is over (both sides' EOF, or one side gone; the upstream connection was
     /// told): finish once the output went out.
     closed: bool,
+}
+
+/// A new exchange for a request (counted; its trace context and `X-Forwarded-For` made),
+/// with the worker's state locked by the caller. `peer_ip`: the client's address as text.
+#[inline(always)]
+fn exchange(
+    sh: &HttpShared,
+    ws: &mut WorkerState,
+    peer_ip: Option<&[u8]>,
+    head: ferry_http1::Request,
+    now: Instant,
+) -> Exchange {
+    add(&sh.stats.requests, 1);
+    let hs = head.headers();
+    // One pass over the fields for everything the proxy looks at in a request.
+    let (mut has_xff, mut has_host) = (false, false);
+    // The parser saw every `Connection` token: false means none names a field.
+    let conn_named = head.connection_names_others();
+    let mut traceparent = None;
+    for (n, v) in hs.iter_bytes() {
+        match n.len() {
+            4 => has_host |= n.eq_ignore_ascii_case(b"host"),
+            11 if traceparent.is_none() && is8(n, &TRACEPARENT) => traceparent = Some(v),
+            15 => has_xff |= is8(n, &X_FORWARDED_FOR),
+            _ => {}
+        }
+    }
+    let xff = if has_xff {
+        let ip = peer_ip.unwrap_or_default();
+        let mut xff = BytesMut::new();
+        for (i, v) in hs.get_all("x-forwarded-for").enumerate() {
+            if i > 0 {
+                xff.put_slice(b", ");
+            }
+            xff.put_slice(v);
+        }
+        if !ip.is_empty() {
+            xff.put_slice(b", ");
+            xff.put_slice(ip);
+        }
+        Some(xff.freeze())
+    } else {
+        None // the usual case: the connection's lines
+    };
+    let tp = {
+        let rng = &mut ws.rng;
+        let t = match traceparent.map(TraceParent::parse) {
+            Some(Ok(t)) => t.child(rng),
+            _ => TraceParent::new_root(rng, false),
+        };
+        ws.budget.deposit(now);
+        t.to_bytes()
+    };
+    Exchange {
+        id: head.id(),
+        idempotent: head.method().is_idempotent(),
+        head,
+        upstream: usize::MAX,
+        up: None,
+        lease: None,
+        waiter: None,
+        reusable: false,
+        last_failure: None,
+        attempts: 0,
+        tried: 0,
+        held: VecDeque::new(),
+        replay: Vec::new(),
+        replay_len: 0,
+        replayable: true,
+        req_done: false,
+        resp_started: false,
+        resp_done: false,
+        permit: None,
+        verdict: None,
+        extra_xff: xff,
+        has_host,
+        conn_named,
+        traceparent: tp,
+    }
 }
 
 impl Down {
@@ -877,8 +1013,23 @@ impl Down {
             self.backlog.push_back(ev);
             return;
         }
-        if let Some(ev) = self.route(ctx, ev, now) {
-            self.backlog.push_back(ev);
+        // The usual two first, as `route` would take them: a request when no exchange is in
+        // progress, and the end of the current request.
+        match ev {
+            SEvent::Request(head) if self.ex.is_none() => self.start(ctx, head, now),
+            ev @ SEvent::End { id }
+                if self.ex.as_ref().is_some_and(|ex| ex.id == id)
+                    && self.last_done.is_none_or(|done| id > done) =>
+            {
+                // An `End` owns nothing: no drop glue to run for it.
+                std::mem::forget(ev);
+                self.request_end(ctx, now)
+            }
+            ev => {
+                if let Some(ev) = self.route(ctx, ev, now) {
+                    self.backlog.push_back(ev);
+                }
+            }
         }
     }
 
@@ -953,9 +1104,13 @@ impl Down {
     }
 
     fn start(&mut self, ctx: &mut WorkerCtx, head: ferry_http1::Request, now: Instant) {
-        let ex = self.exchange(ctx, head, now);
-        self.ex = Some(ex);
-        self.dispatch(ctx, now);
+        self.init_fwd();
+        // One lock for the exchange's trace id and the dispatch.
+        let sh = self.shared.clone();
+        let mut ws = sh.worker(ctx.index);
+        // Built in place (an `Exchange` is big).
+        self.ex = Some(exchange(&sh, &mut ws, self.peer_ip.as_deref(), head, now));
+        self.dispatch_with(ctx, &sh, ws, now);
     }
 
     /// A request pipelined behind `ex`: sent down the same upstream connection right away
@@ -983,7 +1138,15 @@ impl Down {
         if !ok {
             return Some(head);
         }
-        let mut f = self.exchange(ctx, head, now);
+        self.init_fwd();
+        let sh = &*self.shared;
+        let mut f = exchange(
+            sh,
+            &mut sh.worker(ctx.index),
+            self.peer_ip.as_deref(),
+            head,
+            now,
+        );
         // No body: complete with its head (its `End` event follows right after).
         f.req_done = true;
         self.pipe.push_back(f);
@@ -993,10 +1156,15 @@ impl Down {
 
     /// Send the waiting pipelined requests (in order, while each may go) down `ex`'s
     /// upstream connection. A request that was sent before counts as a retry.
+    #[inline]
     fn join_pipe(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        if self.pipe.is_empty() {
-            return; // nothing pipelined (the usual case)
+        if !self.pipe.is_empty() {
+            self.join_pipe_now(ctx, now); // else nothing pipelined (the usual case)
         }
+    }
+
+    /// [`join_pipe`](Self::join_pipe) when something is pipelined.
+    fn join_pipe_now(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         let Some(ex) = self.ex.as_ref() else { return };
         let (Some(up), i) = (ex.up, ex.upstream) else {
             return;
@@ -1041,27 +1209,21 @@ impl Down {
             f.attempts += 1;
             f.tried |= bit;
             f.up = Some(up);
-            send(
-                ctx,
-                up,
-                Kind::Send(Recycled::new(SendReq {
-                    owner: self.io.me(),
-                    tag: self.tag,
-                    head: f.head.clone(),
-                    extra: Extra {
-                        xff: f.extra_xff.clone(),
-                        fwd: if f.extra_xff.is_none() {
-                            self.fwd.clone()
-                        } else {
-                            None
-                        },
-                        traceparent: f.traceparent,
-                        conn_named: f.conn_named,
-                        host: (!f.has_host).then(|| Bytes::from(sh.cfg.upstreams[i].to_string())),
-                        upgrade: None,
-                    },
-                })),
-            );
+            let req = SendReq {
+                owner: self.io.me(),
+                tag: self.tag,
+                head: f.head.clone(),
+                extra: Extra {
+                    fwd: Fwd::of(&f.extra_xff, &self.fwd),
+                    traceparent: f.traceparent,
+                    conn_named: f.conn_named,
+                    rare: Rare::of(
+                        (!f.has_host).then(|| Bytes::from(sh.cfg.upstreams[i].to_string())),
+                        None,
+                    ),
+                },
+            };
+            send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
         }
     }
 
@@ -1126,98 +1288,44 @@ impl Down {
         }
     }
 
-    /// A new exchange for a request (counted; its trace context and `X-Forwarded-For` made).
-    fn exchange(
-        &mut self,
-        ctx: &mut WorkerCtx,
-        head: ferry_http1::Request,
-        now: Instant,
-    ) -> Exchange {
-        let sh = &*self.shared;
-        add(&sh.stats.requests, 1);
-        let hs = head.headers();
+    /// The client's address and this connection's `x-forwarded-for`/`x-forwarded-proto`
+    /// lines, made at the first request (once per connection, not per request).
+    #[inline]
+    fn init_fwd(&mut self) {
         if self.peer_ip.is_none() {
-            // Once per connection, not per request.
-            let ip = self.io.peer_addr().map(|p| p.ip().to_string());
-            let ip = ip.map(Bytes::from).unwrap_or_default();
-            let fwd = if ip.is_empty() {
-                FieldLines::new(&[("x-forwarded-proto", "http")])
-            } else {
-                FieldLines::new(&[("x-forwarded-for", &ip[..]), ("x-forwarded-proto", b"http")])
-            };
-            self.fwd = Some(fwd.unwrap_or_else(|_| sh.xfp.clone()));
-            self.peer_ip = Some(ip);
+            self.make_fwd();
         }
-        // One pass over the fields for everything the proxy looks at in a request.
-        let (mut has_xff, mut has_host) = (false, false);
-        // The parser saw every `Connection` token: false means none names a field.
-        let conn_named = head.connection_names_others();
-        let mut traceparent = None;
-        for (n, v) in hs.iter_bytes() {
-            match n.len() {
-                4 => has_host |= n.eq_ignore_ascii_case(b"host"),
-                11 if traceparent.is_none() && is8(n, &TRACEPARENT) => traceparent = Some(v),
-                15 => has_xff |= is8(n, &X_FORWARDED_FOR),
-                _ => {}
-            }
-        }
-        let xff = if has_xff {
-            let ip = self.peer_ip.as_deref().unwrap_or_default();
-            let mut xff = BytesMut::new();
-            for (i, v) in hs.get_all("x-forwarded-for").enumerate() {
-                if i > 0 {
-                    xff.put_slice(b", ");
-                }
-                xff.put_slice(v);
-            }
-            if !ip.is_empty() {
-                xff.put_slice(b", ");
-                xff.put_slice(ip);
-            }
-            Some(xff.freeze())
+    }
+
+    #[cold]
+    fn make_fwd(&mut self) {
+        let sh = &*self.shared;
+        let ip = self.io.peer_addr().map(|p| p.ip().to_string());
+        let ip = ip.map(Bytes::from).unwrap_or_default();
+        let fwd = if ip.is_empty() {
+            FieldLines::new(&[("x-forwarded-proto", "http")])
         } else {
-            None // the usual case: the connection's lines
+            FieldLines::new(&[("x-forwarded-for", &ip[..]), ("x-forwarded-proto", b"http")])
         };
-        let tp = {
-            let mut ws = sh.worker(ctx.index);
-            let rng = &mut ws.rng;
-            let t = match traceparent.map(TraceParent::parse) {
-                Some(Ok(t)) => t.child(rng),
-                _ => TraceParent::new_root(rng, false),
-            };
-            ws.budget.deposit(now);
-            t.to_bytes()
-        };
-        Exchange {
-            id: head.id(),
-            idempotent: head.method().is_idempotent(),
-            head,
-            upstream: usize::MAX,
-            up: None,
-            lease: None,
-            waiter: None,
-            reusable: false,
-            last_failure: None,
-            attempts: 0,
-            tried: 0,
-            held: VecDeque::new(),
-            replay: Vec::new(),
-            replay_len: 0,
-            replayable: true,
-            req_done: false,
-            resp_started: false,
-            resp_done: false,
-            permit: None,
-            extra_xff: xff,
-            has_host,
-            conn_named,
-            traceparent: tp,
-        }
+        self.fwd = Some(fwd.unwrap_or_else(|_| sh.xfp.clone()));
+        self.peer_ip = Some(ip);
     }
 
     /// Send the current exchange to an upstream (first attempt or retry).
     fn dispatch(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         let sh = self.shared.clone();
+        let ws = sh.worker(ctx.index);
+        self.dispatch_with(ctx, &sh, ws, now);
+    }
+
+    /// [`dispatch`](Self::dispatch) with the worker's state locked by the caller.
+    fn dispatch_with(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        sh: &HttpShared,
+        mut ws: MutexGuard<'_, WorkerState>,
+        now: Instant,
+    ) {
         let Some(ex) = self.ex.as_mut() else { return };
         let hash = sh.cfg.balance == crate::balance::Balance::Hash;
         let key = if hash {
@@ -1228,7 +1336,6 @@ impl Down {
         let mut tried = ex.tried;
         let retry = ex.attempts > 0;
         // One lock for the pick and the checkout.
-        let mut ws = sh.worker(ctx.index);
         let pick = {
             let WorkerState {
                 balancer,
@@ -1296,18 +1403,23 @@ impl Down {
         ex.upstream = i;
         ex.attempts += 1;
         ex.tried |= 1u64 << (i % 64);
-        // The body so far goes again, from the replay copy.
-        ex.held.clear();
-        if ex.attempts > 1 {
-            let n = ex.replay.len();
-            for (k, b) in ex.replay.iter().enumerate() {
-                ex.held.push_back((b.clone(), ex.req_done && k + 1 == n));
+        // The body so far goes again, from the replay copy (a first attempt usually holds
+        // nothing: no second look then).
+        if ex.attempts > 1 || !ex.held.is_empty() {
+            ex.held.clear();
+            if ex.attempts > 1 {
+                let n = ex.replay.len();
+                for (k, b) in ex.replay.iter().enumerate() {
+                    ex.held.push_back((b.clone(), ex.req_done && k + 1 == n));
+                }
+                if ex.req_done && n == 0 {
+                    ex.held.push_back((Bytes::new(), true));
+                }
             }
-            if ex.req_done && n == 0 {
-                ex.held.push_back((Bytes::new(), true));
-            }
+            self.unacked = ex.held.iter().map(|(b, _)| b.len()).sum();
+        } else {
+            self.unacked = 0;
         }
-        self.unacked = ex.held.iter().map(|(b, _)| b.len()).sum();
         // A connection: warm from the pool, a new one, or a place in the pool's queue.
         let got = {
             let r = match ws.pool.checkout(i, now) {
@@ -1366,33 +1478,39 @@ impl Down {
         let upgrade = (ex.head.is_upgrade() && ex.head.method() != Method::Connect)
             .then(|| ex.head.headers().get("upgrade").map(Bytes::copy_from_slice))
             .flatten();
-        send(
-            ctx,
-            up,
-            Kind::Send(Recycled::new(SendReq {
-                owner: self.io.me(),
-                tag: self.tag,
-                head: ex.head.clone(),
-                extra: Extra {
-                    xff: ex.extra_xff.clone(),
-                    fwd: if ex.extra_xff.is_none() {
-                        self.fwd.clone()
-                    } else {
-                        None
-                    },
-                    conn_named: ex.conn_named,
-                    traceparent: ex.traceparent,
-                    host,
-                    upgrade,
-                },
-            })),
-        );
-        for (b, end) in ex.held.drain(..) {
-            send(ctx, up, Kind::ReqData(b, end));
+        let req = SendReq {
+            owner: self.io.me(),
+            tag: self.tag,
+            head: ex.head.clone(),
+            extra: Extra {
+                fwd: Fwd::of(&ex.extra_xff, &self.fwd),
+                conn_named: ex.conn_named,
+                traceparent: ex.traceparent,
+                rare: Rare::of(host, upgrade),
+            },
+        };
+        send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
+        if !ex.held.is_empty() {
+            for (b, end) in ex.held.drain(..) {
+                send(ctx, up, Kind::ReqData(b, end));
+            }
         }
         // Requests pipelined behind this one go down the same connection.
         self.join_pipe(ctx, now);
         self.resume(ctx, now);
+    }
+
+    /// The current request is complete. One without a body (the usual) said it all in its
+    /// head: only noted (what [`body`](Self::body) would do with an empty last chunk).
+    #[inline]
+    fn request_end(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if let Some(ex) = self.ex.as_mut() {
+            if ex.head.body_kind() == BodyKind::Empty && !ex.resp_done {
+                ex.req_done = true;
+                return;
+            }
+        }
+        self.body(ctx, Bytes::new(), true, now);
     }
 
     fn body(&mut self, ctx: &mut WorkerCtx, data: Bytes, end: bool, now: Instant) {
@@ -1566,8 +1684,19 @@ impl Down {
 
     /// Go on after an exchange ended: the next pipelined request becomes the head, and the
     /// events that waited are handled (in order) as far as they may be now.
+    #[inline]
     fn resume(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        self.promote(ctx, now);
+        // Usually nothing is pipelined and nothing waits: no call for either.
+        if !self.pipe.is_empty() {
+            self.promote(ctx, now);
+        }
+        if !self.backlog.is_empty() {
+            self.resume_backlog(ctx, now);
+        }
+    }
+
+    /// The events that waited, in order, as far as they may go now.
+    fn resume_backlog(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         while let Some(ev) = self.backlog.pop_front() {
             if let Some(ev) = self.route(ctx, ev, now) {
                 self.backlog.push_front(ev);
@@ -1578,7 +1707,7 @@ impl Down {
 
     fn apply(&mut self, ctx: &mut WorkerCtx, kind: Kind, now: Instant) {
         match kind {
-            Kind::Leased(lease) => self.attach(ctx, lease, now),
+            Kind::Leased(lease) => self.attach(ctx, *lease, now),
             Kind::PoolFailed(timed_out) => {
                 let waiting = self.ex.as_ref().is_some_and(|ex| ex.up.is_none());
                 if waiting {
@@ -1611,16 +1740,6 @@ impl Down {
                     self.failed(ctx, why, before, fresh, now);
                 }
             }
-            Kind::Head(resp) => {
-                if let Some(r) = resp.get() {
-                    self.head(ctx, r, now);
-                }
-                resp.recycle();
-            }
-            Kind::Data(b) if self.tunnel.is_some() => {
-                self.owed += b.len();
-                self.io.out.push(b);
-            }
             Kind::Upgraded => self.upgraded(ctx, now),
             Kind::TunnelEof => {
                 // The upstream is done sending: so are we (FIN after what is queued); the
@@ -1633,24 +1752,7 @@ impl Down {
                     self.end_tunnel(ctx);
                 }
             }
-            Kind::Data(b) => {
-                if let Some(ex) = self.ex.as_ref() {
-                    self.owed += b.len();
-                    // Collected after the whole mail (`on_mail`): a small response's head
-                    // and body leave as one slice.
-                    let _ = self.conn.send_data(ex.id, b, false);
-                }
-            }
-            Kind::End(reusable) => {
-                let Some(ex) = self.ex.as_mut() else { return };
-                let _ = self.conn.send_data(ex.id, Bytes::new(), true);
-                ex.resp_done = true;
-                ex.reusable = reusable;
-                // Done even if the request body is still arriving (an early answer): the rest
-                // of it is read and dropped, and that upstream connection is not reused.
-                self.finish(ctx, now);
-                self.resume(ctx, now);
-            }
+            Kind::Data(b) => self.on_data(b),
             Kind::Resp {
                 head,
                 data,
@@ -1663,18 +1765,60 @@ impl Down {
                     d.ex.as_ref()
                         .is_some_and(|ex| ex.up.is_some() && tag == Some(d.tag))
                 };
-                if let Some(h) = head.filter(|_| current(self)) {
-                    self.apply(ctx, Kind::Head(h), now);
+                if let Some(h) = head {
+                    if current(self) {
+                        // With the end in the same mail the breaker hears the outcome at the
+                        // release, right after (nothing reads it in between).
+                        self.on_head(ctx, h, end.is_some(), now);
+                    } else {
+                        h.keep(&mut self.spare);
+                    }
                 }
                 if let Some(d) = data.filter(|_| current(self)) {
-                    self.apply(ctx, Kind::Data(d), now);
+                    self.on_data(d);
                 }
                 if let Some(r) = end.filter(|_| current(self)) {
-                    self.apply(ctx, Kind::End(r), now);
+                    self.on_end(ctx, r, now);
                 }
             }
             Kind::Send(_) | Kind::ReqData(..) | Kind::Raw(_) | Kind::Close => {}
         }
+    }
+
+    /// A response head from the upstream (its box is kept for the next request after).
+    #[inline]
+    fn on_head(&mut self, ctx: &mut WorkerCtx, resp: Parcel, defer: bool, now: Instant) {
+        if let Some(r) = resp.head() {
+            self.head(ctx, r, defer, now);
+        }
+        resp.keep(&mut self.spare);
+    }
+
+    /// Response body bytes (tunnel bytes after a protocol switch).
+    #[inline]
+    fn on_data(&mut self, b: Bytes) {
+        if self.tunnel.is_some() {
+            self.owed += b.len();
+            self.io.out.push(b);
+        } else if let Some(ex) = self.ex.as_ref() {
+            self.owed += b.len();
+            // Collected after the whole mail (`on_mail`): a small response's head and body
+            // leave as one slice.
+            let _ = self.conn.send_data(ex.id, b, false);
+        }
+    }
+
+    /// The response is complete (`reusable`: the upstream connection may carry another).
+    #[inline]
+    fn on_end(&mut self, ctx: &mut WorkerCtx, reusable: bool, now: Instant) {
+        let Some(ex) = self.ex.as_mut() else { return };
+        let _ = self.conn.send_data(ex.id, Bytes::new(), true);
+        ex.resp_done = true;
+        ex.reusable = reusable;
+        // Done even if the request body is still arriving (an early answer): the rest of it
+        // is read and dropped, and that upstream connection is not reused.
+        self.finish(ctx, now);
+        self.resume(ctx, now);
     }
 
     /// The upstream switched protocols (its 101 went out already): the exchange is over
@@ -1721,7 +1865,15 @@ impl Down {
         }
     }
 
-    fn head(&mut self, ctx: &mut WorkerCtx, resp: &ferry_http1::Response, now: Instant) {
+    /// A response head goes to the client. `defer`: the exchange is released in the same
+    /// mail, which tells the breaker the head's outcome.
+    fn head(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        resp: &ferry_http1::Response,
+        defer: bool,
+        now: Instant,
+    ) {
         let sh = self.shared.clone();
         let Some(ex) = self.ex.as_mut() else { return };
         ex.resp_started = true;
@@ -1730,14 +1882,19 @@ impl Down {
         let i = ex.upstream;
         let class = (status / 100).clamp(1, 5) as usize - 1;
         sh.stats.upstreams[i].responses[class].fetch_add(1, Relaxed);
-        if let Some(permit) = ex.permit.take() {
+        if ex.permit.is_some() {
             let outcome = if matches!(status, 502..=504) {
                 Outcome::Failure
             } else {
                 Outcome::Success
             };
-            let mut ws = sh.worker(ctx.index);
-            ws.report(i, Some(permit), outcome, now, &sh.stats, ctx.index);
+            if defer {
+                ex.verdict = Some(outcome);
+            } else {
+                let permit = ex.permit.take();
+                let mut ws = sh.worker(ctx.index);
+                ws.report(i, permit, outcome, now, &sh.stats, ctx.index);
+            }
         }
         // A HEAD response's body kind says "none"; its Content-Length is the GET's length.
         let head_len = (ex.head.method() == Method::Head)
@@ -1762,18 +1919,26 @@ impl Down {
             }
         };
         let hs = resp.headers();
-        let mut extra: SmallVec<[FieldPiece<'_>; 3]> = SmallVec::new();
-        extra.push(FieldPiece::Lines(&sh.via));
-        if status == 101 {
-            extra.push(FieldPiece::Field("connection", b"upgrade"));
-            if let Some(u) = hs.get("upgrade") {
-                extra.push(FieldPiece::Field("upgrade", u));
+        let via = FieldPiece::Lines(&sh.via);
+        let mut pieces = [via; 3];
+        let n = if status == 101 {
+            pieces[1] = FieldPiece::Field("connection", b"upgrade");
+            match hs.get("upgrade") {
+                Some(u) => {
+                    pieces[2] = FieldPiece::Field("upgrade", u);
+                    3
+                }
+                None => 2,
             }
         } else if !ex.req_done {
             // Answered before the request body is in (an early 413, a `return`): say that
             // this connection ends after the response rather than close it silently later.
-            extra.push(FieldPiece::Field("connection", b"close"));
-        }
+            pieces[1] = FieldPiece::Field("connection", b"close");
+            2
+        } else {
+            1 // the usual: `via` only
+        };
+        let extra = &pieces[..n];
         // `None` writes the usual status line from a table.
         let reason = Some(resp.reason()).filter(|r| !(status == 200 && *r == "OK"));
         // The upstream's fields go out as our parser accepted them, minus the hop-by-hop ones.
@@ -1781,7 +1946,7 @@ impl Down {
         let keep = |n: &[u8]| forward_response_field(n, &named);
         if self
             .conn
-            .send_forwarded_response_extra(ex.id, resp, reason, keep, &extra, body)
+            .send_forwarded_response_extra(ex.id, resp, reason, keep, extra, body)
             .is_err()
         {
             // A head our client side would not accept: answer 502 instead.
@@ -1841,7 +2006,8 @@ fn release(sh: &HttpShared, ctx: &mut WorkerCtx, ex: &mut Exchange, ok: bool, no
         Outcome::Ignored
     };
     if let Some(permit) = ex.permit.take() {
-        // Usually told at the response head already.
+        // Usually told at the response head already, or the head left its verdict.
+        let outcome = ex.verdict.take().unwrap_or(outcome);
         ws.report(i, Some(permit), outcome, now, &sh.stats, ctx.index);
     }
     ws.active[i] = ws.active[i].saturating_sub(1);
@@ -1891,6 +2057,8 @@ pub struct Up {
     reported: bool,
     /// After a protocol switch: a raw byte relay to the owner.
     tunnel: bool,
+    /// A box for the next response head's mail (the last request's).
+    spare: Option<Parcel>,
 }
 
 impl Up {
@@ -1951,7 +2119,7 @@ impl Up {
         };
         if let Ok(Some(lease)) = ws.pool.connected(ticket, handle, now) {
             match owner {
-                Some(owner) => send(ctx, owner, Kind::Leased(lease)),
+                Some(owner) => send(ctx, owner, Kind::Leased(Box::new(lease))),
                 None => {
                     let _ = ws.pool.checkin(lease, true, now);
                 }
@@ -1988,7 +2156,7 @@ impl Up {
                     CEvent::Response(r) => {
                         self.resp_started = true;
                         self.close_announced |= !r.keep_alive();
-                        head = Some(Recycled::new(r));
+                        head = Some(Parcel::head_of(&mut self.spare, r));
                     }
                     CEvent::Data { data: d, .. } => {
                         self.unacked += d.len();
@@ -2068,12 +2236,7 @@ impl Up {
     }
 
     /// Mail the response head and body bytes collected so far (if any) to the owner.
-    fn flush_resp(
-        &self,
-        ctx: &WorkerCtx,
-        head: &mut Option<Recycled<ferry_http1::Response>>,
-        data: &mut Option<Bytes>,
-    ) {
+    fn flush_resp(&self, ctx: &WorkerCtx, head: &mut Option<Parcel>, data: &mut Option<Bytes>) {
         if head.is_some() || data.is_some() {
             let (head, data) = (head.take(), data.take());
             self.to_owner(
@@ -2105,11 +2268,12 @@ impl Up {
         }
         match kind {
             Kind::Send(req) => {
-                // Used in place (no copy out of the box), then the box is reused.
-                if let Some(r) = req.get() {
+                // Used in place (no copy out of the box), then the box carries the response
+                // head back.
+                if let Some(r) = req.send_req() {
                     self.send_request(ctx, r, now);
                 }
-                req.recycle();
+                req.keep(&mut self.spare);
             }
             Kind::ReqData(b, end) => {
                 let n = b.len();
@@ -2156,25 +2320,42 @@ impl Up {
         // Fields in the order: host, x-forwarded-for, x-forwarded-proto, traceparent, via
         // (the lines made once are copied as they are).
         let sh = &*self.shared;
-        let mut fields: SmallVec<[FieldPiece<'_>; 8]> = SmallVec::new();
-        if let Some(h) = extra.host.as_ref() {
-            fields.push(FieldPiece::Field("host", h));
-        }
-        match (&extra.xff, &extra.fwd) {
-            (None, Some(fwd)) => fields.push(FieldPiece::Lines(fwd)),
-            (xff, _) => {
-                if let Some(x) = xff.as_ref().filter(|x| !x.is_empty()) {
-                    fields.push(FieldPiece::Field("x-forwarded-for", x));
-                }
-                fields.push(FieldPiece::Lines(&sh.xfp));
+        let traceparent = FieldPiece::Field("traceparent", &extra.traceparent[..]);
+        let via = FieldPiece::Lines(&sh.via);
+        let usual;
+        let mut all: SmallVec<[FieldPiece<'_>; 8]> = SmallVec::new();
+        let fields: &[FieldPiece<'_>] = match (&extra.fwd, extra.rare.as_deref()) {
+            // The usual request: the connection's lines, no rare field.
+            (Fwd::Lines(fwd), None) => {
+                usual = [FieldPiece::Lines(fwd), traceparent, via];
+                &usual
             }
-        }
-        fields.push(FieldPiece::Field("traceparent", &extra.traceparent[..]));
-        fields.push(FieldPiece::Lines(&sh.via));
-        if let Some(u) = extra.upgrade.as_ref() {
-            fields.push(FieldPiece::Field("connection", b"upgrade"));
-            fields.push(FieldPiece::Field("upgrade", u));
-        }
+            (fwd, rare) => {
+                let (host, upgrade) = match rare {
+                    Some(r) => (r.host.as_ref(), r.upgrade.as_ref()),
+                    None => (None, None),
+                };
+                if let Some(h) = host {
+                    all.push(FieldPiece::Field("host", h));
+                }
+                match fwd {
+                    Fwd::Lines(fwd) => all.push(FieldPiece::Lines(fwd)),
+                    Fwd::Xff(xff) => {
+                        if let Some(x) = xff.as_ref().filter(|x| !x.is_empty()) {
+                            all.push(FieldPiece::Field("x-forwarded-for", x));
+                        }
+                        all.push(FieldPiece::Lines(&sh.xfp));
+                    }
+                }
+                all.push(traceparent);
+                all.push(via);
+                if let Some(u) = upgrade {
+                    all.push(FieldPiece::Field("connection", b"upgrade"));
+                    all.push(FieldPiece::Field("upgrade", u));
+                }
+                &all
+            }
+        };
         let body = match head.body_kind() {
             BodyKind::Empty => Body::Empty,
             BodyKind::Length(n) => Body::Length(n),
@@ -2190,8 +2371,8 @@ impl Up {
         let keep = |n: &[u8]| forward_request_field(n, &named);
         let sent = self
             .conn
-            .send_forwarded_request_extra(now, head, keep, &fields, body);
-        drop(fields);
+            .send_forwarded_request_extra(now, head, keep, fields, body);
+        drop(all);
         match sent {
             Ok(id) => {
                 self.req = Some(id);
@@ -2340,6 +2521,7 @@ impl Downstream for Down {
             tunnel: None,
             peer_ip: None,
             fwd: None,
+            spare: None,
         })
     }
 
@@ -2499,6 +2681,7 @@ impl Upstream for Up {
             owed: 0,
             reported: false,
             tunnel: false,
+            spare: None,
         })
     }
 
@@ -2528,10 +2711,10 @@ fn drop_stale(ctx: &mut WorkerCtx, shared: &HttpShared, kind: Kind) {
         Kind::Leased(lease) => {
             shared
                 .worker(ctx.index)
-                .checkin(ctx, &shared.stats, lease, true, ctx.clock.now());
+                .checkin(ctx, &shared.stats, *lease, true, ctx.clock.now());
         }
         Kind::Send(req) => {
-            if let Some(r) = req.get() {
+            if let Some(r) = req.send_req() {
                 let failed = Kind::Failed {
                     why: UpFailure::Broken,
                     before: true,
@@ -2540,7 +2723,6 @@ fn drop_stale(ctx: &mut WorkerCtx, shared: &HttpShared, kind: Kind) {
                 };
                 send(ctx, r.owner, failed);
             }
-            req.recycle();
         }
         _ => {}
     }
@@ -2565,7 +2747,23 @@ mod tests {
     ];
 
     #[test]
-    fn recycled_boxes_are_reused_and_hold_nothing_while_spare() {
+    fn mails_stay_small() {
+        // Every mail is moved a few times between the halves: the big payloads are boxed.
+        assert!(
+            std::mem::size_of::<Mail>() <= 64,
+            "{}",
+            std::mem::size_of::<Mail>()
+        );
+        // A request's box is filled with one copy: at most 256 bytes is a short one.
+        assert!(
+            std::mem::size_of::<SendReq>() <= 256,
+            "{}",
+            std::mem::size_of::<SendReq>()
+        );
+    }
+
+    #[test]
+    fn parcels_are_reused_and_hold_nothing_while_spare() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         let mut conn = ClientConnection::new(Arc::new(ClientConfig::default()), Instant::ZERO);
         conn.send_request(
@@ -2581,16 +2779,24 @@ mod tests {
         let Some(CEvent::Response(r)) = conn.poll_event() else {
             panic!()
         };
-        let first = Recycled::new(r.clone());
-        let at = &*first.0 as *const Option<ferry_http1::Response>;
-        assert_eq!(first.get().map(|r| r.status()), Some(200));
-        first.recycle();
+        let mut spare = None;
+        let first = Parcel::head_of(&mut spare, r.clone());
+        let at = &*first.0 as *const Payload;
+        assert_eq!(first.head().map(|r| r.status()), Some(200));
+        assert!(first.send_req().is_none());
+        first.keep(&mut spare);
         // The spare holds no value (so no reference into a connection's input buffer).
-        let spare_empty = SPARE_HEADS.with(|s| s.borrow().last().is_some_and(|b| b.is_none()));
-        assert!(spare_empty);
-        let second = Recycled::new(r);
+        assert!(spare
+            .as_ref()
+            .is_some_and(|b| matches!(*b.0, Payload::Empty)));
+        let second = Parcel::head_of(&mut spare, r.clone());
+        assert!(spare.is_none());
         assert_eq!(&*second.0 as *const _, at, "the same box again");
-        second.recycle();
+        // A second spare is not kept: one is enough.
+        let third = Parcel::head_of(&mut spare, r);
+        second.keep(&mut spare);
+        third.keep(&mut spare);
+        assert_eq!(spare.as_ref().map(|b| &*b.0 as *const _), Some(at));
     }
 
     /// The plain definition [`hop_by_hop`] must agree with.

@@ -269,6 +269,76 @@ fn uring_full_wait_queue_is_503() {
     full_wait_queue_is_503(DriverKind::Uring);
 }
 
+/// An upstream that answers every request `503` (keep-alive); `split`: the head first, the
+/// body a moment later (two reads for the proxy, so the breaker hears the head alone).
+fn failing_upstream(split: bool) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(16) {
+            let Ok(s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                for _ in 0..100 {
+                    if read_head(&mut r).is_empty() {
+                        return;
+                    }
+                    let head = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\n";
+                    let ok = if split {
+                        w.write_all(head.as_bytes()).is_ok() && {
+                            std::thread::sleep(Duration::from_millis(30));
+                            w.write_all(b"busy").is_ok()
+                        }
+                    } else {
+                        w.write_all(format!("{head}busy").as_bytes()).is_ok()
+                    };
+                    if !ok {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// 5xx answers count as failures for the upstream's breaker, whether the head and the end
+/// of the response arrive together or apart: after three the circuit opens and the proxy
+/// answers 503 itself.
+fn upstream_5xx_opens_the_breaker(driver: DriverKind, split: bool) {
+    let up = failing_upstream(split);
+    let mut cfg = config(vec![up]);
+    cfg.retries = 0;
+    cfg.breaker.consecutive_failures = Some(3);
+    let (p, addr) = proxy(driver, cfg);
+    for _ in 0..3 {
+        let r = get(addr);
+        assert!(r.starts_with("HTTP/1.1 503 Service Unavailable"), "{r}");
+        assert!(r.ends_with("busy"), "forwarded as it came: {r}");
+    }
+    let r = get(addr);
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("circuit open"), "answered by the proxy: {r}");
+    let want = format!("ferry_proxy_breaker_opened_total{{protocol=\"http\",upstream=\"{up}\"}} 1");
+    assert!(p.stats.render().contains(&want), "{}", p.stats.render());
+    p.handle.shutdown.trigger();
+    assert_eq!(p.wait(), 0);
+}
+
+#[test]
+fn epoll_upstream_5xx_opens_the_breaker() {
+    upstream_5xx_opens_the_breaker(DriverKind::Epoll, false);
+    upstream_5xx_opens_the_breaker(DriverKind::Epoll, true);
+}
+
+#[test]
+fn uring_upstream_5xx_opens_the_breaker() {
+    upstream_5xx_opens_the_breaker(DriverKind::Uring, false);
+    upstream_5xx_opens_the_breaker(DriverKind::Uring, true);
+}
+
 fn silent_upstream_is_504(driver: DriverKind) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let up = l.local_addr().unwrap();
