@@ -250,6 +250,7 @@ impl OutQueue {
     }
 
     /// Queue a chunk.
+    #[inline]
     pub fn push(&mut self, b: Bytes) {
         if !b.is_empty() {
             self.bytes += b.len();
@@ -257,14 +258,17 @@ impl OutQueue {
         }
     }
     /// Bytes queued or in flight.
+    #[inline]
     pub fn len(&self) -> usize {
         self.bytes
     }
     /// Whether nothing is queued or in flight.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.bytes == 0
     }
     /// See [`Session::fill_iov`].
+    #[inline]
     pub fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
         for (slot, b) in iov.iter_mut().zip(self.out.iter()) {
@@ -274,8 +278,18 @@ impl OutQueue {
         n
     }
     /// See [`Session::written`].
+    #[inline]
     pub fn written(&mut self, mut n: usize) {
         self.bytes -= n;
+        if self.bytes == 0 {
+            // Everything queued went out (the usual case: one chunk).
+            if self.out.len() == 1 {
+                self.out.pop_front();
+            } else {
+                while self.out.pop_front().is_some() {}
+            }
+            return;
+        }
         while n > 0 {
             let Some(front) = self.out.front_mut() else {
                 break;
@@ -290,6 +304,7 @@ impl OutQueue {
         }
     }
     /// See [`Session::take_out`].
+    #[inline]
     pub fn take_out(&mut self, max: usize, into: &mut Vec<Bytes>) {
         for _ in 0..max {
             match self.out.pop_front() {
@@ -299,8 +314,20 @@ impl OutQueue {
         }
     }
     /// See [`Session::sent`].
+    #[inline]
     pub fn sent(&mut self, n: usize, chunks: &mut Vec<Bytes>) {
         self.bytes -= n;
+        if let [one] = chunks.as_mut_slice() {
+            // One chunk in flight (the usual case): no list of leftovers to build.
+            if n < one.len() {
+                let mut b = chunks.pop().expect("one chunk");
+                let _ = b.split_to(n);
+                self.out.push_front(b);
+            } else {
+                chunks.clear();
+            }
+            return;
+        }
         let mut skip = n;
         let mut rest = Vec::new();
         for mut b in chunks.drain(..) {
@@ -315,5 +342,63 @@ impl OutQueue {
         for b in rest.into_iter().rev() {
             self.out.push_front(b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(chunks: &[&'static str]) -> OutQueue {
+        let mut q = OutQueue::default();
+        for c in chunks {
+            q.push(Bytes::from_static(c.as_bytes()));
+        }
+        q
+    }
+
+    fn contents(q: &OutQueue) -> Vec<u8> {
+        let mut iov = [IoSlice::new(&[]); 8];
+        let n = q.fill_iov(&mut iov);
+        iov[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn written_drops_what_went_out() {
+        let mut q = queue(&["hello ", "world"]);
+        q.written(3);
+        assert_eq!((q.len(), contents(&q)), (8, b"lo world".to_vec()));
+        q.written(5);
+        assert_eq!((q.len(), contents(&q)), (3, b"rld".to_vec()));
+        q.written(3);
+        assert!(q.is_empty());
+        assert_eq!(contents(&q), b"");
+        // All of it at once (the fast path), several chunks.
+        let mut q = queue(&["a", "bc", "def"]);
+        q.written(6);
+        assert!(q.is_empty());
+        assert_eq!(q.fill_iov(&mut [IoSlice::new(&[])]), 0);
+    }
+
+    #[test]
+    fn sent_puts_the_rest_back_in_order() {
+        // One chunk in flight: all sent, part sent, nothing sent.
+        for (n, left) in [(5, ""), (2, "llo"), (0, "hello")] {
+            let mut q = queue(&["hello", "next"]);
+            let mut taken = Vec::new();
+            q.take_out(1, &mut taken);
+            assert_eq!(taken.len(), 1);
+            q.sent(n, &mut taken);
+            assert!(taken.is_empty());
+            assert_eq!(contents(&q), format!("{left}next").into_bytes());
+            assert_eq!(q.len(), 9 - n);
+        }
+        // Several chunks in flight, a short write in the second one.
+        let mut q = queue(&["ab", "cd", "ef"]);
+        let mut taken = Vec::new();
+        q.take_out(8, &mut taken);
+        assert_eq!(taken.len(), 3);
+        q.sent(3, &mut taken);
+        assert_eq!((q.len(), contents(&q)), (3, b"def".to_vec()));
     }
 }

@@ -18,8 +18,8 @@
 //! unchanged. Calls from a thread that runs no worker fail softly (`post` hands the mail back,
 //! `connect` returns `false`).
 
-use std::any::Any;
-use std::cell::RefCell;
+use std::any::{Any, TypeId};
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
@@ -42,14 +42,21 @@ struct Local {
     connects: Vec<ConnectRequest>,
     /// `VecDeque<(usize, M)>` for the worker's session mail type `M`, oldest first.
     mail: Option<Box<dyn Any>>,
-    mail_len: usize,
+    /// The type of the queue in `mail` (compared inline: no virtual `type_id` call per mail).
+    mail_type: Option<TypeId>,
 }
 
 impl Local {
     /// This worker's mail queue, if its mail type is `M`.
     #[inline]
     fn queue<M: 'static>(&mut self) -> Option<&mut VecDeque<(usize, M)>> {
-        self.mail.as_mut()?.downcast_mut::<VecDeque<(usize, M)>>()
+        if self.mail_type != Some(TypeId::of::<VecDeque<(usize, M)>>()) {
+            return None;
+        }
+        let q: *mut dyn Any = &mut **self.mail.as_mut()?;
+        // SAFETY: `mail_type` is the type id of the value in `mail` (both set together in
+        // `install`), checked equal to the type we cast to just above.
+        Some(unsafe { &mut *q.cast::<VecDeque<(usize, M)>>() })
     }
 }
 
@@ -60,9 +67,13 @@ thread_local! {
             installed: false,
             connects: Vec::new(),
             mail: None,
-            mail_len: 0,
+            mail_type: None,
         })
     };
+    // How many connects and mails are queued, outside `LOCAL`: a value with no destructor is
+    // read without the thread-local's registration check, and most looks find both zero.
+    static CONNECTS_LEN: Cell<usize> = const { Cell::new(0) };
+    static MAIL_LEN: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Install this thread's queues for a worker whose sessions use mail type `M` (drivers call
@@ -73,26 +84,31 @@ pub fn install<M: 'static>() {
         l.installed = true;
         l.connects.clear();
         l.mail = Some(Box::new(VecDeque::<(usize, M)>::with_capacity(64)));
-        l.mail_len = 0;
+        l.mail_type = Some(TypeId::of::<VecDeque<(usize, M)>>());
     });
+    CONNECTS_LEN.set(0);
+    MAIL_LEN.set(0);
 }
 
 /// Whether connects or mail wait to be handled (drivers then poll without blocking).
 pub fn has_work() -> bool {
-    LOCAL.with(|l| {
-        let l = l.borrow();
-        !l.connects.is_empty() || l.mail_len > 0
-    })
+    CONNECTS_LEN.get() > 0 || MAIL_LEN.get() > 0
 }
 
 /// Move the queued connects into `into` (drivers).
 pub fn take_connects(into: &mut Vec<ConnectRequest>) {
-    LOCAL.with(|l| {
-        let mut l = l.borrow_mut();
-        if !l.connects.is_empty() {
-            into.append(&mut l.connects);
-        }
-    });
+    if CONNECTS_LEN.get() == 0 {
+        return;
+    }
+    LOCAL.with(|l| into.append(&mut l.borrow_mut().connects));
+    CONNECTS_LEN.set(0);
+}
+
+/// Move the queued connects into `into` and say whether mail waits (drivers, once per drive
+/// round: one look at the queues instead of two when there is nothing to do).
+pub fn take_connects_peek_mail(into: &mut Vec<ConnectRequest>) -> bool {
+    take_connects(into);
+    MAIL_LEN.get() > 0
 }
 
 /// Deliver up to `max` queued mails of this worker to their connections in `conns` (drivers),
@@ -111,6 +127,9 @@ pub fn deliver_mail<S: Session, C>(
     touched: &mut Vec<usize>,
 ) {
     take_mail::<S::Mail>(scratch, max);
+    if scratch.is_empty() {
+        return;
+    }
     for (t, m) in scratch.drain(..) {
         if let Some(c) = conns.get_mut(t) {
             let (session, queued) = parts(c);
@@ -159,11 +178,11 @@ pub fn open_session<S: Session, T>(
 
 /// Move up to `max` queued mails into `into`, oldest first (drivers).
 pub fn take_mail<M: 'static>(into: &mut Vec<(usize, M)>, max: usize) {
+    if MAIL_LEN.get() == 0 {
+        return;
+    }
     LOCAL.with(|l| {
         let mut l = l.borrow_mut();
-        if l.mail_len == 0 {
-            return;
-        }
         let Some(q) = l.queue::<M>() else {
             return;
         };
@@ -173,13 +192,14 @@ pub fn take_mail<M: 'static>(into: &mut Vec<(usize, M)>, max: usize) {
             // was last emptied this way (it is only pushed at the back).
             let full = std::mem::take(q);
             let spare = std::mem::replace(into, Vec::from(full));
-            *q = VecDeque::from(spare);
+            // What `q` holds now is the empty queue `take` left: nothing to drop (no elements,
+            // no allocation), so skip the drop glue.
+            std::mem::forget(std::mem::replace(q, VecDeque::from(spare)));
         } else {
             let n = q.len().min(max);
             into.extend(q.drain(..n));
         }
-        let left = q.len();
-        l.mail_len = left;
+        MAIL_LEN.set(q.len());
     });
 }
 
@@ -191,21 +211,34 @@ pub fn connect(addr: SocketAddr, tag: u64) -> bool {
             return false;
         }
         l.connects.push(ConnectRequest { addr, tag });
+        CONNECTS_LEN.set(l.connects.len());
         true
     })
 }
 
 /// Queue mail on this thread's worker (see [`WorkerCtx::post`]).
+#[inline]
 pub fn post<M: 'static>(token: usize, mail: M) -> Result<(), M> {
-    LOCAL.with(|l| {
+    // Only the queue's address is looked up under the borrow: the mail is moved once, straight
+    // into the queue, instead of into the closure, then the queue, then back out as a result.
+    let q = LOCAL.with(|l| {
         let mut l = l.borrow_mut();
-        let Some(q) = l.queue::<M>() else {
-            return Err(mail);
-        };
-        q.push_back((token, mail));
-        l.mail_len += 1;
-        Ok(())
-    })
+        let q: *mut VecDeque<(usize, M)> = l.queue::<M>()?;
+        Some(q)
+    });
+    match q {
+        Some(q) => {
+            // SAFETY: `q` points at this thread's queue, boxed in `LOCAL`: it stays where it is
+            // until `install` replaces it, which cannot run during this call. Nothing else
+            // refers to the queue now: it is only reached from this thread, by `post`,
+            // `take_mail` and `install`, none of which is running, and `push_back` calls no
+            // code of ours (moving `mail` runs none either).
+            unsafe { (*q).push_back((token, mail)) };
+            MAIL_LEN.set(MAIL_LEN.get() + 1);
+            Ok(())
+        }
+        None => Err(mail),
+    }
 }
 
 impl WorkerCtx {
@@ -247,6 +280,34 @@ mod tests {
             take_mail::<u32>(&mut out, 100);
             assert_eq!(out, vec![(3, 3), (4, 4)]);
             assert!(!has_work());
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_round_takes_connects_and_sees_waiting_mail() {
+        std::thread::spawn(|| {
+            let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+            install::<u8>();
+            let mut v = Vec::new();
+            assert!(!take_connects_peek_mail(&mut v), "nothing queued");
+            assert!(v.is_empty());
+            assert!(connect(a, 2));
+            assert!(!take_connects_peek_mail(&mut v), "a connect, no mail");
+            assert_eq!(v, vec![ConnectRequest { addr: a, tag: 2 }]);
+            post(4, 7u8).unwrap();
+            v.clear();
+            assert!(take_connects_peek_mail(&mut v), "mail waits");
+            assert!(v.is_empty());
+            assert!(
+                take_connects_peek_mail(&mut v),
+                "peeking leaves the mail queued"
+            );
+            let mut m = Vec::new();
+            take_mail::<u8>(&mut m, 10);
+            assert_eq!(m, vec![(4, 7)]);
+            assert!(!take_connects_peek_mail(&mut v));
         })
         .join()
         .unwrap();

@@ -166,10 +166,12 @@ pub struct Peer {
 impl Peer {
     /// Queue `mail` for this connection (delivered in this loop turn, see
     /// [`WorkerCtx::post`]); handed back when no worker of mail type `Envelope<M>` runs here.
+    #[inline]
     pub fn post<M: Send + 'static>(self, _ctx: &WorkerCtx, mail: M) -> Result<(), M> {
         self.send(mail)
     }
 
+    #[inline]
     fn send<M: Send + 'static>(self, mail: M) -> Result<(), M> {
         crate::outbound::post(
             self.token,
@@ -377,7 +379,10 @@ pub trait Upstream: Half {
 }
 
 /// A proxy's two halves as one [`Session`] (see the [module docs](self)).
+// An explicit tag byte: every `Session` call dispatches on it (several per event), and a
+// tag stored in a niche of one half's fields costs more to test than a byte compare.
 #[derive(Debug)]
+#[repr(u8)]
 pub enum Relay<D, U> {
     /// An accepted client connection.
     Down(D),
@@ -475,15 +480,18 @@ where
         &mut self.io_mut().input
     }
 
+    #[inline]
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
         let io = self.io();
         io.connected && !io.eof && !io.abort && both!(self, h => h.wants_read(ctx))
     }
 
+    #[inline]
     fn is_finished(&self) -> bool {
         self.io().connect_failed || both!(self, h => h.is_finished())
     }
 
+    #[inline]
     fn wants_abort(&self) -> bool {
         self.io().abort
     }
@@ -509,6 +517,7 @@ where
         }
     }
 
+    #[inline]
     fn has_output(&self) -> bool {
         let io = self.io();
         io.connected && !io.out.is_empty()
@@ -567,6 +576,7 @@ where
         both!(self, h => h.process(ctx, now))
     }
 
+    #[inline]
     fn wants_process(&self) -> bool {
         !self.io().connect_failed && both!(self, h => h.wants_process())
     }

@@ -101,8 +101,23 @@ impl Default for ServerOptions {
 /// Monotonic clock shared by a server's workers, converted to [`ferry_proto::Instant`].
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
-    origin: std::time::Instant,
+    /// `CLOCK_MONOTONIC` at the origin, in nanoseconds.
+    origin: u64,
     unix_origin_nanos: u64,
+}
+
+/// `CLOCK_MONOTONIC` (what `std::time::Instant` reads on Linux) in nanoseconds, read directly:
+/// no `Instant` subtraction with its overflow checks and `Duration` normalisation per call.
+fn monotonic_nanos() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one `timespec` into the valid local we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 impl Clock {
@@ -112,14 +127,14 @@ impl Clock {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         Clock {
-            origin: std::time::Instant::now(),
+            origin: monotonic_nanos(),
             unix_origin_nanos: unix,
         }
     }
 
     /// Now.
     pub fn now(&self) -> Instant {
-        Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
+        Instant::from_nanos(monotonic_nanos().saturating_sub(self.origin))
     }
 
     /// Unix time in nanoseconds at `Instant::ZERO` (for the `Date` field).

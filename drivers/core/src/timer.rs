@@ -55,6 +55,8 @@ pub struct TimerWheel {
     /// Current tick: everything at or before it has been expired.
     now: u64,
     levels: Vec<Level>,
+    /// Bit `l` set when level `l` has an occupied slot (`next_slot` skips empty levels).
+    levels_occupied: u32,
     /// Timers inserted with a deadline at or before `now`: they fire on the next `advance`.
     due: Vec<Entry>,
     armed: Vec<Armed>,
@@ -76,6 +78,7 @@ impl TimerWheel {
                     slots: (0..SLOTS).map(|_| Vec::new()).collect(),
                 })
                 .collect(),
+            levels_occupied: 0,
             due: Vec::new(),
             armed: Vec::new(),
             len: 0,
@@ -159,29 +162,29 @@ impl TimerWheel {
         let l = &mut self.levels[level];
         l.slots[slot].push(e);
         l.occupied |= 1 << slot;
+        self.levels_occupied |= 1 << level;
     }
 
     /// The earliest (level, slot, tick) to process, if any.
     fn next_slot(&self) -> Option<(usize, usize, u64)> {
-        for (level, l) in self.levels.iter().enumerate() {
-            if l.occupied == 0 {
-                continue;
-            }
-            let shift = level as u32 * SLOT_BITS;
-            let slot_range = 1u64 << shift;
-            let level_range = slot_range << SLOT_BITS;
-            let now_slot = ((self.now >> shift) as usize) & (SLOTS - 1);
-            let zeros = l.occupied.rotate_right(now_slot as u32).trailing_zeros() as usize;
-            let slot = (now_slot + zeros) % SLOTS;
-            let level_start = self.now & !(level_range - 1);
-            let mut at = level_start + slot as u64 * slot_range;
-            if at <= self.now && level > 0 {
-                // A slot "behind" the current one at this level lies in the next rotation.
-                at += level_range;
-            }
-            return Some((level, slot, at.max(self.now)));
+        if self.levels_occupied == 0 {
+            return None;
         }
-        None
+        let level = self.levels_occupied.trailing_zeros() as usize;
+        let l = &self.levels[level];
+        let shift = level as u32 * SLOT_BITS;
+        let slot_range = 1u64 << shift;
+        let level_range = slot_range << SLOT_BITS;
+        let now_slot = ((self.now >> shift) as usize) & (SLOTS - 1);
+        let zeros = l.occupied.rotate_right(now_slot as u32).trailing_zeros() as usize;
+        let slot = (now_slot + zeros) % SLOTS;
+        let level_start = self.now & !(level_range - 1);
+        let mut at = level_start + slot as u64 * slot_range;
+        if at <= self.now && level > 0 {
+            // A slot "behind" the current one at this level lies in the next rotation.
+            at += level_range;
+        }
+        Some((level, slot, at.max(self.now)))
     }
 
     /// When [`advance`](Self::advance) next has work: the earliest slot boundary holding a
@@ -198,8 +201,10 @@ impl TimerWheel {
     /// `expired` (each fires once, then is disarmed). Time never moves backwards.
     pub fn advance(&mut self, now: Instant, expired: &mut Vec<usize>) {
         let target = self.to_tick_floor(now);
-        for e in std::mem::take(&mut self.due) {
-            self.fire(e, expired);
+        if !self.due.is_empty() {
+            for e in std::mem::take(&mut self.due) {
+                self.fire(e, expired);
+            }
         }
         while let Some((level, slot, at)) = self.next_slot() {
             if at > target {
@@ -208,6 +213,9 @@ impl TimerWheel {
             self.now = self.now.max(at);
             let l = &mut self.levels[level];
             l.occupied &= !(1u64 << slot);
+            if l.occupied == 0 {
+                self.levels_occupied &= !(1 << level);
+            }
             let entries = std::mem::take(&mut l.slots[slot]);
             for e in &entries {
                 let Some(a) = self.armed.get(e.token) else {
@@ -402,6 +410,15 @@ mod tests {
                 }
             }
             assert_eq!(w.len(), model.iter().filter(|m| m.is_some()).count());
+            // The wheel wakes no later than the earliest armed deadline (earlier is allowed:
+            // a far slot cascading, or stale entries of cancelled timers).
+            if let Some(first) = model.iter().flatten().min() {
+                let next = w.next_expiration().expect("a timer is armed");
+                assert!(
+                    next <= ms(*first).max(ms(now)),
+                    "at {now}: {next:?} > {first}"
+                );
+            }
         }
     }
 }

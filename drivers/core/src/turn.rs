@@ -47,6 +47,9 @@ pub fn apply_outside_mail<S: Session, C>(
     touched: &mut Vec<usize>,
 ) {
     S::take_mail(ctx, shared, scratch);
+    if scratch.is_empty() {
+        return;
+    }
     for (t, m) in scratch.drain(..) {
         if let Some(c) = conns.get_mut(t) {
             let (session, queued) = parts(c);
@@ -357,7 +360,10 @@ impl<S: Session> Turn<S> {
         armed: fn(&C) -> Option<Instant>,
         mut open: impl FnMut(&mut Slab<C>, &mut WorkerCtx, ConnectRequest, u32) -> Option<usize>,
     ) -> bool {
-        outbound::take_connects(&mut self.connects);
+        // With no connect to open (they may post mail) and no mail waiting, nothing is left
+        // to deliver this round.
+        let mut mail = outbound::take_connects_peek_mail(&mut self.connects);
+        mail |= !self.connects.is_empty();
         for req in self.connects.drain(..) {
             let gen = next_gen(&mut self.gen, gen_mask);
             if let Some(t) = open(conns, ctx, req, gen) {
@@ -369,7 +375,9 @@ impl<S: Session> Turn<S> {
                 self.touched.push(t);
             }
         }
-        self.deliver_local(conns, parts, ctx, shared, now);
+        if mail {
+            self.deliver_local(conns, parts, ctx, shared, now);
+        }
         !self.touched.is_empty()
     }
 }

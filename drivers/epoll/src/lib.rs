@@ -473,6 +473,9 @@ fn parts<S>(c: &mut Conn<S>) -> (&mut S, &mut bool) {
 }
 
 /// Move bytes for one connection. Returns `false` when it must be closed now.
+// Inlined into the loop, its one caller: this runs a few times per request, and a call costs
+// saving and restoring every register it uses.
+#[inline]
 fn drive<S: Session>(
     c: &mut Conn<S>,
     ctx: &mut WorkerCtx,
@@ -498,30 +501,7 @@ fn drive<S: Session>(
         }
     }
     if c.linger_until.is_some() {
-        // Our side is done: discard input until the peer's FIN.
-        while c.readable {
-            // SAFETY: `scratch` is valid writable memory of the length we pass.
-            let n = unsafe {
-                libc::recv(
-                    c.stream.as_raw_fd(),
-                    scratch.as_mut_ptr().cast(),
-                    scratch.len(),
-                    0,
-                )
-            };
-            if n == 0 {
-                return false;
-            }
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => c.readable = false,
-                    io::ErrorKind::Interrupted => {}
-                    _ => return false,
-                }
-            }
-        }
-        return true;
+        return linger(c, scratch);
     }
     let chunk = ctx.options.read_chunk;
     // Whether the session may be finished or aborting now; `false` when the last look in the
@@ -614,8 +594,39 @@ fn drive<S: Session>(
             return false;
         }
         c.linger_until = Some(now + ctx.options.linger);
-        // Discard whatever is already there.
-        return drive(c, ctx, now, scratch);
+        // Discard whatever is already there (what a drive of a lingering connection does).
+        if c.session.wants_abort() {
+            return abort(c);
+        }
+        return linger(c, scratch);
+    }
+    true
+}
+
+/// A lingering connection (our side is done): discard input until the peer's FIN. Returns
+/// `false` when it must be closed now.
+fn linger<S>(c: &mut Conn<S>, scratch: &mut [u8]) -> bool {
+    while c.readable {
+        // SAFETY: `scratch` is valid writable memory of the length we pass.
+        let n = unsafe {
+            libc::recv(
+                c.stream.as_raw_fd(),
+                scratch.as_mut_ptr().cast(),
+                scratch.len(),
+                0,
+            )
+        };
+        if n == 0 {
+            return false;
+        }
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => c.readable = false,
+                io::ErrorKind::Interrupted => {}
+                _ => return false,
+            }
+        }
     }
     true
 }

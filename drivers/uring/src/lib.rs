@@ -307,6 +307,7 @@ impl BufRing {
         }
     }
 
+    #[inline]
     fn get(&self, bid: u16, len: usize) -> &[u8] {
         let start = bid as usize * self.size;
         &self.mem[start..start + len.min(self.size)]
@@ -435,6 +436,7 @@ impl Loop {
         );
     }
 
+    #[inline]
     fn push(&mut self, e: squeue::Entry) {
         // SAFETY (for the pushes below): every entry we build points only at memory that
         // outlives the operation: the buffer ring, and per-connection `Sending` slots that are
