@@ -33,8 +33,11 @@
 //! and `Date` checks of forwarded and extra fields as word compares (the connection's facts
 //! about them as bits), the extra `traceparent` value checked sixteen bytes at a time,
 //! `HTTP/1.x` read as one word and the forwarding copy inlined: the client's `handle_input`
-//! 1811 → 1564, the server's 853 → 812, `respond_with` 1391 → 1263. Allocations per exchange
-//! once warm: 0.
+//! 1811 → 1564, the server's 853 → 812, `respond_with` 1391 → 1263; 5048 with the usual
+//! status line (`HTTP/1.x DDD OK`) and a `GET ` request line start read as words, field names
+//! and values split where their bounds are known, one test for the usual single space before
+//! a value, and the `Connection` value compare inlined: the client's `handle_input` 1564 →
+//! 1408, the server's 812 → 724. Allocations per exchange once warm: 0.
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 

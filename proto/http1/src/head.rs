@@ -638,9 +638,9 @@ impl Framing {
             10 if token_eq(n, b"connection") => {
                 // `token_eq` is exact for field values too: no letter or `-` folds onto
                 // another byte a value may hold (only CR folds onto `-`).
-                if token_eq(value, b"keep-alive") {
+                if token_eq_inline(value, b"keep-alive") {
                     self.conn_keep_alive = true;
-                } else if token_eq(value, b"close") {
+                } else if token_eq_inline(value, b"close") {
                     self.conn_close = true;
                 } else {
                     self.connection(value)
@@ -789,6 +789,13 @@ pub(crate) struct RequestFacts {
 /// and leaves `-` and digits alone; no token byte folds onto a different letter.
 #[inline]
 pub(crate) fn token_eq(name: &[u8], lower: &[u8]) -> bool {
+    token_eq_inline(name, lower)
+}
+
+/// [`token_eq`], always inlined: for hot compares whose first operand's length is not known
+/// (a `Connection` value), so the compare folds to a length test and two word compares.
+#[inline(always)]
+pub(crate) fn token_eq_inline(name: &[u8], lower: &[u8]) -> bool {
     let n = name.len();
     if n != lower.len() {
         return false;
@@ -1444,7 +1451,12 @@ fn request_head(
     } else {
         Version::Http11
     };
-    let method = Method::from_bytes(&buf[..raw.method.1]);
+    // The request line starts the buffer (checked above): `GET ` is the parser's word test.
+    let method = if buf.first_chunk::<4>() == Some(b"GET ") {
+        Method::Get
+    } else {
+        Method::from_bytes(&buf[..raw.method.1])
+    };
     let facts = framing.request_facts(method, version)?;
     if raw.line_ends.field_bare {
         return Err(Error::BareLineFeed);
@@ -1672,6 +1684,23 @@ mod tests {
         assert!(
             hb.as_ptr() as usize >= base && (hb.as_ptr() as usize) < base + r.head_bytes().len()
         );
+    }
+
+    /// The `GET ` word test (parser and method) agrees with the general token read.
+    #[test]
+    fn get_fast_path_methods() {
+        let method = |raw: &[u8]| {
+            parse_request(raw, 100, &mut IndexBuf::new())
+                .map(|p| p.map(|p| (p.req.method(), p.req.method_len)))
+        };
+        let get = Some((Method::Get, 3));
+        assert_eq!(method(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap(), get);
+        assert_eq!(method(b"GET /").unwrap(), None);
+        let other = |n| Some((Method::Other, n));
+        assert_eq!(method(b"GETS / HTTP/1.1\r\n\r\n").unwrap(), other(4));
+        assert_eq!(method(b"get / HTTP/1.1\r\n\r\n").unwrap(), other(3));
+        assert!(method(b"GET\t/ HTTP/1.1\r\n\r\n").is_err());
+        assert!(method(b"\r\nGET / HTTP/1.1\r\n\r\n").is_err());
     }
 
     /// Parse `raw` (a complete head) into a `Request` as the server does.

@@ -259,7 +259,12 @@ pub(crate) fn parse_request_head(
     }
     // method SP
     let method_start = at(rest);
-    let n = token_len(rest);
+    // Nearly every request is a `GET`: one word compare (`token_len` gives the same 3).
+    let n = if rest.first_chunk::<4>() == Some(b"GET ") {
+        3
+    } else {
+        token_len(rest)
+    };
     let method_end = method_start + n;
     match rest.get(n) {
         _ if n == 0 && !rest.is_empty() => return Err(ParseError::Token),
@@ -357,8 +362,9 @@ fn parse_fields(
         }
         // Nearly every other line is a name of letters and `-`: that first (it never starts
         // with CR or LF, so the other cases go to the match).
-        let n = match fast_name(rest) {
-            Some(n) => n,
+        // Split in each arm, where the bounds are known: no checks again after the merge.
+        let (name, after) = match fast_name(rest) {
+            Some(n) => (&rest[..n], &rest[n + 1..]),
             None => match rest {
                 [b'\r', b'\n', ..] => break,
                 [b'\n', ..] => {
@@ -369,39 +375,39 @@ fn parse_fields(
                 [b'\r', _, ..] => return Err(ParseError::NewLine),
                 [] | [b'\r'] => return Ok(Status::Partial),
                 _ => match slow_name(rest) {
-                    Ok(n) => n,
+                    Ok(n) => (&rest[..n], &rest[n + 1..]),
                     Err(None) => return Ok(Status::Partial),
                     Err(Some(e)) => return Err(e),
                 },
             },
         };
-        let name = &rest[..n];
-        rest = &rest[n + 1..];
+        rest = after;
         // OWS field-value OWS CRLF
         let mut verbatim = true;
-        if let [b' ', r @ ..] = rest {
-            rest = r;
-        } else {
-            verbatim = false;
+        match rest {
+            [b' ', c, ..] if *c != b' ' && *c != b'\t' => rest = &rest[1..],
+            _ => {
+                verbatim = false;
+                while let [b' ' | b'\t', r @ ..] = rest {
+                    rest = r;
+                }
+            }
         }
-        while let [b' ' | b'\t', r @ ..] = rest {
-            rest = r;
-            verbatim = false;
-        }
-        let (n, eol) = match fast_value(rest) {
-            Some(n) => (n, 2),
+        let (mut value, after) = match fast_value(rest) {
+            Some(n) => (&rest[..n], &rest[n + 2..]),
             None => match slow_value(rest) {
-                Ok(v) => v,
+                Ok((n, eol)) => {
+                    if eol == 1 {
+                        last_bare_field = fields;
+                        verbatim = false;
+                    }
+                    (&rest[..n], &rest[n + eol..])
+                }
                 Err(None) => return Ok(Status::Partial),
                 Err(Some(e)) => return Err(e),
             },
         };
-        if eol == 1 {
-            last_bare_field = fields;
-            verbatim = false;
-        }
-        let mut value = &rest[..n];
-        rest = &rest[n + eol..];
+        rest = after;
         if fields == max_headers {
             return Err(ParseError::TooManyHeaders);
         }
@@ -490,48 +496,17 @@ pub(crate) fn parse_response_head(
             _ => break,
         }
     }
-    // HTTP-version SP
-    let version = match http_version(rest)? {
-        Status::Complete(v) => v,
-        Status::Partial => return Ok(Status::Partial),
-    };
-    rest = match &rest[8..] {
-        [b' ', r @ ..] => r,
-        [] => return Ok(Status::Partial),
-        _ => return Err(ParseError::Version),
-    };
-    // status-code: three digits, each checked as it comes.
-    let mut status = 0u16;
-    for i in 0..3 {
-        match rest.get(i) {
-            Some(&d) if d.is_ascii_digit() => status = status * 10 + u16::from(d - b'0'),
-            Some(_) => return Err(ParseError::Status),
-            None => return Ok(Status::Partial),
+    let (version, status, reason) = if let Some((version, status)) = ok_status_line(rest) {
+        // The usual status line (nginx's `HTTP/1.1 200 OK`): the same verdict as below.
+        let start = at(rest);
+        rest = &rest[OK_STATUS_LINE..];
+        (version, status, (start + 13, start + 15))
+    } else {
+        match slow_status_line(buf, &mut rest, &mut bare)? {
+            Status::Complete(v) => v,
+            Status::Partial => return Ok(Status::Partial),
         }
-    }
-    rest = &rest[3..];
-    // SP reason-phrase CRLF, or the line ends right after the code.
-    let mut reason = (0, 0);
-    let eol = match rest {
-        [b' ', r @ ..] => {
-            let start = at(r);
-            let (n, eol, obs_text) = match reason_len(r)? {
-                Status::Complete(v) => v,
-                Status::Partial => return Ok(Status::Partial),
-            };
-            if n != 0 && !obs_text {
-                reason = (start, start + n);
-            }
-            rest = &r[n..];
-            eol
-        }
-        [b'\r', b'\n', ..] => 2,
-        [b'\n', ..] => 1,
-        [] | [b'\r'] => return Ok(Status::Partial),
-        _ => return Err(ParseError::Status),
     };
-    bare |= eol == 1;
-    rest = &rest[eol..];
     let mut line_ends = LineEnds::default();
     let (len, fields) = match parse_fields(buf, at(rest), max_headers, sink, &mut line_ends)? {
         Status::Complete(v) => v,
@@ -545,6 +520,100 @@ pub(crate) fn parse_response_head(
         fields,
         bare_lf: bare || line_ends.outer_bare || line_ends.field_bare,
     }))
+}
+
+/// The length of [`ok_status_line`]'s line: `HTTP/1.x DDD OK` CRLF.
+const OK_STATUS_LINE: usize = 17;
+
+/// The version (0 or 1) and status code of a status line `HTTP/1.x DDD OK` CRLF at the start
+/// of `rest` (nearly every response: two word compares and a three-digit check), or `None` for
+/// any other line, or a shorter `rest` (then [`slow_status_line`] gives the verdict).
+#[inline(always)]
+fn ok_status_line(rest: &[u8]) -> Option<(u8, u16)> {
+    const V10: u64 = u64::from_le_bytes(*b"HTTP/1.0");
+    const V11: u64 = u64::from_le_bytes(*b"HTTP/1.1");
+    // Bytes 0 and 4..8 of the second word: ` ` and ` OK\r`; bytes 1..4 are the digits.
+    const FIXED: u64 = 0xffff_ffff_0000_00ff;
+    const PATTERN: u64 = u64::from_le_bytes(*b" \0\0\0 OK\r");
+    const HIGH_NIBBLES: u64 = 0x0000_0000_f0f0_f000;
+    const ZEROS: u64 = 0x0000_0000_3030_3000;
+    const SIXES: u64 = 0x0000_0000_0606_0600;
+    let l = rest.first_chunk::<OK_STATUS_LINE>()?;
+    let (v, w) = (l.first_chunk::<8>()?, l[8..].first_chunk::<8>()?);
+    let (v, w) = (u64::from_le_bytes(*v), u64::from_le_bytes(*w));
+    let version = match v {
+        V11 => 1,
+        V10 => 0,
+        _ => return None,
+    };
+    // A digit is 0x30..=0x39: its high nibble is 3, and still is with 6 added (no carry can
+    // leave a byte whose high nibble is 3).
+    let d = w & !FIXED;
+    if w & FIXED != PATTERN
+        || d & HIGH_NIBBLES != ZEROS
+        || (d + SIXES) & HIGH_NIBBLES != ZEROS
+        || l[16] != b'\n'
+    {
+        return None;
+    }
+    // Each digit's value is its low nibble.
+    let digit = |i: u32| ((w >> (8 * i)) & 0xf) as u16;
+    Some((version, digit(1) * 100 + digit(2) * 10 + digit(3)))
+}
+
+/// Any status line at the start of `*rest` (after the empty lines before it): its version,
+/// status code and reason (offsets into `buf`, whose tail `*rest` is; as for
+/// [`RawResponse`]). Moves `*rest` past the line and sets `*bare` if it ended in a bare LF.
+#[inline(never)]
+fn slow_status_line(
+    buf: &[u8],
+    rest: &mut &[u8],
+    bare: &mut bool,
+) -> Step<(u8, u16, (usize, usize))> {
+    let at = |rest: &[u8]| buf.len() - rest.len();
+    // HTTP-version SP
+    let version = match http_version(rest)? {
+        Status::Complete(v) => v,
+        Status::Partial => return Ok(Status::Partial),
+    };
+    *rest = match &rest[8..] {
+        [b' ', r @ ..] => r,
+        [] => return Ok(Status::Partial),
+        _ => return Err(ParseError::Version),
+    };
+    // status-code: three digits, each checked as it comes.
+    let mut status = 0u16;
+    for i in 0..3 {
+        match rest.get(i) {
+            Some(&d) if d.is_ascii_digit() => status = status * 10 + u16::from(d - b'0'),
+            Some(_) => return Err(ParseError::Status),
+            None => return Ok(Status::Partial),
+        }
+    }
+    *rest = &rest[3..];
+    // SP reason-phrase CRLF, or the line ends right after the code.
+    let mut reason = (0, 0);
+    let eol = match *rest {
+        [b' ', r @ ..] => {
+            let start = at(r);
+            let (n, eol, obs_text) = match reason_len(r)? {
+                Status::Complete(v) => v,
+                Status::Partial => return Ok(Status::Partial),
+            };
+            if n != 0 && !obs_text {
+                reason = (start, start + n);
+            }
+            *rest = &r[n..];
+            eol
+        }
+        [b'\r', b'\n', ..] => 2,
+        [b'\n', ..] => 1,
+        [] | [b'\r'] => return Ok(Status::Partial),
+        _ => return Err(ParseError::Status),
+    };
+    *bare |= eol == 1;
+    *rest = &rest[eol..];
+    Ok(Status::Complete((version, status, reason)))
 }
 
 /// The reason phrase at the start of `rest` (after the SP that follows the status code): its
@@ -1146,6 +1215,34 @@ hello world\n";
         );
     }
 
+    /// [`ok_status_line`] on the lines it must take and the near misses it must leave to
+    /// [`slow_status_line`].
+    #[test]
+    fn ok_status_line_cases() {
+        assert_eq!(ok_status_line(b"HTTP/1.1 200 OK\r\n"), Some((1, 200)));
+        assert_eq!(
+            ok_status_line(b"HTTP/1.0 404 OK\r\nA: b\r\n"),
+            Some((0, 404))
+        );
+        assert_eq!(ok_status_line(b"HTTP/1.1 000 OK\r\n"), Some((1, 0)));
+        assert_eq!(ok_status_line(b"HTTP/1.1 999 OK\r\n"), Some((1, 999)));
+        for miss in [
+            &b"HTTP/1.1 200 OK\r"[..],
+            b"HTTP/1.1 200 OK\n\n",
+            b"HTTP/1.1 200 Ok\r\n",
+            b"HTTP/1.1 2:0 OK\r\n",
+            b"HTTP/1.1 20/ OK\r\n",
+            b"HTTP/1.1 ?00 OK\r\n",
+            b"HTTP/1.1 2\x800 OK\r\n",
+            b"HTTP/1.1  200 OK\r\n",
+            b"HTTP/1.1 200  OK\r\n",
+            b"HTTP/1.2 200 OK\r\n",
+            b"HTTP/1.1\t200 OK\r\n",
+        ] {
+            assert_eq!(ok_status_line(miss), None, "{:?}", miss);
+        }
+    }
+
     #[test]
     fn response_vectors() {
         check_all_responses(NGINX);
@@ -1248,6 +1345,40 @@ hello world\n";
             let mut g = b"HTTP/1.1 ".to_vec();
             g.extend_from_slice(&h);
             check_response(&g, 4);
+        }
+
+        /// Status lines near `HTTP/1.x DDD OK` CRLF: the fast path ([`ok_status_line`]) gives
+        /// what the general one ([`slow_status_line`]) gives whenever it answers, and whole
+        /// heads get httparse's verdicts either way.
+        #[test]
+        fn ok_status_line_matches_general(
+            v in prop::sample::select(&["HTTP/1.1", "HTTP/1.0", "HTTP/1.2", "HTTP/1.1 "][..]),
+            tail in prop::collection::vec(prop_oneof![
+                4 => prop::sample::select(&b"0123456789 OK\r\n"[..]),
+                1 => prop::sample::select(&b"/:?@\t\x80\xff\x00\x06\x7fAok"[..]),
+                1 => any::<u8>(),
+            ], 0..14),
+            fields in prop::collection::vec(field_line(), 0..3),
+            end in prop::sample::select(&["\r\n", "\n", ""][..]),
+        ) {
+            let mut h = v.as_bytes().to_vec();
+            h.extend_from_slice(&tail);
+            for f in fields {
+                h.extend_from_slice(&f);
+            }
+            h.extend_from_slice(end.as_bytes());
+            if let Some((version, status)) = ok_status_line(&h) {
+                let mut rest = &h[..];
+                let mut bare = false;
+                let general = slow_status_line(&h, &mut rest, &mut bare);
+                prop_assert_eq!(general, Ok(Status::Complete((version, status, (13, 15)))));
+                prop_assert_eq!(h.len() - rest.len(), OK_STATUS_LINE);
+                prop_assert!(!bare);
+            }
+            check_response(&h, 4);
+            for cut in 0..h.len().min(20) {
+                check_response(&h[..cut], 4);
+            }
         }
 
         #[test]
