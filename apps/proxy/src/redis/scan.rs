@@ -115,7 +115,77 @@ pub fn scan(b: &[u8], max_bulk: u64, max_inline: usize) -> Scan {
 /// A multibulk command (`*N` then `N` bulk strings, each at most `max_bulk` bytes) at the
 /// start of `b`. Length headers must be canonical (no sign, no leading zero); `*0`, `*-1`
 /// and more than [`MAX_FAST_ARGS`] arguments are [`Scan::Other`].
+#[inline]
 pub fn scan_command(b: &[u8], max_bulk: u64) -> Scan {
+    match scan_command_short(b, max_bulk) {
+        Some(s) => s,
+        None => scan_command_any(b, max_bulk),
+    }
+}
+
+/// The 8 bytes at `at` of `b`, little-endian.
+#[inline(always)]
+fn word(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(*b.get(at..)?.first_chunk::<8>()?))
+}
+
+/// A bulk string header `$D\r\n` or `$DD\r\n` (canonical: no leading zero) in the low
+/// bytes of `w`, read at `pos`: the span of its data. `None`: any other header.
+#[inline(always)]
+fn short_head(w: u64, pos: usize) -> Option<(usize, usize)> {
+    let [_, c1, c2, ..] = w.to_le_bytes();
+    let (d1, d2) = (c1.wrapping_sub(b'0'), c2.wrapping_sub(b'0'));
+    if w & 0xFFFF_00FF == 0x0A0D_0024 && d1 <= 9 {
+        Some((pos + 4, pos + 4 + usize::from(d1)))
+    } else if w & 0xFF_FF00_00FF == 0x0A_0D00_0024 && d1.wrapping_sub(1) < 9 && d2 <= 9 {
+        Some((pos + 5, pos + 5 + usize::from(d1 * 10 + d2)))
+    } else {
+        None
+    }
+}
+
+/// [`scan_command`] for the usual command: complete, `*1` to `*9`, every argument shorter
+/// than 100 bytes (and `max_bulk` at least 99). `None`: anything else (incomplete, odd,
+/// longer), which [`scan_command_any`] decides from the start; where this answers, it
+/// answers as that does. One 8-byte load per argument checks the line end of one
+/// argument and the header of the next (a complete command has at least 8 bytes after
+/// the data of any argument but its last: `\r\n$0\r\n\r\n`).
+#[inline(always)]
+fn scan_command_short(b: &[u8], max_bulk: u64) -> Option<Scan> {
+    let &[b'*', c1, b'\r', b'\n', ..] = b else {
+        return None;
+    };
+    let n = c1.wrapping_sub(b'0');
+    if !(1..=9).contains(&n) || max_bulk < 99 {
+        return None;
+    }
+    let name = short_head(word(b, 4)?, 4)?;
+    let mut end = name.1;
+    let mut key = None;
+    for k in 1..n {
+        let w = word(b, end)?;
+        if w & 0xFFFF != 0x0A0D {
+            return None;
+        }
+        let span = short_head(w >> 16, end + 2)?;
+        if k == 1 {
+            key = Some(span);
+        }
+        end = span.1;
+    }
+    match b.get(end..end + 2) {
+        Some(b"\r\n") => Some(Scan::Complete {
+            len: end + 2,
+            name,
+            key,
+        }),
+        _ => None,
+    }
+}
+
+/// [`scan_command`] for any input.
+#[inline(never)]
+fn scan_command_any(b: &[u8], max_bulk: u64) -> Scan {
     let (n, mut pos) = match header(b, b'*') {
         Ok(Some(x)) => x,
         Ok(None) => return Scan::Incomplete,
@@ -309,7 +379,17 @@ fn simple_len(b: &[u8], limits: &Limits) -> Measured {
 /// strings, errors, integers, bulk strings and arrays of those (`LRANGE`, `MGET`…) are
 /// measured here; anything else (and anything odd) by the full frame parser, whose answer
 /// this always equals on a complete frame.
+#[inline]
 pub fn reply_len(b: &[u8], limits: &Limits) -> Result<Option<usize>, ParseError> {
+    if let Some(n) = short_reply(b, limits) {
+        return Ok(Some(n));
+    }
+    reply_len_any(b, limits)
+}
+
+/// [`reply_len`] for any input.
+#[inline(never)]
+fn reply_len_any(b: &[u8], limits: &Limits) -> Result<Option<usize>, ParseError> {
     match flat(b, limits, 0, 0) {
         Flat::Done(n) => Ok(Some(n)),
         Flat::Incomplete(..) => Ok(None),
@@ -370,6 +450,39 @@ impl Progress {
     }
 }
 
+/// The usual reply, complete: a simple string or error with a line of at most 15 bytes
+/// (`+OK`, `+QUEUED`, `-ERR …` short), `$-1`, or a bulk string shorter than 100 bytes. Its
+/// length, as [`simple_len`] measures it; `None`: anything else, left to the full scans.
+#[inline(always)]
+fn short_reply(b: &[u8], limits: &Limits) -> Option<usize> {
+    match *b.first()? {
+        b'+' if b.starts_with(b"+OK\r\n") => Some(5),
+        b'+' | b'-' if limits.max_line >= 16 => {
+            // The first `\r` or `\n` of the line, among its first 15 bytes.
+            let line = b.get(1..b.len().min(16))?;
+            let i = line.iter().position(|&c| c == b'\r' || c == b'\n')?;
+            match (line[i], b.get(i + 2)) {
+                (b'\r', Some(b'\n')) => Some(i + 3),
+                _ => None,
+            }
+        }
+        b'$' => {
+            if b.starts_with(b"$-1\r\n") {
+                return Some(5);
+            }
+            if limits.max_bulk_len < 99 {
+                return None;
+            }
+            let (_, end) = short_head(word(b, 0)?, 0)?;
+            match b.get(end..end + 2) {
+                Some(b"\r\n") => Some(end + 2),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// What [`flat`] made of a reply.
 enum Flat {
     Done(usize),
@@ -426,6 +539,12 @@ pub fn reply_len_resume(
 ) -> Result<Option<usize>, ParseError> {
     if progress.deep {
         return progress.go_deep(b, limits);
+    }
+    if progress.pos == 0 {
+        if let Some(n) = short_reply(b, limits) {
+            progress.left = 0;
+            return Ok(Some(n));
+        }
     }
     let resumed = progress.pos > 0 && progress.pos <= b.len() && b.first() == Some(&b'*');
     let (pos, left) = if resumed {
@@ -722,7 +841,170 @@ mod tests {
         assert_eq!(progress.deep_examined(), 0);
     }
 
+    fn limits_with(max_bulk_len: u64, max_line: usize) -> Limits {
+        let mut l = Limits::default();
+        l.max_bulk_len = max_bulk_len;
+        l.max_line = max_line;
+        l
+    }
+
+    /// The short paths answer as the general scans do, at every cut point of `b`.
+    fn check_short_paths(b: &[u8], max_bulk: u64, limits: &Limits) -> Result<(), TestCaseError> {
+        for cut in 0..=b.len() {
+            let p = &b[..cut];
+            prop_assert_eq!(
+                scan_command(p, max_bulk),
+                scan_command_any(p, max_bulk),
+                "cut {}",
+                cut
+            );
+            if let Some(s) = scan_command_short(p, max_bulk) {
+                prop_assert_eq!(s, scan_command_any(p, max_bulk), "cut {}", cut);
+            }
+            prop_assert_eq!(
+                reply_len(p, limits),
+                reply_len_any(p, limits),
+                "cut {}",
+                cut
+            );
+            if let Some(n) = short_reply(p, limits) {
+                prop_assert_eq!(reply_len_any(p, limits), Ok(Some(n)), "cut {}", cut);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn short_paths_on_usual_traffic() {
+        let l = Limits::default();
+        let mut b = BytesMut::new();
+        encode_command(&["SET", "key:__rand_int__", "xxx"], &mut b);
+        encode_command(&["GET", "key:__rand_int__"], &mut b);
+        encode_command(&["PING"], &mut b);
+        encode_command(&["MSET", "a", "1", "b", "2", "c", "3", "d", "4"], &mut b);
+        check_short_paths(&b, MAX_BULK, &l).unwrap();
+        let first = match scan_command_short(&b, MAX_BULK) {
+            Some(Scan::Complete { len, .. }) => len,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            scan_command_short(&b[first..], MAX_BULK),
+            Some(Scan::Complete { .. })
+        ));
+        // A bulk longer than the limit: the general scan says Other.
+        assert_eq!(scan_command_short(&b, 2), None);
+        assert_eq!(scan_command(&b, 2), Scan::Other);
+        for r in [
+            &b"+OK\r\n"[..],
+            b"+QUEUED\r\n",
+            b"-ERR wrong\r\n",
+            b"$-1\r\n",
+            b"$3\r\nxxx\r\n",
+            b"$0\r\n\r\n",
+            b"+\r\n",
+        ] {
+            let mut two = r.to_vec();
+            two.extend_from_slice(b"+NEXT\r\n");
+            assert_eq!(short_reply(&two, &l), Some(r.len()), "{r:?}");
+            check_short_paths(&two, MAX_BULK, &l).unwrap();
+        }
+        // Every single-byte corruption of usual traffic: the short path agrees or abstains.
+        for at in 0..b.len() {
+            for c in [b'\r', b'\n', b'$', b'*', b'-', b'0', b'1', b'9', b'x', 0] {
+                let mut bad = b.to_vec();
+                bad[at] = c;
+                for from in [0, first] {
+                    let p = &bad[from..];
+                    assert_eq!(
+                        scan_command(p, MAX_BULK),
+                        scan_command_any(p, MAX_BULK),
+                        "{at} {c}"
+                    );
+                    assert_eq!(reply_len(p, &l), reply_len_any(p, &l), "{at} {c}");
+                }
+            }
+        }
+        for r in [
+            &b"+a\rb\r\n"[..],
+            b"+a\nb\r\n",
+            b"+0123456789abcdef\r\n",
+            b"$01\r\na\r\n",
+        ] {
+            assert_eq!(short_reply(r, &l), None, "{r:?}");
+            check_short_paths(r, MAX_BULK, &l).unwrap();
+        }
+    }
+
     proptest! {
+        #[test]
+        fn short_paths_agree_on_commands(
+            args in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..4),
+                    proptest::collection::vec(any::<u8>(), 95..105),
+                ],
+                1..12,
+            ),
+            max_bulk in prop_oneof![Just(MAX_BULK), 0u64..110],
+            tail in proptest::collection::vec(any::<u8>(), 0..4),
+            flip in proptest::option::of((
+                any::<proptest::sample::Index>(),
+                prop_oneof![
+                    Just(b'\r'), Just(b'\n'), Just(b'$'), Just(b'*'), Just(b'0'),
+                    Just(b'1'), Just(b'9'), any::<u8>(),
+                ],
+            )),
+        ) {
+            let mut b = BytesMut::new();
+            encode_command(&args, &mut b);
+            b.extend_from_slice(&tail);
+            if let Some((at, c)) = flip {
+                let at = at.index(b.len());
+                b[at] = c;
+            }
+            let limits = limits_with(max_bulk, Limits::default().max_line);
+            check_short_paths(&b, max_bulk, &limits)?;
+        }
+
+        #[test]
+        fn short_paths_agree_on_replies(
+            vals in proptest::collection::vec(
+                prop_oneof![
+                    "[a-zA-Z0-9 \r\n]{0,20}".prop_map(|s| Value::SimpleString(Bytes::from(s))),
+                    "[a-zA-Z0-9 ]{0,20}".prop_map(|s| Value::Error(Bytes::from(format!("ERR {s}")))),
+                    proptest::collection::vec(any::<u8>(), 0..4).prop_map(|v| Value::BulkString(Bytes::from(v))),
+                    proptest::collection::vec(any::<u8>(), 97..103).prop_map(|v| Value::BulkString(Bytes::from(v))),
+                    Just(Value::NullBulkString),
+                    any::<i64>().prop_map(Value::Integer),
+                ],
+                1..4,
+            ),
+            max_line in prop_oneof![Just(Limits::default().max_line), 0usize..20],
+            max_bulk in prop_oneof![Just(Limits::default().max_bulk_len), 0u64..110],
+        ) {
+            let mut b = BytesMut::new();
+            for v in &vals {
+                ferry_resp::encode(v, ferry_resp::Protocol::Resp2, &mut b);
+            }
+            let limits = limits_with(max_bulk, max_line);
+            check_short_paths(&b, max_bulk, &limits)?;
+        }
+
+        #[test]
+        fn short_paths_on_resp_like_bytes(
+            parts in proptest::collection::vec(prop_oneof![
+                Just(&b"*"[..]), Just(&b"$"[..]), Just(&b"+"[..]), Just(&b"-"[..]),
+                Just(&b"\r\n"[..]), Just(&b"\r"[..]), Just(&b"\n"[..]), Just(&b"0"[..]),
+                Just(&b"1"[..]), Just(&b"2"[..]), Just(&b"3"[..]), Just(&b"9"[..]),
+                Just(&b"-1"[..]), Just(&b"a"[..]), Just(&b"GET"[..]),
+                Just(&b"*2\r\n"[..]), Just(&b"$3\r\n"[..]), Just(&b"$10\r\n"[..]),
+            ], 0..24),
+        ) {
+            let b: Vec<u8> = parts.concat();
+            check_short_paths(&b, MAX_BULK, &Limits::default())?;
+            check_short_paths(&b, 2, &limits_with(2, 3))?;
+        }
+
         #[test]
         fn scanner_agrees_with_the_frame_parser(
             args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6),
