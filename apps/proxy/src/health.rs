@@ -1,7 +1,7 @@
 //! Active health checks and name resolution: one thread per proxy re-resolves host-name
 //! upstreams and checks each upstream every interval with a
 //! bounded blocking probe (HTTP `GET path` expecting 2xx/3xx, or Redis `PING` expecting
-//! `+PONG`) and flips its `healthy` flag after `fall` failures or `rise` successes in a row.
+//! `+PONG`, or `-NOAUTH` from a server that requires AUTH) and flips its `healthy` flag after `fall` failures or `rise` successes in a row.
 //! Workers read the flag when they pick an upstream; a probe never runs on an I/O worker.
 
 use std::io::{Read, Write};
@@ -43,10 +43,14 @@ pub fn probe(addr: SocketAddr, protocol: Protocol, cfg: &HealthConfig) -> bool {
             Ok(0) | Err(_) => break,
             Ok(n) => got += n,
         }
+        if protocol == Protocol::Redis && buf[..got].contains(&b'\n') {
+            break; // the whole reply line (Redis keeps the connection open)
+        }
     }
     let head = &buf[..got];
     match protocol {
-        Protocol::Redis => head.starts_with(b"+PONG"),
+        // A server that requires AUTH (`requirepass`, ACLs) is up too; clients authenticate.
+        Protocol::Redis => head.starts_with(b"+PONG") || head.starts_with(b"-NOAUTH"),
         _ => head.len() >= 12 && head.starts_with(b"HTTP/1.") && matches!(head[9], b'2' | b'3'),
     }
 }
@@ -99,4 +103,48 @@ pub fn spawn(
                 }
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A one-shot Redis-like server answering `reply` to the first read, then keeping the
+    /// connection open until the client closes it (as Redis does).
+    fn serve(reply: &'static [u8]) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut b = [0u8; 64];
+                let _ = s.read(&mut b);
+                let _ = s.write_all(reply);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn redis_probe_accepts_pong_and_noauth() {
+        let cfg = HealthConfig {
+            timeout: Duration::from_secs(10),
+            ..HealthConfig::default()
+        };
+        for (reply, up) in [
+            (&b"+PONG\r\n"[..], true),
+            (b"-NOAUTH Authentication required.\r\n", true),
+            (
+                b"-LOADING Redis is loading the dataset in memory\r\n",
+                false,
+            ),
+        ] {
+            let start = Instant::now();
+            assert_eq!(probe(serve(reply), Protocol::Redis, &cfg), up, "{reply:?}");
+            // The reply line ends the probe; it does not wait out its timeout.
+            assert!(start.elapsed() < Duration::from_secs(5), "{reply:?}");
+        }
+    }
 }

@@ -34,6 +34,14 @@
 //!   `-ERR ferry proxy: no upstream available` at once.
 //! - An upstream connection that breaks answers every command it owed with
 //!   `-ERR ferry proxy: upstream connection lost`; clients reconnect on their next command.
+//!   A client whose dedicated connection broke is then disconnected (its state — `SELECT`,
+//!   `AUTH`, a transaction, subscriptions — is gone, as with Redis itself).
+//! - `--response-timeout` holds on dedicated connections too, except while a blocking
+//!   command waits. A client that hangs up while blocked has its EOF passed on to its
+//!   dedicated connection (Redis then frees it: nothing is popped for nobody).
+//! - `MONITOR`, `CLIENT REPLY OFF|SKIP`, `SYNC` and `PSYNC` (replies not one per command)
+//!   are refused with `-ERR ferry proxy: … is not supported`. A client with more than
+//!   32 MiB of pub/sub messages unread is dropped (Redis's `pubsub` output buffer limit).
 
 pub mod scan;
 
@@ -68,6 +76,12 @@ const MAX_IN_FLIGHT: usize = 4096;
 const BIG_COMMAND: usize = 128 * 1024;
 /// `held` entries and connect tags use this as "the dedicated connection".
 const DEDICATED: usize = usize::MAX;
+/// Deepest nesting of a reply measured on a shared connection (the scan keeps a stack of
+/// this many small entries at most).
+const MEASURE_DEPTH: usize = 1 << 16;
+/// Pushes (pub/sub messages) queued for a client beyond this close it (Redis's default
+/// `client-output-buffer-limit pubsub` hard limit).
+const PUSH_OUT_LIMIT: usize = 32 << 20;
 const LOST: &[u8] = b"-ERR ferry proxy: upstream connection lost\r\n";
 
 type Args = SmallVec<[Bytes; ferry_resp::INLINE_ARGS]>;
@@ -82,11 +96,16 @@ const NOBODY: Peer = Peer {
 /// State shared by every worker of a Redis proxy.
 pub struct RedisShared {
     cfg: ProxyConfig,
-    /// Dedicated connections: no reply timeout (blocking commands, subscriptions).
+    /// Dedicated connections (no reply timeout of its own: [`RUp::reply_deadline`] exempts
+    /// blocking commands).
     dedicated: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
     /// Limits on replies read from upstreams.
     limits: Limits,
+    /// The same for replies only measured (shared connections): deeper nesting, which
+    /// the iterative scan handles and Redis produces (e.g. a Lua table 500 deep); a reply
+    /// too deep to parse fails its own command, not the connection it shares.
+    measure: Limits,
     stats: Arc<ProxyStats>,
     workers: Vec<Mutex<RWorker>>,
 }
@@ -256,6 +275,11 @@ impl RedisShared {
             dedicated: Arc::new(ClientConfig::default()),
             server: Arc::new(ServerConfig::default()),
             limits: Limits::default(),
+            measure: {
+                let mut l = Limits::default();
+                l.max_depth = MEASURE_DEPTH;
+                l
+            },
             stats,
             workers,
         })
@@ -302,6 +326,10 @@ enum RKind {
     Send { owner: Owner, unit: Unit },
     /// Client → dedicated upstream: the client is gone.
     Release,
+    /// Client → dedicated upstream: the client hung up (EOF) with a blocking command
+    /// outstanding: pass the EOF on. Redis frees such a client at once; a blocked
+    /// connection left behind would pop the next element pushed, for nobody.
+    HangUp,
     /// Upstream → client: you may send to me (`slot`: the shared slot, or 0xFE/0xFF).
     Attached { up: usize, slot: usize, conn: Owner },
     /// Upstream → client: the connection to upstream `up` could not be made or broke
@@ -315,6 +343,8 @@ enum RKind {
     RawLost { seq: u64, n: u32 },
     /// Upstream → client: a pub/sub message or other push.
     Push(Value),
+    /// Upstream → client: a command of the proxy's own (no reply wanted) was answered.
+    Ack,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,6 +415,14 @@ pub struct RDown {
     want_dedicated: Option<Bytes>,
     /// `CLIENT SETNAME`, answered by the proxy.
     name: Option<Bytes>,
+    /// A blocking command (`BLPOP`, …) sent to the dedicated connection and not answered.
+    blocking: Option<CommandId>,
+    /// Commands of the proxy's own (mirrored subscriptions, `RESET`, …) sent to the
+    /// dedicated connection and not answered ([`RKind::Ack`]): output waits for them.
+    unacked: usize,
+    /// The dedicated connection answered something other than an error (state may have
+    /// been set on it).
+    ded_answered: bool,
 }
 
 /// A connection to an upstream (shared or dedicated).
@@ -399,7 +437,14 @@ pub struct RUp {
     /// Dedicated connections: the protocol state (subscriptions, pushes).
     conn: ClientConnection,
     /// Dedicated connections: who each outstanding reply goes to, in order.
-    queue: VecDeque<(Owner, Option<CommandId>)>,
+    /// (With when it was sent and whether it blocks: blocking commands have no reply
+    /// deadline.)
+    queue: VecDeque<(Owner, Option<CommandId>, Instant, bool)>,
+    /// Dedicated connections: when the last reply arrived (the next one is timed from
+    /// then at the earliest).
+    last_reply: Instant,
+    /// Dedicated connections: the client's EOF was passed on (see [`RKind::HangUp`]).
+    hung_up: bool,
     /// Shared connections: what each outstanding reply is, in order.
     entries: VecDeque<Entry>,
     /// Shared connections: the protocol the upstream speaks, and the one clients want.
@@ -554,6 +599,53 @@ fn needs_dedicated(args: &[Bytes]) -> bool {
     false
 }
 
+/// Blocking commands (they hold their connection until answered or timed out).
+fn is_blocking(args: &[Bytes]) -> bool {
+    let name = &args[0];
+    if name.eq_ignore_ascii_case(b"xread") || name.eq_ignore_ascii_case(b"xreadgroup") {
+        return args.iter().any(|a| a.eq_ignore_ascii_case(b"block"));
+    }
+    [
+        "blpop",
+        "brpop",
+        "brpoplpush",
+        "blmove",
+        "blmpop",
+        "bzpopmin",
+        "bzpopmax",
+        "bzmpop",
+        "wait",
+        "waitaof",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
+/// Commands the proxy refuses (`Some(what)`): their replies do not map one to one onto
+/// commands, which the correlation queues rely on (`MONITOR` streams, `CLIENT REPLY
+/// OFF|SKIP` suppresses replies, `SYNC`/`PSYNC` turn the connection into a replication
+/// stream).
+fn unsupported(args: &[Bytes]) -> Option<&'static str> {
+    let name = &args[0];
+    if name.eq_ignore_ascii_case(b"monitor") {
+        return Some("MONITOR");
+    }
+    if name.eq_ignore_ascii_case(b"sync") || name.eq_ignore_ascii_case(b"psync") {
+        return Some("replication (SYNC, PSYNC)");
+    }
+    if name.eq_ignore_ascii_case(b"client")
+        && args
+            .get(1)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"reply"))
+        && args
+            .get(2)
+            .is_some_and(|m| m.eq_ignore_ascii_case(b"off") || m.eq_ignore_ascii_case(b"skip"))
+    {
+        return Some("CLIENT REPLY OFF|SKIP");
+    }
+    None
+}
+
 fn lost() -> Value {
     Value::Error(Bytes::from_static(
         b"ERR ferry proxy: upstream connection lost",
@@ -608,6 +700,12 @@ impl RDown {
     }
 
     fn collect(&mut self) {
+        if self.unacked > 0 {
+            // E.g. a SUBSCRIBE confirmation (the connection's own) goes out only once the
+            // upstream subscribed too: a message published after the client saw it
+            // reaches the client, as with Redis.
+            return;
+        }
         while let Some(b) = self.conn.poll_transmit() {
             self.io.out.push(b);
         }
@@ -625,6 +723,8 @@ impl RDown {
             && self.conn.in_flight() == 0
             && !self.conn.is_subscribed()
             && self.conn.error().is_none()
+            // Not after QUIT: nothing behind it may run.
+            && self.conn.wants_read()
             && match self.route {
                 Route::None => true,
                 Route::Shared(s) => (s >= self.shared.slots_per_protocol()) == self.resp3(),
@@ -658,7 +758,20 @@ impl RDown {
             }
         }
         self.flush(ctx, now);
+        if self.eof_done && self.blocking.is_some() {
+            self.hang_up(ctx);
+        }
         self.collect();
+    }
+
+    /// The client hung up while a blocking command of its is outstanding: tell the
+    /// dedicated connection ([`RKind::HangUp`]; a command still blocked is answered with
+    /// "connection lost"). Until the command went there, again later (once attached).
+    fn hang_up(&mut self, ctx: &mut WorkerCtx) {
+        if let (Route::Dedicated(_), Some(o)) = (self.route, self.ded) {
+            self.blocking = None;
+            post(ctx, o, RKind::HangUp);
+        }
     }
 
     /// Forward every complete plain command at the front of the input as raw chunks.
@@ -822,20 +935,33 @@ impl RDown {
         match ev {
             SEvent::Command(cmd) => {
                 add(&self.shared.stats.requests, 1);
-                if cmd.is("ping") && self.conn.is_subscribed() {
-                    let arg = cmd.args.get(1).cloned().unwrap_or_default();
+                if cmd.is("ping") && self.conn.is_subscribed() && cmd.args.len() <= 2 {
+                    // Only a RESP3 client gets here (the connection answers RESP2 pub/sub
+                    // PINGs itself); Redis answers it as outside pub/sub mode.
+                    let v = match cmd.args.get(1) {
+                        Some(arg) => Value::BulkString(arg.clone()),
+                        None => Value::simple("PONG"),
+                    };
+                    let _ = self.conn.send_reply(cmd.id, &v);
+                    return;
+                }
+                if let Some(what) = unsupported(&cmd.args) {
                     let _ = self.conn.send_reply(
                         cmd.id,
-                        &Value::Array(vec![Value::bulk("pong"), Value::BulkString(arg)]),
+                        &Value::error_fmt(format_args!("ERR ferry proxy: {what} is not supported")),
                     );
                     return;
                 }
+                let dedicated =
+                    matches!(self.route, Route::Dedicated(_)) || self.want_dedicated.is_some();
                 if cmd.is("hello") && cmd.args.len() <= 2 {
-                    // Protocol negotiation is between the client and the proxy.
+                    // Protocol negotiation is between the client and the proxy. (Without a
+                    // version HELLO keeps the current one.)
+                    let current = if self.resp3() { 3 } else { 2 };
                     let proto = cmd
                         .args
                         .get(1)
-                        .map_or(2, |v| if &v[..] == b"3" { 3 } else { 2 });
+                        .map_or(current, |v| if &v[..] == b"3" { 3 } else { 2 });
                     let info = Value::Map(vec![
                         (Value::bulk("server"), Value::bulk("ferry-proxy")),
                         (
@@ -849,7 +975,7 @@ impl RDown {
                         (Value::bulk("modules"), Value::Array(Vec::new())),
                     ]);
                     let _ = self.conn.send_reply(cmd.id, &info);
-                    if let Route::Dedicated(_) = self.route {
+                    if dedicated {
                         // Keep the client's own upstream connection in the same protocol.
                         let mut args = Args::new();
                         args.push(Bytes::from_static(b"HELLO"));
@@ -858,7 +984,7 @@ impl RDown {
                     }
                     return;
                 }
-                if cmd.is("client") && !matches!(self.route, Route::Dedicated(_)) {
+                if cmd.is("client") && !dedicated {
                     let sub = cmd
                         .args
                         .get(1)
@@ -887,9 +1013,12 @@ impl RDown {
                     && self.want_dedicated.is_none()
                     && needs_dedicated(&cmd.args)
                 {
-                    self.want_dedicated = Some(cmd.args.get(1).cloned().unwrap_or_default());
+                    self.want_dedicated(cmd.args.get(1).cloned().unwrap_or_default());
                 }
                 if matches!(self.route, Route::Dedicated(_)) || self.want_dedicated.is_some() {
+                    if is_blocking(&cmd.args) {
+                        self.blocking = Some(cmd.id);
+                    }
                     self.hold_dedicated(Some(cmd.id), cmd.args);
                     return;
                 }
@@ -915,7 +1044,8 @@ impl RDown {
             SEvent::Subscribe { kind, channels } => self.mirror_sub(kind, channels, true),
             SEvent::Unsubscribe { kind, channels } => self.mirror_sub(kind, channels, false),
             SEvent::Reset => {
-                if matches!(self.route, Route::Dedicated(_)) {
+                self.name = None;
+                if matches!(self.route, Route::Dedicated(_)) || self.want_dedicated.is_some() {
                     let mut args = Args::new();
                     args.push(Bytes::from_static(b"RESET"));
                     self.hold_dedicated(None, args);
@@ -926,7 +1056,23 @@ impl RDown {
         }
     }
 
+    /// Move to a dedicated connection (to the upstream of `key`) once the shared ones
+    /// answered; the name the proxy kept for the client goes along.
+    fn want_dedicated(&mut self, key: Bytes) {
+        self.want_dedicated = Some(key);
+        if let Some(name) = self.name.take() {
+            let mut args = Args::new();
+            args.push(Bytes::from_static(b"CLIENT"));
+            args.push(Bytes::from_static(b"SETNAME"));
+            args.push(name);
+            self.hold_dedicated(None, args);
+        }
+    }
+
     fn hold_dedicated(&mut self, id: Option<CommandId>, args: Args) {
+        if id.is_none() {
+            self.unacked += 1;
+        }
         self.held.push_back(Unit {
             up: DEDICATED,
             permit: None,
@@ -954,7 +1100,7 @@ impl RDown {
         args.push(Bytes::from_static(name));
         args.extend(channels);
         if !matches!(self.route, Route::Dedicated(_)) && self.want_dedicated.is_none() {
-            self.want_dedicated = Some(key);
+            self.want_dedicated(key);
         }
         self.hold_dedicated(None, args);
     }
@@ -981,6 +1127,7 @@ impl RDown {
                 };
                 self.route = Route::Dedicated(i);
                 self.ded = None;
+                self.ded_answered = false;
                 self.ups.iter_mut().for_each(|a| *a = Att::Idle);
                 let resp3 = self.resp3();
                 self.connect(ctx, i, if resp3 { 0xFE } else { 0xFF }, now);
@@ -1090,7 +1237,7 @@ impl RDown {
                 Work::Cmd { id: Some(id), .. } => {
                     let _ = self.conn.send_reply(id, err);
                 }
-                Work::Cmd { id: None, .. } => {}
+                Work::Cmd { id: None, .. } => self.unacked = self.unacked.saturating_sub(1),
                 Work::Raw { seq, .. } => {
                     let line = encode_error_line(err);
                     let mut b = BytesMut::with_capacity(line.len() * u.count as usize);
@@ -1112,11 +1259,16 @@ impl RDown {
             {
                 return;
             }
-            // State (transaction, subscriptions) is lost with it: the client must start over.
-            self.errored = self.conn.is_subscribed();
+            // State (transaction, subscriptions, SELECT, AUTH, …) is lost with it: the
+            // client must start over, so its connection closes once it got its errors (as if
+            // it were connected to the upstream; carrying on quietly on the shared
+            // connections would e.g. write to db 0 after a SELECT 1 that said +OK). A client
+            // that got nothing but errors from it knows its state did not take.
+            self.errored = self.conn.is_subscribed() || self.ded_answered;
             self.route = Route::None;
             self.ded = None;
             self.in_flight = 0;
+            self.unacked = 0;
             self.fail_held(|_| true, &lost());
             if self.errored {
                 self.conn.close();
@@ -1168,6 +1320,15 @@ impl RDown {
     }
 
     fn apply(&mut self, ctx: &mut WorkerCtx, kind: RKind, now: Instant) {
+        let push = matches!(kind, RKind::Push(_));
+        let answered = match &kind {
+            RKind::Reply(_, v) => !v.is_error(),
+            RKind::Ack | RKind::Push(_) => true,
+            _ => false,
+        };
+        if answered && matches!(self.route, Route::Dedicated(_)) {
+            self.ded_answered = true;
+        }
         match kind {
             RKind::Attached { up, slot, conn } => {
                 let dedicated = slot >= 0xFE;
@@ -1175,6 +1336,9 @@ impl RDown {
                     Route::Dedicated(i) if dedicated && i == up && self.ded.is_none() => {
                         self.ded = Some(conn);
                         self.flush(ctx, now);
+                        if self.eof_done && self.blocking.is_some() {
+                            self.hang_up(ctx);
+                        }
                     }
                     Route::Shared(s)
                         if !dedicated && s == slot && self.ups.get(up) == Some(&Att::Waiting) =>
@@ -1191,6 +1355,9 @@ impl RDown {
             }
             RKind::Reply(id, v) => {
                 self.in_flight = self.in_flight.saturating_sub(1);
+                if self.blocking == Some(id) {
+                    self.blocking = None;
+                }
                 let _ = self.conn.send_reply(id, &v);
                 if self.in_flight == 0 {
                     self.flush(ctx, now);
@@ -1209,10 +1376,21 @@ impl RDown {
                 }
             }
             RKind::Push(v) => self.push(v),
+            RKind::Ack => self.unacked = self.unacked.saturating_sub(1),
             RKind::Lost { up, conn } => self.lost(ctx, up, conn, now),
-            RKind::Send { .. } | RKind::Release => {}
+            RKind::Send { .. } | RKind::Release | RKind::HangUp => {}
         }
         self.collect();
+        if push && self.io.out.len() > PUSH_OUT_LIMIT && !self.io.is_aborting() {
+            // A subscriber that does not read: its dedicated connection is read on
+            // regardless, so this is where Redis's `client-output-buffer-limit pubsub`
+            // (hard limit 32 MiB) is kept; like Redis, drop the client.
+            tracing::warn!(
+                "redis client: {} bytes of pushes unread, closing",
+                PUSH_OUT_LIMIT
+            );
+            self.io.abort();
+        }
     }
 
     fn push(&mut self, v: Value) {
@@ -1267,7 +1445,7 @@ impl RUp {
         sh.stats.upstreams[self.idx].failures.fetch_add(1, Relaxed);
         let me = Some(self.io.me());
         let mut owners: Vec<Owner> = Vec::new();
-        for (owner, id) in self.queue.drain(..) {
+        for (owner, id, ..) in self.queue.drain(..) {
             if let Some(id) = id {
                 post(ctx, owner, RKind::Reply(id, lost()));
             }
@@ -1368,12 +1546,11 @@ impl RUp {
         // Replies are timed from the connection's clock: bring it to now.
         self.conn.handle_timeout(now);
         match self.conn.send_command(now, &args) {
-            Ok(_) => self.queue.push_back((owner, id)),
-            Err(_) => {
-                if let Some(id) = id {
-                    post(ctx, owner, RKind::Reply(id, lost()));
-                }
-            }
+            Ok(_) => self.queue.push_back((owner, id, now, is_blocking(&args))),
+            Err(_) => match id {
+                Some(id) => post(ctx, owner, RKind::Reply(id, lost())),
+                None => post(ctx, owner, RKind::Ack),
+            },
         }
         while let Some(b) = self.conn.poll_transmit() {
             self.io.out.push(b);
@@ -1400,8 +1577,11 @@ impl RUp {
         while let Some(ev) = self.conn.poll_event() {
             match ev {
                 CEvent::Reply { value, .. } => {
-                    if let Some((owner, Some(id))) = self.queue.pop_front() {
-                        post(ctx, owner, RKind::Reply(id, value));
+                    self.last_reply = now;
+                    match self.queue.pop_front() {
+                        Some((owner, Some(id), ..)) => post(ctx, owner, RKind::Reply(id, value)),
+                        Some((owner, None, ..)) if owner != NOBODY => post(ctx, owner, RKind::Ack),
+                        _ => {}
                     }
                 }
                 CEvent::Push(v) => {
@@ -1430,7 +1610,7 @@ impl RUp {
         while !self.io.input.is_empty() {
             // The front reply is measured resumably: a large one arriving over many reads
             // is scanned once (the front only changes after it was measured whole).
-            let len = match reply_len_resume(&self.io.input, &sh.limits, &mut self.progress) {
+            let len = match reply_len_resume(&self.io.input, &sh.measure, &mut self.progress) {
                 Ok(Some(l)) => l,
                 Ok(None) => break,
                 Err(_) => {
@@ -1453,7 +1633,7 @@ impl RUp {
                     let mut total = len;
                     let mut k = 1u32;
                     while k < *left {
-                        match reply_len(&self.io.input[total..], &sh.limits) {
+                        match reply_len(&self.io.input[total..], &sh.measure) {
                             Ok(Some(l)) if self.io.input[total] != b'>' => {
                                 total += l;
                                 k += 1;
@@ -1481,16 +1661,16 @@ impl RUp {
                 }
                 What::One(id) => {
                     let id = *id;
-                    match parse_buf(&mut self.io.input, &sh.limits) {
-                        Ok(Some(v)) => {
-                            if let Some(id) = id {
-                                post(ctx, owner, RKind::Reply(id, v));
-                            }
-                        }
-                        _ => {
-                            broken = true;
-                            break;
-                        }
+                    // Measured whole already: a reply too deep to parse fails alone.
+                    let frame = self.io.input.split_to(len).freeze();
+                    let v = match ferry_resp::parse::parse_with(&frame, &sh.limits) {
+                        Ok(Some((v, _))) => v,
+                        _ => Value::Error(Bytes::from_static(
+                            b"ERR ferry proxy: reply nested too deeply",
+                        )),
+                    };
+                    if let Some(id) = id {
+                        post(ctx, owner, RKind::Reply(id, v));
                     }
                     true
                 }
@@ -1537,7 +1717,12 @@ impl RUp {
             let t = self.shared.cfg.response_timeout;
             self.entries.front().map(|e| e.sent + t)
         } else {
-            self.conn.poll_timeout()
+            // `--response-timeout` holds here too, except while a blocking command waits.
+            let t = self.shared.cfg.response_timeout;
+            match self.queue.front() {
+                Some(&(_, _, sent, false)) => Some(sent.max(self.last_reply) + t),
+                _ => None,
+            }
         }
     }
 }
@@ -1672,6 +1857,9 @@ impl Downstream for RDown {
             raw_left: 0,
             want_dedicated: None,
             name: None,
+            blocking: None,
+            unacked: 0,
+            ded_answered: false,
         })
     }
 
@@ -1727,18 +1915,13 @@ impl Half for RUp {
         if self.done {
             return;
         }
-        if self.slot.is_some() {
-            if self.reply_deadline().is_some_and(|d| now >= d) {
-                tracing::debug!(
-                    "redis upstream {}: reply timeout",
-                    self.shared.stats.upstreams[self.idx].addr
-                );
-                self.fail_all(ctx, now);
-            }
-            return;
+        if self.reply_deadline().is_some_and(|d| now >= d) {
+            tracing::debug!(
+                "redis upstream {}: reply timeout",
+                self.shared.stats.upstreams[self.idx].addr
+            );
+            self.fail_all(ctx, now);
         }
-        self.conn.handle_timeout(now);
-        RUp::process(self, ctx, now);
     }
     fn begin_shutdown(&mut self, _ctx: &mut WorkerCtx, _now: Instant) {
         if self.queue.is_empty() && self.entries.is_empty() {
@@ -1751,6 +1934,12 @@ impl Half for RUp {
             RKind::Release if self.owner.is_some() => {
                 self.owner = None;
                 self.done = true;
+            }
+            RKind::HangUp if !self.done && !self.hung_up => {
+                // Redis answers what it read before the EOF, then frees the client (which
+                // unblocks it); we forward those replies, then fail what is left on its EOF.
+                self.hung_up = true;
+                self.io.shutdown_write();
             }
             _ => {}
         }
@@ -1843,7 +2032,7 @@ impl Upstream for RUp {
                     sent: now,
                 });
             } else if conn.hello(now, Some(Protocol::Resp3), None, None).is_ok() {
-                queue.push_back((NOBODY, None));
+                queue.push_back((NOBODY, None, now, false));
                 while let Some(b) = conn.poll_transmit() {
                     io.out.push(b);
                 }
@@ -1858,12 +2047,14 @@ impl Upstream for RUp {
             shared: shared.clone(),
             conn,
             queue,
+            last_reply: now,
             entries,
             proto: Protocol::Resp2,
             want,
             partial: false,
             progress: Progress::default(),
             done: false,
+            hung_up: false,
         })
     }
 
@@ -1898,6 +2089,48 @@ mod tests {
         assert!(!needs_dedicated(&a(&["GET", "k"])));
         assert!(!needs_dedicated(&a(&["hello", "3"])));
         assert!(needs_dedicated(&a(&["hello", "3", "AUTH", "u", "p"])));
+    }
+
+    #[test]
+    fn blocking_and_refused_commands() {
+        let a = |v: &[&str]| {
+            v.iter()
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect::<Vec<_>>()
+        };
+        for c in [
+            &["BLPOP", "q", "0"][..],
+            &["bzpopmin", "z", "1"],
+            &["WAIT", "1", "0"],
+            &[
+                "xreadgroup",
+                "GROUP",
+                "g",
+                "c",
+                "block",
+                "0",
+                "STREAMS",
+                "s",
+                ">",
+            ],
+        ] {
+            assert!(is_blocking(&a(c)), "{c:?}");
+            assert!(needs_dedicated(&a(c)), "{c:?}");
+        }
+        for c in [
+            &["LPOP", "q"][..],
+            &["XREAD", "STREAMS", "s", "0"],
+            &["MULTI"],
+        ] {
+            assert!(!is_blocking(&a(c)), "{c:?}");
+        }
+        assert_eq!(unsupported(&a(&["monitor"])), Some("MONITOR"));
+        assert!(unsupported(&a(&["CLIENT", "reply", "Off"])).is_some());
+        assert!(unsupported(&a(&["client", "REPLY", "skip"])).is_some());
+        assert_eq!(unsupported(&a(&["CLIENT", "REPLY", "ON"])), None);
+        assert_eq!(unsupported(&a(&["CLIENT", "REPLY"])), None);
+        assert_eq!(unsupported(&a(&["GET", "monitor"])), None);
+        assert!(unsupported(&a(&["psync", "?", "-1"])).is_some());
     }
 
     #[test]
