@@ -57,6 +57,8 @@ struct H2Stream {
     unreleased: usize,
     /// The request went to an application worker (its events follow as jobs).
     remote: bool,
+    /// Request body octets received, against the listener's `max_body`.
+    received: u64,
 }
 
 /// Hashes stream ids with one multiply: they are distinct small integers the peer must
@@ -103,16 +105,30 @@ impl std::fmt::Debug for H2Session {
     }
 }
 
-fn h2_config() -> Arc<ferry_http2::Config> {
-    use std::sync::OnceLock;
-    static CONFIG: OnceLock<Arc<ferry_http2::Config>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
+/// The HTTP/2 settings for a listener whose HTTP/1.1 settings are `http`: its timeouts apply
+/// to h2c connections too (`keep_alive_timeout` closes idle ones, `header_read_timeout` bounds
+/// the wait for the preface when shorter than HTTP/2's own handshake timeout). Built once per
+/// listener configuration and thread.
+pub(crate) fn h2_config(http: &Arc<ferry_http1::ServerConfig>) -> Arc<ferry_http2::Config> {
+    use std::cell::RefCell;
+    thread_local! {
+        static CONFIG: RefCell<Option<(Arc<ferry_http1::ServerConfig>, Arc<ferry_http2::Config>)>> =
+            const { RefCell::new(None) };
+    }
+    CONFIG.with_borrow_mut(|cached| match cached {
+        Some((h, c)) if Arc::ptr_eq(h, http) => c.clone(),
+        _ => {
             let mut c = ferry_http2::Config::default();
             c.auto_release = false;
-            Arc::new(c)
-        })
-        .clone()
+            c.idle_timeout = http.keep_alive_timeout;
+            if let Some(t) = http.header_read_timeout {
+                c.handshake_timeout = Some(c.handshake_timeout.map_or(t, |h| h.min(t)));
+            }
+            let c = Arc::new(c);
+            *cached = Some((http.clone(), c.clone()));
+            c
+        }
+    })
 }
 
 const HOP_BY_HOP: &[&str] = &[
@@ -145,9 +161,15 @@ impl H2Session {
     }
 
     /// A prior-knowledge connection of generation `gen` whose first bytes are in `input`.
-    pub fn new(info: ConnInfo, gen: u32, input: BytesMut, now: Instant) -> H2Session {
+    pub fn new(
+        config: Arc<ferry_http2::Config>,
+        info: ConnInfo,
+        gen: u32,
+        input: BytesMut,
+        now: Instant,
+    ) -> H2Session {
         H2Session::with_conn(
-            ServerConnection::new(h2_config(), now),
+            ServerConnection::new(config, now),
             info,
             gen,
             input,
@@ -350,6 +372,36 @@ impl H2Session {
         }
     }
 
+    /// A request body passed the listener's `max_body` (as HTTP/1.1 enforces it): `413` when
+    /// the application has not seen the request yet (the usual case: its `content-length`
+    /// says so up front), else RST_STREAM CANCEL. Either way the stream is forgotten here, so
+    /// the rest of its body is only returned to the flow-control window.
+    fn body_too_large(&mut self, ctx: &mut WorkerCtx, id: StreamId) {
+        add(&ctx.metrics.protocol_errors, 1);
+        let Some(mut s) = self.streams.remove(&id) else {
+            return;
+        };
+        if s.unreleased > 0 {
+            self.conn.release_capacity(id, s.unreleased);
+        }
+        if s.head.is_some() {
+            let _ = self.conn.send_response(
+                id,
+                413,
+                &[("content-type", b"text/plain")],
+                Body::Full(Bytes::from_static(b"content too large\n")),
+            );
+            return;
+        }
+        if let Some((ex, _)) = s.exchange.take().map(|b| *b) {
+            ex.abort();
+        }
+        if s.remote && !s.request_done {
+            self.send_job(ctx, id, JobKind::Abort);
+        }
+        let _ = self.conn.reset(id, Reason::CANCEL);
+    }
+
     /// The application workers are gone (shutting down): the stream cannot be answered.
     fn app_gone(&mut self, id: StreamId) {
         let _ = self.conn.reset(id, Reason::INTERNAL_ERROR);
@@ -407,6 +459,9 @@ impl H2Session {
                     self.answer_whole(ctx, id, request, now);
                     return;
                 }
+                let too_large = request
+                    .content_length()
+                    .is_some_and(|n| n > ctx.http.max_body);
                 self.streams.insert(
                     id,
                     H2Stream {
@@ -415,10 +470,21 @@ impl H2Session {
                         ..H2Stream::default()
                     },
                 );
+                if too_large {
+                    self.body_too_large(ctx, id);
+                }
             }
             Event::Data { id, data } => {
+                let max_body = ctx.http.max_body;
                 match self.streams.get_mut(&id) {
-                    Some(s) => s.unreleased += data.len(),
+                    Some(s) => {
+                        s.unreleased += data.len();
+                        s.received += data.len() as u64;
+                        if s.received > max_body {
+                            self.body_too_large(ctx, id);
+                            return;
+                        }
+                    }
                     None => self.conn.release_capacity(id, data.len()),
                 }
                 if self.streams.get(&id).is_some_and(|s| s.head.is_some()) {
@@ -766,7 +832,7 @@ impl HttpAuto {
             Mode::Undecided(mut h) if h2 => {
                 let input = std::mem::take(&mut h.input);
                 let info = *h.info();
-                let mut s = H2Session::new(info, h.gen(), input, now);
+                let mut s = H2Session::new(h2_config(&ctx.http), info, h.gen(), input, now);
                 s.process(ctx, now);
                 Mode::H2(Box::new(s))
             }
@@ -782,39 +848,15 @@ impl HttpAuto {
             Mode::H1(mut h) => match h.take_h2c_upgrade() {
                 Some((up, input, out, out_bytes)) => {
                     let info = *h.info();
-                    let pairs: Vec<(&str, &[u8])> = up
-                        .fields
-                        .iter()
-                        .map(|(n, v)| (n.as_str(), &v[..]))
-                        .collect();
-                    match ServerConnection::from_upgrade(
-                        h2_config(),
-                        now,
-                        &up.settings,
-                        &up.method,
-                        &up.path,
-                        &pairs,
-                    ) {
-                        Ok(conn) => {
-                            let mut s = H2Session::with_conn(
-                                conn,
-                                info,
-                                h.gen(),
-                                input,
-                                OutQueue::from_parts(out, out_bytes),
-                            );
-                            s.process(ctx, now);
-                            Mode::H2(Box::new(s))
-                        }
-                        Err(_) => {
-                            // The 101 went out already: nothing sensible to continue with.
-                            let mut s = H2Session::new(info, h.gen(), BytesMut::new(), now);
-                            s.out = OutQueue::from_parts(out, out_bytes);
-                            s.conn.close();
-                            s.eof = true;
-                            Mode::H2(Box::new(s))
-                        }
-                    }
+                    let mut s = H2Session::with_conn(
+                        *up.conn,
+                        info,
+                        h.gen(),
+                        input,
+                        OutQueue::from_parts(out, out_bytes),
+                    );
+                    s.process(ctx, now);
+                    Mode::H2(Box::new(s))
                 }
                 None => Mode::H1(h),
             },
@@ -1112,6 +1154,32 @@ mod tests {
         assert!(matches!(s.mode, Mode::H2(_)));
         let out = drain(&mut s, &c);
         assert!(out.starts_with(b"HTTP/1.1 101"), "{out:?}");
+    }
+
+    /// An upgrade HTTP/2 cannot take (undecodable or invalid `HTTP2-Settings`, or an
+    /// HTTP/1.0 request: RFC 9110 §7.8) is answered over HTTP/1.1, not with a 101 and a
+    /// GOAWAY that drops the request.
+    #[test]
+    fn unusable_h2c_upgrade_is_answered_over_http1() {
+        for (version, settings) in [
+            ("1.1", "!!!"),      // not base64url
+            ("1.1", "AAMA"),     // not a whole setting
+            ("1.1", "AAIAAAAC"), // ENABLE_PUSH = 2
+            ("1.0", "AAMAAABk"), // valid, but HTTP/1.0
+        ] {
+            let mut c = ctx();
+            let mut s = HttpAuto::open(&mut c, &Arc::new(()), info(), 1, Instant::ZERO).unwrap();
+            s.input().extend_from_slice(
+                format!("GET /u HTTP/{version}\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: {settings}\r\n\r\n").as_bytes(),
+            );
+            s.process(&mut c, Instant::ZERO);
+            assert!(matches!(s.mode, Mode::H1(_)), "{version} {settings}");
+            let out = String::from_utf8(drain(&mut s, &c)).unwrap();
+            assert!(
+                out.starts_with("HTTP/1.1 200") && out.ends_with("hi /u"),
+                "{version} {settings}: {out}"
+            );
+        }
     }
 
     /// Answers with the name of the thread that ran it and the body length.

@@ -55,13 +55,17 @@ pub struct HttpSession {
     h2c: Option<H2cUpgrade>,
 }
 
-/// An `Upgrade: h2c` request answered with 101: what HTTP/2's stream 1 is made of.
-#[derive(Debug)]
+/// An `Upgrade: h2c` request answered with 101: the HTTP/2 connection, its stream 1 made of
+/// the request. Built before the 101 goes out, so a request whose `HTTP2-Settings` (or head)
+/// HTTP/2 cannot take is answered over HTTP/1.1 instead.
 pub(crate) struct H2cUpgrade {
-    pub(crate) settings: Vec<u8>,
-    pub(crate) method: String,
-    pub(crate) path: String,
-    pub(crate) fields: Vec<(String, Vec<u8>)>,
+    pub(crate) conn: Box<ferry_http2::ServerConnection>,
+}
+
+impl std::fmt::Debug for H2cUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H2cUpgrade")
+    }
 }
 
 impl std::fmt::Debug for HttpSession {
@@ -350,7 +354,9 @@ impl HttpSession {
                 bump(&ctx.metrics.requests, 1);
                 let id = head.id();
                 // Only with nothing else in flight: the switch hands over the output queue.
+                // RFC 9110 §7.8: `Upgrade` in an HTTP/1.0 request is ignored.
                 if head.is_upgrade()
+                    && head.version() == ferry_http1::Version::Http11
                     && self.allow_h2c
                     && self.h2c.is_none()
                     && self.inline.is_empty()
@@ -363,15 +369,24 @@ impl HttpSession {
                     let h2c = hs
                         .get("upgrade")
                         .is_some_and(|v| v.eq_ignore_ascii_case(b"h2c"));
-                    if let (true, Some(settings)) = (h2c, hs.get("http2-settings")) {
+                    let conn = match (h2c, hs.get("http2-settings")) {
+                        (true, Some(settings)) => {
+                            let pairs: Vec<(&str, &[u8])> = hs.iter().collect();
+                            ferry_http2::ServerConnection::from_upgrade(
+                                crate::h2::h2_config(&ctx.http),
+                                now,
+                                settings,
+                                head.method_str(),
+                                head.target(),
+                                &pairs,
+                            )
+                            .ok()
+                        }
+                        _ => None,
+                    };
+                    if let Some(conn) = conn {
                         let up = H2cUpgrade {
-                            settings: settings.to_vec(),
-                            method: head.method_str().to_string(),
-                            path: head.target().to_string(),
-                            fields: hs
-                                .iter()
-                                .map(|(n, v)| (n.to_string(), v.to_vec()))
-                                .collect(),
+                            conn: Box::new(conn),
                         };
                         let fields: [(&str, &[u8]); 2] =
                             [("connection", b"Upgrade"), ("upgrade", b"h2c")];

@@ -622,6 +622,8 @@ pub(crate) struct Framing {
     pub upgrade: bool,
     pub expect_continue: bool,
     pub host_count: u8,
+    /// A `Host` value that is not a `uri-host [":" port]` (RFC 9112 §3.2: 400).
+    pub host_invalid: bool,
 }
 
 impl Framing {
@@ -630,7 +632,10 @@ impl Framing {
     #[inline(always)]
     pub(crate) fn field(&mut self, n: &[u8], value: &[u8]) -> Result<(), Error> {
         match n.len() {
-            4 if token_eq(n, b"host") => self.host_count = self.host_count.saturating_add(1),
+            4 if token_eq(n, b"host") => {
+                self.host_count = self.host_count.saturating_add(1);
+                self.host_invalid |= !valid_host(value);
+            }
             6 if token_eq(n, b"expect") => {
                 self.expect_continue |= trim_ows(value).eq_ignore_ascii_case(b"100-continue")
             }
@@ -909,6 +914,50 @@ impl fmt::Debug for Request {
     }
 }
 
+/// The path-and-query of an absolute-form target (`scheme://authority/path?query`): from the
+/// first `/` after the authority, or `/` when the path is empty. Other targets as they are.
+fn absolute_path(t: &str) -> &str {
+    let Some(at) = t.find("://") else {
+        return t;
+    };
+    let rest = &t[at + 3..];
+    // `/` and `?` are ASCII: the cuts fall on char boundaries.
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        _ => "/",
+    }
+}
+
+/// A `Host` field value: `uri-host [ ":" port ]` (RFC 9110 §7.2), or empty. Checks the
+/// character set only (reg-name, IP-literal brackets, IPv4, port), which keeps spaces,
+/// controls, `/`, `@` and friends out of what applications use for virtual hosting.
+fn valid_host(v: &[u8]) -> bool {
+    v.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
+}
+
 /// Where the query of a target starts (its `?`), or the target's length.
 #[inline]
 fn query_at(t: &[u8]) -> usize {
@@ -1127,9 +1176,15 @@ impl Request {
         core::str::from_utf8(&self.headers.buf[s as usize..(s + l) as usize]).unwrap_or("")
     }
 
-    /// The path part of an origin-form target (before `?`).
+    /// The path part of the target (before `?`). For an absolute-form target
+    /// (`http://host/p?q`, which servers must accept: RFC 9112 §3.2.2) it is the path after the
+    /// authority (`/p`, or `/` when empty); authority-form and `*` come back as sent.
     pub fn path(&self) -> &str {
         let t = self.target();
+        let t = match t.as_bytes().first() {
+            Some(b'/') | None => t,
+            Some(_) => absolute_path(t),
+        };
         // `?` is ASCII: the cut falls on a char boundary.
         t.get(..query_at(t.as_bytes())).unwrap_or(t)
     }
@@ -1274,6 +1329,7 @@ impl Response {
 pub(crate) struct ParsedRequest {
     pub len: usize,
     pub host_count: u8,
+    pub host_invalid: bool,
     pub req: Request,
 }
 
@@ -1469,6 +1525,7 @@ fn request_head(
     Ok(Some(ParsedRequest {
         len,
         host_count: framing.host_count,
+        host_invalid: framing.host_invalid,
         req: Request {
             id: RequestId(0),
             method,
@@ -1713,6 +1770,27 @@ mod tests {
         r.id = RequestId(7);
         r.headers.buf = Bytes::copy_from_slice(raw);
         r
+    }
+
+    /// Absolute-form targets (RFC 9112 §3.2.2) route like their origin-form path.
+    #[test]
+    fn path_of_absolute_form_target() {
+        use alloc::format;
+        use alloc::string::ToString;
+        let path_query = |target: &str| {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+            let r = parsed(raw.as_bytes());
+            (r.path().to_string(), r.query().map(str::to_string))
+        };
+        let pq = |p: &str, q: Option<&str>| (p.to_string(), q.map(str::to_string));
+        assert_eq!(path_query("http://a/"), pq("/", None));
+        assert_eq!(path_query("http://a:8080/x/y?q=1"), pq("/x/y", Some("q=1")));
+        assert_eq!(path_query("HTTP://a"), pq("/", None));
+        assert_eq!(path_query("http://a?q"), pq("/", Some("q")));
+        assert_eq!(path_query("/o?q"), pq("/o", Some("q")));
+        assert_eq!(path_query("*"), pq("*", None));
+        let c = parsed(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
+        assert_eq!(c.path(), "a:443");
     }
 
     fn assert_same(a: &Request, b: &Request) {

@@ -368,7 +368,7 @@ impl ServerConnection {
         // The same limits, in the same order, as the incomplete-head checks above would have
         // applied to every prefix of this head, then to the complete head.
         let (end, l, h) = (parsed.len, cfg.max_request_line, cfg.max_head_bytes);
-        let host_count = parsed.host_count;
+        let (host_count, host_invalid) = (parsed.host_count, parsed.host_invalid);
         // Worked on in place and moved once, into the queue.
         let req = &mut parsed.req;
         let line_end = (req.target.0 + req.target.1) as usize + 9;
@@ -380,7 +380,8 @@ impl ServerConnection {
         if end > h {
             return Err(Error::HeadTooLarge);
         }
-        if cfg.require_host && req.version == Version::Http11 && host_count != 1 {
+        if cfg.require_host && (host_invalid || (req.version == Version::Http11 && host_count != 1))
+        {
             return Err(Error::InvalidHost);
         }
         if let BodyKind::Length(n) = req.body {

@@ -631,6 +631,54 @@ fn missing_host_is_400() {
     assert!(feed(&mut c, b"GET / HTTP/1.0\r\n\r\n").is_ok());
 }
 
+/// RFC 9112 §3.2: a Host value that is not `uri-host [":" port]` is answered with 400, in
+/// HTTP/1.0 too; valid forms (names, IPv4, IPv6 literals, ports, empty) pass.
+#[test]
+fn invalid_host_value_is_400() {
+    for host in [
+        &b"a b"[..],
+        b"a/b",
+        b"user@a",
+        b"a\tb",
+        b"a\"b",
+        b"a<b>",
+        b"\xc3\xa9.example",
+    ] {
+        for version in [&b"1.1"[..], b"1.0"] {
+            let mut c = conn();
+            let mut raw = b"GET / HTTP/".to_vec();
+            raw.extend_from_slice(version);
+            raw.extend_from_slice(b"\r\nHost: ");
+            raw.extend_from_slice(host);
+            raw.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(
+                feed(&mut c, &raw).unwrap_err(),
+                Error::InvalidHost,
+                "{host:?}"
+            );
+            assert!(output(&mut c).starts_with("HTTP/1.1 400 "));
+        }
+    }
+    for host in [
+        &b""[..],
+        b"example.com",
+        b"example.com:8080",
+        b"127.0.0.1:80",
+        b"[::1]:8080",
+        b"my_host.local",
+        b"xn--bcher-kva.example",
+    ] {
+        let mut c = conn();
+        let mut raw = b"GET / HTTP/1.1\r\nHost: ".to_vec();
+        raw.extend_from_slice(host);
+        raw.extend_from_slice(b"\r\n\r\n");
+        assert!(feed(&mut c, &raw).is_ok(), "{host:?}");
+    }
+    // Optional whitespace around the value is not part of it.
+    let mut c = conn();
+    assert!(feed(&mut c, b"GET / HTTP/1.1\r\nHost: \t a.example \t\r\n\r\n").is_ok());
+}
+
 #[test]
 fn graceful_close_finishes_outstanding() {
     let mut c = conn();

@@ -31,8 +31,10 @@ const ZERO_COPY_MIN: usize = 1024;
 const FLUSH_BUDGET: usize = 256 * 1024;
 /// Streams we reset whose late frames are silently ignored.
 const RECENTLY_RESET: usize = 128;
-/// WINDOW_UPDATE increments below this count as flood points.
+/// WINDOW_UPDATE increments below this count as flood points (beyond `Conn::window_credit`).
 const TINY_INCREMENT: u32 = 1024;
+/// Most tiny WINDOW_UPDATEs banked by DATA frames we sent.
+const WINDOW_CREDIT_MAX: u32 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -188,6 +190,11 @@ pub(crate) struct Conn {
     resets: u32,
     flood_window_start: Instant,
     control_frames: u32,
+    /// Tiny WINDOW_UPDATEs the peer may send without counting as flood points: two (a stream
+    /// and a connection update) per non-empty DATA frame we sent, so a peer with a small
+    /// window that acknowledges each frame is not taken for a flood (like Envoy's
+    /// `max_inbound_window_update_frames_per_data_frame_sent`). Capped at `WINDOW_CREDIT_MAX`.
+    window_credit: u32,
     pub(crate) lifecycle: Lifecycle,
 }
 
@@ -242,6 +249,7 @@ impl Conn {
             resets: 0,
             flood_window_start: now,
             control_frames: 0,
+            window_credit: 0,
             lifecycle: Lifecycle::new(Life::Connected),
             config,
         };
@@ -1135,7 +1143,11 @@ impl Conn {
 
     fn on_window_update(&mut self, w: WindowUpdate) -> Result<(), Error> {
         if w.increment < TINY_INCREMENT {
-            self.count_control()?;
+            if self.window_credit > 0 {
+                self.window_credit -= 1;
+            } else {
+                self.count_control()?;
+            }
         }
         let n = w.stream_id.get();
         if n == 0 {
@@ -1495,6 +1507,7 @@ impl Conn {
             s.end_queued = true;
             s.state = s.state.send(Send::Data(true)).unwrap_or(State::Closed);
             FrameHeader::new(Kind::Data, flags::END_STREAM, id, n as u32).emit(&mut self.wbuf);
+            self.window_credit = (self.window_credit + 2).min(WINDOW_CREDIT_MAX);
             if n >= ZERO_COPY_MIN {
                 self.push_chunk(data);
             } else {
@@ -1643,6 +1656,7 @@ impl Conn {
                     n as u32,
                 );
                 head.emit(&mut self.wbuf);
+                self.window_credit = (self.window_credit + 2).min(WINDOW_CREDIT_MAX);
                 if n >= ZERO_COPY_MIN {
                     self.push_chunk(chunk);
                 } else {
@@ -1739,6 +1753,8 @@ impl Conn {
     pub(crate) fn upgraded_stream(&mut self, request: Request) {
         let mut s = self.new_stream(State::HalfClosedRemote, true);
         s.priority = request.priority;
+        // An upgraded HEAD gets a response without content, as on any other stream.
+        s.head_response = request.method_bytes() == b"HEAD";
         self.insert_stream(1, s);
         self.last_peer_stream = 1;
         let id = StreamId::new(1);

@@ -541,4 +541,44 @@ mod tests {
         )
         .is_err());
     }
+
+    #[test]
+    fn upgraded_head_response_has_no_content() {
+        use crate::frame::{self, Frame, Status};
+        let mut s = ServerConnection::from_upgrade(
+            Arc::new(Config::default()),
+            Instant::ZERO,
+            b"",
+            "HEAD",
+            "/",
+            &[("Host", b"example.com")],
+        )
+        .unwrap();
+        let Some(Event::Request { id, .. }) = s.poll_event() else {
+            panic!()
+        };
+        s.send_response(id, 200, &[], Body::Full(Bytes::from_static(b"hello")))
+            .unwrap();
+        let mut input = BytesMut::from(&crate::PREFACE[..]);
+        input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        s.handle_input(Instant::ZERO, &mut input).unwrap();
+        let mut out = BytesMut::new();
+        while let Some(b) = s.poll_transmit() {
+            out.extend_from_slice(&b);
+        }
+        let mut frames = alloc::vec::Vec::new();
+        while let Ok(Status::Complete((h, p))) = frame::decode(&mut out, 1 << 20) {
+            frames.push(Frame::parse(&h, p).unwrap());
+        }
+        assert!(
+            frames
+                .iter()
+                .any(|f| matches!(f, Frame::Headers(h) if h.stream_id.get() == 1 && h.end_stream)),
+            "HEADERS ends the stream: {frames:?}"
+        );
+        assert!(
+            !frames.iter().any(|f| matches!(f, Frame::Data(_))),
+            "no DATA for HEAD: {frames:?}"
+        );
+    }
 }

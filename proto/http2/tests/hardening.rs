@@ -190,6 +190,49 @@ fn window_update_flood_zero_and_tiny_increments() {
     r.expect_connection_error(Reason::ENHANCE_YOUR_CALM);
 }
 
+/// A client with a tiny window that acknowledges every DATA frame (a stream and a connection
+/// WINDOW_UPDATE each) is a legitimate slow reader, not a flood: the download completes. Tiny
+/// updates not earned by DATA we sent still count (above).
+#[test]
+fn tiny_window_reader_acknowledging_each_frame_is_not_a_flood() {
+    let mut r = Raw::default();
+    r.auto_respond = false;
+    // SETTINGS_INITIAL_WINDOW_SIZE = 16 and a connection window kept just as small.
+    r.settings(&[(4, 16)]).unwrap();
+    let _ = r.frames();
+    r.get(1).unwrap();
+    let body = Bytes::from(vec![7u8; 64 * 1024]);
+    r.server
+        .send_response(sid(1), 200, &[], Body::Full(body.clone()))
+        .unwrap();
+    let mut got = 0;
+    let mut ended = false;
+    for _ in 0..10_000 {
+        let mut acks = Vec::new();
+        for f in r.frames() {
+            if let ferry_http2::frame::Frame::Data(d) = f {
+                got += d.data.len();
+                ended |= d.end_stream;
+                if !d.data.is_empty() {
+                    acks.push(d.data.len() as u32);
+                }
+            }
+        }
+        if ended {
+            break;
+        }
+        for n in acks {
+            r.window_update(1, n)
+                .expect("stream WINDOW_UPDATE accepted");
+            r.window_update(0, n)
+                .expect("connection WINDOW_UPDATE accepted");
+        }
+    }
+    assert!(ended, "download did not finish ({got} bytes)");
+    assert_eq!(got, body.len());
+    r.expect_alive();
+}
+
 #[test]
 fn zero_window_slow_reader_is_bounded() {
     let mut r = Raw::default();
