@@ -45,7 +45,8 @@ pub(crate) struct ProxyArgs {
     /// Upstream connect timeout.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     connect_timeout: Duration,
-    /// Time allowed for an upstream's response head.
+    /// Time allowed for an upstream's response head, and for a body in either direction to
+    /// make progress (a client stalling mid-body gets 408).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     response_timeout: Duration,
     /// How long an idle upstream connection stays pooled.

@@ -175,7 +175,9 @@ pub struct ProxyConfig {
     pub balance: Balance,
     /// Time allowed for an upstream TCP connect. Default 1 s.
     pub connect_timeout: Duration,
-    /// Time allowed for an upstream's response head once the request is sent. Default 30 s.
+    /// Time allowed for an upstream's response head once the request is sent, and the longest
+    /// an exchange may make no progress while a body moves (the client sending the request
+    /// body: `408`; the upstream taking it or sending the response). Default 30 s.
     pub response_timeout: Duration,
     /// How long an idle upstream connection stays in a worker's pool. Default 60 s.
     pub idle_timeout: Duration,

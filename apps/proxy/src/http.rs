@@ -19,7 +19,11 @@
 //! is retried on another upstream, with its body replayed if it was small enough to keep;
 //! anything else is answered `502 Bad Gateway` (`504 Gateway Timeout` when the upstream timed
 //! out, `503 Service Unavailable` when no upstream is usable), or the client connection is
-//! cut if the response had already started.
+//! cut if the response had already started. A pooled connection that breaks before any byte
+//! of its response (the upstream closed it as idle just as the request went out) does not
+//! count against the upstream: an idempotent request goes again, to any upstream. An
+//! exchange whose body stops moving for the response timeout ends too: the client gets `408`
+//! if it stopped sending its request body, else as for an upstream timeout.
 //!
 //! Pipelining: when a client pipelines requests, the safe ones (GET, HEAD, OPTIONS without a
 //! body or `Upgrade`) go down the upstream connection of the request before them,
@@ -376,6 +380,9 @@ pub enum UpFailure {
     PoolFull,
     /// Waited for a pooled connection too long.
     PoolTimeout,
+    /// The client sent no request body byte for the response timeout (not the upstream's
+    /// failure: answered `408`, never retried).
+    ClientStalled,
 }
 
 impl UpFailure {
@@ -384,6 +391,7 @@ impl UpFailure {
         match self {
             UpFailure::Timeout => 504,
             UpFailure::PoolFull | UpFailure::PoolTimeout => 503,
+            UpFailure::ClientStalled => 408,
             _ => 502,
         }
     }
@@ -396,6 +404,7 @@ impl UpFailure {
             UpFailure::Timeout => "no response in time",
             UpFailure::PoolFull => "connection limit reached and too many requests waiting",
             UpFailure::PoolTimeout => "no connection free in time (connection limit reached)",
+            UpFailure::ClientStalled => "request body not received in time",
         }
     }
 }
@@ -535,6 +544,12 @@ enum Kind {
         head: Option<Parcel>,
         data: Option<Bytes>,
         end: Option<bool>,
+        tag: Option<u32>,
+    },
+    /// An interim response (1xx but 100 and 101: 103 Early Hints, 102 Processing) before the
+    /// final one; a [`Payload::Head`]. `tag` as for `Resp`.
+    Info {
+        head: Parcel,
         tag: Option<u32>,
     },
     /// The upstream switched protocols (101, or 2xx to CONNECT): from now on `Data` carries
@@ -692,6 +707,7 @@ const TRANSFER_ENCODING: Words<u64> = words8(b"transfer-encoding");
 const PROXY_AUTHORIZATION: Words<u64> = words8(b"proxy-authorization");
 const TRACEPARENT: Words<u64> = words8(b"traceparent");
 const X_FORWARDED_FOR: Words<u64> = words8(b"x-forwarded-for");
+const X_FORWARDED_PROTO: Words<u64> = words8(b"x-forwarded-proto");
 
 /// Whether `name` (as long as the name `k` was made of) equals it, ASCII case-insensitive.
 #[inline(always)]
@@ -762,19 +778,70 @@ fn names_fields(v: &[u8]) -> bool {
 
 /// Whether a response field `name` goes downstream: not hop-by-hop (standard or named by
 /// the response's `Connection`).
+#[inline(always)]
 fn forward_response_field(name: &[u8], named: &[&[u8]]) -> bool {
     !(hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)))
 }
 
 /// Whether a request field `name` goes upstream: not hop-by-hop (standard or named by
-/// `Connection`), and not one the proxy writes itself (`X-Forwarded-For`, `traceparent`).
+/// `Connection`), and not one the proxy writes itself (`X-Forwarded-For`, `traceparent`,
+/// `X-Forwarded-Proto`: the client's claim of a scheme is replaced by the one it used).
 fn forward_request_field(name: &[u8], named: &[&[u8]]) -> bool {
     let ours = match name.len() {
         11 => is8(name, &TRACEPARENT),
         15 => is8(name, &X_FORWARDED_FOR),
+        17 => is8(name, &X_FORWARDED_PROTO),
         _ => false,
     };
     !(ours || hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// The `host` field the proxy writes for a request, replacing the client's: the authority
+/// of an absolute-form target (RFC 9112 §3.2.2: a proxy must ignore the received `Host` and
+/// send one made from the target, so that the upstream and any hop before it agree on the
+/// host), else the upstream's address when the client sent no `Host` (HTTP/1.0); `None`
+/// (the usual case) keeps the client's.
+#[inline]
+fn host_field(
+    head: &ferry_http1::Request,
+    has_host: bool,
+    upstream: &impl std::fmt::Display,
+) -> Option<Bytes> {
+    match absolute_authority(head.target_bytes()) {
+        Some(a) => Some(Bytes::copy_from_slice(a)),
+        None => (!has_host).then(|| Bytes::from(upstream.to_string())),
+    }
+}
+
+/// The authority (`host[:port]`, without any `userinfo@`) of an absolute-form request target
+/// (`scheme://authority/path?query`); `None` for origin-form, authority-form and `*`.
+#[inline]
+fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
+    if target.first().is_none_or(|&b| !b.is_ascii_alphabetic()) {
+        return None; // origin-form (`/…`), `*`, or nothing
+    }
+    absolute_authority_slow(target)
+}
+
+#[inline(never)]
+fn absolute_authority_slow(target: &[u8]) -> Option<&[u8]> {
+    let colon = target.iter().position(|&b| b == b':')?;
+    let scheme_ok = target[..colon]
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    let rest = target[colon + 1..].strip_prefix(b"//")?;
+    if !scheme_ok {
+        return None;
+    }
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let auth = &rest[..end];
+    Some(match auth.iter().rposition(|&b| b == b'@') {
+        Some(at) => &auth[at + 1..],
+        None => auth,
+    })
 }
 
 // ----------------------------------------------------------------------------------------
@@ -862,6 +929,12 @@ pub struct Down {
     unacked: usize,
     /// Response body bytes received and not yet acknowledged to the upstream.
     owed: usize,
+    /// When the exchange in progress last moved: bytes from the client, mail from the
+    /// upstream side (response bytes, request bytes it took), bytes the client took. With
+    /// the request body or the response under way, it ends after the response timeout
+    /// without any (a client or upstream that stalls mid-body must not hold both
+    /// connections forever; nginx: `client_body_timeout`, `proxy_read_timeout`).
+    progress: Instant,
     /// After a protocol switch: the raw byte relay that replaced HTTP on this connection.
     tunnel: Option<Tunnel>,
     /// The client's address as text (for `X-Forwarded-For`), made at the first request.
@@ -967,6 +1040,9 @@ fn exchange(
 
 impl Down {
     fn process_input(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if !self.io.input.is_empty() {
+            self.progress = now;
+        }
         if let Some(t) = self.tunnel.as_ref() {
             if !self.io.input.is_empty() && !t.closed {
                 let b = self.io.input.split().freeze();
@@ -1217,10 +1293,7 @@ impl Down {
                     fwd: Fwd::of(&f.extra_xff, &self.fwd),
                     traceparent: f.traceparent,
                     conn_named: f.conn_named,
-                    rare: Rare::of(
-                        (!f.has_host).then(|| Bytes::from(sh.cfg.upstreams[i].to_string())),
-                        None,
-                    ),
+                    rare: Rare::of(host_field(&f.head, f.has_host, &sh.cfg.upstreams[i]), None),
                 },
             };
             send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
@@ -1309,6 +1382,42 @@ impl Down {
         };
         self.fwd = Some(fwd.unwrap_or_else(|_| sh.xfp.clone()));
         self.peer_ip = Some(ip);
+    }
+
+    /// When the exchange in progress fails for lack of progress: while the request body
+    /// comes in or the response goes out (waiting for the response head is the upstream
+    /// connection's `response_timeout`).
+    fn stall_deadline(&self) -> Option<Instant> {
+        let ex = self.ex.as_ref()?;
+        let moving = (!ex.req_done || ex.resp_started) && self.tunnel.is_none() && !self.abort;
+        moving.then(|| self.progress + self.shared.cfg.response_timeout)
+    }
+
+    /// Nothing moved for the response timeout: the response stalled (the client connection
+    /// is cut, as when an upstream breaks mid-response), the upstream stopped taking the
+    /// request body (`504`, or a retry), or the client stopped sending it (`408`).
+    #[cold]
+    fn stalled(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.progress = now; // once per stall, even if nothing is left to fail
+        let Some(ex) = self.ex.as_ref() else { return };
+        let (started, upstream_full) = (ex.resp_started, self.unacked >= WINDOW);
+        tracing::debug!(started, upstream_full, "exchange stalled");
+        if started || upstream_full {
+            self.failed(ctx, UpFailure::Timeout, !started, false, now);
+            return;
+        }
+        // The rest of the body will not be read: the `408` closes the connection.
+        self.conn.close();
+        if ex.upstream == usize::MAX {
+            // Not sent anywhere yet (waiting for a connection): answer here.
+            let ex = self.ex.take().expect("exchange");
+            self.last_done = Some(ex.id);
+            let why = UpFailure::ClientStalled;
+            self.local_answer(&ex, why.status(), why.text());
+            self.resume(ctx, now);
+        } else {
+            self.failed(ctx, UpFailure::ClientStalled, true, false, now);
+        }
     }
 
     /// Send the current exchange to an upstream (first attempt or retry).
@@ -1473,8 +1582,11 @@ impl Down {
         ex.waiter = None;
         ex.up = Some(up);
         ex.lease = Some(lease);
-        let host =
-            (!ex.has_host).then(|| Bytes::from(self.shared.cfg.upstreams[ex.upstream].to_string()));
+        let host = host_field(
+            &ex.head,
+            ex.has_host,
+            &self.shared.cfg.upstreams[ex.upstream],
+        );
         let upgrade = (ex.head.is_upgrade() && ex.head.method() != Method::Connect)
             .then(|| ex.head.headers().get("upgrade").map(Bytes::copy_from_slice))
             .flatten();
@@ -1554,12 +1666,14 @@ impl Down {
         match status {
             502 => add(&st.answered_502, 1),
             503 => add(&st.answered_503, 1),
-            _ => add(&st.answered_504, 1),
+            504 => add(&st.answered_504, 1),
+            _ => {}
         };
         let text = format!(
             "{} {}: {} {}\n",
             status,
             match status {
+                408 => "Request Timeout",
                 502 => "Bad Gateway",
                 503 => "Service Unavailable",
                 _ => "Gateway Timeout",
@@ -1598,7 +1712,10 @@ impl Down {
         }
         ex.up = None;
         let i = ex.upstream;
-        let ours = matches!(why, UpFailure::PoolFull | UpFailure::PoolTimeout);
+        let ours = matches!(
+            why,
+            UpFailure::PoolFull | UpFailure::PoolTimeout | UpFailure::ClientStalled
+        );
         let fresh = fresh && before_response && !ex.resp_started;
         if fresh {
             ex.attempts = ex.attempts.saturating_sub(1);
@@ -1629,12 +1746,13 @@ impl Down {
         }
         sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
         ex.upstream = usize::MAX;
-        let retry = (fresh && ex.idempotent && ex.replayable)
-            || before_response
-                && !ex.resp_started
-                && ex.idempotent
-                && ex.replayable
-                && ex.attempts <= sh.cfg.retries;
+        let retry = why != UpFailure::ClientStalled
+            && ((fresh && ex.idempotent && ex.replayable)
+                || before_response
+                    && !ex.resp_started
+                    && ex.idempotent
+                    && ex.replayable
+                    && ex.attempts <= sh.cfg.retries);
         if retry {
             tracing::debug!(
                 "upstream {} failed ({}); retrying",
@@ -1781,8 +1899,37 @@ impl Down {
                     self.on_end(ctx, r, now);
                 }
             }
+            Kind::Info { head, tag } => {
+                self.interim(&head, tag);
+                head.keep(&mut self.spare);
+            }
             Kind::Send(_) | Kind::ReqData(..) | Kind::Raw(_) | Kind::Close => {}
         }
+    }
+
+    /// Forward an interim response (RFC 9110 §15.2: a proxy forwards 1xx responses) to an
+    /// HTTP/1.1 client, before the final response of the current exchange. `100 Continue`
+    /// never comes here: the client's connection answers `Expect` itself.
+    fn interim(&mut self, head: &Parcel, tag: Option<u32>) {
+        let Some(ex) = self.ex.as_ref() else { return };
+        let Some(r) = head.head() else { return };
+        // Dropped when the client is not taking what it was sent: interim responses are
+        // outside the body's flow control, and an upstream may send any number.
+        if ex.up.is_none()
+            || tag != Some(self.tag)
+            || ex.resp_started
+            || ex.head.version() != ferry_http1::Version::Http11
+            || self.io.out.len() >= WINDOW
+        {
+            return;
+        }
+        let named = response_connection_names(r);
+        let keep = |n: &[u8]| forward_response_field(n, &named);
+        let via = [FieldPiece::Lines(&self.shared.via)];
+        let reason = Some(r.reason());
+        let _ = self
+            .conn
+            .send_forwarded_response_extra(ex.id, r, reason, keep, &via, Body::Empty);
     }
 
     /// A response head from the upstream (its box is kept for the next request after).
@@ -1959,21 +2106,10 @@ impl Down {
             self.resume(ctx, now);
             return;
         }
-        if let Some(mut n) = head_len {
-            // The connection counts a HEAD response's declared length down as "sent" bytes
-            // that it discards: hand it that many (static, never written).
-            static NOTHING: [u8; 64 * 1024] = [0; 64 * 1024];
-            while n > 0 {
-                let k = n.min(NOTHING.len() as u64) as usize;
-                if self
-                    .conn
-                    .send_data(ex.id, Bytes::from_static(&NOTHING[..k]), false)
-                    .is_err()
-                {
-                    break;
-                }
-                n -= k as u64;
-            }
+        if head_len.is_some() {
+            // No body follows a HEAD response whatever length it declares: end it now (not
+            // by counting the declared length down, which for a huge one stalls the worker).
+            let _ = self.conn.send_data(ex.id, Bytes::new(), true);
         }
     }
 
@@ -2046,6 +2182,13 @@ pub struct Up {
     tag: Option<u32>,
     /// A response said the upstream closes after it: it processes no request behind it.
     close_announced: bool,
+    /// A response ended on this connection: it has been used before.
+    served: bool,
+    /// The requests in flight went out on a connection that sat idle after earlier
+    /// exchanges, and no response byte came since: if it breaks now, the upstream most
+    /// likely closed it as idle before it saw them (the keep-alive race), so they go again
+    /// as if never sent.
+    reused_idle: bool,
     /// A pipelined request arrived that this connection cannot take (it closes after the
     /// responses in flight): reported, as never sent, once those ended.
     refused: bool,
@@ -2077,7 +2220,9 @@ impl Up {
                 Kind::Failed {
                     why,
                     before: !self.resp_started,
-                    fresh: self.close_announced && !self.resp_started,
+                    fresh: (self.close_announced
+                        || (self.reused_idle && matches!(why, UpFailure::Broken)))
+                        && !self.resp_started,
                     tag: self.tag,
                 },
             );
@@ -2137,6 +2282,8 @@ impl Up {
         }
         if self.io.is_connected() && !self.done {
             if !self.io.input.is_empty() {
+                // The upstream answered something: not an idle connection it had closed.
+                self.reused_idle = false;
                 let _ = self.conn.handle_input(now, &mut self.io.input);
             }
             // A head and the body bytes after it go to the owner in one mail (with the end
@@ -2153,6 +2300,15 @@ impl Up {
                     self.flush_resp(ctx, &mut head, &mut data);
                 }
                 match ev {
+                    CEvent::Response(r) if r.has_other_transfer_coding() => {
+                        // `Transfer-Encoding: gzip, chunked` (or `gzip`): the body would go
+                        // out re-chunked without its coding, unreadable. A bad response, as
+                        // for nginx (502); the connection is not reused.
+                        tracing::debug!(
+                            "upstream response with a transfer coding other than chunked"
+                        );
+                        self.fail(ctx, UpFailure::Broken);
+                    }
                     CEvent::Response(r) => {
                         self.resp_started = true;
                         self.close_announced |= !r.keep_alive();
@@ -2165,6 +2321,7 @@ impl Up {
                     CEvent::End { .. } => {
                         // The client gives the lease back; this connection is idle from now.
                         let reusable = self.conn.is_reusable() && !self.io.saw_eof();
+                        self.served = true;
                         let (head, data) = (head.take(), data.take());
                         self.to_owner(
                             ctx,
@@ -2198,6 +2355,16 @@ impl Up {
                             self.req = None;
                             self.reported = false;
                         }
+                    }
+                    CEvent::Informational(r) if r.status() != 100 => {
+                        let head = Parcel::head_of(&mut self.spare, r);
+                        self.to_owner(
+                            ctx,
+                            Kind::Info {
+                                head,
+                                tag: self.tag,
+                            },
+                        );
                     }
                     CEvent::Error { error, .. } => {
                         let why = if matches!(error, ferry_http1::Error::HeaderTimeout) {
@@ -2312,6 +2479,9 @@ impl Up {
             return;
         }
         self.reported = false;
+        if self.inflight == 0 {
+            self.reused_idle = self.served;
+        }
         if self.done || self.io.saw_eof() || !self.alive.load(Relaxed) {
             // Went away while idle: the client retries elsewhere (nothing was sent).
             self.fail(ctx, UpFailure::Broken);
@@ -2368,7 +2538,11 @@ impl Up {
         } else {
             SmallVec::new()
         };
-        let keep = |n: &[u8]| forward_request_field(n, &named);
+        // A `host` of ours (absolute-form target, or none sent) replaces the client's.
+        let own_host = extra.rare.as_ref().is_some_and(|r| r.host.is_some());
+        let keep = |n: &[u8]| {
+            forward_request_field(n, &named) && !(own_host && n.eq_ignore_ascii_case(b"host"))
+        };
         let sent = self
             .conn
             .send_forwarded_request_extra(now, head, keep, fields, body);
@@ -2439,7 +2613,8 @@ impl Half for Down {
 
     fn poll_timeout(&self) -> Option<Instant> {
         if self.ex.is_some() || self.tunnel.is_some() {
-            None // the upstream's timeouts govern an exchange in progress
+            // The upstream's timeouts govern an exchange in progress, but for a stall.
+            self.stall_deadline()
         } else {
             self.conn.poll_timeout()
         }
@@ -2457,6 +2632,10 @@ impl Half for Down {
     }
 
     fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
+        // Usually the exchange ended before its last bytes were written: no clock read then.
+        if n > 0 && self.ex.is_some() {
+            self.progress = ctx.clock.now();
+        }
         self.ack(ctx, n);
     }
 
@@ -2477,6 +2656,9 @@ impl Half for Down {
     }
 
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.stall_deadline().is_some_and(|d| now >= d) {
+            self.stalled(ctx, now);
+        }
         self.conn.handle_timeout(now);
         self.process_input(ctx, now);
     }
@@ -2487,6 +2669,7 @@ impl Half for Down {
     }
 
     fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: Mail, now: Instant) {
+        self.progress = now;
         self.apply(ctx, mail.0, now);
         self.collect();
     }
@@ -2518,6 +2701,7 @@ impl Downstream for Down {
             last_done: None,
             unacked: 0,
             owed: 0,
+            progress: now,
             tunnel: None,
             peer_ip: None,
             fwd: None,
@@ -2674,6 +2858,8 @@ impl Upstream for Up {
             inflight: 0,
             tag: None,
             close_announced: false,
+            served: false,
+            reused_idle: false,
             refused: false,
             resp_started: false,
             done: false,
@@ -2828,9 +3014,19 @@ mod tests {
             prop_assert_eq!(hop_by_hop(&b), reference_hop_by_hop(&b));
             prop_assert_eq!(hop_by_hop(&other), reference_hop_by_hop(&other));
             let ours = |n: &[u8]| {
-                n.eq_ignore_ascii_case(b"traceparent") || n.eq_ignore_ascii_case(b"x-forwarded-for")
+                n.eq_ignore_ascii_case(b"traceparent")
+                    || n.eq_ignore_ascii_case(b"x-forwarded-for")
+                    || n.eq_ignore_ascii_case(b"x-forwarded-proto")
             };
-            for n in [&b[..], &other[..], b"TraceParent", b"X-Forwarded-FOR", b"traceparenT!"] {
+            for n in [
+                &b[..],
+                &other[..],
+                b"TraceParent",
+                b"X-Forwarded-FOR",
+                b"traceparenT!",
+                b"X-Forwarded-Proto",
+                b"x-forwarded-protO!",
+            ] {
                 prop_assert_eq!(
                     forward_request_field(n, &[]),
                     !(ours(n) || reference_hop_by_hop(n))
@@ -2875,6 +3071,43 @@ mod tests {
             .filter(|n| forward_response_field(n, &named))
             .collect();
         assert_eq!(names, vec![b"Host".as_slice(), b"X-Ok"]);
+    }
+
+    /// An absolute-form target's authority becomes the forwarded `host` (RFC 9112 §3.2.2),
+    /// whatever `Host` the client sent; other targets keep the client's.
+    #[test]
+    fn absolute_form_target_sets_the_host() {
+        for (t, want) in [
+            (&b"http://evil/x?y"[..], Some(&b"evil"[..])),
+            (b"HTTP://Evil:8080", Some(b"Evil:8080")),
+            (b"https://user:pw@h.example:1/p", Some(b"h.example:1")),
+            (b"http://h?q=/", Some(b"h")),
+            (b"/x", None),
+            (b"/http://evil/", None),
+            (b"*", None),
+            (b"example.com:443", None),
+            (b"", None),
+        ] {
+            assert_eq!(absolute_authority(t), want, "{t:?}");
+        }
+        let parse = |raw: &[u8]| {
+            let mut conn = ServerConnection::new(
+                Arc::new(ferry_http1::ServerConfig::default()),
+                Instant::ZERO,
+            );
+            let mut input = BytesMut::from(raw);
+            conn.handle_input(Instant::ZERO, &mut input).unwrap();
+            match conn.poll_event() {
+                Some(SEvent::Request(r)) => r,
+                other => panic!("{other:?}"),
+            }
+        };
+        let up = "127.0.0.1:1";
+        let r = parse(b"GET http://evil/x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(host_field(&r, true, &up).as_deref(), Some(&b"evil"[..]));
+        let r = parse(b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(host_field(&r, true, &up), None);
+        assert_eq!(host_field(&r, false, &up).as_deref(), Some(up.as_bytes()));
     }
 
     /// A response's `Connection` tokens skip the scan only when they name nothing, and

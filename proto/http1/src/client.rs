@@ -1858,6 +1858,31 @@ mod tests {
         );
     }
 
+    /// A transfer coding besides `chunked` is flagged (the data is still in that coding);
+    /// plain `chunked`, and a body-less response, are not.
+    #[test]
+    fn other_transfer_coding_is_flagged() {
+        for (te, coded) in [
+            ("gzip, chunked", true),
+            ("gzip", true),
+            ("chunked", false),
+            ("Chunked", false),
+        ] {
+            for head in [false, true] {
+                let mut c = client();
+                let m = if head { Method::Head } else { Method::Get };
+                c.send_request(Instant::ZERO, m, "/", &[HOST], Body::Empty)
+                    .unwrap();
+                let raw = alloc::format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+                let _ = feed(&mut c, raw.as_bytes());
+                let Some(Event::Response(r)) = c.poll_event() else {
+                    panic!("{te}: no response")
+                };
+                assert_eq!(r.has_other_transfer_coding(), coded && !head, "{te} {head}");
+            }
+        }
+    }
+
     #[test]
     fn upgrade_101_leaves_trailing_bytes() {
         let mut c = client();

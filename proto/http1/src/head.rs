@@ -606,6 +606,63 @@ pub enum BodyKind {
     UntilClose,
 }
 
+/// Bytes a `Host` value may hold (RFC 3986 `reg-name`, IP literals, `:port`): unreserved,
+/// `%`, sub-delims, `:`, `[`, `]`.
+const HOST_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+            );
+        b += 1;
+    }
+    t
+};
+
+/// Whether an absolute-form target's authority (after any `userinfo@`) holds only the bytes
+/// a `Host` may ([`HOST_BYTE`]); true for the other forms (origin, authority, `*`). A proxy
+/// makes the forwarded `Host` from it.
+pub(crate) fn absolute_authority_ok(target: &[u8]) -> bool {
+    if target.first().is_none_or(|b| !b.is_ascii_alphabetic()) {
+        return true;
+    }
+    let Some(at) = memchr::memmem::find(target, b"://") else {
+        return true;
+    };
+    let rest = &target[at + 3..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let auth = &rest[..end];
+    let host = match auth.iter().rposition(|&b| b == b'@') {
+        Some(i) => &auth[i + 1..],
+        None => auth,
+    };
+    host.iter().all(|&b| HOST_BYTE[b as usize])
+}
+
 /// Framing-relevant facts gathered in one pass over the header fields.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Framing {
@@ -634,7 +691,7 @@ impl Framing {
         match n.len() {
             4 if token_eq(n, b"host") => {
                 self.host_count = self.host_count.saturating_add(1);
-                self.host_invalid |= !valid_host(value);
+                self.host_invalid |= !value.iter().all(|&b| HOST_BYTE[b as usize]);
             }
             6 if token_eq(n, b"expect") => {
                 self.expect_continue |= trim_ows(value).eq_ignore_ascii_case(b"100-continue")
@@ -928,36 +985,6 @@ fn absolute_path(t: &str) -> &str {
     }
 }
 
-/// A `Host` field value: `uri-host [ ":" port ]` (RFC 9110 §7.2), or empty. Checks the
-/// character set only (reg-name, IP-literal brackets, IPv4, port), which keeps spaces,
-/// controls, `/`, `@` and friends out of what applications use for virtual hosting.
-fn valid_host(v: &[u8]) -> bool {
-    v.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b'%'
-                    | b':'
-                    | b'['
-                    | b']'
-            )
-    })
-}
-
 /// Where the query of a target starts (its `?`), or the target's length.
 #[inline]
 fn query_at(t: &[u8]) -> usize {
@@ -1161,7 +1188,7 @@ impl Request {
     /// [`target`](Self::target) as bytes, without the UTF-8 check (the parser and
     /// [`Request::new`] check it, so both are the same bytes).
     #[inline]
-    pub(crate) fn target_bytes(&self) -> &[u8] {
+    pub fn target_bytes(&self) -> &[u8] {
         let (s, l) = self.target;
         self.headers
             .buf
@@ -1253,6 +1280,7 @@ pub struct Response {
     pub(crate) body: BodyKind,
     pub(crate) keep_alive: bool,
     pub(crate) conn_others: bool,
+    pub(crate) coded: bool,
 }
 
 impl fmt::Debug for Response {
@@ -1320,6 +1348,14 @@ impl Response {
     /// The whole response head as received.
     pub fn head_bytes(&self) -> &Bytes {
         &self.headers.buf
+    }
+
+    /// Whether the body has a transfer coding other than `chunked` (`Transfer-Encoding:
+    /// gzip, chunked`, or `gzip` alone): its `Data` events carry the bytes still in that
+    /// coding, which only the named coding can read. A proxy that re-frames the body must not
+    /// forward them as they are (nginx answers `502` to such a response).
+    pub fn has_other_transfer_coding(&self) -> bool {
+        self.coded
     }
 }
 
@@ -1568,6 +1604,8 @@ pub(crate) struct ParsedResponse {
     pub body: BodyKind,
     pub keep_alive: bool,
     pub conn_others: bool,
+    /// A transfer coding other than `chunked` applies to the body.
+    pub coded: bool,
 }
 
 /// Parse a response head at the start of `buf`, with at most `max_headers` fields, its field
@@ -1625,6 +1663,7 @@ fn response_head(
     } else {
         Version::Http11
     };
+    let mut coded = false;
     let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         BodyKind::Empty
     } else if connect_request && (200..300).contains(&status) {
@@ -1633,6 +1672,7 @@ fn response_head(
         if version == Version::Http10 {
             return Err(Error::TransferEncodingInHttp10);
         }
+        coded = framing.te_other;
         if framing.chunked_final {
             BodyKind::Chunked
         } else {
@@ -1664,6 +1704,7 @@ fn response_head(
         body,
         keep_alive,
         conn_others: framing.conn_others,
+        coded,
     }))
 }
 
@@ -1678,6 +1719,7 @@ impl Response {
             body: p.body,
             keep_alive: p.keep_alive,
             conn_others: p.conn_others,
+            coded: p.coded,
         }
     }
 }

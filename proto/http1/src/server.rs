@@ -384,6 +384,13 @@ impl ServerConnection {
         {
             return Err(Error::InvalidHost);
         }
+        let (ts, tl) = (req.target.0 as usize, req.target.1 as usize);
+        // Origin-form (`/…`, nearly every request) has no authority to check.
+        if input.get(ts) != Some(&b'/')
+            && !crate::head::absolute_authority_ok(input.get(ts..ts + tl).unwrap_or(&[]))
+        {
+            return Err(Error::InvalidHost);
+        }
         if let BodyKind::Length(n) = req.body {
             if n > cfg.max_body {
                 return Err(Error::BodyTooLarge);
@@ -883,7 +890,9 @@ impl ServerConnection {
         Ok(())
     }
 
-    /// Send body bytes of the response to `id`; `end` finishes the body.
+    /// Send body bytes of the response to `id`; `end` finishes the body. For a response
+    /// without a body (to HEAD, a 304) whose head declared a length, the bytes are dropped
+    /// and `end` finishes it whatever was declared.
     pub fn send_data(&mut self, id: RequestId, data: Bytes, end: bool) -> Result<(), SendError> {
         let i = self.check_open(id)?;
         let s = &mut self.slots[i];
@@ -894,6 +903,16 @@ impl ServerConnection {
             Out::Waiting | Out::Done => return Err(SendError::InvalidState),
             Out::Length { remaining } => {
                 let n = data.len() as u64;
+                if discard && end && n <= remaining {
+                    // A body nobody sees (HEAD, 304): `end` completes it whatever length the
+                    // head declared (a proxy forwarding a HEAD response's length need not
+                    // count terabytes down).
+                    s.out = Out::Done;
+                    if i == 0 {
+                        self.advance_front();
+                    }
+                    return Ok(());
+                }
                 if n > remaining || (end && n != remaining) {
                     return Err(SendError::LengthMismatch);
                 }

@@ -643,6 +643,10 @@ fn invalid_host_value_is_400() {
         b"a\"b",
         b"a<b>",
         b"\xc3\xa9.example",
+        b"h?x",
+        b"h#x",
+        b"h\\x",
+        b"\"h\"",
     ] {
         for version in [&b"1.1"[..], b"1.0"] {
             let mut c = conn();
@@ -677,6 +681,79 @@ fn invalid_host_value_is_400() {
     // Optional whitespace around the value is not part of it.
     let mut c = conn();
     assert!(feed(&mut c, b"GET / HTTP/1.1\r\nHost: \t a.example \t\r\n\r\n").is_ok());
+}
+
+/// A HEAD response declaring a huge length ends with `end`, without counting it down;
+/// the connection goes on with the next request.
+#[test]
+fn head_response_with_huge_length_ends_at_once() {
+    let mut c = conn();
+    feed(
+        &mut c,
+        b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let ids: Vec<RequestId> = core::iter::from_fn(|| c.poll_event())
+        .filter_map(|e| match e {
+            Event::Request(r) => Some(r.id()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    c.send_response(ids[0], 200, &[], Body::Length(1 << 60))
+        .unwrap();
+    c.send_data(ids[0], Bytes::new(), true).unwrap();
+    c.send_response(ids[1], 200, &[], Body::Full(Bytes::from_static(b"ok")))
+        .unwrap();
+    let out = output(&mut c);
+    assert!(
+        out.contains("content-length: 1152921504606846976\r\n"),
+        "{out}"
+    );
+    assert!(out.ends_with("\r\n\r\nok"), "{out}");
+    // A body that is sent keeps its length checked.
+    let mut c = conn();
+    feed(&mut c, GET).unwrap();
+    let id = core::iter::from_fn(|| c.poll_event())
+        .find_map(|e| match e {
+            Event::Request(r) => Some(r.id()),
+            _ => None,
+        })
+        .unwrap();
+    c.send_response(id, 200, &[], Body::Length(5)).unwrap();
+    assert_eq!(
+        c.send_data(id, Bytes::from_static(b"ab"), true),
+        Err(SendError::LengthMismatch)
+    );
+}
+
+/// The authority of an absolute-form target must hold a valid host too: a proxy makes the
+/// forwarded `Host` from it (RFC 9112 §3.2.2).
+#[test]
+fn invalid_absolute_form_authority_is_400() {
+    for bad in [&b"http://a\"b/x"[..], b"http://a<b>/", b"http://u@a{b/"] {
+        let mut raw = b"GET ".to_vec();
+        raw.extend_from_slice(bad);
+        raw.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut c = conn();
+        assert_eq!(
+            feed(&mut c, &raw).unwrap_err(),
+            Error::InvalidHost,
+            "{bad:?}"
+        );
+    }
+    for good in [
+        &b"http://u:p@a.example:80/x?y"[..],
+        b"http://a",
+        b"/x://y",
+        b"*",
+    ] {
+        let mut raw = b"GET ".to_vec();
+        raw.extend_from_slice(good);
+        raw.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut c = conn();
+        assert!(feed(&mut c, &raw).is_ok(), "{good:?}");
+    }
 }
 
 #[test]

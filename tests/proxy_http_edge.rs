@@ -1,0 +1,516 @@
+//! Edge cases of `ferry proxy --protocol http` that a production user hits, each with a
+//! scripted raw-TCP upstream (this file's [`Upstream`]) that records what reaches it and
+//! answers with exact bytes (or closes), and raw-TCP clients: forwarded fields the client may
+//! not set, absolute-form targets, the keep-alive race on a pooled connection, transfer
+//! codings the proxy cannot re-frame.
+//!
+//! Nothing here asserts timing; every loop is bounded in count and time; loopback only.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::Server;
+
+/// What the scripted upstream does with a request.
+#[derive(Clone)]
+enum Reply {
+    /// Send these bytes and keep the connection for the next request.
+    Bytes(&'static [u8]),
+    /// Close the connection without answering.
+    Close,
+    /// Never answer; read (and drop) until the peer closes.
+    Silent,
+}
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    /// Which accepted connection (0, 1, …) and which request on it (0, 1, …).
+    conn: usize,
+    nth: usize,
+    /// The head as received (request line and fields).
+    head: String,
+}
+
+/// A raw loopback upstream: one thread per connection, each request's head recorded and
+/// answered by `script(conn, nth, head)`. Health checks (`ferry-proxy-health`) get a plain
+/// `200` and are not recorded. Stopped on drop.
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+type Script = dyn Fn(usize, usize, &str) -> Reply + Send + Sync;
+
+impl Upstream {
+    fn start(script: impl Fn(usize, usize, &str) -> Reply + Send + Sync + 'static) -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let script: Arc<Script> = Arc::new(script);
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut conns = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let (seen, script, stop) = (seen2.clone(), script.clone(), stop2.clone());
+                        let conn = conns;
+                        conns += 1;
+                        std::thread::spawn(move || serve(s, conn, &*script, &seen, &stop));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Upstream { addr, seen, stop }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Serve one upstream connection: heads, bodies skipped by `Content-Length` (the requests
+/// here have no chunked bodies), replies as scripted.
+fn serve(
+    mut s: TcpStream,
+    conn: usize,
+    script: &Script,
+    seen: &Mutex<Vec<Seen>>,
+    stop: &AtomicBool,
+) {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut nth = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() < end + 4 + len {
+                if !read_more(&mut s, &mut buf) {
+                    return;
+                }
+                continue;
+            }
+            buf.drain(..end + 4 + len);
+            if head.contains("ferry-proxy-health") {
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                return;
+            }
+            seen.lock().unwrap().push(Seen {
+                conn,
+                nth,
+                head: head.clone(),
+            });
+            match script(conn, nth, &head) {
+                Reply::Bytes(b) => {
+                    if s.write_all(b).is_err() {
+                        return;
+                    }
+                }
+                Reply::Close => return,
+                Reply::Silent => {
+                    while !stop.load(Ordering::Relaxed) && read_more(&mut s, &mut buf) {
+                        buf.clear();
+                    }
+                    return;
+                }
+            }
+            nth += 1;
+        } else if !read_more(&mut s, &mut buf) {
+            return;
+        }
+    }
+}
+
+/// Read what is there (false: the peer closed or the socket failed).
+fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut tmp = [0u8; 16384];
+    match s.read(&mut tmp) {
+        Ok(0) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&tmp[..n]);
+            true
+        }
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+fn proxy(driver: &str, up: &Upstream) -> Server {
+    proxy_with(driver, up, &[])
+}
+
+fn proxy_with(driver: &str, up: &Upstream, extra: &[&str]) -> Server {
+    let ups = up.addr.to_string();
+    let mut args = vec![
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &ups,
+        "--workers",
+        "1",
+        "--driver",
+        driver,
+    ];
+    args.extend_from_slice(extra);
+    Server::launch("http", &args, &[], None)
+}
+
+/// Send `req` on a new connection and read until the proxy closes it (the requests here say
+/// `Connection: close`); bounded.
+fn exchange(addr: SocketAddr, req: &[u8]) -> String {
+    exchange_eof(addr, req).0
+}
+
+/// [`exchange`], and whether the proxy closed the connection (false: the read timed out).
+fn exchange_eof(addr: SocketAddr, req: &[u8]) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(req).unwrap();
+    let mut out = Vec::new();
+    let eof = s.read_to_end(&mut out).is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), eof)
+}
+
+fn status_of(resp: &str) -> &str {
+    resp.split(' ').nth(1).unwrap_or("")
+}
+
+/// The values of field `name` in a recorded head.
+fn fields<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+/// A client's `X-Forwarded-Proto: https` on a plain-HTTP connection must not reach the
+/// upstream next to the proxy's own `http` (frameworks take either value as the scheme):
+/// the proxy's replaces it, as for `X-Forwarded-For`'s value of record.
+fn client_x_forwarded_proto_is_replaced(driver: &str) {
+    let up = Upstream::start(|_, _, _| Reply::Bytes(OK));
+    let p = proxy(driver, &up);
+    let r = exchange(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\nx-forwarded-proto: wss\r\n\
+          Connection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), "200", "{r}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        fields(&seen[0].head, "x-forwarded-proto"),
+        ["http"],
+        "{}",
+        seen[0].head
+    );
+    // With an `X-Forwarded-For` too (the other way the proxy writes its fields).
+    let r = exchange(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n\
+          Connection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), "200", "{r}");
+    let seen = up.seen();
+    assert_eq!(
+        fields(&seen[1].head, "x-forwarded-proto"),
+        ["http"],
+        "{}",
+        seen[1].head
+    );
+    assert_eq!(
+        fields(&seen[1].head, "x-forwarded-for"),
+        ["10.0.0.1, 127.0.0.1"],
+        "{}",
+        seen[1].head
+    );
+}
+
+/// RFC 9112 §3.2.2: for an absolute-form target the proxy ignores the client's `Host` and
+/// sends one made from the target, so that it and the upstream (which routes by the target)
+/// agree on the host; origin-form requests keep theirs.
+fn absolute_form_target_sets_host(driver: &str) {
+    let up = Upstream::start(|_, _, _| Reply::Bytes(OK));
+    let p = proxy(driver, &up);
+    let r = exchange(
+        p.addr,
+        b"GET http://evil.example:8080/x?y HTTP/1.1\r\nHost: good.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), "200", "{r}");
+    let r = exchange(
+        p.addr,
+        b"GET /z HTTP/1.1\r\nHost: good.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), "200", "{r}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        fields(&seen[0].head, "host"),
+        ["evil.example:8080"],
+        "{}",
+        seen[0].head
+    );
+    assert_eq!(
+        fields(&seen[1].head, "host"),
+        ["good.example"],
+        "{}",
+        seen[1].head
+    );
+}
+
+/// The keep-alive race: the upstream closes an idle pooled connection just as the proxy
+/// sends it a request (here: it closes on any second request). With a single upstream, a
+/// GET must still be answered (sent again on a new connection, not a 502); a POST is never
+/// sent twice (502).
+fn stale_pooled_connection_get_resent_post_not(driver: &str) {
+    let up = Upstream::start(|_, nth, _| {
+        if nth == 0 {
+            Reply::Bytes(OK)
+        } else {
+            Reply::Close
+        }
+    });
+    let p = proxy(driver, &up);
+    for i in 0..4 {
+        let r = exchange(
+            p.addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status_of(&r), "200", "GET {i}: {r}");
+    }
+    let seen = up.seen();
+    assert!(
+        seen.iter().any(|s| s.nth == 1),
+        "no request went to a pooled connection: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.conn > 0 && s.nth == 0),
+        "the GET was not sent again on a new connection: {seen:?}"
+    );
+    // A POST on the pooled connection left by the last GET: sent once, answered 502.
+    let r = exchange(
+        p.addr,
+        b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    );
+    let posts = up
+        .seen()
+        .iter()
+        .filter(|s| s.head.starts_with("POST "))
+        .count();
+    assert_eq!(posts, 1, "a POST must never be sent twice: {r}");
+    assert_eq!(status_of(&r), "502", "{r}");
+}
+
+/// An upstream body in a transfer coding other than `chunked` (`gzip, chunked`, or `gzip`
+/// until close) cannot go out re-chunked without that coding: the client would get gzip
+/// bytes as the body. 502, as nginx answers; a plain chunked body still goes through.
+fn upstream_transfer_coding_other_than_chunked_is_502(driver: &str) {
+    let up = Upstream::start(|_, _, head| {
+        let path = head.split(' ').nth(1).unwrap_or("");
+        Reply::Bytes(match path {
+            "/gz-chunked" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            }
+            "/gz" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nhello",
+            _ => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        })
+    });
+    let p = proxy(driver, &up);
+    for path in ["/gz-chunked", "/gz"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let r = exchange(p.addr, req.as_bytes());
+        assert_eq!(status_of(&r), "502", "{path}: {r}");
+        assert!(!r.contains("hello"), "{path}: {r}");
+    }
+    let r = exchange(
+        p.addr,
+        b"GET /plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), "200", "{r}");
+    assert!(r.ends_with("5\r\nhello\r\n0\r\n\r\n"), "{r}");
+}
+
+/// A client that stops sending its request body must not hold its connection and an
+/// upstream connection forever: after the response timeout without a byte, `408` and close
+/// (nginx: `client_body_timeout`); the upstream gets no complete request.
+fn client_stalling_mid_body_gets_408(driver: &str) {
+    // The chunked body is not parsed there: its head is seen, and never answered.
+    let up = Upstream::start(|_, _, _| Reply::Silent);
+    let p = proxy_with(driver, &up, &["--response-timeout", "1s"]);
+    for req in [
+        &b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab"[..],
+        b"PUT /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n",
+    ] {
+        let (r, eof) = exchange_eof(p.addr, req);
+        assert!(eof, "the connection stayed open: {r}");
+        assert_eq!(status_of(&r), "408", "{r}");
+        assert!(r.contains("connection: close"), "{r}");
+    }
+    let seen = up.seen();
+    assert!(seen.iter().all(|s| s.head.starts_with("PUT ")), "{seen:?}");
+}
+
+/// An upstream that stops mid-body (head and part of the body sent, connection open) must
+/// not hold the client forever: after the response timeout without a byte the client's
+/// connection is cut (the body is short of its length: the client sees the truncation),
+/// as when the upstream breaks mid-response. A slow but moving body is not cut.
+fn upstream_stalling_mid_body_cuts_the_client(driver: &str) {
+    let up = Upstream::start(|_, _, head| {
+        Reply::Bytes(if head.starts_with("GET /chunked ") {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok"
+        })
+    });
+    let p = proxy_with(driver, &up, &["--response-timeout", "1s"]);
+    for path in ["/length", "/chunked"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let (r, eof) = exchange_eof(p.addr, req.as_bytes());
+        assert!(eof, "{path}: the client was held: {r}");
+        assert_eq!(status_of(&r), "200", "{path}: {r}");
+        assert!(!r.ends_with("0\r\n\r\n"), "{path}: complete? {r}");
+    }
+}
+
+/// RFC 9110 §15.2: a proxy forwards 1xx responses. `103 Early Hints` (and `102`) reach an
+/// HTTP/1.1 client before the final response, hop-by-hop fields removed; the upstream's
+/// `100 Continue` does not (the proxy answers `Expect` itself), and an HTTP/1.0 client gets
+/// no 1xx at all.
+fn interim_responses_are_forwarded(driver: &str) {
+    let up = Upstream::start(|_, _, _| {
+        Reply::Bytes(
+            b"HTTP/1.1 100 Continue\r\n\r\n\
+              HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: x-hop\r\n\
+              X-Hop: 1\r\n\r\n\
+              HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )
+    });
+    let p = proxy(driver, &up);
+    let r = exchange(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n"),
+        "{r}"
+    );
+    let (hints, fin) = r.split_once("\r\n\r\n").unwrap();
+    assert!(!hints.to_ascii_lowercase().contains("x-hop"), "{r}");
+    assert!(
+        fin.starts_with("HTTP/1.1 200 OK\r\n") && fin.ends_with("ok"),
+        "{r}"
+    );
+    assert!(!r.contains("100 Continue"), "{r}");
+    let r = exchange(p.addr, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("ok"),
+        "{r}"
+    );
+}
+
+/// A `Host` that is no `host[:port]` (`a/b`, `u@h`, a space), or such an authority in an
+/// absolute-form target, is a 400 at the proxy: never passed to an upstream that builds URLs
+/// or routes from it (RFC 9112 §3.2).
+fn invalid_host_is_400(driver: &str) {
+    let up = Upstream::start(|_, _, _| Reply::Bytes(OK));
+    let p = proxy(driver, &up);
+    for host in ["a/b", "u@h", "a b", "h?x"] {
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let r = exchange(p.addr, req.as_bytes());
+        assert_eq!(status_of(&r), "400", "{host}: {r}");
+    }
+    // Nor from an absolute-form target's authority (the forwarded `host` is made from it).
+    let r = exchange(
+        p.addr,
+        b"GET http://a<b>/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), "400", "{r}");
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    let r = exchange(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), "200", "{r}");
+}
+
+/// A HEAD response declaring a huge length (a multi-terabyte object, or a hostile upstream)
+/// is forwarded with that length at once; the worker is not stalled counting it down, and
+/// the next request is served.
+fn head_with_huge_content_length(driver: &str) {
+    let up = Upstream::start(|_, _, head| {
+        Reply::Bytes(if head.starts_with("HEAD ") {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\n"
+        } else {
+            OK
+        })
+    });
+    let p = proxy(driver, &up);
+    let r = exchange(
+        p.addr,
+        b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), "200", "{r}");
+    assert!(r.contains("content-length: 1000000000000000\r\n"), "{r}");
+    assert!(r.ends_with("\r\n\r\n"), "{r}");
+    let r = exchange(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), "200", "{r}");
+}
+
+macro_rules! per_driver {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name("epoll"); } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { super::$name("uring"); } )*
+        }
+    };
+}
+
+per_driver!(
+    client_x_forwarded_proto_is_replaced,
+    absolute_form_target_sets_host,
+    stale_pooled_connection_get_resent_post_not,
+    upstream_transfer_coding_other_than_chunked_is_502,
+    client_stalling_mid_body_gets_408,
+    upstream_stalling_mid_body_cuts_the_client,
+    interim_responses_are_forwarded,
+    invalid_host_is_400,
+    head_with_huge_content_length,
+);
