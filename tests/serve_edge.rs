@@ -476,3 +476,296 @@ fn epoll_h2_max_body_is_enforced() {
 fn uring_h2_max_body_is_enforced_app_workers() {
     h2_max_body_is_enforced("uring", &["--app-workers", "2"]);
 }
+
+/// `ferry serve` with `settings` written to a config file.
+fn start_with(
+    driver: &str,
+    extra: &[&str],
+    name: &str,
+    settings: &str,
+) -> (Server, std::path::PathBuf) {
+    let dir = common::tmp_dir("edge", &format!("{name}-{driver}"));
+    let config = dir.join("ferry.toml");
+    std::fs::write(&config, settings).unwrap();
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    (start(driver, &args), dir)
+}
+
+/// A 413 from the body-buffering limit, sent before the body was read, closes the connection
+/// (`connection: close`) instead of reading a huge body to its end, and the close does not
+/// reset the answer away; a small unread rest is read and dropped and the connection stays.
+fn early_413_closes_unless_little_is_left(driver: &str, extra: &[&str]) {
+    let (s, dir) = start_with(driver, extra, "early413", "max_buffered_body = 100\n");
+    let mut c = connect(s.addr);
+    c.write_all(b"POST /nope HTTP/1.1\r\nhost: a\r\ncontent-length: 100000000\r\n\r\n")
+        .unwrap();
+    // 256 KiB of the body right behind the head (partly unread when the server closes).
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&vec![b'x'; 256 * 1024]);
+    });
+    let mut r = BufReader::new(c);
+    let (status, headers, body) = read_h1(&mut r);
+    assert_eq!(status, "HTTP/1.1 413 Content Too Large");
+    assert_eq!(body, b"content too large\n");
+    assert!(
+        headers.contains(&("connection".into(), "close".into())),
+        "{headers:?}"
+    );
+    // The server closes without waiting for the other 99.7 MB (the read would time out).
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)
+        .expect("closed cleanly, not reset or left open");
+    assert!(rest.is_empty());
+    writer.join().unwrap();
+
+    // 1000 unread octets: read and dropped, and the connection serves the next request.
+    let mut c = connect(s.addr);
+    let mut req = b"POST /nope HTTP/1.1\r\nhost: a\r\ncontent-length: 1000\r\n\r\n".to_vec();
+    c.write_all(&req).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let (status, headers, _) = read_h1(&mut r);
+    assert_eq!(status, "HTTP/1.1 413 Content Too Large");
+    assert!(
+        !headers.iter().any(|(n, _)| n == "connection"),
+        "{headers:?}"
+    );
+    req = vec![b'x'; 1000];
+    req.extend_from_slice(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n");
+    c.write_all(&req).unwrap();
+    let (status, _, body) = read_h1(&mut r);
+    assert_eq!(
+        (status.as_str(), &body[..]),
+        ("HTTP/1.1 200 OK", &b"hello world\n"[..])
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `Expect: 100-continue` on a request refused by its size (over the buffering limit, or
+/// over `max_body`) gets the 413 and no `100 Continue`; one the application takes gets
+/// `100 Continue`, then its answer.
+fn expect_continue_refused_by_size_gets_413(driver: &str, extra: &[&str]) {
+    let (s, dir) = start_with(
+        driver,
+        extra,
+        "expect413",
+        "max_buffered_body = 1000\nmax_body = 100000\n",
+    );
+    for len in [5000, 200000] {
+        let mut c = connect(s.addr);
+        let req = format!(
+            "POST /nope HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: {len}\r\n\r\n"
+        );
+        c.write_all(req.as_bytes()).unwrap();
+        let mut r = BufReader::new(c);
+        let (status, headers, _) = read_h1(&mut r);
+        assert_eq!(status, "HTTP/1.1 413 Content Too Large", "{len}");
+        assert!(
+            headers.contains(&("connection".into(), "close".into())),
+            "{len}"
+        );
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert!(
+            rest.is_empty(),
+            "{len}: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+    let mut c = connect(s.addr);
+    c.write_all(
+        b"POST /echo HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n",
+    )
+    .unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    r.read_line(&mut line).unwrap();
+    c.write_all(b"hi").unwrap();
+    let (status, _, body) = read_h1(&mut r);
+    assert_eq!(
+        (status.as_str(), &body[..]),
+        ("HTTP/1.1 200 OK", &b"hi"[..])
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn epoll_early_413_closes_unless_little_is_left() {
+    early_413_closes_unless_little_is_left("epoll", &[]);
+}
+
+#[test]
+fn epoll_early_413_closes_unless_little_is_left_app_workers() {
+    early_413_closes_unless_little_is_left("epoll", &["--app-workers", "2"]);
+}
+
+#[test]
+fn uring_early_413_closes_unless_little_is_left() {
+    early_413_closes_unless_little_is_left("uring", &[]);
+}
+
+#[test]
+fn uring_early_413_closes_unless_little_is_left_app_workers() {
+    early_413_closes_unless_little_is_left("uring", &["--app-workers", "2"]);
+}
+
+#[test]
+fn epoll_expect_continue_refused_by_size_gets_413() {
+    expect_continue_refused_by_size_gets_413("epoll", &[]);
+}
+
+#[test]
+fn epoll_expect_continue_refused_by_size_gets_413_app_workers() {
+    expect_continue_refused_by_size_gets_413("epoll", &["--app-workers", "2"]);
+}
+
+#[test]
+fn uring_expect_continue_refused_by_size_gets_413() {
+    expect_continue_refused_by_size_gets_413("uring", &[]);
+}
+
+#[test]
+fn uring_expect_continue_refused_by_size_gets_413_app_workers() {
+    expect_continue_refused_by_size_gets_413("uring", &["--app-workers", "2"]);
+}
+
+/// An HPACK literal field without indexing, new name (RFC 7541 §6.2.2).
+fn literal(block: &mut Vec<u8>, name: &str, value: &[u8]) {
+    fn int(b: &mut Vec<u8>, mut n: usize) {
+        if n < 127 {
+            b.push(n as u8);
+            return;
+        }
+        b.push(127);
+        n -= 127;
+        while n >= 128 {
+            b.push((n % 128 + 128) as u8);
+            n /= 128;
+        }
+        b.push(n as u8);
+    }
+    block.push(0);
+    int(block, name.len());
+    block.extend_from_slice(name.as_bytes());
+    int(block, value.len());
+    block.extend_from_slice(value);
+}
+
+/// The listener's `max_head_bytes` and `max_headers` hold for HTTP/2 as for HTTP/1.1: the
+/// server advertises SETTINGS_MAX_HEADER_LIST_SIZE = `max_head_bytes`, and a request with a
+/// longer header list or more fields gets 431 (the connection carries on).
+fn head_limits_apply_to_http2(driver: &str, extra: &[&str]) {
+    let (s, dir) = start_with(
+        driver,
+        extra,
+        "headlimits",
+        "max_head_bytes = 2048\nmax_headers = 5\n",
+    );
+    let big = vec![b'v'; 3000];
+    // HTTP/1.1, for reference.
+    let mut c = connect(s.addr);
+    let req = format!(
+        "GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
+        String::from_utf8_lossy(&big)
+    );
+    c.write_all(req.as_bytes()).unwrap();
+    let (status, _, _) = read_h1(&mut BufReader::new(c));
+    assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
+
+    let mut c = connect(s.addr);
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    let mut block = request_block("GET", "/");
+    literal(&mut block, "x-big", &big);
+    out.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
+    let mut block = request_block("GET", "/");
+    for i in 0..6 {
+        literal(&mut block, &format!("x-f{i}"), b"v");
+    }
+    out.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &block));
+    let mut block = request_block("GET", "/");
+    for i in 0..5 {
+        literal(&mut block, &format!("x-f{i}"), b"v");
+    }
+    out.extend(frame(HEADERS, END_HEADERS | END_STREAM, 5, &block));
+    c.write_all(&out).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut list_size = None;
+    let mut dec = ferry_http2::hpack::Decoder::new(4096);
+    let mut status: [Option<String>; 3] = [None, None, None];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status.iter().any(Option::is_none) {
+        assert!(Instant::now() < deadline, "stalled");
+        let f = read_frame(&mut r);
+        match f.kind {
+            SETTINGS if f.flags & ACK == 0 => {
+                for p in f.payload.chunks(6) {
+                    if p[..2] == [0, 6] {
+                        list_size = Some(u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+                    }
+                }
+                c.write_all(&frame(SETTINGS, ACK, 0, &[])).unwrap();
+            }
+            HEADERS => {
+                let mut st = None;
+                dec.decode(&bytes::Bytes::from(f.payload), usize::MAX, |h| {
+                    if &h.name[..] == b":status" {
+                        st = Some(String::from_utf8_lossy(&h.value).into_owned());
+                    }
+                })
+                .unwrap();
+                status[(f.stream as usize - 1) / 2] = st;
+            }
+            GOAWAY => panic!("GOAWAY {:?}", f.payload),
+            _ => {}
+        }
+    }
+    assert_eq!(list_size, Some(2048), "SETTINGS_MAX_HEADER_LIST_SIZE");
+    assert_eq!(
+        status.map(Option::unwrap),
+        ["431".to_string(), "431".to_string(), "200".to_string()]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn epoll_head_limits_apply_to_http2() {
+    head_limits_apply_to_http2("epoll", &[]);
+}
+
+#[test]
+fn uring_head_limits_apply_to_http2_app_workers() {
+    head_limits_apply_to_http2("uring", &["--app-workers", "2"]);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is 400 even with an absolute-form target
+/// (which names the host, §3.2.2); HTTP/1.0 may omit it.
+fn hostless_absolute_form(driver: &str, extra: &[&str]) {
+    let s = start(driver, extra);
+    let mut c = connect(s.addr);
+    c.write_all(b"GET http://a/ HTTP/1.1\r\n\r\n").unwrap();
+    let mut r = BufReader::new(c);
+    let (status, headers, _) = read_h1(&mut r);
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    assert!(headers.contains(&("connection".into(), "close".into())));
+    let mut c = connect(s.addr);
+    c.write_all(b"GET http://a/ HTTP/1.0\r\n\r\n").unwrap();
+    let (status, _, body) = read_h1(&mut BufReader::new(c));
+    assert_eq!(
+        (status.as_str(), &body[..]),
+        ("HTTP/1.1 200 OK", &b"hello world\n"[..])
+    );
+}
+
+#[test]
+fn epoll_hostless_absolute_form() {
+    hostless_absolute_form("epoll", &[]);
+}
+
+#[test]
+fn uring_hostless_absolute_form_app_workers() {
+    hostless_absolute_form("uring", &["--app-workers", "2"]);
+}

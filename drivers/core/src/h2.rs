@@ -107,7 +107,9 @@ impl std::fmt::Debug for H2Session {
 
 /// The HTTP/2 settings for a listener whose HTTP/1.1 settings are `http`: its timeouts apply
 /// to h2c connections too (`keep_alive_timeout` closes idle ones, `header_read_timeout` bounds
-/// the wait for the preface when shorter than HTTP/2's own handshake timeout). Built once per
+/// the wait for the preface when shorter than HTTP/2's own handshake timeout), and so do its
+/// head limits (`max_head_bytes` is the header list size advertised and enforced,
+/// `max_headers` the most fields: 431 past either). Built once per
 /// listener configuration and thread.
 pub(crate) fn h2_config(http: &Arc<ferry_http1::ServerConfig>) -> Arc<ferry_http2::Config> {
     use std::cell::RefCell;
@@ -121,6 +123,10 @@ pub(crate) fn h2_config(http: &Arc<ferry_http1::ServerConfig>) -> Arc<ferry_http
             let mut c = ferry_http2::Config::default();
             c.auto_release = false;
             c.idle_timeout = http.keep_alive_timeout;
+            // The listener's head limits hold for HTTP/2 heads too (a header list over
+            // `max_head_bytes`, or more than `max_headers` fields, is 431 either way).
+            c.max_header_list_size = u32::try_from(http.max_head_bytes).unwrap_or(u32::MAX);
+            c.max_header_fields = http.max_headers;
             if let Some(t) = http.header_read_timeout {
                 c.handshake_timeout = Some(c.handshake_timeout.map_or(t, |h| h.min(t)));
             }
@@ -610,6 +616,8 @@ impl H2Session {
                     }
                     self.flush_pending(ctx, id);
                 }
+                // HTTP/2 sends no `100 Continue` (the client sends its body anyway).
+                Part::Continue => {}
                 Part::Abort => {
                     let _ = self.conn.reset(id, Reason::INTERNAL_ERROR);
                     if let Some(s) = self.streams.get_mut(&id) {

@@ -28,7 +28,7 @@ use crossbeam_channel::{Receiver, Sender};
 use ferry_http1::RequestId;
 
 use crate::metrics::{add, WorkerMetrics};
-use crate::service::{Exchange, Parts, Request, Responder, Service};
+use crate::service::{Exchange, Part, Parts, Request, Responder, Service};
 use crate::shutdown::{EventFd, Wake};
 
 /// What an I/O worker sends to an application worker.
@@ -179,9 +179,14 @@ fn handle(
     let parts = match job.kind {
         JobKind::Head(req) => {
             let mut out = Responder::new();
+            let expects = req.head().expects_continue();
             let (ex, o) = Exchange::start(service, *req, max_body, &mut out);
             panicked = o.panicked;
-            let parts = out.take();
+            let mut parts = out.take();
+            if expects && parts.is_empty() {
+                // Not refused at its head: the I/O worker may let the body come now.
+                parts.push(Part::Continue);
+            }
             open.insert(key, (ex, out));
             parts
         }

@@ -75,6 +75,11 @@ impl Request {
     pub fn query(&self) -> Option<&str> {
         self.head.query()
     }
+    /// The host the request is for: an absolute-form target's authority (its `Host` field is
+    /// ignored then, RFC 9112 §3.2.2), else the `Host` field (HTTP/2: `:authority`).
+    pub fn host(&self) -> Option<&str> {
+        self.head.host()
+    }
     /// HTTP version.
     pub fn version(&self) -> Version {
         self.head.version()
@@ -253,6 +258,10 @@ pub enum Part {
     },
     /// The application failed after the head went out: close the connection.
     Abort,
+    /// The application will read the request body: send the `100 Continue` an
+    /// `Expect: 100-continue` request waits for (application workers send this when they
+    /// took a request without answering it at its head).
+    Continue,
 }
 
 /// Response parts in order; two fit without allocating (head + body, the common case).

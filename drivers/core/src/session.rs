@@ -410,6 +410,10 @@ impl HttpSession {
                 self.started.push_back((id.get(), now));
                 let req = Request::new(head, Bytes::new(), self.info);
                 if remote {
+                    if req.head().expects_continue() {
+                        // The application worker says whether the body is wanted.
+                        self.conn.hold_continue(id);
+                    }
                     self.remote_open.push(id);
                     self.send_job(ctx, id, JobKind::Head(Box::new(req)));
                 } else {
@@ -640,6 +644,9 @@ impl HttpSession {
                     }
                 }
                 Part::Abort => self.abort = true,
+                Part::Continue => {
+                    let _ = self.conn.send_continue(id);
+                }
             }
         }
     }

@@ -20,8 +20,12 @@ pub struct ServerConfig {
     /// Requests parsed but not yet answered; more pipelined requests wait in the caller's buffer
     /// (backpressure, `wants_read() == false`). Default 64.
     pub max_pipelined: usize,
-    /// Send `100 Continue` by itself when an `Expect: 100-continue` request reaches the front of
-    /// the queue. With `false` the application calls `send_continue`. Default `true`.
+    /// Send `100 Continue` by itself when an `Expect: 100-continue` request is at the front of
+    /// the queue and the application saw its head without answering it (the `poll_event` or
+    /// `handle_input` call after the one that handed the head out), so a request refused at
+    /// its head (413) gets only its final answer; a response streamed before the body (an
+    /// echo) is preceded by it. With `false` the application calls `send_continue` (see also
+    /// `hold_continue`). Default `true`.
     pub auto_continue: bool,
     /// Answer HTTP/1.1 requests without exactly one `Host` field with 400 (RFC 9112 §3.2).
     /// Default `true`.
@@ -29,6 +33,12 @@ pub struct ServerConfig {
     /// Unix time in nanoseconds at `Instant::ZERO`; when set, responses carry a `Date` field
     /// computed from the `now` passed in (cached per second). Drivers set it; default `None`.
     pub date_origin_unix_nanos: Option<u64>,
+    /// Most request body bytes still unread when a final response goes out (an early answer
+    /// such as 413 or 404 to a request whose body is still coming) that the connection reads
+    /// and drops to stay open; a larger (or chunked) remainder makes that response carry
+    /// `Connection: close` and the connection close after it, as nginx and hyper do.
+    /// Default 64 KiB.
+    pub max_discard_body: u64,
     /// Most bytes of out-of-order responses buffered for requests behind the one being
     /// answered before `send_*` for them is refused with `SendError::InvalidState`.
     /// Default 1 MiB.
@@ -49,6 +59,7 @@ impl Default for ServerConfig {
             require_host: true,
             date_origin_unix_nanos: None,
             max_buffered_out_of_order: 1 << 20,
+            max_discard_body: 64 * 1024,
         }
     }
 }

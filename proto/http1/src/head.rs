@@ -644,23 +644,28 @@ const HOST_BYTE: [bool; 256] = {
 /// a `Host` may ([`HOST_BYTE`]); true for the other forms (origin, authority, `*`). A proxy
 /// makes the forwarded `Host` from it.
 pub(crate) fn absolute_authority_ok(target: &[u8]) -> bool {
+    absolute_authority(target).is_none_or(|h| h.iter().all(|&b| HOST_BYTE[b as usize]))
+}
+
+/// The authority of an absolute-form request target (`scheme://authority/path?query`) without
+/// its userinfo (`http://u@h:1/p` → `h:1`); `None` for the other forms (origin-form `/…`,
+/// authority-form, `*`).
+#[inline]
+pub(crate) fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
     if target.first().is_none_or(|b| !b.is_ascii_alphabetic()) {
-        return true;
+        return None;
     }
-    let Some(at) = memchr::memmem::find(target, b"://") else {
-        return true;
-    };
+    let at = memchr::memmem::find(target, b"://")?;
     let rest = &target[at + 3..];
     let end = rest
         .iter()
         .position(|&b| matches!(b, b'/' | b'?' | b'#'))
         .unwrap_or(rest.len());
     let auth = &rest[..end];
-    let host = match auth.iter().rposition(|&b| b == b'@') {
+    Some(match auth.iter().rposition(|&b| b == b'@') {
         Some(i) => &auth[i + 1..],
         None => auth,
-    };
-    host.iter().all(|&b| HOST_BYTE[b as usize])
+    })
 }
 
 /// Framing-relevant facts gathered in one pass over the header fields.
@@ -1214,6 +1219,30 @@ impl Request {
         };
         // `?` is ASCII: the cut falls on a char boundary.
         t.get(..query_at(t.as_bytes())).unwrap_or(t)
+    }
+
+    /// The host the request is for (`host[:port]`, as sent): for an absolute-form target the
+    /// target's authority, whatever the `Host` field says (RFC 9112 §3.2.2: the field is
+    /// ignored then); for CONNECT the authority-form target; otherwise the `Host` field. `None`
+    /// when there is none (an HTTP/1.0 request without `Host`) or it is empty.
+    pub fn host(&self) -> Option<&str> {
+        let t = self.target();
+        let host = match t.as_bytes().first() {
+            Some(b'/' | b'*') | None => {
+                let v = self.headers.get("host")?;
+                core::str::from_utf8(v).ok()?.trim_matches([' ', '\t'])
+            }
+            Some(_) if self.method == Method::Connect => t,
+            Some(_) => self.target_authority().unwrap_or(""),
+        };
+        (!host.is_empty()).then_some(host)
+    }
+
+    /// The authority of an absolute-form target (`http://u@h:1/p` → `h:1`, without userinfo),
+    /// which RFC 9112 §3.2.2 puts before the `Host` field; `None` for other target forms.
+    #[inline]
+    pub fn target_authority(&self) -> Option<&str> {
+        core::str::from_utf8(absolute_authority(self.target_bytes())?).ok()
     }
 
     /// The query part of the target (after `?`), if any.
@@ -1814,6 +1843,24 @@ mod tests {
         r
     }
 
+    /// The authority of an absolute-form target, without userinfo; none for other forms.
+    #[test]
+    fn absolute_authority_of_targets() {
+        for (t, want) in [
+            (&b"http://evil/x?y"[..], Some(&b"evil"[..])),
+            (b"HTTP://Evil:8080", Some(b"Evil:8080")),
+            (b"https://user:pw@h.example:1/p", Some(b"h.example:1")),
+            (b"http://h?q=/", Some(b"h")),
+            (b"/x", None),
+            (b"/http://evil/", None),
+            (b"*", None),
+            (b"example.com:443", None),
+            (b"", None),
+        ] {
+            assert_eq!(absolute_authority(t), want, "{t:?}");
+        }
+    }
+
     /// Absolute-form targets (RFC 9112 §3.2.2) route like their origin-form path.
     #[test]
     fn path_of_absolute_form_target() {
@@ -1833,6 +1880,30 @@ mod tests {
         assert_eq!(path_query("*"), pq("*", None));
         let c = parsed(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
         assert_eq!(c.path(), "a:443");
+    }
+
+    /// RFC 9112 §3.2.2: with an absolute-form target the host comes from the target and the
+    /// `Host` field is ignored; otherwise it is the `Host` field.
+    #[test]
+    fn host_of_a_request() {
+        let host = |raw: &[u8]| parsed(raw).host().map(alloc::string::ToString::to_string);
+        let h = |s: &str| Some(s.to_string());
+        use alloc::string::ToString;
+        assert_eq!(host(b"GET /x HTTP/1.1\r\nHost:  b:81 \r\n\r\n"), h("b:81"));
+        assert_eq!(host(b"GET http://a/x HTTP/1.1\r\nHost: b\r\n\r\n"), h("a"));
+        assert_eq!(
+            host(b"GET http://u@a:8080?q HTTP/1.1\r\nHost: b\r\n\r\n"),
+            h("a:8080")
+        );
+        // HTTP/1.0 may omit Host: the target still names it.
+        assert_eq!(host(b"GET http://a/ HTTP/1.0\r\n\r\n"), h("a"));
+        assert_eq!(host(b"GET / HTTP/1.0\r\n\r\n"), None);
+        assert_eq!(host(b"GET / HTTP/1.1\r\nHost:\r\n\r\n"), None);
+        assert_eq!(
+            host(b"CONNECT a:443 HTTP/1.1\r\nHost: b\r\n\r\n"),
+            h("a:443")
+        );
+        assert_eq!(host(b"OPTIONS * HTTP/1.1\r\nHost: b\r\n\r\n"), h("b"));
     }
 
     fn assert_same(a: &Request, b: &Request) {

@@ -113,6 +113,8 @@ struct Slot {
     discard: bool,
     /// Output held while earlier responses are still in progress.
     held: BytesMut,
+    /// The automatic `100 Continue` waits for [`ServerConnection::send_continue`].
+    hold_continue: bool,
 }
 
 #[derive(Debug)]
@@ -165,6 +167,11 @@ pub struct ServerConnection {
     date: Option<DateCache>,
     lifecycle: Lifecycle,
     requests: u64,
+    /// Requests below this id were handed out by `poll_event`: an automatic `100 Continue`
+    /// waits until the application saw the head (and had its chance to refuse it).
+    heads_out: u64,
+    /// A request head was handed out: look at the `100 Continue` owed on the next call.
+    continue_check: bool,
 }
 
 impl ServerConnection {
@@ -192,6 +199,8 @@ impl ServerConnection {
             date,
             lifecycle: Lifecycle::new(State::Ready),
             requests: 0,
+            heads_out: 0,
+            continue_check: false,
         }
     }
 
@@ -437,9 +446,6 @@ impl ServerConnection {
                 return Ok(!input.is_empty());
             }
         };
-        if self.slots.len() == 1 {
-            self.maybe_continue();
-        }
         Ok(true)
     }
 
@@ -544,13 +550,30 @@ impl ServerConnection {
 
     // ----- output --------------------------------------------------------------------------
 
-    /// Send `100 Continue` for the front request if it is owed.
+    /// Send `100 Continue` for the front request if it is owed: once the application saw its
+    /// head without answering it (a request refused at its head, e.g. 413, gets only the
+    /// final answer: RFC 9110 §10.1.1).
+    /// The head handed out last time (it had `Expect: 100-continue`) was dispatched: owe the
+    /// `100 Continue` now. Out of line: rare, and `poll_event` stays small.
+    #[cold]
+    #[inline(never)]
+    fn continue_owed(&mut self) {
+        self.continue_check = false;
+        self.maybe_continue();
+    }
+
     fn maybe_continue(&mut self) {
         if !self.config.auto_continue {
             return;
         }
+        let seen = self.heads_out;
         if let Some(s) = self.slots.front_mut() {
-            if s.expect == Expect::Pending && s.out == Out::Waiting && s.error.is_none() {
+            if s.expect == Expect::Pending
+                && s.out == Out::Waiting
+                && s.error.is_none()
+                && s.id < seen
+                && !s.hold_continue
+            {
                 s.expect = Expect::Sent;
                 self.wbuf.put_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             }
@@ -599,7 +622,10 @@ impl ServerConnection {
             if front.out != Out::Done {
                 break;
             }
-            let close = front.close;
+            // A response complete before its request's body (streamed, so its head could not
+            // say so): a large remainder is not read either.
+            let (fid, body_done, close) = (front.id, front.body_done, front.close);
+            let close = close || (!body_done && self.body_left_exceeds(fid));
             self.slots.pop_front();
             self.idle_since = self.now;
             if close {
@@ -619,6 +645,18 @@ impl ServerConnection {
         }
     }
 
+    /// Whether the unread rest of request `id`'s body (being read now) is more than the
+    /// connection reads and drops to stay open: over `max_discard_body`, or of unknown length.
+    fn body_left_exceeds(&self, id: u64) -> bool {
+        match self.read {
+            Read::Length { id: r, remaining } if r == id => {
+                remaining > self.config.max_discard_body
+            }
+            Read::Chunked { id: r, .. } => r == id,
+            _ => false,
+        }
+    }
+
     fn check_open(&self, id: RequestId) -> Result<usize, SendError> {
         let i = self.slot_index(id)?;
         let s = &self.slots[i];
@@ -634,7 +672,18 @@ impl ServerConnection {
         Ok(i)
     }
 
-    /// Send `100 Continue` for `id` now (only useful with `auto_continue = false`).
+    /// Keep the automatic `100 Continue` for `id` (with `auto_continue`) until
+    /// [`send_continue`](Self::send_continue): for an application that decides elsewhere (on
+    /// another thread) whether it wants the body. Call it before the next `poll_event` after
+    /// the request was handed out.
+    pub fn hold_continue(&mut self, id: RequestId) {
+        if let Ok(i) = self.slot_index(id) {
+            self.slots[i].hold_continue = true;
+        }
+    }
+
+    /// Send `100 Continue` for `id` now (with `auto_continue = false`, or after
+    /// [`hold_continue`](Self::hold_continue)).
     pub fn send_continue(&mut self, id: RequestId) -> Result<(), SendError> {
         let i = self.check_open(id)?;
         let s = &mut self.slots[i];
@@ -773,6 +822,13 @@ impl ServerConnection {
         let (version, head_req, keep_alive, body_done, expect) =
             (s.version, s.head, s.keep_alive, s.body_done, s.expect);
 
+        // A response that streams while the body is read (an echo) wants that body: the
+        // `100 Continue` owed goes first.
+        let streaming = !switching
+            && !interim
+            && status != 204
+            && (matches!(body, Body::Chunked) || (matches!(body, Body::Length(n) if n > 0)));
+        let too_much_left = !body_done && !streaming && self.body_left_exceeds(id.0);
         // The front response goes straight to the output buffer; later ones wait in their slot.
         let dst = if i == 0 {
             &mut self.wbuf
@@ -783,6 +839,11 @@ impl ServerConnection {
             dst.reserve(OUT_BUF_CAPACITY);
         }
         let mark = dst.len();
+        let continued =
+            streaming && !body_done && expect == Expect::Pending && self.config.auto_continue;
+        if continued {
+            dst.put_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
         write_status_line(dst, status, reason);
         let facts = match put_fields(dst) {
             Ok(f) => f,
@@ -790,6 +851,14 @@ impl ServerConnection {
                 dst.truncate(mark);
                 return Err(e);
             }
+        };
+        if continued {
+            self.slots[i].expect = Expect::Sent;
+        }
+        let dst = if i == 0 {
+            &mut self.wbuf
+        } else {
+            &mut self.slots[i].held
         };
         if !facts.has_date() && !interim {
             if let Some(d) = self.date.as_mut() {
@@ -804,8 +873,13 @@ impl ServerConnection {
             return Ok(());
         }
         // Whether the connection can stay open after this response.
-        let body_unread = !body_done && expect == Expect::Pending;
-        let mut close = !keep_alive || facts.close() || (closing && last) || body_unread;
+        // A final answer complete before the request body was read (413, 404 to a POST…):
+        // more than a little left to read is not read at all (as nginx and hyper do): the
+        // connection closes after this response (the driver's lingering close keeps the answer
+        // from being reset). A response still streaming reads on (an echo).
+        let body_unread = !body_done && expect == Expect::Pending && !continued;
+        let mut close =
+            !keep_alive || facts.close() || (closing && last) || body_unread || too_much_left;
         let no_body = head_req || status == 204 || status == 304 || switching;
         let mut out = Out::Done;
         let mut inline_body = None;
@@ -1058,6 +1132,7 @@ impl Slot {
             close: false,
             discard: false,
             held: BytesMut::new(),
+            hold_continue: false,
         }
     }
 }
@@ -1119,6 +1194,9 @@ impl Connection for ServerConnection {
             self.now = now;
         }
         self.index.recycle();
+        if self.continue_check {
+            self.continue_owed();
+        }
         match self.read_input(input) {
             Ok(()) => Ok(()),
             Err((e, body_of)) => Err(self.fail(e, body_of)),
@@ -1145,12 +1223,18 @@ impl Connection for ServerConnection {
         self.update_lifecycle();
     }
 
+    #[inline]
     fn poll_event(&mut self) -> Option<Event> {
         if let Some(id) = self.end_next.take() {
             return Some(Event::End { id });
         }
+        if self.continue_check {
+            self.continue_owed();
+        }
         let ev = self.events.pop_front()?;
         if let Event::Request(r) = &ev {
+            self.heads_out = r.id.0 + 1;
+            self.continue_check = r.expect_continue;
             if !matches!(r.body, BodyKind::Length(_) | BodyKind::Chunked) {
                 // A request without a body is complete: its `End` follows it (never queued).
                 self.end_next = Some(r.id);

@@ -282,6 +282,9 @@ fn expect_continue_auto() {
         b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
     )
     .unwrap();
+    // Owed once the application saw the head (the next poll).
+    assert_eq!(output(&mut c), "");
+    events(&mut c);
     assert_eq!(output(&mut c), "HTTP/1.1 100 Continue\r\n\r\n");
     feed(&mut c, b"abc").unwrap();
     c.send_response(RequestId(0), 200, &[], Body::Empty)
@@ -290,6 +293,157 @@ fn expect_continue_auto() {
         output(&mut c),
         "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
     );
+    assert!(!c.is_closed());
+}
+
+#[test]
+fn expect_continue_refused_at_its_head_gets_only_the_final_answer() {
+    let mut c = conn();
+    feed(
+        &mut c,
+        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9000000\r\n\r\n",
+    )
+    .unwrap();
+    // The application refuses the request as soon as it sees the head.
+    let Some(Event::Request(r)) = c.poll_event() else {
+        panic!("no request");
+    };
+    c.send_response(r.id(), 413, &[], Body::Empty).unwrap();
+    assert!(events(&mut c).is_empty());
+    let out = output(&mut c);
+    assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
+    assert!(!out.contains("100 Continue"), "{out}");
+    assert!(out.contains("connection: close\r\n"), "{out}");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn early_answer_with_a_large_body_left_closes_without_reading_it() {
+    let mut c = conn();
+    let rest = feed(
+        &mut c,
+        b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\nabc",
+    )
+    .unwrap();
+    assert!(rest.is_empty());
+    events(&mut c);
+    c.send_response(RequestId(0), 413, &[], Body::Empty)
+        .unwrap();
+    let out = output(&mut c);
+    assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
+    assert!(out.contains("connection: close\r\n"), "{out}");
+    assert!(c.is_closed());
+    assert!(!c.wants_read());
+    // The rest of the body is not read.
+    let rest = feed(&mut c, &[b'x'; 1000]).unwrap();
+    assert_eq!(rest.len(), 1000);
+}
+
+#[test]
+fn early_answer_to_a_chunked_body_closes() {
+    let mut c = conn();
+    feed(
+        &mut c,
+        b"POST /nope HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    )
+    .unwrap();
+    events(&mut c);
+    c.send_response(RequestId(0), 404, &[], Body::Empty)
+        .unwrap();
+    assert!(output(&mut c).contains("connection: close\r\n"));
+    assert!(c.is_closed());
+}
+
+#[test]
+fn early_answer_with_a_small_body_left_reads_and_drops_it() {
+    let mut c = conn();
+    let len = ServerConfig::default().max_discard_body;
+    let head = alloc::format!("POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
+    feed(&mut c, head.as_bytes()).unwrap();
+    events(&mut c);
+    c.send_response(RequestId(0), 404, &[], Body::Empty)
+        .unwrap();
+    let out = output(&mut c);
+    assert!(out.starts_with("HTTP/1.1 404 "), "{out}");
+    assert!(!out.contains("connection: close"), "{out}");
+    let mut more = alloc::vec![b'x'; len as usize];
+    more.extend_from_slice(GET);
+    let rest = feed(&mut c, &more).unwrap();
+    assert!(rest.is_empty());
+    assert!(events(&mut c)
+        .iter()
+        .any(|e| matches!(e, Event::Request(r) if r.id() == RequestId(1))));
+    c.send_response(RequestId(1), 200, &[], Body::Empty)
+        .unwrap();
+    assert!(output(&mut c).starts_with("HTTP/1.1 200 OK\r\n"));
+    assert!(!c.is_closed());
+}
+
+#[test]
+fn streamed_answer_complete_before_a_large_body_closes_after_it() {
+    let mut c = conn();
+    feed(
+        &mut c,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nabc",
+    )
+    .unwrap();
+    events(&mut c);
+    c.send_response(RequestId(0), 200, &[], Body::Length(2))
+        .unwrap();
+    assert!(c.wants_read(), "a streaming answer reads on");
+    c.send_data(RequestId(0), Bytes::from_static(b"ok"), true)
+        .unwrap();
+    let out = output(&mut c);
+    assert!(out.ends_with("\r\n\r\nok"), "{out}");
+    // Done with 999 997 octets unread: closed, the rest not read.
+    assert!(c.is_closed());
+    let rest = feed(&mut c, &[b'x'; 100]).unwrap();
+    assert_eq!(rest.len(), 100);
+}
+
+#[test]
+fn held_continue_waits_for_send_continue() {
+    let mut c = conn();
+    feed(
+        &mut c,
+        b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+    )
+    .unwrap();
+    let Some(Event::Request(r)) = c.poll_event() else {
+        panic!("no request");
+    };
+    c.hold_continue(r.id());
+    events(&mut c);
+    assert_eq!(output(&mut c), "");
+    c.send_continue(r.id()).unwrap();
+    assert_eq!(output(&mut c), "HTTP/1.1 100 Continue\r\n\r\n");
+}
+
+#[test]
+fn streamed_answer_before_the_body_sends_the_continue_first() {
+    let mut c = conn();
+    feed(
+        &mut c,
+        b"PUT /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+    )
+    .unwrap();
+    let Some(Event::Request(r)) = c.poll_event() else {
+        panic!("no request");
+    };
+    c.send_response(r.id(), 200, &[], Body::Length(3)).unwrap();
+    let out = output(&mut c);
+    assert!(
+        out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{out}"
+    );
+    assert!(!out.contains("connection: close"), "{out}");
+    feed(&mut c, b"abc").unwrap();
+    for e in events(&mut c) {
+        if let Event::Data { id, data } = e {
+            c.send_data(id, data, false).unwrap();
+        }
+    }
+    assert_eq!(output(&mut c), "abc");
     assert!(!c.is_closed());
 }
 

@@ -23,6 +23,10 @@ pub struct Config {
     /// SETTINGS_MAX_HEADER_LIST_SIZE we advertise and enforce (HPACK bomb defense): a longer
     /// decoded header list is answered with 431 (server) or RST_STREAM. Default 64 KiB.
     pub max_header_list_size: u32,
+    /// Server: most regular fields (pseudo-fields aside, `cookie` crumbs counted as one) in a
+    /// request head; more are answered with 431 like a header list over
+    /// `max_header_list_size`. Default 100 (HTTP/1.1's usual field limit).
+    pub max_header_fields: usize,
     /// Largest encoded field block (HEADERS + CONTINUATION), and most CONTINUATION frames per
     /// block: passing either is GOAWAY ENHANCE_YOUR_CALM (CONTINUATION flood). Defaults 128 KiB
     /// and 32.
@@ -80,6 +84,7 @@ impl Default for Config {
             initial_connection_window: 16 << 20,
             max_frame_size: 16 * 1024,
             max_header_list_size: 64 * 1024,
+            max_header_fields: 100,
             max_header_block: 128 * 1024,
             max_continuation_frames: 32,
             enable_push: true,

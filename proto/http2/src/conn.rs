@@ -861,6 +861,7 @@ impl Conn {
         if self.peer_active >= self.config.max_concurrent_streams {
             return self.stream_error(id, Reason::REFUSED_STREAM);
         }
+        let too_large = too_large || too_many_fields(&fields, self.config.max_header_fields);
         if too_large {
             // 431, straight from the connection (RFC 6585), then the stream is done.
             self.count_reset()?;
@@ -1767,6 +1768,29 @@ impl Conn {
             s.head_request = head;
         }
     }
+}
+
+/// Whether a request head has more than `max` regular fields (pseudo-fields aside, `cookie`
+/// crumbs (RFC 9113 §8.2.3) counted as one field, as HTTP/1.1 sends them).
+fn too_many_fields(fields: &[Field], max: usize) -> bool {
+    if fields.len() <= max {
+        return false;
+    }
+    let mut cookie = false;
+    let mut n = 0;
+    for f in fields {
+        if f.name.first() == Some(&b':') {
+            continue;
+        }
+        if &f.name[..] == b"cookie" {
+            if cookie {
+                continue;
+            }
+            cookie = true;
+        }
+        n += 1;
+    }
+    n > max
 }
 
 impl Reason {

@@ -477,3 +477,31 @@ fn unreleased_credit_is_returned_when_a_stream_resets() {
         .iter()
         .any(|a| matches!(a, Answer::WindowUpdate { .. })));
 }
+
+#[test]
+fn too_many_fields_is_answered_with_431() {
+    let mut c = Config::default();
+    c.max_header_fields = 10;
+    let mut r = Raw::new(c);
+    let names: Vec<String> = (0..11).map(|i| format!("x-f{i}")).collect();
+    // Ten fields plus any number of cookie crumbs (one field in HTTP/1.1): served.
+    let mut fields = Raw::get_fields();
+    fields.extend(names[..10].iter().map(|n| (n.as_str(), "v")));
+    fields.extend([("cookie", "a=1"), ("cookie", "b=2")]);
+    fields.retain(|(n, _)| *n != "x-f9");
+    r.headers(1, &fields, true).unwrap();
+    r.expect_response(1);
+    // Eleven: 431 before the application sees it; the connection carries on.
+    let mut fields = Raw::get_fields();
+    fields.extend(names.iter().map(|n| (n.as_str(), "v")));
+    let before = r.events.len();
+    r.headers(3, &fields, true).unwrap();
+    let a = r.answers();
+    assert!(a.iter().any(|a| matches!(a, Answer::Headers { stream: 3, fields, end_stream: true } if fields.iter().any(|(n, v)| n == ":status" && v == "431"))), "{a:?}");
+    assert!(!r.events[before..]
+        .iter()
+        .any(|e| matches!(e, Event::Request { .. })));
+    r.expect_alive();
+    r.get(5).unwrap();
+    r.expect_response(5);
+}
