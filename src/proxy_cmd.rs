@@ -58,7 +58,8 @@ pub(crate) struct ProxyArgs {
     /// How long a request waits for a connection at that limit before a 503.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pool_wait_timeout: Duration,
-    /// Extra attempts for idempotent requests whose upstream failed before answering.
+    /// Extra attempts for idempotent requests whose upstream failed before answering (and
+    /// for any request none of which was sent).
     #[arg(long, value_name = "N", default_value_t = 2)]
     retries: u32,
     /// Consecutive failures that open an upstream's circuit breaker (0: never). It also opens
@@ -82,6 +83,21 @@ pub(crate) struct ProxyArgs {
     /// back-to-back on one upstream connection (1: off).
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pipeline_depth: u32,
+    /// HTTP: largest request body in bytes, else 413 (as `max_body` in serve's --config)
+    /// [default: 1073741824].
+    #[arg(long, value_name = "BYTES")]
+    max_body: Option<u64>,
+    /// HTTP: largest request head (request line and fields) in bytes, else 431 (as
+    /// `max_head_bytes` in serve's --config) [default: 32768].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(64..=(1 << 30)))]
+    max_head_bytes: Option<u64>,
+    /// HTTP: most header fields per request, else 431 (as `max_headers` in serve's
+    /// --config) [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=ferry_http1::MAX_HEADERS_CAP as i64))]
+    max_headers: Option<u32>,
+    /// HTTP: longest request line in bytes, else 414 [default: 8192].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(16..=(1 << 30)))]
+    max_request_line: Option<u64>,
     /// How long in-flight requests may finish after SIGINT/SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -135,6 +151,18 @@ pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
         server.workers = n as usize;
     }
     server.drain_timeout = args.drain_timeout;
+    if let Some(v) = args.max_body {
+        server.http.max_body = v;
+    }
+    if let Some(v) = args.max_head_bytes {
+        server.http.max_head_bytes = v as usize;
+    }
+    if let Some(v) = args.max_headers {
+        server.http.max_headers = v as usize;
+    }
+    if let Some(v) = args.max_request_line {
+        server.http.max_request_line = v as usize;
+    }
     server.busy_poll = (!args.busy_poll.is_zero()).then_some(args.busy_poll);
     let mut opts = ProxyOptions::new(args.listen, args.protocol, cfg);
     opts.admin = args.admin;

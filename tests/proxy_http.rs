@@ -212,7 +212,7 @@ fn post_large_streamed_body(driver: &str) {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-fn killed_upstream_get_retried_post_not(driver: &str) {
+fn killed_upstream_get_retried_post_resent_unsent(driver: &str) {
     let (a, mut b) = (upstream("ka"), upstream("kb"));
     let p = Proxy::start(
         driver,
@@ -230,7 +230,9 @@ fn killed_upstream_get_retried_post_not(driver: &str) {
         a.addr()
     );
     assert!(metric(&m, &retries).unwrap() >= 1, "{m}");
-    // Round robin sends every other POST to the dead upstream: never retried, 502.
+    // Round robin sends every other POST to the dead upstream: its connect fails, so none
+    // of it was sent and it goes to the live one (a POST some bytes of which went out is
+    // never sent again: tests/proxy_http_edge.rs).
     let mut codes = Vec::new();
     for _ in 0..4 {
         let out = curl(&[
@@ -244,13 +246,9 @@ fn killed_upstream_get_retried_post_not(driver: &str) {
         ]);
         codes.push(out);
     }
-    let bad: Vec<_> = codes.iter().filter(|c| c.ends_with(" 502")).collect();
-    assert_eq!(bad.len(), 2, "{codes:?}");
-    assert!(bad[0].contains("Bad Gateway"), "{codes:?}");
-    assert!(bad[0].contains(&b.addr()), "names the upstream: {codes:?}");
     assert_eq!(
         codes.iter().filter(|c| c.ends_with(" 200")).count(),
-        2,
+        4,
         "{codes:?}"
     );
 }
@@ -661,7 +659,7 @@ macro_rules! per_driver {
 per_driver!(
     get_keepalive_headers_round_robin,
     post_large_streamed_body,
-    killed_upstream_get_retried_post_not,
+    killed_upstream_get_retried_post_resent_unsent,
     breaker_opens_and_metrics_show_it,
     health_checks_take_a_dead_upstream_out,
     hash_balance_is_sticky,

@@ -492,6 +492,117 @@ fn head_with_huge_content_length(driver: &str) {
     assert_eq!(status_of(&r), "200", "{r}");
 }
 
+/// A request none of which reached an upstream (here: its connect was refused) goes to
+/// another upstream whatever its method: a POST is answered by the live upstream, not 502,
+/// and reaches it once.
+fn unsent_post_goes_to_another_upstream(driver: &str) {
+    let up = Upstream::start(|_, _, _| Reply::Bytes(OK));
+    // A port nothing listens on (bound, then released).
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let p = proxy_with(
+        driver,
+        &up,
+        &["--upstream", &dead, "--health-interval", "0"],
+    );
+    for i in 0..4 {
+        let r = exchange(
+            p.addr,
+            format!(
+                "POST /p{i} HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(status_of(&r), "200", "POST {i}: {r}");
+    }
+    let seen = up.seen();
+    for i in 0..4 {
+        let n = seen
+            .iter()
+            .filter(|s| s.head.starts_with(&format!("POST /p{i} ")))
+            .count();
+        assert_eq!(n, 1, "POST {i} reached the upstream {n} times: {seen:?}");
+    }
+}
+
+/// RFC 9110 §9.3.2: a HEAD response carries the fields a GET's would: a chunked one keeps
+/// `Transfer-Encoding: chunked`; to an HTTP/1.0 keep-alive client it needs no close.
+fn head_response_keeps_transfer_encoding(driver: &str) {
+    let up = Upstream::start(|_, _, head| {
+        Reply::Bytes(if head.starts_with("HEAD ") {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+        } else {
+            OK
+        })
+    });
+    let p = proxy(driver, &up);
+    let r = exchange(
+        p.addr,
+        b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), "200", "{r}");
+    assert!(r.contains("transfer-encoding: chunked\r\n"), "{r}");
+    assert!(r.ends_with("\r\n\r\n"), "{r}");
+    // HTTP/1.0 with keep-alive: the connection stays for the next request.
+    let mut s = TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"HEAD / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") && Instant::now() < deadline {
+        if !read_more(&mut s, &mut got) {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    assert_eq!(status_of(&head), "200", "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest).into_owned();
+    assert_eq!(status_of(&rest), "200", "{rest}");
+    assert!(rest.ends_with("ok"), "{rest}");
+}
+
+/// `ferry proxy`'s request limits are its flags: a head over `--max-head-bytes` is 431, one
+/// with more fields than `--max-headers` too; the upstream never sees either.
+fn request_limit_flags_apply(driver: &str) {
+    let up = Upstream::start(|_, _, _| Reply::Bytes(OK));
+    let p = proxy_with(
+        driver,
+        &up,
+        &["--max-head-bytes", "1024", "--max-headers", "8"],
+    );
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "b".repeat(2000)
+    );
+    let r = exchange(p.addr, big.as_bytes());
+    assert_eq!(status_of(&r), "431", "{r}");
+    let many: String = (0..10).map(|i| format!("X-{i}: v\r\n")).collect();
+    let r = exchange(
+        p.addr,
+        format!("GET / HTTP/1.1\r\nHost: a\r\n{many}Connection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(status_of(&r), "431", "{r}");
+    let r = exchange(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), "200", "{r}");
+    assert_eq!(up.seen().len(), 1, "{:?}", up.seen());
+}
+
 macro_rules! per_driver {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -513,4 +624,7 @@ per_driver!(
     interim_responses_are_forwarded,
     invalid_host_is_400,
     head_with_huge_content_length,
+    unsent_post_goes_to_another_upstream,
+    head_response_keeps_transfer_encoding,
+    request_limit_flags_apply,
 );

@@ -21,7 +21,10 @@
 //! out, `503 Service Unavailable` when no upstream is usable), or the client connection is
 //! cut if the response had already started. A pooled connection that breaks before any byte
 //! of its response (the upstream closed it as idle just as the request went out) does not
-//! count against the upstream: an idempotent request goes again, to any upstream. An
+//! count against the upstream: an idempotent request goes again, to any upstream. A request
+//! none of which was written (its connect failed, or its pooled connection was found closed
+//! before it went out) goes again whatever its method (RFC 9110 §9.2.2 only restricts
+//! repeating a request the upstream may have processed), its body replayed as above. An
 //! exchange whose body stops moving for the response timeout ends too: the client gets `408`
 //! if it stopped sending its request body, else as for an upstream timeout.
 //!
@@ -76,8 +79,12 @@ use ferry_reliability::{
     BreakerEvent, BreakerState, CircuitBreaker, Permit, RetryBudget, RetryGate, Rng, TraceParent,
 };
 
-/// Unacknowledged body bytes one half may hand the other before it stops reading.
-pub const WINDOW: usize = 1 << 20;
+/// Unacknowledged body bytes one half may hand the other before it stops reading: what a
+/// client that does not read its response costs in user space (beside about 50 KiB of
+/// buffers). 256 KiB moves a 100 MB body over loopback as fast as 1 MiB did (about
+/// 1.1 GB/s either way, one worker) for a quarter of the memory (100 stalled clients on
+/// epoll: 30 MB RSS, not 109 MB); 64 KiB was slower.
+pub const WINDOW: usize = 256 * 1024;
 
 /// State shared by every worker of an HTTP proxy.
 pub struct HttpShared {
@@ -364,6 +371,41 @@ impl WorkerState {
     }
 }
 
+/// How far a failed attempt got (see [`Kind::Failed`]).
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    /// No byte of the response had come.
+    before_response: bool,
+    /// The upstream processed none of the requests outstanding (it announced its close, or
+    /// an idle pooled connection broke before any response byte): not a retry.
+    fresh: bool,
+    /// No byte of the request was written.
+    unsent: bool,
+}
+
+/// Whether a failed attempt goes again (`within_attempts`: attempts so far are within
+/// `retries`). A request never written goes again whatever its method (RFC 9110 §9.2.2
+/// only restricts repeating a request that may have been processed); else only an
+/// idempotent one, before any response byte. Its body must still be at hand (`replayable`).
+fn may_retry(
+    why: UpFailure,
+    sent: Sent,
+    idempotent: bool,
+    replayable: bool,
+    within_attempts: bool,
+) -> bool {
+    let Sent {
+        before_response,
+        fresh,
+        unsent,
+    } = sent;
+    why != UpFailure::ClientStalled
+        && replayable
+        && before_response
+        && (unsent || idempotent)
+        && (fresh || within_attempts)
+}
+
 /// Why an upstream attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -526,11 +568,13 @@ enum Kind {
     /// The upstream connection failed. `before`: before any byte of the oldest outstanding
     /// response; `fresh`: the upstream had announced it would close (`Connection: close`)
     /// and so processed none of the requests still outstanding; `tag`: the attachment the
-    /// failed requests were sent under (`None`: the connect failed).
+    /// failed requests were sent under (`None`: the connect failed); `unsent`: no byte of
+    /// the oldest outstanding request was written (any request may go again).
     Failed {
         why: UpFailure,
         before: bool,
         fresh: bool,
+        unsent: bool,
         tag: Option<u32>,
     },
     /// Tunnel bytes from the upstream (after a protocol switch).
@@ -854,10 +898,13 @@ struct Exchange {
     tried: u64,
     /// Body chunks not yet handed to the current upstream.
     held: VecDeque<(Bytes, bool)>,
-    /// Every body chunk so far, kept while the body may be replayed.
-    replay: Vec<Bytes>,
+    /// Every body chunk so far, kept while the body may be replayed (a body that came
+    /// with its head is one chunk: no allocation).
+    replay: SmallVec<[Bytes; 1]>,
     replay_len: usize,
     replayable: bool,
+    /// Sent to an upstream before (a body goes again from `replay`).
+    dispatched: bool,
     req_done: bool,
     resp_started: bool,
     resp_done: bool,
@@ -992,9 +1039,10 @@ fn exchange(
         attempts: 0,
         tried: 0,
         held: VecDeque::new(),
-        replay: Vec::new(),
+        replay: SmallVec::new(),
         replay_len: 0,
         replayable: true,
+        dispatched: false,
         req_done: false,
         resp_started: false,
         resp_done: false,
@@ -1253,6 +1301,7 @@ impl Down {
             f.upstream = i;
             f.attempts += 1;
             f.tried |= bit;
+            f.dispatched = true;
             f.up = Some(up);
             let req = SendReq {
                 owner: self.io.me(),
@@ -1372,7 +1421,7 @@ impl Down {
         let (started, upstream_full) = (ex.resp_started, self.unacked >= WINDOW);
         tracing::debug!(started, upstream_full, "exchange stalled");
         if started || upstream_full {
-            self.failed(ctx, UpFailure::Timeout, !started, false, now);
+            self.failed(ctx, UpFailure::Timeout, !started, false, false, now);
             return;
         }
         // The rest of the body will not be read: the `408` closes the connection.
@@ -1385,7 +1434,7 @@ impl Down {
             self.local_answer(&ex, why.status(), why.text());
             self.resume(ctx, now);
         } else {
-            self.failed(ctx, UpFailure::ClientStalled, true, false, now);
+            self.failed(ctx, UpFailure::ClientStalled, true, false, false, now);
         }
     }
 
@@ -1482,10 +1531,12 @@ impl Down {
         ex.attempts += 1;
         ex.tried |= 1u64 << (i % 64);
         // The body so far goes again, from the replay copy (a first attempt usually holds
-        // nothing: no second look then).
-        if ex.attempts > 1 || !ex.held.is_empty() {
+        // nothing: no second look then; one that went again as never sent or `fresh` has
+        // its attempt count back at 0, not its body).
+        let again = std::mem::replace(&mut ex.dispatched, true);
+        if again || !ex.held.is_empty() {
             ex.held.clear();
-            if ex.attempts > 1 {
+            if again {
                 let n = ex.replay.len();
                 for (k, b) in ex.replay.iter().enumerate() {
                     ex.held.push_back((b.clone(), ex.req_done && k + 1 == n));
@@ -1529,7 +1580,7 @@ impl Down {
         match got {
             Ok(Some(lease)) => self.attach(ctx, lease, now),
             Ok(None) => {} // a `Leased` or `Failed` mail follows
-            Err(why) => self.failed(ctx, why, true, false, now),
+            Err(why) => self.failed(ctx, why, true, false, false, now),
         }
     }
 
@@ -1608,7 +1659,8 @@ impl Down {
             }
             return;
         }
-        if ex.idempotent && ex.replayable && !ex.resp_started {
+        // Kept for any method: a request none of which was written goes again too.
+        if ex.replayable && !ex.resp_started {
             if ex.replay_len + data.len() <= max_replay {
                 ex.replay_len += data.len();
                 if !data.is_empty() {
@@ -1665,12 +1717,14 @@ impl Down {
     /// `fresh`: the upstream had announced it would close and so processed none of the
     /// outstanding requests: they go again without counting as a retry (and may go to the
     /// same upstream, on another connection).
+    /// `unsent`: no byte of the request was written, so it goes again whatever its method.
     fn failed(
         &mut self,
         ctx: &mut WorkerCtx,
         why: UpFailure,
         before_response: bool,
         fresh: bool,
+        unsent: bool,
         now: Instant,
     ) {
         let sh = self.shared.clone();
@@ -1715,13 +1769,17 @@ impl Down {
         }
         sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
         ex.upstream = usize::MAX;
-        let retry = why != UpFailure::ClientStalled
-            && ((fresh && ex.idempotent && ex.replayable)
-                || before_response
-                    && !ex.resp_started
-                    && ex.idempotent
-                    && ex.replayable
-                    && ex.attempts <= sh.cfg.retries);
+        let retry = may_retry(
+            why,
+            Sent {
+                before_response: before_response && !ex.resp_started,
+                fresh,
+                unsent,
+            },
+            ex.idempotent,
+            ex.replayable,
+            ex.attempts <= sh.cfg.retries,
+        );
         if retry {
             tracing::debug!(
                 "upstream {} failed ({}); retrying",
@@ -1806,7 +1864,7 @@ impl Down {
                     } else {
                         UpFailure::Connect
                     };
-                    self.failed(ctx, why, true, false, now);
+                    self.failed(ctx, why, true, false, false, now);
                 }
             }
             Kind::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
@@ -1814,6 +1872,7 @@ impl Down {
                 why,
                 before,
                 fresh,
+                unsent,
                 tag,
             } => {
                 // Only for the connection the head is on now (or waits for): a report from
@@ -1824,7 +1883,7 @@ impl Down {
                     _ => false,
                 };
                 if current {
-                    self.failed(ctx, why, before, fresh, now);
+                    self.failed(ctx, why, before, fresh, unsent, now);
                 }
             }
             Kind::Upgraded => self.upgraded(ctx, now),
@@ -2182,6 +2241,12 @@ impl Up {
 
     /// This connection is finished: tell the owner (once) and the pool.
     fn fail(&mut self, ctx: &WorkerCtx, why: UpFailure) {
+        self.fail_with(ctx, why, false);
+    }
+
+    /// [`fail`](Self::fail); `unsent`: no byte of the owner's request was written (a
+    /// failed connect is never sent either).
+    fn fail_with(&mut self, ctx: &WorkerCtx, why: UpFailure, unsent: bool) {
         if !self.reported && self.owner.is_some() {
             self.reported = true;
             self.to_owner(
@@ -2192,6 +2257,7 @@ impl Up {
                     fresh: (self.close_announced
                         || (self.reused_idle && matches!(why, UpFailure::Broken)))
                         && !self.resp_started,
+                    unsent: unsent || matches!(why, UpFailure::Connect | UpFailure::ConnectTimeout),
                     tag: self.tag,
                 },
             );
@@ -2314,6 +2380,7 @@ impl Up {
                                         why: UpFailure::Broken,
                                         before: true,
                                         fresh: true,
+                                        unsent: true,
                                         tag: self.tag,
                                     },
                                 );
@@ -2452,8 +2519,10 @@ impl Up {
             self.reused_idle = self.served;
         }
         if self.done || self.io.saw_eof() || !self.alive.load(Relaxed) {
-            // Went away while idle: the client retries elsewhere (nothing was sent).
-            self.fail(ctx, UpFailure::Broken);
+            // Went away while idle: nothing of this request was written, so it goes again
+            // whatever its method (unless requests before it are still unanswered here).
+            let unsent = self.inflight == 0;
+            self.fail_with(ctx, UpFailure::Broken, unsent);
             return;
         }
         // Fields in the order: host, x-forwarded-for, x-forwarded-proto, traceparent, via
@@ -2523,7 +2592,7 @@ impl Up {
             }
             // Not sent: the responses in flight still come.
             Err(_) if self.inflight > 0 => self.refused = true,
-            Err(_) => self.fail(ctx, UpFailure::Broken),
+            Err(_) => self.fail_with(ctx, UpFailure::Broken, true),
         }
     }
 
@@ -2874,6 +2943,7 @@ fn drop_stale(ctx: &mut WorkerCtx, shared: &HttpShared, kind: Kind) {
                     why: UpFailure::Broken,
                     before: true,
                     fresh: false,
+                    unsent: true,
                     tag: Some(r.tag),
                 };
                 send(ctx, r.owner, failed);
@@ -2900,6 +2970,98 @@ mod tests {
         "transfer-encoding",
         "proxy-authorization",
     ];
+
+    #[test]
+    fn requests_never_written_go_again_whatever_the_method() {
+        let sent = |before_response, fresh, unsent| Sent {
+            before_response,
+            fresh,
+            unsent,
+        };
+        let broken = UpFailure::Broken;
+        // A pooled connection found dead before any byte of the request went out: a POST
+        // goes again like a GET (fresh: not counted as a retry; else within the attempts).
+        assert!(may_retry(
+            broken,
+            sent(true, true, true),
+            false,
+            true,
+            false
+        ));
+        assert!(may_retry(
+            broken,
+            sent(true, false, true),
+            false,
+            true,
+            true
+        ));
+        assert!(!may_retry(
+            broken,
+            sent(true, false, true),
+            false,
+            true,
+            false
+        ));
+        // A failed connect sent nothing either.
+        assert!(may_retry(
+            UpFailure::Connect,
+            sent(true, false, true),
+            false,
+            true,
+            true
+        ));
+        // Some bytes written: only idempotent requests go again.
+        assert!(!may_retry(
+            broken,
+            sent(true, true, false),
+            false,
+            true,
+            true
+        ));
+        assert!(!may_retry(
+            broken,
+            sent(true, false, false),
+            false,
+            true,
+            true
+        ));
+        assert!(may_retry(
+            broken,
+            sent(true, false, false),
+            true,
+            true,
+            true
+        ));
+        assert!(may_retry(
+            broken,
+            sent(true, true, false),
+            true,
+            true,
+            false
+        ));
+        // Never after a response byte, without the body at hand, or for a stalled client.
+        assert!(!may_retry(
+            broken,
+            sent(false, false, true),
+            true,
+            true,
+            true
+        ));
+        assert!(!may_retry(
+            broken,
+            sent(true, true, true),
+            true,
+            false,
+            true
+        ));
+        assert!(!may_retry(
+            UpFailure::ClientStalled,
+            sent(true, true, true),
+            true,
+            true,
+            true
+        ));
+    }
 
     #[test]
     fn mails_stay_small() {

@@ -700,7 +700,9 @@ impl ServerConnection {
     /// `fields` must not contain `Content-Length` or `Transfer-Encoding`: the connection writes
     /// them from `body`. A 1xx status other than 101 is an interim response; 101 (to an upgrade
     /// request) or 2xx to CONNECT switches protocols. `Body::Length`/`Body::Chunked` are
-    /// followed by [`send_data`](Self::send_data) calls.
+    /// followed by [`send_data`](Self::send_data) calls. A response to HEAD carries the
+    /// framing `body` gives a GET's (`Content-Length`, or `Transfer-Encoding: chunked` to an
+    /// HTTP/1.1 client) and no body.
     pub fn send_response(
         &mut self,
         id: RequestId,
@@ -907,9 +909,12 @@ impl ServerConnection {
                 }
                 Body::Chunked => {
                     if version == Version::Http11 {
-                        if !no_body {
-                            dst.put_slice(b"transfer-encoding: chunked\r\n");
-                        }
+                        // To HEAD too: the framing a GET's response would have (RFC 9110
+                        // §9.3.2); the body is dropped.
+                        dst.put_slice(b"transfer-encoding: chunked\r\n");
+                        out = Out::Chunked;
+                    } else if no_body {
+                        // HTTP/1.0 HEAD: no body to delimit, the connection may stay.
                         out = Out::Chunked;
                     } else {
                         out = Out::UntilClose;

@@ -208,6 +208,44 @@ fn head_response_has_length_but_no_body() {
     );
 }
 
+/// RFC 9110 §9.3.2: a HEAD response carries the fields a GET's would, so a chunked one
+/// says `transfer-encoding: chunked` (no body, no terminator); to an HTTP/1.0 client that
+/// asked for keep-alive it stays open (nothing to delimit).
+#[test]
+fn head_response_chunked_keeps_its_framing_field() {
+    let mut c = conn();
+    feed(
+        &mut c,
+        b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Chunked)
+        .unwrap();
+    c.send_data(RequestId(0), "dropped".into(), true).unwrap();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    assert!(!c.is_closed());
+    c.send_response(RequestId(1), 200, &[], Body::Full("ok".into()))
+        .unwrap();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    );
+
+    let mut c = conn();
+    feed(&mut c, b"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    c.send_response(RequestId(0), 200, &[], Body::Chunked)
+        .unwrap();
+    c.send_data(RequestId(0), Bytes::new(), true).unwrap();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\n\r\n"
+    );
+    assert!(!c.is_closed());
+}
+
 #[test]
 fn no_body_statuses() {
     for (status, expect) in [
