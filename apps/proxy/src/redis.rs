@@ -480,12 +480,9 @@ enum What {
 /// A connection of the Redis proxy: a client's ([`RDown`]) or one to an upstream ([`RUp`]).
 pub type RedisProxy = Relay<RDown, RUp>;
 
-const DEDICATED_NAMES: [&str; 24] = [
-    "multi",
-    "watch",
-    "unwatch",
-    "exec",
-    "discard",
+/// Blocking commands (besides `XREAD`/`XREADGROUP` with `BLOCK`): they hold their connection
+/// until answered or timed out, so they go to a connection of the client's own.
+const BLOCKING_NAMES: [&str; 10] = [
     "blpop",
     "brpop",
     "brpoplpush",
@@ -496,6 +493,16 @@ const DEDICATED_NAMES: [&str; 24] = [
     "bzmpop",
     "wait",
     "waitaof",
+];
+
+/// Commands that set state on their connection (or stream): they go to a connection of the
+/// client's own, as do [`BLOCKING_NAMES`].
+const DEDICATED_NAMES: [&str; 14] = [
+    "multi",
+    "watch",
+    "unwatch",
+    "exec",
+    "discard",
     "monitor",
     "select",
     "auth",
@@ -507,7 +514,8 @@ const DEDICATED_NAMES: [&str; 24] = [
     "psync",
 ];
 
-/// Commands the fast path leaves to the slow one (besides [`DEDICATED_NAMES`]): those the
+/// Commands the fast path leaves to the slow one (besides [`DEDICATED_NAMES`] and
+/// [`BLOCKING_NAMES`]): those the
 /// client connection or the proxy answers itself, or that may need a dedicated connection.
 /// (Spelled out again in [`is_slow`]'s match; this list is its test's reference.)
 #[cfg_attr(not(test), allow(dead_code))]
@@ -523,8 +531,8 @@ const SLOW_NAMES: [&str; 9] = [
     "xreadgroup",
 ];
 
-/// Whether a command with this name leaves the fast path: one of [`DEDICATED_NAMES`] or
-/// [`SLOW_NAMES`] in any case. (One length check for most commands; a unit test keeps
+/// Whether a command with this name leaves the fast path: one of [`DEDICATED_NAMES`],
+/// [`BLOCKING_NAMES`] or [`SLOW_NAMES`] in any case. (One length check for most commands; a unit test keeps
 /// this list and the two arrays in step.)
 fn is_slow(name: &[u8]) -> bool {
     if !(4..=12).contains(&name.len()) {
@@ -574,9 +582,10 @@ fn is_slow(name: &[u8]) -> bool {
 
 fn needs_dedicated(args: &[Bytes]) -> bool {
     let name = &args[0];
-    if DEDICATED_NAMES
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+    if is_blocking(args)
+        || DEDICATED_NAMES
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
     {
         return true;
     }
@@ -590,9 +599,6 @@ fn needs_dedicated(args: &[Bytes]) -> bool {
             b"tracking" | b"reply" | b"caching" | b"no-evict" | b"no-touch" | b"pause"
         );
     }
-    if name.eq_ignore_ascii_case(b"xread") || name.eq_ignore_ascii_case(b"xreadgroup") {
-        return args.iter().any(|a| a.eq_ignore_ascii_case(b"block"));
-    }
     if name.eq_ignore_ascii_case(b"hello") {
         return args.len() > 2; // AUTH / SETNAME go to a connection of the client's own
     }
@@ -605,20 +611,9 @@ fn is_blocking(args: &[Bytes]) -> bool {
     if name.eq_ignore_ascii_case(b"xread") || name.eq_ignore_ascii_case(b"xreadgroup") {
         return args.iter().any(|a| a.eq_ignore_ascii_case(b"block"));
     }
-    [
-        "blpop",
-        "brpop",
-        "brpoplpush",
-        "blmove",
-        "blmpop",
-        "bzpopmin",
-        "bzpopmax",
-        "bzmpop",
-        "wait",
-        "waitaof",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+    BLOCKING_NAMES
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
 /// Commands the proxy refuses (`Some(what)`): their replies do not map one to one onto
@@ -2151,7 +2146,11 @@ mod tests {
             assert!(is_slow(n.as_bytes()), "{n}");
         }
         // The match in `is_slow` lists exactly the two arrays' names.
-        for n in DEDICATED_NAMES.iter().chain(&SLOW_NAMES) {
+        for n in DEDICATED_NAMES
+            .iter()
+            .chain(&BLOCKING_NAMES)
+            .chain(&SLOW_NAMES)
+        {
             assert!(is_slow(n.as_bytes()), "{n}");
             assert!(is_slow(n.to_ascii_uppercase().as_bytes()), "{n}");
             let mut longer = n.to_string();
@@ -2160,6 +2159,7 @@ mod tests {
             let shorter = &n[..n.len() - 1];
             let listed = DEDICATED_NAMES
                 .iter()
+                .chain(&BLOCKING_NAMES)
                 .chain(&SLOW_NAMES)
                 .any(|m| *m == shorter);
             assert_eq!(is_slow(shorter.as_bytes()), listed, "{shorter}");

@@ -477,7 +477,7 @@ mod tests {
 
     #[test]
     fn upgrade_from_http1_makes_stream_1() {
-        use crate::frame::{self, Frame, Status};
+        use crate::frame::Frame;
         // HTTP2-Settings: MAX_CONCURRENT_STREAMS=100, INITIAL_WINDOW_SIZE=1 GiB, ENABLE_PUSH=0.
         let fields: [(&str, &[u8]); 4] = [
             ("Host", b"example.com"),
@@ -513,17 +513,7 @@ mod tests {
         s.send_response(id, 200, &[], Body::Full(Bytes::from_static(b"hi")))
             .unwrap();
         // The client preface still arrives first.
-        let mut input = BytesMut::from(&crate::PREFACE[..]);
-        input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-        s.handle_input(Instant::ZERO, &mut input).unwrap();
-        let mut out = BytesMut::new();
-        while let Some(b) = s.poll_transmit() {
-            out.extend_from_slice(&b);
-        }
-        let mut kinds = alloc::vec::Vec::new();
-        while let Ok(Status::Complete((h, p))) = frame::decode(&mut out, 1 << 20) {
-            kinds.push(Frame::parse(&h, p).unwrap());
-        }
+        let kinds = after_client_preface(&mut s);
         assert!(
             matches!(kinds[0], Frame::Settings(ref st) if !st.ack),
             "server preface first"
@@ -542,9 +532,27 @@ mod tests {
         .is_err());
     }
 
+    /// Feed an upgraded connection the client preface (and an empty SETTINGS) and return
+    /// every frame it sends.
+    fn after_client_preface(s: &mut ServerConnection) -> alloc::vec::Vec<crate::frame::Frame> {
+        use crate::frame::{self, Frame, Status};
+        let mut input = BytesMut::from(&crate::PREFACE[..]);
+        input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        s.handle_input(Instant::ZERO, &mut input).unwrap();
+        let mut out = BytesMut::new();
+        while let Some(b) = s.poll_transmit() {
+            out.extend_from_slice(&b);
+        }
+        let mut frames = alloc::vec::Vec::new();
+        while let Ok(Status::Complete((h, p))) = frame::decode(&mut out, 1 << 20) {
+            frames.push(Frame::parse(&h, p).unwrap());
+        }
+        frames
+    }
+
     #[test]
     fn upgraded_head_response_has_no_content() {
-        use crate::frame::{self, Frame, Status};
+        use crate::frame::Frame;
         let mut s = ServerConnection::from_upgrade(
             Arc::new(Config::default()),
             Instant::ZERO,
@@ -559,17 +567,7 @@ mod tests {
         };
         s.send_response(id, 200, &[], Body::Full(Bytes::from_static(b"hello")))
             .unwrap();
-        let mut input = BytesMut::from(&crate::PREFACE[..]);
-        input.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-        s.handle_input(Instant::ZERO, &mut input).unwrap();
-        let mut out = BytesMut::new();
-        while let Some(b) = s.poll_transmit() {
-            out.extend_from_slice(&b);
-        }
-        let mut frames = alloc::vec::Vec::new();
-        while let Ok(Status::Complete((h, p))) = frame::decode(&mut out, 1 << 20) {
-            frames.push(Frame::parse(&h, p).unwrap());
-        }
+        let frames = after_client_preface(&mut s);
         assert!(
             frames
                 .iter()
