@@ -14,6 +14,9 @@
 //! - Pub/sub: every connection registers its client id with its worker and token; a PUBLISH
 //!   returns [`RespMessage`]s that are posted to the subscriber's worker's mailbox, whose
 //!   doorbell (`eventfd`) is rung, on whichever worker (or application worker) ran it.
+//! - A subscriber that leaves more than 32 MiB of pub/sub messages unread is dropped (an
+//!   abort), as Redis's `client-output-buffer-limit pubsub` hard limit does: reading stops
+//!   when replies pile up, but deliveries do not wait for the reader.
 //! - [`RespService::tick`] runs every 100 ms on worker 0 (active expiry with a bounded budget).
 
 use std::collections::HashMap;
@@ -33,6 +36,10 @@ use crate::metrics::{add, bump};
 use crate::runtime::{Launch, WorkerCtx};
 use crate::service::ConnInfo;
 use crate::shutdown::{EventFd, Wake};
+
+/// Unread output (bytes) past which a pub/sub delivery drops the client (Redis's
+/// `client-output-buffer-limit pubsub` hard limit).
+const PUBSUB_OUT_LIMIT: usize = 32 << 20;
 
 /// One pub/sub message for one client, produced by a PUBLISH.
 #[derive(Clone, Debug)]
@@ -258,7 +265,11 @@ pub struct RespSession<A: RespService> {
     /// A batch an application channel refused.
     pending: Option<Job<A>>,
     eof: bool,
+    /// The connection was told of the EOF (`handle_eof`).
+    eof_told: bool,
     errored: bool,
+    /// Dropped for leaving too many pub/sub messages unread.
+    aborting: bool,
 }
 
 impl<A: RespService> std::fmt::Debug for RespSession<A> {
@@ -387,7 +398,9 @@ impl<A: RespService> Session for RespSession<A> {
             messages: Vec::new(),
             pending: None,
             eof: false,
+            eof_told: false,
             errored: false,
+            aborting: false,
         })
     }
     fn input(&mut self) -> &mut BytesMut {
@@ -395,14 +408,20 @@ impl<A: RespService> Session for RespSession<A> {
     }
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
         !self.eof
+            && !self.aborting
             && !self.errored
             && !self.conn.is_closed()
             && self.pending.is_none()
             && self.out.len() < ctx.options.write_high_water
-            && self.input.len() < ctx.options.input_high_water
+            // A bulk argument larger than the high-water mark is read whole (up to
+            // proto-max-bulk-len and the query buffer limit, as Redis does).
+            && self.input.len() < ctx.options.input_high_water.max(self.conn.input_wanted())
     }
     fn is_finished(&self) -> bool {
         self.conn.is_closed() && self.out.is_empty() && self.client.is_some()
+    }
+    fn wants_abort(&self) -> bool {
+        self.aborting
     }
     fn saw_eof(&self) -> bool {
         self.eof
@@ -436,8 +455,7 @@ impl<A: RespService> Session for RespSession<A> {
     fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         if !self.eof {
             self.eof = true;
-            self.process(ctx, now);
-            self.conn.handle_eof(now);
+            // `process` tells the connection once every command read was run.
             self.process(ctx, now);
         }
     }
@@ -480,6 +498,13 @@ impl<A: RespService> Session for RespSession<A> {
                 break;
             }
         }
+        if self.eof && !self.eof_told && self.client.is_some() && self.pending.is_none() {
+            // The peer half-closed: tell the connection (which stops reading) only once the
+            // input holds no more complete commands, so that a pipeline still waiting here
+            // while a batch was at an application worker is answered too.
+            self.eof_told = true;
+            self.conn.handle_eof(now);
+        }
         self.collect();
     }
     fn retry_pending(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
@@ -503,9 +528,17 @@ impl<A: RespService> Session for RespSession<A> {
     }
     fn apply_mail(&mut self, ctx: &mut WorkerCtx, mail: RespMail<A>, now: Instant) {
         match mail {
-            RespMail::Message { gen, msg } if gen == self.gen => {
+            RespMail::Message { gen, msg } if gen == self.gen && !self.aborting => {
                 self.deliver(&msg);
                 self.collect();
+                if self.out.len() > PUBSUB_OUT_LIMIT {
+                    tracing::warn!(
+                        "redis client {}: over {} bytes of pub/sub messages unread, dropping it",
+                        self.client_id,
+                        PUBSUB_OUT_LIMIT
+                    );
+                    self.aborting = true;
+                }
             }
             RespMail::Done {
                 gen,
@@ -514,6 +547,11 @@ impl<A: RespService> Session for RespSession<A> {
             } if gen == self.gen => {
                 self.client = Some(client);
                 self.apply_replies(ctx, &mut replies);
+                // Queue this batch's replies now, before `process` sends the next batch away
+                // (which holds the connection's output back): otherwise they wait for a turn
+                // with no batch away, and a client that does not read never trips
+                // `write_high_water` (reading went on without bound).
+                self.collect();
                 self.process(ctx, now);
             }
             other => Self::drop_mail(ctx, &self.shared.clone(), other),

@@ -252,6 +252,14 @@ fn string2ll(s: &[u8]) -> Option<i64> {
 }
 
 impl CommandReader {
+    /// Bytes the input must hold before the command being read can progress: the rest of a
+    /// bulk argument whose length line was read (payload and CRLF), else 0.
+    pub(crate) fn wanted(&self) -> usize {
+        self.bulk.map_or(0, |n| {
+            usize::try_from(n.saturating_add(2)).unwrap_or(usize::MAX)
+        })
+    }
+
     /// The next complete command (its arguments), `Ok(None)` when more input is needed.
     /// Empty commands (`*0`, `*-1`, blank inline lines) are skipped like Redis does.
     pub fn next(

@@ -263,6 +263,14 @@ impl ServerConnection {
         self.commands
     }
 
+    /// Bytes of input the connection must be given before it can read on (0 when any
+    /// amount will do): the rest of a bulk argument whose length line was read. A driver
+    /// that pauses reading over some buffered amount must keep reading below this one, or a
+    /// bulk argument larger than its limit never completes.
+    pub fn input_wanted(&self) -> usize {
+        self.reader.wanted()
+    }
+
     /// Commands read and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.slots.len()

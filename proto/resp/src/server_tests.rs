@@ -686,3 +686,19 @@ fn large_commands_in_small_reads() {
     assert_eq!(commands_in_reads(&wire, 4096), whole);
     assert_eq!(commands_in_reads(&wire, 1001), whole);
 }
+
+#[test]
+fn input_wanted_is_the_rest_of_a_big_bulk() {
+    let mut c = conn();
+    assert_eq!(c.input_wanted(), 0);
+    let mut rest = feed(&mut c, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000000\r\nabc").unwrap();
+    assert!(events(&mut c).is_empty());
+    // The whole payload and its CRLF, of which `rest` holds the first bytes.
+    assert_eq!(c.input_wanted(), 1_000_002);
+    assert_eq!(&rest[..], b"abc");
+    rest.extend_from_slice(&vec![b'x'; 999_997]);
+    rest.extend_from_slice(b"\r\n");
+    c.handle_input(Instant::ZERO, &mut rest).unwrap();
+    assert_eq!(c.input_wanted(), 0);
+    assert_eq!(events(&mut c).len(), 1);
+}
