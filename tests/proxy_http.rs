@@ -645,17 +645,6 @@ fn websocket_echo(driver: &str) {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 1000");
 }
 
-macro_rules! per_driver {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { super::$name("epoll"); } )*
-        }
-        mod uring {
-            $( #[test] fn $name() { super::$name("uring"); } )*
-        }
-    };
-}
-
 per_driver!(
     get_keepalive_headers_round_robin,
     post_large_streamed_body,

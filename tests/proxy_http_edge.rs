@@ -603,17 +603,6 @@ fn request_limit_flags_apply(driver: &str) {
     assert_eq!(up.seen().len(), 1, "{:?}", up.seen());
 }
 
-macro_rules! per_driver {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { super::$name("epoll"); } )*
-        }
-        mod uring {
-            $( #[test] fn $name() { super::$name("uring"); } )*
-        }
-    };
-}
-
 per_driver!(
     client_x_forwarded_proto_is_replaced,
     absolute_form_target_sets_host,

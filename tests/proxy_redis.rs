@@ -4,70 +4,11 @@
 //! Nothing here asserts timing; every loop is bounded in count and time; loopback only.
 
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, python, run, Server};
-
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        for _attempt in 0..5 {
-            let port = free_port();
-            if let Some(r) = Redis::start_on(port) {
-                return r;
-            }
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn start_on(port: u16) -> Option<Redis> {
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if child.try_wait().unwrap().is_some() {
-                return None;
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Redis { child, port });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{free_port, python, run, Redis, Server};
 
 struct Proxy {
     server: Server,
@@ -342,7 +283,7 @@ fn upstream_restart_is_survived(driver: &str) {
     let _ = r.child.wait();
     let mut again = None;
     for _ in 0..50 {
-        again = Redis::start_on(port);
+        again = Redis::start_on(port, &[]);
         if again.is_some() {
             break;
         }
@@ -358,17 +299,6 @@ fn upstream_restart_is_survived(driver: &str) {
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     assert!(child.wait().unwrap().success(), "{rest}");
     assert_eq!(rest.trim(), "ok");
-}
-
-macro_rules! per_driver {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { super::$name("epoll"); } )*
-        }
-        mod uring {
-            $( #[test] fn $name() { super::$name("uring"); } )*
-        }
-    };
 }
 
 per_driver!(
@@ -548,7 +478,7 @@ fn dead_upstream_opens_its_breaker(driver: &str) {
     // B comes back on its port: after the open period, probes succeed and it gets keys.
     let b2 = (0..50)
         .find_map(|_| {
-            let r = Redis::start_on(b_port);
+            let r = Redis::start_on(b_port, &[]);
             if r.is_none() {
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -8,66 +8,11 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, python, run, Server};
-
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Redis::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Redis {
-        for _attempt in 0..5 {
-            if let Some(r) = Redis::start_on(free_port(), extra) {
-                return r;
-            }
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn start_on(port: u16, extra: &[&str]) -> Option<Redis> {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Redis { child, port });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{free_port, python, run, Redis, Server};
 
 fn proxy(driver: &str, upstream: &str, extra: &[&str]) -> Server {
     let admin = format!("127.0.0.1:{}", free_port());
@@ -560,17 +505,6 @@ fn subscribe_confirmation_means_subscribed(driver: &str) {
         let got = read_n(&mut sub, msg.len());
         assert_eq!(String::from_utf8_lossy(&got), msg, "round {i}");
     }
-}
-
-macro_rules! per_driver {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { super::$name("epoll"); } )*
-        }
-        mod uring {
-            $( #[test] fn $name() { super::$name("uring"); } )*
-        }
-    };
 }
 
 per_driver!(

@@ -13,20 +13,7 @@ mod common;
 use common::Server;
 
 fn start(driver: &str, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--driver",
-        driver,
-    ];
-    args.extend_from_slice(extra);
-    let s = Server::launch("http", &args, &[], None);
-    // Really on this driver (no silent fallback from io_uring to epoll).
-    assert_eq!(s.driver, driver);
-    s
+    Server::start_http(driver, extra)
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {

@@ -12,25 +12,6 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{free_port, run, sha256, Server, BIN};
 
-impl Server {
-    fn start(driver: &str, extra: &[&str]) -> Server {
-        let mut args = vec![
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--driver",
-            driver,
-        ];
-        args.extend_from_slice(extra);
-        let s = Server::launch("http", &args, &[], None);
-        // Really on this driver (no silent fallback from io_uring to epoll).
-        assert_eq!(s.driver, driver);
-        s
-    }
-}
-
 fn curl(args: &[&str]) -> String {
     let out = run(Command::new("curl")
         .args(["-sS", "--max-time", "60"])
@@ -43,7 +24,7 @@ fn tmp_dir(name: &str) -> PathBuf {
 }
 
 fn prior_knowledge_routes(driver: &str, extra: &[&str]) {
-    let s = Server::start(driver, extra);
+    let s = Server::start_http(driver, extra);
     let out = curl(&[
         "--http2-prior-knowledge",
         "-w",
@@ -69,7 +50,7 @@ fn prior_knowledge_routes(driver: &str, extra: &[&str]) {
 }
 
 fn echo_5mb_sha256(driver: &str, extra: &[&str]) {
-    let s = Server::start(driver, extra);
+    let s = Server::start_http(driver, extra);
     let d = tmp_dir(&format!("echo-{driver}-{}", extra.len()));
     let input = d.join("in");
     let output = d.join("out");
@@ -93,7 +74,7 @@ fn echo_5mb_sha256(driver: &str, extra: &[&str]) {
 }
 
 fn upgrade(driver: &str, extra: &[&str]) {
-    let s = Server::start(driver, extra);
+    let s = Server::start_http(driver, extra);
     let out = curl(&[
         "--http2",
         "-w",
@@ -112,7 +93,7 @@ fn upgrade(driver: &str, extra: &[&str]) {
 }
 
 fn nghttp(driver: &str, extra: &[&str]) {
-    let s = Server::start(driver, extra);
+    let s = Server::start_http(driver, extra);
     for upgrade in [false, true] {
         let mut cmd = Command::new("nghttp");
         cmd.args(["-v", "-t", "30"]);
@@ -131,7 +112,7 @@ fn nghttp(driver: &str, extra: &[&str]) {
 }
 
 fn h2load(driver: &str, extra: &[&str]) {
-    let s = Server::start(driver, extra);
+    let s = Server::start_http(driver, extra);
     let out = run(Command::new("timeout").args([
         "120",
         "h2load",
@@ -176,7 +157,7 @@ fn bench_h2_json(url: &str) {
 }
 
 fn ferry_bench_h2(driver: &str, extra: &[&str]) {
-    let s = Server::start(driver, extra);
+    let s = Server::start_http(driver, extra);
     bench_h2_json(&s.url("/"));
 }
 
@@ -252,7 +233,7 @@ print("OK")
 "#;
 
 fn python_h2_client(driver: &str, extra: &[&str]) {
-    let s = Server::start(driver, extra);
+    let s = Server::start_http(driver, extra);
     let out = run(Command::new(common::python())
         .env(
             "PYTHONPATH",

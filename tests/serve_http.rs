@@ -479,17 +479,6 @@ fn wrk_smoke(driver: &str, extra: &[&str]) {
     assert!(n > 0, "{text}");
 }
 
-macro_rules! per_driver {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { super::$name("epoll"); } )*
-        }
-        mod uring {
-            $( #[test] fn $name() { super::$name("uring"); } )*
-        }
-    };
-}
-
 fn drain_deadline_ends_a_stuck_upload(driver: &str) {
     let mut s = Server::start(driver, &["--drain-timeout", "1s"]);
     let mut stuck = connect(s.addr);

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +13,20 @@ use std::time::{Duration, Instant};
 mod skip;
 #[allow(unused_imports)]
 pub use skip::skip_or_fail;
+
+/// `per_driver!(a, b, …)`: each `fn a(driver: &str)` of the test file runs as the tests
+/// `epoll::a` and `uring::a`.
+#[macro_export]
+macro_rules! per_driver {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name("epoll"); } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { super::$name("uring"); } )*
+        }
+    };
+}
 
 /// The `ferry` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
@@ -25,6 +39,24 @@ pub struct Server {
 }
 
 impl Server {
+    /// `ferry serve --http 127.0.0.1:0 --workers 1 --driver DRIVER EXTRA…`, checked to really
+    /// run on that driver (no silent fallback from io_uring to epoll).
+    pub fn start_http(driver: &str, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--driver",
+            driver,
+        ];
+        args.extend_from_slice(extra);
+        let s = Server::launch("http", &args, &[], None);
+        assert_eq!(s.driver, driver);
+        s
+    }
+
     /// Spawn `ferry ARGS` (with `env`, and `RLIMIT_NOFILE` lowered to `nofile` to provoke
     /// EMFILE) and wait for the stable `ferry: listening <proto> <addr> driver=<name>` line.
     pub fn launch(proto: &str, args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Server {
@@ -155,4 +187,64 @@ pub fn free_port() -> u16 {
 pub fn python() -> String {
     std::env::var("FERRY_PYTHON")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string())
+}
+
+/// A `redis-server` on a free loopback port (no persistence), killed when dropped.
+pub struct Redis {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    /// Start one (retrying on another port if the one picked was taken meanwhile).
+    pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Redis {
+        for _attempt in 0..5 {
+            if let Some(r) = Redis::start_on(free_port(), extra) {
+                return r;
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// Start one on `port`; `None` if it did not come up.
+    pub fn start_on(port: u16, extra: &[&str]) -> Option<Redis> {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Redis { child, port });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
