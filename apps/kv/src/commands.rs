@@ -1792,6 +1792,31 @@ fn info(store: &mut Store, now: Instant, a: &[Bytes]) -> Value {
     }
 }
 
+/// The parameters `CONFIG GET` reports (and `CONFIG SET` accepts), with their values.
+fn config_params(store: &Store) -> Vec<(&'static str, String)> {
+    vec![
+        ("save", String::new()),
+        ("appendonly", "no".into()),
+        ("port", store.config.port.to_string()),
+        ("bind", "127.0.0.1".into()),
+        ("databases", "1".into()),
+        ("maxmemory", "0".into()),
+        ("maxmemory-policy", "noeviction".into()),
+        ("maxclients", "10000".into()),
+        ("timeout", "0".into()),
+        ("tcp-keepalive", "300".into()),
+        ("hz", "10".into()),
+        (
+            "proto-max-bulk-len",
+            store.config.proto_max_bulk_len.to_string(),
+        ),
+        ("client-query-buffer-limit", "1073741824".into()),
+        ("cluster-enabled", "no".into()),
+        ("protected-mode", "no".into()),
+        ("loglevel", "notice".into()),
+    ]
+}
+
 fn config(store: &mut Store, _r3: bool, a: &[Bytes]) -> R {
     let sub = lower(&a[1]);
     match sub.as_str() {
@@ -1799,27 +1824,7 @@ fn config(store: &mut Store, _r3: bool, a: &[Bytes]) -> R {
             if a.len() < 3 {
                 return Err(wrong_args("config|get"));
             }
-            let params: Vec<(&str, String)> = vec![
-                ("save", String::new()),
-                ("appendonly", "no".into()),
-                ("port", store.config.port.to_string()),
-                ("bind", "127.0.0.1".into()),
-                ("databases", "1".into()),
-                ("maxmemory", "0".into()),
-                ("maxmemory-policy", "noeviction".into()),
-                ("maxclients", "10000".into()),
-                ("timeout", "0".into()),
-                ("tcp-keepalive", "300".into()),
-                ("hz", "10".into()),
-                (
-                    "proto-max-bulk-len",
-                    store.config.proto_max_bulk_len.to_string(),
-                ),
-                ("client-query-buffer-limit", "1073741824".into()),
-                ("cluster-enabled", "no".into()),
-                ("protected-mode", "no".into()),
-                ("loglevel", "notice".into()),
-            ];
+            let params = config_params(store);
             let mut out = Vec::new();
             for (k, v) in &params {
                 if a[2..]
@@ -1834,6 +1839,23 @@ fn config(store: &mut Store, _r3: bool, a: &[Bytes]) -> R {
         "set" => {
             if a.len() < 4 || a.len() % 2 != 0 {
                 return Err(wrong_args("config|set"));
+            }
+            // Known parameters are accepted (and ignored: the store has nothing to tune);
+            // an unknown one is an error, as with Redis, rather than a silent `+OK`.
+            let params = config_params(store);
+            for name in a[2..].iter().step_by(2) {
+                if !params
+                    .iter()
+                    .any(|(k, _)| name.eq_ignore_ascii_case(k.as_bytes()))
+                {
+                    return Err(Value::error_fmt(format_args!(
+                        "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
+                        String::from_utf8_lossy(name)
+                            .chars()
+                            .take(128)
+                            .collect::<String>()
+                    )));
+                }
             }
             Ok(Value::ok())
         }

@@ -239,6 +239,8 @@ i CLIENT ID
 = CONFIG GET appendonly
 = CONFIG GET save
 = CONFIG GET nosuchparam
+= CONFIG SET nosuchparam x
+= CONFIG SET appendonly no
 = CONFIG GET
 i COMMAND COUNT
 b INFO
