@@ -537,7 +537,8 @@ fn drive<S: Session>(
             c.session.process(ctx, now);
         }
         // Write what is queued, vectored.
-        while c.session.has_output() && !c.write_blocked {
+        // An abort discards the unsent output (`Session::wants_abort`): nothing more is written.
+        while c.session.has_output() && !c.write_blocked && !c.session.wants_abort() {
             let r = {
                 // Usually one or two chunks are queued: look with a small array first and
                 // build the full one only when it is filled.
