@@ -1,11 +1,13 @@
 //! `ferry proxy`: the HTTP reverse proxy / Redis pooling proxy (see CONTRACT.md).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use ferry_driver::select::{resolve, DriverKind};
 use ferry_driver::{ListenAddr, ServerOptions};
+use ferry_proxy::redis::auth::Credentials;
 use ferry_proxy::{Balance, HealthConfig, Protocol, ProxyConfig, ProxyOptions, Upstream};
 
 use crate::{init_logs, parse_duration, usage_error, LogFormat};
@@ -108,6 +110,140 @@ pub(crate) struct ProxyArgs {
     /// Log format on stderr: text or json.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// Redis: the user the proxy authenticates to upstreams as (`AUTH user password`; without
+    /// it `AUTH password`, Redis's `default` user / `requirepass`). Needs a password.
+    #[arg(long, value_name = "NAME", value_parser = boxed_str)]
+    upstream_user: Option<Box<str>>,
+    /// Redis: file holding the password the proxy authenticates to upstreams with, on every
+    /// connection it opens and in health checks (one trailing newline is ignored; else from
+    /// FERRY_UPSTREAM_PASSWORD; never a plain flag, which `ps` would show).
+    #[arg(long, value_name = "PATH", value_parser = boxed_path)]
+    upstream_password_file: Option<Box<Path>>,
+    /// Redis: clients must authenticate to the proxy (AUTH, or HELLO … AUTH) with the
+    /// password in this file (else FERRY_CLIENT_PASSWORD) before any other command; the
+    /// proxy answers AUTH itself and the client keeps using the shared connections.
+    #[arg(long, value_name = "PATH", value_parser = boxed_path)]
+    client_password_file: Option<Box<Path>>,
+    /// Redis: the user name clients authenticate as (`AUTH user password`; without it
+    /// `default`, so `AUTH password` works). Needs a client password.
+    #[arg(long, value_name = "NAME", value_parser = boxed_str)]
+    client_user: Option<Box<str>>,
+}
+
+/// The credential flags are boxed: they are rarely given, and `ProxyArgs` sits in an enum.
+fn boxed_str(s: &str) -> Result<Box<str>, String> {
+    Ok(s.into())
+}
+
+fn boxed_path(s: &str) -> Result<Box<Path>, String> {
+    Ok(Path::new(s).into())
+}
+
+/// A password from `file` (one trailing newline dropped), else from the environment
+/// variable `env`; `Ok(None)` if neither is set.
+fn load_secret(file: Option<&Path>, env: &str, flag: &str) -> Result<Option<Vec<u8>>, String> {
+    let mut secret = match file {
+        Some(path) => {
+            let meta =
+                std::fs::metadata(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))?;
+            if meta.len() > 1 << 20 {
+                return Err(format!("--{flag} {}: larger than 1 MiB", path.display()));
+            }
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if meta.permissions().mode() & 0o004 != 0 {
+                    tracing::warn!(
+                        "--{flag} {}: the file is readable by every user",
+                        path.display()
+                    );
+                }
+            }
+            std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))?
+        }
+        None => match std::env::var_os(env) {
+            Some(v) => {
+                use std::os::unix::ffi::OsStringExt;
+                v.into_vec()
+            }
+            None => return Ok(None),
+        },
+    };
+    if secret.ends_with(b"\n") {
+        secret.pop();
+        if secret.ends_with(b"\r") {
+            secret.pop();
+        }
+    }
+    if secret.is_empty() {
+        let from = match file {
+            Some(p) => format!("--{flag} {}", p.display()),
+            None => env.to_string(),
+        };
+        return Err(format!("{from}: the password is empty"));
+    }
+    Ok(Some(secret))
+}
+
+/// `--upstream-user`/`--upstream-password-file` and `--client-user`/`--client-password-file`.
+fn redis_credentials(args: &ProxyArgs, cfg: &mut ProxyConfig) -> Result<(), String> {
+    if args.protocol != Protocol::Redis {
+        if args.upstream_user.is_some()
+            || args.upstream_password_file.is_some()
+            || args.client_user.is_some()
+            || args.client_password_file.is_some()
+        {
+            return Err("--upstream-user, --upstream-password-file, --client-user and --client-password-file: only with --protocol redis".into());
+        }
+        return Ok(());
+    }
+    let upstream = load_secret(
+        args.upstream_password_file.as_deref(),
+        "FERRY_UPSTREAM_PASSWORD",
+        "upstream-password-file",
+    )?;
+    let client = load_secret(
+        args.client_password_file.as_deref(),
+        "FERRY_CLIENT_PASSWORD",
+        "client-password-file",
+    )?;
+    let user_ok = |u: &str| {
+        !u.is_empty()
+            && !u
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    };
+    for (flag, user) in [
+        ("upstream-user", &args.upstream_user),
+        ("client-user", &args.client_user),
+    ] {
+        if user.as_deref().is_some_and(|u| !user_ok(u)) {
+            return Err(format!(
+                "--{flag}: empty, or contains spaces or control characters"
+            ));
+        }
+    }
+    match (upstream, &args.upstream_user) {
+        (Some(p), u) => {
+            cfg.redis_upstream_auth = Some(Credentials::new(u.as_deref(), p));
+        }
+        (None, Some(_)) => {
+            return Err("--upstream-user needs a password (--upstream-password-file or FERRY_UPSTREAM_PASSWORD)".into())
+        }
+        (None, None) => {}
+    }
+    match (client, &args.client_user) {
+        (Some(p), u) => {
+            cfg.redis_client_auth = Some(Credentials::new(u.as_deref(), p));
+        }
+        (None, Some(_)) => {
+            return Err(
+                "--client-user needs a password (--client-password-file or FERRY_CLIENT_PASSWORD)"
+                    .into(),
+            )
+        }
+        (None, None) => {}
+    }
+    Ok(())
 }
 
 pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
@@ -118,7 +254,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
         Ok(d) => return usage_error(format_args!("--driver {d}: not supported by ferry proxy")),
         Err(e) => return usage_error(format_args!("FERRY_DRIVER: {e}")),
     };
-    let upstreams: Vec<Upstream> = args.upstream.into_iter().flatten().collect();
+    let upstreams: Vec<Upstream> = args.upstream.iter().flatten().cloned().collect();
     if upstreams.is_empty() {
         return usage_error("--upstream: at least one address");
     }
@@ -140,6 +276,9 @@ pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
     cfg.breaker.max_open_duration = Some(args.breaker_open.max(Duration::from_secs(60)));
     cfg.redis_connections = args.redis_connections as usize;
     cfg.pipeline_depth = args.pipeline_depth as usize;
+    if let Err(e) = redis_credentials(&args, &mut cfg) {
+        return usage_error(e);
+    }
     cfg.health = (!args.health_interval.is_zero()).then(|| HealthConfig {
         interval: args.health_interval,
         timeout: args.health_interval.min(Duration::from_secs(1)),

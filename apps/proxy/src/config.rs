@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::balance::Balance;
+use crate::redis::auth::Credentials;
 use ferry_reliability::BreakerConfig;
 
 /// The protocol a proxy speaks (`--protocol`).
@@ -152,6 +153,10 @@ pub struct HealthConfig {
     pub fall: u32,
     /// Consecutive good checks that mark it up again. Default 2.
     pub rise: u32,
+    /// Redis: credentials the check authenticates with (`AUTH`, then `PING`; healthy is
+    /// `+OK` then `+PONG`). Without them `-NOAUTH` counts as healthy (clients authenticate
+    /// themselves). [`start`](crate::start) copies [`ProxyConfig::redis_upstream_auth`] here.
+    pub redis_auth: Option<Credentials>,
 }
 
 impl Default for HealthConfig {
@@ -162,6 +167,7 @@ impl Default for HealthConfig {
             path: "/".into(),
             fall: 2,
             rise: 2,
+            redis_auth: None,
         }
     }
 }
@@ -212,6 +218,13 @@ pub struct ProxyConfig {
     /// responses before it and goes alone). `0` or `1`: one request at a time. Not used
     /// with the `hash` balancer (each request picks its own upstream). Default 16.
     pub pipeline_depth: usize,
+    /// Redis: the proxy's credentials, sent as `AUTH [user] password` first on every
+    /// upstream connection (and health check). Default none.
+    pub redis_upstream_auth: Option<Credentials>,
+    /// Redis: clients must authenticate to the proxy with these (`AUTH`, `HELLO … AUTH`),
+    /// answered by the proxy; they then share the pooled connections. Default none (a
+    /// client's `AUTH` goes to a dedicated upstream connection of its own).
+    pub redis_client_auth: Option<Credentials>,
 }
 
 impl ProxyConfig {
@@ -234,6 +247,8 @@ impl ProxyConfig {
             health: Some(HealthConfig::default()),
             redis_connections: 2,
             pipeline_depth: 16,
+            redis_upstream_auth: None,
+            redis_client_auth: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Active health checks and name resolution: one thread per proxy re-resolves host-name
 //! upstreams and checks each upstream every interval with a
 //! bounded blocking probe (HTTP `GET path` expecting 2xx/3xx, or Redis `PING` expecting
-//! `+PONG`, or `-NOAUTH` from a server that requires AUTH) and flips its `healthy` flag after `fall` failures or `rise` successes in a row.
+//! `+PONG`, or `-NOAUTH` from a server that requires AUTH; with upstream credentials,
+//! `AUTH` first and `+OK` `+PONG`) and flips its `healthy` flag after `fall` failures or `rise` successes in a row.
 //! Workers read the flag when they pick an upstream; a probe never runs on an I/O worker.
 
 use std::io::{Read, Write};
@@ -21,6 +22,9 @@ pub fn probe(addr: SocketAddr, protocol: Protocol, cfg: &HealthConfig) -> bool {
         return false;
     };
     let _ = s.set_nodelay(true);
+    if let (Protocol::Redis, Some(c)) = (protocol, cfg.redis_auth.as_ref()) {
+        return crate::redis::auth::health_probe(&mut s, addr, c, deadline);
+    }
     let req = match protocol {
         Protocol::Redis => b"*1\r\n$4\r\nPING\r\n".to_vec(),
         _ => format!(

@@ -237,7 +237,16 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
             u.set_resolved(a);
         }
     }
-    let checks = cfg.health.clone().filter(|h| !h.interval.is_zero());
+    let checks = cfg
+        .health
+        .clone()
+        .filter(|h| !h.interval.is_zero())
+        .map(|mut h| {
+            if opts.protocol == Protocol::Redis && h.redis_auth.is_none() {
+                h.redis_auth = cfg.redis_upstream_auth.clone();
+            }
+            h
+        });
     let names = cfg
         .upstreams
         .iter()

@@ -19,9 +19,13 @@
 //!   `ferry_resp::ServerConnection`, one command at a time, with replies re-encoded.
 //! - Commands that carry connection state or block the connection (`SUBSCRIBE` and friends,
 //!   `MULTI`/`WATCH`, `BLPOP`-style blocking commands, `SELECT`, `AUTH`, `CLIENT TRACKING`,
-//!   `MONITOR`, `HELLO` with options, …) move the client to a **dedicated** upstream
-//!   connection (a `ferry_resp::ClientConnection`) for the rest of its life, after its
-//!   replies from the shared ones are in (so order holds). Pub/sub messages come back on it.
+//!   `CLIENT ID`, `MONITOR`, `HELLO` with options, …) move the client to a **dedicated**
+//!   upstream connection (a `ferry_resp::ClientConnection`) for the rest of its life, after
+//!   its replies from the shared ones are in (so order holds). Pub/sub messages and tracking
+//!   invalidations come back on it.
+//! - **Authentication** ([`auth`]): the proxy's own credentials go first on every upstream
+//!   connection; with client authentication configured the proxy answers `AUTH` itself
+//!   (and the client stays on the shared connections).
 //! - **Balancing** (`--balance`): round robin and least requests choose an upstream per
 //!   chunk of pipelined commands; `hash` chooses per command, by consistent hashing of its
 //!   first argument (the key of most commands; a command's other keys are not looked at,
@@ -43,7 +47,9 @@
 //!   are refused with `-ERR ferry proxy: … is not supported`. A client with more than
 //!   32 MiB of pub/sub messages unread is dropped (Redis's `pubsub` output buffer limit).
 
+pub mod auth;
 pub mod scan;
+mod tracking;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -423,6 +429,8 @@ pub struct RDown {
     /// The dedicated connection answered something other than an error (state may have
     /// been set on it).
     ded_answered: bool,
+    /// The proxy authenticates clients and this one has not yet ([`auth`]).
+    locked: bool,
 }
 
 /// A connection to an upstream (shared or dedicated).
@@ -455,6 +463,8 @@ pub struct RUp {
     /// Shared connections: how far the incomplete reply at the front was measured.
     progress: Progress,
     done: bool,
+    /// The proxy's own `AUTH` on this connection ([`auth`]).
+    auth: auth::UpAuth,
 }
 
 #[derive(Debug)]
@@ -596,7 +606,7 @@ fn needs_dedicated(args: &[Bytes]) -> bool {
             .unwrap_or_default();
         return matches!(
             &sub[..],
-            b"tracking" | b"reply" | b"caching" | b"no-evict" | b"no-touch" | b"pause"
+            b"tracking" | b"reply" | b"caching" | b"no-evict" | b"no-touch" | b"pause" | b"id"
         );
     }
     if name.eq_ignore_ascii_case(b"hello") {
@@ -710,6 +720,7 @@ impl RDown {
     /// and the shared connections in the client's protocol.
     fn fast_ok(&self) -> bool {
         !self.sticky
+            && !self.locked
             && !self.errored
             && !self.eof_done
             && self.want_dedicated.is_none()
@@ -874,6 +885,11 @@ impl RDown {
     /// Hand the next command (or, in sticky mode, everything) to the client connection.
     fn slow(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
         let (before_in, before_sin) = (self.io.input.len(), self.sin.len());
+        if self.locked {
+            if let Some(progressed) = self.gate_unauthenticated() {
+                return progressed;
+            }
+        }
         if self.sticky {
             if !self.io.input.is_empty() {
                 let rest = self.io.input.split();
@@ -930,6 +946,9 @@ impl RDown {
         match ev {
             SEvent::Command(cmd) => {
                 add(&self.shared.stats.requests, 1);
+                let Some(cmd) = self.client_auth(cmd) else {
+                    return;
+                };
                 if cmd.is("ping") && self.conn.is_subscribed() && cmd.args.len() <= 2 {
                     // Only a RESP3 client gets here (the connection answers RESP2 pub/sub
                     // PINGs itself); Redis answers it as outside pub/sub mode.
@@ -996,7 +1015,12 @@ impl RDown {
                                 .clone()
                                 .map_or(Value::NullBulkString, Value::BulkString),
                         ),
-                        b"id" => Some(Value::Integer(self.io.me().token as i64)),
+                        // `CLIENT ID` takes a dedicated connection (its id is the upstream's,
+                        // usable in `CLIENT TRACKING … REDIRECT`, `CLIENT KILL ID`); on the
+                        // shared connections a client has no tracking, as these say.
+                        b"getredir" | b"trackinginfo" | b"caching" => {
+                            Some(tracking::untracked_reply(&sub, cmd.args.len()))
+                        }
                         _ => None,
                     };
                     if let Some(v) = local {
@@ -1045,6 +1069,7 @@ impl RDown {
                     args.push(Bytes::from_static(b"RESET"));
                     self.hold_dedicated(None, args);
                 }
+                self.after_reset();
             }
             SEvent::Error(_) => self.errored = true,
             _ => {}
@@ -1402,6 +1427,9 @@ impl RDown {
             Some(b"message") => {
                 if let (Some(c), Some(p)) = (b(1), b(2)) {
                     self.conn.send_message(&c, &p);
+                } else {
+                    // Not a bulk payload: a tracking invalidation (`REDIRECT` target).
+                    self.send_invalidation(&v);
                 }
             }
             Some(b"pmessage") => {
@@ -1436,6 +1464,7 @@ fn ctx_now(ctx: &WorkerCtx) -> Instant {
 impl RUp {
     /// The connection is done: everything it owed fails, its clients are told.
     fn fail_all(&mut self, ctx: &WorkerCtx, now: Instant) {
+        self.fail_parked(ctx, now);
         let sh = self.shared.clone();
         sh.stats.upstreams[self.idx].failures.fetch_add(1, Relaxed);
         let me = Some(self.io.me());
@@ -1507,6 +1536,9 @@ impl RUp {
         if self.done || (self.slot.is_none() && matches!(unit.work, Work::Raw { .. })) {
             return fail_unit(ctx, &self.shared, owner, unit, Some(self.io.me()), now);
         }
+        if self.auth.waiting() {
+            return self.auth.park(owner, unit);
+        }
         self.shared.stats.upstreams[self.idx]
             .requests
             .fetch_add(u64::from(unit.count), Relaxed);
@@ -1554,6 +1586,10 @@ impl RUp {
 
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         if !self.io.is_connected() || self.done {
+            return;
+        }
+        if self.auth.waiting() && !self.auth_reply(ctx, now) {
+            self.partial = !self.io.input.is_empty();
             return;
         }
         if self.slot.is_some() {
@@ -1708,6 +1744,9 @@ impl RUp {
     }
 
     fn reply_deadline(&self) -> Option<Instant> {
+        if let Some(d) = self.auth.deadline(self.shared.cfg.response_timeout) {
+            return Some(d);
+        }
         if self.slot.is_some() {
             let t = self.shared.cfg.response_timeout;
             self.entries.front().map(|e| e.sent + t)
@@ -1855,6 +1894,7 @@ impl Downstream for RDown {
             blocking: None,
             unacked: 0,
             ded_answered: false,
+            locked: shared.cfg.redis_client_auth.is_some(),
         })
     }
 
@@ -1919,7 +1959,7 @@ impl Half for RUp {
         }
     }
     fn begin_shutdown(&mut self, _ctx: &mut WorkerCtx, _now: Instant) {
-        if self.queue.is_empty() && self.entries.is_empty() {
+        if self.queue.is_empty() && self.entries.is_empty() && !self.auth.has_parked() {
             self.done = true;
         }
     }
@@ -2006,6 +2046,8 @@ impl Upstream for RUp {
             }
             (Some(slot), None)
         };
+        // The proxy's AUTH goes first, before our HELLO and any client's command.
+        let auth = auth::UpAuth::start(shared.cfg.redis_upstream_auth.as_ref(), &mut io, now);
         let mut conn = ClientConnection::new(shared.dedicated.clone(), now);
         let mut queue = VecDeque::new();
         let mut entries = VecDeque::new();
@@ -2050,6 +2092,7 @@ impl Upstream for RUp {
             progress: Progress::default(),
             done: false,
             hung_up: false,
+            auth,
         })
     }
 
