@@ -1,6 +1,44 @@
 //! Pool limits and timers.
 
+use core::fmt;
 use core::time::Duration;
+
+/// Why [`Config::validate`] rejected a configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A limit that must be at least 1 is 0 (`max_per_key`, `max_total`, `max_uses`): no
+    /// connection could ever be handed out, or none reused.
+    Zero {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A timer that must be positive is zero (`idle_timeout`, `max_lifetime`,
+    /// `health_check_interval`): connections would expire as they open, or an idle
+    /// connection would be due for a health check again at the instant it came back, so
+    /// `poll_timeout` would never move forward.
+    ZeroDuration {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// `min_per_key` is above `max_per_key`.
+    MinAboveMax,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Zero { field } => write!(f, "pool config: {field} must be at least 1"),
+            ConfigError::ZeroDuration { field } => {
+                write!(f, "pool config: {field} must be positive")
+            }
+            ConfigError::MinAboveMax => f.write_str("pool config: min_per_key > max_per_key"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ConfigError {}
 
 /// Limits and timers of a [`Pool`](crate::Pool). Per-destination values apply to each key
 /// separately; `max_total` bounds the whole pool.
@@ -45,6 +83,36 @@ impl Config {
         Config::dynamic(size, size)
     }
 
+    /// Checks the limits and timers; [`Pool::try_new`](crate::Pool::try_new) calls it.
+    /// [`Pool::new`](crate::Pool::new) takes any configuration as it is (a zero limit then
+    /// queues every checkout until it times out).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let zero = |field| Err(ConfigError::Zero { field });
+        let zero_time = |field| Err(ConfigError::ZeroDuration { field });
+        if self.max_per_key == 0 {
+            return zero("max_per_key");
+        }
+        if self.max_total == 0 {
+            return zero("max_total");
+        }
+        if self.max_uses == Some(0) {
+            return zero("max_uses");
+        }
+        if self.min_per_key > self.max_per_key {
+            return Err(ConfigError::MinAboveMax);
+        }
+        for (field, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("max_lifetime", self.max_lifetime),
+            ("health_check_interval", self.health_check_interval),
+        ] {
+            if d == Some(Duration::ZERO) {
+                return zero_time(field);
+            }
+        }
+        Ok(())
+    }
+
     /// Between `min` and `max` connections per destination (`min` is capped at `max`).
     pub fn dynamic(min: usize, max: usize) -> Self {
         Config {
@@ -66,5 +134,43 @@ impl Default for Config {
     /// `dynamic(0, 32)`: grows on demand, shrinks to nothing after 90 s idle.
     fn default() -> Self {
         Config::dynamic(0, 32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(Config::fixed(4).validate(), Ok(()));
+        let bad = |f: fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        let zero = |field| ConfigError::Zero { field };
+        let zero_time = |field| ConfigError::ZeroDuration { field };
+        assert_eq!(bad(|c| c.max_per_key = 0), zero("max_per_key"));
+        assert_eq!(bad(|c| c.max_total = 0), zero("max_total"));
+        assert_eq!(bad(|c| c.max_uses = Some(0)), zero("max_uses"));
+        assert_eq!(bad(|c| c.min_per_key = 33), ConfigError::MinAboveMax);
+        assert_eq!(
+            bad(|c| c.idle_timeout = Some(Duration::ZERO)),
+            zero_time("idle_timeout")
+        );
+        assert_eq!(
+            bad(|c| c.max_lifetime = Some(Duration::ZERO)),
+            zero_time("max_lifetime")
+        );
+        assert_eq!(
+            bad(|c| c.health_check_interval = Some(Duration::ZERO)),
+            zero_time("health_check_interval")
+        );
+        assert_eq!(
+            zero("max_total").to_string(),
+            "pool config: max_total must be at least 1"
+        );
     }
 }

@@ -26,7 +26,16 @@
 //! | per-destination | every pool is keyed: `max_per_key` per destination, `max_total` overall |
 //!
 //! Idle connections are reused **LIFO** (most recently used first, so the hot set stays warm and
-//! the rest time out); queued checkouts are served **FIFO**.
+//! the rest time out); queued checkouts are served **FIFO**, each waits at most
+//! `wait_timeout` (or less, to its own deadline, with [`Pool::checkout_with_deadline`]), can be
+//! withdrawn with [`Pool::cancel`], and is never served at or past its deadline: a waiter
+//! whose deadline passed before a connection came back gets [`Event::TimedOut`], whether the
+//! caller's timer or the checkin is handled first.
+//!
+//! Keys are any `Ord + Clone` type (`SocketAddr`, `(String, u16)`, an upstream index);
+//! [`Shared`] also needs `Hash` to pick a shard. [`Config::validate`] (or [`Pool::try_new`])
+//! rejects settings that cannot work, with a [`ConfigError`] naming the field; [`Pool::new`]
+//! takes any.
 //!
 //! ## Embedding: an I/O worker around its own sockets
 //!
@@ -144,7 +153,7 @@ mod pool;
 #[cfg(feature = "std")]
 mod shared;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use metrics::{Metrics, WaitHistogram, BUCKETS};
 pub use pool::{Checkout, CheckoutError, Event, KeyHint, Lease, Pool, PoolError, Ticket, WaiterId};
 #[cfg(feature = "std")]

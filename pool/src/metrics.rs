@@ -151,6 +151,8 @@ pub struct Metrics {
     pub failed: u64,
     /// Waiters ever timed out.
     pub timed_out: u64,
+    /// Waiters ever withdrawn with [`Pool::cancel`](crate::Pool::cancel).
+    pub cancelled: u64,
     /// Time from `checkout` to holding a lease (0 for an idle hit).
     pub wait_time: WaitHistogram,
 }
@@ -167,6 +169,7 @@ impl Metrics {
         self.closed += other.closed;
         self.failed += other.failed;
         self.timed_out += other.timed_out;
+        self.cancelled += other.cancelled;
         self.wait_time.merge(&other.wait_time);
     }
 }

@@ -6,7 +6,7 @@ use core::fmt;
 
 use ferry_proto::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, WaitHistogram};
 
 /// A connection lent to the caller. Return it with [`Pool::checkin`] exactly once; it cannot be
@@ -205,6 +205,9 @@ struct Dest<K, C> {
     connecting_pool: usize,
     /// FIFO: served from the front.
     waiters: VecDeque<Waiter>,
+    /// At or before the earliest waiter deadline (a lower bound: it may name a waiter that
+    /// already left); `FAR_FUTURE` when none. Lets checkout/checkin skip the expiry scan.
+    waiters_due: Instant,
     backoff_until: Instant,
 }
 
@@ -218,12 +221,43 @@ impl<K, C> Dest<K, C> {
             connecting_own: 0,
             connecting_pool: 0,
             waiters: VecDeque::new(),
+            waiters_due: Instant::FAR_FUTURE,
             backoff_until: Instant::ZERO,
         }
     }
 }
 
 impl<K, C> Dest<K, C> {
+    /// Times out the waiters whose deadline is at or before `now`, in queue order, and
+    /// recomputes `waiters_due`. Returns how many timed out.
+    #[cold]
+    fn expire_waiters(&mut self, now: Instant, events: &mut VecDeque<Event<K, C>>) -> u64 {
+        let mut n = 0;
+        let mut due = Instant::FAR_FUTURE;
+        self.waiters.retain(|w| {
+            if w.deadline <= now {
+                events.push_back(Event::TimedOut { waiter: w.id });
+                n += 1;
+                false
+            } else {
+                due = due.min(w.deadline);
+                true
+            }
+        });
+        self.waiters_due = due;
+        n
+    }
+
+    /// [`expire_waiters`](Self::expire_waiters) if some waiter may be due.
+    #[inline]
+    fn expire_due_waiters(&mut self, now: Instant, events: &mut VecDeque<Event<K, C>>) -> u64 {
+        if self.waiters_due <= now && !self.waiters.is_empty() {
+            self.expire_waiters(now, events)
+        } else {
+            0
+        }
+    }
+
     fn open(&self) -> usize {
         self.idle.len() + self.active + self.checking
     }
@@ -382,6 +416,7 @@ pub struct Pool<K, C> {
     closed: u64,
     failed: u64,
     timed_out: u64,
+    cancelled: u64,
     wait_time: WaitHistogram,
     /// Checkouts served from the idle set: zero waits, kept out of `wait_time` until `metrics`.
     idle_hits: u64,
@@ -391,6 +426,12 @@ impl<K: Ord + Clone, C> Pool<K, C> {
     /// An empty pool; it opens nothing until asked (see [`prewarm`](Self::prewarm)).
     pub fn new(config: Config) -> Self {
         Pool::with_ids(config, 0, 1)
+    }
+
+    /// An empty pool, after checking `config` with [`Config::validate`].
+    pub fn try_new(config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Pool::new(config))
     }
 
     /// Ids `first, first + step, ...`: shards of a [`Shared`](crate::Shared) pool never clash.
@@ -411,6 +452,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
             closed: 0,
             failed: 0,
             timed_out: 0,
+            cancelled: 0,
             wait_time: WaitHistogram::default(),
             idle_hits: 0,
         }
@@ -446,7 +488,40 @@ impl<K: Ord + Clone, C> Pool<K, C> {
     /// between keys can keep one [`KeyHint`] per key and use
     /// [`checkout_hinted`](Self::checkout_hinted) for the same effect.
     pub fn checkout(&mut self, key: K, now: Instant) -> Result<Checkout<K, C>, CheckoutError> {
-        self.checkout_at(key, None, now)
+        self.checkout_at(key, None, None, now)
+    }
+
+    /// [`checkout`](Self::checkout) for a request that must not wait past `deadline` (e.g.
+    /// its propagated deadline, `ferry_reliability::Deadline::instant()`): if it is queued,
+    /// it times out at the earlier of `deadline` and `now + wait_timeout`. A deadline at or
+    /// before `now` still queues, and the waiter times out at the next
+    /// [`handle_timeout`](Self::handle_timeout) (or checkout or checkin of its key).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ferry_pool::{Checkout, Config, Event, Pool};
+    /// use ferry_proto::Instant;
+    ///
+    /// let mut pool: Pool<&str, u32> = Pool::new(Config::dynamic(0, 1)); // wait_timeout 5 s
+    /// let t0 = Instant::ZERO;
+    /// let Ok(Checkout::Connect(ticket)) = pool.checkout("db", t0) else { unreachable!() };
+    /// let lease = pool.connected(ticket, 7, t0).unwrap().unwrap();
+    /// // The pool is full; this request has 20 ms left of its own deadline.
+    /// let deadline = t0 + Duration::from_millis(20);
+    /// let Ok(Checkout::Queued(waiter)) = pool.checkout_with_deadline("db", deadline, t0)
+    /// else { unreachable!() };
+    /// assert_eq!(pool.poll_timeout(), Some(deadline)); // the timer to arm
+    /// pool.handle_timeout(deadline);
+    /// assert!(matches!(pool.poll_event(), Some(Event::TimedOut { waiter: w }) if w == waiter));
+    /// pool.checkin(lease, true, deadline).unwrap();
+    /// ```
+    pub fn checkout_with_deadline(
+        &mut self,
+        key: K,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<Checkout<K, C>, CheckoutError> {
+        self.checkout_at(key, None, Some(deadline), now)
     }
 
     /// [`checkout`](Self::checkout), skipping the key look-up when `hint` (one per key, kept
@@ -482,7 +557,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
         hint: &mut KeyHint,
         now: Instant,
     ) -> Result<Checkout<K, C>, CheckoutError> {
-        self.checkout_at(key, Some(hint), now)
+        self.checkout_at(key, Some(hint), None, now)
     }
 
     /// Both checkouts, inlined into each so that the hint's source folds away: the caller's
@@ -492,6 +567,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
         &mut self,
         key: K,
         hint: Option<&mut KeyHint>,
+        wait_until: Option<Instant>,
         now: Instant,
     ) -> Result<Checkout<K, C>, CheckoutError> {
         let now = self.tick(now);
@@ -556,14 +632,22 @@ impl<K: Ord + Clone, C> Pool<K, C> {
                 return Ok(Checkout::Connect(Ticket { key, id }));
             }
         }
+        if self.dests.at(slot).waiters_due <= now {
+            // Waiters past their deadline leave the queue before this checkout joins it.
+            return self.checkout_after_expiry(key, slot, wait_until, now);
+        }
         let max_waiters = self.config.max_waiters_per_key;
-        let deadline = now + self.config.wait_timeout;
+        let mut deadline = now + self.config.wait_timeout;
+        if let Some(until) = wait_until {
+            deadline = deadline.min(until);
+        }
         let id = WaiterId(self.new_id());
         let dest = self.dest(&key);
         if dest.waiters.len() >= max_waiters {
             self.settle(&key);
             return Err(CheckoutError::QueueFull);
         }
+        dest.waiters_due = dest.waiters_due.min(deadline);
         dest.waiters.push_back(Waiter {
             id,
             queued: now,
@@ -573,7 +657,25 @@ impl<K: Ord + Clone, C> Pool<K, C> {
         Ok(Checkout::Queued(id))
     }
 
-    /// Withdraws a queued checkout; `false` if it is no longer queued (already answered).
+    /// Times out `slot`'s due waiters, then checks out again (with nobody due, the retry
+    /// takes the idle connection or the room they leave, or queues).
+    #[cold]
+    #[inline(never)]
+    fn checkout_after_expiry(
+        &mut self,
+        key: K,
+        slot: usize,
+        wait_until: Option<Instant>,
+        now: Instant,
+    ) -> Result<Checkout<K, C>, CheckoutError> {
+        let dest = self.dests.at(slot);
+        self.timed_out += dest.expire_waiters(now, &mut self.events);
+        self.checkout_at(key, None, wait_until, now)
+    }
+
+    /// Withdraws a queued checkout; `false` if it is no longer queued: then it was already
+    /// answered, and its [`Event::Ready`], if that was the answer, is still to be (or was)
+    /// drained from [`poll_event`](Self::poll_event), with a lease that must be checked in.
     pub fn cancel(&mut self, waiter: WaiterId) -> bool {
         let queued = self
             .dests
@@ -583,6 +685,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
             return false;
         };
         self.dest(&key).waiters.retain(|w| w.id != waiter);
+        self.cancelled += 1;
         self.settle(&key);
         true
     }
@@ -645,12 +748,14 @@ impl<K: Ord + Clone, C> Pool<K, C> {
         self.failed += 1;
         self.total_load -= 1;
         let backoff = now + self.config.reconnect_backoff;
-        let dest = self.dest(&p.key);
+        let slot = self.dests.slot_or_insert(&p.key);
+        let dest = self.dests.at(slot);
         dest.backoff_until = backoff;
         if p.own {
             dest.connecting_own -= 1;
         } else {
             dest.connecting_pool -= 1;
+            self.timed_out += dest.expire_due_waiters(now, &mut self.events);
             if let Some(w) = dest.waiters.pop_front() {
                 self.events.push_back(Event::Failed { waiter: w.id });
             }
@@ -745,8 +850,9 @@ impl<K: Ord + Clone, C> Pool<K, C> {
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for dest in self.dests.values() {
-            if let Some(w) = dest.waiters.front() {
-                at(w.deadline);
+            if !dest.waiters.is_empty() {
+                // Deadlines need not be in queue order (`checkout_with_deadline`).
+                dest.waiters.iter().for_each(|w| at(w.deadline));
             }
             let shrinkable = dest.open() > c.min_per_key;
             for idle in &dest.idle {
@@ -780,12 +886,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
             let Some(dest) = self.dests.slots[slot].as_mut() else {
                 continue;
             };
-            while dest.waiters.front().is_some_and(|w| w.deadline <= now) {
-                if let Some(w) = dest.waiters.pop_front() {
-                    self.timed_out += 1;
-                    self.events.push_back(Event::TimedOut { waiter: w.id });
-                }
-            }
+            self.timed_out += dest.expire_due_waiters(now, &mut self.events);
             let mut closable = dest.open().saturating_sub(c.min_per_key);
             let mut i = 0;
             while i < dest.idle.len() {
@@ -827,6 +928,7 @@ impl<K: Ord + Clone, C> Pool<K, C> {
             closed: self.closed,
             failed: self.failed,
             timed_out: self.timed_out,
+            cancelled: self.cancelled,
             wait_time: self.wait_time.clone(),
             ..Metrics::default()
         };
@@ -881,6 +983,9 @@ impl<K: Ord + Clone, C> Pool<K, C> {
     fn give(&mut self, key: &K, conn: C, mut meta: Meta, now: Instant) {
         let slot = self.dests.slot_or_insert(key);
         let dest = self.dests.at(slot);
+        // A waiter past its deadline is timed out, not served late: the answer does not depend
+        // on whether the caller's timer or this checkin came first.
+        self.timed_out += dest.expire_due_waiters(now, &mut self.events);
         if let Some(w) = dest.waiters.pop_front() {
             dest.active += 1;
             meta.uses += 1;
@@ -1404,6 +1509,105 @@ mod tests {
     }
 
     #[test]
+    fn a_waiter_past_its_deadline_is_timed_out_not_served_late() {
+        // The caller's timer for the waiter (due at 100) and a checkin at 150 race; the
+        // checkin is processed first. The waiter must not get a lease 50 ms after its
+        // deadline: it times out, and the connection goes idle.
+        let mut p = Pool::new(cfg(0, 1));
+        let l = open(&mut p, 1, 1, ms(0));
+        let w = queued(&mut p, 1, ms(0));
+        p.checkin(l, true, ms(150)).unwrap();
+        let ev = drain(&mut p);
+        assert!(
+            matches!(ev[..], [Event::TimedOut { waiter }] if waiter == w),
+            "{ev:?}"
+        );
+        let m = p.metrics();
+        assert_eq!((m.timed_out, m.idle, m.waiting), (1, 1, 0));
+        // The same at the deadline itself (a deadline equal to `now` has passed).
+        let l = match p.checkout(1, ms(150)) {
+            Ok(Checkout::Ready(l)) => l,
+            other => panic!("{other:?}"),
+        };
+        let w = queued(&mut p, 1, ms(150));
+        p.checkin(l, true, ms(250)).unwrap();
+        assert!(matches!(drain(&mut p)[..], [Event::TimedOut { waiter }] if waiter == w));
+        // A checkout after a waiter's deadline times that waiter out first and does not queue
+        // behind it: it is first in line for the next connection.
+        let l = match p.checkout(1, ms(300)) {
+            Ok(Checkout::Ready(l)) => l,
+            other => panic!("{other:?}"),
+        };
+        let w = queued(&mut p, 1, ms(300));
+        let l2 = match p.checkout(1, ms(400)) {
+            Ok(Checkout::Queued(w2)) => {
+                assert!(matches!(drain(&mut p)[..], [Event::TimedOut { waiter }] if waiter == w));
+                w2
+            }
+            other => panic!("{other:?}"),
+        };
+        p.checkin(l, true, ms(401)).unwrap();
+        assert!(matches!(drain(&mut p)[..], [Event::Ready { waiter, .. }] if waiter == l2));
+    }
+
+    #[test]
+    fn checkout_with_deadline_bounds_the_wait_out_of_queue_order() {
+        let mut p = Pool::new(cfg(0, 1)); // wait_timeout 100 ms
+        let l = open(&mut p, 1, 1, ms(0));
+        let w1 = queued(&mut p, 1, ms(0));
+        let Ok(Checkout::Queued(w2)) = p.checkout_with_deadline(1, ms(30), ms(0)) else {
+            panic!()
+        };
+        // A deadline later than `now + wait_timeout` does not extend the wait.
+        let Ok(Checkout::Queued(w3)) = p.checkout_with_deadline(1, ms(1000), ms(0)) else {
+            panic!()
+        };
+        // The second waiter's deadline comes first although it queued behind the first.
+        assert_eq!(p.poll_timeout(), Some(ms(30)));
+        p.handle_timeout(ms(30));
+        assert!(matches!(drain(&mut p)[..], [Event::TimedOut { waiter }] if waiter == w2));
+        assert_eq!(p.poll_timeout(), Some(ms(100)));
+        // FIFO among the rest.
+        p.checkin(l, true, ms(40)).unwrap();
+        let mut ev = drain(&mut p);
+        let Some(Event::Ready { waiter, lease: l }) = ev.pop() else {
+            panic!("{ev:?}")
+        };
+        assert!(ev.is_empty());
+        assert_eq!(waiter, w1);
+        p.handle_timeout(ms(100));
+        assert!(matches!(drain(&mut p)[..], [Event::TimedOut { waiter }] if waiter == w3));
+        // A deadline already passed: queued, timed out at the next handle_timeout.
+        let Ok(Checkout::Queued(w4)) = p.checkout_with_deadline(1, ms(50), ms(100)) else {
+            panic!()
+        };
+        assert_eq!(p.poll_timeout(), Some(ms(50)));
+        p.handle_timeout(ms(100));
+        assert!(matches!(drain(&mut p)[..], [Event::TimedOut { waiter }] if waiter == w4));
+        p.checkin(l, true, ms(101)).unwrap();
+        let m = p.metrics();
+        assert_eq!((m.timed_out, m.waiting, m.idle), (3, 0, 1));
+    }
+
+    #[test]
+    fn try_new_validates_and_cancel_is_counted() {
+        let mut c = cfg(0, 1);
+        c.health_check_interval = Some(Duration::ZERO);
+        assert_eq!(
+            Pool::<u8, u32>::try_new(c).unwrap_err(),
+            ConfigError::ZeroDuration {
+                field: "health_check_interval"
+            }
+        );
+        let mut p = Pool::try_new(cfg(0, 1)).unwrap();
+        let l = open(&mut p, 1, 1, ms(0));
+        let w = queued(&mut p, 1, ms(0));
+        assert!(p.cancel(w));
+        assert_eq!(p.metrics().cancelled, 1);
+        p.checkin(l, true, ms(1)).unwrap();
+    }
+
+    #[test]
     fn validator_rejects_on_checkout() {
         let mut p = Pool::new(cfg(0, 3)).with_validator(|c: &u32| *c % 2 == 0);
         let a = open(&mut p, 1, 2, ms(0));
@@ -1556,6 +1760,7 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Checkout(u8),
+        CheckoutBy(u8, u64),
         Connected(usize),
         Failed(usize),
         Checkin(usize, bool),
@@ -1567,6 +1772,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0u8..3).prop_map(Op::Checkout),
+            1 => (0u8..3, 0u64..80).prop_map(|(k, d)| Op::CheckoutBy(k, d)),
             3 => any::<usize>().prop_map(Op::Connected),
             1 => any::<usize>().prop_map(Op::Failed),
             4 => (any::<usize>(), prop::bool::weighted(0.8)).prop_map(|(i, r)| Op::Checkin(i, r)),
@@ -1581,6 +1787,9 @@ mod tests {
         tickets: Vec<Ticket<u8>>,
         leases: Vec<Lease<u8, u32>>,
         waiters: Vec<WaiterId>,
+        /// Each queued checkout's deadline (from its `wait_timeout` or its own).
+        deadlines: alloc::collections::BTreeMap<WaiterId, Instant>,
+        now: Instant,
         closes: u64,
         closed_conns: alloc::collections::BTreeSet<u32>,
         next_conn: u32,
@@ -1592,10 +1801,17 @@ mod tests {
                 match e {
                     Event::Connect(t) => self.tickets.push(t),
                     Event::Ready { waiter, lease } => {
+                        // Never served at or past its deadline.
+                        assert!(self.now < self.deadlines[&waiter]);
                         self.answer(waiter);
                         self.leases.push(lease);
                     }
-                    Event::TimedOut { waiter } | Event::Failed { waiter } => self.answer(waiter),
+                    Event::TimedOut { waiter } => {
+                        // Exactly at or after its deadline, never before.
+                        assert!(self.now >= self.deadlines[&waiter]);
+                        self.answer(waiter);
+                    }
+                    Event::Failed { waiter } => self.answer(waiter),
                     Event::HealthCheck(l) => self.leases.push(l),
                     Event::Close(conn) => {
                         self.closes += 1;
@@ -1661,8 +1877,8 @@ mod tests {
         #[test]
         fn random_operations_keep_the_invariants(
             min in 0usize..2,
-            max in 1usize..4,
-            max_total in 1usize..6,
+            max in 0usize..4,
+            max_total in 0usize..6,
             max_waiters in 0usize..3,
             ops in prop::collection::vec(op(), 1..120),
         ) {
@@ -1679,13 +1895,26 @@ mod tests {
             let mut m = Model::default();
             let mut now = 0u64;
             for key in 0..3 { p.prewarm(key, ms(now)); }
+            m.now = ms(now);
             m.absorb(&mut p);
             for op in ops {
                 match op {
                     Op::Checkout(k) => match p.checkout(k, ms(now)) {
                         Ok(Checkout::Ready(l)) => m.leases.push(l),
                         Ok(Checkout::Connect(t)) => m.tickets.push(t),
-                        Ok(Checkout::Queued(w)) => m.waiters.push(w),
+                        Ok(Checkout::Queued(w)) => {
+                            m.deadlines.insert(w, ms(now) + c.wait_timeout);
+                            m.waiters.push(w);
+                        }
+                        Err(CheckoutError::QueueFull) => {}
+                    },
+                    Op::CheckoutBy(k, d) => match p.checkout_with_deadline(k, ms(now + d), ms(now)) {
+                        Ok(Checkout::Ready(l)) => m.leases.push(l),
+                        Ok(Checkout::Connect(t)) => m.tickets.push(t),
+                        Ok(Checkout::Queued(w)) => {
+                            m.deadlines.insert(w, ms(now + d).min(ms(now) + c.wait_timeout));
+                            m.waiters.push(w);
+                        }
                         Err(CheckoutError::QueueFull) => {}
                     },
                     Op::Connected(i) if !m.tickets.is_empty() => {
@@ -1716,6 +1945,7 @@ mod tests {
                     }
                     _ => {}
                 }
+                m.now = ms(now);
                 m.absorb(&mut p);
                 m.check(&p, &c);
             }
@@ -1729,12 +1959,14 @@ mod tests {
                         if let Some(l) = p.connected(t, m.next_conn, ms(now)).unwrap() { m.leases.push(l); }
                     }
                     for l in core::mem::take(&mut m.leases) { p.checkin(l, true, ms(now)).unwrap(); }
+                    m.now = ms(now);
                     m.absorb(&mut p);
                     m.check(&p, &c);
                 }
                 if round == 0 {
                     now += 1000;
                     p.handle_timeout(ms(now));
+                    m.now = ms(now);
                     m.absorb(&mut p);
                     m.check(&p, &c);
                 }

@@ -7,7 +7,7 @@ use std::vec::Vec;
 
 use ferry_proto::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::pool::{Checkout, CheckoutError, Event, Lease, Pool, PoolError, Ticket, WaiterId};
 
@@ -59,6 +59,12 @@ impl<K: Ord + Clone + Hash, C> Shared<K, C> {
         }
     }
 
+    /// [`new`](Self::new) after checking `config` with [`Config::validate`].
+    pub fn try_new(config: Config, shards: usize) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Shared::new(config, shards))
+    }
+
     /// See [`Pool::with_validator`].
     pub fn with_validator(mut self, validate: fn(&C) -> bool) -> Self {
         self.shards = self
@@ -101,6 +107,16 @@ impl<K: Ord + Clone + Hash, C> Shared<K, C> {
     /// See [`Pool::checkout`].
     pub fn checkout(&self, key: K, now: Instant) -> Result<Checkout<K, C>, CheckoutError> {
         self.shard(&key).checkout(key, now)
+    }
+
+    /// See [`Pool::checkout_with_deadline`].
+    pub fn checkout_with_deadline(
+        &self,
+        key: K,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<Checkout<K, C>, CheckoutError> {
+        self.shard(&key).checkout_with_deadline(key, deadline, now)
     }
 
     /// See [`Pool::cancel`].

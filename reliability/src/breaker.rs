@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use ferry_proto::Instant;
 
-use crate::window::SlotWindow;
+use crate::config::{in_range, nonzero, ConfigError};
+use crate::window::{SlotWindow, MAX_SLOTS};
 
 /// The three states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,7 +46,8 @@ pub enum BreakerState {
 pub enum SlidingWindow {
     /// The last `n` calls.
     Count(u32),
-    /// Calls of the last `span`, kept in `buckets` buckets.
+    /// Calls of the last `span`, kept in `buckets` buckets (at most 65 536, and at least
+    /// 1 ns each; more are clamped).
     Time {
         /// Window length.
         span: Duration,
@@ -80,6 +82,56 @@ pub struct BreakerConfig {
     pub max_half_open_wait: Option<Duration>,
     /// At most this many events are queued; older ones are dropped (and counted).
     pub event_capacity: usize,
+}
+
+impl BreakerConfig {
+    /// Checks the configuration: rates in `(0, 1]`, positive counts and durations
+    /// (`consecutive_failures`, `half_open_calls`, `open_duration`, the window,
+    /// `max_half_open_wait`, `event_capacity`), `max_open_duration >= open_duration`, and at
+    /// least one trigger on. [`CircuitBreaker::new`] instead clamps what it can (a rate of
+    /// NaN or above 1 then silently never opens the breaker; a rate of 0 opens it on the
+    /// first `minimum_calls` calls, failed or not).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        nonzero("consecutive_failures", self.consecutive_failures == Some(0))?;
+        if let Some(r) = self.failure_rate {
+            in_range("failure_rate", r, 0.0, 1.0, true)?;
+        }
+        if let Some(r) = self.slow_call_rate {
+            in_range("slow_call_rate", r, 0.0, 1.0, true)?;
+        }
+        if self.consecutive_failures.is_none()
+            && self.failure_rate.is_none()
+            && self.slow_call_rate.is_none()
+        {
+            return Err(ConfigError::Inconsistent {
+                field: "consecutive_failures",
+            });
+        }
+        match self.window {
+            SlidingWindow::Count(n) => nonzero("window", n == 0)?,
+            SlidingWindow::Time { span, buckets } => {
+                nonzero("window", span.is_zero() || buckets == 0)?;
+                if u128::from(buckets) > span.as_nanos() || buckets > MAX_SLOTS {
+                    return Err(ConfigError::Inconsistent { field: "window" });
+                }
+            }
+        }
+        nonzero("open_duration", self.open_duration.is_zero())?;
+        if self
+            .max_open_duration
+            .is_some_and(|m| m < self.open_duration)
+        {
+            return Err(ConfigError::Inconsistent {
+                field: "max_open_duration",
+            });
+        }
+        nonzero("half_open_calls", self.half_open_calls == 0)?;
+        nonzero(
+            "max_half_open_wait",
+            self.max_half_open_wait.is_some_and(|w| w.is_zero()),
+        )?;
+        nonzero("event_capacity", self.event_capacity == 0)
+    }
 }
 
 impl Default for BreakerConfig {
@@ -324,6 +376,12 @@ impl CircuitBreaker {
             events: VecDeque::new(),
             metrics: BreakerMetrics::default(),
         }
+    }
+
+    /// A closed breaker, after checking `config` with [`BreakerConfig::validate`].
+    pub fn try_new(config: BreakerConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(CircuitBreaker::new(config))
     }
 
     /// The configuration.
@@ -572,6 +630,12 @@ impl<K: Ord + Clone> Breakers<K> {
         }
     }
 
+    /// [`new`](Self::new) after checking `config` with [`BreakerConfig::validate`].
+    pub fn try_new(config: BreakerConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Breakers::new(config))
+    }
+
     /// The breaker for `key`, created closed if absent.
     pub fn get_mut(&mut self, key: &K) -> &mut CircuitBreaker {
         let config = &self.config;
@@ -590,14 +654,21 @@ impl<K: Ord + Clone> Breakers<K> {
         self.get_mut(key).try_acquire(now)
     }
 
-    /// [`CircuitBreaker::on_success`] on `key`'s breaker.
+    /// [`CircuitBreaker::on_success`] on `key`'s breaker. A permit whose breaker was
+    /// [`remove`](Self::remove)d meanwhile is dropped: it neither re-creates the breaker (a
+    /// destination that left would come back with every late reply) nor counts on a new one.
     pub fn on_success(&mut self, key: &K, now: Instant, permit: Permit) {
-        self.get_mut(key).on_success(now, permit);
+        if let Some(b) = self.map.get_mut(key) {
+            b.on_success(now, permit);
+        }
     }
 
-    /// [`CircuitBreaker::on_failure`] on `key`'s breaker.
+    /// [`CircuitBreaker::on_failure`] on `key`'s breaker (a removed one: see
+    /// [`on_success`](Self::on_success)).
     pub fn on_failure(&mut self, key: &K, now: Instant, permit: Permit) {
-        self.get_mut(key).on_failure(now, permit);
+        if let Some(b) = self.map.get_mut(key) {
+            b.on_failure(now, permit);
+        }
     }
 
     /// Keys whose breaker is not open at `now` (a half-open one may still be out of probes).
@@ -982,6 +1053,20 @@ mod tests {
         assert!(m.remove(&"a").is_some());
         assert!(!m.is_empty());
         assert!(m.get(&"b").is_some());
+    }
+
+    #[test]
+    fn late_outcomes_do_not_resurrect_a_removed_breaker() {
+        let mut m: Breakers<u32> = Breakers::new(consecutive(1, 1));
+        let p = m.try_acquire(&7, ms(0)).unwrap();
+        // The destination leaves service discovery while its call is in flight.
+        assert!(m.remove(&7).is_some());
+        m.on_failure(&7, ms(1), p);
+        assert!(m.is_empty(), "re-created by a late reply");
+        let p = m.try_acquire(&7, ms(2)).unwrap();
+        assert!(m.remove(&7).is_some());
+        m.on_success(&7, ms(3), p);
+        assert!(m.get(&7).is_none());
     }
 
     proptest! {

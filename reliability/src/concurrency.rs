@@ -11,6 +11,7 @@ use core::time::Duration;
 
 use ferry_proto::Instant;
 
+use crate::config::{in_range, ConfigError};
 use crate::rng::nanos;
 
 /// A limit that adapts to samples.
@@ -94,7 +95,7 @@ impl LimitAlgorithm for Aimd {
 /// Netflix's Gradient2: compares a short-term RTT (the last sample) with a long-term
 /// exponential average and moves the limit by their ratio.
 ///
-/// `gradient = clamp(long / short, 0.5, 1.0)`, `new = limit · gradient + queue_size`, smoothed
+/// `gradient = clamp(tolerance · long / short, 0.5, 1.0)`, `new = limit · gradient + queue_size`, smoothed
 /// `limit = limit · (1 - smoothing) + new · smoothing`, clamped to `min..=max`. When the long
 /// average exceeds twice the short RTT (load went away), the average decays by 10% per sample.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,6 +113,9 @@ pub struct Gradient2 {
     pub smoothing: f64,
     /// Samples in the long-term average (default 600; the first 10 are a plain mean).
     pub long_window: u32,
+    /// How much slower than the long-term average a sample may be before the limit shrinks
+    /// (Netflix's `rttTolerance`, default 1.5; at 1.0 ordinary jitter shrinks the limit).
+    pub tolerance: f64,
 }
 
 impl Gradient2 {
@@ -126,6 +130,7 @@ impl Gradient2 {
             queue_size: 4,
             smoothing: 0.2,
             long_window: 600,
+            tolerance: 1.5,
         }
     }
 
@@ -164,7 +169,12 @@ impl LimitAlgorithm for Gradient2 {
         if f64::from(in_flight) < self.estimate / 2.0 {
             return;
         }
-        let gradient = (self.long_rtt / short).clamp(0.5, 1.0);
+        let tolerance = if self.tolerance.is_finite() {
+            self.tolerance.max(1.0)
+        } else {
+            1.5
+        };
+        let gradient = (tolerance * self.long_rtt / short).clamp(0.5, 1.0);
         let target = self.estimate * gradient + f64::from(self.queue_size);
         let s = self.smoothing.clamp(0.0, 1.0);
         let next = self.estimate * (1.0 - s) + target * s;
@@ -196,6 +206,21 @@ pub struct ShedConfig {
     pub sheddable_share: f64,
     /// Reject requests that waited longer than this before admission (default none).
     pub max_queue_time: Option<Duration>,
+}
+
+impl ShedConfig {
+    /// Checks the shares: each in `0.0..=1.0`, and `sheddable_share <= normal_share` (else
+    /// sheddable traffic could outlast normal traffic).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        in_range("normal_share", self.normal_share, 0.0, 1.0, false)?;
+        in_range("sheddable_share", self.sheddable_share, 0.0, 1.0, false)?;
+        if self.sheddable_share > self.normal_share {
+            return Err(ConfigError::Inconsistent {
+                field: "sheddable_share",
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Default for ShedConfig {
@@ -394,6 +419,24 @@ mod tests {
         let mut a = Aimd::new(2, 2, 3);
         a.on_sample(MS, 2, true);
         assert_eq!(a.limit(), 2, "never below min");
+    }
+
+    #[test]
+    fn gradient2_tolerates_jitter_below_its_tolerance() {
+        // Latency jitters ±20% around 10 ms, the limit fully used: no congestion, so the
+        // limit grows to its maximum (Netflix's rttTolerance 1.5) instead of shrinking on
+        // every sample above the average.
+        let mut g = Gradient2::new(50);
+        for i in 0..2000 {
+            let rtt = if i % 2 == 0 { 8 * MS } else { 12 * MS };
+            g.on_sample(rtt, g.limit(), false);
+        }
+        assert_eq!(g.limit(), g.max);
+        // Twice the usual latency still shrinks it.
+        for _ in 0..30 {
+            g.on_sample(40 * MS, g.limit(), false);
+        }
+        assert!(g.limit() < g.max, "{}", g.limit());
     }
 
     #[test]

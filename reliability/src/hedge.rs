@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 
 use ferry_proto::Instant;
 
+use crate::config::{in_range, ConfigError};
 use crate::retry::RetryGate;
 use crate::rng::{nanos, Rng};
 
@@ -61,9 +62,15 @@ impl Default for HedgePolicy {
 }
 
 /// The last `capacity` latencies, for percentile queries.
+///
+/// The samples are also kept sorted, so [`percentile`](Self::percentile) (asked once per
+/// hedged request) is a lookup, and [`record`](Self::record) moves at most `capacity` words
+/// (no allocation once full).
 #[derive(Clone, Debug)]
 pub struct LatencyTracker {
     ring: Vec<u64>,
+    /// The same samples as `ring`, ascending.
+    sorted: Vec<u64>,
     next: usize,
     capacity: usize,
     min_samples: usize,
@@ -75,6 +82,7 @@ impl LatencyTracker {
         let capacity = capacity.max(1);
         LatencyTracker {
             ring: Vec::with_capacity(capacity.min(65_536)),
+            sorted: Vec::with_capacity(capacity.min(65_536)),
             next: 0,
             capacity,
             min_samples: min_samples.max(1),
@@ -87,8 +95,13 @@ impl LatencyTracker {
         if self.ring.len() < self.capacity {
             self.ring.push(v);
         } else {
-            self.ring[self.next] = v;
+            let old = core::mem::replace(&mut self.ring[self.next], v);
+            if let Ok(i) = self.sorted.binary_search(&old) {
+                self.sorted.remove(i);
+            }
         }
+        let at = self.sorted.partition_point(|&x| x < v);
+        self.sorted.insert(at, v);
         self.next = (self.next + 1) % self.capacity;
     }
 
@@ -97,8 +110,7 @@ impl LatencyTracker {
         if self.ring.len() < self.min_samples {
             return None;
         }
-        let mut sorted = self.ring.clone();
-        sorted.sort_unstable();
+        let sorted = &self.sorted;
         let p = if p.is_nan() { 1.0 } else { p.clamp(0.0, 1.0) };
         let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
         Some(Duration::from_nanos(sorted[rank - 1]))
@@ -113,6 +125,17 @@ impl Default for LatencyTracker {
 }
 
 impl HedgePolicy {
+    /// Checks the policy: a percentile in `0.0..=1.0` and `fallback >= min`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let HedgeDelay::Percentile { p, min, fallback } = self.delay {
+            in_range("p", p, 0.0, 1.0, false)?;
+            if fallback < min {
+                return Err(ConfigError::Inconsistent { field: "fallback" });
+            }
+        }
+        Ok(())
+    }
+
     /// The delay to use now, given recent latencies.
     pub fn delay(&self, tracker: &LatencyTracker) -> Duration {
         match self.delay {
@@ -245,6 +268,24 @@ impl Hedge {
     /// Attempt `attempt` failed at `now`. When nothing is in flight any more, hedges at once
     /// (if allowed and left) or queues `Failed`.
     pub fn on_failure(&mut self, now: Instant, attempt: u32) {
+        self.failed(now, attempt, |_| true);
+    }
+
+    /// Like [`on_failure`](Self::on_failure), but the immediate hedge is only sent if `gate`
+    /// (the budget [`handle_timeout_gated`](Self::handle_timeout_gated) uses) allows it;
+    /// otherwise the request fails. Without it, a hedge sent on failure is a retry that no
+    /// budget sees.
+    pub fn on_failure_gated(
+        &mut self,
+        now: Instant,
+        attempt: u32,
+        gate: &mut impl RetryGate,
+        rng: &mut Rng,
+    ) {
+        self.failed(now, attempt, |now| gate.try_withdraw(now, rng));
+    }
+
+    fn failed(&mut self, now: Instant, attempt: u32, allow: impl FnOnce(Instant) -> bool) {
         let i = attempt as usize;
         if self.done || self.attempts.get(i) != Some(&Attempt::InFlight) {
             return;
@@ -253,7 +294,7 @@ impl Hedge {
         if self.attempts.contains(&Attempt::InFlight) {
             return;
         }
-        if self.hedge_on_failure && self.extra_sent() < self.max_extra {
+        if self.hedge_on_failure && self.extra_sent() < self.max_extra && allow(now) {
             self.send(now);
         } else {
             self.done = true;
@@ -380,7 +421,49 @@ mod tests {
         assert_eq!(p.delay(&t), MS, "at least min");
     }
 
+    #[test]
+    fn failure_hedge_asks_the_gate() {
+        let p = HedgePolicy {
+            delay: HedgeDelay::Fixed(10 * MS),
+            max_extra: 2,
+            hedge_on_failure: true,
+        };
+        let mut rng = Rng::new(1);
+        // A budget with no requests and no reserve admits nothing.
+        let mut empty = crate::retry::RetryBudget::new(Duration::from_secs(1), 0, 0.0);
+        let mut h = p.start(ms(0), &LatencyTracker::default());
+        h.on_failure_gated(ms(1), 0, &mut empty, &mut rng);
+        assert_eq!(h.poll_action(), Some(HedgeAction::Failed));
+        assert_eq!(h.attempts(), 1);
+        // A budget with room pays for the hedge.
+        let mut budget = crate::retry::RetryBudget::new(Duration::from_secs(1), 1, 0.0);
+        let mut h = p.start(ms(0), &LatencyTracker::default());
+        h.on_failure_gated(ms(1), 0, &mut budget, &mut rng);
+        assert_eq!(h.poll_action(), Some(HedgeAction::Send { attempt: 1 }));
+        assert_eq!(budget.balance(ms(1)), 0);
+    }
+
     proptest! {
+        /// The kept-sorted samples answer exactly what sorting the last `capacity` samples
+        /// would, for every percentile, as the ring wraps.
+        #[test]
+        fn percentile_matches_sorting_the_window(
+            capacity in 1usize..40,
+            samples in proptest::collection::vec(0u64..50, 0..200),
+            p in 0.0f64..=1.0,
+        ) {
+            let mut t = LatencyTracker::new(capacity, 1);
+            let mut all = Vec::new();
+            for s in samples {
+                t.record(Duration::from_nanos(s));
+                all.push(s);
+                let mut window: Vec<u64> = all.iter().rev().take(capacity).copied().collect();
+                window.sort_unstable();
+                let rank = ((p * window.len() as f64).ceil() as usize).clamp(1, window.len());
+                prop_assert_eq!(t.percentile(p), Some(Duration::from_nanos(window[rank - 1])));
+            }
+        }
+
         #[test]
         fn never_exceeds_max_extra(max_extra in 0u32..5,
                                    events in proptest::collection::vec((0u8..3, 0u32..8), 0..60)) {

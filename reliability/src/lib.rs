@@ -81,9 +81,31 @@
 //! assert!(!deadline.is_expired(now));
 //! ```
 //!
+//! ## Configuration
+//!
+//! Constructors take any configuration and clamp what they must (a NaN rate never trips, a
+//! zero count acts as one). To reject a bad configuration instead — at start-up, from a config
+//! file — call `validate()` on [`BreakerConfig`], [`RetryPolicy`], [`HedgePolicy`],
+//! [`TimeoutConfig`] or [`ShedConfig`](concurrency::ShedConfig), or use
+//! [`CircuitBreaker::try_new`], [`Breakers::try_new`], [`RetryBudget::try_new`] or
+//! [`Quota::try_new`]; each
+//! answers a [`ConfigError`] naming the field.
+//!
+//! ```
+//! use ferry_reliability::{BreakerConfig, CircuitBreaker, ConfigError};
+//!
+//! let config = BreakerConfig { failure_rate: Some(50.0), ..BreakerConfig::default() }; // meant 50%
+//! assert_eq!(
+//!     CircuitBreaker::try_new(config).unwrap_err(),
+//!     ConfigError::OutOfRange { field: "failure_rate" }
+//! );
+//! ```
+//!
 //! ## Caller duties
 //!
-//! - The caller MUST pass instants that never go backwards to any one object.
+//! - The caller MUST pass instants that never go backwards to any one object. (The sliding
+//!   windows of breakers, budgets and throttles take an older instant as the newest one seen,
+//!   so a clock hiccup cannot wipe their history.)
 //! - The caller MUST hand every [`Permit`] and
 //!   [`Token`](concurrency::Token) back with its outcome (or as ignored); a lost one holds a
 //!   half-open probe slot or an in-flight slot until the object is dropped.
@@ -96,6 +118,7 @@
 
 pub mod breaker;
 pub mod concurrency;
+mod config;
 pub mod deadline;
 pub mod hedge;
 pub mod patterns;
@@ -108,6 +131,7 @@ mod window;
 
 pub use breaker::{BreakerConfig, BreakerEvent, BreakerState, Breakers, CircuitBreaker, Permit};
 pub use concurrency::{Aimd, ConcurrencyLimiter, Gradient2, LimitAlgorithm, Priority};
+pub use config::ConfigError;
 pub use deadline::{Deadline, DeadlineError, TimeoutHeader};
 pub use ferry_proto::Instant;
 pub use hedge::{Hedge, HedgeAction, HedgePolicy, LatencyTracker};

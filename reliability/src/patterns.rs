@@ -349,9 +349,10 @@ impl<T> StreamFlow<T> {
 pub enum Gather {
     /// Every destination must succeed.
     All,
-    /// At least `k` must succeed.
+    /// At least `k` must succeed (with fewer than `k` destinations the fan-out fails at
+    /// once; `Quorum(0)` is done at once).
     Quorum(usize),
-    /// The first success wins.
+    /// The first success wins (with no destination the fan-out fails at once).
     First,
 }
 
@@ -399,10 +400,12 @@ pub struct FanOut<T, E> {
 impl<T, E> FanOut<T, E> {
     /// Starts gathering from destinations `0..n` (send to all of them now).
     pub fn new(n: usize, gather: Gather, deadline: Deadline) -> Self {
+        // A goal beyond `n` is unreachable and fails at once; it is not lowered to `n`
+        // (a write quorum of 3 must not pass on 2 replicas).
         let need = match gather {
             Gather::All => n,
-            Gather::Quorum(k) => k.min(n),
-            Gather::First => n.min(1),
+            Gather::Quorum(k) => k,
+            Gather::First => 1,
         };
         let mut f = FanOut {
             need,
@@ -604,6 +607,17 @@ mod tests {
         );
         assert_eq!(f.poll_outcome(), None);
 
+        // An unreachable goal fails at once instead of being lowered to what is there.
+        let mut short: FanOut<u32, ()> = FanOut::new(2, Gather::Quorum(3), Deadline::NONE);
+        assert!(matches!(
+            short.poll_outcome(),
+            Some(FanOutOutcome::Failed { ref cancel, .. }) if cancel == &[0, 1]
+        ));
+        let mut none: FanOut<u32, ()> = FanOut::new(0, Gather::First, Deadline::NONE);
+        assert!(matches!(
+            none.poll_outcome(),
+            Some(FanOutOutcome::Failed { .. })
+        ));
         let mut empty: FanOut<u32, ()> = FanOut::new(0, Gather::All, Deadline::NONE);
         assert!(matches!(
             empty.poll_outcome(),

@@ -13,6 +13,7 @@ use std::hash::Hash;
 
 use ferry_proto::Instant;
 
+use crate::config::{nonzero, ConfigError};
 use crate::rng::nanos;
 
 /// A rate: `burst` at once, then one every `interval`.
@@ -35,6 +36,14 @@ impl Quota {
             burst: n,
             interval: (period / n).max(Duration::from_nanos(1)),
         }
+    }
+
+    /// [`new`](Self::new), rejecting what `new` would round up: `n == 0` (which `new` turns
+    /// into 1, not "deny all") and a `period` shorter than `n` nanoseconds.
+    pub fn try_new(n: u32, period: Duration) -> Result<Self, ConfigError> {
+        nonzero("n", n == 0)?;
+        nonzero("period", period.as_nanos() < u128::from(n))?;
+        Ok(Quota::new(n, period))
     }
 
     /// The same rate with another burst size (at least 1).
@@ -241,6 +250,22 @@ mod tests {
 
     fn ms(n: u64) -> Instant {
         Instant::from_nanos(n * 1_000_000)
+    }
+
+    #[test]
+    fn try_new_rejects_what_new_rounds() {
+        assert_eq!(
+            Quota::try_new(0, Duration::from_secs(1)),
+            Err(ConfigError::Zero { field: "n" })
+        );
+        assert_eq!(
+            Quota::try_new(10, Duration::from_nanos(9)),
+            Err(ConfigError::Zero { field: "period" })
+        );
+        assert_eq!(
+            Quota::try_new(10, Duration::from_secs(1)),
+            Ok(Quota::per_second(10))
+        );
     }
 
     #[test]

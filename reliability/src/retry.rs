@@ -15,6 +15,7 @@ use core::time::Duration;
 
 use ferry_proto::Instant;
 
+use crate::config::{in_range, nonzero, ConfigError};
 use crate::deadline::Deadline;
 use crate::rng::{nanos, Rng};
 use crate::window::SlotWindow;
@@ -119,6 +120,25 @@ fn exp(base: Duration, cap: Duration, attempt: u32) -> u64 {
 }
 
 impl Backoff {
+    /// Checks the schedule: for the growing ones a positive `base` (from zero they never
+    /// grow: every retry would go out at once) and `cap >= base` (else every delay is `cap`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match *self {
+            Backoff::Fixed(_) => Ok(()),
+            Backoff::Exponential { base, cap }
+            | Backoff::FullJitter { base, cap }
+            | Backoff::EqualJitter { base, cap }
+            | Backoff::DecorrelatedJitter { base, cap } => {
+                nonzero("base", base.is_zero())?;
+                if cap < base {
+                    Err(ConfigError::Inconsistent { field: "cap" })
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
     /// The delay before retry number `attempt` (0-based); `previous` is the delay returned
     /// for the previous retry (only decorrelated jitter uses it; pass `Duration::ZERO` first).
     pub fn delay(&self, attempt: u32, previous: Duration, rng: &mut Rng) -> Duration {
@@ -261,6 +281,14 @@ pub enum RetryDecision {
 }
 
 impl RetryPolicy {
+    /// Checks the policy: `max_attempts >= 1` (0 would refuse even the first attempt's
+    /// retries without saying why), a valid [`Backoff`], a positive `max_elapsed`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        nonzero("max_attempts", self.max_attempts == 0)?;
+        self.backoff.validate()?;
+        nonzero("max_elapsed", self.max_elapsed.is_some_and(|d| d.is_zero()))
+    }
+
     /// A policy with `max_attempts` and `backoff`, other fields default.
     pub fn new(max_attempts: u32, backoff: Backoff) -> Self {
         RetryPolicy {
@@ -342,6 +370,14 @@ impl RetryBudget {
             ppm,
             reserve,
         }
+    }
+
+    /// [`new`](Self::new), rejecting what `new` would clamp: a `ratio` that is NaN,
+    /// negative or infinite, and a zero `ttl`.
+    pub fn try_new(ttl: Duration, min_per_sec: u32, ratio: f64) -> Result<Self, ConfigError> {
+        nonzero("ttl", ttl.is_zero())?;
+        in_range("ratio", ratio, 0.0, f64::MAX, false)?;
+        Ok(RetryBudget::new(ttl, min_per_sec, ratio))
     }
 
     /// Retries that would be allowed now.

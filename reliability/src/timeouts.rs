@@ -12,6 +12,7 @@ use core::time::Duration;
 
 use ferry_proto::Instant;
 
+use crate::config::{nonzero, ConfigError};
 use crate::deadline::Deadline;
 
 /// The four timeout levels of the design, each optional (`None` = no limit).
@@ -25,6 +26,21 @@ pub struct TimeoutConfig {
     pub idle: Option<Duration>,
     /// How long an idle, reusable connection is kept open between requests.
     pub keep_alive: Option<Duration>,
+}
+
+impl TimeoutConfig {
+    /// Checks that no timeout is `Some(0)` (it would fire at once; `None` means no limit).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, d) in [
+            ("connect", self.connect),
+            ("request", self.request),
+            ("idle", self.idle),
+            ("keep_alive", self.keep_alive),
+        ] {
+            nonzero(field, d.is_some_and(|d| d.is_zero()))?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for TimeoutConfig {

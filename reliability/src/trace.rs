@@ -126,6 +126,10 @@ pub struct TraceParent {
 /// Length of a version-00 value.
 pub const TRACEPARENT_LEN: usize = 55;
 
+/// The trace flags the W3C Trace Context defines: `0x01` sampled, `0x02` random (Level 2).
+/// [`TraceParent::child`] clears the others, which the spec reserves and says to send as zero.
+pub const KNOWN_FLAGS: u8 = 0x03;
+
 fn hex_val(c: u8) -> Result<u8, TraceParentError> {
     match c {
         b'0'..=b'9' => Ok(c - b'0'),
@@ -208,10 +212,16 @@ impl TraceParent {
         if parent_id == [0; 8] {
             return Err(TraceParentError::ZeroParentId);
         }
+        // A version this parser does not know: only its sampled bit means something here.
+        let flags = if version[0] == 0 {
+            flags[0]
+        } else {
+            flags[0] & 0x01
+        };
         Ok(TraceParent {
             trace_id,
             parent_id,
-            flags: flags[0],
+            flags,
         })
     }
 
@@ -225,10 +235,11 @@ impl TraceParent {
     }
 
     /// The value to send on an outgoing request made while handling this one: same trace id
-    /// and flags, a fresh parent (span) id.
+    /// and defined flags ([`KNOWN_FLAGS`]; reserved bits are cleared), a fresh parent (span) id.
     pub fn child(&self, rng: &mut Rng) -> TraceParent {
         TraceParent {
             parent_id: nonzero_bytes(rng),
+            flags: self.flags & KNOWN_FLAGS,
             ..*self
         }
     }
@@ -298,8 +309,23 @@ mod tests {
             "re-emitted as version 00"
         );
         assert!(ok("cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_ok());
-        let fut_flags = ok("cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-09").unwrap();
-        assert_eq!(fut_flags.flags, 0x09);
+        // Of a future version's flags only the sampled bit is read (spec, "Versioning").
+        let fut_flags = ok("cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0b").unwrap();
+        assert_eq!(fut_flags.flags, 0x01);
+        let fut_unsampled = ok("cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-fe").unwrap();
+        assert!(!fut_unsampled.sampled());
+        // Upper-case hex in a future version is as invalid as in version 00.
+        let upper = "cc-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01";
+        assert_eq!(ok(upper), Err(E::Hex));
+        assert_eq!(
+            ok("CC-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            Err(E::Hex)
+        );
+        // A future version with all-zero ids is invalid too.
+        assert_eq!(
+            ok("cc-00000000000000000000000000000000-b7ad6b7169203331-01-x"),
+            Err(E::ZeroTraceId)
+        );
         // Invalid ones.
         let cases: &[(&str, E)] = &[
             ("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", E::Version),
@@ -339,6 +365,13 @@ mod tests {
         assert_eq!(c.trace_id, parent.trace_id);
         assert_eq!(c.flags, parent.flags);
         assert_ne!(c.parent_id, parent.parent_id);
+        // Reserved flag bits are not propagated; sampled and random are.
+        let odd = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff";
+        let odd = TraceParent::parse(odd.as_bytes()).unwrap();
+        assert_eq!(odd.flags, 0xff, "parse keeps what was received");
+        let c = odd.child(&mut rng);
+        assert_eq!(c.flags, KNOWN_FLAGS);
+        assert!(c.to_string().ends_with("-03"));
         let root = TraceParent::new_root(&mut Rng::new(9), false);
         assert_eq!(
             root,
