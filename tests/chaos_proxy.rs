@@ -15,32 +15,28 @@
 //! `/metrics`; healthy upstreams keep answering (generous latency bounds only); the proxy's
 //! RSS stays bounded. Every loop is bounded in count and time.
 //!
-//! Needs root, `ip`, `nft` and nginx (redis-server for the Redis test); skips (with the reason
+//! The Redis proxy's chaos tests are in `chaos_redis.rs`; both share `common/chaos.rs`.
+//!
+//! Needs root, `ip`, `nft` and nginx; skips (with the reason
 //! printed) otherwise. `CHAOS_PROXY_LOG=debug` sets the proxy's `RUST_LOG`; `CHAOS_VERBOSE=1`
 //! prints every request of the stall test with the relays' counters and `/metrics`.
 
+#[path = "common/chaos.rs"]
+mod chaos;
 mod common;
 #[path = "common/netns.rs"]
 mod netns;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use chaos::{median, metric, metrics, ms, Client, Outcome, Proxy, ADMIN, PROXY};
 use ferry_chaos_relay::{Dir, Faults, Relay};
 use netns::NetnsPair;
-
-const PROXY: &str = "127.0.0.1:8080";
-const ADMIN: &str = "127.0.0.1:9901";
-/// Generous bound on the proxy's resident memory at the end of a test.
-const RSS_LIMIT_KB: u64 = 256 * 1024;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// The world of one test, or the reason it cannot run here.
 fn world() -> Option<NetnsPair> {
@@ -178,175 +174,6 @@ impl Drop for Nginx {
     }
 }
 
-/// `ferry proxy` running in namespace `a`, killed on drop.
-struct Proxy {
-    child: Child,
-}
-
-impl Proxy {
-    fn start(ns: &str, upstreams: &[SocketAddr], extra: &[&str]) -> Proxy {
-        let ups: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
-        let mut child = NetnsPair::command(ns, common::BIN)
-            .args([
-                "proxy",
-                "--protocol",
-                "http",
-                "--listen",
-                PROXY,
-                "--admin",
-                ADMIN,
-            ])
-            .args(["--upstream", &ups.join(","), "--workers", "1"])
-            .args(extra)
-            .env_remove("FERRY_DRIVER")
-            .env(
-                "RUST_LOG",
-                std::env::var("CHAOS_PROXY_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ferry proxy");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("ferry: listening http "),
-            "unexpected first line {line:?}"
-        );
-        Proxy { child }
-    }
-
-    /// Resident set size in KiB.
-    fn rss_kb(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn assert_alive_and_bounded(&mut self) {
-        assert!(
-            self.child.try_wait().unwrap().is_none(),
-            "the proxy died under chaos"
-        );
-        let rss = self.rss_kb();
-        assert!(rss > 0 && rss < RSS_LIMIT_KB, "proxy RSS {rss} KiB");
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What a client saw for one request.
-#[derive(Clone, Debug)]
-struct Outcome {
-    method: &'static str,
-    uri: String,
-    /// Status and body, or the I/O error.
-    result: Result<(u16, String), String>,
-    took: Duration,
-}
-
-/// A keep-alive HTTP/1.1 client on std sockets (reconnects after errors or `close`).
-struct Client {
-    addr: SocketAddr,
-    conn: Option<BufReader<TcpStream>>,
-}
-
-impl Client {
-    fn new(addr: SocketAddr) -> Client {
-        Client { addr, conn: None }
-    }
-
-    fn request(&mut self, method: &'static str, uri: &str, body: &[u8]) -> Outcome {
-        let t0 = Instant::now();
-        let result = self.try_request(method, uri, body);
-        if result.is_err() {
-            self.conn = None;
-        }
-        Outcome {
-            method,
-            uri: uri.to_string(),
-            result,
-            took: t0.elapsed(),
-        }
-    }
-
-    fn try_request(
-        &mut self,
-        method: &str,
-        uri: &str,
-        body: &[u8],
-    ) -> Result<(u16, String), String> {
-        if self.conn.is_none() {
-            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
-                .map_err(|e| format!("connect: {e}"))?;
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            s.set_nodelay(true).unwrap();
-            self.conn = Some(BufReader::new(s));
-        }
-        let r = self.conn.as_mut().unwrap();
-        let mut req = format!("{method} {uri} HTTP/1.1\r\nHost: chaos\r\n").into_bytes();
-        if !body.is_empty() || method == "POST" {
-            req.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-        }
-        req.extend_from_slice(b"\r\n");
-        req.extend_from_slice(body);
-        r.get_mut()
-            .write_all(&req)
-            .map_err(|e| format!("write: {e}"))?;
-        let mut line = String::new();
-        r.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
-        if line.is_empty() {
-            return Err("EOF before the status line".into());
-        }
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad status line {line:?}"))?;
-        let mut len = 0usize;
-        let mut close = false;
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h).map_err(|e| format!("read head: {e}"))?;
-            if h.is_empty() {
-                return Err("EOF in the head".into());
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let k = k.to_ascii_lowercase();
-                if k == "content-length" {
-                    len = v.trim().parse().map_err(|_| format!("bad length {v}"))?;
-                } else if k == "connection" && v.trim().eq_ignore_ascii_case("close") {
-                    close = true;
-                } else if k == "transfer-encoding" {
-                    return Err("chunked response (not expected from these upstreams)".into());
-                }
-            }
-        }
-        let mut b = vec![0u8; len];
-        r.read_exact(&mut b)
-            .map_err(|e| format!("read body: {e}"))?;
-        if close {
-            self.conn = None;
-        }
-        Ok((status, String::from_utf8_lossy(&b).into_owned()))
-    }
-}
-
 /// Run a bounded mixed load from namespace `a`: `gets` GETs and, every `post_every`th request,
 /// a POST; `during(i)` is called before request `i` (to inject a fault mid-load). Stops early
 /// (and the caller's assertions fail) after `limit`.
@@ -378,27 +205,6 @@ fn load(
         out
     })
     .unwrap()
-}
-
-/// `GET /metrics` from the admin listener (inside namespace `a`).
-fn metrics(ns: &str) -> String {
-    NetnsPair::in_netns(ns, || {
-        let mut c = Client::new(ADMIN.parse().unwrap());
-        match c.request("GET", "/metrics", b"").result {
-            Ok((200, body)) => body,
-            other => panic!("/metrics: {other:?}"),
-        }
-    })
-    .unwrap()
-}
-
-/// The value of metric `name` for `upstream` (summed over label sets, e.g. workers).
-fn metric(text: &str, name: &str, upstream: SocketAddr) -> f64 {
-    let label = format!("upstream=\"{upstream}\"");
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Every GET got 200 with the body for its own URI from one of `healthy`; returns how many
@@ -470,11 +276,6 @@ fn assert_posts_never_retried(out: &[Outcome], upstreams: &[&Nginx]) -> (usize, 
         }
     }
     (posts.len(), ok)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 /// Three nginx upstreams in namespace `b`.
@@ -1027,260 +828,5 @@ fn chaos_upstream_dns_failure() {
         2,
         "both resolvable upstreams keep serving: {by:?}"
     );
-    proxy.assert_alive_and_bounded();
-}
-
-/// A RESP reply, as far as these tests need it.
-#[derive(Clone, Debug, PartialEq)]
-enum Resp {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Resp>),
-}
-
-fn read_resp(r: &mut BufReader<TcpStream>) -> Result<Resp, String> {
-    let mut line = String::new();
-    r.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
-    if line.is_empty() {
-        return Err("EOF".into());
-    }
-    let body = line.trim_end_matches(['\r', '\n']);
-    let (t, rest) = body.split_at(1);
-    match t {
-        "+" => Ok(Resp::Simple(rest.into())),
-        "-" => Ok(Resp::Error(rest.into())),
-        ":" => rest
-            .parse()
-            .map(Resp::Int)
-            .map_err(|_| format!("bad int {line:?}")),
-        "$" => {
-            let n: i64 = rest.parse().map_err(|_| format!("bad bulk {line:?}"))?;
-            if n < 0 {
-                return Ok(Resp::Bulk(None));
-            }
-            let mut b = vec![0u8; n as usize + 2];
-            r.read_exact(&mut b)
-                .map_err(|e| format!("read bulk: {e}"))?;
-            b.truncate(n as usize);
-            Ok(Resp::Bulk(Some(b)))
-        }
-        "*" => {
-            let n: i64 = rest.parse().map_err(|_| format!("bad array {line:?}"))?;
-            (0..n.max(0))
-                .map(|_| read_resp(r))
-                .collect::<Result<_, _>>()
-                .map(Resp::Array)
-        }
-        _ => Err(format!("bad reply {line:?}")),
-    }
-}
-
-fn resp_cmd(args: &[&str]) -> Vec<u8> {
-    let mut v = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        v.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    v
-}
-
-/// The Redis pooling proxy in front of a redis-server whose connections are reset after
-/// every 3000 bytes of replies (mid-pipeline): every reply a client gets is its own command's
-/// reply or the proxy's "upstream connection lost" error, never another command's; `INCR`
-/// is never retried (the counter never exceeds the INCRs sent).
-#[test]
-fn chaos_redis_proxy_resets_never_misanswer() {
-    let Some(w) = world() else { return };
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        netns::skip_or_fail("needs redis-server");
-        return;
-    }
-    let raddr = SocketAddr::from((w.b_ip, 6379));
-    let mut redis = NetnsPair::command(&w.b, "redis-server")
-        .args([
-            "--bind",
-            &w.b_ip.to_string(),
-            "--port",
-            "6379",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no", "--protected-mode", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _redis = Kill(&mut redis);
-    let up_ok = NetnsPair::in_netns(&w.a, move || {
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(10) {
-            if TcpStream::connect_timeout(&raddr, ms(200)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(ms(20));
-        }
-        false
-    })
-    .unwrap();
-    assert!(up_ok, "redis-server did not start");
-    let listen: SocketAddr = "127.0.0.1:7001".parse().unwrap();
-    let relay = NetnsPair::in_netns(&w.a, move || {
-        Relay::start(
-            listen,
-            raddr,
-            Faults::none().with_reset(3000, 1.0, Dir::ToDownstream),
-        )
-        .expect("relay")
-    })
-    .unwrap();
-    let mut child = NetnsPair::command(&w.a, common::BIN)
-        .args([
-            "proxy",
-            "--protocol",
-            "redis",
-            "--listen",
-            PROXY,
-            "--admin",
-            ADMIN,
-        ])
-        .args([
-            "--upstream",
-            "127.0.0.1:7001",
-            "--workers",
-            "1",
-            "--health-interval",
-            "0",
-        ])
-        .args(["--breaker-failures", "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let mut proxy = Proxy { child };
-    assert!(line.starts_with("ferry: listening redis "), "{line:?}");
-
-    const CLIENTS: usize = 3;
-    const BATCHES: usize = 60;
-    const PER_BATCH: usize = 5;
-    let results = NetnsPair::in_netns(&w.a, || {
-        let threads: Vec<_> = (0..CLIENTS)
-            .map(|c| {
-                std::thread::spawn(move || -> Result<(usize, usize, i64), String> {
-                    let connect = || {
-                        let s = TcpStream::connect(PROXY).map_err(|e| format!("connect: {e}"))?;
-                        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                        Ok::<_, String>(BufReader::new(s))
-                    };
-                    let mut r = connect()?;
-                    let (mut errors, mut incr_ok, mut last_incr) = (0, 0, 0i64);
-                    let t0 = Instant::now();
-                    for b in 0..BATCHES {
-                        if t0.elapsed() > Duration::from_secs(60) {
-                            return Err("out of time".into());
-                        }
-                        let mut out = Vec::new();
-                        let mut expect = Vec::new();
-                        for k in 0..PER_BATCH {
-                            let key = format!("c{c}:k{b}:{k}");
-                            let val = format!("v{c}-{b}-{k}-{}", "x".repeat(40));
-                            out.extend(resp_cmd(&["SET", &key, &val]));
-                            out.extend(resp_cmd(&["GET", &key]));
-                            out.extend(resp_cmd(&["INCR", &format!("c{c}:ctr")]));
-                            expect.push(val);
-                        }
-                        if r.get_mut().write_all(&out).is_err() {
-                            r = connect()?;
-                            continue;
-                        }
-                        for val in &expect {
-                            let set = read_resp(&mut r)?;
-                            let get = read_resp(&mut r)?;
-                            let incr = read_resp(&mut r)?;
-                            let set_failed = match &set {
-                                Resp::Simple(s) if s == "OK" => false,
-                                Resp::Error(_) => true,
-                                other => return Err(format!("SET answered {other:?}")),
-                            };
-                            match &get {
-                                Resp::Bulk(Some(v)) if v == val.as_bytes() => {}
-                                Resp::Bulk(None) if set_failed => {}
-                                Resp::Error(_) => {}
-                                other => return Err(format!("GET answered {other:?}, not {val}")),
-                            }
-                            match incr {
-                                Resp::Int(n) => {
-                                    if n <= last_incr {
-                                        return Err(format!("INCR went from {last_incr} to {n}"));
-                                    }
-                                    last_incr = n;
-                                    incr_ok += 1;
-                                }
-                                Resp::Error(_) => {}
-                                other => return Err(format!("INCR answered {other:?}")),
-                            }
-                            errors += [&set, &get]
-                                .iter()
-                                .filter(|x| matches!(x, Resp::Error(_)))
-                                .count();
-                        }
-                    }
-                    Ok((errors, incr_ok, last_incr))
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().expect("client thread"))
-            .collect::<Vec<_>>()
-    })
-    .unwrap();
-    // The counters, read straight from redis-server.
-    let finals = NetnsPair::in_netns(&w.a, move || {
-        let s = TcpStream::connect(raddr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut r = BufReader::new(s);
-        (0..CLIENTS)
-            .map(|c| {
-                r.get_mut()
-                    .write_all(&resp_cmd(&["GET", &format!("c{c}:ctr")]))
-                    .unwrap();
-                match read_resp(&mut r).unwrap() {
-                    Resp::Bulk(Some(v)) => String::from_utf8(v).unwrap().parse::<i64>().unwrap(),
-                    other => panic!("{other:?}"),
-                }
-            })
-            .collect::<Vec<_>>()
-    })
-    .unwrap();
-    let resets = relay.stats().resets;
-    for (c, res) in results.into_iter().enumerate() {
-        let (errors, incr_ok, last) = res.unwrap_or_else(|e| panic!("client {c}: {e}"));
-        let sent = (BATCHES * PER_BATCH) as i64;
-        eprintln!(
-            "redis client {c}: {errors} errors, {incr_ok} INCRs answered, counter {} of {sent} sent",
-            finals[c]
-        );
-        assert!(
-            finals[c] >= last && finals[c] <= sent,
-            "INCR retried: {} > {sent}",
-            finals[c]
-        );
-        assert!(finals[c] >= incr_ok as i64);
-    }
-    assert!(resets > 0, "the relay reset nothing");
     proxy.assert_alive_and_bounded();
 }

@@ -40,8 +40,9 @@
 //!   `-ERR ferry proxy: upstream connection lost`; clients reconnect on their next command.
 //!   A client whose dedicated connection broke is then disconnected (its state — `SELECT`,
 //!   `AUTH`, a transaction, subscriptions — is gone, as with Redis itself).
-//! - `--response-timeout` holds on dedicated connections too, except while a blocking
-//!   command waits. A client that hangs up while blocked has its EOF passed on to its
+//! - `--response-timeout` holds on dedicated connections too; a blocking command gets its
+//!   own timeout on top (`BLPOP q 5`: 5 s more), and none while it may wait without end
+//!   (timeout 0). A client that hangs up while blocked has its EOF passed on to its
 //!   dedicated connection (Redis then frees it: nothing is popped for nobody).
 //! - `MONITOR`, `CLIENT REPLY OFF|SKIP`, `SYNC` and `PSYNC` (replies not one per command)
 //!   are refused with `-ERR ferry proxy: … is not supported`. A client with more than
@@ -54,6 +55,7 @@ mod tracking;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_driver::metrics::add;
@@ -431,6 +433,10 @@ pub struct RDown {
     ded_answered: bool,
     /// The proxy authenticates clients and this one has not yet ([`auth`]).
     locked: bool,
+    /// A command that sets connection state (`MULTI`, `SELECT`, `WATCH`, …) went to the
+    /// dedicated connection: if that breaks, what the client pipelined behind it must not
+    /// run elsewhere (see [`RDown::lost`]).
+    ded_state: bool,
 }
 
 /// A connection to an upstream (shared or dedicated).
@@ -445,9 +451,9 @@ pub struct RUp {
     /// Dedicated connections: the protocol state (subscriptions, pushes).
     conn: ClientConnection,
     /// Dedicated connections: who each outstanding reply goes to, in order.
-    /// (With when it was sent and whether it blocks: blocking commands have no reply
-    /// deadline.)
-    queue: VecDeque<(Owner, Option<CommandId>, Instant, bool)>,
+    /// (With when it was sent and how long it may block, [`block_time`]: a command that may
+    /// block without end has no reply deadline.)
+    queue: VecDeque<(Owner, Option<CommandId>, Instant, Option<Duration>)>,
     /// Dedicated connections: when the last reply arrived (the next one is timed from
     /// then at the earliest).
     last_reply: Instant,
@@ -624,6 +630,43 @@ fn is_blocking(args: &[Bytes]) -> bool {
     BLOCKING_NAMES
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
+/// How long Redis may take to answer a command because it blocks: zero for commands that
+/// do not (or whose timeout Redis rejects at once), `None` for a timeout of 0 (no end).
+/// Read only for commands on dedicated connections.
+fn block_time(args: &[Bytes]) -> Option<Duration> {
+    if is_blocking(args) {
+        blocking_timeout(args)
+    } else {
+        Some(Duration::ZERO)
+    }
+}
+
+/// [`block_time`] of a blocking command: its timeout argument.
+#[cold]
+fn blocking_timeout(args: &[Bytes]) -> Option<Duration> {
+    let name = args[0].to_ascii_lowercase();
+    // (argument, in milliseconds rather than seconds)
+    let (arg, millis) = match &name[..] {
+        b"xread" | b"xreadgroup" => {
+            let at = args.iter().position(|a| a.eq_ignore_ascii_case(b"block"));
+            (at.and_then(|i| args.get(i + 1)), true)
+        }
+        b"wait" => (args.get(2), true),
+        b"waitaof" => (args.get(3), true),
+        b"blmpop" | b"bzmpop" => (args.get(1), false),
+        _ => (args.last(), false),
+    };
+    let v = arg
+        .and_then(|a| std::str::from_utf8(a).ok())
+        .and_then(|a| a.parse::<f64>().ok())
+        .filter(|v| *v >= 0.0);
+    match v {
+        None => Some(Duration::ZERO), // an error, answered at once
+        Some(0.0) => None,
+        Some(v) => Duration::try_from_secs_f64(if millis { v / 1000.0 } else { v }).ok(),
+    }
 }
 
 /// Commands the proxy refuses (`Some(what)`): their replies do not map one to one onto
@@ -1037,6 +1080,8 @@ impl RDown {
                 if matches!(self.route, Route::Dedicated(_)) || self.want_dedicated.is_some() {
                     if is_blocking(&cmd.args) {
                         self.blocking = Some(cmd.id);
+                    } else if !self.ded_state && needs_dedicated(&cmd.args) {
+                        self.ded_state = true;
                     }
                     self.hold_dedicated(Some(cmd.id), cmd.args);
                     return;
@@ -1143,7 +1188,14 @@ impl RDown {
                 let key = self.want_dedicated.take().unwrap_or_default();
                 let Some(i) = sh.worker(ctx.index).candidate(&key, &sh.stats, now, 0) else {
                     add(&sh.stats.answered_503, 1);
-                    return self.fail_held(|_| true, &no_upstream());
+                    self.fail_held(|_| true, &no_upstream());
+                    if self.ded_state {
+                        // As when the connection is lost (see `lost`): what the client
+                        // pipelined behind a failed `MULTI` must not run elsewhere.
+                        self.errored = true;
+                        self.conn.close();
+                    }
+                    return;
                 };
                 self.route = Route::Dedicated(i);
                 self.ded = None;
@@ -1282,9 +1334,13 @@ impl RDown {
             // State (transaction, subscriptions, SELECT, AUTH, …) is lost with it: the
             // client must start over, so its connection closes once it got its errors (as if
             // it were connected to the upstream; carrying on quietly on the shared
-            // connections would e.g. write to db 0 after a SELECT 1 that said +OK). A client
-            // that got nothing but errors from it knows its state did not take.
-            self.errored = self.conn.is_subscribed() || self.ded_answered;
+            // connections would e.g. write to db 0 after a SELECT 1 that said +OK). So is a
+            // client that sent a state-setting command there even if it was not answered:
+            // commands it pipelined behind a `MULTI` that failed would otherwise run on the
+            // shared connections, outside the transaction, when they arrive after the loss
+            // (as Redis would not: they die with the connection). A client that got nothing
+            // but errors from a connection it only used for blocking commands carries on.
+            self.errored = self.conn.is_subscribed() || self.ded_answered || self.ded_state;
             self.route = Route::None;
             self.ded = None;
             self.in_flight = 0;
@@ -1573,7 +1629,7 @@ impl RUp {
         // Replies are timed from the connection's clock: bring it to now.
         self.conn.handle_timeout(now);
         match self.conn.send_command(now, &args) {
-            Ok(_) => self.queue.push_back((owner, id, now, is_blocking(&args))),
+            Ok(_) => self.queue.push_back((owner, id, now, block_time(&args))),
             Err(_) => match id {
                 Some(id) => post(ctx, owner, RKind::Reply(id, lost())),
                 None => post(ctx, owner, RKind::Ack),
@@ -1751,10 +1807,13 @@ impl RUp {
             let t = self.shared.cfg.response_timeout;
             self.entries.front().map(|e| e.sent + t)
         } else {
-            // `--response-timeout` holds here too, except while a blocking command waits.
+            // `--response-timeout` holds here too, after the time a blocking command may
+            // wait (a hung upstream must not hold `BLPOP q 1` for longer than that).
             let t = self.shared.cfg.response_timeout;
             match self.queue.front() {
-                Some(&(_, _, sent, false)) => Some(sent.max(self.last_reply) + t),
+                Some(&(_, _, sent, Some(block))) => {
+                    Some(sent.max(self.last_reply) + block.saturating_add(t))
+                }
                 _ => None,
             }
         }
@@ -1895,6 +1954,7 @@ impl Downstream for RDown {
             unacked: 0,
             ded_answered: false,
             locked: shared.cfg.redis_client_auth.is_some(),
+            ded_state: false,
         })
     }
 
@@ -2069,7 +2129,7 @@ impl Upstream for RUp {
                     sent: now,
                 });
             } else if conn.hello(now, Some(Protocol::Resp3), None, None).is_ok() {
-                queue.push_back((NOBODY, None, now, false));
+                queue.push_back((NOBODY, None, now, Some(Duration::ZERO)));
                 while let Some(b) = conn.poll_transmit() {
                     io.out.push(b);
                 }
@@ -2162,6 +2222,34 @@ mod tests {
         ] {
             assert!(!is_blocking(&a(c)), "{c:?}");
         }
+        let secs = |s: f64| Some(Duration::from_secs_f64(s));
+        assert_eq!(block_time(&a(&["GET", "k"])), Some(Duration::ZERO));
+        assert_eq!(block_time(&a(&["BLPOP", "a", "b", "0.5"])), secs(0.5));
+        assert_eq!(block_time(&a(&["blpop", "a", "0"])), None);
+        assert_eq!(
+            block_time(&a(&["BLMOVE", "a", "b", "LEFT", "RIGHT", "2"])),
+            secs(2.0)
+        );
+        assert_eq!(
+            block_time(&a(&["BLMPOP", "3", "1", "a", "LEFT"])),
+            secs(3.0)
+        );
+        assert_eq!(block_time(&a(&["WAIT", "1", "250"])), secs(0.25));
+        assert_eq!(block_time(&a(&["WAIT", "1", "0"])), None);
+        assert_eq!(
+            block_time(&a(&[
+                "XREAD", "COUNT", "1", "BLOCK", "1500", "STREAMS", "s", "$"
+            ])),
+            secs(1.5)
+        );
+        // Redis rejects these at once.
+        // Longer than a Duration holds: no deadline (as for 0).
+        assert_eq!(block_time(&a(&["BLPOP", "a", "1e300"])), None);
+        assert_eq!(block_time(&a(&["BLPOP", "a", "-1"])), Some(Duration::ZERO));
+        assert_eq!(
+            block_time(&a(&["BLPOP", "a", "soon"])),
+            Some(Duration::ZERO)
+        );
         assert_eq!(unsupported(&a(&["monitor"])), Some("MONITOR"));
         assert!(unsupported(&a(&["CLIENT", "reply", "Off"])).is_some());
         assert!(unsupported(&a(&["client", "REPLY", "skip"])).is_some());
