@@ -814,7 +814,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let kv = redis::Kv::new(unix_ms, port);
         let shared = RespShared::new(
             kv,
-            ferry_resp::ServerConfig::default(),
+            redis::server_config(),
             &launch,
             opts.app_workers,
         );

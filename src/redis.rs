@@ -16,6 +16,16 @@ use ferry_resp::{CommandId, Value};
 /// Keys removed per active-expiry tick at most.
 const EXPIRE_BUDGET: usize = 1000;
 
+/// The connection settings `ferry serve --redis` uses: Redis's defaults, with pub/sub
+/// commands inside MULTI queued as Redis queues them (the store answers them at EXEC), and a
+/// RESP3 client's own PUBLISH messages written before the PUBLISH reply, as Redis writes them.
+pub fn server_config() -> ferry_resp::ServerConfig {
+    let mut c = ferry_resp::ServerConfig::default();
+    c.queue_pubsub_in_multi = true;
+    c.pushes_before_reply = true;
+    c
+}
+
 /// The store as a service.
 pub struct Kv {
     store: Mutex<Store>,
@@ -27,6 +37,9 @@ impl Kv {
         let mut cfg = StoreConfig::default();
         cfg.unix_ms_at_zero = unix_ms_at_zero;
         cfg.port = port;
+        // With `pushes_before_reply` (server_config): a client's own messages go where Redis
+        // writes them.
+        cfg.inline_own_messages = true;
         Kv {
             store: Mutex::new(Store::new(cfg, Instant::ZERO)),
         }

@@ -111,7 +111,7 @@ pub fn prepare(
         let kv = redis::Kv::new(unix_ms, addr.port());
         let shared = RespShared::new(
             kv,
-            ferry_resp::ServerConfig::default(),
+            redis::server_config(),
             &launch,
             opts.app_workers,
         );

@@ -205,6 +205,69 @@ fn client_that_never_reads_is_not_read_without_bound(driver: &str, extra: &[&str
     assert_eq!(line(&mut or), "+PONG\r\n");
 }
 
+/// Optimistic locking holds across connections, workers and application workers: clients
+/// racing `WATCH n; GET n; MULTI; SET n <n+1>; EXEC` never lose an update (the final value is
+/// the number of EXECs that succeeded; the others got nil).
+fn watch_multi_exec_counter_never_loses_an_update(driver: &str, extra: &[&str]) {
+    let mut extra = extra.to_vec();
+    extra.extend_from_slice(&["--workers", "2"]);
+    let s = start(driver, &extra);
+    let clients = 4;
+    let per_client = 100;
+    let results: Vec<(u64, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let c = connect(&s);
+                scope.spawn(move || {
+                    let mut r = BufReader::new(c.try_clone().unwrap());
+                    let mut w = c;
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                    while ok < per_client && std::time::Instant::now() < deadline {
+                        w.write_all(&command(&[b"WATCH", b"n"])).unwrap();
+                        assert_eq!(line(&mut r), "+OK\r\n");
+                        w.write_all(&command(&[b"GET", b"n"])).unwrap();
+                        let head = line(&mut r);
+                        let cur: u64 = if head.starts_with("$-1") {
+                            0
+                        } else {
+                            let n: usize = head[1..].trim_end().parse().unwrap();
+                            let mut v = vec![0u8; n + 2];
+                            r.read_exact(&mut v).unwrap();
+                            std::str::from_utf8(&v[..n]).unwrap().parse().unwrap()
+                        };
+                        let next = (cur + 1).to_string();
+                        let mut p = command(&[b"MULTI"]);
+                        p.extend(command(&[b"SET", b"n", next.as_bytes()]));
+                        p.extend(command(&[b"EXEC"]));
+                        w.write_all(&p).unwrap();
+                        assert_eq!(line(&mut r), "+OK\r\n");
+                        assert_eq!(line(&mut r), "+QUEUED\r\n");
+                        match line(&mut r).as_str() {
+                            "*1\r\n" => {
+                                assert_eq!(line(&mut r), "+OK\r\n");
+                                ok += 1;
+                            }
+                            "*-1\r\n" => failed += 1,
+                            other => panic!("EXEC replied {other:?}"),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok: u64 = results.iter().map(|r| r.0).sum();
+    let c = connect(&s);
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut w = c;
+    w.write_all(&command(&[b"GET", b"n"])).unwrap();
+    let value: u64 = String::from_utf8(bulk(&mut r)).unwrap().parse().unwrap();
+    assert_eq!(value, ok, "lost updates: {results:?}");
+    assert_eq!(ok, clients * per_client, "{results:?}");
+}
+
 macro_rules! both_drivers {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -224,4 +287,5 @@ both_drivers!(
     client_that_never_reads_is_not_read_without_bound,
     half_close_with_a_long_pipeline_owed,
     slow_subscriber_is_dropped,
+    watch_multi_exec_counter_never_loses_an_update,
 );

@@ -62,10 +62,16 @@ pub fn serve(listener: TcpListener) {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     cfg.port = port;
+    cfg.inline_own_messages = true;
     let shared = Arc::new(Shared {
         store: Mutex::new(Store::new(cfg, Instant::ZERO)),
         conns: Arc::default(),
-        config: Arc::new(ServerConfig::default()),
+        config: Arc::new({
+            let mut c = ServerConfig::default();
+            c.queue_pubsub_in_multi = true;
+            c.pushes_before_reply = true;
+            c
+        }),
         start,
     });
     let bg = shared.clone();

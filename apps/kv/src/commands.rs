@@ -7,7 +7,7 @@ use ferry_proto::Instant;
 use ferry_resp::{Protocol, Value};
 
 use crate::types::{Data, IndexedSet, Stream, StreamId, ZSet};
-use crate::{glob, ClientState, Store};
+use crate::{glob, longdouble, ClientState, Store};
 
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 const NOT_INT: &str = "ERR value is not an integer or out of range";
@@ -362,6 +362,54 @@ pub(crate) const TABLE: &[(&str, i32, &str, &str)] = &[
     ),
     ("multi", 1, "transactions", "Starts a transaction."),
     (
+        "watch",
+        -2,
+        "transactions",
+        "Monitors changes to keys to determine the execution of a transaction.",
+    ),
+    (
+        "unwatch",
+        1,
+        "transactions",
+        "Forgets about watched keys of a transaction.",
+    ),
+    (
+        "expiretime",
+        2,
+        "generic",
+        "Returns the expiration time of a key as a Unix timestamp.",
+    ),
+    (
+        "pexpiretime",
+        2,
+        "generic",
+        "Returns the expiration time of a key as a Unix milliseconds timestamp.",
+    ),
+    (
+        "incrbyfloat",
+        3,
+        "string",
+        "Increment the floating point value of a key by a number.",
+    ),
+    (
+        "getrange",
+        4,
+        "string",
+        "Returns a substring of the string stored at a key.",
+    ),
+    (
+        "substr",
+        4,
+        "string",
+        "Returns a substring from a string value.",
+    ),
+    (
+        "setrange",
+        4,
+        "string",
+        "Overwrites a part of a string value with another by an offset.",
+    ),
+    (
         "exec",
         1,
         "transactions",
@@ -586,9 +634,7 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
             }
             Value::ok()
         }
-        "auth" => {
-            return Err(err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"))
-        }
+        "auth" => return auth(a),
         "quit" => Value::ok(),
         "reset" => {
             store.reset_client(client);
@@ -607,16 +653,38 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
             if client.multi.take().is_none() {
                 return Err(err("ERR DISCARD without MULTI"));
             }
+            store.unwatch_all(client);
             Value::ok()
         }
         "exec" => {
-            let Some(q) = client.multi.take() else { return Err(err("ERR EXEC without MULTI")) };
+            let Some(q) = client.multi.take() else {
+                return Err(err("ERR EXEC without MULTI"));
+            };
             if std::mem::take(&mut client.multi_dirty) {
-                return Err(err("EXECABORT Transaction discarded because of previous errors."));
+                store.unwatch_all(client);
+                return Err(err(
+                    "EXECABORT Transaction discarded because of previous errors.",
+                ));
+            }
+            let failed = store.watch_failed(now, client);
+            store.unwatch_all(client);
+            if failed {
+                // A null array: `*-1` in RESP2, `_` in RESP3.
+                return Ok(Value::NullArray);
             }
             let mut out = Vec::with_capacity(q.len());
+            let mut inlined = false;
             for cmd in q {
-                out.push(execute(store, now, client, &cmd));
+                let mut v = execute(store, now, client, &cmd);
+                if store.has_deliveries() && store.config.inline_own_messages {
+                    v = store.own_messages_first(client.id, v);
+                    inlined |=
+                        matches!(&v, Value::Push(p) if matches!(p.first(), Some(Value::Push(_))));
+                }
+                out.push(v);
+            }
+            if inlined {
+                return Ok(Value::Push(vec![Value::Array(out)]));
             }
             Value::Array(out)
         }
@@ -695,7 +763,10 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
                 Some(_) => return Err(err(WRONGTYPE)),
             };
             match new {
-                Some(len) => Value::Integer(len as i64),
+                Some(len) => {
+                    store.touch(&a[1]);
+                    Value::Integer(len as i64)
+                }
                 None => {
                     store.store(&a[1], Data::Str(Bytes::copy_from_slice(&a[2])), false);
                     Value::Integer(a[2].len() as i64)
@@ -716,15 +787,24 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
             }
             Value::Integer(n)
         }
-        "exists" => Value::Integer(a[1..].iter().filter(|k| store.lookup(now, k).is_some()).count() as i64),
+        "exists" => Value::Integer(
+            a[1..]
+                .iter()
+                .filter(|k| store.lookup(now, k).is_some())
+                .count() as i64,
+        ),
         "expire" | "pexpire" | "expireat" | "pexpireat" => return expire(store, now, name, a),
-        "ttl" | "pttl" => match store.lookup(now, &a[1]) {
+        "ttl" | "pttl" => match store.lookup(now, &a[1]).map(|e| e.expire) {
             None => Value::Integer(-2),
-            Some(e) => match e.expire {
+            Some(e) => match e {
                 None => Value::Integer(-1),
                 Some(t) => {
-                    let ms = (t - now).as_millis() as i64;
-                    Value::Integer(if name == "ttl" { (ms + 500) / 1000 } else { ms })
+                    let ms = t.saturating_sub(store.unix_ms(now)).min(i64::MAX as u64) as i64;
+                    Value::Integer(if name == "ttl" {
+                        ms.saturating_add(500) / 1000
+                    } else {
+                        ms
+                    })
                 }
             },
         },
@@ -737,23 +817,33 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
         },
         "keys" => {
             let all = a[1][..] == b"*"[..];
+            let now_ms = store.unix_ms(now);
             let keys: Vec<Value> = store
                 .db
                 .iter()
-                .filter(|(k, e)| e.expire.is_none_or(|t| t > now) && (all || glob::matches(&a[1], k)))
+                .filter(|(k, e)| {
+                    e.expire.is_none_or(|t| t >= now_ms) && (all || glob::matches(&a[1], k))
+                })
                 .map(|(k, _)| bulk(k))
                 .collect();
             Value::Array(keys)
         }
         "scan" => return scan(store, now, a),
-        "type" => Value::simple(store.lookup(now, &a[1]).map_or("none", |e| e.data.type_name())),
+        "type" => Value::simple(
+            store
+                .lookup(now, &a[1])
+                .map_or("none", |e| e.data.type_name()),
+        ),
         "dbsize" => Value::Integer(store.db.len() as i64),
         "flushdb" | "flushall" => {
-            if a.len() > 2 || (a.len() == 2 && !a[1].eq_ignore_ascii_case(b"sync") && !a[1].eq_ignore_ascii_case(b"async")) {
+            if a.len() > 2
+                || (a.len() == 2
+                    && !a[1].eq_ignore_ascii_case(b"sync")
+                    && !a[1].eq_ignore_ascii_case(b"async"))
+            {
                 return Err(err(SYNTAX));
             }
-            store.db.clear();
-            store.expires.clear();
+            store.flush();
             Value::ok()
         }
         "info" => info(store, now, a),
@@ -761,12 +851,20 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
         "command" => return command(a),
         "time" => {
             let us = store.unix_ms(now) * 1000 + (now.as_nanos() / 1000) % 1000;
-            Value::Array(vec![Value::BulkString(fmt_int((us / 1_000_000) as i64)), Value::BulkString(fmt_int((us % 1_000_000) as i64))])
+            Value::Array(vec![
+                Value::BulkString(fmt_int((us / 1_000_000) as i64)),
+                Value::BulkString(fmt_int((us % 1_000_000) as i64)),
+            ])
         }
         "lpush" | "rpush" => {
             let left = name == "lpush";
-            let Data::List(list) =
-                get_or_create(store, now, &a[1], |d| matches!(d, Data::List(_)), || Data::List(VecDeque::new()))?
+            let Data::List(list) = get_or_create(
+                store,
+                now,
+                &a[1],
+                |d| matches!(d, Data::List(_)),
+                || Data::List(VecDeque::new()),
+            )?
             else {
                 return Err(err(WRONGTYPE));
             };
@@ -778,7 +876,9 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
                     list.push_back(v)
                 }
             }
-            Value::Integer(list.len() as i64)
+            let n = list.len() as i64;
+            store.touch(&a[1]);
+            Value::Integer(n)
         }
         "lpop" | "rpop" => {
             if a.len() > 3 {
@@ -790,7 +890,13 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
             };
             let left = name == "lpop";
             let (out, empty) = match store.lookup(now, &a[1]).map(|e| &mut e.data) {
-                None => return Ok(if count.is_some() { Value::NullArray } else { null_bulk() }),
+                None => {
+                    return Ok(if count.is_some() {
+                        Value::NullArray
+                    } else {
+                        null_bulk()
+                    })
+                }
                 Some(Data::List(l)) => match count {
                     None => {
                         let v = if left { l.pop_front() } else { l.pop_back() };
@@ -810,6 +916,8 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
                 },
                 Some(_) => return Err(err(WRONGTYPE)),
             };
+            // Lists are never empty: something was popped.
+            store.touch(&a[1]);
             if empty {
                 store.delete(&a[1]);
             }
@@ -832,12 +940,24 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
             }
         }
         "sadd" => {
-            let Data::Set(set) =
-                get_or_create(store, now, &a[1], |d| matches!(d, Data::Set(_)), || Data::Set(IndexedSet::default()))?
+            let Data::Set(set) = get_or_create(
+                store,
+                now,
+                &a[1],
+                |d| matches!(d, Data::Set(_)),
+                || Data::Set(IndexedSet::default()),
+            )?
             else {
                 return Err(err(WRONGTYPE));
             };
-            Value::Integer(a[2..].iter().filter(|m| set.insert(Bytes::copy_from_slice(m))).count() as i64)
+            let n = a[2..]
+                .iter()
+                .filter(|m| set.insert(Bytes::copy_from_slice(m)))
+                .count() as i64;
+            if n > 0 {
+                store.touch(&a[1]);
+            }
+            Value::Integer(n)
         }
         "srem" => {
             let (n, empty) = match store.lookup(now, &a[1]).map(|e| &mut e.data) {
@@ -845,6 +965,9 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
                 Some(Data::Set(s)) => (a[2..].iter().filter(|m| s.remove(m)).count(), s.is_empty()),
                 Some(_) => return Err(err(WRONGTYPE)),
             };
+            if n > 0 {
+                store.touch(&a[1]);
+            }
             if empty {
                 store.delete(&a[1]);
             }
@@ -876,7 +999,13 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
             let mut rnd: Vec<u64> = Vec::new();
             let n = count.unwrap_or(1).min(1 << 20) as usize;
             let (out, empty) = match store.lookup(now, &a[1]).map(|e| &e.data) {
-                None => return Ok(if count.is_some() { Value::Set(vec![]) } else { null_bulk() }),
+                None => {
+                    return Ok(if count.is_some() {
+                        Value::Set(vec![])
+                    } else {
+                        null_bulk()
+                    })
+                }
                 Some(Data::Set(s)) => (s.len().min(n), s.len() <= n),
                 Some(_) => return Err(err(WRONGTYPE)),
             };
@@ -891,6 +1020,9 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
                     }
                 }
             }
+            if !popped.is_empty() {
+                store.touch(&a[1]);
+            }
             if empty {
                 store.delete(&a[1]);
             }
@@ -903,17 +1035,28 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
             if a.len() % 2 == 1 {
                 return Err(wrong_args("hset"));
             }
-            let Data::Hash(h) =
-                get_or_create(store, now, &a[1], |d| matches!(d, Data::Hash(_)), || Data::Hash(Default::default()))?
+            let Data::Hash(h) = get_or_create(
+                store,
+                now,
+                &a[1],
+                |d| matches!(d, Data::Hash(_)),
+                || Data::Hash(Default::default()),
+            )?
             else {
                 return Err(err(WRONGTYPE));
             };
             let mut added = 0;
             for fv in a[2..].chunks(2) {
-                if h.insert(Bytes::copy_from_slice(&fv[0]), Bytes::copy_from_slice(&fv[1])).is_none() {
+                if h.insert(
+                    Bytes::copy_from_slice(&fv[0]),
+                    Bytes::copy_from_slice(&fv[1]),
+                )
+                .is_none()
+                {
                     added += 1;
                 }
             }
+            store.touch(&a[1]);
             Value::Integer(added)
         }
         "hget" => match store.lookup(now, &a[1]).map(|e| &e.data) {
@@ -924,9 +1067,15 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
         "hdel" => {
             let (n, empty) = match store.lookup(now, &a[1]).map(|e| &mut e.data) {
                 None => (0, false),
-                Some(Data::Hash(h)) => (a[2..].iter().filter(|f| h.remove(&f[..]).is_some()).count(), h.is_empty()),
+                Some(Data::Hash(h)) => (
+                    a[2..].iter().filter(|f| h.remove(&f[..]).is_some()).count(),
+                    h.is_empty(),
+                ),
                 Some(_) => return Err(err(WRONGTYPE)),
             };
+            if n > 0 {
+                store.touch(&a[1]);
+            }
             if empty {
                 store.delete(&a[1]);
             }
@@ -944,8 +1093,13 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
         },
         "hincrby" => {
             let by = int_arg(&a[3])?;
-            let Data::Hash(h) =
-                get_or_create(store, now, &a[1], |d| matches!(d, Data::Hash(_)), || Data::Hash(Default::default()))?
+            let Data::Hash(h) = get_or_create(
+                store,
+                now,
+                &a[1],
+                |d| matches!(d, Data::Hash(_)),
+                || Data::Hash(Default::default()),
+            )?
             else {
                 return Err(err(WRONGTYPE));
             };
@@ -955,6 +1109,7 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
             };
             let new = cur.checked_add(by).ok_or_else(|| err(OVERFLOW))?;
             h.insert(Bytes::copy_from_slice(&a[2]), fmt_int(new));
+            store.touch(&a[1]);
             Value::Integer(new)
         }
         "zadd" => return zadd(store, now, a),
@@ -986,6 +1141,9 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
                 }
                 Some(_) => return Err(err(WRONGTYPE)),
             };
+            if !matches!(&out, Value::Array(v) if v.is_empty()) {
+                store.touch(&a[1]);
+            }
             if empty {
                 store.delete(&a[1]);
             }
@@ -1009,10 +1167,39 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
         },
         "publish" => Value::Integer(store.publish(&a[1], &a[2])),
         "spublish" => Value::Integer(store.spublish(&a[1], &a[2])),
-        "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" => {
-            return Err(err("ERR pub/sub commands are handled by the connection"))
+        "watch" => {
+            if client.multi.is_some() {
+                return Err(err("ERR WATCH inside MULTI is not allowed"));
+            }
+            store.watch(now, client, &a[1..]);
+            Value::ok()
         }
-        _ => return Err(Value::error_fmt(format_args!("ERR unknown command '{name}'"))),
+        "unwatch" => {
+            store.unwatch_all(client);
+            Value::ok()
+        }
+        "incrbyfloat" => return incr_by_float(store, now, a),
+        "expiretime" | "pexpiretime" => match store.lookup(now, &a[1]).map(|e| e.expire) {
+            None => Value::Integer(-2),
+            Some(None) => Value::Integer(-1),
+            Some(Some(t)) => {
+                let t = t.min(i64::MAX as u64) as i64;
+                Value::Integer(if name == "expiretime" {
+                    ((i128::from(t) + 500) / 1000) as i64
+                } else {
+                    t
+                })
+            }
+        },
+        "getrange" | "substr" => return getrange(store, now, a),
+        "setrange" => return setrange(store, now, a),
+        "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe"
+        | "sunsubscribe" => return store.queued_pubsub(client, name, a),
+        _ => {
+            return Err(Value::error_fmt(format_args!(
+                "ERR unknown command '{name}'"
+            )))
+        }
     })
 }
 
@@ -1074,6 +1261,10 @@ fn set(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
         }
         j += 1;
     }
+    // Redis: positive, seconds at most `LLONG_MAX / 1000`, and a relative time plus the
+    // clock must not overflow; any other deadline (centuries away included) is kept exactly.
+    // (A plain SET never reads the clock.)
+    let now_ms = if exp.is_some() { store.unix_ms(now) } else { 0 };
     let deadline = match exp {
         None => None,
         Some((v, unit, abs)) => {
@@ -1081,17 +1272,13 @@ fn set(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
                 return Err(err("ERR invalid expire time in 'set' command"));
             }
             let ms = v * unit;
-            if abs {
-                let now_ms = store.unix_ms(now) as i64;
-                Some(now + std::time::Duration::from_millis((ms - now_ms).max(0) as u64))
+            let when = if abs {
+                ms
             } else {
-                // Redis adds the current Unix time and refuses an overflow.
-                let now_ms = store.unix_ms(now) as i64;
-                if ms.checked_add(now_ms).is_none() {
-                    return Err(err("ERR invalid expire time in 'set' command"));
-                }
-                Some(now + std::time::Duration::from_millis(ms as u64))
-            }
+                ms.checked_add(now_ms as i64)
+                    .ok_or_else(|| err("ERR invalid expire time in 'set' command"))?
+            };
+            Some(when as u64)
         }
     };
     let old = if get {
@@ -1110,7 +1297,7 @@ fn set(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
     }
     store.store(&a[1], Data::Str(Bytes::copy_from_slice(&a[2])), keepttl);
     if let Some(t) = deadline {
-        if t <= now {
+        if t <= now_ms {
             store.delete(&a[1]);
         } else {
             store.set_expire(&a[1], Some(t));
@@ -1163,7 +1350,7 @@ fn expire(store: &mut Store, now: Instant, name: &str, a: &[Bytes]) -> R {
     let Some(cur) = store.lookup(now, &a[1]).map(|e| e.expire) else {
         return Ok(Value::Integer(0));
     };
-    let cur_ms = cur.map(|t| now_ms + (t - now).as_millis() as i64);
+    let cur_ms = cur.map(|t| t.min(i64::MAX as u64) as i64);
     if (nx && cur.is_some()) || (xx && cur.is_none()) {
         return Ok(Value::Integer(0));
     }
@@ -1177,16 +1364,33 @@ fn expire(store: &mut Store, now: Instant, name: &str, a: &[Bytes]) -> R {
         store.delete(&a[1]);
         return Ok(Value::Integer(1));
     }
-    let t = now + std::time::Duration::from_millis((when_ms - now_ms) as u64);
-    store.set_expire(&a[1], Some(t));
+    store.set_expire(&a[1], Some(when_ms as u64));
     Ok(Value::Integer(1))
 }
 
+/// Redis's SCAN cursor: `strtoul` (an optional sign, `-n` wrapping to `2^64 - n`, leading
+/// zeros; no leading space, nothing after the digits, no overflow).
+fn parse_cursor(s: &[u8]) -> Option<u64> {
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if s.is_empty() {
+        return Some(0);
+    }
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &d in digits {
+        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(if neg { v.wrapping_neg() } else { v })
+}
+
 fn scan(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
-    let cursor: u64 = std::str::from_utf8(&a[1])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| err("ERR invalid cursor"))?;
+    let cursor = parse_cursor(&a[1]).ok_or_else(|| err("ERR invalid cursor"))?;
     let mut count = 10i64;
     let mut pattern: Option<&Bytes> = None;
     let mut typ: Option<String> = None;
@@ -1325,6 +1529,9 @@ fn zadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
         }
     }
     let empty = z.is_empty();
+    if added + changed > 0 {
+        store.touch(&a[1]);
+    }
     if empty {
         store.delete(&a[1]);
     }
@@ -1609,10 +1816,125 @@ fn xadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
             s.entries.pop_front();
         }
     }
+    store.touch(&a[1]);
     Ok(Value::BulkString(Bytes::from(format!(
         "{}-{}",
         id.ms, id.seq
     ))))
+}
+
+/// AUTH with no password configured: the default user takes any password, other users do not
+/// exist (Redis 7's replies).
+fn auth(a: &[Bytes]) -> R {
+    match a.len() {
+        2 => Err(err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")),
+        3 if &a[1][..] == b"default" => Ok(Value::ok()),
+        3 => Err(err(
+            "WRONGPASS invalid username-password pair or user is disabled.",
+        )),
+        _ => Err(err(SYNTAX)),
+    }
+}
+
+/// INCRBYFLOAT: Redis's `long double` arithmetic and `%.17Lf` text, emulated exactly.
+fn incr_by_float(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
+    let cur = match store.lookup(now, &a[1]).map(|e| &e.data) {
+        None => longdouble::LongDouble::ZERO,
+        Some(Data::Str(s)) => longdouble::LongDouble::parse(s).ok_or_else(|| err(NOT_FLOAT))?,
+        Some(_) => return Err(err(WRONGTYPE)),
+    };
+    let by = longdouble::LongDouble::parse(&a[2]).ok_or_else(|| err(NOT_FLOAT))?;
+    let sum = cur
+        .add(&by)
+        .ok_or_else(|| err("ERR increment would produce NaN or Infinity"))?;
+    let text = Bytes::from(sum.to_human());
+    store.store(&a[1], Data::Str(text.clone()), true);
+    Ok(Value::BulkString(text))
+}
+
+fn getrange(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
+    let (start, end) = (int_arg(&a[2])?, int_arg(&a[3])?);
+    let s = match store.lookup(now, &a[1]).map(|e| &e.data) {
+        None => return Ok(Value::BulkString(Bytes::new())),
+        Some(Data::Str(s)) => s,
+        Some(_) => return Err(err(WRONGTYPE)),
+    };
+    // Redis's getrangeCommand, step by step.
+    let len = s.len() as i64;
+    if start < 0 && end < 0 && start > end {
+        return Ok(Value::BulkString(Bytes::new()));
+    }
+    let mut start = if start < 0 {
+        len.saturating_add(start)
+    } else {
+        start
+    };
+    let mut end = if end < 0 {
+        len.saturating_add(end)
+    } else {
+        end
+    };
+    if start < 0 {
+        start = 0;
+    }
+    if end < 0 {
+        end = 0;
+    }
+    if end >= len {
+        end = len - 1;
+    }
+    if start > end || len == 0 {
+        return Ok(Value::BulkString(Bytes::new()));
+    }
+    Ok(Value::BulkString(s.slice(start as usize..=end as usize)))
+}
+
+/// Redis's `checkStringLength` against `proto-max-bulk-len`.
+fn setrange(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
+    let offset = int_arg(&a[2])?;
+    if offset < 0 {
+        return Err(err("ERR offset is out of range"));
+    }
+    let value = &a[3];
+    let max = store.config.proto_max_bulk_len;
+    let too_big = |total: u64| total > max;
+    let cur = match store.lookup(now, &a[1]).map(|e| &e.data) {
+        None => None,
+        Some(Data::Str(s)) => Some(s.clone()),
+        Some(_) => return Err(err(WRONGTYPE)),
+    };
+    let Some(cur) = cur else {
+        if value.is_empty() {
+            return Ok(Value::Integer(0));
+        }
+        if too_big(offset as u64 + value.len() as u64) {
+            return Err(err(
+                "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+            ));
+        }
+        let mut b = BytesMut::zeroed(offset as usize);
+        b.put_slice(value);
+        let n = b.len() as i64;
+        store.store(&a[1], Data::Str(b.freeze()), false);
+        return Ok(Value::Integer(n));
+    };
+    if value.is_empty() {
+        return Ok(Value::Integer(cur.len() as i64));
+    }
+    if too_big(offset as u64 + value.len() as u64) {
+        return Err(err(
+            "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+        ));
+    }
+    let off = offset as usize;
+    let new_len = cur.len().max(off + value.len());
+    let mut b = BytesMut::with_capacity(new_len);
+    b.put_slice(&cur);
+    b.resize(new_len, 0);
+    b[off..off + value.len()].copy_from_slice(value);
+    let n = b.len() as i64;
+    store.store(&a[1], Data::Str(b.freeze()), true);
+    Ok(Value::Integer(n))
 }
 
 fn hello(store: &mut Store, client: &mut ClientState, a: &[Bytes]) -> R {
@@ -1785,7 +2107,12 @@ fn info(store: &mut Store, now: Instant, a: &[Bytes]) -> Value {
             ));
         }
     }
-    let s = s.trim_end_matches("\r\n").to_string() + "\r\n";
+    // No section matched: an empty string, as Redis answers.
+    let s = if s.is_empty() {
+        s
+    } else {
+        s.trim_end_matches("\r\n").to_string() + "\r\n"
+    };
     Value::VerbatimString {
         format: *b"txt",
         text: Bytes::from(s),
@@ -1903,8 +2230,9 @@ fn command_info(name: &str, arity: i32) -> Value {
             | "multi"
             | "exec"
             | "discard"
+            | "unwatch"
     );
-    let last = if matches!(name, "del" | "exists" | "mget" | "mset") {
+    let last = if matches!(name, "del" | "exists" | "mget" | "mset" | "watch") {
         -1
     } else {
         1

@@ -232,6 +232,148 @@ fn multi_exec_and_client() {
     assert!(matches!(t.run("CONFIG GET save"), Value::Map(m) if m.len() == 1));
 }
 
+/// WATCH: a write by anyone (the watcher included) before EXEC fails it; expiry deletions do
+/// not count, a watched key that expired while still present does (Redis 7.0); EXEC,
+/// DISCARD, UNWATCH, RESET and closing forget the watches; nothing is tracked for keys nobody
+/// watches.
+#[test]
+fn watch_fails_exec_after_a_write() {
+    let mut t = T::new();
+    let mut other = t.store.new_client();
+    let mut o = |t: &mut T, s: &str| t.store.execute(t.now, &mut other, &args(s));
+    t.run("SET k 1");
+    assert_eq!(t.run("WATCH k nokey"), Value::ok());
+    assert_eq!(t.store.watched.len(), 2);
+    o(&mut t, "GET k");
+    o(&mut t, "SET nokey2 x");
+    t.run("MULTI");
+    assert_eq!(t.run("EXEC"), Value::Array(vec![]));
+    assert!(t.store.watched.is_empty() && t.client.watching.is_empty());
+    t.run("WATCH k");
+    o(&mut t, "SET k 2");
+    t.run("MULTI");
+    t.run("GET k");
+    assert_eq!(t.run("EXEC"), Value::NullArray);
+    assert!(t.store.dirty_cas.is_empty());
+    // The watcher's own write counts too.
+    t.run("WATCH k");
+    t.run("INCR k");
+    t.run("MULTI");
+    assert_eq!(t.run("EXEC"), Value::NullArray);
+    // UNWATCH forgets.
+    t.run("WATCH k");
+    o(&mut t, "SET k 3");
+    t.run("UNWATCH");
+    t.run("MULTI");
+    assert_eq!(t.run("EXEC"), Value::Array(vec![]));
+    // WATCH inside MULTI is refused without aborting the transaction.
+    t.run("MULTI");
+    assert_eq!(
+        t.run("WATCH k"),
+        err("ERR WATCH inside MULTI is not allowed")
+    );
+    t.run("GET k");
+    assert_eq!(t.run("EXEC"), Value::Array(vec![Value::bulk("3")]));
+    // Lazy or active expiry is no write; a watched key past its deadline still fails EXEC.
+    t.run("SET e 1 PX 100");
+    t.run("WATCH e");
+    t.now += Duration::from_millis(200);
+    t.run("MULTI");
+    assert_eq!(t.run("EXEC"), Value::NullArray);
+    t.run("SET e 1 PX 100");
+    t.run("WATCH e");
+    t.now += Duration::from_millis(200);
+    assert_eq!(t.store.active_expire(t.now, 10), 1);
+    t.run("MULTI");
+    assert_eq!(t.run("EXEC"), Value::Array(vec![]));
+    // FLUSHDB touches the watched keys that existed only.
+    t.run("SET f 1");
+    t.run("WATCH f gone");
+    o(&mut t, "FLUSHDB");
+    t.run("MULTI");
+    assert_eq!(t.run("EXEC"), Value::NullArray);
+    t.run("WATCH gone");
+    o(&mut t, "FLUSHALL");
+    t.run("MULTI");
+    assert_eq!(t.run("EXEC"), Value::Array(vec![]));
+    // Closing or RESET drops the watches.
+    t.run("WATCH a b");
+    t.store.reset_client(&mut t.client);
+    assert!(t.store.watched.is_empty());
+    let mut gone = t.store.new_client();
+    t.store.execute(t.now, &mut gone, &args("WATCH z"));
+    o(&mut t, "SET z 1");
+    t.store.remove_client(&gone);
+    assert!(t.store.watched.is_empty() && t.store.dirty_cas.is_empty());
+}
+
+/// SUBSCRIBE queued by MULTI runs at EXEC: the broker learns it, the reply is the request as
+/// a push for the connection to confirm.
+#[test]
+fn pubsub_queued_in_multi() {
+    let mut t = T::new();
+    t.run("MULTI");
+    assert_eq!(t.run("SUBSCRIBE a b"), Value::simple("QUEUED"));
+    t.run("SSUBSCRIBE s");
+    t.run("UNSUBSCRIBE");
+    let v = t.run("EXEC");
+    assert_eq!(
+        v,
+        Value::Array(vec![
+            Value::Push(vec![
+                Value::bulk("subscribe"),
+                Value::bulk("a"),
+                Value::bulk("b")
+            ]),
+            err("ERR SSUBSCRIBE isn't allowed for a DENY BLOCKING client"),
+            Value::Push(vec![Value::bulk("unsubscribe")]),
+        ])
+    );
+    assert!(t.store.broker.channels.is_empty());
+}
+
+/// With `inline_own_messages`, a RESP3 client's own messages come in its PUBLISH reply, and
+/// any client's inside its EXEC array; other clients' stay queued.
+#[test]
+fn own_messages_are_inlined() {
+    let cfg = StoreConfig {
+        inline_own_messages: true,
+        ..Default::default()
+    };
+    let mut store = Store::new(cfg, Instant::ZERO);
+    let mut me = store.new_client();
+    let other = store.new_client();
+    let ch = [Bytes::from_static(b"c")];
+    store.subscribe(me.id, ferry_resp::SubKind::Channel, &ch);
+    store.subscribe(other.id, ferry_resp::SubKind::Channel, &ch);
+    let msg = Value::Push(vec![
+        Value::bulk("message"),
+        Value::bulk("c"),
+        Value::bulk("m"),
+    ]);
+    let run = |s: &mut Store, me: &mut ClientState, c: &str| s.execute(Instant::ZERO, me, &args(c));
+    // RESP2 outside EXEC: unchanged.
+    assert_eq!(run(&mut store, &mut me, "PUBLISH c m"), int(2));
+    assert_eq!(store.take_deliveries().len(), 2);
+    run(&mut store, &mut me, "HELLO 3");
+    assert_eq!(
+        run(&mut store, &mut me, "PUBLISH c m"),
+        Value::Push(vec![msg.clone(), int(2)])
+    );
+    assert_eq!(store.take_deliveries()[0].client, other.id);
+    run(&mut store, &mut me, "MULTI");
+    run(&mut store, &mut me, "PUBLISH c m");
+    run(&mut store, &mut me, "PUBLISH nobody m");
+    assert_eq!(
+        run(&mut store, &mut me, "EXEC"),
+        Value::Push(vec![Value::Array(vec![
+            Value::Push(vec![msg, int(2)]),
+            int(0)
+        ])])
+    );
+    assert_eq!(store.take_deliveries().len(), 1);
+}
+
 #[test]
 fn publish_fans_out() {
     let mut t = T::new();

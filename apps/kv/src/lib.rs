@@ -2,11 +2,13 @@
 //!
 //! A key-value store with Redis's semantics for the commands of Ferry's contract (strings with
 //! expiry, lists, sets, hashes, sorted sets, streams' XADD, pub/sub fan-out, SCAN cursors,
-//! MULTI/EXEC, and the INFO / CONFIG GET / COMMAND replies redis-cli and redis-benchmark ask
-//! for). It is sans-IO like the protocol crates: no sockets, threads or clocks. Time comes in
-//! as [`ferry_proto::Instant`] plus the wall-clock time of `Instant::ZERO` (for EXPIREAT and
-//! INFO); expired keys are removed lazily on access and by [`Store::active_expire`], which a
-//! driver calls from a timer with a work budget.
+//! MULTI/EXEC with WATCH, and the INFO / CONFIG GET / COMMAND replies redis-cli and
+//! redis-benchmark ask for). Deadlines are kept in Unix milliseconds, as Redis keeps them (any
+//! deadline up to `i64::MAX` ms); INCRBYFLOAT computes in an exact emulation of x86-64's
+//! `long double`, as Redis does. It is sans-IO like the protocol crates: no sockets, threads
+//! or clocks. Time comes in as [`ferry_proto::Instant`] plus the wall-clock time of
+//! `Instant::ZERO` (for EXPIREAT and INFO); expired keys are removed lazily on access and by
+//! [`Store::active_expire`], which a driver calls from a timer with a work budget.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -29,15 +31,31 @@
 //! queues one [`Delivery`] per receiver, which the driver drains with
 //! [`Store::take_deliveries`] and routes to the connections by client id
 //! (`send_message` / `send_pmessage`). [`Store::remove_client`] forgets a closed connection.
+//!
+//! With `ServerConfig::queue_pubsub_in_multi`, (un)subscriptions inside MULTI come to
+//! [`Store::execute`] like any command: they are queued, and EXEC updates the broker and
+//! answers each with the request as a push for the connection to confirm.
+//!
+//! ## WATCH
+//!
+//! A write to a key (any command that modifies it, whoever sends it) fails the EXEC of every
+//! client watching it; so does a watched key whose deadline passed while it is still stored
+//! (Redis 7.0's rules: deleting an expired key is not a write). The store keeps a map of
+//! watched keys, and a write looks in it only when it is not empty: keys nobody watches cost
+//! one branch per write. The watch state lives in the store and in [`ClientState`], both
+//! behind whatever serialises commands (one lock in `ferry serve`), so it holds with
+//! application workers too.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod commands;
 pub mod dict;
 pub mod glob;
+mod longdouble;
 mod types;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_proto::Instant;
@@ -57,6 +75,12 @@ pub struct StoreConfig {
     pub seed: u64,
     /// `proto-max-bulk-len` reported by CONFIG GET (enforced by the connection).
     pub proto_max_bulk_len: u64,
+    /// Messages a PUBLISH produces for the publishing client itself are put in its reply, as
+    /// `Value::Push([message…, reply])`, instead of [`take_deliveries`](Store::take_deliveries),
+    /// for a connection with `ServerConfig::pushes_before_reply` to write them first, where
+    /// Redis does: before the reply of a RESP3 client's PUBLISH, and inside the EXEC array (an
+    /// EXEC reply is then `Push([Array])`). Default `false`.
+    pub inline_own_messages: bool,
 }
 
 impl Default for StoreConfig {
@@ -66,6 +90,7 @@ impl Default for StoreConfig {
             port: 6379,
             seed: 0x9e37_79b9_7f4a_7c15,
             proto_max_bulk_len: 512 << 20,
+            inline_own_messages: false,
         }
     }
 }
@@ -83,6 +108,8 @@ pub struct ClientState {
     multi: Option<Vec<Vec<Bytes>>>,
     /// A command failed to queue: EXEC will abort.
     multi_dirty: bool,
+    /// Keys under WATCH (empty for almost every client).
+    watching: Vec<Bytes>,
 }
 
 /// One message for one subscriber, produced by PUBLISH.
@@ -130,8 +157,13 @@ struct Stats {
 /// The store: one database (SELECT 0 only), a pub/sub broker and statistics.
 pub struct Store {
     db: dict::Dict<Entry>,
-    /// Keys with a TTL, by deadline (active expiry pops from the front).
-    expires: BTreeSet<(Instant, Bytes)>,
+    /// Keys with a TTL, by deadline in Unix ms (active expiry pops from the front).
+    expires: BTreeSet<(u64, Bytes)>,
+    /// WATCHed keys → the ids of the clients watching them. Empty unless someone watches:
+    /// writes check it only then (Redis's `touchWatchedKey`).
+    watched: HashMap<Bytes, Vec<u64>>,
+    /// Clients one of whose watched keys was modified: their next EXEC fails.
+    dirty_cas: HashSet<u64>,
     config: StoreConfig,
     broker: Broker,
     rng: u64,
@@ -148,6 +180,8 @@ impl Store {
         Store {
             db: dict::Dict::default(),
             expires: BTreeSet::new(),
+            watched: HashMap::new(),
+            dirty_cas: HashSet::new(),
             config,
             broker: Broker::default(),
             rng,
@@ -170,12 +204,15 @@ impl Store {
             proto: Protocol::Resp2,
             multi: None,
             multi_dirty: false,
+            watching: Vec::new(),
         }
     }
 
     /// Forget a closed connection: its subscriptions are dropped.
     pub fn remove_client(&mut self, client: &ClientState) {
         self.clients = self.clients.saturating_sub(1);
+        self.unwatch_keys(client.id, &client.watching);
+        self.dirty_cas.remove(&client.id);
         for kind in [SubKind::Channel, SubKind::Pattern, SubKind::Shard] {
             let map = self.broker.map(kind);
             map.retain(|_, ids| {
@@ -190,6 +227,7 @@ impl Store {
     pub fn reset_client(&mut self, client: &mut ClientState) {
         client.multi = None;
         client.multi_dirty = false;
+        self.unwatch_all(client);
         client.name = None;
         client.proto = Protocol::Resp2;
         for kind in [SubKind::Channel, SubKind::Pattern, SubKind::Shard] {
@@ -219,6 +257,45 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// A `(P|S)(UN)SUBSCRIBE` queued by MULTI, run by EXEC (the connection queues them with
+    /// `ServerConfig::queue_pubsub_in_multi`): the broker is updated here and the reply is
+    /// the request as a push, which the connection turns into Redis's confirmations.
+    fn queued_pubsub(
+        &mut self,
+        client: &ClientState,
+        name: &str,
+        a: &[Bytes],
+    ) -> Result<Value, Value> {
+        let (kind, sub) = match name {
+            "subscribe" => (SubKind::Channel, true),
+            "psubscribe" => (SubKind::Pattern, true),
+            // Redis 7.0 refuses it inside a transaction.
+            "ssubscribe" => {
+                return Err(Value::error(
+                    "ERR SSUBSCRIBE isn't allowed for a DENY BLOCKING client",
+                ))
+            }
+            "unsubscribe" => (SubKind::Channel, false),
+            "punsubscribe" => (SubKind::Pattern, false),
+            _ => (SubKind::Shard, false),
+        };
+        let channels = &a[1..];
+        if sub {
+            self.subscribe(client.id, kind, channels);
+        } else if channels.is_empty() {
+            self.broker.map(kind).retain(|_, ids| {
+                ids.remove(&client.id);
+                !ids.is_empty()
+            });
+        } else {
+            self.unsubscribe(client.id, kind, channels);
+        }
+        let mut parts = Vec::with_capacity(a.len());
+        parts.push(Value::BulkString(Bytes::copy_from_slice(name.as_bytes())));
+        parts.extend(channels.iter().map(|c| Value::BulkString(c.clone())));
+        Ok(Value::Push(parts))
     }
 
     /// Whether PUBLISH produced messages not yet taken.
@@ -293,12 +370,14 @@ impl Store {
 
     /// Remove up to `budget` keys whose deadline passed; returns how many were removed.
     pub fn active_expire(&mut self, now: Instant, budget: usize) -> usize {
+        let now_ms = self.unix_ms(now);
         let mut n = 0;
         while n < budget {
             let Some((t, _)) = self.expires.first() else {
                 break;
             };
-            if *t > now {
+            // Redis: expired once the clock is past the deadline.
+            if *t >= now_ms {
                 break;
             }
             let Some((_, key)) = self.expires.pop_first() else {
@@ -311,9 +390,18 @@ impl Store {
         n
     }
 
-    /// The earliest key deadline, for a driver's timer.
+    /// The earliest key deadline, for a driver's timer (saturating at the largest
+    /// [`Instant`] for deadlines centuries away).
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.expires.first().map(|(t, _)| *t)
+        self.expires
+            .first()
+            .map(|(t, _)| self.instant_of(t.saturating_add(1)))
+    }
+
+    /// The [`Instant`] of Unix time `ms` (saturating).
+    fn instant_of(&self, ms: u64) -> Instant {
+        let rel = ms.saturating_sub(self.config.unix_ms_at_zero);
+        Instant::ZERO.saturating_add(Duration::from_millis(rel))
     }
 
     /// Execute one command (`args[0]` is the name) for `client` at `now`.
@@ -326,7 +414,43 @@ impl Store {
             return Value::error("ERR empty command");
         }
         self.stats.commands += 1;
-        commands::execute(self, now, client, args)
+        let v = commands::execute(self, now, client, args);
+        // A RESP2 client can PUBLISH to itself only inside EXEC, which inlines by itself.
+        if self.has_deliveries()
+            && self.config.inline_own_messages
+            && client.proto == Protocol::Resp3
+        {
+            return self.own_messages_first(client.id, v);
+        }
+        v
+    }
+
+    /// `reply` preceded by the messages queued for client `id` (see
+    /// [`StoreConfig::inline_own_messages`]); other clients' messages stay queued.
+    #[cold]
+    pub(crate) fn own_messages_first(&mut self, id: u64, reply: Value) -> Value {
+        if !self.broker.deliveries.iter().any(|d| d.client == id) {
+            return reply;
+        }
+        let mut own = Vec::new();
+        self.broker.deliveries.retain(|d| {
+            if d.client != id {
+                return true;
+            }
+            let mut frame = Vec::with_capacity(4);
+            frame.push(Value::BulkString(Bytes::from_static(match d.kind {
+                SubKind::Channel => b"message",
+                SubKind::Pattern => b"pmessage",
+                SubKind::Shard => b"smessage",
+            })));
+            frame.extend(d.pattern.clone().map(Value::BulkString));
+            frame.push(Value::BulkString(d.channel.clone()));
+            frame.push(Value::BulkString(d.payload.clone()));
+            own.push(Value::Push(frame));
+            false
+        });
+        own.push(reply);
+        Value::Push(own)
     }
 
     fn rand(&mut self) -> u64 {
@@ -346,16 +470,24 @@ impl Store {
     /// The entry at `key`, removing it first if its deadline passed.
     fn lookup(&mut self, now: Instant, key: &[u8]) -> Option<&mut Entry> {
         let slot = self.db.slot(key)?;
-        let expired = self.db.at_mut(slot)?.expire.is_some_and(|t| t <= now);
+        let zero = self.config.unix_ms_at_zero;
+        // Only keys with a TTL pay for the clock: GET/SET of plain keys stay as they were.
+        let expired = self.db.at_mut(slot)?.expire.is_some_and(|t| {
+            let now_ms = zero + now.as_nanos() / 1_000_000;
+            now_ms > t
+        });
         if expired {
-            self.delete(key);
+            // Expiry is not a modification for WATCH (Redis 7.0 neither touches watched keys
+            // when it deletes expired ones; EXEC checks deadlines itself).
+            self.remove_entry(key);
             self.stats.expired += 1;
             return None;
         }
         self.db.at_mut(slot)
     }
 
-    fn delete(&mut self, key: &[u8]) -> bool {
+    /// Remove `key` and its deadline without touching watchers.
+    fn remove_entry(&mut self, key: &[u8]) -> bool {
         match self.db.remove(key) {
             Some(e) => {
                 if let Some(t) = e.expire {
@@ -367,7 +499,100 @@ impl Store {
         }
     }
 
-    fn set_expire(&mut self, key: &Bytes, at: Option<Instant>) {
+    fn delete(&mut self, key: &[u8]) -> bool {
+        let removed = self.remove_entry(key);
+        if removed {
+            self.touch(key);
+        }
+        removed
+    }
+
+    /// A write to `key`: clients watching it fail their next EXEC. One branch unless
+    /// someone watches something.
+    #[inline]
+    fn touch(&mut self, key: &[u8]) {
+        if !self.watched.is_empty() {
+            self.touch_watched(key);
+        }
+    }
+
+    #[cold]
+    fn touch_watched(&mut self, key: &[u8]) {
+        if let Some(ids) = self.watched.get(key) {
+            self.dirty_cas.extend(ids.iter().copied());
+        }
+    }
+
+    /// WATCH `keys` for `client` (expired keys are dropped first, so the watch sees the key's
+    /// logical state).
+    fn watch(&mut self, now: Instant, client: &mut ClientState, keys: &[Bytes]) {
+        for k in keys {
+            let _ = self.lookup(now, k);
+            if client.watching.iter().any(|w| w == k) {
+                continue;
+            }
+            let k = Bytes::copy_from_slice(k);
+            self.watched.entry(k.clone()).or_default().push(client.id);
+            client.watching.push(k);
+        }
+    }
+
+    fn unwatch_keys(&mut self, id: u64, keys: &[Bytes]) {
+        for k in keys {
+            if let Some(ids) = self.watched.get_mut(k) {
+                ids.retain(|&i| i != id);
+                if ids.is_empty() {
+                    self.watched.remove(k);
+                }
+            }
+        }
+    }
+
+    /// UNWATCH (also EXEC, DISCARD, RESET): forget the client's watches and their outcome.
+    fn unwatch_all(&mut self, client: &mut ClientState) {
+        if client.watching.is_empty() && self.dirty_cas.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut client.watching);
+        self.unwatch_keys(client.id, &keys);
+        self.dirty_cas.remove(&client.id);
+    }
+
+    /// Whether EXEC must fail: a watched key was written, or expired since WATCH.
+    fn watch_failed(&self, now: Instant, client: &ClientState) -> bool {
+        if client.watching.is_empty() {
+            return false;
+        }
+        if self.dirty_cas.contains(&client.id) {
+            return true;
+        }
+        let now_ms = self.unix_ms(now);
+        client.watching.iter().any(|k| {
+            self.db
+                .get(k)
+                .and_then(|e| e.expire)
+                .is_some_and(|t| now_ms > t)
+        })
+    }
+
+    /// FLUSHDB / FLUSHALL: watchers of keys that existed fail their EXEC.
+    fn flush(&mut self) {
+        if !self.watched.is_empty() {
+            let hit: Vec<u64> = self
+                .watched
+                .iter()
+                .filter(|(k, _)| self.db.get(k).is_some())
+                .flat_map(|(_, ids)| ids.iter().copied())
+                .collect();
+            self.dirty_cas.extend(hit);
+        }
+        self.db.clear();
+        self.expires.clear();
+    }
+
+    /// Set or clear the deadline (Unix ms) of `key`.
+    fn set_expire(&mut self, key: &Bytes, at: Option<u64>) {
+        self.touch(key);
         if let Some(e) = self.db.get_mut(key) {
             let old = std::mem::replace(&mut e.expire, at);
             if let Some(t) = old {
@@ -381,6 +606,7 @@ impl Store {
 
     /// Store `data` at `key`, dropping any TTL unless `keep_ttl`.
     fn store(&mut self, key: &Bytes, data: Data, keep_ttl: bool) {
+        self.touch(key);
         if let Some(e) = self.db.get_mut(key) {
             e.data = data;
             if !keep_ttl {

@@ -4,15 +4,15 @@ use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
-use ferry_proto::Instant;
 
 /// A key's value and deadline.
 #[derive(Debug)]
 pub struct Entry {
     /// The value.
     pub data: Data,
-    /// When the key expires (monotonic time), if ever.
-    pub expire: Option<Instant>,
+    /// When the key expires, in Unix milliseconds (Redis's resolution and range: deadlines
+    /// up to `i64::MAX` ms), if ever. Expired once the clock is past it.
+    pub expire: Option<u64>,
 }
 
 /// The value of a key.

@@ -10,7 +10,8 @@ use ferry_resp::Value;
 
 /// `mode command`: `=` exact, `s` sorted elements, `i` any integer, `t` TTL class (-2, -1,
 /// positive), `b` any string, `m` any map/array, `S` a full SCAN iteration with these options,
-/// `n` any string or null.
+/// `n` any string or null, `~` integers within a minute's worth of milliseconds of each other
+/// (PTTL of far deadlines).
 const SCRIPT: &str = r#"
 = FLUSHALL
 = PING
@@ -461,6 +462,212 @@ m SCAN 18446744073709551615
 = DBSIZE
 = FLUSHALL ASYNC
 = FLUSHALL BOGUS
+= SET f 10.5
+= INCRBYFLOAT f 0.1
+= INCRBYFLOAT f 1e308
+= INCRBYFLOAT f 1e400
+= INCRBYFLOAT f -1e400
+= SET f 0.1
+= INCRBYFLOAT f 0.2
+= INCRBYFLOAT f 3.14159265358979323846
+= INCRBYFLOAT f -0.00000000000000001
+= INCRBYFLOAT f 123456789012345678901234567890
+= INCRBYFLOAT f -123456789012345678901234567890
+= INCRBYFLOAT f abc
+= INCRBYFLOAT f inf
+= INCRBYFLOAT f -inf
+= INCRBYFLOAT f nan
+= INCRBYFLOAT f 0x10
+= INCRBYFLOAT f 0x1.8p1
+= INCRBYFLOAT f " 1"
+= INCRBYFLOAT f "1 "
+= INCRBYFLOAT f ""
+= INCRBYFLOAT f 1e
+= INCRBYFLOAT f .5
+= INCRBYFLOAT f 1.
+= INCRBYFLOAT f +5
+= INCRBYFLOAT f 1e-5000
+= INCRBYFLOAT f 1e5000
+= INCRBYFLOAT f 1.18e4932
+= INCRBYFLOAT f 1.18e4932
+= GET f
+= INCRBYFLOAT nof 1.5
+= INCRBYFLOAT nof2 -0
+= INCRBYFLOAT f
+= INCRBYFLOAT f 1 2
+= SET f abc
+= INCRBYFLOAT f 1
+= SET f " 1"
+= INCRBYFLOAT f 1
+= SET f 1e
+= INCRBYFLOAT f 1
+= SET f 7.0e-1
+= INCRBYFLOAT f 0
+= LPUSH fl x
+= INCRBYFLOAT fl 1
+= INCRBYFLOAT fl x
+= SET f 1
+= EXPIRE f 100
+= INCRBYFLOAT f 1
+t TTL f
+= SET s "Hello World"
+= GETRANGE s 0 3
+= GETRANGE s -3 -1
+= GETRANGE s 0 -1
+= GETRANGE s 10 100
+= GETRANGE s 5 3
+= GETRANGE s -100 -50
+= GETRANGE s -100 2
+= GETRANGE s 100 200
+= GETRANGE s -1 -100
+= GETRANGE s 11 11
+= GETRANGE s 9223372036854775807 1
+= GETRANGE s -9223372036854775808 -1
+= GETRANGE s x 1
+= GETRANGE s 0 y
+= GETRANGE s 0
+= GETRANGE nokey 0 1
+= GETRANGE nokey x 1
+= GETRANGE fl 0 1
+= SUBSTR s 0 4
+= SUBSTR s 0
+= SET empty ""
+= GETRANGE empty 0 -1
+= GETRANGE empty -1 -1
+= SETRANGE s 6 Redis
+= GET s
+= SETRANGE s 20 x
+= GET s
+= SETRANGE nk 2 ab
+= GET nk
+= SETRANGE nk2 5 ""
+= EXISTS nk2
+= SETRANGE s 100 ""
+= STRLEN s
+= SETRANGE s -1 x
+= SETRANGE s x x
+= SETRANGE fl 0 x
+= SETRANGE fl 1 ""
+= SETRANGE s 536870912 x
+= SETRANGE nk4 536870912 x
+= SETRANGE nk4 536870912 ""
+= SETRANGE s 1
+= SET n 10
+= SETRANGE n 0 9
+= GET n
+= INCR n
+= SET f 1
+= EXPIRE f 100
+= SETRANGE f 0 2
+t TTL f
+= SET k v PXAT 9223372036854775807
+= PEXPIRETIME k
+= EXPIRETIME k
+~ PTTL k
+~ TTL k
+= SET k v PXAT 18446744073709551
+= PEXPIRETIME k
+= SET k v PXAT 25340230080000000
+= PEXPIRETIME k
+~ PTTL k
+= SET k v EXAT 9223372036854775
+= EXPIRETIME k
+= PEXPIRETIME k
+~ PTTL k
+= SET k v EXAT 9223372036854776
+= SET k v EXAT 18446744073709551
+= SET k v PX 9223372036854775807
+= SET k v EX 9223372036854775
+= SET k v PXAT 0
+= SET k v EXAT -1
+= PEXPIRETIME k
+= PEXPIREAT k 9223372036854775807
+= PEXPIRETIME k
+= EXPIREAT k 9223372036854775
+= EXPIRETIME k
+= EXPIREAT k 9223372036854776
+= PEXPIRE k 9223372036854775807
+= PERSIST k
+= PEXPIRETIME k
+= EXPIRETIME nokey
+= PEXPIRETIME nokey
+= EXPIRETIME
+= AUTH a b
+= AUTH default x
+= AUTH default ""
+= AUTH x
+= AUTH a b c
+= AUTH
+= INFO nosuch
+= INFO nosuch other
+= WATCH
+= UNWATCH x
+= WATCH k k nokey
+= MULTI
+= WATCH k
+= UNWATCH
+= GET k
+= EXEC
+= WATCH k
+= SET k changed
+= MULTI
+= GET k
+= EXEC
+= WATCH k
+= SET k v NX
+= DEL nokey
+= GET k
+= MULTI
+= GET k
+= EXEC
+= WATCH nokey
+= SET nokey v
+= UNWATCH
+= MULTI
+= GET nokey
+= EXEC
+= WATCH k
+= EXEC
+= SET k again
+= MULTI
+= EXEC
+= WATCH k
+= SET k x
+= MULTI
+= NOSUCHCOMMAND
+= EXEC
+= MULTI
+= EXEC
+= WATCH k
+= MULTI
+= DISCARD
+= SET k y
+= MULTI
+= EXEC
+= MULTI
+= WATCH
+= EXEC
+= FLUSHDB
+= SCAN -1
+= SCAN -0
+= SCAN +0
+= SCAN 00
+= SCAN ""
+= SCAN -18446744073709551615
+= SCAN 18446744073709551616
+= SCAN " 1"
+= SCAN "1 "
+= SCAN -
+= SCAN +
+= SCAN 0x1
+m HELLO 3
+= INFO nosuch
+= INCRBYFLOAT f3 2.5
+= WATCH k
+= SET k z
+= MULTI
+= EXEC
+m HELLO 2
 = QUIT
 "#;
 
@@ -577,6 +784,10 @@ pub fn assert_same_replies_as_redis(ferry: std::net::SocketAddr) {
             "s" => sorted(a.clone()) == sorted(b.clone()),
             "t" => ttl_class(&a) == ttl_class(&b),
             "i" | "b" | "m" => shape(&a) == shape(&b),
+            "~" => match (&a, &b) {
+                (Value::Integer(x), Value::Integer(y)) => x.abs_diff(*y) < 60_000,
+                _ => a == b,
+            },
             _ => panic!("bad mode {mode}"),
         };
         if !same {

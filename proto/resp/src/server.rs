@@ -19,7 +19,9 @@
 //!   [`send_message`](ServerConnection::send_message) and friends, which drop messages for
 //!   channels the client is no longer subscribed to. In RESP2 pub/sub mode only
 //!   `(P|S)SUBSCRIBE`, `(P|S)UNSUBSCRIBE`, `PING`, `QUIT` and `RESET` are allowed; anything
-//!   else gets Redis's exact error, and `PING` answers `["pong", arg]`.
+//!   else gets Redis's exact error, and `PING` answers `["pong", arg]`. With
+//!   [`ServerConfig::queue_pubsub_in_multi`] they are queued inside `MULTI` as Redis queues
+//!   them, and performed when the application's EXEC reply is written.
 //! - **`HELLO`'s validation**: a non-integer or unsupported version (`-NOPROTO`) and bad
 //!   options get Redis's errors. A well-formed HELLO goes to the application as a normal
 //!   [`Event::Command`] ([`Command::hello`] parses it) because AUTH and the server-info map
@@ -77,6 +79,22 @@ pub struct ServerConfig {
     /// Close a connection idle this long with nothing owed (Redis's `timeout`; pub/sub clients
     /// are exempt). Default `None`.
     pub idle_timeout: Option<Duration>,
+    /// Queue `(P|S)(UN)SUBSCRIBE` sent inside `MULTI` instead of running them at once, as
+    /// Redis does: they reach the application as [`Event::Command`]s (to answer `+QUEUED`),
+    /// and at `EXEC` the application answers each with the request as a push,
+    /// `Value::Push([name, channel…])` (the lower-case command name, then its arguments), in
+    /// the EXEC array; the connection then performs it (its subscription sets, Redis's
+    /// confirmation frames with its counts, in the EXEC reply) and the application updates its
+    /// own broker. Commands behind such an EXEC are read once it is answered. Default `false`
+    /// (the connection answers them itself, in or out of MULTI).
+    pub queue_pubsub_in_multi: bool,
+    /// A reply given as `Value::Push([frame…, reply])` (each `frame` a `Value::Push`) writes
+    /// the push frames first, then `reply`: how a server answers a RESP3 client's PUBLISH to a
+    /// channel it is itself subscribed to (Redis writes the `message` before the count). The
+    /// same inside an EXEC array: an element `Push([frame…, reply])` whose first item is a push
+    /// is written as the frames, then the reply (the array header counts it once, as Redis's
+    /// does). Default `false` (a `Value::Push` reply is written as it is).
+    pub pushes_before_reply: bool,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +108,8 @@ impl Default for ServerConfig {
             max_buffered_out_of_order: 64 << 20,
             max_subscriptions: 100_000,
             idle_timeout: None,
+            queue_pubsub_in_multi: false,
+            pushes_before_reply: false,
         }
     }
 }
@@ -151,6 +171,9 @@ struct Slot {
     /// `Some(v)`: a HELLO; switch to `v` (if given) when answered without an error.
     hello: Option<Option<Protocol>>,
     close: bool,
+    /// An EXEC whose transaction queued pub/sub commands (see
+    /// [`ServerConfig::queue_pubsub_in_multi`]).
+    exec: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +213,10 @@ pub struct ServerConnection {
     now: Instant,
     lifecycle: Lifecycle,
     commands: u64,
+    /// Inside MULTI (tracked only with `queue_pubsub_in_multi`).
+    multi: bool,
+    /// A pub/sub command was queued in this MULTI.
+    multi_pubsub: bool,
 }
 
 /// Replies larger than this are handed to the driver as their own chunk instead of copied.
@@ -199,6 +226,19 @@ fn lower_name(name: &[u8]) -> alloc::string::String {
     name.iter()
         .map(|c| c.to_ascii_lowercase() as char)
         .collect()
+}
+
+/// `(kind, subscribe?)` of a lower-case (un)subscribe command name.
+fn pubsub_kind(name: &[u8]) -> Option<(SubKind, bool)> {
+    Some(match name {
+        b"subscribe" => (SubKind::Channel, true),
+        b"psubscribe" => (SubKind::Pattern, true),
+        b"ssubscribe" => (SubKind::Shard, true),
+        b"unsubscribe" => (SubKind::Channel, false),
+        b"punsubscribe" => (SubKind::Pattern, false),
+        b"sunsubscribe" => (SubKind::Shard, false),
+        _ => return None,
+    })
 }
 
 /// `ERR wrong number of arguments for '<cmd>' command`.
@@ -240,6 +280,8 @@ impl ServerConnection {
             now,
             lifecycle: Lifecycle::new(State::Ready),
             commands: 0,
+            multi: false,
+            multi_pubsub: false,
         }
     }
 
@@ -362,6 +404,7 @@ impl ServerConnection {
                 held,
                 hello: None,
                 close,
+                exec: false,
             });
             if close {
                 // Read nothing more; close once the replies owed are written.
@@ -424,8 +467,9 @@ impl ServerConnection {
         // Only names of these lengths are the connection's own business (PING QUIT RESET
         // HELLO and the (un)subscribe family); anything else, outside RESP2 pub/sub mode, goes
         // straight to the application.
-        if !matches!(n, 4 | 5 | 9..=12) && (self.proto != Protocol::Resp2 || !self.is_subscribed())
-        {
+        // DISCARD (7) matters only inside a tracked MULTI.
+        let own = matches!(n, 4 | 5 | 9..=12) || (n == 7 && self.multi);
+        if !own && (self.proto != Protocol::Resp2 || !self.is_subscribed()) {
             return self.push_command(args, None);
         }
         let is = |s: &str| n == s.len() && name.eq_ignore_ascii_case(s.as_bytes());
@@ -458,6 +502,31 @@ impl ServerConnection {
             ));
             return self.own_reply(&e, false);
         }
+        if self.config.queue_pubsub_in_multi {
+            if self.multi {
+                if sub.is_some() {
+                    self.multi_pubsub = true;
+                    return self.push_command(args, None);
+                }
+                let exec = is("exec");
+                if (exec || is("discard")) && args.len() == 1 {
+                    self.multi = false;
+                    if exec && core::mem::take(&mut self.multi_pubsub) {
+                        // The EXEC reply changes the subscriptions: read on once it is
+                        // written (RESP2's pub/sub mode applies to what follows).
+                        self.read = Read::AwaitHello;
+                        self.push_command(args, None);
+                        if let Some(slot) = self.slots.back_mut() {
+                            slot.exec = true;
+                        }
+                        return;
+                    }
+                }
+            } else if is("multi") && args.len() == 1 {
+                self.multi = true;
+                self.multi_pubsub = false;
+            }
+        }
         if let Some((kind, subscribe)) = sub {
             return self.pubsub(kind, subscribe, &args);
         }
@@ -469,6 +538,8 @@ impl ServerConnection {
                 return self.own_reply(&wrong_args(name), false);
             }
             self.proto = Protocol::Resp2;
+            self.multi = false;
+            self.multi_pubsub = false;
             self.channels.clear();
             self.patterns.clear();
             self.shard.clear();
@@ -527,6 +598,7 @@ impl ServerConnection {
             held: BytesMut::new(),
             hello,
             close: false,
+            exec: false,
         });
         self.events.push_back(Event::Command(Command {
             id: CommandId(id),
@@ -538,48 +610,8 @@ impl ServerConnection {
         if subscribe && args.len() < 2 {
             return self.own_reply(&wrong_args(&args[0]), false);
         }
-        let (sub_name, unsub_name) = kind.names();
         let mut frames = BytesMut::new();
-        let mut changed = Vec::new();
-        let proto = self.proto;
-        let frame =
-            |frames: &mut BytesMut, kind_name: &'static [u8], ch: Option<&Bytes>, count: i64| {
-                let v = Value::Push(alloc::vec![
-                    Value::BulkString(Bytes::from_static(kind_name)),
-                    ch.map_or(Value::NullBulkString, |c| Value::BulkString(c.clone())),
-                    Value::Integer(count),
-                ]);
-                encode(&v, proto, frames);
-            };
-        if subscribe {
-            for ch in &args[1..] {
-                let total = self.channels.len() + self.patterns.len() + self.shard.len();
-                if !self.set(kind).contains(ch) && total < self.config.max_subscriptions {
-                    self.set_mut(kind).insert(ch.clone());
-                    changed.push(ch.clone());
-                }
-                frame(&mut frames, sub_name, Some(ch), self.sub_count(kind));
-            }
-        } else if args.len() > 1 {
-            for ch in &args[1..] {
-                if self.set_mut(kind).remove(ch) {
-                    changed.push(ch.clone());
-                }
-                frame(&mut frames, unsub_name, Some(ch), self.sub_count(kind));
-            }
-        } else {
-            let all: Vec<Bytes> = core::mem::take(self.set_mut(kind)).into_iter().collect();
-            if all.is_empty() {
-                frame(&mut frames, unsub_name, None, self.sub_count(kind));
-            }
-            // Counts go down one by one, as Redis reports them.
-            let mut left = self.sub_count(kind) + all.len() as i64;
-            for ch in &all {
-                left -= 1;
-                frame(&mut frames, unsub_name, Some(ch), left);
-            }
-            changed = all;
-        }
+        let changed = self.pubsub_frames(kind, subscribe, &args[1..], self.proto, &mut frames);
         if !changed.is_empty() {
             self.events.push_back(if subscribe {
                 Event::Subscribe {
@@ -594,6 +626,127 @@ impl ServerConnection {
             });
         }
         self.own_reply_with(|dst, _| dst.extend_from_slice(&frames), false);
+    }
+
+    /// Apply a (un)subscription to the connection's sets and write Redis's confirmation
+    /// frames; returns the channels actually added or removed.
+    fn pubsub_frames(
+        &mut self,
+        kind: SubKind,
+        subscribe: bool,
+        channels: &[Bytes],
+        proto: Protocol,
+        frames: &mut BytesMut,
+    ) -> Vec<Bytes> {
+        let (sub_name, unsub_name) = kind.names();
+        let mut changed = Vec::new();
+        let frame =
+            |frames: &mut BytesMut, kind_name: &'static [u8], ch: Option<&Bytes>, count: i64| {
+                let v = Value::Push(alloc::vec![
+                    Value::BulkString(Bytes::from_static(kind_name)),
+                    ch.map_or(Value::NullBulkString, |c| Value::BulkString(c.clone())),
+                    Value::Integer(count),
+                ]);
+                encode(&v, proto, frames);
+            };
+        if subscribe {
+            for ch in channels {
+                let total = self.channels.len() + self.patterns.len() + self.shard.len();
+                if !self.set(kind).contains(ch) && total < self.config.max_subscriptions {
+                    self.set_mut(kind).insert(ch.clone());
+                    changed.push(ch.clone());
+                }
+                frame(frames, sub_name, Some(ch), self.sub_count(kind));
+            }
+        } else if !channels.is_empty() {
+            for ch in channels {
+                if self.set_mut(kind).remove(ch) {
+                    changed.push(ch.clone());
+                }
+                frame(frames, unsub_name, Some(ch), self.sub_count(kind));
+            }
+        } else {
+            let all: Vec<Bytes> = core::mem::take(self.set_mut(kind)).into_iter().collect();
+            if all.is_empty() {
+                frame(frames, unsub_name, None, self.sub_count(kind));
+            }
+            // Counts go down one by one, as Redis reports them.
+            let mut left = self.sub_count(kind) + all.len() as i64;
+            for ch in &all {
+                left -= 1;
+                frame(frames, unsub_name, Some(ch), left);
+            }
+            changed = all;
+        }
+        changed
+    }
+
+    /// A reply with push frames before it (`pushes_before_reply`) and/or the reply of an EXEC
+    /// that queued pub/sub commands (`exec`).
+    #[cold]
+    fn encode_special(&mut self, reply: &Value, proto: Protocol, exec: bool) -> BytesMut {
+        let mut buf = BytesMut::new();
+        let last = match reply {
+            Value::Push(items) if self.config.pushes_before_reply => match items.split_last() {
+                Some((last, frames)) => {
+                    for f in frames {
+                        encode(f, proto, &mut buf);
+                    }
+                    last
+                }
+                None => reply,
+            },
+            _ => reply,
+        };
+        match last {
+            Value::Array(items) if exec || self.config.pushes_before_reply => {
+                self.encode_exec(items, proto, &mut buf, exec)
+            }
+            _ => encode(last, proto, &mut buf),
+        }
+        buf
+    }
+
+    /// An EXEC reply: Redis's array header counts the commands; with `apply`, each queued
+    /// (un)subscription becomes its confirmation frames; with `pushes_before_reply`, an
+    /// element `Push([frame…, reply])` (a push first) writes the frames, then the reply.
+    #[cold]
+    fn encode_exec(&mut self, items: &[Value], proto: Protocol, dst: &mut BytesMut, apply: bool) {
+        let mut hdr = itoa::Buffer::new();
+        dst.put_u8(b'*');
+        dst.put_slice(hdr.format(items.len()).as_bytes());
+        dst.put_slice(b"\r\n");
+        for item in items {
+            if let Value::Push(parts) = item {
+                if self.config.pushes_before_reply && matches!(parts.first(), Some(Value::Push(_)))
+                {
+                    for p in parts {
+                        encode(p, proto, dst);
+                    }
+                    continue;
+                }
+            }
+            let op = match item {
+                Value::Push(parts) if apply => match parts.first() {
+                    Some(Value::BulkString(name)) => pubsub_kind(name).map(|k| (k, &parts[1..])),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match op {
+                Some(((kind, subscribe), rest)) => {
+                    let channels: Vec<Bytes> = rest
+                        .iter()
+                        .filter_map(|v| match v {
+                            Value::BulkString(b) => Some(b.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    self.pubsub_frames(kind, subscribe, &channels, proto, dst);
+                }
+                None => encode(item, proto, dst),
+            }
+        }
     }
 
     // ----- output --------------------------------------------------------------------------
@@ -636,6 +789,16 @@ impl ServerConnection {
             }
         }
         let proto = self.slots[i].proto;
+        let exec = self.slots[i].exec;
+        if exec && self.read == Read::AwaitHello {
+            self.read = Read::Reading;
+        }
+        // Replies are never pushes on the common path: one discriminant test.
+        if exec || (matches!(reply, Value::Push(_)) && self.config.pushes_before_reply) {
+            let buf = self.encode_special(reply, proto, exec);
+            self.place(i, &buf);
+            return Ok(());
+        }
         if i == 0 {
             match reply {
                 Value::BulkString(b) if b.len() > COPY_MAX => {
@@ -660,6 +823,21 @@ impl ServerConnection {
             self.advance_front();
         }
         Ok(())
+    }
+
+    /// Slot `i`'s whole reply, already encoded.
+    #[cold]
+    fn place(&mut self, i: usize, buf: &[u8]) {
+        if i == 0 {
+            self.wbuf.extend_from_slice(buf);
+        } else {
+            self.held_total += buf.len();
+            self.slots[i].held.extend_from_slice(buf);
+        }
+        self.slots[i].done = true;
+        if i == 0 {
+            self.advance_front();
+        }
     }
 
     fn advance_front(&mut self) {

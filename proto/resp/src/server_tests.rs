@@ -413,6 +413,120 @@ fn message_never_precedes_its_subscription_confirmation() {
     );
 }
 
+/// With `queue_pubsub_in_multi`, SUBSCRIBE inside MULTI is the application's to queue; the
+/// EXEC reply's pushes become Redis's confirmations (array header = commands), the sets
+/// follow, and what comes after the EXEC is read under RESP2's pub/sub rules.
+#[test]
+fn pubsub_inside_multi_is_queued_and_applied_at_exec() {
+    let mut c = conn_with(|c| c.queue_pubsub_in_multi = true);
+    feed(
+        &mut c,
+        b"MULTI\r\nSUBSCRIBE a b\r\nPUNSUBSCRIBE\r\nSET k v\r\nEXEC\r\nGET k\r\n",
+    )
+    .unwrap();
+    let evs = events(&mut c);
+    // MULTI, SUBSCRIBE, PUNSUBSCRIBE, SET, EXEC: GET waits behind the EXEC.
+    let ids: Vec<CommandId> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::Command(cmd) => Some(cmd.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 5, "{evs:?}");
+    assert!(!c.wants_read());
+    for id in &ids[..4] {
+        let v = if id == &ids[0] {
+            Value::ok()
+        } else {
+            Value::simple("QUEUED")
+        };
+        c.send_reply(*id, &v).unwrap();
+    }
+    let exec = Value::Array(vec![
+        Value::Push(vec![
+            Value::bulk("subscribe"),
+            Value::bulk("a"),
+            Value::bulk("b"),
+        ]),
+        Value::Push(vec![Value::bulk("punsubscribe")]),
+        Value::ok(),
+    ]);
+    c.send_reply(ids[4], &exec).unwrap();
+    assert_eq!(
+        output(&mut c),
+        "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n\
+         *3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n\
+         *3\r\n$12\r\npunsubscribe\r\n$-1\r\n:2\r\n+OK\r\n"
+    );
+    assert!(c.is_subscribed_to(SubKind::Channel, b"b"));
+    assert!(c.wants_read());
+    // The GET behind the EXEC is refused: the client is in pub/sub mode now.
+    let mut rest = BytesMut::from(&b"GET k\r\n"[..]);
+    c.handle_input(Instant::ZERO, &mut rest).unwrap();
+    assert!(output(&mut c).starts_with("-ERR Can't execute 'get'"));
+    // DISCARD ends MULTI too; outside MULTI the connection answers SUBSCRIBE itself.
+    let mut c = conn_with(|c| c.queue_pubsub_in_multi = true);
+    feed(&mut c, b"MULTI\r\nDISCARD\r\nSUBSCRIBE x\r\n").unwrap();
+    answer_all(&mut c);
+    assert_eq!(
+        output(&mut c),
+        "+OK\r\n+OK\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nx\r\n:1\r\n"
+    );
+    // Off (the default): answered at once, even inside MULTI.
+    let mut c = conn();
+    feed(&mut c, b"MULTI\r\nSUBSCRIBE x\r\n").unwrap();
+    answer_all(&mut c);
+    assert!(output(&mut c).ends_with("*3\r\n$9\r\nsubscribe\r\n$1\r\nx\r\n:1\r\n"));
+}
+
+/// With `pushes_before_reply`, `Value::Push([frame…, reply])` writes the frames, then the
+/// reply; without it a push reply is written as it is.
+#[test]
+fn pushes_before_reply() {
+    let msg = Value::Push(vec![
+        Value::bulk("message"),
+        Value::bulk("c"),
+        Value::bulk("m"),
+    ]);
+    let reply = Value::Push(vec![msg.clone(), Value::Integer(1)]);
+    let mut c = conn_with(|c| c.pushes_before_reply = true);
+    feed(&mut c, b"HELLO 3\r\n").unwrap();
+    answer_all(&mut c);
+    let _ = output(&mut c);
+    feed(&mut c, b"PUBLISH c m\r\n").unwrap();
+    let evs = events(&mut c);
+    let Some(Event::Command(cmd)) = evs.first() else {
+        panic!("{evs:?}")
+    };
+    c.send_reply(cmd.id, &reply).unwrap();
+    assert_eq!(
+        output(&mut c),
+        ">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n:1\r\n"
+    );
+    // Inside an EXEC array: the header counts the PUBLISH once, the message comes first.
+    feed(&mut c, b"EXEC\r\n").unwrap();
+    let evs = events(&mut c);
+    let Some(Event::Command(cmd)) = evs.first() else {
+        panic!("{evs:?}")
+    };
+    let exec = Value::Push(vec![Value::Array(vec![reply.clone(), Value::ok()])]);
+    c.send_reply(cmd.id, &exec).unwrap();
+    assert_eq!(
+        output(&mut c),
+        "*2\r\n>3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n:1\r\n+OK\r\n"
+    );
+    let mut c = conn();
+    feed(&mut c, b"PUBLISH c m\r\n").unwrap();
+    let evs = events(&mut c);
+    let Some(Event::Command(cmd)) = evs.first() else {
+        panic!("{evs:?}")
+    };
+    c.send_reply(cmd.id, &Value::Push(vec![Value::Integer(1)]))
+        .unwrap();
+    assert_eq!(output(&mut c), "*1\r\n:1\r\n");
+}
+
 #[test]
 fn reset_returns_to_resp2() {
     let mut c = conn();
