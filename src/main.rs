@@ -194,6 +194,7 @@ struct FileConfig {
     busy_poll: Option<String>,
     max_connections: Option<usize>,
     max_body: Option<u64>,
+    max_discard_body: Option<u64>,
     max_buffered_body: Option<usize>,
     max_head_bytes: Option<usize>,
     max_headers: Option<usize>,
@@ -673,6 +674,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if let Some(v) = file.max_body {
         opts.http.max_body = v;
+    }
+    if let Some(v) = file.max_discard_body {
+        opts.http.max_discard_body = v;
     }
     if let Some(v) = file.max_buffered_body {
         opts.max_buffered_body = v;

@@ -2640,6 +2640,11 @@ impl Half for Down {
             && self.conn.wants_read()
     }
 
+    fn release_idle(&mut self) {
+        // No unconsumed input at the drivers' idle sweep: the empty output buffer and queues go.
+        self.conn.release_idle_buffers();
+    }
+
     fn is_finished(&self) -> bool {
         match self.tunnel.as_ref() {
             Some(t) => t.closed && self.io.out.is_empty(),

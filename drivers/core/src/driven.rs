@@ -59,6 +59,10 @@ pub trait Session: Sized + Send + 'static {
     fn poll_shutdown_write(&mut self) -> bool {
         false
     }
+    /// The connection holds no unconsumed input at the drivers' idle sweep (every few
+    /// seconds): give back buffers that are empty now (the driver gives the empty input back
+    /// itself). Must change nothing observable. Default: nothing.
+    fn release_idle(&mut self) {}
     /// Whether the peer closed its side.
     fn saw_eof(&self) -> bool;
     /// Whether work waits for room in an application channel (retry soon).
@@ -148,6 +152,9 @@ impl Session for HttpSession {
     }
     fn input(&mut self) -> &mut BytesMut {
         &mut self.input
+    }
+    fn release_idle(&mut self) {
+        HttpSession::release_idle(self)
     }
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
         HttpSession::wants_read(self, ctx)

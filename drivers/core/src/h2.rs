@@ -909,6 +909,11 @@ impl Session for HttpAuto {
             Mode::Switching => &mut self.spare,
         }
     }
+    fn release_idle(&mut self) {
+        if let Mode::Undecided(h) | Mode::H1(h) = &mut self.mode {
+            h.release_idle();
+        }
+    }
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
         match &self.mode {
             Mode::Undecided(h) | Mode::H1(h) => h.wants_read(ctx),

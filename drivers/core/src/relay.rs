@@ -222,9 +222,11 @@ pub struct Io {
 }
 
 impl Io {
-    fn new(ctx: &WorkerCtx, info: &ConnInfo, gen: u32, connected: bool) -> Io {
+    fn new(_ctx: &WorkerCtx, info: &ConnInfo, gen: u32, connected: bool) -> Io {
         Io {
-            input: BytesMut::with_capacity(ctx.options.read_chunk),
+            // Allocated by the driver's first read (sized to it: an idle connection stays
+            // cheap), then a read chunk at a time.
+            input: BytesMut::new(),
             out: OutQueue::default(),
             me: Peer {
                 token: info.token,
@@ -331,6 +333,9 @@ pub trait Half: Sized + Send + 'static {
     }
     /// `n` bytes were appended to the input (before `process`).
     fn on_read(&mut self, _ctx: &WorkerCtx, _n: usize) {}
+    /// No unconsumed input at the drivers' idle sweep: give back buffers that are empty now
+    /// (see [`Session::release_idle`]). Default: nothing.
+    fn release_idle(&mut self) {}
     /// `n` bytes of output left the queue (written, or confirmed sent): e.g. acknowledge them
     /// to the peer for flow control.
     fn on_written(&mut self, _ctx: &WorkerCtx, _n: usize) {}
@@ -478,6 +483,10 @@ where
 
     fn input(&mut self) -> &mut BytesMut {
         &mut self.io_mut().input
+    }
+
+    fn release_idle(&mut self) {
+        both!(self, h => h.release_idle())
     }
 
     #[inline]

@@ -125,6 +125,20 @@ impl HttpSession {
         ))
     }
 
+    /// Give back the buffers that are empty now (see [`Session::release_idle`]).
+    ///
+    /// [`Session::release_idle`]: crate::Session::release_idle
+    #[cold]
+    pub fn release_idle(&mut self) {
+        self.conn.release_idle_buffers();
+        if self.out.is_empty() {
+            self.out = VecDeque::new();
+        }
+        if self.started.is_empty() {
+            self.started = VecDeque::new();
+        }
+    }
+
     /// The connection's identity.
     pub fn info(&self) -> &ConnInfo {
         &self.info

@@ -9,7 +9,10 @@
 //!   per worker): the kernel picks a buffer only when data arrives, so idle connections pin no
 //!   receive memory. In this first slice the bytes are **copied** into the connection's
 //!   `BytesMut` and the buffer goes straight back to the ring (one memcpy per read; lending
-//!   ring buffers to the parser without a copy is a follow-up);
+//!   ring buffers to the parser without a copy is a follow-up). A connection's first read
+//!   keeps only its bytes, later ones reserve a read chunk when short of room, and every
+//!   `ferry_epoll::IDLE_SWEEP` the connections holding no unconsumed input give their empty
+//!   buffers back, so idle keep-alive connections stay cheap (as `ferry-epoll`);
 //! - `send` (`MSG_NOSIGNAL`) of a single queued chunk (the common small response: no msghdr
 //!   for the kernel to import), `sendmsg` of several as an iovec array: the `Bytes` are moved
 //!   into the connection's in-flight slot and stay alive until the completion; a short write
@@ -18,8 +21,10 @@
 //!   `io_uring_enter` that also waits for the next completions;
 //! - `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (plus `COOP_TASKRUN`) when the
 //!   kernel has them, falling back to a plain ring otherwise;
-//! - backpressure: when a session stops wanting input, its multishot recv is cancelled and
-//!   re-armed later (a few completions already in flight are still appended);
+//! - backpressure: each multishot recv ends by itself after [`RECV_CAP`] bytes (Linux 6.17+;
+//!   plain multishot before) and is re-armed only while the session wants input; when a
+//!   session stops wanting input its recv is also cancelled, so what it gets beyond its
+//!   window is bounded by the cap, as epoll's one read past the check;
 //! - [`start`] falls back to `ferry-epoll` with one line on stderr when io_uring cannot be set
 //!   up (old kernel, `kernel.io_uring_disabled`, seccomp).
 //!
@@ -101,6 +106,15 @@ const BUF_GROUP: u16 = 0;
 const BUF_COUNT: u16 = 256;
 const BUF_SIZE: usize = 16 * 1024;
 const MAX_IOV: usize = 64;
+/// Most bytes one multishot recv may deliver before it ends (`sqe->optlen`, the kernel's
+/// `IORING_RECV_MSHOT_LIM`, Linux 6.17+): the driver re-arms it only while the session
+/// wants input, so a session that stops wanting input (backpressure) gets at most this much
+/// more, plus one buffer, however long its cancellation takes to land. Without it the kernel
+/// goes on copying a fast sender's bytes into the connection (a stalled client of the proxy
+/// cost 1.5 MiB, not its 256 KiB window). Four buffers: a bulk transfer costs the same CPU
+/// as uncapped (one buffer per arm cost 10-50% more), one re-arm per hundreds of small
+/// requests.
+const RECV_CAP: u32 = 4 * BUF_SIZE as u32;
 /// Rounds of "drive touched connections, open queued connects, deliver local mail" per loop
 /// turn before waiting again (the rest carries over, with a zero wait).
 const MAX_ROUNDS: usize = 16;
@@ -366,6 +380,12 @@ struct Conn<S> {
     connecting: bool,
     connect_armed: bool,
     connect_cancelling: bool,
+    /// Nothing read yet: the first read's bytes are kept in a buffer sized to them (a
+    /// connection that sends one small request and idles holds a few hundred bytes of
+    /// input); later reads reserve a whole read chunk when short of room, as epoll's.
+    fresh: bool,
+    /// The armed recv carries the byte cap ([`RECV_CAP`]).
+    recv_capped: bool,
 }
 
 impl<S> Conn<S> {
@@ -395,6 +415,8 @@ impl<S> Conn<S> {
             connecting,
             connect_armed: false,
             connect_cancelling: false,
+            fresh: true,
+            recv_capped: false,
         }
     }
 }
@@ -406,6 +428,8 @@ struct Loop {
     files: u32,
     /// Send single chunks with `SEND_ZC`.
     send_zc: bool,
+    /// The byte cap of each multishot recv ([`RECV_CAP`]; 0 on kernels that refuse it).
+    recv_cap: u32,
 }
 
 impl Loop {
@@ -491,6 +515,7 @@ pub fn run_worker_with<S: Session>(
             bufs,
             files,
             send_zc,
+            recv_cap: RECV_CAP,
         })
     });
     let mut lp = match setup {
@@ -519,6 +544,7 @@ pub fn run_worker_with<S: Session>(
     let mut turn: Turn<S> = Turn::new(&mut ctx, &*shared);
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
     let mut drain_deadline: Option<Instant> = None;
+    let mut next_sweep = ctx.clock.now() + ferry_epoll::IDLE_SWEEP;
 
     let mut spin = BusyPoll::new(ctx.options.busy_poll);
     loop {
@@ -542,7 +568,8 @@ pub fn run_worker_with<S: Session>(
             }
         }
 
-        let mut timeout = turn.wait_timeout(now, &[accept_paused_until, drain_deadline]);
+        let sweep = (!conns.is_empty()).then_some(next_sweep);
+        let mut timeout = turn.wait_timeout(now, &[accept_paused_until, drain_deadline, sweep]);
         lp.bufs.publish();
         if let Some(until) = spin.spin_until(now, timeout) {
             // Busy polling: submit and reap without sleeping (a zero-timeout wait still runs
@@ -659,14 +686,35 @@ pub fn run_worker_with<S: Session>(
                         if res > 0 {
                             if let Some(bid) = bid {
                                 if c.linger_until.is_none() {
-                                    c.session
-                                        .input()
-                                        .extend_from_slice(lp.bufs.get(bid, res as usize));
+                                    let data = lp.bufs.get(bid, res as usize);
+                                    let input = c.session.input();
+                                    if input.capacity() - input.len() < data.len() {
+                                        if !c.fresh {
+                                            input.reserve(data.len().max(ctx.options.read_chunk));
+                                        }
+                                        c.fresh = false;
+                                    }
+                                    input.extend_from_slice(data);
                                     c.session.on_read(&ctx, res as usize);
+                                    if c.session.input().len() >= ctx.options.read_chunk
+                                        && !c.closing
+                                    {
+                                        // As epoll after a full read: a burst of completions
+                                        // is consumed as it comes, not first piled up in one
+                                        // buffer (which would outlive every byte cut from it).
+                                        c.session.process(&mut ctx, now);
+                                    }
                                 }
                             }
                         } else if res == 0 {
                             c.eof = true;
+                        } else if res == -libc::EINVAL && c.recv_capped {
+                            // A kernel older than 6.17 refuses the capped multishot: go on
+                            // without the cap (the next drive re-arms this one).
+                            if lp.recv_cap != 0 {
+                                tracing::debug!("multishot recv cap unsupported; uncapped");
+                                lp.recv_cap = 0;
+                            }
                         } else if res != -libc::ENOBUFS && res != -libc::ECANCELED {
                             c.eof = true;
                             c.closing = true;
@@ -759,6 +807,11 @@ pub fn run_worker_with<S: Session>(
             }
         });
 
+        if now >= next_sweep {
+            next_sweep = now + ferry_epoll::IDLE_SWEEP;
+            sweep_idle(&mut conns);
+        }
+
         // Shutdown: stop accepting, close idle connections, drain the rest.
         if drain_deadline.is_none() && ctx.shutdown.is_triggered() {
             drain_deadline = Some(now + ctx.options.drain_timeout);
@@ -841,6 +894,21 @@ pub fn run_worker_with<S: Session>(
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// [`ferry_epoll::IDLE_SWEEP`]: connections that hold no unconsumed input give their buffers
+/// back (the next read allocates one sized to what it brings, as the first read does), as in
+/// `ferry-epoll`.
+#[cold]
+fn sweep_idle<S: Session>(conns: &mut Slab<Conn<S>>) {
+    for (_, c) in conns.iter_mut() {
+        let input = c.session.input();
+        if !c.fresh && input.is_empty() {
+            *input = bytes::BytesMut::new();
+            c.fresh = true;
+            c.session.release_idle();
         }
     }
 }
@@ -1074,14 +1142,47 @@ fn start_connect(addr: std::net::SocketAddr) -> io::Result<(OwnedFd, bool)> {
 
 fn arm_recv<S>(c: &mut Conn<S>, t: usize, lp: &mut Loop) {
     let sqe = on_fd!(c, |fd| opcode::RecvMulti::new(fd, BUF_GROUP).build());
+    let sqe = with_optlen(sqe, lp.recv_cap);
+    c.recv_capped = lp.recv_cap != 0;
     lp.push(sqe.user_data(ud(OP_RECV, c.gen, t)));
     c.recv_armed = true;
     c.ops += 1;
 }
 
+/// Set an SQE's `optlen` (for a multishot recv: the most bytes it delivers before it ends),
+/// which `io-uring` 0.7 has no setter for.
+#[inline]
+fn with_optlen(e: squeue::Entry, optlen: u32) -> squeue::Entry {
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    /// `optlen`'s offset in the kernel's `struct io_uring_sqe` (a union with `file_index`
+    /// and `splice_fd_in`), as in `include/uapi/linux/io_uring.h`.
+    const OPTLEN_AT: usize = 44;
+    // SAFETY: `squeue::Entry` is a `#[repr(C)]` wrapper of the kernel's 64-byte
+    // `io_uring_sqe` (size checked above), plain integers with no invalid bit patterns, so
+    // it may be viewed as bytes and back.
+    let mut b: [u8; 64] = unsafe { std::mem::transmute(e) };
+    b[OPTLEN_AT..OPTLEN_AT + 4].copy_from_slice(&optlen.to_ne_bytes());
+    // SAFETY: as above; only the `optlen` field changed.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(b) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn optlen_lands_in_the_sqe() {
+        let e = opcode::RecvMulti::new(Fd(3), BUF_GROUP)
+            .build()
+            .user_data(7);
+        let e = with_optlen(e, 0x0001_2345);
+        // SAFETY: as in `with_optlen`.
+        let b: [u8; 64] = unsafe { std::mem::transmute(e) };
+        assert_eq!(b[44..48], 0x0001_2345u32.to_ne_bytes());
+        assert_eq!(b[0], opcode::RecvMulti::CODE);
+        assert_eq!(b[32..40], 7u64.to_ne_bytes());
+        assert_eq!(b[4..8], 3i32.to_ne_bytes());
+    }
 
     #[test]
     fn user_data_round_trips() {

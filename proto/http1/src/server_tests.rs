@@ -1242,3 +1242,34 @@ fn forwarded_response_connection_close_ends_the_connection() {
         "the forwarded Connection: close ends this connection"
     );
 }
+
+#[test]
+fn idle_buffers_given_back_and_grown_again() {
+    let mut c = conn();
+    feed(&mut c, GET).unwrap();
+    answer_all(&mut c);
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n0:/a"
+    );
+    assert!(c.wbuf.capacity() > 0);
+    c.release_idle_buffers();
+    assert_eq!(c.wbuf.capacity(), 0);
+    assert_eq!((c.slots.capacity(), c.events.capacity()), (0, 0));
+    // The next request is served as the first was.
+    feed(&mut c, GET).unwrap();
+    answer_all(&mut c);
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n1:/a"
+    );
+    assert!(c.is_idle());
+    // Output not yet taken stays.
+    feed(&mut c, GET).unwrap();
+    answer_all(&mut c);
+    c.release_idle_buffers();
+    assert_eq!(
+        output(&mut c),
+        "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n2:/a"
+    );
+}

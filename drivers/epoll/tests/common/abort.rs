@@ -1,7 +1,9 @@
 //! `Session::wants_abort` and `Session::poll_shutdown_write`, run by the same tests on every
 //! driver: a session that closes its connection gracefully on `fin`, with an RST on `rst` (or
 //! on `big`, after queueing 8 MiB that must not all arrive first: the abort discards unsent
-//! output), and half-closes on `half` (FIN after `half\n`, then counts what it still reads).
+//! output), and half-closes on `half` (FIN after `half\n`, then counts what it still reads);
+//! it also records what its input buffer holds after the first read and when the driver finds
+//! it idle (`release_idle`).
 
 #![allow(dead_code)]
 
@@ -23,6 +25,12 @@ use ferry_proto::Instant;
 pub struct Seen {
     /// Bytes read after a half-close.
     pub after_half: AtomicUsize,
+    /// The input buffer's capacity after a connection's first read (plus one: 0 is unseen).
+    pub first_read_capacity: AtomicUsize,
+    /// `release_idle` calls.
+    pub released: AtomicUsize,
+    /// The input buffer's capacity at the last `release_idle` (plus one).
+    pub released_capacity: AtomicUsize,
 }
 
 pub struct Conn {
@@ -94,7 +102,19 @@ impl Session for Conn {
     fn sent(&mut self, _: &WorkerCtx, n: usize, chunks: &mut Vec<Bytes>) {
         self.out.sent(n, chunks)
     }
+    fn release_idle(&mut self) {
+        let cap = self.input.capacity() + 1;
+        self.seen.released_capacity.store(cap, Ordering::Relaxed);
+        self.seen.released.fetch_add(1, Ordering::Relaxed);
+    }
     fn on_read(&mut self, _: &WorkerCtx, n: usize) {
+        let cap = self.input.capacity() + 1;
+        let _ = self.seen.first_read_capacity.compare_exchange(
+            0,
+            cap,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         if self.half.is_some() {
             self.seen.after_half.fetch_add(n, Ordering::Relaxed);
         }
@@ -235,6 +255,49 @@ pub fn half_close_keeps_reading(start: Start) {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(seen.after_half.load(Ordering::Relaxed), 11);
+    h.shutdown.trigger();
+    assert_eq!(h.wait(), 0);
+}
+
+/// Wait until `done`, bounded by `limit`.
+fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A connection's first read keeps only its bytes (not a whole read chunk); once the
+/// connection holds no unconsumed input at an idle sweep (every 2 s), the driver gives its
+/// empty input back and calls `release_idle`, and the connection goes on working.
+pub fn idle_buffers_given_back(start: Start) {
+    let (h, a, seen) = server(start);
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut echo = |line: &[u8]| {
+        s.write_all(line).unwrap();
+        let mut got = vec![0u8; line.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, line);
+    };
+    echo(b"hello\n");
+    let first = seen.first_read_capacity.load(Ordering::Relaxed);
+    assert!(
+        first > 0 && first - 1 < 1024,
+        "first read: a {} byte buffer",
+        first - 1
+    );
+    echo(b"again\n");
+    wait_for("release_idle", Duration::from_secs(20), || {
+        seen.released.load(Ordering::Relaxed) > 0
+    });
+    assert_eq!(
+        seen.released_capacity.load(Ordering::Relaxed),
+        1,
+        "input given back"
+    );
+    echo(b"still here\n");
     h.shutdown.trigger();
     assert_eq!(h.wait(), 0);
 }
