@@ -19,6 +19,16 @@ fn parse_upstreams(s: &str) -> Result<Vec<Upstream>, String> {
         .collect()
 }
 
+/// `--health-path`: an origin-form target (`/` then visible ASCII), as it goes on the probe's
+/// request line; anything else would make every probe a bad request, every upstream "down".
+fn parse_health_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_string())
+    } else {
+        Err("use a path starting with `/`, without spaces or control characters".into())
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct ProxyArgs {
     /// Where clients connect: IP:PORT, [IPv6]:PORT or unix:PATH.
@@ -31,7 +41,7 @@ pub(crate) struct ProxyArgs {
     /// http (reverse proxy / L7 load balancer) or redis (pooling proxy).
     #[arg(long, value_name = "PROTO", default_value = "http")]
     protocol: Protocol,
-    /// Admin listener serving /metrics (Prometheus text) and /health.
+    /// Admin listener serving /metrics (Prometheus text) and /health (503 once draining).
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
     /// round-robin, least-requests or hash (consistent hashing of the request target; for
@@ -54,6 +64,10 @@ pub(crate) struct ProxyArgs {
     /// How long an idle upstream connection stays pooled.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// HTTP: how long a tunnel (WebSocket, CONNECT) may carry no byte either way before both
+    /// its connections close (0: no limit).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    tunnel_idle_timeout: Duration,
     /// Most connections per upstream per I/O worker; further requests wait for one.
     #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     max_upstream_connections: u32,
@@ -76,7 +90,7 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     health_interval: Duration,
     /// Path of the HTTP health check (GET, 2xx/3xx is healthy).
-    #[arg(long, value_name = "PATH", default_value = "/")]
+    #[arg(long, value_name = "PATH", default_value = "/", value_parser = parse_health_path)]
     health_path: String,
     /// Redis: shared upstream connections per upstream per worker.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -263,6 +277,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
     cfg.connect_timeout = args.connect_timeout;
     cfg.response_timeout = args.response_timeout;
     cfg.idle_timeout = args.idle_timeout;
+    cfg.tunnel_idle_timeout = args.tunnel_idle_timeout;
     cfg.retries = args.retries;
     cfg.max_connections_per_upstream = args.max_upstream_connections as usize;
     cfg.pool_wait_timeout = args.pool_wait_timeout;

@@ -89,15 +89,35 @@ impl Upstream {
     /// Resolve (blocking: call it off the I/O workers). The first IPv4 address wins, else
     /// the first address.
     pub fn resolve(&self) -> Option<SocketAddr> {
+        preferred(&self.resolve_all())
+    }
+
+    /// Every address (blocking: call it off the I/O workers), without repeats, in the
+    /// resolver's order; none when the name does not resolve.
+    pub fn resolve_all(&self) -> Vec<SocketAddr> {
         match self {
-            Upstream::Addr(a) => Some(*a),
+            Upstream::Addr(a) => vec![*a],
             Upstream::Name { host, port } => {
                 use std::net::ToSocketAddrs;
-                let all: Vec<SocketAddr> = (host.as_str(), *port).to_socket_addrs().ok()?.collect();
-                all.iter().find(|a| a.is_ipv4()).or(all.first()).copied()
+                let mut all: Vec<SocketAddr> = Vec::new();
+                for a in (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .into_iter()
+                    .flatten()
+                {
+                    if !all.contains(&a) {
+                        all.push(a);
+                    }
+                }
+                all
             }
         }
     }
+}
+
+/// The address a name's connections go to by default: the first IPv4 one, else the first.
+pub fn preferred(all: &[SocketAddr]) -> Option<SocketAddr> {
+    all.iter().find(|a| a.is_ipv4()).or(all.first()).copied()
 }
 
 #[cfg(test)]
@@ -187,6 +207,11 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// How long an idle upstream connection stays in a worker's pool. Default 60 s.
     pub idle_timeout: Duration,
+    /// HTTP: how long a tunnel (after a `101` or a CONNECT) may carry no byte either way
+    /// before both its connections close (a client that vanished without a FIN must not hold
+    /// an upstream connection, and its pool slot, forever; HAProxy's `timeout tunnel`).
+    /// Zero: no limit. Default 1 h.
+    pub tunnel_idle_timeout: Duration,
     /// Most connections (busy, idle or connecting) per upstream per worker; requests beyond
     /// wait for one (`pool_wait_timeout`, at most `max_waiters` queued, then 503). Default 512.
     pub max_connections_per_upstream: usize,
@@ -236,6 +261,7 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(3600),
             max_connections_per_upstream: 512,
             pool_wait_timeout: Duration::from_secs(5),
             max_waiters: 4096,

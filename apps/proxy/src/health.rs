@@ -17,6 +17,13 @@ use crate::metrics::ProxyStats;
 
 /// One probe: whether `addr` answers well within `cfg.timeout`.
 pub fn probe(addr: SocketAddr, protocol: Protocol, cfg: &HealthConfig) -> bool {
+    probe_as(addr, &addr.to_string(), protocol, cfg)
+}
+
+/// [`probe`] with `host` as the HTTP check's `Host` (an upstream given by name is asked by
+/// that name, as requests without a `Host` of their own are: a name-based virtual host
+/// answers for it, where the address alone may get a 404 and take the upstream out).
+pub fn probe_as(addr: SocketAddr, host: &str, protocol: Protocol, cfg: &HealthConfig) -> bool {
     let deadline = Instant::now() + cfg.timeout;
     let Ok(mut s) = TcpStream::connect_timeout(&addr, cfg.timeout) else {
         return false;
@@ -28,7 +35,7 @@ pub fn probe(addr: SocketAddr, protocol: Protocol, cfg: &HealthConfig) -> bool {
     let req = match protocol {
         Protocol::Redis => b"*1\r\n$4\r\nPING\r\n".to_vec(),
         _ => format!(
-            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ferry-proxy-health\r\nConnection: close\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ferry-proxy-health\r\nConnection: close\r\n\r\n",
             cfg.path
         )
         .into_bytes(),
@@ -59,6 +66,30 @@ pub fn probe(addr: SocketAddr, protocol: Protocol, cfg: &HealthConfig) -> bool {
     }
 }
 
+/// Which of a name's addresses `all` to use, and whether it answers: the one in use (or
+/// else the preferred one, IPv4 first) if `probe` passes, else the first other address that
+/// passes (a `localhost` whose service listens on `::1` only, or on `127.0.0.1` only), else
+/// the one in use, failing.
+pub fn answering(
+    all: &[SocketAddr],
+    current: Option<SocketAddr>,
+    mut probe: impl FnMut(SocketAddr) -> bool,
+) -> (Option<SocketAddr>, bool) {
+    let Some(first) = current
+        .filter(|c| all.contains(c))
+        .or_else(|| crate::config::preferred(all))
+    else {
+        return (None, false);
+    };
+    if probe(first) {
+        return (Some(first), true);
+    }
+    match all.iter().copied().find(|&a| a != first && probe(a)) {
+        Some(a) => (Some(a), true),
+        None => (Some(first), false),
+    }
+}
+
 /// Start the checker: every round it re-resolves host-name upstreams and, when `cfg` is
 /// given, probes each upstream; it runs until `stop` is set.
 pub fn spawn(
@@ -81,11 +112,23 @@ pub fn spawn(
                         return;
                     }
                     let u = &stats.upstreams[i];
-                    if let Upstream::Name { .. } = up {
-                        u.set_resolved(up.resolve());
-                    }
+                    let ok = match (up, cfg.as_ref()) {
+                        (Upstream::Name { .. }, Some(cfg)) => {
+                            let all = up.resolve_all();
+                            let (a, ok) = answering(&all, u.current(), |a| {
+                                probe_as(a, &u.addr, protocol, cfg)
+                            });
+                            u.set_resolved(a);
+                            ok
+                        }
+                        (Upstream::Name { .. }, None) => {
+                            u.set_resolved(up.resolve());
+                            continue;
+                        }
+                        (_, None) => continue,
+                        (_, Some(cfg)) => u.current().is_some_and(|a| probe(a, protocol, cfg)),
+                    };
                     let Some(cfg) = cfg.as_ref() else { continue };
-                    let ok = u.current().is_some_and(|a| probe(a, protocol, cfg));
                     streak[i] = match (ok, streak[i]) {
                         (true, s) if s > 0 => s + 1,
                         (true, _) => 1,
@@ -129,6 +172,49 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// A name with two addresses whose service listens on the second only (IPv6 here):
+    /// the checks find it and keep it; with neither answering, the one in use stays.
+    #[test]
+    fn health_checks_find_the_address_that_answers() {
+        let Ok(l) = TcpListener::bind("[::1]:0") else {
+            return; // no IPv6 loopback on this host
+        };
+        let v6 = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming().take(2) {
+                let Ok(mut s) = s else { continue };
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let all = [closed, v6];
+        let cfg = HealthConfig {
+            timeout: Duration::from_secs(10),
+            ..HealthConfig::default()
+        };
+        let tried = std::cell::RefCell::new(Vec::new());
+        let p = |a| {
+            tried.borrow_mut().push(a);
+            probe(a, Protocol::Http, &cfg)
+        };
+        assert_eq!(answering(&all, None, p), (Some(v6), true));
+        assert_eq!(*tried.borrow(), [closed, v6]); // IPv4 first, then the other
+        tried.borrow_mut().clear();
+        // Once found it is tried first.
+        assert_eq!(answering(&all, Some(v6), p), (Some(v6), true));
+        assert_eq!(*tried.borrow(), [v6]);
+        assert_eq!(
+            answering(&[closed], Some(closed), |_| false),
+            (Some(closed), false)
+        );
+        assert_eq!(answering(&[], Some(closed), |_| true), (None, false));
     }
 
     #[test]

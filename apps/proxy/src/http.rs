@@ -17,8 +17,8 @@
 //! Failures: an idempotent request (RFC 9110 §9.2.2) whose upstream failed before sending
 //! any response byte (connect refused/timed out, reset, EOF on a stale keep-alive connection)
 //! is retried on another upstream, with its body replayed if it was small enough to keep;
-//! anything else is answered `502 Bad Gateway` (`504 Gateway Timeout` when the upstream timed
-//! out, `503 Service Unavailable` when no upstream is usable), or the client connection is
+//! anything else is answered `502 Bad Gateway` (`504 Gateway Timeout` when it or the connect
+//! timed out, `503 Service Unavailable` when no upstream is usable), or the client connection is
 //! cut if the response had already started. A pooled connection that breaks before any byte
 //! of its response (the upstream closed it as idle just as the request went out) does not
 //! count against the upstream: an idempotent request goes again, to any upstream. A request
@@ -431,7 +431,9 @@ impl UpFailure {
     /// The status the proxy answers with when it gives up after this failure.
     fn status(self) -> u16 {
         match self {
-            UpFailure::Timeout => 504,
+            // A connect that timed out is a gateway timeout too (as nginx's 504 for
+            // `proxy_connect_timeout`); a refused one is a 502.
+            UpFailure::Timeout | UpFailure::ConnectTimeout => 504,
             UpFailure::PoolFull | UpFailure::PoolTimeout => 503,
             UpFailure::ClientStalled => 408,
             _ => 502,
@@ -860,6 +862,22 @@ fn host_field(
 // ----------------------------------------------------------------------------------------
 // Downstream
 // ----------------------------------------------------------------------------------------
+
+/// The `Upgrade` field to forward for an upgrade request, if any. Not for CONNECT, nor in an
+/// HTTP/1.0 request (RFC 9110 §7.8: ignored), nor `h2c` (as Envoy: a client must not talk
+/// HTTP/2 to the upstream past the proxy, "h2c smuggling"). Without it the upstream answers a
+/// plain request.
+#[cold]
+fn forwarded_upgrade(head: &ferry_http1::Request) -> Option<Bytes> {
+    if head.method() == Method::Connect || head.version() != ferry_http1::Version::Http11 {
+        return None;
+    }
+    let v = head.headers().get("upgrade")?;
+    let h2c = v
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!h2c).then(|| Bytes::copy_from_slice(v))
+}
 
 /// The request an event of the client's connection belongs to.
 fn event_id(ev: &SEvent) -> Option<RequestId> {
@@ -1406,9 +1424,19 @@ impl Down {
     /// comes in or the response goes out (waiting for the response head is the upstream
     /// connection's `response_timeout`).
     fn stall_deadline(&self) -> Option<Instant> {
-        let ex = self.ex.as_ref()?;
+        let Some(ex) = self.ex.as_ref() else {
+            return self.tunnel_deadline();
+        };
         let moving = (!ex.req_done || ex.resp_started) && self.tunnel.is_none() && !self.abort;
         moving.then(|| self.progress + self.shared.cfg.response_timeout)
+    }
+
+    /// When an open tunnel that carried nothing either way since `progress` ends.
+    #[cold]
+    fn tunnel_deadline(&self) -> Option<Instant> {
+        let t = self.tunnel.as_ref()?;
+        let limit = self.shared.cfg.tunnel_idle_timeout;
+        (!t.closed && !limit.is_zero()).then(|| self.progress + limit)
     }
 
     /// Nothing moved for the response timeout: the response stalled (the client connection
@@ -1417,7 +1445,16 @@ impl Down {
     #[cold]
     fn stalled(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         self.progress = now; // once per stall, even if nothing is left to fail
-        let Some(ex) = self.ex.as_ref() else { return };
+        let Some(ex) = self.ex.as_ref() else {
+            if self.tunnel.as_ref().is_some_and(|t| !t.closed) {
+                // An idle tunnel: its client may be long gone without a FIN. Both sides go
+                // (nothing is waiting to be said).
+                tracing::debug!("tunnel idle for the tunnel idle timeout: closed");
+                self.io.abort();
+                self.end_tunnel(ctx);
+            }
+            return;
+        };
         let (started, upstream_full) = (ex.resp_started, self.unacked >= WINDOW);
         tracing::debug!(started, upstream_full, "exchange stalled");
         if started || upstream_full {
@@ -1607,9 +1644,11 @@ impl Down {
             ex.has_host,
             &self.shared.cfg.upstreams[ex.upstream],
         );
-        let upgrade = (ex.head.is_upgrade() && ex.head.method() != Method::Connect)
-            .then(|| ex.head.headers().get("upgrade").map(Bytes::copy_from_slice))
-            .flatten();
+        let upgrade = if ex.head.is_upgrade() {
+            forwarded_upgrade(&ex.head)
+        } else {
+            None
+        };
         let req = SendReq {
             owner: self.io.me(),
             tag: self.tag,
@@ -1931,8 +1970,21 @@ impl Down {
                 self.interim(&head, tag);
                 head.keep(&mut self.spare);
             }
-            Kind::Send(_) | Kind::ReqData(..) | Kind::Raw(_) | Kind::Close => {}
+            Kind::Close => self.tunnel_gone(ctx),
+            Kind::Send(_) | Kind::ReqData(..) | Kind::Raw(_) => {}
         }
+    }
+
+    /// The tunnel's upstream connection is gone (reset, or a write to it failed): what it
+    /// sent before goes out, then the client connection closes (it would wait forever).
+    #[cold]
+    fn tunnel_gone(&mut self, ctx: &mut WorkerCtx) {
+        let Some(t) = self.tunnel.as_mut() else {
+            return;
+        };
+        t.closed = true;
+        self.io.shutdown_write();
+        self.end_tunnel(ctx);
     }
 
     /// Forward an interim response (RFC 9110 §15.2: a proxy forwards 1xx responses) to an
@@ -2021,6 +2073,11 @@ impl Down {
             closed: false,
         });
         self.process_input(ctx, now);
+        if self.io.saw_eof() {
+            // The client finished sending before the switch (its EOF was read already): the
+            // upstream gets the FIN too, after those bytes.
+            send(ctx, up, Kind::TunnelEof);
+        }
     }
 
     /// The tunnel ends (either side): the upstream connection closes after its output and
@@ -2862,6 +2919,9 @@ impl Half for Up {
         self.alive.store(false, Relaxed);
         if self.owner.is_some() && !self.reported {
             self.fail(ctx, UpFailure::Broken);
+        } else if self.tunnel {
+            // The tunnel's client has not left (it would have said `Close`): end its side.
+            self.to_owner(ctx, Kind::Close);
         }
         self.ticket_failed(ctx);
         self.shared.stats.upstreams[self.idx]

@@ -145,6 +145,8 @@ impl Proxy {
 
 struct Admin {
     stats: Arc<ProxyStats>,
+    /// The proxy's workers' shutdown: once triggered, `/health` says the proxy is draining.
+    shutdown: ferry_driver::Shutdown,
 }
 
 impl Service for Admin {
@@ -156,6 +158,9 @@ impl Service for Admin {
                     bytes::Bytes::from_static(b"text/plain; version=0.0.4"),
                 )
                 .body(ferry_driver::Body::Full(self.stats.render().into())),
+            // A load balancer in front stops sending new connections (the listener is closed
+            // too) while the requests in flight finish (as Envoy's `/ready`).
+            "/health" if self.shutdown.is_triggered() => Response::text(503, "draining\n"),
             "/health" => Response::text(200, "ok\n"),
             _ => Response::text(404, "not found (try /metrics)\n"),
         }
@@ -219,6 +224,7 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
                 aopts,
                 Arc::new(Admin {
                     stats: stats.clone(),
+                    shutdown: launch.shutdown.clone(),
                 }),
             )
             .map_err(StartError::Bind)?;

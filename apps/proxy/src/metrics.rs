@@ -62,16 +62,54 @@ pub struct ProxyStats {
     pub pool: Vec<[AtomicU64; 8]>,
 }
 
-const POOL_NAMES: [(&str, &str); 8] = [
-    ("ferry_proxy_pool_active_connections", "gauge"),
-    ("ferry_proxy_pool_idle_connections", "gauge"),
-    ("ferry_proxy_pool_connecting", "gauge"),
-    ("ferry_proxy_pool_waiting_requests", "gauge"),
-    ("ferry_proxy_pool_created_total", "counter"),
-    ("ferry_proxy_pool_closed_total", "counter"),
-    ("ferry_proxy_pool_failed_total", "counter"),
-    ("ferry_proxy_pool_wait_timeouts_total", "counter"),
+const POOL_NAMES: [(&str, &str, &str); 8] = [
+    (
+        "ferry_proxy_pool_active_connections",
+        "gauge",
+        "Upstream connections carrying a request, per worker.",
+    ),
+    (
+        "ferry_proxy_pool_idle_connections",
+        "gauge",
+        "Idle pooled upstream connections, per worker.",
+    ),
+    (
+        "ferry_proxy_pool_connecting",
+        "gauge",
+        "Upstream connects in progress, per worker.",
+    ),
+    (
+        "ferry_proxy_pool_waiting_requests",
+        "gauge",
+        "Requests waiting for an upstream connection, per worker.",
+    ),
+    (
+        "ferry_proxy_pool_created_total",
+        "counter",
+        "Upstream connections the pool opened.",
+    ),
+    (
+        "ferry_proxy_pool_closed_total",
+        "counter",
+        "Upstream connections the pool closed.",
+    ),
+    (
+        "ferry_proxy_pool_failed_total",
+        "counter",
+        "Upstream connects that failed.",
+    ),
+    (
+        "ferry_proxy_pool_wait_timeouts_total",
+        "counter",
+        "Requests that waited too long for a connection (503).",
+    ),
 ];
+
+/// A family's `# HELP` and `# TYPE` lines (Prometheus text format 0.0.4).
+fn family(s: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(s, "# HELP {name} {help}");
+    let _ = writeln!(s, "# TYPE {name} {kind}");
+}
 
 impl UpstreamStats {
     /// Where to connect now.
@@ -157,13 +195,23 @@ impl ProxyStats {
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(4096);
         let p = self.protocol;
-        let _ = writeln!(s, "# TYPE ferry_proxy_requests_total counter");
+        family(
+            &mut s,
+            "ferry_proxy_requests_total",
+            "counter",
+            "Requests (HTTP) or commands (Redis) received from clients.",
+        );
         let _ = writeln!(
             s,
             "ferry_proxy_requests_total{{protocol=\"{p}\"}} {}",
             self.requests.load(Relaxed)
         );
-        let _ = writeln!(s, "# TYPE ferry_proxy_local_responses_total counter");
+        family(
+            &mut s,
+            "ferry_proxy_local_responses_total",
+            "counter",
+            "Error responses the proxy made itself, by status code.",
+        );
         for (code, c) in [
             (502, &self.answered_502),
             (503, &self.answered_503),
@@ -175,50 +223,87 @@ impl ProxyStats {
                 c.load(Relaxed)
             );
         }
-        let _ = writeln!(s, "# TYPE ferry_proxy_upgrades_total counter");
+        family(
+            &mut s,
+            "ferry_proxy_upgrades_total",
+            "counter",
+            "Protocol switches relayed (101 to an Upgrade request, 2xx to CONNECT).",
+        );
         let _ = writeln!(
             s,
             "ferry_proxy_upgrades_total{{protocol=\"{p}\"}} {}",
             self.upgrades.load(Relaxed)
         );
-        let _ = writeln!(s, "# TYPE ferry_proxy_downstream_connections gauge");
+        family(
+            &mut s,
+            "ferry_proxy_downstream_connections",
+            "gauge",
+            "Client connections open.",
+        );
         let _ = writeln!(
             s,
             "ferry_proxy_downstream_connections{{protocol=\"{p}\"}} {}",
             self.downstream_open.load(Relaxed)
         );
         type Get = fn(&UpstreamStats) -> i64;
-        let simple: [(&str, &str, Get); 9] = [
-            ("ferry_proxy_upstream_requests_total", "counter", |u| {
-                u.requests.load(Relaxed) as i64
-            }),
-            ("ferry_proxy_upstream_failures_total", "counter", |u| {
-                u.failures.load(Relaxed) as i64
-            }),
-            ("ferry_proxy_upstream_retries_total", "counter", |u| {
-                u.retries.load(Relaxed) as i64
-            }),
-            ("ferry_proxy_upstream_connects_total", "counter", |u| {
-                u.connects.load(Relaxed) as i64
-            }),
-            ("ferry_proxy_upstream_connections", "gauge", |u| {
-                u.open.load(Relaxed)
-            }),
-            ("ferry_proxy_upstream_active_requests", "gauge", |u| {
-                u.active.load(Relaxed)
-            }),
-            ("ferry_proxy_upstream_healthy", "gauge", |u| {
-                i64::from(u.healthy.load(Relaxed))
-            }),
-            ("ferry_proxy_upstream_resolved", "gauge", |u| {
-                i64::from(u.has_addr.load(Relaxed))
-            }),
-            ("ferry_proxy_breaker_opened_total", "counter", |u| {
-                u.breaker_opened.load(Relaxed) as i64
-            }),
+        let simple: [(&str, &str, &str, Get); 9] = [
+            (
+                "ferry_proxy_upstream_requests_total",
+                "counter",
+                "Requests (HTTP) or commands (Redis) sent to the upstream.",
+                |u| u.requests.load(Relaxed) as i64,
+            ),
+            (
+                "ferry_proxy_upstream_failures_total",
+                "counter",
+                "Upstream connect failures, resets and timeouts.",
+                |u| u.failures.load(Relaxed) as i64,
+            ),
+            (
+                "ferry_proxy_upstream_retries_total",
+                "counter",
+                "Retries sent to the upstream.",
+                |u| u.retries.load(Relaxed) as i64,
+            ),
+            (
+                "ferry_proxy_upstream_connects_total",
+                "counter",
+                "TCP connects started to the upstream.",
+                |u| u.connects.load(Relaxed) as i64,
+            ),
+            (
+                "ferry_proxy_upstream_connections",
+                "gauge",
+                "Connections open to the upstream.",
+                |u| u.open.load(Relaxed),
+            ),
+            (
+                "ferry_proxy_upstream_active_requests",
+                "gauge",
+                "Requests in flight to the upstream.",
+                |u| u.active.load(Relaxed),
+            ),
+            (
+                "ferry_proxy_upstream_healthy",
+                "gauge",
+                "1 while the upstream passes its active health checks.",
+                |u| i64::from(u.healthy.load(Relaxed)),
+            ),
+            (
+                "ferry_proxy_upstream_resolved",
+                "gauge",
+                "1 while the upstream's name resolves.",
+                |u| i64::from(u.has_addr.load(Relaxed)),
+            ),
+            (
+                "ferry_proxy_breaker_opened_total",
+                "counter",
+                "Times a circuit breaker for the upstream opened (all workers).",
+                |u| u.breaker_opened.load(Relaxed) as i64,
+            ),
         ];
-        for (name, kind, get) in simple {
-            let _ = writeln!(s, "# TYPE {name} {kind}");
+        for (name, kind, help, get) in simple {
+            family(&mut s, name, kind, help);
             for u in &self.upstreams {
                 let _ = writeln!(
                     s,
@@ -228,7 +313,12 @@ impl ProxyStats {
                 );
             }
         }
-        let _ = writeln!(s, "# TYPE ferry_proxy_upstream_responses_total counter");
+        family(
+            &mut s,
+            "ferry_proxy_upstream_responses_total",
+            "counter",
+            "Upstream responses by status class.",
+        );
         for u in &self.upstreams {
             for (i, c) in u.responses.iter().enumerate() {
                 let _ = writeln!(
@@ -241,8 +331,8 @@ impl ProxyStats {
             }
         }
         if self.protocol == "http" {
-            for (k, (name, kind)) in POOL_NAMES.iter().enumerate() {
-                let _ = writeln!(s, "# TYPE {name} {kind}");
+            for (k, (name, kind, help)) in POOL_NAMES.iter().enumerate() {
+                family(&mut s, name, kind, help);
                 for (w, pw) in self.pool.iter().enumerate() {
                     let _ = writeln!(
                         s,
@@ -252,11 +342,12 @@ impl ProxyStats {
                 }
             }
         }
-        let _ = writeln!(
-            s,
-            "# HELP ferry_proxy_breaker_state 0 closed, 1 open, 2 half-open"
+        family(
+            &mut s,
+            "ferry_proxy_breaker_state",
+            "gauge",
+            "Circuit breaker state per worker: 0 closed, 1 open, 2 half-open.",
         );
-        let _ = writeln!(s, "# TYPE ferry_proxy_breaker_state gauge");
         for u in &self.upstreams {
             for (w, b) in u.breaker.iter().enumerate() {
                 let _ = writeln!(
@@ -289,5 +380,16 @@ mod tests {
         assert!(text.contains(
             "ferry_proxy_upstream_healthy{protocol=\"http\",upstream=\"127.0.0.1:1\"} 1"
         ));
+        // Every family has its HELP line right before its TYPE line.
+        let lines: Vec<&str> = text.lines().collect();
+        for (k, l) in lines.iter().enumerate() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(
+                    k > 0 && lines[k - 1].starts_with(&format!("# HELP {name} ")),
+                    "{name}"
+                );
+            }
+        }
     }
 }
