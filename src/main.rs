@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_redis;
+mod config_file;
 mod demo;
 mod load;
 mod proxy_cmd;
@@ -43,7 +44,7 @@ enum Command {
     /// Load generator on Ferry's own client state machines (http://, redis://).
     Bench(BenchArgs),
     /// Reverse proxy / load balancer (HTTP) or pooling proxy (Redis) in front of upstreams.
-    Proxy(proxy_cmd::ProxyArgs),
+    Proxy(Box<proxy_cmd::ProxyArgs>),
 }
 
 /// How `ferry serve` writes its logs (stderr).
@@ -282,7 +283,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Probe(args) => probe(args),
         Command::Bench(args) => bench(args),
-        Command::Proxy(args) => proxy_cmd::proxy(args),
+        Command::Proxy(args) => proxy_cmd::proxy(*args),
         Command::Serve(args) => serve(args),
     }
 }
@@ -520,24 +521,10 @@ fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
 
 fn serve(args: ServeArgs) -> ExitCode {
     let file = match &args.config {
-        Some(path) => {
-            let text = match std::fs::read_to_string(path) {
-                Ok(t) => t,
-                Err(e) => return usage_error(format_args!("--config {}: {e}", path.display())),
-            };
-            match toml::from_str::<FileConfig>(&text) {
-                Ok(c) => c,
-                Err(e) => {
-                    let msg = e
-                        .message()
-                        .lines()
-                        .next()
-                        .unwrap_or("invalid TOML")
-                        .to_string();
-                    return usage_error(format_args!("--config {}: {msg}", path.display()));
-                }
-            }
-        }
+        Some(path) => match config_file::load::<FileConfig>(path) {
+            Ok(c) => c,
+            Err(e) => return usage_error(e),
+        },
         None => FileConfig::default(),
     };
     init_logs(args.log_format.or(file.log_format).unwrap_or_default());

@@ -1,16 +1,19 @@
 //! `ferry proxy`: the HTTP reverse proxy / Redis pooling proxy (see CONTRACT.md).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use ferry_driver::select::{resolve, DriverKind};
 use ferry_driver::{ListenAddr, ServerOptions};
+use ferry_proxy::config::TrustedProxies;
 use ferry_proxy::redis::auth::Credentials;
 use ferry_proxy::{Balance, HealthConfig, Protocol, ProxyConfig, ProxyOptions, Upstream};
+use serde::Deserialize;
 
-use crate::{init_logs, parse_duration, usage_error, LogFormat};
+use crate::config_file::{fill, in_range};
+use crate::{config_file, init_logs, parse_duration, usage_error, LogFormat};
 
 fn parse_upstreams(s: &str) -> Result<Vec<Upstream>, String> {
     s.split(',')
@@ -31,74 +34,79 @@ fn parse_health_path(s: &str) -> Result<String, String> {
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct ProxyArgs {
-    /// Where clients connect: IP:PORT, [IPv6]:PORT or unix:PATH.
+    /// TOML file with every flag's setting (`listen`, `upstream = ["ADDR", …]`,
+    /// `connect_timeout = "1s"`, …: the flag's name in snake_case). Flags win over the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where clients connect: IP:PORT, [IPv6]:PORT or unix:PATH (required, here or in --config).
     #[arg(long, value_name = "ADDR")]
-    listen: ListenAddr,
-    /// Upstream servers, comma-separated IP:PORT or HOST:PORT (repeatable). Names are
-    /// resolved off the I/O workers, at start and at every health-check round.
-    #[arg(long, value_name = "ADDR[,ADDR…]", value_parser = parse_upstreams, required = true)]
+    listen: Option<ListenAddr>,
+    /// Upstream servers, comma-separated IP:PORT or HOST:PORT (repeatable; required, here or
+    /// in --config). Names are resolved off the I/O workers, at start and at every
+    /// health-check round.
+    #[arg(long, value_name = "ADDR[,ADDR…]", value_parser = parse_upstreams)]
     upstream: Vec<Vec<Upstream>>,
-    /// http (reverse proxy / L7 load balancer) or redis (pooling proxy).
-    #[arg(long, value_name = "PROTO", default_value = "http")]
-    protocol: Protocol,
+    /// http (reverse proxy / L7 load balancer) or redis (pooling proxy) [default: http].
+    #[arg(long, value_name = "PROTO")]
+    protocol: Option<Protocol>,
     /// Admin listener serving /metrics (Prometheus text) and /health (503 once draining).
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
     /// round-robin, least-requests or hash (consistent hashing of the request target; for
-    /// redis, of each command's first argument, its key).
-    #[arg(long, value_name = "POLICY", default_value = "round-robin")]
-    balance: Balance,
+    /// redis, of each command's first argument, its key) [default: round-robin].
+    #[arg(long, value_name = "POLICY")]
+    balance: Option<Balance>,
     /// Event loop: auto, epoll or uring (FERRY_DRIVER overrides auto) [default: auto].
     #[arg(long, value_name = "DRIVER")]
     driver: Option<DriverKind>,
     /// I/O workers, pinned one per allowed CPU [default: allowed CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     workers: Option<u32>,
-    /// Upstream connect timeout.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
-    connect_timeout: Duration,
+    /// Upstream connect timeout [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    connect_timeout: Option<Duration>,
     /// Time allowed for an upstream's response head, and for a body in either direction to
-    /// make progress (a client stalling mid-body gets 408).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    response_timeout: Duration,
-    /// How long an idle upstream connection stays pooled.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    idle_timeout: Duration,
+    /// make progress (a client stalling mid-body gets 408) [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    response_timeout: Option<Duration>,
+    /// How long an idle upstream connection stays pooled [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
     /// HTTP: how long a tunnel (WebSocket, CONNECT) may carry no byte either way before both
-    /// its connections close (0: no limit).
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    tunnel_idle_timeout: Duration,
-    /// Most connections per upstream per I/O worker; further requests wait for one.
-    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
-    max_upstream_connections: u32,
-    /// How long a request waits for a connection at that limit before a 503.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pool_wait_timeout: Duration,
+    /// its connections close (0: no limit) [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    tunnel_idle_timeout: Option<Duration>,
+    /// Most connections per upstream per I/O worker; further requests wait for one [default: 512].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_upstream_connections: Option<u32>,
+    /// How long a request waits for a connection at that limit before a 503 [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pool_wait_timeout: Option<Duration>,
     /// Extra attempts for idempotent requests whose upstream failed before answering (and
-    /// for any request none of which was sent).
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    retries: u32,
+    /// for any request none of which was sent) [default: 2].
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
     /// Consecutive failures that open an upstream's circuit breaker (0: never). It also opens
-    /// at 50% failures over the last 100 requests (at least 20).
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    breaker_failures: u32,
+    /// at 50% failures over the last 100 requests (at least 20) [default: 5].
+    #[arg(long, value_name = "N")]
+    breaker_failures: Option<u32>,
     /// How long an open breaker refuses requests before admitting probes (doubling on each
-    /// re-open, up to 60 s or this).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    breaker_open: Duration,
-    /// Active health check period (0 disables active checks).
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
-    health_interval: Duration,
-    /// Path of the HTTP health check (GET, 2xx/3xx is healthy).
-    #[arg(long, value_name = "PATH", default_value = "/", value_parser = parse_health_path)]
-    health_path: String,
-    /// Redis: shared upstream connections per upstream per worker.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    redis_connections: u32,
+    /// re-open, up to 60 s or this) [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    breaker_open: Option<Duration>,
+    /// Active health check period (0 disables active checks) [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    health_interval: Option<Duration>,
+    /// Path of the HTTP health check (GET, 2xx/3xx is healthy) [default: /].
+    #[arg(long, value_name = "PATH", value_parser = parse_health_path)]
+    health_path: Option<String>,
+    /// Redis: shared upstream connections per upstream per worker [default: 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    redis_connections: Option<u32>,
     /// HTTP: most pipelined requests (bodyless GET/HEAD/OPTIONS from one client) sent
-    /// back-to-back on one upstream connection (1: off).
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pipeline_depth: u32,
+    /// back-to-back on one upstream connection (1: off) [default: 16].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pipeline_depth: Option<u32>,
     /// HTTP: largest request body in bytes, else 413 (as `max_body` in serve's --config)
     /// [default: 1073741824].
     #[arg(long, value_name = "BYTES")]
@@ -114,16 +122,21 @@ pub(crate) struct ProxyArgs {
     /// HTTP: longest request line in bytes, else 414 [default: 8192].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(16..=(1 << 30)))]
     max_request_line: Option<u64>,
-    /// How long in-flight requests may finish after SIGINT/SIGTERM.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    drain_timeout: Duration,
+    /// HTTP: clients (a TLS terminator, a load balancer) whose X-Forwarded-Proto is kept,
+    /// comma-separated CIDR ranges or addresses (e.g. 10.0.0.0/8,::1). X-Forwarded-For is
+    /// appended to either way [default: none: every client's X-Forwarded-Proto is replaced].
+    #[arg(long, value_name = "CIDR[,CIDR…]", value_parser = boxed_trusted)]
+    trusted_proxies: Option<Box<TrustedProxies>>,
+    /// How long in-flight requests may finish after SIGINT/SIGTERM [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    drain_timeout: Option<Duration>,
     /// Busy polling: after activity an I/O worker polls without sleeping for this long before
-    /// it blocks (e.g. 50us; 0: off). Lower latency across cores for CPU time.
-    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
-    busy_poll: Duration,
-    /// Log format on stderr: text or json.
-    #[arg(long, value_name = "FORMAT", default_value = "text")]
-    log_format: LogFormat,
+    /// it blocks (e.g. 50us; 0: off). Lower latency across cores for CPU time [default: 0].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    busy_poll: Option<Duration>,
+    /// Log format on stderr: text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     /// Redis: the user the proxy authenticates to upstreams as (`AUTH user password`; without
     /// it `AUTH password`, Redis's `default` user / `requirepass`). Needs a password.
     #[arg(long, value_name = "NAME", value_parser = boxed_str)]
@@ -151,6 +164,217 @@ fn boxed_str(s: &str) -> Result<Box<str>, String> {
 
 fn boxed_path(s: &str) -> Result<Box<Path>, String> {
     Ok(Path::new(s).into())
+}
+
+fn boxed_trusted(s: &str) -> Result<Box<TrustedProxies>, String> {
+    s.parse().map(Box::new)
+}
+
+/// `--config FILE`: a key for every flag (its name in snake_case). Flags win over the file.
+/// Passwords only ever come from files (`*_password_file`) or the environment.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ProxyFile {
+    listen: Option<String>,
+    upstream: Option<Vec<String>>,
+    protocol: Option<String>,
+    admin: Option<String>,
+    balance: Option<String>,
+    driver: Option<String>,
+    workers: Option<u32>,
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    tunnel_idle_timeout: Option<String>,
+    max_upstream_connections: Option<u32>,
+    pool_wait_timeout: Option<String>,
+    retries: Option<u32>,
+    breaker_failures: Option<u32>,
+    breaker_open: Option<String>,
+    health_interval: Option<String>,
+    health_path: Option<String>,
+    redis_connections: Option<u32>,
+    pipeline_depth: Option<u32>,
+    max_body: Option<u64>,
+    max_head_bytes: Option<u64>,
+    max_headers: Option<u32>,
+    max_request_line: Option<u64>,
+    trusted_proxies: Option<Vec<String>>,
+    drain_timeout: Option<String>,
+    busy_poll: Option<String>,
+    log_format: Option<LogFormat>,
+    upstream_user: Option<String>,
+    upstream_password_file: Option<PathBuf>,
+    client_password_file: Option<PathBuf>,
+    client_user: Option<String>,
+}
+
+/// The file's settings into `args` where no flag gave one. Relative password file paths are
+/// relative to the config file's directory `dir`.
+fn merge(args: &mut ProxyArgs, f: ProxyFile, dir: &Path) -> Result<(), String> {
+    fn parse<T: std::str::FromStr>(s: String) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        s.parse::<T>().map_err(|e| e.to_string())
+    }
+    let duration = |s: String| parse_duration(&s);
+    let path = |p: PathBuf| Ok::<_, String>(dir.join(p).into_boxed_path());
+    fill(&mut args.listen, "listen", f.listen, parse)?;
+    if args.upstream.is_empty() {
+        for u in f.upstream.into_iter().flatten() {
+            let u = parse_upstreams(&u).map_err(|e| format!("--config: upstream: {e}"))?;
+            args.upstream.push(u);
+        }
+    }
+    fill(&mut args.protocol, "protocol", f.protocol, parse)?;
+    fill(&mut args.admin, "admin", f.admin, parse)?;
+    fill(&mut args.balance, "balance", f.balance, parse)?;
+    fill(&mut args.driver, "driver", f.driver, parse)?;
+    fill(&mut args.workers, "workers", f.workers, in_range(1, 4096))?;
+    fill(
+        &mut args.connect_timeout,
+        "connect_timeout",
+        f.connect_timeout,
+        duration,
+    )?;
+    fill(
+        &mut args.response_timeout,
+        "response_timeout",
+        f.response_timeout,
+        duration,
+    )?;
+    fill(
+        &mut args.idle_timeout,
+        "idle_timeout",
+        f.idle_timeout,
+        duration,
+    )?;
+    fill(
+        &mut args.tunnel_idle_timeout,
+        "tunnel_idle_timeout",
+        f.tunnel_idle_timeout,
+        duration,
+    )?;
+    fill(
+        &mut args.max_upstream_connections,
+        "max_upstream_connections",
+        f.max_upstream_connections,
+        in_range(1, u32::MAX),
+    )?;
+    fill(
+        &mut args.pool_wait_timeout,
+        "pool_wait_timeout",
+        f.pool_wait_timeout,
+        duration,
+    )?;
+    fill(&mut args.retries, "retries", f.retries, Ok)?;
+    fill(
+        &mut args.breaker_failures,
+        "breaker_failures",
+        f.breaker_failures,
+        Ok,
+    )?;
+    fill(
+        &mut args.breaker_open,
+        "breaker_open",
+        f.breaker_open,
+        duration,
+    )?;
+    fill(
+        &mut args.health_interval,
+        "health_interval",
+        f.health_interval,
+        duration,
+    )?;
+    fill(&mut args.health_path, "health_path", f.health_path, |s| {
+        parse_health_path(&s)
+    })?;
+    fill(
+        &mut args.redis_connections,
+        "redis_connections",
+        f.redis_connections,
+        in_range(1, 1024),
+    )?;
+    fill(
+        &mut args.pipeline_depth,
+        "pipeline_depth",
+        f.pipeline_depth,
+        in_range(1, 1024),
+    )?;
+    fill(&mut args.max_body, "max_body", f.max_body, Ok)?;
+    fill(
+        &mut args.max_head_bytes,
+        "max_head_bytes",
+        f.max_head_bytes,
+        in_range(64, 1 << 30),
+    )?;
+    fill(
+        &mut args.max_headers,
+        "max_headers",
+        f.max_headers,
+        in_range(1, ferry_http1::MAX_HEADERS_CAP as u32),
+    )?;
+    fill(
+        &mut args.max_request_line,
+        "max_request_line",
+        f.max_request_line,
+        in_range(16, 1 << 30),
+    )?;
+    fill(
+        &mut args.trusted_proxies,
+        "trusted_proxies",
+        f.trusted_proxies,
+        |v| {
+            let mut t = TrustedProxies::default();
+            v.iter().try_for_each(|c| t.add(c))?;
+            Ok(Box::new(t))
+        },
+    )?;
+    fill(
+        &mut args.drain_timeout,
+        "drain_timeout",
+        f.drain_timeout,
+        duration,
+    )?;
+    fill(&mut args.busy_poll, "busy_poll", f.busy_poll, duration)?;
+    fill(&mut args.log_format, "log_format", f.log_format, Ok)?;
+    fill(
+        &mut args.upstream_user,
+        "upstream_user",
+        f.upstream_user,
+        |u| Ok(u.into()),
+    )?;
+    fill(&mut args.client_user, "client_user", f.client_user, |u| {
+        Ok(u.into())
+    })?;
+    fill(
+        &mut args.upstream_password_file,
+        "upstream_password_file",
+        f.upstream_password_file,
+        path,
+    )?;
+    fill(
+        &mut args.client_password_file,
+        "client_password_file",
+        f.client_password_file,
+        path,
+    )?;
+    Ok(())
+}
+
+/// A config file's error, with a hint when a password was written in it.
+fn config_error(e: String) -> String {
+    for key in ["upstream_password", "client_password"] {
+        if e.contains(&format!("unknown field `{key}`")) {
+            return format!(
+                "{}: unknown key `{key}`: a password never goes in the config; use `{key}_file` (or FERRY_{})",
+                e.split(": unknown field").next().unwrap_or("--config"),
+                key.to_ascii_uppercase()
+            );
+        }
+    }
+    e
 }
 
 /// A password from `file` (one trailing newline dropped), else from the environment
@@ -200,7 +424,7 @@ fn load_secret(file: Option<&Path>, env: &str, flag: &str) -> Result<Option<Vec<
 
 /// `--upstream-user`/`--upstream-password-file` and `--client-user`/`--client-password-file`.
 fn redis_credentials(args: &ProxyArgs, cfg: &mut ProxyConfig) -> Result<(), String> {
-    if args.protocol != Protocol::Redis {
+    if args.protocol != Some(Protocol::Redis) {
         if args.upstream_user.is_some()
             || args.upstream_password_file.is_some()
             || args.client_user.is_some()
@@ -260,51 +484,70 @@ fn redis_credentials(args: &ProxyArgs, cfg: &mut ProxyConfig) -> Result<(), Stri
     Ok(())
 }
 
-pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
-    init_logs(args.log_format);
+/// What `ferry proxy` runs, from the flags (the config file merged in).
+fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
     let env = std::env::var("FERRY_DRIVER").ok();
     let driver = match resolve(args.driver.unwrap_or(DriverKind::Auto), env.as_deref()) {
         Ok(d @ (DriverKind::Epoll | DriverKind::Uring | DriverKind::Auto)) => d,
-        Ok(d) => return usage_error(format_args!("--driver {d}: not supported by ferry proxy")),
-        Err(e) => return usage_error(format_args!("FERRY_DRIVER: {e}")),
+        Ok(d) => return Err(format!("--driver {d}: not supported by ferry proxy")),
+        Err(e) => return Err(format!("FERRY_DRIVER: {e}")),
+    };
+    let Some(listen) = args.listen.clone() else {
+        return Err("--listen: required (the flag, or `listen` in --config)".into());
     };
     let upstreams: Vec<Upstream> = args.upstream.iter().flatten().cloned().collect();
     if upstreams.is_empty() {
-        return usage_error("--upstream: at least one address");
+        return Err(
+            "--upstream: at least one address (the flag, or `upstream` in --config)".into(),
+        );
     }
+    let protocol = args.protocol.unwrap_or(Protocol::Http);
     let mut cfg = ProxyConfig::new(upstreams);
-    cfg.balance = args.balance;
-    cfg.connect_timeout = args.connect_timeout;
-    cfg.response_timeout = args.response_timeout;
-    cfg.idle_timeout = args.idle_timeout;
-    cfg.tunnel_idle_timeout = args.tunnel_idle_timeout;
-    cfg.retries = args.retries;
-    cfg.max_connections_per_upstream = args.max_upstream_connections as usize;
-    cfg.pool_wait_timeout = args.pool_wait_timeout;
-    if args.breaker_failures == 0 {
-        cfg.breaker.consecutive_failures = None;
-        cfg.breaker.failure_rate = None;
-    } else {
-        cfg.breaker.consecutive_failures = Some(args.breaker_failures);
+    cfg.balance = args.balance.unwrap_or_default();
+    cfg.connect_timeout = args.connect_timeout.unwrap_or(cfg.connect_timeout);
+    cfg.response_timeout = args.response_timeout.unwrap_or(cfg.response_timeout);
+    cfg.idle_timeout = args.idle_timeout.unwrap_or(cfg.idle_timeout);
+    cfg.tunnel_idle_timeout = args.tunnel_idle_timeout.unwrap_or(cfg.tunnel_idle_timeout);
+    cfg.retries = args.retries.unwrap_or(cfg.retries);
+    cfg.max_connections_per_upstream = args
+        .max_upstream_connections
+        .map_or(cfg.max_connections_per_upstream, |n| n as usize);
+    cfg.pool_wait_timeout = args.pool_wait_timeout.unwrap_or(cfg.pool_wait_timeout);
+    match args.breaker_failures.unwrap_or(5) {
+        0 => {
+            cfg.breaker.consecutive_failures = None;
+            cfg.breaker.failure_rate = None;
+        }
+        n => cfg.breaker.consecutive_failures = Some(n),
     }
-    cfg.breaker.open_duration = args.breaker_open;
-    cfg.breaker.max_open_duration = Some(args.breaker_open.max(Duration::from_secs(60)));
-    cfg.redis_connections = args.redis_connections as usize;
-    cfg.pipeline_depth = args.pipeline_depth as usize;
-    if let Err(e) = redis_credentials(&args, &mut cfg) {
-        return usage_error(e);
+    let breaker_open = args.breaker_open.unwrap_or(Duration::from_secs(5));
+    cfg.breaker.open_duration = breaker_open;
+    cfg.breaker.max_open_duration = Some(breaker_open.max(Duration::from_secs(60)));
+    cfg.redis_connections = args
+        .redis_connections
+        .map_or(cfg.redis_connections, |n| n as usize);
+    cfg.pipeline_depth = args
+        .pipeline_depth
+        .map_or(cfg.pipeline_depth, |n| n as usize);
+    redis_credentials(args, &mut cfg)?;
+    if let Some(t) = &args.trusted_proxies {
+        if protocol != Protocol::Http {
+            return Err("--trusted-proxies: only with --protocol http".into());
+        }
+        cfg.trusted_proxies = (**t).clone();
     }
-    cfg.health = (!args.health_interval.is_zero()).then(|| HealthConfig {
-        interval: args.health_interval,
-        timeout: args.health_interval.min(Duration::from_secs(1)),
-        path: args.health_path.clone(),
+    let health_interval = args.health_interval.unwrap_or(Duration::from_secs(2));
+    cfg.health = (!health_interval.is_zero()).then(|| HealthConfig {
+        interval: health_interval,
+        timeout: health_interval.min(Duration::from_secs(1)),
+        path: args.health_path.clone().unwrap_or_else(|| "/".into()),
         ..HealthConfig::default()
     });
     let mut server = ServerOptions::default();
     if let Some(n) = args.workers {
         server.workers = n as usize;
     }
-    server.drain_timeout = args.drain_timeout;
+    server.drain_timeout = args.drain_timeout.unwrap_or(Duration::from_secs(30));
     if let Some(v) = args.max_body {
         server.http.max_body = v;
     }
@@ -317,11 +560,31 @@ pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
     if let Some(v) = args.max_request_line {
         server.http.max_request_line = v as usize;
     }
-    server.busy_poll = (!args.busy_poll.is_zero()).then_some(args.busy_poll);
-    let mut opts = ProxyOptions::new(args.listen, args.protocol, cfg);
+    server.busy_poll = args.busy_poll.filter(|d| !d.is_zero());
+    let mut opts = ProxyOptions::new(listen, protocol, cfg);
     opts.admin = args.admin;
     opts.driver = driver;
     opts.server = server;
+    Ok(opts)
+}
+
+pub(crate) fn proxy(mut args: ProxyArgs) -> ExitCode {
+    if let Some(path) = args.config.clone() {
+        let file = match config_file::load::<ProxyFile>(&path) {
+            Ok(f) => f,
+            Err(e) => return usage_error(config_error(e)),
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if let Err(e) = merge(&mut args, file, dir) {
+            return usage_error(e);
+        }
+    }
+    init_logs(args.log_format.unwrap_or_default());
+    let opts = match options(&args) {
+        Ok(o) => o,
+        Err(e) => return usage_error(e),
+    };
+    let protocol = opts.protocol;
 
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -344,7 +607,7 @@ pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
     {
         use std::io::Write;
         let mut out = std::io::stdout();
-        let proto = match args.protocol {
+        let proto = match protocol {
             Protocol::Redis => "redis",
             _ => "http",
         };
@@ -384,4 +647,248 @@ pub(crate) fn proxy(args: ProxyArgs) -> ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProxyArgs,
+    }
+
+    /// `ferry proxy FLAGS` with the config `toml` (relative paths from /etc/ferry).
+    fn resolve(flags: &[&str], toml: &str) -> Result<(ProxyArgs, ProxyOptions), String> {
+        let mut args = Cli::try_parse_from(std::iter::once("proxy").chain(flags.iter().copied()))
+            .map_err(|e| e.to_string())?
+            .args;
+        let file: ProxyFile = toml::from_str(toml).map_err(|e| e.message().to_string())?;
+        merge(&mut args, file, Path::new("/etc/ferry"))?;
+        let opts = options(&args)?;
+        Ok((args, opts))
+    }
+
+    const FULL: &str = r#"
+        listen = "127.0.0.1:7000"
+        upstream = ["10.0.0.1:80", "10.0.0.2:80,backend.internal:8080"]
+        protocol = "http"
+        admin = "127.0.0.1:9000"
+        balance = "least-requests"
+        driver = "epoll"
+        workers = 3
+        connect_timeout = "250ms"
+        response_timeout = "7s"
+        idle_timeout = "2m"
+        max_upstream_connections = 64
+        pool_wait_timeout = "1500ms"
+        retries = 0
+        breaker_failures = 0
+        breaker_open = "90s"
+        health_interval = "0"
+        health_path = "/healthz"
+        redis_connections = 4
+        pipeline_depth = 1
+        max_body = 1000
+        max_head_bytes = 4096
+        max_headers = 50
+        max_request_line = 2048
+        trusted_proxies = ["10.0.0.0/8", "::1"]
+        drain_timeout = "3s"
+        busy_poll = "50us"
+        log_format = "json"
+    "#;
+
+    #[test]
+    fn a_whole_proxy_in_one_file() {
+        let (args, o) = resolve(&[], FULL).unwrap();
+        assert_eq!(o.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(o.config.upstreams.len(), 3);
+        assert_eq!(o.config.upstreams[2].to_string(), "backend.internal:8080");
+        assert_eq!(o.protocol, Protocol::Http);
+        assert_eq!(o.admin, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(o.config.balance, Balance::LeastRequests);
+        assert_eq!(o.driver, DriverKind::Epoll);
+        assert_eq!(o.server.workers, 3);
+        assert_eq!(o.config.connect_timeout, Duration::from_millis(250));
+        assert_eq!(o.config.response_timeout, Duration::from_secs(7));
+        assert_eq!(o.config.idle_timeout, Duration::from_secs(120));
+        assert_eq!(o.config.max_connections_per_upstream, 64);
+        assert_eq!(o.config.pool_wait_timeout, Duration::from_millis(1500));
+        assert_eq!(o.config.retries, 0);
+        assert_eq!(o.config.breaker.consecutive_failures, None);
+        assert_eq!(o.config.breaker.open_duration, Duration::from_secs(90));
+        assert_eq!(o.config.health, None);
+        assert_eq!(o.config.redis_connections, 4);
+        assert_eq!(o.config.pipeline_depth, 1);
+        assert_eq!(o.server.http.max_body, 1000);
+        assert_eq!(o.server.http.max_head_bytes, 4096);
+        assert_eq!(o.server.http.max_headers, 50);
+        assert_eq!(o.server.http.max_request_line, 2048);
+        assert!(o
+            .config
+            .trusted_proxies
+            .contains("10.1.2.3".parse().unwrap()));
+        assert!(o.config.trusted_proxies.contains("::1".parse().unwrap()));
+        assert!(!o
+            .config
+            .trusted_proxies
+            .contains("127.0.0.1".parse().unwrap()));
+        assert_eq!(o.server.drain_timeout, Duration::from_secs(3));
+        assert_eq!(o.server.busy_poll, Some(Duration::from_micros(50)));
+        assert_eq!(args.log_format, Some(LogFormat::Json));
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_stay() {
+        let (_, o) = resolve(
+            &[
+                "--listen",
+                "127.0.0.1:7001",
+                "--upstream",
+                "10.9.9.9:80",
+                "--connect-timeout",
+                "2s",
+                "--retries",
+                "5",
+                "--health-path",
+                "/up",
+                "--trusted-proxies",
+                "127.0.0.0/8",
+            ],
+            FULL,
+        )
+        .unwrap();
+        assert_eq!(o.listen.to_string(), "127.0.0.1:7001");
+        // The flag's upstreams replace the file's (not added to them).
+        assert_eq!(o.config.upstreams, vec!["10.9.9.9:80".parse().unwrap()]);
+        assert_eq!(o.config.connect_timeout, Duration::from_secs(2));
+        assert_eq!(o.config.retries, 5);
+        // Given only by the file.
+        assert_eq!(o.config.response_timeout, Duration::from_secs(7));
+        assert!(o
+            .config
+            .trusted_proxies
+            .contains("127.0.0.1".parse().unwrap()));
+        assert!(!o
+            .config
+            .trusted_proxies
+            .contains("10.1.2.3".parse().unwrap()));
+        // Neither: the defaults, as without --config.
+        let (_, d) = resolve(
+            &["--listen", "127.0.0.1:1", "--upstream", "10.0.0.1:80"],
+            "",
+        )
+        .unwrap();
+        let plain = ProxyConfig::new(["10.0.0.1:80".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(d.protocol, Protocol::Http);
+        assert_eq!(d.config.connect_timeout, plain.connect_timeout);
+        assert_eq!(d.config.response_timeout, plain.response_timeout);
+        assert_eq!(d.config.idle_timeout, plain.idle_timeout);
+        assert_eq!(d.config.retries, plain.retries);
+        assert_eq!(d.config.pipeline_depth, plain.pipeline_depth);
+        assert_eq!(d.config.health, plain.health);
+        assert_eq!(d.config.breaker.consecutive_failures, Some(5));
+        assert_eq!(d.config.breaker.open_duration, Duration::from_secs(5));
+        assert!(d.config.trusted_proxies.is_empty());
+        assert_eq!(d.server.drain_timeout, Duration::from_secs(30));
+        assert_eq!(d.server.busy_poll, None);
+    }
+
+    #[test]
+    fn redis_credentials_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("ferry-proxy-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("up.pw"), "s3cret\n").unwrap();
+        std::fs::write(dir.join("client.pw"), "hunter2").unwrap();
+        let file: ProxyFile = toml::from_str(
+            r#"
+            listen = "127.0.0.1:6380"
+            upstream = ["127.0.0.1:6379"]
+            protocol = "redis"
+            upstream_user = "proxy"
+            upstream_password_file = "up.pw"
+            client_user = "app"
+            client_password_file = "client.pw"
+            "#,
+        )
+        .unwrap();
+        let mut args = Cli::try_parse_from(["proxy"]).unwrap().args;
+        merge(&mut args, file, &dir).unwrap();
+        // Relative to the config file's directory.
+        assert_eq!(
+            args.upstream_password_file.as_deref(),
+            Some(&*dir.join("up.pw"))
+        );
+        let o = options(&args).unwrap();
+        assert_eq!(o.protocol, Protocol::Redis);
+        assert!(o.config.redis_upstream_auth.is_some());
+        assert!(o.config.redis_client_auth.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let base = "listen = \"127.0.0.1:1\"\nupstream = [\"10.0.0.1:80\"]\n";
+        for (extra, key) in [
+            ("connect_timeout = \"5x\"", "--config: connect_timeout: "),
+            ("busy_poll = \"soon\"", "--config: busy_poll: "),
+            ("workers = 0", "--config: workers: "),
+            ("pipeline_depth = 5000", "--config: pipeline_depth: "),
+            ("max_head_bytes = 1", "--config: max_head_bytes: "),
+            ("protocol = \"ftp\"", "--config: protocol: "),
+            ("balance = \"random\"", "--config: balance: "),
+            ("driver = \"nope\"", "--config: driver: "),
+            ("admin = \"nowhere\"", "--config: admin: "),
+            (
+                "trusted_proxies = [\"10.0.0.1/8\"]",
+                "--config: trusted_proxies: ",
+            ),
+        ] {
+            let e = resolve(&[], &format!("{base}{extra}\n")).err().unwrap();
+            assert!(e.starts_with(key), "{extra}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        let e = resolve(&[], "listen = \"x\"\n").err().unwrap();
+        assert!(e.starts_with("--config: listen: "), "{e}");
+        let e = resolve(&[], "upstream = [\"nope\"]\n").err().unwrap();
+        assert!(e.starts_with("--config: upstream: "), "{e}");
+        let e = resolve(&[], "listen = \"127.0.0.1:1\"\n").err().unwrap();
+        assert!(e.starts_with("--upstream: "), "{e}");
+        let e = resolve(&[], "upstream = [\"10.0.0.1:80\"]\n")
+            .err()
+            .unwrap();
+        assert!(e.starts_with("--listen: "), "{e}");
+        let e = resolve(&[], &format!("{base}upstream_user = \"u\"\n"))
+            .err()
+            .unwrap();
+        assert!(e.contains("only with --protocol redis"), "{e}");
+        let e = resolve(
+            &[],
+            &format!("{base}protocol = \"redis\"\ntrusted_proxies = [\"::1\"]\n"),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.starts_with("--trusted-proxies: only with --protocol http"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_password_in_the_file_is_refused_with_a_hint() {
+        let e = config_error(
+            "--config /x.toml: unknown field `upstream_password`, expected one of `listen`".into(),
+        );
+        assert!(
+            e.starts_with("--config /x.toml: unknown key `upstream_password`"),
+            "{e}"
+        );
+        assert!(e.contains("upstream_password_file"), "{e}");
+        assert!(e.contains("FERRY_UPSTREAM_PASSWORD"), "{e}");
+        let other = "--config /x.toml: unknown field `bogus`".to_string();
+        assert_eq!(config_error(other.clone()), other);
+    }
 }

@@ -1,6 +1,6 @@
 //! What a proxy is told: upstreams, policies, timeouts.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::balance::Balance;
@@ -250,6 +250,11 @@ pub struct ProxyConfig {
     /// answered by the proxy; they then share the pooled connections. Default none (a
     /// client's `AUTH` goes to a dedicated upstream connection of its own).
     pub redis_client_auth: Option<Credentials>,
+    /// HTTP: clients whose forwarded fields are kept (a TLS terminator or load balancer in
+    /// front). A request from one of these addresses keeps its `X-Forwarded-Proto` (ours is
+    /// added only when it has none); `X-Forwarded-For` is appended to either way. Default
+    /// none: every client's `X-Forwarded-Proto` is replaced.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl ProxyConfig {
@@ -275,6 +280,161 @@ impl ProxyConfig {
             pipeline_depth: 16,
             redis_upstream_auth: None,
             redis_client_auth: None,
+            trusted_proxies: TrustedProxies::default(),
+        }
+    }
+}
+
+/// Address ranges (CIDR) of trusted proxies (`--trusted-proxies 10.0.0.0/8,::1`), as nginx's
+/// `set_real_ip_from` or Envoy's trusted hops. Each range is kept as a network and a
+/// precomputed prefix mask, so a check is an AND and a compare per range; an IPv4-mapped
+/// IPv6 peer (`::ffff:10.1.2.3`) is checked as its IPv4 address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+}
+
+impl TrustedProxies {
+    /// No range: nobody is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// Whether `ip` is in one of the ranges.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.v4.iter().any(|&(net, mask)| a & mask == net)
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.v6.iter().any(|&(net, mask)| a & mask == net)
+            }
+        }
+    }
+
+    /// Add one range: `IP/PREFIX`, or an address alone (`/32`, `/128`). Host bits set in
+    /// `IP` are an error (`10.0.0.1/8` is a mistake for `10.0.0.0/8` or `10.0.0.1/32`).
+    pub fn add(&mut self, cidr: &str) -> Result<(), String> {
+        let cidr = cidr.trim();
+        let bad = |why: &str| format!("invalid CIDR `{cidr}`{why}");
+        let (ip, prefix) = match cidr.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (cidr, None),
+        };
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| bad(" (use IP/PREFIX, e.g. 10.0.0.0/8)"))?;
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix: u32 = match prefix {
+            Some(p) => match p.parse() {
+                Ok(n) if n <= bits && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(bad(&format!(" (prefix 0 to {bits})"))),
+            },
+            None => bits,
+        };
+        let host_bits = || bad(" (address bits set past the prefix)");
+        match ip.to_canonical() {
+            IpAddr::V4(a) => {
+                // A mapped `::ffff:a.b.c.d/p` counts its prefix over 128 bits.
+                let prefix = if ip.is_ipv6() {
+                    prefix
+                        .checked_sub(96)
+                        .ok_or_else(|| bad(" (prefix 96 to 128)"))?
+                } else {
+                    prefix
+                };
+                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+                let a = u32::from(a);
+                if a & !mask != 0 {
+                    return Err(host_bits());
+                }
+                self.v4.push((a, mask));
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                let a = u128::from(a);
+                if a & !mask != 0 {
+                    return Err(host_bits());
+                }
+                self.v6.push((a, mask));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+    /// Comma-separated ranges.
+    fn from_str(s: &str) -> Result<TrustedProxies, String> {
+        let mut t = TrustedProxies::default();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            t.add(part)?;
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod trusted_tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ranges_match_by_prefix() {
+        let t: TrustedProxies = "10.0.0.0/8, 192.168.1.7,fd00::/8,::1".parse().unwrap();
+        assert!(!t.is_empty());
+        for yes in [
+            "10.0.0.1",
+            "10.255.255.255",
+            "192.168.1.7",
+            "fd12::3",
+            "::1",
+        ] {
+            assert!(t.contains(ip(yes)), "{yes}");
+        }
+        for no in [
+            "11.0.0.1",
+            "9.255.255.255",
+            "192.168.1.8",
+            "fe00::1",
+            "::2",
+            "127.0.0.1",
+        ] {
+            assert!(!t.contains(ip(no)), "{no}");
+        }
+        // An IPv4 peer on an IPv6 socket.
+        assert!(t.contains(ip("::ffff:10.9.8.7")));
+        assert!(!t.contains(ip("::ffff:11.9.8.7")));
+        let all: TrustedProxies = "0.0.0.0/0,::/0".parse().unwrap();
+        assert!(all.contains(ip("1.2.3.4")) && all.contains(ip("2001:db8::1")));
+        let mapped: TrustedProxies = "::ffff:127.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains(ip("127.0.0.1")) && !mapped.contains(ip("128.0.0.1")));
+        assert!(TrustedProxies::default().is_empty());
+        assert!(!TrustedProxies::default().contains(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn bad_ranges_are_errors() {
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "nope",
+            "10.0.0/8",
+            "::ffff:1.2.3.4/64",
+            "fd00::1/8",
+        ] {
+            let e = bad.parse::<TrustedProxies>().unwrap_err();
+            assert!(e.contains("invalid CIDR"), "{bad}: {e}");
         }
     }
 }

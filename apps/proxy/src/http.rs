@@ -657,12 +657,21 @@ struct Rare {
     host: Option<Bytes>,
     /// The client's `Upgrade` field, forwarded with `Connection: upgrade`.
     upgrade: Option<Bytes>,
+    /// A trusted proxy's request with an `X-Forwarded-Proto`: it is kept (ours is not
+    /// written).
+    keep_xfp: bool,
 }
 
 impl Rare {
-    /// `None` when there is neither field.
-    fn of(host: Option<Bytes>, upgrade: Option<Bytes>) -> Option<Box<Rare>> {
-        (host.is_some() || upgrade.is_some()).then(|| Box::new(Rare { host, upgrade }))
+    /// `None` when there is neither field and nothing to keep.
+    fn of(host: Option<Bytes>, upgrade: Option<Bytes>, keep_xfp: bool) -> Option<Box<Rare>> {
+        (host.is_some() || upgrade.is_some() || keep_xfp).then(|| {
+            Box::new(Rare {
+                host,
+                upgrade,
+                keep_xfp,
+            })
+        })
     }
 }
 
@@ -831,15 +840,24 @@ fn forward_response_field(name: &[u8], named: &[&[u8]]) -> bool {
 
 /// Whether a request field `name` goes upstream: not hop-by-hop (standard or named by
 /// `Connection`), and not one the proxy writes itself (`X-Forwarded-For`, `traceparent`,
-/// `X-Forwarded-Proto`: the client's claim of a scheme is replaced by the one it used).
-fn forward_request_field(name: &[u8], named: &[&[u8]]) -> bool {
+/// `X-Forwarded-Proto`: the client's claim of a scheme is replaced by the one it used,
+/// unless `keep_xfp`, a trusted proxy's).
+fn forward_request_field(name: &[u8], named: &[&[u8]], keep_xfp: bool) -> bool {
     let ours = match name.len() {
         11 => is8(name, &TRACEPARENT),
         15 => is8(name, &X_FORWARDED_FOR),
-        17 => is8(name, &X_FORWARDED_PROTO),
+        17 => !keep_xfp && is8(name, &X_FORWARDED_PROTO),
         _ => false,
     };
     !(ours || hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// Whether the request's `Connection` names `X-Forwarded-Proto` (a hop-by-hop field then).
+#[cold]
+fn xfp_named(h: &Headers) -> bool {
+    connection_names(h)
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(b"x-forwarded-proto"))
 }
 
 /// The `host` field the proxy writes for a request, replacing the client's: the authority
@@ -933,6 +951,8 @@ struct Exchange {
     verdict: Option<Outcome>,
     /// `X-Forwarded-For` when the request came with one (else the connection's lines go).
     extra_xff: Option<Bytes>,
+    /// A trusted proxy's request with an `X-Forwarded-Proto`: it is kept.
+    keep_xfp: bool,
     /// The request has a `Host` field.
     has_host: bool,
     /// The request's `Connection` may name fields beyond the standard hop-by-hop ones.
@@ -976,6 +996,8 @@ pub struct Down {
     /// `x-forwarded-for: <client address>` (if known) and `x-forwarded-proto: http`, encoded
     /// at the first request.
     fwd: Option<FieldLines>,
+    /// The client is a trusted proxy (`trusted_proxies`; set with `fwd`).
+    trusted: bool,
     /// A box for the next request's mail (the last response head's).
     spare: Option<Parcel>,
 }
@@ -994,19 +1016,20 @@ struct Tunnel {
 }
 
 /// A new exchange for a request (counted; its trace context and `X-Forwarded-For` made),
-/// with the worker's state locked by the caller. `peer_ip`: the client's address as text.
+/// with the worker's state locked by the caller. `peer_ip`: the client's address as text;
+/// `trusted`: the client is a trusted proxy.
 #[inline(always)]
 fn exchange(
     sh: &HttpShared,
     ws: &mut WorkerState,
-    peer_ip: Option<&[u8]>,
+    (peer_ip, trusted): (Option<&[u8]>, bool),
     head: ferry_http1::Request,
     now: Instant,
 ) -> Exchange {
     add(&sh.stats.requests, 1);
     let hs = head.headers();
     // One pass over the fields for everything the proxy looks at in a request.
-    let (mut has_xff, mut has_host) = (false, false);
+    let (mut has_xff, mut has_host, mut keep_xfp) = (false, false, false);
     // The parser saw every `Connection` token: false means none names a field.
     let conn_named = head.connection_names_others();
     let mut traceparent = None;
@@ -1015,10 +1038,15 @@ fn exchange(
             4 => has_host |= n.eq_ignore_ascii_case(b"host"),
             11 if traceparent.is_none() && is8(n, &TRACEPARENT) => traceparent = Some(v),
             15 => has_xff |= is8(n, &X_FORWARDED_FOR),
+            17 if trusted => keep_xfp |= is8(n, &X_FORWARDED_PROTO),
             _ => {}
         }
     }
-    let xff = if has_xff {
+    if keep_xfp && conn_named {
+        // Named by `Connection`: hop-by-hop, as if not sent (ours goes instead).
+        keep_xfp = !xfp_named(hs);
+    }
+    let xff = if has_xff || keep_xfp {
         let ip = peer_ip.unwrap_or_default();
         let mut xff = BytesMut::new();
         for (i, v) in hs.get_all("x-forwarded-for").enumerate() {
@@ -1028,7 +1056,9 @@ fn exchange(
             xff.put_slice(v);
         }
         if !ip.is_empty() {
-            xff.put_slice(b", ");
+            if !xff.is_empty() {
+                xff.put_slice(b", ");
+            }
             xff.put_slice(ip);
         }
         Some(xff.freeze())
@@ -1067,6 +1097,7 @@ fn exchange(
         permit: None,
         verdict: None,
         extra_xff: xff,
+        keep_xfp,
         has_host,
         conn_named,
         traceparent: tp,
@@ -1220,7 +1251,8 @@ impl Down {
         let sh = self.shared.clone();
         let mut ws = sh.worker(ctx.index);
         // Built in place (an `Exchange` is big).
-        self.ex = Some(exchange(&sh, &mut ws, self.peer_ip.as_deref(), head, now));
+        let peer = (self.peer_ip.as_deref(), self.trusted);
+        self.ex = Some(exchange(&sh, &mut ws, peer, head, now));
         self.dispatch_with(ctx, &sh, ws, now);
     }
 
@@ -1254,7 +1286,7 @@ impl Down {
         let mut f = exchange(
             sh,
             &mut sh.worker(ctx.index),
-            self.peer_ip.as_deref(),
+            (self.peer_ip.as_deref(), self.trusted),
             head,
             now,
         );
@@ -1329,7 +1361,11 @@ impl Down {
                     fwd: Fwd::of(&f.extra_xff, &self.fwd),
                     traceparent: f.traceparent,
                     conn_named: f.conn_named,
-                    rare: Rare::of(host_field(&f.head, f.has_host, &sh.cfg.upstreams[i]), None),
+                    rare: Rare::of(
+                        host_field(&f.head, f.has_host, &sh.cfg.upstreams[i]),
+                        None,
+                        f.keep_xfp,
+                    ),
                 },
             };
             send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
@@ -1409,8 +1445,10 @@ impl Down {
     #[cold]
     fn make_fwd(&mut self) {
         let sh = &*self.shared;
-        let ip = self.io.peer_addr().map(|p| p.ip().to_string());
-        let ip = ip.map(Bytes::from).unwrap_or_default();
+        let peer = self.io.peer_addr().map(|p| p.ip());
+        let trusted = &sh.cfg.trusted_proxies;
+        self.trusted = !trusted.is_empty() && peer.is_some_and(|p| trusted.contains(p));
+        let ip = peer.map(|p| Bytes::from(p.to_string())).unwrap_or_default();
         let fwd = if ip.is_empty() {
             FieldLines::new(&[("x-forwarded-proto", "http")])
         } else {
@@ -1657,7 +1695,7 @@ impl Down {
                 fwd: Fwd::of(&ex.extra_xff, &self.fwd),
                 conn_named: ex.conn_named,
                 traceparent: ex.traceparent,
-                rare: Rare::of(host, upgrade),
+                rare: Rare::of(host, upgrade, ex.keep_xfp),
             },
         };
         send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
@@ -2596,9 +2634,9 @@ impl Up {
                 &usual
             }
             (fwd, rare) => {
-                let (host, upgrade) = match rare {
-                    Some(r) => (r.host.as_ref(), r.upgrade.as_ref()),
-                    None => (None, None),
+                let (host, upgrade, keep_xfp) = match rare {
+                    Some(r) => (r.host.as_ref(), r.upgrade.as_ref(), r.keep_xfp),
+                    None => (None, None, false),
                 };
                 if let Some(h) = host {
                     all.push(FieldPiece::Field("host", h));
@@ -2609,7 +2647,9 @@ impl Up {
                         if let Some(x) = xff.as_ref().filter(|x| !x.is_empty()) {
                             all.push(FieldPiece::Field("x-forwarded-for", x));
                         }
-                        all.push(FieldPiece::Lines(&sh.xfp));
+                        if !keep_xfp {
+                            all.push(FieldPiece::Lines(&sh.xfp));
+                        }
                     }
                 }
                 all.push(traceparent);
@@ -2635,8 +2675,10 @@ impl Up {
         };
         // A `host` of ours (absolute-form target, or none sent) replaces the client's.
         let own_host = extra.rare.as_ref().is_some_and(|r| r.host.is_some());
+        let keep_xfp = extra.rare.as_ref().is_some_and(|r| r.keep_xfp);
         let keep = |n: &[u8]| {
-            forward_request_field(n, &named) && !(own_host && n.eq_ignore_ascii_case(b"host"))
+            forward_request_field(n, &named, keep_xfp)
+                && !(own_host && n.eq_ignore_ascii_case(b"host"))
         };
         let sent = self
             .conn
@@ -2805,6 +2847,7 @@ impl Downstream for Down {
             tunnel: None,
             peer_ip: None,
             fwd: None,
+            trusted: false,
             spare: None,
         })
     }
@@ -3224,8 +3267,13 @@ mod tests {
                 b"x-forwarded-protO!",
             ] {
                 prop_assert_eq!(
-                    forward_request_field(n, &[]),
+                    forward_request_field(n, &[], false),
                     !(ours(n) || reference_hop_by_hop(n))
+                );
+                let xfp = n.eq_ignore_ascii_case(b"x-forwarded-proto");
+                prop_assert_eq!(
+                    forward_request_field(n, &[], true),
+                    xfp || !(ours(n) || reference_hop_by_hop(n))
                 );
             }
         }
