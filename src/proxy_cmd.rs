@@ -53,7 +53,9 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
     /// round-robin, least-requests or hash (consistent hashing of the request target; for
-    /// redis, of each command's first argument, its key) [default: round-robin].
+    /// redis, of each key or its {hash tag}: multi-key commands whose keys are on different
+    /// upstreams are split (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH) or refused with CROSSSLOT)
+    /// [default: round-robin].
     #[arg(long, value_name = "POLICY")]
     balance: Option<Balance>,
     /// Event loop: auto, epoll or uring (FERRY_DRIVER overrides auto) [default: auto].

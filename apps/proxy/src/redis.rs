@@ -28,9 +28,22 @@
 //!   (and the client stays on the shared connections).
 //! - **Balancing** (`--balance`): round robin and least requests choose an upstream per
 //!   chunk of pipelined commands; `hash` chooses per command, by consistent hashing of its
-//!   first argument (the key of most commands; a command's other keys are not looked at,
-//!   and a client on a dedicated connection, e.g. in `MULTI`, stays on the upstream of the
-//!   first argument of the command that moved it there).
+//!   key (the first argument of most commands), or of the key's hash tag (`{user1}:name`
+//!   hashes `user1`, as in Redis Cluster and twemproxy). Over several upstreams every key
+//!   of a command counts (`redis/keys.rs`): `MGET`, `MSET`, `DEL`, `UNLINK`, `EXISTS` and
+//!   `TOUCH` are split by upstream and their replies merged (as twemproxy and Envoy do);
+//!   `DBSIZE`, `KEYS`, `FLUSHALL`, `FLUSHDB`, `SCRIPT LOAD|FLUSH` and
+//!   `FUNCTION LOAD|DELETE|FLUSH` go to every upstream; `SCAN` walks the upstreams one
+//!   after another (its cursors made global by the proxy); any other command whose keys
+//!   are on different upstreams is refused with `-CROSSSLOT` (Redis Cluster's error). A
+//!   transaction runs on the upstream of the first key after `MULTI` (or of `WATCH`'s);
+//!   a command in it for another upstream is refused and `EXEC` then fails with
+//!   `-EXECABORT`; after `EXEC`/`DISCARD` the client is back on the shared connections.
+//!   A client on a dedicated connection for other state (`SELECT`, `SUBSCRIBE`, …) stays
+//!   on its upstream: commands for keys elsewhere get `-CROSSSLOT`. `RANDOMKEY`, `INFO`
+//!   and the like reach one upstream. Whatever the balance, over several upstreams
+//!   `SCRIPT LOAD|FLUSH` and `FUNCTION LOAD|DELETE|FLUSH` reach every one (so `EVALSHA`
+//!   and `FCALL` find them wherever they go).
 //! - **Circuit breakers**: each chunk or command sent to a shared connection holds a permit
 //!   of its upstream's `ferry-reliability` breaker (per worker): answered is a success, a
 //!   connect failure, a reply timeout or a broken connection is a failure. While a breaker
@@ -49,6 +62,7 @@
 //!   32 MiB of pub/sub messages unread is dropped (Redis's `pubsub` output buffer limit).
 
 pub mod auth;
+mod keys;
 pub mod scan;
 mod tracking;
 
@@ -116,6 +130,9 @@ pub struct RedisShared {
     measure: Limits,
     stats: Arc<ProxyStats>,
     workers: Vec<Mutex<RWorker>>,
+    /// `--balance hash` over several upstreams: commands are routed by all their keys
+    /// ([`keys`]).
+    keyed: bool,
 }
 
 impl std::fmt::Debug for RedisShared {
@@ -147,6 +164,8 @@ struct RWorker {
     active: Vec<usize>,
     /// The worker's index (breaker gauges).
     index: usize,
+    /// `--balance hash`: keys hash by their hash tag ([`keys::hash_tag`]).
+    tags: bool,
 }
 
 /// How a unit of work ended, for its upstream's breaker.
@@ -172,8 +191,10 @@ impl RWorker {
             balancer,
             breakers,
             active,
+            tags,
             ..
         } = self;
+        let key = if *tags { keys::hash_tag(key) } else { key };
         balancer.pick(
             key,
             |i| {
@@ -275,10 +296,12 @@ impl RedisShared {
                         .collect(),
                     active: vec![0; names.len()],
                     index: w,
+                    tags: cfg.balance == Balance::Hash,
                 })
             })
             .collect();
         Arc::new(RedisShared {
+            keyed: cfg.balance == Balance::Hash && cfg.upstreams.len() > 1,
             cfg,
             dedicated: Arc::new(ClientConfig::default()),
             server: Arc::new(ServerConfig::default()),
@@ -322,6 +345,8 @@ enum Work {
     Raw { seq: u64, bytes: Bytes },
     /// One command (slow path; `id: None`: nobody waits for its reply).
     Cmd { id: Option<CommandId>, args: Args },
+    /// The part for one upstream of command `id`, split by key ([`Split`]).
+    Part { id: CommandId, args: Args },
 }
 
 /// Mail between client and upstream connections of one worker.
@@ -345,6 +370,8 @@ enum RKind {
     Lost { up: usize, conn: Option<Owner> },
     /// Upstream → client: a reply (slow path).
     Reply(CommandId, Value),
+    /// Upstream `up` → client: its reply to its part of split command `id`.
+    Part(CommandId, usize, Value),
     /// Upstream → client: `n` replies of chunk `seq`, encoded for the client.
     RawReply { seq: u64, bytes: Bytes, n: u32 },
     /// Upstream → client: `n` replies of chunk `seq` are lost.
@@ -437,6 +464,44 @@ pub struct RDown {
     /// dedicated connection: if that breaks, what the client pipelined behind it must not
     /// run elsewhere (see [`RDown::lost`]).
     ded_state: bool,
+    /// Commands split by key across upstreams, waiting for their parts' replies.
+    splits: Vec<Split>,
+    /// `--balance hash` over several upstreams: the transaction on the dedicated connection.
+    tx: Tx,
+}
+
+/// A client's transaction under `--balance hash` over several upstreams: it runs on a
+/// dedicated connection to the upstream of its first key (`MULTI` is answered by the
+/// proxy and sent on with the first command after it); a command whose keys are on
+/// another upstream is refused with `-CROSSSLOT` and makes `EXEC` fail with
+/// `-EXECABORT`, as in Redis Cluster. Once the transaction is over (`EXEC`, `DISCARD`,
+/// `UNWATCH`) and the client set no other state there, it goes back to the shared
+/// connections (its next keys may be anywhere).
+#[derive(Debug, Default, Clone, Copy)]
+struct Tx {
+    /// `MULTI` answered, its upstream not chosen yet.
+    pending: bool,
+    multi: bool,
+    watch: bool,
+    /// A command in `MULTI` was refused: `EXEC` fails.
+    dirty: bool,
+    /// The dedicated connection holds nothing but the transaction.
+    only: bool,
+}
+
+/// A command split across upstreams (`--balance hash`): its parts' replies merge into one.
+#[derive(Debug)]
+struct Split {
+    id: CommandId,
+    merge: keys::Merge,
+    /// Per part: its upstream and (for [`keys::Merge::Values`]) where its replies go.
+    parts: SmallVec<[(usize, Vec<u32>); 4]>,
+    left: usize,
+    /// Upstreams in all.
+    n: usize,
+    values: Vec<Value>,
+    sum: i64,
+    err: Option<Value>,
 }
 
 /// A connection to an upstream (shared or dedicated).
@@ -489,6 +554,8 @@ enum What {
         left: u32,
     },
     One(Option<CommandId>),
+    /// A part of a split command.
+    Part(CommandId),
     /// Our own `HELLO 3`.
     Hello,
 }
@@ -535,7 +602,7 @@ const DEDICATED_NAMES: [&str; 14] = [
 /// client connection or the proxy answers itself, or that may need a dedicated connection.
 /// (Spelled out again in [`is_slow`]'s match; this list is its test's reference.)
 #[cfg_attr(not(test), allow(dead_code))]
-const SLOW_NAMES: [&str; 9] = [
+const SLOW_NAMES: [&str; 11] = [
     "hello",
     "client",
     "quit",
@@ -545,6 +612,8 @@ const SLOW_NAMES: [&str; 9] = [
     "sunsubscribe",
     "xread",
     "xreadgroup",
+    "script",
+    "function",
 ];
 
 /// Whether a command with this name leaves the fast path: one of [`DEDICATED_NAMES`],
@@ -593,6 +662,8 @@ fn is_slow(name: &[u8]) -> bool {
             | b"sunsubscribe"
             | b"xread"
             | b"xreadgroup"
+            | b"script"
+            | b"function"
     )
 }
 
@@ -797,7 +868,12 @@ impl RDown {
                 break;
             }
         }
-        if self.io.saw_eof() && !self.eof_done && self.raw_left == 0 && self.sin.is_empty() {
+        if self.io.saw_eof()
+            && !self.eof_done
+            && self.raw_left == 0
+            && self.sin.is_empty()
+            && !(self.tx.only && self.tx_draining())
+        {
             // Every complete command was read; what is left is a torn one.
             self.eof_done = true;
             self.io.input.clear();
@@ -831,6 +907,7 @@ impl RDown {
         }
         let sh = self.shared.clone();
         let hash = sh.cfg.balance == Balance::Hash;
+        let keyed = sh.keyed;
         let max_bulk = sh.server.proto_max_bulk_len;
         let max_inline = sh.server.max_inline_size;
         let limit = MAX_IN_FLIGHT.saturating_sub(self.raw_left + self.held.len());
@@ -853,10 +930,17 @@ impl RDown {
                         Some(&(i, ..)) if !hash => Some(i),
                         _ => None,
                     };
-                    let target = same.or_else(|| {
-                        let (a, z) = key.unwrap_or(name);
-                        w.candidate(&b[pos + a..pos + z], &sh.stats, now, 0)
-                    });
+                    let target = match same {
+                        Some(i) => Some(i),
+                        None => {
+                            // (`keyed` implies `hash`: every command gets here then.)
+                            if keyed && keys::needs_keys(&b[pos + name.0..pos + name.1]) {
+                                break Stop::Slow;
+                            }
+                            let (a, z) = key.unwrap_or(name);
+                            w.candidate(&b[pos + a..pos + z], &sh.stats, now, 0)
+                        }
+                    };
                     let Some(i) = target else {
                         break Stop::Slow; // the slow path answers "no upstream"
                     };
@@ -927,6 +1011,9 @@ impl RDown {
 
     /// Hand the next command (or, in sticky mode, everything) to the client connection.
     fn slow(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
+        if self.tx.only && self.tx_draining() {
+            return false;
+        }
         let (before_in, before_sin) = (self.io.input.len(), self.sin.len());
         if self.locked {
             if let Some(progressed) = self.gate_unauthenticated() {
@@ -1075,9 +1162,18 @@ impl RDown {
                     && self.want_dedicated.is_none()
                     && needs_dedicated(&cmd.args)
                 {
-                    self.want_dedicated(cmd.args.get(1).cloned().unwrap_or_default());
+                    if self.shared.keyed {
+                        if self.tx_start(cmd.id, &cmd.args) {
+                            return;
+                        }
+                    } else {
+                        self.want_dedicated(cmd.args.get(1).cloned().unwrap_or_default());
+                    }
                 }
                 if matches!(self.route, Route::Dedicated(_)) || self.want_dedicated.is_some() {
+                    if self.shared.keyed && self.tx_check(ctx, cmd.id, &cmd.args, now) {
+                        return;
+                    }
                     if is_blocking(&cmd.args) {
                         self.blocking = Some(cmd.id);
                     } else if !self.ded_state && needs_dedicated(&cmd.args) {
@@ -1087,7 +1183,19 @@ impl RDown {
                     return;
                 }
                 let sh = self.shared.clone();
-                let key = cmd.args.get(1).unwrap_or(&cmd.args[0]);
+                let mut key = cmd.args.get(1).unwrap_or(&cmd.args[0]);
+                let first;
+                if sh.keyed {
+                    match self.route_keys(ctx, cmd.id, &cmd.args, now) {
+                        Some(k) => {
+                            first = k;
+                            key = &first;
+                        }
+                        None => return,
+                    }
+                } else if sh.cfg.upstreams.len() > 1 && self.everywhere(ctx, &cmd, now) {
+                    return;
+                }
                 let pick = sh.worker(ctx.index).pick(key, 1, &sh.stats, now);
                 match pick {
                     Some((up, permit)) => self.held.push_back(Unit {
@@ -1109,6 +1217,7 @@ impl RDown {
             SEvent::Unsubscribe { kind, channels } => self.mirror_sub(kind, channels, false),
             SEvent::Reset => {
                 self.name = None;
+                self.tx = Tx::default();
                 if matches!(self.route, Route::Dedicated(_)) || self.want_dedicated.is_some() {
                     let mut args = Args::new();
                     args.push(Bytes::from_static(b"RESET"));
@@ -1121,11 +1230,442 @@ impl RDown {
         }
     }
 
+    /// `--balance hash` over several upstreams: route command `id` by all its keys. Returns
+    /// the key to route it by, or `None` if it was dealt with here: split across upstreams
+    /// (`MGET`, `MSET`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH`; `DBSIZE`, `KEYS`, `FLUSHALL`,
+    /// `FLUSHDB` go to every upstream), or refused with `-CROSSSLOT` (other commands whose
+    /// keys are on different upstreams, as Redis Cluster does).
+    #[cold]
+    fn route_keys(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        id: CommandId,
+        args: &[Bytes],
+        now: Instant,
+    ) -> Option<Bytes> {
+        let sh = self.shared.clone();
+        let low = args[0].to_ascii_lowercase();
+        let n = sh.cfg.upstreams.len();
+        if low == b"scan" && args.len() >= 2 {
+            if let Some((i, inner)) = keys::scan_cursor(&args[1], n) {
+                let mut sub: Args = args.iter().cloned().collect();
+                sub[1] = Bytes::from(inner.to_string());
+                let parts = std::iter::once((i, Vec::new())).collect();
+                self.fan_out(ctx, id, keys::Merge::Scan, parts, vec![sub], now);
+                return None;
+            }
+        }
+        if let Some(merge) = keys::all_servers(&low, args) {
+            let parts = (0..n).map(|i| (i, Vec::new())).collect();
+            let sub = (0..n).map(|_| args.iter().cloned().collect()).collect();
+            self.fan_out(ctx, id, merge, parts, sub, now);
+            return None;
+        }
+        let Some(idx) = keys::key_indexes(args) else {
+            return Some(args.get(1).unwrap_or(&args[0]).clone());
+        };
+        let Some(&k0) = idx.first() else {
+            return Some(args.get(1).unwrap_or(&args[0]).clone());
+        };
+        // Each key's upstream, as a single-key command on it would go.
+        let mut ups: SmallVec<[usize; 8]> = SmallVec::new();
+        {
+            let mut w = sh.worker(ctx.index);
+            for &k in &idx {
+                match w.candidate(&args[k], &sh.stats, now, 0) {
+                    Some(i) => ups.push(i),
+                    None => return Some(args[k0].clone()), // the pick answers "no upstream"
+                }
+            }
+        }
+        if ups.iter().all(|&u| u == ups[0]) {
+            return Some(args[k0].clone());
+        }
+        let split = keys::split_kind(&low);
+        if split.is_some_and(|(_, step)| (args.len() - 1) % step != 0) {
+            // Malformed (`MSET` without a value for its last key): the upstream says why.
+            return Some(args[k0].clone());
+        }
+        let Some((merge, step)) = split else {
+            let _ = self.conn.send_reply(
+                id,
+                &Value::error_fmt(format_args!(
+                    "CROSSSLOT Keys in request don't hash to the same upstream \
+                     (ferry proxy --balance hash; use a {{hash tag}})"
+                )),
+            );
+            return None;
+        };
+        let mut parts: SmallVec<[(usize, Vec<u32>); 4]> = SmallVec::new();
+        let mut sub: Vec<Args> = Vec::new();
+        for (pos, (&k, &u)) in idx.iter().zip(&ups).enumerate() {
+            let p = match parts.iter().position(|&(i, _)| i == u) {
+                Some(p) => p,
+                None => {
+                    parts.push((u, Vec::new()));
+                    let mut a = Args::new();
+                    a.push(args[0].clone());
+                    sub.push(a);
+                    parts.len() - 1
+                }
+            };
+            parts[p].1.push(pos as u32);
+            sub[p].extend(args[k..k + step].iter().cloned());
+        }
+        self.fan_out(ctx, id, merge, parts, sub, now);
+        None
+    }
+
+    /// Any balance over several upstreams: `SCRIPT LOAD|FLUSH` and
+    /// `FUNCTION LOAD|DELETE|FLUSH` go to every upstream (else `EVALSHA`/`FCALL` fail with
+    /// `NOSCRIPT` wherever the script was not loaded). Returns whether `cmd` was one.
+    #[cold]
+    fn everywhere(&mut self, ctx: &mut WorkerCtx, cmd: &ferry_resp::Command, now: Instant) -> bool {
+        let low = cmd.args[0].to_ascii_lowercase();
+        if !matches!(&low[..], b"script" | b"function")
+            || keys::all_servers(&low, &cmd.args).is_none()
+        {
+            return false;
+        }
+        let n = self.shared.cfg.upstreams.len();
+        let parts = (0..n).map(|i| (i, Vec::new())).collect();
+        let sub = (0..n).map(|_| cmd.args.clone()).collect();
+        self.fan_out(ctx, cmd.id, keys::Merge::Same, parts, sub, now);
+        true
+    }
+
+    /// Send the parts of split command `id` (`sub[p]` to upstream `parts[p].0`).
+    fn fan_out(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        id: CommandId,
+        merge: keys::Merge,
+        parts: SmallVec<[(usize, Vec<u32>); 4]>,
+        sub: Vec<Args>,
+        now: Instant,
+    ) {
+        let sh = self.shared.clone();
+        let mut permits = Vec::with_capacity(parts.len());
+        {
+            let mut w = sh.worker(ctx.index);
+            for &(i, _) in &parts {
+                match w.acquire(i, 1, &sh.stats, now) {
+                    Some(p) => permits.push(p),
+                    None => {
+                        for (&(j, _), p) in parts.iter().zip(permits) {
+                            w.report(j, p, 1, Outcome::Ignored, now, &sh.stats);
+                        }
+                        drop(w);
+                        add(&sh.stats.answered_503, 1);
+                        let _ = self.conn.send_reply(id, &no_upstream());
+                        return;
+                    }
+                }
+            }
+        }
+        let values = if merge == keys::Merge::Values {
+            vec![Value::NullBulkString; parts.iter().map(|p| p.1.len()).sum()]
+        } else {
+            Vec::new()
+        };
+        for ((&(up, _), permit), args) in parts.iter().zip(permits).zip(sub) {
+            self.held.push_back(Unit {
+                up,
+                permit: Some(permit),
+                count: 1,
+                work: Work::Part { id, args },
+            });
+        }
+        self.splits.push(Split {
+            id,
+            merge,
+            left: parts.len(),
+            n: sh.cfg.upstreams.len(),
+            parts,
+            values,
+            sum: 0,
+            err: None,
+        });
+    }
+
+    /// Upstream `up`'s reply to its part of split command `id`; the merged reply goes out
+    /// once every part answered (the first error, if any part failed).
+    fn part_reply(&mut self, id: CommandId, up: usize, v: Value) {
+        let Some(k) = self.splits.iter().position(|s| s.id == id) else {
+            return;
+        };
+        let s = &mut self.splits[k];
+        let Some(p) = s.parts.iter().position(|&(i, _)| i == up) else {
+            return;
+        };
+        let slots = std::mem::take(&mut s.parts[p].1);
+        s.parts[p].0 = usize::MAX; // answered
+        s.left -= 1;
+        if s.err.is_none() {
+            let bad = || Value::error_fmt(format_args!("ERR ferry proxy: unexpected reply"));
+            match (s.merge, &v) {
+                (_, e) if e.is_error() => s.err = Some(v.clone()),
+                (keys::Merge::Values, Value::Array(items)) if items.len() == slots.len() => {
+                    for (slot, item) in slots.iter().zip(items) {
+                        s.values[*slot as usize] = item.clone();
+                    }
+                }
+                (keys::Merge::Concat, Value::Array(items) | Value::Set(items)) => {
+                    s.values.extend(items.iter().cloned());
+                }
+                (keys::Merge::Sum, Value::Integer(i)) => s.sum = s.sum.saturating_add(*i),
+                (keys::Merge::Ok, Value::SimpleString(_)) => {}
+                (keys::Merge::Scan, Value::Array(page)) => {
+                    let next = match page.first() {
+                        Some(Value::BulkString(c)) => std::str::from_utf8(c)
+                            .ok()
+                            .and_then(|c| c.parse().ok())
+                            .and_then(|c| keys::scan_next(c, up, s.n)),
+                        _ => None,
+                    };
+                    match (next, page.get(1)) {
+                        (Some(c), Some(keys)) => {
+                            s.values =
+                                vec![Value::BulkString(Bytes::from(c.to_string())), keys.clone()]
+                        }
+                        _ => s.err = Some(bad()),
+                    }
+                }
+                (keys::Merge::Same, _) => {
+                    if s.values.is_empty() {
+                        s.values.push(v.clone());
+                    }
+                }
+                _ => s.err = Some(bad()),
+            }
+        }
+        if s.left > 0 {
+            return;
+        }
+        let s = self.splits.swap_remove(k);
+        let reply = match (s.err, s.merge) {
+            (Some(e), _) => e,
+            (None, keys::Merge::Values | keys::Merge::Concat | keys::Merge::Scan) => {
+                Value::Array(s.values)
+            }
+            (None, keys::Merge::Sum) => Value::Integer(s.sum),
+            (None, keys::Merge::Ok) => Value::ok(),
+            (None, keys::Merge::Same) => s.values.into_iter().next().unwrap_or_else(Value::ok),
+        };
+        let _ = self.conn.send_reply(s.id, &reply);
+    }
+
+    /// `--balance hash` over several upstreams: a command moves the client to a dedicated
+    /// connection (see [`Tx`]). Returns whether it was answered here (`MULTI`).
+    #[cold]
+    fn tx_start(&mut self, id: CommandId, args: &[Bytes]) -> bool {
+        let low = args[0].to_ascii_lowercase();
+        self.tx = Tx {
+            only: matches!(
+                &low[..],
+                b"multi" | b"watch" | b"exec" | b"discard" | b"unwatch"
+            ),
+            ..Tx::default()
+        };
+        if low == b"multi" {
+            self.tx.pending = true;
+            self.want_dedicated = Some(Bytes::new());
+            let _ = self.conn.send_reply(id, &Value::ok());
+            return true;
+        }
+        let key = match keys::key_indexes(args) {
+            Some(idx) => idx.first().map(|&k| args[k].clone()),
+            None => args.get(1).cloned(),
+        };
+        self.want_dedicated(key.unwrap_or_default());
+        false
+    }
+
+    /// `--balance hash` over several upstreams: command `id` for the dedicated connection.
+    /// Returns whether it was answered here (its keys are on another upstream, or `EXEC`
+    /// of a transaction with such a command).
+    #[cold]
+    fn tx_check(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        id: CommandId,
+        args: &[Bytes],
+        now: Instant,
+    ) -> bool {
+        let low = args[0].to_ascii_lowercase();
+        let idx = match keys::key_indexes(args) {
+            Some(idx) => idx,
+            None if args.len() < 2 || keys::keyless(&low) => keys::KeyIdx::new(),
+            None => std::iter::once(1).collect(),
+        };
+        if self.tx.pending {
+            // The transaction goes to the upstream of its first command's key.
+            self.tx.pending = false;
+            self.tx.multi = true;
+            self.want_dedicated(idx.first().map(|&k| args[k].clone()).unwrap_or_default());
+            let mut multi = Args::new();
+            multi.push(Bytes::from_static(b"MULTI"));
+            self.hold_dedicated(None, multi);
+        }
+        let sh = self.shared.clone();
+        let elsewhere = {
+            let mut w = sh.worker(ctx.index);
+            let target = match (self.route, &self.want_dedicated) {
+                (Route::Dedicated(i), _) => Some(i),
+                (_, Some(k)) => w.candidate(k, &sh.stats, now, 0),
+                _ => None,
+            };
+            idx.iter()
+                .any(|&k| w.candidate(&args[k], &sh.stats, now, 0) != target)
+        };
+        if elsewhere && self.follow_keys(ctx, args, &idx, now) {
+            return false;
+        }
+        if elsewhere {
+            self.tx.dirty |= self.tx.multi;
+            let _ = self.conn.send_reply(
+                id,
+                &Value::error_fmt(format_args!(
+                    "CROSSSLOT Keys in request don't hash to the upstream of this \
+                     connection's transaction or state (ferry proxy --balance hash)"
+                )),
+            );
+            return true;
+        }
+        match &low[..] {
+            b"multi" => self.tx.multi = true,
+            b"exec" if self.tx.dirty => {
+                self.tx = Tx {
+                    only: self.tx.only,
+                    ..Tx::default()
+                };
+                let mut discard = Args::new();
+                discard.push(Bytes::from_static(b"DISCARD"));
+                self.hold_dedicated(None, discard);
+                let _ = self.conn.send_reply(
+                    id,
+                    &Value::error_fmt(format_args!(
+                        "EXECABORT Transaction discarded because of previous errors."
+                    )),
+                );
+                return true;
+            }
+            b"exec" | b"discard" => {
+                self.tx = Tx {
+                    only: self.tx.only,
+                    ..Tx::default()
+                }
+            }
+            b"watch" if !self.tx.multi => self.tx.watch = true,
+            b"unwatch" if !self.tx.multi => self.tx.watch = false,
+            b"watch" | b"unwatch" => {}
+            _ if needs_dedicated(args) => self.tx.only = false,
+            _ => {}
+        }
+        false
+    }
+
+    /// The keys of a command for a dedicated connection that holds no state (it only ran
+    /// blocking or keyed commands, all answered) now live on another upstream, all on the
+    /// same one: their upstream changed (a breaker opened or closed, a failover or its
+    /// failback). The client follows them to a dedicated connection there instead of being
+    /// refused; returns whether it did.
+    #[cold]
+    fn follow_keys(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        args: &[Bytes],
+        idx: &keys::KeyIdx,
+        now: Instant,
+    ) -> bool {
+        let Some(&first) = idx.first() else {
+            return false;
+        };
+        let stateless = !self.tx.pending
+            && !self.tx.multi
+            && !self.tx.watch
+            && !self.ded_state
+            && self.unacked == 0
+            && self.in_flight == 0
+            && self.held.is_empty()
+            && self.blocking.is_none()
+            && !self.conn.is_subscribed()
+            && matches!(self.route, Route::Dedicated(_));
+        if !stateless {
+            return false;
+        }
+        let sh = self.shared.clone();
+        {
+            let mut w = sh.worker(ctx.index);
+            let to = w.candidate(&args[first], &sh.stats, now, 0);
+            if to.is_none()
+                || idx
+                    .iter()
+                    .any(|&k| w.candidate(&args[k], &sh.stats, now, 0) != to)
+            {
+                return false;
+            }
+        }
+        if let Some(o) = self.ded.take() {
+            post(ctx, o, RKind::Release);
+        }
+        self.route = Route::None;
+        self.ded_answered = false;
+        self.ups.iter_mut().for_each(|a| *a = Att::Idle);
+        self.want_dedicated(args[first].clone());
+        true
+    }
+
+    /// A transaction is over, its dedicated connection about to be given back
+    /// ([`Tx`]): the commands behind it wait (their keys may be on any upstream).
+    #[cold]
+    #[inline(never)]
+    fn tx_draining(&self) -> bool {
+        self.tx.only
+            && !self.tx.pending
+            && !self.tx.multi
+            && !self.tx.watch
+            && (matches!(self.route, Route::Dedicated(_)) || self.want_dedicated.is_some())
+    }
+
+    /// A transaction-only dedicated connection whose transaction is over and answered is
+    /// given back (see [`Tx`]).
+    #[cold]
+    fn tx_end(&mut self, ctx: &mut WorkerCtx) {
+        let t = self.tx;
+        if t.pending
+            || t.multi
+            || t.watch
+            || self.unacked > 0
+            || !self.held.is_empty()
+            || self.blocking.is_some()
+            || self.conn.is_subscribed()
+        {
+            return;
+        }
+        if let (Route::Dedicated(_), Some(o)) = (self.route, self.ded) {
+            post(ctx, o, RKind::Release);
+            self.route = Route::None;
+            self.ded = None;
+            self.tx = Tx::default();
+            // The released connection's state goes with it (see `lost`).
+            self.ded_state = false;
+            self.ded_answered = false;
+            self.ups.iter_mut().for_each(|a| *a = Att::Idle);
+        }
+    }
+
     /// Move to a dedicated connection (to the upstream of `key`) once the shared ones
     /// answered; the name the proxy kept for the client goes along.
     fn want_dedicated(&mut self, key: Bytes) {
         self.want_dedicated = Some(key);
-        if let Some(name) = self.name.take() {
+        // (A transaction's connection is given back: the proxy keeps the name too.)
+        let name = if self.tx.only {
+            self.name.clone()
+        } else {
+            self.name.take()
+        };
+        if let Some(name) = name {
             let mut args = Args::new();
             args.push(Bytes::from_static(b"CLIENT"));
             args.push(Bytes::from_static(b"SETNAME"));
@@ -1211,6 +1751,11 @@ impl RDown {
                     // Work picked for a shared connection before the move: it goes along.
                     let mut unit = self.held.pop_front().expect("front");
                     report_units(ctx, &sh, [&unit], Outcome::Ignored, now);
+                    if let Work::Part { id, .. } = unit.work {
+                        // Its merge waits for a reply from `unit.up`.
+                        self.part_reply(id, unit.up, lost());
+                        continue;
+                    }
                     unit.up = DEDICATED;
                     unit.permit = None;
                     self.held.push_front(unit);
@@ -1265,7 +1810,7 @@ impl RDown {
     }
 
     fn send(&mut self, ctx: &mut WorkerCtx, to: Owner, unit: Unit) {
-        if let Work::Cmd { id: Some(_), .. } = unit.work {
+        if let Work::Cmd { id: Some(_), .. } | Work::Part { .. } = unit.work {
             self.in_flight += 1;
         }
         let owner = self.io.me();
@@ -1310,6 +1855,7 @@ impl RDown {
                     let _ = self.conn.send_reply(id, err);
                 }
                 Work::Cmd { id: None, .. } => self.unacked = self.unacked.saturating_sub(1),
+                Work::Part { id, .. } => self.part_reply(id, u.up, err.clone()),
                 Work::Raw { seq, .. } => {
                     let line = encode_error_line(err);
                     let mut b = BytesMut::with_capacity(line.len() * u.count as usize);
@@ -1345,6 +1891,7 @@ impl RDown {
             self.ded = None;
             self.in_flight = 0;
             self.unacked = 0;
+            self.tx = Tx::default();
             self.fail_held(|_| true, &lost());
             if self.errored {
                 self.conn.close();
@@ -1396,6 +1943,7 @@ impl RDown {
     }
 
     fn apply(&mut self, ctx: &mut WorkerCtx, kind: RKind, now: Instant) {
+        let draining = self.tx.only && self.tx_draining();
         let push = matches!(kind, RKind::Push(_));
         let answered = match &kind {
             RKind::Reply(_, v) => !v.is_error(),
@@ -1436,6 +1984,9 @@ impl RDown {
                 }
                 let _ = self.conn.send_reply(id, &v);
                 if self.in_flight == 0 {
+                    if self.tx.only {
+                        self.tx_end(ctx);
+                    }
                     self.flush(ctx, now);
                 }
             }
@@ -1451,10 +2002,27 @@ impl RDown {
                     self.flush(ctx, now);
                 }
             }
+            RKind::Part(id, up, v) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                self.part_reply(id, up, v);
+                if self.in_flight == 0 {
+                    self.flush(ctx, now);
+                }
+            }
             RKind::Push(v) => self.push(v),
-            RKind::Ack => self.unacked = self.unacked.saturating_sub(1),
+            RKind::Ack => {
+                self.unacked = self.unacked.saturating_sub(1);
+                if self.tx.only && self.in_flight == 0 {
+                    self.tx_end(ctx);
+                    self.flush(ctx, now);
+                }
+            }
             RKind::Lost { up, conn } => self.lost(ctx, up, conn, now),
             RKind::Send { .. } | RKind::Release | RKind::HangUp => {}
+        }
+        if draining && !self.tx_draining() {
+            // The transaction's connection was given back: read the commands behind it.
+            self.process(ctx, now);
         }
         self.collect();
         if push && self.io.out.len() > PUSH_OUT_LIMIT && !self.io.is_aborting() {
@@ -1505,6 +2073,31 @@ impl RDown {
     }
 }
 
+/// Arguments this large go upstream as chunks of their own, not copied.
+const BIG_ARG: usize = 64 * 1024;
+
+/// Queue `args` as a multibulk command; large arguments (a 300 MB `SET` read whole by the
+/// slow path) are queued as they are: encoding them would hold the value twice.
+fn push_command(io: &mut Io, args: &[Bytes]) {
+    let mut b = BytesMut::new();
+    if args.iter().all(|a| a.len() < BIG_ARG) {
+        encode_command(args, &mut b);
+        return io.out.push(b.freeze());
+    }
+    b.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        b.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        if a.len() >= BIG_ARG {
+            io.out.push(b.split().freeze());
+            io.out.push(a.clone());
+        } else {
+            b.extend_from_slice(a);
+        }
+        b.extend_from_slice(b"\r\n");
+    }
+    io.out.push(b.freeze());
+}
+
 /// `-<text>\r\n` for an error value.
 fn encode_error_line(v: &Value) -> Bytes {
     let mut b = BytesMut::new();
@@ -1551,6 +2144,7 @@ impl RUp {
                         post(ctx, e.owner, RKind::RawLost { seq, n: left });
                     }
                     What::One(Some(id)) => post(ctx, e.owner, RKind::Reply(id, lost())),
+                    What::Part(id) => post(ctx, e.owner, RKind::Part(id, self.idx, lost())),
                     What::One(None) | What::Hello => {}
                 }
                 if e.owner != NOBODY && !owners.contains(&e.owner) {
@@ -1608,10 +2202,12 @@ impl RUp {
                     }
                 }
                 Work::Cmd { id, args } => {
-                    let mut b = BytesMut::new();
-                    encode_command(&args, &mut b);
-                    self.io.out.push(b.freeze());
+                    push_command(&mut self.io, &args);
                     What::One(id)
+                }
+                Work::Part { id, args } => {
+                    push_command(&mut self.io, &args);
+                    What::Part(id)
                 }
             };
             self.entries.push_back(Entry {
@@ -1623,8 +2219,13 @@ impl RUp {
             });
             return;
         }
-        let Work::Cmd { id, args } = unit.work else {
-            return;
+        let (id, args) = match unit.work {
+            Work::Cmd { id, args } => (id, args),
+            Work::Part { id, .. } => {
+                // Split commands use shared connections only.
+                return post(ctx, owner, RKind::Part(id, self.idx, lost()));
+            }
+            Work::Raw { .. } => return,
         };
         // Replies are timed from the connection's clock: bring it to now.
         self.conn.handle_timeout(now);
@@ -1761,6 +2362,13 @@ impl RUp {
                     }
                     true
                 }
+                What::Part(id) => {
+                    let id = *id;
+                    let frame = self.io.input.split_to(len).freeze();
+                    let v = part_value(&frame, &sh.limits);
+                    post(ctx, owner, RKind::Part(id, self.idx, v));
+                    true
+                }
                 What::Hello => {
                     match parse_buf(&mut self.io.input, &sh.limits) {
                         Ok(Some(v)) if !v.is_error() => self.proto = Protocol::Resp3,
@@ -1820,6 +2428,17 @@ impl RUp {
     }
 }
 
+/// The reply to a part of a split command (measured whole already).
+#[cold]
+fn part_value(frame: &Bytes, limits: &Limits) -> Value {
+    match ferry_resp::parse::parse_with(frame, limits) {
+        Ok(Some((v, _))) => v,
+        _ => Value::Error(Bytes::from_static(
+            b"ERR ferry proxy: reply nested too deeply",
+        )),
+    }
+}
+
 /// Re-encode `n` complete frames for protocol `to`.
 fn reencode(frames: &Bytes, to: Protocol) -> Bytes {
     let mut out = BytesMut::with_capacity(frames.len());
@@ -1854,6 +2473,7 @@ fn fail_unit(
         Work::Raw { seq, .. } => post(ctx, owner, RKind::RawLost { seq, n: unit.count }),
         Work::Cmd { id: Some(id), .. } => post(ctx, owner, RKind::Reply(id, lost())),
         Work::Cmd { id: None, .. } => {}
+        Work::Part { id, .. } => post(ctx, owner, RKind::Part(id, unit.up, lost())),
     }
     let up = if unit.up == DEDICATED {
         // Only the client knows which upstream its dedicated connection went to.
@@ -1955,6 +2575,8 @@ impl Downstream for RDown {
             ded_answered: false,
             locked: shared.cfg.redis_client_auth.is_some(),
             ded_state: false,
+            splits: Vec::new(),
+            tx: Tx::default(),
         })
     }
 

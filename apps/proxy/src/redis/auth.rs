@@ -283,6 +283,7 @@ impl RUp {
                 }
                 Work::Cmd { id: Some(id), .. } => post(ctx, owner, RKind::Reply(id, err.clone())),
                 Work::Cmd { id: None, .. } => post(ctx, owner, RKind::Ack),
+                Work::Part { id, .. } => post(ctx, owner, RKind::Part(id, unit.up, err.clone())),
             }
             if !owners.contains(&owner) {
                 owners.push(owner);
