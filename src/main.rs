@@ -803,12 +803,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             _ => 6379,
         };
         let kv = redis::Kv::new(unix_ms, port);
-        let shared = RespShared::new(
-            kv,
-            redis::server_config(),
-            &launch,
-            opts.app_workers,
-        );
+        let shared = RespShared::new(kv, redis::server_config(), &launch, opts.app_workers);
         type Resp = RespSession<redis::Kv>;
         let driver = redis_driver;
         let started: std::io::Result<ServerHandle> = match driver {

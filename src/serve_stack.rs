@@ -109,12 +109,7 @@ pub fn prepare(
             .first()
             .map_or(0, |w| w.clock.unix_origin_nanos() / 1_000_000);
         let kv = redis::Kv::new(unix_ms, addr.port());
-        let shared = RespShared::new(
-            kv,
-            redis::server_config(),
-            &launch,
-            opts.app_workers,
-        );
+        let shared = RespShared::new(kv, redis::server_config(), &launch, opts.app_workers);
         let ferry_driver::Launch {
             workers,
             metrics,
