@@ -420,6 +420,12 @@ fn client_auth_required(driver: &str) {
     c.ask(b"*1\r\n$11\r\nUNSUBSCRIBE\r\n", NOAUTH);
     c.ask(b"MULTI\r\n", NOAUTH);
     c.ask(b"CLIENT ID\r\n", NOAUTH);
+    // Empty multibulks are ignored (as by Redis) and open no way past the gate: the
+    // PSUBSCRIBE behind them in the same read is refused too (fuzz finding).
+    c.ask(
+        b"*-1\r\n*0\r\nPSUBSCRIBE *\r\nGET a\r\n",
+        b"-NOAUTH Authentication required.\r\n-NOAUTH Authentication required.\r\n",
+    );
     c.ask(b"HELLO 3\r\n", b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n");
     c.ask(
         b"AUTH\r\n",

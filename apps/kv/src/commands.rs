@@ -750,9 +750,16 @@ fn run(store: &mut Store, now: Instant, client: &mut ClientState, name: &str, a:
             Value::ok()
         }
         "append" => {
+            let max = store.config.proto_max_bulk_len;
             let new = match store.lookup(now, &a[1]).map(|e| &mut e.data) {
                 None => None,
                 Some(Data::Str(s)) => {
+                    // Redis's `checkStringLength`.
+                    if (s.len() as u64).saturating_add(a[2].len() as u64) > max {
+                        return Err(err(
+                            "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+                        ));
+                    }
                     let mut b = BytesMut::with_capacity(s.len() + a[2].len());
                     b.put_slice(s);
                     b.put_slice(&a[2]);
@@ -1781,9 +1788,10 @@ fn xadd(store: &mut Store, now: Instant, a: &[Bytes]) -> R {
         }
         Some((id, true)) => {
             if id.ms == last.ms && (last.ms, last.seq) != (0, 0) {
+                // Redis: the sequence is exhausted for this ms (EDOM).
                 StreamId {
                     ms: id.ms,
-                    seq: last.seq + 1,
+                    seq: last.seq.checked_add(1).ok_or_else(|| err("ERR The ID specified in XADD is equal or smaller than the target stream top item"))?,
                 }
             } else if id.ms > last.ms || (last.ms, last.seq) == (0, 0) {
                 StreamId {

@@ -457,3 +457,41 @@ fn every_command_name_is_found_in_any_case() {
         assert!(find_command(n).is_none(), "{n:?}");
     }
 }
+
+/// fuzz/regressions/kv_commands/xadd-seq-exhausted: `XADD k <ms>-*` after `<ms>-<u64::MAX>`
+/// overflowed the sequence (a panic with debug assertions); Redis refuses it (EDOM).
+#[test]
+fn xadd_auto_sequence_exhausted() {
+    let mut t = T::new();
+    let top = "5-18446744073709551615";
+    assert_eq!(t.run(&format!("XADD st {top} f v")), Value::bulk(top));
+    assert_eq!(
+        t.run("XADD st 5-* f v"),
+        err("ERR The ID specified in XADD is equal or smaller than the target stream top item")
+    );
+    assert_eq!(t.run("XADD st 6-* f v"), Value::bulk("6-0"));
+}
+
+/// APPEND is bounded by `proto-max-bulk-len` like SETRANGE (Redis's `checkStringLength`):
+/// the `kv_commands` fuzz target checks that no string outgrows it.
+#[test]
+fn append_respects_proto_max_bulk_len() {
+    let config = StoreConfig {
+        proto_max_bulk_len: 8,
+        ..StoreConfig::default()
+    };
+    let mut store = Store::new(config, Instant::ZERO);
+    let mut c = store.new_client();
+    let mut run = |s: &str| store.execute(Instant::ZERO, &mut c, &args(s));
+    assert_eq!(run("APPEND k 12345"), int(5));
+    assert_eq!(run("APPEND k 678"), int(8));
+    assert_eq!(
+        run("APPEND k 9"),
+        err("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+    );
+    assert_eq!(
+        run("SETRANGE k 8 x"),
+        err("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+    );
+    assert_eq!(run("STRLEN k"), int(8));
+}

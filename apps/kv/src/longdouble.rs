@@ -292,7 +292,8 @@ impl LongDouble {
         finite: Some((0, 0)),
     };
 
-    fn is_zero(&self) -> bool {
+    /// `0` or `-0`.
+    pub(crate) fn is_zero(&self) -> bool {
         self.finite.is_some_and(|(m, _)| m == 0)
     }
 
@@ -369,6 +370,69 @@ impl LongDouble {
             neg,
             finite: Some(finite),
         })
+    }
+
+    /// The nearest `f64` (ties to even; infinities for values past `f64::MAX`), or `None`
+    /// when the value lies exactly halfway between two `f64`s (where `strtod` of the
+    /// original text and this double rounding may differ). For property tests and fuzzing.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn to_f64(self) -> Option<f64> {
+        let sign = if self.neg { -1.0 } else { 1.0 };
+        let Some((m, e)) = self.finite else {
+            return Some(sign * f64::INFINITY);
+        };
+        if m == 0 {
+            return Some(sign * 0.0);
+        }
+        let bl = i64::from(64 - m.leading_zeros());
+        // Exponent of the last significand bit kept: 53 bits, down to 2^-1074.
+        let t = (e + bl - 53).max(-1074);
+        let shift = t - e;
+        let q = if shift <= 0 {
+            m
+        } else if shift >= 64 {
+            let half = shift == 64 && m >> 63 == 1;
+            let lower = if shift == 64 { m << 1 != 0 } else { true };
+            if half && !lower {
+                return None;
+            }
+            u64::from(half)
+        } else {
+            let q = m >> shift;
+            let half = (m >> (shift - 1)) & 1 == 1;
+            let lower = m & ((1u64 << (shift - 1)) - 1) != 0;
+            if half && !lower {
+                return None;
+            }
+            q + u64::from(half && (lower || q & 1 == 1))
+        };
+        let (q, t) = if shift <= 0 { (q, e) } else { (q, t) };
+        if q == 0 {
+            return Some(sign * 0.0);
+        }
+        let qbits = i64::from(64 - q.leading_zeros());
+        if qbits + t > 1024 {
+            return Some(sign * f64::INFINITY);
+        }
+        // q < 2^54 and the result is representable: exact.
+        let pow2 = if t >= -1022 {
+            f64::from_bits(((t + 1023) as u64) << 52)
+        } else {
+            f64::from_bits(1u64 << (t + 1074))
+        };
+        Some(sign * (q as f64) * pow2)
+    }
+
+    /// Whether [`to_human`](Self::to_human)'s text reads back as exactly this value: its
+    /// exact decimal has at most 17 fractional digits (the last significand bit weighs at
+    /// least 2^-17), or neighbours are over twice the print's 1e-17 resolution apart
+    /// (|v| >= 2^7: a step of 2^-56 or more). For property tests and fuzzing.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn print_is_exact(self) -> bool {
+        match self.finite {
+            None | Some((0, _)) => true,
+            Some((m, e)) => e >= -17 || e + 64 - i64::from(m.leading_zeros()) > 7,
+        }
     }
 
     /// `%.17Lf` with trailing zeros (and a bare `.`) removed, `-0` as `0`: Redis's
@@ -597,6 +661,7 @@ fn parse_hex(neg: bool, s: &[u8]) -> Option<(LongDouble, bool)> {
 #[cfg(test)]
 mod tests {
     use super::LongDouble;
+    use proptest::prelude::*;
 
     fn incr(cur: &str, by: &str) -> Option<String> {
         let a = LongDouble::parse(cur.as_bytes())?;
@@ -651,6 +716,163 @@ mod tests {
         let big = incr("1", "1e400").unwrap();
         assert!(big.starts_with("10000000000000000000281880683947586514586453433629052038625910693539685534008629862039363994848324160522094053927317616200295822777259255734023828976593340661017797447434546173917862448116674971723778943824391593338047470675026246684401359237513603830343735485505244955964979021825038280091068414947402456898653040951017512658092615827588920183472511643316591362664138176309734806343732497430221946880"), "{big}");
         assert_eq!(big.len(), 401);
+    }
+
+    /// `x` exactly, as hex text `strtold` reads (`[-]0x<m>p<e>`).
+    fn hex_of(x: f64) -> String {
+        let bits = x.to_bits();
+        let neg = if bits >> 63 == 1 { "-" } else { "" };
+        let exp = ((bits >> 52) & 0x7ff) as i64;
+        let frac = bits & ((1 << 52) - 1);
+        let (m, e) = if exp == 0 {
+            (frac, -1074)
+        } else {
+            (frac | (1 << 52), exp - 1075)
+        };
+        format!("{neg}0x{m:x}p{e}")
+    }
+
+    fn ld(s: &str) -> LongDouble {
+        LongDouble::parse(s.as_bytes()).unwrap_or_else(|| panic!("{s} does not parse"))
+    }
+
+    /// `n / 2` as Redis prints it.
+    fn halves(n: i64) -> String {
+        let sign = if n < 0 { "-" } else { "" };
+        let a = n.unsigned_abs();
+        if a % 2 == 0 {
+            format!("{sign}{}", a / 2)
+        } else {
+            format!("{sign}{}.5", a / 2)
+        }
+    }
+
+    /// Equal, `-0` and `0` being the same number.
+    fn same(a: LongDouble, b: LongDouble) -> bool {
+        a == b || (a.is_zero() && b.is_zero())
+    }
+
+    /// What a `long double` must satisfy whatever its origin: it prints as text that parses,
+    /// the print is a fixed point, and reads back as the value where `%.17Lf` can hold it.
+    fn check_print(v: LongDouble) {
+        let Some(_) = v.finite else { return };
+        let p = v.to_human();
+        let w = LongDouble::parse(p.as_bytes()).unwrap_or_else(|| panic!("{p} of {v:?}"));
+        assert_eq!(w.to_human(), p, "{v:?}");
+        if v.print_is_exact() {
+            assert!(same(w, v), "{v:?} printed {p} reads {w:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// No input makes the parser panic; what parses prints and reads back.
+        #[test]
+        fn parse_any_bytes(s in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Some(v) = LongDouble::parse(&s) {
+                check_print(v);
+            }
+        }
+
+        /// Float-looking text: digits, point, exponent, hex, signs.
+        #[test]
+        fn parse_float_text(s in "[-+]?(0x)?[0-9a-f]{0,30}(\\.[0-9a-f]{0,30})?([ep][-+]?[0-9]{1,5})?") {
+            if let Some(v) = LongDouble::parse(s.as_bytes()) {
+                check_print(v);
+                let _ = v.add(&v);
+            }
+        }
+
+        /// Every `f64` (subnormals included) is a `long double`: its exact decimal expansion
+        /// and its hex form both parse to it exactly.
+        #[test]
+        fn f64_exact(bits in any::<u64>()) {
+            let x = f64::from_bits(bits);
+            prop_assume!(x.is_finite());
+            prop_assert_eq!(ld(&hex_of(x)).to_f64().map(f64::to_bits), Some(bits));
+            let dec = format!("{x:.800e}");
+            prop_assert_eq!(ld(&dec).to_f64().map(f64::to_bits), Some(bits), "{}", dec);
+        }
+
+        /// Correct rounding: decimal text rounded to `long double` then to `f64` is what
+        /// Rust's (correctly rounded) `f64` parser makes of it, unless the `long double`
+        /// landed exactly on a midpoint of `f64`s.
+        #[test]
+        fn decimal_agrees_with_f64(
+            int in "[0-9]{1,25}", frac in "[0-9]{0,25}", exp in -340i32..320,
+        ) {
+            let s = format!("{int}.{frac}e{exp}");
+            let want: f64 = s.parse().unwrap();
+            if let Some(v) = LongDouble::parse(s.as_bytes()) {
+                if let Some(got) = v.to_f64() {
+                    prop_assert_eq!(got.to_bits(), want.to_bits(), "{}", s);
+                }
+            } else {
+                prop_assert!(want == 0.0, "{}", s);
+            }
+        }
+
+        /// The sum of two `f64`s, rounded to `long double` then to `f64`, is the `f64` sum
+        /// (unless at an `f64` midpoint); the sum commutes, `x + 0 = x`, `x + -x = 0`.
+        #[test]
+        fn add_agrees_with_f64(a in any::<u64>(), b in any::<u64>()) {
+            let (x, y) = (f64::from_bits(a), f64::from_bits(b));
+            prop_assume!(x.is_finite() && y.is_finite());
+            let (lx, ly) = (ld(&hex_of(x)), ld(&hex_of(y)));
+            let s = lx.add(&ly).unwrap();
+            prop_assert_eq!(s, ly.add(&lx).unwrap());
+            if let Some(got) = s.to_f64() {
+                prop_assert_eq!(got.to_bits(), (x + y).to_bits(), "{} + {}", x, y);
+            }
+            prop_assert!(same(lx.add(&LongDouble::ZERO).unwrap(), lx));
+            prop_assert!(lx.add(&ld(&hex_of(-x))).unwrap().is_zero());
+            check_print(s);
+        }
+
+        /// Huge and tiny exponents: the sum never panics and stays in range or is refused.
+        #[test]
+        fn add_extremes(ma in any::<u64>(), ea in -16500i64..16400, mb in any::<u64>(), eb in -16500i64..16400, nb: bool) {
+            let a = LongDouble::parse(format!("0x{ma:x}p{ea}").as_bytes());
+            let b = LongDouble::parse(format!("{}0x{mb:x}p{eb}", if nb { "-" } else { "" }).as_bytes());
+            if let (Some(a), Some(b)) = (a, b) {
+                if let Some(s) = a.add(&b) {
+                    prop_assert_eq!(Some(s), b.add(&a));
+                    check_print(s);
+                }
+                check_print(a);
+            }
+        }
+
+        /// Where `f64` is exact (halves of integers up to 2^50), INCRBYFLOAT's text is the
+        /// exact sum.
+        #[test]
+        fn halves_are_exact(a in -(1i64 << 50)..(1i64 << 50), b in -(1i64 << 50)..(1i64 << 50)) {
+            let got = ld(&halves(a)).add(&ld(&halves(b))).unwrap().to_human();
+            prop_assert_eq!(got, halves(a + b));
+            prop_assert_eq!(ld(&halves(a)).to_f64(), Some(a as f64 / 2.0));
+        }
+    }
+
+    #[test]
+    fn to_f64_edges() {
+        assert_eq!(ld("1e-400").to_f64(), Some(0.0));
+        assert_eq!(
+            ld("-1e-400").to_f64().map(f64::to_bits),
+            Some((-0.0f64).to_bits())
+        );
+        assert_eq!(ld("1e400").to_f64(), Some(f64::INFINITY));
+        assert_eq!(
+            ld("0x1p-1075").to_f64(),
+            None,
+            "half of the least subnormal"
+        );
+        assert_eq!(ld("0x3p-1076").to_f64(), Some(f64::from_bits(1)));
+        assert_eq!(ld("0x1p1024").to_f64(), Some(f64::INFINITY));
+        assert_eq!(ld("0x1fffffffffffffp971").to_f64(), Some(f64::MAX));
+        // f64::MAX + half an ulp: a tie, rounding to even overflows.
+        assert_eq!(ld("0x3fffffffffffffp970").to_f64(), None);
+        assert_eq!(ld("0x1p-1").to_f64(), Some(0.5));
     }
 
     #[test]

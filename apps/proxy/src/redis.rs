@@ -62,6 +62,7 @@
 //!   32 MiB of pub/sub messages unread is dropped (Redis's `pubsub` output buffer limit).
 
 pub mod auth;
+mod auth_gate;
 mod keys;
 pub mod scan;
 mod tracking;

@@ -24,6 +24,10 @@
 //!
 //! Passwords are compared in constant time (for a given length) and are never logged,
 //! printed by `Debug`, or sent back in an error.
+//!
+//! The socket-free part (credentials, the byte-level gate in front of an unauthenticated
+//! client, the verdict on each of its commands) is in `auth_gate.rs`, which the
+//! `redis_proxy_auth` fuzz target drives behind a real `ServerConnection`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -34,69 +38,14 @@ use ferry_driver::WorkerCtx;
 use ferry_proto::Instant;
 use ferry_resp::{encode_command, Command, Value};
 
+pub use super::auth_gate::{ct_eq, Credentials, NOAUTH, NOAUTH_HELLO, WRONGPASS};
+use super::auth_gate::{gate, verdict, Gate, Verdict};
 use super::{
     add, lost, parse_buf, post, report_units, Args, Outcome, Owner, RDown, RKind, RUp, Route, Unit,
     Work,
 };
 
-/// Redis's reply to a command of a client that has not authenticated.
-pub const NOAUTH: &str = "NOAUTH Authentication required.";
-/// Redis 7's reply to `HELLO` without `AUTH` from a client that has not authenticated.
-pub const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
-/// Redis's reply to a wrong user name or password.
-pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
-/// Most arguments of a multibulk from a client that has not authenticated (as Redis).
-const UNAUTH_MAX_ARGS: i64 = 10;
-/// Longest bulk from a client that has not authenticated (as Redis).
-const UNAUTH_MAX_BULK: i64 = 16 * 1024;
-
-/// A user name and a password. `Debug` never shows the password; equality is constant-time.
-#[derive(Clone)]
-pub struct Credentials {
-    user: Option<String>,
-    password: Bytes,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
-
-impl PartialEq for Credentials {
-    fn eq(&self, other: &Credentials) -> bool {
-        self.user == other.user && ct_eq(&self.password, &other.password)
-    }
-}
-
-impl Eq for Credentials {}
-
 impl Credentials {
-    /// `user: None` means Redis's `default` user (`AUTH password`, as with `requirepass`).
-    pub fn new(user: Option<&str>, password: impl AsRef<[u8]>) -> Credentials {
-        Credentials {
-            user: user.map(str::to_string),
-            password: Bytes::copy_from_slice(password.as_ref()),
-        }
-    }
-
-    /// The user name, if one was given.
-    pub fn user(&self) -> Option<&str> {
-        self.user.as_deref()
-    }
-
-    /// Whether a client's `AUTH [user] password` matches (`user: None` is `default`, as in
-    /// Redis). Both parts are always compared, in time that depends only on their lengths.
-    pub fn matches(&self, user: Option<&[u8]>, password: &[u8]) -> bool {
-        let want = self.user.as_deref().map_or(&b"default"[..], str::as_bytes);
-        let u = ct_eq(want, user.unwrap_or(b"default"));
-        let p = ct_eq(&self.password, password);
-        u & p
-    }
-
     /// `AUTH [user] password` as arguments.
     pub(crate) fn auth_args(&self) -> Args {
         let mut a = Args::new();
@@ -114,19 +63,6 @@ impl Credentials {
         encode_command(&self.auth_args(), &mut b);
         b.freeze()
     }
-}
-
-/// Equality of two byte strings in time that depends only on their lengths.
-#[inline(never)]
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len().max(b.len());
-    let mut diff = (a.len() ^ b.len()) as u64;
-    for i in 0..n {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= u64::from(x ^ y);
-    }
-    std::hint::black_box(diff) == 0
 }
 
 /// Logs of refused credentials: once a minute at most (per process), so a wrong password
@@ -304,112 +240,6 @@ impl RUp {
 
 // ----- client authentication ------------------------------------------------------------
 
-/// What the front of a not-yet-authenticated client's input is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gate {
-    /// Not complete yet.
-    Wait,
-    /// Leave it to the usual path (the command is answered `-NOAUTH` there, or is allowed;
-    /// or the input is malformed and the protocol parser reports it).
-    Pass,
-    /// A complete command of this length that the client connection would answer itself
-    /// (the pub/sub family): answer `-NOAUTH` here instead.
-    Refuse(usize),
-    /// Redis's limits for unauthenticated clients.
-    TooManyArgs,
-    TooLongBulk,
-}
-
-/// The pub/sub family, which `ferry_resp::ServerConnection` answers itself.
-fn is_pubsub(name: &[u8]) -> bool {
-    [
-        &b"subscribe"[..],
-        b"psubscribe",
-        b"ssubscribe",
-        b"unsubscribe",
-        b"punsubscribe",
-        b"sunsubscribe",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n))
-}
-
-/// A `\r\n`-terminated decimal at `b[pos..]` (after its type byte): (value, next position).
-fn line_int(b: &[u8], pos: usize) -> Option<Result<(i64, usize), ()>> {
-    let rest = b.get(pos..)?;
-    let nl = rest.iter().position(|&c| c == b'\n')?;
-    let digits = rest[..nl].strip_suffix(b"\r").unwrap_or(&rest[..nl]);
-    let s = std::str::from_utf8(digits).map_err(|_| ());
-    Some(
-        s.and_then(|s| s.parse::<i64>().map_err(|_| ()))
-            .map(|v| (v, pos + nl + 1)),
-    )
-}
-
-/// Look at the first command of an unauthenticated client (see [`Gate`]).
-fn gate(b: &[u8]) -> Gate {
-    let Some(&first) = b.first() else {
-        return Gate::Wait;
-    };
-    if first != b'*' {
-        // Inline: the first word, quotes stripped.
-        let Some(nl) = b.iter().position(|&c| c == b'\n') else {
-            return Gate::Pass;
-        };
-        let word = b[..nl]
-            .split(|c| c.is_ascii_whitespace())
-            .find(|w| !w.is_empty())
-            .unwrap_or(b"");
-        let word = word
-            .strip_prefix(b"\"")
-            .and_then(|w| w.strip_suffix(b"\""))
-            .or_else(|| word.strip_prefix(b"'").and_then(|w| w.strip_suffix(b"'")))
-            .unwrap_or(word);
-        return if is_pubsub(word) {
-            Gate::Refuse(nl + 1)
-        } else {
-            Gate::Pass
-        };
-    }
-    let (n, mut pos) = match line_int(b, 1) {
-        None => return Gate::Wait,
-        Some(Err(())) => return Gate::Pass,
-        Some(Ok(v)) => v,
-    };
-    if n > UNAUTH_MAX_ARGS {
-        return Gate::TooManyArgs;
-    }
-    let mut name: Option<(usize, usize)> = None;
-    for _ in 0..n.max(0) {
-        match b.get(pos) {
-            None => return Gate::Wait,
-            Some(b'$') => {}
-            Some(_) => return Gate::Pass,
-        }
-        let (len, at) = match line_int(b, pos + 1) {
-            None => return Gate::Wait,
-            Some(Err(())) => return Gate::Pass,
-            Some(Ok(v)) => v,
-        };
-        if len > UNAUTH_MAX_BULK {
-            return Gate::TooLongBulk;
-        }
-        if len < 0 {
-            return Gate::Pass;
-        }
-        let end = at + len as usize;
-        if b.len() < end + 2 {
-            return Gate::Wait;
-        }
-        name.get_or_insert((at, end));
-        pos = end + 2;
-    }
-    match name {
-        Some((a, z)) if is_pubsub(&b[a..z]) => Gate::Refuse(pos),
-        _ => Gate::Pass,
-    }
-}
-
 impl RDown {
     /// A client that must still authenticate: its next command, before the client
     /// connection reads it. `Some(progressed)`: handled here (answered, or waiting for
@@ -423,6 +253,10 @@ impl RDown {
         match g {
             Gate::Pass => return None,
             Gate::Wait => return Some(false),
+            Gate::Skip(len) => {
+                self.io.input.advance(len);
+                return Some(true);
+            }
             _ => {}
         }
         if self.conn.in_flight() > 0 {
@@ -471,63 +305,30 @@ impl RDown {
     fn client_auth_configured(&mut self, mut cmd: Command) -> Option<Command> {
         let sh = self.shared.clone();
         let creds = sh.cfg.redis_client_auth.as_ref()?;
-        if cmd.is("auth") {
-            let v = match cmd.args.len() {
-                1 => Value::error("ERR wrong number of arguments for 'auth' command"),
-                n @ (2 | 3) => {
-                    let (user, pass) = if n == 2 {
-                        (None, &cmd.args[1])
+        match verdict(creds, &mut self.locked, &cmd) {
+            Verdict::Reply(v) => {
+                let _ = self.conn.send_reply(cmd.id, &v);
+                None
+            }
+            Verdict::Pass => Some(cmd),
+            Verdict::Drop => None,
+            Verdict::Hello { setname, protover } => {
+                if let Some(name) = setname {
+                    if matches!(self.route, Route::Dedicated(_)) || self.want_dedicated.is_some() {
+                        let mut a = Args::new();
+                        a.push(Bytes::from_static(b"CLIENT"));
+                        a.push(Bytes::from_static(b"SETNAME"));
+                        a.push(name);
+                        self.hold_dedicated(None, a);
                     } else {
-                        (Some(&cmd.args[1][..]), &cmd.args[2])
-                    };
-                    if creds.matches(user, pass) {
-                        self.locked = false;
-                        Value::ok()
-                    } else {
-                        Value::error(WRONGPASS)
+                        self.name = Some(name);
                     }
                 }
-                _ => Value::error("ERR syntax error"),
-            };
-            let _ = self.conn.send_reply(cmd.id, &v);
-            return None;
-        }
-        if cmd.is("hello") {
-            // The connection validated it: it parses.
-            let h = cmd.hello()?;
-            if let Some((u, p)) = &h.auth {
-                if !creds.matches(Some(u), p) {
-                    let _ = self.conn.send_reply(cmd.id, &Value::error(WRONGPASS));
-                    return None;
-                }
-                self.locked = false;
-            } else if self.locked {
-                let _ = self.conn.send_reply(cmd.id, &Value::error(NOAUTH_HELLO));
-                return None;
+                // What is left is `HELLO [protover]`, which the proxy answers.
+                cmd.args.truncate(if protover { 2 } else { 1 });
+                Some(cmd)
             }
-            if h.auth.is_none() && h.setname.is_none() {
-                return Some(cmd);
-            }
-            if let Some(name) = h.setname {
-                if matches!(self.route, Route::Dedicated(_)) || self.want_dedicated.is_some() {
-                    let mut a = Args::new();
-                    a.push(Bytes::from_static(b"CLIENT"));
-                    a.push(Bytes::from_static(b"SETNAME"));
-                    a.push(name);
-                    self.hold_dedicated(None, a);
-                } else {
-                    self.name = Some(name);
-                }
-            }
-            // What is left is `HELLO [protover]`, which the proxy answers.
-            cmd.args.truncate(if h.protover.is_some() { 2 } else { 1 });
-            return Some(cmd);
         }
-        if self.locked {
-            let _ = self.conn.send_reply(cmd.id, &Value::error(NOAUTH));
-            return None;
-        }
-        Some(cmd)
     }
 
     /// After `RESET`: a client of a proxy that authenticates clients must authenticate
@@ -708,6 +509,22 @@ mod tests {
             "the parser reports the protocol error"
         );
         assert_eq!(gate(b"*1\r\n:1\r\n"), Gate::Pass);
-        assert_eq!(gate(b"*0\r\n"), Gate::Pass);
+        assert_eq!(gate(b"*0\r\n"), Gate::Skip(4));
+        assert_eq!(gate(b"*-1\r\n*1\r\n$9\r\nsubscribe\r\n"), Gate::Skip(5));
+    }
+
+    /// fuzz/regressions/redis_proxy_auth/empty-multibulk-then-psubscribe: an empty multibulk
+    /// passed the gate, the scanner cannot delimit it, so the client went "sticky" and the
+    /// connection got all the input behind it at once: a PSUBSCRIBE there subscribed
+    /// upstream without authentication. The gate now consumes empty multibulks itself (as
+    /// Redis ignores them), so the next command meets the gate again.
+    #[test]
+    fn empty_multibulk_does_not_open_the_gate() {
+        let input = b"*-1\r\n*2\r\n$10\r\npsubscribe\r\n$1\r\n*\r\n";
+        let Gate::Skip(n) = gate(input) else {
+            panic!("{:?}", gate(input));
+        };
+        assert_eq!(gate(&input[n..]), Gate::Refuse(input.len() - n));
+        assert_eq!(gate(b"*0\r\nSUBSCRIBE a\r\n"), Gate::Skip(4));
     }
 }
