@@ -41,24 +41,7 @@ struct Proxy {
 
 impl Proxy {
     fn start(driver: &str, upstreams: &[String], extra: &[&str]) -> Proxy {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let ups = upstreams.join(",");
-        let admin_s = admin.to_string();
-        let mut args = vec![
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &ups,
-            "--admin",
-            &admin_s,
-            "--workers",
-            "1",
-            "--driver",
-            driver,
-        ];
-        args.extend_from_slice(extra);
-        let server = Server::launch("http", &args, &[], None);
+        let (server, admin) = Server::start_proxy("http", driver, &upstreams.join(","), extra, &[]);
         if driver == "uring" && ferry_uring_works() {
             assert_eq!(server.driver, "uring");
         }
@@ -70,13 +53,7 @@ impl Proxy {
     }
 
     fn metrics(&self) -> String {
-        let out = run(Command::new("curl").args([
-            "-s",
-            "--max-time",
-            "10",
-            &format!("http://{}/metrics", self.admin),
-        ]));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::admin_metrics(self.admin)
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, python, run, Redis, Server};
+use common::{python, run, Redis, Server};
 
 struct Proxy {
     server: Server,
@@ -17,28 +17,8 @@ struct Proxy {
 
 impl Proxy {
     fn start(driver: &str, upstream: &str, extra: &[&str]) -> Proxy {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin_s = admin.to_string();
-        let mut args = vec![
-            "proxy",
-            "--protocol",
-            "redis",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--admin",
-            &admin_s,
-            "--workers",
-            "1",
-            "--driver",
-            driver,
-        ];
-        args.extend_from_slice(extra);
-        Proxy {
-            server: Server::launch("redis", &args, &[], None),
-            admin,
-        }
+        let (server, admin) = Server::start_proxy("redis", driver, upstream, extra, &[]);
+        Proxy { server, admin }
     }
 
     fn port(&self) -> String {
@@ -46,13 +26,7 @@ impl Proxy {
     }
 
     fn metrics(&self) -> String {
-        let out = run(Command::new("curl").args([
-            "-s",
-            "--max-time",
-            "10",
-            &format!("http://{}/metrics", self.admin),
-        ]));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::admin_metrics(self.admin)
     }
 }
 

@@ -39,27 +39,11 @@ impl Proxy {
         env: &[(&str, &str)],
     ) -> Proxy {
         let dir = tmp_dir("proxy-auth", &format!("{}", free_port()));
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin_s = admin.to_string();
         let up_file = dir.join("upstream.pw");
         let client_file = dir.join("client.pw");
         let up_s = up_file.to_string_lossy().into_owned();
         let client_s = client_file.to_string_lossy().into_owned();
-        let mut args = vec![
-            "proxy",
-            "--protocol",
-            "redis",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--admin",
-            &admin_s,
-            "--workers",
-            "1",
-            "--driver",
-            driver,
-        ];
+        let mut args = Vec::new();
         if let Some(pw) = up_pw {
             write_secret(&up_file, format!("{pw}\n").as_bytes());
             args.extend(["--upstream-password-file", &up_s]);
@@ -69,8 +53,9 @@ impl Proxy {
             args.extend(["--client-password-file", &client_s]);
         }
         args.extend_from_slice(extra);
+        let (server, admin) = Server::start_proxy("redis", driver, upstream, &args, env);
         Proxy {
-            server: Server::launch("redis", &args, env, None),
+            server,
             admin,
             _dir: dir,
         }
@@ -81,13 +66,7 @@ impl Proxy {
     }
 
     fn metrics(&self) -> String {
-        let out = run(Command::new("curl").args([
-            "-s",
-            "--max-time",
-            "10",
-            &format!("http://{}/metrics", self.admin),
-        ]));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::admin_metrics(self.admin)
     }
 
     /// Open upstream connections (the `ferry_proxy_upstream_connections` gauge).

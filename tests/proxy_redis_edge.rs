@@ -12,30 +12,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, python, run, Redis, Server};
+use common::{python, run, Redis, Server};
 
 fn proxy(driver: &str, upstream: &str, extra: &[&str]) -> Server {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut args = vec![
-        "proxy",
-        "--protocol",
-        "redis",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        upstream,
-        "--admin",
-        &admin,
-        "--workers",
-        "1",
-        "--driver",
-        driver,
-    ];
+    let mut args = extra.to_vec();
     if !extra.contains(&"--health-interval") {
         args.extend_from_slice(&["--health-interval", "0"]);
     }
-    args.extend_from_slice(extra);
-    Server::launch("redis", &args, &[], None)
+    Server::start_proxy("redis", driver, upstream, &args, &[]).0
 }
 
 fn connect(port: u16) -> TcpStream {

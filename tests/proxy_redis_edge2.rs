@@ -17,34 +17,17 @@ mod common;
 use common::{free_port, python, run, Redis, Server};
 
 fn proxy(driver: &str, upstreams: &[&Redis], extra: &[&str]) -> Server {
-    let admin = format!("127.0.0.1:{}", free_port());
     let list = upstreams
         .iter()
         .map(|r| r.addr())
         .collect::<Vec<_>>()
         .join(",");
-    let mut args = vec![
-        "proxy",
-        "--protocol",
-        "redis",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &list,
-        "--admin",
-        &admin,
-        "--workers",
-        "1",
-        "--driver",
-        driver,
-        "--health-interval",
-        "0",
-    ];
+    let mut args = vec!["--health-interval", "0"];
     if !extra.contains(&"--balance") {
         args.extend_from_slice(&["--balance", "hash"]);
     }
     args.extend_from_slice(extra);
-    Server::launch("redis", &args, &[], None)
+    Server::start_proxy("redis", driver, &list, &args, &[]).0
 }
 
 /// Run a redis-py script (`P`: the proxy's port, `U`: the upstreams' ports); it prints `ok`.

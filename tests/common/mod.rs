@@ -105,6 +105,36 @@ impl Server {
     }
 
     /// `http://ADDR/PATH`.
+    /// `ferry proxy --protocol PROTO --listen 127.0.0.1:0 --upstream UPSTREAM --admin ADMIN
+    /// --workers 1 --driver DRIVER EXTRA…` with `env`, and its admin address (a free port).
+    pub fn start_proxy(
+        proto: &str,
+        driver: &str,
+        upstream: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Server, SocketAddr) {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin_s = admin.to_string();
+        let mut args = vec![
+            "proxy",
+            "--protocol",
+            proto,
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--admin",
+            &admin_s,
+            "--workers",
+            "1",
+            "--driver",
+            driver,
+        ];
+        args.extend_from_slice(extra);
+        (Server::launch(proto, &args, env, None), admin)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -247,4 +277,15 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The Prometheus text an admin listener serves on `/metrics` (curl, bounded).
+pub fn admin_metrics(admin: SocketAddr) -> String {
+    let out = run(Command::new("curl").args([
+        "-s",
+        "--max-time",
+        "10",
+        &format!("http://{admin}/metrics"),
+    ]));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
