@@ -40,22 +40,7 @@ use netns::NetnsPair;
 
 /// The world of one test, or the reason it cannot run here.
 fn world() -> Option<NetnsPair> {
-    if let Err(why) = netns::available() {
-        netns::skip_or_fail(&why);
-        return None;
-    }
-    if std::process::Command::new("nginx")
-        .arg("-v")
-        .output()
-        .is_err()
-    {
-        netns::skip_or_fail("needs nginx");
-        return None;
-    }
-    match NetnsPair::create() {
-        Ok(p) => Some(p),
-        Err(e) => panic!("cannot create namespaces: {e}"),
-    }
+    chaos::world("nginx", "-v")
 }
 
 /// A single-process nginx (`master_process off`) in a namespace, killed on drop.

@@ -90,22 +90,7 @@ const RSS_GROWTH_LIMIT_KB: u64 = 64 * 1024;
 
 /// The world of one test, or the reason it cannot run here.
 fn world() -> Option<NetnsPair> {
-    if let Err(why) = netns::available() {
-        netns::skip_or_fail(&why);
-        return None;
-    }
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        netns::skip_or_fail("needs redis-server");
-        return None;
-    }
-    match NetnsPair::create() {
-        Ok(p) => Some(p),
-        Err(e) => panic!("cannot create namespaces: {e}"),
-    }
+    chaos::world("redis-server", "--version")
 }
 
 /// A redis-server in namespace `b`, killed (after a SIGCONT) on drop.

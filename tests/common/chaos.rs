@@ -21,6 +21,23 @@ pub const ADMIN: &str = "127.0.0.1:9901";
 /// Generous bound on the proxy's resident memory at the end of a test.
 pub const RSS_LIMIT_KB: u64 = 256 * 1024;
 
+/// The world of one chaos test (a fresh namespace pair), or `None` after reporting why it
+/// cannot run here: no namespaces, or no `peer` (checked by running `peer` with `arg`).
+pub fn world(peer: &str, arg: &str) -> Option<NetnsPair> {
+    if let Err(why) = crate::netns::available() {
+        crate::netns::skip_or_fail(&why);
+        return None;
+    }
+    if std::process::Command::new(peer).arg(arg).output().is_err() {
+        crate::netns::skip_or_fail(&format!("needs {peer}"));
+        return None;
+    }
+    match NetnsPair::create() {
+        Ok(p) => Some(p),
+        Err(e) => panic!("cannot create namespaces: {e}"),
+    }
+}
+
 /// `n` milliseconds.
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
