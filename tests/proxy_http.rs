@@ -7,11 +7,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, python, run, sha256, tmp_dir, Server};
+use common::{free_port, python, run, sha256, tmp_dir, PyServer, Server};
 
 #[path = "support/nginx.rs"]
 mod support;
@@ -378,43 +378,6 @@ fn raw_pipelined_requests(driver: &str) {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// A Python upstream (a script that prints its port on the first line), killed on drop.
-struct PyUpstream {
-    child: Child,
-    port: u16,
-}
-
-impl PyUpstream {
-    fn start(script: &str) -> PyUpstream {
-        use std::io::BufRead;
-        let mut child = Command::new(python())
-            .args(["-c", script])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python");
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        out.read_line(&mut line).unwrap();
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("python upstream did not start: {line:?}"));
-        PyUpstream { child, port }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PyUpstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A raw upstream: `Upgrade: echo` gets a 101 and CONNECT a 200, each with a greeting in
 /// the same write, then an echo until EOF; `Upgrade: refuse` gets a 400 and anything else
 /// a 200 naming the request line (keep-alive). Each connection lives at most 30 s.
@@ -491,7 +454,7 @@ fn read_to(s: &mut TcpStream, have: &mut Vec<u8>, want: usize) {
 /// upstream right behind its 101 included; 2 MiB each way under flow control); the
 /// client's EOF closes the tunnel.
 fn upgrade_tunnel(driver: &str) {
-    let up = PyUpstream::start(RAW_UPSTREAM);
+    let up = PyServer::start(RAW_UPSTREAM, &[]);
     let p = Proxy::start(driver, &[up.addr()], &[]);
     let mut s = TcpStream::connect(p.server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -534,7 +497,7 @@ fn upgrade_tunnel(driver: &str) {
 
 /// CONNECT through the proxy: a 2xx switches to a tunnel like a 101 does.
 fn connect_tunnel(driver: &str) {
-    let up = PyUpstream::start(RAW_UPSTREAM);
+    let up = PyServer::start(RAW_UPSTREAM, &[]);
     let p = Proxy::start(driver, &[up.addr()], &[]);
     let mut s = TcpStream::connect(p.server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -554,7 +517,7 @@ fn connect_tunnel(driver: &str) {
 /// An upgrade the upstream refuses (400) or ignores (200) is an ordinary response: the
 /// client connection carries on with HTTP.
 fn upgrade_refused_is_a_normal_response(driver: &str) {
-    let up = PyUpstream::start(RAW_UPSTREAM);
+    let up = PyServer::start(RAW_UPSTREAM, &[]);
     let p = Proxy::start(driver, &[up.addr()], &[]);
     let mut s = TcpStream::connect(p.server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -589,7 +552,7 @@ fn upgrade_refused_is_a_normal_response(driver: &str) {
 /// A real WebSocket peer on each side (Python `websockets`): server greeting, echoes of
 /// growing messages and of a 1 MiB one, and a clean close handshake, through the proxy.
 fn websocket_echo(driver: &str) {
-    let up = PyUpstream::start(
+    let up = PyServer::start(
         "import asyncio, websockets\n\
          async def echo(ws):\n\
          \x20   await ws.send('hello')\n\
@@ -600,6 +563,7 @@ fn websocket_echo(driver: &str) {
          \x20       print(srv.sockets[0].getsockname()[1], flush=True)\n\
          \x20       await asyncio.sleep(60)\n\
          asyncio.run(main())\n",
+        &[],
     );
     let p = Proxy::start(driver, &[up.addr()], &[]);
     let script = format!(

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, python, run, tmp_dir, Server, BIN};
+use common::{free_port, python, run, tmp_dir, PyServer, Server, BIN};
 
 /// A loopback upstream. Every answer names the port it came from (`port=P path`), so tests
 /// see which upstream served. Per request:
@@ -120,53 +120,9 @@ while True:
     c, _ = l.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
-
-/// A running [`UPSTREAM`], killed on drop.
-struct Up {
-    child: Child,
-    port: u16,
-}
-
-impl Up {
-    fn start() -> Up {
-        Up::on(0)
-    }
-
-    /// On a given port (0: any), e.g. to come back where it was.
-    fn on(port: u16) -> Up {
-        Up::with(&[&port.to_string()])
-    }
-
-    /// With these arguments (see [`UPSTREAM`]).
-    fn with(args: &[&str]) -> Up {
-        let mut child = Command::new(python())
-            .args(["-c", UPSTREAM])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("python upstream did not start: {line:?}"));
-        Up { child, port }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A running [`UPSTREAM`] on `port` (0: any, or where an earlier one was), killed on drop.
+fn up(port: u16) -> PyServer {
+    PyServer::start(UPSTREAM, &[&port.to_string()])
 }
 
 /// A helper process, killed on drop (also when a test fails).
@@ -374,7 +330,7 @@ fn upgrade(addr: SocketAddr, kind: &str) -> (TcpStream, Vec<u8>) {
 /// the client's connection ends (it used to stay open forever, the proxy never told), and
 /// the proxy holds neither connection any more.
 fn tunnel_upstream_reset_ends_the_client_side(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let p = Proxy::start(driver, &[up.addr()], &["--health-interval", "0"]);
     let (mut s, mut got) = upgrade(p.server.addr, "reset");
     while got.len() < 3 {
@@ -399,7 +355,7 @@ fn tunnel_upstream_reset_ends_the_client_side(driver: &str) {
 /// sees the EOF after every byte, answers only then, and that answer still reaches the
 /// client before its EOF.
 fn tunnel_half_close_carries_the_answer_back(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let p = Proxy::start(driver, &[up.addr()], &["--health-interval", "0"]);
     let (mut s, got) = upgrade(p.server.addr, "count");
     assert!(got.is_empty());
@@ -413,7 +369,7 @@ fn tunnel_half_close_carries_the_answer_back(driver: &str) {
 /// RFC 9110 §7.8: an `Upgrade` in an HTTP/1.0 request is ignored; the request goes on as
 /// a plain one (it used to be forwarded, and the upstream's 101 relayed to the 1.0 client).
 fn http10_upgrade_is_ignored(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let p = Proxy::start(driver, &[up.addr()], &["--health-interval", "0"]);
     let all = exchange(
         p.server.addr,
@@ -431,7 +387,7 @@ fn http10_upgrade_is_ignored(driver: &str) {
 /// proxy, "h2c smuggling"); the request is answered as a plain one, and the connection
 /// carries on with HTTP/1.1.
 fn h2c_upgrade_is_not_forwarded(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let p = Proxy::start(driver, &[up.addr()], &["--health-interval", "0"]);
     let all = exchange(
         p.server.addr,
@@ -447,7 +403,7 @@ fn h2c_upgrade_is_not_forwarded(driver: &str) {
 /// the 101 comes: once the tunnel is up the upstream gets those bytes and then the EOF
 /// (the EOF had been read before the switch and was never passed on: the tunnel hung).
 fn tunnel_client_eof_before_the_switch(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let p = Proxy::start(driver, &[up.addr()], &["--health-interval", "0"]);
     let mut s = TcpStream::connect(p.server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -465,7 +421,7 @@ fn tunnel_client_eof_before_the_switch(driver: &str) {
 /// A client that vanishes (reset) mid-tunnel: the upstream connection is closed too, and
 /// the gauges come back to zero.
 fn client_vanishing_mid_tunnel_frees_the_upstream(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let p = Proxy::start(driver, &[up.addr()], &["--health-interval", "0"]);
     let (mut s, _) = upgrade(p.server.addr, "echo");
     s.write_all(b"ping").unwrap();
@@ -491,7 +447,7 @@ fn client_vanishing_mid_tunnel_frees_the_upstream(driver: &str) {
 /// idle that long both connections close (a client gone without a FIN held its upstream
 /// connection, and a pool slot, forever).
 fn idle_tunnel_is_closed(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let p = Proxy::start(
         driver,
         &[up.addr()],
@@ -586,7 +542,7 @@ fn many_websocket_tunnels(driver: &str) {
 /// SIGTERM: the request in flight finishes and its response says `Connection: close`; an
 /// idle keep-alive connection is closed; new connections are refused; exit 0.
 fn sigterm_drains_in_flight_and_refuses_new(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let mut p = Proxy::start(
         driver,
         &[up.addr()],
@@ -631,7 +587,7 @@ fn sigterm_drains_in_flight_and_refuses_new(driver: &str) {
 /// with 0, once it ends (well before the drain deadline). Meanwhile the admin listener's
 /// `/health` says `503 draining` (a load balancer in front stops sending).
 fn tunnel_carries_on_through_the_drain(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let mut p = Proxy::start(
         driver,
         &[up.addr()],
@@ -661,7 +617,7 @@ fn tunnel_carries_on_through_the_drain(driver: &str) {
 /// The drain deadline cuts what is still in flight and the exit is still 0; a second
 /// signal exits at once with 1.
 fn drain_deadline_and_second_signal(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     for second in [false, true] {
         let mut p = Proxy::start(
             driver,
@@ -744,7 +700,7 @@ fn sample(parsed: &[String], name_labels: &str) -> f64 {
 /// as written, upstream names included); after a known mix of requests its values are
 /// exact; counters never go down between scrapes; `/health` answers.
 fn metrics_parse_and_count_exactly(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let dead = format!("127.0.0.1:{}", free_port());
     // The dead upstream's breaker opens at its first failure: exactly one request tries it
     // (and goes again to the live one).
@@ -867,8 +823,8 @@ fn mapping(addr: SocketAddr, paths: &[String]) -> Vec<u16> {
 /// when one upstream dies only its keys move, and when it comes back (on the same port) they
 /// all return. Flapping on the way (down, up, down, up) never fails a GET.
 fn hash_remaps_only_the_dead_upstreams_keys(driver: &str) {
-    let ups = [Up::start(), Up::start(), Up::start()];
-    let addrs: Vec<String> = ups.iter().map(Up::addr).collect();
+    let ups = [up(0), up(0), up(0)];
+    let addrs: Vec<String> = ups.iter().map(PyServer::addr).collect();
     let p = Proxy::start(
         driver,
         &addrs,
@@ -908,7 +864,7 @@ fn hash_remaps_only_the_dead_upstreams_keys(driver: &str) {
                 );
             }
         }
-        b = Up::on(b_port);
+        b = up(b_port);
         p.wait_metric(&healthy, 1.0);
         assert_eq!(mapping(p.server.addr, &paths), before, "round {round}");
     }
@@ -917,7 +873,7 @@ fn hash_remaps_only_the_dead_upstreams_keys(driver: &str) {
 /// `--balance least-requests`: while one upstream is busy with a slow request, the others
 /// get the requests.
 fn least_requests_avoids_the_busy_upstream(driver: &str) {
-    let (a, b) = (Up::start(), Up::start());
+    let (a, b) = (up(0), up(0));
     let p = Proxy::start(
         driver,
         &[a.addr(), b.addr()],
@@ -929,7 +885,7 @@ fn least_requests_avoids_the_busy_upstream(driver: &str) {
     let end = Instant::now() + Duration::from_secs(10);
     let busy = loop {
         let m = p.metrics();
-        let on = |u: &Up| {
+        let on = |u: &PyServer| {
             metric(
                 &m,
                 &format!(
@@ -1090,7 +1046,7 @@ fn health_path_must_be_a_path(driver: &str) {
 /// requests without a `Host` of their own do), not its address: a name-based virtual host
 /// that 404s unknown hosts is not taken out of rotation.
 fn health_checks_ask_for_the_upstream_by_name(driver: &str) {
-    let up = Up::with(&["0", "localhost"]);
+    let up = PyServer::start(UPSTREAM, &["0", "localhost"]);
     let name = format!("localhost:{}", up.port);
     let p = Proxy::start(
         driver,
@@ -1111,7 +1067,7 @@ fn health_checks_ask_for_the_upstream_by_name(driver: &str) {
 /// An IPv6 listener (`[::1]:0`) and a unix-socket listener, with the upstream given by host
 /// name: requests go through; the socket file is gone after a clean exit.
 fn ipv6_and_unix_listeners(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let ups = format!("localhost:{}", up.port);
     let dir = tmp_dir("proxy-edge2", &format!("unix-{driver}"));
     let sock = dir.join("px.sock");
@@ -1180,7 +1136,7 @@ fn ipv6_and_unix_listeners(driver: &str) {
 /// arrives whole. A close-delimited body goes out chunked to an HTTP/1.1 client and
 /// close-delimited to an HTTP/1.0 one, byte for byte.
 fn upstream_response_heads_and_framing(driver: &str) {
-    let up = Up::start();
+    let up = up(0);
     let p = Proxy::start(driver, &[up.addr()], &["--health-interval", "0"]);
     let addr = p.server.addr;
     let mut s = TcpStream::connect(addr).unwrap();

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Server;
+use common::{read_h1, Server};
 
 fn start(driver: &str, extra: &[&str]) -> Server {
     Server::start_http(driver, extra)
@@ -21,30 +21,6 @@ fn connect(addr: SocketAddr) -> TcpStream {
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     c.set_nodelay(true).unwrap();
     c
-}
-
-/// One HTTP/1.1 response: status line, lowercased headers and the content-length body.
-fn read_h1(r: &mut impl BufRead) -> (String, Vec<(String, String)>, Vec<u8>) {
-    let mut status = String::new();
-    r.read_line(&mut status).unwrap();
-    let mut headers = Vec::new();
-    loop {
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        let l = l.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (n, v) = l.split_once(':').expect("header line");
-        headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let len = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map_or(0, |(_, v)| v.parse().unwrap());
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).unwrap();
-    (status.trim_end().to_string(), headers, body)
 }
 
 // ---- minimal HTTP/2 framing (RFC 9113 §4.1) ----

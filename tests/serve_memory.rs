@@ -4,12 +4,12 @@
 //!
 //! Nothing here asserts timing; every wait is bounded; loopback only.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 mod common;
-use common::Server;
+use common::{read_h1, Server};
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let c = TcpStream::connect(addr).unwrap();
@@ -25,31 +25,6 @@ fn start_with(driver: &str, name: &str, settings: &str) -> (Server, std::path::P
     std::fs::write(&config, settings).unwrap();
     let s = Server::start_http(driver, &["--config", config.to_str().unwrap()]);
     (s, dir)
-}
-
-/// One HTTP/1.1 response: status line, lowercased field names and values, and the
-/// content-length body.
-fn read_h1(r: &mut impl BufRead) -> (String, Vec<(String, String)>, Vec<u8>) {
-    let mut status = String::new();
-    r.read_line(&mut status).unwrap();
-    let mut headers = Vec::new();
-    loop {
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        let l = l.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (n, v) = l.split_once(':').expect("header line");
-        headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let len = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map_or(0, |(_, v)| v.parse().unwrap());
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).unwrap();
-    (status.trim_end().to_string(), headers, body)
 }
 
 /// An early 413 (the body-buffering limit, answered at the head) to a request with `unread`

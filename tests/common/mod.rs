@@ -289,3 +289,70 @@ pub fn admin_metrics(admin: SocketAddr) -> String {
     ]));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A Python server started with `python -c SCRIPT ARGS…` that prints its port on its first
+/// line of stdout; killed on drop.
+pub struct PyServer {
+    child: Child,
+    /// The port it printed.
+    pub port: u16,
+}
+
+impl PyServer {
+    /// Start `script` with `args` and wait for its port line.
+    pub fn start(script: &str, args: &[&str]) -> PyServer {
+        let mut child = Command::new(python())
+            .args(["-c", script])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("python server did not start: {line:?}"));
+        PyServer { child, port }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 response: status line, lowercased field names and trimmed values, and the
+/// content-length body.
+pub fn read_h1(r: &mut impl BufRead) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        let l = l.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':').expect("header line");
+        headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; len];
+    std::io::Read::read_exact(r, &mut body).unwrap();
+    (status.trim_end().to_string(), headers, body)
+}
