@@ -120,21 +120,15 @@ impl Nginx {
     }
 
     fn pid(&self) -> i32 {
-        self.child.as_ref().map_or(0, |c| c.id() as i32)
+        chaos::child_pid(&self.child)
     }
 
     fn signal(&self, sig: i32) {
-        if self.pid() > 0 {
-            // SAFETY: kill with a pid of a child we spawned and have not reaped.
-            unsafe { libc::kill(self.pid(), sig) };
-        }
+        chaos::child_signal(&self.child, sig);
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        chaos::child_kill(&mut self.child);
     }
 
     fn error_log(&self) -> String {

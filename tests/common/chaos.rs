@@ -38,6 +38,28 @@ pub fn world(peer: &str, arg: &str) -> Option<NetnsPair> {
     }
 }
 
+/// The pid of a peer process a chaos test spawned (0 once it is gone).
+pub fn child_pid(child: &Option<Child>) -> i32 {
+    child.as_ref().map_or(0, |c| c.id() as i32)
+}
+
+/// Send `sig` to a peer process the test spawned, if it still runs.
+pub fn child_signal(child: &Option<Child>, sig: i32) {
+    let pid = child_pid(child);
+    if pid > 0 {
+        // SAFETY: kill with the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Kill and reap a peer process the test spawned.
+pub fn child_kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 /// `n` milliseconds.
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
