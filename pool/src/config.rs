@@ -71,6 +71,12 @@ pub struct Config {
     /// An idle connection not used or checked for this long is lent out in
     /// [`Event::HealthCheck`](crate::Event::HealthCheck).
     pub health_check_interval: Option<Duration>,
+    /// A connect not reported within this long is given up by the pool itself: its room is
+    /// freed, a waiter it served is failed as by [`Pool::connect_failed`](crate::Pool::connect_failed),
+    /// and [`Event::ConnectTimedOut`](crate::Event::ConnectTimedOut) tells the caller to
+    /// abandon it (a late report is then refused and its connection handed back in
+    /// [`Event::Close`](crate::Event::Close)). `None`: the caller times connects out.
+    pub connect_timeout: Option<Duration>,
     /// After a failed connect, the pool waits this long before asking again to refill
     /// `min_per_key` (connects on behalf of waiters are not delayed: each waiter costs at most
     /// one failed connect, see [`Event::Failed`](crate::Event::Failed)).
@@ -105,6 +111,7 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
             ("health_check_interval", self.health_check_interval),
+            ("connect_timeout", self.connect_timeout),
         ] {
             if d == Some(Duration::ZERO) {
                 return zero_time(field);
@@ -125,6 +132,7 @@ impl Config {
             max_lifetime: None,
             max_uses: None,
             health_check_interval: None,
+            connect_timeout: None,
             reconnect_backoff: Duration::from_secs(1),
         }
     }

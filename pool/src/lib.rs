@@ -13,7 +13,7 @@
 //!   minimum), `Ready`/`TimedOut`/`Failed` (answers to queued checkouts), `HealthCheck` (ping
 //!   this idle connection), `Close` (the pool is done with a connection);
 //! - [`Pool::poll_timeout`] / [`Pool::handle_timeout`] drive waiter timeouts, idle timeouts,
-//!   max lifetime, health checks and reconnect backoff.
+//!   max lifetime, health checks, reconnect backoff and (if set) connect timeouts.
 //!
 //! The seed's pool kinds are settings and wrappers of that one machine:
 //!
@@ -120,7 +120,8 @@
 //!   pool hands out [`Ticket`]s instead of calling a connect callback as r2d2/bb8/deadpool do;
 //!   the same machine then serves blocking code, mio/io_uring loops and async runtimes. A
 //!   ticket holds its place against the limits until reported, so the caller MUST report
-//!   `connect_failed` when its own connect timeout fires.
+//!   `connect_failed` when its own connect timeout fires, or set [`Config::connect_timeout`]
+//!   and let the pool give the connect up ([`Event::ConnectTimedOut`]).
 //! - **Events, not callbacks**, so there is no reentrancy: answers to queued checkouts, close
 //!   requests and health checks queue up in order and are bounded by the connections and
 //!   waiters the limits allow.
@@ -155,6 +156,8 @@ mod shared;
 
 pub use config::{Config, ConfigError};
 pub use metrics::{Metrics, WaitHistogram, BUCKETS};
-pub use pool::{Checkout, CheckoutError, Event, KeyHint, Lease, Pool, PoolError, Ticket, WaiterId};
+pub use pool::{
+    Checkout, CheckoutError, Event, KeyHint, Lease, Pool, PoolError, Ticket, TicketId, WaiterId,
+};
 #[cfg(feature = "std")]
 pub use shared::Shared;

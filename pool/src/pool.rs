@@ -73,7 +73,16 @@ impl<K> Ticket<K> {
     pub fn key(&self) -> &K {
         &self.key
     }
+
+    /// Names this connect in [`Event::ConnectTimedOut`].
+    pub fn id(&self) -> TicketId {
+        TicketId(self.id)
+    }
 }
+
+/// Identifies a [`Ticket`] (see [`Event::ConnectTimedOut`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TicketId(u64);
 
 /// Where a [`Pool`] keeps one key, remembered by the caller to skip the key look-up in
 /// [`Pool::checkout_hinted`]: keep one per key (e.g. next to each upstream), starting from
@@ -131,6 +140,14 @@ pub enum Event<K, C> {
     /// The pool is done with this connection: close it. Every connection the pool takes in
     /// leaves through exactly one `Close`.
     Close(C),
+    /// This connect was not reported within
+    /// [`Config::connect_timeout`](crate::Config::connect_timeout): abandon it. The pool has
+    /// already counted it failed (as [`Pool::connect_failed`] would have); reporting the ticket
+    /// now is refused with [`PoolError::UnknownTicket`].
+    ConnectTimedOut {
+        /// The abandoned connect.
+        ticket: TicketId,
+    },
 }
 
 /// Why [`Pool::checkout`] refused.
@@ -745,6 +762,11 @@ impl<K: Ord + Clone, C> Pool<K, C> {
         let Some(p) = self.take_pending(&ticket) else {
             return Err(PoolError::UnknownTicket);
         };
+        self.fail_pending(p, now);
+        Ok(())
+    }
+
+    fn fail_pending(&mut self, p: Pending<K>, now: Instant) {
         self.failed += 1;
         self.total_load -= 1;
         let backoff = now + self.config.reconnect_backoff;
@@ -761,7 +783,26 @@ impl<K: Ord + Clone, C> Pool<K, C> {
             }
         }
         self.settle(&p.key);
-        Ok(())
+    }
+
+    /// Gives up the connects older than `connect_timeout` (rare: a caller that times its
+    /// own connects out never gets here).
+    #[cold]
+    fn expire_connects(&mut self, timeout: core::time::Duration, now: Instant) {
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.started + timeout <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in late {
+            if let Some(p) = self.pending.remove(&id) {
+                self.events.push_back(Event::ConnectTimedOut {
+                    ticket: TicketId(id),
+                });
+                self.fail_pending(p, now);
+            }
+        }
     }
 
     /// Returns a lease. `reusable` is `false` when the connection is broken or in an unknown
@@ -871,14 +912,24 @@ impl<K: Ord + Clone, C> Pool<K, C> {
                 at(dest.backoff_until);
             }
         }
+        if let Some(t) = c.connect_timeout {
+            if let Some(first) = self.pending.values().map(|p| p.started).min() {
+                at(first + t);
+            }
+        }
         next
     }
 
-    /// Does what is due at `now`: times out waiters, closes idle connections past their
+    /// Does what is due at `now`: gives up connects past `connect_timeout`, times out waiters, closes idle connections past their
     /// lifetime or idle timeout, lends idle connections out for health checks, refills
     /// `min_per_key`. Nothing happens when nothing is due.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
+        if let Some(t) = self.config.connect_timeout {
+            if self.pending.values().any(|p| p.started + t <= now) {
+                self.expire_connects(t, now);
+            }
+        }
         let c = &self.config;
         let t = &self.timers;
         // In key order, through the index (the slots are borrowed one at a time).
@@ -1201,6 +1252,91 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn connect_timeout_frees_the_room_and_refuses_the_late_report() {
+        let mut c = cfg(0, 1);
+        c.connect_timeout = Some(Duration::from_millis(50));
+        c.wait_timeout = Duration::from_secs(10);
+        let mut p: Pool<u8, u32> = Pool::new(c);
+        let Ok(Checkout::Connect(t1)) = p.checkout(1, ms(0)) else {
+            panic!("expected a connect")
+        };
+        let w = queued(&mut p, 1, ms(10));
+        assert_eq!(
+            p.poll_timeout(),
+            Some(ms(50)),
+            "the connect deadline comes first"
+        );
+        p.handle_timeout(ms(49));
+        assert!(
+            drain(&mut p).is_empty(),
+            "nothing is due before the deadline"
+        );
+        p.handle_timeout(ms(50));
+        let ev = drain(&mut p);
+        assert!(
+            matches!(ev[0], Event::ConnectTimedOut { ticket } if ticket == t1.id()),
+            "{ev:?}"
+        );
+        // The room went to the waiter: the pool asks for a connect on its behalf.
+        let t2 = match &ev[1..] {
+            [Event::Connect(t2)] => t2.id(),
+            other => panic!("expected a connect for the waiter, got {other:?}"),
+        };
+        assert_ne!(t2, t1.id());
+        let m = p.metrics();
+        assert_eq!((m.failed, m.connecting, m.waiting), (1, 1, 1));
+        // The caller's connect completes after all: refused, its connection handed back.
+        assert!(matches!(
+            p.connected(t1, 7, ms(60)),
+            Err(PoolError::UnknownTicket)
+        ));
+        assert_eq!(closed(&drain(&mut p)), vec![7]);
+        let _ = w;
+    }
+
+    #[test]
+    fn connect_timeout_of_a_pool_connect_fails_its_waiter() {
+        let mut c = cfg(0, 1);
+        c.connect_timeout = Some(Duration::from_millis(50));
+        c.wait_timeout = Duration::from_secs(10);
+        let mut p: Pool<u8, u32> = Pool::new(c);
+        let lease = open(&mut p, 1, 1, ms(0));
+        let w = queued(&mut p, 1, ms(1));
+        // The leased connection breaks: the pool connects for the waiter, and that hangs.
+        p.checkin(lease, false, ms(2)).unwrap();
+        let ev = drain(&mut p);
+        let Some(Event::Connect(t)) = ev.into_iter().find(|e| matches!(e, Event::Connect(_)))
+        else {
+            panic!("expected a connect for the waiter")
+        };
+        p.handle_timeout(ms(52));
+        let ev = drain(&mut p);
+        assert!(matches!(ev[0], Event::ConnectTimedOut { ticket } if ticket == t.id()));
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::Failed { waiter } if *waiter == w)),
+            "{ev:?}"
+        );
+        assert_eq!(p.connect_failed(t, ms(53)), Err(PoolError::UnknownTicket));
+        assert_eq!(p.metrics().connecting, 0);
+        assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn without_connect_timeout_a_connect_waits_for_its_report() {
+        let mut p: Pool<u8, u32> = Pool::new(cfg(0, 1));
+        let Ok(Checkout::Connect(t)) = p.checkout(1, ms(0)) else {
+            panic!("expected a connect")
+        };
+        p.handle_timeout(ms(3_600_000));
+        assert!(drain(&mut p).is_empty());
+        assert!(p.connected(t, 1, ms(3_600_001)).unwrap().is_some());
+        let mut bad = cfg(0, 1);
+        bad.connect_timeout = Some(Duration::ZERO);
+        assert!(bad.validate().is_err());
     }
 
     #[test]
@@ -1812,6 +1948,16 @@ mod tests {
                         self.answer(waiter);
                     }
                     Event::Failed { waiter } => self.answer(waiter),
+                    Event::ConnectTimedOut { ticket } => {
+                        let i = self
+                            .tickets
+                            .iter()
+                            .position(|t| t.id() == ticket)
+                            .expect("timed out a ticket nobody holds");
+                        // Abandoned: reporting it now is refused either way.
+                        let t = self.tickets.swap_remove(i);
+                        assert_eq!(p.connect_failed(t, self.now), Err(PoolError::UnknownTicket));
+                    }
                     Event::HealthCheck(l) => self.leases.push(l),
                     Event::Close(conn) => {
                         self.closes += 1;
@@ -1880,6 +2026,7 @@ mod tests {
             max in 0usize..4,
             max_total in 0usize..6,
             max_waiters in 0usize..3,
+            connect_timeout in prop::option::of(1u64..200),
             ops in prop::collection::vec(op(), 1..120),
         ) {
             let mut c = cfg(min, max);
@@ -1891,6 +2038,7 @@ mod tests {
             c.max_uses = Some(3);
             c.health_check_interval = Some(Duration::from_millis(80));
             c.reconnect_backoff = Duration::from_millis(20);
+            c.connect_timeout = connect_timeout.map(Duration::from_millis);
             let mut p = Pool::new(c.clone());
             let mut m = Model::default();
             let mut now = 0u64;
