@@ -168,6 +168,66 @@ pub fn query(out: &mut BytesMut, sql: &[u8]) {
     end_msg(out, at);
 }
 
+/// Appends a Parse of `sql` as statement `name` (empty: the unnamed statement), parameter
+/// types left to the server.
+pub fn parse_message(out: &mut BytesMut, name: &[u8], sql: &[u8]) {
+    let at = begin_msg(out, b'P');
+    put_cstr(out, name);
+    put_cstr(out, sql);
+    out.put_i16(0);
+    end_msg(out, at);
+}
+
+/// Appends a Bind of `statement` to `portal` with text parameters (`None`: NULL) and text
+/// results.
+pub fn bind(out: &mut BytesMut, portal: &[u8], statement: &[u8], params: &[Option<&[u8]>]) {
+    let at = begin_msg(out, b'B');
+    put_cstr(out, portal);
+    put_cstr(out, statement);
+    out.put_i16(0);
+    out.put_i16(params.len() as i16);
+    for p in params {
+        match p {
+            Some(v) => {
+                out.put_i32(v.len() as i32);
+                out.put_slice(v);
+            }
+            None => out.put_i32(-1),
+        }
+    }
+    out.put_i16(0);
+    end_msg(out, at);
+}
+
+/// Appends a Describe of a portal.
+pub fn describe_portal(out: &mut BytesMut, name: &[u8]) {
+    let at = begin_msg(out, b'D');
+    out.put_u8(b'P');
+    put_cstr(out, name);
+    end_msg(out, at);
+}
+
+/// Appends a Describe of a prepared statement.
+pub fn describe_statement(out: &mut BytesMut, name: &[u8]) {
+    let at = begin_msg(out, b'D');
+    out.put_u8(b'S');
+    put_cstr(out, name);
+    end_msg(out, at);
+}
+
+/// Appends an Execute of `portal` (`max_rows` 0: all rows).
+pub fn execute(out: &mut BytesMut, portal: &[u8], max_rows: i32) {
+    let at = begin_msg(out, b'E');
+    put_cstr(out, portal);
+    out.put_i32(max_rows);
+    end_msg(out, at);
+}
+
+/// Appends a Flush.
+pub fn flush(out: &mut BytesMut) {
+    out.put_slice(b"H\0\0\0\x04");
+}
+
 /// Appends a PasswordMessage (cleartext or `md5…`).
 pub fn password(out: &mut BytesMut, pw: &[u8]) {
     let at = begin_msg(out, b'p');
@@ -220,6 +280,15 @@ D\0\0\0\x06P\0E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04";
             rest = &rest[f.len..];
         }
         assert!(rest.is_empty());
+        let mut out = BytesMut::new();
+        parse_message(&mut out, b"", b"SELECT $1");
+        bind(&mut out, b"", b"", &[Some(b"1")]);
+        describe_portal(&mut out, b"");
+        execute(&mut out, b"", 0);
+        sync(&mut out);
+        // The same batch except for the declared parameter type (int4, oid 23).
+        assert_eq!(&out[..5], b"P\0\0\0\x11");
+        assert_eq!(&out[18..], &batch[22..]);
         assert_eq!(
             got,
             vec![

@@ -3,6 +3,8 @@
 //! - [`message`]: framing of tagged messages and untagged startup packets, startup decoding.
 //! - [`backend`] and [`frontend`]: typed decoding of the messages a pooler or driver acts on
 //!   (authentication, ReadyForQuery, errors, Parse/Bind/Sync...) and their encoders.
+//! - [`client`]: a client connection (startup, SCRAM/MD5/cleartext login, simple and
+//!   extended queries, pipelined); `examples/query.rs` runs it over a std socket.
 //! - [`auth`]: SCRAM-SHA-256 (client and server sides) and MD5 password authentication.
 //! - [`sql`]: which statements leave state in a server session (for transaction pooling).
 //!
@@ -32,6 +34,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod client;
 pub mod frontend;
 pub mod message;
 pub mod sql;
