@@ -14,6 +14,8 @@ mod skip;
 #[allow(unused_imports)]
 pub use skip::skip_or_fail;
 
+pub mod postgres;
+
 /// `per_driver!(a, b, …)`: each `fn a(driver: &str)` of the test file runs as the tests
 /// `epoll::a` and `uring::a`.
 #[macro_export]
@@ -30,6 +32,12 @@ macro_rules! per_driver {
 
 /// The `ferry` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// The binary [`Server::launch`] runs: `FERRY_BIN` when set (to run the tests against
+/// another build), else [`BIN`].
+pub fn bin() -> String {
+    std::env::var("FERRY_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 
 /// A running `ferry serve`, killed when dropped.
 pub struct Server {
@@ -60,7 +68,7 @@ impl Server {
     /// Spawn `ferry ARGS` (with `env`, and `RLIMIT_NOFILE` lowered to `nofile` to provoke
     /// EMFILE) and wait for the stable `ferry: listening <proto> <addr> driver=<name>` line.
     pub fn launch(proto: &str, args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Server {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: the closure runs in the forked child before exec and only calls
