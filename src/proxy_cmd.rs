@@ -1,4 +1,4 @@
-//! `ferry proxy`: the HTTP reverse proxy / Redis pooling proxy (see CONTRACT.md).
+//! `ferry proxy`: the HTTP reverse proxy / Redis and PostgreSQL pooling proxy (see CONTRACT.md).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::time::Duration;
 use ferry_driver::select::{resolve, DriverKind};
 use ferry_driver::{ListenAddr, ServerOptions};
 use ferry_proxy::config::TrustedProxies;
+use ferry_proxy::postgres::PoolMode;
 use ferry_proxy::redis::auth::Credentials;
 use ferry_proxy::{Balance, HealthConfig, Protocol, ProxyConfig, ProxyOptions, Upstream};
 use serde::Deserialize;
@@ -46,7 +47,8 @@ pub(crate) struct ProxyArgs {
     /// health-check round.
     #[arg(long, value_name = "ADDR[,ADDR…]", value_parser = parse_upstreams)]
     upstream: Vec<Vec<Upstream>>,
-    /// http (reverse proxy / L7 load balancer) or redis (pooling proxy) [default: http].
+    /// http (reverse proxy / L7 load balancer), redis or postgres (pooling proxies)
+    /// [default: http].
     #[arg(long, value_name = "PROTO")]
     protocol: Option<Protocol>,
     /// Admin listener serving /metrics (Prometheus text) and /health (503 once draining).
@@ -64,11 +66,12 @@ pub(crate) struct ProxyArgs {
     /// I/O workers, pinned one per allowed CPU [default: allowed CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     workers: Option<u32>,
-    /// Upstream connect timeout [default: 1s].
+    /// Upstream connect timeout (postgres: a server login gets at least 5s) [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     connect_timeout: Option<Duration>,
     /// Time allowed for an upstream's response head, and for a body in either direction to
-    /// make progress (a client stalling mid-body gets 408) [default: 30s].
+    /// make progress (a client stalling mid-body gets 408) [default: 30s; postgres: none,
+    /// given: the longest a server may stay silent while a client waits for its reply].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     response_timeout: Option<Duration>,
     /// How long an idle upstream connection stays pooled [default: 60s].
@@ -102,6 +105,18 @@ pub(crate) struct ProxyArgs {
     /// Path of the HTTP health check (GET, 2xx/3xx is healthy) [default: /].
     #[arg(long, value_name = "PATH", value_parser = parse_health_path)]
     health_path: Option<String>,
+    /// Postgres: most server connections per pool key (user, database, startup parameters)
+    /// per upstream per I/O worker [default: 10].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pool_size: Option<u32>,
+    /// Postgres: transaction (a server connection per transaction; named prepared
+    /// statements, session SET, LISTEN... pin the client to its connection) or session (one
+    /// per client session) [default: transaction].
+    #[arg(long, value_name = "MODE")]
+    pool_mode: Option<PoolMode>,
+    /// Postgres: longest client message in bytes, else FATAL 08P01 [default: 67108864].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+    max_message_bytes: Option<u64>,
     /// Redis: shared upstream connections per upstream per worker [default: 2].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     redis_connections: Option<u32>,
@@ -141,20 +156,25 @@ pub(crate) struct ProxyArgs {
     log_format: Option<LogFormat>,
     /// Redis: the user the proxy authenticates to upstreams as (`AUTH user password`; without
     /// it `AUTH password`, Redis's `default` user / `requirepass`). Needs a password.
+    /// Postgres: the user server connections log in as [default: the client's user].
     #[arg(long, value_name = "NAME", value_parser = boxed_str)]
     upstream_user: Option<Box<str>>,
-    /// Redis: file holding the password the proxy authenticates to upstreams with, on every
-    /// connection it opens and in health checks (one trailing newline is ignored; else from
+    /// Redis, postgres: file holding the password the proxy authenticates to upstreams with,
+    /// on every connection it opens (redis: and in health checks; postgres: SCRAM-SHA-256,
+    /// MD5 or cleartext, as the server asks) (one trailing newline is ignored; else from
     /// FERRY_UPSTREAM_PASSWORD; never a plain flag, which `ps` would show).
     #[arg(long, value_name = "PATH", value_parser = boxed_path)]
     upstream_password_file: Option<Box<Path>>,
     /// Redis: clients must authenticate to the proxy (AUTH, or HELLO … AUTH) with the
     /// password in this file (else FERRY_CLIENT_PASSWORD) before any other command; the
     /// proxy answers AUTH itself and the client keeps using the shared connections.
+    /// Postgres: clients log in with this password (SCRAM-SHA-256); without one every
+    /// client is trusted (bind to loopback).
     #[arg(long, value_name = "PATH", value_parser = boxed_path)]
     client_password_file: Option<Box<Path>>,
     /// Redis: the user name clients authenticate as (`AUTH user password`; without it
-    /// `default`, so `AUTH password` works). Needs a client password.
+    /// `default`, so `AUTH password` works). Postgres: the only user clients may log in as.
+    /// Needs a client password.
     #[arg(long, value_name = "NAME", value_parser = boxed_str)]
     client_user: Option<Box<str>>,
 }
@@ -196,6 +216,9 @@ struct ProxyFile {
     health_interval: Option<String>,
     health_path: Option<String>,
     redis_connections: Option<u32>,
+    pool_size: Option<u32>,
+    pool_mode: Option<String>,
+    max_message_bytes: Option<u64>,
     pipeline_depth: Option<u32>,
     max_body: Option<u64>,
     max_head_bytes: Option<u64>,
@@ -297,6 +320,25 @@ fn merge(args: &mut ProxyArgs, f: ProxyFile, dir: &Path) -> Result<(), String> {
         "redis_connections",
         f.redis_connections,
         in_range(1, 1024),
+    )?;
+    fill(
+        &mut args.pool_size,
+        "pool_size",
+        f.pool_size,
+        in_range(1, 100000),
+    )?;
+    fill(&mut args.pool_mode, "pool_mode", f.pool_mode, parse)?;
+    fill(
+        &mut args.max_message_bytes,
+        "max_message_bytes",
+        f.max_message_bytes,
+        |v: u64| {
+            if (1024..=1 << 30).contains(&v) {
+                Ok(v)
+            } else {
+                Err(format!("{v} is not in 1024..=1073741824"))
+            }
+        },
     )?;
     fill(
         &mut args.pipeline_depth,
@@ -426,13 +468,14 @@ fn load_secret(file: Option<&Path>, env: &str, flag: &str) -> Result<Option<Vec<
 
 /// `--upstream-user`/`--upstream-password-file` and `--client-user`/`--client-password-file`.
 fn redis_credentials(args: &ProxyArgs, cfg: &mut ProxyConfig) -> Result<(), String> {
-    if args.protocol != Some(Protocol::Redis) {
+    let postgres = args.protocol == Some(Protocol::Postgres);
+    if args.protocol != Some(Protocol::Redis) && !postgres {
         if args.upstream_user.is_some()
             || args.upstream_password_file.is_some()
             || args.client_user.is_some()
             || args.client_password_file.is_some()
         {
-            return Err("--upstream-user, --upstream-password-file, --client-user and --client-password-file: only with --protocol redis".into());
+            return Err("--upstream-user, --upstream-password-file, --client-user and --client-password-file: only with --protocol redis or postgres".into());
         }
         return Ok(());
     }
@@ -461,6 +504,20 @@ fn redis_credentials(args: &ProxyArgs, cfg: &mut ProxyConfig) -> Result<(), Stri
                 "--{flag}: empty, or contains spaces or control characters"
             ));
         }
+    }
+    if postgres {
+        let pg = &mut cfg.postgres;
+        pg.upstream_user = args.upstream_user.as_deref().map(str::to_string);
+        pg.upstream_password = upstream;
+        if client.is_none() && args.client_user.is_some() {
+            return Err(
+                "--client-user needs a password (--client-password-file or FERRY_CLIENT_PASSWORD)"
+                    .into(),
+            );
+        }
+        pg.client_user = args.client_user.as_deref().map(str::to_string);
+        pg.client_password = client;
+        return Ok(());
     }
     match (upstream, &args.upstream_user) {
         (Some(p), u) => {
@@ -532,6 +589,30 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
         .pipeline_depth
         .map_or(cfg.pipeline_depth, |n| n as usize);
     redis_credentials(args, &mut cfg)?;
+    if protocol == Protocol::Postgres {
+        if cfg.balance != Balance::RoundRobin {
+            return Err(
+                "--balance: postgres picks upstreams round robin (for new server connections)"
+                    .into(),
+            );
+        }
+        let pg = &mut cfg.postgres;
+        pg.pool_size = args.pool_size.map_or(pg.pool_size, |n| n as usize);
+        pg.pool_mode = args.pool_mode.unwrap_or(pg.pool_mode);
+        pg.max_message_bytes = args
+            .max_message_bytes
+            .map_or(pg.max_message_bytes, |n| n as usize);
+        // Queries may run long: a reply timeout only when asked for.
+        pg.response_timeout = args.response_timeout;
+    } else if args.pool_size.is_some()
+        || args.pool_mode.is_some()
+        || args.max_message_bytes.is_some()
+    {
+        return Err(
+            "--pool-size, --pool-mode and --max-message-bytes: only with --protocol postgres"
+                .into(),
+        );
+    }
     if let Some(t) = &args.trusted_proxies {
         if protocol != Protocol::Http {
             return Err("--trusted-proxies: only with --protocol http".into());
@@ -611,6 +692,7 @@ pub(crate) fn proxy(mut args: ProxyArgs) -> ExitCode {
         let mut out = std::io::stdout();
         let proto = match protocol {
             Protocol::Redis => "redis",
+            Protocol::Postgres => "postgres",
             _ => "http",
         };
         let _ = writeln!(
@@ -832,6 +914,79 @@ mod tests {
     }
 
     #[test]
+    fn postgres_flags_and_file_keys() {
+        let (_, o) = resolve(
+            &["--pool-size", "3", "--pool-mode", "session"],
+            r#"
+            listen = "127.0.0.1:6432"
+            upstream = ["127.0.0.1:5432"]
+            protocol = "postgres"
+            max_message_bytes = 4096
+            upstream_user = "app"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(o.protocol, Protocol::Postgres);
+        let pg = &o.config.postgres;
+        assert_eq!(pg.pool_size, 3);
+        assert_eq!(pg.pool_mode, PoolMode::Session);
+        assert_eq!(pg.max_message_bytes, 4096);
+        assert_eq!(pg.upstream_user.as_deref(), Some("app"));
+        assert_eq!(pg.response_timeout, None, "none unless given");
+        let (_, d) = resolve(
+            &[
+                "--listen",
+                "127.0.0.1:1",
+                "--upstream",
+                "10.0.0.1:5432",
+                "--protocol",
+                "postgres",
+                "--response-timeout",
+                "9s",
+            ],
+            "",
+        )
+        .unwrap();
+        assert_eq!(d.config.postgres.pool_size, 10);
+        assert_eq!(d.config.postgres.pool_mode, PoolMode::Transaction);
+        assert_eq!(
+            d.config.postgres.response_timeout,
+            Some(Duration::from_secs(9))
+        );
+        let e = resolve(
+            &[
+                "--listen",
+                "127.0.0.1:1",
+                "--upstream",
+                "10.0.0.1:80",
+                "--pool-size",
+                "2",
+            ],
+            "",
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("only with --protocol postgres"), "{e}");
+        assert!(resolve(&["--pool-mode", "statement"], "").is_err());
+        let e = resolve(
+            &[
+                "--listen",
+                "127.0.0.1:1",
+                "--upstream",
+                "10.0.0.1:5432",
+                "--protocol",
+                "postgres",
+                "--balance",
+                "hash",
+            ],
+            "",
+        )
+        .err()
+        .unwrap();
+        assert!(e.starts_with("--balance: postgres"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let base = "listen = \"127.0.0.1:1\"\nupstream = [\"10.0.0.1:80\"]\n";
         for (extra, key) in [
@@ -866,7 +1021,7 @@ mod tests {
         let e = resolve(&[], &format!("{base}upstream_user = \"u\"\n"))
             .err()
             .unwrap();
-        assert!(e.contains("only with --protocol redis"), "{e}");
+        assert!(e.contains("only with --protocol redis or postgres"), "{e}");
         let e = resolve(
             &[],
             &format!("{base}protocol = \"redis\"\ntrusted_proxies = [\"::1\"]\n"),

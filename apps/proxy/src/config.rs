@@ -15,6 +15,8 @@ pub enum Protocol {
     Http,
     /// Redis (RESP) pooling proxy.
     Redis,
+    /// PostgreSQL pooling proxy (PgBouncer-class: transaction or session pooling).
+    Postgres,
 }
 
 impl std::str::FromStr for Protocol {
@@ -23,7 +25,10 @@ impl std::str::FromStr for Protocol {
         match s {
             "http" => Ok(Protocol::Http),
             "redis" => Ok(Protocol::Redis),
-            _ => Err(format!("unknown protocol `{s}` (use http or redis)")),
+            "postgres" | "postgresql" => Ok(Protocol::Postgres),
+            _ => Err(format!(
+                "unknown protocol `{s}` (use http, redis or postgres)"
+            )),
         }
     }
 }
@@ -255,6 +260,8 @@ pub struct ProxyConfig {
     /// added only when it has none); `X-Forwarded-For` is appended to either way. Default
     /// none: every client's `X-Forwarded-Proto` is replaced.
     pub trusted_proxies: TrustedProxies,
+    /// PostgreSQL: pool size and mode, message limit, credentials.
+    pub postgres: crate::postgres::PostgresConfig,
 }
 
 impl ProxyConfig {
@@ -281,6 +288,7 @@ impl ProxyConfig {
             redis_upstream_auth: None,
             redis_client_auth: None,
             trusted_proxies: TrustedProxies::default(),
+            postgres: crate::postgres::PostgresConfig::default(),
         }
     }
 }

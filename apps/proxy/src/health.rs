@@ -1,6 +1,7 @@
 //! Active health checks and name resolution: one thread per proxy re-resolves host-name
 //! upstreams and checks each upstream every interval with a
-//! bounded blocking probe (HTTP `GET path` expecting 2xx/3xx, or Redis `PING` expecting
+//! bounded blocking probe (HTTP `GET path` expecting 2xx/3xx, PostgreSQL `SSLRequest`
+//! expecting the one byte `S` or `N`, or Redis `PING` expecting
 //! `+PONG`, or `-NOAUTH` from a server that requires AUTH; with upstream credentials,
 //! `AUTH` first and `+OK` `+PONG`) and flips its `healthy` flag after `fall` failures or `rise` successes in a row.
 //! Workers read the flag when they pick an upstream; a probe never runs on an I/O worker.
@@ -34,6 +35,8 @@ pub fn probe_as(addr: SocketAddr, host: &str, protocol: Protocol, cfg: &HealthCo
     }
     let req = match protocol {
         Protocol::Redis => b"*1\r\n$4\r\nPING\r\n".to_vec(),
+        // SSLRequest: a PostgreSQL server answers one byte, `S` or `N`, without any login.
+        Protocol::Postgres => vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
         _ => format!(
             "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ferry-proxy-health\r\nConnection: close\r\n\r\n",
             cfg.path
@@ -57,11 +60,15 @@ pub fn probe_as(addr: SocketAddr, host: &str, protocol: Protocol, cfg: &HealthCo
         if protocol == Protocol::Redis && buf[..got].contains(&b'\n') {
             break; // the whole reply line (Redis keeps the connection open)
         }
+        if protocol == Protocol::Postgres && got > 0 {
+            break; // the one-byte answer
+        }
     }
     let head = &buf[..got];
     match protocol {
         // A server that requires AUTH (`requirepass`, ACLs) is up too; clients authenticate.
         Protocol::Redis => head.starts_with(b"+PONG") || head.starts_with(b"-NOAUTH"),
+        Protocol::Postgres => head == b"S" || head == b"N",
         _ => head.len() >= 12 && head.starts_with(b"HTTP/1.") && matches!(head[9], b'2' | b'3'),
     }
 }
@@ -215,6 +222,26 @@ mod tests {
             (Some(closed), false)
         );
         assert_eq!(answering(&[], Some(closed), |_| true), (None, false));
+    }
+
+    #[test]
+    fn postgres_probe_wants_one_byte_s_or_n() {
+        let cfg = HealthConfig {
+            timeout: Duration::from_secs(10),
+            ..HealthConfig::default()
+        };
+        for (reply, up) in [
+            (&b"N"[..], true),
+            (b"S", true),
+            (b"E", false),
+            (b"NN", false),
+        ] {
+            assert_eq!(
+                probe(serve(reply), Protocol::Postgres, &cfg),
+                up,
+                "{reply:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! # ferry-proxy: an HTTP reverse proxy / L7 load balancer and a Redis pooling proxy
+//! # ferry-proxy: an HTTP reverse proxy / L7 load balancer, a Redis and a PostgreSQL pooling proxy
 //!
 //! Both run inline on Ferry's I/O workers (`ferry-epoll` or `ferry-uring`): every client
 //! connection and every upstream connection is a session of the same worker, and the two
@@ -15,6 +15,10 @@
 //!   `traceparent`, hop-by-hop fields removed (RFC 9110 §7.6.1), 502/503/504 with clear bodies.
 //! - [`redis`]: many client connections pipelined over a few upstream connections per
 //!   worker, replies matched in order; a subscribing client gets a dedicated upstream.
+//! - [`postgres`]: a PgBouncer-class PostgreSQL pooling proxy: clients share a few server
+//!   connections per worker, handed out per transaction (or per session), with proxy-side
+//!   SCRAM authentication, cancel requests routed across workers, and session state kept
+//!   from leaking between clients.
 //! - [`health`]: active health checks and host-name resolution, off the I/O workers;
 //!   [`metrics`]: Prometheus text on the admin listener (`/metrics`).
 //!
@@ -38,6 +42,7 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod postgres;
 pub mod redis;
 
 use std::net::SocketAddr;
@@ -60,7 +65,7 @@ pub struct ProxyOptions {
     pub listen: ListenAddr,
     /// Admin listener (`/metrics`, `/health`), if any.
     pub admin: Option<SocketAddr>,
-    /// HTTP or Redis.
+    /// HTTP, Redis or PostgreSQL.
     pub protocol: Protocol,
     /// Event loop (`Auto` picks io_uring when it works, else epoll).
     pub driver: DriverKind,
@@ -207,6 +212,7 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
     let workers = server.workers.max(1);
     let proto_name = match opts.protocol {
         Protocol::Redis => "redis",
+        Protocol::Postgres => "postgres",
         _ => "http",
     };
     let stats = Arc::new(ProxyStats::new(proto_name, &cfg.upstreams, workers));
@@ -275,6 +281,10 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
         Protocol::Redis => {
             let shared = redis::RedisShared::new(cfg, workers, stats.clone());
             run::<redis::RedisProxy>(driver, launch, shared)
+        }
+        Protocol::Postgres => {
+            let shared = postgres::PgShared::new(cfg, workers, stats.clone());
+            run::<postgres::PostgresProxy>(driver, launch, shared)
         }
         _ => {
             let shared = http::HttpShared::new(cfg, workers, stats.clone());

@@ -199,7 +199,7 @@ impl ProxyStats {
             &mut s,
             "ferry_proxy_requests_total",
             "counter",
-            "Requests (HTTP) or commands (Redis) received from clients.",
+            "Requests (HTTP), commands (Redis) or queries and syncs (Postgres) received from clients.",
         );
         let _ = writeln!(
             s,
@@ -250,7 +250,7 @@ impl ProxyStats {
             (
                 "ferry_proxy_upstream_requests_total",
                 "counter",
-                "Requests (HTTP) or commands (Redis) sent to the upstream.",
+                "Requests (HTTP), commands (Redis) or queries and syncs (Postgres) sent to the upstream.",
                 |u| u.requests.load(Relaxed) as i64,
             ),
             (
@@ -330,7 +330,9 @@ impl ProxyStats {
                 );
             }
         }
-        if self.protocol == "http" {
+        // Postgres: server connections (active: serving a client or resetting), clients
+        // waiting for one, per worker.
+        if self.protocol == "http" || self.protocol == "postgres" {
             for (k, (name, kind, help)) in POOL_NAMES.iter().enumerate() {
                 family(&mut s, name, kind, help);
                 for (w, pw) in self.pool.iter().enumerate() {

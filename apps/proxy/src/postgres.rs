@@ -1,0 +1,2377 @@
+//! The PostgreSQL pooling proxy (`--protocol postgres`), run inline on the I/O workers as a
+//! `ferry_driver::relay::Relay` ([`PostgresProxy`]) of two halves: client connections
+//! ([`PgDown`]) and server connections ([`PgUp`]), PgBouncer-style.
+//!
+//! - **Startup.** `SSLRequest` and `GSSENCRequest` get `N` (no encryption; the client goes
+//!   on in the clear on the same connection). Protocol 3.x only (else FATAL `08P01`), no
+//!   replication connections (`0A000`). Clients are grouped by **pool key**: user,
+//!   database (default: the user) and every other startup parameter except
+//!   `application_name`.
+//! - **Client authentication** at the proxy: with a client password
+//!   ([`PostgresConfig::client_password`]) SCRAM-SHA-256; a wrong password (or another
+//!   user than [`PostgresConfig::client_user`]) gets FATAL `28P01`
+//!   `password authentication failed for user "…"`. Without one, every client is trusted:
+//!   bind the proxy to loopback or set a client password. The client then gets
+//!   `AuthenticationOk`, the `ParameterStatus` set of a server connection of its pool key
+//!   (taken from the first one opened), a proxy-made `BackendKeyData` and `ReadyForQuery`.
+//! - **Server connections** are opened by the worker to an upstream picked round robin
+//!   (skipping those whose breaker is open or whose health checks fail), as
+//!   [`PostgresConfig::upstream_user`] (else the client's user) with the pool key's database
+//!   and parameters, authenticated with the upstream password (SCRAM-SHA-256, MD5 or
+//!   cleartext, as the server asks). At most [`PostgresConfig::pool_size`] per pool key per
+//!   upstream per worker; idle ones close after `idle_timeout`. A client waiting longer than
+//!   `pool_wait_timeout` gets `53300` (an ERROR it can retry after; FATAL during login). A
+//!   login the server refuses reaches the waiting clients as the server's FATAL.
+//! - **Pooling** ([`PoolMode`]). Transaction mode: a client holds a server connection from
+//!   its first message until a `ReadyForQuery` with status `I` when it owes nothing more
+//!   (every `Query`, `Sync` and `FunctionCall` answered, no extended-protocol message after
+//!   its last `Sync`). A client is **pinned** to its server connection for the rest of its
+//!   session when it parses a named prepared statement, or when a `Query` or `Parse` text
+//!   leaves session state (`ferry_postgres::sql::session_effect`: `SET` without `LOCAL`,
+//!   `LISTEN`, `PREPARE`, temporary tables, session advisory locks, ...). Session mode:
+//!   one server connection for the client's whole session. A pinned or session connection
+//!   whose client leaves between transactions is reset with `DISCARD ALL` before it is
+//!   reused; one left mid-transaction or mid-query is closed. A client's `Terminate` is
+//!   never forwarded.
+//! - **Cancel.** A `CancelRequest` with a proxy-made key, on any worker, opens a connection
+//!   to the upstream of that client's current server connection and sends the server's own
+//!   key. Unknown keys are ignored (closed silently, as PostgreSQL does).
+//! - **Limits.** A client message longer than [`PostgresConfig::max_message_bytes`] is a
+//!   FATAL `08P01`. Messages stream through (only `Query` and `Parse` are held whole, to
+//!   be read); each direction stops reading when the other side has 256 KiB unwritten.
+//!   A server connection that breaks under a client gives it FATAL `08006` (nothing is
+//!   retried: SQL is not idempotent) and counts as a failure for the upstream's breaker.
+//! - **Drain** (SIGTERM): idle clients get FATAL `57P01`; a client in a transaction gets it
+//!   when the transaction ends.
+
+mod cancel;
+mod startup;
+mod track;
+
+use std::collections::{HashMap, VecDeque};
+use std::str::FromStr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ferry_driver::relay::{Downstream, Half, Io, Peer, Relay, Upstream};
+use ferry_driver::WorkerCtx;
+use ferry_postgres::auth::{md5_password, ScramClient, ScramSecret, ScramServer};
+use ferry_postgres::backend::{self, sqlstate, TxStatus};
+use ferry_postgres::{frontend, message};
+use ferry_proto::Instant;
+use ferry_reliability::{BreakerEvent, BreakerState, CircuitBreaker, Permit};
+
+use crate::config::ProxyConfig;
+use crate::metrics::ProxyStats;
+use cancel::{CancelCell, CancelTable, Rng};
+use startup::PoolKey;
+use track::Tracker;
+
+/// The PostgreSQL proxy as a driver session.
+pub type PostgresProxy = Relay<PgDown, PgUp>;
+
+/// Unwritten bytes on one side that stop reading on the other.
+const WINDOW: usize = 256 * 1024;
+/// PostgreSQL's own limit on a startup packet.
+const MAX_STARTUP: usize = 10_000;
+/// Time a client has to send its startup packet and authenticate.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Distinct pool keys per worker.
+const MAX_POOLS: usize = 10_000;
+/// Largest server message read whole during a server connection's login.
+const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+/// The FATAL of a client whose server connection broke.
+const LOST: &str = "ferry proxy: server connection lost";
+/// The same after `--response-timeout`.
+const SILENT: &str = "ferry proxy: server connection lost: no reply within --response-timeout";
+/// SCRAM iterations of the proxy's own client verifier (PostgreSQL's default).
+const SCRAM_ITERATIONS: u32 = 4096;
+
+/// `--pool-mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PoolMode {
+    /// A server connection per transaction (PgBouncer's `transaction`).
+    #[default]
+    Transaction,
+    /// A server connection per client session.
+    Session,
+}
+
+impl FromStr for PoolMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PoolMode, String> {
+        match s {
+            "transaction" => Ok(PoolMode::Transaction),
+            "session" => Ok(PoolMode::Session),
+            _ => Err(format!(
+                "unknown pool mode `{s}` (use transaction or session)"
+            )),
+        }
+    }
+}
+
+/// PostgreSQL settings of a proxy.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// Most server connections per pool key per upstream per I/O worker. Default 10.
+    pub pool_size: usize,
+    /// Transaction or session pooling. Default transaction.
+    pub pool_mode: PoolMode,
+    /// Longest client message (bytes, tag included). Default 64 MiB.
+    pub max_message_bytes: usize,
+    /// The user server connections log in as (default: the client's).
+    pub upstream_user: Option<String>,
+    /// The password server connections log in with, if the server asks for one.
+    pub upstream_password: Option<Vec<u8>>,
+    /// The only user clients may log in as (with `client_password`).
+    pub client_user: Option<String>,
+    /// Clients authenticate to the proxy with this password (SCRAM-SHA-256); `None`:
+    /// clients are trusted.
+    pub client_password: Option<Vec<u8>>,
+    /// Longest wait for a server's reply while a client waits for one. Default none
+    /// (queries may run long).
+    pub response_timeout: Option<Duration>,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            pool_size: 10,
+            pool_mode: PoolMode::Transaction,
+            max_message_bytes: 64 << 20,
+            upstream_user: None,
+            upstream_password: None,
+            client_user: None,
+            client_password: None,
+            response_timeout: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("pool_size", &self.pool_size)
+            .field("pool_mode", &self.pool_mode)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("upstream_user", &self.upstream_user)
+            .field(
+                "upstream_password",
+                &self.upstream_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_user", &self.client_user)
+            .field(
+                "client_password",
+                &self.client_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// A server connection as the pool hands it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SrvRef {
+    peer: Peer,
+    up: usize,
+    pid: i32,
+    secret: i32,
+}
+
+/// One pool key's server connections on one worker.
+#[derive(Debug)]
+struct Pool {
+    key: Arc<PoolKey>,
+    idle: Vec<SrvRef>,
+    /// Per upstream: connections open or opening.
+    count: Vec<u32>,
+    waiters: VecDeque<Peer>,
+}
+
+/// A connect in flight, by its tag.
+#[derive(Debug)]
+enum Pending {
+    Server {
+        pool: usize,
+        up: usize,
+        permit: Permit,
+    },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+}
+
+/// What a client asking for a server connection gets.
+#[derive(Debug)]
+enum Acquire {
+    Got(SrvRef),
+    Wait,
+    NoUpstream,
+}
+
+/// One worker's pools and breakers (locked only by that worker's thread).
+#[derive(Debug)]
+struct PgWorker {
+    index: usize,
+    ids: HashMap<Arc<PoolKey>, usize>,
+    pools: Vec<Pool>,
+    breakers: Vec<CircuitBreaker>,
+    rr: usize,
+    next_tag: u64,
+    pending: HashMap<u64, Pending>,
+    /// Gauges and counters for `/metrics` (`ProxyStats::pool`): active, idle, connecting,
+    /// waiting, created, closed, failed, timed out.
+    m: [u64; 8],
+}
+
+const M_ACTIVE: usize = 0;
+const M_IDLE: usize = 1;
+const M_CONNECTING: usize = 2;
+const M_WAITING: usize = 3;
+const M_CREATED: usize = 4;
+const M_CLOSED: usize = 5;
+const M_FAILED: usize = 6;
+const M_TIMED_OUT: usize = 7;
+
+impl PgWorker {
+    fn publish(&self, stats: &ProxyStats) {
+        if let Some(p) = stats.pool.get(self.index) {
+            for (a, v) in p.iter().zip(self.m) {
+                a.store(v, Relaxed);
+            }
+        }
+    }
+
+    fn bump(&mut self, i: usize, up: bool) {
+        self.m[i] = if up {
+            self.m[i] + 1
+        } else {
+            self.m[i].saturating_sub(1)
+        };
+    }
+
+    /// The pool id of `key`, made if new (`None`: too many pools).
+    fn pool_id(&mut self, key: &PoolKey, ups: usize) -> Option<usize> {
+        if let Some(&i) = self.ids.get(key) {
+            return Some(i);
+        }
+        if self.pools.len() >= MAX_POOLS {
+            return None;
+        }
+        let key = Arc::new(key.clone());
+        let i = self.pools.len();
+        self.pools.push(Pool {
+            key: key.clone(),
+            idle: Vec::new(),
+            count: vec![0; ups],
+            waiters: VecDeque::new(),
+        });
+        self.ids.insert(key, i);
+        Some(i)
+    }
+
+    /// A server connection for `client`: an idle one, else wait (opening one more if the
+    /// pool may grow).
+    fn acquire(
+        &mut self,
+        ctx: &WorkerCtx,
+        sh: &PgShared,
+        pool: usize,
+        client: Peer,
+        now: Instant,
+    ) -> Acquire {
+        if let Some(s) = self.pools[pool].idle.pop() {
+            self.bump(M_IDLE, false);
+            self.bump(M_ACTIVE, true);
+            self.publish(&sh.stats);
+            return Acquire::Got(s);
+        }
+        let opened = self.open(ctx, sh, pool, now);
+        if !opened && self.pools[pool].count.iter().all(|&c| c == 0) {
+            return Acquire::NoUpstream;
+        }
+        self.pools[pool].waiters.push_back(client);
+        self.bump(M_WAITING, true);
+        self.publish(&sh.stats);
+        Acquire::Wait
+    }
+
+    /// Open one more server connection for `pool` if an upstream has room.
+    fn open(&mut self, ctx: &WorkerCtx, sh: &PgShared, pool: usize, now: Instant) -> bool {
+        let n = sh.stats.upstreams.len();
+        let size = sh.cfg.postgres.pool_size.max(1) as u32;
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let u = &sh.stats.upstreams[i];
+            if self.pools[pool].count[i] >= size
+                || !u.usable()
+                || self.breakers[i].state(now) == BreakerState::Open
+            {
+                continue;
+            }
+            let Some(addr) = u.current() else { continue };
+            let Ok(permit) = self.breakers[i].try_acquire(now) else {
+                continue;
+            };
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            if !ctx.connect(addr, tag) {
+                self.breakers[i].on_ignored(permit);
+                return false;
+            }
+            u.connects.fetch_add(1, Relaxed);
+            self.pending.insert(
+                tag,
+                Pending::Server {
+                    pool,
+                    up: i,
+                    permit,
+                },
+            );
+            self.pools[pool].count[i] += 1;
+            self.rr = i + 1;
+            self.bump(M_CONNECTING, true);
+            self.bump(M_CREATED, true);
+            return true;
+        }
+        false
+    }
+
+    /// `srv` is free: to the first waiter (returned: tell it), else idle.
+    fn release(&mut self, sh: &PgShared, pool: usize, srv: SrvRef) -> Option<Peer> {
+        let p = &mut self.pools[pool];
+        let w = p.waiters.pop_front();
+        if w.is_some() {
+            self.bump(M_WAITING, false);
+        } else {
+            p.idle.push(srv);
+            self.bump(M_ACTIVE, false);
+            self.bump(M_IDLE, true);
+        }
+        self.publish(&sh.stats);
+        w
+    }
+
+    /// A server that just logged in: to the first waiter (returned), else idle.
+    fn ready(&mut self, sh: &PgShared, pool: usize, srv: SrvRef) -> Option<Peer> {
+        self.bump(M_CONNECTING, false);
+        self.bump(M_ACTIVE, true);
+        self.release(sh, pool, srv)
+    }
+
+    /// Take `srv` out of the idle list (idle timeout, drain); `false`: not there (taken).
+    fn remove_idle(&mut self, sh: &PgShared, pool: usize, srv: Peer) -> bool {
+        let p = &mut self.pools[pool];
+        match p.idle.iter().position(|s| s.peer == srv) {
+            Some(i) => {
+                p.idle.swap_remove(i);
+                self.bump(M_IDLE, false);
+                self.bump(M_ACTIVE, true);
+                self.publish(&sh.stats);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A client stopped waiting.
+    fn unwait(&mut self, sh: &PgShared, pool: usize, client: Peer) {
+        let p = &mut self.pools[pool];
+        if let Some(i) = p.waiters.iter().position(|&c| c == client) {
+            p.waiters.remove(i);
+            self.bump(M_WAITING, false);
+            self.publish(&sh.stats);
+        }
+    }
+
+    /// A server connection of `pool` to upstream `up` closed (`idle`: it was in the idle
+    /// list, `active`: counted active). Returns the waiters to fail when none is left.
+    #[allow(clippy::too_many_arguments)]
+    fn gone(
+        &mut self,
+        ctx: &WorkerCtx,
+        sh: &PgShared,
+        pool: usize,
+        up: usize,
+        me: Peer,
+        active: bool,
+        now: Instant,
+    ) -> Vec<Peer> {
+        let p = &mut self.pools[pool];
+        p.count[up] = p.count[up].saturating_sub(1);
+        let was_idle = match p.idle.iter().position(|s| s.peer == me) {
+            Some(i) => {
+                p.idle.swap_remove(i);
+                true
+            }
+            None => false,
+        };
+        if was_idle {
+            self.bump(M_IDLE, false);
+        } else if active {
+            self.bump(M_ACTIVE, false);
+        }
+        self.bump(M_CLOSED, true);
+        let mut failed = Vec::new();
+        if !self.pools[pool].waiters.is_empty()
+            && !self.open(ctx, sh, pool, now)
+            && self.pools[pool].count.iter().all(|&c| c == 0)
+        {
+            failed.extend(self.pools[pool].waiters.drain(..));
+            self.m[M_WAITING] = self.m[M_WAITING].saturating_sub(failed.len() as u64);
+        }
+        self.publish(&sh.stats);
+        failed
+    }
+
+    /// Report a server connection's outcome to its upstream's breaker.
+    fn report(&mut self, sh: &PgShared, up: usize, permit: Permit, ok: bool, now: Instant) {
+        let b = &mut self.breakers[up];
+        if ok {
+            b.on_success(now, permit);
+        } else {
+            b.on_failure(now, permit);
+        }
+        self.breaker_events(sh, up, now);
+    }
+
+    /// A failure of upstream `up` outside a connect (a connection broke under a client).
+    fn failure(&mut self, sh: &PgShared, up: usize, now: Instant) {
+        if let Ok(p) = self.breakers[up].try_acquire(now) {
+            self.report(sh, up, p, false, now);
+        }
+    }
+
+    fn breaker_events(&mut self, sh: &PgShared, up: usize, now: Instant) {
+        let u = &sh.stats.upstreams[up];
+        let b = &mut self.breakers[up];
+        while let Some(ev) = b.poll_event() {
+            match ev {
+                BreakerEvent::Opened { reason, .. } => {
+                    u.breaker_opened.fetch_add(1, Relaxed);
+                    tracing::warn!("postgres upstream {}: circuit opened ({reason:?})", u.addr);
+                }
+                BreakerEvent::Closed => {
+                    tracing::info!("postgres upstream {}: circuit closed", u.addr)
+                }
+                _ => {}
+            }
+        }
+        let g = match b.state(now) {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            _ => 2,
+        };
+        u.breaker[self.index % u.breaker.len()].store(g, Relaxed);
+    }
+}
+
+/// A server's `ParameterStatus` set after login.
+type ServerParams = Arc<Vec<(String, String)>>;
+
+/// State shared by every worker of a PostgreSQL proxy.
+pub struct PgShared {
+    cfg: ProxyConfig,
+    stats: Arc<ProxyStats>,
+    workers: Vec<Mutex<PgWorker>>,
+    /// Each pool key's server `ParameterStatus` set (from its first server connection).
+    params: Mutex<HashMap<PoolKey, ServerParams>>,
+    cancels: CancelTable,
+    rng: Rng,
+    /// The client password's SCRAM verifier (made once, with a random salt).
+    scram: Option<ScramSecret>,
+}
+
+impl std::fmt::Debug for PgShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgShared")
+            .field("upstreams", &self.cfg.upstreams)
+            .field("postgres", &self.cfg.postgres)
+            .finish()
+    }
+}
+
+impl PgShared {
+    /// Shared state for `workers` I/O workers.
+    pub fn new(cfg: ProxyConfig, workers: usize, stats: Arc<ProxyStats>) -> Arc<PgShared> {
+        let rng = Rng::new();
+        let scram = cfg.postgres.client_password.as_ref().map(|pw| {
+            let mut salt = [0u8; 16];
+            rng.fill(&mut salt);
+            ScramSecret::from_password(pw, &salt, SCRAM_ITERATIONS)
+        });
+        let n = cfg.upstreams.len();
+        let workers = (0..workers.max(1))
+            .map(|w| {
+                Mutex::new(PgWorker {
+                    index: w,
+                    ids: HashMap::new(),
+                    pools: Vec::new(),
+                    breakers: (0..n)
+                        .map(|_| CircuitBreaker::new(cfg.breaker.clone()))
+                        .collect(),
+                    rr: w,
+                    next_tag: 1,
+                    pending: HashMap::new(),
+                    m: [0; 8],
+                })
+            })
+            .collect();
+        Arc::new(PgShared {
+            cfg,
+            stats,
+            workers,
+            params: Mutex::new(HashMap::new()),
+            cancels: CancelTable::new(),
+            rng,
+            scram,
+        })
+    }
+
+    fn worker(&self, i: usize) -> MutexGuard<'_, PgWorker> {
+        self.workers[i % self.workers.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn params_of(&self, key: &PoolKey) -> Option<ServerParams> {
+        self.params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn nonce(&self) -> [u8; 18] {
+        let mut n = [0u8; 18];
+        self.rng.fill(&mut n);
+        n
+    }
+}
+
+/// Mail between client and server connections of one worker.
+#[derive(Debug)]
+pub struct PgMail(M);
+
+#[derive(Debug)]
+enum M {
+    /// Client → server: forward these bytes (the server now belongs to `from`).
+    Send {
+        from: Peer,
+        to: Peer,
+        bytes: Bytes,
+        /// First bytes since the client attached: its `application_name` (the server
+        /// sets it first when its own differs).
+        app: Option<Arc<str>>,
+    },
+    /// Client → server: you are free (clean, between transactions); the client already put
+    /// you back in the pool.
+    Release,
+    /// Client → server: the client left between transactions with session state: run
+    /// `DISCARD ALL`, then go back to the pool.
+    Reset,
+    /// Client → server: the client left mid-transaction or mid-query: close.
+    Close,
+    /// Either way: `n` bytes of the peer's were written.
+    Ack(usize),
+    /// Server → client: this server connection is yours.
+    Attached(SrvRef, Arc<PoolKey>),
+    /// Server → client: bytes for you, with `rfqs` ReadyForQuery, the last with `status`.
+    Data { bytes: Bytes, rfqs: u32, status: u8 },
+    /// Server → client: the server connection broke (why, for the client's FATAL).
+    Lost(Peer, &'static str),
+    /// Server → waiting clients: the server refused the login (its ErrorResponse).
+    LoginFailed(Bytes),
+    /// Server → waiting clients: no server connection could be made.
+    ConnectFailed,
+}
+
+fn post(ctx: &WorkerCtx, to: Peer, m: M) {
+    let _ = to.post(ctx, PgMail(m));
+}
+
+/// A FATAL or ERROR ErrorResponse.
+fn error_bytes(severity: &str, code: &str, msg: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    backend::error_response(&mut b, severity, code, msg);
+    b.freeze()
+}
+
+enum Phase {
+    /// Waiting for the startup packet (SSLRequest/GSSENCRequest answered on the way).
+    Startup,
+    /// SCRAM exchange with the proxy (`None` until the client's first message).
+    Sasl {
+        server: Option<Box<ScramServer>>,
+        bad_user: bool,
+    },
+    /// Authenticated; waiting for a server connection to learn the ParameterStatus set.
+    Login,
+    /// Relaying.
+    Ready,
+}
+
+impl std::fmt::Debug for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Startup => "Startup",
+            Phase::Sasl { .. } => "Sasl",
+            Phase::Login => "Login",
+            Phase::Ready => "Ready",
+        })
+    }
+}
+
+/// A client connection.
+pub struct PgDown {
+    io: Io,
+    shared: Arc<PgShared>,
+    phase: Phase,
+    user: String,
+    app: Option<String>,
+    /// `application_name` as servers should have it while serving this client.
+    app_name: Arc<str>,
+    /// Attached and nothing sent yet: the next send carries `app_name`.
+    fresh: bool,
+    unrecognized: Vec<String>,
+    /// Answer NegotiateProtocolVersion (a 3.x minor above 0, or `_pq_.` options).
+    negotiate: bool,
+    key: Option<Arc<PoolKey>>,
+    pool: usize,
+    /// The proxy-made BackendKeyData and its cancel cell.
+    cancel: Option<(i32, i32, Arc<CancelCell>)>,
+    srv: Option<SrvRef>,
+    /// Waiting for a server connection until then.
+    waiting: Option<Instant>,
+    login_deadline: Option<Instant>,
+    /// Bytes for a server connection not attached yet.
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    /// Queries and syncs in `pending` (counted for their upstream once sent).
+    pending_syncs: u32,
+    t: Tracker,
+    /// Bytes of the current (streamed) message still to forward.
+    skip: usize,
+    /// Bytes of an abandoned message still to drop.
+    drop: usize,
+    /// Bytes posted to the server not yet written by it.
+    unacked: usize,
+    /// Bytes from the server not yet acknowledged to it.
+    owed: usize,
+    /// Closing: no more reading; close once the output went out.
+    done: bool,
+    draining: bool,
+}
+
+impl std::fmt::Debug for PgDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgDown")
+            .field("phase", &self.phase)
+            .field("srv", &self.srv)
+            .field("t", &self.t)
+            .finish()
+    }
+}
+
+impl PgDown {
+    fn me(&self) -> Peer {
+        self.io.me()
+    }
+
+    fn mode(&self) -> PoolMode {
+        self.shared.cfg.postgres.pool_mode
+    }
+
+    /// Send a FATAL and close.
+    fn fatal(&mut self, code: &str, msg: &str) {
+        self.io.out.push(error_bytes("FATAL", code, msg));
+        self.finish();
+    }
+
+    /// Stop reading and close once the output went out.
+    fn finish(&mut self) {
+        self.done = true;
+        self.io.input.clear();
+        self.pending.clear();
+        self.pending_syncs = 0;
+        self.pending_len = 0;
+    }
+
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        loop {
+            if self.done {
+                self.io.input.clear();
+                return;
+            }
+            let progressed = match self.phase {
+                Phase::Startup => self.startup(ctx, now),
+                Phase::Sasl { .. } => self.sasl(ctx, now),
+                Phase::Login => return,
+                Phase::Ready => {
+                    self.relay(ctx, now);
+                    return;
+                }
+            };
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// One startup-phase packet; `false` when more bytes are needed.
+    fn startup(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
+        let len = match message::startup_frame(&self.io.input, MAX_STARTUP) {
+            Ok(Some(n)) => n,
+            Ok(None) => return false,
+            Err(_) => {
+                self.fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "invalid length of startup packet",
+                );
+                return false;
+            }
+        };
+        let packet = self.io.input.split_to(len);
+        let parsed = match message::parse_startup(&packet) {
+            Ok(p) => p,
+            Err(message::MessageError::UnsupportedVersion { major, minor }) => {
+                self.fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &format!(
+                        "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+                    ),
+                );
+                return false;
+            }
+            Err(e) => {
+                self.fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &format!("invalid startup packet: {e}"),
+                );
+                return false;
+            }
+        };
+        match parsed {
+            message::Startup::SslRequest | message::Startup::GssEncRequest => {
+                self.io.out.push(Bytes::from_static(b"N"));
+                true
+            }
+            message::Startup::Cancel { pid, secret } => {
+                self.cancel_request(ctx, pid, secret);
+                self.finish();
+                false
+            }
+            message::Startup::Startup { params, minor } => {
+                let s = match startup::startup(&params) {
+                    Ok(s) => s,
+                    Err((code, msg)) => {
+                        self.fatal(code, &msg);
+                        return false;
+                    }
+                };
+                self.user = s.key.user.clone();
+                self.app = s.application_name;
+                self.app_name = Arc::from(self.app.as_deref().unwrap_or(""));
+                self.unrecognized = s.unrecognized;
+                self.negotiate = minor > 0 || !self.unrecognized.is_empty();
+                let sh = self.shared.clone();
+                let id = sh
+                    .worker(ctx.index)
+                    .pool_id(&s.key, sh.stats.upstreams.len());
+                let Some(id) = id else {
+                    self.fatal(
+                        sqlstate::TOO_MANY_CONNECTIONS,
+                        "ferry proxy: too many distinct users, databases and startup parameters",
+                    );
+                    return false;
+                };
+                self.pool = id;
+                self.key = Some(sh.worker(ctx.index).pools[id].key.clone());
+                if sh.scram.is_some() {
+                    let bad_user = sh
+                        .cfg
+                        .postgres
+                        .client_user
+                        .as_deref()
+                        .is_some_and(|u| u != self.user);
+                    let mut b = BytesMut::new();
+                    backend::authentication_sasl(&mut b, &["SCRAM-SHA-256"]);
+                    self.io.out.push(b.freeze());
+                    self.phase = Phase::Sasl {
+                        server: None,
+                        bad_user,
+                    };
+                    true
+                } else {
+                    self.authenticated(ctx, now);
+                    true
+                }
+            }
+            _ => {
+                self.fatal(sqlstate::PROTOCOL_VIOLATION, "unsupported startup packet");
+                false
+            }
+        }
+    }
+
+    /// A `CancelRequest`: find the client it names and cancel its server's query.
+    fn cancel_request(&mut self, ctx: &mut WorkerCtx, pid: i32, secret: i32) {
+        let sh = self.shared.clone();
+        let Some(cell) = sh.cancels.lookup(pid, secret) else {
+            return;
+        };
+        let Some((up, spid, ssecret)) = cell.get() else {
+            return;
+        };
+        let Some(addr) = sh.stats.upstreams.get(up).and_then(|u| u.current()) else {
+            return;
+        };
+        let mut w = sh.worker(ctx.index);
+        let tag = w.next_tag;
+        w.next_tag += 1;
+        if ctx.connect(addr, tag) {
+            w.pending.insert(
+                tag,
+                Pending::Cancel {
+                    pid: spid,
+                    secret: ssecret,
+                },
+            );
+        }
+    }
+
+    /// SCRAM-SHA-256 with the client; `false` when more bytes are needed.
+    fn sasl(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
+        let f = match message::frame(&self.io.input, MAX_STARTUP) {
+            Ok(Some(f)) => f,
+            Ok(None) => return false,
+            Err(_) => {
+                self.fatal(sqlstate::PROTOCOL_VIOLATION, "invalid message length");
+                return false;
+            }
+        };
+        let msg = self.io.input.split_to(f.len);
+        if f.tag != b'p' {
+            self.fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                &format!(
+                    "expected SASL response, got message type {}",
+                    char::from(f.tag).escape_default()
+                ),
+            );
+            return false;
+        }
+        let body = &msg[5..];
+        let failed = format!("password authentication failed for user \"{}\"", self.user);
+        let sh = self.shared.clone();
+        let Phase::Sasl { server, bad_user } = &mut self.phase else {
+            return false;
+        };
+        let bad_user = *bad_user;
+        match server {
+            None => {
+                let (mech, data) = match frontend::parse_sasl_initial(body) {
+                    Ok(x) => x,
+                    Err(_) => {
+                        self.fatal(sqlstate::PROTOCOL_VIOLATION, "malformed SASL message");
+                        return false;
+                    }
+                };
+                if mech != "SCRAM-SHA-256" {
+                    self.fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "client selected an invalid SASL authentication mechanism",
+                    );
+                    return false;
+                }
+                let Some(secret) = sh.scram.clone() else {
+                    return false;
+                };
+                let mut s = Box::new(ScramServer::new(secret, &sh.nonce()));
+                match s.handle_client_first(data.unwrap_or(&[])) {
+                    Ok(first) => {
+                        let mut b = BytesMut::new();
+                        backend::authentication_sasl_continue(&mut b, &first);
+                        self.io.out.push(b.freeze());
+                        *server = Some(s);
+                        true
+                    }
+                    Err(_) => {
+                        self.fatal(sqlstate::INVALID_PASSWORD, &failed);
+                        false
+                    }
+                }
+            }
+            Some(s) => match s.handle_client_final(body) {
+                Ok(fin) if !bad_user => {
+                    let mut b = BytesMut::new();
+                    backend::authentication_sasl_final(&mut b, &fin);
+                    self.io.out.push(b.freeze());
+                    self.authenticated(ctx, now);
+                    true
+                }
+                _ => {
+                    self.fatal(sqlstate::INVALID_PASSWORD, &failed);
+                    false
+                }
+            },
+        }
+    }
+
+    /// Authenticated: greet now if the pool key's parameters are known (transaction
+    /// mode), else get a server connection first.
+    fn authenticated(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.phase = Phase::Login;
+        let sh = self.shared.clone();
+        let (pid, secret, cell) = sh.cancels.register(&sh.rng);
+        self.cancel = Some((pid, secret, cell));
+        let known = self.key.as_ref().and_then(|k| sh.params_of(k)).is_some();
+        if known && self.mode() == PoolMode::Transaction {
+            self.greet();
+            return;
+        }
+        self.acquire(ctx, now);
+    }
+
+    /// AuthenticationOk, the ParameterStatus set, BackendKeyData, ReadyForQuery.
+    fn greet(&mut self) {
+        let mut b = BytesMut::with_capacity(512);
+        backend::authentication_ok(&mut b);
+        if self.negotiate {
+            // As PostgreSQL: the newest minor version we speak (0), and the options we ignore.
+            negotiate_protocol_version(&mut b, &self.unrecognized);
+        }
+        let sh = self.shared.clone();
+        if let Some(ps) = self.key.as_ref().and_then(|k| sh.params_of(k)) {
+            self.t.scan_as(&ps);
+            for (k, v) in ps.iter() {
+                if k == "application_name" {
+                    continue;
+                }
+                backend::parameter_status(&mut b, k, v);
+            }
+        }
+        backend::parameter_status(
+            &mut b,
+            "application_name",
+            self.app.as_deref().unwrap_or(""),
+        );
+        if let Some((pid, secret, _)) = &self.cancel {
+            backend::backend_key_data(&mut b, *pid, *secret);
+        }
+        backend::ready_for_query(&mut b, TxStatus::Idle);
+        self.io.out.push(b.freeze());
+        self.phase = Phase::Ready;
+        self.login_deadline = None;
+    }
+
+    /// Ask the pool for a server connection.
+    fn acquire(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        let sh = self.shared.clone();
+        let me = self.me();
+        let r = sh.worker(ctx.index).acquire(ctx, &sh, self.pool, me, now);
+        match r {
+            Acquire::Got(s) => self.attach(ctx, s, now),
+            Acquire::Wait => self.waiting = Some(now + sh.cfg.pool_wait_timeout),
+            Acquire::NoUpstream => self.no_server(
+                sqlstate::CONNECTION_FAILURE,
+                "ferry proxy: no upstream server available",
+            ),
+        }
+    }
+
+    /// A server connection is ours.
+    fn attach(&mut self, ctx: &mut WorkerCtx, s: SrvRef, now: Instant) {
+        self.waiting = None;
+        self.srv = Some(s);
+        if let Some((_, _, cell)) = &self.cancel {
+            cell.set(s.up, s.pid, s.secret);
+        }
+        let from_login = matches!(self.phase, Phase::Login);
+        if from_login {
+            self.greet();
+            if self.draining {
+                self.fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command",
+                );
+                return;
+            }
+        }
+        self.fresh = true;
+        if self.pending_syncs > 0 {
+            let n = u64::from(std::mem::take(&mut self.pending_syncs));
+            self.shared.stats.upstreams[s.up]
+                .requests
+                .fetch_add(n, Relaxed);
+        }
+        for b in std::mem::take(&mut self.pending) {
+            self.send(ctx, s, b);
+        }
+        self.pending_len = 0;
+        if from_login {
+            // Something may be waiting in the input (sent right after the startup packet).
+            self.relay(ctx, now);
+        }
+        if self.mode() == PoolMode::Transaction && self.t.can_release() && self.skip == 0 {
+            self.release(ctx);
+        }
+    }
+
+    /// Give the server connection back between transactions.
+    fn release(&mut self, ctx: &mut WorkerCtx) {
+        let Some(s) = self.srv.take() else { return };
+        if let Some((_, _, cell)) = &self.cancel {
+            cell.clear();
+        }
+        post(ctx, s.peer, M::Release);
+        self.unacked = 0;
+        self.owed = 0;
+        let sh = self.shared.clone();
+        let key = self.key.clone();
+        if let Some(w) = sh.worker(ctx.index).release(&sh, self.pool, s) {
+            if let Some(k) = key {
+                post(ctx, w, M::Attached(s, k));
+            }
+        }
+        if self.draining {
+            self.fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            );
+        }
+    }
+
+    /// No server connection for what the client sent: an ERROR (FATAL during login).
+    fn no_server(&mut self, code: &str, msg: &str) {
+        self.waiting = None;
+        if !matches!(self.phase, Phase::Ready) {
+            self.fatal(code, msg);
+            return;
+        }
+        self.pending.clear();
+        self.pending_syncs = 0;
+        self.pending_len = 0;
+        self.drop = std::mem::take(&mut self.skip);
+        let mut b = BytesMut::new();
+        backend::error_response(&mut b, "ERROR", code, msg);
+        for _ in 0..self.t.outstanding.max(1) {
+            backend::ready_for_query(&mut b, TxStatus::Idle);
+        }
+        self.t.clear();
+        self.io.out.push(b.freeze());
+        self.io.input.clear();
+    }
+
+    /// Forward complete (and streamed) client messages.
+    fn relay(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if !matches!(self.phase, Phase::Ready) || self.done {
+            return;
+        }
+        if self.drop > 0 {
+            let n = self.drop.min(self.io.input.len());
+            let _ = self.io.input.split_to(n);
+            self.drop -= n;
+            if self.drop > 0 {
+                return;
+            }
+        }
+        let max = self.shared.cfg.postgres.max_message_bytes;
+        let mut pos = 0usize;
+        let mut syncs = 0u32;
+        // Only Flush messages: nothing a server must see when none is attached.
+        let mut flush_only = true;
+        let mut terminate = false;
+        let mut bad: Option<String> = None;
+        {
+            let buf = &self.io.input[..];
+            loop {
+                if self.skip > 0 {
+                    let n = self.skip.min(buf.len() - pos);
+                    pos += n;
+                    self.skip -= n;
+                    if self.skip > 0 {
+                        break;
+                    }
+                    continue;
+                }
+                if buf.len() - pos < 5 {
+                    break;
+                }
+                let tag = buf[pos];
+                let n =
+                    i32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]);
+                if n < 4 {
+                    bad = Some(format!("invalid message length {n}"));
+                    break;
+                }
+                let total = n as usize + 1;
+                if total > max {
+                    bad = Some(format!(
+                        "message of {total} bytes is longer than the limit of {max}"
+                    ));
+                    break;
+                }
+                let have = buf.len() - pos;
+                flush_only &= tag == b'H';
+                match tag {
+                    b'X' => {
+                        terminate = true;
+                        break;
+                    }
+                    b'Q' | b'P' => {
+                        if have < total {
+                            break;
+                        }
+                        syncs += self.t.on_client(tag, &buf[pos + 5..pos + total]);
+                        pos += total;
+                    }
+                    _ => {
+                        syncs += self.t.on_client(tag, &[]);
+                        let n = total.min(have);
+                        pos += n;
+                        self.skip = total - n;
+                    }
+                }
+            }
+        }
+        if pos > 0 {
+            let bytes = self.io.input.split_to(pos).freeze();
+            if flush_only && self.srv.is_none() && self.pending.is_empty() {
+                // A Flush with nothing pending: no server connection for that.
+            } else {
+                self.forward(ctx, bytes, syncs, now);
+            }
+        }
+        if let Some(msg) = bad {
+            self.fatal(sqlstate::PROTOCOL_VIOLATION, &msg);
+            return;
+        }
+        if terminate {
+            self.finish();
+        }
+    }
+
+    /// Bytes to the attached server connection.
+    fn send(&mut self, ctx: &WorkerCtx, s: SrvRef, bytes: Bytes) {
+        self.unacked += bytes.len();
+        let app = std::mem::take(&mut self.fresh).then(|| self.app_name.clone());
+        post(
+            ctx,
+            s.peer,
+            M::Send {
+                from: self.io.me(),
+                to: s.peer,
+                bytes,
+                app,
+            },
+        );
+    }
+
+    fn forward(&mut self, ctx: &mut WorkerCtx, bytes: Bytes, syncs: u32, now: Instant) {
+        let sh = &self.shared;
+        if syncs > 0 {
+            sh.stats.requests.fetch_add(u64::from(syncs), Relaxed);
+        }
+        match self.srv {
+            Some(s) => {
+                if syncs > 0 {
+                    sh.stats.upstreams[s.up]
+                        .requests
+                        .fetch_add(u64::from(syncs), Relaxed);
+                }
+                self.send(ctx, s, bytes);
+            }
+            None => {
+                self.pending_len += bytes.len();
+                self.pending_syncs += syncs;
+                self.pending.push(bytes);
+                if self.waiting.is_none() {
+                    self.acquire(ctx, now);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, ctx: &mut WorkerCtx, m: M, now: Instant) {
+        match m {
+            M::Attached(s, _) => {
+                if self.srv.is_some() || self.done || self.waiting.is_none() {
+                    // Not waiting (any more): give it straight back.
+                    let sh = self.shared.clone();
+                    let key = self.key.clone();
+                    post(ctx, s.peer, M::Release);
+                    if let Some(w) = sh.worker(ctx.index).release(&sh, self.pool, s) {
+                        if let Some(k) = key {
+                            post(ctx, w, M::Attached(s, k));
+                        }
+                    }
+                    return;
+                }
+                self.attach(ctx, s, now);
+            }
+            M::Data {
+                bytes,
+                rfqs,
+                status,
+            } => {
+                if self.srv.is_none() {
+                    return;
+                }
+                self.owed += bytes.len();
+                self.io.out.push(bytes);
+                if rfqs > 0 {
+                    self.t.on_server(rfqs, status);
+                    if self.mode() == PoolMode::Transaction
+                        && self.t.can_release()
+                        && self.skip == 0
+                    {
+                        self.release(ctx);
+                    } else if self.draining && self.t.idle() && self.skip == 0 {
+                        self.fatal(
+                            sqlstate::ADMIN_SHUTDOWN,
+                            "terminating connection due to administrator command",
+                        );
+                    }
+                }
+            }
+            M::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
+            M::Lost(srv, why) => {
+                if self.srv.is_some_and(|s| s.peer == srv) {
+                    self.srv = None;
+                    self.fatal(sqlstate::CONNECTION_FAILURE, why);
+                }
+            }
+            M::LoginFailed(err) => {
+                if self.waiting.take().is_some() {
+                    self.io.out.push(err);
+                    self.finish();
+                }
+            }
+            M::ConnectFailed => {
+                if self.waiting.is_some() {
+                    self.no_server(
+                        sqlstate::CONNECTION_FAILURE,
+                        "ferry proxy: could not connect to an upstream server",
+                    );
+                }
+            }
+            M::Send { .. } | M::Release | M::Reset | M::Close => {}
+        }
+    }
+
+    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.login_deadline.is_some_and(|d| now >= d) && !matches!(self.phase, Phase::Ready) {
+            self.login_deadline = None;
+            if matches!(self.phase, Phase::Startup) {
+                self.finish();
+            } else {
+                self.fatal(sqlstate::PROTOCOL_VIOLATION, "ferry proxy: login timeout");
+            }
+            return;
+        }
+        if self.waiting.is_some_and(|d| now >= d) {
+            let sh = self.shared.clone();
+            {
+                let mut w = sh.worker(ctx.index);
+                w.unwait(&sh, self.pool, self.me());
+                w.bump(M_TIMED_OUT, true);
+                w.publish(&sh.stats);
+            }
+            self.no_server(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "ferry proxy: no server connection available (pool_wait_timeout)",
+            );
+        }
+    }
+}
+
+/// A string as an SQL literal (`'…'` with quotes doubled; `E'…'` when it holds a
+/// backslash, which is then doubled too, whatever `standard_conforming_strings` is).
+fn quote_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    if s.contains('\\') {
+        out.push('E');
+    }
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// NegotiateProtocolVersion: newest minor 0, these options not recognized.
+fn negotiate_protocol_version(out: &mut BytesMut, unrecognized: &[String]) {
+    use bytes::BufMut;
+    let len = 4 + 4 + 4 + unrecognized.iter().map(|s| s.len() + 1).sum::<usize>();
+    out.put_u8(b'v');
+    out.put_i32(len as i32);
+    out.put_i32(0);
+    out.put_i32(unrecognized.len() as i32);
+    for s in unrecognized {
+        out.put_slice(s.as_bytes());
+        out.put_u8(0);
+    }
+}
+
+#[derive(Debug)]
+enum SPhase {
+    /// Sending a CancelRequest, then closing.
+    Cancel,
+    /// Logging in.
+    Login,
+    /// Logged in: idle in the pool, or serving its owner.
+    Ready,
+    /// Running `DISCARD ALL` for a client that left; back to the pool at its
+    /// ReadyForQuery.
+    Resetting,
+}
+
+/// A server connection.
+pub struct PgUp {
+    io: Io,
+    shared: Arc<PgShared>,
+    phase: SPhase,
+    pool: usize,
+    up: usize,
+    key: Arc<PoolKey>,
+    /// Counted in its pool and the upstream's open connections (not a cancel connection).
+    counted: bool,
+    owner: Option<Peer>,
+    pid: i32,
+    secret: i32,
+    params: Vec<(String, String)>,
+    permit: Option<Permit>,
+    scram: Option<Box<ScramClient>>,
+    /// Bytes of the current (streamed) message still to forward.
+    skip: usize,
+    /// Replies (up to their ReadyForQuery) of the proxy's own queries still to drop.
+    swallow: u32,
+    /// This server session's `application_name` (empty at login and after DISCARD ALL).
+    app: Arc<str>,
+    unacked: usize,
+    owed: usize,
+    idle_since: Option<Instant>,
+    login_deadline: Option<Instant>,
+    /// Counted as active in the worker's gauges (logged in, not idle).
+    active: bool,
+    done: bool,
+    draining: bool,
+    /// `--response-timeout`: since when the server has been silent while its client waits
+    /// for a reply (from its last send, or the last bytes of a reply in progress).
+    last_send: Option<Instant>,
+}
+
+impl std::fmt::Debug for PgUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgUp")
+            .field("phase", &self.phase)
+            .field("up", &self.up)
+            .field("owner", &self.owner)
+            .finish()
+    }
+}
+
+impl PgUp {
+    fn me_ref(&self) -> SrvRef {
+        SrvRef {
+            peer: self.io.me(),
+            up: self.up,
+            pid: self.pid,
+            secret: self.secret,
+        }
+    }
+
+    /// Close now (a Terminate first when logged in).
+    fn terminate(&mut self) {
+        if matches!(self.phase, SPhase::Ready | SPhase::Resetting) && !self.io.saw_eof() {
+            let mut b = BytesMut::new();
+            frontend::terminate(&mut b);
+            self.io.out.push(b.freeze());
+        }
+        self.done = true;
+        self.owner = None;
+    }
+
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.done {
+            self.io.input.clear();
+            return;
+        }
+        match self.phase {
+            SPhase::Cancel => self.io.input.clear(),
+            SPhase::Login => self.login(ctx, now),
+            SPhase::Ready | SPhase::Resetting => self.relay(ctx, now),
+        }
+    }
+
+    /// The login exchange.
+    fn login(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        loop {
+            let f = match message::frame(&self.io.input, MAX_LOGIN_MESSAGE) {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) => {
+                    self.login_failed(ctx, None, &format!("bad message from server: {e}"), now);
+                    return;
+                }
+            };
+            let msg = self.io.input.split_to(f.len).freeze();
+            let parsed = match backend::parse(&msg) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.login_failed(ctx, None, &format!("bad message from server: {e}"), now);
+                    return;
+                }
+            };
+            let sh = self.shared.clone();
+            let pg = &sh.cfg.postgres;
+            let mut out = BytesMut::new();
+            let no_password = "ferry proxy: the server asks for a password and none is configured (--upstream-password-file or FERRY_UPSTREAM_PASSWORD)";
+            match parsed {
+                backend::Message::AuthenticationOk => {}
+                backend::Message::AuthenticationCleartextPassword => {
+                    let Some(pw) = &pg.upstream_password else {
+                        self.login_failed(ctx, None, no_password, now);
+                        return;
+                    };
+                    frontend::password(&mut out, pw);
+                }
+                backend::Message::AuthenticationMd5Password { salt } => {
+                    let Some(pw) = &pg.upstream_password else {
+                        self.login_failed(ctx, None, no_password, now);
+                        return;
+                    };
+                    let user = self.login_user();
+                    let h = md5_password(user.as_bytes(), pw, salt);
+                    frontend::password(&mut out, &h);
+                }
+                backend::Message::AuthenticationSasl { mechanisms } => {
+                    let Some(pw) = &pg.upstream_password else {
+                        self.login_failed(ctx, None, no_password, now);
+                        return;
+                    };
+                    if !mechanisms.contains(&"SCRAM-SHA-256") {
+                        self.login_failed(
+                            ctx,
+                            None,
+                            "ferry proxy: the server offers no SASL mechanism the proxy supports (SCRAM-SHA-256)",
+                            now,
+                        );
+                        return;
+                    }
+                    let c = Box::new(ScramClient::new(pw, &sh.nonce()));
+                    frontend::sasl_initial_response(&mut out, "SCRAM-SHA-256", &c.client_first());
+                    self.scram = Some(c);
+                }
+                backend::Message::AuthenticationSaslContinue(data) => {
+                    let r = self.scram.as_mut().map(|c| c.handle_server_first(data));
+                    match r {
+                        Some(Ok(fin)) => frontend::sasl_response(&mut out, &fin),
+                        _ => {
+                            self.login_failed(
+                                ctx,
+                                None,
+                                "ferry proxy: SCRAM exchange with the server failed",
+                                now,
+                            );
+                            return;
+                        }
+                    }
+                }
+                backend::Message::AuthenticationSaslFinal(data) => {
+                    let r = self.scram.take().map(|mut c| c.handle_server_final(data));
+                    if !matches!(r, Some(Ok(()))) {
+                        self.login_failed(
+                            ctx,
+                            None,
+                            "ferry proxy: the server's SCRAM signature is wrong",
+                            now,
+                        );
+                        return;
+                    }
+                }
+                backend::Message::AuthenticationOther(_) => {
+                    self.login_failed(
+                        ctx,
+                        None,
+                        "ferry proxy: the server asks for an authentication method the proxy does not support",
+                        now,
+                    );
+                    return;
+                }
+                backend::Message::ParameterStatus { name, value } => {
+                    self.params.push((name.to_string(), value.to_string()));
+                }
+                backend::Message::BackendKeyData { pid, secret } => {
+                    self.pid = pid;
+                    self.secret = secret;
+                }
+                backend::Message::ErrorResponse(_) => {
+                    self.login_failed(ctx, Some(msg.clone()), "", now);
+                    return;
+                }
+                backend::Message::ReadyForQuery(_) => {
+                    self.logged_in(ctx, now);
+                    if !self.io.input.is_empty() {
+                        self.relay(ctx, now);
+                    }
+                    return;
+                }
+                _ => {}
+            }
+            if !out.is_empty() {
+                self.io.out.push(out.freeze());
+            }
+        }
+    }
+
+    fn login_user(&self) -> &str {
+        match &self.shared.cfg.postgres.upstream_user {
+            Some(u) => u,
+            None => &self.key.user,
+        }
+    }
+
+    /// Logged in: cache the parameters, serve a waiter or go idle.
+    fn logged_in(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.phase = SPhase::Ready;
+        self.login_deadline = None;
+        let sh = self.shared.clone();
+        let mut w = sh.worker(ctx.index);
+        if let Some(p) = self.permit.take() {
+            w.report(&sh, self.up, p, true, now);
+        }
+        let key = w.pools[self.pool].key.clone();
+        {
+            let mut params = sh.params.lock().unwrap_or_else(|p| p.into_inner());
+            params.insert((*key).clone(), Arc::new(std::mem::take(&mut self.params)));
+        }
+        self.active = true;
+        if self.draining {
+            w.bump(M_CONNECTING, false);
+            w.publish(&sh.stats);
+            drop(w);
+            self.terminate();
+            return;
+        }
+        match w.ready(&sh, self.pool, self.me_ref()) {
+            Some(c) => post(ctx, c, M::Attached(self.me_ref(), key)),
+            None => {
+                self.active = false;
+                self.idle_since = Some(now);
+            }
+        }
+    }
+
+    /// The login failed: with the server's ErrorResponse (`err`), or a reason of ours.
+    fn login_failed(&mut self, ctx: &mut WorkerCtx, err: Option<Bytes>, why: &str, now: Instant) {
+        let sh = self.shared.clone();
+        let mut w = sh.worker(ctx.index);
+        if let Some(p) = self.permit.take() {
+            // The server answered: not an upstream failure (bad credentials, no database).
+            w.report(&sh, self.up, p, true, now);
+        }
+        w.bump(M_CONNECTING, false);
+        w.bump(M_FAILED, true);
+        // With other connections in this pool the waiters may still be served by them: the
+        // refusal goes to the oldest waiter only; else to every one.
+        let others = w.pools[self.pool].count.iter().sum::<u32>() > 1;
+        let waiters: Vec<Peer> = if others {
+            w.pools[self.pool].waiters.pop_front().into_iter().collect()
+        } else {
+            w.pools[self.pool].waiters.drain(..).collect()
+        };
+        w.m[M_WAITING] = w.m[M_WAITING].saturating_sub(waiters.len() as u64);
+        w.publish(&sh.stats);
+        drop(w);
+        let err = err.unwrap_or_else(|| error_bytes("FATAL", sqlstate::CONNECTION_FAILURE, why));
+        if let Ok(backend::Message::ErrorResponse(f)) = backend::parse(&err) {
+            tracing::warn!(
+                "postgres upstream {}: login refused: {} ({})",
+                sh.stats.upstreams[self.up].addr,
+                f.message(),
+                f.code()
+            );
+        }
+        for c in waiters {
+            post(ctx, c, M::LoginFailed(err.clone()));
+        }
+        self.done = true;
+    }
+
+    /// Logged in: stream server messages to the owner, watching ReadyForQuery.
+    fn relay(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.swallow > 0 && !self.drop_own_replies() {
+            return;
+        }
+        let resetting = matches!(self.phase, SPhase::Resetting);
+        let mut pos = 0usize;
+        let mut rfqs = 0u32;
+        let mut status = b'I';
+        let mut bad = false;
+        {
+            let buf = &self.io.input[..];
+            loop {
+                if self.skip > 0 {
+                    let n = self.skip.min(buf.len() - pos);
+                    pos += n;
+                    self.skip -= n;
+                    if self.skip > 0 {
+                        break;
+                    }
+                    continue;
+                }
+                if buf.len() - pos < 5 {
+                    break;
+                }
+                let tag = buf[pos];
+                let n =
+                    i32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]);
+                if n < 4 {
+                    bad = true;
+                    break;
+                }
+                let total = n as usize + 1;
+                let have = buf.len() - pos;
+                if tag == b'Z' {
+                    if have < 6 || total != 6 {
+                        bad = total != 6;
+                        break;
+                    }
+                    rfqs += 1;
+                    status = buf[pos + 5];
+                    pos += 6;
+                    if resetting {
+                        break;
+                    }
+                    continue;
+                }
+                let n = total.min(have);
+                pos += n;
+                self.skip = total - n;
+            }
+        }
+        if bad {
+            self.broke(ctx, now);
+            return;
+        }
+        if pos == 0 {
+            return;
+        }
+        let bytes = self.io.input.split_to(pos).freeze();
+        if resetting {
+            if rfqs > 0 {
+                self.phase = SPhase::Ready;
+                self.skip = 0;
+                self.free(ctx, now);
+                if !self.io.input.is_empty() && !self.done {
+                    self.relay(ctx, now);
+                }
+            }
+            return;
+        }
+        // Without an owner: asynchronous messages while idle (notices, parameter changes).
+        if let Some(o) = self.owner {
+            self.unacked += bytes.len();
+            if self.last_send.is_some() {
+                // Progress; a ReadyForQuery ends the wait (until the client sends again).
+                self.last_send = (rfqs == 0).then_some(now);
+            }
+            post(
+                ctx,
+                o,
+                M::Data {
+                    bytes,
+                    rfqs,
+                    status,
+                },
+            );
+        }
+    }
+
+    /// Drop the replies to the proxy's own queries (whole messages up to each
+    /// ReadyForQuery); `false` while some are still to come.
+    fn drop_own_replies(&mut self) -> bool {
+        while self.swallow > 0 {
+            let f = match message::frame(&self.io.input, MAX_LOGIN_MESSAGE) {
+                Ok(Some(f)) => f,
+                Ok(None) => return false,
+                Err(_) => {
+                    // Not PostgreSQL: let `relay` find out and close.
+                    self.swallow = 0;
+                    return true;
+                }
+            };
+            let _ = self.io.input.split_to(f.len);
+            if f.tag == b'Z' {
+                self.swallow -= 1;
+            }
+        }
+        true
+    }
+
+    /// Back to the pool (after a reset): a waiter gets it, else idle.
+    fn free(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.owner = None;
+        self.unacked = 0;
+        self.owed = 0;
+        if self.draining {
+            self.terminate();
+            return;
+        }
+        let sh = self.shared.clone();
+        let mut w = sh.worker(ctx.index);
+        let key = w.pools[self.pool].key.clone();
+        match w.release(&sh, self.pool, self.me_ref()) {
+            Some(c) => post(ctx, c, M::Attached(self.me_ref(), key)),
+            None => {
+                self.active = false;
+                self.idle_since = Some(now);
+            }
+        }
+    }
+
+    /// The connection broke (EOF, reset, bad message, timeout).
+    fn broke(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.broke_because(ctx, LOST, now)
+    }
+
+    /// [`broke`](PgUp::broke), telling the client `why`.
+    fn broke_because(&mut self, ctx: &mut WorkerCtx, why: &'static str, now: Instant) {
+        if self.done {
+            return;
+        }
+        let sh = self.shared.clone();
+        match self.phase {
+            SPhase::Login => {
+                let mut w = sh.worker(ctx.index);
+                if let Some(p) = self.permit.take() {
+                    w.report(&sh, self.up, p, false, now);
+                }
+                w.bump(M_CONNECTING, false);
+                w.bump(M_FAILED, true);
+                w.publish(&sh.stats);
+                sh.stats.upstreams[self.up].failures.fetch_add(1, Relaxed);
+            }
+            SPhase::Cancel => {}
+            SPhase::Ready | SPhase::Resetting => {
+                if let Some(o) = self.owner.take() {
+                    post(ctx, o, M::Lost(self.io.me(), why));
+                    sh.worker(ctx.index).failure(&sh, self.up, now);
+                    sh.stats.upstreams[self.up].failures.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        self.done = true;
+        self.io.input.clear();
+    }
+
+    fn apply(&mut self, ctx: &mut WorkerCtx, m: M, now: Instant) {
+        match m {
+            M::Send {
+                from, bytes, app, ..
+            } => {
+                if self.done {
+                    post(ctx, from, M::Lost(self.io.me(), LOST));
+                    return;
+                }
+                if let Some(app) = app {
+                    if app != self.app {
+                        // The client's application_name, as PgBouncer does; the reply is
+                        // swallowed (`swallow`).
+                        let mut b = BytesMut::new();
+                        let sql = format!("SET application_name = {}", quote_literal(&app));
+                        frontend::query(&mut b, sql.as_bytes());
+                        self.io.out.push(b.freeze());
+                        self.swallow += 1;
+                        self.app = app;
+                    }
+                }
+                if self.owner != Some(from) {
+                    self.owner = Some(from);
+                    self.unacked = 0;
+                    self.owed = 0;
+                    self.active = true;
+                }
+                self.idle_since = None;
+                if self.shared.cfg.postgres.response_timeout.is_some() && self.last_send.is_none() {
+                    self.last_send = Some(now);
+                }
+                self.owed += bytes.len();
+                self.io.out.push(bytes);
+            }
+            M::Release => {
+                self.owner = None;
+                self.unacked = 0;
+                self.owed = 0;
+                self.last_send = None;
+                self.active = false;
+                self.idle_since = Some(now);
+                if self.draining && !self.done {
+                    let sh = self.shared.clone();
+                    if sh
+                        .worker(ctx.index)
+                        .remove_idle(&sh, self.pool, self.io.me())
+                    {
+                        self.active = true;
+                        self.terminate();
+                    }
+                }
+            }
+            M::Reset => {
+                self.owner = None;
+                self.unacked = 0;
+                self.owed = 0;
+                self.last_send = None;
+                if self.done {
+                    return;
+                }
+                if self.draining {
+                    self.terminate();
+                    return;
+                }
+                let mut b = BytesMut::new();
+                frontend::query(&mut b, b"DISCARD ALL");
+                self.io.out.push(b.freeze());
+                self.phase = SPhase::Resetting;
+                self.app = Arc::from("");
+            }
+            M::Close => {
+                self.owner = None;
+                self.terminate();
+            }
+            M::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
+            _ => {}
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        if self.done {
+            return None;
+        }
+        if let Some(d) = self.login_deadline {
+            return Some(d);
+        }
+        if self.owner.is_none() {
+            return self.idle_since.map(|t| t + self.shared.cfg.idle_timeout);
+        }
+        match (self.last_send, self.shared.cfg.postgres.response_timeout) {
+            (Some(t), Some(d)) => Some(t + d),
+            _ => None,
+        }
+    }
+
+    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.done {
+            return;
+        }
+        if self.login_deadline.is_some_and(|d| now >= d) {
+            tracing::debug!(
+                "postgres upstream {}: login timeout",
+                self.shared.stats.upstreams[self.up].addr
+            );
+            self.broke(ctx, now);
+            return;
+        }
+        if self.owner.is_none() {
+            if let Some(t) = self.idle_since {
+                if now >= t + self.shared.cfg.idle_timeout {
+                    let sh = self.shared.clone();
+                    if sh
+                        .worker(ctx.index)
+                        .remove_idle(&sh, self.pool, self.io.me())
+                    {
+                        self.active = true;
+                        self.terminate();
+                    } else {
+                        self.idle_since = None;
+                    }
+                }
+            }
+            return;
+        }
+        if let (Some(t), Some(d)) = (self.last_send, self.shared.cfg.postgres.response_timeout) {
+            if now >= t + d {
+                tracing::debug!(
+                    "postgres upstream {}: response timeout",
+                    self.shared.stats.upstreams[self.up].addr
+                );
+                self.broke_because(ctx, SILENT, now);
+            }
+        }
+    }
+}
+
+impl Half for PgDown {
+    type Shared = PgShared;
+    type Mail = PgMail;
+
+    fn io(&self) -> &Io {
+        &self.io
+    }
+    fn io_mut(&mut self) -> &mut Io {
+        &mut self.io
+    }
+    fn shared(&self) -> &Arc<PgShared> {
+        &self.shared
+    }
+    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
+        if self.done || self.io.out.len() >= WINDOW {
+            return false;
+        }
+        match self.phase {
+            Phase::Login => false,
+            Phase::Ready => {
+                self.unacked < WINDOW
+                    && self.pending_len < WINDOW
+                    // A Query or Parse is read whole (up to the message limit).
+                    && (self.io.input.len() < ctx.options.input_high_water
+                        || (self.skip == 0 && matches!(self.io.input.first(), Some(b'Q' | b'P'))))
+            }
+            _ => self.io.input.len() < MAX_STARTUP + 16,
+        }
+    }
+    fn is_finished(&self) -> bool {
+        self.done && self.io.out.is_empty()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        match (self.login_deadline, self.waiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        PgDown::process(self, ctx, now)
+    }
+    fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
+        let a = n.min(self.owed);
+        if a > 0 {
+            self.owed -= a;
+            if let Some(s) = self.srv {
+                post(ctx, s.peer, M::Ack(a));
+            }
+        }
+    }
+    fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        PgDown::process(self, ctx, now);
+        self.finish();
+    }
+    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        PgDown::on_timeout(self, ctx, now)
+    }
+    fn begin_shutdown(&mut self, _ctx: &mut WorkerCtx, _now: Instant) {
+        self.draining = true;
+        if self.done {
+            return;
+        }
+        let idle = match self.phase {
+            Phase::Ready => match self.srv {
+                None => true,
+                Some(_) => self.t.idle() && self.skip == 0,
+            },
+            _ => true,
+        };
+        if idle {
+            self.fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            );
+        }
+    }
+    fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: PgMail, now: Instant) {
+        self.apply(ctx, mail.0, now)
+    }
+    fn close(self, ctx: &mut WorkerCtx) {
+        let sh = self.shared.clone();
+        sh.stats.downstream_open.fetch_sub(1, Relaxed);
+        if let Some((pid, _, _)) = &self.cancel {
+            sh.cancels.remove(*pid);
+        }
+        let me = self.io.me();
+        if self.waiting.is_some() {
+            sh.worker(ctx.index).unwait(&sh, self.pool, me);
+        }
+        if let Some(s) = self.srv {
+            let clean = self.t.idle() && self.skip == 0 && self.pending.is_empty();
+            if !clean {
+                post(ctx, s.peer, M::Close);
+            } else if self.t.pinned || self.mode() == PoolMode::Session {
+                post(ctx, s.peer, M::Reset);
+            } else {
+                post(ctx, s.peer, M::Release);
+                if let Some(w) = sh.worker(ctx.index).release(&sh, self.pool, s) {
+                    if let Some(k) = self.key.clone() {
+                        post(ctx, w, M::Attached(s, k));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Downstream for PgDown {
+    fn open(ctx: &mut WorkerCtx, shared: &Arc<PgShared>, io: Io, now: Instant) -> Option<Self> {
+        let _ = ctx;
+        shared.stats.downstream_open.fetch_add(1, Relaxed);
+        Some(PgDown {
+            io,
+            shared: shared.clone(),
+            phase: Phase::Startup,
+            user: String::new(),
+            app: None,
+            app_name: Arc::from(""),
+            fresh: false,
+            unrecognized: Vec::new(),
+            negotiate: false,
+            key: None,
+            pool: 0,
+            cancel: None,
+            srv: None,
+            waiting: None,
+            login_deadline: Some(now + LOGIN_TIMEOUT),
+            pending: Vec::new(),
+            pending_len: 0,
+            pending_syncs: 0,
+            t: Tracker::default(),
+            skip: 0,
+            drop: 0,
+            unacked: 0,
+            owed: 0,
+            done: false,
+            draining: false,
+        })
+    }
+
+    /// Mail for a connection that is gone: a server connection handed to a vanished client
+    /// goes back to the pool; bytes for a vanished server tell their client it is lost.
+    fn drop_mail(ctx: &mut WorkerCtx, shared: &PgShared, mail: PgMail) {
+        match mail.0 {
+            M::Attached(s, key) => {
+                let mut w = shared.worker(ctx.index);
+                let Some(&pool) = w.ids.get(&key) else { return };
+                post(ctx, s.peer, M::Release);
+                if let Some(c) = w.release(shared, pool, s) {
+                    post(ctx, c, M::Attached(s, key));
+                }
+            }
+            M::Send { from, to, .. } => post(ctx, from, M::Lost(to, LOST)),
+            _ => {}
+        }
+    }
+}
+
+impl Half for PgUp {
+    type Shared = PgShared;
+    type Mail = PgMail;
+
+    fn io(&self) -> &Io {
+        &self.io
+    }
+    fn io_mut(&mut self) -> &mut Io {
+        &mut self.io
+    }
+    fn shared(&self) -> &Arc<PgShared> {
+        &self.shared
+    }
+    fn wants_read(&self, ctx: &WorkerCtx) -> bool {
+        !self.done
+            && self.unacked < WINDOW
+            && self.io.out.len() < WINDOW
+            && self.io.input.len() < ctx.options.input_high_water.max(MAX_LOGIN_MESSAGE)
+    }
+    fn is_finished(&self) -> bool {
+        self.done && self.io.out.is_empty()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline()
+    }
+    fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        PgUp::process(self, ctx, now)
+    }
+    fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
+        let a = n.min(self.owed);
+        if a > 0 {
+            self.owed -= a;
+            if let Some(o) = self.owner {
+                post(ctx, o, M::Ack(a));
+            }
+        }
+    }
+    fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        PgUp::process(self, ctx, now);
+        self.broke(ctx, now);
+    }
+    fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        PgUp::on_timeout(self, ctx, now)
+    }
+    fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, _now: Instant) {
+        self.draining = true;
+        if self.done || self.owner.is_some() {
+            return;
+        }
+        if matches!(self.phase, SPhase::Ready) {
+            let sh = self.shared.clone();
+            if sh
+                .worker(ctx.index)
+                .remove_idle(&sh, self.pool, self.io.me())
+            {
+                self.active = true;
+                self.terminate();
+            }
+        }
+    }
+    fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: PgMail, now: Instant) {
+        self.apply(ctx, mail.0, now)
+    }
+    fn close(mut self, ctx: &mut WorkerCtx) {
+        if !self.counted {
+            return; // a cancel connection
+        }
+        let now = ctx.clock.now();
+        if !self.done {
+            self.broke(ctx, now);
+        }
+        let sh = self.shared.clone();
+        sh.stats.upstreams[self.up].open.fetch_sub(1, Relaxed);
+        let failed = {
+            let mut w = sh.worker(ctx.index);
+            if let Some(p) = self.permit.take() {
+                w.report(&sh, self.up, p, false, now);
+                w.bump(M_CONNECTING, false);
+            }
+            w.gone(ctx, &sh, self.pool, self.up, self.io.me(), self.active, now)
+        };
+        for c in failed {
+            post(ctx, c, M::ConnectFailed);
+        }
+    }
+}
+
+impl Upstream for PgUp {
+    fn open(
+        ctx: &mut WorkerCtx,
+        shared: &Arc<PgShared>,
+        io: Io,
+        tag: u64,
+        now: Instant,
+    ) -> Option<Self> {
+        let (pending, key) = {
+            let mut w = shared.worker(ctx.index);
+            let p = w.pending.remove(&tag)?;
+            let key = match &p {
+                Pending::Server { pool, .. } => w.pools[*pool].key.clone(),
+                Pending::Cancel { .. } => Arc::new(PoolKey {
+                    user: String::new(),
+                    database: String::new(),
+                    params: Vec::new(),
+                }),
+            };
+            (p, key)
+        };
+        let mut b = BytesMut::new();
+        let mut s = PgUp {
+            io,
+            shared: shared.clone(),
+            phase: SPhase::Cancel,
+            pool: 0,
+            up: 0,
+            key,
+            counted: false,
+            owner: None,
+            pid: 0,
+            secret: 0,
+            params: Vec::new(),
+            permit: None,
+            scram: None,
+            skip: 0,
+            swallow: 0,
+            app: Arc::from(""),
+            unacked: 0,
+            owed: 0,
+            idle_since: None,
+            login_deadline: None,
+            active: false,
+            done: false,
+            draining: false,
+            last_send: None,
+        };
+        match pending {
+            Pending::Cancel { pid, secret } => {
+                message::encode_cancel(&mut b, pid, secret);
+                s.done = true;
+            }
+            Pending::Server { pool, up, permit } => {
+                s.phase = SPhase::Login;
+                s.pool = pool;
+                s.up = up;
+                s.permit = Some(permit);
+                s.counted = true;
+                shared.stats.upstreams[up].open.fetch_add(1, Relaxed);
+                let key = s.key.clone();
+                let user = shared
+                    .cfg
+                    .postgres
+                    .upstream_user
+                    .as_deref()
+                    .unwrap_or(&key.user);
+                let mut params: Vec<(&str, &str)> =
+                    vec![("user", user), ("database", &key.database)];
+                params.extend(key.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                message::encode_startup(&mut b, &params);
+                let login = shared.cfg.connect_timeout.max(Duration::from_secs(5));
+                s.login_deadline = Some(now + login);
+            }
+        }
+        s.io.out.push(b.freeze());
+        s.io.set_connect_deadline(Some(now + shared.cfg.connect_timeout));
+        Some(s)
+    }
+
+    fn connect_failed(&mut self, ctx: &mut WorkerCtx, error: std::io::Error, now: Instant) {
+        tracing::debug!(
+            "postgres upstream {} connect failed: {error}",
+            self.shared.stats.upstreams[self.up].addr
+        );
+        if !matches!(self.phase, SPhase::Cancel) {
+            self.broke(ctx, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoService;
+    impl ferry_driver::Service for NoService {
+        fn call(&self, _req: ferry_driver::Request) -> ferry_driver::Response {
+            ferry_driver::Response::text(500, "unused\n")
+        }
+    }
+
+    fn peer(token: usize) -> Peer {
+        Peer { token, gen: 1 }
+    }
+
+    fn srv(token: usize) -> SrvRef {
+        SrvRef {
+            peer: peer(token),
+            up: 0,
+            pid: token as i32,
+            secret: 7,
+        }
+    }
+
+    /// The pool's hand-outs: idle connections last in first out, a released one goes to the
+    /// oldest waiter, a waiter that left is skipped, gauges follow.
+    #[test]
+    fn the_pool_hands_connections_to_waiters_in_order() {
+        let ups: Vec<crate::Upstream> = vec!["127.0.0.1:1".parse().unwrap()];
+        let stats = Arc::new(ProxyStats::new("postgres", &ups, 1));
+        let mut cfg = ProxyConfig::new(ups);
+        cfg.postgres.pool_size = 1;
+        let sh = PgShared::new(cfg, 1, stats.clone());
+        // No driver on this thread: connects are refused, so nothing new opens.
+        let ctx = WorkerCtx::detached(Arc::new(NoService)).unwrap();
+        let now = Instant::ZERO;
+        let key = PoolKey {
+            user: "u".into(),
+            database: "d".into(),
+            params: Vec::new(),
+        };
+        let mut w = sh.worker(0);
+        let id = w.pool_id(&key, 1).unwrap();
+        assert_eq!(w.pool_id(&key, 1), Some(id), "one pool per key");
+        assert!(matches!(
+            w.acquire(&ctx, &sh, id, peer(100), now),
+            Acquire::NoUpstream
+        ));
+        // Two logged-in connections (counted as open by the pool).
+        w.pools[id].count[0] = 2;
+        w.m[M_CONNECTING] = 2;
+        assert_eq!(w.ready(&sh, id, srv(1)), None);
+        assert_eq!(w.ready(&sh, id, srv(2)), None);
+        assert_eq!(w.m[M_IDLE], 2);
+        match w.acquire(&ctx, &sh, id, peer(100), now) {
+            Acquire::Got(s) => assert_eq!(s, srv(2), "the warmest first"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            w.acquire(&ctx, &sh, id, peer(101), now),
+            Acquire::Got(_)
+        ));
+        // Both busy: clients queue.
+        for c in [102, 103, 104] {
+            assert!(matches!(
+                w.acquire(&ctx, &sh, id, peer(c), now),
+                Acquire::Wait
+            ));
+        }
+        assert_eq!(w.m[M_WAITING], 3);
+        w.unwait(&sh, id, peer(103));
+        assert_eq!(w.release(&sh, id, srv(2)), Some(peer(102)));
+        assert_eq!(w.release(&sh, id, srv(1)), Some(peer(104)), "103 left");
+        assert_eq!(w.release(&sh, id, srv(1)), None);
+        assert_eq!((w.m[M_IDLE], w.m[M_WAITING]), (1, 0));
+        assert!(w.remove_idle(&sh, id, peer(1)));
+        assert!(!w.remove_idle(&sh, id, peer(1)), "taken already");
+        assert!(w.gone(&ctx, &sh, id, 0, peer(1), true, now).is_empty());
+        assert_eq!(w.pools[id].count[0], 1);
+        // The last connection of a pool with waiters goes: they are failed (nothing opens).
+        assert!(matches!(
+            w.acquire(&ctx, &sh, id, peer(105), now),
+            Acquire::Wait
+        ));
+        assert_eq!(
+            w.gone(&ctx, &sh, id, 0, peer(2), true, now),
+            vec![peer(105)]
+        );
+        drop(w);
+        let p = &stats.pool[0];
+        assert_eq!(p[M_WAITING].load(Relaxed), 0);
+        assert_eq!(p[M_CLOSED].load(Relaxed), 2);
+    }
+
+    #[test]
+    fn literals_quote() {
+        assert_eq!(quote_literal("psql"), "'psql'");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"a\b'c"), r"E'a\\b''c'");
+        assert_eq!(quote_literal(""), "''");
+    }
+
+    #[test]
+    fn pool_modes_parse() {
+        assert_eq!("transaction".parse(), Ok(PoolMode::Transaction));
+        assert_eq!("session".parse(), Ok(PoolMode::Session));
+        assert!("statement".parse::<PoolMode>().is_err());
+    }
+
+    #[test]
+    fn negotiate_protocol_version_lists_the_options() {
+        let mut b = BytesMut::new();
+        negotiate_protocol_version(&mut b, &["_pq_.a".to_string()]);
+        assert_eq!(&b[..], b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.a\0");
+    }
+
+    #[test]
+    fn passwords_do_not_show_in_debug() {
+        let c = PostgresConfig {
+            upstream_password: Some(b"s3cret".to_vec()),
+            client_password: Some(b"hunter2".to_vec()),
+            ..PostgresConfig::default()
+        };
+        let d = format!("{c:?}");
+        assert!(!d.contains("s3cret") && !d.contains("hunter2"), "{d}");
+    }
+}
