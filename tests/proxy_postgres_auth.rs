@@ -66,6 +66,12 @@ cs = [connect(PROXY, user='app') for _ in range(4)]
 for i, c in enumerate(cs):
     with c.transaction():
         assert c.execute('SELECT current_user, %s::int', (i,)).fetchone() == ('app', i)
+# Two transactions open at once hold two server connections: the second SCRAM login
+# reuses the keys the first derived (a wrong cache would make it fail).
+a, b = cs[0], cs[1]
+with a.transaction(), b.transaction():
+    pids = {c.execute('SELECT pg_backend_pid()').fetchone()[0] for c in (a, b)}
+assert len(pids) == 2, pids
 print('ok')
 "#,
     );

@@ -313,3 +313,43 @@ fn mock_secret_for_unknown_users() {
         );
     }
 }
+
+/// A second login with the keys the first one derived: no PBKDF2, same proof; keys for
+/// another salt are ignored; keys of another password are refused by the server.
+#[test]
+fn cached_keys_skip_pbkdf2_only_when_they_fit() {
+    use ferry_postgres::auth::{ScramClient, ScramSecret, ScramServer};
+    let login = |client: &mut ScramClient, secret: &ScramSecret| {
+        let mut server = ScramServer::new(secret.clone(), &[5; 18]);
+        let first = server.handle_client_first(&client.client_first()).unwrap();
+        let fin = client.handle_server_first(&first).unwrap();
+        server
+            .handle_client_final(&fin)
+            .map(|v| client.handle_server_final(&v))
+    };
+    let secret = ScramSecret::from_password(b"pencil", b"salt-one", 4096);
+    let mut first = ScramClient::new(b"pencil", &[1; 18]);
+    assert!(
+        first.derived_keys().is_none(),
+        "nothing derived before the exchange"
+    );
+    login(&mut first, &secret).unwrap().unwrap();
+    let keys = first.derived_keys().unwrap().clone();
+
+    let mut again = ScramClient::new(b"pencil", &[2; 18]).with_cached_keys(keys.clone());
+    login(&mut again, &secret).unwrap().unwrap();
+    assert_eq!(again.derived_keys(), Some(&keys));
+
+    // Another salt (the role's password was set again): the cache does not fit, PBKDF2 runs.
+    let other = ScramSecret::from_password(b"pencil", b"salt-two", 4096);
+    let mut moved = ScramClient::new(b"pencil", &[3; 18]).with_cached_keys(keys.clone());
+    login(&mut moved, &other).unwrap().unwrap();
+    assert_ne!(moved.derived_keys(), Some(&keys));
+
+    // Keys of another password with the same salt: the server refuses the proof.
+    let mut wrong = ScramClient::new(b"wrong", &[4; 18]);
+    let _ = login(&mut wrong, &secret);
+    let wrong_keys = wrong.derived_keys().unwrap().clone();
+    let mut c = ScramClient::new(b"pencil", &[6; 18]).with_cached_keys(wrong_keys);
+    assert!(login(&mut c, &secret).is_err());
+}
