@@ -609,8 +609,61 @@ fn client_tracking(driver: &str) {
     b.ask(b"CLIENT GETREDIR\r\n", format!(":{id}\r\n").as_bytes());
 }
 
+/// An authenticated client whose input went "sticky" (the proxy's scanner could not
+/// delimit it: an empty multibulk, or a command of 128 KiB and more arriving in pieces)
+/// sends `RESET` then (S)SUBSCRIBE in one read: `RESET` un-authenticates it, so the
+/// subscriptions get `-NOAUTH` (as from Redis) and nothing subscribes upstream
+/// (fuzz/regressions/redis_proxy_auth/sticky-reset-then-ssubscribe).
+fn sticky_client_reset_locks_again(driver: &str) {
+    let r = Redis::start_with(&["--requirepass", UP_PW]);
+    let p = Proxy::start(driver, &r.addr(), Some(UP_PW), Some(CLIENT_PW), &[], &[]);
+    let upstream_subs = || {
+        let port = r.addr().rsplit(':').next().unwrap().to_string();
+        let a = cli(&port, &["-a", UP_PW, "PUBSUB", "NUMSUB", "news"]);
+        let b = cli(&port, &["-a", UP_PW, "PUBSUB", "SHARDNUMSUB", "shard"]);
+        format!("{a} {b}").replace('\n', " ")
+    };
+    let noauth3 = [NOAUTH, NOAUTH, NOAUTH].concat();
+    let mut c = p.connect();
+    c.ask(b"AUTH client-secret\r\n", b"+OK\r\n");
+    // `*-1` is ignored (no reply) and makes the client sticky.
+    c.ask(b"*-1\r\nSET a 1\r\n", b"+OK\r\n");
+    let mut all = b"+RESET\r\n".to_vec();
+    all.extend_from_slice(&noauth3);
+    c.ask(
+        b"RESET\r\n*2\r\n$10\r\nSSUBSCRIBE\r\n$5\r\nshard\r\nSUBSCRIBE news\r\nGET a\r\n",
+        &all,
+    );
+    c.ask(b"AUTH client-secret\r\nGET a\r\n", b"+OK\r\n$1\r\n1\r\n");
+
+    // Sticky by a big command in pieces; its end, RESET and SUBSCRIBE in one write.
+    let mut c = p.connect();
+    c.ask(b"AUTH client-secret\r\n", b"+OK\r\n");
+    let value = vec![b'v'; 200_000];
+    let mut big = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$200000\r\n".to_vec();
+    big.extend_from_slice(&value);
+    big.extend_from_slice(b"\r\n");
+    let (head, tail) = big.split_at(150_000);
+    c.send(head);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rest = tail.to_vec();
+    rest.extend_from_slice(
+        b"RESET\r\nSUBSCRIBE news\r\n*2\r\n$10\r\nssubscribe\r\n$5\r\nshard\r\nSTRLEN big\r\n",
+    );
+    c.send(&rest);
+    let mut all = b"+OK\r\n+RESET\r\n".to_vec();
+    all.extend_from_slice(&noauth3);
+    c.expect(&all);
+    c.ask(
+        b"AUTH client-secret\r\nSTRLEN big\r\n",
+        b"+OK\r\n:200000\r\n",
+    );
+    assert_eq!(upstream_subs(), "news 0 shard 0");
+}
+
 per_driver!(
     upstream_requirepass_works_through_the_proxy,
+    sticky_client_reset_locks_again,
     upstream_acl_user_from_env,
     wrong_upstream_password,
     client_auth_required,

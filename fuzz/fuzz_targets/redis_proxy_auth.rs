@@ -5,9 +5,11 @@
 //!
 //! `auth_gate.rs` and the scanner (`scan.rs`) are included by path (they use only `std`,
 //! `bytes` and `ferry_resp`), so this crate does not build the proxy and its drivers. The
-//! harness reproduces the proxy's `RDown::slow` step by step (gate while locked; one complete
-//! command at a time to the connection, or everything once "sticky"; events in order; `RESET`
-//! locks again) and answers every forwarded command at once, as an upstream would.
+//! harness runs the proxy's `RDown::slow` step by step with the proxy's own functions: the
+//! gate while locked (`gate_step`), then `Feed::step` (one complete command at a time to the
+//! connection; once "sticky", still one at a time, as with client authentication), events
+//! in order (`RESET` locks again), and answers every forwarded command at once, as an
+//! upstream would.
 //!
 //! Invariants: no panic; while the client has not authenticated, no command reaches the
 //! upstream side (a `Command` event `verdict` passes) unless it is the `HELLO … AUTH` that
@@ -34,11 +36,8 @@ mod auth_gate;
 #[path = "../../apps/proxy/src/redis/scan.rs"]
 mod scan;
 
-use auth_gate::{gate, verdict, Credentials, Gate, Verdict};
-use scan::{scan_command, Scan};
+use auth_gate::{gate_step, verdict, Credentials, Feed, Step, Verdict};
 
-/// `redis.rs`'s `BIG_COMMAND`.
-const BIG_COMMAND: usize = 128 * 1024;
 const PASSWORD: &[u8] = b"s3cret";
 
 #[derive(Arbitrary, Debug)]
@@ -99,15 +98,13 @@ struct Client {
     conn: ServerConnection,
     input: BytesMut,
     sin: BytesMut,
-    sticky: bool,
+    feed: Feed,
     locked: bool,
     errored: bool,
     now: Instant,
     /// What the connection reads now is one multibulk command (Redis's limits for
     /// unauthenticated clients apply to multibulk only, not to inline commands).
     multibulk: bool,
-    /// A RESET locked the client again after it had authenticated.
-    reset_after_login: bool,
 }
 
 impl Client {
@@ -167,60 +164,25 @@ impl Client {
                 let _ = self.conn.send_reply(cmd.id, &reply);
             }
             Event::Subscribe { .. } | Event::Unsubscribe { .. } => {
-                // Open finding (fuzz/regressions/README.md): once "sticky", the connection
-                // gets all input at once, so pub/sub pipelined behind a RESET that locked an
-                // authenticated client again runs before the proxy sees the RESET.
-                let known = self.sticky && self.reset_after_login && !ferry_fuzz::strict();
-                assert!(!self.locked || known, "pub/sub before authentication");
+                // (fuzz/regressions/redis_proxy_auth/sticky-reset-then-ssubscribe: once
+                // "sticky", pub/sub behind a RESET ran before the proxy saw the RESET.)
+                assert!(!self.locked, "pub/sub before authentication");
             }
-            Event::Reset => {
-                self.reset_after_login |= !self.locked;
-                self.locked = true;
-            }
+            Event::Reset => self.locked = true,
             Event::Error(_) => self.errored = true,
             _ => {}
         }
     }
 
-    /// `redis.rs`'s `first_command_len`.
-    fn first_command_len(&mut self, config: &ServerConfig) -> Option<usize> {
-        let b: &[u8] = &self.input;
-        let whole = b.len();
-        if b.first() == Some(&b'*') {
-            match scan_command(b, config.proto_max_bulk_len) {
-                Scan::Complete { len, .. } => return Some(len),
-                Scan::Incomplete if whole < BIG_COMMAND => return None,
-                _ => {}
-            }
-        } else if let Some(p) = b.iter().position(|&c| c == b'\n') {
-            return Some(p + 1);
-        } else if whole <= config.max_inline_size {
-            return None;
-        }
-        self.sticky = true;
-        Some(whole)
-    }
-
     /// `redis.rs`'s `slow` (with `gate_unauthenticated`): one step.
     fn step(&mut self, config: &ServerConfig) -> bool {
         let (before_in, before_sin) = (self.input.len(), self.sin.len());
-        if self.locked && self.sin.is_empty() && !self.input.is_empty() {
-            match gate(&self.input) {
-                Gate::Pass => {}
-                Gate::Wait => return false,
-                Gate::Skip(len) => {
-                    let _ = self.input.split_to(len);
-                    return true;
-                }
-                g if self.conn.in_flight() > 0 => {
-                    let _ = g;
-                    return false;
-                }
-                Gate::Refuse(len) => {
-                    let _ = self.input.split_to(len);
-                    return true;
-                }
-                _ => {
+        if self.locked {
+            match gate_step(&mut self.input, &self.sin, self.conn.in_flight()) {
+                Step::Go => {}
+                Step::Wait => return false,
+                Step::Skipped | Step::Refused => return true,
+                Step::Fatal(_) => {
                     self.input.clear();
                     self.errored = true;
                     self.conn.close();
@@ -228,21 +190,14 @@ impl Client {
                 }
             }
         }
-        if self.sticky {
-            if !self.input.is_empty() {
-                let rest = self.input.split();
-                if self.sin.is_empty() {
-                    self.sin = rest;
-                } else {
-                    self.sin.unsplit(rest);
-                }
-            }
-        } else if self.sin.is_empty() && !self.input.is_empty() {
-            if let Some(k) = self.first_command_len(config) {
-                self.sin = self.input.split_to(k);
-            }
-        }
-        self.multibulk = !self.sticky && self.sin.first() == Some(&b'*');
+        self.feed.step(
+            &mut self.input,
+            &mut self.sin,
+            true,
+            config.proto_max_bulk_len,
+            config.max_inline_size,
+        );
+        self.multibulk = !self.feed.sticky && self.sin.first() == Some(&b'*');
         if !self.sin.is_empty()
             && !self.errored
             && self.conn.handle_input(self.now, &mut self.sin).is_err()
@@ -312,12 +267,11 @@ fuzz_target!(|input: Input| {
         conn: ServerConnection::new(Arc::new(config.clone()), Instant::ZERO),
         input: BytesMut::new(),
         sin: BytesMut::new(),
-        sticky: false,
+        feed: Feed::default(),
         locked: true,
         errored: false,
         now: Instant::ZERO,
         multibulk: false,
-        reset_after_login: false,
     };
     for chunk in input.chunks.into_iter().take(64) {
         if c.errored {

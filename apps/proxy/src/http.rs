@@ -414,8 +414,11 @@ pub enum UpFailure {
     Connect,
     /// The TCP connect timed out.
     ConnectTimeout,
-    /// The connection broke (reset, EOF, bad response).
+    /// The connection broke (reset, EOF mid-response).
     Broken,
+    /// The upstream's response head was invalid (malformed, or framing the proxy does not
+    /// pass on); the connection is not reused.
+    InvalidResponse,
     /// No response head in time.
     Timeout,
     /// The pool's limit is reached and its wait queue is full.
@@ -445,11 +448,85 @@ impl UpFailure {
             UpFailure::Connect => "connection refused or unreachable",
             UpFailure::ConnectTimeout => "connect timed out",
             UpFailure::Broken => "connection broken before a complete response",
+            UpFailure::InvalidResponse => "invalid response head",
             UpFailure::Timeout => "no response in time",
             UpFailure::PoolFull => "connection limit reached and too many requests waiting",
             UpFailure::PoolTimeout => "no connection free in time (connection limit reached)",
             UpFailure::ClientStalled => "request body not received in time",
         }
+    }
+}
+
+/// A set of upstream indices (up to 255, the proxy's most): the first 64 in a word, the
+/// rest (only with more than 64 upstreams) boxed.
+#[derive(Debug, Default, Clone)]
+struct Tried {
+    low: u64,
+    high: Option<Box<[u64; 3]>>,
+}
+
+impl Tried {
+    #[inline]
+    fn has(&self, i: usize) -> bool {
+        if i < 64 {
+            self.low & (1 << i) != 0
+        } else {
+            self.has_high(i)
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, i: usize) {
+        if i < 64 {
+            self.low |= 1 << i;
+        } else {
+            self.add_high(i);
+        }
+    }
+
+    #[inline]
+    fn remove(&mut self, i: usize) {
+        if i < 64 {
+            self.low &= !(1 << i);
+        } else if let Some(w) = self.high.as_deref_mut().and_then(|h| h.get_mut(i / 64 - 1)) {
+            *w &= !(1 << (i % 64));
+        }
+    }
+
+    #[cold]
+    fn has_high(&self, i: usize) -> bool {
+        let w = self.high.as_deref().and_then(|h| h.get(i / 64 - 1));
+        w.is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    #[cold]
+    fn add_high(&mut self, i: usize) {
+        let h = self.high.get_or_insert_with(Default::default);
+        if let Some(w) = h.get_mut(i / 64 - 1) {
+            *w |= 1 << (i % 64);
+        }
+    }
+}
+
+/// Why an upstream attempt failed, from its client connection's error.
+#[cold]
+fn error_failure(error: ferry_http1::Error, resp_started: bool) -> UpFailure {
+    use ferry_http1::Error as E;
+    match error {
+        E::HeaderTimeout => UpFailure::Timeout,
+        E::UnexpectedEof | E::BodyTooLarge => UpFailure::Broken,
+        _ if resp_started => UpFailure::Broken,
+        E::InvalidHead(_)
+        | E::HeadTooLarge
+        | E::TooManyHeaders
+        | E::BareLineFeed
+        | E::ContentLengthWithTransferEncoding
+        | E::InvalidContentLength
+        | E::InvalidTransferEncoding
+        | E::TransferEncodingInHttp10
+        | E::UnsupportedVersion
+        | E::UnsolicitedResponse => UpFailure::InvalidResponse,
+        _ => UpFailure::Broken,
     }
 }
 
@@ -632,8 +709,9 @@ struct Extra {
 /// Where a forwarded request says it came from.
 #[derive(Debug)]
 enum Fwd {
-    /// The connection's `x-forwarded-for` (the client's address) and `x-forwarded-proto`
-    /// lines (the request had no `X-Forwarded-For`).
+    /// The connection's `x-forwarded-for` (the client's address), `x-forwarded-proto` and
+    /// (unless [`Rare::own_xfh`]) `x-forwarded-host` lines (the request had no
+    /// `X-Forwarded-For`).
     Lines(FieldLines),
     /// `X-Forwarded-For` as the request had it plus the client's address (`None`: no lines
     /// either); `x-forwarded-proto` follows from the shared lines.
@@ -660,16 +738,28 @@ struct Rare {
     /// A trusted proxy's request with an `X-Forwarded-Proto`: it is kept (ours is not
     /// written).
     keep_xfp: bool,
+    /// The same for `X-Forwarded-Host`.
+    keep_xfh: bool,
+    /// The connection's forwarded lines carry another `X-Forwarded-Host` than this request's
+    /// (the first request's `Host`): the lines without it go, and this request's (unless
+    /// kept) is written on its own.
+    own_xfh: bool,
 }
 
 impl Rare {
     /// `None` when there is neither field and nothing to keep.
-    fn of(host: Option<Bytes>, upgrade: Option<Bytes>, keep_xfp: bool) -> Option<Box<Rare>> {
-        (host.is_some() || upgrade.is_some() || keep_xfp).then(|| {
+    fn of(
+        host: Option<Bytes>,
+        upgrade: Option<Bytes>,
+        (keep_xfp, keep_xfh, own_xfh): (bool, bool, bool),
+    ) -> Option<Box<Rare>> {
+        (host.is_some() || upgrade.is_some() || keep_xfp || own_xfh).then(|| {
             Box::new(Rare {
                 host,
                 upgrade,
                 keep_xfp,
+                keep_xfh,
+                own_xfh,
             })
         })
     }
@@ -763,6 +853,7 @@ const PROXY_AUTHORIZATION: Words<u64> = words8(b"proxy-authorization");
 const TRACEPARENT: Words<u64> = words8(b"traceparent");
 const X_FORWARDED_FOR: Words<u64> = words8(b"x-forwarded-for");
 const X_FORWARDED_PROTO: Words<u64> = words8(b"x-forwarded-proto");
+const X_FORWARDED_HOST: Words<u64> = words8(b"x-forwarded-host");
 
 /// Whether `name` (as long as the name `k` was made of) equals it, ASCII case-insensitive.
 #[inline(always)]
@@ -841,23 +932,30 @@ fn forward_response_field(name: &[u8], named: &[&[u8]]) -> bool {
 /// Whether a request field `name` goes upstream: not hop-by-hop (standard or named by
 /// `Connection`), and not one the proxy writes itself (`X-Forwarded-For`, `traceparent`,
 /// `X-Forwarded-Proto`: the client's claim of a scheme is replaced by the one it used,
-/// unless `keep_xfp`, a trusted proxy's).
-fn forward_request_field(name: &[u8], named: &[&[u8]], keep_xfp: bool) -> bool {
+/// unless `keep_xfp`, a trusted proxy's; `X-Forwarded-Host` likewise, unless `keep_xfh`).
+fn forward_request_field(name: &[u8], named: &[&[u8]], keep_xfp: bool, keep_xfh: bool) -> bool {
     let ours = match name.len() {
         11 => is8(name, &TRACEPARENT),
         15 => is8(name, &X_FORWARDED_FOR),
+        16 => !keep_xfh && is8(name, &X_FORWARDED_HOST),
         17 => !keep_xfp && is8(name, &X_FORWARDED_PROTO),
         _ => false,
     };
     !(ours || hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)))
 }
 
-/// Whether the request's `Connection` names `X-Forwarded-Proto` (a hop-by-hop field then).
+/// Whether the request's `Connection` names `field` (a hop-by-hop field then).
 #[cold]
-fn xfp_named(h: &Headers) -> bool {
+fn conn_names(h: &Headers, field: &[u8]) -> bool {
     connection_names(h)
         .iter()
-        .any(|t| t.eq_ignore_ascii_case(b"x-forwarded-proto"))
+        .any(|t| t.eq_ignore_ascii_case(field))
+}
+
+/// The request's target is origin-form (`/path`) or `*`: its `Host` names the host.
+#[inline(always)]
+fn origin_form(head: &ferry_http1::Request) -> bool {
+    matches!(head.target_bytes().first(), Some(b'/' | b'*'))
 }
 
 /// The `host` field the proxy writes for a request, replacing the client's: the authority
@@ -931,7 +1029,8 @@ struct Exchange {
     /// The upstream and failure of the last failed attempt.
     last_failure: Option<(usize, UpFailure)>,
     attempts: u32,
-    tried: u64,
+    /// The upstreams it went to.
+    tried: Tried,
     /// Body chunks not yet handed to the current upstream.
     held: VecDeque<(Bytes, bool)>,
     /// Every body chunk so far, kept while the body may be replayed (a body that came
@@ -953,6 +1052,10 @@ struct Exchange {
     extra_xff: Option<Bytes>,
     /// A trusted proxy's request with an `X-Forwarded-Proto`: it is kept.
     keep_xfp: bool,
+    /// A trusted proxy's request with an `X-Forwarded-Host`: it is kept.
+    keep_xfh: bool,
+    /// Its `X-Forwarded-Host` is not the connection's ([`Rare::own_xfh`]).
+    own_xfh: bool,
     /// The request has a `Host` field.
     has_host: bool,
     /// The request's `Connection` may name fields beyond the standard hop-by-hop ones.
@@ -993,9 +1096,14 @@ pub struct Down {
     tunnel: Option<Tunnel>,
     /// The client's address as text (for `X-Forwarded-For`), made at the first request.
     peer_ip: Option<Bytes>,
-    /// `x-forwarded-for: <client address>` (if known) and `x-forwarded-proto: http`, encoded
-    /// at the first request.
+    /// `x-forwarded-for: <client address>` (if known), `x-forwarded-proto: http` and
+    /// `x-forwarded-host: <fwd_host>` (if any), encoded at the first request.
     fwd: Option<FieldLines>,
+    /// The same without `x-forwarded-host`, for requests that want another (or none).
+    fwd_base: Option<FieldLines>,
+    /// The `Host` of the connection's first request, as in `fwd` (most clients send the
+    /// same on every request of a connection).
+    fwd_host: Option<Bytes>,
     /// The client is a trusted proxy (`trusted_proxies`; set with `fwd`).
     trusted: bool,
     /// A box for the next request's mail (the last response head's).
@@ -1017,12 +1125,13 @@ struct Tunnel {
 
 /// A new exchange for a request (counted; its trace context and `X-Forwarded-For` made),
 /// with the worker's state locked by the caller. `peer_ip`: the client's address as text;
-/// `trusted`: the client is a trusted proxy.
+/// `trusted`: the client is a trusted proxy; `fwd_host`: the `Host` in the connection's
+/// forwarded lines.
 #[inline(always)]
 fn exchange(
     sh: &HttpShared,
     ws: &mut WorkerState,
-    (peer_ip, trusted): (Option<&[u8]>, bool),
+    (peer_ip, trusted, fwd_host): (Option<&[u8]>, bool, Option<&[u8]>),
     head: ferry_http1::Request,
     now: Instant,
 ) -> Exchange {
@@ -1030,22 +1139,31 @@ fn exchange(
     let hs = head.headers();
     // One pass over the fields for everything the proxy looks at in a request.
     let (mut has_xff, mut has_host, mut keep_xfp) = (false, false, false);
+    let mut keep_xfh = false;
+    let mut host = None;
     // The parser saw every `Connection` token: false means none names a field.
     let conn_named = head.connection_names_others();
     let mut traceparent = None;
     for (n, v) in hs.iter_bytes() {
         match n.len() {
-            4 => has_host |= n.eq_ignore_ascii_case(b"host"),
+            4 if n.eq_ignore_ascii_case(b"host") => {
+                has_host = true;
+                host = Some(v);
+            }
             11 if traceparent.is_none() && is8(n, &TRACEPARENT) => traceparent = Some(v),
             15 => has_xff |= is8(n, &X_FORWARDED_FOR),
+            16 if trusted => keep_xfh |= is8(n, &X_FORWARDED_HOST),
             17 if trusted => keep_xfp |= is8(n, &X_FORWARDED_PROTO),
             _ => {}
         }
     }
-    if keep_xfp && conn_named {
+    if (keep_xfp || keep_xfh) && conn_named {
         // Named by `Connection`: hop-by-hop, as if not sent (ours goes instead).
-        keep_xfp = !xfp_named(hs);
+        keep_xfp &= !conn_names(hs, b"x-forwarded-proto");
+        keep_xfh &= !conn_names(hs, b"x-forwarded-host");
     }
+    // The connection's lines say another `X-Forwarded-Host` than this request wants.
+    let own_xfh = keep_xfh || !origin_form(&head) || host != fwd_host;
     let xff = if has_xff || keep_xfp {
         let ip = peer_ip.unwrap_or_default();
         let mut xff = BytesMut::new();
@@ -1085,7 +1203,7 @@ fn exchange(
         reusable: false,
         last_failure: None,
         attempts: 0,
-        tried: 0,
+        tried: Tried::default(),
         held: VecDeque::new(),
         replay: SmallVec::new(),
         replay_len: 0,
@@ -1098,6 +1216,8 @@ fn exchange(
         verdict: None,
         extra_xff: xff,
         keep_xfp,
+        keep_xfh,
+        own_xfh,
         has_host,
         conn_named,
         traceparent: tp,
@@ -1246,12 +1366,16 @@ impl Down {
     }
 
     fn start(&mut self, ctx: &mut WorkerCtx, head: ferry_http1::Request, now: Instant) {
-        self.init_fwd();
+        self.init_fwd(&head);
         // One lock for the exchange's trace id and the dispatch.
         let sh = self.shared.clone();
         let mut ws = sh.worker(ctx.index);
         // Built in place (an `Exchange` is big).
-        let peer = (self.peer_ip.as_deref(), self.trusted);
+        let peer = (
+            self.peer_ip.as_deref(),
+            self.trusted,
+            self.fwd_host.as_deref(),
+        );
         self.ex = Some(exchange(&sh, &mut ws, peer, head, now));
         self.dispatch_with(ctx, &sh, ws, now);
     }
@@ -1281,12 +1405,16 @@ impl Down {
         if !ok {
             return Some(head);
         }
-        self.init_fwd();
+        self.init_fwd(&head);
         let sh = &*self.shared;
         let mut f = exchange(
             sh,
             &mut sh.worker(ctx.index),
-            (self.peer_ip.as_deref(), self.trusted),
+            (
+                self.peer_ip.as_deref(),
+                self.trusted,
+                self.fwd_host.as_deref(),
+            ),
             head,
             now,
         );
@@ -1325,10 +1453,9 @@ impl Down {
             .rposition(|f| f.up.is_some())
             .map_or(0, |k| k + 1);
         for f in self.pipe.range_mut(first..) {
-            let bit = 1u64 << (i % 64);
             let retry = f.attempts > 0;
             if !f.req_done
-                || (retry && (f.attempts > sh.cfg.retries || f.tried & bit != 0))
+                || (retry && (f.attempts > sh.cfg.retries || f.tried.has(i)))
                 || !u.usable()
             {
                 break;
@@ -1350,7 +1477,7 @@ impl Down {
             f.permit = Some(permit);
             f.upstream = i;
             f.attempts += 1;
-            f.tried |= bit;
+            f.tried.add(i);
             f.dispatched = true;
             f.up = Some(up);
             let req = SendReq {
@@ -1358,13 +1485,16 @@ impl Down {
                 tag: self.tag,
                 head: f.head.clone(),
                 extra: Extra {
-                    fwd: Fwd::of(&f.extra_xff, &self.fwd),
+                    fwd: Fwd::of(
+                        &f.extra_xff,
+                        if f.own_xfh { &self.fwd_base } else { &self.fwd },
+                    ),
                     traceparent: f.traceparent,
                     conn_named: f.conn_named,
                     rare: Rare::of(
                         host_field(&f.head, f.has_host, &sh.cfg.upstreams[i]),
                         None,
-                        f.keep_xfp,
+                        (f.keep_xfp, f.keep_xfh, f.own_xfh),
                     ),
                 },
             };
@@ -1386,7 +1516,7 @@ impl Down {
             f.upstream = usize::MAX;
             if fresh {
                 f.attempts = f.attempts.saturating_sub(1);
-                f.tried &= !(1u64 << (i % 64));
+                f.tried.remove(i);
             } else {
                 f.last_failure = Some((i, why));
             }
@@ -1436,25 +1566,40 @@ impl Down {
     /// The client's address and this connection's `x-forwarded-for`/`x-forwarded-proto`
     /// lines, made at the first request (once per connection, not per request).
     #[inline]
-    fn init_fwd(&mut self) {
+    fn init_fwd(&mut self, head: &ferry_http1::Request) {
         if self.peer_ip.is_none() {
-            self.make_fwd();
+            self.make_fwd(head);
         }
     }
 
     #[cold]
-    fn make_fwd(&mut self) {
+    fn make_fwd(&mut self, head: &ferry_http1::Request) {
         let sh = &*self.shared;
         let peer = self.io.peer_addr().map(|p| p.ip());
         let trusted = &sh.cfg.trusted_proxies;
         self.trusted = !trusted.is_empty() && peer.is_some_and(|p| trusted.contains(p));
         let ip = peer.map(|p| Bytes::from(p.to_string())).unwrap_or_default();
-        let fwd = if ip.is_empty() {
-            FieldLines::new(&[("x-forwarded-proto", "http")])
-        } else {
-            FieldLines::new(&[("x-forwarded-for", &ip[..]), ("x-forwarded-proto", b"http")])
+        // The first request's `Host` (an origin-form target's: an absolute-form one names
+        // its own), if it makes a valid field.
+        let host = origin_form(head)
+            .then(|| head.headers().get_bytes("host"))
+            .flatten();
+        let (base, with_host) = {
+            let mut fields: SmallVec<[(&str, &[u8]); 3]> = SmallVec::new();
+            if !ip.is_empty() {
+                fields.push(("x-forwarded-for", &ip[..]));
+            }
+            fields.push(("x-forwarded-proto", b"http"));
+            let base = FieldLines::new(&fields).unwrap_or_else(|_| sh.xfp.clone());
+            let with_host = host.as_deref().and_then(|h| {
+                fields.push(("x-forwarded-host", h));
+                FieldLines::new(&fields).ok()
+            });
+            (base, with_host)
         };
-        self.fwd = Some(fwd.unwrap_or_else(|_| sh.xfp.clone()));
+        self.fwd_host = if with_host.is_some() { host } else { None };
+        self.fwd = Some(with_host.unwrap_or_else(|| base.clone()));
+        self.fwd_base = Some(base);
         self.peer_ip = Some(ip);
     }
 
@@ -1535,7 +1680,8 @@ impl Down {
         } else {
             &[][..]
         };
-        let mut tried = ex.tried;
+        // (Plus those out of half-open probes, skipped for this pick only.)
+        let mut tried = ex.tried.clone();
         let retry = ex.attempts > 0;
         // One lock for the pick and the checkout.
         let pick = {
@@ -1556,7 +1702,7 @@ impl Down {
                     let choice = balancer.pick(
                         key,
                         |i| {
-                            tried & (1u64 << (i % 64)) == 0
+                            !tried.has(i)
                                 && stats.upstreams[i].usable()
                                 && breakers[i].state(now) != BreakerState::Open
                         },
@@ -1570,7 +1716,7 @@ impl Down {
                             got = Ok((i, permit));
                             break;
                         }
-                        Err(_) => tried |= 1u64 << (i % 64), // out of half-open probes
+                        Err(_) => tried.add(i), // out of half-open probes
                     }
                 }
                 got
@@ -1604,7 +1750,7 @@ impl Down {
         }
         ex.upstream = i;
         ex.attempts += 1;
-        ex.tried |= 1u64 << (i % 64);
+        ex.tried.add(i);
         // The body so far goes again, from the replay copy (a first attempt usually holds
         // nothing: no second look then; one that went again as never sent or `fresh` has
         // its attempt count back at 0, not its body).
@@ -1692,10 +1838,17 @@ impl Down {
             tag: self.tag,
             head: ex.head.clone(),
             extra: Extra {
-                fwd: Fwd::of(&ex.extra_xff, &self.fwd),
+                fwd: Fwd::of(
+                    &ex.extra_xff,
+                    if ex.own_xfh {
+                        &self.fwd_base
+                    } else {
+                        &self.fwd
+                    },
+                ),
                 conn_named: ex.conn_named,
                 traceparent: ex.traceparent,
-                rare: Rare::of(host, upgrade, ex.keep_xfp),
+                rare: Rare::of(host, upgrade, (ex.keep_xfp, ex.keep_xfh, ex.own_xfh)),
             },
         };
         send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
@@ -1819,7 +1972,7 @@ impl Down {
         let fresh = fresh && before_response && !ex.resp_started;
         if fresh {
             ex.attempts = ex.attempts.saturating_sub(1);
-            ex.tried &= !(1u64 << (i % 64));
+            ex.tried.remove(i);
         } else {
             ex.last_failure = Some((i, why));
         }
@@ -2437,7 +2590,7 @@ impl Up {
                         tracing::debug!(
                             "upstream response with a transfer coding other than chunked"
                         );
-                        self.fail(ctx, UpFailure::Broken);
+                        self.fail(ctx, UpFailure::InvalidResponse);
                     }
                     CEvent::Response(r) => {
                         self.resp_started = true;
@@ -2498,11 +2651,7 @@ impl Up {
                         );
                     }
                     CEvent::Error { error, .. } => {
-                        let why = if matches!(error, ferry_http1::Error::HeaderTimeout) {
-                            UpFailure::Timeout
-                        } else {
-                            UpFailure::Broken
-                        };
+                        let why = error_failure(error, self.resp_started);
                         self.fail(ctx, why);
                     }
                     CEvent::Upgraded { .. } => {
@@ -2620,24 +2769,39 @@ impl Up {
             self.fail_with(ctx, UpFailure::Broken, unsent);
             return;
         }
-        // Fields in the order: host, x-forwarded-for, x-forwarded-proto, traceparent, via
-        // (the lines made once are copied as they are).
+        // Fields in the order: host, x-forwarded-for, x-forwarded-proto, x-forwarded-host,
+        // traceparent, via (the lines made once are copied as they are).
         let sh = &*self.shared;
         let traceparent = FieldPiece::Field("traceparent", &extra.traceparent[..]);
         let via = FieldPiece::Lines(&sh.via);
         let usual;
         let mut all: SmallVec<[FieldPiece<'_>; 8]> = SmallVec::new();
         let fields: &[FieldPiece<'_>] = match (&extra.fwd, extra.rare.as_deref()) {
-            // The usual request: the connection's lines, no rare field.
+            // The usual request: the connection's lines (`x-forwarded-host` included), no
+            // rare field.
             (Fwd::Lines(fwd), None) => {
                 usual = [FieldPiece::Lines(fwd), traceparent, via];
                 &usual
             }
             (fwd, rare) => {
-                let (host, upgrade, keep_xfp) = match rare {
-                    Some(r) => (r.host.as_ref(), r.upgrade.as_ref(), r.keep_xfp),
-                    None => (None, None, false),
+                let (host, upgrade, keep_xfp, keep_xfh, own_xfh) = match rare {
+                    Some(r) => (
+                        r.host.as_ref(),
+                        r.upgrade.as_ref(),
+                        r.keep_xfp,
+                        r.keep_xfh,
+                        r.own_xfh,
+                    ),
+                    None => (None, None, false, false, false),
                 };
+                // Our `x-forwarded-host`, unless the connection's lines carry it: the host
+                // the client asked for (its `Host`, or an absolute-form target's
+                // authority; none from an HTTP/1.0 client that sent no `Host`).
+                let xfh = (!keep_xfh && (own_xfh || matches!(fwd, Fwd::Xff(_))))
+                    .then(|| head.host())
+                    .flatten()
+                    .filter(|h| h.bytes().all(|c| c >= b' ' && c != 0x7f))
+                    .map(|h| FieldPiece::Field("x-forwarded-host", h.as_bytes()));
                 if let Some(h) = host {
                     all.push(FieldPiece::Field("host", h));
                 }
@@ -2651,6 +2815,9 @@ impl Up {
                             all.push(FieldPiece::Lines(&sh.xfp));
                         }
                     }
+                }
+                if let Some(xfh) = xfh {
+                    all.push(xfh);
                 }
                 all.push(traceparent);
                 all.push(via);
@@ -2675,9 +2842,12 @@ impl Up {
         };
         // A `host` of ours (absolute-form target, or none sent) replaces the client's.
         let own_host = extra.rare.as_ref().is_some_and(|r| r.host.is_some());
-        let keep_xfp = extra.rare.as_ref().is_some_and(|r| r.keep_xfp);
+        let (keep_xfp, keep_xfh) = extra
+            .rare
+            .as_ref()
+            .map_or((false, false), |r| (r.keep_xfp, r.keep_xfh));
         let keep = |n: &[u8]| {
-            forward_request_field(n, &named, keep_xfp)
+            forward_request_field(n, &named, keep_xfp, keep_xfh)
                 && !(own_host && n.eq_ignore_ascii_case(b"host"))
         };
         let sent = self
@@ -2847,6 +3017,8 @@ impl Downstream for Down {
             tunnel: None,
             peer_ip: None,
             fwd: None,
+            fwd_base: None,
+            fwd_host: None,
             trusted: false,
             spare: None,
         })
@@ -3256,6 +3428,7 @@ mod tests {
                 n.eq_ignore_ascii_case(b"traceparent")
                     || n.eq_ignore_ascii_case(b"x-forwarded-for")
                     || n.eq_ignore_ascii_case(b"x-forwarded-proto")
+                    || n.eq_ignore_ascii_case(b"x-forwarded-host")
             };
             for n in [
                 &b[..],
@@ -3265,15 +3438,22 @@ mod tests {
                 b"traceparenT!",
                 b"X-Forwarded-Proto",
                 b"x-forwarded-protO!",
+                b"X-Forwarded-Host",
+                b"x-forwarded-hosT!",
             ] {
                 prop_assert_eq!(
-                    forward_request_field(n, &[], false),
+                    forward_request_field(n, &[], false, false),
                     !(ours(n) || reference_hop_by_hop(n))
                 );
                 let xfp = n.eq_ignore_ascii_case(b"x-forwarded-proto");
+                let xfh = n.eq_ignore_ascii_case(b"x-forwarded-host");
                 prop_assert_eq!(
-                    forward_request_field(n, &[], true),
+                    forward_request_field(n, &[], true, false),
                     xfp || !(ours(n) || reference_hop_by_hop(n))
+                );
+                prop_assert_eq!(
+                    forward_request_field(n, &[], false, true),
+                    xfh || !(ours(n) || reference_hop_by_hop(n))
                 );
             }
         }

@@ -53,6 +53,10 @@
 //!   `-ERR ferry proxy: upstream connection lost`; clients reconnect on their next command.
 //!   A client whose dedicated connection broke is then disconnected (its state — `SELECT`,
 //!   `AUTH`, a transaction, subscriptions — is gone, as with Redis itself).
+//! - A restarted upstream answers `-LOADING` while it loads its data (the command did not
+//!   run): on a new shared connection that counts as a failure for its breaker, and the
+//!   command — or a fast-path chunk all of whose replies are `-LOADING` — goes once to
+//!   another upstream if there is one ([`RUp::loading`]); else the error is passed on.
 //! - `--response-timeout` holds on dedicated connections too; a blocking command gets its
 //!   own timeout on top (`BLPOP q 5`: 5 s more), and none while it may wait without end
 //!   (timeout 0). A client that hangs up while blocked has its EOF passed on to its
@@ -90,13 +94,11 @@ use smallvec::SmallVec;
 use crate::balance::{Balance, Balancer};
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyStats;
-use scan::{reply_len, reply_len_resume, scan, scan_command, Progress, Scan};
+use auth_gate::{Feed, BIG_COMMAND};
+use scan::{reply_len, reply_len_resume, scan, Progress, Scan};
 
 /// Most commands a client may have in flight before the proxy stops reading from it.
 const MAX_IN_FLIGHT: usize = 4096;
-/// An incomplete command this large (or an inline command without its end) sends its
-/// client to the slow path for good (the fast path only forwards complete commands).
-const BIG_COMMAND: usize = 128 * 1024;
 /// `held` entries and connect tags use this as "the dedicated connection".
 const DEDICATED: usize = usize::MAX;
 /// Deepest nesting of a reply measured on a shared connection (the scan keeps a stack of
@@ -337,6 +339,8 @@ struct Unit {
     permit: Option<Permit>,
     /// Commands in it.
     count: u32,
+    /// Sent once already, to an upstream that answered `-LOADING` ([`RUp::loading`]).
+    retried: bool,
     work: Work,
 }
 
@@ -381,6 +385,13 @@ enum RKind {
     Push(Value),
     /// Upstream → client: a command of the proxy's own (no reply wanted) was answered.
     Ack,
+    /// Upstream `from` → client: it answered `unit` with `-LOADING` (`reply`, its
+    /// replies as they came): send it elsewhere if possible ([`RUp::loading`]).
+    Retry {
+        from: usize,
+        unit: Unit,
+        reply: Bytes,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,8 +442,9 @@ pub struct RDown {
     /// `conn` was told about the EOF.
     eof_done: bool,
     errored: bool,
-    /// Slow path only, for good (input the fast scanner cannot delimit).
-    sticky: bool,
+    /// How input reaches `conn`; `feed.sticky`: slow path only, for good (input the fast
+    /// scanner cannot delimit).
+    feed: Feed,
     route: Route,
     /// Per upstream, the shared connection this client uses.
     ups: Vec<Att>,
@@ -537,6 +549,9 @@ pub struct RUp {
     done: bool,
     /// The proxy's own `AUTH` on this connection ([`auth`]).
     auth: auth::UpAuth,
+    /// Shared connections: the upstream answered nothing but `-LOADING` yet (it may be
+    /// loading its data after a restart: see [`RUp::loading`]).
+    fresh: bool,
 }
 
 #[derive(Debug)]
@@ -546,6 +561,8 @@ struct Entry {
     permit: Option<Permit>,
     count: u32,
     sent: Instant,
+    /// The work again, while the connection is [`RUp::fresh`] (to retry it elsewhere).
+    retry: Option<Box<Work>>,
 }
 
 #[derive(Debug)]
@@ -834,7 +851,7 @@ impl RDown {
     /// Whether plain commands may take the fast path now: nothing of the slow path pending
     /// and the shared connections in the client's protocol.
     fn fast_ok(&self) -> bool {
-        !self.sticky
+        !self.feed.sticky
             && !self.locked
             && !self.errored
             && !self.eof_done
@@ -957,7 +974,7 @@ impl RDown {
                 }
                 Scan::Incomplete => {
                     if b.len() - pos >= BIG_COMMAND {
-                        self.sticky = true;
+                        self.feed.sticky = true;
                         break Stop::Slow;
                     }
                     break Stop::Wait;
@@ -999,6 +1016,7 @@ impl RDown {
                 up: i,
                 permit,
                 count: n,
+                retried: false,
                 work: Work::Raw {
                     seq,
                     bytes: all.slice(a..z),
@@ -1010,7 +1028,8 @@ impl RDown {
         (true, stop)
     }
 
-    /// Hand the next command (or, in sticky mode, everything) to the client connection.
+    /// Hand the next command (or, in sticky mode, everything; see [`Feed`]) to the client
+    /// connection.
     fn slow(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
         if self.tx.only && self.tx_draining() {
             return false;
@@ -1021,20 +1040,14 @@ impl RDown {
                 return progressed;
             }
         }
-        if self.sticky {
-            if !self.io.input.is_empty() {
-                let rest = self.io.input.split();
-                if self.sin.is_empty() {
-                    self.sin = rest;
-                } else {
-                    self.sin.unsplit(rest);
-                }
-            }
-        } else if self.sin.is_empty() && !self.io.input.is_empty() {
-            if let Some(k) = self.first_command_len() {
-                self.sin = self.io.input.split_to(k);
-            }
-        }
+        let server = &self.shared.server;
+        self.feed.step(
+            &mut self.io.input,
+            &mut self.sin,
+            self.shared.cfg.redis_client_auth.is_some(),
+            server.proto_max_bulk_len,
+            server.max_inline_size,
+        );
         if !self.sin.is_empty()
             && !self.errored
             && self.conn.handle_input(now, &mut self.sin).is_err()
@@ -1051,26 +1064,6 @@ impl RDown {
             self.sin.clear();
         }
         progressed
-    }
-
-    /// Length of the complete command at the front of the input (`None`: incomplete).
-    /// Input the scanner cannot delimit makes the client sticky and is handed over whole.
-    fn first_command_len(&mut self) -> Option<usize> {
-        let b: &[u8] = &self.io.input;
-        let whole = b.len();
-        if b.first() == Some(&b'*') {
-            match scan_command(b, self.shared.server.proto_max_bulk_len) {
-                Scan::Complete { len, .. } => return Some(len),
-                Scan::Incomplete if whole < BIG_COMMAND => return None,
-                _ => {}
-            }
-        } else if let Some(p) = b.iter().position(|&c| c == b'\n') {
-            return Some(p + 1);
-        } else if whole <= self.shared.server.max_inline_size {
-            return None;
-        }
-        self.sticky = true;
-        Some(whole)
     }
 
     fn event(&mut self, ctx: &mut WorkerCtx, ev: SEvent, now: Instant) {
@@ -1129,7 +1122,9 @@ impl RDown {
                     }
                     return;
                 }
-                if cmd.is("client") && !dedicated {
+                if dedicated && cmd.is("client") {
+                    self.note_name(&cmd.args);
+                } else if cmd.is("client") {
                     let sub = cmd
                         .args
                         .get(1)
@@ -1203,6 +1198,7 @@ impl RDown {
                         up,
                         permit: Some(permit),
                         count: 1,
+                        retried: false,
                         work: Work::Cmd {
                             id: Some(cmd.id),
                             args: cmd.args,
@@ -1374,6 +1370,7 @@ impl RDown {
                 up,
                 permit: Some(permit),
                 count: 1,
+                retried: false,
                 work: Work::Part { id, args },
             });
         }
@@ -1607,14 +1604,23 @@ impl RDown {
                 return false;
             }
         }
+        self.release_dedicated(ctx);
+        self.want_dedicated(args[first].clone());
+        true
+    }
+
+    /// Give the dedicated connection back (its state goes with it, see `lost`): the client
+    /// is on the shared connections again, or about to move to another dedicated one.
+    #[cold]
+    fn release_dedicated(&mut self, ctx: &mut WorkerCtx) {
         if let Some(o) = self.ded.take() {
             post(ctx, o, RKind::Release);
         }
         self.route = Route::None;
+        self.tx = Tx::default();
+        self.ded_state = false;
         self.ded_answered = false;
         self.ups.iter_mut().for_each(|a| *a = Att::Idle);
-        self.want_dedicated(args[first].clone());
-        true
     }
 
     /// A transaction is over, its dedicated connection about to be given back
@@ -1644,29 +1650,30 @@ impl RDown {
         {
             return;
         }
-        if let (Route::Dedicated(_), Some(o)) = (self.route, self.ded) {
-            post(ctx, o, RKind::Release);
-            self.route = Route::None;
-            self.ded = None;
-            self.tx = Tx::default();
-            // The released connection's state goes with it (see `lost`).
-            self.ded_state = false;
-            self.ded_answered = false;
-            self.ups.iter_mut().for_each(|a| *a = Att::Idle);
+        if let (Route::Dedicated(_), Some(_)) = (self.route, self.ded) {
+            self.release_dedicated(ctx);
+        }
+    }
+
+    /// A `CLIENT` command for the dedicated connection: keep the name a valid
+    /// `CLIENT SETNAME` gives (as Redis takes it), to set it again on another connection.
+    #[cold]
+    fn note_name(&mut self, args: &[Bytes]) {
+        if let [_, sub, name] = args {
+            if sub.eq_ignore_ascii_case(b"setname")
+                && name.iter().all(|c| (b'!'..=b'~').contains(c))
+            {
+                self.name = (!name.is_empty()).then(|| name.clone());
+            }
         }
     }
 
     /// Move to a dedicated connection (to the upstream of `key`) once the shared ones
-    /// answered; the name the proxy kept for the client goes along.
+    /// answered; the name the proxy kept for the client goes along (and stays kept: a
+    /// dedicated connection may be given back, or left for another upstream's).
     fn want_dedicated(&mut self, key: Bytes) {
         self.want_dedicated = Some(key);
-        // (A transaction's connection is given back: the proxy keeps the name too.)
-        let name = if self.tx.only {
-            self.name.clone()
-        } else {
-            self.name.take()
-        };
-        if let Some(name) = name {
+        if let Some(name) = self.name.clone() {
             let mut args = Args::new();
             args.push(Bytes::from_static(b"CLIENT"));
             args.push(Bytes::from_static(b"SETNAME"));
@@ -1683,6 +1690,7 @@ impl RDown {
             up: DEDICATED,
             permit: None,
             count: 1,
+            retried: false,
             work: Work::Cmd { id, args },
         });
     }
@@ -1915,6 +1923,72 @@ impl RDown {
         self.fail_held(|u| u.up == up, &lost());
     }
 
+    /// Upstream `from` answered `unit` with `-LOADING` ([`RUp::loading`]): send it to
+    /// another upstream (by its first key under `--balance hash`), or deliver `reply`.
+    #[cold]
+    #[inline(never)]
+    fn retry(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        from: usize,
+        mut unit: Unit,
+        reply: Bytes,
+        now: Instant,
+    ) {
+        let sh = self.shared.clone();
+        if let Work::Cmd { id: Some(_), .. } = unit.work {
+            // (Counted again when sent again.)
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        let key = match &unit.work {
+            Work::Raw { bytes, .. } => match scan(bytes, u64::MAX, usize::MAX) {
+                Scan::Complete { name, key, .. } => {
+                    let (a, z) = key.unwrap_or(name);
+                    bytes.slice(a..z)
+                }
+                _ => Bytes::new(),
+            },
+            Work::Cmd { args, .. } | Work::Part { args, .. } => {
+                args.get(1).unwrap_or(&args[0]).clone()
+            }
+        };
+        let pick = {
+            let mut w = sh.worker(ctx.index);
+            let skip = 1u64 << (from % 64);
+            w.candidate(&key, &sh.stats, now, skip)
+                .filter(|&i| i != from)
+                .and_then(|i| Some((i, w.acquire(i, unit.count as usize, &sh.stats, now)?)))
+        };
+        match pick {
+            Some((up, permit)) if !self.errored => {
+                unit.up = up;
+                unit.permit = Some(permit);
+                self.held.push_front(unit);
+                self.flush(ctx, now);
+            }
+            _ => {
+                report_units(ctx, &sh, [&unit], Outcome::Ignored, now);
+                match unit.work {
+                    Work::Raw { seq, .. } => {
+                        self.raw_deliver(seq, reply, unit.count);
+                        if self.raw_left == 0 {
+                            self.flush(ctx, now);
+                        }
+                    }
+                    Work::Cmd { id: Some(id), .. } => {
+                        self.in_flight += 1;
+                        let v = match parse_buf(&mut BytesMut::from(&reply[..]), &sh.limits) {
+                            Ok(Some(v)) => v,
+                            _ => lost(),
+                        };
+                        self.apply(ctx, RKind::Reply(id, v), now);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// `n` replies of fast-path chunk `seq`: written now if every earlier chunk is done,
     /// else parked until it is.
     fn raw_deliver(&mut self, seq: u64, bytes: Bytes, n: u32) {
@@ -2019,6 +2093,7 @@ impl RDown {
                 }
             }
             RKind::Lost { up, conn } => self.lost(ctx, up, conn, now),
+            RKind::Retry { from, unit, reply } => self.retry(ctx, from, unit, reply, now),
             RKind::Send { .. } | RKind::Release | RKind::HangUp => {}
         }
         if draining && !self.tx_draining() {
@@ -2194,6 +2269,11 @@ impl RUp {
             .requests
             .fetch_add(u64::from(unit.count), Relaxed);
         if self.slot.is_some() {
+            let retry = if self.fresh {
+                keep_for_retry(&unit)
+            } else {
+                None
+            };
             let what = match unit.work {
                 Work::Raw { seq, bytes } => {
                     self.io.out.push(bytes);
@@ -2217,6 +2297,7 @@ impl RUp {
                 permit: unit.permit,
                 count: unit.count,
                 sent: now,
+                retry,
             });
             return;
         }
@@ -2311,6 +2392,13 @@ impl RUp {
                 // An out-of-band push on a shared connection belongs to nobody.
                 let _ = self.io.input.split_to(len);
                 continue;
+            }
+            if self.fresh {
+                match self.loading(ctx, len, now) {
+                    Loading::No => {}
+                    Loading::Wait => break,
+                    Loading::Retried => continue,
+                }
             }
             let Some(front) = self.entries.front_mut() else {
                 broken = true; // a reply nobody asked for
@@ -2408,6 +2496,86 @@ impl RUp {
         }
     }
 
+    /// A reply (of `len` bytes, at the front of the input) on a [`fresh`](RUp::fresh)
+    /// shared connection. Redis answers `-LOADING …` to almost everything while it loads
+    /// its data after a restart, without running the command: the upstream is not ready.
+    /// Like a connect failure this counts against its breaker, and the work goes back to
+    /// its client to be sent to another upstream ([`RDown::retry`]) — once, and only work
+    /// of which nothing was delivered: a single command, or a fast-path chunk all of whose
+    /// replies are `-LOADING` (else they are passed on as they are). The first other reply
+    /// ends the check for the connection.
+    #[cold]
+    #[inline(never)]
+    fn loading(&mut self, ctx: &WorkerCtx, len: usize, now: Instant) -> Loading {
+        const LOADING: &[u8] = b"-LOADING ";
+        let Some(front) = self.entries.front() else {
+            return Loading::No;
+        };
+        if matches!(front.what, What::Hello) {
+            // Our `HELLO 3` (which Redis answers while loading too) says nothing.
+            return Loading::No;
+        }
+        if !self.io.input[..len].starts_with(LOADING) {
+            self.fresh = false;
+            return Loading::No;
+        }
+        if front.retry.is_none() {
+            return Loading::No;
+        }
+        let sh = self.shared.clone();
+        let total = match front.what {
+            What::Raw { left, .. } => {
+                let (mut total, mut k) = (len, 1);
+                while k < left {
+                    match reply_len(&self.io.input[total..], &sh.measure) {
+                        Ok(Some(l)) if self.io.input[total..total + l].starts_with(LOADING) => {
+                            total += l;
+                            k += 1;
+                        }
+                        Ok(None) => return Loading::Wait,
+                        _ => return Loading::No,
+                    }
+                }
+                total
+            }
+            What::One(Some(_)) => len,
+            _ => return Loading::No,
+        };
+        let reply = self.io.input.split_to(total).freeze();
+        let e = self.entries.pop_front().expect("front");
+        sh.stats.upstreams[self.idx].failures.fetch_add(1, Relaxed);
+        if let Some(p) = e.permit {
+            let mut w = sh.worker(ctx.index);
+            w.report(
+                self.idx,
+                p,
+                e.count as usize,
+                Outcome::Failure,
+                now,
+                &sh.stats,
+            );
+        }
+        if let Some(work) = e.retry {
+            let unit = Unit {
+                up: self.idx,
+                permit: None,
+                count: e.count,
+                retried: true,
+                work: *work,
+            };
+            post(
+                ctx,
+                e.owner,
+                RKind::Retry {
+                    from: self.idx,
+                    unit,
+                    reply,
+                },
+            );
+        }
+        Loading::Retried
+    }
+
     fn reply_deadline(&self) -> Option<Instant> {
         if let Some(d) = self.auth.deadline(self.shared.cfg.response_timeout) {
             return Some(d);
@@ -2454,6 +2622,38 @@ fn reencode(frames: &Bytes, to: Protocol) -> Bytes {
         }
     }
     out.freeze()
+}
+
+/// What [`RUp::loading`] made of a reply.
+enum Loading {
+    /// Not a `-LOADING` to retry: handle it as usual.
+    No,
+    /// Wait for more of the chunk's replies.
+    Wait,
+    /// Taken off the input and sent back to be retried.
+    Retried,
+}
+
+/// The work of `unit` again, to retry it if the fresh connection it goes to answers
+/// `-LOADING` ([`RUp::loading`]): a fast-path chunk or a command with a reply wanted, not
+/// yet retried (parts of split commands are merged by upstream: not moved).
+#[cold]
+#[inline(never)]
+fn keep_for_retry(unit: &Unit) -> Option<Box<Work>> {
+    if unit.retried {
+        return None;
+    }
+    match &unit.work {
+        Work::Raw { seq, bytes } => Some(Box::new(Work::Raw {
+            seq: *seq,
+            bytes: bytes.clone(),
+        })),
+        Work::Cmd { id: Some(id), args } => Some(Box::new(Work::Cmd {
+            id: Some(*id),
+            args: args.clone(),
+        })),
+        _ => None,
+    }
 }
 
 fn post(ctx: &WorkerCtx, to: Owner, kind: RKind) {
@@ -2560,7 +2760,7 @@ impl Downstream for RDown {
             sin: BytesMut::new(),
             eof_done: false,
             errored: false,
-            sticky: false,
+            feed: Feed::default(),
             route: Route::None,
             ups: vec![Att::Idle; shared.cfg.upstreams.len()],
             ded: None,
@@ -2750,6 +2950,7 @@ impl Upstream for RUp {
                     permit: None,
                     count: 0,
                     sent: now,
+                    retry: None,
                 });
             } else if conn.hello(now, Some(Protocol::Resp3), None, None).is_ok() {
                 queue.push_back((NOBODY, None, now, Some(Duration::ZERO)));
@@ -2776,6 +2977,7 @@ impl Upstream for RUp {
             done: false,
             hung_up: false,
             auth,
+            fresh: slot_of.is_some(),
         })
     }
 

@@ -20,7 +20,9 @@
 //!   a multibulk of more than 10 arguments or a bulk longer than 16 KiB is a protocol error
 //!   that closes the connection. `AUTH password` means user `default` (as in Redis), so with
 //!   a configured client user the two-argument form is needed. A failed `AUTH` of an
-//!   authenticated client leaves it authenticated; `RESET` un-authenticates it.
+//!   authenticated client leaves it authenticated; `RESET` un-authenticates it (the
+//!   commands behind it meet the gate again, also for a client whose input the scanner
+//!   could not delimit: see `auth_gate::Feed`).
 //!
 //! Passwords are compared in constant time (for a given length) and are never logged,
 //! printed by `Debug`, or sent back in an error.
@@ -33,13 +35,13 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use ferry_driver::WorkerCtx;
 use ferry_proto::Instant;
 use ferry_resp::{encode_command, Command, Value};
 
 pub use super::auth_gate::{ct_eq, Credentials, NOAUTH, NOAUTH_HELLO, WRONGPASS};
-use super::auth_gate::{gate, verdict, Gate, Verdict};
+use super::auth_gate::{gate_step, verdict, Gate, Step, Verdict};
 use super::{
     add, lost, parse_buf, post, report_units, Args, Outcome, Owner, RDown, RKind, RUp, Route, Unit,
     Work,
@@ -246,35 +248,24 @@ impl RDown {
     /// more input); `None`: go on as usual.
     #[cold]
     pub(super) fn gate_unauthenticated(&mut self) -> Option<bool> {
-        if !self.sin.is_empty() || self.io.input.is_empty() {
-            return None;
-        }
-        let g = gate(&self.io.input);
-        match g {
-            Gate::Pass => return None,
-            Gate::Wait => return Some(false),
-            Gate::Skip(len) => {
-                self.io.input.advance(len);
-                return Some(true);
-            }
-            _ => {}
-        }
-        if self.conn.in_flight() > 0 {
-            // Everything before authentication is answered at once; keep order regardless.
-            return Some(false);
-        }
-        self.collect();
-        add(&self.shared.stats.requests, 1);
-        match g {
-            Gate::Refuse(len) => {
-                self.io.input.advance(len);
+        match gate_step(&mut self.io.input, &self.sin, self.conn.in_flight()) {
+            Step::Go => None,
+            Step::Wait => Some(false),
+            Step::Skipped => Some(true),
+            Step::Refused => {
+                // Everything before authentication is answered at once; order holds.
+                self.collect();
+                add(&self.shared.stats.requests, 1);
                 let mut line = BytesMut::with_capacity(NOAUTH.len() + 3);
                 line.extend_from_slice(b"-");
                 line.extend_from_slice(NOAUTH.as_bytes());
                 line.extend_from_slice(b"\r\n");
                 self.io.out.push(line.freeze());
+                Some(true)
             }
-            _ => {
+            Step::Fatal(g) => {
+                self.collect();
+                add(&self.shared.stats.requests, 1);
                 let what = if g == Gate::TooManyArgs {
                     "multibulk"
                 } else {
@@ -286,9 +277,9 @@ impl RDown {
                 self.io.input.clear();
                 self.errored = true;
                 self.conn.close();
+                Some(true)
             }
         }
-        Some(true)
     }
 
     /// Client authentication at the proxy (when configured): answers `AUTH`, checks
@@ -318,11 +309,10 @@ impl RDown {
                         let mut a = Args::new();
                         a.push(Bytes::from_static(b"CLIENT"));
                         a.push(Bytes::from_static(b"SETNAME"));
-                        a.push(name);
+                        a.push(name.clone());
                         self.hold_dedicated(None, a);
-                    } else {
-                        self.name = Some(name);
                     }
+                    self.name = Some(name);
                 }
                 // What is left is `HELLO [protover]`, which the proxy answers.
                 cmd.args.truncate(if protover { 2 } else { 1 });
@@ -390,6 +380,7 @@ pub(crate) fn health_probe(
 
 #[cfg(test)]
 mod tests {
+    use super::super::auth_gate::gate;
     use super::*;
 
     #[test]
@@ -511,6 +502,63 @@ mod tests {
         assert_eq!(gate(b"*1\r\n:1\r\n"), Gate::Pass);
         assert_eq!(gate(b"*0\r\n"), Gate::Skip(4));
         assert_eq!(gate(b"*-1\r\n*1\r\n$9\r\nsubscribe\r\n"), Gate::Skip(5));
+    }
+
+    /// Sticky with client authentication: one command at a time, resumably, as the
+    /// connection's reader delimits them (fuzz/regressions/redis_proxy_auth/
+    /// sticky-reset-then-ssubscribe: everything at once let pub/sub behind a RESET run).
+    #[test]
+    fn sticky_feed_is_careful() {
+        use super::super::auth_gate::{Delim, Feed, Piece};
+        let mut f = Feed::default();
+        let (mut input, mut sin) = (BytesMut::new(), BytesMut::new());
+        input.extend_from_slice(b"*-1\r\nRESET\r\n*2\r\n$9\r\nsubscribe\r\n$1\r\nx\r\n");
+        f.step(&mut input, &mut sin, true, 1 << 20, 1024);
+        assert!(f.sticky);
+        assert_eq!(&sin[..], b"*-1\r\n");
+        f.step(&mut input, &mut sin, true, 1 << 20, 1024);
+        assert_eq!(
+            &sin[..],
+            b"*-1\r\n",
+            "nothing more while the connection holds one"
+        );
+        sin.clear();
+        f.step(&mut input, &mut sin, true, 1 << 20, 1024);
+        assert_eq!(&sin[..], b"RESET\r\n");
+        sin.clear();
+        f.step(&mut input, &mut sin, true, 1 << 20, 1024);
+        assert_eq!(&sin[..], b"*2\r\n$9\r\nsubscribe\r\n$1\r\nx\r\n");
+        // Without client authentication: everything.
+        let mut f = Feed::default();
+        let mut input = BytesMut::from(&b"*0\r\nRESET\r\nPING\r\n"[..]);
+        let mut sin = BytesMut::new();
+        f.step(&mut input, &mut sin, false, 1 << 20, 1024);
+        assert_eq!(
+            (&sin[..], input.len()),
+            (&b"*0\r\nRESET\r\nPING\r\n"[..], 0)
+        );
+
+        // Resumable: a command in pieces, header lines whole.
+        let mut d = Delim::default();
+        assert_eq!(d.next(b"*2\r\n$3\r", 64), Piece::Part(4));
+        assert!(d.mid());
+        assert_eq!(d.next(b"$3\r\nSE", 64), Piece::Part(6));
+        assert_eq!(d.next(b"T\r\n$02\r\nk", 64), Piece::Part(9));
+        assert_eq!(
+            d.next(b"k\r\nPING\r\n", 64),
+            Piece::Whole(3),
+            "lenient `$02`"
+        );
+        assert_eq!(d.next(b"PING\r\n", 64), Piece::Whole(6));
+        assert_eq!(d.next(b"PING", 64), Piece::Wait);
+        assert_eq!(
+            d.next(b"*1\r\n:1\r\n", 64),
+            Piece::Rest,
+            "the reader fails there"
+        );
+        assert_eq!(d.next(b"PING\r\n", 64), Piece::Rest, "for good");
+        let mut d = Delim::default();
+        assert_eq!(d.next(&[b'x'; 65], 64), Piece::Rest);
     }
 
     /// fuzz/regressions/redis_proxy_auth/empty-multibulk-then-psubscribe: an empty multibulk

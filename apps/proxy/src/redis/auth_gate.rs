@@ -1,11 +1,19 @@
 //! The socket-free part of client authentication in the Redis proxy (see
 //! [`auth`](super::auth)): credentials and their constant-time comparison, the byte-level
 //! gate in front of a client that has not authenticated, and the verdict on each of its
-//! commands. It uses only `std`, `bytes` and `ferry_resp`, so the `redis_proxy_auth` fuzz
-//! target includes it by path.
+//! commands; and [`Feed`], how a client's input is handed to its `ServerConnection` on the
+//! slow path. It uses only `std`, `bytes`, `ferry_resp` and the scanner (`scan.rs`), so the
+//! `redis_proxy_auth` fuzz target includes it (and `scan.rs`) by path and runs the proxy's
+//! own code.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use ferry_resp::{Command, Value};
+
+use super::scan::{scan_command, Scan};
+
+/// An incomplete command this large (or an inline command without its end) sends its
+/// client to the slow path for good (the fast path only forwards complete commands).
+pub(super) const BIG_COMMAND: usize = 128 * 1024;
 
 /// Redis's reply to a command of a client that has not authenticated.
 pub const NOAUTH: &str = "NOAUTH Authentication required.";
@@ -192,6 +200,45 @@ pub(super) fn gate(b: &[u8]) -> Gate {
     }
 }
 
+/// What [`gate_step`] did with the front of a locked client's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Nothing: go on as usual (the command meets `verdict` past the connection).
+    Go,
+    /// Wait for more input, or for the replies owed first.
+    Wait,
+    /// An empty multibulk was consumed (no reply).
+    Skipped,
+    /// A pub/sub command was consumed: answer `-NOAUTH` (after the replies owed).
+    Refused,
+    /// Over Redis's limits for unauthenticated clients ([`Gate::TooManyArgs`] or
+    /// [`Gate::TooLongBulk`]): a protocol error, then close.
+    Fatal(Gate),
+}
+
+/// The gate in front of a locked client's connection: looks at the front of `input`
+/// when the connection holds nothing unread (`sin` empty); `in_flight`: commands of the
+/// client not answered yet (a refusal waits for them, to keep order).
+pub(super) fn gate_step(input: &mut BytesMut, sin: &BytesMut, in_flight: usize) -> Step {
+    if !sin.is_empty() || input.is_empty() {
+        return Step::Go;
+    }
+    match gate(input) {
+        Gate::Pass => Step::Go,
+        Gate::Wait => Step::Wait,
+        Gate::Skip(len) => {
+            input.advance(len);
+            Step::Skipped
+        }
+        _ if in_flight > 0 => Step::Wait,
+        Gate::Refuse(len) => {
+            input.advance(len);
+            Step::Refused
+        }
+        g => Step::Fatal(g),
+    }
+}
+
 /// What client authentication does with one command (see [`verdict`]).
 #[derive(Debug)]
 pub(super) enum Verdict {
@@ -260,4 +307,223 @@ pub(super) fn verdict(creds: &Credentials, locked: &mut bool, cmd: &Command) -> 
         return Verdict::Reply(Value::error(NOAUTH));
     }
     Verdict::Pass
+}
+
+/// How a client's input reaches its `ServerConnection` on the slow path: one complete
+/// command at a time while the scanner delimits it; once it could not ("sticky": an
+/// incomplete command of [`BIG_COMMAND`] bytes or more, an empty multibulk, an odd
+/// header), everything as it comes — or, with client authentication (`careful`), still
+/// one command at a time ([`Delim`]), so that the command after a `RESET` (which locks the
+/// client again) meets the [`gate`] instead of being run by the connection at once
+/// (fuzz/regressions/redis_proxy_auth/sticky-reset-then-ssubscribe).
+#[derive(Debug, Default)]
+pub(super) struct Feed {
+    /// Slow path only, for good.
+    pub(super) sticky: bool,
+    delim: Delim,
+}
+
+impl Feed {
+    /// Move what the connection may read next from `input` to `sin` (`sin`: what it was
+    /// handed and has not read yet).
+    pub(super) fn step(
+        &mut self,
+        input: &mut BytesMut,
+        sin: &mut BytesMut,
+        careful: bool,
+        max_bulk: u64,
+        max_inline: usize,
+    ) {
+        if input.is_empty() {
+            return;
+        }
+        if !self.sticky {
+            if !sin.is_empty() {
+                return;
+            }
+            match first_command_len(input, max_bulk, max_inline) {
+                Some(Some(k)) => {
+                    *sin = input.split_to(k);
+                    return;
+                }
+                Some(None) => self.sticky = true,
+                None => return,
+            }
+        }
+        if careful {
+            return self.careful(input, sin, max_inline);
+        }
+        let rest = input.split();
+        if sin.is_empty() {
+            *sin = rest;
+        } else {
+            sin.unsplit(rest);
+        }
+    }
+
+    /// Sticky with client authentication: the next piece of the current command only
+    /// (and nothing while the connection still holds a complete one unread).
+    #[cold]
+    fn careful(&mut self, input: &mut BytesMut, sin: &mut BytesMut, max_inline: usize) {
+        if !sin.is_empty() && !self.delim.mid() {
+            return;
+        }
+        let piece = match self.delim.next(input, max_inline) {
+            Piece::Wait => return,
+            Piece::Part(n) | Piece::Whole(n) => input.split_to(n),
+            Piece::Rest => input.split(),
+        };
+        if sin.is_empty() {
+            *sin = piece;
+        } else {
+            sin.unsplit(piece);
+        }
+    }
+}
+
+/// Length of the complete command at the front of `b`: `None`: incomplete;
+/// `Some(None)`: the scanner cannot delimit it (the client goes sticky).
+fn first_command_len(b: &[u8], max_bulk: u64, max_inline: usize) -> Option<Option<usize>> {
+    if b.first() == Some(&b'*') {
+        match scan_command(b, max_bulk) {
+            Scan::Complete { len, .. } => return Some(Some(len)),
+            Scan::Incomplete if b.len() < BIG_COMMAND => return None,
+            _ => {}
+        }
+    } else if let Some(p) = b.iter().position(|&c| c == b'\n') {
+        return Some(Some(p + 1));
+    } else if b.len() <= max_inline {
+        return None;
+    }
+    Some(None)
+}
+
+/// A piece of a sticky client's input ([`Delim::next`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Piece {
+    /// Nothing to hand over yet.
+    Wait,
+    /// These first bytes belong to the current command, which goes on after them.
+    Part(usize),
+    /// The current command ends after these first bytes.
+    Whole(usize),
+    /// Everything: the connection fails on this input (see [`Delim`]).
+    Rest,
+}
+
+/// Where the command being read ends, the way `ferry_resp`'s command reader reads
+/// (resumable: the state covers the bytes already handed over). It is at least as lenient
+/// as the reader (any decimal header parses), so a boundary it reports is the reader's, or
+/// the reader fails there; it gives up ([`Piece::Rest`], for good) only on input the reader
+/// refuses (a bulk header not starting with `$`, a header that is no number, a header line
+/// longer than the inline limit).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delim {
+    /// At a command boundary.
+    #[default]
+    Start,
+    /// Before the header of one of these many remaining arguments.
+    Args(u64),
+    /// In an argument's payload: (arguments left after it, bytes left of it with its `\r\n`).
+    Bulk(u64, u64),
+    /// Gave up.
+    Lost,
+}
+
+/// A header's number, leniently (sign, leading zeros).
+fn lenient_int(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+impl Delim {
+    /// Inside a command (some of it was handed over).
+    pub(super) fn mid(&self) -> bool {
+        matches!(self, Delim::Args(_) | Delim::Bulk(..))
+    }
+
+    /// The next piece of `b` (the input after what was handed over).
+    pub(super) fn next(&mut self, b: &[u8], max_inline: usize) -> Piece {
+        let mut pos = 0;
+        let some = |pos: usize| {
+            if pos > 0 {
+                Piece::Part(pos)
+            } else {
+                Piece::Wait
+            }
+        };
+        loop {
+            match *self {
+                Delim::Lost => return Piece::Rest,
+                Delim::Start => {
+                    let Some(&first) = b.first() else {
+                        return Piece::Wait;
+                    };
+                    if first != b'*' {
+                        return match b.iter().position(|&c| c == b'\n') {
+                            Some(p) => Piece::Whole(p + 1),
+                            None if b.len() > max_inline => self.lose(),
+                            None => Piece::Wait,
+                        };
+                    }
+                    let Some(cr) = b.iter().position(|&c| c == b'\r') else {
+                        return if b.len() > max_inline {
+                            self.lose()
+                        } else {
+                            Piece::Wait
+                        };
+                    };
+                    if cr + 2 > b.len() {
+                        return Piece::Wait;
+                    }
+                    let Some(n) = lenient_int(&b[1..cr]) else {
+                        return self.lose();
+                    };
+                    if n <= 0 {
+                        return Piece::Whole(cr + 2);
+                    }
+                    *self = Delim::Args(n as u64);
+                    pos = cr + 2;
+                }
+                Delim::Args(left) => {
+                    let rest = &b[pos..];
+                    let Some(cr) = rest.iter().position(|&c| c == b'\r') else {
+                        return if rest.len() > max_inline {
+                            self.lose()
+                        } else {
+                            some(pos)
+                        };
+                    };
+                    if cr + 2 > rest.len() {
+                        return some(pos);
+                    }
+                    if rest[0] != b'$' {
+                        return self.lose();
+                    }
+                    let Some(len) = lenient_int(&rest[1..cr]).filter(|&n| n >= 0) else {
+                        return self.lose();
+                    };
+                    *self = Delim::Bulk(left - 1, (len as u64).saturating_add(2));
+                    pos += cr + 2;
+                }
+                Delim::Bulk(after, need) => {
+                    let have = (b.len() - pos) as u64;
+                    if have < need {
+                        *self = Delim::Bulk(after, need - have);
+                        return some(b.len());
+                    }
+                    pos += need as usize;
+                    if after == 0 {
+                        *self = Delim::Start;
+                        return Piece::Whole(pos);
+                    }
+                    *self = Delim::Args(after);
+                }
+            }
+        }
+    }
+
+    fn lose(&mut self) -> Piece {
+        *self = Delim::Lost;
+        Piece::Rest
+    }
 }

@@ -103,7 +103,7 @@ fn header_slow(b: &[u8], t: u8) -> Result<Option<(u64, usize)>, ()> {
 }
 
 /// The command at the start of `b`, multibulk or inline.
-#[inline]
+#[inline(always)]
 pub fn scan(b: &[u8], max_bulk: u64, max_inline: usize) -> Scan {
     match b.first() {
         None => Scan::Incomplete,
