@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, python, run, tmp_dir, PyServer, Server, BIN};
+use common::{free_port, parse_metrics, python, run, tmp_dir, PyServer, Server, BIN};
 
 /// A loopback upstream. Every answer names the port it came from (`port=P path`), so tests
 /// see which upstream served. Per request:
@@ -646,44 +646,6 @@ fn drain_deadline_and_second_signal(driver: &str) {
 // ---------------------------------------------------------------------------------------
 // Admin listener
 // ---------------------------------------------------------------------------------------
-
-/// Parse `/metrics` with `prometheus_client`'s parser: every family has HELP and TYPE,
-/// names and values as the parser reads them (one `name{labels} value` per line, sorted).
-fn parse_metrics(text: &str) -> Vec<String> {
-    let script = "import sys\n\
-        from prometheus_client.parser import text_string_to_metric_families as f\n\
-        out = []\n\
-        for fam in f(sys.stdin.read()):\n\
-        \x20   assert fam.documentation, 'no HELP for ' + fam.name\n\
-        \x20   assert fam.type in ('counter', 'gauge'), fam.type\n\
-        \x20   for s in fam.samples:\n\
-        \x20       labels = ','.join('%s=%s' % kv for kv in sorted(s.labels.items()))\n\
-        \x20       out.append('%s %s{%s} %r' % (fam.type, s.name, labels, s.value))\n\
-        print('\\n'.join(sorted(out)))\n";
-    let mut child = Command::new(python())
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client rejects /metrics: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 fn sample(parsed: &[String], name_labels: &str) -> f64 {
     parsed

@@ -15,7 +15,7 @@
 //! Nothing here asserts timing; every loop is bounded in count and time; loopback only.
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -23,7 +23,7 @@ use common::postgres::{
     error_fields, opts, psql, psql_ok, py, py_ok, setup, show, PoolOpts, Pooler, Postgres, Raw,
     APP_PW, MD5_PW, TIMED_OUT,
 };
-use common::{free_port, python};
+use common::{free_port, parse_metrics};
 
 const CLIENT_PW: &str = "client-secret";
 
@@ -530,7 +530,12 @@ fn garbage_startup_packet() {
 /// A client that vanishes (process exit) in the middle of something, then the next client
 /// on the same single server connection: it sees no open transaction, no leftover of the
 /// dead client's work, and its own results.
-fn vanish_case(pg: &Postgres, p: &Pooler, script: &str) {
+fn vanish_case(script: &str) {
+    let Some((pg, p)) = setup(opts(1)) else {
+        return;
+    };
+    pg.sql("CREATE TABLE dirty_t (x int)");
+    let (pg, p) = (&pg, &p);
     let out = py(60, p.port(), pg.port, script);
     // The script ends with os._exit(0) at the point where it vanishes.
     assert!(out.status.success(), "{}", show(&out));
@@ -594,13 +599,7 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 /// Vanishing with a transaction open (after an INSERT): rolled back, not handed on.
 #[test]
 fn vanish_mid_transaction() {
-    let Some((pg, p)) = setup(opts(1)) else {
-        return;
-    };
-    pg.sql("CREATE TABLE dirty_t (x int)");
     vanish_case(
-        &pg,
-        &p,
         r#"
 a = connect(PROXY)
 a.execute('BEGIN')
@@ -613,13 +612,7 @@ os._exit(0)
 /// Vanishing while a query runs: the next client gets its own result, not the stale one.
 #[test]
 fn vanish_mid_query() {
-    let Some((pg, p)) = setup(opts(1)) else {
-        return;
-    };
-    pg.sql("CREATE TABLE dirty_t (x int)");
     vanish_case(
-        &pg,
-        &p,
         r#"
 a = connect(PROXY)
 a.execute('BEGIN')
@@ -634,13 +627,7 @@ os._exit(3)
 /// Vanishing in the middle of COPY FROM STDIN: the COPY is abandoned, nothing lands.
 #[test]
 fn vanish_mid_copy() {
-    let Some((pg, p)) = setup(opts(1)) else {
-        return;
-    };
-    pg.sql("CREATE TABLE dirty_t (x int)");
     vanish_case(
-        &pg,
-        &p,
         r#"
 a = connect(PROXY)
 cur = a.cursor()
@@ -657,13 +644,7 @@ os._exit(0)
 /// Closing (Terminate) with a transaction open: rolled back, not handed on.
 #[test]
 fn close_mid_transaction() {
-    let Some((pg, p)) = setup(opts(1)) else {
-        return;
-    };
-    pg.sql("CREATE TABLE dirty_t (x int)");
     vanish_case(
-        &pg,
-        &p,
         r#"
 a = connect(PROXY)
 a.execute('BEGIN')
@@ -676,42 +657,6 @@ a.close()
 // ---------------------------------------------------------------------------------------
 // Admin and lifecycle (ferry only)
 // ---------------------------------------------------------------------------------------
-
-/// Parse Prometheus text with prometheus_client: `type name{labels} value` per sample.
-fn parse_metrics(text: &str) -> Vec<String> {
-    let script = "import sys\n\
-        from prometheus_client.parser import text_string_to_metric_families as f\n\
-        out = []\n\
-        for fam in f(sys.stdin.read()):\n\
-        \x20   assert fam.documentation, 'no HELP for ' + fam.name\n\
-        \x20   for s in fam.samples:\n\
-        \x20       labels = ','.join('%s=%s' % kv for kv in sorted(s.labels.items()))\n\
-        \x20       out.append('%s %s{%s} %r' % (fam.type, s.name, labels, s.value))\n\
-        print('\\n'.join(sorted(out)))\n";
-    let mut child = Command::new(python())
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client rejects /metrics: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 /// `/metrics` parses with prometheus_client and, after 20 one-query psql sessions, counts
 /// at least 20 requests and some connections for the PostgreSQL upstream.

@@ -298,6 +298,45 @@ pub fn admin_metrics(admin: SocketAddr) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `/metrics` text parsed with `prometheus_client`'s parser: every family must have HELP and a
+/// counter or gauge TYPE; one `type name{labels} value` line per sample, sorted.
+pub fn parse_metrics(text: &str) -> Vec<String> {
+    use std::io::Write;
+    let script = "import sys\n\
+        from prometheus_client.parser import text_string_to_metric_families as f\n\
+        out = []\n\
+        for fam in f(sys.stdin.read()):\n\
+        \x20   assert fam.documentation, 'no HELP for ' + fam.name\n\
+        \x20   assert fam.type in ('counter', 'gauge'), fam.type\n\
+        \x20   for s in fam.samples:\n\
+        \x20       labels = ','.join('%s=%s' % kv for kv in sorted(s.labels.items()))\n\
+        \x20       out.append('%s %s{%s} %r' % (fam.type, s.name, labels, s.value))\n\
+        print('\\n'.join(sorted(out)))\n";
+    let mut child = Command::new(python())
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejects /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// A Python server started with `python -c SCRIPT ARGS…` that prints its port on its first
 /// line of stdout; killed on drop.
 pub struct PyServer {
