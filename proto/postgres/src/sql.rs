@@ -137,6 +137,22 @@ pub enum SessionEffect {
 }
 
 impl SessionEffect {
+    /// Every effect, in declaration order.
+    pub const ALL: [SessionEffect; 12] = [
+        SessionEffect::Set,
+        SessionEffect::Reset,
+        SessionEffect::Prepare,
+        SessionEffect::Deallocate,
+        SessionEffect::Listen,
+        SessionEffect::DeclareWithHold,
+        SessionEffect::TempObject,
+        SessionEffect::AdvisoryLock,
+        SessionEffect::SetConfig,
+        SessionEffect::Load,
+        SessionEffect::Do,
+        SessionEffect::SessionFunction,
+    ];
+
     /// A short stable name, for logs and metric labels (`"set"`, `"temp_object"`...).
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -1313,21 +1329,7 @@ mod tests {
 
     #[test]
     fn as_str_is_distinct() {
-        use SessionEffect::*;
-        let all = [
-            Set,
-            Reset,
-            Prepare,
-            Deallocate,
-            Listen,
-            DeclareWithHold,
-            TempObject,
-            AdvisoryLock,
-            SetConfig,
-            Load,
-            Do,
-            SessionFunction,
-        ];
+        let all = SessionEffect::ALL;
         for (i, a) in all.iter().enumerate() {
             assert_eq!(a.to_string(), a.as_str());
             for b in &all[i + 1..] {

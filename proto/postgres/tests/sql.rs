@@ -28,20 +28,7 @@ fn table() {
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     // Each effect has a positive case.
-    for e in [
-        Set,
-        Reset,
-        Prepare,
-        Deallocate,
-        Listen,
-        DeclareWithHold,
-        TempObject,
-        AdvisoryLock,
-        SetConfig,
-        Load,
-        Do,
-        SessionFunction,
-    ] {
+    for e in SessionEffect::ALL {
         assert!(CASES.iter().any(|c| c.1 == Some(e)), "{e:?}");
     }
 }
