@@ -592,6 +592,9 @@ enum M {
     Data { bytes: Bytes, rfqs: u32, status: u8 },
     /// Server → client: the server connection broke (why, for the client's FATAL).
     Lost(Peer, &'static str),
+    /// Server → client: these bytes were never written to this (broken) server connection,
+    /// nor any of the client's before them: the client may send them on another one.
+    Retry(Peer, Bytes),
     /// Server → waiting clients: the server refused the login (its ErrorResponse).
     LoginFailed(Bytes),
     /// Server → waiting clients: no server connection could be made.
@@ -670,6 +673,9 @@ pub struct PgDown {
     unacked: usize,
     /// Bytes from the server not yet acknowledged to it.
     owed: usize,
+    /// Bytes a broken server gave back ([`M::Retry`]) so far, and their sum.
+    retry_bytes: Vec<Bytes>,
+    retried: usize,
     /// Closing: no more reading; close once the output went out.
     done: bool,
     draining: bool,
@@ -1254,6 +1260,7 @@ impl PgDown {
                     self.fatal(sqlstate::CONNECTION_FAILURE, why);
                 }
             }
+            M::Retry(srv, bytes) => self.retry(ctx, srv, bytes, now),
             M::LoginFailed(err) => {
                 if self.waiting.take().is_some() {
                     self.io.out.push(err);
@@ -1270,6 +1277,32 @@ impl PgDown {
             }
             M::Send { .. } | M::Release | M::Reset | M::Close => {}
         }
+    }
+
+    /// Bytes of ours a broken server never wrote ([`M::Retry`]). Once all we sent it since
+    /// we took it came back (none of it reached PostgreSQL), they go to another server
+    /// connection; anything else of ours it took means `Lost` (FATAL) instead.
+    #[cold]
+    fn retry(&mut self, ctx: &mut WorkerCtx, srv: Peer, bytes: Bytes, now: Instant) {
+        if self.done || !self.srv.is_some_and(|s| s.peer == srv) {
+            return;
+        }
+        self.retried += bytes.len();
+        self.retry_bytes.push(bytes);
+        // `unacked`: all sent to this server since we took it (it acked nothing).
+        if self.retried < self.unacked {
+            return;
+        }
+        self.srv = None;
+        if let Some((_, _, cell)) = &self.cancel {
+            cell.clear();
+        }
+        self.unacked = 0;
+        self.owed = 0;
+        self.retried = 0;
+        self.pending = std::mem::take(&mut self.retry_bytes);
+        self.pending_len = self.pending.iter().map(Bytes::len).sum();
+        self.acquire(ctx, now);
     }
 
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
@@ -1296,6 +1329,20 @@ impl PgDown {
             );
         }
     }
+}
+
+/// Whether asynchronous messages a server sent while idle hold an ErrorResponse (only ever
+/// FATAL there: the session is ending).
+#[cold]
+fn idle_fatal(mut b: &[u8]) -> bool {
+    while b.len() >= 5 {
+        if b[0] == b'E' {
+            return true;
+        }
+        let n = i32::from_be_bytes([b[1], b[2], b[3], b[4]]).max(4) as usize;
+        b = &b[(n + 1).min(b.len())..];
+    }
+    false
 }
 
 /// A string as an SQL literal (`'…'` with quotes doubled; `E'…'` when it holds a
@@ -1718,6 +1765,10 @@ impl PgUp {
                     status,
                 },
             );
+        } else if idle_fatal(&bytes) {
+            // PostgreSQL ends an idle session with a FATAL (shutdown, terminated backend)
+            // before the EOF: out of the idle list now, not when the EOF comes.
+            self.broke(ctx, now);
         }
     }
 
@@ -1787,6 +1838,14 @@ impl PgUp {
             }
             SPhase::Cancel => {}
             SPhase::Ready | SPhase::Resetting => {
+                if self.owner.is_none() && matches!(self.phase, SPhase::Ready) {
+                    // No client may take a dead server from the idle list from now on. If
+                    // one already did (or it was handed to a waiter), it counts as active.
+                    let _ = sh
+                        .worker(ctx.index)
+                        .remove_idle(&sh, self.pool, self.io.me());
+                    self.active = true;
+                }
                 if let Some(o) = self.owner.take() {
                     post(ctx, o, M::Lost(self.io.me(), why));
                     sh.worker(ctx.index).failure(&sh, self.up, now);
@@ -1804,7 +1863,14 @@ impl PgUp {
                 from, bytes, app, ..
             } => {
                 if self.done {
-                    post(ctx, from, M::Lost(self.io.me(), LOST));
+                    // Broke before taking anything from this client (it took us from the
+                    // idle list in the loop turn we broke in): it may go elsewhere.
+                    let m = if self.owner == Some(from) {
+                        M::Lost(self.io.me(), LOST)
+                    } else {
+                        M::Retry(self.io.me(), bytes)
+                    };
+                    post(ctx, from, m);
                     return;
                 }
                 if let Some(app) = app {
@@ -2069,6 +2135,8 @@ impl Downstream for PgDown {
             drop: 0,
             unacked: 0,
             owed: 0,
+            retry_bytes: Vec::new(),
+            retried: 0,
             done: false,
             draining: false,
         })
@@ -2086,7 +2154,10 @@ impl Downstream for PgDown {
                     post(ctx, c, M::Attached(s, key));
                 }
             }
-            M::Send { from, to, .. } => post(ctx, from, M::Lost(to, LOST)),
+            // Its owner (if any) was told `Lost` when it closed; the client checks.
+            M::Send {
+                from, to, bytes, ..
+            } => post(ctx, from, M::Retry(to, bytes)),
             _ => {}
         }
     }
@@ -2395,5 +2466,29 @@ mod tests {
         };
         let d = format!("{c:?}");
         assert!(!d.contains("s3cret") && !d.contains("hunter2"), "{d}");
+    }
+
+    /// An idle server's asynchronous messages: a FATAL among them is found (the session is
+    /// ending), notices and parameter changes alone are not one; truncated input is safe.
+    #[test]
+    fn idle_fatal_finds_an_error_response() {
+        let mut b = BytesMut::new();
+        backend::error_response(&mut b, "NOTICE", "00000", "hello");
+        let notice: Vec<u8> = b
+            .iter()
+            .map(|&c| if c == b'E' { b'N' } else { c })
+            .collect();
+        let mut fatal = BytesMut::new();
+        backend::error_response(&mut fatal, "FATAL", "57P01", "terminating connection");
+        assert!(!idle_fatal(&notice[..1]));
+        assert!(!idle_fatal(&notice));
+        let mut both = notice.clone();
+        both.extend_from_slice(&fatal);
+        assert!(idle_fatal(&both));
+        assert!(idle_fatal(&fatal[..5]));
+        assert!(
+            !idle_fatal(&[b'S', 0, 0, 0, 0, b'E']),
+            "a bad length is skipped"
+        );
     }
 }
