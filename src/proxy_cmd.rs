@@ -117,6 +117,12 @@ pub(crate) struct ProxyArgs {
     /// Postgres: longest client message in bytes, else FATAL 08P01 [default: 67108864].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
     max_message_bytes: Option<u64>,
+    /// Postgres, transaction mode: named prepared statements (protocol level) kept per
+    /// client and prepared on server connections as needed, at most N per server
+    /// connection (least recently used closed first) and per client; 0: a named statement
+    /// pins the client to its server connection [default: 200].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100000))]
+    max_prepared_statements: Option<u32>,
     /// Redis: shared upstream connections per upstream per worker [default: 2].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     redis_connections: Option<u32>,
@@ -219,6 +225,7 @@ struct ProxyFile {
     pool_size: Option<u32>,
     pool_mode: Option<String>,
     max_message_bytes: Option<u64>,
+    max_prepared_statements: Option<u32>,
     pipeline_depth: Option<u32>,
     max_body: Option<u64>,
     max_head_bytes: Option<u64>,
@@ -328,6 +335,12 @@ fn merge(args: &mut ProxyArgs, f: ProxyFile, dir: &Path) -> Result<(), String> {
         in_range(1, 100000),
     )?;
     fill(&mut args.pool_mode, "pool_mode", f.pool_mode, parse)?;
+    fill(
+        &mut args.max_prepared_statements,
+        "max_prepared_statements",
+        f.max_prepared_statements,
+        in_range(0, 100000),
+    )?;
     fill(
         &mut args.max_message_bytes,
         "max_message_bytes",
@@ -602,14 +615,19 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
         pg.max_message_bytes = args
             .max_message_bytes
             .map_or(pg.max_message_bytes, |n| n as usize);
+        pg.max_prepared_statements = args
+            .max_prepared_statements
+            .map_or(pg.max_prepared_statements, |n| n as usize);
         // Queries may run long: a reply timeout only when asked for.
         pg.response_timeout = args.response_timeout;
     } else if args.pool_size.is_some()
         || args.pool_mode.is_some()
         || args.max_message_bytes.is_some()
+        || args.max_prepared_statements.is_some()
     {
         return Err(
-            "--pool-size, --pool-mode and --max-message-bytes: only with --protocol postgres"
+            "--pool-size, --pool-mode, --max-message-bytes and --max-prepared-statements: only \
+             with --protocol postgres"
                 .into(),
         );
     }
@@ -922,6 +940,7 @@ mod tests {
             upstream = ["127.0.0.1:5432"]
             protocol = "postgres"
             max_message_bytes = 4096
+            max_prepared_statements = 7
             upstream_user = "app"
             "#,
         )
@@ -931,6 +950,7 @@ mod tests {
         assert_eq!(pg.pool_size, 3);
         assert_eq!(pg.pool_mode, PoolMode::Session);
         assert_eq!(pg.max_message_bytes, 4096);
+        assert_eq!(pg.max_prepared_statements, 7);
         assert_eq!(pg.upstream_user.as_deref(), Some("app"));
         assert_eq!(pg.response_timeout, None, "none unless given");
         let (_, d) = resolve(

@@ -26,9 +26,18 @@
 //!   its first message until a `ReadyForQuery` with status `I` when it owes nothing more
 //!   (every `Query`, `Sync` and `FunctionCall` answered, no extended-protocol message after
 //!   its last `Sync`). A client is **pinned** to its server connection for the rest of its
-//!   session when it parses a named prepared statement, or when a `Query` or `Parse` text
-//!   leaves session state (`ferry_postgres::sql::session_effect`: `SET` without `LOCAL`,
-//!   `LISTEN`, `PREPARE`, temporary tables, session advisory locks, ...). Session mode:
+//!   session when a `Query` or `Parse` text leaves session state
+//!   (`ferry_postgres::sql::session_effect`: `SET` without `LOCAL`, `LISTEN`, SQL-level
+//!   `PREPARE`, temporary tables, session advisory locks, ...).
+//! - **Named prepared statements** (protocol level; transaction mode,
+//!   [`PostgresConfig::max_prepared_statements`] > 0, as PgBouncer 1.21) do not pin: the
+//!   proxy keeps each client's names and prepares their statements on whichever server
+//!   connection serves it, under its own names (`ferry_s<N>`, shared by identical
+//!   statements), in order with what the client sent (`postgres/prepared.rs`). A client's
+//!   `Parse` of a name it already has replaces it (PostgreSQL would say `42P05`). Beyond
+//!   `max_prepared_statements` names (or a first named `Parse` pipelined behind replies
+//!   still owed), its named statements go as they are and pin it, as with 0. `DEALLOCATE`
+//!   or `DISCARD` in a `Query` clears the client's names. Session mode:
 //!   one server connection for the client's whole session. A pinned or session connection
 //!   whose client leaves between transactions is reset with `DISCARD ALL` before it is
 //!   reused; one left mid-transaction or mid-query is closed. A client's `Terminate` is
@@ -38,13 +47,15 @@
 //!   key. Unknown keys are ignored (closed silently, as PostgreSQL does).
 //! - **Limits.** A client message longer than [`PostgresConfig::max_message_bytes`] is a
 //!   FATAL `08P01`. Messages stream through (only `Query` and `Parse` are held whole, to
-//!   be read); each direction stops reading when the other side has 256 KiB unwritten.
+//!   be read, and `Bind`, `Describe`, `Close` of a client with named statements); each
+//!   direction stops reading when the other side has 256 KiB unwritten.
 //!   A server connection that breaks under a client gives it FATAL `08006` (nothing is
 //!   retried: SQL is not idempotent) and counts as a failure for the upstream's breaker.
 //! - **Drain** (SIGTERM): idle clients get FATAL `57P01`; a client in a transaction gets it
 //!   when the transaction ends.
 
 mod cancel;
+mod prepared;
 mod startup;
 mod track;
 
@@ -134,6 +145,12 @@ pub struct PostgresConfig {
     /// Longest wait for a server's reply while a client waits for one. Default none
     /// (queries may run long).
     pub response_timeout: Option<Duration>,
+    /// Transaction mode: protocol-level named prepared statements kept per client and
+    /// prepared on server connections as needed (at most this many per server connection,
+    /// least recently used closed first; at most this many per client, more pin the
+    /// client), as PgBouncer's `max_prepared_statements`. 0: a named statement pins the
+    /// client to its server connection. Default 200.
+    pub max_prepared_statements: usize,
 }
 
 impl Default for PostgresConfig {
@@ -147,6 +164,7 @@ impl Default for PostgresConfig {
             client_user: None,
             client_password: None,
             response_timeout: None,
+            max_prepared_statements: 200,
         }
     }
 }
@@ -168,6 +186,7 @@ impl std::fmt::Debug for PostgresConfig {
                 &self.client_password.as_ref().map(|_| "<redacted>"),
             )
             .field("response_timeout", &self.response_timeout)
+            .field("max_prepared_statements", &self.max_prepared_statements)
             .finish()
     }
 }
@@ -223,6 +242,8 @@ struct PgWorker {
     rr: usize,
     next_tag: u64,
     pending: HashMap<u64, Pending>,
+    /// Named prepared statements by text, shared by this worker's clients.
+    stmts: prepared::Registry,
     /// Gauges and counters for `/metrics` (`ProxyStats::pool`): active, idle, connecting,
     /// waiting, created, closed, failed, timed out.
     m: [u64; 8],
@@ -520,6 +541,7 @@ impl PgShared {
                     rr: w,
                     next_tag: 1,
                     pending: HashMap::new(),
+                    stmts: prepared::Registry::default(),
                     m: [0; 8],
                 })
             })
@@ -574,6 +596,18 @@ enum M {
         bytes: Bytes,
         /// First bytes since the client attached: its `application_name` (the server
         /// sets it first when its own differs).
+        app: Option<Arc<str>>,
+        /// The client tracks named prepared statements: the tags of the messages starting
+        /// in `bytes`, for the server's reply queue.
+        tags: Option<Box<[u8]>>,
+    },
+    /// Client → server: a message about one of the client's named prepared statements
+    /// (`len`: its length as the client sent it, for flow control).
+    Op {
+        from: Peer,
+        to: Peer,
+        op: prepared::Op,
+        len: usize,
         app: Option<Arc<str>>,
     },
     /// Client → server: you are free (clean, between transactions); the client already put
@@ -637,6 +671,51 @@ impl std::fmt::Debug for Phase {
     }
 }
 
+/// What a client connection sends its server connection.
+#[derive(Debug)]
+enum Out {
+    /// Client bytes as they are (with their message tags when the client tracks named
+    /// statements).
+    Bytes(Bytes, Option<Box<[u8]>>),
+    /// A named-statement op and the length of the client message it stands for.
+    Op(prepared::Op, usize),
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        match self {
+            Out::Bytes(b, _) => b.len(),
+            Out::Op(_, n) => *n,
+        }
+    }
+}
+
+/// A client message turned into an op, found while reading the input.
+#[derive(Debug)]
+struct Cut {
+    /// Where the message is in the input read, and its length.
+    pos: usize,
+    total: usize,
+    op: CutOp,
+    /// Tags of the messages before it (in the relay's tag list).
+    tags_at: usize,
+}
+
+/// [`prepared::Op`] with ranges of the message (made Bytes once the input is split off).
+#[derive(Debug)]
+enum CutOp {
+    Parse(Arc<prepared::Stmt>),
+    Bind {
+        stmt: Arc<prepared::Stmt>,
+        portal: std::ops::Range<usize>,
+        rest: std::ops::Range<usize>,
+    },
+    Describe(Arc<prepared::Stmt>),
+    Close,
+    /// Before the message (a `Query` that may deallocate).
+    DeallocateAll,
+}
+
 /// A client connection.
 pub struct PgDown {
     io: Io,
@@ -660,11 +739,17 @@ pub struct PgDown {
     waiting: Option<Instant>,
     login_deadline: Option<Instant>,
     /// Bytes for a server connection not attached yet.
-    pending: Vec<Bytes>,
+    pending: Vec<Out>,
     pending_len: usize,
     /// Queries and syncs in `pending` (counted for their upstream once sent).
     pending_syncs: u32,
     t: Tracker,
+    /// Named prepared statements (transaction mode, `max_prepared_statements` > 0): set at
+    /// the first; from then on every send carries its message tags.
+    prep: Option<Box<prepared::Client>>,
+    /// Named statements go to the server as they are (and pin): it may have lost the
+    /// proxy's (the client deallocated or discarded before tracking them).
+    raw_names: bool,
     /// Bytes of the current (streamed) message still to forward.
     skip: usize,
     /// Bytes of an abandoned message still to drop.
@@ -1023,8 +1108,8 @@ impl PgDown {
                 .requests
                 .fetch_add(n, Relaxed);
         }
-        for b in std::mem::take(&mut self.pending) {
-            self.send(ctx, s, b);
+        for o in std::mem::take(&mut self.pending) {
+            self.send(ctx, s, o);
         }
         self.pending_len = 0;
         if from_login {
@@ -1095,14 +1180,22 @@ impl PgDown {
             }
         }
         let max = self.shared.cfg.postgres.max_message_bytes;
+        // Named prepared statements kept by the proxy (transaction mode only).
+        let prep_on = self.shared.cfg.postgres.max_prepared_statements > 0
+            && self.mode() == PoolMode::Transaction;
         let mut pos = 0usize;
         let mut syncs = 0u32;
         // Only Flush messages: nothing a server must see when none is attached.
         let mut flush_only = true;
         let mut terminate = false;
         let mut bad: Option<String> = None;
+        // With named statements: the messages turned into ops, and the tags of the others.
+        let mut cuts: Vec<Cut> = Vec::new();
+        let mut tags: Vec<u8> = Vec::new();
+        // Out of `self` while read (the named-statement calls borrow `self`); no copy.
+        let input = std::mem::take(&mut self.io.input);
         {
-            let buf = &self.io.input[..];
+            let buf = &input[..];
             loop {
                 if self.skip > 0 {
                     let n = self.skip.min(buf.len() - pos);
@@ -1141,10 +1234,54 @@ impl PgDown {
                         if have < total {
                             break;
                         }
-                        syncs += self.t.on_client(tag, &buf[pos + 5..pos + total]);
+                        let body = &buf[pos + 5..pos + total];
+                        // A named Parse, or anything once the client has named statements (an
+                        // unnamed Parse costs one byte's look).
+                        if prep_on
+                            && (self.prep.is_some() || (tag == b'P' && body.first() != Some(&0)))
+                        {
+                            if let Some(c) = self.intercept(ctx, tag, body, pos, total) {
+                                let pre = matches!(c.op, CutOp::DeallocateAll);
+                                cuts.push(Cut {
+                                    tags_at: tags.len(),
+                                    ..c
+                                });
+                                if !pre {
+                                    flush_only = false;
+                                    pos += total;
+                                    continue;
+                                }
+                            }
+                        }
+                        if self.prep.is_some() {
+                            tags.push(tag);
+                        }
+                        syncs += self.t.on_client(tag, body);
+                        if prep_on && tag == b'Q' && self.prep.is_none() && self.t.pinned {
+                            self.untracked_query(body);
+                        }
+                        pos += total;
+                    }
+                    b'B' | b'D' | b'C' if self.prep.is_some() => {
+                        if have < total {
+                            break;
+                        }
+                        let body = &buf[pos + 5..pos + total];
+                        if let Some(c) = self.intercept(ctx, tag, body, pos, total) {
+                            cuts.push(Cut {
+                                tags_at: tags.len(),
+                                ..c
+                            });
+                        } else {
+                            tags.push(tag);
+                            self.t.on_client(tag, &[]);
+                        }
                         pos += total;
                     }
                     _ => {
+                        if self.prep.is_some() {
+                            tags.push(tag);
+                        }
                         syncs += self.t.on_client(tag, &[]);
                         let n = total.min(have);
                         pos += n;
@@ -1153,12 +1290,16 @@ impl PgDown {
                 }
             }
         }
+        self.io.input = input;
         if pos > 0 {
             let bytes = self.io.input.split_to(pos).freeze();
-            if flush_only && self.srv.is_none() && self.pending.is_empty() {
+            if !cuts.is_empty() {
+                self.forward_cut(ctx, bytes, cuts, tags, syncs, now);
+            } else if flush_only && self.srv.is_none() && self.pending.is_empty() {
                 // A Flush with nothing pending: no server connection for that.
             } else {
-                self.forward(ctx, bytes, syncs, now);
+                let tags = self.prep.is_some().then(|| tags.into_boxed_slice());
+                self.forward(ctx, Out::Bytes(bytes, tags), syncs, now);
             }
         }
         if let Some(msg) = bad {
@@ -1170,23 +1311,185 @@ impl PgDown {
         }
     }
 
-    /// Bytes to the attached server connection.
-    fn send(&mut self, ctx: &WorkerCtx, s: SrvRef, bytes: Bytes) {
-        self.unacked += bytes.len();
-        let app = std::mem::take(&mut self.fresh).then(|| self.app_name.clone());
-        post(
-            ctx,
-            s.peer,
-            M::Send {
-                from: self.io.me(),
-                to: s.peer,
-                bytes,
-                app,
-            },
-        );
+    /// A message about named prepared statements, made an op (`None`: it goes as it is).
+    /// `pos`, `total`: where it is in the input, its length.
+    #[cold]
+    fn intercept(
+        &mut self,
+        ctx: &WorkerCtx,
+        tag: u8,
+        body: &[u8],
+        pos: usize,
+        total: usize,
+    ) -> Option<Cut> {
+        let cap = self.shared.cfg.postgres.max_prepared_statements;
+        let cut = |op| {
+            Some(Cut {
+                pos,
+                total,
+                op,
+                tags_at: 0,
+            })
+        };
+        match tag {
+            b'Q' | b'P' => {
+                let (name, q) = if tag == b'P' {
+                    track::parse_body(body)
+                } else {
+                    (&b""[..], track::query_text(body))
+                };
+                if name.is_empty() {
+                    // A query that may deallocate the statements: the server deallocates
+                    // them all first, and the client's namespace is cleared.
+                    let p = self.prep.as_mut()?;
+                    if tag == b'Q' && prepared::may_deallocate(q) {
+                        p.names.clear();
+                        return cut(CutOp::DeallocateAll);
+                    }
+                    return None;
+                }
+                if self.raw_names {
+                    return None;
+                }
+                match &self.prep {
+                    // Replies still owed that the server's queue does not know of: as
+                    // it is (and pinned).
+                    None if self.t.outstanding > 0 || self.t.unsynced => return None,
+                    Some(p) if p.names.len() >= cap && !p.names.contains_key(name) => return None,
+                    _ => {}
+                }
+                let stmt = {
+                    let rest = Bytes::copy_from_slice(&body[name.len() + 1..]);
+                    let sh = self.shared.clone();
+                    let mut w = sh.worker(ctx.index);
+                    w.stmts.get(&rest)
+                };
+                // Unsynced, and pinned if its text leaves session state (not for its name).
+                self.t.on_client(b'P', &body[name.len()..]);
+                self.prep
+                    .get_or_insert_with(Default::default)
+                    .names
+                    .insert(name.into(), stmt.clone());
+                cut(CutOp::Parse(stmt))
+            }
+            b'B' => {
+                let (plen, name) = prepared::bind_parts(body)?;
+                let stmt = self.prep.as_ref()?.names.get(name)?.clone();
+                let rest = 5 + plen + name.len() + 1;
+                cut(CutOp::Bind {
+                    stmt,
+                    portal: 5..5 + plen,
+                    rest: rest..total,
+                })
+            }
+            b'D' | b'C' => {
+                let name = body.strip_prefix(b"S")?;
+                let name = name.strip_suffix(&[0]).unwrap_or(name);
+                let p = self.prep.as_mut()?;
+                if tag == b'D' {
+                    let stmt = p.names.get(name)?.clone();
+                    cut(CutOp::Describe(stmt))
+                } else {
+                    p.names.remove(name)?;
+                    cut(CutOp::Close)
+                }
+            }
+            _ => None,
+        }
+        .inspect(|_| {
+            if !matches!(tag, b'Q' | b'P') {
+                self.t.on_client(tag, &[]);
+            }
+        })
     }
 
-    fn forward(&mut self, ctx: &mut WorkerCtx, bytes: Bytes, syncs: u32, now: Instant) {
+    /// A pinned client without tracked statements sent a `Query`: if it may deallocate,
+    /// the server may lose the proxy's statements, so this client's named statements go
+    /// as they are from now on.
+    #[cold]
+    fn untracked_query(&mut self, body: &[u8]) {
+        if !self.raw_names && prepared::may_deallocate(track::query_text(body)) {
+            self.raw_names = true;
+        }
+    }
+
+    /// Forward `bytes` (the input up to where it was read) with the ops cut out of it.
+    #[cold]
+    fn forward_cut(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        bytes: Bytes,
+        cuts: Vec<Cut>,
+        tags: Vec<u8>,
+        syncs: u32,
+        now: Instant,
+    ) {
+        let mut at = 0usize;
+        let mut tag_at = 0usize;
+        for c in cuts {
+            // Tags of the messages before this cut.
+            let tag_end = c.tags_at;
+            if c.pos > at {
+                let t = tags[tag_at..tag_end].into();
+                self.forward(ctx, Out::Bytes(bytes.slice(at..c.pos), Some(t)), 0, now);
+            }
+            tag_at = tag_end;
+            let op = match c.op {
+                CutOp::Parse(s) => prepared::Op::Parse(s),
+                CutOp::Bind { stmt, portal, rest } => prepared::Op::Bind {
+                    stmt,
+                    portal: bytes.slice(c.pos + portal.start..c.pos + portal.end),
+                    rest: bytes.slice(c.pos + rest.start..c.pos + rest.end),
+                },
+                CutOp::Describe(s) => prepared::Op::Describe(s),
+                CutOp::Close => prepared::Op::Close,
+                CutOp::DeallocateAll => prepared::Op::DeallocateAll,
+            };
+            let pre = matches!(op, prepared::Op::DeallocateAll);
+            let len = if pre { 0 } else { c.total };
+            self.forward(ctx, Out::Op(op, len), 0, now);
+            at = if pre { c.pos } else { c.pos + c.total };
+        }
+        let t: Box<[u8]> = tags[tag_at..].into();
+        if bytes.len() > at {
+            self.forward(ctx, Out::Bytes(bytes.slice(at..), Some(t)), syncs, now);
+        } else if syncs > 0 {
+            self.shared
+                .stats
+                .requests
+                .fetch_add(u64::from(syncs), Relaxed);
+        }
+    }
+
+    /// Bytes or an op to the attached server connection.
+    fn send(&mut self, ctx: &WorkerCtx, s: SrvRef, out: Out) {
+        let app = std::mem::take(&mut self.fresh).then(|| self.app_name.clone());
+        let m = match out {
+            Out::Bytes(bytes, tags) => {
+                self.unacked += bytes.len();
+                M::Send {
+                    from: self.io.me(),
+                    to: s.peer,
+                    bytes,
+                    app,
+                    tags,
+                }
+            }
+            Out::Op(op, len) => {
+                self.unacked += len;
+                M::Op {
+                    from: self.io.me(),
+                    to: s.peer,
+                    op,
+                    len,
+                    app,
+                }
+            }
+        };
+        post(ctx, s.peer, m);
+    }
+
+    fn forward(&mut self, ctx: &mut WorkerCtx, out: Out, syncs: u32, now: Instant) {
         let sh = &self.shared;
         if syncs > 0 {
             sh.stats.requests.fetch_add(u64::from(syncs), Relaxed);
@@ -1198,12 +1501,12 @@ impl PgDown {
                         .requests
                         .fetch_add(u64::from(syncs), Relaxed);
                 }
-                self.send(ctx, s, bytes);
+                self.send(ctx, s, out);
             }
             None => {
-                self.pending_len += bytes.len();
+                self.pending_len += out.len();
                 self.pending_syncs += syncs;
-                self.pending.push(bytes);
+                self.pending.push(out);
                 if self.waiting.is_none() {
                     self.acquire(ctx, now);
                 }
@@ -1275,7 +1578,7 @@ impl PgDown {
                     );
                 }
             }
-            M::Send { .. } | M::Release | M::Reset | M::Close => {}
+            M::Send { .. } | M::Op { .. } | M::Release | M::Reset | M::Close => {}
         }
     }
 
@@ -1300,8 +1603,11 @@ impl PgDown {
         self.unacked = 0;
         self.owed = 0;
         self.retried = 0;
-        self.pending = std::mem::take(&mut self.retry_bytes);
-        self.pending_len = self.pending.iter().map(Bytes::len).sum();
+        self.pending = std::mem::take(&mut self.retry_bytes)
+            .into_iter()
+            .map(|b| Out::Bytes(b, None))
+            .collect();
+        self.pending_len = self.pending.iter().map(Out::len).sum();
         self.acquire(ctx, now);
     }
 
@@ -1411,6 +1717,9 @@ pub struct PgUp {
     skip: usize,
     /// Replies (up to their ReadyForQuery) of the proxy's own queries still to drop.
     swallow: u32,
+    /// Named prepared statements on this connection and the replies owed (made at the
+    /// first op or tagged send).
+    prep: Option<Box<prepared::Server>>,
     /// This server session's `application_name` (empty at login and after DISCARD ALL).
     app: Arc<str>,
     unacked: usize,
@@ -1683,6 +1992,10 @@ impl PgUp {
         if self.swallow > 0 && !self.drop_own_replies() {
             return;
         }
+        if self.prep.as_ref().is_some_and(|p| !p.settled()) && matches!(self.phase, SPhase::Ready) {
+            self.relay_tracked(ctx, now);
+            return;
+        }
         let resetting = matches!(self.phase, SPhase::Resetting);
         let mut pos = 0usize;
         let mut rfqs = 0u32;
@@ -1769,6 +2082,125 @@ impl PgUp {
             // PostgreSQL ends an idle session with a FATAL (shutdown, terminated backend)
             // before the EOF: out of the idle list now, not when the EOF comes.
             self.broke(ctx, now);
+        }
+    }
+
+    /// [`relay`](PgUp::relay) with replies owed to a client with named statements: each
+    /// message goes through the reply queue, which drops the replies to what the proxy
+    /// injected and makes its own at their turn.
+    #[cold]
+    fn relay_tracked(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        enum Piece {
+            Input(usize, usize),
+            Made(Bytes),
+        }
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut pos = 0usize;
+        let mut seg = 0usize;
+        let mut rfqs = 0u32;
+        let mut status = b'I';
+        let mut bad = false;
+        let Some(prep) = self.prep.as_mut() else {
+            return;
+        };
+        {
+            let buf = &self.io.input[..];
+            loop {
+                if self.skip > 0 {
+                    let n = self.skip.min(buf.len() - pos);
+                    pos += n;
+                    self.skip -= n;
+                    if self.skip > 0 {
+                        break;
+                    }
+                }
+                // Replies the proxy makes, due now.
+                let mut made = BytesMut::new();
+                prep.fakes(&mut made);
+                if !made.is_empty() {
+                    if pos > seg {
+                        pieces.push(Piece::Input(seg, pos));
+                    }
+                    seg = pos;
+                    pieces.push(Piece::Made(made.freeze()));
+                }
+                if buf.len() - pos < 5 {
+                    break;
+                }
+                let tag = buf[pos];
+                let n =
+                    i32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]);
+                if n < 4 {
+                    bad = true;
+                    break;
+                }
+                let total = n as usize + 1;
+                let have = buf.len() - pos;
+                if tag == b'Z' && (have < 6 || total != 6) {
+                    bad = total != 6;
+                    break;
+                }
+                if have < total && prep.may_drop(tag) {
+                    if total > MAX_LOGIN_MESSAGE {
+                        bad = true;
+                    }
+                    break;
+                }
+                match prep.reply(tag) {
+                    prepared::Verdict::Pass => {
+                        if tag == b'Z' {
+                            rfqs += 1;
+                            status = buf[pos + 5];
+                        }
+                        let n = total.min(have);
+                        pos += n;
+                        self.skip = total - n;
+                    }
+                    prepared::Verdict::Drop => {
+                        if pos > seg {
+                            pieces.push(Piece::Input(seg, pos));
+                        }
+                        pos += total;
+                        seg = pos;
+                    }
+                }
+            }
+        }
+        if bad {
+            self.broke(ctx, now);
+            return;
+        }
+        if pos > seg {
+            pieces.push(Piece::Input(seg, pos));
+        }
+        let bytes = self.io.input.split_to(pos).freeze();
+        let Some(o) = self.owner else { return };
+        if self.last_send.is_some() && !pieces.is_empty() {
+            self.last_send = (rfqs == 0).then_some(now);
+        }
+        let last = pieces.len();
+        for (i, p) in pieces.into_iter().enumerate() {
+            let b = match p {
+                Piece::Input(a, z) => bytes.slice(a..z),
+                Piece::Made(b) => b,
+            };
+            // The ReadyForQuery count goes with the last piece: the client may be released
+            // only once it has everything.
+            let (r, st) = if i + 1 == last {
+                (rfqs, status)
+            } else {
+                (0, b'I')
+            };
+            self.unacked += b.len();
+            post(
+                ctx,
+                o,
+                M::Data {
+                    bytes: b,
+                    rfqs: r,
+                    status: st,
+                },
+            );
         }
     }
 
@@ -1860,45 +2292,40 @@ impl PgUp {
     fn apply(&mut self, ctx: &mut WorkerCtx, m: M, now: Instant) {
         match m {
             M::Send {
-                from, bytes, app, ..
+                from,
+                bytes,
+                app,
+                tags,
+                ..
             } => {
-                if self.done {
+                if self.done && tags.is_none() && self.owner != Some(from) {
                     // Broke before taking anything from this client (it took us from the
-                    // idle list in the loop turn we broke in): it may go elsewhere.
-                    let m = if self.owner == Some(from) {
-                        M::Lost(self.io.me(), LOST)
-                    } else {
-                        M::Retry(self.io.me(), bytes)
-                    };
-                    post(ctx, from, m);
+                    // idle list in the loop turn we broke in): it may go elsewhere. (A
+                    // client tracking named statements gets `Lost`: its ops are no bytes.)
+                    post(ctx, from, M::Retry(self.io.me(), bytes));
                     return;
                 }
-                if let Some(app) = app {
-                    if app != self.app {
-                        // The client's application_name, as PgBouncer does; the reply is
-                        // swallowed (`swallow`).
-                        let mut b = BytesMut::new();
-                        let sql = format!("SET application_name = {}", quote_literal(&app));
-                        frontend::query(&mut b, sql.as_bytes());
-                        self.io.out.push(b.freeze());
-                        self.swallow += 1;
-                        self.app = app;
-                    }
+                if !self.accept(ctx, from, app, now) {
+                    return;
                 }
-                if self.owner != Some(from) {
-                    self.owner = Some(from);
-                    self.unacked = 0;
-                    self.owed = 0;
-                    self.active = true;
-                }
-                self.idle_since = None;
-                if self.shared.cfg.postgres.response_timeout.is_some() && self.last_send.is_none() {
-                    self.last_send = Some(now);
+                if let Some(tags) = tags {
+                    self.tracked().sent(&tags);
                 }
                 self.owed += bytes.len();
                 self.io.out.push(bytes);
             }
+            M::Op {
+                from, op, len, app, ..
+            } => {
+                if !self.accept(ctx, from, app, now) {
+                    return;
+                }
+                self.op(ctx, from, op, len);
+            }
             M::Release => {
+                if let Some(p) = &mut self.prep {
+                    p.q.clear();
+                }
                 self.owner = None;
                 self.unacked = 0;
                 self.owed = 0;
@@ -1917,6 +2344,10 @@ impl PgUp {
                 }
             }
             M::Reset => {
+                // DISCARD ALL deallocates the proxy's statements too.
+                if let Some(p) = &mut self.prep {
+                    p.reset();
+                }
                 self.owner = None;
                 self.unacked = 0;
                 self.owed = 0;
@@ -1940,6 +2371,79 @@ impl PgUp {
             }
             M::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
             _ => {}
+        }
+    }
+
+    /// The owner's bytes or op is coming: set its `application_name` first if it is new
+    /// here, take the owner. `false`: the connection is gone (the client is told).
+    fn accept(&mut self, ctx: &WorkerCtx, from: Peer, app: Option<Arc<str>>, now: Instant) -> bool {
+        if self.done {
+            post(ctx, from, M::Lost(self.io.me(), LOST));
+            return false;
+        }
+        if let Some(app) = app {
+            if app != self.app {
+                // The client's application_name, as PgBouncer does; the reply is
+                // swallowed (`swallow`).
+                let mut b = BytesMut::new();
+                let sql = format!("SET application_name = {}", quote_literal(&app));
+                frontend::query(&mut b, sql.as_bytes());
+                self.io.out.push(b.freeze());
+                self.swallow += 1;
+                self.app = app;
+            }
+        }
+        if self.owner != Some(from) {
+            self.owner = Some(from);
+            self.unacked = 0;
+            self.owed = 0;
+            self.active = true;
+        }
+        self.idle_since = None;
+        if self.shared.cfg.postgres.response_timeout.is_some() && self.last_send.is_none() {
+            self.last_send = Some(now);
+        }
+        true
+    }
+
+    /// The server's named-statement state (made at the first tracked send).
+    fn tracked(&mut self) -> &mut prepared::Server {
+        let cap = self.shared.cfg.postgres.max_prepared_statements;
+        self.prep
+            .get_or_insert_with(|| Box::new(prepared::Server::new(cap)))
+    }
+
+    /// A named-statement op of the owner's: rewritten (a Parse injected first if needed),
+    /// or answered at its turn.
+    #[cold]
+    fn op(&mut self, ctx: &WorkerCtx, from: Peer, op: prepared::Op, len: usize) {
+        let mut out = Vec::new();
+        let p = self.tracked();
+        p.op(op, &mut out);
+        let mut fakes = BytesMut::new();
+        p.fakes(&mut fakes);
+        if out.is_empty() {
+            // Nothing to write for it: acknowledged at once.
+            if len > 0 {
+                post(ctx, from, M::Ack(len));
+            }
+        } else {
+            self.owed += len;
+            for b in out {
+                self.io.out.push(b);
+            }
+        }
+        if !fakes.is_empty() {
+            self.unacked += fakes.len();
+            post(
+                ctx,
+                from,
+                M::Data {
+                    bytes: fakes.freeze(),
+                    rfqs: 0,
+                    status: b'I',
+                },
+            );
         }
     }
 
@@ -2024,7 +2528,11 @@ impl Half for PgDown {
                     && self.pending_len < WINDOW
                     // A Query or Parse is read whole (up to the message limit).
                     && (self.io.input.len() < ctx.options.input_high_water
-                        || (self.skip == 0 && matches!(self.io.input.first(), Some(b'Q' | b'P'))))
+                        || (self.skip == 0 && matches!(self.io.input.first(), Some(b'Q' | b'P')))
+                        // With named statements, Bind, Describe and Close too.
+                        || (self.skip == 0
+                            && self.prep.is_some()
+                            && matches!(self.io.input.first(), Some(b'B' | b'D' | b'C'))))
             }
             _ => self.io.input.len() < MAX_STARTUP + 16,
         }
@@ -2131,6 +2639,8 @@ impl Downstream for PgDown {
             pending_len: 0,
             pending_syncs: 0,
             t: Tracker::default(),
+            prep: None,
+            raw_names: false,
             skip: 0,
             drop: 0,
             unacked: 0,
@@ -2156,8 +2666,13 @@ impl Downstream for PgDown {
             }
             // Its owner (if any) was told `Lost` when it closed; the client checks.
             M::Send {
-                from, to, bytes, ..
+                from,
+                to,
+                bytes,
+                tags: None,
+                ..
             } => post(ctx, from, M::Retry(to, bytes)),
+            M::Send { from, to, .. } | M::Op { from, to, .. } => post(ctx, from, M::Lost(to, LOST)),
             _ => {}
         }
     }
@@ -2288,6 +2803,7 @@ impl Upstream for PgUp {
             scram: None,
             skip: 0,
             swallow: 0,
+            prep: None,
             app: Arc::from(""),
             unacked: 0,
             owed: 0,

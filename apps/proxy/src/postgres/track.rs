@@ -3,6 +3,11 @@
 //!
 //! Pure bookkeeping, no I/O: the client half calls [`Tracker::on_client`] for every message
 //! it forwards and [`Tracker::on_server`] for the `ReadyForQuery` messages coming back.
+//!
+//! A named `Parse` given to [`Tracker::on_client`] pins. With named statements kept by the
+//! proxy (`prepared.rs`), the client half gives it only those it forwards as they are;
+//! for the others it gives the body without the name (unsynced, and pinned only for a
+//! text that leaves session state).
 
 use ferry_postgres::sql::{session_effect_with, ScanOptions};
 
