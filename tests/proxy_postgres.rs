@@ -21,8 +21,8 @@ use std::time::Duration;
 
 mod common;
 use common::postgres::{
-    opts, output, pg_bin, psql_cmd, psql_ok, py_ok, setup, show, PoolOpts, Pooler, Postgres, Raw,
-    TIMED_OUT,
+    opts, output, pg_bin, psql_cmd, psql_ok, py_case, py_ok, setup, show, PoolOpts, Pooler,
+    Postgres, Raw, TIMED_OUT,
 };
 use common::tmp_dir;
 
@@ -237,14 +237,10 @@ per_driver!(transaction_pooling_caps_backends, pgbench_modes);
 /// back transaction leaves nothing.
 #[test]
 fn transaction_stays_on_one_connection() {
-    let Some((pg, p)) = setup(opts(2)) else {
-        return;
-    };
-    pg.sql("CREATE TABLE tx_t (r int)");
-    let out = py_ok(
+    py_case(
+        opts(2),
         120,
-        p.port(),
-        pg.port,
+        &["CREATE TABLE tx_t (r int)"],
         r#"
 stop, errs = threading.Event(), []
 def noise():
@@ -285,7 +281,6 @@ with direct() as d:
 print('ok')
 "#,
     );
-    assert_eq!(out.trim(), "ok");
 }
 
 /// An error inside a transaction puts it in the failed state ('E': further statements get
@@ -293,13 +288,10 @@ print('ok')
 /// server connection, work normally.
 #[test]
 fn error_in_transaction_then_rollback() {
-    let Some((pg, p)) = setup(opts(1)) else {
-        return;
-    };
-    let out = py_ok(
+    py_case(
+        opts(1),
         60,
-        p.port(),
-        pg.port,
+        &[],
         r#"
 from psycopg.pq import TransactionStatus as TS
 a = connect(PROXY)
@@ -333,7 +325,6 @@ assert a.execute('SELECT 2').fetchone()[0] == 2
 print('ok')
 "#,
     );
-    assert_eq!(out.trim(), "ok");
 }
 
 /// psycopg pipeline mode (many Parse/Bind/Execute and Syncs in flight) through a single
@@ -341,14 +332,10 @@ print('ok')
 /// pipelined transaction rolls back entirely, the connection stays usable.
 #[test]
 fn pipeline_mode() {
-    let Some((pg, p)) = setup(opts(1)) else {
-        return;
-    };
-    pg.sql("CREATE TABLE pipe_t (x int)");
-    let out = py_ok(
+    py_case(
+        opts(1),
         120,
-        p.port(),
-        pg.port,
+        &["CREATE TABLE pipe_t (x int)"],
         r#"
 stop, errs = threading.Event(), []
 def noise():
@@ -386,7 +373,6 @@ assert not errs, errs
 print('ok')
 "#,
     );
-    assert_eq!(out.trim(), "ok");
 }
 
 /// One session-state case: client A runs `setup` (outside a transaction), then over several
@@ -837,13 +823,10 @@ print(size)
 /// transaction.
 #[test]
 fn cancel_request() {
-    let Some((pg, p)) = setup(opts(2)) else {
-        return;
-    };
-    let out = py_ok(
+    py_case(
+        opts(2),
         120,
-        p.port(),
-        pg.port,
+        &[],
         r#"
 from psycopg.pq import TransactionStatus as TS
 a, b = connect(PROXY), connect(PROXY)
@@ -887,7 +870,6 @@ for in_tx in (False, True):
 print('ok')
 "#,
     );
-    assert_eq!(out.trim(), "ok");
 }
 
 /// A psql session of several statements (`-f`), meta-commands included, works as through
@@ -929,13 +911,10 @@ fn psql_script_session() {
 /// its own settings, and non-ASCII text round-trips in each encoding.
 #[test]
 fn startup_parameters_follow_their_client() {
-    let Some((pg, p)) = setup(opts(1)) else {
-        return;
-    };
-    let out = py_ok(
+    py_case(
+        opts(1),
         60,
-        p.port(),
-        pg.port,
+        &[],
         r#"
 a = connect(PROXY, application_name='app-a', client_encoding='LATIN1')
 b = connect(PROXY, application_name='app-b')
@@ -950,21 +929,16 @@ for r in range(5):
 print('ok')
 "#,
     );
-    assert_eq!(out.trim(), "ok");
 }
 
 /// Databases: a client of another database gets that database (its own pool); a client
 /// of a database that does not exist gets PostgreSQL's FATAL 3D000 and the proxy goes on.
 #[test]
 fn database_routing() {
-    let Some((pg, p)) = setup(opts(2)) else {
-        return;
-    };
-    pg.sql("CREATE DATABASE otherdb");
-    let out = py_ok(
+    py_case(
+        opts(2),
         60,
-        p.port(),
-        pg.port,
+        &["CREATE DATABASE otherdb"],
         r#"
 o = psycopg.connect(host='127.0.0.1', port=PROXY, user='tester', dbname='otherdb',
                     autocommit=True, connect_timeout=10, sslmode='disable', prepare_threshold=None)
@@ -982,20 +956,16 @@ assert m.execute('SELECT 1').fetchone()[0] == 1
 print('ok')
 "#,
     );
-    assert_eq!(out.trim(), "ok");
 }
 
 /// More clients than PostgreSQL's max_connections (250 > 200), all connected at once,
 /// each runs queries through `--pool-size 2`: PostgreSQL sees at most 2 backends.
 #[test]
 fn many_clients_beyond_max_connections() {
-    let Some((pg, p)) = setup(opts(2)) else {
-        return;
-    };
-    let out = py_ok(
+    py_case(
+        opts(2),
         180,
-        p.port(),
-        pg.port,
+        &[],
         r#"
 cs = [connect(PROXY) for _ in range(250)]
 for r in range(2):
@@ -1009,7 +979,6 @@ for c in cs:
 print('ok')
 "#,
     );
-    assert_eq!(out.trim(), "ok");
 }
 
 /// `--pool-mode session`: a client keeps one server connection (same backend, its SET
@@ -1185,13 +1154,10 @@ print('ok')
 /// connection" would cancel B).
 #[test]
 fn cancel_of_idle_client_does_not_hit_another() {
-    let Some((pg, p)) = setup(opts(1)) else {
-        return;
-    };
-    let out = py_ok(
+    py_case(
+        opts(1),
         60,
-        p.port(),
-        pg.port,
+        &[],
         r#"
 a, b = connect(PROXY), connect(PROXY)
 assert a.execute('SELECT pg_backend_pid()').fetchone()
@@ -1214,5 +1180,4 @@ assert a.execute('SELECT 1').fetchone()[0] == 1
 print('ok')
 "#,
     );
-    assert_eq!(out.trim(), "ok");
 }

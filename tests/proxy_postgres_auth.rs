@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::postgres::{
-    error_fields, opts, psql, psql_ok, py, py_ok, setup, show, PoolOpts, Pooler, Postgres, Raw,
-    APP_PW, MD5_PW, TIMED_OUT,
+    error_fields, opts, psql, psql_ok, py, py_case, py_ok, setup, show, PoolOpts, Pooler, Postgres,
+    Raw, APP_PW, MD5_PW, TIMED_OUT,
 };
 use common::{free_port, parse_metrics};
 
@@ -755,13 +755,10 @@ fn sigterm_drains() {
 /// all succeed as their own user, and neither user ever has more than 2 backends.
 #[test]
 fn pools_are_per_user() {
-    let Some((pg, p)) = setup(opts(2)) else {
-        return;
-    };
-    let out = py_ok(
+    py_case(
+        opts(2),
         120,
-        p.port(),
-        pg.port,
+        &[],
         r#"
 errs, seen = [], {'tester': 0, 'other': 0}
 def client(user):
@@ -794,5 +791,4 @@ assert seen['tester'] >= 1 and seen['other'] >= 1, seen
 print('ok')
 "#,
     );
-    assert_eq!(out.trim(), "ok");
 }

@@ -744,6 +744,19 @@ pub fn py_ok(secs: u64, proxy_port: u16, pg_port: u16, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The common shape of a test: a cluster and a pooler with `o`, the `prep` statements run on
+/// the cluster, then a psycopg `script` (see [`py`]) that must print `ok`.
+pub fn py_case(o: PoolOpts, secs: u64, prep: &[&str], script: &str) {
+    let Some((pg, p)) = setup(o) else {
+        return;
+    };
+    for sql in prep {
+        pg.sql(sql);
+    }
+    let out = py_ok(secs, p.port(), pg.port, script);
+    assert_eq!(out.trim(), "ok");
+}
+
 /// Whether psycopg is importable from the test venv (else the caller skips).
 pub fn psycopg_available() -> bool {
     let out = output(bounded(30, python()).args(["-c", "import psycopg"]));
