@@ -70,6 +70,7 @@ use ferry_driver::relay::{Downstream, Half, Io, Peer, Relay, Upstream};
 use ferry_driver::WorkerCtx;
 use ferry_postgres::auth::{md5_password, DerivedKeys, ScramClient, ScramSecret, ScramServer};
 use ferry_postgres::backend::{self, sqlstate, TxStatus};
+use ferry_postgres::message::{Step, Walker};
 use ferry_postgres::{frontend, message};
 use ferry_proto::Instant;
 use ferry_reliability::{BreakerEvent, BreakerState, CircuitBreaker, Permit};
@@ -750,8 +751,8 @@ pub struct PgDown {
     /// Named statements go to the server as they are (and pin): it may have lost the
     /// proxy's (the client deallocated or discarded before tracking them).
     raw_names: bool,
-    /// Bytes of the current (streamed) message still to forward.
-    skip: usize,
+    /// Where the stream is: bytes of the current (streamed) message still to forward.
+    walk: Walker,
     /// Bytes of an abandoned message still to drop.
     drop: usize,
     /// Bytes posted to the server not yet written by it.
@@ -1116,7 +1117,7 @@ impl PgDown {
             // Something may be waiting in the input (sent right after the startup packet).
             self.relay(ctx, now);
         }
-        if self.mode() == PoolMode::Transaction && self.t.can_release() && self.skip == 0 {
+        if self.mode() == PoolMode::Transaction && self.t.can_release() && self.walk.rest() == 0 {
             self.release(ctx);
         }
     }
@@ -1155,7 +1156,8 @@ impl PgDown {
         self.pending.clear();
         self.pending_syncs = 0;
         self.pending_len = 0;
-        self.drop = std::mem::take(&mut self.skip);
+        self.drop = self.walk.rest();
+        self.walk.clear();
         let mut b = BytesMut::new();
         backend::error_response(&mut b, "ERROR", code, msg);
         for _ in 0..self.t.outstanding.max(1) {
@@ -1197,26 +1199,14 @@ impl PgDown {
         {
             let buf = &input[..];
             loop {
-                if self.skip > 0 {
-                    let n = self.skip.min(buf.len() - pos);
-                    pos += n;
-                    self.skip -= n;
-                    if self.skip > 0 {
+                let (tag, total) = match self.walk.next(buf, &mut pos) {
+                    Step::Header { tag, total } => (tag, total),
+                    Step::More => break,
+                    Step::BadLength(n) => {
+                        bad = Some(format!("invalid message length {n}"));
                         break;
                     }
-                    continue;
-                }
-                if buf.len() - pos < 5 {
-                    break;
-                }
-                let tag = buf[pos];
-                let n =
-                    i32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]);
-                if n < 4 {
-                    bad = Some(format!("invalid message length {n}"));
-                    break;
-                }
-                let total = n as usize + 1;
+                };
                 if total > max {
                     bad = Some(format!(
                         "message of {total} bytes is longer than the limit of {max}"
@@ -1283,9 +1273,7 @@ impl PgDown {
                             tags.push(tag);
                         }
                         syncs += self.t.on_client(tag, &[]);
-                        let n = total.min(have);
-                        pos += n;
-                        self.skip = total - n;
+                        self.walk.pass(buf, &mut pos, total);
                     }
                 }
             }
@@ -1545,10 +1533,10 @@ impl PgDown {
                     self.t.on_server(rfqs, status);
                     if self.mode() == PoolMode::Transaction
                         && self.t.can_release()
-                        && self.skip == 0
+                        && self.walk.rest() == 0
                     {
                         self.release(ctx);
-                    } else if self.draining && self.t.idle() && self.skip == 0 {
+                    } else if self.draining && self.t.idle() && self.walk.rest() == 0 {
                         self.fatal(
                             sqlstate::ADMIN_SHUTDOWN,
                             "terminating connection due to administrator command",
@@ -1713,8 +1701,8 @@ pub struct PgUp {
     params: Vec<(String, String)>,
     permit: Option<Permit>,
     scram: Option<Box<ScramClient>>,
-    /// Bytes of the current (streamed) message still to forward.
-    skip: usize,
+    /// Where the stream is: bytes of the current (streamed) message still to forward.
+    walk: Walker,
     /// Replies (up to their ReadyForQuery) of the proxy's own queries still to drop.
     swallow: u32,
     /// Named prepared statements on this connection and the replies owed (made at the
@@ -2004,26 +1992,14 @@ impl PgUp {
         {
             let buf = &self.io.input[..];
             loop {
-                if self.skip > 0 {
-                    let n = self.skip.min(buf.len() - pos);
-                    pos += n;
-                    self.skip -= n;
-                    if self.skip > 0 {
+                let (tag, total) = match self.walk.next(buf, &mut pos) {
+                    Step::Header { tag, total } => (tag, total),
+                    Step::More => break,
+                    Step::BadLength(_) => {
+                        bad = true;
                         break;
                     }
-                    continue;
-                }
-                if buf.len() - pos < 5 {
-                    break;
-                }
-                let tag = buf[pos];
-                let n =
-                    i32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]);
-                if n < 4 {
-                    bad = true;
-                    break;
-                }
-                let total = n as usize + 1;
+                };
                 let have = buf.len() - pos;
                 if tag == b'Z' {
                     if have < 6 || total != 6 {
@@ -2038,9 +2014,7 @@ impl PgUp {
                     }
                     continue;
                 }
-                let n = total.min(have);
-                pos += n;
-                self.skip = total - n;
+                self.walk.pass(buf, &mut pos, total);
             }
         }
         if bad {
@@ -2054,7 +2028,7 @@ impl PgUp {
         if resetting {
             if rfqs > 0 {
                 self.phase = SPhase::Ready;
-                self.skip = 0;
+                self.walk.clear();
                 self.free(ctx, now);
                 if !self.io.input.is_empty() && !self.done {
                     self.relay(ctx, now);
@@ -2106,13 +2080,8 @@ impl PgUp {
         {
             let buf = &self.io.input[..];
             loop {
-                if self.skip > 0 {
-                    let n = self.skip.min(buf.len() - pos);
-                    pos += n;
-                    self.skip -= n;
-                    if self.skip > 0 {
-                        break;
-                    }
+                if !self.walk.pass_rest(buf, &mut pos) {
+                    break;
                 }
                 // Replies the proxy makes, due now.
                 let mut made = BytesMut::new();
@@ -2124,17 +2093,14 @@ impl PgUp {
                     seg = pos;
                     pieces.push(Piece::Made(made.freeze()));
                 }
-                if buf.len() - pos < 5 {
-                    break;
-                }
-                let tag = buf[pos];
-                let n =
-                    i32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]);
-                if n < 4 {
-                    bad = true;
-                    break;
-                }
-                let total = n as usize + 1;
+                let (tag, total) = match message::header(buf, pos) {
+                    Step::Header { tag, total } => (tag, total),
+                    Step::More => break,
+                    Step::BadLength(_) => {
+                        bad = true;
+                        break;
+                    }
+                };
                 let have = buf.len() - pos;
                 if tag == b'Z' && (have < 6 || total != 6) {
                     bad = total != 6;
@@ -2152,9 +2118,7 @@ impl PgUp {
                             rfqs += 1;
                             status = buf[pos + 5];
                         }
-                        let n = total.min(have);
-                        pos += n;
-                        self.skip = total - n;
+                        self.walk.pass(buf, &mut pos, total);
                     }
                     prepared::Verdict::Drop => {
                         if pos > seg {
@@ -2528,9 +2492,9 @@ impl Half for PgDown {
                     && self.pending_len < WINDOW
                     // A Query or Parse is read whole (up to the message limit).
                     && (self.io.input.len() < ctx.options.input_high_water
-                        || (self.skip == 0 && matches!(self.io.input.first(), Some(b'Q' | b'P')))
+                        || (self.walk.rest() == 0 && matches!(self.io.input.first(), Some(b'Q' | b'P')))
                         // With named statements, Bind, Describe and Close too.
-                        || (self.skip == 0
+                        || (self.walk.rest() == 0
                             && self.prep.is_some()
                             && matches!(self.io.input.first(), Some(b'B' | b'D' | b'C'))))
             }
@@ -2573,7 +2537,7 @@ impl Half for PgDown {
         let idle = match self.phase {
             Phase::Ready => match self.srv {
                 None => true,
-                Some(_) => self.t.idle() && self.skip == 0,
+                Some(_) => self.t.idle() && self.walk.rest() == 0,
             },
             _ => true,
         };
@@ -2598,7 +2562,7 @@ impl Half for PgDown {
             sh.worker(ctx.index).unwait(&sh, self.pool, me);
         }
         if let Some(s) = self.srv {
-            let clean = self.t.idle() && self.skip == 0 && self.pending.is_empty();
+            let clean = self.t.idle() && self.walk.rest() == 0 && self.pending.is_empty();
             if !clean {
                 post(ctx, s.peer, M::Close);
             } else if self.t.pinned || self.mode() == PoolMode::Session {
@@ -2641,7 +2605,7 @@ impl Downstream for PgDown {
             t: Tracker::default(),
             prep: None,
             raw_names: false,
-            skip: 0,
+            walk: Walker::default(),
             drop: 0,
             unacked: 0,
             owed: 0,
@@ -2801,7 +2765,7 @@ impl Upstream for PgUp {
             params: Vec::new(),
             permit: None,
             scram: None,
-            skip: 0,
+            walk: Walker::default(),
             swallow: 0,
             prep: None,
             app: Arc::from(""),

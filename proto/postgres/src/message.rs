@@ -87,6 +87,103 @@ pub fn startup_frame(buf: &[u8], max_len: usize) -> Result<Option<usize>, FrameE
     Ok((buf.len() >= len).then_some(len))
 }
 
+/// Walks the tagged messages of a stream that is forwarded as it arrives (a proxy's view):
+/// only headers are read, and a body is passed over as its bytes come, possibly across
+/// several reads. Holds how much of the current body is still to come.
+///
+/// ```
+/// use ferry_postgres::message::{Step, Walker};
+///
+/// // A DataRow whose body has not all arrived, after a complete CommandComplete.
+/// let buf = b"C\0\0\0\x0dSELECT 1\0D\0\0\0\x10\0\x01";
+/// let (mut w, mut pos) = (Walker::default(), 0);
+/// assert_eq!(w.next(buf, &mut pos), Step::Header { tag: b'C', total: 14 });
+/// w.pass(buf, &mut pos, 14);
+/// assert_eq!(w.next(buf, &mut pos), Step::Header { tag: b'D', total: 17 });
+/// w.pass(buf, &mut pos, 17); // forwards the 7 bytes here, 10 are still to come
+/// assert_eq!((pos, w.rest()), (21, 10));
+/// assert_eq!(w.next(buf, &mut pos), Step::More);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Walker {
+    rest: usize,
+}
+
+/// What [`Walker::next`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A message header at `pos`: its tag and whole length (its bytes may not all be here).
+    Header {
+        /// Message type byte.
+        tag: u8,
+        /// Tag + length field + body.
+        total: usize,
+    },
+    /// The rest of a body or a whole header is not here yet.
+    More,
+    /// A length field below 4.
+    BadLength(i32),
+}
+
+impl Walker {
+    /// Bytes of the current message's body still to come.
+    pub fn rest(&self) -> usize {
+        self.rest
+    }
+
+    /// Forgets the message in progress (the stream starts over).
+    pub fn clear(&mut self) {
+        self.rest = 0;
+    }
+
+    /// Moves `pos` over what `buf` holds of a body in progress; `false` while more of it is
+    /// still to come.
+    #[inline]
+    pub fn pass_rest(&mut self, buf: &[u8], pos: &mut usize) -> bool {
+        if self.rest > 0 {
+            let n = self.rest.min(buf.len() - *pos);
+            *pos += n;
+            self.rest -= n;
+        }
+        self.rest == 0
+    }
+
+    /// Passes over what is left of a body in progress, then reads the header at `pos`
+    /// (without moving over it).
+    #[inline]
+    pub fn next(&mut self, buf: &[u8], pos: &mut usize) -> Step {
+        if !self.pass_rest(buf, pos) {
+            return Step::More;
+        }
+        header(buf, *pos)
+    }
+
+    /// Passes over the message of `total` bytes at `pos` as far as `buf` reaches; the rest
+    /// of it is passed over by later calls, as it arrives.
+    #[inline]
+    pub fn pass(&mut self, buf: &[u8], pos: &mut usize, total: usize) {
+        let n = total.min(buf.len() - *pos);
+        *pos += n;
+        self.rest = total - n;
+    }
+}
+
+/// The header at `pos` (see [`Walker::next`]).
+#[inline]
+pub fn header(buf: &[u8], pos: usize) -> Step {
+    let Some(h) = buf.get(pos..pos + 5) else {
+        return Step::More;
+    };
+    let n = i32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+    if n < 4 {
+        return Step::BadLength(n);
+    }
+    Step::Header {
+        tag: h[0],
+        total: n as usize + 1,
+    }
+}
+
 /// A message whose body does not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -477,6 +574,48 @@ mod tests {
             if let Ok(Some(n)) = startup_frame(&buf, max) {
                 prop_assert!(n <= buf.len() && n <= max && n >= 8);
                 let _ = parse_startup(&buf[..n]);
+            }
+        }
+
+        #[test]
+        fn walking_in_pieces_finds_the_frames(buf in proptest::collection::vec(any::<u8>(), 0..80), cut in 0usize..80) {
+            // Whole-message framing, as the reference.
+            let mut want = Vec::new();
+            let mut at = 0;
+            let mut bad = None;
+            loop {
+                match frame(&buf[at..], usize::MAX) {
+                    Ok(Some(f)) => { want.push((f.tag, f.len)); at += f.len; }
+                    Ok(None) => break,
+                    Err(e) => { bad = Some(e); break; }
+                }
+            }
+            // The walker over two reads, passing bodies as they come.
+            let cut = cut.min(buf.len());
+            let (mut w, mut got, mut seen_bad) = (Walker::default(), Vec::new(), None);
+            let (mut read, mut pos) = (Vec::new(), 0);
+            'reads: for piece in [&buf[..cut], &buf[cut..]] {
+                read.extend_from_slice(piece);
+                loop {
+                    match w.next(&read, &mut pos) {
+                        Step::Header { tag, total } => {
+                            got.push((tag, total));
+                            w.pass(&read, &mut pos, total);
+                        }
+                        Step::More => break,
+                        Step::BadLength(n) => {
+                            seen_bad = Some(n);
+                            break 'reads;
+                        }
+                    }
+                }
+            }
+            // The same frames, plus the header of an incomplete last one.
+            prop_assert!(got.len() == want.len() || got.len() == want.len() + 1);
+            prop_assert_eq!(&got[..want.len()], &want[..]);
+            match bad {
+                Some(FrameError::BadLength(n)) => prop_assert_eq!(seen_bad, Some(n)),
+                _ => prop_assert_eq!(seen_bad, None),
             }
         }
 
