@@ -985,16 +985,13 @@ print('ok')
 /// kept) for its whole session; after it leaves, the next client gets a reset connection.
 #[test]
 fn session_mode_keeps_connection() {
-    let Some((pg, p)) = setup(PoolOpts {
-        mode: Some("session"),
-        ..opts(1)
-    }) else {
-        return;
-    };
-    let out = py_ok(
+    py_case(
+        PoolOpts {
+            mode: Some("session"),
+            ..opts(1)
+        },
         60,
-        p.port(),
-        pg.port,
+        &[],
         r#"
 a = connect(PROXY)
 a.execute("SET search_path = a_schema, public")
@@ -1013,7 +1010,6 @@ for r in range(3):
 print('ok')
 "#,
     );
-    assert_eq!(out.trim(), "ok");
 }
 
 /// `--pool-wait-timeout`: with the only server connection held by an open transaction,
@@ -1121,16 +1117,13 @@ fn cancel_with_wrong_key_is_ignored() {
 /// and a 2 s pool wait, another client is served right after.
 #[test]
 fn transaction_scoped_state_does_not_pin() {
-    let Some((pg, p)) = setup(PoolOpts {
-        extra: vec!["--pool-wait-timeout".into(), "2s".into()],
-        ..opts(1)
-    }) else {
-        return;
-    };
-    let out = py_ok(
+    py_case(
+        PoolOpts {
+            extra: vec!["--pool-wait-timeout".into(), "2s".into()],
+            ..opts(1)
+        },
         60,
-        p.port(),
-        pg.port,
+        &[],
         r#"
 a, b = connect(PROXY), connect(PROXY)
 for r in range(3):
@@ -1145,7 +1138,6 @@ for r in range(3):
 print('ok')
 "#,
     );
-    assert_eq!(out.trim(), "ok");
 }
 
 /// A client's CancelRequest reaches only its own query: client A, idle after a query on the

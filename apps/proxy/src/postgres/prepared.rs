@@ -350,6 +350,20 @@ mod tests {
         v.iter().flat_map(|b| b.iter().copied()).collect()
     }
 
+    /// The bytes `s` sends for a client's Bind of `st` (a Parse first if it lacks it).
+    fn bind(s: &mut Server, st: &Arc<Stmt>) -> Vec<u8> {
+        let mut out = Vec::new();
+        s.op(
+            Op::Bind {
+                stmt: st.clone(),
+                portal: Bytes::from_static(b"\0"),
+                rest: Bytes::from_static(b"\0\0\0\0\0\0"),
+            },
+            &mut out,
+        );
+        all(out)
+    }
+
     fn tags(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut i = 0;
@@ -377,16 +391,7 @@ mod tests {
     fn a_bind_injects_a_parse_once_and_drops_its_reply() {
         let mut s = Server::new(10);
         let st = stmt(7, "SELECT 1");
-        let mut out = Vec::new();
-        s.op(
-            Op::Bind {
-                stmt: st.clone(),
-                portal: Bytes::from_static(b"\0"),
-                rest: Bytes::from_static(b"\0\0\0\0\0\0"),
-            },
-            &mut out,
-        );
-        let b = all(out);
+        let b = bind(&mut s, &st);
         assert_eq!(tags(&b), b"PB");
         assert!(b.windows(9).any(|w| w == b"ferry_s7\0"));
         s.sent(b"ES");
@@ -397,16 +402,7 @@ mod tests {
         assert_eq!(s.reply(b'Z'), Verdict::Pass);
         assert!(s.settled());
         // Again: no Parse.
-        let mut out = Vec::new();
-        s.op(
-            Op::Bind {
-                stmt: st,
-                portal: Bytes::from_static(b"\0"),
-                rest: Bytes::from_static(b"\0\0\0\0\0\0"),
-            },
-            &mut out,
-        );
-        assert_eq!(tags(&all(out)), b"B");
+        assert_eq!(tags(&bind(&mut s, &st)), b"B");
     }
 
     #[test]
@@ -464,16 +460,7 @@ mod tests {
         assert_eq!(s.reply(b'Z'), Verdict::Pass);
         assert!(s.settled());
         // The statement is not on the server: the next Bind parses again.
-        let mut out = Vec::new();
-        s.op(
-            Op::Bind {
-                stmt: st,
-                portal: Bytes::from_static(b"\0"),
-                rest: Bytes::from_static(b"\0\0\0\0\0\0"),
-            },
-            &mut out,
-        );
-        assert_eq!(tags(&all(out)), b"PB");
+        assert_eq!(tags(&bind(&mut s, &st)), b"PB");
     }
 
     #[test]
