@@ -10,7 +10,10 @@ use ferry_driver::{ListenAddr, ServerOptions};
 use ferry_proxy::config::TrustedProxies;
 use ferry_proxy::postgres::PoolMode;
 use ferry_proxy::redis::auth::Credentials;
-use ferry_proxy::{Balance, HealthConfig, Protocol, ProxyConfig, ProxyOptions, Upstream};
+use ferry_proxy::{
+    AccessFormat, AccessLogSpec, Balance, HealthConfig, Protocol, ProxyConfig, ProxyOptions,
+    Upstream,
+};
 use serde::Deserialize;
 
 use crate::config_file::{fill, in_range};
@@ -160,6 +163,14 @@ pub(crate) struct ProxyArgs {
     /// Log format on stderr: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
+    /// HTTP: append one line per exchange to this file (`-`: standard output), buffered per
+    /// I/O worker and written at least every 100 ms [default: none].
+    #[arg(long, value_name = "PATH", value_parser = boxed_path)]
+    access_log: Option<Box<Path>>,
+    /// The access log's format: text (nginx `combined` plus `upstream=`, `rt=`, `trace=`) or
+    /// json (one object per line) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    access_log_format: Option<LogFormat>,
     /// Redis: the user the proxy authenticates to upstreams as (`AUTH user password`; without
     /// it `AUTH password`, Redis's `default` user / `requirepass`). Needs a password.
     /// Postgres: the user server connections log in as [default: the client's user].
@@ -235,6 +246,8 @@ struct ProxyFile {
     drain_timeout: Option<String>,
     busy_poll: Option<String>,
     log_format: Option<LogFormat>,
+    access_log: Option<PathBuf>,
+    access_log_format: Option<LogFormat>,
     upstream_user: Option<String>,
     upstream_password_file: Option<PathBuf>,
     client_password_file: Option<PathBuf>,
@@ -396,6 +409,13 @@ fn merge(args: &mut ProxyArgs, f: ProxyFile, dir: &Path) -> Result<(), String> {
     )?;
     fill(&mut args.busy_poll, "busy_poll", f.busy_poll, duration)?;
     fill(&mut args.log_format, "log_format", f.log_format, Ok)?;
+    fill(&mut args.access_log, "access_log", f.access_log, path)?;
+    fill(
+        &mut args.access_log_format,
+        "access_log_format",
+        f.access_log_format,
+        Ok,
+    )?;
     fill(
         &mut args.upstream_user,
         "upstream_user",
@@ -636,6 +656,22 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
             return Err("--trusted-proxies: only with --protocol http".into());
         }
         cfg.trusted_proxies = (**t).clone();
+    }
+    match (&args.access_log, args.access_log_format) {
+        (Some(_), _) if protocol != Protocol::Http => {
+            return Err("--access-log: only with --protocol http".into());
+        }
+        (Some(path), format) => {
+            cfg.access_log = Some(AccessLogSpec {
+                path: path.to_path_buf(),
+                format: match format {
+                    Some(LogFormat::Json) => AccessFormat::Json,
+                    _ => AccessFormat::Text,
+                },
+            });
+        }
+        (None, Some(_)) => return Err("--access-log-format: needs --access-log".into()),
+        (None, None) => {}
     }
     let health_interval = args.health_interval.unwrap_or(Duration::from_secs(2));
     cfg.health = (!health_interval.is_zero()).then(|| HealthConfig {

@@ -262,6 +262,17 @@ pub struct ProxyConfig {
     pub trusted_proxies: TrustedProxies,
     /// PostgreSQL: pool size and mode, message limit, credentials.
     pub postgres: crate::postgres::PostgresConfig,
+    /// HTTP: where and how to write the access log (one line per exchange). Default none.
+    pub access_log: Option<AccessLogSpec>,
+}
+
+/// `--access-log PATH` and its format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogSpec {
+    /// The file appended to (`-`: standard output).
+    pub path: std::path::PathBuf,
+    /// Text (nginx `combined` plus the proxy's fields) or JSON lines.
+    pub format: crate::access_log::AccessFormat,
 }
 
 impl ProxyConfig {
@@ -289,6 +300,7 @@ impl ProxyConfig {
             redis_client_auth: None,
             trusted_proxies: TrustedProxies::default(),
             postgres: crate::postgres::PostgresConfig::default(),
+            access_log: None,
         }
     }
 }

@@ -70,6 +70,7 @@ use ferry_http1::{
 use ferry_proto::{Connection, Instant};
 use smallvec::SmallVec;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::balance::Balancer;
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyStats;
@@ -98,6 +99,8 @@ pub struct HttpShared {
     via: FieldLines,
     /// `x-forwarded-proto: http`, encoded once (requests that came with `X-Forwarded-For`).
     xfp: FieldLines,
+    /// The access log (`--access-log`), if any.
+    access: Option<Arc<AccessLog>>,
 }
 
 impl std::fmt::Debug for HttpShared {
@@ -110,7 +113,12 @@ impl std::fmt::Debug for HttpShared {
 
 impl HttpShared {
     /// Shared state for `workers` I/O workers.
-    pub fn new(cfg: ProxyConfig, workers: usize, stats: Arc<ProxyStats>) -> Arc<HttpShared> {
+    pub fn new(
+        cfg: ProxyConfig,
+        workers: usize,
+        stats: Arc<ProxyStats>,
+        access: Option<Arc<AccessLog>>,
+    ) -> Arc<HttpShared> {
         let names: Vec<String> = cfg.upstreams.iter().map(|a| a.to_string()).collect();
         let mut client = ClientConfig::default();
         client.response_timeout = Some(cfg.response_timeout);
@@ -153,6 +161,7 @@ impl HttpShared {
             workers,
             via: FieldLines::new(&[("via", "1.1 ferry")]).unwrap_or_default(),
             xfp: FieldLines::new(&[("x-forwarded-proto", "http")]).unwrap_or_default(),
+            access,
         })
     }
 
@@ -1061,6 +1070,12 @@ struct Exchange {
     /// The request's `Connection` may name fields beyond the standard hop-by-hop ones.
     conn_named: bool,
     traceparent: [u8; TRACEPARENT_LEN],
+    /// When the request head arrived (the access log's duration).
+    started: Instant,
+    /// The status the client got (set with the response head).
+    status: u16,
+    /// Response body bytes handed to the client.
+    resp_bytes: u64,
 }
 
 /// A client's connection.
@@ -1221,6 +1236,9 @@ fn exchange(
         has_host,
         conn_named,
         traceparent: tp,
+        started: now,
+        status: 0,
+        resp_bytes: 0,
     }
 }
 
@@ -1351,9 +1369,12 @@ impl Down {
             SEvent::Data { data, .. } => self.body(ctx, data, false, now),
             SEvent::End { .. } => self.body(ctx, Bytes::new(), true, now),
             SEvent::Trailers { .. } => {}
-            SEvent::Error { .. } => {
+            SEvent::Error { error, .. } => {
                 // The protocol answered (400/408/413/…) or the body broke: drop the exchange.
                 self.errored = true;
+                if let Some(log) = self.shared.access.as_deref() {
+                    self.log_error(log, ctx, error, now);
+                }
                 if let Some(mut ex) = self.ex.take() {
                     self.last_done = Some(ex.id);
                     self.release(ctx, &mut ex, false, now);
@@ -1555,7 +1576,7 @@ impl Down {
                     why.text()
                 );
                 self.last_done = Some(f.id);
-                self.local_answer(&f, why.status(), &text);
+                self.local_answer(ctx, &f, why.status(), &text, now);
                 continue;
             }
             self.ex = Some(f);
@@ -1651,7 +1672,7 @@ impl Down {
             let ex = self.ex.take().expect("exchange");
             self.last_done = Some(ex.id);
             let why = UpFailure::ClientStalled;
-            self.local_answer(&ex, why.status(), why.text());
+            self.local_answer(ctx, &ex, why.status(), why.text(), now);
             self.resume(ctx, now);
         } else {
             self.failed(ctx, UpFailure::ClientStalled, true, false, false, now);
@@ -1732,9 +1753,9 @@ impl Down {
                     // A retry found nowhere else to go: answer for the failure it retried.
                     Some((u, f)) if retry => {
                         let text = format!("upstream {}: {}", sh.stats.upstreams[u].addr, f.text());
-                        self.local_answer(&ex, f.status(), &text);
+                        self.local_answer(ctx, &ex, f.status(), &text, now);
                     }
-                    _ => self.local_answer(&ex, 503, why),
+                    _ => self.local_answer(ctx, &ex, 503, why, now),
                 }
                 self.resume(ctx, now);
                 return;
@@ -1912,7 +1933,14 @@ impl Down {
     }
 
     /// An answer of the proxy's own.
-    fn local_answer(&mut self, ex: &Exchange, status: u16, why: &str) {
+    fn local_answer(
+        &mut self,
+        ctx: &WorkerCtx,
+        ex: &Exchange,
+        status: u16,
+        why: &str,
+        now: Instant,
+    ) {
         let st = &self.shared.stats;
         match status {
             502 => add(&st.answered_502, 1),
@@ -1936,6 +1964,11 @@ impl Down {
             ("content-type", b"text/plain; charset=utf-8"),
             ("via", b"1.1 ferry"),
         ];
+        if let Some(log) = self.shared.access.as_deref() {
+            let (sh, ip) = (&*self.shared, self.peer_ip.as_deref());
+            let len = text.len() as u64;
+            log_exchange(log, sh, ctx, ip, ex, status, len, now);
+        }
         let _ = self
             .conn
             .send_response(ex.id, status, &fields, Body::Full(Bytes::from(text)));
@@ -2022,12 +2055,16 @@ impl Down {
         let ex = self.ex.take().expect("exchange");
         self.last_done = Some(ex.id);
         if ex.resp_started {
+            if let Some(log) = sh.access.as_deref() {
+                let ip = self.peer_ip.as_deref();
+                log_exchange(log, &sh, ctx, ip, &ex, ex.status, ex.resp_bytes, now);
+            }
             self.abort = true;
             self.drop_pipe(ctx, now);
         } else {
             let status = why.status();
             let why = format!("upstream {}: {}", sh.stats.upstreams[i].addr, why.text());
-            self.local_answer(&ex, status, &why);
+            self.local_answer(ctx, &ex, status, &why, now);
         }
         self.resume(ctx, now);
     }
@@ -2037,6 +2074,10 @@ impl Down {
         // Released where it is, then dropped there (not moved out: an `Exchange` is big).
         let Some(ex) = self.ex.as_mut() else { return };
         self.last_done = Some(ex.id);
+        if let Some(log) = self.shared.access.as_deref() {
+            let (sh, ip) = (&*self.shared, self.peer_ip.as_deref());
+            log_exchange(log, sh, ctx, ip, ex, ex.status, ex.resp_bytes, now);
+        }
         // The next request pipelined on that connection takes it over.
         if let Some(next) = self.pipe.front_mut() {
             if next.up.is_some() && next.up == ex.up && ex.resp_done {
@@ -2218,8 +2259,9 @@ impl Down {
         if self.tunnel.is_some() {
             self.owed += b.len();
             self.io.out.push(b);
-        } else if let Some(ex) = self.ex.as_ref() {
+        } else if let Some(ex) = self.ex.as_mut() {
             self.owed += b.len();
+            ex.resp_bytes += b.len() as u64;
             // Collected after the whole mail (`on_mail`): a small response's head and body
             // leave as one slice.
             let _ = self.conn.send_data(ex.id, b, false);
@@ -2254,6 +2296,10 @@ impl Down {
         let lease = ex.lease.take();
         ex.resp_done = true;
         self.last_done = Some(ex.id);
+        if let Some(log) = self.shared.access.as_deref() {
+            let (sh, ip) = (&*self.shared, self.peer_ip.as_deref());
+            log_exchange(log, sh, ctx, ip, &ex, ex.status, 0, now);
+        }
         self.release(ctx, &mut ex, true, now);
         add(&self.shared.stats.upgrades, 1);
         self.backlog.clear();
@@ -2302,6 +2348,7 @@ impl Down {
         ex.resp_started = true;
         ex.replay.clear();
         let status = resp.status();
+        ex.status = status;
         let i = ex.upstream;
         let class = (status / 100).clamp(1, 5) as usize - 1;
         sh.stats.upstreams[i].responses[class].fetch_add(1, Relaxed);
@@ -2376,7 +2423,7 @@ impl Down {
             let mut ex = self.ex.take().expect("exchange");
             self.last_done = Some(ex.id);
             self.release(ctx, &mut ex, false, now);
-            self.local_answer(&ex, 502, "invalid response head from upstream");
+            self.local_answer(ctx, &ex, 502, "invalid response head from upstream", now);
             // That connection is dropped: requests pipelined on it go again.
             self.detach_pipe(ctx, UpFailure::Broken, false, now);
             self.resume(ctx, now);
@@ -2386,6 +2433,28 @@ impl Down {
             // No body follows a HEAD response whatever length it declares: end it now (not
             // by counting the declared length down, which for a huge one stalls the worker).
             let _ = self.conn.send_data(ex.id, Bytes::new(), true);
+        }
+    }
+
+    /// The access-log line for a request the protocol refused: the exchange in progress
+    /// (its response had started: the status it got; else the refusal's), or a head that
+    /// never made a request (no line for a client that just closed or idled out).
+    #[cold]
+    fn log_error(&self, log: &AccessLog, ctx: &WorkerCtx, error: ferry_http1::Error, now: Instant) {
+        let eof = error == ferry_http1::Error::UnexpectedEof;
+        let refused = if eof { 499 } else { error.status() };
+        let ip = self.peer_ip.as_deref();
+        if let Some(ex) = self.ex.as_ref() {
+            let status = if ex.resp_started { ex.status } else { refused };
+            log_exchange(log, &self.shared, ctx, ip, ex, status, ex.resp_bytes, now);
+        } else if !eof && error != ferry_http1::Error::HeaderTimeout {
+            let client = self.io.peer_addr().map(|p| p.ip().to_string());
+            let e = Entry {
+                client: client.as_deref().unwrap_or_default().as_bytes(),
+                status: refused,
+                ..Entry::default()
+            };
+            log.record(ctx.index, &e);
         }
     }
 
@@ -2402,6 +2471,47 @@ impl Down {
             }
         }
     }
+}
+
+/// One access-log line for `ex`, answered `status` with `bytes` of body.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn log_exchange(
+    log: &AccessLog,
+    sh: &HttpShared,
+    ctx: &WorkerCtx,
+    peer_ip: Option<&[u8]>,
+    ex: &Exchange,
+    status: u16,
+    bytes: u64,
+    now: Instant,
+) {
+    let upstream = match (ex.upstream, ex.last_failure) {
+        (i, _) if i != usize::MAX => Some(i),
+        (_, Some((i, _))) => Some(i),
+        _ => None,
+    };
+    let hs = ex.head.headers();
+    let e = Entry {
+        client: peer_ip.unwrap_or_default(),
+        method: ex.head.method_str().as_bytes(),
+        target: ex.head.target_bytes(),
+        protocol: match ex.head.version() {
+            ferry_http1::Version::Http10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        status,
+        bytes,
+        referer: hs.get("referer"),
+        user_agent: hs.get("user-agent"),
+        upstream: upstream
+            .and_then(|i| sh.stats.upstreams.get(i))
+            .map(|u| u.addr.as_str()),
+        duration: now.saturating_duration_since(ex.started),
+        trace_id: ex.traceparent.get(3..35).unwrap_or_default(),
+    };
+    let unix = ctx.clock.unix_origin_nanos().saturating_add(now.as_nanos());
+    log.record_at(ctx.index, std::time::Duration::from_nanos(unix), &e);
 }
 
 /// An exchange is over for its client's side: the lease goes back (reused only after a clean
@@ -2991,6 +3101,12 @@ impl Half for Down {
         self.end_tunnel(ctx);
         let now = ctx.clock.now();
         if let Some(mut ex) = self.ex.take() {
+            if let Some(log) = self.shared.access.as_deref() {
+                // The client left before its response ended: 499, as nginx logs it.
+                let status = if ex.resp_done { ex.status } else { 499 };
+                let (sh, ip) = (&*self.shared, self.peer_ip.as_deref());
+                log_exchange(log, sh, ctx, ip, &ex, status, ex.resp_bytes, now);
+            }
             self.release(ctx, &mut ex, false, now);
         }
         self.drop_pipe(ctx, now);
@@ -3033,6 +3149,10 @@ impl Downstream for Down {
         ws.pool.handle_timeout(now);
         ws.pump(ctx, &shared.stats);
         shared.stats.publish_pool(ctx.index, &ws.pool.metrics());
+        drop(ws);
+        if let Some(log) = shared.access.as_deref() {
+            log.flush(ctx.index);
+        }
         Some(now + std::time::Duration::from_millis(100))
     }
 }

@@ -37,6 +37,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod access_log;
 pub mod balance;
 pub mod config;
 pub mod health;
@@ -50,8 +51,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+pub use access_log::{AccessFormat, AccessLog};
 pub use balance::Balance;
-pub use config::{HealthConfig, Protocol, ProxyConfig, Upstream};
+pub use config::{AccessLogSpec, HealthConfig, Protocol, ProxyConfig, Upstream};
 use ferry_driver::{
     DriverKind, Launch, ListenAddr, Request, Response, ServerHandle, ServerOptions, Service,
 };
@@ -124,6 +126,7 @@ pub struct Proxy {
     pub stats: Arc<ProxyStats>,
     health: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    access: Option<Arc<AccessLog>>,
 }
 
 impl Proxy {
@@ -136,6 +139,9 @@ impl Proxy {
     /// admin listener and the health checks. Returns how many threads panicked.
     pub fn wait(self) -> usize {
         let mut bad = self.handle.wait();
+        if let Some(log) = &self.access {
+            log.flush_all();
+        }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(a) = self.admin {
             a.shutdown.trigger();
@@ -215,6 +221,19 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
         Protocol::Postgres => "postgres",
         _ => "http",
     };
+    let access = match &cfg.access_log {
+        Some(_) if opts.protocol != Protocol::Http => {
+            return Err(StartError::Config(
+                "--access-log: only for --protocol http".into(),
+            ))
+        }
+        Some(spec) => Some(Arc::new(
+            AccessLog::open(&spec.path, spec.format, workers).map_err(|e| {
+                StartError::Config(format!("--access-log {}: {e}", spec.path.display()))
+            })?,
+        )),
+        None => None,
+    };
     let stats = Arc::new(ProxyStats::new(proto_name, &cfg.upstreams, workers));
     let launch =
         Launch::prepare(opts.listen, server, Arc::new(NoHttp)).map_err(StartError::Bind)?;
@@ -287,7 +306,7 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
             run::<postgres::PostgresProxy>(driver, launch, shared)
         }
         _ => {
-            let shared = http::HttpShared::new(cfg, workers, stats.clone());
+            let shared = http::HttpShared::new(cfg, workers, stats.clone(), access.clone());
             run::<http::HttpProxy>(driver, launch, shared)
         }
     }
@@ -298,5 +317,6 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
         stats,
         health,
         stop,
+        access,
     })
 }
