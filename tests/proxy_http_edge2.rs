@@ -745,6 +745,27 @@ fn metrics_parse_and_count_exactly(driver: &str) {
         "{m}"
     );
     assert_eq!(at("ferry_proxy_upstream_healthy", &dead), 1.0, "{m}"); // no active checks
+    // Every exchange the live upstream answered has a duration (the tunnel's 101 does not:
+    // its exchange never ends as one); the dead one answered none.
+    let h = "ferry_proxy_request_duration_seconds";
+    assert_eq!(at(&format!("{h}_count"), &live), 12.0, "{m}");
+    assert_eq!(at(&format!("{h}_count"), &dead), 0.0, "{m}");
+    let inf = format!("{h}_bucket{{le=+Inf,{}}}", lbl(&live));
+    assert_eq!(sample(&second, &inf), 12.0, "{m}");
+    // Each request the live upstream answered held a pooled connection (the pool's figures
+    // are published at the workers' next tick: polled, bounded).
+    let start = Instant::now();
+    let waits = loop {
+        let w = sample(
+            &parse_metrics(&p.metrics()),
+            "ferry_proxy_pool_wait_seconds_count{protocol=http}",
+        );
+        if w >= 12.0 || start.elapsed() > Duration::from_secs(10) {
+            break w;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(waits >= 12.0, "{waits}");
     assert_eq!(
         sample(
             &second,

@@ -58,6 +58,11 @@ impl WaitHistogram {
         self.count
     }
 
+    /// The recorded waits added up.
+    pub fn sum(&self) -> Duration {
+        Duration::from_nanos(u64::try_from(self.sum_nanos).unwrap_or(u64::MAX))
+    }
+
     /// Longest recorded wait.
     pub fn max(&self) -> Duration {
         Duration::from_nanos(self.max_nanos)

@@ -299,7 +299,7 @@ pub fn admin_metrics(admin: SocketAddr) -> String {
 }
 
 /// `/metrics` text parsed with `prometheus_client`'s parser: every family must have HELP and a
-/// counter or gauge TYPE; one `type name{labels} value` line per sample, sorted.
+/// counter, gauge or histogram TYPE; one `type name{labels} value` line per sample, sorted.
 pub fn parse_metrics(text: &str) -> Vec<String> {
     use std::io::Write;
     let script = "import sys\n\
@@ -307,7 +307,7 @@ pub fn parse_metrics(text: &str) -> Vec<String> {
         out = []\n\
         for fam in f(sys.stdin.read()):\n\
         \x20   assert fam.documentation, 'no HELP for ' + fam.name\n\
-        \x20   assert fam.type in ('counter', 'gauge'), fam.type\n\
+        \x20   assert fam.type in ('counter', 'gauge', 'histogram'), fam.type\n\
         \x20   for s in fam.samples:\n\
         \x20       labels = ','.join('%s=%s' % kv for kv in sorted(s.labels.items()))\n\
         \x20       out.append('%s %s{%s} %r' % (fam.type, s.name, labels, s.value))\n\

@@ -2074,6 +2074,10 @@ impl Down {
         // Released where it is, then dropped there (not moved out: an `Exchange` is big).
         let Some(ex) = self.ex.as_mut() else { return };
         self.last_done = Some(ex.id);
+        if let Some(u) = self.shared.stats.upstreams.get(ex.upstream) {
+            let nanos = now.as_nanos().saturating_sub(ex.started.as_nanos());
+            u.duration.record(nanos);
+        }
         if let Some(log) = self.shared.access.as_deref() {
             let (sh, ip) = (&*self.shared, self.peer_ip.as_deref());
             log_exchange(log, sh, ctx, ip, ex, ex.status, ex.resp_bytes, now);

@@ -36,6 +36,76 @@ pub struct UpstreamStats {
     pub breaker_opened: AtomicU64,
     /// Active health check verdict.
     pub healthy: AtomicBool,
+    /// HTTP: from a request's head to the end of the upstream's response, for exchanges the
+    /// upstream answered.
+    pub duration: DurationHistogram,
+}
+
+/// Upper bounds (seconds) of [`DurationHistogram`]'s buckets, Prometheus's `le` (the last,
+/// `+Inf`, is implied).
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// [`DURATION_BUCKETS`] in nanoseconds.
+const BUCKET_NANOS: [u64; 14] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// A Prometheus histogram of durations with fixed buckets ([`DURATION_BUCKETS`]), in relaxed
+/// atomics every worker adds to: two increments per sample, no lock, no allocation.
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    /// Samples per bucket (not cumulative), the last for `+Inf`.
+    buckets: [AtomicU64; 15],
+    sum_nanos: AtomicU64,
+}
+
+impl DurationHistogram {
+    /// Records one sample of `nanos` nanoseconds.
+    #[inline]
+    pub fn record(&self, nanos: u64) {
+        let i = BUCKET_NANOS.iter().take_while(|&&b| nanos > b).count();
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// `name_bucket`, `name_sum` and `name_count` lines with `labels` (`k="v",…`).
+    fn render(&self, s: &mut String, name: &str, labels: &str) {
+        let mut cum = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cum += b.load(Relaxed);
+            match DURATION_BUCKETS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(s, "{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
+                }
+                None => {
+                    let _ = writeln!(s, "{name}_bucket{{{labels},le=\"+Inf\"}} {cum}");
+                }
+            }
+        }
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(s, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(s, "{name}_count{{{labels}}} {cum}");
+    }
 }
 
 /// The whole proxy's counters.
@@ -60,6 +130,8 @@ pub struct ProxyStats {
     /// Per worker, the keep-alive pool's figures (`ferry-pool`'s metrics): active, idle,
     /// connecting, waiting, created, closed, failed, timed out.
     pub pool: Vec<[AtomicU64; 8]>,
+    /// Per worker, the keep-alive pool's checkout wait times (published with `pool`).
+    pool_wait: Vec<Mutex<ferry_pool::WaitHistogram>>,
 }
 
 const POOL_NAMES: [(&str, &str, &str); 8] = [
@@ -160,6 +232,7 @@ impl ProxyStats {
                     breaker: (0..workers).map(|_| AtomicU8::new(0)).collect(),
                     breaker_opened: AtomicU64::new(0),
                     healthy: AtomicBool::new(true),
+                    duration: DurationHistogram::default(),
                 })
                 .collect(),
             requests: AtomicU64::new(0),
@@ -169,6 +242,7 @@ impl ProxyStats {
             downstream_open: AtomicI64::new(0),
             upgrades: AtomicU64::new(0),
             pool: (0..workers).map(|_| Default::default()).collect(),
+            pool_wait: (0..workers).map(|_| Default::default()).collect(),
         }
     }
 
@@ -189,6 +263,49 @@ impl ProxyStats {
                 a.store(x, Relaxed);
             }
         }
+        if let Some(h) = self.pool_wait.get(w) {
+            h.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone_from(&m.wait_time);
+        }
+    }
+
+    /// `ferry_proxy_pool_wait_seconds`: every worker's checkout waits, merged, in the
+    /// pool's power-of-two buckets from 1 µs (2^10 ns) to 34 s (2^35 ns).
+    fn render_pool_wait(&self, s: &mut String) {
+        let name = "ferry_proxy_pool_wait_seconds";
+        family(
+            s,
+            name,
+            "histogram",
+            "Time from asking the keep-alive pool for an upstream connection to holding one (0 for an idle hit).",
+        );
+        let mut all = ferry_pool::WaitHistogram::default();
+        for h in &self.pool_wait {
+            all.merge(&h.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        let p = self.protocol;
+        let mut samples = all.buckets().peekable();
+        let mut cum = 0;
+        for k in 10..=35u32 {
+            // Pool bucket upper bounds are 2^i - 1 ns: those below 2^k ns are `le` 2^k ns.
+            while let Some((_, n)) = samples.next_if(|&(upper, _)| upper < 1u64 << k) {
+                cum += n;
+            }
+            let le = (1u64 << k) as f64 / 1e9;
+            let _ = writeln!(s, "{name}_bucket{{protocol=\"{p}\",le=\"{le}\"}} {cum}");
+        }
+        let _ = writeln!(
+            s,
+            "{name}_bucket{{protocol=\"{p}\",le=\"+Inf\"}} {}",
+            all.count()
+        );
+        let _ = writeln!(
+            s,
+            "{name}_sum{{protocol=\"{p}\"}} {}",
+            all.sum().as_secs_f64()
+        );
+        let _ = writeln!(s, "{name}_count{{protocol=\"{p}\"}} {}", all.count());
     }
 
     /// Prometheus text exposition (version 0.0.4).
@@ -344,6 +461,20 @@ impl ProxyStats {
                 }
             }
         }
+        if self.protocol == "http" {
+            let name = "ferry_proxy_request_duration_seconds";
+            family(
+                &mut s,
+                name,
+                "histogram",
+                "From a request's head to the end of its upstream response (responses from the upstream).",
+            );
+            for u in &self.upstreams {
+                let labels = format!("protocol=\"{p}\",upstream=\"{}\"", u.addr);
+                u.duration.render(&mut s, name, &labels);
+            }
+            self.render_pool_wait(&mut s);
+        }
         family(
             &mut s,
             "ferry_proxy_breaker_state",
@@ -379,6 +510,37 @@ mod tests {
             "ferry_proxy_breaker_state{protocol=\"http\",upstream=\"127.0.0.1:1\",worker=\"1\"} 1"
         ));
         assert!(text.contains("class=\"2xx\"} 3"));
+        for ns in [100_000, 400_000, 500_000, 2_000_000, 20_000_000_000] {
+            st.upstreams[0].duration.record(ns);
+        }
+        let mut m = ferry_pool::Metrics::default();
+        m.wait_time.record(std::time::Duration::ZERO);
+        m.wait_time.record(std::time::Duration::from_micros(3));
+        st.publish_pool(1, &m);
+        let text = st.render();
+        let up = "protocol=\"http\",upstream=\"127.0.0.1:1\"";
+        for (le, n) in [
+            ("0.0005", 3),
+            ("0.001", 3),
+            ("0.0025", 4),
+            ("10", 4),
+            ("+Inf", 5),
+        ] {
+            let line =
+                format!("ferry_proxy_request_duration_seconds_bucket{{{up},le=\"{le}\"}} {n}");
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        assert!(text.contains(&format!(
+            "ferry_proxy_request_duration_seconds_count{{{up}}} 5"
+        )));
+        assert!(text.contains(&format!(
+            "ferry_proxy_request_duration_seconds_sum{{{up}}} 20.003"
+        )));
+        // Zero and 3 µs: both at or below 4.096 µs, one at or below 1.024 µs.
+        let w = "ferry_proxy_pool_wait_seconds_bucket{protocol=\"http\",le=";
+        assert!(text.contains(&format!("{w}\"0.000001024\"}} 1")), "{text}");
+        assert!(text.contains(&format!("{w}\"0.000004096\"}} 2")), "{text}");
+        assert!(text.contains(&format!("{w}\"+Inf\"}} 2")), "{text}");
         assert!(text.contains(
             "ferry_proxy_upstream_healthy{protocol=\"http\",upstream=\"127.0.0.1:1\"} 1"
         ));
