@@ -91,7 +91,8 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pool_wait_timeout: Option<Duration>,
     /// Extra attempts for idempotent requests whose upstream failed before answering (and
-    /// for any request none of which was sent) [default: 2].
+    /// for any request none of which was sent); Redis: for commands answered `-LOADING`
+    /// [default: 2].
     #[arg(long, value_name = "N")]
     retries: Option<u32>,
     /// Consecutive failures that open an upstream's circuit breaker (0: never). It also opens

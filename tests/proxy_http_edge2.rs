@@ -745,8 +745,8 @@ fn metrics_parse_and_count_exactly(driver: &str) {
         "{m}"
     );
     assert_eq!(at("ferry_proxy_upstream_healthy", &dead), 1.0, "{m}"); // no active checks
-    // Every exchange the live upstream answered has a duration (the tunnel's 101 does not:
-    // its exchange never ends as one); the dead one answered none.
+                                                                       // Every exchange the live upstream answered has a duration (the tunnel's 101 does not:
+                                                                       // its exchange never ends as one); the dead one answered none.
     let h = "ferry_proxy_request_duration_seconds";
     assert_eq!(at(&format!("{h}_count"), &live), 12.0, "{m}");
     assert_eq!(at(&format!("{h}_count"), &dead), 0.0, "{m}");

@@ -42,6 +42,78 @@ impl fmt::Display for Balance {
     }
 }
 
+/// A set of upstream indices (up to 255, the proxy's most): the first 64 in a word, the
+/// rest (only with more than 64 upstreams) boxed. The upstreams a request or command was
+/// already tried on (and those a pick skips), for the HTTP and Redis proxies alike.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Tried {
+    low: u64,
+    high: Option<Box<[u64; 3]>>,
+}
+
+impl Tried {
+    /// The empty set.
+    pub(crate) const NONE: Tried = Tried { low: 0, high: None };
+
+    /// Whether `i` is in the set.
+    #[inline]
+    pub(crate) fn has(&self, i: usize) -> bool {
+        if i < 64 {
+            self.low & (1 << i) != 0
+        } else {
+            self.has_high(i)
+        }
+    }
+
+    /// Put `i` in the set (beyond 255: ignored).
+    #[inline]
+    pub(crate) fn add(&mut self, i: usize) {
+        if i < 64 {
+            self.low |= 1 << i;
+        } else {
+            self.add_high(i);
+        }
+    }
+
+    /// Take `i` out of the set.
+    #[inline]
+    pub(crate) fn remove(&mut self, i: usize) {
+        if i < 64 {
+            self.low &= !(1 << i);
+        } else if let Some(w) = self.high.as_deref_mut().and_then(|h| h.get_mut(i / 64 - 1)) {
+            *w &= !(1 << (i % 64));
+        }
+    }
+
+    /// How many indices are in the set.
+    pub(crate) fn len(&self) -> usize {
+        let high = self
+            .high
+            .as_deref()
+            .map_or(0, |h| h.iter().map(|w| w.count_ones()).sum());
+        (self.low.count_ones() + high) as usize
+    }
+
+    /// Whether the set is empty.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[cold]
+    fn has_high(&self, i: usize) -> bool {
+        let w = self.high.as_deref().and_then(|h| h.get(i / 64 - 1));
+        w.is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    #[cold]
+    fn add_high(&mut self, i: usize) {
+        let h = self.high.get_or_insert_with(Default::default);
+        if let Some(w) = h.get_mut(i / 64 - 1) {
+            *w |= 1 << (i % 64);
+        }
+    }
+}
+
 const VNODES: usize = 160;
 
 /// FNV-1a, 64 bit (stable across runs and hosts, which a hash ring needs).
@@ -196,5 +268,27 @@ mod tests {
                 assert_ne!(now, 2);
             }
         }
+    }
+
+    #[test]
+    fn tried_holds_every_upstream_index() {
+        let mut t = Tried::default();
+        assert!(t.is_empty());
+        for i in [0, 1, 63, 64, 65, 127, 128, 200, 254] {
+            assert!(!t.has(i), "{i}");
+            t.add(i);
+            assert!(t.has(i), "{i}");
+        }
+        assert_eq!(t.len(), 9);
+        // No aliasing modulo 64.
+        for i in [2, 66, 129, 130, 192, 255 - 64] {
+            assert!(!t.has(i), "{i}");
+        }
+        t.remove(65);
+        t.remove(1);
+        assert!(!t.has(65) && !t.has(1) && t.has(64) && t.has(0));
+        assert_eq!(t.len(), 7);
+        t.add(300); // beyond the proxy's most: ignored
+        assert_eq!(t.len(), 7);
     }
 }

@@ -226,7 +226,8 @@ pub struct ProxyConfig {
     pub max_waiters: usize,
     /// Extra attempts for an idempotent request whose upstream failed before answering
     /// (connect failure, reset, EOF), or for any request none of which was sent (a failed
-    /// connect, a pooled connection found closed). Default 2.
+    /// connect, a pooled connection found closed); Redis: for a command an upstream
+    /// answered `-LOADING` (not run), each time on another upstream. Default 2.
     pub retries: u32,
     /// Retries allowed per 10 s window as a share of requests (plus the minimum below), so
     /// retries cannot multiply load when an upstream fails. Default 0.2.

@@ -71,7 +71,7 @@ use ferry_proto::{Connection, Instant};
 use smallvec::SmallVec;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::balance::Balancer;
+use crate::balance::{Balancer, Tried};
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyStats;
 use ferry_pool::{Checkout, Event as PoolEvent, Pool, WaiterId};
@@ -462,57 +462,6 @@ impl UpFailure {
             UpFailure::PoolFull => "connection limit reached and too many requests waiting",
             UpFailure::PoolTimeout => "no connection free in time (connection limit reached)",
             UpFailure::ClientStalled => "request body not received in time",
-        }
-    }
-}
-
-/// A set of upstream indices (up to 255, the proxy's most): the first 64 in a word, the
-/// rest (only with more than 64 upstreams) boxed.
-#[derive(Debug, Default, Clone)]
-struct Tried {
-    low: u64,
-    high: Option<Box<[u64; 3]>>,
-}
-
-impl Tried {
-    #[inline]
-    fn has(&self, i: usize) -> bool {
-        if i < 64 {
-            self.low & (1 << i) != 0
-        } else {
-            self.has_high(i)
-        }
-    }
-
-    #[inline]
-    fn add(&mut self, i: usize) {
-        if i < 64 {
-            self.low |= 1 << i;
-        } else {
-            self.add_high(i);
-        }
-    }
-
-    #[inline]
-    fn remove(&mut self, i: usize) {
-        if i < 64 {
-            self.low &= !(1 << i);
-        } else if let Some(w) = self.high.as_deref_mut().and_then(|h| h.get_mut(i / 64 - 1)) {
-            *w &= !(1 << (i % 64));
-        }
-    }
-
-    #[cold]
-    fn has_high(&self, i: usize) -> bool {
-        let w = self.high.as_deref().and_then(|h| h.get(i / 64 - 1));
-        w.is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
-
-    #[cold]
-    fn add_high(&mut self, i: usize) {
-        let h = self.high.get_or_insert_with(Default::default);
-        if let Some(w) = h.get_mut(i / 64 - 1) {
-            *w |= 1 << (i % 64);
         }
     }
 }
@@ -2996,17 +2945,7 @@ impl Half for Down {
     type Shared = HttpShared;
     type Mail = Mail;
 
-    fn io(&self) -> &Io {
-        &self.io
-    }
-
-    fn io_mut(&mut self) -> &mut Io {
-        &mut self.io
-    }
-
-    fn shared(&self) -> &Arc<HttpShared> {
-        &self.shared
-    }
+    ferry_driver::half_io!();
 
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
         if let Some(t) = self.tunnel.as_ref() {
@@ -3165,17 +3104,7 @@ impl Half for Up {
     type Shared = HttpShared;
     type Mail = Mail;
 
-    fn io(&self) -> &Io {
-        &self.io
-    }
-
-    fn io_mut(&mut self) -> &mut Io {
-        &mut self.io
-    }
-
-    fn shared(&self) -> &Arc<HttpShared> {
-        &self.shared
-    }
+    ferry_driver::half_io!();
 
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
         !self.done

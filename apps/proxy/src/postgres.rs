@@ -2472,15 +2472,7 @@ impl Half for PgDown {
     type Shared = PgShared;
     type Mail = PgMail;
 
-    fn io(&self) -> &Io {
-        &self.io
-    }
-    fn io_mut(&mut self) -> &mut Io {
-        &mut self.io
-    }
-    fn shared(&self) -> &Arc<PgShared> {
-        &self.shared
-    }
+    ferry_driver::half_io!();
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
         if self.done || self.io.out.len() >= WINDOW {
             return false;
@@ -2646,15 +2638,7 @@ impl Half for PgUp {
     type Shared = PgShared;
     type Mail = PgMail;
 
-    fn io(&self) -> &Io {
-        &self.io
-    }
-    fn io_mut(&mut self) -> &mut Io {
-        &mut self.io
-    }
-    fn shared(&self) -> &Arc<PgShared> {
-        &self.shared
-    }
+    ferry_driver::half_io!();
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
         !self.done
             && self.unacked < WINDOW

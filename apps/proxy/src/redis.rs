@@ -53,10 +53,30 @@
 //!   `-ERR ferry proxy: upstream connection lost`; clients reconnect on their next command.
 //!   A client whose dedicated connection broke is then disconnected (its state — `SELECT`,
 //!   `AUTH`, a transaction, subscriptions — is gone, as with Redis itself).
-//! - A restarted upstream answers `-LOADING` while it loads its data (the command did not
-//!   run): on a new shared connection that counts as a failure for its breaker, and the
-//!   command — or a fast-path chunk all of whose replies are `-LOADING` — goes once to
-//!   another upstream if there is one ([`RUp::loading`]); else the error is passed on.
+//! - **`-LOADING`.** Redis answers `-LOADING` without running the command while it loads
+//!   its data: after a restart, during `DEBUG RELOAD`, on a replica in a full resync — on
+//!   new connections and on ones that were answering. On a shared connection each such
+//!   reply counts as a failure for the upstream's breaker (enough of them open it: the
+//!   upstream is then skipped for a while), and the work goes back to its client
+//!   ([`RUp::loading`]) to be sent to another upstream ([`RDown::retry`]): never to one
+//!   that answered it `-LOADING` before, at most `--retries` times (default 2); with none
+//!   left the client gets the `-LOADING` reply. What is retried: a slow-path command, or
+//!   what is left of a fast-path chunk from its first `-LOADING` reply (its earlier replies
+//!   went to the client already), when every other reply in that rest answers a command
+//!   safe to run twice (`ECHO`, `PING`, `INFO`, `TIME`, … — Redis serves some of them while
+//!   loading: a pipeline mixing them with data commands gets both kinds of reply). Each
+//!   chunk of a pipeline in flight on the loading connection is retried on its own; the
+//!   client's replies stay in order (chunk sequence numbers, command ids), and retries that
+//!   go down one connection keep their order. Chunks already run in parallel on different
+//!   upstreams under round robin; a retried command likewise may run after commands
+//!   pipelined behind it that went elsewhere directly (under `--balance hash` only while a
+//!   breaker changes state). Passed on as they are: a run of `-LOADING` replies followed in
+//!   its chunk by replies to other commands (loading ended mid-chunk: moving the run would
+//!   reorder what ran), replies to parts of split commands (merged by upstream), and
+//!   anything on a dedicated connection — a transaction (Redis itself then fails `EXEC`
+//!   with `-EXECABORT`), blocking commands, pub/sub, `SELECT`, a client's `AUTH`: that
+//!   state lives on the connection and would not follow a command elsewhere, so the client
+//!   sees what Redis said, as when connected to it directly.
 //! - `--response-timeout` holds on dedicated connections too; a blocking command gets its
 //!   own timeout on top (`BLPOP q 5`: 5 s more), and none while it may wait without end
 //!   (timeout 0). A client that hangs up while blocked has its EOF passed on to its
@@ -91,7 +111,7 @@ use ferry_resp::{
 };
 use smallvec::SmallVec;
 
-use crate::balance::{Balance, Balancer};
+use crate::balance::{Balance, Balancer, Tried};
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyStats;
 use auth_gate::{Feed, BIG_COMMAND};
@@ -188,7 +208,7 @@ impl RWorker {
         key: &[u8],
         stats: &ProxyStats,
         now: Instant,
-        skip: u64,
+        skip: &Tried,
     ) -> Option<usize> {
         let RWorker {
             balancer,
@@ -201,7 +221,7 @@ impl RWorker {
         balancer.pick(
             key,
             |i| {
-                skip & (1u64 << (i % 64)) == 0
+                !skip.has(i)
                     && stats.upstreams[i].usable()
                     && breakers[i].state(now) != BreakerState::Open
             },
@@ -209,21 +229,23 @@ impl RWorker {
         )
     }
 
-    /// An upstream for `key` and a permit of its breaker; `count` commands are charged to it.
+    /// An upstream for `key` (none of those in `tried`) and a permit of its breaker;
+    /// `count` commands are charged to it.
     fn pick(
         &mut self,
         key: &[u8],
         count: usize,
         stats: &ProxyStats,
         now: Instant,
+        tried: &Tried,
     ) -> Option<(usize, Permit)> {
-        let mut skip = 0u64;
+        let mut skip = tried.clone();
         for _ in 0..stats.upstreams.len() {
-            let i = self.candidate(key, stats, now, skip)?;
+            let i = self.candidate(key, stats, now, &skip)?;
             if let Some(p) = self.acquire(i, count, stats, now) {
                 return Some((i, p));
             }
-            skip |= 1u64 << (i % 64); // out of half-open probes
+            skip.add(i); // out of half-open probes
         }
         None
     }
@@ -339,8 +361,8 @@ struct Unit {
     permit: Option<Permit>,
     /// Commands in it.
     count: u32,
-    /// Sent once already, to an upstream that answered `-LOADING` ([`RUp::loading`]).
-    retried: bool,
+    /// The upstreams that answered it `-LOADING` already ([`RUp::loading`]).
+    tried: Tried,
     work: Work,
 }
 
@@ -385,13 +407,9 @@ enum RKind {
     Push(Value),
     /// Upstream → client: a command of the proxy's own (no reply wanted) was answered.
     Ack,
-    /// Upstream `from` → client: it answered `unit` with `-LOADING` (`reply`, its
-    /// replies as they came): send it elsewhere if possible ([`RUp::loading`]).
-    Retry {
-        from: usize,
-        unit: Unit,
-        reply: Bytes,
-    },
+    /// Upstream → client: it answered `unit` with `-LOADING` (`reply`, its replies as they
+    /// came; `unit.tried` names it): send it elsewhere if possible ([`RUp::loading`]).
+    Retry { unit: Unit, reply: Bytes },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -549,9 +567,6 @@ pub struct RUp {
     done: bool,
     /// The proxy's own `AUTH` on this connection ([`auth`]).
     auth: auth::UpAuth,
-    /// Shared connections: the upstream answered nothing but `-LOADING` yet (it may be
-    /// loading its data after a restart: see [`RUp::loading`]).
-    fresh: bool,
 }
 
 #[derive(Debug)]
@@ -561,8 +576,11 @@ struct Entry {
     permit: Option<Permit>,
     count: u32,
     sent: Instant,
-    /// The work again, while the connection is [`RUp::fresh`] (to retry it elsewhere).
-    retry: Option<Box<Work>>,
+    /// A command with a reply wanted: its arguments, to retry it elsewhere if the upstream
+    /// answers `-LOADING` ([`RUp::loading`]).
+    args: Option<Box<Args>>,
+    /// The upstreams that answered it `-LOADING` before.
+    tried: Tried,
 }
 
 #[derive(Debug)]
@@ -570,6 +588,8 @@ enum What {
     Raw {
         seq: u64,
         left: u32,
+        /// The chunk as sent (to retry what is left of it elsewhere after `-LOADING`).
+        bytes: Bytes,
     },
     One(Option<CommandId>),
     /// A part of a split command.
@@ -956,7 +976,7 @@ impl RDown {
                                 break Stop::Slow;
                             }
                             let (a, z) = key.unwrap_or(name);
-                            w.candidate(&b[pos + a..pos + z], &sh.stats, now, 0)
+                            w.candidate(&b[pos + a..pos + z], &sh.stats, now, &Tried::NONE)
                         }
                     };
                     let Some(i) = target else {
@@ -1016,7 +1036,7 @@ impl RDown {
                 up: i,
                 permit,
                 count: n,
-                retried: false,
+                tried: Tried::NONE,
                 work: Work::Raw {
                     seq,
                     bytes: all.slice(a..z),
@@ -1192,13 +1212,15 @@ impl RDown {
                 } else if sh.cfg.upstreams.len() > 1 && self.everywhere(ctx, &cmd, now) {
                     return;
                 }
-                let pick = sh.worker(ctx.index).pick(key, 1, &sh.stats, now);
+                let pick = sh
+                    .worker(ctx.index)
+                    .pick(key, 1, &sh.stats, now, &Tried::NONE);
                 match pick {
                     Some((up, permit)) => self.held.push_back(Unit {
                         up,
                         permit: Some(permit),
                         count: 1,
-                        retried: false,
+                        tried: Tried::NONE,
                         work: Work::Cmd {
                             id: Some(cmd.id),
                             args: cmd.args,
@@ -1269,7 +1291,7 @@ impl RDown {
         {
             let mut w = sh.worker(ctx.index);
             for &k in &idx {
-                match w.candidate(&args[k], &sh.stats, now, 0) {
+                match w.candidate(&args[k], &sh.stats, now, &Tried::NONE) {
                     Some(i) => ups.push(i),
                     None => return Some(args[k0].clone()), // the pick answers "no upstream"
                 }
@@ -1370,7 +1392,7 @@ impl RDown {
                 up,
                 permit: Some(permit),
                 count: 1,
-                retried: false,
+                tried: Tried::NONE,
                 work: Work::Part { id, args },
             });
         }
@@ -1510,11 +1532,11 @@ impl RDown {
             let mut w = sh.worker(ctx.index);
             let target = match (self.route, &self.want_dedicated) {
                 (Route::Dedicated(i), _) => Some(i),
-                (_, Some(k)) => w.candidate(k, &sh.stats, now, 0),
+                (_, Some(k)) => w.candidate(k, &sh.stats, now, &Tried::NONE),
                 _ => None,
             };
             idx.iter()
-                .any(|&k| w.candidate(&args[k], &sh.stats, now, 0) != target)
+                .any(|&k| w.candidate(&args[k], &sh.stats, now, &Tried::NONE) != target)
         };
         if elsewhere && self.follow_keys(ctx, args, &idx, now) {
             return false;
@@ -1595,11 +1617,11 @@ impl RDown {
         let sh = self.shared.clone();
         {
             let mut w = sh.worker(ctx.index);
-            let to = w.candidate(&args[first], &sh.stats, now, 0);
+            let to = w.candidate(&args[first], &sh.stats, now, &Tried::NONE);
             if to.is_none()
                 || idx
                     .iter()
-                    .any(|&k| w.candidate(&args[k], &sh.stats, now, 0) != to)
+                    .any(|&k| w.candidate(&args[k], &sh.stats, now, &Tried::NONE) != to)
             {
                 return false;
             }
@@ -1690,7 +1712,7 @@ impl RDown {
             up: DEDICATED,
             permit: None,
             count: 1,
-            retried: false,
+            tried: Tried::NONE,
             work: Work::Cmd { id, args },
         });
     }
@@ -1735,7 +1757,10 @@ impl RDown {
                     return; // after the shared connections answered this client's commands
                 }
                 let key = self.want_dedicated.take().unwrap_or_default();
-                let Some(i) = sh.worker(ctx.index).candidate(&key, &sh.stats, now, 0) else {
+                let Some(i) = sh
+                    .worker(ctx.index)
+                    .candidate(&key, &sh.stats, now, &Tried::NONE)
+                else {
                     add(&sh.stats.answered_503, 1);
                     self.fail_held(|_| true, &no_upstream());
                     if self.ded_state {
@@ -1923,18 +1948,12 @@ impl RDown {
         self.fail_held(|u| u.up == up, &lost());
     }
 
-    /// Upstream `from` answered `unit` with `-LOADING` ([`RUp::loading`]): send it to
-    /// another upstream (by its first key under `--balance hash`), or deliver `reply`.
+    /// The upstreams in `unit.tried` answered it `-LOADING` ([`RUp::loading`]): send it
+    /// to another one (by its first key under `--balance hash`), at most `--retries` times
+    /// in all, or deliver `reply`.
     #[cold]
     #[inline(never)]
-    fn retry(
-        &mut self,
-        ctx: &mut WorkerCtx,
-        from: usize,
-        mut unit: Unit,
-        reply: Bytes,
-        now: Instant,
-    ) {
+    fn retry(&mut self, ctx: &mut WorkerCtx, mut unit: Unit, reply: Bytes, now: Instant) {
         let sh = self.shared.clone();
         if let Work::Cmd { id: Some(_), .. } = unit.work {
             // (Counted again when sent again.)
@@ -1952,18 +1971,18 @@ impl RDown {
                 args.get(1).unwrap_or(&args[0]).clone()
             }
         };
-        let pick = {
+        let pick = if self.errored || unit.tried.len() > sh.cfg.retries as usize {
+            None
+        } else {
             let mut w = sh.worker(ctx.index);
-            let skip = 1u64 << (from % 64);
-            w.candidate(&key, &sh.stats, now, skip)
-                .filter(|&i| i != from)
-                .and_then(|i| Some((i, w.acquire(i, unit.count as usize, &sh.stats, now)?)))
+            w.pick(&key, unit.count as usize, &sh.stats, now, &unit.tried)
         };
         match pick {
-            Some((up, permit)) if !self.errored => {
+            Some((up, permit)) => {
+                sh.stats.upstreams[up].retries.fetch_add(1, Relaxed);
                 unit.up = up;
                 unit.permit = Some(permit);
-                self.held.push_front(unit);
+                hold_retry(&mut self.held, unit);
                 self.flush(ctx, now);
             }
             _ => {
@@ -2093,7 +2112,7 @@ impl RDown {
                 }
             }
             RKind::Lost { up, conn } => self.lost(ctx, up, conn, now),
-            RKind::Retry { from, unit, reply } => self.retry(ctx, from, unit, reply, now),
+            RKind::Retry { unit, reply } => self.retry(ctx, unit, reply, now),
             RKind::Send { .. } | RKind::Release | RKind::HangUp => {}
         }
         if draining && !self.tx_draining() {
@@ -2216,7 +2235,7 @@ impl RUp {
                     );
                 }
                 match e.what {
-                    What::Raw { seq, left } => {
+                    What::Raw { seq, left, .. } => {
                         post(ctx, e.owner, RKind::RawLost { seq, n: left });
                     }
                     What::One(Some(id)) => post(ctx, e.owner, RKind::Reply(id, lost())),
@@ -2269,21 +2288,21 @@ impl RUp {
             .requests
             .fetch_add(u64::from(unit.count), Relaxed);
         if self.slot.is_some() {
-            let retry = if self.fresh {
-                keep_for_retry(&unit)
-            } else {
-                None
-            };
+            let mut again = None;
             let what = match unit.work {
                 Work::Raw { seq, bytes } => {
-                    self.io.out.push(bytes);
+                    self.io.out.push(bytes.clone());
                     What::Raw {
                         seq,
                         left: unit.count,
+                        bytes,
                     }
                 }
                 Work::Cmd { id, args } => {
                     push_command(&mut self.io, &args);
+                    if id.is_some() {
+                        again = Some(Box::new(args));
+                    }
                     What::One(id)
                 }
                 Work::Part { id, args } => {
@@ -2297,7 +2316,8 @@ impl RUp {
                 permit: unit.permit,
                 count: unit.count,
                 sent: now,
-                retry,
+                args: again,
+                tried: unit.tried,
             });
             return;
         }
@@ -2393,11 +2413,11 @@ impl RUp {
                 let _ = self.io.input.split_to(len);
                 continue;
             }
-            if self.fresh {
+            if is_loading(&self.io.input[..len]) {
                 match self.loading(ctx, len, now) {
                     Loading::No => {}
                     Loading::Wait => break,
-                    Loading::Retried => continue,
+                    Loading::Done => continue,
                 }
             }
             let Some(front) = self.entries.front_mut() else {
@@ -2406,12 +2426,16 @@ impl RUp {
             };
             let owner = front.owner;
             let finished = match &mut front.what {
-                What::Raw { seq, left } => {
+                What::Raw { seq, left, .. } => {
                     let mut total = len;
                     let mut k = 1u32;
                     while k < *left {
                         match reply_len(&self.io.input[total..], &sh.measure) {
-                            Ok(Some(l)) if self.io.input[total] != b'>' => {
+                            // (A `-LOADING` starts a run of its own: see `loading`.)
+                            Ok(Some(l))
+                                if self.io.input[total] != b'>'
+                                    && !is_loading(&self.io.input[total..total + l]) =>
+                            {
                                 total += l;
                                 k += 1;
                             }
@@ -2496,52 +2520,87 @@ impl RUp {
         }
     }
 
-    /// A reply (of `len` bytes, at the front of the input) on a [`fresh`](RUp::fresh)
-    /// shared connection. Redis answers `-LOADING …` to almost everything while it loads
-    /// its data after a restart, without running the command: the upstream is not ready.
-    /// Like a connect failure this counts against its breaker, and the work goes back to
-    /// its client to be sent to another upstream ([`RDown::retry`]) — once, and only work
-    /// of which nothing was delivered: a single command, or a fast-path chunk all of whose
-    /// replies are `-LOADING` (else they are passed on as they are). The first other reply
-    /// ends the check for the connection.
+    /// A `-LOADING` reply (of `len` bytes, at the front of the input) on a shared
+    /// connection. Redis answers `-LOADING …` without running the command while it loads
+    /// its data (after a restart, during `DEBUG RELOAD`, on a replica during a full resync):
+    /// the upstream is not ready. Like a connect failure this counts against its breaker,
+    /// and the work goes back to its client to be sent to another upstream
+    /// ([`RDown::retry`]): a single command, or what is left of a fast-path chunk (its
+    /// earlier replies went to the client already) once all its replies are in, when the
+    /// others among them answer commands safe to run again ([`replayable`]: `ECHO`, `INFO`,
+    /// … which Redis serves while loading). Otherwise (loading ended mid-chunk and
+    /// commands behind the run did run) the run of `-LOADING` replies is passed on as it
+    /// is: moving it would reorder what ran. So are the replies to our own commands and to
+    /// parts of split commands (merged by upstream).
     #[cold]
     #[inline(never)]
     fn loading(&mut self, ctx: &WorkerCtx, len: usize, now: Instant) -> Loading {
-        const LOADING: &[u8] = b"-LOADING ";
-        let Some(front) = self.entries.front() else {
+        let Some(front) = self.entries.front_mut() else {
             return Loading::No;
         };
-        if matches!(front.what, What::Hello) {
-            // Our `HELLO 3` (which Redis answers while loading too) says nothing.
-            return Loading::No;
-        }
-        if !self.io.input[..len].starts_with(LOADING) {
-            self.fresh = false;
-            return Loading::No;
-        }
-        if front.retry.is_none() {
-            return Loading::No;
-        }
         let sh = self.shared.clone();
-        let total = match front.what {
-            What::Raw { left, .. } => {
-                let (mut total, mut k) = (len, 1);
-                while k < left {
-                    match reply_len(&self.io.input[total..], &sh.measure) {
-                        Ok(Some(l)) if self.io.input[total..total + l].starts_with(LOADING) => {
-                            total += l;
-                            k += 1;
-                        }
+        let count = front.count;
+        let total = match &mut front.what {
+            What::Raw { seq, left, bytes } => {
+                // The commands of the replies still owed, from the first.
+                let mut pos = skip_commands(bytes, count - *left);
+                pos += skip_commands(&bytes[pos..], 1);
+                // Where the first run of `-LOADING` replies ends, if something else
+                // follows; whether every other reply answered a command safe to run again.
+                let (mut total, mut k) = (len, 1u32);
+                let mut run = None;
+                let mut replay = true;
+                while k < *left {
+                    let l = match reply_len(&self.io.input[total..], &sh.measure) {
+                        Ok(Some(l)) if self.io.input[total] != b'>' => l,
                         Ok(None) => return Loading::Wait,
-                        _ => return Loading::No,
+                        _ => {
+                            run.get_or_insert((total, k));
+                            replay = false;
+                            break;
+                        }
+                    };
+                    if !is_loading(&self.io.input[total..total + l]) {
+                        run.get_or_insert((total, k));
+                        replay = replay && replayable(&bytes[pos..]);
                     }
+                    pos += skip_commands(&bytes[pos..], 1);
+                    total += l;
+                    k += 1;
                 }
-                total
+                match run {
+                    Some((total, k)) if !replay => {
+                        // This run goes to the client as it is.
+                        let bytes = self.io.input.split_to(total).freeze();
+                        let bytes = if self.proto == self.want {
+                            bytes
+                        } else {
+                            reencode(&bytes, self.want)
+                        };
+                        post(
+                            ctx,
+                            front.owner,
+                            RKind::RawReply {
+                                seq: *seq,
+                                bytes,
+                                n: k,
+                            },
+                        );
+                        *left -= k;
+                        return Loading::Done;
+                    }
+                    _ => total,
+                }
             }
-            What::One(Some(_)) => len,
+            What::One(Some(_)) if front.args.is_some() => len,
             _ => return Loading::No,
         };
         let reply = self.io.input.split_to(total).freeze();
+        let reply = if self.proto == self.want {
+            reply
+        } else {
+            reencode(&reply, self.want)
+        };
         let e = self.entries.pop_front().expect("front");
         sh.stats.upstreams[self.idx].failures.fetch_add(1, Relaxed);
         if let Some(p) = e.permit {
@@ -2555,25 +2614,27 @@ impl RUp {
                 &sh.stats,
             );
         }
-        if let Some(work) = e.retry {
-            let unit = Unit {
-                up: self.idx,
-                permit: None,
-                count: e.count,
-                retried: true,
-                work: *work,
-            };
-            post(
-                ctx,
-                e.owner,
-                RKind::Retry {
-                    from: self.idx,
-                    unit,
-                    reply,
-                },
-            );
-        }
-        Loading::Retried
+        let mut tried = e.tried;
+        tried.add(self.idx);
+        let (count, work) = match (e.what, e.args) {
+            (What::Raw { seq, left, bytes }, _) => {
+                // The commands answered already stay answered.
+                let pos = skip_commands(&bytes, e.count - left);
+                let bytes = bytes.slice(pos..);
+                (left, Work::Raw { seq, bytes })
+            }
+            (What::One(id), Some(args)) => (1, Work::Cmd { id, args: *args }),
+            _ => return Loading::Done,
+        };
+        let unit = Unit {
+            up: self.idx,
+            permit: None,
+            count,
+            tried,
+            work,
+        };
+        post(ctx, e.owner, RKind::Retry { unit, reply });
+        Loading::Done
     }
 
     fn reply_deadline(&self) -> Option<Instant> {
@@ -2630,30 +2691,68 @@ enum Loading {
     No,
     /// Wait for more of the chunk's replies.
     Wait,
-    /// Taken off the input and sent back to be retried.
-    Retried,
+    /// Taken off the input: sent back to be retried, or passed on.
+    Done,
 }
 
-/// The work of `unit` again, to retry it if the fresh connection it goes to answers
-/// `-LOADING` ([`RUp::loading`]): a fast-path chunk or a command with a reply wanted, not
-/// yet retried (parts of split commands are merged by upstream: not moved).
-#[cold]
-#[inline(never)]
-fn keep_for_retry(unit: &Unit) -> Option<Box<Work>> {
-    if unit.retried {
-        return None;
+/// Queue retried work: ahead of all work not sent yet, behind the retries of work sent
+/// before it (two retries that go down one connection keep their order; the client's
+/// replies are put in order anyway).
+fn hold_retry(held: &mut VecDeque<Unit>, unit: Unit) {
+    let at = held
+        .iter()
+        .position(|h| h.tried.is_empty() || !sent_before(h, &unit))
+        .unwrap_or(held.len());
+    held.insert(at, unit);
+}
+
+/// Whether work `a` went to its upstream before work `b` (fast-path chunks by sequence
+/// number, slow-path commands by id; the two are never in flight together).
+fn sent_before(a: &Unit, b: &Unit) -> bool {
+    match (&a.work, &b.work) {
+        (Work::Raw { seq: x, .. }, Work::Raw { seq: y, .. }) => x < y,
+        (Work::Cmd { id: Some(x), .. }, Work::Cmd { id: Some(y), .. }) => x < y,
+        _ => false,
     }
-    match &unit.work {
-        Work::Raw { seq, bytes } => Some(Box::new(Work::Raw {
-            seq: *seq,
-            bytes: bytes.clone(),
-        })),
-        Work::Cmd { id: Some(id), args } => Some(Box::new(Work::Cmd {
-            id: Some(*id),
-            args: args.clone(),
-        })),
-        _ => None,
+}
+
+/// The length of the first `n` commands of a fast-path chunk.
+fn skip_commands(chunk: &[u8], n: u32) -> usize {
+    let mut pos = 0;
+    for _ in 0..n {
+        match scan(&chunk[pos..], u64::MAX, usize::MAX) {
+            Scan::Complete { len, .. } => pos += len,
+            _ => break,
+        }
     }
+    pos
+}
+
+/// Whether the command at the start of `chunk` may run again when what follows it in its
+/// chunk is retried elsewhere after `-LOADING` ([`RUp::loading`]): it only reads, and
+/// Redis answers it while loading (`ECHO`, `INFO`, …) or it does not change anything.
+fn replayable(chunk: &[u8]) -> bool {
+    const NAMES: [&[u8]; 7] = [
+        b"echo",
+        b"ping",
+        b"info",
+        b"time",
+        b"lastsave",
+        b"role",
+        b"command",
+    ];
+    match scan(chunk, u64::MAX, usize::MAX) {
+        Scan::Complete { name: (a, z), .. } => {
+            NAMES.iter().any(|n| chunk[a..z].eq_ignore_ascii_case(n))
+        }
+        _ => false,
+    }
+}
+
+/// Whether `reply` is Redis's `-LOADING …` error.
+#[inline]
+fn is_loading(reply: &[u8]) -> bool {
+    reply.first() == Some(&b'-') && reply.starts_with(b"-LOADING ")
 }
 
 fn post(ctx: &WorkerCtx, to: Owner, kind: RKind) {
@@ -2699,15 +2798,7 @@ impl Half for RDown {
     type Shared = RedisShared;
     type Mail = RMail;
 
-    fn io(&self) -> &Io {
-        &self.io
-    }
-    fn io_mut(&mut self) -> &mut Io {
-        &mut self.io
-    }
-    fn shared(&self) -> &Arc<RedisShared> {
-        &self.shared
-    }
+    ferry_driver::half_io!();
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
         RDown::wants_read(self, ctx)
     }
@@ -2797,15 +2888,7 @@ impl Half for RUp {
     type Shared = RedisShared;
     type Mail = RMail;
 
-    fn io(&self) -> &Io {
-        &self.io
-    }
-    fn io_mut(&mut self) -> &mut Io {
-        &mut self.io
-    }
-    fn shared(&self) -> &Arc<RedisShared> {
-        &self.shared
-    }
+    ferry_driver::half_io!();
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
         // A reply larger than the high-water mark is read whole (replies are not streamed).
         !self.done && (self.io.input.len() < ctx.options.input_high_water || self.partial)
@@ -2950,7 +3033,8 @@ impl Upstream for RUp {
                     permit: None,
                     count: 0,
                     sent: now,
-                    retry: None,
+                    args: None,
+                    tried: Tried::NONE,
                 });
             } else if conn.hello(now, Some(Protocol::Resp3), None, None).is_ok() {
                 queue.push_back((NOBODY, None, now, Some(Duration::ZERO)));
@@ -2977,7 +3061,6 @@ impl Upstream for RUp {
             done: false,
             hung_up: false,
             auth,
-            fresh: slot_of.is_some(),
         })
     }
 
@@ -2995,6 +3078,77 @@ impl Upstream for RUp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Retried work goes ahead of work not sent yet and in the order it was first sent
+    /// (a later retry used to jump ahead of an earlier one still waiting for its
+    /// connection, and ran first).
+    #[test]
+    fn retries_keep_their_order() {
+        let raw = |seq: u64, retry: bool| {
+            let mut tried = Tried::default();
+            if retry {
+                tried.add(0);
+            }
+            Unit {
+                up: 1,
+                permit: None,
+                count: 1,
+                tried,
+                work: Work::Raw {
+                    seq,
+                    bytes: Bytes::from_static(b"PING\r\n"),
+                },
+            }
+        };
+        let mut held = VecDeque::new();
+        held.push_back(raw(7, false));
+        hold_retry(&mut held, raw(3, true));
+        hold_retry(&mut held, raw(5, true));
+        hold_retry(&mut held, raw(1, true));
+        let order: Vec<u64> = held
+            .iter()
+            .map(|u| match u.work {
+                Work::Raw { seq, .. } => seq,
+                _ => u64::MAX,
+            })
+            .collect();
+        assert_eq!(order, [1, 3, 5, 7]);
+    }
+
+    /// More than 64 upstreams: a pick skips exactly the upstreams it is told to (the skip
+    /// set was a 64-bit mask indexed modulo 64: skipping upstream 1 skipped 65 too, and
+    /// with the first 64 tried nothing was left).
+    #[test]
+    fn picks_over_more_than_64_upstreams() {
+        let addrs: Vec<std::net::SocketAddr> = (0..70)
+            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + i)))
+            .collect();
+        let cfg = ProxyConfig::new(addrs);
+        let stats = Arc::new(ProxyStats::new("redis", &cfg.upstreams, 1));
+        let sh = RedisShared::new(cfg, 1, stats.clone());
+        let now = Instant::ZERO;
+        let mut w = sh.worker(0);
+        let mut skip = Tried::default();
+        skip.add(1);
+        let mut seen = Tried::default();
+        for _ in 0..70 {
+            let i = w.candidate(b"k", &stats, now, &skip).expect("an upstream");
+            assert_ne!(i, 1);
+            seen.add(i);
+        }
+        assert!(seen.has(65) && seen.has(69), "{seen:?}");
+        assert_eq!(seen.len(), 69);
+        // Every one but the last tried: the last is the one left (and taken).
+        let mut tried = Tried::default();
+        (0..69).for_each(|i| tried.add(i));
+        for _ in 0..3 {
+            let (i, p) = w.pick(b"k", 1, &stats, now, &tried).expect("the last");
+            assert_eq!(i, 69);
+            w.report(i, p, 1, Outcome::Success, now, &stats);
+        }
+        tried.add(69);
+        assert!(w.pick(b"k", 1, &stats, now, &tried).is_none());
+    }
 
     #[test]
     fn stateful_commands_go_dedicated() {

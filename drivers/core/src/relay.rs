@@ -27,7 +27,8 @@
 //! # Writing a proxy on it
 //!
 //! 1. Two structs, each holding an [`Io`] (given to `open`) and returning it from
-//!    [`Half::io`]/[`Half::io_mut`], plus the shared state from [`Half::shared`].
+//!    [`Half::io`]/[`Half::io_mut`], plus the shared state from [`Half::shared`]
+//!    ([`half_io!`](crate::half_io) writes the three).
 //! 2. `impl Half` for both (same `Shared` and `Mail`): `wants_read` (only the half's own
 //!    conditions: flow control, protocol), `is_finished`, `process` (parse `io.input`, queue
 //!    on `io.out`, post to the peer), `on_eof`, `on_timeout`, `on_mail`, `close`...
@@ -53,9 +54,7 @@
 //! impl Half for Client {
 //!     type Shared = Cfg;
 //!     type Mail = Msg;
-//!     fn io(&self) -> &Io { &self.io }
-//!     fn io_mut(&mut self) -> &mut Io { &mut self.io }
-//!     fn shared(&self) -> &Arc<Cfg> { &self.cfg }
+//!     ferry_driver::half_io!(io, cfg);
 //!     fn wants_read(&self, _: &WorkerCtx) -> bool { !self.done }
 //!     fn is_finished(&self) -> bool { self.done && self.io.out.is_empty() }
 //!     fn process(&mut self, ctx: &mut WorkerCtx, _: Instant) {
@@ -96,9 +95,7 @@
 //! impl Half for Server {
 //!     type Shared = Cfg;
 //!     type Mail = Msg;
-//!     fn io(&self) -> &Io { &self.io }
-//!     fn io_mut(&mut self) -> &mut Io { &mut self.io }
-//!     fn shared(&self) -> &Arc<Cfg> { &self.cfg }
+//!     ferry_driver::half_io!(io, cfg);
 //!     fn wants_read(&self, _: &WorkerCtx) -> bool { !self.done }
 //!     fn is_finished(&self) -> bool { self.done && self.io.out.is_empty() }
 //!     fn process(&mut self, ctx: &mut WorkerCtx, _: Instant) {
@@ -349,6 +346,54 @@ pub trait Half: Sized + Send + 'static {
     fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: Self::Mail, now: Instant);
     /// The socket is being closed (tell the peer, give leases back, count).
     fn close(self, ctx: &mut WorkerCtx);
+}
+
+/// Writes the three accessors every [`Half`] has — [`io`](Half::io),
+/// [`io_mut`](Half::io_mut) and [`shared`](Half::shared) — from two fields of the half, in
+/// one line inside its `impl Half`: `half_io!()` for fields named `io` and `shared`, or
+/// `half_io!(io_field, shared_field)`. The shared field is an `Arc<Self::Shared>`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use ferry_driver::relay::{Half, Io};
+/// use ferry_driver::WorkerCtx;
+/// use ferry_proto::Instant;
+///
+/// struct Cfg;
+/// struct Echo { io: Io, cfg: Arc<Cfg> }
+///
+/// impl Half for Echo {
+///     type Shared = Cfg;
+///     type Mail = ();
+///     ferry_driver::half_io!(io, cfg);
+///     fn wants_read(&self, _: &WorkerCtx) -> bool { true }
+///     fn is_finished(&self) -> bool { self.io.out.is_empty() }
+///     fn process(&mut self, _: &mut WorkerCtx, _: Instant) {
+///         let b = self.io.input.split().freeze();
+///         self.io.out.push(b);
+///     }
+///     fn on_eof(&mut self, _: &mut WorkerCtx, _: Instant) {}
+///     fn begin_shutdown(&mut self, _: &mut WorkerCtx, _: Instant) {}
+///     fn on_mail(&mut self, _: &mut WorkerCtx, _: (), _: Instant) {}
+///     fn close(self, _: &mut WorkerCtx) {}
+/// }
+/// ```
+#[macro_export]
+macro_rules! half_io {
+    () => {
+        $crate::half_io!(io, shared);
+    };
+    ($io:ident, $shared:ident) => {
+        fn io(&self) -> &$crate::relay::Io {
+            &self.$io
+        }
+        fn io_mut(&mut self) -> &mut $crate::relay::Io {
+            &mut self.$io
+        }
+        fn shared(&self) -> &::std::sync::Arc<Self::Shared> {
+            &self.$shared
+        }
+    };
 }
 
 /// The half that was accepted from a client.
