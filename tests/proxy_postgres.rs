@@ -21,8 +21,8 @@ use std::time::Duration;
 
 mod common;
 use common::postgres::{
-    opts, output, pg_bin, psql_cmd, psql_ok, py_case, py_ok, setup, show, PoolOpts, Pooler,
-    Postgres, Raw, TIMED_OUT,
+    opts, output, pg_bin, psql_cmd, psql_ok, psycopg_available, py_case, py_ok, setup, show,
+    PoolOpts, Pooler, Postgres, Raw, TIMED_OUT,
 };
 use common::tmp_dir;
 
@@ -1172,4 +1172,55 @@ assert a.execute('SELECT 1').fetchone()[0] == 1
 print('ok')
 "#,
     );
+}
+
+/// Transaction pooling over two upstreams configured differently (`TimeZone`, `DateStyle`
+/// per role): a client moved to a server connection of the other upstream is first told the
+/// values that differ from what it was told (ParameterStatus, as PgBouncer does), so what
+/// libpq reports follows the server that answers its queries.
+#[test]
+fn parameter_status_follows_the_server() {
+    let Some(pg1) = Postgres::start() else { return };
+    let Some(pg2) = Postgres::start() else { return };
+    if !psycopg_available() {
+        return;
+    }
+    pg1.sql("ALTER ROLE tester SET TimeZone = 'America/New_York'");
+    pg2.sql("ALTER ROLE tester SET TimeZone = 'Asia/Tokyo'");
+    pg2.sql("ALTER ROLE tester SET DateStyle = 'SQL, DMY'");
+    let p = Pooler::start(&format!("{},{}", pg1.addr(), pg2.addr()), &opts(1));
+    let out = py_ok(
+        60,
+        p.port(),
+        pg1.port,
+        r#"
+def server(c):
+    return c.execute("SELECT current_setting('TimeZone'), current_setting('DateStyle')").fetchone()
+def told(c):
+    return (c.info.parameter_status('TimeZone'), c.info.parameter_status('DateStyle'))
+def check(c):
+    s = server(c)
+    assert told(c) == s, ('told', told(c), 'server', s)
+    return s
+a = connect(PROXY)
+b = connect(PROXY)
+seen = {'a': set(), 'b': set()}
+for _ in range(3):
+    # b holds a server in a transaction: a's next query goes to the other one, and back.
+    b.execute('BEGIN')
+    sb = check(b)
+    sa = check(a)
+    assert sa != sb, (sa, sb)
+    b.execute('COMMIT')
+    a.execute('BEGIN')
+    seen['a'].add(check(a))
+    seen['b'].add(check(b))
+    a.execute('COMMIT')
+    seen['a'].add(sa)
+    seen['b'].add(sb)
+assert len(seen['a']) == 2 and len(seen['b']) == 2, seen
+print('ok')
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
 }

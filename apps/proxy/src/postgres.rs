@@ -2,9 +2,10 @@
 //! `ferry_driver::relay::Relay` ([`PostgresProxy`]) of two halves: client connections
 //! ([`PgDown`]) and server connections ([`PgUp`]), PgBouncer-style.
 //!
-//! - **Startup.** `SSLRequest` and `GSSENCRequest` get `N` (no encryption; the client goes
-//!   on in the clear on the same connection). Protocol 3.x only (else FATAL `08P01`), no
-//!   replication connections (`0A000`). Clients are grouped by **pool key**: user,
+//! - **Startup** (`ferry_postgres::server::Login`). `SSLRequest` and `GSSENCRequest` get `N`
+//!   (no encryption; the client goes on in the clear on the same connection). Protocol 3.x
+//!   only (else FATAL `0A000`, PostgreSQL 15's words), no replication connections (`0A000`);
+//!   `_pq_.` options get NegotiateProtocolVersion. Clients are grouped by **pool key**: user,
 //!   database (default: the user) and every other startup parameter except
 //!   `application_name`.
 //! - **Client authentication** at the proxy: with a client password
@@ -18,7 +19,8 @@
 //!   (skipping those whose breaker is open or whose health checks fail), as
 //!   [`PostgresConfig::upstream_user`] (else the client's user) with the pool key's database
 //!   and parameters, authenticated with the upstream password (SCRAM-SHA-256, MD5 or
-//!   cleartext, as the server asks). At most [`PostgresConfig::pool_size`] per pool key per
+//!   cleartext, as the server asks; `ferry_postgres::client::Login`, SCRAM keys cached per
+//!   upstream and role). At most [`PostgresConfig::pool_size`] per pool key per
 //!   upstream per worker; idle ones close after `idle_timeout`. A client waiting longer than
 //!   `pool_wait_timeout` gets `53300` (an ERROR it can retry after; FATAL during login). A
 //!   login the server refuses reaches the waiting clients as the server's FATAL.
@@ -28,7 +30,9 @@
 //!   its last `Sync`). A client is **pinned** to its server connection for the rest of its
 //!   session when a `Query` or `Parse` text leaves session state
 //!   (`ferry_postgres::sql::session_effect`: `SET` without `LOCAL`, `LISTEN`, SQL-level
-//!   `PREPARE`, temporary tables, session advisory locks, ...).
+//!   `PREPARE`, temporary tables, session advisory locks, ...). A client attached to a server
+//!   connection of another upstream than the one whose `ParameterStatus` set it was last told
+//!   gets the values that differ first (PgBouncer does the same).
 //! - **Named prepared statements** (protocol level; transaction mode,
 //!   [`PostgresConfig::max_prepared_statements`] > 0, as PgBouncer 1.21) do not pin: the
 //!   proxy keeps each client's names and prepares their statements on whichever server
@@ -68,10 +72,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use ferry_driver::relay::{Downstream, Half, Io, Peer, Relay, Upstream};
 use ferry_driver::WorkerCtx;
-use ferry_postgres::auth::{md5_password, DerivedKeys, ScramClient, ScramSecret, ScramServer};
+use ferry_postgres::auth::{AuthError, DerivedKeys, ScramSecret, ScramServer};
 use ferry_postgres::backend::{self, sqlstate, TxStatus};
 use ferry_postgres::message::{Step, Walker};
-use ferry_postgres::{frontend, message};
+use ferry_postgres::{client, frontend, message, server};
 use ferry_proto::Instant;
 use ferry_reliability::{BreakerEvent, BreakerState, CircuitBreaker, Permit};
 
@@ -86,8 +90,6 @@ pub type PostgresProxy = Relay<PgDown, PgUp>;
 
 /// Unwritten bytes on one side that stop reading on the other.
 const WINDOW: usize = 256 * 1024;
-/// PostgreSQL's own limit on a startup packet.
-const MAX_STARTUP: usize = 10_000;
 /// Time a client has to send its startup packet and authenticate.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Distinct pool keys per worker.
@@ -208,6 +210,8 @@ struct Pool {
     idle: Vec<SrvRef>,
     /// Per upstream: connections open or opening.
     count: Vec<u32>,
+    /// Per upstream: the `ParameterStatus` set of its last server login.
+    params: Vec<Option<ServerParams>>,
     waiters: VecDeque<Peer>,
 }
 
@@ -290,6 +294,7 @@ impl PgWorker {
             key: key.clone(),
             idle: Vec::new(),
             count: vec![0; ups],
+            params: vec![None; ups],
             waiters: VecDeque::new(),
         });
         self.ids.insert(key, i);
@@ -500,8 +505,9 @@ pub struct PgShared {
     cfg: ProxyConfig,
     stats: Arc<ProxyStats>,
     workers: Vec<Mutex<PgWorker>>,
-    /// Each pool key's server `ParameterStatus` set (from its first server connection).
-    params: Mutex<HashMap<PoolKey, ServerParams>>,
+    /// Each pool key's server `ParameterStatus` set (from its last server login) and the
+    /// upstream it came from.
+    params: Mutex<HashMap<PoolKey, (usize, ServerParams)>>,
     cancels: CancelTable,
     rng: Rng,
     /// The client password's SCRAM verifier (made once, with a random salt).
@@ -569,7 +575,7 @@ impl PgShared {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn params_of(&self, key: &PoolKey) -> Option<ServerParams> {
+    fn params_of(&self, key: &PoolKey) -> Option<(usize, ServerParams)> {
         self.params
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -648,13 +654,9 @@ fn error_bytes(severity: &str, code: &str, msg: &str) -> Bytes {
 }
 
 enum Phase {
-    /// Waiting for the startup packet (SSLRequest/GSSENCRequest answered on the way).
-    Startup,
-    /// SCRAM exchange with the proxy (`None` until the client's first message).
-    Sasl {
-        server: Option<Box<ScramServer>>,
-        bad_user: bool,
-    },
+    /// The startup packet (SSLRequest/GSSENCRequest answered on the way) and the SCRAM
+    /// exchange with the proxy.
+    Auth(Box<server::Login>),
     /// Authenticated; waiting for a server connection to learn the ParameterStatus set.
     Login,
     /// Relaying.
@@ -664,8 +666,7 @@ enum Phase {
 impl std::fmt::Debug for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Phase::Startup => "Startup",
-            Phase::Sasl { .. } => "Sasl",
+            Phase::Auth(_) => "Auth",
             Phase::Login => "Login",
             Phase::Ready => "Ready",
         })
@@ -728,9 +729,9 @@ pub struct PgDown {
     app_name: Arc<str>,
     /// Attached and nothing sent yet: the next send carries `app_name`.
     fresh: bool,
-    unrecognized: Vec<String>,
-    /// Answer NegotiateProtocolVersion (a 3.x minor above 0, or `_pq_.` options).
-    negotiate: bool,
+    /// The ParameterStatus set this client was last told, and the upstream it came from: a
+    /// server connection of another upstream tells it what differs first.
+    told: Option<(usize, ServerParams)>,
     key: Option<Arc<PoolKey>>,
     pool: usize,
     /// The proxy-made BackendKeyData and its cancel cell.
@@ -808,8 +809,7 @@ impl PgDown {
                 return;
             }
             let progressed = match self.phase {
-                Phase::Startup => self.startup(ctx, now),
-                Phase::Sasl { .. } => self.sasl(ctx, now),
+                Phase::Auth(_) => self.login(ctx, now),
                 Phase::Login => return,
                 Phase::Ready => {
                     self.relay(ctx, now);
@@ -822,98 +822,90 @@ impl PgDown {
         }
     }
 
-    /// One startup-phase packet; `false` when more bytes are needed.
-    fn startup(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
-        let len = match message::startup_frame(&self.io.input, MAX_STARTUP) {
-            Ok(Some(n)) => n,
-            Ok(None) => return false,
-            Err(_) => {
-                self.fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "invalid length of startup packet",
-                );
-                return false;
-            }
+    /// The client's login (startup packet, SCRAM); `false` when more bytes are needed.
+    fn login(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
+        let Phase::Auth(l) = &mut self.phase else {
+            return false;
         };
-        let packet = self.io.input.split_to(len);
-        let parsed = match message::parse_startup(&packet) {
-            Ok(p) => p,
-            Err(message::MessageError::UnsupportedVersion { major, minor }) => {
-                self.fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    &format!(
-                        "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
-                    ),
-                );
-                return false;
-            }
-            Err(e) => {
-                self.fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    &format!("invalid startup packet: {e}"),
-                );
-                return false;
-            }
-        };
-        match parsed {
-            message::Startup::SslRequest | message::Startup::GssEncRequest => {
-                self.io.out.push(Bytes::from_static(b"N"));
-                true
-            }
-            message::Startup::Cancel { pid, secret } => {
+        let ev = l.handle_input(&mut self.io.input);
+        if ev == Some(server::Event::SslRequested) {
+            // No TLS at the proxy: the client goes on in the clear.
+            l.answer_ssl(false);
+        }
+        self.flush_login();
+        match ev {
+            None => false,
+            Some(server::Event::SslRequested) => true,
+            Some(server::Event::Cancel { pid, secret }) => {
                 self.cancel_request(ctx, pid, secret);
                 self.finish();
                 false
             }
-            message::Startup::Startup { params, minor } => {
-                let s = match startup::startup(&params) {
-                    Ok(s) => s,
-                    Err((code, msg)) => {
-                        self.fatal(code, &msg);
-                        return false;
-                    }
-                };
-                self.user = s.key.user.clone();
-                self.app = s.application_name;
-                self.app_name = Arc::from(self.app.as_deref().unwrap_or(""));
-                self.unrecognized = s.unrecognized;
-                self.negotiate = minor > 0 || !self.unrecognized.is_empty();
-                let sh = self.shared.clone();
-                let id = sh
-                    .worker(ctx.index)
-                    .pool_id(&s.key, sh.stats.upstreams.len());
-                let Some(id) = id else {
-                    self.fatal(
-                        sqlstate::TOO_MANY_CONNECTIONS,
-                        "ferry proxy: too many distinct users, databases and startup parameters",
-                    );
-                    return false;
-                };
-                self.pool = id;
-                self.key = Some(sh.worker(ctx.index).pools[id].key.clone());
-                if sh.scram.is_some() {
-                    let bad_user = sh
-                        .cfg
-                        .postgres
-                        .client_user
-                        .as_deref()
-                        .is_some_and(|u| u != self.user);
-                    let mut b = BytesMut::new();
-                    backend::authentication_sasl(&mut b, &["SCRAM-SHA-256"]);
-                    self.io.out.push(b.freeze());
-                    self.phase = Phase::Sasl {
-                        server: None,
-                        bad_user,
-                    };
-                    true
-                } else {
-                    self.authenticated(ctx, now);
-                    true
-                }
+            Some(server::Event::Startup(p)) => {
+                self.started(ctx, p);
+                true
             }
-            _ => {
-                self.fatal(sqlstate::PROTOCOL_VIOLATION, "unsupported startup packet");
+            Some(server::Event::Authenticated) => {
+                self.authenticated(ctx, now);
+                true
+            }
+            Some(server::Event::Failed(_)) => {
+                self.finish();
                 false
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// A valid StartupMessage: find its pool, then authenticate the client.
+    fn started(&mut self, ctx: &mut WorkerCtx, p: server::StartupParams) {
+        let s = startup::startup(p);
+        self.user = s.key.user.clone();
+        self.app = s.application_name;
+        self.app_name = Arc::from(self.app.as_deref().unwrap_or(""));
+        let sh = self.shared.clone();
+        let id = sh
+            .worker(ctx.index)
+            .pool_id(&s.key, sh.stats.upstreams.len());
+        let Phase::Auth(l) = &mut self.phase else {
+            return;
+        };
+        let Some(id) = id else {
+            l.refuse(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "ferry proxy: too many distinct users, databases and startup parameters",
+            );
+            return;
+        };
+        self.pool = id;
+        self.key = Some(sh.worker(ctx.index).pools[id].key.clone());
+        match sh.scram.clone() {
+            Some(secret) => {
+                let server = Box::new(ScramServer::new(secret, &sh.nonce()));
+                // Another user than --client-user: the exchange runs to its end and fails
+                // as a wrong password does.
+                let bad_user = sh
+                    .cfg
+                    .postgres
+                    .client_user
+                    .as_deref()
+                    .is_some_and(|u| u != self.user);
+                l.authenticate(if bad_user {
+                    server::Auth::ScramRefused(server)
+                } else {
+                    server::Auth::Scram(server)
+                });
+            }
+            None => l.authenticate(server::Auth::Trust),
+        }
+        self.flush_login();
+    }
+
+    /// The login's answers to the client.
+    fn flush_login(&mut self) {
+        if let Phase::Auth(l) = &mut self.phase {
+            while let Some(b) = l.poll_transmit() {
+                self.io.out.push(b);
             }
         }
     }
@@ -944,84 +936,6 @@ impl PgDown {
         }
     }
 
-    /// SCRAM-SHA-256 with the client; `false` when more bytes are needed.
-    fn sasl(&mut self, ctx: &mut WorkerCtx, now: Instant) -> bool {
-        let f = match message::frame(&self.io.input, MAX_STARTUP) {
-            Ok(Some(f)) => f,
-            Ok(None) => return false,
-            Err(_) => {
-                self.fatal(sqlstate::PROTOCOL_VIOLATION, "invalid message length");
-                return false;
-            }
-        };
-        let msg = self.io.input.split_to(f.len);
-        if f.tag != b'p' {
-            self.fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                &format!(
-                    "expected SASL response, got message type {}",
-                    char::from(f.tag).escape_default()
-                ),
-            );
-            return false;
-        }
-        let body = &msg[5..];
-        let failed = format!("password authentication failed for user \"{}\"", self.user);
-        let sh = self.shared.clone();
-        let Phase::Sasl { server, bad_user } = &mut self.phase else {
-            return false;
-        };
-        let bad_user = *bad_user;
-        match server {
-            None => {
-                let (mech, data) = match frontend::parse_sasl_initial(body) {
-                    Ok(x) => x,
-                    Err(_) => {
-                        self.fatal(sqlstate::PROTOCOL_VIOLATION, "malformed SASL message");
-                        return false;
-                    }
-                };
-                if mech != "SCRAM-SHA-256" {
-                    self.fatal(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        "client selected an invalid SASL authentication mechanism",
-                    );
-                    return false;
-                }
-                let Some(secret) = sh.scram.clone() else {
-                    return false;
-                };
-                let mut s = Box::new(ScramServer::new(secret, &sh.nonce()));
-                match s.handle_client_first(data.unwrap_or(&[])) {
-                    Ok(first) => {
-                        let mut b = BytesMut::new();
-                        backend::authentication_sasl_continue(&mut b, &first);
-                        self.io.out.push(b.freeze());
-                        *server = Some(s);
-                        true
-                    }
-                    Err(_) => {
-                        self.fatal(sqlstate::INVALID_PASSWORD, &failed);
-                        false
-                    }
-                }
-            }
-            Some(s) => match s.handle_client_final(body) {
-                Ok(fin) if !bad_user => {
-                    let mut b = BytesMut::new();
-                    backend::authentication_sasl_final(&mut b, &fin);
-                    self.io.out.push(b.freeze());
-                    self.authenticated(ctx, now);
-                    true
-                }
-                _ => {
-                    self.fatal(sqlstate::INVALID_PASSWORD, &failed);
-                    false
-                }
-            },
-        }
-    }
-
     /// Authenticated: greet now if the pool key's parameters are known (transaction
     /// mode), else get a server connection first.
     fn authenticated(&mut self, ctx: &mut WorkerCtx, now: Instant) {
@@ -1040,33 +954,51 @@ impl PgDown {
     /// AuthenticationOk, the ParameterStatus set, BackendKeyData, ReadyForQuery.
     fn greet(&mut self) {
         let mut b = BytesMut::with_capacity(512);
-        backend::authentication_ok(&mut b);
-        if self.negotiate {
-            // As PostgreSQL: the newest minor version we speak (0), and the options we ignore.
-            negotiate_protocol_version(&mut b, &self.unrecognized);
-        }
         let sh = self.shared.clone();
-        if let Some(ps) = self.key.as_ref().and_then(|k| sh.params_of(k)) {
-            self.t.scan_as(&ps);
-            for (k, v) in ps.iter() {
-                if k == "application_name" {
-                    continue;
-                }
-                backend::parameter_status(&mut b, k, v);
-            }
+        let known = self.key.as_ref().and_then(|k| sh.params_of(k));
+        if let Some((_, ps)) = &known {
+            self.t.scan_as(ps);
         }
-        backend::parameter_status(
+        let ps = known.as_ref().map(|(_, ps)| &ps[..]).unwrap_or_default();
+        let app = [("application_name", self.app.as_deref().unwrap_or(""))];
+        server::greet(
             &mut b,
-            "application_name",
-            self.app.as_deref().unwrap_or(""),
+            ps.iter()
+                .filter(|(k, _)| k != "application_name")
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .chain(app),
+            self.cancel.as_ref().map(|(pid, secret, _)| (*pid, *secret)),
         );
-        if let Some((pid, secret, _)) = &self.cancel {
-            backend::backend_key_data(&mut b, *pid, *secret);
-        }
-        backend::ready_for_query(&mut b, TxStatus::Idle);
+        self.told = known;
         self.io.out.push(b.freeze());
         self.phase = Phase::Ready;
         self.login_deadline = None;
+    }
+
+    /// Attached to a server connection of upstream `up`: tell the client the ParameterStatus
+    /// values of that upstream's servers that differ from what it was told (PgBouncer does
+    /// the same), before any reply of the server's.
+    #[cold]
+    fn retell(&mut self, ctx: &WorkerCtx, up: usize) {
+        let sh = self.shared.clone();
+        let Some(ps) = sh.worker(ctx.index).pools[self.pool].params[up].clone() else {
+            return;
+        };
+        let old = self.told.take().map(|(_, old)| old);
+        let mut b = BytesMut::new();
+        for (k, v) in ps.iter() {
+            let same = old
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|(ok, ov)| ok == k && ov == v));
+            if !same && k != "application_name" {
+                backend::parameter_status(&mut b, k, v);
+            }
+        }
+        if !b.is_empty() {
+            self.t.scan_as(&ps);
+            self.io.out.push(b.freeze());
+        }
+        self.told = Some((up, ps));
     }
 
     /// Ask the pool for a server connection.
@@ -1101,6 +1033,9 @@ impl PgDown {
                 );
                 return;
             }
+        }
+        if self.told.as_ref().map(|t| t.0) != Some(s.up) {
+            self.retell(ctx, s.up);
         }
         self.fresh = true;
         if self.pending_syncs > 0 {
@@ -1602,7 +1537,7 @@ impl PgDown {
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         if self.login_deadline.is_some_and(|d| now >= d) && !matches!(self.phase, Phase::Ready) {
             self.login_deadline = None;
-            if matches!(self.phase, Phase::Startup) {
+            if matches!(&self.phase, Phase::Auth(l) if l.user().is_empty()) {
                 self.finish();
             } else {
                 self.fatal(sqlstate::PROTOCOL_VIOLATION, "ferry proxy: login timeout");
@@ -1658,20 +1593,6 @@ fn quote_literal(s: &str) -> String {
     out
 }
 
-/// NegotiateProtocolVersion: newest minor 0, these options not recognized.
-fn negotiate_protocol_version(out: &mut BytesMut, unrecognized: &[String]) {
-    use bytes::BufMut;
-    let len = 4 + 4 + 4 + unrecognized.iter().map(|s| s.len() + 1).sum::<usize>();
-    out.put_u8(b'v');
-    out.put_i32(len as i32);
-    out.put_i32(0);
-    out.put_i32(unrecognized.len() as i32);
-    for s in unrecognized {
-        out.put_slice(s.as_bytes());
-        out.put_u8(0);
-    }
-}
-
 #[derive(Debug)]
 enum SPhase {
     /// Sending a CancelRequest, then closing.
@@ -1698,9 +1619,9 @@ pub struct PgUp {
     owner: Option<Peer>,
     pid: i32,
     secret: i32,
-    params: Vec<(String, String)>,
     permit: Option<Permit>,
-    scram: Option<Box<ScramClient>>,
+    /// The login, until it ends.
+    login: Option<Box<client::Login>>,
     /// Where the stream is: bytes of the current (streamed) message still to forward.
     walk: Walker,
     /// Replies (up to their ReadyForQuery) of the proxy's own queries still to drop.
@@ -1768,135 +1689,46 @@ impl PgUp {
 
     /// The login exchange.
     fn login(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        loop {
-            let f = match message::frame(&self.io.input, MAX_LOGIN_MESSAGE) {
-                Ok(Some(f)) => f,
-                Ok(None) => return,
-                Err(e) => {
-                    self.login_failed(ctx, None, &format!("bad message from server: {e}"), now);
-                    return;
-                }
-            };
-            let msg = self.io.input.split_to(f.len).freeze();
-            let parsed = match backend::parse(&msg) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.login_failed(ctx, None, &format!("bad message from server: {e}"), now);
-                    return;
-                }
-            };
-            let sh = self.shared.clone();
-            let pg = &sh.cfg.postgres;
-            let mut out = BytesMut::new();
-            let no_password = "ferry proxy: the server asks for a password and none is configured (--upstream-password-file or FERRY_UPSTREAM_PASSWORD)";
-            match parsed {
-                backend::Message::AuthenticationOk => {}
-                backend::Message::AuthenticationCleartextPassword => {
-                    let Some(pw) = &pg.upstream_password else {
-                        self.login_failed(ctx, None, no_password, now);
-                        return;
-                    };
-                    frontend::password(&mut out, pw);
-                }
-                backend::Message::AuthenticationMd5Password { salt } => {
-                    let Some(pw) = &pg.upstream_password else {
-                        self.login_failed(ctx, None, no_password, now);
-                        return;
-                    };
-                    let user = self.login_user();
-                    let h = md5_password(user.as_bytes(), pw, salt);
-                    frontend::password(&mut out, &h);
-                }
-                backend::Message::AuthenticationSasl { mechanisms } => {
-                    let Some(pw) = &pg.upstream_password else {
-                        self.login_failed(ctx, None, no_password, now);
-                        return;
-                    };
-                    if !mechanisms.contains(&"SCRAM-SHA-256") {
-                        self.login_failed(
-                            ctx,
-                            None,
-                            "ferry proxy: the server offers no SASL mechanism the proxy supports (SCRAM-SHA-256)",
-                            now,
-                        );
-                        return;
-                    }
-                    let mut c = ScramClient::new(pw, &sh.nonce());
+        let Some(l) = self.login.as_mut() else { return };
+        let r = l.handle_input(&mut self.io.input);
+        while let Some(b) = l.poll_transmit() {
+            self.io.out.push(b);
+        }
+        match r {
+            Ok(None) => {}
+            Ok(Some(done)) => {
+                self.login = None;
+                if let Some(keys) = done.scram_keys {
+                    // The server proved the password: the keys are right for it.
                     let key = (self.up, self.login_user().to_owned());
-                    let cached = sh.scram_keys().get(&key).cloned();
-                    if let Some(keys) = cached {
-                        c = c.with_cached_keys(keys);
-                    }
-                    let c = Box::new(c);
-                    frontend::sasl_initial_response(&mut out, "SCRAM-SHA-256", &c.client_first());
-                    self.scram = Some(c);
+                    self.shared.scram_keys().insert(key, keys);
                 }
-                backend::Message::AuthenticationSaslContinue(data) => {
-                    let r = self.scram.as_mut().map(|c| c.handle_server_first(data));
-                    match r {
-                        Some(Ok(fin)) => frontend::sasl_response(&mut out, &fin),
-                        _ => {
-                            self.login_failed(
-                                ctx,
-                                None,
-                                "ferry proxy: SCRAM exchange with the server failed",
-                                now,
-                            );
-                            return;
-                        }
-                    }
-                }
-                backend::Message::AuthenticationSaslFinal(data) => {
-                    let r = self.scram.take().map(|mut c| {
-                        let r = c.handle_server_final(data);
-                        if let (Ok(()), Some(keys)) = (&r, c.derived_keys()) {
-                            // The server proved the password: the keys are right for it.
-                            sh.scram_keys()
-                                .insert((self.up, self.login_user().to_owned()), keys.clone());
-                        }
-                        r
-                    });
-                    if !matches!(r, Some(Ok(()))) {
-                        self.login_failed(
-                            ctx,
-                            None,
-                            "ferry proxy: the server's SCRAM signature is wrong",
-                            now,
-                        );
-                        return;
-                    }
-                }
-                backend::Message::AuthenticationOther(_) => {
-                    self.login_failed(
-                        ctx,
-                        None,
-                        "ferry proxy: the server asks for an authentication method the proxy does not support",
-                        now,
-                    );
-                    return;
-                }
-                backend::Message::ParameterStatus { name, value } => {
-                    self.params.push((name.to_string(), value.to_string()));
-                }
-                backend::Message::BackendKeyData { pid, secret } => {
+                if let Some((pid, secret)) = done.cancel_key {
                     self.pid = pid;
                     self.secret = secret;
                 }
-                backend::Message::ErrorResponse(_) => {
-                    self.login_failed(ctx, Some(msg.clone()), "", now);
-                    return;
+                self.logged_in(ctx, done.parameters, now);
+                if !self.io.input.is_empty() {
+                    self.relay(ctx, now);
                 }
-                backend::Message::ReadyForQuery(_) => {
-                    self.logged_in(ctx, now);
-                    if !self.io.input.is_empty() {
-                        self.relay(ctx, now);
-                    }
-                    return;
-                }
-                _ => {}
             }
-            if !out.is_empty() {
-                self.io.out.push(out.freeze());
+            Err(client::LoginError::Server(e)) => {
+                self.login = None;
+                let mut b = BytesMut::new();
+                e.encode(&mut b);
+                self.login_failed(ctx, Some(b.freeze()), "", now);
+            }
+            Err(e) => {
+                self.login = None;
+                let why = match e {
+                    client::LoginError::PasswordRequired => "ferry proxy: the server asks for a password and none is configured (--upstream-password-file or FERRY_UPSTREAM_PASSWORD)".to_owned(),
+                    client::LoginError::UnsupportedMechanisms(_) => "ferry proxy: the server offers no SASL mechanism the proxy supports (SCRAM-SHA-256)".to_owned(),
+                    client::LoginError::UnsupportedMethod(_) => "ferry proxy: the server asks for an authentication method the proxy does not support".to_owned(),
+                    client::LoginError::Auth(AuthError::BadServerSignature) => "ferry proxy: the server's SCRAM signature is wrong".to_owned(),
+                    client::LoginError::Auth(e) => format!("ferry proxy: SCRAM exchange with the server failed: {e}"),
+                    e => format!("ferry proxy: bad login from server: {e}"),
+                };
+                self.login_failed(ctx, None, &why, now);
             }
         }
     }
@@ -1909,7 +1741,7 @@ impl PgUp {
     }
 
     /// Logged in: cache the parameters, serve a waiter or go idle.
-    fn logged_in(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+    fn logged_in(&mut self, ctx: &mut WorkerCtx, params: Vec<(String, String)>, now: Instant) {
         self.phase = SPhase::Ready;
         self.login_deadline = None;
         let sh = self.shared.clone();
@@ -1918,9 +1750,11 @@ impl PgUp {
             w.report(&sh, self.up, p, true, now);
         }
         let key = w.pools[self.pool].key.clone();
+        let params: ServerParams = Arc::new(params);
+        w.pools[self.pool].params[self.up] = Some(params.clone());
         {
-            let mut params = sh.params.lock().unwrap_or_else(|p| p.into_inner());
-            params.insert((*key).clone(), Arc::new(std::mem::take(&mut self.params)));
+            let mut map = sh.params.lock().unwrap_or_else(|p| p.into_inner());
+            map.insert((*key).clone(), (self.up, params));
         }
         self.active = true;
         if self.draining {
@@ -2490,7 +2324,8 @@ impl Half for PgDown {
                             && self.prep.is_some()
                             && matches!(self.io.input.first(), Some(b'B' | b'D' | b'C'))))
             }
-            _ => self.io.input.len() < MAX_STARTUP + 16,
+            // A startup packet, or a SASL message (PostgreSQL's limits).
+            _ => self.io.input.len() < server::MAX_AUTH_MESSAGE + 16,
         }
     }
     fn is_finished(&self) -> bool {
@@ -2578,13 +2413,12 @@ impl Downstream for PgDown {
         Some(PgDown {
             io,
             shared: shared.clone(),
-            phase: Phase::Startup,
+            phase: Phase::Auth(Box::default()),
             user: String::new(),
             app: None,
             app_name: Arc::from(""),
             fresh: false,
-            unrecognized: Vec::new(),
-            negotiate: false,
+            told: None,
             key: None,
             pool: 0,
             cancel: None,
@@ -2746,9 +2580,8 @@ impl Upstream for PgUp {
             owner: None,
             pid: 0,
             secret: 0,
-            params: Vec::new(),
             permit: None,
-            scram: None,
+            login: None,
             walk: Walker::default(),
             swallow: 0,
             prep: None,
@@ -2775,16 +2608,29 @@ impl Upstream for PgUp {
                 s.counted = true;
                 shared.stats.upstreams[up].open.fetch_add(1, Relaxed);
                 let key = s.key.clone();
-                let user = shared
-                    .cfg
-                    .postgres
-                    .upstream_user
-                    .as_deref()
-                    .unwrap_or(&key.user);
-                let mut params: Vec<(&str, &str)> =
-                    vec![("user", user), ("database", &key.database)];
-                params.extend(key.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                message::encode_startup(&mut b, &params);
+                let pg = &shared.cfg.postgres;
+                let user = pg.upstream_user.as_deref().unwrap_or(&key.user);
+                let params: Vec<(&str, &str)> = key
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let mut login = client::Login::new(
+                    user,
+                    Some(&key.database),
+                    &params,
+                    pg.upstream_password.as_deref(),
+                    &shared.nonce(),
+                )
+                .with_max_message(MAX_LOGIN_MESSAGE);
+                let cached = shared.scram_keys().get(&(up, user.to_owned())).cloned();
+                if let Some(keys) = cached {
+                    login = login.with_cached_keys(keys);
+                }
+                while let Some(m) = login.poll_transmit() {
+                    b.extend_from_slice(&m);
+                }
+                s.login = Some(Box::new(login));
                 let login = shared.cfg.connect_timeout.max(Duration::from_secs(5));
                 s.login_deadline = Some(now + login);
             }
@@ -2912,13 +2758,6 @@ mod tests {
         assert_eq!("transaction".parse(), Ok(PoolMode::Transaction));
         assert_eq!("session".parse(), Ok(PoolMode::Session));
         assert!("statement".parse::<PoolMode>().is_err());
-    }
-
-    #[test]
-    fn negotiate_protocol_version_lists_the_options() {
-        let mut b = BytesMut::new();
-        negotiate_protocol_version(&mut b, &["_pq_.a".to_string()]);
-        assert_eq!(&b[..], b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.a\0");
     }
 
     #[test]

@@ -335,6 +335,37 @@ pub fn error_response(out: &mut BytesMut, severity: &str, code: &str, message: &
     notice_like(out, b'E', severity, code, message);
 }
 
+/// Appends an ErrorResponse with these fields (`(code, value)`: `b'S'` severity, `b'V'`
+/// its non-localized form, `b'C'` SQLSTATE, `b'M'` message, `b'D'` detail, `b'H'` hint...).
+pub fn error_response_fields<'a>(
+    out: &mut BytesMut,
+    fields: impl IntoIterator<Item = (u8, &'a str)>,
+) {
+    let at = begin_msg(out, b'E');
+    for (c, v) in fields {
+        out.put_u8(c);
+        put_cstr(out, v.as_bytes());
+    }
+    out.put_u8(0);
+    end_msg(out, at);
+}
+
+/// Appends NegotiateProtocolVersion: the newest minor version of protocol 3 spoken, and
+/// the protocol options (`_pq_.*`) not recognized.
+pub fn negotiate_protocol_version<'a>(
+    out: &mut BytesMut,
+    newest_minor: i32,
+    unrecognized: impl ExactSizeIterator<Item = &'a str>,
+) {
+    let at = begin_msg(out, b'v');
+    out.put_i32(newest_minor);
+    out.put_i32(unrecognized.len() as i32);
+    for s in unrecognized {
+        put_cstr(out, s.as_bytes());
+    }
+    end_msg(out, at);
+}
+
 /// Appends a NoticeResponse (`severity` `NOTICE`, `WARNING`...).
 pub fn notice_response(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
     notice_like(out, b'N', severity, code, message);

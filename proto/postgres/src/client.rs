@@ -10,6 +10,9 @@
 //! Rows arrive as [`Row`]s holding the DataRow message itself (one `Bytes` slice of the
 //! input, no copy per column), values in the text format.
 //!
+//! The login alone is [`Login`] (see [`login`]): the connection runs one until the first
+//! ReadyForQuery, and a pooler can run it for its server connections (`ferry proxy` does).
+//!
 //! Not covered: COPY (a COPY statement's CopyIn/CopyOut answer fails the connection), TLS
 //! (wrap the socket yourself and speak this over it: PostgreSQL's SSLRequest is the
 //! caller's, see [`crate::message::encode_ssl_request`]), GSSAPI, SCRAM channel binding.
@@ -20,10 +23,13 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use ferry_proto::{Connection, ErrorKind, Instant, ProtoError, ProtocolInfo, State};
 
-use crate::auth::{md5_password, AuthError, ScramClient, SCRAM_SHA_256};
+use crate::auth::AuthError;
 use crate::backend::{self, Fields, Message, TxStatus};
 use crate::frontend;
-use crate::message::{encode_startup, frame, FrameError, MessageError, Reader};
+use crate::message::{frame, FrameError, MessageError, Reader};
+
+pub mod login;
+pub use login::{LoggedIn, Login, LoginError, LoginEvent, Refusal, DEFAULT_MAX_LOGIN_MESSAGE};
 
 /// Protocol metadata.
 pub static POSTGRES_INFO: ProtocolInfo = ProtocolInfo {
@@ -109,7 +115,8 @@ pub struct DbError {
 }
 
 impl DbError {
-    fn from_fields(f: &Fields<'_>) -> DbError {
+    /// The error or notice these fields describe.
+    pub fn from_fields(f: &Fields<'_>) -> DbError {
         DbError {
             severity: f.severity().to_owned(),
             code: f.code().to_owned(),
@@ -306,6 +313,24 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+impl From<LoginError> for ClientError {
+    fn from(e: LoginError) -> ClientError {
+        match e {
+            LoginError::Frame(e) => ClientError::Frame(e),
+            LoginError::Message(e) => ClientError::Message(e),
+            LoginError::Auth(e) => ClientError::Auth(e),
+            LoginError::PasswordRequired => ClientError::PasswordRequired,
+            LoginError::UnsupportedMechanisms(m) => ClientError::UnsupportedAuth(m),
+            LoginError::UnsupportedMethod(n) => {
+                ClientError::UnsupportedAuth(format!("request {n}"))
+            }
+            LoginError::Server(r) => ClientError::Server(r.error),
+            LoginError::Protocol(m) => ClientError::Protocol(m),
+            LoginError::Finished => ClientError::Closed,
+        }
+    }
+}
+
 impl ProtoError for ClientError {
     fn kind(&self) -> ErrorKind {
         match self {
@@ -322,10 +347,8 @@ impl ProtoError for ClientError {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
-    /// Startup sent; authentication requests expected.
-    Auth,
-    /// AuthenticationOk seen; parameters, key and ReadyForQuery expected.
-    Starting,
+    /// Startup sent; the [`Login`] runs until ReadyForQuery.
+    Login,
     Ready,
     Closing,
     Closed,
@@ -335,8 +358,8 @@ enum Phase {
 pub struct ClientConnection {
     config: Arc<ClientConfig>,
     phase: Phase,
-    nonce: [u8; 24],
-    scram: Option<ScramClient>,
+    /// The login, until it is done.
+    login: Option<Box<Login>>,
     out: BytesMut,
     /// Queries issued before the login finished.
     deferred: BytesMut,
@@ -361,18 +384,26 @@ impl ClientConnection {
     /// A connection that starts by sending the StartupMessage. `nonce` is fresh randomness
     /// (for SCRAM; the connection has no random source of its own).
     pub fn new(config: Arc<ClientConfig>, nonce: [u8; 24]) -> ClientConnection {
+        let params: Vec<(&str, &str)> = config
+            .params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut login = Login::new(
+            &config.user,
+            config.database.as_deref(),
+            &params,
+            config.password.as_deref(),
+            &nonce,
+        );
         let mut out = BytesMut::new();
-        let mut params: Vec<(&str, &str)> = vec![("user", &config.user)];
-        if let Some(db) = &config.database {
-            params.push(("database", db));
+        while let Some(b) = login.poll_transmit() {
+            out.extend_from_slice(&b);
         }
-        params.extend(config.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        encode_startup(&mut out, &params);
         ClientConnection {
             config,
-            phase: Phase::Auth,
-            nonce,
-            scram: None,
+            phase: Phase::Login,
+            login: Some(Box::new(login)),
             out,
             deferred: BytesMut::new(),
             pending: VecDeque::new(),
@@ -479,72 +510,45 @@ impl ClientConnection {
         e
     }
 
-    fn on_auth(&mut self, m: Message<'_>) -> Result<(), ClientError> {
-        let password = || {
-            self.config
-                .password
-                .as_deref()
-                .ok_or(ClientError::PasswordRequired)
+    /// A server message while logging in.
+    fn on_login(&mut self, msg: &[u8]) -> Result<(), ClientError> {
+        let Some(login) = self.login.as_mut() else {
+            return Err(ClientError::Closed);
         };
-        match m {
-            Message::AuthenticationOk => {
-                if self.scram.as_ref().is_some_and(|s| !s.is_authenticated()) {
-                    // The server skipped proving it knows the password.
-                    return Err(ClientError::Protocol(
-                        "AuthenticationOk before the SCRAM exchange completed",
-                    ));
-                }
-                self.scram = None;
-                self.phase = Phase::Starting;
-            }
-            Message::AuthenticationCleartextPassword => {
-                let pw = password()?.to_vec();
-                frontend::password(&mut self.out, &pw);
-            }
-            Message::AuthenticationMd5Password { salt } => {
-                let pw = md5_password(self.config.user.as_bytes(), password()?, salt);
-                frontend::password(&mut self.out, &pw);
-            }
-            Message::AuthenticationSasl { mechanisms } => {
-                if !mechanisms.contains(&SCRAM_SHA_256) {
-                    return Err(ClientError::UnsupportedAuth(mechanisms.join(", ")));
-                }
-                let scram = ScramClient::new(password()?, &self.nonce);
-                frontend::sasl_initial_response(
-                    &mut self.out,
-                    SCRAM_SHA_256,
-                    &scram.client_first(),
-                );
-                self.scram = Some(scram);
-            }
-            Message::AuthenticationSaslContinue(data) => {
-                let scram = self
-                    .scram
-                    .as_mut()
-                    .ok_or(ClientError::Protocol("SASL continue without SASL"))?;
-                let reply = scram.handle_server_first(data).map_err(ClientError::Auth)?;
-                frontend::sasl_response(&mut self.out, &reply);
-            }
-            Message::AuthenticationSaslFinal(data) => {
-                let scram = self
-                    .scram
-                    .as_mut()
-                    .ok_or(ClientError::Protocol("SASL final without SASL"))?;
-                scram.handle_server_final(data).map_err(ClientError::Auth)?;
-            }
-            Message::AuthenticationOther(n) => {
-                return Err(ClientError::UnsupportedAuth(format!("request {n}")));
-            }
-            _ => {
-                return Err(ClientError::Protocol(
-                    "unexpected message during authentication",
-                ))
+        let ev = login.handle_message(msg);
+        while let Some(b) = login.poll_transmit() {
+            self.out.extend_from_slice(&b);
+        }
+        match ev? {
+            None => {}
+            Some(LoginEvent::Parameter { name, value }) => self.set_parameter(name, value),
+            Some(LoginEvent::Notice(n)) => self.events.push_back(Event::Notice(n)),
+            Some(LoginEvent::Ready(done)) => {
+                self.login = None;
+                self.key = done.cancel_key;
+                self.status = done.tx_status;
+                self.phase = Phase::Ready;
+                self.events.push_back(Event::Ready);
+                let deferred = self.deferred.split();
+                self.out.unsplit(deferred);
             }
         }
         Ok(())
     }
 
+    fn set_parameter(&mut self, name: String, value: String) {
+        match self.params.iter_mut().find(|(k, _)| *k == name) {
+            Some(p) => p.1.clone_from(&value),
+            None => self.params.push((name.clone(), value.clone())),
+        }
+        self.events
+            .push_back(Event::ParameterStatus { name, value });
+    }
+
     fn on_message(&mut self, msg: Bytes) -> Result<(), ClientError> {
+        if self.phase == Phase::Login {
+            return self.on_login(&msg);
+        }
         let tag = msg[0];
         // Row data first: the hot path, decoded here without `backend::parse`.
         if self.phase == Phase::Ready || self.phase == Phase::Closing {
@@ -585,7 +589,7 @@ impl ClientConnection {
         match m {
             Message::ErrorResponse(f) => {
                 let error = DbError::from_fields(&f);
-                if f.is_fatal() || self.phase == Phase::Auth || self.phase == Phase::Starting {
+                if f.is_fatal() {
                     return Err(ClientError::Server(error));
                 }
                 let id = *self
@@ -607,34 +611,16 @@ impl ClientConnection {
                 payload: payload.to_owned(),
             }),
             Message::ParameterStatus { name, value } => {
-                match self.params.iter_mut().find(|(k, _)| k == name) {
-                    Some(p) => p.1 = value.to_owned(),
-                    None => self.params.push((name.to_owned(), value.to_owned())),
-                }
-                self.events.push_back(Event::ParameterStatus {
-                    name: name.to_owned(),
-                    value: value.to_owned(),
-                });
+                self.set_parameter(name.to_owned(), value.to_owned())
             }
             Message::NegotiateProtocolVersion { .. } => {}
-            m if self.phase == Phase::Auth => self.on_auth(m)?,
-            Message::BackendKeyData { pid, secret } if self.phase == Phase::Starting => {
-                self.key = Some((pid, secret));
-            }
             Message::ReadyForQuery(status) => {
                 self.status = status;
-                if self.phase == Phase::Starting {
-                    self.phase = Phase::Ready;
-                    self.events.push_back(Event::Ready);
-                    let deferred = self.deferred.split();
-                    self.out.unsplit(deferred);
-                } else {
-                    let id = self
-                        .pending
-                        .pop_front()
-                        .ok_or(ClientError::Protocol("ReadyForQuery with no query pending"))?;
-                    self.events.push_back(Event::Done { id, status });
-                }
+                let id = self
+                    .pending
+                    .pop_front()
+                    .ok_or(ClientError::Protocol("ReadyForQuery with no query pending"))?;
+                self.events.push_back(Event::Done { id, status });
             }
             _ => return Err(ClientError::Protocol("unexpected message")),
         }
@@ -726,7 +712,7 @@ impl Connection for ClientConnection {
 
     fn state(&self) -> State {
         match self.phase {
-            Phase::Auth | Phase::Starting => State::Authenticating,
+            Phase::Login => State::Authenticating,
             Phase::Ready => State::Ready,
             Phase::Closing => State::Closing,
             Phase::Closed => State::Closed,
@@ -737,7 +723,7 @@ impl Connection for ClientConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{ScramSecret, ScramServer};
+    use crate::auth::{md5_password, ScramSecret, ScramServer};
     use crate::message::{parse_startup, startup_frame, Startup};
     use proptest::prelude::*;
 

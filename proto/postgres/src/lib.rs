@@ -5,6 +5,9 @@
 //!   (authentication, ReadyForQuery, errors, Parse/Bind/Sync...) and their encoders.
 //! - [`client`]: a client connection (startup, SCRAM/MD5/cleartext login, simple and
 //!   extended queries, pipelined); `examples/query.rs` runs it over a std socket.
+//!   [`client::Login`] is its login alone, for a pooler's server connections.
+//! - [`server`]: the backend side of a login ([`server::Login`]: SSLRequest, startup
+//!   checks, SCRAM-SHA-256 against a verifier), for a server or a pooler's client side.
 //! - [`auth`]: SCRAM-SHA-256 (client and server sides) and MD5 password authentication.
 //! - [`sql`]: which statements leave state in a server session (for transaction pooling).
 //!
@@ -37,4 +40,5 @@ pub mod backend;
 pub mod client;
 pub mod frontend;
 pub mod message;
+pub mod server;
 pub mod sql;
