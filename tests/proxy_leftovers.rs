@@ -10,47 +10,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::resp::RespConn as Conn;
 use common::{admin_metrics, free_port, PyServer, Redis, Server};
 
 #[path = "support/upstream.rs"]
 mod upstream;
 use upstream::{fields, Reply, Upstream};
-
-/// A raw RESP connection.
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn new(addr: SocketAddr) -> Conn {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Conn { s, buf: Vec::new() }
-    }
-
-    /// Send `cmd`, read until `want.len()` bytes came (or 10 s passed); they must be `want`.
-    fn ask(&mut self, cmd: &[u8], want: &[u8]) {
-        self.s.write_all(cmd).unwrap();
-        let start = Instant::now();
-        let mut chunk = [0u8; 4096];
-        while self.buf.len() < want.len() && start.elapsed() < Duration::from_secs(10) {
-            match self.s.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
-                Err(_) => {}
-            }
-        }
-        let got: Vec<u8> = self.buf.drain(..want.len().min(self.buf.len())).collect();
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(want),
-            "reply to {}",
-            String::from_utf8_lossy(cmd)
-        );
-    }
-}
 
 /// Poll `f` (bounded: 15 s) until it is true.
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
@@ -227,20 +192,7 @@ fn loading_upstream_is_skipped(driver: &str) {
         &[],
     );
     let mut c = Conn::new(p3.addr);
-    c.s.write_all(b"HELLO 3\r\n").unwrap();
-    let start = Instant::now();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !got.ends_with(b"modules\r\n*0\r\n") && start.elapsed() < Duration::from_secs(10) {
-        if let Ok(k) = c.s.read(&mut chunk) {
-            got.extend_from_slice(&chunk[..k]);
-        }
-    }
-    assert!(
-        got.starts_with(b"%7\r\n"),
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
+    c.hello(b"HELLO 3\r\n");
     for i in 0..10 {
         c.ask(format!("SET r{i} w{i}\r\n").as_bytes(), b"+OK\r\n");
         c.ask(

@@ -7,13 +7,14 @@
 //!
 //! Nothing here asserts timing; every loop is bounded in count and time; loopback only.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::resp::RespConn as Conn;
 use common::{free_port, python, run, tmp_dir, Redis, Server};
 
 const UP_PW: &str = "up-secret";
@@ -95,102 +96,6 @@ fn write_secret(path: &std::path::Path, pw: &[u8]) {
         .open(path)
         .unwrap();
     f.write_all(pw).unwrap();
-}
-
-/// A raw RESP connection.
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn new(addr: SocketAddr) -> Conn {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Conn { s, buf: Vec::new() }
-    }
-
-    fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).unwrap();
-    }
-
-    /// Read until `n` bytes are buffered (or 10 s passed, or EOF); take them.
-    fn take(&mut self, n: usize) -> Vec<u8> {
-        let start = Instant::now();
-        let mut chunk = [0u8; 4096];
-        while self.buf.len() < n && start.elapsed() < Duration::from_secs(10) {
-            match self.s.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
-                Err(_) => {}
-            }
-        }
-        let n = n.min(self.buf.len());
-        self.buf.drain(..n).collect()
-    }
-
-    /// Expect exactly `want` next.
-    fn expect(&mut self, want: &[u8]) {
-        let got = self.take(want.len());
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(want),
-            "reply"
-        );
-    }
-
-    /// Send `cmd`, expect `want`.
-    fn ask(&mut self, cmd: &[u8], want: &[u8]) {
-        self.send(cmd);
-        self.expect(want);
-    }
-
-    /// Read one `\r\n`-terminated line.
-    fn line(&mut self) -> String {
-        let start = Instant::now();
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let l: Vec<u8> = self.buf.drain(..p + 2).collect();
-                return String::from_utf8_lossy(&l[..p]).into_owned();
-            }
-            assert!(start.elapsed() < Duration::from_secs(10), "no line");
-            match self.s.read(&mut chunk) {
-                Ok(0) => panic!("EOF"),
-                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
-                Err(_) => {}
-            }
-        }
-    }
-
-    /// Send a `HELLO 3 …`, expect the proxy's RESP3 map (up to its last field, `modules`).
-    fn hello(&mut self, cmd: &[u8]) {
-        self.send(cmd);
-        assert_eq!(self.line(), "%7");
-        for _ in 0..64 {
-            if self.line() == "modules" {
-                assert_eq!(self.line(), "*0");
-                return;
-            }
-        }
-        panic!("no modules field in the HELLO reply");
-    }
-
-    /// Whether the peer closed the connection (within 10 s).
-    fn closed(&mut self) -> bool {
-        let start = Instant::now();
-        let mut chunk = [0u8; 4096];
-        while start.elapsed() < Duration::from_secs(10) {
-            match self.s.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => {}
-            }
-        }
-        false
-    }
 }
 
 fn py(script: &str) -> String {

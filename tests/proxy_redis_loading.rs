@@ -11,14 +11,15 @@
 //! real redis-server. Nothing here asserts timing; every loop is bounded in count and
 //! time; loopback only.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::resp::RespConn as Conn;
 use common::{admin_metrics, python, tmp_dir, Redis, Server};
 
 /// A fake Redis on `argv[1]` ports (one process): `PING`, `ECHO`, `INFO`, `HELLO` (RESP3
@@ -153,60 +154,6 @@ impl Drop for Fake {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A raw RESP connection.
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn new(addr: SocketAddr) -> Conn {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Conn { s, buf: Vec::new() }
-    }
-
-    /// Send `cmd`, read until `want.len()` bytes came (or 20 s passed); they must be `want`.
-    fn ask(&mut self, cmd: &[u8], want: &[u8]) {
-        self.s.write_all(cmd).unwrap();
-        let start = Instant::now();
-        let mut chunk = [0u8; 65536];
-        while self.buf.len() < want.len() && start.elapsed() < Duration::from_secs(20) {
-            match self.s.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
-                Err(_) => {}
-            }
-        }
-        let got: Vec<u8> = self.buf.drain(..want.len().min(self.buf.len())).collect();
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(want),
-            "reply to {}",
-            String::from_utf8_lossy(cmd)
-        );
-    }
-
-    /// Send `cmd`, read until `lines` CRLF-ended lines came (or 20 s passed).
-    fn read_reply(&mut self, cmd: &[u8], lines: usize) -> String {
-        self.s.write_all(cmd).unwrap();
-        let start = Instant::now();
-        let mut chunk = [0u8; 4096];
-        let count = |b: &[u8]| b.windows(2).filter(|w| w == b"\r\n").count();
-        while count(&self.buf) < lines + usize::from(lines > 1)
-            && start.elapsed() < Duration::from_secs(20)
-        {
-            match self.s.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
-                Err(_) => {}
-            }
-        }
-        String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned()
     }
 }
 

@@ -15,6 +15,7 @@ mod skip;
 pub use skip::skip_or_fail;
 
 pub mod postgres;
+pub mod resp;
 
 /// `per_driver!(a, b, …)`: each `fn a(driver: &str)` of the test file runs as the tests
 /// `epoll::a` and `uring::a`.
