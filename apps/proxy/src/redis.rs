@@ -2442,12 +2442,7 @@ impl RUp {
                             _ => break,
                         }
                     }
-                    let bytes = self.io.input.split_to(total).freeze();
-                    let bytes = if self.proto == self.want {
-                        bytes
-                    } else {
-                        reencode(&bytes, self.want)
-                    };
+                    let bytes = take_replies(&mut self.io.input, total, self.proto, self.want);
                     post(
                         ctx,
                         owner,
@@ -2571,12 +2566,7 @@ impl RUp {
                 match run {
                     Some((total, k)) if !replay => {
                         // This run goes to the client as it is.
-                        let bytes = self.io.input.split_to(total).freeze();
-                        let bytes = if self.proto == self.want {
-                            bytes
-                        } else {
-                            reencode(&bytes, self.want)
-                        };
+                        let bytes = take_replies(&mut self.io.input, total, self.proto, self.want);
                         post(
                             ctx,
                             front.owner,
@@ -2670,6 +2660,16 @@ fn part_value(frame: &Bytes, limits: &Limits) -> Value {
 }
 
 /// Re-encode `n` complete frames for protocol `to`.
+/// The first `total` bytes of `input` (whole replies in protocol `from`), in protocol `to`.
+fn take_replies(input: &mut BytesMut, total: usize, from: Protocol, to: Protocol) -> Bytes {
+    let bytes = input.split_to(total).freeze();
+    if from == to {
+        bytes
+    } else {
+        reencode(&bytes, to)
+    }
+}
+
 fn reencode(frames: &Bytes, to: Protocol) -> Bytes {
     let mut out = BytesMut::with_capacity(frames.len());
     let mut rest = frames.clone();
