@@ -168,6 +168,15 @@ pub(crate) struct ProxyArgs {
     /// I/O worker and written at least every 100 ms [default: none].
     #[arg(long, value_name = "PATH", value_parser = boxed_path)]
     access_log: Option<Box<Path>>,
+    /// HTTP: requests admitted per client address, `N` per second or `N/s`, `N/m`, `N/h`
+    /// (the client: the connection's peer, or for a trusted proxy the last X-Forwarded-For
+    /// address); beyond it 429 with Retry-After [default: none].
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    rate_limit: Option<(u32, Duration)>,
+    /// HTTP: requests a client may send at once before --rate-limit applies [default: the
+    /// rate].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_burst: Option<u32>,
     /// The access log's format: text (nginx `combined` plus `upstream=`, `rt=`, `trace=`) or
     /// json (one object per line) [default: text].
     #[arg(long, value_name = "FORMAT")]
@@ -195,6 +204,23 @@ pub(crate) struct ProxyArgs {
     /// Needs a client password.
     #[arg(long, value_name = "NAME", value_parser = boxed_str)]
     client_user: Option<Box<str>>,
+}
+
+/// `N`, `N/s`, `N/m` or `N/h` (as nginx's `limit_req` rates): requests and their period.
+fn parse_rate(s: &str) -> Result<(u32, Duration), String> {
+    let (n, per) = match s.split_once('/') {
+        None => (s, Duration::from_secs(1)),
+        Some((n, "s")) => (n, Duration::from_secs(1)),
+        Some((n, "m")) => (n, Duration::from_secs(60)),
+        Some((n, "h")) => (n, Duration::from_secs(3600)),
+        Some(_) => return Err(format!("invalid rate `{s}` (use N, N/s, N/m or N/h)")),
+    };
+    match n.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok((n, per)),
+        _ => Err(format!(
+            "invalid rate `{s}` (use N, N/s, N/m or N/h, N at least 1)"
+        )),
+    }
 }
 
 /// The credential flags are boxed: they are rarely given, and `ProxyArgs` sits in an enum.
@@ -249,6 +275,8 @@ struct ProxyFile {
     log_format: Option<LogFormat>,
     access_log: Option<PathBuf>,
     access_log_format: Option<LogFormat>,
+    rate_limit: Option<String>,
+    rate_limit_burst: Option<u32>,
     upstream_user: Option<String>,
     upstream_password_file: Option<PathBuf>,
     client_password_file: Option<PathBuf>,
@@ -411,6 +439,15 @@ fn merge(args: &mut ProxyArgs, f: ProxyFile, dir: &Path) -> Result<(), String> {
     fill(&mut args.busy_poll, "busy_poll", f.busy_poll, duration)?;
     fill(&mut args.log_format, "log_format", f.log_format, Ok)?;
     fill(&mut args.access_log, "access_log", f.access_log, path)?;
+    fill(&mut args.rate_limit, "rate_limit", f.rate_limit, |s| {
+        parse_rate(&s)
+    })?;
+    fill(
+        &mut args.rate_limit_burst,
+        "rate_limit_burst",
+        f.rate_limit_burst,
+        in_range(1, u32::MAX),
+    )?;
     fill(
         &mut args.access_log_format,
         "access_log_format",
@@ -674,6 +711,17 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
         (None, Some(_)) => return Err("--access-log-format: needs --access-log".into()),
         (None, None) => {}
     }
+    match (args.rate_limit, args.rate_limit_burst) {
+        (Some(_), _) if protocol != Protocol::Http => {
+            return Err("--rate-limit: only with --protocol http".into());
+        }
+        (Some((n, per)), burst) => {
+            let q = ferry_reliability::Quota::new(n, per);
+            cfg.rate_limit = Some(burst.map_or(q, |b| q.with_burst(b)));
+        }
+        (None, Some(_)) => return Err("--rate-limit-burst: needs --rate-limit".into()),
+        (None, None) => {}
+    }
     let health_interval = args.health_interval.unwrap_or(Duration::from_secs(2));
     cfg.health = (!health_interval.is_zero()).then(|| HealthConfig {
         interval: health_interval,
@@ -791,6 +839,17 @@ pub(crate) fn proxy(mut args: ProxyArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_as_nginx_writes_them() {
+        assert_eq!(parse_rate("10"), Ok((10, Duration::from_secs(1))));
+        assert_eq!(parse_rate("10/s"), Ok((10, Duration::from_secs(1))));
+        assert_eq!(parse_rate("5/m"), Ok((5, Duration::from_secs(60))));
+        assert_eq!(parse_rate("1/h"), Ok((1, Duration::from_secs(3600))));
+        for bad in ["0", "-1", "x/s", "10/d", "", "/s"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
     use clap::Parser;
 
     #[derive(Parser)]

@@ -265,6 +265,10 @@ pub struct ProxyConfig {
     pub postgres: crate::postgres::PostgresConfig,
     /// HTTP: where and how to write the access log (one line per exchange). Default none.
     pub access_log: Option<AccessLogSpec>,
+    /// HTTP: requests admitted per client address (its burst, then its rate; beyond it `429`
+    /// with `Retry-After`). The client is the connection's peer, or for a trusted proxy
+    /// (`trusted_proxies`) the last `X-Forwarded-For` address. Default none.
+    pub rate_limit: Option<ferry_reliability::Quota>,
 }
 
 /// `--access-log PATH` and its format.
@@ -302,6 +306,7 @@ impl ProxyConfig {
             trusted_proxies: TrustedProxies::default(),
             postgres: crate::postgres::PostgresConfig::default(),
             access_log: None,
+            rate_limit: None,
         }
     }
 }

@@ -73,6 +73,7 @@ use smallvec::SmallVec;
 use crate::access_log::{AccessLog, Entry};
 use crate::balance::{Balancer, Tried};
 use crate::config::ProxyConfig;
+use crate::limit::{forwarded_client, ClientLimiter};
 use crate::metrics::ProxyStats;
 use ferry_pool::{Checkout, Event as PoolEvent, Pool, WaiterId};
 use ferry_reliability::trace::TRACEPARENT_LEN;
@@ -101,6 +102,8 @@ pub struct HttpShared {
     xfp: FieldLines,
     /// The access log (`--access-log`), if any.
     access: Option<Arc<AccessLog>>,
+    /// Per-client rate limiting (`--rate-limit`), if any.
+    limiter: Option<ClientLimiter>,
 }
 
 impl std::fmt::Debug for HttpShared {
@@ -153,6 +156,7 @@ impl HttpShared {
                 })
             })
             .collect();
+        let limiter = cfg.rate_limit.map(ClientLimiter::new);
         Arc::new(HttpShared {
             cfg,
             depth,
@@ -162,6 +166,7 @@ impl HttpShared {
             via: FieldLines::new(&[("via", "1.1 ferry")]).unwrap_or_default(),
             xfp: FieldLines::new(&[("x-forwarded-proto", "http")]).unwrap_or_default(),
             access,
+            limiter,
         })
     }
 
@@ -1346,8 +1351,51 @@ impl Down {
             self.trusted,
             self.fwd_host.as_deref(),
         );
+        let over = match sh.limiter.as_ref() {
+            Some(l) => self.over_limit(l, &head, now),
+            None => None,
+        };
         self.ex = Some(exchange(&sh, &mut ws, peer, head, now));
-        self.dispatch_with(ctx, &sh, ws, now);
+        match over {
+            None => self.dispatch_with(ctx, &sh, ws, now),
+            Some(wait) => {
+                drop(ws);
+                self.refuse_over_limit(ctx, wait, now);
+            }
+        }
+    }
+
+    /// How long until the client of `head` may send another request, if it is over
+    /// `--rate-limit` now (the request counts against it when it is not).
+    #[cold]
+    fn over_limit(
+        &self,
+        l: &ClientLimiter,
+        head: &ferry_http1::Request,
+        now: Instant,
+    ) -> Option<std::time::Duration> {
+        let peer = self.io.peer_addr()?.ip();
+        let client = if self.trusted {
+            let xff = head.headers().get("x-forwarded-for");
+            xff.and_then(forwarded_client).unwrap_or(peer)
+        } else {
+            peer
+        };
+        l.check(client, now).err()
+    }
+
+    /// The exchange just made is over the rate limit: `429` with `Retry-After`.
+    #[cold]
+    fn refuse_over_limit(&mut self, ctx: &mut WorkerCtx, wait: std::time::Duration, now: Instant) {
+        let ex = self.ex.take().expect("exchange");
+        self.last_done = Some(ex.id);
+        add(&self.shared.stats.answered_429, 1);
+        // Whole seconds, rounded up (RFC 9110 §10.2.3).
+        let secs = wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64;
+        let retry = itoa::Buffer::new().format(secs).as_bytes().to_vec();
+        let why = "rate limit for this client";
+        self.answer(ctx, &ex, 429, why, &[("retry-after", &retry)], now);
+        self.resume(ctx, now);
     }
 
     /// A request pipelined behind `ex`: sent down the same upstream connection right away
@@ -1376,6 +1424,12 @@ impl Down {
             return Some(head);
         }
         self.init_fwd(&head);
+        if let Some(l) = self.shared.limiter.as_ref() {
+            if self.over_limit(l, &head, now).is_some() {
+                // Answered in its turn, after the responses before it (`start`).
+                return Some(head);
+            }
+        }
         let sh = &*self.shared;
         let mut f = exchange(
             sh,
@@ -1890,6 +1944,19 @@ impl Down {
         why: &str,
         now: Instant,
     ) {
+        self.answer(ctx, ex, status, why, &[], now);
+    }
+
+    /// [`local_answer`](Self::local_answer) with `extra` fields.
+    fn answer(
+        &mut self,
+        ctx: &WorkerCtx,
+        ex: &Exchange,
+        status: u16,
+        why: &str,
+        extra: &[(&str, &[u8])],
+        now: Instant,
+    ) {
         let st = &self.shared.stats;
         match status {
             502 => add(&st.answered_502, 1),
@@ -1902,6 +1969,7 @@ impl Down {
             status,
             match status {
                 408 => "Request Timeout",
+                429 => "Too Many Requests",
                 502 => "Bad Gateway",
                 503 => "Service Unavailable",
                 _ => "Gateway Timeout",
@@ -1909,10 +1977,10 @@ impl Down {
             ex.head.method_str(),
             why
         );
-        let fields: [(&str, &[u8]); 2] = [
-            ("content-type", b"text/plain; charset=utf-8"),
-            ("via", b"1.1 ferry"),
-        ];
+        let mut fields: SmallVec<[(&str, &[u8]); 3]> = SmallVec::new();
+        fields.push(("content-type", b"text/plain; charset=utf-8"));
+        fields.push(("via", b"1.1 ferry"));
+        fields.extend_from_slice(extra);
         if let Some(log) = self.shared.access.as_deref() {
             let (sh, ip) = (&*self.shared, self.peer_ip.as_deref());
             let len = text.len() as u64;
@@ -1920,7 +1988,7 @@ impl Down {
         }
         let _ = self
             .conn
-            .send_response(ex.id, status, &fields, Body::Full(Bytes::from(text)));
+            .send_response(ex.id, status, &fields[..], Body::Full(Bytes::from(text)));
         self.collect();
     }
 
@@ -3095,6 +3163,9 @@ impl Downstream for Down {
         drop(ws);
         if let Some(log) = shared.access.as_deref() {
             log.flush(ctx.index);
+        }
+        if let Some(l) = shared.limiter.as_ref() {
+            l.sweep(now);
         }
         Some(now + std::time::Duration::from_millis(100))
     }

@@ -42,6 +42,7 @@ pub mod balance;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod postgres;
 pub mod redis;

@@ -123,6 +123,8 @@ pub struct ProxyStats {
     pub answered_503: AtomicU64,
     /// See `answered_502`.
     pub answered_504: AtomicU64,
+    /// Requests refused with `429` (over `--rate-limit`).
+    pub answered_429: AtomicU64,
     /// Downstream connections open.
     pub downstream_open: AtomicI64,
     /// Protocol switches relayed (HTTP `101` to an `Upgrade` request, `2xx` to CONNECT).
@@ -239,6 +241,7 @@ impl ProxyStats {
             answered_502: AtomicU64::new(0),
             answered_503: AtomicU64::new(0),
             answered_504: AtomicU64::new(0),
+            answered_429: AtomicU64::new(0),
             downstream_open: AtomicI64::new(0),
             upgrades: AtomicU64::new(0),
             pool: (0..workers).map(|_| Default::default()).collect(),
@@ -330,6 +333,7 @@ impl ProxyStats {
             "Error responses the proxy made itself, by status code.",
         );
         for (code, c) in [
+            (429, &self.answered_429),
             (502, &self.answered_502),
             (503, &self.answered_503),
             (504, &self.answered_504),
