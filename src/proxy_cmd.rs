@@ -204,6 +204,26 @@ pub(crate) struct ProxyArgs {
     /// Needs a client password.
     #[arg(long, value_name = "NAME", value_parser = boxed_str)]
     client_user: Option<Box<str>>,
+    /// TLS for clients: the listener's certificate chain (PEM, leaf first); needs --tls-key.
+    /// http and redis: TLS from the first byte (HTTPS, ALPN http/1.1); postgres: SSLRequest
+    /// is answered `S` and TLS starts (without these flags: `N`).
+    #[arg(long, value_name = "FILE", value_parser = boxed_path)]
+    tls_cert: Option<Box<Path>>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", value_parser = boxed_path)]
+    tls_key: Option<Box<Path>>,
+    /// HTTP: TLS to the upstreams (HTTPS), certificates checked against --upstream-ca for
+    /// each upstream's host name or IP address (or --upstream-server-name); health checks too.
+    #[arg(long)]
+    upstream_tls: bool,
+    /// With --upstream-tls: the CA certificates (PEM) to trust [default:
+    /// /etc/ssl/certs/ca-certificates.crt].
+    #[arg(long, value_name = "FILE", value_parser = boxed_path)]
+    upstream_ca: Option<Box<Path>>,
+    /// With --upstream-tls: the name sent as SNI and checked against every upstream's
+    /// certificate [default: the upstream's own host name or IP address].
+    #[arg(long, value_name = "NAME", value_parser = boxed_str)]
+    upstream_server_name: Option<Box<str>>,
 }
 
 /// `N`, `N/s`, `N/m` or `N/h` (as nginx's `limit_req` rates): requests and their period.
@@ -281,6 +301,11 @@ struct ProxyFile {
     upstream_password_file: Option<PathBuf>,
     client_password_file: Option<PathBuf>,
     client_user: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    upstream_tls: Option<bool>,
+    upstream_ca: Option<PathBuf>,
+    upstream_server_name: Option<String>,
 }
 
 /// The file's settings into `args` where no flag gave one. Relative password file paths are
@@ -475,6 +500,18 @@ fn merge(args: &mut ProxyArgs, f: ProxyFile, dir: &Path) -> Result<(), String> {
         f.client_password_file,
         path,
     )?;
+    fill(&mut args.tls_cert, "tls_cert", f.tls_cert, path)?;
+    fill(&mut args.tls_key, "tls_key", f.tls_key, path)?;
+    if f.upstream_tls == Some(true) {
+        args.upstream_tls = true;
+    }
+    fill(&mut args.upstream_ca, "upstream_ca", f.upstream_ca, path)?;
+    fill(
+        &mut args.upstream_server_name,
+        "upstream_server_name",
+        f.upstream_server_name,
+        |s| Ok(s.into()),
+    )?;
     Ok(())
 }
 
@@ -660,6 +697,28 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
         .pipeline_depth
         .map_or(cfg.pipeline_depth, |n| n as usize);
     redis_credentials(args, &mut cfg)?;
+    cfg.tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => {
+            Some(ferry_proxy::tls_server_config(protocol, c, k).map_err(|e| e.to_string())?)
+        }
+        (None, None) => None,
+        (Some(_), None) => return Err("--tls-cert: needs --tls-key".into()),
+        (None, Some(_)) => return Err("--tls-key: needs --tls-cert".into()),
+    };
+    if args.upstream_tls {
+        if protocol != Protocol::Http {
+            return Err("--upstream-tls: only with --protocol http (for now)".into());
+        }
+        cfg.upstream_tls = Some(
+            ferry_proxy::upstream_tls_config(
+                args.upstream_ca.as_deref(),
+                args.upstream_server_name.as_deref(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+    } else if args.upstream_ca.is_some() || args.upstream_server_name.is_some() {
+        return Err("--upstream-ca, --upstream-server-name: only with --upstream-tls".into());
+    }
     if protocol == Protocol::Postgres {
         if cfg.balance != Balance::RoundRobin {
             return Err(
@@ -1024,6 +1083,55 @@ mod tests {
         assert_eq!(o.protocol, Protocol::Redis);
         assert!(o.config.redis_upstream_auth.is_some());
         assert!(o.config.redis_client_auth.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_files_from_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("ferry-proxy-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+        let toml = r#"
+            listen = "127.0.0.1:5433"
+            upstream = ["127.0.0.1:5432"]
+            protocol = "postgres"
+            tls_cert = "cert.pem"
+            tls_key = "key.pem"
+        "#;
+        let file: ProxyFile = toml::from_str(toml).unwrap();
+        let mut args = Cli::try_parse_from(["proxy"]).unwrap().args;
+        merge(&mut args, file, &dir).unwrap();
+        assert_eq!(args.tls_cert.as_deref(), Some(&*dir.join("cert.pem")));
+        assert!(options(&args).unwrap().config.tls.is_some());
+        // Without: plain.
+        let (_, o) = resolve(&[], FULL).unwrap();
+        assert!(o.config.tls.is_none());
+        // One of the two: the flag that is missing its partner is named.
+        let file: ProxyFile = toml::from_str(&toml.replace("tls_key = \"key.pem\"", "")).unwrap();
+        let mut args = Cli::try_parse_from(["proxy"]).unwrap().args;
+        merge(&mut args, file, &dir).unwrap();
+        let e = options(&args).unwrap_err();
+        assert!(e.starts_with("--tls-cert"), "{e}");
+        // Upstream TLS (http only), the CA relative to the file too.
+        let up = r#"
+            listen = "127.0.0.1:8443"
+            upstream = ["127.0.0.1:443"]
+            upstream_tls = true
+            upstream_ca = "cert.pem"
+            upstream_server_name = "localhost"
+        "#;
+        let file: ProxyFile = toml::from_str(up).unwrap();
+        let mut args = Cli::try_parse_from(["proxy"]).unwrap().args;
+        merge(&mut args, file, &dir).unwrap();
+        let t = options(&args).unwrap().config.upstream_tls.unwrap();
+        assert_eq!(t.server_name.as_deref(), Some("localhost"));
+        let file: ProxyFile = toml::from_str(&format!("{up}\nprotocol = \"redis\"")).unwrap();
+        let mut args = Cli::try_parse_from(["proxy"]).unwrap().args;
+        merge(&mut args, file, &dir).unwrap();
+        let e = options(&args).unwrap_err();
+        assert!(e.starts_with("--upstream-tls"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

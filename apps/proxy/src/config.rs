@@ -182,6 +182,9 @@ pub struct HealthConfig {
     /// `+OK` then `+PONG`). Without them `-NOAUTH` counts as healthy (clients authenticate
     /// themselves). [`start`](crate::start) copies [`ProxyConfig::redis_upstream_auth`] here.
     pub redis_auth: Option<Credentials>,
+    /// HTTP: probe over TLS (as requests go). [`start`](crate::start) copies
+    /// [`ProxyConfig::upstream_tls`] here.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Default for HealthConfig {
@@ -193,6 +196,7 @@ impl Default for HealthConfig {
             fall: 2,
             rise: 2,
             redis_auth: None,
+            tls: None,
         }
     }
 }
@@ -269,6 +273,14 @@ pub struct ProxyConfig {
     /// with `Retry-After`). The client is the connection's peer, or for a trusted proxy
     /// (`trusted_proxies`) the last `X-Forwarded-For` address. Default none.
     pub rate_limit: Option<ferry_reliability::Quota>,
+    /// The listener's TLS certificate and key (`--tls-cert`/`--tls-key`): HTTP and Redis
+    /// clients speak TLS from the first byte; PostgreSQL clients get `S` to `SSLRequest`
+    /// and TLS from there (without it, `N`). Build it with [`tls_server_config`].
+    /// Default none: plain TCP.
+    pub tls: Option<ferry_tls::ServerConfig>,
+    /// HTTP: TLS to the upstreams (`--upstream-tls`), for requests and health checks.
+    /// Default none: plain TCP.
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 /// `--access-log PATH` and its format.
@@ -278,6 +290,60 @@ pub struct AccessLogSpec {
     pub path: std::path::PathBuf,
     /// Text (nginx `combined` plus the proxy's fields) or JSON lines.
     pub format: crate::access_log::AccessFormat,
+}
+
+/// TLS to the upstreams: whom to trust, and the name to check their certificates against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Trusted CA certificates (`--upstream-ca`, else the system bundle).
+    pub config: ferry_tls::ClientConfig,
+    /// The name sent as SNI and checked against every upstream's certificate
+    /// (`--upstream-server-name`); `None`: each upstream's own host name, or its IP address.
+    pub server_name: Option<String>,
+}
+
+impl UpstreamTls {
+    /// The name to verify `up`'s certificate against.
+    pub fn name_for(&self, up: &Upstream) -> String {
+        match (&self.server_name, up) {
+            (Some(n), _) => n.clone(),
+            (None, Upstream::Name { host, .. }) => host.clone(),
+            (None, Upstream::Addr(a)) => a.ip().to_string(),
+        }
+    }
+}
+
+/// The system's CA bundle (Debian's `ca-certificates`), the default of `--upstream-ca`.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// [`UpstreamTls`] from a PEM CA file (`None`: [`SYSTEM_CA_BUNDLE`]) and an optional fixed
+/// server name; errors name the flag (`--upstream-ca`, `--upstream-server-name`).
+pub fn upstream_tls_config(
+    ca: Option<&std::path::Path>,
+    server_name: Option<&str>,
+) -> Result<UpstreamTls, TlsConfigError> {
+    let path = ca.unwrap_or(std::path::Path::new(SYSTEM_CA_BUNDLE));
+    let pem = std::fs::read(path).map_err(|e| TlsConfigError {
+        flag: "upstream-ca",
+        message: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let config =
+        ferry_tls::ClientConfig::from_ca_pem(&pem, &[b"http/1.1"]).map_err(|e| TlsConfigError {
+            flag: "upstream-ca",
+            message: format!("{}: {e}", path.display()),
+        })?;
+    if let Some(n) = server_name {
+        if ferry_tls::Tls::client(&config, n).is_err() {
+            return Err(TlsConfigError {
+                flag: "upstream-server-name",
+                message: format!("`{n}` is neither a DNS name nor an IP address"),
+            });
+        }
+    }
+    Ok(UpstreamTls {
+        config,
+        server_name: server_name.map(str::to_string),
+    })
 }
 
 impl ProxyConfig {
@@ -307,6 +373,8 @@ impl ProxyConfig {
             postgres: crate::postgres::PostgresConfig::default(),
             access_log: None,
             rate_limit: None,
+            tls: None,
+            upstream_tls: None,
         }
     }
 }
@@ -463,4 +531,57 @@ mod trusted_tests {
             assert!(e.contains("invalid CIDR"), "{bad}: {e}");
         }
     }
+}
+
+/// Why [`tls_server_config`] or [`upstream_tls_config`] failed, naming the flag to blame.
+#[derive(Debug)]
+pub struct TlsConfigError {
+    /// `tls-cert`, `tls-key`, `upstream-ca` or `upstream-server-name`.
+    pub flag: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for TlsConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--{}: {}", self.flag, self.message)
+    }
+}
+
+impl std::error::Error for TlsConfigError {}
+
+/// The listener's TLS settings from PEM files: `cert` (the chain, leaf first) and `key`,
+/// with the protocol's ALPN name (`http/1.1` for HTTP, `postgresql` for PostgreSQL, none
+/// for Redis).
+pub fn tls_server_config(
+    protocol: Protocol,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<ferry_tls::ServerConfig, TlsConfigError> {
+    let read = |flag: &'static str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| TlsConfigError {
+            flag,
+            message: format!("cannot read {}: {e}", p.display()),
+        })
+    };
+    let (c, k) = (read("tls-cert", cert)?, read("tls-key", key)?);
+    let alpn: &[&[u8]] = match protocol {
+        Protocol::Http => &[b"http/1.1"],
+        Protocol::Postgres => &[b"postgresql"],
+        Protocol::Redis => &[],
+    };
+    ferry_tls::ServerConfig::from_pem(&c, &k, alpn).map_err(|e| {
+        let flag = match e {
+            ferry_tls::ConfigError::NoCertificate => "tls-cert",
+            _ => "tls-key",
+        };
+        let what = match flag {
+            "tls-cert" => cert,
+            _ => key,
+        };
+        TlsConfigError {
+            flag,
+            message: format!("{}: {e}", what.display()),
+        }
+    })
 }

@@ -4,6 +4,7 @@
 //! expecting the one byte `S` or `N`, or Redis `PING` expecting
 //! `+PONG`, or `-NOAUTH` from a server that requires AUTH; with upstream credentials,
 //! `AUTH` first and `+OK` `+PONG`) and flips its `healthy` flag after `fall` failures or `rise` successes in a row.
+//! With upstream TLS the HTTP probe goes over TLS, its certificate checked as requests' are.
 //! Workers read the flag when they pick an upstream; a probe never runs on an I/O worker.
 
 use std::io::{Read, Write};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::{HealthConfig, Protocol, Upstream};
+use crate::config::{HealthConfig, Protocol, Upstream, UpstreamTls};
 use crate::metrics::ProxyStats;
 
 /// One probe: whether `addr` answers well within `cfg.timeout`.
@@ -43,7 +44,14 @@ pub fn probe_as(addr: SocketAddr, host: &str, protocol: Protocol, cfg: &HealthCo
         )
         .into_bytes(),
     };
-    if s.set_write_timeout(Some(cfg.timeout)).is_err() || s.write_all(&req).is_err() {
+    if s.set_write_timeout(Some(cfg.timeout)).is_err() {
+        return false;
+    }
+    if let (Protocol::Http, Some(tls)) = (protocol, cfg.tls.as_ref()) {
+        let head = tls_exchange(&mut s, tls, &tls_name(tls, host), &req, deadline, 12);
+        return head.len() >= 12 && head.starts_with(b"HTTP/1.") && matches!(head[9], b'2' | b'3');
+    }
+    if s.write_all(&req).is_err() {
         return false;
     }
     let mut buf = [0u8; 64];
@@ -71,6 +79,61 @@ pub fn probe_as(addr: SocketAddr, host: &str, protocol: Protocol, cfg: &HealthCo
         Protocol::Postgres => head == b"S" || head == b"N",
         _ => head.len() >= 12 && head.starts_with(b"HTTP/1.") && matches!(head[9], b'2' | b'3'),
     }
+}
+
+/// The name an upstream's certificate is checked against: the fixed one, else the host of
+/// `host` (`NAME:PORT` or `IP:PORT`).
+fn tls_name(tls: &UpstreamTls, host: &str) -> String {
+    if let Some(n) = &tls.server_name {
+        return n.clone();
+    }
+    match host.parse::<SocketAddr>() {
+        Ok(a) => a.ip().to_string(),
+        Err(_) => host.rsplit_once(':').map_or(host, |(h, _)| h).to_string(),
+    }
+}
+
+/// `req` over TLS on `s` (blocking, until `deadline`): the first `want` bytes (or fewer) of
+/// the plaintext answer; nothing when the handshake fails.
+fn tls_exchange(
+    s: &mut TcpStream,
+    tls: &UpstreamTls,
+    name: &str,
+    req: &[u8],
+    deadline: Instant,
+    want: usize,
+) -> Vec<u8> {
+    let Ok(mut t) = ferry_tls::Tls::client(&tls.config, name) else {
+        return Vec::new();
+    };
+    // Held inside the session until the handshake completes.
+    t.send(req);
+    let mut plain = bytes::BytesMut::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(b) = t.poll_transmit() {
+            if s.write_all(&b).is_err() {
+                return plain.to_vec();
+            }
+        }
+        if plain.len() >= want {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut c = bytes::BytesMut::from(&buf[..n]);
+                if t.handle_input(&mut c, &mut plain).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    plain.to_vec()
 }
 
 /// Which of a name's addresses `all` to use, and whether it answers: the one in use (or

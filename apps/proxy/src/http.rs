@@ -98,12 +98,15 @@ pub struct HttpShared {
     workers: Vec<Mutex<WorkerState>>,
     /// `via: 1.1 ferry`, encoded once (requests and responses).
     via: FieldLines,
-    /// `x-forwarded-proto: http`, encoded once (requests that came with `X-Forwarded-For`).
+    /// `x-forwarded-proto: http` (`https` with TLS), encoded once (requests that came with
+    /// `X-Forwarded-For`).
     xfp: FieldLines,
     /// The access log (`--access-log`), if any.
     access: Option<Arc<AccessLog>>,
     /// Per-client rate limiting (`--rate-limit`), if any.
     limiter: Option<ClientLimiter>,
+    /// `http`, or `https` when clients speak TLS (`ProxyConfig::tls`).
+    scheme: &'static str,
 }
 
 impl std::fmt::Debug for HttpShared {
@@ -133,6 +136,7 @@ impl HttpShared {
         };
         client.max_pipelined = depth;
         let client = Arc::new(client);
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         let workers = (0..workers.max(1))
             .map(|w| {
                 Mutex::new(WorkerState {
@@ -164,7 +168,8 @@ impl HttpShared {
             stats,
             workers,
             via: FieldLines::new(&[("via", "1.1 ferry")]).unwrap_or_default(),
-            xfp: FieldLines::new(&[("x-forwarded-proto", "http")]).unwrap_or_default(),
+            xfp: FieldLines::new(&[("x-forwarded-proto", scheme)]).unwrap_or_default(),
+            scheme,
             access,
             limiter,
         })
@@ -1613,7 +1618,7 @@ impl Down {
             if !ip.is_empty() {
                 fields.push(("x-forwarded-for", &ip[..]));
             }
-            fields.push(("x-forwarded-proto", b"http"));
+            fields.push(("x-forwarded-proto", sh.scheme.as_bytes()));
             let base = FieldLines::new(&fields).unwrap_or_else(|_| sh.xfp.clone());
             let with_host = host.as_deref().and_then(|h| {
                 fields.push(("x-forwarded-host", h));
@@ -3125,7 +3130,16 @@ impl Half for Down {
 }
 
 impl Downstream for Down {
-    fn open(ctx: &mut WorkerCtx, shared: &Arc<HttpShared>, io: Io, now: Instant) -> Option<Self> {
+    fn open(
+        ctx: &mut WorkerCtx,
+        shared: &Arc<HttpShared>,
+        mut io: Io,
+        now: Instant,
+    ) -> Option<Self> {
+        if let Some(tls) = &shared.cfg.tls {
+            // HTTPS: TLS from the first byte (the relay decrypts into `io.input`).
+            io.start_tls(ferry_tls::Tls::server(tls).ok()?);
+        }
         shared.stats.downstream_open.fetch_add(1, Relaxed);
         Some(Down {
             io,
@@ -3288,6 +3302,12 @@ impl Upstream for Up {
             .get(slot)
             .and_then(|t| t.as_ref().and_then(|(_, o)| *o));
         io.set_connect_deadline(Some(now + shared.cfg.connect_timeout));
+        if let Some(t) = &shared.cfg.upstream_tls {
+            // HTTPS upstream: the handshake starts once the connect completes; the request
+            // queued meanwhile is held inside the session until the handshake ends.
+            let name = t.name_for(shared.cfg.upstreams.get(idx)?);
+            io.start_tls(ferry_tls::Tls::client(&t.config, &name).ok()?);
+        }
         Some(Up {
             io,
             idx,

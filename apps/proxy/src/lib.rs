@@ -54,7 +54,10 @@ use std::thread::JoinHandle;
 
 pub use access_log::{AccessFormat, AccessLog};
 pub use balance::Balance;
-pub use config::{AccessLogSpec, HealthConfig, Protocol, ProxyConfig, Upstream};
+pub use config::{
+    tls_server_config, upstream_tls_config, AccessLogSpec, HealthConfig, Protocol, ProxyConfig,
+    Upstream, UpstreamTls,
+};
 use ferry_driver::{
     DriverKind, Launch, ListenAddr, Request, Response, ServerHandle, ServerOptions, Service,
 };
@@ -276,6 +279,9 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
         .map(|mut h| {
             if opts.protocol == Protocol::Redis && h.redis_auth.is_none() {
                 h.redis_auth = cfg.redis_upstream_auth.clone();
+            }
+            if h.tls.is_none() {
+                h.tls = cfg.upstream_tls.clone();
             }
             h
         });

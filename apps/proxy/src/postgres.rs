@@ -2,8 +2,9 @@
 //! `ferry_driver::relay::Relay` ([`PostgresProxy`]) of two halves: client connections
 //! ([`PgDown`]) and server connections ([`PgUp`]), PgBouncer-style.
 //!
-//! - **Startup** (`ferry_postgres::server::Login`). `SSLRequest` and `GSSENCRequest` get `N`
-//!   (no encryption; the client goes on in the clear on the same connection). Protocol 3.x
+//! - **Startup** (`ferry_postgres::server::Login`). `SSLRequest` gets `S` and TLS starts on
+//!   the same connection when the proxy has a certificate (`ProxyConfig::tls`), else `N`
+//!   (the client goes on in the clear); `GSSENCRequest` gets `N`. Protocol 3.x
 //!   only (else FATAL `0A000`, PostgreSQL 15's words), no replication connections (`0A000`);
 //!   `_pq_.` options get NegotiateProtocolVersion. Clients are grouped by **pool key**: user,
 //!   database (default: the user) and every other startup parameter except
@@ -828,11 +829,22 @@ impl PgDown {
             return false;
         };
         let ev = l.handle_input(&mut self.io.input);
+        let mut tls = None;
         if ev == Some(server::Event::SslRequested) {
-            // No TLS at the proxy: the client goes on in the clear.
-            l.answer_ssl(false);
+            // With a certificate: `S`, then the handshake on the same socket (the relay
+            // decrypts into `io.input` from here on; bytes the client sent behind its
+            // SSLRequest are taken as the first ciphertext). Without one: `N`, and the
+            // client goes on in the clear.
+            tls = match (self.shared.cfg.tls.as_ref(), self.io.tls()) {
+                (Some(cfg), None) => ferry_tls::Tls::server(cfg).ok(),
+                _ => None,
+            };
+            l.answer_ssl(tls.is_some());
         }
         self.flush_login();
+        if let Some(tls) = tls {
+            self.io.start_tls(tls); // after the `S`, which goes out in clear
+        }
         match ev {
             None => false,
             Some(server::Event::SslRequested) => true,

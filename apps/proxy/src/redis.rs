@@ -2841,7 +2841,16 @@ impl Half for RDown {
 }
 
 impl Downstream for RDown {
-    fn open(ctx: &mut WorkerCtx, shared: &Arc<RedisShared>, io: Io, now: Instant) -> Option<Self> {
+    fn open(
+        ctx: &mut WorkerCtx,
+        shared: &Arc<RedisShared>,
+        mut io: Io,
+        now: Instant,
+    ) -> Option<Self> {
+        if let Some(tls) = &shared.cfg.tls {
+            // TLS from the first byte, as redis-server's `tls-port`.
+            io.start_tls(ferry_tls::Tls::server(tls).ok()?);
+        }
         shared.stats.downstream_open.fetch_add(1, Relaxed);
         let _ = ctx;
         Some(RDown {

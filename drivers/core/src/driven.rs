@@ -274,6 +274,21 @@ impl OutQueue {
     pub fn is_empty(&self) -> bool {
         self.bytes == 0
     }
+    /// Take the oldest queued chunk (a chunk handed out with [`take_out`](Self::take_out)
+    /// and not yet [`sent`](Self::sent) is not in the queue).
+    pub fn pop_front(&mut self) -> Option<Bytes> {
+        let b = self.out.pop_front()?;
+        self.bytes -= b.len();
+        Some(b)
+    }
+    /// Put a chunk back at the front (e.g. the part of [`pop_front`](Self::pop_front)'s
+    /// chunk that could not be used).
+    pub fn push_front(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.bytes += b.len();
+            self.out.push_front(b);
+        }
+    }
     /// See [`Session::fill_iov`].
     #[inline]
     pub fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
@@ -368,6 +383,19 @@ mod tests {
         let mut iov = [IoSlice::new(&[]); 8];
         let n = q.fill_iov(&mut iov);
         iov[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn pop_front_and_push_front_keep_the_count() {
+        let mut q = queue(&["ab", "cde"]);
+        let b = q.pop_front().unwrap();
+        assert_eq!((&b[..], q.len()), (&b"ab"[..], 3));
+        q.push_front(b.slice(1..));
+        q.push_front(Bytes::new());
+        assert_eq!(q.len(), 4);
+        assert_eq!(contents(&q), b"bcde");
+        while q.pop_front().is_some() {}
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod pool;
 pub mod relay;
+mod relay_tls;
 pub mod resp;
 pub mod runtime;
 pub mod select;

@@ -20,6 +20,10 @@
 //! - aborts: [`Io::abort`] makes the driver close that socket with an RST
 //!   ([`Session::wants_abort`]); half-closes: [`Io::shutdown_write`] sends a FIN after the
 //!   queued output and keeps reading ([`Session::poll_shutdown_write`]).
+//! - TLS, optional per connection and startable mid-connection ([`Io::start_tls`], a
+//!   `ferry_tls::Tls` session): the half keeps seeing plaintext in [`Io::input`] and
+//!   [`Io::out`] while the driver reads and writes ciphertext; `close_notify` goes out before
+//!   the FIN. A plain connection pays one pointer test per driver call.
 //!
 //! Generations are 24 bits (`gen & 0xFF_FFFF`) so that a [`Peer`] packs into a connect tag
 //! with room to spare ([`Peer::pack`]).
@@ -144,6 +148,7 @@ use ferry_proto::Instant;
 
 use crate::driven::{OutQueue, Session};
 use crate::metrics::{add, bump};
+use crate::relay_tls::{pump, TlsLayer};
 use crate::runtime::WorkerCtx;
 use crate::service::ConnInfo;
 
@@ -209,13 +214,16 @@ pub struct Io {
     /// Output waiting to be written (or confirmed).
     pub out: OutQueue,
     me: Peer,
-    peer_addr: Option<SocketAddr>,
-    eof: bool,
-    abort: bool,
-    shutdown_write: bool,
+    pub(crate) peer_addr: Option<SocketAddr>,
+    pub(crate) eof: bool,
+    pub(crate) abort: bool,
+    pub(crate) shutdown_write: bool,
     connected: bool,
     connect_deadline: Option<Instant>,
     connect_failed: bool,
+    /// The TLS layer, once [`start_tls`](Io::start_tls) ran (boxed: one pointer on plain
+    /// connections, tested once per driver call).
+    pub(crate) tls: Option<Box<TlsLayer>>,
 }
 
 impl Io {
@@ -236,6 +244,47 @@ impl Io {
             connected,
             connect_deadline: None,
             connect_failed: false,
+            tls: None,
+        }
+    }
+
+    /// Speak TLS on this connection from now on (a server session for an accepted client,
+    /// a client session for an upstream). The half goes on reading plaintext from
+    /// [`input`](Io::input) and queueing plaintext on [`out`](Io::out); the relay
+    /// decrypts and encrypts in between, and the driver moves ciphertext. Output queued
+    /// before the call still goes out in clear, first (PostgreSQL's `S` answer to
+    /// `SSLRequest`); input not consumed yet is taken as the peer's first ciphertext. Once
+    /// the half is finished (or [`shutdown_write`](Io::shutdown_write) was asked) a
+    /// `close_notify` goes out before the FIN. A TLS failure (a plain-text client, a bad
+    /// record) sends the alert, stops reading and closes the connection (the half's
+    /// [`close`](Half::close) runs; its `on_eof` does not). Calling it again replaces
+    /// nothing: the first session stays.
+    pub fn start_tls(&mut self, tls: ferry_tls::Tls) {
+        if self.tls.is_none() {
+            let layer = TlsLayer::start(self, tls);
+            self.tls = Some(Box::new(layer));
+        }
+    }
+
+    /// The TLS session, when [`start_tls`](Io::start_tls) ran (ALPN, SNI, handshake state).
+    pub fn tls(&self) -> Option<&ferry_tls::Tls> {
+        self.tls.as_deref().map(|t| &t.tls)
+    }
+
+    /// The queue the driver writes from: [`out`](Io::out), or with TLS the ciphertext.
+    #[inline(always)]
+    fn wire_out(&self) -> &OutQueue {
+        match &self.tls {
+            None => &self.out,
+            Some(t) => &t.out,
+        }
+    }
+
+    #[inline(always)]
+    fn wire_out_mut(&mut self) -> &mut OutQueue {
+        match &mut self.tls {
+            None => &mut self.out,
+            Some(t) => &mut t.out,
         }
     }
 
@@ -462,6 +511,33 @@ where
         both!(self, h => h.io_mut())
     }
 
+    #[cold]
+    #[inline(never)]
+    fn tls_finished(&self) -> bool {
+        let io = self.io();
+        io.connect_failed
+            || io
+                .tls
+                .as_deref()
+                .is_some_and(|t| t.finished(|| both!(self, h => h.is_finished())))
+    }
+
+    /// After a callback that may have queued output or changed the half's state: the TLS
+    /// layer's turn (a pointer test on plain connections).
+    #[inline(always)]
+    fn tls_pump(&mut self, ctx: &WorkerCtx) {
+        if self.io().tls.is_some() {
+            self.tls_pump_now(ctx)
+        }
+    }
+
+    /// One out-of-line call for both halves, so the plain path inlines only the test.
+    #[cold]
+    #[inline(never)]
+    fn tls_pump_now(&mut self, ctx: &WorkerCtx) {
+        both!(self, h => pump(h, ctx))
+    }
+
     fn fail_connect(&mut self, ctx: &mut WorkerCtx, e: std::io::Error, now: Instant) {
         if let Relay::Up(u) = self {
             let io = u.io_mut();
@@ -491,7 +567,9 @@ where
     ) -> Option<Self> {
         add(&ctx.metrics.accepted, 1);
         let io = Io::new(ctx, &info, gen, true);
-        D::open(ctx, shared, io, now).map(Relay::Down)
+        let mut r = D::open(ctx, shared, io, now).map(Relay::Down)?;
+        r.tls_pump(ctx);
+        Some(r)
     }
 
     fn open_outbound(
@@ -503,7 +581,9 @@ where
         now: Instant,
     ) -> Option<Self> {
         let io = Io::new(ctx, &info, gen, false);
-        U::open(ctx, shared, io, tag, now).map(Relay::Up)
+        let mut r = U::open(ctx, shared, io, tag, now).map(Relay::Up)?;
+        r.tls_pump(ctx);
+        Some(r)
     }
 
     fn on_connected(&mut self, ctx: &mut WorkerCtx, now: Instant) {
@@ -516,6 +596,7 @@ where
             io.connect_deadline = None;
             u.on_connected(ctx, now);
         }
+        self.tls_pump(ctx);
     }
 
     fn connect_failed(&mut self, ctx: &mut WorkerCtx, error: std::io::Error, now: Instant) {
@@ -526,8 +607,13 @@ where
         D::tick(ctx, shared, now)
     }
 
+    #[inline]
     fn input(&mut self) -> &mut BytesMut {
-        &mut self.io_mut().input
+        let io = self.io_mut();
+        match &mut io.tls {
+            None => &mut io.input,
+            Some(t) => &mut t.cipher_in,
+        }
     }
 
     fn release_idle(&mut self) {
@@ -542,7 +628,11 @@ where
 
     #[inline]
     fn is_finished(&self) -> bool {
-        self.io().connect_failed || both!(self, h => h.is_finished())
+        let io = self.io();
+        if io.tls.is_some() {
+            return self.tls_finished();
+        }
+        io.connect_failed || both!(self, h => h.is_finished())
     }
 
     #[inline]
@@ -552,7 +642,18 @@ where
 
     fn poll_shutdown_write(&mut self) -> bool {
         let io = self.io_mut();
-        io.connected && std::mem::take(&mut io.shutdown_write)
+        if !io.connected || !io.shutdown_write {
+            return false;
+        }
+        // With TLS, the FIN follows the close_notify (queued by the pump once the half's
+        // output went in).
+        if let Some(t) = &io.tls {
+            if !t.tls.is_closed() || !t.out.is_empty() {
+                return false;
+            }
+        }
+        io.shutdown_write = false;
+        true
     }
 
     fn saw_eof(&self) -> bool {
@@ -574,31 +675,49 @@ where
     #[inline]
     fn has_output(&self) -> bool {
         let io = self.io();
-        io.connected && !io.out.is_empty()
+        io.connected && !io.wire_out().is_empty()
     }
 
+    #[inline]
     fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
-        self.io().out.fill_iov(iov)
+        self.io().wire_out().fill_iov(iov)
     }
 
+    #[inline]
     fn written(&mut self, ctx: &WorkerCtx, n: usize) {
         bump(&ctx.metrics.bytes_out, n as u64);
-        self.io_mut().out.written(n);
+        let io = self.io_mut();
+        io.wire_out_mut().written(n);
+        if io.tls.is_some() {
+            // Ciphertext went out: room to encrypt more (the half hears of plaintext).
+            return self.tls_pump_now(ctx);
+        }
         both!(self, h => h.on_written(ctx, n))
     }
 
+    #[inline]
     fn take_out(&mut self, max: usize, into: &mut Vec<Bytes>) {
-        self.io_mut().out.take_out(max, into)
+        self.io_mut().wire_out_mut().take_out(max, into)
     }
 
+    #[inline]
     fn sent(&mut self, ctx: &WorkerCtx, n: usize, chunks: &mut Vec<Bytes>) {
         bump(&ctx.metrics.bytes_out, n as u64);
-        self.io_mut().out.sent(n, chunks);
+        let io = self.io_mut();
+        io.wire_out_mut().sent(n, chunks);
+        if io.tls.is_some() {
+            return self.tls_pump_now(ctx);
+        }
         both!(self, h => h.on_written(ctx, n))
     }
 
+    #[inline]
     fn on_read(&mut self, ctx: &WorkerCtx, n: usize) {
         bump(&ctx.metrics.bytes_in, n as u64);
+        if self.io().tls.is_some() {
+            // Ciphertext: the pump decrypts it and tells the half the plaintext count.
+            return self.tls_pump_now(ctx);
+        }
         both!(self, h => h.on_read(ctx, n))
     }
 
@@ -608,7 +727,8 @@ where
             return;
         }
         io.eof = true;
-        both!(self, h => h.on_eof(ctx, now))
+        both!(self, h => h.on_eof(ctx, now));
+        self.tls_pump(ctx);
     }
 
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
@@ -616,18 +736,21 @@ where
             self.fail_connect(ctx, std::io::ErrorKind::TimedOut.into(), now);
             return;
         }
-        both!(self, h => h.on_timeout(ctx, now))
+        both!(self, h => h.on_timeout(ctx, now));
+        self.tls_pump(ctx);
     }
 
     fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        both!(self, h => h.begin_shutdown(ctx, now))
+        both!(self, h => h.begin_shutdown(ctx, now));
+        self.tls_pump(ctx);
     }
 
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         if self.io().connect_failed {
             return;
         }
-        both!(self, h => h.process(ctx, now))
+        both!(self, h => h.process(ctx, now));
+        self.tls_pump(ctx);
     }
 
     #[inline]
@@ -652,7 +775,8 @@ where
             D::drop_mail(ctx, &shared, mail.mail);
             return;
         }
-        both!(self, h => h.on_mail(ctx, mail.mail, now))
+        both!(self, h => h.on_mail(ctx, mail.mail, now));
+        self.tls_pump(ctx);
     }
 
     fn drop_mail(ctx: &mut WorkerCtx, shared: &D::Shared, mail: Envelope<D::Mail>) {
