@@ -810,6 +810,63 @@ for e in errs: print('err', e)
     memory_bounded(p.pid());
 }
 
+/// [`chaos_postgres_idle_servers_die_clients_retried`] with clients whose named prepared
+/// statements the proxy keeps (psycopg `prepare=True`): they too are given another server
+/// connection, where their statements are prepared again — never FATAL 08006. (No
+/// breaker: each 57P05 of a query that crossed the timeout counts as a failure, and a
+/// burst of five would open it, failing everything for a while.)
+#[test]
+fn chaos_postgres_idle_servers_die_tracked_clients_retried() {
+    let Some(pg) = cluster() else { return };
+    pg.sql("ALTER ROLE tester SET idle_session_timeout = '40ms'");
+    let p = pool(&pg.addr(), 8, &["--breaker-failures", "0"]);
+    let out = py_ok(
+        120,
+        p.port(),
+        pg.port,
+        r#"
+import random
+random.seed(4)
+errs, oks = [], [0]
+lock = threading.Lock()
+def client(c):
+    conn = None
+    for i in range(120):
+        try:
+            if conn is None:
+                conn = connect(PROXY, prepare_threshold=1000)
+            v = conn.execute("SELECT %s::int + %s::int", [i, c], prepare=True).fetchone()[0]
+            assert v == i + c, (v, i, c)
+            with lock:
+                oks[0] += 1
+        except psycopg.Error as e:
+            with lock:
+                errs.append(' '.join(str(e).split())[:160])
+            try:
+                conn.close()
+            except Exception:
+                pass
+            conn = None
+        time.sleep(random.uniform(0.030, 0.050))
+ths = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+for t in ths: t.start()
+for t in ths: t.join()
+print('ok', oks[0])
+for e in errs: print('err', e)
+"#,
+    );
+    let errs: Vec<&str> = out.lines().filter(|l| l.starts_with("err")).collect();
+    eprintln!("{}", out.lines().next().unwrap_or(""));
+    let lost: Vec<&&str> = errs
+        .iter()
+        .filter(|e| !e.contains("idle-session timeout"))
+        .collect();
+    eprintln!("{} errors ({} other than 57P05)", errs.len(), lost.len());
+    assert!(lost.is_empty(), "{lost:?}");
+    gauges_settle(&p);
+    memory_bounded(p.pid());
+}
+
 /// Storms: PostgreSQL terminates every idle server connection of the pool
 /// (`pg_terminate_backend`) and at once 24 clients send a query each, 30 rounds. Clients see
 /// a right answer, PostgreSQL's FATAL 57P01 (their query reached a dying backend) or the

@@ -398,3 +398,299 @@ fn named_statements_do_not_pin() {
     let e = a.error(&cat(&[Ext::bind_exec("s1"), Ext::sync()]));
     assert_eq!(e[&'C'], "26000", "{e:?}");
 }
+
+/// The tags of `got` and the fields of its first ErrorResponse.
+fn with_error(got: &[Msg]) -> (String, std::collections::HashMap<char, String>) {
+    let tags = got.iter().map(|m| m.0 as char).collect();
+    let e = got
+        .iter()
+        .find(|m| m.0 == b'E')
+        .map(|m| error_fields(&m.1))
+        .unwrap_or_default();
+    (tags, e)
+}
+
+/// A Parse of a name the client has is PostgreSQL's 42P05 `prepared statement "s1"
+/// already exists`, in order with the other replies; the rest up to the Sync is skipped
+/// (the Bind does not run) and the old statement stays.
+#[test]
+fn a_parse_of_a_name_the_client_has_is_42p05() {
+    let Some((_pg, p)) = prepared_pool(1, &[]) else {
+        return;
+    };
+    let mut a = Ext::connect(p.port());
+    let (t, _) = a.run(&cat(&[Ext::parse("s1", "SELECT 1"), Ext::sync()]));
+    assert_eq!(t, "1Z");
+    a.send(&cat(&[
+        Ext::parse("", "SELECT 0"),
+        Ext::parse("s1", "SELECT 2"),
+        Ext::bind_exec("s1"),
+        Ext::parse("s9", "SELECT 9"),
+        Ext::sync(),
+    ]));
+    let (t, e) = with_error(&a.until_z());
+    assert_eq!(t, "1EZ");
+    assert_eq!(e[&'C'], "42P05", "{e:?}");
+    assert_eq!(e[&'M'], "prepared statement \"s1\" already exists");
+    let (t, rows) = a.run(&cat(&[Ext::bind_exec("s1"), Ext::sync()]));
+    assert_eq!((t.as_str(), rows), ("2DCZ", vec!["1".to_string()]));
+    let e = a.error(&cat(&[Ext::bind_exec("s9"), Ext::sync()]));
+    assert_eq!(e[&'C'], "26000", "skipped after the error: {e:?}");
+    // Parsed in the same group: the first stays, the second is the error.
+    let (t, _) = a.run(&cat(&[
+        Ext::parse("s2", "SELECT 3"),
+        Ext::parse("s2", "SELECT 4"),
+        Ext::sync(),
+    ]));
+    assert_eq!(t, "1EZ");
+    let (t, rows) = a.run(&cat(&[Ext::bind_exec("s2"), Ext::sync()]));
+    assert_eq!((t.as_str(), rows), ("2DCZ", vec!["3".to_string()]));
+}
+
+/// A Parse the server rejects (a syntax error, an unknown table) leaves no name: a Bind of
+/// it is 26000, as PostgreSQL says, also in the same pipeline after a Sync; a Close
+/// skipped after an error leaves the statement; a Parse skipped after one leaves no name.
+#[test]
+fn a_rejected_parse_leaves_no_name() {
+    let Some((_pg, p)) = prepared_pool(1, &[]) else {
+        return;
+    };
+    let mut a = Ext::connect(p.port());
+    let e = a.error(&cat(&[Ext::parse("bad", "SELEC 1"), Ext::sync()]));
+    assert_eq!(e[&'C'], "42601", "{e:?}");
+    let e = a.error(&cat(&[Ext::bind_exec("bad"), Ext::sync()]));
+    assert_eq!(e[&'C'], "26000", "{e:?}");
+    let e = a.error(&cat(&[
+        Ext::parse("t", "SELECT * FROM no_such_table"),
+        Ext::sync(),
+    ]));
+    assert_eq!(e[&'C'], "42P01", "{e:?}");
+    // Pipelined: the Bind after the Sync waits for the Parse's outcome.
+    a.send(&cat(&[
+        Ext::parse("t", "SELECT * FROM no_such_table"),
+        Ext::sync(),
+        Ext::bind_exec("t"),
+        Ext::sync(),
+    ]));
+    let (t, e) = with_error(&a.until_z());
+    assert_eq!((t.as_str(), e[&'C'].as_str()), ("EZ", "42P01"));
+    let (t, e) = with_error(&a.until_z());
+    assert_eq!((t.as_str(), e[&'C'].as_str()), ("EZ", "26000"));
+    // The name is free: a good Parse takes it.
+    let (t, rows) = a.run(&cat(&[
+        Ext::parse("bad", "SELECT 9"),
+        Ext::bind_exec("bad"),
+        Ext::sync(),
+    ]));
+    assert_eq!((t.as_str(), rows), ("12DCZ", vec!["9".to_string()]));
+    // Skipped after an error: the Close (the statement stays), the Parse (no name).
+    let (t, _) = a.run(&cat(&[
+        Ext::bind_exec("nope"),
+        Ext::close("bad"),
+        Ext::parse("later", "SELECT 10"),
+        Ext::sync(),
+    ]));
+    assert_eq!(t, "EZ");
+    let (t, rows) = a.run(&cat(&[Ext::bind_exec("bad"), Ext::sync()]));
+    assert_eq!((t.as_str(), rows), ("2DCZ", vec!["9".to_string()]));
+    let e = a.error(&cat(&[Ext::bind_exec("later"), Ext::sync()]));
+    assert_eq!(e[&'C'], "26000", "{e:?}");
+}
+
+/// The proxy's server names are not `ferry_s<N>`: another client's SQL-level `EXECUTE` or
+/// `DEALLOCATE` of such a name finds nothing. A client that reads the real name in
+/// `pg_prepared_statements` and deallocates it there only makes the proxy prepare it again.
+#[test]
+fn server_statement_names_are_unguessable() {
+    let Some((_pg, p)) = prepared_pool(1, &[]) else {
+        return;
+    };
+    let mut a = Ext::connect(p.port());
+    let (t, rows) = a.run(&cat(&[
+        Ext::parse("s1", "SELECT 41"),
+        Ext::bind_exec("s1"),
+        Ext::sync(),
+    ]));
+    assert_eq!((t.as_str(), rows), ("12DCZ", vec!["41".to_string()]));
+    let mut b = Ext::connect(p.port());
+    for sql in [
+        "EXECUTE ferry_s1",
+        "DEALLOCATE ferry_s1",
+        "EXECUTE \"ferry_s1\"",
+    ] {
+        b.0.query(sql);
+        let (t, e) = with_error(&b.until_z());
+        assert_eq!((t.as_str(), e[&'C'].as_str()), ("EZ", "26000"), "{sql}");
+    }
+    drop(b);
+    // b's DEALLOCATE pinned it: its server connection was reset when it left. Prepared
+    // again, the client that holds the server connection may see the name.
+    let (t, rows) = a.run(&cat(&[Ext::bind_exec("s1"), Ext::sync()]));
+    assert_eq!((t.as_str(), rows), ("2DCZ", vec!["41".to_string()]));
+    a.0.query("SELECT name FROM pg_prepared_statements");
+    let got = a.until_z();
+    let names: Vec<String> = got
+        .iter()
+        .filter(|m| m.0 == b'D')
+        .map(|m| String::from_utf8_lossy(&m.1[6..]).into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let n = &names[0];
+    let parts: Vec<&str> = n.split('_').collect();
+    assert!(
+        parts.len() == 4
+            && parts[0] == "ferry"
+            && parts[1].len() == 16
+            && parts[1].bytes().all(|c| c.is_ascii_hexdigit())
+            && parts[2..].iter().all(|p| p.parse::<u64>().is_ok()),
+        "{n}"
+    );
+    a.0.query(&format!("DEALLOCATE {n}"));
+    let (t, _) = with_error(&a.until_z());
+    assert_eq!(t, "CZ");
+    let (t, rows) = a.run(&cat(&[Ext::bind_exec("s1"), Ext::sync()]));
+    assert_eq!((t.as_str(), rows), ("2DCZ", vec!["41".to_string()]));
+}
+
+/// `DEALLOCATE name` and `DEALLOCATE ALL` of a client's own statements affect only its
+/// names (another client's identical statement goes on), are answered as PostgreSQL does
+/// (`DEALLOCATE` / `DEALLOCATE ALL`; 25P02 in a failed transaction) and do not pin; an
+/// SQL-level `DEALLOCATE` of another name leaves them; a `DEALLOCATE ALL` in a Parse text
+/// makes the proxy prepare its statements again.
+#[test]
+fn deallocate_affects_only_the_clients_names() {
+    let Some((_pg, p)) = prepared_pool(1, &["--pool-wait-timeout", "5s"]) else {
+        return;
+    };
+    let mut a = Ext::connect(p.port());
+    let mut b = Ext::connect(p.port());
+    for c in [&mut a, &mut b] {
+        let (t, _) = c.run(&cat(&[Ext::parse("s1", "SELECT 1"), Ext::sync()]));
+        assert_eq!(t, "1Z");
+    }
+    a.0.query("DEALLOCATE S1");
+    let got = a.until_z();
+    assert_eq!(got.iter().map(|m| m.0 as char).collect::<String>(), "CZ");
+    assert_eq!(&got[0].1[..], b"DEALLOCATE\0");
+    let e = a.error(&cat(&[Ext::bind_exec("s1"), Ext::sync()]));
+    assert_eq!(e[&'C'], "26000", "{e:?}");
+    let (t, rows) = b.run(&cat(&[Ext::bind_exec("s1"), Ext::sync()]));
+    assert_eq!((t.as_str(), rows), ("2DCZ", vec!["1".to_string()]));
+    let (t, _) = a.run(&cat(&[
+        Ext::parse("s2", "SELECT 1"),
+        Ext::parse("s3", "SELECT 3"),
+        Ext::sync(),
+    ]));
+    assert_eq!(t, "11Z");
+    a.0.query("deallocate prepare all;");
+    let got = a.until_z();
+    assert_eq!(&got[0].1[..], b"DEALLOCATE ALL\0", "{got:?}");
+    for n in ["s2", "s3"] {
+        let e = a.error(&cat(&[Ext::bind_exec(n), Ext::sync()]));
+        assert_eq!(e[&'C'], "26000", "{n}: {e:?}");
+    }
+    // Not pinned: b gets the one server connection.
+    let (t, rows) = b.run(&cat(&[Ext::bind_exec("s1"), Ext::sync()]));
+    assert_eq!((t.as_str(), rows), ("2DCZ", vec!["1".to_string()]));
+    // In a failed transaction: 25P02, and the statement stays.
+    let (t, _) = a.run(&cat(&[Ext::parse("s4", "SELECT 4"), Ext::sync()]));
+    assert_eq!(t, "1Z");
+    a.0.query("BEGIN");
+    a.until_z();
+    a.0.query("SELECT 1/0");
+    a.until_z();
+    a.0.query("DEALLOCATE s4");
+    let (t, e) = with_error(&a.until_z());
+    assert_eq!((t.as_str(), e[&'C'].as_str()), ("EZ", "25P02"));
+    a.0.query("ROLLBACK");
+    a.until_z();
+    let (t, rows) = a.run(&cat(&[Ext::bind_exec("s4"), Ext::sync()]));
+    assert_eq!((t.as_str(), rows), ("2DCZ", vec!["4".to_string()]));
+    // An SQL-level statement of its own (it pins a), deallocated by name: a's protocol
+    // statements stay (the proxy closes and parses them again, in case).
+    a.0.query("PREPARE foo AS SELECT 7");
+    a.until_z();
+    a.0.query("DEALLOCATE foo");
+    let (t, _) = with_error(&a.until_z());
+    assert_eq!(t, "CZ");
+    let (t, rows) = a.run(&cat(&[Ext::bind_exec("s4"), Ext::sync()]));
+    assert_eq!((t.as_str(), rows), ("2DCZ", vec!["4".to_string()]));
+    // DEALLOCATE ALL in a Parse text: the server's statements are gone, the proxy
+    // prepares them again.
+    let (t, _) = a.run(&cat(&[
+        Ext::parse("", "DEALLOCATE ALL"),
+        Ext::bind_exec(""),
+        Ext::sync(),
+    ]));
+    assert_eq!(t, "12CZ");
+    let e = a.error(&cat(&[Ext::bind_exec("s4"), Ext::sync()]));
+    assert_eq!(e[&'C'], "26000", "{e:?}");
+    let (t, rows) = a.run(&cat(&[
+        Ext::parse("s5", "SELECT 1"),
+        Ext::bind_exec("s5"),
+        Ext::sync(),
+    ]));
+    assert_eq!((t.as_str(), rows), ("12DCZ", vec!["1".to_string()]));
+}
+
+/// A named Parse without the NUL after its name (malformed) goes to the server as it is
+/// (and pins, as a named Parse the proxy does not keep), which refuses it; the proxy (which
+/// once panicked on it) serves this client and others on.
+#[test]
+fn a_malformed_named_parse_is_the_servers_error() {
+    let Some((_pg, p)) = prepared_pool(2, &[]) else {
+        return;
+    };
+    let mut a = Ext::connect(p.port());
+    a.send(&cat(&[msg(b'P', b"s1"), Ext::sync()]));
+    let (t, e) = with_error(&a.until_z());
+    assert_eq!((t.as_str(), e[&'C'].as_str()), ("EZ", "08P01"), "{e:?}");
+    let (t, rows) = a.run(&cat(&[
+        Ext::parse("s1", "SELECT 1"),
+        Ext::bind_exec("s1"),
+        Ext::sync(),
+    ]));
+    assert_eq!((t.as_str(), rows), ("12DCZ", vec!["1".to_string()]));
+    let mut b = Ext::connect(p.port());
+    b.send(&cat(&[Ext::parse("s1", "SELECT 2"), Ext::sync()]));
+    let (t, e) = with_error(&b.until_z());
+    assert_eq!(t, "1Z", "{e:?}");
+}
+
+/// One pipeline, two Sync groups: the first fails before the Parse the proxy injects for
+/// its Bind (so the server skips it), the second binds the same statement, sent before the
+/// error came back. The proxy does not count on the skipped Parse: the second group's
+/// result is right (it once got `26000` for the proxy's own statement name); the statement
+/// it evicted, whose Close was skipped too, works for its client after.
+#[test]
+fn a_later_group_does_not_count_on_a_skipped_injected_parse() {
+    let Some((_pg, p)) = prepared_pool(1, &["--max-prepared-statements", "1"]) else {
+        return;
+    };
+    let mut a = Ext::connect(p.port());
+    let mut b = Ext::connect(p.port());
+    let (t, _) = a.run(&cat(&[Ext::parse("s1", "SELECT 11"), Ext::sync()]));
+    assert_eq!(t, "1Z");
+    // b's statement takes the server connection's only place: a's is closed there.
+    let (t, _) = b.run(&cat(&[Ext::parse("t", "SELECT 12"), Ext::sync()]));
+    assert_eq!(t, "1Z");
+    a.send(&cat(&[
+        Ext::bind_exec("nope"),
+        Ext::bind_exec("s1"),
+        Ext::sync(),
+        Ext::bind_exec("s1"),
+        Ext::sync(),
+    ]));
+    let (t, e) = with_error(&a.until_z());
+    assert_eq!((t.as_str(), e[&'C'].as_str()), ("EZ", "26000"));
+    let got = a.until_z();
+    let (t, e) = with_error(&got);
+    assert_eq!(t, "2DCZ", "{e:?}");
+    for _ in 0..2 {
+        let (t, rows) = b.run(&cat(&[Ext::bind_exec("t"), Ext::sync()]));
+        assert_eq!((t.as_str(), rows), ("2DCZ", vec!["12".to_string()]));
+        a.send(&cat(&[Ext::bind_exec("s1"), Ext::sync()]));
+        let (t, e) = with_error(&a.until_z());
+        assert_eq!(t, "2DCZ", "{e:?}");
+    }
+}

@@ -14,7 +14,13 @@ use libfuzzer_sys::fuzz_target;
 
 fn run(settings: u8, pieces: &[&[u8]]) -> (Option<Result<LoggedIn, LoginError>>, Vec<u8>) {
     let password: Option<&[u8]> = (settings & 1 != 0).then_some(b"pencil");
-    let mut l = Login::new("app", Some("db"), &[("application_name", "f")], password, &[5; 18]);
+    let mut l = Login::new(
+        "app",
+        Some("db"),
+        &[("application_name", "f")],
+        password,
+        &[5; 18],
+    );
     if settings & 2 != 0 {
         l = l.with_scram_username();
     }

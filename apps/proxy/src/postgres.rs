@@ -37,12 +37,24 @@
 //! - **Named prepared statements** (protocol level; transaction mode,
 //!   [`PostgresConfig::max_prepared_statements`] > 0, as PgBouncer 1.21) do not pin: the
 //!   proxy keeps each client's names and prepares their statements on whichever server
-//!   connection serves it, under its own names (`ferry_s<N>`, shared by identical
-//!   statements), in order with what the client sent (`postgres/prepared.rs`). A client's
-//!   `Parse` of a name it already has replaces it (PostgreSQL would say `42P05`). Beyond
-//!   `max_prepared_statements` names (or a first named `Parse` pipelined behind replies
-//!   still owed), its named statements go as they are and pin it, as with 0. `DEALLOCATE`
-//!   or `DISCARD` in a `Query` clears the client's names. Session mode:
+//!   connection serves it, under its own names (`ferry_<random token>_<worker>_<N>`, shared
+//!   by identical statements; another client cannot guess them), in order with what the
+//!   client sent (`postgres/prepared.rs`). A client's names are PostgreSQL's: a `Parse` of
+//!   a name it has is `42P05` (after its text's own errors) and the rest up to `Sync` is
+//!   skipped; a `Parse` the server rejects, or skips after an error, leaves no name, a
+//!   skipped `Close` leaves the name (a later `Sync` group pipelined behind waits for the
+//!   replies that decide). Beyond `max_prepared_statements` names (or a first named
+//!   `Parse` pipelined behind replies still owed), its named statements go as they are and
+//!   pin it, as with 0. A lone `DEALLOCATE name` or `DEALLOCATE ALL` `Query` of the
+//!   client's own statements is answered by the proxy once every reply before it came
+//!   (`DEALLOCATE` / `DEALLOCATE ALL`, `25P02` in a failed transaction): it affects only
+//!   that client's names, the shared server statements stay, and it does not pin (as
+//!   PgBouncer 1.22). Any other `Query` or `Parse` text with `DEALLOCATE` or `DISCARD`
+//!   (it pins: SQL-level statements, `DISCARD ALL`, a `DEALLOCATE` of a server name read
+//!   in `pg_prepared_statements`) makes the server forget the proxy's statements first
+//!   (they are closed and parsed again at their next use) and clears the client's names
+//!   (only the one named by a lone `DEALLOCATE name`); a `Parse` text's run at its
+//!   `Execute` is approximated by that (names go at the `Parse`). Session mode:
 //!   one server connection for the client's whole session. A pinned or session connection
 //!   whose client leaves between transactions is reset with `DISCARD ALL` before it is
 //!   reused; one left mid-transaction or mid-query is closed. A client's `Terminate` is
@@ -54,8 +66,11 @@
 //!   FATAL `08P01`. Messages stream through (only `Query` and `Parse` are held whole, to
 //!   be read, and `Bind`, `Describe`, `Close` of a client with named statements); each
 //!   direction stops reading when the other side has 256 KiB unwritten.
-//!   A server connection that breaks under a client gives it FATAL `08006` (nothing is
-//!   retried: SQL is not idempotent) and counts as a failure for the upstream's breaker.
+//!   A server connection that breaks under a client gives it FATAL `08006` (what reached
+//!   the server is not retried: SQL is not idempotent) and counts as a failure for the
+//!   upstream's breaker. A client whose server connection broke before it took any of the
+//!   client's messages (it died idle in the pool in the loop turn the client took it) is
+//!   given another one, where its named statements are prepared again as usual.
 //! - **Drain** (SIGTERM): idle clients get FATAL `57P01`; a client in a transaction gets it
 //!   when the transaction ends.
 
@@ -516,6 +531,8 @@ pub struct PgShared {
     /// SCRAM keys the upstream password gave per (upstream, user): PBKDF2 (4096 HMAC pairs,
     /// ~10 ms of the I/O worker's CPU) runs once per role instead of at every server login.
     scram_keys: Mutex<HashMap<(usize, String), DerivedKeys>>,
+    /// `ferry_<random token>_`: the prefix of the proxy's statement names on servers.
+    stmt_prefix: String,
 }
 
 impl std::fmt::Debug for PgShared {
@@ -537,6 +554,9 @@ impl PgShared {
             ScramSecret::from_password(pw, &salt, SCRAM_ITERATIONS)
         });
         let n = cfg.upstreams.len();
+        // Unguessable statement names: another client cannot EXECUTE or DEALLOCATE a
+        // statement of the proxy's by name without reading pg_prepared_statements first.
+        let token = rng.u64();
         let workers = (0..workers.max(1))
             .map(|w| {
                 Mutex::new(PgWorker {
@@ -549,7 +569,7 @@ impl PgShared {
                     rr: w,
                     next_tag: 1,
                     pending: HashMap::new(),
-                    stmts: prepared::Registry::default(),
+                    stmts: prepared::Registry::new(token, w),
                     m: [0; 8],
                 })
             })
@@ -563,6 +583,7 @@ impl PgShared {
             rng,
             scram,
             scram_keys: Mutex::new(HashMap::new()),
+            stmt_prefix: prepared::name_prefix(token),
         })
     }
 
@@ -634,9 +655,13 @@ enum M {
     Data { bytes: Bytes, rfqs: u32, status: u8 },
     /// Server → client: the server connection broke (why, for the client's FATAL).
     Lost(Peer, &'static str),
-    /// Server → client: these bytes were never written to this (broken) server connection,
-    /// nor any of the client's before them: the client may send them on another one.
-    Retry(Peer, Bytes),
+    /// Server → client: these bytes (or this op) were never written to this (broken) server
+    /// connection, nor any of the client's before them: the client may send them on
+    /// another one.
+    Retry(Peer, Out),
+    /// Server → client: name changes of the client's the server failed or skipped (before
+    /// the `Data` with their `ReadyForQuery`).
+    Undo(Vec<prepared::Undo>),
     /// Server → waiting clients: the server refused the login (its ErrorResponse).
     LoginFailed(Bytes),
     /// Server → waiting clients: no server connection could be made.
@@ -707,16 +732,29 @@ struct Cut {
 /// [`prepared::Op`] with ranges of the message (made Bytes once the input is split off).
 #[derive(Debug)]
 enum CutOp {
-    Parse(Arc<prepared::Stmt>),
+    /// A named `Parse`, a duplicate one, a `Describe` or `Close` of a client statement.
+    Op(prepared::Op),
     Bind {
         stmt: Arc<prepared::Stmt>,
         portal: std::ops::Range<usize>,
         rest: std::ops::Range<usize>,
     },
-    Describe(Arc<prepared::Stmt>),
-    Close,
-    /// Before the message (a `Query` that may deallocate).
-    DeallocateAll,
+    /// Before the message (a `Query` or `Parse` text that may deallocate).
+    Forget,
+    /// The proxy answers the message itself (a client's `DEALLOCATE` of its own names):
+    /// these bytes, nothing to the server.
+    Answer(Bytes),
+}
+
+/// What becomes of a client message about named statements.
+#[derive(Debug)]
+enum Icpt {
+    /// It goes as it is.
+    Pass,
+    /// It is cut out: an op or the proxy's answer.
+    Cut(Cut),
+    /// Not now: it depends on replies still to come (read again when they came).
+    Wait,
 }
 
 /// A client connection.
@@ -750,9 +788,8 @@ pub struct PgDown {
     /// Named prepared statements (transaction mode, `max_prepared_statements` > 0): set at
     /// the first; from then on every send carries its message tags.
     prep: Option<Box<prepared::Client>>,
-    /// Named statements go to the server as they are (and pin): it may have lost the
-    /// proxy's (the client deallocated or discarded before tracking them).
-    raw_names: bool,
+    /// Reading stopped at a message that waits for replies ([`Icpt::Wait`]).
+    stalled: bool,
     /// Where the stream is: bytes of the current (streamed) message still to forward.
     walk: Walker,
     /// Bytes of an abandoned message still to drop.
@@ -761,8 +798,8 @@ pub struct PgDown {
     unacked: usize,
     /// Bytes from the server not yet acknowledged to it.
     owed: usize,
-    /// Bytes a broken server gave back ([`M::Retry`]) so far, and their sum.
-    retry_bytes: Vec<Bytes>,
+    /// What a broken server gave back ([`M::Retry`]) so far, and its length.
+    retry_bytes: Vec<Out>,
     retried: usize,
     /// Closing: no more reading; close once the output went out.
     done: bool,
@@ -1111,6 +1148,12 @@ impl PgDown {
             backend::ready_for_query(&mut b, TxStatus::Idle);
         }
         self.t.clear();
+        if let Some(p) = self.prep.as_mut() {
+            // No replies will come for what was pending: nothing to wait for.
+            p.dirty = false;
+            p.unsure = 0;
+        }
+        self.stalled = false;
         self.io.out.push(b.freeze());
         self.io.input.clear();
     }
@@ -1120,6 +1163,7 @@ impl PgDown {
         if !matches!(self.phase, Phase::Ready) || self.done {
             return;
         }
+        self.stalled = false;
         if self.drop > 0 {
             let n = self.drop.min(self.io.input.len());
             let _ = self.io.input.split_to(n);
@@ -1161,6 +1205,7 @@ impl PgDown {
                     break;
                 }
                 let have = buf.len() - pos;
+                let was_flush_only = flush_only;
                 flush_only &= tag == b'H';
                 match tag {
                     b'X' => {
@@ -1177,25 +1222,33 @@ impl PgDown {
                         if prep_on
                             && (self.prep.is_some() || (tag == b'P' && body.first() != Some(&0)))
                         {
-                            if let Some(c) = self.intercept(ctx, tag, body, pos, total) {
-                                let pre = matches!(c.op, CutOp::DeallocateAll);
-                                cuts.push(Cut {
-                                    tags_at: tags.len(),
-                                    ..c
-                                });
-                                if !pre {
-                                    flush_only = false;
+                            match self.intercept(ctx, tag, body, pos, total) {
+                                Icpt::Pass => {}
+                                Icpt::Cut(c) => {
+                                    cuts.push(Cut {
+                                        tags_at: tags.len(),
+                                        ..c
+                                    });
                                     pos += total;
                                     continue;
                                 }
+                                Icpt::Wait => {
+                                    flush_only = was_flush_only;
+                                    self.stalled = true;
+                                    break;
+                                }
                             }
                         }
-                        if self.prep.is_some() {
-                            tags.push(tag);
+                        let n = self.t.on_client(tag, body);
+                        syncs += n;
+                        if prep_on && self.t.pinned {
+                            self.may_deallocate(tag, body, pos, tags.len(), &mut cuts);
                         }
-                        syncs += self.t.on_client(tag, body);
-                        if prep_on && tag == b'Q' && self.prep.is_none() && self.t.pinned {
-                            self.untracked_query(body);
+                        if let Some(p) = self.prep.as_mut() {
+                            tags.push(tag);
+                            if n > 0 {
+                                p.synced(self.t.outstanding);
+                            }
                         }
                         pos += total;
                     }
@@ -1204,22 +1257,32 @@ impl PgDown {
                             break;
                         }
                         let body = &buf[pos + 5..pos + total];
-                        if let Some(c) = self.intercept(ctx, tag, body, pos, total) {
-                            cuts.push(Cut {
+                        match self.intercept(ctx, tag, body, pos, total) {
+                            Icpt::Pass => {
+                                tags.push(tag);
+                                self.t.on_client(tag, &[]);
+                            }
+                            Icpt::Cut(c) => cuts.push(Cut {
                                 tags_at: tags.len(),
                                 ..c
-                            });
-                        } else {
-                            tags.push(tag);
-                            self.t.on_client(tag, &[]);
+                            }),
+                            Icpt::Wait => {
+                                flush_only = was_flush_only;
+                                self.stalled = true;
+                                break;
+                            }
                         }
                         pos += total;
                     }
                     _ => {
-                        if self.prep.is_some() {
+                        let n = self.t.on_client(tag, &[]);
+                        syncs += n;
+                        if let Some(p) = self.prep.as_mut() {
                             tags.push(tag);
+                            if n > 0 {
+                                p.synced(self.t.outstanding);
+                            }
                         }
-                        syncs += self.t.on_client(tag, &[]);
                         self.walk.pass(buf, &mut pos, total);
                     }
                 }
@@ -1246,8 +1309,30 @@ impl PgDown {
         }
     }
 
-    /// A message about named prepared statements, made an op (`None`: it goes as it is).
-    /// `pos`, `total`: where it is in the input, its length.
+    /// A pinned client's `Query` or `Parse` goes as it is: a Forget op before it when its
+    /// text may deallocate ([`prepared::forwarded_may_deallocate`]).
+    #[cold]
+    fn may_deallocate(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        pos: usize,
+        tags_at: usize,
+        cuts: &mut Vec<Cut>,
+    ) {
+        if prepared::forwarded_may_deallocate(tag, body, &self.t, &mut self.prep) {
+            cuts.push(Cut {
+                pos,
+                total: 0,
+                op: CutOp::Forget,
+                tags_at,
+            });
+        }
+    }
+
+    /// A message about named prepared statements ([`prepared::decide`]): made an op or
+    /// answered, passed as it is, or left for later. `pos`, `total`: where it is in the
+    /// input, its length.
     #[cold]
     fn intercept(
         &mut self,
@@ -1256,96 +1341,25 @@ impl PgDown {
         body: &[u8],
         pos: usize,
         total: usize,
-    ) -> Option<Cut> {
+    ) -> Icpt {
         let cap = self.shared.cfg.postgres.max_prepared_statements;
-        let cut = |op| {
-            Some(Cut {
-                pos,
-                total,
-                op,
-                tags_at: 0,
-            })
+        let sh = &self.shared;
+        let d = prepared::decide(tag, body, &mut self.t, &mut self.prep, cap, |rest| {
+            sh.worker(ctx.index).stmts.get(&rest)
+        });
+        let op = match d {
+            prepared::Decision::Pass => return Icpt::Pass,
+            prepared::Decision::Wait => return Icpt::Wait,
+            prepared::Decision::Op(op) => CutOp::Op(op),
+            prepared::Decision::Bind { stmt, portal, rest } => CutOp::Bind { stmt, portal, rest },
+            prepared::Decision::Answer(b) => CutOp::Answer(b),
         };
-        match tag {
-            b'Q' | b'P' => {
-                let (name, q) = if tag == b'P' {
-                    track::parse_body(body)
-                } else {
-                    (&b""[..], track::query_text(body))
-                };
-                if name.is_empty() {
-                    // A query that may deallocate the statements: the server deallocates
-                    // them all first, and the client's namespace is cleared.
-                    let p = self.prep.as_mut()?;
-                    if tag == b'Q' && prepared::may_deallocate(q) {
-                        p.names.clear();
-                        return cut(CutOp::DeallocateAll);
-                    }
-                    return None;
-                }
-                if self.raw_names {
-                    return None;
-                }
-                match &self.prep {
-                    // Replies still owed that the server's queue does not know of: as
-                    // it is (and pinned).
-                    None if self.t.outstanding > 0 || self.t.unsynced => return None,
-                    Some(p) if p.names.len() >= cap && !p.names.contains_key(name) => return None,
-                    _ => {}
-                }
-                let stmt = {
-                    let rest = Bytes::copy_from_slice(&body[name.len() + 1..]);
-                    let sh = self.shared.clone();
-                    let mut w = sh.worker(ctx.index);
-                    w.stmts.get(&rest)
-                };
-                // Unsynced, and pinned if its text leaves session state (not for its name).
-                self.t.on_client(b'P', &body[name.len()..]);
-                self.prep
-                    .get_or_insert_with(Default::default)
-                    .names
-                    .insert(name.into(), stmt.clone());
-                cut(CutOp::Parse(stmt))
-            }
-            b'B' => {
-                let (plen, name) = prepared::bind_parts(body)?;
-                let stmt = self.prep.as_ref()?.names.get(name)?.clone();
-                let rest = 5 + plen + name.len() + 1;
-                cut(CutOp::Bind {
-                    stmt,
-                    portal: 5..5 + plen,
-                    rest: rest..total,
-                })
-            }
-            b'D' | b'C' => {
-                let name = body.strip_prefix(b"S")?;
-                let name = name.strip_suffix(&[0]).unwrap_or(name);
-                let p = self.prep.as_mut()?;
-                if tag == b'D' {
-                    let stmt = p.names.get(name)?.clone();
-                    cut(CutOp::Describe(stmt))
-                } else {
-                    p.names.remove(name)?;
-                    cut(CutOp::Close)
-                }
-            }
-            _ => None,
-        }
-        .inspect(|_| {
-            if !matches!(tag, b'Q' | b'P') {
-                self.t.on_client(tag, &[]);
-            }
+        Icpt::Cut(Cut {
+            pos,
+            total,
+            op,
+            tags_at: 0,
         })
-    }
-
-    /// A pinned client without tracked statements sent a `Query`: if it may deallocate,
-    /// the server may lose the proxy's statements, so this client's named statements go
-    /// as they are from now on.
-    #[cold]
-    fn untracked_query(&mut self, body: &[u8]) {
-        if !self.raw_names && prepared::may_deallocate(track::query_text(body)) {
-            self.raw_names = true;
-        }
     }
 
     /// Forward `bytes` (the input up to where it was read) with the ops cut out of it.
@@ -1359,35 +1373,38 @@ impl PgDown {
         syncs: u32,
         now: Instant,
     ) {
+        let tracked = self.prep.is_some();
         let mut at = 0usize;
         let mut tag_at = 0usize;
         for c in cuts {
             // Tags of the messages before this cut.
             let tag_end = c.tags_at;
             if c.pos > at {
-                let t = tags[tag_at..tag_end].into();
-                self.forward(ctx, Out::Bytes(bytes.slice(at..c.pos), Some(t)), 0, now);
+                let t = tracked.then(|| tags[tag_at..tag_end].into());
+                self.forward(ctx, Out::Bytes(bytes.slice(at..c.pos), t), 0, now);
             }
             tag_at = tag_end;
             let op = match c.op {
-                CutOp::Parse(s) => prepared::Op::Parse(s),
+                CutOp::Op(op) => op,
                 CutOp::Bind { stmt, portal, rest } => prepared::Op::Bind {
                     stmt,
                     portal: bytes.slice(c.pos + portal.start..c.pos + portal.end),
                     rest: bytes.slice(c.pos + rest.start..c.pos + rest.end),
                 },
-                CutOp::Describe(s) => prepared::Op::Describe(s),
-                CutOp::Close => prepared::Op::Close,
-                CutOp::DeallocateAll => prepared::Op::DeallocateAll,
+                CutOp::Forget => prepared::Op::Forget,
+                CutOp::Answer(b) => {
+                    // Nothing was owed before it: in order.
+                    self.io.out.push(b);
+                    at = c.pos + c.total;
+                    continue;
+                }
             };
-            let pre = matches!(op, prepared::Op::DeallocateAll);
-            let len = if pre { 0 } else { c.total };
-            self.forward(ctx, Out::Op(op, len), 0, now);
-            at = if pre { c.pos } else { c.pos + c.total };
+            self.forward(ctx, Out::Op(op, c.total), 0, now);
+            at = c.pos + c.total;
         }
-        let t: Box<[u8]> = tags[tag_at..].into();
+        let t = tracked.then(|| tags[tag_at..].into());
         if bytes.len() > at {
-            self.forward(ctx, Out::Bytes(bytes.slice(at..), Some(t)), syncs, now);
+            self.forward(ctx, Out::Bytes(bytes.slice(at..), t), syncs, now);
         } else if syncs > 0 {
             self.shared
                 .stats
@@ -1478,6 +1495,9 @@ impl PgDown {
                 self.io.out.push(bytes);
                 if rfqs > 0 {
                     self.t.on_server(rfqs, status);
+                    if let Some(p) = self.prep.as_mut() {
+                        p.answered(rfqs);
+                    }
                     if self.mode() == PoolMode::Transaction
                         && self.t.can_release()
                         && self.walk.rest() == 0
@@ -1489,6 +1509,15 @@ impl PgDown {
                             "terminating connection due to administrator command",
                         );
                     }
+                    if self.stalled && !self.done {
+                        // The message it stopped at may go on now.
+                        self.relay(ctx, now);
+                    }
+                }
+            }
+            M::Undo(u) => {
+                if let Some(p) = self.prep.as_mut() {
+                    p.undo(u);
                 }
             }
             M::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
@@ -1498,7 +1527,7 @@ impl PgDown {
                     self.fatal(sqlstate::CONNECTION_FAILURE, why);
                 }
             }
-            M::Retry(srv, bytes) => self.retry(ctx, srv, bytes, now),
+            M::Retry(srv, out) => self.retry(ctx, srv, out, now),
             M::LoginFailed(err) => {
                 if self.waiting.take().is_some() {
                     self.io.out.push(err);
@@ -1517,16 +1546,17 @@ impl PgDown {
         }
     }
 
-    /// Bytes of ours a broken server never wrote ([`M::Retry`]). Once all we sent it since
-    /// we took it came back (none of it reached PostgreSQL), they go to another server
-    /// connection; anything else of ours it took means `Lost` (FATAL) instead.
+    /// Bytes or an op of ours a broken server never wrote ([`M::Retry`]). Once all we sent
+    /// it since we took it came back (none of it reached PostgreSQL), they go to another
+    /// server connection (which prepares our named statements as it needs, as for any
+    /// send); anything else of ours it took means `Lost` (FATAL) instead.
     #[cold]
-    fn retry(&mut self, ctx: &mut WorkerCtx, srv: Peer, bytes: Bytes, now: Instant) {
+    fn retry(&mut self, ctx: &mut WorkerCtx, srv: Peer, out: Out, now: Instant) {
         if self.done || !self.srv.is_some_and(|s| s.peer == srv) {
             return;
         }
-        self.retried += bytes.len();
-        self.retry_bytes.push(bytes);
+        self.retried += out.len();
+        self.retry_bytes.push(out);
         // `unacked`: all sent to this server since we took it (it acked nothing).
         if self.retried < self.unacked {
             return;
@@ -1538,10 +1568,7 @@ impl PgDown {
         self.unacked = 0;
         self.owed = 0;
         self.retried = 0;
-        self.pending = std::mem::take(&mut self.retry_bytes)
-            .into_iter()
-            .map(|b| Out::Bytes(b, None))
-            .collect();
+        self.pending = std::mem::take(&mut self.retry_bytes);
         self.pending_len = self.pending.iter().map(Out::len).sum();
         self.acquire(ctx, now);
     }
@@ -1985,6 +2012,12 @@ impl PgUp {
         }
         let bytes = self.io.input.split_to(pos).freeze();
         let Some(o) = self.owner else { return };
+        if let Some(u) = self.prep.as_mut().map(|p| std::mem::take(&mut p.undo)) {
+            if !u.is_empty() {
+                // Before the ReadyForQuery that ends their Sync group.
+                post(ctx, o, M::Undo(u));
+            }
+        }
         if self.last_send.is_some() && !pieces.is_empty() {
             self.last_send = (rfqs == 0).then_some(now);
         }
@@ -2108,11 +2141,10 @@ impl PgUp {
                 tags,
                 ..
             } => {
-                if self.done && tags.is_none() && self.owner != Some(from) {
+                if self.done && self.owner != Some(from) {
                     // Broke before taking anything from this client (it took us from the
-                    // idle list in the loop turn we broke in): it may go elsewhere. (A
-                    // client tracking named statements gets `Lost`: its ops are no bytes.)
-                    post(ctx, from, M::Retry(self.io.me(), bytes));
+                    // idle list in the loop turn we broke in): it may go elsewhere.
+                    post(ctx, from, M::Retry(self.io.me(), Out::Bytes(bytes, tags)));
                     return;
                 }
                 if !self.accept(ctx, from, app, now) {
@@ -2127,6 +2159,11 @@ impl PgUp {
             M::Op {
                 from, op, len, app, ..
             } => {
+                if self.done && self.owner != Some(from) {
+                    // As for bytes: another server connection prepares what it needs.
+                    post(ctx, from, M::Retry(self.io.me(), Out::Op(op, len)));
+                    return;
+                }
                 if !self.accept(ctx, from, app, now) {
                     return;
                 }
@@ -2134,7 +2171,7 @@ impl PgUp {
             }
             M::Release => {
                 if let Some(p) = &mut self.prep {
-                    p.q.clear();
+                    p.release();
                 }
                 self.owner = None;
                 self.unacked = 0;
@@ -2219,8 +2256,9 @@ impl PgUp {
     /// The server's named-statement state (made at the first tracked send).
     fn tracked(&mut self) -> &mut prepared::Server {
         let cap = self.shared.cfg.postgres.max_prepared_statements;
+        let prefix = &self.shared.stmt_prefix;
         self.prep
-            .get_or_insert_with(|| Box::new(prepared::Server::new(cap)))
+            .get_or_insert_with(|| Box::new(prepared::Server::new(cap, prefix)))
     }
 
     /// A named-statement op of the owner's: rewritten (a Parse injected first if needed),
@@ -2228,8 +2266,17 @@ impl PgUp {
     #[cold]
     fn op(&mut self, ctx: &WorkerCtx, from: Peer, op: prepared::Op, len: usize) {
         let mut out = Vec::new();
+        if matches!(op, prepared::Op::Forget) {
+            // Maybe DISCARD ALL, which resets application_name too.
+            self.app = Arc::from("");
+        }
         let p = self.tracked();
         p.op(op, &mut out);
+        if !p.undo.is_empty() {
+            // Skipped after an error (before the client's Sync).
+            let u = std::mem::take(&mut p.undo);
+            post(ctx, from, M::Undo(u));
+        }
         let mut fakes = BytesMut::new();
         p.fakes(&mut fakes);
         if out.is_empty() {
@@ -2326,7 +2373,8 @@ impl Half for PgDown {
         match self.phase {
             Phase::Login => false,
             Phase::Ready => {
-                self.unacked < WINDOW
+                !self.stalled
+                    && self.unacked < WINDOW
                     && self.pending_len < WINDOW
                     // A Query or Parse is read whole (up to the message limit).
                     && (self.io.input.len() < ctx.options.input_high_water
@@ -2442,7 +2490,7 @@ impl Downstream for PgDown {
             pending_syncs: 0,
             t: Tracker::default(),
             prep: None,
-            raw_names: false,
+            stalled: false,
             walk: Walker::default(),
             drop: 0,
             unacked: 0,
@@ -2471,10 +2519,12 @@ impl Downstream for PgDown {
                 from,
                 to,
                 bytes,
-                tags: None,
+                tags,
                 ..
-            } => post(ctx, from, M::Retry(to, bytes)),
-            M::Send { from, to, .. } | M::Op { from, to, .. } => post(ctx, from, M::Lost(to, LOST)),
+            } => post(ctx, from, M::Retry(to, Out::Bytes(bytes, tags))),
+            M::Op {
+                from, to, op, len, ..
+            } => post(ctx, from, M::Retry(to, Out::Op(op, len))),
             _ => {}
         }
     }
