@@ -73,7 +73,13 @@
 //!   given another one, where its named statements are prepared again as usual.
 //! - **Drain** (SIGTERM): idle clients get FATAL `57P01`; a client in a transaction gets it
 //!   when the transaction ends.
+//! - **Admin console** (`postgres/admin.rs`): a client of the database `ferry` or
+//!   `pgbouncer` is authenticated as any other, then answered by the proxy itself
+//!   (`SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|STATE|VERSION|HELP`, `PAUSE`, `RESUME`, as
+//!   PgBouncer's console). Every connection publishes its state to the console's registry
+//!   after each event it handles (`show`), never blocking on the console.
 
+mod admin;
 mod cancel;
 mod prepared;
 mod startup;
@@ -533,6 +539,8 @@ pub struct PgShared {
     scram_keys: Mutex<HashMap<(usize, String), DerivedKeys>>,
     /// `ferry_<random token>_`: the prefix of the proxy's statement names on servers.
     stmt_prefix: String,
+    /// Every connection and the per-database counters, for the admin console.
+    admin: admin::Registry,
 }
 
 impl std::fmt::Debug for PgShared {
@@ -557,6 +565,7 @@ impl PgShared {
         // Unguessable statement names: another client cannot EXECUTE or DEALLOCATE a
         // statement of the proxy's by name without reading pg_prepared_statements first.
         let token = rng.u64();
+        let admin = admin::Registry::new(workers);
         let workers = (0..workers.max(1))
             .map(|w| {
                 Mutex::new(PgWorker {
@@ -584,6 +593,7 @@ impl PgShared {
             scram,
             scram_keys: Mutex::new(HashMap::new()),
             stmt_prefix: prepared::name_prefix(token),
+            admin,
         })
     }
 
@@ -687,6 +697,8 @@ enum Phase {
     Login,
     /// Relaying.
     Ready,
+    /// An admin console session (`admin.rs`).
+    Admin(Box<admin::Console>),
 }
 
 impl std::fmt::Debug for Phase {
@@ -695,6 +707,7 @@ impl std::fmt::Debug for Phase {
             Phase::Auth(_) => "Auth",
             Phase::Login => "Login",
             Phase::Ready => "Ready",
+            Phase::Admin(_) => "Admin",
         })
     }
 }
@@ -804,6 +817,13 @@ pub struct PgDown {
     /// Closing: no more reading; close once the output went out.
     done: bool,
     draining: bool,
+    /// Its entry for the admin console (from the startup packet on).
+    adm: Option<admin::Handle>,
+    /// Held by the console's `PAUSE` (until `RESUME`, or `waiting` runs out).
+    held: bool,
+    /// When to check the console's `PAUSE`/`RESUME` again (a held client, or a console
+    /// session whose `PAUSE` waits for server connections to be released).
+    tick: Option<Instant>,
 }
 
 impl std::fmt::Debug for PgDown {
@@ -851,6 +871,10 @@ impl PgDown {
                 Phase::Login => return,
                 Phase::Ready => {
                     self.relay(ctx, now);
+                    return;
+                }
+                Phase::Admin(_) => {
+                    self.console(now);
                     return;
                 }
             };
@@ -913,6 +937,22 @@ impl PgDown {
         self.app = s.application_name;
         self.app_name = Arc::from(self.app.as_deref().unwrap_or(""));
         let sh = self.shared.clone();
+        self.adm = Some(sh.admin.register(
+            ctx.index,
+            admin::Entry {
+                client: true,
+                me: self.io.me(),
+                user: &s.key.user,
+                database: &s.key.database,
+                pool: (&s.key.user, &s.key.database),
+                addr: self.io.peer_addr(),
+                app: self.app.as_deref().unwrap_or(""),
+            },
+        ));
+        if admin::is_console(&s.key.database) {
+            self.console_auth(&s.key.user);
+            return;
+        }
         let id = sh
             .worker(ctx.index)
             .pool_id(&s.key, sh.stats.upstreams.len());
@@ -988,6 +1028,11 @@ impl PgDown {
     /// Authenticated: greet now if the pool key's parameters are known (transaction
     /// mode), else get a server connection first.
     fn authenticated(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.key.is_none() {
+            // No pool: the admin console.
+            self.console_greet();
+            return;
+        }
         self.phase = Phase::Login;
         let sh = self.shared.clone();
         let (pid, secret, cell) = sh.cancels.register(&sh.rng);
@@ -1052,6 +1097,9 @@ impl PgDown {
 
     /// Ask the pool for a server connection.
     fn acquire(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.hold(now) {
+            return;
+        }
         let sh = self.shared.clone();
         let me = self.me();
         let r = sh.worker(ctx.index).acquire(ctx, &sh, self.pool, me, now);
@@ -1574,6 +1622,10 @@ impl PgDown {
     }
 
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.tick.is_some_and(|t| now >= t) {
+            self.tick = None;
+            self.on_tick(ctx, now);
+        }
         if self.login_deadline.is_some_and(|d| now >= d) && !matches!(self.phase, Phase::Ready) {
             self.login_deadline = None;
             if matches!(&self.phase, Phase::Auth(l) if l.user().is_empty()) {
@@ -1681,6 +1733,8 @@ pub struct PgUp {
     /// `--response-timeout`: since when the server has been silent while its client waits
     /// for a reply (from its last send, or the last bytes of a reply in progress).
     last_send: Option<Instant>,
+    /// Its entry for the admin console (not a cancel connection).
+    adm: Option<admin::Handle>,
 }
 
 impl std::fmt::Debug for PgUp {
@@ -1860,6 +1914,7 @@ impl PgUp {
         let resetting = matches!(self.phase, SPhase::Resetting);
         let mut pos = 0usize;
         let mut rfqs = 0u32;
+        let mut xacts = 0u32;
         let mut status = b'I';
         let mut bad = false;
         {
@@ -1881,6 +1936,7 @@ impl PgUp {
                     }
                     rfqs += 1;
                     status = buf[pos + 5];
+                    xacts += u32::from(status == b'I');
                     pos += 6;
                     if resetting {
                         break;
@@ -1911,6 +1967,9 @@ impl PgUp {
         }
         // Without an owner: asynchronous messages while idle (notices, parameter changes).
         if let Some(o) = self.owner {
+            if let Some(a) = &self.adm {
+                a.replies(rfqs, xacts);
+            }
             self.unacked += bytes.len();
             if self.last_send.is_some() {
                 // Progress; a ReadyForQuery ends the wait (until the client sends again).
@@ -1945,6 +2004,7 @@ impl PgUp {
         let mut pos = 0usize;
         let mut seg = 0usize;
         let mut rfqs = 0u32;
+        let mut xacts = 0u32;
         let mut status = b'I';
         let mut bad = false;
         let Some(prep) = self.prep.as_mut() else {
@@ -1990,6 +2050,7 @@ impl PgUp {
                         if tag == b'Z' {
                             rfqs += 1;
                             status = buf[pos + 5];
+                            xacts += u32::from(status == b'I');
                         }
                         self.walk.pass(buf, &mut pos, total);
                     }
@@ -2017,6 +2078,9 @@ impl PgUp {
                 // Before the ReadyForQuery that ends their Sync group.
                 post(ctx, o, M::Undo(u));
             }
+        }
+        if let Some(a) = &self.adm {
+            a.replies(rfqs, xacts);
         }
         if self.last_send.is_some() && !pieces.is_empty() {
             self.last_send = (rfqs == 0).then_some(now);
@@ -2384,6 +2448,7 @@ impl Half for PgDown {
                             && self.prep.is_some()
                             && matches!(self.io.input.first(), Some(b'B' | b'D' | b'C'))))
             }
+            Phase::Admin(_) => self.io.input.len() < admin::MAX_MESSAGE + 5,
             // A startup packet, or a SASL message (PostgreSQL's limits).
             _ => self.io.input.len() < server::MAX_AUTH_MESSAGE + 16,
         }
@@ -2392,15 +2457,20 @@ impl Half for PgDown {
         self.done && self.io.out.is_empty()
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        match (self.login_deadline, self.waiting) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.login_deadline, self.waiting, self.tick]
+            .into_iter()
+            .flatten()
+            .min()
     }
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        PgDown::process(self, ctx, now)
+        let before = self.io.input.len();
+        PgDown::process(self, ctx, now);
+        self.show(before);
     }
     fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
+        if let Some(a) = &self.adm {
+            a.bytes(0, n);
+        }
         let a = n.min(self.owed);
         if a > 0 {
             self.owed -= a;
@@ -2410,11 +2480,15 @@ impl Half for PgDown {
         }
     }
     fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        let before = self.io.input.len();
         PgDown::process(self, ctx, now);
+        self.show(before);
         self.finish();
     }
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        PgDown::on_timeout(self, ctx, now)
+        let before = self.io.input.len();
+        PgDown::on_timeout(self, ctx, now);
+        self.show(before);
     }
     fn begin_shutdown(&mut self, _ctx: &mut WorkerCtx, _now: Instant) {
         self.draining = true;
@@ -2436,7 +2510,9 @@ impl Half for PgDown {
         }
     }
     fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: PgMail, now: Instant) {
-        self.apply(ctx, mail.0, now)
+        let before = self.io.input.len();
+        self.apply(ctx, mail.0, now);
+        self.show(before);
     }
     fn close(self, ctx: &mut WorkerCtx) {
         let sh = self.shared.clone();
@@ -2499,6 +2575,9 @@ impl Downstream for PgDown {
             retried: 0,
             done: false,
             draining: false,
+            adm: None,
+            held: false,
+            tick: None,
         })
     }
 
@@ -2548,7 +2627,8 @@ impl Half for PgUp {
         self.deadline()
     }
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        PgUp::process(self, ctx, now)
+        PgUp::process(self, ctx, now);
+        self.show();
     }
     fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
         let a = n.min(self.owed);
@@ -2564,7 +2644,8 @@ impl Half for PgUp {
         self.broke(ctx, now);
     }
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        PgUp::on_timeout(self, ctx, now)
+        PgUp::on_timeout(self, ctx, now);
+        self.show();
     }
     fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, _now: Instant) {
         self.draining = true;
@@ -2583,7 +2664,8 @@ impl Half for PgUp {
         }
     }
     fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: PgMail, now: Instant) {
-        self.apply(ctx, mail.0, now)
+        self.apply(ctx, mail.0, now);
+        self.show();
     }
     fn close(mut self, ctx: &mut WorkerCtx) {
         if !self.counted {
@@ -2656,6 +2738,7 @@ impl Upstream for PgUp {
             done: false,
             draining: false,
             last_send: None,
+            adm: None,
         };
         match pending {
             Pending::Cancel { pid, secret } => {
@@ -2672,6 +2755,7 @@ impl Upstream for PgUp {
                 let key = s.key.clone();
                 let pg = &shared.cfg.postgres;
                 let user = pg.upstream_user.as_deref().unwrap_or(&key.user);
+                s.register(ctx, user);
                 let params: Vec<(&str, &str)> = key
                     .params
                     .iter()
