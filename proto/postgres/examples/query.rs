@@ -4,11 +4,17 @@
 //! cargo run -p ferry-postgres --example query -- 127.0.0.1:5432 USER DATABASE "SELECT 1"
 //! ```
 //! The password comes from `PGPASSWORD`. Prints rows tab-separated, then the command tags.
+//! `COPY ... TO STDOUT` prints the data as it comes; `COPY ... FROM STDIN` sends this
+//! program's standard input:
+//!
+//! ```text
+//! cargo run -p ferry-postgres --example query -- 127.0.0.1:5432 app db "COPY t FROM STDIN" < t.tsv
+//! ```
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ferry_postgres::client::{ClientConfig, ClientConnection, Event};
 use ferry_proto::{Connection, Instant};
 
@@ -41,6 +47,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .map(|i| row.text(i).unwrap_or("NULL"))
                         .collect();
                     println!("{}", cols.join("\t"));
+                }
+                Event::CopyData { data, .. } => std::io::stdout().write_all(&data)?,
+                Event::CopyIn { .. } => {
+                    // Standard input, in chunks; each goes out as it is (no copy).
+                    let mut stdin = std::io::stdin().lock();
+                    loop {
+                        let mut chunk = vec![0u8; 64 * 1024];
+                        let n = stdin.read(&mut chunk)?;
+                        if n == 0 {
+                            break;
+                        }
+                        chunk.truncate(n);
+                        conn.copy_data(Bytes::from(chunk))?;
+                        while let Some(bytes) = conn.poll_transmit() {
+                            stream.write_all(&bytes)?;
+                        }
+                    }
+                    conn.copy_done()?;
                 }
                 Event::Complete { tag, .. } => eprintln!("{tag}"),
                 Event::Error { error, .. } => eprintln!("{error}"),

@@ -1,5 +1,5 @@
 //! A sans-IO PostgreSQL client connection: startup, authentication (SCRAM-SHA-256, MD5,
-//! cleartext), simple and extended queries, pipelined.
+//! cleartext), simple and extended queries, pipelined, COPY in both directions.
 //!
 //! [`ClientConnection`] writes the StartupMessage when created; feed it what the socket
 //! reads ([`handle_input`](ClientConnection::handle_input)), write what
@@ -10,12 +10,34 @@
 //! Rows arrive as [`Row`]s holding the DataRow message itself (one `Bytes` slice of the
 //! input, no copy per column), values in the text format.
 //!
+//! ## COPY
+//!
+//! - `COPY ... TO STDOUT` (through [`query`](ClientConnection::query) or
+//!   [`execute`](ClientConnection::execute)): [`Event::CopyOut`] (the format), then one
+//!   [`Event::CopyData`] per CopyData message (a `Bytes` slice of the input, no copy), then
+//!   [`Event::CopyDone`], [`Event::Complete`] (`COPY n`) and [`Event::Done`]. Each is an event
+//!   like a row: `max_events` bounds them (backpressure). Queries pipelined behind it run after.
+//! - `COPY ... FROM STDIN`: issue it with [`copy_in`](ClientConnection::copy_in), wait for
+//!   [`Event::CopyIn`] (the server wants data, in the format it says), then send
+//!   [`copy_data`](ClientConnection::copy_data) chunks (any split; big ones go out as the
+//!   caller's `Bytes`, not copied) and end with [`copy_done`](ClientConnection::copy_done) or
+//!   [`copy_fail`](ClientConnection::copy_fail) (the server answers ERROR 57014
+//!   `COPY from stdin failed: ...`); [`Event::Complete`]/[`Event::Error`] and
+//!   [`Event::Done`] follow as for any query. Queries issued after `copy_in` wait until it is
+//!   done, then go out in order: PostgreSQL ends the session if any other message arrives in
+//!   the middle of COPY data. A COPY FROM STDIN sent with `query` or `execute` (extended
+//!   protocol: the client sends the Sync the COPY swallowed) works the same way when nothing
+//!   was pipelined behind it; otherwise the connection fails with
+//!   [`ClientError::CopyInPipelined`]. Calls at the wrong time get
+//!   [`ClientError::NotInCopyIn`] (the connection goes on).
+//! - CopyBothResponse (streaming replication) fails the connection with
+//!   [`ClientError::CopyBoth`].
+//!
 //! The login alone is [`Login`] (see [`login`]): the connection runs one until the first
 //! ReadyForQuery, and a pooler can run it for its server connections (`ferry proxy` does).
 //!
-//! Not covered: COPY (a COPY statement's CopyIn/CopyOut answer fails the connection), TLS
-//! (wrap the socket yourself and speak this over it: PostgreSQL's SSLRequest is the
-//! caller's, see [`crate::message::encode_ssl_request`]), GSSAPI, SCRAM channel binding.
+//! Not covered: replication (CopyBoth), TLS (wrap the socket yourself and speak this over
+//! it: PostgreSQL's SSLRequest is the caller's, see [`crate::message::encode_ssl_request`]), GSSAPI, SCRAM channel binding.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -199,6 +221,49 @@ impl Row {
     }
 }
 
+/// The overall format of a COPY's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// Text (or CSV): rows as lines.
+    Text,
+    /// PostgreSQL's binary COPY format (header, tuples, trailer).
+    Binary,
+}
+
+/// What a CopyInResponse or CopyOutResponse says: the format of the data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CopyInfo {
+    /// Overall format.
+    pub format: CopyFormat,
+    /// Per column: 0 text, 1 binary (all equal to the overall format today).
+    pub column_formats: Vec<i16>,
+}
+
+impl CopyInfo {
+    fn parse(body: &[u8]) -> Result<CopyInfo, MessageError> {
+        let mut r = Reader::new(body);
+        let format = match r.u8()? {
+            0 => CopyFormat::Text,
+            1 => CopyFormat::Binary,
+            _ => return Err(MessageError::Invalid("COPY format")),
+        };
+        let n = r.i16()?;
+        if n < 0 {
+            return Err(MessageError::Invalid("negative column count"));
+        }
+        let mut column_formats = Vec::with_capacity((n as usize).min(body.len() / 2));
+        for _ in 0..n {
+            column_formats.push(r.i16()?);
+        }
+        r.end()?;
+        Ok(CopyInfo {
+            format,
+            column_formats,
+        })
+    }
+}
+
 /// What the connection tells the application.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -225,6 +290,34 @@ pub enum Event {
         id: QueryId,
         /// The command tag.
         tag: String,
+    },
+    /// `COPY ... TO STDOUT`: data follows ([`Event::CopyData`], then [`Event::CopyDone`]).
+    CopyOut {
+        /// The query.
+        id: QueryId,
+        /// Its format.
+        info: CopyInfo,
+    },
+    /// A chunk of COPY TO STDOUT data (PostgreSQL sends one row per message): a slice of the
+    /// input, not copied.
+    CopyData {
+        /// The query.
+        id: QueryId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The end of COPY TO STDOUT data; [`Event::Complete`] (`COPY n`) follows.
+    CopyDone {
+        /// The query.
+        id: QueryId,
+    },
+    /// `COPY ... FROM STDIN`: the server waits for [`ClientConnection::copy_data`], then
+    /// [`ClientConnection::copy_done`] or [`ClientConnection::copy_fail`].
+    CopyIn {
+        /// The query.
+        id: QueryId,
+        /// The format it expects.
+        info: CopyInfo,
     },
     /// The query string was empty.
     EmptyQuery {
@@ -292,6 +385,17 @@ pub enum ClientError {
     Closed,
     /// `max_pending` queries are already waiting.
     TooManyPending,
+    /// [`copy_data`](ClientConnection::copy_data), [`copy_done`](ClientConnection::copy_done)
+    /// or [`copy_fail`](ClientConnection::copy_fail) while no COPY FROM STDIN waits for data
+    /// (none began, it already ended, or the server failed it). The connection goes on.
+    NotInCopyIn,
+    /// The server asked for COPY FROM STDIN data for a statement that other queries were
+    /// pipelined behind (issue it with [`copy_in`](ClientConnection::copy_in)): PostgreSQL
+    /// ends a session whose COPY data is interrupted by another message.
+    CopyInPipelined,
+    /// The server began a CopyBoth exchange (streaming replication), which this client does
+    /// not speak.
+    CopyBoth,
 }
 
 impl std::fmt::Display for ClientError {
@@ -307,6 +411,11 @@ impl std::fmt::Display for ClientError {
             ClientError::Eof => f.write_str("server closed the connection"),
             ClientError::Closed => f.write_str("connection closed"),
             ClientError::TooManyPending => f.write_str("too many queries pending"),
+            ClientError::NotInCopyIn => f.write_str("no COPY FROM STDIN is waiting for data"),
+            ClientError::CopyInPipelined => {
+                f.write_str("COPY FROM STDIN with queries pipelined behind it (use copy_in)")
+            }
+            ClientError::CopyBoth => f.write_str("CopyBoth (replication) is not supported"),
         }
     }
 }
@@ -336,10 +445,12 @@ impl ProtoError for ClientError {
         match self {
             ClientError::Frame(_) | ClientError::TooManyPending => ErrorKind::LimitExceeded,
             ClientError::Message(_) | ClientError::Protocol(_) => ErrorKind::Malformed,
-            ClientError::UnsupportedAuth(_) => ErrorKind::Unsupported,
-            ClientError::Auth(_) | ClientError::PasswordRequired | ClientError::Server(_) => {
-                ErrorKind::InvalidState
-            }
+            ClientError::UnsupportedAuth(_) | ClientError::CopyBoth => ErrorKind::Unsupported,
+            ClientError::Auth(_)
+            | ClientError::PasswordRequired
+            | ClientError::Server(_)
+            | ClientError::NotInCopyIn
+            | ClientError::CopyInPipelined => ErrorKind::InvalidState,
             ClientError::Eof | ClientError::Closed => ErrorKind::Closed,
         }
     }
@@ -354,16 +465,56 @@ enum Phase {
     Closed,
 }
 
+/// A query issued and not yet done.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    id: QueryId,
+    /// Sent with the extended protocol (its Sync is eaten by a COPY FROM STDIN).
+    extended: bool,
+}
+
+/// A query's messages held back (login not done, or a COPY FROM STDIN ahead).
+#[derive(Debug)]
+struct Held {
+    id: QueryId,
+    msgs: Bytes,
+    /// Issued with [`ClientConnection::copy_in`]: what follows waits for it.
+    copy_in: bool,
+}
+
+/// Where a COPY stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CopyState {
+    None,
+    /// COPY TO STDOUT data is coming.
+    Out,
+    /// The server waits for COPY FROM STDIN data; `sync_owed`: an extended query's Sync was
+    /// read (and ignored) by the COPY, so one must follow the end of the data.
+    In {
+        sync_owed: bool,
+    },
+}
+
+/// Payloads from this size on are queued as the caller's `Bytes`, not copied.
+const COPY_NO_COPY_FROM: usize = 8 << 10;
+/// Largest CopyData payload sent in one message (PostgreSQL takes up to 1 GiB).
+const COPY_MAX_MESSAGE: usize = 256 << 20;
+
 /// A sans-IO PostgreSQL client connection (see the [module docs](self)).
 pub struct ClientConnection {
     config: Arc<ClientConfig>,
     phase: Phase,
     /// The login, until it is done.
     login: Option<Box<Login>>,
+    /// Output: `out_chunks` first, then `out`.
     out: BytesMut,
-    /// Queries issued before the login finished.
-    deferred: BytesMut,
-    pending: VecDeque<QueryId>,
+    out_chunks: VecDeque<Bytes>,
+    /// Queries not sent yet (login not done, or queued behind a COPY FROM STDIN).
+    held: VecDeque<Held>,
+    /// The query whose end the held ones wait for (a COPY FROM STDIN).
+    hold: Option<QueryId>,
+    copy: CopyState,
+    pending: VecDeque<Pending>,
     next_id: u64,
     events: VecDeque<Event>,
     params: Vec<(String, String)>,
@@ -405,7 +556,10 @@ impl ClientConnection {
             phase: Phase::Login,
             login: Some(Box::new(login)),
             out,
-            deferred: BytesMut::new(),
+            out_chunks: VecDeque::new(),
+            held: VecDeque::new(),
+            hold: None,
+            copy: CopyState::None,
             pending: VecDeque::new(),
             next_id: 0,
             events: VecDeque::new(),
@@ -438,30 +592,128 @@ impl ClientConnection {
         self.pending.len()
     }
 
-    fn issue(&mut self, write: impl FnOnce(&mut BytesMut)) -> Result<QueryId, ClientError> {
+    fn issue(
+        &mut self,
+        extended: bool,
+        copy_in: bool,
+        write: impl FnOnce(&mut BytesMut),
+    ) -> Result<QueryId, ClientError> {
         match self.phase {
             Phase::Closing | Phase::Closed => return Err(ClientError::Closed),
             _ if self.pending.len() >= self.config.max_pending => {
                 return Err(ClientError::TooManyPending)
             }
-            Phase::Ready => write(&mut self.out),
-            _ => write(&mut self.deferred),
+            _ => {}
         }
         let id = QueryId(self.next_id);
         self.next_id += 1;
-        self.pending.push_back(id);
+        self.pending.push_back(Pending { id, extended });
+        if self.phase == Phase::Ready && self.hold.is_none() && self.held.is_empty() {
+            write(&mut self.out);
+            if copy_in {
+                self.hold = Some(id);
+            }
+        } else {
+            let mut msgs = BytesMut::new();
+            write(&mut msgs);
+            self.held.push_back(Held {
+                id,
+                msgs: msgs.freeze(),
+                copy_in,
+            });
+        }
         Ok(id)
+    }
+
+    /// Sends held queries, up to and including the next COPY FROM STDIN.
+    fn release(&mut self) {
+        while self.phase == Phase::Ready && self.hold.is_none() {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            self.out.extend_from_slice(&h.msgs);
+            if h.copy_in {
+                self.hold = Some(h.id);
+            }
+        }
     }
 
     /// A simple query: one or more statements separated by `;`, results in text.
     pub fn query(&mut self, sql: &str) -> Result<QueryId, ClientError> {
-        self.issue(|out| frontend::query(out, sql.as_bytes()))
+        self.issue(false, false, |out| frontend::query(out, sql.as_bytes()))
+    }
+
+    /// A simple query that runs a `COPY ... FROM STDIN`: queries issued after it wait until
+    /// it is [`Done`](Event::Done). Send the data once [`Event::CopyIn`] came (see the
+    /// [module docs](self#copy)).
+    pub fn copy_in(&mut self, sql: &str) -> Result<QueryId, ClientError> {
+        self.issue(false, true, |out| frontend::query(out, sql.as_bytes()))
+    }
+
+    /// Whether a COPY FROM STDIN waits for data ([`Event::CopyIn`] came, the data is not
+    /// ended yet, and the server did not fail it).
+    pub fn in_copy_in(&self) -> bool {
+        matches!(self.copy, CopyState::In { .. })
+            && !matches!(self.phase, Phase::Closing | Phase::Closed)
+    }
+
+    fn check_copy_in(&self) -> Result<(), ClientError> {
+        match (&self.phase, self.copy) {
+            (Phase::Closing | Phase::Closed, _) => Err(ClientError::Closed),
+            (_, CopyState::In { .. }) => Ok(()),
+            _ => Err(ClientError::NotInCopyIn),
+        }
+    }
+
+    /// Sends a chunk of COPY FROM STDIN data (any split of the stream: rows may straddle
+    /// chunks). Chunks of 8 KiB and more are queued as they are, not copied.
+    pub fn copy_data(&mut self, data: impl Into<Bytes>) -> Result<(), ClientError> {
+        self.check_copy_in()?;
+        let mut data: Bytes = data.into();
+        while !data.is_empty() {
+            let part = data.split_to(data.len().min(COPY_MAX_MESSAGE));
+            if part.len() < COPY_NO_COPY_FROM {
+                frontend::copy_data(&mut self.out, &part);
+            } else {
+                frontend::copy_data_header(&mut self.out, part.len() as u32);
+                self.out_chunks.push_back(self.out.split().freeze());
+                self.out_chunks.push_back(part);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends COPY FROM STDIN data: the server stores it and answers `COPY n` (or an error).
+    pub fn copy_done(&mut self) -> Result<(), ClientError> {
+        self.check_copy_in()?;
+        frontend::copy_done(&mut self.out);
+        self.leave_copy();
+        Ok(())
+    }
+
+    /// Aborts COPY FROM STDIN: nothing is stored; the server answers ERROR 57014
+    /// `COPY from stdin failed: {why}`.
+    pub fn copy_fail(&mut self, why: &str) -> Result<(), ClientError> {
+        self.check_copy_in()?;
+        frontend::copy_fail(&mut self.out, why.as_bytes());
+        self.leave_copy();
+        Ok(())
+    }
+
+    /// The COPY is over for us (our CopyDone/CopyFail) or for the server (CommandComplete,
+    /// an error, a new COPY...): an extended query's server then waits for (or skips to) a
+    /// Sync, and the one sent with it was eaten by the COPY FROM STDIN.
+    fn leave_copy(&mut self) {
+        if let CopyState::In { sync_owed: true } = self.copy {
+            frontend::sync(&mut self.out);
+        }
+        self.copy = CopyState::None;
     }
 
     /// One statement with parameters (`$1`, `$2`...), through the extended protocol and the
     /// unnamed statement: parameters and results in text, `None` is NULL.
     pub fn execute(&mut self, sql: &str, params: &[Option<&[u8]>]) -> Result<QueryId, ClientError> {
-        self.issue(|out| {
+        self.issue(true, false, |out| {
             frontend::parse_message(out, b"", sql.as_bytes());
             frontend::bind(out, b"", b"", params);
             frontend::describe_portal(out, b"");
@@ -472,7 +724,7 @@ impl ClientConnection {
 
     /// Prepares a named statement (done when its [`Event::Done`] comes).
     pub fn prepare(&mut self, name: &str, sql: &str) -> Result<QueryId, ClientError> {
-        self.issue(|out| {
+        self.issue(true, false, |out| {
             frontend::parse_message(out, name.as_bytes(), sql.as_bytes());
             frontend::sync(out);
         })
@@ -484,7 +736,7 @@ impl ClientConnection {
         name: &str,
         params: &[Option<&[u8]>],
     ) -> Result<QueryId, ClientError> {
-        self.issue(|out| {
+        self.issue(true, false, |out| {
             frontend::bind(out, b"", name.as_bytes(), params);
             frontend::describe_portal(out, b"");
             frontend::execute(out, b"", 0);
@@ -492,11 +744,18 @@ impl ClientConnection {
         })
     }
 
-    /// Ends the session politely (Terminate); pending queries still get their answers if
-    /// the server sends them before it closes.
+    /// Ends the session politely (Terminate, after a CopyFail if COPY FROM STDIN data was
+    /// being sent); pending queries still get their answers if the server sends them before
+    /// it closes. Queries held behind a COPY FROM STDIN are not sent.
     pub fn close(&mut self) {
         if matches!(self.phase, Phase::Closing | Phase::Closed) {
             return;
+        }
+        // In the middle of COPY data PostgreSQL would take a Terminate for a protocol
+        // violation: end the COPY first.
+        if self.in_copy_in() {
+            frontend::copy_fail(&mut self.out, b"the client closed the connection");
+            self.leave_copy();
         }
         frontend::terminate(&mut self.out);
         self.phase = Phase::Closing;
@@ -529,8 +788,7 @@ impl ClientConnection {
                 self.status = done.tx_status;
                 self.phase = Phase::Ready;
                 self.events.push_back(Event::Ready);
-                let deferred = self.deferred.split();
-                self.out.unsplit(deferred);
+                self.release();
             }
         }
         Ok(())
@@ -552,8 +810,13 @@ impl ClientConnection {
         let tag = msg[0];
         // Row data first: the hot path, decoded here without `backend::parse`.
         if self.phase == Phase::Ready || self.phase == Phase::Closing {
-            let id = self.pending.front().copied();
+            let id = self.pending.front().map(|p| p.id);
             match (tag, id) {
+                (b'd', Some(id)) if self.copy == CopyState::Out => {
+                    let data = msg.slice(5..);
+                    self.events.push_back(Event::CopyData { id, data });
+                    return Ok(());
+                }
                 (b'D', Some(id)) => {
                     let row = Row::parse(msg).map_err(ClientError::Message)?;
                     self.events.push_back(Event::Row { id, row });
@@ -565,6 +828,8 @@ impl ClientConnection {
                     return Ok(());
                 }
                 (b'C', Some(id)) => {
+                    // Ends a COPY (PostgreSQL sends it after CopyDone, or once it has ours).
+                    self.leave_copy();
                     let mut r = Reader::new(&msg[5..]);
                     let tag = r.str().map_err(ClientError::Message)?.to_owned();
                     self.events.push_back(Event::Complete { id, tag });
@@ -577,10 +842,36 @@ impl ClientConnection {
                 // ParseComplete, BindComplete, NoData, PortalSuspended, ParameterDescription,
                 // CloseComplete: nothing to tell.
                 (b'1' | b'2' | b'n' | b's' | b't' | b'3', Some(_)) => return Ok(()),
-                (b'G' | b'H' | b'W', _) => {
-                    return Err(ClientError::Protocol(
-                        "COPY is not supported by this client",
-                    ))
+                (b'c', Some(id)) if self.copy == CopyState::Out => {
+                    self.copy = CopyState::None;
+                    self.events.push_back(Event::CopyDone { id });
+                    return Ok(());
+                }
+                (b'H', Some(id)) => {
+                    let info = CopyInfo::parse(&msg[5..]).map_err(ClientError::Message)?;
+                    self.leave_copy();
+                    self.copy = CopyState::Out;
+                    self.events.push_back(Event::CopyOut { id, info });
+                    return Ok(());
+                }
+                (b'G', Some(id)) => {
+                    let info = CopyInfo::parse(&msg[5..]).map_err(ClientError::Message)?;
+                    // Queries sent behind this one would be read as COPY data.
+                    if self.pending.len() - self.held.len() > 1 {
+                        return Err(ClientError::CopyInPipelined);
+                    }
+                    let extended = self.pending.front().is_some_and(|p| p.extended);
+                    self.leave_copy();
+                    self.copy = CopyState::In {
+                        sync_owed: extended,
+                    };
+                    self.hold.get_or_insert(id);
+                    self.events.push_back(Event::CopyIn { id, info });
+                    return Ok(());
+                }
+                (b'W', _) => return Err(ClientError::CopyBoth),
+                (b'd' | b'c' | b'G' | b'H', _) => {
+                    return Err(ClientError::Protocol("COPY message out of place"))
                 }
                 _ => {}
             }
@@ -592,10 +883,13 @@ impl ClientConnection {
                 if f.is_fatal() {
                     return Err(ClientError::Server(error));
                 }
-                let id = *self
+                let id = self
                     .pending
                     .front()
-                    .ok_or(ClientError::Protocol("error with no query pending"))?;
+                    .ok_or(ClientError::Protocol("error with no query pending"))?
+                    .id;
+                // A COPY the server failed (a bad row...).
+                self.leave_copy();
                 self.events.push_back(Event::Error { id, error });
             }
             Message::NoticeResponse(f) => self
@@ -619,8 +913,14 @@ impl ClientConnection {
                 let id = self
                     .pending
                     .pop_front()
-                    .ok_or(ClientError::Protocol("ReadyForQuery with no query pending"))?;
+                    .ok_or(ClientError::Protocol("ReadyForQuery with no query pending"))?
+                    .id;
+                self.copy = CopyState::None;
                 self.events.push_back(Event::Done { id, status });
+                if self.hold == Some(id) {
+                    self.hold = None;
+                    self.release();
+                }
             }
             _ => return Err(ClientError::Protocol("unexpected message")),
         }
@@ -690,7 +990,13 @@ impl Connection for ClientConnection {
     }
 
     fn poll_transmit(&mut self) -> Option<Bytes> {
-        if self.out.is_empty() || self.phase == Phase::Closed {
+        if self.phase == Phase::Closed {
+            return None;
+        }
+        if let Some(b) = self.out_chunks.pop_front() {
+            return Some(b);
+        }
+        if self.out.is_empty() {
             return None;
         }
         Some(self.out.split().freeze())
@@ -1001,6 +1307,425 @@ mod tests {
         assert_eq!(c.poll_event(), Some(Event::Closed(Some(ClientError::Eof))));
     }
 
+    /// PostgreSQL 15's answer to `COPY (VALUES (1, 'a'), (2, NULL)) TO STDOUT`.
+    fn copy_out_bytes() -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(b"H\0\0\0\x0b\0\0\x02\0\0\0\0");
+        v.extend_from_slice(b"d\0\0\0\x081\ta\n");
+        v.extend_from_slice(b"d\0\0\0\x092\t\\N\n");
+        v.extend_from_slice(b"c\0\0\0\x04");
+        v.extend_from_slice(b"C\0\0\0\x0bCOPY 2\0");
+        v.extend_from_slice(b"Z\0\0\0\x05I");
+        v
+    }
+
+    /// PostgreSQL 15's CopyInResponse for a two-column table, text format.
+    const COPY_IN_TEXT: &[u8] = b"G\0\0\0\x0b\0\0\x02\0\0\0\0";
+    const COPY_2_READY: &[u8] = b"C\0\0\0\x0bCOPY 2\0Z\0\0\0\x05I";
+
+    fn copy_fail_answer(why: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        backend::error_response_fields(
+            &mut b,
+            [
+                (b'S', "ERROR"),
+                (b'V', "ERROR"),
+                (b'C', "57014"),
+                (b'M', &format!("COPY from stdin failed: {why}")),
+                (b'W', "COPY t, line 1"),
+                (b'F', "copyfromparse.c"),
+                (b'L', "278"),
+                (b'R', "CopyGetData"),
+            ],
+        );
+        backend::ready_for_query(&mut b, TxStatus::Idle);
+        b
+    }
+
+    fn text_info() -> CopyInfo {
+        CopyInfo {
+            format: CopyFormat::Text,
+            column_formats: vec![0, 0],
+        }
+    }
+
+    #[test]
+    fn copy_out_data_are_slices_of_the_input_and_pipelined_queries_follow() {
+        let mut c = ready();
+        let q1 = c
+            .query("COPY (VALUES (1, 'a'), (2, NULL)) TO STDOUT")
+            .unwrap();
+        let q2 = c.query("SELECT 1 AS a, NULL AS b").unwrap();
+        assert_eq!(messages(&sent(&mut c)).len(), 2, "both went out");
+        let mut input = BytesMut::from(&copy_out_bytes()[..]);
+        let two = two_results();
+        input.extend_from_slice(&two[..47 + 16 + 14]);
+        input.extend_from_slice(b"Z\0\0\0\x05I");
+        let base = input.as_ptr() as usize;
+        let end = base + input.len();
+        c.handle_input(Instant::ZERO, &mut input).unwrap();
+        let ev: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert_eq!(
+            ev[0],
+            Event::CopyOut {
+                id: q1,
+                info: text_info()
+            }
+        );
+        let Event::CopyData { data, .. } = &ev[1] else {
+            panic!("{ev:?}")
+        };
+        let at = data.as_ptr() as usize;
+        assert!(at >= base && at < end, "a slice of the input, not a copy");
+        assert_eq!(
+            &ev[1..6],
+            &[
+                Event::CopyData {
+                    id: q1,
+                    data: Bytes::from_static(b"1\ta\n")
+                },
+                Event::CopyData {
+                    id: q1,
+                    data: Bytes::from_static(b"2\t\\N\n")
+                },
+                Event::CopyDone { id: q1 },
+                Event::Complete {
+                    id: q1,
+                    tag: "COPY 2".into()
+                },
+                Event::Done {
+                    id: q1,
+                    status: TxStatus::Idle
+                },
+            ]
+        );
+        assert!(matches!(ev[6], Event::Columns { id, .. } if id == q2));
+        assert_eq!(
+            ev.last(),
+            Some(&Event::Done {
+                id: q2,
+                status: TxStatus::Idle
+            })
+        );
+        // Binary format is reported as such.
+        let q = c.query("COPY t TO STDOUT (FORMAT binary)").unwrap();
+        let ev = feed(&mut c, b"H\0\0\0\x0b\x01\0\x02\0\x01\0\x01").unwrap();
+        assert_eq!(
+            ev,
+            vec![Event::CopyOut {
+                id: q,
+                info: CopyInfo {
+                    format: CopyFormat::Binary,
+                    column_formats: vec![1, 1]
+                }
+            }]
+        );
+    }
+
+    #[test]
+    fn copy_out_data_are_bounded_events() {
+        let mut cfg = ClientConfig::new("app");
+        cfg.max_events = 2;
+        let mut c = conn(cfg);
+        let mut b = login_tail();
+        c.handle_input(Instant::ZERO, &mut b).unwrap();
+        while c.poll_event().is_some() {}
+        while !b.is_empty() {
+            c.handle_input(Instant::ZERO, &mut b).unwrap();
+            while c.poll_event().is_some() {}
+        }
+        c.query("COPY t TO STDOUT").unwrap();
+        let mut input = BytesMut::from(&copy_out_bytes()[..]);
+        c.handle_input(Instant::ZERO, &mut input).unwrap();
+        assert!(!c.wants_read() && !input.is_empty(), "stops at max_events");
+        let mut n = 0;
+        while !input.is_empty() || n == 0 {
+            while c.poll_event().is_some() {
+                n += 1;
+            }
+            c.handle_input(Instant::ZERO, &mut input).unwrap();
+        }
+        n += std::iter::from_fn(|| c.poll_event()).count();
+        assert_eq!(n, 6);
+    }
+
+    #[test]
+    fn copy_in_sends_data_and_holds_later_queries_until_it_is_done() {
+        let mut c = ready();
+        assert_eq!(c.copy_data(&b"x"[..]), Err(ClientError::NotInCopyIn));
+        let q = c.copy_in("COPY t FROM STDIN").unwrap();
+        let next = c.query("SELECT 1").unwrap();
+        assert_eq!(
+            messages(&sent(&mut c)),
+            vec![(b'Q', b"COPY t FROM STDIN\0".to_vec())]
+        );
+        assert_eq!(
+            c.copy_done(),
+            Err(ClientError::NotInCopyIn),
+            "not asked yet"
+        );
+        assert_eq!(
+            feed(&mut c, COPY_IN_TEXT).unwrap(),
+            vec![Event::CopyIn {
+                id: q,
+                info: text_info()
+            }]
+        );
+        assert!(c.in_copy_in());
+        c.copy_data(&b"1\ta\n2\t"[..]).unwrap();
+        let big = Bytes::from(vec![b'7'; 100_000]);
+        c.copy_data(big.clone()).unwrap();
+        c.copy_data(&b"\\N\n"[..]).unwrap();
+        c.copy_done().unwrap();
+        assert!(!c.in_copy_in());
+        assert_eq!(c.copy_data(&b"late"[..]), Err(ClientError::NotInCopyIn));
+        assert_eq!(c.copy_fail("late"), Err(ClientError::NotInCopyIn));
+        let chunks: Vec<Bytes> = std::iter::from_fn(|| c.poll_transmit()).collect();
+        assert!(
+            chunks
+                .iter()
+                .any(|b| b.as_ptr() == big.as_ptr() && b.len() == big.len()),
+            "the big payload goes out as given"
+        );
+        let bytes: Vec<u8> = chunks.iter().flat_map(|b| b.to_vec()).collect();
+        let m = messages(&bytes);
+        let tags: Vec<u8> = m.iter().map(|m| m.0).collect();
+        assert_eq!(tags, b"dddc", "the held query waits");
+        assert_eq!(m[0].1, b"1\ta\n2\t");
+        assert_eq!(m[1].1.len(), 100_000);
+        let ev = feed(&mut c, COPY_2_READY).unwrap();
+        assert_eq!(
+            ev,
+            vec![
+                Event::Complete {
+                    id: q,
+                    tag: "COPY 2".into()
+                },
+                Event::Done {
+                    id: q,
+                    status: TxStatus::Idle
+                }
+            ]
+        );
+        assert_eq!(
+            messages(&sent(&mut c)),
+            vec![(b'Q', b"SELECT 1\0".to_vec())]
+        );
+        assert_eq!(c.pending(), 1);
+        let _ = next;
+    }
+
+    #[test]
+    fn copy_fail_and_a_server_error_in_the_middle_end_the_copy_not_the_session() {
+        let mut c = ready();
+        let q = c.copy_in("COPY t FROM STDIN").unwrap();
+        feed(&mut c, COPY_IN_TEXT).unwrap();
+        c.copy_data(&b"1\ta\n"[..]).unwrap();
+        c.copy_fail("nope\0ignored").unwrap();
+        let m = messages(&sent(&mut c));
+        assert_eq!(m[2], (b'f', b"nope\0".to_vec()));
+        let ev = feed(&mut c, &copy_fail_answer("nope")).unwrap();
+        assert!(
+            matches!(&ev[0], Event::Error { id, error } if *id == q && error.code == "57014" && error.message == "COPY from stdin failed: nope")
+        );
+        assert_eq!(
+            ev[1],
+            Event::Done {
+                id: q,
+                status: TxStatus::Idle
+            }
+        );
+
+        // A bad row: the server fails the COPY while data still flows.
+        let q = c.copy_in("COPY t FROM STDIN").unwrap();
+        feed(&mut c, COPY_IN_TEXT).unwrap();
+        c.copy_data(&b"x\ty\n"[..]).unwrap();
+        let mut b = BytesMut::new();
+        backend::error_response(
+            &mut b,
+            "ERROR",
+            "22P02",
+            "invalid input syntax for type integer: \"x\"",
+        );
+        let ev = feed(&mut c, &b).unwrap();
+        assert!(matches!(&ev[0], Event::Error { id, error } if *id == q && error.code == "22P02"));
+        assert_eq!(c.copy_data(&b"more"[..]), Err(ClientError::NotInCopyIn));
+        assert_eq!(
+            messages(&sent(&mut c))
+                .iter()
+                .map(|m| m.0)
+                .collect::<Vec<_>>(),
+            b"Qd",
+            "no Sync in the simple protocol"
+        );
+        feed(&mut c, b"Z\0\0\0\x05I").unwrap();
+        let s = c.query("SELECT 1").unwrap();
+        assert_eq!(messages(&sent(&mut c))[0].0, b'Q');
+        assert!(!c.is_closed());
+        let _ = s;
+    }
+
+    #[test]
+    fn copy_in_through_the_extended_protocol_sends_the_sync_the_copy_ate() {
+        let mut c = ready();
+        let q = c.execute("COPY t FROM STDIN", &[]).unwrap();
+        sent(&mut c);
+        let mut b = BytesMut::from(&b"1\0\0\0\x042\0\0\0\x04n\0\0\0\x04"[..]);
+        b.extend_from_slice(COPY_IN_TEXT);
+        assert_eq!(
+            feed(&mut c, &b).unwrap(),
+            vec![Event::CopyIn {
+                id: q,
+                info: text_info()
+            }]
+        );
+        c.copy_data(&b"1\ta\n"[..]).unwrap();
+        c.copy_done().unwrap();
+        let tags: Vec<u8> = messages(&sent(&mut c)).iter().map(|m| m.0).collect();
+        assert_eq!(tags, b"dcS");
+        let ev = feed(&mut c, COPY_2_READY).unwrap();
+        assert_eq!(
+            ev[1],
+            Event::Done {
+                id: q,
+                status: TxStatus::Idle
+            }
+        );
+
+        // The server fails it mid-stream: it skips to a Sync, which we send then.
+        let q = c.execute("COPY t FROM STDIN", &[]).unwrap();
+        sent(&mut c);
+        feed(&mut c, &b).unwrap();
+        c.copy_data(&b"x\n"[..]).unwrap();
+        let mut e = BytesMut::new();
+        backend::error_response(&mut e, "ERROR", "22P02", "bad");
+        feed(&mut c, &e).unwrap();
+        let tags: Vec<u8> = messages(&sent(&mut c)).iter().map(|m| m.0).collect();
+        assert_eq!(tags, b"dS");
+        let ev = feed(&mut c, b"Z\0\0\0\x05I").unwrap();
+        assert_eq!(
+            ev,
+            vec![Event::Done {
+                id: q,
+                status: TxStatus::Idle
+            }]
+        );
+        // Failed by us: CopyFail, then the Sync.
+        c.execute("COPY t FROM STDIN", &[]).unwrap();
+        sent(&mut c);
+        feed(&mut c, &b).unwrap();
+        c.copy_fail("stop").unwrap();
+        let tags: Vec<u8> = messages(&sent(&mut c)).iter().map(|m| m.0).collect();
+        assert_eq!(tags, b"fS");
+    }
+
+    #[test]
+    fn closing_in_the_middle_of_copy_data_fails_the_copy_first() {
+        let mut c = ready();
+        c.copy_in("COPY t FROM STDIN").unwrap();
+        c.query("SELECT 1").unwrap();
+        feed(&mut c, COPY_IN_TEXT).unwrap();
+        sent(&mut c);
+        c.copy_data(&b"1\ta\n"[..]).unwrap();
+        c.close();
+        let tags: Vec<u8> = messages(&sent(&mut c)).iter().map(|m| m.0).collect();
+        assert_eq!(tags, b"dfX", "the held query is not sent");
+        assert_eq!(c.copy_done(), Err(ClientError::Closed));
+    }
+
+    #[test]
+    fn copy_ins_queue_one_behind_the_other() {
+        let mut c = conn(ClientConfig::new("app"));
+        sent(&mut c);
+        // Issued during the login: held, then released one COPY at a time.
+        let a = c.copy_in("COPY a FROM STDIN").unwrap();
+        let b = c.copy_in("COPY b FROM STDIN").unwrap();
+        let s = c.query("SELECT 1").unwrap();
+        feed(&mut c, &login_tail()).unwrap();
+        assert_eq!(
+            messages(&sent(&mut c)),
+            vec![(b'Q', b"COPY a FROM STDIN\0".to_vec())]
+        );
+        // `a` fails before any data (no such table): `b` goes out after its Done.
+        let mut e = BytesMut::new();
+        backend::error_response(&mut e, "ERROR", "42P01", "relation \"a\" does not exist");
+        assert!(sent(&mut c).is_empty());
+        let ev = feed(&mut c, &e).unwrap();
+        assert!(matches!(&ev[0], Event::Error { id, .. } if *id == a));
+        assert!(sent(&mut c).is_empty());
+        feed(&mut c, b"Z\0\0\0\x05I").unwrap();
+        assert_eq!(
+            messages(&sent(&mut c)),
+            vec![(b'Q', b"COPY b FROM STDIN\0".to_vec())]
+        );
+        assert_eq!(
+            feed(&mut c, COPY_IN_TEXT).unwrap(),
+            vec![Event::CopyIn {
+                id: b,
+                info: text_info()
+            }]
+        );
+        c.copy_done().unwrap();
+        assert_eq!(messages(&sent(&mut c)), vec![(b'c', vec![])]);
+        feed(&mut c, COPY_2_READY).unwrap();
+        assert_eq!(
+            messages(&sent(&mut c)),
+            vec![(b'Q', b"SELECT 1\0".to_vec())]
+        );
+        let _ = s;
+    }
+
+    #[test]
+    fn copy_in_with_queries_sent_behind_it_or_copy_both_fail_the_connection() {
+        // Issued as plain queries: both sent, the second would be read as COPY data.
+        let mut c = ready();
+        c.query("COPY t FROM STDIN").unwrap();
+        c.query("SELECT 1").unwrap();
+        sent(&mut c);
+        let mut input = BytesMut::from(COPY_IN_TEXT);
+        assert_eq!(
+            c.handle_input(Instant::ZERO, &mut input),
+            Err(ClientError::CopyInPipelined)
+        );
+        assert!(c.is_closed());
+        assert_eq!(c.copy_done(), Err(ClientError::Closed));
+        // Alone, a plain query's COPY FROM STDIN works, and holds what comes after it.
+        let mut c = ready();
+        let q = c.query("COPY t FROM STDIN").unwrap();
+        sent(&mut c);
+        assert_eq!(
+            feed(&mut c, COPY_IN_TEXT).unwrap(),
+            vec![Event::CopyIn {
+                id: q,
+                info: text_info()
+            }]
+        );
+        c.query("SELECT 1").unwrap();
+        c.copy_done().unwrap();
+        assert_eq!(messages(&sent(&mut c)), vec![(b'c', vec![])]);
+        feed(&mut c, COPY_2_READY).unwrap();
+        assert_eq!(messages(&sent(&mut c))[0].0, b'Q');
+
+        let mut c = ready();
+        c.query("START_REPLICATION 0/0").unwrap();
+        let mut input = BytesMut::from(&b"W\0\0\0\x07\0\0\0"[..]);
+        let e = c.handle_input(Instant::ZERO, &mut input).unwrap_err();
+        assert_eq!(e, ClientError::CopyBoth);
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Closed(Some(ClientError::CopyBoth)))
+        );
+        // COPY messages out of place are protocol errors.
+        for bad in [&b"d\0\0\0\x05x"[..], b"c\0\0\0\x04", b"H\0\0\0\x07\x05\0\0"] {
+            let mut c = ready();
+            c.query("SELECT 1").unwrap();
+            let mut input = BytesMut::from(bad);
+            assert!(c.handle_input(Instant::ZERO, &mut input).is_err());
+            assert!(c.is_closed());
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_server_bytes_never_panic(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6)) {
@@ -1015,6 +1740,69 @@ mod tests {
                 while c.poll_event().is_some() {}
                 while c.poll_transmit().is_some() {}
             }
+        }
+
+        #[test]
+        fn copy_events_are_the_same_for_any_split(cuts in proptest::collection::vec(0usize..400, 0..5), small in any::<bool>()) {
+            // The server sends what follows a CopyInResponse only once it has the data: the
+            // stream is cut there too (`gates`), the cuts in between are arbitrary.
+            let mut bytes = copy_out_bytes();
+            bytes.extend_from_slice(COPY_IN_TEXT);
+            let mut gates = vec![bytes.len()];
+            bytes.extend_from_slice(COPY_2_READY);
+            bytes.extend_from_slice(COPY_IN_TEXT);
+            gates.push(bytes.len());
+            bytes.extend_from_slice(&copy_fail_answer("stop"));
+            bytes.extend_from_slice(&two_results());
+            let run = |cuts: &[usize]| {
+                let mut cfg = ClientConfig::new("app");
+                if small {
+                    cfg.max_events = 1;
+                }
+                let mut c = conn(cfg);
+                let mut login = login_tail();
+                while !login.is_empty() {
+                    c.handle_input(Instant::ZERO, &mut login).unwrap();
+                    while c.poll_event().is_some() {}
+                }
+                sent(&mut c);
+                c.query("COPY x TO STDOUT").unwrap();
+                c.copy_in("COPY t FROM STDIN").unwrap();
+                c.copy_in("COPY t FROM STDIN").unwrap();
+                c.query("q").unwrap();
+                let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(bytes.len())).collect();
+                cuts.extend_from_slice(&gates);
+                cuts.push(0);
+                cuts.push(bytes.len());
+                cuts.sort_unstable();
+                let (mut ev, mut out) = (Vec::new(), Vec::new());
+                let mut input = BytesMut::new();
+                for w in cuts.windows(2) {
+                    input.extend_from_slice(&bytes[w[0]..w[1]]);
+                    loop {
+                        c.handle_input(Instant::ZERO, &mut input).unwrap();
+                        let mut n = 0;
+                        while let Some(e) = c.poll_event() {
+                            n += 1;
+                            if let Event::CopyIn { id, .. } = e {
+                                c.copy_data(Bytes::from(format!("{}\t{}\n", id.0, id.0))).unwrap();
+                                if id.0 == 1 { c.copy_done().unwrap() } else { c.copy_fail("stop").unwrap() }
+                            }
+                            ev.push(e);
+                        }
+                        out.extend(sent(&mut c));
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }
+                assert!(input.is_empty());
+                assert_eq!(c.pending(), 0);
+                (ev, out)
+            };
+            let whole = run(&[]);
+            prop_assert_eq!(whole.0.iter().filter(|e| matches!(e, Event::Done { .. })).count(), 4);
+            prop_assert_eq!(run(&cuts), whole);
         }
 
         #[test]

@@ -261,6 +261,30 @@ pub fn sync(out: &mut BytesMut) {
     out.put_slice(b"S\0\0\0\x04");
 }
 
+/// Appends the header of a CopyData carrying `len` bytes (the caller appends them).
+pub fn copy_data_header(out: &mut BytesMut, len: u32) {
+    out.put_u8(b'd');
+    out.put_u32(len + 4);
+}
+
+/// Appends a CopyData carrying `data`.
+pub fn copy_data(out: &mut BytesMut, data: &[u8]) {
+    copy_data_header(out, data.len() as u32);
+    out.put_slice(data);
+}
+
+/// Appends a CopyDone (end of COPY FROM STDIN data).
+pub fn copy_done(out: &mut BytesMut) {
+    out.put_slice(b"c\0\0\0\x04");
+}
+
+/// Appends a CopyFail with the reason (cut at its first NUL, if any).
+pub fn copy_fail(out: &mut BytesMut, why: &[u8]) {
+    let at = begin_msg(out, b'f');
+    put_cstr(out, why);
+    end_msg(out, at);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,8 @@
 //! - [`backend`] and [`frontend`]: typed decoding of the messages a pooler or driver acts on
 //!   (authentication, ReadyForQuery, errors, Parse/Bind/Sync...) and their encoders.
 //! - [`client`]: a client connection (startup, SCRAM/MD5/cleartext login, simple and
-//!   extended queries, pipelined); `examples/query.rs` runs it over a std socket.
+//!   extended queries, pipelined, COPY TO STDOUT and FROM STDIN); `examples/query.rs` runs
+//!   it over a std socket.
 //!   [`client::Login`] is its login alone, for a pooler's server connections.
 //! - [`server`]: the backend side of a login ([`server::Login`]: SSLRequest, startup
 //!   checks, SCRAM-SHA-256 against a verifier), for a server or a pooler's client side.
