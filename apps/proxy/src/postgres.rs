@@ -2465,7 +2465,7 @@ impl Half for PgDown {
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         let before = self.io.input.len();
         PgDown::process(self, ctx, now);
-        self.show(before);
+        self.show(ctx, now, before);
     }
     fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
         if let Some(a) = &self.adm {
@@ -2482,13 +2482,13 @@ impl Half for PgDown {
     fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         let before = self.io.input.len();
         PgDown::process(self, ctx, now);
-        self.show(before);
+        self.show(ctx, now, before);
         self.finish();
     }
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         let before = self.io.input.len();
         PgDown::on_timeout(self, ctx, now);
-        self.show(before);
+        self.show(ctx, now, before);
     }
     fn begin_shutdown(&mut self, _ctx: &mut WorkerCtx, _now: Instant) {
         self.draining = true;
@@ -2512,7 +2512,7 @@ impl Half for PgDown {
     fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: PgMail, now: Instant) {
         let before = self.io.input.len();
         self.apply(ctx, mail.0, now);
-        self.show(before);
+        self.show(ctx, now, before);
     }
     fn close(self, ctx: &mut WorkerCtx) {
         let sh = self.shared.clone();
@@ -2628,7 +2628,7 @@ impl Half for PgUp {
     }
     fn process(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         PgUp::process(self, ctx, now);
-        self.show();
+        self.show(ctx, now);
     }
     fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
         let a = n.min(self.owed);
@@ -2645,7 +2645,7 @@ impl Half for PgUp {
     }
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         PgUp::on_timeout(self, ctx, now);
-        self.show();
+        self.show(ctx, now);
     }
     fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, _now: Instant) {
         self.draining = true;
@@ -2665,7 +2665,7 @@ impl Half for PgUp {
     }
     fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: PgMail, now: Instant) {
         self.apply(ctx, mail.0, now);
-        self.show();
+        self.show(ctx, now);
     }
     fn close(mut self, ctx: &mut WorkerCtx) {
         if !self.counted {

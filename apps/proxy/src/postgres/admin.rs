@@ -143,6 +143,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `now` of the worker's clock as Unix time in µs (no clock read).
+fn unix_micros(ctx: &WorkerCtx, now: Instant) -> u64 {
+    ctx.clock.unix_origin_nanos().saturating_add(now.as_nanos()) / 1000
+}
+
 fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -259,15 +264,16 @@ impl Drop for Handle {
 
 impl Handle {
     /// Publish the connection's state, the peer it is linked to and (a server) the
-    /// backend's pid. Cheap when nothing changed (a few relaxed loads).
-    pub(super) fn set(&self, state: State, link: Option<Peer>, pid: i32) {
+    /// backend's pid, at `now_us` (Unix time, µs). Cheap when nothing changed (a few
+    /// relaxed loads).
+    pub(super) fn set(&self, state: State, link: Option<Peer>, pid: i32, now_us: u64) {
         let c = &self.conn;
         let link = link.map_or(0, |p| p.pack() + 1);
         let old = c.state.load(Relaxed);
         if old == state as u8 && c.link.load(Relaxed) == link {
             return;
         }
-        let now = unix_us();
+        let now = now_us;
         if old == State::Waiting as u8 && state != State::Waiting {
             let waited = now.saturating_sub(c.since.load(Relaxed));
             self.db.wait_us.fetch_add(waited, Relaxed);
@@ -489,7 +495,7 @@ impl PgDown {
 
     /// Publish the client's state for the console; `before`: the input's length before the
     /// event (what it consumed was received).
-    pub(super) fn show(&self, before: usize) {
+    pub(super) fn show(&self, ctx: &WorkerCtx, now: Instant, before: usize) {
         let Some(a) = &self.adm else { return };
         a.bytes(before.saturating_sub(self.io.input.len()), 0);
         let (st, link) = match self.phase {
@@ -498,7 +504,7 @@ impl PgDown {
             Phase::Ready if self.waiting.is_some() => (State::Waiting, None),
             Phase::Ready => (State::Active, self.srv.map(|s| s.peer)),
         };
-        a.set(st, link, 0);
+        a.set(st, link, 0, unix_micros(ctx, now));
     }
 }
 
@@ -522,7 +528,7 @@ impl PgUp {
     }
 
     /// Publish the server connection's state for the console.
-    pub(super) fn show(&self) {
+    pub(super) fn show(&self, ctx: &WorkerCtx, now: Instant) {
         let Some(a) = &self.adm else { return };
         let (st, link) = match self.phase {
             SPhase::Cancel => return,
@@ -533,7 +539,7 @@ impl PgUp {
             },
             SPhase::Resetting => (State::Used, None),
         };
-        a.set(st, link, self.pid);
+        a.set(st, link, self.pid, unix_micros(ctx, now));
     }
 }
 
@@ -1080,9 +1086,9 @@ mod tests {
         let c1 = sh.admin.register(0, e(true, 1, "d"));
         let c2 = sh.admin.register(1, e(true, 2, "d"));
         let s1 = sh.admin.register(1, e(false, 3, "d"));
-        c1.set(State::Active, Some(peer(3)), 0);
-        s1.set(State::Active, Some(peer(1)), 4242);
-        c2.set(State::Waiting, None, 0);
+        c1.set(State::Active, Some(peer(3)), 0, 1);
+        s1.set(State::Active, Some(peer(1)), 4242, 1);
+        c2.set(State::Waiting, None, 0, 1);
         let mut out = BytesMut::new();
         query(&mut out, "show pools", &sh);
         let m = messages(&out);
