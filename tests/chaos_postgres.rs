@@ -760,54 +760,13 @@ fn chaos_postgres_upstream_dns_failure() {
 /// FATAL 57P05 can reach a client whose query crossed the timeout on the wire.)
 #[test]
 fn chaos_postgres_idle_servers_die_clients_retried() {
-    let Some(pg) = cluster() else { return };
-    pg.sql("ALTER ROLE tester SET idle_session_timeout = '40ms'");
-    let p = pool(&pg.addr(), 8, &[]);
-    let out = py_ok(
-        120,
-        p.port(),
-        pg.port,
-        r#"
-import random
-random.seed(3)
-errs, oks = [], [0]
-lock = threading.Lock()
-def client(c):
-    conn = None
-    for i in range(120):
-        try:
-            if conn is None:
-                conn = connect(PROXY)
-            v = conn.execute(f"SELECT {i}").fetchone()[0]
-            assert v == i, (v, i)
-            with lock:
-                oks[0] += 1
-        except psycopg.Error as e:
-            with lock:
-                errs.append(' '.join(str(e).split())[:160])
-            try:
-                conn.close()
-            except Exception:
-                pass
-            conn = None
-        time.sleep(random.uniform(0.030, 0.050))
-ths = [threading.Thread(target=client, args=(c,)) for c in range(8)]
-for t in ths: t.start()
-for t in ths: t.join()
-print('ok', oks[0])
-for e in errs: print('err', e)
-"#,
+    idle_servers_die(
+        3,
+        &[],
+        "connect(PROXY)",
+        r#"v = conn.execute(f"SELECT {i}").fetchone()[0]
+            assert v == i, (v, i)"#,
     );
-    let errs: Vec<&str> = out.lines().filter(|l| l.starts_with("err")).collect();
-    eprintln!("{}", out.lines().next().unwrap_or(""));
-    let lost: Vec<&&str> = errs
-        .iter()
-        .filter(|e| !e.contains("idle-session timeout"))
-        .collect();
-    eprintln!("{} errors ({} other than 57P05)", errs.len(), lost.len());
-    assert!(lost.is_empty(), "{lost:?}");
-    gauges_settle(&p);
-    memory_bounded(p.pid());
 }
 
 /// [`chaos_postgres_idle_servers_die_clients_retried`] with clients whose named prepared
@@ -817,16 +776,25 @@ for e in errs: print('err', e)
 /// burst of five would open it, failing everything for a while.)
 #[test]
 fn chaos_postgres_idle_servers_die_tracked_clients_retried() {
+    idle_servers_die(
+        4,
+        &["--breaker-failures", "0"],
+        "connect(PROXY, prepare_threshold=1000)",
+        r#"v = conn.execute("SELECT %s::int + %s::int", [i, c], prepare=True).fetchone()[0]
+            assert v == i + c, (v, i, c)"#,
+    );
+}
+
+/// What both idle-timeout tests do: 8 clients, 120 queries each 30-50 ms apart, through a
+/// pool of 8; `connect` is the Python call that connects, `query` the lines that run and
+/// check query `i` of client `c`. Only PostgreSQL's 57P05 may reach a client.
+fn idle_servers_die(seed: u32, proxy_args: &[&str], connect: &str, query: &str) {
     let Some(pg) = cluster() else { return };
     pg.sql("ALTER ROLE tester SET idle_session_timeout = '40ms'");
-    let p = pool(&pg.addr(), 8, &["--breaker-failures", "0"]);
-    let out = py_ok(
-        120,
-        p.port(),
-        pg.port,
-        r#"
+    let p = pool(&pg.addr(), 8, proxy_args);
+    let script = r#"
 import random
-random.seed(4)
+random.seed(SEED)
 errs, oks = [], [0]
 lock = threading.Lock()
 def client(c):
@@ -834,9 +802,8 @@ def client(c):
     for i in range(120):
         try:
             if conn is None:
-                conn = connect(PROXY, prepare_threshold=1000)
-            v = conn.execute("SELECT %s::int + %s::int", [i, c], prepare=True).fetchone()[0]
-            assert v == i + c, (v, i, c)
+                conn = CONNECT
+            QUERY
             with lock:
                 oks[0] += 1
         except psycopg.Error as e:
@@ -853,8 +820,11 @@ for t in ths: t.start()
 for t in ths: t.join()
 print('ok', oks[0])
 for e in errs: print('err', e)
-"#,
-    );
+"#
+    .replace("SEED", &seed.to_string())
+    .replace("CONNECT", connect)
+    .replace("QUERY", query);
+    let out = py_ok(120, p.port(), pg.port, &script);
     let errs: Vec<&str> = out.lines().filter(|l| l.starts_with("err")).collect();
     eprintln!("{}", out.lines().next().unwrap_or(""));
     let lost: Vec<&&str> = errs
