@@ -2,14 +2,14 @@
 
 use alloc::sync::Arc;
 use bytes::{Bytes, BytesMut};
-use ferry_proto::{Connection, Instant, Lifecycle, ProtocolInfo, State as Life};
+use ferry_proto::{Instant, Lifecycle};
 
 use crate::conn::{as_pairs, own_fields, Conn, Pairs, Role};
 use crate::frame::{PriorityUpdate, StreamId};
 use crate::message::{self, Priority};
-use crate::server::{itoa_buf, HTTP2_INFO};
+use crate::server::itoa_buf;
 use crate::stream::State;
-use crate::{Body, Config, Error, Event, Reason, SendError};
+use crate::{Body, Config, Error, Reason, SendError};
 
 /// A request head to send: pseudo-header fields, regular fields and an optional RFC 9218
 /// priority.
@@ -256,52 +256,7 @@ impl ClientConnection {
     }
 }
 
-impl Connection for ClientConnection {
-    type Event = Event;
-    type Error = Error;
-
-    fn info(&self) -> &'static ProtocolInfo {
-        &HTTP2_INFO
-    }
-
-    fn handle_input(&mut self, now: Instant, input: &mut BytesMut) -> Result<(), Error> {
-        self.conn.handle_input(now, input)
-    }
-
-    fn handle_eof(&mut self, now: Instant) {
-        self.conn.handle_eof(now);
-        self.conn.update_lifecycle();
-    }
-
-    fn poll_event(&mut self) -> Option<Event> {
-        self.conn.events.pop_front()
-    }
-
-    fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.conn.poll_transmit()
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.conn.poll_timeout()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.conn.handle_timeout(now);
-        self.conn.update_lifecycle();
-    }
-
-    fn wants_read(&self) -> bool {
-        self.conn.wants_read()
-    }
-
-    fn is_closed(&self) -> bool {
-        self.conn.is_closed()
-    }
-
-    fn state(&self) -> Life {
-        self.conn.lifecycle.state()
-    }
-}
+crate::conn::connection_via_conn!(ClientConnection);
 
 #[cfg(test)]
 mod tests {

@@ -1831,3 +1831,61 @@ pub(crate) fn as_pairs<'a>(
 ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
     fields.iter().map(|(n, v)| (n.as_bytes(), *v))
 }
+
+/// Implements [`ferry_proto::Connection`] for a role's connection type (a struct with a
+/// `conn: Conn` field) by handing every call to the shared [`Conn`].
+macro_rules! connection_via_conn {
+    ($ty:ty) => {
+        impl ferry_proto::Connection for $ty {
+            type Event = crate::Event;
+            type Error = crate::Error;
+
+            fn info(&self) -> &'static ferry_proto::ProtocolInfo {
+                &crate::server::HTTP2_INFO
+            }
+
+            fn handle_input(
+                &mut self,
+                now: ferry_proto::Instant,
+                input: &mut bytes::BytesMut,
+            ) -> Result<(), crate::Error> {
+                self.conn.handle_input(now, input)
+            }
+
+            fn handle_eof(&mut self, now: ferry_proto::Instant) {
+                self.conn.handle_eof(now);
+                self.conn.update_lifecycle();
+            }
+
+            fn poll_event(&mut self) -> Option<crate::Event> {
+                self.conn.events.pop_front()
+            }
+
+            fn poll_transmit(&mut self) -> Option<bytes::Bytes> {
+                self.conn.poll_transmit()
+            }
+
+            fn poll_timeout(&self) -> Option<ferry_proto::Instant> {
+                self.conn.poll_timeout()
+            }
+
+            fn handle_timeout(&mut self, now: ferry_proto::Instant) {
+                self.conn.handle_timeout(now);
+                self.conn.update_lifecycle();
+            }
+
+            fn wants_read(&self) -> bool {
+                self.conn.wants_read()
+            }
+
+            fn is_closed(&self) -> bool {
+                self.conn.is_closed()
+            }
+
+            fn state(&self) -> ferry_proto::State {
+                self.conn.lifecycle.state()
+            }
+        }
+    };
+}
+pub(crate) use connection_via_conn;

@@ -2,10 +2,8 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use bytes::{Bytes, BytesMut};
-use ferry_proto::{
-    Connection, Instant, Lifecycle, Multiplexing, ProtocolInfo, State as Life, TlsRequirement,
-};
+use bytes::Bytes;
+use ferry_proto::{Instant, Lifecycle, Multiplexing, ProtocolInfo, TlsRequirement};
 use smallvec::SmallVec;
 
 use crate::conn::{as_pairs, own_fields, Block, Conn, Pairs, Role};
@@ -411,56 +409,13 @@ pub(crate) fn itoa_buf(mut n: u64) -> ItoaBuf {
     ItoaBuf { buf, start: i }
 }
 
-impl Connection for ServerConnection {
-    type Event = Event;
-    type Error = Error;
-
-    fn info(&self) -> &'static ProtocolInfo {
-        &HTTP2_INFO
-    }
-
-    fn handle_input(&mut self, now: Instant, input: &mut BytesMut) -> Result<(), Error> {
-        self.conn.handle_input(now, input)
-    }
-
-    fn handle_eof(&mut self, now: Instant) {
-        self.conn.handle_eof(now);
-        self.conn.update_lifecycle();
-    }
-
-    fn poll_event(&mut self) -> Option<Event> {
-        self.conn.events.pop_front()
-    }
-
-    fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.conn.poll_transmit()
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.conn.poll_timeout()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.conn.handle_timeout(now);
-        self.conn.update_lifecycle();
-    }
-
-    fn wants_read(&self) -> bool {
-        self.conn.wants_read()
-    }
-
-    fn is_closed(&self) -> bool {
-        self.conn.is_closed()
-    }
-
-    fn state(&self) -> Life {
-        self.conn.lifecycle.state()
-    }
-}
+crate::conn::connection_via_conn!(ServerConnection);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
+    use ferry_proto::Connection;
 
     #[test]
     fn base64url() {
