@@ -668,6 +668,17 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
             "--upstream: at least one address (the flag, or `upstream` in --config)".into(),
         );
     }
+    // Metrics, breakers, health and pools are per upstream: a repeat would split one server's
+    // figures across two series and count it twice in every balancer.
+    if let Some(dup) = upstreams
+        .iter()
+        .enumerate()
+        .find_map(|(i, u)| upstreams[..i].contains(u).then_some(u))
+    {
+        return Err(format!(
+            "--upstream: `{dup}` is listed twice (list each upstream once)"
+        ));
+    }
     let protocol = args.protocol.unwrap_or(Protocol::Http);
     let mut cfg = ProxyConfig::new(upstreams);
     cfg.balance = args.balance.unwrap_or_default();

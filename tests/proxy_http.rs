@@ -346,6 +346,22 @@ fn bad_upstream_config_is_a_usage_error(_driver: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid upstream address"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // The same upstream twice (in one list or across repeated flags) would split its metrics
+    // and breaker across two series.
+    for args in [
+        &["--upstream", "127.0.0.1:9,127.0.0.1:9"][..],
+        &["--upstream", "localhost:9", "--upstream", "localhost:9"][..],
+    ] {
+        let out = Command::new(common::BIN)
+            .args(["proxy", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("listed twice"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
 }
 
 /// A client's pipeline through the proxy, sent upstream back-to-back (the default) and one
