@@ -212,8 +212,10 @@ pub(crate) struct ProxyArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "FILE", value_parser = boxed_path)]
     tls_key: Option<Box<Path>>,
-    /// HTTP: TLS to the upstreams (HTTPS), certificates checked against --upstream-ca for
-    /// each upstream's host name or IP address (or --upstream-server-name); health checks too.
+    /// TLS to the upstreams, certificates checked against --upstream-ca for each upstream's
+    /// host name or IP address (or --upstream-server-name); health checks too. http: HTTPS;
+    /// postgres: SSLRequest, then TLS (a server answering N is refused: sslmode=verify-full);
+    /// redis: TLS from the first byte.
     #[arg(long)]
     upstream_tls: bool,
     /// With --upstream-tls: the CA certificates (PEM) to trust [default:
@@ -717,11 +719,9 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
         (None, Some(_)) => return Err("--tls-key: needs --tls-cert".into()),
     };
     if args.upstream_tls {
-        if protocol != Protocol::Http {
-            return Err("--upstream-tls: only with --protocol http (for now)".into());
-        }
         cfg.upstream_tls = Some(
             ferry_proxy::upstream_tls_config(
+                protocol,
                 args.upstream_ca.as_deref(),
                 args.upstream_server_name.as_deref(),
             )
@@ -1125,7 +1125,7 @@ mod tests {
         merge(&mut args, file, &dir).unwrap();
         let e = options(&args).unwrap_err();
         assert!(e.starts_with("--tls-cert"), "{e}");
-        // Upstream TLS (http only), the CA relative to the file too.
+        // Upstream TLS, the CA relative to the file too.
         let up = r#"
             listen = "127.0.0.1:8443"
             upstream = ["127.0.0.1:443"]
@@ -1138,11 +1138,21 @@ mod tests {
         merge(&mut args, file, &dir).unwrap();
         let t = options(&args).unwrap().config.upstream_tls.unwrap();
         assert_eq!(t.server_name.as_deref(), Some("localhost"));
-        let file: ProxyFile = toml::from_str(&format!("{up}\nprotocol = \"redis\"")).unwrap();
-        let mut args = Cli::try_parse_from(["proxy"]).unwrap().args;
-        merge(&mut args, file, &dir).unwrap();
-        let e = options(&args).unwrap_err();
-        assert!(e.starts_with("--upstream-tls"), "{e}");
+        // Every protocol: with upstream_tls, and without it the CA and name are errors.
+        for proto in ["http", "redis", "postgres"] {
+            let file: ProxyFile = toml::from_str(&format!("{up}\nprotocol = \"{proto}\"")).unwrap();
+            let mut args = Cli::try_parse_from(["proxy"]).unwrap().args;
+            merge(&mut args, file, &dir).unwrap();
+            let t = options(&args).unwrap().config.upstream_tls.unwrap();
+            assert_eq!(t.server_name.as_deref(), Some("localhost"), "{proto}");
+            let plain = up.replace("upstream_tls = true", "");
+            let file: ProxyFile =
+                toml::from_str(&format!("{plain}\nprotocol = \"{proto}\"")).unwrap();
+            let mut args = Cli::try_parse_from(["proxy"]).unwrap().args;
+            merge(&mut args, file, &dir).unwrap();
+            let e = options(&args).unwrap_err();
+            assert!(e.starts_with("--upstream-ca"), "{proto}: {e}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

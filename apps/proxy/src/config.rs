@@ -182,8 +182,9 @@ pub struct HealthConfig {
     /// `+OK` then `+PONG`). Without them `-NOAUTH` counts as healthy (clients authenticate
     /// themselves). [`start`](crate::start) copies [`ProxyConfig::redis_upstream_auth`] here.
     pub redis_auth: Option<Credentials>,
-    /// HTTP: probe over TLS (as requests go). [`start`](crate::start) copies
-    /// [`ProxyConfig::upstream_tls`] here.
+    /// Probe over TLS, as connections go (HTTP: the request over TLS; PostgreSQL:
+    /// `SSLRequest`, `S`, then a TLS handshake; Redis: `PING` over TLS).
+    /// [`start`](crate::start) copies [`ProxyConfig::upstream_tls`] here.
     pub tls: Option<UpstreamTls>,
 }
 
@@ -278,8 +279,10 @@ pub struct ProxyConfig {
     /// and TLS from there (without it, `N`). Build it with [`tls_server_config`].
     /// Default none: plain TCP.
     pub tls: Option<ferry_tls::ServerConfig>,
-    /// HTTP: TLS to the upstreams (`--upstream-tls`), for requests and health checks.
-    /// Default none: plain TCP.
+    /// TLS to the upstreams (`--upstream-tls`), for every upstream connection and health
+    /// check: HTTPS; PostgreSQL `SSLRequest` then TLS (an upstream answering `N` is refused,
+    /// as libpq's `sslmode=verify-full`); Redis TLS from the first byte. Build it with
+    /// [`upstream_tls_config`]. Default none: plain TCP.
     pub upstream_tls: Option<UpstreamTls>,
 }
 
@@ -316,9 +319,12 @@ impl UpstreamTls {
 /// The system's CA bundle (Debian's `ca-certificates`), the default of `--upstream-ca`.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// [`UpstreamTls`] from a PEM CA file (`None`: [`SYSTEM_CA_BUNDLE`]) and an optional fixed
-/// server name; errors name the flag (`--upstream-ca`, `--upstream-server-name`).
+/// [`UpstreamTls`] for `protocol`'s upstreams (ALPN `http/1.1` for HTTP, `postgresql` for
+/// PostgreSQL, none for Redis) from a PEM CA file (`None`: [`SYSTEM_CA_BUNDLE`]) and an
+/// optional fixed server name; errors name the flag (`--upstream-ca`,
+/// `--upstream-server-name`).
 pub fn upstream_tls_config(
+    protocol: Protocol,
     ca: Option<&std::path::Path>,
     server_name: Option<&str>,
 ) -> Result<UpstreamTls, TlsConfigError> {
@@ -328,7 +334,7 @@ pub fn upstream_tls_config(
         message: format!("cannot read {}: {e}", path.display()),
     })?;
     let config =
-        ferry_tls::ClientConfig::from_ca_pem(&pem, &[b"http/1.1"]).map_err(|e| TlsConfigError {
+        ferry_tls::ClientConfig::from_ca_pem(&pem, alpn(protocol)).map_err(|e| TlsConfigError {
             flag: "upstream-ca",
             message: format!("{}: {e}", path.display()),
         })?;
@@ -550,6 +556,15 @@ impl std::fmt::Display for TlsConfigError {
 
 impl std::error::Error for TlsConfigError {}
 
+/// The ALPN name of `protocol` (PostgreSQL 17 registered `postgresql`; Redis has none).
+fn alpn(protocol: Protocol) -> &'static [&'static [u8]] {
+    match protocol {
+        Protocol::Http => &[b"http/1.1"],
+        Protocol::Postgres => &[b"postgresql"],
+        Protocol::Redis => &[],
+    }
+}
+
 /// The listener's TLS settings from PEM files: `cert` (the chain, leaf first) and `key`,
 /// with the protocol's ALPN name (`http/1.1` for HTTP, `postgresql` for PostgreSQL, none
 /// for Redis).
@@ -565,12 +580,7 @@ pub fn tls_server_config(
         })
     };
     let (c, k) = (read("tls-cert", cert)?, read("tls-key", key)?);
-    let alpn: &[&[u8]] = match protocol {
-        Protocol::Http => &[b"http/1.1"],
-        Protocol::Postgres => &[b"postgresql"],
-        Protocol::Redis => &[],
-    };
-    ferry_tls::ServerConfig::from_pem(&c, &k, alpn).map_err(|e| {
+    ferry_tls::ServerConfig::from_pem(&c, &k, alpn(protocol)).map_err(|e| {
         let flag = match e {
             ferry_tls::ConfigError::NoCertificate => "tls-cert",
             _ => "tls-key",

@@ -4,7 +4,9 @@
 //! expecting the one byte `S` or `N`, or Redis `PING` expecting
 //! `+PONG`, or `-NOAUTH` from a server that requires AUTH; with upstream credentials,
 //! `AUTH` first and `+OK` `+PONG`) and flips its `healthy` flag after `fall` failures or `rise` successes in a row.
-//! With upstream TLS the HTTP probe goes over TLS, its certificate checked as requests' are.
+//! With upstream TLS every probe goes over TLS, the certificate checked as connections' are:
+//! HTTP's and Redis's from the first byte; PostgreSQL's `SSLRequest` must get `S` alone,
+//! then the handshake must succeed (that is the probe).
 //! Workers read the flag when they pick an upstream; a probe never runs on an I/O worker.
 
 use std::io::{Read, Write};
@@ -31,6 +33,15 @@ pub fn probe_as(addr: SocketAddr, host: &str, protocol: Protocol, cfg: &HealthCo
         return false;
     };
     let _ = s.set_nodelay(true);
+    if let (Protocol::Redis, Some(tls)) = (protocol, cfg.tls.as_ref()) {
+        let Some(mut t) = TlsStream::connect(&mut s, tls, &tls_name(tls, host), deadline) else {
+            return false;
+        };
+        return match cfg.redis_auth.as_ref() {
+            Some(c) => crate::redis::auth::health_probe(&mut t, addr, c, deadline),
+            None => exchange(&mut t, protocol, b"*1\r\n$4\r\nPING\r\n", deadline),
+        };
+    }
     if let (Protocol::Redis, Some(c)) = (protocol, cfg.redis_auth.as_ref()) {
         return crate::redis::auth::health_probe(&mut s, addr, c, deadline);
     }
@@ -51,14 +62,40 @@ pub fn probe_as(addr: SocketAddr, host: &str, protocol: Protocol, cfg: &HealthCo
         let head = tls_exchange(&mut s, tls, &tls_name(tls, host), &req, deadline, 12);
         return head.len() >= 12 && head.starts_with(b"HTTP/1.") && matches!(head[9], b'2' | b'3');
     }
-    if s.write_all(&req).is_err() {
+    if let (Protocol::Postgres, Some(tls)) = (protocol, cfg.tls.as_ref()) {
+        // `S` alone (`N` is down: TLS is required), then a handshake that verifies.
+        if s.write_all(&req).is_err() || read_some(&mut s, deadline).as_deref() != Some(&b"S"[..]) {
+            return false;
+        }
+        return TlsStream::connect(&mut s, tls, &tls_name(tls, host), deadline).is_some();
+    }
+    exchange(&mut s, protocol, &req, deadline)
+}
+
+/// Up to 64 bytes read from `s` (one read) before `deadline`; `None` on EOF or an error.
+fn read_some(s: &mut TcpStream, deadline: Instant) -> Option<Vec<u8>> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+        return None;
+    }
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(buf[..n].to_vec()),
+    }
+}
+
+/// A probe's request on `s` and its answer checked (the plain probes, and Redis's `PING`
+/// over TLS).
+fn exchange<S: ProbeStream>(s: &mut S, protocol: Protocol, req: &[u8], deadline: Instant) -> bool {
+    if s.write_all(req).is_err() || s.flush().is_err() {
         return false;
     }
     let mut buf = [0u8; 64];
     let mut got = 0;
     while got < 12 {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+        if left.is_zero() || s.set_timeouts(left).is_err() {
             return false;
         }
         match s.read(&mut buf[got..]) {
@@ -78,6 +115,122 @@ pub fn probe_as(addr: SocketAddr, host: &str, protocol: Protocol, cfg: &HealthCo
         Protocol::Redis => head.starts_with(b"+PONG") || head.starts_with(b"-NOAUTH"),
         Protocol::Postgres => head == b"S" || head == b"N",
         _ => head.len() >= 12 && head.starts_with(b"HTTP/1.") && matches!(head[9], b'2' | b'3'),
+    }
+}
+
+/// A blocking stream a probe talks over: a socket, or TLS over one.
+pub(crate) trait ProbeStream: Read + Write {
+    /// Read and write timeouts for the next calls.
+    fn set_timeouts(&mut self, t: Duration) -> std::io::Result<()>;
+}
+
+impl ProbeStream for TcpStream {
+    fn set_timeouts(&mut self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+/// TLS over a blocking socket for the probes: [`ferry_tls::Tls`] pumped by hand.
+pub(crate) struct TlsStream<'a> {
+    s: &'a mut TcpStream,
+    t: ferry_tls::Tls,
+    plain: bytes::BytesMut,
+    deadline: Instant,
+}
+
+impl<'a> TlsStream<'a> {
+    /// A client session for `name` on `s`, its handshake done (certificate verified)
+    /// before `deadline`; `None` when it fails.
+    pub(crate) fn connect(
+        s: &'a mut TcpStream,
+        tls: &UpstreamTls,
+        name: &str,
+        deadline: Instant,
+    ) -> Option<TlsStream<'a>> {
+        let t = ferry_tls::Tls::client(&tls.config, name).ok()?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_write_timeout(Some(left)).is_err() {
+            return None;
+        }
+        let mut me = TlsStream {
+            s,
+            t,
+            plain: bytes::BytesMut::new(),
+            deadline,
+        };
+        while me.t.is_handshaking() {
+            me.flush_out().ok()?;
+            me.read_more().ok()?;
+        }
+        me.flush_out().ok()?;
+        Some(me)
+    }
+
+    fn flush_out(&mut self) -> std::io::Result<()> {
+        while let Some(b) = self.t.poll_transmit() {
+            self.s.write_all(&b)?;
+        }
+        Ok(())
+    }
+
+    /// One read of ciphertext, decrypted into `plain`.
+    fn read_more(&mut self) -> std::io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.s.set_read_timeout(Some(left))?;
+        let mut buf = [0u8; 4096];
+        let n = self.s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut c = bytes::BytesMut::from(&buf[..n]);
+        let r = self.t.handle_input(&mut c, &mut self.plain);
+        self.flush_out()?; // handshake replies, alerts
+        r.map(|_| ())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+    }
+}
+
+impl Read for TlsStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.plain.is_empty() {
+            self.read_more()?;
+        }
+        let n = buf.len().min(self.plain.len());
+        buf[..n].copy_from_slice(&self.plain.split_to(n));
+        Ok(n)
+    }
+}
+
+impl Write for TlsStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.t.send(buf);
+        self.flush_out()?;
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.flush_out()
+    }
+}
+
+/// A `close_notify` before the socket closes (a server then sees a clean end, not an
+/// unexpected EOF to log).
+impl Drop for TlsStream<'_> {
+    fn drop(&mut self) {
+        self.t.close();
+        let _ = self.flush_out();
+    }
+}
+
+impl ProbeStream for TlsStream<'_> {
+    fn set_timeouts(&mut self, t: Duration) -> std::io::Result<()> {
+        self.s.set_write_timeout(Some(t))
     }
 }
 

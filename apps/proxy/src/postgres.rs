@@ -21,10 +21,13 @@
 //!   [`PostgresConfig::upstream_user`] (else the client's user) with the pool key's database
 //!   and parameters, authenticated with the upstream password (SCRAM-SHA-256, MD5 or
 //!   cleartext, as the server asks; `ferry_postgres::client::Login`, SCRAM keys cached per
-//!   upstream and role). At most [`PostgresConfig::pool_size`] per pool key per
-//!   upstream per worker; idle ones close after `idle_timeout`. A client waiting longer than
-//!   `pool_wait_timeout` gets `53300` (an ERROR it can retry after; FATAL during login). A
-//!   login the server refuses reaches the waiting clients as the server's FATAL.
+//!   upstream and role). With upstream TLS (`ProxyConfig::upstream_tls`) each one (and a
+//!   CancelRequest's) sends `SSLRequest` first and starts TLS on `S` (`sslmode=verify-full`:
+//!   `N`, or a byte after the `S`, fails the login). At most
+//!   [`PostgresConfig::pool_size`] per pool key per upstream per worker; idle ones close
+//!   after `idle_timeout`. A client waiting longer than `pool_wait_timeout` gets `53300`
+//!   (an ERROR it can retry after; FATAL during login). A login the server refuses reaches
+//!   the waiting clients as the server's FATAL.
 //! - **Pooling** ([`PoolMode`]). Transaction mode: a client holds a server connection from
 //!   its first message until a `ReadyForQuery` with status `I` when it owes nothing more
 //!   (every `Query`, `Sync` and `FunctionCall` answered, no extended-protocol message after
@@ -246,6 +249,7 @@ enum Pending {
         permit: Permit,
     },
     Cancel {
+        up: usize,
         pid: i32,
         secret: i32,
     },
@@ -678,6 +682,14 @@ enum M {
     ConnectFailed,
 }
 
+/// A client TLS session for upstream `up` (`--upstream-tls`), its certificate to be checked
+/// for the configured name or the upstream's own.
+fn upstream_tls(sh: &PgShared, up: usize) -> Option<ferry_tls::Tls> {
+    let t = sh.cfg.upstream_tls.as_ref()?;
+    let name = t.name_for(sh.cfg.upstreams.get(up)?);
+    ferry_tls::Tls::client(&t.config, &name).ok()
+}
+
 fn post(ctx: &WorkerCtx, to: Peer, m: M) {
     let _ = to.post(ctx, PgMail(m));
 }
@@ -1018,6 +1030,7 @@ impl PgDown {
             w.pending.insert(
                 tag,
                 Pending::Cancel {
+                    up,
                     pid: spid,
                     secret: ssecret,
                 },
@@ -1774,16 +1787,61 @@ impl PgUp {
             return;
         }
         match self.phase {
-            SPhase::Cancel => self.io.input.clear(),
+            SPhase::Cancel => self.cancel_over_tls(),
             SPhase::Login => self.login(ctx, now),
             SPhase::Ready | SPhase::Resetting => self.relay(ctx, now),
+        }
+    }
+
+    /// A cancel connection with upstream TLS (not `done` yet): the server's `S`, TLS, the
+    /// CancelRequest (held by the session until the handshake ends), then close.
+    fn cancel_over_tls(&mut self) {
+        if self.io.tls().is_none() {
+            match client::ssl_response(&mut self.io.input) {
+                Ok(false) => return,
+                Ok(true) => match upstream_tls(&self.shared, self.up) {
+                    Some(tls) => {
+                        self.io.start_tls(tls);
+                        let mut b = BytesMut::new();
+                        message::encode_cancel(&mut b, self.pid, self.secret);
+                        self.io.out.push(b.freeze());
+                    }
+                    None => self.done = true,
+                },
+                Err(e) => {
+                    tracing::debug!(
+                        "postgres upstream {}: cancel: {e}",
+                        self.shared.stats.upstreams[self.up].addr
+                    );
+                    self.done = true;
+                }
+            }
+        }
+        self.io.input.clear();
+        if self.io.tls().is_some_and(|t| !t.is_handshaking()) {
+            // The CancelRequest went into the session: out, then close_notify and FIN.
+            self.done = true;
         }
     }
 
     /// The login exchange.
     fn login(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         let Some(l) = self.login.as_mut() else { return };
-        let r = l.handle_input(&mut self.io.input);
+        let mut r = l.handle_input(&mut self.io.input);
+        if l.wants_tls() {
+            // `S` (and nothing after it): TLS from here, then the StartupMessage inside it.
+            match upstream_tls(&self.shared, self.up) {
+                Some(tls) => {
+                    self.io.start_tls(tls);
+                    l.tls_started();
+                }
+                None => {
+                    r = Err(client::LoginError::Protocol(
+                        "no TLS session for the server",
+                    ))
+                }
+            }
+        }
         while let Some(b) = l.poll_transmit() {
             self.io.out.push(b);
         }
@@ -1819,6 +1877,15 @@ impl PgUp {
                     client::LoginError::UnsupportedMethod(_) => "ferry proxy: the server asks for an authentication method the proxy does not support".to_owned(),
                     client::LoginError::Auth(AuthError::BadServerSignature) => "ferry proxy: the server's SCRAM signature is wrong".to_owned(),
                     client::LoginError::Auth(e) => format!("ferry proxy: SCRAM exchange with the server failed: {e}"),
+                    client::LoginError::TlsRefused => {
+                        "ferry proxy: the server does not accept TLS (it answered N to \
+                         SSLRequest; --upstream-tls requires it)"
+                            .to_owned()
+                    }
+                    e @ (client::LoginError::SslResponse(_)
+                    | client::LoginError::DataAfterSslResponse) => {
+                        format!("ferry proxy: TLS with the server refused: {e}")
+                    }
                     e => format!("ferry proxy: bad login from server: {e}"),
                 };
                 self.login_failed(ctx, None, &why, now);
@@ -2673,7 +2740,17 @@ impl Half for PgUp {
         }
         let now = ctx.clock.now();
         if !self.done {
-            self.broke(ctx, now);
+            let tls_failed = self.io.tls().and_then(|t| t.error()).map(|e| e.to_string());
+            match tls_failed {
+                // A certificate refused (or any TLS failure) while logging in: the waiting
+                // clients hear why, and no other connection is tried for them.
+                Some(e) if matches!(self.phase, SPhase::Login) => {
+                    self.login = None;
+                    let why = format!("ferry proxy: TLS with the server failed: {e}");
+                    self.login_failed(ctx, None, &why, now);
+                }
+                _ => self.broke(ctx, now),
+            }
         }
         let sh = self.shared.clone();
         sh.stats.upstreams[self.up].open.fetch_sub(1, Relaxed);
@@ -2741,7 +2818,14 @@ impl Upstream for PgUp {
             adm: None,
         };
         match pending {
-            Pending::Cancel { pid, secret } => {
+            Pending::Cancel { up, pid, secret } if shared.cfg.upstream_tls.is_some() => {
+                // SSLRequest first; the CancelRequest goes inside TLS (`cancel_over_tls`).
+                message::encode_ssl_request(&mut b);
+                (s.up, s.pid, s.secret) = (up, pid, secret);
+                s.login_deadline =
+                    Some(now + shared.cfg.connect_timeout.max(Duration::from_secs(5)));
+            }
+            Pending::Cancel { pid, secret, .. } => {
                 message::encode_cancel(&mut b, pid, secret);
                 s.done = true;
             }
@@ -2769,6 +2853,10 @@ impl Upstream for PgUp {
                     &shared.nonce(),
                 )
                 .with_max_message(MAX_LOGIN_MESSAGE);
+                if shared.cfg.upstream_tls.is_some() {
+                    // SSLRequest first, the StartupMessage once TLS is up (`login`).
+                    login = login.with_ssl_request();
+                }
                 let cached = shared.scram_keys().get(&(up, user.to_owned())).cloned();
                 if let Some(keys) = cached {
                     login = login.with_cached_keys(keys);

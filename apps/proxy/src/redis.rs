@@ -23,6 +23,8 @@
 //!   upstream connection (a `ferry_resp::ClientConnection`) for the rest of its life, after
 //!   its replies from the shared ones are in (so order holds). Pub/sub messages and tracking
 //!   invalidations come back on it.
+//! - **Upstream TLS** (`ProxyConfig::upstream_tls`): every upstream connection speaks TLS
+//!   from its first byte (what it queues waits inside the session for the handshake).
 //! - **Authentication** ([`auth`]): the proxy's own credentials go first on every upstream
 //!   connection; with client authentication configured the proxy answers `AUTH` itself
 //!   (and the client stays on the shared connections).
@@ -2955,6 +2957,12 @@ impl Half for RUp {
         }
     }
     fn close(mut self, ctx: &mut WorkerCtx) {
+        if let Some(e) = self.io.tls().and_then(|t| t.error()) {
+            tracing::warn!(
+                "redis upstream {}: TLS failed: {e}",
+                self.shared.stats.upstreams[self.idx].addr
+            );
+        }
         if !self.done || !self.queue.is_empty() || !self.entries.is_empty() {
             self.fail_all(ctx, ctx_now(ctx));
         } else if let Some(s) = self.slot {
@@ -2989,6 +2997,12 @@ impl Upstream for RUp {
         let slot = (tag & 0xFF) as usize;
         let n = shared.slots_per_protocol();
         let resp3 = slot == 0xFE || (slot < 0xFE && slot >= n);
+        if let Some(t) = &shared.cfg.upstream_tls {
+            // TLS from the first byte (redis-server's `tls-port`), started before anything
+            // is queued (AUTH, HELLO, clients' commands: all held until the handshake ends).
+            let name = t.name_for(shared.cfg.upstreams.get(idx)?);
+            io.start_tls(ferry_tls::Tls::client(&t.config, &name).ok()?);
+        }
         shared.stats.upstreams.get(idx)?.open.fetch_add(1, Relaxed);
         let me = io.me();
         let (slot_of, owner) = if slot >= 0xFE {

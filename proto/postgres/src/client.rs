@@ -36,8 +36,18 @@
 //! The login alone is [`Login`] (see [`login`]): the connection runs one until the first
 //! ReadyForQuery, and a pooler can run it for its server connections (`ferry proxy` does).
 //!
-//! Not covered: replication (CopyBoth), TLS (wrap the socket yourself and speak this over
-//! it: PostgreSQL's SSLRequest is the caller's, see [`crate::message::encode_ssl_request`]), GSSAPI, SCRAM channel binding.
+//! ## TLS
+//!
+//! With [`ClientConfig::ssl_request`] the connection sends an SSLRequest instead of the
+//! StartupMessage and reads the server's one-byte answer (`sslmode=verify-full` semantics:
+//! `N`, another byte, or bytes after the `S` close it with an error). After each
+//! [`handle_input`](ClientConnection::handle_input), check
+//! [`wants_tls`](ClientConnection::wants_tls): once it is true the caller MUST start TLS on
+//! its socket (verifying the server's certificate; input and output are plaintext inside it
+//! from then on) and call [`tls_started`](ClientConnection::tls_started), which queues the
+//! StartupMessage. The TLS layer itself is the caller's (e.g. `ferry-tls`).
+//!
+//! Not covered: replication (CopyBoth), GSSAPI, SCRAM channel binding.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -51,7 +61,9 @@ use crate::frontend;
 use crate::message::{frame, FrameError, MessageError, Reader};
 
 pub mod login;
-pub use login::{LoggedIn, Login, LoginError, LoginEvent, Refusal, DEFAULT_MAX_LOGIN_MESSAGE};
+pub use login::{
+    ssl_response, LoggedIn, Login, LoginError, LoginEvent, Refusal, DEFAULT_MAX_LOGIN_MESSAGE,
+};
 
 /// Protocol metadata.
 pub static POSTGRES_INFO: ProtocolInfo = ProtocolInfo {
@@ -81,6 +93,9 @@ pub struct ClientConfig {
     pub max_pending: usize,
     /// Most events held before reading stops (backpressure) [default: 4096].
     pub max_events: usize,
+    /// Ask for TLS first (`SSLRequest`, libpq's `sslmode=verify-full` semantics: see
+    /// [`ClientConnection::wants_tls`]) [default: false].
+    pub ssl_request: bool,
 }
 
 impl ClientConfig {
@@ -94,6 +109,7 @@ impl ClientConfig {
             max_message_bytes: 64 << 20,
             max_pending: 1024,
             max_events: 4096,
+            ssl_request: false,
         }
     }
 
@@ -106,6 +122,12 @@ impl ClientConfig {
     /// Sets the password.
     pub fn password(mut self, pw: impl Into<Vec<u8>>) -> ClientConfig {
         self.password = Some(pw.into());
+        self
+    }
+
+    /// Asks for TLS first (see [`ClientConnection::wants_tls`]).
+    pub fn ssl_request(mut self) -> ClientConfig {
+        self.ssl_request = true;
         self
     }
 
@@ -436,6 +458,13 @@ impl From<LoginError> for ClientError {
             LoginError::Server(r) => ClientError::Server(r.error),
             LoginError::Protocol(m) => ClientError::Protocol(m),
             LoginError::Finished => ClientError::Closed,
+            LoginError::TlsRefused => {
+                ClientError::Protocol("the server does not accept TLS (it answered N)")
+            }
+            LoginError::SslResponse(_) => ClientError::Protocol("a bad answer to SSLRequest"),
+            LoginError::DataAfterSslResponse => {
+                ClientError::Protocol("data after the server's S, before the TLS handshake")
+            }
         }
     }
 }
@@ -520,6 +549,8 @@ pub struct ClientConnection {
     params: Vec<(String, String)>,
     key: Option<(i32, i32)>,
     status: TxStatus,
+    /// SSLRequest sent and TLS not started yet: input goes to the login as it is.
+    tls_pending: bool,
 }
 
 impl std::fmt::Debug for ClientConnection {
@@ -547,6 +578,10 @@ impl ClientConnection {
             config.password.as_deref(),
             &nonce,
         );
+        let tls_pending = config.ssl_request;
+        if tls_pending {
+            login = login.with_ssl_request();
+        }
         let mut out = BytesMut::new();
         while let Some(b) = login.poll_transmit() {
             out.extend_from_slice(&b);
@@ -566,6 +601,25 @@ impl ClientConnection {
             params: Vec::new(),
             key: None,
             status: TxStatus::Idle,
+            tls_pending,
+        }
+    }
+
+    /// Whether the server accepted TLS (`S`, with [`ClientConfig::ssl_request`]): start TLS
+    /// on the socket now, then call [`tls_started`](Self::tls_started).
+    pub fn wants_tls(&self) -> bool {
+        self.login.as_ref().is_some_and(|l| l.wants_tls())
+    }
+
+    /// TLS is up (after [`wants_tls`](Self::wants_tls)): the StartupMessage is queued, to
+    /// go out inside it. Does nothing at any other time.
+    pub fn tls_started(&mut self) {
+        if let Some(l) = self.login.as_mut().filter(|l| l.wants_tls()) {
+            l.tls_started();
+            self.tls_pending = false;
+            while let Some(b) = l.poll_transmit() {
+                self.out.extend_from_slice(&b);
+            }
         }
     }
 
@@ -962,6 +1016,14 @@ impl Connection for ClientConnection {
     }
 
     fn handle_input(&mut self, _now: Instant, input: &mut BytesMut) -> Result<(), ClientError> {
+        if self.tls_pending && self.phase == Phase::Login {
+            // The one-byte answer to the SSLRequest (the login refuses anything else).
+            let r = match self.login.as_mut() {
+                Some(l) => l.handle_input(input).map(|_| ()),
+                None => Ok(()),
+            };
+            return r.map_err(|e| self.fail(e.into()));
+        }
         while self.phase != Phase::Closed && self.events.len() < self.config.max_events {
             let f = match frame(input, self.config.max_message_bytes) {
                 Ok(Some(f)) => f,
@@ -1166,6 +1228,48 @@ mod tests {
             c.handle_input(Instant::ZERO, &mut input),
             Err(ClientError::PasswordRequired)
         );
+    }
+
+    /// `ssl_request`: SSLRequest, `S`, the caller starts TLS, then the StartupMessage; `N`
+    /// closes the connection with an error.
+    #[test]
+    fn ssl_request_then_tls_then_the_login() {
+        let mut c = conn(ClientConfig::new("app").ssl_request());
+        assert_eq!(sent(&mut c), [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+        assert!(feed(&mut c, b"").unwrap().is_empty());
+        assert!(!c.wants_tls());
+        c.query("SELECT 1").unwrap();
+        assert!(feed(&mut c, b"S").unwrap().is_empty());
+        assert!(c.wants_tls());
+        assert!(sent(&mut c).is_empty(), "nothing in clear after the S");
+        c.tls_started();
+        assert!(!c.wants_tls());
+        let out = sent(&mut c);
+        assert_eq!(&out[4..8], &[0, 3, 0, 0], "the StartupMessage");
+        let evs = feed(&mut c, &login_tail()).unwrap();
+        assert!(evs.contains(&Event::Ready), "{evs:?}");
+        assert_eq!(
+            messages(&sent(&mut c))[0].0,
+            b'Q',
+            "the held query goes out"
+        );
+        assert_eq!(c.pending(), 1);
+
+        for answer in [&b"N"[..], b"S", b"E"] {
+            let mut c = conn(ClientConfig::new("app").ssl_request());
+            let _ = sent(&mut c);
+            let mut input = BytesMut::from(answer);
+            assert!(
+                matches!(
+                    c.handle_input(Instant::ZERO, &mut input),
+                    Err(ClientError::Protocol(_))
+                ),
+                "{answer:?}"
+            );
+            assert!(c.is_closed() && !c.wants_tls());
+            c.tls_started();
+            assert!(sent(&mut c).is_empty(), "{answer:?}: nothing in clear");
+        }
     }
 
     #[test]

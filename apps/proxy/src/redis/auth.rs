@@ -340,17 +340,19 @@ impl RDown {
 /// The health check with upstream credentials: `AUTH` then `PING` on `s`, expecting `+OK`
 /// then `+PONG` before `deadline`.
 pub(crate) fn health_probe(
-    s: &mut std::net::TcpStream,
+    s: &mut impl crate::health::ProbeStream,
     addr: std::net::SocketAddr,
     creds: &Credentials,
     deadline: std::time::Instant,
 ) -> bool {
-    use std::io::{Read, Write};
     let mut req = BytesMut::new();
     req.extend_from_slice(&creds.auth_command());
     req.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
     let left = deadline.saturating_duration_since(std::time::Instant::now());
-    if left.is_zero() || s.set_write_timeout(Some(left)).is_err() || s.write_all(&req).is_err() {
+    if left.is_zero() || s.set_timeouts(left).is_err() || s.write_all(&req).is_err() {
+        return false;
+    }
+    if s.flush().is_err() {
         return false;
     }
     let mut buf = [0u8; 512];
@@ -358,7 +360,7 @@ pub(crate) fn health_probe(
     let lines = |b: &[u8]| b.iter().filter(|&&c| c == b'\n').count();
     while got < buf.len() && lines(&buf[..got]) < 2 {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+        if left.is_zero() || s.set_timeouts(left).is_err() {
             return false;
         }
         match s.read(&mut buf[got..]) {
