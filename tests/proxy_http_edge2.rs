@@ -953,9 +953,7 @@ fn connect_timeout_is_a_504(driver: &str) {
 /// Every upstream down (health checks say so): each request gets a 503 at once, with a
 /// body saying why, and the connection stays usable.
 fn all_upstreams_down_is_a_503(driver: &str) {
-    let dead: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
+    let dead = common::closed_addrs(2);
     let p = Proxy::start(
         driver,
         &dead,

@@ -375,9 +375,7 @@ fn forwarded_host(driver: &str) {
 fn retries_over_more_than_64_upstreams(driver: &str) {
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     let up = Upstream::start(|_, _, _| Reply::Bytes(OK));
-    let mut list: Vec<String> = (0..69)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
+    let mut list = common::closed_addrs(69);
     list.push(up.addr.to_string());
     let (p, _admin) = Server::start_proxy(
         "http",

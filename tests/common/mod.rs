@@ -222,6 +222,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` different loopback addresses with nothing listening (the ports are held together
+/// while chosen, so none repeats; `ferry proxy` refuses an upstream listed twice).
+pub fn closed_addrs(n: usize) -> Vec<String> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
+}
+
 /// The Python with the pinned test packages (`scripts/test` creates `.venv`).
 pub fn python() -> String {
     std::env::var("FERRY_PYTHON")
