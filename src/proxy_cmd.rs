@@ -146,6 +146,14 @@ pub(crate) struct ProxyArgs {
     /// --config) [default: 100].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=ferry_http1::MAX_HEADERS_CAP as i64))]
     max_headers: Option<u32>,
+    /// HTTP/2 clients (h2c with prior knowledge, ALPN h2): most concurrent streams per
+    /// connection, more are refused (REFUSED_STREAM) [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    http2_max_streams: Option<u32>,
+    /// HTTP/2 clients: largest decoded request header list in bytes, else 431
+    /// [default: 65536].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1024..=(1 << 24)))]
+    http2_max_header_list: Option<u32>,
     /// HTTP: longest request line in bytes, else 414 [default: 8192].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(16..=(1 << 30)))]
     max_request_line: Option<u64>,
@@ -290,6 +298,8 @@ struct ProxyFile {
     max_body: Option<u64>,
     max_head_bytes: Option<u64>,
     max_headers: Option<u32>,
+    http2_max_streams: Option<u32>,
+    http2_max_header_list: Option<u32>,
     max_request_line: Option<u64>,
     trusted_proxies: Option<Vec<String>>,
     drain_timeout: Option<String>,
@@ -440,6 +450,18 @@ fn merge(args: &mut ProxyArgs, f: ProxyFile, dir: &Path) -> Result<(), String> {
         "max_headers",
         f.max_headers,
         in_range(1, ferry_http1::MAX_HEADERS_CAP as u32),
+    )?;
+    fill(
+        &mut args.http2_max_streams,
+        "http2_max_streams",
+        f.http2_max_streams,
+        in_range(1, 10000),
+    )?;
+    fill(
+        &mut args.http2_max_header_list,
+        "http2_max_header_list",
+        f.http2_max_header_list,
+        in_range(1024, 1 << 24),
     )?;
     fill(
         &mut args.max_request_line,
@@ -709,6 +731,10 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
     cfg.pipeline_depth = args
         .pipeline_depth
         .map_or(cfg.pipeline_depth, |n| n as usize);
+    cfg.http2_max_streams = args.http2_max_streams.unwrap_or(cfg.http2_max_streams);
+    cfg.http2_max_header_list = args
+        .http2_max_header_list
+        .unwrap_or(cfg.http2_max_header_list);
     redis_credentials(args, &mut cfg)?;
     cfg.tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => {
@@ -962,6 +988,8 @@ mod tests {
         max_body = 1000
         max_head_bytes = 4096
         max_headers = 50
+        http2_max_streams = 16
+        http2_max_header_list = 8192
         max_request_line = 2048
         trusted_proxies = ["10.0.0.0/8", "::1"]
         drain_timeout = "3s"
@@ -994,6 +1022,8 @@ mod tests {
         assert_eq!(o.server.http.max_body, 1000);
         assert_eq!(o.server.http.max_head_bytes, 4096);
         assert_eq!(o.server.http.max_headers, 50);
+        assert_eq!(o.config.http2_max_streams, 16);
+        assert_eq!(o.config.http2_max_header_list, 8192);
         assert_eq!(o.server.http.max_request_line, 2048);
         assert!(o
             .config

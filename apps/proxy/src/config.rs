@@ -284,6 +284,13 @@ pub struct ProxyConfig {
     /// as libpq's `sslmode=verify-full`); Redis TLS from the first byte. Build it with
     /// [`upstream_tls_config`]. Default none: plain TCP.
     pub upstream_tls: Option<UpstreamTls>,
+    /// HTTP/2 clients (h2c with prior knowledge, h2 over TLS): most concurrent streams per
+    /// client connection (SETTINGS_MAX_CONCURRENT_STREAMS; more are refused with
+    /// REFUSED_STREAM). Default 100.
+    pub http2_max_streams: u32,
+    /// HTTP/2 clients: largest decoded request header list in bytes
+    /// (SETTINGS_MAX_HEADER_LIST_SIZE; a bigger one is answered `431`). Default 65536.
+    pub http2_max_header_list: u32,
 }
 
 /// `--access-log PATH` and its format.
@@ -381,6 +388,8 @@ impl ProxyConfig {
             rate_limit: None,
             tls: None,
             upstream_tls: None,
+            http2_max_streams: 100,
+            http2_max_header_list: 64 * 1024,
         }
     }
 }
@@ -566,8 +575,8 @@ fn alpn(protocol: Protocol) -> &'static [&'static [u8]] {
 }
 
 /// The listener's TLS settings from PEM files: `cert` (the chain, leaf first) and `key`,
-/// with the protocol's ALPN name (`http/1.1` for HTTP, `postgresql` for PostgreSQL, none
-/// for Redis).
+/// with the protocol's ALPN names (`h2` and `http/1.1` for HTTP, `postgresql` for
+/// PostgreSQL, none for Redis).
 pub fn tls_server_config(
     protocol: Protocol,
     cert: &std::path::Path,
@@ -580,7 +589,13 @@ pub fn tls_server_config(
         })
     };
     let (c, k) = (read("tls-cert", cert)?, read("tls-key", key)?);
-    ferry_tls::ServerConfig::from_pem(&c, &k, alpn(protocol)).map_err(|e| {
+    let offered: &[&[u8]] = match protocol {
+        // HTTP/2 first (RFC 9113 §3.2): the proxy serves both on the same listener; upstreams
+        // are spoken to in HTTP/1.1 (`alpn`).
+        Protocol::Http => &[b"h2", b"http/1.1"],
+        p => alpn(p),
+    };
+    ferry_tls::ServerConfig::from_pem(&c, &k, offered).map_err(|e| {
         let flag = match e {
             ferry_tls::ConfigError::NoCertificate => "tls-cert",
             _ => "tls-key",

@@ -81,6 +81,8 @@ use ferry_reliability::{
     BreakerEvent, BreakerState, CircuitBreaker, Permit, RetryBudget, RetryGate, Rng, TraceParent,
 };
 
+mod h2;
+
 /// Unacknowledged body bytes one half may hand the other before it stops reading: what a
 /// client that does not read its response costs in user space (beside about 50 KiB of
 /// buffers). 256 KiB moves a 100 MB body over loopback as fast as 1 MiB did (about
@@ -98,6 +100,8 @@ pub struct HttpShared {
     workers: Vec<Mutex<WorkerState>>,
     /// `via: 1.1 ferry`, encoded once (requests and responses).
     via: FieldLines,
+    /// `via: 2 ferry`, for requests that came over HTTP/2 (RFC 9110 §7.6.3).
+    via2: FieldLines,
     /// `x-forwarded-proto: http` (`https` with TLS), encoded once (requests that came with
     /// `X-Forwarded-For`).
     xfp: FieldLines,
@@ -107,6 +111,8 @@ pub struct HttpShared {
     limiter: Option<ClientLimiter>,
     /// `http`, or `https` when clients speak TLS (`ProxyConfig::tls`).
     scheme: &'static str,
+    /// Settings of the HTTP/2 client connections ([`h2`]).
+    h2: Arc<ferry_http2::Config>,
 }
 
 impl std::fmt::Debug for HttpShared {
@@ -161,13 +167,16 @@ impl HttpShared {
             })
             .collect();
         let limiter = cfg.rate_limit.map(ClientLimiter::new);
+        let h2 = Arc::new(h2::config(&cfg));
         Arc::new(HttpShared {
+            h2,
             cfg,
             depth,
             client,
             stats,
             workers,
             via: FieldLines::new(&[("via", "1.1 ferry")]).unwrap_or_default(),
+            via2: FieldLines::new(&[("via", "2 ferry")]).unwrap_or_default(),
             xfp: FieldLines::new(&[("x-forwarded-proto", scheme)]).unwrap_or_default(),
             scheme,
             access,
@@ -201,7 +210,7 @@ pub struct WorkerState {
     tickets: Vec<Option<TicketSlot>>,
     free_tickets: Vec<usize>,
     /// Queued checkouts and the clients they belong to.
-    waiters: Vec<(WaiterId, Peer)>,
+    waiters: Vec<(WaiterId, Peer, u32)>,
     /// Retries per window, as a share of requests (Finagle/Envoy-style budget).
     budget: RetryBudget,
     rng: Rng,
@@ -284,9 +293,10 @@ pub struct UpHandle {
 
 type Lease = ferry_pool::Lease<usize, UpHandle>;
 type Ticket = ferry_pool::Ticket<usize>;
-/// A connect in flight: the pool's ticket and the client waiting for it (none when the pool
-/// asked for the connection itself).
-type TicketSlot = (Ticket, Option<Peer>);
+/// A connect in flight: the pool's ticket and the client waiting for it with the wait's id
+/// (echoed in `Leased`/`Failed`, see [`Kind::Leased`]; none when the pool asked for the
+/// connection itself).
+type TicketSlot = (Ticket, Option<(Peer, u32)>);
 
 fn pool_config(cfg: &ProxyConfig) -> ferry_pool::Config {
     let mut c = ferry_pool::Config::dynamic(0, cfg.max_connections_per_upstream.max(1));
@@ -298,7 +308,7 @@ fn pool_config(cfg: &ProxyConfig) -> ferry_pool::Config {
 }
 
 impl WorkerState {
-    fn put_ticket(&mut self, t: Ticket, owner: Option<Peer>) -> usize {
+    fn put_ticket(&mut self, t: Ticket, owner: Option<(Peer, u32)>) -> usize {
         match self.free_tickets.pop() {
             Some(i) => {
                 self.tickets[i] = Some((t, owner));
@@ -342,19 +352,19 @@ impl WorkerState {
                     }
                 }
                 PoolEvent::Ready { waiter, lease } => match self.take_waiter(waiter) {
-                    Some(owner) => send(ctx, owner, Kind::Leased(Box::new(lease))),
+                    Some((owner, wait)) => send(ctx, owner, Kind::Leased(Box::new(lease), wait)),
                     None => {
                         let _ = self.pool.checkin(lease, true, ctx.clock.now());
                     }
                 },
                 PoolEvent::TimedOut { waiter } => {
-                    if let Some(owner) = self.take_waiter(waiter) {
-                        send(ctx, owner, Kind::PoolFailed(true));
+                    if let Some((owner, wait)) = self.take_waiter(waiter) {
+                        send(ctx, owner, Kind::PoolFailed(true, wait));
                     }
                 }
                 PoolEvent::Failed { waiter } => {
-                    if let Some(owner) = self.take_waiter(waiter) {
-                        send(ctx, owner, Kind::PoolFailed(false));
+                    if let Some((owner, wait)) = self.take_waiter(waiter) {
+                        send(ctx, owner, Kind::PoolFailed(false, wait));
                     }
                 }
                 PoolEvent::HealthCheck(lease) => {
@@ -370,9 +380,10 @@ impl WorkerState {
         }
     }
 
-    fn take_waiter(&mut self, w: WaiterId) -> Option<Peer> {
-        let p = self.waiters.iter().position(|(id, _)| *id == w)?;
-        Some(self.waiters.swap_remove(p).1)
+    fn take_waiter(&mut self, w: WaiterId) -> Option<(Peer, u32)> {
+        let p = self.waiters.iter().position(|(id, ..)| *id == w)?;
+        let (_, peer, wait) = self.waiters.swap_remove(p);
+        Some((peer, wait))
     }
 
     /// Give a lease back (`reusable`: the exchange ended cleanly on it).
@@ -605,24 +616,30 @@ enum Kind {
     /// what is queued went out.
     Close,
     // Either way.
-    Ack(usize),
+    /// Bytes taken; upstream → downstream with the attachment `tag` the bytes came under
+    /// (an HTTP/2 client connection has one per stream), `0` the other way.
+    Ack(usize, u32),
     // Upstream → downstream.
-    /// A connection for the exchange (from the pool, or just opened for it).
+    /// A connection for the exchange (from the pool, or just opened for it), with the id
+    /// the client gave its checkout (`wait`: an HTTP/2 client connection waits for one
+    /// per stream; an HTTP/1 one gives 0).
     /// (Boxed: a rare mail, and the biggest payload; every mail is as big as the biggest.)
-    Leased(Box<Lease>),
-    /// The pool could not provide one (`true`: waited too long).
-    PoolFailed(bool),
+    Leased(Box<Lease>, u32),
+    /// The pool could not provide one (`true`: waited too long); the checkout's id.
+    PoolFailed(bool, u32),
     /// The upstream connection failed. `before`: before any byte of the oldest outstanding
     /// response; `fresh`: the upstream had announced it would close (`Connection: close`)
     /// and so processed none of the requests still outstanding; `tag`: the attachment the
     /// failed requests were sent under (`None`: the connect failed); `unsent`: no byte of
-    /// the oldest outstanding request was written (any request may go again).
+    /// the oldest outstanding request was written (any request may go again); `wait`: the
+    /// checkout's id when the connect failed (`tag` is `None` then).
     Failed {
         why: UpFailure,
         before: bool,
         fresh: bool,
         unsent: bool,
         tag: Option<u32>,
+        wait: u32,
     },
     /// Tunnel bytes from the upstream (after a protocol switch).
     Data(Bytes),
@@ -672,6 +689,8 @@ struct Extra {
     conn_named: bool,
     /// Fields few requests need (`None`: neither).
     rare: Option<Box<Rare>>,
+    /// The request came over HTTP/2 (`via: 2 ferry`).
+    h2: bool,
 }
 
 /// Where a forwarded request says it came from.
@@ -1035,6 +1054,8 @@ struct Exchange {
     status: u16,
     /// Response body bytes handed to the client.
     resp_bytes: u64,
+    /// The request came over HTTP/2 (the access log's protocol).
+    h2: bool,
 }
 
 /// A client's connection.
@@ -1082,6 +1103,10 @@ pub struct Down {
     trusted: bool,
     /// A box for the next request's mail (the last response head's).
     spare: Option<Parcel>,
+    /// No input seen yet: the first bytes (or ALPN) tell HTTP/1.x from HTTP/2.
+    sniffing: bool,
+    /// The HTTP/2 side, when the client speaks HTTP/2 (then `conn` stays unused).
+    h2: Option<Box<h2::H2>>,
 }
 
 /// A downstream connection's tunnel to its upstream connection (WebSocket, CONNECT).
@@ -1198,11 +1223,284 @@ fn exchange(
         started: now,
         status: 0,
         resp_bytes: 0,
+        h2: false,
     }
+}
+
+/// What [`dispatch_attempt`] got for an exchange.
+enum Dispatched {
+    /// A pooled connection: attach now.
+    Ready(Lease),
+    /// A connect or a place in the pool's queue: a `Leased` or `Failed` mail follows.
+    Pending,
+    /// The checkout failed at once.
+    Failed(UpFailure),
+    /// No upstream may take it (or the retry budget is spent): answer it.
+    Nowhere(&'static str),
+}
+
+/// Pick an upstream for `ex`'s next attempt (first or retry) and check out a connection
+/// to it, with the worker's state locked by the caller (released here). `owner`: the
+/// client's connection and the id it gives this checkout (echoed in `Leased`,
+/// `PoolFailed` and a connect's `Failed`). The body so far is queued again in `ex.held`
+/// for a retry. Shared by the HTTP/1 and HTTP/2 client halves.
+fn dispatch_attempt(
+    ctx: &mut WorkerCtx,
+    sh: &HttpShared,
+    mut ws: MutexGuard<'_, WorkerState>,
+    ex: &mut Exchange,
+    owner: (Peer, u32),
+    now: Instant,
+) -> Dispatched {
+    let hash = sh.cfg.balance == crate::balance::Balance::Hash;
+    let key = if hash {
+        ex.head.target().as_bytes()
+    } else {
+        &[][..]
+    };
+    // (Plus those out of half-open probes, skipped for this pick only.)
+    let mut tried = ex.tried.clone();
+    let retry = ex.attempts > 0;
+    // One lock for the pick and the checkout.
+    let pick = {
+        let WorkerState {
+            balancer,
+            breakers,
+            active,
+            budget,
+            rng,
+            ..
+        } = &mut *ws;
+        let stats = &sh.stats;
+        if retry && !budget.try_withdraw(now, rng) {
+            Err("retry budget exhausted")
+        } else {
+            let mut got = Err("no upstream available (all down or circuit open)");
+            for _ in 0..stats.upstreams.len() {
+                let choice = balancer.pick(
+                    key,
+                    |i| {
+                        !tried.has(i)
+                            && stats.upstreams[i].usable()
+                            && breakers[i].state(now) != BreakerState::Open
+                    },
+                    |i| active[i],
+                );
+                let Some(i) = choice else { break };
+                breakers[i].handle_timeout(now);
+                match breakers[i].try_acquire(now) {
+                    Ok(permit) => {
+                        active[i] += 1;
+                        got = Ok((i, permit));
+                        break;
+                    }
+                    Err(_) => tried.add(i), // out of half-open probes
+                }
+            }
+            got
+        }
+    };
+    let (i, permit) = match pick {
+        Ok(x) => x,
+        Err(why) => return Dispatched::Nowhere(why),
+    };
+    ex.permit = Some(permit);
+    let u = &sh.stats.upstreams[i];
+    u.requests.fetch_add(1, Relaxed);
+    u.active.fetch_add(1, Relaxed);
+    if ex.attempts > 0 {
+        u.retries.fetch_add(1, Relaxed);
+    }
+    ex.upstream = i;
+    ex.attempts += 1;
+    ex.tried.add(i);
+    // The body so far goes again, from the replay copy (a first attempt usually holds
+    // nothing: no second look then; one that went again as never sent or `fresh` has
+    // its attempt count back at 0, not its body).
+    let again = std::mem::replace(&mut ex.dispatched, true);
+    if again || !ex.held.is_empty() {
+        ex.held.clear();
+        if again {
+            let n = ex.replay.len();
+            for (k, b) in ex.replay.iter().enumerate() {
+                ex.held.push_back((b.clone(), ex.req_done && k + 1 == n));
+            }
+            if ex.req_done && n == 0 {
+                ex.held.push_back((Bytes::new(), true));
+            }
+        }
+    }
+    // A connection: warm from the pool, a new one, or a place in the pool's queue.
+    let got = {
+        let r = match ws.pool.checkout(i, now) {
+            Ok(Checkout::Ready(lease)) => Dispatched::Ready(lease),
+            Ok(Checkout::Connect(ticket)) => {
+                let slot = ws.put_ticket(ticket, Some(owner));
+                u.connects.fetch_add(1, Relaxed);
+                let tag = ((slot as u64) << 8) | i as u64;
+                if u.current().is_some_and(|a| ctx.connect(a, tag)) {
+                    Dispatched::Pending
+                } else {
+                    if let Some((t, _)) = ws.take_ticket(slot) {
+                        let _ = ws.pool.connect_failed(t, now);
+                    }
+                    Dispatched::Failed(UpFailure::Connect)
+                }
+            }
+            Ok(Checkout::Queued(w)) => {
+                ws.waiters.push((w, owner.0, owner.1));
+                ex.waiter = Some(w);
+                Dispatched::Pending
+            }
+            Ok(_) | Err(_) => Dispatched::Failed(UpFailure::PoolFull),
+        };
+        ws.pump(ctx, &sh.stats);
+        r
+    };
+    drop(ws);
+    got
+}
+
+/// The answer to an exchange no upstream may take ([`Dispatched::Nowhere`]): a retry that
+/// found nowhere else to go answers for the failure it retried.
+fn nowhere_answer(sh: &HttpShared, ex: &Exchange, retry: bool, why: &str) -> (u16, String) {
+    match ex.last_failure {
+        Some((u, f)) if retry => {
+            let text = format!("upstream {}: {}", sh.stats.upstreams[u].addr, f.text());
+            (f.status(), text)
+        }
+        _ => (503, why.to_string()),
+    }
+}
+
+/// An attempt of `ex` failed (see [`Down::failed`] for `fresh` and `unsent`): the breaker
+/// hears it, the connection (or the place in the queue) goes back, and the answer is whether
+/// the request goes again ([`may_retry`]). Shared by the HTTP/1 and HTTP/2 client halves.
+#[allow(clippy::too_many_arguments)]
+fn fail_attempt(
+    ctx: &mut WorkerCtx,
+    sh: &HttpShared,
+    ex: &mut Exchange,
+    why: UpFailure,
+    before_response: bool,
+    fresh: bool,
+    unsent: bool,
+    now: Instant,
+) -> bool {
+    ex.up = None;
+    let i = ex.upstream;
+    let ours = matches!(
+        why,
+        UpFailure::PoolFull | UpFailure::PoolTimeout | UpFailure::ClientStalled
+    );
+    let fresh = fresh && before_response && !ex.resp_started;
+    if fresh {
+        ex.attempts = ex.attempts.saturating_sub(1);
+        ex.tried.remove(i);
+    } else {
+        ex.last_failure = Some((i, why));
+    }
+    if !ours && !fresh {
+        sh.stats.upstreams[i].failures.fetch_add(1, Relaxed);
+    }
+    {
+        let mut ws = sh.worker(ctx.index);
+        let permit = ex.permit.take();
+        let outcome = if ours || fresh {
+            Outcome::Ignored
+        } else {
+            Outcome::Failure
+        };
+        ws.report(i, permit, outcome, now, &sh.stats, ctx.index);
+        ws.active[i] = ws.active[i].saturating_sub(1);
+        if let Some(w) = ex.waiter.take() {
+            ws.pool.cancel(w);
+            ws.take_waiter(w);
+        }
+        if let Some(lease) = ex.lease.take() {
+            ws.checkin(ctx, &sh.stats, lease, false, now);
+        }
+    }
+    sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
+    ex.upstream = usize::MAX;
+    may_retry(
+        why,
+        Sent {
+            before_response: before_response && !ex.resp_started,
+            fresh,
+            unsent,
+        },
+        ex.idempotent,
+        ex.replayable,
+        ex.attempts <= sh.cfg.retries,
+    )
+}
+
+/// The request to send for `ex` on its upstream connection (`owner`, `tag`: the client's
+/// connection and attachment; `fwd`, `fwd_base`: the connection's forwarded lines, with and
+/// without `x-forwarded-host`).
+fn send_req(
+    sh: &HttpShared,
+    ex: &Exchange,
+    (owner, tag): (Peer, u32),
+    fwd: &Option<FieldLines>,
+    fwd_base: &Option<FieldLines>,
+) -> SendReq {
+    let host = host_field(&ex.head, ex.has_host, &sh.cfg.upstreams[ex.upstream]);
+    let upgrade = if ex.head.is_upgrade() {
+        forwarded_upgrade(&ex.head)
+    } else {
+        None
+    };
+    SendReq {
+        owner,
+        tag,
+        head: ex.head.clone(),
+        extra: Extra {
+            fwd: Fwd::of(&ex.extra_xff, if ex.own_xfh { fwd_base } else { fwd }),
+            conn_named: ex.conn_named,
+            traceparent: ex.traceparent,
+            rare: Rare::of(host, upgrade, (ex.keep_xfp, ex.keep_xfh, ex.own_xfh)),
+            h2: ex.h2,
+        },
+    }
+}
+
+/// The text of one of the proxy's own answers (counted in the metrics for 502..504).
+fn local_text(sh: &HttpShared, status: u16, method: &str, why: &str) -> String {
+    let st = &sh.stats;
+    match status {
+        502 => add(&st.answered_502, 1),
+        503 => add(&st.answered_503, 1),
+        504 => add(&st.answered_504, 1),
+        _ => {}
+    };
+    format!(
+        "{} {}: {} {}\n",
+        status,
+        match status {
+            400 => "Bad Request",
+            408 => "Request Timeout",
+            429 => "Too Many Requests",
+            501 => "Not Implemented",
+            502 => "Bad Gateway",
+            503 => "Service Unavailable",
+            _ => "Gateway Timeout",
+        },
+        method,
+        why
+    )
 }
 
 impl Down {
     fn process_input(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.sniffing && !self.io.input.is_empty() && !self.sniff(now) {
+            return; // maybe the HTTP/2 preface: more bytes tell
+        }
+        if self.h2.is_some() {
+            self.h2_process(ctx, now);
+            return;
+        }
         if !self.io.input.is_empty() {
             self.progress = now;
         }
@@ -1525,6 +1823,7 @@ impl Down {
                         None,
                         (f.keep_xfp, f.keep_xfh, f.own_xfh),
                     ),
+                    h2: false, // pipelining is HTTP/1.1's
                 },
             };
             send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
@@ -1699,138 +1998,27 @@ impl Down {
         &mut self,
         ctx: &mut WorkerCtx,
         sh: &HttpShared,
-        mut ws: MutexGuard<'_, WorkerState>,
+        ws: MutexGuard<'_, WorkerState>,
         now: Instant,
     ) {
+        let me = self.io.me();
         let Some(ex) = self.ex.as_mut() else { return };
-        let hash = sh.cfg.balance == crate::balance::Balance::Hash;
-        let key = if hash {
-            ex.head.target().as_bytes()
-        } else {
-            &[][..]
-        };
-        // (Plus those out of half-open probes, skipped for this pick only.)
-        let mut tried = ex.tried.clone();
         let retry = ex.attempts > 0;
-        // One lock for the pick and the checkout.
-        let pick = {
-            let WorkerState {
-                balancer,
-                breakers,
-                active,
-                budget,
-                rng,
-                ..
-            } = &mut *ws;
-            let stats = &sh.stats;
-            if retry && !budget.try_withdraw(now, rng) {
-                Err("retry budget exhausted")
-            } else {
-                let mut got = Err("no upstream available (all down or circuit open)");
-                for _ in 0..stats.upstreams.len() {
-                    let choice = balancer.pick(
-                        key,
-                        |i| {
-                            !tried.has(i)
-                                && stats.upstreams[i].usable()
-                                && breakers[i].state(now) != BreakerState::Open
-                        },
-                        |i| active[i],
-                    );
-                    let Some(i) = choice else { break };
-                    breakers[i].handle_timeout(now);
-                    match breakers[i].try_acquire(now) {
-                        Ok(permit) => {
-                            active[i] += 1;
-                            got = Ok((i, permit));
-                            break;
-                        }
-                        Err(_) => tried.add(i), // out of half-open probes
-                    }
-                }
-                got
-            }
-        };
-        let (i, permit) = match pick {
-            Ok(x) => x,
-            Err(why) => {
-                drop(ws);
+        let got = dispatch_attempt(ctx, sh, ws, ex, (me, 0), now);
+        if !matches!(got, Dispatched::Nowhere(_)) {
+            self.unacked = ex.held.iter().map(|(b, _)| b.len()).sum();
+        }
+        match got {
+            Dispatched::Ready(lease) => self.attach(ctx, lease, now),
+            Dispatched::Pending => {} // a `Leased` or `Failed` mail follows
+            Dispatched::Failed(why) => self.failed(ctx, why, true, false, false, now),
+            Dispatched::Nowhere(why) => {
                 let ex = self.ex.take().expect("exchange");
                 self.last_done = Some(ex.id);
-                match ex.last_failure {
-                    // A retry found nowhere else to go: answer for the failure it retried.
-                    Some((u, f)) if retry => {
-                        let text = format!("upstream {}: {}", sh.stats.upstreams[u].addr, f.text());
-                        self.local_answer(ctx, &ex, f.status(), &text, now);
-                    }
-                    _ => self.local_answer(ctx, &ex, 503, why, now),
-                }
+                let (status, text) = nowhere_answer(sh, &ex, retry, why);
+                self.local_answer(ctx, &ex, status, &text, now);
                 self.resume(ctx, now);
-                return;
             }
-        };
-        let ex = self.ex.as_mut().expect("exchange");
-        ex.permit = Some(permit);
-        let u = &sh.stats.upstreams[i];
-        u.requests.fetch_add(1, Relaxed);
-        u.active.fetch_add(1, Relaxed);
-        if ex.attempts > 0 {
-            u.retries.fetch_add(1, Relaxed);
-        }
-        ex.upstream = i;
-        ex.attempts += 1;
-        ex.tried.add(i);
-        // The body so far goes again, from the replay copy (a first attempt usually holds
-        // nothing: no second look then; one that went again as never sent or `fresh` has
-        // its attempt count back at 0, not its body).
-        let again = std::mem::replace(&mut ex.dispatched, true);
-        if again || !ex.held.is_empty() {
-            ex.held.clear();
-            if again {
-                let n = ex.replay.len();
-                for (k, b) in ex.replay.iter().enumerate() {
-                    ex.held.push_back((b.clone(), ex.req_done && k + 1 == n));
-                }
-                if ex.req_done && n == 0 {
-                    ex.held.push_back((Bytes::new(), true));
-                }
-            }
-            self.unacked = ex.held.iter().map(|(b, _)| b.len()).sum();
-        } else {
-            self.unacked = 0;
-        }
-        // A connection: warm from the pool, a new one, or a place in the pool's queue.
-        let got = {
-            let r = match ws.pool.checkout(i, now) {
-                Ok(Checkout::Ready(lease)) => Ok(Some(lease)),
-                Ok(Checkout::Connect(ticket)) => {
-                    let slot = ws.put_ticket(ticket, Some(self.io.me()));
-                    u.connects.fetch_add(1, Relaxed);
-                    let tag = ((slot as u64) << 8) | i as u64;
-                    if u.current().is_some_and(|a| ctx.connect(a, tag)) {
-                        Ok(None)
-                    } else {
-                        if let Some((t, _)) = ws.take_ticket(slot) {
-                            let _ = ws.pool.connect_failed(t, now);
-                        }
-                        Err(UpFailure::Connect)
-                    }
-                }
-                Ok(Checkout::Queued(w)) => {
-                    ws.waiters.push((w, self.io.me()));
-                    ex.waiter = Some(w);
-                    Ok(None)
-                }
-                Ok(_) | Err(_) => Err(UpFailure::PoolFull),
-            };
-            ws.pump(ctx, &sh.stats);
-            r
-        };
-        drop(ws);
-        match got {
-            Ok(Some(lease)) => self.attach(ctx, lease, now),
-            Ok(None) => {} // a `Leased` or `Failed` mail follows
-            Err(why) => self.failed(ctx, why, true, false, false, now),
         }
     }
 
@@ -1852,34 +2040,8 @@ impl Down {
         ex.waiter = None;
         ex.up = Some(up);
         ex.lease = Some(lease);
-        let host = host_field(
-            &ex.head,
-            ex.has_host,
-            &self.shared.cfg.upstreams[ex.upstream],
-        );
-        let upgrade = if ex.head.is_upgrade() {
-            forwarded_upgrade(&ex.head)
-        } else {
-            None
-        };
-        let req = SendReq {
-            owner: self.io.me(),
-            tag: self.tag,
-            head: ex.head.clone(),
-            extra: Extra {
-                fwd: Fwd::of(
-                    &ex.extra_xff,
-                    if ex.own_xfh {
-                        &self.fwd_base
-                    } else {
-                        &self.fwd
-                    },
-                ),
-                conn_named: ex.conn_named,
-                traceparent: ex.traceparent,
-                rare: Rare::of(host, upgrade, (ex.keep_xfp, ex.keep_xfh, ex.own_xfh)),
-            },
-        };
+        let me = (self.io.me(), self.tag);
+        let req = send_req(&self.shared, ex, me, &self.fwd, &self.fwd_base);
         send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
         if !ex.held.is_empty() {
             for (b, end) in ex.held.drain(..) {
@@ -1962,26 +2124,7 @@ impl Down {
         extra: &[(&str, &[u8])],
         now: Instant,
     ) {
-        let st = &self.shared.stats;
-        match status {
-            502 => add(&st.answered_502, 1),
-            503 => add(&st.answered_503, 1),
-            504 => add(&st.answered_504, 1),
-            _ => {}
-        };
-        let text = format!(
-            "{} {}: {} {}\n",
-            status,
-            match status {
-                408 => "Request Timeout",
-                429 => "Too Many Requests",
-                502 => "Bad Gateway",
-                503 => "Service Unavailable",
-                _ => "Gateway Timeout",
-            },
-            ex.head.method_str(),
-            why
-        );
+        let text = local_text(&self.shared, status, ex.head.method_str(), why);
         let mut fields: SmallVec<[(&str, &[u8]); 3]> = SmallVec::new();
         fields.push(("content-type", b"text/plain; charset=utf-8"));
         fields.push(("via", b"1.1 ferry"));
@@ -2018,53 +2161,8 @@ impl Down {
         if ex.upstream == usize::MAX {
             return; // not sent anywhere: nothing of ours failed
         }
-        ex.up = None;
         let i = ex.upstream;
-        let ours = matches!(
-            why,
-            UpFailure::PoolFull | UpFailure::PoolTimeout | UpFailure::ClientStalled
-        );
-        let fresh = fresh && before_response && !ex.resp_started;
-        if fresh {
-            ex.attempts = ex.attempts.saturating_sub(1);
-            ex.tried.remove(i);
-        } else {
-            ex.last_failure = Some((i, why));
-        }
-        if !ours && !fresh {
-            sh.stats.upstreams[i].failures.fetch_add(1, Relaxed);
-        }
-        {
-            let mut ws = sh.worker(ctx.index);
-            let permit = ex.permit.take();
-            let outcome = if ours || fresh {
-                Outcome::Ignored
-            } else {
-                Outcome::Failure
-            };
-            ws.report(i, permit, outcome, now, &sh.stats, ctx.index);
-            ws.active[i] = ws.active[i].saturating_sub(1);
-            if let Some(w) = ex.waiter.take() {
-                ws.pool.cancel(w);
-                ws.take_waiter(w);
-            }
-            if let Some(lease) = ex.lease.take() {
-                ws.checkin(ctx, &sh.stats, lease, false, now);
-            }
-        }
-        sh.stats.upstreams[i].active.fetch_sub(1, Relaxed);
-        ex.upstream = usize::MAX;
-        let retry = may_retry(
-            why,
-            Sent {
-                before_response: before_response && !ex.resp_started,
-                fresh,
-                unsent,
-            },
-            ex.idempotent,
-            ex.replayable,
-            ex.attempts <= sh.cfg.retries,
-        );
+        let retry = fail_attempt(ctx, &sh, ex, why, before_response, fresh, unsent, now);
         if retry {
             tracing::debug!(
                 "upstream {} failed ({}); retrying",
@@ -2149,8 +2247,8 @@ impl Down {
 
     fn apply(&mut self, ctx: &mut WorkerCtx, kind: Kind, now: Instant) {
         match kind {
-            Kind::Leased(lease) => self.attach(ctx, *lease, now),
-            Kind::PoolFailed(timed_out) => {
+            Kind::Leased(lease, _) => self.attach(ctx, *lease, now),
+            Kind::PoolFailed(timed_out, _) => {
                 let waiting = self.ex.as_ref().is_some_and(|ex| ex.up.is_none());
                 if waiting {
                     if let Some(ex) = self.ex.as_mut() {
@@ -2164,13 +2262,14 @@ impl Down {
                     self.failed(ctx, why, true, false, false, now);
                 }
             }
-            Kind::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
+            Kind::Ack(n, _) => self.unacked = self.unacked.saturating_sub(n),
             Kind::Failed {
                 why,
                 before,
                 fresh,
                 unsent,
                 tag,
+                ..
             } => {
                 // Only for the connection the head is on now (or waits for): a report from
                 // an earlier attachment is stale.
@@ -2371,27 +2470,8 @@ impl Down {
     ) {
         let sh = self.shared.clone();
         let Some(ex) = self.ex.as_mut() else { return };
-        ex.resp_started = true;
-        ex.replay.clear();
         let status = resp.status();
-        ex.status = status;
-        let i = ex.upstream;
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        sh.stats.upstreams[i].responses[class].fetch_add(1, Relaxed);
-        if ex.permit.is_some() {
-            let outcome = if matches!(status, 502..=504) {
-                Outcome::Failure
-            } else {
-                Outcome::Success
-            };
-            if defer {
-                ex.verdict = Some(outcome);
-            } else {
-                let permit = ex.permit.take();
-                let mut ws = sh.worker(ctx.index);
-                ws.report(i, permit, outcome, now, &sh.stats, ctx.index);
-            }
-        }
+        response_started(ctx, &sh, ex, status, defer, now);
         // A HEAD response's body kind says "none"; its Content-Length is the GET's length.
         let head_len = (ex.head.method() == Method::Head)
             .then(|| resp.headers().get("content-length"))
@@ -2493,8 +2573,40 @@ impl Down {
                 None => self.ex.as_ref().and_then(|e| e.up),
             };
             if let Some(up) = up {
-                send(ctx, up, Kind::Ack(a));
+                send(ctx, up, Kind::Ack(a, 0));
             }
+        }
+    }
+}
+
+/// The response head (`status`) of `ex` came: counted, and its breaker hears the outcome
+/// (`defer`: the exchange is released in the same mail, which tells the breaker).
+fn response_started(
+    ctx: &WorkerCtx,
+    sh: &HttpShared,
+    ex: &mut Exchange,
+    status: u16,
+    defer: bool,
+    now: Instant,
+) {
+    ex.resp_started = true;
+    ex.replay.clear();
+    ex.status = status;
+    let i = ex.upstream;
+    let class = (status / 100).clamp(1, 5) as usize - 1;
+    sh.stats.upstreams[i].responses[class].fetch_add(1, Relaxed);
+    if ex.permit.is_some() {
+        let outcome = if matches!(status, 502..=504) {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        if defer {
+            ex.verdict = Some(outcome);
+        } else {
+            let permit = ex.permit.take();
+            let mut ws = sh.worker(ctx.index);
+            ws.report(i, permit, outcome, now, &sh.stats, ctx.index);
         }
     }
 }
@@ -2523,6 +2635,7 @@ fn log_exchange(
         method: ex.head.method_str().as_bytes(),
         target: ex.head.target_bytes(),
         protocol: match ex.head.version() {
+            _ if ex.h2 => "HTTP/2.0",
             ferry_http1::Version::Http10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         },
@@ -2586,6 +2699,8 @@ pub struct Up {
     alive: Arc<AtomicBool>,
     /// The client whose request this connection carries (or that waits for the connect).
     owner: Option<Peer>,
+    /// The id the owner gave the checkout this connect is for (echoed in `Failed`).
+    wait: u32,
     /// The last request sent (its body goes out with `ReqData`).
     req: Option<RequestId>,
     /// Requests sent whose response has not ended (more than one when pipelined).
@@ -2643,6 +2758,7 @@ impl Up {
                         && !self.resp_started,
                     unsent: unsent || matches!(why, UpFailure::Connect | UpFailure::ConnectTimeout),
                     tag: self.tag,
+                    wait: self.wait,
                 },
             );
         }
@@ -2683,7 +2799,7 @@ impl Up {
         };
         if let Ok(Some(lease)) = ws.pool.connected(ticket, handle, now) {
             match owner {
-                Some(owner) => send(ctx, owner, Kind::Leased(Box::new(lease))),
+                Some((owner, wait)) => send(ctx, owner, Kind::Leased(Box::new(lease), wait)),
                 None => {
                     let _ = ws.pool.checkin(lease, true, now);
                 }
@@ -2766,6 +2882,7 @@ impl Up {
                                         fresh: true,
                                         unsent: true,
                                         tag: self.tag,
+                                        wait: self.wait,
                                     },
                                 );
                                 self.done = true;
@@ -2871,7 +2988,7 @@ impl Up {
                 self.io.out.push(b);
             }
             Kind::TunnelEof => self.io.shutdown_write(),
-            Kind::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
+            Kind::Ack(n, _) => self.unacked = self.unacked.saturating_sub(n),
             Kind::Close => {
                 self.alive.store(false, Relaxed);
                 if self.owner.is_some() && !self.reported {
@@ -2909,7 +3026,7 @@ impl Up {
         // traceparent, via (the lines made once are copied as they are).
         let sh = &*self.shared;
         let traceparent = FieldPiece::Field("traceparent", &extra.traceparent[..]);
-        let via = FieldPiece::Lines(&sh.via);
+        let via = FieldPiece::Lines(if extra.h2 { &sh.via2 } else { &sh.via });
         let usual;
         let mut all: SmallVec<[FieldPiece<'_>; 8]> = SmallVec::new();
         let fields: &[FieldPiece<'_>] = match (&extra.fwd, extra.rare.as_deref()) {
@@ -3005,7 +3122,7 @@ impl Up {
         let a = n.min(self.owed);
         if a > 0 {
             self.owed -= a;
-            self.to_owner(ctx, Kind::Ack(a));
+            self.to_owner(ctx, Kind::Ack(a, self.tag.unwrap_or(0)));
         }
     }
 }
@@ -3021,6 +3138,9 @@ impl Half for Down {
     ferry_driver::half_io!();
 
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
+        if self.h2.is_some() {
+            return self.h2_wants_read(ctx);
+        }
         if let Some(t) = self.tunnel.as_ref() {
             return !t.closed
                 && self.unacked < WINDOW
@@ -3041,6 +3161,9 @@ impl Half for Down {
     }
 
     fn is_finished(&self) -> bool {
+        if self.h2.is_some() {
+            return self.h2_is_finished();
+        }
         match self.tunnel.as_ref() {
             Some(t) => t.closed && self.io.out.is_empty(),
             None => {
@@ -3050,6 +3173,9 @@ impl Half for Down {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
+        if self.h2.is_some() {
+            return self.h2_poll_timeout();
+        }
         if self.ex.is_some() || self.tunnel.is_some() {
             // The upstream's timeouts govern an exchange in progress, but for a stall.
             self.stall_deadline()
@@ -3066,10 +3192,17 @@ impl Half for Down {
         // With no input and no event waiting, `process_input` finds nothing: what the
         // connection has to send is collected after every mail too, and the events waiting
         // for earlier exchanges (`backlog`) are resumed by the mail that ends those.
+        if self.h2.is_some() {
+            return self.h2_wants_process();
+        }
         !self.io.input.is_empty() || self.tunnel.is_some() || self.conn.has_events()
     }
 
     fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
+        if self.h2.is_some() {
+            self.h2_flush(ctx, ctx.clock.now());
+            return;
+        }
         // Usually the exchange ended before its last bytes were written: no clock read then.
         if n > 0 && self.ex.is_some() {
             self.progress = ctx.clock.now();
@@ -3078,6 +3211,12 @@ impl Half for Down {
     }
 
     fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        // What came so far is all there is: HTTP/1.x unless it was the whole preface.
+        self.sniffing = false;
+        if self.h2.is_some() {
+            self.h2_on_eof(ctx, now);
+            return;
+        }
         self.process_input(ctx, now);
         if let Some(t) = self.tunnel.as_ref() {
             // The client is done sending: the upstream gets a FIN after what it has queued,
@@ -3094,6 +3233,10 @@ impl Half for Down {
     }
 
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.h2.is_some() {
+            self.h2_on_timeout(ctx, now);
+            return;
+        }
         if self.stall_deadline().is_some_and(|d| now >= d) {
             self.stalled(ctx, now);
         }
@@ -3102,11 +3245,20 @@ impl Half for Down {
     }
 
     fn begin_shutdown(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.h2.is_some() {
+            self.h2_shutdown(ctx, now);
+            return;
+        }
         self.conn.close();
         self.process_input(ctx, now);
     }
 
     fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: Mail, now: Instant) {
+        if self.h2.is_some() {
+            self.h2_apply(ctx, mail.0, now);
+            self.h2_flush(ctx, now);
+            return;
+        }
         self.progress = now;
         self.apply(ctx, mail.0, now);
         self.collect();
@@ -3114,6 +3266,10 @@ impl Half for Down {
 
     fn close(mut self, ctx: &mut WorkerCtx) {
         self.shared.stats.downstream_open.fetch_sub(1, Relaxed);
+        if self.h2.is_some() {
+            self.h2_close(ctx);
+            return;
+        }
         self.end_tunnel(ctx);
         let now = ctx.clock.now();
         if let Some(mut ex) = self.ex.take() {
@@ -3162,6 +3318,8 @@ impl Downstream for Down {
             fwd_host: None,
             trusted: false,
             spare: None,
+            sniffing: true,
+            h2: None,
         })
     }
 
@@ -3296,11 +3454,12 @@ impl Upstream for Up {
         let u = shared.stats.upstreams.get(idx)?;
         u.open.fetch_add(1, Relaxed);
         // Who waits for this connect (to be told if it fails).
-        let owner = shared
+        let (owner, wait) = shared
             .worker(ctx.index)
             .tickets
             .get(slot)
-            .and_then(|t| t.as_ref().and_then(|(_, o)| *o));
+            .and_then(|t| t.as_ref().and_then(|(_, o)| *o))
+            .map_or((None, 0), |(p, w)| (Some(p), w));
         io.set_connect_deadline(Some(now + shared.cfg.connect_timeout));
         if let Some(t) = &shared.cfg.upstream_tls {
             // HTTPS upstream: the handshake starts once the connect completes; the request
@@ -3316,6 +3475,7 @@ impl Upstream for Up {
             ticket: Some(slot),
             alive: Arc::new(AtomicBool::new(true)),
             owner,
+            wait,
             req: None,
             inflight: 0,
             tag: None,
@@ -3356,7 +3516,7 @@ impl Upstream for Up {
 /// sent, so the client may retry it).
 fn drop_stale(ctx: &mut WorkerCtx, shared: &HttpShared, kind: Kind) {
     match kind {
-        Kind::Leased(lease) => {
+        Kind::Leased(lease, _) => {
             shared
                 .worker(ctx.index)
                 .checkin(ctx, &shared.stats, *lease, true, ctx.clock.now());
@@ -3369,6 +3529,7 @@ fn drop_stale(ctx: &mut WorkerCtx, shared: &HttpShared, kind: Kind) {
                     fresh: false,
                     unsent: true,
                     tag: Some(r.tag),
+                    wait: 0,
                 };
                 send(ctx, r.owner, failed);
             }

@@ -129,6 +129,8 @@ pub struct ProxyStats {
     pub downstream_open: AtomicI64,
     /// Protocol switches relayed (HTTP `101` to an `Upgrade` request, `2xx` to CONNECT).
     pub upgrades: AtomicU64,
+    /// Client connections that spoke HTTP/2 (h2c with prior knowledge, or ALPN `h2`).
+    pub h2_connections: AtomicU64,
     /// Per worker, the keep-alive pool's figures (`ferry-pool`'s metrics): active, idle,
     /// connecting, waiting, created, closed, failed, timed out.
     pub pool: Vec<[AtomicU64; 8]>,
@@ -244,6 +246,7 @@ impl ProxyStats {
             answered_429: AtomicU64::new(0),
             downstream_open: AtomicI64::new(0),
             upgrades: AtomicU64::new(0),
+            h2_connections: AtomicU64::new(0),
             pool: (0..workers).map(|_| Default::default()).collect(),
             pool_wait: (0..workers).map(|_| Default::default()).collect(),
         }
@@ -354,6 +357,17 @@ impl ProxyStats {
             s,
             "ferry_proxy_upgrades_total{{protocol=\"{p}\"}} {}",
             self.upgrades.load(Relaxed)
+        );
+        family(
+            &mut s,
+            "ferry_proxy_http2_connections_total",
+            "counter",
+            "Client connections that spoke HTTP/2 (h2c prior knowledge or ALPN h2).",
+        );
+        let _ = writeln!(
+            s,
+            "ferry_proxy_http2_connections_total{{protocol=\"{p}\"}} {}",
+            self.h2_connections.load(Relaxed)
         );
         family(
             &mut s,
