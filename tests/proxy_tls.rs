@@ -53,19 +53,9 @@ fn start(proto: &str, driver: &str, upstream: &str, cert: &Cert, extra: &[&str])
     proxy(proto, driver, upstream, &refs)
 }
 
-/// `ferry proxy` on `driver`, checked to run there (no silent fallback from io_uring where
-/// io_uring works).
+/// `ferry proxy` on `driver` (checked to run there by `start_proxy`).
 fn proxy(proto: &str, driver: &str, upstream: &str, flags: &[&str]) -> Server {
-    let s = Server::start_proxy(proto, driver, upstream, flags, &[]).0;
-    if driver == "epoll" || uring_works() {
-        assert_eq!(s.driver, driver);
-    }
-    s
-}
-
-fn uring_works() -> bool {
-    let out = Command::new(common::BIN).arg("probe").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("auto: uring")
+    Server::start_proxy(proto, driver, upstream, flags, &[]).0
 }
 
 /// HTTPS from the first byte: curl trusting the test CA gets the upstream's answer with

@@ -141,7 +141,12 @@ impl Server {
             driver,
         ];
         args.extend_from_slice(extra);
-        (Server::launch(proto, &args, env, None), admin)
+        let s = Server::launch(proto, &args, env, None);
+        // No silent fallback from io_uring where io_uring works.
+        if driver == "epoll" || (driver == "uring" && uring_works()) {
+            assert_eq!(s.driver, driver);
+        }
+        (s, admin)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -220,6 +225,16 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Whether `ferry probe` finds io_uring usable here (else its uring driver falls back to
+/// epoll); asked once per test binary.
+pub fn uring_works() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let out = Command::new(bin()).arg("probe").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("auto: uring")
+    })
 }
 
 /// `n` different loopback addresses with nothing listening (the ports are held together
