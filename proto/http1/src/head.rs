@@ -643,6 +643,13 @@ const HOST_BYTE: [bool; 256] = {
 /// Whether an absolute-form target's authority (after any `userinfo@`) holds only the bytes
 /// a `Host` may ([`HOST_BYTE`]); true for the other forms (origin, authority, `*`). A proxy
 /// makes the forwarded `Host` from it.
+/// Whether `value` is a `Host` value an HTTP/1.1 server accepts: a `reg-name`, IP literal
+/// or `:port` of RFC 3986, as the request parser checks it (a proxy checks an HTTP/2
+/// `:authority` with it before making it a `Host`).
+pub fn is_host_value(value: &[u8]) -> bool {
+    !value.is_empty() && value.iter().all(|&b| HOST_BYTE[b as usize])
+}
+
 pub(crate) fn absolute_authority_ok(target: &[u8]) -> bool {
     absolute_authority(target).is_none_or(|h| h.iter().all(|&b| HOST_BYTE[b as usize]))
 }

@@ -127,8 +127,9 @@ impl Refused {
 
 /// The HTTP/1.1 request head for an HTTP/2 request (`end`: its HEADERS ended the stream):
 /// `:method` `:path` as the request line, `:authority` as `Host` (or the `host` field when
-/// there is no `:authority`), `cookie` crumbs joined in one field, `te` dropped. The body
-/// goes as `Content-Length` when the request declared one, else chunked.
+/// there is no `:authority`; neither, or an invalid one, is a `400`, as is a target not in
+/// origin-form), `cookie` crumbs joined in one field, `te` dropped. The body goes as
+/// `Content-Length` when the request declared one, else chunked.
 pub(super) fn to_http1(
     req: &ferry_http2::Request,
     id: StreamId,
@@ -159,6 +160,20 @@ pub(super) fn to_http1(
     }
     if !cookie.is_empty() {
         list.push((b"cookie", &cookie));
+    }
+    // RFC 9113 §8.3.1: an `http`/`https` request carries `:authority` or `Host`; HTTP/1.1
+    // needs exactly one valid `Host` (RFC 9112 §3.2), and a target in origin-form (or `*`
+    // for OPTIONS): what an HTTP/1.1 upstream would refuse is refused here.
+    let mut hosts = list.iter().filter(|(n, _)| *n == b"host");
+    let host_ok = hosts
+        .next()
+        .is_some_and(|(_, v)| ferry_http1::head::is_host_value(v))
+        && hosts.next().is_none();
+    let path = req.path_bytes();
+    let target_ok =
+        path.first() == Some(&b'/') || (path == b"*" && req.method_bytes() == b"OPTIONS");
+    if !host_ok || !target_ok {
+        return Err(Refused::BadRequest);
     }
     let body = match req.content_length() {
         Some(n) if end && n > 0 => return Err(Refused::BadRequest),
@@ -903,6 +918,149 @@ mod tests {
             .expect("a request");
         let end = matches!(it.next(), Some(H2Event::End { id: e }) if *e == id);
         (req, id, end)
+    }
+
+    /// What an HTTP/1.1 server reads of `head` sent upstream as the proxy sends it
+    /// (`send_forwarded_request`, framing fields left to `body`): every request head it
+    /// parses, and whether any byte was left over or refused.
+    fn upstream_reads(head: &ferry_http1::Request) -> (Vec<ferry_http1::Request>, bool) {
+        use ferry_http1::{Body as H1Body, ClientConfig, ClientConnection as H1Client};
+        use ferry_http1::{ServerConfig, ServerConnection as H1Server};
+        let now = Instant::ZERO;
+        let mut client = H1Client::new(Arc::new(ClientConfig::default()), now);
+        let body = match head.body_kind() {
+            BodyKind::Length(n) => H1Body::Length(n),
+            BodyKind::Empty => H1Body::Empty,
+            _ => H1Body::Chunked,
+        };
+        let keep = |n: &[u8]| {
+            !n.eq_ignore_ascii_case(b"content-length")
+                && !n.eq_ignore_ascii_case(b"transfer-encoding")
+        };
+        client
+            .send_forwarded_request(now, head, keep, &[], body)
+            .expect("a converted head is sent");
+        let mut wire = BytesMut::new();
+        while let Some(b) = client.poll_transmit() {
+            wire.extend_from_slice(&b);
+        }
+        let mut server = H1Server::new(Arc::new(ServerConfig::default()), now);
+        let refused = server.handle_input(now, &mut wire).is_err();
+        let heads = std::iter::from_fn(|| server.poll_event())
+            .filter_map(|e| match e {
+                ferry_http1::server::Event::Request(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        (heads, refused || !wire.is_empty())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// No request smuggling through the downgrade: whatever head ferry-http2 accepts and
+        /// the conversion lets through reaches an HTTP/1.1 upstream as exactly one request
+        /// with the client's method, target, `Host` and fields (cookies joined, `te`
+        /// dropped) and the framing the HTTP/2 stream had; everything else is refused.
+        #[test]
+        fn a_converted_head_is_read_upstream_as_exactly_that_request(
+            method in proptest::prop_oneof![
+                4 => proptest::sample::select(vec!["GET", "POST", "PUT", "OPTIONS"]),
+                1 => proptest::sample::select(vec!["G ET", "GET\r\nX: y", "M:X", "", "get"]),
+            ],
+            path in proptest::prop_oneof![
+                4 => proptest::sample::select(vec!["/", "/ok?q=1", "/%0d%0a", "*"]),
+                1 => proptest::sample::select(vec!["/a b", "/a\r\nX: y", "http://x/", "/\0", "a"]),
+            ],
+            authority in proptest::prop_oneof![
+                4 => proptest::sample::select(vec!["h", "h:80", "[::1]:8080", "u@h"]),
+                1 => proptest::sample::select(vec!["h\r\nx: y", "", "a b", "h\n", "h/x"]),
+            ],
+            fields in proptest::collection::vec((
+                proptest::prop_oneof![
+                    4 => proptest::sample::select(vec![
+                        "x-a", "cookie", "te", "host", "content-length", "accept", "x-b",
+                    ]),
+                    1 => proptest::sample::select(vec![
+                        "x a", "x\r\nb", "x:y", "transfer-encoding", "connection", "upgrade",
+                        "X-Up", "x\u{e9}",
+                    ]),
+                ],
+                proptest::collection::vec(proptest::prop_oneof![
+                    12 => proptest::sample::select(vec![b'a', b'0', b'5', b';', b',', b':', b'=', 0x80]),
+                    1 => proptest::sample::select(vec![b'\r', b'\n', 0u8, 0x7f, b' ', b'\t']),
+                ], 0..6),
+            ), 0..6),
+            streaming in proptest::bool::ANY,
+        ) {
+            let events = serve(|c| {
+                let fs: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, &v[..])).collect();
+                let head = RequestHead::new(method, "http", authority, path).fields(&fs);
+                let body = if streaming { ferry_http2::Body::Streaming } else { ferry_http2::Body::Empty };
+                let _ = c.send_request(&head, body);
+            });
+            let Some((id, req)) = events.iter().find_map(|e| match e {
+                H2Event::Request { id, request } => Some((*id, request)),
+                _ => None,
+            }) else {
+                return Ok(()); // refused by the HTTP/2 side (a stream or connection error)
+            };
+            let end = events.iter().any(|e| matches!(e, H2Event::End { id: e } if *e == id));
+            let Ok(h1) = to_http1(req, id, end) else {
+                return Ok(()); // refused by the conversion (400 or 501)
+            };
+            let (heads, leftover) = upstream_reads(&h1);
+            proptest::prop_assert_eq!(heads.len(), 1);
+            proptest::prop_assert!(!leftover);
+            let up = &heads[0];
+            proptest::prop_assert_eq!(up.method_str().as_bytes(), req.method_bytes());
+            proptest::prop_assert_eq!(up.target_bytes(), req.path_bytes());
+            let want_host = req.authority_bytes().filter(|a| !a.is_empty());
+            if let Some(a) = want_host {
+                proptest::prop_assert_eq!(up.headers().get_all("host").collect::<Vec<_>>(), vec![a]);
+            }
+            let mut cookie: Vec<u8> = Vec::new();
+            let mut want: Vec<(String, Vec<u8>)> = Vec::new();
+            for (n, v) in req.fields().iter() {
+                match n {
+                    "cookie" => {
+                        if !cookie.is_empty() {
+                            cookie.extend_from_slice(b"; ");
+                        }
+                        cookie.extend_from_slice(v);
+                    }
+                    "te" | "content-length" => {}
+                    "host" if want_host.is_some() => {}
+                    _ => want.push((n.to_string(), v.to_vec())),
+                }
+            }
+            if !cookie.is_empty() {
+                want.push(("cookie".into(), cookie));
+            }
+            let got: Vec<(String, Vec<u8>)> = up
+                .headers()
+                .iter_bytes()
+                .filter(|(n, _)| {
+                    !(n.eq_ignore_ascii_case(b"content-length")
+                        || n.eq_ignore_ascii_case(b"transfer-encoding")
+                        || (want_host.is_some() && n.eq_ignore_ascii_case(b"host")))
+                })
+                .map(|(n, v)| (String::from_utf8_lossy(n).to_ascii_lowercase(), v.to_vec()))
+                .collect();
+            proptest::prop_assert_eq!(got, want);
+            // The framing the stream had: no body when HEADERS ended it, else the declared
+            // length or chunked.
+            let framing = match (end, req.content_length()) {
+                (true, _) => BodyKind::Empty,
+                (false, Some(n)) => BodyKind::Length(n),
+                (false, None) => BodyKind::Chunked,
+            };
+            let got_framing = match up.body_kind() {
+                BodyKind::Length(0) if end => BodyKind::Empty,
+                k => k,
+            };
+            proptest::prop_assert_eq!(got_framing, framing);
+        }
     }
 
     #[test]
