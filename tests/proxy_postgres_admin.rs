@@ -29,7 +29,74 @@ def pool(c):
     rows = [r for r in show(c, 'POOLS') if r['database'] == 'postgres' and r['user'] == 'tester']
     assert len(rows) <= 1, rows
     return rows[0] if rows else None
+def to(db, **kw):
+    return psycopg.connect(host='127.0.0.1', port=PROXY, user='tester', dbname=db,
+                           sslmode='disable', autocommit=True, connect_timeout=10,
+                           prepare_threshold=None, **kw)
+def console_error(c, sql):
+    try:
+        c.execute(sql)
+    except psycopg.Error as e:
+        return e
+    raise SystemExit('no error for ' + sql)
+def database(c, name):
+    rows = [r for r in show(c, 'DATABASES') if r['name'] == name]
+    assert len(rows) == 1, show(c, 'DATABASES')
+    return rows[0]
+def backends(db):
+    with direct() as d:
+        return {r[0] for r in d.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = 'tester' AND datname = %s", (db,))}
+def read_msg(s):
+    head = b''
+    while len(head) < 5:
+        b = s.recv(5 - len(head))
+        if not b:
+            return None
+        head += b
+    n = int.from_bytes(head[1:], 'big') - 4
+    data = b''
+    while len(data) < n:
+        b = s.recv(n - len(data))
+        if not b:
+            return None
+        data += b
+    return head[:1], data
+def fields(data):
+    return {f[:1].decode(): f[1:].decode() for f in data.split(b'\0') if f}
+def raw(db):
+    # A raw protocol client of `db` logged in (trust): its socket, or the login's
+    # ErrorResponse fields.
+    import socket
+    s = socket.create_connection(('127.0.0.1', PROXY), timeout=20)
+    body = (196608).to_bytes(4, 'big') + b'user\0tester\0database\0' + db.encode() + b'\0\0'
+    s.sendall((len(body) + 4).to_bytes(4, 'big') + body)
+    while True:
+        m = read_msg(s)
+        assert m is not None, 'EOF during login'
+        if m[0] == b'E':
+            return fields(m[1])
+        if m[0] == b'Z':
+            return s
+def raw_query(s, sql):
+    q = sql.encode() + b'\0'
+    s.sendall(b'Q' + (len(q) + 4).to_bytes(4, 'big') + q)
+    msgs = []
+    while True:
+        m = read_msg(s)
+        msgs.append(m)
+        if m is None or m[0] == b'Z':
+            return msgs
+def until(f, what):
+    for _ in range(600):
+        if f():
+            return
+        time.sleep(0.05)
+    raise SystemExit('timed out waiting for ' + what)
 "#;
+
+/// The second database of the per-database tests.
+const DB2: &str = "CREATE DATABASE db2";
 
 fn psql_console(port: u16, db: &str, password: Option<&str>, sql: &str) -> std::process::Output {
     output(&mut psql_cmd(
@@ -321,4 +388,357 @@ fn console_authenticates() {
     ));
     assert!(!out.status.success(), "{}", show(&out));
     assert_ne!(out.status.code(), Some(TIMED_OUT), "{}", show(&out));
+}
+
+/// `SHOW DATABASES`, `SHOW USERS` and `SHOW LISTS` (PgBouncer's columns) list the databases
+/// and users clients used, with the upstream, the server connections and the switches.
+#[test]
+fn databases_users_and_lists() {
+    let Some((pg, p)) = setup(opts(2)) else {
+        return;
+    };
+    if !p.is_ferry() {
+        return;
+    }
+    pg.sql(DB2);
+    let script = format!(
+        "{CONSOLE}\n{}",
+        r#"
+adm = console()
+a = to('postgres')
+b = to('db2')
+a.execute('SELECT 1')
+b.execute('SELECT 1')
+for name in ['postgres', 'db2']:
+    d = database(adm, name)
+    assert (d['host'], d['port'], d['database']) == ('127.0.0.1', str(PG), name), d
+    assert (d['pool_size'], d['pool_mode'], d['paused'], d['disabled']) == ('2', 'transaction', '0', '0'), d
+    assert int(d['current_connections']) >= 1, d
+assert not [r for r in show(adm, 'DATABASES') if r['name'] in ('ferry', 'pgbouncer')]
+users = show(adm, 'USERS')
+assert [u['name'] for u in users] == ['tester'], users
+lists = {r['list']: int(r['items']) for r in show(adm, 'LISTS')}
+assert lists['databases'] >= 3, lists  # postgres, db2 and the console's
+assert lists['users'] == 1, lists
+assert lists['used_clients'] == 3, lists
+assert lists['login_clients'] == 0, lists
+assert lists['used_servers'] >= 2, lists
+assert lists['pools'] >= 3, lists
+print('ok')
+"#
+    );
+    assert_eq!(py_ok(60, p.port(), pg.port, &script).trim(), "ok");
+}
+
+/// `PAUSE db` waits for that database's transaction in progress only, holds that
+/// database's new queries until `RESUME db`, and leaves the other database alone; its errors
+/// are PgBouncer's and leave the session usable.
+#[test]
+fn pause_and_resume_one_database() {
+    let Some((pg, p)) = setup(PoolOpts {
+        extra: vec!["--pool-wait-timeout".into(), "60s".into()],
+        ..opts(2)
+    }) else {
+        return;
+    };
+    if !p.is_ferry() {
+        return;
+    }
+    pg.sql(DB2);
+    let script = format!(
+        "{CONSOLE}\n{}",
+        r#"
+adm = console()
+adm2 = console(db='pgbouncer')
+other = to('postgres')
+h = to('db2')
+h.execute('BEGIN')
+h.execute('SELECT 1')
+e = console_error(adm2, 'PAUSE ferry')
+assert isinstance(e, errors.SyntaxError) and 'cannot pause admin db: ferry' in str(e), e
+e = console_error(adm2, 'RESUME db2')
+assert 'database db2 is not paused' in str(e), e
+e = console_error(adm2, 'RESUME nosuchdb')
+assert 'no such database: nosuchdb' in str(e), e
+e = console_error(adm2, 'PAUSE db2 postgres')
+assert "invalid command 'PAUSE db2 postgres'" in str(e), e
+paused = threading.Event()
+def do_pause():
+    adm.execute('PAUSE db2')
+    paused.set()
+tp = threading.Thread(target=do_pause)
+tp.start()
+until(lambda: database(adm2, 'db2')['paused'] == '1', 'db2 paused')
+assert database(adm2, 'postgres')['paused'] == '0'
+assert {r['key']: r['value'] for r in show(adm2, 'STATE')}['paused'] == 'no'
+# The other database goes on; db2's open transaction holds PAUSE back.
+assert other.execute('SELECT 7').fetchone()[0] == 7
+assert not paused.is_set()
+c2 = to('db2')
+got = []
+def query():
+    got.append(c2.execute('SELECT 42').fetchone()[0])
+tq = threading.Thread(target=query)
+tq.start()
+until(lambda: [r for r in show(adm2, 'CLIENTS') if r['state'] == 'waiting'], 'a waiting client')
+assert [r['database'] for r in show(adm2, 'CLIENTS') if r['state'] == 'waiting'] == ['db2']
+h.execute('COMMIT')
+tp.join(30)
+assert paused.is_set()
+assert got == []
+assert other.execute('SELECT 8').fetchone()[0] == 8
+adm2.execute('RESUME db2')
+tq.join(30)
+assert got == [42], got
+assert database(adm2, 'db2')['paused'] == '0'
+h.execute('SELECT 1')
+print('ok')
+"#
+    );
+    assert_eq!(py_ok(90, p.port(), pg.port, &script).trim(), "ok");
+}
+
+/// `DISABLE db` refuses new logins to that database with PgBouncer's error (08P01) while
+/// its open sessions and other databases go on; `ENABLE db` lets them in again.
+#[test]
+fn disable_refuses_new_logins_until_enable() {
+    let Some((pg, p)) = setup(opts(2)) else {
+        return;
+    };
+    if !p.is_ferry() {
+        return;
+    }
+    pg.sql(DB2);
+    let script = format!(
+        "{CONSOLE}\n{}",
+        r#"
+adm = console()
+e = console_error(adm, 'DISABLE')
+assert 'a database is required' in str(e), e
+e = console_error(adm, 'ENABLE nosuchdb')
+assert 'no such database: nosuchdb' in str(e), e
+e = console_error(adm, 'DISABLE pgbouncer')
+assert 'cannot disable admin db: pgbouncer' in str(e), e
+old = to('db2')
+old.execute('SELECT 1')
+adm.execute('DISABLE db2')
+assert database(adm, 'db2')['disabled'] == '1'
+try:
+    to('db2')
+    raise SystemExit('login let in')
+except psycopg.OperationalError as e:
+    assert 'database does not allow connections: db2' in str(e), e
+assert old.execute('SELECT 5').fetchone()[0] == 5
+assert to('postgres').execute('SELECT 6').fetchone()[0] == 6
+# PgBouncer's FATAL, SQLSTATE 08P01.
+f = raw('db2')
+assert (f['S'], f['C'], f['M']) == ('FATAL', '08P01', 'database does not allow connections: db2'), f
+adm.execute('ENABLE db2')
+assert database(adm, 'db2')['disabled'] == '0'
+assert to('db2').execute('SELECT 9').fetchone()[0] == 9
+print('ok')
+"#
+    );
+    assert_eq!(py_ok(60, p.port(), pg.port, &script).trim(), "ok");
+    // psql shows the refusal.
+    let out = psql_console(p.port(), "ferry", None, "DISABLE db2");
+    assert!(out.status.success(), "{}", show(&out));
+    let out = output(&mut psql_cmd(
+        p.port(),
+        "tester",
+        None,
+        &["-d", "db2", "-c", "SELECT 1"],
+    ));
+    assert!(!out.status.success());
+    assert_ne!(out.status.code(), Some(TIMED_OUT), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("database does not allow connections: db2"),
+        "{}",
+        show(&out)
+    );
+}
+
+/// `KILL db` drops that database's clients (idle or mid-transaction: FATAL 08P01
+/// "database removed") and server connections at once, pauses it until `RESUME db`, and
+/// leaves the other database alone.
+#[test]
+fn kill_drops_a_databases_clients_and_servers() {
+    let Some((pg, p)) = setup(PoolOpts {
+        extra: vec!["--pool-wait-timeout".into(), "60s".into()],
+        ..opts(2)
+    }) else {
+        return;
+    };
+    if !p.is_ferry() {
+        return;
+    }
+    pg.sql(DB2);
+    let script = format!(
+        "{CONSOLE}\n{}",
+        r#"
+adm = console()
+other = to('postgres')
+other.execute('SELECT 1')
+idle = to('db2')
+idle.execute('SELECT 1')
+busy = to('db2')
+busy.execute('BEGIN')
+busy.execute('SELECT 1')
+r = raw('db2')
+assert raw_query(r, 'SELECT 1')[-1][0] == b'Z'
+assert backends('db2'), 'no db2 backends'
+keep = backends('postgres')
+e = console_error(adm, 'KILL ferry')
+assert 'cannot kill admin db: ferry' in str(e), e
+adm.execute('KILL db2')
+assert not [r for r in show(adm, 'CLIENTS') if r['database'] == 'db2'], show(adm, 'CLIENTS')
+assert not [r for r in show(adm, 'SERVERS') if r['database'] == 'db2'], show(adm, 'SERVERS')
+# An idle client gets PgBouncer's FATAL at once, then EOF.
+m = read_msg(r)
+assert m is not None and m[0] == b'E', m
+f = fields(m[1])
+assert (f['S'], f['C'], f['M']) == ('FATAL', '08P01', 'database removed'), f
+assert read_msg(r) is None
+for c in (idle, busy):
+    try:
+        c.execute('SELECT 1')
+        raise SystemExit('still connected')
+    except psycopg.OperationalError:
+        pass
+# PostgreSQL's db2 backends end (the proxy closed them).
+until(lambda: not backends('db2'), 'db2 backends gone')
+assert backends('postgres') >= keep
+assert other.execute('SELECT 2').fetchone()[0] == 2
+assert database(adm, 'db2')['paused'] == '1'
+# A new client's query waits for RESUME.
+late = to('db2')
+got = []
+def query():
+    got.append(late.execute('SELECT 3').fetchone()[0])
+t = threading.Thread(target=query)
+t.start()
+until(lambda: [r for r in show(adm, 'CLIENTS') if r['state'] == 'waiting'], 'a waiting client')
+assert got == []
+adm.execute('RESUME db2')
+t.join(30)
+assert got == [3], got
+print('ok')
+"#
+    );
+    assert_eq!(py_ok(90, p.port(), pg.port, &script).trim(), "ok");
+}
+
+/// `RECONNECT db` closes that database's idle server connections at once and a busy one
+/// when its transaction ends; new server connections replace them; the other database's
+/// stay.
+#[test]
+fn reconnect_replaces_a_databases_server_connections() {
+    let Some((pg, p)) = setup(opts(2)) else {
+        return;
+    };
+    if !p.is_ferry() {
+        return;
+    }
+    pg.sql(DB2);
+    let script = format!(
+        "{CONSOLE}\n{}",
+        r#"
+adm = console()
+other = to('postgres')
+other.execute('SELECT 1')
+keep = backends('postgres')
+busy = to('db2')
+busy.execute('BEGIN')
+busy_pid = busy.execute('SELECT pg_backend_pid()').fetchone()[0]
+# Another server connection, idle once its query is answered.
+a = to('db2')
+a.execute('SELECT 1')
+old = backends('db2')
+assert busy_pid in old and len(old) == 2, old
+e = console_error(adm, 'RECONNECT pgbouncer')
+assert 'cannot reconnect admin db: pgbouncer' in str(e), e
+adm.execute('RECONNECT db2')
+# The idle ones go now; the busy one stays until its transaction ends.
+until(lambda: backends('db2') & old == {busy_pid}, 'idle db2 servers closed')
+assert busy.execute('SELECT pg_backend_pid()').fetchone()[0] == busy_pid
+busy.execute('COMMIT')
+until(lambda: busy_pid not in backends('db2'), 'the busy server closed once released')
+pid = a.execute('SELECT pg_backend_pid()').fetchone()[0]
+assert pid not in old, (pid, old)
+assert busy.execute('SELECT 4').fetchone()[0] == 4
+assert keep <= backends('postgres'), 'the other database kept its servers'
+assert other.execute('SELECT pg_backend_pid()').fetchone()[0] in keep
+print('ok')
+"#
+    );
+    assert_eq!(py_ok(90, p.port(), pg.port, &script).trim(), "ok");
+}
+
+/// What happened before any console session was open (connections then publish nothing)
+/// is exact in the first session's first answers: transactions held, a client waiting,
+/// the servers' pids and links, and the queries counted.
+#[test]
+fn the_first_console_session_sees_what_happened_before() {
+    let Some((pg, p)) = setup(PoolOpts {
+        extra: vec!["--pool-wait-timeout".into(), "60s".into()],
+        ..opts(2)
+    }) else {
+        return;
+    };
+    if !p.is_ferry() {
+        return;
+    }
+    let script = format!(
+        "{CONSOLE}\n{}",
+        r#"
+holders = [connect(PROXY) for _ in range(3)]
+pids = []
+for h in holders[:2]:
+    h.execute('BEGIN')
+    pids.append(h.execute('SELECT pg_backend_pid()').fetchone()[0])
+for i in range(5):
+    holders[0].execute('SELECT %s::int', (i,))
+done = threading.Event()
+def third():
+    holders[2].execute('SELECT 1')
+    done.set()
+t = threading.Thread(target=third)
+t.start()
+# The third client's query reaches the proxy (it waits: both servers are taken).
+time.sleep(1)
+assert not done.is_set()
+adm = console()
+p = first = pool(adm)
+for _ in range(400):
+    # (On a loaded machine the query may come after the console session opened.)
+    if p['cl_waiting'] == '1':
+        break
+    time.sleep(0.05)
+    p = pool(adm)
+assert (p['cl_active'], p['cl_waiting'], p['sv_active'], p['sv_idle']) == ('2', '1', '2', '0'), p
+if first['cl_waiting'] == '1':
+    # Waiting since before the session opened.
+    assert int(p['maxwait']) * 1000000 + int(p['maxwait_us']) >= 500000, p
+servers = show(adm, 'SERVERS')
+assert sorted(int(r['remote_pid']) for r in servers) == sorted(pids), (servers, pids)
+clients = [r for r in show(adm, 'CLIENTS') if r['database'] == 'postgres']
+by_ptr = {r['ptr']: r for r in servers}
+assert sorted(r['state'] for r in clients) == ['active', 'active', 'waiting'], clients
+for c in clients:
+    if c['state'] == 'active':
+        assert by_ptr[c['link']]['link'] == c['ptr'], (c, servers)
+st = [r for r in show(adm, 'STATS') if r['database'] == 'postgres'][0]
+# BEGIN and pg_backend_pid twice, five SELECTs.
+assert int(st['total_query_count']) >= 9, st
+for h in holders[:2]:
+    h.execute('COMMIT')
+t.join(30)
+assert done.is_set()
+st2 = [r for r in show(adm, 'STATS') if r['database'] == 'postgres'][0]
+assert int(st2['total_query_count']) == int(st['total_query_count']) + 3, (st, st2)
+assert int(st2['total_wait_time']) >= 500000, st2
+print('ok')
+"#
+    );
+    assert_eq!(py_ok(90, p.port(), pg.port, &script).trim(), "ok");
 }

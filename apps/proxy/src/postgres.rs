@@ -226,6 +226,8 @@ struct SrvRef {
     up: usize,
     pid: i32,
     secret: i32,
+    /// Its database's `RECONNECT` generation when it was made (admin console).
+    epoch: u32,
 }
 
 /// One pool key's server connections on one worker.
@@ -680,6 +682,9 @@ enum M {
     LoginFailed(Bytes),
     /// Server → waiting clients: no server connection could be made.
     ConnectFailed,
+    /// A worker's tick → its connection: an admin console order (`KILL`, `RECONNECT`, or
+    /// publish your state for a console session that just opened).
+    Admin(admin::Order),
 }
 
 /// A client TLS session for upstream `up` (`--upstream-tls`), its certificate to be checked
@@ -965,6 +970,16 @@ impl PgDown {
             self.console_auth(&s.key.user);
             return;
         }
+        if self.disabled() {
+            if let Phase::Auth(l) = &mut self.phase {
+                l.refuse(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("database does not allow connections: {}", s.key.database),
+                );
+            }
+            self.flush_login();
+            return;
+        }
         let id = sh
             .worker(ctx.index)
             .pool_id(&s.key, sh.stats.upstreams.len());
@@ -1043,7 +1058,7 @@ impl PgDown {
     fn authenticated(&mut self, ctx: &mut WorkerCtx, now: Instant) {
         if self.key.is_none() {
             // No pool: the admin console.
-            self.console_greet();
+            self.console_greet(now);
             return;
         }
         self.phase = Phase::Login;
@@ -1173,9 +1188,16 @@ impl PgDown {
         if let Some((_, _, cell)) = &self.cancel {
             cell.clear();
         }
-        post(ctx, s.peer, M::Release);
         self.unacked = 0;
         self.owed = 0;
+        if self.stale(s.epoch) {
+            // Made before the console's RECONNECT: closed, not pooled (a new one is made
+            // for whoever waits).
+            post(ctx, s.peer, M::Close);
+            self.release_draining();
+            return;
+        }
+        post(ctx, s.peer, M::Release);
         let sh = self.shared.clone();
         let key = self.key.clone();
         if let Some(w) = sh.worker(ctx.index).release(&sh, self.pool, s) {
@@ -1183,6 +1205,11 @@ impl PgDown {
                 post(ctx, w, M::Attached(s, k));
             }
         }
+        self.release_draining();
+    }
+
+    /// After giving the server connection back: a draining client goes.
+    fn release_draining(&mut self) {
         if self.draining {
             self.fatal(
                 sqlstate::ADMIN_SHUTDOWN,
@@ -1585,7 +1612,12 @@ impl PgDown {
             M::Lost(srv, why) => {
                 if self.srv.is_some_and(|s| s.peer == srv) {
                     self.srv = None;
-                    self.fatal(sqlstate::CONNECTION_FAILURE, why);
+                    let code = if why == admin::KILLED {
+                        sqlstate::PROTOCOL_VIOLATION
+                    } else {
+                        sqlstate::CONNECTION_FAILURE
+                    };
+                    self.fatal(code, why);
                 }
             }
             M::Retry(srv, out) => self.retry(ctx, srv, out, now),
@@ -1603,8 +1635,31 @@ impl PgDown {
                     );
                 }
             }
-            M::Send { .. } | M::Op { .. } | M::Release | M::Reset | M::Close => {}
+            M::Admin(admin::Order::Kill) => self.killed(ctx),
+            // Publish: `show` after every mail does it.
+            M::Send { .. }
+            | M::Op { .. }
+            | M::Release
+            | M::Reset
+            | M::Close
+            | M::Admin(admin::Order::Reconnect | admin::Order::Publish) => {}
         }
+    }
+
+    /// The console's `KILL` of the client's database: FATAL now, its server connection
+    /// closed (its server gets the order too).
+    #[cold]
+    fn killed(&mut self, ctx: &mut WorkerCtx) {
+        if self.done {
+            return;
+        }
+        if let Some(s) = self.srv.take() {
+            if let Some((_, _, cell)) = &self.cancel {
+                cell.clear();
+            }
+            post(ctx, s.peer, M::Close);
+        }
+        self.fatal(sqlstate::PROTOCOL_VIOLATION, admin::KILLED);
     }
 
     /// Bytes or an op of ours a broken server never wrote ([`M::Retry`]). Once all we sent
@@ -1748,6 +1803,8 @@ pub struct PgUp {
     last_send: Option<Instant>,
     /// Its entry for the admin console (not a cancel connection).
     adm: Option<admin::Handle>,
+    /// Its database's `RECONNECT` generation when it was made.
+    epoch: u32,
 }
 
 impl std::fmt::Debug for PgUp {
@@ -1767,6 +1824,7 @@ impl PgUp {
             up: self.up,
             pid: self.pid,
             secret: self.secret,
+            epoch: self.epoch,
         }
     }
 
@@ -1917,7 +1975,7 @@ impl PgUp {
             map.insert((*key).clone(), (self.up, params));
         }
         self.active = true;
-        if self.draining {
+        if self.draining || self.stale() {
             w.bump(M_CONNECTING, false);
             w.publish(&sh.stats);
             drop(w);
@@ -2204,7 +2262,7 @@ impl PgUp {
         self.owner = None;
         self.unacked = 0;
         self.owed = 0;
-        if self.draining {
+        if self.draining || self.stale() {
             self.terminate();
             return;
         }
@@ -2310,7 +2368,7 @@ impl PgUp {
                 self.last_send = None;
                 self.active = false;
                 self.idle_since = Some(now);
-                if self.draining && !self.done {
+                if (self.draining || self.stale()) && !self.done {
                     let sh = self.shared.clone();
                     if sh
                         .worker(ctx.index)
@@ -2348,8 +2406,50 @@ impl PgUp {
                 self.terminate();
             }
             M::Ack(n) => self.unacked = self.unacked.saturating_sub(n),
+            M::Admin(o) => self.order(ctx, o),
             _ => {}
         }
+    }
+
+    /// An admin console order: `KILL` closes now (its client is told), `RECONNECT` closes
+    /// an idle connection (a busy one closes once released).
+    #[cold]
+    fn order(&mut self, ctx: &mut WorkerCtx, o: admin::Order) {
+        if self.done || matches!(self.phase, SPhase::Cancel) || o == admin::Order::Publish {
+            // Publish: `show` after every mail does it.
+            return;
+        }
+        let sh = self.shared.clone();
+        let idle = self.owner.is_none() && matches!(self.phase, SPhase::Ready);
+        if o == admin::Order::Reconnect {
+            if idle
+                && sh
+                    .worker(ctx.index)
+                    .remove_idle(&sh, self.pool, self.io.me())
+            {
+                self.active = true;
+                self.terminate();
+            }
+            return;
+        }
+        if idle {
+            // Out of the idle list; if a client took it meanwhile, it counts as active.
+            let _ = sh
+                .worker(ctx.index)
+                .remove_idle(&sh, self.pool, self.io.me());
+            self.active = true;
+        }
+        if let Some(p) = self.permit.take() {
+            // Still logging in: not an upstream failure.
+            let mut w = sh.worker(ctx.index);
+            w.breakers[self.up].on_ignored(p);
+            w.bump(M_CONNECTING, false);
+            w.publish(&sh.stats);
+        }
+        if let Some(o) = self.owner {
+            post(ctx, o, M::Lost(self.io.me(), admin::KILLED));
+        }
+        self.terminate();
     }
 
     /// The owner's bytes or op is coming: set its `application_name` first if it is new
@@ -2536,7 +2636,7 @@ impl Half for PgDown {
     }
     fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
         if let Some(a) = &self.adm {
-            a.bytes(0, n);
+            a.sent(n);
         }
         let a = n.min(self.owed);
         if a > 0 {
@@ -2577,6 +2677,11 @@ impl Half for PgDown {
         }
     }
     fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: PgMail, now: Instant) {
+        if let M::Ack(n) = mail.0 {
+            // Flow control only: nothing the console shows changes.
+            self.unacked = self.unacked.saturating_sub(n);
+            return;
+        }
         let before = self.io.input.len();
         self.apply(ctx, mail.0, now);
         self.show(ctx, now, before);
@@ -2584,6 +2689,9 @@ impl Half for PgDown {
     fn close(self, ctx: &mut WorkerCtx) {
         let sh = self.shared.clone();
         sh.stats.downstream_open.fetch_sub(1, Relaxed);
+        if matches!(self.phase, Phase::Admin(_)) {
+            sh.admin.unwatch();
+        }
         if let Some((pid, _, _)) = &self.cancel {
             sh.cancels.remove(*pid);
         }
@@ -2646,6 +2754,15 @@ impl Downstream for PgDown {
             held: false,
             tick: None,
         })
+    }
+
+    /// Every [`admin::TICK`]: carry out the console's `KILL`/`RECONNECT` orders for this
+    /// worker's connections.
+    fn tick(ctx: &mut WorkerCtx, shared: &PgShared, now: Instant) -> Option<Instant> {
+        shared
+            .admin
+            .orders(ctx.index, |peer, o| post(ctx, peer, M::Admin(o)));
+        Some(now + admin::TICK)
     }
 
     /// Mail for a connection that is gone: a server connection handed to a vanished client
@@ -2731,6 +2848,11 @@ impl Half for PgUp {
         }
     }
     fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: PgMail, now: Instant) {
+        if let M::Ack(n) = mail.0 {
+            // Flow control only: nothing the console shows changes.
+            self.unacked = self.unacked.saturating_sub(n);
+            return;
+        }
         self.apply(ctx, mail.0, now);
         self.show(ctx, now);
     }
@@ -2816,6 +2938,7 @@ impl Upstream for PgUp {
             draining: false,
             last_send: None,
             adm: None,
+            epoch: 0,
         };
         match pending {
             Pending::Cancel { up, pid, secret } if shared.cfg.upstream_tls.is_some() => {
@@ -2906,6 +3029,7 @@ mod tests {
             up: 0,
             pid: token as i32,
             secret: 7,
+            epoch: 0,
         }
     }
 

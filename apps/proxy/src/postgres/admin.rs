@@ -1,26 +1,45 @@
 //! The admin console, PgBouncer's: a client of the database `ferry` (or `pgbouncer`, for
 //! existing tooling) is not pooled; the proxy answers its simple-query commands itself
-//! (`SHOW POOLS`, `SHOW CLIENTS`, `SHOW SERVERS`, `SHOW STATS`, `SHOW CONFIG`,
-//! `SHOW VERSION`, `SHOW STATE`, `SHOW HELP`), every value a text column, and `PAUSE` /
-//! `RESUME`.
+//! (`SHOW POOLS`, `SHOW CLIENTS`, `SHOW SERVERS`, `SHOW STATS`, `SHOW DATABASES`,
+//! `SHOW USERS`, `SHOW LISTS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW STATE`, `SHOW HELP`),
+//! every value a text column, and `PAUSE [db]`, `RESUME [db]`, `DISABLE db`, `ENABLE db`,
+//! `KILL [db]` and `RECONNECT [db]`.
 //!
-//! `PAUSE` (for every database) holds every client that needs a server connection from
-//! then on (listed as waiting; `pool_wait_timeout` still applies) and answers once no server
-//! connection serves a client (checked every [`TICK`], from one `TICK` on: whatever took a
-//! server connection before `PAUSE` has published it by then). `RESUME` lets the held
-//! clients go on (within a `TICK`). Server connections stay open meanwhile.
+//! `PAUSE` (for every database, or one) holds every client (of that database) that needs a
+//! server connection from then on (listed as waiting; `pool_wait_timeout` still applies) and
+//! answers once no server connection (of that database) serves a client (checked every
+//! [`TICK`], from one `TICK` on: whatever took a server connection before `PAUSE` has
+//! published it by then). `RESUME` lets the held clients go on (within a `TICK`). Server
+//! connections stay open meanwhile. `DISABLE` refuses new logins to a database (PgBouncer's
+//! FATAL), `KILL` drops its clients and server connections and pauses it, `RECONNECT` closes
+//! its server connections as they are released (idle ones at once).
 //!
 //! What the console shows comes from a [`Registry`]: every client and server connection
-//! keeps a [`Handle`] (an entry in its worker's shard, removed when it is dropped) whose
-//! state, link and times it publishes in atomics after each event it handles; the
-//! per-database counters are atomics too. A console query locks each shard only to clone
-//! its list of entries, so the I/O path never waits on it for long, and memory is one entry
-//! per open connection plus one counter set per database seen (at most [`MAX_DBS`]).
+//! keeps a [`Handle`] (an entry in its worker's shard, removed when it is dropped) in which
+//! it counts bytes, queries, transactions and waits after the events it handles, and
+//! publishes its state, link and times after each event while a console session is open
+//! (without one, an event costs a relaxed load and a plain store: the first session to open
+//! has every connection publish first, through the workers' ticks, and answers after that).
+//! Each value is written by that connection's worker alone, with plain relaxed loads and
+//! stores (no locked read-modify-write, no cache line shared by writers); the console sums
+//! the counters when it asks, plus the totals of the connections closed (folded into their
+//! shard's per-database totals when they drop, under the shard's lock, which the I/O path
+//! takes only at register and drop). A console query locks each shard only to read its
+//! entries, and memory is one entry per open connection plus one entry per database seen
+//! (at most [`MAX_DBS`]) per shard. A state change made while no session was open is dated
+//! by the connection's last event before the session opened (a wait by its start).
+//!
+//! `KILL`, `RECONNECT` and that refresh reach connections of other workers through the
+//! workers' periodic tick ([`Registry::orders`], every [`TICK`]): each worker walks its own
+//! shard and mails the orders to its connections.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst,
+};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -36,15 +55,25 @@ use super::{PgDown, PgShared, PgUp, Phase, PoolMode, SPhase};
 
 /// Database names that reach the console instead of a pool.
 pub(super) const DATABASES: [&str; 2] = ["ferry", "pgbouncer"];
-/// Databases with their own counters for `SHOW STATS`; more share the entry `*`.
+/// Databases with their own entry (counters, `PAUSE`, `DISABLE`, ...); more share the
+/// entry `*`.
 pub(super) const MAX_DBS: usize = 10_000;
+/// Users `SHOW USERS` lists at most.
+const MAX_USERS: usize = 10_000;
 /// Longest console message (a `Query` longer than this is a protocol violation).
 pub(super) const MAX_MESSAGE: usize = 64 * 1024;
 /// SQLSTATE `syntax_error`, PgBouncer's console's code for commands it does not know.
 const SYNTAX_ERROR: &str = "42601";
-/// How often a held client checks for `RESUME`, and a console session waiting on `PAUSE`
-/// for server connections to be released.
+/// How often a held client checks for `RESUME`, a console session waiting on `PAUSE`
+/// or `KILL` checks again, and each worker looks for `KILL`/`RECONNECT` orders.
 pub(super) const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+/// Ticks a `KILL` waits at most for the connections it dropped to be gone before it
+/// answers anyway (they are closing: a client that reads nothing holds its socket open).
+const KILL_TICKS: u32 = 50;
+/// Ticks the first console session waits at most for every connection's state.
+const REFRESH_TICKS: u32 = 20;
+/// The FATAL a client of a killed database gets (PgBouncer's reason).
+pub(super) const KILLED: &str = "database removed";
 
 /// Whether a startup's database is the console.
 pub(super) fn is_console(database: &str) -> bool {
@@ -89,19 +118,71 @@ impl State {
     }
 }
 
-/// Counters of one database (`SHOW STATS`).
+/// One database as the console controls it (shared by its connections' entries).
 #[derive(Debug, Default)]
-pub(super) struct DbStats {
+pub(super) struct Db {
+    /// `PAUSE db` (or `KILL db`) is in effect.
+    paused: AtomicBool,
+    /// `DISABLE db` is in effect: new logins are refused.
+    disabled: AtomicBool,
+    /// Bumped by `RECONNECT`: server connections made before are closed once released.
+    epoch: AtomicU32,
+    /// Bumped by `KILL`: connections registered before are dropped.
+    kills: AtomicU32,
+}
+
+/// `SHOW STATS` counters of one connection, or of a database's closed connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Totals {
     /// Transactions ended (ReadyForQuery `I` from a server to a client).
-    xacts: AtomicU64,
+    xacts: u64,
     /// Queries answered (every ReadyForQuery from a server to a client).
-    queries: AtomicU64,
+    queries: u64,
     /// Bytes read from clients.
-    received: AtomicU64,
+    received: u64,
     /// Bytes written to clients.
-    sent: AtomicU64,
+    sent: u64,
     /// Microseconds clients waited for a server connection.
+    wait_us: u64,
+}
+
+impl Totals {
+    fn add(&mut self, o: Totals) {
+        self.xacts += o.xacts;
+        self.queries += o.queries;
+        self.received += o.received;
+        self.sent += o.sent;
+        self.wait_us += o.wait_us;
+    }
+}
+
+/// A connection's counters: written by its worker alone (relaxed load and store, no
+/// locked read-modify-write), read by the console.
+#[derive(Debug, Default)]
+struct Counters {
+    xacts: AtomicU64,
+    queries: AtomicU64,
+    received: AtomicU64,
+    sent: AtomicU64,
     wait_us: AtomicU64,
+}
+
+/// Add `n` to a counter only this thread writes.
+#[inline]
+fn bump(a: &AtomicU64, n: u64) {
+    a.store(a.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl Counters {
+    fn totals(&self) -> Totals {
+        Totals {
+            xacts: self.xacts.load(Relaxed),
+            queries: self.queries.load(Relaxed),
+            received: self.received.load(Relaxed),
+            sent: self.sent.load(Relaxed),
+            wait_us: self.wait_us.load(Relaxed),
+        }
+    }
 }
 
 /// A pool as `SHOW POOLS` groups it: user and database.
@@ -119,6 +200,13 @@ struct Conn {
     database: Box<str>,
     /// The pool it belongs to (`SHOW POOLS`): the client's user and database.
     pool: PoolName,
+    /// Its database's entry (the pool's database) and that entry's name (`*` past
+    /// [`MAX_DBS`]).
+    db: Arc<Db>,
+    db_name: Arc<str>,
+    /// `db.kills` and `db.epoch` when it registered.
+    born_kills: u32,
+    born_epoch: u32,
     addr: Option<SocketAddr>,
     app: Box<str>,
     /// Unix microseconds.
@@ -129,12 +217,31 @@ struct Conn {
     /// The id of the connection linked to it, plus one (0: none).
     link: AtomicU64,
     pid: AtomicI32,
+    counters: Counters,
 }
 
-/// One worker's connections.
+impl Conn {
+    /// `KILL` dropped its database since it registered.
+    fn killed(&self) -> bool {
+        self.db.kills.load(SeqCst) != self.born_kills
+    }
+
+    /// A server connection made before the last `RECONNECT` of its database.
+    fn stale(&self) -> bool {
+        !self.client && self.db.epoch.load(SeqCst) != self.born_epoch
+    }
+}
+
+/// One worker's connections, and the totals of its closed ones.
 #[derive(Debug, Default)]
 struct Shard {
     conns: HashMap<u64, Arc<Conn>>,
+    /// `SHOW STATS` totals of the connections closed, by database entry name.
+    closed: HashMap<Arc<str>, Totals>,
+    /// The [`Registry::orders`] generation this worker has carried out.
+    seen: u64,
+    /// The refresh generation it has carried out.
+    refreshed: u64,
 }
 
 type ShardRef = Arc<Mutex<Shard>>;
@@ -154,13 +261,39 @@ fn unix_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Every connection of the proxy and the per-database counters.
+/// The databases and users seen.
+#[derive(Debug, Default)]
+struct Names {
+    dbs: HashMap<Arc<str>, Arc<Db>>,
+    users: BTreeSet<Box<str>>,
+}
+
+/// What a worker's tick tells one of its connections ([`Registry::orders`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Order {
+    /// `KILL`: close now (a client gets the FATAL [`KILLED`]).
+    Kill,
+    /// `RECONNECT`: a server connection closes if idle (else once released).
+    Reconnect,
+    /// A console session started after none was open: publish your state now.
+    Publish,
+}
+
+/// Every connection of the proxy, the databases and users seen, and the console's
+/// switches.
 #[derive(Debug)]
 pub(super) struct Registry {
     shards: Vec<ShardRef>,
-    dbs: Mutex<HashMap<Box<str>, Arc<DbStats>>>,
-    /// `PAUSE` is in effect.
+    names: Mutex<Names>,
+    /// `PAUSE` (of every database) is in effect.
     paused: AtomicBool,
+    /// Bumped after a `KILL` or `RECONNECT` (or a refresh): each worker then walks its
+    /// shard once.
+    orders: AtomicU64,
+    /// Console sessions open: connections publish their state only while there is one.
+    watchers: AtomicUsize,
+    /// Bumped when the first console session opens: every connection publishes once.
+    refresh: AtomicU64,
 }
 
 /// Who a connection is, when it registers.
@@ -181,19 +314,56 @@ impl Registry {
     pub(super) fn new(workers: usize) -> Registry {
         Registry {
             shards: (0..workers.max(1)).map(|_| ShardRef::default()).collect(),
-            dbs: Mutex::new(HashMap::new()),
+            names: Mutex::new(Names::default()),
             paused: AtomicBool::new(false),
+            orders: AtomicU64::new(0),
+            watchers: AtomicUsize::new(0),
+            refresh: AtomicU64::new(0),
         }
     }
 
-    /// Whether `PAUSE` is in effect.
+    /// Whether a console session is open (connections publish their state after each
+    /// event only then).
+    #[inline]
+    pub(super) fn watched(&self) -> bool {
+        self.watchers.load(Relaxed) != 0
+    }
+
+    /// A console session opened: when it is the only one, every connection is told to
+    /// publish its state. `Some(generation)`: that refresh is not carried out yet (see
+    /// [`refreshed`](Registry::refreshed)), the session waits for it.
+    fn watch(&self) -> Option<u64> {
+        if self.watchers.fetch_add(1, SeqCst) == 0 {
+            let g = self.refresh.fetch_add(1, SeqCst) + 1;
+            self.order();
+            return Some(g);
+        }
+        let g = self.refresh.load(SeqCst);
+        (!self.refreshed(g)).then_some(g)
+    }
+
+    /// A console session closed.
+    pub(super) fn unwatch(&self) {
+        self.watchers.fetch_sub(1, SeqCst);
+    }
+
+    /// Whether every worker has told its connections to publish for refresh `g`.
+    fn refreshed(&self, g: u64) -> bool {
+        self.shards.iter().all(|s| lock(s).refreshed >= g)
+    }
+
+    /// Whether `PAUSE` (of every database) is in effect.
     pub(super) fn paused(&self) -> bool {
         self.paused.load(SeqCst)
     }
 
-    /// Whether some server connection serves a client (or is being reset).
-    fn busy(&self) -> bool {
+    /// Whether some server connection (of `db`, or any) serves a client (or is being
+    /// reset).
+    fn busy(&self, db: Option<&Arc<Db>>) -> bool {
         self.snapshot().iter().any(|c| {
+            if db.is_some_and(|d| !Arc::ptr_eq(d, &c.db)) {
+                return false;
+            }
             let st = State::from_u8(c.state.load(Relaxed));
             if c.client {
                 c.link.load(Relaxed) != 0
@@ -203,19 +373,102 @@ impl Registry {
         })
     }
 
-    fn db(&self, name: &str) -> Arc<DbStats> {
-        let mut dbs = lock(&self.dbs);
-        if let Some(s) = dbs.get(name) {
-            return s.clone();
+    /// Whether a connection `KILL` dropped (of one of `dbs`) is still open.
+    fn killing(&self, dbs: &[Arc<Db>]) -> bool {
+        self.snapshot()
+            .iter()
+            .any(|c| c.killed() && dbs.iter().any(|d| Arc::ptr_eq(d, &c.db)))
+    }
+
+    /// The entry of database `name` and its name: made if new (`*` past [`MAX_DBS`]).
+    fn db(&self, name: &str) -> (Arc<str>, Arc<Db>) {
+        let mut n = lock(&self.names);
+        if let Some((k, d)) = n.dbs.get_key_value(name) {
+            return (k.clone(), d.clone());
         }
-        let name = if dbs.len() >= MAX_DBS { "*" } else { name };
-        dbs.entry(name.into()).or_default().clone()
+        let name: Arc<str> = if n.dbs.len() >= MAX_DBS {
+            Arc::from("*")
+        } else {
+            Arc::from(name)
+        };
+        let d = n.dbs.entry(name.clone()).or_default().clone();
+        (name, d)
+    }
+
+    /// The entry of database `name` for a console command: `None` if unknown and not
+    /// `make`, or past [`MAX_DBS`].
+    fn find_db(&self, name: &str, make: bool) -> Option<Arc<Db>> {
+        let mut n = lock(&self.names);
+        if let Some(d) = n.dbs.get(name) {
+            return Some(d.clone());
+        }
+        if !make || n.dbs.len() >= MAX_DBS {
+            return None;
+        }
+        Some(n.dbs.entry(Arc::from(name)).or_default().clone())
+    }
+
+    /// Every database entry but the console's and `*`, sorted by name.
+    fn pooled_dbs(&self) -> Vec<(Arc<str>, Arc<Db>)> {
+        let mut v: Vec<(Arc<str>, Arc<Db>)> = lock(&self.names)
+            .dbs
+            .iter()
+            .filter(|(k, _)| !is_console(k) && &***k != "*")
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Tell every worker to walk its shard for `KILL`/`RECONNECT` orders.
+    fn order(&self) {
+        self.orders.fetch_add(1, SeqCst);
+    }
+
+    /// A worker's tick: when a `KILL` or `RECONNECT` came since its last walk, call `f` with
+    /// each of its connections the order concerns.
+    pub(super) fn orders(&self, worker: usize, mut f: impl FnMut(Peer, Order)) {
+        let g = self.orders.load(SeqCst);
+        let todo: Vec<(u64, Order)> = {
+            let mut s = lock(&self.shards[worker % self.shards.len()]);
+            if s.seen == g {
+                return;
+            }
+            s.seen = g;
+            let r = self.refresh.load(SeqCst);
+            let publish = s.refreshed < r;
+            s.refreshed = r;
+            s.conns
+                .values()
+                .filter_map(|c| {
+                    if c.killed() {
+                        Some((c.id, Order::Kill))
+                    } else if c.stale() {
+                        Some((c.id, Order::Reconnect))
+                    } else if publish {
+                        Some((c.id, Order::Publish))
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        };
+        for (id, o) in todo {
+            f(Peer::unpack(id), o);
+        }
     }
 
     /// Register a connection of worker `worker`; it is listed until the handle drops.
     pub(super) fn register(&self, worker: usize, e: Entry<'_>) -> Handle {
         let now = unix_us();
         let id = e.me.pack();
+        let (db_name, db) = self.db(e.pool.1);
+        if e.client {
+            let mut n = lock(&self.names);
+            if n.users.len() < MAX_USERS && !n.users.contains(e.user) {
+                n.users.insert(e.user.into());
+            }
+        }
         let conn = Arc::new(Conn {
             client: e.client,
             worker,
@@ -223,6 +476,10 @@ impl Registry {
             user: e.user.into(),
             database: e.database.into(),
             pool: (e.pool.0.into(), e.pool.1.into()),
+            born_kills: db.kills.load(SeqCst),
+            born_epoch: db.epoch.load(SeqCst),
+            db,
+            db_name,
             addr: e.addr,
             app: e.app.into(),
             connect_time: now,
@@ -230,11 +487,17 @@ impl Registry {
             since: AtomicU64::new(now),
             link: AtomicU64::new(0),
             pid: AtomicI32::new(0),
+            counters: Counters::default(),
         });
         let shard = self.shards[worker % self.shards.len()].clone();
         lock(&shard).conns.insert(id, conn.clone());
-        let db = self.db(e.pool.1);
-        Handle { shard, conn, db }
+        Handle {
+            shard,
+            conn,
+            last: Cell::new((State::Login, None)),
+            wait_from: Cell::new(None),
+            unseen: Cell::new(None),
+        }
     }
 
     /// Every connection now.
@@ -246,65 +509,178 @@ impl Registry {
         all.sort_by_key(|c| (c.connect_time, c.id));
         all
     }
+
+    /// `SHOW STATS` totals per database entry: the closed connections' plus the open ones'.
+    fn totals(&self) -> HashMap<Arc<str>, Totals> {
+        let mut t: HashMap<Arc<str>, Totals> = HashMap::new();
+        for s in &self.shards {
+            let s = lock(s);
+            for (k, v) in &s.closed {
+                t.entry(k.clone()).or_default().add(*v);
+            }
+            for c in s.conns.values() {
+                t.entry(c.db_name.clone())
+                    .or_default()
+                    .add(c.counters.totals());
+            }
+        }
+        t
+    }
 }
 
-/// A connection's entry in the [`Registry`] (removed on drop).
+/// A connection's entry in the [`Registry`] (removed on drop, its counters kept in its
+/// shard's totals).
 #[derive(Debug)]
 pub(super) struct Handle {
     shard: ShardRef,
     conn: Arc<Conn>,
-    db: Arc<DbStats>,
+    /// The state and link last published (only this connection's thread reads them):
+    /// most events change neither, and then nothing is written.
+    last: Cell<(State, Option<Peer>)>,
+    /// A client waiting for a server connection: since when (Unix µs).
+    wait_from: Cell<Option<u64>>,
+    /// The last event handled while no console session was open (nothing published): the
+    /// time a change found later is dated.
+    unseen: Cell<Option<Instant>>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        lock(&self.shard).conns.remove(&self.conn.id);
+        let c = &self.conn;
+        let mut s = lock(&self.shard);
+        s.conns.remove(&c.id);
+        let t = c.counters.totals();
+        if t != Totals::default() {
+            s.closed.entry(c.db_name.clone()).or_default().add(t);
+        }
     }
 }
 
 impl Handle {
     /// Publish the connection's state, the peer it is linked to and (a server) the
-    /// backend's pid, at `now_us` (Unix time, µs). Cheap when nothing changed (a few
-    /// relaxed loads).
-    pub(super) fn set(&self, state: State, link: Option<Peer>, pid: i32, now_us: u64) {
-        let c = &self.conn;
-        let link = link.map_or(0, |p| p.pack() + 1);
-        let old = c.state.load(Relaxed);
-        if old == state as u8 && c.link.load(Relaxed) == link {
+    /// backend's pid, as of `now` (the worker's clock; or of the last event not published,
+    /// see [`unseen`](Handle::unseen)). Nothing is written (nor the time converted) when
+    /// state and link are those last published.
+    #[inline]
+    pub(super) fn set(
+        &self,
+        state: State,
+        link: Option<Peer>,
+        pid: i32,
+        ctx: &WorkerCtx,
+        now: Instant,
+    ) {
+        let at = self.unseen.take().unwrap_or(now);
+        self.set_with(state, link, pid, || unix_micros(ctx, at));
+    }
+
+    /// [`set`](Handle::set) at `now_us()` (Unix time, µs; called only on a change).
+    #[inline]
+    fn set_with(&self, state: State, link: Option<Peer>, pid: i32, now_us: impl FnOnce() -> u64) {
+        if self.last.get() == (state, link) {
             return;
         }
-        let now = now_us;
-        if old == State::Waiting as u8 && state != State::Waiting {
-            let waited = now.saturating_sub(c.since.load(Relaxed));
-            self.db.wait_us.fetch_add(waited, Relaxed);
-        }
+        self.changed(state, link, pid, now_us());
+    }
+
+    #[inline(never)]
+    fn changed(&self, state: State, link: Option<Peer>, pid: i32, now: u64) {
+        let c = &self.conn;
+        self.last.set((state, link));
+        // A waiting client's time is when it started waiting (also if it started while
+        // nothing was published).
+        let since = match (state, self.wait_from.get()) {
+            (State::Waiting, Some(t)) => t,
+            _ => now,
+        };
         c.state.store(state as u8, Relaxed);
-        c.link.store(link, Relaxed);
-        c.since.store(now, Relaxed);
+        c.link.store(link.map_or(0, |p| p.pack() + 1), Relaxed);
+        c.since.store(since, Relaxed);
         if pid != 0 {
             c.pid.store(pid, Relaxed);
         }
     }
 
-    /// Bytes read from (`received`) and written to (`sent`) a client.
-    pub(super) fn bytes(&self, received: usize, sent: usize) {
-        if received > 0 {
-            self.db.received.fetch_add(received as u64, Relaxed);
-        }
-        if sent > 0 {
-            self.db.sent.fetch_add(sent as u64, Relaxed);
+    /// An event handled while no console session is open: its state is not published
+    /// (a console session that opens has every connection publish).
+    #[inline]
+    pub(super) fn unseen(&self, now: Instant) {
+        self.unseen.set(Some(now));
+    }
+
+    /// Whether a client waits for a server connection after an event (`total_wait_time`
+    /// counts each wait when it ends; kept whether or not a console session is open).
+    #[inline]
+    pub(super) fn waiting(&self, waiting: bool, ctx: &WorkerCtx, now: Instant) {
+        if waiting != self.wait_from.get().is_some() {
+            self.wait_changed(waiting, unix_micros(ctx, now));
         }
     }
 
-    /// Replies a server passed to its client: `queries` ReadyForQuery, `xacts` of them `I`.
-    pub(super) fn replies(&self, queries: u32, xacts: u32) {
-        if queries > 0 {
-            self.db.queries.fetch_add(u64::from(queries), Relaxed);
-        }
-        if xacts > 0 {
-            self.db.xacts.fetch_add(u64::from(xacts), Relaxed);
+    #[inline(never)]
+    fn wait_changed(&self, waiting: bool, now: u64) {
+        if let Some(from) = self.wait_from.replace(waiting.then_some(now)) {
+            bump(&self.conn.counters.wait_us, now.saturating_sub(from));
         }
     }
+
+    /// Bytes read from a client.
+    #[inline]
+    pub(super) fn received(&self, n: usize) {
+        if n > 0 {
+            bump(&self.conn.counters.received, n as u64);
+        }
+    }
+
+    /// Bytes written to a client.
+    #[inline]
+    pub(super) fn sent(&self, n: usize) {
+        bump(&self.conn.counters.sent, n as u64);
+    }
+
+    /// Replies a server passed to its client: `queries` ReadyForQuery, `xacts` of them `I`.
+    #[inline]
+    pub(super) fn replies(&self, queries: u32, xacts: u32) {
+        if queries > 0 {
+            let c = &self.conn.counters;
+            bump(&c.queries, u64::from(queries));
+            bump(&c.xacts, u64::from(xacts));
+        }
+    }
+
+    /// `PAUSE db` (or `KILL db`) is in effect for the connection's database.
+    pub(super) fn db_paused(&self) -> bool {
+        self.conn.db.paused.load(SeqCst)
+    }
+
+    /// `DISABLE db` is in effect for the connection's database.
+    pub(super) fn disabled(&self) -> bool {
+        self.conn.db.disabled.load(SeqCst)
+    }
+
+    /// The `RECONNECT` generation of the connection's database now.
+    #[inline]
+    pub(super) fn epoch(&self) -> u32 {
+        self.conn.db.epoch.load(Relaxed)
+    }
+
+    /// The `RECONNECT` generation of the connection's database when it registered.
+    pub(super) fn born_epoch(&self) -> u32 {
+        self.conn.born_epoch
+    }
+}
+
+/// A console command that answers later (checked at each [`TICK`]).
+#[derive(Debug)]
+enum Pending {
+    /// `PAUSE` (of every database: `None`) waits for server connections to be released.
+    Pause(Option<Arc<Db>>),
+    /// `KILL` waits (at most [`KILL_TICKS`]) for the connections it dropped to be gone.
+    Kill(Vec<Arc<Db>>, u32),
+    /// The first console session waits (at most [`REFRESH_TICKS`]) until every
+    /// connection was told to publish its state (refresh `g`), and one more tick for them
+    /// to do it (`ready`: ticks since every worker told them).
+    Refresh { g: u64, ready: u32, waited: u32 },
 }
 
 /// A console session's protocol state.
@@ -312,9 +688,9 @@ impl Handle {
 pub(super) struct Console {
     /// An extended-protocol message was refused: drop messages up to the next `Sync`.
     skipping: bool,
-    /// A `PAUSE` waits for server connections to be released (checked first at the next
+    /// A `PAUSE`, a `KILL` or the session's first refresh waits (checked first at the next
     /// tick); nothing more is read meanwhile.
-    pausing: bool,
+    pending: Option<Pending>,
 }
 
 /// What a console session's input gave.
@@ -322,7 +698,7 @@ pub(super) struct Console {
 pub(super) enum Served {
     /// Everything complete was answered; more bytes are needed.
     More,
-    /// A `PAUSE` waits: call again at the next [`TICK`].
+    /// A `PAUSE`, a `KILL` or a refresh waits: call again at the next [`TICK`].
     Pausing,
     /// The client sent `Terminate`.
     Terminate,
@@ -331,6 +707,74 @@ pub(super) enum Served {
 }
 
 impl Console {
+    /// A console session; with `refresh` (the `Some` of [`Registry::watch`]) it waits for
+    /// every connection to publish its state before it answers.
+    pub(super) fn new(refresh: Option<u64>) -> Console {
+        Console {
+            skipping: false,
+            pending: refresh.map(|g| Pending::Refresh {
+                g,
+                ready: 0,
+                waited: 0,
+            }),
+        }
+    }
+
+    /// A [`TICK`] passed (a `KILL` or the first session's refresh counts them).
+    pub(super) fn tick(&mut self, sh: &PgShared) {
+        match &mut self.pending {
+            Some(Pending::Kill(_, t)) => *t += 1,
+            Some(Pending::Refresh { g, ready, waited }) => {
+                *waited += 1;
+                if *ready > 0 || sh.admin.refreshed(*g) {
+                    *ready += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The pending command's answer, if it is done (`false`: still waiting).
+    fn settle(&mut self, out: &mut BytesMut, sh: &PgShared) -> bool {
+        match &mut self.pending {
+            None => return true,
+            Some(Pending::Pause(db)) => {
+                let paused = match db {
+                    None => sh.admin.paused(),
+                    Some(d) => d.paused.load(SeqCst),
+                };
+                if !paused {
+                    backend::error_response(
+                        out,
+                        "ERROR",
+                        SYNTAX_ERROR,
+                        "ferry console: RESUME came before every server connection was released",
+                    );
+                } else if sh.admin.busy(db.as_ref()) {
+                    return false;
+                } else {
+                    command_complete(out, "PAUSE");
+                }
+            }
+            Some(Pending::Kill(dbs, ticks)) => {
+                if *ticks < KILL_TICKS && sh.admin.killing(dbs) {
+                    return false;
+                }
+                command_complete(out, "KILL");
+            }
+            Some(Pending::Refresh { ready, waited, .. }) => {
+                if *ready < 2 && *waited < REFRESH_TICKS {
+                    return false;
+                }
+                self.pending = None;
+                return true;
+            }
+        }
+        self.pending = None;
+        backend::ready_for_query(out, TxStatus::Idle);
+        true
+    }
+
     /// Answer the complete messages in `input` into `out`.
     pub(super) fn serve(
         &mut self,
@@ -338,21 +782,8 @@ impl Console {
         out: &mut BytesMut,
         sh: &PgShared,
     ) -> Served {
-        if self.pausing {
-            if !sh.admin.paused() {
-                backend::error_response(
-                    out,
-                    "ERROR",
-                    SYNTAX_ERROR,
-                    "ferry console: RESUME came before every server connection was released",
-                );
-            } else if sh.admin.busy() {
-                return Served::Pausing;
-            } else {
-                command_complete(out, "PAUSE");
-            }
-            self.pausing = false;
-            backend::ready_for_query(out, TxStatus::Idle);
+        if !self.settle(out, sh) {
+            return Served::Pausing;
         }
         loop {
             let f = match message::frame(input, MAX_MESSAGE) {
@@ -368,8 +799,8 @@ impl Console {
                     let body = &m[5..];
                     let text = body.strip_suffix(&[0]).unwrap_or(body);
                     let text = String::from_utf8_lossy(text);
-                    if query(out, &text, sh) {
-                        self.pausing = true;
+                    if let Some(p) = query(out, &text, sh) {
+                        self.pending = Some(p);
                         return Served::Pausing;
                     }
                     backend::ready_for_query(out, TxStatus::Idle);
@@ -431,12 +862,18 @@ impl PgDown {
     }
 
     /// A console client authenticated: greet it as a server would.
-    pub(super) fn console_greet(&mut self) {
+    pub(super) fn console_greet(&mut self, now: Instant) {
         let mut b = BytesMut::with_capacity(256);
         let app = [("application_name", self.app.as_deref().unwrap_or(""))];
         server::greet(&mut b, PARAMETERS.into_iter().chain(app), None);
         self.io.out.push(b.freeze());
-        self.phase = Phase::Admin(Box::default());
+        // Connections publish their state from now on (the first session waits for all
+        // of them to, before it answers).
+        let refresh = self.shared.admin.watch();
+        if refresh.is_some() {
+            self.tick = Some(now + TICK);
+        }
+        self.phase = Phase::Admin(Box::new(Console::new(refresh)));
         self.login_deadline = None;
     }
 
@@ -458,10 +895,15 @@ impl PgDown {
         }
     }
 
+    /// Whether `PAUSE` (of every database, or of this client's) is in effect.
+    fn paused(&self) -> bool {
+        self.shared.admin.paused() || self.adm.as_ref().is_some_and(Handle::db_paused)
+    }
+
     /// `PAUSE` is in effect: hold the client (instead of asking for a server connection)
     /// until `RESUME` or its `pool_wait_timeout`. `false`: not paused.
     pub(super) fn hold(&mut self, now: Instant) -> bool {
-        if !self.shared.admin.paused() {
+        if !self.paused() {
             return false;
         }
         self.held = true;
@@ -474,7 +916,8 @@ impl PgDown {
 
     /// [`TICK`]: a console session's `PAUSE` may be done, a held client may go on.
     pub(super) fn on_tick(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        if matches!(self.phase, Phase::Admin(_)) {
+        if let Phase::Admin(c) = &mut self.phase {
+            c.tick(&self.shared);
             self.console(now);
             return;
         }
@@ -484,7 +927,7 @@ impl PgDown {
         if self.waiting.is_none() {
             // Its wait ran out (the client got its error).
             self.held = false;
-        } else if self.shared.admin.paused() {
+        } else if self.paused() {
             self.tick = Some(now + TICK);
         } else {
             self.held = false;
@@ -493,18 +936,47 @@ impl PgDown {
         }
     }
 
+    /// `DISABLE` is in effect for the client's database (checked at its startup).
+    pub(super) fn disabled(&self) -> bool {
+        self.adm.as_ref().is_some_and(Handle::disabled)
+    }
+
     /// Publish the client's state for the console; `before`: the input's length before the
     /// event (what it consumed was received).
+    #[inline]
     pub(super) fn show(&self, ctx: &WorkerCtx, now: Instant, before: usize) {
         let Some(a) = &self.adm else { return };
-        a.bytes(before.saturating_sub(self.io.input.len()), 0);
+        a.received(before.saturating_sub(self.io.input.len()));
+        a.waiting(
+            matches!(self.phase, Phase::Ready) && self.waiting.is_some(),
+            ctx,
+            now,
+        );
+        if self.shared.admin.watched() {
+            self.publish(a, ctx, now);
+        } else {
+            a.unseen(now);
+        }
+    }
+
+    /// [`show`](PgDown::show) while a console session is open (out of line: the I/O path
+    /// without one stays small).
+    #[inline(never)]
+    fn publish(&self, a: &Handle, ctx: &WorkerCtx, now: Instant) {
         let (st, link) = match self.phase {
             Phase::Auth(_) | Phase::Login => (State::Login, None),
             Phase::Admin(_) => (State::Active, None),
             Phase::Ready if self.waiting.is_some() => (State::Waiting, None),
             Phase::Ready => (State::Active, self.srv.map(|s| s.peer)),
         };
-        a.set(st, link, 0, unix_micros(ctx, now));
+        a.set(st, link, 0, ctx, now);
+    }
+
+    /// Whether server connection `s`, given back now, was made before a `RECONNECT` of
+    /// its database (it is closed instead of pooled).
+    #[inline]
+    pub(super) fn stale(&self, s_epoch: u32) -> bool {
+        self.adm.as_ref().is_some_and(|a| a.epoch() != s_epoch)
     }
 }
 
@@ -513,7 +985,7 @@ impl PgUp {
     pub(super) fn register(&mut self, ctx: &WorkerCtx, user: &str) {
         let addr = self.shared.stats.upstreams[self.up].current();
         let k = self.key.clone();
-        self.adm = Some(self.shared.admin.register(
+        let h = self.shared.admin.register(
             ctx.index,
             Entry {
                 client: false,
@@ -524,12 +996,30 @@ impl PgUp {
                 addr,
                 app: "",
             },
-        ));
+        );
+        self.epoch = h.born_epoch();
+        self.adm = Some(h);
+    }
+
+    /// Made before the last `RECONNECT` of its database: close once released.
+    pub(super) fn stale(&self) -> bool {
+        self.adm.as_ref().is_some_and(|a| a.epoch() != self.epoch)
     }
 
     /// Publish the server connection's state for the console.
+    #[inline]
     pub(super) fn show(&self, ctx: &WorkerCtx, now: Instant) {
         let Some(a) = &self.adm else { return };
+        if self.shared.admin.watched() {
+            self.publish(a, ctx, now);
+        } else {
+            a.unseen(now);
+        }
+    }
+
+    /// [`show`](PgUp::show) while a console session is open.
+    #[inline(never)]
+    fn publish(&self, a: &Handle, ctx: &WorkerCtx, now: Instant) {
         let (st, link) = match self.phase {
             SPhase::Cancel => return,
             SPhase::Login => (State::Login, None),
@@ -539,7 +1029,7 @@ impl PgUp {
             },
             SPhase::Resetting => (State::Used, None),
         };
-        a.set(st, link, self.pid, unix_micros(ctx, now));
+        a.set(st, link, self.pid, ctx, now);
     }
 }
 
@@ -553,72 +1043,271 @@ pub(super) const PARAMETERS: [(&str, &str); 6] = [
     ("standard_conforming_strings", "on"),
 ];
 
+/// One console command, parsed.
+#[derive(Debug, PartialEq, Eq)]
+enum Cmd {
+    /// `SHOW what` (upper case).
+    Show(String),
+    /// `PAUSE [db]`.
+    Pause(Option<String>),
+    /// `RESUME [db]`.
+    Resume(Option<String>),
+    /// `DISABLE db`.
+    Disable(String),
+    /// `ENABLE db`.
+    Enable(String),
+    /// `KILL [db]`.
+    Kill(Option<String>),
+    /// `RECONNECT [db]`.
+    Reconnect(Option<String>),
+}
+
+/// The commands of a simple `Query`: split at `;` outside double quotes, each into words (a
+/// double-quoted word may hold spaces; `""` in it is a `"`). Empty commands are left out.
+fn split(text: &str) -> Vec<Vec<String>> {
+    let mut cmds = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                w.push('"');
+                loop {
+                    match chars.next() {
+                        None => break,
+                        Some('"') if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            w.push_str("\"\"");
+                        }
+                        Some('"') => {
+                            w.push('"');
+                            break;
+                        }
+                        Some(c) => w.push(c),
+                    }
+                }
+            }
+            ';' => {
+                words.extend(word.take());
+                if !words.is_empty() {
+                    cmds.push(std::mem::take(&mut words));
+                }
+            }
+            c if c.is_whitespace() => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word.take());
+    if !words.is_empty() {
+        cmds.push(words);
+    }
+    cmds
+}
+
+/// A command's argument: a database name, unquoted (`"My db"` → `My db`).
+fn arg(w: &str) -> Result<String, String> {
+    match w.strip_prefix('"') {
+        None => Ok(w.to_string()),
+        Some(rest) => match rest.strip_suffix('"') {
+            Some(inner) if !inner.is_empty() => Ok(inner.replace("\"\"", "\"")),
+            _ => Err("bad arguments".into()),
+        },
+    }
+}
+
+/// Parse one command's words; `Err`: the ERROR's message.
+fn parse(words: &[String]) -> Result<Cmd, String> {
+    let invalid = || format!("invalid command '{}', use SHOW HELP;", words.join(" "));
+    let verb = words
+        .first()
+        .map(|w| w.to_ascii_uppercase())
+        .unwrap_or_default();
+    let one = |mk: fn(Option<String>) -> Cmd| match words.len() {
+        1 => Ok(mk(None)),
+        2 => Ok(mk(Some(arg(&words[1])?))),
+        _ => Err(invalid()),
+    };
+    let db = |mk: fn(String) -> Cmd| match words.len() {
+        1 => Err("a database is required".to_string()),
+        2 => Ok(mk(arg(&words[1])?)),
+        _ => Err(invalid()),
+    };
+    match verb.as_str() {
+        "SHOW" if words.len() == 2 => {
+            let what = words[1].to_ascii_uppercase();
+            if SHOWN.contains(&what.as_str()) {
+                Ok(Cmd::Show(what))
+            } else {
+                Err(invalid())
+            }
+        }
+        "PAUSE" => one(Cmd::Pause),
+        "RESUME" => one(Cmd::Resume),
+        "KILL" => one(Cmd::Kill),
+        "RECONNECT" => one(Cmd::Reconnect),
+        "DISABLE" => db(Cmd::Disable),
+        "ENABLE" => db(Cmd::Enable),
+        "RELOAD" | "SUSPEND" | "SHUTDOWN" | "SET" | "WAIT_CLOSE" | "KILL_CLIENT" => Err(format!(
+            "ferry console: {verb} is not supported (SHOW HELP lists the commands)"
+        )),
+        _ => Err(invalid()),
+    }
+}
+
 /// One simple `Query` (commands separated by `;`), answered into `out` (without its
-/// ReadyForQuery). The first error ends it. `true`: it ended with a `PAUSE` now in effect,
-/// whose CommandComplete waits until no server connection serves a client.
-fn query(out: &mut BytesMut, text: &str, sh: &PgShared) -> bool {
-    let cmds: Vec<Vec<&str>> = text
-        .split(';')
-        .map(|c| c.split_whitespace().collect::<Vec<_>>())
-        .filter(|w| !w.is_empty())
-        .collect();
+/// ReadyForQuery). The first error ends it. `Some`: it ended with a `PAUSE` or `KILL` whose
+/// CommandComplete waits (until no server connection serves a client, or the connections
+/// killed are gone).
+fn query(out: &mut BytesMut, text: &str, sh: &PgShared) -> Option<Pending> {
+    let cmds = split(text);
     if cmds.is_empty() {
         out.put_u8(b'I');
         out.put_i32(4);
-        return false;
+        return None;
     }
     let last = cmds.len() - 1;
     for (i, words) in cmds.iter().enumerate() {
-        let r = if words[0].eq_ignore_ascii_case("PAUSE") {
-            pause(words, i == last, sh)
-        } else {
-            command(out, words, sh).map(|()| false)
-        };
-        match r {
-            Ok(true) => return true,
-            Ok(false) => {}
+        match parse(words).and_then(|c| run(out, c, i == last, sh)) {
+            Ok(Some(p)) => return Some(p),
+            Ok(None) => {}
             Err(msg) => {
                 backend::error_response(out, "ERROR", SYNTAX_ERROR, &msg);
-                return false;
+                return None;
             }
         }
     }
-    false
+    None
 }
 
-/// `PAUSE` (`last`: the last command of its query): `Ok(true)`, now paused.
-fn pause(words: &[&str], last: bool, sh: &PgShared) -> Result<bool, String> {
-    if words.len() > 1 {
-        return Err(
-            "ferry console: PAUSE of one database is not supported (PAUSE alone pauses them all)"
-                .into(),
-        );
+/// A console command's database: `Err` for the console's own (`what`: the verb PgBouncer's
+/// message names) and, unless `make`, for one never seen.
+fn console_db(sh: &PgShared, name: &str, what: &str, make: bool) -> Result<Arc<Db>, String> {
+    if is_console(name) {
+        return Err(format!("cannot {what} admin db: {name}"));
     }
-    if !last {
-        return Err("ferry console: PAUSE must be the last command of its query".into());
-    }
-    if sh.admin.paused.swap(true, SeqCst) {
-        return Err("already suspended/paused".into());
-    }
-    Ok(true)
+    sh.admin
+        .find_db(name, make)
+        .ok_or_else(|| format!("no such database: {name}"))
 }
 
-/// One command; `Err`: the ERROR's message.
-fn command(out: &mut BytesMut, words: &[&str], sh: &PgShared) -> Result<(), String> {
-    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
-    let u: Vec<&str> = upper.iter().map(String::as_str).collect();
-    match u[..] {
-        ["SHOW", "HELP"] => help(out),
-        ["SHOW", "VERSION"] => {
+/// Run one command (`last`: the last of its query); `Ok(Some)`: its answer waits.
+fn run(out: &mut BytesMut, cmd: Cmd, last: bool, sh: &PgShared) -> Result<Option<Pending>, String> {
+    let adm = &sh.admin;
+    let must_be_last = |verb: &str| {
+        if last {
+            Ok(())
+        } else {
+            Err(format!(
+                "ferry console: {verb} must be the last command of its query"
+            ))
+        }
+    };
+    match cmd {
+        Cmd::Show(what) => show(out, &what, sh)?,
+        Cmd::Pause(db) => {
+            if adm.paused() {
+                return Err("already suspended/paused".into());
+            }
+            let db = db
+                .map(|name| console_db(sh, &name, "pause", true))
+                .transpose()?;
+            must_be_last("PAUSE")?;
+            match &db {
+                None => adm.paused.store(true, SeqCst),
+                Some(d) => d.paused.store(true, SeqCst),
+            }
+            return Ok(Some(Pending::Pause(db)));
+        }
+        Cmd::Resume(None) => {
+            if !adm.paused.swap(false, SeqCst) {
+                return Err("pooler is not paused/suspended".into());
+            }
+            command_complete(out, "RESUME");
+        }
+        Cmd::Resume(Some(name)) => {
+            let d = console_db(sh, &name, "resume", false)?;
+            if !d.paused.swap(false, SeqCst) {
+                return Err(format!("database {name} is not paused"));
+            }
+            command_complete(out, "RESUME");
+        }
+        Cmd::Disable(name) => {
+            console_db(sh, &name, "disable", true)?
+                .disabled
+                .store(true, SeqCst);
+            command_complete(out, "DISABLE");
+        }
+        Cmd::Enable(name) => {
+            console_db(sh, &name, "enable", false)?
+                .disabled
+                .store(false, SeqCst);
+            command_complete(out, "ENABLE");
+        }
+        Cmd::Kill(db) => {
+            if adm.paused() {
+                return Err("already suspended/paused".into());
+            }
+            let dbs = match db {
+                Some(name) => vec![console_db(sh, &name, "kill", true)?],
+                None => adm.pooled_dbs().into_iter().map(|(_, d)| d).collect(),
+            };
+            must_be_last("KILL")?;
+            for d in &dbs {
+                d.paused.store(true, SeqCst);
+                d.kills.fetch_add(1, SeqCst);
+            }
+            adm.order();
+            return Ok(Some(Pending::Kill(dbs, 0)));
+        }
+        Cmd::Reconnect(db) => {
+            let dbs = match db {
+                Some(name) => vec![console_db(sh, &name, "reconnect", true)?],
+                None => adm.pooled_dbs().into_iter().map(|(_, d)| d).collect(),
+            };
+            for d in &dbs {
+                d.epoch.fetch_add(1, SeqCst);
+            }
+            adm.order();
+            command_complete(out, "RECONNECT");
+        }
+    }
+    Ok(None)
+}
+
+/// What `SHOW` shows.
+const SHOWN: [&str; 11] = [
+    "HELP",
+    "VERSION",
+    "POOLS",
+    "CLIENTS",
+    "SERVERS",
+    "STATS",
+    "CONFIG",
+    "DATABASES",
+    "USERS",
+    "LISTS",
+    "STATE",
+];
+
+/// `SHOW what` (one of [`SHOWN`]); `Err`: not a command.
+fn show(out: &mut BytesMut, what: &str, sh: &PgShared) -> Result<(), String> {
+    match what {
+        "HELP" => help(out),
+        "VERSION" => {
             let v = format!("ferry proxy {}", env!("CARGO_PKG_VERSION"));
             table(out, &["version"], [vec![v]]);
         }
-        ["SHOW", "POOLS"] => pools(out, sh),
-        ["SHOW", "CLIENTS"] => conns(out, sh, true),
-        ["SHOW", "SERVERS"] => conns(out, sh, false),
-        ["SHOW", "STATS"] => stats(out, sh),
-        ["SHOW", "CONFIG"] => config(out, sh),
-        ["SHOW", "STATE"] => {
+        "POOLS" => pools(out, sh),
+        "CLIENTS" => conns(out, sh, true),
+        "SERVERS" => conns(out, sh, false),
+        "STATS" => stats(out, sh),
+        "CONFIG" => config(out, sh),
+        "DATABASES" => databases(out, sh),
+        "USERS" => users(out, sh),
+        "LISTS" => lists(out, sh),
+        "STATE" => {
             let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
             let paused = sh.admin.paused();
             let rows = [
@@ -628,25 +1317,7 @@ fn command(out: &mut BytesMut, words: &[&str], sh: &PgShared) -> Result<(), Stri
             ];
             table(out, &["key", "value"], rows);
         }
-        ["RESUME"] => {
-            if !sh.admin.paused.swap(false, SeqCst) {
-                return Err("pooler is not paused/suspended".into());
-            }
-            command_complete(out, "RESUME");
-        }
-        ["RESUME" | "RELOAD" | "SUSPEND" | "SHUTDOWN" | "KILL" | "DISABLE" | "ENABLE"
-        | "RECONNECT" | "SET" | "WAIT_CLOSE", ..] => {
-            return Err(format!(
-                "ferry console: {} is not supported (SHOW HELP lists the commands)",
-                u[0]
-            ))
-        }
-        _ => {
-            return Err(format!(
-                "invalid command '{}', use SHOW HELP;",
-                words.join(" ")
-            ))
-        }
+        _ => return Err(format!("invalid command 'SHOW {what}', use SHOW HELP;")),
     }
     Ok(())
 }
@@ -656,7 +1327,7 @@ fn help(out: &mut BytesMut) {
         out,
         "NOTICE",
         "00000",
-        "Console usage\n\tSHOW HELP|POOLS|CLIENTS|SERVERS|STATS|CONFIG|STATE|VERSION\n\tPAUSE\n\tRESUME",
+        "Console usage\n\tSHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|USERS|LISTS|CONFIG|STATE|VERSION\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL [<db>]",
     );
     command_complete(out, "SHOW");
 }
@@ -862,13 +1533,12 @@ fn conns(out: &mut BytesMut, sh: &PgShared, clients: bool) {
     table(out, &cols, rows);
 }
 
-/// `SHOW STATS`: the counters kept per database (no timings: none are measured).
+/// `SHOW STATS`: the counters kept per database (no timings: none are measured), summed
+/// over the open connections and the closed ones' totals.
 fn stats(out: &mut BytesMut, sh: &PgShared) {
-    let mut dbs: Vec<(Box<str>, Arc<DbStats>)> = lock(&sh.admin.dbs)
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    dbs.sort_by(|a, b| a.0.cmp(&b.0));
+    let totals = sh.admin.totals();
+    let mut names: Vec<Arc<str>> = lock(&sh.admin.names).dbs.keys().cloned().collect();
+    names.sort();
     let cols = [
         "database",
         "total_xact_count",
@@ -880,16 +1550,127 @@ fn stats(out: &mut BytesMut, sh: &PgShared) {
     table(
         out,
         &cols,
-        dbs.into_iter().map(|(name, s)| {
+        names.into_iter().map(|name| {
+            let s = totals.get(&name).copied().unwrap_or_default();
             vec![
-                name.into(),
-                s.xacts.load(Relaxed).to_string(),
-                s.queries.load(Relaxed).to_string(),
-                s.received.load(Relaxed).to_string(),
-                s.sent.load(Relaxed).to_string(),
-                s.wait_us.load(Relaxed).to_string(),
+                name.to_string(),
+                s.xacts.to_string(),
+                s.queries.to_string(),
+                s.received.to_string(),
+                s.sent.to_string(),
+                s.wait_us.to_string(),
             ]
         }),
+    );
+}
+
+/// `SHOW DATABASES` (PgBouncer 1.18's columns): the databases clients used or a console
+/// command named, each pooled to every upstream (`host`: their addresses, `port`: the
+/// first's); `current_connections`: its server connections now.
+fn databases(out: &mut BytesMut, sh: &PgShared) {
+    let ups = &sh.stats.upstreams;
+    let split = |a: &str| -> (String, String) {
+        match a.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.to_string()),
+            None => (a.to_string(), String::new()),
+        }
+    };
+    let hosts: Vec<String> = ups.iter().map(|u| split(&u.addr).0).collect();
+    let hosts = hosts.join(",");
+    let port = ups.first().map_or(String::new(), |u| split(&u.addr).1);
+    let conns = sh.admin.snapshot();
+    let pg = &sh.cfg.postgres;
+    let flag = |b: &AtomicBool| if b.load(SeqCst) { "1" } else { "0" }.to_string();
+    let cols = [
+        "name",
+        "host",
+        "port",
+        "database",
+        "force_user",
+        "pool_size",
+        "min_pool_size",
+        "reserve_pool",
+        "pool_mode",
+        "max_connections",
+        "current_connections",
+        "paused",
+        "disabled",
+    ];
+    table(
+        out,
+        &cols,
+        sh.admin.pooled_dbs().into_iter().map(|(name, d)| {
+            let servers = conns
+                .iter()
+                .filter(|c| !c.client && Arc::ptr_eq(&c.db, &d))
+                .count();
+            vec![
+                name.to_string(),
+                hosts.clone(),
+                port.clone(),
+                name.to_string(),
+                pg.upstream_user.clone().unwrap_or_default(),
+                pg.pool_size.to_string(),
+                "0".into(),
+                "0".into(),
+                mode(sh).into(),
+                "0".into(),
+                servers.to_string(),
+                flag(&d.paused),
+                flag(&d.disabled),
+            ]
+        }),
+    );
+}
+
+/// `SHOW USERS`: the users clients logged in as (at most [`MAX_USERS`]).
+fn users(out: &mut BytesMut, sh: &PgShared) {
+    let users: Vec<Box<str>> = lock(&sh.admin.names).users.iter().cloned().collect();
+    table(
+        out,
+        &["name", "pool_mode"],
+        users
+            .into_iter()
+            .map(|u| vec![u.to_string(), mode(sh).to_string()]),
+    );
+}
+
+/// `SHOW LISTS` (PgBouncer 1.18's rows): `pools` as `SHOW POOLS` counts them; no free
+/// lists or DNS cache here (0).
+fn lists(out: &mut BytesMut, sh: &PgShared) {
+    let (dbs, users) = {
+        let n = lock(&sh.admin.names);
+        let dbs = n.dbs.keys().filter(|k| &***k != "*").count();
+        (dbs, n.users.len())
+    };
+    let conns = sh.admin.snapshot();
+    let mut pools: Vec<&PoolName> = conns.iter().map(|c| &c.pool).collect();
+    pools.sort();
+    pools.dedup();
+    let clients = conns.iter().filter(|c| c.client).count();
+    let login = conns
+        .iter()
+        .filter(|c| c.client && c.state.load(Relaxed) == State::Login as u8)
+        .count();
+    let rows = [
+        ("databases", dbs),
+        ("users", users),
+        ("pools", pools.len()),
+        ("free_clients", 0),
+        ("used_clients", clients),
+        ("login_clients", login),
+        ("free_servers", 0),
+        ("used_servers", conns.len() - clients),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ];
+    table(
+        out,
+        &["list", "items"],
+        rows.into_iter()
+            .map(|(k, v)| vec![k.to_string(), v.to_string()]),
     );
 }
 
@@ -1072,9 +1853,9 @@ mod tests {
         let c1 = sh.admin.register(0, e(true, 1, "d"));
         let c2 = sh.admin.register(1, e(true, 2, "d"));
         let s1 = sh.admin.register(1, e(false, 3, "d"));
-        c1.set(State::Active, Some(peer(3)), 0, 1);
-        s1.set(State::Active, Some(peer(1)), 4242, 1);
-        c2.set(State::Waiting, None, 0, 1);
+        c1.set_with(State::Active, Some(peer(3)), 0, || 1);
+        s1.set_with(State::Active, Some(peer(1)), 4242, || 1);
+        c2.set_with(State::Waiting, None, 0, || 1);
         let mut out = BytesMut::new();
         query(&mut out, "show pools", &sh);
         let m = messages(&out);
@@ -1135,6 +1916,295 @@ mod tests {
             cfg.contains(&vec!["pool_size".into(), "7".into(), "no".into()]),
             "{cfg:?}"
         );
+    }
+
+    fn words(v: &[&str]) -> Vec<String> {
+        v.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn queries_split_at_semicolons_outside_quotes() {
+        assert_eq!(
+            split(" PAUSE \"my;db\" ;; show  pools;"),
+            vec![words(&["PAUSE", "\"my;db\""]), words(&["show", "pools"])]
+        );
+        assert_eq!(
+            split("KILL \"a \"\"b\"\"\""),
+            vec![words(&["KILL", "\"a \"\"b\"\"\""])]
+        );
+        assert!(split(" ; \n; ").is_empty());
+    }
+
+    #[test]
+    fn commands_parse() {
+        let p = |t: &str| parse(&split(t)[0]);
+        assert_eq!(p("pause"), Ok(Cmd::Pause(None)));
+        assert_eq!(p("PAUSE db1"), Ok(Cmd::Pause(Some("db1".into()))));
+        assert_eq!(
+            p("Resume \"My \"\"db\"\"\""),
+            Ok(Cmd::Resume(Some("My \"db\"".into())))
+        );
+        assert_eq!(p("kill x"), Ok(Cmd::Kill(Some("x".into()))));
+        assert_eq!(p("KILL"), Ok(Cmd::Kill(None)));
+        assert_eq!(p("reconnect"), Ok(Cmd::Reconnect(None)));
+        assert_eq!(p("RECONNECT d"), Ok(Cmd::Reconnect(Some("d".into()))));
+        assert_eq!(p("disable d"), Ok(Cmd::Disable("d".into())));
+        assert_eq!(p("ENABLE d"), Ok(Cmd::Enable("d".into())));
+        assert_eq!(p("show databases"), Ok(Cmd::Show("DATABASES".into())));
+        assert_eq!(p("DISABLE"), Err("a database is required".into()));
+        assert_eq!(p("ENABLE"), Err("a database is required".into()));
+        assert_eq!(p("PAUSE \"\""), Err("bad arguments".into()));
+        assert_eq!(
+            p("KILL a b"),
+            Err("invalid command 'KILL a b', use SHOW HELP;".into())
+        );
+        assert_eq!(
+            p("show Nonsense"),
+            Err("invalid command 'show Nonsense', use SHOW HELP;".into())
+        );
+        assert_eq!(
+            p("SHOW"),
+            Err("invalid command 'SHOW', use SHOW HELP;".into())
+        );
+        assert!(p("reload").unwrap_err().contains("RELOAD is not supported"));
+        assert!(p("KILL_CLIENT 1").unwrap_err().contains("not supported"));
+    }
+
+    /// The ERROR message of the first error in a reply, if any.
+    fn error(out: &BytesMut) -> Option<String> {
+        messages(out)
+            .into_iter()
+            .find(|m| m.0 == b'E')
+            .map(|(_, b)| {
+                let s = String::from_utf8_lossy(&b).to_string();
+                let m = s.split('\0').find(|f| f.starts_with('M')).unwrap_or("");
+                m[1..].to_string()
+            })
+    }
+
+    fn run_query(sh: &PgShared, text: &str) -> (BytesMut, Option<Pending>) {
+        let mut out = BytesMut::new();
+        let p = query(&mut out, text, sh);
+        (out, p)
+    }
+
+    #[test]
+    fn database_commands_check_their_database() {
+        let sh = shared();
+        let e = |q: &str| error(&run_query(&sh, q).0);
+        assert_eq!(e("ENABLE nope").as_deref(), Some("no such database: nope"));
+        assert_eq!(e("RESUME nope").as_deref(), Some("no such database: nope"));
+        assert_eq!(
+            e("PAUSE ferry").as_deref(),
+            Some("cannot pause admin db: ferry")
+        );
+        assert_eq!(
+            e("KILL pgbouncer").as_deref(),
+            Some("cannot kill admin db: pgbouncer")
+        );
+        assert_eq!(
+            e("DISABLE ferry").as_deref(),
+            Some("cannot disable admin db: ferry")
+        );
+        assert_eq!(
+            e("RECONNECT ferry").as_deref(),
+            Some("cannot reconnect admin db: ferry")
+        );
+        // DISABLE names a database before any client used it (PgBouncer's auto-databases).
+        assert_eq!(e("DISABLE d1"), None);
+        let (out, _) = run_query(&sh, "SHOW DATABASES");
+        let r = rows(&messages(&out));
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(
+            (&*r[0][0], &*r[0][1], &*r[0][2]),
+            ("d1", "127.0.0.1", "5432")
+        );
+        assert_eq!((&*r[0][11], &*r[0][12]), ("0", "1"), "{r:?}");
+        assert_eq!(e("RESUME d1").as_deref(), Some("database d1 is not paused"));
+        assert_eq!(
+            e("ENABLE d1; PAUSE d1; SHOW POOLS").as_deref(),
+            Some("ferry console: PAUSE must be the last command of its query")
+        );
+        let (out, p) = run_query(&sh, "PAUSE d1");
+        assert!(out.is_empty() && matches!(p, Some(Pending::Pause(Some(_)))));
+        let (out, _) = run_query(&sh, "SHOW DATABASES");
+        let r = rows(&messages(&out));
+        assert_eq!((&*r[0][11], &*r[0][12]), ("1", "0"), "{r:?}");
+        assert_eq!(e("RESUME d1"), None);
+        assert_eq!(e("PAUSE"), None);
+        assert_eq!(e("PAUSE d1").as_deref(), Some("already suspended/paused"));
+        assert_eq!(e("KILL d1").as_deref(), Some("already suspended/paused"));
+        assert_eq!(e("RESUME"), None);
+    }
+
+    fn entry(client: bool, me: usize, db: &str) -> Entry<'_> {
+        Entry {
+            client,
+            me: peer(me),
+            user: "u",
+            database: db,
+            pool: ("u", db),
+            addr: None,
+            app: "",
+        }
+    }
+
+    #[test]
+    fn kill_and_reconnect_reach_each_workers_connections_once() {
+        let sh = shared();
+        let c = sh.admin.register(0, entry(true, 1, "d"));
+        let s = sh.admin.register(0, entry(false, 2, "d"));
+        let other = sh.admin.register(1, entry(false, 3, "e"));
+        let orders = |w: usize| {
+            let mut v = Vec::new();
+            sh.admin.orders(w, |p, o| v.push((p.token, o)));
+            v.sort_by_key(|x| x.0);
+            v
+        };
+        assert!(orders(0).is_empty() && orders(1).is_empty());
+        assert_eq!(error(&run_query(&sh, "RECONNECT").0), None);
+        assert_eq!(orders(0), vec![(2, Order::Reconnect)]);
+        assert_eq!(orders(1), vec![(3, Order::Reconnect)]);
+        assert!(orders(0).is_empty(), "once per order");
+        assert!(s.epoch() != s.born_epoch() && other.epoch() != other.born_epoch());
+        // A server made after RECONNECT is not stale.
+        let s2 = sh.admin.register(0, entry(false, 4, "d"));
+        assert_eq!(s2.epoch(), s2.born_epoch());
+        let (_, p) = run_query(&sh, "KILL d");
+        assert!(matches!(p, Some(Pending::Kill(..))));
+        assert_eq!(
+            orders(0),
+            vec![(1, Order::Kill), (2, Order::Kill), (4, Order::Kill)]
+        );
+        // Database e is not killed (its stale server is told again: harmless).
+        assert_eq!(orders(1), vec![(3, Order::Reconnect)]);
+        // KILL pauses the database; new connections are not killed.
+        assert!(c.db_paused() && !other.db_paused());
+        let c2 = sh.admin.register(0, entry(true, 5, "d"));
+        assert!(!c2.conn.killed());
+        assert!(sh.admin.killing(std::slice::from_ref(&c.conn.db)));
+        drop((c, s, s2));
+        assert!(!sh.admin.killing(std::slice::from_ref(&c2.conn.db)));
+        drop((c2, other));
+    }
+
+    #[test]
+    fn stats_keep_closed_connections_counts() {
+        let sh = shared();
+        let stats = |sh: &PgShared| {
+            let (out, _) = run_query(sh, "SHOW STATS");
+            rows(&messages(&out))
+        };
+        let c1 = sh.admin.register(0, entry(true, 1, "d"));
+        let s1 = sh.admin.register(1, entry(false, 2, "d"));
+        c1.received(100);
+        c1.sent(40);
+        s1.replies(3, 2);
+        // A wait counts when it ends (published or not).
+        c1.wait_changed(true, 1_000);
+        c1.wait_changed(false, 1_250);
+        let want = vec![vec![
+            "d".to_string(),
+            "2".into(),
+            "3".into(),
+            "100".into(),
+            "40".into(),
+            "250".into(),
+        ]];
+        assert_eq!(stats(&sh), want);
+        // Closed connections' counts stay.
+        drop((c1, s1));
+        assert_eq!(stats(&sh), want);
+        let c2 = sh.admin.register(1, entry(true, 3, "d"));
+        c2.received(1);
+        let r = stats(&sh);
+        assert_eq!(r[0][3], "101");
+        drop(c2);
+        assert_eq!(stats(&sh)[0][3], "101");
+    }
+
+    #[test]
+    fn the_first_console_session_has_every_connection_publish() {
+        let sh = shared();
+        let c = sh.admin.register(0, entry(true, 1, "d"));
+        let s = sh.admin.register(1, entry(false, 2, "d"));
+        assert!(!sh.admin.watched());
+        let g = sh.admin.watch().expect("the first session refreshes");
+        assert!(sh.admin.watched());
+        assert_eq!(
+            sh.admin.watch(),
+            Some(g),
+            "a second one waits for the same refresh"
+        );
+        assert!(!sh.admin.refreshed(g));
+        let orders = |w: usize| {
+            let mut v = Vec::new();
+            sh.admin.orders(w, |p, o| v.push((p.token, o)));
+            v
+        };
+        assert_eq!(orders(0), vec![(1, Order::Publish)]);
+        assert!(!sh.admin.refreshed(g));
+        assert_eq!(orders(1), vec![(2, Order::Publish)]);
+        assert!(sh.admin.refreshed(g));
+        assert!(orders(0).is_empty() && orders(1).is_empty());
+        assert_eq!(sh.admin.watch(), None, "a third, after it, does not wait");
+        // The session waits for a tick after that.
+        let mut con = Console::new(Some(g));
+        let mut out = BytesMut::new();
+        assert!(!con.settle(&mut out, &sh));
+        con.tick(&sh);
+        assert!(!con.settle(&mut out, &sh));
+        con.tick(&sh);
+        assert!(con.settle(&mut out, &sh));
+        assert!(out.is_empty());
+        for _ in 0..2 {
+            sh.admin.unwatch();
+            assert!(sh.admin.watched());
+        }
+        sh.admin.unwatch();
+        assert!(!sh.admin.watched());
+        // A later first session refreshes again.
+        assert!(sh.admin.watch().is_some_and(|g2| g2 > g));
+        drop((c, s));
+    }
+
+    #[test]
+    fn a_change_found_later_is_dated_by_the_last_unseen_event() {
+        let sh = shared();
+        let c = sh.admin.register(0, entry(true, 1, "d"));
+        c.wait_changed(true, 5_000);
+        c.set_with(State::Waiting, None, 0, || 9_000);
+        assert_eq!(c.conn.since.load(Relaxed), 5_000, "a wait from its start");
+        c.set_with(State::Active, Some(peer(2)), 0, || 9_500);
+        assert_eq!(c.conn.since.load(Relaxed), 9_500);
+        assert_eq!(c.conn.link.load(Relaxed), peer(2).pack() + 1);
+        assert_eq!(c.conn.state.load(Relaxed), State::Active as u8);
+        drop(c);
+    }
+
+    #[test]
+    fn users_and_lists() {
+        let sh = shared();
+        let c = sh.admin.register(0, entry(true, 1, "d"));
+        let s = sh.admin.register(0, entry(false, 2, "d"));
+        let (out, _) = run_query(&sh, "SHOW USERS");
+        assert_eq!(
+            rows(&messages(&out)),
+            vec![vec!["u".to_string(), "transaction".into()]]
+        );
+        let (out, _) = run_query(&sh, "SHOW LISTS");
+        let l: HashMap<String, String> = rows(&messages(&out))
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect();
+        assert_eq!(l["databases"], "1");
+        assert_eq!(l["users"], "1");
+        assert_eq!(l["pools"], "1");
+        assert_eq!(l["used_clients"], "1");
+        assert_eq!(l["login_clients"], "1");
+        assert_eq!(l["used_servers"], "1");
+        assert_eq!(l.len(), 12);
+        drop((c, s));
     }
 
     #[test]
