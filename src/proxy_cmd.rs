@@ -220,6 +220,11 @@ pub(crate) struct ProxyArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "FILE", value_parser = boxed_path)]
     tls_key: Option<Box<Path>>,
+    /// With --tls-cert: mutual TLS, every client must present a certificate chained to one
+    /// of these CA certificates (PEM), or its handshake fails. http: the verified subject
+    /// goes upstream as `x-forwarded-client-cert: Subject="..."` (a client's own is dropped).
+    #[arg(long, value_name = "FILE", value_parser = boxed_path)]
+    tls_client_ca: Option<Box<Path>>,
     /// TLS to the upstreams, certificates checked against --upstream-ca for each upstream's
     /// host name or IP address (or --upstream-server-name); health checks too. http: HTTPS;
     /// postgres: SSLRequest, then TLS (a server answering N is refused: sslmode=verify-full);
@@ -234,6 +239,13 @@ pub(crate) struct ProxyArgs {
     /// certificate [default: the upstream's own host name or IP address].
     #[arg(long, value_name = "NAME", value_parser = boxed_str)]
     upstream_server_name: Option<Box<str>>,
+    /// With --upstream-tls: a client certificate chain (PEM, leaf first) presented to
+    /// upstreams that ask for one (mutual TLS); needs --upstream-key.
+    #[arg(long, value_name = "FILE", value_parser = boxed_path)]
+    upstream_cert: Option<Box<Path>>,
+    /// The private key of --upstream-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", value_parser = boxed_path)]
+    upstream_key: Option<Box<Path>>,
 }
 
 /// `N`, `N/s`, `N/m` or `N/h` (as nginx's `limit_req` rates): requests and their period.
@@ -315,9 +327,12 @@ struct ProxyFile {
     client_user: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
     upstream_tls: Option<bool>,
     upstream_ca: Option<PathBuf>,
     upstream_server_name: Option<String>,
+    upstream_cert: Option<PathBuf>,
+    upstream_key: Option<PathBuf>,
 }
 
 /// The file's settings into `args` where no flag gave one. Relative password file paths are
@@ -526,6 +541,12 @@ fn merge(args: &mut ProxyArgs, f: ProxyFile, dir: &Path) -> Result<(), String> {
     )?;
     fill(&mut args.tls_cert, "tls_cert", f.tls_cert, path)?;
     fill(&mut args.tls_key, "tls_key", f.tls_key, path)?;
+    fill(
+        &mut args.tls_client_ca,
+        "tls_client_ca",
+        f.tls_client_ca,
+        path,
+    )?;
     if f.upstream_tls == Some(true) {
         args.upstream_tls = true;
     }
@@ -536,6 +557,13 @@ fn merge(args: &mut ProxyArgs, f: ProxyFile, dir: &Path) -> Result<(), String> {
         f.upstream_server_name,
         |s| Ok(s.into()),
     )?;
+    fill(
+        &mut args.upstream_cert,
+        "upstream_cert",
+        f.upstream_cert,
+        path,
+    )?;
+    fill(&mut args.upstream_key, "upstream_key", f.upstream_key, path)?;
     Ok(())
 }
 
@@ -737,12 +765,22 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
         .unwrap_or(cfg.http2_max_header_list);
     redis_credentials(args, &mut cfg)?;
     cfg.tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => {
-            Some(ferry_proxy::tls_server_config(protocol, c, k).map_err(|e| e.to_string())?)
+        (Some(c), Some(k)) => Some(
+            ferry_proxy::tls_server_config(protocol, c, k, args.tls_client_ca.as_deref())
+                .map_err(|e| e.to_string())?,
+        ),
+        (None, None) if args.tls_client_ca.is_some() => {
+            return Err("--tls-client-ca: only with --tls-cert and --tls-key".into())
         }
         (None, None) => None,
         (Some(_), None) => return Err("--tls-cert: needs --tls-key".into()),
         (None, Some(_)) => return Err("--tls-key: needs --tls-cert".into()),
+    };
+    let upstream_cert = match (&args.upstream_cert, &args.upstream_key) {
+        (Some(c), Some(k)) => Some((&**c, &**k)),
+        (None, None) => None,
+        (Some(_), None) => return Err("--upstream-cert: needs --upstream-key".into()),
+        (None, Some(_)) => return Err("--upstream-key: needs --upstream-cert".into()),
     };
     if args.upstream_tls {
         cfg.upstream_tls = Some(
@@ -750,9 +788,12 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
                 protocol,
                 args.upstream_ca.as_deref(),
                 args.upstream_server_name.as_deref(),
+                upstream_cert,
             )
             .map_err(|e| e.to_string())?,
         );
+    } else if upstream_cert.is_some() {
+        return Err("--upstream-cert, --upstream-key: only with --upstream-tls".into());
     } else if args.upstream_ca.is_some() || args.upstream_server_name.is_some() {
         return Err("--upstream-ca, --upstream-server-name: only with --upstream-tls".into());
     }
@@ -1182,6 +1223,63 @@ mod tests {
             merge(&mut args, file, &dir).unwrap();
             let e = options(&args).unwrap_err();
             assert!(e.starts_with("--upstream-ca"), "{proto}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn mtls_files_from_the_config_file_and_flag_errors() {
+        let dir = std::env::temp_dir().join(format!("ferry-proxy-mtls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+        let parse = |toml: &str| {
+            let file: ProxyFile = toml::from_str(toml).unwrap();
+            let mut args = Cli::try_parse_from(["proxy"]).unwrap().args;
+            merge(&mut args, file, &dir).unwrap();
+            args
+        };
+        let base = "listen = \"127.0.0.1:8443\"\nupstream = [\"127.0.0.1:443\"]\n";
+        let listener = "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n";
+        let client_ca = "tls_client_ca = \"cert.pem\"\n";
+        let upstream = "upstream_tls = true\nupstream_ca = \"cert.pem\"\n";
+        let up_cert = "upstream_cert = \"cert.pem\"\n";
+        let up_key = "upstream_key = \"key.pem\"\n";
+        for proto in ["http", "redis", "postgres"] {
+            let p = format!("protocol = \"{proto}\"\n");
+            let args = parse(&format!(
+                "{base}{p}{listener}{client_ca}{upstream}{up_cert}{up_key}"
+            ));
+            assert_eq!(args.tls_client_ca.as_deref(), Some(&*dir.join("cert.pem")));
+            assert_eq!(args.upstream_key.as_deref(), Some(&*dir.join("key.pem")));
+            let o = options(&args).unwrap();
+            assert!(
+                o.config.tls.is_some() && o.config.upstream_tls.is_some(),
+                "{proto}"
+            );
+            // Each flag without what it needs: an error naming it.
+            for (toml, flag) in [
+                (format!("{base}{p}{client_ca}"), "--tls-client-ca"),
+                (format!("{base}{p}{up_cert}{up_key}"), "--upstream-cert"),
+                (format!("{base}{p}{upstream}{up_cert}"), "--upstream-cert"),
+                (format!("{base}{p}{upstream}{up_key}"), "--upstream-key"),
+            ] {
+                let e = options(&parse(&toml)).unwrap_err();
+                assert!(e.starts_with(flag), "{proto} {toml}: {e}");
+                assert!(!e.contains('\n'), "{e}");
+            }
+            // An unreadable or empty file: the flag is named.
+            let e = options(&parse(&format!(
+                "{base}{p}{listener}tls_client_ca = \"missing.pem\"\n"
+            )))
+            .unwrap_err();
+            assert!(e.starts_with("--tls-client-ca"), "{e}");
+            let e = options(&parse(&format!(
+                "{base}{p}{upstream}{up_key}upstream_cert = \"key.pem\"\n"
+            )))
+            .unwrap_err();
+            assert!(e.starts_with("--upstream-cert"), "{e}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -276,7 +276,8 @@ pub struct ProxyConfig {
     pub rate_limit: Option<ferry_reliability::Quota>,
     /// The listener's TLS certificate and key (`--tls-cert`/`--tls-key`): HTTP and Redis
     /// clients speak TLS from the first byte; PostgreSQL clients get `S` to `SSLRequest`
-    /// and TLS from there (without it, `N`). Build it with [`tls_server_config`].
+    /// and TLS from there (without it, `N`). With `--tls-client-ca`, clients must present a
+    /// certificate that CA signed (mutual TLS). Build it with [`tls_server_config`].
     /// Default none: plain TCP.
     pub tls: Option<ferry_tls::ServerConfig>,
     /// TLS to the upstreams (`--upstream-tls`), for every upstream connection and health
@@ -327,24 +328,41 @@ impl UpstreamTls {
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// [`UpstreamTls`] for `protocol`'s upstreams (ALPN `http/1.1` for HTTP, `postgresql` for
-/// PostgreSQL, none for Redis) from a PEM CA file (`None`: [`SYSTEM_CA_BUNDLE`]) and an
-/// optional fixed server name; errors name the flag (`--upstream-ca`,
-/// `--upstream-server-name`).
+/// PostgreSQL, none for Redis) from a PEM CA file (`None`: [`SYSTEM_CA_BUNDLE`]), an
+/// optional fixed server name and an optional client certificate chain and key (PEM files)
+/// presented to upstreams that ask for one (mutual TLS); errors name the flag
+/// (`--upstream-ca`, `--upstream-server-name`, `--upstream-cert`, `--upstream-key`).
 pub fn upstream_tls_config(
     protocol: Protocol,
     ca: Option<&std::path::Path>,
     server_name: Option<&str>,
+    client_cert: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<UpstreamTls, TlsConfigError> {
     let path = ca.unwrap_or(std::path::Path::new(SYSTEM_CA_BUNDLE));
-    let pem = std::fs::read(path).map_err(|e| TlsConfigError {
-        flag: "upstream-ca",
-        message: format!("cannot read {}: {e}", path.display()),
+    let pem = read_pem("upstream-ca", path)?;
+    let config = match client_cert {
+        None => ferry_tls::ClientConfig::from_ca_pem(&pem, alpn(protocol)),
+        Some((cert, key)) => {
+            let (c, k) = (
+                read_pem("upstream-cert", cert)?,
+                read_pem("upstream-key", key)?,
+            );
+            ferry_tls::ClientConfig::with_client_cert_pem(&pem, &c, &k, alpn(protocol))
+        }
+    };
+    let config = config.map_err(|e| {
+        let (flag, what) = match (&e, client_cert) {
+            (ferry_tls::ConfigError::NoCertificate, Some((c, _))) => ("upstream-cert", c),
+            (ferry_tls::ConfigError::NoKey | ferry_tls::ConfigError::Rustls(_), Some((_, k))) => {
+                ("upstream-key", k)
+            }
+            _ => ("upstream-ca", path),
+        };
+        TlsConfigError {
+            flag,
+            message: format!("{}: {e}", what.display()),
+        }
     })?;
-    let config =
-        ferry_tls::ClientConfig::from_ca_pem(&pem, alpn(protocol)).map_err(|e| TlsConfigError {
-            flag: "upstream-ca",
-            message: format!("{}: {e}", path.display()),
-        })?;
     if let Some(n) = server_name {
         if ferry_tls::Tls::client(&config, n).is_err() {
             return Err(TlsConfigError {
@@ -356,6 +374,14 @@ pub fn upstream_tls_config(
     Ok(UpstreamTls {
         config,
         server_name: server_name.map(str::to_string),
+    })
+}
+
+/// The bytes of the PEM file `p`, or an error naming `flag`.
+fn read_pem(flag: &'static str, p: &std::path::Path) -> Result<Vec<u8>, TlsConfigError> {
+    std::fs::read(p).map_err(|e| TlsConfigError {
+        flag,
+        message: format!("cannot read {}: {e}", p.display()),
     })
 }
 
@@ -551,7 +577,8 @@ mod trusted_tests {
 /// Why [`tls_server_config`] or [`upstream_tls_config`] failed, naming the flag to blame.
 #[derive(Debug)]
 pub struct TlsConfigError {
-    /// `tls-cert`, `tls-key`, `upstream-ca` or `upstream-server-name`.
+    /// `tls-cert`, `tls-key`, `tls-client-ca`, `upstream-ca`, `upstream-server-name`,
+    /// `upstream-cert` or `upstream-key`.
     pub flag: &'static str,
     /// What is wrong.
     pub message: String,
@@ -576,33 +603,36 @@ fn alpn(protocol: Protocol) -> &'static [&'static [u8]] {
 
 /// The listener's TLS settings from PEM files: `cert` (the chain, leaf first) and `key`,
 /// with the protocol's ALPN names (`h2` and `http/1.1` for HTTP, `postgresql` for
-/// PostgreSQL, none for Redis).
+/// PostgreSQL, none for Redis); with `client_ca` (`--tls-client-ca`), every client must
+/// present a certificate chained to one of its CA certificates (mutual TLS).
 pub fn tls_server_config(
     protocol: Protocol,
     cert: &std::path::Path,
     key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
 ) -> Result<ferry_tls::ServerConfig, TlsConfigError> {
-    let read = |flag: &'static str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| TlsConfigError {
-            flag,
-            message: format!("cannot read {}: {e}", p.display()),
-        })
-    };
-    let (c, k) = (read("tls-cert", cert)?, read("tls-key", key)?);
+    let (c, k) = (read_pem("tls-cert", cert)?, read_pem("tls-key", key)?);
+    let ca = client_ca
+        .map(|p| read_pem("tls-client-ca", p))
+        .transpose()?;
     let offered: &[&[u8]] = match protocol {
         // HTTP/2 first (RFC 9113 §3.2): the proxy serves both on the same listener; upstreams
         // are spoken to in HTTP/1.1 (`alpn`).
         Protocol::Http => &[b"h2", b"http/1.1"],
         p => alpn(p),
     };
-    ferry_tls::ServerConfig::from_pem(&c, &k, offered).map_err(|e| {
-        let flag = match e {
-            ferry_tls::ConfigError::NoCertificate => "tls-cert",
-            _ => "tls-key",
-        };
-        let what = match flag {
-            "tls-cert" => cert,
-            _ => key,
+    let built = match &ca {
+        None => ferry_tls::ServerConfig::from_pem(&c, &k, offered),
+        Some(ca) => ferry_tls::ServerConfig::from_pem_requiring_client_certs(&c, &k, ca, offered),
+    };
+    built.map_err(|e| {
+        let (flag, what) = match (&e, client_ca) {
+            (ferry_tls::ConfigError::NoCertificate, _) => ("tls-cert", cert),
+            (
+                ferry_tls::ConfigError::NoCaCertificate | ferry_tls::ConfigError::ClientVerifier(_),
+                Some(ca),
+            ) => ("tls-client-ca", ca),
+            _ => ("tls-key", key),
         };
         TlsConfigError {
             flag,

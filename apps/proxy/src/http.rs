@@ -731,6 +731,9 @@ struct Rare {
     /// (the first request's `Host`): the lines without it go, and this request's (unless
     /// kept) is written on its own.
     own_xfh: bool,
+    /// The connection's `x-forwarded-client-cert` line (mutual TLS), for a request whose
+    /// forwarded fields are not the connection's lines ([`Fwd::Xff`]).
+    xfcc: Option<FieldLines>,
 }
 
 impl Rare {
@@ -739,14 +742,16 @@ impl Rare {
         host: Option<Bytes>,
         upgrade: Option<Bytes>,
         (keep_xfp, keep_xfh, own_xfh): (bool, bool, bool),
+        xfcc: Option<FieldLines>,
     ) -> Option<Box<Rare>> {
-        (host.is_some() || upgrade.is_some() || keep_xfp || own_xfh).then(|| {
+        (host.is_some() || upgrade.is_some() || keep_xfp || own_xfh || xfcc.is_some()).then(|| {
             Box::new(Rare {
                 host,
                 upgrade,
                 keep_xfp,
                 keep_xfh,
                 own_xfh,
+                xfcc,
             })
         })
     }
@@ -919,13 +924,15 @@ fn forward_response_field(name: &[u8], named: &[&[u8]]) -> bool {
 /// Whether a request field `name` goes upstream: not hop-by-hop (standard or named by
 /// `Connection`), and not one the proxy writes itself (`X-Forwarded-For`, `traceparent`,
 /// `X-Forwarded-Proto`: the client's claim of a scheme is replaced by the one it used,
-/// unless `keep_xfp`, a trusted proxy's; `X-Forwarded-Host` likewise, unless `keep_xfh`).
+/// unless `keep_xfp`, a trusted proxy's; `X-Forwarded-Host` likewise, unless `keep_xfh`;
+/// `X-Forwarded-Client-Cert` always: only the proxy vouches for a client certificate).
 fn forward_request_field(name: &[u8], named: &[&[u8]], keep_xfp: bool, keep_xfh: bool) -> bool {
     let ours = match name.len() {
         11 => is8(name, &TRACEPARENT),
         15 => is8(name, &X_FORWARDED_FOR),
         16 => !keep_xfh && is8(name, &X_FORWARDED_HOST),
         17 => !keep_xfp && is8(name, &X_FORWARDED_PROTO),
+        23 => name.eq_ignore_ascii_case(crate::client_cert::XFCC.as_bytes()),
         _ => false,
     };
     !(ours || hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)))
@@ -1101,6 +1108,9 @@ pub struct Down {
     fwd_host: Option<Bytes>,
     /// The client is a trusted proxy (`trusted_proxies`; set with `fwd`).
     trusted: bool,
+    /// `x-forwarded-client-cert: Subject="..."` for a client's verified certificate (mutual
+    /// TLS; also in `fwd` and `fwd_base`), set with `fwd`.
+    xfcc: Option<FieldLines>,
     /// A box for the next request's mail (the last response head's).
     spare: Option<Parcel>,
     /// No input seen yet: the first bytes (or ALPN) tell HTTP/1.x from HTTP/2.
@@ -1438,13 +1448,13 @@ fn fail_attempt(
 
 /// The request to send for `ex` on its upstream connection (`owner`, `tag`: the client's
 /// connection and attachment; `fwd`, `fwd_base`: the connection's forwarded lines, with and
-/// without `x-forwarded-host`).
+/// without `x-forwarded-host`; `xfcc`: its client certificate line).
 fn send_req(
     sh: &HttpShared,
     ex: &Exchange,
     (owner, tag): (Peer, u32),
-    fwd: &Option<FieldLines>,
-    fwd_base: &Option<FieldLines>,
+    (fwd, fwd_base): (&Option<FieldLines>, &Option<FieldLines>),
+    xfcc: &Option<FieldLines>,
 ) -> SendReq {
     let host = host_field(&ex.head, ex.has_host, &sh.cfg.upstreams[ex.upstream]);
     let upgrade = if ex.head.is_upgrade() {
@@ -1460,7 +1470,12 @@ fn send_req(
             fwd: Fwd::of(&ex.extra_xff, if ex.own_xfh { fwd_base } else { fwd }),
             conn_named: ex.conn_named,
             traceparent: ex.traceparent,
-            rare: Rare::of(host, upgrade, (ex.keep_xfp, ex.keep_xfh, ex.own_xfh)),
+            rare: Rare::of(
+                host,
+                upgrade,
+                (ex.keep_xfp, ex.keep_xfh, ex.own_xfh),
+                ex.extra_xff.as_ref().and(xfcc.clone()),
+            ),
             h2: ex.h2,
         },
     }
@@ -1822,6 +1837,7 @@ impl Down {
                         host_field(&f.head, f.has_host, &sh.cfg.upstreams[i]),
                         None,
                         (f.keep_xfp, f.keep_xfh, f.own_xfh),
+                        f.extra_xff.as_ref().and(self.xfcc.clone()),
                     ),
                     h2: false, // pipelining is HTTP/1.1's
                 },
@@ -1912,12 +1928,24 @@ impl Down {
         let host = origin_form(head)
             .then(|| head.headers().get_bytes("host"))
             .flatten();
+        // Mutual TLS: the verified client certificate's subject.
+        let xfcc = self
+            .io
+            .tls()
+            .and_then(|t| t.peer_certificates())
+            .and_then(|c| crate::client_cert::xfcc_value(c.first()?));
+        self.xfcc = xfcc
+            .as_ref()
+            .and_then(|v| FieldLines::new(&[(crate::client_cert::XFCC, v.as_str())]).ok());
         let (base, with_host) = {
-            let mut fields: SmallVec<[(&str, &[u8]); 3]> = SmallVec::new();
+            let mut fields: SmallVec<[(&str, &[u8]); 4]> = SmallVec::new();
             if !ip.is_empty() {
                 fields.push(("x-forwarded-for", &ip[..]));
             }
             fields.push(("x-forwarded-proto", sh.scheme.as_bytes()));
+            if let Some(v) = &xfcc {
+                fields.push((crate::client_cert::XFCC, v.as_bytes()));
+            }
             let base = FieldLines::new(&fields).unwrap_or_else(|_| sh.xfp.clone());
             let with_host = host.as_deref().and_then(|h| {
                 fields.push(("x-forwarded-host", h));
@@ -2041,7 +2069,13 @@ impl Down {
         ex.up = Some(up);
         ex.lease = Some(lease);
         let me = (self.io.me(), self.tag);
-        let req = send_req(&self.shared, ex, me, &self.fwd, &self.fwd_base);
+        let req = send_req(
+            &self.shared,
+            ex,
+            me,
+            (&self.fwd, &self.fwd_base),
+            &self.xfcc,
+        );
         send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
         if !ex.held.is_empty() {
             for (b, end) in ex.held.drain(..) {
@@ -3067,6 +3101,9 @@ impl Up {
                         if !keep_xfp {
                             all.push(FieldPiece::Lines(&sh.xfp));
                         }
+                        if let Some(x) = rare.and_then(|r| r.xfcc.as_ref()) {
+                            all.push(FieldPiece::Lines(x));
+                        }
                     }
                 }
                 if let Some(xfh) = xfh {
@@ -3317,6 +3354,7 @@ impl Downstream for Down {
             fwd_base: None,
             fwd_host: None,
             trusted: false,
+            xfcc: None,
             spare: None,
             sniffing: true,
             h2: None,
@@ -3734,6 +3772,7 @@ mod tests {
                     || n.eq_ignore_ascii_case(b"x-forwarded-for")
                     || n.eq_ignore_ascii_case(b"x-forwarded-proto")
                     || n.eq_ignore_ascii_case(b"x-forwarded-host")
+                    || n.eq_ignore_ascii_case(b"x-forwarded-client-cert")
             };
             for n in [
                 &b[..],

@@ -39,6 +39,7 @@
 
 pub mod access_log;
 pub mod balance;
+mod client_cert;
 pub mod config;
 pub mod health;
 pub mod http;

@@ -949,6 +949,19 @@ impl PgDown {
 
     /// A valid StartupMessage: find its pool, then authenticate the client.
     fn started(&mut self, ctx: &mut WorkerCtx, p: server::StartupParams) {
+        let tls = self.shared.cfg.tls.as_ref();
+        let certs_required = tls.is_some_and(ferry_tls::ServerConfig::requires_client_certs);
+        if certs_required && self.io.tls().is_none() {
+            // `--tls-client-ca`: a client in the clear (no SSLRequest) shows no certificate.
+            if let Phase::Auth(l) = &mut self.phase {
+                l.refuse(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    "ferry proxy: a client certificate is required (connect with TLS and a \
+                     certificate: sslmode=require sslcert=... sslkey=...)",
+                );
+            }
+            return;
+        }
         let s = startup::startup(p);
         self.user = s.key.user.clone();
         self.app = s.application_name;

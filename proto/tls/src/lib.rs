@@ -21,7 +21,10 @@
 //!
 //! Configuration comes from PEM bytes ([`ServerConfig::from_pem`],
 //! [`ClientConfig::from_ca_pem`]) with the `ring` crypto provider; reading the files is the
-//! caller's business (this crate does no I/O).
+//! caller's business (this crate does no I/O). Mutual TLS: a server that requires client
+//! certificates chained to a CA ([`ServerConfig::from_pem_requiring_client_certs`], the
+//! verified chain then in [`Tls::peer_certificates`]), a client that presents one
+//! ([`ClientConfig::with_client_cert_pem`]).
 //!
 //! # Example: a run loop over a std socket
 //!
@@ -84,6 +87,8 @@ pub enum ConfigError {
     NoCaCertificate,
     /// rustls refused the combination (e.g. the key does not match the certificate).
     Rustls(rustls::Error),
+    /// The client certificate verifier could not be built from the client CA.
+    ClientVerifier(rustls::server::VerifierBuilderError),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -93,6 +98,7 @@ impl std::fmt::Display for ConfigError {
             ConfigError::NoKey => f.write_str("no PEM private key found"),
             ConfigError::NoCaCertificate => f.write_str("no usable PEM CA certificate found"),
             ConfigError::Rustls(e) => write!(f, "{e}"),
+            ConfigError::ClientVerifier(e) => write!(f, "client CA: {e}"),
         }
     }
 }
@@ -113,9 +119,24 @@ fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     Ok(certs)
 }
 
-/// A server's settings (certificate chain, key, ALPN), shared by its connections.
+/// The CA certificates in `ca_pem` as a root store (at least one usable).
+fn roots(ca_pem: &[u8]) -> Result<rustls::RootCertStore, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) =
+        roots.add_parsable_certificates(certs(ca_pem).map_err(|_| ConfigError::NoCaCertificate)?);
+    if added == 0 {
+        return Err(ConfigError::NoCaCertificate);
+    }
+    Ok(roots)
+}
+
+/// A server's settings (certificate chain, key, ALPN, client certificates), shared by its
+/// connections.
 #[derive(Clone, Debug)]
-pub struct ServerConfig(Arc<rustls::ServerConfig>);
+pub struct ServerConfig {
+    cfg: Arc<rustls::ServerConfig>,
+    client_certs: bool,
+}
 
 impl ServerConfig {
     /// From a PEM certificate chain (leaf first), a PEM private key and the ALPN protocols
@@ -126,28 +147,77 @@ impl ServerConfig {
         key_pem: &[u8],
         alpn: &[&[u8]],
     ) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::build(cert_chain_pem, key_pem, None, alpn)
+    }
+
+    /// As [`from_pem`](ServerConfig::from_pem), and every client must present a
+    /// certificate chained to one of the CA certificates in `client_ca_pem` (mutual TLS,
+    /// rustls' `WebPkiClientVerifier`): a client without one, or with one the CA did not
+    /// sign (or expired, or not for client authentication), fails the handshake
+    /// ([`Error::Certificate`] or [`Error::AlertReceived`] on the server's side, an alert to
+    /// the client). The verified chain is then in [`Tls::peer_certificates`].
+    pub fn from_pem_requiring_client_certs(
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+        client_ca_pem: &[u8],
+        alpn: &[&[u8]],
+    ) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::build(cert_chain_pem, key_pem, Some(client_ca_pem), alpn)
+    }
+
+    fn build(
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+        client_ca_pem: Option<&[u8]>,
+        alpn: &[&[u8]],
+    ) -> Result<ServerConfig, ConfigError> {
         let chain = certs(cert_chain_pem)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| ConfigError::NoKey)?;
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(ConfigError::Rustls)?
-            .with_no_client_auth()
+            .map_err(ConfigError::Rustls)?;
+        let builder = match client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots(ca)?),
+                    provider(),
+                )
+                .build()
+                .map_err(ConfigError::ClientVerifier)?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut cfg = builder
             .with_single_cert(chain, key)
             .map_err(ConfigError::Rustls)?;
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(ServerConfig(Arc::new(cfg)))
+        Ok(ServerConfig {
+            cfg: Arc::new(cfg),
+            client_certs: client_ca_pem.is_some(),
+        })
     }
 
-    /// Wrap a rustls configuration built elsewhere.
-    pub fn from_rustls(cfg: Arc<rustls::ServerConfig>) -> ServerConfig {
-        ServerConfig(cfg)
+    /// Whether clients must present a verified certificate
+    /// ([`from_pem_requiring_client_certs`](ServerConfig::from_pem_requiring_client_certs)):
+    /// a protocol that also takes plain-text clients (PostgreSQL without `SSLRequest`) must
+    /// refuse them then.
+    pub fn requires_client_certs(&self) -> bool {
+        self.client_certs
+    }
+
+    /// Wrap a rustls configuration built elsewhere; `client_certs`: its verifier requires
+    /// client certificates (what [`requires_client_certs`](ServerConfig::requires_client_certs)
+    /// says).
+    pub fn from_rustls(cfg: Arc<rustls::ServerConfig>, client_certs: bool) -> ServerConfig {
+        ServerConfig { cfg, client_certs }
     }
 }
 
 /// Equal when both are clones of one configuration.
 impl PartialEq for ServerConfig {
     fn eq(&self, other: &ServerConfig) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.cfg, &other.cfg)
     }
 }
 
@@ -161,17 +231,40 @@ impl ClientConfig {
     /// Trusting the CA certificates in `ca_pem`, offering `alpn` (empty: no ALPN). Server
     /// certificates are verified against the name given to [`Tls::client`].
     pub fn from_ca_pem(ca_pem: &[u8], alpn: &[&[u8]]) -> Result<ClientConfig, ConfigError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let (added, _) = roots
-            .add_parsable_certificates(certs(ca_pem).map_err(|_| ConfigError::NoCaCertificate)?);
-        if added == 0 {
-            return Err(ConfigError::NoCaCertificate);
-        }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        ClientConfig::build(ca_pem, None, alpn)
+    }
+
+    /// As [`from_ca_pem`](ClientConfig::from_ca_pem), and presenting the certificate chain
+    /// in `cert_chain_pem` (leaf first) with its private key `key_pem` to servers that ask
+    /// for one (mutual TLS).
+    pub fn with_client_cert_pem(
+        ca_pem: &[u8],
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+        alpn: &[&[u8]],
+    ) -> Result<ClientConfig, ConfigError> {
+        ClientConfig::build(ca_pem, Some((cert_chain_pem, key_pem)), alpn)
+    }
+
+    fn build(
+        ca_pem: &[u8],
+        client_cert: Option<(&[u8], &[u8])>,
+        alpn: &[&[u8]],
+    ) -> Result<ClientConfig, ConfigError> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(ConfigError::Rustls)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots(ca_pem)?);
+        let mut cfg = match client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = certs(cert)?;
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| ConfigError::NoKey)?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(ConfigError::Rustls)?
+            }
+        };
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(ClientConfig(Arc::new(cfg)))
     }
@@ -302,7 +395,7 @@ impl Tls {
     /// A server session (it waits for the client's hello). Fails only for a rustls
     /// configuration with an invalid `max_fragment_size` (see [`ServerConfig::from_rustls`]).
     pub fn server(cfg: &ServerConfig) -> Result<Tls, Error> {
-        let conn = rustls::ServerConnection::new(cfg.0.clone())?;
+        let conn = rustls::ServerConnection::new(cfg.cfg.clone())?;
         Ok(Tls::new(conn.into()))
     }
 
@@ -332,6 +425,13 @@ impl Tls {
             rustls::Connection::Server(s) => s.server_name(),
             rustls::Connection::Client(_) => None,
         }
+    }
+
+    /// The certificate chain the peer presented (leaf first), once the handshake got that
+    /// far: on a server requiring client certificates, the client's verified chain; on a
+    /// client, the server's. `None` before, or when the peer sent none.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.conn.peer_certificates()
     }
 
     /// The fatal error this session ended with, if any.

@@ -241,3 +241,167 @@ fn config_errors_are_typed() {
         Error::InvalidServerName
     );
 }
+
+/// A CA and a leaf it signed (`client`: for client authentication, else for `localhost`).
+struct Pki {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn pki(leaf_cn: &str, client: bool) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{leaf_cn} CA"));
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, leaf_cn);
+    leaf.extended_key_usages = vec![if client {
+        ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    Pki {
+        ca: ca.pem(),
+        cert: leaf.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
+/// A server requiring certificates from `client_ca`'s clients, and a client presenting
+/// `client` (if any).
+fn mtls_pair(client_ca: &str, client: Option<&Pki>) -> Pair {
+    let server = pki("server", false);
+    let scfg = ServerConfig::from_pem_requiring_client_certs(
+        server.cert.as_bytes(),
+        server.key.as_bytes(),
+        client_ca.as_bytes(),
+        &[],
+    )
+    .unwrap();
+    assert!(scfg.requires_client_certs());
+    let ccfg = match client {
+        Some(c) => ClientConfig::with_client_cert_pem(
+            server.ca.as_bytes(),
+            c.cert.as_bytes(),
+            c.key.as_bytes(),
+            &[],
+        ),
+        None => ClientConfig::from_ca_pem(server.ca.as_bytes(), &[]),
+    }
+    .unwrap();
+    Pair {
+        server: Tls::server(&scfg).unwrap(),
+        client: Tls::client(&ccfg, "localhost").unwrap(),
+        at_server: BytesMut::new(),
+        at_client: BytesMut::new(),
+        server_closed: false,
+        client_closed: false,
+    }
+}
+
+#[test]
+fn client_cert_from_the_client_ca_is_verified_and_visible() {
+    let client = pki("client-1", true);
+    let mut p = mtls_pair(&client.ca, Some(&client));
+    p.run(usize::MAX).unwrap();
+    assert!(!p.server.is_handshaking() && !p.client.is_handshaking());
+    let chain = p.server.peer_certificates().expect("the client's chain");
+    let leaf = CertificateDer::from_pem_slice(client.cert.as_bytes()).unwrap();
+    assert_eq!(chain[0], leaf);
+    // Data flows once verified.
+    assert_eq!(p.client.send(b"hello"), 5);
+    p.run(usize::MAX).unwrap();
+    assert_eq!(&p.at_server[..], b"hello");
+}
+
+#[test]
+fn client_without_a_cert_is_refused_when_one_is_required() {
+    let ca = pki("unused", true).ca;
+    let mut p = mtls_pair(&ca, None);
+    let e = p.run(usize::MAX).unwrap_err();
+    assert!(p.server.error().is_some(), "the server refused: {e:?}");
+    assert!(p.server.peer_certificates().is_none());
+    assert_eq!(p.at_server.len(), 0);
+}
+
+#[test]
+fn client_cert_from_another_ca_is_a_certificate_error() {
+    let trusted = pki("trusted", true);
+    let stranger = pki("stranger", true);
+    let mut p = mtls_pair(&trusted.ca, Some(&stranger));
+    let e = p.run(usize::MAX).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Certificate(rustls::CertificateError::UnknownIssuer)
+        ),
+        "{e:?}"
+    );
+    assert!(p.server.error().is_some());
+}
+
+#[test]
+fn server_without_client_auth_ignores_the_client_cert() {
+    // A client cert offered to a server that does not ask: the handshake works, no chain.
+    let client = pki("client-1", true);
+    let server = pki("server", false);
+    let scfg = ServerConfig::from_pem(server.cert.as_bytes(), server.key.as_bytes(), &[]).unwrap();
+    assert!(!scfg.requires_client_certs());
+    let ccfg = ClientConfig::with_client_cert_pem(
+        server.ca.as_bytes(),
+        client.cert.as_bytes(),
+        client.key.as_bytes(),
+        &[],
+    )
+    .unwrap();
+    let mut p = Pair {
+        server: Tls::server(&scfg).unwrap(),
+        client: Tls::client(&ccfg, "localhost").unwrap(),
+        at_server: BytesMut::new(),
+        at_client: BytesMut::new(),
+        server_closed: false,
+        client_closed: false,
+    };
+    p.run(usize::MAX).unwrap();
+    assert!(p.server.peer_certificates().is_none());
+    assert!(p.client.peer_certificates().is_some(), "the server's chain");
+}
+
+#[test]
+fn mtls_config_errors_are_typed() {
+    let c = pki("client", true);
+    assert!(matches!(
+        ServerConfig::from_pem_requiring_client_certs(
+            c.cert.as_bytes(),
+            c.key.as_bytes(),
+            b"no CA here",
+            &[]
+        ),
+        Err(ConfigError::NoCaCertificate)
+    ));
+    assert!(matches!(
+        ClientConfig::with_client_cert_pem(c.ca.as_bytes(), b"", c.key.as_bytes(), &[]),
+        Err(ConfigError::NoCertificate)
+    ));
+    assert!(matches!(
+        ClientConfig::with_client_cert_pem(c.ca.as_bytes(), c.cert.as_bytes(), b"junk", &[]),
+        Err(ConfigError::NoKey)
+    ));
+    // The key of another certificate.
+    let other = pki("other", true);
+    assert!(matches!(
+        ClientConfig::with_client_cert_pem(
+            c.ca.as_bytes(),
+            c.cert.as_bytes(),
+            other.key.as_bytes(),
+            &[]
+        ),
+        Err(ConfigError::Rustls(_))
+    ));
+}

@@ -403,7 +403,13 @@ impl Down {
         s.ex.waiter = None;
         s.ex.up = Some(up);
         s.ex.lease = Some(lease);
-        let req = send_req(&sh, &s.ex, (me, s.tag), &self.fwd, &self.fwd_base);
+        let req = send_req(
+            &sh,
+            &s.ex,
+            (me, s.tag),
+            (&self.fwd, &self.fwd_base),
+            &self.xfcc,
+        );
         send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
         for (b, end) in s.ex.held.drain(..) {
             send(ctx, up, Kind::ReqData(b, end));
