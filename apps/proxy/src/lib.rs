@@ -201,6 +201,33 @@ fn run<S: ferry_driver::Session>(
     }
 }
 
+/// Run a relay proxy: with `tls` (any TLS option set), on a relay whose connections may
+/// start TLS; else on one with the TLS tests compiled out of every driver call
+/// (`Relay<D, U, false>`).
+fn run_relay<D, U>(
+    driver: DriverKind,
+    launch: Launch,
+    shared: Arc<D::Shared>,
+    tls: bool,
+) -> std::io::Result<ServerHandle>
+where
+    D: ferry_driver::relay::Downstream,
+    U: ferry_driver::relay::Upstream<Shared = D::Shared, Mail = D::Mail>,
+{
+    use ferry_driver::relay::Relay;
+    if tls {
+        run::<Relay<D, U, true>>(driver, launch, shared)
+    } else {
+        run::<Relay<D, U, false>>(driver, launch, shared)
+    }
+}
+
+/// Whether any TLS option is set: connections may start TLS (see [`run_relay`]). Every TLS
+/// option of [`ProxyConfig`] belongs here.
+fn uses_tls(cfg: &ProxyConfig) -> bool {
+    cfg.tls.is_some() || cfg.upstream_tls.is_some()
+}
+
 /// Bind, start the I/O workers, the admin listener and the health checks.
 pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
     let cfg = opts.config;
@@ -304,18 +331,19 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
     } else {
         None
     };
+    let tls = uses_tls(&cfg);
     let handle = match opts.protocol {
         Protocol::Redis => {
             let shared = redis::RedisShared::new(cfg, workers, stats.clone());
-            run::<redis::RedisProxy>(driver, launch, shared)
+            run_relay::<redis::RDown, redis::RUp>(driver, launch, shared, tls)
         }
         Protocol::Postgres => {
             let shared = postgres::PgShared::new(cfg, workers, stats.clone());
-            run::<postgres::PostgresProxy>(driver, launch, shared)
+            run_relay::<postgres::PgDown, postgres::PgUp>(driver, launch, shared, tls)
         }
         _ => {
             let shared = http::HttpShared::new(cfg, workers, stats.clone(), access.clone());
-            run::<http::HttpProxy>(driver, launch, shared)
+            run_relay::<http::Down, http::Up>(driver, launch, shared, tls)
         }
     }
     .map_err(StartError::Io)?;

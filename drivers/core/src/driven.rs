@@ -81,7 +81,8 @@ pub trait Session: Sized + Send + 'static {
     fn sent(&mut self, ctx: &WorkerCtx, n: usize, chunks: &mut Vec<Bytes>);
     /// `n` bytes were appended to the input.
     fn on_read(&mut self, ctx: &WorkerCtx, n: usize);
-    /// The peer closed its side.
+    /// The peer closed its side (a FIN: every byte it sent was read before). Never called
+    /// for a reset (see [`close`](Session::close)).
     fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant);
     /// The connection's timer fired.
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant);
@@ -109,7 +110,13 @@ pub trait Session: Sized + Send + 'static {
     fn tick(_ctx: &mut WorkerCtx, _shared: &Self::Shared, _now: Instant) -> Option<Instant> {
         None
     }
-    /// The socket is being closed.
+    /// The socket is being closed. Without [`saw_eof`](Session::saw_eof) or a finish of the
+    /// session's own, the connection broke: the peer reset it, or a write failed (`EPIPE`,
+    /// `ECONNRESET`). Drivers first hand over every byte the peer sent before that — read
+    /// until the error, [`on_read`](Session::on_read) and [`process`](Session::process), as
+    /// far as [`wants_read`](Session::wants_read) lets them — and write nothing more; there
+    /// is no [`on_eof`](Session::on_eof) (a reset is not a clean end: e.g. a body read until
+    /// the close is cut short).
     fn close(self, ctx: &mut WorkerCtx);
 
     /// An outbound connection queued with [`WorkerCtx::connect`] has a socket (the connect is

@@ -5,7 +5,7 @@
 //!
 //! Everything here runs only for TLS connections: [`Relay`](crate::relay::Relay) tests
 //! `Io::tls` (one pointer compare) and calls in; a plain connection pays that compare and
-//! nothing else.
+//! nothing else, and not even that on a `Relay<D, U, false>` (a server without TLS).
 
 use bytes::{Buf, BytesMut};
 

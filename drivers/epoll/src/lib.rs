@@ -25,7 +25,11 @@
 //! `WouldBlock` as "nothing to do"); `EINTR` is retried; accepting pauses at the connection
 //! limit and backs off on `EMFILE`/`ENFILE` (a timer, never a busy loop); a closing connection
 //! shuts down its write side and lingers (discarding input) until the peer's FIN or a deadline,
-//! so a final response is not destroyed by a reset.
+//! so a final response is not destroyed by a reset. A reset (a read error) or a failed write
+//! (`EPIPE`, `ECONNRESET`) does not drop what the peer sent before: Linux's `recv` returns
+//! the queued bytes ahead of the error, so the driver reads them (as far as the session wants
+//! input), processes them, writes nothing more and closes the session without `on_eof` (see
+//! `Session::close`).
 //!
 //! Outbound connections ([`WorkerCtx::connect`]) are non-blocking `connect(2)`s registered
 //! for readable and writable readiness; the first writable (or error) event settles them
@@ -559,7 +563,7 @@ fn drive<S: Session>(
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+                Err(_) => return broken(c, ctx, now, scratch),
             }
         }
         if c.session.wants_process() {
@@ -582,14 +586,14 @@ fn drive<S: Session>(
                 }
             };
             match r {
-                Ok(0) => return false,
+                Ok(0) => return broken(c, ctx, now, scratch),
                 Ok(n) => {
                     c.session.written(ctx, n);
                     progress = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.write_blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+                Err(_) => return broken(c, ctx, now, scratch),
             }
         }
         if c.session.is_finished() || c.session.wants_abort() {
@@ -631,6 +635,54 @@ fn drive<S: Session>(
         return linger(c, scratch);
     }
     true
+}
+
+/// The connection failed: a read reported an error (a reset), or a write failed (`EPIPE`,
+/// `ECONNRESET`: the peer reset, or is gone). Whatever the peer sent before is still handed
+/// to the session, as far as it wants input (Linux's `recv` returns the bytes still queued
+/// before it reports the error; after a failed write, they may not even have been read
+/// yet), and processed; nothing is written any more. Returns `false`: close now (the
+/// session's `close` follows; it hears no `on_eof`, so a reset never passes for a clean end).
+#[cold]
+#[inline(never)]
+fn broken<S: Session>(
+    c: &mut Conn<S>,
+    ctx: &mut WorkerCtx,
+    now: Instant,
+    scratch: &mut [u8],
+) -> bool {
+    let chunk = ctx.options.read_chunk;
+    // Bounded as `drive`: each pass reads while the session wants input, then processes.
+    let mut open = true;
+    for _ in 0..32 {
+        while open && c.session.wants_read(ctx) {
+            let input = c.session.input();
+            let r = if input.capacity() - input.len() < chunk / 4 && c.fresh {
+                recv_exact(&c.stream, input, scratch, &mut c.fresh)
+            } else {
+                recv_into(&c.stream, input, chunk)
+            };
+            match r {
+                Ok((0, _)) => open = false,
+                Ok((n, _)) => {
+                    c.session.on_read(ctx, n);
+                    if c.session.input().len() >= chunk {
+                        c.session.process(ctx, now);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => open = false,
+            }
+        }
+        if c.session.wants_process() {
+            c.session.process(ctx, now);
+        }
+        // Processing may have made room for more input (backpressure lifted).
+        if !open || !c.session.wants_read(ctx) {
+            break;
+        }
+    }
+    false
 }
 
 /// [`IDLE_SWEEP`]: connections that hold no unconsumed input give their buffers back; the

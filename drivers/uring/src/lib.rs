@@ -29,7 +29,10 @@
 //!   up (old kernel, `kernel.io_uring_disabled`, seccomp).
 //!
 //! Connections are closed only once no operation of theirs is in flight, so no buffer or fd
-//! is reused under the kernel's feet.
+//! is reused under the kernel's feet. A reset (a recv error) or a failed send does not drop
+//! what the peer sent before: the multishot recv delivers the queued bytes ahead of the
+//! error, so the connection stays until it ended, its input is processed, nothing more is
+//! sent, and the session is closed without `on_eof` (see `Session::close`).
 //!
 //! ## Measured, and off by default ([`UringOptions`](ferry_driver::UringOptions))
 //!
@@ -372,6 +375,9 @@ struct Conn<S> {
     /// Operations in flight (armed recv, send).
     ops: u32,
     eof: bool,
+    /// The connection failed (a recv error, or a failed send): nothing more is written; the
+    /// bytes still queued are read and processed, then it closes ([`broken`]).
+    reset: bool,
     closing: bool,
     armed: Option<Instant>,
     linger_until: Option<Instant>,
@@ -408,6 +414,7 @@ impl<S> Conn<S> {
             sending: Sending::new(),
             ops: 0,
             eof: false,
+            reset: false,
             closing: false,
             armed,
             linger_until: None,
@@ -716,8 +723,9 @@ pub fn run_worker_with<S: Session>(
                                 lp.recv_cap = 0;
                             }
                         } else if res != -libc::ENOBUFS && res != -libc::ECANCELED {
+                            // A reset: the bytes before it came in earlier completions.
                             c.eof = true;
-                            c.closing = true;
+                            c.reset = true;
                         }
                         if !cqueue::more(flags) {
                             c.recv_armed = false;
@@ -780,6 +788,11 @@ pub fn run_worker_with<S: Session>(
                         c.sending.busy = false;
                         if res >= 0 {
                             c.session.sent(&ctx, res as usize, &mut c.sending.chunks);
+                        } else if res == -libc::ECONNRESET || res == -libc::EPIPE {
+                            // The peer reset or is gone (the kernel shut the receive side
+                            // too, so the recv ends): what it sent before is still read.
+                            c.sending.chunks.clear();
+                            c.reset = true;
                         } else {
                             c.sending.chunks.clear();
                             c.closing = true;
@@ -946,6 +959,14 @@ fn drive<S: Session>(c: &mut Conn<S>, t: usize, ctx: &mut WorkerCtx, now: Instan
         }
         return;
     }
+    if c.reset && c.linger_until.is_none() {
+        // (Only `drive` calls itself, in tail position: the compiler keeps it inlined in
+        // the loop as a loop of its own.)
+        if broken(c, t, ctx, now, lp) {
+            drive(c, t, ctx, now, lp);
+        }
+        return;
+    }
     if c.linger_until.is_some() {
         if c.eof {
             c.closing = true;
@@ -1031,6 +1052,37 @@ fn drive<S: Session>(c: &mut Conn<S>, t: usize, ctx: &mut WorkerCtx, now: Instan
             }
         }
     }
+}
+
+/// The connection failed: a recv reported an error (a reset), or a send failed (`EPIPE`,
+/// `ECONNRESET`). Whatever the peer sent before is still handed to the session, as far as it
+/// wants input: the multishot recv delivers the bytes still queued before it ends with the
+/// error (or 0), in order, so it stays armed (armed again after `ENOBUFS`) until then; the
+/// input is processed; nothing is written any more. Then the connection closes (the
+/// session's `close` follows; it hears no `on_eof`, so a reset never passes for a clean
+/// end). Returns `true` once it is closing (the caller drives it on, to cancel what is
+/// left).
+#[cold]
+#[inline(never)]
+fn broken<S: Session>(
+    c: &mut Conn<S>,
+    t: usize,
+    ctx: &mut WorkerCtx,
+    now: Instant,
+    lp: &mut Loop,
+) -> bool {
+    if c.session.wants_process() {
+        c.session.process(ctx, now);
+    }
+    if !c.eof && !c.connecting && c.session.wants_read(ctx) {
+        if !c.recv_armed {
+            arm_recv(c, t, lp);
+        }
+        return false;
+    }
+    // The recv ended (or the session wants no more input: the rest stays unread).
+    c.closing = true;
+    true
 }
 
 /// [`Session::wants_abort`]: close with an RST (`SO_LINGER {1, 0}` on the fd, closed once

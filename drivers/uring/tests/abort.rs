@@ -13,3 +13,13 @@ fn abort_sends_rst() {
 fn half_close_keeps_reading() {
     abort::half_close_keeps_reading(ferry_uring::start_with::<abort::Conn>);
 }
+
+#[test]
+fn bytes_before_a_reset_are_processed() {
+    abort::bytes_before_reset_are_processed(ferry_uring::start_with::<abort::Conn>, b"wait\n");
+}
+
+#[test]
+fn bytes_before_a_failed_send_are_processed() {
+    abort::bytes_before_reset_are_processed(ferry_uring::start_with::<abort::Conn>, b"waitw\n");
+}

@@ -3,13 +3,15 @@
 //! on `big`, after queueing 8 MiB that must not all arrive first: the abort discards unsent
 //! output), and half-closes on `half` (FIN after `half\n`, then counts what it still reads);
 //! it also records what its input buffer holds after the first read and when the driver finds
-//! it idle (`release_idle`).
+//! it idle (`release_idle`). On `wait` (and `waitw`, which then queues a reply) it blocks in
+//! `process` until the test says go, and afterwards only counts the bytes of the lines it
+//! processes: the test sends bytes and resets the connection meanwhile.
 
 #![allow(dead_code)]
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +33,14 @@ pub struct Seen {
     pub released: AtomicUsize,
     /// The input buffer's capacity at the last `release_idle` (plus one).
     pub released_capacity: AtomicUsize,
+    /// A session blocks in `process` on `wait`/`waitw`.
+    pub waiting: AtomicBool,
+    /// The test lets it go on.
+    pub go: AtomicBool,
+    /// Bytes of the lines processed after `wait`/`waitw`.
+    pub after_wait: AtomicUsize,
+    /// Sessions closed.
+    pub closed: AtomicUsize,
 }
 
 pub struct Conn {
@@ -42,6 +52,8 @@ pub struct Conn {
     abort: bool,
     /// `None`: no half-close asked; `Some(false)`: asked, not yet taken by the driver.
     half: Option<bool>,
+    /// After `wait`/`waitw`: lines are only counted.
+    counting: bool,
 }
 
 impl Session for Conn {
@@ -57,6 +69,7 @@ impl Session for Conn {
             eof: false,
             finished: false,
             abort: false,
+            counting: false,
         })
     }
     fn input(&mut self) -> &mut BytesMut {
@@ -131,6 +144,12 @@ impl Session for Conn {
         // Lines: `fin`, `rst`, `big` (queue 8 MiB, then abort), `half`; others echo.
         while let Some(i) = self.input.iter().position(|&b| b == b'\n') {
             let line = self.input.split_to(i + 1);
+            if self.counting {
+                self.seen
+                    .after_wait
+                    .fetch_add(line.len(), Ordering::Relaxed);
+                continue;
+            }
             if self.half.is_some() {
                 if &line[..i] == b"rst" {
                     self.abort = true;
@@ -147,6 +166,19 @@ impl Session for Conn {
                     self.finished = true;
                 }
                 b"rst" => self.abort = true,
+                b"wait" | b"waitw" => {
+                    self.seen.waiting.store(true, Ordering::Relaxed);
+                    let t0 = std::time::Instant::now();
+                    while !self.seen.go.load(Ordering::Relaxed)
+                        && t0.elapsed() < Duration::from_secs(10)
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    if &line[..i] == b"waitw" {
+                        self.out.push(Bytes::from_static(b"reply\n"));
+                    }
+                    self.counting = true;
+                }
                 b"big" => {
                     self.out.push(Bytes::from(vec![b'x'; 8 << 20]));
                     self.abort = true;
@@ -160,7 +192,9 @@ impl Session for Conn {
     }
     fn take_mail(_: &mut WorkerCtx, _: &Seen, _: &mut Vec<(usize, ())>) {}
     fn apply_mail(&mut self, _: &mut WorkerCtx, _: (), _: Instant) {}
-    fn close(self, _: &mut WorkerCtx) {}
+    fn close(self, _: &mut WorkerCtx) {
+        self.seen.closed.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 struct NoHttp;
@@ -298,6 +332,34 @@ pub fn idle_buffers_given_back(start: Start) {
         "input given back"
     );
     echo(b"still here\n");
+    h.shutdown.trigger();
+    assert_eq!(h.wait(), 0);
+}
+
+/// A peer sends `wait` (or `waitw`: the session then queues a reply), then, while the
+/// session is blocked in `process` (nothing more read yet), 1000 lines, and resets the
+/// connection (`SO_LINGER {1, 0}`). The session must process every one of those bytes before
+/// the connection is closed: the kernel hands queued bytes out before the reset, whether the
+/// driver learns of it from a read or from a failed send (`waitw`).
+pub fn bytes_before_reset_are_processed(start: Start, first: &[u8]) {
+    let (h, a, seen) = server(start);
+    let mut s = TcpStream::connect(a).unwrap();
+    s.write_all(first).unwrap();
+    wait_for("session blocked", Duration::from_secs(10), || {
+        seen.waiting.load(Ordering::Relaxed)
+    });
+    let lines = b"0123456789abcdef\n".repeat(1000);
+    s.write_all(&lines).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+    ferry_driver::driven::linger_zero(fd).unwrap();
+    drop(s);
+    // The RST has reached the server's socket (loopback delivers it within the close).
+    std::thread::sleep(Duration::from_millis(20));
+    seen.go.store(true, Ordering::Relaxed);
+    wait_for("closed", Duration::from_secs(10), || {
+        seen.closed.load(Ordering::Relaxed) == 1
+    });
+    assert_eq!(seen.after_wait.load(Ordering::Relaxed), lines.len());
     h.shutdown.trigger();
     assert_eq!(h.wait(), 0);
 }
