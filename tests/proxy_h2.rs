@@ -290,7 +290,7 @@ fn h2load_all_2xx(driver: &str) {
 fn streams_fail_independently(driver: &str) {
     let up = nginx();
     let dead = common::free_port();
-    let (p, _) = proxy(
+    let (p, admin) = proxy(
         driver,
         &format!("127.0.0.1:{},127.0.0.1:{dead}", up.port),
         &["--breaker-failures", "0"],
@@ -381,6 +381,13 @@ print("OK")
     let out = py(script, &p.port());
     assert!(out.contains("{b'502': 10, b'200': 30}"), "{out}");
     assert!(out.contains("OK"), "{out}");
+    // The reset stream is the one client abort.
+    let m = metrics(admin);
+    assert_eq!(
+        metric(&m, "ferry_proxy_client_aborts_total{protocol=\"http\"}"),
+        Some(1),
+        "{m}"
+    );
 }
 
 /// `--http2-max-streams` and `--http2-max-header-list` are what the proxy advertises and

@@ -28,6 +28,15 @@
 //! exchange whose body stops moving for the response timeout ends too: the client gets `408`
 //! if it stopped sending its request body, else as for an upstream timeout.
 //!
+//! Client aborts (nginx's `proxy_ignore_client_abort off`, Envoy): a client that resets its
+//! connection, or sends its EOF with a complete request in flight (HTTP/1.1 cannot tell a
+//! half-close from a client that left; an `Upgrade`/CONNECT request excepted, whose
+//! half-close the tunnel relays), ends every exchange it has in flight at once
+//! (`Down::abandon`): each upstream connection carrying one is closed, nothing is retried,
+//! each is logged 499 and counted (`ferry_proxy_client_aborts_total`). The client's socket is
+//! read while an exchange is in flight even when its connection takes no more requests, so
+//! that the reset or EOF is seen.
+//!
 //! Pipelining: when a client pipelines requests, the safe ones (GET, HEAD, OPTIONS without a
 //! body or `Upgrade`) go down the upstream connection of the request before them,
 //! back-to-back (up to [`ProxyConfig::pipeline_depth`] in flight; the first request's lease
@@ -1065,6 +1074,19 @@ struct Exchange {
     h2: bool,
 }
 
+impl Exchange {
+    /// Whether the client's EOF means it left: its request is complete and its response has
+    /// not ended. Not for a protocol switch in the making (`Upgrade`, CONNECT), where a
+    /// half-close is relayed through the tunnel; a request still missing body bytes fails
+    /// on the EOF by itself.
+    fn gone_on_eof(&self) -> bool {
+        self.req_done
+            && !self.resp_done
+            && !self.head.is_upgrade()
+            && self.head.method() != Method::Connect
+    }
+}
+
 /// A client's connection.
 pub struct Down {
     io: Io,
@@ -1648,6 +1670,10 @@ impl Down {
                     self.log_error(log, ctx, error, now);
                 }
                 if let Some(mut ex) = self.ex.take() {
+                    if error == ferry_http1::Error::UnexpectedEof && !ex.resp_done {
+                        // The client left mid-body (its EOF): aborted like a reset.
+                        self.shared.stats.client_aborts.fetch_add(1, Relaxed);
+                    }
                     self.last_done = Some(ex.id);
                     self.release(ctx, &mut ex, false, now);
                     self.abort = ex.resp_started;
@@ -1878,6 +1904,34 @@ impl Down {
             self.last_done = Some(f.id);
             self.release(ctx, &mut f, false, now);
         }
+    }
+
+    /// The client left (reset, error, or EOF with a request in flight): every exchange it
+    /// has in flight ends now, none retried. The current one and the pipelined ones already
+    /// sent are logged 499 (unless their response had ended) and counted; their upstream
+    /// connection is closed, never pooled mid-response (`release` with `ok` false). Requests
+    /// not sent yet are dropped.
+    fn abandon(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        let sh = self.shared.clone();
+        let ip = self.peer_ip.as_deref();
+        let mut aborted = 0;
+        let sent = self.pipe.iter().filter(|f| f.up.is_some());
+        for ex in self.ex.iter().chain(sent) {
+            let status = if ex.resp_done { ex.status } else { 499 };
+            aborted += u64::from(!ex.resp_done);
+            if let Some(log) = sh.access.as_deref() {
+                log_exchange(log, &sh, ctx, ip, ex, status, ex.resp_bytes, now);
+            }
+        }
+        if aborted > 0 {
+            sh.stats.client_aborts.fetch_add(aborted, Relaxed);
+        }
+        if let Some(mut ex) = self.ex.take() {
+            self.last_done = Some(ex.id);
+            self.release(ctx, &mut ex, false, now);
+        }
+        self.drop_pipe(ctx, now);
+        self.backlog.clear();
     }
 
     /// `ex` is gone: the next pipelined request becomes the head (it keeps the upstream
@@ -3189,7 +3243,11 @@ impl Half for Down {
             && self.unacked < WINDOW
             && self.io.out.len() < ctx.options.write_high_water
             && self.io.input.len() < ctx.options.input_high_water
-            && self.conn.wants_read()
+            // With an exchange in flight the socket is watched even when the connection
+            // takes no more input (`Connection: close`, the pipeline full): a client that
+            // leaves (EOF, reset) is seen at once, and its upstream work is aborted. Bytes
+            // the connection does not take wait in the input (bounded above).
+            && (self.conn.wants_read() || self.ex.is_some())
     }
 
     fn release_idle(&mut self) {
@@ -3265,6 +3323,14 @@ impl Half for Down {
             }
             return;
         }
+        if self.ex.as_ref().is_some_and(Exchange::gone_on_eof) {
+            // The client half-closed with a complete request in flight: HTTP/1.1 cannot tell
+            // "done sending" from "gone", and nginx (`proxy_ignore_client_abort off`) and
+            // Envoy take it as gone: the exchanges end, their upstream connections close.
+            self.abandon(ctx, now);
+            self.abort = true;
+            return;
+        }
         self.conn.handle_eof(now);
         self.process_input(ctx, now);
     }
@@ -3309,16 +3375,7 @@ impl Half for Down {
         }
         self.end_tunnel(ctx);
         let now = ctx.clock.now();
-        if let Some(mut ex) = self.ex.take() {
-            if let Some(log) = self.shared.access.as_deref() {
-                // The client left before its response ended: 499, as nginx logs it.
-                let status = if ex.resp_done { ex.status } else { 499 };
-                let (sh, ip) = (&*self.shared, self.peer_ip.as_deref());
-                log_exchange(log, sh, ctx, ip, &ex, status, ex.resp_bytes, now);
-            }
-            self.release(ctx, &mut ex, false, now);
-        }
-        self.drop_pipe(ctx, now);
+        self.abandon(ctx, now);
     }
 }
 

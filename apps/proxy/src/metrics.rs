@@ -129,6 +129,9 @@ pub struct ProxyStats {
     pub downstream_open: AtomicI64,
     /// Protocol switches relayed (HTTP `101` to an `Upgrade` request, `2xx` to CONNECT).
     pub upgrades: AtomicU64,
+    /// HTTP exchanges abandoned because their client left (reset, EOF) before the response
+    /// ended: their upstream connections were closed (nginx's 499).
+    pub client_aborts: AtomicU64,
     /// Client connections that spoke HTTP/2 (h2c with prior knowledge, or ALPN `h2`).
     pub h2_connections: AtomicU64,
     /// Per worker, the keep-alive pool's figures (`ferry-pool`'s metrics): active, idle,
@@ -246,6 +249,7 @@ impl ProxyStats {
             answered_429: AtomicU64::new(0),
             downstream_open: AtomicI64::new(0),
             upgrades: AtomicU64::new(0),
+            client_aborts: AtomicU64::new(0),
             h2_connections: AtomicU64::new(0),
             pool: (0..workers).map(|_| Default::default()).collect(),
             pool_wait: (0..workers).map(|_| Default::default()).collect(),
@@ -357,6 +361,17 @@ impl ProxyStats {
             s,
             "ferry_proxy_upgrades_total{{protocol=\"{p}\"}} {}",
             self.upgrades.load(Relaxed)
+        );
+        family(
+            &mut s,
+            "ferry_proxy_client_aborts_total",
+            "counter",
+            "HTTP exchanges aborted because their client left before the response ended (499).",
+        );
+        let _ = writeln!(
+            s,
+            "ferry_proxy_client_aborts_total{{protocol=\"{p}\"}} {}",
+            self.client_aborts.load(Relaxed)
         );
         family(
             &mut s,

@@ -318,12 +318,17 @@ fn post_waits_alone_and_is_never_retried(driver: DriverKind) {
 fn client_leaving_mid_pipeline_releases_everything(driver: DriverKind) {
     let up = upstream(Behaviour::default());
     let (p, addr) = proxy(driver, config(vec![up.addr]));
+    let deadline = Instant::now() + Duration::from_secs(10);
     {
         let c = TcpStream::connect(addr).unwrap();
         (&c).write_all(gets(12).concat().as_bytes()).unwrap();
-        // Gone before the upstream (which waits 300 ms to batch) answers.
+        // Gone once all 12 went upstream, before the upstream (which waits 300 ms to batch)
+        // answers. (Its EOF aborts what is in flight: leaving earlier, fewer would go.)
+        let u = &p.stats.upstreams[0];
+        while u.requests.load(Ordering::Relaxed) < 12 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
     while up.seen.lock().unwrap().len() < 12 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -543,6 +543,9 @@ impl Down {
             let ip = self.peer_ip.as_deref();
             log_exchange(log, &sh, ctx, ip, &s.ex, status, s.ex.resp_bytes, now);
         }
+        if status == 499 {
+            sh.stats.client_aborts.fetch_add(1, Relaxed);
+        }
         release(&sh, ctx, &mut s.ex, false, now);
     }
 
