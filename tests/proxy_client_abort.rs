@@ -14,14 +14,13 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{admin_metrics, tmp_dir, Server};
+use common::{admin_metrics, reset, tmp_dir, Server};
 
 /// Bytes of `/stream`'s body the upstream sends before it holds (of [`STREAM_LEN`]).
 const STREAM_FIRST: usize = 64 * 1024;
@@ -261,26 +260,6 @@ const SETTLED: [(&str, i64); 6] = [
     ("ferry_proxy_upstream_connections", 0),
     ("ferry_proxy_downstream_connections", 0),
 ];
-
-/// Closes `s` with a reset (`SO_LINGER` 0), as a client that crashed or gave up does.
-fn reset(s: TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: `s` owns a valid socket; the option value is a `linger` of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-    drop(s);
-}
 
 /// The proxy closes a client connection it gave up on (read to EOF or error; bounded).
 fn closed_by_proxy(s: &mut TcpStream) -> bool {

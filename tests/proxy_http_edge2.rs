@@ -428,9 +428,7 @@ fn client_vanishing_mid_tunnel_frees_the_upstream(driver: &str) {
     let mut b = [0u8; 4];
     s.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"ping");
-    // SO_LINGER 0: close sends a reset.
-    let sock = socket2_linger0(s);
-    drop(sock);
+    common::reset(s);
     p.wait_metric("ferry_proxy_downstream_connections{protocol=\"http\"}", 0.0);
     let up_conns = format!(
         "ferry_proxy_upstream_connections{{protocol=\"http\",upstream=\"{}\"}}",
@@ -469,28 +467,6 @@ fn idle_tunnel_is_closed(driver: &str) {
         up.addr()
     );
     p.wait_metric(&up_conns, 0.0);
-}
-
-/// Set SO_LINGER {on, 0} so that dropping the socket resets the connection.
-fn socket2_linger0(s: TcpStream) -> TcpStream {
-    use std::os::fd::AsRawFd;
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a pointer to a live linger struct and
-    // its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-    s
 }
 
 /// Many WebSocket tunnels at once over two I/O workers (Python `websockets` on both

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 mod common;
 use common::postgres::{bounded, output, pg_bin, show, Postgres};
-use common::{free_port, tmp_dir, Redis, Server};
+use common::{free_port, redis_cli, tmp_dir, Redis, Server};
 
 #[path = "support/tls.rs"]
 mod tls;
@@ -317,7 +317,7 @@ fn redis_client_certs(driver: &str) {
     let p = proxy("redis", driver, &r.addr(), &flags);
     let ca = cert.cert.display().to_string();
     let port = p.addr.port().to_string();
-    let cli = |certs: &[&str], args: &[&str]| {
+    let tls_cli = |certs: &[&str], args: &[&str]| {
         let out = Command::new("timeout")
             .args([
                 "20",
@@ -336,11 +336,11 @@ fn redis_client_certs(driver: &str) {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let with = ["--cert", &good.cert, "--key", &good.key];
-    assert_eq!(cli(&with, &["SET", "mtls:c", "v"]), "OK");
-    assert_eq!(cli(&with, &["GET", "mtls:c"]), "v");
+    assert_eq!(tls_cli(&with, &["SET", "mtls:c", "v"]), "OK");
+    assert_eq!(tls_cli(&with, &["GET", "mtls:c"]), "v");
     let other = ["--cert", &stranger.cert, "--key", &stranger.key];
     for certs in [&[][..], &other[..]] {
-        assert_eq!(cli(certs, &["GET", "mtls:c"]), "", "{certs:?}");
+        assert_eq!(tls_cli(certs, &["GET", "mtls:c"]), "", "{certs:?}");
     }
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
@@ -479,23 +479,6 @@ fn mtls_redis(cert: &Cert, client_ca: &str) -> Redis {
     panic!("redis-server with TLS did not start (built without TLS?)");
 }
 
-/// redis-cli to `port` (plain), bounded; its trimmed stdout.
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .args([
-            "20",
-            "redis-cli",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Upstream mTLS to Redis (`--tls-auth-clients yes`): with `--upstream-cert/--upstream-key`
 /// commands go through; without them the server refuses the proxy's handshake.
 fn redis_upstream_cert(driver: &str) {
@@ -522,13 +505,13 @@ fn redis_upstream_cert(driver: &str) {
     ]
     .concat();
     let p = proxy("redis", driver, &r.addr(), &with);
-    assert_eq!(cli(p.addr.port(), &["PING"]), "PONG");
+    assert_eq!(redis_cli(p.addr.port(), &["PING"]), "PONG");
     let big = "v".repeat(100_000);
-    assert_eq!(cli(p.addr.port(), &["SET", "mtls:k", &big]), "OK");
-    assert_eq!(cli(p.addr.port(), &["GET", "mtls:k"]), big);
+    assert_eq!(redis_cli(p.addr.port(), &["SET", "mtls:k", &big]), "OK");
+    assert_eq!(redis_cli(p.addr.port(), &["GET", "mtls:k"]), big);
     drop(p);
     let p = proxy("redis", driver, &r.addr(), &base);
-    let got = cli(p.addr.port(), &["PING"]);
+    let got = redis_cli(p.addr.port(), &["PING"]);
     assert_ne!(got, "PONG");
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);

@@ -9,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -63,22 +62,7 @@ fn answer_and_reset(proxy: &Server, mut s: TcpStream, bytes: &[u8]) {
         std::thread::sleep(Duration::from_millis(1));
     }
     s.write_all(bytes).unwrap();
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a valid `linger` value.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-    drop(s);
+    common::reset(s);
     // Loopback delivers within the close; a little slack all the same.
     std::thread::sleep(Duration::from_millis(50));
     proxy.signal(libc::SIGCONT);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 mod common;
 use common::postgres::{bounded, output, pg_bin, psycopg_available, show, Postgres};
-use common::{free_port, python, tmp_dir, Redis, Server};
+use common::{free_port, python, redis_cli, tmp_dir, Redis, Server};
 
 #[path = "support/tls.rs"]
 mod tls;
@@ -250,23 +250,6 @@ fn tls_redis(cert: &Cert, extra: &[&str]) -> Redis {
     panic!("redis-server with TLS did not start (built without TLS?)");
 }
 
-/// redis-cli to `port` (plain), bounded; its trimmed stdout.
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .args([
-            "20",
-            "redis-cli",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Through the proxy (plain on the client side) to a TLS-only redis-server: commands,
 /// a 1 MB value both ways, pipelined commands, MULTI/EXEC and pub/sub (dedicated
 /// connections), with the proxy's AUTH going over TLS too.
@@ -275,7 +258,7 @@ fn redis_through_tls(driver: &str) {
     let cert = Cert::make(&dir);
     let r = tls_redis(&cert, &["--requirepass", "up-secret"]);
     // The server is TLS only: plain clients get nothing.
-    assert_ne!(cli(r.port, &["PING"]), "PONG");
+    assert_ne!(redis_cli(r.port, &["PING"]), "PONG");
     let ca = cert.cert.display().to_string();
     let p = proxy_env(
         "redis",
@@ -291,7 +274,7 @@ fn redis_through_tls(driver: &str) {
         &[("FERRY_UPSTREAM_PASSWORD", "up-secret")],
     );
     let port = p.addr.port();
-    assert_eq!(cli(port, &["PING"]), "PONG");
+    assert_eq!(redis_cli(port, &["PING"]), "PONG");
     let script = format!(
         r#"
 import redis, time
@@ -437,7 +420,7 @@ fn redis_wrong_ca_is_refused() {
         ],
     );
     for _ in 0..2 {
-        let got = cli(p.addr.port(), &["PING"]);
+        let got = redis_cli(p.addr.port(), &["PING"]);
         assert!(got.contains("ERR"), "{got}");
     }
     assert!(p.child.try_wait().unwrap().is_none(), "the proxy exited");

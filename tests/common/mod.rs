@@ -237,6 +237,44 @@ pub fn uring_works() -> bool {
     })
 }
 
+/// Close `s` with a reset (`SO_LINGER {on, 0}`), as a client that crashed or gave up does.
+pub fn reset(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `s` owns a valid socket; the option value is a live `linger` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(s);
+}
+
+/// `redis-cli -h 127.0.0.1 -p PORT ARGS…` (plain, bounded to 20 s): its trimmed stdout.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "redis-cli",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// `n` different loopback addresses with nothing listening (the ports are held together
 /// while chosen, so none repeats; `ferry proxy` refuses an upstream listed twice).
 pub fn closed_addrs(n: usize) -> Vec<String> {

@@ -1075,6 +1075,25 @@ struct Exchange {
 }
 
 impl Exchange {
+    /// Keep a body chunk for a replay while the request may go again (any method: a
+    /// request none of which was written goes again too) and the body so far fits in
+    /// `max`; past that, the request is no longer replayable.
+    #[inline]
+    fn keep_for_replay(&mut self, data: &Bytes, max: usize) {
+        if !self.replayable || self.resp_started {
+            return;
+        }
+        if self.replay_len + data.len() <= max {
+            self.replay_len += data.len();
+            if !data.is_empty() {
+                self.replay.push(data.clone());
+            }
+        } else {
+            self.replayable = false;
+            self.replay.clear();
+        }
+    }
+
     /// Whether the client's EOF means it left: its request is complete and its response has
     /// not ended. Not for a protocol switch in the making (`Upgrade`, CONNECT), where a
     /// half-close is relayed through the tunnel; a request still missing body bytes fails
@@ -2168,18 +2187,7 @@ impl Down {
             }
             return;
         }
-        // Kept for any method: a request none of which was written goes again too.
-        if ex.replayable && !ex.resp_started {
-            if ex.replay_len + data.len() <= max_replay {
-                ex.replay_len += data.len();
-                if !data.is_empty() {
-                    ex.replay.push(data.clone());
-                }
-            } else {
-                ex.replayable = false;
-                ex.replay.clear();
-            }
-        }
+        ex.keep_for_replay(&data, max_replay);
         if data.is_empty() && ex.head.body_kind() == BodyKind::Empty {
             return; // the end of a request without a body: the head said it all
         }

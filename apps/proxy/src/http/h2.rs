@@ -432,17 +432,7 @@ impl Down {
         if end {
             ex.req_done = true;
         }
-        if ex.replayable && !ex.resp_started {
-            if ex.replay_len + data.len() <= max_replay {
-                ex.replay_len += data.len();
-                if !data.is_empty() {
-                    ex.replay.push(data.clone());
-                }
-            } else {
-                ex.replayable = false;
-                ex.replay.clear();
-            }
-        }
+        ex.keep_for_replay(&data, max_replay);
         if data.is_empty() && ex.head.body_kind() == BodyKind::Empty {
             return;
         }
