@@ -234,6 +234,98 @@ fn postgres_fatal_before_reset(driver: &str) {
     );
 }
 
+/// The value of the first metric line starting with `name` (labels included in `name` or
+/// not), or 0 when there is none.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A server that answers a query and dies in the same breath (`ReadyForQuery`, then a
+/// FATAL and a reset, read by the proxy in one go): the client gets its answer and gives
+/// the server back before it hears the server is gone. The dead server must not be pooled:
+/// the gauges come back exact (no idle connection that is not open, nothing counted
+/// active), and the next query is answered on a new server connection. Before, the dead
+/// server was put in the idle list (idle 1, open 0) and the gauges stayed wrong.
+fn postgres_answer_then_death_is_not_pooled(driver: &str) {
+    let (up, handed) = upstream(fake_postgres);
+    let (proxy, admin) = Server::start_proxy(
+        "postgres",
+        driver,
+        &up.to_string(),
+        &["--health-interval", "0"],
+        &[],
+    );
+    let mut c = TcpStream::connect(proxy.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    startup.extend_from_slice(b"user\0tester\0database\0tester\0\0");
+    let mut msg = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&startup);
+    c.write_all(&msg).unwrap();
+    let until_ready = |c: &mut TcpStream| {
+        let mut codes = Vec::new();
+        loop {
+            let (ty, body) = pg_read(c).expect("an answer through the proxy");
+            if ty == b'E' {
+                codes.extend(pg_error_codes(
+                    &[&[ty][..], &((body.len() + 4) as i32).to_be_bytes(), &body].concat(),
+                ));
+            }
+            if ty == b'Z' {
+                return codes;
+            }
+        }
+    };
+    assert_eq!(until_ready(&mut c), Vec::<String>::new(), "login");
+    let mut q = Vec::new();
+    pg_msg(&mut q, b'Q', b"SELECT 'ferry_reset_probe'\0");
+    c.write_all(&q).unwrap();
+    let s = handed
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the query reached the upstream");
+    let mut answer = Vec::new();
+    pg_msg(&mut answer, b'C', b"SELECT 1\0");
+    pg_msg(&mut answer, b'Z', b"I");
+    answer.extend_from_slice(&pg_error(
+        "FATAL",
+        "57P01",
+        "terminating connection due to administrator command",
+    ));
+    answer_and_reset(&proxy, s, &answer);
+    assert_eq!(until_ready(&mut c), Vec::<String>::new(), "the answer");
+    // The server is gone: nothing idle or active may be left of it.
+    let t0 = Instant::now();
+    loop {
+        let m = common::admin_metrics(admin);
+        let idle = metric(&m, "ferry_proxy_pool_idle_connections");
+        let active = metric(&m, "ferry_proxy_pool_active_connections");
+        let open = metric(&m, "ferry_proxy_upstream_connections");
+        if idle == open && active == 0.0 && open == 0.0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "gauges: idle {idle}, active {active}, open {open}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // And the client goes on, on a new server connection. (The dying server's FATAL came
+    // in the same read as the answer, so it was forwarded behind it: a known edge, left.)
+    let mut q = Vec::new();
+    pg_msg(&mut q, b'Q', b"SET x = 1\0");
+    c.write_all(&q).unwrap();
+    let codes = until_ready(&mut c);
+    assert!(
+        codes.iter().all(|c| c == "57P01"),
+        "a query after: {codes:?}"
+    );
+}
+
 // --- Redis --------------------------------------------------------------------------------
 
 /// One RESP command (an array of bulk strings) from `s`.
@@ -353,6 +445,7 @@ fn http_close_delimited_body_reset_is_not_whole(driver: &str) {
 
 per_driver!(
     postgres_fatal_before_reset,
+    postgres_answer_then_death_is_not_pooled,
     redis_reply_before_reset,
     http_response_before_reset,
     http_close_delimited_body_reset_is_not_whole,

@@ -240,7 +240,16 @@ struct Pool {
     /// Per upstream: the `ParameterStatus` set of its last server login.
     params: Vec<Option<ServerParams>>,
     waiters: VecDeque<Peer>,
+    /// Server connections that closed while a client held them, until that client hears
+    /// it (`Lost`) or gives the server back: a client may give back a server that died
+    /// after its last answer and before the client read that answer (the mail of one loop
+    /// turn), and a dead server must not be pooled. At most [`WENT_CAP`] (older ones are
+    /// long past that turn).
+    went: Vec<Peer>,
 }
+
+/// See [`Pool::went`].
+const WENT_CAP: usize = 64;
 
 /// A connect in flight, by its tag.
 #[derive(Debug)]
@@ -324,6 +333,7 @@ impl PgWorker {
             count: vec![0; ups],
             params: vec![None; ups],
             waiters: VecDeque::new(),
+            went: Vec::new(),
         });
         self.ids.insert(key, i);
         Some(i)
@@ -399,6 +409,11 @@ impl PgWorker {
     /// `srv` is free: to the first waiter (returned: tell it), else idle.
     fn release(&mut self, sh: &PgShared, pool: usize, srv: SrvRef) -> Option<Peer> {
         let p = &mut self.pools[pool];
+        if let Some(i) = p.went.iter().position(|&g| g == srv.peer) {
+            // It closed already (`gone` counted it out): not pooled, nobody gets it.
+            p.went.swap_remove(i);
+            return None;
+        }
         let w = p.waiters.pop_front();
         if w.is_some() {
             self.bump(M_WAITING, false);
@@ -430,6 +445,14 @@ impl PgWorker {
                 true
             }
             None => false,
+        }
+    }
+
+    /// The client that held `srv` heard it closed (`Lost`): it will not give it back.
+    fn forget_went(&mut self, pool: usize, srv: Peer) {
+        let went = &mut self.pools[pool].went;
+        if let Some(i) = went.iter().position(|&g| g == srv) {
+            went.swap_remove(i);
         }
     }
 
@@ -469,6 +492,11 @@ impl PgWorker {
             self.bump(M_IDLE, false);
         } else if active {
             self.bump(M_ACTIVE, false);
+            let went = &mut self.pools[pool].went;
+            if went.len() == WENT_CAP {
+                went.remove(0);
+            }
+            went.push(me);
         }
         self.bump(M_CLOSED, true);
         let mut failed = Vec::new();
@@ -1625,6 +1653,8 @@ impl PgDown {
             M::Lost(srv, why) => {
                 if self.srv.is_some_and(|s| s.peer == srv) {
                     self.srv = None;
+                    let sh = self.shared.clone();
+                    sh.worker(ctx.index).forget_went(self.pool, srv);
                     let code = if why == admin::KILLED {
                         sqlstate::PROTOCOL_VIOLATION
                     } else {
