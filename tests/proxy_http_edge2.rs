@@ -163,8 +163,7 @@ struct Proxy {
 
 impl Proxy {
     fn start(driver: &str, upstreams: &[String], extra: &[&str]) -> Proxy {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let (ups, admin_s) = (upstreams.join(","), admin.to_string());
+        let ups = upstreams.join(",");
         let mut args = vec![
             "proxy",
             "--listen",
@@ -172,7 +171,7 @@ impl Proxy {
             "--upstream",
             &ups,
             "--admin",
-            &admin_s,
+            "127.0.0.1:0",
             "--driver",
             driver,
         ];
@@ -180,10 +179,8 @@ impl Proxy {
             args.extend(["--workers", "1"]);
         }
         args.extend_from_slice(extra);
-        Proxy {
-            server: Server::launch("http", &args, &[], None),
-            admin,
-        }
+        let (server, admin) = Server::launch_with_admin("http", &args, &[]);
+        Proxy { server, admin }
     }
 
     /// The `/metrics` body.

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{free_port, python, run, Redis, Server};
+use common::{python, run, Redis, Server};
 
 fn proxy(driver: &str, upstreams: &[&Redis], extra: &[&str]) -> Server {
     let list = upstreams
@@ -337,7 +337,6 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 /// again to go upstream (that cost twice its size); large arguments arrive intact.
 fn large_argument_is_held_once(driver: &str) {
     let r = Redis::start();
-    let admin = format!("127.0.0.1:{}", free_port());
     let p = Server::launch(
         "redis",
         &[
@@ -349,7 +348,7 @@ fn large_argument_is_held_once(driver: &str) {
             "--upstream",
             &r.addr(),
             "--admin",
-            &admin,
+            "127.0.0.1:0",
             "--workers",
             "1",
             "--driver",

@@ -69,6 +69,28 @@ impl Server {
     /// Spawn `ferry ARGS` (with `env`, and `RLIMIT_NOFILE` lowered to `nofile` to provoke
     /// EMFILE) and wait for the stable `ferry: listening <proto> <addr> driver=<name>` line.
     pub fn launch(proto: &str, args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Server {
+        Server::launch_lines(proto, args, env, nofile, false).0
+    }
+
+    /// [`launch`](Server::launch) of a `ferry proxy` given `--admin 127.0.0.1:0`: also reads
+    /// the `ferry: admin http <addr>` line that follows, for the port the system chose (no
+    /// free-port race with other tests).
+    pub fn launch_with_admin(
+        proto: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Server, SocketAddr) {
+        let (s, admin) = Server::launch_lines(proto, args, env, None, true);
+        (s, admin.expect("admin line"))
+    }
+
+    fn launch_lines(
+        proto: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+        admin: bool,
+    ) -> (Server, Option<SocketAddr>) {
         let mut cmd = Command::new(bin());
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
@@ -96,9 +118,8 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("spawn ferry");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read listening line");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).expect("read listening line");
         let prefix = format!("ferry: listening {proto} ");
         let rest = line
             .trim()
@@ -106,16 +127,26 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected line {line:?}"));
         let (addr, drv) = rest.split_once(' ').expect("driver field");
         let driver = drv.strip_prefix("driver=").expect("driver=").to_string();
-        Server {
+        let admin = admin.then(|| {
+            let mut line = String::new();
+            out.read_line(&mut line).expect("read admin line");
+            line.trim()
+                .strip_prefix("ferry: admin http ")
+                .unwrap_or_else(|| panic!("unexpected admin line {line:?}"))
+                .parse()
+                .expect("admin address")
+        });
+        let server = Server {
             child,
             addr: addr.parse().expect("address"),
             driver,
-        }
+        };
+        (server, admin)
     }
 
     /// `http://ADDR/PATH`.
-    /// `ferry proxy --protocol PROTO --listen 127.0.0.1:0 --upstream UPSTREAM --admin ADMIN
-    /// --workers 1 --driver DRIVER EXTRA…` with `env`, and its admin address (a free port).
+    /// `ferry proxy --protocol PROTO --listen 127.0.0.1:0 --upstream UPSTREAM --admin
+    /// 127.0.0.1:0 --workers 1 --driver DRIVER EXTRA…` with `env`, and its admin address.
     pub fn start_proxy(
         proto: &str,
         driver: &str,
@@ -123,8 +154,6 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> (Server, SocketAddr) {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin_s = admin.to_string();
         let mut args = vec![
             "proxy",
             "--protocol",
@@ -134,14 +163,14 @@ impl Server {
             "--upstream",
             upstream,
             "--admin",
-            &admin_s,
+            "127.0.0.1:0",
             "--workers",
             "1",
             "--driver",
             driver,
         ];
         args.extend_from_slice(extra);
-        let s = Server::launch(proto, &args, env, None);
+        let (s, admin) = Server::launch_with_admin(proto, &args, env);
         // No silent fallback from io_uring where io_uring works.
         if driver == "epoll" || (driver == "uring" && uring_works()) {
             assert_eq!(s.driver, driver);
