@@ -581,17 +581,7 @@ fn bad_mtls_flags_exit_2() {
         ),
     ] {
         for proto in ["http", "postgres", "redis"] {
-            let out = Command::new(common::BIN)
-                .args(["proxy", "--protocol", proto, "--listen", "127.0.0.1:0"])
-                .args(["--upstream", "127.0.0.1:1"])
-                .args(&args)
-                .output()
-                .unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{proto} {args:?}: {err}");
-            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
-            assert!(err.contains(flag), "{args:?}: {err}");
-            assert!(!err.contains("panicked"), "{err}");
+            common::proxy_usage_error(proto, &args, flag);
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

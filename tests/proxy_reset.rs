@@ -166,6 +166,20 @@ fn fake_postgres(mut s: TcpStream) -> Option<TcpStream> {
     }
 }
 
+/// A client connection to the proxy with its StartupMessage sent (user and database
+/// `tester`).
+fn pg_connect(proxy: &Server) -> TcpStream {
+    let mut c = TcpStream::connect(proxy.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    startup.extend_from_slice(b"user\0tester\0database\0tester\0\0");
+    let mut msg = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&startup);
+    c.write_all(&msg).unwrap();
+    c
+}
+
 /// The SQLSTATE codes of the ErrorResponses among `bytes` (backend messages), in order.
 fn pg_error_codes(mut bytes: &[u8]) -> Vec<String> {
     let mut codes = Vec::new();
@@ -198,14 +212,7 @@ fn postgres_fatal_before_reset(driver: &str) {
         &["--health-interval", "0"],
         &[],
     );
-    let mut c = TcpStream::connect(proxy.addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut startup = Vec::new();
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    startup.extend_from_slice(b"user\0tester\0database\0tester\0\0");
-    let mut msg = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&startup);
-    c.write_all(&msg).unwrap();
+    let mut c = pg_connect(&proxy);
     loop {
         let (ty, body) = pg_read(&mut c).expect("login through the proxy");
         assert_ne!(ty, b'E', "login: {}", String::from_utf8_lossy(&body));
@@ -259,14 +266,7 @@ fn postgres_answer_then_death_is_not_pooled(driver: &str) {
         &["--health-interval", "0"],
         &[],
     );
-    let mut c = TcpStream::connect(proxy.addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut startup = Vec::new();
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    startup.extend_from_slice(b"user\0tester\0database\0tester\0\0");
-    let mut msg = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&startup);
-    c.write_all(&msg).unwrap();
+    let mut c = pg_connect(&proxy);
     let until_ready = |c: &mut TcpStream| {
         let mut codes = Vec::new();
         loop {

@@ -360,22 +360,7 @@ fn bad_tls_flags_exit_2() {
         ),
         (vec!["--upstream-ca", &c], "--upstream-ca"),
     ] {
-        let out = Command::new(common::BIN)
-            .args([
-                "proxy",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                "127.0.0.1:1",
-            ])
-            .args(&args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
-        assert!(err.contains(flag), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{err}");
+        common::proxy_usage_error("http", &args, flag);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

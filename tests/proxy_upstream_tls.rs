@@ -497,16 +497,7 @@ fn upstream_tls_flags_for_every_protocol() {
                 "--upstream-server-name",
             ),
         ] {
-            let out = Command::new(common::BIN)
-                .args(["proxy", "--protocol", proto, "--listen", "127.0.0.1:0"])
-                .args(["--upstream", "127.0.0.1:1"])
-                .args(&args)
-                .output()
-                .unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{proto} {args:?}: {err}");
-            assert_eq!(err.trim().lines().count(), 1, "{proto} {args:?}: {err}");
-            assert!(err.contains(flag), "{proto} {args:?}: {err}");
+            let err = common::proxy_usage_error(proto, &args, flag);
             assert!(!err.contains("only with --protocol"), "{proto}: {err}");
         }
     }

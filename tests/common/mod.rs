@@ -304,6 +304,23 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `ferry proxy --protocol PROTO --listen 127.0.0.1:0 --upstream 127.0.0.1:1 ARGS…` must
+/// refuse to start as a usage error: exit 2, one line naming `flag`, no panic. Its stderr.
+pub fn proxy_usage_error(proto: &str, args: &[&str], flag: &str) -> String {
+    let out = Command::new(bin())
+        .args(["proxy", "--protocol", proto, "--listen", "127.0.0.1:0"])
+        .args(["--upstream", "127.0.0.1:1"])
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{proto} {args:?}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{proto} {args:?}: {err}");
+    assert!(err.contains(flag), "{proto} {args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
 /// `n` different loopback addresses with nothing listening (the ports are held together
 /// while chosen, so none repeats; `ferry proxy` refuses an upstream listed twice).
 pub fn closed_addrs(n: usize) -> Vec<String> {
