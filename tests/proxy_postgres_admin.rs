@@ -10,7 +10,9 @@
 //! Nothing here asserts timing; every loop is bounded in count and time; loopback only.
 
 mod common;
-use common::postgres::{opts, output, psql_cmd, py_ok, setup, show, PoolOpts, TIMED_OUT};
+use common::postgres::{
+    opts, output, psql_cmd, py_ok, setup, show, PoolOpts, Pooler, Postgres, TIMED_OUT,
+};
 
 const CLIENT_PW: &str = "client-secret";
 
@@ -95,6 +97,27 @@ def until(f, what):
     raise SystemExit('timed out waiting for ' + what)
 "#;
 
+/// The pooler of `o` in front of a fresh PostgreSQL, when the pooler under test is ferry
+/// (the console is ferry's; `None`, a skip, for PgBouncer runs or without PostgreSQL).
+fn ferry_setup(o: PoolOpts) -> Option<(Postgres, Pooler)> {
+    setup(o).filter(|(_, p)| p.is_ferry())
+}
+
+/// `opts(size)` with a pool wait long enough that a held query does not time out on a
+/// loaded machine.
+fn patient(size: u32) -> PoolOpts {
+    PoolOpts {
+        extra: vec!["--pool-wait-timeout".into(), "60s".into()],
+        ..opts(size)
+    }
+}
+
+/// Run `body` after the [`CONSOLE`] helpers (bounded to `secs`); it must print `ok`.
+fn console_script(pg: &Postgres, p: &Pooler, secs: u64, body: &str) {
+    let script = format!("{CONSOLE}\n{body}");
+    assert_eq!(py_ok(secs, p.port(), pg.port, &script).trim(), "ok");
+}
+
 /// The second database of the per-database tests.
 const DB2: &str = "CREATE DATABASE db2";
 
@@ -113,14 +136,13 @@ fn psql_console(port: u16, db: &str, password: Option<&str>, sql: &str) -> std::
 /// transactions end, the servers are idle and every client active.
 #[test]
 fn pools_clients_servers_while_transactions_held() {
-    let Some((pg, p)) = setup(opts(2)) else {
+    let Some((pg, p)) = ferry_setup(opts(2)) else {
         return;
     };
-    if !p.is_ferry() {
-        return;
-    }
-    let script = format!(
-        "{CONSOLE}\n{}",
+    console_script(
+        &pg,
+        &p,
+        90,
         r#"
 adm = console()
 holders = [connect(PROXY) for _ in range(3)]
@@ -171,23 +193,21 @@ assert all(r['state'] == 'idle' and r['link'] == '' for r in show(adm, 'SERVERS'
 for h in holders:
     h.close()
 print('ok')
-"#
+"#,
     );
-    assert_eq!(py_ok(90, p.port(), pg.port, &script).trim(), "ok");
 }
 
 /// `SHOW STATS` counts every query answered and every transaction ended for the database,
 /// and the bytes both ways.
 #[test]
 fn stats_count_queries_and_transactions() {
-    let Some((pg, p)) = setup(opts(2)) else {
+    let Some((pg, p)) = ferry_setup(opts(2)) else {
         return;
     };
-    if !p.is_ferry() {
-        return;
-    }
-    let script = format!(
-        "{CONSOLE}\n{}",
+    console_script(
+        &pg,
+        &p,
+        60,
         r#"
 adm = console()
 c = connect(PROXY)
@@ -209,9 +229,8 @@ assert b['total_received'] > a['total_received'], (a, b)
 assert b['total_sent'] > a['total_sent'], (a, b)
 c.close()
 print('ok')
-"#
+"#,
     );
-    assert_eq!(py_ok(60, p.port(), pg.port, &script).trim(), "ok");
 }
 
 /// psql reaches the console as `-d ferry` and `-d pgbouncer`; an unknown command is an
@@ -219,12 +238,9 @@ print('ok')
 /// `SHOW CONFIG` has the proxy's settings.
 #[test]
 fn commands_and_errors() {
-    let Some((pg, p)) = setup(opts(3)) else {
+    let Some((pg, p)) = ferry_setup(opts(3)) else {
         return;
     };
-    if !p.is_ferry() {
-        return;
-    }
     for db in ["ferry", "pgbouncer"] {
         let out = psql_console(p.port(), db, None, "SHOW VERSION");
         assert!(out.status.success(), "{}", show(&out));
@@ -246,8 +262,10 @@ fn commands_and_errors() {
         "{}",
         show(&out)
     );
-    let script = format!(
-        "{CONSOLE}\n{}",
+    console_script(
+        &pg,
+        &p,
+        60,
         r#"
 adm = console()
 try:
@@ -283,9 +301,8 @@ cur = adm.execute('SHOW VERSION; SHOW VERSION')
 assert cur.fetchone()[0].startswith('ferry proxy ')
 adm.close()
 print('ok')
-"#
+"#,
     );
-    assert_eq!(py_ok(60, p.port(), pg.port, &script).trim(), "ok");
 }
 
 /// `PAUSE` answers only once the transaction in progress has ended, and holds a new
@@ -293,17 +310,13 @@ print('ok')
 #[test]
 fn pause_waits_for_transactions_and_holds_queries_until_resume() {
     // The held query must not run into the pool wait timeout on a loaded machine.
-    let Some((pg, p)) = setup(PoolOpts {
-        extra: vec!["--pool-wait-timeout".into(), "60s".into()],
-        ..opts(2)
-    }) else {
+    let Some((pg, p)) = ferry_setup(patient(2)) else {
         return;
     };
-    if !p.is_ferry() {
-        return;
-    }
-    let script = format!(
-        "{CONSOLE}\n{}",
+    console_script(
+        &pg,
+        &p,
+        90,
         r#"
 def state(c):
     return {r['key']: r['value'] for r in show(c, 'STATE')}
@@ -349,9 +362,8 @@ assert got == [42], got
 assert state(adm)['paused'] == 'no'
 h.execute('SELECT 1')
 print('ok')
-"#
+"#,
     );
-    assert_eq!(py_ok(90, p.port(), pg.port, &script).trim(), "ok");
 }
 
 /// With a client password the console asks for it (SCRAM), refuses a wrong one and
@@ -394,15 +406,14 @@ fn console_authenticates() {
 /// and users clients used, with the upstream, the server connections and the switches.
 #[test]
 fn databases_users_and_lists() {
-    let Some((pg, p)) = setup(opts(2)) else {
+    let Some((pg, p)) = ferry_setup(opts(2)) else {
         return;
     };
-    if !p.is_ferry() {
-        return;
-    }
     pg.sql(DB2);
-    let script = format!(
-        "{CONSOLE}\n{}",
+    console_script(
+        &pg,
+        &p,
+        60,
         r#"
 adm = console()
 a = to('postgres')
@@ -425,9 +436,8 @@ assert lists['login_clients'] == 0, lists
 assert lists['used_servers'] >= 2, lists
 assert lists['pools'] >= 3, lists
 print('ok')
-"#
+"#,
     );
-    assert_eq!(py_ok(60, p.port(), pg.port, &script).trim(), "ok");
 }
 
 /// `PAUSE db` waits for that database's transaction in progress only, holds that
@@ -435,18 +445,14 @@ print('ok')
 /// are PgBouncer's and leave the session usable.
 #[test]
 fn pause_and_resume_one_database() {
-    let Some((pg, p)) = setup(PoolOpts {
-        extra: vec!["--pool-wait-timeout".into(), "60s".into()],
-        ..opts(2)
-    }) else {
+    let Some((pg, p)) = ferry_setup(patient(2)) else {
         return;
     };
-    if !p.is_ferry() {
-        return;
-    }
     pg.sql(DB2);
-    let script = format!(
-        "{CONSOLE}\n{}",
+    console_script(
+        &pg,
+        &p,
+        90,
         r#"
 adm = console()
 adm2 = console(db='pgbouncer')
@@ -493,24 +499,22 @@ assert got == [42], got
 assert database(adm2, 'db2')['paused'] == '0'
 h.execute('SELECT 1')
 print('ok')
-"#
+"#,
     );
-    assert_eq!(py_ok(90, p.port(), pg.port, &script).trim(), "ok");
 }
 
 /// `DISABLE db` refuses new logins to that database with PgBouncer's error (08P01) while
 /// its open sessions and other databases go on; `ENABLE db` lets them in again.
 #[test]
 fn disable_refuses_new_logins_until_enable() {
-    let Some((pg, p)) = setup(opts(2)) else {
+    let Some((pg, p)) = ferry_setup(opts(2)) else {
         return;
     };
-    if !p.is_ferry() {
-        return;
-    }
     pg.sql(DB2);
-    let script = format!(
-        "{CONSOLE}\n{}",
+    console_script(
+        &pg,
+        &p,
+        60,
         r#"
 adm = console()
 e = console_error(adm, 'DISABLE')
@@ -537,9 +541,8 @@ adm.execute('ENABLE db2')
 assert database(adm, 'db2')['disabled'] == '0'
 assert to('db2').execute('SELECT 9').fetchone()[0] == 9
 print('ok')
-"#
+"#,
     );
-    assert_eq!(py_ok(60, p.port(), pg.port, &script).trim(), "ok");
     // psql shows the refusal.
     let out = psql_console(p.port(), "ferry", None, "DISABLE db2");
     assert!(out.status.success(), "{}", show(&out));
@@ -563,18 +566,14 @@ print('ok')
 /// leaves the other database alone.
 #[test]
 fn kill_drops_a_databases_clients_and_servers() {
-    let Some((pg, p)) = setup(PoolOpts {
-        extra: vec!["--pool-wait-timeout".into(), "60s".into()],
-        ..opts(2)
-    }) else {
+    let Some((pg, p)) = ferry_setup(patient(2)) else {
         return;
     };
-    if !p.is_ferry() {
-        return;
-    }
     pg.sql(DB2);
-    let script = format!(
-        "{CONSOLE}\n{}",
+    console_script(
+        &pg,
+        &p,
+        90,
         r#"
 adm = console()
 other = to('postgres')
@@ -623,9 +622,8 @@ adm.execute('RESUME db2')
 t.join(30)
 assert got == [3], got
 print('ok')
-"#
+"#,
     );
-    assert_eq!(py_ok(90, p.port(), pg.port, &script).trim(), "ok");
 }
 
 /// `RECONNECT db` closes that database's idle server connections at once and a busy one
@@ -633,15 +631,14 @@ print('ok')
 /// stay.
 #[test]
 fn reconnect_replaces_a_databases_server_connections() {
-    let Some((pg, p)) = setup(opts(2)) else {
+    let Some((pg, p)) = ferry_setup(opts(2)) else {
         return;
     };
-    if !p.is_ferry() {
-        return;
-    }
     pg.sql(DB2);
-    let script = format!(
-        "{CONSOLE}\n{}",
+    console_script(
+        &pg,
+        &p,
+        90,
         r#"
 adm = console()
 other = to('postgres')
@@ -669,9 +666,8 @@ assert busy.execute('SELECT 4').fetchone()[0] == 4
 assert keep <= backends('postgres'), 'the other database kept its servers'
 assert other.execute('SELECT pg_backend_pid()').fetchone()[0] in keep
 print('ok')
-"#
+"#,
     );
-    assert_eq!(py_ok(90, p.port(), pg.port, &script).trim(), "ok");
 }
 
 /// What happened before any console session was open (connections then publish nothing)
@@ -679,17 +675,13 @@ print('ok')
 /// the servers' pids and links, and the queries counted.
 #[test]
 fn the_first_console_session_sees_what_happened_before() {
-    let Some((pg, p)) = setup(PoolOpts {
-        extra: vec!["--pool-wait-timeout".into(), "60s".into()],
-        ..opts(2)
-    }) else {
+    let Some((pg, p)) = ferry_setup(patient(2)) else {
         return;
     };
-    if !p.is_ferry() {
-        return;
-    }
-    let script = format!(
-        "{CONSOLE}\n{}",
+    console_script(
+        &pg,
+        &p,
+        90,
         r#"
 holders = [connect(PROXY) for _ in range(3)]
 pids = []
@@ -738,7 +730,6 @@ st2 = [r for r in show(adm, 'STATS') if r['database'] == 'postgres'][0]
 assert int(st2['total_query_count']) == int(st['total_query_count']) + 3, (st, st2)
 assert int(st2['total_wait_time']) >= 500000, st2
 print('ok')
-"#
+"#,
     );
-    assert_eq!(py_ok(90, p.port(), pg.port, &script).trim(), "ok");
 }
