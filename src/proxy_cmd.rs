@@ -213,7 +213,7 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "NAME", value_parser = boxed_str)]
     client_user: Option<Box<str>>,
     /// TLS for clients: the listener's certificate chain (PEM, leaf first); needs --tls-key.
-    /// http and redis: TLS from the first byte (HTTPS, ALPN http/1.1); postgres: SSLRequest
+    /// http and redis: TLS from the first byte (HTTPS; ALPN h2 and http/1.1); postgres: SSLRequest
     /// is answered `S` and TLS starts (without these flags: `N`).
     #[arg(long, value_name = "FILE", value_parser = boxed_path)]
     tls_cert: Option<Box<Path>>,
