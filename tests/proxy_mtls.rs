@@ -1,7 +1,7 @@
 //! End-to-end tests of mutual TLS in `ferry proxy`, both directions:
 //!
 //! - `--tls-client-ca` (listener side): curl with and without `--cert/--key` through the
-//!   HTTPS proxy (the scripted upstream sees `x-forwarded-client-cert: Subject="..."`, never
+//!   HTTPS proxy (the scripted upstream sees `x-forwarded-client-cert: Hash=…;Subject="…";URI=…`, never
 //!   a client's own), a certificate from another CA refused; psql with `sslcert/sslkey`
 //!   through the PostgreSQL proxy, refused without one (also in the clear); `redis-cli
 //!   --tls --cert/--key` through the Redis proxy;
@@ -34,6 +34,9 @@ struct ClientCert {
     ca: String,
     cert: String,
     key: String,
+    /// The `x-forwarded-client-cert` the proxy should send for this certificate (its SHA-256
+    /// as openssl computes it, its subject and its URI subjectAltName).
+    xfcc: String,
 }
 
 impl ClientCert {
@@ -58,15 +61,30 @@ impl ClientCert {
             .push(DnType::OrganizationName, "Ferry Tests");
         leaf.distinguished_name.push(DnType::CommonName, cn);
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let spiffe = format!("spiffe://ferry.test/{cn}");
+        leaf.subject_alt_names = vec![rcgen::SanType::URI(spiffe.clone().try_into().unwrap())];
         let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
         let path = |f: String| dir.join(f).display().to_string();
-        let c = ClientCert {
+        let mut c = ClientCert {
             ca: path(format!("{name}-ca.pem")),
             cert: path(format!("{name}.pem")),
             key: path(format!("{name}.key")),
+            xfcc: String::new(),
         };
         std::fs::write(&c.ca, ca.pem()).unwrap();
         std::fs::write(&c.cert, leaf.pem()).unwrap();
+        let fp = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in", &c.cert])
+            .output()
+            .unwrap();
+        assert!(fp.status.success(), "{fp:?}");
+        // "sha256 Fingerprint=AB:CD:..." -> "abcd..."
+        let fp = String::from_utf8(fp.stdout).unwrap();
+        let hash = fp.trim().rsplit('=').next().unwrap().replace(':', "");
+        c.xfcc = format!(
+            "Hash={};Subject=\"CN={cn},O=Ferry Tests\";URI={spiffe}",
+            hash.to_ascii_lowercase()
+        );
         std::fs::write(&c.key, key.serialize_pem()).unwrap();
         std::fs::set_permissions(&c.key, std::fs::Permissions::from_mode(0o600)).unwrap();
         c
@@ -97,7 +115,6 @@ fn curl(args: &[&str]) -> std::process::Output {
 }
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-const SUBJECT: &str = r#"Subject="CN=client-1,O=Ferry Tests""#;
 const SPOOF: &str = r#"X-Forwarded-Client-Cert: Subject="CN=admin""#;
 
 /// HTTPS with `--tls-client-ca`: curl with a certificate of that CA gets the upstream's
@@ -132,7 +149,7 @@ fn https_client_certs(driver: &str) {
     for s in &seen {
         assert_eq!(
             fields(&s.head, "x-forwarded-client-cert"),
-            [SUBJECT],
+            [good.xfcc.as_str()],
             "{}",
             s.head
         );

@@ -1,7 +1,9 @@
 //! The identity of a client that presented a verified certificate (mutual TLS,
 //! `--tls-client-ca`), forwarded upstream as Envoy does: an `x-forwarded-client-cert` field
-//! (XFCC) whose `Subject` element is the certificate's subject distinguished name in
-//! RFC 4514 form, double-quoted: `x-forwarded-client-cert: Subject="CN=client-1,O=Example"`.
+//! (XFCC) with, in Envoy's order, `Hash` (the SHA-256 of the certificate's DER, lowercase hex),
+//! `Subject` (the subject distinguished name in RFC 4514 form, double-quoted), then one `URI`
+//! per URI subjectAltName (a SPIFFE ID, say) and one `DNS` per DNS subjectAltName:
+//! `x-forwarded-client-cert: Hash=9a0c…;Subject="CN=client-1,O=Example";URI=spiffe://example.org/web;DNS=web.example.org`.
 //! The proxy drops any such field a client sent itself (Envoy's `SANITIZE`), so an upstream
 //! can trust the one it sees.
 
@@ -11,10 +13,64 @@ use x509_parser::x509::AttributeTypeAndValue;
 /// The field's name.
 pub(crate) const XFCC: &str = "x-forwarded-client-cert";
 
-/// `Subject="<RFC 4514 subject>"` of the DER certificate `der` (the verified leaf), or
-/// `None` when it does not parse (rustls accepted it, so it should).
+/// The XFCC element list of the DER certificate `der` (the verified leaf), or `None` when it
+/// does not parse (rustls accepted it, so it should).
 pub(crate) fn xfcc_value(der: &[u8]) -> Option<String> {
+    use sha2::Digest;
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut out = String::from("Hash=");
+    for b in sha2::Sha256::digest(der) {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out.push_str(";Subject=\"");
+    out.push_str(&subject(&cert));
+    out.push('"');
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        use x509_parser::extensions::GeneralName;
+        let names = &san.value.general_names;
+        for (key, want_uri) in [("URI", true), ("DNS", false)] {
+            for name in names {
+                let value = match (name, want_uri) {
+                    (GeneralName::URI(v), true) | (GeneralName::DNSName(v), false) => v,
+                    _ => continue,
+                };
+                out.push(';');
+                out.push_str(key);
+                out.push('=');
+                push_element_value(&mut out, value);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// An XFCC element value as Envoy writes it: as it is, or double-quoted when it holds one
+/// of `,;="` or a space; `"` and `\` escaped inside quotes, and any byte outside printable
+/// ASCII as `\XX` (an IA5String may hold control bytes; none reaches the field).
+fn push_element_value(out: &mut String, v: &str) {
+    let quote = v
+        .bytes()
+        .any(|b| b",;=\" \\".contains(&b) || !(0x21..=0x7e).contains(&b));
+    if quote {
+        out.push('"');
+    }
+    for b in v.bytes() {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\{b:02X}")),
+        }
+    }
+    if quote {
+        out.push('"');
+    }
+}
+
+/// The subject in RFC 4514 form.
+fn subject(cert: &x509_parser::certificate::X509Certificate<'_>) -> String {
     let mut dn = String::new();
     // RFC 4514 §2.1: the last RDN of the sequence first, comma-separated; the attributes of a
     // multi-valued RDN joined by `+`.
@@ -36,7 +92,7 @@ pub(crate) fn xfcc_value(der: &[u8]) -> Option<String> {
             push_attribute(&mut dn, attr);
         }
     }
-    Some(format!("Subject=\"{dn}\""))
+    dn
 }
 
 /// `type=value` (RFC 4514 §2.3, §2.4): the short name (`CN`, `O`...) or the dotted OID; a
@@ -81,15 +137,33 @@ fn escape(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
 
-    fn cert_with(dn: &[(rcgen::DnType, &str)]) -> Vec<u8> {
+    fn cert(dn: &[(rcgen::DnType, &str)], sans: Vec<rcgen::SanType>) -> Vec<u8> {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name = rcgen::DistinguishedName::new();
         for (t, v) in dn {
             p.distinguished_name.push(t.clone(), *v);
         }
+        p.subject_alt_names = sans;
         p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn cert_with(dn: &[(rcgen::DnType, &str)]) -> Vec<u8> {
+        cert(dn, Vec::new())
+    }
+
+    /// The value after `Hash=<sha256 of der>;`, which every value starts with.
+    fn after_hash(der: &[u8]) -> String {
+        let v = xfcc_value(der).unwrap();
+        let hash: String = sha2::Sha256::digest(der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        v.strip_prefix(&format!("Hash={hash};"))
+            .unwrap_or_else(|| panic!("{v}"))
+            .to_string()
     }
 
     #[test]
@@ -100,22 +174,47 @@ mod tests {
             (OrganizationName, "Example"),
             (CommonName, "client-1"),
         ]);
-        assert_eq!(
-            xfcc_value(&der).unwrap(),
-            r#"Subject="CN=client-1,O=Example,C=US""#
-        );
+        assert_eq!(after_hash(&der), r#"Subject="CN=client-1,O=Example,C=US""#);
     }
 
     #[test]
     fn special_characters_are_escaped() {
         use rcgen::DnType::*;
         let der = cert_with(&[(CommonName, "a\"b,c+d\\ é")]);
-        assert_eq!(
-            xfcc_value(&der).unwrap(),
-            r#"Subject="CN=a\"b\,c\+d\\ \C3\A9""#
-        );
+        assert_eq!(after_hash(&der), r#"Subject="CN=a\"b\,c\+d\\ \C3\A9""#);
         let der = cert_with(&[(CommonName, " #x ")]);
-        assert_eq!(xfcc_value(&der).unwrap(), r#"Subject="CN=\ #x\ ""#);
+        assert_eq!(after_hash(&der), r#"Subject="CN=\ #x\ ""#);
+    }
+
+    #[test]
+    fn uri_then_dns_sans_one_element_each() {
+        use rcgen::SanType;
+        let ia5 = |s: &str| s.to_string().try_into().unwrap();
+        let der = cert(
+            &[(rcgen::DnType::CommonName, "web")],
+            vec![
+                SanType::DnsName(ia5("web.example.org")),
+                SanType::URI(ia5("spiffe://example.org/ns/prod/sa/web")),
+                SanType::IpAddress("10.0.0.1".parse().unwrap()),
+                SanType::DnsName(ia5("*.web.example.org")),
+                SanType::URI(ia5("https://x.example/a;b=c")),
+            ],
+        );
+        assert_eq!(
+            after_hash(&der),
+            "Subject=\"CN=web\";URI=spiffe://example.org/ns/prod/sa/web;\
+             URI=\"https://x.example/a;b=c\";DNS=web.example.org;DNS=*.web.example.org"
+        );
+    }
+
+    #[test]
+    fn element_values_cannot_break_the_field() {
+        let mut out = String::new();
+        push_element_value(&mut out, "a\"b\\c\r\nX-Evil: 1");
+        assert_eq!(out, r#""a\"b\\c\0D\0AX-Evil: 1""#);
+        let mut out = String::new();
+        push_element_value(&mut out, "plain-value/1");
+        assert_eq!(out, "plain-value/1");
     }
 
     #[test]
