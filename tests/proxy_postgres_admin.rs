@@ -733,3 +733,235 @@ print('ok')
 "#,
     );
 }
+
+/// `KILL_CLIENT id` (the `id` of `SHOW CLIENTS`) closes that client at once (FATAL 08P01
+/// "admin forced disconnect", PgBouncer's) and no other; PgBouncer's errors for a bad or
+/// unknown id; `SUSPEND` (no socket handover here) is PgBouncer's unknown command.
+#[test]
+fn kill_client_closes_that_client_only() {
+    let Some((pg, p)) = ferry_setup(opts(2)) else {
+        return;
+    };
+    console_script(
+        &pg,
+        &p,
+        90,
+        r#"
+adm = console()
+other = to('postgres')
+other.execute('SELECT 1')
+r = raw('postgres')
+assert raw_query(r, 'SELECT 1')[-1][0] == b'Z'
+port = str(r.getsockname()[1])
+mine = [c for c in show(adm, 'CLIENTS') if c['port'] == port]
+assert len(mine) == 1, show(adm, 'CLIENTS')
+ids = [c['id'] for c in show(adm, 'CLIENTS')]
+assert len(set(ids)) == len(ids), ids
+e = console_error(adm, 'KILL_CLIENT nonsense')
+assert 'invalid client pointer supplied' in str(e), e
+e = console_error(adm, 'KILL_CLIENT 999999999')
+assert 'client not found' in str(e), e
+e = console_error(adm, 'SUSPEND')
+assert "invalid command 'SUSPEND', use SHOW HELP;" in str(e), e
+adm.execute('KILL_CLIENT ' + mine[0]['id'])
+m = read_msg(r)
+assert m is not None and m[0] == b'E', m
+f = fields(m[1])
+assert (f['S'], f['C'], f['M']) == ('FATAL', '08P01', 'admin forced disconnect'), f
+assert read_msg(r) is None
+until(lambda: not [c for c in show(adm, 'CLIENTS') if c['port'] == port], 'the client gone')
+assert other.execute('SELECT 2').fetchone()[0] == 2
+print('ok')
+"#,
+    );
+}
+
+/// `PAUSE db` closes that database's server connections as PgBouncer does: an idle one at
+/// once, a busy one when its transaction ends, and answers once none is left; after
+/// `RESUME db` new ones serve the clients.
+#[test]
+fn pause_closes_a_databases_server_connections() {
+    let Some((pg, p)) = ferry_setup(patient(2)) else {
+        return;
+    };
+    pg.sql(DB2);
+    console_script(
+        &pg,
+        &p,
+        90,
+        r#"
+adm = console()
+busy = to('db2')
+busy.execute('BEGIN')
+busy_pid = busy.execute('SELECT pg_backend_pid()').fetchone()[0]
+a = to('db2')
+a.execute('SELECT 1')
+old = backends('db2')
+assert busy_pid in old and len(old) == 2, old
+paused = threading.Event()
+def do_pause():
+    adm.execute('PAUSE db2')
+    paused.set()
+tp = threading.Thread(target=do_pause)
+tp.start()
+# The idle server connection closes at once; the busy one holds PAUSE back.
+until(lambda: backends('db2') == {busy_pid}, 'the idle db2 server closed')
+assert not paused.is_set()
+busy.execute('COMMIT')
+tp.join(30)
+assert paused.is_set()
+until(lambda: not backends('db2'), 'every db2 server closed')
+adm2 = console()
+assert not [s for s in show(adm2, 'SERVERS') if s['database'] == 'db2'], show(adm2, 'SERVERS')
+adm2.execute('RESUME db2')
+pid = a.execute('SELECT pg_backend_pid()').fetchone()[0]
+assert pid not in old, (pid, old)
+print('ok')
+"#,
+    );
+}
+
+/// `WAIT_CLOSE` answers once the server connections `RECONNECT` is closing are gone (a
+/// busy one: when its transaction ends); PgBouncer's error for the console's database.
+#[test]
+fn wait_close_waits_for_reconnected_servers() {
+    let Some((pg, p)) = ferry_setup(patient(2)) else {
+        return;
+    };
+    console_script(
+        &pg,
+        &p,
+        90,
+        r#"
+adm = console()
+adm2 = console()
+e = console_error(adm, 'WAIT_CLOSE pgbouncer')
+assert 'cannot wait in admin db: pgbouncer' in str(e), e
+# Nothing to wait for: at once.
+adm.execute('WAIT_CLOSE')
+busy = to('postgres')
+busy.execute('BEGIN')
+busy_pid = busy.execute('SELECT pg_backend_pid()').fetchone()[0]
+adm.execute('RECONNECT')
+done = threading.Event()
+def wait_close():
+    adm.execute('WAIT_CLOSE postgres')
+    done.set()
+t = threading.Thread(target=wait_close)
+t.start()
+# The busy server stays until its transaction ends, and holds WAIT_CLOSE back.
+until(lambda: [s for s in show(adm2, 'SERVERS') if s['remote_pid'] == str(busy_pid)],
+      'the busy server listed')
+time.sleep(0.3)
+assert not done.is_set()
+busy.execute('COMMIT')
+t.join(30)
+assert done.is_set()
+assert not [s for s in show(adm2, 'SERVERS') if s['remote_pid'] == str(busy_pid)]
+assert busy.execute('SELECT pg_backend_pid()').fetchone()[0] != busy_pid
+print('ok')
+"#,
+    );
+}
+
+/// `SHUTDOWN` stops the proxy as SIGTERM does: the console session and an idle client get
+/// FATAL 57P01, new connections are refused, and the process exits 0.
+#[test]
+fn shutdown_stops_the_proxy() {
+    let Some((pg, mut p)) = ferry_setup(opts(2)) else {
+        return;
+    };
+    console_script(
+        &pg,
+        &p,
+        90,
+        r#"
+import socket
+adm = console()
+r = raw('postgres')
+assert raw_query(r, 'SELECT 1')[-1][0] == b'Z'
+try:
+    adm.execute('SHUTDOWN')
+    raise SystemExit('SHUTDOWN answered')
+except psycopg.OperationalError as e:
+    assert 'terminating connection due to administrator command' in str(e), e
+m = read_msg(r)
+assert m is not None and m[0] == b'E', m
+f = fields(m[1])
+assert (f['S'], f['C']) == ('FATAL', '57P01'), f
+def refused():
+    try:
+        socket.create_connection(('127.0.0.1', PROXY), timeout=5).close()
+        return False
+    except OSError:
+        return True
+until(refused, 'the listener closed')
+print('ok')
+"#,
+    );
+    let child = &mut p.ferry().child;
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "ferry did not exit after SHUTDOWN"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+/// `SHUTDOWN WAIT_FOR_SERVERS` answers at once, lets the transaction in progress finish on
+/// its server connection, then (no server connection left) stops the proxy: the client's
+/// next query (held, as under `PAUSE`) ends with the session, and the process exits 0.
+#[test]
+fn shutdown_wait_for_servers_lets_the_transaction_end() {
+    let Some((pg, mut p)) = ferry_setup(patient(2)) else {
+        return;
+    };
+    console_script(
+        &pg,
+        &p,
+        90,
+        r#"
+adm = console()
+busy = to('postgres')
+busy.execute('BEGIN')
+pid = busy.execute('SELECT pg_backend_pid()').fetchone()[0]
+e = console_error(adm, 'SHUTDOWN WAIT_FOR_CLIENTS')
+assert 'not supported' in str(e), e
+adm.execute('SHUTDOWN WAIT_FOR_SERVERS')
+e = console_error(adm, 'RESUME')
+assert 'pooler is shutting down' in str(e), e
+# The transaction goes on, on its server connection.
+assert busy.execute('SELECT pg_backend_pid()').fetchone()[0] == pid
+time.sleep(0.3)
+assert busy.execute('SELECT 5').fetchone()[0] == 5
+busy.execute('COMMIT')
+until(lambda: pid not in backends('postgres'), 'the server closed')
+# Its next query is held (paused) until the stop, which ends the session.
+try:
+    busy.execute('SELECT 1')
+    raise SystemExit('still served')
+except psycopg.OperationalError:
+    pass
+print('ok')
+"#,
+    );
+    let child = &mut p.ferry().child;
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "ferry did not exit after SHUTDOWN WAIT_FOR_SERVERS"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

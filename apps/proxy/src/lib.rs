@@ -339,6 +339,7 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
         }
         Protocol::Postgres => {
             let shared = postgres::PgShared::new(cfg, workers, stats.clone());
+            shared.set_shutdown(launch.shutdown.clone());
             run_relay::<postgres::PgDown, postgres::PgUp>(driver, launch, shared, tls)
         }
         _ => {

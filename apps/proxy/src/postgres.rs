@@ -62,6 +62,14 @@
 //!   whose client leaves between transactions is reset with `DISCARD ALL` before it is
 //!   reused; one left mid-transaction or mid-query is closed. A client's `Terminate` is
 //!   never forwarded.
+//! - **Between queries** (transaction mode): each send tells the server half how many
+//!   `ReadyForQuery` replies it asks for and whether the client keeps the connection anyway
+//!   (pinned, unsynced, session mode). The server half's scan (`scan`) stops at the
+//!   `ReadyForQuery` `I` that answers the last of them: what the server says after it until
+//!   the client sends again is not the client's (PgBouncer drops it too). A FATAL there
+//!   (a server terminated right after its last answer) is logged at info level and the
+//!   connection closed without telling the client, which gives it back (never pooled: see
+//!   `Pool::went`) and whose next query goes to another one.
 //! - **Cancel.** A `CancelRequest` with a proxy-made key, on any worker, opens a connection
 //!   to the upstream of that client's current server connection and sends the server's own
 //!   key. Unknown keys are ignored (closed silently, as PostgreSQL does).
@@ -78,8 +86,9 @@
 //!   when the transaction ends.
 //! - **Admin console** (`postgres/admin.rs`): a client of the database `ferry` or
 //!   `pgbouncer` is authenticated as any other, then answered by the proxy itself
-//!   (`SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|STATE|VERSION|HELP`, `PAUSE`, `RESUME`, as
-//!   PgBouncer's console). Every connection publishes its state to the console's registry
+//!   (`SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|STATE|VERSION|HELP`, `PAUSE`, `RESUME`,
+//!   `KILL`, `KILL_CLIENT`, `RECONNECT`, `WAIT_CLOSE`, `SHUTDOWN`, ..., as PgBouncer's
+//!   console). Every connection publishes its state to the console's registry
 //!   after each event it handles (`show`), never blocking on the console.
 
 mod admin;
@@ -575,6 +584,8 @@ pub struct PgShared {
     stmt_prefix: String,
     /// Every connection and the per-database counters, for the admin console.
     admin: admin::Registry,
+    /// The workers' shutdown, for the console's `SHUTDOWN` (set by the proxy's start).
+    shutdown: std::sync::OnceLock<ferry_driver::Shutdown>,
 }
 
 impl std::fmt::Debug for PgShared {
@@ -628,7 +639,14 @@ impl PgShared {
             scram_keys: Mutex::new(HashMap::new()),
             stmt_prefix: prepared::name_prefix(token),
             admin,
+            shutdown: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The workers' shutdown the console's `SHUTDOWN` triggers (as SIGTERM does); without
+    /// it `SHUTDOWN` is an error. Set once (later calls are ignored).
+    pub fn set_shutdown(&self, shutdown: ferry_driver::Shutdown) {
+        let _ = self.shutdown.set(shutdown);
     }
 
     fn scram_keys(&self) -> MutexGuard<'_, HashMap<(usize, String), DerivedKeys>> {
@@ -673,6 +691,12 @@ enum M {
         /// The client tracks named prepared statements: the tags of the messages starting
         /// in `bytes`, for the server's reply queue.
         tags: Option<Box<[u8]>>,
+        /// `ReadyForQuery` replies these bytes ask for (`Query`, `Sync`, `FunctionCall`).
+        owes: u32,
+        /// The client keeps the server past its next `ReadyForQuery` `I` that answers
+        /// everything (session pooling, pinned, extended-protocol messages after its
+        /// last `Sync`): see [`PgUp::spent`].
+        keep: bool,
     },
     /// Client → server: a message about one of the client's named prepared statements
     /// (`len`: its length as the client sent it, for flow control).
@@ -682,6 +706,8 @@ enum M {
         op: prepared::Op,
         len: usize,
         app: Option<Arc<str>>,
+        /// As for [`M::Send`].
+        keep: bool,
     },
     /// Client → server: you are free (clean, between transactions); the client already put
     /// you back in the pool.
@@ -761,8 +787,8 @@ impl std::fmt::Debug for Phase {
 #[derive(Debug)]
 enum Out {
     /// Client bytes as they are (with their message tags when the client tracks named
-    /// statements).
-    Bytes(Bytes, Option<Box<[u8]>>),
+    /// statements) and the `ReadyForQuery` replies they ask for.
+    Bytes(Bytes, Option<Box<[u8]>>, u32),
     /// A named-statement op and the length of the client message it stands for.
     Op(prepared::Op, usize),
 }
@@ -770,7 +796,7 @@ enum Out {
 impl Out {
     fn len(&self) -> usize {
         match self {
-            Out::Bytes(b, _) => b.len(),
+            Out::Bytes(b, ..) => b.len(),
             Out::Op(_, n) => *n,
         }
     }
@@ -785,6 +811,8 @@ struct Cut {
     op: CutOp,
     /// Tags of the messages before it (in the relay's tag list).
     tags_at: usize,
+    /// `ReadyForQuery` replies asked for by the messages before it.
+    syncs_at: u32,
 }
 
 /// [`prepared::Op`] with ranges of the message (made Bytes once the input is split off).
@@ -1356,6 +1384,7 @@ impl PgDown {
                                 Icpt::Cut(c) => {
                                     cuts.push(Cut {
                                         tags_at: tags.len(),
+                                        syncs_at: syncs,
                                         ..c
                                     });
                                     pos += total;
@@ -1371,7 +1400,9 @@ impl PgDown {
                         let n = self.t.on_client(tag, body);
                         syncs += n;
                         if prep_on && self.t.pinned {
-                            self.may_deallocate(tag, body, pos, tags.len(), &mut cuts);
+                            // Before this message: its own reply is not counted in.
+                            let at = (tags.len(), syncs - n);
+                            self.may_deallocate(tag, body, pos, at, &mut cuts);
                         }
                         if let Some(p) = self.prep.as_mut() {
                             tags.push(tag);
@@ -1393,6 +1424,7 @@ impl PgDown {
                             }
                             Icpt::Cut(c) => cuts.push(Cut {
                                 tags_at: tags.len(),
+                                syncs_at: syncs,
                                 ..c
                             }),
                             Icpt::Wait => {
@@ -1426,7 +1458,7 @@ impl PgDown {
                 // A Flush with nothing pending: no server connection for that.
             } else {
                 let tags = self.prep.is_some().then(|| tags.into_boxed_slice());
-                self.forward(ctx, Out::Bytes(bytes, tags), syncs, now);
+                self.forward(ctx, Out::Bytes(bytes, tags, syncs), syncs, now);
             }
         }
         if let Some(msg) = bad {
@@ -1446,7 +1478,7 @@ impl PgDown {
         tag: u8,
         body: &[u8],
         pos: usize,
-        tags_at: usize,
+        (tags_at, syncs_at): (usize, u32),
         cuts: &mut Vec<Cut>,
     ) {
         if prepared::forwarded_may_deallocate(tag, body, &self.t, &mut self.prep) {
@@ -1455,6 +1487,7 @@ impl PgDown {
                 total: 0,
                 op: CutOp::Forget,
                 tags_at,
+                syncs_at,
             });
         }
     }
@@ -1488,6 +1521,7 @@ impl PgDown {
             total,
             op,
             tags_at: 0,
+            syncs_at: 0,
         })
     }
 
@@ -1505,14 +1539,17 @@ impl PgDown {
         let tracked = self.prep.is_some();
         let mut at = 0usize;
         let mut tag_at = 0usize;
+        let mut syncs_at = 0u32;
         for c in cuts {
             // Tags of the messages before this cut.
             let tag_end = c.tags_at;
             if c.pos > at {
                 let t = tracked.then(|| tags[tag_at..tag_end].into());
-                self.forward(ctx, Out::Bytes(bytes.slice(at..c.pos), t), 0, now);
+                let owes = c.syncs_at - syncs_at;
+                self.forward(ctx, Out::Bytes(bytes.slice(at..c.pos), t, owes), 0, now);
             }
             tag_at = tag_end;
+            syncs_at = c.syncs_at;
             let op = match c.op {
                 CutOp::Op(op) => op,
                 CutOp::Bind { stmt, portal, rest } => prepared::Op::Bind {
@@ -1533,7 +1570,8 @@ impl PgDown {
         }
         let t = tracked.then(|| tags[tag_at..].into());
         if bytes.len() > at {
-            self.forward(ctx, Out::Bytes(bytes.slice(at..), t), syncs, now);
+            let owes = syncs - syncs_at;
+            self.forward(ctx, Out::Bytes(bytes.slice(at..), t, owes), syncs, now);
         } else if syncs > 0 {
             self.shared
                 .stats
@@ -1542,11 +1580,21 @@ impl PgDown {
         }
     }
 
+    /// Whether this client keeps its server connection past a `ReadyForQuery` `I` that
+    /// answers everything it sent so far (what [`PgDown::release`] is not called for).
+    fn keeps_server(&self) -> bool {
+        self.mode() != PoolMode::Transaction
+            || self.t.pinned
+            || self.t.unsynced
+            || self.walk.rest() != 0
+    }
+
     /// Bytes or an op to the attached server connection.
     fn send(&mut self, ctx: &WorkerCtx, s: SrvRef, out: Out) {
         let app = std::mem::take(&mut self.fresh).then(|| self.app_name.clone());
+        let keep = self.keeps_server();
         let m = match out {
-            Out::Bytes(bytes, tags) => {
+            Out::Bytes(bytes, tags, owes) => {
                 self.unacked += bytes.len();
                 M::Send {
                     from: self.io.me(),
@@ -1554,6 +1602,8 @@ impl PgDown {
                     bytes,
                     app,
                     tags,
+                    owes,
+                    keep,
                 }
             }
             Out::Op(op, len) => {
@@ -1564,6 +1614,7 @@ impl PgDown {
                     op,
                     len,
                     app,
+                    keep,
                 }
             }
         };
@@ -1678,7 +1729,8 @@ impl PgDown {
                     );
                 }
             }
-            M::Admin(admin::Order::Kill) => self.killed(ctx),
+            M::Admin(admin::Order::Kill) => self.killed(ctx, admin::KILLED),
+            M::Admin(admin::Order::KillClient) => self.killed(ctx, admin::KICKED),
             // Publish: `show` after every mail does it.
             M::Send { .. }
             | M::Op { .. }
@@ -1689,10 +1741,11 @@ impl PgDown {
         }
     }
 
-    /// The console's `KILL` of the client's database: FATAL now, its server connection
-    /// closed (its server gets the order too).
+    /// The console's `KILL` of the client's database (`why`: [`admin::KILLED`]; its
+    /// server gets the order too) or `KILL_CLIENT` ([`admin::KICKED`]): FATAL now, its
+    /// server connection closed.
     #[cold]
-    fn killed(&mut self, ctx: &mut WorkerCtx) {
+    fn killed(&mut self, ctx: &mut WorkerCtx, why: &str) {
         if self.done {
             return;
         }
@@ -1702,7 +1755,7 @@ impl PgDown {
             }
             post(ctx, s.peer, M::Close);
         }
-        self.fatal(sqlstate::PROTOCOL_VIOLATION, admin::KILLED);
+        self.fatal(sqlstate::PROTOCOL_VIOLATION, why);
     }
 
     /// Bytes or an op of ours a broken server never wrote ([`M::Retry`]). Once all we sent
@@ -1760,6 +1813,93 @@ impl PgDown {
             );
         }
     }
+}
+
+/// Where [`scan`] stops early.
+enum Stop<'a> {
+    /// Nowhere: every complete message (and the start of a streamed one) goes.
+    Never,
+    /// After the first `ReadyForQuery` (a reset's).
+    FirstReady,
+    /// After the `ReadyForQuery` that [`answered`] the owner's last query.
+    Answered { owes: &'a mut u32, keep: bool },
+}
+
+/// What [`scan`] found.
+#[derive(Debug, PartialEq, Eq)]
+struct Scan {
+    /// Bytes to pass on (whole messages, and what there is of a streamed one).
+    pos: usize,
+    /// `ReadyForQuery` messages among them, those with status `I`, the last one's status.
+    rfqs: u32,
+    xacts: u32,
+    status: u8,
+    /// Not PostgreSQL: the connection is to close.
+    bad: bool,
+    /// Stopped at [`Stop::Answered`]: the rest is not the owner's.
+    cut: bool,
+}
+
+/// The server half's message scan of `buf` (the server's input): how much to pass on, and
+/// the `ReadyForQuery` messages in it. Only `ReadyForQuery` is read whole; other messages
+/// stream through `walk`.
+fn scan(walk: &mut Walker, buf: &[u8], mut stop: Stop<'_>) -> Scan {
+    let mut s = Scan {
+        pos: 0,
+        rfqs: 0,
+        xacts: 0,
+        status: b'I',
+        bad: false,
+        cut: false,
+    };
+    loop {
+        let (tag, total) = match walk.next(buf, &mut s.pos) {
+            Step::Header { tag, total } => (tag, total),
+            Step::More => break,
+            Step::BadLength(_) => {
+                s.bad = true;
+                break;
+            }
+        };
+        let have = buf.len() - s.pos;
+        if tag == b'Z' {
+            if have < 6 || total != 6 {
+                s.bad = total != 6;
+                break;
+            }
+            s.rfqs += 1;
+            s.status = buf[s.pos + 5];
+            s.xacts += u32::from(s.status == b'I');
+            s.pos += 6;
+            match &mut stop {
+                Stop::Never => {}
+                Stop::FirstReady => break,
+                Stop::Answered { owes, keep } => {
+                    if answered(owes, *keep, s.status) {
+                        s.cut = true;
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        walk.pass(buf, &mut s.pos, total);
+    }
+    s
+}
+
+/// A `ReadyForQuery` with transaction status `status` came for the owner of a server
+/// connection that still `owes` that many: whether it answers the last of what the owner
+/// asked for, so that the owner gives the connection back ([`PgUp::spent`]). Pipelined
+/// queries (more owed), an open transaction, a kept connection (`keep`: session pooling,
+/// pinned, unsynced messages) go on.
+fn answered(owes: &mut u32, keep: bool, status: u8) -> bool {
+    if *owes == 0 {
+        // More than was asked for (not PostgreSQL's way): not ours to judge.
+        return false;
+    }
+    *owes -= 1;
+    *owes == 0 && !keep && status == b'I'
 }
 
 /// Whether asynchronous messages a server sent while idle hold an ErrorResponse (only ever
@@ -1848,6 +1988,17 @@ pub struct PgUp {
     adm: Option<admin::Handle>,
     /// Its database's `RECONNECT` generation when it was made.
     epoch: u32,
+    /// `ReadyForQuery` replies the owner's bytes written so far ask for and not yet came.
+    owes: u32,
+    /// The owner keeps this connection past a `ReadyForQuery` `I` that answers all it owes
+    /// (as of its last send's `keep`).
+    keep: bool,
+    /// A `ReadyForQuery` `I` answered all the owner asked for and it does not keep the
+    /// connection: it is giving it back (transaction pooling). Until the owner sends
+    /// again, what the server says is not the client's (a FATAL of a dying server is
+    /// logged and the connection closed, the client never sees it; PgBouncer drops what a
+    /// server says while no client query is outstanding).
+    spent: bool,
 }
 
 impl std::fmt::Debug for PgUp {
@@ -2075,45 +2226,31 @@ impl PgUp {
         if self.swallow > 0 && !self.drop_own_replies() {
             return;
         }
-        if self.prep.as_ref().is_some_and(|p| !p.settled()) && matches!(self.phase, SPhase::Ready) {
+        // Serving a client that may get what comes (not given back after its last answer).
+        let owned = self.owner.is_some() && !self.spent;
+        if owned && self.prep.as_ref().is_some_and(|p| !p.settled()) {
             self.relay_tracked(ctx, now);
             return;
         }
         let resetting = matches!(self.phase, SPhase::Resetting);
-        let mut pos = 0usize;
-        let mut rfqs = 0u32;
-        let mut xacts = 0u32;
-        let mut status = b'I';
-        let mut bad = false;
-        {
-            let buf = &self.io.input[..];
-            loop {
-                let (tag, total) = match self.walk.next(buf, &mut pos) {
-                    Step::Header { tag, total } => (tag, total),
-                    Step::More => break,
-                    Step::BadLength(_) => {
-                        bad = true;
-                        break;
-                    }
-                };
-                let have = buf.len() - pos;
-                if tag == b'Z' {
-                    if have < 6 || total != 6 {
-                        bad = total != 6;
-                        break;
-                    }
-                    rfqs += 1;
-                    status = buf[pos + 5];
-                    xacts += u32::from(status == b'I');
-                    pos += 6;
-                    if resetting {
-                        break;
-                    }
-                    continue;
-                }
-                self.walk.pass(buf, &mut pos, total);
+        let stop = if resetting {
+            Stop::FirstReady
+        } else if owned {
+            Stop::Answered {
+                owes: &mut self.owes,
+                keep: self.keep,
             }
-        }
+        } else {
+            Stop::Never
+        };
+        let Scan {
+            pos,
+            rfqs,
+            xacts,
+            status,
+            bad,
+            cut,
+        } = scan(&mut self.walk, &self.io.input, stop);
         if bad {
             self.broke(ctx, now);
             return;
@@ -2134,7 +2271,7 @@ impl PgUp {
             return;
         }
         // Without an owner: asynchronous messages while idle (notices, parameter changes).
-        if let Some(o) = self.owner {
+        if let Some(o) = self.owner.filter(|_| owned) {
             if let Some(a) = &self.adm {
                 a.replies(rfqs, xacts);
             }
@@ -2152,10 +2289,47 @@ impl PgUp {
                     status,
                 },
             );
+            if cut {
+                self.spend(ctx, now);
+            }
         } else if idle_fatal(&bytes) {
             // PostgreSQL ends an idle session with a FATAL (shutdown, terminated backend)
             // before the EOF: out of the idle list now, not when the EOF comes.
+            // Spent (given back by its client, or about to be): the client does not hear
+            // of it, a pool never takes it (`went`).
+            self.unsolicited_fatal(&bytes);
             self.broke(ctx, now);
+        }
+    }
+
+    /// The owner got its last answer ([`PgUp::spent`]): what is left of the input is
+    /// not the client's.
+    fn spend(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        self.spent = true;
+        self.last_send = None;
+        if !self.io.input.is_empty() && !self.done {
+            self.relay(ctx, now);
+        }
+    }
+
+    /// Log the FATAL among asynchronous messages no client gets.
+    #[cold]
+    fn unsolicited_fatal(&self, mut b: &[u8]) {
+        while b.len() >= 5 {
+            let n = (i32::from_be_bytes([b[1], b[2], b[3], b[4]]).max(4) as usize + 1).min(b.len());
+            if b[0] == b'E' {
+                if let Ok(backend::Message::ErrorResponse(f)) = backend::parse(&b[..n]) {
+                    tracing::info!(
+                        "postgres upstream {}: server connection closing between transactions: {} ({}, {})",
+                        self.shared.stats.upstreams[self.up].addr,
+                        f.message(),
+                        f.severity(),
+                        f.code()
+                    );
+                }
+                return;
+            }
+            b = &b[n..];
         }
     }
 
@@ -2175,6 +2349,7 @@ impl PgUp {
         let mut xacts = 0u32;
         let mut status = b'I';
         let mut bad = false;
+        let mut cut = false;
         let Some(prep) = self.prep.as_mut() else {
             return;
         };
@@ -2215,12 +2390,16 @@ impl PgUp {
                 }
                 match prep.reply(tag) {
                     prepared::Verdict::Pass => {
+                        self.walk.pass(buf, &mut pos, total);
                         if tag == b'Z' {
                             rfqs += 1;
-                            status = buf[pos + 5];
+                            status = buf[pos - 1];
                             xacts += u32::from(status == b'I');
+                            if answered(&mut self.owes, self.keep, status) && prep.settled() {
+                                cut = true;
+                                break;
+                            }
                         }
-                        self.walk.pass(buf, &mut pos, total);
                     }
                     prepared::Verdict::Drop => {
                         if pos > seg {
@@ -2276,6 +2455,9 @@ impl PgUp {
                     status: st,
                 },
             );
+        }
+        if cut {
+            self.spend(ctx, now);
         }
     }
 
@@ -2345,6 +2527,11 @@ impl PgUp {
             }
             SPhase::Cancel => {}
             SPhase::Ready | SPhase::Resetting => {
+                if self.spent {
+                    // Its client had all its answers: it is not told (as for an idle
+                    // one); what it sends after comes back to it (`M::Retry`).
+                    self.owner = None;
+                }
                 if self.owner.is_none() && matches!(self.phase, SPhase::Ready) {
                     // No client may take a dead server from the idle list from now on. If
                     // one already did (or it was handed to a waiter), it counts as active.
@@ -2371,17 +2558,22 @@ impl PgUp {
                 bytes,
                 app,
                 tags,
+                owes,
+                keep,
                 ..
             } => {
                 if self.done && self.owner != Some(from) {
                     // Broke before taking anything from this client (it took us from the
                     // idle list in the loop turn we broke in): it may go elsewhere.
-                    post(ctx, from, M::Retry(self.io.me(), Out::Bytes(bytes, tags)));
+                    let out = Out::Bytes(bytes, tags, owes);
+                    post(ctx, from, M::Retry(self.io.me(), out));
                     return;
                 }
                 if !self.accept(ctx, from, app, now) {
                     return;
                 }
+                self.owes += owes;
+                self.keep = keep;
                 if let Some(tags) = tags {
                     self.tracked().sent(&tags);
                 }
@@ -2389,7 +2581,12 @@ impl PgUp {
                 self.io.out.push(bytes);
             }
             M::Op {
-                from, op, len, app, ..
+                from,
+                op,
+                len,
+                app,
+                keep,
+                ..
             } => {
                 if self.done && self.owner != Some(from) {
                     // As for bytes: another server connection prepares what it needs.
@@ -2399,6 +2596,7 @@ impl PgUp {
                 if !self.accept(ctx, from, app, now) {
                     return;
                 }
+                self.keep = keep;
                 self.op(ctx, from, op, len);
             }
             M::Release => {
@@ -2406,6 +2604,7 @@ impl PgUp {
                     p.release();
                 }
                 self.owner = None;
+                self.spent = false;
                 self.unacked = 0;
                 self.owed = 0;
                 self.last_send = None;
@@ -2428,6 +2627,7 @@ impl PgUp {
                     p.reset();
                 }
                 self.owner = None;
+                self.spent = false;
                 self.unacked = 0;
                 self.owed = 0;
                 self.last_send = None;
@@ -2458,8 +2658,11 @@ impl PgUp {
     /// an idle connection (a busy one closes once released).
     #[cold]
     fn order(&mut self, ctx: &mut WorkerCtx, o: admin::Order) {
-        if self.done || matches!(self.phase, SPhase::Cancel) || o == admin::Order::Publish {
-            // Publish: `show` after every mail does it.
+        if self.done
+            || matches!(self.phase, SPhase::Cancel)
+            || matches!(o, admin::Order::Publish | admin::Order::KillClient)
+        {
+            // Publish: `show` after every mail does it (KillClient is for clients).
             return;
         }
         let sh = self.shared.clone();
@@ -2518,8 +2721,11 @@ impl PgUp {
             self.owner = Some(from);
             self.unacked = 0;
             self.owed = 0;
+            self.owes = 0;
             self.active = true;
         }
+        // Whatever the server says from now on may answer these bytes.
+        self.spent = false;
         self.idle_since = None;
         if self.shared.cfg.postgres.response_timeout.is_some() && self.last_send.is_none() {
             self.last_send = Some(now);
@@ -2800,11 +3006,17 @@ impl Downstream for PgDown {
     }
 
     /// Every [`admin::TICK`]: carry out the console's `KILL`/`RECONNECT` orders for this
-    /// worker's connections.
+    /// worker's connections; stop after `SHUTDOWN WAIT_FOR_SERVERS` once no server
+    /// connection is left.
     fn tick(ctx: &mut WorkerCtx, shared: &PgShared, now: Instant) -> Option<Instant> {
         shared
             .admin
             .orders(ctx.index, |peer, o| post(ctx, peer, M::Admin(o)));
+        if shared.admin.shutdown_due() {
+            if let Some(s) = shared.shutdown.get() {
+                s.trigger();
+            }
+        }
         Some(now + admin::TICK)
     }
 
@@ -2826,8 +3038,9 @@ impl Downstream for PgDown {
                 to,
                 bytes,
                 tags,
+                owes,
                 ..
-            } => post(ctx, from, M::Retry(to, Out::Bytes(bytes, tags))),
+            } => post(ctx, from, M::Retry(to, Out::Bytes(bytes, tags, owes))),
             M::Op {
                 from, to, op, len, ..
             } => post(ctx, from, M::Retry(to, Out::Op(op, len))),
@@ -2982,6 +3195,9 @@ impl Upstream for PgUp {
             last_send: None,
             adm: None,
             epoch: 0,
+            owes: 0,
+            keep: false,
+            spent: false,
         };
         match pending {
             Pending::Cancel { up, pid, secret } if shared.cfg.upstream_tls.is_some() => {
@@ -3194,5 +3410,100 @@ mod tests {
             !idle_fatal(&[b'S', 0, 0, 0, 0, b'E']),
             "a bad length is skipped"
         );
+    }
+
+    /// A server's answer to a simple `Query` (a message, then ReadyForQuery `status`).
+    fn answer(b: &mut BytesMut, status: TxStatus) {
+        backend::parameter_status(b, "is_superuser", "off");
+        backend::ready_for_query(b, status);
+    }
+
+    /// The farewell of a dying server read with the answer to its client's last query:
+    /// the scan stops after that answer's ReadyForQuery (the FATAL is not the client's),
+    /// but not while more is owed (pipelined `Sync`s), inside a transaction or when the
+    /// client keeps the connection (session pooling, pinned, unsynced messages).
+    #[test]
+    fn the_scan_stops_after_the_last_answer_owed() {
+        let mut b = BytesMut::new();
+        answer(&mut b, TxStatus::Idle);
+        let end = b.len();
+        backend::error_response(&mut b, "FATAL", "57P01", "terminating connection");
+        let buf = b.freeze();
+        let mut owes = 1;
+        let s = scan(
+            &mut Walker::default(),
+            &buf,
+            Stop::Answered {
+                owes: &mut owes,
+                keep: false,
+            },
+        );
+        assert_eq!((s.pos, s.rfqs, s.cut, s.bad), (end, 1, true, false));
+        assert_eq!(owes, 0);
+        // Kept (session pooling, pinned): everything goes, the FATAL too.
+        let mut owes = 1;
+        let stop = Stop::Answered {
+            owes: &mut owes,
+            keep: true,
+        };
+        let s = scan(&mut Walker::default(), &buf, stop);
+        assert_eq!((s.pos, s.cut), (buf.len(), false));
+        // Idle or resetting: as before.
+        let s = scan(&mut Walker::default(), &buf, Stop::Never);
+        assert_eq!((s.pos, s.cut), (buf.len(), false));
+        let s = scan(&mut Walker::default(), &buf, Stop::FirstReady);
+        assert_eq!((s.pos, s.cut), (end, false));
+
+        // Three pipelined Syncs: the first two answers do not end it.
+        let mut b = BytesMut::new();
+        answer(&mut b, TxStatus::Idle);
+        answer(&mut b, TxStatus::Idle);
+        let two = b.len();
+        answer(&mut b, TxStatus::Idle);
+        let three = b.len();
+        backend::error_response(&mut b, "FATAL", "57P01", "terminating connection");
+        let buf = b.freeze();
+        let mut owes = 3;
+        let mut walk = Walker::default();
+        let s = scan(
+            &mut walk,
+            &buf[..two],
+            Stop::Answered {
+                owes: &mut owes,
+                keep: false,
+            },
+        );
+        assert_eq!((s.pos, s.rfqs, s.cut), (two, 2, false));
+        assert_eq!(owes, 1);
+        let s = scan(
+            &mut walk,
+            &buf[two..],
+            Stop::Answered {
+                owes: &mut owes,
+                keep: false,
+            },
+        );
+        assert_eq!((two + s.pos, s.rfqs, s.cut), (three, 1, true));
+
+        // A transaction left open: the client keeps it.
+        let mut b = BytesMut::new();
+        answer(&mut b, TxStatus::InTransaction);
+        backend::error_response(&mut b, "FATAL", "57P01", "terminating connection");
+        let mut owes = 1;
+        let stop = Stop::Answered {
+            owes: &mut owes,
+            keep: false,
+        };
+        let s = scan(&mut Walker::default(), &b, stop);
+        assert_eq!((s.pos, s.cut), (b.len(), false));
+        // A ReadyForQuery nothing asked for (owes 0) cuts nothing.
+        let mut b = BytesMut::new();
+        answer(&mut b, TxStatus::Idle);
+        let mut owes = 0;
+        let stop = Stop::Answered {
+            owes: &mut owes,
+            keep: false,
+        };
+        assert!(!scan(&mut Walker::default(), &b, stop).cut);
     }
 }

@@ -3,16 +3,25 @@
 //! (`SHOW POOLS`, `SHOW CLIENTS`, `SHOW SERVERS`, `SHOW STATS`, `SHOW DATABASES`,
 //! `SHOW USERS`, `SHOW LISTS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW STATE`, `SHOW HELP`),
 //! every value a text column, and `PAUSE [db]`, `RESUME [db]`, `DISABLE db`, `ENABLE db`,
-//! `KILL [db]` and `RECONNECT [db]`.
+//! `KILL [db]`, `KILL_CLIENT id`, `RECONNECT [db]`, `WAIT_CLOSE [db]` and `SHUTDOWN`.
 //!
 //! `PAUSE` (for every database, or one) holds every client (of that database) that needs a
-//! server connection from then on (listed as waiting; `pool_wait_timeout` still applies) and
-//! answers once no server connection (of that database) serves a client (checked every
-//! [`TICK`], from one `TICK` on: whatever took a server connection before `PAUSE` has
-//! published it by then). `RESUME` lets the held clients go on (within a `TICK`). Server
-//! connections stay open meanwhile. `DISABLE` refuses new logins to a database (PgBouncer's
-//! FATAL), `KILL` drops its clients and server connections and pauses it, `RECONNECT` closes
-//! its server connections as they are released (idle ones at once).
+//! server connection from then on (listed as waiting; `pool_wait_timeout` still applies),
+//! closes its server connections as `RECONNECT` does (PgBouncer's: idle ones at once, busy
+//! ones once released) and answers once none is left (checked every [`TICK`], from one
+//! `TICK` on: whatever took a server connection before `PAUSE` has published it by then).
+//! `RESUME` lets the held clients go on (within a `TICK`). `DISABLE` refuses new logins to
+//! a database (PgBouncer's FATAL), `KILL` drops its clients and server connections and
+//! pauses it, `RECONNECT` closes its server connections as they are released (idle ones at
+//! once), `WAIT_CLOSE` answers once those are gone. `KILL_CLIENT` closes the client whose
+//! `id` (a number given at registration, unique for the process's life) `SHOW CLIENTS`
+//! lists. `SHUTDOWN` triggers the workers' shutdown (SIGTERM's drain) and answers nothing:
+//! the drain ends the session, as PgBouncer's. `SHUTDOWN WAIT_FOR_SERVERS` pauses every
+//! database (its server connections close once released), answers, and triggers the
+//! shutdown at the first worker tick that finds no server connection left (the listeners
+//! stay open until then: new clients are held, as under `PAUSE`). `SUSPEND` (an online
+//! restart's socket handover, which the proxy does not do) and `SHUTDOWN WAIT_FOR_CLIENTS`
+//! (the drain cannot stop accepting and leave idle clients be) are refused.
 //!
 //! What the console shows comes from a [`Registry`]: every client and server connection
 //! keeps a [`Handle`] (an entry in its worker's shard, removed when it is dropped) in which
@@ -29,9 +38,9 @@
 //! (at most [`MAX_DBS`]) per shard. A state change made while no session was open is dated
 //! by the connection's last event before the session opened (a wait by its start).
 //!
-//! `KILL`, `RECONNECT` and that refresh reach connections of other workers through the
-//! workers' periodic tick ([`Registry::orders`], every [`TICK`]): each worker walks its own
-//! shard and mails the orders to its connections.
+//! `KILL`, `KILL_CLIENT`, `RECONNECT`, `PAUSE` and that refresh reach connections of other
+//! workers through the workers' periodic tick ([`Registry::orders`], every [`TICK`]): each
+//! worker walks its own shard and mails the orders to its connections.
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
@@ -74,6 +83,8 @@ const KILL_TICKS: u32 = 50;
 const REFRESH_TICKS: u32 = 20;
 /// The FATAL a client of a killed database gets (PgBouncer's reason).
 pub(super) const KILLED: &str = "database removed";
+/// The FATAL a client `KILL_CLIENT` names gets (PgBouncer's reason).
+pub(super) const KICKED: &str = "admin forced disconnect";
 
 /// Whether a startup's database is the console.
 pub(super) fn is_console(database: &str) -> bool {
@@ -196,6 +207,11 @@ struct Conn {
     worker: usize,
     /// The proxy's id of the connection (`ptr`, and `link` of its peer).
     id: u64,
+    /// Its number (`id` in `SHOW CLIENTS`/`SHOW SERVERS`, for `KILL_CLIENT`): unique for
+    /// the process's life.
+    num: u64,
+    /// `KILL_CLIENT` named it: close it (once its worker's tick carries the order out).
+    kick: AtomicBool,
     user: Box<str>,
     database: Box<str>,
     /// The pool it belongs to (`SHOW POOLS`): the client's user and database.
@@ -277,6 +293,8 @@ pub(super) enum Order {
     Reconnect,
     /// A console session started after none was open: publish your state now.
     Publish,
+    /// `KILL_CLIENT`: a client closes now (FATAL [`KICKED`]).
+    KillClient,
 }
 
 /// Every connection of the proxy, the databases and users seen, and the console's
@@ -294,6 +312,10 @@ pub(super) struct Registry {
     watchers: AtomicUsize,
     /// Bumped when the first console session opens: every connection publishes once.
     refresh: AtomicU64,
+    /// The last connection number given ([`Conn::num`]).
+    nums: AtomicU64,
+    /// `SHUTDOWN WAIT_FOR_SERVERS` came: stop once no server connection is left.
+    wait_for_servers: AtomicBool,
 }
 
 /// Who a connection is, when it registers.
@@ -319,6 +341,8 @@ impl Registry {
             orders: AtomicU64::new(0),
             watchers: AtomicUsize::new(0),
             refresh: AtomicU64::new(0),
+            nums: AtomicU64::new(0),
+            wait_for_servers: AtomicBool::new(false),
         }
     }
 
@@ -357,20 +381,42 @@ impl Registry {
         self.paused.load(SeqCst)
     }
 
-    /// Whether some server connection (of `db`, or any) serves a client (or is being
-    /// reset).
-    fn busy(&self, db: Option<&Arc<Db>>) -> bool {
-        self.snapshot().iter().any(|c| {
-            if db.is_some_and(|d| !Arc::ptr_eq(d, &c.db)) {
-                return false;
-            }
-            let st = State::from_u8(c.state.load(Relaxed));
-            if c.client {
-                c.link.load(Relaxed) != 0
-            } else {
-                matches!(st, State::Active | State::Used)
-            }
-        })
+    /// A worker's tick after `SHUTDOWN WAIT_FOR_SERVERS`: whether the last server
+    /// connection is gone, so that the proxy stops now (once: `true` at most once).
+    pub(super) fn shutdown_due(&self) -> bool {
+        self.wait_for_servers.load(Relaxed)
+            && !self.servers(None)
+            && self.wait_for_servers.swap(false, SeqCst)
+    }
+
+    /// Whether some server connection (of `db`, or any) is open (logging in, idle, busy).
+    fn servers(&self, db: Option<&Arc<Db>>) -> bool {
+        self.snapshot()
+            .iter()
+            .any(|c| !c.client && db.is_none_or(|d| Arc::ptr_eq(d, &c.db)))
+    }
+
+    /// Whether a server connection that `RECONNECT` (or `PAUSE`) is closing (of one of
+    /// `dbs`) is still open.
+    fn closing(&self, dbs: &[Arc<Db>]) -> bool {
+        self.snapshot()
+            .iter()
+            .any(|c| c.stale() && dbs.iter().any(|d| Arc::ptr_eq(d, &c.db)))
+    }
+
+    /// `KILL_CLIENT num`: mark the client connection numbered `num` (not a console
+    /// session's) to be closed by its worker's next tick; `false`: no such client.
+    fn kick(&self, num: u64) -> bool {
+        let Some(c) = self
+            .snapshot()
+            .into_iter()
+            .find(|c| c.client && c.num == num && !is_console(&c.database))
+        else {
+            return false;
+        };
+        c.kick.store(true, SeqCst);
+        self.order();
+        true
     }
 
     /// Whether a connection `KILL` dropped (of one of `dbs`) is still open.
@@ -441,7 +487,9 @@ impl Registry {
             s.conns
                 .values()
                 .filter_map(|c| {
-                    if c.killed() {
+                    if c.kick.load(SeqCst) {
+                        Some((c.id, Order::KillClient))
+                    } else if c.killed() {
                         Some((c.id, Order::Kill))
                     } else if c.stale() {
                         Some((c.id, Order::Reconnect))
@@ -473,6 +521,8 @@ impl Registry {
             client: e.client,
             worker,
             id,
+            num: self.nums.fetch_add(1, Relaxed) + 1,
+            kick: AtomicBool::new(false),
             user: e.user.into(),
             database: e.database.into(),
             pool: (e.pool.0.into(), e.pool.1.into()),
@@ -677,6 +727,11 @@ enum Pending {
     Pause(Option<Arc<Db>>),
     /// `KILL` waits (at most [`KILL_TICKS`]) for the connections it dropped to be gone.
     Kill(Vec<Arc<Db>>, u32),
+    /// `WAIT_CLOSE` waits for the server connections `RECONNECT` closes (of these
+    /// databases) to be gone.
+    WaitClose(Vec<Arc<Db>>),
+    /// `SHUTDOWN`: no answer (the drain closes the session, as PgBouncer's does).
+    Shutdown,
     /// The first console session waits (at most [`REFRESH_TICKS`]) until every
     /// connection was told to publish its state (refresh `g`), and one more tick for them
     /// to do it (`ready`: ticks since every worker told them).
@@ -750,7 +805,7 @@ impl Console {
                         SYNTAX_ERROR,
                         "ferry console: RESUME came before every server connection was released",
                     );
-                } else if sh.admin.busy(db.as_ref()) {
+                } else if sh.admin.servers(db.as_ref()) {
                     return false;
                 } else {
                     command_complete(out, "PAUSE");
@@ -762,6 +817,13 @@ impl Console {
                 }
                 command_complete(out, "KILL");
             }
+            Some(Pending::WaitClose(dbs)) => {
+                if sh.admin.closing(dbs) {
+                    return false;
+                }
+                command_complete(out, "WAIT_CLOSE");
+            }
+            Some(Pending::Shutdown) => return false,
             Some(Pending::Refresh { ready, waited, .. }) => {
                 if *ready < 2 && *waited < REFRESH_TICKS {
                     return false;
@@ -1060,6 +1122,12 @@ enum Cmd {
     Kill(Option<String>),
     /// `RECONNECT [db]`.
     Reconnect(Option<String>),
+    /// `WAIT_CLOSE [db]`.
+    WaitClose(Option<String>),
+    /// `KILL_CLIENT id`.
+    KillClient(u64),
+    /// `SHUTDOWN` (`true`: `WAIT_FOR_SERVERS`).
+    Shutdown(bool),
 }
 
 /// The commands of a simple `Query`: split at `;` outside double quotes, each into words (a
@@ -1149,7 +1217,25 @@ fn parse(words: &[String]) -> Result<Cmd, String> {
         "RECONNECT" => one(Cmd::Reconnect),
         "DISABLE" => db(Cmd::Disable),
         "ENABLE" => db(Cmd::Enable),
-        "RELOAD" | "SUSPEND" | "SHUTDOWN" | "SET" | "WAIT_CLOSE" | "KILL_CLIENT" => Err(format!(
+        "WAIT_CLOSE" => one(Cmd::WaitClose),
+        "KILL_CLIENT" => match words.len() {
+            2 => words[1]
+                .parse()
+                .map(Cmd::KillClient)
+                .map_err(|_| "invalid client pointer supplied".to_string()),
+            _ => Err(invalid()),
+        },
+        "SHUTDOWN" => match words.get(1).map(|w| w.to_ascii_uppercase()) {
+            None => Ok(Cmd::Shutdown(false)),
+            Some(m) if words.len() == 2 && m == "WAIT_FOR_SERVERS" => Ok(Cmd::Shutdown(true)),
+            Some(m) if words.len() == 2 && m == "WAIT_FOR_CLIENTS" => Err(
+                "ferry console: SHUTDOWN WAIT_FOR_CLIENTS is not supported (the proxy cannot \
+                 stop accepting while it leaves idle clients connected)"
+                    .into(),
+            ),
+            Some(_) => Err(invalid()),
+        },
+        "RELOAD" | "SET" => Err(format!(
             "ferry console: {verb} is not supported (SHOW HELP lists the commands)"
         )),
         _ => Err(invalid()),
@@ -1214,13 +1300,35 @@ fn run(out: &mut BytesMut, cmd: Cmd, last: bool, sh: &PgShared) -> Result<Option
                 .map(|name| console_db(sh, &name, "pause", true))
                 .transpose()?;
             must_be_last("PAUSE")?;
-            match &db {
-                None => adm.paused.store(true, SeqCst),
-                Some(d) => d.paused.store(true, SeqCst),
+            tracing::info!("postgres console: PAUSE {}", db_label(&db, sh));
+            let dbs = match &db {
+                None => {
+                    adm.paused.store(true, SeqCst);
+                    // Every entry, `*` too: PAUSE waits for all server connections.
+                    let n = lock(&adm.names);
+                    n.dbs
+                        .iter()
+                        .filter(|(k, _)| !is_console(k))
+                        .map(|(_, d)| d.clone())
+                        .collect()
+                }
+                Some(d) => {
+                    d.paused.store(true, SeqCst);
+                    vec![d.clone()]
+                }
+            };
+            // PgBouncer's: server connections close as they are released (idle ones at
+            // once), and PAUSE answers once none is left.
+            for d in &dbs {
+                d.epoch.fetch_add(1, SeqCst);
             }
+            adm.order();
             return Ok(Some(Pending::Pause(db)));
         }
         Cmd::Resume(None) => {
+            if adm.wait_for_servers.load(SeqCst) {
+                return Err("pooler is shutting down".into());
+            }
             if !adm.paused.swap(false, SeqCst) {
                 return Err("pooler is not paused/suspended".into());
             }
@@ -1272,8 +1380,56 @@ fn run(out: &mut BytesMut, cmd: Cmd, last: bool, sh: &PgShared) -> Result<Option
             adm.order();
             command_complete(out, "RECONNECT");
         }
+        Cmd::WaitClose(db) => {
+            let dbs = match db {
+                Some(name) => vec![console_db(sh, &name, "wait in", true)?],
+                None => adm.pooled_dbs().into_iter().map(|(_, d)| d).collect(),
+            };
+            must_be_last("WAIT_CLOSE")?;
+            return Ok(Some(Pending::WaitClose(dbs)));
+        }
+        Cmd::KillClient(num) => {
+            if !adm.kick(num) {
+                return Err("client not found".into());
+            }
+            tracing::info!("postgres console: KILL_CLIENT {num}");
+            command_complete(out, "KILL_CLIENT");
+        }
+        Cmd::Shutdown(wait) => {
+            let Some(stop) = sh.shutdown.get() else {
+                return Err("ferry console: SHUTDOWN is not available here".into());
+            };
+            must_be_last("SHUTDOWN")?;
+            if !wait {
+                tracing::info!("postgres console: SHUTDOWN");
+                stop.trigger();
+                return Ok(Some(Pending::Shutdown));
+            }
+            // PgBouncer's: pause (every server connection closes once released), answer,
+            // and stop once none is left ([`Registry::shutdown_due`], at the ticks).
+            tracing::info!("postgres console: SHUTDOWN WAIT_FOR_SERVERS");
+            adm.paused.store(true, SeqCst);
+            for d in lock(&adm.names).dbs.values() {
+                d.epoch.fetch_add(1, SeqCst);
+            }
+            adm.wait_for_servers.store(true, SeqCst);
+            adm.order();
+            command_complete(out, "SHUTDOWN");
+        }
     }
     Ok(None)
+}
+
+/// A `PAUSE`'s database for the log.
+fn db_label(db: &Option<Arc<Db>>, sh: &PgShared) -> String {
+    let Some(d) = db else {
+        return "(every database)".into();
+    };
+    lock(&sh.admin.names)
+        .dbs
+        .iter()
+        .find(|(_, v)| Arc::ptr_eq(v, d))
+        .map_or_else(|| "?".into(), |(k, _)| k.to_string())
 }
 
 /// What `SHOW` shows.
@@ -1327,7 +1483,7 @@ fn help(out: &mut BytesMut) {
         out,
         "NOTICE",
         "00000",
-        "Console usage\n\tSHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|USERS|LISTS|CONFIG|STATE|VERSION\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL [<db>]",
+        "Console usage\n\tSHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|USERS|LISTS|CONFIG|STATE|VERSION\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL [<db>]\n\tKILL_CLIENT <client_id>\n\tSHUTDOWN\n\tWAIT_CLOSE [<db>]",
     );
     command_complete(out, "SHOW");
 }
@@ -1491,6 +1647,7 @@ fn conns(out: &mut BytesMut, sh: &PgShared, clients: bool) {
         "wait",
         "wait_us",
         "ptr",
+        "id",
         "link",
         "remote_pid",
         "application_name",
@@ -1521,6 +1678,7 @@ fn conns(out: &mut BytesMut, sh: &PgShared, clients: bool) {
                 (wait / 1_000_000).to_string(),
                 (wait % 1_000_000).to_string(),
                 ptr(c.worker, c.id),
+                c.num.to_string(),
                 if link == 0 {
                     String::new()
                 } else {
@@ -1967,7 +2125,28 @@ mod tests {
             Err("invalid command 'SHOW', use SHOW HELP;".into())
         );
         assert!(p("reload").unwrap_err().contains("RELOAD is not supported"));
-        assert!(p("KILL_CLIENT 1").unwrap_err().contains("not supported"));
+        assert_eq!(p("KILL_CLIENT 12"), Ok(Cmd::KillClient(12)));
+        assert_eq!(
+            p("KILL_CLIENT x"),
+            Err("invalid client pointer supplied".into())
+        );
+        assert_eq!(p("wait_close"), Ok(Cmd::WaitClose(None)));
+        assert_eq!(p("WAIT_CLOSE d"), Ok(Cmd::WaitClose(Some("d".into()))));
+        assert_eq!(p("shutdown"), Ok(Cmd::Shutdown(false)));
+        assert_eq!(p("SHUTDOWN wait_for_servers"), Ok(Cmd::Shutdown(true)));
+        assert!(p("SHUTDOWN WAIT_FOR_CLIENTS")
+            .unwrap_err()
+            .contains("not supported"));
+        assert_eq!(
+            p("SHUTDOWN now"),
+            Err("invalid command 'SHUTDOWN now', use SHOW HELP;".into())
+        );
+        // No socket handover for an online restart here: PgBouncer's words for a command
+        // it does not have.
+        assert_eq!(
+            p("SUSPEND"),
+            Err("invalid command 'SUSPEND', use SHOW HELP;".into())
+        );
     }
 
     /// The ERROR message of the first error in a reply, if any.
@@ -2035,6 +2214,120 @@ mod tests {
         assert_eq!(e("PAUSE d1").as_deref(), Some("already suspended/paused"));
         assert_eq!(e("KILL d1").as_deref(), Some("already suspended/paused"));
         assert_eq!(e("RESUME"), None);
+    }
+
+    /// The answer of a waiting command once settled (`None`: still waiting).
+    fn settle(sh: &PgShared, p: Pending) -> Option<BytesMut> {
+        let mut c = Console {
+            skipping: false,
+            pending: Some(p),
+        };
+        let mut out = BytesMut::new();
+        c.settle(&mut out, sh).then_some(out)
+    }
+
+    #[test]
+    fn kill_client_orders_that_client_only() {
+        let sh = shared();
+        let a = sh.admin.register(0, entry(true, 1, "d"));
+        let b = sh.admin.register(1, entry(true, 2, "d"));
+        let s = sh.admin.register(1, entry(false, 3, "d"));
+        let orders = |w: usize| {
+            let mut v = Vec::new();
+            sh.admin.orders(w, |p, o| v.push((p.token, o)));
+            v
+        };
+        assert!(a.conn.num != b.conn.num && b.conn.num != s.conn.num);
+        // Servers are not clients; unknown numbers are not found.
+        let e = |t: &str| error(&run_query(&sh, t).0);
+        assert_eq!(
+            e(&format!("KILL_CLIENT {}", s.conn.num)).as_deref(),
+            Some("client not found")
+        );
+        assert_eq!(e("KILL_CLIENT 0").as_deref(), Some("client not found"));
+        assert!(orders(0).is_empty() && orders(1).is_empty());
+        let (out, p) = run_query(&sh, &format!("KILL_CLIENT {}", b.conn.num));
+        assert_eq!((error(&out), p.is_none()), (None, true));
+        assert_eq!(messages(&out)[0].1, b"KILL_CLIENT\0");
+        assert!(orders(0).is_empty());
+        assert_eq!(orders(1), vec![(2, Order::KillClient)]);
+        drop((a, b, s));
+    }
+
+    #[test]
+    fn pause_closes_servers_and_wait_close_waits_for_them() {
+        let sh = shared();
+        let c = sh.admin.register(0, entry(true, 1, "d"));
+        let s = sh.admin.register(0, entry(false, 2, "d"));
+        let other = sh.admin.register(0, entry(false, 3, "e"));
+        // WAIT_CLOSE with nothing closing answers at once.
+        let (_, p) = run_query(&sh, "WAIT_CLOSE d");
+        let out = settle(&sh, p.expect("WAIT_CLOSE waits its turn")).expect("at once");
+        assert_eq!(messages(&out)[0].1, b"WAIT_CLOSE\0");
+        assert_eq!(
+            error(&run_query(&sh, "WAIT_CLOSE ferry").0).as_deref(),
+            Some("cannot wait in admin db: ferry")
+        );
+        // PAUSE d: d's server connections close as released (RECONNECT's order), and it
+        // answers once none of d's is left; e's stay.
+        let (_, p) = run_query(&sh, "PAUSE d");
+        assert!(matches!(p, Some(Pending::Pause(Some(_)))));
+        assert!(s.epoch() != s.born_epoch() && other.epoch() == other.born_epoch());
+        let mut v = Vec::new();
+        sh.admin.orders(0, |p, o| v.push((p.token, o)));
+        assert_eq!(v, vec![(2, Order::Reconnect)]);
+        assert!(settle(&sh, Pending::Pause(Some(c.conn.db.clone()))).is_none());
+        // WAIT_CLOSE waits for it too.
+        let (_, p) = run_query(&sh, "WAIT_CLOSE");
+        let p = p.expect("WAIT_CLOSE waits");
+        assert!(settle(&sh, Pending::WaitClose(vec![c.conn.db.clone()])).is_none());
+        drop(s);
+        let out = settle(&sh, Pending::Pause(Some(c.conn.db.clone()))).expect("done");
+        assert_eq!(messages(&out)[0].1, b"PAUSE\0");
+        assert!(settle(&sh, p).is_some());
+        drop((c, other));
+    }
+
+    #[test]
+    fn shutdown_triggers_the_workers_shutdown() {
+        let sh = shared();
+        assert!(error(&run_query(&sh, "SHUTDOWN").0)
+            .unwrap()
+            .contains("not available"));
+        let stop = ferry_driver::Shutdown::new();
+        sh.set_shutdown(stop.clone());
+        assert_eq!(
+            error(&run_query(&sh, "SHUTDOWN; SHOW VERSION").0).as_deref(),
+            Some("ferry console: SHUTDOWN must be the last command of its query")
+        );
+        assert!(!stop.is_triggered());
+        let (out, p) = run_query(&sh, "SHUTDOWN");
+        assert!(out.is_empty(), "no answer: the drain closes the session");
+        assert!(matches!(p, Some(Pending::Shutdown)));
+        assert!(stop.is_triggered());
+    }
+
+    #[test]
+    fn shutdown_wait_for_servers_pauses_and_stops_once_none_is_left() {
+        let sh = shared();
+        sh.set_shutdown(ferry_driver::Shutdown::new());
+        let s = sh.admin.register(1, entry(false, 2, "d"));
+        assert!(!sh.admin.shutdown_due());
+        let (out, p) = run_query(&sh, "SHUTDOWN WAIT_FOR_SERVERS");
+        assert_eq!((error(&out), p.is_none()), (None, true));
+        assert_eq!(messages(&out)[0].1, b"SHUTDOWN\0");
+        assert!(sh.admin.paused() && s.epoch() != s.born_epoch());
+        let mut v = Vec::new();
+        sh.admin.orders(1, |p, o| v.push((p.token, o)));
+        assert_eq!(v, vec![(2, Order::Reconnect)]);
+        assert!(!sh.admin.shutdown_due(), "a server connection is left");
+        assert_eq!(
+            error(&run_query(&sh, "RESUME").0).as_deref(),
+            Some("pooler is shutting down")
+        );
+        drop(s);
+        assert!(sh.admin.shutdown_due());
+        assert!(!sh.admin.shutdown_due(), "once");
     }
 
     fn entry(client: bool, me: usize, db: &str) -> Entry<'_> {
