@@ -231,6 +231,12 @@ pub(crate) struct ProxyArgs {
     /// redis: TLS from the first byte.
     #[arg(long)]
     upstream_tls: bool,
+    /// http: the upstreams speak HTTP/2 over plain TCP (h2c with prior knowledge; not with
+    /// --upstream-tls): every request goes as a stream on a pooled HTTP/2 connection (one
+    /// stream per connection at a time), trailers and `te: trailers` included, so gRPC
+    /// passes through. Active health checks still probe with HTTP/1.1.
+    #[arg(long)]
+    upstream_http2: bool,
     /// With --upstream-tls: the CA certificates (PEM) to trust [default:
     /// /etc/ssl/certs/ca-certificates.crt].
     #[arg(long, value_name = "FILE", value_parser = boxed_path)]
@@ -329,6 +335,7 @@ struct ProxyFile {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     upstream_tls: Option<bool>,
+    upstream_http2: Option<bool>,
     upstream_ca: Option<PathBuf>,
     upstream_server_name: Option<String>,
     upstream_cert: Option<PathBuf>,
@@ -549,6 +556,9 @@ fn merge(args: &mut ProxyArgs, f: ProxyFile, dir: &Path) -> Result<(), String> {
     )?;
     if f.upstream_tls == Some(true) {
         args.upstream_tls = true;
+    }
+    if f.upstream_http2 == Some(true) {
+        args.upstream_http2 = true;
     }
     fill(&mut args.upstream_ca, "upstream_ca", f.upstream_ca, path)?;
     fill(
@@ -825,6 +835,15 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
              with --protocol postgres"
                 .into(),
         );
+    }
+    if args.upstream_http2 {
+        if protocol != Protocol::Http {
+            return Err("--upstream-http2: only with --protocol http".into());
+        }
+        if args.upstream_tls {
+            return Err("--upstream-http2: h2c only (not with --upstream-tls)".into());
+        }
+        cfg.upstream_http2 = true;
     }
     if let Some(t) = &args.trusted_proxies {
         if protocol != Protocol::Http {
@@ -1420,5 +1439,23 @@ mod tests {
         assert!(e.contains("FERRY_UPSTREAM_PASSWORD"), "{e}");
         let other = "--config /x.toml: unknown field `bogus`".to_string();
         assert_eq!(config_error(other.clone()), other);
+    }
+
+    #[test]
+    fn upstream_http2_from_flag_or_file_and_only_for_plain_http() {
+        let base = "listen = \"127.0.0.1:8080\"\nupstream = [\"127.0.0.1:9\"]\n";
+        let (_, o) = resolve(&[], base).unwrap();
+        assert!(!o.config.upstream_http2);
+        let (_, o) = resolve(&["--upstream-http2"], base).unwrap();
+        assert!(o.config.upstream_http2);
+        let (_, o) = resolve(&[], &format!("{base}upstream_http2 = true\n")).unwrap();
+        assert!(o.config.upstream_http2);
+        let e = resolve(&["--upstream-http2", "--protocol", "redis"], base).unwrap_err();
+        assert!(
+            e.contains("--upstream-http2: only with --protocol http"),
+            "{e}"
+        );
+        let e = resolve(&["--upstream-http2", "--upstream-tls"], base).unwrap_err();
+        assert!(e.contains("--upstream-http2: h2c only"), "{e}");
     }
 }

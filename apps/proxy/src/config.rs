@@ -285,6 +285,10 @@ pub struct ProxyConfig {
     /// as libpq's `sslmode=verify-full`); Redis TLS from the first byte. Build it with
     /// [`upstream_tls_config`]. Default none: plain TCP.
     pub upstream_tls: Option<UpstreamTls>,
+    /// HTTP: the upstreams speak HTTP/2 over plain TCP (`--upstream-http2`; h2c with prior
+    /// knowledge): each exchange is a stream on a pooled HTTP/2 connection, one at a time
+    /// per connection. Default false: HTTP/1.1.
+    pub upstream_http2: bool,
     /// HTTP/2 clients (h2c with prior knowledge, h2 over TLS): most concurrent streams per
     /// client connection (SETTINGS_MAX_CONCURRENT_STREAMS; more are refused with
     /// REFUSED_STREAM). Default 100.
@@ -414,6 +418,7 @@ impl ProxyConfig {
             rate_limit: None,
             tls: None,
             upstream_tls: None,
+            upstream_http2: false,
             http2_max_streams: 100,
             http2_max_header_list: 64 * 1024,
         }

@@ -53,6 +53,10 @@
 //! its backends with the same rule: non-idempotent requests are never pipelined, unanswered
 //! ones are re-sent.)
 //!
+//! Trailers ([`trailers`]): a chunked body's trailer section (request or response) goes on
+//! where the other side can carry it (a chunked HTTP/1.1 body, or HTTP/2), without the
+//! hop-by-hop fields and those a trailer must not carry (RFC 9110 §6.5.1).
+//!
 //! Protocol switches: a request with `Upgrade` (and `Connection: upgrade`) goes out with both
 //! fields, a CONNECT as it is. When the upstream switches (`101`, or `2xx` to CONNECT), its
 //! response goes back with its `Upgrade`/`Connection` fields and both connections become a
@@ -91,6 +95,10 @@ use ferry_reliability::{
 };
 
 mod h2;
+mod h2_upstream;
+mod trailers;
+
+use trailers::Trailers;
 
 /// Unacknowledged body bytes one half may hand the other before it stops reading: what a
 /// client that does not read its response costs in user space (beside about 50 KiB of
@@ -122,6 +130,9 @@ pub struct HttpShared {
     scheme: &'static str,
     /// Settings of the HTTP/2 client connections ([`h2`]).
     h2: Arc<ferry_http2::Config>,
+    /// Settings of the HTTP/2 upstream connections ([`h2_upstream`]), when the upstreams
+    /// speak HTTP/2.
+    h2_up: Option<Arc<ferry_http2::Config>>,
 }
 
 impl std::fmt::Debug for HttpShared {
@@ -146,6 +157,7 @@ impl HttpShared {
         // A request is pipelined only behind requests of the same upstream: not with the
         // hash balancer, where each request's key picks its upstream.
         let depth = match cfg.balance {
+            _ if cfg.upstream_http2 => 1,
             crate::balance::Balance::Hash => 1,
             _ => cfg.pipeline_depth.clamp(1, 1024),
         };
@@ -177,8 +189,12 @@ impl HttpShared {
             .collect();
         let limiter = cfg.rate_limit.map(ClientLimiter::new);
         let h2 = Arc::new(h2::config(&cfg));
+        let h2_up = cfg
+            .upstream_http2
+            .then(|| Arc::new(h2_upstream::config(&cfg)));
         Arc::new(HttpShared {
             h2,
+            h2_up,
             cfg,
             depth,
             client,
@@ -675,6 +691,10 @@ enum Kind {
     /// Either way: this side's peer closed its sending side of the tunnel (after the
     /// bytes before it): relay the half-close.
     TunnelEof,
+    /// Either way: the trailer section of the body (already filtered; the end follows):
+    /// downstream → upstream for the request (`None`), upstream → downstream for the
+    /// response with the `tag` as for `Resp`.
+    Trailers(Box<Trailers>, Option<u32>),
 }
 
 /// A request for an upstream connection.
@@ -1072,6 +1092,8 @@ struct Exchange {
     resp_bytes: u64,
     /// The request came over HTTP/2 (the access log's protocol).
     h2: bool,
+    /// The request body's trailer section (sent again with a replayed body).
+    req_trailers: Option<Box<Trailers>>,
 }
 
 impl Exchange {
@@ -1275,6 +1297,7 @@ fn exchange(
         status: 0,
         resp_bytes: 0,
         h2: false,
+        req_trailers: None,
     }
 }
 
@@ -1681,7 +1704,7 @@ impl Down {
             SEvent::Request(head) => self.start(ctx, head, now),
             SEvent::Data { data, .. } => self.body(ctx, data, false, now),
             SEvent::End { .. } => self.body(ctx, Bytes::new(), true, now),
-            SEvent::Trailers { .. } => {}
+            SEvent::Trailers { trailers, .. } => self.req_trailers(ctx, &trailers),
             SEvent::Error { error, .. } => {
                 // The protocol answered (400/408/413/…) or the body broke: drop the exchange.
                 self.errored = true;
@@ -2150,6 +2173,9 @@ impl Down {
             &self.xfcc,
         );
         send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
+        if let Some(t) = &ex.req_trailers {
+            send(ctx, up, Kind::Trailers(t.clone(), None));
+        }
         if !ex.held.is_empty() {
             for (b, end) in ex.held.drain(..) {
                 send(ctx, up, Kind::ReqData(b, end));
@@ -2424,6 +2450,7 @@ impl Down {
                 head.keep(&mut self.spare);
             }
             Kind::Close => self.tunnel_gone(ctx),
+            Kind::Trailers(t, tag) => self.resp_trailers(&t, tag),
             Kind::Send(_) | Kind::ReqData(..) | Kind::Raw(_) => {}
         }
     }
@@ -2825,6 +2852,10 @@ pub struct Up {
     tunnel: bool,
     /// A box for the next response head's mail (the last request's).
     spare: Option<Parcel>,
+    /// The trailer section of the request body being sent (it goes at the body's end).
+    req_trailers: Option<Box<Trailers>>,
+    /// The upstream speaks HTTP/2 ([`h2_upstream`]): `conn` is unused.
+    h2: Option<Box<h2_upstream::H2Up>>,
 }
 
 impl Up {
@@ -2907,6 +2938,10 @@ impl Up {
     }
 
     fn process_input(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.h2.is_some() {
+            self.h2_process_input(ctx, now);
+            return;
+        }
         if self.tunnel {
             self.tunnel_input(ctx);
             return;
@@ -2999,6 +3034,7 @@ impl Up {
                             },
                         );
                     }
+                    CEvent::Trailers { trailers, .. } => self.resp_trailers(ctx, &trailers),
                     CEvent::Error { error, .. } => {
                         let why = error_failure(error, self.resp_started);
                         self.fail(ctx, why);
@@ -3071,6 +3107,11 @@ impl Up {
                 }
                 req.keep(&mut self.spare);
             }
+            Kind::ReqData(b, end) if end && self.req_trailers.is_some() => {
+                self.owed += b.len();
+                self.end_with_trailers(b, now);
+            }
+            Kind::Trailers(t, _) => self.req_trailers = Some(t),
             Kind::ReqData(b, end) => {
                 let n = b.len();
                 if let Some(id) = self.req {
@@ -3100,6 +3141,7 @@ impl Up {
     /// A request from the owner: send it (or refuse it, or fail).
     fn send_request(&mut self, ctx: &mut WorkerCtx, req: &SendReq, now: Instant) {
         let SendReq { head, extra, .. } = req;
+        self.req_trailers = None;
         self.owner = Some(req.owner);
         self.tag = Some(req.tag);
         if self.inflight > 0 && !self.done && (self.refused || !self.conn.can_send_request()) {
@@ -3453,6 +3495,9 @@ impl Half for Up {
     ferry_driver::half_io!();
 
     fn wants_read(&self, ctx: &WorkerCtx) -> bool {
+        if self.h2.is_some() {
+            return self.h2_wants_read(ctx);
+        }
         !self.done
             && self.unacked < WINDOW
             && self.io.input.len() < ctx.options.input_high_water
@@ -3466,8 +3511,10 @@ impl Half for Up {
     fn poll_timeout(&self) -> Option<Instant> {
         if self.tunnel {
             None
-        } else {
+        } else if self.h2.is_none() {
             self.conn.poll_timeout()
+        } else {
+            self.h2_poll_timeout()
         }
     }
 
@@ -3482,15 +3529,22 @@ impl Half for Up {
         !self.io.input.is_empty()
             || self.tunnel
             || !self.io.is_connected()
-            || self.conn.has_events()
-            || self.conn.is_closed()
+            || (self.h2.is_none() && (self.conn.has_events() || self.conn.is_closed()))
     }
 
     fn on_written(&mut self, ctx: &WorkerCtx, n: usize) {
+        if self.h2.is_some() {
+            self.h2_ack(ctx);
+            return;
+        }
         self.ack(ctx, n);
     }
 
     fn on_eof(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.h2.is_some() {
+            self.h2_on_eof(ctx, now);
+            return;
+        }
         self.process_input(ctx, now);
         if self.tunnel {
             // The upstream is done sending: the client gets what came before, then a FIN;
@@ -3510,6 +3564,10 @@ impl Half for Up {
     }
 
     fn on_timeout(&mut self, ctx: &mut WorkerCtx, now: Instant) {
+        if self.h2.is_some() {
+            self.h2_on_timeout(ctx, now);
+            return;
+        }
         self.conn.handle_timeout(now);
         self.process_input(ctx, now);
     }
@@ -3523,6 +3581,10 @@ impl Half for Up {
     }
 
     fn on_mail(&mut self, ctx: &mut WorkerCtx, mail: Mail, now: Instant) {
+        if self.h2.is_some() {
+            self.h2_apply(ctx, mail.0, now);
+            return;
+        }
         self.apply(ctx, mail.0, now);
         while let Some(b) = self.conn.poll_transmit() {
             self.io.out.push(b);
@@ -3593,6 +3655,11 @@ impl Upstream for Up {
             reported: false,
             tunnel: false,
             spare: None,
+            req_trailers: None,
+            h2: shared
+                .h2_up
+                .as_ref()
+                .map(|c| h2_upstream::H2Up::new(c.clone(), now)),
         })
     }
 

@@ -1745,6 +1745,33 @@ fn response_head(
 }
 
 impl Response {
+    /// A response head from its HTTP/1.1 bytes (status line, field lines, empty line), as a
+    /// client connection parses it for request `id` (`head_request`: it answers a HEAD): for
+    /// a head that came another way (an HTTP/2 response written out as HTTP/1.1) to go
+    /// where a parsed one goes. Bytes after the head are not part of it.
+    ///
+    /// ```
+    /// use ferry_http1::{BodyKind, RequestId, Response};
+    /// let r = Response::from_head(
+    ///     RequestId::new(0),
+    ///     bytes::Bytes::from_static(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n"),
+    ///     false,
+    /// )
+    /// .unwrap();
+    /// assert_eq!((r.status(), r.body_kind()), (200, BodyKind::Length(3)));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The parser's errors (as [`ClientConnection`](crate::ClientConnection) reports them);
+    /// [`Error::UnexpectedEof`] for an incomplete head.
+    pub fn from_head(id: RequestId, head: Bytes, head_request: bool) -> Result<Response, Error> {
+        let mut out = IndexBuf::new();
+        let p = parse_response(&head, MAX_HEADERS_CAP, head_request, false, &mut out)?
+            .ok_or(Error::UnexpectedEof)?;
+        Ok(Response::build(id, head, p))
+    }
+
     pub(crate) fn build(id: RequestId, buf: Bytes, p: ParsedResponse) -> Response {
         Response {
             id,
@@ -1794,6 +1821,36 @@ pub(crate) fn parse_trailers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_from_its_head_bytes_is_the_parsed_one() {
+        let raw = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nGrpc-Status: 5\r\n\r\n";
+        let r = Response::from_head(RequestId::new(3), Bytes::from_static(raw), false).unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.reason(), "Not Found");
+        assert_eq!(r.body_kind(), BodyKind::Chunked);
+        assert_eq!(r.headers().get("grpc-status"), Some(&b"5"[..]));
+        assert_eq!(r.id(), RequestId::new(3));
+        // A HEAD's answer has no body whatever it declares; a torn head is an error.
+        let h = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n";
+        let r = Response::from_head(RequestId::new(0), Bytes::from_static(h), true).unwrap();
+        assert_eq!(r.body_kind(), BodyKind::Empty);
+        assert_eq!(
+            Response::from_head(
+                RequestId::new(0),
+                Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
+                false
+            )
+            .err(),
+            Some(Error::UnexpectedEof)
+        );
+        assert!(Response::from_head(
+            RequestId::new(0),
+            Bytes::from_static(b"HTTP/1.1 2x\r\n\r\n"),
+            false
+        )
+        .is_err());
+    }
 
     #[test]
     fn parses_browser_request_zero_copy() {

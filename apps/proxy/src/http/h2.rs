@@ -8,13 +8,18 @@
 //!
 //! - Request head: `:method`, `:path` and `:authority` become the request line and `Host`
 //!   (RFC 9113 §8.3.1: `:authority` wins over a `host` field), `cookie` fields are joined
-//!   with `; ` (§8.2.3), `te` is dropped (the HTTP/2 parser already refused every other
+//!   with `; ` (§8.2.3), `te: trailers` is kept for an HTTP/2 upstream (hop-by-hop, it
+//!   never goes to an HTTP/1.1 one; the HTTP/2 parser already refused every other
 //!   connection-specific field). A head HTTP/1.1 cannot carry is answered `400`; CONNECT
 //!   (plain or extended) `501`.
 //! - Response head: the upstream's fields without the hop-by-hop ones (standard or named by
 //!   `Connection`), names lower-cased, `content-length` kept when the upstream gave one,
-//!   plus `via`; interim responses (1xx but 100 and 101) go as interim HEADERS. Upstream
-//!   trailers are not forwarded (the HTTP/1.1 path drops them too).
+//!   plus `via`; interim responses (1xx but 100 and 101) go as interim HEADERS.
+//! - Trailers ([`super::trailers`]): request trailers (a HEADERS frame ending the stream)
+//!   go to the upstream as the chunked body's trailer section (a body with a
+//!   `content-length` cannot carry them: dropped); the upstream's response trailers end
+//!   the stream as a HEADERS frame with END_STREAM. Forbidden and hop-by-hop fields are
+//!   removed either way.
 //! - Streams are independent: each has its own checkout (identified in the mails by a
 //!   per-stream tag), so concurrent streams spread over upstream connections, and a
 //!   failure gets that stream a `502`/`503`/`504` (or a retry), or, once its response
@@ -128,7 +133,7 @@ impl Refused {
 /// The HTTP/1.1 request head for an HTTP/2 request (`end`: its HEADERS ended the stream):
 /// `:method` `:path` as the request line, `:authority` as `Host` (or the `host` field when
 /// there is no `:authority`; neither, or an invalid one, is a `400`, as is a target not in
-/// origin-form), `cookie` crumbs joined in one field, `te` dropped. The body goes as
+/// origin-form), `cookie` crumbs joined in one field, `te: trailers` kept (hop-by-hop for HTTP/1.1). The body goes as
 /// `Content-Length` when the request declared one, else chunked.
 pub(super) fn to_http1(
     req: &ferry_http2::Request,
@@ -148,7 +153,6 @@ pub(super) fn to_http1(
     for (n, v) in fields.iter() {
         match n {
             "host" if authority.is_some() => {}
-            "te" => {}
             "cookie" => {
                 if !cookie.is_empty() {
                     cookie.extend_from_slice(b"; ");
@@ -277,8 +281,8 @@ impl Down {
             H2Event::Data { id, data } => self.h2_body(ctx, id, data, false, now),
             H2Event::End { id } => self.h2_body(ctx, id, Bytes::new(), true, now),
             H2Event::Reset { id, .. } => self.h2_abort(ctx, id.get(), 499, now),
-            // Request trailers are not forwarded; errors and GOAWAY end the streams
-            // through `Reset`, or the connection.
+            H2Event::Trailers { id, trailers } => self.h2_req_trailers(ctx, id, &trailers),
+            // Errors and GOAWAY end the streams through `Reset`, or the connection.
             _ => {}
         }
     }
@@ -411,6 +415,9 @@ impl Down {
             &self.xfcc,
         );
         send(ctx, up, Kind::Send(Parcel::send(&mut self.spare, req)));
+        if let Some(t) = &s.ex.req_trailers {
+            send(ctx, up, Kind::Trailers(t.clone(), None));
+        }
         for (b, end) in s.ex.held.drain(..) {
             send(ctx, up, Kind::ReqData(b, end));
         }
@@ -440,6 +447,24 @@ impl Down {
             Some(up) => send(ctx, up, Kind::ReqData(data, end)),
             None => ex.held.push_back((data, end)),
         }
+    }
+
+    /// Stream `id`'s request trailers: kept for a replay and handed to the upstream
+    /// connection (the stream's end follows).
+    fn h2_req_trailers(&mut self, ctx: &WorkerCtx, id: StreamId, fields: &ferry_http2::Fields) {
+        let Some(h) = self.h2.as_deref_mut() else {
+            return;
+        };
+        let Some(s) = h.streams.get_mut(&id.get()).filter(|s| !s.ex.resp_done) else {
+            return;
+        };
+        let Some(t) = Trailers::of_http2(fields) else {
+            return;
+        };
+        if let Some(up) = s.ex.up {
+            send(ctx, up, Kind::Trailers(t.clone(), None));
+        }
+        s.ex.req_trailers = Some(t);
     }
 
     /// Stream `sid`'s attempt failed (`(before_response, fresh, unsent)` as for
@@ -636,6 +661,14 @@ impl Down {
                     }
                 }
                 head.keep(&mut self.spare);
+            }
+            Kind::Trailers(t, tag) => {
+                // They end the stream (after its queued data); the upstream's end follows.
+                let sid = tag.and_then(|t| h.stream_of(t));
+                let started = |sid: &u32| h.streams.get(sid).is_some_and(|s| s.ex.resp_started);
+                if let Some(sid) = sid.filter(started) {
+                    let _ = h.conn.send_trailers(StreamId::new(sid), &t.pairs());
+                }
             }
             // No protocol switch is forwarded from HTTP/2 (an `Upgrade` field is malformed
             // there): nothing else comes.
@@ -932,9 +965,11 @@ mod tests {
             BodyKind::Empty => H1Body::Empty,
             _ => H1Body::Chunked,
         };
+        // As the proxy forwards: `te` is hop-by-hop for an HTTP/1.1 upstream.
         let keep = |n: &[u8]| {
             !n.eq_ignore_ascii_case(b"content-length")
                 && !n.eq_ignore_ascii_case(b"transfer-encoding")
+                && !n.eq_ignore_ascii_case(b"te")
         };
         client
             .send_forwarded_request(now, head, keep, &[], body)
@@ -1086,7 +1121,7 @@ mod tests {
     }
 
     #[test]
-    fn cookies_are_joined_and_te_dropped() {
+    fn cookies_are_joined_and_te_kept_for_an_http2_upstream() {
         let events = serve(|c| {
             let fields: [(&str, &[u8]); 4] = [
                 ("cookie", b"a=1"),
@@ -1101,7 +1136,15 @@ mod tests {
         let h1 = to_http1(req, id, end).unwrap();
         assert_eq!(h1.headers().get_all("cookie").count(), 1);
         assert_eq!(h1.headers().get("cookie"), Some(&b"a=1; b=2; c=3"[..]));
-        assert_eq!(h1.headers().get("te"), None);
+        // Kept in the head for an HTTP/2 upstream (`te: trailers`, the one value HTTP/2
+        // allows, which gRPC needs); hop-by-hop, so never sent to an HTTP/1.1 one.
+        assert_eq!(h1.headers().get("te"), Some(&b"trailers"[..]));
+        assert!(!super::super::forward_request_field(
+            b"te",
+            &[],
+            false,
+            false
+        ));
     }
 
     #[test]
