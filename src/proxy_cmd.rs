@@ -36,10 +36,14 @@ fn parse_health_path(s: &str) -> Result<String, String> {
     }
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ProxyArgs {
     /// TOML file with every flag's setting (`listen`, `upstream = ["ADDR", …]`,
     /// `connect_timeout = "1s"`, …: the flag's name in snake_case). Flags win over the file.
+    /// SIGHUP (or RELOAD on the postgres console) re-reads it in place: upstreams, balance,
+    /// timeouts, retries, breaker, pool limits, health checks and the TLS certificate change
+    /// without a restart; a bad file or a change of listen, protocol, driver, workers (and
+    /// the other start-only keys) is refused and the running configuration kept.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where clients connect: IP:PORT, [IPv6]:PORT or unix:PATH (required, here or in --config).
@@ -910,7 +914,44 @@ fn options(args: &ProxyArgs) -> Result<ProxyOptions, String> {
     Ok(opts)
 }
 
+/// The options `flags` and the `--config` file at `path` give (flags win, as at start).
+fn load_options(flags: &ProxyArgs, path: &Path) -> Result<ProxyOptions, String> {
+    let file = config_file::load::<ProxyFile>(path).map_err(config_error)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut args = flags.clone();
+    merge(&mut args, file, dir)?;
+    options(&args)
+}
+
+/// Reload from `path` (SIGHUP, `RELOAD`): re-read and check the whole file, merge the flags
+/// over it, and apply it or keep the running configuration. Logs one line either way.
+fn reload(flags: &ProxyArgs, path: &Path, proxy: &ferry_proxy::Reloader) -> Result<u64, String> {
+    let shown = path.display();
+    let r = match load_options(flags, path) {
+        Ok(opts) => proxy.reload(opts).map_err(|e| e.to_string()),
+        Err(e) => {
+            // Counted as a refused reload too (the file is the reload's input).
+            proxy.count_error();
+            Err(format!("{e} (kept the running configuration)"))
+        }
+    };
+    match &r {
+        Ok(g) => tracing::info!("ferry: reload: --config {shown}: applied (generation {g})"),
+        Err(e) => {
+            // The loader's errors name the file already.
+            let e = e
+                .strip_prefix(&format!("--config {shown}: "))
+                .or_else(|| e.strip_prefix("--config: "))
+                .unwrap_or(e);
+            tracing::warn!("ferry: reload: --config {shown}: {e}");
+        }
+    }
+    r
+}
+
 pub(crate) fn proxy(mut args: ProxyArgs) -> ExitCode {
+    // The command line alone: a reload merges it over the file again.
+    let flags = args.clone();
     if let Some(path) = args.config.clone() {
         let file = match config_file::load::<ProxyFile>(&path) {
             Ok(f) => f,
@@ -931,6 +972,7 @@ pub(crate) fn proxy(mut args: ProxyArgs) -> ExitCode {
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -965,6 +1007,19 @@ pub(crate) fn proxy(mut args: ProxyArgs) -> ExitCode {
         }
         let _ = out.flush();
     }
+    // SIGHUP and the PostgreSQL console's RELOAD re-read --config (without one, SIGHUP is
+    // logged and ignored).
+    let reloader = proxy.reloader();
+    let reload_now: Option<std::sync::Arc<dyn Fn() -> Result<u64, String> + Send + Sync>> =
+        flags.config.clone().map(|path| {
+            let r = reloader.clone();
+            let f = move || reload(&flags, &path, &r);
+            std::sync::Arc::new(f) as std::sync::Arc<dyn Fn() -> Result<u64, String> + Send + Sync>
+        });
+    if let Some(f) = &reload_now {
+        let f = f.clone();
+        proxy.live().set_hook(Box::new(move || f()));
+    }
     let stop = proxy.handle.shutdown.clone();
     let mut signals = signals;
     let sig_handle = signals.handle();
@@ -972,7 +1027,20 @@ pub(crate) fn proxy(mut args: ProxyArgs) -> ExitCode {
         .name("ferry-signals".into())
         .spawn(move || {
             let mut seen = 0;
-            for _ in signals.forever() {
+            for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    match &reload_now {
+                        Some(f) => {
+                            let _ = f();
+                        }
+                        None => {
+                            tracing::warn!(
+                                "ferry: reload: no --config file to re-read (SIGHUP ignored)"
+                            )
+                        }
+                    }
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     stop.trigger();
@@ -1457,5 +1525,39 @@ mod tests {
         );
         let e = resolve(&["--upstream-http2", "--upstream-tls"], base).unwrap_err();
         assert!(e.contains("--upstream-http2: h2c only"), "{e}");
+    }
+
+    #[test]
+    fn a_reload_merges_the_flags_over_the_new_file() {
+        let dir = std::env::temp_dir().join(format!("ferry-reload-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("proxy.toml");
+        let flags = Cli::try_parse_from(["proxy", "--retries", "5", "--config", "x"])
+            .unwrap()
+            .args;
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\nupstream = [\"10.0.0.1:80\"]\nretries = 1\n",
+        )
+        .unwrap();
+        let a = load_options(&flags, &path).unwrap();
+        assert_eq!(a.config.retries, 5, "the flag wins");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\nupstream = [\"10.0.0.2:80\", \"10.0.0.3:80\"]\n\
+             retries = 0\nconnect_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let b = load_options(&flags, &path).unwrap();
+        assert_eq!(b.config.retries, 5, "still the flag's");
+        assert_eq!(b.config.upstreams.len(), 2);
+        assert_eq!(b.config.connect_timeout, Duration::from_secs(3));
+        std::fs::write(&path, "listen = \"127.0.0.1:7000\"\nupstream = 5\n").unwrap();
+        let e = load_options(&flags, &path).unwrap_err();
+        assert!(
+            e.starts_with(&format!("--config {}: upstream", path.display())),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

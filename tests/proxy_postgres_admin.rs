@@ -277,7 +277,7 @@ try:
     adm.execute('RELOAD')
     raise SystemExit('no error')
 except errors.SyntaxError as e:
-    assert 'not supported' in str(e), e
+    assert 'without --config' in str(e), e
 try:
     adm.execute('RESUME')
     raise SystemExit('no error')

@@ -488,6 +488,33 @@ impl<K: Ord + Clone, C> Pool<K, C> {
         &self.config
     }
 
+    /// Replaces the configuration (a configuration reload): the new limits and timeouts
+    /// apply from the next call on; connections already open or lent stay as they are, and
+    /// idle ones over a lower limit close as they would have (idle timeout, lifetime).
+    pub fn set_config(&mut self, config: Config) {
+        self.timers = Timers::new(&config);
+        self.config = config;
+    }
+
+    /// Closes `key`'s idle connections now ([`Event::Close`] for each; the destination was
+    /// removed). Connections lent out are closed when checked in only if the caller says
+    /// so. Returns how many were closed.
+    pub fn close_idle(&mut self, key: &K) -> usize {
+        let Some(&slot) = self.dests.index.get(key) else {
+            return 0;
+        };
+        let Some(dest) = self.dests.slots[slot].as_mut() else {
+            return 0;
+        };
+        let n = dest.idle.len();
+        for idle in dest.idle.drain(..) {
+            self.events.push_back(Event::Close(idle.conn));
+        }
+        self.total_load -= n;
+        self.closed += n as u64;
+        n
+    }
+
     /// Asks for `min_per_key` connections to `key` now (as [`Event::Connect`]) instead of on
     /// first use; how a fixed-size pool is filled up front.
     pub fn prewarm(&mut self, key: K, now: Instant) {
@@ -1439,6 +1466,31 @@ mod tests {
         assert_eq!(p.poll_timeout(), None, "at min: nothing more to shrink");
         p.handle_timeout(ms(100_000));
         assert!(drain(&mut p).is_empty());
+    }
+
+    #[test]
+    fn reload_changes_limits_and_closes_a_removed_keys_idle() {
+        let mut p = Pool::new(cfg(0, 1));
+        let a = open(&mut p, 1, 10, ms(0));
+        p.checkin(a, true, ms(2)).unwrap();
+        let b = open(&mut p, 2, 20, ms(3));
+        p.checkin(b, true, ms(4)).unwrap();
+        // A larger limit: a second connection to key 1 without waiting.
+        p.set_config(cfg(0, 4));
+        assert_eq!(p.config().max_per_key, 4);
+        let l1 = match p.checkout(1, ms(5)) {
+            Ok(Checkout::Ready(l)) => l,
+            other => panic!("expected the idle one, got {other:?}"),
+        };
+        assert!(matches!(p.checkout(1, ms(5)), Ok(Checkout::Connect(_))));
+        // Key 2 removed: its idle connection closes now, key 1's lent one stays.
+        assert_eq!(p.close_idle(&2), 1);
+        assert_eq!(closed(&drain(&mut p)), [20]);
+        assert_eq!(p.close_idle(&2), 0);
+        assert_eq!(p.close_idle(&9), 0);
+        assert_eq!(p.metrics().idle, 0);
+        assert_eq!(p.metrics().active, 1);
+        p.checkin(l1, true, ms(6)).unwrap();
     }
 
     #[test]

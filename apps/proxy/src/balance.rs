@@ -161,6 +161,40 @@ impl Balancer {
         }
     }
 
+    /// A balancer over upstream slots `0..n` (after a reload) of which `named` are listed,
+    /// `(slot, address)`: the hash ring holds only those (the same ring as [`Balancer::new`]
+    /// builds for the same addresses in the same order, so a reload that keeps the upstreams
+    /// keeps every key where it was); round robin and least requests step over all slots,
+    /// the picker's `usable` skipping the unlisted ones.
+    pub fn over_slots(
+        kind: Balance,
+        n: usize,
+        named: &[(usize, String)],
+        start: usize,
+    ) -> Balancer {
+        let mut ring = Vec::new();
+        if kind == Balance::Hash {
+            for (i, name) in named {
+                for v in 0..VNODES {
+                    ring.push((fnv1a(format!("{name}#{v}").as_bytes()), *i));
+                }
+            }
+            ring.sort_unstable();
+        }
+        Balancer {
+            kind,
+            n,
+            next: start % n.max(1),
+            ring,
+        }
+    }
+
+    /// The policy.
+    #[inline]
+    pub fn kind(&self) -> Balance {
+        self.kind
+    }
+
     /// Pick an upstream for `key` among those `usable` says yes to (with `load` the requests
     /// in flight on each, for least-requests). `None` when none is usable.
     pub fn pick(
@@ -222,6 +256,38 @@ mod tests {
 
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("10.0.0.{i}:80")).collect()
+    }
+
+    #[test]
+    fn slots_keep_the_ring_of_the_same_addresses() {
+        let n = names(3);
+        let named: Vec<(usize, String)> = n.iter().cloned().enumerate().collect();
+        let mut a = Balancer::new(Balance::Hash, &n, 0);
+        let mut b = Balancer::over_slots(Balance::Hash, 3, &named, 0);
+        for k in 0..200u32 {
+            let key = k.to_string();
+            assert_eq!(
+                a.pick(key.as_bytes(), |_| true, |_| 0),
+                b.pick(key.as_bytes(), |_| true, |_| 0)
+            );
+        }
+        // Slot 1 dropped, slot 3 added: keys only ever land on listed slots.
+        let named = vec![
+            (0, n[0].clone()),
+            (2, n[2].clone()),
+            (3, "10.0.0.9:80".into()),
+        ];
+        let mut c = Balancer::over_slots(Balance::Hash, 4, &named, 0);
+        for k in 0..200u32 {
+            let got = c.pick(k.to_string().as_bytes(), |_| true, |_| 0).unwrap();
+            assert!([0, 2, 3].contains(&got), "{got}");
+        }
+        let mut rr = Balancer::over_slots(Balance::RoundRobin, 4, &named, 0);
+        let got: Vec<_> = (0..6)
+            .map(|_| rr.pick(b"", |i| i != 1, |_| 0).unwrap())
+            .collect();
+        assert_eq!(got, [0, 2, 3, 0, 2, 3]);
+        assert_eq!(rr.kind(), Balance::RoundRobin);
     }
 
     #[test]

@@ -313,28 +313,34 @@ pub fn answering(
     }
 }
 
-/// Start the checker: every round it re-resolves host-name upstreams and, when `cfg` is
-/// given, probes each upstream; it runs until `stop` is set.
+/// Start the checker: every round it reads the loaded configuration (`live`), re-resolves
+/// host-name upstreams and, when health checks are on, probes each upstream; it runs until
+/// `stop` is set (then unpark it).
 pub fn spawn(
-    upstreams: Vec<Upstream>,
+    live: Arc<crate::reload::Live>,
     protocol: Protocol,
-    cfg: Option<HealthConfig>,
     stats: Arc<ProxyStats>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
+    let live2 = live.clone();
+    let h = std::thread::Builder::new()
         .name("ferry-proxy-health".into())
         .spawn(move || {
-            let n = upstreams.len();
-            let mut streak = vec![0i64; n]; // >0: good in a row, <0: bad in a row
-            let step = Duration::from_millis(20);
-            let interval = cfg.as_ref().map_or(Duration::from_secs(5), |c| c.interval);
+            // Per slot: >0 good in a row, <0 bad in a row.
+            let mut streak = vec![0i64; crate::metrics::MAX_UPSTREAM_SLOTS];
             while !stop.load(Relaxed) {
-                for (i, up) in upstreams.iter().enumerate() {
+                // The loaded configuration, read again every round (a reload may change the
+                // upstreams and the checks).
+                let snap = live.snapshot();
+                let cfg = crate::health_checks(&snap.cfg, protocol);
+                let interval = cfg.as_ref().map_or(Duration::from_secs(5), |c| c.interval);
+                for (&i, up) in snap.slots.iter().zip(&snap.cfg.upstreams) {
                     if stop.load(Relaxed) {
                         return;
                     }
-                    let u = &stats.upstreams[i];
+                    let Some(u) = stats.upstreams.get(i) else {
+                        continue;
+                    };
                     let ok = match (up, cfg.as_ref()) {
                         (Upstream::Name { .. }, Some(cfg)) => {
                             let all = up.resolve_all();
@@ -348,7 +354,11 @@ pub fn spawn(
                             u.set_resolved(up.resolve());
                             continue;
                         }
-                        (_, None) => continue,
+                        (_, None) => {
+                            // Checks turned off: nothing takes it out of rotation.
+                            u.healthy.store(true, Relaxed);
+                            continue;
+                        }
                         (_, Some(cfg)) => u.current().is_some_and(|a| probe(a, protocol, cfg)),
                     };
                     let Some(cfg) = cfg.as_ref() else { continue };
@@ -367,12 +377,20 @@ pub fn spawn(
                         tracing::info!("upstream {} is up again (health check)", u.addr);
                     }
                 }
+                // Until the next round, the stop (`Proxy::wait` unparks) or a reload
+                // (`Live::apply` unparks): no polling.
                 let until = Instant::now() + interval;
-                while Instant::now() < until && !stop.load(Relaxed) {
-                    std::thread::sleep(step.min(until.saturating_duration_since(Instant::now())));
+                while !stop.load(Relaxed) && live.generation() == snap.generation {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::park_timeout(left);
                 }
             }
-        })
+        })?;
+    live2.set_health_thread(h.thread().clone());
+    Ok(h)
 }
 
 #[cfg(test)]

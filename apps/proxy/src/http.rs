@@ -67,8 +67,8 @@
 //! to an upgrade request is an ordinary response.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_driver::metrics::add;
@@ -88,6 +88,7 @@ use crate::balance::{Balancer, Tried};
 use crate::config::ProxyConfig;
 use crate::limit::{forwarded_client, ClientLimiter};
 use crate::metrics::ProxyStats;
+use crate::reload::{slot_names, Live, Snapshot, Tunables};
 use ferry_pool::{Checkout, Event as PoolEvent, Pool, WaiterId};
 use ferry_reliability::trace::TRACEPARENT_LEN;
 use ferry_reliability::{
@@ -109,10 +110,18 @@ pub const WINDOW: usize = 256 * 1024;
 
 /// State shared by every worker of an HTTP proxy.
 pub struct HttpShared {
+    /// The configuration at start: what a reload cannot change is read here; the rest is in
+    /// `live` (per-worker state, refreshed on a new generation) and `tun`.
     cfg: ProxyConfig,
-    /// Most requests in flight on one upstream connection (1: no pipelining).
-    depth: usize,
-    client: Arc<ClientConfig>,
+    /// The loaded configuration (reloads).
+    live: Arc<Live>,
+    /// Retries and timeouts of the loaded configuration.
+    tun: Tunables,
+    /// Most requests in flight on one upstream connection (1: no pipelining; the hash
+    /// balancer's, which a reload may turn on or off).
+    depth: AtomicUsize,
+    /// New upstream connections' settings (its response timeout follows reloads).
+    client: RwLock<Arc<ClientConfig>>,
     stats: Arc<ProxyStats>,
     workers: Vec<Mutex<WorkerState>>,
     /// `via: 1.1 ferry`, encoded once (requests and responses).
@@ -150,23 +159,15 @@ impl HttpShared {
         workers: usize,
         stats: Arc<ProxyStats>,
         access: Option<Arc<AccessLog>>,
+        live: Arc<Live>,
     ) -> Arc<HttpShared> {
         let names: Vec<String> = cfg.upstreams.iter().map(|a| a.to_string()).collect();
-        let mut client = ClientConfig::default();
-        client.response_timeout = Some(cfg.response_timeout);
-        // A request is pipelined only behind requests of the same upstream: not with the
-        // hash balancer, where each request's key picks its upstream.
-        let depth = match cfg.balance {
-            _ if cfg.upstream_http2 => 1,
-            crate::balance::Balance::Hash => 1,
-            _ => cfg.pipeline_depth.clamp(1, 1024),
-        };
-        client.max_pipelined = depth;
-        let client = Arc::new(client);
+        let (depth, client) = client_config(&cfg);
         let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         let workers = (0..workers.max(1))
             .map(|w| {
                 Mutex::new(WorkerState {
+                    generation: 1,
                     balancer: Balancer::new(cfg.balance, &names, w),
                     breakers: names
                         .iter()
@@ -192,12 +193,14 @@ impl HttpShared {
         let h2_up = cfg
             .upstream_http2
             .then(|| Arc::new(h2_upstream::config(&cfg)));
-        Arc::new(HttpShared {
+        let sh = Arc::new(HttpShared {
             h2,
             h2_up,
+            tun: Tunables::new(&cfg),
             cfg,
-            depth,
-            client,
+            live: live.clone(),
+            depth: AtomicUsize::new(depth),
+            client: RwLock::new(Arc::new(client)),
             stats,
             workers,
             via: FieldLines::new(&[("via", "1.1 ferry")]).unwrap_or_default(),
@@ -206,7 +209,31 @@ impl HttpShared {
             scheme,
             access,
             limiter,
-        })
+        });
+        let weak = Arc::downgrade(&sh);
+        live.listen(Box::new(move |snap| {
+            if let Some(sh) = weak.upgrade() {
+                sh.reloaded(&snap.cfg);
+            }
+        }));
+        sh
+    }
+
+    /// A reload published `cfg`: the settings every worker shares.
+    #[cold]
+    fn reloaded(&self, cfg: &ProxyConfig) {
+        self.tun.store(cfg);
+        let (depth, client) = client_config(cfg);
+        self.depth.store(depth, Relaxed);
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(client);
+    }
+
+    /// Settings for a new upstream connection.
+    fn client(&self) -> Arc<ClientConfig> {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The counters.
@@ -214,16 +241,46 @@ impl HttpShared {
         &self.stats
     }
 
+    #[inline]
     fn worker(&self, i: usize) -> MutexGuard<'_, WorkerState> {
         // `i` is a worker index, below the count (a compare, not a division).
         let m = self.workers.get(i).unwrap_or(&self.workers[0]);
-        m.lock().unwrap_or_else(|p| p.into_inner())
+        let mut ws = m.lock().unwrap_or_else(|p| p.into_inner());
+        // A reload: this worker's safe point to take the new configuration.
+        if ws.generation != self.live.generation() {
+            self.refresh(&mut ws, i);
+        }
+        ws
     }
+
+    /// Worker `i` takes the loaded configuration (out of line: rare).
+    #[cold]
+    #[inline(never)]
+    fn refresh(&self, ws: &mut WorkerState, i: usize) {
+        ws.refresh(&self.live.snapshot(), &self.stats, i);
+    }
+}
+
+/// Pipelining depth and the upstream connections' settings for `cfg`.
+fn client_config(cfg: &ProxyConfig) -> (usize, ClientConfig) {
+    let mut client = ClientConfig::default();
+    client.response_timeout = Some(cfg.response_timeout);
+    // A request is pipelined only behind requests of the same upstream: not with the
+    // hash balancer, where each request's key picks its upstream.
+    let depth = match cfg.balance {
+        _ if cfg.upstream_http2 => 1,
+        crate::balance::Balance::Hash => 1,
+        _ => cfg.pipeline_depth.clamp(1, 1024),
+    };
+    client.max_pipelined = depth;
+    (depth, client)
 }
 
 /// One worker's pools, balancer and breakers (locked only by that worker's thread).
 #[derive(Debug)]
 pub struct WorkerState {
+    /// The configuration generation this state was built for.
+    generation: u64,
     balancer: Balancer,
     breakers: Vec<CircuitBreaker>,
     /// Keep-alive connections per upstream index (`ferry-pool`: limits, wait queue, idle
@@ -333,6 +390,39 @@ fn pool_config(cfg: &ProxyConfig) -> ferry_pool::Config {
 }
 
 impl WorkerState {
+    /// Take a reloaded configuration: the balancer over its upstreams' slots, breakers and
+    /// in-flight counts for new slots (all breakers anew when their settings changed), the
+    /// pool's limits, the retry budget; idle connections to dropped upstreams close (the
+    /// pool's `Close` events, sent at the next pump).
+    #[cold]
+    fn refresh(&mut self, snap: &Snapshot, stats: &ProxyStats, w: usize) {
+        let cfg = &snap.cfg;
+        let n = stats.upstreams.len();
+        self.balancer = Balancer::over_slots(cfg.balance, n, &slot_names(snap), w);
+        let fresh = self
+            .breakers
+            .first()
+            .is_some_and(|b| *b.config() != cfg.breaker);
+        if fresh {
+            self.breakers.clear();
+        }
+        self.breakers
+            .resize_with(n, || CircuitBreaker::new(cfg.breaker.clone()));
+        self.active.resize(n, 0);
+        self.pool.set_config(pool_config(cfg));
+        for i in 0..n {
+            if !snap.slots.contains(&i) {
+                self.pool.close_idle(&i);
+            }
+        }
+        self.budget = RetryBudget::new(
+            std::time::Duration::from_secs(10),
+            cfg.retry_budget_min_per_sec,
+            cfg.retry_budget_ratio,
+        );
+        self.generation = snap.generation;
+    }
+
     fn put_ticket(&mut self, t: Ticket, owner: Option<(Peer, u32)>) -> usize {
         match self.free_tickets.pop() {
             Some(i) => {
@@ -411,7 +501,9 @@ impl WorkerState {
         Some((peer, wait))
     }
 
-    /// Give a lease back (`reusable`: the exchange ended cleanly on it).
+    /// Give a lease back (`reusable`: the exchange ended cleanly on it; a lease of an
+    /// upstream a reload dropped is closed).
+    #[inline(always)]
     fn checkin(
         &mut self,
         ctx: &WorkerCtx,
@@ -420,7 +512,10 @@ impl WorkerState {
         reusable: bool,
         now: Instant,
     ) {
-        let ok = reusable && lease.conn().alive.load(Relaxed) && !ctx.shutdown.is_triggered();
+        let ok = reusable
+            && lease.conn().alive.load(Relaxed)
+            && !ctx.shutdown.is_triggered()
+            && stats.upstreams[*lease.key()].enabled.load(Relaxed);
         let _ = self.pool.checkin(lease, ok, now);
         self.pump(ctx, stats);
     }
@@ -1326,7 +1421,7 @@ fn dispatch_attempt(
     owner: (Peer, u32),
     now: Instant,
 ) -> Dispatched {
-    let hash = sh.cfg.balance == crate::balance::Balance::Hash;
+    let hash = ws.balancer.kind() == crate::balance::Balance::Hash;
     let key = if hash {
         ex.head.target().as_bytes()
     } else {
@@ -1506,7 +1601,7 @@ fn fail_attempt(
         },
         ex.idempotent,
         ex.replayable,
-        ex.attempts <= sh.cfg.retries,
+        ex.attempts <= sh.tun.retries(),
     )
 }
 
@@ -1520,7 +1615,11 @@ fn send_req(
     (fwd, fwd_base): (&Option<FieldLines>, &Option<FieldLines>),
     xfcc: &Option<FieldLines>,
 ) -> SendReq {
-    let host = host_field(&ex.head, ex.has_host, &sh.cfg.upstreams[ex.upstream]);
+    let host = host_field(
+        &ex.head,
+        ex.has_host,
+        &sh.stats.upstreams[ex.upstream].upstream,
+    );
     let upgrade = if ex.head.is_upgrade() {
         forwarded_upgrade(&ex.head)
     } else {
@@ -1798,13 +1897,14 @@ impl Down {
             return Some(head);
         };
         let tail = self.pipe.back().unwrap_or(ex);
-        let ok = self.shared.depth > 1
+        let depth = self.shared.depth.load(Relaxed);
+        let ok = depth > 1
             && !self.errored
             && !self.abort
             && pipelineable(&ex.head)
             && pipelineable(&head)
             && tail.req_done
-            && 1 + self.pipe.len() < self.shared.depth
+            && 1 + self.pipe.len() < depth
             && !ctx.shutdown.is_triggered();
         if !ok {
             return Some(head);
@@ -1865,7 +1965,7 @@ impl Down {
         for f in self.pipe.range_mut(first..) {
             let retry = f.attempts > 0;
             if !f.req_done
-                || (retry && (f.attempts > sh.cfg.retries || f.tried.has(i)))
+                || (retry && (f.attempts > sh.tun.retries() || f.tried.has(i)))
                 || !u.usable()
             {
                 break;
@@ -1902,7 +2002,7 @@ impl Down {
                     traceparent: f.traceparent,
                     conn_named: f.conn_named,
                     rare: Rare::of(
-                        host_field(&f.head, f.has_host, &sh.cfg.upstreams[i]),
+                        host_field(&f.head, f.has_host, &sh.stats.upstreams[i].upstream),
                         None,
                         (f.keep_xfp, f.keep_xfh, f.own_xfh),
                         f.extra_xff.as_ref().and(self.xfcc.clone()),
@@ -1987,7 +2087,7 @@ impl Down {
                 self.ex = Some(f);
                 return;
             }
-            if f.attempts > self.shared.cfg.retries {
+            if f.attempts > self.shared.tun.retries() {
                 let (u, why) = f.last_failure.unwrap_or((0, UpFailure::Broken));
                 let text = format!(
                     "upstream {}: {}",
@@ -2063,14 +2163,14 @@ impl Down {
             return self.tunnel_deadline();
         };
         let moving = (!ex.req_done || ex.resp_started) && self.tunnel.is_none() && !self.abort;
-        moving.then(|| self.progress + self.shared.cfg.response_timeout)
+        moving.then(|| self.progress + self.shared.tun.response_timeout())
     }
 
     /// When an open tunnel that carried nothing either way since `progress` ends.
     #[cold]
     fn tunnel_deadline(&self) -> Option<Instant> {
         let t = self.tunnel.as_ref()?;
-        let limit = self.shared.cfg.tunnel_idle_timeout;
+        let limit = self.shared.tun.tunnel_idle_timeout();
         (!t.closed && !limit.is_zero()).then(|| self.progress + limit)
     }
 
@@ -3436,9 +3536,11 @@ impl Downstream for Down {
         mut io: Io,
         now: Instant,
     ) -> Option<Self> {
-        if let Some(tls) = &shared.cfg.tls {
-            // HTTPS: TLS from the first byte (the relay decrypts into `io.input`).
-            io.start_tls(ferry_tls::Tls::server(tls).ok()?);
+        if shared.cfg.tls.is_some() {
+            // HTTPS: TLS from the first byte (the relay decrypts into `io.input`), with the
+            // loaded configuration's certificate (a reload rotates it for new connections).
+            let snap = shared.live.snapshot();
+            io.start_tls(ferry_tls::Tls::server(snap.cfg.tls.as_ref()?).ok()?);
         }
         shared.stats.downstream_open.fetch_add(1, Relaxed);
         Some(Down {
@@ -3625,18 +3727,18 @@ impl Upstream for Up {
             .get(slot)
             .and_then(|t| t.as_ref().and_then(|(_, o)| *o))
             .map_or((None, 0), |(p, w)| (Some(p), w));
-        io.set_connect_deadline(Some(now + shared.cfg.connect_timeout));
+        io.set_connect_deadline(Some(now + shared.tun.connect_timeout()));
         if let Some(t) = &shared.cfg.upstream_tls {
             // HTTPS upstream: the handshake starts once the connect completes; the request
             // queued meanwhile is held inside the session until the handshake ends.
-            let name = t.name_for(shared.cfg.upstreams.get(idx)?);
+            let name = t.name_for(&shared.stats.upstreams.get(idx)?.upstream);
             io.start_tls(ferry_tls::Tls::client(&t.config, &name).ok()?);
         }
         Some(Up {
             io,
             idx,
             shared: shared.clone(),
-            conn: ClientConnection::new(shared.client.clone(), now),
+            conn: ClientConnection::new(shared.client(), now),
             ticket: Some(slot),
             alive: Arc::new(AtomicBool::new(true)),
             owner,

@@ -47,6 +47,7 @@ pub mod limit;
 pub mod metrics;
 pub mod postgres;
 pub mod redis;
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,12 +133,38 @@ pub struct Proxy {
     health: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     access: Option<Arc<AccessLog>>,
+    /// The loaded configuration (reloads publish a new one).
+    live: Arc<reload::Live>,
+    /// The options the proxy started with (what a reload may not change).
+    started: ProxyOptions,
 }
 
 impl Proxy {
     /// The admin listener's address.
     pub fn admin_addr(&self) -> Option<&ListenAddr> {
         self.admin.as_ref().map(|a| &a.local_addr)
+    }
+
+    /// The loaded configuration: its generation, and the `RELOAD` hook.
+    pub fn live(&self) -> &Arc<reload::Live> {
+        &self.live
+    }
+
+    /// Reload: replace the configuration with `new`'s, in place, or refuse and keep the
+    /// running one (see [`reload::check`] for what may change). Counts the result in
+    /// `ferry_proxy_config_reloads_total`; returns the new generation.
+    pub fn reload(&self, new: ProxyOptions) -> Result<u64, reload::ReloadError> {
+        self.reloader().reload(new)
+    }
+
+    /// A handle that reloads this proxy from another thread (a signal handler, the
+    /// PostgreSQL console's `RELOAD`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            live: self.live.clone(),
+            stats: self.stats.clone(),
+            started: Arc::new(self.started.clone()),
+        }
     }
 
     /// Wait for the workers to finish (after `handle.shutdown.trigger()`), then stop the
@@ -153,9 +180,44 @@ impl Proxy {
             bad += a.wait();
         }
         if let Some(h) = self.health {
+            h.thread().unpark();
             bad += usize::from(h.join().is_err());
         }
         bad
+    }
+}
+
+/// Reloads a running proxy ([`Proxy::reloader`]).
+#[derive(Clone, Debug)]
+pub struct Reloader {
+    live: Arc<reload::Live>,
+    stats: Arc<ProxyStats>,
+    started: Arc<ProxyOptions>,
+}
+
+impl Reloader {
+    /// See [`Proxy::reload`].
+    pub fn reload(&self, mut new: ProxyOptions) -> Result<u64, reload::ReloadError> {
+        let cur = self.live.snapshot();
+        // Compare what was asked for, as at start.
+        new.server.app_workers = 0;
+        let r =
+            reload::check(&self.started, &cur.cfg, &new).and_then(|()| self.live.apply(new.config));
+        if r.is_err() {
+            self.stats.reloads_error.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Count a reload that failed before [`Reloader::reload`] (an unreadable or invalid
+    /// file) in `ferry_proxy_config_reloads_total{result="error"}`.
+    pub fn count_error(&self) {
+        self.stats.reloads_error.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The loaded configuration.
+    pub fn live(&self) -> &Arc<reload::Live> {
+        &self.live
     }
 }
 
@@ -230,6 +292,8 @@ fn uses_tls(cfg: &ProxyConfig) -> bool {
 
 /// Bind, start the I/O workers, the admin listener and the health checks.
 pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
+    let mut started = opts.clone();
+    started.server.app_workers = 0;
     let cfg = opts.config;
     if cfg.upstreams.is_empty() {
         return Err(StartError::Config(
@@ -300,50 +364,26 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
             u.set_resolved(a);
         }
     }
-    let checks = cfg
-        .health
-        .clone()
-        .filter(|h| !h.interval.is_zero())
-        .map(|mut h| {
-            if opts.protocol == Protocol::Redis && h.redis_auth.is_none() {
-                h.redis_auth = cfg.redis_upstream_auth.clone();
-            }
-            if h.tls.is_none() {
-                h.tls = cfg.upstream_tls.clone();
-            }
-            h
-        });
-    let names = cfg
-        .upstreams
-        .iter()
-        .any(|u| matches!(u, Upstream::Name { .. }));
-    let health = if checks.is_some() || names {
-        Some(
-            health::spawn(
-                cfg.upstreams.clone(),
-                opts.protocol,
-                checks,
-                stats.clone(),
-                stop.clone(),
-            )
+    let live = reload::Live::new(cfg.clone(), stats.clone(), workers);
+    // Always running: a reload may add names to resolve or turn checks on.
+    let health = Some(
+        health::spawn(live.clone(), opts.protocol, stats.clone(), stop.clone())
             .map_err(StartError::Io)?,
-        )
-    } else {
-        None
-    };
+    );
     let tls = uses_tls(&cfg);
     let handle = match opts.protocol {
         Protocol::Redis => {
-            let shared = redis::RedisShared::new(cfg, workers, stats.clone());
+            let shared = redis::RedisShared::new(cfg, workers, stats.clone(), live.clone());
             run_relay::<redis::RDown, redis::RUp>(driver, launch, shared, tls)
         }
         Protocol::Postgres => {
-            let shared = postgres::PgShared::new(cfg, workers, stats.clone());
+            let shared = postgres::PgShared::new(cfg, workers, stats.clone(), live.clone());
             shared.set_shutdown(launch.shutdown.clone());
             run_relay::<postgres::PgDown, postgres::PgUp>(driver, launch, shared, tls)
         }
         _ => {
-            let shared = http::HttpShared::new(cfg, workers, stats.clone(), access.clone());
+            let shared =
+                http::HttpShared::new(cfg, workers, stats.clone(), access.clone(), live.clone());
             run_relay::<http::Down, http::Up>(driver, launch, shared, tls)
         }
     }
@@ -355,5 +395,24 @@ pub fn start(opts: ProxyOptions) -> Result<Proxy, StartError> {
         health,
         stop,
         access,
+        live,
+        started,
     })
+}
+
+/// The health checks `cfg` asks for (`None`: resolution only), with the protocol's
+/// defaults: Redis probes authenticate as the proxy does, probes use the upstream TLS.
+pub(crate) fn health_checks(cfg: &ProxyConfig, protocol: Protocol) -> Option<HealthConfig> {
+    cfg.health
+        .clone()
+        .filter(|h| !h.interval.is_zero())
+        .map(|mut h| {
+            if protocol == Protocol::Redis && h.redis_auth.is_none() {
+                h.redis_auth = cfg.redis_upstream_auth.clone();
+            }
+            if h.tls.is_none() {
+                h.tls = cfg.upstream_tls.clone();
+            }
+            h
+        })
 }

@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::Mutex;
 
 use crate::config::Upstream;
@@ -12,6 +15,11 @@ use crate::config::Upstream;
 pub struct UpstreamStats {
     /// `IP:PORT` or `HOST:PORT`, as configured.
     pub addr: String,
+    /// The upstream itself (its slot's for the proxy's life).
+    pub upstream: Upstream,
+    /// Whether the loaded configuration lists it: a reload that drops it clears this (no new
+    /// work goes there, its series leave `/metrics`), one that lists it again sets it.
+    pub enabled: AtomicBool,
     /// The address connections go to (`None`: a name that does not resolve).
     resolved: Mutex<Option<SocketAddr>>,
     /// Whether `resolved` holds an address (read on every pick without the lock).
@@ -108,13 +116,136 @@ impl DurationHistogram {
     }
 }
 
+/// Unix seconds now.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Most upstream slots over a proxy's life (the balancers' `Tried` sets hold 255 indices).
+pub const MAX_UPSTREAM_SLOTS: usize = 255;
+
+/// The upstreams' counters by slot. An upstream gets a slot the first time a configuration
+/// lists it and keeps it for the proxy's life: a slot index is what pools, balancers,
+/// breakers and exchanges in flight hold, so a reload never moves one (an upstream dropped
+/// and listed again gets its slot and counters back). Slots are only ever added, by the
+/// configuration's writer (start, or a reload under its lock); workers read them without
+/// a lock.
+pub struct UpstreamTable {
+    /// Null until given out; then a `Box::into_raw` pointer, never changed or freed before
+    /// the table drops (a lookup is a load and a null test: the request path reads it).
+    slots: Box<[AtomicPtr<UpstreamStats>]>,
+    len: AtomicUsize,
+}
+
+impl Drop for UpstreamTable {
+    fn drop(&mut self) {
+        for s in self.slots.iter_mut() {
+            let p = std::mem::replace(s.get_mut(), std::ptr::null_mut());
+            if !p.is_null() {
+                // SAFETY: `p` came from `Box::into_raw` in `push` and is dropped only here,
+                // once (the slot is nulled), with no reference left (`&mut self`).
+                drop(unsafe { Box::from_raw(p) });
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl UpstreamTable {
+    fn new() -> UpstreamTable {
+        UpstreamTable {
+            slots: (0..MAX_UPSTREAM_SLOTS)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Slots given out so far (enabled or not): every upstream index is below it.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len.load(Acquire)
+    }
+
+    /// No slot given out.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slot `i`'s counters.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&UpstreamStats> {
+        let p = self.slots.get(i)?.load(Acquire);
+        // SAFETY: non-null, `p` is a `Box::into_raw` pointer published with `Release` in
+        // `push` (the stats fully written before), never changed nor freed while `self` is
+        // borrowed (only `Drop` frees it); `UpstreamStats` is `Sync` (atomics and a mutex).
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    /// Every slot's counters, in slot order (dropped upstreams too).
+    pub fn iter(&self) -> impl Iterator<Item = &UpstreamStats> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// The upstreams the loaded configuration lists, in slot order.
+    pub fn enabled(&self) -> impl Iterator<Item = &UpstreamStats> + '_ {
+        self.iter().filter(|u| u.enabled.load(Relaxed))
+    }
+
+    /// The slot of `up`, if it has one.
+    pub fn slot_of(&self, up: &Upstream) -> Option<usize> {
+        (0..self.len()).find(|&i| self.get(i).is_some_and(|u| u.upstream == *up))
+    }
+
+    /// A new slot for `up` (not enabled yet); `None` when all are taken. One writer at a
+    /// time (the start, or a reload under its lock).
+    pub(crate) fn push(&self, up: &Upstream, workers: usize) -> Option<usize> {
+        let i = self.len.load(Relaxed);
+        let slot = self.slots.get(i)?;
+        if !slot.load(Acquire).is_null() {
+            return None;
+        }
+        let p = Box::into_raw(Box::new(UpstreamStats::new(up, workers)));
+        slot.store(p, Release);
+        self.len.store(i + 1, Release);
+        Some(i)
+    }
+}
+
+impl std::ops::Index<usize> for UpstreamTable {
+    type Output = UpstreamStats;
+    /// Slot `i`: an index a configuration handed out (below [`UpstreamTable::len`]).
+    #[inline]
+    fn index(&self, i: usize) -> &UpstreamStats {
+        match self.get(i) {
+            Some(u) => u,
+            None => panic!("upstream slot {i} was never given out"),
+        }
+    }
+}
+
 /// The whole proxy's counters.
 #[derive(Debug)]
 pub struct ProxyStats {
     /// Protocol label.
     pub protocol: &'static str,
-    /// Per upstream.
-    pub upstreams: Vec<UpstreamStats>,
+    /// Per upstream slot.
+    pub upstreams: UpstreamTable,
+    /// Configuration reloads applied (`ferry_proxy_config_reloads_total{result="ok"}`).
+    pub reloads_ok: AtomicU64,
+    /// Configuration reloads refused or failed (`result="error"`).
+    pub reloads_error: AtomicU64,
+    /// The loaded configuration's generation: 1 at start, one more per reload applied.
+    pub config_generation: AtomicU64,
+    /// When the loaded configuration was loaded, Unix seconds.
+    pub config_loaded_at: AtomicU64,
     /// Downstream requests (HTTP) or commands (Redis) received.
     pub requests: AtomicU64,
     /// Answers the proxy made itself: 502, 503, 504.
@@ -191,6 +322,31 @@ fn family(s: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 impl UpstreamStats {
+    /// Fresh counters for `a`, not enabled yet.
+    fn new(a: &Upstream, workers: usize) -> UpstreamStats {
+        UpstreamStats {
+            addr: a.to_string(),
+            upstream: a.clone(),
+            enabled: AtomicBool::new(false),
+            resolved: Mutex::new(match a {
+                Upstream::Addr(x) => Some(*x),
+                _ => None,
+            }),
+            has_addr: AtomicBool::new(matches!(a, Upstream::Addr(_))),
+            requests: AtomicU64::new(0),
+            responses: Default::default(),
+            failures: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            open: AtomicI64::new(0),
+            active: AtomicI64::new(0),
+            breaker: (0..workers).map(|_| AtomicU8::new(0)).collect(),
+            breaker_opened: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            duration: DurationHistogram::default(),
+        }
+    }
+
     /// Where to connect now.
     pub fn current(&self) -> Option<SocketAddr> {
         *self.resolved.lock().unwrap_or_else(|p| p.into_inner())
@@ -211,37 +367,26 @@ impl UpstreamStats {
 
     /// Whether requests may go here: it resolves and its health checks pass.
     pub fn usable(&self) -> bool {
-        self.has_addr.load(Relaxed) && self.healthy.load(Relaxed)
+        self.has_addr.load(Relaxed) && self.healthy.load(Relaxed) && self.enabled.load(Relaxed)
     }
 }
 
 impl ProxyStats {
     /// Counters for these upstreams and `workers` I/O workers.
     pub fn new(protocol: &'static str, upstreams: &[Upstream], workers: usize) -> ProxyStats {
+        let table = UpstreamTable::new();
+        for u in upstreams.iter().take(MAX_UPSTREAM_SLOTS) {
+            if let Some(i) = table.push(u, workers) {
+                table[i].enabled.store(true, Relaxed);
+            }
+        }
         ProxyStats {
             protocol,
-            upstreams: upstreams
-                .iter()
-                .map(|a| UpstreamStats {
-                    addr: a.to_string(),
-                    resolved: Mutex::new(match a {
-                        Upstream::Addr(x) => Some(*x),
-                        _ => None,
-                    }),
-                    has_addr: AtomicBool::new(matches!(a, Upstream::Addr(_))),
-                    requests: AtomicU64::new(0),
-                    responses: Default::default(),
-                    failures: AtomicU64::new(0),
-                    retries: AtomicU64::new(0),
-                    connects: AtomicU64::new(0),
-                    open: AtomicI64::new(0),
-                    active: AtomicI64::new(0),
-                    breaker: (0..workers).map(|_| AtomicU8::new(0)).collect(),
-                    breaker_opened: AtomicU64::new(0),
-                    healthy: AtomicBool::new(true),
-                    duration: DurationHistogram::default(),
-                })
-                .collect(),
+            upstreams: table,
+            reloads_ok: AtomicU64::new(0),
+            reloads_error: AtomicU64::new(0),
+            config_generation: AtomicU64::new(1),
+            config_loaded_at: AtomicU64::new(unix_now()),
             requests: AtomicU64::new(0),
             answered_502: AtomicU64::new(0),
             answered_503: AtomicU64::new(0),
@@ -454,7 +599,7 @@ impl ProxyStats {
         ];
         for (name, kind, help, get) in simple {
             family(&mut s, name, kind, help);
-            for u in &self.upstreams {
+            for u in self.upstreams.enabled() {
                 let _ = writeln!(
                     s,
                     "{name}{{protocol=\"{p}\",upstream=\"{}\"}} {}",
@@ -469,7 +614,7 @@ impl ProxyStats {
             "counter",
             "Upstream responses by status class.",
         );
-        for u in &self.upstreams {
+        for u in self.upstreams.enabled() {
             for (i, c) in u.responses.iter().enumerate() {
                 let _ = writeln!(
                     s,
@@ -502,7 +647,7 @@ impl ProxyStats {
                 "histogram",
                 "From a request's head to the end of its upstream response (responses from the upstream).",
             );
-            for u in &self.upstreams {
+            for u in self.upstreams.enabled() {
                 let labels = format!("protocol=\"{p}\",upstream=\"{}\"", u.addr);
                 u.duration.render(&mut s, name, &labels);
             }
@@ -514,7 +659,7 @@ impl ProxyStats {
             "gauge",
             "Circuit breaker state per worker: 0 closed, 1 open, 2 half-open.",
         );
-        for u in &self.upstreams {
+        for u in self.upstreams.enabled() {
             for (w, b) in u.breaker.iter().enumerate() {
                 let _ = writeln!(
                     s,
@@ -524,7 +669,48 @@ impl ProxyStats {
                 );
             }
         }
+        self.render_reloads(&mut s);
         s
+    }
+
+    /// `ferry_proxy_config_reloads_total`, the loaded configuration's generation and time.
+    fn render_reloads(&self, s: &mut String) {
+        let p = self.protocol;
+        family(
+            s,
+            "ferry_proxy_config_reloads_total",
+            "counter",
+            "Configuration reloads (SIGHUP, RELOAD) by result: applied (ok) or refused (error).",
+        );
+        for (result, c) in [("ok", &self.reloads_ok), ("error", &self.reloads_error)] {
+            let _ = writeln!(
+                s,
+                "ferry_proxy_config_reloads_total{{protocol=\"{p}\",result=\"{result}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        family(
+            s,
+            "ferry_proxy_config_generation",
+            "gauge",
+            "The loaded configuration's generation: 1 at start, one more per reload applied.",
+        );
+        let _ = writeln!(
+            s,
+            "ferry_proxy_config_generation{{protocol=\"{p}\"}} {}",
+            self.config_generation.load(Relaxed)
+        );
+        family(
+            s,
+            "ferry_proxy_config_loaded_timestamp_seconds",
+            "gauge",
+            "When the loaded configuration was loaded (Unix time).",
+        );
+        let _ = writeln!(
+            s,
+            "ferry_proxy_config_loaded_timestamp_seconds{{protocol=\"{p}\"}} {}",
+            self.config_loaded_at.load(Relaxed)
+        );
     }
 }
 

@@ -115,6 +115,7 @@ use ferry_reliability::{BreakerEvent, BreakerState, CircuitBreaker, Permit};
 
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyStats;
+use crate::reload::{Live, Snapshot, Tunables};
 use cancel::{CancelCell, CancelTable, Rng};
 use startup::PoolKey;
 use track::Tracker;
@@ -286,6 +287,8 @@ enum Acquire {
 /// One worker's pools and breakers (locked only by that worker's thread).
 #[derive(Debug)]
 struct PgWorker {
+    /// The configuration generation this state was built for.
+    generation: u64,
     index: usize,
     ids: HashMap<Arc<PoolKey>, usize>,
     pools: Vec<Pool>,
@@ -309,7 +312,41 @@ const M_CLOSED: usize = 5;
 const M_FAILED: usize = 6;
 const M_TIMED_OUT: usize = 7;
 
+/// After a reload dropped an upstream: the most recently used idle server connection on an
+/// upstream still listed (those of dropped ones stay until their idle timeout closes them).
+#[cold]
+fn idle_listed(idle: &mut Vec<SrvRef>, stats: &ProxyStats) -> Option<SrvRef> {
+    let k = idle
+        .iter()
+        .rposition(|s| stats.upstreams[s.up].enabled.load(Relaxed))?;
+    Some(idle.remove(k))
+}
+
 impl PgWorker {
+    /// Take a reloaded configuration: breakers and per-pool counts for new upstream slots
+    /// (all breakers anew when their settings changed). A dropped upstream gets no new
+    /// server connection and its idle ones are not handed out again (they close at
+    /// `idle_timeout`); connections serving clients finish their work.
+    #[cold]
+    fn refresh(&mut self, snap: &Snapshot, stats: &ProxyStats) {
+        let cfg = &snap.cfg;
+        let n = stats.upstreams.len();
+        if self
+            .breakers
+            .first()
+            .is_some_and(|b| *b.config() != cfg.breaker)
+        {
+            self.breakers.clear();
+        }
+        self.breakers
+            .resize_with(n, || CircuitBreaker::new(cfg.breaker.clone()));
+        for p in &mut self.pools {
+            p.count.resize(n, 0);
+            p.params.resize(n, None);
+        }
+        self.generation = snap.generation;
+    }
+
     fn publish(&self, stats: &ProxyStats) {
         if let Some(p) = stats.pool.get(self.index) {
             for (a, v) in p.iter().zip(self.m) {
@@ -358,7 +395,17 @@ impl PgWorker {
         client: Peer,
         now: Instant,
     ) -> Acquire {
-        if let Some(s) = self.pools[pool].idle.pop() {
+        let idle = &mut self.pools[pool].idle;
+        // The most recently used one, on an upstream the configuration still lists.
+        let last_ok = idle
+            .last()
+            .map(|s| sh.stats.upstreams[s.up].enabled.load(Relaxed));
+        let got = match last_ok {
+            Some(true) => idle.pop(),
+            Some(false) => idle_listed(idle, &sh.stats),
+            None => None,
+        };
+        if let Some(s) = got {
             self.bump(M_IDLE, false);
             self.bump(M_ACTIVE, true);
             self.publish(&sh.stats);
@@ -376,8 +423,9 @@ impl PgWorker {
 
     /// Open one more server connection for `pool` if an upstream has room.
     fn open(&mut self, ctx: &WorkerCtx, sh: &PgShared, pool: usize, now: Instant) -> bool {
-        let n = sh.stats.upstreams.len();
-        let size = sh.cfg.postgres.pool_size.max(1) as u32;
+        // The slots this worker's state knows (a reload may be adding more right now).
+        let n = self.breakers.len();
+        let size = sh.tun.pool_size().max(1);
         for k in 0..n {
             let i = (self.rr + k) % n;
             let u = &sh.stats.upstreams[i];
@@ -567,7 +615,12 @@ type ServerParams = Arc<Vec<(String, String)>>;
 
 /// State shared by every worker of a PostgreSQL proxy.
 pub struct PgShared {
+    /// The configuration at start (what a reload cannot change; see `live`, `tun`).
     cfg: ProxyConfig,
+    /// The loaded configuration (reloads).
+    live: Arc<Live>,
+    /// Timeouts and the pool size of the loaded configuration.
+    tun: Tunables,
     stats: Arc<ProxyStats>,
     workers: Vec<Mutex<PgWorker>>,
     /// Each pool key's server `ParameterStatus` set (from its last server login) and the
@@ -599,7 +652,12 @@ impl std::fmt::Debug for PgShared {
 
 impl PgShared {
     /// Shared state for `workers` I/O workers.
-    pub fn new(cfg: ProxyConfig, workers: usize, stats: Arc<ProxyStats>) -> Arc<PgShared> {
+    pub fn new(
+        cfg: ProxyConfig,
+        workers: usize,
+        stats: Arc<ProxyStats>,
+        live: Arc<Live>,
+    ) -> Arc<PgShared> {
         let rng = Rng::new();
         let scram = cfg.postgres.client_password.as_ref().map(|pw| {
             let mut salt = [0u8; 16];
@@ -614,6 +672,7 @@ impl PgShared {
         let workers = (0..workers.max(1))
             .map(|w| {
                 Mutex::new(PgWorker {
+                    generation: 1,
                     index: w,
                     ids: HashMap::new(),
                     pools: Vec::new(),
@@ -628,8 +687,10 @@ impl PgShared {
                 })
             })
             .collect();
-        Arc::new(PgShared {
+        let sh = Arc::new(PgShared {
+            tun: Tunables::new(&cfg),
             cfg,
+            live: live.clone(),
             stats,
             workers,
             params: Mutex::new(HashMap::new()),
@@ -640,7 +701,19 @@ impl PgShared {
             stmt_prefix: prepared::name_prefix(token),
             admin,
             shutdown: std::sync::OnceLock::new(),
-        })
+        });
+        let weak = Arc::downgrade(&sh);
+        live.listen(Box::new(move |snap| {
+            if let Some(sh) = weak.upgrade() {
+                sh.tun.store(&snap.cfg);
+            }
+        }));
+        sh
+    }
+
+    /// The loaded configuration (reloads; `RELOAD` on the admin console).
+    pub(crate) fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
     /// The workers' shutdown the console's `SHUTDOWN` triggers (as SIGTERM does); without
@@ -654,9 +727,21 @@ impl PgShared {
     }
 
     fn worker(&self, i: usize) -> MutexGuard<'_, PgWorker> {
-        self.workers[i % self.workers.len()]
+        let mut w = self.workers[i % self.workers.len()]
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(|p| p.into_inner());
+        // A reload: this worker's safe point to take the new configuration.
+        if w.generation != self.live.generation() {
+            self.refresh(&mut w);
+        }
+        w
+    }
+
+    /// A worker takes the loaded configuration (out of line: rare).
+    #[cold]
+    #[inline(never)]
+    fn refresh(&self, w: &mut PgWorker) {
+        w.refresh(&self.live.snapshot(), &self.stats);
     }
 
     fn params_of(&self, key: &PoolKey) -> Option<(usize, ServerParams)> {
@@ -745,7 +830,7 @@ enum M {
 /// for the configured name or the upstream's own.
 fn upstream_tls(sh: &PgShared, up: usize) -> Option<ferry_tls::Tls> {
     let t = sh.cfg.upstream_tls.as_ref()?;
-    let name = t.name_for(sh.cfg.upstreams.get(up)?);
+    let name = t.name_for(&sh.stats.upstreams.get(up)?.upstream);
     ferry_tls::Tls::client(&t.config, &name).ok()
 }
 
@@ -969,8 +1054,15 @@ impl PgDown {
             // decrypts into `io.input` from here on; bytes the client sent behind its
             // SSLRequest are taken as the first ciphertext). Without one: `N`, and the
             // client goes on in the clear.
-            tls = match (self.shared.cfg.tls.as_ref(), self.io.tls()) {
-                (Some(cfg), None) => ferry_tls::Tls::server(cfg).ok(),
+            // The loaded configuration's certificate (a reload rotates it).
+            tls = match (self.shared.cfg.tls.is_some(), self.io.tls()) {
+                (true, None) => {
+                    let snap = self.shared.live.snapshot();
+                    snap.cfg
+                        .tls
+                        .as_ref()
+                        .and_then(|c| ferry_tls::Tls::server(c).ok())
+                }
                 _ => None,
             };
             l.answer_ssl(tls.is_some());
@@ -1049,9 +1141,11 @@ impl PgDown {
             self.flush_login();
             return;
         }
-        let id = sh
-            .worker(ctx.index)
-            .pool_id(&s.key, sh.stats.upstreams.len());
+        let id = {
+            let mut w = sh.worker(ctx.index);
+            let n = w.breakers.len();
+            w.pool_id(&s.key, n)
+        };
         let Phase::Auth(l) = &mut self.phase else {
             return;
         };
@@ -1202,7 +1296,7 @@ impl PgDown {
         let r = sh.worker(ctx.index).acquire(ctx, &sh, self.pool, me, now);
         match r {
             Acquire::Got(s) => self.attach(ctx, s, now),
-            Acquire::Wait => self.waiting = Some(now + sh.cfg.pool_wait_timeout),
+            Acquire::Wait => self.waiting = Some(now + sh.tun.pool_wait_timeout()),
             Acquire::NoUpstream => self.no_server(
                 sqlstate::CONNECTION_FAILURE,
                 "ferry proxy: no upstream server available",
@@ -2792,7 +2886,7 @@ impl PgUp {
             return Some(d);
         }
         if self.owner.is_none() {
-            return self.idle_since.map(|t| t + self.shared.cfg.idle_timeout);
+            return self.idle_since.map(|t| t + self.shared.tun.idle_timeout());
         }
         match (self.last_send, self.shared.cfg.postgres.response_timeout) {
             (Some(t), Some(d)) => Some(t + d),
@@ -2814,7 +2908,7 @@ impl PgUp {
         }
         if self.owner.is_none() {
             if let Some(t) = self.idle_since {
-                if now >= t + self.shared.cfg.idle_timeout {
+                if now >= t + self.shared.tun.idle_timeout() {
                     let sh = self.shared.clone();
                     if sh
                         .worker(ctx.index)
@@ -3205,7 +3299,7 @@ impl Upstream for PgUp {
                 message::encode_ssl_request(&mut b);
                 (s.up, s.pid, s.secret) = (up, pid, secret);
                 s.login_deadline =
-                    Some(now + shared.cfg.connect_timeout.max(Duration::from_secs(5)));
+                    Some(now + shared.tun.connect_timeout().max(Duration::from_secs(5)));
             }
             Pending::Cancel { pid, secret, .. } => {
                 message::encode_cancel(&mut b, pid, secret);
@@ -3247,12 +3341,12 @@ impl Upstream for PgUp {
                     b.extend_from_slice(&m);
                 }
                 s.login = Some(Box::new(login));
-                let login = shared.cfg.connect_timeout.max(Duration::from_secs(5));
+                let login = shared.tun.connect_timeout().max(Duration::from_secs(5));
                 s.login_deadline = Some(now + login);
             }
         }
         s.io.out.push(b.freeze());
-        s.io.set_connect_deadline(Some(now + shared.cfg.connect_timeout));
+        s.io.set_connect_deadline(Some(now + shared.tun.connect_timeout()));
         Some(s)
     }
 
@@ -3300,7 +3394,8 @@ mod tests {
         let stats = Arc::new(ProxyStats::new("postgres", &ups, 1));
         let mut cfg = ProxyConfig::new(ups);
         cfg.postgres.pool_size = 1;
-        let sh = PgShared::new(cfg, 1, stats.clone());
+        let live = crate::reload::Live::new(cfg.clone(), stats.clone(), 1);
+        let sh = PgShared::new(cfg, 1, stats.clone(), live);
         // No driver on this thread: connects are refused, so nothing new opens.
         let ctx = WorkerCtx::detached(Arc::new(NoService)).unwrap();
         let now = Instant::ZERO;

@@ -116,6 +116,7 @@ use smallvec::SmallVec;
 use crate::balance::{Balance, Balancer, Tried};
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyStats;
+use crate::reload::{slot_names, Live, Snapshot, Tunables};
 use auth_gate::{Feed, BIG_COMMAND};
 use scan::{reply_len, reply_len_resume, scan, Progress, Scan};
 
@@ -142,7 +143,12 @@ const NOBODY: Peer = Peer {
 
 /// State shared by every worker of a Redis proxy.
 pub struct RedisShared {
+    /// The configuration at start (what a reload cannot change; see `live`, `tun`).
     cfg: ProxyConfig,
+    /// The loaded configuration (reloads).
+    live: Arc<Live>,
+    /// Retries and timeouts of the loaded configuration.
+    tun: Tunables,
     /// Dedicated connections (no reply timeout of its own: [`RUp::reply_deadline`] exempts
     /// blocking commands).
     dedicated: Arc<ClientConfig>,
@@ -180,6 +186,8 @@ enum Slot {
 /// worker's thread).
 #[derive(Debug)]
 struct RWorker {
+    /// The configuration generation this state was built for.
+    generation: u64,
     /// `[upstream][slot]`.
     slots: Vec<Vec<Slot>>,
     next_slot: usize,
@@ -203,6 +211,28 @@ enum Outcome {
 }
 
 impl RWorker {
+    /// Take a reloaded configuration: the balancer over its upstreams' slots, connection
+    /// slots, breakers and in-flight counts for new upstream slots (all breakers anew when
+    /// their settings changed). A dropped upstream's shared connections get no new work.
+    #[cold]
+    fn refresh(&mut self, snap: &Snapshot, stats: &ProxyStats, per: usize) {
+        let cfg = &snap.cfg;
+        let n = stats.upstreams.len();
+        self.balancer = Balancer::over_slots(cfg.balance, n, &slot_names(snap), self.index);
+        if self
+            .breakers
+            .first()
+            .is_some_and(|b| *b.config() != cfg.breaker)
+        {
+            self.breakers.clear();
+        }
+        self.breakers
+            .resize_with(n, || CircuitBreaker::new(cfg.breaker.clone()));
+        self.active.resize(n, 0);
+        self.slots.resize_with(n, || vec![Slot::Empty; 2 * per]);
+        self.generation = snap.generation;
+    }
+
     /// An upstream for `key` that is usable and whose breaker is not open (skipping those
     /// in `skip`), without taking a permit.
     fn candidate(
@@ -307,13 +337,19 @@ impl RWorker {
 
 impl RedisShared {
     /// Shared state for `workers` I/O workers.
-    pub fn new(cfg: ProxyConfig, workers: usize, stats: Arc<ProxyStats>) -> Arc<RedisShared> {
+    pub fn new(
+        cfg: ProxyConfig,
+        workers: usize,
+        stats: Arc<ProxyStats>,
+        live: Arc<Live>,
+    ) -> Arc<RedisShared> {
         // Slots 0..n speak RESP2 upstream, n..2n RESP3 (for RESP3 clients).
         let n = cfg.redis_connections.clamp(1, 126);
         let names: Vec<String> = cfg.upstreams.iter().map(|a| a.to_string()).collect();
         let workers = (0..workers.max(1))
             .map(|w| {
                 Mutex::new(RWorker {
+                    generation: 1,
                     slots: names.iter().map(|_| vec![Slot::Empty; 2 * n]).collect(),
                     next_slot: 0,
                     balancer: Balancer::new(cfg.balance, &names, w),
@@ -327,9 +363,11 @@ impl RedisShared {
                 })
             })
             .collect();
-        Arc::new(RedisShared {
+        let sh = Arc::new(RedisShared {
             keyed: cfg.balance == Balance::Hash && cfg.upstreams.len() > 1,
+            tun: Tunables::new(&cfg),
             cfg,
+            live: live.clone(),
             dedicated: Arc::new(ClientConfig::default()),
             server: Arc::new(ServerConfig::default()),
             limits: Limits::default(),
@@ -340,13 +378,36 @@ impl RedisShared {
             },
             stats,
             workers,
-        })
+        });
+        let weak = Arc::downgrade(&sh);
+        live.listen(Box::new(move |snap| {
+            if let Some(sh) = weak.upgrade() {
+                sh.tun.store(&snap.cfg);
+            }
+        }));
+        sh
     }
 
     fn worker(&self, i: usize) -> MutexGuard<'_, RWorker> {
-        self.workers[i % self.workers.len()]
+        let mut w = self.workers[i % self.workers.len()]
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(|p| p.into_inner());
+        // A reload: this worker's safe point to take the new configuration.
+        if w.generation != self.live.generation() {
+            self.refresh(&mut w);
+        }
+        w
+    }
+
+    /// A worker takes the loaded configuration (out of line: rare).
+    #[cold]
+    #[inline(never)]
+    fn refresh(&self, w: &mut RWorker) {
+        w.refresh(
+            &self.live.snapshot(),
+            &self.stats,
+            self.slots_per_protocol(),
+        );
     }
 
     fn slots_per_protocol(&self) -> usize {
@@ -1815,6 +1876,10 @@ impl RDown {
                 }
                 Route::Shared(s) => {
                     let i = front.up;
+                    if i >= self.ups.len() {
+                        // An upstream a reload added after this client came.
+                        self.ups.resize(i + 1, Att::Idle);
+                    }
                     match self.ups[i] {
                         Att::Ready(to) => {
                             let unit = self.held.pop_front().expect("front");
@@ -1973,7 +2038,7 @@ impl RDown {
                 args.get(1).unwrap_or(&args[0]).clone()
             }
         };
-        let pick = if self.errored || unit.tried.len() > sh.cfg.retries as usize {
+        let pick = if self.errored || unit.tried.len() > sh.tun.retries() as usize {
             None
         } else {
             let mut w = sh.worker(ctx.index);
@@ -2630,16 +2695,16 @@ impl RUp {
     }
 
     fn reply_deadline(&self) -> Option<Instant> {
-        if let Some(d) = self.auth.deadline(self.shared.cfg.response_timeout) {
+        if let Some(d) = self.auth.deadline(self.shared.tun.response_timeout()) {
             return Some(d);
         }
         if self.slot.is_some() {
-            let t = self.shared.cfg.response_timeout;
+            let t = self.shared.tun.response_timeout();
             self.entries.front().map(|e| e.sent + t)
         } else {
             // `--response-timeout` holds here too, after the time a blocking command may
             // wait (a hung upstream must not hold `BLPOP q 1` for longer than that).
-            let t = self.shared.cfg.response_timeout;
+            let t = self.shared.tun.response_timeout();
             match self.queue.front() {
                 Some(&(_, _, sent, Some(block))) => {
                     Some(sent.max(self.last_reply) + block.saturating_add(t))
@@ -2849,9 +2914,11 @@ impl Downstream for RDown {
         mut io: Io,
         now: Instant,
     ) -> Option<Self> {
-        if let Some(tls) = &shared.cfg.tls {
-            // TLS from the first byte, as redis-server's `tls-port`.
-            io.start_tls(ferry_tls::Tls::server(tls).ok()?);
+        if shared.cfg.tls.is_some() {
+            // TLS from the first byte, as redis-server's `tls-port`, with the loaded
+            // configuration's certificate (a reload rotates it for new connections).
+            let snap = shared.live.snapshot();
+            io.start_tls(ferry_tls::Tls::server(snap.cfg.tls.as_ref()?).ok()?);
         }
         shared.stats.downstream_open.fetch_add(1, Relaxed);
         let _ = ctx;
@@ -3000,7 +3067,7 @@ impl Upstream for RUp {
         if let Some(t) = &shared.cfg.upstream_tls {
             // TLS from the first byte (redis-server's `tls-port`), started before anything
             // is queued (AUTH, HELLO, clients' commands: all held until the handshake ends).
-            let name = t.name_for(shared.cfg.upstreams.get(idx)?);
+            let name = t.name_for(&shared.stats.upstreams.get(idx)?.upstream);
             io.start_tls(ferry_tls::Tls::client(&t.config, &name).ok()?);
         }
         shared.stats.upstreams.get(idx)?.open.fetch_add(1, Relaxed);
@@ -3066,7 +3133,7 @@ impl Upstream for RUp {
                 }
             }
         }
-        io.set_connect_deadline(Some(now + shared.cfg.connect_timeout));
+        io.set_connect_deadline(Some(now + shared.tun.connect_timeout()));
         Some(RUp {
             io,
             idx,
@@ -3148,7 +3215,8 @@ mod tests {
             .collect();
         let cfg = ProxyConfig::new(addrs);
         let stats = Arc::new(ProxyStats::new("redis", &cfg.upstreams, 1));
-        let sh = RedisShared::new(cfg, 1, stats.clone());
+        let live = crate::reload::Live::new(cfg.clone(), stats.clone(), 1);
+        let sh = RedisShared::new(cfg, 1, stats.clone(), live);
         let now = Instant::ZERO;
         let mut w = sh.worker(0);
         let mut skip = Tried::default();

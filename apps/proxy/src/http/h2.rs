@@ -807,7 +807,7 @@ impl Down {
     /// connection's timeout).
     fn h2_stall_deadline(&self) -> Option<Instant> {
         let h = self.h2.as_deref()?;
-        let limit = self.shared.cfg.response_timeout;
+        let limit = self.shared.tun.response_timeout();
         h.streams
             .values()
             .filter(|s| !s.ex.req_done || s.ex.resp_started)
@@ -818,7 +818,7 @@ impl Down {
     /// The streams that stalled: a response is cut (RST_STREAM), a request body that
     /// stopped coming is answered `408`.
     fn h2_stalled(&mut self, ctx: &mut WorkerCtx, now: Instant) {
-        let limit = self.shared.cfg.response_timeout;
+        let limit = self.shared.tun.response_timeout();
         let Some(h) = self.h2.as_deref() else { return };
         let stalled: SmallVec<[(u32, bool, bool); 4]> = h
             .streams

@@ -3,7 +3,7 @@
 //! (`SHOW POOLS`, `SHOW CLIENTS`, `SHOW SERVERS`, `SHOW STATS`, `SHOW DATABASES`,
 //! `SHOW USERS`, `SHOW LISTS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW STATE`, `SHOW HELP`),
 //! every value a text column, and `PAUSE [db]`, `RESUME [db]`, `DISABLE db`, `ENABLE db`,
-//! `KILL [db]`, `KILL_CLIENT id`, `RECONNECT [db]`, `WAIT_CLOSE [db]` and `SHUTDOWN`.
+//! `KILL [db]`, `KILL_CLIENT id`, `RECONNECT [db]`, `WAIT_CLOSE [db]`, `RELOAD` (re-read `--config`, as SIGHUP) and `SHUTDOWN`.
 //!
 //! `PAUSE` (for every database, or one) holds every client (of that database) that needs a
 //! server connection from then on (listed as waiting; `pool_wait_timeout` still applies),
@@ -970,7 +970,7 @@ impl PgDown {
         }
         self.held = true;
         if self.waiting.is_none() {
-            self.waiting = Some(now + self.shared.cfg.pool_wait_timeout);
+            self.waiting = Some(now + self.shared.tun.pool_wait_timeout());
         }
         self.tick = Some(now + TICK);
         true
@@ -1128,6 +1128,8 @@ enum Cmd {
     KillClient(u64),
     /// `SHUTDOWN` (`true`: `WAIT_FOR_SERVERS`).
     Shutdown(bool),
+    /// `RELOAD`: re-read `--config` (as SIGHUP).
+    Reload,
 }
 
 /// The commands of a simple `Query`: split at `;` outside double quotes, each into words (a
@@ -1217,6 +1219,7 @@ fn parse(words: &[String]) -> Result<Cmd, String> {
         "RECONNECT" => one(Cmd::Reconnect),
         "DISABLE" => db(Cmd::Disable),
         "ENABLE" => db(Cmd::Enable),
+        "RELOAD" if words.len() == 1 => Ok(Cmd::Reload),
         "WAIT_CLOSE" => one(Cmd::WaitClose),
         "KILL_CLIENT" => match words.len() {
             2 => words[1]
@@ -1235,7 +1238,7 @@ fn parse(words: &[String]) -> Result<Cmd, String> {
             ),
             Some(_) => Err(invalid()),
         },
-        "RELOAD" | "SET" => Err(format!(
+        "SET" => Err(format!(
             "ferry console: {verb} is not supported (SHOW HELP lists the commands)"
         )),
         _ => Err(invalid()),
@@ -1416,6 +1419,11 @@ fn run(out: &mut BytesMut, cmd: Cmd, last: bool, sh: &PgShared) -> Result<Option
             adm.order();
             command_complete(out, "SHUTDOWN");
         }
+        Cmd::Reload => match sh.live().run_hook() {
+            Some(Ok(_)) => command_complete(out, "RELOAD"),
+            Some(Err(e)) => return Err(e),
+            None => return Err("RELOAD: the proxy was started without --config".into()),
+        },
     }
     Ok(None)
 }
@@ -1483,7 +1491,7 @@ fn help(out: &mut BytesMut) {
         out,
         "NOTICE",
         "00000",
-        "Console usage\n\tSHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|USERS|LISTS|CONFIG|STATE|VERSION\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL [<db>]\n\tKILL_CLIENT <client_id>\n\tSHUTDOWN\n\tWAIT_CLOSE [<db>]",
+        "Console usage\n\tSHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|USERS|LISTS|CONFIG|STATE|VERSION\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL [<db>]\n\tKILL_CLIENT <client_id>\n\tRELOAD\n\tSHUTDOWN\n\tWAIT_CLOSE [<db>]",
     );
     command_complete(out, "SHOW");
 }
@@ -1733,9 +1741,12 @@ fn databases(out: &mut BytesMut, sh: &PgShared) {
             None => (a.to_string(), String::new()),
         }
     };
-    let hosts: Vec<String> = ups.iter().map(|u| split(&u.addr).0).collect();
+    let hosts: Vec<String> = ups.enabled().map(|u| split(&u.addr).0).collect();
     let hosts = hosts.join(",");
-    let port = ups.first().map_or(String::new(), |u| split(&u.addr).1);
+    let port = ups
+        .enabled()
+        .next()
+        .map_or(String::new(), |u| split(&u.addr).1);
     let conns = sh.admin.snapshot();
     let pg = &sh.cfg.postgres;
     let flag = |b: &AtomicBool| if b.load(SeqCst) { "1" } else { "0" }.to_string();
@@ -1768,7 +1779,7 @@ fn databases(out: &mut BytesMut, sh: &PgShared) {
                 port.clone(),
                 name.to_string(),
                 pg.upstream_user.clone().unwrap_or_default(),
-                pg.pool_size.to_string(),
+                sh.tun.pool_size().to_string(),
                 "0".into(),
                 "0".into(),
                 mode(sh).into(),
@@ -1840,13 +1851,13 @@ fn config(out: &mut BytesMut, sh: &PgShared) {
     let ups: Vec<String> = sh
         .stats
         .upstreams
-        .iter()
+        .enabled()
         .map(|u| u.addr.to_string())
         .collect();
     let kv: Vec<(&str, String)> = vec![
         ("upstreams", ups.join(",")),
         ("pool_mode", mode(sh).into()),
-        ("pool_size", pg.pool_size.to_string()),
+        ("pool_size", sh.tun.pool_size().to_string()),
         (
             "max_prepared_statements",
             pg.max_prepared_statements.to_string(),
@@ -1970,7 +1981,8 @@ mod tests {
         let stats = Arc::new(crate::metrics::ProxyStats::new("postgres", &ups, 1));
         let mut cfg = crate::config::ProxyConfig::new(ups);
         cfg.postgres.pool_size = 7;
-        PgShared::new(cfg, 2, stats)
+        let live = crate::reload::Live::new(cfg.clone(), stats.clone(), 2);
+        PgShared::new(cfg, 2, stats, live)
     }
 
     fn peer(token: usize) -> Peer {
@@ -2124,7 +2136,8 @@ mod tests {
             p("SHOW"),
             Err("invalid command 'SHOW', use SHOW HELP;".into())
         );
-        assert!(p("reload").unwrap_err().contains("RELOAD is not supported"));
+        assert_eq!(p("reload"), Ok(Cmd::Reload));
+        assert!(p("RELOAD now").is_err());
         assert_eq!(p("KILL_CLIENT 12"), Ok(Cmd::KillClient(12)));
         assert_eq!(
             p("KILL_CLIENT x"),
