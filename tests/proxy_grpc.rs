@@ -243,6 +243,48 @@ fn curl_to_h2c_nginx(driver: &str) {
     }
 }
 
+/// Active health checks speak the upstreams' protocol: with `--upstream-http2` an nginx
+/// that listens h2c only (an HTTP/1.1 `GET` there is refused) stays in service, while a
+/// closed port beside it is taken out, which shows the checks ran.
+fn health_checks_over_h2c(driver: &str) {
+    let up = Nginx::start(
+        "proxy-grpc-health",
+        |port, _| {
+            format!(
+                " server {{\n  listen 127.0.0.1:{port} http2;\n  location / {{ return 200 \"ok\\n\"; }}\n }}"
+            )
+        },
+        |_| {},
+    );
+    let dead = common::closed_addrs(1).remove(0);
+    let good = format!("127.0.0.1:{}", up.port);
+    let (_p, admin) = Server::start_proxy(
+        "http",
+        driver,
+        &format!("{good},{dead}"),
+        &["--health-interval", "100ms", "--upstream-http2"],
+        &[],
+    );
+    let healthy = |addr: &str| {
+        let key = format!("ferry_proxy_upstream_healthy{{protocol=\"http\",upstream=\"{addr}\"}} ");
+        let m = common::admin_metrics(admin);
+        m.lines()
+            .find_map(|l| l.strip_prefix(&key).map(|v| v.trim() == "1"))
+            .unwrap_or_else(|| panic!("no {key} in\n{m}"))
+    };
+    let start = std::time::Instant::now();
+    while healthy(&dead) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the closed port never marked down"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Each round probes the h2c one first: it had as many checks as the dead one needed
+    // to fall.
+    assert!(healthy(&good), "the h2c upstream failed its health checks");
+}
+
 /// A scripted h2c upstream (Python `h2`): `/refuse-once` is refused (RST_STREAM
 /// REFUSED_STREAM) the first time, `/goaway-once` gets GOAWAY (last stream 0) the first
 /// time, `/reset` is always reset (INTERNAL_ERROR), `/silent` never answered; anything else is answered
@@ -356,4 +398,5 @@ per_driver!(
     upstream_killed_mid_load,
     curl_to_h2c_nginx,
     upstream_resets_and_refusals,
+    health_checks_over_h2c,
 );

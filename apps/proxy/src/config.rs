@@ -186,6 +186,9 @@ pub struct HealthConfig {
     /// `SSLRequest`, `S`, then a TLS handshake; Redis: `PING` over TLS).
     /// [`start`](crate::start) copies [`ProxyConfig::upstream_tls`] here.
     pub tls: Option<UpstreamTls>,
+    /// HTTP: probe over HTTP/2 with prior knowledge (h2c), as connections go with
+    /// `--upstream-http2`. [`start`](crate::start) copies [`ProxyConfig::upstream_http2`] here.
+    pub http2: bool,
 }
 
 impl Default for HealthConfig {
@@ -197,6 +200,7 @@ impl Default for HealthConfig {
             fall: 2,
             rise: 2,
             redis_auth: None,
+            http2: false,
             tls: None,
         }
     }

@@ -45,6 +45,9 @@ pub fn probe_as(addr: SocketAddr, host: &str, protocol: Protocol, cfg: &HealthCo
     if let (Protocol::Redis, Some(c)) = (protocol, cfg.redis_auth.as_ref()) {
         return crate::redis::auth::health_probe(&mut s, addr, c, deadline);
     }
+    if protocol == Protocol::Http && cfg.http2 {
+        return h2_get(&mut s, host, &cfg.path, deadline);
+    }
     let req = match protocol {
         Protocol::Redis => b"*1\r\n$4\r\nPING\r\n".to_vec(),
         // SSLRequest: a PostgreSQL server answers one byte, `S` or `N`, without any login.
@@ -70,6 +73,53 @@ pub fn probe_as(addr: SocketAddr, host: &str, protocol: Protocol, cfg: &HealthCo
         return TlsStream::connect(&mut s, tls, &tls_name(tls, host), deadline).is_some();
     }
     exchange(&mut s, protocol, &req, deadline)
+}
+
+/// The HTTP/2 probe (`--upstream-http2`: h2c with prior knowledge): `GET path` on stream 1
+/// (ferry-http2's client connection), healthy on a 2xx/3xx `:status`; a GOAWAY, a reset, EOF
+/// or the deadline is down.
+fn h2_get(s: &mut TcpStream, host: &str, path: &str, deadline: Instant) -> bool {
+    use ferry_http2::{Body, ClientConnection, Config, Event, RequestHead};
+    use ferry_proto::Connection;
+    let start = Instant::now();
+    let now = || ferry_proto::Instant::from_nanos(start.elapsed().as_nanos() as u64);
+    let mut c = ClientConnection::new(Arc::new(Config::default()), now());
+    let fields = [("user-agent", &b"ferry-proxy-health"[..])];
+    let head = RequestHead::new("GET", "http", host, path).fields(&fields);
+    if c.send_request(&head, Body::Empty).is_err() {
+        return false;
+    }
+    let mut input = bytes::BytesMut::with_capacity(16 * 1024);
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        while let Some(out) = c.poll_transmit() {
+            if s.write_all(&out).is_err() {
+                return false;
+            }
+        }
+        while let Some(ev) = c.poll_event() {
+            match ev {
+                Event::Response { response, .. } => {
+                    return (200..400).contains(&response.status());
+                }
+                Event::Reset { .. } | Event::GoAway { .. } => return false,
+                _ => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if c.is_closed() || left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                input.extend_from_slice(&buf[..n]);
+                if c.handle_input(now(), &mut input).is_err() {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 /// Up to 64 bytes read from `s` (one read) before `deadline`; `None` on EOF or an error.

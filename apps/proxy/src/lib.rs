@@ -413,6 +413,7 @@ pub(crate) fn health_checks(cfg: &ProxyConfig, protocol: Protocol) -> Option<Hea
             if h.tls.is_none() {
                 h.tls = cfg.upstream_tls.clone();
             }
+            h.http2 |= protocol == Protocol::Http && cfg.upstream_http2;
             h
         })
 }
