@@ -899,18 +899,7 @@ until(refused, 'the listener closed')
 print('ok')
 "#,
     );
-    let child = &mut p.ferry().child;
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(30),
-            "ferry did not exit after SHUTDOWN"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = p.ferry().wait_exit(std::time::Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
 }
 
@@ -951,17 +940,6 @@ except psycopg.OperationalError:
 print('ok')
 "#,
     );
-    let child = &mut p.ferry().child;
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(30),
-            "ferry did not exit after SHUTDOWN WAIT_FOR_SERVERS"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = p.ferry().wait_exit(std::time::Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
 }

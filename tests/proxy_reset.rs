@@ -180,6 +180,30 @@ fn pg_connect(proxy: &Server) -> TcpStream {
     c
 }
 
+/// A PostgreSQL proxy (`extra` flags) in front of [`fake_postgres`], a client logged in
+/// through it that sent `SELECT 'ferry_reset_probe'`, and the upstream's end of the server
+/// connection that query reached: (proxy, admin address, client, server side).
+fn pg_probe(driver: &str, extra: &[&str]) -> (Server, SocketAddr, TcpStream, TcpStream) {
+    let (up, handed) = upstream(fake_postgres);
+    let flags = [&["--health-interval", "0"][..], extra].concat();
+    let (proxy, admin) = Server::start_proxy("postgres", driver, &up.to_string(), &flags, &[]);
+    let mut c = pg_connect(&proxy);
+    loop {
+        let (ty, body) = pg_read(&mut c).expect("login through the proxy");
+        assert_ne!(ty, b'E', "login: {}", String::from_utf8_lossy(&body));
+        if ty == b'Z' {
+            break;
+        }
+    }
+    let mut q = Vec::new();
+    pg_msg(&mut q, b'Q', b"SELECT 'ferry_reset_probe'\0");
+    c.write_all(&q).unwrap();
+    let s = handed
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the query reached the upstream");
+    (proxy, admin, c, s)
+}
+
 /// The SQLSTATE codes of the ErrorResponses among `bytes` (backend messages), in order.
 fn pg_error_codes(mut bytes: &[u8]) -> Vec<String> {
     let mut codes = Vec::new();
@@ -204,28 +228,7 @@ fn pg_error_codes(mut bytes: &[u8]) -> Vec<String> {
 /// client's query unread (which makes the close an RST), reaches the client — not the
 /// proxy's `08006` "server connection lost".
 fn postgres_fatal_before_reset(driver: &str) {
-    let (up, handed) = upstream(fake_postgres);
-    let (proxy, _admin) = Server::start_proxy(
-        "postgres",
-        driver,
-        &up.to_string(),
-        &["--health-interval", "0"],
-        &[],
-    );
-    let mut c = pg_connect(&proxy);
-    loop {
-        let (ty, body) = pg_read(&mut c).expect("login through the proxy");
-        assert_ne!(ty, b'E', "login: {}", String::from_utf8_lossy(&body));
-        if ty == b'Z' {
-            break;
-        }
-    }
-    let mut q = Vec::new();
-    pg_msg(&mut q, b'Q', b"SELECT 'ferry_reset_probe'\0");
-    c.write_all(&q).unwrap();
-    let s = handed
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the query reached the upstream");
+    let (proxy, _admin, mut c, s) = pg_probe(driver, &[]);
     let fatal = pg_error(
         "FATAL",
         "57P05",
@@ -244,28 +247,7 @@ fn postgres_fatal_before_reset(driver: &str) {
 /// The same in session pooling: the client owns the server, so the FATAL behind the answer
 /// is its own (then the connection ends).
 fn postgres_answer_then_death_in_session_mode_is_told(driver: &str) {
-    let (up, handed) = upstream(fake_postgres);
-    let (proxy, _admin) = Server::start_proxy(
-        "postgres",
-        driver,
-        &up.to_string(),
-        &["--health-interval", "0", "--pool-mode", "session"],
-        &[],
-    );
-    let mut c = pg_connect(&proxy);
-    loop {
-        let (ty, body) = pg_read(&mut c).expect("login through the proxy");
-        assert_ne!(ty, b'E', "login: {}", String::from_utf8_lossy(&body));
-        if ty == b'Z' {
-            break;
-        }
-    }
-    let mut q = Vec::new();
-    pg_msg(&mut q, b'Q', b"SELECT 'ferry_reset_probe'\0");
-    c.write_all(&q).unwrap();
-    let s = handed
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the query reached the upstream");
+    let (proxy, _admin, mut c, s) = pg_probe(driver, &["--pool-mode", "session"]);
     let mut answer = Vec::new();
     pg_msg(&mut answer, b'C', b"SELECT 1\0");
     pg_msg(&mut answer, b'Z', b"I");
@@ -303,15 +285,7 @@ fn metric(text: &str, name: &str) -> f64 {
 /// server's FATAL is not the client's (transaction pooling): it never sees it (before, it
 /// was forwarded behind the answer).
 fn postgres_answer_then_death_is_not_pooled(driver: &str) {
-    let (up, handed) = upstream(fake_postgres);
-    let (proxy, admin) = Server::start_proxy(
-        "postgres",
-        driver,
-        &up.to_string(),
-        &["--health-interval", "0"],
-        &[],
-    );
-    let mut c = pg_connect(&proxy);
+    let (proxy, admin, mut c, s) = pg_probe(driver, &[]);
     let until_ready = |c: &mut TcpStream| {
         let mut codes = Vec::new();
         loop {
@@ -326,13 +300,6 @@ fn postgres_answer_then_death_is_not_pooled(driver: &str) {
             }
         }
     };
-    assert_eq!(until_ready(&mut c), Vec::<String>::new(), "login");
-    let mut q = Vec::new();
-    pg_msg(&mut q, b'Q', b"SELECT 'ferry_reset_probe'\0");
-    c.write_all(&q).unwrap();
-    let s = handed
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the query reached the upstream");
     let mut answer = Vec::new();
     pg_msg(&mut answer, b'C', b"SELECT 1\0");
     pg_msg(&mut answer, b'Z', b"I");
