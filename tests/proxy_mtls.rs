@@ -534,9 +534,77 @@ fn redis_upstream_cert(driver: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A trusted proxy's `x-forwarded-client-cert` (`--trusted-proxies`) is kept, and the
+/// proxy's own element list follows it when it verified a client certificate itself
+/// (Envoy's APPEND_FORWARD: the upstream sees the chain in order); named by `Connection`
+/// it is hop-by-hop and dropped.
+fn trusted_proxy_client_cert_field_is_kept(driver: &str) {
+    let dir = tmp_dir("mtls-trusted", driver);
+    let cert = Cert::make(&dir);
+    let good = ClientCert::make(&dir, "good", "client-1");
+    let up = Upstream::start(|_, _, _| Reply::Bytes(OK));
+    let upstream = up.addr.to_string();
+    let trust = [
+        "--trusted-proxies",
+        "127.0.0.1/32",
+        "--health-interval",
+        "0",
+    ];
+    let plain = proxy("http", driver, &upstream, &trust);
+    let mut flags = cert.flags();
+    flags.extend(["--tls-client-ca", &good.ca].map(String::from));
+    flags.extend(trust.map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let tls = proxy("http", driver, &upstream, &flags);
+    let edge = r#"By=spiffe://edge;Hash=ab12;Subject="CN=user-9""#;
+    let header = format!("x-forwarded-client-cert: {edge}");
+    let ca = cert.cert.display().to_string();
+    let tls_url = format!("https://localhost:{}/x", tls.addr.port());
+    let plain_url = plain.url("/x");
+    let with = ["--cacert", &ca, "--cert", &good.cert, "--key", &good.key];
+    for args in [
+        vec!["-H", &header, &plain_url],
+        vec![
+            "-H",
+            &header,
+            "-H",
+            "Connection: x-forwarded-client-cert",
+            &plain_url,
+        ],
+        [&with[..], &["--http1.1", "-H", &header, &tls_url]].concat(),
+        [&with[..], &["--http2", "-H", &header, &tls_url]].concat(),
+    ] {
+        let out = curl(&args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    let got: Vec<Vec<String>> = seen
+        .iter()
+        .map(|s| {
+            fields(&s.head, "x-forwarded-client-cert")
+                .into_iter()
+                .map(String::from)
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            vec![edge.to_string()],
+            vec![],
+            vec![edge.to_string(), good.xfcc.clone()],
+            vec![edge.to_string(), good.xfcc.clone()],
+        ]
+    );
+    drop((plain, tls));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 per_driver!(
     https_client_certs,
     spoofed_client_cert_field_is_dropped,
+    trusted_proxy_client_cert_field_is_kept,
     postgres_client_certs,
     redis_client_certs,
     postgres_upstream_cert,

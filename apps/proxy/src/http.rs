@@ -851,6 +851,9 @@ struct Rare {
     keep_xfp: bool,
     /// The same for `X-Forwarded-Host`.
     keep_xfh: bool,
+    /// The same for `X-Forwarded-Client-Cert`: a trusted proxy's is kept (ours, if the
+    /// connection has a verified client certificate, follows it: Envoy's APPEND_FORWARD).
+    keep_xfcc: bool,
     /// The connection's forwarded lines carry another `X-Forwarded-Host` than this request's
     /// (the first request's `Host`): the lines without it go, and this request's (unless
     /// kept) is written on its own.
@@ -865,15 +868,17 @@ impl Rare {
     fn of(
         host: Option<Bytes>,
         upgrade: Option<Bytes>,
-        (keep_xfp, keep_xfh, own_xfh): (bool, bool, bool),
+        (keep_xfp, keep_xfh, own_xfh, keep_xfcc): (bool, bool, bool, bool),
         xfcc: Option<FieldLines>,
     ) -> Option<Box<Rare>> {
-        (host.is_some() || upgrade.is_some() || keep_xfp || own_xfh || xfcc.is_some()).then(|| {
+        let any = keep_xfp || own_xfh || keep_xfcc;
+        (host.is_some() || upgrade.is_some() || any || xfcc.is_some()).then(|| {
             Box::new(Rare {
                 host,
                 upgrade,
                 keep_xfp,
                 keep_xfh,
+                keep_xfcc,
                 own_xfh,
                 xfcc,
             })
@@ -1049,14 +1054,19 @@ fn forward_response_field(name: &[u8], named: &[&[u8]]) -> bool {
 /// `Connection`), and not one the proxy writes itself (`X-Forwarded-For`, `traceparent`,
 /// `X-Forwarded-Proto`: the client's claim of a scheme is replaced by the one it used,
 /// unless `keep_xfp`, a trusted proxy's; `X-Forwarded-Host` likewise, unless `keep_xfh`;
-/// `X-Forwarded-Client-Cert` always: only the proxy vouches for a client certificate).
-fn forward_request_field(name: &[u8], named: &[&[u8]], keep_xfp: bool, keep_xfh: bool) -> bool {
+/// `X-Forwarded-Client-Cert` too, unless `keep_xfcc`, a trusted proxy's: otherwise only the
+/// proxy vouches for a client certificate). `keep`: (`keep_xfp`, `keep_xfh`, `keep_xfcc`).
+fn forward_request_field(
+    name: &[u8],
+    named: &[&[u8]],
+    (keep_xfp, keep_xfh, keep_xfcc): (bool, bool, bool),
+) -> bool {
     let ours = match name.len() {
         11 => is8(name, &TRACEPARENT),
         15 => is8(name, &X_FORWARDED_FOR),
         16 => !keep_xfh && is8(name, &X_FORWARDED_HOST),
         17 => !keep_xfp && is8(name, &X_FORWARDED_PROTO),
-        23 => name.eq_ignore_ascii_case(crate::client_cert::XFCC.as_bytes()),
+        23 => !keep_xfcc && name.eq_ignore_ascii_case(crate::client_cert::XFCC.as_bytes()),
         _ => false,
     };
     !(ours || hop_by_hop(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name)))
@@ -1172,6 +1182,8 @@ struct Exchange {
     keep_xfp: bool,
     /// A trusted proxy's request with an `X-Forwarded-Host`: it is kept.
     keep_xfh: bool,
+    /// A trusted proxy's request with an `X-Forwarded-Client-Cert`: it is kept.
+    keep_xfcc: bool,
     /// Its `X-Forwarded-Host` is not the connection's ([`Rare::own_xfh`]).
     own_xfh: bool,
     /// The request has a `Host` field.
@@ -1306,7 +1318,7 @@ fn exchange(
     let hs = head.headers();
     // One pass over the fields for everything the proxy looks at in a request.
     let (mut has_xff, mut has_host, mut keep_xfp) = (false, false, false);
-    let mut keep_xfh = false;
+    let (mut keep_xfh, mut keep_xfcc) = (false, false);
     let mut host = None;
     // The parser saw every `Connection` token: false means none names a field.
     let conn_named = head.connection_names_others();
@@ -1321,13 +1333,17 @@ fn exchange(
             15 => has_xff |= is8(n, &X_FORWARDED_FOR),
             16 if trusted => keep_xfh |= is8(n, &X_FORWARDED_HOST),
             17 if trusted => keep_xfp |= is8(n, &X_FORWARDED_PROTO),
+            23 if trusted => {
+                keep_xfcc |= n.eq_ignore_ascii_case(crate::client_cert::XFCC.as_bytes())
+            }
             _ => {}
         }
     }
-    if (keep_xfp || keep_xfh) && conn_named {
+    if (keep_xfp || keep_xfh || keep_xfcc) && conn_named {
         // Named by `Connection`: hop-by-hop, as if not sent (ours goes instead).
         keep_xfp &= !conn_names(hs, b"x-forwarded-proto");
         keep_xfh &= !conn_names(hs, b"x-forwarded-host");
+        keep_xfcc &= !conn_names(hs, crate::client_cert::XFCC.as_bytes());
     }
     // The connection's lines say another `X-Forwarded-Host` than this request wants.
     let own_xfh = keep_xfh || !origin_form(&head) || host != fwd_host;
@@ -1384,6 +1400,7 @@ fn exchange(
         extra_xff: xff,
         keep_xfp,
         keep_xfh,
+        keep_xfcc,
         own_xfh,
         has_host,
         conn_named,
@@ -1636,7 +1653,7 @@ fn send_req(
             rare: Rare::of(
                 host,
                 upgrade,
-                (ex.keep_xfp, ex.keep_xfh, ex.own_xfh),
+                (ex.keep_xfp, ex.keep_xfh, ex.own_xfh, ex.keep_xfcc),
                 ex.extra_xff.as_ref().and(xfcc.clone()),
             ),
             h2: ex.h2,
@@ -2004,7 +2021,7 @@ impl Down {
                     rare: Rare::of(
                         host_field(&f.head, f.has_host, &sh.stats.upstreams[i].upstream),
                         None,
-                        (f.keep_xfp, f.keep_xfh, f.own_xfh),
+                        (f.keep_xfp, f.keep_xfh, f.own_xfh, f.keep_xfcc),
                         f.extra_xff.as_ref().and(self.xfcc.clone()),
                     ),
                     h2: false, // pipelining is HTTP/1.1's
@@ -3336,13 +3353,11 @@ impl Up {
         };
         // A `host` of ours (absolute-form target, or none sent) replaces the client's.
         let own_host = extra.rare.as_ref().is_some_and(|r| r.host.is_some());
-        let (keep_xfp, keep_xfh) = extra
-            .rare
-            .as_ref()
-            .map_or((false, false), |r| (r.keep_xfp, r.keep_xfh));
+        let kept = extra.rare.as_ref().map_or((false, false, false), |r| {
+            (r.keep_xfp, r.keep_xfh, r.keep_xfcc)
+        });
         let keep = |n: &[u8]| {
-            forward_request_field(n, &named, keep_xfp, keep_xfh)
-                && !(own_host && n.eq_ignore_ascii_case(b"host"))
+            forward_request_field(n, &named, kept) && !(own_host && n.eq_ignore_ascii_case(b"host"))
         };
         let sent = self
             .conn
@@ -4018,20 +4033,27 @@ mod tests {
                 b"x-forwarded-protO!",
                 b"X-Forwarded-Host",
                 b"x-forwarded-hosT!",
+                b"X-Forwarded-Client-Cert",
+                b"x-forwarded-client-cerT!",
             ] {
                 prop_assert_eq!(
-                    forward_request_field(n, &[], false, false),
+                    forward_request_field(n, &[], (false, false, false)),
                     !(ours(n) || reference_hop_by_hop(n))
                 );
                 let xfp = n.eq_ignore_ascii_case(b"x-forwarded-proto");
                 let xfh = n.eq_ignore_ascii_case(b"x-forwarded-host");
+                let xfcc = n.eq_ignore_ascii_case(b"x-forwarded-client-cert");
                 prop_assert_eq!(
-                    forward_request_field(n, &[], true, false),
+                    forward_request_field(n, &[], (true, false, false)),
                     xfp || !(ours(n) || reference_hop_by_hop(n))
                 );
                 prop_assert_eq!(
-                    forward_request_field(n, &[], false, true),
+                    forward_request_field(n, &[], (false, true, false)),
                     xfh || !(ours(n) || reference_hop_by_hop(n))
+                );
+                prop_assert_eq!(
+                    forward_request_field(n, &[], (false, false, true)),
+                    xfcc || !(ours(n) || reference_hop_by_hop(n))
                 );
             }
         }

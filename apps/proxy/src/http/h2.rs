@@ -1142,8 +1142,7 @@ mod tests {
         assert!(!super::super::forward_request_field(
             b"te",
             &[],
-            false,
-            false
+            (false, false, false)
         ));
     }
 

@@ -153,9 +153,10 @@ impl Up {
         let sh = self.shared.clone();
         let sh = &*sh;
         let rare = extra.rare.as_deref();
-        let (keep_xfp, keep_xfh, own_xfh) = rare.map_or((false, false, false), |r| {
-            (r.keep_xfp, r.keep_xfh, r.own_xfh)
-        });
+        let (keep_xfp, keep_xfh, own_xfh, keep_xfcc) = rare
+            .map_or((false, false, false, false), |r| {
+                (r.keep_xfp, r.keep_xfh, r.own_xfh, r.keep_xfcc)
+            });
         let named = if extra.conn_named {
             connection_names(head.headers())
         } else {
@@ -170,7 +171,7 @@ impl Up {
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
                 continue;
             }
-            if !forward_request_field(n, &named, keep_xfp, keep_xfh)
+            if !forward_request_field(n, &named, (keep_xfp, keep_xfh, keep_xfcc))
                 || n.eq_ignore_ascii_case(b"host")
             {
                 continue;
