@@ -527,8 +527,45 @@ fn postgres_upstream_replaced_by_console_reload() {
     assert_eq!(server_port(), pg1.port.to_string());
 }
 
+/// `trusted_proxies` reloads: before, a client's `X-Forwarded-Proto: https` is replaced by
+/// the scheme it used; after a reload that names loopback, a new connection's is kept.
+fn http_trusted_proxies_reload(driver: &str) {
+    let a = Upstream::start(|_, _, _| Reply::Bytes(A));
+    let d = Dir::new("trusted");
+    d.write(&http_file(driver, &[a.addr.to_string()], ""));
+    let (s, admin) = launch("http", &d, &[]);
+    let get = || {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", "-H", "X-Forwarded-Proto: https"])
+            .arg(s.url("/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(get(), "a");
+    d.write(&http_file(
+        driver,
+        &[a.addr.to_string()],
+        "trusted_proxies = [\"127.0.0.1/32\"]\n",
+    ));
+    reload_to(&s, admin, "http", 2, &d);
+    assert_eq!(get(), "a");
+    let xfp: Vec<Vec<String>> = a
+        .seen()
+        .iter()
+        .map(|r| {
+            upstream::fields(&r.head, "x-forwarded-proto")
+                .into_iter()
+                .map(String::from)
+                .collect()
+        })
+        .collect();
+    assert_eq!(xfp, [vec!["http".to_string()], vec!["https".to_string()]]);
+}
+
 per_driver!(
     http_upstreams_swap_under_load,
+    http_trusted_proxies_reload,
     http_bad_reloads_keep_the_config,
     tls_certificate_rotation
 );

@@ -2133,7 +2133,15 @@ impl Down {
     fn make_fwd(&mut self, head: &ferry_http1::Request) {
         let sh = &*self.shared;
         let peer = self.io.peer_addr().map(|p| p.ip());
-        let trusted = &sh.cfg.trusted_proxies;
+        // `trusted_proxies` as loaded: the start's until a reload (one atomic load), then the
+        // reloaded snapshot's (a read lock, once per connection).
+        let snap;
+        let trusted = if sh.live.generation() == 1 {
+            &sh.cfg.trusted_proxies
+        } else {
+            snap = sh.live.snapshot();
+            &snap.cfg.trusted_proxies
+        };
         self.trusted = !trusted.is_empty() && peer.is_some_and(|p| trusted.contains(p));
         let ip = peer.map(|p| Bytes::from(p.to_string())).unwrap_or_default();
         // The first request's `Host` (an origin-form target's: an absolute-form one names

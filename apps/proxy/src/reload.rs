@@ -413,9 +413,6 @@ pub fn check(old: &ProxyOptions, cur: &ProxyConfig, new: &ProxyOptions) -> Resul
     if cur.rate_limit != n.rate_limit {
         return refuse("rate_limit");
     }
-    if cur.trusted_proxies != n.trusted_proxies {
-        return refuse("trusted_proxies");
-    }
     if cur.pipeline_depth != n.pipeline_depth {
         return refuse("pipeline_depth");
     }
@@ -496,6 +493,7 @@ mod tests {
         new.config.max_connections_per_upstream = 3;
         new.config.breaker.consecutive_failures = None;
         new.config.health = None;
+        new.config.trusted_proxies = "10.0.0.0/8".parse().unwrap();
         assert_eq!(check(&old, &old.config, &new), Ok(()));
     }
 
