@@ -563,8 +563,51 @@ fn http_trusted_proxies_reload(driver: &str) {
     assert_eq!(xfp, [vec!["http".to_string()], vec!["https".to_string()]]);
 }
 
+/// A rate limit's rate reloads: at one request a minute the second gets 429; after a reload
+/// to 1000/s (burst 50) every client starts afresh and 20 requests in a row pass.
+fn http_rate_limit_reload(driver: &str) {
+    let a = Upstream::start(|_, _, _| Reply::Bytes(A));
+    let d = Dir::new("rate");
+    let file = |rate: &str| {
+        http_file(
+            driver,
+            &[a.addr.to_string()],
+            &format!(
+                "rate_limit = \"{rate}\"\nrate_limit_burst = {}\n",
+                if rate == "1/m" { 1 } else { 50 }
+            ),
+        )
+    };
+    d.write(&file("1/m"));
+    let (s, admin) = launch("http", &d, &[]);
+    let status = || {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
+            .arg(s.url("/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status(), "200");
+    assert_eq!(status(), "429");
+    d.write(&file("1000/s"));
+    reload_to(&s, admin, "http", 2, &d);
+    for i in 0..20 {
+        assert_eq!(status(), "200", "request {i} after the reload");
+    }
+}
+
 per_driver!(
     http_upstreams_swap_under_load,
+    http_rate_limit_reload,
     http_trusted_proxies_reload,
     http_bad_reloads_keep_the_config,
     tls_certificate_rotation

@@ -227,6 +227,20 @@ impl<K: Hash + Eq + Clone> RateLimiters<K> {
             .check(now)
     }
 
+    /// The quota every key shares.
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// Change the quota. Another quota forgets every key's state: each starts again with a
+    /// full burst (a state kept under the old rate would mean something else under the new).
+    pub fn set_quota(&mut self, quota: Quota) {
+        if quota != self.quota {
+            self.quota = quota;
+            self.map.clear();
+        }
+    }
+
     /// Drops keys whose state is indistinguishable from a fresh one (bounds memory).
     pub fn retain_active(&mut self, now: Instant) {
         self.map.retain(|_, g| !g.is_idle(now));
@@ -250,6 +264,24 @@ mod tests {
 
     fn ms(n: u64) -> Instant {
         Instant::from_nanos(n * 1_000_000)
+    }
+
+    #[test]
+    fn a_new_quota_starts_every_key_afresh() {
+        let one = Quota::new(1, Duration::from_secs(60));
+        let mut m = RateLimiters::new(one);
+        assert!(m.check(&"a", ms(0)).is_ok());
+        assert!(m.check(&"a", ms(1)).is_err());
+        // The same quota again changes nothing: "a" is still limited.
+        m.set_quota(one);
+        assert!(m.check(&"a", ms(2)).is_err());
+        let three = Quota::new(3, Duration::from_secs(60));
+        m.set_quota(three);
+        assert_eq!(m.quota(), three);
+        for t in 3..6 {
+            assert!(m.check(&"a", ms(t)).is_ok(), "{t}");
+        }
+        assert!(m.check(&"a", ms(6)).is_err());
     }
 
     #[test]

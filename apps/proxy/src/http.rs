@@ -223,6 +223,10 @@ impl HttpShared {
     #[cold]
     fn reloaded(&self, cfg: &ProxyConfig) {
         self.tun.store(cfg);
+        // The reload's check let the rate change only while limiting stays on.
+        if let (Some(l), Some(q)) = (&self.limiter, cfg.rate_limit) {
+            l.set_quota(q);
+        }
         let (depth, client) = client_config(cfg);
         self.depth.store(depth, Relaxed);
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(client);

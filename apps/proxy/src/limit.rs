@@ -46,6 +46,14 @@ impl ClientLimiter {
         &self.shards[h.finish() as usize % SHARDS]
     }
 
+    /// Change the quota (a reload): with another quota every client starts again with a full
+    /// burst.
+    pub fn set_quota(&self, quota: Quota) {
+        for s in self.shards.iter() {
+            s.lock().unwrap_or_else(|p| p.into_inner()).set_quota(quota);
+        }
+    }
+
     /// Admits one request from `ip` at `now`, or says how long until it would be admitted.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let ip = ip.to_canonical();

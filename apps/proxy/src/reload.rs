@@ -410,7 +410,9 @@ pub fn check(old: &ProxyOptions, cur: &ProxyConfig, new: &ProxyOptions) -> Resul
     if cur.access_log != n.access_log {
         return refuse("access_log");
     }
-    if cur.rate_limit != n.rate_limit {
+    if cur.rate_limit.is_some() != n.rate_limit.is_some() {
+        // The rate may change; turning limiting on or off may not (a request pays for the
+        // limiter only when it was there at start).
         return refuse("rate_limit");
     }
     if cur.pipeline_depth != n.pipeline_depth {
@@ -495,6 +497,13 @@ mod tests {
         new.config.health = None;
         new.config.trusted_proxies = "10.0.0.0/8".parse().unwrap();
         assert_eq!(check(&old, &old.config, &new), Ok(()));
+        // A rate limit's rate may change (not turned on or off: the other test).
+        let mut limited = opts(&["127.0.0.1:1"]);
+        limited.config.rate_limit = Some(ferry_reliability::Quota::new(1, Duration::from_secs(1)));
+        let mut faster = opts(&["127.0.0.1:1"]);
+        faster.config.rate_limit =
+            Some(ferry_reliability::Quota::new(50, Duration::from_millis(1)));
+        assert_eq!(check(&limited, &limited.config, &faster), Ok(()));
     }
 
     #[test]
