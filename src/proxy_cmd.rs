@@ -41,8 +41,9 @@ pub(crate) struct ProxyArgs {
     /// TOML file with every flag's setting (`listen`, `upstream = ["ADDR", …]`,
     /// `connect_timeout = "1s"`, …: the flag's name in snake_case). Flags win over the file.
     /// SIGHUP (or RELOAD on the postgres console) re-reads it in place: upstreams, balance,
-    /// timeouts, retries, breaker, pool limits, health checks and the TLS certificate change
-    /// without a restart; a bad file or a change of listen, protocol, driver, workers (and
+    /// timeouts, retries, breaker, pool limits, health checks, trusted proxies, the rate
+    /// limit's rate and the TLS certificate change without a restart, and the access log is
+    /// reopened (logrotate); a bad file or a change of listen, protocol, driver, workers (and
     /// the other start-only keys) is refused and the running configuration kept.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,

@@ -605,8 +605,57 @@ fn http_rate_limit_reload(driver: &str) {
     }
 }
 
+/// Log rotation: `logrotate` moves the access log away and sends SIGHUP (the same file:
+/// a reload that changes nothing else); the line before goes to the moved file, the line
+/// after to a new one at the path.
+fn http_access_log_reopened_on_reload(driver: &str) {
+    let a = Upstream::start(|_, _, _| Reply::Bytes(A));
+    let d = Dir::new("access");
+    let path = d.dir.join("access.log");
+    let rotated = d.dir.join("access.log.1");
+    d.write(&http_file(
+        driver,
+        &[a.addr.to_string()],
+        &format!("access_log = \"{}\"\n", path.display()),
+    ));
+    let (s, admin) = launch("http", &d, &[]);
+    let get = |target: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10"])
+            .arg(s.url(target))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a");
+    };
+    // Bounded wait for `p` to hold exactly `want` (the workers write their lines at a tick).
+    let lines_of = |p: &Path, want: &[&str]| {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let got: Vec<bool> = want.iter().map(|w| text.contains(w)).collect();
+            if text.lines().count() == want.len() && got.iter().all(|&b| b) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{}: {text:?}, want {want:?}",
+                p.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    get("/before-rotation");
+    lines_of(&path, &["/before-rotation"]);
+    std::fs::rename(&path, &rotated).unwrap();
+    reload_to(&s, admin, "http", 2, &d);
+    get("/after-rotation");
+    lines_of(&path, &["/after-rotation"]);
+    lines_of(&rotated, &["/before-rotation"]);
+}
+
 per_driver!(
     http_upstreams_swap_under_load,
+    http_access_log_reopened_on_reload,
     http_rate_limit_reload,
     http_trusted_proxies_reload,
     http_bad_reloads_keep_the_config,

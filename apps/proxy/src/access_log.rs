@@ -87,6 +87,8 @@ struct WorkerBuf {
 /// The access log of one proxy: a sink and a buffer per I/O worker.
 pub struct AccessLog {
     format: AccessFormat,
+    /// The file's path (`None`: standard output), for [`reopen`](Self::reopen).
+    path: Option<std::path::PathBuf>,
     sink: Mutex<Sink>,
     workers: Vec<Mutex<WorkerBuf>>,
 }
@@ -110,6 +112,7 @@ impl AccessLog {
         };
         Ok(AccessLog {
             format,
+            path: matches!(sink, Sink::File(_)).then(|| path.to_path_buf()),
             sink: Mutex::new(sink),
             workers: (0..workers.max(1))
                 .map(|_| {
@@ -170,6 +173,19 @@ impl AccessLog {
         for i in 0..self.workers.len() {
             self.flush(i);
         }
+    }
+
+    /// Opens the path again (after `logrotate` moved the file away: a reload, SIGHUP, does
+    /// this): what was buffered goes to the old file, later lines to the new one. Standard
+    /// output has nothing to reopen. On an error the old file is kept.
+    pub fn reopen(&self) -> io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        self.flush_all();
+        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Sink::File(f);
+        Ok(())
     }
 
     fn write_out(&self, buf: &mut Vec<u8>) {
@@ -491,6 +507,27 @@ mod tests {
         drop(log); // flushes the rest
         let n = std::fs::read_to_string(&path).unwrap().lines().count();
         assert_eq!(n, 1 + 1 + FLUSH_AT / 100 + 1 + 1);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn reopen_after_rotation_writes_a_new_file() {
+        let dir = std::env::temp_dir().join(format!("ferry-access-rot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let log = AccessLog::open(&path, AccessFormat::Text, 1).unwrap();
+        log.record(0, &entry());
+        // logrotate: the file moves away; the buffered line still belongs to it.
+        std::fs::rename(&path, dir.join("access.log.1")).unwrap();
+        log.reopen().unwrap();
+        log.record(0, &entry());
+        log.flush(0);
+        let lines = |p: &Path| std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!(lines(&dir.join("access.log.1")), 1);
+        assert_eq!(lines(&path), 1);
+        // Standard output has nothing to reopen.
+        let out = AccessLog::open(Path::new("-"), AccessFormat::Text, 1).unwrap();
+        assert!(out.reopen().is_ok());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -227,6 +227,10 @@ impl HttpShared {
         if let (Some(l), Some(q)) = (&self.limiter, cfg.rate_limit) {
             l.set_quota(q);
         }
+        // As nginx's USR1: `logrotate` moves the file, a reload (SIGHUP) opens a new one.
+        if let Some(Err(e)) = self.access.as_deref().map(AccessLog::reopen) {
+            tracing::warn!("access log: reopen after the reload: {e} (kept the old file)");
+        }
         let (depth, client) = client_config(cfg);
         self.depth.store(depth, Relaxed);
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(client);
