@@ -204,6 +204,31 @@ fn pg_probe(driver: &str, extra: &[&str]) -> (Server, SocketAddr, TcpStream, Tcp
     (proxy, admin, c, s)
 }
 
+/// A server's last answer (`SELECT 1`, `ReadyForQuery 'I'`) and then its FATAL `57P01`
+/// (an administrator's `pg_terminate_backend`), as one write.
+fn answer_then_terminated() -> Vec<u8> {
+    let mut answer = Vec::new();
+    pg_msg(&mut answer, b'C', b"SELECT 1\0");
+    pg_msg(&mut answer, b'Z', b"I");
+    answer.extend_from_slice(&pg_error(
+        "FATAL",
+        "57P01",
+        "terminating connection due to administrator command",
+    ));
+    answer
+}
+
+/// Everything the client `c` gets until the proxy closes it: its first error is `code`.
+fn assert_first_error(c: &mut TcpStream, code: &str) {
+    let got = read_all(c, 1 << 20);
+    let codes = pg_error_codes(&got);
+    assert_eq!(
+        codes.first().map(String::as_str),
+        Some(code),
+        "errors: {codes:?}"
+    );
+}
+
 /// The SQLSTATE codes of the ErrorResponses among `bytes` (backend messages), in order.
 fn pg_error_codes(mut bytes: &[u8]) -> Vec<String> {
     let mut codes = Vec::new();
@@ -235,35 +260,15 @@ fn postgres_fatal_before_reset(driver: &str) {
         "terminating connection due to idle-session timeout",
     );
     answer_and_reset(&proxy, s, &fatal);
-    let got = read_all(&mut c, 1 << 20);
-    let codes = pg_error_codes(&got);
-    assert_eq!(
-        codes.first().map(String::as_str),
-        Some("57P05"),
-        "errors: {codes:?}"
-    );
+    assert_first_error(&mut c, "57P05");
 }
 
 /// The same in session pooling: the client owns the server, so the FATAL behind the answer
 /// is its own (then the connection ends).
 fn postgres_answer_then_death_in_session_mode_is_told(driver: &str) {
     let (proxy, _admin, mut c, s) = pg_probe(driver, &["--pool-mode", "session"]);
-    let mut answer = Vec::new();
-    pg_msg(&mut answer, b'C', b"SELECT 1\0");
-    pg_msg(&mut answer, b'Z', b"I");
-    answer.extend_from_slice(&pg_error(
-        "FATAL",
-        "57P01",
-        "terminating connection due to administrator command",
-    ));
-    answer_and_reset(&proxy, s, &answer);
-    let got = read_all(&mut c, 1 << 20);
-    let codes = pg_error_codes(&got);
-    assert_eq!(
-        codes.first().map(String::as_str),
-        Some("57P01"),
-        "errors: {codes:?}"
-    );
+    answer_and_reset(&proxy, s, &answer_then_terminated());
+    assert_first_error(&mut c, "57P01");
 }
 
 /// The value of the first metric line starting with `name` (labels included in `name` or
@@ -300,15 +305,7 @@ fn postgres_answer_then_death_is_not_pooled(driver: &str) {
             }
         }
     };
-    let mut answer = Vec::new();
-    pg_msg(&mut answer, b'C', b"SELECT 1\0");
-    pg_msg(&mut answer, b'Z', b"I");
-    answer.extend_from_slice(&pg_error(
-        "FATAL",
-        "57P01",
-        "terminating connection due to administrator command",
-    ));
-    answer_and_reset(&proxy, s, &answer);
+    answer_and_reset(&proxy, s, &answer_then_terminated());
     assert_eq!(until_ready(&mut c), Vec::<String>::new(), "the answer");
     // The server is gone: nothing idle or active may be left of it.
     let t0 = Instant::now();
